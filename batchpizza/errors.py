@@ -1,0 +1,160 @@
+"""Every exception batchpizza raises on purpose, in one place.
+
+    BatchpizzaError                 a problem the user can act on; the CLI prints it, no traceback
+    ├── UsageError                  a bad option value (exit 2)
+    ├── InputError                  the input cannot be run as it is (exit 2); carries BadRow list
+    ├── LockedError                 another run holds this output's checkpoint (exit 2)
+    ├── CheckpointMissing           `status` found no checkpoint (exit 2)
+    ├── OutputError                 the output or checkpoint could not be written (exit 1)
+    ├── Interrupted                 SIGINT / SIGTERM; the checkpoint is saved (exit 130 / 143)
+    └── ProviderError               one request to the API failed; `.retryable` says if worth a retry
+        ├── TransportError          connection refused, reset, dropped mid-body, TLS (retryable)
+        │   └── RequestTimeout      no complete reply within the timeout (retryable)
+        ├── HTTPStatusError         a non-2xx reply; `.status`, `.retry_after`
+        ├── BadReply                a 2xx reply without text: not JSON, wrong shape, empty (retryable)
+        ├── RedirectRefused         a redirect to another host (not retryable)
+        └── MisuseDetected          the service refused (also a ValueError, as in the seed)
+
+Messages pass through `redact` so that no credential reaches a terminal, log or file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from batchpizza.redact import redact
+
+# Statuses that mean "try again later" rather than "this request is wrong".
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
+
+
+class BatchpizzaError(Exception):
+    """Base of every error a user can cause or meet; `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UsageError(BatchpizzaError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """One row that cannot be sent. `line` is 1-based for JSONL, `row` 0-based for Parquet."""
+
+    path: str
+    problem: str
+    line: int | None = None
+    row: int | None = None
+    field: str | None = None
+
+    def where(self) -> str:
+        place = self.path
+        if self.line is not None:
+            place += f":{self.line}"
+        elif self.row is not None:
+            place += f" row {self.row}"
+        return place
+
+    def __str__(self) -> str:
+        field = f" field {self.field!r}:" if self.field else ""
+        return f"{self.where()}:{field} {self.problem}"
+
+
+class InputError(BatchpizzaError):
+    """The input cannot be run: a file-level problem, or bad rows (the first few kept)."""
+
+    exit_code = 2
+    shown = 10
+
+    def __init__(self, message: str, bad_rows: tuple[BadRow, ...] = (), total_bad: int = 0) -> None:
+        self.bad_rows = bad_rows
+        self.total_bad = total_bad or len(bad_rows)
+        if bad_rows:
+            lines = [message] + [f"  {row}" for row in bad_rows[: self.shown]]
+            if self.total_bad > len(bad_rows[: self.shown]):
+                lines.append(f"  ... {self.total_bad} bad rows in all")
+            lines.append("Nothing was sent. Fix the rows, or rerun with --skip-bad-rows.")
+            message = "\n".join(lines)
+        super().__init__(message)
+
+
+class LockedError(BatchpizzaError):
+    exit_code = 2
+
+
+class CheckpointMissing(BatchpizzaError):
+    exit_code = 2
+
+
+class OutputError(BatchpizzaError):
+    exit_code = 1
+
+
+class Interrupted(BatchpizzaError):
+    """The run stopped on a signal after saving its checkpoint."""
+
+    def __init__(self, message: str, signum: int, summary: object = None) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.summary = summary
+
+
+class ProviderError(BatchpizzaError):
+    """One request failed. Subclasses say whether trying again could help."""
+
+    retryable = False
+    status: int | None = None
+    retry_after: float | None = None
+
+
+class TransportError(ProviderError):
+    retryable = True
+
+
+class RequestTimeout(TransportError):
+    pass
+
+
+class HTTPStatusError(ProviderError):
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.retryable = status in RETRYABLE_STATUSES
+
+
+class BadReply(ProviderError):
+    retryable = True
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RedirectRefused(ProviderError):
+    pass
+
+
+class MisuseDetected(ProviderError, ValueError):
+    """The service refused the prompt; `.text` is what it said."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line, secret-free account of an error, for logs and the output's `error` column."""
+    if isinstance(exc, BatchpizzaError):
+        return exc.message
+    text = str(exc) or type(exc).__name__
+    return redact(f"{type(exc).__name__}: {text}" if str(exc) else text)

@@ -1,0 +1,66 @@
+"""Removing credentials from every text batchpizza shows or writes.
+
+Every message reaches the user through one of three doors: an exception's message (BatchpizzaError
+redacts on construction), a log record (RedactingFilter on the package's handler), or the `error`
+column (errors.describe). All three call `redact`, so a proxy password, a token in a URL or a
+credential header named on the command line never leaks, whichever library produced the text.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import unquote, urlsplit
+
+MASK = "***"
+
+# user:password@ in any URL-looking text, with or without a scheme.
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s@'\"<>]+)@")
+# query parameters and header-like pairs whose name says they carry a credential.
+_CREDENTIAL_NAMES = r"(?:[a-z_-]*(?:token|secret|passw(?:or)?d|pwd|api[_-]?key|apikey|signature|cookie|credentials?))"
+_PARAM = re.compile(rf"(?i)(?P<name>[?&;]{_CREDENTIAL_NAMES}=)(?P<value>[^&#\s'\"]+)")
+_HEADER = re.compile(
+    rf"(?i)(?P<name>\b(?:authorization|proxy-authorization|x-api-key|{_CREDENTIAL_NAMES})"
+    r"['\"]?\s*[:=]\s*['\"]?)(?P<value>(?:bearer\s+|basic\s+)?[^\s'\",}]+)"
+)
+
+_known: set[str] = set()
+
+
+def remember_url(url: str | None) -> None:
+    """Register the credentials inside a URL the user gave, so they are masked wherever they appear
+    (even where a library prints them decoded, or without the surrounding URL)."""
+    if not url:
+        return
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return
+    for secret in (parts.password, parts.username if parts.password else None):
+        if secret:
+            _known.add(secret)
+            _known.add(unquote(secret))
+
+
+def redact(text: str) -> str:
+    if not text:
+        return text
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    text = _PARAM.sub(lambda m: f"{m['name']}{MASK}", text)
+    text = _HEADER.sub(lambda m: f"{m['name']}{MASK}", text)
+    for secret in sorted(_known, key=len, reverse=True):
+        if len(secret) >= 3:
+            text = text.replace(secret, MASK)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites each record's final message, so arguments formatted into it are covered too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
