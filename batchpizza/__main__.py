@@ -1,0 +1,3 @@
+from batchpizza.cli import main
+
+main()

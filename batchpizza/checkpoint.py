@@ -1,0 +1,193 @@
+"""The checkpoint: an SQLite file of finished rows, the single source of truth for resume.
+
+A row is finished once its record is committed here, and not before. Results are committed in
+groups: whatever finished while the previous commit was being written goes into the next one, so a
+commit costs one fsync however many rows it holds.
+
+Settings, chosen for what they promise:
+- journal_mode=WAL: a commit appends to the write-ahead log; a kill -9 mid-commit leaves the last
+  commit either whole or absent (the torn tail of the log is ignored on the next open).
+- synchronous=FULL: each commit fsyncs the log before it returns, so a power loss loses nothing
+  that was committed. NORMAL would save that fsync but may roll back the last commits on power
+  loss, and every lost row is a request paid for twice; with group commits FULL costs little.
+- One flock'ed lock file beside the checkpoint: one run per output; the kernel drops the lock when
+  the process dies, so a killed run never blocks the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import astuple, dataclass
+from pathlib import Path
+
+from batchpizza.errors import CheckpointMissing, LockedError, OutputError
+
+SCHEMA_VERSION = "1"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    id TEXT PRIMARY KEY,
+    digest BLOB NOT NULL,
+    finish_reason TEXT NOT NULL,
+    answer TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL,
+    latency_ms REAL,
+    model TEXT,
+    updated REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of one row in this run, as it is stored and written."""
+
+    id: str
+    digest: bytes
+    finish_reason: str  # "stop", "misuse" or "error"
+    answer: str | None
+    error: str | None
+    attempts: int
+    latency_ms: float | None
+    model: str | None
+
+
+def _sqlite_error(path: Path, exc: sqlite3.Error) -> OutputError:
+    return OutputError(f"checkpoint {path}: {exc}")
+
+
+class Checkpoint:
+    """The store at `path`. Open with `Checkpoint.open`; writes come through `write`."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = True, readonly: bool = False) -> Checkpoint:
+        if not create and not path.exists():
+            raise CheckpointMissing(f"no checkpoint at {path}")
+        if readonly:
+            try:
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+                conn.execute("SELECT 1 FROM results LIMIT 1")
+            except sqlite3.DatabaseError as exc:
+                raise _sqlite_error(path, exc) from None
+            return cls(path, conn)
+        try:
+            # check_same_thread=False: group commits run in a worker thread, one at a time.
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        except sqlite3.DatabaseError as exc:
+            raise _sqlite_error(path, exc) from None
+        return cls(path, conn)
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+    def write(self, results: Sequence[Result]) -> None:
+        """Commit a group of results at once (called from a worker thread)."""
+        now = time.time()
+        rows = [(*astuple(r), now) for r in results]
+        try:
+            with self._transaction():
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                )
+                self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (now,))
+        except sqlite3.Error as exc:
+            raise _sqlite_error(self.path, exc) from None
+
+    def forget(self) -> None:
+        """--restart: drop every result."""
+        with self._transaction():
+            self._conn.execute("DELETE FROM results")
+
+    def set_meta(self, **values: object) -> None:
+        with self._transaction():
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [(k, None if v is None else str(v)) for k, v in values.items()],
+            )
+
+    def meta(self) -> dict[str, str]:
+        return dict(self._conn.execute("SELECT key, value FROM meta"))
+
+    def status(self) -> dict[str, object]:
+        """Counts by outcome, and what the last run recorded of its input."""
+        found = dict(self._conn.execute("SELECT finish_reason, count(*) FROM results GROUP BY 1"))
+        meta = self.meta()
+        info: dict[str, object] = {
+            "answered": found.get("stop", 0),
+            "failed": found.get("error", 0),
+            "misuse": found.get("misuse", 0),
+            "invalid": int(meta.get("invalid") or 0),
+            "input": meta.get("input"),
+            "updated": float(meta["updated"]) if meta.get("updated") else None,
+        }
+        if meta.get("rows"):
+            rows = int(meta["rows"])
+            info["rows"] = rows
+            done = sum(found.values()) + int(info["invalid"])  # type: ignore[call-overload]
+            info["pending"] = max(0, rows - done)
+        return info
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+
+class RunLock:
+    """An exclusive flock on `CHECKPOINT.lock`, held for the whole run."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        self.path = checkpoint.with_name(checkpoint.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot create the lock file {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockedError(
+                f"another batchpizza run is using {self.path.with_suffix('')} "
+                "(its lock is held); wait for it to finish, or use another output or --checkpoint"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock; the file stays, harmless and reused
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()

@@ -1,0 +1,208 @@
+"""The command line: options -> a RunConfig -> a Job -> an exit code. Nothing else lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batchpizza import config as defaults
+from batchpizza.checkpoint import Checkpoint
+from batchpizza.config import RunConfig
+from batchpizza.errors import BatchpizzaError, CheckpointMissing
+from batchpizza.job import Job
+from batchpizza.mock_server import MockConfig, serve
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="batchpizza")
+def cli() -> None:
+    """Send a prompt set to the Pizzagpt API, politely and crash-safely."""
+
+
+@cli.command()
+@click.argument("input", metavar="INPUT")
+@click.option("-o", "--output", required=True, help="Output file: .parquet or .jsonl.")
+@click.option(
+    "--prompt-field", help=f"Field holding the prompt [default: {defaults.DEFAULT_PROMPT_FIELD}]."
+)
+@click.option(
+    "--messages-field",
+    help=f"Field holding a chat message list [default: {defaults.DEFAULT_MESSAGES_FIELD}].",
+)
+@click.option(
+    "--id-field", help=f"Field holding the row id [default: {defaults.DEFAULT_ID_FIELD}]."
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=defaults.DEFAULT_CONCURRENCY,
+    show_default=True,
+    help="Requests in flight at most.",
+)
+@click.option(
+    "--rate",
+    default=defaults.DEFAULT_RATE,
+    show_default=True,
+    help="Requests per second, evenly spaced: 5, 5/s, 300/min, 1000/h; 0 = unlimited.",
+)
+@click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    default=defaults.DEFAULT_MAX_RETRIES,
+    show_default=True,
+    help="Retries after the first attempt.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=defaults.DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds per attempt.",
+)
+@click.option(
+    "--proxy", envvar="BATCHPIZZA_PROXY", help="HTTP(S) proxy URL [env: BATCHPIZZA_PROXY]."
+)
+@click.option(
+    "--base-url",
+    envvar="BATCHPIZZA_BASE_URL",
+    default=defaults.DEFAULT_BASE_URL,
+    show_default=True,
+    help="API server [env: BATCHPIZZA_BASE_URL].",
+)
+@click.option("--checkpoint", help="Checkpoint file [default: OUTPUT.checkpoint].")
+@click.option("--restart", is_flag=True, help="Forget the checkpoint and start over.")
+@click.option("--skip-bad-rows", is_flag=True, help="Run the good rows; mark bad ones invalid.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar [default: when stderr is a terminal].",
+)
+@click.option(
+    "--summary-json", type=click.Path(dir_okay=False), help="Also write the summary as JSON here."
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every retry.")
+def run(**options: Any) -> None:
+    """Send every prompt of INPUT (.jsonl, .ndjson, .gz, .parquet, a folder, or - for stdin)."""
+    input_path = options.pop("input")
+    output = options.pop("output")
+    try:
+        config = RunConfig.from_options(input_path, output, **options)
+    except BatchpizzaError as exc:
+        raise click.UsageError(exc.message) from None
+    sys.exit(_run_job(Job(config)))
+
+
+def _run_job(job: Job) -> int:
+    async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if job.signum is not None:
+                if signum == signal.SIGINT:  # a second Ctrl-C: the user wants out now
+                    print("batchpizza: interrupted again; exiting now", file=sys.stderr, flush=True)
+                    os._exit(130)
+                return
+            if not job.config.quiet:
+                name = signal.Signals(signum).name
+                print(
+                    f"\nbatchpizza: {name}: finishing requests in flight, then saving...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            job.interrupt(signum)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+        return await job.run()
+
+    try:
+        summary = asyncio.run(main())
+    except BatchpizzaError as exc:
+        click.echo(f"batchpizza: {exc.message}", err=True)
+        return exc.exit_code
+    return int(summary["exit_code"])
+
+
+@cli.command()
+@click.argument("output", required=False)
+@click.option("--checkpoint", help="The checkpoint file [default: OUTPUT.checkpoint].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
+    """What the checkpoint of OUTPUT holds."""
+    if not output and not checkpoint:
+        raise click.UsageError("give OUTPUT or --checkpoint")
+    path = Path(checkpoint) if checkpoint else Path(f"{output}.checkpoint")
+    try:
+        store = Checkpoint.open(path, create=False, readonly=True)
+    except CheckpointMissing as exc:
+        click.echo(f"batchpizza: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except BatchpizzaError as exc:
+        click.echo(f"batchpizza: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    try:
+        info = store.status()
+    finally:
+        store.close()
+    info["checkpoint"] = str(path)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    updated = info.get("updated")
+    when = (
+        dt.datetime.fromtimestamp(float(updated)).isoformat(timespec="seconds")  # type: ignore[arg-type]
+        if updated
+        else "never"
+    )
+    click.echo(f"checkpoint {path}")
+    click.echo(f"  input      {info.get('input') or 'unknown'} ({info.get('rows', '?')} rows)")
+    for key in ("answered", "failed", "misuse", "invalid", "pending"):
+        click.echo(f"  {key:<10} {info.get(key, '?')}")
+    click.echo(f"  written    {when}")
+
+
+@cli.command("mock-server")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="0 picks a free port.",
+)
+@click.option("--latency", type=click.FloatRange(min=0), default=0.0, help="Added latency, ms.")
+@click.option(
+    "--jitter", type=click.FloatRange(min=0), default=0.0, help="+- jitter on latency, ms."
+)
+@click.option(
+    "--error-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction of 5xx replies."
+)
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Requests/s above which it answers 429 with Retry-After.",
+)
+@click.option("--retry-after", default="1", show_default=True, help="Retry-After sent with 429s.")
+@click.option("--misuse-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--garbage-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--drop-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--hang-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--empty-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--seed", type=int, default=None)
+def mock_server(host: str, port: int, latency: float, jitter: float, **rates: Any) -> None:
+    """A local stand-in for the Pizzagpt API, for offline runs and tests."""
+    serve(MockConfig(latency_ms=latency, jitter_ms=jitter, **rates), host=host, port=port)
+
+
+def main() -> None:
+    cli(prog_name="batchpizza")

@@ -1,0 +1,201 @@
+"""One batch job from start to end: lock, scan, plan, send, write, summarise.
+
+The stages run in this order and data flows one way: reader -> plan -> runner (-> provider) ->
+checkpoint -> writer. Blocking work (the scan, the output) runs in a worker thread so that the
+event loop stays free to notice a signal; both check `stop` between batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from batchpizza.checkpoint import Checkpoint, RunLock
+from batchpizza.config import RunConfig
+from batchpizza.errors import Interrupted, OutputError
+from batchpizza.plan import Plan, Tally
+from batchpizza.progress import Progress, choose, setup_logging, summary_line, write_summary_json
+from batchpizza.reader import open_source
+from batchpizza.redact import remember_url
+from batchpizza.runner import Runner
+from batchpizza.writer import write_output
+
+_PROXY_VARIABLES = (
+    "BATCHPIZZA_PROXY",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
+
+
+class Job:
+    def __init__(
+        self, config: RunConfig, *, stdin: IO[bytes] | None = None, progress: Progress | None = None
+    ) -> None:
+        self.config = config
+        self.stdin = stdin
+        self.progress = progress or choose(config.progress, config.quiet)
+        self.stop = threading.Event()
+        self.signum: int | None = None
+        self.runner: Runner | None = None
+        self._send_task: asyncio.Task[None] | None = None
+
+    def interrupt(self, signum: int) -> None:
+        """Called on SIGINT / SIGTERM: stop taking rows, give rows in flight `grace` seconds."""
+        if self.signum is not None:
+            return
+        self.signum = signum
+        self.stop.set()
+        if self.runner is not None:
+            self.runner.stop()
+        task = self._send_task
+        if task is not None and not task.done():
+            asyncio.get_running_loop().call_later(self.config.grace, task.cancel)
+
+    async def run(self) -> dict[str, Any]:
+        config = self.config
+        setup_logging(config.quiet, config.verbose)
+        for url in (config.proxy, config.base_url, *map(os.environ.get, _PROXY_VARIABLES)):
+            remember_url(url)
+        started = time.monotonic()
+        lock = RunLock(config.checkpoint_path)
+        lock.acquire()  # before anything is read, so a second run changes nothing
+        try:
+            return await self._run_locked(started)
+        finally:
+            lock.release()
+
+    async def _run_locked(self, started: float) -> dict[str, Any]:
+        config = self.config
+        output = Path(config.output)
+        _check_writable(output.parent, "output")
+        _check_writable(config.checkpoint_path.parent, "checkpoint")
+        source = open_source(config, config.checkpoint_path.parent, self.stdin)
+        plan = Plan(source)
+        checkpoint: Checkpoint | None = None
+        try:
+            await self._in_thread(plan.scan, self.stop)
+            if plan.bad and not config.skip_bad_rows:
+                raise plan.input_error()
+            checkpoint = Checkpoint.open(config.checkpoint_path)
+            if config.restart:
+                checkpoint.forget()
+            plan.attach(config.checkpoint_path)
+            todo = plan.plan_sends()
+            checkpoint.set_meta(input=config.input, rows=plan.total, invalid=plan.bad)
+            self.runner = runner = Runner(config, checkpoint, on_result=self.progress.advance)
+            self.progress.start(plan.total, plan.total - todo, runner.counters)
+            try:
+                if todo and self.signum is None:
+                    self._send_task = asyncio.create_task(
+                        runner.run(source.prompts(plan.todo_positions()))
+                    )
+                    await self._send_task
+            except asyncio.CancelledError:
+                if self.signum is None:
+                    raise  # cancelled by our caller, not by our own grace timer
+            finally:
+                self.progress.close()
+            if self.signum is not None:
+                raise Interrupted("interrupted", self.signum)
+            await self._in_thread(
+                write_output, source, plan, output, config.output_format, self.stop
+            )
+            plan.prune()
+            return self._finish(plan.tally(), started)
+        except Interrupted as exc:
+            signum = self.signum or signal.SIGINT
+            tally = plan.tally() if checkpoint is not None else None
+            summary = self._summary(tally, started, 128 + signum, interrupted=True)
+            self._report(summary)
+            raise Interrupted(
+                f"{exc.message}; finished rows are saved in {config.checkpoint_path}. "
+                "Rerun the same command to resume.",
+                signum,
+                summary,
+            ) from None
+        finally:
+            plan.close()
+            source.close()
+            if checkpoint is not None:
+                checkpoint.close()
+
+    async def _in_thread(self, func: Any, *args: Any) -> Any:
+        """Blocking work in a thread; on cancellation it is told to stop and waited for."""
+        future = asyncio.ensure_future(asyncio.to_thread(func, *args))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self.stop.set()
+            await asyncio.wait([future])
+            raise
+
+    def _finish(self, tally: Tally, started: float) -> dict[str, Any]:
+        exit_code = 0 if tally.answered == tally.rows else 3
+        summary = self._summary(tally, started, exit_code)
+        self._report(summary)
+        return summary
+
+    def _summary(
+        self, tally: Tally | None, started: float, exit_code: int, interrupted: bool = False
+    ) -> dict[str, Any]:
+        counters = self.runner.counters if self.runner else None
+        return {
+            "rows": tally.rows if tally else 0,
+            "answered": tally.answered if tally else 0,
+            "failed": tally.failed if tally else 0,
+            "misuse": tally.misuse if tally else 0,
+            "invalid": tally.invalid if tally else 0,
+            "pending": tally.pending if tally else 0,
+            "requests": counters.requests if counters else 0,
+            "retries": counters.retries if counters else 0,
+            "elapsed_s": round(time.monotonic() - started, 3),
+            "output": None if interrupted else self.config.output,
+            "checkpoint": str(self.config.checkpoint_path),
+            "interrupted": interrupted,
+            "exit_code": exit_code,
+        }
+
+    def _report(self, summary: dict[str, Any]) -> None:
+        if not self.config.quiet:
+            print(summary_line(summary), file=sys.stderr, flush=True)
+        if self.config.summary_json:
+            write_summary_json(self.config.summary_json, summary)
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Fail before sending anything rather than after the whole run."""
+    folder = folder if str(folder) else Path()
+    if not folder.is_dir():
+        raise OutputError(f"the {what} folder {folder} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write in the {what} folder {folder}: {exc.strerror}") from None
+
+
+async def arun(
+    input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any
+) -> dict[str, Any]:
+    """Run a batch inside a running event loop; returns the summary. Options as on the command line
+    (concurrency=, rate=, max_retries=, ...). Raises BatchpizzaError subclasses on failure."""
+    config = RunConfig.from_options(str(input), str(output), **options)
+    return await Job(config).run()
+
+
+def run(
+    input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any
+) -> dict[str, Any]:
+    """Run a batch to the end and return its summary (see `arun` inside a running loop)."""
+    return asyncio.run(arun(input, output, **options))

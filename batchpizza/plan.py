@@ -1,0 +1,180 @@
+"""This run's rows, scanned once, and what to do with each: the bridge between input and checkpoint.
+
+The scan writes one small record per input row (position, id, prompt digest, what is wrong with
+it) to a private temporary SQLite database, so that memory stays flat whatever the input's size.
+Duplicate ids, the rows still to send and the output's rows in input order are then set-based
+queries joined against the checkpoint, done by SQLite in C rather than row by row in Python.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchpizza.errors import BadRow, InputError, Interrupted
+from batchpizza.reader import Row, Source, describe_bad
+
+PAGE = 4096
+
+
+@dataclass(frozen=True)
+class Tally:
+    rows: int
+    answered: int
+    failed: int
+    misuse: int
+    invalid: int
+
+    @property
+    def pending(self) -> int:
+        return self.rows - self.answered - self.failed - self.misuse - self.invalid
+
+
+class Plan:
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        # "" opens a private on-disk temporary database, deleted when the connection closes.
+        # Used by one thread at a time: the scan and the writer run in worker threads.
+        self._db = sqlite3.connect("", isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode = OFF")
+        self._db.execute("PRAGMA synchronous = OFF")
+        self._db.execute(
+            "CREATE TABLE rows (pos INTEGER PRIMARY KEY, id TEXT, digest BLOB, bad TEXT, "
+            "file INTEGER, at INTEGER)"
+        )
+        self.total = 0
+        self.bad = 0
+        self.first_bad: list[Row] = []
+        self.todo = 0
+        self._attached = False
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- the scan -----------------------------------------------------------------------------
+
+    def scan(self, stop: threading.Event | None = None) -> None:
+        """Read and validate every row. Runs in a worker thread; `stop` ends it early."""
+        db = self._db
+        db.execute("BEGIN")
+        for batch in self.source.scan():
+            if stop is not None and stop.is_set():
+                db.execute("ROLLBACK")
+                raise Interrupted("interrupted while reading the input", 0)
+            records: list[tuple[object, ...]] = []
+            for row in batch:
+                if row.problem is not None:
+                    self._note_bad(row)
+                    where = f"field {row.field!r}: " if row.field else ""
+                    records.append((row.pos, row.id, None, where + row.problem, row.file, row.at))
+                else:
+                    records.append((row.pos, row.id, row.digest, None, row.file, row.at))
+            db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?)", records)
+            self.total += len(batch)
+        db.execute("COMMIT")
+        self._mark_duplicates()
+
+    def _note_bad(self, row: Row) -> None:
+        self.bad += 1
+        if len(self.first_bad) < InputError.shown:
+            self.first_bad.append(row)
+
+    def _mark_duplicates(self) -> None:
+        db = self._db
+        dups = db.execute(
+            "SELECT r.pos, r.id, r.file, r.at, f.file, f.at FROM rows r JOIN "
+            "(SELECT id, min(pos) AS first FROM rows WHERE bad IS NULL GROUP BY id "
+            " HAVING count(*) > 1) d ON r.id = d.id JOIN rows f ON f.pos = d.first "
+            "WHERE r.pos > d.first AND r.bad IS NULL ORDER BY r.pos"
+        ).fetchall()
+        if not dups:
+            return
+        name = self.source.names
+        unit = "line" if self.source.kind == "jsonl" else "row"
+        updates = []
+        for pos, row_id, file, at, first_file, first_at in dups:
+            first = f"{unit} {first_at}" + ("" if first_file == file else f" of {name[first_file]}")
+            problem = f"duplicate id {row_id!r} (first on {first})"
+            self._note_bad(Row(pos, file, at, row_id, None, problem, "id"))
+            updates.append((f"field 'id': {problem}", pos))
+        db.execute("BEGIN")
+        db.executemany("UPDATE rows SET bad = ?, digest = NULL WHERE pos = ?", updates)
+        db.execute("COMMIT")
+        self.first_bad.sort(key=lambda r: r.pos)
+        del self.first_bad[InputError.shown :]
+
+    def input_error(self) -> InputError:
+        rows: tuple[BadRow, ...] = describe_bad(self.source, self.first_bad)
+        return InputError(f"{self.bad} bad row(s) in the input:", rows, self.bad)
+
+    # -- against the checkpoint ---------------------------------------------------------------
+
+    def attach(self, checkpoint: Path) -> None:
+        self._db.execute("ATTACH DATABASE ? AS ck", (str(checkpoint),))
+        self._attached = True
+
+    def plan_sends(self) -> int:
+        """Rows to send: good rows without an answer for their current prompt."""
+        db = self._db
+        db.execute("DROP TABLE IF EXISTS todo")
+        db.execute("CREATE TABLE todo (pos INTEGER PRIMARY KEY)")
+        db.execute(
+            "INSERT INTO todo SELECT r.pos FROM rows r LEFT JOIN ck.results c ON c.id = r.id "
+            "WHERE r.bad IS NULL AND (c.id IS NULL OR c.digest IS NOT r.digest "
+            "OR c.finish_reason != 'stop') ORDER BY r.pos"
+        )
+        self.todo = db.execute("SELECT count(*) FROM todo").fetchone()[0]
+        return int(self.todo)
+
+    def todo_positions(self) -> Iterator[int]:
+        last = -1
+        while True:
+            page = self._db.execute(
+                "SELECT pos FROM todo WHERE pos > ? ORDER BY pos LIMIT ?", (last, PAGE)
+            ).fetchall()
+            if not page:
+                return
+            for (pos,) in page:
+                yield pos
+            last = page[-1][0]
+
+    def digests(self, positions: list[int]) -> dict[int, bytes]:
+        marks = ",".join("?" * len(positions))
+        query = f"SELECT pos, digest FROM rows WHERE pos IN ({marks})"
+        return dict(self._db.execute(query, positions))
+
+    _JOINED = (
+        "FROM rows r LEFT JOIN ck.results c "
+        "ON r.bad IS NULL AND c.id = r.id AND c.digest = r.digest"
+    )
+
+    def output_rows(self) -> Iterator[list[tuple[object, ...]]]:
+        """(id, bad, answer, finish_reason, error, attempts, latency_ms, model) in input order."""
+        last = -1
+        while True:
+            page = self._db.execute(
+                "SELECT r.pos, r.id, r.bad, c.answer, c.finish_reason, c.error, c.attempts, "
+                f"c.latency_ms, c.model {self._JOINED} WHERE r.pos > ? ORDER BY r.pos LIMIT ?",
+                (last, PAGE),
+            ).fetchall()
+            if not page:
+                return
+            last = page[-1][0]
+            yield [row[1:] for row in page]
+
+    def tally(self) -> Tally:
+        found = self._db.execute(
+            "SELECT count(*), sum(c.finish_reason = 'stop'), sum(c.finish_reason = 'error'), "
+            f"sum(c.finish_reason = 'misuse'), sum(r.bad IS NOT NULL) {self._JOINED}"
+        ).fetchone()
+        return Tally(*(int(x or 0) for x in found))
+
+    def prune(self) -> int:
+        """Forget results for rows that left the input, so the checkpoint matches the output."""
+        cursor = self._db.execute(
+            "DELETE FROM ck.results WHERE id NOT IN (SELECT id FROM rows WHERE bad IS NULL)"
+        )
+        return cursor.rowcount

@@ -1,0 +1,258 @@
+"""The output: one row per input row, in input order, Parquet or JSONL, appearing whole or not at all.
+
+Rows are streamed: the input's carried fields are read again batch by batch and zipped with the
+results read from the checkpoint in the same order. The file is written aside in the same folder,
+fsynced, renamed over the output and the folder fsynced, so a reader (or a kill) never meets a
+half-written file and an earlier output is replaced only by a complete one.
+
+JSONL fields carried into Parquet: a field that holds one JSON type in every row keeps it (string,
+bool, int64, or float64 where ints and floats mix); a field whose type varies between rows, and any
+list or object, is stored as JSON text (each cell the JSON of the value).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import decimal
+import itertools
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchpizza import jsoncodec
+from batchpizza.errors import InputError, Interrupted, OutputError
+from batchpizza.plan import Plan
+from batchpizza.reader import Source
+
+log = logging.getLogger("batchpizza")
+
+RESULT_SCHEMA = pa.schema(
+    [
+        ("answer", pa.string()),
+        ("finish_reason", pa.string()),
+        ("misuse", pa.bool_()),
+        ("error", pa.string()),
+        ("attempts", pa.int64()),
+        ("latency_ms", pa.float64()),
+        ("model", pa.string()),
+    ]
+)
+RESULT_NAMES = RESULT_SCHEMA.names
+_ARROW_OF = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
+
+
+def _finish(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """(id, bad, answer, finish_reason, error, attempts, latency_ms, model) -> id + result columns."""
+    row_id, bad, answer, reason, error, attempts, latency, model = row
+    if bad is not None:
+        return (row_id, None, "invalid", False, bad, 0, None, None)
+    if reason is None:  # cannot happen after a complete run; say so rather than invent a result
+        return (row_id, None, "error", False, "not sent", 0, None, None)
+    return (row_id, answer, reason, reason == "misuse", error, attempts, latency, model)
+
+
+def jsonl_column_types(source: Source) -> dict[str, pa.DataType | None]:
+    """Name -> Arrow type for JSONL fields carried into Parquet; None means JSON text."""
+    types: dict[str, pa.DataType | None] = {}
+    for name, kinds in source.field_types.items():
+        if kinds == {"int", "float"}:
+            types[name] = pa.float64()
+        elif len(kinds) == 1 and next(iter(kinds)) in _ARROW_OF:
+            types[name] = _ARROW_OF[next(iter(kinds))]
+        else:
+            types[name] = None
+            if len(kinds) > 1:
+                log.warning(
+                    "field %r holds %s across rows; written to Parquet as JSON text",
+                    name,
+                    " and ".join(sorted(kinds)),
+                )
+    return types
+
+
+def _json_default(value: Any) -> Any:
+    """What Parquet holds and JSON does not."""
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    raise TypeError(f"cannot write a {type(value).__name__} as JSON")
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else jsoncodec.dumps(value, _json_default).decode()
+
+
+class _Output:
+    """Writes batches of (carried columns, result rows) to one format."""
+
+    def __init__(self, source: Source, handle: IO[bytes], fmt: str) -> None:
+        self.source, self.handle, self.fmt = source, handle, fmt
+        self.parquet: pq.ParquetWriter | None = None
+        if source.kind == "jsonl":
+            self.names = list(source.field_types)
+            self.types = jsonl_column_types(source) if fmt == "parquet" else {}
+        else:
+            self.schema = _unified_schema(source)
+            self.names = [n for n in self.schema.names if n != source.fields.id]
+        self.columns = ["id", *self.names, *RESULT_NAMES]
+
+    def write(
+        self, carried: list[Mapping[str, Any]] | pa.RecordBatch, rows: list[tuple[Any, ...]]
+    ) -> None:
+        if self.fmt == "jsonl":
+            self._write_jsonl(carried, rows)
+        else:
+            self._write_parquet(carried, rows)
+
+    def _write_jsonl(
+        self, carried: list[Mapping[str, Any]] | pa.RecordBatch, rows: list[tuple[Any, ...]]
+    ) -> None:
+        objects = carried.to_pylist() if isinstance(carried, pa.RecordBatch) else carried
+        names, columns = self.names, self.columns
+        lines = []
+        for obj, row in zip(objects, rows, strict=True):
+            record = dict(
+                zip(columns, (row[0], *(obj.get(n) for n in names), *row[1:]), strict=True)
+            )
+            lines.append(jsoncodec.dumps(record, _json_default))
+        lines.append(b"")
+        self.handle.write(b"\n".join(lines))
+
+    def _write_parquet(
+        self, carried: list[Mapping[str, Any]] | pa.RecordBatch, rows: list[tuple[Any, ...]]
+    ) -> None:
+        results = list(zip(*rows, strict=True))
+        if isinstance(carried, pa.RecordBatch):
+            table = _conform(carried, self.schema)
+            arrays = [table.column(n).combine_chunks() for n in self.names]
+            fields = [self.schema.field(n) for n in self.names]
+        else:
+            arrays, fields = [], []
+            for name in self.names:
+                arrow_type = self.types[name]
+                values = [obj.get(name) for obj in carried]
+                if arrow_type is None:
+                    arrays.append(pa.array([_json_text(v) for v in values], pa.string()))
+                    fields.append(pa.field(name, pa.string()))
+                else:
+                    arrays.append(pa.array(values, arrow_type))
+                    fields.append(pa.field(name, arrow_type))
+        arrays = [pa.array(results[0], pa.string()), *arrays]
+        arrays += [pa.array(col, f.type) for col, f in zip(results[1:], RESULT_SCHEMA, strict=True)]
+        schema = pa.schema([pa.field("id", pa.string()), *fields, *RESULT_SCHEMA])
+        batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+        if self.parquet is None:
+            self.parquet = pq.ParquetWriter(self.handle, schema, compression="zstd")
+        self.parquet.write_batch(batch)
+
+    def close(self) -> None:
+        if self.fmt == "parquet":
+            if self.parquet is None:  # an empty input still gets every column
+                schema = self._empty_schema()
+                self.parquet = pq.ParquetWriter(self.handle, schema, compression="zstd")
+            self.parquet.close()
+
+    def _empty_schema(self) -> pa.Schema:
+        if self.source.kind == "parquet":
+            fields = [self.schema.field(n) for n in self.names]
+        else:
+            fields = [pa.field(n, self.types.get(n) or pa.string()) for n in self.names]
+        return pa.schema([pa.field("id", pa.string()), *fields, *RESULT_SCHEMA])
+
+
+def _unified_schema(source: Source) -> pa.Schema:
+    schemas = [pq.read_schema(p) for p in source.paths]
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowException, TypeError) as exc:
+        raise InputError(
+            f"the Parquet files of {source.names[0]}... have clashing columns: {exc}"
+        ) from None
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
+    """A batch from one file of a directory, with the columns of all of them."""
+    table = pa.Table.from_batches([batch])
+    if table.schema.equals(schema):
+        return table
+    columns = [
+        table.column(f.name).cast(f.type)
+        if f.name in table.schema.names
+        else pa.nulls(len(table), f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """A file that replaces `path` only once it is complete and on disk."""
+    folder = path.parent if str(path.parent) else Path()
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".partial")
+    except OSError as exc:
+        raise OutputError(f"cannot write in {folder}: {exc.strerror}") from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb", buffering=1024 * 1024) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _normal_mode(path))
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
+    with contextlib.suppress(OSError):  # some filesystems cannot fsync a folder
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _normal_mode(path: Path) -> int:
+    """The mode an ordinary new file would get (mkstemp's is 0600), or the replaced file's."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def write_output(
+    source: Source, plan: Plan, output: Path, fmt: str, stop: threading.Event | None = None
+) -> None:
+    """Write every row of the input, in order, with its result. Runs in a worker thread."""
+    results = itertools.chain.from_iterable(plan.output_rows())
+    with atomic_file(output) as handle:
+        out = _Output(source, handle, fmt)
+        written = 0
+        for carried in source.carried():
+            if stop is not None and stop.is_set():
+                raise Interrupted("interrupted while writing the output", 0)
+            rows = [_finish(r) for r in itertools.islice(results, len(carried))]
+            if len(rows) != len(carried):
+                raise InputError(f"{source.names[0]}: the input changed during the run; rerun")
+            out.write(carried, rows)
+            written += len(rows)
+        if next(results, None) is not None or written != plan.total:
+            raise InputError(f"{source.names[0]}: the input changed during the run; rerun")
+        out.close()
