@@ -90,6 +90,11 @@ def cli() -> None:
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every retry.")
+@click.option(
+    "--mock",
+    is_flag=True,
+    help="Answer from the bundled mock API in-process (offline demo; own checkpoint).",
+)
 def run(**options: Any) -> None:
     """Send every prompt of INPUT (.jsonl, .ndjson, .gz, .parquet, a folder, or - for stdin)."""
     input_path = options.pop("input")

@@ -92,6 +92,7 @@ class RunConfig:
     backoff_cap: float = DEFAULT_BACKOFF_CAP
     retry_after_cap: float = DEFAULT_RETRY_AFTER_CAP
     grace: float = DEFAULT_GRACE
+    mock: bool = False  # answer from the bundled mock server, in-process: the offline demo
     rate_per_s: float = field(init=False)
     output_format: str = field(init=False)
 
@@ -120,7 +121,11 @@ class RunConfig:
 
     @property
     def checkpoint_path(self) -> Path:
-        return Path(self.checkpoint) if self.checkpoint else Path(self.output + ".checkpoint")
+        if self.checkpoint:
+            return Path(self.checkpoint)
+        # Mock answers get a checkpoint of their own, so that a later real run on the same
+        # output sends every prompt instead of taking the mock's answers as done.
+        return Path(self.output + (".mock-checkpoint" if self.mock else ".checkpoint"))
 
     @property
     def fields_named(self) -> tuple[str, str, str]:

@@ -8,6 +8,7 @@ event loop stays free to notice a signal; both check `stop` between batches.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -20,6 +21,7 @@ from typing import IO, Any
 from batchpizza.checkpoint import Checkpoint, RunLock
 from batchpizza.config import RunConfig
 from batchpizza.errors import Interrupted, OutputError
+from batchpizza.mock_server import MockConfig, MockServer
 from batchpizza.plan import Plan, Tally
 from batchpizza.progress import Progress, choose, setup_logging, summary_line, write_summary_json
 from batchpizza.reader import open_source
@@ -71,7 +73,11 @@ class Job:
         lock = RunLock(config.checkpoint_path)
         lock.acquire()  # before anything is read, so a second run changes nothing
         try:
-            return await self._run_locked(started)
+            if not config.mock:
+                return await self._run_locked(started)
+            async with MockServer(MockConfig()) as server:
+                self.config = dataclasses.replace(config, base_url=server.base_url)
+                return await self._run_locked(started)
         finally:
             lock.release()
 

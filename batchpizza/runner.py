@@ -29,6 +29,10 @@ log = logging.getLogger("batchpizza")
 PendingRow = tuple[int, str, str]  # (position, id, formatted prompt)
 
 
+class _Stopped(Exception):
+    """A worker that was waiting for its turn when the run was told to stop: nothing was sent."""
+
+
 @dataclass
 class Counters:
     """What this run did so far; read by the progress bar and the summary."""
@@ -146,7 +150,10 @@ class Runner:
             row = next(rows, None)
             if row is None:
                 return
-            result = await self._send(session, row)
+            try:
+                result = await self._send(session, row)
+            except _Stopped:
+                return
             await committer.save(result)
             self._count(result)
 
@@ -174,6 +181,8 @@ class Runner:
             async for attempt in self._policy.retrying(on_retry, sleep=self._sleep):
                 with attempt:
                     await self.gate.enter()
+                    if self._stopping and attempts == 0:
+                        raise _Stopped  # after a signal, start no new row; retries may finish
                     attempts += 1
                     counters.requests += 1
                     started = self._clock()
