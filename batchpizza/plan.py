@@ -8,6 +8,8 @@ queries joined against the checkpoint, done by SQLite in C rather than row by ro
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -31,6 +33,23 @@ class Tally:
     @property
     def pending(self) -> int:
         return self.rows - self.answered - self.failed - self.misuse - self.invalid
+
+
+def _reason(row: Row) -> str:
+    return (f"field {row.field!r}: " if row.field else "") + row.problem
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The scan makes millions of short-lived objects and no reference cycles: the cyclic
+    collector only costs time there (about a fifth of the pass, measured on 1M rows)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class Plan:
@@ -60,20 +79,22 @@ class Plan:
         """Read and validate every row. Runs in a worker thread; `stop` ends it early."""
         db = self._db
         db.execute("BEGIN")
-        for batch in self.source.scan():
-            if stop is not None and stop.is_set():
-                db.execute("ROLLBACK")
-                raise Interrupted("interrupted while reading the input", 0)
-            records: list[tuple[object, ...]] = []
-            for row in batch:
-                if row.problem is not None:
-                    self._note_bad(row)
-                    where = f"field {row.field!r}: " if row.field else ""
-                    records.append((row.pos, row.id, None, where + row.problem, row.file, row.at))
-                else:
-                    records.append((row.pos, row.id, row.digest, None, row.file, row.at))
-            db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?)", records)
-            self.total += len(batch)
+        with _gc_paused():
+            for good, bad in self.source.scan():
+                if stop is not None and stop.is_set():
+                    db.execute("ROLLBACK")
+                    raise Interrupted("interrupted while reading the input", 0)
+                db.executemany(
+                    "INSERT INTO rows (pos, id, digest, file, at) VALUES (?, ?, ?, ?, ?)", good
+                )
+                if bad:
+                    for row in bad:
+                        self._note_bad(row)
+                    db.executemany(
+                        "INSERT INTO rows VALUES (?, ?, NULL, ?, ?, ?)",
+                        [(r.pos, r.id, _reason(r), r.file, r.at) for r in bad],
+                    )
+                self.total += len(good) + len(bad)
         db.execute("COMMIT")
         self._mark_duplicates()
 
@@ -98,7 +119,7 @@ class Plan:
         for pos, row_id, file, at, first_file, first_at in dups:
             first = f"{unit} {first_at}" + ("" if first_file == file else f" of {name[first_file]}")
             problem = f"duplicate id {row_id!r} (first on {first})"
-            self._note_bad(Row(pos, file, at, row_id, None, problem, "id"))
+            self._note_bad(Row(pos, file, at, row_id, problem, "id"))
             updates.append((f"field 'id': {problem}", pos))
         db.execute("BEGIN")
         db.executemany("UPDATE rows SET bad = ?, digest = NULL WHERE pos = ?", updates)
@@ -140,11 +161,6 @@ class Plan:
             for (pos,) in page:
                 yield pos
             last = page[-1][0]
-
-    def digests(self, positions: list[int]) -> dict[int, bytes]:
-        marks = ",".join("?" * len(positions))
-        query = f"SELECT pos, digest FROM rows WHERE pos IN ({marks})"
-        return dict(self._db.execute(query, positions))
 
     _JOINED = (
         "FROM rows r LEFT JOIN ck.results c "

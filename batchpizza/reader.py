@@ -8,6 +8,7 @@ through). Every pass goes through `interpret`, so all three agree on what a row 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import shutil
@@ -36,19 +37,20 @@ _BOM = b"\xef\xbb\xbf"
 
 @dataclass(slots=True)
 class Row:
-    """One input row as the scan sees it. `problem` is set for a bad row; `id` may still be set."""
+    """A bad row as the scan found it; `id` is kept where it could be read."""
 
     pos: int
     file: int
     at: int  # JSONL: 1-based physical line; Parquet: 0-based row in its file
     id: str | None
-    prompt: str | None
-    problem: str | None = None
+    problem: str
     field: str | None = None
 
-    @property
-    def digest(self) -> bytes | None:
-        return prompt_digest(self.prompt) if self.prompt is not None else None
+
+# What the scan yields per batch: the good rows as (pos, id, prompt digest, file, at) records,
+# ready for the plan's table, and the bad rows.
+GoodRow = tuple[int, str, bytes, int, int]
+ScanBatch = tuple[list[GoodRow], list[Row]]
 
 
 def prompt_digest(prompt: str) -> bytes:
@@ -78,9 +80,10 @@ class Fields:
             config.id_field is not None,
         )
 
-    def reserved(self) -> set[str]:
+    @functools.cached_property
+    def reserved(self) -> frozenset[str]:
         """Input names that would collide with an output column."""
-        return set(RESULT_COLUMNS) | ({"id"} if self.id != "id" else set())
+        return frozenset(RESULT_COLUMNS) | ({"id"} if self.id != "id" else frozenset())
 
 
 class _Bad(Exception):
@@ -130,10 +133,9 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> tuple[str, st
     else:
         kind = "an empty string" if raw_id == "" else f"a {_json_type(raw_id)}"
         raise _Bad(f"the id must be a non-empty string or an integer, not {kind}", id_name)
-    clash = fields.reserved().intersection(obj)
-    clash.discard(id_name)
-    if clash:
-        raise _Bad("is named like an output column; rename it", min(clash), row_id)
+    clash = fields.reserved.intersection(obj)
+    if clash and clash != {id_name}:
+        raise _Bad("is named like an output column; rename it", min(clash - {id_name}), row_id)
     prompt, messages = obj.get(fields.prompt), obj.get(fields.messages)
     if prompt is not None and messages is not None:
         if fields.named_prompt != fields.named_messages:
@@ -180,7 +182,31 @@ class Source:
     names: list[str]  # what messages call each file
     fields: Fields
     spooled: Path | None = None  # standard input copied to disk, removed by close()
-    field_types: dict[str, set[str]] = field(default_factory=dict)  # JSONL: name -> JSON types seen
+    # JSONL: the distinct (keys, value types) shapes of the rows, in first-seen order; a handful
+    # in practice, so tracking them costs one C-level tuple per row instead of a loop per field.
+    _shapes: dict[tuple[tuple[str, ...], tuple[type, ...]], None] = field(default_factory=dict)
+    _kinds: dict[str, set[str]] = field(default_factory=dict)
+
+    @property
+    def field_types(self) -> dict[str, set[str]]:
+        """JSONL: carried field name -> the kinds of value seen (see _kind), in first-seen order."""
+        self._fold_shapes()
+        return self._kinds
+
+    def _fold_shapes(self) -> None:
+        kinds, id_name = self._kinds, self.fields.id
+        for names, types in self._shapes:
+            for name, kind in zip(names, types, strict=True):
+                if name != id_name:
+                    seen = kinds.setdefault(name, set())
+                    if kind is not type(None):
+                        seen.add(_KIND_OF.get(kind, "json"))
+        self._shapes.clear()
+
+    def _note_shape(self, obj: dict[str, Any]) -> None:
+        self._shapes[tuple(obj), tuple(map(type, obj.values()))] = None
+        if len(self._shapes) > 4096:  # rows of many shapes: fold now, keep memory flat
+            self._fold_shapes()
 
     def close(self) -> None:
         if self.spooled is not None:
@@ -188,12 +214,11 @@ class Source:
 
     # -- the three passes -------------------------------------------------------------------
 
-    def scan(self) -> Iterator[list[Row]]:
+    def scan(self) -> Iterator[ScanBatch]:
         """Every row, validated, in batches. Records the carried fields' JSON types on the way."""
         if self.kind == "jsonl":
-            yield from _batched(self._scan_jsonl())
-        else:
-            yield from _batched(self._scan_parquet())
+            return self._scan_jsonl()
+        return self._scan_parquet()
 
     def prompts(self, wanted: Iterable[int]) -> Iterator[tuple[int, str, str]]:
         """(pos, id, prompt) of the rows at the given ascending positions; the others are
@@ -270,40 +295,53 @@ class Source:
                 if target is None:
                     return
 
-    def _scan_jsonl(self) -> Iterator[Row]:
-        types = self.field_types
-        id_name = self.fields.id
+    def _scan_jsonl(self) -> Iterator[ScanBatch]:
+        big_int, fields = jsoncodec.may_hold_big_int, self.fields
+        good: list[GoodRow] = []
+        bad: list[Row] = []
         for pos, (index, number, line) in enumerate(self._lines()):
-            row = Row(pos, index, number, None, None)
+            if len(good) + len(bad) >= BATCH_ROWS:
+                yield good, bad
+                good, bad = [], []
             if line is None:
-                row.problem = f"line longer than {MAX_LINE_BYTES} bytes"
-                yield row
+                bad.append(
+                    Row(pos, index, number, None, f"line longer than {MAX_LINE_BYTES} bytes")
+                )
                 continue
             try:
                 obj = jsoncodec.loads(line)
             except ValueError:
-                row.problem = _why_not_json(line)
-                yield row
+                bad.append(Row(pos, index, number, None, _why_not_json(line)))
                 continue
             if not isinstance(obj, dict):
-                row.problem = f"not a JSON object but a {_json_type(obj)}"
-                yield row
+                bad.append(
+                    Row(pos, index, number, None, f"not a JSON object but a {_json_type(obj)}")
+                )
                 continue
-            for name, value in obj.items():
-                if name != id_name and value is not None:
-                    seen = types.get(name)
-                    if seen is None:
-                        types[name] = seen = set()
-                    seen.add(_arrow_kind(value))
-            _fill(row, obj, self.fields)
-            yield row
+            self._note_shape(obj)
+            if big_int(line):
+                self._note_big_ints(obj)
+            try:
+                row_id, prompt = interpret(obj, fields, pos)
+            except _Bad as exc:
+                bad.append(Row(pos, index, number, exc.id, exc.problem, exc.field))
+            else:
+                good.append((pos, row_id, prompt_digest(prompt), index, number))
+        if good or bad:
+            yield good, bad
+
+    def _note_big_ints(self, obj: dict[str, Any]) -> None:
+        """Integers beyond 64 bits cannot be an int64 column: such a field becomes JSON text."""
+        for name, value in obj.items():
+            if isinstance(value, int) and not -(2**63) <= value < 2**63 and name != self.fields.id:
+                self._kinds.setdefault(name, set()).add("json")
 
     # -- Parquet ------------------------------------------------------------------------------
 
     def _parquet_columns(self, schema: pa.Schema, name: str) -> list[str]:
         f = self.fields
         present = set(schema.names)
-        clash = sorted(present & f.reserved() - {f.id})
+        clash = sorted(present & f.reserved - {f.id})
         if clash:
             raise InputError(
                 f"{name}: column {clash[0]!r} is named like an output column; rename it"
@@ -328,19 +366,22 @@ class Source:
                         yield index, at, obj
                         at += 1
 
-    def _scan_parquet(self) -> Iterator[Row]:
+    def _scan_parquet(self) -> Iterator[ScanBatch]:
+        fields = self.fields
+        good: list[GoodRow] = []
+        bad: list[Row] = []
         for pos, (index, at, obj) in enumerate(self._parquet_rows()):
-            row = Row(pos, index, at, None, None)
-            _fill(row, obj, self.fields)
-            yield row
-
-
-def _fill(row: Row, obj: Mapping[str, Any], fields: Fields) -> None:
-    try:
-        row.id, row.prompt = interpret(obj, fields, row.pos)
-    except _Bad as bad:
-        row.problem, row.field = bad.problem, bad.field
-        row.id = bad.id
+            if len(good) + len(bad) >= BATCH_ROWS:
+                yield good, bad
+                good, bad = [], []
+            try:
+                row_id, prompt = interpret(obj, fields, pos)
+            except _Bad as exc:
+                bad.append(Row(pos, index, at, exc.id, exc.problem, exc.field))
+            else:
+                good.append((pos, row_id, prompt_digest(prompt), index, at))
+        if good or bad:
+            yield good, bad
 
 
 def _why_not_json(line: bytes) -> str:
@@ -359,16 +400,8 @@ def _why_not_json(line: bytes) -> str:
     return "invalid JSON"
 
 
-def _arrow_kind(value: object) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int" if -(2**63) <= value < 2**63 else "json"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    return "json"  # lists and objects are kept as JSON text: their inner types may vary per row
+# Python type of a parsed JSON value -> the kind the writer maps to an Arrow type.
+_KIND_OF: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str"}
 
 
 def _is_string(dtype: pa.DataType) -> bool:
@@ -377,17 +410,6 @@ def _is_string(dtype: pa.DataType) -> bool:
         or pa.types.is_large_string(dtype)
         or (pa.types.is_dictionary(dtype) and _is_string(dtype.value_type))
     )
-
-
-def _batched(rows: Iterator[Row]) -> Iterator[list[Row]]:
-    batch: list[Row] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= BATCH_ROWS:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 @contextlib.contextmanager
@@ -473,7 +495,7 @@ def describe_bad(source: Source, rows: Sequence[Row]) -> tuple[BadRow, ...]:
     for row in rows:
         name = source.names[row.file]
         if source.kind == "jsonl":
-            out.append(BadRow(name, row.problem or "", line=row.at, field=row.field))
+            out.append(BadRow(name, row.problem, line=row.at, field=row.field))
         else:
-            out.append(BadRow(name, row.problem or "", row=row.at, field=row.field))
+            out.append(BadRow(name, row.problem, row=row.at, field=row.field))
     return tuple(out)
