@@ -87,12 +87,14 @@ class Job:
         _check_writable(output.parent, "output")
         _check_writable(config.checkpoint_path.parent, "checkpoint")
         source = open_source(config, config.checkpoint_path.parent, self.stdin)
-        plan = Plan(source)
+        plan = Plan(source, cache=_scan_cache(config.checkpoint_path))
         checkpoint: Checkpoint | None = None
         try:
-            await self._in_thread(plan.scan, self.stop)
-            if plan.bad and not config.skip_bad_rows:
-                raise plan.input_error()
+            if not plan.reuse_cache(config.skip_bad_rows):
+                await self._in_thread(plan.scan, self.stop)
+                if plan.bad and not config.skip_bad_rows:
+                    raise plan.input_error()
+                plan.keep_cache()
             checkpoint = Checkpoint.open(config.checkpoint_path)
             if config.restart:
                 checkpoint.forget()
@@ -177,6 +179,10 @@ class Job:
             print(summary_line(summary), file=sys.stderr, flush=True)
         if self.config.summary_json:
             write_summary_json(self.config.summary_json, summary)
+
+
+def _scan_cache(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".scan")
 
 
 def _check_writable(folder: Path, what: str) -> None:

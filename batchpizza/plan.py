@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from batchpizza.errors import BadRow, InputError, Interrupted
 from batchpizza.reader import Row, Source, describe_bad
 
 PAGE = 4096
+SCAN_VERSION = 1  # bump when what the scan stores or checks changes
 
 
 @dataclass(frozen=True)
@@ -52,26 +55,87 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _input_key(source: Source) -> str | None:
+    """What identifies the input's exact bytes and how they are read; None for standard input."""
+    if source.spooled is not None:
+        return None
+    files = []
+    for path in source.paths:
+        st = path.stat()
+        files.append([str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+    return json.dumps({"version": SCAN_VERSION, "fields": astuple(source.fields), "files": files})
+
+
 class Plan:
-    def __init__(self, source: Source) -> None:
+    """The scanned rows of one run. With `cache`, the scan is kept in that file and reused by the
+    next run when the input files are unchanged (same path, size, mtime, ctime and inode) and read
+    with the same field options, so resuming a large job does not validate it all again."""
+
+    def __init__(self, source: Source, cache: Path | None = None) -> None:
         self.source = source
-        # "" opens a private on-disk temporary database, deleted when the connection closes.
-        # Used by one thread at a time: the scan and the writer run in worker threads.
-        self._db = sqlite3.connect("", isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode = OFF")
-        self._db.execute("PRAGMA synchronous = OFF")
-        self._db.execute(
-            "CREATE TABLE rows (pos INTEGER PRIMARY KEY, id TEXT, digest BLOB, bad TEXT, "
-            "file INTEGER, at INTEGER)"
-        )
         self.total = 0
         self.bad = 0
         self.first_bad: list[Row] = []
         self.todo = 0
-        self._attached = False
+        self.reused = False
+        self._cache = cache
+        self._key = _input_key(source) if cache is not None else None
+        self._fresh: Path | None = None
+        if cache is not None and self._key is not None:
+            self._fresh = cache.with_name(cache.name + ".partial")
+            self._fresh.unlink(missing_ok=True)
+        # Without a cache, "" opens a private on-disk temporary database, deleted on close.
+        self._db = self._connect(str(self._fresh) if self._fresh else "")
+        self._db.execute(
+            "CREATE TABLE rows (pos INTEGER PRIMARY KEY, id TEXT, digest BLOB, bad TEXT, "
+            "file INTEGER, at INTEGER)"
+        )
+
+    @staticmethod
+    def _connect(path: str) -> sqlite3.Connection:
+        # Used by one thread at a time: the scan and the writer run in worker threads.
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode = OFF")  # a cache and a scratch table: rebuilt if torn
+        db.execute("PRAGMA synchronous = OFF")
+        return db
+
+    def reuse_cache(self, skip_bad_rows: bool) -> bool:
+        """Take the previous run's scan if it is of these very files; True if it was taken."""
+        cache = self._cache
+        if cache is None or self._key is None or not cache.exists():
+            return False
+        try:
+            db = self._connect(str(cache))
+            info = dict(db.execute("SELECT key, value FROM info"))
+            if info.get("key") != self._key or (int(info["bad"]) and not skip_bad_rows):
+                db.close()
+                return False
+        except (sqlite3.Error, KeyError, ValueError):
+            return False
+        self._db.close()
+        self._db = db
+        self.total, self.bad = int(info["total"]), int(info["bad"])
+        self.source.restore_field_types(json.loads(info["kinds"]))
+        self.reused = True
+        return True
+
+    def keep_cache(self) -> None:
+        """The scan is good to run from: keep it for the next run."""
+        if self._fresh is None or self._cache is None or self.reused:
+            return
+        kinds = {name: sorted(k) for name, k in self.source.field_types.items()}
+        info = {"key": self._key, "total": self.total, "bad": self.bad, "kinds": json.dumps(kinds)}
+        self._db.execute("CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT)")
+        self._db.executemany("INSERT INTO info VALUES (?, ?)", list(info.items()))
+        self._db.close()
+        os.replace(self._fresh, self._cache)
+        self._db = self._connect(str(self._cache))
+        self._fresh = None
 
     def close(self) -> None:
         self._db.close()
+        if self._fresh is not None:  # a scan that was not kept (bad input, interrupt)
+            self._fresh.unlink(missing_ok=True)
 
     # -- the scan -----------------------------------------------------------------------------
 

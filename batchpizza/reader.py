@@ -193,6 +193,11 @@ class Source:
         self._fold_shapes()
         return self._kinds
 
+    def restore_field_types(self, kinds: dict[str, list[str]]) -> None:
+        """Field types as a cached scan recorded them."""
+        self._shapes.clear()
+        self._kinds = {name: set(k) for name, k in kinds.items()}
+
     def _fold_shapes(self) -> None:
         kinds, id_name = self._kinds, self.fields.id
         for names, types in self._shapes:
