@@ -158,6 +158,17 @@ def extract_answer(body: bytes, status: int = 200) -> str:
     return text
 
 
+def _same_origin(url: URL, target: URL) -> bool:
+    """Where the prompt and x-secret may follow a redirect: the same scheme, host and port, or
+    the same host moving from http to https on the default ports (a safe upgrade)."""
+    if target.host is None or url.host is None or target.host.lower() != url.host.lower():
+        return False
+    if (target.scheme, target.port) == (url.scheme, url.port):
+        return True
+    upgrade = url.scheme == "http" and target.scheme == "https"
+    return upgrade and url.is_default_port() and target.is_default_port()
+
+
 async def ask(
     session: aiohttp.ClientSession,
     prompt: str,
@@ -184,7 +195,7 @@ async def ask(
             ) as resp:
                 if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                     target = url.join(URL(resp.headers["Location"]))
-                    if target.host != url.host:
+                    if not _same_origin(url, target):
                         raise RedirectRefused(
                             f"HTTP {resp.status} redirect to another host refused: "
                             f"{target.with_query(None)}"
@@ -202,7 +213,7 @@ async def ask(
                     f"HTTP {resp.status} {resp.reason or ''}".strip(),
                     retry_after=parse_retry_after(resp.headers.get("Retry-After")),
                 )
-        raise TransportError(f"more than {MAX_REDIRECTS} redirects")
+        raise RedirectRefused(f"more than {MAX_REDIRECTS} redirects")  # a loop: retrying won't help
     except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
         raise RequestTimeout(f"no complete reply within {timeout:g}s") from None
     except aiohttp.ClientSSLError as exc:

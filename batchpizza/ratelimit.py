@@ -3,8 +3,10 @@
 Why not aiolimiter: its leaky bucket configured without burst (`AsyncLimiter(1, 1 / rate)`) paces
 from the moment each waiter actually woke, so every late wake-up is lost for good; on this machine
 that gave 49.0/s for a rate of 50 and 189/s for 200 (2 to 5 % short). `Pacer` schedules slots on a
-virtual timeline (GCRA), so lateness does not accumulate, and also keeps a log of the last
-ceil(rate) send times so that no sliding one-second window ever holds more than the rate.
+virtual timeline (GCRA), so a late wake-up does not push back the slots after it, and also keeps a
+log of the last ceil(rate) send times so that no sliding one-second window ever holds more than
+the rate. At a whole-number rate that window has no slack, so lateness can still accumulate, but
+by about one wake-up delay per second rather than per request (0.1 % at 1 ms).
 Both classes take `clock` and `sleep` so that tests move a fake clock instead of waiting.
 """
 
@@ -41,8 +43,9 @@ class Pacer:
         self._next_slot = slot + self._interval
         await self._sleep_until(slot)
         recent = self._recent
-        if len(recent) == recent.maxlen:
-            # A waiter woken late must not let the next ones crowd one window above the rate.
+        # A waiter woken late must not let the next ones crowd one window above the rate. Checked
+        # again after each sleep: two waiters may have slept for the same send to leave the window.
+        while len(recent) == recent.maxlen and recent[0] + 1.0 > self._clock():
             await self._sleep_until(recent[0] + 1.0)
         recent.append(self._clock())
 

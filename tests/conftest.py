@@ -21,8 +21,18 @@ SAMPLES = REPO / "samples"
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("BATCHPIZZA_PROXY", "BATCHPIZZA_BASE_URL", "HTTP_PROXY", "HTTPS_PROXY",
-                 "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "NO_PROXY", "no_proxy"):
+    for name in (
+        "BATCHPIZZA_PROXY",
+        "BATCHPIZZA_BASE_URL",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -52,5 +62,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 # Options that make a test run fast and deterministic against the local server.
-FAST = {"rate": 0, "backoff_base": 0.001, "backoff_cap": 0.01, "misuse_backoff": 0.001,
-        "retry_after_cap": 0.05, "timeout": 2.0, "progress": False, "quiet": True}
+FAST = {
+    "rate": 0,
+    "backoff_base": 0.001,
+    "backoff_cap": 0.01,
+    "misuse_backoff": 0.001,
+    "retry_after_cap": 0.05,
+    "timeout": 2.0,
+    "progress": False,
+    "quiet": True,
+}

@@ -1,0 +1,363 @@
+"""Pacer, Pause and Gate on a virtual clock: no test here waits for real time.
+
+`VirtualTime` is an event-loop-friendly fake clock. Its `sleep` parks the caller until `run`
+advances the clock to the caller's wake-up time, so several tasks can sleep at once and wake in
+time order, as with asyncio.sleep. With `overshoot`, every sleep wakes a random bit late, as real
+sleeps do; that is what breaks naive pacers (lost time accumulates, or late wakers bunch up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+import random
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from batchpizza.ratelimit import Gate, Pacer, Pause
+
+# A window of exactly one second, with a nanosecond of slack for the float sums of 1/rate.
+EPS = 1e-9
+
+
+class VirtualTime:
+    def __init__(
+        self,
+        *,
+        start: float = 100.0,
+        overshoot: float = 0.0,
+        seed: int = 0,
+        late: list[float] | None = None,
+    ) -> None:
+        self.now = start
+        self.overshoot = overshoot
+        self.late = list(late or [])  # scripted overshoots for the first sleeps, in call order
+        self.sleeps: list[float] = []
+        self._rng = random.Random(seed)
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        late = self.late.pop(0) if self.late else self._rng.uniform(0.0, self.overshoot)
+        wake = self.now + max(delay, 0.0) + late
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (wake, self._seq, future))
+        self._seq += 1
+        await future
+
+    async def run(self, *coros: Coroutine[Any, Any, Any]) -> list[Any]:
+        """Run the coroutines to the end, moving the clock from one wake-up to the next."""
+        tasks = [asyncio.ensure_future(c) for c in coros]
+        while True:
+            for _ in range(10):  # let every woken task run up to its next sleep
+                await asyncio.sleep(0)
+            if all(t.done() for t in tasks):
+                return [t.result() for t in tasks]
+            if not self._sleepers:
+                for t in tasks:
+                    t.cancel()
+                raise AssertionError("tasks blocked on something other than the fake sleep")
+            wake, _, future = heapq.heappop(self._sleepers)
+            self.now = max(self.now, wake)
+            if not future.done():
+                future.set_result(None)
+
+    async def at(self, when: float, action: Callable[[], object]) -> None:
+        """Do `action` at virtual time `when` (a helper task for run())."""
+        await self.sleep(when - self.now)
+        action()
+
+
+def max_in_window(times: list[float]) -> int:
+    """Most acquires in any half-open one-second window (t - 1, t]."""
+    ts, best, lo = sorted(times), 0, 0
+    for hi, t in enumerate(ts):
+        while ts[lo] <= t - 1.0 + EPS:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+async def paced_workers(
+    vt: VirtualTime, pacer: Pacer, *, workers: int, total: int, work: float = 0.0
+) -> list[float]:
+    """`workers` tasks acquire in a loop (each doing `work` seconds of 'request' after) until
+    `total` acquires are done; returns the acquire times in order."""
+    times: list[float] = []
+    rng = random.Random(7)
+
+    async def worker() -> None:
+        while len(times) < total:
+            await pacer.acquire()
+            times.append(vt.now)
+            if work:
+                await vt.sleep(rng.uniform(0.0, work))
+
+    await vt.run(*(worker() for _ in range(workers)))
+    return times[:total]
+
+
+def pacer_on(vt: VirtualTime, rate: float) -> Pacer:
+    return Pacer(rate, clock=vt.clock, sleep=vt.sleep)
+
+
+# --- Pacer ------------------------------------------------------------------------------------
+
+
+async def test_pacer_start_up_has_no_burst_acquires_are_spaced_one_interval_apart() -> None:
+    vt = VirtualTime(start=100.0)
+    pacer = pacer_on(vt, 4.0)
+    times = await paced_workers(vt, pacer, workers=1, total=8)
+    assert times == pytest.approx([100.0 + i * 0.25 for i in range(8)], abs=EPS)
+
+
+async def test_pacer_first_acquire_is_immediate() -> None:
+    vt = VirtualTime(start=5.0)
+    pacer = pacer_on(vt, 2.0)
+    await vt.run(pacer.acquire())
+    assert vt.now == 5.0
+    assert all(d <= 0 for d in vt.sleeps)
+
+
+async def test_pacer_concurrent_acquirers_get_distinct_evenly_spaced_slots() -> None:
+    vt = VirtualTime(start=0.0)
+    pacer = pacer_on(vt, 10.0)
+    times: list[float] = []
+
+    async def one() -> None:
+        await pacer.acquire()
+        times.append(vt.now)
+
+    await vt.run(*(one() for _ in range(20)))
+    assert sorted(times) == pytest.approx([i * 0.1 for i in range(20)], abs=EPS)
+    assert len(set(times)) == 20
+
+
+async def test_pacer_idle_time_is_not_banked_into_a_burst() -> None:
+    vt = VirtualTime(start=0.0)
+    pacer = pacer_on(vt, 5.0)
+    await vt.run(pacer.acquire())
+    vt.now += 60.0  # a long quiet spell
+    times = await paced_workers(vt, pacer, workers=4, total=6)
+    assert times == pytest.approx([60.0 + i * 0.2 for i in range(6)], abs=EPS)
+
+
+@pytest.mark.parametrize("rate", [7.5, 2.5, 0.5])
+@pytest.mark.parametrize("workers", [1, 8])
+async def test_pacer_achieved_rate_equals_rate_despite_overshooting_sleeps(
+    rate: float, workers: int
+) -> None:
+    # A fractional rate leaves the one-second window some slack, so nothing but the pacing
+    # itself decides the timing: lateness must not accumulate at all.
+    overshoot = 0.2 / rate
+    vt = VirtualTime(overshoot=overshoot, seed=3)
+    total = math.ceil(rate * 30) + 1
+    times = await paced_workers(vt, pacer_on(vt, rate), workers=workers, total=total)
+    ideal = (total - 1) / rate
+    lateness = times[-1] - times[0] - ideal
+    assert -EPS <= lateness <= overshoot + EPS
+    # A pacer timing each request from the previous (late) wake-up loses ~overshoot/2 each time.
+    assert lateness < (total - 1) * overshoot / 2 / 10
+
+
+@pytest.mark.parametrize("rate", [50.0, 3.0])
+@pytest.mark.parametrize("workers", [1, 8])
+async def test_pacer_integer_rate_loses_at_most_one_overshoot_per_second(
+    rate: float, workers: int
+) -> None:
+    # At an integer rate the one-second window has no slack: a late send pushes the send one
+    # second later by as much (the window rule), so lateness may grow by one overshoot per
+    # second of run, never by one per request.
+    overshoot = 0.001
+    seconds = 20
+    vt = VirtualTime(overshoot=overshoot, seed=11)
+    total = int(rate * seconds) + 1
+    times = await paced_workers(vt, pacer_on(vt, rate), workers=workers, total=total)
+    lateness = times[-1] - times[0] - seconds
+    assert -EPS <= lateness <= overshoot * (seconds + 1)
+    achieved = (total - 1) / (times[-1] - times[0])
+    assert achieved == pytest.approx(rate, rel=0.002)
+
+
+@pytest.mark.parametrize(
+    ("rate", "overshoot", "workers"),
+    [
+        (50.0, 0.005, 8),
+        (200.0, 0.001, 8),
+        (200.0, 0.005, 2),
+        (3.0, 0.05, 8),
+        (7.5, 0.05, 8),
+        (1.0, 0.3, 4),
+    ],
+)
+@pytest.mark.parametrize("seed", [0, 1])
+async def test_pacer_no_one_second_window_holds_more_than_ceil_rate(
+    rate: float, overshoot: float, workers: int, seed: int
+) -> None:
+    vt = VirtualTime(overshoot=overshoot, seed=seed)
+    total = int(rate * 6) + 1
+    times = await paced_workers(vt, pacer_on(vt, rate), workers=workers, total=total)
+    assert len(times) == total
+    assert max_in_window(times) <= math.ceil(rate)
+
+
+async def test_pacer_late_waker_does_not_let_two_waiters_share_one_expired_send() -> None:
+    # Rate 2/s, five acquirers at t=0: slots 0, .5, 1, 1.5, 2. The loop stalls so that the
+    # second wakes at 1.05 and the third at 1.1; then the fourth and fifth both find the window
+    # full and both wait for the send at 1.05 to leave it. Only one of them may then go.
+    vt = VirtualTime(start=0.0, late=[0.55, 0.1])
+    pacer = pacer_on(vt, 2.0)
+    times: list[float] = []
+
+    async def one() -> None:
+        await pacer.acquire()
+        times.append(vt.now)
+
+    await vt.run(*(one() for _ in range(5)))
+    assert len(times) == 5
+    assert max_in_window(times) <= 2, sorted(times)
+
+
+async def test_pacer_window_holds_with_exact_sleeps_and_busy_workers() -> None:
+    vt = VirtualTime()
+    times = await paced_workers(vt, pacer_on(vt, 20.0), workers=8, total=201, work=0.05)
+    assert max_in_window(times) <= 20
+    assert times[-1] - times[0] == pytest.approx(10.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(("rate", "interval"), [(0.5, 2.0), (1 / 60, 60.0), (1000 / 3600, 3.6)])
+async def test_pacer_rates_below_one_per_second_space_acquires_by_their_interval(
+    rate: float, interval: float
+) -> None:
+    vt = VirtualTime(start=0.0)
+    times = await paced_workers(vt, pacer_on(vt, rate), workers=3, total=5)
+    assert times == pytest.approx([i * interval for i in range(5)], abs=1e-6)
+    assert max_in_window(times) == 1
+
+
+@pytest.mark.parametrize("rate", [0, -1.0])
+def test_pacer_rejects_a_rate_that_is_not_positive(rate: float) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        Pacer(rate)
+
+
+# --- Pause ------------------------------------------------------------------------------------
+
+
+def pause_on(vt: VirtualTime) -> Pause:
+    return Pause(clock=vt.clock, sleep=vt.sleep)
+
+
+async def test_pause_wait_returns_at_once_without_a_hold() -> None:
+    vt = VirtualTime(start=3.0)
+    await vt.run(pause_on(vt).wait())
+    assert vt.now == 3.0
+    assert vt.sleeps == []
+
+
+async def test_pause_wait_lasts_until_the_hold_ends() -> None:
+    vt = VirtualTime(start=10.0)
+    pause = pause_on(vt)
+    pause.hold(5.0)
+    assert pause.remaining == 5.0
+    await vt.run(pause.wait())
+    assert vt.now == pytest.approx(15.0)
+    assert pause.remaining == 0.0
+
+
+async def test_pause_a_later_shorter_hold_does_not_shorten_it() -> None:
+    vt = VirtualTime(start=0.0)
+    pause = pause_on(vt)
+    pause.hold(5.0)
+    ended: list[float] = []
+
+    async def waiter() -> None:
+        await pause.wait()
+        ended.append(vt.now)
+
+    await vt.run(waiter(), waiter(), vt.at(1.0, lambda: pause.hold(2.0)))
+    assert ended == pytest.approx([5.0, 5.0])
+
+
+async def test_pause_a_later_longer_hold_extends_waits_already_under_way() -> None:
+    vt = VirtualTime(start=0.0)
+    pause = pause_on(vt)
+    pause.hold(5.0)
+    ended: list[float] = []
+
+    async def waiter() -> None:
+        await pause.wait()
+        ended.append(vt.now)
+
+    await vt.run(waiter(), vt.at(2.0, lambda: pause.hold(10.0)))
+    assert ended == pytest.approx([12.0])
+
+
+async def test_pause_hold_holds_every_waiter_not_only_the_first() -> None:
+    vt = VirtualTime(start=0.0, overshoot=0.01)
+    pause = pause_on(vt)
+    pause.hold(3.0)
+    ended: list[float] = []
+
+    async def waiter() -> None:
+        await pause.wait()
+        ended.append(vt.now)
+
+    await vt.run(*(waiter() for _ in range(5)))
+    assert len(ended) == 5
+    assert min(ended) >= 3.0
+
+
+# --- Gate -------------------------------------------------------------------------------------
+
+
+async def test_gate_with_rate_zero_has_no_pacer_and_never_sleeps() -> None:
+    vt = VirtualTime(start=0.0)
+    gate = Gate(0, clock=vt.clock, sleep=vt.sleep)
+    assert gate.pacer is None
+    await vt.run(*(gate.enter() for _ in range(100)))
+    assert vt.now == 0.0
+    assert vt.sleeps == []
+
+
+async def test_gate_waits_out_the_pause_then_paces() -> None:
+    vt = VirtualTime(start=0.0)
+    gate = Gate(2.0, clock=vt.clock, sleep=vt.sleep)
+    assert gate.pacer is not None
+    gate.pause.hold(3.0)
+    times: list[float] = []
+
+    async def one() -> None:
+        await gate.enter()
+        times.append(vt.now)
+
+    await vt.run(*(one() for _ in range(4)))
+    # No burst when the pause lifts: the pacer's slots start there, half a second apart.
+    assert sorted(times) == pytest.approx([3.0, 3.5, 4.0, 4.5])
+
+
+async def test_gate_pause_during_pacing_delays_later_entries() -> None:
+    vt = VirtualTime(start=0.0)
+    gate = Gate(10.0, clock=vt.clock, sleep=vt.sleep)
+    times: list[float] = []
+
+    async def entries() -> None:
+        for _ in range(3):
+            await gate.enter()
+            times.append(vt.now)
+        gate.pause.hold(4.0)  # e.g. a Retry-After seen by the third request
+        for _ in range(2):
+            await gate.enter()
+            times.append(vt.now)
+
+    await vt.run(entries())
+    assert times[:3] == pytest.approx([0.0, 0.1, 0.2])
+    assert times[3] >= 4.2 - EPS
+    assert times[4] - times[3] == pytest.approx(0.1)
