@@ -86,19 +86,31 @@ def choose(progress: bool | None, quiet: bool) -> Progress:
     return Bar()
 
 
+class _StderrHandler(logging.StreamHandler[TextIO]):
+    """Writes to whatever sys.stderr is at the time, not the one of the first run in this process
+    (test runners and notebooks swap and close it between runs)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def setup_logging(quiet: bool, verbose: bool) -> None:
     """One stderr handler for the package's logger, every record passing the redacting filter."""
     logger = logging.getLogger("batchpizza")
-    if not any(getattr(h, "_batchpizza", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("batchpizza: %(message)s"))
         handler.addFilter(RedactingFilter())
-        handler._batchpizza = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False
-    for existing in logger.handlers:
-        if isinstance(existing, logging.StreamHandler) and getattr(existing, "_batchpizza", False):
-            existing.setStream(sys.stderr)  # pytest and CliRunner swap sys.stderr between runs
     logger.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
 
 

@@ -19,6 +19,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 Clock = Callable[[], float]
+
+# The one-second window, checked with a few milliseconds to spare: the server counts arrivals,
+# and a connection set-up or a scheduling hiccup can bring two of our sends about a millisecond
+# closer there than they left here (seen: 21 arrivals within 998.75 ms at 20/s without it).
+# At a whole-number rate this costs at most 0.4 % of the rate.
+WINDOW = 1.004
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -26,12 +32,18 @@ class Pacer:
     """Hands out send slots `1/rate` seconds apart: no burst at start-up or after a pause."""
 
     def __init__(
-        self, rate: float, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+        self,
+        rate: float,
+        *,
+        window: float = WINDOW,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive; use no Pacer for an unlimited rate")
         self.rate = rate
         self._interval = 1.0 / rate
+        self._window = window
         self._clock = clock
         self._sleep = sleep
         self._next_slot = -math.inf
@@ -45,8 +57,8 @@ class Pacer:
         recent = self._recent
         # A waiter woken late must not let the next ones crowd one window above the rate. Checked
         # again after each sleep: two waiters may have slept for the same send to leave the window.
-        while len(recent) == recent.maxlen and recent[0] + 1.0 > self._clock():
-            await self._sleep_until(recent[0] + 1.0)
+        while len(recent) == recent.maxlen and recent[0] + self._window > self._clock():
+            await self._sleep_until(recent[0] + self._window)
         recent.append(self._clock())
 
     async def _sleep_until(self, when: float) -> None:
@@ -79,9 +91,16 @@ class Pause:
 class Gate:
     """What every attempt passes before it is sent: the shared pause, then the pacer."""
 
-    def __init__(self, rate: float, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep):
+    def __init__(
+        self,
+        rate: float,
+        *,
+        window: float = WINDOW,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
         self.pause = Pause(clock=clock, sleep=sleep)
-        self.pacer = Pacer(rate, clock=clock, sleep=sleep) if rate > 0 else None
+        self.pacer = Pacer(rate, window=window, clock=clock, sleep=sleep) if rate > 0 else None
 
     async def enter(self) -> None:
         await self.pause.wait()

@@ -121,8 +121,9 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> tuple[str, st
     """(id, formatted prompt) of one row, or raises _Bad, which carries the id when it could be
     read, so that --skip-bad-rows can keep it."""
     id_name = fields.id
+    body: Mapping[str, Any] | None = None
     if not fields.named_id and "custom_id" in obj and isinstance(obj.get("body"), Mapping):
-        id_name, obj = "custom_id", {"custom_id": obj["custom_id"], **obj["body"]}  # OpenAI batch
+        id_name, body = "custom_id", obj["body"]  # an OpenAI Batch API request line
     raw_id = obj.get(id_name)
     if raw_id is None:
         row_id = str(pos)
@@ -136,6 +137,11 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> tuple[str, st
     clash = fields.reserved.intersection(obj)
     if clash and clash != {id_name}:
         raise _Bad("is named like an output column; rename it", min(clash - {id_name}), row_id)
+    if body is not None:
+        try:
+            return row_id, _messages_prompt(body.get("messages"), "body.messages")
+        except _Bad as bad:
+            raise _Bad(bad.problem, bad.field, row_id) from None
     prompt, messages = obj.get(fields.prompt), obj.get(fields.messages)
     if prompt is not None and messages is not None:
         if fields.named_prompt != fields.named_messages:

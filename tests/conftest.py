@@ -58,7 +58,8 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    # Split on "\n" only: str.splitlines would also split on U+0085 and U+2028 inside strings.
+    return [json.loads(line) for line in path.read_bytes().split(b"\n") if line.strip()]
 
 
 # Options that make a test run fast and deterministic against the local server.

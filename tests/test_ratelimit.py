@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from batchpizza import ratelimit
 from batchpizza.ratelimit import Gate, Pacer, Pause
 
 # A window of exactly one second, with a nanosecond of slack for the float sums of 1/rate.
@@ -105,7 +106,8 @@ async def paced_workers(
 
 
 def pacer_on(vt: VirtualTime, rate: float) -> Pacer:
-    return Pacer(rate, clock=vt.clock, sleep=vt.sleep)
+    # The exact algorithm, without the production safety margin on the window (tested apart).
+    return Pacer(rate, window=1.0, clock=vt.clock, sleep=vt.sleep)
 
 
 # --- Pacer ------------------------------------------------------------------------------------
@@ -329,7 +331,7 @@ async def test_gate_with_rate_zero_has_no_pacer_and_never_sleeps() -> None:
 
 async def test_gate_waits_out_the_pause_then_paces() -> None:
     vt = VirtualTime(start=0.0)
-    gate = Gate(2.0, clock=vt.clock, sleep=vt.sleep)
+    gate = Gate(2.0, window=1.0, clock=vt.clock, sleep=vt.sleep)
     assert gate.pacer is not None
     gate.pause.hold(3.0)
     times: list[float] = []
@@ -345,7 +347,7 @@ async def test_gate_waits_out_the_pause_then_paces() -> None:
 
 async def test_gate_pause_during_pacing_delays_later_entries() -> None:
     vt = VirtualTime(start=0.0)
-    gate = Gate(10.0, clock=vt.clock, sleep=vt.sleep)
+    gate = Gate(10.0, window=1.0, clock=vt.clock, sleep=vt.sleep)
     times: list[float] = []
 
     async def entries() -> None:
@@ -361,3 +363,18 @@ async def test_gate_pause_during_pacing_delays_later_entries() -> None:
     assert times[:3] == pytest.approx([0.0, 0.1, 0.2])
     assert times[3] >= 4.2 - EPS
     assert times[4] - times[3] == pytest.approx(0.1)
+
+
+async def test_pacer_default_window_keeps_a_margin_so_server_side_jitter_cannot_add_a_request() -> (
+    None
+):
+    vt = VirtualTime(start=0.0)
+    pacer = Pacer(4.0, clock=vt.clock, sleep=vt.sleep)  # the default window, as in production
+    times = await paced_workers(vt, pacer, workers=1, total=9)
+    # Each full window of 4 is followed by the margin: any 4 consecutive sends leave a gap of
+    # more than a second between the first and the fifth, with room for ~4 ms of jitter.
+    assert ratelimit.WINDOW > 1.0
+    for first, fifth in zip(times, times[4:], strict=False):
+        assert fifth - first >= ratelimit.WINDOW - EPS
+    # ... and the margin costs little: 9 sends at 4/s take 2 s plus two margins.
+    assert times[-1] == pytest.approx(2.0 + 2 * (ratelimit.WINDOW - 1.0), abs=EPS)
