@@ -1,0 +1,467 @@
+"""The reader: input files -> validated rows (scan), the prompts to send, the fields to carry."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import SAMPLES, write_jsonl
+
+from batchpizza import jsoncodec
+from batchpizza.config import RunConfig
+from batchpizza.errors import InputError
+from batchpizza.reader import Fields, Source, _Bad, interpret, open_source, prompt_digest
+
+DEFAULT_FIELDS = Fields("prompt", "messages", "id", False, False, False)
+
+
+def source_for(
+    path: Path | str, tmp_path: Path, stdin: bytes | None = None, **options: Any
+) -> Source:
+    config = RunConfig.from_options(str(path), str(tmp_path / "out.jsonl"), **options)
+    return open_source(config, tmp_path, io.BytesIO(stdin) if stdin is not None else None)
+
+
+def scanned(source: Source) -> tuple[dict[int, tuple[str, int, int, bytes]], dict[int, Any]]:
+    """pos -> (id, file, at, digest) of the good rows, and pos -> Row of the bad ones."""
+    good: dict[int, tuple[str, int, int, bytes]] = {}
+    bad: dict[int, Any] = {}
+    for good_rows, bad_rows in source.scan():
+        for pos, row_id, digest, file, at in good_rows:
+            good[pos] = (row_id, file, at, digest)
+        for row in bad_rows:
+            bad[row.pos] = row
+    return good, bad
+
+
+# -- JSONL lines ---------------------------------------------------------------------------------
+
+
+def test_bom_crlf_and_a_last_line_without_newline_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(
+        b"\xef\xbb\xbf"
+        + b'{"id": "a", "prompt": "x"}\r\n'
+        + b'{"id": "b", "prompt": "y"}\r\n'
+        + b'{"id": "c", "prompt": "z"}'
+    )
+    source = source_for(path, tmp_path)
+    good, bad = scanned(source)
+    assert bad == {}
+    assert [(g[0], g[2]) for g in good.values()] == [("a", 1), ("b", 2), ("c", 3)]
+    assert list(source.prompts([0, 1, 2])) == [(0, "a", "x"), (1, "b", "y"), (2, "c", "z")]
+    carried = [obj for batch in source.carried() for obj in batch]
+    assert carried == [
+        {"id": "a", "prompt": "x"},
+        {"id": "b", "prompt": "y"},
+        {"id": "c", "prompt": "z"},
+    ]
+
+
+def test_blank_lines_are_skipped_and_line_numbers_stay_physical(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(
+        b"\n"  # 1
+        b'{"prompt": "a"}\n'  # 2 -> pos 0
+        b"   \t \n"  # 3
+        b"\r\n"  # 4
+        b"{not json\n"  # 5 -> pos 1, bad
+        b'{"prompt": "b"}\n'  # 6 -> pos 2
+        b"\n"  # 7
+    )
+    source = source_for(path, tmp_path)
+    good, bad = scanned(source)
+    assert {pos: (g[0], g[2]) for pos, g in good.items()} == {0: ("0", 2), 2: ("2", 6)}
+    assert list(bad) == [1]
+    assert bad[1].at == 5
+    assert "JSON" in bad[1].problem
+    # The other passes count the same rows.
+    assert list(source.prompts([0, 2])) == [(0, "0", "a"), (2, "2", "b")]
+    assert sum(len(batch) for batch in source.carried()) == 3
+
+
+def test_line_separators_inside_strings_do_not_split_a_row(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    text = "one\u2028two\u0085three"
+    path.write_bytes(jsoncodec.dumps({"id": "s", "prompt": text}) + b"\n")
+    source = source_for(path, tmp_path)
+    good, bad = scanned(source)
+    assert (list(good), bad) == ([0], {})
+    assert list(source.prompts([0])) == [(0, "s", text)]
+
+
+def test_bad_rows_say_what_is_wrong_and_where(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(
+        b'{"id": "ok", "prompt": "fine"}\n'
+        b"[1, 2]\n"
+        b'{"id": "e", "prompt": ""}\n'
+        b'{"id": "n", "prompt": 5}\n'
+        b'{"id": "m"}\n'
+        b'{"id": "u", "prompt": "caf\xe9"}\n'
+        b'{"id": 1.5, "prompt": "float id"}\n'
+    )
+    good, bad = scanned(source_for(path, tmp_path))
+    assert list(good) == [0]
+    assert {pos: row.at for pos, row in bad.items()} == {1: 2, 2: 3, 3: 4, 4: 5, 5: 6, 6: 7}
+    assert "not a JSON object" in bad[1].problem
+    assert bad[2].field == "prompt" and "empty" in bad[2].problem
+    assert bad[2].id == "e"  # kept for --skip-bad-rows
+    assert bad[3].field == "prompt" and "string" in bad[3].problem
+    assert "no 'prompt' and no 'messages'" in bad[4].problem
+    assert "UTF-8" in bad[5].problem
+    assert bad[6].field == "id"
+
+
+def test_gzipped_jsonl_is_read_with_physical_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl.gz"
+    path.write_bytes(gzip.compress(b'\n{"prompt": "a"}\n\n{"prompt": ""}\n'))
+    good, bad = scanned(source_for(path, tmp_path))
+    assert [(g[0], g[2]) for g in good.values()] == [("0", 2)]
+    assert [row.at for row in bad.values()] == [4]
+
+
+def test_scan_records_the_json_types_of_carried_fields(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"id": 1, "prompt": "a", "n": 1, "mixed": 1, "tags": ["x"]},
+            {"id": "two", "prompt": "b", "n": 2, "mixed": "x", "flag": True},
+        ],
+    )
+    source = source_for(path, tmp_path)
+    scanned(source)
+    types = source.field_types
+    assert "id" not in types
+    assert types["prompt"] == {"str"}
+    assert types["n"] == {"int"}
+    assert types["mixed"] == {"int", "str"}
+    assert types["tags"] == {"json"}
+    assert types["flag"] == {"bool"}
+
+
+def test_scan_digest_is_of_the_formatted_prompt(tmp_path: Path) -> None:
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    path = write_jsonl(tmp_path / "in.jsonl", [{"id": "m", "messages": messages}])
+    good, _ = scanned(source_for(path, tmp_path))
+    assert good[0][3] == prompt_digest("User: hi\nAssistant: yo\nAssistant:")
+
+
+# -- prompts and carried -------------------------------------------------------------------------
+
+
+def test_prompts_parses_only_the_wanted_positions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_jsonl(
+        tmp_path / "in.jsonl", [{"id": f"r{i}", "prompt": f"p{i}"} for i in range(8)]
+    )
+    source = source_for(path, tmp_path)
+    parsed: list[bytes | str] = []
+    real_loads = jsoncodec.loads
+
+    def counting_loads(data: bytes | str) -> Any:
+        parsed.append(data)
+        return real_loads(data)
+
+    monkeypatch.setattr(jsoncodec, "loads", counting_loads)
+    assert list(source.prompts([1, 4, 7])) == [(1, "r1", "p1"), (4, "r4", "p4"), (7, "r7", "p7")]
+    assert len(parsed) == 3
+    parsed.clear()
+    assert list(source.prompts([])) == []
+    assert parsed == []
+
+
+def test_prompts_of_a_parquet_file_formats_messages(tmp_path: Path) -> None:
+    source = source_for(SAMPLES / "prompts.parquet", tmp_path)
+    rows = list(source.prompts([2, 5]))
+    assert rows == [
+        (
+            2,
+            "haiku",
+            "System: You are a terse poet.\nUser: Write a haiku about mozzarella.\nAssistant:",
+        ),
+        (
+            5,
+            "chat",
+            "User: Name a pizza topping.\nAssistant: Basil.\nUser: Another one?\nAssistant:",
+        ),
+    ]
+
+
+def test_carried_yields_every_input_row_in_order(tmp_path: Path) -> None:
+    jsonl = source_for(SAMPLES / "prompts.jsonl", tmp_path)
+    objects = [obj for batch in jsonl.carried() for obj in batch]
+    assert [o["id"] for o in objects] == [
+        "capital-it",
+        "pizza-origin",
+        "haiku",
+        "translate",
+        "math",
+        "chat",
+    ]
+    assert all(isinstance(o, Mapping) for o in objects)
+    parquet = source_for(SAMPLES / "prompts.parquet", tmp_path)
+    batches = list(parquet.carried())
+    assert all(isinstance(b, pa.RecordBatch) for b in batches)
+    table = pa.Table.from_batches(batches)
+    assert table.column("topic").to_pylist() == [o["topic"] for o in objects]
+
+
+# -- files: kinds, directories, stdin ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("a.jsonl", "jsonl"),
+        ("a.ndjson", "jsonl"),
+        ("a.JSONL", "jsonl"),
+        ("a.NdJson", "jsonl"),
+        ("a.parquet", "parquet"),
+        ("a.PARQUET", "parquet"),
+    ],
+)
+def test_the_extension_decides_the_kind_whatever_its_case(
+    tmp_path: Path, name: str, kind: str
+) -> None:
+    path = tmp_path / name
+    if kind == "parquet":
+        pq.write_table(pa.table({"prompt": ["x"]}), path)
+    else:
+        path.write_text('{"prompt": "x"}\n')
+    source = source_for(path, tmp_path)
+    assert source.kind == kind
+    assert list(source.prompts([0])) == [(0, "0", "x")]
+
+
+@pytest.mark.parametrize("name", ["a.csv", "a.json", "a.txt", "a.gz"])
+def test_an_unknown_extension_is_an_input_error(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text('{"prompt": "x"}\n')
+    with pytest.raises(InputError, match="unknown input type"):
+        source_for(path, tmp_path)
+
+
+def test_a_missing_file_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        source_for(tmp_path / "nope.jsonl", tmp_path)
+
+
+def test_a_broken_gzip_is_an_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl.gz"
+    path.write_bytes(b"this is not gzip at all")
+    with pytest.raises(InputError):
+        source_for(path, tmp_path)
+
+
+def test_a_directory_is_its_parquet_files_recursively_in_sorted_path_order(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    (folder / "b" / "deep").mkdir(parents=True)
+    for name in ("c.parquet", "a.parquet", "b/deep/x.parquet", "b/y.parquet"):
+        pq.write_table(pa.table({"prompt": [name, name + "!"]}), folder / name)
+    (folder / "readme.jsonl").write_text('{"prompt": "not read"}\n')
+    source = source_for(folder, tmp_path)
+    assert source.kind == "parquet"
+    relative = [p.relative_to(folder).as_posix() for p in source.paths]
+    assert relative == ["a.parquet", "b/deep/x.parquet", "b/y.parquet", "c.parquet"]
+    good, bad = scanned(source)
+    assert bad == {}
+    # Ids are positions that continue across files; `at` is the 0-based row within each file.
+    assert [(pos, g[0], g[1], g[2]) for pos, g in good.items()] == [
+        (0, "0", 0, 0),
+        (1, "1", 0, 1),
+        (2, "2", 1, 0),
+        (3, "3", 1, 1),
+        (4, "4", 2, 0),
+        (5, "5", 2, 1),
+        (6, "6", 3, 0),
+        (7, "7", 3, 1),
+    ]
+    assert [p for _, _, p in source.prompts(range(8))][2:4] == [
+        "b/deep/x.parquet",
+        "b/deep/x.parquet!",
+    ]
+
+
+def test_a_directory_without_parquet_files_is_an_input_error(tmp_path: Path) -> None:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"prompt": "x"}\n')
+    with pytest.raises(InputError, match=r"without any \.parquet"):
+        source_for(folder, tmp_path)
+
+
+def test_a_parquet_file_without_the_prompt_column_is_an_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": ["x"]}), path)
+    source = source_for(path, tmp_path)
+    with pytest.raises(InputError, match="no 'prompt' column"):
+        scanned(source)
+
+
+def test_a_parquet_column_named_like_a_result_is_an_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"prompt": ["x"], "answer": ["y"]}), path)
+    source = source_for(path, tmp_path)
+    with pytest.raises(InputError, match="'answer'"):
+        scanned(source)
+
+
+def test_parquet_null_prompt_with_messages_is_a_messages_row(tmp_path: Path) -> None:
+    good, bad = scanned(source_for(SAMPLES / "prompts.parquet", tmp_path))
+    assert bad == {}
+    assert [g[0] for g in good.values()] == [
+        "capital-it",
+        "pizza-origin",
+        "haiku",
+        "translate",
+        "math",
+        "chat",
+    ]
+
+
+def test_stdin_is_spooled_beside_the_checkpoint_and_removed_on_close(tmp_path: Path) -> None:
+    data = b'{"id": "s1", "prompt": "from stdin"}\n\n{"prompt": "second"}\n'
+    source = source_for("-", tmp_path, stdin=data)
+    assert source.kind == "jsonl"
+    assert source.names == ["<stdin>"]
+    assert source.spooled is not None and source.spooled.parent == tmp_path
+    good, bad = scanned(source)
+    assert bad == {}
+    assert [(g[0], g[2]) for g in good.values()] == [("s1", 1), ("1", 3)]
+    # Standard input is read once, so the later passes read the spooled copy.
+    assert list(source.prompts([0, 1])) == [(0, "s1", "from stdin"), (1, "1", "second")]
+    source.close()
+    assert not source.spooled.exists()
+
+
+# -- interpret: one row's id and prompt ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("abc", "abc"), (7, "7"), (-12, "-12"), (2**70, str(2**70)), (0, "0"), (None, "3")],
+)
+def test_an_id_is_a_string_an_integer_or_the_position(raw: object, expected: str) -> None:
+    obj = {"prompt": "x"} if raw is None else {"id": raw, "prompt": "x"}
+    assert interpret(obj, DEFAULT_FIELDS, 3) == (expected, "x")
+
+
+@pytest.mark.parametrize("raw", ["", True, False, 1.5, [1], {"a": 1}])
+def test_any_other_id_is_a_bad_row(raw: object) -> None:
+    with pytest.raises(_Bad) as info:
+        interpret({"id": raw, "prompt": "x"}, DEFAULT_FIELDS, 0)
+    assert info.value.field == "id"
+
+
+def test_a_named_id_field_is_used_and_id_then_collides() -> None:
+    fields = Fields("prompt", "messages", "key", False, False, True)
+    assert interpret({"key": "k", "prompt": "x", "other": 1}, fields, 0) == ("k", "x")
+    with pytest.raises(_Bad) as info:
+        interpret({"key": "k", "id": "i", "prompt": "x"}, fields, 0)
+    assert info.value.field == "id"
+    assert info.value.id == "k"
+
+
+@pytest.mark.parametrize(
+    "name", ["answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"]
+)
+def test_a_field_named_like_a_result_column_is_a_bad_row(name: str) -> None:
+    with pytest.raises(_Bad) as info:
+        interpret({"id": "a", "prompt": "x", name: 1}, DEFAULT_FIELDS, 0)
+    assert info.value.field == name
+    assert info.value.id == "a"
+
+
+def test_both_prompt_and_messages_is_ambiguous_unless_one_is_named() -> None:
+    obj = {"id": "a", "prompt": "plain", "messages": [{"role": "user", "content": "chat"}]}
+    with pytest.raises(_Bad) as info:
+        interpret(obj, DEFAULT_FIELDS, 0)
+    assert "both" in info.value.problem
+    assert info.value.id == "a"
+    named_prompt = Fields("prompt", "messages", "id", True, False, False)
+    assert interpret(obj, named_prompt, 0) == ("a", "plain")
+    named_messages = Fields("prompt", "messages", "id", False, True, False)
+    assert interpret(obj, named_messages, 0) == ("a", "chat")
+
+
+def test_a_null_field_counts_as_absent() -> None:
+    assert (
+        interpret(
+            {"prompt": None, "messages": [{"role": "user", "content": "m"}]}, DEFAULT_FIELDS, 0
+        )[1]
+        == "m"
+    )
+    assert interpret({"prompt": "p", "messages": None}, DEFAULT_FIELDS, 0)[1] == "p"
+    assert interpret({"id": None, "prompt": "p"}, DEFAULT_FIELDS, 4)[0] == "4"
+
+
+def test_messages_are_formatted_as_the_seed_does() -> None:
+    one = [{"role": "user", "content": "only"}]
+    assert interpret({"messages": one}, DEFAULT_FIELDS, 0)[1] == "only"
+    several = [
+        {"role": "system", "content": "Be kind."},
+        {"role": "USER", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+    ]
+    assert (
+        interpret({"messages": several}, DEFAULT_FIELDS, 0)[1]
+        == "System: Be kind.\nUser: Hi\nAssistant: Hello\nAssistant:"
+    )
+
+
+def test_openai_content_parts_keep_their_text() -> None:
+    parts = [
+        {"type": "text", "text": "first"},
+        {"type": "image_url", "image_url": {}},
+        {"type": "text", "text": "second"},
+    ]
+    messages = [{"role": "user", "content": parts}]
+    assert interpret({"messages": messages}, DEFAULT_FIELDS, 0)[1] == "first\nsecond"
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [],
+        "not a list",
+        ["not an object"],
+        [{"content": "no role"}],
+        [{"role": "", "content": "empty role"}],
+        [{"role": "user"}],
+        [{"role": "user", "content": 5}],
+        [{"role": "user", "content": "   "}],
+    ],
+)
+def test_malformed_messages_are_a_bad_row(messages: object) -> None:
+    with pytest.raises(_Bad) as info:
+        interpret({"id": "m", "messages": messages}, DEFAULT_FIELDS, 0)
+    assert info.value.field == "messages"
+    assert info.value.id == "m"
+
+
+def test_openai_batch_request_line_is_read_with_custom_id_and_its_messages() -> None:
+    line = {
+        "custom_id": "request-1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "system", "content": "You are helpful."},
+                {"role": "user", "content": "Hello!"},
+            ],
+            "max_tokens": 1000,
+        },
+    }
+    assert interpret(line, DEFAULT_FIELDS, 0) == (
+        "request-1",
+        "System: You are helpful.\nUser: Hello!\nAssistant:",
+    )
