@@ -100,14 +100,11 @@ class Checkpoint:
         """Commit a group of results at once (called from a worker thread)."""
         now = time.time()
         rows = [(*astuple(r), now) for r in results]
-        try:
-            with self._transaction():
-                self._conn.executemany(
-                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-                )
-                self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (now,))
-        except sqlite3.Error as exc:
-            raise _sqlite_error(self.path, exc) from None
+        with self._transaction():
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (now,))
 
     def forget(self) -> None:
         """--restart: drop every result."""
@@ -126,8 +123,13 @@ class Checkpoint:
 
     def status(self) -> dict[str, object]:
         """Counts by outcome, and what the last run recorded of its input."""
-        found = dict(self._conn.execute("SELECT finish_reason, count(*) FROM results GROUP BY 1"))
-        meta = self.meta()
+        try:
+            found = dict(
+                self._conn.execute("SELECT finish_reason, count(*) FROM results GROUP BY 1")
+            )
+            meta = self.meta()
+        except sqlite3.DatabaseError as exc:
+            raise _sqlite_error(self.path, exc) from None
         info: dict[str, object] = {
             "answered": found.get("stop", 0),
             "failed": found.get("error", 0),
@@ -145,14 +147,17 @@ class Checkpoint:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        self._conn.execute("BEGIN IMMEDIATE")
         try:
-            yield
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:  # a full disk, a damaged file: a clear error
+            raise _sqlite_error(self.path, exc) from None
 
 
 class RunLock:

@@ -16,7 +16,7 @@ import click
 from batchpizza import config as defaults
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.config import RunConfig
-from batchpizza.errors import BatchpizzaError, CheckpointMissing
+from batchpizza.errors import BatchpizzaError
 from batchpizza.job import Job
 from batchpizza.mock_server import MockConfig, serve
 
@@ -148,16 +148,13 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     path = Path(checkpoint) if checkpoint else Path(f"{output}.checkpoint")
     try:
         store = Checkpoint.open(path, create=False, readonly=True)
-    except CheckpointMissing as exc:
-        click.echo(f"batchpizza: {exc.message}", err=True)
-        sys.exit(exc.exit_code)
+        try:
+            info = store.status()
+        finally:
+            store.close()
     except BatchpizzaError as exc:
         click.echo(f"batchpizza: {exc.message}", err=True)
         sys.exit(exc.exit_code)
-    try:
-        info = store.status()
-    finally:
-        store.close()
     info["checkpoint"] = str(path)
     if as_json:
         click.echo(json.dumps(info, indent=2))

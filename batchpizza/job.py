@@ -8,13 +8,16 @@ event loop stays free to notice a signal; both check `stop` between batches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,7 +27,7 @@ from batchpizza.errors import Interrupted, OutputError
 from batchpizza.mock_server import MockConfig, MockServer
 from batchpizza.plan import Plan, Tally
 from batchpizza.progress import Progress, choose, setup_logging, summary_line, write_summary_json
-from batchpizza.reader import open_source
+from batchpizza.reader import open_source, spool_stdin
 from batchpizza.redact import remember_url
 from batchpizza.runner import Runner
 from batchpizza.writer import write_output
@@ -51,6 +54,9 @@ class Job:
         self.signum: int | None = None
         self.runner: Runner | None = None
         self._send_task: asyncio.Task[None] | None = None
+        self._stopped: asyncio.Event | None = None  # made in run(), inside the loop
+        self._plan: Plan | None = None
+        self._checkpoint: Checkpoint | None = None
 
     def interrupt(self, signum: int) -> None:
         """Called on SIGINT / SIGTERM: stop taking rows, give rows in flight `grace` seconds."""
@@ -58,6 +64,8 @@ class Job:
             return
         self.signum = signum
         self.stop.set()
+        if self._stopped is not None:
+            self._stopped.set()
         if self.runner is not None:
             self.runner.stop()
         task = self._send_task
@@ -70,6 +78,9 @@ class Job:
         for url in (config.proxy, config.base_url, *map(os.environ.get, _PROXY_VARIABLES)):
             remember_url(url)
         started = time.monotonic()
+        self._stopped = asyncio.Event()
+        if self.signum is not None:
+            self._stopped.set()
         lock = RunLock(config.checkpoint_path)
         lock.acquire()  # before anything is read, so a second run changes nothing
         try:
@@ -82,61 +93,110 @@ class Job:
             lock.release()
 
     async def _run_locked(self, started: float) -> dict[str, Any]:
+        """The stages, and what an interrupt at any of them leaves: a saved checkpoint, the
+        summary, and a message saying how to resume."""
+        with contextlib.ExitStack() as cleanup:
+            try:
+                return await self._stages(started, cleanup)
+            except Interrupted as exc:
+                signum = self.signum or signal.SIGINT
+                plan = self._plan
+                tally = plan.tally() if plan is not None and self._checkpoint is not None else None
+                summary = self._summary(tally, started, 128 + signum, interrupted=True)
+                self._report(summary)
+                raise Interrupted(
+                    f"{exc.message}; finished rows are saved in {self.config.checkpoint_path}. "
+                    "Rerun the same command to resume.",
+                    signum,
+                    summary,
+                ) from None
+
+    async def _stages(self, started: float, cleanup: contextlib.ExitStack) -> dict[str, Any]:
         config = self.config
         output = Path(config.output)
         _check_writable(output.parent, "output")
         _check_writable(config.checkpoint_path.parent, "checkpoint")
-        source = open_source(config, config.checkpoint_path.parent, self.stdin)
-        plan = Plan(source, cache=_scan_cache(config.checkpoint_path))
-        checkpoint: Checkpoint | None = None
+        if config.input == "-":
+            stdin_copy = await self._spool_stdin()
+            cleanup.callback(_discard, stdin_copy)
+        else:
+            stdin_copy = None
+        source = open_source(config, stdin_copy)
+        cleanup.callback(source.close)
+        self._plan = plan = Plan(source, cache=_scan_cache(config.checkpoint_path))
+        cleanup.callback(plan.close)
+        if not plan.reuse_cache(config.skip_bad_rows):
+            await self._in_thread(plan.scan, self.stop)
+            if plan.bad and not config.skip_bad_rows:
+                raise plan.input_error()
+            if self.stop.is_set():  # a signal during the last batch: still change nothing
+                raise Interrupted("interrupted while reading the input", 0)
+            plan.keep_cache()
+        self._checkpoint = checkpoint = Checkpoint.open(config.checkpoint_path)
+        cleanup.callback(checkpoint.close)
+        if config.restart:
+            checkpoint.forget()
+        plan.attach(config.checkpoint_path)
+        todo = plan.plan_sends()
+        checkpoint.set_meta(input=config.input, rows=plan.total, invalid=plan.bad)
+        self.runner = runner = Runner(config, checkpoint, on_result=self.progress.advance)
+        self.progress.start(plan.total, plan.total - todo, runner.counters)
         try:
-            if not plan.reuse_cache(config.skip_bad_rows):
-                await self._in_thread(plan.scan, self.stop)
-                if plan.bad and not config.skip_bad_rows:
-                    raise plan.input_error()
-                plan.keep_cache()
-            checkpoint = Checkpoint.open(config.checkpoint_path)
-            if config.restart:
-                checkpoint.forget()
-            plan.attach(config.checkpoint_path)
-            todo = plan.plan_sends()
-            checkpoint.set_meta(input=config.input, rows=plan.total, invalid=plan.bad)
-            self.runner = runner = Runner(config, checkpoint, on_result=self.progress.advance)
-            self.progress.start(plan.total, plan.total - todo, runner.counters)
-            try:
-                if todo and self.signum is None:
-                    self._send_task = asyncio.create_task(
-                        runner.run(source.prompts(plan.todo_positions()))
-                    )
-                    await self._send_task
-            except asyncio.CancelledError:
-                if self.signum is None:
-                    raise  # cancelled by our caller, not by our own grace timer
-            finally:
-                self.progress.close()
-            if self.signum is not None:
-                raise Interrupted("interrupted", self.signum)
-            await self._in_thread(
-                write_output, source, plan, output, config.output_format, self.stop
-            )
-            plan.prune()
-            return self._finish(plan.tally(), started)
-        except Interrupted as exc:
-            signum = self.signum or signal.SIGINT
-            tally = plan.tally() if checkpoint is not None else None
-            summary = self._summary(tally, started, 128 + signum, interrupted=True)
-            self._report(summary)
-            raise Interrupted(
-                f"{exc.message}; finished rows are saved in {config.checkpoint_path}. "
-                "Rerun the same command to resume.",
-                signum,
-                summary,
-            ) from None
+            if todo and self.signum is None:
+                self._send_task = asyncio.create_task(
+                    runner.run(source.prompts(plan.todo_positions()))
+                )
+                await self._send_task
+        except asyncio.CancelledError:
+            if self.signum is None:
+                raise  # cancelled by our caller, not by our own grace timer
         finally:
-            plan.close()
-            source.close()
-            if checkpoint is not None:
-                checkpoint.close()
+            self.progress.close()
+        if self.signum is not None:
+            raise Interrupted("interrupted", self.signum)
+        await self._in_thread(write_output, source, plan, output, config.output_format, self.stop)
+        plan.prune()
+        return self._finish(plan.tally(), started)
+
+    async def _spool_stdin(self) -> Path:
+        """Standard input to a file beside the checkpoint, in a daemon thread: a read blocked on
+        a silent pipe cannot be interrupted, so on a signal the thread is abandoned instead."""
+        loop = asyncio.get_running_loop()
+        folder = self.config.checkpoint_path.parent
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".batchpizza-stdin-", suffix=".jsonl")
+        os.close(fd)
+        dest = Path(name)
+        done: asyncio.Future[Any] = loop.create_future()
+        read = _stdin_reader(self.stdin)
+
+        def settle(error: BaseException | None) -> None:
+            if not done.done():
+                done.set_exception(error) if error else done.set_result(None)
+
+        def copy() -> None:
+            try:
+                spool_stdin(read, dest, self.stop)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(settle, exc)
+            else:
+                loop.call_soon_threadsafe(settle, None)
+
+        threading.Thread(target=copy, name="batchpizza-stdin", daemon=True).start()
+        assert self._stopped is not None
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait([done, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not done.done() or self.stop.is_set():
+            _discard(dest)
+            raise Interrupted("interrupted while reading standard input", 0)
+        try:
+            done.result()
+        except BaseException:
+            _discard(dest)
+            raise
+        return dest
 
     async def _in_thread(self, func: Any, *args: Any) -> Any:
         """Blocking work in a thread; on cancellation it is told to stop and waited for."""
@@ -179,6 +239,19 @@ class Job:
             print(summary_line(summary), file=sys.stderr, flush=True)
         if self.config.summary_json:
             write_summary_json(self.config.summary_json, summary)
+
+
+def _stdin_reader(stream: IO[bytes] | None) -> Callable[[int], bytes]:
+    if stream is not None:
+        return stream.read
+    try:
+        return functools.partial(os.read, sys.stdin.fileno())
+    except (AttributeError, OSError, ValueError):  # replaced by a test runner or a notebook
+        return sys.stdin.buffer.read
+
+
+def _discard(path: Path) -> None:
+    path.unlink(missing_ok=True)
 
 
 def _scan_cache(checkpoint: Path) -> Path:

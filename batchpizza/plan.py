@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-from batchpizza.errors import BadRow, InputError, Interrupted
+from batchpizza.errors import BadRow, InputError, Interrupted, OutputError
 from batchpizza.reader import Row, Source, describe_bad
 
 PAGE = 4096
@@ -78,6 +78,7 @@ class Plan:
         self.first_bad: list[Row] = []
         self.todo = 0
         self.reused = False
+        self.checkpoint: Path | None = None
         self._cache = cache
         self._key = _input_key(source) if cache is not None else None
         self._fresh: Path | None = None
@@ -92,35 +93,47 @@ class Plan:
         )
 
     @staticmethod
-    def _connect(path: str) -> sqlite3.Connection:
+    def _connect(path: str, uri: bool = False) -> sqlite3.Connection:
         # Used by one thread at a time: the scan and the writer run in worker threads.
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode = OFF")  # a cache and a scratch table: rebuilt if torn
-        db.execute("PRAGMA synchronous = OFF")
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, uri=uri)
+        if not uri:
+            # Written once, fsynced and renamed into place whole: no journal needed.
+            db.execute("PRAGMA journal_mode = OFF")
+            db.execute("PRAGMA synchronous = OFF")
         return db
 
     def reuse_cache(self, skip_bad_rows: bool) -> bool:
-        """Take the previous run's scan if it is of these very files; True if it was taken."""
+        """Take the previous run's scan if it is of these very files; True if it was taken. A
+        cache that cannot be read whole is deleted, and the input scanned again."""
         cache = self._cache
         if cache is None or self._key is None or not cache.exists():
             return False
+        db = None
         try:
-            db = self._connect(str(cache))
+            db = self._connect(f"file:{cache}?mode=ro", uri=True)
             info = dict(db.execute("SELECT key, value FROM info"))
             if info.get("key") != self._key or (int(info["bad"]) and not skip_bad_rows):
                 db.close()
                 return False
+            total, bad = int(info["total"]), int(info["bad"])
+            kinds = json.loads(info["kinds"])
+            if db.execute("SELECT count(*) FROM rows").fetchone()[0] != total:
+                raise ValueError("scan cache is incomplete")
         except (sqlite3.Error, KeyError, ValueError):
+            if db is not None:
+                db.close()
+            cache.unlink(missing_ok=True)
             return False
         self._db.close()
         self._db = db
-        self.total, self.bad = int(info["total"]), int(info["bad"])
-        self.source.restore_field_types(json.loads(info["kinds"]))
+        self.total, self.bad = total, bad
+        self.source.restore_field_types(kinds)
         self.reused = True
         return True
 
     def keep_cache(self) -> None:
-        """The scan is good to run from: keep it for the next run."""
+        """The scan is good to run from: keep it, complete and on disk, for the next run. It is
+        never written again: what a run writes goes to the checkpoint or a private temp table."""
         if self._fresh is None or self._cache is None or self.reused:
             return
         kinds = {name: sorted(k) for name, k in self.source.field_types.items()}
@@ -128,8 +141,10 @@ class Plan:
         self._db.execute("CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT)")
         self._db.executemany("INSERT INTO info VALUES (?, ?)", list(info.items()))
         self._db.close()
+        with self._fresh.open("rb") as handle:
+            os.fsync(handle.fileno())
         os.replace(self._fresh, self._cache)
-        self._db = self._connect(str(self._cache))
+        self._db = self._connect(f"file:{self._cache}?mode=ro", uri=True)
         self._fresh = None
 
     def close(self) -> None:
@@ -162,9 +177,9 @@ class Plan:
         db.execute("COMMIT")
         self._mark_duplicates()
 
-    def _note_bad(self, row: Row) -> None:
+    def _note_bad(self, row: Row, *, in_order: bool = True) -> None:
         self.bad += 1
-        if len(self.first_bad) < InputError.shown:
+        if len(self.first_bad) < InputError.shown or not in_order:
             self.first_bad.append(row)
 
     def _mark_duplicates(self) -> None:
@@ -183,7 +198,8 @@ class Plan:
         for pos, row_id, file, at, first_file, first_at in dups:
             first = f"{unit} {first_at}" + ("" if first_file == file else f" of {name[first_file]}")
             problem = f"duplicate id {row_id!r} (first on {first})"
-            self._note_bad(Row(pos, file, at, row_id, problem, "id"))
+            # Found after the scan, so possibly before rows already listed: sorted in below.
+            self._note_bad(Row(pos, file, at, row_id, problem, "id"), in_order=False)
             updates.append((f"field 'id': {problem}", pos))
         db.execute("BEGIN")
         db.executemany("UPDATE rows SET bad = ?, digest = NULL WHERE pos = ?", updates)
@@ -198,27 +214,40 @@ class Plan:
     # -- against the checkpoint ---------------------------------------------------------------
 
     def attach(self, checkpoint: Path) -> None:
-        self._db.execute("ATTACH DATABASE ? AS ck", (str(checkpoint),))
-        self._attached = True
+        self.checkpoint = checkpoint
+        with self._checkpoint_errors():
+            self._db.execute("ATTACH DATABASE ? AS ck", (str(checkpoint),))
+            # This run's scratch: a private temporary database, so the scan cache stays read-only.
+            self._db.execute("ATTACH DATABASE '' AS work")
 
     def plan_sends(self) -> int:
         """Rows to send: good rows without an answer for their current prompt."""
-        db = self._db
-        db.execute("DROP TABLE IF EXISTS todo")
-        db.execute("CREATE TABLE todo (pos INTEGER PRIMARY KEY)")
-        db.execute(
-            "INSERT INTO todo SELECT r.pos FROM rows r LEFT JOIN ck.results c ON c.id = r.id "
-            "WHERE r.bad IS NULL AND (c.id IS NULL OR c.digest IS NOT r.digest "
-            "OR c.finish_reason != 'stop') ORDER BY r.pos"
-        )
-        self.todo = db.execute("SELECT count(*) FROM todo").fetchone()[0]
-        return int(self.todo)
+        with self._checkpoint_errors():
+            db = self._db
+            db.execute("CREATE TABLE work.todo (pos INTEGER PRIMARY KEY)")
+            db.execute(
+                "INSERT INTO work.todo SELECT r.pos FROM rows r LEFT JOIN ck.results c "
+                "ON c.id = r.id WHERE r.bad IS NULL AND (c.id IS NULL OR c.digest IS NOT r.digest "
+                "OR c.finish_reason != 'stop') ORDER BY r.pos"
+            )
+            self.todo = int(db.execute("SELECT count(*) FROM work.todo").fetchone()[0])
+        return self.todo
+
+    @contextlib.contextmanager
+    def _checkpoint_errors(self) -> Iterator[None]:
+        """The checkpoint can only fail here if it is damaged (or the disk is): say so, plainly."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise OutputError(
+                f"checkpoint {self.checkpoint}: {exc}. If it is damaged, move it aside to start over."
+            ) from None
 
     def todo_positions(self) -> Iterator[int]:
         last = -1
         while True:
             page = self._db.execute(
-                "SELECT pos FROM todo WHERE pos > ? ORDER BY pos LIMIT ?", (last, PAGE)
+                "SELECT pos FROM work.todo WHERE pos > ? ORDER BY pos LIMIT ?", (last, PAGE)
             ).fetchall()
             if not page:
                 return
@@ -235,26 +264,30 @@ class Plan:
         """(id, bad, answer, finish_reason, error, attempts, latency_ms, model) in input order."""
         last = -1
         while True:
-            page = self._db.execute(
-                "SELECT r.pos, r.id, r.bad, c.answer, c.finish_reason, c.error, c.attempts, "
-                f"c.latency_ms, c.model {self._JOINED} WHERE r.pos > ? ORDER BY r.pos LIMIT ?",
-                (last, PAGE),
-            ).fetchall()
+            with self._checkpoint_errors():
+                page = self._db.execute(
+                    # A row too broken to show an id gets its position, as rows without one do.
+                    "SELECT r.pos, coalesce(r.id, r.pos), r.bad, c.answer, c.finish_reason, c.error, c.attempts, "
+                    f"c.latency_ms, c.model {self._JOINED} WHERE r.pos > ? ORDER BY r.pos LIMIT ?",
+                    (last, PAGE),
+                ).fetchall()
             if not page:
                 return
             last = page[-1][0]
             yield [row[1:] for row in page]
 
     def tally(self) -> Tally:
-        found = self._db.execute(
-            "SELECT count(*), sum(c.finish_reason = 'stop'), sum(c.finish_reason = 'error'), "
-            f"sum(c.finish_reason = 'misuse'), sum(r.bad IS NOT NULL) {self._JOINED}"
-        ).fetchone()
+        with self._checkpoint_errors():
+            found = self._db.execute(
+                "SELECT count(*), sum(c.finish_reason = 'stop'), sum(c.finish_reason = 'error'), "
+                f"sum(c.finish_reason = 'misuse'), sum(r.bad IS NOT NULL) {self._JOINED}"
+            ).fetchone()
         return Tally(*(int(x or 0) for x in found))
 
     def prune(self) -> int:
         """Forget results for rows that left the input, so the checkpoint matches the output."""
-        cursor = self._db.execute(
-            "DELETE FROM ck.results WHERE id NOT IN (SELECT id FROM rows WHERE bad IS NULL)"
-        )
+        with self._checkpoint_errors():
+            cursor = self._db.execute(
+                "DELETE FROM ck.results WHERE id NOT IN (SELECT id FROM rows WHERE bad IS NULL)"
+            )
         return cursor.rowcount

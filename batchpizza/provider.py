@@ -158,6 +158,12 @@ def extract_answer(body: bytes, status: int = 200) -> str:
     return text
 
 
+def api_url(base_url: str) -> URL:
+    """{base_url}/api/chatx-completion, keeping a query the base URL carries (a gateway token)."""
+    base = URL(base_url)
+    return base.with_path(base.path.rstrip("/") + API_ENDPOINT).with_query(base.query)
+
+
 def _same_origin(url: URL, target: URL) -> bool:
     """Where the prompt and x-secret may follow a redirect: the same scheme, host and port, or
     the same host moving from http to https on the default ports (a safe upgrade)."""
@@ -179,7 +185,7 @@ async def ask(
     headers: Mapping[str, str] | None = None,
 ) -> str:
     """Send one prompt; return the answer text. Raises a ProviderError subclass on any failure."""
-    url = URL(base_url.rstrip("/") + API_ENDPOINT)
+    url = api_url(base_url)
     body = jsoncodec.dumps({"question": prompt})
     request_headers = headers or headers_for(base_url)
     client_timeout = aiohttp.ClientTimeout(total=timeout)

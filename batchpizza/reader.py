@@ -11,11 +11,9 @@ import contextlib
 import functools
 import gzip
 import hashlib
-import shutil
-import sys
-import tempfile
+import threading
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -132,7 +130,7 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> tuple[str, st
     elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
         row_id = str(raw_id)
     else:
-        kind = "an empty string" if raw_id == "" else f"a {_json_type(raw_id)}"
+        kind = "an empty string" if raw_id == "" else _a(_json_type(raw_id))
         raise _Bad(f"the id must be a non-empty string or an integer, not {kind}", id_name)
     clash = fields.reserved.intersection(obj)
     if clash and clash != {id_name}:
@@ -156,7 +154,7 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> tuple[str, st
     try:
         if prompt is not None:
             if not isinstance(prompt, str):
-                raise _Bad(f"must be a string, not a {_json_type(prompt)}", fields.prompt)
+                raise _Bad(f"must be a string, not {_a(_json_type(prompt))}", fields.prompt)
             if not prompt.strip():
                 raise _Bad("is empty", fields.prompt)
             return row_id, prompt
@@ -165,6 +163,10 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> tuple[str, st
     except _Bad as bad:
         raise _Bad(bad.problem, bad.field, row_id) from None
     raise _Bad(f"has no {fields.prompt!r} and no {fields.messages!r}", None, row_id)
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
 
 
 def _json_type(value: object) -> str:
@@ -235,8 +237,8 @@ class Source:
         """(pos, id, prompt) of the rows at the given ascending positions; the others are
         skipped without being parsed."""
         for pos, _file, _at, obj in self._objects(iter(wanted)):
-            if obj is None:
-                continue
+            if not isinstance(obj, Mapping):
+                continue  # the file changed since the scan; the writer will notice and say so
             try:
                 row_id, prompt = interpret(obj, self.fields, pos)
             except _Bad:
@@ -256,9 +258,9 @@ class Source:
             if batch:
                 yield batch
             return
-        for path in self.paths:
-            pf = pq.ParquetFile(path)
-            yield from pf.iter_batches(batch_size=BATCH_ROWS)
+        for index, path in enumerate(self.paths):
+            with _read_errors(self.names[index]):
+                yield from _parquet_file(path, self.names[index]).iter_batches(BATCH_ROWS)
 
     # -- JSONL --------------------------------------------------------------------------------
 
@@ -326,7 +328,7 @@ class Source:
                 continue
             if not isinstance(obj, dict):
                 bad.append(
-                    Row(pos, index, number, None, f"not a JSON object but a {_json_type(obj)}")
+                    Row(pos, index, number, None, f"not a JSON object but {_a(_json_type(obj))}")
                 )
                 continue
             self._note_shape(obj)
@@ -366,14 +368,18 @@ class Source:
         wanted = [f.prompt, f.messages, f.id, "custom_id", "body"]
         return [c for c in wanted if c in present]
 
-    def _parquet_rows(self) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    def _parquet_rows(self, check_all: bool = False) -> Iterator[tuple[int, int, Any]]:
+        """(file index, row, object) of every row, objects holding the prompt, messages and id
+        columns; NOT_UTF8 for a row whose strings are not valid UTF-8. With `check_all`, every
+        column is decoded, so that a damaged page anywhere in the file is found now."""
         for index, path in enumerate(self.paths):
-            pf = _parquet_file(path, self.names[index])
-            columns = self._parquet_columns(pf.schema_arrow, self.names[index])
+            name = self.names[index]
+            pf = _parquet_file(path, name)
+            columns = self._parquet_columns(pf.schema_arrow, name)
             at = 0
-            with _read_errors(self.names[index]):
-                for rb in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-                    for obj in rb.to_pylist():
+            with _read_errors(name):
+                for rb in pf.iter_batches(BATCH_ROWS, columns=None if check_all else columns):
+                    for obj in pylist(rb.select(columns)):
                         yield index, at, obj
                         at += 1
 
@@ -381,10 +387,13 @@ class Source:
         fields = self.fields
         good: list[GoodRow] = []
         bad: list[Row] = []
-        for pos, (index, at, obj) in enumerate(self._parquet_rows()):
+        for pos, (index, at, obj) in enumerate(self._parquet_rows(check_all=True)):
             if len(good) + len(bad) >= BATCH_ROWS:
                 yield good, bad
                 good, bad = [], []
+            if obj is NOT_UTF8:
+                bad.append(Row(pos, index, at, None, "invalid UTF-8 in a string column"))
+                continue
             try:
                 row_id, prompt = interpret(obj, fields, pos)
             except _Bad as exc:
@@ -393,6 +402,24 @@ class Source:
                 good.append((pos, row_id, prompt_digest(prompt), index, at))
         if good or bad:
             yield good, bad
+
+
+NOT_UTF8 = object()  # a Parquet row whose strings cannot be decoded
+
+
+def pylist(rb: pa.RecordBatch) -> list[Any]:
+    """The batch as Python objects; where a string is not valid UTF-8, row by row, NOT_UTF8 for
+    each row that cannot be decoded."""
+    try:
+        return rb.to_pylist()  # type: ignore[no-any-return]
+    except UnicodeDecodeError:
+        rows: list[Any] = []
+        for i in range(rb.num_rows):
+            try:
+                rows.extend(rb.slice(i, 1).to_pylist())
+            except UnicodeDecodeError:
+                rows.append(NOT_UTF8)
+        return rows
 
 
 def _why_not_json(line: bytes) -> str:
@@ -453,17 +480,30 @@ def _parquet_file(path: Path, name: str) -> pq.ParquetFile:
         raise InputError(f"{name}: not a readable Parquet file: {exc}") from None
 
 
-def open_source(config: RunConfig, spool_dir: Path, stdin: IO[bytes] | None = None) -> Source:
-    """Resolve INPUT to its files. File-level problems raise InputError; rows are not read yet."""
+def spool_stdin(read: Callable[[int], bytes], dest: Path, stop: threading.Event) -> None:
+    """Copy standard input (its `read`) to `dest`, so it can be validated whole and read again.
+    Blocks on the stream: run it in a thread that an interrupt may abandon (`stop` is checked
+    between chunks). For the real standard input pass `os.read` on its descriptor, not
+    sys.stdin.buffer.read: an abandoned thread blocked in the buffered reader holds its lock, and
+    the interpreter aborts at exit trying to take it."""
+    try:
+        with dest.open("wb") as handle:
+            while chunk := read(1024 * 1024):
+                if stop.is_set():
+                    return
+                handle.write(chunk)
+    except OSError as exc:
+        raise InputError(f"<stdin>: cannot read or copy it: {exc.strerror or exc}") from None
+
+
+def open_source(config: RunConfig, stdin_copy: Path | None = None) -> Source:
+    """Resolve INPUT to its files. File-level problems raise InputError; rows are not read yet.
+    For `-`, `stdin_copy` is where standard input was spooled (see spool_stdin)."""
     fields = Fields.from_config(config)
     if config.input == "-":
-        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - removed by Source.close
-            dir=spool_dir, prefix=".batchpizza-stdin-", suffix=".jsonl", delete=False
-        )
-        with handle:
-            shutil.copyfileobj(stdin or sys.stdin.buffer, handle, 1024 * 1024)
-        path = Path(handle.name)
-        return Source("jsonl", [path], ["<stdin>"], fields, spooled=path)
+        if stdin_copy is None:
+            raise ValueError("standard input must be spooled first")
+        return Source("jsonl", [stdin_copy], ["<stdin>"], fields, spooled=stdin_copy)
     path = Path(config.input)
     name = str(config.input)
     lower = path.name.lower()
@@ -497,7 +537,7 @@ def _check_gzip(path: Path, name: str) -> None:
     try:
         with gzip.open(path, "rb") as handle:
             handle.read(1)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{name}: not a readable gzip file: {exc}") from None
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 MASK = "***"
 
@@ -18,10 +18,13 @@ MASK = "***"
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s@'\"<>]+)@")
 # query parameters and header-like pairs whose name says they carry a credential.
 _CREDENTIAL_NAMES = r"(?:[a-z_-]*(?:token|secret|passw(?:or)?d|pwd|api[_-]?key|apikey|signature|cookie|credentials?))"
-_PARAM = re.compile(rf"(?i)(?P<name>[?&;]{_CREDENTIAL_NAMES}=)(?P<value>[^&#\s'\"]+)")
+# In a query string, short names are common credentials too (?key=, ?auth=, ?sig=).
+_PARAM = re.compile(
+    rf"(?i)(?P<name>[?&;](?:{_CREDENTIAL_NAMES}|key|auth|sig|access|code)=)(?P<value>[^&#\s'\"]+)"
+)
 _HEADER = re.compile(
     rf"(?i)(?P<name>\b(?:authorization|proxy-authorization|x-api-key|{_CREDENTIAL_NAMES})"
-    r"['\"]?\s*[:=]\s*['\"]?)(?P<value>(?:bearer\s+|basic\s+)?[^\s'\",}]+)"
+    r"['\"]?\s*[:=]\s*['\"]?)(?P<value>(?:bearer\s+|basic\s+)?[^\s'\",}&]+)"
 )
 
 _known: set[str] = set()
@@ -36,10 +39,14 @@ def remember_url(url: str | None) -> None:
         parts = urlsplit(url)
     except ValueError:
         return
-    for secret in (parts.password, parts.username if parts.password else None):
-        if secret:
+    # The user-info, and every query value: a URL the user gave may carry a token under any name.
+    secrets = [parts.password, parts.username if parts.password else None]
+    secrets += [value for _name, value in parse_qsl(parts.query, keep_blank_values=False)]
+    for secret in secrets:
+        if secret and len(secret) >= 3:
             _known.add(secret)
             _known.add(unquote(secret))
+            _known.add(quote(secret, safe=""))
 
 
 def redact(text: str) -> str:

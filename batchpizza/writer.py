@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from batchpizza import jsoncodec
 from batchpizza.errors import InputError, Interrupted, OutputError
 from batchpizza.plan import Plan
-from batchpizza.reader import Source
+from batchpizza.reader import Source, pylist
 
 log = logging.getLogger("batchpizza")
 
@@ -121,7 +121,10 @@ class _Output:
     def _write_jsonl(
         self, carried: list[Mapping[str, Any]] | pa.RecordBatch, rows: list[tuple[Any, ...]]
     ) -> None:
-        objects = carried.to_pylist() if isinstance(carried, pa.RecordBatch) else carried
+        if isinstance(carried, pa.RecordBatch):  # a row that is not UTF-8 carries nothing
+            objects = [o if isinstance(o, Mapping) else {} for o in pylist(carried)]
+        else:
+            objects = carried
         names, columns = self.names, self.columns
         lines = []
         for obj, row in zip(objects, rows, strict=True):
