@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,15 @@ from conftest import SAMPLES, write_jsonl
 from batchpizza import jsoncodec
 from batchpizza.config import RunConfig
 from batchpizza.errors import InputError
-from batchpizza.reader import Fields, Source, _Bad, interpret, open_source, prompt_digest
+from batchpizza.reader import (
+    Fields,
+    Source,
+    _Bad,
+    interpret,
+    open_source,
+    prompt_digest,
+    spool_stdin,
+)
 
 DEFAULT_FIELDS = Fields("prompt", "messages", "id", False, False, False)
 
@@ -25,7 +34,11 @@ def source_for(
     path: Path | str, tmp_path: Path, stdin: bytes | None = None, **options: Any
 ) -> Source:
     config = RunConfig.from_options(str(path), str(tmp_path / "out.jsonl"), **options)
-    return open_source(config, tmp_path, io.BytesIO(stdin) if stdin is not None else None)
+    if stdin is None:
+        return open_source(config)
+    copy = tmp_path / ".stdin-copy.jsonl"
+    spool_stdin(io.BytesIO(stdin).read, copy, threading.Event())
+    return open_source(config, copy)
 
 
 def scanned(source: Source) -> tuple[dict[int, tuple[str, int, int, bytes]], dict[int, Any]]:

@@ -1,0 +1,428 @@
+"""The checkpoint store, the run lock and `batchpizza status`.
+
+Checkpoint.write / status / forget / meta are exercised against real SQLite files in tmp_path;
+RunLock against the kernel's flock (a second lock in this process, and one in another process);
+`batchpizza status` through click's CliRunner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import FAST, write_jsonl
+
+import batchpizza
+from batchpizza.checkpoint import Checkpoint, Result, RunLock
+from batchpizza.cli import cli
+from batchpizza.errors import CheckpointMissing, LockedError, OutputError
+from batchpizza.mock_server import ThreadedMockServer, mock_answer
+
+DIGEST = b"\x01" * 16
+
+
+def result(row_id: str, reason: str = "stop", *, digest: bytes = DIGEST) -> Result:
+    answered = reason == "stop"
+    return Result(
+        id=row_id,
+        digest=digest,
+        finish_reason=reason,
+        answer=f"answer to {row_id}" if answered else None,
+        error=None if answered else f"{reason} for {row_id}",
+        attempts=2,
+        latency_ms=12.5,
+        model="gpt-4o-mini",
+    )
+
+
+def stored(path: Path) -> dict[str, tuple[object, ...]]:
+    """Every row of the results table, read with plain sqlite3 (the file is an SQLite database)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT id, digest, finish_reason, answer, error, attempts, latency_ms, model "
+            "FROM results"
+        ).fetchall()
+    finally:
+        conn.close()
+    return {row[0]: row for row in rows}
+
+
+@pytest.fixture
+def ck_path(tmp_path: Path) -> Path:
+    return tmp_path / "out.jsonl.checkpoint"
+
+
+@pytest.fixture
+def store(ck_path: Path) -> Iterator[Checkpoint]:
+    checkpoint = Checkpoint.open(ck_path)
+    yield checkpoint
+    checkpoint.close()
+
+
+# -- Checkpoint ------------------------------------------------------------------------------
+
+
+def test_written_results_survive_closing_and_reopening(ck_path: Path) -> None:
+    store = Checkpoint.open(ck_path)
+    store.write([result("a"), result("b", "error"), result("c", "misuse")])
+    store.close()
+
+    rows = stored(ck_path)
+    assert set(rows) == {"a", "b", "c"}
+    assert rows["a"] == ("a", DIGEST, "stop", "answer to a", None, 2, 12.5, "gpt-4o-mini")
+    assert rows["b"][2:5] == ("error", None, "error for b")
+    reopened = Checkpoint.open(ck_path, create=False)
+    try:
+        status = reopened.status()
+    finally:
+        reopened.close()
+    assert (status["answered"], status["failed"], status["misuse"]) == (1, 1, 1)
+
+
+def test_write_replaces_the_earlier_result_of_the_same_id(store: Checkpoint) -> None:
+    store.write([result("a", "error")])
+    store.write([result("a", "stop", digest=b"\x02" * 16)])
+
+    rows = stored(store.path)
+    assert len(rows) == 1
+    assert rows["a"][1:4] == (b"\x02" * 16, "stop", "answer to a")
+    assert store.status()["failed"] == 0
+
+
+def test_a_group_is_committed_as_a_whole_or_not_at_all(store: Checkpoint) -> None:
+    store.write([result("a")])
+    # The second row of this group violates NOT NULL: the whole group must be rolled back.
+    bad = Result("y", DIGEST, None, None, None, 1, None, None)  # type: ignore[arg-type]
+    with pytest.raises(OutputError, match="checkpoint"):
+        store.write([result("x"), bad])
+
+    assert set(stored(store.path)) == {"a"}
+    store.write([result("z")])  # and the store is still usable afterwards
+    assert set(stored(store.path)) == {"a", "z"}
+
+
+def test_status_counts_outcomes_and_pending_from_the_last_runs_input(store: Checkpoint) -> None:
+    store.write([result("a"), result("b"), result("c", "error"), result("d", "misuse")])
+    store.set_meta(input="prompts.jsonl", rows=10, invalid=2)
+
+    status = store.status()
+
+    assert status["answered"] == 2
+    assert status["failed"] == 1
+    assert status["misuse"] == 1
+    assert status["invalid"] == 2
+    assert status["input"] == "prompts.jsonl"
+    assert status["rows"] == 10
+    assert status["pending"] == 10 - 4 - 2
+
+
+def test_status_of_a_fresh_checkpoint_is_all_zero(store: Checkpoint) -> None:
+    status = store.status()
+
+    assert (status["answered"], status["failed"], status["misuse"], status["invalid"]) == (
+        0,
+        0,
+        0,
+        0,
+    )
+    assert status["updated"] is None
+    assert "rows" not in status  # no run has said how many rows its input had
+
+
+def test_write_records_when_the_checkpoint_was_last_written(store: Checkpoint) -> None:
+    before = time.time()
+    store.write([result("a")])
+    after = time.time()
+
+    updated = store.status()["updated"]
+    assert isinstance(updated, float)
+    assert before - 1 <= updated <= after + 1
+    assert float(store.meta()["updated"]) == updated
+
+
+def test_forget_drops_every_result_and_keeps_the_store_usable(store: Checkpoint) -> None:
+    store.write([result(f"r{i}") for i in range(50)])
+    store.set_meta(input="in.jsonl", rows=50)
+
+    store.forget()
+
+    assert stored(store.path) == {}
+    assert store.status()["answered"] == 0
+    assert store.meta()["input"] == "in.jsonl"
+    store.write([result("again")])
+    assert set(stored(store.path)) == {"again"}
+
+
+def test_meta_round_trips_values_as_text_and_none(store: Checkpoint) -> None:
+    store.set_meta(input="in.jsonl", rows=3, invalid=0, note=None)
+    store.set_meta(rows=4)
+
+    meta = store.meta()
+
+    assert meta["input"] == "in.jsonl"
+    assert meta["rows"] == "4"
+    assert meta["invalid"] == "0"
+    assert meta["note"] is None
+    assert meta["schema"] == "1"
+
+
+def test_open_without_create_raises_checkpoint_missing_and_creates_nothing(
+    ck_path: Path,
+) -> None:
+    with pytest.raises(CheckpointMissing) as caught:
+        Checkpoint.open(ck_path, create=False)
+    with pytest.raises(CheckpointMissing):
+        Checkpoint.open(ck_path, create=False, readonly=True)
+
+    assert caught.value.exit_code == 2
+    assert str(ck_path) in caught.value.message
+    assert list(ck_path.parent.iterdir()) == []
+
+
+def test_a_readonly_checkpoint_refuses_writes_with_a_typed_error(ck_path: Path) -> None:
+    writer = Checkpoint.open(ck_path)
+    writer.write([result("a")])
+    writer.close()
+
+    reader = Checkpoint.open(ck_path, readonly=True)
+    try:
+        assert reader.status()["answered"] == 1
+        with pytest.raises(OutputError):
+            reader.write([result("b")])
+    finally:
+        reader.close()
+    assert set(stored(ck_path)) == {"a"}
+
+
+def test_a_file_that_is_not_a_database_raises_output_error(ck_path: Path) -> None:
+    garbage = random.Random(3).randbytes(8192)
+    ck_path.write_bytes(garbage)
+
+    with pytest.raises(OutputError, match=re.escape(str(ck_path))):
+        Checkpoint.open(ck_path)
+    with pytest.raises(OutputError):
+        Checkpoint.open(ck_path, readonly=True)
+    assert ck_path.read_bytes() == garbage  # a user's file is never overwritten
+
+
+# -- RunLock ---------------------------------------------------------------------------------
+
+
+def test_a_second_lock_on_the_same_checkpoint_raises_locked_error(ck_path: Path) -> None:
+    first = RunLock(ck_path)
+    first.acquire()
+    try:
+        with pytest.raises(LockedError) as caught:
+            RunLock(ck_path).acquire()
+    finally:
+        first.release()
+    assert caught.value.exit_code == 2
+    assert "another batchpizza run" in caught.value.message
+    assert "lock" in caught.value.message
+
+
+def test_the_lock_can_be_taken_again_after_release(ck_path: Path) -> None:
+    first = RunLock(ck_path)
+    first.acquire()
+    first.release()
+
+    with RunLock(ck_path), pytest.raises(LockedError):
+        RunLock(ck_path).acquire()
+    with RunLock(ck_path) as again:
+        assert again.path.exists()
+
+
+def test_the_lock_is_released_when_the_block_raises(ck_path: Path) -> None:
+    with pytest.raises(RuntimeError), RunLock(ck_path):
+        raise RuntimeError("boom")
+
+    with RunLock(ck_path):  # does not raise LockedError
+        pass
+
+
+def test_the_lock_file_sits_beside_the_checkpoint_and_names_its_holder(ck_path: Path) -> None:
+    with RunLock(ck_path) as lock:
+        assert lock.path == ck_path.with_name(ck_path.name + ".lock")
+        assert lock.path.read_text().strip() == str(os.getpid())
+
+
+def test_a_leftover_lock_file_does_not_block(ck_path: Path) -> None:
+    # What a run killed with SIGKILL leaves behind: the file, with a pid that is long gone.
+    ck_path.with_name(ck_path.name + ".lock").write_text("999999999\n")
+
+    with RunLock(ck_path) as lock:
+        assert lock.path.read_text().strip() == str(os.getpid())
+
+
+def test_a_lock_held_here_blocks_another_process(ck_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from batchpizza.checkpoint import RunLock\n"
+        "from batchpizza.errors import LockedError\n"
+        "try:\n"
+        "    RunLock(Path(sys.argv[1])).acquire()\n"
+        "except LockedError:\n"
+        "    sys.exit(42)\n"
+    )
+    with RunLock(ck_path):
+        held = subprocess.run([sys.executable, "-c", script, str(ck_path)], timeout=30)
+    free = subprocess.run([sys.executable, "-c", script, str(ck_path)], timeout=30)
+
+    assert held.returncode == 42
+    assert free.returncode == 0
+
+
+# -- batchpizza status -------------------------------------------------------------------------
+
+
+def make_checkpoint(path: Path) -> None:
+    store = Checkpoint.open(path)
+    try:
+        store.write([result("a"), result("b"), result("c"), result("d", "error")])
+        store.write([result("e", "misuse")])
+        store.set_meta(input="prompts.jsonl", rows=9, invalid=1)
+    finally:
+        store.close()
+
+
+def test_status_prints_what_the_checkpoint_holds(tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    make_checkpoint(Path(f"{out}.checkpoint"))
+
+    result_ = CliRunner().invoke(cli, ["status", str(out)])
+
+    assert result_.exit_code == 0, result_.output
+    text = result_.stdout
+    assert f"{out}.checkpoint" in text
+    assert "prompts.jsonl" in text
+    assert "9 rows" in text
+    for key, value in (("answered", 3), ("failed", 1), ("misuse", 1), ("invalid", 1)):
+        assert re.search(rf"^\s*{key}\s+{value}\s*$", text, re.MULTILINE), text
+    assert re.search(r"^\s*pending\s+3\s*$", text, re.MULTILINE), text
+    assert re.search(r"^\s*written\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\s*$", text, re.MULTILINE)
+
+
+def test_status_json_is_machine_readable(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    make_checkpoint(Path(f"{out}.checkpoint"))
+
+    result_ = CliRunner().invoke(cli, ["status", str(out), "--json"])
+
+    assert result_.exit_code == 0, result_.output
+    info = json.loads(result_.stdout)
+    assert info["answered"] == 3
+    assert info["failed"] == 1
+    assert info["misuse"] == 1
+    assert info["invalid"] == 1
+    assert info["rows"] == 9
+    assert info["pending"] == 3
+    assert info["input"] == "prompts.jsonl"
+    assert info["checkpoint"] == f"{out}.checkpoint"
+    assert isinstance(info["updated"], float)
+
+
+def test_status_reads_the_checkpoint_named_by_the_option(tmp_path: Path) -> None:
+    path = tmp_path / "elsewhere.db"
+    make_checkpoint(path)
+
+    result_ = CliRunner().invoke(cli, ["status", "--checkpoint", str(path), "--json"])
+
+    assert result_.exit_code == 0, result_.output
+    assert json.loads(result_.stdout)["answered"] == 3
+
+
+def test_status_without_a_checkpoint_exits_2_and_creates_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+
+    for args in (["status", str(out)], ["status", str(out), "--json"]):
+        result_ = CliRunner().invoke(cli, args)
+        assert result_.exit_code == 2
+        assert isinstance(result_.exception, SystemExit)
+        assert "no checkpoint" in result_.stderr
+        assert "Traceback" not in result_.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_status_needs_an_output_or_a_checkpoint() -> None:
+    result_ = CliRunner().invoke(cli, ["status"])
+
+    assert result_.exit_code == 2
+    assert "OUTPUT" in result_.output
+
+
+def test_status_works_while_a_run_holds_the_lock(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    ck = Path(f"{out}.checkpoint")
+    make_checkpoint(ck)
+
+    with RunLock(ck):
+        result_ = CliRunner().invoke(cli, ["status", str(out), "--json"])
+
+    assert result_.exit_code == 0, result_.output
+    assert json.loads(result_.stdout)["answered"] == 3
+
+
+def test_status_agrees_with_the_summary_of_a_real_run(
+    tmp_path: Path, mock_api: ThreadedMockServer
+) -> None:
+    rows = [{"id": f"r{i}", "prompt": f"status question {i}"} for i in range(20)]
+    rows.append({"id": "bad", "prompt": "[[status:404]] no such page"})
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+
+    summary = batchpizza.run(inp, out, base_url=mock_api.base_url, **FAST)
+    result_ = CliRunner().invoke(cli, ["status", str(out), "--json"])
+
+    assert result_.exit_code == 0, result_.output
+    info = json.loads(result_.stdout)
+    for key in ("rows", "answered", "failed", "misuse", "invalid", "pending"):
+        assert info[key] == summary[key], key
+    assert (info["rows"], info["answered"], info["failed"], info["pending"]) == (21, 20, 1, 0)
+    assert info["input"] == str(inp)
+    answers = {r[0]: r[3] for r in stored(Path(f"{out}.checkpoint")).values()}
+    assert answers["r7"] == mock_answer("status question 7")
+
+
+def test_status_on_a_garbage_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    Path(f"{out}.checkpoint").write_bytes(random.Random(5).randbytes(8192))
+
+    result_ = CliRunner().invoke(cli, ["status", str(out)])
+
+    assert result_.exit_code in (1, 2)
+    assert isinstance(result_.exception, SystemExit)
+    assert "checkpoint" in result_.stderr
+
+
+def test_status_on_a_checkpoint_with_a_corrupt_page_is_a_clear_error(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    ck = Path(f"{out}.checkpoint")
+    store = Checkpoint.open(ck)
+    store.write([result(f"row-{i:05d}-{'x' * 80}") for i in range(2000)])
+    store.close()  # the last connection folds the write-ahead log into the file
+    assert not Path(f"{ck}-wal").exists()
+    data = bytearray(ck.read_bytes())
+    pages = len(data) // 4096
+    assert pages > 20
+    middle = pages // 2 * 4096
+    data[middle : middle + 4096] = random.Random(9).randbytes(4096)
+    ck.write_bytes(bytes(data))
+
+    result_ = CliRunner().invoke(cli, ["status", str(out)])
+
+    assert result_.exit_code in (1, 2)
+    # A damaged file is the user's to deal with, not a bug: a message, not a traceback.
+    assert isinstance(result_.exception, SystemExit), result_.exception
+    assert "checkpoint" in result_.stderr
