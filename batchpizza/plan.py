@@ -19,7 +19,8 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from batchpizza.errors import BadRow, InputError, Interrupted, OutputError
-from batchpizza.reader import Row, Source, describe_bad
+from batchpizza.reader import Source, describe_bad
+from batchpizza.rows import Row
 
 PAGE = 4096
 SCAN_VERSION = 1  # bump when what the scan stores or checks changes

@@ -8,9 +8,7 @@ through). Every pass goes through `interpret`, so all three agree on what a row 
 from __future__ import annotations
 
 import contextlib
-import functools
 import gzip
-import hashlib
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -24,161 +22,22 @@ import pyarrow.parquet as pq
 from batchpizza import jsoncodec
 from batchpizza.config import RunConfig
 from batchpizza.errors import BadRow, InputError
-from batchpizza.provider import format_prompt
+from batchpizza.rows import (
+    Fields,
+    GoodRow,
+    Row,
+    ScanBatch,
+    _Bad,
+    interpret,
+    json_type,
+    prompt_digest,
+    with_article,
+)
 
-RESULT_COLUMNS = ("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a longer "line" is a binary file or a missing newline
 BATCH_ROWS = 4096
 _BOM = b"\xef\xbb\xbf"
-
-
-@dataclass(slots=True)
-class Row:
-    """A bad row as the scan found it; `id` is kept where it could be read."""
-
-    pos: int
-    file: int
-    at: int  # JSONL: 1-based physical line; Parquet: 0-based row in its file
-    id: str | None
-    problem: str
-    field: str | None = None
-
-
-# What the scan yields per batch: the good rows as (pos, id, prompt digest, file, at) records,
-# ready for the plan's table, and the bad rows.
-GoodRow = tuple[int, str, bytes, int, int]
-ScanBatch = tuple[list[GoodRow], list[Row]]
-
-
-def prompt_digest(prompt: str) -> bytes:
-    return hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-
-@dataclass(frozen=True)
-class Fields:
-    """Which input fields hold the prompt, the messages and the id, and which the user named."""
-
-    prompt: str
-    messages: str
-    id: str
-    named_prompt: bool
-    named_messages: bool
-    named_id: bool
-
-    @classmethod
-    def from_config(cls, config: RunConfig) -> Fields:
-        prompt, messages, id_ = config.fields_named
-        return cls(
-            prompt,
-            messages,
-            id_,
-            config.prompt_field is not None,
-            config.messages_field is not None,
-            config.id_field is not None,
-        )
-
-    @functools.cached_property
-    def reserved(self) -> frozenset[str]:
-        """Input names that would collide with an output column."""
-        return frozenset(RESULT_COLUMNS) | ({"id"} if self.id != "id" else frozenset())
-
-
-class _Bad(Exception):
-    """A bad row: what is wrong, in which field, and the row's id where it could be read."""
-
-    def __init__(self, problem: str, field: str | None = None, row_id: str | None = None) -> None:
-        self.problem = problem
-        self.field = field
-        self.id = row_id
-
-
-def _messages_prompt(value: object, name: str) -> str:
-    if not isinstance(value, list) or not value:
-        raise _Bad("must be a non-empty list of {role, content} objects", name)
-    clean: list[dict[str, str]] = []
-    for i, item in enumerate(value):
-        if not isinstance(item, Mapping):
-            raise _Bad(f"item {i} is not an object", name)
-        role, content = item.get("role"), item.get("content")
-        if not isinstance(role, str) or not role:
-            raise _Bad(f"item {i} has no role string", name)
-        if isinstance(content, list):  # OpenAI content parts: keep the text parts
-            parts = [p.get("text") for p in content if isinstance(p, Mapping)]
-            content = "\n".join(p for p in parts if isinstance(p, str)) if parts else None
-        if not isinstance(content, str):
-            raise _Bad(f"item {i} has no content string", name)
-        clean.append({"role": role, "content": content})
-    prompt = format_prompt(clean)
-    if not prompt.strip():
-        raise _Bad("the messages hold no text", name)
-    return prompt
-
-
-def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> tuple[str, str]:
-    """(id, formatted prompt) of one row, or raises _Bad, which carries the id when it could be
-    read, so that --skip-bad-rows can keep it."""
-    id_name = fields.id
-    body: Mapping[str, Any] | None = None
-    if not fields.named_id and "custom_id" in obj and isinstance(obj.get("body"), Mapping):
-        id_name, body = "custom_id", obj["body"]  # an OpenAI Batch API request line
-    raw_id = obj.get(id_name)
-    if raw_id is None:
-        row_id = str(pos)
-    elif isinstance(raw_id, str) and raw_id:
-        row_id = raw_id
-    elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
-        row_id = str(raw_id)
-    else:
-        kind = "an empty string" if raw_id == "" else _a(_json_type(raw_id))
-        raise _Bad(f"the id must be a non-empty string or an integer, not {kind}", id_name)
-    clash = fields.reserved.intersection(obj)
-    if clash and clash != {id_name}:
-        raise _Bad("is named like an output column; rename it", min(clash - {id_name}), row_id)
-    if body is not None:
-        try:
-            return row_id, _messages_prompt(body.get("messages"), "body.messages")
-        except _Bad as bad:
-            raise _Bad(bad.problem, bad.field, row_id) from None
-    prompt, messages = obj.get(fields.prompt), obj.get(fields.messages)
-    if prompt is not None and messages is not None:
-        if fields.named_prompt != fields.named_messages:
-            prompt, messages = (prompt, None) if fields.named_prompt else (None, messages)
-        else:
-            raise _Bad(
-                f"has both {fields.prompt!r} and {fields.messages!r}; choose one with "
-                "--prompt-field or --messages-field",
-                None,
-                row_id,
-            )
-    try:
-        if prompt is not None:
-            if not isinstance(prompt, str):
-                raise _Bad(f"must be a string, not {_a(_json_type(prompt))}", fields.prompt)
-            if not prompt.strip():
-                raise _Bad("is empty", fields.prompt)
-            return row_id, prompt
-        if messages is not None:
-            return row_id, _messages_prompt(messages, fields.messages)
-    except _Bad as bad:
-        raise _Bad(bad.problem, bad.field, row_id) from None
-    raise _Bad(f"has no {fields.prompt!r} and no {fields.messages!r}", None, row_id)
-
-
-def _a(noun: str) -> str:
-    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
-
-
-def _json_type(value: object) -> str:
-    return {
-        bool: "boolean",
-        int: "number",
-        float: "number",
-        str: "string",
-        list: "list",
-        dict: "object",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)
 
 
 @dataclass
@@ -229,9 +88,9 @@ class Source:
 
     def scan(self) -> Iterator[ScanBatch]:
         """Every row, validated, in batches. Records the carried fields' JSON types on the way."""
-        if self.kind == "jsonl":
-            return self._scan_jsonl()
-        return self._scan_parquet()
+        return self._scan(
+            self._checked_jsonl() if self.kind == "jsonl" else self._checked_parquet()
+        )
 
     def prompts(self, wanted: Iterable[int]) -> Iterator[tuple[int, str, str]]:
         """(pos, id, prompt) of the rows at the given ascending positions; the others are
@@ -308,40 +167,46 @@ class Source:
                 if target is None:
                     return
 
-    def _scan_jsonl(self) -> Iterator[ScanBatch]:
-        big_int, fields = jsoncodec.may_hold_big_int, self.fields
+    def _scan(self, rows: Iterator[tuple[int, int, int, Any]]) -> Iterator[ScanBatch]:
+        """Batches of good and bad rows from (pos, file, at, object) items, where the object is
+        a str, the problem, for a row that could not even be read as an object."""
+        fields = self.fields
         good: list[GoodRow] = []
         bad: list[Row] = []
-        for pos, (index, number, line) in enumerate(self._lines()):
+        for pos, index, at, obj in rows:
             if len(good) + len(bad) >= BATCH_ROWS:
                 yield good, bad
                 good, bad = [], []
+            if isinstance(obj, str):
+                bad.append(Row(pos, index, at, None, obj))
+                continue
+            try:
+                row_id, prompt = interpret(obj, fields, pos)
+            except _Bad as exc:
+                bad.append(Row(pos, index, at, exc.id, exc.problem, exc.field))
+            else:
+                good.append((pos, row_id, prompt_digest(prompt), index, at))
+        if good or bad:
+            yield good, bad
+
+    def _checked_jsonl(self) -> Iterator[tuple[int, int, int, Any]]:
+        big_int = jsoncodec.may_hold_big_int
+        for pos, (index, number, line) in enumerate(self._lines()):
             if line is None:
-                bad.append(
-                    Row(pos, index, number, None, f"line longer than {MAX_LINE_BYTES} bytes")
-                )
+                yield pos, index, number, f"line longer than {MAX_LINE_BYTES} bytes"
                 continue
             try:
                 obj = jsoncodec.loads(line)
             except ValueError:
-                bad.append(Row(pos, index, number, None, _why_not_json(line)))
+                yield pos, index, number, _why_not_json(line)
                 continue
             if not isinstance(obj, dict):
-                bad.append(
-                    Row(pos, index, number, None, f"not a JSON object but {_a(_json_type(obj))}")
-                )
+                yield pos, index, number, f"not a JSON object but {with_article(json_type(obj))}"
                 continue
             self._note_shape(obj)
             if big_int(line):
                 self._note_big_ints(obj)
-            try:
-                row_id, prompt = interpret(obj, fields, pos)
-            except _Bad as exc:
-                bad.append(Row(pos, index, number, exc.id, exc.problem, exc.field))
-            else:
-                good.append((pos, row_id, prompt_digest(prompt), index, number))
-        if good or bad:
-            yield good, bad
+            yield pos, index, number, obj
 
     def _note_big_ints(self, obj: dict[str, Any]) -> None:
         """Integers beyond 64 bits cannot be an int64 column: such a field becomes JSON text."""
@@ -383,25 +248,9 @@ class Source:
                         yield index, at, obj
                         at += 1
 
-    def _scan_parquet(self) -> Iterator[ScanBatch]:
-        fields = self.fields
-        good: list[GoodRow] = []
-        bad: list[Row] = []
+    def _checked_parquet(self) -> Iterator[tuple[int, int, int, Any]]:
         for pos, (index, at, obj) in enumerate(self._parquet_rows(check_all=True)):
-            if len(good) + len(bad) >= BATCH_ROWS:
-                yield good, bad
-                good, bad = [], []
-            if obj is NOT_UTF8:
-                bad.append(Row(pos, index, at, None, "invalid UTF-8 in a string column"))
-                continue
-            try:
-                row_id, prompt = interpret(obj, fields, pos)
-            except _Bad as exc:
-                bad.append(Row(pos, index, at, exc.id, exc.problem, exc.field))
-            else:
-                good.append((pos, row_id, prompt_digest(prompt), index, at))
-        if good or bad:
-            yield good, bad
+            yield pos, index, at, "invalid UTF-8 in a string column" if obj is NOT_UTF8 else obj
 
 
 NOT_UTF8 = object()  # a Parquet row whose strings cannot be decoded

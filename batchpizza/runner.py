@@ -21,8 +21,8 @@ from batchpizza.config import DEFAULT_MODEL, RunConfig
 from batchpizza.errors import MisuseDetected, ProviderError, describe
 from batchpizza.provider import ask, headers_for
 from batchpizza.ratelimit import Clock, Gate, Sleep
-from batchpizza.reader import prompt_digest
 from batchpizza.retrying import RetryPolicy
+from batchpizza.rows import prompt_digest
 
 log = logging.getLogger("batchpizza")
 

@@ -17,15 +17,8 @@ from conftest import SAMPLES, write_jsonl
 from batchpizza import jsoncodec
 from batchpizza.config import RunConfig
 from batchpizza.errors import InputError
-from batchpizza.reader import (
-    Fields,
-    Source,
-    _Bad,
-    interpret,
-    open_source,
-    prompt_digest,
-    spool_stdin,
-)
+from batchpizza.reader import Source, open_source, spool_stdin
+from batchpizza.rows import Fields, _Bad, interpret, prompt_digest
 
 DEFAULT_FIELDS = Fields("prompt", "messages", "id", False, False, False)
 

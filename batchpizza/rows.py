@@ -1,0 +1,165 @@
+"""What a prompt row is, whatever file it came from: where its prompt, messages and id live, how
+they are checked, and the formatted prompt whose digest identifies the row across runs."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from batchpizza.config import RunConfig
+from batchpizza.provider import format_prompt
+
+RESULT_COLUMNS = ("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model")
+
+
+@dataclass(slots=True)
+class Row:
+    """A bad row as the scan found it; `id` is kept where it could be read."""
+
+    pos: int
+    file: int
+    at: int  # JSONL: 1-based physical line; Parquet: 0-based row in its file
+    id: str | None
+    problem: str
+    field: str | None = None
+
+
+# What the scan yields per batch: the good rows as (pos, id, prompt digest, file, at) records,
+# ready for the plan's table, and the bad rows.
+GoodRow = tuple[int, str, bytes, int, int]
+ScanBatch = tuple[list[GoodRow], list[Row]]
+
+
+def prompt_digest(prompt: str) -> bytes:
+    return hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Which input fields hold the prompt, the messages and the id, and which the user named."""
+
+    prompt: str
+    messages: str
+    id: str
+    named_prompt: bool
+    named_messages: bool
+    named_id: bool
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> Fields:
+        prompt, messages, id_ = config.fields_named
+        return cls(
+            prompt,
+            messages,
+            id_,
+            config.prompt_field is not None,
+            config.messages_field is not None,
+            config.id_field is not None,
+        )
+
+    @functools.cached_property
+    def reserved(self) -> frozenset[str]:
+        """Input names that would collide with an output column."""
+        return frozenset(RESULT_COLUMNS) | ({"id"} if self.id != "id" else frozenset())
+
+
+class _Bad(Exception):
+    """A bad row: what is wrong, in which field, and the row's id where it could be read."""
+
+    def __init__(self, problem: str, field: str | None = None, row_id: str | None = None) -> None:
+        self.problem = problem
+        self.field = field
+        self.id = row_id
+
+
+def _messages_prompt(value: object, name: str) -> str:
+    if not isinstance(value, list) or not value:
+        raise _Bad("must be a non-empty list of {role, content} objects", name)
+    clean: list[dict[str, str]] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise _Bad(f"item {i} is not an object", name)
+        role, content = item.get("role"), item.get("content")
+        if not isinstance(role, str) or not role:
+            raise _Bad(f"item {i} has no role string", name)
+        if isinstance(content, list):  # OpenAI content parts: keep the text parts
+            parts = [p.get("text") for p in content if isinstance(p, Mapping)]
+            content = "\n".join(p for p in parts if isinstance(p, str)) if parts else None
+        if not isinstance(content, str):
+            raise _Bad(f"item {i} has no content string", name)
+        clean.append({"role": role, "content": content})
+    prompt = format_prompt(clean)
+    if not prompt.strip():
+        raise _Bad("the messages hold no text", name)
+    return prompt
+
+
+def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> tuple[str, str]:
+    """(id, formatted prompt) of one row, or raises _Bad, which carries the id when it could be
+    read, so that --skip-bad-rows can keep it."""
+    id_name = fields.id
+    body: Mapping[str, Any] | None = None
+    if not fields.named_id and "custom_id" in obj and isinstance(obj.get("body"), Mapping):
+        id_name, body = "custom_id", obj["body"]  # an OpenAI Batch API request line
+    raw_id = obj.get(id_name)
+    if raw_id is None:
+        row_id = str(pos)
+    elif isinstance(raw_id, str) and raw_id:
+        row_id = raw_id
+    elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        row_id = str(raw_id)
+    else:
+        kind = "an empty string" if raw_id == "" else with_article(json_type(raw_id))
+        raise _Bad(f"the id must be a non-empty string or an integer, not {kind}", id_name)
+    clash = fields.reserved.intersection(obj)
+    if clash and clash != {id_name}:
+        raise _Bad("is named like an output column; rename it", min(clash - {id_name}), row_id)
+    if body is not None:
+        try:
+            return row_id, _messages_prompt(body.get("messages"), "body.messages")
+        except _Bad as bad:
+            raise _Bad(bad.problem, bad.field, row_id) from None
+    prompt, messages = obj.get(fields.prompt), obj.get(fields.messages)
+    if prompt is not None and messages is not None:
+        if fields.named_prompt != fields.named_messages:
+            prompt, messages = (prompt, None) if fields.named_prompt else (None, messages)
+        else:
+            raise _Bad(
+                f"has both {fields.prompt!r} and {fields.messages!r}; choose one with "
+                "--prompt-field or --messages-field",
+                None,
+                row_id,
+            )
+    try:
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise _Bad(
+                    f"must be a string, not {with_article(json_type(prompt))}", fields.prompt
+                )
+            if not prompt.strip():
+                raise _Bad("is empty", fields.prompt)
+            return row_id, prompt
+        if messages is not None:
+            return row_id, _messages_prompt(messages, fields.messages)
+    except _Bad as bad:
+        raise _Bad(bad.problem, bad.field, row_id) from None
+    raise _Bad(f"has no {fields.prompt!r} and no {fields.messages!r}", None, row_id)
+
+
+def with_article(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
+
+
+def json_type(value: object) -> str:
+    return {
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        str: "string",
+        list: "list",
+        dict: "object",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
