@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from batchpizza import jsoncodec
@@ -158,6 +160,7 @@ def extract_answer(body: bytes, status: int = 200) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=16)
 def api_url(base_url: str) -> URL:
     """{base_url}/api/chatx-completion, keeping a query the base URL carries (a gateway token)."""
     base = URL(base_url)
@@ -173,6 +176,19 @@ def _same_origin(url: URL, target: URL) -> bool:
         return True
     upgrade = url.scheme == "http" and target.scheme == "https"
     return upgrade and url.is_default_port() and target.is_default_port()
+
+
+def env_proxy(base_url: str) -> str | None:
+    """The proxy HTTPS_PROXY / HTTP_PROXY / NO_PROXY name for the API, looked up once per run by
+    aiohttp's own rules (a session with trust_env=True would look it up again per request).
+    Credentials stay in the URL, where aiohttp takes them from (its proxy_auth is deprecated)."""
+    try:
+        proxy, auth = get_env_proxy_for_url(api_url(base_url))
+    except LookupError:
+        return None
+    if auth is not None:
+        proxy = proxy.with_user(auth.login).with_password(auth.password)
+    return str(proxy)
 
 
 async def ask(

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from batchpizza.config import RunConfig
 from batchpizza.errors import MisuseDetected, ProviderError
 from batchpizza.ratelimit import Sleep
+
+T = TypeVar("T")
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -46,23 +49,45 @@ class RetryPolicy:
             retry_after_cap=config.retry_after_cap,
         )
 
+    async def call(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        on_retry: Callable[[BaseException, float], None] | None = None,
+        *,
+        sleep: Sleep = asyncio.sleep,
+    ) -> T:
+        """`attempt()` under this policy. The first try runs bare: most rows succeed at once, and
+        building a tenacity loop per row measured as a tenth of the run's CPU. Only a retryable
+        first failure starts the loop, with that failure already counted and waited for."""
+        try:
+            return await attempt()
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            first = exc
+        budget = _Budget(self)
+        if budget.charge(first):
+            raise first
+        delay = self._delay(first, _Attempt(1))
+        if on_retry is not None:
+            on_retry(first, delay)
+        await sleep(delay)
+        return await self.retrying(on_retry, sleep=sleep, budget=budget, done=1)(attempt)
+
     def retrying(
         self,
         on_retry: Callable[[BaseException, float], None] | None = None,
         *,
         sleep: Sleep = asyncio.sleep,
+        budget: _Budget | None = None,
+        done: int = 0,
     ) -> AsyncRetrying:
-        """A fresh retry loop for one row. `on_retry(error, delay)` is told before each wait."""
-        budget = _Budget(self)
-        backoff = wait_random_exponential(multiplier=self.backoff_base, max=self.backoff_cap)
+        """A retry loop for one row. `on_retry(error, delay)` is told before each wait. `budget`
+        and `done` carry over failures already spent outside the loop (see `call`)."""
+        budget = budget or _Budget(self)
 
         def wait(state: RetryCallState) -> float:
-            exc = _exception(state)
-            if isinstance(exc, MisuseDetected):
-                return self.misuse_backoff * random.uniform(0.75, 1.25)
-            if exc is not None and exc.retry_after is not None:
-                return min(exc.retry_after, self.retry_after_cap)
-            return float(backoff(state))
+            return self._delay(_exception(state), _Attempt(state.attempt_number + done))
 
         def before_sleep(state: RetryCallState) -> None:
             exc = _exception(state)
@@ -78,6 +103,22 @@ class RetryPolicy:
             reraise=True,
         )
 
+    def _delay(self, exc: BaseException | None, state: Any) -> float:
+        if isinstance(exc, MisuseDetected):
+            return self.misuse_backoff * random.uniform(0.75, 1.25)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return min(float(retry_after), self.retry_after_cap)
+        backoff = wait_random_exponential(multiplier=self.backoff_base, max=self.backoff_cap)
+        return float(backoff(state))
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """What tenacity's waits read of a retry state, for the wait computed outside its loop."""
+
+    attempt_number: int
+
 
 class _Budget:
     """Counts one row's failed attempts by kind; tenacity asks `exhausted` once per failure."""
@@ -88,7 +129,11 @@ class _Budget:
         self.misuse = 0
 
     def exhausted(self, state: RetryCallState) -> bool:
-        if isinstance(_exception(state), MisuseDetected):
+        return self.charge(_exception(state))
+
+    def charge(self, exc: BaseException | None) -> bool:
+        """Count one failure; True when its kind's budget is spent."""
+        if isinstance(exc, MisuseDetected):
             self.misuse += 1
             return self.misuse > self.policy.misuse_retries
         self.passing += 1

@@ -19,7 +19,7 @@ import aiohttp
 from batchpizza.checkpoint import Checkpoint, Result
 from batchpizza.config import DEFAULT_MODEL, RunConfig
 from batchpizza.errors import MisuseDetected, ProviderError, describe
-from batchpizza.provider import ask, headers_for
+from batchpizza.provider import ask, env_proxy, headers_for
 from batchpizza.ratelimit import Clock, Gate, Sleep
 from batchpizza.retrying import RetryPolicy
 from batchpizza.rows import prompt_digest
@@ -116,6 +116,7 @@ class Runner:
         self._stopping = False
         self._policy = RetryPolicy.from_config(config)
         self._headers = headers_for(config.base_url)
+        self._proxy: str | None = None
 
     def stop(self) -> None:
         """Take no new rows; rows in flight go on."""
@@ -129,7 +130,9 @@ class Runner:
         connector = aiohttp.TCPConnector(
             limit=config.concurrency, limit_per_host=config.concurrency
         )
-        async with aiohttp.ClientSession(connector=connector, trust_env=True) as session:
+        self._proxy = config.proxy or env_proxy(config.base_url)
+        # trust_env stays off: the proxy is resolved above, once, instead of for every request.
+        async with aiohttp.ClientSession(connector=connector) as session:
             committer = Committer(self.checkpoint)
             workers = [
                 asyncio.create_task(self._work(session, rows, committer), name=f"worker-{i}")
@@ -176,27 +179,29 @@ class Runner:
                 delay,
             )
 
+        async def attempt() -> str:
+            nonlocal attempts, latency
+            await self.gate.enter()
+            if self._stopping and attempts == 0:
+                raise _Stopped  # after a signal, start no new row; retries may finish
+            attempts += 1
+            counters.requests += 1
+            started = self._clock()
+            try:
+                return await ask(
+                    session,
+                    prompt,
+                    base_url=config.base_url,
+                    timeout=config.timeout,
+                    proxy=self._proxy,
+                    headers=self._headers,
+                )
+            finally:
+                latency = (self._clock() - started) * 1000.0
+
         digest = prompt_digest(prompt)
         try:
-            async for attempt in self._policy.retrying(on_retry, sleep=self._sleep):
-                with attempt:
-                    await self.gate.enter()
-                    if self._stopping and attempts == 0:
-                        raise _Stopped  # after a signal, start no new row; retries may finish
-                    attempts += 1
-                    counters.requests += 1
-                    started = self._clock()
-                    try:
-                        text = await ask(
-                            session,
-                            prompt,
-                            base_url=config.base_url,
-                            timeout=config.timeout,
-                            proxy=config.proxy,
-                            headers=self._headers,
-                        )
-                    finally:
-                        latency = (self._clock() - started) * 1000.0
+            text = await self._policy.call(attempt, on_retry, sleep=self._sleep)
         except MisuseDetected as exc:
             return Result(
                 row_id, digest, "misuse", None, exc.text, attempts, latency, DEFAULT_MODEL

@@ -6,6 +6,7 @@ import asyncio
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 
@@ -435,3 +436,48 @@ def test_default_policy_matches_the_spec() -> None:
     assert policy.max_retries == 5  # SPEC: --max-retries default 5
     assert 0 < policy.retry_after_cap <= 600  # "capped at a few minutes"
     assert policy.misuse_retries >= 1  # "retried a couple of times"
+
+
+# --- the fast path: RetryPolicy.call ------------------------------------------------------------
+
+
+async def _outcome(row: Row, runner: Any) -> tuple[object, int, int, int]:
+    try:
+        result: object = await runner(row)
+    except BaseException as exc:  # the raised error is part of the outcome compared
+        result = type(exc)
+    return result, row.attempts, len(row.retries), len(row.sleeps)
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "policy"),
+    [
+        (["ok"], POLICY),
+        ([transient(0), "ok"], POLICY),
+        ([transient(i) for i in range(4)], POLICY),
+        ([transient(0)], replace(POLICY, max_retries=0)),
+        ([misuse(0), misuse(1), misuse(2)], POLICY),
+        ([misuse(0)], replace(POLICY, misuse_retries=0)),
+        ([misuse(0), transient(1), misuse(2), transient(3), "ok"], POLICY),
+        ([HTTPStatusError(404, "HTTP 404")], POLICY),
+        ([transient(0), HTTPStatusError(404, "HTTP 404")], POLICY),
+        ([KeyError("bug")], POLICY),
+    ],
+)
+async def test_call_behaves_exactly_like_the_retry_loop(
+    outcomes: list[object], policy: RetryPolicy
+) -> None:
+    async def loop(row: Row) -> object:
+        return await row.run(policy)
+
+    async def call(row: Row) -> object:
+        return await policy.call(row.attempt, row.on_retry, sleep=row.sleep)
+
+    assert await _outcome(Row(list(outcomes)), call) == await _outcome(Row(list(outcomes)), loop)
+
+
+async def test_call_waits_retry_after_for_the_first_failure_too() -> None:
+    row = Row([HTTPStatusError(429, "HTTP 429", retry_after=7.0), "ok"])
+    assert await POLICY.call(row.attempt, row.on_retry, sleep=row.sleep) == "ok"
+    assert row.sleeps == [min(7.0, POLICY.retry_after_cap)]
+    assert [delay for _, delay in row.retries] == row.sleeps
