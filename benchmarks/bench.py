@@ -1,0 +1,867 @@
+"""batchpizza's benchmark: our machinery next to a bare aiohttp loop, against the local mock server.
+
+    python benchmarks/bench.py                       # every scenario, full size (~15 min)
+    python benchmarks/bench.py --quick               # every scenario shrunk, a smoke run (~1 min)
+    python benchmarks/bench.py --scenario overhead latency --repeat 5
+    python benchmarks/bench.py --record              # also append the table to RESULTS.md
+
+Every party runs in its own process, so none shares an event loop or a GIL with another: the mock
+server (`python -m batchpizza mock-server --port 0`), batchpizza (`python -m batchpizza run ...`)
+and the bare loop (this file with `--bare`: a semaphore over `session.post`, no retries, no pacing,
+no checkpoint, answers kept in memory and written once). Wall time, CPU time and peak RSS of each
+run are taken from outside, with os.wait4 on the child. Where both are run, batchpizza and the bare
+loop alternate (A B A B ...) so that drift of a shared machine falls on both; medians are reported.
+
+Scenarios (full size; --quick in brackets):
+- overhead: 20,000 prompts [1,000], zero latency, concurrency 64, no rate limit. batchpizza's wall
+  time over the bare loop's (process start to exit, both), CPU seconds per 1,000 rows, peak RSS.
+- latency: 5,000 prompts [1,000], 200 +- 50 ms latency, concurrency 256. Requests/s of the sending
+  phase as a fraction of the bound 256 / 0.2 s = 1,280/s, measured at the server: requests over the
+  span from the first arrival to the last arrival plus the mean latency (when the last reply is
+  due). For an ideal closed loop of C workers that span is N * L / C, so the ideal scores C / L.
+- pacing: --rate 50 for 30 s [5 s] (1,500 rows): the rate the server saw (arrivals - 1 over the
+  span of arrivals) and the most arrivals in any one-second window.
+- memory: peak RSS of batchpizza at 100,000 and 1,000,000 rows [5,000 and 50,000], zero latency.
+- resume: a 1,000,000-row [50,000] job 99.9% done, the last 0.1% still to send (as after a kill
+  near the end): seconds from process start until the server sees the first request. The
+  checkpoint is written directly (not by sending a million requests) and copied for each run;
+  each run is left to finish, which checks that exactly the missing rows are sent. Two runs: one
+  with no scan kept beside the checkpoint (a new or changed input: everything is validated
+  again), then the rerun of the same command, which reuses the scan the first one kept (what a
+  resume after a kill does); the target is judged on the rerun.
+- validation: `batchpizza run` on a 1,000,000-row [50,000] JSONL whose last line is broken: it
+  reads and validates every row, sends nothing and exits 2; its wall time is the validation cost.
+
+The targets (issue 6) are for the full sizes on a 2-core machine; a --quick run says "quick" where
+a target depends on the size. Generated inputs live in benchmarks/work/ (git-ignored) and are
+reused by later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / "work"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+GENERATION = "v1"  # bump when the generated inputs change, so stale ones are not reused
+WORDS = ("basil", "mozzarella", "anchovies", "capers", "truffle", "nduja", "pineapple", "figs")
+LIBRARIES = (
+    "batchpizza",
+    "aiohttp",
+    "yarl",
+    "multidict",
+    "orjson",
+    "uvloop",
+    "pyarrow",
+    "tenacity",
+)
+PROXY_VARIABLES = (
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    overhead: int
+    latency: int
+    pacing_seconds: int
+    memory: tuple[int, int]
+    resume: int
+    validation: int
+
+
+FULL = Sizes(20_000, 5_000, 30, (100_000, 1_000_000), 1_000_000, 1_000_000)
+QUICK = Sizes(1_000, 1_000, 5, (5_000, 50_000), 50_000, 50_000)
+OVERHEAD_CONCURRENCY = 64
+LATENCY_MS, JITTER_MS, LATENCY_CONCURRENCY = 200.0, 50.0, 256
+PACING_RATE = 50
+CHECKPOINT_FILES = (".checkpoint", ".checkpoint-wal", ".checkpoint-shm")
+
+
+# -- the bare loop (runs in its own process: bench.py --bare ...) ----------------------------------
+
+
+def bare_main(input_path: str, output_path: str, endpoint: str, concurrency: int) -> int:
+    """What a user would write without batchpizza: read everything, gather under a semaphore,
+    write once. Headers come from the parent (batchpizza's headers_for), so that this process
+    does not import batchpizza."""
+    headers = json.loads(os.environ["BENCH_BARE_HEADERS"])
+    with Path(input_path).open("rb") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    answers = asyncio.run(
+        _bare_send([row["prompt"] for row in rows], endpoint, headers, concurrency)
+    )
+    lines = [
+        json.dumps({"id": row.get("id"), "answer": answer}) + "\n"
+        for row, answer in zip(rows, answers, strict=True)
+    ]
+    with Path(output_path).open("w", encoding="utf-8") as handle:
+        handle.write("".join(lines))
+    return 0 if all(answer is not None for answer in answers) else 3
+
+
+async def _bare_send(
+    prompts: list[str], endpoint: str, headers: dict[str, str], concurrency: int
+) -> list[str | None]:
+    semaphore = asyncio.Semaphore(concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(prompt: str) -> str:
+            async with (
+                semaphore,
+                session.post(endpoint, json={"question": prompt}, headers=headers) as resp,
+            ):
+                reply = await resp.json()
+                return str(reply["answer"]["content"])
+
+        results = await asyncio.gather(*(one(p) for p in prompts), return_exceptions=True)
+    return [r if isinstance(r, str) else None for r in results]
+
+
+# -- processes --------------------------------------------------------------------------------------
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
+    env = {k: v for k, v in env.items() if not k.startswith("BATCHPIZZA_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))
+    return env
+
+
+def _http(url: str, method: str = "GET") -> Any:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+class Server:
+    """`batchpizza mock-server` in its own process."""
+
+    def __init__(self, latency_ms: float = 0.0, jitter_ms: float = 0.0) -> None:
+        args = [sys.executable, "-m", "batchpizza", "mock-server", "--port", "0"]
+        args += ["--latency", str(latency_ms), "--jitter", str(jitter_ms), "--seed", "1"]
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+            env=child_env(),
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "listening on " not in line:
+            self.close()
+            raise RuntimeError(f"the mock server did not start: {line!r}")
+        self.url = line.split("listening on ", 1)[1].strip()
+
+    def stats(self) -> dict[str, Any]:
+        return dict(_http(f"{self.url}/__stats"))
+
+    def reset(self) -> None:
+        _http(f"{self.url}/__reset", "POST")
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (Linux; 0 elsewhere)."""
+        try:
+            text = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return 0.0
+        fields = text.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@dataclass
+class Run:
+    """One measured child process."""
+
+    wall: float
+    cpu: float
+    rss_mb: float
+    rc: int
+    stderr: str
+    server_busy: float  # the server's CPU seconds over the run's wall time
+    first_request: float | None = None  # seconds from start until the server saw a request
+
+
+def measure(args: Sequence[str], server: Server, *, watch_first: bool = False) -> Run:
+    """Run `args` to its end; rusage of the child itself via os.wait4."""
+    err_path = WORK / "child.stderr"
+    env = child_env()
+    env["BENCH_BARE_HEADERS"] = json.dumps(headers(server.url))
+    first: float | None = None
+    with err_path.open("wb") as err:
+        server_cpu = server.cpu_seconds()
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, env=env
+        )
+        pid = 0
+        while watch_first and first is None:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if server.stats()["requests"] > 0:
+                first = time.perf_counter() - started
+            else:
+                time.sleep(0.01)
+        if not pid:
+            _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        server_cpu = server.cpu_seconds() - server_cpu
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Run(
+        wall=wall,
+        cpu=usage.ru_utime + usage.ru_stime,
+        rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+        rc=proc.returncode,
+        stderr=err_path.read_text(errors="replace"),
+        server_busy=server_cpu / wall,
+        first_request=first,
+    )
+
+
+def headers(url: str) -> dict[str, str]:
+    from batchpizza.provider import headers_for
+
+    return headers_for(url)
+
+
+def fresh(output: Path) -> Path:
+    """Remove an earlier run's output, checkpoint, lock and kept scan: every run starts cold."""
+    for suffix in ("", *CHECKPOINT_FILES, ".checkpoint.lock", ".checkpoint.scan"):
+        output.with_name(output.name + suffix).unlink(missing_ok=True)
+    output.with_name(output.name + ".checkpoint.scan.partial").unlink(missing_ok=True)
+    return output
+
+
+def restore_checkpoint(pristine: Path, output: Path) -> None:
+    """Put the pristine checkpoint in place for `output`, leaving anything else (the kept scan)."""
+    for suffix in CHECKPOINT_FILES:
+        output.with_name(output.name + suffix).unlink(missing_ok=True)
+    shutil.copyfile(pristine, output.with_name(output.name + ".checkpoint"))
+
+
+def batchpizza_args(
+    input_path: Path, output: Path, server: Server, *, concurrency: int, rate: str = "0"
+) -> list[str]:
+    return [
+        *(sys.executable, "-m", "batchpizza", "run", str(input_path), "-o", str(output)),
+        *("--base-url", server.url, "--concurrency", str(concurrency), "--rate", rate),
+        *("-q", "--no-progress"),
+    ]
+
+
+def bare_args(input_path: Path, output: Path, server: Server, *, concurrency: int) -> list[str]:
+    from batchpizza.provider import API_ENDPOINT
+
+    endpoint = server.url + API_ENDPOINT
+    script = str(Path(__file__).resolve())
+    return [
+        sys.executable,
+        script,
+        "--bare",
+        str(input_path),
+        str(output),
+        endpoint,
+        str(concurrency),
+    ]
+
+
+def expect(run: Run, rc: int, what: str) -> None:
+    if run.rc != rc:
+        tail = "\n".join(run.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"{what} exited {run.rc}, expected {rc}:\n{tail}")
+
+
+# -- inputs -----------------------------------------------------------------------------------------
+
+
+def row_id(i: int) -> str:
+    return f"r{i:07d}"
+
+
+def prompt_of(i: int) -> str:
+    word = WORDS[i % len(WORDS)]
+    return f"Row {i}: which wine goes with a pizza with {word}? Answer in one sentence."
+
+
+def prompts_file(n: int) -> Path:
+    """n prompt rows (id, prompt, one carried field), generated once and reused."""
+    path = WORK / f"prompts-{GENERATION}-{n}.jsonl"
+    if path.exists():
+        return path
+    note(f"generating {path.name}")
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for start in range(0, n, 10_000):
+            handle.writelines(
+                f'{{"id": "{row_id(i)}", "prompt": "{prompt_of(i)}", '
+                f'"topic": "{WORDS[i % len(WORDS)]}"}}\n'
+                for i in range(start, min(n, start + 10_000))
+            )
+    tmp.replace(path)
+    return path
+
+
+def broken_last_file(n: int) -> Path:
+    """n good rows, then one line that is not JSON."""
+    path = WORK / f"prompts-{GENERATION}-{n}-broken-last.jsonl"
+    if path.exists():
+        return path
+    tmp = path.with_suffix(".tmp")
+    shutil.copyfile(prompts_file(n), tmp)
+    with tmp.open("a", encoding="utf-8") as handle:
+        handle.write('{"id": "broken", "prompt": "this line never ends\n')
+    tmp.replace(path)
+    return path
+
+
+def resume_checkpoint(n: int) -> tuple[Path, int]:
+    """A checkpoint in which the first 99.9% of the n rows are answered; and how many are not."""
+    from batchpizza.checkpoint import Checkpoint, Result
+    from batchpizza.config import DEFAULT_MODEL
+    from batchpizza.mock_server import mock_answer
+    from batchpizza.rows import prompt_digest
+
+    missing = n // 1000
+    path = WORK / f"resume-{GENERATION}-{n}.checkpoint.pristine"
+    if path.exists():
+        return path, missing
+    note(f"writing {path.name}")
+    tmp = path.with_suffix(".tmp")
+    for suffix in ("", "-wal", "-shm"):
+        tmp.with_name(tmp.name + suffix).unlink(missing_ok=True)
+    store = Checkpoint.open(tmp)
+    try:
+        for start in range(0, n - missing, 50_000):
+            store.write(
+                [
+                    Result(
+                        row_id(i),
+                        prompt_digest(prompt_of(i)),
+                        "stop",
+                        mock_answer(prompt_of(i)),
+                        None,
+                        1,
+                        12.5,
+                        DEFAULT_MODEL,
+                    )
+                    for i in range(start, min(n - missing, start + 50_000))
+                ]
+            )
+    finally:
+        store.close()
+    if tmp.with_name(tmp.name + "-wal").exists():
+        raise RuntimeError(f"{tmp} still has a write-ahead log after closing")
+    tmp.replace(path)
+    return path, missing
+
+
+# -- scenarios --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    scenario: str
+    figure: str
+    value: str
+    target: str = ""
+    met: bool | str | None = None  # None: no target; a string: why it cannot be judged
+
+
+@dataclass
+class Bench:
+    sizes: Sizes
+    quick: bool
+    repeat: int
+    servers: dict[tuple[float, float], Server] = field(default_factory=dict)
+    _startup: float | None = None
+
+    def server(self, latency_ms: float = 0.0, jitter_ms: float = 0.0) -> Server:
+        key = (latency_ms, jitter_ms)
+        if key not in self.servers:
+            self.servers[key] = Server(latency_ms, jitter_ms)
+        return self.servers[key]
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.close()
+        self.servers.clear()
+
+    def startup(self) -> float:
+        """Wall time of `python -m batchpizza --version`: interpreter start-up and imports."""
+        if self._startup is None:
+            walls = []
+            for _ in range(3):  # the quickest of three: start-up is short and the machine noisy
+                run = measure([sys.executable, "-m", "batchpizza", "--version"], self.server())
+                expect(run, 0, "batchpizza --version")
+                walls.append(run.wall)
+            self._startup = min(walls)
+        return self._startup
+
+    def per_million(self, seconds: float, rows: int) -> str:
+        """On a --quick run: what `seconds` for `rows` rows suggests for a million (start-up
+        once, the rest in proportion)."""
+        if rows == 1_000_000:
+            return ""
+        startup = self.startup()
+        guess = startup + max(0.0, seconds - startup) * 1_000_000 / rows
+        return f" (~{guess:.1f} s for 1M, extrapolated)"
+
+    def sized(self, met: bool) -> bool | str:
+        """A size-dependent target cannot be judged on a --quick run (at 1,000 rows start-up
+        dominates the overhead ratio, and ramp-up the latency figure)."""
+        return "quick" if self.quick else met
+
+    def alternate(
+        self, input_path: Path, server: Server, concurrency: int, rows: int, name: str
+    ) -> tuple[list[Run], list[Run], list[dict[str, Any]], list[dict[str, Any]]]:
+        """batchpizza and the bare loop, A B A B ..., each on a freshly reset server."""
+        ours: list[Run] = []
+        bare: list[Run] = []
+        ours_stats: list[dict[str, Any]] = []
+        bare_stats: list[dict[str, Any]] = []
+        for i in range(self.repeat):
+            for kind in ("batchpizza", "bare"):
+                output = fresh(WORK / f"{name}-{kind}.jsonl")
+                if kind == "batchpizza":
+                    args = batchpizza_args(input_path, output, server, concurrency=concurrency)
+                else:
+                    args = bare_args(input_path, output, server, concurrency=concurrency)
+                server.reset()
+                run = measure(args, server)
+                expect(run, 0, kind)
+                stats = server.stats()
+                if stats["requests"] != rows:
+                    raise RuntimeError(f"{kind} sent {stats['requests']} requests for {rows} rows")
+                (ours if kind == "batchpizza" else bare).append(run)
+                (ours_stats if kind == "batchpizza" else bare_stats).append(stats)
+                note(
+                    f"  {name} {i + 1}/{self.repeat} {kind:<10} {run.wall:7.2f} s wall "
+                    f"{run.cpu:7.2f} s cpu {run.rss_mb:6.0f} MB, server busy {run.server_busy:.0%}"
+                )
+        return ours, bare, ours_stats, bare_stats
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: Sequence[float], fmt: str = "{:.2f}") -> str:
+    if len(values) < 2:
+        return ""
+    return f" (n={len(values)}: {fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def overhead(bench: Bench) -> list[Figure]:
+    rows = bench.sizes.overhead
+    server = bench.server()
+    ours, bare, _, _ = bench.alternate(
+        prompts_file(rows), server, OVERHEAD_CONCURRENCY, rows, "overhead"
+    )
+    ratio = median([r.wall for r in ours]) / median([r.wall for r in bare])
+    ratios = [a.wall / b.wall for a, b in zip(ours, bare, strict=True)]
+    s = "overhead"
+    return [
+        Figure(
+            s,
+            f"wall time, batchpizza / bare loop ({rows:,} rows)",
+            f"{ratio:.2f}x" + spread(ratios),
+            "<= 1.15x",
+            bench.sized(ratio <= 1.15),
+        ),
+        Figure(s, "wall time, batchpizza", _wall(ours, rows)),
+        Figure(s, "wall time, bare loop", _wall(bare, rows)),
+        Figure(s, "CPU s per 1,000 rows, batchpizza", _per_k(ours, rows)),
+        Figure(s, "CPU s per 1,000 rows, bare loop", _per_k(bare, rows)),
+        Figure(
+            s,
+            "peak RSS, batchpizza / bare loop",
+            f"{median([r.rss_mb for r in ours]):.0f} / {median([r.rss_mb for r in bare]):.0f} MB",
+        ),
+        Figure(
+            s,
+            "mock server CPU busy, batchpizza / bare loop runs",
+            f"{median([r.server_busy for r in ours]):.0%} / {median([r.server_busy for r in bare]):.0%}",
+        ),
+    ]
+
+
+def _wall(runs: list[Run], rows: int) -> str:
+    wall = median([r.wall for r in runs])
+    return f"{wall:.2f} s, {rows / wall:,.0f} rows/s" + spread([r.wall for r in runs])
+
+
+def _per_k(runs: list[Run], rows: int) -> str:
+    return f"{median([r.cpu for r in runs]) / rows * 1000:.3f} s"
+
+
+def sending_rate(stats: dict[str, Any]) -> float:
+    """Requests over the span from first arrival to the last reply's due time (see the top)."""
+    n, mean_rate = stats["requests"], stats["mean_rate"]
+    span = (n - 1) / mean_rate if mean_rate else 0.0
+    return float(n / (span + LATENCY_MS / 1000))
+
+
+def latency(bench: Bench) -> list[Figure]:
+    rows = bench.sizes.latency
+    server = bench.server(LATENCY_MS, JITTER_MS)
+    ours, bare, ours_stats, bare_stats = bench.alternate(
+        prompts_file(rows), server, LATENCY_CONCURRENCY, rows, "latency"
+    )
+    bound = LATENCY_CONCURRENCY / (LATENCY_MS / 1000)
+    ours_rate = median([sending_rate(s) for s in ours_stats])
+    bare_rate = median([sending_rate(s) for s in bare_stats])
+    s = "latency"
+    return [
+        Figure(
+            s,
+            f"sending rate, batchpizza ({rows:,} rows)",
+            f"{ours_rate:,.0f}/s = {ours_rate / bound:.1%} of {bound:,.0f}/s",
+            ">= 95%",
+            bench.sized(ours_rate / bound >= 0.95),
+        ),
+        Figure(s, "sending rate, bare loop", f"{bare_rate:,.0f}/s = {bare_rate / bound:.1%}"),
+        Figure(
+            s,
+            "peak in flight at the server, batchpizza / bare loop",
+            f"{max(x['peak_in_flight'] for x in ours_stats)} / {max(x['peak_in_flight'] for x in bare_stats)}",
+        ),
+        Figure(
+            s,
+            "wall time, batchpizza / bare loop (start to exit)",
+            f"{median([r.wall for r in ours]):.2f} / {median([r.wall for r in bare]):.2f} s",
+        ),
+    ]
+
+
+def pacing(bench: Bench) -> list[Figure]:
+    rows = PACING_RATE * bench.sizes.pacing_seconds
+    server = bench.server()
+    output = fresh(WORK / "pacing.jsonl")
+    args = batchpizza_args(
+        prompts_file(rows), output, server, concurrency=OVERHEAD_CONCURRENCY, rate=str(PACING_RATE)
+    )
+    server.reset()
+    run = measure(args, server)
+    expect(run, 0, "batchpizza")
+    stats = server.stats()
+    rate, most = stats["mean_rate"], stats["max_in_window_1s"]
+    note(f"  pacing: {stats['requests']} requests, {rate:.2f}/s, at most {most} in 1 s")
+    off = (rate - PACING_RATE) / PACING_RATE
+    s = "pacing"
+    return [
+        Figure(
+            s,
+            f"achieved rate at --rate {PACING_RATE} ({rows:,} rows, {run.wall:.1f} s)",
+            f"{rate:.2f}/s ({off:+.2%})",
+            "within 2%",
+            abs(off) <= 0.02,
+        ),
+        Figure(
+            s,
+            "most requests in any 1-s window, at the server",
+            str(most),
+            f"<= {PACING_RATE}",
+            most <= PACING_RATE,
+        ),
+    ]
+
+
+def memory(bench: Bench) -> list[Figure]:
+    server = bench.server()
+    runs: list[tuple[int, Run]] = []
+    for rows in bench.sizes.memory:
+        output = fresh(WORK / f"memory-{rows}.jsonl")
+        args = batchpizza_args(prompts_file(rows), output, server, concurrency=OVERHEAD_CONCURRENCY)
+        server.reset()
+        run = measure(args, server)
+        expect(run, 0, "batchpizza")
+        fresh(output)  # large, and not needed again
+        note(f"  memory {rows:,} rows: {run.rss_mb:.0f} MB peak, {run.wall:.1f} s")
+        runs.append((rows, run))
+    server.reset()  # let the server forget a million answers
+    (small, small_run), (large, large_run) = runs
+    ratio = large_run.rss_mb / small_run.rss_mb
+    s = "memory"
+    return [
+        Figure(s, f"peak RSS at {small:,} rows", f"{small_run.rss_mb:.0f} MB"),
+        Figure(
+            s,
+            f"peak RSS at {large:,} rows",
+            f"{large_run.rss_mb:.0f} MB",
+            "< 200 MB",
+            bench.sized(large_run.rss_mb < 200),
+        ),
+        Figure(
+            s,
+            f"peak RSS ratio {large:,} / {small:,} rows",
+            f"{ratio:.2f}x",
+            "<= 1.3x",
+            ratio <= 1.3,
+        ),
+        Figure(
+            s,
+            f"throughput at {large:,} rows",
+            f"{large / large_run.wall:,.0f} rows/s "
+            f"({large_run.wall:.1f} s, {large_run.cpu / large * 1000:.3f} CPU s per 1,000)",
+        ),
+    ]
+
+
+def resume(bench: Bench) -> list[Figure]:
+    """Twice from the same 99.9% checkpoint: first as if the input were new to batchpizza (no
+    scan kept from an earlier run: it validates everything again), then as a rerun of the same
+    command after a kill (the scan kept by the first is reused while the input is unchanged)."""
+    rows = bench.sizes.resume
+    server = bench.server()
+    input_path = prompts_file(rows)
+    pristine, missing = resume_checkpoint(rows)
+    output = fresh(WORK / "resume.jsonl")
+    runs: dict[str, Run] = {}
+    for kind in ("cold", "rerun"):
+        restore_checkpoint(pristine, output)
+        server.reset()
+        args = batchpizza_args(input_path, output, server, concurrency=OVERHEAD_CONCURRENCY)
+        run = runs[kind] = measure(args, server, watch_first=True)
+        expect(run, 0, "batchpizza")
+        sent = server.stats()["requests"]
+        if sent != missing:
+            raise RuntimeError(f"resume sent {sent} requests; {missing} rows were missing")
+        if run.first_request is None:
+            raise RuntimeError("the resumed run ended before its first request was seen")
+        note(
+            f"  resume {kind}: first request after {run.first_request:.2f} s, "
+            f"{run.wall:.2f} s in all, {run.rss_mb:.0f} MB"
+        )
+    fresh(output)
+    cold, rerun = runs["cold"], runs["rerun"]
+    assert cold.first_request is not None and rerun.first_request is not None
+    s = "resume"
+    return [
+        Figure(
+            s,
+            f"start to first request, rerun after a kill ({rows:,} rows, {missing:,} to send)",
+            f"{rerun.first_request:.2f} s" + bench.per_million(rerun.first_request, rows),
+            "< 5 s",
+            bench.sized(rerun.first_request < 5),
+        ),
+        Figure(
+            s,
+            "start to first request, no scan kept (input new to batchpizza, or changed)",
+            f"{cold.first_request:.2f} s" + bench.per_million(cold.first_request, rows),
+        ),
+        Figure(
+            s,
+            "whole resumed run (start to exit), peak RSS: rerun / no scan kept",
+            f"{rerun.wall:.2f} s, {rerun.rss_mb:.0f} MB / {cold.wall:.2f} s, {cold.rss_mb:.0f} MB",
+        ),
+    ]
+
+
+def validation(bench: Bench) -> list[Figure]:
+    rows = bench.sizes.validation
+    server = bench.server()
+    output = fresh(WORK / "validation.jsonl")
+    server.reset()
+    run = measure(
+        batchpizza_args(broken_last_file(rows), output, server, concurrency=OVERHEAD_CONCURRENCY),
+        server,
+    )
+    expect(run, 2, "batchpizza on a broken input")
+    if server.stats()["requests"] or output.exists():
+        raise RuntimeError("batchpizza sent requests or wrote output for a broken input")
+    startup = bench.startup()
+    per_million = startup + max(0.0, run.wall - startup) * 1_000_000 / rows
+    note(f"  validation: {run.wall:.2f} s for {rows:,} rows; start-up alone {startup:.2f} s")
+    s = "validation"
+    return [
+        Figure(
+            s,
+            f"seconds for a million rows ({rows:,} rows: {run.wall:.2f} s, exit 2)",
+            f"{per_million:.2f} s" + ("" if rows == 1_000_000 else " (extrapolated)"),
+            "< 10 s",
+            per_million < 10,
+        ),
+        Figure(
+            s,
+            "of which interpreter start-up and imports (`python -m batchpizza --version`)",
+            f"{startup:.2f} s",
+        ),
+        Figure(s, "peak RSS while validating", f"{run.rss_mb:.0f} MB"),
+    ]
+
+
+SCENARIOS: dict[str, Callable[[Bench], list[Figure]]] = {
+    "overhead": overhead,
+    "latency": latency,
+    "pacing": pacing,
+    "memory": memory,
+    "resume": resume,
+    "validation": validation,
+}
+
+
+# -- report -----------------------------------------------------------------------------------------
+
+
+def note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def table(figures: list[Figure]) -> str:
+    lines = ["| scenario | figure | value | target | met? |", "|---|---|---|---|---|"]
+    for f in figures:
+        met = {True: "yes", False: "**NO**", None: ""}.get(f.met, f.met)  # type: ignore[arg-type]
+        lines.append(f"| {f.scenario} | {f.figure} | {f.value} | {f.target} | {met} |")
+    return "\n".join(lines)
+
+
+def machine() -> list[str]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    versions = []
+    for name in LIBRARIES:
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{name} absent")
+    commit = "unknown"
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        commit += " (with uncommitted changes)" if dirty else ""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [
+        f"- machine: {os.cpu_count()} cores ({usable} usable), {model}; load average {load}",
+        f"- {platform.python_implementation()} {platform.python_version()} on {platform.platform()}",
+        f"- {', '.join(versions)}",
+        f"- commit {commit}",
+    ]
+
+
+def record(text: str) -> None:
+    header = (
+        "# Benchmark results\n\n"
+        "Appended by `python benchmarks/bench.py --record`, newest last. What each scenario "
+        "measures is said at the top of bench.py.\n"
+    )
+    existing = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else header
+    RESULTS.write_text(existing.rstrip("\n") + "\n\n" + text + "\n", encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--scenario",
+        action="extend",
+        nargs="+",
+        choices=list(SCENARIOS),
+        help="scenarios to run (default: all)",
+    )
+    parser.add_argument("--quick", action="store_true", help="shrink every scenario (smoke run)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of each side where two are compared"
+    )
+    parser.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
+    parser.add_argument("--bare", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.bare:
+        input_path, output, endpoint, concurrency = args.bare
+        return bare_main(input_path, output, endpoint, int(concurrency))
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+
+    sys.path.insert(0, str(ROOT))  # a clean clone need not have batchpizza installed
+    WORK.mkdir(parents=True, exist_ok=True)
+    names = [n for n in SCENARIOS if n in (args.scenario or SCENARIOS)]
+    command = shlex.join(["python", "benchmarks/bench.py", *sys.argv[1:]])
+    started = dt.datetime.now(dt.timezone.utc)
+    about = machine()  # before the runs, so the load average says what else was running
+    bench = Bench(QUICK if args.quick else FULL, args.quick, args.repeat)
+    figures: list[Figure] = []
+    try:
+        for name in names:
+            note(f"== {name}")
+            figures += SCENARIOS[name](bench)
+    finally:
+        bench.close()
+    elapsed = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
+    size = "quick (--quick: sizes shrunk, see bench.py)" if args.quick else "full"
+    report = "\n".join(
+        [
+            f"## {started:%Y-%m-%d %H:%M} UTC: {size}, {elapsed:.0f} s",
+            "",
+            f"- command: `{command}`",
+            *about,
+            "- each side in its own process (mock server, batchpizza, bare loop); default asyncio "
+            "event loop in the mock server and the bare loop",
+            "",
+            table(figures),
+        ]
+    )
+    print(report)
+    if args.record:
+        record(report)
+        note(f"appended to {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
