@@ -65,7 +65,9 @@ class Committer:
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((result, future))
         self._wakeup.set()
-        await asyncio.shield(future)
+        # No shield needed: if this worker is cancelled, the result stays queued and is still
+        # committed (the committer skips futures that are already done).
+        await future
 
     async def _loop(self) -> None:
         while True:
