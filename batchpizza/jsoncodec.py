@@ -1,7 +1,6 @@
 """JSON in and out, through orjson (a dependency: it parses our rows 4x faster than json, measured,
-and parsing is most of the validation pass) and the standard library where orjson cannot be
-installed or refuses a
-value (integers beyond 64 bits). Both give the same values."""
+and parsing is most of the validation pass), and the standard library where orjson cannot be
+installed or refuses a value (integers beyond 64 bits). Both give the same values."""
 
 from __future__ import annotations
 
