@@ -1,15 +1,18 @@
 """The checkpoint: an SQLite file of finished rows, the single source of truth for resume.
 
 A row is finished once its record is committed here, and not before. Results are committed in
-groups: whatever finished while the previous commit was being written goes into the next one, so a
-commit costs one fsync however many rows it holds.
+groups: whatever finished while the previous commit was being written goes into the next one.
 
 Settings, chosen for what they promise:
 - journal_mode=WAL: a commit appends to the write-ahead log; a kill -9 mid-commit leaves the last
-  commit either whole or absent (the torn tail of the log is ignored on the next open).
-- synchronous=FULL: each commit fsyncs the log before it returns, so a power loss loses nothing
-  that was committed. NORMAL would save that fsync but may roll back the last commits on power
-  loss, and every lost row is a request paid for twice; with group commits FULL costs little.
+  commit either whole or absent (the torn tail of the log is ignored on the next open). A commit
+  that returned is in the operating system's cache, so a crash or kill of batchpizza loses
+  nothing committed.
+- synchronous=NORMAL, and the log made durable at least every SYNC_INTERVAL seconds (a WAL
+  checkpoint, which fsyncs the log first): a power loss or kernel crash can cost the answers of
+  the last second at most; they are sent again, and the file is never corrupted. Measured:
+  synchronous=FULL (an fsync per group commit) cost a third of the throughput at zero latency,
+  because rows hold their concurrency slot until committed (20,000 rows: 2.8 s against 1.97 s).
 - One flock'ed lock file beside the checkpoint: one run per output; the kernel drops the lock when
   the process dies, so a killed run never blocks the next.
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 from batchpizza.errors import CheckpointMissing, LockedError, OutputError
 
 SCHEMA_VERSION = "1"
+SYNC_INTERVAL = 1.0  # seconds of answers a power loss may cost at most (see above)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     id TEXT PRIMARY KEY,
@@ -65,9 +69,11 @@ def _sqlite_error(path: Path, exc: sqlite3.Error) -> OutputError:
 class Checkpoint:
     """The store at `path`. Open with `Checkpoint.open`; writes come through `write`."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, readonly: bool = False) -> None:
         self.path = path
         self._conn = conn
+        self._readonly = readonly
+        self._synced = time.monotonic()
 
     @classmethod
     def open(cls, path: Path, *, create: bool = True, readonly: bool = False) -> Checkpoint:
@@ -79,13 +85,16 @@ class Checkpoint:
                 conn.execute("SELECT 1 FROM results LIMIT 1")
             except sqlite3.DatabaseError as exc:
                 raise _sqlite_error(path, exc) from None
-            return cls(path, conn)
+            return cls(path, conn, readonly=True)
         try:
             # check_same_thread=False: group commits run in a worker thread, one at a time.
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 10000")
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            # Checkpoints (which fsync) are ours, once a second in a thread (see sync), so that
+            # a commit on the event loop never waits for the disk.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.executescript(_SCHEMA)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
         except sqlite3.DatabaseError as exc:
@@ -94,10 +103,12 @@ class Checkpoint:
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
+            if not self._readonly:
+                self.sync()
             self._conn.close()
 
     def write(self, results: Sequence[Result]) -> None:
-        """Commit a group of results at once (called from a worker thread)."""
+        """Commit a group of results at once: a write to the log, no fsync (see sync)."""
         now = time.time()
         rows = [(*astuple(r), now) for r in results]
         with self._transaction():
@@ -105,6 +116,18 @@ class Checkpoint:
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
             )
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (now,))
+
+    def sync_due(self) -> bool:
+        return time.monotonic() - self._synced >= SYNC_INTERVAL
+
+    def sync(self) -> None:
+        """Make every commit so far durable against power loss: a WAL checkpoint fsyncs the log
+        (and then the database)."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.DatabaseError as exc:
+            raise _sqlite_error(self.path, exc) from None
+        self._synced = time.monotonic()
 
     def forget(self) -> None:
         """--restart: drop every result."""

@@ -18,7 +18,6 @@ from batchpizza.checkpoint import Checkpoint
 from batchpizza.config import RunConfig
 from batchpizza.errors import BatchpizzaError
 from batchpizza.job import Job
-from batchpizza.mock_server import MockConfig, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -203,6 +202,8 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
 @click.option("--seed", type=int, default=None)
 def mock_server(host: str, port: int, latency: float, jitter: float, **rates: Any) -> None:
     """A local stand-in for the Pizzagpt API, for offline runs and tests."""
+    from batchpizza.mock_server import MockConfig, serve  # aiohttp.web: only for this command
+
     serve(MockConfig(latency_ms=latency, jitter_ms=jitter, **rates), host=host, port=port)
 
 

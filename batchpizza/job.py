@@ -24,7 +24,6 @@ from typing import IO, Any
 from batchpizza.checkpoint import Checkpoint, RunLock
 from batchpizza.config import RunConfig
 from batchpizza.errors import Interrupted, OutputError
-from batchpizza.mock_server import MockConfig, MockServer
 from batchpizza.plan import Plan, Tally
 from batchpizza.progress import Progress, choose, setup_logging, summary_line, write_summary_json
 from batchpizza.reader import open_source, spool_stdin
@@ -86,6 +85,9 @@ class Job:
         try:
             if not config.mock:
                 return await self._run_locked(started)
+            # Imported here: aiohttp.web is only needed for the offline demo.
+            from batchpizza.mock_server import MockConfig, MockServer
+
             async with MockServer(MockConfig()) as server:
                 self.config = dataclasses.replace(config, base_url=server.base_url)
                 return await self._run_locked(started)

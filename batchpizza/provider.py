@@ -120,8 +120,10 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
-    if resp.content_length is not None and resp.content_length > MAX_BODY_BYTES:
-        raise BadReply(f"reply of {resp.content_length} bytes is too large", status=resp.status)
+    if resp.content_length is not None:
+        if resp.content_length > MAX_BODY_BYTES:
+            raise BadReply(f"reply of {resp.content_length} bytes is too large", status=resp.status)
+        return await resp.read()  # the usual case: the length is known and sane, one read
     body = bytearray()
     async for chunk in resp.content.iter_chunked(65536):
         body += chunk
