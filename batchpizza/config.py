@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -117,6 +118,12 @@ class RunConfig:
         unknown = sorted(set(options) - known)
         if unknown:
             raise UsageError(f"unknown option(s): {', '.join(unknown)}")
+        # The same environment defaults as the command line's, so a pipeline behaves alike.
+        for name, variable in (("base_url", "BATCHPIZZA_BASE_URL"), ("proxy", "BATCHPIZZA_PROXY")):
+            if options.get(name) is None and os.environ.get(variable):
+                options[name] = os.environ[variable]
+        if options.get("base_url") is None:
+            options.pop("base_url", None)
         return cls(input=str(input), output=str(output), **options)
 
     @property

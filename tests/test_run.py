@@ -822,3 +822,14 @@ def test_any_fault_mix_gives_every_id_once_in_order_and_right_answers(
         assert summary["requests"] == mock_api.stats.requests
     finally:
         shutil.rmtree(folder)
+
+
+def test_python_api_honours_the_same_environment_defaults_as_the_cli(
+    mock_api: ThreadedMockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHPIZZA_BASE_URL", mock_api.base_url)
+    source = prompts_file(tmp_path / "in.jsonl", ["env one", "env two"])
+    options = {k: v for k, v in FAST.items() if k != "base_url"}
+    summary = batchpizza.run(source, tmp_path / "out.jsonl", **options)
+    assert summary["answered"] == 2
+    assert mock_api.stats.requests == 2
