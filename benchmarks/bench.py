@@ -49,18 +49,17 @@ import os
 import platform
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from mockproc import Server, child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "work"
@@ -76,14 +75,6 @@ LIBRARIES = (
     "uvloop",
     "pyarrow",
     "tenacity",
-)
-PROXY_VARIABLES = (
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
-    "ALL_PROXY",
-    "all_proxy",
 )
 
 
@@ -147,68 +138,6 @@ async def _bare_send(
 
 
 # -- processes --------------------------------------------------------------------------------------
-
-
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
-    env = {k: v for k, v in env.items() if not k.startswith("BATCHPIZZA_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))
-    return env
-
-
-def _http(url: str, method: str = "GET") -> Any:
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    with urllib.request.urlopen(request, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
-class Server:
-    """`batchpizza mock-server` in its own process."""
-
-    def __init__(self, latency_ms: float = 0.0, jitter_ms: float = 0.0) -> None:
-        args = [sys.executable, "-m", "batchpizza", "mock-server", "--port", "0"]
-        args += ["--latency", str(latency_ms), "--jitter", str(jitter_ms), "--seed", "1"]
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            cwd=ROOT,
-            env=child_env(),
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "listening on " not in line:
-            self.close()
-            raise RuntimeError(f"the mock server did not start: {line!r}")
-        self.url = line.split("listening on ", 1)[1].strip()
-
-    def stats(self) -> dict[str, Any]:
-        return dict(_http(f"{self.url}/__stats"))
-
-    def reset(self) -> None:
-        _http(f"{self.url}/__reset", "POST")
-
-    def cpu_seconds(self) -> float:
-        """CPU time the server process has used so far (Linux; 0 elsewhere)."""
-        try:
-            text = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        except OSError:
-            return 0.0
-        fields = text.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 @dataclass

@@ -33,20 +33,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+from mockproc import Server, child_env
 
 from batchpizza.mock_server import mock_answer
 
@@ -55,81 +54,7 @@ WORK = ROOT / "benchmarks" / "work"
 LATENCY_MS = 30.0
 JITTER_MS = 15.0
 WORDS = ("basil", "mozzarella", "anchovies", "capers", "truffle", "nduja", "pineapple", "figs")
-PROXY_VARIABLES = (
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-)
 RUN_TIMEOUT = 120.0
-
-
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
-    env = {k: v for k, v in env.items() if not k.startswith("BATCHPIZZA_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))
-    return env
-
-
-def http(url: str, method: str = "GET") -> Any:
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    with urllib.request.urlopen(request, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
-class Server:
-    """`batchpizza mock-server` in its own process."""
-
-    def __init__(self) -> None:
-        args = [sys.executable, "-m", "batchpizza", "mock-server", "--port", "0"]
-        args += ["--latency", str(LATENCY_MS), "--jitter", str(JITTER_MS), "--seed", "1"]
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            cwd=ROOT,
-            env=child_env(),
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "listening on " not in line:
-            self.close()
-            raise RuntimeError(f"the mock server did not start: {line!r}")
-        self.url = line.split("listening on ", 1)[1].strip()
-
-    def stats(self) -> dict[str, Any]:
-        """The counters, with `answers`: question -> how many times it was answered."""
-        stats = dict(http(f"{self.url}/__stats"))
-        if "answers" not in stats:
-            raise RuntimeError("/__stats does not expose the per-question answer counts")
-        return stats
-
-    def drained(self, timeout: float = 10.0) -> dict[str, Any]:
-        """The counters once no request is in flight: a killed client's requests still finish."""
-        deadline = time.monotonic() + timeout
-        stats = self.stats()
-        while stats["in_flight"] and time.monotonic() < deadline:
-            time.sleep(0.02)
-            stats = self.stats()
-        return stats
-
-    def reset(self) -> None:
-        http(f"{self.url}/__reset", "POST")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 def make_input(path: Path, n: int) -> list[dict[str, Any]]:
@@ -406,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"seed {opts.seed}, mock latency {LATENCY_MS:g} +- {JITTER_MS:g} ms (own process)"
     )
     started = time.monotonic()
-    server = Server()
+    server = Server(LATENCY_MS, JITTER_MS)
     try:
         server.reset()
         job = Job(server, inp, out, opts.concurrency)

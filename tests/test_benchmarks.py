@@ -1,0 +1,34 @@
+"""The benchmark scripts are not tests, but they must keep working: a tiny smoke run of each."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_bench_quick_validation_and_resume_run_and_print_their_table() -> None:
+    done = run_script(
+        "benchmarks/bench.py", "--quick", "--scenario", "validation", "resume", "--repeat", "1"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| validation |" in done.stdout
+    assert "| resume |" in done.stdout
+
+
+def test_crash_soak_small_passes_its_own_checks() -> None:
+    done = run_script("benchmarks/crash.py", "--rows", "400", "--kills", "2", "--seed", "5")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASS" in done.stdout
