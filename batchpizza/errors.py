@@ -6,6 +6,7 @@
     ├── LockedError                 another run holds this output's checkpoint (exit 2)
     ├── CheckpointMissing           `status` found no checkpoint (exit 2)
     ├── OutputError                 the output or checkpoint could not be written (exit 1)
+    ├── InputChanged                the input files changed during the run (exit 1)
     ├── Interrupted                 SIGINT / SIGTERM; the checkpoint is saved (exit 130 / 143)
     └── ProviderError               one request to the API failed; `.retryable` says if worth a retry
         ├── TransportError          connection refused, reset, dropped mid-body, TLS (retryable)
@@ -95,6 +96,12 @@ class CheckpointMissing(BatchpizzaError):
 
 
 class OutputError(BatchpizzaError):
+    exit_code = 1
+
+
+class InputChanged(BatchpizzaError):
+    """The input was edited while the run went on; the output is not written (rows sent are kept)."""
+
     exit_code = 1
 
 

@@ -23,7 +23,7 @@ from batchpizza.reader import Source, describe_bad
 from batchpizza.rows import Row
 
 PAGE = 4096
-SCAN_VERSION = 1  # bump when what the scan stores or checks changes
+SCAN_VERSION = 2  # bump when what the scan stores or checks changes
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,11 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _readonly_uri(path: Path) -> str:
+    """A read-only SQLite URI; as_uri escapes the characters (#, ?, %) a path may hold."""
+    return path.resolve().as_uri() + "?mode=ro"
 
 
 def _input_key(source: Source) -> str | None:
@@ -111,13 +116,14 @@ class Plan:
             return False
         db = None
         try:
-            db = self._connect(f"file:{cache}?mode=ro", uri=True)
+            db = self._connect(_readonly_uri(cache), uri=True)
             info = dict(db.execute("SELECT key, value FROM info"))
             if info.get("key") != self._key or (int(info["bad"]) and not skip_bad_rows):
                 db.close()
                 return False
             total, bad = int(info["total"]), int(info["bad"])
             kinds = json.loads(info["kinds"])
+            scanned_bytes = json.loads(info["bytes"])
             if db.execute("SELECT count(*) FROM rows").fetchone()[0] != total:
                 raise ValueError("scan cache is incomplete")
         except (sqlite3.Error, KeyError, ValueError):
@@ -129,6 +135,7 @@ class Plan:
         self._db = db
         self.total, self.bad = total, bad
         self.source.restore_field_types(kinds)
+        self.source.scanned_bytes = scanned_bytes
         self.reused = True
         return True
 
@@ -138,14 +145,20 @@ class Plan:
         if self._fresh is None or self._cache is None or self.reused:
             return
         kinds = {name: sorted(k) for name, k in self.source.field_types.items()}
-        info = {"key": self._key, "total": self.total, "bad": self.bad, "kinds": json.dumps(kinds)}
+        info = {
+            "key": self._key,
+            "total": self.total,
+            "bad": self.bad,
+            "kinds": json.dumps(kinds),
+            "bytes": json.dumps(self.source.scanned_bytes),
+        }
         self._db.execute("CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT)")
         self._db.executemany("INSERT INTO info VALUES (?, ?)", list(info.items()))
         self._db.close()
         with self._fresh.open("rb") as handle:
             os.fsync(handle.fileno())
         os.replace(self._fresh, self._cache)
-        self._db = self._connect(f"file:{self._cache}?mode=ro", uri=True)
+        self._db = self._connect(_readonly_uri(self._cache), uri=True)
         self._fresh = None
 
     def close(self) -> None:
@@ -261,15 +274,20 @@ class Plan:
         "ON r.bad IS NULL AND c.id = r.id AND c.digest = r.digest"
     )
 
+    def input_changed(self) -> bool:
+        """Have the input files changed since this plan read them?"""
+        return self._key is not None and _input_key(self.source) != self._key
+
     def output_rows(self) -> Iterator[list[tuple[object, ...]]]:
-        """(id, bad, answer, finish_reason, error, attempts, latency_ms, model) in input order."""
+        """(id, bad, answer, finish_reason, error, attempts, latency_ms, model, digest), in input
+        order."""
         last = -1
         while True:
             with self._checkpoint_errors():
                 page = self._db.execute(
                     # A row too broken to show an id gets its position, as rows without one do.
-                    "SELECT r.pos, coalesce(r.id, r.pos), r.bad, c.answer, c.finish_reason, c.error, c.attempts, "
-                    f"c.latency_ms, c.model {self._JOINED} WHERE r.pos > ? ORDER BY r.pos LIMIT ?",
+                    "SELECT r.pos, CAST(coalesce(r.id, r.pos) AS TEXT), r.bad, c.answer, c.finish_reason, c.error, c.attempts, "
+                    f"c.latency_ms, c.model, r.digest {self._JOINED} WHERE r.pos > ? ORDER BY r.pos LIMIT ?",
                     (last, PAGE),
                 ).fetchall()
             if not page:

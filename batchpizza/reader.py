@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -53,6 +54,8 @@ class Source:
     # in practice, so tracking them costs one C-level tuple per row instead of a loop per field.
     _shapes: dict[tuple[tuple[str, ...], tuple[type, ...]], None] = field(default_factory=dict)
     _kinds: dict[str, set[str]] = field(default_factory=dict)
+    scanned_bytes: list[int] = field(default_factory=list)  # JSONL: bytes of each file scanned
+    schema: pa.Schema | None = None  # Parquet: the columns of all its files, unified
 
     @property
     def field_types(self) -> dict[str, set[str]]:
@@ -123,15 +126,20 @@ class Source:
 
     # -- JSONL --------------------------------------------------------------------------------
 
-    def _lines(self) -> Iterator[tuple[int, int, bytes | None]]:
-        """(file index, 1-based line, bytes or None when too long), blank lines skipped."""
+    def _lines(self, scanning: bool = False) -> Iterator[tuple[int, int, bytes | None]]:
+        """(file index, 1-based line, bytes or None when too long), blank lines skipped. The scan
+        records how many bytes of each file it read; later passes read no further, so rows
+        appended during a run (a cron job's growing file) wait for the next run."""
         for index, path in enumerate(self.paths):
+            limit = None if scanning or not self.scanned_bytes else self.scanned_bytes[index]
+            consumed = 0
             with _read_errors(self.names[index]), _open_binary(path, self.names[index]) as handle:
                 number = 0
-                while True:
+                while limit is None or consumed < limit:
                     line = handle.readline(MAX_LINE_BYTES + 1)
                     if not line:
                         break
+                    consumed += len(line)
                     number += 1
                     if number == 1 and line.startswith(_BOM):
                         line = line[len(_BOM) :]
@@ -139,11 +147,14 @@ class Source:
                         while (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(
                             b"\n"
                         ):
-                            pass
+                            consumed += len(rest)
+                        consumed += len(rest)
                         yield index, number, None
                         continue
                     if line.strip():
                         yield index, number, line
+            if scanning:
+                self.scanned_bytes[index] = consumed
 
     def _objects(self, wanted: Iterator[int] | None) -> Iterator[tuple[int, int, int, Any]]:
         """(pos, file, at, parsed object or None) of every row, or of the `wanted` positions
@@ -161,6 +172,8 @@ class Source:
                     obj = jsoncodec.loads(data) if isinstance(data, bytes) else None
                 except ValueError:
                     obj = None
+                if obj is not None and b"\\u" in data and _lone_surrogate(obj):
+                    obj = None  # a bad row that cannot even be written out: carries nothing
             yield pos, index, at, obj
             if wanted is not None:
                 target = next(wanted, None)
@@ -191,7 +204,8 @@ class Source:
 
     def _checked_jsonl(self) -> Iterator[tuple[int, int, int, Any]]:
         big_int = jsoncodec.may_hold_big_int
-        for pos, (index, number, line) in enumerate(self._lines()):
+        self.scanned_bytes = [0] * len(self.paths)
+        for pos, (index, number, line) in enumerate(self._lines(scanning=True)):
             if line is None:
                 yield pos, index, number, f"line longer than {MAX_LINE_BYTES} bytes"
                 continue
@@ -202,6 +216,9 @@ class Source:
                 continue
             if not isinstance(obj, dict):
                 yield pos, index, number, f"not a JSON object but {with_article(json_type(obj))}"
+                continue
+            if b"\\u" in line and _lone_surrogate(obj):
+                yield pos, index, number, "invalid UTF-8: a lone surrogate escape (\\udXXX)"
                 continue
             self._note_shape(obj)
             if big_int(line):
@@ -251,6 +268,17 @@ class Source:
     def _checked_parquet(self) -> Iterator[tuple[int, int, int, Any]]:
         for pos, (index, at, obj) in enumerate(self._parquet_rows(check_all=True)):
             yield pos, index, at, "invalid UTF-8 in a string column" if obj is NOT_UTF8 else obj
+
+
+def _lone_surrogate(obj: object) -> bool:
+    """JSON may escape half of a UTF-16 pair (\\ud800) alone: it parses (through json, orjson
+    refuses it) but can never be written out as UTF-8, so the row would fail only after sending.
+    Checked only on lines with an escape, so it costs nothing on the rest."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 NOT_UTF8 = object()  # a Parquet row whose strings cannot be decoded
@@ -360,7 +388,7 @@ def open_source(config: RunConfig, stdin_copy: Path | None = None) -> Source:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() == ".parquet")
         if not files:
             raise InputError(f"{name}: a directory without any .parquet file")
-        return Source("parquet", files, [str(p) for p in files], fields)
+        return _parquet_source(files, [str(p) for p in files], fields)
     if not path.exists():
         raise InputError(f"{name}: no such file")
     if lower.endswith(JSONL_SUFFIXES):
@@ -379,7 +407,22 @@ def open_source(config: RunConfig, stdin_copy: Path | None = None) -> Source:
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
     if kind == "jsonl" and lower.endswith(".gz"):
         _check_gzip(path, name)
+    if kind == "parquet":
+        return _parquet_source([path], [name], fields)
     return Source(kind, [path], [name], fields)
+
+
+def _parquet_source(paths: list[Path], names: list[str], fields: Fields) -> Source:
+    """Parquet files whose columns must agree, checked now: a clash found only when the output
+    is written would come after every row was sent."""
+    schemas = [
+        _parquet_file(path, name).schema_arrow for path, name in zip(paths, names, strict=True)
+    ]
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowException, TypeError) as exc:
+        raise InputError(f"{names[0]}: the Parquet files have clashing columns: {exc}") from None
+    return Source("parquet", paths, names, fields, schema=schema)
 
 
 def _check_gzip(path: Path, name: str) -> None:

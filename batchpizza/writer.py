@@ -29,9 +29,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchpizza import jsoncodec
-from batchpizza.errors import InputError, Interrupted, OutputError
+from batchpizza.errors import InputChanged, Interrupted, OutputError
 from batchpizza.plan import Plan
 from batchpizza.reader import Source, pylist
+from batchpizza.rows import _Bad, interpret, prompt_digest
 
 log = logging.getLogger("batchpizza")
 
@@ -52,10 +53,10 @@ _ARROW_OF = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool
 
 def _finish(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """(id, bad, answer, finish_reason, error, attempts, latency_ms, model) -> id + result columns."""
-    row_id, bad, answer, reason, error, attempts, latency, model = row
+    row_id, bad, answer, reason, error, attempts, latency, model, _digest = row
     if bad is not None:
         return (row_id, None, "invalid", False, bad, 0, None, None)
-    if reason is None:  # cannot happen after a complete run; say so rather than invent a result
+    if reason is None:  # a row not sent (the run ended early): say so rather than invent one
         return (row_id, None, "error", False, "not sent", 0, None, None)
     return (row_id, answer, reason, reason == "misuse", error, attempts, latency, model)
 
@@ -103,10 +104,18 @@ class _Output:
         self.source, self.handle, self.fmt = source, handle, fmt
         self.parquet: pq.ParquetWriter | None = None
         if source.kind == "jsonl":
-            self.names = list(source.field_types)
-            self.types = jsonl_column_types(source) if fmt == "parquet" else {}
+            # A field named like an output column only exists in bad rows (a good row with one
+            # is refused): it is not carried, or the output would hold two such columns.
+            reserved = source.fields.reserved | {"id"}
+            self.names = [n for n in source.field_types if n not in reserved]
+            self.types = (
+                {n: t for n, t in jsonl_column_types(source).items() if n in self.names}
+                if fmt == "parquet"
+                else {}
+            )
         else:
-            self.schema = _unified_schema(source)
+            assert source.schema is not None
+            self.schema = source.schema
             self.names = [n for n in self.schema.names if n != source.fields.id]
         self.columns = ["id", *self.names, *RESULT_NAMES]
 
@@ -177,16 +186,6 @@ class _Output:
         return pa.schema([pa.field("id", pa.string()), *fields, *RESULT_SCHEMA])
 
 
-def _unified_schema(source: Source) -> pa.Schema:
-    schemas = [pq.read_schema(p) for p in source.paths]
-    try:
-        return pa.unify_schemas(schemas, promote_options="permissive")
-    except (pa.ArrowException, TypeError) as exc:
-        raise InputError(
-            f"the Parquet files of {source.names[0]}... have clashing columns: {exc}"
-        ) from None
-
-
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
     """A batch from one file of a directory, with the columns of all of them."""
     table = pa.Table.from_batches([batch])
@@ -243,7 +242,14 @@ def _normal_mode(path: Path) -> int:
 def write_output(
     source: Source, plan: Plan, output: Path, fmt: str, stop: threading.Event | None = None
 ) -> None:
-    """Write every row of the input, in order, with its result. Runs in a worker thread."""
+    """Write every row of the input, in order, with its result. Runs in a worker thread.
+
+    The input is read again for the carried fields. If its files changed since the scan, each
+    JSONL row is checked against the prompt that was sent (Parquet: any change is refused), so
+    that an answer is never written beside a prompt it does not answer."""
+    changed = plan.input_changed()
+    if changed and source.kind == "parquet":
+        raise InputChanged(f"{source.names[0]}: the input changed during the run; {_RERUN}")
     results = itertools.chain.from_iterable(plan.output_rows())
     with atomic_file(output) as handle:
         out = _Output(source, handle, fmt)
@@ -251,11 +257,34 @@ def write_output(
         for carried in source.carried():
             if stop is not None and stop.is_set():
                 raise Interrupted("interrupted while writing the output", 0)
-            rows = [_finish(r) for r in itertools.islice(results, len(carried))]
-            if len(rows) != len(carried):
-                raise InputError(f"{source.names[0]}: the input changed during the run; rerun")
-            out.write(carried, rows)
-            written += len(rows)
+            raw = list(itertools.islice(results, len(carried)))
+            if len(raw) != len(carried):
+                raise InputChanged(f"{source.names[0]}: the input changed during the run; {_RERUN}")
+            if changed and isinstance(carried, list):
+                _check_unchanged(source, carried, raw, written)
+            out.write(carried, [_finish(r) for r in raw])
+            written += len(raw)
         if next(results, None) is not None or written != plan.total:
-            raise InputError(f"{source.names[0]}: the input changed during the run; rerun")
+            raise InputChanged(f"{source.names[0]}: the input changed during the run; {_RERUN}")
         out.close()
+
+
+_RERUN = "rerun the same command (answered rows are kept)"
+
+
+def _check_unchanged(
+    source: Source, objects: list[Mapping[str, Any]], rows: list[tuple[Any, ...]], first: int
+) -> None:
+    for pos, (obj, row) in enumerate(zip(objects, rows, strict=True), start=first):
+        digest, bad = row[-1], row[1]
+        if bad is not None:
+            continue
+        try:
+            _row_id, prompt = interpret(obj, source.fields, pos)
+        except _Bad:
+            prompt = None
+        if prompt is None or prompt_digest(prompt) != digest:
+            raise InputChanged(
+                f"{source.names[0]}: row {pos} changed during the run (its prompt is not the one "
+                f"sent); {_RERUN}"
+            )
