@@ -81,7 +81,8 @@ class Checkpoint:
             raise CheckpointMissing(f"no checkpoint at {path}")
         if readonly:
             try:
-                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+                uri = path.resolve().as_uri() + "?mode=ro"  # as_uri escapes # ? % in the path
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None)
                 conn.execute("SELECT 1 FROM results LIMIT 1")
             except sqlite3.DatabaseError as exc:
                 raise _sqlite_error(path, exc) from None
@@ -184,34 +185,29 @@ class Checkpoint:
 
 
 class RunLock:
-    """An exclusive flock on `CHECKPOINT.lock`, held for the whole run."""
+    """Exclusive flocks held for the whole run: on `OUTPUT.checkpoint.lock` (the output's own,
+    whatever checkpoint it uses) and on `CHECKPOINT.lock` when the checkpoint is elsewhere, so
+    two runs can share neither an output nor a checkpoint."""
 
-    def __init__(self, checkpoint: Path) -> None:
-        self.path = checkpoint.with_name(checkpoint.name + ".lock")
-        self._fd: int | None = None
+    def __init__(self, output: Path, checkpoint: Path) -> None:
+        own = output.with_name(output.name + ".checkpoint.lock")
+        other = checkpoint.with_name(checkpoint.name + ".lock")
+        self.paths = [own] if other == own else [own, other]
+        self.path = own
+        self._fds: list[int] = []
 
     def acquire(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise OutputError(f"cannot create the lock file {self.path}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LockedError(
-                f"another batchpizza run is using {self.path.with_suffix('')} "
-                "(its lock is held); wait for it to finish, or use another output or --checkpoint"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+            for path in self.paths:
+                self._fds.append(_flock(path))
+        except BaseException:
+            self.release()
+            raise
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock; the file stays, harmless and reused
-            self._fd = None
+        for fd in self._fds:
+            os.close(fd)  # closing drops the flock; the file stays, harmless and reused
+        self._fds.clear()
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -219,3 +215,21 @@ class RunLock:
 
     def __exit__(self, *_exc: object) -> None:
         self.release()
+
+
+def _flock(path: Path) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputError(f"cannot create the lock file {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LockedError(
+            f"another batchpizza run is using this output or checkpoint (it holds {path}); "
+            "wait for it to finish, or use another output or --checkpoint"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd

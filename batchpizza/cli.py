@@ -145,6 +145,8 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     if not output and not checkpoint:
         raise click.UsageError("give OUTPUT or --checkpoint")
     path = Path(checkpoint) if checkpoint else Path(f"{output}.checkpoint")
+    if not checkpoint and not path.exists() and Path(f"{output}.mock-checkpoint").exists():
+        path = Path(f"{output}.mock-checkpoint")  # the output of an offline --mock run
     try:
         store = Checkpoint.open(path, create=False, readonly=True)
         try:

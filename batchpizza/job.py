@@ -80,8 +80,12 @@ class Job:
         self._stopped = asyncio.Event()
         if self.signum is not None:
             self._stopped.set()
-        lock = RunLock(config.checkpoint_path)
-        lock.acquire()  # before anything is read, so a second run changes nothing
+        # Folders first (a missing one is an error, not created), then the lock, before
+        # anything is read, so that a second run changes nothing.
+        _check_writable(Path(config.output).parent, "output")
+        _check_writable(config.checkpoint_path.parent, "checkpoint")
+        lock = RunLock(Path(config.output), config.checkpoint_path)
+        lock.acquire()
         try:
             if not config.mock:
                 return await self._run_locked(started)
@@ -106,9 +110,13 @@ class Job:
                 tally = plan.tally() if plan is not None and self._checkpoint is not None else None
                 summary = self._summary(tally, started, 128 + signum, interrupted=True)
                 self._report(summary)
+                saved = (
+                    f"finished rows are saved in {self.config.checkpoint_path}"
+                    if self._checkpoint is not None
+                    else "nothing was sent or changed"
+                )
                 raise Interrupted(
-                    f"{exc.message}; finished rows are saved in {self.config.checkpoint_path}. "
-                    "Rerun the same command to resume.",
+                    f"{exc.message}; {saved}. Rerun the same command to resume.",
                     signum,
                     summary,
                 ) from None
@@ -116,8 +124,6 @@ class Job:
     async def _stages(self, started: float, cleanup: contextlib.ExitStack) -> dict[str, Any]:
         config = self.config
         output = Path(config.output)
-        _check_writable(output.parent, "output")
-        _check_writable(config.checkpoint_path.parent, "checkpoint")
         if config.input == "-":
             stdin_copy = await self._spool_stdin()
             cleanup.callback(_discard, stdin_copy)
@@ -164,10 +170,10 @@ class Job:
         """Standard input to a file beside the checkpoint, in a daemon thread: a read blocked on
         a silent pipe cannot be interrupted, so on a signal the thread is abandoned instead."""
         loop = asyncio.get_running_loop()
-        folder = self.config.checkpoint_path.parent
-        fd, name = tempfile.mkstemp(dir=folder, prefix=".batchpizza-stdin-", suffix=".jsonl")
-        os.close(fd)
-        dest = Path(name)
+        # One name per checkpoint, taken under its lock: a copy left by a killed run is simply
+        # overwritten by the next one instead of piling up.
+        ck = self.config.checkpoint_path
+        dest = ck.with_name(f".{ck.name}.stdin.partial")
         done: asyncio.Future[Any] = loop.create_future()
         read = _stdin_reader(self.stdin)
 

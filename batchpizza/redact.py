@@ -24,7 +24,7 @@ _PARAM = re.compile(
 )
 _HEADER = re.compile(
     rf"(?i)(?P<name>\b(?:authorization|proxy-authorization|x-api-key|{_CREDENTIAL_NAMES})"
-    r"['\"]?\s*[:=]\s*['\"]?)(?P<value>(?:bearer\s+|basic\s+)?[^\s'\",}&]+)"
+    r"['\"]?\s*[:=]\s*['\"]?)(?P<value>(?:bearer\s+|basic\s+)?[^\s'\",}&]{6,})"
 )
 
 _known: set[str] = set()
@@ -41,7 +41,11 @@ def remember_url(url: str | None) -> None:
         return
     # The user-info, and every query value: a URL the user gave may carry a token under any name.
     secrets = [parts.password, parts.username if parts.password else None]
-    secrets += [value for _name, value in parse_qsl(parts.query, keep_blank_values=False)]
+    for name, value in parse_qsl(parts.query, keep_blank_values=False):
+        # A credential-named parameter whatever its length; others when long enough to be a
+        # token rather than a word (masking "eng" of ?lang=eng everywhere would garble text).
+        if _PARAM.search(f"?{name}=x") or len(value) >= 8:
+            secrets.append(value)
     for secret in secrets:
         if secret and len(secret) >= 3:
             _known.add(secret)

@@ -30,7 +30,8 @@ PendingRow = tuple[int, str, str]  # (position, id, formatted prompt)
 
 
 class _Stopped(Exception):
-    """A worker that was waiting for its turn when the run was told to stop: nothing was sent."""
+    """A worker about to send (a row or a retry) when the run was told to stop: the row is left
+    uncommitted, to be sent again by the next run."""
 
 
 @dataclass
@@ -49,17 +50,20 @@ class Counters:
 
 
 class Committer:
-    """Collects finished results and commits them in groups from a worker thread."""
+    """Collects finished results and commits them in groups: the commit on the loop (a write to
+    the log, no fsync), the once-a-second sync in a thread."""
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self._checkpoint = checkpoint
         self._waiting: list[tuple[Result, asyncio.Future[None]]] = []
         self._wakeup = asyncio.Event()
         self._closed = False
+        self._syncing: asyncio.Future[None] | None = None
         self._task = asyncio.create_task(self._loop(), name="batchpizza-committer")
 
     async def save(self, result: Result) -> None:
-        """Returns once `result` is durable."""
+        """Returns once `result` is committed: safe from a crash of this process (and from power
+        loss after the next sync, within a second)."""
         if self._task.done():
             self._task.result()  # a failed commit surfaces in every worker, not only one
         future = asyncio.get_running_loop().create_future()
@@ -81,7 +85,10 @@ class Committer:
                     # to a thread, shielded so that it finishes even if we are being cancelled.
                     self._checkpoint.write([r for r, _ in batch])
                     if self._checkpoint.sync_due():
-                        await asyncio.shield(asyncio.to_thread(self._checkpoint.sync))
+                        self._syncing = asyncio.ensure_future(
+                            asyncio.to_thread(self._checkpoint.sync)
+                        )
+                        await asyncio.shield(self._syncing)
                 except Exception as exc:
                     for _, future in batch:
                         if not future.done():
@@ -97,7 +104,11 @@ class Committer:
         """Commit whatever is still waiting, then stop."""
         self._closed = True
         self._wakeup.set()
-        await self._task
+        try:
+            await self._task
+        finally:
+            if self._syncing is not None:  # the connection must not close under a sync thread
+                await asyncio.wait([self._syncing])
 
 
 class Runner:
@@ -185,8 +196,8 @@ class Runner:
         async def attempt() -> str:
             nonlocal attempts, latency
             await self.gate.enter()
-            if self._stopping and attempts == 0:
-                raise _Stopped  # after a signal, start no new row; retries may finish
+            if self._stopping:
+                raise _Stopped  # after a signal nothing more is sent; the row stays to do
             attempts += 1
             counters.requests += 1
             started = self._clock()
