@@ -219,12 +219,27 @@ def test_a_file_that_is_not_a_database_raises_output_error(ck_path: Path) -> Non
 # -- RunLock ---------------------------------------------------------------------------------
 
 
+def lock_for(ck_path: Path) -> RunLock:
+    """The lock of the output whose default checkpoint is `ck_path`."""
+    return RunLock(ck_path.with_name(ck_path.name.removesuffix(".checkpoint")), ck_path)
+
+
+def test_runs_on_one_output_exclude_each_other_whatever_checkpoint_they_use(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "out.jsonl"
+    with RunLock(output, tmp_path / "elsewhere.db"), pytest.raises(LockedError):
+        RunLock(output, tmp_path / "out.jsonl.mock-checkpoint").acquire()
+    with RunLock(output, tmp_path / "shared.db"), pytest.raises(LockedError):
+        RunLock(tmp_path / "other.jsonl", tmp_path / "shared.db").acquire()
+
+
 def test_a_second_lock_on_the_same_checkpoint_raises_locked_error(ck_path: Path) -> None:
-    first = RunLock(ck_path)
+    first = lock_for(ck_path)
     first.acquire()
     try:
         with pytest.raises(LockedError) as caught:
-            RunLock(ck_path).acquire()
+            lock_for(ck_path).acquire()
     finally:
         first.release()
     assert caught.value.exit_code == 2
@@ -233,26 +248,26 @@ def test_a_second_lock_on_the_same_checkpoint_raises_locked_error(ck_path: Path)
 
 
 def test_the_lock_can_be_taken_again_after_release(ck_path: Path) -> None:
-    first = RunLock(ck_path)
+    first = lock_for(ck_path)
     first.acquire()
     first.release()
 
-    with RunLock(ck_path), pytest.raises(LockedError):
-        RunLock(ck_path).acquire()
-    with RunLock(ck_path) as again:
+    with lock_for(ck_path), pytest.raises(LockedError):
+        lock_for(ck_path).acquire()
+    with lock_for(ck_path) as again:
         assert again.path.exists()
 
 
 def test_the_lock_is_released_when_the_block_raises(ck_path: Path) -> None:
-    with pytest.raises(RuntimeError), RunLock(ck_path):
+    with pytest.raises(RuntimeError), lock_for(ck_path):
         raise RuntimeError("boom")
 
-    with RunLock(ck_path):  # does not raise LockedError
+    with lock_for(ck_path):  # does not raise LockedError
         pass
 
 
 def test_the_lock_file_sits_beside_the_checkpoint_and_names_its_holder(ck_path: Path) -> None:
-    with RunLock(ck_path) as lock:
+    with lock_for(ck_path) as lock:
         assert lock.path == ck_path.with_name(ck_path.name + ".lock")
         assert lock.path.read_text().strip() == str(os.getpid())
 
@@ -261,7 +276,7 @@ def test_a_leftover_lock_file_does_not_block(ck_path: Path) -> None:
     # What a run killed with SIGKILL leaves behind: the file, with a pid that is long gone.
     ck_path.with_name(ck_path.name + ".lock").write_text("999999999\n")
 
-    with RunLock(ck_path) as lock:
+    with lock_for(ck_path) as lock:
         assert lock.path.read_text().strip() == str(os.getpid())
 
 
@@ -272,11 +287,12 @@ def test_a_lock_held_here_blocks_another_process(ck_path: Path) -> None:
         "from batchpizza.checkpoint import RunLock\n"
         "from batchpizza.errors import LockedError\n"
         "try:\n"
-        "    RunLock(Path(sys.argv[1])).acquire()\n"
+        "    ck = Path(sys.argv[1])\n"
+        "    RunLock(ck.with_name(ck.name.removesuffix('.checkpoint')), ck).acquire()\n"
         "except LockedError:\n"
         "    sys.exit(42)\n"
     )
-    with RunLock(ck_path):
+    with lock_for(ck_path):
         held = subprocess.run([sys.executable, "-c", script, str(ck_path)], timeout=30)
     free = subprocess.run([sys.executable, "-c", script, str(ck_path)], timeout=30)
 
@@ -367,7 +383,7 @@ def test_status_works_while_a_run_holds_the_lock(tmp_path: Path) -> None:
     ck = Path(f"{out}.checkpoint")
     make_checkpoint(ck)
 
-    with RunLock(ck):
+    with RunLock(out, ck):
         result_ = CliRunner().invoke(cli, ["status", str(out), "--json"])
 
     assert result_.exit_code == 0, result_.output

@@ -501,7 +501,7 @@ def test_a_second_sigint_exits_at_once_and_leaves_a_usable_checkpoint(
     info = status_json(out)
     assert info["answered"] == len(saved)
     assert info["answered"] + info["pending"] == 16
-    with RunLock(ck):  # the lock died with the process
+    with RunLock(out, ck):  # the lock died with the process
         pass
 
 
