@@ -490,3 +490,20 @@ def test_logging_filter_redacts_arguments_and_tracebacks() -> None:
     assert "retry via" in joined and "failed" in joined
     for secret in (USER, PASSWORD, TOKEN, PROXY_USER, PROXY_PASSWORD):
         assert secret not in joined
+
+
+def test_redaction_leaves_ordinary_words_and_short_values_alone() -> None:
+    from batchpizza import redact as redaction
+
+    assert redaction.redact("field 'api_key': must be a string") == (
+        "field 'api_key': must be a string"
+    )
+    known = set(redaction._known)
+    try:
+        redaction.remember_url("https://gw.example/?lang=eng&token=q7z")
+        text = redaction.redact("the length of the reply; token q7z")
+    finally:
+        redaction._known.clear()
+        redaction._known.update(known)  # the registry is process-wide: leave it as found
+    assert "length" in text  # "eng" (lang=eng) is not a secret and is not masked inside words
+    assert "q7z" not in text  # token= is a credential whatever its length
