@@ -6,6 +6,7 @@ summary = run("prompts.jsonl", "out.parquet", concurrency=16, rate="5/s")
 
 from batchpizza.errors import (
     BatchpizzaError,
+    InputChanged,
     InputError,
     Interrupted,
     LockedError,
@@ -20,6 +21,7 @@ from batchpizza.provider import FinishReason, Pizzagpt, format_prompt
 __all__ = [
     "BatchpizzaError",
     "FinishReason",
+    "InputChanged",
     "InputError",
     "Interrupted",
     "LockedError",
