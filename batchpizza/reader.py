@@ -10,17 +10,19 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import IO, TYPE_CHECKING, Any
 
 from batchpizza import jsoncodec
+
+if TYPE_CHECKING:  # pyarrow is imported where Parquet is read: a JSONL job never pays for it
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 from batchpizza.config import RunConfig
 from batchpizza.errors import BadRow, InputError
 from batchpizza.rows import (
@@ -320,6 +322,8 @@ _KIND_OF: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str
 
 
 def _is_string(dtype: pa.DataType) -> bool:
+    import pyarrow as pa
+
     return bool(
         pa.types.is_string(dtype)
         or pa.types.is_large_string(dtype)
@@ -335,7 +339,7 @@ def _read_errors(name: str) -> Iterator[None]:
         yield
     except InputError:
         raise
-    except (OSError, EOFError, zlib.error, pa.ArrowException) as exc:
+    except _with_arrow_errors(OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{name}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
 
 
@@ -348,12 +352,20 @@ def _open_binary(path: Path, name: str) -> IO[bytes]:
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
 
 
+def _with_arrow_errors(*errors: type[Exception]) -> tuple[type[Exception], ...]:
+    """`errors` and pyarrow's own, if pyarrow is loaded (if it is not, none can have happened)."""
+    arrow = sys.modules.get("pyarrow")
+    return (*errors, arrow.ArrowException) if arrow is not None else errors
+
+
 def _parquet_file(path: Path, name: str) -> pq.ParquetFile:
+    import pyarrow.parquet as pq
+
     try:
         return pq.ParquetFile(path)
     except OSError as exc:
         raise InputError(f"{name}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    except (pa.ArrowException, ValueError) as exc:
+    except _with_arrow_errors(ValueError) as exc:
         raise InputError(f"{name}: not a readable Parquet file: {exc}") from None
 
 
@@ -415,6 +427,8 @@ def open_source(config: RunConfig, stdin_copy: Path | None = None) -> Source:
 def _parquet_source(paths: list[Path], names: list[str], fields: Fields) -> Source:
     """Parquet files whose columns must agree, checked now: a clash found only when the output
     is written would come after every row was sent."""
+    import pyarrow as pa
+
     schemas = [
         _parquet_file(path, name).schema_arrow for path, name in zip(paths, names, strict=True)
     ]

@@ -16,6 +16,7 @@ import base64
 import contextlib
 import datetime as dt
 import decimal
+import functools
 import itertools
 import logging
 import os
@@ -23,32 +24,46 @@ import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import IO, TYPE_CHECKING, Any
 
 from batchpizza import jsoncodec
 from batchpizza.errors import InputChanged, Interrupted, OutputError
 from batchpizza.plan import Plan
 from batchpizza.reader import Source, pylist
-from batchpizza.rows import _Bad, interpret, prompt_digest
+from batchpizza.rows import RESULT_COLUMNS, _Bad, interpret, prompt_digest
+
+if TYPE_CHECKING:  # pyarrow is imported where Parquet is written: a JSONL job never pays for it
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 log = logging.getLogger("batchpizza")
 
-RESULT_SCHEMA = pa.schema(
-    [
-        ("answer", pa.string()),
-        ("finish_reason", pa.string()),
-        ("misuse", pa.bool_()),
-        ("error", pa.string()),
-        ("attempts", pa.int64()),
-        ("latency_ms", pa.float64()),
-        ("model", pa.string()),
-    ]
-)
-RESULT_NAMES = RESULT_SCHEMA.names
-_ARROW_OF = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
+RESULT_NAMES = list(RESULT_COLUMNS)
+
+
+@functools.cache
+def result_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("answer", pa.string()),
+            ("finish_reason", pa.string()),
+            ("misuse", pa.bool_()),
+            ("error", pa.string()),
+            ("attempts", pa.int64()),
+            ("latency_ms", pa.float64()),
+            ("model", pa.string()),
+        ]
+    )
+
+
+def _arrow_of(kind: str) -> pa.DataType | None:
+    import pyarrow as pa
+
+    return {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}.get(
+        kind
+    )
 
 
 def _finish(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -63,12 +78,14 @@ def _finish(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def jsonl_column_types(source: Source) -> dict[str, pa.DataType | None]:
     """Name -> Arrow type for JSONL fields carried into Parquet; None means JSON text."""
+    import pyarrow as pa
+
     types: dict[str, pa.DataType | None] = {}
     for name, kinds in source.field_types.items():
         if kinds == {"int", "float"}:
             types[name] = pa.float64()
-        elif len(kinds) == 1 and next(iter(kinds)) in _ARROW_OF:
-            types[name] = _ARROW_OF[next(iter(kinds))]
+        elif len(kinds) == 1 and _arrow_of(next(iter(kinds))) is not None:
+            types[name] = _arrow_of(next(iter(kinds)))
         else:
             types[name] = None
             if len(kinds) > 1:
@@ -130,7 +147,7 @@ class _Output:
     def _write_jsonl(
         self, carried: list[Mapping[str, Any]] | pa.RecordBatch, rows: list[tuple[Any, ...]]
     ) -> None:
-        if isinstance(carried, pa.RecordBatch):  # a row that is not UTF-8 carries nothing
+        if not isinstance(carried, list):  # Parquet input; a row not UTF-8 carries nothing
             objects = [o if isinstance(o, Mapping) else {} for o in pylist(carried)]
         else:
             objects = carried
@@ -147,6 +164,9 @@ class _Output:
     def _write_parquet(
         self, carried: list[Mapping[str, Any]] | pa.RecordBatch, rows: list[tuple[Any, ...]]
     ) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         results = list(zip(*rows, strict=True))
         if isinstance(carried, pa.RecordBatch):
             table = _conform(carried, self.schema)
@@ -164,8 +184,10 @@ class _Output:
                     arrays.append(pa.array(values, arrow_type))
                     fields.append(pa.field(name, arrow_type))
         arrays = [pa.array(results[0], pa.string()), *arrays]
-        arrays += [pa.array(col, f.type) for col, f in zip(results[1:], RESULT_SCHEMA, strict=True)]
-        schema = pa.schema([pa.field("id", pa.string()), *fields, *RESULT_SCHEMA])
+        arrays += [
+            pa.array(col, f.type) for col, f in zip(results[1:], result_schema(), strict=True)
+        ]
+        schema = pa.schema([pa.field("id", pa.string()), *fields, *result_schema()])
         batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
         if self.parquet is None:
             self.parquet = pq.ParquetWriter(self.handle, schema, compression="zstd")
@@ -174,20 +196,26 @@ class _Output:
     def close(self) -> None:
         if self.fmt == "parquet":
             if self.parquet is None:  # an empty input still gets every column
+                import pyarrow.parquet as pq
+
                 schema = self._empty_schema()
                 self.parquet = pq.ParquetWriter(self.handle, schema, compression="zstd")
             self.parquet.close()
 
     def _empty_schema(self) -> pa.Schema:
+        import pyarrow as pa
+
         if self.source.kind == "parquet":
             fields = [self.schema.field(n) for n in self.names]
         else:
             fields = [pa.field(n, self.types.get(n) or pa.string()) for n in self.names]
-        return pa.schema([pa.field("id", pa.string()), *fields, *RESULT_SCHEMA])
+        return pa.schema([pa.field("id", pa.string()), *fields, *result_schema()])
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
     """A batch from one file of a directory, with the columns of all of them."""
+    import pyarrow as pa
+
     table = pa.Table.from_batches([batch])
     if table.schema.equals(schema):
         return table

@@ -191,3 +191,23 @@ def test_status_finds_the_checkpoint_of_an_offline_mock_run(tmp_path: Path) -> N
     info = json.loads(result.stdout)
     assert info["answered"] == 2
     assert info["checkpoint"].endswith(".mock-checkpoint")
+
+
+def test_a_jsonl_job_never_loads_pyarrow(tmp_path: Path) -> None:
+    # Start-up cost: pyarrow takes about a tenth of a second to import; only Parquet needs it.
+    import subprocess
+    import sys
+
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "one"}, {"prompt": "two"}])
+    script = (
+        "import sys, batchpizza\n"
+        f"s = batchpizza.run({str(source)!r}, {str(tmp_path / 'out.jsonl')!r}, mock=True, rate=0,"
+        " quiet=True, progress=False)\n"
+        "assert s['answered'] == 2, s\n"
+        "print('pyarrow' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
