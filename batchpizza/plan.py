@@ -87,16 +87,8 @@ class Plan:
         self.checkpoint: Path | None = None
         self._cache = cache
         self._key = _input_key(source) if cache is not None else None
-        self._fresh: Path | None = None
-        if cache is not None and self._key is not None:
-            self._fresh = cache.with_name(cache.name + ".partial")
-            self._fresh.unlink(missing_ok=True)
-        # Without a cache, "" opens a private on-disk temporary database, deleted on close.
-        self._db = self._connect(str(self._fresh) if self._fresh else "")
-        self._db.execute(
-            "CREATE TABLE rows (pos INTEGER PRIMARY KEY, id TEXT, digest BLOB, bad TEXT, "
-            "file INTEGER, at INTEGER)"
-        )
+        self._fresh: Path | None = None  # the scan being written, until keep_cache
+        self._db: sqlite3.Connection | None = None  # made by scan() or reuse_cache()
 
     @staticmethod
     def _connect(path: str, uri: bool = False) -> sqlite3.Connection:
@@ -131,7 +123,6 @@ class Plan:
                 db.close()
             cache.unlink(missing_ok=True)
             return False
-        self._db.close()
         self._db = db
         self.total, self.bad = total, bad
         self.source.restore_field_types(kinds)
@@ -152,17 +143,25 @@ class Plan:
             "kinds": json.dumps(kinds),
             "bytes": json.dumps(self.source.scanned_bytes),
         }
-        self._db.execute("CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT)")
-        self._db.executemany("INSERT INTO info VALUES (?, ?)", list(info.items()))
-        self._db.close()
+        db = self.db
+        db.execute("CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT)")
+        db.executemany("INSERT INTO info VALUES (?, ?)", list(info.items()))
+        db.close()
         with self._fresh.open("rb") as handle:
             os.fsync(handle.fileno())
         os.replace(self._fresh, self._cache)
         self._db = self._connect(_readonly_uri(self._cache), uri=True)
         self._fresh = None
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the plan has no rows yet: scan() or reuse_cache() first")
+        return self._db
+
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
         if self._fresh is not None:  # a scan that was not kept (bad input, interrupt)
             self._fresh.unlink(missing_ok=True)
 
@@ -170,7 +169,16 @@ class Plan:
 
     def scan(self, stop: threading.Event | None = None) -> None:
         """Read and validate every row. Runs in a worker thread; `stop` ends it early."""
-        db = self._db
+        cache = self._cache
+        if cache is not None and self._key is not None:
+            self._fresh = cache.with_name(cache.name + ".partial")
+            self._fresh.unlink(missing_ok=True)
+        # Without a cache, "" opens a private on-disk temporary database, deleted on close.
+        self._db = db = self._connect(str(self._fresh) if self._fresh else "")
+        db.execute(
+            "CREATE TABLE rows (pos INTEGER PRIMARY KEY, id TEXT, digest BLOB, bad TEXT, "
+            "file INTEGER, at INTEGER)"
+        )
         db.execute("BEGIN")
         with _gc_paused():
             for good, bad in self.source.scan():
@@ -197,7 +205,7 @@ class Plan:
             self.first_bad.append(row)
 
     def _mark_duplicates(self) -> None:
-        db = self._db
+        db = self.db
         dups = db.execute(
             "SELECT r.pos, r.id, r.file, r.at, f.file, f.at FROM rows r JOIN "
             "(SELECT id, min(pos) AS first FROM rows WHERE bad IS NULL GROUP BY id "
@@ -230,14 +238,14 @@ class Plan:
     def attach(self, checkpoint: Path) -> None:
         self.checkpoint = checkpoint
         with self._checkpoint_errors():
-            self._db.execute("ATTACH DATABASE ? AS ck", (str(checkpoint),))
+            self.db.execute("ATTACH DATABASE ? AS ck", (str(checkpoint),))
             # This run's scratch: a private temporary database, so the scan cache stays read-only.
-            self._db.execute("ATTACH DATABASE '' AS work")
+            self.db.execute("ATTACH DATABASE '' AS work")
 
     def plan_sends(self) -> int:
         """Rows to send: good rows without an answer for their current prompt."""
         with self._checkpoint_errors():
-            db = self._db
+            db = self.db
             db.execute("CREATE TABLE work.todo (pos INTEGER PRIMARY KEY)")
             db.execute(
                 "INSERT INTO work.todo SELECT r.pos FROM rows r LEFT JOIN ck.results c "
@@ -260,7 +268,7 @@ class Plan:
     def todo_positions(self) -> Iterator[int]:
         last = -1
         while True:
-            page = self._db.execute(
+            page = self.db.execute(
                 "SELECT pos FROM work.todo WHERE pos > ? ORDER BY pos LIMIT ?", (last, PAGE)
             ).fetchall()
             if not page:
@@ -284,7 +292,7 @@ class Plan:
         last = -1
         while True:
             with self._checkpoint_errors():
-                page = self._db.execute(
+                page = self.db.execute(
                     # A row too broken to show an id gets its position, as rows without one do.
                     "SELECT r.pos, CAST(coalesce(r.id, r.pos) AS TEXT), r.bad, c.answer, c.finish_reason, c.error, c.attempts, "
                     f"c.latency_ms, c.model, r.digest {self._JOINED} WHERE r.pos > ? ORDER BY r.pos LIMIT ?",
@@ -297,7 +305,7 @@ class Plan:
 
     def tally(self) -> Tally:
         with self._checkpoint_errors():
-            found = self._db.execute(
+            found = self.db.execute(
                 "SELECT count(*), sum(c.finish_reason = 'stop'), sum(c.finish_reason = 'error'), "
                 f"sum(c.finish_reason = 'misuse'), sum(r.bad IS NOT NULL) {self._JOINED}"
             ).fetchone()
@@ -306,7 +314,7 @@ class Plan:
     def prune(self) -> int:
         """Forget results for rows that left the input, so the checkpoint matches the output."""
         with self._checkpoint_errors():
-            cursor = self._db.execute(
+            cursor = self.db.execute(
                 "DELETE FROM ck.results WHERE id NOT IN (SELECT id FROM rows WHERE bad IS NULL)"
             )
         return cursor.rowcount

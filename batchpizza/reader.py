@@ -171,11 +171,9 @@ class Source:
             obj = data
             if self.kind == "jsonl":
                 try:
-                    obj = jsoncodec.loads(data) if isinstance(data, bytes) else None
+                    obj = _load(data) if isinstance(data, bytes) else None
                 except ValueError:
-                    obj = None
-                if obj is not None and b"\\u" in data and _lone_surrogate(obj):
-                    obj = None  # a bad row that cannot even be written out: carries nothing
+                    obj = None  # a bad row that cannot even be read: it carries nothing
             yield pos, index, at, obj
             if wanted is not None:
                 target = next(wanted, None)
@@ -212,15 +210,12 @@ class Source:
                 yield pos, index, number, f"line longer than {MAX_LINE_BYTES} bytes"
                 continue
             try:
-                obj = jsoncodec.loads(line)
-            except ValueError:
-                yield pos, index, number, _why_not_json(line)
+                obj = _load(line)
+            except ValueError as exc:
+                yield pos, index, number, str(exc)
                 continue
             if not isinstance(obj, dict):
                 yield pos, index, number, f"not a JSON object but {with_article(json_type(obj))}"
-                continue
-            if b"\\u" in line and _lone_surrogate(obj):
-                yield pos, index, number, "invalid UTF-8: a lone surrogate escape (\\udXXX)"
                 continue
             self._note_shape(obj)
             if big_int(line):
@@ -270,6 +265,17 @@ class Source:
     def _checked_parquet(self) -> Iterator[tuple[int, int, int, Any]]:
         for pos, (index, at, obj) in enumerate(self._parquet_rows(check_all=True)):
             yield pos, index, at, "invalid UTF-8 in a string column" if obj is NOT_UTF8 else obj
+
+
+def _load(line: bytes) -> Any:
+    """A line's JSON value; ValueError saying why when no row can be made of it."""
+    try:
+        obj = jsoncodec.loads(line)
+    except ValueError:
+        raise ValueError(_why_not_json(line)) from None
+    if b"\\u" in line and _lone_surrogate(obj):
+        raise ValueError("invalid UTF-8: a lone surrogate escape (\\udXXX)")
+    return obj
 
 
 def _lone_surrogate(obj: object) -> bool:

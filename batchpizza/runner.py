@@ -44,10 +44,6 @@ class Counters:
     failed: int = 0
     misuse: int = 0
 
-    @property
-    def done(self) -> int:
-        return self.answered + self.failed + self.misuse
-
 
 class Committer:
     """Collects finished results and commits them in groups: the commit on the loop (a write to
@@ -81,22 +77,21 @@ class Committer:
             if batch:
                 try:
                     # On the loop itself: without an fsync a group commit is a write() of a few
-                    # pages, cheaper than the hop to a thread (measured). The periodic fsync goes
-                    # to a thread, shielded so that it finishes even if we are being cancelled.
+                    # pages, cheaper than the hop to a thread (measured).
                     self._checkpoint.write([r for r, _ in batch])
-                    if self._checkpoint.sync_due():
-                        self._syncing = asyncio.ensure_future(
-                            asyncio.to_thread(self._checkpoint.sync)
-                        )
-                        await asyncio.shield(self._syncing)
                 except Exception as exc:
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                     raise
-                for _, future in batch:
+                for _, future in batch:  # committed: their workers may take the next rows
                     if not future.done():
                         future.set_result(None)
+                if self._checkpoint.sync_due():
+                    # The periodic fsync in a thread, shielded so that it finishes even if we are
+                    # being cancelled; no new group is written meanwhile.
+                    self._syncing = asyncio.ensure_future(asyncio.to_thread(self._checkpoint.sync))
+                    await asyncio.shield(self._syncing)
             if self._closed and not self._waiting:
                 return
 
