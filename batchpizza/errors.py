@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from batchpizza.records import RateInfo
 from batchpizza.redact import redact
 
 # Statuses that mean "try again later" rather than "this request is wrong".
@@ -121,6 +122,7 @@ class ProviderError(BatchpizzaError):
     retryable = False
     status: int | None = None
     retry_after: float | None = None
+    rate: RateInfo | None = None  # what the server announced of its limit, if anything
 
 
 class TransportError(ProviderError):
