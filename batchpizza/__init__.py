@@ -16,7 +16,8 @@ from batchpizza.errors import (
     UsageError,
 )
 from batchpizza.job import arun, run
-from batchpizza.provider import FinishReason, Pizzagpt, format_prompt
+from batchpizza.providers.pizzagpt import FinishReason, Pizzagpt
+from batchpizza.rows import format_prompt
 
 __all__ = [
     "BatchpizzaError",

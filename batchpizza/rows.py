@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from batchpizza.config import RunConfig
-from batchpizza.provider import format_prompt
+
+
+def format_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
+    """One message: its content. Several: `Role: content` lines, then `Assistant:` (as the seed)."""
+    if len(messages) == 1:
+        return str(messages[0]["content"])
+    lines = [f"{str(m['role']).capitalize()}: {m['content']}" for m in messages]
+    return "\n".join([*lines, "Assistant:"])
+
 
 RESULT_COLUMNS = ("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model")
 

@@ -19,7 +19,8 @@ import aiohttp
 from batchpizza.checkpoint import Checkpoint, Result
 from batchpizza.config import DEFAULT_MODEL, RunConfig
 from batchpizza.errors import MisuseDetected, ProviderError, describe
-from batchpizza.provider import ask, env_proxy, headers_for
+from batchpizza.providers.http import env_proxy
+from batchpizza.providers.pizzagpt import api_url, ask, headers_for
 from batchpizza.ratelimit import Clock, Gate, Sleep
 from batchpizza.retrying import RetryPolicy
 from batchpizza.rows import prompt_digest
@@ -139,7 +140,7 @@ class Runner:
         connector = aiohttp.TCPConnector(
             limit=config.concurrency, limit_per_host=config.concurrency
         )
-        self._proxy = config.proxy or env_proxy(config.base_url)
+        self._proxy = config.proxy or env_proxy(api_url(config.base_url))
         # trust_env stays off: the proxy is resolved above, once, instead of for every request.
         async with aiohttp.ClientSession(connector=connector) as session:
             committer = Committer(self.checkpoint)

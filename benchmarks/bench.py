@@ -191,7 +191,7 @@ def measure(args: Sequence[str], server: Server, *, watch_first: bool = False) -
 
 
 def headers(url: str) -> dict[str, str]:
-    from batchpizza.provider import headers_for
+    from batchpizza.providers.pizzagpt import headers_for
 
     return headers_for(url)
 
@@ -222,7 +222,7 @@ def batchpizza_args(
 
 
 def bare_args(input_path: Path, output: Path, server: Server, *, concurrency: int) -> list[str]:
-    from batchpizza.provider import API_ENDPOINT
+    from batchpizza.providers.pizzagpt import API_ENDPOINT
 
     endpoint = server.url + API_ENDPOINT
     script = str(Path(__file__).resolve())

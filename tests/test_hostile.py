@@ -26,8 +26,9 @@ import pytest
 from aiohttp import web
 from conftest import FAST, read_jsonl, write_jsonl
 
-from batchpizza import arun, provider
+from batchpizza import arun
 from batchpizza.mock_server import ThreadedMockServer, mock_answer
+from batchpizza.providers import http as provider_http
 
 Handler = Callable[[web.Request, str, int], Awaitable[web.StreamResponse]]
 MAX_RETRIES = 2
@@ -113,7 +114,7 @@ def assert_failed(row: dict[str, Any], attempts: int, *words: str) -> None:
 async def test_oversized_reply_is_a_row_error_not_a_crash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(provider, "MAX_BODY_BYTES", 1000)
+    monkeypatch.setattr(provider_http, "MAX_BODY_BYTES", 1000)
     big = json.dumps({"answer": {"content": "x" * 5000}}).encode()
 
     async def handler(request: web.Request, question: str, n: int) -> web.StreamResponse:

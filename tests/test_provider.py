@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from batchpizza import FinishReason, MisuseDetected, Pizzagpt, format_prompt, provider
+from batchpizza import FinishReason, MisuseDetected, Pizzagpt, format_prompt
 from batchpizza.errors import (
     BadReply,
     HTTPStatusError,
@@ -30,7 +30,9 @@ from batchpizza.errors import (
     TransportError,
 )
 from batchpizza.mock_server import MISUSE_TEXT, MockServer, mock_answer
-from batchpizza.provider import ask, extract_answer, parse_retry_after, refusal_in
+from batchpizza.providers import http as provider_http
+from batchpizza.providers import pizzagpt as provider
+from batchpizza.providers.pizzagpt import ask, extract_answer, parse_retry_after, refusal_in
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -282,7 +284,7 @@ async def test_a_timeout_while_the_body_trickles_in_is_a_request_timeout(
 async def test_a_reply_bigger_than_max_body_bytes_is_a_bad_reply(
     srv: MockServer, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(provider, "MAX_BODY_BYTES", 1000)
+    monkeypatch.setattr(provider_http, "MAX_BODY_BYTES", 1000)
     assert len(await ask(session, "[[big:500]]", base_url=srv.base_url)) == 500
     with pytest.raises(BadReply, match="large"):
         await ask(session, "[[big:5000]]", base_url=srv.base_url)
@@ -302,7 +304,7 @@ async def test_a_chunked_reply_bigger_than_max_body_bytes_is_a_bad_reply(
         await resp.write_eof()
         return resp
 
-    monkeypatch.setattr(provider, "MAX_BODY_BYTES", 4096)
+    monkeypatch.setattr(provider_http, "MAX_BODY_BYTES", 4096)
     async with Recorder(endless) as rec:
         with pytest.raises(BadReply):
             await ask(session, "hi", base_url=rec.base_url)
@@ -733,7 +735,7 @@ def test_redirects_are_followed_only_within_the_same_origin(
 ) -> None:
     from yarl import URL
 
-    from batchpizza.provider import _same_origin
+    from batchpizza.providers.http import same_origin as _same_origin
 
     assert _same_origin(URL(start), URL(target)) is followed
 

@@ -1,34 +1,25 @@
 """The Pizzagpt provider: g4f's seed, made fit for batch work.
 
-`ask` is the one request: a prompt in, the answer text out, or a typed error from errors.py that
-says whether a retry could help. `Pizzagpt.create_async_generator` is the seed's interface, built on
-`ask` so the two never drift apart.
+`PizzagptAPI` is the runner's provider: one Prompt in, one Answer out, or a typed error from
+errors.py that says whether a retry could help. `ask` is the same request for a bare prompt text,
+and `Pizzagpt.create_async_generator` is the seed's interface, built on `ask` so they never drift.
 """
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
 import functools
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import aiohttp
-from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from batchpizza import jsoncodec
 from batchpizza.config import DEFAULT_BASE_URL, DEFAULT_MODEL, DEFAULT_TIMEOUT
-from batchpizza.errors import (
-    BadReply,
-    HTTPStatusError,
-    MisuseDetected,
-    RedirectRefused,
-    RequestTimeout,
-    TransportError,
-    UsageError,
-)
+from batchpizza.errors import BadReply, HTTPStatusError, MisuseDetected, UsageError
+from batchpizza.providers.http import parse_retry_after, post_json, snippet
+from batchpizza.records import Answer, Prompt
+from batchpizza.rows import format_prompt
 
 API_ENDPOINT = "/api/chatx-completion"
 SECRET = "Marinara"
@@ -42,11 +33,27 @@ REFUSALS = (
     "misuse detected",  # "Misuse detected. Please get in touch, we can come up with a solution..."
     "du musst das kästchen anklicken",  # the site's bot check, served as if it were an answer
 )
-MAX_BODY_BYTES = 8 * 1024 * 1024  # a reply bigger than any answer is a broken server, not a reply
-MAX_REDIRECTS = 5
+# A reply that merely contains a refusal phrase is the refusal only when it is short: the live
+# refusal is two sentences, 88 characters; an answer that discusses the phrase is longer.
+_SHORT_REPLY_CHARS = 240
+_SHORT_REPLY_SENTENCES = 3
 _ERROR_SNIPPET = 200
 
 Message = Mapping[str, Any]
+
+__all__ = [
+    "API_ENDPOINT",
+    "REFUSALS",
+    "FinishReason",
+    "Pizzagpt",
+    "PizzagptAPI",
+    "ask",
+    "extract_answer",
+    "format_prompt",
+    "headers_for",
+    "parse_retry_after",
+    "refusal_in",
+]
 
 
 class FinishReason:
@@ -71,21 +78,23 @@ class FinishReason:
         return hash(self.reason)
 
 
-def format_prompt(messages: Sequence[Message]) -> str:
-    """One message: its content. Several: `Role: content` lines, then `Assistant:` (as the seed)."""
-    if len(messages) == 1:
-        return str(messages[0]["content"])
-    lines = [f"{str(m['role']).capitalize()}: {m['content']}" for m in messages]
-    return "\n".join([*lines, "Assistant:"])
-
-
 def _fold(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
 def refusal_in(text: str) -> bool:
+    """Is this reply the service refusing? It is when it begins with a refusal text, or is a short
+    reply (a couple of sentences) that contains one; an answer that mentions the phrase inside a
+    longer text is an answer."""
     folded = _fold(text)
-    return any(marker in folded for marker in REFUSALS)
+    for marker in REFUSALS:
+        if folded.startswith(marker):
+            return True
+        if marker in folded and len(folded) <= _SHORT_REPLY_CHARS:
+            sentences = sum(folded.count(end) for end in ".!?")
+            if sentences <= _SHORT_REPLY_SENTENCES:
+                return True
+    return False
 
 
 def headers_for(base_url: str) -> dict[str, str]:
@@ -101,42 +110,6 @@ def headers_for(base_url: str) -> dict[str, str]:
     }
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds from now: delta-seconds or an HTTP date; None if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
-    if resp.content_length is not None:
-        if resp.content_length > MAX_BODY_BYTES:
-            raise BadReply(f"reply of {resp.content_length} bytes is too large", status=resp.status)
-        return await resp.read()  # the usual case: the length is known and sane, one read
-    body = bytearray()
-    async for chunk in resp.content.iter_chunked(65536):
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise BadReply(f"reply larger than {MAX_BODY_BYTES} bytes", status=resp.status)
-    return bytes(body)
-
-
-def _snippet(body: bytes) -> str:
-    text = " ".join(body[: _ERROR_SNIPPET * 2].decode("utf-8", "replace").split())
-    return text[:_ERROR_SNIPPET]
-
-
 def extract_answer(body: bytes, status: int = 200) -> str:
     """The answer text of a 2xx reply body, or the typed error saying what is wrong with it."""
     try:
@@ -145,7 +118,7 @@ def extract_answer(body: bytes, status: int = 200) -> str:
         raw = body.decode("utf-8", "replace")
         if refusal_in(raw):
             raise MisuseDetected(" ".join(raw.split())) from None
-        raise BadReply(f"reply is not JSON: {_snippet(body)!r}", status=status) from None
+        raise BadReply(f"reply is not JSON: {snippet(body)!r}", status=status) from None
     text: object = None
     if isinstance(reply, dict):
         answer = reply.get("answer")
@@ -154,7 +127,7 @@ def extract_answer(body: bytes, status: int = 200) -> str:
         elif answer is None:
             text = reply.get("content")
     if not isinstance(text, str):
-        raise BadReply(f"reply without answer text: {_snippet(body)!r}", status=status)
+        raise BadReply(f"reply without answer text: {snippet(body)!r}", status=status)
     if not text.strip():
         raise BadReply("reply with an empty answer", status=status)
     if refusal_in(text):
@@ -169,28 +142,9 @@ def api_url(base_url: str) -> URL:
     return base.with_path(base.path.rstrip("/") + API_ENDPOINT).with_query(base.query)
 
 
-def _same_origin(url: URL, target: URL) -> bool:
-    """Where the prompt and x-secret may follow a redirect: the same scheme, host and port, or
-    the same host moving from http to https on the default ports (a safe upgrade)."""
-    if target.host is None or url.host is None or target.host.lower() != url.host.lower():
-        return False
-    if (target.scheme, target.port) == (url.scheme, url.port):
-        return True
-    upgrade = url.scheme == "http" and target.scheme == "https"
-    return upgrade and url.is_default_port() and target.is_default_port()
-
-
-def env_proxy(base_url: str) -> str | None:
-    """The proxy HTTPS_PROXY / HTTP_PROXY / NO_PROXY name for the API, looked up once per run by
-    aiohttp's own rules (a session with trust_env=True would look it up again per request).
-    Credentials stay in the URL, where aiohttp takes them from (its proxy_auth is deprecated)."""
-    try:
-        proxy, auth = get_env_proxy_for_url(api_url(base_url))
-    except LookupError:
-        return None
-    if auth is not None:
-        proxy = proxy.with_user(auth.login).with_password(auth.password)
-    return str(proxy)
+@functools.lru_cache(maxsize=16)
+def _client_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
 
 
 async def ask(
@@ -203,51 +157,57 @@ async def ask(
     headers: Mapping[str, str] | None = None,
 ) -> str:
     """Send one prompt; return the answer text. Raises a ProviderError subclass on any failure."""
-    url = api_url(base_url)
-    body = jsoncodec.dumps({"question": prompt})
-    request_headers = headers or headers_for(base_url)
-    client_timeout = aiohttp.ClientTimeout(total=timeout)
-    try:
-        for _ in range(MAX_REDIRECTS + 1):
-            async with session.post(
-                url,
-                data=body,
-                headers=request_headers,
-                proxy=proxy,
-                allow_redirects=False,  # followed below, and only within the host the user named
-                timeout=client_timeout,
-            ) as resp:
-                if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
-                    target = url.join(URL(resp.headers["Location"]))
-                    if not _same_origin(url, target):
-                        raise RedirectRefused(
-                            f"HTTP {resp.status} redirect to another host refused: "
-                            f"{target.with_query(None)}"
-                        )
-                    url = target
-                    continue
-                payload = await _read_capped(resp)
-                if 200 <= resp.status < 300:
-                    return extract_answer(payload, resp.status)
-                text = payload.decode("utf-8", "replace")
-                if refusal_in(text):
-                    raise MisuseDetected(" ".join(text.split())[: _ERROR_SNIPPET * 2])
-                raise HTTPStatusError(
-                    resp.status,
-                    f"HTTP {resp.status} {resp.reason or ''}".strip(),
-                    retry_after=parse_retry_after(resp.headers.get("Retry-After")),
-                )
-        raise RedirectRefused(f"more than {MAX_REDIRECTS} redirects")  # a loop: retrying won't help
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-        raise RequestTimeout(f"no complete reply within {timeout:g}s") from None
-    except aiohttp.ClientSSLError as exc:
-        error = TransportError(f"TLS error: {exc}")
-        error.retryable = False  # a certificate does not fix itself between attempts
-        raise error from None
-    except aiohttp.ClientError as exc:
-        raise TransportError(
-            f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        ) from None
+    reply = await post_json(
+        session,
+        api_url(base_url),
+        jsoncodec.dumps({"question": prompt}),
+        headers=headers or headers_for(base_url),
+        timeout=_client_timeout(timeout),
+        proxy=proxy,
+    )
+    if 200 <= reply.status < 300:
+        return extract_answer(reply.body, reply.status)
+    text = reply.body.decode("utf-8", "replace")
+    if refusal_in(text):
+        raise MisuseDetected(" ".join(text.split())[: _ERROR_SNIPPET * 2])
+    raise HTTPStatusError(
+        reply.status,
+        f"HTTP {reply.status} {reply.reason}".strip(),
+        retry_after=parse_retry_after(reply.headers.get("Retry-After")),
+    )
+
+
+class PizzagptAPI:
+    """The Provider the runner uses for Pizzagpt: the headers, URL and timeout made once per run."""
+
+    name = "pizzagpt"
+    extra_columns: tuple[str, ...] = ()
+    fatal_statuses: frozenset[int] = frozenset()
+    detects_refusals = True
+
+    def __init__(self, base_url: str, *, timeout: float, proxy: str | None) -> None:
+        self.base_url = base_url
+        self.timeout = timeout
+        self.proxy = proxy
+        self.headers = headers_for(base_url)
+
+    async def ask(self, session: aiohttp.ClientSession, prompt: Prompt) -> Answer:
+        text = await ask(
+            session,
+            prompt.text,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            proxy=self.proxy,
+            headers=self.headers,
+        )
+        return Answer(text, "stop", DEFAULT_MODEL)
+
+    def preview(self, prompt: Prompt) -> tuple[str, dict[str, str], bytes]:
+        return (
+            str(api_url(self.base_url)),
+            dict(self.headers),
+            jsoncodec.dumps({"question": prompt.text}),
+        )
 
 
 class AnswerStream:

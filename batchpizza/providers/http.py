@@ -1,0 +1,140 @@
+"""One JSON POST over the run's session, as every provider sends it: redirects followed only
+within the origin the user named, the reply read whole under a size cap (decompressed bytes
+counted), and every transport failure turned into a typed error that says whether to retry."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from batchpizza.errors import BadReply, RedirectRefused, RequestTimeout, TransportError
+
+# A reply bigger than any answer is a broken server, not a reply. Counted after decompression:
+# 100 KB of gzip on the wire can inflate to 100 MB (seen), and the cap is about memory.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_REDIRECTS = 5
+_ERROR_SNIPPET = 200
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    reason: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+def snippet(body: bytes) -> str:
+    """The start of a body, on one line, for an error message."""
+    text = " ".join(body[: _ERROR_SNIPPET * 2].decode("utf-8", "replace").split())
+    return text[:_ERROR_SNIPPET]
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds from now: delta-seconds or an HTTP date; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+async def read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+    if resp.content_length is not None and not encoded:
+        if resp.content_length > MAX_BODY_BYTES:
+            raise BadReply(f"reply of {resp.content_length} bytes is too large", status=resp.status)
+        return await resp.read()  # the usual case: the length is known and sane, one read
+    body = bytearray()
+    # iter_chunked yields decompressed data, so the cap holds for what lands in memory.
+    async for chunk in resp.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise BadReply(f"reply larger than {MAX_BODY_BYTES} bytes", status=resp.status)
+    return bytes(body)
+
+
+def same_origin(url: URL, target: URL) -> bool:
+    """Where the prompt and credentials may follow a redirect: the same scheme, host and port, or
+    the same host moving from http to https on the default ports (a safe upgrade)."""
+    if target.host is None or url.host is None or target.host.lower() != url.host.lower():
+        return False
+    if (target.scheme, target.port) == (url.scheme, url.port):
+        return True
+    upgrade = url.scheme == "http" and target.scheme == "https"
+    return upgrade and url.is_default_port() and target.is_default_port()
+
+
+def env_proxy(url: URL) -> str | None:
+    """The proxy HTTPS_PROXY / HTTP_PROXY / NO_PROXY name for `url`, looked up once per run by
+    aiohttp's own rules (a session with trust_env=True would look it up again per request).
+    Credentials stay in the URL, where aiohttp takes them from (its proxy_auth is deprecated)."""
+    try:
+        proxy, auth = get_env_proxy_for_url(url)
+    except LookupError:
+        return None
+    if auth is not None:
+        proxy = proxy.with_user(auth.login).with_password(auth.password)
+    return str(proxy)
+
+
+async def post_json(
+    session: aiohttp.ClientSession,
+    url: URL,
+    body: bytes,
+    *,
+    headers: Mapping[str, str],
+    timeout: aiohttp.ClientTimeout,
+    proxy: str | None = None,
+) -> Reply:
+    """POST `body`; the final reply of any status, or a ProviderError for what is not a reply."""
+    try:
+        for _ in range(MAX_REDIRECTS + 1):
+            async with session.post(
+                url,
+                data=body,
+                headers=headers,
+                proxy=proxy,
+                allow_redirects=False,  # followed below, and only within the origin
+                timeout=timeout,
+            ) as resp:
+                if resp.status in _REDIRECTS and "Location" in resp.headers:
+                    target = url.join(URL(resp.headers["Location"]))
+                    if not same_origin(url, target):
+                        raise RedirectRefused(
+                            f"HTTP {resp.status} redirect to another host refused: "
+                            f"{target.with_query(None)}"
+                        )
+                    url = target
+                    continue
+                payload = await read_capped(resp)
+                return Reply(resp.status, resp.reason or "", resp.headers, payload)
+        raise RedirectRefused(f"more than {MAX_REDIRECTS} redirects")  # a loop: retrying won't help
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        raise RequestTimeout(f"no complete reply within {timeout.total:g}s") from None
+    except aiohttp.ClientSSLError as exc:
+        error = TransportError(f"TLS error: {exc}")
+        error.retryable = False  # a certificate does not fix itself between attempts
+        raise error from None
+    except aiohttp.ClientError as exc:
+        raise TransportError(
+            f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        ) from None
