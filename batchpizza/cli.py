@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -14,10 +15,11 @@ from typing import Any
 import click
 
 from batchpizza import config as defaults
-from batchpizza.checkpoint import Checkpoint
+from batchpizza.checkpoint import Checkpoint, is_locked
 from batchpizza.config import RunConfig
 from batchpizza.errors import BatchpizzaError
 from batchpizza.job import Job
+from batchpizza.records import Summary
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,25 +79,61 @@ def cli() -> None:
     help="API server [env: BATCHPIZZA_BASE_URL].",
 )
 @click.option("--checkpoint", help="Checkpoint file [default: OUTPUT.checkpoint].")
-@click.option("--restart", is_flag=True, help="Forget the checkpoint and start over.")
+@click.option("--restart", is_flag=True, help="Forget the checkpoint's answers and start over.")
 @click.option("--skip-bad-rows", is_flag=True, help="Run the good rows; mark bad ones invalid.")
+@click.option(
+    "--deadline",
+    help="Stop starting requests this long after the process started (90, 90s, 50m, 2h); "
+    "the output is written with pending rows, exit 4.",
+)
+@click.option(
+    "--patience",
+    default=defaults.DEFAULT_PATIENCE,
+    show_default=True,
+    help="How long to wait on a service that keeps refusing before stopping (0: stop at once).",
+)
+@click.option("--dry-run", is_flag=True, help="Validate and plan; send and change nothing.")
+@click.option("--limit", type=click.IntRange(min=0), help="Use only the first N rows.")
 @click.option(
     "--progress/--no-progress",
     default=None,
-    help="Progress bar [default: when stderr is a terminal].",
+    help="Progress bar [default: when stderr is a terminal; else a line every minute].",
+)
+@click.option(
+    "--progress-every",
+    type=click.FloatRange(min=0, min_open=True),
+    default=defaults.DEFAULT_PROGRESS_EVERY,
+    show_default=True,
+    help="Seconds between progress lines when stderr is not a terminal.",
 )
 @click.option(
     "--summary-json", type=click.Path(dir_okay=False), help="Also write the summary as JSON here."
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
-@click.option("-v", "--verbose", is_flag=True, help="Log every retry.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every retry, with a timestamp.")
 @click.option(
     "--mock",
     is_flag=True,
     help="Answer from the bundled mock API in-process (offline demo; own checkpoint).",
 )
 def run(**options: Any) -> None:
-    """Send every prompt of INPUT (.jsonl, .ndjson, .gz, .parquet, a folder, or - for stdin)."""
+    """Send every prompt of INPUT (.jsonl, .ndjson, .gz, .parquet, a folder, or - for stdin).
+
+    \b
+    Examples:
+      batchpizza run samples/prompts.jsonl -o out.parquet --mock
+      batchpizza run prompts.jsonl -o out.parquet --rate auto --deadline 50m
+
+    \b
+    Exit codes:
+      0   every row answered
+      3   finished, but some rows failed, were refused or were invalid
+      4   stopped early (deadline, or the service kept refusing): rerun to continue
+      75  another run holds this output: nothing done, try again later
+      2   usage or input error: nothing sent
+      130/143  interrupted: the checkpoint is saved
+      1   internal or I/O error; the checkpoint is still consistent
+    """
     input_path = options.pop("input")
     output = options.pop("output")
     try:
@@ -106,11 +144,11 @@ def run(**options: Any) -> None:
 
 
 def _run_job(job: Job) -> int:
-    async def main() -> dict[str, Any]:
+    async def main() -> Summary:
         loop = asyncio.get_running_loop()
 
         def on_signal(signum: int) -> None:
-            if job.signum is not None:
+            if job.stop.signum is not None:
                 if signum == signal.SIGINT:  # a second Ctrl-C: the user wants out now
                     print("batchpizza: interrupted again; exiting now", file=sys.stderr, flush=True)
                     os._exit(130)
@@ -131,7 +169,8 @@ def _run_job(job: Job) -> int:
     try:
         summary = asyncio.run(main())
     except BatchpizzaError as exc:
-        click.echo(f"batchpizza: {exc.message}", err=True)
+        with contextlib.suppress(OSError, ValueError):  # a closed stderr: the exit code says it
+            click.echo(f"batchpizza: {exc.message}", err=True)
         return exc.exit_code
     return int(summary["exit_code"])
 
@@ -141,12 +180,8 @@ def _run_job(job: Job) -> int:
 @click.option("--checkpoint", help="The checkpoint file [default: OUTPUT.checkpoint].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
-    """What the checkpoint of OUTPUT holds."""
-    if not output and not checkpoint:
-        raise click.UsageError("give OUTPUT or --checkpoint")
-    path = Path(checkpoint) if checkpoint else Path(f"{output}.checkpoint")
-    if not checkpoint and not path.exists() and Path(f"{output}.mock-checkpoint").exists():
-        path = Path(f"{output}.mock-checkpoint")  # the output of an offline --mock run
+    """What the checkpoint of OUTPUT holds, and whether a run is using it now."""
+    path = _checkpoint_path(output, checkpoint)
     try:
         store = Checkpoint.open(path, create=False, readonly=True)
         try:
@@ -157,6 +192,7 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
         click.echo(f"batchpizza: {exc.message}", err=True)
         sys.exit(exc.exit_code)
     info["checkpoint"] = str(path)
+    info["running"] = is_locked(path)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -170,7 +206,18 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     click.echo(f"  input      {info.get('input') or 'unknown'} ({info.get('rows', '?')} rows)")
     for key in ("answered", "failed", "misuse", "invalid", "pending"):
         click.echo(f"  {key:<10} {info.get(key, '?')}")
+    click.echo(f"  kept       {info.get('answers_kept', '?')} answers in all")
     click.echo(f"  written    {when}")
+    click.echo(f"  running    {'yes: a run holds the lock' if info['running'] else 'no'}")
+
+
+def _checkpoint_path(output: str | None, checkpoint: str | None) -> Path:
+    if not output and not checkpoint:
+        raise click.UsageError("give OUTPUT or --checkpoint")
+    path = Path(checkpoint) if checkpoint else Path(f"{output}.checkpoint")
+    if not checkpoint and not path.exists() and Path(f"{output}.mock-checkpoint").exists():
+        path = Path(f"{output}.mock-checkpoint")  # the output of an offline --mock run
+    return path
 
 
 @cli.command("mock-server")

@@ -26,8 +26,15 @@ DEFAULT_MISUSE_BACKOFF = 30.0
 DEFAULT_BACKOFF_BASE = 0.5
 DEFAULT_BACKOFF_CAP = 30.0
 DEFAULT_RETRY_AFTER_CAP = 300.0
-# On SIGINT/SIGTERM, requests in flight get this long to finish before they are abandoned.
+# On SIGINT/SIGTERM or at the deadline, requests in flight get this long to finish before they
+# are abandoned.
 DEFAULT_GRACE = 5.0
+DEFAULT_PATIENCE = "10m"  # how long the breaker may keep the run waiting on a refusing service
+DEFAULT_AUTO_MAX = 20.0  # --rate auto without a MAX: a ceiling polite to a free service
+DEFAULT_PROGRESS_EVERY = 60.0  # seconds between progress lines when stderr is not a terminal
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+PROVIDERS = ("pizzagpt", "openai")
+FORMATS = ("parquet", "jsonl", "openai-batch")
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl"}
 _PERIODS = {
@@ -60,11 +67,76 @@ def parse_rate(value: str | float | int) -> float:
     return rate
 
 
-def output_format(path: str) -> str:
+def output_format(path: str, chosen: str | None = None) -> str:
     suffix = Path(path).suffix.lower()
+    if chosen == "openai-batch":
+        if suffix != ".jsonl":
+            raise UsageError(f"output {path!r}: --format openai-batch writes a .jsonl file")
+        return chosen
     if suffix not in OUTPUT_FORMATS:
         raise UsageError(f"output {path!r}: the extension must be .parquet or .jsonl")
+    if chosen is not None and chosen != OUTPUT_FORMATS[suffix]:
+        raise UsageError(f"output {path!r}: --format {chosen} does not match the extension")
     return OUTPUT_FORMATS[suffix]
+
+
+_DURATION = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: str | float | int, option: str) -> float:
+    """`90`, `90s`, `50m`, `2h` -> seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise UsageError(f"{option} {value!r}: expected a duration such as 90, 90s, 50m or 2h")
+        seconds = float(match["n"]) * _UNITS[(match["unit"] or "s").lower()]
+    if not math.isfinite(seconds) or seconds < 0:
+        raise UsageError(f"{option} {value!r}: must be 0 or more")
+    return seconds
+
+
+def parse_rate_option(value: str | float | int) -> tuple[float, float | None]:
+    """--rate: (fixed requests/s, None) or (0, MAX) for `auto[:MAX]`."""
+    if isinstance(value, str) and value.strip().lower().startswith("auto"):
+        rest = value.strip()[4:]
+        if not rest:
+            return 0.0, DEFAULT_AUTO_MAX
+        if not rest.startswith(":"):
+            raise UsageError(f"--rate {value!r}: expected auto or auto:MAX, e.g. auto:20/s")
+        ceiling = parse_rate(rest[1:])
+        if ceiling <= 0:
+            raise UsageError(f"--rate {value!r}: the MAX of auto must be a positive rate")
+        return 0.0, ceiling
+    return parse_rate(value), None
+
+
+def _shown(url: str) -> str:
+    """A URL as an error may show it: whatever precedes an @ (user and password, even without a
+    scheme) masked."""
+    if "@" not in url:
+        return url
+    head, _, tail = url.rpartition("@")
+    scheme = head.split("://", 1)[0] + "://" if "://" in head else ""
+    return f"{scheme}***@{tail}"
+
+
+def check_url(value: str, option: str) -> None:
+    """A usage error, before anything is read or sent, for a URL that could never be used."""
+    from yarl import URL
+
+    shown = _shown(value)
+    if not value.lower().startswith(("http://", "https://")):
+        raise UsageError(f"{option} {shown!r}: must start with http:// or https://")
+    try:
+        url = URL(value)
+        if not url.host or url.port is None:
+            raise ValueError("no host")
+    except (ValueError, TypeError) as exc:
+        detail = str(exc).replace(value, shown) if "@" not in str(exc) else "malformed"
+        raise UsageError(f"{option} {shown!r}: not a usable URL ({detail})") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,23 +166,48 @@ class RunConfig:
     retry_after_cap: float = DEFAULT_RETRY_AFTER_CAP
     grace: float = DEFAULT_GRACE
     mock: bool = False  # answer from the bundled mock server, in-process: the offline demo
+    deadline: float | str | None = None  # seconds from the start of the process
+    patience: float | str = DEFAULT_PATIENCE
+    dry_run: bool = False
+    limit: int | None = None
+    progress_every: float = DEFAULT_PROGRESS_EVERY
+    provider: str = "pizzagpt"
+    model: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    api_key_env: str = DEFAULT_API_KEY_ENV
+    format: str | None = None  # None: from the output's extension
     rate_per_s: float = field(init=False)
+    auto_max: float | None = field(init=False)  # set under --rate auto: the learned rate's ceiling
     output_format: str = field(init=False)
+    deadline_s: float | None = field(init=False)
+    patience_s: float = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rate_per_s", parse_rate(self.rate))
-        object.__setattr__(self, "output_format", output_format(self.output))
+        rate, auto_max = parse_rate_option(self.rate)
+        object.__setattr__(self, "rate_per_s", rate)
+        object.__setattr__(self, "auto_max", auto_max)
+        object.__setattr__(self, "output_format", output_format(self.output, self.format))
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        deadline = None if self.deadline is None else parse_duration(self.deadline, "--deadline")
+        object.__setattr__(self, "deadline_s", deadline)
+        object.__setattr__(self, "patience_s", parse_duration(self.patience, "--patience"))
+        if self.limit is not None and self.limit < 0:
+            raise UsageError("--limit must be 0 or more")
+        if self.provider not in PROVIDERS:
+            raise UsageError(f"--provider {self.provider!r}: one of {', '.join(PROVIDERS)}")
+        if self.provider == "pizzagpt" and self.model not in (None, DEFAULT_MODEL):
+            raise UsageError(f"--model {self.model!r}: Pizzagpt serves only {DEFAULT_MODEL}")
+        if self.progress_every <= 0:
+            raise UsageError("--progress-every must be a positive number of seconds")
         if self.concurrency < 1:
             raise UsageError("--concurrency must be at least 1")
         if self.max_retries < 0 or self.misuse_retries < 0:
             raise UsageError("--max-retries must be 0 or more")
         if not self.timeout > 0:
             raise UsageError("--timeout must be a positive number of seconds")
-        if not self.base_url.lower().startswith(("http://", "https://")):
-            raise UsageError(f"--base-url {self.base_url!r}: must start with http:// or https://")
-        if self.proxy and not self.proxy.lower().startswith(("http://", "https://")):
-            raise UsageError("--proxy: must be an http:// or https:// URL")
+        check_url(self.base_url, "--base-url")
+        if self.proxy:
+            check_url(self.proxy, "--proxy")
 
     @classmethod
     def from_options(cls, input: str, output: str, **options: Any) -> RunConfig:

@@ -3,7 +3,7 @@
     BatchpizzaError                 a problem the user can act on; the CLI prints it, no traceback
     ├── UsageError                  a bad option value (exit 2)
     ├── InputError                  the input cannot be run as it is (exit 2); carries BadRow list
-    ├── LockedError                 another run holds this output's checkpoint (exit 2)
+    ├── LockedError                 another run holds this output or checkpoint (exit 75)
     ├── CheckpointMissing           `status` found no checkpoint (exit 2)
     ├── OutputError                 the output or checkpoint could not be written (exit 1)
     ├── InputChanged                the input files changed during the run (exit 1)
@@ -89,7 +89,9 @@ class InputError(BatchpizzaError):
 
 
 class LockedError(BatchpizzaError):
-    exit_code = 2
+    """Another run holds the output or checkpoint: try again later (EX_TEMPFAIL, for cron)."""
+
+    exit_code = 75
 
 
 class CheckpointMissing(BatchpizzaError):

@@ -1,8 +1,9 @@
-"""One batch job from start to end: lock, scan, plan, send, write, summarise.
+"""One batch job from start to end: check, lock, scan, plan, send, write, summarise.
 
-The stages run in this order and data flows one way: reader -> plan -> runner (-> provider) ->
-checkpoint -> writer. Blocking work (the scan, the output) runs in a worker thread so that the
-event loop stays free to notice a signal; both check `stop` between batches.
+The stages run in this order and data flows one way: source -> checkpoint (the scan, the plan)
+-> runner (-> provider) -> checkpoint -> sink. Blocking work (the scan, the output) runs in a
+worker thread so that the event loop stays free to notice a signal; both check the stop between
+batches.
 """
 
 from __future__ import annotations
@@ -12,24 +13,29 @@ import contextlib
 import dataclasses
 import functools
 import os
-import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from batchpizza.checkpoint import Checkpoint, RunLock
+from batchpizza.checkpoint import Checkpoint, RunLock, ScanIndex
 from batchpizza.config import RunConfig
-from batchpizza.errors import Interrupted, OutputError
-from batchpizza.plan import Plan, Tally
-from batchpizza.progress import Progress, choose, setup_logging, summary_line, write_summary_json
-from batchpizza.reader import open_source, spool_stdin
+from batchpizza.control import Control
+from batchpizza.errors import InputError, Interrupted, LockedError, UsageError
+from batchpizza.files import check_writable, clear_partials, inside, same_file, write_atomically
+from batchpizza.progress import Progress, choose, dry_run_report, setup_logging, summary_line
+from batchpizza.providers import Provider
+from batchpizza.records import Summary, Tally
 from batchpizza.redact import remember_url
+from batchpizza.retrying import RetryPolicy
+from batchpizza.rows import Fields
 from batchpizza.runner import Runner
-from batchpizza.writer import write_output
+from batchpizza.sinks import write_output
+from batchpizza.sinks.values import result_columns
+from batchpizza.sources import Source, describe, input_files, open_source, spool_stdin
+from batchpizza.stop import Stop
 
 _PROXY_VARIABLES = (
     "BATCHPIZZA_PROXY",
@@ -40,6 +46,8 @@ _PROXY_VARIABLES = (
     "ALL_PROXY",
     "all_proxy",
 )
+# When the process started: --deadline counts from here, as cron's clock does.
+_PROCESS_START = time.monotonic()
 
 
 class Job:
@@ -48,45 +56,44 @@ class Job:
     ) -> None:
         self.config = config
         self.stdin = stdin
-        self.progress = progress or choose(config.progress, config.quiet)
-        self.stop = threading.Event()
-        self.signum: int | None = None
+        self.progress = progress or choose(config.progress, config.quiet, config.progress_every)
+        self.stop = Stop()
         self.runner: Runner | None = None
         self._send_task: asyncio.Task[None] | None = None
-        self._stopped: asyncio.Event | None = None  # made in run(), inside the loop
-        self._plan: Plan | None = None
         self._checkpoint: Checkpoint | None = None
+        self._limit: int | None = None
+
+    @property
+    def signum(self) -> int | None:
+        return self.stop.signum
 
     def interrupt(self, signum: int) -> None:
         """Called on SIGINT / SIGTERM: stop taking rows, give rows in flight `grace` seconds."""
-        if self.signum is not None:
+        if self.stop.signum is not None:
             return
-        self.signum = signum
-        self.stop.set()
-        if self._stopped is not None:
-            self._stopped.set()
-        if self.runner is not None:
-            self.runner.stop()
+        self.stop.interrupt(signum)
+        self._cancel_after_grace()
+
+    def _cancel_after_grace(self) -> None:
         task = self._send_task
         if task is not None and not task.done():
             asyncio.get_running_loop().call_later(self.config.grace, task.cancel)
 
-    async def run(self) -> dict[str, Any]:
+    async def run(self) -> Summary:
         config = self.config
         setup_logging(config.quiet, config.verbose)
         for url in (config.proxy, config.base_url, *map(os.environ.get, _PROXY_VARIABLES)):
             remember_url(url)
         started = time.monotonic()
-        self._stopped = asyncio.Event()
-        if self.signum is not None:
-            self._stopped.set()
-        # Folders first (a missing one is an error, not created), then the lock, before
-        # anything is read, so that a second run changes nothing.
-        _check_writable(Path(config.output).parent, "output")
-        _check_writable(config.checkpoint_path.parent, "checkpoint")
+        self._check_paths()
         lock = RunLock(Path(config.output), config.checkpoint_path)
-        lock.acquire()
         try:
+            lock.acquire()
+        except LockedError:
+            self._report(Summary.of(None, exit_code=75, stopped="locked", **self._where(started)))
+            raise
+        try:
+            clear_partials(Path(config.output))  # under the lock: left by killed writes
             if not config.mock:
                 return await self._run_locked(started)
             # Imported here: aiohttp.web is only needed for the offline demo.
@@ -98,73 +105,193 @@ class Job:
         finally:
             lock.release()
 
-    async def _run_locked(self, started: float) -> dict[str, Any]:
+    def _check_paths(self) -> None:
+        """Everything that can be checked before reading or sending, so that it is not found
+        after the whole run: folders, and no two of input, output, checkpoint and summary the
+        same file (an output written over its input would turn every later run's rows bad)."""
+        config = self.config
+        output, checkpoint = Path(config.output), config.checkpoint_path
+        if output.is_dir():
+            raise UsageError(f"output {output} is a directory; give a file name")
+        check_writable(output.parent, "output")
+        check_writable(checkpoint.parent, "checkpoint")
+        if config.summary_json:
+            check_writable(Path(config.summary_json).parent, "summary")
+        named = [("output", output), ("checkpoint", checkpoint)]
+        if config.summary_json:
+            named.append(("summary", Path(config.summary_json)))
+        named += [("input", p) for p in input_files(config.input)]
+        for i, (what, path) in enumerate(named):
+            for other, other_path in named[i + 1 :]:
+                if what != other and same_file(path, other_path):
+                    raise UsageError(f"the {what} and the {other} are the same file ({path})")
+        if config.input != "-" and Path(config.input).is_dir():
+            for what, path in named:
+                if what != "input" and inside(path, Path(config.input)):
+                    raise UsageError(
+                        f"the {what} {path} is inside the input folder {config.input}; "
+                        "the next run would read it as input"
+                    )
+
+    async def _run_locked(self, started: float) -> Summary:
         """The stages, and what an interrupt at any of them leaves: a saved checkpoint, the
         summary, and a message saying how to resume."""
         with contextlib.ExitStack() as cleanup:
             try:
                 return await self._stages(started, cleanup)
             except Interrupted as exc:
-                signum = self.signum or signal.SIGINT
-                plan = self._plan
-                tally = plan.tally() if plan is not None and self._checkpoint is not None else None
-                summary = self._summary(tally, started, 128 + signum, interrupted=True)
+                signum = self.stop.signum or 2
+                summary = self._summary(self._tally(), started, 128 + signum, stopped="signal")
+                summary = dataclasses.replace(summary, output=None, interrupted=True)
                 self._report(summary)
                 saved = (
                     f"finished rows are saved in {self.config.checkpoint_path}"
-                    if self._checkpoint is not None
+                    if self._checkpoint is not None and not self.config.dry_run
                     else "nothing was sent or changed"
                 )
                 raise Interrupted(
-                    f"{exc.message}; {saved}. Rerun the same command to resume.",
-                    signum,
-                    summary,
+                    f"{exc.message}; {saved}. Rerun the same command to resume.", signum, summary
                 ) from None
 
-    async def _stages(self, started: float, cleanup: contextlib.ExitStack) -> dict[str, Any]:
+    def _tally(self) -> Tally | None:
+        if self._checkpoint is None:
+            return None
+        try:
+            return self._checkpoint.tally(self._limit)
+        except Exception:  # the summary of an interrupt must not fail on a broken checkpoint
+            return None
+
+    async def _stages(self, started: float, cleanup: contextlib.ExitStack) -> Summary:
         config = self.config
-        output = Path(config.output)
+        stdin_copy = None
         if config.input == "-":
             stdin_copy = await self._spool_stdin()
-            cleanup.callback(_discard, stdin_copy)
-        else:
-            stdin_copy = None
-        source = open_source(config, stdin_copy)
+            cleanup.callback(stdin_copy.unlink, missing_ok=True)
+        fields = Fields.from_config(config)
+        source = open_source(config.input, fields, stdin_copy)
         cleanup.callback(source.close)
-        self._plan = plan = Plan(source, cache=_scan_cache(config.checkpoint_path))
-        cleanup.callback(plan.close)
-        if not plan.reuse_cache(config.skip_bad_rows):
-            await self._in_thread(plan.scan, self.stop)
-            if plan.bad and not config.skip_bad_rows:
-                raise plan.input_error()
-            if self.stop.is_set():  # a signal during the last batch: still change nothing
-                raise Interrupted("interrupted while reading the input", 0)
-            plan.keep_cache()
+        key = source.input_key()
+        scan = await self._scan(source, key, cleanup, reuse=not config.dry_run)
+        if config.dry_run:
+            assert scan is not None  # a dry run always scans
+            self._checkpoint = planning = Checkpoint.planning(config.checkpoint_path, scan)
+            cleanup.callback(planning.close)
+            return self._dry_run(planning, source, started)
         self._checkpoint = checkpoint = Checkpoint.open(config.checkpoint_path)
         cleanup.callback(checkpoint.close)
+        if scan is None and key is not None and checkpoint.scan_info(key) is None:
+            # The peek saw an older state of the file than the one now open: scan after all.
+            scan = await self._scan(source, key, cleanup, reuse=False)
+        if scan is not None:
+            state = {**source.scan_state(), "total": scan.total, "bad": scan.bad}
+            checkpoint.adopt_scan(scan, key, state)
         if config.restart:
             checkpoint.forget()
-        plan.attach(config.checkpoint_path)
-        todo = plan.plan_sends()
-        checkpoint.set_meta(input=config.input, rows=plan.total, invalid=plan.bad)
-        self.runner = runner = Runner(config, checkpoint, on_result=self.progress.advance)
-        self.progress.start(plan.total, plan.total - todo, runner.counters)
+        self._limit = config.limit
+        plan = checkpoint.plan(config.limit)
+        todo = sum(plan.values())
+        checkpoint.set_meta(input=config.input)
+        provider = self._provider()
+        run = checkpoint.begin_run(_options(config))
+        control = Control(
+            rate=config.rate_per_s, retry_after_cap=config.retry_after_cap, stop=self.stop
+        )
+        self.runner = runner = Runner(
+            provider,
+            checkpoint,
+            RetryPolicy.from_config(config),
+            control,
+            concurrency=config.concurrency,
+            stop=self.stop,
+            run=run,
+            on_result=self.progress.advance,
+        )
+        total = checkpoint.tally(config.limit).rows
+        self.progress.start(total, total - todo, runner.counters, control)
         try:
-            if todo and self.signum is None:
+            if todo and self.stop.signum is None:
                 self._send_task = asyncio.create_task(
-                    runner.run(source.prompts(plan.todo_positions()))
+                    runner.run(source.prompts(checkpoint.todo_positions()))
                 )
                 await self._send_task
         except asyncio.CancelledError:
-            if self.signum is None:
+            if self.stop.signum is None:
                 raise  # cancelled by our caller, not by our own grace timer
         finally:
             self.progress.close()
-        if self.signum is not None:
-            raise Interrupted("interrupted", self.signum)
-        await self._in_thread(write_output, source, plan, output, config.output_format, self.stop)
-        plan.prune()
-        return self._finish(plan.tally(), started)
+        if self.stop.signum is not None:
+            checkpoint.end_run(
+                run, rows_sent=runner.counters.requests, exit_code=128 + self.stop.signum
+            )
+            raise Interrupted("interrupted", self.stop.signum)
+        await self._in_thread(
+            functools.partial(
+                write_output,
+                source,
+                checkpoint,
+                Path(config.output),
+                config.output_format,
+                results=result_columns(provider.extra_columns),
+                scan_key=key,
+                limit=config.limit,
+                stop=self.stop.interrupted,
+            )
+        )
+        tally = checkpoint.tally(config.limit)
+        stopped = self.stop.reason if self.stop.reason in ("deadline", "refusals") else None
+        exit_code = 4 if stopped else 0 if tally.answered == tally.rows else 3
+        checkpoint.end_run(run, rows_sent=runner.counters.requests, exit_code=exit_code)
+        summary = self._summary(tally, started, exit_code, stopped=stopped, rate=control.rate)
+        self._report(summary)
+        return summary
+
+    async def _scan(
+        self, source: Source, key: str | None, cleanup: contextlib.ExitStack, *, reuse: bool
+    ) -> ScanIndex | None:
+        """Validate the input, or reuse the last run's scan when the input files are unchanged;
+        None when reused. Bad rows raise InputError, having changed nothing."""
+        config = self.config
+        path = config.checkpoint_path
+        if reuse and key is not None and path.exists():
+            info = Checkpoint.peek_scan(path, key)
+            if info is not None and (config.skip_bad_rows or not info["bad"]):
+                source.restore(info)
+                return None
+        scan = ScanIndex()
+        cleanup.callback(scan.close)
+        await self._in_thread(
+            functools.partial(
+                scan.scan, source.scan(), source.unit, source.names, self.stop.interrupted
+            )
+        )
+        if scan.bad and not config.skip_bad_rows:
+            rows = describe(source, scan.first_bad)
+            raise InputError(f"{scan.bad} bad row(s) in the input:", rows, scan.bad)
+        if self.stop.interrupted.is_set():  # a signal during the last batch: change nothing
+            raise Interrupted("interrupted while reading the input", 0)
+        return scan
+
+    def _dry_run(self, planning: Checkpoint, source: Source, started: float) -> Summary:
+        config = self.config
+        plan = planning.plan(config.limit)
+        tally = planning.tally(config.limit)
+        provider = self._provider()
+        firsts = [
+            p for _, p in zip(range(3), source.prompts(planning.todo_positions()), strict=False)
+        ]
+        previews = [provider.preview(prompt) for _, prompt in firsts]
+        print(
+            dry_run_report(config, tally, plan, previews, planning.learned_rate()), file=sys.stderr
+        )
+        return self._summary(tally, started, 0)
+
+    def _provider(self) -> Provider:
+        from batchpizza.providers.http import env_proxy
+        from batchpizza.providers.pizzagpt import PizzagptAPI, api_url
+
+        config = self.config
+        proxy = config.proxy or env_proxy(api_url(config.base_url))
+        return PizzagptAPI(config.base_url, timeout=config.timeout, proxy=proxy)
 
     async def _spool_stdin(self) -> Path:
         """Standard input to a file beside the checkpoint, in a daemon thread: a read blocked on
@@ -183,70 +310,80 @@ class Job:
 
         def copy() -> None:
             try:
-                spool_stdin(read, dest, self.stop)
+                spool_stdin(read, dest, self.stop.interrupted)
             except BaseException as exc:
                 loop.call_soon_threadsafe(settle, exc)
             else:
                 loop.call_soon_threadsafe(settle, None)
 
         threading.Thread(target=copy, name="batchpizza-stdin", daemon=True).start()
-        assert self._stopped is not None
-        stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(self.stop.wait())
         try:
             await asyncio.wait([done, stopped], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
-        if not done.done() or self.stop.is_set():
-            _discard(dest)
+        if not done.done() or self.stop.interrupted.is_set():
+            dest.unlink(missing_ok=True)
             raise Interrupted("interrupted while reading standard input", 0)
         try:
             done.result()
         except BaseException:
-            _discard(dest)
+            dest.unlink(missing_ok=True)
             raise
         return dest
 
-    async def _in_thread(self, func: Any, *args: Any) -> Any:
+    async def _in_thread(self, func: Callable[[], Any]) -> Any:
         """Blocking work in a thread; on cancellation it is told to stop and waited for."""
-        future = asyncio.ensure_future(asyncio.to_thread(func, *args))
+        future = asyncio.ensure_future(asyncio.to_thread(func))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            self.stop.set()
+            self.stop.interrupted.set()
             await asyncio.wait([future])
             raise
 
-    def _finish(self, tally: Tally, started: float) -> dict[str, Any]:
-        exit_code = 0 if tally.answered == tally.rows else 3
-        summary = self._summary(tally, started, exit_code)
-        self._report(summary)
-        return summary
-
-    def _summary(
-        self, tally: Tally | None, started: float, exit_code: int, interrupted: bool = False
-    ) -> dict[str, Any]:
-        counters = self.runner.counters if self.runner else None
+    def _where(self, started: float) -> dict[str, Any]:
         return {
-            "rows": tally.rows if tally else 0,
-            "answered": tally.answered if tally else 0,
-            "failed": tally.failed if tally else 0,
-            "misuse": tally.misuse if tally else 0,
-            "invalid": tally.invalid if tally else 0,
-            "pending": tally.pending if tally else 0,
-            "requests": counters.requests if counters else 0,
-            "retries": counters.retries if counters else 0,
             "elapsed_s": round(time.monotonic() - started, 3),
-            "output": None if interrupted else self.config.output,
+            "output": self.config.output,
             "checkpoint": str(self.config.checkpoint_path),
-            "interrupted": interrupted,
-            "exit_code": exit_code,
         }
 
-    def _report(self, summary: dict[str, Any]) -> None:
+    def _summary(
+        self,
+        tally: Tally | None,
+        started: float,
+        exit_code: int,
+        *,
+        stopped: str | None = None,
+        rate: float | None = None,
+    ) -> Summary:
+        counters = self.runner.counters if self.runner else None
+        return Summary.of(
+            tally,
+            requests=counters.requests if counters else 0,
+            retries=counters.retries if counters else 0,
+            exit_code=exit_code,
+            stopped=stopped,
+            rate=rate,
+            **self._where(started),
+        )
+
+    def _report(self, summary: Summary) -> None:
         if not self.config.quiet:
-            print(summary_line(summary), file=sys.stderr, flush=True)
-        if self.config.summary_json:
-            write_summary_json(self.config.summary_json, summary)
+            with contextlib.suppress(OSError, ValueError):  # a closed stderr must not fail a run
+                print(summary_line(summary), file=sys.stderr, flush=True)
+        if self.config.summary_json and not self.config.dry_run:
+            import json
+
+            data = json.dumps(summary.to_dict(), indent=2).encode() + b"\n"
+            write_atomically(Path(self.config.summary_json), data)
+
+
+def _options(config: RunConfig) -> dict[str, Any]:
+    """The options a run records for its report (secrets are in URLs: those are left out)."""
+    keep = ("concurrency", "rate", "max_retries", "timeout", "provider", "model", "limit")
+    return {name: getattr(config, name) for name in keep}
 
 
 def _stdin_reader(stream: IO[bytes] | None) -> Callable[[int], bytes]:
@@ -258,37 +395,15 @@ def _stdin_reader(stream: IO[bytes] | None) -> Callable[[int], bytes]:
         return sys.stdin.buffer.read
 
 
-def _discard(path: Path) -> None:
-    path.unlink(missing_ok=True)
-
-
-def _scan_cache(checkpoint: Path) -> Path:
-    return checkpoint.with_name(checkpoint.name + ".scan")
-
-
-def _check_writable(folder: Path, what: str) -> None:
-    """Fail before sending anything rather than after the whole run."""
-    folder = folder if str(folder) else Path()
-    if not folder.is_dir():
-        raise OutputError(f"the {what} folder {folder} does not exist")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise OutputError(f"cannot write in the {what} folder {folder}: {exc.strerror}") from None
-
-
 async def arun(
     input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any
-) -> dict[str, Any]:
-    """Run a batch inside a running event loop; returns the summary. Options as on the command line
-    (concurrency=, rate=, max_retries=, ...). Raises BatchpizzaError subclasses on failure."""
+) -> Summary:
+    """Run a batch inside a running event loop; returns the summary. Options as on the command
+    line (concurrency=, rate=, max_retries=, ...). Raises BatchpizzaError subclasses on failure."""
     config = RunConfig.from_options(str(input), str(output), **options)
     return await Job(config).run()
 
 
-def run(
-    input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any
-) -> dict[str, Any]:
+def run(input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any) -> Summary:
     """Run a batch to the end and return its summary (see `arun` inside a running loop)."""
     return asyncio.run(arun(input, output, **options))

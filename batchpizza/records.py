@@ -4,9 +4,9 @@ how a row ended. Frozen and slotted, so a stage cannot change what another one h
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, NamedTuple
 
 
 class Outcome(str, enum.Enum):
@@ -62,3 +62,129 @@ class Answer:
     response_id: str | None = None
     request_id: str | None = None
     rate: RateInfo | None = None
+
+
+# The result columns of every output, in order; a provider may add its own after them.
+RESULT_COLUMNS = ("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model")
+TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """How one row ended in this run, as the checkpoint stores it."""
+
+    id: str
+    digest: bytes
+    finish_reason: str
+    answer: str | None
+    error: str | None
+    attempts: int
+    latency_ms: float | None
+    model: str | None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    response_id: str | None = None
+    request_id: str | None = None
+
+
+class OutputRow(NamedTuple):
+    """One output row's id and result columns, in input order (a tuple: millions are made)."""
+
+    id: str
+    answer: str | None
+    finish_reason: str
+    misuse: bool
+    error: str | None
+    attempts: int
+    latency_ms: float | None
+    model: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    response_id: str | None
+    request_id: str | None
+    digest: bytes | None  # None for an invalid row
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One request sent, for the report: when, how long, and how it ended."""
+
+    row_id: str
+    started: float  # unix time
+    duration_ms: float
+    outcome: str  # answered, http, timeout, transport, bad_reply, refusal, redirect
+    status: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """The output's rows by how they ended."""
+
+    rows: int = 0
+    answered: int = 0
+    failed: int = 0
+    misuse: int = 0
+    invalid: int = 0
+
+    @property
+    def pending(self) -> int:
+        return self.rows - self.answered - self.failed - self.misuse - self.invalid
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Summary(Mapping[str, Any]):
+    """What a run did: the summary line, --summary-json, `run()`'s return value. Also a read-only
+    mapping (`summary["exit_code"]`), as `run()` returned a dict before."""
+
+    rows: int = 0
+    answered: int = 0
+    failed: int = 0
+    misuse: int = 0
+    invalid: int = 0
+    pending: int = 0
+    requests: int = 0
+    retries: int = 0
+    elapsed_s: float = 0.0
+    output: str | None = None
+    checkpoint: str | None = None
+    exit_code: int = 0
+    stopped: str | None = None  # None, "deadline", "refusals", "signal" or "locked"
+    rate: float | None = None  # requests/s at the end (the learned rate under auto)
+    interrupted: bool = False
+
+    @classmethod
+    def of(cls, tally: Tally | None, **values: Any) -> Summary:
+        counts: dict[str, Any] = {}
+        if tally is not None:
+            counts = {
+                "rows": tally.rows,
+                "answered": tally.answered,
+                "failed": tally.failed,
+                "misuse": tally.misuse,
+                "invalid": tally.invalid,
+                "pending": tally.pending,
+            }
+        return cls(**counts, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _SUMMARY_KEYS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_SUMMARY_KEYS)
+
+    def __len__(self) -> int:
+        return len(_SUMMARY_KEYS)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self) == dict(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_SUMMARY_KEYS = tuple(f.name for f in fields(Summary))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchpizza.config import RunConfig
+from batchpizza.records import RESULT_COLUMNS, Prompt
 
 
 def format_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
@@ -20,11 +21,8 @@ def format_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join([*lines, "Assistant:"])
 
 
-RESULT_COLUMNS = ("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model")
-
-
 @dataclass(slots=True)
-class Row:
+class BadRecord:
     """A bad row as the scan found it; `id` is kept where it could be read."""
 
     pos: int
@@ -36,9 +34,14 @@ class Row:
 
 
 # What the scan yields per batch: the good rows as (pos, id, prompt digest, file, at) records,
-# ready for the plan's table, and the bad rows.
+# ready for the scan index's table, and the bad rows.
 GoodRow = tuple[int, str, bytes, int, int]
-ScanBatch = tuple[list[GoodRow], list[Row]]
+ScanBatch = tuple[list[GoodRow], list[BadRecord]]
+# What `interpret` makes of a row: id, formatted prompt, the clean messages (None for a prompt
+# row) and an OpenAI Batch line's body without its messages (None otherwise). A tuple: the scan
+# makes one per row.
+Interpreted = tuple[str, str, "list[dict[str, str]] | None", "dict[str, Any] | None"]
+CHAT_COMPLETIONS = "/v1/chat/completions"
 
 
 def prompt_digest(prompt: str) -> bytes:
@@ -68,13 +71,23 @@ class Fields:
             config.id_field is not None,
         )
 
+    def key(self) -> tuple[str, str, str, bool, bool, bool]:
+        return (
+            self.prompt,
+            self.messages,
+            self.id,
+            self.named_prompt,
+            self.named_messages,
+            self.named_id,
+        )
+
     @functools.cached_property
     def reserved(self) -> frozenset[str]:
         """Input names that would collide with an output column."""
         return frozenset(RESULT_COLUMNS) | ({"id"} if self.id != "id" else frozenset())
 
 
-class _Bad(Exception):
+class RowProblem(Exception):
     """A bad row: what is wrong, in which field, and the row's id where it could be read."""
 
     def __init__(self, problem: str, field: str | None = None, row_id: str | None = None) -> None:
@@ -83,31 +96,31 @@ class _Bad(Exception):
         self.id = row_id
 
 
-def _messages_prompt(value: object, name: str) -> str:
+def _messages(value: object, name: str) -> tuple[str, list[dict[str, str]]]:
     if not isinstance(value, list) or not value:
-        raise _Bad("must be a non-empty list of {role, content} objects", name)
+        raise RowProblem("must be a non-empty list of {role, content} objects", name)
     clean: list[dict[str, str]] = []
     for i, item in enumerate(value):
         if not isinstance(item, Mapping):
-            raise _Bad(f"item {i} is not an object", name)
+            raise RowProblem(f"item {i} is not an object", name)
         role, content = item.get("role"), item.get("content")
         if not isinstance(role, str) or not role:
-            raise _Bad(f"item {i} has no role string", name)
+            raise RowProblem(f"item {i} has no role string", name)
         if isinstance(content, list):  # OpenAI content parts: keep the text parts
             parts = [p.get("text") for p in content if isinstance(p, Mapping)]
             content = "\n".join(p for p in parts if isinstance(p, str)) if parts else None
         if not isinstance(content, str):
-            raise _Bad(f"item {i} has no content string", name)
+            raise RowProblem(f"item {i} has no content string", name)
         clean.append({"role": role, "content": content})
     prompt = format_prompt(clean)
     if not prompt.strip():
-        raise _Bad("the messages hold no text", name)
-    return prompt
+        raise RowProblem("the messages hold no text", name)
+    return prompt, clean
 
 
-def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> tuple[str, str]:
-    """(id, formatted prompt) of one row, or raises _Bad, which carries the id when it could be
-    read, so that --skip-bad-rows can keep it."""
+def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:
+    """What one row asks (see Interpreted), or raises RowProblem, which carries the id when it
+    could be read, so that --skip-bad-rows can keep it."""
     id_name = fields.id
     body: Mapping[str, Any] | None = None
     if not fields.named_id and "custom_id" in obj and isinstance(obj.get("body"), Mapping):
@@ -121,21 +134,27 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> tuple[str, st
         row_id = str(raw_id)
     else:
         kind = "an empty string" if raw_id == "" else with_article(json_type(raw_id))
-        raise _Bad(f"the id must be a non-empty string or an integer, not {kind}", id_name)
+        raise RowProblem(f"the id must be a non-empty string or an integer, not {kind}", id_name)
     clash = fields.reserved.intersection(obj)
     if clash and clash != {id_name}:
-        raise _Bad("is named like an output column; rename it", min(clash - {id_name}), row_id)
+        raise RowProblem(
+            "is named like an output column; rename it", min(clash - {id_name}), row_id
+        )
     if body is not None:
+        url = obj.get("url")
+        if url is not None and url != CHAT_COMPLETIONS:
+            raise RowProblem(f"unsupported url {url!s:.80}; only {CHAT_COMPLETIONS}", "url", row_id)
         try:
-            return row_id, _messages_prompt(body.get("messages"), "body.messages")
-        except _Bad as bad:
-            raise _Bad(bad.problem, bad.field, row_id) from None
+            text, clean = _messages(body.get("messages"), "body.messages")
+        except RowProblem as bad:
+            raise RowProblem(bad.problem, bad.field, row_id) from None
+        return row_id, text, clean, {k: v for k, v in body.items() if k != "messages"}
     prompt, messages = obj.get(fields.prompt), obj.get(fields.messages)
     if prompt is not None and messages is not None:
         if fields.named_prompt != fields.named_messages:
             prompt, messages = (prompt, None) if fields.named_prompt else (None, messages)
         else:
-            raise _Bad(
+            raise RowProblem(
                 f"has both {fields.prompt!r} and {fields.messages!r}; choose one with "
                 "--prompt-field or --messages-field",
                 None,
@@ -144,17 +163,24 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> tuple[str, st
     try:
         if prompt is not None:
             if not isinstance(prompt, str):
-                raise _Bad(
+                raise RowProblem(
                     f"must be a string, not {with_article(json_type(prompt))}", fields.prompt
                 )
             if not prompt.strip():
-                raise _Bad("is empty", fields.prompt)
-            return row_id, prompt
+                raise RowProblem("is empty", fields.prompt)
+            return row_id, prompt, None, None
         if messages is not None:
-            return row_id, _messages_prompt(messages, fields.messages)
-    except _Bad as bad:
-        raise _Bad(bad.problem, bad.field, row_id) from None
-    raise _Bad(f"has no {fields.prompt!r} and no {fields.messages!r}", None, row_id)
+            text, clean = _messages(messages, fields.messages)
+            return row_id, text, clean, None
+    except RowProblem as bad:
+        raise RowProblem(bad.problem, bad.field, row_id) from None
+    raise RowProblem(f"has no {fields.prompt!r} and no {fields.messages!r}", None, row_id)
+
+
+def to_prompt(interpreted: Interpreted) -> Prompt:
+    row_id, text, messages, body = interpreted
+    said = tuple(messages) if messages is not None else ({"role": "user", "content": text},)
+    return Prompt(row_id, text, said, body)
 
 
 def with_article(noun: str) -> str:

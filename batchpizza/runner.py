@@ -1,6 +1,6 @@
 """The send stage: one session, a fixed pool of workers, pacing, retries, group commits.
 
-`concurrency` workers each pull the next row from the reader only when they are free, so rows are
+`concurrency` workers each pull the next row from the source only when they are free, so rows are
 read as slots open (backpressure) and no task is created per row. A worker holds its row, and so
 its slot, until the row's result is committed: at any moment at most `concurrency` rows are sent
 but not yet saved, which bounds what a kill -9 can make us send twice.
@@ -12,27 +12,46 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
-from batchpizza.checkpoint import Checkpoint, Result
-from batchpizza.config import DEFAULT_MODEL, RunConfig
-from batchpizza.errors import MisuseDetected, ProviderError, describe
-from batchpizza.providers.http import env_proxy
-from batchpizza.providers.pizzagpt import api_url, ask, headers_for
-from batchpizza.ratelimit import Clock, Gate, Sleep
+from batchpizza.checkpoint import Checkpoint
+from batchpizza.errors import (
+    BadReply,
+    HTTPStatusError,
+    MisuseDetected,
+    ProviderError,
+    RedirectRefused,
+    RequestTimeout,
+    describe,
+)
+from batchpizza.providers import Provider
+from batchpizza.ratelimit import Sleep
+from batchpizza.records import Answer, Attempt, Outcome, Prompt, Result, is_answered
 from batchpizza.retrying import RetryPolicy
 from batchpizza.rows import prompt_digest
+from batchpizza.stop import Stop
 
 log = logging.getLogger("batchpizza")
 
-PendingRow = tuple[int, str, str]  # (position, id, formatted prompt)
+PendingRow = tuple[int, Prompt]  # (position in the input, what to send)
 
 
-class _Stopped(Exception):
+class Stopped(Exception):
     """A worker about to send (a row or a retry) when the run was told to stop: the row is left
     uncommitted, to be sent again by the next run."""
+
+
+class Gatekeeper:
+    """What every attempt passes before it is sent, and hears how it ended: pacing, pauses, the
+    breaker. The runner knows nothing else of them."""
+
+    async def enter(self) -> None:
+        """Wait until an attempt may be sent; raise Stopped if none may be sent any more."""
+
+    def finished(self, started: float, outcome: str, error: ProviderError | None) -> None:
+        """Told of every finished attempt (clock time it was sent, outcome kind, its error)."""
 
 
 @dataclass
@@ -44,57 +63,87 @@ class Counters:
     answered: int = 0
     failed: int = 0
     misuse: int = 0
+    in_flight: int = 0
+    attempts: list[Attempt] = field(default_factory=list, repr=False)
+
+
+def outcome_of(error: BaseException | None) -> str:
+    """An attempt's outcome kind, as the report groups them."""
+    if error is None:
+        return "answered"
+    if isinstance(error, MisuseDetected):
+        return "refusal"
+    if isinstance(error, HTTPStatusError):
+        return "http"
+    if isinstance(error, RequestTimeout):
+        return "timeout"
+    if isinstance(error, BadReply):
+        return "bad_reply"
+    if isinstance(error, RedirectRefused):
+        return "redirect"
+    return "transport"
 
 
 class Committer:
     """Collects finished results and commits them in groups: the commit on the loop (a write to
-    the log, no fsync), the once-a-second sync in a thread."""
+    the log, no fsync), the once-a-second sync in a thread. A failed commit or sync fails every
+    waiting worker, so none waits forever."""
 
-    def __init__(self, checkpoint: Checkpoint) -> None:
+    def __init__(self, checkpoint: Checkpoint, run: int) -> None:
         self._checkpoint = checkpoint
-        self._waiting: list[tuple[Result, asyncio.Future[None]]] = []
+        self._run = run
+        self._waiting: list[tuple[Result, list[Attempt], asyncio.Future[None]]] = []
         self._wakeup = asyncio.Event()
         self._closed = False
+        self._failed: BaseException | None = None
         self._syncing: asyncio.Future[None] | None = None
         self._task = asyncio.create_task(self._loop(), name="batchpizza-committer")
 
-    async def save(self, result: Result) -> None:
+    async def save(self, result: Result, attempts: list[Attempt]) -> None:
         """Returns once `result` is committed: safe from a crash of this process (and from power
         loss after the next sync, within a second)."""
-        if self._task.done():
-            self._task.result()  # a failed commit surfaces in every worker, not only one
+        if self._failed is not None:
+            raise self._failed  # a failed commit surfaces in every worker, not only one
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append((result, future))
+        self._waiting.append((result, attempts, future))
         self._wakeup.set()
         # No shield needed: if this worker is cancelled, the result stays queued and is still
         # committed (the committer skips futures that are already done).
         await future
 
     async def _loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            batch, self._waiting = self._waiting, []
-            if batch:
-                try:
+        batch: list[tuple[Result, list[Attempt], asyncio.Future[None]]] = []
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                batch, self._waiting = self._waiting, []
+                if batch:
                     # On the loop itself: without an fsync a group commit is a write() of a few
                     # pages, cheaper than the hop to a thread (measured).
-                    self._checkpoint.write([r for r, _ in batch])
-                except Exception as exc:
-                    for _, future in batch:
+                    self._checkpoint.write(
+                        [r for r, _, _ in batch], [a for _, att, _ in batch for a in att], self._run
+                    )
+                    for _, _, future in batch:  # committed: their workers may take the next rows
                         if not future.done():
-                            future.set_exception(exc)
-                    raise
-                for _, future in batch:  # committed: their workers may take the next rows
-                    if not future.done():
-                        future.set_result(None)
-                if self._checkpoint.sync_due():
-                    # The periodic fsync in a thread, shielded so that it finishes even if we are
-                    # being cancelled; no new group is written meanwhile.
-                    self._syncing = asyncio.ensure_future(asyncio.to_thread(self._checkpoint.sync))
-                    await asyncio.shield(self._syncing)
-            if self._closed and not self._waiting:
-                return
+                            future.set_result(None)
+                    batch = []
+                    if self._checkpoint.sync_due():
+                        # The periodic fsync in a thread, shielded so that it finishes even if we
+                        # are being cancelled; no new group is written meanwhile.
+                        self._syncing = asyncio.ensure_future(
+                            asyncio.to_thread(self._checkpoint.sync)
+                        )
+                        await asyncio.shield(self._syncing)
+                if self._closed and not self._waiting:
+                    return
+        except Exception as exc:
+            self._failed = exc
+            for _, _, future in batch + self._waiting:
+                if not future.done():
+                    future.set_exception(exc)
+            self._waiting = []
+            raise
 
     async def close(self) -> None:
         """Commit whatever is still waiting, then stop."""
@@ -110,43 +159,41 @@ class Committer:
 class Runner:
     def __init__(
         self,
-        config: RunConfig,
+        provider: Provider,
         checkpoint: Checkpoint,
+        policy: RetryPolicy,
+        gate: Gatekeeper,
         *,
+        concurrency: int,
+        stop: Stop,
+        run: int = 0,
         on_result: Callable[[Result], None] | None = None,
-        clock: Clock = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        self.config = config
+        self.provider = provider
         self.checkpoint = checkpoint
+        self.policy = policy
+        self.gate = gate
+        self.concurrency = concurrency
+        self.stop = stop
+        self.run_id = run
         self.counters = Counters()
         self.on_result = on_result
         self._clock = clock
         self._sleep = sleep
-        self._stopping = False
-        self._policy = RetryPolicy.from_config(config)
-        self._headers = headers_for(config.base_url)
-        self._proxy: str | None = None
-
-    def stop(self) -> None:
-        """Take no new rows; rows in flight go on."""
-        self._stopping = True
+        self.fatal: ProviderError | None = None  # a reply after which nothing can succeed
 
     async def run(self, rows: Iterator[PendingRow]) -> None:
-        """Send every row. After stop(), returns once the rows in flight are done; if cancelled,
+        """Send every row. After a stop, returns once the rows in flight are done; if cancelled,
         abandons them. Either way every finished result is committed before it returns."""
-        config = self.config
-        self.gate = Gate(config.rate_per_s, clock=self._clock, sleep=self._sleep)
-        connector = aiohttp.TCPConnector(
-            limit=config.concurrency, limit_per_host=config.concurrency
-        )
-        self._proxy = config.proxy or env_proxy(api_url(config.base_url))
-        # trust_env stays off: the proxy is resolved above, once, instead of for every request.
+        connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.concurrency)
+        # trust_env stays off: the provider resolved the proxy once, instead of per request.
         async with aiohttp.ClientSession(connector=connector) as session:
-            committer = Committer(self.checkpoint)
+            committer = Committer(self.checkpoint, self.run_id)
             workers = [
                 asyncio.create_task(self._work(session, rows, committer), name=f"worker-{i}")
-                for i in range(config.concurrency)
+                for i in range(self.concurrency)
             ]
             try:
                 await asyncio.gather(*workers)
@@ -159,74 +206,109 @@ class Runner:
     async def _work(
         self, session: aiohttp.ClientSession, rows: Iterator[PendingRow], committer: Committer
     ) -> None:
-        while not self._stopping:
+        while not self.stop.sending_stopped:
             row = next(rows, None)
             if row is None:
                 return
+            attempts: list[Attempt] = []
+            self.counters.in_flight += 1
             try:
-                result = await self._send(session, row)
-            except _Stopped:
+                result = await self._send(session, row[1], attempts)
+            except Stopped:
                 return
-            await committer.save(result)
+            finally:
+                self.counters.in_flight -= 1
+            await committer.save(result, attempts)
             self._count(result)
 
-    async def _send(self, session: aiohttp.ClientSession, row: PendingRow) -> Result:
-        _pos, row_id, prompt = row
-        config, counters = self.config, self.counters
-        attempts = 0
-        latency = None
+    async def _send(
+        self, session: aiohttp.ClientSession, prompt: Prompt, attempts: list[Attempt]
+    ) -> Result:
+        counters, gate, provider = self.counters, self.gate, self.provider
+        latency: float | None = None
 
         def on_retry(exc: BaseException, delay: float) -> None:
             counters.retries += 1
-            retry_after = getattr(exc, "retry_after", None)
-            if retry_after is not None:
-                self.gate.pause.hold(min(retry_after, config.retry_after_cap))
-            log.info(
-                "retry %s after attempt %d: %s; next in %.1fs",
-                row_id,
-                attempts,
-                describe(exc),
-                delay,
-            )
-
-        async def attempt() -> str:
-            nonlocal attempts, latency
-            await self.gate.enter()
-            if self._stopping:
-                raise _Stopped  # after a signal nothing more is sent; the row stays to do
-            attempts += 1
-            counters.requests += 1
-            started = self._clock()
-            try:
-                return await ask(
-                    session,
-                    prompt,
-                    base_url=config.base_url,
-                    timeout=config.timeout,
-                    proxy=self._proxy,
-                    headers=self._headers,
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "retry %s after attempt %d: %s; next in %.1fs",
+                    prompt.id,
+                    len(attempts),
+                    describe(exc),
+                    delay,
                 )
+
+        async def attempt() -> Answer:
+            nonlocal latency
+            await gate.enter()
+            if self.stop.sending_stopped:
+                raise Stopped  # after a stop nothing more is sent; the row stays to do
+            counters.requests += 1
+            started, wall = self._clock(), time.time()
+            error: ProviderError | None = None
+            try:
+                return await provider.ask(session, prompt)
+            except ProviderError as exc:
+                error = exc
+                if exc.status is not None and exc.status in provider.fatal_statuses:
+                    self.fatal = exc
+                    self.stop.stop_sending("fatal")
+                raise
             finally:
                 latency = (self._clock() - started) * 1000.0
+                kind = outcome_of(error)
+                gate.finished(started, kind, error)
+                attempts.append(
+                    Attempt(
+                        prompt.id,
+                        wall,
+                        latency,
+                        kind,
+                        error.status if error is not None else None,
+                        describe(error) if error is not None else None,
+                    )
+                )
 
-        digest = prompt_digest(prompt)
+        digest = prompt_digest(prompt.text)
         try:
-            text = await self._policy.call(attempt, on_retry, sleep=self._sleep)
+            answer = await self.policy.call(attempt, on_retry, sleep=self._sleep)
         except MisuseDetected as exc:
             return Result(
-                row_id, digest, "misuse", None, exc.text, attempts, latency, DEFAULT_MODEL
+                prompt.id,
+                digest,
+                Outcome.MISUSE.value,
+                None,
+                exc.text,
+                len(attempts),
+                latency,
+                provider.model,
             )
         except ProviderError as exc:
-            plural = "attempt" if attempts == 1 else "attempts"
-            error = f"{describe(exc)} after {attempts} {plural}"
-            return Result(row_id, digest, "error", None, error, attempts, latency, DEFAULT_MODEL)
-        return Result(row_id, digest, "stop", text, None, attempts, latency, DEFAULT_MODEL)
+            n = len(attempts)
+            error = f"{describe(exc)} after {n} {'attempt' if n == 1 else 'attempts'}"
+            return Result(
+                prompt.id, digest, Outcome.ERROR.value, None, error, n, latency, provider.model
+            )
+        return Result(
+            prompt.id,
+            digest,
+            answer.finish_reason,
+            answer.text,
+            None,
+            len(attempts),
+            latency,
+            answer.model,
+            answer.prompt_tokens,
+            answer.completion_tokens,
+            answer.response_id,
+            answer.request_id,
+        )
 
     def _count(self, result: Result) -> None:
         counters = self.counters
-        if result.finish_reason == "stop":
+        if is_answered(result.finish_reason):
             counters.answered += 1
-        elif result.finish_reason == "misuse":
+        elif result.finish_reason == Outcome.MISUSE:
             counters.misuse += 1
         else:
             counters.failed += 1

@@ -9,11 +9,9 @@ before sending anything, write nothing, exit 2 and name, for up to 10 bad rows, 
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
-import sqlite3
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,13 +26,14 @@ from conftest import read_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchpizza import reader
-from batchpizza.checkpoint import Checkpoint
+from batchpizza.checkpoint import Checkpoint, ScanIndex
 from batchpizza.cli import cli
 from batchpizza.config import RunConfig
 from batchpizza.errors import InputError
 from batchpizza.mock_server import ThreadedMockServer, mock_answer
-from batchpizza.plan import Plan
+from batchpizza.rows import Fields
+from batchpizza.sources import describe, open_source
+from batchpizza.sources import jsonl as jsonl_source
 
 RESULT_COLUMNS = ("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model")
 GOOD = b'{"prompt": "good first"}'
@@ -267,7 +266,7 @@ def test_id_field_clashing_with_output_id_column(
 def test_line_longer_than_limit_is_a_bad_row(
     mock_api: ThreadedMockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(reader, "MAX_LINE_BYTES", 64)
+    monkeypatch.setattr(jsonl_source, "MAX_LINE_BYTES", 64)
     src = tmp_path / "prompts.jsonl"
     src.write_bytes(
         lines(j({"prompt": "short"}), j({"prompt": "y" * 500}), j({"prompt": "also short"}))
@@ -285,7 +284,7 @@ def test_line_longer_than_limit_is_a_bad_row(
 def test_long_line_does_not_shift_later_line_numbers(
     mock_api: ThreadedMockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(reader, "MAX_LINE_BYTES", 64)
+    monkeypatch.setattr(jsonl_source, "MAX_LINE_BYTES", 64)
     src = tmp_path / "prompts.jsonl"
     src.write_bytes(lines(j({"prompt": "y" * 1000}), j({"prompt": "ok"}), j({"prompt": ""})))
     out = tmp_path / "out.jsonl"
@@ -904,51 +903,64 @@ class Scanned:
     prompts: list[tuple[int, str, str]]  # (pos, id, prompt) of every good row
 
 
-def empty_checkpoint(folder: Path) -> Path:
-    path = folder / "empty.checkpoint"
-    if not path.exists():
-        Checkpoint.open(path).close()
-        # Out of WAL mode: attaching it thousands of times is then four times cheaper.
-        with contextlib.closing(sqlite3.connect(path)) as conn:
-            conn.execute("PRAGMA journal_mode = DELETE")
-    return path
-
-
 def scan_file(path: Path, folder: Path) -> Scanned | None:
     """What the validation pass makes of a file; None when the file is refused with an
     InputError. Any other exception fails the test."""
     config = RunConfig(input=str(path), output=str(folder / "out.jsonl"))
     try:
-        source = reader.open_source(config)
+        source = open_source(config.input, Fields.from_config(config))
         try:
-            plan = Plan(source)
+            scan = ScanIndex()
             try:
-                plan.scan()
-                if plan.bad:
-                    error = plan.input_error()
+                scan.scan(source.scan(), source.unit, source.names)
+                if scan.bad:
+                    error = InputError(
+                        f"{scan.bad} bad row(s) in the input:",
+                        describe(source, scan.first_bad),
+                        scan.bad,
+                    )
                     assert isinstance(error, InputError)
-                    assert error.total_bad == plan.bad
-                    assert str(plan.bad) in error.message
+                    assert error.total_bad == scan.bad
+                    assert str(scan.bad) in error.message
                 # What a run would send with an empty checkpoint: every good row, interpreted.
-                plan.attach(empty_checkpoint(folder))
-                todo = plan.plan_sends()
-                positions = list(plan.todo_positions())
-                assert todo == len(positions) == plan.total - plan.bad
-                prompts = list(source.prompts(positions))
+                planning = Checkpoint.planning(folder / "none.checkpoint", scan)
+                try:
+                    todo = sum(planning.plan().values())
+                    positions = list(planning.todo_positions())
+                finally:
+                    planning.close()
+                assert todo == len(positions) == scan.total - scan.bad
+                prompts = [(pos, p.id, p.text) for pos, p in source.prompts(positions)]
                 assert [p[0] for p in prompts] == positions
-                return Scanned(plan.total, plan.bad, list(plan.first_bad), prompts)
+                return Scanned(scan.total, scan.bad, list(scan.first_bad), prompts)
             finally:
-                plan.close()
+                scan.close()
         finally:
             source.close()
     except InputError:
         return None
 
 
+def parses_as_json(line: bytes) -> bool:
+    try:
+        jsonl_source.load(line)
+    except ValueError:
+        return False
+    return True
+
+
 def check_rows(scanned: Scanned | None, content: bytes) -> None:
+    if content.startswith((b"\xff\xfe", b"\xfe\xff")):  # a UTF-16 file: refused, said plainly
+        assert scanned is None
+        return
     assert scanned is not None, "a readable .jsonl file is never refused as a whole"
     total, bad = scanned.total, scanned.bad
-    assert total == nonblank_lines(content)
+    expected = nonblank_lines(content)
+    body = content[3:] if content.startswith(b"\xef\xbb\xbf") else content
+    last = body.split(b"\n")[-1]
+    if last.strip() and not parses_as_json(last):
+        expected -= 1  # a torn last line (no newline, not JSON) waits for the next run
+    assert total == expected
     assert 0 <= bad <= total
     assert len(scanned.first_bad) == min(bad, InputError.shown)
     physical = content.count(b"\n") + 1

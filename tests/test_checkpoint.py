@@ -8,7 +8,6 @@ RunLock against the kernel's flock (a second lock in this process, and one in an
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import sqlite3
@@ -23,10 +22,11 @@ from click.testing import CliRunner
 from conftest import FAST, write_jsonl
 
 import batchpizza
-from batchpizza.checkpoint import Checkpoint, Result, RunLock
+from batchpizza.checkpoint import Checkpoint, RunLock, is_locked
 from batchpizza.cli import cli
 from batchpizza.errors import CheckpointMissing, LockedError, OutputError
 from batchpizza.mock_server import ThreadedMockServer, mock_answer
+from batchpizza.records import Result
 
 DIGEST = b"\x01" * 16
 
@@ -174,7 +174,7 @@ def test_meta_round_trips_values_as_text_and_none(store: Checkpoint) -> None:
     assert meta["rows"] == "4"
     assert meta["invalid"] == "0"
     assert meta["note"] is None
-    assert meta["schema"] == "1"
+    assert meta["schema"] == "2"
 
 
 def test_open_without_create_raises_checkpoint_missing_and_creates_nothing(
@@ -242,9 +242,9 @@ def test_a_second_lock_on_the_same_checkpoint_raises_locked_error(ck_path: Path)
             lock_for(ck_path).acquire()
     finally:
         first.release()
-    assert caught.value.exit_code == 2
+    assert caught.value.exit_code == 75  # EX_TEMPFAIL: cron can tell it from bad input
     assert "another batchpizza run" in caught.value.message
-    assert "lock" in caught.value.message
+    assert "try again later" in caught.value.message
 
 
 def test_the_lock_can_be_taken_again_after_release(ck_path: Path) -> None:
@@ -254,8 +254,9 @@ def test_the_lock_can_be_taken_again_after_release(ck_path: Path) -> None:
 
     with lock_for(ck_path), pytest.raises(LockedError):
         lock_for(ck_path).acquire()
-    with lock_for(ck_path) as again:
-        assert again.path.exists()
+    with lock_for(ck_path):
+        assert is_locked(ck_path)
+    assert not is_locked(ck_path)
 
 
 def test_the_lock_is_released_when_the_block_raises(ck_path: Path) -> None:
@@ -266,18 +267,21 @@ def test_the_lock_is_released_when_the_block_raises(ck_path: Path) -> None:
         pass
 
 
-def test_the_lock_file_sits_beside_the_checkpoint_and_names_its_holder(ck_path: Path) -> None:
-    with lock_for(ck_path) as lock:
-        assert lock.path == ck_path.with_name(ck_path.name + ".lock")
-        assert lock.path.read_text().strip() == str(os.getpid())
+def test_a_lock_leaves_no_file_beside_the_output_or_the_checkpoint(ck_path: Path) -> None:
+    before = sorted(ck_path.parent.iterdir())
+    with lock_for(ck_path):
+        assert sorted(ck_path.parent.iterdir()) == before
+    assert sorted(ck_path.parent.iterdir()) == before
 
 
-def test_a_leftover_lock_file_does_not_block(ck_path: Path) -> None:
-    # What a run killed with SIGKILL leaves behind: the file, with a pid that is long gone.
+def test_a_lock_file_of_the_old_kind_left_beside_the_checkpoint_does_not_block(
+    ck_path: Path,
+) -> None:
+    # What a run of an earlier version killed with SIGKILL left behind: a file naming a dead pid.
     ck_path.with_name(ck_path.name + ".lock").write_text("999999999\n")
 
-    with lock_for(ck_path) as lock:
-        assert lock.path.read_text().strip() == str(os.getpid())
+    with lock_for(ck_path):
+        assert is_locked(ck_path)
 
 
 def test_a_lock_held_here_blocks_another_process(ck_path: Path) -> None:

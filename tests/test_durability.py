@@ -25,13 +25,14 @@ from click.testing import CliRunner
 from conftest import FAST, read_jsonl, write_jsonl
 
 import batchpizza
-from batchpizza.checkpoint import Checkpoint, RunLock
+from batchpizza.checkpoint import Checkpoint, RunLock, is_locked
 from batchpizza.cli import cli
 from batchpizza.config import RunConfig
 from batchpizza.errors import Interrupted
 from batchpizza.job import Job
 from batchpizza.mock_server import MockConfig, ThreadedMockServer, mock_answer
-from batchpizza.reader import Source
+from batchpizza.sources.jsonl import JsonlSource
+from batchpizza.sources.jsonl import JsonlSource as Source
 
 RESULT_COLUMNS = ("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model")
 
@@ -295,8 +296,10 @@ def test_rerun_sends_only_added_and_edited_rows_and_drops_removed_ones(
     assert (second["rows"], second["answered"]) == (590, 590)
     info = status_json(out)
     assert (info["rows"], info["answered"], info["pending"]) == (590, 590, 0)
-    # Rows that left the input left the checkpoint too.
-    assert set(committed(Path(f"{out}.checkpoint"))) == {r["id"] for r in current}
+    # Rows that left the input left the output, but their paid answers stay in the checkpoint.
+    assert set(committed(Path(f"{out}.checkpoint"))) == {r["id"] for r in current} | {
+        r["id"] for r in rows
+    }
 
 
 def test_rerun_does_not_resend_rows_whose_id_and_formatted_prompt_are_unchanged(
@@ -509,14 +512,14 @@ def test_sigterm_while_reading_standard_input_exits_143_promptly(
     tmp_path: Path, mock_api: ThreadedMockServer, spawn: Spawn
 ) -> None:
     out = tmp_path / "out.jsonl"
-    lock = tmp_path / "out.jsonl.checkpoint.lock"
     proc = spawn(run_args("-", out, mock_api.base_url), stdin=subprocess.PIPE)
     assert proc.popen.stdin is not None
     proc.popen.stdin.write(b'{"id": "a", "prompt": "from a pipe"}\n')
     proc.popen.stdin.flush()
-    # The lock is taken before the input is read: once it names the run, it is reading stdin,
+    # The lock is taken before the input is read: once it is held, the run is reading stdin,
     # whose writer (this test) has not closed it, as `slow-producer | batchpizza run - ...`.
-    assert wait_until(lambda: lock.exists() and lock.read_text().strip() == str(proc.popen.pid), 20)
+    ck = Path(f"{out}.checkpoint")
+    assert wait_until(lambda: is_locked(ck), 20)
 
     proc.signal(signal.SIGTERM)
     try:
@@ -583,7 +586,7 @@ def test_a_second_run_on_the_same_output_refuses_at_once_before_reading_its_inpu
 
     assert first.popen.poll() is None, "the first run ended early; the test proves nothing"
     for refused in (second, third):
-        assert refused.returncode == 2, refused.stderr
+        assert refused.returncode == 75, refused.stderr  # EX_TEMPFAIL: try again later
         message = refused.stderr.lower()
         assert "lock" in message or "another" in message, refused.stderr
         assert "traceback" not in message
@@ -603,13 +606,14 @@ def test_a_lock_left_by_a_killed_run_never_blocks_the_next(
     rows = prompt_rows(100, "stale")
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
-    lock = tmp_path / "out.jsonl.checkpoint.lock"
+    ck = Path(f"{out}.checkpoint")
     mock_api.config = MockConfig(latency_ms=300)
     proc = spawn(run_args(inp, out, mock_api.base_url, "--concurrency", "4", "-q"))
     assert wait_until(lambda: mock_api.stats.requests >= 4, 20), proc.stderr
+    assert is_locked(ck)
     proc.signal(signal.SIGKILL)
     assert proc.wait(10) == -signal.SIGKILL
-    assert lock.read_text().strip() == str(proc.popen.pid)  # left behind, naming a dead run
+    assert not is_locked(ck)  # the kernel freed the lock with the process
 
     mock_api.config = MockConfig()
     summary = batchpizza.run(inp, out, base_url=mock_api.base_url, **FAST)
@@ -623,7 +627,8 @@ def test_a_lock_left_by_a_killed_run_never_blocks_the_next(
 WRITER = """
 import sys
 from pathlib import Path
-from batchpizza.checkpoint import Checkpoint, Result
+from batchpizza.checkpoint import Checkpoint
+from batchpizza.records import Result
 
 store = Checkpoint.open(Path(sys.argv[1]))
 group, size = int(sys.argv[2]), int(sys.argv[3])
@@ -720,33 +725,34 @@ def test_a_checkpoint_with_a_corrupt_page_is_a_clear_error(
     assert mock_api.stats.requests == requests
 
 
-def test_a_torn_scan_cache_is_rebuilt_and_the_job_resumes(
+def test_the_scan_lives_in_the_checkpoint_and_a_rerun_of_unchanged_input_reuses_it(
     tmp_path: Path, mock_api: ThreadedMockServer
 ) -> None:
-    # The scan kept beside the checkpoint is written on every run (the rows to send) with no
-    # journal, so a kill -9 at the wrong moment tears it: with 1M rows, a kill while a rerun is
-    # planning left "database disk image is malformed" on every later run. Torn here by hand.
-    rows = [{"id": f"row-{i:05d}-{'y' * 60}", "prompt": f"cache question {i}"} for i in range(1500)]
+    # At rest there is the output and the checkpoint, nothing else: the validated scan that
+    # lets a resume skip revalidation is a table of the checkpoint, written in its transactions
+    # (so a kill -9 cannot tear it, as it could tear the separate cache file of old).
+    rows = [{"id": f"row-{i:05d}", "prompt": f"cache question {i}"} for i in range(1500)]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
     options = {"base_url": mock_api.base_url, "concurrency": 16, **FAST}
     batchpizza.run(inp, out, **options)
     written = out.read_bytes()
-    sides = [
-        p
-        for p in tmp_path.glob("out.jsonl.checkpoint?*")
-        if p.name != "out.jsonl.checkpoint.lock" and p.read_bytes()[:16] == b"SQLite format 3\x00"
-    ]
-    assert sides, "no scan kept beside the checkpoint"
-    for side in sides:
-        data = bytearray(side.read_bytes())
-        middle = len(data) // 4096 // 2 * 4096
-        data[middle : middle + 4096] = random.Random(17).randbytes(4096)
-        side.write_bytes(bytes(data))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["in.jsonl", "out.jsonl", "out.jsonl.checkpoint"]
     requests = mock_api.stats.requests
 
-    summary = batchpizza.run(inp, out, **options)
+    scans: list[object] = []
+    real_scan = JsonlSource.scan
 
+    def counting_scan(self: JsonlSource) -> Iterator[Any]:
+        scans.append(self)
+        return real_scan(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(JsonlSource, "scan", counting_scan)
+        summary = batchpizza.run(inp, out, **options)
+
+    assert scans == []
     assert summary["exit_code"] == 0
     assert mock_api.stats.requests == requests
     assert out.read_bytes() == written

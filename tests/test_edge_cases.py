@@ -93,10 +93,10 @@ def test_rows_appended_during_a_run_wait_for_the_next_run(
     )
     real_write = batchpizza.job.write_output
 
-    def append_then_write(*args: Any) -> None:
+    def append_then_write(*args: Any, **kwargs: Any) -> None:
         with source.open("a") as handle:
             handle.write(json.dumps({"id": "late", "prompt": "late row"}) + "\n")
-        real_write(*args)
+        real_write(*args, **kwargs)
 
     monkeypatch.setattr(batchpizza.job, "write_output", append_then_write)
     out = tmp_path / "out.jsonl"
@@ -117,10 +117,10 @@ def test_a_prompt_edited_in_place_during_a_run_is_never_paired_with_the_old_answ
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     real_write = batchpizza.job.write_output
 
-    def edit_then_write(*args: Any) -> None:
+    def edit_then_write(*args: Any, **kwargs: Any) -> None:
         rows[2]["prompt"] = "Q2"  # same length, same row count
         write_jsonl(source, rows)
-        real_write(*args)
+        real_write(*args, **kwargs)
 
     monkeypatch.setattr(batchpizza.job, "write_output", edit_then_write)
     out = tmp_path / "out.jsonl"

@@ -17,8 +17,8 @@ from conftest import SAMPLES, write_jsonl
 from batchpizza import jsoncodec
 from batchpizza.config import RunConfig
 from batchpizza.errors import InputError
-from batchpizza.reader import Source, open_source, spool_stdin
-from batchpizza.rows import Fields, _Bad, interpret, prompt_digest
+from batchpizza.rows import Fields, RowProblem, interpret, prompt_digest
+from batchpizza.sources import Source, open_source, spool_stdin
 
 DEFAULT_FIELDS = Fields("prompt", "messages", "id", False, False, False)
 
@@ -28,10 +28,14 @@ def source_for(
 ) -> Source:
     config = RunConfig.from_options(str(path), str(tmp_path / "out.jsonl"), **options)
     if stdin is None:
-        return open_source(config)
+        return open_source(config.input, Fields.from_config(config))
     copy = tmp_path / ".stdin-copy.jsonl"
     spool_stdin(io.BytesIO(stdin).read, copy, threading.Event())
-    return open_source(config, copy)
+    return open_source(config.input, Fields.from_config(config), copy)
+
+
+def prompts(source: Source, wanted: Any) -> list[tuple[int, str, str]]:
+    return [(pos, p.id, p.text) for pos, p in source.prompts(wanted)]
 
 
 def scanned(source: Source) -> tuple[dict[int, tuple[str, int, int, bytes]], dict[int, Any]]:
@@ -61,8 +65,8 @@ def test_bom_crlf_and_a_last_line_without_newline_are_read(tmp_path: Path) -> No
     good, bad = scanned(source)
     assert bad == {}
     assert [(g[0], g[2]) for g in good.values()] == [("a", 1), ("b", 2), ("c", 3)]
-    assert list(source.prompts([0, 1, 2])) == [(0, "a", "x"), (1, "b", "y"), (2, "c", "z")]
-    carried = [obj for batch in source.carried() for obj in batch]
+    assert prompts(source, [0, 1, 2]) == [(0, "a", "x"), (1, "b", "y"), (2, "c", "z")]
+    carried = [obj for batch in source.carried() for obj in batch.rows()]
     assert carried == [
         {"id": "a", "prompt": "x"},
         {"id": "b", "prompt": "y"},
@@ -88,7 +92,7 @@ def test_blank_lines_are_skipped_and_line_numbers_stay_physical(tmp_path: Path) 
     assert bad[1].at == 5
     assert "JSON" in bad[1].problem
     # The other passes count the same rows.
-    assert list(source.prompts([0, 2])) == [(0, "0", "a"), (2, "2", "b")]
+    assert prompts(source, [0, 2]) == [(0, "0", "a"), (2, "2", "b")]
     assert sum(len(batch) for batch in source.carried()) == 3
 
 
@@ -99,7 +103,7 @@ def test_line_separators_inside_strings_do_not_split_a_row(tmp_path: Path) -> No
     source = source_for(path, tmp_path)
     good, bad = scanned(source)
     assert (list(good), bad) == ([0], {})
-    assert list(source.prompts([0])) == [(0, "s", text)]
+    assert prompts(source, [0]) == [(0, "s", text)]
 
 
 def test_bad_rows_say_what_is_wrong_and_where(tmp_path: Path) -> None:
@@ -143,7 +147,7 @@ def test_scan_records_the_json_types_of_carried_fields(tmp_path: Path) -> None:
     )
     source = source_for(path, tmp_path)
     scanned(source)
-    types = source.field_types
+    types = source.columns().kinds
     assert "id" not in types
     assert types["prompt"] == {"str"}
     assert types["n"] == {"int"}
@@ -177,16 +181,16 @@ def test_prompts_parses_only_the_wanted_positions(
         return real_loads(data)
 
     monkeypatch.setattr(jsoncodec, "loads", counting_loads)
-    assert list(source.prompts([1, 4, 7])) == [(1, "r1", "p1"), (4, "r4", "p4"), (7, "r7", "p7")]
+    assert prompts(source, [1, 4, 7]) == [(1, "r1", "p1"), (4, "r4", "p4"), (7, "r7", "p7")]
     assert len(parsed) == 3
     parsed.clear()
-    assert list(source.prompts([])) == []
+    assert prompts(source, []) == []
     assert parsed == []
 
 
 def test_prompts_of_a_parquet_file_formats_messages(tmp_path: Path) -> None:
     source = source_for(SAMPLES / "prompts.parquet", tmp_path)
-    rows = list(source.prompts([2, 5]))
+    rows = prompts(source, [2, 5])
     assert rows == [
         (
             2,
@@ -203,7 +207,7 @@ def test_prompts_of_a_parquet_file_formats_messages(tmp_path: Path) -> None:
 
 def test_carried_yields_every_input_row_in_order(tmp_path: Path) -> None:
     jsonl = source_for(SAMPLES / "prompts.jsonl", tmp_path)
-    objects = [obj for batch in jsonl.carried() for obj in batch]
+    objects = [obj for batch in jsonl.carried() for obj in batch.rows()]
     assert [o["id"] for o in objects] == [
         "capital-it",
         "pizza-origin",
@@ -214,7 +218,7 @@ def test_carried_yields_every_input_row_in_order(tmp_path: Path) -> None:
     ]
     assert all(isinstance(o, Mapping) for o in objects)
     parquet = source_for(SAMPLES / "prompts.parquet", tmp_path)
-    batches = list(parquet.carried())
+    batches = [carried.batch for carried in parquet.carried()]  # type: ignore[attr-defined]
     assert all(isinstance(b, pa.RecordBatch) for b in batches)
     table = pa.Table.from_batches(batches)
     assert table.column("topic").to_pylist() == [o["topic"] for o in objects]
@@ -243,8 +247,8 @@ def test_the_extension_decides_the_kind_whatever_its_case(
     else:
         path.write_text('{"prompt": "x"}\n')
     source = source_for(path, tmp_path)
-    assert source.kind == kind
-    assert list(source.prompts([0])) == [(0, "0", "x")]
+    assert source.unit == {"jsonl": "line", "parquet": "row"}[kind]
+    assert prompts(source, [0]) == [(0, "0", "x")]
 
 
 @pytest.mark.parametrize("name", ["a.csv", "a.json", "a.txt", "a.gz"])
@@ -274,7 +278,7 @@ def test_a_directory_is_its_parquet_files_recursively_in_sorted_path_order(tmp_p
         pq.write_table(pa.table({"prompt": [name, name + "!"]}), folder / name)
     (folder / "readme.jsonl").write_text('{"prompt": "not read"}\n')
     source = source_for(folder, tmp_path)
-    assert source.kind == "parquet"
+    assert source.unit == "row"
     relative = [p.relative_to(folder).as_posix() for p in source.paths]
     assert relative == ["a.parquet", "b/deep/x.parquet", "b/y.parquet", "c.parquet"]
     good, bad = scanned(source)
@@ -290,7 +294,7 @@ def test_a_directory_is_its_parquet_files_recursively_in_sorted_path_order(tmp_p
         (6, "6", 3, 0),
         (7, "7", 3, 1),
     ]
-    assert [p for _, _, p in source.prompts(range(8))][2:4] == [
+    assert [p for _, _, p in prompts(source, range(8))][2:4] == [
         "b/deep/x.parquet",
         "b/deep/x.parquet!",
     ]
@@ -307,17 +311,15 @@ def test_a_directory_without_parquet_files_is_an_input_error(tmp_path: Path) -> 
 def test_a_parquet_file_without_the_prompt_column_is_an_input_error(tmp_path: Path) -> None:
     path = tmp_path / "in.parquet"
     pq.write_table(pa.table({"text": ["x"]}), path)
-    source = source_for(path, tmp_path)
     with pytest.raises(InputError, match="no 'prompt' column"):
-        scanned(source)
+        source_for(path, tmp_path)  # found when the file is opened, before any row is read
 
 
 def test_a_parquet_column_named_like_a_result_is_an_input_error(tmp_path: Path) -> None:
     path = tmp_path / "in.parquet"
     pq.write_table(pa.table({"prompt": ["x"], "answer": ["y"]}), path)
-    source = source_for(path, tmp_path)
     with pytest.raises(InputError, match="'answer'"):
-        scanned(source)
+        source_for(path, tmp_path)  # found when the file is opened, before any row is read
 
 
 def test_parquet_null_prompt_with_messages_is_a_messages_row(tmp_path: Path) -> None:
@@ -336,16 +338,16 @@ def test_parquet_null_prompt_with_messages_is_a_messages_row(tmp_path: Path) -> 
 def test_stdin_is_spooled_beside_the_checkpoint_and_removed_on_close(tmp_path: Path) -> None:
     data = b'{"id": "s1", "prompt": "from stdin"}\n\n{"prompt": "second"}\n'
     source = source_for("-", tmp_path, stdin=data)
-    assert source.kind == "jsonl"
+    assert source.unit == "line"
     assert source.names == ["<stdin>"]
-    assert source.spooled is not None and source.spooled.parent == tmp_path
+    assert source.spooled and source.paths[0].parent == tmp_path
     good, bad = scanned(source)
     assert bad == {}
     assert [(g[0], g[2]) for g in good.values()] == [("s1", 1), ("1", 3)]
     # Standard input is read once, so the later passes read the spooled copy.
-    assert list(source.prompts([0, 1])) == [(0, "s1", "from stdin"), (1, "1", "second")]
+    assert prompts(source, [0, 1]) == [(0, "s1", "from stdin"), (1, "1", "second")]
     source.close()
-    assert not source.spooled.exists()
+    assert not source.paths[0].exists()
 
 
 # -- interpret: one row's id and prompt ------------------------------------------------------------
@@ -357,20 +359,20 @@ def test_stdin_is_spooled_beside_the_checkpoint_and_removed_on_close(tmp_path: P
 )
 def test_an_id_is_a_string_an_integer_or_the_position(raw: object, expected: str) -> None:
     obj = {"prompt": "x"} if raw is None else {"id": raw, "prompt": "x"}
-    assert interpret(obj, DEFAULT_FIELDS, 3) == (expected, "x")
+    assert interpret(obj, DEFAULT_FIELDS, 3)[:2] == (expected, "x")
 
 
 @pytest.mark.parametrize("raw", ["", True, False, 1.5, [1], {"a": 1}])
 def test_any_other_id_is_a_bad_row(raw: object) -> None:
-    with pytest.raises(_Bad) as info:
+    with pytest.raises(RowProblem) as info:
         interpret({"id": raw, "prompt": "x"}, DEFAULT_FIELDS, 0)
     assert info.value.field == "id"
 
 
 def test_a_named_id_field_is_used_and_id_then_collides() -> None:
     fields = Fields("prompt", "messages", "key", False, False, True)
-    assert interpret({"key": "k", "prompt": "x", "other": 1}, fields, 0) == ("k", "x")
-    with pytest.raises(_Bad) as info:
+    assert interpret({"key": "k", "prompt": "x", "other": 1}, fields, 0)[:2] == ("k", "x")
+    with pytest.raises(RowProblem) as info:
         interpret({"key": "k", "id": "i", "prompt": "x"}, fields, 0)
     assert info.value.field == "id"
     assert info.value.id == "k"
@@ -380,7 +382,7 @@ def test_a_named_id_field_is_used_and_id_then_collides() -> None:
     "name", ["answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"]
 )
 def test_a_field_named_like_a_result_column_is_a_bad_row(name: str) -> None:
-    with pytest.raises(_Bad) as info:
+    with pytest.raises(RowProblem) as info:
         interpret({"id": "a", "prompt": "x", name: 1}, DEFAULT_FIELDS, 0)
     assert info.value.field == name
     assert info.value.id == "a"
@@ -388,14 +390,14 @@ def test_a_field_named_like_a_result_column_is_a_bad_row(name: str) -> None:
 
 def test_both_prompt_and_messages_is_ambiguous_unless_one_is_named() -> None:
     obj = {"id": "a", "prompt": "plain", "messages": [{"role": "user", "content": "chat"}]}
-    with pytest.raises(_Bad) as info:
+    with pytest.raises(RowProblem) as info:
         interpret(obj, DEFAULT_FIELDS, 0)
     assert "both" in info.value.problem
     assert info.value.id == "a"
     named_prompt = Fields("prompt", "messages", "id", True, False, False)
-    assert interpret(obj, named_prompt, 0) == ("a", "plain")
+    assert interpret(obj, named_prompt, 0)[:2] == ("a", "plain")
     named_messages = Fields("prompt", "messages", "id", False, True, False)
-    assert interpret(obj, named_messages, 0) == ("a", "chat")
+    assert interpret(obj, named_messages, 0)[:2] == ("a", "chat")
 
 
 def test_a_null_field_counts_as_absent() -> None:
@@ -447,7 +449,7 @@ def test_openai_content_parts_keep_their_text() -> None:
     ],
 )
 def test_malformed_messages_are_a_bad_row(messages: object) -> None:
-    with pytest.raises(_Bad) as info:
+    with pytest.raises(RowProblem) as info:
         interpret({"id": "m", "messages": messages}, DEFAULT_FIELDS, 0)
     assert info.value.field == "messages"
     assert info.value.id == "m"
@@ -467,7 +469,7 @@ def test_openai_batch_request_line_is_read_with_custom_id_and_its_messages() -> 
             "max_tokens": 1000,
         },
     }
-    assert interpret(line, DEFAULT_FIELDS, 0) == (
+    assert interpret(line, DEFAULT_FIELDS, 0)[:2] == (
         "request-1",
         "System: You are helpful.\nUser: Hello!\nAssistant:",
     )

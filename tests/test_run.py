@@ -42,6 +42,8 @@ SUMMARY_KEYS = {
     "misuse",
     "invalid",
     "pending",
+    "stopped",
+    "rate",
     "requests",
     "retries",
     "elapsed_s",

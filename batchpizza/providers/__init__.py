@@ -14,6 +14,7 @@ from batchpizza.records import Answer, Prompt
 
 class Provider(Protocol):
     name: str
+    model: str | None  # recorded for rows that failed, where no reply named one
     # Result columns this provider adds after the common ones (e.g. token counts).
     extra_columns: tuple[str, ...]
     # HTTP statuses after which no further request can succeed (a wrong key): the run stops.

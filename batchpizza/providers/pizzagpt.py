@@ -181,6 +181,7 @@ class PizzagptAPI:
     """The Provider the runner uses for Pizzagpt: the headers, URL and timeout made once per run."""
 
     name = "pizzagpt"
+    model: str | None = DEFAULT_MODEL
     extra_columns: tuple[str, ...] = ()
     fatal_statuses: frozenset[int] = frozenset()
     detects_refusals = True

@@ -1,0 +1,136 @@
+"""The validation scan's index: one small record per input row (position, id, prompt digest,
+what is wrong with it), written to a private temporary SQLite file so memory stays flat whatever
+the input's size. Duplicate ids are found by a set-based query, in C, not row by row in Python.
+
+The scan happens before the checkpoint may change (bad input changes nothing), so it is written
+aside; once the input is known good, `Checkpoint.adopt_scan` copies it into the checkpoint, where
+the next run reuses it while the input files are unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from batchpizza.errors import Interrupted, OutputError
+from batchpizza.rows import BadRecord, ScanBatch
+
+SHOWN = 10  # bad rows described in an error message; the rest are counted
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS {table} (pos INTEGER PRIMARY KEY, id TEXT, digest BLOB, "
+    "bad TEXT, file INTEGER, at INTEGER)"
+)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The scan makes millions of short-lived objects and no reference cycles: the cyclic
+    collector only costs time there (about a fifth of the pass, measured on 1M rows)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _reason(row: BadRecord) -> str:
+    return (f"field {row.field!r}: " if row.field else "") + row.problem
+
+
+class ScanIndex:
+    """The scanned rows of one input. `scan` fills it; `path` is the file `adopt_scan` copies."""
+
+    def __init__(self) -> None:
+        fd, name = tempfile.mkstemp(prefix="batchpizza-scan-", suffix=".db")
+        os.close(fd)
+        self.path = Path(name)
+        self.total = 0
+        self.bad = 0
+        self.first_bad: list[BadRecord] = []
+        # Used by one thread at a time: the scan runs in a worker thread.
+        self._db = sqlite3.connect(name, isolation_level=None, check_same_thread=False)
+        # Written once and then thrown away: no journal, no fsync.
+        self._db.execute("PRAGMA journal_mode = OFF")
+        self._db.execute("PRAGMA synchronous = OFF")
+        self._db.execute(SCHEMA.format(table="rows"))
+
+    def close(self) -> None:
+        self._db.close()
+        self.path.unlink(missing_ok=True)
+
+    def scan(
+        self,
+        batches: Iterable[ScanBatch],
+        unit: str,
+        names: list[str],
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Record every row of `batches`; `stop` ends it early (Interrupted)."""
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            with _gc_paused():
+                for good, bad in batches:
+                    if stop is not None and stop.is_set():
+                        db.execute("ROLLBACK")
+                        raise Interrupted("interrupted while reading the input", 0)
+                    db.executemany(
+                        "INSERT INTO rows (pos, id, digest, file, at) VALUES (?, ?, ?, ?, ?)", good
+                    )
+                    if bad:
+                        for row in bad:
+                            self._note_bad(row)
+                        db.executemany(
+                            "INSERT INTO rows VALUES (?, ?, NULL, ?, ?, ?)",
+                            [(r.pos, r.id, _reason(r), r.file, r.at) for r in bad],
+                        )
+                    self.total += len(good) + len(bad)
+            db.execute("COMMIT")
+            self._mark_duplicates(unit, names)
+        except sqlite3.Error as exc:  # the temporary folder is full, most likely
+            raise OutputError(
+                f"cannot keep the scan of the input in {self.path.parent}: {exc}"
+            ) from None
+
+    def _note_bad(self, row: BadRecord, *, in_order: bool = True) -> None:
+        self.bad += 1
+        if len(self.first_bad) < SHOWN or not in_order:
+            self.first_bad.append(row)
+
+    def _mark_duplicates(self, unit: str, names: list[str]) -> None:
+        db = self._db
+        dups = db.execute(
+            "SELECT r.pos, r.id, r.file, r.at, f.file, f.at FROM rows r JOIN "
+            "(SELECT id, min(pos) AS first FROM rows WHERE bad IS NULL GROUP BY id "
+            " HAVING count(*) > 1) d ON r.id = d.id JOIN rows f ON f.pos = d.first "
+            "WHERE r.pos > d.first AND r.bad IS NULL ORDER BY r.pos"
+        ).fetchall()
+        if not dups:
+            return
+        updates = []
+        for pos, row_id, file, at, first_file, first_at in dups:
+            first = f"{unit} {first_at}" + (
+                "" if first_file == file else f" of {names[first_file]}"
+            )
+            problem = f"duplicate id {row_id!r} (first on {first})"
+            # Found after the scan, so possibly before rows already listed: sorted in below.
+            self._note_bad(BadRecord(pos, file, at, row_id, problem, "id"), in_order=False)
+            updates.append((f"field 'id': {problem}", pos))
+        db.execute("BEGIN")
+        db.executemany("UPDATE rows SET bad = ?, digest = NULL WHERE pos = ?", updates)
+        db.execute("COMMIT")
+        self.first_bad.sort(key=lambda r: r.pos)
+        del self.first_bad[SHOWN:]
+
+    def positions(self) -> Iterator[int]:
+        """Every good row's position, in order (for a dry run, which has no checkpoint)."""
+        yield from (pos for (pos,) in self._db.execute("SELECT pos FROM rows WHERE bad IS NULL"))

@@ -1,0 +1,99 @@
+"""Files that appear whole or not at all, and the checks made before a run reads anything."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from batchpizza.errors import OutputError
+
+PARTIAL = ".partial"
+
+
+def partial_files(path: Path) -> list[Path]:
+    """What earlier writes of `path` that were killed left behind."""
+    folder = path.parent if str(path.parent) else Path()
+    return sorted(folder.glob(f".{path.name}.*{PARTIAL}"))
+
+
+def clear_partials(path: Path) -> None:
+    """Remove what killed writes of `path` left (call it holding the run's lock: a live writer
+    of the same path would otherwise lose its file)."""
+    for stale in partial_files(path):
+        stale.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """A file that replaces `path` only once it is complete and on disk."""
+    folder = path.parent if str(path.parent) else Path()
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=PARTIAL)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {folder}: {exc.strerror}") from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb", buffering=1024 * 1024) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _normal_mode(path))
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
+    with contextlib.suppress(OSError):  # some filesystems cannot fsync a folder
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    with atomic_file(path) as handle:
+        handle.write(data)
+
+
+def _normal_mode(path: Path) -> int:
+    """The mode an ordinary new file would get (mkstemp's is 0600), or the replaced file's."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Fail before sending anything rather than after the whole run."""
+    folder = folder if str(folder) else Path()
+    if not folder.is_dir():
+        raise OutputError(f"the {what} folder {folder} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write in the {what} folder {folder}: {exc.strerror}") from None
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Do `a` and `b` name one file (links and `..` resolved; a missing file by its path)?"""
+    try:
+        return a.samefile(b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True

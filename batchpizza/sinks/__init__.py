@@ -1,0 +1,103 @@
+"""Outputs: a `Sink` per format, fed the input's carried fields and the results in input order,
+written aside and renamed into place whole (files.atomic_file)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from batchpizza.checkpoint import Checkpoint
+from batchpizza.errors import InputChanged, Interrupted
+from batchpizza.files import atomic_file
+from batchpizza.records import OutputRow
+from batchpizza.rows import RowProblem, interpret, prompt_digest
+from batchpizza.sinks.jsonl import JsonlSink
+from batchpizza.sinks.parquet import ParquetSink
+from batchpizza.sources import Carried, Columns, Source
+
+_RERUN = "rerun the same command (answered rows are kept)"
+
+
+class Sink(Protocol):
+    def write(self, carried: Carried, rows: list[OutputRow]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+SINKS: dict[str, Any] = {"jsonl": JsonlSink, "parquet": ParquetSink}
+
+
+def open_sink(fmt: str, handle: IO[bytes], columns: Columns, results: tuple[str, ...]) -> Sink:
+    sink: Sink = SINKS[fmt](handle, columns, results)
+    return sink
+
+
+def write_output(
+    source: Source,
+    checkpoint: Checkpoint,
+    output: Path,
+    fmt: str,
+    *,
+    results: tuple[str, ...],
+    scan_key: str | None,
+    limit: int | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Write every row of the input, in order, with its result. Runs in a worker thread.
+
+    The input is read again for the carried fields. If its files changed since the scan, each
+    JSONL row is checked against the prompt that was sent (Parquet: any change is refused), so
+    that an answer is never written beside a prompt it does not answer."""
+    changed = scan_key is not None and source.input_key() != scan_key
+    if changed and source.unit == "row":
+        raise InputChanged(f"{source.names[0]}: the input changed during the run; {_RERUN}")
+    rows = itertools.chain.from_iterable(checkpoint.output_rows(limit))
+    total = checkpoint.tally(limit).rows
+    with atomic_file(output) as handle:
+        sink = open_sink(fmt, handle, source.columns(), results)
+        try:
+            written = 0
+            for carried in source.carried():
+                if written >= total:
+                    break
+                if stop is not None and stop.is_set():
+                    raise Interrupted("interrupted while writing the output", 0)
+                page = list(itertools.islice(rows, len(carried)))
+                if len(page) != len(carried):
+                    if limit is None or len(page) == 0:
+                        raise InputChanged(
+                            f"{source.names[0]}: the input changed during the run; {_RERUN}"
+                        )
+                    carried = carried.head(len(page))
+                if changed:
+                    _check_unchanged(source, carried.rows(), page, written)
+                sink.write(carried, page)
+                written += len(page)
+            if next(rows, None) is not None or written != total:
+                raise InputChanged(f"{source.names[0]}: the input changed during the run; {_RERUN}")
+            sink.close()
+        except BaseException:
+            abandon = getattr(sink, "abandon", None)
+            if abandon is not None:
+                abandon()
+            raise
+
+
+def _check_unchanged(
+    source: Source, objects: list[Mapping[str, Any]], rows: list[OutputRow], first: int
+) -> None:
+    for pos, (obj, row) in enumerate(zip(objects, rows, strict=True), start=first):
+        if row.digest is None:
+            continue
+        try:
+            prompt = interpret(obj, source.fields, pos)[1]
+        except RowProblem:
+            prompt = None
+        if prompt is None or prompt_digest(prompt) != row.digest:
+            raise InputChanged(
+                f"{source.names[0]}: row {pos} changed during the run (its prompt is not the one "
+                f"sent); {_RERUN}"
+            )

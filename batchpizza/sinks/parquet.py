@@ -1,0 +1,57 @@
+"""Parquet output: the carried columns with their types, then the result columns."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import IO, TYPE_CHECKING
+
+from batchpizza.records import OutputRow
+from batchpizza.sinks.values import result_fields
+from batchpizza.sources.base import Carried, Columns
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+
+class ParquetSink:
+    def __init__(self, handle: IO[bytes], columns: Columns, results: tuple[str, ...]) -> None:
+        import pyarrow as pa
+
+        self.handle = handle
+        self.columns = columns
+        self.results = results
+        fields = [pa.field("id", pa.string()), *columns.arrow_fields()]
+        extra = tuple(results[len(result_fields()) :])
+        self.schema = pa.schema([*fields, *result_fields(extra)], metadata=columns.metadata())
+        self.writer: pq.ParquetWriter | None = None
+
+    def write(self, carried: Carried, rows: list[OutputRow]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        arrays: list[pa.Array] = [pa.array([r.id for r in rows], pa.string())]
+        arrays += carried.arrays(self.columns)
+        for field in list(self.schema)[len(arrays) :]:
+            arrays.append(pa.array([getattr(r, field.name) for r in rows], field.type))
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.handle, self.schema, compression="zstd")
+        self.writer.write_batch(batch)
+
+    def close(self) -> None:
+        import pyarrow.parquet as pq
+
+        if self.writer is None:  # an empty input still gets every column
+            self.writer = pq.ParquetWriter(self.handle, self.schema, compression="zstd")
+        writer, self.writer = self.writer, None
+        writer.close()
+
+    def abandon(self) -> None:
+        """Drop the writer without finishing the file (it is deleted anyway), so that its
+        finaliser does not complain about a closed handle at exit."""
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            # The file is being thrown away; only the noise matters here.
+            with contextlib.suppress(Exception):
+                writer.close()

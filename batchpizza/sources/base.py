@@ -1,0 +1,115 @@
+"""What every input kind gives the run: the `Source` protocol, and the batch of carried fields
+that sinks write beside the results.
+
+A source is read up to three times, each pass streaming: `scan` (validate every row, before
+anything is sent), `prompts` (the rows still to send) and `carried` (the fields the output copies
+through). Every pass goes through `rows.interpret`, so all three agree on what a row is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from batchpizza.errors import BadRow, InputError
+from batchpizza.records import Prompt
+from batchpizza.rows import BadRecord, Fields, ScanBatch
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+BATCH_ROWS = 4096
+
+
+class Columns(Protocol):
+    """The carried columns of an input, as an output writes them."""
+
+    names: list[str]
+
+    def arrow_fields(self) -> list[pa.Field]:
+        """The carried columns' Arrow fields (JSON text where a field's shapes conflict)."""
+        ...
+
+    def metadata(self) -> dict[bytes, bytes] | None:
+        """Schema metadata to carry to a Parquet output (pandas', Hugging Face's)."""
+        ...
+
+
+class Carried(Protocol):
+    """One batch of input rows' carried fields, in input order."""
+
+    def __len__(self) -> int: ...
+
+    def rows(self) -> list[Mapping[str, Any]]:
+        """Each row as a mapping of carried field -> Python value (for JSONL output)."""
+        ...
+
+    def arrays(self, columns: Columns) -> list[pa.Array]:
+        """The carried columns as Arrow arrays of `columns.arrow_fields()` types."""
+        ...
+
+    def head(self, n: int) -> Carried:
+        """The first `n` rows (--limit ends the output inside a batch)."""
+        ...
+
+
+class Source(Protocol):
+    names: list[str]  # what messages call each file
+    fields: Fields
+    unit: str  # how a message places a row: "line" (JSONL, 1-based) or "row" (0-based)
+
+    def scan(self) -> Iterator[ScanBatch]: ...
+
+    def prompts(self, wanted: Iterable[int]) -> Iterator[tuple[int, Prompt]]:
+        """(pos, prompt) of the rows at the given ascending positions; the others are skipped
+        without being parsed."""
+        ...
+
+    def carried(self) -> Iterator[Carried]: ...
+
+    def columns(self) -> Columns: ...
+
+    def input_key(self) -> str | None:
+        """What identifies the input's exact bytes (None: cannot tell, never reuse a scan)."""
+        ...
+
+    def scan_state(self) -> dict[str, Any]:
+        """What the scan learned besides the rows, kept with it for the next run."""
+        ...
+
+    def restore(self, state: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def describe(source: Source, rows: Sequence[BadRecord]) -> tuple[BadRow, ...]:
+    """Bad rows as the user reads them: file, line (JSONL) or row (Parquet), field, problem."""
+    out = []
+    for row in rows:
+        name = source.names[row.file]
+        if source.unit == "line":
+            out.append(BadRow(name, row.problem, line=row.at, field=row.field))
+        else:
+            out.append(BadRow(name, row.problem, row=row.at, field=row.field))
+    return tuple(out)
+
+
+def with_arrow_errors(*errors: type[Exception]) -> tuple[type[Exception], ...]:
+    """`errors` and pyarrow's own, if pyarrow is loaded (if it is not, none can have happened)."""
+    arrow = sys.modules.get("pyarrow")
+    return (*errors, arrow.ArrowException) if arrow is not None else errors
+
+
+@contextlib.contextmanager
+def read_errors(name: str) -> Iterator[None]:
+    """A file that breaks while being read (truncated gzip, torn Parquet page, I/O error) is an
+    input error naming the file, not a traceback."""
+    try:
+        yield
+    except InputError:
+        raise
+    except with_arrow_errors(OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"{name}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None

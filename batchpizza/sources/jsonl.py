@@ -1,0 +1,377 @@
+"""JSONL input (.jsonl, .ndjson, either optionally .gz, or standard input spooled to a file)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from batchpizza import jsoncodec
+from batchpizza.errors import InputError
+from batchpizza.records import Prompt
+from batchpizza.rows import (
+    BadRecord,
+    Fields,
+    GoodRow,
+    RowProblem,
+    ScanBatch,
+    interpret,
+    json_type,
+    prompt_digest,
+    to_prompt,
+    with_article,
+)
+from batchpizza.sources.base import BATCH_ROWS, Columns, read_errors
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+log = logging.getLogger("batchpizza")
+
+MAX_LINE_BYTES = 16 * 1024 * 1024  # a longer "line" is a binary file or a missing newline
+_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+# Python type of a parsed JSON value -> the kind the output maps to an Arrow type.
+_KIND_OF: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str"}
+
+
+class JsonlColumns:
+    """The carried fields of a JSONL input and the kinds of value seen in each."""
+
+    def __init__(self, names: list[str], kinds: dict[str, set[str]]) -> None:
+        self.names = names
+        self.kinds = kinds
+        self._types: dict[str, pa.DataType | None] | None = None
+
+    def types(self) -> dict[str, pa.DataType | None]:
+        """Name -> Arrow type; None means JSON text (a list or object, or mixed kinds)."""
+        if self._types is None:
+            import pyarrow as pa
+
+            simple = {
+                "str": pa.string(),
+                "int": pa.int64(),
+                "float": pa.float64(),
+                "bool": pa.bool_(),
+            }
+            types: dict[str, pa.DataType | None] = {}
+            for name in self.names:
+                kinds = self.kinds.get(name, set())
+                if kinds == {"int", "float"}:
+                    types[name] = pa.float64()
+                elif len(kinds) == 1 and next(iter(kinds)) in simple:
+                    types[name] = simple[next(iter(kinds))]
+                else:
+                    types[name] = None
+                    if len(kinds) > 1:
+                        log.warning(
+                            "field %r holds %s across rows; written to Parquet as JSON text",
+                            name,
+                            " and ".join(sorted(kinds)),
+                        )
+            self._types = types
+        return self._types
+
+    def arrow_fields(self) -> list[pa.Field]:
+        import pyarrow as pa
+
+        return [pa.field(n, t or pa.string()) for n, t in self.types().items()]
+
+    def metadata(self) -> dict[bytes, bytes] | None:
+        return None
+
+
+class DictBatch:
+    """Carried JSONL rows: the parsed objects themselves."""
+
+    def __init__(self, objects: list[Mapping[str, Any]]) -> None:
+        self.objects = objects
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def rows(self) -> list[Mapping[str, Any]]:
+        return self.objects
+
+    def head(self, n: int) -> DictBatch:
+        return DictBatch(self.objects[:n])
+
+    def arrays(self, columns: Columns) -> list[pa.Array]:
+        import pyarrow as pa
+
+        from batchpizza.sinks.values import json_text
+
+        assert isinstance(columns, JsonlColumns)
+        arrays = []
+        for name, arrow_type in columns.types().items():
+            values = [obj.get(name) for obj in self.objects]
+            if arrow_type is None:
+                arrays.append(pa.array([json_text(v) for v in values], pa.string()))
+            else:
+                arrays.append(pa.array(values, arrow_type))
+        return arrays
+
+
+class JsonlSource:
+    unit = "line"
+
+    def __init__(self, paths: list[Path], names: list[str], fields: Fields, spooled: bool = False):
+        self.paths = paths
+        self.names = names
+        self.fields = fields
+        self.spooled = spooled  # standard input copied to disk: removed by close()
+        # The distinct (keys, value types) shapes of the rows, in first-seen order; a handful in
+        # practice, so tracking them costs one C-level tuple per row instead of a loop per field.
+        self._shapes: dict[tuple[tuple[str, ...], tuple[type, ...]], None] = {}
+        self._kinds: dict[str, set[str]] = {}
+        self.scanned_bytes: list[
+            int
+        ] = []  # bytes of each file the scan read; later passes stop there
+
+    # -- what the scan learned ----------------------------------------------------------------
+
+    def _fold_shapes(self) -> None:
+        kinds, id_name = self._kinds, self.fields.id
+        for names, types in self._shapes:
+            for name, kind in zip(names, types, strict=True):
+                if name != id_name:
+                    seen = kinds.setdefault(name, set())
+                    if kind is not type(None):
+                        seen.add(_KIND_OF.get(kind, "json"))
+        self._shapes.clear()
+
+    def columns(self) -> JsonlColumns:
+        self._fold_shapes()
+        # A field named like an output column only exists in bad rows (a good row with one is
+        # refused): it is not carried, or the output would hold two such columns.
+        reserved = self.fields.reserved | {"id"}
+        names = [n for n in self._kinds if n not in reserved]
+        return JsonlColumns(names, {n: self._kinds[n] for n in names})
+
+    def scan_state(self) -> dict[str, Any]:
+        self._fold_shapes()
+        return {
+            "kinds": {name: sorted(k) for name, k in self._kinds.items()},
+            "bytes": self.scanned_bytes,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._shapes.clear()
+        self._kinds = {name: set(k) for name, k in state["kinds"].items()}
+        self.scanned_bytes = list(state["bytes"])
+
+    def input_key(self) -> str | None:
+        if self.spooled:
+            return None
+        files = []
+        for path in self.paths:
+            st = path.stat()
+            files.append(
+                [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+            )
+        return json.dumps({"kind": "jsonl", "fields": list(self.fields.key()), "files": files})
+
+    def close(self) -> None:
+        if self.spooled:
+            for path in self.paths:
+                path.unlink(missing_ok=True)
+
+    # -- the passes ---------------------------------------------------------------------------
+
+    def scan(self) -> Iterator[ScanBatch]:
+        """Every row, validated, in batches. Records the carried fields' JSON types on the way."""
+        fields = self.fields
+        good: list[GoodRow] = []
+        bad: list[BadRecord] = []
+        for pos, index, at, obj in self._checked():
+            if len(good) + len(bad) >= BATCH_ROWS:
+                yield good, bad
+                good, bad = [], []
+            if isinstance(obj, str):
+                bad.append(BadRecord(pos, index, at, None, obj))
+                continue
+            try:
+                row_id, prompt, _messages, _body = interpret(obj, fields, pos)
+            except RowProblem as exc:
+                bad.append(BadRecord(pos, index, at, exc.id, exc.problem, exc.field))
+            else:
+                good.append((pos, row_id, prompt_digest(prompt), index, at))
+        if good or bad:
+            yield good, bad
+
+    def prompts(self, wanted: Iterable[int]) -> Iterator[tuple[int, Prompt]]:
+        for pos, _file, _at, obj in self._objects(iter(wanted)):
+            if not isinstance(obj, Mapping):
+                continue  # the file changed since the scan; the output will notice and say so
+            try:
+                yield pos, to_prompt(interpret(obj, self.fields, pos))
+            except RowProblem:
+                continue  # the file changed since the scan; the output will notice and say so
+
+    def carried(self) -> Iterator[DictBatch]:
+        batch: list[Mapping[str, Any]] = []
+        for _pos, _file, _at, obj in self._objects(None):
+            batch.append(obj if isinstance(obj, Mapping) else {})
+            if len(batch) >= BATCH_ROWS:
+                yield DictBatch(batch)
+                batch = []
+        if batch:
+            yield DictBatch(batch)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _lines(self, scanning: bool = False) -> Iterator[tuple[int, int, bytes | None]]:
+        """(file index, 1-based line, bytes or None when too long), blank lines skipped. The scan
+        records how many bytes of each file it read; later passes read no further, so rows
+        appended during a run (a cron job's growing file) wait for the next run."""
+        for index, path in enumerate(self.paths):
+            limit = None if scanning or not self.scanned_bytes else self.scanned_bytes[index]
+            consumed = 0
+            with read_errors(self.names[index]), _open_binary(path, self.names[index]) as handle:
+                number = 0
+                while limit is None or consumed < limit:
+                    line = handle.readline(MAX_LINE_BYTES + 1)
+                    if not line:
+                        break
+                    number += 1
+                    if number == 1:
+                        if line.startswith(_UTF16_BOMS):
+                            raise InputError(
+                                f"{self.names[index]}: a UTF-16 file; JSONL must be UTF-8"
+                            )
+                        if line.startswith(_BOM):
+                            consumed += len(_BOM)
+                            line = line[len(_BOM) :]
+                    if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                        consumed += len(line)
+                        while (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(
+                            b"\n"
+                        ):
+                            consumed += len(rest)
+                        consumed += len(rest)
+                        yield index, number, None
+                        continue
+                    if scanning and not line.endswith(b"\n") and line.strip() and _torn(line):
+                        # The file's last line, without its newline and not JSON: a line still
+                        # being written by an appender. It waits for the next run.
+                        log.warning(
+                            "%s:%d: the last line has no newline and is not complete JSON; "
+                            "left for the next run (is the file still being written?)",
+                            self.names[index],
+                            number,
+                        )
+                        break
+                    consumed += len(line)
+                    if line.strip():
+                        yield index, number, line
+            if scanning:
+                self.scanned_bytes[index] = consumed
+
+    def _objects(self, wanted: Iterator[int] | None) -> Iterator[tuple[int, int, int, Any]]:
+        """(pos, file, at, parsed object or None) of every row, or of the `wanted` positions
+        (ascending); only the rows yielded are parsed."""
+        target = next(wanted, None) if wanted is not None else 0
+        if target is None:
+            return
+        for pos, (index, at, data) in enumerate(self._lines()):
+            if wanted is not None and pos != target:
+                continue
+            try:
+                obj = load(data) if data is not None else None
+            except ValueError:
+                obj = None  # a bad row that cannot even be read: it carries nothing
+            yield pos, index, at, obj
+            if wanted is not None:
+                target = next(wanted, None)
+                if target is None:
+                    return
+
+    def _checked(self) -> Iterator[tuple[int, int, int, Any]]:
+        """(pos, file, at, object) of every row, the object a str, the problem, for a row that
+        cannot be read as an object."""
+        self.scanned_bytes = [0] * len(self.paths)
+        note_shape = self._shapes.__setitem__
+        big_int = jsoncodec.may_hold_big_int
+        for pos, (index, number, line) in enumerate(self._lines(scanning=True)):
+            if line is None:
+                yield pos, index, number, f"line longer than {MAX_LINE_BYTES} bytes"
+                continue
+            try:
+                obj = load(line)
+            except ValueError as exc:
+                yield pos, index, number, str(exc)
+                continue
+            if not isinstance(obj, dict):
+                yield pos, index, number, f"not a JSON object but {with_article(json_type(obj))}"
+                continue
+            note_shape((tuple(obj), tuple(map(type, obj.values()))), None)
+            if len(self._shapes) > 4096:  # rows of many shapes: fold now, keep memory flat
+                self._fold_shapes()
+            if big_int(line):
+                self._note_big_ints(obj)
+            yield pos, index, number, obj
+
+    def _note_big_ints(self, obj: dict[str, Any]) -> None:
+        """Integers beyond 64 bits cannot be an int64 column: such a field becomes JSON text,
+        which keeps every digit."""
+        for name, value in obj.items():
+            if isinstance(value, int) and not -(2**63) <= value < 2**63 and name != self.fields.id:
+                self._kinds.setdefault(name, set()).add("json")
+
+
+def _torn(line: bytes) -> bool:
+    try:
+        load(line)
+    except ValueError:
+        return True
+    return False
+
+
+def load(line: bytes) -> Any:
+    """A line's JSON value; ValueError saying why when no row can be made of it."""
+    try:
+        obj = jsoncodec.loads(line)
+    except ValueError as exc:
+        raise ValueError(_why_not_json(line, exc)) from None
+    if b"\\u" in line and _lone_surrogate(obj):
+        raise ValueError("invalid UTF-8: a lone surrogate escape (\\udXXX)")
+    return obj
+
+
+def _lone_surrogate(obj: object) -> bool:
+    """JSON may escape half of a UTF-16 pair (\\ud800) alone: it parses (through json, orjson
+    refuses it) but can never be written out as UTF-8, so the row would fail only after sending.
+    Checked only on lines with an escape, so it costs nothing on the rest."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _why_not_json(line: bytes, error: ValueError) -> str:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"invalid UTF-8 at byte {exc.start + 1}"
+    if "out of range" in str(error) or "is not JSON" in str(error) or "nested" in str(error):
+        return f"invalid JSON: {error}"
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON: {exc.msg} at column {exc.colno}"
+    except (ValueError, RecursionError) as exc:
+        return f"invalid JSON: {exc}"
+    return f"invalid JSON: {error}"
+
+
+def _open_binary(path: Path, name: str) -> IO[bytes]:
+    try:
+        if path.name.lower().endswith(".gz"):
+            return gzip.open(path, "rb")  # type: ignore[return-value]
+        return path.open("rb", buffering=1024 * 1024)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None

@@ -1,0 +1,239 @@
+"""Parquet input: one file, or a folder's files (recursively, in sorted path order) whose
+columns are unified before anything is sent. pyarrow is imported only here and in the Parquet
+sink: a JSONL job never pays for it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchpizza.errors import InputError
+from batchpizza.records import Prompt
+from batchpizza.rows import (
+    BadRecord,
+    Fields,
+    GoodRow,
+    RowProblem,
+    ScanBatch,
+    interpret,
+    prompt_digest,
+    to_prompt,
+)
+from batchpizza.sources.base import BATCH_ROWS, Columns, read_errors, with_arrow_errors
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+NOT_UTF8 = object()  # a row whose strings cannot be decoded
+
+
+class ArrowColumns:
+    """The carried columns of an Arrow input: its own fields, types kept exactly."""
+
+    def __init__(self, schema: pa.Schema, id_name: str) -> None:
+        self.schema = schema
+        self.names = [n for n in schema.names if n != id_name]
+
+    def arrow_fields(self) -> list[pa.Field]:
+        return [self.schema.field(n) for n in self.names]
+
+    def metadata(self) -> dict[bytes, bytes] | None:
+        return dict(self.schema.metadata) if self.schema.metadata else None
+
+
+class ArrowBatch:
+    """Carried rows of an Arrow input: a record batch of one file."""
+
+    def __init__(self, batch: pa.RecordBatch) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return int(self.batch.num_rows)
+
+    def rows(self) -> list[Mapping[str, Any]]:
+        return [o if isinstance(o, Mapping) else {} for o in pylist(self.batch)]
+
+    def head(self, n: int) -> ArrowBatch:
+        return ArrowBatch(self.batch.slice(0, n))
+
+    def arrays(self, columns: Columns) -> list[pa.Array]:
+        assert isinstance(columns, ArrowColumns)
+        table = _conform(self.batch, columns.schema)
+        return [table.column(n).combine_chunks() for n in columns.names]
+
+
+class ParquetSource:
+    unit = "row"
+
+    def __init__(self, paths: list[Path], names: list[str], fields: Fields) -> None:
+        import pyarrow as pa
+
+        self.paths = paths
+        self.names = names
+        self.fields = fields
+        # Columns must agree across files, checked now: a clash found only when the output is
+        # written would come after every row was sent.
+        schemas = [_parquet_file(p, n).schema_arrow for p, n in zip(paths, names, strict=True)]
+        try:
+            self.schema = pa.unify_schemas(schemas, promote_options="permissive")
+        except (pa.ArrowException, TypeError) as exc:
+            raise InputError(
+                f"{names[0]}: the Parquet files have clashing columns: {exc}"
+            ) from None
+        for schema, name in zip(schemas, names, strict=True):
+            self._wanted_columns(schema, name)
+
+    def columns(self) -> ArrowColumns:
+        return ArrowColumns(self.schema, self.fields.id)
+
+    def scan_state(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        pass
+
+    def input_key(self) -> str | None:
+        files = []
+        for path in self.paths:
+            st = path.stat()
+            files.append(
+                [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+            )
+        return json.dumps({"kind": "parquet", "fields": list(self.fields.key()), "files": files})
+
+    def close(self) -> None:
+        pass
+
+    def scan(self) -> Iterator[ScanBatch]:
+        fields = self.fields
+        good: list[GoodRow] = []
+        bad: list[BadRecord] = []
+        for pos, (index, at, obj) in enumerate(self._rows(check_all=True)):
+            if len(good) + len(bad) >= BATCH_ROWS:
+                yield good, bad
+                good, bad = [], []
+            if obj is NOT_UTF8:
+                bad.append(BadRecord(pos, index, at, None, "invalid UTF-8 in a string column"))
+                continue
+            try:
+                row_id, prompt, _messages, _body = interpret(obj, fields, pos)
+            except RowProblem as exc:
+                bad.append(BadRecord(pos, index, at, exc.id, exc.problem, exc.field))
+            else:
+                good.append((pos, row_id, prompt_digest(prompt), index, at))
+        if good or bad:
+            yield good, bad
+
+    def prompts(self, wanted: Iterable[int]) -> Iterator[tuple[int, Prompt]]:
+        it = iter(wanted)
+        target = next(it, None)
+        if target is None:
+            return
+        for pos, (_index, _at, obj) in enumerate(self._rows()):
+            if pos != target:
+                continue
+            prompt = None
+            if isinstance(obj, Mapping):
+                # A row that no longer reads: the file changed since the scan, which the output
+                # notices and says.
+                with contextlib.suppress(RowProblem):
+                    prompt = to_prompt(interpret(obj, self.fields, pos))
+            if prompt is not None:
+                yield pos, prompt
+            target = next(it, None)
+            if target is None:
+                return
+
+    def carried(self) -> Iterator[ArrowBatch]:
+        for index, path in enumerate(self.paths):
+            with read_errors(self.names[index]):
+                for batch in _parquet_file(path, self.names[index]).iter_batches(BATCH_ROWS):
+                    yield ArrowBatch(batch)
+
+    def _wanted_columns(self, schema: pa.Schema, name: str) -> list[str]:
+        f = self.fields
+        present = set(schema.names)
+        clash = sorted(present & f.reserved - {f.id})
+        if clash:
+            raise InputError(
+                f"{name}: column {clash[0]!r} is named like an output column; rename it"
+            )
+        if f.prompt not in present and f.messages not in present and "custom_id" not in present:
+            raise InputError(f"{name}: no {f.prompt!r} column and no {f.messages!r} column")
+        if f.prompt in present and not _is_string(schema.field(f.prompt).type):
+            raise InputError(
+                f"{name}: column {f.prompt!r} must hold strings, not {schema.field(f.prompt).type}"
+            )
+        wanted = [f.prompt, f.messages, f.id, "custom_id", "body", "url"]
+        return [c for c in wanted if c in present]
+
+    def _rows(self, check_all: bool = False) -> Iterator[tuple[int, int, Any]]:
+        """(file index, row, object) of every row, objects holding the prompt, messages and id
+        columns; NOT_UTF8 for a row whose strings are not valid UTF-8. With `check_all`, every
+        column is decoded, so that a damaged page anywhere in the file is found now."""
+        for index, path in enumerate(self.paths):
+            name = self.names[index]
+            pf = _parquet_file(path, name)
+            columns = self._wanted_columns(pf.schema_arrow, name)
+            at = 0
+            with read_errors(name):
+                for rb in pf.iter_batches(BATCH_ROWS, columns=None if check_all else columns):
+                    for obj in pylist(rb.select(columns)):
+                        yield index, at, obj
+                        at += 1
+
+
+def pylist(rb: pa.RecordBatch) -> list[Any]:
+    """The batch as Python objects; where a string is not valid UTF-8, row by row, NOT_UTF8 for
+    each row that cannot be decoded."""
+    try:
+        return rb.to_pylist()  # type: ignore[no-any-return]
+    except UnicodeDecodeError:
+        rows: list[Any] = []
+        for i in range(rb.num_rows):
+            try:
+                rows.extend(rb.slice(i, 1).to_pylist())
+            except UnicodeDecodeError:
+                rows.append(NOT_UTF8)
+        return rows
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
+    """A batch from one file of a folder, with the columns of all of them."""
+    import pyarrow as pa
+
+    table = pa.Table.from_batches([batch])
+    if table.schema.equals(schema):
+        return table
+    columns = [
+        table.column(f.name).cast(f.type)
+        if f.name in table.schema.names
+        else pa.nulls(len(table), f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _is_string(dtype: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    return bool(
+        pa.types.is_string(dtype)
+        or pa.types.is_large_string(dtype)
+        or (pa.types.is_dictionary(dtype) and _is_string(dtype.value_type))
+    )
+
+
+def _parquet_file(path: Path, name: str) -> pq.ParquetFile:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    except with_arrow_errors(ValueError) as exc:
+        raise InputError(f"{name}: not a readable Parquet file: {exc}") from None
