@@ -46,7 +46,8 @@ _PROXY_VARIABLES = (
     "ALL_PROXY",
     "all_proxy",
 )
-# When the process started: --deadline counts from here, as cron's clock does.
+# When the process started (this module is imported at start-up): --deadline counts from here,
+# as cron's clock does, so that the time spent validating counts too.
 _PROCESS_START = time.monotonic()
 
 
@@ -73,6 +74,13 @@ class Job:
             return
         self.stop.interrupt(signum)
         self._cancel_after_grace()
+
+    def _stop_early(self, reason: str) -> None:
+        """A planned stop (the deadline, the breaker out of patience): no new request, those in
+        flight get the grace period, then the output is written with the rest pending."""
+        if not self.stop.sending_stopped:
+            self.stop.stop_sending(reason)
+            self._cancel_after_grace()
 
     def _cancel_after_grace(self) -> None:
         task = self._send_task
@@ -208,14 +216,17 @@ class Job:
         )
         total = checkpoint.tally(config.limit).rows
         self.progress.start(total, total - todo, runner.counters, control)
+        if config.deadline_s is not None:
+            remaining = config.deadline_s - (time.monotonic() - _PROCESS_START)
+            asyncio.get_running_loop().call_later(max(0.0, remaining), self._stop_early, "deadline")
         try:
-            if todo and self.stop.signum is None:
+            if todo and not self.stop.sending_stopped:
                 self._send_task = asyncio.create_task(
                     runner.run(source.prompts(checkpoint.todo_positions()))
                 )
                 await self._send_task
         except asyncio.CancelledError:
-            if self.stop.signum is None:
+            if not self.stop.sending_stopped:
                 raise  # cancelled by our caller, not by our own grace timer
         finally:
             self.progress.close()

@@ -7,13 +7,27 @@ interface, and proxy variables are cleared so that nothing is routed elsewhere b
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from batchpizza.mock_server import MockConfig, ThreadedMockServer
+
+# Hypothesis: a small profile for local runs, the full one in CI (CI=true is set there).
+settings.register_profile("dev", max_examples=30)
+settings.register_profile("ci", max_examples=300)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+FULL_FUZZ = bool(os.environ.get("CI"))
+
+
+def examples(n: int) -> int:
+    """`n` examples in CI, a tenth of them locally, so the default run stays fast."""
+    return n if FULL_FUZZ else max(10, n // 10)
+
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"

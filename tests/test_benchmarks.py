@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -19,6 +20,7 @@ def run_script(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_bench_quick_validation_and_resume_run_and_print_their_table() -> None:
     done = run_script(
         "benchmarks/bench.py", "--quick", "--scenario", "validation", "resume", "--repeat", "1"
@@ -28,6 +30,7 @@ def test_bench_quick_validation_and_resume_run_and_print_their_table() -> None:
     assert "| resume |" in done.stdout
 
 
+@pytest.mark.slow
 def test_crash_soak_small_passes_its_own_checks() -> None:
     done = run_script("benchmarks/crash.py", "--rows", "400", "--kills", "2", "--seed", "5")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -207,6 +207,7 @@ def kill_moment(
     return reached
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_loses_nothing_and_resends_at_most_concurrency_per_kill(
     tmp_path: Path, mock_api: ThreadedMockServer, spawn: Spawn
 ) -> None:
@@ -641,6 +642,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_a_kill_during_group_commits_leaves_whole_groups_only(tmp_path: Path, spawn: Spawn) -> None:
     ck = tmp_path / "out.jsonl.checkpoint"
     size = 300

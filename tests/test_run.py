@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, SAMPLES, write_jsonl
+from conftest import FAST, SAMPLES, examples, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -765,7 +765,7 @@ _rows = st.lists(
 
 
 @settings(
-    max_examples=15,
+    max_examples=examples(15),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
