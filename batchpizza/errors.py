@@ -12,9 +12,15 @@
         ├── TransportError          connection refused, reset, dropped mid-body, TLS (retryable)
         │   └── RequestTimeout      no complete reply within the timeout (retryable)
         ├── HTTPStatusError         a non-2xx reply; `.status`, `.retry_after`
+        │   └── ModelNotFound       the server does not serve the model asked for (fatal, exit 2)
         ├── BadReply                a 2xx reply without text: not JSON, wrong shape, empty (retryable)
         ├── RedirectRefused         a redirect to another host (not retryable)
         └── MisuseDetected          the service refused (also a ValueError, as in the seed)
+
+Every ProviderError may carry what the server said besides the failure: `.rate` (its x-ratelimit
+headers) and `.request_id` (its x-request-id). One that is `.fatal` means no later request can
+succeed either (a wrong key, a model the server does not serve, no API at that URL): the runner
+stops the run and exits with its `exit_code` (2) rather than failing every remaining row.
 
 Messages pass through `redact` so that no credential reaches a terminal, log or file.
 """
@@ -125,6 +131,9 @@ class ProviderError(BatchpizzaError):
     status: int | None = None
     retry_after: float | None = None
     rate: RateInfo | None = None  # what the server announced of its limit, if anything
+    request_id: str | None = None  # the server's id for the request, for its support desk
+    # No later request can succeed either: the run stops at once (exit_code says how).
+    fatal = False
 
 
 class TransportError(ProviderError):
@@ -136,11 +145,31 @@ class RequestTimeout(TransportError):
 
 
 class HTTPStatusError(ProviderError):
-    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        retry_after: float | None = None,
+        *,
+        fatal: bool = False,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
-        self.retryable = status in RETRYABLE_STATUSES
+        self.retryable = status in RETRYABLE_STATUSES and not fatal
+        if fatal:
+            # A wrong key or URL is the user's to fix, like a bad option: exit 2, as for usage.
+            self.fatal = True
+            self.exit_code = 2
+
+
+class ModelNotFound(HTTPStatusError):
+    """The server does not serve `model` (or not to this key): every row would fail the same way,
+    so this is one error that stops the run, not one failed row per prompt."""
+
+    def __init__(self, status: int, message: str, model: str | None) -> None:
+        super().__init__(status, message, fatal=True)
+        self.model = model
 
 
 class BadReply(ProviderError):

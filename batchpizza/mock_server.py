@@ -1,28 +1,42 @@
-"""Local stand-in for the Pizzagpt web API, with scripted and random fault injection.
+"""Local stand-in for the Pizzagpt web API and an OpenAI-compatible chat completions API, with
+scripted and random fault injection.
 
-Serves ``POST /api/chatx-completion`` like the real service (``x-secret`` header,
-``{"question": ...}`` body, ``{"answer": {"content": ...}}`` reply) and can misbehave
-in every way the real one has been seen to: 5xx, 429 with Retry-After, the misuse
-refusal, a plain-text bot check, garbage bodies, dropped connections and hangs.
-Used for the offline demo, as the test suite's fault injector and by the benchmark.
+Routes:
 
-Faults come from two sources. Directives embedded in a question script that row
-deterministically and switch random faults (and the rate limit) off for it; otherwise
-``MockConfig`` rates drive a seeded RNG. Directives, applied in this order:
+    POST /api/chatx-completion   Pizzagpt, like the real service (``x-secret`` header,
+                                 ``{"question": ...}`` body, ``{"answer": {"content": ...}}`` reply)
+    POST /v1/chat/completions    OpenAI chat completions (``Authorization: Bearer KEY`` when
+                                 ``api_key`` is set; the model echoed, or 404 model_not_found
+                                 when ``models`` is set and lacks it; ``max_tokens`` cuts the
+                                 answer to that many words, finish_reason "length"; usage counts
+                                 words; x-request-id; x-ratelimit-*-requests with ``rate_limit``)
+    GET  /v1/models              the models served
+    GET  /__stats                the counters; ``POST /__reset`` clears them and the
+                                 per-question counters
+
+Both APIs misbehave in every way the real Pizzagpt has been seen to: 5xx, 429 with Retry-After
+(the OpenAI route adds retry-after-ms), the misuse refusal, a plain-text bot check, garbage bodies,
+dropped connections and hangs. ``misuse_after`` makes the Pizzagpt route refuse every request
+after that many, as a service that turns to refusing. Used for the offline demo, as the test
+suite's fault injector and by the benchmark.
+
+Faults come from two sources. Directives embedded in a question (or in a chat's messages, read
+as their formatted prompt) script that row deterministically and switch random faults (and the
+rate limit) off for it; otherwise ``MockConfig`` rates drive a seeded RNG. Directives, applied in
+this order:
 
     [[slow:MS]]          sleep MS ms first, then carry on with the rest
-    [[status:NNN]]       reply NNN with {"error": ...} (429/503 add Retry-After: 1)
+    [[status:NNN]]       reply NNN with an error body (429/503 add Retry-After: 1)
     [[redirect:URL]]     307 to URL, unless the request's query has r=1
     [[retry-after:S]]    first request for this question: 429 with Retry-After: S verbatim
     [[fail-first:N]]     first N requests for this question: 503 with Retry-After: 0
     [[misuse]] [[botcheck]] [[garbage]] [[empty]] [[drop]] [[hang]]   that fault, always
-    [[shape:wrong]]      200 {"answer": ["not", "an", "object"]}
+    [[shape:wrong]]      200 {"answer": ["not", "an", "object"]} (chat: {"choices": []})
     [[big:N]]            answer content of exactly N bytes
-    [[shape:content]]    answer as top-level {"content": ...}
+    [[shape:content]]    answer as top-level {"content": ...} (chat: as content parts)
 
+On the chat route "empty" is a null content and "garbage" a truncated chat.completion.
 A bad argument (e.g. ``[[status:abc]]``) gets a 400; unknown ``[[names]]`` are plain text.
-``GET /__stats`` returns the counters; ``POST /__reset`` clears them and the per-question
-counters.
 """
 
 from __future__ import annotations
@@ -38,12 +52,18 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
+from batchpizza.rows import format_prompt
+
 API_PATH = "/api/chatx-completion"
+CHAT_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
+DEFAULT_MOCK_MODEL = "batchpizza-mock"
 MISUSE_TEXT = (
     "Misuse detected. Please get in touch, we can come up with a solution for your use case."
 )
@@ -57,6 +77,7 @@ _KNOWN = frozenset(
 _ERROR_STATUSES = (500, 502, 503, 504)
 # Truncated JSON labelled as JSON: exercises the client's decode path, not its content-type check.
 _GARBAGE = '{"answer": {"content": "the oven caught fi'
+_CHAT_GARBAGE = '{"id": "chatcmpl-0", "object": "chat.completion", "choices": [{"message": {"content": "the oven caught fi'
 _HANG_SECONDS = 3600.0
 # Hung or slow handlers must not hold up stop(); a mock owes nobody a graceful drain.
 _SHUTDOWN_TIMEOUT = 0.25
@@ -76,6 +97,12 @@ class MockConfig:
     empty_rate: float = 0.0
     seed: int | None = None
     secret: str = "Marinara"
+    # Pizzagpt route: every request after this many (counted from start, reset or a new config)
+    # is refused as misuse, as a service that has had enough of us.
+    misuse_after: int | None = None
+    # Chat route: the Bearer key required (None: none), and the models served (empty: any).
+    api_key: str | None = None
+    models: tuple[str, ...] = ()
 
 
 def mock_answer(question: str) -> str:
@@ -160,6 +187,7 @@ class _Live:
             total += rate
             bounds.append((total, kind))
         self.bounds = tuple(bounds) if total > 0 else ()
+        self.pizza_arrivals = 0  # for misuse_after
 
     def arrive(self, now: float) -> bool:
         """Record an arrival; True if it exceeds the rate limit."""
@@ -171,6 +199,30 @@ class _Live:
         while window[0] <= now - 1.0:
             window.popleft()
         return len(window) > limit
+
+    def rate_headers(self, now: float) -> dict[str, str]:
+        """OpenAI's x-ratelimit-*-requests for the window as it stands: the limit per second, what
+        is left of it, and when the window is empty again (Go duration text, as OpenAI sends)."""
+        limit = self.config.rate_limit
+        if limit <= 0:
+            return {}
+        window = self.window
+        while window and window[0] <= now - 1.0:
+            window.popleft()
+        reset = max(0.0, window[-1] + 1.0 - now) if window else 0.0
+        return {
+            "x-ratelimit-limit-requests": f"{limit:g}",
+            "x-ratelimit-remaining-requests": str(max(0, int(limit) - len(window))),
+            "x-ratelimit-reset-requests": _go_duration(reset),
+        }
+
+
+def _go_duration(seconds: float) -> str:
+    if seconds < 1.0:
+        return f"{round(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60.0)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{text}" if minutes else text
 
 
 class _State:
@@ -184,6 +236,7 @@ class _State:
         self.stats.reset()
         self.seen.clear()
         self.live.window.clear()
+        self.live.pizza_arrivals = 0
 
 
 _STATE = web.AppKey("batchpizza_mock_state", _State)
@@ -196,28 +249,71 @@ def _error(status: int, message: str, retry_after: str | None = None) -> web.Res
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-def _fault(kind: str, question: str, state: _State) -> web.StreamResponse | str:
+class _Dialect(Protocol):
+    """How one API words its replies, so that directives and random faults serve both."""
+
+    def error(self, status: int, message: str, retry_after: str | None = None) -> web.Response: ...
+
+    def answer(self, content: str, shape: str | None = None) -> web.Response:
+        """The answer; shape "content" is the API's other way of carrying it."""
+        ...
+
+    def fault(self, kind: str) -> web.Response:
+        """A 200 that is no answer: misuse, botcheck, garbage, empty or wrong (the shape)."""
+        ...
+
+
+class _Pizza:
+    """Pizzagpt's wording: {"answer": {"content": ...}}, errors as {"error": "..."}."""
+
+    error = staticmethod(_error)
+
+    @staticmethod
+    def answer(content: str, shape: str | None = None) -> web.Response:
+        if shape == "content":
+            return web.json_response({"content": content})
+        return web.json_response({"answer": {"content": content}})
+
+    @staticmethod
+    def fault(kind: str) -> web.Response:
+        if kind == "misuse":
+            return web.json_response({"answer": {"content": MISUSE_TEXT}})
+        if kind == "botcheck":
+            return web.Response(text=BOT_CHECK_TEXT, content_type="text/html")
+        if kind == "garbage":
+            return web.Response(text=_GARBAGE, content_type="application/json")
+        if kind == "empty":
+            return web.json_response({"answer": {"content": ""}})
+        if kind == "wrong":
+            return web.json_response({"answer": ["not", "an", "object"]})
+        raise AssertionError(kind)
+
+
+_PIZZA = _Pizza()
+
+
+def _fault(
+    kind: str, question: str, state: _State, dialect: _Dialect = _PIZZA
+) -> web.StreamResponse | str:
     """The reply for one fault kind; "drop" and "hang" come back as strings for _api to act on."""
     if kind == "answer":
         answers = state.stats.answers
         answers[question] = answers.get(question, 0) + 1
-        return web.json_response({"answer": {"content": mock_answer(question)}})
+        return dialect.answer(mock_answer(question))
     if kind == "error":
         status = state.live.rng.choice(_ERROR_STATUSES)
-        return _error(status, "the oven is on fire")
-    if kind == "misuse":
-        return web.json_response({"answer": {"content": MISUSE_TEXT}})
-    if kind == "botcheck":
-        return web.Response(text=BOT_CHECK_TEXT, content_type="text/html")
-    if kind == "garbage":
-        return web.Response(text=_GARBAGE, content_type="application/json")
-    if kind == "empty":
-        return web.json_response({"answer": {"content": ""}})
+        return dialect.error(status, "the oven is on fire")
+    if kind in ("misuse", "botcheck", "garbage", "empty"):
+        return dialect.fault(kind)
     return kind
 
 
 async def _scripted(
-    request: web.Request, state: _State, question: str, d: dict[str, str]
+    request: web.Request,
+    state: _State,
+    question: str,
+    d: dict[str, str],
+    dialect: _Dialect = _PIZZA,
 ) -> web.StreamResponse | str:
     try:
         if "slow" in d:
@@ -227,47 +323,66 @@ async def _scripted(
             if not 200 <= status <= 599:
                 raise ValueError(status)
             retry = "1" if status in (429, 503) else None
-            return _error(status, f"scripted status {status}", retry)
+            return dialect.error(status, f"scripted status {status}", retry)
         if "redirect" in d and request.query.get("r") != "1":
             return web.Response(status=307, headers={"Location": d["redirect"] or "/"})
         if "retry-after" in d or "fail-first" in d:
             n = state.seen[question] = state.seen.get(question, 0) + 1
             if "retry-after" in d and n == 1:
-                return _error(429, "scripted rate limit", d["retry-after"] or "1")
+                return dialect.error(429, "scripted rate limit", d["retry-after"] or "1")
             if "fail-first" in d and n <= int(d["fail-first"]):
-                return _error(503, f"scripted failure {n}", "0")
+                return dialect.error(503, f"scripted failure {n}", "0")
         size = int(d["big"]) if "big" in d else None
         if size is not None and size < 0:
             raise ValueError(size)
     except ValueError:
-        return _error(400, "bad directive argument")
+        return dialect.error(400, "bad directive argument")
     for kind in _TERMINAL_FAULTS:
         if kind in d:
-            return _fault(kind, question, state)
+            return _fault(kind, question, state, dialect)
     shape = d.get("shape")
     if shape == "wrong":
-        return web.json_response({"answer": ["not", "an", "object"]})
+        return dialect.fault("wrong")
     content = mock_answer(question)
     if size is not None:
         content = ((content + " ") * (size // (len(content) + 1) + 1))[:size]
     else:
         answers = state.stats.answers
         answers[question] = answers.get(question, 0) + 1
-    if shape == "content":
-        return web.json_response({"content": content})
-    return web.json_response({"answer": {"content": content}})
+    return dialect.answer(content, shape)
 
 
-async def _respond(
-    request: web.Request, state: _State, live: _Live, over_limit: bool
-) -> web.StreamResponse | str:
+async def _delay(live: _Live) -> None:
     cfg = live.config
     if cfg.latency_ms or cfg.jitter_ms:
         delay = cfg.latency_ms + live.jitter_rng.uniform(-cfg.jitter_ms, cfg.jitter_ms)
         if delay > 0:
             await asyncio.sleep(delay / 1000)
+
+
+def _directives(question: str) -> dict[str, str]:
+    if "[[" not in question:
+        return {}
+    return {m[1]: m[2] or "" for m in _DIRECTIVE.finditer(question) if m[1] in _KNOWN}
+
+
+def _draw(live: _Live) -> str:
+    """Which random fault (or "answer") this request gets."""
+    if not live.bounds:
+        return "answer"
+    draw = live.rng.random()
+    return next((k for bound, k in live.bounds if draw < bound), "answer")
+
+
+async def _respond(
+    request: web.Request, state: _State, live: _Live, over_limit: bool, refuse: bool
+) -> web.StreamResponse | str:
+    cfg = live.config
+    await _delay(live)
     if request.headers.get("x-secret") != cfg.secret:
         return _error(401, "missing or wrong x-secret")
+    if refuse:
+        return _PIZZA.fault("misuse")
     try:
         body = json.loads(await request.read())
     except ValueError:
@@ -275,20 +390,20 @@ async def _respond(
     question = body.get("question") if isinstance(body, dict) else None
     if not isinstance(question, str):
         return _error(400, 'body must be a JSON object with a string "question"')
-    if "[[" in question:
-        directives = {m[1]: m[2] or "" for m in _DIRECTIVE.finditer(question) if m[1] in _KNOWN}
-        if directives:
-            return await _scripted(request, state, question, directives)
+    directives = _directives(question)
+    if directives:
+        return await _scripted(request, state, question, directives)
     if over_limit:
         return _error(429, "rate limit exceeded", cfg.retry_after)
-    kind = "answer"
-    if live.bounds:
-        draw = live.rng.random()
-        kind = next((k for bound, k in live.bounds if draw < bound), "answer")
-    return _fault(kind, question, state)
+    return _fault(_draw(live), question, state)
 
 
-async def _api(request: web.Request) -> web.StreamResponse:
+Responder = Callable[[bool], Awaitable["web.StreamResponse | str"]]
+
+
+async def _handle(request: web.Request, respond: Responder) -> web.StreamResponse:
+    """Count the request, pace it against the rate limit, and serve what `respond` decides:
+    a response, or "drop" / "hang"."""
     state = request.app[_STATE]
     live, stats = state.live, state.stats
     now = time.monotonic()
@@ -301,7 +416,7 @@ async def _api(request: web.Request) -> web.StreamResponse:
     if task is not None:
         state.tasks.add(task)
     try:
-        resp = await _respond(request, state, live, over_limit)
+        resp = await respond(over_limit)
         if isinstance(resp, web.StreamResponse):
             stats._count(resp.status)
             return resp
@@ -319,6 +434,208 @@ async def _api(request: web.Request) -> web.StreamResponse:
             state.tasks.discard(task)
 
 
+async def _api(request: web.Request) -> web.StreamResponse:
+    state = request.app[_STATE]
+    live = state.live
+    # Counted on arrival, in arrival order, before any latency can reorder requests.
+    live.pizza_arrivals += 1
+    limit = live.config.misuse_after
+    refuse = limit is not None and live.pizza_arrivals > limit
+
+    async def respond(over_limit: bool) -> web.StreamResponse | str:
+        return await _respond(request, state, live, over_limit, refuse)
+
+    return await _handle(request, respond)
+
+
+# --- the OpenAI chat completions route ---------------------------------------------------
+
+_CHAT_ERROR_TYPES = {
+    401: "invalid_request_error",
+    403: "permission_denied",
+    404: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+
+
+class _Chat:
+    """OpenAI's wording for one request: its model, prompt, max_tokens and request id."""
+
+    def __init__(
+        self, request_id: str, model: str = "", prompt: str = "", max_tokens: int | None = None
+    ) -> None:
+        self.request_id = request_id
+        self.model = model
+        self.prompt = prompt
+        self.max_tokens = max_tokens
+
+    def _headers(self, retry_after: str | None = None) -> dict[str, str]:
+        headers = {"x-request-id": self.request_id}
+        if retry_after is not None:
+            headers["retry-after"] = retry_after
+            with contextlib.suppress(ValueError):  # an HTTP date has no millisecond twin
+                headers["retry-after-ms"] = f"{float(retry_after) * 1000:g}"
+        return headers
+
+    def error(
+        self,
+        status: int,
+        message: str,
+        retry_after: str | None = None,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> web.Response:
+        headers = self._headers(retry_after)
+        if status in (204, 304):  # these may not carry a body
+            return web.Response(status=status, headers=headers)
+        kind = _CHAT_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request")
+        error = {"message": message, "type": kind, "param": param, "code": code}
+        return web.json_response({"error": error}, status=status, headers=headers)
+
+    def _completion(self, content: object, finish: str, choices: bool = True) -> web.Response:
+        words = len(content.split()) if isinstance(content, str) else 0
+        digest = hashlib.sha256(self.prompt.encode("utf-8", "surrogatepass")).hexdigest()
+        message = {"role": "assistant", "content": content, "refusal": None}
+        prompt_tokens = len(self.prompt.split())
+        body = {
+            "id": f"chatcmpl-{digest[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]
+            if choices
+            else [],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": words,
+                "total_tokens": prompt_tokens + words,
+            },
+        }
+        return web.json_response(body, headers=self._headers())
+
+    def answer(self, content: str, shape: str | None = None) -> web.Response:
+        finish = "stop"
+        words = content.split()
+        if self.max_tokens is not None and len(words) > self.max_tokens:
+            content, finish = " ".join(words[: self.max_tokens]), "length"
+        if shape == "content":
+            return self._completion([{"type": "text", "text": content}], finish)
+        return self._completion(content, finish)
+
+    def fault(self, kind: str) -> web.Response:
+        if kind == "misuse":
+            return self.answer(MISUSE_TEXT)
+        if kind == "botcheck":
+            return web.Response(text=BOT_CHECK_TEXT, content_type="text/html")
+        if kind == "garbage":
+            return web.Response(text=_CHAT_GARBAGE, content_type="application/json")
+        if kind == "empty":
+            return self._completion(None, "stop")
+        if kind == "wrong":
+            return self._completion(None, "stop", choices=False)
+        raise AssertionError(kind)
+
+
+def _chat_prompt(messages: object) -> str | None:
+    """The formatted prompt of a chat's messages (text parts joined, as rows.py reads them), or
+    None when they are not a list of {role, content}."""
+    if not isinstance(messages, list) or not messages:
+        return None
+    clean: list[dict[str, str]] = []
+    for item in messages:
+        if not isinstance(item, dict) or not isinstance(item.get("role"), str):
+            return None
+        content = item.get("content")
+        if isinstance(content, list):
+            parts = [p.get("text") for p in content if isinstance(p, dict)]
+            content = "\n".join(p for p in parts if isinstance(p, str))
+        if not isinstance(content, str):
+            return None
+        clean.append({"role": item["role"], "content": content})
+    return format_prompt(clean)
+
+
+def _authorized(request: web.Request, config: MockConfig) -> bool:
+    return config.api_key is None or (
+        request.headers.get("Authorization") == f"Bearer {config.api_key}"
+    )
+
+
+def _unauthorized(chat: _Chat, request: web.Request) -> web.Response:
+    given = "Authorization" in request.headers
+    # Like OpenAI's, the message never repeats the key it was given.
+    message = "Incorrect API key provided." if given else "You didn't provide an API key."
+    return chat.error(401, message, code="invalid_api_key")
+
+
+async def _chat_respond(
+    request: web.Request, state: _State, live: _Live, over_limit: bool, request_id: str
+) -> web.StreamResponse | str:
+    cfg = live.config
+    await _delay(live)
+    bare = _Chat(request_id)  # for what is refused before the body is read
+    if not _authorized(request, cfg):
+        return _unauthorized(bare, request)
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return bare.error(400, "the body must be a JSON object")
+    prompt = _chat_prompt(body.get("messages"))
+    if prompt is None:
+        message = "'messages' must be a non-empty list of {role, content} objects"
+        return bare.error(400, message, param="messages")
+    model = body.get("model", cfg.models[0] if cfg.models else DEFAULT_MOCK_MODEL)
+    if not isinstance(model, str):
+        return bare.error(400, "'model' must be a string", param="model")
+    if cfg.models and model not in cfg.models:
+        message = f"The model `{model}` does not exist or you do not have access to it."
+        return bare.error(404, message, code="model_not_found")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+    ):
+        return bare.error(400, "max_tokens must be a positive integer", param="max_tokens")
+    chat = _Chat(request_id, model, prompt, max_tokens)
+    directives = _directives(prompt)
+    if directives:
+        return await _scripted(request, state, prompt, directives, chat)
+    if over_limit:
+        message = f"Rate limit reached for requests: limit {cfg.rate_limit:g} per second."
+        return chat.error(429, message, cfg.retry_after, code="rate_limit_exceeded")
+    return _fault(_draw(live), prompt, state, chat)
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    state = request.app[_STATE]
+    live = state.live
+
+    async def respond(over_limit: bool) -> web.StreamResponse | str:
+        # Read at arrival (this runs before the first await): what is left of this second.
+        rate = live.rate_headers(time.monotonic())
+        resp = await _chat_respond(
+            request, state, live, over_limit, f"req_mock_{state.stats.requests}"
+        )
+        if isinstance(resp, web.Response):
+            resp.headers.update(rate)
+        return resp
+
+    return await _handle(request, respond)
+
+
+async def _models(request: web.Request) -> web.Response:
+    config = request.app[_STATE].live.config
+    if not _authorized(request, config):
+        return _unauthorized(_Chat("req_mock_models"), request)
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "batchpizza"}
+        for name in config.models or (DEFAULT_MOCK_MODEL,)
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
 async def _get_stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[_STATE].stats.to_dict())
 
@@ -332,6 +649,8 @@ def make_app(config: MockConfig, stats: Stats | None = None) -> web.Application:
     app = web.Application()
     app[_STATE] = _State(config, stats if stats is not None else Stats())
     app.router.add_post(API_PATH, _api)
+    app.router.add_post(CHAT_PATH, _chat)
+    app.router.add_get(MODELS_PATH, _models)
     app.router.add_get("/__stats", _get_stats)
     app.router.add_post("/__reset", _post_reset)
     return app

@@ -1,4 +1,5 @@
-"""Tests for the mock Pizzagpt server: directives, random faults, stats, and ways to run it."""
+"""Tests for the mock server (Pizzagpt and OpenAI routes): directives, random faults, stats, and
+ways to run it."""
 
 from __future__ import annotations
 
@@ -16,16 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import click
 import pytest
 
 from batchpizza.mock_server import (
     API_PATH,
     BOT_CHECK_TEXT,
+    CHAT_PATH,
     MISUSE_TEXT,
     MockConfig,
     MockServer,
     Stats,
     ThreadedMockServer,
+    _go_duration,
     make_app,
     mock_answer,
 )
@@ -482,3 +486,281 @@ def test_serve_subprocess() -> None:
     assert proc.returncode == 0
     last = err.strip().splitlines()[-1]
     assert json.loads(last)["requests"] == 1
+
+
+# --- the OpenAI chat completions route --------------------------------------------------
+
+KEY = "sk-mock-0123456789abcdef"
+
+
+async def chat(
+    session: aiohttp.ClientSession,
+    srv: MockServer,
+    content: str | list[dict[str, str]],
+    *,
+    headers: dict[str, str] | None = None,
+    **body: Any,
+) -> tuple[aiohttp.ClientResponse, Any]:
+    messages = [{"role": "user", "content": content}] if isinstance(content, str) else content
+    async with session.post(
+        srv.base_url + CHAT_PATH, json={"messages": messages, **body}, headers=headers
+    ) as r:
+        text = await r.text()
+    try:
+        return r, json.loads(text)
+    except ValueError:
+        return r, text
+
+
+async def test_chat_completion_answers_like_openai(
+    session: aiohttp.ClientSession, server: MockServer
+) -> None:
+    r, body = await chat(session, server, "Margherita?", model="gpt-4o-mini")
+    assert r.status == 200
+    assert r.headers["x-request-id"] == "req_mock_1"
+    assert "x-ratelimit-limit-requests" not in r.headers  # no limit, none announced
+    assert body["object"] == "chat.completion"
+    assert body["id"].startswith("chatcmpl-")
+    assert body["model"] == "gpt-4o-mini"
+    assert body["choices"] == [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": mock_answer("Margherita?"),
+                "refusal": None,
+            },
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ]
+    assert body["usage"] == {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
+    assert server.stats.answers == {"Margherita?": 1}
+    assert server.stats.by_status == {200: 1}
+
+
+async def test_chat_answers_the_formatted_prompt_of_several_messages(
+    session: aiohttp.ClientSession, server: MockServer
+) -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]},  # content parts
+    ]
+    _, body = await chat(session, server, messages)
+    prompt = "System: Be brief.\nUser: Hi\nAssistant:"
+    assert body["choices"][0]["message"]["content"] == mock_answer(prompt)
+    assert body["model"] == "batchpizza-mock"  # no model asked for: the default
+    assert body["usage"]["prompt_tokens"] == len(prompt.split())
+
+
+async def test_chat_max_tokens_cuts_the_answer_to_words(
+    session: aiohttp.ClientSession, server: MockServer
+) -> None:
+    for field in ("max_tokens", "max_completion_tokens"):
+        _, body = await chat(session, server, "q", **{field: 1})
+        assert body["choices"][0]["finish_reason"] == "length"
+        assert body["choices"][0]["message"]["content"] == mock_answer("q").split()[0]
+        assert body["usage"]["completion_tokens"] == 1
+    _, body = await chat(session, server, "q", max_tokens=100)
+    assert body["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": KEY}]
+)
+async def test_chat_requires_the_key_when_set(
+    session: aiohttp.ClientSession, headers: dict[str, str]
+) -> None:
+    async with MockServer(MockConfig(api_key=KEY)) as srv:
+        r, body = await chat(session, srv, "q", headers=headers)
+        assert r.status == 401
+        assert body["error"]["code"] == "invalid_api_key"
+        assert body["error"]["type"] == "invalid_request_error"
+        assert "sk-wrong" not in json.dumps(body)
+        r, _ = await chat(session, srv, "q", headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status == 200
+        async with session.get(srv.base_url + "/v1/models", headers=headers) as resp:
+            assert resp.status == 401
+
+
+async def test_chat_serves_only_its_models_when_given(session: aiohttp.ClientSession) -> None:
+    async with MockServer(MockConfig(models=("llama-3-8b", "qwen"))) as srv:
+        r, body = await chat(session, srv, "q", model="gpt-5")
+        assert r.status == 404
+        assert body["error"]["code"] == "model_not_found"
+        assert "`gpt-5` does not exist" in body["error"]["message"]
+        _, body = await chat(session, srv, "q", model="qwen")
+        assert body["model"] == "qwen"
+        _, body = await chat(session, srv, "q")
+        assert body["model"] == "llama-3-8b"  # the first is the default
+        async with session.get(srv.base_url + "/v1/models") as resp:
+            listed = await resp.json()
+        assert [m["id"] for m in listed["data"]] == ["llama-3-8b", "qwen"]
+        assert srv.stats.requests == 3  # the models list is not an API request
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"prompt": "q"}',
+        b'{"messages": []}',
+        b'{"messages": [{"role": "user"}]}',
+        b'{"messages": [{"content": "q"}]}',
+        b'{"messages": [{"role": "user", "content": "q"}], "model": 7}',
+        b'{"messages": [{"role": "user", "content": "q"}], "max_tokens": 0}',
+        b'{"messages": [{"role": "user", "content": "q"}], "max_tokens": "5"}',
+    ],
+)
+async def test_chat_bad_body_is_an_openai_style_400(
+    session: aiohttp.ClientSession, server: MockServer, data: bytes
+) -> None:
+    async with session.post(server.base_url + CHAT_PATH, data=data) as r:
+        assert r.status == 400
+        body = await r.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+
+
+async def test_chat_rate_limit_headers_and_429_with_retry_after_ms(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with MockServer(MockConfig(rate_limit=3, retry_after="2")) as srv:
+        seen = []
+        for i in range(4):
+            r, body = await chat(session, srv, f"q{i}")
+            seen.append((r.status, r.headers["x-ratelimit-remaining-requests"]))
+            assert r.headers["x-ratelimit-limit-requests"] == "3"
+            assert r.headers["x-ratelimit-reset-requests"].endswith("ms")
+        assert seen == [(200, "2"), (200, "1"), (200, "0"), (429, "0")]
+        assert r.headers["retry-after"] == "2"
+        assert r.headers["retry-after-ms"] == "2000"
+        assert body["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_chat_directives_work_in_message_content(
+    session: aiohttp.ClientSession, server: MockServer
+) -> None:
+    r, body = await chat(session, server, "[[status:503]]")
+    assert (r.status, r.headers["retry-after"], r.headers["retry-after-ms"]) == (503, "1", "1000")
+    assert body["error"]["type"] == "server_error"
+    messages = [{"role": "system", "content": "x"}, {"role": "user", "content": "[[fail-first:1]]"}]
+    r, _ = await chat(session, server, messages)
+    assert r.status == 503
+    r, body = await chat(session, server, messages)
+    assert body["choices"][0]["message"]["content"] == mock_answer(
+        "System: x\nUser: [[fail-first:1]]\nAssistant:"
+    )
+    start = time.monotonic()
+    r, _ = await chat(session, server, "[[slow:60]]")
+    assert r.status == 200 and time.monotonic() - start >= 0.06
+    r, _ = await chat(session, server, "[[retry-after:Wed, 21 Oct 2037 07:28:00 GMT]]")
+    assert r.status == 429 and "retry-after-ms" not in r.headers  # a date has no ms twin
+
+
+async def test_chat_faults_are_shaped_like_chat_completions(
+    session: aiohttp.ClientSession, server: MockServer
+) -> None:
+    _, body = await chat(session, server, "[[misuse]]")
+    assert body["choices"][0]["message"]["content"] == MISUSE_TEXT
+    _, body = await chat(session, server, "[[empty]]")
+    assert body["choices"][0]["message"]["content"] is None
+    _, body = await chat(session, server, "[[shape:wrong]]")
+    assert body["choices"] == []
+    _, body = await chat(session, server, "[[shape:content]]")
+    assert body["choices"][0]["message"]["content"] == [
+        {"type": "text", "text": mock_answer("[[shape:content]]")}
+    ]
+    r, body = await chat(session, server, "[[garbage]]")
+    assert r.status == 200 and isinstance(body, str)  # not JSON
+    _, body = await chat(session, server, "[[big:1000]]")
+    assert len(body["choices"][0]["message"]["content"]) == 1000
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await chat(session, server, "[[drop]]")
+
+
+async def test_chat_random_faults_follow_the_config(session: aiohttp.ClientSession) -> None:
+    async with MockServer(MockConfig(error_rate=1.0)) as srv:
+        r, body = await chat(session, srv, "q")
+        assert r.status in (500, 502, 503, 504)
+        assert body["error"]["message"] == "the oven is on fire"
+    async with MockServer(MockConfig(empty_rate=1.0)) as srv:
+        _, body = await chat(session, srv, "q")
+        assert body["choices"][0]["message"]["content"] is None
+
+
+# --- misuse_after -----------------------------------------------------------------------
+
+
+async def test_misuse_after_refuses_every_request_after_n(session: aiohttp.ClientSession) -> None:
+    async with MockServer(MockConfig(misuse_after=2)) as srv:
+        replies = [json.loads((await ask(session, srv, f"q{i}"))[1]) for i in range(5)]
+        assert replies[:2] == [{"answer": {"content": mock_answer(f"q{i}")}} for i in range(2)]
+        assert replies[2:] == [{"answer": {"content": MISUSE_TEXT}}] * 3
+        # Scripted rows are refused too, and the chat route is not affected.
+        _, body = await ask(session, srv, "[[status:503]]")
+        assert json.loads(body) == {"answer": {"content": MISUSE_TEXT}}
+        r, _ = await chat(session, srv, "q")
+        assert r.status == 200
+        # A reset (or a new config) starts counting again.
+        srv.reset()
+        _, body = await ask(session, srv, "q")
+        assert json.loads(body)["answer"]["content"] == mock_answer("q")
+        assert srv.stats.answers == {"q": 1}
+
+
+async def test_misuse_after_zero_refuses_from_the_first(session: aiohttp.ClientSession) -> None:
+    async with MockServer(MockConfig(misuse_after=0)) as srv:
+        _, body = await ask(session, srv, "q")
+        assert json.loads(body) == {"answer": {"content": MISUSE_TEXT}}
+        r, _ = await ask(session, srv, "q", headers={})
+        assert r.status == 401  # a wrong secret is still a wrong secret
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.0, "0ms"),
+        (0.0204, "20ms"),
+        (0.9994, "999ms"),
+        (1.5, "1.5s"),
+        (360.0, "6m0s"),
+        (61.25, "1m1.25s"),
+    ],
+)
+def test_go_durations_as_openai_writes_them(seconds: float, text: str) -> None:
+    assert _go_duration(seconds) == text
+
+
+# --- the command ------------------------------------------------------------------------
+
+
+def test_every_mock_server_option_says_what_it_does() -> None:
+    from batchpizza.cli import mock_server
+
+    missing = [p.name for p in mock_server.params if isinstance(p, click.Option) and not p.help]
+    assert missing == []
+    assert CHAT_PATH in (mock_server.help or "")
+
+
+def test_mock_server_options_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from batchpizza import cli, mock_server
+
+    seen: list[tuple[MockConfig, str, int]] = []
+    monkeypatch.setattr(mock_server, "serve", lambda c, host, port: seen.append((c, host, port)))
+    args = ["mock-server", "--port", "0", "--misuse-after", "3", "--api-key", KEY]
+    result = CliRunner().invoke(cli.cli, [*args, "--models", "a, b,", "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    config, _, port = seen[0]
+    assert (config.misuse_after, config.api_key, config.models, config.seed) == (
+        3,
+        KEY,
+        ("a", "b"),
+        4,
+    )
+    assert port == 0
+    result = CliRunner().invoke(cli.cli, ["mock-server", "--models", " , "])
+    assert result.exit_code == 2
+    assert "--models" in result.output

@@ -1,0 +1,486 @@
+"""The OpenAI-compatible provider: chat completions on any server that speaks them (OpenAI, vLLM,
+Ollama, llama.cpp, a gateway).
+
+`OpenAIAPI` is the runner's provider: one Prompt in, one Answer out (with the server's finish
+reason, model, token counts, ids and rate-limit headers), or a typed error from errors.py that says
+whether a retry could help, and whether any later request could succeed at all (`fatal`).
+`batch_output_line` turns a stored result back into a line of an OpenAI Batch API output file.
+
+The API key is held so that it is never put into any text: not in an error message, a repr, a
+preview or a log line; what a server echoes of it is cut out of its error messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from batchpizza import jsoncodec
+from batchpizza.config import DEFAULT_TIMEOUT
+from batchpizza.errors import (
+    BadReply,
+    HTTPStatusError,
+    ModelNotFound,
+    ProviderError,
+    UsageError,
+)
+from batchpizza.providers.http import parse_retry_after, post_json, snippet
+from batchpizza.records import UNANSWERED, Answer, Prompt, RateInfo, is_answered
+from batchpizza.redact import MASK, redact
+
+__all__ = [
+    "CHAT_PATH",
+    "OpenAIAPI",
+    "batch_output_line",
+    "parse_duration",
+    "parse_rate_info",
+    "retry_after_of",
+]
+
+CHAT_PATH = "/chat/completions"
+USER_AGENT = "batchpizza"
+# A server's error message is one line of the `error` column, not a page.
+_MESSAGE_CHARS = 300
+# What a finish_reason of ours means when a server sends it: the generation failed (OpenRouter
+# says "error" for a provider that broke mid-answer). Kept from the output's finish_reason column,
+# where it would read as our own outcome.
+_OUR_OUTCOMES = frozenset(str(outcome) for outcome in UNANSWERED)
+# How servers say a model is unknown, whatever the status: "Invalid model name passed in model=x"
+# (LiteLLM), "invalid model ID" (OpenAI), "unknown model", "model 'x' not found", "The model `x`
+# does not exist". Not "... for model x" (a parameter error that names the model).
+_UNKNOWN_MODEL = re.compile(
+    r"(?i)\b(?:invalid|unknown) model\b|\bmodel\b[^.;]{0,80}?\b(?:does not exist|not found)\b"
+)
+# Streaming is a different wire format (server-sent events); a batch reads whole replies.
+_STREAMING = ("stream", "stream_options")
+# Go's time.Duration text, as OpenAI's x-ratelimit-reset-* headers carry it: "1s", "6m0s", "20ms".
+_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h|d))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,  # micro sign, as Go prints it
+    "μs": 1e-6,  # Greek mu, which some servers send instead
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+# Error codes for failed rows in batch output lines, by our finish reason. "batch_expired" is
+# OpenAI's code for a request not run before its batch window closed, which is what a pending
+# row is: tools that resubmit expired requests do the right thing with ours.
+_BATCH_ERROR_CODES = {
+    "error": "request_failed",
+    "misuse": "refused",
+    "invalid": "invalid_request",
+    "pending": "batch_expired",
+}
+_BATCH_ERROR_MESSAGES = {
+    "error": "the request failed",
+    "misuse": "the service refused the request",
+    "invalid": "the input row is invalid",
+    "pending": "not sent: the run stopped before this row; rerun to continue",
+}
+
+
+class _Secret:
+    """A string that shows as *** in any repr or str, so that printing the provider, its vars or
+    a traceback's locals never shows the key."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"<secret {MASK}>"
+
+    __str__ = __repr__
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Seconds in OpenAI's duration text ("1s", "6m0s", "1.5s", "20ms", "1h2m3s") or a bare number
+    of seconds; None when absent or unreadable."""
+    if not value:
+        return None
+    text = value.strip().lower()
+    plain = _number(text)
+    if plain is not None:
+        return plain
+    if not _DURATION.fullmatch(text):
+        return None
+    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+def parse_rate_info(headers: Mapping[str, str]) -> RateInfo | None:
+    """The request limit a reply announces in x-ratelimit-{limit,remaining,reset}-requests; None
+    when it announces none. (`headers` should be case-insensitive, as aiohttp's are.)"""
+    info = RateInfo(
+        limit=_number(headers.get("x-ratelimit-limit-requests")),
+        remaining=_number(headers.get("x-ratelimit-remaining-requests")),
+        reset_s=parse_duration(headers.get("x-ratelimit-reset-requests")),
+    )
+    return None if info == RateInfo() else info
+
+
+def retry_after_of(headers: Mapping[str, str]) -> float | None:
+    """How long the server asks us to wait, in seconds: `retry-after-ms` when present (OpenAI's
+    more precise header, preferred as openai-python does), else `Retry-After` (seconds or date)."""
+    millis = _number(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000
+    return parse_retry_after(headers.get("Retry-After"))
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 3] + "..."
+
+
+def _error_detail(body: bytes) -> tuple[Mapping[str, Any], str]:
+    """(the error object, its message) of an error reply in any of the shapes servers use:
+    OpenAI's {"error": {"message", "type", "param", "code"}}, {"error": "text"}, vLLM's older
+    {"object": "error", "message"}, FastAPI's {"detail": ...}; else the start of the body."""
+    try:
+        data = jsoncodec.loads(body)
+    except ValueError:
+        return {}, snippet(body)
+    if not isinstance(data, dict):
+        return {}, snippet(body)
+    error = data.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error, error["message"]
+    if isinstance(error, str):
+        return data, error
+    if isinstance(data.get("message"), str):
+        return data, data["message"]
+    detail = data.get("detail")
+    if isinstance(detail, str):
+        return data, detail
+    if isinstance(detail, list):  # FastAPI's validation errors: [{"loc": [...], "msg": ...}]
+        msgs = [d.get("msg") for d in detail if isinstance(d, dict)]
+        return data, "; ".join(m for m in msgs if isinstance(m, str)) or snippet(body)
+    return data, snippet(body)
+
+
+def _about_model(status: int, error: Mapping[str, Any], message: str, model: str | None) -> bool:
+    """Is this error reply the server saying it does not serve the model asked for? OpenAI says
+    so with code model_not_found (404, or 403 for a project without access), Azure with
+    DeploymentNotFound, vLLM ("The model `x` does not exist.") and Ollama ('model "x" not found')
+    in a 404's text, LiteLLM's proxy in a 400 ("Invalid model name passed in model=x"). A 400
+    that merely names the model ("max_tokens is too large for gpt-4o") is about a parameter, so a
+    400 counts only when its code or param says "model" or its text says the model is unknown."""
+    if status not in (400, 403, 404):
+        return False
+    if error.get("code") in ("model_not_found", "DeploymentNotFound") or error.get("param") == (
+        "model"
+    ):
+        return True
+    if _UNKNOWN_MODEL.search(message):
+        return True
+    if status == 400:
+        return False
+    # The model's name as a word of its own: a short name ("m", "phi") inside other words is not it.
+    if model and re.search(rf"(?<![\w.:/-]){re.escape(model)}(?![\w.:/-])", message):
+        return True
+    return status == 404 and "model" in message.lower()
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+class OpenAIAPI:
+    """The Provider for an OpenAI-compatible chat completions server.
+
+    `params` (from --param, already JSON-decoded) go into every request body as given. A Prompt
+    with a `body` (an OpenAI Batch input line, less its messages) sends that body's parameters,
+    with --param values over them and the provider's `model`, when given, over the line's."""
+
+    name = "openai"
+    extra_columns: tuple[str, ...] = ("prompt_tokens", "completion_tokens")
+    # A wrong or missing key fails every request alike. (An unknown model or a wrong URL does too:
+    # those come as errors with `fatal` set, see _status_error.)
+    fatal_statuses: frozenset[int] = frozenset({401})
+    detects_refusals = False
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        proxy: str | None = None,
+    ) -> None:
+        base = URL(base_url)
+        if base.scheme not in ("http", "https") or not base.host:
+            raise UsageError(f"base URL {base_url!r}: expected http(s)://host[:port]/path")
+        path = base.path.rstrip("/")
+        if not path.endswith(CHAT_PATH):  # the full endpoint given as the base URL works too
+            path += CHAT_PATH
+        self.base_url = base_url
+        self.url = base.with_path(path).with_query(base.query)
+        self.model = model or None
+        self.params = dict(params or {})
+        for key, why in (
+            ("model", "give the model with --model"),
+            ("messages", "the messages come from each row"),
+        ):
+            if key in self.params:
+                raise UsageError(f"--param {key}: {why}")
+        if self.params.get("stream"):
+            raise UsageError("--param stream: streamed replies are not supported; drop it")
+        key_text = (api_key or "").strip()  # a key read from a file often ends in a newline
+        if any(ord(c) < 0x21 or ord(c) > 0x7E for c in key_text):
+            # Never quote the key, not even in this message.
+            raise UsageError("the API key holds spaces or characters a header cannot carry")
+        self._key = _Secret(key_text) if key_text else None
+        self.timeout = timeout
+        self.proxy = proxy
+        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
+        self._headers = {
+            "accept": "application/json",
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+        }
+
+    def __repr__(self) -> str:
+        key = MASK if self._key else None
+        return (
+            f"OpenAIAPI({redact(str(self.url))!r}, model={self.model!r}, "
+            f"params={self.params!r}, api_key={key!r})"
+        )
+
+    def body(self, prompt: Prompt) -> dict[str, Any]:
+        """The JSON body `ask` sends for `prompt`."""
+        messages = [dict(m) for m in prompt.messages] or [{"role": "user", "content": prompt.text}]
+        line = {k: v for k, v in (prompt.body or {}).items() if k not in ("messages", *_STREAMING)}
+        line_model = line.pop("model", None)
+        model = self.model or line_model  # the user's --model wins over the line's
+        body: dict[str, Any] = {} if model is None else {"model": model}
+        body["messages"] = messages
+        body.update(line)
+        body.update(self.params)
+        return body
+
+    async def ask(self, session: aiohttp.ClientSession, prompt: Prompt) -> Answer:
+        body = self.body(prompt)
+        headers = dict(self._headers)
+        if self._key is not None:
+            headers["authorization"] = f"Bearer {self._key.reveal()}"
+        reply = await post_json(
+            session,
+            self.url,
+            jsoncodec.dumps(body),
+            headers=headers,
+            timeout=self._client_timeout,
+            proxy=self.proxy,
+        )
+        rate = parse_rate_info(reply.headers)
+        request_id = reply.headers.get("x-request-id")
+        model = body.get("model") if isinstance(body.get("model"), str) else None
+        try:
+            if not 200 <= reply.status < 300:
+                raise self._status_error(
+                    reply.status, reply.reason, reply.body, reply.headers, model
+                )
+            return self._answer(reply.status, reply.body, model, rate, request_id)
+        except ProviderError as exc:
+            exc.rate, exc.request_id = rate, request_id
+            raise
+
+    def preview(self, prompt: Prompt) -> tuple[str, dict[str, str], bytes]:
+        headers = dict(self._headers)
+        if self._key is not None:
+            headers["authorization"] = f"Bearer {MASK}"
+        return str(self.url), headers, jsoncodec.dumps(self.body(prompt))
+
+    def _scrub(self, text: str) -> str:
+        """`text` without the key, for a server that echoes what it was sent."""
+        if self._key is not None and len(self._key.reveal()) >= 3:
+            text = text.replace(self._key.reveal(), MASK)
+        return text
+
+    def _answer(
+        self,
+        status: int,
+        payload: bytes,
+        model: str | None,
+        rate: RateInfo | None,
+        request_id: str | None,
+    ) -> Answer:
+        try:
+            data = jsoncodec.loads(payload)
+        except ValueError:
+            raise BadReply(
+                f"reply is not JSON: {self._scrub(snippet(payload))!r}", status=status
+            ) from None
+        choice = None
+        if isinstance(data, dict):
+            choices = data.get("choices")
+            if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+                choice = choices[0]
+        if not isinstance(data, dict) or choice is None:
+            _, said = _error_detail(payload)  # a gateway's error sent with a 200
+            raise BadReply(f"reply without choices: {self._scrub(_one_line(said))!r}", status)
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise BadReply("reply without choices[0].message", status=status)
+        finish = choice.get("finish_reason")
+        finish = finish if isinstance(finish, str) and finish else "stop"  # llama.cpp may omit it
+        text = message.get("content")
+        if isinstance(text, list):  # content parts, as some servers answer
+            parts = [p.get("text") for p in text if isinstance(p, dict)]
+            text = "".join(p for p in parts if isinstance(p, str)) if parts else None
+        if not isinstance(text, str):
+            refusal, calls = message.get("refusal"), message.get("tool_calls")
+            if isinstance(refusal, str) and refusal:
+                # The model declined (structured outputs): an answer, marked as what it is, not
+                # a row to resend (it would decline again) nor a misuse (the service is fine).
+                text, finish = refusal, "refusal"
+            elif isinstance(calls, list) and calls:
+                # With tools in --param, calls are the answer; kept as JSON so the batch output
+                # can rebuild them.
+                text, finish = jsoncodec.dumps(calls).decode(), "tool_calls"
+            else:
+                raise BadReply("reply without answer text (message content is null)", status)
+        if finish in _OUR_OUTCOMES:
+            raise BadReply(f"the server ended the answer with finish_reason {finish!r}", status)
+        usage = data.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        served = data.get("model")
+        response_id = data.get("id")
+        return Answer(
+            text,
+            finish,
+            served if isinstance(served, str) and served else model,
+            prompt_tokens=_count(usage.get("prompt_tokens")),
+            completion_tokens=_count(usage.get("completion_tokens")),
+            response_id=response_id if isinstance(response_id, str) else None,
+            request_id=request_id,
+            rate=rate,
+        )
+
+    def _status_error(
+        self,
+        status: int,
+        reason: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        model: str | None,
+    ) -> HTTPStatusError:
+        error, said = _error_detail(payload)
+        said = self._scrub(_one_line(said))
+        text = f"HTTP {status} {reason}".strip() + (f": {said}" if said else "")
+        if _about_model(status, error, said, model):
+            hint = (
+                f"the server does not serve model {model!r}; choose one it serves"
+                if model
+                else "no model was sent; name one the server serves"
+            )
+            return ModelNotFound(status, f"{text} [{hint}]", model)
+        if status == 404:
+            # Not the model, so the endpoint: every request would get the same 404.
+            hint = f"no chat completions API at {self.url}; is the base URL right (often .../v1)?"
+            return HTTPStatusError(status, f"{text} [{hint}]", fatal=True)
+        if status in self.fatal_statuses:
+            hint = "the API key is wrong" if self._key else "no API key was sent"
+            return HTTPStatusError(status, f"{text} [{hint}]", fatal=True)
+        return HTTPStatusError(status, text, retry_after_of(headers))
+
+
+def _ids(custom_id: str) -> str:
+    """A stable id per row, so rewriting the output gives the same file."""
+    return hashlib.blake2b(custom_id.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def batch_output_line(
+    custom_id: str,
+    *,
+    answer: str | None,
+    finish_reason: str,
+    model: str | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+    response_id: str | None = None,
+    request_id: str | None = None,
+    status_code: int | None = None,
+    error: str | None = None,
+    created: int = 0,
+) -> dict[str, Any]:
+    """One line of an OpenAI Batch API output file for a stored result.
+
+    An answered row: `response` holds the status (200 unless given), the request id and a
+    chat.completion body rebuilt from the answer, and `error` is null. A row that was not answered:
+    `error` is {"code", "message"}, and `response` holds the HTTP status of its last failure (with
+    an OpenAI-style error body) when there was one, else null. Ids the server did not give are
+    derived from `custom_id`, so the same results always make the same file."""
+    digest = _ids(custom_id)
+    line_id = f"batch_req_{digest}"
+    req_id = request_id or f"req_{digest}"
+    if answer is not None and is_answered(finish_reason):
+        message: dict[str, Any] = {"role": "assistant", "content": answer, "refusal": None}
+        finish = finish_reason
+        if finish_reason == "refusal":
+            message.update(content=None, refusal=answer)
+            finish = "stop"  # what OpenAI sends with a refusal
+        elif finish_reason == "tool_calls":
+            try:
+                calls = jsoncodec.loads(answer)
+            except ValueError:
+                calls = None
+            if isinstance(calls, list):
+                message.update(content=None, tool_calls=calls)
+        usage = None
+        if prompt_tokens is not None and completion_tokens is not None:
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+        body = {
+            "id": response_id or f"chatcmpl-{digest}",
+            "object": "chat.completion",
+            "created": created,
+            "model": model or "",
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            ],
+            "usage": usage,
+        }
+        response = {"status_code": status_code or 200, "request_id": req_id, "body": body}
+        return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
+    text = error or _BATCH_ERROR_MESSAGES.get(finish_reason, "no answer")
+    code = _BATCH_ERROR_CODES.get(finish_reason, finish_reason)
+    failed: dict[str, Any] | None = None
+    if status_code is not None:
+        detail = {"message": text, "type": "error", "param": None, "code": code}
+        failed = {"status_code": status_code, "request_id": req_id, "body": {"error": detail}}
+    return {
+        "id": line_id,
+        "custom_id": custom_id,
+        "response": failed,
+        "error": {"code": code, "message": text},
+    }
