@@ -79,6 +79,32 @@ def cli() -> None:
     help="API server [env: BATCHPIZZA_BASE_URL].",
 )
 @click.option("--checkpoint", help="Checkpoint file [default: OUTPUT.checkpoint].")
+@click.option(
+    "--provider",
+    type=click.Choice(defaults.PROVIDERS),
+    default="pizzagpt",
+    show_default=True,
+    help="The API: Pizzagpt, or any OpenAI-compatible chat completions server.",
+)
+@click.option("--model", help="Model name (openai provider) [default: the server's / the line's].")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Body parameter for the openai provider, VALUE read as JSON where it parses; repeatable.",
+)
+@click.option(
+    "--api-key-env",
+    default=defaults.DEFAULT_API_KEY_ENV,
+    show_default=True,
+    help="Environment variable holding the API key (openai provider).",
+)
+@click.option(
+    "--format",
+    type=click.Choice(defaults.FORMATS),
+    help="Output format [default: from the extension]; openai-batch writes OpenAI Batch lines.",
+)
 @click.option("--restart", is_flag=True, help="Forget the checkpoint's answers and start over.")
 @click.option("--skip-bad-rows", is_flag=True, help="Run the good rows; mark bad ones invalid.")
 @click.option(

@@ -139,6 +139,23 @@ def check_url(value: str, option: str) -> None:
         raise UsageError(f"{option} {shown!r}: not a usable URL ({detail})") from None
 
 
+def parse_params(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """--param KEY=VALUE, VALUE read as JSON where it parses (numbers, booleans, objects), else
+    kept as text."""
+    import json
+
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param {pair!r}: expected KEY=VALUE, e.g. temperature=0")
+        try:
+            params[key.strip()] = json.loads(value)
+        except ValueError:
+            params[key.strip()] = value
+    return params
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     input: str
@@ -211,6 +228,8 @@ class RunConfig:
 
     @classmethod
     def from_options(cls, input: str, output: str, **options: Any) -> RunConfig:
+        if isinstance(options.get("params"), (list, tuple)):
+            options["params"] = parse_params(options["params"])
         known = {f.name for f in fields(cls) if f.init}
         unknown = sorted(set(options) - known)
         if unknown:

@@ -28,7 +28,7 @@ from batchpizza.files import check_writable, clear_partials, inside, same_file, 
 from batchpizza.progress import Progress, choose, dry_run_report, setup_logging, summary_line
 from batchpizza.providers import Provider
 from batchpizza.records import Summary, Tally
-from batchpizza.redact import remember_url
+from batchpizza.redact import remember_secret, remember_url
 from batchpizza.retrying import RetryPolicy
 from batchpizza.rows import Fields
 from batchpizza.runner import Runner
@@ -175,7 +175,8 @@ class Job:
         if config.input == "-":
             stdin_copy = await self._spool_stdin()
             cleanup.callback(stdin_copy.unlink, missing_ok=True)
-        fields = Fields.from_config(config)
+        provider = self._provider()
+        fields = Fields.from_config(config, extra_reserved=provider.extra_columns)
         source = open_source(config.input, fields, stdin_copy)
         cleanup.callback(source.close)
         key = source.input_key()
@@ -184,7 +185,7 @@ class Job:
             assert scan is not None  # a dry run always scans
             self._checkpoint = planning = Checkpoint.planning(config.checkpoint_path, scan)
             cleanup.callback(planning.close)
-            return self._dry_run(planning, source, started)
+            return self._dry_run(planning, source, provider, started)
         self._checkpoint = checkpoint = Checkpoint.open(config.checkpoint_path)
         cleanup.callback(checkpoint.close)
         if scan is None and key is not None and checkpoint.scan_info(key) is None:
@@ -199,7 +200,6 @@ class Job:
         plan = checkpoint.plan(config.limit)
         todo = sum(plan.values())
         checkpoint.set_meta(input=config.input)
-        provider = self._provider()
         run = checkpoint.begin_run(_options(config))
         control = Control(
             rate=config.rate_per_s, retry_after_cap=config.retry_after_cap, stop=self.stop
@@ -235,6 +235,12 @@ class Job:
                 run, rows_sent=runner.counters.requests, exit_code=128 + self.stop.signum
             )
             raise Interrupted("interrupted", self.stop.signum)
+        if runner.fatal is not None:
+            checkpoint.end_run(run, rows_sent=runner.counters.requests, exit_code=2)
+            raise UsageError(
+                f"{runner.fatal.message}; stopped after {runner.counters.requests} request(s). "
+                "Answers so far are kept in the checkpoint: fix the cause and rerun."
+            )
         await self._in_thread(
             functools.partial(
                 write_output,
@@ -282,11 +288,12 @@ class Job:
             raise Interrupted("interrupted while reading the input", 0)
         return scan
 
-    def _dry_run(self, planning: Checkpoint, source: Source, started: float) -> Summary:
+    def _dry_run(
+        self, planning: Checkpoint, source: Source, provider: Provider, started: float
+    ) -> Summary:
         config = self.config
         plan = planning.plan(config.limit)
         tally = planning.tally(config.limit)
-        provider = self._provider()
         firsts = [
             p for _, p in zip(range(3), source.prompts(planning.todo_positions()), strict=False)
         ]
@@ -297,11 +304,27 @@ class Job:
         return self._summary(tally, started, 0)
 
     def _provider(self) -> Provider:
+        from yarl import URL
+
         from batchpizza.providers.http import env_proxy
-        from batchpizza.providers.pizzagpt import PizzagptAPI, api_url
 
         config = self.config
-        proxy = config.proxy or env_proxy(api_url(config.base_url))
+        proxy = config.proxy or env_proxy(URL(config.base_url))
+        if config.provider == "openai":
+            from batchpizza.providers.openai import OpenAIAPI
+
+            key = os.environ.get(config.api_key_env) or None
+            remember_secret(key)
+            return OpenAIAPI(
+                config.base_url,
+                model=config.model,
+                params=config.params,
+                api_key=key,
+                timeout=config.timeout,
+                proxy=proxy,
+            )
+        from batchpizza.providers.pizzagpt import PizzagptAPI
+
         return PizzagptAPI(config.base_url, timeout=config.timeout, proxy=proxy)
 
     async def _spool_stdin(self) -> Path:

@@ -53,6 +53,12 @@ def remember_url(url: str | None) -> None:
             _known.add(quote(secret, safe=""))
 
 
+def remember_secret(value: str | None) -> None:
+    """Register a secret given outside a URL (an API key), masked wherever it appears."""
+    if value and len(value.strip()) >= 3:
+        _known.add(value.strip())
+
+
 def redact(text: str) -> str:
     if not text:
         return text

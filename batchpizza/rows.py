@@ -58,9 +58,10 @@ class Fields:
     named_prompt: bool
     named_messages: bool
     named_id: bool
+    extra_reserved: tuple[str, ...] = ()  # result columns a provider adds (token counts)
 
     @classmethod
-    def from_config(cls, config: RunConfig) -> Fields:
+    def from_config(cls, config: RunConfig, extra_reserved: tuple[str, ...] = ()) -> Fields:
         prompt, messages, id_ = config.fields_named
         return cls(
             prompt,
@@ -69,6 +70,7 @@ class Fields:
             config.prompt_field is not None,
             config.messages_field is not None,
             config.id_field is not None,
+            extra_reserved,
         )
 
     def key(self) -> tuple[str, str, str, bool, bool, bool]:
@@ -84,7 +86,8 @@ class Fields:
     @functools.cached_property
     def reserved(self) -> frozenset[str]:
         """Input names that would collide with an output column."""
-        return frozenset(RESULT_COLUMNS) | ({"id"} if self.id != "id" else frozenset())
+        own = frozenset(RESULT_COLUMNS) | frozenset(self.extra_reserved)
+        return own | ({"id"} if self.id != "id" else frozenset())
 
 
 class RowProblem(Exception):

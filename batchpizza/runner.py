@@ -250,7 +250,9 @@ class Runner:
                 return await provider.ask(session, prompt)
             except ProviderError as exc:
                 error = exc
-                if exc.status is not None and exc.status in provider.fatal_statuses:
+                if exc.fatal or (exc.status is not None and exc.status in provider.fatal_statuses):
+                    # No later request can succeed (a wrong key, an unknown model): stop at once
+                    # rather than fail every remaining row.
                     self.fatal = exc
                     self.stop.stop_sending("fatal")
                 raise

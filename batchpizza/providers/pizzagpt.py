@@ -8,6 +8,7 @@ and `Pizzagpt.create_async_generator` is the seed's interface, built on `ask` so
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -20,6 +21,8 @@ from batchpizza.errors import BadReply, HTTPStatusError, MisuseDetected, UsageEr
 from batchpizza.providers.http import parse_retry_after, post_json, snippet
 from batchpizza.records import Answer, Prompt
 from batchpizza.rows import format_prompt
+
+log = logging.getLogger("batchpizza")
 
 API_ENDPOINT = "/api/chatx-completion"
 SECRET = "Marinara"
@@ -191,8 +194,18 @@ class PizzagptAPI:
         self.timeout = timeout
         self.proxy = proxy
         self.headers = headers_for(base_url)
+        self._warned = False
 
     async def ask(self, session: aiohttp.ClientSession, prompt: Prompt) -> Answer:
+        if prompt.body and not self._warned:
+            self._warned = True
+            unused = sorted(k for k in prompt.body if k != "model")
+            if unused:
+                log.warning(
+                    "OpenAI Batch lines carry %s; Pizzagpt cannot honour them, so they are not "
+                    "sent (use --provider openai for a server that does)",
+                    ", ".join(unused),
+                )
         text = await ask(
             session,
             prompt.text,

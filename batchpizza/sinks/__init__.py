@@ -31,6 +31,10 @@ SINKS: dict[str, Any] = {"jsonl": JsonlSink, "parquet": ParquetSink}
 
 
 def open_sink(fmt: str, handle: IO[bytes], columns: Columns, results: tuple[str, ...]) -> Sink:
+    if fmt == "openai-batch":  # imported only when asked for
+        from batchpizza.sinks.openai_batch import OpenAIBatchSink
+
+        return OpenAIBatchSink(handle, columns, results)
     sink: Sink = SINKS[fmt](handle, columns, results)
     return sink
 

@@ -1,0 +1,38 @@
+"""OpenAI Batch API output lines (`{"id", "custom_id", "response", "error"}`), in input order, so
+tools built for OpenAI's batch files read ours."""
+
+from __future__ import annotations
+
+from typing import IO
+
+from batchpizza import jsoncodec
+from batchpizza.providers.openai import batch_output_line
+from batchpizza.records import OutputRow
+from batchpizza.sources.base import Carried, Columns
+
+
+class OpenAIBatchSink:
+    def __init__(self, handle: IO[bytes], columns: Columns, results: tuple[str, ...]) -> None:
+        self.handle = handle
+
+    def write(self, carried: Carried, rows: list[OutputRow]) -> None:
+        lines = []
+        for obj, row in zip(carried.rows(), rows, strict=True):
+            custom_id = obj.get("custom_id")
+            line = batch_output_line(
+                custom_id if isinstance(custom_id, str) else row.id,
+                answer=row.answer,
+                finish_reason=row.finish_reason,
+                model=row.model,
+                prompt_tokens=row.prompt_tokens,
+                completion_tokens=row.completion_tokens,
+                response_id=row.response_id,
+                request_id=row.request_id,
+                error=row.error,
+            )
+            lines.append(jsoncodec.dumps(line))
+        lines.append(b"")
+        self.handle.write(b"\n".join(lines))
+
+    def close(self) -> None:
+        pass
