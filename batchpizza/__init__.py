@@ -4,6 +4,8 @@ from batchpizza import run
 summary = run("prompts.jsonl", "out.parquet", concurrency=16, rate="5/s")
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from batchpizza.errors import (
     BatchpizzaError,
     InputChanged,
@@ -16,8 +18,14 @@ from batchpizza.errors import (
     UsageError,
 )
 from batchpizza.job import arun, run
+from batchpizza.records import Outcome, Summary
 from batchpizza.providers.pizzagpt import FinishReason, Pizzagpt
 from batchpizza.rows import format_prompt
+
+try:
+    __version__ = version("batchpizza")
+except PackageNotFoundError:  # pragma: no cover - run from a source tree that is not installed
+    __version__ = "0.0.0"
 
 __all__ = [
     "BatchpizzaError",
@@ -26,13 +34,15 @@ __all__ = [
     "InputError",
     "Interrupted",
     "LockedError",
+    "Outcome",
     "MisuseDetected",
     "OutputError",
     "Pizzagpt",
     "ProviderError",
+    "Summary",
     "UsageError",
+    "__version__",
     "arun",
     "format_prompt",
     "run",
 ]
-__version__ = "0.1.0"
