@@ -1071,11 +1071,15 @@ _JS = r"""
       failed.push(id + ": " + err);
     }
   }
+  // A label beside a marker, on a pale backing so that it stays legible over a line.
   function label(ctx, s, x, y, colour, right) {
     ctx.font = 11 * dpr + "px system-ui, sans-serif";
+    var width = ctx.measureText(s).width, left = right ? x - 4 * dpr - width : x + 4 * dpr;
+    ctx.fillStyle = "rgba(255,255,255,.85)";
+    ctx.fillRect(left - 2 * dpr, y - 10 * dpr, width + 4 * dpr, 13 * dpr);
     ctx.fillStyle = colour;
-    ctx.textAlign = right ? "right" : "left";
-    ctx.fillText(s, right ? x - 4 * dpr : x + 4 * dpr, y);
+    ctx.textAlign = "left";
+    ctx.fillText(s, left, y);
   }
   function vline(u, x, colour) {
     var ctx = u.ctx;
@@ -1086,22 +1090,31 @@ _JS = r"""
     ctx.stroke();
   }
   function nearRight(u, x) { return x > u.bbox.left + u.bbox.width - 90 * dpr; }
-  // Idle time cut out between runs: a pale band, its length written when there is room.
-  var gaps = {hooks: {drawClear: [function (u) {
-    var ctx = u.ctx, last = -Infinity;
-    ctx.save();
-    breaks.forEach(function (br) {
-      var x = u.valToPos(br[0], "x", true);
-      ctx.fillStyle = "rgba(102,112,133,.13)";
-      ctx.fillRect(x - 3 * dpr, u.bbox.top, 6 * dpr, u.bbox.height);
-      if (x - last > 70 * dpr) {
-        label(ctx, span(br[1]) + " idle", x, u.bbox.top + u.bbox.height - 6 * dpr, C.muted,
+  // Idle time cut out between runs: a pale band under the series, its length written over them
+  // where there is room.
+  var gaps = {hooks: {
+    drawClear: [function (u) {
+      u.ctx.save();
+      u.ctx.fillStyle = "rgba(102,112,133,.13)";
+      breaks.forEach(function (br) {
+        var x = u.valToPos(br[0], "x", true);
+        u.ctx.fillRect(x - 3 * dpr, u.bbox.top, 6 * dpr, u.bbox.height);
+      });
+      u.ctx.restore();
+    }],
+    draw: [function (u) {
+      var last = -Infinity;
+      u.ctx.save();
+      breaks.forEach(function (br) {
+        var x = u.valToPos(br[0], "x", true);
+        if (x - last < 70 * dpr) return;
+        label(u.ctx, span(br[1]) + " idle", x, u.bbox.top + 12 * dpr, C.muted,
               nearRight(u, x));
         last = x;
-      }
-    });
-    ctx.restore();
-  }]}};
+      });
+      u.ctx.restore();
+    }]
+  }};
   // Breaker events as dashed vertical lines; a trip is labelled.
   var breaker = {hooks: {draw: [function (u) {
     var ctx = u.ctx;
