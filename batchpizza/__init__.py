@@ -18,8 +18,8 @@ from batchpizza.errors import (
     UsageError,
 )
 from batchpizza.job import arun, run
-from batchpizza.records import Outcome, Summary
 from batchpizza.providers.pizzagpt import FinishReason, Pizzagpt
+from batchpizza.records import Outcome, Summary
 from batchpizza.rows import format_prompt
 
 try:
@@ -34,8 +34,8 @@ __all__ = [
     "InputError",
     "Interrupted",
     "LockedError",
-    "Outcome",
     "MisuseDetected",
+    "Outcome",
     "OutputError",
     "Pizzagpt",
     "ProviderError",

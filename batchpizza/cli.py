@@ -18,6 +18,7 @@ from batchpizza import config as defaults
 from batchpizza.checkpoint import Checkpoint, is_locked
 from batchpizza.config import RunConfig
 from batchpizza.errors import BatchpizzaError
+from batchpizza.files import write_atomically
 from batchpizza.job import Job
 from batchpizza.records import Summary
 
@@ -244,6 +245,30 @@ def _checkpoint_path(output: str | None, checkpoint: str | None) -> Path:
     if not checkpoint and not path.exists() and Path(f"{output}.mock-checkpoint").exists():
         path = Path(f"{output}.mock-checkpoint")  # the output of an offline --mock run
     return path
+
+
+@cli.command()
+@click.argument("output", required=False)
+@click.option("--checkpoint", help="The checkpoint file [default: OUTPUT.checkpoint].")
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
+@click.option(
+    "--html",
+    type=click.Path(dir_okay=False),
+    help="Also write one self-contained page with charts (opens offline).",
+)
+def report(output: str | None, checkpoint: str | None, as_json: bool, html: str | None) -> None:
+    """What the runs on OUTPUT did: rows, requests, retries, latency, errors, rate, breaker."""
+    from batchpizza.reporting import build_report
+
+    path = _checkpoint_path(output, checkpoint)
+    try:
+        text, numbers, page = build_report(path, html=html is not None)
+        if html is not None and page is not None:
+            write_atomically(Path(html), page.encode("utf-8"))
+    except BatchpizzaError as exc:
+        click.echo(f"batchpizza: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    click.echo(json.dumps(numbers, indent=2) if as_json else text)
 
 
 @cli.command("mock-server")

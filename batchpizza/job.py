@@ -232,11 +232,11 @@ class Job:
             self.progress.close()
         if self.stop.signum is not None:
             checkpoint.end_run(
-                run, rows_sent=runner.counters.requests, exit_code=128 + self.stop.signum
+                run, rows_sent=runner.counters.rows_done, exit_code=128 + self.stop.signum
             )
             raise Interrupted("interrupted", self.stop.signum)
         if runner.fatal is not None:
-            checkpoint.end_run(run, rows_sent=runner.counters.requests, exit_code=2)
+            checkpoint.end_run(run, rows_sent=runner.counters.rows_done, exit_code=2)
             raise UsageError(
                 f"{runner.fatal.message}; stopped after {runner.counters.requests} request(s). "
                 "Answers so far are kept in the checkpoint: fix the cause and rerun."
@@ -257,7 +257,7 @@ class Job:
         tally = checkpoint.tally(config.limit)
         stopped = self.stop.reason if self.stop.reason in ("deadline", "refusals") else None
         exit_code = 4 if stopped else 0 if tally.answered == tally.rows else 3
-        checkpoint.end_run(run, rows_sent=runner.counters.requests, exit_code=exit_code)
+        checkpoint.end_run(run, rows_sent=runner.counters.rows_done, exit_code=exit_code)
         summary = self._summary(tally, started, exit_code, stopped=stopped, rate=control.rate)
         self._report(summary)
         return summary

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -64,7 +64,11 @@ class Counters:
     failed: int = 0
     misuse: int = 0
     in_flight: int = 0
-    attempts: list[Attempt] = field(default_factory=list, repr=False)
+
+    @property
+    def rows_done(self) -> int:
+        """Rows this run finished (and committed): each was sent at least once."""
+        return self.answered + self.failed + self.misuse
 
 
 def outcome_of(error: BaseException | None) -> str:

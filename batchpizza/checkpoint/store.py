@@ -391,6 +391,16 @@ class Checkpoint:
             ).fetchone()[0]
         return info
 
+    def rows_by_reason(self) -> dict[str, int]:
+        """The last run's output rows by finish reason (invalid and pending included)."""
+        with self._errors():
+            found = self._conn.execute(
+                "SELECT CASE WHEN r.bad IS NOT NULL THEN 'invalid' "
+                "ELSE coalesce(c.finish_reason, 'pending') END, count(*) "
+                f"{self._JOINED} GROUP BY 1"
+            ).fetchall()
+        return {str(reason): int(count) for reason, count in found}
+
     # -- runs and events ----------------------------------------------------------------------
 
     def begin_run(self, options: dict[str, Any]) -> int:
