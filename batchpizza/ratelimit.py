@@ -13,6 +13,9 @@ so neither a cut nor a raise lets a burst through. The log is pruned by time, no
 rate's length: its size follows the rate (a window never holds more sends than the rate let
 through), and after a cut it still knows the sends a raise a moment later must count.
 
+Gate. Every attempt passes it: the shared pause (a Retry-After holds every worker), then the
+pacer, then the pause again, because a Retry-After may arrive while a worker sleeps for its slot.
+
 Every class takes `clock` and `sleep`, so tests move a fake clock instead of waiting.
 """
 
@@ -36,6 +39,8 @@ WINDOW = 1.010
 
 # Products like 10 * 0.7 give 7.000000000000001: that rate allows 7 sends a window, not 8.
 _FUZZ = 1e-9
+
+RETRY_AFTER = "retry-after"
 
 
 def sends_per_window(rate: float) -> int:
@@ -193,8 +198,34 @@ class Gate:
     ) -> None:
         self.pause = Pause(clock=clock, sleep=sleep)
         self.pacer = Pacer(rate, window=window, clock=clock, sleep=sleep) if rate > 0 else None
+        self._waiting: str | None = None
+
+    @property
+    def rate(self) -> float:
+        """The rate in force, requests/s; 0 when unlimited."""
+        return self.pacer.rate if self.pacer is not None else 0.0
+
+    @property
+    def waiting(self) -> str | None:
+        """What holds the run back now, for a progress bar: "retry-after" while a Retry-After
+        pause lasts (`pause.remaining` says how long), else what the runner set (e.g. "breaker"),
+        else None."""
+        if self.pause.remaining > 0:
+            return RETRY_AFTER
+        return self._waiting
+
+    @waiting.setter
+    def waiting(self, reason: str | None) -> None:
+        self._waiting = reason
 
     async def enter(self) -> None:
-        await self.pause.wait()
-        if self.pacer is not None:
+        while True:
+            await self.pause.wait()
+            if self.pacer is None:
+                return
             await self.pacer.acquire()
+            # A Retry-After that arrived while this worker slept for its slot holds it too. The
+            # slot is forfeited (it stays in the pacer's log, which only errs on the safe side)
+            # and a fresh one is taken after the pause, so the waiters do not leave in a burst.
+            if self.pause.remaining <= 0:
+                return

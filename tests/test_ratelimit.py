@@ -510,6 +510,50 @@ async def test_gate_pause_during_pacing_delays_later_entries() -> None:
     assert times[4] - times[3] == pytest.approx(0.1)
 
 
+async def test_gate_retry_after_seen_while_others_wait_for_slots_holds_them_back_too() -> None:
+    # The reported bug: rate 2, eight workers; the first request gets a 429 with Retry-After: 10
+    # 0.3 s after it left. The seven others, already asleep for slots at 0.5 .. 3.5 s, all went
+    # out inside those 10 s. Now each finds the pause after its slot, waits it out, and takes a
+    # fresh slot: they leave at the rate from the end of the pause, with no burst.
+    vt = VirtualTime(start=0.0)
+    gate = Gate(2.0, window=1.0, clock=vt.clock, sleep=vt.sleep)
+    sent: list[float] = []
+
+    async def request() -> None:
+        await gate.enter()
+        sent.append(vt.now)
+        first = len(sent) == 1
+        await vt.sleep(0.3)
+        if first:
+            gate.pause.hold(10.0)
+
+    await vt.run(*(request() for _ in range(8)))
+    assert sent[0] == 0.0
+    assert not [t for t in sent if 0.0 < t < 10.3 - EPS]
+    assert sent[1:] == pytest.approx([10.3 + 0.5 * i for i in range(7)])
+
+
+async def test_gate_waiting_names_the_retry_after_pause_then_what_others_set() -> None:
+    vt = VirtualTime(start=0.0)
+    gate = Gate(2.0, clock=vt.clock, sleep=vt.sleep)
+    seen = [gate.waiting]
+    gate.pause.hold(8.0)
+    seen.append(gate.waiting)
+    assert gate.pause.remaining == 8.0
+    gate.waiting = "breaker"
+    seen.append(gate.waiting)  # the pause is what holds the run right now
+    vt.now += 8.0
+    seen.append(gate.waiting)
+    gate.waiting = None
+    seen.append(gate.waiting)
+    assert seen == [None, "retry-after", "retry-after", "breaker", None]
+
+
+def test_gate_rate_is_zero_when_unlimited() -> None:
+    assert Gate(0).rate == 0.0
+    assert Gate(3.0).rate == 3.0
+
+
 async def test_pacer_default_window_keeps_a_margin_so_server_side_jitter_cannot_add_a_request() -> (
     None
 ):
