@@ -1,4 +1,4 @@
-"""Request pacing and the shared Retry-After pause.
+"""Request pacing, the shared Retry-After pause, and the learned rate behind `--rate auto`.
 
 Pacer. Why not aiolimiter: its leaky bucket configured without burst (`AsyncLimiter(1, 1 / rate)`)
 paces from the moment each waiter actually woke, so every late wake-up is lost for good; on this
@@ -16,12 +16,21 @@ through), and after a cut it still knows the sends a raise a moment later must c
 Gate. Every attempt passes it: the shared pause (a Retry-After holds every worker), then the
 pacer, then the pause again, because a Retry-After may arrive while a worker sleeps for its slot.
 
+AdaptiveRate. The rate for `--rate auto`, learned from how attempts end, after TCP's slow start
+and congestion avoidance as inspect_ai's adaptive connections, botocore's adaptive retries and
+Netflix's concurrency-limits apply them: double per clean round until the service first pushes
+back, then grow 5 % per clean round; cut once per episode of pushback, where an episode is
+recognised by send time (an attempt sent before the last cut is news about the old rate); a fixed
+cool-down after a cut; never above MAX, nor above twice the send rate measured lately, nor back up
+to a rate the service called misuse.
+
 Every class takes `clock` and `sleep`, so tests move a fake clock instead of waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import math
 import time
 from collections import deque
@@ -186,18 +195,25 @@ class Pause:
 
 
 class Gate:
-    """What every attempt passes before it is sent: the shared pause, then the pacer."""
+    """What every attempt passes before it is sent: the shared pause, then the pacer. `rate` is
+    a fixed rate (0 = unlimited) or an AdaptiveRate, which then sets the pacer's rate."""
 
     def __init__(
         self,
-        rate: float,
+        rate: float | AdaptiveRate,
         *,
         window: float = WINDOW,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.pause = Pause(clock=clock, sleep=sleep)
-        self.pacer = Pacer(rate, window=window, clock=clock, sleep=sleep) if rate > 0 else None
+        self.adaptive = rate if isinstance(rate, AdaptiveRate) else None
+        self.pacer: Pacer | None = None
+        start = rate.rate if isinstance(rate, AdaptiveRate) else rate
+        if start > 0:
+            self.pacer = Pacer(start, window=window, clock=clock, sleep=sleep)
+        if self.adaptive is not None and self.pacer is not None:
+            self.adaptive.drive(self.pacer)
         self._waiting: str | None = None
 
     @property
@@ -229,3 +245,190 @@ class Gate:
             # and a fresh one is taken after the pause, so the waiters do not leave in a burst.
             if self.pause.remaining <= 0:
                 return
+
+
+class Feedback(enum.Enum):
+    """How one finished attempt speaks of the rate, for `AdaptiveRate.record`."""
+
+    CLEAN = "clean"  # answered (misuse is REFUSED, not CLEAN)
+    THROTTLED = "throttled"  # HTTP 429, or any reply with Retry-After
+    REFUSED = "refused"  # the misuse refusal or the bot check: the service's abuse control
+    OVERLOAD = "overload"  # a timeout, a 5xx, a dropped connection
+    NEUTRAL = "neutral"  # says nothing of the rate: a 404, a bad request
+
+
+DEFAULT_MAX_RATE = 20.0  # SPEC: `auto` means `auto:20/s`
+START_RATE = 1.0  # SPEC: `auto` starts at 1/s
+# A request every 10 s. A service that still pushes back at that pace is refusing, not rate
+# limiting: that is the breaker's business, and a lower rate would take minutes to climb back.
+MIN_RATE = 0.1
+# A round is one second's worth of clean replies at the current rate, as inspect_ai's round is
+# one limit's worth of successes: enough replies that a clean round is news about this rate.
+ROUND_S = 1.0
+SLOW_START = 2.0  # TCP slow start: double per clean round until the first pushback
+# Congestion avoidance, inspect_ai's SCALE_UP_PERCENT: 8 clean rounds (a little over 8 s) after
+# the cool-down to win back a 0.7 cut, slow enough to linger near the service's limit. CUBIC as
+# botocore tunes it (C = 0.4 in req/s) wins a 0.7 cut of 10/s back in 2 s: too eager here.
+GROWTH = 1.05
+CUT = 0.7  # botocore's CUBIC beta, TCP CUBIC's too: a throttle or a run of overloads
+# Misuse is the abuse control: answering it like a mere 429 invites a ban. Halving sits under the
+# misuse ceiling below with room to grow, and matches the breaker's "resume at half".
+REFUSED_CUT = 0.5
+# After a refusal at rate r the run stays under 0.8 r: probing back up to the rate the service
+# called abuse is what gets an address blocked.
+MISUSE_CEILING = 0.8
+# One timeout or 5xx is noise (a slow answer, a restart); three in a row from attempts sent since
+# the last cut is the service struggling at this rate.
+OVERLOAD_RUN = 3
+# No growth for 15 s after a cut (inspect_ai's COOLDOWN_SECONDS): replies to attempts sent in that
+# spell still reflect the service's memory of the old rate. Fixed on purpose: a cool-down stretched
+# by Retry-After froze inspect_ai's limit at 0.8x for good (#5137); the Retry-After is the pause's.
+COOLDOWN_S = 15.0
+# "The rate actually measured over the last few seconds": sends (by their start time) of the
+# attempts that finished in the last 5 s, counted in their busiest one-second span. Counting by
+# start time measures the sending, not the answering, whatever the latency; the busiest span
+# rather than an average follows a ramp at once instead of lagging it by the window.
+MEASURE_S = 5.0
+# botocore's _MAX_RATE_ADJUST_SCALE: grow to at most twice what is really being sent, so a phase
+# limited by concurrency or latency cannot ramp the rate to MAX unseen (Netflix's AIMD grows only
+# when in flight * 2 >= limit, the same test).
+MEASURED_HEADROOM = 2.0
+_HISTORY = 256  # rate changes kept to tell the rate an old attempt was sent at
+
+
+class AdaptiveRate:
+    """The learned rate behind `--rate auto[:MAX]`; see the module docstring for the rules.
+
+    Feed it every finished attempt with `record(feedback, started_at)`, `started_at` being the
+    clock time the attempt was sent (the same clock). The rate is `rate`; every Pacer given to
+    `drive` follows it, and `on_change(t, rate, reason)` hears each change, reason one of
+    "slow-start", "grow", "throttled", "refused", "overload", "ceiling", "halve".
+    """
+
+    def __init__(
+        self,
+        max_rate: float = DEFAULT_MAX_RATE,
+        *,
+        start: float | None = None,
+        slow_start: bool | None = None,
+        clock: Clock = time.monotonic,
+        on_change: Callable[[float, float, str], None] | None = None,
+    ) -> None:
+        if max_rate <= 0:
+            raise ValueError("max_rate must be positive")
+        if start is not None and start <= 0:
+            raise ValueError("start must be positive")
+        self.max_rate = max_rate
+        self._floor = min(MIN_RATE, max_rate)
+        self._rate = min(max(start if start is not None else START_RATE, self._floor), max_rate)
+        # A saved rate was learned against this service: probe up from it gently, not double.
+        self._slow_start = start is None if slow_start is None else slow_start
+        self._clock = clock
+        self._on_change = on_change
+        self._pacers: list[Pacer] = []
+        self._ceiling = math.inf
+        self._episode_start = -math.inf  # attempts sent before this belong to an answered episode
+        self._round_start = -math.inf  # a round counts clean replies to attempts sent since
+        self._round_clean = 0
+        self._overloads = 0
+        self._finished: deque[tuple[float, float]] = deque()  # (finished at, started at)
+        self._changes: deque[tuple[float, float]] = deque([(-math.inf, self._rate)], _HISTORY)
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @property
+    def slow_start(self) -> bool:
+        return self._slow_start
+
+    @property
+    def ceiling(self) -> float | None:
+        """The misuse ceiling, once a refusal set one."""
+        return None if self._ceiling == math.inf else self._ceiling
+
+    def drive(self, pacer: Pacer) -> None:
+        """Keep `pacer` at this rate from now on."""
+        self._pacers.append(pacer)
+        pacer.set_rate(self._rate)
+
+    def record(self, feedback: Feedback, started_at: float) -> None:
+        now = self._clock()
+        self._finished.append((now, started_at))
+        self._forget_before(now - MEASURE_S)
+        if feedback is Feedback.NEUTRAL:
+            return
+        if feedback is Feedback.REFUSED:
+            self._ceiling = min(self._ceiling, MISUSE_CEILING * self._rate_at(started_at))
+        if feedback is Feedback.CLEAN:
+            self._overloads = 0
+            if started_at >= self._round_start:
+                self._round_clean += 1
+                if self._round_clean >= sends_per_window(self._rate * ROUND_S):
+                    self._grow(now)
+            return
+        if started_at < self._episode_start:
+            # Sent at the old rate: the cut already answered it. But a refusal of an attempt sent
+            # at a rate regained since still bounds the rate.
+            if self._rate > self._ceiling:
+                self._set(now, self._ceiling, "ceiling")
+            return
+        if feedback is Feedback.OVERLOAD:
+            self._round_clean = 0
+            self._overloads += 1
+            if self._overloads < OVERLOAD_RUN:
+                return
+        self._cut(now, REFUSED_CUT if feedback is Feedback.REFUSED else CUT, feedback.value)
+
+    def halve(self) -> float:
+        """Halve the rate, for the breaker's "resume at half the rate" (SPEC), as a cut: a new
+        episode and a cool-down. Returns the new rate."""
+        self._cut(self._clock(), 0.5, "halve")
+        return self._rate
+
+    def measured_rate(self) -> float:
+        """Sends in the busiest one-second span among attempts finished in the last MEASURE_S."""
+        self._forget_before(self._clock() - MEASURE_S)
+        starts = sorted(started for _, started in self._finished)
+        busiest, lo = 0, 0
+        for hi, t in enumerate(starts):
+            while starts[lo] <= t - 1.0:
+                lo += 1
+            busiest = max(busiest, hi - lo + 1)
+        return float(busiest)
+
+    def _forget_before(self, t: float) -> None:
+        while self._finished and self._finished[0][0] <= t:
+            self._finished.popleft()
+
+    def _grow(self, now: float) -> None:
+        self._round_start, self._round_clean = now, 0
+        target = self._rate * (SLOW_START if self._slow_start else GROWTH)
+        used = MEASURED_HEADROOM * self.measured_rate()
+        new = min(target, self.max_rate, self._ceiling, max(self._rate, used))
+        if new > self._rate:
+            self._set(now, new, "slow-start" if self._slow_start else "grow")
+
+    def _cut(self, now: float, factor: float, reason: str) -> None:
+        self._slow_start = False
+        self._episode_start = now
+        # Growth counts only attempts sent after the cool-down, whatever a Retry-After says.
+        self._round_start, self._round_clean = now + COOLDOWN_S, 0
+        self._overloads = 0
+        self._set(now, min(max(self._rate * factor, self._floor), self._ceiling), reason)
+
+    def _rate_at(self, t: float) -> float:
+        for since, rate in reversed(self._changes):
+            if since <= t:
+                return rate
+        return self._rate  # older than the history kept: the rate now is the best guess
+
+    def _set(self, now: float, rate: float, reason: str) -> None:
+        if rate == self._rate:
+            return
+        self._rate = rate
+        self._changes.append((now, rate))
+        for pacer in self._pacers:
+            pacer.set_rate(rate)
+        if self._on_change is not None:
+            self._on_change(now, rate, reason)
