@@ -182,6 +182,17 @@ async def test_waiters_in_admit_sleep_until_a_state_change_without_polling() -> 
     assert vt.sleeps == 8 + 7 + 1
 
 
+async def test_a_waiter_cancelled_in_admit_is_cancelled_and_the_others_carry_on() -> None:
+    vt = VirtualTime()
+    breaker = breaker_on(vt)
+    trip(vt, breaker)
+    victim = asyncio.ensure_future(breaker.admit())
+    log: list[tuple[float, Permit]] = []
+    await vt.run(vt.at(30.0, victim.cancel), admitted_at(vt, breaker, log))
+    assert victim.cancelled()
+    assert [(t, p.probe) for t, p in log] == [(60.0, True)]
+
+
 async def test_refused_probe_reopens_the_breaker_with_the_wait_doubled() -> None:
     vt = VirtualTime()
     events: Events = []

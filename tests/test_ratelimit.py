@@ -338,6 +338,22 @@ async def test_pacer_setting_the_same_rate_changes_nothing() -> None:
     assert [t for t, _ in log] == pytest.approx([0.0, 0.25, 0.5, 0.75])
 
 
+async def test_pacer_waiter_cancelled_while_asleep_is_cancelled_and_leaves_no_sleep_behind() -> (
+    None
+):
+    vt = VirtualTime(start=0.0)
+    pacer = pacer_on(vt, 1.0)
+    await vt.run(pacer.acquire())
+    victim = asyncio.ensure_future(pacer.acquire())  # asleep for the slot at 1.0
+    log: list[tuple[float, float]] = []
+    await vt.run(vt.at(0.5, victim.cancel), sent_with_rate(vt, pacer, log)())
+    assert victim.cancelled()
+    assert [t for t, _ in log] == [2.0]  # the slot it held is not handed out twice
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert all(future.done() for _, _, future in vt._sleepers)
+
+
 @pytest.mark.parametrize("rate", [0, -2.0])
 def test_pacer_set_rate_rejects_a_rate_that_is_not_positive(rate: float) -> None:
     pacer = Pacer(1.0)
