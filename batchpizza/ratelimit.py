@@ -113,6 +113,7 @@ class Pacer:
         self._next_slot = -math.inf
         self._limit = sends_per_window(rate)
         self._recent: deque[float] = deque()  # the sends of the last window, oldest first
+        self._last_send = -math.inf  # kept apart: the log may have pruned it
         self._schedule = 0  # bumped by set_rate: a slot reserved under another number is void
 
     def set_rate(self, rate: float) -> None:
@@ -129,7 +130,7 @@ class Pacer:
         # evenly spaced at the new rate, with those still in the log, never crowd a window. The
         # window rule alone would keep any pattern the log holds: after a cut from 20/s to 2/s,
         # a pair of sends 50 ms apart would be copied into every later second.
-        start = recent[-1] + interval if recent else -math.inf
+        start = self._last_send + interval
         for nth in range(1, min(limit, len(recent)) + 1):
             # The (limit - nth + 1)-th new send is the first whose window must no longer hold
             # the nth newest logged send; the new sends before it count as all in that window.
@@ -146,7 +147,8 @@ class Pacer:
             self._next_slot = slot + self._interval
             if await self._sleep_until(slot, schedule) and await self._window_clear(schedule):
                 break
-        self._recent.append(self._clock())
+        self._last_send = self._clock()
+        self._recent.append(self._last_send)
 
     async def _window_clear(self, schedule: int) -> bool:
         # A waiter woken late must not let the next ones crowd one window above the rate. Checked
