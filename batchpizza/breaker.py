@@ -17,6 +17,8 @@ telling the run to stop, and more requests only deepen the ban.
     stopped    the next wait would take the total time spent open beyond `patience`: every
                `admit()` raises BreakerExhausted, for good.
 
+A request starts as: `permit = await breaker.admit()`, `await gate.enter()`, and, if
+`breaker.still_admits(permit)` (it may have tripped during the gate's wait), send; else admit again.
 Each state change wakes the tasks blocked in `admit()` (a Wakeup: the injected sleep, cut short),
 so nobody polls and a fake clock drives it all. A Permit ties a result to the state it was
 admitted in: results of attempts admitted before a trip or a close are old news and ignored.
@@ -140,6 +142,15 @@ class Breaker:
                 self._emit(now, "probe")
                 return Permit(probe=True, epoch=self._epoch)
             await self._wakeup.sleep(self._probe_until - now)
+
+    def still_admits(self, permit: Permit) -> bool:
+        """Whether `permit` still lets its request start. A worker admitted while closed may then
+        sleep on the pacer or a Retry-After; if the breaker tripped meanwhile, it must go back
+        to `admit()` instead of sending."""
+        state = self.state
+        if permit.epoch != self._epoch:
+            return False
+        return state is BreakerState.CLOSED or (state is BreakerState.HALF_OPEN and permit.probe)
 
     def record(self, refused: bool, *, clean: bool = True, permit: Permit | None = None) -> None:
         """Record a finished attempt: `refused` for misuse, the bot check, HTTP 401 or 403;

@@ -278,6 +278,24 @@ async def test_results_of_attempts_admitted_before_the_trip_are_ignored() -> Non
     assert state(breaker) is BreakerState.CLOSED
 
 
+async def test_a_permit_stops_admitting_once_the_breaker_trips_after_it_was_given() -> None:
+    # A worker admitted while closed, then asleep on the pacer while the breaker trips, must not
+    # send when it wakes: no request starts while open.
+    vt = VirtualTime()
+    breaker = breaker_on(vt)
+    early = await breaker.admit()
+    assert breaker.still_admits(early)
+    trip(vt, breaker)
+    assert not breaker.still_admits(early)
+    vt.now += breaker.reopens_in
+    probe = await breaker.admit()
+    assert breaker.still_admits(probe)
+    assert not breaker.still_admits(early)
+    breaker.record(False, permit=probe)
+    assert not breaker.still_admits(probe)  # spent: the others' permits come from admit() again
+    assert breaker.still_admits(await breaker.admit())
+
+
 async def test_closing_clears_the_window_and_calls_on_close() -> None:
     vt = VirtualTime()
     closes: list[float] = []
