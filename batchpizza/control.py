@@ -1,6 +1,15 @@
-"""What every attempt of a run passes and reports to: the pacer, the shared Retry-After pause,
-the learned rate under `--rate auto`, the breaker and the deadline. The runner sees one
-`Gatekeeper`; this module decides what each signal means for all of them."""
+"""What every attempt of a run passes and reports to: the breaker, the pacer with its shared
+Retry-After pause, and the learned rate under `--rate auto`. The runner sees one `Gatekeeper`;
+this module decides what each outcome means for all of them.
+
+    attempt outcome                         learned rate   breaker
+    answered                                CLEAN          clean
+    429, or any reply with Retry-After      THROTTLED      clean (the service is busy, not
+                                                                  refusing)
+    misuse, bot check, HTTP 401 / 403       REFUSED        refusal
+    timeout, transport, 408, 5xx, no text   OVERLOAD       not clean (a probe may go again)
+    other 4xx, a refused redirect           NEUTRAL        clean
+"""
 
 from __future__ import annotations
 
@@ -8,10 +17,37 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from batchpizza.errors import HTTPStatusError, ProviderError
-from batchpizza.ratelimit import Clock, Gate, Sleep
+from batchpizza.breaker import Breaker, BreakerExhausted, BreakerState, Permit
+from batchpizza.errors import (
+    RETRYABLE_STATUSES,
+    BadReply,
+    HTTPStatusError,
+    MisuseDetected,
+    ProviderError,
+    TransportError,
+)
+from batchpizza.ratelimit import AdaptiveRate, Clock, Feedback, Gate, Sleep
 from batchpizza.runner import Gatekeeper, Stopped
-from batchpizza.stop import Stop
+
+# (unix time, kind, value, detail): what the checkpoint's events table records.
+Event = tuple[float, str, float, str]
+REFUSAL_STATUSES = frozenset({401, 403})
+
+
+def feedback_of(error: ProviderError | None) -> tuple[Feedback, bool, bool]:
+    """(what the learned rate hears, whether it was a refusal, whether it was clean)."""
+    if error is None:
+        return Feedback.CLEAN, False, True
+    if isinstance(error, MisuseDetected) or error.status in REFUSAL_STATUSES:
+        return Feedback.REFUSED, True, True
+    if error.retry_after is not None or error.status == 429:
+        return Feedback.THROTTLED, False, True
+    overloaded = isinstance(error, (TransportError, BadReply)) or (
+        isinstance(error, HTTPStatusError) and error.status in RETRYABLE_STATUSES
+    )
+    if overloaded:
+        return Feedback.OVERLOAD, False, False
+    return Feedback.NEUTRAL, False, True
 
 
 class Control(Gatekeeper):
@@ -19,36 +55,87 @@ class Control(Gatekeeper):
         self,
         *,
         rate: float,
+        auto_max: float | None,
+        learned: float | None,
+        patience: float,
         retry_after_cap: float,
-        stop: Stop,
+        timeout: float,
+        on_give_up: Callable[[], None],
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
-        on_event: Callable[[float, str, float, str], None] | None = None,
     ) -> None:
-        self.gate = Gate(rate, clock=clock, sleep=sleep)
-        self.stop = stop
-        self.retry_after_cap = retry_after_cap
         self._clock = clock
-        self.on_event = on_event
+        self.events: list[Event] = []
+        self.adaptive: AdaptiveRate | None = None
+        if auto_max is not None:
+            start = min(learned, auto_max) if learned else None
+            self.adaptive = AdaptiveRate(
+                auto_max, start=start, clock=clock, on_change=self._rate_changed
+            )
+        self.gate = Gate(self.adaptive or rate, clock=clock, sleep=sleep)
+        self.breaker = Breaker(
+            patience=patience,
+            probe_timeout=timeout + 30.0,  # a probe may take a whole attempt, and then some
+            clock=clock,
+            sleep=sleep,
+            on_event=self._breaker_event,
+            on_close=self.adaptive.halve if self.adaptive is not None else None,
+        )
+        self.retry_after_cap = retry_after_cap
+        self.on_give_up = on_give_up
+        self.stopped = False
 
     @property
     def rate(self) -> float | None:
-        pacer = self.gate.pacer
-        return pacer.rate if pacer is not None else None
+        """Requests per second now; None when unlimited."""
+        return self.gate.rate or None
 
     @property
     def waiting(self) -> str | None:
-        remaining = self.gate.pause.remaining
-        return f"Retry-After {remaining:.0f}s" if remaining > 0 else None
+        """What the whole run is waiting for, if anything (for the progress bar)."""
+        if self.breaker.state is BreakerState.OPEN:
+            return f"service refusing: probe in {self.breaker.reopens_in:.0f}s"
+        if self.gate.pause.remaining > 0:
+            return f"Retry-After {self.gate.pause.remaining:.0f}s"
+        return None
 
-    async def enter(self) -> None:
-        if self.stop.sending_stopped:
-            raise Stopped
-        await self.gate.enter()
+    async def enter(self) -> object:
+        while True:
+            if self.stopped:
+                raise Stopped
+            try:
+                permit = await self.breaker.admit()
+            except BreakerExhausted:
+                self.stopped = True
+                self.on_give_up()
+                raise Stopped from None
+            await self.gate.enter()
+            if self.breaker.still_admits(permit):
+                return permit
+            # The breaker tripped while this worker waited for its slot: ask it again.
 
-    def finished(self, started: float, outcome: str, error: ProviderError | None) -> None:
-        if error is None:
-            return
-        retry_after = error.retry_after
-        if retry_after is not None and isinstance(error, HTTPStatusError):
-            self.gate.pause.hold(min(retry_after, self.retry_after_cap))
+    def finished(
+        self, token: object, started: float, outcome: str, error: ProviderError | None
+    ) -> None:
+        feedback, refused, clean = feedback_of(error)
+        if self.adaptive is not None:
+            self.adaptive.record(feedback, started)
+        permit = token if isinstance(token, Permit) else None
+        self.breaker.record(refused, clean=clean, permit=permit)
+        if error is not None and error.retry_after is not None:
+            # Held for every worker, including those already waiting on the pacer.
+            self.gate.pause.hold(min(error.retry_after, self.retry_after_cap))
+
+    def _wall(self, t: float) -> float:
+        return time.time() - (self._clock() - t)
+
+    def _rate_changed(self, t: float, rate: float, reason: str) -> None:
+        self.events.append((self._wall(t), "rate", rate, reason))
+
+    def _breaker_event(self, t: float, event: str) -> None:
+        rate = self.gate.rate
+        self.events.append((self._wall(t), "breaker", rate, event))
+
+    def take_events(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events

@@ -75,6 +75,15 @@ class Job:
         self.stop.interrupt(signum)
         self._cancel_after_grace()
 
+    @staticmethod
+    def _save_control(checkpoint: Checkpoint, run: int, control: Control) -> None:
+        """The rate history and breaker trips for the report, and the learned rate for the next
+        run to start from; on every way out of the run."""
+        with contextlib.suppress(Exception):  # never mask the error the run is ending with
+            checkpoint.record_events(run, control.take_events())
+            if control.adaptive is not None:
+                checkpoint.set_meta(learned_rate=control.adaptive.rate)
+
     def _stop_early(self, reason: str) -> None:
         """A planned stop (the deadline, the breaker out of patience): no new request, those in
         flight get the grace period, then the output is written with the rest pending."""
@@ -202,8 +211,15 @@ class Job:
         checkpoint.set_meta(input=config.input)
         run = checkpoint.begin_run(_options(config))
         control = Control(
-            rate=config.rate_per_s, retry_after_cap=config.retry_after_cap, stop=self.stop
+            rate=config.rate_per_s,
+            auto_max=config.auto_max,
+            learned=checkpoint.learned_rate(),
+            patience=config.patience_s,
+            retry_after_cap=config.retry_after_cap,
+            timeout=config.timeout,
+            on_give_up=functools.partial(self._stop_early, "refusals"),
         )
+        cleanup.callback(self._save_control, checkpoint, run, control)
         self.runner = runner = Runner(
             provider,
             checkpoint,

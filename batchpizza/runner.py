@@ -47,10 +47,14 @@ class Gatekeeper:
     """What every attempt passes before it is sent, and hears how it ended: pacing, pauses, the
     breaker. The runner knows nothing else of them."""
 
-    async def enter(self) -> None:
-        """Wait until an attempt may be sent; raise Stopped if none may be sent any more."""
+    async def enter(self) -> object:
+        """Wait until an attempt may be sent; raise Stopped if none may be sent any more. The
+        token returned is handed back to `finished`."""
+        return None
 
-    def finished(self, started: float, outcome: str, error: ProviderError | None) -> None:
+    def finished(
+        self, token: object, started: float, outcome: str, error: ProviderError | None
+    ) -> None:
         """Told of every finished attempt (clock time it was sent, outcome kind, its error)."""
 
 
@@ -244,7 +248,7 @@ class Runner:
 
         async def attempt() -> Answer:
             nonlocal latency
-            await gate.enter()
+            token = await gate.enter()
             if self.stop.sending_stopped:
                 raise Stopped  # after a stop nothing more is sent; the row stays to do
             counters.requests += 1
@@ -263,7 +267,7 @@ class Runner:
             finally:
                 latency = (self._clock() - started) * 1000.0
                 kind = outcome_of(error)
-                gate.finished(started, kind, error)
+                gate.finished(token, started, kind, error)
                 attempts.append(
                     Attempt(
                         prompt.id,
