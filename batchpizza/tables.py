@@ -1,0 +1,526 @@
+"""In-memory inputs for `batchpizza.answer`: DataFrames, Arrow tables, Hugging Face datasets, rows.
+
+pandas, polars and datasets are not dependencies: a value is recognised by the classes of modules
+already imported (a pandas DataFrame cannot exist unless pandas is), and each library is used only
+when its kind of value is given. pyarrow is imported only for the Arrow-backed kinds.
+
+    data                       kind        read through         restore(result) gives
+    pandas.DataFrame           "pandas"    .table, .batches()   a DataFrame, index and dtypes kept
+    polars.DataFrame           "polars"    .table, .batches()   a polars DataFrame
+    pyarrow.Table              "arrow"     .table, .batches()   a Table, schema metadata kept
+    pyarrow.RecordBatchReader  "stream"    .batches(), once     a RecordBatchReader, streamed
+    datasets.Dataset           "datasets"  .table, .batches()   a Dataset, Features kept
+    list (of dicts)            "rows"      .rows                a new list of new dicts
+
+`restore` takes the results as Arrow (a Table, a RecordBatchReader or an iterator of batches): the
+input's columns followed by the result columns, or the result columns alone. The input's columns
+are taken from the input itself wherever it is still at hand, so that what Arrow cannot say about
+them (a pandas index, a categorical's dtype, a ClassLabel) comes back as it was. The input is never
+changed.
+
+`carry_metadata` is the same care for Parquet files: the schema metadata pandas and datasets write
+(which lists the columns) carried to an output with more columns, and kept true.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from batchpizza.errors import UsageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+Kind = Literal["pandas", "polars", "arrow", "stream", "datasets", "rows"]
+
+BATCH_ROWS = 4096
+ACCEPTED = (
+    "a pandas DataFrame, a polars DataFrame, a pyarrow Table or RecordBatchReader, "
+    "a Hugging Face datasets.Dataset, or a list of dicts (one per row, as JSONL lines)"
+)
+# (module, class, kind), matched in order against the modules already imported
+_CLASSES: tuple[tuple[str, str, Kind], ...] = (
+    ("pandas", "DataFrame", "pandas"),
+    ("polars", "DataFrame", "polars"),
+    ("pyarrow", "Table", "arrow"),
+    ("pyarrow", "RecordBatchReader", "stream"),
+    ("datasets", "Dataset", "datasets"),
+)
+# What to say for values close to an accepted one (by class name).
+_HINTS = {
+    "Series": "pass a DataFrame (series.to_frame())",
+    "LazyFrame": "collect() it first",
+    "DatasetDict": "pass one split, e.g. data['train']",
+    "IterableDatasetDict": "pass one split of a Dataset, e.g. data['train']",
+    "IterableDataset": "load it as a Dataset (streaming=False)",
+    "RecordBatch": "pass pyarrow.Table.from_batches([batch])",
+    "dict": "pass a list of dicts, one per row",
+}
+
+
+def kind_of(data: object) -> Kind | None:
+    """The kind of in-memory input `data` is, without importing any library; None if none."""
+    if isinstance(data, list):
+        return "rows"
+    for module_name, class_name, kind in _CLASSES:
+        module = sys.modules.get(module_name)
+        cls = getattr(module, class_name, None) if module is not None else None
+        if isinstance(cls, type) and isinstance(data, cls):
+            return kind
+    return None
+
+
+def from_data(data: object) -> InMemory:
+    """`data` as an InMemory input; UsageError naming the accepted types for anything else."""
+    kind = kind_of(data)
+    if kind is None:
+        cls = type(data)
+        name = (
+            cls.__qualname__
+            if cls.__module__ == "builtins"
+            else f"{cls.__module__}.{cls.__qualname__}"
+        )
+        hint = _HINTS.get(cls.__name__)
+        raise UsageError(
+            f"batchpizza.answer takes {ACCEPTED}; not a {name}" + (f": {hint}" if hint else "")
+        )
+    return InMemory(kind, data)
+
+
+class InMemory:
+    """One in-memory input, made by `from_data`. `data` is the caller's own object: it is read,
+    never changed. Arrow-backed kinds are read through `.table` or `.batches()`, "rows" through
+    `.rows`; `restore` turns the results into the caller's type."""
+
+    __slots__ = ("_read", "_table", "data", "kind")
+
+    def __init__(self, kind: Kind, data: Any) -> None:
+        self.kind: Kind = kind
+        self.data: Any = data
+        self._table: pa.Table | None = None  # converted once, for the passes that need it all
+        self._read = False  # a stream's batches have been taken
+
+    def __repr__(self) -> str:
+        return f"InMemory({self.kind!r}, {type(self.data).__name__})"
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def rows(self) -> list[Any]:
+        """kind "rows": the caller's list itself (each item is checked as a JSONL line is)."""
+        if self.kind != "rows":
+            raise TypeError(f"a {self.kind} input has no .rows; read .table or .batches()")
+        return self.data  # type: ignore[no-any-return]
+
+    @property
+    def num_rows(self) -> int | None:
+        """None for a stream, whose length is known only once it is read."""
+        return None if self.kind == "stream" else len(self.data)
+
+    @property
+    def names(self) -> list[str]:
+        """The column names as Arrow has them (a pandas label as its text)."""
+        if self.kind == "pandas":
+            return [str(label) for label in self.data.columns]
+        if self.kind == "polars":
+            return list(self.data.columns)
+        if self.kind == "datasets":
+            return list(self.data.column_names)
+        return list(self.schema.names)
+
+    @property
+    def schema(self) -> pa.Schema:
+        if self.kind == "stream":
+            return self.data.schema
+        if self.kind == "datasets":
+            return self.data.features.arrow_schema
+        return self.table.schema
+
+    @property
+    def table(self) -> pa.Table:
+        """The input as one Arrow table (for pandas, without its index: restore brings it back).
+        Not for a stream, which may not fit in memory: read .batches()."""
+        if self._table is None:
+            self._table = self._to_table(None)
+        return self._table
+
+    def batches(
+        self, columns: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS
+    ) -> Iterator[pa.RecordBatch]:
+        """The input's record batches, of `columns` only if given; only those are converted, so a
+        pandas column Arrow cannot hold matters only if asked for. A stream can be read once."""
+        wanted = None if columns is None else list(columns)
+        if self.kind == "stream":
+            if self._read:
+                raise RuntimeError("a RecordBatchReader can be read only once")
+            self._read = True
+            return (b if wanted is None else b.select(wanted) for b in self.data)
+        if self.kind == "datasets":  # read in slices: a dataset on disk need not fit in memory
+            chunks = self.data.with_format("arrow", columns=wanted).iter(batch_size=batch_rows)
+            return itertools.chain.from_iterable(chunk.to_batches() for chunk in chunks)
+        if self._table is not None or wanted is None:
+            table = self.table if wanted is None else self.table.select(wanted)
+        else:
+            table = self._to_table(wanted)
+        return iter(table.to_batches(max_chunksize=batch_rows))
+
+    def _to_table(self, columns: list[str] | None) -> pa.Table:
+        if self.kind == "arrow":
+            return self.data if columns is None else self.data.select(columns)
+        if self.kind == "polars":
+            return _plain_strings(
+                self.data.to_arrow() if columns is None else self.data.select(columns).to_arrow()
+            )
+        if self.kind == "datasets":
+            return self.data.with_format("arrow", columns=columns)[:]
+        if self.kind == "pandas":
+            return _pandas_to_arrow(self.data, columns)
+        raise TypeError(f"a {self.kind} input has no .table; read .batches() or .rows")
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def restore(
+        self,
+        result: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch] | list[dict[str, Any]],
+    ) -> Any:
+        """The input with the result columns added, as the same type. For kind "rows", `result`
+        is a list of dicts (one per row, in order); otherwise see the module docstring."""
+        if self.kind == "rows":
+            return restore_rows(self.data, result)  # type: ignore[arg-type]
+        if self.kind == "stream":
+            return _restore_stream(self.data.schema, result)
+        new = _new_columns(_as_table(result), self.names, len(self.data))
+        if self.kind == "pandas":
+            return _restore_pandas(self.data, new)
+        if self.kind == "polars":
+            return self.data.hstack(sys.modules["polars"].from_arrow(new))
+        if self.kind == "datasets":
+            return _restore_dataset(self.data, new)
+        return _append(self.data, new)
+
+
+def restore_rows(rows: list[Any], results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each row as a new dict, its result keys added; a row that is not an object (a bad row)
+    holds only its result. The rows are not changed (nested values are shared, not copied)."""
+    if len(rows) != len(results):
+        raise ValueError(f"{len(results)} results for {len(rows)} rows")
+    return [
+        {**(row if isinstance(row, Mapping) else {}), **res}
+        for row, res in zip(rows, results, strict=True)
+    ]
+
+
+# -- Arrow helpers -----------------------------------------------------------------------------
+
+
+def _as_table(result: Any) -> pa.Table:
+    import pyarrow as pa
+
+    if isinstance(result, pa.Table):
+        return result
+    if isinstance(result, pa.RecordBatchReader):
+        return result.read_all()
+    batches = list(result)
+    if not batches:
+        raise ValueError("no record batches, so no schema: pass a Table or RecordBatchReader")
+    return pa.Table.from_batches(batches)
+
+
+def _new_columns(result: pa.Table, input_names: list[str], num_rows: int) -> pa.Table:
+    """The result columns of `result`: what follows the input's columns, or all of it when it
+    holds none of them."""
+    names = result.column_names
+    if names[: len(input_names)] == input_names:
+        new = result.select(list(range(len(input_names), len(names))))
+    elif not set(names) & set(input_names):
+        new = result
+    else:
+        clash = sorted(set(names) & set(input_names))
+        raise ValueError(
+            f"the result holds input columns {clash} but not the input's columns in order first"
+        )
+    if new.num_rows != num_rows:
+        raise ValueError(f"{new.num_rows} result rows for {num_rows} input rows")
+    return new
+
+
+def _append(table: pa.Table, new: pa.Table) -> pa.Table:
+    """The input table's own columns, then the new ones; its metadata carried."""
+    import pyarrow as pa
+
+    schema = carry_metadata(table.schema, pa.schema([*table.schema, *new.schema]))
+    return pa.Table.from_arrays([*table.columns, *new.columns], schema=schema)
+
+
+def _restore_stream(input_schema: pa.Schema, result: Any) -> pa.RecordBatchReader:
+    """A reader of the result batches (input columns first: a stream's input is gone once read),
+    with the input's metadata. Batches are passed on as they come, never gathered."""
+    import pyarrow as pa
+
+    if isinstance(result, pa.Table):
+        result = result.to_reader()
+    if isinstance(result, pa.RecordBatchReader):
+        first: list[pa.RecordBatch] = []
+        schema, rest = result.schema, iter(result)
+    else:
+        rest = iter(result)
+        first = list(itertools.islice(rest, 1))
+        if not first:
+            raise ValueError("no record batches, so no schema: pass a Table or RecordBatchReader")
+        schema = first[0].schema
+    if schema.names[: len(input_schema)] != input_schema.names:
+        raise ValueError("a stream's result must hold the input's columns first")
+    out = carry_metadata(input_schema, schema)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in itertools.chain(first, rest):
+            yield pa.RecordBatch.from_arrays(batch.columns, schema=out)
+
+    return pa.RecordBatchReader.from_batches(out, batches())
+
+
+def _plain_strings(table: pa.Table) -> pa.Table:
+    """Arrow's view types (polars may export them) as the large types every reader knows."""
+    import pyarrow as pa
+
+    views = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary()}
+    if not any(f.type in views for f in table.schema):
+        return table
+    return table.cast(pa.schema([f.with_type(views.get(f.type, f.type)) for f in table.schema]))
+
+
+# -- pandas ------------------------------------------------------------------------------------
+
+
+def _pandas_to_arrow(frame: Any, columns: list[str] | None) -> pa.Table:
+    import pyarrow as pa
+
+    if columns is not None:  # Arrow names are the labels as text: find the labels again
+        labels = {str(label): label for label in frame.columns}
+        frame = frame[[labels[name] for name in columns]]
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise UsageError(f"the DataFrame cannot be read as Arrow: {exc}") from None
+
+
+def _restore_pandas(frame: Any, new: pa.Table) -> Any:
+    clash = sorted(set(new.column_names) & {str(c) for c in frame.columns})
+    if clash:
+        raise ValueError(f"the DataFrame already has columns named {clash}")
+    pd = sys.modules["pandas"]
+    # Arrays, not Series: a Series would be aligned on the frame's index, which may repeat.
+    values = {name: _pandas_array(new.column(name), pd) for name in new.column_names}
+    return frame.assign(**values)
+
+
+_NULLABLE = {
+    "int8": "Int8",
+    "int16": "Int16",
+    "int32": "Int32",
+    "int64": "Int64",
+    "uint8": "UInt8",
+    "uint16": "UInt16",
+    "uint32": "UInt32",
+    "uint64": "UInt64",
+    "bool": "boolean",
+}
+
+
+def _pandas_array(column: pa.ChunkedArray, pd: Any) -> Any:
+    """A result column as pandas would hold it: ints and bools with nulls as nullable dtypes
+    (not floats and objects), everything else as pyarrow converts it."""
+    nullable = _NULLABLE.get(str(column.type)) if column.null_count else None
+    if nullable is not None:
+        dtype = pd.api.types.pandas_dtype(nullable)
+        return column.to_pandas(types_mapper=lambda _type: dtype).array
+    return column.to_pandas().array
+
+
+# -- datasets ----------------------------------------------------------------------------------
+
+
+def _restore_dataset(dataset: Any, new: pa.Table) -> Any:
+    """A new in-memory Dataset: the input's rows (its indices applied) and Features, the new
+    columns' features from their Arrow types, the same split and format. Nothing is written to
+    disk, nothing is shown (datasets' own concatenation would flatten indices with a bar)."""
+    import pyarrow as pa
+
+    datasets = sys.modules["datasets"]
+    table = dataset.with_format("arrow")[:]
+    features = datasets.Features(
+        # without metadata: a result table made from the dataset's own carries its Features
+        {**dataset.features, **datasets.Features.from_arrow_schema(new.schema.remove_metadata())}
+    )
+    info = dataset.info.copy()
+    info.features = features
+    combined = pa.Table.from_arrays(
+        [*table.columns, *new.columns], names=[*table.column_names, *new.column_names]
+    )
+    out = datasets.Dataset(combined, info=info, split=dataset.split)
+    fmt = dataset.format
+    shown = fmt["columns"]
+    return out.with_format(
+        fmt["type"],
+        columns=None if shown is None else [*shown, *new.column_names],
+        output_all_columns=fmt["output_all_columns"],
+        **fmt["format_kwargs"],
+    )
+
+
+# -- Parquet schema metadata -------------------------------------------------------------------
+
+
+def carry_metadata(input_schema: pa.Schema, output_schema: pa.Schema) -> pa.Schema:
+    """`output_schema` with what `input_schema` says about its columns carried over, for an output
+    of the input's columns (some may be gone) plus new ones:
+
+    - field metadata, where a column keeps its name and type;
+    - the schema metadata, with the two entries that list columns made true of the output:
+      `pandas` (pd.read_parquet rebuilds the index and dtypes from it) gains an entry for each
+      new column and loses those of columns gone, and `huggingface` (datasets reads its
+      Features from it) gains a Value feature for each new column, or is dropped when a new
+      column is not a plain value (datasets then reads the types from Arrow);
+    - any other entry as it was."""
+    import pyarrow as pa
+
+    inputs = {f.name: f for f in input_schema}
+    fields = []
+    for out in output_schema:
+        same = inputs.get(out.name)
+        if same is not None and same.type.equals(out.type) and not out.metadata:
+            out = same.with_nullable(out.nullable)
+        fields.append(out)
+    schema = pa.schema(fields)
+    metadata = {**(output_schema.metadata or {}), **(input_schema.metadata or {})}
+    if b"pandas" in metadata:
+        metadata[b"pandas"] = _carry_pandas(json.loads(metadata[b"pandas"]), schema)
+    if b"huggingface" in metadata:
+        carried = _carry_huggingface(json.loads(metadata[b"huggingface"]), schema)
+        if carried is None:
+            del metadata[b"huggingface"]
+        else:
+            metadata[b"huggingface"] = carried
+    return schema.with_metadata(metadata)
+
+
+def _carry_pandas(meta: dict[str, Any], schema: pa.Schema) -> bytes:
+    present = set(schema.names)
+    entries = {c.get("field_name") or c.get("name"): c for c in meta.get("columns", [])}
+    levels = meta.get("column_indexes") or []
+    columns = []
+    for f in schema:
+        entry = entries.get(f.name)
+        if entry is None:
+            entry = _pandas_entry(f.name, f.type, len(levels))
+        columns.append(entry)
+    meta["columns"] = columns
+    # A string names an index column (gone: the index is not rebuilt); a dict is a RangeIndex.
+    meta["index_columns"] = [
+        i for i in meta.get("index_columns", []) if not isinstance(i, str) or i in present
+    ]
+    if len(levels) == 1 and levels[0].get("pandas_type") not in ("unicode", "string", "object"):
+        # Labels of another type (ints...) are turned back into it on reading, and a new
+        # column's name cannot be: the labels come back as text instead.
+        meta["column_indexes"] = [{**levels[0], "pandas_type": "unicode", "numpy_type": "object"}]
+    return json.dumps(meta).encode()
+
+
+def _pandas_entry(name: str, type: pa.DataType, levels: int) -> dict[str, Any]:
+    """The pandas metadata of a column pandas never saw: the types it reads as by default."""
+    import pyarrow as pa
+
+    metadata: dict[str, Any] | None = None
+    if pa.types.is_boolean(type) or pa.types.is_integer(type) or pa.types.is_floating(type):
+        logical = numpy = _numpy_name(type)
+    elif pa.types.is_timestamp(type):
+        numpy = f"datetime64[{type.unit}]"
+        logical = "datetimetz" if type.tz else "datetime"
+        metadata = {"timezone": type.tz} if type.tz else None
+    elif pa.types.is_decimal(type):
+        logical, numpy = "decimal", "object"
+        metadata = {"precision": type.precision, "scale": type.scale}
+    elif pa.types.is_date(type):
+        logical, numpy = "date", "object"
+    elif pa.types.is_string(type) or pa.types.is_large_string(type):
+        logical, numpy = "unicode", "object"
+    elif pa.types.is_binary(type) or pa.types.is_large_binary(type):
+        logical, numpy = "bytes", "object"
+    else:
+        logical, numpy = "object", "object"
+    # With several levels of column labels, each name is the text of a tuple, one per level.
+    label = name if levels <= 1 else str((name, *([""] * (levels - 1))))
+    return {
+        "name": label,
+        "field_name": name,
+        "pandas_type": logical,
+        "numpy_type": numpy,
+        "metadata": metadata,
+    }
+
+
+def _numpy_name(type: pa.DataType) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_boolean(type):
+        return "bool"
+    if pa.types.is_floating(type):
+        return f"float{type.bit_width}"
+    return str(type)  # int8 ... uint64: the same names
+
+
+# datasets' names of the Arrow types a Value feature may have (see datasets.features.Value)
+_VALUE_TYPES = {
+    "null",
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "string",
+    "large_string",
+    "binary",
+    "large_binary",
+    "date32",
+    "date64",
+}
+
+
+def _carry_huggingface(meta: dict[str, Any], schema: pa.Schema) -> bytes | None:
+    features = (meta.get("info") or {}).get("features")
+    if not isinstance(features, dict):
+        return json.dumps(meta).encode()  # no features to keep true
+    carried = {}
+    for f in schema:
+        if f.name in features:
+            carried[f.name] = features[f.name]
+            continue
+        dtype = _value_dtype(f.type)
+        if dtype is None:
+            return None
+        carried[f.name] = {"dtype": dtype, "_type": "Value"}
+    meta["info"]["features"] = carried
+    return json.dumps(meta).encode()
+
+
+def _value_dtype(type: pa.DataType) -> str | None:
+    import pyarrow as pa
+
+    if pa.types.is_floating(type):
+        name = f"float{type.bit_width}"
+    elif pa.types.is_timestamp(type):
+        return f"timestamp[{type.unit}" + (f", tz={type.tz}]" if type.tz else "]")
+    else:
+        name = str(type)
+    return name if name in _VALUE_TYPES else None
