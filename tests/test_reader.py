@@ -137,7 +137,7 @@ def test_gzipped_jsonl_is_read_with_physical_line_numbers(tmp_path: Path) -> Non
     assert [row.at for row in bad.values()] == [4]
 
 
-def test_scan_records_the_json_types_of_carried_fields(tmp_path: Path) -> None:
+def test_scan_infers_the_arrow_types_of_carried_fields(tmp_path: Path) -> None:
     path = write_jsonl(
         tmp_path / "in.jsonl",
         [
@@ -147,13 +147,13 @@ def test_scan_records_the_json_types_of_carried_fields(tmp_path: Path) -> None:
     )
     source = source_for(path, tmp_path)
     scanned(source)
-    types = source.columns().kinds
+    types = source.columns().types()
     assert "id" not in types
-    assert types["prompt"] == {"str"}
-    assert types["n"] == {"int"}
-    assert types["mixed"] == {"int", "str"}
-    assert types["tags"] == {"json"}
-    assert types["flag"] == {"bool"}
+    assert types["prompt"] == pa.string()
+    assert types["n"] == pa.int64()
+    assert types["mixed"] is None  # int in one row, str in another: JSON text
+    assert types["tags"] == pa.list_(pa.string())  # a list keeps its native type
+    assert types["flag"] == pa.bool_()
 
 
 def test_scan_digest_is_of_the_formatted_prompt(tmp_path: Path) -> None:

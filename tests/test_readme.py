@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import shutil
@@ -51,8 +50,8 @@ def test_readme_run_command_works_offline_and_answers_every_sample(tmp_path: Pat
     sample = [line for line in (tmp_path / words[2]).read_text().splitlines() if line.strip()]
     assert len(rows) == len(sample) > 0
     for row in rows:
-        # Messages carried from JSONL into Parquet are JSON text (a list of objects).
-        prompt = row["prompt"] or format_prompt(json.loads(row["messages"]))
+        # Messages carried from JSONL into Parquet keep their native type: a list of structs.
+        prompt = row["prompt"] or format_prompt(row["messages"])
         assert row["finish_reason"] == "stop"
         assert row["answer"] == mock_answer(prompt)
 

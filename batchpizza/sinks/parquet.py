@@ -23,7 +23,7 @@ class ParquetSink:
         self.results = results
         fields = [pa.field("id", pa.string()), *columns.arrow_fields()]
         extra = tuple(results[len(result_fields()) :])
-        self.schema = pa.schema([*fields, *result_fields(extra)], metadata=columns.metadata())
+        self.schema = columns.carry(pa.schema([*fields, *result_fields(extra)]))
         self.writer: pq.ParquetWriter | None = None
 
     def write(self, carried: Carried, rows: list[OutputRow]) -> None:

@@ -1,36 +1,18 @@
-"""Values as every output writes them: what JSON cannot hold, and the result columns' types."""
+"""Values as every output writes them: what JSON cannot hold (fieldtypes.json_default), and the
+result columns' types."""
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import decimal
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from batchpizza import jsoncodec
+from batchpizza.fieldtypes import json_default, json_text
 from batchpizza.records import RESULT_COLUMNS, TOKEN_COLUMNS
+
+__all__ = ["json_default", "json_text", "result_columns", "result_fields"]
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-
-def json_default(value: Any) -> Any:
-    """What Parquet holds and JSON does not: timestamps as ISO 8601, bytes as base64, decimals as
-    strings."""
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    raise TypeError(f"cannot write a {type(value).__name__} as JSON")
-
-
-def json_text(value: Any) -> str | None:
-    return None if value is None else jsoncodec.dumps(value, json_default).decode()
 
 
 @functools.cache

@@ -33,8 +33,8 @@ class Columns(Protocol):
         """The carried columns' Arrow fields (JSON text where a field's shapes conflict)."""
         ...
 
-    def metadata(self) -> dict[bytes, bytes] | None:
-        """Schema metadata to carry to a Parquet output (pandas', Hugging Face's)."""
+    def carry(self, schema: pa.Schema) -> pa.Schema:
+        """The output `schema` with the input's schema metadata carried over, where it has any."""
         ...
 
 

@@ -11,6 +11,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from batchpizza import jsoncodec
 from batchpizza.errors import InputError
+from batchpizza.fieldtypes import FieldTypes
 from batchpizza.records import Prompt
 from batchpizza.rows import (
     BadRecord,
@@ -34,45 +35,20 @@ log = logging.getLogger("batchpizza")
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a longer "line" is a binary file or a missing newline
 _BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-# Python type of a parsed JSON value -> the kind the output maps to an Arrow type.
-_KIND_OF: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str"}
 
 
 class JsonlColumns:
-    """The carried fields of a JSONL input and the kinds of value seen in each."""
+    """The carried fields of a JSONL input and the Arrow types inferred for them in the scan."""
 
-    def __init__(self, names: list[str], kinds: dict[str, set[str]]) -> None:
+    def __init__(self, names: list[str], types: FieldTypes) -> None:
         self.names = names
-        self.kinds = kinds
+        self.field_types = types
         self._types: dict[str, pa.DataType | None] | None = None
 
     def types(self) -> dict[str, pa.DataType | None]:
-        """Name -> Arrow type; None means JSON text (a list or object, or mixed kinds)."""
+        """Name -> Arrow type; None means JSON text (shapes that clash across rows)."""
         if self._types is None:
-            import pyarrow as pa
-
-            simple = {
-                "str": pa.string(),
-                "int": pa.int64(),
-                "float": pa.float64(),
-                "bool": pa.bool_(),
-            }
-            types: dict[str, pa.DataType | None] = {}
-            for name in self.names:
-                kinds = self.kinds.get(name, set())
-                if kinds == {"int", "float"}:
-                    types[name] = pa.float64()
-                elif len(kinds) == 1 and next(iter(kinds)) in simple:
-                    types[name] = simple[next(iter(kinds))]
-                else:
-                    types[name] = None
-                    if len(kinds) > 1:
-                        log.warning(
-                            "field %r holds %s across rows; written to Parquet as JSON text",
-                            name,
-                            " and ".join(sorted(kinds)),
-                        )
-            self._types = types
+            self._types = self.field_types.arrow_types(self.names)
         return self._types
 
     def arrow_fields(self) -> list[pa.Field]:
@@ -80,8 +56,8 @@ class JsonlColumns:
 
         return [pa.field(n, t or pa.string()) for n, t in self.types().items()]
 
-    def metadata(self) -> dict[bytes, bytes] | None:
-        return None
+    def carry(self, schema: pa.Schema) -> pa.Schema:
+        return schema
 
 
 class DictBatch:
@@ -100,19 +76,11 @@ class DictBatch:
         return DictBatch(self.objects[:n])
 
     def arrays(self, columns: Columns) -> list[pa.Array]:
-        import pyarrow as pa
-
-        from batchpizza.sinks.values import json_text
-
         assert isinstance(columns, JsonlColumns)
-        arrays = []
-        for name, arrow_type in columns.types().items():
-            values = [obj.get(name) for obj in self.objects]
-            if arrow_type is None:
-                arrays.append(pa.array([json_text(v) for v in values], pa.string()))
-            else:
-                arrays.append(pa.array(values, arrow_type))
-        return arrays
+        return [
+            FieldTypes.to_array([obj.get(name) for obj in self.objects], arrow_type)
+            for name, arrow_type in columns.types().items()
+        ]
 
 
 class JsonlSource:
@@ -123,44 +91,25 @@ class JsonlSource:
         self.names = names
         self.fields = fields
         self.spooled = spooled  # standard input copied to disk: removed by close()
-        # The distinct (keys, value types) shapes of the rows, in first-seen order; a handful in
-        # practice, so tracking them costs one C-level tuple per row instead of a loop per field.
-        self._shapes: dict[tuple[tuple[str, ...], tuple[type, ...]], None] = {}
-        self._kinds: dict[str, set[str]] = {}
+        # The carried fields' shapes, learned in the scan (memory: the schema, not the rows).
+        self.types = FieldTypes(exclude={fields.id})
         self.scanned_bytes: list[
             int
         ] = []  # bytes of each file the scan read; later passes stop there
 
     # -- what the scan learned ----------------------------------------------------------------
 
-    def _fold_shapes(self) -> None:
-        kinds, id_name = self._kinds, self.fields.id
-        for names, types in self._shapes:
-            for name, kind in zip(names, types, strict=True):
-                if name != id_name:
-                    seen = kinds.setdefault(name, set())
-                    if kind is not type(None):
-                        seen.add(_KIND_OF.get(kind, "json"))
-        self._shapes.clear()
-
     def columns(self) -> JsonlColumns:
-        self._fold_shapes()
         # A field named like an output column only exists in bad rows (a good row with one is
         # refused): it is not carried, or the output would hold two such columns.
         reserved = self.fields.reserved | {"id"}
-        names = [n for n in self._kinds if n not in reserved]
-        return JsonlColumns(names, {n: self._kinds[n] for n in names})
+        return JsonlColumns([n for n in self.types.names if n not in reserved], self.types)
 
     def scan_state(self) -> dict[str, Any]:
-        self._fold_shapes()
-        return {
-            "kinds": {name: sorted(k) for name, k in self._kinds.items()},
-            "bytes": self.scanned_bytes,
-        }
+        return {"types": self.types.to_json(), "bytes": self.scanned_bytes}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self._shapes.clear()
-        self._kinds = {name: set(k) for name, k in state["kinds"].items()}
+        self.types = FieldTypes.from_json(state["types"])
         self.scanned_bytes = list(state["bytes"])
 
     def input_key(self) -> str | None:
@@ -293,8 +242,8 @@ class JsonlSource:
         """(pos, file, at, object) of every row, the object a str, the problem, for a row that
         cannot be read as an object."""
         self.scanned_bytes = [0] * len(self.paths)
-        note_shape = self._shapes.__setitem__
-        big_int = jsoncodec.may_hold_big_int
+        self.types = FieldTypes(exclude={self.fields.id})
+        observe = self.types.observe
         for pos, (index, number, line) in enumerate(self._lines(scanning=True)):
             if line is None:
                 yield pos, index, number, f"line longer than {MAX_LINE_BYTES} bytes"
@@ -307,19 +256,8 @@ class JsonlSource:
             if not isinstance(obj, dict):
                 yield pos, index, number, f"not a JSON object but {with_article(json_type(obj))}"
                 continue
-            note_shape((tuple(obj), tuple(map(type, obj.values()))), None)
-            if len(self._shapes) > 4096:  # rows of many shapes: fold now, keep memory flat
-                self._fold_shapes()
-            if big_int(line):
-                self._note_big_ints(obj)
+            observe(obj, line)
             yield pos, index, number, obj
-
-    def _note_big_ints(self, obj: dict[str, Any]) -> None:
-        """Integers beyond 64 bits cannot be an int64 column: such a field becomes JSON text,
-        which keeps every digit."""
-        for name, value in obj.items():
-            if isinstance(value, int) and not -(2**63) <= value < 2**63 and name != self.fields.id:
-                self._kinds.setdefault(name, set()).add("json")
 
 
 def _torn(line: bytes) -> bool:

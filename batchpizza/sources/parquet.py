@@ -41,8 +41,12 @@ class ArrowColumns:
     def arrow_fields(self) -> list[pa.Field]:
         return [self.schema.field(n) for n in self.names]
 
-    def metadata(self) -> dict[bytes, bytes] | None:
-        return dict(self.schema.metadata) if self.schema.metadata else None
+    def carry(self, schema: pa.Schema) -> pa.Schema:
+        """`schema` with the input's metadata (pandas', Hugging Face's) made to fit it, so that
+        pandas and datasets read the output back as they wrote the input, plus the results."""
+        from batchpizza.tables import carry_metadata
+
+        return carry_metadata(self.schema, schema)
 
 
 class ArrowBatch:
