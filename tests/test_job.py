@@ -86,6 +86,23 @@ def _summary_is_a_chosen_checkpoint(tmp: Path) -> list[str]:
     return ["in.jsonl", "-o", "out.jsonl", "--checkpoint", "ck.db", "--summary-json", "./ck.db"]
 
 
+def _same_file_spelled_two_ways(tmp: Path) -> list[str]:
+    return ["same.jsonl", "-o", "./sub/../same.jsonl"]
+
+
+def _checkpoint_is_the_input(tmp: Path) -> list[str]:
+    return ["in.jsonl", "-o", "out.jsonl", "--checkpoint", "in.jsonl"]
+
+
+def _summary_is_the_output(tmp: Path) -> list[str]:
+    return ["in.jsonl", "-o", "out.jsonl", "--summary-json", "out.jsonl"]
+
+
+def _output_is_a_hard_link_to_the_input(tmp: Path) -> list[str]:
+    (tmp / "hard.jsonl").hardlink_to(tmp / "in.jsonl")
+    return ["in.jsonl", "-o", "hard.jsonl"]
+
+
 def _output_is_a_link_to_the_input(tmp: Path) -> list[str]:
     (tmp / "link.jsonl").symlink_to(tmp / "in.jsonl")
     return ["in.jsonl", "-o", "link.jsonl"]
@@ -104,11 +121,15 @@ def _output_in_a_subfolder_of_the_parquet_folder(tmp: Path) -> list[str]:
     "make_args",
     [
         _same_input_and_output,
+        _same_file_spelled_two_ways,
         _checkpoint_is_the_output,
+        _checkpoint_is_the_input,
         _summary_is_the_input,
+        _summary_is_the_output,
         _summary_is_the_checkpoint,
         _summary_is_a_chosen_checkpoint,
         _output_is_a_link_to_the_input,
+        _output_is_a_hard_link_to_the_input,
         _output_inside_the_parquet_folder,
         _output_in_a_subfolder_of_the_parquet_folder,
     ],
@@ -124,6 +145,7 @@ def test_paths_that_would_overwrite_one_another_are_refused_before_reading_anyth
     write_jsonl(tmp_path / "in.jsonl", bad)
     write_jsonl(tmp_path / "same.jsonl", bad)
     (tmp_path / "parts").mkdir()
+    (tmp_path / "sub").mkdir()
     pq.write_table(
         pa.table({"id": ["a", "b"], "prompt": ["fine", None]}), tmp_path / "parts/a.parquet"
     )
@@ -384,7 +406,8 @@ def test_dry_run_prints_the_plan_and_the_first_three_requests_and_sends_nothing(
     source, out = dry_run_setup(mock_api, tmp_path)
     before = snapshot(tmp_path)
 
-    result = run_cli(mock_api, source, out, "--dry-run", "--skip-bad-rows", "--concurrency", "3")
+    extra = ["--dry-run", "--skip-bad-rows", "--concurrency", "3", "--rate", "2/s"]
+    result = run_cli(mock_api, source, out, *extra)
 
     assert result.exit_code == 0, result.output
     no_traceback(result)
@@ -402,7 +425,8 @@ def test_dry_run_prints_the_plan_and_the_first_three_requests_and_sends_nothing(
         for line in lines
     ), err
     assert "invalid 1" in lines
-    assert any(line.startswith("time ") for line in lines), err
+    # 5 requests at 2/s: about 2 seconds.
+    assert any(line.startswith("time about 0:00:0") and "2/s" in line for line in lines), err
     assert err.count("x-secret: Marinara") == 3
     for i in (1, 2, 3):
         assert f"request {i}: POST {mock_api.base_url}/api/chatx-completion" in err
@@ -487,6 +511,37 @@ def test_limit_writes_and_sends_exactly_the_first_n_rows(
     assert all(r["finish_reason"] == "stop" for r in written)
     assert mock_api.stats.requests == 5
     assert set(mock_api.stats.answers) == {r["prompt"] for r in data[:5]}
+
+
+def test_limit_zero_writes_an_empty_output_and_sends_nothing(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", rows(5))
+    out = tmp_path / "out.parquet"
+
+    result = run_cli(mock_api, source, out, "--limit", "0")
+
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(out).num_rows == 0
+    assert set(RESULT_COLUMNS) <= set(pq.read_schema(out).names)
+    assert mock_api.stats.requests == 0
+
+
+def test_a_run_after_a_limited_run_sends_only_the_rest(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    data = rows(20)
+    source = write_jsonl(tmp_path / "in.jsonl", data)
+    out = tmp_path / "out.jsonl"
+    assert run_cli(mock_api, source, out, "--limit", "5").exit_code == 0
+    mock_api.reset()
+
+    result = run_cli(mock_api, source, out)
+
+    assert result.exit_code == 0, result.output
+    assert mock_api.stats.requests == 15
+    assert set(mock_api.stats.answers) == {r["prompt"] for r in data[5:]}
+    assert [r["id"] for r in read_jsonl(out)] == [r["id"] for r in data]
 
 
 # -- --deadline --------------------------------------------------------------------------------

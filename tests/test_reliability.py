@@ -539,8 +539,9 @@ async def test_an_answer_that_mentions_misuse_detected_is_an_answer_and_the_refu
 # -- 11. SIGINT during a long Parquet write ----------------------------------------------------
 
 
-def test_sigint_during_a_long_parquet_write_exits_130_without_exception_noise(
-    tmp_path: Path,
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_a_long_parquet_write_exits_without_exception_noise(
+    tmp_path: Path, signum: int, code: int
 ) -> None:
     # Rows without a prompt under --skip-bad-rows: nothing to send, the run goes straight to
     # writing 60,000 rows, which takes long enough to be interrupted.
@@ -560,7 +561,7 @@ def test_sigint_during_a_long_parquet_write_exits_130_without_exception_noise(
     )
     try:
         writing = wait_until(lambda: any(tmp_path.glob(".out.parquet.*.partial")), 30)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -569,7 +570,7 @@ def test_sigint_during_a_long_parquet_write_exits_130_without_exception_noise(
     stderr = err.decode("utf-8", "replace")
 
     assert writing, stderr
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
     assert "Exception ignored" not in stderr
     assert "Traceback" not in stderr
     assert "resume" in stderr.lower() or "rerun" in stderr.lower()
