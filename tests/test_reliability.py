@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -390,6 +391,33 @@ def test_a_torn_last_line_waits_for_the_next_run_which_sends_just_it(
     assert [r["answer"] for r in written] == [mock_answer(r["prompt"]) for r in data]
 
 
+def test_a_utf8_byte_order_mark_is_not_a_bad_row(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows(2)).encode())
+
+    result = run_cli(mock_api.base_url, source, tmp_path / "out.jsonl", "-q")
+
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == ["r0", "r1"]
+
+
+def test_a_complete_last_line_without_a_newline_is_a_row(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    data = rows(3)
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in data))  # no newline at the end
+
+    result = run_cli(mock_api.base_url, source, tmp_path / "out.jsonl")
+
+    assert result.exit_code == 0, result.output
+    assert "left for the next run" not in result.stderr
+    assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == ["r0", "r1", "r2"]
+    assert mock_api.stats.requests == 3
+
+
 # -- 6. a failing sync does not hang -----------------------------------------------------------
 
 
@@ -453,20 +481,25 @@ def test_a_failing_sync_exits_1_with_a_clear_message(
 # -- 7. a reply that inflates beyond the cap ---------------------------------------------------
 
 
-def gzip_bomb(size: int) -> bytes:
+def gzip_bomb(size: int, encoding: str = "gzip") -> bytes:
     """A valid Pizzagpt reply of `size` bytes once inflated, a few KB on the wire."""
     body = b'{"answer": {"content": "' + b"0" * size + b'"}}'
+    if encoding == "deflate":
+        return zlib.compress(body, 9)
     return gzip.compress(body, compresslevel=9)
 
 
-@pytest.mark.parametrize("framing", ["content-length", "until-close"])
-async def test_a_gzip_reply_inflating_beyond_the_cap_is_a_bad_reply(
-    monkeypatch: pytest.MonkeyPatch, framing: str
+@pytest.mark.parametrize(
+    ("encoding", "framing"),
+    [("gzip", "content-length"), ("gzip", "until-close"), ("deflate", "content-length")],
+)
+async def test_a_compressed_reply_inflating_beyond_the_cap_is_a_bad_reply(
+    monkeypatch: pytest.MonkeyPatch, encoding: str, framing: str
 ) -> None:
     monkeypatch.setattr(provider_http, "MAX_BODY_BYTES", 1024 * 1024)
-    bomb = gzip_bomb(10 * 1024 * 1024)
+    bomb = gzip_bomb(10 * 1024 * 1024, encoding)
     assert len(bomb) < 64 * 1024
-    headers = ("Content-Type: application/json", "Content-Encoding: gzip")
+    headers = ("Content-Type: application/json", f"Content-Encoding: {encoding}")
     response = http_response(bomb, headers=headers, length=framing == "content-length")
 
     async with raw_server(lambda _body: response) as url, aiohttp.ClientSession() as session:
@@ -507,33 +540,54 @@ LONG_ANSWER = (
 )
 
 
-async def test_an_answer_that_mentions_misuse_detected_is_an_answer_and_the_refusal_is_misuse(
+REPLIES = {
+    # question: (the server's reply text, the finish_reason it must get)
+    "mention": (LONG_ANSWER, "stop"),
+    "live-refusal": (MISUSE_TEXT, "misuse"),
+    "refusal-shouted": (
+        "  MISUSE   DETECTED.\n Please get in touch, we can come up with a solution.",
+        "misuse",
+    ),
+    "refusal-bare": ("Misuse detected", "misuse"),
+    "bot-check": ("Du musst das Kästchen anklicken!", "misuse"),
+    "bot-check-mentioned": (
+        "German sites sometimes show 'du musst das kästchen anklicken', which means you must "
+        "tick the box. It is a bot check in front of a form; ticking it proves a person is "
+        "there. Our pizza form has none, so order your margherita as usual and enjoy it hot.",
+        "stop",
+    ),
+}
+
+
+async def test_a_reply_is_misuse_only_when_it_is_the_refusal_not_when_it_mentions_one(
     tmp_path: Path,
 ) -> None:
-    replies = {"mention": LONG_ANSWER, "refusal": MISUSE_TEXT}
     asked: list[str] = []
 
     def reply(body: bytes) -> bytes:
         question = json.loads(body)["question"]
         asked.append(question)
-        content = json.dumps({"answer": {"content": replies[question]}}).encode()
+        content = json.dumps({"answer": {"content": REPLIES[question][0]}}).encode()
         return http_response(content, headers=("Content-Type: application/json",))
 
-    source = write_jsonl(tmp_path / "in.jsonl", [{"id": q, "prompt": q} for q in replies])
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": q, "prompt": q} for q in REPLIES])
     out = tmp_path / "out.jsonl"
     async with raw_server(reply) as url:
         await batchpizza.arun(source, out, **{**FAST, "base_url": url})
 
-    mention, refusal = read_jsonl(out)
-    assert mention["finish_reason"] == "stop"
-    assert mention["answer"] == LONG_ANSWER
-    assert mention["misuse"] is False
-    assert mention["attempts"] == 1
-    assert asked.count("mention") == 1
-    assert refusal["finish_reason"] == "misuse"
-    assert refusal["misuse"] is True
-    assert refusal["answer"] is None
-    assert "Misuse detected" in refusal["error"]
+    written = {r["id"]: r for r in read_jsonl(out)}
+    for question, (text, reason) in REPLIES.items():
+        row = written[question]
+        assert row["finish_reason"] == reason, (question, row)
+        if reason == "stop":
+            assert row["answer"] == text
+            assert row["misuse"] is False
+            assert row["attempts"] == 1
+            assert asked.count(question) == 1
+        else:
+            assert row["misuse"] is True
+            assert row["answer"] is None
+            assert row["error"]
 
 
 # -- 11. SIGINT during a long Parquet write ----------------------------------------------------
