@@ -662,6 +662,8 @@ def _deadline_run(
     assert reasons.count("pending") == report["pending"] > 0
     assert reasons.count("stop") == report["answered"] > 0
     assert all(set(RESULT_COLUMNS) <= set(r) for r in written)
+    names = ["in.jsonl", "out.jsonl", "out.jsonl.checkpoint", "summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names  # at rest after stopping early
 
     # The rerun, without the deadline (and a faster server), finishes the job.
     server.config = MockConfig(seed=1)
