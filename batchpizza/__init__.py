@@ -2,10 +2,12 @@
 
 from batchpizza import run
 summary = run("prompts.jsonl", "out.parquet", concurrency=16, rate="5/s")
+answered = batchpizza.answer(dataframe, prompt_field="question")   # the same type back
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as _metadata
 
+from batchpizza.api import aanswer, answer, stream
 from batchpizza.errors import (
     BatchpizzaError,
     InputChanged,
@@ -23,8 +25,8 @@ from batchpizza.records import Outcome, Summary
 from batchpizza.rows import format_prompt
 
 try:
-    __version__ = version("batchpizza")
-except PackageNotFoundError:  # pragma: no cover - run from a source tree that is not installed
+    __version__ = _metadata.version("batchpizza")
+except _metadata.PackageNotFoundError:  # pragma: no cover - a source tree not installed
     __version__ = "0.0.0"
 
 __all__ = [
@@ -41,8 +43,10 @@ __all__ = [
     "ProviderError",
     "Summary",
     "UsageError",
-    "__version__",
+    "aanswer",
+    "answer",
     "arun",
     "format_prompt",
     "run",
+    "stream",
 ]

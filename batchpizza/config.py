@@ -193,6 +193,7 @@ class RunConfig:
     params: dict[str, Any] = field(default_factory=dict)
     api_key_env: str = DEFAULT_API_KEY_ENV
     format: str | None = None  # None: from the output's extension
+    input_label: str | None = None  # what messages call the input (in-memory data: "<data>")
     rate_per_s: float = field(init=False)
     auto_max: float | None = field(init=False)  # set under --rate auto: the learned rate's ceiling
     output_format: str = field(init=False)

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from batchpizza.checkpoint import Checkpoint, RunLock, ScanIndex
-from batchpizza.config import RunConfig
+from batchpizza.config import RunConfig, check_url
 from batchpizza.control import Control
 from batchpizza.errors import InputError, Interrupted, LockedError, UsageError
 from batchpizza.files import check_writable, clear_partials, inside, same_file, write_atomically
 from batchpizza.progress import Progress, choose, dry_run_report, setup_logging, summary_line
 from batchpizza.providers import Provider
-from batchpizza.records import Summary, Tally
+from batchpizza.records import Result, Summary, Tally
 from batchpizza.redact import remember_secret, remember_url
 from batchpizza.retrying import RetryPolicy
 from batchpizza.rows import Fields
@@ -53,9 +53,15 @@ _PROCESS_START = time.monotonic()
 
 class Job:
     def __init__(
-        self, config: RunConfig, *, stdin: IO[bytes] | None = None, progress: Progress | None = None
+        self,
+        config: RunConfig,
+        *,
+        stdin: IO[bytes] | None = None,
+        progress: Progress | None = None,
+        on_row: Callable[[int, Result], None] | None = None,
     ) -> None:
         self.config = config
+        self.on_row = on_row  # told of each row this run finishes (position, result): stream()
         self.stdin = stdin
         self.progress = progress or choose(config.progress, config.quiet, config.progress_every)
         self.stop = Stop()
@@ -74,6 +80,11 @@ class Job:
             return
         self.stop.interrupt(signum)
         self._cancel_after_grace()
+
+    def _finished_row(self, pos: int, result: Result) -> None:
+        self.progress.advance(result)
+        if self.on_row is not None:
+            self.on_row(pos, result)
 
     @staticmethod
     def _save_control(checkpoint: Checkpoint, run: int, control: Control) -> None:
@@ -133,6 +144,8 @@ class Job:
         check_writable(output.parent, "output")
         check_writable(checkpoint.parent, "checkpoint")
         if config.summary_json:
+            if Path(config.summary_json).is_dir():
+                raise UsageError(f"--summary-json {config.summary_json} is a directory")
             check_writable(Path(config.summary_json).parent, "summary")
         named = [("output", output), ("checkpoint", checkpoint)]
         if config.summary_json:
@@ -186,7 +199,7 @@ class Job:
             cleanup.callback(stdin_copy.unlink, missing_ok=True)
         provider = self._provider()
         fields = Fields.from_config(config, extra_reserved=provider.extra_columns)
-        source = open_source(config.input, fields, stdin_copy)
+        source = open_source(config.input, fields, stdin_copy, config.input_label)
         cleanup.callback(source.close)
         key = source.input_key()
         scan = await self._scan(source, key, cleanup, reuse=not config.dry_run)
@@ -228,7 +241,7 @@ class Job:
             concurrency=config.concurrency,
             stop=self.stop,
             run=run,
-            on_result=self.progress.advance,
+            on_result=self._finished_row,
         )
         total = checkpoint.tally(config.limit).rows
         self.progress.start(total, total - todo, runner.counters, control)
@@ -325,7 +338,18 @@ class Job:
         from batchpizza.providers.http import env_proxy
 
         config = self.config
-        proxy = config.proxy or env_proxy(URL(config.base_url))
+        if not config.proxy:
+            # The standard variables are the user's options too: a broken one is a usage error
+            # now, not a failure of every row with the password in the error column.
+            scheme = URL(config.base_url).scheme
+            for name in (f"{scheme.upper()}_PROXY", f"{scheme}_proxy"):
+                if os.environ.get(name):
+                    remember_url(os.environ[name])
+                    check_url(os.environ[name], name)
+        try:
+            proxy = config.proxy or env_proxy(URL(config.base_url))
+        except ValueError as exc:
+            raise UsageError(f"the proxy from the environment is not usable: {exc}") from None
         if config.provider == "openai":
             from batchpizza.providers.openai import OpenAIAPI
 
@@ -395,7 +419,8 @@ class Job:
     def _where(self, started: float) -> dict[str, Any]:
         return {
             "elapsed_s": round(time.monotonic() - started, 3),
-            "output": self.config.output,
+            # In-memory data (answer, stream) is spooled to a private file: not the user's.
+            "output": None if self.config.input_label else self.config.output,
             "checkpoint": str(self.config.checkpoint_path),
         }
 

@@ -62,8 +62,12 @@ class Bar(Progress):
         self._redirect: Any = None
 
     def start(self, total: int, done: int, counters: Any, control: Any = None) -> None:
-        from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
+
+        if "ipykernel" in sys.modules:  # a notebook: its widget bar
+            from tqdm.auto import tqdm
+        else:
+            from tqdm import tqdm
 
         self.counters, self.control = counters, control
         self.bar = tqdm(

@@ -35,6 +35,14 @@ def remember_url(url: str | None) -> None:
     (even where a library prints them decoded, or without the surrounding URL)."""
     if not url:
         return
+    if "://" not in url and "@" in url:
+        # No scheme (`user:password@host:port`, a common slip): urlsplit would not see the
+        # user-info, so take it by hand.
+        user, _, password = url.rpartition("@")[0].partition(":")
+        for secret in (password, user if password else None):
+            if secret and len(secret) >= 3:
+                _known.update({secret, unquote(secret), quote(secret, safe="")})
+        return
     try:
         parts = urlsplit(url)
     except ValueError:

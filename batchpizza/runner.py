@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from batchpizza.errors import (
     BadReply,
     HTTPStatusError,
     MisuseDetected,
+    OutputError,
     ProviderError,
     RedirectRefused,
     RequestTimeout,
@@ -146,12 +148,14 @@ class Committer:
                 if self._closed and not self._waiting:
                     return
         except Exception as exc:
+            if isinstance(exc, (sqlite3.Error, OSError)):  # a sync or a disk failing under us
+                exc = OutputError(f"checkpoint {self._checkpoint.path}: {exc}")
             self._failed = exc
             for _, _, future in batch + self._waiting:
                 if not future.done():
                     future.set_exception(exc)
             self._waiting = []
-            raise
+            raise exc from None
 
     async def close(self) -> None:
         """Commit whatever is still waiting, then stop."""
@@ -175,7 +179,7 @@ class Runner:
         concurrency: int,
         stop: Stop,
         run: int = 0,
-        on_result: Callable[[Result], None] | None = None,
+        on_result: Callable[[int, Result], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -227,7 +231,7 @@ class Runner:
             finally:
                 self.counters.in_flight -= 1
             await committer.save(result, attempts)
-            self._count(result)
+            self._count(row[0], result)
 
     async def _send(
         self, session: aiohttp.ClientSession, prompt: Prompt, attempts: list[Attempt]
@@ -314,7 +318,7 @@ class Runner:
             answer.request_id,
         )
 
-    def _count(self, result: Result) -> None:
+    def _count(self, pos: int, result: Result) -> None:
         counters = self.counters
         if is_answered(result.finish_reason):
             counters.answered += 1
@@ -323,4 +327,4 @@ class Runner:
         else:
             counters.failed += 1
         if self.on_result is not None:
-            self.on_result(result)
+            self.on_result(pos, result)

@@ -160,11 +160,6 @@ def test_a_bad_url_from_the_environment_is_a_usage_error_without_the_password(
     assert [p.name for p in tmp_path.iterdir()] == ["in.jsonl"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a bad port in HTTP_PROXY is not checked with the options: a ValueError traceback "
-    "from env_proxy, exit 1",
-)
 def test_a_standard_proxy_variable_with_a_bad_port_is_a_usage_error(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -180,11 +175,6 @@ def test_a_standard_proxy_variable_with_a_bad_port_is_a_usage_error(
     assert [p.name for p in tmp_path.iterdir()] == ["in.jsonl"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HTTP_PROXY without a scheme is not refused: every row fails with 'InvalidURL: "
-    "user:password@host' and the password is written to the output and the checkpoint",
-)
 def test_a_standard_proxy_variable_without_a_scheme_is_refused_and_its_password_never_written(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

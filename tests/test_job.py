@@ -274,11 +274,6 @@ def test_bad_input_with_stderr_closed_exits_2_and_sends_nothing(
     assert [p.name for p in tmp_path.iterdir()] == ["in.jsonl"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="summary_json naming an existing folder is found only after the whole run "
-    "(Python API; the CLI's click.Path catches it)",
-)
 def test_a_summary_naming_an_existing_folder_is_refused_before_the_first_request(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -377,10 +372,6 @@ def test_a_locked_output_exits_75_writes_only_its_summary_and_status_says_runnin
     assert status_json(out)["running"] is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="status opens the WAL checkpoint read-only and leaves its -wal and -shm files behind",
-)
 def test_status_leaves_nothing_beside_the_checkpoint(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -520,10 +511,6 @@ def test_dry_run_prints_the_plan_and_the_first_three_requests_and_sends_nothing(
     assert "r question 9" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--dry-run opens an existing WAL checkpoint read-only and leaves -wal and -shm files",
-)
 def test_dry_run_over_an_existing_checkpoint_changes_no_byte(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

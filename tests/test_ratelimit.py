@@ -23,7 +23,23 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from batchpizza import ratelimit
-from batchpizza.ratelimit import AdaptiveRate, Feedback, Gate, Pacer, Pause, sends_per_window
+from batchpizza.ratelimit import (
+    CUT,
+    GROWTH,
+    MISUSE_CEILING,
+    PLATEAU_GROWTH,
+    PLATEAU_HOLD,
+    RECOVER_STEP,
+    RECOVER_TO,
+    REFUSED_CUT,
+    ROUND_S,
+    AdaptiveRate,
+    Feedback,
+    Gate,
+    Pacer,
+    Pause,
+    sends_per_window,
+)
 
 # A window of exactly one second, with a nanosecond of slack for the float sums of 1/rate.
 EPS = 1e-9
@@ -570,10 +586,11 @@ async def test_gate_with_an_adaptive_rate_paces_at_the_learned_rate_as_it_change
         rate.record(Feedback.THROTTLED, started_at=0.0)
 
     await vt.run(requests(), vt.at(0.6, throttled))
-    assert gate.rate == pytest.approx(2.8)
+    cut = 4.0 * CUT  # a first throttle, nothing pushed back before: one plain cut
+    assert gate.rate == pytest.approx(cut)
     gaps = [b - a for a, b in itertools.pairwise(sent)]
     assert gaps[:2] == pytest.approx([0.25, 0.25])
-    assert all(g >= 1 / 2.8 - EPS for g in gaps[3:])
+    assert all(g >= 1 / cut - EPS for g in gaps[3:])
 
 
 async def test_gate_waiting_names_the_retry_after_pause_then_what_others_set() -> None:
@@ -684,7 +701,7 @@ def test_auto_starts_from_a_saved_rate_and_grows_gently_from_it() -> None:
     assert not rate.slow_start  # a saved rate was learned: no doubling from it
     simulate(rate, clock, until=1.1)
     # Six sends at 6/s span 5/6 s; the sixth reply, 0.2 s later, ends the round.
-    assert [(t, r) for t, r, _ in changes] == [pytest.approx((5 / 6 + 0.2, 6.3))]
+    assert [(t, r) for t, r, _ in changes] == [pytest.approx((5 / 6 + 0.2, 6.0 * GROWTH))]
     assert changes[0][2] == "grow"
 
 
@@ -726,17 +743,50 @@ def test_auto_round_counts_only_replies_to_attempts_sent_since_the_last_change()
     assert rate.rate == 8.0
 
 
-def test_auto_after_pushback_grows_five_percent_per_clean_round() -> None:
+def test_auto_after_pushback_returns_fast_holds_a_plateau_then_grows_five_percent() -> None:
     clock = FakeClock()
     changes: list[Change] = []
     rate = controller(clock, changes, start=10.0, slow_start=True)
+    # Nine clean replies to attempts sent at 10/s (one short of a round), then a 429: slow start
+    # measured 10 sends in its busiest second, so its estimate of the limit is the rate it hit.
+    for i in range(9):
+        rate.record(Feedback.CLEAN, started_at=(i - 9) / 10)
     rate.record(Feedback.THROTTLED, started_at=0.0)
-    assert rate.rate == pytest.approx(7.0)
-    assert not rate.slow_start
-    simulate(rate, clock, until=40.0)
-    grown = [r for _, r, reason in changes if reason == "grow"]
-    assert grown[:3] == pytest.approx([7.35, 7.7175, 8.103375])
-    assert all(b / a == pytest.approx(1.05) for a, b in itertools.pairwise(grown))
+    pushed = 10.0
+    assert rate.measured_rate() == pushed
+    cut = min(pushed * CUT, RECOVER_TO * pushed)
+    assert rate.rate == pytest.approx(cut)
+    assert not rate.slow_start  # the pushback ends slow start: no doubling from here
+    # Long enough to cross the plateau: its PLATEAU_GROWTH steps from RECOVER_TO to GROWTH x the
+    # pushed rate, each held PLATEAU_HOLD rounds (a round is a little over ROUND_S here).
+    plateau_steps = math.ceil(math.log(GROWTH / RECOVER_TO) / math.log(PLATEAU_GROWTH))
+    simulate(rate, clock, until=30.0 + plateau_steps * PLATEAU_HOLD * 1.5 * ROUND_S)
+    grown = [(t, r) for t, r, reason in changes if reason == "grow"]
+    steps = list(itertools.pairwise([(0.0, cut), *grown]))
+    knee = RECOVER_TO * pushed
+    returning = [(a, b) for a, b in steps if a[1] < knee]
+    plateau = [(a, b) for a, b in steps if knee <= a[1] < pushed * GROWTH]
+    beyond = [(a, b) for a, b in steps if a[1] >= pushed * GROWTH]
+    assert returning
+    assert plateau
+    assert len(beyond) >= 4
+    # Back towards just under the pushed rate quickly, one clean round a step: half the gap (CUBIC's
+    # concave return) or GROWTH where that is more, never past RECOVER_TO x pushed ...
+    assert [b for _, (_, b) in returning] == pytest.approx(
+        [min(max(a * GROWTH, a + (knee - a) * RECOVER_STEP), knee) for (_, a), _ in returning]
+    )
+    assert returning[-1][1][1] == pytest.approx(knee)
+    assert all(
+        tb - ta <= 1.5 * ROUND_S for (_, (ta, _)), (_, (tb, _)) in itertools.pairwise(returning)
+    )
+    # ... then, on the plateau, PLATEAU_GROWTH a step after PLATEAU_HOLD clean rounds each ...
+    assert [b / a for (_, a), (_, b) in plateau] == pytest.approx([PLATEAU_GROWTH] * len(plateau))
+    assert all(tb - ta >= PLATEAU_HOLD * ROUND_S for (ta, _), (tb, _) in plateau)
+    # ... and past GROWTH x pushed, GROWTH every clean round again, up to MAX.
+    assert [b for _, (_, b) in beyond] == pytest.approx(
+        [min(a * GROWTH, rate.max_rate) for (_, a), _ in beyond]
+    )
+    assert all(tb - ta <= 1.5 * ROUND_S for (ta, _), (tb, _) in beyond)
 
 
 def test_auto_one_cut_per_episode_of_pushback() -> None:
@@ -752,10 +802,11 @@ def test_auto_one_cut_per_episode_of_pushback() -> None:
     rate.record(Feedback.OVERLOAD, 4.96)
     rate.record(Feedback.OVERLOAD, 4.97)
     assert [why for _, _, why in changes] == ["throttled"]
-    assert changes[0][1] == pytest.approx(7.0)
-    # A 429 to an attempt sent after the cut is news: the new rate is still too high.
+    assert changes[0][1] == pytest.approx(10.0 * CUT)
+    # A 429 to an attempt sent after the cut is news: the new rate is still too high. (Cut
+    # again by CUT: the rate is below RECOVER_TO x the pushed 10/s, so not a plateau probe.)
     rate.record(Feedback.THROTTLED, started_at=5.2)
-    assert rate.rate == pytest.approx(4.9)
+    assert rate.rate == pytest.approx(10.0 * CUT * CUT)
     assert len(changes) == 2
 
 
@@ -770,7 +821,9 @@ def test_auto_sustained_throttling_keeps_walking_the_rate_down_not_frozen() -> N
         clock.now = 2.0 * step
         rate.record(Feedback.THROTTLED, started_at=clock.now - 0.5)
         seen.append(rate.rate)
-    assert seen[:4] == pytest.approx([20.0, 14.0, 9.8, 6.86])
+    # Each cut lands at CUT x the rate just pushed back, below RECOVER_TO x it, so the next 429
+    # is a new congestion (a full CUT), never a probe of the plateau (the shallow PLATEAU_CUT).
+    assert seen[:4] == pytest.approx([20.0 * CUT**k for k in range(4)])
     assert seen[-1] == ratelimit.MIN_RATE
     assert all(b < a or b == ratelimit.MIN_RATE for a, b in itertools.pairwise(seen))
 
@@ -794,7 +847,7 @@ def test_auto_cooldown_does_not_stretch_with_a_long_retry_after() -> None:
     for _ in range(10):  # more 429s of that episode, each with the same hint
         clock.now += 2.0
         rate.record(Feedback.THROTTLED, started_at=-0.1)
-    clock.now = 89.0  # the pause ends; sending resumes at 7/s
+    clock.now = 89.0  # the pause ends; sending resumes at 10 x CUT per second
     simulate(rate, clock, until=92.0)
     growth = [t for t, _, why in changes if why == "grow"]
     assert growth
@@ -818,7 +871,7 @@ def test_auto_a_single_overload_only_spoils_the_round_three_in_a_row_cut() -> No
     assert changes == []
     rate.record(Feedback.OVERLOAD, 0.8)
     assert [why for _, _, why in changes] == ["overload"]
-    assert changes[0][1] == pytest.approx(7.0)
+    assert changes[0][1] == pytest.approx(10.0 * CUT)
 
 
 def test_auto_neutral_feedback_changes_nothing() -> None:
@@ -836,30 +889,39 @@ def test_auto_refusal_cuts_harder_and_never_probes_back_to_the_refused_rate() ->
     changes: list[Change] = []
     rate = controller(clock, changes, start=10.0)
     rate.record(Feedback.REFUSED, started_at=0.0)
-    assert rate.rate == 5.0
-    assert rate.ceiling == pytest.approx(8.0)
+    assert rate.rate == pytest.approx(10.0 * REFUSED_CUT)
+    assert REFUSED_CUT < CUT  # harder than a throttle's cut
+    ceiling = 10.0 * MISUSE_CEILING
+    assert rate.ceiling == pytest.approx(ceiling)
     simulate(rate, clock, until=120.0)
-    assert max(r for _, r, _ in changes) <= 8.0
-    assert rate.rate == pytest.approx(8.0)  # grows back up to the ceiling, not past it
+    assert max(r for _, r, _ in changes) <= ceiling
+    # Grows back up to the ceiling, not past it (nor to RECOVER_TO x the refused 10/s above it).
+    assert ceiling < RECOVER_TO * 10.0
+    assert rate.rate == pytest.approx(ceiling)
 
 
 def test_auto_refusal_ceiling_is_below_the_rate_the_refused_attempt_was_sent_at() -> None:
     clock = FakeClock()
     rate = controller(clock, start=10.0)
     clock.now = 1.0
-    rate.record(Feedback.THROTTLED, started_at=0.9)  # 10 -> 7
+    rate.record(Feedback.THROTTLED, started_at=0.9)  # 10 -> 10 x CUT
     clock.now = 2.0
-    rate.record(Feedback.THROTTLED, started_at=1.5)  # sent at 7: 7 -> 4.9
+    rate.record(Feedback.THROTTLED, started_at=1.5)  # sent at 10 x CUT: cut by CUT again
+    sent_at = 10.0 * CUT
+    ceiling = MISUSE_CEILING * sent_at
+    assert rate.rate == pytest.approx(sent_at * CUT)
     clock.now = 30.0
     simulate(rate, clock, until=60.0)
-    assert rate.rate > 5.6
-    # A late refusal of the attempt sent at 1.5 s, at 7/s: its episode was answered, so no
-    # cut, but the run must now stay under 0.8 * 7.
+    assert rate.rate > ceiling
+    # The rate now is not the one the attempt was sent at, so the two ceilings differ.
+    assert MISUSE_CEILING * rate.rate != pytest.approx(ceiling)
+    # A late refusal of the attempt sent at 1.5 s, at 10 x CUT per second: its episode was
+    # answered, so no cut, but the run must now stay under MISUSE_CEILING x that rate.
     rate.record(Feedback.REFUSED, started_at=1.5)
-    assert rate.ceiling == pytest.approx(5.6)
-    assert rate.rate == pytest.approx(5.6)
+    assert rate.ceiling == pytest.approx(ceiling)
+    assert rate.rate == pytest.approx(ceiling)
     simulate(rate, clock, until=120.0)
-    assert rate.rate == pytest.approx(5.6)
+    assert rate.rate == pytest.approx(ceiling)
 
 
 def test_auto_never_grows_above_twice_the_measured_send_rate() -> None:
@@ -894,7 +956,7 @@ def test_auto_halve_halves_and_opens_a_new_episode() -> None:
     rate.record(Feedback.THROTTLED, started_at=9.0)  # sent before: answered
     assert rate.rate == 6.0
     rate.record(Feedback.THROTTLED, started_at=10.5)
-    assert rate.rate == pytest.approx(4.2)
+    assert rate.rate == pytest.approx(6.0 * CUT)
 
 
 def test_auto_rate_has_a_floor() -> None:
@@ -913,4 +975,5 @@ def test_auto_drives_every_pacer_given_to_it() -> None:
     rate.drive(pacer)
     assert pacer.rate == 5.0
     rate.record(Feedback.THROTTLED, started_at=0.0)
-    assert pacer.rate == pytest.approx(3.5)
+    assert pacer.rate == pytest.approx(5.0 * CUT)
+    assert pacer.rate == rate.rate

@@ -452,7 +452,6 @@ SYNC_UNWRAPPED = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=SYNC_UNWRAPPED)
 @pytest.mark.timeout(60)
 async def test_a_failing_sync_raises_an_output_error(
     failing_sync: None, mock_api: ThreadedMockServer, tmp_path: Path
@@ -464,7 +463,6 @@ async def test_a_failing_sync_raises_an_output_error(
         await asyncio.wait_for(batchpizza.arun(source, tmp_path / "out.jsonl", **options), 30)
 
 
-@pytest.mark.xfail(strict=True, reason=SYNC_UNWRAPPED)
 @pytest.mark.timeout(60)
 def test_a_failing_sync_exits_1_with_a_clear_message(
     failing_sync: None, mock_api: ThreadedMockServer, tmp_path: Path

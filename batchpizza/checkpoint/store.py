@@ -92,6 +92,14 @@ def _readonly_uri(path: Path) -> str:
     return path.resolve().as_uri() + "?mode=ro"  # as_uri escapes # ? % in the path
 
 
+def _reading_uri(path: Path) -> str:
+    """A read-only URI that leaves nothing beside the file. A read of a database in WAL mode
+    makes a -wal and a -shm file unless it is `immutable`; immutable is right when there is no
+    log (no run is writing, and the last one ended cleanly). With a log, the log must be read."""
+    wal = path.with_name(path.name + "-wal")
+    return _readonly_uri(path) + ("" if wal.exists() else "&immutable=1")
+
+
 class Checkpoint:
     """The store at `path`. Open with `Checkpoint.open`, or `Checkpoint.planning` for a dry run."""
 
@@ -109,7 +117,7 @@ class Checkpoint:
         if readonly:
             try:
                 conn = sqlite3.connect(
-                    _readonly_uri(path), uri=True, isolation_level=None, check_same_thread=False
+                    _reading_uri(path), uri=True, isolation_level=None, check_same_thread=False
                 )
                 conn.execute("SELECT 1 FROM results LIMIT 1")
             except sqlite3.DatabaseError as exc:
@@ -144,7 +152,7 @@ class Checkpoint:
         read opens no log and no shared-memory file beside the checkpoint. It may miss the
         last commits (those in the log): the caller checks again once it holds the file."""
         try:
-            conn = sqlite3.connect(_readonly_uri(path) + "&immutable=1", uri=True)
+            conn = sqlite3.connect(_reading_uri(path), uri=True)
         except sqlite3.Error:
             return None
         try:
@@ -161,7 +169,7 @@ class Checkpoint:
         try:
             if path.exists():
                 conn = sqlite3.connect(
-                    _readonly_uri(path), uri=True, isolation_level=None, check_same_thread=False
+                    _reading_uri(path), uri=True, isolation_level=None, check_same_thread=False
                 )
                 conn.execute("SELECT 1 FROM results LIMIT 1")
             else:

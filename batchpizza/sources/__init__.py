@@ -40,9 +40,16 @@ def input_files(name: str) -> list[Path]:
     return [path]
 
 
-def open_source(input: str, fields: Fields, stdin_copy: Path | None = None) -> Source:
+def open_source(
+    input: str, fields: Fields, stdin_copy: Path | None = None, label: str | None = None
+) -> Source:
     """Resolve INPUT to its files. File-level problems raise InputError; rows are not read yet.
-    For `-`, `stdin_copy` is where standard input was spooled (see spool_stdin)."""
+    For `-`, `stdin_copy` is where standard input was spooled (see spool_stdin). `label` names a
+    single-file input in messages instead of its path (in-memory data spooled to a file)."""
+    if label is not None and input != "-":
+        source = open_source(input, fields)
+        source.names = [label] * len(source.names)
+        return source
     if input == "-":
         if stdin_copy is None:
             raise ValueError("standard input must be spooled first")
