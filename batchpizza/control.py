@@ -135,6 +135,11 @@ class Control(Gatekeeper):
     def _breaker_event(self, t: float, event: str) -> None:
         rate = self.gate.rate
         self.events.append((self._wall(t), "breaker", rate, event))
+        if event == "gave-up" and not self.stopped:
+            # Out of patience: stop now, not when some worker next asks to send (they may all be
+            # asleep in a misuse backoff for half a minute).
+            self.stopped = True
+            self.on_give_up()
 
     def take_events(self) -> list[Event]:
         events, self.events = self.events, []

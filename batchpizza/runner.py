@@ -181,7 +181,7 @@ class Runner:
         run: int = 0,
         on_result: Callable[[int, Result], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
+        sleep: Sleep | None = None,
     ) -> None:
         self.provider = provider
         self.checkpoint = checkpoint
@@ -193,7 +193,8 @@ class Runner:
         self.counters = Counters()
         self.on_result = on_result
         self._clock = clock
-        self._sleep = sleep
+        # Retry waits end early when sending stops, so a stopped run does not wait them out.
+        self._sleep = sleep if sleep is not None else stop.sleep
         self.fatal: ProviderError | None = None  # a reply after which nothing can succeed
 
     async def run(self, rows: Iterator[PendingRow]) -> None:

@@ -4,6 +4,7 @@ workers and the blocking stages' threads all read."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 
@@ -33,6 +34,14 @@ class Stop:
         self.signum = signum
         self.interrupted.set()
         self.stop_sending("signal")
+
+    async def sleep(self, delay: float) -> None:
+        """Sleep `delay` seconds, or less if sending stops meanwhile: a row waiting out a long
+        backoff (a misuse refusal's 30 s) must not hold a stopped run open."""
+        if self.reason is not None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.wait(), timeout=delay)
 
     async def wait(self) -> None:
         if self._event is None:
