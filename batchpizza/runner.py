@@ -103,6 +103,7 @@ class Committer:
         self._checkpoint = checkpoint
         self._run = run
         self._waiting: list[tuple[Result, list[Attempt], asyncio.Future[None]]] = []
+        self._orphans: list[Attempt] = []  # attempts of rows left unfinished by a stop
         self._wakeup = asyncio.Event()
         self._closed = False
         self._failed: BaseException | None = None
@@ -121,6 +122,12 @@ class Committer:
         # committed (the committer skips futures that are already done).
         await future
 
+    def keep_attempts(self, attempts: list[Attempt]) -> None:
+        """Attempts of a row that will not be committed (the run stopped during its retries):
+        the requests were sent all the same, and the report counts them."""
+        self._orphans.extend(attempts)
+        self._wakeup.set()
+
     async def _loop(self) -> None:
         batch: list[tuple[Result, list[Attempt], asyncio.Future[None]]] = []
         try:
@@ -128,12 +135,12 @@ class Committer:
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 batch, self._waiting = self._waiting, []
-                if batch:
+                orphans, self._orphans = self._orphans, []
+                if batch or orphans:
                     # On the loop itself: without an fsync a group commit is a write() of a few
                     # pages, cheaper than the hop to a thread (measured).
-                    self._checkpoint.write(
-                        [r for r, _, _ in batch], [a for _, att, _ in batch for a in att], self._run
-                    )
+                    attempts = [a for _, att, _ in batch for a in att] + orphans
+                    self._checkpoint.write([r for r, _, _ in batch], attempts, self._run)
                     for _, _, future in batch:  # committed: their workers may take the next rows
                         if not future.done():
                             future.set_result(None)
@@ -145,7 +152,7 @@ class Committer:
                             asyncio.to_thread(self._checkpoint.sync)
                         )
                         await asyncio.shield(self._syncing)
-                if self._closed and not self._waiting:
+                if self._closed and not self._waiting and not self._orphans:
                     return
         except Exception as exc:
             if isinstance(exc, (sqlite3.Error, OSError)):  # a sync or a disk failing under us
@@ -228,6 +235,7 @@ class Runner:
             try:
                 result = await self._send(session, row[1], attempts)
             except Stopped:
+                committer.keep_attempts(attempts)
                 return
             finally:
                 self.counters.in_flight -= 1

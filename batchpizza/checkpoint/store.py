@@ -199,7 +199,7 @@ class Checkpoint:
         now = time.time()
         rows = [(*astuple(r), now) for r in results]
         with self._transaction():
-            self._conn.executemany(
+            self._conn.executemany(  # no rows: only attempts of rows a stop left unfinished
                 f"INSERT OR REPLACE INTO results ({_RESULT_NAMES}, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,

@@ -1,0 +1,200 @@
+"""The run's control: what each attempt outcome means for the learned rate and the breaker, and
+the unattended behaviours end to end against the mock server (a service that turns to refusing,
+a rate-limited service under --rate auto, the learned rate kept for the next run)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FAST, write_jsonl
+
+import batchpizza
+from batchpizza.checkpoint import Checkpoint
+from batchpizza.control import Control, feedback_of
+from batchpizza.errors import (
+    BadReply,
+    HTTPStatusError,
+    MisuseDetected,
+    RequestTimeout,
+    TransportError,
+)
+from batchpizza.mock_server import MockConfig, ThreadedMockServer, mock_answer
+from batchpizza.ratelimit import Feedback
+from batchpizza.runner import Stopped
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (None, (Feedback.CLEAN, False, True)),
+        (MisuseDetected("Misuse detected."), (Feedback.REFUSED, True, True)),
+        (HTTPStatusError(403, "HTTP 403"), (Feedback.REFUSED, True, True)),
+        (HTTPStatusError(401, "HTTP 401"), (Feedback.REFUSED, True, True)),
+        (HTTPStatusError(429, "HTTP 429"), (Feedback.THROTTLED, False, True)),
+        (HTTPStatusError(503, "HTTP 503", retry_after=2.0), (Feedback.THROTTLED, False, True)),
+        (HTTPStatusError(503, "HTTP 503"), (Feedback.OVERLOAD, False, False)),
+        (RequestTimeout("slow"), (Feedback.OVERLOAD, False, False)),
+        (TransportError("reset"), (Feedback.OVERLOAD, False, False)),
+        (BadReply("not JSON"), (Feedback.OVERLOAD, False, False)),
+        (HTTPStatusError(404, "HTTP 404"), (Feedback.NEUTRAL, False, True)),
+    ],
+)
+def test_each_outcome_speaks_to_the_rate_and_the_breaker_as_the_table_says(
+    error: Exception | None, expected: tuple[Feedback, bool, bool]
+) -> None:
+    assert feedback_of(error) == expected  # type: ignore[arg-type]
+
+
+async def test_a_retry_after_holds_every_worker_and_refusals_trip_the_breaker() -> None:
+    gave_up: list[bool] = []
+    control = Control(
+        rate=0,
+        auto_max=None,
+        learned=None,
+        patience=0,
+        retry_after_cap=300,
+        timeout=1,
+        on_give_up=lambda: gave_up.append(True),
+    )
+    token = await control.enter()
+    control.finished(token, time.monotonic(), "http", HTTPStatusError(429, "x", retry_after=7))
+    assert control.waiting is not None and "Retry-After" in control.waiting
+    assert control.gate.pause.remaining > 6
+    for _ in range(10):
+        control.finished(None, time.monotonic(), "refusal", MisuseDetected("Misuse detected."))
+    # Out of patience (0): the run is told at once, and no attempt starts any more.
+    assert gave_up == [True]
+    with pytest.raises(Stopped):
+        await control.enter()
+    assert [e[3] for e in control.take_events() if e[1] == "breaker"] == ["gave-up"]
+
+
+def test_a_service_that_turns_to_refusing_stops_the_run_early_and_the_rerun_finishes(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    rows = [{"id": f"r{i}", "prompt": f"refusal test {i}"} for i in range(400)]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    mock_api.config = MockConfig(misuse_after=50)
+    options = {**FAST, "base_url": mock_api.base_url, "concurrency": 16, "patience": 0}
+    started = time.monotonic()
+
+    summary = batchpizza.run(inp, out, **options, summary_json=str(tmp_path / "s.json"))
+
+    assert time.monotonic() - started < 10
+    assert summary["exit_code"] == 4
+    assert summary["stopped"] == "refusals"
+    assert mock_api.stats.requests <= 50 + 16 * 3  # the refusals the window needed, no more
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(written) == 400  # every row, the unanswered ones pending
+    answered = {r["id"] for r in written if r["finish_reason"] == "stop"}
+    assert len(answered) == 50
+    assert {r["finish_reason"] for r in written} <= {"stop", "pending", "misuse"}
+    assert json.loads((tmp_path / "s.json").read_text())["stopped"] == "refusals"
+
+    mock_api.config = MockConfig()
+    mock_api.reset()
+    again = batchpizza.run(inp, out, **options)
+
+    assert again["exit_code"] == 0
+    assert mock_api.stats.requests == 400 - 50  # only what was not answered
+    assert all(
+        r["answer"] == mock_answer(r["prompt"])
+        for r in (json.loads(line) for line in out.read_text().splitlines())
+    )
+
+
+def test_the_breaker_and_the_rate_history_are_in_the_report_data(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q{i}"} for i in range(60)])
+    out = tmp_path / "out.jsonl"
+    mock_api.config = MockConfig(misuse_after=5)
+    batchpizza.run(inp, out, **{**FAST, "base_url": mock_api.base_url, "patience": 0})
+    store = Checkpoint.open(Path(f"{out}.checkpoint"), readonly=True)
+    try:
+        events = store.events()
+        runs = store.runs()
+        outcomes = {row[4] for row in store.attempts()}
+    finally:
+        store.close()
+    assert [e[4] for e in events if e[2] == "breaker"] == ["gave-up"]
+    assert runs[-1][4] == 4  # the run's exit code is recorded
+    assert {"answered", "refusal"} <= outcomes
+
+
+def test_the_learned_rate_is_saved_and_the_next_run_starts_from_it(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"learn {i}"} for i in range(40)])
+    out = tmp_path / "out.jsonl"
+    options = {**FAST, "base_url": mock_api.base_url, "rate": "auto:50/s"}
+    first = batchpizza.run(inp, out, **options)
+    assert first["rate"] is not None and first["rate"] > 1.0  # grew from 1/s on clean replies
+    store = Checkpoint.open(Path(f"{out}.checkpoint"), readonly=True)
+    try:
+        learned = store.learned_rate()
+    finally:
+        store.close()
+    assert learned == pytest.approx(first["rate"])
+
+    write_jsonl(inp, [{"prompt": f"learn {i}"} for i in range(45)])
+    second = batchpizza.run(inp, out, **options)
+    assert second["requests"] == 5
+    # It started from the learned rate (never below it on clean replies), not from 1/s.
+    assert second["rate"] >= learned
+
+
+@pytest.mark.slow
+def test_auto_against_a_server_limited_at_10_per_second_learns_its_limit(tmp_path: Path) -> None:
+    rows = [{"id": i, "prompt": f"auto {i}"} for i in range(300)]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    with ThreadedMockServer(MockConfig(rate_limit=10, retry_after="1")) as server:
+        started = time.monotonic()
+        summary = batchpizza.run(
+            inp,
+            out,
+            base_url=server.base_url,
+            rate="auto",
+            concurrency=32,
+            progress=False,
+            quiet=True,
+        )
+        elapsed = time.monotonic() - started
+        throttled = server.stats.by_status.get(429, 0)
+        requests = server.stats.requests
+    assert summary["exit_code"] == 0
+    assert summary["answered"] == 300
+    assert throttled <= 0.1 * requests
+    # The issue's bar is 8 rows/s at this limit (measured 8.4); a loaded CI machine gets slack.
+    assert 300 / elapsed >= 7.0
+
+
+def test_patience_that_runs_out_while_the_breaker_waits_stops_at_once(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # patience 30 s: the first trip waits 60 s, which would pass it: give up at the trip.
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"p{i}"} for i in range(100)])
+    mock_api.config = MockConfig(misuse_after=0)
+    started = time.monotonic()
+    summary = batchpizza.run(
+        inp, tmp_path / "out.jsonl", **{**FAST, "base_url": mock_api.base_url, "patience": "30s"}
+    )
+    assert summary["exit_code"] == 4
+    assert time.monotonic() - started < 10
+
+
+async def test_stop_sleep_ends_when_sending_stops() -> None:
+    from batchpizza.stop import Stop
+
+    stop = Stop()
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.05, stop.stop_sending, "deadline")
+    started = time.monotonic()
+    await stop.sleep(30)
+    assert time.monotonic() - started < 5
