@@ -27,6 +27,7 @@ from batchpizza.errors import (
     TransportError,
 )
 from batchpizza.ratelimit import AdaptiveRate, Clock, Feedback, Gate, Sleep
+from batchpizza.records import RateInfo
 from batchpizza.runner import Gatekeeper, Stopped
 
 # (unix time, kind, value, detail): what the checkpoint's events table records.
@@ -115,8 +116,15 @@ class Control(Gatekeeper):
             # The breaker tripped while this worker waited for its slot: ask it again.
 
     def finished(
-        self, token: object, started: float, outcome: str, error: ProviderError | None
+        self,
+        token: object,
+        started: float,
+        outcome: str,
+        error: ProviderError | None,
+        rate: RateInfo | None = None,
     ) -> None:
+        if rate is not None:
+            self._heed(rate)
         feedback, refused, clean = feedback_of(error)
         if self.adaptive is not None:
             self.adaptive.record(feedback, started)
@@ -125,6 +133,13 @@ class Control(Gatekeeper):
         if error is not None and error.retry_after is not None:
             # Held for every worker, including those already waiting on the pacer.
             self.gate.pause.hold(min(error.retry_after, self.retry_after_cap))
+
+    def _heed(self, info: RateInfo) -> None:
+        """OpenAI-style limits: when `remaining` is about to run out, hold every worker until it
+        resets rather than collect 429s. (The announced limit is not turned into a rate: its
+        window differs between servers, a minute for OpenAI, a second for others.)"""
+        if info.remaining is not None and info.remaining <= 1 and info.reset_s:
+            self.gate.pause.hold(min(info.reset_s, self.retry_after_cap))
 
     def _wall(self, t: float) -> float:
         return time.time() - (self._clock() - t)

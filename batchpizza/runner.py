@@ -30,7 +30,7 @@ from batchpizza.errors import (
 )
 from batchpizza.providers import Provider
 from batchpizza.ratelimit import Sleep
-from batchpizza.records import Answer, Attempt, Outcome, Prompt, Result, is_answered
+from batchpizza.records import Answer, Attempt, Outcome, Prompt, RateInfo, Result, is_answered
 from batchpizza.retrying import RetryPolicy
 from batchpizza.rows import prompt_digest
 from batchpizza.stop import Stop
@@ -55,9 +55,15 @@ class Gatekeeper:
         return None
 
     def finished(
-        self, token: object, started: float, outcome: str, error: ProviderError | None
+        self,
+        token: object,
+        started: float,
+        outcome: str,
+        error: ProviderError | None,
+        rate: RateInfo | None = None,
     ) -> None:
-        """Told of every finished attempt (clock time it was sent, outcome kind, its error)."""
+        """Told of every finished attempt: the clock time it was sent, its outcome kind, its
+        error, and what the server announced of its limit."""
 
 
 @dataclass
@@ -267,9 +273,13 @@ class Runner:
             counters.requests += 1
             started, wall = self._clock(), time.time()
             error: ProviderError | None = None
+            rate: RateInfo | None = None
             try:
-                return await provider.ask(session, prompt)
+                answer = await provider.ask(session, prompt)
+                rate = answer.rate
+                return answer
             except ProviderError as exc:
+                rate = exc.rate
                 error = exc
                 if exc.fatal or (exc.status is not None and exc.status in provider.fatal_statuses):
                     # No later request can succeed (a wrong key, an unknown model): stop at once
@@ -280,7 +290,7 @@ class Runner:
             finally:
                 latency = (self._clock() - started) * 1000.0
                 kind = outcome_of(error)
-                gate.finished(token, started, kind, error)
+                gate.finished(token, started, kind, error, rate)
                 attempts.append(
                     Attempt(
                         prompt.id,

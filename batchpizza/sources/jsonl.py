@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("batchpizza")
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a longer "line" is a binary file or a missing newline
+# Deeper values are refused as bad rows: every later stage (type inference, Arrow, the writers)
+# walks values recursively, and a row 990 deep crashed the run with a RecursionError (seen).
+MAX_DEPTH = 100
 _BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
@@ -276,7 +279,24 @@ def load(line: bytes) -> Any:
         raise ValueError(_why_not_json(line, exc)) from None
     if b"\\u" in line and _lone_surrogate(obj):
         raise ValueError("invalid UTF-8: a lone surrogate escape (\\udXXX)")
+    # Counting brackets is a C-speed test that spares the walk on every ordinary line.
+    if line.count(b"[") + line.count(b"{") > MAX_DEPTH and _deeper_than(obj, MAX_DEPTH):
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     return obj
+
+
+def _deeper_than(obj: object, limit: int) -> bool:
+    """Is `obj` nested deeper than `limit`? Walked with a stack, not recursion."""
+    stack: list[tuple[object, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return False
 
 
 def _lone_surrogate(obj: object) -> bool:
