@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from batchpizza.errors import BadRow, InputError
 from batchpizza.records import Prompt
-from batchpizza.rows import BadRecord, Fields, ScanBatch
+from batchpizza.rows import (
+    BadRecord,
+    Fields,
+    GoodRow,
+    RowProblem,
+    ScanBatch,
+    interpret,
+    prompt_digest,
+    to_prompt,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -83,6 +92,40 @@ class Source(Protocol):
     def restore(self, state: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
+
+
+def scan_batches(fields: Fields, rows: Iterable[tuple[int, int, int, Any]]) -> Iterator[ScanBatch]:
+    """Batches of good and bad rows from (pos, file, at, object) items, where the object is a str,
+    the problem, for a row that could not even be read as an object. Every kind of source scans
+    through this, so all agree on what a row is."""
+    good: list[GoodRow] = []
+    bad: list[BadRecord] = []
+    for pos, index, at, obj in rows:
+        if len(good) + len(bad) >= BATCH_ROWS:
+            yield good, bad
+            good, bad = [], []
+        if isinstance(obj, str):
+            bad.append(BadRecord(pos, index, at, None, obj))
+            continue
+        try:
+            row_id, prompt, _messages, _body = interpret(obj, fields, pos)
+        except RowProblem as exc:
+            bad.append(BadRecord(pos, index, at, exc.id, exc.problem, exc.field))
+        else:
+            good.append((pos, row_id, prompt_digest(prompt), index, at))
+    if good or bad:
+        yield good, bad
+
+
+def prompt_of(obj: object, fields: Fields, pos: int) -> Prompt | None:
+    """What to send for a row read again after the scan; None if it no longer reads (the file
+    changed since the scan, which the output notices and says)."""
+    if not isinstance(obj, Mapping):
+        return None
+    try:
+        return to_prompt(interpret(obj, fields, pos))
+    except RowProblem:
+        return None
 
 
 def describe(source: Source, rows: Sequence[BadRecord]) -> tuple[BadRow, ...]:

@@ -14,18 +14,12 @@ from batchpizza.errors import InputError
 from batchpizza.fieldtypes import FieldTypes
 from batchpizza.records import Prompt
 from batchpizza.rows import (
-    BadRecord,
     Fields,
-    GoodRow,
-    RowProblem,
     ScanBatch,
-    interpret,
     json_type,
-    prompt_digest,
-    to_prompt,
     with_article,
 )
-from batchpizza.sources.base import BATCH_ROWS, Columns, read_errors
+from batchpizza.sources.base import BATCH_ROWS, Columns, prompt_of, read_errors, scan_batches
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -134,34 +128,14 @@ class JsonlSource:
     # -- the passes ---------------------------------------------------------------------------
 
     def scan(self) -> Iterator[ScanBatch]:
-        """Every row, validated, in batches. Records the carried fields' JSON types on the way."""
-        fields = self.fields
-        good: list[GoodRow] = []
-        bad: list[BadRecord] = []
-        for pos, index, at, obj in self._checked():
-            if len(good) + len(bad) >= BATCH_ROWS:
-                yield good, bad
-                good, bad = [], []
-            if isinstance(obj, str):
-                bad.append(BadRecord(pos, index, at, None, obj))
-                continue
-            try:
-                row_id, prompt, _messages, _body = interpret(obj, fields, pos)
-            except RowProblem as exc:
-                bad.append(BadRecord(pos, index, at, exc.id, exc.problem, exc.field))
-            else:
-                good.append((pos, row_id, prompt_digest(prompt), index, at))
-        if good or bad:
-            yield good, bad
+        """Every row, validated, in batches. Infers the carried fields' types on the way."""
+        return scan_batches(self.fields, self._checked())
 
     def prompts(self, wanted: Iterable[int]) -> Iterator[tuple[int, Prompt]]:
         for pos, _file, _at, obj in self._objects(iter(wanted)):
-            if not isinstance(obj, Mapping):
-                continue  # the file changed since the scan; the output will notice and say so
-            try:
-                yield pos, to_prompt(interpret(obj, self.fields, pos))
-            except RowProblem:
-                continue  # the file changed since the scan; the output will notice and say so
+            prompt = prompt_of(obj, self.fields, pos)
+            if prompt is not None:
+                yield pos, prompt
 
     def carried(self) -> Iterator[DictBatch]:
         batch: list[Mapping[str, Any]] = []

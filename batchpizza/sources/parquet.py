@@ -4,7 +4,6 @@ sink: a JSONL job never pays for it."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -13,16 +12,17 @@ from typing import TYPE_CHECKING, Any
 from batchpizza.errors import InputError
 from batchpizza.records import Prompt
 from batchpizza.rows import (
-    BadRecord,
     Fields,
-    GoodRow,
-    RowProblem,
     ScanBatch,
-    interpret,
-    prompt_digest,
-    to_prompt,
 )
-from batchpizza.sources.base import BATCH_ROWS, Columns, read_errors, with_arrow_errors
+from batchpizza.sources.base import (
+    BATCH_ROWS,
+    Columns,
+    prompt_of,
+    read_errors,
+    scan_batches,
+    with_arrow_errors,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -113,24 +113,14 @@ class ParquetSource:
         pass
 
     def scan(self) -> Iterator[ScanBatch]:
-        fields = self.fields
-        good: list[GoodRow] = []
-        bad: list[BadRecord] = []
-        for pos, (index, at, obj) in enumerate(self._rows(check_all=True)):
-            if len(good) + len(bad) >= BATCH_ROWS:
-                yield good, bad
-                good, bad = [], []
-            if obj is NOT_UTF8:
-                bad.append(BadRecord(pos, index, at, None, "invalid UTF-8 in a string column"))
-                continue
-            try:
-                row_id, prompt, _messages, _body = interpret(obj, fields, pos)
-            except RowProblem as exc:
-                bad.append(BadRecord(pos, index, at, exc.id, exc.problem, exc.field))
-            else:
-                good.append((pos, row_id, prompt_digest(prompt), index, at))
-        if good or bad:
-            yield good, bad
+        rows = self._rows(check_all=True)
+        return scan_batches(
+            self.fields,
+            (
+                (pos, index, at, "invalid UTF-8 in a string column" if obj is NOT_UTF8 else obj)
+                for pos, (index, at, obj) in enumerate(rows)
+            ),
+        )
 
     def prompts(self, wanted: Iterable[int]) -> Iterator[tuple[int, Prompt]]:
         it = iter(wanted)
@@ -140,12 +130,7 @@ class ParquetSource:
         for pos, (_index, _at, obj) in enumerate(self._rows()):
             if pos != target:
                 continue
-            prompt = None
-            if isinstance(obj, Mapping):
-                # A row that no longer reads: the file changed since the scan, which the output
-                # notices and says.
-                with contextlib.suppress(RowProblem):
-                    prompt = to_prompt(interpret(obj, self.fields, pos))
+            prompt = prompt_of(obj, self.fields, pos)
             if prompt is not None:
                 yield pos, prompt
             target = next(it, None)
