@@ -1,0 +1,407 @@
+"""The report's numbers: one bounded pass over the checkpoint's attempts (see the package
+docstring)."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from array import array
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from batchpizza.records import is_answered
+from batchpizza.redact import redact
+
+__all__ = [
+    "AttemptRecord",
+    "BreakerEvent",
+    "RateChange",
+    "ReportData",
+    "RunRecord",
+    "summarize",
+]
+
+MAX_POINTS = 300  # time-series buckets at most: a chart's width in pixels has no use for more
+TEXT_WIDTH = 100
+EXAMPLE_CHARS = 300  # an error example is a hint, not a log: the checkpoint keeps the whole text
+PERCENTILES = (50, 90, 99)
+HISTOGRAM_BINS = 40
+# Each width divides the next (ratios 2, 5, 2, 3, 2, 5, 2, 3, 2, 3, 2, 2, 2, 7), see _Buckets.
+_WIDTHS = (1, 2, 10, 20, 60, 120, 600, 1200, 3600, 7200, 21600, 43200, 86400, 172800, 604800)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One request as the checkpoint recorded it."""
+
+    run: int
+    row_id: str
+    started: float  # unix seconds
+    duration_ms: float
+    # "answered", "http" (non-2xx, status set), "timeout", "transport", "bad_reply",
+    # "refusal" (misuse or the bot check), "redirect", "stopped"
+    outcome: str
+    status: int | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: int
+    started: float
+    ended: float | None  # None: the run is still going, or died without recording its end
+    rows_sent: int  # distinct rows that got at least one attempt in this run
+    exit_code: int | None
+    options: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class RateChange:
+    t: float
+    rate: float  # requests per second from t on
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerEvent:
+    t: float
+    event: str  # "open", "probe", "closed", "gave-up"
+
+
+@dataclass(frozen=True, slots=True)
+class ReportData:
+    rows_by_reason: dict[str, int]  # finish reasons of the current output rows
+    attempts: Iterable[AttemptRecord]  # streamed: read once
+    runs: list[RunRecord]
+    rate_changes: list[RateChange]
+    breaker_events: list[BreakerEvent]
+
+
+def clip(text: str, width: int) -> str:
+    text = " ".join(text.split())  # one line: an example must not break a table
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def iso(t: float) -> str:
+    stamp = datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def share(part: float, whole: float) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+# --- summarize ------------------------------------------------------------------------------------
+
+
+class _Buckets:
+    """Requests, answered, errors and answered latency per time bucket, at most MAX_POINTS kept.
+
+    Buckets are aligned on multiples of the width since the epoch, so when they outnumber
+    MAX_POINTS every bucket folds exactly into the next width's (floor(floor(t/w)/k) equals
+    floor(t/(k*w)) for a whole k): no second pass, and the order of the attempts does not matter.
+
+    Kept are the buckets holding attempts and every bucket inside a run (a quiet minute while the
+    breaker waits is a fact: a zero). The idle hours between cron runs are left out, or a week of
+    nightly runs would be seven slivers on an empty chart; the page draws such a gap as a break.
+    """
+
+    def __init__(self, spans: Iterable[tuple[float, float]]) -> None:
+        self._spans = sorted(spans)  # (start, end) of each run, unix seconds
+        self.width = _WIDTHS[0]
+        self._level = 0
+        self.cells: dict[int, list[float]] = {}  # index -> [requests, answered, errors, lat sum]
+        self._index_runs()
+        while self._in_runs > MAX_POINTS:
+            self._coarsen()
+
+    def _index_runs(self) -> None:
+        """The runs as disjoint, sorted index intervals at the current width."""
+        merged: list[tuple[int, int]] = []
+        for start, end in self._spans:
+            lo, hi = math.floor(start / self.width), math.floor(end / self.width)
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+            else:
+                merged.append((lo, hi))
+        self._runs = merged
+        self._run_starts = [lo for lo, _ in merged]
+        self._in_runs = sum(hi - lo + 1 for lo, hi in merged)
+        self._outside = sum(not self._in_run(i) for i in self.cells)
+
+    def _in_run(self, index: int) -> bool:
+        k = bisect.bisect_right(self._run_starts, index) - 1
+        return k >= 0 and index <= self._runs[k][1]
+
+    def add(self, t: float, answered: bool, latency_ms: float) -> None:
+        index = math.floor(t / self.width)
+        cell = self.cells.get(index)
+        if cell is None:
+            cell = self.cells[index] = [0.0, 0.0, 0.0, 0.0]
+            self._outside += not self._in_run(index)
+        cell[0] += 1
+        if answered:
+            cell[1] += 1
+            cell[3] += latency_ms
+        else:
+            cell[2] += 1
+        while self._in_runs + self._outside > MAX_POINTS:
+            self._coarsen()
+
+    def _coarsen(self) -> None:
+        self._level += 1
+        wider = _WIDTHS[self._level] if self._level < len(_WIDTHS) else self.width * 2
+        factor = wider // self.width
+        merged: dict[int, list[float]] = {}
+        for index, cell in self.cells.items():
+            into = merged.setdefault(index // factor, [0.0, 0.0, 0.0, 0.0])
+            for i in range(4):
+                into[i] += cell[i]
+        self.cells, self.width = merged, wider
+        self._index_runs()
+
+    def series(self) -> dict[str, Any]:
+        kept = set(self.cells)
+        for lo, hi in self._runs:
+            kept.update(range(lo, hi + 1))
+        indexes = sorted(kept)
+        cells = [self.cells.get(i, [0.0, 0.0, 0.0, 0.0]) for i in indexes]
+        return {
+            "bucket_s": self.width,
+            "t": [i * self.width for i in indexes],  # bucket starts; a jump is idle time left out
+            "requests": [int(c[0]) for c in cells],
+            "answered": [int(c[1]) for c in cells],
+            "errors": [int(c[2]) for c in cells],
+            "latency_ms_mean": [round(c[3] / c[1], 1) if c[1] else None for c in cells],
+        }
+
+
+@dataclass(slots=True)
+class _Kind:
+    count: int
+    first: float
+    last: float
+    example: str | None = None
+    example_t: float = math.inf
+
+
+@dataclass(slots=True)
+class _RunTally:
+    first: float
+    last_end: float
+    requests: int = 0
+    answered: int = 0
+
+
+def _run_span(run: RunRecord) -> tuple[float, float]:
+    end = run.started if run.ended is None else run.ended
+    return min(run.started, end), max(run.started, end)
+
+
+def _kind(attempt: AttemptRecord) -> str:
+    """The row of the errors table an unanswered attempt counts in."""
+    if attempt.outcome == "http":
+        return f"HTTP {attempt.status}" if attempt.status is not None else "HTTP error"
+    if attempt.outcome == "refusal" and attempt.status is not None:
+        return f"refusal (HTTP {attempt.status})"  # a 401/403 refusal, told from a text refusal
+    return {"bad_reply": "bad reply", "transport": "connection error"}.get(
+        attempt.outcome, attempt.outcome
+    )
+
+
+def _nice(x: float) -> int:
+    """The smallest of 1, 2, 5 x 10^k (at least 1) not below x: bin widths a reader can add up."""
+    magnitude = 1
+    while True:
+        for step in (1, 2, 5):
+            if step * magnitude >= x:
+                return step * magnitude
+        magnitude *= 10
+
+
+def _latency(samples: array[float]) -> dict[str, Any] | None:
+    n = len(samples)
+    if not n:
+        return None
+    import pyarrow as pa  # imported here: only the report needs it, and only with answers
+
+    # Zero-copy view of the array, sorted in C: no Python float per sample, even for millions.
+    ordered = pa.Array.from_buffers(pa.float64(), n, [None, pa.py_buffer(samples)]).sort()
+
+    def rank(r: int) -> float:  # 1-based
+        return float(ordered[r - 1].as_py())
+
+    def below(x: float) -> int:  # how many samples are < x (binary search over the sorted array)
+        lo, hi = 0, n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ordered[mid].as_py() < x:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    result: dict[str, Any] = {"count": n, "min": rank(1)}
+    for p in PERCENTILES:
+        result[f"p{p}"] = rank(-(-p * n // 100))  # ceil(p * n / 100) in integers: exact
+    result["max"] = rank(n)
+    result["mean"] = round(math.fsum(samples) / n, 3)
+    # A long tail would squeeze the body of the distribution into a few bars: above twice the
+    # p99, the rest is one overflow count, said under the chart.
+    top = result["max"] if result["max"] <= 2 * result["p99"] else result["p99"]
+    width = _nice((top - result["min"]) / HISTOGRAM_BINS)
+    start = math.floor(result["min"] / width) * width
+    bins = math.floor((top - start) / width) + 1
+    edges = [start + i * width for i in range(bins + 1)]
+    cumulative = [below(e) for e in edges]
+    result["histogram"] = {
+        "start_ms": start,
+        "bin_ms": width,
+        "counts": [b - a for a, b in itertools.pairwise(cumulative)],
+        "overflow_from_ms": edges[-1],
+        "overflow": n - cumulative[-1],
+    }
+    return result
+
+
+def _options(options: Mapping[str, object]) -> dict[str, object]:
+    """Run options as JSON values, with any credential (a proxy URL's password) masked."""
+    clean: dict[str, object] = {}
+    for key, value in options.items():
+        if value is None or isinstance(value, (bool, int, float)):
+            clean[key] = value
+        else:
+            clean[key] = redact(str(value))
+    return clean
+
+
+def _reasons(rows_by_reason: Mapping[str, int]) -> dict[str, int]:
+    """Answers first ("stop" at the top), then the rest, each group by count."""
+    return dict(
+        sorted(
+            ((str(k), int(v)) for k, v in rows_by_reason.items()),
+            key=lambda kv: (not is_answered(kv[0]), kv[0] != "stop", -kv[1], kv[0]),
+        )
+    )
+
+
+def summarize(data: ReportData) -> dict[str, Any]:
+    """Every number of the report, JSON-ready, in one pass over `data.attempts`."""
+    requests = answered = 0
+    latencies: array[float] = array("d")
+    kinds: dict[str, _Kind] = {}
+    per_run: dict[int, _RunTally] = {}
+    buckets = _Buckets(span for span in map(_run_span, data.runs) if all(map(math.isfinite, span)))
+    for attempt in data.attempts:
+        requests += 1
+        end = attempt.started + attempt.duration_ms / 1000
+        tally = per_run.get(attempt.run)
+        if tally is None:
+            tally = per_run[attempt.run] = _RunTally(attempt.started, end)
+        tally.first, tally.last_end = min(tally.first, attempt.started), max(tally.last_end, end)
+        tally.requests += 1
+        ok = attempt.outcome == "answered"
+        buckets.add(attempt.started, ok, attempt.duration_ms)
+        if ok:
+            answered += 1
+            tally.answered += 1
+            latencies.append(attempt.duration_ms)
+            continue
+        name = _kind(attempt)
+        kind = kinds.get(name)
+        if kind is None:
+            kind = kinds[name] = _Kind(0, attempt.started, attempt.started)
+        kind.count += 1
+        kind.first, kind.last = min(kind.first, attempt.started), max(kind.last, attempt.started)
+        # The earliest message: the same example whatever order the checkpoint streams in.
+        if attempt.error and attempt.started < kind.example_t:
+            kind.example, kind.example_t = attempt.error, attempt.started
+
+    runs = sorted(data.runs, key=lambda r: (r.started, r.id))
+    rows_attempted = sum(r.rows_sent for r in runs)
+    retries = max(0, requests - rows_attempted)
+    sending_s = sum(max(0.0, t.last_end - t.first) for t in per_run.values())
+    starts = [t.first for t in per_run.values()] + [r.started for r in runs]
+    ends = [t.last_end for t in per_run.values()] + [r.ended for r in runs if r.ended is not None]
+    ends += [c.t for c in data.rate_changes] + [e.t for e in data.breaker_events]
+    rows = _reasons(data.rows_by_reason)
+    rates = sorted(data.rate_changes, key=lambda c: c.t)
+    events = sorted(data.breaker_events, key=lambda e: e.t)
+    return {
+        "period": {
+            "start": iso(min(starts)) if starts else None,
+            "end": iso(max(ends + starts)) if starts else None,
+            "start_t": min(starts) if starts else None,
+            "end_t": max(ends + starts) if starts else None,
+        },
+        "rows": {
+            "total": sum(rows.values()),
+            "answered": sum(v for k, v in rows.items() if is_answered(k)),
+            "by_reason": rows,
+        },
+        "requests": {
+            "total": requests,
+            "answered": answered,
+            "failed": requests - answered,
+            "rows_attempted": rows_attempted,
+            "retries": retries,
+            "retry_share": share(retries, requests),
+            "sending_s": round(sending_s, 3),
+            "per_s": round(requests / sending_s, 3) if sending_s else None,
+            "answered_per_s": round(answered / sending_s, 3) if sending_s else None,
+        },
+        "latency_ms": _latency(latencies),
+        "errors": [
+            {
+                "kind": name,
+                "count": k.count,
+                "share": share(k.count, requests),
+                "first": iso(k.first),
+                "last": iso(k.last),
+                # Redacted before it is cut: a cut could leave half a secret the patterns miss.
+                "example": clip(redact(k.example), EXAMPLE_CHARS) if k.example else None,
+            }
+            for name, k in sorted(kinds.items(), key=lambda nk: (-nk[1].count, nk[0]))
+        ],
+        "series": buckets.series(),
+        "rate": {
+            "changes": [
+                {"t": c.t, "time": iso(c.t), "rate": c.rate, "reason": redact(c.reason)}
+                for c in rates
+            ],
+            "current": rates[-1].rate if rates else None,
+            "min": min(c.rate for c in rates) if rates else None,
+            "max": max(c.rate for c in rates) if rates else None,
+        },
+        "breaker": {
+            "trips": sum(e.event == "open" for e in events),
+            "gave_up": any(e.event == "gave-up" for e in events),
+            "events": [{"t": e.t, "time": iso(e.t), "event": e.event} for e in events],
+        },
+        "runs": [_run(r, per_run.get(r.id)) for r in runs],
+        "definitions": {
+            "retries": "requests - rows attempted (each run's rows sent, summed): attempts "
+            "beyond a row's first in its run",
+            "throughput": "per second of sending: each run's first attempt start to last end",
+            "latency": "answered attempts; nearest-rank percentiles (an observed value)",
+            "times": "unix seconds and ISO 8601 UTC; series buckets by attempt start",
+        },
+    }
+
+
+def _run(run: RunRecord, tally: _RunTally | None) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "started": iso(run.started),
+        "started_t": run.started,
+        "ended": iso(run.ended) if run.ended is not None else None,
+        "duration_s": round(run.ended - run.started, 3) if run.ended is not None else None,
+        "rows_sent": run.rows_sent,
+        "requests": tally.requests if tally else 0,
+        "answered": tally.answered if tally else 0,
+        "exit_code": run.exit_code,
+        "options": _options(run.options),
+    }
