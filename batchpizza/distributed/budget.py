@@ -39,7 +39,7 @@ SLOT_TOLERANCE = 0.020
 CLUSTER_WINDOW = WINDOW + SLOT_TOLERANCE
 # How far ahead one lease may reach: the delay with which a cut, a pause or a trip reaches actors
 # holding slots, and what a dead actor's lease can waste.
-LEASE_HORIZON_S = 0.5
+LEASE_HORIZON_S = 0.25
 MAX_LEASE = 16  # slots in one lease at most
 # A lease call waiting on an open breaker returns empty after this long, so the actor also hears
 # of a stop (the deadline) and the controller never holds a call for minutes.
