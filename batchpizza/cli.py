@@ -143,6 +143,16 @@ def cli() -> None:
     is_flag=True,
     help="Answer from the bundled mock API in-process (offline demo; own checkpoint).",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run on a Ray cluster at ADDRESS (auto: RAY_ADDRESS, else a local one); INPUT and "
+    "OUTPUT may be folders of Parquet parts. Needs batchpizza[ray].",
+)
 def run(**options: Any) -> None:
     """Send every prompt of INPUT (.jsonl, .ndjson, .gz, .parquet, a folder, or - for stdin).
 
@@ -163,11 +173,26 @@ def run(**options: Any) -> None:
     """
     input_path = options.pop("input")
     output = options.pop("output")
+    address = options.pop("ray_address")
+    if address is not None:
+        sys.exit(_run_on_ray(input_path, output, address, options))
     try:
         config = RunConfig.from_options(input_path, output, **options)
     except BatchpizzaError as exc:
         raise click.UsageError(exc.message) from None
     sys.exit(_run_job(Job(config)))
+
+
+def _run_on_ray(input_path: str, output: str, address: str, options: dict[str, Any]) -> int:
+    try:
+        import batchpizza.ray
+    except ImportError:
+        raise click.UsageError("--ray needs Ray: pip install 'batchpizza[ray]'") from None
+    try:
+        return batchpizza.ray.run(input_path, output, address=address, **options)
+    except BatchpizzaError as exc:
+        click.echo(f"batchpizza: {exc.message}", err=True)
+        return exc.exit_code
 
 
 def _run_job(job: Job) -> int:

@@ -31,7 +31,7 @@ from batchpizza.records import Result, Summary, Tally
 from batchpizza.redact import remember_secret, remember_url
 from batchpizza.retrying import RetryPolicy
 from batchpizza.rows import Fields
-from batchpizza.runner import Runner
+from batchpizza.runner import Gatekeeper, Runner
 from batchpizza.sinks import write_output
 from batchpizza.sinks.values import result_columns
 from batchpizza.sources import Source, describe, input_files, open_source, spool_stdin
@@ -59,9 +59,13 @@ class Job:
         stdin: IO[bytes] | None = None,
         progress: Progress | None = None,
         on_row: Callable[[int, Result], None] | None = None,
+        gatekeeper: Gatekeeper | None = None,
     ) -> None:
         self.config = config
         self.on_row = on_row  # told of each row this run finishes (position, result): stream()
+        # What every attempt passes instead of this run's own Control (pacing, breaker): a Ray
+        # actor's gate to the cluster's one rate controller (batchpizza.distributed).
+        self.gatekeeper = gatekeeper
         self.stdin = stdin
         self.progress = progress or choose(config.progress, config.quiet, config.progress_every)
         self.stop = Stop()
@@ -237,7 +241,7 @@ class Job:
             provider,
             checkpoint,
             RetryPolicy.from_config(config),
-            control,
+            self.gatekeeper or control,
             concurrency=config.concurrency,
             stop=self.stop,
             run=run,

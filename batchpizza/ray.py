@@ -1,0 +1,214 @@
+"""The same job over a Ray Dataset, with one rate budget for the whole cluster.
+
+    import ray, batchpizza.ray
+    ds = ray.data.read_parquet("s3://lake/prompts/")
+    out = batchpizza.ray.answer(ds, rate="40/s", concurrency=16, actors=4,
+                                checkpoint="s3://lake/prompts.checkpoint/")
+    out.write_parquet("s3://lake/answers/")
+
+`answer` maps the dataset's batches (as Arrow tables) over a pool of `actors` actors; each runs
+batchpizza's own Job over its batch with its share of `concurrency`. One controller actor
+(`ControllerActor`, on no CPU) owns the budget: the send slots, `rate="auto"`, the breaker and the
+deadline (batchpizza.distributed.budget). Failures are rows (`finish_reason`); a stop (the breaker
+out of patience, the deadline) leaves the rest "pending", never a failed Ray task.
+
+The result is lazy, as Ray Datasets are: requests are sent when it is consumed, and consumed
+twice it is computed twice (with a checkpoint, batches already done are not sent again; without,
+they are): `materialize()` it if you need it more than once. `deadline` counts from the call.
+
+Ray is imported only here: `pip install 'batchpizza[ray]'`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+
+from batchpizza.config import RunConfig
+from batchpizza.distributed.budget import Budget, Lease, Report
+from batchpizza.distributed.parts import PartStore
+from batchpizza.distributed.worker import Answerer, part_schema
+from batchpizza.errors import UsageError
+
+__all__ = ["ControllerActor", "answer", "status"]
+
+DEFAULT_ACTORS = 4
+DEFAULT_BATCH_SIZE = 256
+# The actors wait on the network, not the CPU: a quarter of a CPU each lets four share one core
+# and leaves CPUs to Ray Data's read and write tasks.
+DEFAULT_ACTOR_CPUS = 0.25
+# Options that the driver and the controller own; an actor never sees them.
+_CLUSTER_OPTIONS = ("rate", "deadline", "patience", "concurrency", "checkpoint", "restart")
+# Each answered Dataset's controller, for `status` (and so that it lives as long as the Dataset).
+_controllers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+class ControllerActor:
+    """The cluster's one budget, as a Ray async actor (see batchpizza.distributed.budget)."""
+
+    def __init__(self, **budget: Any) -> None:
+        self.budget = Budget(**budget)
+
+    async def lease(self, want: int, reports: Sequence[Report]) -> Lease:
+        return await self.budget.lease(want, reports)
+
+    async def record(self, reports: Sequence[Report]) -> Lease:
+        return self.budget.record(reports)
+
+    async def admits(self, epoch: int, probe: bool) -> bool:
+        return self.budget.admits(epoch, probe)
+
+    async def status(self) -> dict[str, object]:
+        return self.budget.status()
+
+
+class _Remote:
+    """The controller's actor handle as batchpizza.distributed.worker.Controller."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def lease(self, want: int, reports: Sequence[Report]) -> Lease:
+        lease: Lease = await self._handle.lease.remote(want, list(reports))
+        return lease
+
+    async def record(self, reports: Sequence[Report]) -> Lease:
+        lease: Lease = await self._handle.record.remote(list(reports))
+        return lease
+
+    async def admits(self, epoch: int, probe: bool) -> bool:
+        return bool(await self._handle.admits.remote(epoch, probe))
+
+
+class _RayAnswerer(Answerer):
+    """What Ray Data constructs in each actor: the Answerer with the controller's handle."""
+
+    def __init__(self, controller: Any, done: list[Any], **kwargs: Any) -> None:
+        # The done table travels as an object in the store, read once per actor.
+        super().__init__(_Remote(controller), done=ray.get(done[0]) if done else None, **kwargs)
+
+
+def answer(
+    ds: ray.data.Dataset,
+    *,
+    actors: int = DEFAULT_ACTORS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    checkpoint: str | None = None,
+    num_cpus: float = DEFAULT_ACTOR_CPUS,
+    **options: Any,
+) -> ray.data.Dataset:
+    """`ds` with the result columns added to each row (answer, finish_reason, misuse, error,
+    attempts, latency_ms, model), computed by `actors` actors under one rate budget. Options as
+    for batchpizza.answer (`rate=` fixed or "auto", `concurrency=` for the whole cluster,
+    `patience=`, `deadline=`, `max_retries=`, `base_url=`, ...). `checkpoint=` a folder (local,
+    network, or an object store URI): answered rows are kept there and a rerun sends only the
+    others; it needs an id column (`id_field=`, default "id"). `batch_size` rows per batch,
+    `num_cpus` per actor."""
+    if actors < 1:
+        raise UsageError("actors must be at least 1")
+    if "output" in options:
+        raise UsageError("answer() returns a Dataset; write it with its write_* methods")
+    # Checked here, on the driver, once: a bad option fails the call, not every actor.
+    config = RunConfig.from_options("<ray>.parquet", "<ray>.parquet", **options)
+    share = max(1, math.ceil(config.concurrency / actors))
+    extra = ("prompt_tokens", "completion_tokens") if config.provider == "openai" else ()
+    done_ref: list[Any] = []
+    if checkpoint is not None:
+        id_field = config.fields_named[2]
+        if id_field not in ds.schema().names:
+            raise UsageError(
+                f"checkpoint= needs an id column to key the answers by; the dataset has no "
+                f"{id_field!r} column (choose one with id_field=)"
+            )
+        done = PartStore(checkpoint).read_all(part_schema(extra))
+        if done.num_rows:
+            done_ref = [ray.put(done)]
+    deadline_at = None if config.deadline_s is None else time.time() + config.deadline_s
+    controller = (
+        ray.remote(ControllerActor)
+        .options(num_cpus=0, max_concurrency=1000)
+        .remote(
+            rate=config.rate_per_s,
+            auto_max=config.auto_max,
+            patience=config.patience_s,
+            retry_after_cap=config.retry_after_cap,
+            timeout=config.timeout,
+            deadline_at=deadline_at,
+        )
+    )
+    actor_options = {k: v for k, v in options.items() if k not in _CLUSTER_OPTIONS}
+    answered = ds.map_batches(
+        _RayAnswerer,
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=num_cpus,
+        fn_constructor_kwargs={
+            "controller": controller,
+            "done": done_ref,
+            "options": actor_options,
+            "share": share,
+            "checkpoint": checkpoint,
+        },
+    )
+    _controllers[answered] = controller
+    return answered
+
+
+def status(ds: ray.data.Dataset) -> dict[str, object]:
+    """What the controller of a Dataset from `answer` says now: the rate in force, the breaker's
+    state and trips, why it stopped (None while sending), slots handed out, attempts reported,
+    and the rate's changes under `rate="auto"` as (unix time, rate, reason)."""
+    try:
+        controller = _controllers[ds]
+    except KeyError:
+        raise UsageError("status() takes a Dataset returned by batchpizza.ray.answer") from None
+    result: dict[str, object] = ray.get(controller.status.remote())
+    return result
+
+
+# CLI options a cluster run does not take (yet): refused when set, dropped when at their default.
+_NOT_ON_RAY = ("dry_run", "limit", "summary_json", "mock", "restart", "format")
+_DRIVER_ONLY = ("progress", "progress_every", "quiet", "verbose")
+
+
+def run(input: str, output: str, *, address: str = "auto", **options: Any) -> int:
+    """`batchpizza run INPUT -o OUTPUT --ray [ADDRESS]`: INPUT a Parquet file or folder of parts
+    (or JSONL), local or a URI; OUTPUT a folder of Parquet parts, rows in input order. The
+    checkpoint is a folder, by default OUTPUT.checkpoint. Returns the exit code: 0 every row
+    answered, 3 some failed or were refused, 4 stopped early (rows pending: rerun to continue)."""
+    for name in _NOT_ON_RAY:
+        if options.pop(name, None):
+            raise UsageError(f"--{name.replace('_', '-')} is not supported with --ray yet")
+    quiet = bool(options.get("quiet"))
+    for name in _DRIVER_ONLY:
+        options.pop(name, None)
+    options = {k: v for k, v in options.items() if v is not None}
+    if isinstance(options.get("params"), tuple):
+        options["params"] = list(options["params"])
+    checkpoint = options.pop("checkpoint", None) or output.rstrip("/") + ".checkpoint"
+    # auto: RAY_ADDRESS or a running local cluster if there is one, else a new local one.
+    ray.init(address=None if address == "auto" else address, log_to_driver=False)
+    try:
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        if input.endswith((".jsonl", ".ndjson", ".jsonl.gz")):
+            ds = ray.data.read_json(input, lines=True)
+        else:
+            ds = ray.data.read_parquet(input)
+        answered = answer(ds, checkpoint=checkpoint, **options).materialize()
+        reasons = answered.select_columns(["finish_reason"]).to_pandas()["finish_reason"]
+        counts = reasons.value_counts().to_dict()
+        answered.write_parquet(output)
+    finally:
+        ray.shutdown()
+    if not quiet:
+        said = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
+        print(f"batchpizza: done on Ray: {len(reasons)} rows: {said}; output {output}")
+    if counts.get("pending"):
+        return 4
+    return 0 if set(counts) <= {"stop"} else 3
