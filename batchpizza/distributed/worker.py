@@ -28,7 +28,7 @@ from batchpizza.distributed.parts import ID, PartStore, key_of
 from batchpizza.errors import ProviderError
 from batchpizza.job import Job
 from batchpizza.ratelimit import Sleep
-from batchpizza.records import Result, is_answered
+from batchpizza.records import RateInfo, Result, is_answered
 from batchpizza.runner import Gatekeeper, Stopped
 from batchpizza.sinks.values import result_columns, result_fields
 from batchpizza.tables import from_data
@@ -109,7 +109,12 @@ class ClusterGate(Gatekeeper):
             return (epoch, probe, issued)
 
     def finished(
-        self, token: object, started: float, outcome: str, error: ProviderError | None
+        self,
+        token: object,
+        started: float,
+        outcome: str,
+        error: ProviderError | None,
+        rate: RateInfo | None = None,
     ) -> None:
         wall = self._clock() - (time.monotonic() - started)  # the runner's clock is monotonic
         epoch, probe, issued = token if isinstance(token, tuple) else (self._epoch, False, wall)
