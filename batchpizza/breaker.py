@@ -5,8 +5,8 @@ check, HTTP 401, 403) rather than errors: a service that refuses half of what it
 telling the run to stop, and more requests only deepen the ban.
 
     closed     every request may start; each finished attempt is recorded in a window of the
-               last 20. At least 10 refusals among them trips the breaker (half of 20, and with
-               fewer than 20 finished, 10 refusals are enough on their own).
+               last 20. At least 10 refusals among them trips the breaker (half of 20); before 20
+               have finished, half of those that have, and at least 5.
     open       no request starts, for 60 s at the first trip, doubling at each trip after.
     half-open  exactly one request, the probe, may start. A clean answer closes the breaker
                (window cleared; `on_close` so that an adaptive rate resumes at half); a refusal
@@ -39,7 +39,11 @@ from batchpizza.ratelimit import Clock, Sleep, Wakeup
 DEFAULT_PATIENCE_S = 600.0  # SPEC: --patience defaults to 10m
 FIRST_WAIT_S = 60.0  # SPEC: the first wait; each trip doubles it
 WINDOW = 20  # SPEC: the last 20 finished attempts
-TRIP_AT = 10  # SPEC: at least half of 20; with fewer than 20 finished, 10 refusals
+TRIP_AT = 10  # SPEC: at least half of 20
+# Before 20 attempts have finished, half of those that have, and at least this many: a run at
+# the default concurrency of 8 against a service refusing everything otherwise sat out a 30 s
+# misuse backoff (8 refusals, short of 10) before the breaker could trip (27 s to stop, seen).
+MIN_TRIP = 5
 # A probe is one attempt, bounded by the runner's --timeout (60 s by default): after 90 s without
 # its result it is lost, not slow. Runners with a longer timeout should pass theirs plus a margin.
 PROBE_TIMEOUT_S = 90.0
@@ -163,7 +167,8 @@ class Breaker:
         now = self._clock()
         if self._state is BreakerState.CLOSED:
             self._results.append(refused)
-            if sum(self._results) >= TRIP_AT:
+            refusals = sum(self._results)
+            if refusals >= min(TRIP_AT, max(MIN_TRIP, (len(self._results) + 1) // 2)):
                 self._trip(now)
         elif self._state is BreakerState.HALF_OPEN and self._probe_until is not None:
             if refused:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from batchpizza.breaker import Breaker, BreakerExhausted, BreakerState, Permit
 from batchpizza.errors import (
@@ -62,6 +62,7 @@ class Control(Gatekeeper):
         retry_after_cap: float,
         timeout: float,
         on_give_up: Callable[[], None],
+        stop_signal: Callable[[], Awaitable[None]] | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -84,6 +85,7 @@ class Control(Gatekeeper):
         )
         self.retry_after_cap = retry_after_cap
         self.on_give_up = on_give_up
+        self.stop_signal = stop_signal  # awaitable that returns when sending stops
         self.stopped = False
 
     @property
@@ -110,10 +112,31 @@ class Control(Gatekeeper):
                 self.stopped = True
                 self.on_give_up()
                 raise Stopped from None
-            await self.gate.enter()
+            await self._gate()
             if self.breaker.still_admits(permit):
                 return permit
             # The breaker tripped while this worker waited for its slot: ask it again.
+
+    async def _gate(self) -> None:
+        """The pacer and the shared pause; a long wait there (a Retry-After, a slow rate) ends
+        at once when sending stops (a deadline), instead of holding the run for the grace."""
+        if self.stop_signal is None or (self.gate.pause.remaining <= 0 and not self._slow):
+            await self.gate.enter()
+        else:
+            entering = asyncio.ensure_future(self.gate.enter())
+            stopping = asyncio.ensure_future(self.stop_signal())
+            try:
+                await asyncio.wait({entering, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (entering, stopping):
+                    task.cancel()
+            if not entering.done() or entering.cancelled():
+                raise Stopped
+
+    @property
+    def _slow(self) -> bool:
+        """A pacer slot may be seconds away (a rate under 2/s)."""
+        return 0 < self.gate.rate < 2.0
 
     def finished(
         self,

@@ -23,7 +23,7 @@ from typing import IO, Any
 from batchpizza.checkpoint import Checkpoint, RunLock, ScanIndex
 from batchpizza.config import RunConfig, check_url
 from batchpizza.control import Control
-from batchpizza.errors import InputError, Interrupted, LockedError, UsageError
+from batchpizza.errors import BatchpizzaError, InputError, Interrupted, LockedError, UsageError
 from batchpizza.files import check_writable, clear_partials, inside, same_file, write_atomically
 from batchpizza.progress import Progress, choose, dry_run_report, setup_logging, summary_line
 from batchpizza.providers import Provider
@@ -73,6 +73,8 @@ class Job:
         self._send_task: asyncio.Task[None] | None = None
         self._checkpoint: Checkpoint | None = None
         self._limit: int | None = None
+        self._reported = False
+        self._paths_checked = False
 
     @property
     def signum(self) -> int | None:
@@ -84,6 +86,12 @@ class Job:
             return
         self.stop.interrupt(signum)
         self._cancel_after_grace()
+
+    def _scan_path(self) -> Path:
+        """Where the scan is written before it is adopted: beside the checkpoint, so that what a
+        killed scan leaves is cleared by the next run (named apart from the output's partials)."""
+        ck = self.config.checkpoint_path
+        return ck.with_name(f".scan-{ck.name}.partial")
 
     def _finished_row(self, pos: int, result: Result) -> None:
         self.progress.advance(result)
@@ -117,15 +125,34 @@ class Job:
         for url in (config.proxy, config.base_url, *map(os.environ.get, _PROXY_VARIABLES)):
             remember_url(url)
         started = time.monotonic()
-        self._check_paths()
-        lock = RunLock(Path(config.output), config.checkpoint_path)
         try:
-            lock.acquire()
-        except LockedError:
-            self._report(Summary.of(None, exit_code=75, stopped="locked", **self._where(started)))
+            return await self._locked(started)
+        except BatchpizzaError as exc:
+            # Every way out leaves a summary of its own, so a monitor never reads the last
+            # run's "exit_code": 0 after a broken one (an interrupt and a lock write theirs);
+            # unless the paths were refused: the summary may be the very file in question.
+            if not self._reported and self._paths_checked:
+                summary = self._summary(self._tally(), started, exc.exit_code)
+                self._report(dataclasses.replace(summary, output=None))
             raise
+
+    async def _locked(self, started: float) -> Summary:
+        config = self.config
+        self._check_paths()
+        self._paths_checked = True
+        lock = RunLock(Path(config.output), config.checkpoint_path)
+        if not config.dry_run:  # a dry run reads and writes nothing: it need not wait its turn
+            try:
+                lock.acquire()
+            except LockedError:
+                where = {**self._where(started), "output": None}
+                self._report(Summary.of(None, exit_code=75, stopped="locked", **where))
+                raise
         try:
-            clear_partials(Path(config.output))  # under the lock: left by killed writes
+            if not config.dry_run:  # under the lock: what killed writes and scans left
+                clear_partials(Path(config.output))
+                clear_partials(config.checkpoint_path)
+                self._scan_path().unlink(missing_ok=True)
             if not config.mock:
                 return await self._run_locked(started)
             # Imported here: aiohttp.web is only needed for the offline demo.
@@ -211,7 +238,7 @@ class Job:
             assert scan is not None  # a dry run always scans
             self._checkpoint = planning = Checkpoint.planning(config.checkpoint_path, scan)
             cleanup.callback(planning.close)
-            return self._dry_run(planning, source, provider, started)
+            return await self._dry_run(planning, source, provider, started)
         self._checkpoint = checkpoint = Checkpoint.open(config.checkpoint_path)
         cleanup.callback(checkpoint.close)
         if scan is None and key is not None and checkpoint.scan_info(key) is None:
@@ -235,6 +262,7 @@ class Job:
             retry_after_cap=config.retry_after_cap,
             timeout=config.timeout,
             on_give_up=functools.partial(self._stop_early, "refusals"),
+            stop_signal=self.stop.wait,
         )
         cleanup.callback(self._save_control, checkpoint, run, control)
         self.runner = runner = Runner(
@@ -254,9 +282,11 @@ class Job:
             asyncio.get_running_loop().call_later(max(0.0, remaining), self._stop_early, "deadline")
         try:
             if todo and not self.stop.sending_stopped:
-                self._send_task = asyncio.create_task(
-                    runner.run(source.prompts(checkpoint.todo_positions()))
+                # Closed here, not by the collector at exit (where it printed a traceback).
+                prompts = cleanup.enter_context(
+                    contextlib.closing(source.prompts(checkpoint.todo_positions()))
                 )
+                self._send_task = asyncio.create_task(runner.run(prompts))
                 await self._send_task
         except asyncio.CancelledError:
             if not self.stop.sending_stopped:
@@ -287,8 +317,13 @@ class Job:
                 stop=self.stop.interrupted,
             )
         )
+        if self.stop.signum is not None:  # a signal during the write: the output is whole
+            raise Interrupted("interrupted after the output was written", self.stop.signum)
         tally = checkpoint.tally(config.limit)
-        stopped = self.stop.reason if self.stop.reason in ("deadline", "refusals") else None
+        # Stopped early only if it left rows unsent: a deadline that found the work done is a
+        # finished run.
+        early = self.stop.reason in ("deadline", "refusals") and tally.pending > 0
+        stopped = self.stop.reason if early else None
         exit_code = 4 if stopped else 0 if tally.answered == tally.rows else 3
         checkpoint.end_run(run, rows_sent=runner.counters.rows_done, exit_code=exit_code)
         summary = self._summary(tally, started, exit_code, stopped=stopped, rate=control.rate)
@@ -307,7 +342,7 @@ class Job:
             if info is not None and (config.skip_bad_rows or not info["bad"]):
                 source.restore(info)
                 return None
-        scan = ScanIndex()
+        scan = ScanIndex(self._scan_path())
         cleanup.callback(scan.close)
         await self._in_thread(
             functools.partial(
@@ -321,18 +356,27 @@ class Job:
             raise Interrupted("interrupted while reading the input", 0)
         return scan
 
-    def _dry_run(
+    async def _dry_run(
         self, planning: Checkpoint, source: Source, provider: Provider, started: float
     ) -> Summary:
         config = self.config
-        plan = planning.plan(config.limit)
-        tally = planning.tally(config.limit)
-        firsts = [
-            p for _, p in zip(range(3), source.prompts(planning.todo_positions()), strict=False)
-        ]
-        previews = [provider.preview(prompt) for _, prompt in firsts]
+
+        def plan() -> tuple[Any, ...]:
+            counts = planning.plan(config.limit)
+            tally = planning.tally(config.limit)
+            prompts = source.prompts(planning.todo_positions())
+            with contextlib.closing(prompts):
+                firsts = [p for _, (_, p) in zip(range(3), prompts, strict=False)]
+            return counts, tally, firsts
+
+        # In a thread, so that a signal is heard while a large input is planned.
+        counts, tally, firsts = await self._in_thread(plan)
+        if self.stop.interrupted.is_set():
+            raise Interrupted("interrupted while planning", 0)
+        previews = [provider.preview(prompt) for prompt in firsts]
         print(
-            dry_run_report(config, tally, plan, previews, planning.learned_rate()), file=sys.stderr
+            dry_run_report(config, tally, counts, previews, planning.learned_rate()),
+            file=sys.stderr,
         )
         return self._summary(tally, started, 0)
 
@@ -449,6 +493,7 @@ class Job:
         )
 
     def _report(self, summary: Summary) -> None:
+        self._reported = True
         if not self.config.quiet:
             with contextlib.suppress(OSError, ValueError):  # a closed stderr must not fail a run
                 print(summary_line(summary), file=sys.stderr, flush=True)

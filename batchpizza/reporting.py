@@ -26,9 +26,14 @@ def report_data(checkpoint: Checkpoint) -> ReportData:
         for row in checkpoint.attempts():
             yield AttemptRecord(*row)
 
+    # Rows sent per run, from the attempts themselves: a killed or running run never wrote its
+    # count, and a stopped one counts only the rows it finished.
+    attempted = checkpoint.rows_attempted()
     runs = [
-        RunRecord(run_id, started, ended, rows_sent or 0, exit_code, json.loads(options or "{}"))
-        for run_id, started, ended, rows_sent, exit_code, options in checkpoint.runs()
+        RunRecord(
+            run_id, started, ended, attempted.get(run_id, 0), exit_code, json.loads(options or "{}")
+        )
+        for run_id, started, ended, _rows_done, exit_code, options in checkpoint.runs()
     ]
     rates, trips = [], []
     for _run, t, kind, value, detail in checkpoint.events():

@@ -243,6 +243,9 @@ class Runner:
             except Stopped:
                 committer.keep_attempts(attempts)
                 return
+            except asyncio.CancelledError:
+                committer.keep_attempts(attempts)  # cut off at the end of the grace period
+                raise
             finally:
                 self.counters.in_flight -= 1
             await committer.save(result, attempts)
@@ -255,13 +258,12 @@ class Runner:
         latency: float | None = None
 
         def on_retry(exc: BaseException, delay: float) -> None:
-            counters.retries += 1
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     "retry %s after attempt %d: %s; next in %.1fs",
                     prompt.id,
                     len(attempts),
-                    describe(exc),
+                    " ".join(describe(exc).split()),  # a refusal's text may hold line breaks
                     delay,
                 )
 
@@ -274,10 +276,16 @@ class Runner:
             started, wall = self._clock(), time.time()
             error: ProviderError | None = None
             rate: RateInfo | None = None
+            cancelled = False
+            if attempts:
+                counters.retries += 1  # counted when a retry is sent, not when it is planned
             try:
                 answer = await provider.ask(session, prompt)
                 rate = answer.rate
                 return answer
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
             except ProviderError as exc:
                 rate = exc.rate
                 error = exc
@@ -289,8 +297,11 @@ class Runner:
                 raise
             finally:
                 latency = (self._clock() - started) * 1000.0
-                kind = outcome_of(error)
-                gate.finished(token, started, kind, error, rate)
+                # A request cut off by a stop said nothing about the service: it is recorded,
+                # but neither the learned rate nor the breaker hears of it.
+                kind = "stopped" if cancelled else outcome_of(error)
+                if not cancelled:
+                    gate.finished(token, started, kind, error, rate)
                 attempts.append(
                     Attempt(
                         prompt.id,

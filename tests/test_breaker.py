@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from batchpizza.breaker import (
+    MIN_TRIP,
     Breaker,
     BreakerEvent,
     BreakerExhausted,
@@ -125,21 +126,33 @@ def test_trips_when_half_of_the_last_20_finished_attempts_were_refusals() -> Non
     assert events == [(0.0, "open")]
 
 
-def test_with_fewer_than_20_finished_ten_refusals_trip_and_nine_do_not() -> None:
+def test_with_fewer_than_20_finished_half_of_them_and_at_least_five_refusals_trip() -> None:
     vt = VirtualTime()
     breaker = breaker_on(vt)
-    refuse(breaker, 9)
-    assert state(breaker) is BreakerState.CLOSED
+    refuse(breaker, MIN_TRIP - 1)
+    assert state(breaker) is BreakerState.CLOSED  # too few to judge a service by
     refuse(breaker, 1)
-    assert state(breaker) is BreakerState.OPEN
+    assert state(breaker) is BreakerState.OPEN  # 5 of 5: refusing
+
+    other = breaker_on(VirtualTime())
+    answer(other, 6)
+    refuse(other, 5)
+    assert state(other) is BreakerState.CLOSED  # 5 of 11: under half
+    refuse(other, 1)
+    assert state(other) is BreakerState.OPEN  # 6 of 12
 
 
 def test_refusals_that_slid_out_of_the_last_20_do_not_count() -> None:
     vt = VirtualTime()
     breaker = breaker_on(vt)
-    refuse(breaker, 9)
-    answer(breaker, 11)
-    refuse(breaker, 1)  # the first refusal has left the window: 9 of the last 20
+    answer(breaker, 20)  # a full window: the partial-window rule never applies below
+    refuse(breaker, 1)
+    answer(breaker, 1)
+    for _ in range(8):
+        answer(breaker, 1)
+        refuse(breaker, 1)
+    answer(breaker, 2)  # the last 20, oldest first: a refusal, then 8 more among 11 answers
+    refuse(breaker, 1)  # the oldest refusal leaves as this one comes: still 9 of the last 20
     assert state(breaker) is BreakerState.CLOSED
 
 
@@ -274,7 +287,7 @@ async def test_results_of_attempts_admitted_before_the_trip_are_ignored() -> Non
     breaker.record(False, permit=probe)
     assert state(breaker) is BreakerState.CLOSED
     breaker.record(True, permit=probe)  # nor is the probe's permit good after the close
-    refuse(breaker, 9)
+    refuse(breaker, MIN_TRIP - 1)
     assert state(breaker) is BreakerState.CLOSED
 
 
@@ -305,7 +318,8 @@ async def test_closing_clears_the_window_and_calls_on_close() -> None:
     vt.now = 60.0
     breaker.record(False, permit=await breaker.admit())
     assert closes == [60.0]
-    refuse(breaker, 9)  # the 10 refusals before the trip are forgotten
+    # The refusals before the trip are forgotten: counted, 4 more would trip it again.
+    refuse(breaker, MIN_TRIP - 1)
     assert state(breaker) is BreakerState.CLOSED
 
 

@@ -49,10 +49,15 @@ def _reason(row: BadRecord) -> str:
 class ScanIndex:
     """The scanned rows of one input. `scan` fills it; `path` is the file `adopt_scan` copies."""
 
-    def __init__(self) -> None:
-        fd, name = tempfile.mkstemp(prefix="batchpizza-scan-", suffix=".db")
-        os.close(fd)
-        self.path = Path(name)
+    def __init__(self, path: Path | None = None) -> None:
+        if path is None:
+            fd, name = tempfile.mkstemp(prefix="batchpizza-scan-", suffix=".db")
+            os.close(fd)
+            path = Path(name)
+        else:
+            path.unlink(missing_ok=True)
+        self.path = path
+        name = str(path)
         self.total = 0
         self.bad = 0
         self.first_bad: list[BadRecord] = []

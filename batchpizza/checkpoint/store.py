@@ -446,6 +446,14 @@ class Checkpoint:
                 "SELECT run, t, kind, value, detail FROM events ORDER BY t"
             ).fetchall()
 
+    def rows_attempted(self) -> dict[int, int]:
+        """Run -> how many distinct rows it sent (finished or not): what its retries are beyond."""
+        with self._errors():
+            found = self._conn.execute(
+                "SELECT run, count(DISTINCT row_id) FROM attempts GROUP BY run"
+            ).fetchall()
+        return {int(run): int(count) for run, count in found}
+
     def attempts(self) -> Iterator[tuple[int, str, float, float, str, int | None, str | None]]:
         """Every attempt ever recorded, oldest first, streamed."""
         with self._errors():

@@ -120,7 +120,7 @@ async def post_json(
                     target = url.join(URL(resp.headers["Location"]))
                     if not same_origin(url, target):
                         raise RedirectRefused(
-                            f"HTTP {resp.status} redirect to another host refused: "
+                            f"HTTP {resp.status} redirect to another origin refused: "
                             f"{target.with_query(None)}"
                         )
                     url = target

@@ -377,7 +377,8 @@ def summarize(data: ReportData) -> dict[str, Any]:
             "max": max(c.rate for c in rates) if rates else None,
         },
         "breaker": {
-            "trips": sum(e.event == "open" for e in events),
+            # A trip opens the breaker, or ends the run when patience is out ("gave-up").
+            "trips": sum(e.event in ("open", "gave-up") for e in events),
             "gave_up": any(e.event == "gave-up" for e in events),
             "events": [{"t": e.t, "time": iso(e.t), "event": e.event} for e in events],
         },

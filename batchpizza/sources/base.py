@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from batchpizza.errors import BadRow, InputError
@@ -72,7 +72,7 @@ class Source(Protocol):
 
     def scan(self) -> Iterator[ScanBatch]: ...
 
-    def prompts(self, wanted: Iterable[int]) -> Iterator[tuple[int, Prompt]]:
+    def prompts(self, wanted: Iterable[int]) -> Generator[tuple[int, Prompt], None, None]:
         """(pos, prompt) of the rows at the given ascending positions; the others are skipped
         without being parsed."""
         ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -131,7 +131,7 @@ class JsonlSource:
         """Every row, validated, in batches. Infers the carried fields' types on the way."""
         return scan_batches(self.fields, self._checked())
 
-    def prompts(self, wanted: Iterable[int]) -> Iterator[tuple[int, Prompt]]:
+    def prompts(self, wanted: Iterable[int]) -> Generator[tuple[int, Prompt], None, None]:
         for pos, _file, _at, obj in self._objects(iter(wanted)):
             prompt = prompt_of(obj, self.fields, pos)
             if prompt is not None:

@@ -5,7 +5,7 @@ sink: a JSONL job never pays for it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,7 +122,7 @@ class ParquetSource:
             ),
         )
 
-    def prompts(self, wanted: Iterable[int]) -> Iterator[tuple[int, Prompt]]:
+    def prompts(self, wanted: Iterable[int]) -> Generator[tuple[int, Prompt], None, None]:
         it = iter(wanted)
         target = next(it, None)
         if target is None:
