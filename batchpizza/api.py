@@ -69,9 +69,9 @@ def _config(input: Path, output: Path, options: dict[str, Any]) -> RunConfig:
     return RunConfig.from_options(str(input), str(output), **options)
 
 
-def _read_results(output: Path, extra: tuple[str, ...], kind: str) -> Any:
+def _read_results(output: Path, extra: tuple[str, ...], mem: InMemory) -> Any:
     names = list(result_columns(extra))
-    if kind == "rows":
+    if mem.kind == "rows":
         with output.open("rb") as handle:
             return [
                 {name: row.get(name) for name in names}
@@ -80,6 +80,8 @@ def _read_results(output: Path, extra: tuple[str, ...], kind: str) -> Any:
             ]
     import pyarrow.parquet as pq
 
+    if mem.kind == "stream":  # the input is gone once read: its columns come from the output
+        return pq.read_table(output, columns=[*mem.schema.names, *names])
     return pq.read_table(output, columns=names)
 
 
@@ -96,7 +98,7 @@ async def aanswer(data: Any, **options: Any) -> Any:
         config = _config(input_path, output, dict(options))
         await Job(config).run()
         extra = ("prompt_tokens", "completion_tokens") if config.provider == "openai" else ()
-        results = _read_results(output, extra, mem.kind)
+        results = _read_results(output, extra, mem)
     return mem.restore(results)
 
 

@@ -146,11 +146,6 @@ def test_an_arrow_table_keeps_its_schema_metadata(opts: dict[str, Any]) -> None:
     assert table.schema.equals(before[1], check_metadata=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="answer(RecordBatchReader) raises ValueError: _read_results reads only the result "
-    "columns, _restore_stream needs the input's columns first",
-)
 def test_a_record_batch_reader_comes_back_streamable_with_every_row(
     opts: dict[str, Any],
 ) -> None:
@@ -261,23 +256,12 @@ def test_a_bad_item_in_a_list_raises_input_error_naming_field_not_the_spool(
     assert mock_api.stats.requests == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a bad list item is reported as '<data>:2' (the spool file's file:line form), "
-    "never as 'line 2': a list's user reads '2' as the index",
-)
-def test_a_bad_item_in_a_list_is_named_by_its_line(opts: dict[str, Any]) -> None:
+def test_a_bad_item_in_a_list_is_named_by_its_index(opts: dict[str, Any]) -> None:
     with pytest.raises(batchpizza.InputError) as caught:
         batchpizza.answer([{"prompt": "fine"}, {"prompt": ""}], **opts)
-    assert "line 2" in caught.value.message
+    assert "<data> row 1:" in caught.value.message  # the list's own (0-based) index
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="file-level InputErrors of a spooled frame name the temporary file "
-    "(/tmp/batchpizza-XXXX/input.parquet), not <data>: open_source sets the label after "
-    "ParquetSource.__init__ has checked the columns",
-)
 @pytest.mark.parametrize(
     ("columns", "problem"),
     [({"question": ["a"]}, "no 'prompt' column"), ({"prompt": ["a"], "answer": [1]}, "'answer'")],
@@ -552,11 +536,6 @@ def test_a_pandas_written_parquet_reads_back_with_its_index_and_dtypes(
 # -- the README's example ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the README example prints the answer column as '...': at pandas' default "
-    "display.width (80) the three columns do not fit (mock answers are 33 characters)",
-)
 def test_readme_notebook_example_prints_both_questions_and_answers(
     capsys: pytest.CaptureFixture[str], private_tmp: Path
 ) -> None:
@@ -566,7 +545,7 @@ def test_readme_notebook_example_prints_both_questions_and_answers(
 
     df = pd.DataFrame({"question": ["What is the capital of Italy?", "Name a pizza."]})
     out = batchpizza.answer(df, prompt_field="question", mock=True)
-    print(out[["question", "answer", "finish_reason"]])
+    print(out[["question", "answer", "finish_reason"]].to_string())
 
     printed = capsys.readouterr().out
     for question in df["question"]:

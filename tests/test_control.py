@@ -130,7 +130,7 @@ def test_the_breaker_and_the_rate_history_are_in_the_report_data(
 def test_the_learned_rate_is_saved_and_the_next_run_starts_from_it(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
-    inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"learn {i}"} for i in range(40)])
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"learn {i}"} for i in range(12)])
     out = tmp_path / "out.jsonl"
     options = {**FAST, "base_url": mock_api.base_url, "rate": "auto:50/s"}
     first = batchpizza.run(inp, out, **options)
@@ -142,7 +142,7 @@ def test_the_learned_rate_is_saved_and_the_next_run_starts_from_it(
         store.close()
     assert learned == pytest.approx(first["rate"])
 
-    write_jsonl(inp, [{"prompt": f"learn {i}"} for i in range(45)])
+    write_jsonl(inp, [{"prompt": f"learn {i}"} for i in range(17)])
     second = batchpizza.run(inp, out, **options)
     assert second["requests"] == 5
     # It started from the learned rate (never below it on clean replies), not from 1/s.

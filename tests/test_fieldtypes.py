@@ -17,6 +17,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -315,7 +316,7 @@ def walked(rows: list[dict[str, Any]]) -> FieldTypes:
     return types
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=ROWS, repeat=st.integers(min_value=1, max_value=3))
 def test_the_cached_fast_path_infers_what_walking_every_row_does(
     rows: list[dict[str, Any]], repeat: int
@@ -329,7 +330,7 @@ def test_the_cached_fast_path_infers_what_walking_every_row_does(
     assert hinted.to_json() == expected
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=ROWS, repeat=st.integers(min_value=1, max_value=3))
 def test_the_fast_path_agrees_where_objects_turn_into_maps(
     rows: list[dict[str, Any]], repeat: int

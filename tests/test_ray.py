@@ -106,9 +106,9 @@ async def test_refusals_from_any_actor_stop_the_cluster() -> None:
     )
     first = await budget.lease(4)
     assert first.slots and first.stop is None
-    verdict = budget.record([refused()] * 5)  # one actor's refusals ...
+    verdict = budget.record([refused()] * 4)  # one actor's refusals ...
     assert verdict.stop is None
-    verdict = budget.record([refused()] * 5)  # ... and another's: 10 of the last 20
+    verdict = budget.record([refused()] * 4)  # ... and another's: the breaker's verdict
     assert verdict.stop == "refusals"
     assert (await budget.lease(4)).slots == ()
 

@@ -47,8 +47,14 @@ def open_source(
     For `-`, `stdin_copy` is where standard input was spooled (see spool_stdin). `label` names a
     single-file input in messages instead of its path (in-memory data spooled to a file)."""
     if label is not None and input != "-":
-        source = open_source(input, fields)
+        # In-memory data spooled to a private file: messages name "<data>", not the spool.
+        try:
+            source = open_source(input, fields)
+        except InputError as exc:
+            raise InputError(exc.message.replace(input, label)) from None
         source.names = [label] * len(source.names)
+        if isinstance(source, JsonlSource):
+            source.rows_from_lines = True
         return source
     if input == "-":
         if stdin_copy is None:

@@ -69,6 +69,7 @@ class Source(Protocol):
     names: list[str]  # what messages call each file
     fields: Fields
     unit: str  # how a message places a row: "line" (JSONL, 1-based) or "row" (0-based)
+    rows_from_lines: bool  # a spooled list of dicts: messages name the item, not the line
 
     def scan(self) -> Iterator[ScanBatch]: ...
 
@@ -133,7 +134,9 @@ def describe(source: Source, rows: Sequence[BadRecord]) -> tuple[BadRow, ...]:
     out = []
     for row in rows:
         name = source.names[row.file]
-        if source.unit == "line":
+        if source.rows_from_lines:
+            out.append(BadRow(name, row.problem, row=row.at - 1, field=row.field))
+        elif source.unit == "line":
             out.append(BadRow(name, row.problem, line=row.at, field=row.field))
         else:
             out.append(BadRow(name, row.problem, row=row.at, field=row.field))

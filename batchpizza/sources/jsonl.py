@@ -88,6 +88,8 @@ class JsonlSource:
         self.names = names
         self.fields = fields
         self.spooled = spooled  # standard input copied to disk: removed by close()
+        # A list of dicts spooled one per line: messages name the item (0-based), not the line.
+        self.rows_from_lines = False
         # The carried fields' shapes, learned in the scan (memory: the schema, not the rows).
         self.types = FieldTypes(exclude={fields.id})
         self.scanned_bytes: list[

@@ -72,6 +72,7 @@ class ArrowBatch:
 
 class ParquetSource:
     unit = "row"
+    rows_from_lines = False
 
     def __init__(self, paths: list[Path], names: list[str], fields: Fields) -> None:
         import pyarrow as pa
