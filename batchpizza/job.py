@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +33,8 @@ from batchpizza.rows import Fields
 from batchpizza.runner import Gatekeeper, Runner
 from batchpizza.sinks import write_output
 from batchpizza.sinks.values import result_columns
-from batchpizza.sources import Source, describe, input_files, open_source, spool_stdin
+from batchpizza.sources import Source, describe, input_files, open_source
+from batchpizza.sources.stdin import spool_stdin_aside
 from batchpizza.stop import Stop
 
 _PROXY_VARIABLES = (
@@ -416,43 +416,11 @@ class Job:
         return PizzagptAPI(config.base_url, timeout=config.timeout, proxy=proxy)
 
     async def _spool_stdin(self) -> Path:
-        """Standard input to a file beside the checkpoint, in a daemon thread: a read blocked on
-        a silent pipe cannot be interrupted, so on a signal the thread is abandoned instead."""
-        loop = asyncio.get_running_loop()
         # One name per checkpoint, taken under its lock: a copy left by a killed run is simply
         # overwritten by the next one instead of piling up.
         ck = self.config.checkpoint_path
         dest = ck.with_name(f".{ck.name}.stdin.partial")
-        done: asyncio.Future[Any] = loop.create_future()
-        read = _stdin_reader(self.stdin)
-
-        def settle(error: BaseException | None) -> None:
-            if not done.done():
-                done.set_exception(error) if error else done.set_result(None)
-
-        def copy() -> None:
-            try:
-                spool_stdin(read, dest, self.stop.interrupted)
-            except BaseException as exc:
-                loop.call_soon_threadsafe(settle, exc)
-            else:
-                loop.call_soon_threadsafe(settle, None)
-
-        threading.Thread(target=copy, name="batchpizza-stdin", daemon=True).start()
-        stopped: asyncio.Future[Any] = asyncio.ensure_future(self.stop.wait())
-        try:
-            await asyncio.wait([done, stopped], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-        if not done.done() or self.stop.interrupted.is_set():
-            dest.unlink(missing_ok=True)
-            raise Interrupted("interrupted while reading standard input", 0)
-        try:
-            done.result()
-        except BaseException:
-            dest.unlink(missing_ok=True)
-            raise
-        return dest
+        return await spool_stdin_aside(self.stdin, dest, self.stop)
 
     async def _in_thread(self, func: Callable[[], Any]) -> Any:
         """Blocking work in a thread; on cancellation it is told to stop and waited for."""
@@ -508,15 +476,6 @@ def _options(config: RunConfig) -> dict[str, Any]:
     """The options a run records for its report (secrets are in URLs: those are left out)."""
     keep = ("concurrency", "rate", "max_retries", "timeout", "provider", "model", "limit")
     return {name: getattr(config, name) for name in keep}
-
-
-def _stdin_reader(stream: IO[bytes] | None) -> Callable[[int], bytes]:
-    if stream is not None:
-        return stream.read
-    try:
-        return functools.partial(os.read, sys.stdin.fileno())
-    except (AttributeError, OSError, ValueError):  # replaced by a test runner or a notebook
-        return sys.stdin.buffer.read
 
 
 async def arun(
