@@ -2,8 +2,8 @@
 
 Every SQL statement on the checkpoint's tables lives in this package (store.py, scan.py)."""
 
-from batchpizza.checkpoint.lock import RunLock, is_locked, probe_unused
+from batchpizza.checkpoint.lock import RunLock, is_locked
 from batchpizza.checkpoint.scan import ScanIndex
 from batchpizza.checkpoint.store import Checkpoint
 
-__all__ = ["Checkpoint", "RunLock", "ScanIndex", "is_locked", "probe_unused"]
+__all__ = ["Checkpoint", "RunLock", "ScanIndex", "is_locked"]

@@ -8,7 +8,6 @@ beside the output: at rest there is the output and its checkpoint, and nothing e
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import socket
@@ -109,12 +108,3 @@ def is_locked(checkpoint: Path) -> bool:
         held.release()
         return False
     return True
-
-
-def probe_unused(path: Path) -> None:
-    """Raise LockedError if a run holds `path` as its output (a dry run must not wait on it)."""
-    held = _Held("output", path)
-    with contextlib.ExitStack() as stack:
-        if not held.try_acquire():
-            raise LockedError(f"another batchpizza run is using this output ({path})")
-        stack.callback(held.release)

@@ -135,7 +135,3 @@ class ScanIndex:
         db.execute("COMMIT")
         self.first_bad.sort(key=lambda r: r.pos)
         del self.first_bad[SHOWN:]
-
-    def positions(self) -> Iterator[int]:
-        """Every good row's position, in order (for a dry run, which has no checkpoint)."""
-        yield from (pos for (pos,) in self._db.execute("SELECT pos FROM rows WHERE bad IS NULL"))

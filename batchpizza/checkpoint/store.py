@@ -288,13 +288,6 @@ class Checkpoint:
             with self._errors():
                 conn.execute("DETACH DATABASE scanned")
 
-    def bad_rows(self, limit: int) -> list[tuple[int, str | None, str, int, int]]:
-        """(pos, id, problem, file, at) of the first bad rows."""
-        return self._conn.execute(
-            "SELECT pos, id, bad, file, at FROM scan WHERE bad IS NOT NULL ORDER BY pos LIMIT ?",
-            (limit,),
-        ).fetchall()
-
     # -- the plan -----------------------------------------------------------------------------
 
     def plan(self, limit: int | None = None) -> dict[str, int]:
