@@ -29,7 +29,6 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +196,27 @@ class Checkpoint:
         no fsync (see sync)."""
         self._check_identity()
         now = time.time()
-        rows = [(*astuple(r), now) for r in results]
+        # Fields named one by one, not dataclasses.astuple: astuple deep-copies every field and
+        # cost 12.5 us a row (8 us the result, 4.4 us its attempt), 6 % of a run's CPU at zero
+        # latency; this costs 0.1 us.
+        rows = [
+            (
+                r.id,
+                r.digest,
+                r.finish_reason,
+                r.answer,
+                r.error,
+                r.attempts,
+                r.latency_ms,
+                r.model,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.response_id,
+                r.request_id,
+                now,
+            )
+            for r in results
+        ]
         with self._transaction():
             self._conn.executemany(
                 f"INSERT OR REPLACE INTO results ({_RESULT_NAMES}, updated) "
@@ -207,7 +226,10 @@ class Checkpoint:
             if attempts:
                 self._conn.executemany(
                     "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(run, *astuple(a)) for a in attempts],
+                    [
+                        (run, a.row_id, a.started, a.duration_ms, a.outcome, a.status, a.error)
+                        for a in attempts
+                    ],
                 )
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (now,))
 
