@@ -75,10 +75,9 @@ _ADDED_COLUMNS = (
     ("response_id", "TEXT"),
     ("request_id", "TEXT"),
 )
-_RESULT_NAMES = (
-    "id, digest, finish_reason, answer, error, attempts, latency_ms, model, prompt_tokens, "
-    "completion_tokens, response_id, request_id"
-)
+# The columns Result and Attempt fill, named after their fields, so a row is the tuple itself.
+_RESULT_NAMES = ", ".join(Result._fields)
+_ATTEMPT_NAMES = ", ".join(("run", *Attempt._fields))
 _UNANSWERED = "('error', 'misuse', 'invalid', 'pending')"
 
 
@@ -196,27 +195,10 @@ class Checkpoint:
         no fsync (see sync)."""
         self._check_identity()
         now = time.time()
-        # Fields named one by one, not dataclasses.astuple: astuple deep-copies every field and
-        # cost 12.5 us a row (8 us the result, 4.4 us its attempt), 6 % of a run's CPU at zero
-        # latency; this costs 0.1 us.
-        rows = [
-            (
-                r.id,
-                r.digest,
-                r.finish_reason,
-                r.answer,
-                r.error,
-                r.attempts,
-                r.latency_ms,
-                r.model,
-                r.prompt_tokens,
-                r.completion_tokens,
-                r.response_id,
-                r.request_id,
-                now,
-            )
-            for r in results
-        ]
+        # Result and Attempt are named tuples of the columns: (*r, now) is the row as it is.
+        # (dataclasses.astuple, when they were dataclasses, deep-copied every field: 12.5 us a
+        # row, 6 % of a run's CPU at zero latency.)
+        rows = [(*r, now) for r in results]
         with self._transaction():
             self._conn.executemany(
                 f"INSERT OR REPLACE INTO results ({_RESULT_NAMES}, updated) "
@@ -225,11 +207,8 @@ class Checkpoint:
             )
             if attempts:
                 self._conn.executemany(
-                    "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (run, a.row_id, a.started, a.duration_ms, a.outcome, a.status, a.error)
-                        for a in attempts
-                    ],
+                    f"INSERT INTO attempts ({_ATTEMPT_NAMES}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(run, *a) for a in attempts],
                 )
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (now,))
 
