@@ -9,6 +9,7 @@ but not yet saved, which bounds what a kill -9 can make us send twice.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import time
@@ -77,10 +78,13 @@ class Counters:
         return self.answered + self.failed + self.misuse
 
 
+ANSWERED = "answered"
+
+
 def outcome_of(error: BaseException | None) -> str:
     """An attempt's outcome kind, as the report groups them."""
     if error is None:
-        return "answered"
+        return ANSWERED
     if isinstance(error, MisuseDetected):
         return "refusal"
     if isinstance(error, HTTPStatusError):
@@ -236,86 +240,103 @@ class Runner:
     async def _send(
         self, session: aiohttp.ClientSession, prompt: Prompt, attempts: list[Attempt]
     ) -> Result:
-        counters, gate, provider = self.counters, self.gate, self.provider
-        latency: float | None = None
-
-        def on_retry(exc: BaseException, delay: float) -> None:
-            counters.retries += 1
-            if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "retry %s after attempt %d: %s; next in %.1fs",
-                    prompt.id,
-                    len(attempts),
-                    describe(exc),
-                    delay,
-                )
-
-        async def attempt() -> Answer:
-            nonlocal latency
-            token = await gate.enter()
-            if self.stop.sending_stopped:
-                raise Stopped  # after a stop nothing more is sent; the row stays to do
-            counters.requests += 1
-            started, wall = self._clock(), time.time()
-            error: ProviderError | None = None
-            try:
-                return await provider.ask(session, prompt)
-            except ProviderError as exc:
-                error = exc
-                if exc.fatal or (exc.status is not None and exc.status in provider.fatal_statuses):
-                    # No later request can succeed (a wrong key, an unknown model): stop at once
-                    # rather than fail every remaining row.
-                    self.fatal = exc
-                    self.stop.stop_sending("fatal")
-                raise
-            finally:
-                latency = (self._clock() - started) * 1000.0
-                kind = outcome_of(error)
-                gate.finished(token, started, kind, error)
-                attempts.append(
-                    Attempt(
-                        prompt.id,
-                        wall,
-                        latency,
-                        kind,
-                        error.status if error is not None else None,
-                        describe(error) if error is not None else None,
-                    )
-                )
-
-        digest = prompt_digest(prompt.text)
+        # The first attempt is made here, bare: most rows are answered at once, and only a
+        # failed first attempt pays for the retry loop and the callables it needs (see
+        # RetryPolicy.again).
+        failed: Exception | None = None
         try:
-            answer = await self.policy.call(attempt, on_retry, sleep=self._sleep)
+            answer = await self._attempt(session, prompt, attempts)
+        except Exception as exc:
+            failed = exc
+        try:
+            if failed is not None:
+                answer = await self.policy.again(
+                    failed,
+                    functools.partial(self._attempt, session, prompt, attempts),
+                    functools.partial(self._on_retry, prompt, attempts),
+                    sleep=self._sleep,
+                )
         except MisuseDetected as exc:
-            return Result(
-                prompt.id,
-                digest,
-                Outcome.MISUSE.value,
-                None,
-                exc.text,
-                len(attempts),
-                latency,
-                provider.model,
-            )
+            return self._failed(prompt, attempts, Outcome.MISUSE.value, exc.text)
         except ProviderError as exc:
             n = len(attempts)
             error = f"{describe(exc)} after {n} {'attempt' if n == 1 else 'attempts'}"
-            return Result(
-                prompt.id, digest, Outcome.ERROR.value, None, error, n, latency, provider.model
-            )
+            return self._failed(prompt, attempts, Outcome.ERROR.value, error)
         return Result(
             prompt.id,
-            digest,
+            prompt_digest(prompt.text),
             answer.finish_reason,
             answer.text,
             None,
             len(attempts),
-            latency,
+            attempts[-1].duration_ms,
             answer.model,
             answer.prompt_tokens,
             answer.completion_tokens,
             answer.response_id,
             answer.request_id,
+        )
+
+    async def _attempt(
+        self, session: aiohttp.ClientSession, prompt: Prompt, attempts: list[Attempt]
+    ) -> Answer:
+        """One request for `prompt`, through the gate; told to the gate and recorded in
+        `attempts`, however it ends."""
+        gate = self.gate
+        token = await gate.enter()
+        if self.stop.sending_stopped:
+            raise Stopped  # after a stop nothing more is sent; the row stays to do
+        self.counters.requests += 1
+        started, wall = self._clock(), time.time()
+        error: ProviderError | None = None
+        try:
+            return await self.provider.ask(session, prompt)
+        except ProviderError as exc:
+            error = exc
+            if exc.fatal or (exc.status is not None and exc.status in self.provider.fatal_statuses):
+                # No later request can succeed (a wrong key, an unknown model): stop at once
+                # rather than fail every remaining row.
+                self.fatal = exc
+                self.stop.stop_sending("fatal")
+            raise
+        finally:
+            latency = (self._clock() - started) * 1000.0
+            if error is None:
+                gate.finished(token, started, ANSWERED, None)
+                attempts.append(Attempt(prompt.id, wall, latency, ANSWERED))
+            else:
+                kind = outcome_of(error)
+                gate.finished(token, started, kind, error)
+                attempts.append(
+                    Attempt(prompt.id, wall, latency, kind, error.status, describe(error))
+                )
+
+    def _on_retry(
+        self, prompt: Prompt, attempts: list[Attempt], exc: BaseException, delay: float
+    ) -> None:
+        self.counters.retries += 1
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "retry %s after attempt %d: %s; next in %.1fs",
+                prompt.id,
+                len(attempts),
+                describe(exc),
+                delay,
+            )
+
+    def _failed(
+        self, prompt: Prompt, attempts: list[Attempt], reason: str, error: str | None
+    ) -> Result:
+        latency = attempts[-1].duration_ms if attempts else None
+        return Result(
+            prompt.id,
+            prompt_digest(prompt.text),
+            reason,
+            None,
+            error,
+            len(attempts),
+            latency,
+            self.provider.model,
         )
 
     def _count(self, pos: int, result: Result) -> None:
