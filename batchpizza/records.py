@@ -51,9 +51,9 @@ class RateInfo:
     reset_s: float | None = None  # seconds until `remaining` is back to `limit`
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A provider's answer to one prompt."""
+class Answer(NamedTuple):
+    """A provider's answer to one prompt. A tuple, as Result, because one is made for every row
+    answered (1.1 us as a frozen dataclass, 0.3 us as a tuple)."""
 
     text: str
     finish_reason: str = "stop"
