@@ -98,6 +98,11 @@ def outcome_of(error: BaseException | None) -> str:
     return "transport"
 
 
+# At most this many loop iterations the committer lets pass, while its group still grows, before
+# committing it (see Committer._loop).
+GATHER_ITERATIONS = 2
+
+
 class Committer:
     """Collects finished results and commits them in groups: the commit on the loop (a write to
     the log, no fsync), the once-a-second sync in a thread. A failed commit or sync fails every
@@ -130,6 +135,19 @@ class Committer:
         try:
             while True:
                 await self._wakeup.wait()
+                # Let the group fill while results keep coming: the workers woken by one burst of
+                # replies finish over the next loop iterations, and a commit costs about as much
+                # for one row as for thirty (each writes its pages whole to the log). A group
+                # that stops growing is committed at once, so a slow trickle waits one iteration.
+                # Measured at zero latency, 20,000 rows, concurrency 64: 1,800 commits of 11 rows
+                # without this, 900 of 22 with it, and 10 us a row less CPU.
+                for _ in range(GATHER_ITERATIONS):
+                    if self._closed:
+                        break
+                    waiting = len(self._waiting)
+                    await asyncio.sleep(0)
+                    if len(self._waiting) == waiting:
+                        break
                 self._wakeup.clear()
                 batch, self._waiting = self._waiting, []
                 if batch:
