@@ -9,7 +9,9 @@ but not yet saved, which bounds what a kill -9 can make us send twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import gc
 import logging
 import sqlite3
 import time
@@ -39,6 +41,31 @@ from batchpizza.stop import Stop
 log = logging.getLogger("batchpizza")
 
 PendingRow = tuple[int, Prompt]  # (position in the input, what to send)
+
+
+# The cyclic garbage collector looks at the young objects every 700 net allocations of container
+# objects (gc.get_threshold()[0]). The requests in flight alone hold more than that (measured: 70
+# tracked objects each, 9,000 at concurrency 64), so at zero latency it ran 900 times in a
+# 20,000-row run, for 0.22 s of 3.3 s CPU, and freed next to nothing: the objects of a request die
+# by reference count (peak RSS the same with the collector off). During a run its threshold is
+# raised to twice what the requests in flight hold: 2 collections in that run instead of 900.
+YOUNG_OBJECTS_PER_REQUEST = 150
+
+
+@contextlib.contextmanager
+def collector_threshold(young: int) -> Iterator[None]:
+    """Raise the collector's first threshold to at least `young` for the block, then put it back
+    (unless something else changed it meanwhile, e.g. another run in this process)."""
+    before = gc.get_threshold()
+    if before[0] >= young:
+        yield
+        return
+    gc.set_threshold(young, *before[1:])
+    try:
+        yield
+    finally:
+        if gc.get_threshold()[0] == young:
+            gc.set_threshold(*before)
 
 
 class Stopped(Exception):
@@ -223,19 +250,20 @@ class Runner:
         abandons them. Either way every finished result is committed before it returns."""
         connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.concurrency)
         # trust_env stays off: the provider resolved the proxy once, instead of per request.
-        async with aiohttp.ClientSession(connector=connector) as session:
-            committer = Committer(self.checkpoint, self.run_id)
-            workers = [
-                asyncio.create_task(self._work(session, rows, committer), name=f"worker-{i}")
-                for i in range(self.concurrency)
-            ]
-            try:
-                await asyncio.gather(*workers)
-            finally:
-                for task in workers:
-                    task.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
-                await committer.close()
+        with collector_threshold(YOUNG_OBJECTS_PER_REQUEST * self.concurrency):
+            async with aiohttp.ClientSession(connector=connector) as session:
+                committer = Committer(self.checkpoint, self.run_id)
+                workers = [
+                    asyncio.create_task(self._work(session, rows, committer), name=f"worker-{i}")
+                    for i in range(self.concurrency)
+                ]
+                try:
+                    await asyncio.gather(*workers)
+                finally:
+                    for task in workers:
+                        task.cancel()
+                    await asyncio.gather(*workers, return_exceptions=True)
+                    await committer.close()
 
     async def _work(
         self, session: aiohttp.ClientSession, rows: Iterator[PendingRow], committer: Committer
