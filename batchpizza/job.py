@@ -244,7 +244,7 @@ class Job:
             run=run,
             on_result=self._finished_row,
         )
-        total = checkpoint.tally(config.limit).rows
+        total = checkpoint.rows(config.limit)
         self.progress.start(total, total - todo, runner.counters, control)
         if config.deadline_s is not None:
             remaining = config.deadline_s - (time.monotonic() - _PROCESS_START)
