@@ -24,7 +24,7 @@ from typing import Any
 from batchpizza import jsoncodec
 from batchpizza.config import RunConfig
 from batchpizza.errors import UsageError
-from batchpizza.job import Job
+from batchpizza.job import Job, run_loop
 from batchpizza.records import Result
 from batchpizza.sinks.values import json_default, result_columns
 from batchpizza.tables import InMemory, from_data
@@ -108,7 +108,7 @@ def answer(data: Any, **options: Any) -> Any:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(aanswer(data, **options))
+        return run_loop(aanswer(data, **options))
     raise UsageError(
         "answer() cannot run inside a running event loop (a notebook, an async app): "
         "use `await batchpizza.aanswer(data, ...)` there"

@@ -106,7 +106,9 @@ class Breaker:
         self._on_close = on_close
         self._state = BreakerState.CLOSED
         self._results: deque[bool] = deque(maxlen=WINDOW)  # True: refused
+        self._refused = 0  # how many of _results are True, kept as they come and go
         self._epoch = 0
+        self._permit = Permit(probe=False, epoch=0)  # what admit() hands out while closed
         self._trips = 0
         self._waited = 0.0  # total of the open waits so far, what patience is spent on
         self._open_until = 0.0
@@ -137,7 +139,7 @@ class Breaker:
             if self._state is BreakerState.STOPPED:
                 raise BreakerExhausted(self._waited, self.patience)
             if self._state is BreakerState.CLOSED:
-                return Permit(probe=False, epoch=self._epoch)
+                return self._permit
             if self._state is BreakerState.OPEN:
                 await self._wakeup.sleep(self._open_until - now)
                 continue
@@ -146,6 +148,21 @@ class Breaker:
                 self._emit(now, "probe")
                 return Permit(probe=True, epoch=self._epoch)
             await self._wakeup.sleep(self._probe_until - now)
+
+    def permit_now(self) -> Permit | None:
+        """`admit()` without waiting: the permit while closed, else None (call `admit()`)."""
+        return self._permit if self._state is BreakerState.CLOSED else None
+
+    @property
+    def untroubled(self) -> bool:
+        """Closed, and no refusal among the attempts of its window: recording a clean result
+        then changes nothing (the window's count of refusals stays 0), so it may be skipped."""
+        # A full window: before it is, a clean answer changes what half of it is (MIN_TRIP).
+        return (
+            self._state is BreakerState.CLOSED
+            and not self._refused
+            and len(self._results) == WINDOW
+        )
 
     def still_admits(self, permit: Permit) -> bool:
         """Whether `permit` still lets its request start. A worker admitted while closed may then
@@ -164,17 +181,20 @@ class Breaker:
         self._refresh()
         if permit is not None and permit.epoch != self._epoch:
             return
-        now = self._clock()
         if self._state is BreakerState.CLOSED:
-            self._results.append(refused)
-            refusals = sum(self._results)
-            if refusals >= min(TRIP_AT, max(MIN_TRIP, (len(self._results) + 1) // 2)):
-                self._trip(now)
+            results = self._results
+            if len(results) == WINDOW and results[0]:
+                self._refused -= 1  # about to leave the window
+            results.append(refused)
+            if refused:
+                self._refused += 1
+                if self._refused >= min(TRIP_AT, max(MIN_TRIP, (len(results) + 1) // 2)):
+                    self._trip(self._clock())
         elif self._state is BreakerState.HALF_OPEN and self._probe_until is not None:
             if refused:
-                self._trip(now)
+                self._trip(self._clock())
             elif clean:
-                self._close(now)
+                self._close(self._clock())
             else:
                 self._probe_until = None  # the probe told nothing: another one may go
                 self._wakeup.fire()
@@ -186,8 +206,7 @@ class Breaker:
             self._probe_until = None
 
     def _trip(self, now: float) -> None:
-        self._epoch += 1
-        self._results.clear()
+        self._new_epoch()
         self._probe_until = None
         wait = self.first_wait * 2**self._trips
         if self._waited + wait > self.patience:
@@ -202,14 +221,20 @@ class Breaker:
         self._wakeup.fire()
 
     def _close(self, now: float) -> None:
-        self._epoch += 1
-        self._results.clear()
+        self._new_epoch()
         self._probe_until = None
         self._state = BreakerState.CLOSED
         self._emit(now, "closed")
         if self._on_close is not None:
             self._on_close()
         self._wakeup.fire()
+
+    def _new_epoch(self) -> None:
+        """A trip or a close: results of attempts admitted before it are old news."""
+        self._epoch += 1
+        self._permit = Permit(probe=False, epoch=self._epoch)
+        self._results.clear()
+        self._refused = 0
 
     def _emit(self, now: float, event: BreakerEvent) -> None:
         if self._on_event is not None:

@@ -19,7 +19,7 @@ from batchpizza.checkpoint import Checkpoint, is_locked
 from batchpizza.config import RunConfig
 from batchpizza.errors import BatchpizzaError
 from batchpizza.files import write_atomically
-from batchpizza.job import Job
+from batchpizza.job import Job, run_loop
 from batchpizza.records import Summary
 
 
@@ -219,7 +219,7 @@ def _run_job(job: Job) -> int:
         return await job.run()
 
     try:
-        summary = asyncio.run(main())
+        summary = run_loop(main())
     except BatchpizzaError as exc:
         with contextlib.suppress(OSError, ValueError):  # a closed stderr: the exit code says it
             click.echo(f"batchpizza: {exc.message}", err=True)

@@ -103,6 +103,14 @@ class Control(Gatekeeper):
         return None
 
     async def enter(self) -> object:
+        # The fast path, the usual case of a run at full speed: the rate unlimited, no
+        # Retry-After pause, the breaker closed. Nothing is awaited between these checks, so
+        # nothing can trip the breaker meanwhile and it need not be asked again. Measured: 1.6 us
+        # an attempt through the loop below (three coroutines, a new Permit), 0.4 us this way.
+        if not self.stopped and self.gate.open:
+            permit = self.breaker.permit_now()
+            if permit is not None:
+                return permit
         while True:
             if self.stopped:
                 raise Stopped
@@ -148,6 +156,10 @@ class Control(Gatekeeper):
     ) -> None:
         if rate is not None:
             self._heed(rate)
+        if error is None and self.adaptive is None and self.breaker.untroubled:
+            # An answer, at a fixed rate, nothing refused lately: nothing to update (0.65 us an
+            # attempt when the breaker's window was updated, 0.2 us this way).
+            return
         feedback, refused, clean = feedback_of(error)
         if self.adaptive is not None:
             self.adaptive.record(feedback, started)

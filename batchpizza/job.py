@@ -15,9 +15,9 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from batchpizza.checkpoint import Checkpoint, RunLock, ScanIndex
 from batchpizza.config import RunConfig, check_url
@@ -46,6 +46,7 @@ _PROXY_VARIABLES = (
     "ALL_PROXY",
     "all_proxy",
 )
+T = TypeVar("T")
 # When the process started (this module is imported at start-up): --deadline counts from here,
 # as cron's clock does, so that the time spent validating counts too.
 _PROCESS_START = time.monotonic()
@@ -275,7 +276,7 @@ class Job:
             run=run,
             on_result=self._finished_row,
         )
-        total = checkpoint.tally(config.limit).rows
+        total = checkpoint.rows(config.limit)
         self.progress.start(total, total - todo, runner.counters, control)
         if config.deadline_s is not None:
             remaining = config.deadline_s - (time.monotonic() - _PROCESS_START)
@@ -478,6 +479,35 @@ def _options(config: RunConfig) -> dict[str, Any]:
     return {name: getattr(config, name) for name in keep}
 
 
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` to its end on a new event loop, as asyncio.run does: uvloop's when it is installed
+    (`pip install batchpizza[fast]`; not on Windows) unless BATCHPIZZA_LOOP=asyncio, else
+    asyncio's own. Measured at zero latency, 20,000 rows, concurrency 64: 7 % less CPU and wall
+    time with uvloop (7 pairs, A/B 0.93); the sending loop spends much of its time in the event
+    loop and the transports, which uvloop implements in C."""
+    if os.environ.get("BATCHPIZZA_LOOP", "").strip().lower() != "asyncio" and _std_fds_open():
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            result: T = uvloop.run(main)
+            return result
+    return asyncio.run(main)
+
+
+def _std_fds_open() -> bool:
+    """Standard input, output and error all open. With one closed (cron's `2>&-`), libuv hands
+    its number to a descriptor of its own and aborts the process when closing it (an assertion
+    in uv__close), so uvloop is not used then."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            return False
+    return True
+
+
 async def arun(
     input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any
 ) -> Summary:
@@ -489,4 +519,4 @@ async def arun(
 
 def run(input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any) -> Summary:
     """Run a batch to the end and return its summary (see `arun` inside a running loop)."""
-    return asyncio.run(arun(input, output, **options))
+    return run_loop(arun(input, output, **options))

@@ -191,6 +191,10 @@ class Pause:
     def remaining(self) -> float:
         return max(0.0, self._until - self._clock())
 
+    @property
+    def holding(self) -> bool:
+        return self._until > self._clock()
+
     async def wait(self) -> None:
         while (delay := self._until - self._clock()) > 0:
             await self._sleep(delay)
@@ -235,6 +239,12 @@ class Gate:
     @waiting.setter
     def waiting(self, reason: str | None) -> None:
         self._waiting = reason
+
+    @property
+    def open(self) -> bool:
+        """True when `enter()` would return at once: no pacer (the rate is unlimited) and no
+        Retry-After pause holding."""
+        return self.pacer is None and not self.pause.holding
 
     async def enter(self) -> None:
         while True:

@@ -1,5 +1,6 @@
 """The typed records that travel between the stages: what a row asks, what a provider answers,
-how a row ended. Frozen and slotted, so a stage cannot change what another one handed it."""
+how a row ended. Frozen and slotted dataclasses, or named tuples where one is made for every row
+sent, so a stage cannot change what another one handed it."""
 
 from __future__ import annotations
 
@@ -50,9 +51,9 @@ class RateInfo:
     reset_s: float | None = None  # seconds until `remaining` is back to `limit`
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A provider's answer to one prompt."""
+class Answer(NamedTuple):
+    """A provider's answer to one prompt. A tuple, as Result, because one is made for every row
+    answered (1.1 us as a frozen dataclass, 0.3 us as a tuple)."""
 
     text: str
     finish_reason: str = "stop"
@@ -69,9 +70,11 @@ RESULT_COLUMNS = ("answer", "finish_reason", "misuse", "error", "attempts", "lat
 TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens")
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    """How one row ended in this run, as the checkpoint stores it."""
+class Result(NamedTuple):
+    """How one row ended in this run, as the checkpoint stores it: its fields in the order of the
+    results table's columns. A tuple, as OutputRow, because one is made for every row sent: a
+    frozen dataclass took 1.1 us to build against 0.26 us, and the checkpoint takes the tuple as
+    it is."""
 
     id: str
     digest: bytes
@@ -105,9 +108,9 @@ class OutputRow(NamedTuple):
     digest: bytes | None  # None for an invalid row
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One request sent, for the report: when, how long, and how it ended."""
+class Attempt(NamedTuple):
+    """One request sent, for the report: when, how long, and how it ended; the attempts table's
+    columns after the run's id. A tuple for the same reason as Result (one for every request)."""
 
     row_id: str
     started: float  # unix time

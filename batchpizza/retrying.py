@@ -62,9 +62,21 @@ class RetryPolicy:
         try:
             return await attempt()
         except Exception as exc:
-            if not is_retryable(exc):
-                raise
             first = exc
+        return await self.again(first, attempt, on_retry, sleep=sleep)
+
+    async def again(
+        self,
+        first: Exception,
+        attempt: Callable[[], Awaitable[T]],
+        on_retry: Callable[[BaseException, float], None] | None = None,
+        *,
+        sleep: Sleep = asyncio.sleep,
+    ) -> T:
+        """The rest of `call` once the first `attempt()` failed with `first`: for a caller that
+        makes its first attempt itself, so that a row answered at once builds no callables."""
+        if not is_retryable(first):
+            raise first
         budget = _Budget(self)
         if budget.charge(first):
             raise first

@@ -9,6 +9,9 @@ but not yet saved, which bounds what a kill -9 can make us send twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import gc
 import logging
 import sqlite3
 import time
@@ -38,6 +41,31 @@ from batchpizza.stop import Stop
 log = logging.getLogger("batchpizza")
 
 PendingRow = tuple[int, Prompt]  # (position in the input, what to send)
+
+
+# The cyclic garbage collector looks at the young objects every 700 net allocations of container
+# objects (gc.get_threshold()[0]). The requests in flight alone hold more than that (measured: 70
+# tracked objects each, 9,000 at concurrency 64), so at zero latency it ran 900 times in a
+# 20,000-row run, for 0.22 s of 3.3 s CPU, and freed next to nothing: the objects of a request die
+# by reference count (peak RSS the same with the collector off). During a run its threshold is
+# raised to twice what the requests in flight hold: 2 collections in that run instead of 900.
+YOUNG_OBJECTS_PER_REQUEST = 150
+
+
+@contextlib.contextmanager
+def collector_threshold(young: int) -> Iterator[None]:
+    """Raise the collector's first threshold to at least `young` for the block, then put it back
+    (unless something else changed it meanwhile, e.g. another run in this process)."""
+    before = gc.get_threshold()
+    if before[0] >= young:
+        yield
+        return
+    gc.set_threshold(young, *before[1:])
+    try:
+        yield
+    finally:
+        if gc.get_threshold()[0] == young:
+            gc.set_threshold(*before)
 
 
 class Stopped(Exception):
@@ -83,10 +111,14 @@ class Counters:
         return self.answered + self.failed + self.misuse
 
 
+ANSWERED = "answered"
+STOPPED = "stopped"  # an attempt cut off by a stop
+
+
 def outcome_of(error: BaseException | None) -> str:
     """An attempt's outcome kind, as the report groups them."""
     if error is None:
-        return "answered"
+        return ANSWERED
     if isinstance(error, MisuseDetected):
         return "refusal"
     if isinstance(error, HTTPStatusError):
@@ -98,6 +130,11 @@ def outcome_of(error: BaseException | None) -> str:
     if isinstance(error, RedirectRefused):
         return "redirect"
     return "transport"
+
+
+# At most this many loop iterations the committer lets pass, while its group still grows, before
+# committing it (see Committer._loop).
+GATHER_ITERATIONS = 2
 
 
 class Committer:
@@ -139,6 +176,19 @@ class Committer:
         try:
             while True:
                 await self._wakeup.wait()
+                # Let the group fill while results keep coming: the workers woken by one burst of
+                # replies finish over the next loop iterations, and a commit costs about as much
+                # for one row as for thirty (each writes its pages whole to the log). A group
+                # that stops growing is committed at once, so a slow trickle waits one iteration.
+                # Measured at zero latency, 20,000 rows, concurrency 64: 1,800 commits of 11 rows
+                # without this, 900 of 22 with it, and 10 us a row less CPU.
+                for _ in range(GATHER_ITERATIONS):
+                    if self._closed:
+                        break
+                    waiting = len(self._waiting)
+                    await asyncio.sleep(0)
+                    if len(self._waiting) == waiting:
+                        break
                 self._wakeup.clear()
                 batch, self._waiting = self._waiting, []
                 orphans, self._orphans = self._orphans, []
@@ -215,19 +265,20 @@ class Runner:
         abandons them. Either way every finished result is committed before it returns."""
         connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.concurrency)
         # trust_env stays off: the provider resolved the proxy once, instead of per request.
-        async with aiohttp.ClientSession(connector=connector) as session:
-            committer = Committer(self.checkpoint, self.run_id)
-            workers = [
-                asyncio.create_task(self._work(session, rows, committer), name=f"worker-{i}")
-                for i in range(self.concurrency)
-            ]
-            try:
-                await asyncio.gather(*workers)
-            finally:
-                for task in workers:
-                    task.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
-                await committer.close()
+        with collector_threshold(YOUNG_OBJECTS_PER_REQUEST * self.concurrency):
+            async with aiohttp.ClientSession(connector=connector) as session:
+                committer = Committer(self.checkpoint, self.run_id)
+                workers = [
+                    asyncio.create_task(self._work(session, rows, committer), name=f"worker-{i}")
+                    for i in range(self.concurrency)
+                ]
+                try:
+                    await asyncio.gather(*workers)
+                finally:
+                    for task in workers:
+                        task.cancel()
+                    await asyncio.gather(*workers, return_exceptions=True)
+                    await committer.close()
 
     async def _work(
         self, session: aiohttp.ClientSession, rows: Iterator[PendingRow], committer: Committer
@@ -254,98 +305,116 @@ class Runner:
     async def _send(
         self, session: aiohttp.ClientSession, prompt: Prompt, attempts: list[Attempt]
     ) -> Result:
-        counters, gate, provider = self.counters, self.gate, self.provider
-        latency: float | None = None
-
-        def on_retry(exc: BaseException, delay: float) -> None:
-            if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "retry %s after attempt %d: %s; next in %.1fs",
-                    prompt.id,
-                    len(attempts),
-                    " ".join(describe(exc).split()),  # a refusal's text may hold line breaks
-                    delay,
-                )
-
-        async def attempt() -> Answer:
-            nonlocal latency
-            token = await gate.enter()
-            if self.stop.sending_stopped:
-                raise Stopped  # after a stop nothing more is sent; the row stays to do
-            counters.requests += 1
-            started, wall = self._clock(), time.time()
-            error: ProviderError | None = None
-            rate: RateInfo | None = None
-            cancelled = False
-            if attempts:
-                counters.retries += 1  # counted when a retry is sent, not when it is planned
-            try:
-                answer = await provider.ask(session, prompt)
-                rate = answer.rate
-                return answer
-            except asyncio.CancelledError:
-                cancelled = True
-                raise
-            except ProviderError as exc:
-                rate = exc.rate
-                error = exc
-                if exc.fatal or (exc.status is not None and exc.status in provider.fatal_statuses):
-                    # No later request can succeed (a wrong key, an unknown model): stop at once
-                    # rather than fail every remaining row.
-                    self.fatal = exc
-                    self.stop.stop_sending("fatal")
-                raise
-            finally:
-                latency = (self._clock() - started) * 1000.0
-                # A request cut off by a stop said nothing about the service: it is recorded,
-                # but neither the learned rate nor the breaker hears of it.
-                kind = "stopped" if cancelled else outcome_of(error)
-                if not cancelled:
-                    gate.finished(token, started, kind, error, rate)
-                attempts.append(
-                    Attempt(
-                        prompt.id,
-                        wall,
-                        latency,
-                        kind,
-                        error.status if error is not None else None,
-                        describe(error) if error is not None else None,
-                    )
-                )
-
-        digest = prompt_digest(prompt.text)
+        # The first attempt is made here, bare: most rows are answered at once, and only a
+        # failed first attempt pays for the retry loop and the callables it needs (see
+        # RetryPolicy.again).
+        failed: Exception | None = None
         try:
-            answer = await self.policy.call(attempt, on_retry, sleep=self._sleep)
+            answer = await self._attempt(session, prompt, attempts)
+        except Exception as exc:
+            failed = exc
+        try:
+            if failed is not None:
+                answer = await self.policy.again(
+                    failed,
+                    functools.partial(self._attempt, session, prompt, attempts),
+                    functools.partial(self._on_retry, prompt, attempts),
+                    sleep=self._sleep,
+                )
         except MisuseDetected as exc:
-            return Result(
-                prompt.id,
-                digest,
-                Outcome.MISUSE.value,
-                None,
-                exc.text,
-                len(attempts),
-                latency,
-                provider.model,
-            )
+            return self._failed(prompt, attempts, Outcome.MISUSE.value, exc.text)
         except ProviderError as exc:
             n = len(attempts)
             error = f"{describe(exc)} after {n} {'attempt' if n == 1 else 'attempts'}"
-            return Result(
-                prompt.id, digest, Outcome.ERROR.value, None, error, n, latency, provider.model
-            )
+            return self._failed(prompt, attempts, Outcome.ERROR.value, error)
         return Result(
             prompt.id,
-            digest,
+            prompt_digest(prompt.text),
             answer.finish_reason,
             answer.text,
             None,
             len(attempts),
-            latency,
+            attempts[-1].duration_ms,
             answer.model,
             answer.prompt_tokens,
             answer.completion_tokens,
             answer.response_id,
             answer.request_id,
+        )
+
+    async def _attempt(
+        self, session: aiohttp.ClientSession, prompt: Prompt, attempts: list[Attempt]
+    ) -> Answer:
+        """One request for `prompt`, through the gate; told to the gate and recorded in
+        `attempts`, however it ends."""
+        gate = self.gate
+        token = await gate.enter()
+        if self.stop.sending_stopped:
+            raise Stopped  # after a stop nothing more is sent; the row stays to do
+        counters = self.counters
+        counters.requests += 1
+        if attempts:
+            counters.retries += 1  # counted when a retry is sent, not when it is planned
+        started, wall = self._clock(), time.time()
+        error: ProviderError | None = None
+        rate: RateInfo | None = None
+        cancelled = False
+        try:
+            answer = await self.provider.ask(session, prompt)
+            rate = answer.rate
+            return answer
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        except ProviderError as exc:
+            error, rate = exc, exc.rate
+            if exc.fatal or (exc.status is not None and exc.status in self.provider.fatal_statuses):
+                # No later request can succeed (a wrong key, an unknown model): stop at once
+                # rather than fail every remaining row.
+                self.fatal = exc
+                self.stop.stop_sending("fatal")
+            raise
+        finally:
+            latency = (self._clock() - started) * 1000.0
+            if cancelled:
+                # Cut off at the end of the grace period: recorded, but neither the learned rate
+                # nor the breaker hears of it, since it said nothing about the service.
+                attempts.append(Attempt(prompt.id, wall, latency, STOPPED))
+            elif error is None:
+                gate.finished(token, started, ANSWERED, None, rate)
+                attempts.append(Attempt(prompt.id, wall, latency, ANSWERED))
+            else:
+                kind = outcome_of(error)
+                gate.finished(token, started, kind, error, rate)
+                attempts.append(
+                    Attempt(prompt.id, wall, latency, kind, error.status, describe(error))
+                )
+
+    def _on_retry(
+        self, prompt: Prompt, attempts: list[Attempt], exc: BaseException, delay: float
+    ) -> None:
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "retry %s after attempt %d: %s; next in %.1fs",
+                prompt.id,
+                len(attempts),
+                " ".join(describe(exc).split()),  # a refusal's text may hold line breaks
+                delay,
+            )
+
+    def _failed(
+        self, prompt: Prompt, attempts: list[Attempt], reason: str, error: str | None
+    ) -> Result:
+        latency = attempts[-1].duration_ms if attempts else None
+        return Result(
+            prompt.id,
+            prompt_digest(prompt.text),
+            reason,
+            None,
+            error,
+            len(attempts),
+            latency,
+            self.provider.model,
         )
 
     def _count(self, pos: int, result: Result) -> None:

