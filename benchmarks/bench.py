@@ -216,6 +216,19 @@ def restore_checkpoint(pristine: Path, output: Path) -> None:
     shutil.copyfile(pristine, output.with_name(output.name + ".checkpoint"))
 
 
+def forget_answers(output: Path, ids: list[str]) -> None:
+    """Take these rows' answers out of `output`'s checkpoint (a benchmark's set-up, not a run)."""
+    import sqlite3
+
+    conn = sqlite3.connect(output.with_name(output.name + ".checkpoint"))
+    try:
+        conn.executemany("DELETE FROM results WHERE id = ?", [(i,) for i in ids])
+        conn.commit()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
 def batchpizza_args(
     input_path: Path, output: Path, server: Server, *, concurrency: int, rate: str = "0"
 ) -> list[str]:
@@ -648,7 +661,12 @@ def resume(bench: Bench) -> list[Figure]:
     output = fresh(WORK / "resume.jsonl")
     runs: dict[str, Run] = {}
     for kind in ("cold", "rerun"):
-        restore_checkpoint(pristine, output)
+        if kind == "cold":
+            restore_checkpoint(pristine, output)
+        else:
+            # As a kill leaves it: the scan the cold run kept in the checkpoint, and the same rows
+            # still to send (their answers taken back out of the results).
+            forget_answers(output, [row_id(i) for i in range(rows - missing, rows)])
         server.reset()
         args = batchpizza_args(input_path, output, server, concurrency=OVERHEAD_CONCURRENCY)
         run = runs[kind] = measure(args, server, watch_first=True)
