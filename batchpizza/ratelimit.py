@@ -58,6 +58,10 @@ def sends_per_window(rate: float) -> int:
     return max(1, math.ceil(rate - _FUZZ))
 
 
+# Sleeps shorter than this are not cut short by `Wakeup.fire` (see there).
+_SHORT_SLEEP = 0.005
+
+
 class Wakeup:
     """A sleep on the injected clock that `fire()` cuts short for every sleeper.
 
@@ -77,6 +81,11 @@ class Wakeup:
     async def sleep(self, delay: float) -> None:
         """Sleep `delay` seconds or until `fire()`; the caller checks again what it waited for."""
         if delay <= 0:
+            return
+        if delay < _SHORT_SLEEP:
+            # A slot a few milliseconds away (a high rate): not worth a task and a wait on two
+            # futures; a rate change then takes effect at most this late.
+            await self._sleep(delay)
             return
         if self._fired is None:
             self._fired = asyncio.get_running_loop().create_future()
