@@ -46,44 +46,38 @@ def open_source(
     """Resolve INPUT to its files. File-level problems raise InputError; rows are not read yet.
     For `-`, `stdin_copy` is where standard input was spooled (see spool_stdin). `label` names a
     single-file input in messages instead of its path (in-memory data spooled to a file)."""
-    if label is not None and input != "-":
-        # In-memory data spooled to a private file: messages name "<data>", not the spool.
-        try:
-            source = open_source(input, fields)
-        except InputError as exc:
-            raise InputError(exc.message.replace(input, label)) from None
-        source.names = [label] * len(source.names)
-        if isinstance(source, JsonlSource):
-            source.rows_from_lines = True
-        return source
     if input == "-":
         if stdin_copy is None:
             raise ValueError("standard input must be spooled first")
         return JsonlSource([stdin_copy], ["<stdin>"], fields, spooled=True)
     path = Path(input)
+    name = label or input  # what every message calls it
     lower = path.name.lower()
     if path.is_dir():
         files = input_files(input)
         if not files:
-            raise InputError(f"{input}: a directory without any .parquet file")
+            raise InputError(f"{name}: a directory without any .parquet file")
         return ParquetSource(files, [str(p) for p in files], fields)
     if not path.exists():
-        raise InputError(f"{input}: no such file")
+        raise InputError(f"{name}: no such file")
     if not lower.endswith((*JSONL_SUFFIXES, ".parquet")):
         raise InputError(
-            f"{input}: unknown input type; expected .jsonl, .ndjson (optionally .gz), "
+            f"{name}: unknown input type; expected .jsonl, .ndjson (optionally .gz), "
             ".parquet, a directory of .parquet files, or - for standard input"
         )
     try:
         with path.open("rb") as probe:
             probe.read(1)
     except OSError as exc:
-        raise InputError(f"{input}: cannot read: {exc.strerror or exc}") from None
+        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
     if lower.endswith(".parquet"):
-        return ParquetSource([path], [input], fields)
+        return ParquetSource([path], [name], fields)
     if lower.endswith(".gz"):
-        _check_gzip(path, input)
-    return JsonlSource([path], [input], fields)
+        _check_gzip(path, name)
+    source = JsonlSource([path], [name], fields)
+    # In-memory rows spooled one per line: messages name the item (0-based), not the line.
+    source.rows_from_lines = label is not None
+    return source
 
 
 def _check_gzip(path: Path, name: str) -> None:
