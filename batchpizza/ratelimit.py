@@ -148,6 +148,22 @@ class Pacer:
         self._schedule += 1
         self._wakeup.fire()
 
+    def try_now(self) -> bool:
+        """Take a slot if one is free this instant (nobody queued for a later one, the window
+        not full), without awaiting; False leaves the pacer as it was: call `acquire()`. At
+        thousands of slots a second most slots are free at once, and this spares each of them
+        three coroutines (measured with cProfile under --rate auto:100000, 20,000 rows)."""
+        now = self._clock()
+        if self._next_slot > now:
+            return False  # waiters hold the slots before the next free one: no jumping them
+        recent = self._prune()
+        if len(recent) >= self._limit:
+            return False
+        self._next_slot = now + self._interval
+        self._last_send = now
+        recent.append(now)
+        return True
+
     async def acquire(self) -> None:
         while True:
             schedule = self._schedule
@@ -249,11 +265,12 @@ class Gate:
     def waiting(self, reason: str | None) -> None:
         self._waiting = reason
 
-    @property
-    def open(self) -> bool:
-        """True when `enter()` would return at once: no pacer (the rate is unlimited) and no
-        Retry-After pause holding."""
-        return self.pacer is None and not self.pause.holding
+    def try_enter(self) -> bool:
+        """`enter()` if it can pass at once (no Retry-After pause holding, and no pacer or a
+        free slot this instant, which it then takes); False: call `enter()`."""
+        if self.pause.holding:
+            return False
+        return self.pacer is None or self.pacer.try_now()
 
     async def enter(self) -> None:
         while True:
@@ -372,6 +389,7 @@ class AdaptiveRate:
         self._episode_start = -math.inf  # attempts sent before this belong to an answered episode
         self._round_start = -math.inf  # a round counts clean replies to attempts sent since
         self._round_clean = 0
+        self._round_size = sends_per_window(self._rate * ROUND_S)  # clean replies in a round
         self._overloads = 0
         self._finished: deque[tuple[float, float]] = deque()  # (finished at, started at)
         self._changes: deque[tuple[float, float]] = deque([(-math.inf, self._rate)], _HISTORY)
@@ -406,7 +424,7 @@ class AdaptiveRate:
             self._overloads = 0
             if started_at >= self._round_start:
                 self._round_clean += 1
-                if self._round_clean >= sends_per_window(self._rate * ROUND_S):
+                if self._round_clean >= self._round_size:
                     self._grow(now)
             return
         if started_at < self._episode_start:
@@ -496,6 +514,7 @@ class AdaptiveRate:
         if rate == self._rate:
             return
         self._rate = rate
+        self._round_size = sends_per_window(rate * ROUND_S)
         self._changes.append((now, rate))
         for pacer in self._pacers:
             pacer.set_rate(rate)

@@ -390,12 +390,15 @@ _gaps = st.one_of(st.sampled_from([0.25, 0.5, 1.0, 2.0]), st.floats(0.05, 2.0))
     work=st.sampled_from([0.0, 0.05, 0.3]),
     overshoot=st.sampled_from([0.0, 0.0, 0.02]),
     seed=st.integers(0, 3),
+    fast=st.booleans(),
 )
 # Found by this test: a log cut to the lower rate's length forgot the sends a raise a moment
 # later had to count.
-@example(first=7.5, changes=[(1.0, 0.4), (0.5, 2.0)], workers=1, work=0.0, overshoot=0.0, seed=0)
+@example(
+    first=7.5, changes=[(1.0, 0.4), (0.5, 2.0)], workers=1, work=0.0, overshoot=0.0, seed=0, fast=0
+)
 # And: a send that has just left the window is still the one the new schedule starts from.
-@example(first=1.0, changes=[(1.0, 0.4)], workers=1, work=0.0, overshoot=0.0, seed=0)
+@example(first=1.0, changes=[(1.0, 0.4)], workers=1, work=0.0, overshoot=0.0, seed=0, fast=0)
 def test_pacer_never_exceeds_the_rate_in_force_in_any_window_across_rate_changes(
     first: float,
     changes: list[tuple[float, float]],
@@ -403,7 +406,10 @@ def test_pacer_never_exceeds_the_rate_in_force_in_any_window_across_rate_changes
     work: float,
     overshoot: float,
     seed: int,
+    fast: bool,
 ) -> None:
+    """With `fast`, each worker first tries for a free slot without waiting, as Control does."""
+
     async def scenario() -> list[tuple[float, float]]:
         vt = VirtualTime(start=0.0, overshoot=overshoot, seed=seed)
         pacer = pacer_on(vt, first)
@@ -413,8 +419,10 @@ def test_pacer_never_exceeds_the_rate_in_force_in_any_window_across_rate_changes
 
         async def worker() -> None:
             while vt.now < end:
-                await pacer.acquire()
+                if not (fast and pacer.try_now()):
+                    await pacer.acquire()
                 log.append((vt.now, pacer.rate))
+                await asyncio.sleep(0)  # let the others run: try_now itself never yields
                 if work:
                     await vt.sleep(rng.uniform(0.0, work))
 
@@ -429,6 +437,32 @@ def test_pacer_never_exceeds_the_rate_in_force_in_any_window_across_rate_changes
     # Late wake-ups are compensated on the schedule (a late send is followed by an early one),
     # so only the window holds for them; with exact sleeps the spacing does too.
     assert_paced(log, spacing=overshoot == 0.0)
+
+
+async def test_pacer_try_now_takes_only_a_free_slot_and_never_one_a_waiter_holds() -> None:
+    vt = VirtualTime(start=10.0)
+    pacer = pacer_on(vt, 4.0)
+    assert pacer.try_now()  # nothing sent yet: free
+    assert not pacer.try_now()  # the next slot is 0.25 s away
+    waiter = asyncio.ensure_future(pacer.acquire())  # queues for the slot at 10.25
+    await asyncio.sleep(0)
+    vt.now = 10.3  # the waiter's slot is due but it has not woken yet
+    assert not pacer.try_now()  # ... and the next free one after it is 10.5: no jumping it
+    await vt.run(waiter)
+    vt.now = 10.6
+    assert pacer.try_now()
+
+
+async def test_pacer_try_now_keeps_the_window_full_at_a_fractional_rate() -> None:
+    vt = VirtualTime(start=0.0)
+    pacer = pacer_on(vt, 2.5)  # 0.4 s apart: three slots in some one-second windows, never four
+    taken = []
+    for _ in range(400):
+        if pacer.try_now():
+            taken.append(vt.now)
+        vt.now += 0.01
+    assert max_in_window(taken) == 3
+    assert min(b - a for a, b in itertools.pairwise(taken)) >= 0.4 - EPS
 
 
 # --- Pause ------------------------------------------------------------------------------------
