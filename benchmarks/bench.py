@@ -18,6 +18,9 @@ Scenarios (full size; --quick in brackets):
   time over the bare loop's (process start to exit, both; target from issue 16), the same ratio of
   CPU time (user + sys), the CPU per row of each side, peak RSS. With --profile, one more
   batchpizza run under cProfile (not measured) and its top 10 functions by self time.
+- controls: the overhead job with every control on, `--rate auto:100000` starting from a learned
+  rate of 100,000/s, against the same job at `--rate 0`, alternating: the CPU ratio (target from
+  issue 16: within 5 %), and whether the learned rate stayed at 100,000 (nothing was cut).
 - latency: 5,000 prompts [1,000], 200 +- 50 ms latency, concurrency 256. Requests/s of the sending
   phase as a fraction of the bound 256 / 0.2 s = 1,280/s, measured at the server: requests over the
   span from the first arrival to the last arrival plus the mean latency (when the last reply is
@@ -96,6 +99,10 @@ FULL = Sizes(20_000, 5_000, 30, (100_000, 1_000_000), 1_000_000, 1_000_000)
 QUICK = Sizes(1_000, 1_000, 5, (5_000, 50_000), 50_000, 50_000)
 OVERHEAD_CONCURRENCY = 64
 OVERHEAD_TARGET = 1.05  # issue 16: at least as fast as a bare aiohttp loop, with everything on
+# Issue 16: everything on costs no more than 5 % (the adaptive controller at a rate it never
+# reaches, against no rate limit at all).
+AUTO_MAX = 100_000.0
+CONTROLS_TARGET = 1.05
 LATENCY_MS, JITTER_MS, LATENCY_CONCURRENCY = 200.0, 50.0, 256
 PACING_RATE = 50
 CHECKPOINT_FILES = (".checkpoint", ".checkpoint-wal", ".checkpoint-shm")
@@ -483,6 +490,84 @@ def overhead(bench: Bench) -> list[Figure]:
     return figures
 
 
+def seed_learned_rate(output: Path, rate: float) -> None:
+    """A checkpoint for `output` holding only a learned rate, as an earlier `--rate auto` run
+    leaves it: the run then starts at that rate instead of slow start from 1/s."""
+    from batchpizza.checkpoint import Checkpoint
+
+    store = Checkpoint.open(output.with_name(output.name + ".checkpoint"))
+    try:
+        store.set_meta(learned_rate=rate)
+    finally:
+        store.close()
+
+
+def learned_rate_of(output: Path) -> float | None:
+    from batchpizza.checkpoint import Checkpoint
+
+    store = Checkpoint.open(output.with_name(output.name + ".checkpoint"), create=False)
+    try:
+        return store.learned_rate()
+    finally:
+        store.close()
+
+
+def controls(bench: Bench) -> list[Figure]:
+    """The overhead scenario's job with every control on (`--rate auto:100000`, from a learned
+    rate of 100,000/s, so the pacer, the learned rate and the breaker all see every attempt)
+    against the same job at `--rate 0`, alternating."""
+    rows = bench.sizes.overhead
+    server = bench.server()
+    input_path = prompts_file(rows)
+    runs: dict[str, list[Run]] = {"auto": [], "fixed": []}
+    end_rates: list[float | None] = []
+    for i in range(bench.repeat):
+        for kind, rate in (("auto", f"auto:{AUTO_MAX:g}"), ("fixed", "0")):
+            output = fresh(WORK / f"controls-{kind}.jsonl")
+            if kind == "auto":
+                seed_learned_rate(output, AUTO_MAX)
+            args = batchpizza_args(
+                input_path, output, server, concurrency=OVERHEAD_CONCURRENCY, rate=rate
+            )
+            server.reset()
+            run = measure(args, server)
+            expect(run, 0, f"batchpizza --rate {rate}")
+            if (sent := server.stats()["requests"]) != rows:
+                raise RuntimeError(f"--rate {rate} sent {sent} requests for {rows} rows")
+            if kind == "auto":
+                end_rates.append(learned_rate_of(output))
+            runs[kind].append(run)
+            note(
+                f"  controls {i + 1}/{bench.repeat} {kind:<6} {run.wall:7.2f} s wall {run.cpu:7.2f} s cpu"
+            )
+    auto, fixed = runs["auto"], runs["fixed"]
+    cpu_ratios = [a.cpu / b.cpu for a, b in zip(auto, fixed, strict=True)]
+    wall_ratios = [a.wall / b.wall for a, b in zip(auto, fixed, strict=True)]
+    cpu_ratio = median(cpu_ratios)
+    s = "controls"
+    return [
+        Figure(
+            s,
+            f"CPU time, --rate auto:{AUTO_MAX:,.0f} / --rate 0 ({rows:,} rows, paired)",
+            f"{cpu_ratio:.3f}x" + spread(cpu_ratios, "{:.3f}"),
+            f"<= {CONTROLS_TARGET:.2f}x",
+            bench.sized(cpu_ratio <= CONTROLS_TARGET),
+        ),
+        Figure(
+            s,
+            "wall time, auto / 0 (paired)",
+            f"{median(wall_ratios):.3f}x" + spread(wall_ratios, "{:.3f}"),
+        ),
+        Figure(s, "CPU per row, --rate auto", _per_row(auto, rows)),
+        Figure(s, "CPU per row, --rate 0", _per_row(fixed, rows)),
+        Figure(
+            s,
+            "learned rate at the end (runs that kept it)",
+            f"{sum(r == AUTO_MAX for r in end_rates)} of {len(end_rates)}",
+        ),
+    ]
+
+
 def _wall(runs: list[Run], rows: int) -> str:
     wall = median([r.wall for r in runs])
     return f"{wall:.2f} s, {rows / wall:,.0f} rows/s" + spread([r.wall for r in runs])
@@ -740,6 +825,7 @@ def validation(bench: Bench) -> list[Figure]:
 
 SCENARIOS: dict[str, Callable[[Bench], list[Figure]]] = {
     "overhead": overhead,
+    "controls": controls,
     "latency": latency,
     "pacing": pacing,
     "memory": memory,

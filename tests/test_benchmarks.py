@@ -23,11 +23,19 @@ def run_script(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 def test_bench_quick_validation_and_resume_run_and_print_their_table() -> None:
     done = run_script(
-        "benchmarks/bench.py", "--quick", "--scenario", "validation", "resume", "--repeat", "1"
+        "benchmarks/bench.py",
+        "--quick",
+        "--scenario",
+        "validation",
+        "resume",
+        "controls",
+        "--repeat",
+        "1",
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "| validation |" in done.stdout
     assert "| resume |" in done.stdout
+    assert "| controls |" in done.stdout
 
 
 @pytest.mark.slow
