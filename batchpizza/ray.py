@@ -21,6 +21,8 @@ Ray is imported only here: `pip install 'batchpizza[ray]'`.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 import weakref
@@ -30,12 +32,14 @@ from typing import Any
 import ray
 
 from batchpizza.config import RunConfig
-from batchpizza.distributed.budget import Budget, Lease, Report
+from batchpizza.distributed.budget import Budget, Lease, News, Report
 from batchpizza.distributed.parts import PartStore
 from batchpizza.distributed.worker import Answerer, part_schema
 from batchpizza.errors import UsageError
 
 __all__ = ["ControllerActor", "answer", "status"]
+
+log = logging.getLogger("batchpizza")
 
 DEFAULT_ACTORS = 4
 DEFAULT_BATCH_SIZE = 256
@@ -49,19 +53,48 @@ _controllers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 class ControllerActor:
-    """The cluster's one budget, as a Ray async actor (see batchpizza.distributed.budget)."""
+    """The cluster's one budget, as a Ray async actor (see batchpizza.distributed.budget). With
+    a checkpoint, it keeps the learned rate there as it changes (a small file, written in a
+    thread, one write at a time), so the next run starts from it, as a single process does."""
 
-    def __init__(self, **budget: Any) -> None:
+    def __init__(self, checkpoint: str | None = None, **budget: Any) -> None:
         self.budget = Budget(**budget)
+        self._store = PartStore(checkpoint) if checkpoint else None
+        self._kept = budget.get("learned")
+        self._keeping: asyncio.Task[None] | None = None
 
     async def lease(self, want: int, reports: Sequence[Report]) -> Lease:
-        return await self.budget.lease(want, reports)
+        lease = await self.budget.lease(want, reports)
+        self._keep_rate()
+        return lease
 
     async def record(self, reports: Sequence[Report]) -> Lease:
-        return self.budget.record(reports)
+        lease = self.budget.record(reports)
+        self._keep_rate()
+        return lease
+
+    def _keep_rate(self) -> None:
+        if self._store is None or self.budget.adaptive is None:
+            return
+        if self.budget.rate != self._kept and (self._keeping is None or self._keeping.done()):
+            self._keeping = asyncio.create_task(self._save_rate())
+
+    async def _save_rate(self) -> None:
+        # One save at a time; a change made while it wrote is saved by the next call.
+        assert self._store is not None
+        rate = self.budget.rate
+        try:
+            await asyncio.to_thread(self._store.save_meta, learned_rate=rate)
+        except OSError as exc:  # a lost rate costs a slow start, not the run
+            log.warning("could not keep the learned rate in the checkpoint: %s", exc)
+            return
+        self._kept = rate
 
     async def admits(self, epoch: int, probe: bool) -> bool:
         return self.budget.admits(epoch, probe)
+
+    async def news(self, known: int) -> News:
+        return await self.budget.news(known)
 
     async def status(self) -> dict[str, object]:
         return self.budget.status()
@@ -83,6 +116,10 @@ class _Remote:
 
     async def admits(self, epoch: int, probe: bool) -> bool:
         return bool(await self._handle.admits.remote(epoch, probe))
+
+    async def news(self, known: int) -> News:
+        news: News = await self._handle.news.remote(known)
+        return news
 
 
 class _RayAnswerer(Answerer):
@@ -118,6 +155,7 @@ def answer(
     share = max(1, math.ceil(config.concurrency / actors))
     extra = ("prompt_tokens", "completion_tokens") if config.provider == "openai" else ()
     done_ref: list[Any] = []
+    learned: float | None = None  # the rate an earlier run under rate="auto" learned
     if checkpoint is not None:
         id_field = config.fields_named[2]
         if id_field not in ds.schema().names:
@@ -125,7 +163,11 @@ def answer(
                 f"checkpoint= needs an id column to key the answers by; the dataset has no "
                 f"{id_field!r} column (choose one with id_field=)"
             )
-        done = PartStore(checkpoint).read_all(part_schema(extra))
+        store = PartStore(checkpoint)
+        done = store.read_all(part_schema(extra))
+        if config.auto_max is not None:
+            saved = store.meta().get("learned_rate")
+            learned = float(saved) if isinstance(saved, (int, float)) and saved > 0 else None
         if done.num_rows:
             done_ref = [ray.put(done)]
     deadline_at = None if config.deadline_s is None else time.time() + config.deadline_s
@@ -139,6 +181,8 @@ def answer(
             retry_after_cap=config.retry_after_cap,
             timeout=config.timeout,
             deadline_at=deadline_at,
+            learned=learned,
+            checkpoint=checkpoint,
         )
     )
     actor_options = {k: v for k, v in options.items() if k not in _CLUSTER_OPTIONS}

@@ -6,18 +6,21 @@
                                        re-sends at most what was in flight)
     ROOT/parts/<batch>.parquet         the batch's answered rows, once the batch is done; its
                                        small parts are then deleted
+    ROOT/meta.json                     the learned rate under rate="auto", kept as it changes
 
 `<batch>` is a hash of the batch's row ids and `<ids>` of the part's: writing the same part twice
 writes the same file (idempotent), and a batch Ray runs again after an actor died finds what its
 first attempt answered. A reader takes every part, each row id once. Only answered rows are
-kept: failed and refused rows are sent again by a rerun, as with the SQLite checkpoint.
+kept: failed and refused rows are sent again by a rerun, as with the SQLite checkpoint. Each row
+carries the digest of its prompt, so a row whose prompt changed since is asked again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +29,12 @@ if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
 PARTS = "parts"
+META = "meta.json"  # the learned rate, for the next run to start from
 ID = "id"  # the row id column of a part, always a string
+# The digest of the prompt a row was answered for (rows.prompt_digest): a rerun takes an answer
+# only for the same id *and* the same prompt, as the SQLite checkpoint does. Parts written before
+# it existed have none; their rows are matched by id alone, as they were then.
+DIGEST = "digest"
 
 
 def key_of(ids: Iterable[str]) -> str:
@@ -49,10 +57,26 @@ class PartStore:
         self._fs: pafs.FileSystem = fs
         self._local = isinstance(fs, pafs.LocalFileSystem)
         self._root = f"{path.rstrip('/')}/{PARTS}"
+        self._meta = f"{path.rstrip('/')}/{META}"
         fs.create_dir(self._root, recursive=True)
 
+    def meta(self) -> dict[str, Any]:
+        """What the last run kept besides answers (the learned rate); {} if nothing."""
+        if not self._exists(self._meta):
+            return {}
+        with self._fs.open_input_stream(self._meta) as stream:
+            try:
+                found = json.loads(stream.read())
+            except ValueError:
+                return {}  # torn by a crash on a store without atomic writes: learn again
+        return found if isinstance(found, dict) else {}
+
+    def save_meta(self, **values: Any) -> None:
+        data = json.dumps({**self.meta(), **values}).encode()
+        self._put(self._meta, lambda path: self._write_bytes(path, data))
+
     def read_all(self, schema: pa.Schema) -> pa.Table:
-        """Every answered row of every part, each id once."""
+        """Every answered row of every part, each (id, digest) once."""
         return self._read(self._files(self._root, recursive=True), schema)
 
     def read_batch(self, key: str, schema: pa.Schema) -> pa.Table:
@@ -76,13 +100,20 @@ class PartStore:
     def _write(self, path: str, rows: pa.Table) -> None:
         import pyarrow.parquet as pq
 
+        self._put(path, lambda where: pq.write_table(rows, where, filesystem=self._fs))
+
+    def _write_bytes(self, path: str, data: bytes) -> None:
+        with self._fs.open_output_stream(path) as stream:
+            stream.write(data)
+
+    def _put(self, path: str, write: Callable[[str], None]) -> None:
         if not self._local:  # an object store's PUT appears whole or not at all
-            pq.write_table(rows, path, filesystem=self._fs)
+            write(path)
             return
         # A local or network folder: written aside (a dot name readers skip) and renamed.
         head, _, name = path.rpartition("/")
         aside = f"{head}/.{name}.{uuid.uuid4().hex[:8]}"
-        pq.write_table(rows, aside, filesystem=self._fs)
+        write(aside)
         self._fs.move(aside, path)
 
     def _exists(self, path: str) -> bool:
@@ -104,20 +135,30 @@ class PartStore:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        tables = [
-            pq.read_table(f, filesystem=self._fs).select(schema.names).cast(schema) for f in files
-        ]
+        tables = [_conform(pq.read_table(f, filesystem=self._fs), schema) for f in files]
         if not tables:
             return schema.empty_table()
         return first_of_each(pa.concat_tables(tables))
 
 
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A part as `schema` has it; a part from before the digest column gets one of nulls."""
+    import pyarrow as pa
+
+    if DIGEST in schema.names and DIGEST not in table.column_names:
+        table = table.append_column(DIGEST, pa.nulls(table.num_rows, pa.binary()))
+    return table.select(schema.names).cast(schema)
+
+
 def first_of_each(table: pa.Table) -> pa.Table:
-    """`table` with each id once (its first row)."""
+    """`table` with each (id, digest) once (its first row): an answer for an earlier prompt of
+    the same id is kept beside the newer one, and a reader takes the one its prompt matches."""
     seen: set[Any] = set()
     keep = []
+    digests = table.column(DIGEST).to_pylist() if DIGEST in table.column_names else None
     for i, row_id in enumerate(table.column(ID).to_pylist()):
-        if row_id not in seen:
-            seen.add(row_id)
+        key = (row_id, digests[i] if digests is not None else None)
+        if key not in seen:
+            seen.add(key)
             keep.append(i)
     return table if len(keep) == table.num_rows else table.take(keep)

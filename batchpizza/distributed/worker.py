@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import tempfile
 import time
 from collections import deque
@@ -23,12 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from batchpizza.config import RunConfig
-from batchpizza.distributed.budget import SLOT_TOLERANCE, Lease, Report
-from batchpizza.distributed.parts import ID, PartStore, key_of
+from batchpizza.distributed.budget import SLOT_TOLERANCE, Lease, News, Report
+from batchpizza.distributed.parts import DIGEST, ID, PartStore, key_of
 from batchpizza.errors import ProviderError
 from batchpizza.job import Job
 from batchpizza.ratelimit import Sleep
 from batchpizza.records import RateInfo, Result, is_answered
+from batchpizza.rows import Fields, RowProblem, interpret, prompt_digest
 from batchpizza.runner import Gatekeeper, Stopped
 from batchpizza.sinks.values import result_columns, result_fields
 from batchpizza.tables import from_data
@@ -54,6 +56,8 @@ class Controller(Protocol):
 
     async def admits(self, epoch: int, probe: bool) -> bool: ...
 
+    async def news(self, known: int) -> News: ...
+
 
 class ClusterGate(Gatekeeper):
     def __init__(
@@ -76,15 +80,20 @@ class ClusterGate(Gatekeeper):
         self._reports: list[Report] = []
         self._urgent: asyncio.Event | None = None
         self._reporter: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._epoch = 0
+        self._news = 0  # the version of the controller's news heard last
+        self._hold_until = -math.inf  # from the news: what voids leased slots
+        self._cut_at = -math.inf
         self.stopped: str | None = None  # why the cluster stopped sending, once it did
         self.forfeited = 0  # slots this actor woke too late for
+        self.voided = 0  # slots the news voided (a Retry-After, a cut, a trip)
         self.rate = 0.0
 
     async def enter(self) -> object:
         if self._before_send is not None:
             await self._before_send()  # this worker's last answer is durable before it sends
-        self._start_reporter()
+        self._start_tasks()
         while True:
             if self.stopped is not None:
                 raise Stopped
@@ -92,8 +101,8 @@ class ClusterGate(Gatekeeper):
                 await self._refill()
                 continue
             slot, epoch, probe, got, issued = self._queue.popleft()
-            if epoch < self._epoch:
-                continue  # leased before the breaker tripped or closed
+            if self._void(slot, epoch, issued):
+                continue
             if slot - got > REVALIDATE_AFTER_S:
                 await self._sleep_until(slot - REVALIDATE_LEAD_S)
                 if not await self._controller.admits(epoch, probe):
@@ -101,6 +110,9 @@ class ClusterGate(Gatekeeper):
             await self._sleep_until(slot)
             if self.stopped is not None:
                 raise Stopped
+            if self._void(slot, epoch, issued):
+                self.voided += 1  # the news came while this worker slept for its slot
+                continue
             if not probe and self._clock() - slot > SLOT_TOLERANCE:
                 # Woken too late: sent now it could crowd a window with another actor's slot.
                 # (A probe is alone on the wire, and a lost probe would hold the breaker.)
@@ -128,11 +140,12 @@ class ClusterGate(Gatekeeper):
                 self._urgent.set()
 
     async def close(self) -> None:
-        """Stop the reporter and send what it still holds."""
-        if self._reporter is not None:
-            self._reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reporter
+        """Stop the reporter and the listener, and send what the reporter still holds."""
+        for task in (self._reporter, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._reports:
             reports, self._reports = self._reports, []
             with contextlib.suppress(Exception):  # a lost controller must not fail the batch
@@ -172,10 +185,40 @@ class ClusterGate(Gatekeeper):
         if lease.epoch > self._epoch:
             self._epoch = lease.epoch
 
-    def _start_reporter(self) -> None:
+    def _void(self, slot: float, epoch: int, issued: float) -> bool:
+        """Whether the news voided this slot since it was leased."""
+        return epoch < self._epoch or slot < self._hold_until or issued < self._cut_at
+
+    def _start_tasks(self) -> None:
         if self._reporter is None:
             self._urgent = asyncio.Event()
             self._reporter = asyncio.create_task(self._report_loop(self._urgent))
+            self._listener = asyncio.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        """One `news` call always waiting at the controller, so what voids leased slots reaches
+        this actor in a message's time, not at its next lease."""
+        while self.stopped is None:
+            try:
+                news = await self._controller.news(self._news)
+            except Exception as exc:
+                log.error("the rate controller is unreachable (%s); sending stops", exc)
+                self.stopped = "controller lost"
+                return
+            self._hear_news(news)
+
+    def _hear_news(self, news: News) -> None:
+        self._news = max(self._news, news.version)
+        self._hold_until = max(self._hold_until, news.hold_until)
+        self._cut_at = max(self._cut_at, news.cut_at)
+        self._epoch = max(self._epoch, news.epoch)
+        if news.stop is not None:
+            self.stopped = news.stop
+            self._queue.clear()
+            return
+        kept = [entry for entry in self._queue if not self._void(entry[0], entry[1], entry[4])]
+        self.voided += len(self._queue) - len(kept)
+        self._queue = deque(kept)
 
     async def _report_loop(self, urgent: asyncio.Event) -> None:
         while True:
@@ -218,7 +261,9 @@ class PartWriter:
 def part_schema(extra: tuple[str, ...] = ()) -> pa.Schema:
     import pyarrow as pa
 
-    return pa.schema([pa.field(ID, pa.string()), *result_fields(extra)])
+    return pa.schema(
+        [pa.field(ID, pa.string()), pa.field(DIGEST, pa.binary()), *result_fields(extra)]
+    )
 
 
 def results_table(results: Sequence[Result], schema: pa.Schema) -> pa.Table:
@@ -228,6 +273,7 @@ def results_table(results: Sequence[Result], schema: pa.Schema) -> pa.Table:
     for r in results:
         row = {
             ID: r.id,
+            DIGEST: r.digest,
             "answer": r.answer,
             "finish_reason": r.finish_reason,
             "misuse": r.finish_reason == "misuse",
@@ -270,10 +316,12 @@ class Answerer:
         probe = RunConfig.from_options("in.parquet", "out.parquet", **self._options)
         self._id_field = probe.fields_named[2]
         self._extra = ("prompt_tokens", "completion_tokens") if probe.provider == "openai" else ()
+        self._fields = Fields.from_config(probe, self._extra)
         self._share = share
         self._store = PartStore(checkpoint) if checkpoint else None
         self._schema = part_schema(self._extra)
-        self._done: dict[str, dict[str, Any]] = {}
+        # (id, prompt digest) -> the answered row; digest None for parts from before digests
+        self._done: dict[tuple[str, bytes | None], dict[str, Any]] = {}
         if done is not None:
             self._remember(done)
 
@@ -282,17 +330,19 @@ class Answerer:
 
     async def answer_batch(self, batch: pa.Table) -> pa.Table:
         ids = self._ids(batch)
+        digests = self._digests(batch)
         key = key_of(ids)
         if self._store is not None:
             earlier = await asyncio.to_thread(self._store.read_batch, key, self._schema)
             self._remember(earlier)
-        todo = [i for i, row_id in enumerate(ids) if row_id not in self._done]
+        done = [self._answered(row_id, d) for row_id, d in zip(ids, digests, strict=True)]
+        todo = [i for i, row in enumerate(done) if row is None]
         fresh: dict[int, dict[str, Any]] = {}
         if todo:
             results = await self._run(batch.take(todo), key)
             fresh = dict(zip(todo, results.to_pylist(), strict=True))
         names = list(result_columns(self._extra))
-        rows = [fresh.get(i) or self._done[row_id] for i, row_id in enumerate(ids)]
+        rows = [fresh.get(i) or done[i] or {} for i in range(len(ids))]
         import pyarrow as pa
 
         table = pa.Table.from_pylist(
@@ -301,8 +351,8 @@ class Answerer:
         )
         if self._store is not None:
             answered = [
-                {ID: row_id, **row}
-                for row_id, row in zip(ids, rows, strict=True)
+                {ID: row_id, DIGEST: digest, **row}
+                for row_id, digest, row in zip(ids, digests, rows, strict=True)
                 if is_answered(row["finish_reason"])
             ]
             sealed = pa.Table.from_pylist(
@@ -339,6 +389,23 @@ class Answerer:
             return [str(i) for i in range(batch.num_rows)]
         return [str(v) for v in batch.column(self._id_field).to_pylist()]
 
+    def _digests(self, batch: pa.Table) -> list[bytes | None]:
+        """Each row's prompt digest, as the scan computes it; None for a row that is not valid
+        (the Job then reports it)."""
+        out: list[bytes | None] = []
+        for pos, obj in enumerate(batch.to_pylist()):
+            try:
+                out.append(prompt_digest(interpret(obj, self._fields, pos)[1]))
+            except RowProblem:
+                out.append(None)
+        return out
+
+    def _answered(self, row_id: str, digest: bytes | None) -> dict[str, Any] | None:
+        """The answer kept for this id and prompt (or for this id, from a part without digests)."""
+        if digest is None:
+            return None
+        return self._done.get((row_id, digest)) or self._done.get((row_id, None))
+
     def _remember(self, answered: pa.Table) -> None:
         for row in answered.to_pylist():
-            self._done.setdefault(row.pop(ID), row)
+            self._done.setdefault((row.pop(ID), row.pop(DIGEST, None)), row)
