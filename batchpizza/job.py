@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from batchpizza.checkpoint import Checkpoint, RunLock, ScanIndex
 from batchpizza.config import RunConfig, check_url
@@ -36,6 +36,9 @@ from batchpizza.sinks.values import result_columns
 from batchpizza.sources import Source, describe, input_files, open_source
 from batchpizza.sources.stdin import spool_stdin_aside
 from batchpizza.stop import Stop
+
+if TYPE_CHECKING:
+    import aiohttp
 
 _PROXY_VARIABLES = (
     "BATCHPIZZA_PROXY",
@@ -61,8 +64,10 @@ class Job:
         progress: Progress | None = None,
         on_row: Callable[[int, Result], None] | None = None,
         gatekeeper: Gatekeeper | None = None,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.config = config
+        self.session = session  # the caller's, kept open (a Ray actor's); else the run's own
         self.on_row = on_row  # told of each row this run finishes (position, result): stream()
         # What every attempt passes instead of this run's own Control (pacing, breaker): a Ray
         # actor's gate to the cluster's one rate controller (batchpizza.distributed).
@@ -275,6 +280,7 @@ class Job:
             stop=self.stop,
             run=run,
             on_result=self._finished_row,
+            session=self.session,
         )
         total = checkpoint.rows(config.limit)
         self.progress.start(total, total - todo, runner.counters, control)

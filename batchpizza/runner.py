@@ -231,6 +231,13 @@ class Committer:
                 await asyncio.wait([self._syncing])
 
 
+def new_session(concurrency: int) -> aiohttp.ClientSession:
+    """The session one run (or one Ray actor) sends through: at most `concurrency` connections.
+    trust_env stays off: the provider resolved the proxy once, instead of per request."""
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+    return aiohttp.ClientSession(connector=connector)
+
+
 class Runner:
     def __init__(
         self,
@@ -245,8 +252,12 @@ class Runner:
         on_result: Callable[[int, Result], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep | None = None,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.provider = provider
+        # A session its caller owns (a Ray actor's, reused batch after batch); else the run
+        # opens one of its own and closes it.
+        self._session = session
         self.checkpoint = checkpoint
         self.policy = policy
         self.gate = gate
@@ -263,10 +274,11 @@ class Runner:
     async def run(self, rows: Iterator[PendingRow]) -> None:
         """Send every row. After a stop, returns once the rows in flight are done; if cancelled,
         abandons them. Either way every finished result is committed before it returns."""
-        connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.concurrency)
-        # trust_env stays off: the provider resolved the proxy once, instead of per request.
         with collector_threshold(YOUNG_OBJECTS_PER_REQUEST * self.concurrency):
-            async with aiohttp.ClientSession(connector=connector) as session:
+            async with contextlib.AsyncExitStack() as owned:
+                session = self._session
+                if session is None:
+                    session = await owned.enter_async_context(new_session(self.concurrency))
                 committer = Committer(self.checkpoint, self.run_id)
                 workers = [
                     asyncio.create_task(self._work(session, rows, committer), name=f"worker-{i}")

@@ -227,7 +227,10 @@ async def answer_here(
         checkpoint=str(checkpoint),
         done=done,
     )
-    return await answerer.answer_batch(batch)
+    try:
+        return await answerer.answer_batch(batch)
+    finally:
+        await answerer.close()
 
 
 async def test_a_rerun_asks_again_for_a_row_whose_prompt_changed(

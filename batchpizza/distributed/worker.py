@@ -5,9 +5,10 @@ shared checkpoint before its workers send again.
 `ClusterGate` is the runner's Gatekeeper (`token = await enter()`, then `finished(...)`): it
 keeps a small queue of leased slots, refilled by one lease call at a time, and sends what the
 attempts did back to the controller in batches (at once after a failure, else every
-REPORT_EVERY_S). `Answerer` turns a batch into a Job: the rows already answered (by an earlier
-run, or by an earlier attempt at this batch on an actor that died) are taken from the checkpoint,
-the rest spooled to a private folder and run, and the batch comes back with the result columns.
+REPORT_EVERY_S). `Answerer` turns a batch into a Job, on the actor's one event loop and one
+session, kept from batch to batch: the rows already answered (by an earlier run, or by an earlier
+attempt at this batch on an actor that died) are taken from the checkpoint, the rest spooled to a
+private folder and run, and the batch comes back with the result columns.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import logging
 import math
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,11 +33,12 @@ from batchpizza.job import Job
 from batchpizza.ratelimit import Sleep
 from batchpizza.records import RateInfo, Result, is_answered
 from batchpizza.rows import Fields, RowProblem, interpret, prompt_digest
-from batchpizza.runner import Gatekeeper, Stopped
+from batchpizza.runner import Gatekeeper, Stopped, new_session
 from batchpizza.sinks.values import result_columns, result_fields
 from batchpizza.tables import from_data
 
 if TYPE_CHECKING:
+    import aiohttp
     import pyarrow as pa
 
 log = logging.getLogger("batchpizza")
@@ -324,9 +327,34 @@ class Answerer:
         self._done: dict[tuple[str, bytes | None], dict[str, Any]] = {}
         if done is not None:
             self._remember(done)
+        self._loop: asyncio.AbstractEventLoop | None = None  # a thread's, for the actor's life
+        self._session: aiohttp.ClientSession | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return asyncio.run(self.answer_batch(batch))
+        # Ray Data calls this once per batch; the actor's loop and session outlive the call, so
+        # connections are kept open from one batch to the next.
+        future = asyncio.run_coroutine_threadsafe(self.answer_batch(batch), self._actor_loop())
+        return future.result()
+
+    async def close(self) -> None:
+        """Close the actor's session (a Ray actor's process ending closes it anyway)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _actor_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="batchpizza-actor", daemon=True).start()
+            self._loop = loop
+        return self._loop
+
+    def _actor_session(self) -> aiohttp.ClientSession:
+        """The actor's one session, for every batch it answers: at most its share of the
+        cluster's concurrency in connections."""
+        if self._session is None or self._session.closed:
+            self._session = new_session(self._share)
+        return self._session
 
     async def answer_batch(self, batch: pa.Table) -> pa.Table:
         ids = self._ids(batch)
@@ -375,7 +403,12 @@ class Answerer:
                 share=self._share,
                 before_send=writer.flush if writer is not None else None,
             )
-            job = Job(config, gatekeeper=gate, on_row=writer.add if writer is not None else None)
+            job = Job(
+                config,
+                gatekeeper=gate,
+                on_row=writer.add if writer is not None else None,
+                session=self._actor_session(),
+            )
             try:
                 await job.run()
             finally:
