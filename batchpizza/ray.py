@@ -80,15 +80,16 @@ class ControllerActor:
             self._keeping = asyncio.create_task(self._save_rate())
 
     async def _save_rate(self) -> None:
-        # One save at a time; a change made while it wrote is saved by the next call.
+        # One save at a time, until what it saved is the rate in force: a change made while it
+        # wrote (an object store's PUT takes a while) may be the run's last.
         assert self._store is not None
-        rate = self.budget.rate
-        try:
-            await asyncio.to_thread(self._store.save_meta, learned_rate=rate)
-        except OSError as exc:  # a lost rate costs a slow start, not the run
-            log.warning("could not keep the learned rate in the checkpoint: %s", exc)
-            return
-        self._kept = rate
+        while (rate := self.budget.rate) != self._kept:
+            try:
+                await asyncio.to_thread(self._store.save_meta, learned_rate=rate)
+            except OSError as exc:  # a lost rate costs a slow start, not the run
+                log.warning("could not keep the learned rate in the checkpoint: %s", exc)
+                return
+            self._kept = rate
 
     async def admits(self, epoch: int, probe: bool) -> bool:
         return self.budget.admits(epoch, probe)

@@ -26,8 +26,9 @@ import pytest
 
 from batchpizza.breaker import MIN_TRIP
 from batchpizza.distributed.budget import CLUSTER_WINDOW, Budget, Report, SlotBook
+from batchpizza.distributed.gate import ClusterGate
 from batchpizza.distributed.parts import PartStore, key_of
-from batchpizza.distributed.worker import Answerer, ClusterGate, part_schema
+from batchpizza.distributed.worker import Answerer, part_schema
 from batchpizza.errors import HTTPStatusError
 from batchpizza.mock_server import mock_answer
 
@@ -272,6 +273,169 @@ def test_parts_from_before_digests_are_matched_by_id(tmp_path: Path) -> None:
     assert done.to_pylist()[0]["id"] == "x" and done.to_pylist()[0]["digest"] is None
 
 
+def _answerer(url: str, checkpoint: Path, done: pa.Table | None = None) -> Answerer:
+    budget = Budget(rate=0, auto_max=None, patience=600, retry_after_cap=300, timeout=60)
+    return Answerer(
+        LocalController(budget),
+        options={"base_url": url},
+        share=4,
+        checkpoint=str(checkpoint),
+        done=done,
+    )
+
+
+@pytest.mark.parametrize("kind", ["prompt", "messages"])
+async def test_a_crash_before_the_seal_resends_nothing_answered(
+    mock_api: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Small parts carry the Job's digest, the sealed part the Answerer's: they must agree."""
+    checkpoint = tmp_path / "ck"
+    if kind == "prompt":
+        batch = pa.table({"id": ["a", "b", "7"], "prompt": ["one", " two\n", "thr\u00e9e"]})
+    else:
+        msgs = [
+            [{"role": "system", "content": "be brief"}, {"role": "user", "content": str(i)}]
+            for i in range(3)
+        ]
+        batch = pa.table({"id": ["a", "b", "c"], "messages": msgs})
+
+    def boom(self: PartStore, key: str, rows: pa.Table) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(PartStore, "seal", boom)
+    answerer = _answerer(mock_api.base_url, checkpoint)
+    with pytest.raises(OSError):
+        await answerer.answer_batch(batch)
+    await answerer.close()
+    sent = mock_api.stats.requests
+    assert sent == 3
+    monkeypatch.undo()
+    answerer = _answerer(mock_api.base_url, checkpoint)
+    try:
+        await answerer.answer_batch(batch)
+    finally:
+        await answerer.close()
+    assert mock_api.stats.requests == sent  # every row was answered and durable before
+
+
+async def test_a_probe_slot_waits_out_a_hold_instead_of_being_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A probe leased while half-open, then news of a hold (a late 429 of the old epoch): were
+    it dropped, it would never report, and the controller would count it out for timeout + 30 s
+    with no slot for anyone (found in review). It stays, and waits out the hold."""
+    import batchpizza.distributed.budget as budget_module
+
+    monkeypatch.setattr(budget_module, "LEASE_WAIT_S", 0.05)  # a real wait, on a fake clock
+    clock = FakeClock()
+    budget = Budget(
+        rate=10, auto_max=None, patience=600, retry_after_cap=300, timeout=60, clock=clock
+    )
+    refusal = Report(clock(), clock(), "refused", True, True, None, 0, False)
+    budget.record([refusal] * 10)  # the breaker trips
+    clock.t += 61  # half-open
+    probe = await budget.lease(4)
+    assert probe.probe and len(probe.slots) == 1
+    gate = ClusterGate(LocalController(budget), share=4, clock=clock, sleep=clock.sleep)
+    gate._queue.append((probe.slots[0], probe.epoch, True, clock(), probe.issued))
+    # A straggler of the old epoch reports a Retry-After (a 429 answered late).
+    late = Report(clock(), clock(), "throttled", False, True, 5.0, 0, False)
+    budget.record([late])
+    gate._hear_news(await budget.news(0, wait=0.01))
+    assert gate.voided == 0 and len(gate._queue) == 1  # the probe stays
+    token = await gate.enter()  # ... and goes when the hold is over
+    assert token == (probe.epoch, True, probe.issued)
+    assert clock() >= budget.book.hold_until
+    await gate.close()
+
+
+def test_shutdown_stops_the_actor_loop_and_closes_its_session(
+    mock_api: Any, tmp_path: Path
+) -> None:
+    """The actor's loop thread and session live from batch to batch; shutdown (Ray Data calls
+    __del__ on a graceful actor shutdown) ends both (found in review: nothing stopped them)."""
+    answerer = _answerer(mock_api.base_url, tmp_path / "ck")
+    out = answerer(pa.table({"id": ["a"], "prompt": ["one"]}))
+    again = answerer(pa.table({"id": ["b"], "prompt": ["two"]}))
+    assert out.column("finish_reason").to_pylist() == again.column("finish_reason").to_pylist()
+    session = answerer._session
+    assert session is not None
+    answerer.shutdown()
+    assert session.closed
+    alive = [t.name for t in threading.enumerate() if t.name == "batchpizza-actor"]
+    assert not alive, f"still running after shutdown(): {alive}"
+
+
+async def test_an_id_only_legacy_answer_is_not_reused_once_the_prompt_is_known_to_change(
+    mock_api: Any, tmp_path: Path
+) -> None:
+    """A part from before digests answers id x for prompt P. A run after the upgrade reuses it
+    for P (matched by id) and seals it as (x, digest(P)); the legacy part stays (another batch
+    key: batches change as the input grows). When the prompt then changes, the id-only
+    fallback handed back the answer to P (found in review)."""
+    import pyarrow.parquet as pq
+
+    from batchpizza.mock_server import mock_answer
+
+    checkpoint = tmp_path / "ck"
+    store = PartStore(str(checkpoint))
+    legacy = part_schema().remove(part_schema().get_field_index("digest"))
+    row = {"id": "x", "answer": mock_answer("P"), "finish_reason": "stop", "misuse": False}
+    row |= {"error": None, "attempts": 1, "latency_ms": 1.0, "model": "m"}
+    pq.write_table(pa.Table.from_pylist([row], schema=legacy), checkpoint / "parts" / "old.parquet")
+
+    async def run(batch: pa.Table) -> pa.Table:
+        answerer = _answerer(mock_api.base_url, checkpoint, store.read_all(part_schema()))
+        try:
+            return await answerer.answer_batch(batch)
+        finally:
+            await answerer.close()
+
+    await run(pa.table({"id": ["x", "y"], "prompt": ["P", "Q"]}))  # x reused, y sent
+    assert mock_api.stats.requests == 1
+    out = await run(pa.table({"id": ["x", "z"], "prompt": ["P2", "R"]}))  # x's prompt changed
+    assert out.column("answer").to_pylist()[0] == mock_answer("P2"), "the answer to P came back"
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_no_task_is_left_on_the_actor_loop_after_a_batch(
+    mock_api: Any, tmp_path: Path, stop: bool
+) -> None:
+    """The actor's loop lives as long as the actor: a task a batch leaves behind stays there."""
+    from batchpizza.mock_server import MockConfig
+
+    if stop:
+        mock_api.config = MockConfig(seed=1, latency_ms=300)
+    budget = Budget(
+        rate=20 if stop else 0,
+        auto_max=None,
+        patience=600,
+        retry_after_cap=300,
+        timeout=60,
+        deadline_at=time.time() + 0.5 if stop else None,
+    )
+    answerer = Answerer(
+        LocalController(budget),
+        options={"base_url": mock_api.base_url},
+        share=4,
+        checkpoint=str(tmp_path / "ck"),
+    )
+    batch = pa.table({"id": [f"r{i}" for i in range(40)], "prompt": [f"q{i}" for i in range(40)]})
+    answerer(batch)
+    loop = answerer._loop
+    assert loop is not None
+
+    async def others() -> list[str]:
+        me = asyncio.current_task()
+        return [repr(t.get_coro()) for t in asyncio.all_tasks() if t is not me]
+
+    left = asyncio.run_coroutine_threadsafe(others(), loop).result()
+    time.sleep(0.5)
+    later = asyncio.run_coroutine_threadsafe(others(), loop).result()
+    answerer.shutdown()
+    assert not left, f"left right after the batch: {left}; 0.5 s later: {later}"
+
+
 def test_parts_are_idempotent_and_each_id_is_read_once(tmp_path: Path) -> None:
     store = PartStore(str(tmp_path / "ck"))
     schema = part_schema()
@@ -309,6 +473,46 @@ async def test_the_controller_keeps_the_learned_rate_for_the_next_run(tmp_path: 
     assert controller._keeping is not None
     await controller._keeping
     assert PartStore(checkpoint).meta() == {"learned_rate": cut}
+
+
+async def test_the_last_change_of_the_learned_rate_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change made while the previous one is being written (an object store's PUT takes
+    100+ ms) may be the run's last: it is saved all the same (found in review)."""
+    from batchpizza.ray import ControllerActor
+
+    checkpoint = str(tmp_path / "ck")
+    controller = ControllerActor(
+        checkpoint=checkpoint,
+        rate=0,
+        auto_max=20,
+        patience=600,
+        retry_after_cap=300,
+        timeout=60,
+        learned=10.0,
+    )
+    assert controller._store is not None
+    slow_save = controller._store.save_meta
+
+    def slow(**values: Any) -> None:
+        time.sleep(0.2)
+        slow_save(**values)
+
+    monkeypatch.setattr(controller._store, "save_meta", slow)
+    lease = await controller.lease(1, [])
+    pushback = Report(time.time(), lease.issued, "throttled", False, True, None, 0, False)
+    await controller.record([pushback])  # a cut: saving starts
+    await asyncio.sleep(0.01)  # the save is under way (in its thread)
+    first = controller.budget.rate
+    adaptive = controller.budget.adaptive
+    assert adaptive is not None
+    adaptive._set(time.time(), first / 2, "test")  # another change meanwhile
+    await controller.record([])  # the run's last report: the save in progress makes it skip
+    final = controller.budget.rate
+    assert final != first
+    await asyncio.sleep(0.5)  # every save settled; no more calls come (the run is over)
+    assert PartStore(checkpoint).meta() == {"learned_rate": final}
 
 
 @pytest.fixture(scope="module")

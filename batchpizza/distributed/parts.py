@@ -151,8 +151,9 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def first_of_each(table: pa.Table) -> pa.Table:
-    """`table` with each (id, digest) once (its first row): an answer for an earlier prompt of
-    the same id is kept beside the newer one, and a reader takes the one its prompt matches."""
+    """`table` with each (id, digest) once (its first row): answers of one id for different
+    prompts (in parts of different batches) are all kept, and a reader takes the one whose
+    prompt matches. (The same batch run again replaces its part: the new prompt's answer.)"""
     seen: set[Any] = set()
     keep = []
     digests = table.column(DIGEST).to_pylist() if DIGEST in table.column_names else None

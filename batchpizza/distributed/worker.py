@@ -2,11 +2,9 @@
 its attempts paced by slots leased from the cluster's controller, its answers written to the
 shared checkpoint before its workers send again.
 
-`ClusterGate` is the runner's Gatekeeper (`token = await enter()`, then `finished(...)`): it
-keeps a small queue of leased slots, refilled by one lease call at a time, and sends what the
-attempts did back to the controller in batches (at once after a failure, else every
-REPORT_EVERY_S). `Answerer` turns a batch into a Job, on the actor's one event loop and one
-session, kept from batch to batch: the rows already answered (by an earlier run, or by an earlier
+Each Job's attempts pass a `ClusterGate` (batchpizza.distributed.gate) instead of a Control of
+their own. `Answerer` turns a batch into a Job, on the actor's one event loop and one session,
+kept from batch to batch: the rows already answered (by an earlier run, or by an earlier
 attempt at this batch on an actor that died) are taken from the checkpoint, the rest spooled to a
 private folder and run, and the batch comes back with the result columns.
 """
@@ -16,24 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import tempfile
 import threading
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from batchpizza.config import RunConfig
-from batchpizza.distributed.budget import SLOT_TOLERANCE, Lease, News, Report
+from batchpizza.distributed.gate import ClusterGate, Controller
 from batchpizza.distributed.parts import DIGEST, ID, PartStore, key_of
-from batchpizza.errors import ProviderError
 from batchpizza.job import Job
-from batchpizza.ratelimit import Sleep
-from batchpizza.records import RateInfo, Result, is_answered
+from batchpizza.records import Result, is_answered
 from batchpizza.rows import Fields, RowProblem, interpret, prompt_digest
-from batchpizza.runner import Gatekeeper, Stopped, new_session
+from batchpizza.runner import new_session
 from batchpizza.sinks.values import result_columns, result_fields
 from batchpizza.tables import from_data
 
@@ -43,198 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("batchpizza")
 
-REPORT_EVERY_S = 0.25  # clean outcomes wait this long to travel together; a failure goes at once
-# A slot leased longer ago than this is checked with the controller just before it is used: the
-# breaker may have tripped or the run stopped while it waited (a Retry-After, a slow rate).
-REVALIDATE_AFTER_S = 1.0
-REVALIDATE_LEAD_S = 0.05  # ... that long before its time, so the answer does not make it late
 
-
-class Controller(Protocol):
-    """The cluster's budget as an actor sees it (batchpizza.ray wraps the Ray actor handle)."""
-
-    async def lease(self, want: int, reports: Sequence[Report]) -> Lease: ...
-
-    async def record(self, reports: Sequence[Report]) -> Lease: ...
-
-    async def admits(self, epoch: int, probe: bool) -> bool: ...
-
-    async def news(self, known: int) -> News: ...
-
-
-class ClusterGate(Gatekeeper):
-    def __init__(
-        self,
-        controller: Controller,
-        *,
-        share: int,
-        before_send: Callable[[], Awaitable[None]] | None = None,
-        clock: Callable[[], float] = time.time,
-        sleep: Sleep = asyncio.sleep,
-    ) -> None:
-        self._controller = controller
-        self._share = share
-        self._before_send = before_send
-        self._clock = clock
-        self._sleep = sleep
-        # (slot, epoch, probe, when it was received, when the controller issued it)
-        self._queue: deque[tuple[float, int, bool, float, float]] = deque()
-        self._leasing: asyncio.Future[None] | None = None
-        self._reports: list[Report] = []
-        self._urgent: asyncio.Event | None = None
-        self._reporter: asyncio.Task[None] | None = None
-        self._listener: asyncio.Task[None] | None = None
-        self._epoch = 0
-        self._news = 0  # the version of the controller's news heard last
-        self._hold_until = -math.inf  # from the news: what voids leased slots
-        self._cut_at = -math.inf
-        self.stopped: str | None = None  # why the cluster stopped sending, once it did
-        self.forfeited = 0  # slots this actor woke too late for
-        self.voided = 0  # slots the news voided (a Retry-After, a cut, a trip)
-        self.rate = 0.0
-
-    async def enter(self) -> object:
-        if self._before_send is not None:
-            await self._before_send()  # this worker's last answer is durable before it sends
-        self._start_tasks()
-        while True:
-            if self.stopped is not None:
-                raise Stopped
-            if not self._queue:
-                await self._refill()
-                continue
-            slot, epoch, probe, got, issued = self._queue.popleft()
-            if self._void(slot, epoch, issued):
-                continue
-            if slot - got > REVALIDATE_AFTER_S:
-                await self._sleep_until(slot - REVALIDATE_LEAD_S)
-                if not await self._controller.admits(epoch, probe):
-                    continue
-            await self._sleep_until(slot)
-            if self.stopped is not None:
-                raise Stopped
-            if self._void(slot, epoch, issued):
-                self.voided += 1  # the news came while this worker slept for its slot
-                continue
-            if not probe and self._clock() - slot > SLOT_TOLERANCE:
-                # Woken too late: sent now it could crowd a window with another actor's slot.
-                # (A probe is alone on the wire, and a lost probe would hold the breaker.)
-                self.forfeited += 1
-                continue
-            return (epoch, probe, issued)
-
-    def finished(
-        self,
-        token: object,
-        started: float,
-        outcome: str,
-        error: ProviderError | None,
-        rate: RateInfo | None = None,
-    ) -> None:
-        wall = self._clock() - (time.monotonic() - started)  # the runner's clock is monotonic
-        epoch, probe, issued = token if isinstance(token, tuple) else (self._epoch, False, wall)
-        self._reports.append(
-            Report.of(wall, error, issued=issued, epoch=int(epoch), probe=bool(probe))
-        )
-        if error is not None:
-            if error.retry_after is not None:
-                self._queue.clear()  # this actor holds at once; the others at their next lease
-            if self._urgent is not None:
-                self._urgent.set()
-
-    async def close(self) -> None:
-        """Stop the reporter and the listener, and send what the reporter still holds."""
-        for task in (self._reporter, self._listener):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if self._reports:
-            reports, self._reports = self._reports, []
-            with contextlib.suppress(Exception):  # a lost controller must not fail the batch
-                self._hear(await self._controller.record(reports))
-
-    async def _sleep_until(self, when: float) -> None:
-        delay = when - self._clock()
-        if delay > 0:
-            await self._sleep(delay)
-
-    async def _refill(self) -> None:
-        # One lease call at a time; the other waiting workers share it. Shielded: one worker
-        # cancelled must not cancel the lease the others wait for.
-        if self._leasing is None or self._leasing.done():
-            self._leasing = asyncio.ensure_future(self._fetch())
-        await asyncio.shield(self._leasing)
-
-    async def _fetch(self) -> None:
-        reports, self._reports = self._reports, []
-        try:
-            lease = await self._controller.lease(self._share, reports)
-        except Exception as exc:  # the controller is gone: nothing may be sent any more
-            log.error("the rate controller is unreachable (%s); sending stops", exc)
-            self.stopped = "controller lost"
-            return
-        self._hear(lease)
-        got = self._clock()
-        self._queue.extend(
-            (slot, lease.epoch, lease.probe, got, lease.issued) for slot in lease.slots
-        )
-
-    def _hear(self, lease: Lease) -> None:
-        self.rate = lease.rate
-        if lease.stop is not None:
-            self.stopped = lease.stop
-            self._queue.clear()
-        if lease.epoch > self._epoch:
-            self._epoch = lease.epoch
-
-    def _void(self, slot: float, epoch: int, issued: float) -> bool:
-        """Whether the news voided this slot since it was leased."""
-        return epoch < self._epoch or slot < self._hold_until or issued < self._cut_at
-
-    def _start_tasks(self) -> None:
-        if self._reporter is None:
-            self._urgent = asyncio.Event()
-            self._reporter = asyncio.create_task(self._report_loop(self._urgent))
-            self._listener = asyncio.create_task(self._listen())
-
-    async def _listen(self) -> None:
-        """One `news` call always waiting at the controller, so what voids leased slots reaches
-        this actor in a message's time, not at its next lease."""
-        while self.stopped is None:
-            try:
-                news = await self._controller.news(self._news)
-            except Exception as exc:
-                log.error("the rate controller is unreachable (%s); sending stops", exc)
-                self.stopped = "controller lost"
-                return
-            self._hear_news(news)
-
-    def _hear_news(self, news: News) -> None:
-        self._news = max(self._news, news.version)
-        self._hold_until = max(self._hold_until, news.hold_until)
-        self._cut_at = max(self._cut_at, news.cut_at)
-        self._epoch = max(self._epoch, news.epoch)
-        if news.stop is not None:
-            self.stopped = news.stop
-            self._queue.clear()
-            return
-        kept = [entry for entry in self._queue if not self._void(entry[0], entry[1], entry[4])]
-        self.voided += len(self._queue) - len(kept)
-        self._queue = deque(kept)
-
-    async def _report_loop(self, urgent: asyncio.Event) -> None:
-        while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(urgent.wait(), REPORT_EVERY_S)
-            urgent.clear()
-            if self._reports:
-                reports, self._reports = self._reports, []
-                try:
-                    self._hear(await self._controller.record(reports))
-                except Exception as exc:
-                    log.error("the rate controller is unreachable (%s); sending stops", exc)
-                    self.stopped = "controller lost"
+SHUTDOWN_WAIT_S = 5.0  # for the session to close and the actor's loop thread to end
 
 
 class PartWriter:
@@ -325,9 +128,11 @@ class Answerer:
         self._schema = part_schema(self._extra)
         # (id, prompt digest) -> the answered row; digest None for parts from before digests
         self._done: dict[tuple[str, bytes | None], dict[str, Any]] = {}
+        self._digested: set[str] = set()  # ids with an answer that has a digest
         if done is not None:
             self._remember(done)
         self._loop: asyncio.AbstractEventLoop | None = None  # a thread's, for the actor's life
+        self._thread: threading.Thread | None = None
         self._session: aiohttp.ClientSession | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -337,16 +142,36 @@ class Answerer:
         return future.result()
 
     async def close(self) -> None:
-        """Close the actor's session (a Ray actor's process ending closes it anyway)."""
+        """Close the actor's session, on the loop it was used on (an await-er's own)."""
         if self._session is not None:
             await self._session.close()
             self._session = None
 
+    def shutdown(self) -> None:
+        """Close the session on the actor's loop, then stop that loop and its thread. Ray Data
+        calls `__del__` when it shuts an actor down gracefully; a killed actor's process ending
+        closes its sockets anyway."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        self._loop = self._thread = None
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self.close(), loop).result(SHUTDOWN_WAIT_S)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(SHUTDOWN_WAIT_S)
+        if not thread.is_alive():
+            loop.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_loop", None) is not None:
+            self.shutdown()
+
     def _actor_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="batchpizza-actor", daemon=True).start()
-            self._loop = loop
+            thread = threading.Thread(target=loop.run_forever, name="batchpizza-actor", daemon=True)
+            thread.start()
+            self._loop, self._thread = loop, thread
         return self._loop
 
     def _actor_session(self) -> aiohttp.ClientSession:
@@ -434,11 +259,18 @@ class Answerer:
         return out
 
     def _answered(self, row_id: str, digest: bytes | None) -> dict[str, Any] | None:
-        """The answer kept for this id and prompt (or for this id, from a part without digests)."""
+        """The answer kept for this id and prompt; or for this id from a part without digests,
+        unless some answer of this id has a digest (then the prompt is known, and not this)."""
         if digest is None:
             return None
-        return self._done.get((row_id, digest)) or self._done.get((row_id, None))
+        found = self._done.get((row_id, digest))
+        if found is None and row_id not in self._digested:
+            found = self._done.get((row_id, None))
+        return found
 
     def _remember(self, answered: pa.Table) -> None:
         for row in answered.to_pylist():
-            self._done.setdefault((row.pop(ID), row.pop(DIGEST, None)), row)
+            row_id, digest = row.pop(ID), row.pop(DIGEST, None)
+            self._done.setdefault((row_id, digest), row)
+            if digest is not None:
+                self._digested.add(row_id)
