@@ -184,12 +184,12 @@ def run(**options: Any) -> None:
 
 
 def _run_on_ray(input_path: str, output: str, address: str, options: dict[str, Any]) -> int:
+    from batchpizza.distributed.command import run as run_on_ray
+
     try:
-        import batchpizza.ray
+        return run_on_ray(input_path, output, address=address, **options)
     except ImportError:
         raise click.UsageError("--ray needs Ray: pip install 'batchpizza[ray]'") from None
-    try:
-        return batchpizza.ray.run(input_path, output, address=address, **options)
     except BatchpizzaError as exc:
         click.echo(f"batchpizza: {exc.message}", err=True)
         return exc.exit_code
