@@ -114,6 +114,13 @@ def test_ray_refuses_openai_batch_format_and_stdin_in_a_sentence(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
+def test_the_command_line_imports_ray_only_when_a_run_needs_the_cluster() -> None:
+    # A plain install has no Ray, and importing it costs seconds a run without --ray never pays.
+    code = "import sys, batchpizza.cli, batchpizza.distributed.command; print('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
 def test_ray_output_format_follows_the_option_then_the_name() -> None:
     assert output_format("s3://lake/answers/", None) == "parquet"
     assert output_format("answers.jsonl", None) == "jsonl"
