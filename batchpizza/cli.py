@@ -79,7 +79,9 @@ def cli() -> None:
     show_default=True,
     help="API server [env: BATCHPIZZA_BASE_URL].",
 )
-@click.option("--checkpoint", help="Checkpoint file [default: OUTPUT.checkpoint].")
+@click.option(
+    "--checkpoint", help="Checkpoint file (a folder with --ray) [default: OUTPUT.checkpoint]."
+)
 @click.option(
     "--provider",
     type=click.Choice(defaults.PROVIDERS),
@@ -184,15 +186,16 @@ def run(**options: Any) -> None:
 
 
 def _run_on_ray(input_path: str, output: str, address: str, options: dict[str, Any]) -> int:
+    # Ray itself is imported by the command only once it needs the cluster.
+    from batchpizza.distributed.command import run as run_on_ray
+
     try:
-        import batchpizza.ray
-    except ImportError:
-        raise click.UsageError("--ray needs Ray: pip install 'batchpizza[ray]'") from None
-    try:
-        return batchpizza.ray.run(input_path, output, address=address, **options)
+        summary = run_on_ray(input_path, output, address=address, **options)
     except BatchpizzaError as exc:
-        click.echo(f"batchpizza: {exc.message}", err=True)
+        with contextlib.suppress(OSError, ValueError):  # a closed stderr: the exit code says it
+            click.echo(f"batchpizza: {exc.message}", err=True)
         return exc.exit_code
+    return summary.exit_code
 
 
 def _run_job(job: Job) -> int:

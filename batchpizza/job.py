@@ -473,10 +473,7 @@ class Job:
             with contextlib.suppress(OSError, ValueError):  # a closed stderr must not fail a run
                 print(summary_line(summary), file=sys.stderr, flush=True)
         if self.config.summary_json and not self.config.dry_run:
-            import json
-
-            data = json.dumps(summary.to_dict(), indent=2).encode() + b"\n"
-            write_atomically(Path(self.config.summary_json), data)
+            write_atomically(Path(self.config.summary_json), summary.to_json())
 
 
 def _options(config: RunConfig) -> dict[str, Any]:

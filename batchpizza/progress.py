@@ -231,7 +231,7 @@ def dry_run_report(
         f"  to send     {todo} ({plan['new']} new, {plan['changed']} changed, "
         f"{plan['retry']} failed or refused before)",
         f"  invalid     {tally.invalid}",
-        f"  time        {_eta(todo, rate, config.concurrency, config.auto_max is not None)}",
+        f"  time        {sending_time(todo, rate, config.concurrency, config.auto_max is not None)}",
     ]
     for i, (url, headers, body) in enumerate(previews, 1):
         lines.append(f"  request {i}: POST {redact(url)}")
@@ -242,7 +242,8 @@ def dry_run_report(
     return "\n".join(lines)
 
 
-def _eta(todo: int, rate: float, concurrency: int, auto: bool) -> str:
+def sending_time(todo: int, rate: float, concurrency: int, auto: bool) -> str:
+    """How long sending `todo` rows should take, as a dry run says it."""
     if todo == 0:
         return "nothing to send"
     if rate <= 0:

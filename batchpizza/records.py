@@ -173,6 +173,12 @@ class Summary(Mapping[str, Any]):
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def to_json(self) -> bytes:
+        """What --summary-json holds, one format for a run on one process or on Ray."""
+        import json
+
+        return json.dumps(self.to_dict(), indent=2).encode() + b"\n"
+
     def __getitem__(self, key: str) -> Any:
         if key not in _SUMMARY_KEYS:
             raise KeyError(key)

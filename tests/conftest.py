@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,48 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def _server() -> Iterator[ThreadedMockServer]:
     with ThreadedMockServer(MockConfig(seed=1)) as server:
         yield server
+
+
+class MockProcess:
+    """The mock server in a process of its own, as a real service would be: for runs in other
+    processes (a command in a subprocess, Ray's actors), which cannot reach a thread of ours."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "batchpizza", "mock-server", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().split()[-1]  # "... listening on URL"
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/__stats") as reply:
+            stats: dict[str, Any] = json.load(reply)
+            return stats
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@pytest.fixture
+def mock_process() -> Iterator[Callable[..., MockProcess]]:
+    """Start the mock server in its own process, with these options; stopped after the test."""
+    servers: list[MockProcess] = []
+
+    def start(*args: str) -> MockProcess:
+        servers.append(MockProcess(*args))
+        return servers[-1]
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.close()
 
 
 @pytest.fixture

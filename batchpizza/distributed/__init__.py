@@ -4,6 +4,11 @@
                 deadline (no Ray import: tested with a fake clock)
     parts.py    the checkpoint on shared storage: answered rows in Parquet parts keyed by row id
     worker.py   what runs in each actor: a Gatekeeper over leases, and a Job per Arrow batch
+    command.py  `batchpizza run ... --ray`: the command line's options on a cluster
+    folders.py  the input's and the checkpoint's ids, the output's parts written aside
+    summary.py  what a cluster run came to, as the single-process run's Summary
+    driver.py   the driver's signals, and the mock server in a process of its own
 
-Ray itself is imported only by batchpizza.ray, which wires these into actors.
+Ray itself is imported only by batchpizza.ray, which wires these into actors, and by command.py
+once a run needs the cluster.
 """

@@ -1,0 +1,346 @@
+"""`batchpizza run INPUT -o OUTPUT --ray [ADDRESS]`: the command line's run on a Ray cluster.
+
+INPUT is a Parquet file or folder of parts, or JSON lines, local or a URI; OUTPUT a folder of
+Parquet (or, with --format jsonl, JSON lines) parts in input order, written aside and renamed
+into place (batchpizza.distributed.folders); the checkpoint a folder of answered rows
+(batchpizza.distributed.parts), by default OUTPUT.checkpoint. The rows are answered by
+batchpizza.ray.answer; the options mean what they mean without --ray, and the summary is the
+single-process run's (batchpizza.records.Summary).
+
+Ray is imported only once the cluster is needed: a dry run reads the input's ids and the
+checkpoint's with pyarrow on the driver, and starts nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from batchpizza.checkpoint import RunLock
+from batchpizza.config import RunConfig
+from batchpizza.distributed.driver import Signals, mock_server_process
+from batchpizza.distributed.folders import (
+    OutputFolder,
+    answered_ids,
+    delete_folder,
+    filesystem,
+    input_dataset,
+    input_ids,
+    is_json_lines,
+    is_uri,
+    require_id,
+    write_part,
+)
+from batchpizza.distributed.summary import count, summarize, tally_of
+from batchpizza.errors import BatchpizzaError, InputError, Interrupted, LockedError, UsageError
+from batchpizza.files import check_writable, inside, same_file, write_atomically
+from batchpizza.progress import sending_time, summary_line
+from batchpizza.records import Summary, Tally
+
+# What the driver does itself; the actors never see these options.
+_DRIVER_ONLY = (
+    *("checkpoint", "dry_run", "format", "limit", "mock", "restart", "summary_json"),
+    *("progress", "progress_every", "quiet", "verbose"),
+)
+_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl"}
+
+
+def run(input: str, output: str, *, address: str = "auto", **options: Any) -> Summary:
+    """Run the command; returns the summary (its `exit_code` is the command's). Errors a user
+    can act on raise BatchpizzaError subclasses, an interrupt Interrupted, having written the
+    --summary-json as the single-process run does."""
+    return ClusterRun(input, output, address, options).run()
+
+
+def output_format(output: str, chosen: str | None) -> str:
+    """parquet or jsonl: --format, else the output's extension, else parquet (a folder name)."""
+    if chosen == "openai-batch":
+        raise UsageError(
+            "--format openai-batch writes one file of OpenAI batch lines, and --ray writes a folder "
+            "of parts: use --format jsonl, or run without --ray"
+        )
+    by_name = _FORMATS.get(Path(output.rstrip("/")).suffix.lower())
+    if chosen is not None and by_name is not None and chosen != by_name:
+        raise UsageError(f"output {output!r}: --format {chosen} does not match the extension")
+    return chosen or by_name or "parquet"
+
+
+class ClusterRun:
+    def __init__(self, input: str, output: str, address: str, options: Mapping[str, Any]) -> None:
+        self.started = time.monotonic()
+        given = {k: v for k, v in options.items() if v is not None}
+        if isinstance(given.get("params"), tuple):
+            given["params"] = list(given["params"])
+        if input == "-":
+            raise UsageError("--ray reads files, not standard input: give a file, folder or URI")
+        self.input = input
+        self.address = address
+        self.output = OutputFolder(output)
+        self.format = output_format(output, given.get("format"))
+        self.quiet = bool(given.get("quiet"))
+        self.dry_run = bool(given.get("dry_run"))
+        self.restart = bool(given.get("restart"))
+        self.mock = bool(given.get("mock"))
+        self.limit: int | None = given.get("limit")
+        if self.limit is not None and self.limit < 0:
+            raise UsageError("--limit must be 0 or more")
+        self.summary_json: str | None = given.get("summary_json")
+        # A mock run's answers are not the service's: its own checkpoint, as without --ray.
+        suffix = ".mock-checkpoint" if self.mock else ".checkpoint"
+        checkpoint = given.get("checkpoint") or output.rstrip("/") + suffix
+        self.checkpoint = checkpoint if is_uri(checkpoint) else str(Path(checkpoint).resolve())
+        self.options = {k: v for k, v in given.items() if k not in _DRIVER_ONLY}
+        # The checks answer() makes, made before a cluster is started for nothing.
+        self.config = RunConfig.from_options("<ray>.parquet", "<ray>.parquet", **self.options)
+        self.status: dict[str, object] = {}
+        self._signals = Signals()
+        self._reported = False
+
+    def run(self) -> Summary:
+        self.check_paths()
+        if importlib.util.find_spec("ray") is None:
+            raise UsageError("--ray needs Ray: pip install 'batchpizza[ray]'")
+        try:
+            with self._signals:
+                summary = self._dry_run() if self.dry_run else self._locked()
+        except KeyboardInterrupt:
+            signum = self._signals.signum or signal.SIGINT
+            summary = self._summary(None, 128 + signum, stopped="signal", interrupted=True)
+            self._report(summary)
+            saved = (
+                "nothing was sent or changed"
+                if self.dry_run
+                else f"answered rows are saved in {self.checkpoint}"
+            )
+            raise Interrupted(
+                f"{signal.Signals(signum).name}: stopped; {saved}. Rerun the same command to resume.",
+                signum,
+                summary,
+            ) from None
+        except BatchpizzaError as exc:
+            if not self._reported:  # so a monitor never reads an older run's summary
+                self._report(self._summary(None, exc.exit_code))
+            raise
+        self._report(summary)
+        return summary
+
+    def check_paths(self) -> None:
+        """What can be refused before anything is read or sent: two of input, output,
+        checkpoint and summary in one place or one inside another (the output replaced by a
+        rename would take a checkpoint inside it along), and missing or unwritable folders."""
+        if not is_uri(self.input) and not Path(self.input).exists():
+            raise InputError(f"the input {self.input} does not exist")
+        places = [("input", self.input), ("output", self.output.place)]
+        places += [("checkpoint", self.checkpoint), ("summary", self.summary_json or "")]
+        local = [(what, Path(p).resolve()) for what, p in places if p and not is_uri(p)]
+        for i, (what, path) in enumerate(local):
+            for other, other_path in local[i + 1 :]:
+                if same_file(path, other_path):
+                    raise UsageError(f"the {what} and the {other} are the same place ({path})")
+                for (a, a_path), (b, b_path) in (
+                    ((what, path), (other, other_path)),
+                    ((other, other_path), (what, path)),
+                ):
+                    if inside(a_path, b_path):
+                        raise UsageError(
+                            f"the {a} {a_path} is inside the {b} {b_path}; give each its own place"
+                        )
+        self.output.check()
+        if not is_uri(self.checkpoint):
+            checkpoint = Path(self.checkpoint)
+            if checkpoint.exists() and not checkpoint.is_dir():
+                raise UsageError(
+                    f"the checkpoint {checkpoint} is a file (a run's without --ray?); --ray keeps "
+                    "its checkpoint in a folder: give --checkpoint a folder name"
+                )
+            check_writable(checkpoint.parent, "checkpoint")
+        if self.summary_json:
+            summary = Path(self.summary_json)
+            if summary.is_dir():
+                raise UsageError(f"--summary-json {summary} is a directory")
+            check_writable(summary.parent, "summary")
+
+    def _dry_run(self) -> Summary:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        ids = input_ids(self.input, self.config.fields_named[2], self.limit)
+        done = pa.array([], pa.string()) if self.restart else answered_ids(self.checkpoint)
+        answered = int(pc.sum(pc.is_in(ids, value_set=done)).as_py() or 0)
+        todo = len(ids) - answered
+        auto = self.config.auto_max is not None
+        # The learned rate is not kept between cluster runs: auto starts at 1/s every time.
+        rate = 1.0 if auto else self.config.rate_per_s
+        kept = "--restart forgets them" if self.restart else "in the checkpoint, not sent again"
+        print(
+            "\n".join(
+                [
+                    "batchpizza: dry run on Ray: nothing sent, nothing written, no cluster started",
+                    f"  rows        {len(ids)}",
+                    f"  answered    {answered} ({kept})",
+                    f"  to send     {todo} (new, or failed or refused before; bad rows are "
+                    "found by the actors and written as invalid)",
+                    f"  time        {sending_time(todo, rate, self.config.concurrency, auto)}",
+                ]
+            ),
+            file=sys.stderr,
+        )
+        return self._summary(Tally(rows=len(ids), answered=answered), 0)
+
+    def _locked(self) -> Summary:
+        lock = RunLock(self.output.local or Path(self.output.place), Path(self.checkpoint))
+        try:
+            lock.acquire()
+        except LockedError:
+            self._report(self._summary(None, 75, stopped="locked"))
+            raise
+        try:
+            self.output.recover()
+            if self.restart:
+                delete_folder(self.checkpoint)
+            with contextlib.ExitStack() as stack:
+                if self.mock:
+                    self.options["base_url"] = stack.enter_context(mock_server_process())
+                return self._on_ray()
+        finally:
+            self.output.discard()
+            lock.release()
+
+    def _on_ray(self) -> Summary:
+        id_field = self.config.fields_named[2]
+        # Read before the run: the rows this run sends are the others (for `retries`).
+        done = answered_ids(self.checkpoint)
+        require_id(input_dataset(self.input).schema.names, id_field)
+        import ray
+
+        import batchpizza.ray
+
+        # auto: RAY_ADDRESS or a running local cluster if there is one, else a new local one.
+        address = None if self.address == "auto" else self.address
+        level = logging.ERROR if self.quiet else logging.INFO
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=level)
+        except ConnectionError as exc:
+            raise UsageError(
+                f"cannot join the Ray cluster at {self.address}: {exc}. Check the address (or "
+                "RAY_ADDRESS); a cluster with token authentication needs RAY_AUTH_MODE=token and "
+                "its token here (~/.ray/auth_token or RAY_AUTH_TOKEN)"
+            ) from None
+        self._signals.trap()  # ray.init put a SIGTERM handler of its own in place
+        lazy = None
+        try:
+            context = ray.data.DataContext.get_current()
+            context.execution_options.preserve_order = True
+            # The error an actor's Job raised (a wrong API key), not Ray Data's wrapper of it,
+            # which keeps only its text: see user_error.
+            context.raise_original_map_exception = True
+            if self.quiet:
+                context.enable_progress_bars = False
+                logging.getLogger("ray.data").setLevel(logging.ERROR)
+            source = _absolute(self.input)
+            if is_json_lines(self.input):
+                # Named by the user: read whatever its extension (Ray's list lacks .ndjson).
+                ds = ray.data.read_json(source, lines=True, file_extensions=None)
+            else:
+                ds = ray.data.read_parquet(source)
+            if self.limit is not None:
+                ds = ds.limit(self.limit)
+            lazy = batchpizza.ray.answer(ds, checkpoint=self.checkpoint, **self.options)
+            try:
+                answered = lazy.materialize()
+            except Exception as exc:
+                found = user_error(exc)
+                if found is None:
+                    raise
+                raise found from None
+            columns = answered.select_columns([id_field, "finish_reason", "attempts"])
+            batches = columns.iter_batches(batch_format="pyarrow", batch_size=None)
+            tally, sent = tally_of(batches, id_field, done)
+            self.status = batchpizza.ray.status(lazy)
+            self._write(ray, answered)
+        finally:
+            if lazy is not None and not self.status:
+                # An interrupt: what the controller counted, for the summary.
+                with contextlib.suppress(Exception):
+                    self.status = batchpizza.ray.status(lazy)
+            ray.shutdown()
+        return summarize(tally, sent, self.status, **self._where())
+
+    def _write(self, ray: Any, answered: Any) -> None:
+        """One part per block, written by tasks where the data is; a local output by tasks on
+        this machine, whose disk it is on, then renamed into place."""
+        target = self.output.target()
+        options: dict[str, Any] = {}
+        if self.output.local is not None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            here = ray.get_runtime_context().get_node_id()
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(here, soft=False)
+        task = ray.remote(write_part).options(**options)
+        blocks = answered.to_arrow_refs()
+        ray.get([task.remote(block, target, i, self.format) for i, block in enumerate(blocks)])
+        self.output.commit()
+
+    def _where(self, output: bool = True) -> dict[str, Any]:
+        return {
+            "elapsed_s": round(time.monotonic() - self.started, 3),
+            "output": self.output.place if output else None,
+            "checkpoint": self.checkpoint,
+        }
+
+    def _summary(
+        self,
+        tally: Tally | None,
+        exit_code: int,
+        *,
+        stopped: str | None = None,
+        interrupted: bool = False,
+    ) -> Summary:
+        """The summary of a run that wrote no output (a dry run says where it would go)."""
+        requests = count(self.status, "attempts_reported")
+        return Summary.of(
+            tally,
+            requests=requests,
+            exit_code=exit_code,
+            stopped=stopped,
+            rate=count(self.status, "rate") or None,
+            interrupted=interrupted,
+            **self._where(output=self.dry_run),
+        )
+
+    def _report(self, summary: Summary) -> None:
+        self._reported = True
+        if not self.quiet:
+            with contextlib.suppress(OSError, ValueError):  # a closed stderr must not fail a run
+                print(summary_line(summary), file=sys.stderr, flush=True)
+        if self.summary_json and not self.dry_run:
+            write_atomically(Path(self.summary_json), summary.to_json())
+
+
+def user_error(exc: BaseException) -> BatchpizzaError | None:
+    """The batchpizza error a Ray task failed with (a wrong API key stops the run so), if that
+    is what `exc` wraps: Ray keeps it as a RayTaskError's `cause`, Ray Data chains it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        inner = getattr(current, "cause", None)
+        if isinstance(inner, BaseException):
+            current = inner
+        elif isinstance(current, BatchpizzaError):
+            return current
+        else:
+            current = current.__cause__ or current.__context__
+    return None
+
+
+def _absolute(place: str) -> str:
+    """A local path as Ray's workers need it (they do not run in the driver's folder)."""
+    return place if is_uri(place) else filesystem(place)[1]

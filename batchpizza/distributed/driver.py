@@ -1,0 +1,89 @@
+"""What the driver of a cluster run needs besides Ray: SIGINT and SIGTERM as an interrupt that
+unwinds the run, and the mock server (--mock) in a process of its own."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+from batchpizza.errors import BatchpizzaError
+
+_MOCK_STOP_S = 5.0
+
+
+class Signals:
+    """SIGINT and SIGTERM raised in the main thread as KeyboardInterrupt (which Ray's own code
+    lets through, where an `except Exception` might not), so the run ends through its `finally`s:
+    the cluster shut down, the folder written aside removed, the lock released, the summary
+    written. A second SIGINT exits at once, as without --ray."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Signals:
+        self.trap()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def trap(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers: a caller's thread keeps its own
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.signal(signum, self._on_signal)
+            self._previous.setdefault(signum, previous)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is not None:
+            if signum == signal.SIGINT:  # a second Ctrl-C: the user wants out now
+                print("batchpizza: interrupted again; exiting now", file=sys.stderr, flush=True)
+                os._exit(130)
+            return
+        self.signum = signum
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def mock_server_process() -> Iterator[str]:
+    """The bundled mock API in a process of its own, for --mock; its base URL. Stopped on the
+    way out whatever happens, and on Linux when this process dies (even by SIGKILL)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchpizza", "mock-server", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # "batchpizza mock server listening on URL"
+        if not line.strip():
+            raise BatchpizzaError("the mock server did not start (try: batchpizza mock-server)")
+        yield line.split()[-1]
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=_MOCK_STOP_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _die_with_parent() -> None:
+    """In the mock server's process, before it runs: SIGTERM when its parent dies."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)

@@ -1,0 +1,218 @@
+"""The folders of a cluster run, through pyarrow alone (no Ray): the input's row ids and the
+checkpoint's answered ids as the driver reads them, the output's parts as Ray tasks write them,
+and the output folder written aside.
+
+Every place is a local path or a URI pyarrow.fs understands (s3://, gs://, abfs://, hdfs://).
+A local output is written into a hidden sibling, `.NAME.partial-<random>`, and renamed over
+NAME only once complete, as the single-process run's files are: a reader never finds a half
+folder under NAME, and an earlier output is replaced only by a complete one. An object store
+has no rename: a URI output is written in place (its earlier parts deleted first).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from batchpizza.distributed.parts import ID, PARTS
+from batchpizza.errors import InputError, OutputError, UsageError
+from batchpizza.files import check_writable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+PARTIAL = ".partial-"
+OLD = ".old-"  # the output being replaced, for the moment between two renames
+JSON_LINES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
+
+
+def is_uri(place: str) -> bool:
+    return "://" in place
+
+
+def filesystem(place: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and the path on it; a local path made absolute (Ray's workers do not
+    share the driver's working folder)."""
+    import pyarrow.fs as pafs
+
+    if is_uri(place):
+        fs, path = pafs.FileSystem.from_uri(place)
+        return fs, str(path).rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(place).resolve())
+
+
+def is_json_lines(place: str) -> bool:
+    return place.rstrip("/").lower().endswith(JSON_LINES)
+
+
+def input_dataset(place: str) -> pads.Dataset:
+    """The input as pyarrow.dataset reads it: JSON lines by the name, else Parquet (a file or a
+    folder of parts); an input that cannot be opened is an input error."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    fs, path = filesystem(place)
+    json_lines = is_json_lines(place)
+    kind = "JSON lines" if json_lines else "Parquet"
+    try:
+        dataset = pads.dataset(path, filesystem=fs, format="json" if json_lines else "parquet")
+    except FileNotFoundError:
+        raise InputError(f"the input {place} does not exist") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"cannot read the input {place} as {kind}: {exc}") from None
+    if not dataset.files:
+        raise InputError(f"the input folder {place} holds no {kind} files")
+    return dataset
+
+
+def input_ids(place: str, id_field: str, limit: int | None = None) -> pa.Array:
+    """The row ids of the input (its first `limit` rows) as strings, as the actors key them."""
+    import pyarrow as pa
+
+    dataset = input_dataset(place)
+    require_id(dataset.schema.names, id_field)
+    try:
+        if limit is None:
+            column = dataset.to_table(columns=[id_field]).column(id_field)
+        else:
+            column = dataset.head(limit, columns=[id_field]).column(id_field)
+        return column.combine_chunks().cast(pa.string())
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(
+            f"cannot read the ids ({id_field!r}) of the input {place}: {exc}"
+        ) from None
+
+
+def require_id(names: list[str], id_field: str) -> None:
+    # The checkpoint keys answers by id: without one a rerun could not tell rows apart.
+    if id_field not in names:
+        raise UsageError(
+            f"--ray keeps its checkpoint by row id, and the input has no {id_field!r} column; "
+            "add one, or name it with --id-field"
+        )
+
+
+def answered_ids(checkpoint: str) -> pa.Array:
+    """The ids the checkpoint holds answers for (empty when there is none). Only the id column
+    is read, and nothing is created: a dry run changes nothing."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+    fs, root = filesystem(checkpoint)
+    parts = f"{root}/{PARTS}"
+    if fs.get_file_info(parts).type != pafs.FileType.Directory:
+        return pa.array([], pa.string())
+    try:
+        # Parts being written are dot-named: pyarrow skips them as it skips "_" names.
+        dataset = pads.dataset(parts, filesystem=fs, format="parquet")
+        if not dataset.files:  # a run that answered nothing yet
+            return pa.array([], pa.string())
+        return dataset.to_table(columns=[ID]).column(ID).combine_chunks().cast(pa.string())
+    except (OSError, pa.ArrowException) as exc:
+        raise OutputError(f"cannot read the checkpoint {checkpoint}: {exc}") from None
+
+
+def delete_folder(place: str) -> None:
+    """Remove a folder and everything in it, if it is there (--restart's checkpoint)."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(place)
+    try:
+        if fs.get_file_info(path).type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+    except OSError as exc:
+        raise OutputError(f"cannot delete {place}: {exc}") from None
+
+
+def write_part(block: pa.Table, folder: str, index: int, fmt: str) -> None:
+    """Block `index` of the output as one part of `folder`, named by that index: the parts'
+    sorted names are the rows' order. (Ray Data's own writers were seen to put a task's blocks
+    in another order: 2 runs in 8 here.) JSON lines carry values as the single-process output
+    does (timestamps as ISO 8601, bytes as base64)."""
+    import pyarrow.parquet as pq
+
+    from batchpizza import jsoncodec
+    from batchpizza.sinks.values import json_default
+
+    fs, root = filesystem(folder)
+    path = f"{root}/part-{index:06d}.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(block, path, filesystem=fs, compression="zstd")
+        return
+    with fs.open_output_stream(path) as out:
+        for batch in block.to_batches():
+            lines = [jsoncodec.dumps(row, json_default) for row in batch.to_pylist()]
+            out.write(b"\n".join(lines) + b"\n")
+
+
+class OutputFolder:
+    """Where the parts are written (`target`), and how they become the output (`commit`)."""
+
+    def __init__(self, place: str) -> None:
+        self.place = place
+        self.local = None if is_uri(place) else Path(place).resolve()
+        self.aside: Path | None = None
+
+    def check(self) -> None:
+        """Refuse, before anything is read or sent, what the end of the run could not do."""
+        if self.local is None:
+            return
+        if self.local.exists() and not self.local.is_dir():
+            raise UsageError(
+                f"output {self.place} is a file; --ray writes a folder of parts: give a folder name"
+            )
+        check_writable(self.local.parent, "output")
+
+    def recover(self) -> None:
+        """Mend what killed runs left: an output renamed aside and not replaced goes back, and
+        half-written folders go. Call it holding the run's lock (a live run's folder would go)."""
+        if self.local is None:
+            return
+        out = self.local
+        old = sorted(out.parent.glob(f".{out.name}{OLD}*"))
+        if old and not out.exists():
+            old.pop().rename(out)
+        for stale in [*old, *out.parent.glob(f".{out.name}{PARTIAL}*")]:
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def target(self) -> str:
+        """Where to write the parts: a new hidden sibling, or the URI itself, emptied."""
+        if self.local is None:
+            delete_folder(self.place)
+            return self.place
+        self.aside = self.local.with_name(f".{self.local.name}{PARTIAL}{uuid.uuid4().hex[:8]}")
+        try:
+            self.aside.mkdir()
+        except OSError as exc:
+            raise OutputError(f"cannot write in {self.local.parent}: {exc.strerror}") from None
+        return str(self.aside)
+
+    def commit(self) -> None:
+        """The complete folder takes the output's name. A folder cannot be renamed over a full
+        one: the old output steps aside first, for the moment between two renames (a kill in
+        between is mended by the next run's `recover`)."""
+        if self.local is None or self.aside is None:
+            return
+        out, aside = self.local, self.aside
+        try:
+            if out.exists():
+                old = out.with_name(f".{out.name}{OLD}{uuid.uuid4().hex[:8]}")
+                out.rename(old)
+                aside.rename(out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                aside.rename(out)
+        except OSError as exc:
+            raise OutputError(f"cannot move the output into place at {out}: {exc}") from None
+        self.aside = None
+
+    def discard(self) -> None:
+        """What a failed or interrupted run wrote aside."""
+        if self.aside is not None:
+            shutil.rmtree(self.aside, ignore_errors=True)
+            self.aside = None

@@ -1,0 +1,402 @@
+"""`batchpizza run INPUT -o OUTPUT --ray`: the real command in a subprocess, as a user runs it.
+
+What needs no cluster (refusals, the dry run, the summary's numbers) runs in the quick suite.
+The rest runs on a local Ray cluster started once for the module (2 CPUs) against the mock
+server in its own process; each command joins the cluster by its address, so that a test pays
+for the actors' start, not for a cluster's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import MockProcess, read_jsonl, write_jsonl
+
+from batchpizza.checkpoint import RunLock
+from batchpizza.distributed.command import output_format, user_error
+from batchpizza.distributed.parts import PartStore, key_of
+from batchpizza.distributed.summary import summarize, tally_of
+from batchpizza.distributed.worker import part_schema
+from batchpizza.errors import UsageError
+from batchpizza.mock_server import mock_answer
+from batchpizza.records import Tally
+
+# Ray's own deprecation notices are not ours.
+pytestmark = pytest.mark.filterwarnings("ignore:::ray")
+needs_ray = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="needs batchpizza[ray]"
+)
+SUMMARY_KEYS = {
+    *("rows", "answered", "failed", "misuse", "invalid", "requests", "retries", "elapsed_s"),
+    *("output", "exit_code", "pending", "stopped", "rate"),
+}
+# A throwaway local cluster, as the README advises: no token to share between the processes.
+RAY_ENV = {"RAY_AUTH_MODE": "disabled"}
+
+
+def prompts(folder: Path, n: int, parts: int = 4) -> Path:
+    """A folder of `parts` Parquet files holding rows r0..r{n-1}, so every actor gets work."""
+    folder.mkdir()
+    table = pa.table(
+        {"id": [f"r{i}" for i in range(n)], "prompt": [f"question {i}" for i in range(n)]}
+    )
+    step = -(-n // parts)
+    for k, start in enumerate(range(0, n, step)):
+        pq.write_table(table.slice(start, step), folder / f"part-{k}.parquet")
+    return folder
+
+
+def command(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "batchpizza", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **RAY_ENV, **(env or {})},
+        check=False,
+    )
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    """The command in a session of its own, so that a kill takes whatever it started along."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchpizza", "run", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **RAY_ENV},
+        start_new_session=True,
+    )
+
+
+def parquet_rows(folder: Path) -> list[dict[str, Any]]:
+    return pq.read_table(folder).to_pylist()
+
+
+def aside(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f".{out.name}.*"))
+
+
+# -- without a cluster ---------------------------------------------------------------------------
+
+
+def test_ray_refuses_openai_batch_format_and_stdin_in_a_sentence(tmp_path: Path) -> None:
+    source = prompts(tmp_path / "in", 4, parts=1)
+    for args, said in (
+        ([str(source), "-o", str(tmp_path / "out"), "--format", "openai-batch"], "--format jsonl"),
+        (["-", "-o", str(tmp_path / "out")], "not standard input"),
+        (
+            [
+                str(source),
+                "-o",
+                str(tmp_path / "out"),
+                "--checkpoint",
+                str(tmp_path / "out" / "ck"),
+            ],
+            "inside the output",
+        ),
+    ):
+        done = command(*args, "--ray")
+        assert done.returncode == 2, done.stderr
+        assert said in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_the_command_line_imports_ray_only_when_a_run_needs_the_cluster() -> None:
+    # A plain install has no Ray, and importing it costs seconds a run without --ray never pays.
+    code = "import sys, batchpizza.cli, batchpizza.distributed.command; print('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_ray_output_format_follows_the_option_then_the_name() -> None:
+    assert output_format("s3://lake/answers/", None) == "parquet"
+    assert output_format("answers.jsonl", None) == "jsonl"
+    assert output_format("answers", "jsonl") == "jsonl"
+    with pytest.raises(UsageError, match="does not match"):
+        output_format("answers.parquet", "jsonl")
+
+
+@needs_ray
+def test_ray_dry_run_counts_the_checkpoint_and_sends_nothing(
+    tmp_path: Path, mock_process: Callable[..., MockProcess]
+) -> None:
+    mock = mock_process()
+    source = prompts(tmp_path / "in", 60)
+    out = tmp_path / "out"
+    store = PartStore(str(tmp_path / "out.checkpoint"))  # an earlier run answered r0..r19
+    row = {"answer": "a", "finish_reason": "stop", "misuse": False, "error": None}
+    row |= {"attempts": 1, "latency_ms": 1.0, "model": "m"}
+    answered = [{"id": f"r{i}", **row} for i in range(20)]
+    store.seal(key_of(["r0"]), pa.Table.from_pylist(answered, schema=part_schema()))
+    before = set(tmp_path.rglob("*"))
+    common = [str(source), "-o", str(out), "--ray", "--dry-run", "--base-url", mock.url]
+
+    done = command(*common, "--rate", "10")
+    assert done.returncode == 0, done.stderr
+    assert "rows        60" in done.stderr
+    assert "answered    20" in done.stderr
+    assert "to send     40" in done.stderr
+    assert "about 0:00:04 at 10/s" in done.stderr
+
+    limited = command(*common, "--limit", "10", "--restart")
+    assert limited.returncode == 0, limited.stderr
+    assert "rows        10" in limited.stderr and "to send     10" in limited.stderr
+
+    no_ids = write_jsonl(tmp_path / "no-ids.jsonl", [{"prompt": "hello"}])
+    bad = command(str(no_ids), "-o", str(tmp_path / "other"), "--ray", "--dry-run")
+    assert bad.returncode == 2 and "--id-field" in bad.stderr
+    assert mock.stats()["requests"] == 0
+    assert set(tmp_path.rglob("*")) == {*before, no_ids}
+
+
+@needs_ray
+def test_ray_refuses_an_output_another_run_holds_with_exit_75(tmp_path: Path) -> None:
+    source = prompts(tmp_path / "in", 4, parts=1)
+    out, summary_json = tmp_path / "out", tmp_path / "summary.json"
+    with RunLock(out, tmp_path / "out.checkpoint"):  # as a run in progress holds it
+        done = command(str(source), "-o", str(out), "--ray", "--summary-json", str(summary_json))
+    assert done.returncode == 75, done.stderr
+    assert "try again later" in done.stderr
+    summary = json.loads(summary_json.read_text())
+    assert (summary["exit_code"], summary["stopped"], summary["output"]) == (75, "locked", None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "summary.json"]
+
+
+def test_ray_summary_counts_the_output_and_this_runs_retries() -> None:
+    done = pa.array(["r0", "r1"])  # answered by an earlier run: their attempts are not ours
+    batches = [
+        pa.table(
+            {
+                "id": ["r0", "r1", "r2", "r3"],
+                "finish_reason": ["stop", "stop", "stop", "error"],
+                "attempts": [3, 1, 2, 6],
+            }
+        ),
+        pa.table({"id": ["r4", "r5"], "finish_reason": ["pending", "invalid"], "attempts": [0, 0]}),
+    ]
+    tally, sent = tally_of(batches, "id", done)
+    assert tally == Tally(rows=6, answered=3, failed=1, misuse=0, invalid=1)
+    assert sent == 2  # r2 and r3
+
+    status = {"attempts_reported": 8, "stopped": "deadline", "rate": 4.0}
+    summary = summarize(tally, sent, status, elapsed_s=1.5, output="out", checkpoint="ck")
+    assert set(summary.to_dict()) >= SUMMARY_KEYS
+    assert summary["requests"] == 8 and summary["retries"] == 6  # r2 once more, r3 five times
+    assert summary["pending"] == 1 and summary["stopped"] == "deadline"
+    assert summary["exit_code"] == 4 and summary["rate"] == 4.0
+
+    finished = Tally(rows=2, answered=2)
+    summary = summarize(finished, 2, {"attempts_reported": 2, "stopped": "deadline", "rate": 0})
+    # A deadline that found the work done is a finished run; rate 0 is unlimited.
+    assert summary["stopped"] is None and summary["exit_code"] == 0 and summary["rate"] is None
+
+
+def test_ray_user_error_is_found_inside_rays_wrapper() -> None:
+    class TaskError(Exception):  # as Ray's RayTaskError keeps what the task raised
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("a long remote traceback")
+            self.cause = cause
+
+    wrong_key = UsageError("HTTP 401: the key is wrong")
+    assert user_error(TaskError(wrong_key)) is wrong_key
+    assert user_error(TaskError(ValueError("a bug"))) is None
+
+
+# -- on a local Ray cluster ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    ray = pytest.importorskip("ray")
+    saved = {name: os.environ.get(name) for name in RAY_ENV}
+    os.environ.update(RAY_ENV)
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.mark.slow
+def test_ray_run_limits_resumes_restarts_and_summarises(
+    cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path
+) -> None:
+    mock = mock_process("--latency", "10")
+    n = 60
+    source = prompts(tmp_path / "in", n)
+    # Rows r30..r34 fail their first attempt: the second run retries each once.
+    table = pq.read_table(source / "part-2.parquet")
+    scripted = [
+        f"[[fail-first:1]] {p}" if i < 5 else p for i, p in enumerate(table["prompt"].to_pylist())
+    ]
+    pq.write_table(table.set_column(1, "prompt", pa.array(scripted)), source / "part-2.parquet")
+    out, summary_json = tmp_path / "out", tmp_path / "summary.json"
+    common = [str(source), "-o", str(out), "--ray", cluster, "--base-url", mock.url]
+    common += ["--rate", "0", "--summary-json", str(summary_json), "-q"]
+
+    first = command(*common, "--limit", "20")
+    assert first.returncode == 0, first.stderr
+    rows = parquet_rows(out)
+    assert [r["id"] for r in rows] == [f"r{i}" for i in range(20)]
+    assert all(r["answer"] == mock_answer(r["prompt"]) for r in rows)
+    summary = json.loads(summary_json.read_text())
+    assert set(summary) >= SUMMARY_KEYS
+    expected = {"rows": 20, "answered": 20, "failed": 0, "misuse": 0, "invalid": 0, "pending": 0}
+    expected |= {"requests": 20, "retries": 0, "exit_code": 0, "stopped": None, "rate": None}
+    expected |= {"output": str(out)}
+    assert {key: summary[key] for key in expected} == expected
+    assert mock.stats()["requests"] == 20
+
+    second = command(*common)  # the rest: only the 40 rows the checkpoint lacks
+    assert second.returncode == 0, second.stderr
+    rows = parquet_rows(out)
+    assert [r["id"] for r in rows] == [f"r{i}" for i in range(n)]
+    assert {r["finish_reason"] for r in rows} == {"stop"}
+    summary = json.loads(summary_json.read_text())
+    assert (summary["rows"], summary["answered"]) == (n, n)
+    assert (summary["requests"], summary["retries"]) == (45, 5)
+    assert mock.stats()["requests"] == 20 + 45
+
+    third = command(*common, "--restart")  # forgets every answer: all of them sent again
+    assert third.returncode == 0, third.stderr
+    summary = json.loads(summary_json.read_text())
+    assert (summary["rows"], summary["requests"], summary["retries"]) == (n, n, 0)
+    assert mock.stats()["requests"] == 20 + 45 + n
+    assert len(parquet_rows(out)) == n
+    assert aside(out) == []
+
+
+@pytest.mark.slow
+def test_ray_mock_writes_json_lines_offline_and_stops_its_server(
+    cluster: str, tmp_path: Path
+) -> None:
+    source = write_jsonl(
+        tmp_path / "in.jsonl", [{"id": i, "prompt": f"question {i}"} for i in range(40)]
+    )
+    out = tmp_path / "out"
+    # --ray without an address joins the cluster RAY_ADDRESS names, as on a cluster's node.
+    args = [str(source), "-o", str(out), "--ray", "--mock", "--format", "jsonl", "--rate", "0"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchpizza", "run", *args, "-q"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **RAY_ENV, "RAY_ADDRESS": cluster},
+        start_new_session=True,
+    )
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    rows = [row for part in sorted(out.glob("*.jsonl")) for row in read_jsonl(part)]
+    assert [row["id"] for row in rows] == list(range(40))
+    assert all(row["answer"] == mock_answer(row["prompt"]) for row in rows)
+    assert (tmp_path / "out.mock-checkpoint").is_dir()
+    assert not (tmp_path / "out.checkpoint").exists()
+    with pytest.raises(ProcessLookupError):  # the mock server went with the command
+        os.killpg(process.pid, 0)
+
+
+@pytest.mark.slow
+def test_ray_kill_while_writing_leaves_the_earlier_output_whole(
+    cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path
+) -> None:
+    mock = mock_process()
+    source = prompts(tmp_path / "in", 60)
+    out = tmp_path / "out"
+    common = [str(source), "-o", str(out), "--ray", cluster, "--base-url", mock.url]
+    common += ["--rate", "0", "-q"]
+    first = command(*common)
+    assert first.returncode == 0, first.stderr
+    before = parquet_rows(out)
+
+    process = start(*common, "--restart")
+    try:
+        deadline = time.monotonic() + 240
+        while not any(p.name.startswith(".out.partial-") for p in aside(out)):
+            assert process.poll() is None, "it finished before it was caught writing"
+            assert time.monotonic() < deadline, "it never started writing"
+            time.sleep(0.002)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+    assert parquet_rows(out) == before  # the earlier output, whole
+    assert [p.name.split("-")[0] for p in aside(out)] == [".out.partial"]
+
+    requests = mock.stats()["requests"]
+    time.sleep(1.0)  # the killed command's actors are torn down by Ray, not by us
+    last = command(*common)
+    assert last.returncode == 0, last.stderr
+    assert mock.stats()["requests"] == requests  # every answer was in the checkpoint
+    # The killed run's answers, the same as the first run's (their latencies differ).
+    assert [(r["id"], r["answer"]) for r in parquet_rows(out)] == [
+        (r["id"], r["answer"]) for r in before
+    ]
+    assert aside(out) == []
+
+
+@pytest.mark.slow
+def test_ray_sigterm_stops_writes_no_output_and_a_signal_summary(
+    cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path
+) -> None:
+    mock = mock_process()
+    source = prompts(tmp_path / "in", 40)
+    out, summary_json = tmp_path / "out", tmp_path / "summary.json"
+    process = start(
+        *[str(source), "-o", str(out), "--ray", cluster, "--base-url", mock.url],
+        *["--rate", "5", "--summary-json", str(summary_json)],
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while mock.stats()["requests"] < 5:
+            assert process.poll() is None, "it finished before it was interrupted"
+            assert time.monotonic() < deadline, "it never started sending"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 143, stderr
+    assert "Rerun the same command to resume" in stderr and "Traceback" not in stderr
+    summary = json.loads(summary_json.read_text())
+    assert (summary["exit_code"], summary["stopped"], summary["output"]) == (143, "signal", None)
+    assert summary["requests"] >= 5
+    assert not out.exists() and aside(out) == []
+
+
+@pytest.mark.slow
+def test_ray_wrong_api_key_exits_2_with_its_message(
+    cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path
+) -> None:
+    mock = mock_process("--api-key", "sk-right")
+    source = prompts(tmp_path / "in", 20)
+    summary_json = tmp_path / "summary.json"
+    done = command(
+        *[str(source), "-o", str(tmp_path / "out"), "--ray", cluster, "--provider", "openai"],
+        *["--base-url", mock.url + "/v1", "--api-key-env", "NO_SUCH_KEY", "--rate", "0", "-q"],
+        *["--summary-json", str(summary_json)],
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    # Ray Data logs the failed task's traceback itself; the command says the cause in a line.
+    said = [line for line in done.stderr.splitlines() if line.startswith("batchpizza: ")]
+    assert said and said[0].startswith("batchpizza: HTTP 401") and "rerun" in said[0]
+    assert json.loads(summary_json.read_text())["exit_code"] == 2
+    assert not (tmp_path / "out").exists() and aside(tmp_path / "out") == []
+    assert mock.stats()["requests"] < 20  # stopped at the first refusal, not one per row
