@@ -33,6 +33,7 @@ import ray
 
 from batchpizza.config import RunConfig
 from batchpizza.distributed.budget import Budget, Lease, News, Report
+from batchpizza.distributed.folders import delete_folder
 from batchpizza.distributed.parts import PartStore
 from batchpizza.distributed.worker import Answerer, part_schema
 from batchpizza.errors import UsageError
@@ -145,8 +146,8 @@ def answer(
     for batchpizza.answer (`rate=` fixed or "auto", `concurrency=` for the whole cluster,
     `patience=`, `deadline=`, `max_retries=`, `base_url=`, ...). `checkpoint=` a folder (local,
     network, or an object store URI): answered rows are kept there and a rerun sends only the
-    others; it needs an id column (`id_field=`, default "id"). `batch_size` rows per batch,
-    `num_cpus` per actor."""
+    others; it needs an id column (`id_field=`, default "id"); `restart=True` deletes it
+    first. `batch_size` rows per batch, `num_cpus` per actor."""
     if actors < 1:
         raise UsageError("actors must be at least 1")
     if "output" in options:
@@ -164,6 +165,8 @@ def answer(
                 f"checkpoint= needs an id column to key the answers by; the dataset has no "
                 f"{id_field!r} column (choose one with id_field=)"
             )
+        if options.get("restart"):
+            delete_folder(checkpoint)  # forget every answer and the learned rate: a new start
         store = PartStore(checkpoint)
         done = store.read_all(part_schema(extra))
         if config.auto_max is not None:

@@ -633,6 +633,21 @@ def test_refusals_stop_the_whole_cluster_and_leave_rows_pending(
     assert reasons.count("pending") >= 200 - sent
 
 
+@pytest.mark.slow
+def test_restart_forgets_the_checkpoint(
+    cluster: str, serve: Callable[..., MockProcess], tmp_path: Path
+) -> None:
+    mock = serve()
+    import batchpizza.ray
+
+    options: dict[str, Any] = {"base_url": mock.url, "checkpoint": str(tmp_path / "ck")}
+    collect(batchpizza.ray.answer(prompts(16, blocks=4), **options))
+    collect(batchpizza.ray.answer(prompts(16, blocks=4), **options))  # all in the checkpoint
+    assert mock.stats()["requests"] == 16
+    collect(batchpizza.ray.answer(prompts(16, blocks=4), restart=True, **options))
+    assert mock.stats()["requests"] == 32
+
+
 def ray_workers(gcs_address: str) -> dict[int, str]:
     """This cluster's worker processes (the children of its raylet) by process title, e.g.
     "ray::MapWorker(MapBatches(_RayAnswerer))". Read from /proc: Linux only, as CI is."""
