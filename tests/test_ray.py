@@ -640,7 +640,7 @@ def test_restart_forgets_the_checkpoint(
     mock = serve()
     import batchpizza.ray
 
-    options: dict[str, Any] = {"base_url": mock.url, "checkpoint": str(tmp_path / "ck")}
+    options: dict[str, Any] = {"base_url": mock.url, "checkpoint": str(tmp_path / "ck"), "rate": 0}
     collect(batchpizza.ray.answer(prompts(16, blocks=4), **options))
     collect(batchpizza.ray.answer(prompts(16, blocks=4), **options))  # all in the checkpoint
     assert mock.stats()["requests"] == 16
