@@ -141,6 +141,7 @@ def test_ray_dry_run_counts_the_checkpoint_and_sends_nothing(
     row |= {"attempts": 1, "latency_ms": 1.0, "model": "m"}
     answered = [{"id": f"r{i}", **row} for i in range(20)]
     store.seal(key_of(["r0"]), pa.Table.from_pylist(answered, schema=part_schema()))
+    store.save_meta(learned_rate=20.0)  # ... and learned 20/s under --rate auto
     before = set(tmp_path.rglob("*"))
     common = [str(source), "-o", str(out), "--ray", "--dry-run", "--base-url", mock.url]
 
@@ -150,6 +151,10 @@ def test_ray_dry_run_counts_the_checkpoint_and_sends_nothing(
     assert "answered    20" in done.stderr
     assert "to send     40" in done.stderr
     assert "about 0:00:04 at 10/s" in done.stderr
+
+    learned = command(*common, "--rate", "auto:100")
+    assert learned.returncode == 0, learned.stderr
+    assert "at 20/s" in learned.stderr  # the run starts from it, so the estimate does too
 
     limited = command(*common, "--limit", "10", "--restart")
     assert limited.returncode == 0, limited.stderr
@@ -378,6 +383,10 @@ def test_ray_sigterm_stops_writes_no_output_and_a_signal_summary(
     summary = json.loads(summary_json.read_text())
     assert (summary["exit_code"], summary["stopped"], summary["output"]) == (143, "signal", None)
     assert summary["requests"] >= 5
+    # The rows as the checkpoint holds them: what a rerun will not send again, and the rest.
+    kept = len(PartStore(str(tmp_path / "out.checkpoint")).read_all(part_schema()))
+    assert summary["rows"] == 40 and summary["answered"] == kept
+    assert summary["pending"] == 40 - kept > 0
     assert not out.exists() and aside(out) == []
 
 

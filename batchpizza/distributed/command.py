@@ -38,6 +38,7 @@ from batchpizza.distributed.folders import (
     require_id,
     write_part,
 )
+from batchpizza.distributed.parts import PartStore
 from batchpizza.distributed.summary import count, summarize, tally_of
 from batchpizza.errors import BatchpizzaError, InputError, Interrupted, LockedError, UsageError
 from batchpizza.files import check_writable, inside, same_file, write_atomically
@@ -112,7 +113,8 @@ class ClusterRun:
                 summary = self._dry_run() if self.dry_run else self._locked()
         except KeyboardInterrupt:
             signum = self._signals.signum or signal.SIGINT
-            summary = self._summary(None, 128 + signum, stopped="signal", interrupted=True)
+            tally = None if self.dry_run else self._kept_tally()
+            summary = self._summary(tally, 128 + signum, stopped="signal", interrupted=True)
             self._report(summary)
             saved = (
                 "nothing was sent or changed"
@@ -176,8 +178,10 @@ class ClusterRun:
         answered = int(pc.sum(pc.is_in(ids, value_set=done)).as_py() or 0)
         todo = len(ids) - answered
         auto = self.config.auto_max is not None
-        # The learned rate is not kept between cluster runs: auto starts at 1/s every time.
-        rate = 1.0 if auto else self.config.rate_per_s
+        rate = self.config.rate_per_s
+        if auto:  # from the rate the last run learned, as the run will, else slow start at 1/s
+            learned = None if self.restart else self._learned_rate()
+            rate = min(learned, self.config.auto_max or learned) if learned else 1.0
         kept = "--restart forgets them" if self.restart else "in the checkpoint, not sent again"
         print(
             "\n".join(
@@ -287,6 +291,24 @@ class ClusterRun:
         blocks = answered.to_arrow_refs()
         ray.get([task.remote(block, target, i, self.format) for i, block in enumerate(blocks)])
         self.output.commit()
+
+    def _learned_rate(self) -> float | None:
+        saved = PartStore(self.checkpoint, create=False).meta().get("learned_rate")
+        return float(saved) if isinstance(saved, (int, float)) and saved > 0 else None
+
+    def _kept_tally(self) -> Tally | None:
+        """After an interrupt: the input's rows, those the checkpoint holds answers for, the
+        rest pending (None if that cannot be read)."""
+        import pyarrow.compute as pc
+
+        try:
+            ids = input_ids(self.input, self.config.fields_named[2], self.limit)
+            done = answered_ids(self.checkpoint)
+        except (BatchpizzaError, OSError):
+            return None
+        return Tally(
+            rows=len(ids), answered=int(pc.sum(pc.is_in(ids, value_set=done)).as_py() or 0)
+        )
 
     def _where(self, output: bool = True) -> dict[str, Any]:
         return {

@@ -46,7 +46,8 @@ def key_of(ids: Iterable[str]) -> str:
 
 
 class PartStore:
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, create: bool = True) -> None:
+        """The store at `uri`; `create=False` only reads (a dry run creates nothing)."""
         import pyarrow.fs as pafs
 
         if "://" in uri:
@@ -58,7 +59,8 @@ class PartStore:
         self._local = isinstance(fs, pafs.LocalFileSystem)
         self._root = f"{path.rstrip('/')}/{PARTS}"
         self._meta = f"{path.rstrip('/')}/{META}"
-        fs.create_dir(self._root, recursive=True)
+        if create:
+            fs.create_dir(self._root, recursive=True)
 
     def meta(self) -> dict[str, Any]:
         """What the last run kept besides answers (the learned rate); {} if nothing."""
