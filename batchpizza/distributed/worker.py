@@ -40,6 +40,47 @@ log = logging.getLogger("batchpizza")
 SHUTDOWN_WAIT_S = 5.0  # for the session to close and the actor's loop thread to end
 
 
+class Kept:
+    """The answers an earlier run kept, as the driver read them: an Arrow table (in Ray's object
+    store, shared by the actors of a node without a copy) and, per actor, only an index from
+    row id to its rows. Measured with 200,000 kept rows of 300-character answers: 41 MB an
+    actor, where a dict of every row as Python values took 194 MB (1 KB a row)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self._table = table
+        self._at: dict[str, list[int]] = {}
+        for i, row_id in enumerate(table.column(ID).to_pylist()):
+            self._at.setdefault(row_id, []).append(i)
+
+    def of(self, ids: Sequence[str]) -> pa.Table:
+        """The kept rows of these ids (each of their answers, for any prompt)."""
+        return self._table.take([i for row_id in ids for i in self._at.get(row_id, ())])
+
+
+class Answers:
+    """The answers known for one batch's ids, by (id, prompt digest)."""
+
+    def __init__(self, tables: Sequence[pa.Table]) -> None:
+        self._rows: dict[tuple[str, bytes | None], dict[str, Any]] = {}
+        self._digested: set[str] = set()  # ids with an answer that has a digest
+        for table in tables:
+            for row in table.to_pylist():
+                row_id, digest = row.pop(ID), row.pop(DIGEST, None)
+                self._rows.setdefault((row_id, digest), row)
+                if digest is not None:
+                    self._digested.add(row_id)
+
+    def get(self, row_id: str, digest: bytes | None) -> dict[str, Any] | None:
+        """The answer kept for this id and prompt; or for this id from a part without digests,
+        unless some answer of this id has a digest (then the prompt is known, and not this)."""
+        if digest is None:
+            return None
+        found = self._rows.get((row_id, digest))
+        if found is None and row_id not in self._digested:
+            found = self._rows.get((row_id, None))
+        return found
+
+
 class PartWriter:
     """Answered results of one batch, written to the checkpoint as parts: `add` is the Job's
     on_row, `flush` the gate's before_send, so a worker's answer is durable before it sends
@@ -126,11 +167,7 @@ class Answerer:
         self._share = share
         self._store = PartStore(checkpoint) if checkpoint else None
         self._schema = part_schema(self._extra)
-        # (id, prompt digest) -> the answered row; digest None for parts from before digests
-        self._done: dict[tuple[str, bytes | None], dict[str, Any]] = {}
-        self._digested: set[str] = set()  # ids with an answer that has a digest
-        if done is not None:
-            self._remember(done)
+        self._kept = Kept(done) if done is not None and done.num_rows else None
         self._loop: asyncio.AbstractEventLoop | None = None  # a thread's, for the actor's life
         self._thread: threading.Thread | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -185,10 +222,11 @@ class Answerer:
         ids = self._ids(batch)
         digests = self._digests(batch)
         key = key_of(ids)
+        known = [self._kept.of(ids)] if self._kept is not None else []
         if self._store is not None:
-            earlier = await asyncio.to_thread(self._store.read_batch, key, self._schema)
-            self._remember(earlier)
-        done = [self._answered(row_id, d) for row_id, d in zip(ids, digests, strict=True)]
+            known.append(await asyncio.to_thread(self._store.read_batch, key, self._schema))
+        answers = Answers(known)
+        done = [answers.get(row_id, d) for row_id, d in zip(ids, digests, strict=True)]
         todo = [i for i, row in enumerate(done) if row is None]
         fresh: dict[int, dict[str, Any]] = {}
         if todo:
@@ -257,20 +295,3 @@ class Answerer:
             except RowProblem:
                 out.append(None)
         return out
-
-    def _answered(self, row_id: str, digest: bytes | None) -> dict[str, Any] | None:
-        """The answer kept for this id and prompt; or for this id from a part without digests,
-        unless some answer of this id has a digest (then the prompt is known, and not this)."""
-        if digest is None:
-            return None
-        found = self._done.get((row_id, digest))
-        if found is None and row_id not in self._digested:
-            found = self._done.get((row_id, None))
-        return found
-
-    def _remember(self, answered: pa.Table) -> None:
-        for row in answered.to_pylist():
-            row_id, digest = row.pop(ID), row.pop(DIGEST, None)
-            self._done.setdefault((row_id, digest), row)
-            if digest is not None:
-                self._digested.add(row_id)
