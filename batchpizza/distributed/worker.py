@@ -54,7 +54,11 @@ class Kept:
 
     def of(self, ids: Sequence[str]) -> pa.Table:
         """The kept rows of these ids (each of their answers, for any prompt)."""
-        return self._table.take([i for row_id in ids for i in self._at.get(row_id, ())])
+        import pyarrow as pa
+
+        # Typed: an empty list of positions would be taken as nulls, which `take` refuses.
+        at = pa.array([i for row_id in ids for i in self._at.get(row_id, ())], pa.int64())
+        return self._table.take(at)
 
 
 class Answers:
