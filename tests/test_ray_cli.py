@@ -293,8 +293,14 @@ def test_ray_run_limits_resumes_restarts_and_summarises(
 def test_ray_mock_writes_json_lines_offline_and_stops_its_server(
     cluster: str, tmp_path: Path
 ) -> None:
+    # Prompt rows and messages rows mixed, as in samples/prompts.jsonl: found with the README's
+    # sample, Ray Data's pandas reader (lines=True) made the messages Python objects, NaN where a
+    # row has none, so every prompt row had "both 'prompt' and 'messages'".
+    chat = [{"role": "user", "content": "Name a topping."}]
     source = write_jsonl(
-        tmp_path / "in.jsonl", [{"id": i, "prompt": f"question {i}"} for i in range(40)]
+        tmp_path / "in.jsonl",
+        [{"id": i, "prompt": f"question {i}"} for i in range(38)]
+        + [{"id": 38, "messages": chat}, {"id": 39, "messages": chat}],
     )
     out = tmp_path / "out"
     # --ray without an address joins the cluster RAY_ADDRESS names, as on a cluster's node.
@@ -310,7 +316,9 @@ def test_ray_mock_writes_json_lines_offline_and_stops_its_server(
     assert process.returncode == 0, stderr
     rows = [row for part in sorted(out.glob("*.jsonl")) for row in read_jsonl(part)]
     assert [row["id"] for row in rows] == list(range(40))
-    assert all(row["answer"] == mock_answer(row["prompt"]) for row in rows)
+    assert all(row["finish_reason"] == "stop" for row in rows), rows
+    assert all(row["answer"] == mock_answer(row["prompt"]) for row in rows[:38])
+    assert [row["messages"] for row in rows[38:]] == [chat, chat]  # as given, not pickled
     assert (tmp_path / "out.mock-checkpoint").is_dir()
     assert not (tmp_path / "out.checkpoint").exists()
     with pytest.raises(ProcessLookupError):  # the mock server went with the command

@@ -251,7 +251,10 @@ class ClusterRun:
             source = _absolute(self.input)
             if is_json_lines(self.input):
                 # Named by the user: read whatever its extension (Ray's list lacks .ndjson).
-                ds = ray.data.read_json(source, lines=True, file_extensions=None)
+                # Arrow's JSON reader, which reads JSON lines and types nested fields (messages as
+                # a list of structs); `lines=True` takes pandas', which made them pickled Python
+                # objects, NaN in the rows without them.
+                ds = ray.data.read_json(source, file_extensions=None)
             else:
                 ds = ray.data.read_parquet(source)
             if self.limit is not None:
