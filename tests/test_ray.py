@@ -404,6 +404,21 @@ async def test_an_id_only_legacy_answer_is_not_reused_once_the_prompt_is_known_t
     assert out.column("answer").to_pylist()[0] == mock_answer("P2"), "the answer to P came back"
 
 
+def test_shutdown_on_the_actor_loop_thread_itself_neither_hangs_nor_raises(
+    mock_api: Any, tmp_path: Path
+) -> None:
+    """__del__ may run wherever the last reference goes, the actor's own loop thread too."""
+    answerer = _answerer(mock_api.base_url, tmp_path / "ck")
+    answerer(pa.table({"id": ["a"], "prompt": ["one"]}))
+    loop, thread = answerer._loop, answerer._thread
+    assert loop is not None and thread is not None
+    started = time.monotonic()
+    loop.call_soon_threadsafe(answerer.shutdown)
+    thread.join(10)
+    assert not thread.is_alive() and time.monotonic() - started < 2
+    loop.close()
+
+
 @pytest.mark.parametrize("stop", [False, True])
 def test_no_task_is_left_on_the_actor_loop_after_a_batch(
     mock_api: Any, tmp_path: Path, stop: bool

@@ -196,12 +196,22 @@ class Answerer:
         if loop is None or thread is None:
             return
         self._loop = self._thread = None
+        if threading.current_thread() is thread:
+            # Collected on the loop's own thread: waiting there for the loop would hang it (and
+            # a thread cannot join itself). The loop closes the session, then stops.
+            loop.create_task(self._close_and_stop(loop))
+            return
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(self.close(), loop).result(SHUTDOWN_WAIT_S)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(SHUTDOWN_WAIT_S)
         if not thread.is_alive():
             loop.close()
+
+    async def _close_and_stop(self, loop: asyncio.AbstractEventLoop) -> None:
+        with contextlib.suppress(Exception):
+            await self.close()
+        loop.stop()
 
     def __del__(self) -> None:
         if getattr(self, "_loop", None) is not None:
