@@ -24,7 +24,7 @@ from typing import Any
 from batchpizza import jsoncodec
 from batchpizza.config import RunConfig
 from batchpizza.errors import UsageError
-from batchpizza.job import Job, run_loop
+from batchpizza.job.stages import Job, run_loop
 from batchpizza.records import Result
 from batchpizza.sinks.values import json_default, result_columns
 from batchpizza.tables import InMemory, from_data

@@ -19,7 +19,7 @@ from batchpizza.checkpoint import Checkpoint, is_locked
 from batchpizza.config import RunConfig
 from batchpizza.errors import BatchpizzaError
 from batchpizza.files import write_atomically
-from batchpizza.job import Job, run_loop
+from batchpizza.job.stages import Job, run_loop
 from batchpizza.records import Summary
 
 
@@ -399,7 +399,7 @@ def mock_server(
     Directives in a prompt script its reply, e.g. [[status:503]], [[fail-first:2]],
     [[slow:200]], [[misuse]] (see batchpizza/mock_server.py).
     """
-    from batchpizza.mock_server import MockConfig, serve  # aiohttp.web: only for this command
+    from batchpizza.mock.server import MockConfig, serve  # aiohttp.web: only for this command
 
     served = tuple(name.strip() for name in (models or "").split(",") if name.strip())
     if models is not None and not served:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from batchpizza.breaker import (
+from batchpizza.controls.breaker import (
     MIN_TRIP,
     Breaker,
     BreakerEvent,
@@ -22,7 +22,7 @@ from batchpizza.breaker import (
     BreakerState,
     Permit,
 )
-from batchpizza.ratelimit import AdaptiveRate
+from batchpizza.controls.ratelimit import AdaptiveRate
 
 
 class VirtualTime:

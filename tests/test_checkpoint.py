@@ -25,7 +25,7 @@ import batchpizza
 from batchpizza.checkpoint import Checkpoint, RunLock, is_locked
 from batchpizza.cli import cli
 from batchpizza.errors import CheckpointMissing, LockedError, OutputError
-from batchpizza.mock_server import ThreadedMockServer, mock_answer
+from batchpizza.mock.server import ThreadedMockServer, mock_answer
 from batchpizza.records import Result
 
 DIGEST = b"\x01" * 16

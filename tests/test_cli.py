@@ -17,7 +17,7 @@ from conftest import read_jsonl, write_jsonl
 
 from batchpizza import redact
 from batchpizza.cli import cli
-from batchpizza.mock_server import MockConfig, ThreadedMockServer, mock_answer
+from batchpizza.mock.server import MockConfig, ThreadedMockServer, mock_answer
 from batchpizza.rows import format_prompt
 
 PASSWORD = "Pa55w0rd"

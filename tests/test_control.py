@@ -14,7 +14,9 @@ from conftest import FAST, write_jsonl
 
 import batchpizza
 from batchpizza.checkpoint import Checkpoint
-from batchpizza.control import Control, feedback_of
+from batchpizza.controls.control import Control, feedback_of
+from batchpizza.controls.gate import Stopped
+from batchpizza.controls.ratelimit import Feedback
 from batchpizza.errors import (
     BadReply,
     HTTPStatusError,
@@ -22,9 +24,7 @@ from batchpizza.errors import (
     RequestTimeout,
     TransportError,
 )
-from batchpizza.mock_server import MockConfig, ThreadedMockServer, mock_answer
-from batchpizza.ratelimit import Feedback
-from batchpizza.runner import Stopped
+from batchpizza.mock.server import MockConfig, ThreadedMockServer, mock_answer
 
 
 @pytest.mark.parametrize(
@@ -190,7 +190,7 @@ def test_patience_that_runs_out_while_the_breaker_waits_stops_at_once(
 
 
 async def test_stop_sleep_ends_when_sending_stops() -> None:
-    from batchpizza.stop import Stop
+    from batchpizza.controls.stop import Stop
 
     stop = Stop()
     loop = asyncio.get_running_loop()

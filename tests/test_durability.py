@@ -29,8 +29,8 @@ from batchpizza.checkpoint import Checkpoint, RunLock, is_locked
 from batchpizza.cli import cli
 from batchpizza.config import RunConfig
 from batchpizza.errors import Interrupted
-from batchpizza.job import Job
-from batchpizza.mock_server import MockConfig, ThreadedMockServer, mock_answer
+from batchpizza.job.stages import Job
+from batchpizza.mock.server import MockConfig, ThreadedMockServer, mock_answer
 from batchpizza.sources.jsonl import JsonlSource
 from batchpizza.sources.jsonl import JsonlSource as Source
 

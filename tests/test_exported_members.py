@@ -29,7 +29,7 @@ SPEC_NAMES = (
 
 def public_names() -> set[str]:
     """Every public name bound in batchpizza/__init__.py. Submodules are left out: importing
-    `batchpizza.job` anywhere binds `job` on the package as a side effect."""
+    `batchpizza.job.stages` anywhere binds `job` on the package as a side effect."""
     return {
         name
         for name, value in vars(batchpizza).items()

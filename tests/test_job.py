@@ -22,12 +22,12 @@ from click.testing import CliRunner, Result
 from conftest import read_jsonl, write_jsonl
 
 import batchpizza
-from batchpizza import job as job_module
 from batchpizza import redact
 from batchpizza.checkpoint import RunLock
 from batchpizza.cli import cli
 from batchpizza.errors import BatchpizzaError
-from batchpizza.mock_server import MockConfig, ThreadedMockServer, mock_answer
+from batchpizza.job import stages as job_module
+from batchpizza.mock.server import MockConfig, ThreadedMockServer, mock_answer
 
 RESULT_COLUMNS = ("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model")
 

@@ -20,7 +20,7 @@ import aiohttp
 import click
 import pytest
 
-from batchpizza.mock_server import (
+from batchpizza.mock.server import (
     API_PATH,
     BOT_CHECK_TEXT,
     CHAT_PATH,
@@ -457,7 +457,7 @@ def test_threaded_server_and_config_swap() -> None:
 
 
 def test_serve_subprocess() -> None:
-    code = "from batchpizza.mock_server import serve, MockConfig; serve(MockConfig(), port=0)"
+    code = "from batchpizza.mock.server import serve, MockConfig; serve(MockConfig(), port=0)"
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -746,7 +746,8 @@ def test_every_mock_server_option_says_what_it_does() -> None:
 def test_mock_server_options_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from batchpizza import cli, mock_server
+    from batchpizza import cli
+    from batchpizza.mock import server as mock_server
 
     seen: list[tuple[MockConfig, str, int]] = []
     monkeypatch.setattr(mock_server, "serve", lambda c, host, port: seen.append((c, host, port)))

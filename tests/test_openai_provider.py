@@ -24,7 +24,7 @@ from batchpizza.errors import (
     UsageError,
     describe,
 )
-from batchpizza.mock_server import MockConfig, MockServer, mock_answer
+from batchpizza.mock.server import MockConfig, MockServer, mock_answer
 from batchpizza.providers import Provider
 from batchpizza.providers.openai import (
     OpenAIAPI,

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from batchpizza import ratelimit
-from batchpizza.ratelimit import (
+from batchpizza.controls import ratelimit
+from batchpizza.controls.ratelimit import (
     CUT,
     GROWTH,
     MISUSE_CEILING,

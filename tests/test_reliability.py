@@ -35,7 +35,7 @@ import batchpizza
 from batchpizza.checkpoint.store import Checkpoint
 from batchpizza.cli import cli
 from batchpizza.errors import BadReply, OutputError
-from batchpizza.mock_server import MISUSE_TEXT, MockConfig, ThreadedMockServer, mock_answer
+from batchpizza.mock.server import MISUSE_TEXT, MockConfig, ThreadedMockServer, mock_answer
 from batchpizza.providers import http as provider_http
 from batchpizza.providers.pizzagpt import ask
 

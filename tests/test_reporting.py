@@ -11,7 +11,7 @@ from conftest import FAST, write_jsonl
 
 import batchpizza
 from batchpizza.cli import cli
-from batchpizza.mock_server import MockConfig, ThreadedMockServer
+from batchpizza.mock.server import MockConfig, ThreadedMockServer
 
 
 def faulty_run(server: ThreadedMockServer, folder: Path) -> Path:

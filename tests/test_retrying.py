@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from batchpizza.config import RunConfig
+from batchpizza.controls.retrying import RetryPolicy, is_retryable
 from batchpizza.errors import (
     BadReply,
     HTTPStatusError,
@@ -20,7 +21,6 @@ from batchpizza.errors import (
     RequestTimeout,
     TransportError,
 )
-from batchpizza.retrying import RetryPolicy, is_retryable
 
 POLICY = RetryPolicy(
     max_retries=3,

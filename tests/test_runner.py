@@ -13,11 +13,12 @@ import aiohttp
 import pytest
 
 from batchpizza.checkpoint import Checkpoint
+from batchpizza.controls.gate import Gatekeeper
+from batchpizza.controls.retrying import RetryPolicy
+from batchpizza.controls.stop import Stop
+from batchpizza.engine.runner import Runner
 from batchpizza.errors import HTTPStatusError, OutputError
 from batchpizza.records import Answer, Prompt
-from batchpizza.retrying import RetryPolicy
-from batchpizza.runner import Gatekeeper, Runner
-from batchpizza.stop import Stop
 
 POLICY = RetryPolicy(
     max_retries=1,

@@ -18,7 +18,7 @@ import batchpizza
 from batchpizza.cli import cli
 from batchpizza.errors import OutputError
 from batchpizza.files import atomic_file
-from batchpizza.mock_server import ThreadedMockServer
+from batchpizza.mock.server import ThreadedMockServer
 
 RESULT_COLUMNS = ["answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"]
 

@@ -29,10 +29,23 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from batchpizza.breaker import Breaker, BreakerEvent, BreakerExhausted, BreakerState, Permit
-from batchpizza.control import feedback_of
+from batchpizza.controls.breaker import (
+    Breaker,
+    BreakerEvent,
+    BreakerExhausted,
+    BreakerState,
+    Permit,
+)
+from batchpizza.controls.control import feedback_of
+from batchpizza.controls.ratelimit import (
+    WINDOW,
+    AdaptiveRate,
+    Clock,
+    Feedback,
+    Sleep,
+    sends_per_window,
+)
 from batchpizza.errors import ProviderError
-from batchpizza.ratelimit import WINDOW, AdaptiveRate, Clock, Feedback, Sleep, sends_per_window
 
 # An actor's event loop may wake this late for its slot and still send; later, the slot is void.
 # Measured here (2 cores shared, 4 actors): wake-ups within 2-5 ms, rare ones at 10-15 ms.

@@ -18,11 +18,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from batchpizza.controls.gate import Gatekeeper, Stopped
+from batchpizza.controls.ratelimit import Sleep
 from batchpizza.distributed.budget import SLOT_TOLERANCE, Lease, News, Report
 from batchpizza.errors import ProviderError
-from batchpizza.ratelimit import Sleep
 from batchpizza.records import RateInfo
-from batchpizza.runner import Gatekeeper, Stopped
 
 log = logging.getLogger("batchpizza")
 

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 from batchpizza.config import RunConfig
 from batchpizza.distributed.gate import ClusterGate, Controller
 from batchpizza.distributed.parts import DIGEST, ID, PartStore, key_of
-from batchpizza.job import Job
+from batchpizza.engine.runner import new_session
+from batchpizza.job.stages import Job
 from batchpizza.records import Result, is_answered
 from batchpizza.rows import Fields, RowProblem, interpret, prompt_digest
-from batchpizza.runner import new_session
 from batchpizza.sinks.values import result_columns, result_fields
 from batchpizza.tables import from_data
 

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from batchpizza.controls.stop import Stop
 from batchpizza.errors import Interrupted
 from batchpizza.sources import spool_stdin
-from batchpizza.stop import Stop
 
 
 async def spool_stdin_aside(stream: IO[bytes] | None, dest: Path, stop: Stop) -> Path:

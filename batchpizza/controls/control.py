@@ -17,7 +17,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from batchpizza.breaker import Breaker, BreakerExhausted, BreakerState, Permit
+from batchpizza.controls.breaker import Breaker, BreakerExhausted, BreakerState, Permit
+from batchpizza.controls.gate import Gatekeeper, Stopped
+from batchpizza.controls.ratelimit import AdaptiveRate, Clock, Feedback, Gate, Sleep
 from batchpizza.errors import (
     RETRYABLE_STATUSES,
     BadReply,
@@ -26,9 +28,7 @@ from batchpizza.errors import (
     ProviderError,
     TransportError,
 )
-from batchpizza.ratelimit import AdaptiveRate, Clock, Feedback, Gate, Sleep
 from batchpizza.records import RateInfo
-from batchpizza.runner import Gatekeeper, Stopped
 
 # (unix time, kind, value, detail): what the checkpoint's events table records.
 Event = tuple[float, str, float, str]

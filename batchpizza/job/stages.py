@@ -21,21 +21,22 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from batchpizza.checkpoint import Checkpoint, RunLock, ScanIndex
 from batchpizza.config import RunConfig, check_url
-from batchpizza.control import Control
+from batchpizza.controls.control import Control
+from batchpizza.controls.gate import Gatekeeper
+from batchpizza.controls.retrying import RetryPolicy
+from batchpizza.controls.stop import Stop
+from batchpizza.engine.runner import Runner
 from batchpizza.errors import BatchpizzaError, InputError, Interrupted, LockedError, UsageError
 from batchpizza.files import check_writable, clear_partials, inside, same_file, write_atomically
 from batchpizza.progress import Progress, choose, dry_run_report, setup_logging, summary_line
 from batchpizza.providers import Provider
 from batchpizza.records import Result, Summary, Tally
 from batchpizza.redact import remember_secret, remember_url
-from batchpizza.retrying import RetryPolicy
 from batchpizza.rows import Fields
-from batchpizza.runner import Gatekeeper, Runner
 from batchpizza.sinks import write_output
 from batchpizza.sinks.values import result_columns
 from batchpizza.sources import Source, describe, input_files, open_source
 from batchpizza.sources.stdin import spool_stdin_aside
-from batchpizza.stop import Stop
 
 if TYPE_CHECKING:
     import aiohttp
@@ -162,7 +163,7 @@ class Job:
             if not config.mock:
                 return await self._run_locked(started)
             # Imported here: aiohttp.web is only needed for the offline demo.
-            from batchpizza.mock_server import MockConfig, MockServer
+            from batchpizza.mock.server import MockConfig, MockServer
 
             async with MockServer(MockConfig()) as server:
                 self.config = dataclasses.replace(config, base_url=server.base_url)

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from batchpizza.ratelimit import Clock, Sleep, Wakeup
+from batchpizza.controls.ratelimit import Clock, Sleep, Wakeup
 
 DEFAULT_PATIENCE_S = 600.0  # SPEC: --patience defaults to 10m
 FIRST_WAIT_S = 60.0  # SPEC: the first wait; each trip doubles it

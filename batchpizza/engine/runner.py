@@ -21,6 +21,10 @@ from dataclasses import dataclass
 import aiohttp
 
 from batchpizza.checkpoint import Checkpoint
+from batchpizza.controls.gate import Gatekeeper, Stopped
+from batchpizza.controls.ratelimit import Sleep
+from batchpizza.controls.retrying import RetryPolicy
+from batchpizza.controls.stop import Stop
 from batchpizza.errors import (
     BadReply,
     HTTPStatusError,
@@ -32,11 +36,8 @@ from batchpizza.errors import (
     describe,
 )
 from batchpizza.providers import Provider
-from batchpizza.ratelimit import Sleep
 from batchpizza.records import Answer, Attempt, Outcome, Prompt, RateInfo, Result, is_answered
-from batchpizza.retrying import RetryPolicy
 from batchpizza.rows import prompt_digest
-from batchpizza.stop import Stop
 
 log = logging.getLogger("batchpizza")
 
@@ -66,32 +67,6 @@ def collector_threshold(young: int) -> Iterator[None]:
     finally:
         if gc.get_threshold()[0] == young:
             gc.set_threshold(*before)
-
-
-class Stopped(Exception):
-    """A worker about to send (a row or a retry) when the run was told to stop: the row is left
-    uncommitted, to be sent again by the next run."""
-
-
-class Gatekeeper:
-    """What every attempt passes before it is sent, and hears how it ended: pacing, pauses, the
-    breaker. The runner knows nothing else of them."""
-
-    async def enter(self) -> object:
-        """Wait until an attempt may be sent; raise Stopped if none may be sent any more. The
-        token returned is handed back to `finished`."""
-        return None
-
-    def finished(
-        self,
-        token: object,
-        started: float,
-        outcome: str,
-        error: ProviderError | None,
-        rate: RateInfo | None = None,
-    ) -> None:
-        """Told of every finished attempt: the clock time it was sent, its outcome kind, its
-        error, and what the server announced of its limit."""
 
 
 @dataclass

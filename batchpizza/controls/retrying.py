@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from batchpizza.config import RunConfig
+from batchpizza.controls.ratelimit import Sleep
 from batchpizza.errors import MisuseDetected, ProviderError
-from batchpizza.ratelimit import Sleep
 
 T = TypeVar("T")
 

@@ -1,0 +1,5 @@
+"""The file job: a run from an input file to an output file, and the `run`/`arun` doors."""
+
+from batchpizza.job.stages import Job, arun, run, run_loop
+
+__all__ = ["Job", "arun", "run", "run_loop"]

@@ -1,0 +1,1 @@
+"""The local stand-in for the APIs batchpizza speaks, for offline demos and the tests."""
