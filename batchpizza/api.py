@@ -1,88 +1,81 @@
 """The Python API over rows held in memory: `answer` / `aanswer` (the same type back, with the
 result columns) and `stream` (results as rows finish).
 
-In-memory data goes through the very run a file goes through: it is spooled to a private
-temporary folder (Parquet for Arrow-backed data, JSONL for a list of dicts), run with the same
-pacing, retries, breaker and checkpoint, and the result columns are read back and joined to the
-caller's own object, whose types, index and metadata `tables.restore` keeps. The spool costs a
-write and a read of the data (measured in RESULTS.md); in return every guarantee of a run holds,
-and `checkpoint=PATH` makes the same call resumable after a kernel crash. Without a checkpoint,
-nothing is left on disk.
+In-memory data is read where it is: the job scans it, plans and sends it as it does a file, with
+the same pacing, retries, breaker and checkpoint, and the results are joined to the caller's own
+object, whose types, index and metadata `tables.restore` keeps. Without `checkpoint=` the job's
+checkpoint lives in memory and nothing is written to disk; with `checkpoint=PATH` the same call
+is resumable after a kernel crash.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
-from batchpizza import jsoncodec
 from batchpizza.config import RunConfig
 from batchpizza.errors import UsageError
-from batchpizza.job.stages import Job, run_loop
-from batchpizza.records import Result
-from batchpizza.sinks.values import json_default, result_columns
+from batchpizza.job import Job, run_loop
+from batchpizza.records import OutputRow, Result
+from batchpizza.sinks.values import result_columns
 from batchpizza.tables import InMemory, from_data
 
 LABEL = "<data>"
 
 
-@contextlib.contextmanager
-def _spooled(mem: InMemory) -> Iterator[tuple[Path, Path]]:
-    """(input file, output file) in a private folder, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="batchpizza-") as folder:
-        base = Path(folder)
-        if mem.kind == "rows":
-            path = base / "input.jsonl"
-            with path.open("wb") as handle:
-                for row in mem.rows:
-                    handle.write(jsoncodec.dumps(row, json_default) + b"\n")
-            yield path, base / "output.jsonl"
-            return
-        import pyarrow.parquet as pq
-
-        path = base / "input.parquet"
-        writer: pq.ParquetWriter | None = None
-        try:
-            for batch in mem.batches():
-                if writer is None:
-                    writer = pq.ParquetWriter(path, batch.schema, compression="none")
-                writer.write_batch(batch)
-            if writer is None:  # no rows at all: an empty file with the columns
-                writer = pq.ParquetWriter(path, mem.schema, compression="none")
-        finally:
-            if writer is not None:
-                writer.close()
-        yield path, base / "output.parquet"
-
-
-def _config(input: Path, output: Path, options: dict[str, Any]) -> RunConfig:
-    options.setdefault("checkpoint", str(output) + ".checkpoint")
+def _config(options: dict[str, Any]) -> RunConfig:
+    if "output" in options:
+        raise UsageError("answer() returns its result; use batchpizza.run() to write a file")
     options.setdefault("input_label", LABEL)
     # A notebook's stderr is no terminal, yet it shows a bar (tqdm's notebook widget) well.
     options.setdefault("progress", True if "ipykernel" in sys.modules else None)
-    return RunConfig.from_options(str(input), str(output), **options)
+    return RunConfig.from_options(**options)
 
 
-def _read_results(output: Path, extra: tuple[str, ...], mem: InMemory) -> Any:
-    names = list(result_columns(extra))
+def _results(mem: InMemory, rows: list[OutputRow], extra: tuple[str, ...]) -> Any:
+    """The result columns of `rows` as `mem.restore` takes them: dicts for a list, else Arrow."""
+    names = result_columns(extra)
     if mem.kind == "rows":
-        with output.open("rb") as handle:
-            return [
-                {name: row.get(name) for name in names}
-                for row in map(jsoncodec.loads, handle)
-                if row
-            ]
-    import pyarrow.parquet as pq
+        return [{name: getattr(row, name) for name in names} for row in rows]
+    import pyarrow as pa
 
-    if mem.kind == "stream":  # the input is gone once read: its columns come from the output
-        return pq.read_table(output, columns=[*mem.schema.names, *names])
-    return pq.read_table(output, columns=names)
+    from batchpizza.sinks.values import result_fields
+
+    fields = result_fields(extra)
+    arrays = [pa.array([getattr(r, f.name) for r in rows], f.type) for f in fields]
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+async def _answered(data: Any, options: dict[str, Any], **hooks: Any) -> tuple[Any, Job]:
+    """(the result of `data`'s run as `restore` takes it, the job that ran it)."""
+    config = _config(options)
+    mem = from_data(data)
+    readable = mem
+    if mem.kind == "stream":  # read once: its rows are run from memory, its columns given back
+        readable = InMemory("arrow", mem.data.read_all())
+    job = Job(config, data=readable, **hooks)
+    await job.run()
+    assert job.output_rows is not None  # a run that returned has its rows
+    from batchpizza.providers.factory import extra_columns
+
+    results = _results(readable, job.output_rows, extra_columns(config.provider))
+    if mem.kind == "stream":
+        table = readable.table
+        results = _beside(table, results)
+    return mem.restore(results), job
+
+
+def _beside(table: Any, results: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_arrays(
+        [*table.columns, *results.columns], names=[*table.column_names, *results.column_names]
+    )
 
 
 async def aanswer(data: Any, **options: Any) -> Any:
@@ -91,15 +84,8 @@ async def aanswer(data: Any, **options: Any) -> Any:
     input is not changed. Options as on the command line (`prompt_field=`, `rate=`,
     `concurrency=`, `skip_bad_rows=`, `checkpoint=PATH` to make it resumable, ...). Bad rows raise
     InputError naming the row, unless skip_bad_rows=True. Use inside a running event loop."""
-    mem = from_data(data)
-    if "output" in options:
-        raise UsageError("answer() returns its result; use batchpizza.run() to write a file")
-    with _spooled(mem) as (input_path, output):
-        config = _config(input_path, output, dict(options))
-        await Job(config).run()
-        extra = ("prompt_tokens", "completion_tokens") if config.provider == "openai" else ()
-        results = _read_results(output, extra, mem)
-    return mem.restore(results)
+    result, _job = await _answered(data, dict(options))
+    return result
 
 
 def answer(data: Any, **options: Any) -> Any:
@@ -124,39 +110,37 @@ async def stream(data: Any, **options: Any) -> AsyncIterator[dict[str, Any]]:
     kept in the checkpoint."""
     queue: asyncio.Queue[tuple[int, Result] | None] = asyncio.Queue()
     seen: set[int] = set()
-    with contextlib.ExitStack() as stack:
-        if isinstance(data, (str, os.PathLike)):
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batchpizza-")))
-            input_path, output = Path(data), folder / "output.jsonl"
-            options = {**options}
-        else:
-            mem = from_data(data)
-            input_path, output = stack.enter_context(_spooled(mem))
-            output = output.with_suffix(".jsonl")
-        config = _config(input_path, output, dict(options))
-        job = Job(config, on_row=lambda pos, result: queue.put_nowait((pos, result)))
-        task = asyncio.ensure_future(job.run())
-        task.add_done_callback(lambda _: queue.put_nowait(None))
-        try:
-            while (item := await queue.get()) is not None:
-                pos, result = item
-                seen.add(pos)
-                yield _row(pos, result)
-            await task  # raises what the run raised
-            with output.open("rb") as handle:
-                for pos, line in enumerate(handle):
-                    if pos not in seen:
-                        row = jsoncodec.loads(line)
-                        yield {"id": row["id"], "position": pos, **_results_of(row)}
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+    on_row = lambda pos, result: queue.put_nowait((pos, result))  # noqa: E731
+    if isinstance(data, (str, os.PathLike)):  # a file: named by its path in messages
+        config = _config({"input_label": None, **options})
+        job = Job(dataclasses.replace(config, input=str(data)), on_row=on_row)
+    else:
+        config = _config(dict(options))
+        mem = from_data(data)
+        if mem.kind == "stream":
+            mem = InMemory("arrow", mem.data.read_all())
+        job = Job(config, data=mem, on_row=on_row)
+    task = asyncio.ensure_future(job.run())
+    task.add_done_callback(lambda _: queue.put_nowait(None))
+    try:
+        while (item := await queue.get()) is not None:
+            pos, result = item
+            seen.add(pos)
+            yield _row(pos, result)
+        await task  # raises what the run raised
+        assert job.output_rows is not None  # a run that returned has its rows
+        for pos, row in enumerate(job.output_rows):
+            if pos not in seen:
+                yield {"id": row.id, "position": pos, **_results_of(row)}
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
 
-def _results_of(row: dict[str, Any]) -> dict[str, Any]:
-    return {name: row.get(name) for name in result_columns(()) if name in row}
+def _results_of(row: OutputRow) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in result_columns(())}
 
 
 def _row(pos: int, result: Result) -> dict[str, Any]:

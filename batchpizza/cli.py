@@ -19,7 +19,7 @@ from batchpizza.checkpoint import Checkpoint, is_locked
 from batchpizza.config import RunConfig
 from batchpizza.errors import BatchpizzaError
 from batchpizza.files import write_atomically
-from batchpizza.job.stages import Job, run_loop
+from batchpizza.job import Job, run_loop
 from batchpizza.records import Summary
 
 

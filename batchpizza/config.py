@@ -158,8 +158,9 @@ def parse_params(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    input: str
-    output: str
+    # The input and output files; None for rows held in memory (answer(), a Ray actor's batch).
+    input: str | None = None
+    output: str | None = None
     prompt_field: str | None = None  # None: the default, and the user did not choose it
     messages_field: str | None = None
     id_field: str | None = None
@@ -196,7 +197,7 @@ class RunConfig:
     input_label: str | None = None  # what messages call the input (in-memory data: "<data>")
     rate_per_s: float = field(init=False)
     auto_max: float | None = field(init=False)  # set under --rate auto: the learned rate's ceiling
-    output_format: str = field(init=False)
+    output_format: str | None = field(init=False)  # None: no output file
     deadline_s: float | None = field(init=False)
     patience_s: float = field(init=False)
 
@@ -204,7 +205,8 @@ class RunConfig:
         rate, auto_max = parse_rate_option(self.rate)
         object.__setattr__(self, "rate_per_s", rate)
         object.__setattr__(self, "auto_max", auto_max)
-        object.__setattr__(self, "output_format", output_format(self.output, self.format))
+        fmt = None if self.output is None else output_format(self.output, self.format)
+        object.__setattr__(self, "output_format", fmt)
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
         deadline = None if self.deadline is None else parse_duration(self.deadline, "--deadline")
         object.__setattr__(self, "deadline_s", deadline)
@@ -228,7 +230,9 @@ class RunConfig:
             check_url(self.proxy, "--proxy")
 
     @classmethod
-    def from_options(cls, input: str, output: str, **options: Any) -> RunConfig:
+    def from_options(
+        cls, input: str | None = None, output: str | None = None, **options: Any
+    ) -> RunConfig:
         if isinstance(options.get("params"), (list, tuple)):
             options["params"] = parse_params(options["params"])
         known = {f.name for f in fields(cls) if f.init}
@@ -241,12 +245,19 @@ class RunConfig:
                 options[name] = os.environ[variable]
         if options.get("base_url") is None:
             options.pop("base_url", None)
-        return cls(input=str(input), output=str(output), **options)
+        return cls(
+            input=None if input is None else str(input),
+            output=None if output is None else str(output),
+            **options,
+        )
 
     @property
-    def checkpoint_path(self) -> Path:
+    def checkpoint_path(self) -> Path | None:
+        """The checkpoint's file; None for rows in memory without one (kept in memory)."""
         if self.checkpoint:
             return Path(self.checkpoint)
+        if self.output is None:
+            return None
         # Mock answers get a checkpoint of their own, so that a later real run on the same
         # output sends every prompt instead of taking the mock's answers as done.
         return Path(self.output + (".mock-checkpoint" if self.mock else ".checkpoint"))

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import FAST, read_jsonl, write_jsonl
 
 import batchpizza
-import batchpizza.job.stages
+import batchpizza.sinks
 from batchpizza.checkpoint import RunLock
 from batchpizza.cli import cli
 from batchpizza.errors import InputChanged, InputError, LockedError, OutputError
@@ -91,20 +91,20 @@ def test_rows_appended_during_a_run_wait_for_the_next_run(
     source = write_jsonl(
         tmp_path / "in.jsonl", [{"id": str(i), "prompt": f"q{i}"} for i in range(5)]
     )
-    real_write = batchpizza.job.stages.write_output
+    real_write = batchpizza.sinks.write_output
 
     def append_then_write(*args: Any, **kwargs: Any) -> None:
         with source.open("a") as handle:
             handle.write(json.dumps({"id": "late", "prompt": "late row"}) + "\n")
         real_write(*args, **kwargs)
 
-    monkeypatch.setattr(batchpizza.job.stages, "write_output", append_then_write)
+    monkeypatch.setattr(batchpizza.sinks, "write_output", append_then_write)
     out = tmp_path / "out.jsonl"
     summary = run(mock_api, source, out)
     assert summary["exit_code"] == 0
     assert [r["id"] for r in read_jsonl(out)] == ["0", "1", "2", "3", "4"]
 
-    monkeypatch.setattr(batchpizza.job.stages, "write_output", real_write)
+    monkeypatch.setattr(batchpizza.sinks, "write_output", real_write)
     again = run(mock_api, source, out)
     assert again["requests"] == 1
     assert [r["id"] for r in read_jsonl(out)][-1] == "late"
@@ -115,21 +115,21 @@ def test_a_prompt_edited_in_place_during_a_run_is_never_paired_with_the_old_answ
 ) -> None:
     rows = [{"id": str(i), "prompt": f"q{i}"} for i in range(5)]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
-    real_write = batchpizza.job.stages.write_output
+    real_write = batchpizza.sinks.write_output
 
     def edit_then_write(*args: Any, **kwargs: Any) -> None:
         rows[2]["prompt"] = "Q2"  # same length, same row count
         write_jsonl(source, rows)
         real_write(*args, **kwargs)
 
-    monkeypatch.setattr(batchpizza.job.stages, "write_output", edit_then_write)
+    monkeypatch.setattr(batchpizza.sinks, "write_output", edit_then_write)
     out = tmp_path / "out.jsonl"
     with pytest.raises(InputChanged) as caught:
         run(mock_api, source, out)
     assert caught.value.exit_code == 1
     assert not out.exists()
 
-    monkeypatch.setattr(batchpizza.job.stages, "write_output", real_write)
+    monkeypatch.setattr(batchpizza.sinks, "write_output", real_write)
     summary = run(mock_api, source, out)
     assert summary["requests"] == 1  # only the edited row
     assert read_jsonl(out)[2]["answer"] == mock_answer("Q2")

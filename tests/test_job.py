@@ -26,6 +26,7 @@ from batchpizza import redact
 from batchpizza.checkpoint import RunLock
 from batchpizza.cli import cli
 from batchpizza.errors import BatchpizzaError
+from batchpizza.job import loop as loop_module
 from batchpizza.job import stages as job_module
 from batchpizza.mock.server import MockConfig, ThreadedMockServer, mock_answer
 
@@ -707,9 +708,9 @@ def test_run_loop_uses_uvloop_when_installed_and_asyncio_when_told(
 ) -> None:
     pytest.importorskip("uvloop")
     monkeypatch.delenv("BATCHPIZZA_LOOP", raising=False)
-    assert job_module.run_loop(_loop_kind()) == "uvloop"
+    assert loop_module.run_loop(_loop_kind()) == "uvloop"
     monkeypatch.setenv("BATCHPIZZA_LOOP", "asyncio")
-    assert job_module.run_loop(_loop_kind()) == "asyncio"
+    assert loop_module.run_loop(_loop_kind()) == "asyncio"
 
 
 def test_run_loop_falls_back_to_asyncio_with_a_standard_descriptor_closed(
@@ -717,5 +718,5 @@ def test_run_loop_falls_back_to_asyncio_with_a_standard_descriptor_closed(
 ) -> None:
     # libuv aborts the process when a standard descriptor is closed (cron's 2>&-).
     monkeypatch.delenv("BATCHPIZZA_LOOP", raising=False)
-    monkeypatch.setattr(job_module, "_std_fds_open", lambda: False)
-    assert job_module.run_loop(_loop_kind()) == "asyncio"
+    monkeypatch.setattr(loop_module, "_std_fds_open", lambda: False)
+    assert loop_module.run_loop(_loop_kind()) == "asyncio"

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 import sqlite3
-import tempfile
 import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -50,19 +49,22 @@ class ScanIndex:
     """The scanned rows of one input. `scan` fills it; `path` is the file `adopt_scan` copies."""
 
     def __init__(self, path: Path | None = None) -> None:
+        """At `path` (a file of its own, replaced if there), or in memory when None: a named
+        in-memory database that the checkpoint's connection can attach, so that in-memory data
+        leaves nothing on disk."""
+        self.path = path
         if path is None:
-            fd, name = tempfile.mkstemp(prefix="batchpizza-scan-", suffix=".db")
-            os.close(fd)
-            path = Path(name)
+            self.uri = f"file:batchpizza-scan-{uuid.uuid4().hex}?mode=memory&cache=shared"
+            name, uri = self.uri, True
         else:
             path.unlink(missing_ok=True)
-        self.path = path
-        name = str(path)
+            self.uri = path.resolve().as_uri() + "?mode=ro"  # as_uri escapes # ? % in the path
+            name, uri = str(path), False
         self.total = 0
         self.bad = 0
         self.first_bad: list[BadRecord] = []
         # Used by one thread at a time: the scan runs in a worker thread.
-        self._db = sqlite3.connect(name, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(name, isolation_level=None, check_same_thread=False, uri=uri)
         # Written once and then thrown away: no journal, no fsync.
         self._db.execute("PRAGMA journal_mode = OFF")
         self._db.execute("PRAGMA synchronous = OFF")
@@ -70,7 +72,8 @@ class ScanIndex:
 
     def close(self) -> None:
         self._db.close()
-        self.path.unlink(missing_ok=True)
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
     def scan(
         self,
@@ -103,7 +106,7 @@ class ScanIndex:
             self._mark_duplicates(unit, names)
         except sqlite3.Error as exc:  # the temporary folder is full, most likely
             raise OutputError(
-                f"cannot keep the scan of the input in {self.path.parent}: {exc}"
+                f"cannot keep the scan of the input in {self.path or 'memory'}: {exc}"
             ) from None
 
     def _note_bad(self, row: BadRecord, *, in_order: bool = True) -> None:

@@ -145,6 +145,15 @@ class Checkpoint:
         return cls(path, conn)
 
     @classmethod
+    def in_memory(cls) -> Checkpoint:
+        """A checkpoint that lives as long as this object, for rows in memory without a file:
+        the same plan, results and tallies, nothing on disk."""
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        conn.executescript(_SCHEMA)
+        conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        return cls(None, conn)
+
+    @classmethod
     def peek_scan(cls, path: Path, key: str) -> dict[str, Any] | None:
         """The scan info `scan_info` would give, read without leaving a trace: an immutable
         read opens no log and no shared-memory file beside the checkpoint. It may miss the
@@ -161,11 +170,11 @@ class Checkpoint:
             conn.close()
 
     @classmethod
-    def planning(cls, path: Path, scan: ScanIndex) -> Checkpoint:
+    def planning(cls, path: Path | None, scan: ScanIndex) -> Checkpoint:
         """A read-only view for a dry run: the checkpoint at `path` if there is one (else an empty
         one in memory) with `scan` standing in for its scan table. Nothing on disk changes."""
         try:
-            if path.exists():
+            if path is not None and path.exists():
                 conn = sqlite3.connect(
                     _reading_uri(path), uri=True, isolation_level=None, check_same_thread=False
                 )
@@ -173,7 +182,7 @@ class Checkpoint:
             else:
                 conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
                 conn.executescript(_SCHEMA)
-            conn.execute("ATTACH DATABASE ? AS scanned", (_readonly_uri(scan.path),))
+            conn.execute("ATTACH DATABASE ? AS scanned", (scan.uri,))
             # A temporary view shadows the checkpoint's own scan table by name.
             conn.execute("CREATE TEMP VIEW scan AS SELECT * FROM scanned.rows")
         except sqlite3.DatabaseError as exc:
@@ -276,7 +285,7 @@ class Checkpoint:
         conn = self._conn
         with self._errors():
             # Attached outside the transaction: SQLite cannot attach or detach inside one.
-            conn.execute("ATTACH DATABASE ? AS scanned", (_readonly_uri(scan.path),))
+            conn.execute("ATTACH DATABASE ? AS scanned", (scan.uri,))
         try:
             with self._transaction():
                 conn.execute("DELETE FROM scan")

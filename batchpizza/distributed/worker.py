@@ -1,12 +1,12 @@
-"""What each actor of a cluster run does: batchpizza's own Job over one Arrow batch at a time,
-its attempts paced by slots leased from the cluster's controller, its answers written to the
-shared checkpoint before its workers send again.
+"""What each actor of a cluster run does: batchpizza's own job over one Arrow batch at a time,
+in memory, its attempts paced by slots leased from the cluster's controller, its answers written
+to the shared checkpoint before its workers send again.
 
-Each Job's attempts pass a `ClusterGate` (batchpizza.distributed.gate) instead of a Control of
-their own. `Answerer` turns a batch into a Job, on the actor's one event loop and one session,
-kept from batch to batch: the rows already answered (by an earlier run, or by an earlier
-attempt at this batch on an actor that died) are taken from the checkpoint, the rest spooled to a
-private folder and run, and the batch comes back with the result columns.
+Each job's attempts pass a `ClusterGate` (batchpizza.distributed.gate) instead of a Control of
+their own. `Answerer` runs a batch on the actor's one event loop and one session, kept from
+batch to batch: the rows already answered (by an earlier run, or by an earlier attempt at this
+batch on an actor that died) are taken from the checkpoint, the rest run where they are (no
+file), and the batch comes back with the result columns.
 """
 
 from __future__ import annotations
@@ -14,21 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchpizza.config import RunConfig
 from batchpizza.distributed.gate import ClusterGate, Controller
 from batchpizza.distributed.parts import DIGEST, ID, PartStore, key_of
 from batchpizza.engine.runner import new_session
-from batchpizza.job.stages import Job
+from batchpizza.job import Job
 from batchpizza.records import Result, is_answered
 from batchpizza.rows import Fields, RowProblem, interpret, prompt_digest
 from batchpizza.sinks.values import result_columns, result_fields
-from batchpizza.tables import from_data
+from batchpizza.tables import InMemory, from_data
 
 if TYPE_CHECKING:
     import aiohttp
@@ -164,7 +162,7 @@ class Answerer:
             "progress": False,
             "input_label": "<ray batch>",
         }
-        probe = RunConfig.from_options("in.parquet", "out.parquet", **self._options)
+        probe = RunConfig.from_options(**self._options)
         self._id_field = probe.fields_named[2]
         self._extra = ("prompt_tokens", "completion_tokens") if probe.provider == "openai" else ()
         self._fields = Fields.from_config(probe, self._extra)
@@ -268,31 +266,34 @@ class Answerer:
         return result
 
     async def _run(self, todo: pa.Table, key: str) -> pa.Table:
-        import pyarrow.parquet as pq
+        """The rows of `todo` run by the engine where they are, in memory, paced by the
+        cluster's slots; their results as a table."""
+        import pyarrow as pa
 
         writer = PartWriter(self._store, key, self._schema) if self._store is not None else None
-        with tempfile.TemporaryDirectory(prefix="batchpizza-ray-") as folder:
-            source, output = Path(folder) / "input.parquet", Path(folder) / "output.parquet"
-            pq.write_table(todo, source)
-            config = RunConfig.from_options(str(source), str(output), **self._options)
-            gate = ClusterGate(
-                self._controller,
-                share=self._share,
-                before_send=writer.flush if writer is not None else None,
-            )
-            job = Job(
-                config,
-                gatekeeper=gate,
-                on_row=writer.add if writer is not None else None,
-                session=self._actor_session(),
-            )
-            try:
-                await job.run()
-            finally:
-                await gate.close()
-                if writer is not None:
-                    await writer.flush()
-            return pq.read_table(output, columns=list(result_columns(self._extra)))
+        config = RunConfig.from_options(**self._options)
+        gate = ClusterGate(
+            self._controller,
+            share=self._share,
+            before_send=writer.flush if writer is not None else None,
+        )
+        job = Job(
+            config,
+            data=InMemory("arrow", todo),
+            gatekeeper=gate,
+            on_row=writer.add if writer is not None else None,
+            session=self._actor_session(),
+        )
+        try:
+            await job.run()
+        finally:
+            await gate.close()
+            if writer is not None:
+                await writer.flush()
+        assert job.output_rows is not None  # a run that returned has its rows
+        fields = result_fields(self._extra)
+        arrays = [pa.array([getattr(r, f.name) for r in job.output_rows], f.type) for f in fields]
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
     def _ids(self, batch: pa.Table) -> list[str]:
         if self._id_field not in batch.column_names:

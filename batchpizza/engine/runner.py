@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from batchpizza.checkpoint import Checkpoint
 from batchpizza.controls.gate import Gatekeeper, Stopped
 from batchpizza.controls.ratelimit import Sleep
 from batchpizza.controls.retrying import RetryPolicy
 from batchpizza.controls.stop import Stop
+from batchpizza.engine.store import Store
 from batchpizza.errors import (
     BadReply,
     HTTPStatusError,
@@ -117,8 +117,8 @@ class Committer:
     the log, no fsync), the once-a-second sync in a thread. A failed commit or sync fails every
     waiting worker, so none waits forever."""
 
-    def __init__(self, checkpoint: Checkpoint, run: int) -> None:
-        self._checkpoint = checkpoint
+    def __init__(self, store: Store, run: int) -> None:
+        self._checkpoint = store
         self._run = run
         self._waiting: list[tuple[Result, list[Attempt], asyncio.Future[None]]] = []
         self._orphans: list[Attempt] = []  # attempts of rows left unfinished by a stop
@@ -187,7 +187,7 @@ class Committer:
                     return
         except Exception as exc:
             if isinstance(exc, (sqlite3.Error, OSError)):  # a sync or a disk failing under us
-                exc = OutputError(f"checkpoint {self._checkpoint.path}: {exc}")
+                exc = OutputError(f"checkpoint {self._checkpoint.path or 'in memory'}: {exc}")
             self._failed = exc
             for _, _, future in batch + self._waiting:
                 if not future.done():
@@ -217,7 +217,7 @@ class Runner:
     def __init__(
         self,
         provider: Provider,
-        checkpoint: Checkpoint,
+        store: Store,
         policy: RetryPolicy,
         gate: Gatekeeper,
         *,
@@ -233,7 +233,7 @@ class Runner:
         # A session its caller owns (a Ray actor's, reused batch after batch); else the run
         # opens one of its own and closes it.
         self._session = session
-        self.checkpoint = checkpoint
+        self.store = store
         self.policy = policy
         self.gate = gate
         self.concurrency = concurrency
@@ -254,7 +254,7 @@ class Runner:
                 session = self._session
                 if session is None:
                     session = await owned.enter_async_context(new_session(self.concurrency))
-                committer = Committer(self.checkpoint, self.run_id)
+                committer = Committer(self.store, self.run_id)
                 workers = [
                     asyncio.create_task(self._work(session, rows, committer), name=f"worker-{i}")
                     for i in range(self.concurrency)

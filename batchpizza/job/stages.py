@@ -1,9 +1,11 @@
 """One batch job from start to end: check, lock, scan, plan, send, write, summarise.
 
 The stages run in this order and data flows one way: source -> checkpoint (the scan, the plan)
--> runner (-> provider) -> checkpoint -> sink. Blocking work (the scan, the output) runs in a
-worker thread so that the event loop stays free to notice a signal; both check the stop between
-batches.
+-> engine (-> provider) -> checkpoint -> sink. The rows come from a file or from memory (a
+DataFrame, a Ray batch), and the checkpoint is a file or, for rows in memory without one, an
+in-memory database; every stage is the same either way. Blocking work (the scan, the output)
+runs in a worker thread so that the event loop stays free to notice a signal; both check the
+stop between batches.
 """
 
 from __future__ import annotations
@@ -15,42 +17,32 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from batchpizza.checkpoint import Checkpoint, RunLock, ScanIndex
-from batchpizza.config import RunConfig, check_url
+from batchpizza.config import RunConfig
 from batchpizza.controls.control import Control
 from batchpizza.controls.gate import Gatekeeper
 from batchpizza.controls.retrying import RetryPolicy
 from batchpizza.controls.stop import Stop
 from batchpizza.engine.runner import Runner
 from batchpizza.errors import BatchpizzaError, InputError, Interrupted, LockedError, UsageError
-from batchpizza.files import check_writable, clear_partials, inside, same_file, write_atomically
+from batchpizza.files import clear_partials, write_atomically
+from batchpizza.job.paths import check_paths
 from batchpizza.progress import Progress, choose, dry_run_report, setup_logging, summary_line
 from batchpizza.providers import Provider
-from batchpizza.records import Result, Summary, Tally
-from batchpizza.redact import remember_secret, remember_url
+from batchpizza.providers.factory import make_provider, remember_secrets
+from batchpizza.records import OutputRow, Result, Summary, Tally
 from batchpizza.rows import Fields
-from batchpizza.sinks import write_output
-from batchpizza.sinks.values import result_columns
-from batchpizza.sources import Source, describe, input_files, open_source
-from batchpizza.sources.stdin import spool_stdin_aside
+from batchpizza.sources.base import Rows, describe
 
 if TYPE_CHECKING:
     import aiohttp
 
-_PROXY_VARIABLES = (
-    "BATCHPIZZA_PROXY",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-)
-T = TypeVar("T")
+    from batchpizza.tables import InMemory
+
 # When the process started (this module is imported at start-up): --deadline counts from here,
 # as cron's clock does, so that the time spent validating counts too.
 _PROCESS_START = time.monotonic()
@@ -61,6 +53,7 @@ class Job:
         self,
         config: RunConfig,
         *,
+        data: InMemory | None = None,
         stdin: IO[bytes] | None = None,
         progress: Progress | None = None,
         on_row: Callable[[int, Result], None] | None = None,
@@ -68,6 +61,9 @@ class Job:
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.config = config
+        self.data = data  # rows in memory, instead of config.input's file
+        # For rows in memory: every row's result, in input order, once the run has ended.
+        self.output_rows: list[OutputRow] | None = None
         self.session = session  # the caller's, kept open (a Ray actor's); else the run's own
         self.on_row = on_row  # told of each row this run finishes (position, result): stream()
         # What every attempt passes instead of this run's own Control (pacing, breaker): a Ray
@@ -94,10 +90,13 @@ class Job:
         self.stop.interrupt(signum)
         self._cancel_after_grace()
 
-    def _scan_path(self) -> Path:
+    def _scan_path(self) -> Path | None:
         """Where the scan is written before it is adopted: beside the checkpoint, so that what a
-        killed scan leaves is cleared by the next run (named apart from the output's partials)."""
+        killed scan leaves is cleared by the next run (named apart from the output's partials);
+        None (in memory) for rows in memory, which are scanned anew every time."""
         ck = self.config.checkpoint_path
+        if ck is None or self.data is not None:
+            return None
         return ck.with_name(f".scan-{ck.name}.partial")
 
     def _finished_row(self, pos: int, result: Result) -> None:
@@ -129,8 +128,7 @@ class Job:
     async def run(self) -> Summary:
         config = self.config
         setup_logging(config.quiet, config.verbose)
-        for url in (config.proxy, config.base_url, *map(os.environ.get, _PROXY_VARIABLES)):
-            remember_url(url)
+        remember_secrets(config)
         started = time.monotonic()
         try:
             return await self._locked(started)
@@ -145,10 +143,14 @@ class Job:
 
     async def _locked(self, started: float) -> Summary:
         config = self.config
-        self._check_paths()
+        check_paths(config)
         self._paths_checked = True
-        lock = RunLock(Path(config.output), config.checkpoint_path)
-        if not config.dry_run:  # a dry run reads and writes nothing: it need not wait its turn
+        checkpoint = config.checkpoint_path
+        # Rows in memory without a checkpoint share nothing on disk with another run.
+        lock = None
+        if checkpoint is not None:
+            lock = RunLock(Path(config.output) if config.output else checkpoint, checkpoint)
+        if lock is not None and not config.dry_run:  # a dry run changes nothing: no turn needed
             try:
                 lock.acquire()
             except LockedError:
@@ -156,10 +158,13 @@ class Job:
                 self._report(Summary.of(None, exit_code=75, stopped="locked", **where))
                 raise
         try:
-            if not config.dry_run:  # under the lock: what killed writes and scans left
-                clear_partials(Path(config.output))
-                clear_partials(config.checkpoint_path)
-                self._scan_path().unlink(missing_ok=True)
+            if checkpoint is not None and not config.dry_run:  # under the lock: what killed
+                if config.output is not None:  # writes and scans left
+                    clear_partials(Path(config.output))
+                clear_partials(checkpoint)
+                scan_path = self._scan_path()
+                if scan_path is not None:
+                    scan_path.unlink(missing_ok=True)
             if not config.mock:
                 return await self._run_locked(started)
             # Imported here: aiohttp.web is only needed for the offline demo.
@@ -169,37 +174,8 @@ class Job:
                 self.config = dataclasses.replace(config, base_url=server.base_url)
                 return await self._run_locked(started)
         finally:
-            lock.release()
-
-    def _check_paths(self) -> None:
-        """Everything that can be checked before reading or sending, so that it is not found
-        after the whole run: folders, and no two of input, output, checkpoint and summary the
-        same file (an output written over its input would turn every later run's rows bad)."""
-        config = self.config
-        output, checkpoint = Path(config.output), config.checkpoint_path
-        if output.is_dir():
-            raise UsageError(f"output {output} is a directory; give a file name")
-        check_writable(output.parent, "output")
-        check_writable(checkpoint.parent, "checkpoint")
-        if config.summary_json:
-            if Path(config.summary_json).is_dir():
-                raise UsageError(f"--summary-json {config.summary_json} is a directory")
-            check_writable(Path(config.summary_json).parent, "summary")
-        named = [("output", output), ("checkpoint", checkpoint)]
-        if config.summary_json:
-            named.append(("summary", Path(config.summary_json)))
-        named += [("input", p) for p in input_files(config.input)]
-        for i, (what, path) in enumerate(named):
-            for other, other_path in named[i + 1 :]:
-                if what != other and same_file(path, other_path):
-                    raise UsageError(f"the {what} and the {other} are the same file ({path})")
-        if config.input != "-" and Path(config.input).is_dir():
-            for what, path in named:
-                if what != "input" and inside(path, Path(config.input)):
-                    raise UsageError(
-                        f"the {what} {path} is inside the input folder {config.input}; "
-                        "the next run would read it as input"
-                    )
+            if lock is not None:
+                lock.release()
 
     async def _run_locked(self, started: float) -> Summary:
         """The stages, and what an interrupt at any of them leaves: a saved checkpoint, the
@@ -212,11 +188,13 @@ class Job:
                 summary = self._summary(self._tally(), started, 128 + signum, stopped="signal")
                 summary = dataclasses.replace(summary, output=None, interrupted=True)
                 self._report(summary)
-                saved = (
-                    f"finished rows are saved in {self.config.checkpoint_path}"
-                    if self._checkpoint is not None and not self.config.dry_run
-                    else "nothing was sent or changed"
-                )
+                path = self.config.checkpoint_path
+                if self._checkpoint is None or self.config.dry_run:
+                    saved = "nothing was sent or changed"
+                elif path is None:
+                    saved = "no checkpoint was given, so what finished is not kept"
+                else:
+                    saved = f"finished rows are saved in {path}"
                 raise Interrupted(
                     f"{exc.message}; {saved}. Rerun the same command to resume.", signum, summary
                 ) from None
@@ -231,14 +209,9 @@ class Job:
 
     async def _stages(self, started: float, cleanup: contextlib.ExitStack) -> Summary:
         config = self.config
-        stdin_copy = None
-        if config.input == "-":
-            stdin_copy = await self._spool_stdin()
-            cleanup.callback(stdin_copy.unlink, missing_ok=True)
-        provider = self._provider()
+        provider = make_provider(config)
         fields = Fields.from_config(config, extra_reserved=provider.extra_columns)
-        source = open_source(config.input, fields, stdin_copy, config.input_label)
-        cleanup.callback(source.close)
+        source = await self._open_source(fields, cleanup)
         key = source.input_key()
         scan = await self._scan(source, key, cleanup, reuse=not config.dry_run)
         if config.dry_run:
@@ -246,7 +219,10 @@ class Job:
             self._checkpoint = planning = Checkpoint.planning(config.checkpoint_path, scan)
             cleanup.callback(planning.close)
             return await self._dry_run(planning, source, provider, started)
-        self._checkpoint = checkpoint = Checkpoint.open(config.checkpoint_path)
+        path = config.checkpoint_path
+        self._checkpoint = checkpoint = (
+            Checkpoint.open(path) if path is not None else Checkpoint.in_memory()
+        )
         cleanup.callback(checkpoint.close)
         if scan is None and key is not None and checkpoint.scan_info(key) is None:
             # The peek saw an older state of the file than the one now open: scan after all.
@@ -259,7 +235,7 @@ class Job:
         self._limit = config.limit
         plan = checkpoint.plan(config.limit)
         todo = sum(plan.values())
-        checkpoint.set_meta(input=config.input)
+        checkpoint.set_meta(input=config.input or config.input_label)
         run = checkpoint.begin_run(_options(config))
         control = Control(
             rate=config.rate_per_s,
@@ -312,19 +288,7 @@ class Job:
                 f"{runner.fatal.message}; stopped after {runner.counters.requests} request(s). "
                 "Answers so far are kept in the checkpoint: fix the cause and rerun."
             )
-        await self._in_thread(
-            functools.partial(
-                write_output,
-                source,
-                checkpoint,
-                Path(config.output),
-                config.output_format,
-                results=result_columns(provider.extra_columns),
-                scan_key=key,
-                limit=config.limit,
-                stop=self.stop.interrupted,
-            )
-        )
+        await self._in_thread(functools.partial(self._write, source, checkpoint, provider, key))
         if self.stop.signum is not None:  # a signal during the write: the output is whole
             raise Interrupted("interrupted after the output was written", self.stop.signum)
         tally = checkpoint.tally(config.limit)
@@ -338,14 +302,57 @@ class Job:
         self._report(summary)
         return summary
 
+    async def _open_source(self, fields: Fields, cleanup: contextlib.ExitStack) -> Rows:
+        """The rows to run: the data in memory, or the input file(s) (standard input copied
+        aside first, so it can be read twice)."""
+        config = self.config
+        if self.data is not None:
+            from batchpizza.sources.memory import MemorySource
+
+            return MemorySource(self.data, fields, config.input_label or "<data>")
+        from batchpizza.sources import open_source
+
+        assert config.input is not None  # a RunConfig for a file job names its input
+        stdin_copy = None
+        if config.input == "-":
+            stdin_copy = await self._spool_stdin()
+            cleanup.callback(stdin_copy.unlink, missing_ok=True)
+        source = open_source(config.input, fields, stdin_copy, config.input_label)
+        cleanup.callback(source.close)
+        return source
+
+    def _write(
+        self, source: Rows, checkpoint: Checkpoint, provider: Provider, key: str | None
+    ) -> None:
+        """The output, in a worker thread: the file, or for rows in memory their results."""
+        config = self.config
+        if config.output is None:
+            self.output_rows = [r for page in checkpoint.output_rows(config.limit) for r in page]
+            return
+        from batchpizza.sinks import write_output
+        from batchpizza.sinks.values import result_columns
+        from batchpizza.sources import Source
+
+        assert config.output_format is not None  # a file job's output has a format
+        write_output(
+            cast(Source, source),  # a file's rows: a Source, which also carries its fields
+            checkpoint,
+            Path(config.output),
+            config.output_format,
+            results=result_columns(provider.extra_columns),
+            scan_key=key,
+            limit=config.limit,
+            stop=self.stop.interrupted,
+        )
+
     async def _scan(
-        self, source: Source, key: str | None, cleanup: contextlib.ExitStack, *, reuse: bool
+        self, source: Rows, key: str | None, cleanup: contextlib.ExitStack, *, reuse: bool
     ) -> ScanIndex | None:
         """Validate the input, or reuse the last run's scan when the input files are unchanged;
         None when reused. Bad rows raise InputError, having changed nothing."""
         config = self.config
         path = config.checkpoint_path
-        if reuse and key is not None and path.exists():
+        if reuse and key is not None and path is not None and path.exists():
             info = Checkpoint.peek_scan(path, key)
             if info is not None and (config.skip_bad_rows or not info["bad"]):
                 source.restore(info)
@@ -365,7 +372,7 @@ class Job:
         return scan
 
     async def _dry_run(
-        self, planning: Checkpoint, source: Source, provider: Provider, started: float
+        self, planning: Checkpoint, source: Rows, provider: Provider, started: float
     ) -> Summary:
         config = self.config
 
@@ -388,45 +395,13 @@ class Job:
         )
         return self._summary(tally, started, 0)
 
-    def _provider(self) -> Provider:
-        from yarl import URL
-
-        from batchpizza.providers.http import env_proxy
-
-        config = self.config
-        if not config.proxy:
-            # The standard variables are the user's options too: a broken one is a usage error
-            # now, not a failure of every row with the password in the error column.
-            scheme = URL(config.base_url).scheme
-            for name in (f"{scheme.upper()}_PROXY", f"{scheme}_proxy"):
-                if os.environ.get(name):
-                    remember_url(os.environ[name])
-                    check_url(os.environ[name], name)
-        try:
-            proxy = config.proxy or env_proxy(URL(config.base_url))
-        except ValueError as exc:
-            raise UsageError(f"the proxy from the environment is not usable: {exc}") from None
-        if config.provider == "openai":
-            from batchpizza.providers.openai import OpenAIAPI
-
-            key = os.environ.get(config.api_key_env) or None
-            remember_secret(key)
-            return OpenAIAPI(
-                config.base_url,
-                model=config.model,
-                params=config.params,
-                api_key=key,
-                timeout=config.timeout,
-                proxy=proxy,
-            )
-        from batchpizza.providers.pizzagpt import PizzagptAPI
-
-        return PizzagptAPI(config.base_url, timeout=config.timeout, proxy=proxy)
-
     async def _spool_stdin(self) -> Path:
         # One name per checkpoint, taken under its lock: a copy left by a killed run is simply
         # overwritten by the next one instead of piling up.
+        from batchpizza.sources.stdin import spool_stdin_aside
+
         ck = self.config.checkpoint_path
+        assert ck is not None  # standard input is a file job's, which has an output
         dest = ck.with_name(f".{ck.name}.stdin.partial")
         return await spool_stdin_aside(self.stdin, dest, self.stop)
 
@@ -441,11 +416,11 @@ class Job:
             raise
 
     def _where(self, started: float) -> dict[str, Any]:
+        path = self.config.checkpoint_path
         return {
             "elapsed_s": round(time.monotonic() - started, 3),
-            # In-memory data (answer, stream) is spooled to a private file: not the user's.
-            "output": None if self.config.input_label else self.config.output,
-            "checkpoint": str(self.config.checkpoint_path),
+            "output": self.config.output,
+            "checkpoint": None if path is None else str(path),
         }
 
     def _summary(
@@ -483,35 +458,6 @@ def _options(config: RunConfig) -> dict[str, Any]:
     return {name: getattr(config, name) for name in keep}
 
 
-def run_loop(main: Coroutine[Any, Any, T]) -> T:
-    """Run `main` to its end on a new event loop, as asyncio.run does: uvloop's when it is installed
-    (`pip install batchpizza[fast]`; not on Windows) unless BATCHPIZZA_LOOP=asyncio, else
-    asyncio's own. Measured at zero latency, 20,000 rows, concurrency 64: 7 % less CPU and wall
-    time with uvloop (7 pairs, A/B 0.93); the sending loop spends much of its time in the event
-    loop and the transports, which uvloop implements in C."""
-    if os.environ.get("BATCHPIZZA_LOOP", "").strip().lower() != "asyncio" and _std_fds_open():
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            result: T = uvloop.run(main)
-            return result
-    return asyncio.run(main)
-
-
-def _std_fds_open() -> bool:
-    """Standard input, output and error all open. With one closed (cron's `2>&-`), libuv hands
-    its number to a descriptor of its own and aborts the process when closing it (an assertion
-    in uv__close), so uvloop is not used then."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            return False
-    return True
-
-
 async def arun(
     input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any
 ) -> Summary:
@@ -523,4 +469,6 @@ async def arun(
 
 def run(input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any) -> Summary:
     """Run a batch to the end and return its summary (see `arun` inside a running loop)."""
+    from batchpizza.job.loop import run_loop
+
     return run_loop(arun(input, output, **options))

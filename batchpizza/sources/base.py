@@ -65,7 +65,10 @@ class Carried(Protocol):
         ...
 
 
-class Source(Protocol):
+class Rows(Protocol):
+    """What the run reads of any input, in a file or in memory: the rows to check, then those
+    to send."""
+
     names: list[str]  # what messages call each file
     fields: Fields
     unit: str  # how a message places a row: "line" (JSONL, 1-based) or "row" (0-based)
@@ -78,10 +81,6 @@ class Source(Protocol):
         without being parsed."""
         ...
 
-    def carried(self) -> Iterator[Carried]: ...
-
-    def columns(self) -> Columns: ...
-
     def input_key(self) -> str | None:
         """What identifies the input's exact bytes (None: cannot tell, never reuse a scan)."""
         ...
@@ -93,6 +92,14 @@ class Source(Protocol):
     def restore(self, state: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
+
+
+class Source(Rows, Protocol):
+    """An input file: its rows, and the fields an output file carries through beside them."""
+
+    def carried(self) -> Iterator[Carried]: ...
+
+    def columns(self) -> Columns: ...
 
 
 def scan_batches(fields: Fields, rows: Iterable[tuple[int, int, int, Any]]) -> Iterator[ScanBatch]:
@@ -129,7 +136,7 @@ def prompt_of(obj: object, fields: Fields, pos: int) -> Prompt | None:
         return None
 
 
-def describe(source: Source, rows: Sequence[BadRecord]) -> tuple[BadRow, ...]:
+def describe(source: Rows, rows: Sequence[BadRecord]) -> tuple[BadRow, ...]:
     """Bad rows as the user reads them: file, line (JSONL) or row (Parquet), field, problem."""
     out = []
     for row in rows:

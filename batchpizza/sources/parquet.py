@@ -90,7 +90,7 @@ class ParquetSource:
                 f"{names[0]}: the Parquet files have clashing columns: {exc}"
             ) from None
         for schema, name in zip(schemas, names, strict=True):
-            self._wanted_columns(schema, name)
+            wanted_columns(self.fields, schema, name)
 
     def columns(self) -> ArrowColumns:
         return ArrowColumns(self.schema, self.fields.id)
@@ -144,23 +144,6 @@ class ParquetSource:
                 for batch in _parquet_file(path, self.names[index]).iter_batches(BATCH_ROWS):
                     yield ArrowBatch(batch)
 
-    def _wanted_columns(self, schema: pa.Schema, name: str) -> list[str]:
-        f = self.fields
-        present = set(schema.names)
-        clash = sorted(present & f.reserved - {f.id})
-        if clash:
-            raise InputError(
-                f"{name}: column {clash[0]!r} is named like an output column; rename it"
-            )
-        if f.prompt not in present and f.messages not in present and "custom_id" not in present:
-            raise InputError(f"{name}: no {f.prompt!r} column and no {f.messages!r} column")
-        if f.prompt in present and not _is_string(schema.field(f.prompt).type):
-            raise InputError(
-                f"{name}: column {f.prompt!r} must hold strings, not {schema.field(f.prompt).type}"
-            )
-        wanted = [f.prompt, f.messages, f.id, "custom_id", "body", "url"]
-        return [c for c in wanted if c in present]
-
     def _rows(self, check_all: bool = False) -> Iterator[tuple[int, int, Any]]:
         """(file index, row, object) of every row, objects holding the prompt, messages and id
         columns; NOT_UTF8 for a row whose strings are not valid UTF-8. With `check_all`, every
@@ -168,13 +151,30 @@ class ParquetSource:
         for index, path in enumerate(self.paths):
             name = self.names[index]
             pf = _parquet_file(path, name)
-            columns = self._wanted_columns(pf.schema_arrow, name)
+            columns = wanted_columns(self.fields, pf.schema_arrow, name)
             at = 0
             with read_errors(name):
                 for rb in pf.iter_batches(BATCH_ROWS, columns=None if check_all else columns):
                     for obj in pylist(rb.select(columns)):
                         yield index, at, obj
                         at += 1
+
+
+def wanted_columns(f: Fields, schema: pa.Schema, name: str) -> list[str]:
+    """The columns a row's prompt, messages and id are read from; InputError naming `name` for
+    a table that can hold no prompt rows."""
+    present = set(schema.names)
+    clash = sorted(present & f.reserved - {f.id})
+    if clash:
+        raise InputError(f"{name}: column {clash[0]!r} is named like an output column; rename it")
+    if f.prompt not in present and f.messages not in present and "custom_id" not in present:
+        raise InputError(f"{name}: no {f.prompt!r} column and no {f.messages!r} column")
+    if f.prompt in present and not _is_string(schema.field(f.prompt).type):
+        raise InputError(
+            f"{name}: column {f.prompt!r} must hold strings, not {schema.field(f.prompt).type}"
+        )
+    wanted = [f.prompt, f.messages, f.id, "custom_id", "body", "url"]
+    return [c for c in wanted if c in present]
 
 
 def pylist(rb: pa.RecordBatch) -> list[Any]:

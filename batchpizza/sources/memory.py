@@ -1,0 +1,93 @@
+"""Rows held in memory (a DataFrame, an Arrow table, a dataset, a list of dicts) as a `Source`,
+read where they are: no copy to a file. Messages name the data by `label` and a row by its
+0-based index.
+
+A list's items are checked as JSONL lines are; an Arrow-backed table as a Parquet file is (its
+schema first: a missing prompt column or a result column's name is refused before any row is
+read), through the same `rows.interpret`. A RecordBatchReader can be read only once, so its
+batches are taken into memory when the source is opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from batchpizza.records import Prompt
+from batchpizza.rows import Fields, ScanBatch, json_type, with_article
+from batchpizza.sources.base import prompt_of, scan_batches
+from batchpizza.sources.parquet import NOT_UTF8, pylist, wanted_columns
+from batchpizza.tables import InMemory
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+class MemorySource:
+    unit = "row"
+    rows_from_lines = False
+
+    def __init__(self, mem: InMemory, fields: Fields, label: str) -> None:
+        self.names = [label]
+        self.fields = fields
+        self.mem = mem
+        self._columns: list[str] | None = None
+        self._batches: list[pa.RecordBatch] | None = None
+        if mem.kind != "rows":
+            self._columns = wanted_columns(fields, mem.schema, label)
+            if mem.kind == "stream":
+                self._batches = list(mem.batches())
+
+    def _objects(self) -> Iterator[tuple[int, Any]]:
+        """(position, object) of every row: the object the row is, or the problem (a str) of an
+        item that is no object at all."""
+        if self._columns is None:
+            for pos, obj in enumerate(self.mem.rows):
+                if isinstance(obj, Mapping):
+                    yield pos, obj
+                else:
+                    yield pos, f"not a JSON object but {with_article(json_type(obj))}"
+            return
+        pos = 0
+        for batch in self.batches(self._columns):
+            for obj in pylist(batch):
+                yield pos, "invalid UTF-8 in a string column" if obj is NOT_UTF8 else obj
+                pos += 1
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """The table's batches, of `columns` only if given."""
+        if self._batches is None:
+            return self.mem.batches(columns)
+        if columns is None:
+            return iter(self._batches)
+        return (b.select(columns) for b in self._batches)
+
+    def scan(self) -> Iterator[ScanBatch]:
+        return scan_batches(self.fields, ((pos, 0, pos, obj) for pos, obj in self._objects()))
+
+    def prompts(self, wanted: Iterable[int]) -> Generator[tuple[int, Prompt], None, None]:
+        it = iter(wanted)
+        target = next(it, None)
+        if target is None:
+            return
+        for pos, obj in self._objects():
+            if pos != target:
+                continue
+            prompt = prompt_of(obj, self.fields, pos)
+            if prompt is not None:
+                yield pos, prompt
+            target = next(it, None)
+            if target is None:
+                return
+
+    def input_key(self) -> str | None:
+        return None  # data in memory may change between calls: never reuse a scan
+
+    def scan_state(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
