@@ -37,6 +37,10 @@ Scenarios (full size; --quick in brackets):
   resume after a kill does); the target is judged on the rerun.
 - validation: `batchpizza run` on a 1,000,000-row [50,000] JSONL whose last line is broken: it
   reads and validates every row, sends nothing and exits 2; its wall time is the validation cost.
+- api: `batchpizza.answer(frame)` on a 100,000-row [5,000] pandas DataFrame against
+  `batchpizza.run(file)` on the same rows as a Parquet file, zero latency, concurrency 64, rate 0,
+  alternating. Both children (this file with `--api`) import pandas and read the Parquet file into
+  a DataFrame first, so the CPU ratio of the whole processes is the ratio of the two jobs.
 
 The targets (issue 6) are for the full sizes on a 2-core machine; a --quick run says "quick" where
 a target depends on the size. Generated inputs live in benchmarks/work/ (git-ignored) and are
@@ -93,10 +97,12 @@ class Sizes:
     memory: tuple[int, int]
     resume: int
     validation: int
+    api: int
 
 
-FULL = Sizes(20_000, 5_000, 30, (100_000, 1_000_000), 1_000_000, 1_000_000)
-QUICK = Sizes(1_000, 1_000, 5, (5_000, 50_000), 50_000, 50_000)
+FULL = Sizes(20_000, 5_000, 30, (100_000, 1_000_000), 1_000_000, 1_000_000, 100_000)
+QUICK = Sizes(1_000, 1_000, 5, (5_000, 50_000), 50_000, 50_000, 5_000)
+API_TARGET = 1.03  # answer() on a DataFrame costs no more CPU than run() on the same rows' file
 OVERHEAD_CONCURRENCY = 64
 OVERHEAD_TARGET = 1.05  # issue 16: at least as fast as a bare aiohttp loop, with everything on
 # Issue 16: everything on costs no more than 5 % (the adaptive controller at a rate it never
@@ -109,6 +115,27 @@ CHECKPOINT_FILES = (".checkpoint", ".checkpoint-wal", ".checkpoint-shm")
 
 
 # -- the bare loop (runs in its own process: bench.py --bare ...) ----------------------------------
+
+
+def api_main(kind: str, input_path: str, output_path: str, url: str, concurrency: int) -> int:
+    """One side of the api scenario: the same DataFrame read either way, then `answer()` on it
+    (kind "answer") or `run()` on its file (kind "run")."""
+    import pandas as pd
+
+    import batchpizza
+
+    frame = pd.read_parquet(input_path)
+    opts: dict[str, Any] = {
+        "base_url": url,
+        "concurrency": concurrency,
+        "rate": 0,
+        "quiet": True,
+        "progress": False,
+    }
+    if kind == "answer":
+        out = batchpizza.answer(frame, **opts)
+        return 0 if len(out) == len(frame) and (out["finish_reason"] == "stop").all() else 3
+    return int(batchpizza.run(input_path, output_path, **opts)["exit_code"])
 
 
 def bare_main(input_path: str, output_path: str, endpoint: str, concurrency: int) -> int:
@@ -790,6 +817,54 @@ def resume(bench: Bench) -> list[Figure]:
     ]
 
 
+def api(bench: Bench) -> list[Figure]:
+    rows = bench.sizes.api
+    server = bench.server()
+    source = prompts_file(rows)
+    input_path = WORK / f"{source.stem}.parquet"
+    if not input_path.exists():
+        import pyarrow.json as pj
+        import pyarrow.parquet as pq
+
+        pq.write_table(pj.read_json(source), input_path)
+    script = str(Path(__file__).resolve())
+    runs: dict[str, list[Run]] = {"answer": [], "run": []}
+    for i in range(bench.repeat):
+        for kind in ("answer", "run"):
+            output = fresh(WORK / f"api-{kind}.parquet")
+            args = [sys.executable, script, "--api", kind, str(input_path), str(output)]
+            args += [server.url, str(OVERHEAD_CONCURRENCY)]
+            server.reset()
+            run = measure(args, server)
+            expect(run, 0, f"api {kind}")
+            if (sent := server.stats()["requests"]) != rows:
+                raise RuntimeError(f"api {kind} sent {sent} requests for {rows} rows")
+            runs[kind].append(run)
+            note(
+                f"  api {i + 1}/{bench.repeat} {kind:<6} {run.wall:7.2f} s wall {run.cpu:7.2f} s cpu"
+            )
+    mem, file = runs["answer"], runs["run"]
+    cpu_ratios = [a.cpu / b.cpu for a, b in zip(mem, file, strict=True)]
+    cpu_ratio = median(cpu_ratios)
+    s = "api"
+    return [
+        Figure(
+            s,
+            f"CPU time, answer(DataFrame) / run(file) ({rows:,} rows, paired)",
+            f"{cpu_ratio:.3f}x" + spread(cpu_ratios, "{:.3f}"),
+            f"<= {API_TARGET:.2f}x",
+            bench.sized(cpu_ratio <= API_TARGET),
+        ),
+        Figure(s, "wall time, answer()", _wall(mem, rows)),
+        Figure(s, "wall time, run()", _wall(file, rows)),
+        Figure(
+            s,
+            "peak RSS, answer() / run()",
+            f"{median([r.rss_mb for r in mem]):.0f} / {median([r.rss_mb for r in file]):.0f} MB",
+        ),
+    ]
+
+
 def validation(bench: Bench) -> list[Figure]:
     rows = bench.sizes.validation
     server = bench.server()
@@ -831,6 +906,7 @@ SCENARIOS: dict[str, Callable[[Bench], list[Figure]]] = {
     "memory": memory,
     "resume": resume,
     "validation": validation,
+    "api": api,
 }
 
 
@@ -926,7 +1002,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="overhead: also one batchpizza run under cProfile; print its top 10 by self time",
     )
     parser.add_argument("--bare", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--api", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.api:
+        kind, input_path, output, url, concurrency = args.api
+        return api_main(kind, input_path, output, url, int(concurrency))
     if args.bare:
         input_path, output, endpoint, concurrency = args.bare
         return bare_main(input_path, output, endpoint, int(concurrency))
