@@ -397,9 +397,11 @@ def mock_server(
 
     \b
     Directives in a prompt script its reply, e.g. [[status:503]], [[fail-first:2]],
-    [[slow:200]], [[misuse]] (see batchpizza/mock_server.py).
+    [[slow:200]], [[misuse]] (see batchpizza/mock/faults.py).
     """
-    from batchpizza.mock.server import MockConfig, serve  # aiohttp.web: only for this command
+    # Imported here: aiohttp.web is only needed for this command.
+    from batchpizza.mock.faults import MockConfig
+    from batchpizza.mock.server import serve
 
     served = tuple(name.strip() for name in (models or "").split(",") if name.strip())
     if models is not None and not served:
