@@ -729,7 +729,7 @@ def test_go_durations_as_openai_writes_them(seconds: float, text: str) -> None:
 
 
 def test_every_mock_server_option_says_what_it_does() -> None:
-    from batchpizza.cli import mock_server
+    from batchpizza.commands.mock_server import mock_server
 
     missing = [p.name for p in mock_server.params if isinstance(p, click.Option) and not p.help]
     assert missing == []
