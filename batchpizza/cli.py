@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import json
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from batchpizza import config as defaults
-from batchpizza.checkpoint import Checkpoint, is_locked
+from batchpizza.commands.mock_server import mock_server
+from batchpizza.commands.status import report, status
 from batchpizza.config import RunConfig
 from batchpizza.errors import BatchpizzaError
-from batchpizza.files import write_atomically
 from batchpizza.job import Job, run_loop
 from batchpizza.records import Summary
 
@@ -230,182 +227,9 @@ def _run_job(job: Job) -> int:
     return int(summary["exit_code"])
 
 
-@cli.command()
-@click.argument("output", required=False)
-@click.option("--checkpoint", help="The checkpoint file [default: OUTPUT.checkpoint].")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
-    """What the checkpoint of OUTPUT holds, and whether a run is using it now."""
-    path = _checkpoint_path(output, checkpoint)
-    try:
-        store = Checkpoint.open(path, create=False, readonly=True)
-        try:
-            info = store.status()
-        finally:
-            store.close()
-    except BatchpizzaError as exc:
-        click.echo(f"batchpizza: {exc.message}", err=True)
-        sys.exit(exc.exit_code)
-    info["checkpoint"] = str(path)
-    info["running"] = is_locked(path)
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
-    updated = info.get("updated")
-    when = (
-        dt.datetime.fromtimestamp(float(updated)).isoformat(timespec="seconds")  # type: ignore[arg-type]
-        if updated
-        else "never"
-    )
-    click.echo(f"checkpoint {path}")
-    click.echo(f"  input      {info.get('input') or 'unknown'} ({info.get('rows', '?')} rows)")
-    for key in ("answered", "failed", "misuse", "invalid", "pending"):
-        click.echo(f"  {key:<10} {info.get(key, '?')}")
-    click.echo(f"  kept       {info.get('answers_kept', '?')} answers in all")
-    click.echo(f"  written    {when}")
-    click.echo(f"  running    {'yes: a run holds the lock' if info['running'] else 'no'}")
-
-
-def _checkpoint_path(output: str | None, checkpoint: str | None) -> Path:
-    if not output and not checkpoint:
-        raise click.UsageError("give OUTPUT or --checkpoint")
-    path = Path(checkpoint) if checkpoint else Path(f"{output}.checkpoint")
-    if not checkpoint and not path.exists() and Path(f"{output}.mock-checkpoint").exists():
-        path = Path(f"{output}.mock-checkpoint")  # the output of an offline --mock run
-    return path
-
-
-@cli.command()
-@click.argument("output", required=False)
-@click.option("--checkpoint", help="The checkpoint file [default: OUTPUT.checkpoint].")
-@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
-@click.option(
-    "--html",
-    type=click.Path(dir_okay=False),
-    help="Also write one self-contained page with charts (opens offline).",
-)
-def report(output: str | None, checkpoint: str | None, as_json: bool, html: str | None) -> None:
-    """What the runs on OUTPUT did: rows, requests, retries, latency, errors, rate, breaker."""
-    from batchpizza.reporting import build_report
-
-    path = _checkpoint_path(output, checkpoint)
-    try:
-        text, numbers, page = build_report(path, html=html is not None)
-        if html is not None and page is not None:
-            write_atomically(Path(html), page.encode("utf-8"))
-    except BatchpizzaError as exc:
-        click.echo(f"batchpizza: {exc.message}", err=True)
-        sys.exit(exc.exit_code)
-    click.echo(json.dumps(numbers, indent=2) if as_json else text)
-
-
-@cli.command("mock-server")
-@click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (keep it local)."
-)
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=8080,
-    show_default=True,
-    help="Port to listen on; 0 picks a free one.",
-)
-@click.option(
-    "--latency", type=click.FloatRange(min=0), default=0.0, help="Added latency per request, ms."
-)
-@click.option(
-    "--jitter", type=click.FloatRange(min=0), default=0.0, help="+- jitter on latency, ms."
-)
-@click.option(
-    "--error-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction of 5xx replies."
-)
-@click.option(
-    "--rate-limit",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    help="Requests/s above which it answers 429 with Retry-After (and, on the OpenAI route, "
-    "retry-after-ms and x-ratelimit-* headers); 0 = no limit.",
-)
-@click.option(
-    "--retry-after",
-    default="1",
-    show_default=True,
-    help="Retry-After sent with rate-limit 429s: seconds or an HTTP date.",
-)
-@click.option(
-    "--misuse-rate",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    help="Fraction of replies that are the misuse refusal.",
-)
-@click.option(
-    "--garbage-rate",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    help="Fraction of 200 replies whose body is truncated JSON.",
-)
-@click.option(
-    "--drop-rate",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    help="Fraction of requests whose connection is closed without a reply.",
-)
-@click.option(
-    "--hang-rate",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    help="Fraction of requests never answered (until the client gives up).",
-)
-@click.option(
-    "--empty-rate",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    help="Fraction of 200 replies with an empty answer (null content on the OpenAI route).",
-)
-@click.option(
-    "--seed", type=int, default=None, help="Seed for the random faults, to replay a run exactly."
-)
-@click.option(
-    "--misuse-after",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Pizzagpt route: refuse every request after this many as misuse (a service that "
-    "turns to refusing).",
-)
-@click.option(
-    "--api-key",
-    default=None,
-    help="OpenAI route: require 'Authorization: Bearer KEY' (401 otherwise).",
-)
-@click.option(
-    "--models",
-    default=None,
-    help="OpenAI route: the models served, comma-separated; others get 404 model_not_found "
-    "[default: any model].",
-)
-def mock_server(
-    host: str, port: int, latency: float, jitter: float, models: str | None, **options: Any
-) -> None:
-    """A local stand-in for the Pizzagpt API and an OpenAI-compatible server, for offline runs
-    and tests. The first line on stdout says where it listens (BASE); the routes are:
-
-    \b
-      POST BASE/api/chatx-completion   Pizzagpt (--base-url BASE)
-      POST BASE/v1/chat/completions    OpenAI chat completions (--base-url BASE/v1)
-      GET  BASE/v1/models              the models served
-      GET  BASE/__stats                counters as JSON; POST BASE/__reset clears them
-
-    \b
-    Directives in a prompt script its reply, e.g. [[status:503]], [[fail-first:2]],
-    [[slow:200]], [[misuse]] (see batchpizza/mock_server.py).
-    """
-    from batchpizza.mock.server import MockConfig, serve  # aiohttp.web: only for this command
-
-    served = tuple(name.strip() for name in (models or "").split(",") if name.strip())
-    if models is not None and not served:
-        raise click.BadParameter("give model names separated by commas", param_hint="--models")
-    config = MockConfig(latency_ms=latency, jitter_ms=jitter, models=served, **options)
-    serve(config, host=host, port=port)
+cli.add_command(status)
+cli.add_command(report)
+cli.add_command(mock_server)
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from mockproc import Server, child_env
 
-from batchpizza.mock.server import mock_answer
+from batchpizza.mock.replies import mock_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "work"

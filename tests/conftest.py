@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from batchpizza.mock.server import MockConfig, ThreadedMockServer
+from batchpizza.mock.faults import MockConfig
+from batchpizza.mock.server import ThreadedMockServer
 
 # Hypothesis: a small profile for local runs, the full one in CI (CI=true is set there).
 settings.register_profile("dev", max_examples=30)

@@ -32,7 +32,8 @@ from conftest import FAST, read_jsonl, write_jsonl
 
 import batchpizza
 from batchpizza.checkpoint import Checkpoint
-from batchpizza.mock.server import ThreadedMockServer, mock_answer
+from batchpizza.mock.replies import mock_answer
+from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.rows import format_prompt
 
 RESULTS = ["answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"]

@@ -30,7 +30,8 @@ from batchpizza.checkpoint import Checkpoint, ScanIndex
 from batchpizza.cli import cli
 from batchpizza.config import RunConfig
 from batchpizza.errors import InputError
-from batchpizza.mock.server import ThreadedMockServer, mock_answer
+from batchpizza.mock.replies import mock_answer
+from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.rows import Fields
 from batchpizza.sources import describe, open_source
 from batchpizza.sources import jsonl as jsonl_source

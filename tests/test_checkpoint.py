@@ -25,7 +25,8 @@ import batchpizza
 from batchpizza.checkpoint import Checkpoint, RunLock, is_locked
 from batchpizza.cli import cli
 from batchpizza.errors import CheckpointMissing, LockedError, OutputError
-from batchpizza.mock.server import ThreadedMockServer, mock_answer
+from batchpizza.mock.replies import mock_answer
+from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.records import Result
 
 DIGEST = b"\x01" * 16

@@ -17,7 +17,9 @@ from conftest import read_jsonl, write_jsonl
 
 from batchpizza import redact
 from batchpizza.cli import cli
-from batchpizza.mock.server import MockConfig, ThreadedMockServer, mock_answer
+from batchpizza.mock.faults import MockConfig
+from batchpizza.mock.replies import mock_answer
+from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.rows import format_prompt
 
 PASSWORD = "Pa55w0rd"

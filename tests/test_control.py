@@ -24,7 +24,9 @@ from batchpizza.errors import (
     RequestTimeout,
     TransportError,
 )
-from batchpizza.mock.server import MockConfig, ThreadedMockServer, mock_answer
+from batchpizza.mock.faults import MockConfig
+from batchpizza.mock.replies import mock_answer
+from batchpizza.mock.server import ThreadedMockServer
 
 
 @pytest.mark.parametrize(

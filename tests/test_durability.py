@@ -30,7 +30,9 @@ from batchpizza.cli import cli
 from batchpizza.config import RunConfig
 from batchpizza.errors import Interrupted
 from batchpizza.job.stages import Job
-from batchpizza.mock.server import MockConfig, ThreadedMockServer, mock_answer
+from batchpizza.mock.faults import MockConfig
+from batchpizza.mock.replies import mock_answer
+from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.sources.jsonl import JsonlSource
 from batchpizza.sources.jsonl import JsonlSource as Source
 

@@ -17,7 +17,8 @@ import batchpizza.sinks
 from batchpizza.checkpoint import RunLock
 from batchpizza.cli import cli
 from batchpizza.errors import InputChanged, InputError, LockedError, OutputError
-from batchpizza.mock.server import ThreadedMockServer, mock_answer
+from batchpizza.mock.replies import mock_answer
+from batchpizza.mock.server import ThreadedMockServer
 
 
 def run(server: ThreadedMockServer, source: Path, out: Path, **options: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pytest
 from conftest import MockProcess
 
 import batchpizza
-from batchpizza.mock.server import mock_answer
+from batchpizza.mock.replies import mock_answer
 
 ROWS = 300
 CONCURRENCY = 8

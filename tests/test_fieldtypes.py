@@ -21,8 +21,10 @@ from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchpizza import fieldtypes
-from batchpizza.fieldtypes import MAX_STRUCT_KEYS, FieldTypes
+from batchpizza.fieldtypes import inference as fieldtypes
+from batchpizza.fieldtypes import tree
+from batchpizza.fieldtypes.inference import FieldTypes
+from batchpizza.fieldtypes.tree import MAX_STRUCT_KEYS
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 
@@ -335,7 +337,7 @@ def test_the_cached_fast_path_infers_what_walking_every_row_does(
 def test_the_fast_path_agrees_where_objects_turn_into_maps(
     rows: list[dict[str, Any]], repeat: int
 ) -> None:
-    with mock.patch.object(fieldtypes, "MAX_STRUCT_KEYS", 2):  # 3 keys make a map
+    with mock.patch.object(tree, "MAX_STRUCT_KEYS", 2):  # 3 keys make a map
         rows = rows * repeat
         assert inferred(rows).to_json() == walked(rows).to_json()
 
@@ -348,7 +350,7 @@ def test_the_fast_path_agrees_on_long_lists_and_lists_of_maps() -> None:
         {"m": [*long, {"role": "user", "content": 1}], "maps": [{"q": 5}]},
         {"m": long, "maps": [{"q": "text"}]},
     ]
-    with mock.patch.object(fieldtypes, "MAX_STRUCT_KEYS", 2):
+    with mock.patch.object(tree, "MAX_STRUCT_KEYS", 2):
         for end in range(1, len(rows) + 1):
             assert inferred(rows[:end] * 2).to_json() == walked(rows[:end] * 2).to_json()
         assert inferred(rows).arrow_types() == {"m": None, "maps": None}
@@ -383,7 +385,7 @@ def test_from_json_refuses_what_it_did_not_write(text: str) -> None:
 
 def test_observing_rows_does_not_import_pyarrow() -> None:
     code = (
-        "import sys; from batchpizza.fieldtypes import FieldTypes; t = FieldTypes({'id'}); "
+        "import sys; from batchpizza.fieldtypes.inference import FieldTypes; t = FieldTypes({'id'}); "
         "t.observe({'id': 1, 'm': [{'role': 'u', 'content': 'x'}], 'n': 2**70}); "
         "FieldTypes.from_json(t.to_json()); assert 'pyarrow' not in sys.modules, 'imported'"
     )

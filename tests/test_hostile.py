@@ -27,7 +27,8 @@ from aiohttp import web
 from conftest import FAST, read_jsonl, write_jsonl
 
 from batchpizza import arun
-from batchpizza.mock.server import ThreadedMockServer, mock_answer
+from batchpizza.mock.replies import mock_answer
+from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.providers import http as provider_http
 
 Handler = Callable[[web.Request, str, int], Awaitable[web.StreamResponse]]

@@ -28,7 +28,9 @@ from batchpizza.cli import cli
 from batchpizza.errors import BatchpizzaError
 from batchpizza.job import loop as loop_module
 from batchpizza.job import stages as job_module
-from batchpizza.mock.server import MockConfig, ThreadedMockServer, mock_answer
+from batchpizza.mock.faults import MockConfig
+from batchpizza.mock.replies import mock_answer
+from batchpizza.mock.server import ThreadedMockServer
 
 RESULT_COLUMNS = ("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model")
 

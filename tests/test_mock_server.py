@@ -20,19 +20,12 @@ import aiohttp
 import click
 import pytest
 
-from batchpizza.mock.server import (
-    API_PATH,
-    BOT_CHECK_TEXT,
-    CHAT_PATH,
-    MISUSE_TEXT,
-    MockConfig,
-    MockServer,
-    Stats,
-    ThreadedMockServer,
-    _go_duration,
-    make_app,
-    mock_answer,
-)
+from batchpizza.mock.faults import MockConfig
+from batchpizza.mock.openai import CHAT_PATH, _go_duration
+from batchpizza.mock.pizzagpt import API_PATH
+from batchpizza.mock.replies import BOT_CHECK_TEXT, MISUSE_TEXT, mock_answer
+from batchpizza.mock.server import MockServer, ThreadedMockServer, make_app
+from batchpizza.mock.stats import Stats
 
 HEADERS = {"x-secret": "Marinara"}
 SHORT = aiohttp.ClientTimeout(total=0.3)
@@ -457,7 +450,7 @@ def test_threaded_server_and_config_swap() -> None:
 
 
 def test_serve_subprocess() -> None:
-    code = "from batchpizza.mock.server import serve, MockConfig; serve(MockConfig(), port=0)"
+    code = "from batchpizza.mock.faults import MockConfig; from batchpizza.mock.server import serve; serve(MockConfig(), port=0)"
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -736,7 +729,7 @@ def test_go_durations_as_openai_writes_them(seconds: float, text: str) -> None:
 
 
 def test_every_mock_server_option_says_what_it_does() -> None:
-    from batchpizza.cli import mock_server
+    from batchpizza.commands.mock_server import mock_server
 
     missing = [p.name for p in mock_server.params if isinstance(p, click.Option) and not p.help]
     assert missing == []

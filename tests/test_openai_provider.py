@@ -24,7 +24,9 @@ from batchpizza.errors import (
     UsageError,
     describe,
 )
-from batchpizza.mock.server import MockConfig, MockServer, mock_answer
+from batchpizza.mock.faults import MockConfig
+from batchpizza.mock.replies import mock_answer
+from batchpizza.mock.server import MockServer
 from batchpizza.providers import Provider
 from batchpizza.providers.openai import (
     OpenAIAPI,

@@ -29,7 +29,8 @@ from batchpizza.errors import (
     RequestTimeout,
     TransportError,
 )
-from batchpizza.mock.server import MISUSE_TEXT, MockServer, mock_answer
+from batchpizza.mock.replies import MISUSE_TEXT, mock_answer
+from batchpizza.mock.server import MockServer
 from batchpizza.providers import http as provider_http
 from batchpizza.providers import pizzagpt as provider
 from batchpizza.providers.pizzagpt import ask, extract_answer, parse_retry_after, refusal_in

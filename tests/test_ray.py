@@ -29,7 +29,7 @@ from batchpizza.distributed.gate import ClusterGate
 from batchpizza.distributed.parts import PartStore, key_of
 from batchpizza.distributed.worker import Answerer, Kept, part_schema
 from batchpizza.errors import HTTPStatusError
-from batchpizza.mock.server import mock_answer
+from batchpizza.mock.replies import mock_answer
 
 
 class FakeClock:
@@ -382,7 +382,7 @@ async def test_an_id_only_legacy_answer_is_not_reused_once_the_prompt_is_known_t
     fallback handed back the answer to P (found in review)."""
     import pyarrow.parquet as pq
 
-    from batchpizza.mock.server import mock_answer
+    from batchpizza.mock.replies import mock_answer
 
     checkpoint = tmp_path / "ck"
     store = PartStore(str(checkpoint))
@@ -424,7 +424,7 @@ def test_no_task_is_left_on_the_actor_loop_after_a_batch(
     mock_api: Any, tmp_path: Path, stop: bool
 ) -> None:
     """The actor's loop lives as long as the actor: a task a batch leaves behind stays there."""
-    from batchpizza.mock.server import MockConfig
+    from batchpizza.mock.faults import MockConfig
 
     if stop:
         mock_api.config = MockConfig(seed=1, latency_ms=300)

@@ -30,7 +30,7 @@ from batchpizza.distributed.parts import PartStore, key_of
 from batchpizza.distributed.summary import summarize, tally_of
 from batchpizza.distributed.worker import part_schema
 from batchpizza.errors import UsageError
-from batchpizza.mock.server import mock_answer
+from batchpizza.mock.replies import mock_answer
 from batchpizza.records import Tally
 
 # Ray's own deprecation notices are not ours.

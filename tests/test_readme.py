@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from conftest import REPO
 
 from batchpizza import format_prompt
-from batchpizza.mock.server import mock_answer
+from batchpizza.mock.replies import mock_answer
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 

@@ -35,7 +35,9 @@ import batchpizza
 from batchpizza.checkpoint.store import Checkpoint
 from batchpizza.cli import cli
 from batchpizza.errors import BadReply, OutputError
-from batchpizza.mock.server import MISUSE_TEXT, MockConfig, ThreadedMockServer, mock_answer
+from batchpizza.mock.faults import MockConfig
+from batchpizza.mock.replies import MISUSE_TEXT, mock_answer
+from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.providers import http as provider_http
 from batchpizza.providers.pizzagpt import ask
 

@@ -11,7 +11,8 @@ from conftest import FAST, write_jsonl
 
 import batchpizza
 from batchpizza.cli import cli
-from batchpizza.mock.server import MockConfig, ThreadedMockServer
+from batchpizza.mock.faults import MockConfig
+from batchpizza.mock.server import ThreadedMockServer
 
 
 def faulty_run(server: ThreadedMockServer, folder: Path) -> Path:

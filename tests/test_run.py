@@ -32,7 +32,9 @@ import batchpizza
 from batchpizza import format_prompt
 from batchpizza.cli import cli
 from batchpizza.errors import UsageError
-from batchpizza.mock.server import MISUSE_TEXT, MockConfig, ThreadedMockServer, mock_answer
+from batchpizza.mock.faults import MockConfig
+from batchpizza.mock.replies import MISUSE_TEXT, mock_answer
+from batchpizza.mock.server import ThreadedMockServer
 
 RESULT_COLUMNS = ["answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"]
 SUMMARY_KEYS = {

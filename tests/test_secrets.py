@@ -25,7 +25,7 @@ from conftest import write_jsonl
 
 from batchpizza import errors, redact
 from batchpizza.cli import cli
-from batchpizza.mock.server import mock_answer
+from batchpizza.mock.replies import mock_answer
 
 USER, PASSWORD = "alice_u5er", "s3cr3tpass"
 TOKEN = "abcd1234secret"

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchpizza.errors import UsageError
-from batchpizza.tables import InMemory, carry_metadata, from_data, kind_of
+from batchpizza.schema_metadata import carry_metadata
+from batchpizza.tables import InMemory, from_data, kind_of
 
 RESULT_SCHEMA = pa.schema(
     [

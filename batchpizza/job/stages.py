@@ -168,7 +168,8 @@ class Job:
             if not config.mock:
                 return await self._run_locked(started)
             # Imported here: aiohttp.web is only needed for the offline demo.
-            from batchpizza.mock.server import MockConfig, MockServer
+            from batchpizza.mock.faults import MockConfig
+            from batchpizza.mock.server import MockServer
 
             async with MockServer(MockConfig()) as server:
                 self.config = dataclasses.replace(config, base_url=server.base_url)

@@ -43,7 +43,6 @@ To upgrade uPlot: `npm pack uplot`, copy dist/uPlot.iife.min.js, dist/uPlot.min.
 """
 
 from batchpizza.report.numbers import (
-    MAX_POINTS,
     AttemptRecord,
     BreakerEvent,
     RateChange,
@@ -52,6 +51,7 @@ from batchpizza.report.numbers import (
     summarize,
 )
 from batchpizza.report.page import render_html
+from batchpizza.report.series import MAX_POINTS
 from batchpizza.report.text import render_text
 
 __all__ = [

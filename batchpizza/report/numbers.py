@@ -3,8 +3,6 @@ docstring)."""
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import math
 from array import array
 from collections.abc import Iterable, Mapping
@@ -14,6 +12,8 @@ from typing import Any
 
 from batchpizza.records import is_answered
 from batchpizza.redact import redact
+from batchpizza.report.latency import latency
+from batchpizza.report.series import Buckets
 
 __all__ = [
     "AttemptRecord",
@@ -24,13 +24,8 @@ __all__ = [
     "summarize",
 ]
 
-MAX_POINTS = 300  # time-series buckets at most: a chart's width in pixels has no use for more
 TEXT_WIDTH = 100
 EXAMPLE_CHARS = 300  # an error example is a hint, not a log: the checkpoint keeps the whole text
-PERCENTILES = (50, 90, 99)
-HISTOGRAM_BINS = 40
-# Each width divides the next (ratios 2, 5, 2, 3, 2, 5, 2, 3, 2, 3, 2, 2, 2, 7), see _Buckets.
-_WIDTHS = (1, 2, 10, 20, 60, 120, 600, 1200, 3600, 7200, 21600, 43200, 86400, 172800, 604800)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,88 +92,6 @@ def share(part: float, whole: float) -> float | None:
 # --- summarize ------------------------------------------------------------------------------------
 
 
-class _Buckets:
-    """Requests, answered, errors and answered latency per time bucket, at most MAX_POINTS kept.
-
-    Buckets are aligned on multiples of the width since the epoch, so when they outnumber
-    MAX_POINTS every bucket folds exactly into the next width's (floor(floor(t/w)/k) equals
-    floor(t/(k*w)) for a whole k): no second pass, and the order of the attempts does not matter.
-
-    Kept are the buckets holding attempts and every bucket inside a run (a quiet minute while the
-    breaker waits is a fact: a zero). The idle hours between cron runs are left out, or a week of
-    nightly runs would be seven slivers on an empty chart; the page draws such a gap as a break.
-    """
-
-    def __init__(self, spans: Iterable[tuple[float, float]]) -> None:
-        self._spans = sorted(spans)  # (start, end) of each run, unix seconds
-        self.width = _WIDTHS[0]
-        self._level = 0
-        self.cells: dict[int, list[float]] = {}  # index -> [requests, answered, errors, lat sum]
-        self._index_runs()
-        while self._in_runs > MAX_POINTS:
-            self._coarsen()
-
-    def _index_runs(self) -> None:
-        """The runs as disjoint, sorted index intervals at the current width."""
-        merged: list[tuple[int, int]] = []
-        for start, end in self._spans:
-            lo, hi = math.floor(start / self.width), math.floor(end / self.width)
-            if merged and lo <= merged[-1][1] + 1:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
-            else:
-                merged.append((lo, hi))
-        self._runs = merged
-        self._run_starts = [lo for lo, _ in merged]
-        self._in_runs = sum(hi - lo + 1 for lo, hi in merged)
-        self._outside = sum(not self._in_run(i) for i in self.cells)
-
-    def _in_run(self, index: int) -> bool:
-        k = bisect.bisect_right(self._run_starts, index) - 1
-        return k >= 0 and index <= self._runs[k][1]
-
-    def add(self, t: float, answered: bool, latency_ms: float) -> None:
-        index = math.floor(t / self.width)
-        cell = self.cells.get(index)
-        if cell is None:
-            cell = self.cells[index] = [0.0, 0.0, 0.0, 0.0]
-            self._outside += not self._in_run(index)
-        cell[0] += 1
-        if answered:
-            cell[1] += 1
-            cell[3] += latency_ms
-        else:
-            cell[2] += 1
-        while self._in_runs + self._outside > MAX_POINTS:
-            self._coarsen()
-
-    def _coarsen(self) -> None:
-        self._level += 1
-        wider = _WIDTHS[self._level] if self._level < len(_WIDTHS) else self.width * 2
-        factor = wider // self.width
-        merged: dict[int, list[float]] = {}
-        for index, cell in self.cells.items():
-            into = merged.setdefault(index // factor, [0.0, 0.0, 0.0, 0.0])
-            for i in range(4):
-                into[i] += cell[i]
-        self.cells, self.width = merged, wider
-        self._index_runs()
-
-    def series(self) -> dict[str, Any]:
-        kept = set(self.cells)
-        for lo, hi in self._runs:
-            kept.update(range(lo, hi + 1))
-        indexes = sorted(kept)
-        cells = [self.cells.get(i, [0.0, 0.0, 0.0, 0.0]) for i in indexes]
-        return {
-            "bucket_s": self.width,
-            "t": [i * self.width for i in indexes],  # bucket starts; a jump is idle time left out
-            "requests": [int(c[0]) for c in cells],
-            "answered": [int(c[1]) for c in cells],
-            "errors": [int(c[2]) for c in cells],
-            "latency_ms_mean": [round(c[3] / c[1], 1) if c[1] else None for c in cells],
-        }
-
-
 @dataclass(slots=True)
 class _Kind:
     count: int
@@ -212,61 +125,6 @@ def _kind(attempt: AttemptRecord) -> str:
     )
 
 
-def _nice(x: float) -> int:
-    """The smallest of 1, 2, 5 x 10^k (at least 1) not below x: bin widths a reader can add up."""
-    magnitude = 1
-    while True:
-        for step in (1, 2, 5):
-            if step * magnitude >= x:
-                return step * magnitude
-        magnitude *= 10
-
-
-def _latency(samples: array[float]) -> dict[str, Any] | None:
-    n = len(samples)
-    if not n:
-        return None
-    import pyarrow as pa  # imported here: only the report needs it, and only with answers
-
-    # Zero-copy view of the array, sorted in C: no Python float per sample, even for millions.
-    ordered = pa.Array.from_buffers(pa.float64(), n, [None, pa.py_buffer(samples)]).sort()
-
-    def rank(r: int) -> float:  # 1-based
-        return float(ordered[r - 1].as_py())
-
-    def below(x: float) -> int:  # how many samples are < x (binary search over the sorted array)
-        lo, hi = 0, n
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if ordered[mid].as_py() < x:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
-
-    result: dict[str, Any] = {"count": n, "min": rank(1)}
-    for p in PERCENTILES:
-        result[f"p{p}"] = rank(-(-p * n // 100))  # ceil(p * n / 100) in integers: exact
-    result["max"] = rank(n)
-    result["mean"] = round(math.fsum(samples) / n, 3)
-    # A long tail would squeeze the body of the distribution into a few bars: above twice the
-    # p99, the rest is one overflow count, said under the chart.
-    top = result["max"] if result["max"] <= 2 * result["p99"] else result["p99"]
-    width = _nice((top - result["min"]) / HISTOGRAM_BINS)
-    start = math.floor(result["min"] / width) * width
-    bins = math.floor((top - start) / width) + 1
-    edges = [start + i * width for i in range(bins + 1)]
-    cumulative = [below(e) for e in edges]
-    result["histogram"] = {
-        "start_ms": start,
-        "bin_ms": width,
-        "counts": [b - a for a, b in itertools.pairwise(cumulative)],
-        "overflow_from_ms": edges[-1],
-        "overflow": n - cumulative[-1],
-    }
-    return result
-
-
 def _options(options: Mapping[str, object]) -> dict[str, object]:
     """Run options as JSON values, with any credential (a proxy URL's password) masked."""
     clean: dict[str, object] = {}
@@ -294,7 +152,7 @@ def summarize(data: ReportData) -> dict[str, Any]:
     latencies: array[float] = array("d")
     kinds: dict[str, _Kind] = {}
     per_run: dict[int, _RunTally] = {}
-    buckets = _Buckets(span for span in map(_run_span, data.runs) if all(map(math.isfinite, span)))
+    buckets = Buckets(span for span in map(_run_span, data.runs) if all(map(math.isfinite, span)))
     for attempt in data.attempts:
         requests += 1
         end = attempt.started + attempt.duration_ms / 1000
@@ -353,7 +211,7 @@ def summarize(data: ReportData) -> dict[str, Any]:
             "per_s": round(requests / sending_s, 3) if sending_s else None,
             "answered_per_s": round(answered / sending_s, 3) if sending_s else None,
         },
-        "latency_ms": _latency(latencies),
+        "latency_ms": latency(latencies),
         "errors": [
             {
                 "kind": name,

@@ -21,7 +21,7 @@ from batchpizza.report.fmt import (
     sparkline,
     step_values,
 )
-from batchpizza.report.numbers import PERCENTILES
+from batchpizza.report.latency import PERCENTILES
 
 # --- the terminal ---------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Values as every output writes them: what JSON cannot hold (fieldtypes.json_default), and the
+"""Values as every output writes them: what JSON cannot hold (jsoncodec.json_default), and the
 result columns' types."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from batchpizza.fieldtypes import json_default, json_text
+from batchpizza.jsoncodec import json_default, json_text
 from batchpizza.records import RESULT_COLUMNS, TOKEN_COLUMNS
 
 __all__ = ["json_default", "json_text", "result_columns", "result_fields"]

@@ -11,7 +11,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from batchpizza import jsoncodec
 from batchpizza.errors import InputError
-from batchpizza.fieldtypes import FieldTypes
+from batchpizza.fieldtypes.inference import FieldTypes
 from batchpizza.records import Prompt
 from batchpizza.rows import (
     Fields,

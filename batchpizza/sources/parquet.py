@@ -15,6 +15,7 @@ from batchpizza.rows import (
     Fields,
     ScanBatch,
 )
+from batchpizza.schema_metadata import carry_metadata
 from batchpizza.sources.base import (
     BATCH_ROWS,
     Columns,
@@ -44,8 +45,6 @@ class ArrowColumns:
     def carry(self, schema: pa.Schema) -> pa.Schema:
         """`schema` with the input's metadata (pandas', Hugging Face's) made to fit it, so that
         pandas and datasets read the output back as they wrote the input, plus the results."""
-        from batchpizza.tables import carry_metadata
-
         return carry_metadata(self.schema, schema)
 
 

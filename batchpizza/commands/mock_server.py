@@ -1,0 +1,121 @@
+"""The `mock-server` command: the bundled stand-in for the Pizzagpt and OpenAI APIs (batchpizza.mock)
+run as a server of its own, its fault options one for one with `MockConfig`. cli.py registers it
+on the command group; aiohttp.web is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+
+@click.command("mock-server")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (keep it local)."
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port to listen on; 0 picks a free one.",
+)
+@click.option(
+    "--latency", type=click.FloatRange(min=0), default=0.0, help="Added latency per request, ms."
+)
+@click.option(
+    "--jitter", type=click.FloatRange(min=0), default=0.0, help="+- jitter on latency, ms."
+)
+@click.option(
+    "--error-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction of 5xx replies."
+)
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Requests/s above which it answers 429 with Retry-After (and, on the OpenAI route, "
+    "retry-after-ms and x-ratelimit-* headers); 0 = no limit.",
+)
+@click.option(
+    "--retry-after",
+    default="1",
+    show_default=True,
+    help="Retry-After sent with rate-limit 429s: seconds or an HTTP date.",
+)
+@click.option(
+    "--misuse-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction of replies that are the misuse refusal.",
+)
+@click.option(
+    "--garbage-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction of 200 replies whose body is truncated JSON.",
+)
+@click.option(
+    "--drop-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction of requests whose connection is closed without a reply.",
+)
+@click.option(
+    "--hang-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction of requests never answered (until the client gives up).",
+)
+@click.option(
+    "--empty-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction of 200 replies with an empty answer (null content on the OpenAI route).",
+)
+@click.option(
+    "--seed", type=int, default=None, help="Seed for the random faults, to replay a run exactly."
+)
+@click.option(
+    "--misuse-after",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Pizzagpt route: refuse every request after this many as misuse (a service that "
+    "turns to refusing).",
+)
+@click.option(
+    "--api-key",
+    default=None,
+    help="OpenAI route: require 'Authorization: Bearer KEY' (401 otherwise).",
+)
+@click.option(
+    "--models",
+    default=None,
+    help="OpenAI route: the models served, comma-separated; others get 404 model_not_found "
+    "[default: any model].",
+)
+def mock_server(
+    host: str, port: int, latency: float, jitter: float, models: str | None, **options: Any
+) -> None:
+    """A local stand-in for the Pizzagpt API and an OpenAI-compatible server, for offline runs
+    and tests. The first line on stdout says where it listens (BASE); the routes are:
+
+    \b
+      POST BASE/api/chatx-completion   Pizzagpt (--base-url BASE)
+      POST BASE/v1/chat/completions    OpenAI chat completions (--base-url BASE/v1)
+      GET  BASE/v1/models              the models served
+      GET  BASE/__stats                counters as JSON; POST BASE/__reset clears them
+
+    \b
+    Directives in a prompt script its reply, e.g. [[status:503]], [[fail-first:2]],
+    [[slow:200]], [[misuse]] (see batchpizza/mock/faults.py).
+    """
+    # Imported here: aiohttp.web is only needed for this command.
+    from batchpizza.mock.faults import MockConfig
+    from batchpizza.mock.server import serve
+
+    served = tuple(name.strip() for name in (models or "").split(",") if name.strip())
+    if models is not None and not served:
+        raise click.BadParameter("give model names separated by commas", param_hint="--models")
+    config = MockConfig(latency_ms=latency, jitter_ms=jitter, models=served, **options)
+    serve(config, host=host, port=port)

@@ -1,0 +1,87 @@
+"""The commands that look at a checkpoint without running anything: `status` (what it holds, and
+whether a run holds its lock now) and `report` (what the runs on it did, as text, JSON or a page).
+They read the checkpoint as a reader only, so either may be run beside a live run; cli.py
+registers them on the command group.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from batchpizza.checkpoint import Checkpoint, is_locked
+from batchpizza.errors import BatchpizzaError
+from batchpizza.files import write_atomically
+
+
+@click.command()
+@click.argument("output", required=False)
+@click.option("--checkpoint", help="The checkpoint file [default: OUTPUT.checkpoint].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
+    """What the checkpoint of OUTPUT holds, and whether a run is using it now."""
+    path = checkpoint_path(output, checkpoint)
+    try:
+        store = Checkpoint.open(path, create=False, readonly=True)
+        try:
+            info = store.status()
+        finally:
+            store.close()
+    except BatchpizzaError as exc:
+        click.echo(f"batchpizza: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    info["checkpoint"] = str(path)
+    info["running"] = is_locked(path)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    updated = info.get("updated")
+    when = (
+        dt.datetime.fromtimestamp(float(updated)).isoformat(timespec="seconds")  # type: ignore[arg-type]
+        if updated
+        else "never"
+    )
+    click.echo(f"checkpoint {path}")
+    click.echo(f"  input      {info.get('input') or 'unknown'} ({info.get('rows', '?')} rows)")
+    for key in ("answered", "failed", "misuse", "invalid", "pending"):
+        click.echo(f"  {key:<10} {info.get(key, '?')}")
+    click.echo(f"  kept       {info.get('answers_kept', '?')} answers in all")
+    click.echo(f"  written    {when}")
+    click.echo(f"  running    {'yes: a run holds the lock' if info['running'] else 'no'}")
+
+
+def checkpoint_path(output: str | None, checkpoint: str | None) -> Path:
+    if not output and not checkpoint:
+        raise click.UsageError("give OUTPUT or --checkpoint")
+    path = Path(checkpoint) if checkpoint else Path(f"{output}.checkpoint")
+    if not checkpoint and not path.exists() and Path(f"{output}.mock-checkpoint").exists():
+        path = Path(f"{output}.mock-checkpoint")  # the output of an offline --mock run
+    return path
+
+
+@click.command()
+@click.argument("output", required=False)
+@click.option("--checkpoint", help="The checkpoint file [default: OUTPUT.checkpoint].")
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
+@click.option(
+    "--html",
+    type=click.Path(dir_okay=False),
+    help="Also write one self-contained page with charts (opens offline).",
+)
+def report(output: str | None, checkpoint: str | None, as_json: bool, html: str | None) -> None:
+    """What the runs on OUTPUT did: rows, requests, retries, latency, errors, rate, breaker."""
+    from batchpizza.reporting import build_report
+
+    path = checkpoint_path(output, checkpoint)
+    try:
+        text, numbers, page = build_report(path, html=html is not None)
+        if html is not None and page is not None:
+            write_atomically(Path(html), page.encode("utf-8"))
+    except BatchpizzaError as exc:
+        click.echo(f"batchpizza: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    click.echo(json.dumps(numbers, indent=2) if as_json else text)
