@@ -257,6 +257,15 @@ class OpenAIAPI:
             # Never quote the key, not even in this message.
             raise UsageError("the API key holds spaces or characters a header cannot carry")
         self._key = _Secret(key_text) if key_text else None
+        if self._key is not None and (base.user or base.password):
+            # Both would be the Authorization header (aiohttp refuses to choose, mid-run): which
+            # one the gateway wants is the user's to say. Never quote the URL here.
+            raise UsageError(
+                "--base-url carries credentials (user:***@) and an API key is set: both would "
+                "be the Authorization header. Use one: to log in to the gateway with the URL's "
+                "credentials, set no key (an empty OPENAI_API_KEY, or --api-key-env naming an "
+                "empty variable); to send the key, take the credentials out of --base-url"
+            )
         self.timeout = timeout
         self.proxy = proxy
         self._client_timeout = aiohttp.ClientTimeout(total=timeout)
