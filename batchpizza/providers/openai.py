@@ -363,7 +363,10 @@ class OpenAIAPI:
         if isinstance(text, list):  # content parts, as some servers answer
             parts = [p.get("text") for p in text if isinstance(p, dict)]
             text = "".join(p for p in parts if isinstance(p, str)) if parts else None
-        if not isinstance(text, str):
+        if not isinstance(text, str) or not text.strip():
+            # Empty or blank text is no answer, whatever the finish reason: a "length" with
+            # nothing in it (a reasoning model out of tokens) still answers nothing, and a
+            # retry may. A refusal or tool calls beside it are the answer.
             refusal, calls = message.get("refusal"), message.get("tool_calls")
             if isinstance(refusal, str) and refusal:
                 # The model declined (structured outputs): an answer, marked as what it is, not
@@ -374,7 +377,12 @@ class OpenAIAPI:
                 # can rebuild them.
                 text, finish = jsoncodec.dumps(calls).decode(), "tool_calls"
             else:
-                raise BadReply("reply without answer text (message content is null)", status)
+                what = "empty" if isinstance(text, str) else "null" if text is None else "not text"
+                raise BadReply(
+                    f"reply without answer text (message content is {what}, "
+                    f"finish_reason {finish!r})",
+                    status,
+                )
         if finish in _OUR_OUTCOMES:
             raise BadReply(f"the server ended the answer with finish_reason {finish!r}", status)
         usage = data.get("usage")
