@@ -18,9 +18,10 @@ from batchpizza import config as defaults
 from batchpizza.checkpoint import Checkpoint, is_locked
 from batchpizza.config import RunConfig
 from batchpizza.errors import BatchpizzaError
-from batchpizza.files import write_atomically
+from batchpizza.files import refuse_own_files, write_atomically
 from batchpizza.job import Job, run_loop
 from batchpizza.records import Summary
+from batchpizza.redact import inert
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -193,7 +194,7 @@ def _run_on_ray(input_path: str, output: str, address: str, options: dict[str, A
         summary = run_on_ray(input_path, output, address=address, **options)
     except BatchpizzaError as exc:
         with contextlib.suppress(OSError, ValueError):  # a closed stderr: the exit code says it
-            click.echo(f"batchpizza: {exc.message}", err=True)
+            _say(exc)
         return exc.exit_code
     return summary.exit_code
 
@@ -225,7 +226,7 @@ def _run_job(job: Job) -> int:
         summary = run_loop(main())
     except BatchpizzaError as exc:
         with contextlib.suppress(OSError, ValueError):  # a closed stderr: the exit code says it
-            click.echo(f"batchpizza: {exc.message}", err=True)
+            _say(exc)
         return exc.exit_code
     return int(summary["exit_code"])
 
@@ -244,7 +245,7 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
         finally:
             store.close()
     except BatchpizzaError as exc:
-        click.echo(f"batchpizza: {exc.message}", err=True)
+        _say(exc)
         sys.exit(exc.exit_code)
     info["checkpoint"] = str(path)
     info["running"] = is_locked(path)
@@ -286,15 +287,17 @@ def _checkpoint_path(output: str | None, checkpoint: str | None) -> Path:
 )
 def report(output: str | None, checkpoint: str | None, as_json: bool, html: str | None) -> None:
     """What the runs on OUTPUT did: rows, requests, retries, latency, errors, rate, breaker."""
-    from batchpizza.reporting import build_report
+    from batchpizza.reporting import build_report, run_files
 
     path = _checkpoint_path(output, checkpoint)
     try:
+        if html is not None:  # refused before the report is built, as a run's paths are
+            refuse_own_files(Path(html), "--html", *run_files(path, output))
         text, numbers, page = build_report(path, html=html is not None)
         if html is not None and page is not None:
             write_atomically(Path(html), page.encode("utf-8"))
     except BatchpizzaError as exc:
-        click.echo(f"batchpizza: {exc.message}", err=True)
+        _say(exc)
         sys.exit(exc.exit_code)
     click.echo(json.dumps(numbers, indent=2) if as_json else text)
 
@@ -406,6 +409,12 @@ def mock_server(
         raise click.BadParameter("give model names separated by commas", param_hint="--models")
     config = MockConfig(latency_ms=latency, jitter_ms=jitter, models=served, **options)
     serve(config, host=host, port=port)
+
+
+def _say(exc: BatchpizzaError) -> None:
+    """An error on stderr. It may quote a server (a 401's message), so it is made inert: the
+    terminal shows escape sequences rather than obeying them."""
+    click.echo(f"batchpizza: {inert(exc.message, lines=True)}", err=True)
 
 
 def main() -> None:
