@@ -90,18 +90,19 @@ def redact(text: str) -> str:
 
 def shorten(text: str, limit: int, tail: str = "") -> str:
     """`text` on one line with its secrets masked, then cut to at most `limit` characters (`tail`
-    included, added where a cut was made). Only the start is masked, with room enough past the
-    cut for any secret that begins before it, so a megabyte error page costs little."""
+    included, added where a cut was made). Only the start is masked, with room past the cut for
+    any secret that begins before it: an 8 MiB error page costs milliseconds, not seconds."""
     room = limit + _PATTERN_ROOM + max(map(len, _known), default=0)
     window = 4 * room
     while True:
-        flat = " ".join(redact(text[:window]).split())
+        flat = " ".join(text[:window].split())
         if len(flat) >= room or window >= len(text):
             break
         window *= 4  # mostly whitespace: widen until the flattened start is long enough
-    if len(flat) <= limit:
-        return flat
-    return flat[: max(0, limit - len(tail))] + tail
+    masked = redact(flat[:room])
+    if len(masked) <= limit and len(flat) <= room and window >= len(text):
+        return masked
+    return masked[: max(0, limit - len(tail))] + tail
 
 
 # C0 controls but the line feed and tab, DEL, and C1 controls (\x9b is a CSI on its own to many

@@ -454,6 +454,9 @@ def test_snippet_and_refusals_mask_remembered_secrets_before_cutting() -> None:
         with pytest.raises(MisuseDetected) as refused:
             extract_answer(f"Misuse detected. {said}".encode())
         assert leaked(refused.value.message + refused.value.text) == [], offset
+    # Whitespace that collapses to nothing before the key must not move it out of what is masked.
+    padded = " \n" * 100_000 + "." * 190 + KEY
+    assert leaked(snippet(padded.encode())) == [] and snippet(padded.encode()).startswith(".")
 
 
 def test_an_echoed_key_is_nowhere_in_output_checkpoint_or_log(tmp_path: Path) -> None:
