@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from batchpizza import config as defaults
+from batchpizza.commands import say
 from batchpizza.commands.mock_server import mock_server
 from batchpizza.commands.status import report, status
 from batchpizza.config import RunConfig
@@ -190,7 +191,7 @@ def _run_on_ray(input_path: str, output: str, address: str, options: dict[str, A
         summary = run_on_ray(input_path, output, address=address, **options)
     except BatchpizzaError as exc:
         with contextlib.suppress(OSError, ValueError):  # a closed stderr: the exit code says it
-            click.echo(f"batchpizza: {exc.message}", err=True)
+            say(exc)
         return exc.exit_code
     return summary.exit_code
 
@@ -222,7 +223,7 @@ def _run_job(job: Job) -> int:
         summary = run_loop(main())
     except BatchpizzaError as exc:
         with contextlib.suppress(OSError, ValueError):  # a closed stderr: the exit code says it
-            click.echo(f"batchpizza: {exc.message}", err=True)
+            say(exc)
         return exc.exit_code
     return int(summary["exit_code"])
 

@@ -156,6 +156,32 @@ def parse_params(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return params
 
 
+def _non_finite(value: object) -> float | None:
+    """The first NaN or infinity anywhere inside a parameter's value, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            found = _non_finite(item)
+            if found is not None:
+                return found
+    return None
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """A usage error for a parameter JSON cannot carry: NaN and the infinities (`--param
+    temperature=NaN`, `1e400`, or a float from Python) would be sent as null, silently."""
+    for key, value in params.items():
+        found = _non_finite(value)
+        if found is not None:
+            raise UsageError(
+                f"--param {key}: {found} is not a finite number, and JSON cannot carry it "
+                "(it would be sent as null); give a finite number"
+            )
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     # The input and output files; None for rows held in memory (answer(), a Ray actor's batch).
@@ -225,6 +251,7 @@ class RunConfig:
             raise UsageError("--max-retries must be 0 or more")
         if not self.timeout > 0:
             raise UsageError("--timeout must be a positive number of seconds")
+        check_params(self.params or {})
         check_url(self.base_url, "--base-url")
         if self.proxy:
             check_url(self.proxy, "--proxy")

@@ -189,7 +189,7 @@ class MisuseDetected(ProviderError, ValueError):
 
     def __init__(self, text: str) -> None:
         super().__init__(text)
-        self.text = text
+        self.text = self.message  # masked: it becomes the row's `error`
 
 
 def describe(exc: BaseException) -> str:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-from batchpizza.errors import OutputError
+from batchpizza.errors import OutputError, UsageError
 
 PARTIAL = ".partial"
 
@@ -97,3 +97,28 @@ def inside(path: Path, folder: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def refuse_own_files(
+    target: Path,
+    option: str,
+    own: Sequence[tuple[str, Path]],
+    input_folders: Sequence[Path] = (),
+) -> None:
+    """A usage error when `target`, a file a command is about to write, is one of a run's own
+    files (`own`: what each is, and its path) or lies inside its input folder: writing it would
+    destroy the run's output, checkpoint or input, as `run` refuses to."""
+    if target.is_dir():
+        raise UsageError(f"{option} {target} is a directory; give a file name")
+    for what, path in own:
+        if same_file(target, path):
+            raise UsageError(
+                f"{option} {target}: refusing to write over the {what} of this run ({path}); "
+                "give another file name"
+            )
+    for folder in input_folders:
+        if inside(target, folder):
+            raise UsageError(
+                f"{option} {target} is inside the input folder {folder}, where the next run "
+                "would read it; give another file name"
+            )

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from batchpizza.records import Tally
-from batchpizza.redact import RedactingFilter, redact
+from batchpizza.redact import RedactingFilter, inert, redact
 
 log = logging.getLogger("batchpizza")
 _MASKED_HEADERS = ("authorization", "x-api-key", "proxy-authorization")
@@ -172,6 +172,13 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
         pass
 
 
+class _InertFormatter(logging.Formatter):
+    """Log lines carry what servers said (a retry's error): shown, never obeyed by the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return inert(super().format(record), lines=True)
+
+
 def setup_logging(quiet: bool, verbose: bool) -> None:
     """One stderr handler for the package's logger, every record passing the redacting filter,
     each line with a timestamp (cron logs are read hours later)."""
@@ -179,7 +186,7 @@ def setup_logging(quiet: bool, verbose: bool) -> None:
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
         handler.setFormatter(
-            logging.Formatter("%(asctime)s batchpizza: %(message)s", "%Y-%m-%d %H:%M:%S")
+            _InertFormatter("%(asctime)s batchpizza: %(message)s", "%Y-%m-%d %H:%M:%S")
         )
         handler.addFilter(RedactingFilter())
         logger.addHandler(handler)

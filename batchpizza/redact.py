@@ -1,9 +1,15 @@
-"""Removing credentials from every text batchpizza shows or writes.
+"""Removing credentials from every text batchpizza shows or writes, and making a server's text
+harmless on a terminal.
 
 Every message reaches the user through one of three doors: an exception's message (BatchpizzaError
 redacts on construction), a log record (RedactingFilter on the package's handler), or the `error`
 column (errors.describe). All three call `redact`, so a proxy password, a token in a URL or a
 credential header named on the command line never leaks, whichever library produced the text.
+A server's text is shortened only by `shorten`, which masks before it cuts: a cut inside a secret
+leaves a first part that neither a pattern nor a known secret matches any more.
+
+`inert` is the one door to a terminal for text a server controls (log lines, the report, error
+messages): escape sequences and other control characters are shown, not obeyed.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ _HEADER = re.compile(
 )
 
 _known: set[str] = set()
+# Room past a cut for a secret that starts before it to be seen whole by `redact`: the longest
+# known secret plus this much for the patterns' (a credential header's name and value).
+_PATTERN_ROOM = 256
 
 
 def remember_url(url: str | None) -> None:
@@ -77,6 +86,36 @@ def redact(text: str) -> str:
         if len(secret) >= 3:
             text = text.replace(secret, MASK)
     return text
+
+
+def shorten(text: str, limit: int, tail: str = "") -> str:
+    """`text` on one line with its secrets masked, then cut to at most `limit` characters (`tail`
+    included, added where a cut was made). Only the start is masked, with room past the cut for
+    any secret that begins before it: an 8 MiB error page costs milliseconds, not seconds."""
+    room = limit + _PATTERN_ROOM + max(map(len, _known), default=0)
+    window = 4 * room
+    while True:
+        flat = " ".join(text[:window].split())
+        if len(flat) >= room or window >= len(text):
+            break
+        window *= 4  # mostly whitespace: widen until the flattened start is long enough
+    masked = redact(flat[:room])
+    if len(masked) <= limit and len(flat) <= room and window >= len(text):
+        return masked
+    return masked[: max(0, limit - len(tail))] + tail
+
+
+# C0 controls but the line feed and tab, DEL, and C1 controls (\x9b is a CSI on its own to many
+# terminals): each shown as its escape, so ESC ] 0 ; title BEL is text, not a window title.
+_INERT = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (0x09, 0x0A)}
+_INERT_ONE_LINE = {**_INERT, 0x0A: "\\n"}
+
+
+def inert(text: str, *, lines: bool = False) -> str:
+    """`text` as it may be shown on a terminal: no escape sequence (colours, screen clears,
+    window titles, clipboard writes, hyperlinks) or other control character is left to act, and
+    no NUL reaches a file. Line feeds are kept when `lines` (a message of several lines)."""
+    return text.translate(_INERT if lines else _INERT_ONE_LINE)
 
 
 class RedactingFilter(logging.Filter):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from batchpizza.checkpoint import Checkpoint
+from batchpizza.errors import BatchpizzaError
 from batchpizza.report import (
     AttemptRecord,
     BreakerEvent,
@@ -19,6 +20,7 @@ from batchpizza.report import (
     render_text,
     summarize,
 )
+from batchpizza.sources import input_files
 
 
 def report_data(checkpoint: Checkpoint) -> ReportData:
@@ -52,3 +54,48 @@ def build_report(path: Path, *, html: bool) -> tuple[str, dict[str, Any], str | 
     finally:
         store.close()
     return render_text(numbers), numbers, render_html(numbers) if html else None
+
+
+# Files SQLite keeps beside a database while it is open or after a crash: part of the checkpoint.
+_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+_CHECKPOINT_SUFFIXES = (".checkpoint", ".mock-checkpoint")
+
+
+def run_files(path: Path, output: str | None) -> tuple[list[tuple[str, Path]], list[Path]]:
+    """The files of the run whose checkpoint is at `path`, which a report must never write over:
+    ([(what, path)], input folders). The checkpoint (with SQLite's files beside it), the output
+    (named, else the one a default checkpoint name implies) and its other checkpoint, and the
+    input the last run recorded. A relative input is taken both from here and from the
+    checkpoint's folder: which folder the run started in is not recorded."""
+    own = [("checkpoint", path)]
+    own += [("checkpoint", path.with_name(path.name + side)) for side in _SQLITE_SIDE_FILES]
+    if output is None:
+        output = next(
+            (path.name[: -len(s)] for s in _CHECKPOINT_SUFFIXES if path.name.endswith(s)), None
+        )
+        output = str(path.with_name(output)) if output else None
+    if output is not None:
+        own.append(("output", Path(output)))
+        own += [("checkpoint", Path(output + suffix)) for suffix in _CHECKPOINT_SUFFIXES]
+    folders: list[Path] = []
+    recorded = _recorded_input(path)
+    if recorded and recorded != "-":
+        places = [Path(recorded)]
+        if not places[0].is_absolute():
+            places.append(path.parent / recorded)
+        for place in places:
+            if place.is_dir():
+                folders.append(place)
+            own += [("input", p) for p in input_files(str(place))]
+    return own, folders
+
+
+def _recorded_input(path: Path) -> str | None:
+    try:
+        store = Checkpoint.open(path, create=False, readonly=True)
+    except BatchpizzaError:
+        return None  # no checkpoint: building the report says so
+    try:
+        return store.meta().get("input")
+    finally:
+        store.close()

@@ -398,12 +398,15 @@ async def test_a_reply_without_model_usage_or_finish_reason_still_answers(
     assert answer == Answer("ok", "stop", "local")
 
 
-async def test_an_empty_string_is_an_answer(session: aiohttp.ClientSession) -> None:
+async def test_an_empty_string_is_no_answer_even_cut_by_length(
+    session: aiohttp.ClientSession,
+) -> None:
     body = completion("")
     body["choices"][0]["finish_reason"] = "length"  # e.g. a reasoning model out of tokens
     async with Fake(replying(body=body)) as fake:
-        answer = await api(fake.base_url).ask(session, prompt("q"))
-    assert (answer.text, answer.finish_reason) == ("", "length")
+        exc = await failure(api(fake.base_url), session, prompt("q"))
+    assert isinstance(exc, BadReply) and exc.retryable
+    assert "content is empty, finish_reason 'length'" in exc.message
 
 
 async def test_content_parts_are_joined(session: aiohttp.ClientSession) -> None:

@@ -14,8 +14,9 @@ from pathlib import Path
 import click
 
 from batchpizza.checkpoint import Checkpoint, is_locked
+from batchpizza.commands import say
 from batchpizza.errors import BatchpizzaError
-from batchpizza.files import write_atomically
+from batchpizza.files import refuse_own_files, write_atomically
 
 
 @click.command()
@@ -32,7 +33,7 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
         finally:
             store.close()
     except BatchpizzaError as exc:
-        click.echo(f"batchpizza: {exc.message}", err=True)
+        say(exc)
         sys.exit(exc.exit_code)
     info["checkpoint"] = str(path)
     info["running"] = is_locked(path)
@@ -74,14 +75,16 @@ def checkpoint_path(output: str | None, checkpoint: str | None) -> Path:
 )
 def report(output: str | None, checkpoint: str | None, as_json: bool, html: str | None) -> None:
     """What the runs on OUTPUT did: rows, requests, retries, latency, errors, rate, breaker."""
-    from batchpizza.reporting import build_report
+    from batchpizza.reporting import build_report, run_files
 
     path = checkpoint_path(output, checkpoint)
     try:
+        if html is not None:  # refused before the report is built, as a run's paths are
+            refuse_own_files(Path(html), "--html", *run_files(path, output))
         text, numbers, page = build_report(path, html=html is not None)
         if html is not None and page is not None:
             write_atomically(Path(html), page.encode("utf-8"))
     except BatchpizzaError as exc:
-        click.echo(f"batchpizza: {exc.message}", err=True)
+        say(exc)
         sys.exit(exc.exit_code)
     click.echo(json.dumps(numbers, indent=2) if as_json else text)

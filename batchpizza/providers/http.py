@@ -16,6 +16,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from batchpizza.errors import BadReply, RedirectRefused, RequestTimeout, TransportError
+from batchpizza.redact import shorten
 
 # A reply bigger than any answer is a broken server, not a reply. Counted after decompression:
 # 100 KB of gzip on the wire can inflate to 100 MB (seen), and the cap is about memory.
@@ -36,9 +37,9 @@ class Reply(NamedTuple):
 
 
 def snippet(body: bytes) -> str:
-    """The start of a body, on one line, for an error message."""
-    text = " ".join(body[: _ERROR_SNIPPET * 2].decode("utf-8", "replace").split())
-    return text[:_ERROR_SNIPPET]
+    """The start of a body, on one line and secrets masked (before the cut), for an error
+    message."""
+    return shorten(body.decode("utf-8", "replace"), _ERROR_SNIPPET)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -30,9 +30,9 @@ from batchpizza.errors import (
     ProviderError,
     UsageError,
 )
-from batchpizza.providers.http import parse_retry_after, post_json, snippet
+from batchpizza.providers.http import parse_retry_after, post_json
 from batchpizza.records import UNANSWERED, Answer, Prompt, RateInfo, is_answered
-from batchpizza.redact import MASK, redact
+from batchpizza.redact import MASK, redact, shorten
 
 __all__ = [
     "CHAT_PATH",
@@ -47,6 +47,7 @@ CHAT_PATH = "/chat/completions"
 USER_AGENT = "batchpizza"
 # A server's error message is one line of the `error` column, not a page.
 _MESSAGE_CHARS = 300
+_SNIPPET_CHARS = 200  # of a body that is not JSON
 # What a finish_reason of ours means when a server sends it: the generation failed (OpenRouter
 # says "error" for a provider that broke mid-answer). Kept from the output's finish_reason column,
 # where it would read as our own outcome.
@@ -152,21 +153,17 @@ def retry_after_of(headers: Mapping[str, str]) -> float | None:
     return parse_retry_after(headers.get("Retry-After"))
 
 
-def _one_line(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 3] + "..."
-
-
 def _error_detail(body: bytes) -> tuple[Mapping[str, Any], str]:
     """(the error object, its message) of an error reply in any of the shapes servers use:
     OpenAI's {"error": {"message", "type", "param", "code"}}, {"error": "text"}, vLLM's older
-    {"object": "error", "message"}, FastAPI's {"detail": ...}; else the start of the body."""
+    {"object": "error", "message"}, FastAPI's {"detail": ...}; else the body. Whole: the caller
+    masks the key before it shortens the message."""
     try:
         data = jsoncodec.loads(body)
     except ValueError:
-        return {}, snippet(body)
+        return {}, body.decode("utf-8", "replace")
     if not isinstance(data, dict):
-        return {}, snippet(body)
+        return {}, body.decode("utf-8", "replace")
     error = data.get("error")
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return error, error["message"]
@@ -179,8 +176,10 @@ def _error_detail(body: bytes) -> tuple[Mapping[str, Any], str]:
         return data, detail
     if isinstance(detail, list):  # FastAPI's validation errors: [{"loc": [...], "msg": ...}]
         msgs = [d.get("msg") for d in detail if isinstance(d, dict)]
-        return data, "; ".join(m for m in msgs if isinstance(m, str)) or snippet(body)
-    return data, snippet(body)
+        return data, "; ".join(m for m in msgs if isinstance(m, str)) or body.decode(
+            "utf-8", "replace"
+        )
+    return data, body.decode("utf-8", "replace")
 
 
 def _about_model(status: int, error: Mapping[str, Any], message: str, model: str | None) -> bool:
@@ -257,6 +256,15 @@ class OpenAIAPI:
             # Never quote the key, not even in this message.
             raise UsageError("the API key holds spaces or characters a header cannot carry")
         self._key = _Secret(key_text) if key_text else None
+        if self._key is not None and (base.user or base.password):
+            # Both would be the Authorization header (aiohttp refuses to choose, mid-run): which
+            # one the gateway wants is the user's to say. Never quote the URL here.
+            raise UsageError(
+                "--base-url carries credentials (user:***@) and an API key is set: both would "
+                "be the Authorization header. Use one: to log in to the gateway with the URL's "
+                "credentials, set no key (an empty OPENAI_API_KEY, or --api-key-env naming an "
+                "empty variable); to send the key, take the credentials out of --base-url"
+            )
         self.timeout = timeout
         self.proxy = proxy
         self._client_timeout = aiohttp.ClientTimeout(total=timeout)
@@ -317,11 +325,15 @@ class OpenAIAPI:
             headers["authorization"] = f"Bearer {MASK}"
         return str(self.url), headers, jsoncodec.dumps(self.body(prompt))
 
-    def _scrub(self, text: str) -> str:
-        """`text` without the key, for a server that echoes what it was sent."""
+    def _said(self, text: str | bytes, limit: int = _MESSAGE_CHARS) -> str:
+        """What a server said, for a message: on one line, without the key (a server may echo
+        what it was sent), then cut. The key goes first: a cut inside it would leave its first
+        part, which nothing recognises as the key any more."""
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
         if self._key is not None and len(self._key.reveal()) >= 3:
             text = text.replace(self._key.reveal(), MASK)
-        return text
+        return shorten(text, limit, "...")
 
     def _answer(
         self,
@@ -335,7 +347,7 @@ class OpenAIAPI:
             data = jsoncodec.loads(payload)
         except ValueError:
             raise BadReply(
-                f"reply is not JSON: {self._scrub(snippet(payload))!r}", status=status
+                f"reply is not JSON: {self._said(payload, _SNIPPET_CHARS)!r}", status=status
             ) from None
         choice = None
         if isinstance(data, dict):
@@ -344,7 +356,7 @@ class OpenAIAPI:
                 choice = choices[0]
         if not isinstance(data, dict) or choice is None:
             _, said = _error_detail(payload)  # a gateway's error sent with a 200
-            raise BadReply(f"reply without choices: {self._scrub(_one_line(said))!r}", status)
+            raise BadReply(f"reply without choices: {self._said(said)!r}", status)
         message = choice.get("message")
         if not isinstance(message, dict):
             raise BadReply("reply without choices[0].message", status=status)
@@ -354,7 +366,10 @@ class OpenAIAPI:
         if isinstance(text, list):  # content parts, as some servers answer
             parts = [p.get("text") for p in text if isinstance(p, dict)]
             text = "".join(p for p in parts if isinstance(p, str)) if parts else None
-        if not isinstance(text, str):
+        if not isinstance(text, str) or not text.strip():
+            # Empty or blank text is no answer, whatever the finish reason: a "length" with
+            # nothing in it (a reasoning model out of tokens) still answers nothing, and a
+            # retry may. A refusal or tool calls beside it are the answer.
             refusal, calls = message.get("refusal"), message.get("tool_calls")
             if isinstance(refusal, str) and refusal:
                 # The model declined (structured outputs): an answer, marked as what it is, not
@@ -365,7 +380,12 @@ class OpenAIAPI:
                 # can rebuild them.
                 text, finish = jsoncodec.dumps(calls).decode(), "tool_calls"
             else:
-                raise BadReply("reply without answer text (message content is null)", status)
+                what = "empty" if isinstance(text, str) else "null" if text is None else "not text"
+                raise BadReply(
+                    f"reply without answer text (message content is {what}, "
+                    f"finish_reason {finish!r})",
+                    status,
+                )
         if finish in _OUR_OUTCOMES:
             raise BadReply(f"the server ended the answer with finish_reason {finish!r}", status)
         usage = data.get("usage")
@@ -392,7 +412,7 @@ class OpenAIAPI:
         model: str | None,
     ) -> HTTPStatusError:
         error, said = _error_detail(payload)
-        said = self._scrub(_one_line(said))
+        said = self._said(said)
         text = f"HTTP {status} {reason}".strip() + (f": {said}" if said else "")
         if _about_model(status, error, said, model):
             hint = (

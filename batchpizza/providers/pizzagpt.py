@@ -21,6 +21,7 @@ from batchpizza.config import DEFAULT_BASE_URL, DEFAULT_MODEL, DEFAULT_TIMEOUT
 from batchpizza.errors import BadReply, HTTPStatusError, MisuseDetected, UsageError
 from batchpizza.providers.http import Reply, parse_retry_after, post_json, snippet
 from batchpizza.records import Answer, Prompt
+from batchpizza.redact import shorten
 from batchpizza.rows import format_prompt
 
 log = logging.getLogger("batchpizza")
@@ -187,7 +188,7 @@ def answer_text(reply: Reply) -> str:
         return extract_answer(reply.body, reply.status)
     text = reply.body.decode("utf-8", "replace")
     if refusal_in(text):
-        raise MisuseDetected(" ".join(text.split())[: _ERROR_SNIPPET * 2])
+        raise MisuseDetected(shorten(text, _ERROR_SNIPPET * 2))
     raise HTTPStatusError(
         reply.status,
         f"HTTP {reply.status} {reply.reason}".strip(),

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from batchpizza.records import is_answered
-from batchpizza.redact import redact
+from batchpizza.redact import redact, shorten
 from batchpizza.report.latency import latency
 from batchpizza.report.series import Buckets
 
@@ -219,8 +219,8 @@ def summarize(data: ReportData) -> dict[str, Any]:
                 "share": share(k.count, requests),
                 "first": iso(k.first),
                 "last": iso(k.last),
-                # Redacted before it is cut: a cut could leave half a secret the patterns miss.
-                "example": clip(redact(k.example), EXAMPLE_CHARS) if k.example else None,
+                # Masked before it is cut: a cut could leave half a secret the patterns miss.
+                "example": shorten(k.example, EXAMPLE_CHARS, "…") if k.example else None,
             }
             for name, k in sorted(kinds.items(), key=lambda nk: (-nk[1].count, nk[0]))
         ],

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
+from batchpizza.redact import inert
 from batchpizza.report.fmt import (
     Clock,
     duration,
@@ -41,17 +42,29 @@ def _asset(name: str) -> str:
     return (resources.files("batchpizza") / "report_assets" / name).read_text("utf-8")
 
 
+def _escape(text: str) -> str:
+    """Text for the page: HTML-escaped, and no control character a server sent (a NUL, an
+    escape sequence) written into the file as it is."""
+    return html.escape(inert(text))
+
+
+# json.dumps escapes C0 controls itself; DEL and C1 controls would go into the page as they are.
+_JSON_CONTROLS = {c: f"\\u{c:04x}" for c in range(0x7F, 0xA0)}
+
+
 def _json_for_script(numbers: Mapping[str, Any]) -> str:
-    """The dict as JSON that cannot end its <script> element early, whatever the error texts say."""
+    """The dict as JSON that cannot end its <script> element early, whatever the error texts say,
+    with no control character in the file."""
     text = json.dumps(numbers, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return text.translate(_JSON_CONTROLS)
 
 
 def _card(label: str, value: str, note: str) -> str:
     return (
-        f'<div class="card"><div class="label">{html.escape(label)}</div>'
-        f'<div class="value">{html.escape(value)}</div>'
-        f'<div class="note">{html.escape(note)}</div></div>'
+        f'<div class="card"><div class="label">{_escape(label)}</div>'
+        f'<div class="value">{_escape(value)}</div>'
+        f'<div class="note">{_escape(note)}</div></div>'
     )
 
 
@@ -99,14 +112,14 @@ def _reasons_panel(rows: Mapping[str, Any]) -> str:
         colours[reason] = _REASON_COLOURS.get(reason) or next(spare)
     stack = "".join(
         f'<span style="width:{100 * count / total:.3f}%;background:{colours[reason]}"'
-        f' title="{html.escape(reason)}: {int_text(count)}"></span>'
+        f' title="{_escape(reason)}: {int_text(count)}"></span>'
         for reason, count in by_reason.items()
         if total and count
     )
     biggest = max(by_reason.values(), default=0)
     lines = "".join(
         f'<tr><td><span class="swatch" style="background:{colours[reason]}"></span>'
-        f"{html.escape(reason)}</td>"
+        f"{_escape(reason)}</td>"
         f'<td class="num">{int_text(count)}</td><td class="num">{pct(share(count, total))}</td>'
         f'<td class="barcell"><div class="hbar" style="width:{100 * count / biggest:.2f}%;'
         f'background:{colours[reason]}"></div></td></tr>'
@@ -127,11 +140,11 @@ def _errors_table(errors: Sequence[Mapping[str, Any]], clock: Clock) -> str:
     if not errors:
         return '<p class="caption">No failed attempts.</p>'
     body = "".join(
-        f'<tr><td class="nowrap"><strong>{html.escape(e["kind"])}</strong></td>'
+        f'<tr><td class="nowrap"><strong>{_escape(e["kind"])}</strong></td>'
         f'<td class="num">{int_text(e["count"])}</td><td class="num">{pct(e["share"])}</td>'
-        f'<td class="mono nowrap" title="{html.escape(e["first"])}">{clock(e["first"])}</td>'
-        f'<td class="mono nowrap" title="{html.escape(e["last"])}">{clock(e["last"])}</td>'
-        f'<td class="example mono">{html.escape(e["example"] or "")}</td></tr>'
+        f'<td class="mono nowrap" title="{_escape(e["first"])}">{clock(e["first"])}</td>'
+        f'<td class="mono nowrap" title="{_escape(e["last"])}">{clock(e["last"])}</td>'
+        f'<td class="example mono">{_escape(e["example"] or "")}</td></tr>'
         for e in errors
     )
     return (
@@ -146,12 +159,12 @@ def _runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
         return '<p class="caption">No runs recorded.</p>'
     body = "".join(
         f'<tr><td class="num">{r["id"]}</td>'
-        f'<td class="mono nowrap">{html.escape(r["started"][:19].replace("T", " "))}</td>'
+        f'<td class="mono nowrap">{_escape(r["started"][:19].replace("T", " "))}</td>'
         f'<td class="num">{duration(r["duration_s"])}</td>'
         f'<td class="num">{int_text(r["rows_sent"])}</td><td class="num">{int_text(r["requests"])}</td>'
         f'<td class="num">{int_text(r["answered"])}</td>'
         f'<td class="num">{"—" if r["exit_code"] is None else r["exit_code"]}</td>'
-        f'<td class="mono options">{html.escape(_options_line(r["options"]))}</td></tr>'
+        f'<td class="mono options">{_escape(_options_line(r["options"]))}</td></tr>'
         for r in runs
     )
     return (
@@ -169,8 +182,8 @@ def _options_line(options: Mapping[str, object]) -> str:
 def _panel(title: str, caption: str, inner: str, wide: bool = False) -> str:
     cls = "panel wide" if wide else "panel"
     return (
-        f'<section class="{cls}"><h2>{html.escape(title)}</h2>'
-        f'<p class="caption">{html.escape(caption)}</p>{inner}</section>'
+        f'<section class="{cls}"><h2>{_escape(title)}</h2>'
+        f'<p class="caption">{_escape(caption)}</p>{inner}</section>'
     )
 
 
@@ -246,9 +259,9 @@ def render_html(numbers: Mapping[str, Any]) -> str:
             # future edit (or a hostile error text) slipped a URL in.
             '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
             "script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:\">",
-            f"<title>batchpizza report · {html.escape(when)}</title>",
+            f"<title>batchpizza report · {_escape(when)}</title>",
             f"<style>{_asset('uPlot.min.css')}</style><style>{_asset('page.css')}</style></head><body><main>",
-            f"<header><h1>batchpizza report</h1><p>{html.escape(subtitle)}</p></header>",
+            f"<header><h1>batchpizza report</h1><p>{_escape(subtitle)}</p></header>",
             f'<div class="cards">{_cards(numbers)}</div><div class="grid">{panels}</div>',
             "<footer>Made by batchpizza report. Charts: uPlot (MIT), inlined.</footer></main>",
             f'<script id="report-data" type="application/json">{_json_for_script(numbers)}</script>',

@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from batchpizza.redact import inert
 from batchpizza.report.fmt import (
     TEXT_WIDTH,
     Clock,
@@ -47,7 +48,9 @@ def render_text(numbers: Mapping[str, Any]) -> str:
         _text_runs(numbers["runs"]),
     ]
     lines = [line for section in sections if section for line in [*section, ""]]
-    return "\n".join(line[:TEXT_WIDTH].rstrip() for line in lines[:-1]) + "\n"
+    # Error examples, finish reasons and rate reasons are the servers' words: made inert here,
+    # the one place every line passes on its way to the terminal.
+    return "\n".join(inert(line)[:TEXT_WIDTH].rstrip() for line in lines[:-1]) + "\n"
 
 
 def _text_rows(rows: Mapping[str, Any]) -> list[str]:

@@ -30,11 +30,18 @@ class Sink(Protocol):
 SINKS: dict[str, Any] = {"jsonl": JsonlSink, "parquet": ParquetSink}
 
 
-def open_sink(fmt: str, handle: IO[bytes], columns: Columns, results: tuple[str, ...]) -> Sink:
+def open_sink(
+    fmt: str,
+    handle: IO[bytes],
+    columns: Columns,
+    results: tuple[str, ...],
+    checkpoint: Checkpoint | None = None,
+) -> Sink:
     if fmt == "openai-batch":  # imported only when asked for
         from batchpizza.sinks.openai_batch import OpenAIBatchSink
 
-        return OpenAIBatchSink(handle, columns, results)
+        statuses = checkpoint.failure_statuses() if checkpoint is not None else None
+        return OpenAIBatchSink(handle, columns, results, statuses)
     sink: Sink = SINKS[fmt](handle, columns, results)
     return sink
 
@@ -61,7 +68,7 @@ def write_output(
     rows = itertools.chain.from_iterable(checkpoint.output_rows(limit))
     total = checkpoint.rows(limit)
     with atomic_file(output) as handle:
-        sink = open_sink(fmt, handle, source.columns(), results)
+        sink = open_sink(fmt, handle, source.columns(), results, checkpoint)
         try:
             written = 0
             for carried in source.carried():

@@ -3,6 +3,7 @@ tools built for OpenAI's batch files read ours."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import IO
 
 from batchpizza import jsoncodec
@@ -12,8 +13,17 @@ from batchpizza.sources.base import Carried, Columns
 
 
 class OpenAIBatchSink:
-    def __init__(self, handle: IO[bytes], columns: Columns, results: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        handle: IO[bytes],
+        columns: Columns,
+        results: tuple[str, ...],
+        statuses: Mapping[str, int] | None = None,
+    ) -> None:
         self.handle = handle
+        # The HTTP status of each failed row's last attempt (Checkpoint.failure_statuses): its
+        # line's response.status_code, as in OpenAI's batch error files.
+        self.statuses = statuses or {}
 
     def write(self, carried: Carried, rows: list[OutputRow]) -> None:
         lines = []
@@ -28,6 +38,7 @@ class OpenAIBatchSink:
                 completion_tokens=row.completion_tokens,
                 response_id=row.response_id,
                 request_id=row.request_id,
+                status_code=None if row.answer is not None else self.statuses.get(row.id),
                 error=row.error,
             )
             lines.append(jsoncodec.dumps(line))
