@@ -108,6 +108,41 @@ class OutputRow(NamedTuple):
     digest: bytes | None  # None for an invalid row
 
 
+def answered_row(r: Result) -> OutputRow:
+    """The output row of a row that was sent and ended (answered, failed or refused)."""
+    return OutputRow(
+        r.id,
+        r.answer,
+        r.finish_reason,
+        r.finish_reason == Outcome.MISUSE,
+        r.error,
+        r.attempts,
+        r.latency_ms,
+        r.model,
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.response_id,
+        r.request_id,
+        r.digest,
+    )
+
+
+def invalid_row(row_id: str, problem: str) -> OutputRow:
+    """The output row of a bad input row (kept under --skip-bad-rows)."""
+    return OutputRow(
+        row_id, None, Outcome.INVALID.value, False, problem, 0, None, None, None, None, None, None,
+        None,
+    )  # fmt: skip
+
+
+def pending_row(row_id: str, digest: bytes | None) -> OutputRow:
+    """The output row of a row not sent yet (the run stopped early)."""
+    return OutputRow(
+        row_id, None, Outcome.PENDING.value, False, None, 0, None, None, None, None, None, None,
+        digest,
+    )  # fmt: skip
+
+
 class Attempt(NamedTuple):
     """One request sent, for the report: when, how long, and how it ended; the attempts table's
     columns after the run's id. A tuple for the same reason as Result (one for every request)."""

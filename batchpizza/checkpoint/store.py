@@ -35,7 +35,14 @@ from typing import Any
 from batchpizza.checkpoint.scan import SCHEMA as SCAN_SCHEMA
 from batchpizza.checkpoint.scan import ScanIndex
 from batchpizza.errors import CheckpointMissing, OutputError
-from batchpizza.records import Attempt, OutputRow, Result, Tally
+from batchpizza.records import (
+    Attempt,
+    OutputRow,
+    Result,
+    Tally,
+    invalid_row,
+    pending_row,
+)
 
 SCHEMA_VERSION = "2"
 SYNC_INTERVAL = 1.0  # seconds of answers a power loss may cost at most (see above)
@@ -526,29 +533,15 @@ def _identity(path: Path | None) -> tuple[int, int] | None:
 
 
 def _output_row(row: tuple[Any, ...]) -> OutputRow:
-    (_pos, row_id, bad, digest, reason, answer, error, attempts, latency, model) = row[:10]
-    ptok, ctok, response_id, request_id = row[10:]
+    """An output row from the joined scan and results columns (see output_rows)."""
+    (_pos, row_id, bad, digest, reason, *rest) = row
     if bad is not None:
-        return OutputRow(
-            row_id, None, "invalid", False, bad, 0, None, None, None, None, None, None, None
-        )
+        return invalid_row(row_id, bad)
     if reason is None:  # not sent yet: the run stopped early
-        return OutputRow(
-            row_id, None, "pending", False, None, 0, None, None, None, None, None, None, digest
-        )
-    misuse = reason == "misuse"
+        return pending_row(row_id, digest)
+    answer, error, attempts, latency, model, ptok, ctok, response_id, request_id = rest
+    # Built directly (answered_row would make a Result first): one of these per output row.
     return OutputRow(
-        row_id,
-        answer,
-        reason,
-        misuse,
-        error,
-        attempts,
-        latency,
-        model,
-        ptok,
-        ctok,
-        response_id,
-        request_id,
-        digest,
-    )
+        row_id, answer, reason, reason == "misuse", error, attempts, latency, model, ptok, ctok,
+        response_id, request_id, digest,
+    )  # fmt: skip

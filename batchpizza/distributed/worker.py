@@ -1,12 +1,12 @@
-"""What each actor of a cluster run does: batchpizza's own job over one Arrow batch at a time,
-in memory, its attempts paced by slots leased from the cluster's controller, its answers written
-to the shared checkpoint before its workers send again.
+"""What each actor of a cluster run does: the engine over one Arrow batch at a time, in memory,
+its attempts paced by slots leased from the cluster's controller, its answers written to the
+shared checkpoint's parts before its workers send again.
 
-Each job's attempts pass a `ClusterGate` (batchpizza.distributed.gate) instead of a Control of
+The engine's attempts pass a `ClusterGate` (batchpizza.distributed.gate) instead of a Control of
 their own. `Answerer` runs a batch on the actor's one event loop and one session, kept from
 batch to batch: the rows already answered (by an earlier run, or by an earlier attempt at this
-batch on an actor that died) are taken from the checkpoint, the rest run where they are (no
-file), and the batch comes back with the result columns.
+batch on an actor that died) are taken from the checkpoint, the rest sent where they are (no
+file, no job, no database), and the batch comes back with the result columns.
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from batchpizza.config import RunConfig
+from batchpizza.controls.retrying import RetryPolicy
 from batchpizza.distributed.gate import ClusterGate, Controller
 from batchpizza.distributed.parts import DIGEST, ID, PartStore, key_of
+from batchpizza.engine.batch import Batch, answer_batch
 from batchpizza.engine.runner import new_session
-from batchpizza.job import Job
-from batchpizza.records import Result, is_answered
-from batchpizza.rows import Fields, RowProblem, interpret, prompt_digest
+from batchpizza.providers.factory import make_provider, remember_secrets
+from batchpizza.records import OutputRow, Result, is_answered
+from batchpizza.rows import Fields
 from batchpizza.sinks.values import result_columns, result_fields
-from batchpizza.tables import InMemory, from_data
+from batchpizza.tables import from_data
 
 if TYPE_CHECKING:
     import aiohttp
@@ -36,6 +38,7 @@ log = logging.getLogger("batchpizza")
 
 
 SHUTDOWN_WAIT_S = 5.0  # for the session to close and the actor's loop thread to end
+_NOT_UTF8 = "invalid UTF-8 in a string column"  # a row's problem, as the scan of a file says it
 
 
 class Kept:
@@ -162,10 +165,13 @@ class Answerer:
             "progress": False,
             "input_label": "<ray batch>",
         }
-        probe = RunConfig.from_options(**self._options)
-        self._id_field = probe.fields_named[2]
-        self._extra = ("prompt_tokens", "completion_tokens") if probe.provider == "openai" else ()
-        self._fields = Fields.from_config(probe, self._extra)
+        config = RunConfig.from_options(**self._options)
+        self._id_field = config.fields_named[2]
+        remember_secrets(config)  # before the provider, whose errors may quote them
+        self._provider = make_provider(config)
+        self._policy = RetryPolicy.from_config(config)
+        self._extra = self._provider.extra_columns
+        self._fields = Fields.from_config(config, self._extra)
         self._share = share
         self._store = PartStore(checkpoint) if checkpoint else None
         self._schema = part_schema(self._extra)
@@ -231,31 +237,40 @@ class Answerer:
         return self._session
 
     async def answer_batch(self, batch: pa.Table) -> pa.Table:
+        import pyarrow as pa
+
+        from batchpizza.sources.parquet import NOT_UTF8, pylist
+
         ids = self._ids(batch)
-        digests = self._digests(batch)
         key = key_of(ids)
+        objects = [_NOT_UTF8 if obj is NOT_UTF8 else obj for obj in pylist(batch)]
+        rows = Batch(objects, self._fields)  # each row read and its prompt hashed once
         known = [self._kept.of(ids)] if self._kept is not None else []
         if self._store is not None:
             known.append(await asyncio.to_thread(self._store.read_batch, key, self._schema))
         answers = Answers(known)
-        done = [answers.get(row_id, d) for row_id, d in zip(ids, digests, strict=True)]
-        todo = [i for i, row in enumerate(done) if row is None]
-        fresh: dict[int, dict[str, Any]] = {}
-        if todo:
-            results = await self._run(batch.take(todo), key)
-            fresh = dict(zip(todo, results.to_pylist(), strict=True))
+        kept: dict[int, dict[str, Any]] = {}
+        todo: list[int] = []
+        for pos, digest in rows.digests.items():
+            found = answers.get(ids[pos], digest)
+            if found is None:
+                todo.append(pos)
+            else:
+                kept[pos] = found
+        fresh = await self._run(rows, todo, key) if todo else {}
         names = list(result_columns(self._extra))
-        rows = [fresh.get(i) or done[i] or {} for i in range(len(ids))]
-        import pyarrow as pa
-
-        table = pa.Table.from_pylist(
-            [{name: row.get(name) for name in names} for row in rows],
-            schema=pa.schema(result_fields(self._extra)),
-        )
+        out: list[dict[str, Any]] = []
+        for pos in range(rows.size):
+            if pos in kept:
+                out.append({name: kept[pos].get(name) for name in names})
+            else:
+                row = fresh[pos] if pos in fresh else rows.invalid[pos]
+                out.append({name: getattr(row, name) for name in names})
+        table = pa.Table.from_pylist(out, schema=pa.schema(result_fields(self._extra)))
         if self._store is not None:
             answered = [
-                {ID: row_id, DIGEST: digest, **row}
-                for row_id, digest, row in zip(ids, digests, rows, strict=True)
+                {ID: ids[pos], DIGEST: rows.digests[pos], **row}
+                for pos, row in enumerate(out)
                 if is_answered(row["finish_reason"])
             ]
             sealed = pa.Table.from_pylist(
@@ -265,48 +280,33 @@ class Answerer:
         result: pa.Table = from_data(batch).restore(table)
         return result
 
-    async def _run(self, todo: pa.Table, key: str) -> pa.Table:
-        """The rows of `todo` run by the engine where they are, in memory, paced by the
-        cluster's slots; their results as a table."""
-        import pyarrow as pa
-
+    async def _run(self, rows: Batch, todo: list[int], key: str) -> dict[int, OutputRow]:
+        """The rows of `todo` sent by the engine where they are, paced by the cluster's
+        slots; each answer written to the checkpoint's parts before the worker sends again."""
         writer = PartWriter(self._store, key, self._schema) if self._store is not None else None
-        config = RunConfig.from_options(**self._options)
         gate = ClusterGate(
             self._controller,
             share=self._share,
             before_send=writer.flush if writer is not None else None,
         )
-        job = Job(
-            config,
-            data=InMemory("arrow", todo),
-            gatekeeper=gate,
-            on_row=writer.add if writer is not None else None,
-            session=self._actor_session(),
-        )
         try:
-            await job.run()
+            return await answer_batch(
+                rows,
+                todo,
+                provider=self._provider,
+                gate=gate,
+                policy=self._policy,
+                concurrency=self._share,
+                session=self._actor_session(),
+                on_result=writer.add if writer is not None else None,
+                kept=writer is not None,
+            )
         finally:
             await gate.close()
             if writer is not None:
                 await writer.flush()
-        assert job.output_rows is not None  # a run that returned has its rows
-        fields = result_fields(self._extra)
-        arrays = [pa.array([getattr(r, f.name) for r in job.output_rows], f.type) for f in fields]
-        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
     def _ids(self, batch: pa.Table) -> list[str]:
         if self._id_field not in batch.column_names:
             return [str(i) for i in range(batch.num_rows)]
         return [str(v) for v in batch.column(self._id_field).to_pylist()]
-
-    def _digests(self, batch: pa.Table) -> list[bytes | None]:
-        """Each row's prompt digest, as the scan computes it; None for a row that is not valid
-        (the Job then reports it)."""
-        out: list[bytes | None] = []
-        for pos, obj in enumerate(batch.to_pylist()):
-            try:
-                out.append(prompt_digest(interpret(obj, self._fields, pos)[1]))
-            except RowProblem:
-                out.append(None)
-        return out

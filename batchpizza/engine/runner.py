@@ -246,6 +246,16 @@ class Runner:
         self._sleep = sleep if sleep is not None else stop.sleep
         self.fatal: ProviderError | None = None  # a reply after which nothing can succeed
 
+    def fatal_message(self, *, kept: bool) -> str:
+        """What to tell the user after a fatal reply: what it said, and where answers are."""
+        assert self.fatal is not None
+        where = (
+            "Answers so far are kept in the checkpoint: fix the cause and rerun."
+            if kept
+            else "No checkpoint was given, so answers so far are not kept: fix the cause and rerun."
+        )
+        return f"{self.fatal.message}; stopped after {self.counters.requests} request(s). {where}"
+
     async def run(self, rows: Iterator[PendingRow]) -> None:
         """Send every row. After a stop, returns once the rows in flight are done; if cancelled,
         abandons them. Either way every finished result is committed before it returns."""

@@ -285,10 +285,7 @@ class Job:
             raise Interrupted("interrupted", self.stop.signum)
         if runner.fatal is not None:
             checkpoint.end_run(run, rows_sent=runner.counters.rows_done, exit_code=2)
-            raise UsageError(
-                f"{runner.fatal.message}; stopped after {runner.counters.requests} request(s). "
-                "Answers so far are kept in the checkpoint: fix the cause and rerun."
-            )
+            raise UsageError(runner.fatal_message(kept=config.checkpoint_path is not None))
         await self._in_thread(functools.partial(self._write, source, checkpoint, provider, key))
         if self.stop.signum is not None:  # a signal during the write: the output is whole
             raise Interrupted("interrupted after the output was written", self.stop.signum)
