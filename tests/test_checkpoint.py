@@ -270,7 +270,9 @@ def test_the_lock_is_released_when_the_block_raises(ck_path: Path) -> None:
 def test_a_lock_leaves_no_file_beside_the_output_or_the_checkpoint(ck_path: Path) -> None:
     before = sorted(ck_path.parent.iterdir())
     with lock_for(ck_path):
-        assert sorted(ck_path.parent.iterdir()) == before
+        # The lock is held on the checkpoint file itself (created empty to be locked)...
+        assert sorted(ck_path.parent.iterdir()) == sorted([*before, ck_path])
+    # ... and a checkpoint the run left empty goes with the lock.
     assert sorted(ck_path.parent.iterdir()) == before
 
 

@@ -171,7 +171,7 @@ def test_ray_dry_run_counts_the_checkpoint_and_sends_nothing(
 def test_ray_refuses_an_output_another_run_holds_with_exit_75(tmp_path: Path) -> None:
     source = prompts(tmp_path / "in", 4, parts=1)
     out, summary_json = tmp_path / "out", tmp_path / "summary.json"
-    with RunLock(out, tmp_path / "out.checkpoint"):  # as a run in progress holds it
+    with RunLock(out, tmp_path / "out.checkpoint", folder=True):  # as a run in progress does
         done = command(str(source), "-o", str(out), "--ray", "--summary-json", str(summary_json))
     assert done.returncode == 75, done.stderr
     assert "try again later" in done.stderr
