@@ -13,14 +13,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from conftest import FAST, read_jsonl, write_jsonl
 
 import batchpizza
 from batchpizza import storable
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.providers.pizzagpt import extract_answer
 from batchpizza.records import Attempt, Result
-
-from conftest import FAST, read_jsonl, write_jsonl
 
 Reply = Callable[[str], Awaitable[web.StreamResponse]]
 
