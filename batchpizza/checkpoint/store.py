@@ -188,14 +188,20 @@ class Checkpoint:
 
     @classmethod
     def open(cls, path: Path, *, create: bool = True, readonly: bool = False) -> Checkpoint:
-        if not create and not _has_data(path):
+        if not create and not path.exists():
             raise CheckpointMissing(f"no checkpoint at {path}")
         if readonly:
             try:
-                conn = sqlite3.connect(
-                    _reading_uri(path), uri=True, isolation_level=None, check_same_thread=False
-                )
-                _schema_of(conn, path)
+                if _has_data(path):
+                    conn = sqlite3.connect(
+                        _reading_uri(path), uri=True, isolation_level=None, check_same_thread=False
+                    )
+                    _schema_of(conn, path)
+                else:  # a run that just took its lock: nothing in it yet, as in a new one
+                    conn = sqlite3.connect(
+                        ":memory:", isolation_level=None, check_same_thread=False
+                    )
+                    conn.executescript(_SCHEMA)
                 conn.execute("SELECT 1 FROM results LIMIT 1")
             except sqlite3.DatabaseError as exc:
                 raise _sqlite_error(path, exc) from None
