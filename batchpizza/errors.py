@@ -5,6 +5,7 @@
     ├── InputError                  the input cannot be run as it is (exit 2); carries BadRow list
     ├── LockedError                 another run holds this output or checkpoint (exit 75)
     ├── CheckpointMissing           `status` found no checkpoint (exit 2)
+    ├── CheckpointVersionError      a checkpoint this version does not know (a newer one's) (exit 2)
     ├── OutputError                 the output or checkpoint could not be written (exit 1)
     ├── InputChanged                the input files changed during the run (exit 1)
     ├── Interrupted                 SIGINT / SIGTERM; the checkpoint is saved (exit 130 / 143)
@@ -22,13 +23,15 @@ headers) and `.request_id` (its x-request-id). One that is `.fatal` means no lat
 succeed either (a wrong key, a model the server does not serve, no API at that URL): the runner
 stops the run and exits with its `exit_code` (2) rather than failing every remaining row.
 
-Messages pass through `redact` so that no credential reaches a terminal, log or file.
+Messages pass through `redact` so that no credential reaches a terminal, log or file, and through
+`storable.text` so that a server's text quoted in one (a lone surrogate) can always be stored.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from batchpizza import storable
 from batchpizza.records import RateInfo
 from batchpizza.redact import redact
 
@@ -42,7 +45,7 @@ class BatchpizzaError(Exception):
     exit_code = 1
 
     def __init__(self, message: str) -> None:
-        super().__init__(redact(message))
+        super().__init__(redact(storable.text(message)))
 
     @property
     def message(self) -> str:
@@ -101,6 +104,13 @@ class LockedError(BatchpizzaError):
 
 
 class CheckpointMissing(BatchpizzaError):
+    exit_code = 2
+
+
+class CheckpointVersionError(BatchpizzaError):
+    """The checkpoint has a schema this version cannot read (a newer batchpizza wrote it, or no
+    schema at all): it is refused, never rewritten."""
+
     exit_code = 2
 
 
@@ -189,12 +199,12 @@ class MisuseDetected(ProviderError, ValueError):
 
     def __init__(self, text: str) -> None:
         super().__init__(text)
-        self.text = self.message  # masked: it becomes the row's `error`
+        self.text = self.message  # masked and storable: it becomes the row's `error`
 
 
 def describe(exc: BaseException) -> str:
     """A one-line, secret-free account of an error, for logs and the output's `error` column."""
     if isinstance(exc, BatchpizzaError):
         return exc.message
-    text = str(exc) or type(exc).__name__
+    text = storable.text(str(exc) or type(exc).__name__)
     return redact(f"{type(exc).__name__}: {text}" if str(exc) else text)

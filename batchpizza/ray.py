@@ -166,7 +166,9 @@ def answer(
                 f"{id_field!r} column (choose one with id_field=)"
             )
         if options.get("restart"):
-            delete_folder(checkpoint)  # forget every answer and the learned rate: a new start
+            # Forget every answer and the learned rate: a new start (in the same folder, which a
+            # --ray command holds its lock on).
+            delete_folder(checkpoint, keep_folder=True)
         store = PartStore(checkpoint)
         done = store.read_all(part_schema(extra))
         if config.auto_max is not None:

@@ -133,3 +133,21 @@ FAST = {
     "progress": False,
     "quiet": True,
 }
+
+
+def other_network_namespace() -> list[str]:
+    """The command prefix that runs a process in a network namespace of its own, as a second
+    container or pod sharing the volume does. Checked, never skipped: a test that cannot make one
+    proves nothing, and says so."""
+    here = Path("/proc/self/ns/net").readlink()
+    probe = subprocess.run(
+        ["unshare", "--net", "readlink", "/proc/self/ns/net"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if probe.returncode != 0:
+        pytest.fail(f"cannot make a network namespace (unshare --net): {probe.stderr.strip()}")
+    assert probe.stdout.strip() != str(here), "unshare --net did not give another namespace"
+    return ["unshare", "--net"]

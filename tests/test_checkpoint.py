@@ -24,7 +24,7 @@ from conftest import FAST, write_jsonl
 import batchpizza
 from batchpizza.checkpoint import Checkpoint, RunLock, is_locked
 from batchpizza.cli import cli
-from batchpizza.errors import CheckpointMissing, LockedError, OutputError
+from batchpizza.errors import CheckpointMissing, CheckpointVersionError, LockedError, OutputError
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.records import Result
@@ -271,7 +271,9 @@ def test_the_lock_is_released_when_the_block_raises(ck_path: Path) -> None:
 def test_a_lock_leaves_no_file_beside_the_output_or_the_checkpoint(ck_path: Path) -> None:
     before = sorted(ck_path.parent.iterdir())
     with lock_for(ck_path):
-        assert sorted(ck_path.parent.iterdir()) == before
+        # The lock is held on the checkpoint file itself (created empty to be locked)...
+        assert sorted(ck_path.parent.iterdir()) == sorted([*before, ck_path])
+    # ... and a checkpoint the run left empty goes with the lock.
     assert sorted(ck_path.parent.iterdir()) == before
 
 
@@ -447,3 +449,128 @@ def test_status_on_a_checkpoint_with_a_corrupt_page_is_a_clear_error(tmp_path: P
     # A damaged file is the user's to deal with, not a bug: a message, not a traceback.
     assert isinstance(result_.exception, SystemExit), result_.exception
     assert "checkpoint" in result_.stderr
+
+
+# -- schema versions ---------------------------------------------------------------------------
+
+
+def with_meta(path: Path, **values: str | None) -> None:
+    """A checkpoint with one answer, its meta then set (a value of None: the key removed)."""
+    store = Checkpoint.open(path)
+    store.write([result("q1")])
+    store.close()
+    conn = sqlite3.connect(path)
+    with conn:
+        for key, value in values.items():
+            if value is None:
+                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+    conn.close()
+
+
+def meta_of(path: Path) -> dict[str, str]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return dict(conn.execute("SELECT key, value FROM meta"))
+    finally:
+        conn.close()
+
+
+def test_a_checkpoint_from_a_newer_version_is_refused_naming_that_version(ck_path: Path) -> None:
+    with_meta(ck_path, schema="99", version="7.1.0")
+    before = meta_of(ck_path)
+
+    for readonly in (False, True):
+        with pytest.raises(CheckpointVersionError) as caught:
+            Checkpoint.open(ck_path, readonly=readonly)
+        assert caught.value.exit_code == 2
+        assert "batchpizza 7.1.0" in caught.value.message
+        assert "schema 99" in caught.value.message
+        assert "reads checkpoint schemas 1, 2" in caught.value.message
+    assert meta_of(ck_path) == before  # never rewritten as schema 2
+    assert stored(ck_path).keys() == {"q1"}
+
+
+@pytest.mark.parametrize(
+    ("schema", "said"),
+    [(None, "no schema version"), ("banana", "unknown schema version 'banana'"), ("", "''")],
+)
+def test_a_checkpoint_with_a_missing_or_garbage_schema_is_refused(
+    ck_path: Path, schema: str | None, said: str
+) -> None:
+    with_meta(ck_path, schema=schema, version=None)
+
+    with pytest.raises(CheckpointVersionError) as caught:
+        Checkpoint.open(ck_path)
+    assert said in caught.value.message
+    assert meta_of(ck_path).get("schema") == schema
+
+
+def test_another_programs_sqlite_file_is_refused_and_left_alone(ck_path: Path) -> None:
+    conn = sqlite3.connect(ck_path)
+    with conn:
+        conn.execute("CREATE TABLE invoices (n INTEGER)")
+    conn.close()
+
+    with pytest.raises(CheckpointVersionError, match="not a batchpizza checkpoint"):
+        Checkpoint.open(ck_path)
+    conn = sqlite3.connect(ck_path)
+    tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert tables == {"invoices"}
+
+
+def test_a_schema_1_checkpoint_is_upgraded_to_2_and_keeps_its_answers(ck_path: Path) -> None:
+    conn = sqlite3.connect(ck_path)
+    with conn:  # what the first version created
+        conn.executescript(
+            "CREATE TABLE results (id TEXT PRIMARY KEY, digest BLOB NOT NULL, "
+            "finish_reason TEXT NOT NULL, answer TEXT, error TEXT, attempts INTEGER NOT NULL, "
+            "latency_ms REAL, model TEXT, updated REAL NOT NULL) WITHOUT ROWID;"
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;"
+            "INSERT INTO meta VALUES ('schema', '1');"
+        )
+        conn.execute(
+            "INSERT INTO results VALUES ('q1', ?, 'stop', 'old answer', NULL, 1, 2.0, 'm', 0)",
+            (DIGEST,),
+        )
+    conn.close()
+
+    store = Checkpoint.open(ck_path)
+    store.write([result("q2")._replace(prompt_tokens=3)])
+    store.close()
+
+    assert meta_of(ck_path)["schema"] == "2"
+    assert stored(ck_path)["q1"][3] == "old answer"
+
+
+def test_tables_created_without_their_schema_by_a_killed_first_run_are_taken_as_new(
+    ck_path: Path,
+) -> None:
+    conn = sqlite3.connect(ck_path)
+    with conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID")
+    conn.close()
+
+    Checkpoint.open(ck_path).close()
+    assert meta_of(ck_path)["schema"] == "2"
+
+
+def test_a_run_on_a_newer_checkpoint_exits_2_having_sent_and_changed_nothing(
+    tmp_path: Path,
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "q1", "prompt": "hi"}])
+    out = tmp_path / "out.jsonl"
+    ck = Path(f"{out}.checkpoint")
+    with_meta(ck, schema="3", version="3.0.0")
+    before = ck.read_bytes()
+
+    done = CliRunner().invoke(
+        cli, ["run", str(inp), "-o", str(out), "--base-url", "http://127.0.0.1:9", "-q"]
+    )
+
+    assert done.exit_code == 2, done.output
+    assert "batchpizza 3.0.0" in done.output and "schema 3" in done.output
+    assert ck.read_bytes() == before
+    assert not out.exists()

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, read_jsonl, write_jsonl
+from conftest import FAST, other_network_namespace, read_jsonl, write_jsonl
 
 import batchpizza
 from batchpizza.checkpoint import Checkpoint, RunLock, is_locked
@@ -601,6 +601,59 @@ def test_a_second_run_on_the_same_output_refuses_at_once_before_reading_its_inpu
     check_output(out, rows)
     assert sorted(mock_api.stats.answers.values()) == [1] * 200
     assert mock_api.stats.requests == 200
+
+
+def test_a_run_in_another_network_namespace_cannot_run_on_the_same_files(
+    tmp_path: Path, mock_api: ThreadedMockServer, spawn: Spawn
+) -> None:
+    netns = other_network_namespace()
+    rows = prompt_rows(60, "netns")
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    ck = Path(f"{out}.checkpoint")
+    mock_api.config = MockConfig(latency_ms=300)
+    first = spawn(run_args(inp, out, mock_api.base_url, "--concurrency", "4", "-q"))
+    assert wait_until(lambda: mock_api.stats.requests >= 4, 20), first.stderr
+
+    # Its loopback is not ours: had it run, it could only have failed to send, not exit 75.
+    second = subprocess.run(
+        [*netns, *run_args(inp, out, mock_api.base_url, "--max-retries", "0", "--timeout", "2")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    status = subprocess.run(
+        [*netns, sys.executable, "-m", "batchpizza", "status", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert first.popen.poll() is None, "the first run ended early; the test proves nothing"
+    assert second.returncode == 75, second.stderr
+    assert "another batchpizza run" in second.stderr
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["running"] is True  # status sees the lock from there too
+    mock_api.config = MockConfig()
+    assert first.wait(30) == 0, first.stderr
+    check_output(out, rows)
+    assert mock_api.stats.requests == 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", out.name, ck.name]
+
+
+def test_a_run_refused_before_it_wrote_its_new_checkpoint_leaves_none(
+    tmp_path: Path, mock_api: ThreadedMockServer
+) -> None:
+    # The lock is held on the checkpoint file, which is created to be locked: bad input must
+    # still leave nothing behind.
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": ""}])
+    done = CliRunner().invoke(
+        cli, ["run", str(inp), "-o", str(tmp_path / "out.jsonl"), "--base-url", mock_api.base_url]
+    )
+    assert done.exit_code == 2, done.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
 def test_a_lock_left_by_a_killed_run_never_blocks_the_next(

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import MockProcess, read_jsonl, write_jsonl
+from conftest import MockProcess, other_network_namespace, read_jsonl, write_jsonl
 
 from batchpizza.checkpoint import RunLock
 from batchpizza.distributed.command import output_format, user_error
@@ -171,13 +171,43 @@ def test_ray_dry_run_counts_the_checkpoint_and_sends_nothing(
 def test_ray_refuses_an_output_another_run_holds_with_exit_75(tmp_path: Path) -> None:
     source = prompts(tmp_path / "in", 4, parts=1)
     out, summary_json = tmp_path / "out", tmp_path / "summary.json"
-    with RunLock(out, tmp_path / "out.checkpoint"):  # as a run in progress holds it
+    with RunLock(out, tmp_path / "out.checkpoint", folder=True):  # as a run in progress does
         done = command(str(source), "-o", str(out), "--ray", "--summary-json", str(summary_json))
     assert done.returncode == 75, done.stderr
     assert "try again later" in done.stderr
     summary = json.loads(summary_json.read_text())
     assert (summary["exit_code"], summary["stopped"], summary["output"]) == (75, "locked", None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "summary.json"]
+
+
+@needs_ray
+def test_ray_refuses_a_checkpoint_held_from_another_network_namespace_with_exit_75(
+    tmp_path: Path,
+) -> None:
+    netns = other_network_namespace()
+    source = prompts(tmp_path / "in", 4, parts=1)
+    ck = tmp_path / "shared.checkpoint"
+    with RunLock(tmp_path / "first", ck, folder=True):  # a run elsewhere on the same volume
+        args = [
+            "run",
+            str(source),
+            "-o",
+            str(tmp_path / "second"),
+            "--ray",
+            "--checkpoint",
+            str(ck),
+        ]
+        done = subprocess.run(
+            [*netns, sys.executable, "-m", "batchpizza", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **RAY_ENV},
+            check=False,
+        )
+    assert done.returncode == 75, done.stderr
+    assert "another batchpizza run is using this checkpoint" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
 def test_ray_summary_counts_the_output_and_this_runs_retries() -> None:

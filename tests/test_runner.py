@@ -8,6 +8,7 @@ import asyncio
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -115,3 +116,85 @@ async def test_a_failing_commit_fails_every_waiting_worker_instead_of_hanging(
     runner = Runner(Scripted(), store, POLICY, Gatekeeper(), concurrency=8, stop=Stop())
     with pytest.raises(OutputError, match="disk is full"):
         await asyncio.wait_for(runner.run(rows(100)), timeout=10)
+
+
+class Held(Scripted):
+    """Answers at once, except the prompts in `held`, which wait until `release` is set."""
+
+    def __init__(self, held: set[str]) -> None:
+        super().__init__()
+        self.held = held
+        self.release = asyncio.Event()
+
+    async def ask(self, session: aiohttp.ClientSession, prompt: Prompt) -> Answer:
+        if prompt.text in self.held:
+            await self.release.wait()
+        return await super().ask(session, prompt)
+
+
+def recording(store: Checkpoint, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The store's commits and syncs, in the order they happen."""
+    calls: list[str] = []
+    write, sync = store.write, store.sync
+
+    def recorded_write(*args: Any, **kwargs: Any) -> None:
+        write(*args, **kwargs)
+        calls.append("write")
+
+    def recorded_sync() -> None:
+        sync()
+        calls.append("sync")
+
+    monkeypatch.setattr(store, "write", recorded_write)
+    monkeypatch.setattr(store, "sync", recorded_sync)
+    return calls
+
+
+async def test_commits_are_synced_on_a_timer_while_only_slow_rows_are_left(
+    store: Checkpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = recording(store, monkeypatch)
+    provider = Held({"q3"})
+    done: list[int] = []
+    runner = Runner(
+        provider,
+        store,
+        POLICY,
+        Gatekeeper(),
+        concurrency=2,
+        stop=Stop(),
+        on_result=lambda pos, _result: done.append(pos),
+    )
+    store.sync()  # the last sync just now: the commits below are not due one
+    calls.clear()
+    task = asyncio.create_task(runner.run(rows(4)))
+    try:
+        for _ in range(1000):  # the three fast rows committed; q3 still on its slot
+            if len(done) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(done) == [0, 1, 2]
+        assert "sync" not in calls  # not due at those commits: the timer must do it
+        for _ in range(1000):  # SYNC_INTERVAL (1 s) after the last sync; 10 s is generous
+            if "sync" in calls:
+                break
+            await asyncio.sleep(0.01)
+        assert "sync" in calls, "no sync while the only row left was slow"
+        assert not task.done() and len(done) == 3  # synced while no commit came
+    finally:
+        provider.release.set()
+        await task
+    assert answered(store) == 4
+
+
+async def test_the_last_commits_are_synced_before_the_runner_returns(
+    store: Checkpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = recording(store, monkeypatch)
+    store.sync()
+    calls.clear()
+    runner = Runner(Scripted(), store, POLICY, Gatekeeper(), concurrency=4, stop=Stop())
+    await runner.run(rows(20))
+    # The output is written next: what it is made of is durable first.
+    assert calls[-1] == "sync"
+    assert calls.count("sync") <= 2  # one at the end (and at most one due on the way)

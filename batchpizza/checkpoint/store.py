@@ -6,18 +6,26 @@ every table in it:
     attempts  every request sent: row, start, duration, outcome (for the report)
     runs      each run's start, end, options and exit code
     events    the learned rate's changes and the breaker's trips, over time
-    meta      schema version, the learned rate, what the last run read
+    meta      schema version (and the batchpizza that wrote it), the learned rate, what the last
+              run read
 
 A row is finished once its record is committed here, and not before. Results are committed in
-groups: whatever finished while the previous commit was being written goes into the next one.
+groups: whatever finished while the previous commit was being written goes into the next one. No
+row can fail a group for the others: a value SQLite cannot bind (a lone surrogate, an integer
+beyond 64 bits) is made storable by batchpizza.storable's rules, and a row that still cannot be
+stored becomes an error row saying so (sent again by the next run).
+
+A checkpoint says which schema it has; one this version does not know (a newer batchpizza's, or
+no schema at all in a file with tables) is refused, never rewritten. Schema 1 is upgraded to 2.
 
 Settings, chosen for what they promise:
 - journal_mode=WAL: a commit appends to the write-ahead log; a kill -9 mid-commit leaves the last
   commit either whole or absent. A commit that returned is in the operating system's cache, so a
   crash or kill of batchpizza loses nothing committed.
-- synchronous=NORMAL, and the log made durable at least every SYNC_INTERVAL seconds (a WAL
-  checkpoint, which fsyncs the log first): a power loss can cost the answers of the last second at
-  most; they are sent again, and the file is never corrupted. Measured: synchronous=FULL (an fsync
+- synchronous=NORMAL, and the log made durable within SYNC_INTERVAL seconds of every commit (a WAL
+  checkpoint, which fsyncs the log first; the runner's Committer syncs after a commit when one is
+  due, on a timer while none comes, and once when it closes): a power loss can cost the answers of
+  the last second at most; they are sent again, and the file is never corrupted. Measured: synchronous=FULL (an fsync
   per group commit) cost a third of the throughput at zero latency, because rows hold their
   concurrency slot until committed (20,000 rows: 2.8 s against 1.97 s).
 """
@@ -26,15 +34,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from batchpizza import storable
 from batchpizza.checkpoint.scan import SCHEMA as SCAN_SCHEMA
 from batchpizza.checkpoint.scan import ScanIndex
-from batchpizza.errors import CheckpointMissing, OutputError
+from batchpizza.errors import CheckpointMissing, CheckpointVersionError, OutputError
 from batchpizza.records import (
     Attempt,
     OutputRow,
@@ -44,7 +55,10 @@ from batchpizza.records import (
     pending_row,
 )
 
+log = logging.getLogger("batchpizza")
+
 SCHEMA_VERSION = "2"
+READABLE_SCHEMAS = ("1", "2")  # what this version opens; 1 is upgraded to 2 when opened to write
 SYNC_INTERVAL = 1.0  # seconds of answers a power loss may cost at most (see above)
 PAGE = 4096
 _SCHEMA = f"""
@@ -85,12 +99,77 @@ _ADDED_COLUMNS = (
 # The columns Result and Attempt fill, named after their fields, so a row is the tuple itself.
 _RESULT_NAMES = ", ".join(Result._fields)
 _ATTEMPT_NAMES = ", ".join(("run", *Attempt._fields))
+_INSERT_RESULT = (
+    f"INSERT OR REPLACE INTO results ({_RESULT_NAMES}, updated) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_ATTEMPT = f"INSERT INTO attempts ({_ATTEMPT_NAMES}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _UNANSWERED = "('error', 'misuse', 'invalid', 'pending')"
+_TABLES = frozenset({"results", "meta", "attempts", "runs", "events", "scan"})
+# What binding a value SQLite cannot hold raises: a str with a lone surrogate, an int beyond 64
+# bits, a value of another type. Never a failing disk (that is an OperationalError).
+_UNBINDABLE = (UnicodeEncodeError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError)
 
 
 def _sqlite_error(path: Path | None, exc: sqlite3.Error) -> OutputError:
     hint = ". If it is damaged, move it aside to start over." if "malformed" in str(exc) else ""
     return OutputError(f"checkpoint {path}: {exc}{hint}")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("batchpizza")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree never installed
+        return "0.0.0"
+
+
+def _has_data(path: Path) -> bool:
+    """Is there a checkpoint at `path`? An empty file is none: the run lock creates the file it
+    locks before SQLite writes its first page (see lock.py)."""
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _schema_of(conn: sqlite3.Connection, path: Path | None) -> str | None:
+    """The schema of the checkpoint `conn` holds: None for a new one (no tables yet), else one of
+    READABLE_SCHEMAS; anything else raises CheckpointVersionError, naming what was found."""
+    tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return None
+    meta: dict[str, str] = {}
+    if "meta" in tables:
+        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('schema', 'version')"))
+    found = meta.get("schema")
+    if found in READABLE_SCHEMAS:
+        return found
+    if found is None and tables <= _TABLES and _empty(conn, tables):
+        return None  # our tables, created by a run killed before it stamped them: a new one
+    this = f"this batchpizza ({_version()}) reads checkpoint schemas {', '.join(READABLE_SCHEMAS)}"
+    written_by = f" by batchpizza {meta['version']}" if meta.get("version") else ""
+    if found is None:
+        raise CheckpointVersionError(
+            f"checkpoint {path} has tables but no schema version: it is not a batchpizza "
+            f"checkpoint, or a damaged one; {this}. Give another --checkpoint, or move it aside "
+            "to start over."
+        )
+    if found.isdigit() and int(found) > int(SCHEMA_VERSION):
+        raise CheckpointVersionError(
+            f"checkpoint {path} was written{written_by or ' by a newer batchpizza'} (schema "
+            f"{found}); {this}. Upgrade batchpizza to use it, or give another --checkpoint."
+        )
+    raise CheckpointVersionError(
+        f"checkpoint {path} has an unknown schema version {found[:40]!r}{written_by}; {this}. "
+        "Give another --checkpoint, or move it aside to start over."
+    )
+
+
+def _empty(conn: sqlite3.Connection, tables: set[str]) -> bool:
+    return all(
+        conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM {t} LIMIT 1)").fetchone()[0] == 0
+        for t in tables & {"results", "meta"}
+    )
 
 
 def _readonly_uri(path: Path) -> str:
@@ -121,9 +200,16 @@ class Checkpoint:
             raise CheckpointMissing(f"no checkpoint at {path}")
         if readonly:
             try:
-                conn = sqlite3.connect(
-                    _reading_uri(path), uri=True, isolation_level=None, check_same_thread=False
-                )
+                if _has_data(path):
+                    conn = sqlite3.connect(
+                        _reading_uri(path), uri=True, isolation_level=None, check_same_thread=False
+                    )
+                    _schema_of(conn, path)
+                else:  # a run that just took its lock: nothing in it yet, as in a new one
+                    conn = sqlite3.connect(
+                        ":memory:", isolation_level=None, check_same_thread=False
+                    )
+                    conn.executescript(_SCHEMA)
                 conn.execute("SELECT 1 FROM results LIMIT 1")
             except sqlite3.DatabaseError as exc:
                 raise _sqlite_error(path, exc) from None
@@ -132,22 +218,31 @@ class Checkpoint:
             # check_same_thread=False: the periodic sync and the output run in worker threads,
             # one at a time.
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.DatabaseError as exc:
+            raise _sqlite_error(path, exc) from None
+        try:
             conn.execute("PRAGMA busy_timeout = 10000")
+            found = _schema_of(conn, path)  # before anything is written: refused, it stays as is
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             # Checkpoints (which fsync) are ours, once a second in a thread (see sync), so that
             # a commit on the event loop never waits for the disk.
             conn.execute("PRAGMA wal_autocheckpoint = 0")
-            conn.executescript(_SCHEMA)
-            have = {row[1] for row in conn.execute("PRAGMA table_info(results)")}
-            for name, kind in _ADDED_COLUMNS:
-                if name not in have:
-                    conn.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
-            if conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() != (
-                SCHEMA_VERSION,
-            ):
-                conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-        except sqlite3.DatabaseError as exc:
+            # One transaction, so that no checkpoint has tables without a schema version.
+            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+            if found == "1":
+                have = {row[1] for row in conn.execute("PRAGMA table_info(results)")}
+                for name, kind in _ADDED_COLUMNS:
+                    if name not in have:
+                        conn.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
+            stamp = {"schema": SCHEMA_VERSION, "version": _version()}
+            kept = "SELECT key, value FROM meta WHERE key IN ('schema', 'version')"
+            if dict(conn.execute(kept)) != stamp:
+                conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", stamp.items())
+        except (sqlite3.DatabaseError, CheckpointVersionError) as exc:
+            conn.close()
+            if isinstance(exc, CheckpointVersionError):
+                raise
             raise _sqlite_error(path, exc) from None
         return cls(path, conn)
 
@@ -181,10 +276,11 @@ class Checkpoint:
         """A read-only view for a dry run: the checkpoint at `path` if there is one (else an empty
         one in memory) with `scan` standing in for its scan table. Nothing on disk changes."""
         try:
-            if path is not None and path.exists():
+            if path is not None and _has_data(path):
                 conn = sqlite3.connect(
                     _reading_uri(path), uri=True, isolation_level=None, check_same_thread=False
                 )
+                _schema_of(conn, path)
                 conn.execute("SELECT 1 FROM results LIMIT 1")
             else:
                 conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
@@ -208,25 +304,80 @@ class Checkpoint:
         self, results: Sequence[Result], attempts: Sequence[Attempt] = (), run: int = 0
     ) -> None:
         """Commit a group of results (and the attempts behind them) at once: a write to the log,
-        no fsync (see sync)."""
+        no fsync (see sync). A row SQLite cannot bind fails alone, never the group (see
+        _insert_result)."""
         self._check_identity()
         now = time.time()
         # Result and Attempt are named tuples of the columns: (*r, now) is the row as it is.
         # (dataclasses.astuple, when they were dataclasses, deep-copied every field: 12.5 us a
         # row, 6 % of a run's CPU at zero latency.)
         rows = [(*r, now) for r in results]
+        conn = self._conn
         with self._transaction():
-            self._conn.executemany(  # no rows: only attempts of rows a stop left unfinished
-                f"INSERT OR REPLACE INTO results ({_RESULT_NAMES}, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            try:  # no rows: only attempts of rows a stop left unfinished
+                conn.executemany(_INSERT_RESULT, rows)
+            except _UNBINDABLE:
+                # The rows before the one that failed are in; INSERT OR REPLACE makes writing
+                # them again harmless. One at a time, so that only that row pays.
+                for row in rows:
+                    self._insert_result(row)
             if attempts:
-                self._conn.executemany(
-                    f"INSERT INTO attempts ({_ATTEMPT_NAMES}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(run, *a) for a in attempts],
-                )
-            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (now,))
+                attempt_rows = [(run, *a) for a in attempts]
+                before = conn.total_changes
+                try:
+                    conn.executemany(_INSERT_ATTEMPT, attempt_rows)
+                except _UNBINDABLE:  # the ones before the failing one are in: go on from it
+                    for attempt in attempt_rows[conn.total_changes - before :]:
+                        self._insert_attempt(attempt)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (now,))
+
+    def _insert_result(self, row: tuple[Any, ...]) -> None:
+        """One result row: as it is, else made storable (a lone surrogate as U+FFFD, an integer
+        beyond 64 bits as null), else as an error row saying why, so the next run sends it
+        again. A provider makes its server's values storable itself: this is the last guard."""
+        try:
+            self._conn.execute(_INSERT_RESULT, row)
+            return
+        except _UNBINDABLE:
+            pass
+        fixed = tuple(_storable(v) for v in row)
+        try:
+            self._conn.execute(_INSERT_RESULT, fixed)
+            log.warning("row %s: a value the checkpoint cannot hold was made storable", row[0])
+            return
+        except _UNBINDABLE as exc:
+            problem = storable.text(f"{type(exc).__name__}: {exc}")
+        row_id, digest, attempts, latency, updated = (fixed[i] for i in (0, 1, 5, 6, -1))
+        error = f"the result could not be stored in the checkpoint ({problem}); sent again next run"
+        self._conn.execute(
+            _INSERT_RESULT,
+            (
+                row_id,
+                digest,
+                "error",
+                None,
+                error,
+                attempts if isinstance(attempts, int) else 0,
+                latency if isinstance(latency, float) else None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                updated,
+            ),
+        )
+
+    def _insert_attempt(self, row: tuple[Any, ...]) -> None:
+        """One attempt row (for the report): as it is, else made storable, else without its
+        status and error."""
+        for candidate in (row, tuple(_storable(v) for v in row)):
+            try:
+                self._conn.execute(_INSERT_ATTEMPT, candidate)
+                return
+            except _UNBINDABLE:
+                continue
+        self._conn.execute(_INSERT_ATTEMPT, (*candidate[:5], None, None))
 
     def _check_identity(self) -> None:
         """A checkpoint deleted or replaced under a run would take every later commit with it:
@@ -238,7 +389,11 @@ class Checkpoint:
             )
 
     def sync_due(self) -> bool:
-        return time.monotonic() - self._synced >= SYNC_INTERVAL
+        return self.sync_delay() <= 0
+
+    def sync_delay(self) -> float:
+        """Seconds until the next sync is due (0 or less: now)."""
+        return SYNC_INTERVAL - (time.monotonic() - self._synced)
 
     def sync(self) -> None:
         """Make every commit so far durable against power loss: a WAL checkpoint fsyncs the log
@@ -522,6 +677,15 @@ class Checkpoint:
             self._conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:  # a full disk, a damaged file: a clear error
             raise _sqlite_error(self.path, exc) from None
+
+
+def _storable(value: object) -> object:
+    """`value` as SQLite can bind it, by batchpizza.storable's rules."""
+    if isinstance(value, str):
+        return storable.text(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -storable.INT64_MAX - 1 <= value <= storable.INT64_MAX else None
+    return value
 
 
 def _identity(path: Path | None) -> tuple[int, int] | None:

@@ -199,7 +199,9 @@ class ClusterRun:
         return self._summary(Tally(rows=len(ids), answered=answered), 0)
 
     def _locked(self) -> Summary:
-        lock = RunLock(self.output.local or Path(self.output.place), Path(self.checkpoint))
+        # On the checkpoint folder's file system (by name only for a URI checkpoint).
+        checkpoint = self.checkpoint if is_uri(self.checkpoint) else Path(self.checkpoint)
+        lock = RunLock(self.output.local or Path(self.output.place), checkpoint, folder=True)
         try:
             lock.acquire()
         except LockedError:
@@ -208,7 +210,7 @@ class ClusterRun:
         try:
             self.output.recover()
             if self.restart:
-                delete_folder(self.checkpoint)
+                delete_folder(self.checkpoint, keep_folder=True)  # the lock is on the folder
             with contextlib.ExitStack() as stack:
                 if self.mock:
                     self.options["base_url"] = stack.enter_context(mock_server_process())

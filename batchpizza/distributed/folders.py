@@ -117,14 +117,18 @@ def answered_ids(checkpoint: str) -> pa.Array:
         raise OutputError(f"cannot read the checkpoint {checkpoint}: {exc}") from None
 
 
-def delete_folder(place: str) -> None:
-    """Remove a folder and everything in it, if it is there (--restart's checkpoint)."""
+def delete_folder(place: str, *, keep_folder: bool = False) -> None:
+    """Remove a folder and everything in it, if it is there; with `keep_folder`, only what is in
+    it (--restart's checkpoint: the run's lock is on the folder itself)."""
     import pyarrow.fs as pafs
 
     fs, path = filesystem(place)
     try:
         if fs.get_file_info(path).type == pafs.FileType.Directory:
-            fs.delete_dir(path)
+            if keep_folder:
+                fs.delete_dir_contents(path)
+            else:
+                fs.delete_dir(path)
     except OSError as exc:
         raise OutputError(f"cannot delete {place}: {exc}") from None
 

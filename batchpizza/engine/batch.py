@@ -31,6 +31,9 @@ class MemoryStore:
     def sync_due(self) -> bool:
         return False
 
+    def sync_delay(self) -> float:
+        return 1.0  # nothing to make durable: the timer's sync does nothing
+
     def sync(self) -> None:
         pass
 

@@ -115,7 +115,12 @@ GATHER_ITERATIONS = 2
 class Committer:
     """Collects finished results and commits them in groups: the commit on the loop (a write to
     the log, no fsync), the once-a-second sync in a thread. A failed commit or sync fails every
-    waiting worker, so none waits forever."""
+    waiting worker, so none waits forever.
+
+    The sync follows a commit when one is due, and a timer wakes the committer for it when no
+    commit comes (every slot on a slow row, a Retry-After pause, the breaker's wait), so that a
+    commit is durable within about SYNC_INTERVAL at every moment; and the last commits are synced
+    when it closes, before the output is written."""
 
     def __init__(self, store: Store, run: int) -> None:
         self._checkpoint = store
@@ -126,6 +131,8 @@ class Committer:
         self._closed = False
         self._failed: BaseException | None = None
         self._syncing: asyncio.Future[None] | None = None
+        self._unsynced = False  # something committed since the last sync
+        self._timer: asyncio.TimerHandle | None = None  # wakes the loop when a sync falls due
         self._task = asyncio.create_task(self._loop(), name="batchpizza-committer")
 
     async def save(self, result: Result, attempts: list[Attempt]) -> None:
@@ -145,6 +152,20 @@ class Committer:
         the requests were sent all the same, and the report counts them."""
         self._orphans.extend(attempts)
         self._wakeup.set()
+
+    def _sync_due(self) -> None:
+        self._timer = None
+        self._wakeup.set()
+
+    async def _sync(self) -> None:
+        # The fsync in a thread, shielded so that it finishes even if we are being cancelled;
+        # no new group is written meanwhile.
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._unsynced = False
+        self._syncing = asyncio.ensure_future(asyncio.to_thread(self._checkpoint.sync))
+        await asyncio.shield(self._syncing)
 
     async def _loop(self) -> None:
         batch: list[tuple[Result, list[Attempt], asyncio.Future[None]]] = []
@@ -172,18 +193,18 @@ class Committer:
                     # pages, cheaper than the hop to a thread (measured).
                     attempts = [a for _, att, _ in batch for a in att] + orphans
                     self._checkpoint.write([r for r, _, _ in batch], attempts, self._run)
+                    self._unsynced = True
                     for _, _, future in batch:  # committed: their workers may take the next rows
                         if not future.done():
                             future.set_result(None)
                     batch = []
-                    if self._checkpoint.sync_due():
-                        # The periodic fsync in a thread, shielded so that it finishes even if we
-                        # are being cancelled; no new group is written meanwhile.
-                        self._syncing = asyncio.ensure_future(
-                            asyncio.to_thread(self._checkpoint.sync)
-                        )
-                        await asyncio.shield(self._syncing)
-                if self._closed and not self._waiting and not self._orphans:
+                done = self._closed and not self._waiting and not self._orphans
+                if self._unsynced and (done or self._checkpoint.sync_due()):
+                    await self._sync()
+                elif self._unsynced and self._timer is None:
+                    delay = max(0.0, self._checkpoint.sync_delay())
+                    self._timer = asyncio.get_running_loop().call_later(delay, self._sync_due)
+                if done:
                     return
         except Exception as exc:
             if isinstance(exc, (sqlite3.Error, OSError)):  # a sync or a disk failing under us
@@ -196,12 +217,14 @@ class Committer:
             raise exc from None
 
     async def close(self) -> None:
-        """Commit whatever is still waiting, then stop."""
+        """Commit whatever is still waiting, sync it, then stop."""
         self._closed = True
         self._wakeup.set()
         try:
             await self._task
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
             if self._syncing is not None:  # the connection must not close under a sync thread
                 await asyncio.wait([self._syncing])
 

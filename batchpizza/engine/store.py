@@ -25,6 +25,10 @@ class Store(Protocol):
         """Whether committed results have waited long enough for `sync`."""
         ...
 
+    def sync_delay(self) -> float:
+        """Seconds until committed results are due for `sync` (the committer's timer)."""
+        ...
+
     def sync(self) -> None:
         """Make every commit so far durable against power loss (called in a worker thread)."""
         ...

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import re
 import time
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from batchpizza import jsoncodec, storable
 from batchpizza.errors import BadReply, RedirectRefused, RequestTimeout, TransportError
 from batchpizza.redact import shorten
 
@@ -24,6 +26,9 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_REDIRECTS = 5
 _ERROR_SNIPPET = 200
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# The escape of a surrogate code point (\ud800 to \udfff), the only way a JSON text that is valid
+# UTF-8 can put one in a string (a paired one is decoded to its character, a lone one is not).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class Reply(NamedTuple):
@@ -40,6 +45,16 @@ def snippet(body: bytes) -> str:
     """The start of a body, on one line and secrets masked (before the cut), for an error
     message."""
     return shorten(body.decode("utf-8", "replace"), _ERROR_SNIPPET)
+
+
+def reply_json(payload: bytes) -> Any:
+    """A reply body's JSON, every string in it storable (batchpizza.storable): a server's lone
+    surrogate escape becomes U+FFFD here, before any text of the reply is used. ValueError when
+    the body is not JSON."""
+    data = jsoncodec.loads(payload)
+    if b"\\u" in payload and _SURROGATE_ESCAPE.search(payload):  # rare: pay for the walk only then
+        data = storable.json_value(data)
+    return data
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -129,7 +144,7 @@ async def post_json(
                     url = target
                     continue
                 payload = await read_capped(resp)
-                return Reply(resp.status, resp.reason or "", resp.headers, payload)
+                return Reply(resp.status, storable.text(resp.reason or ""), resp.headers, payload)
         raise RedirectRefused(f"more than {MAX_REDIRECTS} redirects")  # a loop: retrying won't help
     except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
         raise RequestTimeout(f"no complete reply within {timeout.total:g}s") from None

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from batchpizza import jsoncodec
+from batchpizza import jsoncodec, storable
 from batchpizza.config import DEFAULT_TIMEOUT
 from batchpizza.errors import (
     BadReply,
@@ -30,7 +30,7 @@ from batchpizza.errors import (
     ProviderError,
     UsageError,
 )
-from batchpizza.providers.http import parse_retry_after, post_json
+from batchpizza.providers.http import parse_retry_after, post_json, reply_json
 from batchpizza.records import UNANSWERED, Answer, Prompt, RateInfo, is_answered
 from batchpizza.redact import MASK, redact, shorten
 
@@ -159,7 +159,7 @@ def _error_detail(body: bytes) -> tuple[Mapping[str, Any], str]:
     {"object": "error", "message"}, FastAPI's {"detail": ...}; else the body. Whole: the caller
     masks the key before it shortens the message."""
     try:
-        data = jsoncodec.loads(body)
+        data = reply_json(body)
     except ValueError:
         return {}, body.decode("utf-8", "replace")
     if not isinstance(data, dict):
@@ -203,10 +203,6 @@ def _about_model(status: int, error: Mapping[str, Any], message: str, model: str
     if model and re.search(rf"(?<![\w.:/-]){re.escape(model)}(?![\w.:/-])", message):
         return True
     return status == 404 and "model" in message.lower()
-
-
-def _count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 class OpenAIAPI:
@@ -308,6 +304,8 @@ class OpenAIAPI:
         )
         rate = parse_rate_info(reply.headers)
         request_id = reply.headers.get("x-request-id")
+        if request_id is not None:  # aiohttp decodes a header's non-UTF-8 bytes as surrogates
+            request_id = storable.text(request_id)
         model = body.get("model") if isinstance(body.get("model"), str) else None
         try:
             if not 200 <= reply.status < 300:
@@ -344,7 +342,7 @@ class OpenAIAPI:
         request_id: str | None,
     ) -> Answer:
         try:
-            data = jsoncodec.loads(payload)
+            data = reply_json(payload)  # every text in it storable (lone surrogates: U+FFFD)
         except ValueError:
             raise BadReply(
                 f"reply is not JSON: {self._said(payload, _SNIPPET_CHARS)!r}", status=status
@@ -396,8 +394,9 @@ class OpenAIAPI:
             text,
             finish,
             served if isinstance(served, str) and served else model,
-            prompt_tokens=_count(usage.get("prompt_tokens")),
-            completion_tokens=_count(usage.get("completion_tokens")),
+            # A count beyond 64 bits (or not a count) is null: no column can hold it.
+            prompt_tokens=storable.count(usage.get("prompt_tokens")),
+            completion_tokens=storable.count(usage.get("completion_tokens")),
             response_id=response_id if isinstance(response_id, str) else None,
             request_id=request_id,
             rate=rate,

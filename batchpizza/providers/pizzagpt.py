@@ -19,7 +19,7 @@ from yarl import URL
 from batchpizza import jsoncodec
 from batchpizza.config import DEFAULT_BASE_URL, DEFAULT_MODEL, DEFAULT_TIMEOUT
 from batchpizza.errors import BadReply, HTTPStatusError, MisuseDetected, UsageError
-from batchpizza.providers.http import Reply, parse_retry_after, post_json, snippet
+from batchpizza.providers.http import Reply, parse_retry_after, post_json, reply_json, snippet
 from batchpizza.records import Answer, Prompt
 from batchpizza.redact import shorten
 from batchpizza.rows import format_prompt
@@ -127,7 +127,7 @@ def headers_for(base_url: str) -> dict[str, str]:
 def extract_answer(body: bytes, status: int = 200) -> str:
     """The answer text of a 2xx reply body, or the typed error saying what is wrong with it."""
     try:
-        reply = jsoncodec.loads(body)
+        reply = reply_json(body)  # every text in it storable (lone surrogates: U+FFFD)
     except ValueError:
         raw = body.decode("utf-8", "replace")
         if refusal_in(raw):
