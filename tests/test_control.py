@@ -49,6 +49,72 @@ def test_each_outcome_speaks_to_the_rate_and_the_breaker_as_the_table_says(
     assert feedback_of(error) == expected  # type: ignore[arg-type]
 
 
+def test_a_re_asked_refusal_is_news_of_that_row_neutral_to_the_learned_rate() -> None:
+    # Still a refusal for the breaker (which leaves it out of its window unless it is the
+    # probe), but the rate is not cut again and again by one prompt the service will not take.
+    assert feedback_of(MisuseDetected("Misuse detected."), again=True) == (
+        Feedback.NEUTRAL,
+        True,
+        True,
+    )
+    assert feedback_of(None, again=True) == (Feedback.CLEAN, False, True)
+
+
+def refused_tail(n: int, refused: int) -> list[dict[str, str]]:
+    """`n` rows, the last `refused` of them refused as misuse by the mock whatever is done."""
+    return [
+        {"id": f"r{i}", "prompt": ("[[misuse]] " if i >= n - refused else "") + f"tail {i}"}
+        for i in range(n)
+    ]
+
+
+def breaker_events(out: Path) -> list[str]:
+    store = Checkpoint.open(Path(f"{out}.checkpoint"), readonly=True)
+    try:
+        return [e[4] for e in store.events() if e[2] == "breaker"]
+    finally:
+        store.close()
+
+
+def test_a_few_always_refused_rows_at_the_tail_neither_trip_the_breaker_nor_come_back(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Once only the 5 refused rows were left, all the breaker saw was their misuse re-asks: it
+    # tripped, and each probe (a re-ask) doubled the wait: 484 s for 53 rows. patience 0 makes
+    # a trip end the run at once (exit 4, rows pending) instead of waiting minutes for it.
+    inp = write_jsonl(tmp_path / "in.jsonl", refused_tail(40, 5))
+    out = tmp_path / "out.jsonl"
+    options = {**FAST, "base_url": mock_api.base_url, "concurrency": 8, "patience": 0}
+
+    summary = batchpizza.run(inp, out, **options)
+
+    assert summary["stopped"] is None
+    assert summary["exit_code"] == 3
+    assert (summary["answered"], summary["misuse"], summary["pending"]) == (35, 5, 0)
+    assert mock_api.stats.requests == 35 + 5 * 3  # each refused row asked three times
+    assert breaker_events(out) == []
+    written = {r["id"]: r for r in (json.loads(line) for line in out.read_text().splitlines())}
+    assert {i for i, r in written.items() if r["finish_reason"] == "misuse"} == {
+        f"r{i}" for i in range(35, 40)
+    }
+
+    # A rerun keeps them as misuse and sends nothing ...
+    mock_api.reset()
+    again = batchpizza.run(inp, out, **options)
+    assert mock_api.stats.requests == 0
+    assert (again["exit_code"], again["misuse"], again["requests"]) == (3, 5, 0)
+
+    # ... unless asked to. (New rows ahead of them, as a growing input brings: refused rows
+    # alone, all refused again, are what a service refusing everyone looks like to the breaker.)
+    write_jsonl(
+        inp, [{"id": f"n{i}", "prompt": f"new {i}"} for i in range(20)] + refused_tail(40, 5)
+    )
+    retried = batchpizza.run(inp, out, **options, retry_refused=True)
+    assert mock_api.stats.requests == 20 + 5 * 3
+    assert (retried["exit_code"], retried["answered"], retried["misuse"]) == (3, 55, 5)
+    assert breaker_events(out) == []
+
+
 async def test_a_retry_after_holds_every_worker_and_refusals_trip_the_breaker() -> None:
     gave_up: list[bool] = []
     control = Control(
