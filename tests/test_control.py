@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -239,6 +240,51 @@ def test_auto_against_a_server_limited_at_10_per_second_learns_its_limit(tmp_pat
     assert throttled <= 0.1 * requests
     # The bar is 8 rows/s at this limit (measured 8.4); a loaded CI machine gets slack.
     assert 300 / elapsed >= 7.0
+
+
+@pytest.mark.slow
+def test_auto_finds_a_limit_that_rose_from_4_to_20_per_second_again_within_the_run(
+    tmp_path: Path,
+) -> None:
+    # The service limits at 4/s; once the run has been pushed back there, the limit goes back
+    # to 20/s. The run must climb to auto's MAX (20/s) before its 800 rows run out (measured:
+    # about 50 s after the cut, some 550 rows in). The fake-time test in test_ratelimit.py is
+    # the one that pins the growth; this one prints the figures (pytest -s) for the README.
+    rows = [{"id": i, "prompt": f"rise {i}"} for i in range(800)]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    rose_at: list[float] = []
+    with ThreadedMockServer(MockConfig(rate_limit=4, retry_after="1")) as server:
+
+        def raise_the_limit_after_pushback() -> None:
+            while server.stats.by_status.get(429, 0) == 0 or server.stats.requests < 40:
+                time.sleep(0.01)
+            server.config = MockConfig(rate_limit=20, retry_after="1")
+            rose_at.append(time.time())
+
+        watcher = threading.Thread(target=raise_the_limit_after_pushback, daemon=True)
+        watcher.start()
+        summary = batchpizza.run(
+            inp, out, base_url=server.base_url, rate="auto", concurrency=32, progress=False
+        )
+        watcher.join(timeout=5)
+        throttled = server.stats.by_status.get(429, 0)
+    assert summary["exit_code"] == 0
+    assert rose_at
+    store = Checkpoint.open(Path(f"{out}.checkpoint"), readonly=True)
+    try:
+        rates = [(e[1], e[3], e[4]) for e in store.events() if e[2] == "rate"]
+    finally:
+        store.close()
+    cut = max(t for t, _, why in rates if why != "grow" and why != "slow-start" and t < rose_at[0])
+    at_max = [t for t, r, _ in rates if r >= 20.0 and t > rose_at[0]]
+    print(
+        f"\nlimit 4 -> 20/s: last cut {rose_at[0] - cut:.1f} s before the rise; MAX reached "
+        f"{at_max[0] - rose_at[0] if at_max else float('nan'):.1f} s after it "
+        f"({at_max[0] - cut if at_max else float('nan'):.1f} s after the cut); "
+        f"{throttled} 429s; {summary['elapsed_s']:.1f} s for 800 rows"
+    )
+    assert at_max  # before the rows ran out
 
 
 def test_patience_that_runs_out_while_the_breaker_waits_stops_at_once(
