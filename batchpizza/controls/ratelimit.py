@@ -338,18 +338,21 @@ RECOVER_STEP = 0.5
 # comes rarely; a pushback found there is the known limit, answered by a shallow cut.
 PLATEAU_GROWTH = 1.01
 PLATEAU_CUT = 0.9
-# CUBIC's convex probe (RFC 9438), in the time t since the last cut: past RECOVER_TO x the pushed
-# rate W, each clean round may grow to W x (RECOVER_TO + PROBE_CUBIC x t^3), bounded by MAX, the
-# misuse ceiling and twice the measured rate. A limit that has risen (a service's 4/s back to
-# 20/s) was found again only at 1 % per PLATEAU_HOLD rounds, then 5 % a round: 3.1 to 3.7/s in
-# 14 s, about 100 s from a cut at 4/s to 20/s. With this: W again 12.6 s after the cut, 1.05 W at
-# 15.9 s, 2 W at 34.8 s, 5 W at 54.5 s (4 to 20/s). Flat at first, so a limit that stays where
-# it was is met again after about 13 s rather than 25 s; steeper and 429s come every few seconds.
-PROBE_CUBIC = 2.5e-5
 # Clean rounds spent on the plateau before each such probe: every 429 costs every worker a
 # Retry-After pause, so the run earns more by holding just under the limit than by finding it
 # again every few seconds (measured at a 10/s limit: 5 429s and 7.9 rows/s without the hold).
 PLATEAU_HOLD = 5
+# CUBIC's convex probe (RFC 9438), in the time t since the last cut: past RECOVER_TO x the pushed
+# rate W, a clean round may grow the rate to W x (RECOVER_TO + PROBE_CUBIC x t^3), within MAX, the
+# misuse ceiling and twice the measured rate; where that is not above the rate yet, the plateau's
+# hold and 1 % step above apply. A limit that rose (the issue: a service's 4/s back to 20/s) was
+# found again only at 1 % per PLATEAU_HOLD rounds, then 5 % a round: 3.1 to 3.7/s in 14 s, about
+# 100 s from a cut at 4/s to 20/s. With this: W again 12.6 s after the cut, 1.05 W at 15.9 s,
+# 2 W at 34.8 s, 5 W at 54.5 s. Flat at first, so a limit that stayed put is met again about
+# 13 s after the cut (25 s with the hold alone); a steeper curve would meet it, and draw its 429
+# and the Retry-After pause of every worker, more often (measured at a 10/s limit over 300 rows:
+# 4 or 5 429s against 3 or 4, 7.7 to 8.1 rows/s against 7.7 to 8.2).
+PROBE_CUBIC = 2.5e-5
 # "The rate actually measured over the last few seconds": sends (by their start time) of the
 # attempts that finished in the last 5 s, counted in their busiest one-second span. Counting by
 # start time measures the sending, not the answering, whatever the latency; the busiest span
