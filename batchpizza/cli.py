@@ -107,6 +107,11 @@ def cli() -> None:
     help="Output format [default: from the extension]; openai-batch writes OpenAI Batch lines.",
 )
 @click.option("--restart", is_flag=True, help="Forget the checkpoint's answers and start over.")
+@click.option(
+    "--retry-refused",
+    is_flag=True,
+    help="Send again the rows an earlier run recorded as misuse (kept as misuse otherwise).",
+)
 @click.option("--skip-bad-rows", is_flag=True, help="Run the good rows; mark bad ones invalid.")
 @click.option(
     "--deadline",

@@ -198,6 +198,9 @@ class RunConfig:
     base_url: str = DEFAULT_BASE_URL
     checkpoint: str | None = None
     restart: bool = False
+    # Rows refused as misuse by an earlier run are kept as misuse unless asked: the service
+    # judged those prompts, and asking every rerun again only spends its patience.
+    retry_refused: bool = False
     skip_bad_rows: bool = False
     progress: bool | None = None  # None: a bar when stderr is a terminal
     summary_json: str | None = None

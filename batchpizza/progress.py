@@ -227,7 +227,8 @@ def dry_run_report(
 ) -> str:
     """What a run would do: the counts, how long sending should take, the first requests."""
     todo = sum(plan.values())
-    answered = tally.rows - tally.invalid - todo
+    kept_refused = 0 if config.retry_refused else tally.misuse  # not planned: not sent again
+    answered = tally.rows - tally.invalid - todo - kept_refused
     rate = config.rate_per_s
     if config.auto_max is not None:
         rate = learned_rate or 1.0
@@ -236,10 +237,14 @@ def dry_run_report(
         f"  rows        {tally.rows}",
         f"  answered    {answered} (kept, not sent again)",
         f"  to send     {todo} ({plan['new']} new, {plan['changed']} changed, "
-        f"{plan['retry']} failed or refused before)",
+        f"{plan['retry']} failed{' or refused' if config.retry_refused else ''} before)",
         f"  invalid     {tally.invalid}",
         f"  time        {sending_time(todo, rate, config.concurrency, config.auto_max is not None)}",
     ]
+    if not config.retry_refused:
+        lines.insert(
+            4, f"  refused     {kept_refused} (misuse before, kept; --retry-refused sends them)"
+        )
     for i, (url, headers, body) in enumerate(previews, 1):
         lines.append(f"  request {i}: POST {redact(url)}")
         for name, value in headers.items():

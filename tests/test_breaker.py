@@ -156,6 +156,36 @@ def test_refusals_that_slid_out_of_the_last_20_do_not_count() -> None:
     assert state(breaker) is BreakerState.CLOSED
 
 
+def test_re_asks_of_rows_refused_before_judge_those_rows_not_the_service() -> None:
+    # The tail of a run with a few always-refused rows: their first refusals are in the window
+    # among the answers of the other rows; then nothing is left but their misuse re-asks, each
+    # refused again. Those say "this prompt", and must not trip the breaker.
+    vt = VirtualTime()
+    breaker = breaker_on(vt)
+    answer(breaker, 15)
+    refuse(breaker, 5)  # five distinct rows refused once: 5 of the last 20
+    for _ in range(40):
+        breaker.record(True, again=True)
+    assert state(breaker) is BreakerState.CLOSED
+    # A service that refuses everyone refuses rows it never saw: those still trip it.
+    refuse(breaker, 5)
+    assert state(breaker) is BreakerState.OPEN
+
+
+async def test_a_refused_re_ask_as_the_probe_reopens_the_breaker() -> None:
+    # One probe cannot tell "this prompt" from "everyone": under a ban, letting re-asks through
+    # one after another would spend every refused row's budget against a closed door.
+    vt = VirtualTime()
+    events: Events = []
+    breaker = breaker_on(vt, events)
+    trip(vt, breaker)
+    log: list[tuple[float, Permit]] = []
+    await vt.run(admitted_at(vt, breaker, log))
+    breaker.record(True, permit=log[0][1], again=True)
+    assert state(breaker) is BreakerState.OPEN
+    assert [e for _, e in events] == ["open", "probe", "open"]
+
+
 # --- open, half-open: the wait and the probe --------------------------------------------------
 
 

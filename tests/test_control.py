@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +50,72 @@ def test_each_outcome_speaks_to_the_rate_and_the_breaker_as_the_table_says(
     error: Exception | None, expected: tuple[Feedback, bool, bool]
 ) -> None:
     assert feedback_of(error) == expected  # type: ignore[arg-type]
+
+
+def test_a_re_asked_refusal_is_news_of_that_row_neutral_to_the_learned_rate() -> None:
+    # Still a refusal for the breaker (which leaves it out of its window unless it is the
+    # probe), but the rate is not cut again and again by one prompt the service will not take.
+    assert feedback_of(MisuseDetected("Misuse detected."), again=True) == (
+        Feedback.NEUTRAL,
+        True,
+        True,
+    )
+    assert feedback_of(None, again=True) == (Feedback.CLEAN, False, True)
+
+
+def refused_tail(n: int, refused: int) -> list[dict[str, str]]:
+    """`n` rows, the last `refused` of them refused as misuse by the mock whatever is done."""
+    return [
+        {"id": f"r{i}", "prompt": ("[[misuse]] " if i >= n - refused else "") + f"tail {i}"}
+        for i in range(n)
+    ]
+
+
+def breaker_events(out: Path) -> list[str]:
+    store = Checkpoint.open(Path(f"{out}.checkpoint"), readonly=True)
+    try:
+        return [e[4] for e in store.events() if e[2] == "breaker"]
+    finally:
+        store.close()
+
+
+def test_a_few_always_refused_rows_at_the_tail_neither_trip_the_breaker_nor_come_back(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Once only the 5 refused rows were left, all the breaker saw was their misuse re-asks: it
+    # tripped, and each probe (a re-ask) doubled the wait: 484 s for 53 rows. patience 0 makes
+    # a trip end the run at once (exit 4, rows pending) instead of waiting minutes for it.
+    inp = write_jsonl(tmp_path / "in.jsonl", refused_tail(40, 5))
+    out = tmp_path / "out.jsonl"
+    options = {**FAST, "base_url": mock_api.base_url, "concurrency": 8, "patience": 0}
+
+    summary = batchpizza.run(inp, out, **options)
+
+    assert summary["stopped"] is None
+    assert summary["exit_code"] == 3
+    assert (summary["answered"], summary["misuse"], summary["pending"]) == (35, 5, 0)
+    assert mock_api.stats.requests == 35 + 5 * 3  # each refused row asked three times
+    assert breaker_events(out) == []
+    written = {r["id"]: r for r in (json.loads(line) for line in out.read_text().splitlines())}
+    assert {i for i, r in written.items() if r["finish_reason"] == "misuse"} == {
+        f"r{i}" for i in range(35, 40)
+    }
+
+    # A rerun keeps them as misuse and sends nothing ...
+    mock_api.reset()
+    again = batchpizza.run(inp, out, **options)
+    assert mock_api.stats.requests == 0
+    assert (again["exit_code"], again["misuse"], again["requests"]) == (3, 5, 0)
+
+    # ... unless asked to. (New rows ahead of them, as a growing input brings: refused rows
+    # alone, all refused again, are what a service refusing everyone looks like to the breaker.)
+    write_jsonl(
+        inp, [{"id": f"n{i}", "prompt": f"new {i}"} for i in range(20)] + refused_tail(40, 5)
+    )
+    retried = batchpizza.run(inp, out, **options, retry_refused=True)
+    assert mock_api.stats.requests == 20 + 5 * 3
+    assert (retried["exit_code"], retried["answered"], retried["misuse"]) == (3, 55, 5)
+    assert breaker_events(out) == []
 
 
 async def test_a_retry_after_holds_every_worker_and_refusals_trip_the_breaker() -> None:
@@ -175,6 +242,51 @@ def test_auto_against_a_server_limited_at_10_per_second_learns_its_limit(tmp_pat
     assert throttled <= 0.1 * requests
     # The issue's bar is 8 rows/s at this limit (measured 8.4); a loaded CI machine gets slack.
     assert 300 / elapsed >= 7.0
+
+
+@pytest.mark.slow
+def test_auto_finds_a_limit_that_rose_from_4_to_20_per_second_again_within_the_run(
+    tmp_path: Path,
+) -> None:
+    # The service limits at 4/s; once the run has been pushed back there, the limit goes back
+    # to 20/s. The run must climb to auto's MAX (20/s) before its 800 rows run out (measured:
+    # about 50 s after the cut, some 550 rows in). The fake-time test in test_ratelimit.py is
+    # the one that pins the growth; this one prints the figures (pytest -s) for the README.
+    rows = [{"id": i, "prompt": f"rise {i}"} for i in range(800)]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    rose_at: list[float] = []
+    with ThreadedMockServer(MockConfig(rate_limit=4, retry_after="1")) as server:
+
+        def raise_the_limit_after_pushback() -> None:
+            while server.stats.by_status.get(429, 0) == 0 or server.stats.requests < 40:
+                time.sleep(0.01)
+            server.config = MockConfig(rate_limit=20, retry_after="1")
+            rose_at.append(time.time())
+
+        watcher = threading.Thread(target=raise_the_limit_after_pushback, daemon=True)
+        watcher.start()
+        summary = batchpizza.run(
+            inp, out, base_url=server.base_url, rate="auto", concurrency=32, progress=False
+        )
+        watcher.join(timeout=5)
+        throttled = server.stats.by_status.get(429, 0)
+    assert summary["exit_code"] == 0
+    assert rose_at
+    store = Checkpoint.open(Path(f"{out}.checkpoint"), readonly=True)
+    try:
+        rates = [(e[1], e[3], e[4]) for e in store.events() if e[2] == "rate"]
+    finally:
+        store.close()
+    cut = max(t for t, _, why in rates if why != "grow" and why != "slow-start" and t < rose_at[0])
+    at_max = [t for t, r, _ in rates if r >= 20.0 and t > rose_at[0]]
+    print(
+        f"\nlimit 4 -> 20/s: last cut {rose_at[0] - cut:.1f} s before the rise; MAX reached "
+        f"{at_max[0] - rose_at[0] if at_max else float('nan'):.1f} s after it "
+        f"({at_max[0] - cut if at_max else float('nan'):.1f} s after the cut); "
+        f"{throttled} 429s; {summary['elapsed_s']:.1f} s for 800 rows"
+    )
+    assert at_max  # before the rows ran out
 
 
 def test_patience_that_runs_out_while_the_breaker_waits_stops_at_once(

@@ -358,7 +358,7 @@ def test_rerun_rebuilds_a_deleted_output_from_the_checkpoint_alone(
 # -- 3. what a rerun sends again -----------------------------------------------------------------
 
 
-def test_rerun_resends_failed_and_refused_rows_but_not_answered_ones(
+def test_rerun_resends_failed_rows_refused_ones_only_when_asked_and_never_answered_ones(
     tmp_path: Path, mock_api: ThreadedMockServer
 ) -> None:
     good = prompt_rows(20, "fine")
@@ -389,16 +389,24 @@ def test_rerun_resends_failed_and_refused_rows_but_not_answered_ones(
     # Answered rows were not sent again and keep the result of the run that produced them.
     assert all(mock_api.stats.answers[r["prompt"]] == 1 for r in good)
     assert all(two[r["id"]] == one[r["id"]] for r in good)
-    # The failed and refused ones were: the flaky row now succeeds (its third request).
+    # The failed ones were: the flaky row now succeeds (its third request). The refused one
+    # was not: the service judged that prompt (--retry-refused asks again).
     assert two["flaky"]["finish_reason"] == "stop"
     assert two["flaky"]["answer"] == mock_answer("[[fail-first:2]] flaky")
-    assert two["refused"]["finish_reason"] == "misuse"
+    assert two["refused"] == one["refused"]
     assert two["gone"]["finish_reason"] == "error"
-    resent = sum(two[i]["attempts"] for i in ("flaky", "refused", "gone"))
+    resent = sum(two[i]["attempts"] for i in ("flaky", "gone"))
     assert second["requests"] == resent == mock_api.stats.requests - requests
-    assert resent >= 3
+    assert resent >= 2
     assert (second["answered"], second["failed"], second["misuse"]) == (21, 1, 1)
     assert second["exit_code"] == 3
+
+    requests = mock_api.stats.requests
+    asked = batchpizza.run(inp, out, retry_refused=True, **options)
+    refused_again = {r["id"]: r for r in read_jsonl(out)}["refused"]
+    assert refused_again["finish_reason"] == "misuse"
+    resent = refused_again["attempts"] + 1  # and "gone", failed before, once more
+    assert asked["requests"] == resent == mock_api.stats.requests - requests
 
     requests = mock_api.stats.requests
     third = batchpizza.run(inp, out, restart=True, **options)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
-from conftest import read_jsonl, write_jsonl
+from conftest import FAST, read_jsonl, write_jsonl
 
 import batchpizza
 from batchpizza import redact
@@ -512,6 +512,34 @@ def test_dry_run_prints_the_plan_and_the_first_three_requests_and_sends_nothing(
     assert '"a new question for r0"' in err
     assert "r question 8" in err
     assert "r question 9" in err
+
+
+def test_dry_run_counts_rows_refused_before_as_kept_unless_retry_refused(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    data = rows(6)
+    for row in data[4:]:
+        row["prompt"] += " [[misuse]]"
+    source = write_jsonl(tmp_path / "in.jsonl", data)
+    out = tmp_path / "out.jsonl"
+    first = batchpizza.run(source, out, **FAST, base_url=mock_api.base_url)
+    assert (first["exit_code"], first["misuse"]) == (3, 2)
+    mock_api.reset()
+
+    def plan(*extra: str) -> list[str]:
+        result = run_cli(mock_api, source, out, "--dry-run", *extra)
+        assert result.exit_code == 0, result.output
+        return [" ".join(line.split()) for line in result.stderr.splitlines()]
+
+    kept = plan()
+    assert any(line.startswith("answered 4") for line in kept), kept
+    assert any(line.startswith("to send 0") for line in kept), kept
+    assert any(line.startswith("refused 2") and "--retry-refused" in line for line in kept), kept
+    asked = plan("--retry-refused")
+    assert any(line.startswith("answered 4") for line in asked), asked
+    assert any(line.startswith("to send 2") and "2 failed or refused" in line for line in asked)
+    assert not any(line.startswith("refused") for line in asked), asked
+    assert mock_api.stats.requests == 0
 
 
 def test_dry_run_over_an_existing_checkpoint_changes_no_byte(

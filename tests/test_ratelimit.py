@@ -29,6 +29,7 @@ from batchpizza.controls.ratelimit import (
     MISUSE_CEILING,
     PLATEAU_GROWTH,
     PLATEAU_HOLD,
+    PROBE_CUBIC,
     RECOVER_STEP,
     RECOVER_TO,
     REFUSED_CUT,
@@ -813,14 +814,68 @@ def test_auto_after_pushback_returns_fast_holds_a_plateau_then_grows_five_percen
     assert all(
         tb - ta <= 1.5 * ROUND_S for (_, (ta, _)), (_, (tb, _)) in itertools.pairwise(returning)
     )
-    # ... then, on the plateau, PLATEAU_GROWTH a step after PLATEAU_HOLD clean rounds each ...
-    assert [b / a for (_, a), (_, b) in plateau] == pytest.approx([PLATEAU_GROWTH] * len(plateau))
-    assert all(tb - ta >= PLATEAU_HOLD * ROUND_S for (ta, _), (tb, _) in plateau)
-    # ... and past GROWTH x pushed, GROWTH every clean round again, up to MAX.
+    # ... then, on the plateau, the cubic probe in the time since the cut (at 0): flat at
+    # first, so the run lingers near the rate pushed back, a step a round (where the probe is
+    # not above the rate yet, PLATEAU_GROWTH after PLATEAU_HOLD clean rounds) ...
+    for (ta, a), (tb, b) in plateau:
+        if b == pytest.approx(probe(pushed, tb)):
+            assert tb - ta <= 1.5 * ROUND_S
+        else:
+            assert b == pytest.approx(a * PLATEAU_GROWTH)
+            assert tb - ta >= PLATEAU_HOLD * ROUND_S
+    assert 8.0 <= plateau[-1][1][0] - plateau[0][0][0] <= 15.0
+    # ... and past GROWTH x pushed, GROWTH or the probe every clean round, up to MAX.
     assert [b for _, (_, b) in beyond] == pytest.approx(
-        [min(a * GROWTH, rate.max_rate) for (_, a), _ in beyond]
+        [min(max(a * GROWTH, probe(pushed, tb)), rate.max_rate) for (_, a), (tb, _) in beyond]
     )
     assert all(tb - ta <= 1.5 * ROUND_S for (ta, _), (tb, _) in beyond)
+
+
+def probe(pushed: float, since_cut: float) -> float:
+    """CUBIC's convex probe, `since_cut` seconds after a cut from `pushed`."""
+    return pushed * (RECOVER_TO + PROBE_CUBIC * since_cut**3)
+
+
+def test_auto_after_a_cut_clean_replies_bring_4_per_second_back_to_max_within_60_s() -> None:
+    # The service limited at 4/s, then went back to 20/s: the probe grows faster the longer it
+    # goes unrefused. Before it, 1 % per PLATEAU_HOLD rounds on the plateau, then 5 % a round:
+    # about 4.3/s a minute after the cut, and 20/s only after about 100 s.
+    clock = FakeClock()
+    changes: list[Change] = []
+    rate = controller(clock, changes, start=4.0, slow_start=False)
+    rate.record(Feedback.THROTTLED, started_at=0.0)
+    assert rate.rate == pytest.approx(4.0 * CUT)
+    simulate(rate, clock, until=60.0)
+    assert rate.rate == rate.max_rate == 20.0
+    reached = next(t for t, r, _ in changes if r == rate.max_rate)
+    assert reached < 57.0  # 5 x 4/s is the probe's at 54.5 s; a round is 1.2 s here
+    assert {why for _, _, why in changes[1:]} == {"grow"}
+    # Growth stays a step a round: never more than twice the rate before it.
+    assert all(b <= 2 * a for (_, a, _), (_, b, _) in itertools.pairwise(changes))
+
+
+def test_auto_a_pushback_after_a_long_probe_still_cuts_once_and_restarts_it() -> None:
+    clock = FakeClock()
+    changes: list[Change] = []
+    rate = controller(clock, changes, start=4.0, slow_start=False)
+    rate.record(Feedback.THROTTLED, started_at=0.0)
+    simulate(rate, clock, until=60.0)
+    assert rate.rate == 20.0
+    # A burst of 429s from attempts sent before the first of them is answered: one episode.
+    for started in (59.5, 59.6, 59.7):
+        rate.record(Feedback.THROTTLED, started)
+    top = 20.0 * ratelimit.PLATEAU_CUT  # far above the knee of 4/s: the shallow cut
+    assert rate.rate == pytest.approx(top)
+    # The probe restarts from this cut: flat at first again, no jump back to 20/s.
+    simulate(rate, clock, until=70.0)
+    assert rate.rate < 20.0 * (RECOVER_TO + PROBE_CUBIC * 10.0**3) + EPS
+    # A refusal still cuts at once, by half, and sets the misuse ceiling.
+    before = rate.rate
+    rate.record(Feedback.REFUSED, started_at=clock.now - 0.1)
+    assert rate.rate == pytest.approx(before * REFUSED_CUT)
+    assert rate.ceiling == pytest.approx(before * MISUSE_CEILING)
+    simulate(rate, clock, until=200.0)
+    assert rate.rate <= before * MISUSE_CEILING + EPS
 
 
 def test_auto_one_cut_per_episode_of_pushback() -> None:

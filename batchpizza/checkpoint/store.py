@@ -109,6 +109,7 @@ _TABLES = frozenset({"results", "meta", "attempts", "runs", "events", "scan"})
 # What binding a value SQLite cannot hold raises: a str with a lone surrogate, an int beyond 64
 # bits, a value of another type. Never a failing disk (that is an OperationalError).
 _UNBINDABLE = (UnicodeEncodeError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError)
+_UNANSWERED_BUT_REFUSED = "('error', 'invalid', 'pending')"  # what a rerun sends by default
 
 
 def _sqlite_error(path: Path | None, exc: sqlite3.Error) -> OutputError:
@@ -462,10 +463,12 @@ class Checkpoint:
 
     # -- the plan -----------------------------------------------------------------------------
 
-    def plan(self, limit: int | None = None) -> dict[str, int]:
+    def plan(self, limit: int | None = None, *, retry_refused: bool = False) -> dict[str, int]:
         """Decide what to send: good rows without an answer for their current prompt (among the
-        first `limit` rows). Returns the counts a dry run prints."""
+        first `limit` rows), but not those refused as misuse unless `retry_refused`. Returns the
+        counts a dry run prints."""
         where = "" if limit is None else f" AND r.pos < {int(limit)}"
+        again = _UNANSWERED if retry_refused else _UNANSWERED_BUT_REFUSED
         with self._errors():
             conn = self._conn
             conn.execute("DROP TABLE IF EXISTS temp.todo")
@@ -475,7 +478,7 @@ class Checkpoint:
                 "WHEN c.digest IS NOT r.digest THEN 'changed' ELSE 'retry' END "
                 "FROM scan r LEFT JOIN results c ON c.id = r.id WHERE r.bad IS NULL AND "
                 "(c.id IS NULL OR c.digest IS NOT r.digest OR c.finish_reason IN "
-                f"{_UNANSWERED}){where} ORDER BY r.pos"
+                f"{again}){where} ORDER BY r.pos"
             )
             counts = dict(conn.execute("SELECT why, count(*) FROM temp.todo GROUP BY why"))
         return {k: int(counts.get(k, 0)) for k in ("new", "changed", "retry")}

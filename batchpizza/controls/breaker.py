@@ -6,11 +6,17 @@ telling the run to stop, and more requests only deepen the ban.
 
     closed     every request may start; each finished attempt is recorded in a window of the
                last 20. At least 10 refusals among them trips the breaker (half of 20); before 20
-               have finished, half of those that have, and at least 5.
+               have finished, half of those that have, and at least 5. A refusal of a row the
+               service already refused in this run (its misuse re-ask) is not recorded: it
+               judges that prompt, not the service. A service that refuses everyone refuses
+               distinct rows, and those trip it; a few always-refused rows, once nothing else
+               is left, no longer did so with their re-asks alone, and held the run's tail for
+               minutes of doubling waits (53 rows, 5 of them always refused: 484 s).
     open       no request starts, for 60 s at the first trip, doubling at each trip after.
     half-open  exactly one request, the probe, may start. A clean answer closes the breaker
-               (window cleared; `on_close` so that an adaptive rate resumes at half); a refusal
-               opens it again with the doubled wait; a failure of another kind (a timeout, a
+               (window cleared; `on_close` so that an adaptive rate resumes at half); a refusal,
+               a re-ask's too (one probe cannot tell the two apart, and a ban must hold), opens
+               it again with the doubled wait; a failure of another kind (a timeout, a
                5xx) lets another probe go. A probe that never reports (its task cancelled, a
                result lost) is given up after `probe_timeout` and another one goes:
                resilience4j #903 was a half-open state with no time limit, stuck for good.
@@ -173,15 +179,25 @@ class Breaker:
             return False
         return state is BreakerState.CLOSED or (state is BreakerState.HALF_OPEN and permit.probe)
 
-    def record(self, refused: bool, *, clean: bool = True, permit: Permit | None = None) -> None:
+    def record(
+        self,
+        refused: bool,
+        *,
+        clean: bool = True,
+        permit: Permit | None = None,
+        again: bool = False,
+    ) -> None:
         """Record a finished attempt: `refused` for misuse, the bot check, HTTP 401 or 403;
         else `clean` says whether it was answered (False: a timeout, a 5xx, another failure).
-        Pass the attempt's Permit: without it, a result is taken as belonging to the current
-        state, so a straggler could be mistaken for the probe."""
+        `again`: the attempt re-asked a row already refused in this run. Pass the attempt's
+        Permit: without it, a result is taken as belonging to the current state, so a
+        straggler could be mistaken for the probe."""
         self._refresh()
         if permit is not None and permit.epoch != self._epoch:
             return
         if self._state is BreakerState.CLOSED:
+            if refused and again:
+                return  # news about that prompt; the window counts the service's verdicts
             results = self._results
             if len(results) == WINDOW and results[0]:
                 self._refused -= 1  # about to leave the window

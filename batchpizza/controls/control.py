@@ -7,6 +7,8 @@ this module decides what each outcome means for all of them.
     429, or any reply with Retry-After      THROTTLED      clean (the service is busy, not
                                                                   refusing)
     misuse, bot check, HTTP 401 / 403       REFUSED        refusal
+    the same, re-asking a row refused       NEUTRAL        refusal of that row: not in the
+      before in this run                                   window (a probe's still trips)
     timeout, transport, 408, 5xx, no text   OVERLOAD       not clean (a probe may go again)
     other 4xx, a refused redirect           NEUTRAL        clean
 """
@@ -35,12 +37,14 @@ Event = tuple[float, str, float, str]
 REFUSAL_STATUSES = frozenset({401, 403})
 
 
-def feedback_of(error: ProviderError | None) -> tuple[Feedback, bool, bool]:
-    """(what the learned rate hears, whether it was a refusal, whether it was clean)."""
+def feedback_of(error: ProviderError | None, again: bool = False) -> tuple[Feedback, bool, bool]:
+    """(what the learned rate hears, whether it was a refusal, whether it was clean). `again`:
+    the attempt re-asked a row already refused in this run, so a refusal speaks of that prompt,
+    not of the rate."""
     if error is None:
         return Feedback.CLEAN, False, True
     if isinstance(error, MisuseDetected) or error.status in REFUSAL_STATUSES:
-        return Feedback.REFUSED, True, True
+        return (Feedback.NEUTRAL if again else Feedback.REFUSED), True, True
     if error.retry_after is not None or error.status == 429:
         return Feedback.THROTTLED, False, True
     overloaded = isinstance(error, (TransportError, BadReply)) or (
@@ -155,6 +159,8 @@ class Control(Gatekeeper):
         outcome: str,
         error: ProviderError | None,
         rate: RateInfo | None = None,
+        *,
+        again: bool = False,
     ) -> None:
         if rate is not None:
             self._heed(rate)
@@ -164,11 +170,11 @@ class Control(Gatekeeper):
             if self.adaptive is not None:
                 self.adaptive.record(Feedback.CLEAN, started)
             return
-        feedback, refused, clean = feedback_of(error)
+        feedback, refused, clean = feedback_of(error, again)
         if self.adaptive is not None:
             self.adaptive.record(feedback, started)
         permit = token if isinstance(token, Permit) else None
-        self.breaker.record(refused, clean=clean, permit=permit)
+        self.breaker.record(refused, clean=clean, permit=permit, again=again)
         if error is not None and error.retry_after is not None:
             # Held for every worker, including those already waiting on the pacer.
             self.gate.pause.hold(min(error.retry_after, self.retry_after_cap))

@@ -29,6 +29,9 @@ class Gatekeeper:
         outcome: str,
         error: ProviderError | None,
         rate: RateInfo | None = None,
+        *,
+        again: bool = False,
     ) -> None:
         """Told of every finished attempt: the clock time it was sent, its outcome kind, its
-        error, and what the server announced of its limit."""
+        error, what the server announced of its limit, and `again` when it re-asked a row the
+        service already refused in this run (a refusal then judges the row, not the service)."""

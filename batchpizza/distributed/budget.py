@@ -75,14 +75,24 @@ class Report:
     retry_after: float | None
     epoch: int  # the breaker epoch of its lease
     probe: bool
+    again: bool = False  # it re-asked a row refused before (see Breaker.record)
 
     @classmethod
     def of(
-        cls, started: float, error: ProviderError | None, *, issued: float, epoch: int, probe: bool
+        cls,
+        started: float,
+        error: ProviderError | None,
+        *,
+        issued: float,
+        epoch: int,
+        probe: bool,
+        again: bool = False,
     ) -> Report:
-        feedback, refused, clean = feedback_of(error)
+        feedback, refused, clean = feedback_of(error, again)
         retry_after = error.retry_after if error is not None else None
-        return cls(started, issued, feedback.value, refused, clean, retry_after, epoch, probe)
+        return cls(
+            started, issued, feedback.value, refused, clean, retry_after, epoch, probe, again
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +302,9 @@ class Budget:
                 # however late it was sent: its episode is that of its lease, not of its send.
                 at = r.started if feedback is Feedback.CLEAN else min(r.started, r.issued)
                 self.adaptive.record(feedback, at)
-            self.breaker.record(r.refused, clean=r.clean, permit=Permit(r.probe, r.epoch))
+            self.breaker.record(
+                r.refused, clean=r.clean, permit=Permit(r.probe, r.epoch), again=r.again
+            )
             if r.retry_after is not None and self.book.hold(
                 min(r.retry_after, self.retry_after_cap)
             ):

@@ -115,11 +115,13 @@ class ClusterGate(Gatekeeper):
         outcome: str,
         error: ProviderError | None,
         rate: RateInfo | None = None,
+        *,
+        again: bool = False,
     ) -> None:
         wall = self._clock() - (time.monotonic() - started)  # the runner's clock is monotonic
         epoch, probe, issued = token if isinstance(token, tuple) else (self._epoch, False, wall)
         self._reports.append(
-            Report.of(wall, error, issued=issued, epoch=int(epoch), probe=bool(probe))
+            Report.of(wall, error, issued=issued, epoch=int(epoch), probe=bool(probe), again=again)
         )
         if error is not None:
             if error.retry_after is not None:

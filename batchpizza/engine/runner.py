@@ -87,6 +87,7 @@ class Counters:
 
 
 ANSWERED = "answered"
+REFUSAL = "refusal"
 STOPPED = "stopped"  # an attempt cut off by a stop
 
 
@@ -95,7 +96,7 @@ def outcome_of(error: BaseException | None) -> str:
     if error is None:
         return ANSWERED
     if isinstance(error, MisuseDetected):
-        return "refusal"
+        return REFUSAL
     if isinstance(error, HTTPStatusError):
         return "http"
     if isinstance(error, RequestTimeout):
@@ -405,7 +406,10 @@ class Runner:
                 attempts.append(Attempt(prompt.id, wall, latency, ANSWERED))
             else:
                 kind = outcome_of(error)
-                gate.finished(token, started, kind, error, rate)
+                # A misuse re-ask: the service refused this row before; refused again, it
+                # speaks of this prompt, not of the service (Breaker.record).
+                again = kind == REFUSAL and any(a.outcome == REFUSAL for a in attempts)
+                gate.finished(token, started, kind, error, rate, again=again)
                 attempts.append(
                     Attempt(prompt.id, wall, latency, kind, error.status, describe(error))
                 )

@@ -234,7 +234,7 @@ class Job:
         if config.restart:
             checkpoint.forget()
         self._limit = config.limit
-        plan = checkpoint.plan(config.limit)
+        plan = checkpoint.plan(config.limit, retry_refused=config.retry_refused)
         todo = sum(plan.values())
         checkpoint.set_meta(input=config.input or config.input_label)
         run = checkpoint.begin_run(_options(config))
@@ -375,7 +375,7 @@ class Job:
         config = self.config
 
         def plan() -> tuple[Any, ...]:
-            counts = planning.plan(config.limit)
+            counts = planning.plan(config.limit, retry_refused=config.retry_refused)
             tally = planning.tally(config.limit)
             prompts = source.prompts(planning.todo_positions())
             with contextlib.closing(prompts):
