@@ -1,11 +1,11 @@
-"""One batch job from start to end: check, lock, scan, plan, send, write, summarise.
+"""One batch job from start to end: check, lock, read and scan, plan, send, write, summarise.
 
-The stages run in this order and data flows one way: source -> checkpoint (the scan, the plan)
--> engine (-> provider) -> checkpoint -> sink. The rows come from a file or from memory (a
-DataFrame, a Ray batch), and the checkpoint is a file or, for rows in memory without one, an
-in-memory database; every stage is the same either way. Blocking work (the scan, the output)
-runs in a worker thread so that the event loop stays free to notice a signal; both check the
-stop between batches.
+The stages run in this order and data flows one way: rows (job/reading) -> checkpoint (the scan,
+the plan) -> engine (job/sending -> provider) -> checkpoint -> output (job/writing). The rows come
+from a file or from memory (a DataFrame), and the checkpoint is a file or, for rows in memory
+without one, an in-memory database; every stage is the same either way. Blocking work (the scan,
+the output) runs in a worker thread so that the event loop stays free to notice a signal; both
+check the stop between batches.
 """
 
 from __future__ import annotations
@@ -19,28 +19,26 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any
 
-from batchpizza.checkpoint import Checkpoint, RunLock, ScanIndex
+from batchpizza.checkpoint import Checkpoint, RunLock
 from batchpizza.config import RunConfig
-from batchpizza.controls.control import Control
 from batchpizza.controls.gate import Gatekeeper
-from batchpizza.controls.retrying import RetryPolicy
 from batchpizza.controls.stop import Stop
-from batchpizza.engine.runner import Runner
-from batchpizza.errors import BatchpizzaError, InputError, Interrupted, LockedError, UsageError
-from batchpizza.files import clear_partials, write_atomically
+from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError
 from batchpizza.job.paths import check_paths
-from batchpizza.progress import Progress, choose, dry_run_report, setup_logging, summary_line
-from batchpizza.providers import Provider
+from batchpizza.job.reading import clear_leftovers, open_rows, scan_rows
+from batchpizza.job.sending import Sending
+from batchpizza.job.writing import Reporter, run_options, write_rows
+from batchpizza.progress import Progress, choose, dry_run_report, setup_logging
 from batchpizza.providers.factory import make_provider, remember_secrets
 from batchpizza.records import OutputRow, Result, Summary, Tally
-from batchpizza.rows import Fields
-from batchpizza.sources.base import Rows, describe
 
 if TYPE_CHECKING:
     import aiohttp
 
+    from batchpizza.providers import Provider
+    from batchpizza.sources.base import Rows
     from batchpizza.tables import InMemory
 
 # When the process started (this module is imported at start-up): --deadline counts from here,
@@ -62,21 +60,17 @@ class Job:
     ) -> None:
         self.config = config
         self.data = data  # rows in memory, instead of config.input's file
-        # For rows in memory: every row's result, in input order, once the run has ended.
+        # For rows in memory: every row's output row, in input order, once the run has ended.
         self.output_rows: list[OutputRow] | None = None
-        self.session = session  # the caller's, kept open (a Ray actor's); else the run's own
+        self.session = session  # the caller's, kept open; else the run's own
         self.on_row = on_row  # told of each row this run finishes (position, result): stream()
-        # What every attempt passes instead of this run's own Control (pacing, breaker): a Ray
-        # actor's gate to the cluster's one rate controller (batchpizza.distributed).
-        self.gatekeeper = gatekeeper
+        self.gatekeeper = gatekeeper  # what attempts pass instead of this run's own Control
         self.stdin = stdin
         self.progress = progress or choose(config.progress, config.quiet, config.progress_every)
         self.stop = Stop()
-        self.runner: Runner | None = None
-        self._send_task: asyncio.Task[None] | None = None
+        self.sending: Sending | None = None
         self._checkpoint: Checkpoint | None = None
-        self._limit: int | None = None
-        self._reported = False
+        self._reporter = Reporter(config, time.monotonic())
         self._paths_checked = False
 
     @property
@@ -88,60 +82,31 @@ class Job:
         if self.stop.signum is not None:
             return
         self.stop.interrupt(signum)
-        self._cancel_after_grace()
-
-    def _scan_path(self) -> Path | None:
-        """Where the scan is written before it is adopted: beside the checkpoint, so that what a
-        killed scan leaves is cleared by the next run (named apart from the output's partials);
-        None (in memory) for rows in memory, which are scanned anew every time."""
-        ck = self.config.checkpoint_path
-        if ck is None or self.data is not None:
-            return None
-        return ck.with_name(f".scan-{ck.name}.partial")
+        if self.sending is not None:
+            self.sending.cancel_after_grace()
 
     def _finished_row(self, pos: int, result: Result) -> None:
         self.progress.advance(result)
         if self.on_row is not None:
             self.on_row(pos, result)
 
-    @staticmethod
-    def _save_control(checkpoint: Checkpoint, run: int, control: Control) -> None:
-        """The rate history and breaker trips for the report, and the learned rate for the next
-        run to start from; on every way out of the run."""
-        with contextlib.suppress(Exception):  # never mask the error the run is ending with
-            checkpoint.record_events(run, control.take_events())
-            if control.adaptive is not None:
-                checkpoint.set_meta(learned_rate=control.adaptive.rate)
-
-    def _stop_early(self, reason: str) -> None:
-        """A planned stop (the deadline, the breaker out of patience): no new request, those in
-        flight get the grace period, then the output is written with the rest pending."""
-        if not self.stop.sending_stopped:
-            self.stop.stop_sending(reason)
-            self._cancel_after_grace()
-
-    def _cancel_after_grace(self) -> None:
-        task = self._send_task
-        if task is not None and not task.done():
-            asyncio.get_running_loop().call_later(self.config.grace, task.cancel)
-
     async def run(self) -> Summary:
         config = self.config
         setup_logging(config.quiet, config.verbose)
         remember_secrets(config)
-        started = time.monotonic()
+        self._reporter = Reporter(config, time.monotonic())
         try:
-            return await self._locked(started)
+            return await self._locked()
         except BatchpizzaError as exc:
             # Every way out leaves a summary of its own, so a monitor never reads the last
             # run's "exit_code": 0 after a broken one (an interrupt and a lock write theirs);
             # unless the paths were refused: the summary may be the very file in question.
-            if not self._reported and self._paths_checked:
-                summary = self._summary(self._tally(), started, exc.exit_code)
-                self._report(dataclasses.replace(summary, output=None))
+            if not self._reporter.reported and self._paths_checked:
+                summary = self._summary(self._tally(), exc.exit_code)
+                self._reporter.report(dataclasses.replace(summary, output=None))
             raise
 
-    async def _locked(self, started: float) -> Summary:
+    async def _locked(self) -> Summary:
         config = self.config
         check_paths(config)
         self._paths_checked = True
@@ -154,41 +119,35 @@ class Job:
             try:
                 lock.acquire()
             except LockedError:
-                where = {**self._where(started), "output": None}
-                self._report(Summary.of(None, exit_code=75, stopped="locked", **where))
+                where = {**self._reporter.where(), "output": None}
+                self._reporter.report(Summary.of(None, exit_code=75, stopped="locked", **where))
                 raise
         try:
-            if checkpoint is not None and not config.dry_run:  # under the lock: what killed
-                if config.output is not None:  # writes and scans left
-                    clear_partials(Path(config.output))
-                clear_partials(checkpoint)
-                scan_path = self._scan_path()
-                if scan_path is not None:
-                    scan_path.unlink(missing_ok=True)
+            if not config.dry_run:
+                clear_leftovers(config, in_memory=self.data is not None)
             if not config.mock:
-                return await self._run_locked(started)
+                return await self._run_locked()
             # Imported here: aiohttp.web is only needed for the offline demo.
-            from batchpizza.mock.faults import MockConfig
-            from batchpizza.mock.server import MockServer
+            from batchpizza.mock.server import serving
 
-            async with MockServer(MockConfig()) as server:
-                self.config = dataclasses.replace(config, base_url=server.base_url)
-                return await self._run_locked(started)
+            async with serving() as base_url:
+                self.config = dataclasses.replace(config, base_url=base_url)
+                return await self._run_locked()
         finally:
             if lock is not None:
                 lock.release()
 
-    async def _run_locked(self, started: float) -> Summary:
+    async def _run_locked(self) -> Summary:
         """The stages, and what an interrupt at any of them leaves: a saved checkpoint, the
         summary, and a message saying how to resume."""
         with contextlib.ExitStack() as cleanup:
             try:
-                return await self._stages(started, cleanup)
+                return await self._stages(cleanup)
             except Interrupted as exc:
                 signum = self.stop.signum or 2
-                summary = self._summary(self._tally(), started, 128 + signum, stopped="signal")
+                summary = self._summary(self._tally(), 128 + signum, stopped="signal")
                 summary = dataclasses.replace(summary, output=None, interrupted=True)
-                self._report(summary)
+                self._reporter.report(summary)
                 path = self.config.checkpoint_path
                 if self._checkpoint is None or self.config.dry_run:
                     saved = "nothing was sent or changed"
@@ -204,22 +163,23 @@ class Job:
         if self._checkpoint is None:
             return None
         try:
-            return self._checkpoint.tally(self._limit)
+            return self._checkpoint.tally(self.config.limit)
         except Exception:  # the summary of an interrupt must not fail on a broken checkpoint
             return None
 
-    async def _stages(self, started: float, cleanup: contextlib.ExitStack) -> Summary:
+    async def _stages(self, cleanup: contextlib.ExitStack) -> Summary:
         config = self.config
         provider = make_provider(config)
-        fields = Fields.from_config(config, extra_reserved=provider.extra_columns)
-        source = await self._open_source(fields, cleanup)
+        source = await open_rows(
+            config, provider.extra_columns, self.data, self.stdin, self.stop, cleanup
+        )
         key = source.input_key()
         scan = await self._scan(source, key, cleanup, reuse=not config.dry_run)
         if config.dry_run:
             assert scan is not None  # a dry run always scans
             self._checkpoint = planning = Checkpoint.planning(config.checkpoint_path, scan)
             cleanup.callback(planning.close)
-            return await self._dry_run(planning, source, provider, started)
+            return await self._dry_run(planning, source, provider)
         path = config.checkpoint_path
         self._checkpoint = checkpoint = (
             Checkpoint.open(path) if path is not None else Checkpoint.in_memory()
@@ -233,60 +193,55 @@ class Job:
             checkpoint.adopt_scan(scan, key, state)
         if config.restart:
             checkpoint.forget()
-        self._limit = config.limit
         plan = checkpoint.plan(config.limit, retry_refused=config.retry_refused)
         todo = sum(plan.values())
         checkpoint.set_meta(input=config.input or config.input_label)
-        run = checkpoint.begin_run(_options(config))
-        control = Control(
-            rate=config.rate_per_s,
-            auto_max=config.auto_max,
-            learned=checkpoint.learned_rate(),
-            patience=config.patience_s,
-            retry_after_cap=config.retry_after_cap,
-            timeout=config.timeout,
-            on_give_up=functools.partial(self._stop_early, "refusals"),
-            stop_signal=self.stop.wait,
-        )
-        cleanup.callback(self._save_control, checkpoint, run, control)
-        self.runner = runner = Runner(
+        run = checkpoint.begin_run(run_options(config))
+        self.sending = sending = Sending(
+            config,
             provider,
             checkpoint,
-            RetryPolicy.from_config(config),
-            self.gatekeeper or control,
-            concurrency=config.concurrency,
-            stop=self.stop,
-            run=run,
+            run,
+            self.stop,
             on_result=self._finished_row,
+            gatekeeper=self.gatekeeper,
             session=self.session,
         )
+        cleanup.callback(sending.save, checkpoint, run)
+        runner = sending.runner
         total = checkpoint.rows(config.limit)
-        self.progress.start(total, total - todo, runner.counters, control)
+        self.progress.start(total, total - todo, runner.counters, sending.control)
         if config.deadline_s is not None:
             remaining = config.deadline_s - (time.monotonic() - _PROCESS_START)
-            asyncio.get_running_loop().call_later(max(0.0, remaining), self._stop_early, "deadline")
+            loop = asyncio.get_running_loop()
+            loop.call_later(max(0.0, remaining), sending.stop_early, "deadline")
         try:
-            if todo and not self.stop.sending_stopped:
+            if todo:
                 # Closed here, not by the collector at exit (where it printed a traceback).
                 prompts = cleanup.enter_context(
                     contextlib.closing(source.prompts(checkpoint.todo_positions()))
                 )
-                self._send_task = asyncio.create_task(runner.run(prompts))
-                await self._send_task
-        except asyncio.CancelledError:
-            if not self.stop.sending_stopped:
-                raise  # cancelled by our caller, not by our own grace timer
+                await sending.send(prompts)
         finally:
             self.progress.close()
+        done = runner.counters.rows_done
         if self.stop.signum is not None:
-            checkpoint.end_run(
-                run, rows_sent=runner.counters.rows_done, exit_code=128 + self.stop.signum
-            )
+            checkpoint.end_run(run, rows_sent=done, exit_code=128 + self.stop.signum)
             raise Interrupted("interrupted", self.stop.signum)
         if runner.fatal is not None:
-            checkpoint.end_run(run, rows_sent=runner.counters.rows_done, exit_code=2)
+            checkpoint.end_run(run, rows_sent=done, exit_code=2)
             raise UsageError(runner.fatal_message(kept=config.checkpoint_path is not None))
-        await self._in_thread(functools.partial(self._write, source, checkpoint, provider, key))
+        self.output_rows = await self._in_thread(
+            functools.partial(
+                write_rows,
+                config,
+                source,
+                checkpoint,
+                provider.extra_columns,
+                key,
+                self.stop.interrupted,
+            )
+        )
         if self.stop.signum is not None:  # a signal during the write: the output is whole
             raise Interrupted("interrupted after the output was written", self.stop.signum)
         tally = checkpoint.tally(config.limit)
@@ -295,83 +250,26 @@ class Job:
         early = self.stop.reason in ("deadline", "refusals") and tally.pending > 0
         stopped = self.stop.reason if early else None
         exit_code = 4 if stopped else 0 if tally.answered == tally.rows else 3
-        checkpoint.end_run(run, rows_sent=runner.counters.rows_done, exit_code=exit_code)
-        summary = self._summary(tally, started, exit_code, stopped=stopped, rate=control.rate)
-        self._report(summary)
+        checkpoint.end_run(run, rows_sent=done, exit_code=exit_code)
+        summary = self._summary(tally, exit_code, stopped=stopped, rate=sending.control.rate)
+        self._reporter.report(summary)
         return summary
-
-    async def _open_source(self, fields: Fields, cleanup: contextlib.ExitStack) -> Rows:
-        """The rows to run: the data in memory, or the input file(s) (standard input copied
-        aside first, so it can be read twice)."""
-        config = self.config
-        if self.data is not None:
-            from batchpizza.sources.memory import MemorySource
-
-            return MemorySource(self.data, fields, config.input_label or "<data>")
-        from batchpizza.sources import open_source
-
-        assert config.input is not None  # a RunConfig for a file job names its input
-        stdin_copy = None
-        if config.input == "-":
-            stdin_copy = await self._spool_stdin()
-            cleanup.callback(stdin_copy.unlink, missing_ok=True)
-        source = open_source(config.input, fields, stdin_copy, config.input_label)
-        cleanup.callback(source.close)
-        return source
-
-    def _write(
-        self, source: Rows, checkpoint: Checkpoint, provider: Provider, key: str | None
-    ) -> None:
-        """The output, in a worker thread: the file, or for rows in memory their results."""
-        config = self.config
-        if config.output is None:
-            self.output_rows = [r for page in checkpoint.output_rows(config.limit) for r in page]
-            return
-        from batchpizza.sinks import write_output
-        from batchpizza.sinks.values import result_columns
-        from batchpizza.sources import Source
-
-        assert config.output_format is not None  # a file job's output has a format
-        write_output(
-            cast(Source, source),  # a file's rows: a Source, which also carries its fields
-            checkpoint,
-            Path(config.output),
-            config.output_format,
-            results=result_columns(provider.extra_columns),
-            scan_key=key,
-            limit=config.limit,
-            stop=self.stop.interrupted,
-        )
 
     async def _scan(
         self, source: Rows, key: str | None, cleanup: contextlib.ExitStack, *, reuse: bool
-    ) -> ScanIndex | None:
-        """Validate the input, or reuse the last run's scan when the input files are unchanged;
-        None when reused. Bad rows raise InputError, having changed nothing."""
-        config = self.config
-        path = config.checkpoint_path
-        if reuse and key is not None and path is not None and path.exists():
-            info = Checkpoint.peek_scan(path, key)
-            if info is not None and (config.skip_bad_rows or not info["bad"]):
-                source.restore(info)
-                return None
-        scan = ScanIndex(self._scan_path())
-        cleanup.callback(scan.close)
-        await self._in_thread(
-            functools.partial(
-                scan.scan, source.scan(), source.unit, source.names, self.stop.interrupted
-            )
+    ) -> Any:
+        return await scan_rows(
+            self.config,
+            source,
+            key,
+            cleanup,
+            reuse=reuse,
+            in_memory=self.data is not None,
+            in_thread=self._in_thread,
+            stop=self.stop,
         )
-        if scan.bad and not config.skip_bad_rows:
-            rows = describe(source, scan.first_bad)
-            raise InputError(f"{scan.bad} bad row(s) in the input:", rows, scan.bad)
-        if self.stop.interrupted.is_set():  # a signal during the last batch: change nothing
-            raise Interrupted("interrupted while reading the input", 0)
-        return scan
 
-    async def _dry_run(
-        self, planning: Checkpoint, source: Rows, provider: Provider, started: float
-    ) -> Summary:
+    async def _dry_run(self, planning: Checkpoint, source: Rows, provider: Provider) -> Summary:
         config = self.config
 
         def plan() -> tuple[Any, ...]:
@@ -391,17 +289,7 @@ class Job:
             dry_run_report(config, tally, counts, previews, planning.learned_rate()),
             file=sys.stderr,
         )
-        return self._summary(tally, started, 0)
-
-    async def _spool_stdin(self) -> Path:
-        # One name per checkpoint, taken under its lock: a copy left by a killed run is simply
-        # overwritten by the next one instead of piling up.
-        from batchpizza.sources.stdin import spool_stdin_aside
-
-        ck = self.config.checkpoint_path
-        assert ck is not None  # standard input is a file job's, which has an output
-        dest = ck.with_name(f".{ck.name}.stdin.partial")
-        return await spool_stdin_aside(self.stdin, dest, self.stop)
+        return self._summary(tally, 0)
 
     async def _in_thread(self, func: Callable[[], Any]) -> Any:
         """Blocking work in a thread; on cancellation it is told to stop and waited for."""
@@ -413,47 +301,16 @@ class Job:
             await asyncio.wait([future])
             raise
 
-    def _where(self, started: float) -> dict[str, Any]:
-        path = self.config.checkpoint_path
-        return {
-            "elapsed_s": round(time.monotonic() - started, 3),
-            "output": self.config.output,
-            "checkpoint": None if path is None else str(path),
-        }
-
     def _summary(
         self,
         tally: Tally | None,
-        started: float,
         exit_code: int,
         *,
         stopped: str | None = None,
         rate: float | None = None,
     ) -> Summary:
-        counters = self.runner.counters if self.runner else None
-        return Summary.of(
-            tally,
-            requests=counters.requests if counters else 0,
-            retries=counters.retries if counters else 0,
-            exit_code=exit_code,
-            stopped=stopped,
-            rate=rate,
-            **self._where(started),
-        )
-
-    def _report(self, summary: Summary) -> None:
-        self._reported = True
-        if not self.config.quiet:
-            with contextlib.suppress(OSError, ValueError):  # a closed stderr must not fail a run
-                print(summary_line(summary), file=sys.stderr, flush=True)
-        if self.config.summary_json and not self.config.dry_run:
-            write_atomically(Path(self.config.summary_json), summary.to_json())
-
-
-def _options(config: RunConfig) -> dict[str, Any]:
-    """The options a run records for its report (secrets are in URLs: those are left out)."""
-    keep = ("concurrency", "rate", "max_retries", "timeout", "provider", "model", "limit")
-    return {name: getattr(config, name) for name in keep}
+        counters = self.sending.runner.counters if self.sending else None
+        return self._reporter.summary(tally, counters, exit_code, stopped=stopped, rate=rate)
 
 
 async def arun(

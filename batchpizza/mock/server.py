@@ -20,6 +20,7 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -213,3 +214,10 @@ async def _serve(config: MockConfig, host: str, port: int) -> None:
     finally:
         await server.stop()
         print(json.dumps(server.stats.to_dict(answers=False)), file=sys.stderr, flush=True)
+
+
+@contextlib.asynccontextmanager
+async def serving(config: MockConfig | None = None) -> AsyncIterator[str]:
+    """A mock server on a free local port for the block (`--mock`: the offline demo); its URL."""
+    async with MockServer(config or MockConfig()) as server:
+        yield server.base_url

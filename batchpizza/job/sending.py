@@ -1,0 +1,96 @@
+"""The sending stage of a job: this run's controls (pacing, the learned rate, the breaker) and the
+engine's runner over the rows the plan left to send, stopped early at the deadline or when the
+breaker runs out of patience, its requests in flight given the grace period."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+
+import aiohttp
+
+from batchpizza.checkpoint import Checkpoint
+from batchpizza.config import RunConfig
+from batchpizza.controls.control import Control
+from batchpizza.controls.gate import Gatekeeper
+from batchpizza.controls.retrying import RetryPolicy
+from batchpizza.controls.stop import Stop
+from batchpizza.engine.runner import PendingRow, Runner
+from batchpizza.providers import Provider
+from batchpizza.records import Result
+
+
+class Sending:
+    """One run's sending: `send` the rows, `stop_early` or `interrupt` it from outside."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        provider: Provider,
+        checkpoint: Checkpoint,
+        run: int,
+        stop: Stop,
+        *,
+        on_result: Callable[[int, Result], None],
+        gatekeeper: Gatekeeper | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.config = config
+        self.stop = stop
+        self.control = Control(
+            rate=config.rate_per_s,
+            auto_max=config.auto_max,
+            learned=checkpoint.learned_rate(),
+            patience=config.patience_s,
+            retry_after_cap=config.retry_after_cap,
+            timeout=config.timeout,
+            on_give_up=functools.partial(self.stop_early, "refusals"),
+            stop_signal=stop.wait,
+        )
+        # A Ray actor's gate to the cluster's one controller stands in for this run's Control.
+        self.runner = Runner(
+            provider,
+            checkpoint,
+            RetryPolicy.from_config(config),
+            gatekeeper or self.control,
+            concurrency=config.concurrency,
+            stop=stop,
+            run=run,
+            on_result=on_result,
+            session=session,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def send(self, rows: Iterator[PendingRow]) -> None:
+        """Send every row; returns after a stop once the grace period is over."""
+        if self.stop.sending_stopped:
+            return
+        self._task = asyncio.create_task(self.runner.run(rows))
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            if not self.stop.sending_stopped:
+                raise  # cancelled by our caller, not by our own grace timer
+
+    def stop_early(self, reason: str) -> None:
+        """A planned stop (the deadline, the breaker out of patience): no new request, those in
+        flight get the grace period, then the output is written with the rest pending."""
+        if not self.stop.sending_stopped:
+            self.stop.stop_sending(reason)
+            self.cancel_after_grace()
+
+    def cancel_after_grace(self) -> None:
+        task = self._task
+        if task is not None and not task.done():
+            asyncio.get_running_loop().call_later(self.config.grace, task.cancel)
+
+    def save(self, checkpoint: Checkpoint, run: int) -> None:
+        """The rate history and breaker trips for the report, and the learned rate for the next
+        run to start from; on every way out of the run."""
+        control = self.control
+        with contextlib.suppress(Exception):  # never mask the error the run is ending with
+            checkpoint.record_events(run, control.take_events())
+            if control.adaptive is not None:
+                checkpoint.set_meta(learned_rate=control.adaptive.rate)

@@ -1,0 +1,98 @@
+"""The end of a job: its rows written out (the output file, or for rows in memory their output
+rows), and the summary it leaves on every way out (the line on stderr, --summary-json)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, cast
+
+from batchpizza.checkpoint import Checkpoint
+from batchpizza.config import RunConfig
+from batchpizza.files import write_atomically
+from batchpizza.progress import summary_line
+from batchpizza.records import OutputRow, Summary, Tally
+from batchpizza.sources.base import Rows
+
+
+def write_rows(
+    config: RunConfig,
+    source: Rows,
+    checkpoint: Checkpoint,
+    extra_columns: tuple[str, ...],
+    scan_key: str | None,
+    stop: threading.Event,
+) -> list[OutputRow] | None:
+    """The output, in a worker thread: the file (None returned), or for rows in memory every
+    row's output row, in input order."""
+    if config.output is None:
+        return [row for page in checkpoint.output_rows(config.limit) for row in page]
+    from batchpizza.sinks import write_output
+    from batchpizza.sinks.values import result_columns
+    from batchpizza.sources import Source
+
+    assert config.output_format is not None  # a file job's output has a format
+    write_output(
+        cast(Source, source),  # a file's rows: a Source, which also carries its fields
+        checkpoint,
+        Path(config.output),
+        config.output_format,
+        results=result_columns(extra_columns),
+        scan_key=scan_key,
+        limit=config.limit,
+        stop=stop,
+    )
+    return None
+
+
+def run_options(config: RunConfig) -> dict[str, Any]:
+    """The options a run records for its report (secrets are in URLs: those are left out)."""
+    keep = ("concurrency", "rate", "max_retries", "timeout", "provider", "model", "limit")
+    return {name: getattr(config, name) for name in keep}
+
+
+class Reporter:
+    """The summary of one run, said once: on stderr unless quiet, and in --summary-json."""
+
+    def __init__(self, config: RunConfig, started: float) -> None:
+        self.config = config
+        self.started = started
+        self.reported = False
+
+    def where(self) -> dict[str, Any]:
+        path = self.config.checkpoint_path
+        return {
+            "elapsed_s": round(time.monotonic() - self.started, 3),
+            "output": self.config.output,
+            "checkpoint": None if path is None else str(path),
+        }
+
+    def summary(
+        self,
+        tally: Tally | None,
+        counters: Any,
+        exit_code: int,
+        *,
+        stopped: str | None = None,
+        rate: float | None = None,
+    ) -> Summary:
+        return Summary.of(
+            tally,
+            requests=counters.requests if counters else 0,
+            retries=counters.retries if counters else 0,
+            exit_code=exit_code,
+            stopped=stopped,
+            rate=rate,
+            **self.where(),
+        )
+
+    def report(self, summary: Summary) -> None:
+        self.reported = True
+        if not self.config.quiet:
+            with contextlib.suppress(OSError, ValueError):  # a closed stderr must not fail a run
+                print(summary_line(summary), file=sys.stderr, flush=True)
+        if self.config.summary_json and not self.config.dry_run:
+            write_atomically(Path(self.config.summary_json), summary.to_json())
