@@ -1,6 +1,27 @@
 """The file job: a run from an input file to an output file, and the `run`/`arun` doors."""
 
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from batchpizza.config import RunConfig
 from batchpizza.job.loop import run_loop
-from batchpizza.job.stages import Job, arun, run
+from batchpizza.job.stages import Job
+from batchpizza.records import Summary
 
 __all__ = ["Job", "arun", "run", "run_loop"]
+
+
+async def arun(
+    input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any
+) -> Summary:
+    """Run a batch inside a running event loop; returns the summary. Options as on the command
+    line (concurrency=, rate=, max_retries=, ...). Raises BatchpizzaError subclasses on failure."""
+    config = RunConfig.from_options(str(input), str(output), **options)
+    return await Job(config).run()
+
+
+def run(input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any) -> Summary:
+    """Run a batch to the end and return its summary (see `arun` inside a running loop)."""
+    return run_loop(arun(input, output, **options))

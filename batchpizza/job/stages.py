@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -23,7 +22,6 @@ from typing import IO, TYPE_CHECKING, Any
 
 from batchpizza.checkpoint import Checkpoint, RunLock
 from batchpizza.config import RunConfig
-from batchpizza.controls.gate import Gatekeeper
 from batchpizza.controls.stop import Stop
 from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError
 from batchpizza.job.paths import check_paths
@@ -37,6 +35,7 @@ from batchpizza.records import OutputRow, Result, Summary, Tally
 if TYPE_CHECKING:
     import aiohttp
 
+    from batchpizza.controls.gate import Gatekeeper
     from batchpizza.providers import Provider
     from batchpizza.sources.base import Rows
     from batchpizza.tables import InMemory
@@ -311,19 +310,3 @@ class Job:
     ) -> Summary:
         counters = self.sending.runner.counters if self.sending else None
         return self._reporter.summary(tally, counters, exit_code, stopped=stopped, rate=rate)
-
-
-async def arun(
-    input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any
-) -> Summary:
-    """Run a batch inside a running event loop; returns the summary. Options as on the command
-    line (concurrency=, rate=, max_retries=, ...). Raises BatchpizzaError subclasses on failure."""
-    config = RunConfig.from_options(str(input), str(output), **options)
-    return await Job(config).run()
-
-
-def run(input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any) -> Summary:
-    """Run a batch to the end and return its summary (see `arun` inside a running loop)."""
-    from batchpizza.job.loop import run_loop
-
-    return run_loop(arun(input, output, **options))
