@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from batchpizza.controls.adaptive import AdaptiveRate
 from batchpizza.controls.breaker import (
     MIN_TRIP,
     Breaker,
@@ -22,7 +23,6 @@ from batchpizza.controls.breaker import (
     BreakerState,
     Permit,
 )
-from batchpizza.controls.ratelimit import AdaptiveRate
 
 
 class VirtualTime:

@@ -15,9 +15,9 @@ from conftest import FAST, write_jsonl
 
 import batchpizza
 from batchpizza.checkpoint import Checkpoint
+from batchpizza.controls.adaptive import Feedback
 from batchpizza.controls.control import Control, feedback_of
 from batchpizza.controls.gate import Stopped
-from batchpizza.controls.ratelimit import Feedback
 from batchpizza.errors import (
     BadReply,
     HTTPStatusError,

@@ -42,10 +42,10 @@ from typing import Literal
 
 from batchpizza.controls.ratelimit import Clock, Sleep, Wakeup
 
-DEFAULT_PATIENCE_S = 600.0  # SPEC: --patience defaults to 10m
-FIRST_WAIT_S = 60.0  # SPEC: the first wait; each trip doubles it
-WINDOW = 20  # SPEC: the last 20 finished attempts
-TRIP_AT = 10  # SPEC: at least half of 20
+DEFAULT_PATIENCE_S = 600.0  # --patience defaults to 10m
+FIRST_WAIT_S = 60.0  # the first wait; each trip doubles it
+WINDOW = 20  # the last 20 finished attempts
+TRIP_AT = 10  # at least half of 20
 # Before 20 attempts have finished, half of those that have, and at least this many: a run at
 # the default concurrency of 8 against a service refusing everything otherwise sat out a 30 s
 # misuse backoff (8 refusals, short of 10) before the breaker could trip (27 s to stop, seen).

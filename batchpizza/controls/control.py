@@ -19,9 +19,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from batchpizza.controls.adaptive import AdaptiveRate, Feedback
 from batchpizza.controls.breaker import Breaker, BreakerExhausted, BreakerState, Permit
 from batchpizza.controls.gate import Gatekeeper, Stopped
-from batchpizza.controls.ratelimit import AdaptiveRate, Clock, Feedback, Gate, Sleep
+from batchpizza.controls.ratelimit import RETRY_AFTER, WINDOW, Clock, Pacer, Pause, Sleep
 from batchpizza.errors import (
     RETRYABLE_STATUSES,
     BadReply,
@@ -53,6 +54,66 @@ def feedback_of(error: ProviderError | None, again: bool = False) -> tuple[Feedb
     if overloaded:
         return Feedback.OVERLOAD, False, False
     return Feedback.NEUTRAL, False, True
+
+
+class Gate:
+    """What every attempt passes before it is sent: the shared pause, then the pacer. `rate` is
+    a fixed rate (0 = unlimited) or an AdaptiveRate, which then sets the pacer's rate."""
+
+    def __init__(
+        self,
+        rate: float | AdaptiveRate,
+        *,
+        window: float = WINDOW,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.pause = Pause(clock=clock, sleep=sleep)
+        self.adaptive = rate if isinstance(rate, AdaptiveRate) else None
+        self.pacer: Pacer | None = None
+        start = rate.rate if isinstance(rate, AdaptiveRate) else rate
+        if start > 0:
+            self.pacer = Pacer(start, window=window, clock=clock, sleep=sleep)
+        if self.adaptive is not None and self.pacer is not None:
+            self.adaptive.drive(self.pacer)
+        self._waiting: str | None = None
+
+    @property
+    def rate(self) -> float:
+        """The rate in force, requests/s; 0 when unlimited."""
+        return self.pacer.rate if self.pacer is not None else 0.0
+
+    @property
+    def waiting(self) -> str | None:
+        """What holds the run back now, for a progress bar: "retry-after" while a Retry-After
+        pause lasts (`pause.remaining` says how long), else what the runner set (e.g. "breaker"),
+        else None."""
+        if self.pause.remaining > 0:
+            return RETRY_AFTER
+        return self._waiting
+
+    @waiting.setter
+    def waiting(self, reason: str | None) -> None:
+        self._waiting = reason
+
+    def try_enter(self) -> bool:
+        """`enter()` if it can pass at once (no Retry-After pause holding, and no pacer or a
+        free slot this instant, which it then takes); False: call `enter()`."""
+        if self.pause.holding:
+            return False
+        return self.pacer is None or self.pacer.try_now()
+
+    async def enter(self) -> None:
+        while True:
+            await self.pause.wait()
+            if self.pacer is None:
+                return
+            await self.pacer.acquire()
+            # A Retry-After that arrived while this worker slept for its slot holds it too. The
+            # slot is forfeited (it stays in the pacer's log, which only errs on the safe side)
+            # and a fresh one is taken after the pause, so the waiters do not leave in a burst.
+            if self.pause.remaining <= 0:
+                return
 
 
 class Control(Gatekeeper):

@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from batchpizza.controls.adaptive import AdaptiveRate, Feedback
 from batchpizza.controls.breaker import (
     Breaker,
     BreakerEvent,
@@ -37,14 +38,7 @@ from batchpizza.controls.breaker import (
     Permit,
 )
 from batchpizza.controls.control import feedback_of
-from batchpizza.controls.ratelimit import (
-    WINDOW,
-    AdaptiveRate,
-    Clock,
-    Feedback,
-    Sleep,
-    sends_per_window,
-)
+from batchpizza.controls.ratelimit import WINDOW, Clock, Sleep, sends_per_window
 from batchpizza.errors import ProviderError
 
 # An actor's event loop may wake this late for its slot and still send; later, the slot is void.
