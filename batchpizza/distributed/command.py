@@ -194,7 +194,7 @@ class ClusterRun:
                     f"  time        {sending_time(todo, rate, self.config.concurrency, auto)}",
                 ]
             ),
-            file=sys.stderr,
+            flush=True,  # the plan goes to stdout, to be piped; the summary line to stderr
         )
         return self._summary(Tally(rows=len(ids), answered=answered), 0)
 

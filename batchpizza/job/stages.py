@@ -390,10 +390,8 @@ class Job:
         if self.stop.interrupted.is_set():
             raise Interrupted("interrupted while planning", 0)
         previews = [provider.preview(prompt) for prompt in firsts]
-        print(
-            dry_run_report(config, tally, counts, previews, planning.learned_rate()),
-            file=sys.stderr,
-        )
+        # On stdout, to be piped or saved; the summary line stays on stderr with the logs.
+        print(dry_run_report(config, tally, counts, previews, planning.learned_rate()), flush=True)
         return self._summary(tally, started, 0)
 
     async def _spool_stdin(self) -> Path:
