@@ -344,7 +344,8 @@ class ClusterRun:
         self._reported = True
         if not self.quiet:
             with contextlib.suppress(OSError, ValueError):  # a closed stderr must not fail a run
-                print(summary_line(summary), file=sys.stderr, flush=True)
+                line = summary_line(summary, self.config.log_format)
+                print(line, file=sys.stderr, flush=True)
         if self.summary_json and not self.dry_run:
             write_atomically(Path(self.summary_json), summary.to_json())
 

@@ -36,6 +36,7 @@ from batchpizza.providers import Provider
 from batchpizza.providers.factory import make_provider, remember_secrets
 from batchpizza.records import OutputRow, Result, Summary, Tally
 from batchpizza.rows import Fields
+from batchpizza.runlog import run_start
 from batchpizza.sources.base import Rows, describe
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ class Job:
 
     async def run(self) -> Summary:
         config = self.config
-        setup_logging(config.quiet, config.verbose)
+        setup_logging(config.quiet, config.verbose, config.log_format)
         remember_secrets(config)
         started = time.monotonic()
         try:
@@ -261,6 +262,14 @@ class Job:
             session=self.session,
         )
         total = checkpoint.rows(config.limit)
+        # The log's start line: what this run is about to send and why (a cron mail opens so).
+        left = (
+            None
+            if config.deadline_s is None
+            else config.deadline_s - (time.monotonic() - _PROCESS_START)
+        )
+        invalid = checkpoint.tally(config.limit).invalid
+        self.progress.announce(run_start(config, plan, total, invalid, control.rate, left))
         self.progress.start(total, total - todo, runner.counters, control)
         if config.deadline_s is not None:
             remaining = config.deadline_s - (time.monotonic() - _PROCESS_START)
@@ -446,7 +455,8 @@ class Job:
         self._reported = True
         if not self.config.quiet:
             with contextlib.suppress(OSError, ValueError):  # a closed stderr must not fail a run
-                print(summary_line(summary), file=sys.stderr, flush=True)
+                line = summary_line(summary, self.config.log_format)
+                print(line, file=sys.stderr, flush=True)
         if self.config.summary_json and not self.config.dry_run:
             write_atomically(Path(self.config.summary_json), summary.to_json())
 
