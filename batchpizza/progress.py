@@ -17,7 +17,7 @@ import contextlib
 import datetime as dt
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from batchpizza.records import Tally
@@ -88,16 +88,16 @@ class Progress:
 
 
 def bar_parts(s: Snapshot, width: int) -> tuple[str, int, str]:
-    """The bar's line for a terminal `width` columns wide: the text before the bar, the bar's
-    width, the text after it. The fields go most important first, and only those that fit are
-    shown: done/total, answered/failed, what the run waits for and the rate before the bar
-    itself, then requests/s, elapsed<remaining, in flight, retries, misuse, invalid."""
-    pct = 100.0 * s.done / s.rows if s.rows else 100.0
-    head = f"{s.done}/{s.rows} {pct:.0f}%"
-    essential = [f"ok={s.answered} fail={s.failed}"]
-    if s.waiting:
-        essential.append(f"WAIT {s.waiting}")
-    essential.append(f"rate={s.rate:.3g}/s" if s.rate else "rate=unlimited")
+    """The bar's line for `width` columns (tqdm's width: the terminal's less the last column):
+    the text before the bar, the bar's width, the text after it. The fields go most important
+    first, and only those that fit are shown: done/total, answered/failed, what the run waits for
+    and the rate come before the bar itself (which gives way, then the counts shorten to 123k),
+    then requests/s, elapsed<remaining, in flight, retries, misuse, invalid."""
+    for count in (str, _si):
+        head, essential = _essential(s, count)
+        needed = len(head) + 1 + len(essential)
+        if needed <= width:
+            break
     per_row = s.elapsed_s / s.finished_this_run if s.finished_this_run else None
     remaining = "?" if per_row is None else clock(per_row * s.to_send)
     optional = [
@@ -108,20 +108,37 @@ def bar_parts(s: Snapshot, width: int) -> tuple[str, int, str]:
         f"misuse={s.misuse}",
         f"invalid={s.invalid}",
     ]
-    needed = len(head) + len(" ".join(essential))
-    # The bar gives way to the essential fields: "|" and "| " around it, 3 columns at least.
-    bar = min(10 if width < 120 else 20, width - needed - 3)
+    # Below 120 columns the fields come first; on a wide terminal the bar takes a fifth.
+    preferred = 10 if width < 120 else min(width // 5, 40)
+    bar = min(preferred, width - needed - 3)  # "|" and "| " around the bar instead of " "
     if bar < 3:
-        bar, used = 0, needed + 1
-    else:
-        used = needed + bar + 3
-    tail = essential
+        bar = 0
+    used = needed + (bar + 3 if bar else 0)
+    tail = [essential]
     for field in optional:
         if used + 1 + len(field) > width:
             break
         tail.append(field)
         used += 1 + len(field)
     return (f"{head}|", bar, f"| {' '.join(tail)}") if bar else (f"{head} ", 0, " ".join(tail))
+
+
+def _essential(s: Snapshot, count: Callable[[int], str]) -> tuple[str, str]:
+    pct = 100.0 * s.done / s.rows if s.rows else 100.0
+    head = f"{count(s.done)}/{count(s.rows)} {pct:.0f}%"
+    fields = [f"ok={count(s.answered)} fail={count(s.failed)}"]
+    if s.waiting:
+        fields.append(f"WAIT {s.waiting}")
+    fields.append(f"rate={s.rate:.3g}/s" if s.rate else "rate=unlimited")
+    return head, " ".join(fields)
+
+
+def _si(n: int) -> str:
+    """A count in at most 4 characters or so: 999, 1.2k, 123k, 1.00M."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
 
 
 class Bar(Progress):
