@@ -49,9 +49,9 @@ def cli() -> None:
 )
 @click.option(
     "--rate",
-    default=defaults.DEFAULT_RATE,
-    show_default=True,
-    help="Requests per second, evenly spaced: 5, 5/s, 300/min, 1000/h; 0 = unlimited.",
+    help="Requests per second, evenly spaced: 5, 5/s, 300/min, 1000/h; 0 = unlimited; auto or "
+    "auto:MAX (e.g. auto:20/s) = learned from the service, up to MAX "
+    f"[default: {defaults.DEFAULT_RATE}; {defaults.DEFAULT_MOCK_RATE} with --mock].",
 )
 @click.option(
     "--max-retries",
@@ -67,15 +67,9 @@ def cli() -> None:
     show_default=True,
     help="Seconds per attempt.",
 )
+@click.option("--proxy", help="HTTP(S) proxy URL.")
 @click.option(
-    "--proxy", envvar="BATCHPIZZA_PROXY", help="HTTP(S) proxy URL [env: BATCHPIZZA_PROXY]."
-)
-@click.option(
-    "--base-url",
-    envvar="BATCHPIZZA_BASE_URL",
-    default=defaults.DEFAULT_BASE_URL,
-    show_default=True,
-    help="API server [env: BATCHPIZZA_BASE_URL].",
+    "--base-url", default=defaults.DEFAULT_BASE_URL, show_default=True, help="API server."
 )
 @click.option(
     "--checkpoint", help="Checkpoint file (a folder with --ray) [default: OUTPUT.checkpoint]."
@@ -141,6 +135,14 @@ def cli() -> None:
 @click.option(
     "--summary-json", type=click.Path(dir_okay=False), help="Also write the summary as JSON here."
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(defaults.LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="Log lines on stderr (start, progress, summary): timestamped text, or one JSON object "
+    "a line for a log collector.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every retry, with a timestamp.")
 @click.option(
@@ -159,7 +161,11 @@ def cli() -> None:
     "OUTPUT may be folders of Parquet parts. Needs batchpizza[ray].",
 )
 def run(**options: Any) -> None:
-    """Send every prompt of INPUT (.jsonl, .ndjson, .gz, .parquet, a folder, or - for stdin).
+    """Send every prompt of INPUT (.jsonl, .ndjson, .csv, .tsv, .gz, .parquet, a folder, or -
+    for stdin).
+
+    Every option can also be set by an environment variable: BATCHPIZZA_ and the option's long
+    name in capitals, dashes as underscores (--rate: BATCHPIZZA_RATE); the command line wins.
 
     \b
     Examples:
@@ -186,6 +192,21 @@ def run(**options: Any) -> None:
     except BatchpizzaError as exc:
         raise click.UsageError(exc.message) from None
     sys.exit(_run_job(Job(config)))
+
+
+def _environment_variables(command: click.Command) -> None:
+    """Every option of `command` read from BATCHPIZZA_<LONG NAME> when not on the command line
+    (--rate: BATCHPIZZA_RATE), shown in --help; the same rule as the variables that came first
+    (BATCHPIZZA_BASE_URL, BATCHPIZZA_PROXY)."""
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.envvar is not None:
+            continue
+        long = next(o for o in param.opts if o.startswith("--"))
+        param.envvar = "BATCHPIZZA_" + long[2:].upper().replace("-", "_")
+        param.show_envvar = True
+
+
+_environment_variables(run)
 
 
 def _run_on_ray(input_path: str, output: str, address: str, options: dict[str, Any]) -> int:

@@ -15,6 +15,9 @@ DEFAULT_BASE_URL = "https://www.pizzagpt.it"
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RATE = "2/s"  # polite to a free service
+# --mock without --rate: the bundled mock is no one's free service, and the README's demo should
+# not take minutes.
+DEFAULT_MOCK_RATE = "20/s"
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_PROMPT_FIELD = "prompt"
@@ -34,6 +37,7 @@ DEFAULT_AUTO_MAX = 20.0  # --rate auto without a MAX: a ceiling polite to a free
 DEFAULT_PROGRESS_EVERY = 60.0  # seconds between progress lines when stderr is not a terminal
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 PROVIDERS = ("pizzagpt", "openai")
+LOG_FORMATS = ("text", "json")
 FORMATS = ("parquet", "jsonl", "openai-batch")
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl"}
@@ -191,7 +195,7 @@ class RunConfig:
     messages_field: str | None = None
     id_field: str | None = None
     concurrency: int = DEFAULT_CONCURRENCY
-    rate: float | str = DEFAULT_RATE
+    rate: float | str | None = None  # None: DEFAULT_RATE, or DEFAULT_MOCK_RATE under mock
     max_retries: int = DEFAULT_MAX_RETRIES
     timeout: float = DEFAULT_TIMEOUT
     proxy: str | None = None
@@ -224,6 +228,7 @@ class RunConfig:
     api_key_env: str = DEFAULT_API_KEY_ENV
     format: str | None = None  # None: from the output's extension
     input_label: str | None = None  # what messages call the input (in-memory data: "<data>")
+    log_format: str = "text"  # of the log lines on stderr: "text", or "json" (one object a line)
     rate_per_s: float = field(init=False)
     auto_max: float | None = field(init=False)  # set under --rate auto: the learned rate's ceiling
     output_format: str | None = field(init=False)  # None: no output file
@@ -231,6 +236,9 @@ class RunConfig:
     patience_s: float = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.rate is None:
+            object.__setattr__(self, "rate", DEFAULT_MOCK_RATE if self.mock else DEFAULT_RATE)
+        assert self.rate is not None
         rate, auto_max = parse_rate_option(self.rate)
         object.__setattr__(self, "rate_per_s", rate)
         object.__setattr__(self, "auto_max", auto_max)
@@ -246,6 +254,8 @@ class RunConfig:
             raise UsageError(f"--provider {self.provider!r}: one of {', '.join(PROVIDERS)}")
         if self.provider == "pizzagpt" and self.model not in (None, DEFAULT_MODEL):
             raise UsageError(f"--model {self.model!r}: Pizzagpt serves only {DEFAULT_MODEL}")
+        if self.log_format not in LOG_FORMATS:
+            raise UsageError(f"--log-format {self.log_format!r}: one of {', '.join(LOG_FORMATS)}")
         if self.progress_every <= 0:
             raise UsageError("--progress-every must be a positive number of seconds")
         if self.concurrency < 1:

@@ -1,30 +1,54 @@
-"""What the user sees while a run goes and when it ends: a tqdm bar on a terminal, a timestamped
-line every minute in a log file, the summary line, and a dry run's plan.
+"""What the user sees while a run goes: a tqdm bar on a terminal, a timestamped line every minute
+in a log file (batchpizza.runlog writes the lines), and a dry run's plan.
 
-The core calls `Progress.start/advance/close` and never imports tqdm; the counts come from the
-runner's Counters and the run's Control (rate, what the run is waiting for), refreshed at most a
-few times a second so a fast run does not pay for it.
+The core calls `Progress.announce/start/advance/close` and never imports tqdm; the counts come
+from the runner's Counters and the run's Control (rate, what the run is waiting for). The bar is
+redrawn on a timer as well as when rows finish, so that it moves (the elapsed time, what the run
+waits for) while no row finishes, and at most a few times a second so a fast run does not pay.
+
+tqdm, not rich: tqdm is already a dependency (and draws the notebook widget), and its dynamic
+width (`dynamic_ncols`) is all the bar needs; the fields are fitted to that width here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
-import logging
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from batchpizza.records import Tally
-from batchpizza.redact import RedactingFilter, inert, redact
+from batchpizza.redact import redact
+from batchpizza.runlog import (
+    RunStart,
+    Snapshot,
+    clock,
+    log,
+    log_progress,
+    log_start,
+    setup_logging,
+    summary_line,
+)
 
-log = logging.getLogger("batchpizza")
+__all__ = ["Bar", "Lines", "Progress", "bar_parts", "choose", "setup_logging", "summary_line"]
+
 _MASKED_HEADERS = ("authorization", "x-api-key", "proxy-authorization")
+REDRAW_S = 0.5  # the bar's timer: at least this often, whether rows finish or not
 
 
 class Progress:
-    """No bar: the interface, and what runs with --no-progress or -q."""
+    """No bar: the interface, and what runs with --no-progress or -q. The start line is still
+    logged (a log level of ERROR, under -q, drops it)."""
+
+    start_info: RunStart | None = None
+
+    def announce(self, start: RunStart) -> None:
+        """Called once the plan is known, before `start`: the log's start line."""
+        self.start_info = start
+        log_start(start)
 
     def start(self, total: int, done: int, counters: Any, control: Any = None) -> None:
         pass
@@ -35,31 +59,97 @@ class Progress:
     def close(self) -> None:
         pass
 
+    def _begin(self, total: int, done: int, counters: Any, control: Any) -> None:
+        self.total, self.done_before = total, done
+        self.counters, self.control = counters, control
+        self._started = time.monotonic()
 
-def _status(counters: Any, control: Any, elapsed: float) -> str:
-    """answered / failed / misuse, requests per second, retries, in flight, rate, waiting."""
-    c = counters
-    parts = [
-        f"ok={c.answered} fail={c.failed} misuse={c.misuse}",
-        f"{c.requests / max(elapsed, 1e-9):.1f}req/s",
-        f"retry={c.retries}",
-        f"fly={c.in_flight}",
+    def snapshot(self) -> Snapshot:
+        """Where the run stands: rows over the whole output (those kept from earlier runs and
+        this run's), requests this run."""
+        c = self.counters
+        invalid = self.start_info.invalid if self.start_info is not None else 0
+        answered_before = self.done_before - invalid  # every other row not to send is answered
+        return Snapshot(
+            rows=self.total,
+            done=self.done_before + c.rows_done,
+            answered=answered_before + c.answered,
+            failed=c.failed,
+            misuse=c.misuse,
+            invalid=invalid,
+            finished_this_run=c.rows_done,
+            requests=c.requests,
+            retries=c.retries,
+            in_flight=c.in_flight,
+            elapsed_s=time.monotonic() - self._started,
+            rate=getattr(self.control, "rate", None),
+            waiting=getattr(self.control, "waiting", None),
+        )
+
+
+def bar_parts(s: Snapshot, width: int) -> tuple[str, int, str]:
+    """The bar's line for `width` columns (tqdm's width: the terminal's less the last column):
+    the text before the bar, the bar's width, the text after it. The fields go most important
+    first, and only those that fit are shown: done/total, answered/failed, what the run waits for
+    and the rate come before the bar itself (which gives way, then the counts shorten to 123k),
+    then requests/s, elapsed<remaining, in flight, retries, misuse, invalid."""
+    for count in (str, _si):
+        head, essential = _essential(s, count)
+        needed = len(head) + 1 + len(essential)
+        if needed <= width:
+            break
+    per_row = s.elapsed_s / s.finished_this_run if s.finished_this_run else None
+    remaining = "?" if per_row is None else clock(per_row * s.to_send)
+    optional = [
+        f"{s.requests_per_s:.1f}req/s",
+        f"{clock(s.elapsed_s)}<{remaining}",
+        f"fly={s.in_flight}",
+        f"retry={s.retries}",
+        f"misuse={s.misuse}",
+        f"invalid={s.invalid}",
     ]
-    rate = getattr(control, "rate", None)
-    if rate:
-        parts.append(f"rate={rate:.3g}/s")
-    waiting = getattr(control, "waiting", None)
-    if waiting:
-        parts.append(f"WAIT {waiting}")
-    return " ".join(parts)
+    # Below 120 columns the fields come first; on a wide terminal the bar takes a fifth.
+    preferred = 10 if width < 120 else min(width // 5, 40)
+    bar = min(preferred, width - needed - 3)  # "|" and "| " around the bar instead of " "
+    if bar < 3:
+        bar = 0
+    used = needed + (bar + 3 if bar else 0)
+    tail = [essential]
+    for field in optional:
+        if used + 1 + len(field) > width:
+            break
+        tail.append(field)
+        used += 1 + len(field)
+    return (f"{head}|", bar, f"| {' '.join(tail)}") if bar else (f"{head} ", 0, " ".join(tail))
+
+
+def _essential(s: Snapshot, count: Callable[[int], str]) -> tuple[str, str]:
+    pct = 100.0 * s.done / s.rows if s.rows else 100.0
+    head = f"{count(s.done)}/{count(s.rows)} {pct:.0f}%"
+    fields = [f"ok={count(s.answered)} fail={count(s.failed)}"]
+    if s.waiting:
+        fields.append(f"WAIT {s.waiting}")
+    fields.append(f"rate={s.rate:.3g}/s" if s.rate else "rate=unlimited")
+    return head, " ".join(fields)
+
+
+def _si(n: int) -> str:
+    """A count in at most 4 characters or so: 999, 1.2k, 123k, 1.00M."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
 
 
 class Bar(Progress):
+    """A tqdm bar as wide as the terminal (its width read at every redraw), redrawn when rows
+    finish and every REDRAW_S seconds."""
+
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
         self.bar: Any = None
-        self._shown = 0.0
         self._redirect: Any = None
+        self._timer: asyncio.Task[None] | None = None
 
     def start(self, total: int, done: int, counters: Any, control: Any = None) -> None:
         from tqdm.contrib.logging import logging_redirect_tqdm
@@ -69,38 +159,50 @@ class Bar(Progress):
         else:
             from tqdm import tqdm
 
-        self.counters, self.control = counters, control
-        self.bar = tqdm(
+        self._begin(total, done, counters, control)
+        snapshot = self.snapshot
+
+        class StatusBar(tqdm):  # type: ignore[misc]
+            """tqdm's bar between our fields, fitted to the width tqdm measured just now."""
+
+            @property
+            def format_dict(self) -> dict[str, Any]:
+                d: dict[str, Any] = super().format_dict
+                head, width, tail = bar_parts(snapshot(), d.get("ncols") or 80)
+                d["bar_format"] = f"{{head}}{{bar:{width}}}{{tail}}" if width else "{head}{tail}"
+                return {**d, "head": head, "tail": tail}
+
+        self.bar = StatusBar(
             total=total,
             initial=done,
             file=self.stream,
             unit="row",
-            ncols=80,  # fits a standard terminal; the postfix is trimmed rather than wrapped
-            mininterval=0.25,
+            dynamic_ncols=True,
+            mininterval=REDRAW_S,
             smoothing=0.05,
-            bar_format="{percentage:3.0f}%|{bar:12}| {n_fmt}/{total_fmt} {elapsed}<{remaining} {postfix}",
         )
         # -v retry lines go through tqdm.write, above the bar, instead of tearing it.
         self._redirect = logging_redirect_tqdm([log])
         self._redirect.__enter__()
-        self._started = time.monotonic()
+        with contextlib.suppress(RuntimeError):  # no running loop: redrawn as rows finish only
+            self._timer = asyncio.get_running_loop().create_task(self._redraw())
+
+    async def _redraw(self) -> None:
+        while True:
+            await asyncio.sleep(REDRAW_S)
+            if self.bar is not None:
+                self.bar.refresh()
 
     def advance(self, _result: object) -> None:
-        if self.bar is None:
-            return
-        self.bar.update(1)
-        now = time.monotonic()
-        if now - self._shown >= 0.5:
-            self._shown = now
-            self.bar.set_postfix_str(
-                _status(self.counters, self.control, now - self._started), refresh=False
-            )
+        if self.bar is not None:
+            self.bar.update(1)
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.bar is not None:
-            elapsed = time.monotonic() - self._started
-            self.bar.set_postfix_str(_status(self.counters, self.control, elapsed), refresh=False)
-            self.bar.close()
+            self.bar.close()  # drawn once more, with the final counts
             self.bar = None
         if self._redirect is not None:
             self._redirect.__exit__(None, None, None)
@@ -112,27 +214,17 @@ class Lines(Progress):
 
     def __init__(self, every: float) -> None:
         self.every = every
-        self._task: Any = None
+        self._task: asyncio.Task[None] | None = None
 
     def start(self, total: int, done: int, counters: Any, control: Any = None) -> None:
-        import asyncio
-
-        self.total, self.done, self.counters, self.control = total, done, counters, control
-        self._started = time.monotonic()
+        self._begin(total, done, counters, control)
         with contextlib.suppress(RuntimeError):  # no running loop: no periodic lines
             self._task = asyncio.get_running_loop().create_task(self._tick())
 
-    def advance(self, _result: object) -> None:
-        self.done += 1
-
     async def _tick(self) -> None:
-        import asyncio
-
         while True:
             await asyncio.sleep(self.every)
-            elapsed = time.monotonic() - self._started
-            status = _status(self.counters, self.control, elapsed)
-            log.warning("progress: %d/%d rows; %s", self.done, self.total, status)
+            log_progress(self.snapshot())
 
     def close(self) -> None:
         if self._task is not None:
@@ -150,72 +242,6 @@ def choose(progress: bool | None, quiet: bool, every: float = 60.0) -> Progress:
     if progress is None and not terminal:
         return Lines(every)
     return Bar()
-
-
-class _StderrHandler(logging.StreamHandler[TextIO]):
-    """Writes to whatever sys.stderr is at the time, not the one of the first run in this process
-    (test runners and notebooks swap and close it between runs); a closed stderr loses the line
-    rather than failing the run."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property
-    def stream(self) -> TextIO:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: TextIO) -> None:
-        pass
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        pass
-
-
-class _InertFormatter(logging.Formatter):
-    """Log lines carry what servers said (a retry's error): shown, never obeyed by the terminal."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return inert(super().format(record), lines=True)
-
-
-def setup_logging(quiet: bool, verbose: bool) -> None:
-    """One stderr handler for the package's logger, every record passing the redacting filter,
-    each line with a timestamp (cron logs are read hours later)."""
-    logger = logging.getLogger("batchpizza")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(
-            _InertFormatter("%(asctime)s batchpizza: %(message)s", "%Y-%m-%d %H:%M:%S")
-        )
-        handler.addFilter(RedactingFilter())
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
-
-
-def summary_line(s: Mapping[str, Any]) -> str:
-    head = (
-        "interrupted"
-        if s.get("interrupted")
-        else f"stopped ({s['stopped']})"
-        if s.get("stopped")
-        else "done"
-    )
-    parts = [
-        f"{s['answered']} answered",
-        f"{s['failed']} failed",
-        f"{s['misuse']} misuse",
-        f"{s['invalid']} invalid",
-    ]
-    if s.get("pending"):
-        parts.append(f"{s['pending']} pending")
-    where = f" -> {s['output']}" if s.get("output") and not s.get("interrupted") else ""
-    rate = f" at {s['rate']:.3g}/s" if s.get("rate") else ""
-    return (
-        f"batchpizza: {head}: {s['rows']} rows: {', '.join(parts)}; {s['requests']} requests, "
-        f"{s['retries']} retries in {s['elapsed_s']:.1f}s{rate}{where} (exit {s['exit_code']})"
-    )
 
 
 def dry_run_report(

@@ -170,11 +170,18 @@ class Tally:
         return self.rows - self.answered - self.failed - self.misuse - self.invalid
 
 
+# Of the summary's JSON (batchpizza/schemas/summary.schema.json): raised when a key changes
+# meaning or goes, so that a monitor can tell which summary it reads.
+SUMMARY_SCHEMA_VERSION = 1
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Summary(Mapping[str, Any]):
     """What a run did: the summary line, --summary-json, `run()`'s return value. Also a read-only
-    mapping (`summary["exit_code"]`), as `run()` returned a dict before."""
+    mapping (`summary["exit_code"]`), as `run()` returned a dict before. The row counts are over
+    the whole output; requests and retries are this run's."""
 
+    schema_version: int = SUMMARY_SCHEMA_VERSION
     rows: int = 0
     answered: int = 0
     failed: int = 0
@@ -184,12 +191,27 @@ class Summary(Mapping[str, Any]):
     requests: int = 0
     retries: int = 0
     elapsed_s: float = 0.0
+    # When the run began and ended, UTC ISO 8601 (`2026-05-01T02:00:00.123Z`); when not given,
+    # ended is now and started elapsed_s before it.
+    started: str | None = None
+    ended: str | None = None
     output: str | None = None
     checkpoint: str | None = None
     exit_code: int = 0
     stopped: str | None = None  # None, "deadline", "refusals", "signal" or "locked"
     rate: float | None = None  # requests/s at the end (the learned rate under auto)
     interrupted: bool = False
+
+    def __post_init__(self) -> None:
+        if self.ended is None:
+            import time
+
+            from batchpizza.runlog import iso
+
+            now = time.time()
+            object.__setattr__(self, "ended", iso(now))
+            if self.started is None:
+                object.__setattr__(self, "started", iso(now - self.elapsed_s))
 
     @classmethod
     def of(cls, tally: Tally | None, **values: Any) -> Summary:

@@ -52,6 +52,11 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "no_proxy",
     ):
         monkeypatch.delenv(name, raising=False)
+    # Every run option reads BATCHPIZZA_<OPTION>: a variable set in the shell that runs the tests
+    # would change every run (BATCHPIZZA_LOOP, the event loop, is not an option).
+    for name in list(os.environ):
+        if name.startswith("BATCHPIZZA_") and name != "BATCHPIZZA_LOOP":
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")

@@ -548,7 +548,7 @@ def test_parquet_damaged_carried_column_is_refused_before_sending(
 def file_problems(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     """name -> (input path, text the message must contain)."""
     cases: dict[str, tuple[Path, str]] = {}
-    unknown = tmp_path / "prompts.csv"
+    unknown = tmp_path / "prompts.xlsx"
     unknown.write_text("prompt\nhello\n")
     cases["unknown_extension"] = (unknown, "unknown input type")
     cases["missing_file"] = (tmp_path / "nowhere.jsonl", "no such file")

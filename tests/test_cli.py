@@ -332,3 +332,58 @@ def test_openai_batch_output_is_read_back_by_a_reader_of_openais_format(
     error = results["request-bad"]
     assert isinstance(error, dict) and error["message"]
     assert KEY.encode() not in all_bytes(tmp_path)
+
+
+# -- run's help, environment variables and the mock's rate --------------------------------------
+
+
+def test_run_help_says_rate_auto_and_the_mock_default() -> None:
+    result = invoke(["run", "--help"])
+
+    text = " ".join(result.stdout.split())
+    assert "auto or auto:MAX" in text
+    assert "[default: 2/s; 20/s with --mock]" in text
+
+
+def test_every_run_option_has_a_batchpizza_variable_named_by_the_rule() -> None:
+    run = cli.commands["run"]
+    options = [p for p in run.params if isinstance(p, click.Option)]
+
+    for option in options:
+        long = next(o for o in option.opts if o.startswith("--"))
+        assert option.envvar == "BATCHPIZZA_" + long[2:].upper().replace("-", "_"), long
+    help_text = " ".join(invoke(["run", "--help"]).stdout.split())
+    assert "[env var: BATCHPIZZA_CONCURRENCY;" in help_text
+
+
+def test_run_options_come_from_the_environment_and_the_command_line_wins(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", rows(5))
+    out = tmp_path / "out.jsonl"
+    env = {
+        "BATCHPIZZA_OUTPUT": str(out),
+        "BATCHPIZZA_BASE_URL": mock_api.base_url,
+        "BATCHPIZZA_RATE": "0",
+        "BATCHPIZZA_LIMIT": "3",
+        "BATCHPIZZA_PROGRESS": "false",
+        "BATCHPIZZA_SUMMARY_JSON": str(tmp_path / "summary.json"),
+        "BATCHPIZZA_PROMPT_FIELD": "prompt",
+    }
+
+    result = invoke(["run", str(source)], env=env)
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in read_jsonl(out)] == ["r0", "r1", "r2"]
+    assert json.loads((tmp_path / "summary.json").read_text())["rows"] == 3
+
+    again = invoke(["run", str(source), "--limit", "4"], env=env)
+    assert again.exit_code == 0, again.output
+    assert [r["id"] for r in read_jsonl(out)] == ["r0", "r1", "r2", "r3"]
+
+
+def test_a_mock_run_defaults_to_20_per_second_unless_a_rate_is_given() -> None:
+    from batchpizza.config import RunConfig
+
+    assert RunConfig(input="a.jsonl", output="b.jsonl", mock=True).rate_per_s == 20.0
+    assert RunConfig(input="a.jsonl", output="b.jsonl").rate_per_s == 2.0
+    assert RunConfig(input="a.jsonl", output="b.jsonl", mock=True, rate="3/s").rate_per_s == 3.0

@@ -490,7 +490,8 @@ def test_dry_run_prints_the_plan_and_the_first_three_requests_and_sends_nothing(
     no_traceback(result)
     assert mock_api.stats.requests == 0
     assert (tmp_path / "out.jsonl").read_bytes() == before["out.jsonl"]
-    err = result.stderr
+    err = result.stdout  # the plan goes to stdout, to be piped
+    assert "to send" not in result.stderr
     lines = [" ".join(line.split()) for line in err.splitlines()]
     assert "rows 13" in lines
     assert any(line.startswith("answered 7") for line in lines), err
@@ -529,7 +530,7 @@ def test_dry_run_counts_rows_refused_before_as_kept_unless_retry_refused(
     def plan(*extra: str) -> list[str]:
         result = run_cli(mock_api, source, out, "--dry-run", *extra)
         assert result.exit_code == 0, result.output
-        return [" ".join(line.split()) for line in result.stderr.splitlines()]
+        return [" ".join(line.split()) for line in result.stdout.splitlines()]
 
     kept = plan()
     assert any(line.startswith("answered 4") for line in kept), kept
@@ -568,8 +569,8 @@ def test_dry_run_without_a_checkpoint_creates_nothing(
     assert snapshot(work) == before
     assert list(private_tmp.iterdir()) == []
     assert mock_api.stats.requests == 0
-    assert "to send" in result.stderr
-    assert "rows" in result.stderr
+    assert "to send" in result.stdout
+    assert "rows" in result.stdout
 
 
 @pytest.mark.parametrize("variable", ["OPENAI_API_KEY", "MY_GATEWAY_KEY"])
@@ -589,8 +590,8 @@ def test_dry_run_for_openai_masks_the_key_everywhere(
     assert key not in result.stdout
     assert key not in result.stderr
     assert key[3:12] not in result.output
-    assert "authorization: ***" in result.stderr.lower()
-    assert result.stderr.count("request ") >= 3
+    assert "authorization: ***" in result.stdout.lower()
+    assert result.stdout.count("request ") >= 3
     assert snapshot(tmp_path) == before
     assert mock_api.stats.requests == 0
 

@@ -147,18 +147,18 @@ def test_ray_dry_run_counts_the_checkpoint_and_sends_nothing(
 
     done = command(*common, "--rate", "10")
     assert done.returncode == 0, done.stderr
-    assert "rows        60" in done.stderr
-    assert "answered    20" in done.stderr
-    assert "to send     40" in done.stderr
-    assert "about 0:00:04 at 10/s" in done.stderr
+    assert "rows        60" in done.stdout  # the plan goes to stdout, to be piped
+    assert "answered    20" in done.stdout
+    assert "to send     40" in done.stdout
+    assert "about 0:00:04 at 10/s" in done.stdout
 
     learned = command(*common, "--rate", "auto:100")
     assert learned.returncode == 0, learned.stderr
-    assert "at 20/s" in learned.stderr  # the run starts from it, so the estimate does too
+    assert "at 20/s" in learned.stdout  # the run starts from it, so the estimate does too
 
     limited = command(*common, "--limit", "10", "--restart")
     assert limited.returncode == 0, limited.stderr
-    assert "rows        10" in limited.stderr and "to send     10" in limited.stderr
+    assert "rows        10" in limited.stdout and "to send     10" in limited.stdout
 
     no_ids = write_jsonl(tmp_path / "no-ids.jsonl", [{"prompt": "hello"}])
     bad = command(str(no_ids), "-o", str(tmp_path / "other"), "--ray", "--dry-run")

@@ -251,7 +251,7 @@ def test_the_extension_decides_the_kind_whatever_its_case(
     assert prompts(source, [0]) == [(0, "0", "x")]
 
 
-@pytest.mark.parametrize("name", ["a.csv", "a.json", "a.txt", "a.gz"])
+@pytest.mark.parametrize("name", ["a.xlsx", "a.json", "a.txt", "a.gz"])
 def test_an_unknown_extension_is_an_input_error(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     path.write_text('{"prompt": "x"}\n')

@@ -38,6 +38,9 @@ from batchpizza.mock.server import ThreadedMockServer
 
 RESULT_COLUMNS = ["answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"]
 SUMMARY_KEYS = {
+    "schema_version",
+    "started",
+    "ended",
     "rows",
     "answered",
     "failed",
@@ -675,6 +678,11 @@ def test_summary_has_its_keys_and_is_written_as_json(
     assert summary["interrupted"] is False
     assert summary["exit_code"] == 0
     assert isinstance(summary["elapsed_s"], float)
+    assert summary["schema_version"] == 1
+    started = dt.datetime.fromisoformat(summary["started"].replace("Z", "+00:00"))
+    ended = dt.datetime.fromisoformat(summary["ended"].replace("Z", "+00:00"))
+    assert summary["ended"].endswith("Z") and started.utcoffset() == dt.timedelta(0)
+    assert abs((ended - started).total_seconds() - summary["elapsed_s"]) < 0.01
 
 
 def test_summary_line_goes_to_stderr(
@@ -684,9 +692,10 @@ def test_summary_line_goes_to_stderr(
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.splitlines()
-    assert len(lines) == 1
-    assert "6 rows" in lines[0]
-    assert "6 answered" in lines[0]
+    assert len(lines) == 2  # the start line, the summary line
+    assert "start:" in lines[0] and "6 to send (6 new" in lines[0]
+    assert "6 rows" in lines[1]
+    assert "6 answered" in lines[1]
 
 
 def test_quiet_prints_nothing_on_success(
@@ -731,8 +740,9 @@ def test_cli_prints_summary_line_and_writes_summary_json(
     )
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
-    assert len(result.stderr.splitlines()) == 1
-    assert "6 answered" in result.stderr
+    start, last = result.stderr.splitlines()
+    assert "start:" in start
+    assert "6 answered" in last
     summary = json.loads(path.read_text())
     assert summary["exit_code"] == 0
     assert summary["rows"] == 6

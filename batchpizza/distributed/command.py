@@ -194,7 +194,7 @@ class ClusterRun:
                     f"  time        {sending_time(todo, rate, self.config.concurrency, auto)}",
                 ]
             ),
-            file=sys.stderr,
+            flush=True,  # the plan goes to stdout, to be piped; the summary line to stderr
         )
         return self._summary(Tally(rows=len(ids), answered=answered), 0)
 
@@ -346,7 +346,8 @@ class ClusterRun:
         self._reported = True
         if not self.quiet:
             with contextlib.suppress(OSError, ValueError):  # a closed stderr must not fail a run
-                print(summary_line(summary), file=sys.stderr, flush=True)
+                line = summary_line(summary, self.config.log_format)
+                print(line, file=sys.stderr, flush=True)
         if self.summary_json and not self.dry_run:
             write_atomically(Path(self.summary_json), summary.to_json())
 

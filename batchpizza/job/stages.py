@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -91,7 +90,7 @@ class Job:
 
     async def run(self) -> Summary:
         config = self.config
-        setup_logging(config.quiet, config.verbose)
+        setup_logging(config.quiet, config.verbose, config.log_format)
         remember_secrets(config)
         self._reporter = Reporter(config, time.monotonic())
         try:
@@ -209,6 +208,16 @@ class Job:
         cleanup.callback(sending.save, checkpoint, run)
         runner = sending.runner
         total = checkpoint.rows(config.limit)
+        # The log's start line: what this run is about to send and why (a cron mail opens so).
+        left = (
+            None
+            if config.deadline_s is None
+            else config.deadline_s - (time.monotonic() - _PROCESS_START)
+        )
+        invalid = checkpoint.tally(config.limit).invalid
+        self.progress.announce(
+            self._reporter.start_line(plan, total, invalid, sending.control.rate, left)
+        )
         self.progress.start(total, total - todo, runner.counters, sending.control)
         if config.deadline_s is not None:
             remaining = config.deadline_s - (time.monotonic() - _PROCESS_START)
@@ -284,10 +293,8 @@ class Job:
         if self.stop.interrupted.is_set():
             raise Interrupted("interrupted while planning", 0)
         previews = [provider.preview(prompt) for prompt in firsts]
-        print(
-            dry_run_report(config, tally, counts, previews, planning.learned_rate()),
-            file=sys.stderr,
-        )
+        # On stdout, to be piped or saved; the summary line stays on stderr with the logs.
+        print(dry_run_report(config, tally, counts, previews, planning.learned_rate()), flush=True)
         return self._summary(tally, 0)
 
     async def _in_thread(self, func: Callable[[], Any]) -> Any:

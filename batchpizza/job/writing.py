@@ -15,6 +15,7 @@ from batchpizza.config import RunConfig
 from batchpizza.files import write_atomically
 from batchpizza.progress import summary_line
 from batchpizza.records import OutputRow, Summary, Tally
+from batchpizza.runlog import RunStart, run_start
 from batchpizza.sources.base import Rows
 
 
@@ -70,6 +71,17 @@ class Reporter:
             "checkpoint": None if path is None else str(path),
         }
 
+    def start_line(
+        self,
+        plan: dict[str, int],
+        total: int,
+        invalid: int,
+        rate: float | None,
+        deadline_left: float | None,
+    ) -> RunStart:
+        """The log's first line of a run: what it is about to send and why."""
+        return run_start(self.config, plan, total, invalid, rate, deadline_left)
+
     def summary(
         self,
         tally: Tally | None,
@@ -93,6 +105,6 @@ class Reporter:
         self.reported = True
         if not self.config.quiet:
             with contextlib.suppress(OSError, ValueError):  # a closed stderr must not fail a run
-                print(summary_line(summary), file=sys.stderr, flush=True)
+                print(summary_line(summary, self.config.log_format), file=sys.stderr, flush=True)
         if self.config.summary_json and not self.config.dry_run:
             write_atomically(Path(self.config.summary_json), summary.to_json())

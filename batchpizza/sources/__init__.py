@@ -1,4 +1,4 @@
-"""Inputs: a `Source` per kind (JSONL, Parquet), opened from what the user named."""
+"""Inputs: a `Source` per kind (JSONL, Parquet, CSV/TSV), opened from what the user named."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from pathlib import Path
 from batchpizza.errors import InputError
 from batchpizza.rows import Fields
 from batchpizza.sources.base import Carried, Columns, Source, describe
+from batchpizza.sources.delimited import CSV_SUFFIXES, TSV_SUFFIXES, DelimitedSource
 from batchpizza.sources.jsonl import JsonlSource
 from batchpizza.sources.parquet import ParquetSource
 
 __all__ = [
     "Carried",
     "Columns",
+    "DelimitedSource",
     "JsonlSource",
     "ParquetSource",
     "Source",
@@ -60,10 +62,10 @@ def open_source(
         return ParquetSource(files, [str(p) for p in files], fields)
     if not path.exists():
         raise InputError(f"{name}: no such file")
-    if not lower.endswith((*JSONL_SUFFIXES, ".parquet")):
+    if not lower.endswith((*JSONL_SUFFIXES, *CSV_SUFFIXES, *TSV_SUFFIXES, ".parquet")):
         raise InputError(
-            f"{name}: unknown input type; expected .jsonl, .ndjson (optionally .gz), "
-            ".parquet, a directory of .parquet files, or - for standard input"
+            f"{name}: unknown input type; expected .jsonl, .ndjson, .csv, .tsv (each optionally "
+            ".gz), .parquet, a directory of .parquet files, or - for standard input"
         )
     try:
         with path.open("rb") as probe:
@@ -74,6 +76,8 @@ def open_source(
         return ParquetSource([path], [name], fields)
     if lower.endswith(".gz"):
         _check_gzip(path, name)
+    if lower.endswith((*CSV_SUFFIXES, *TSV_SUFFIXES)):
+        return DelimitedSource(path, name, fields)
     source = JsonlSource([path], [name], fields)
     # In-memory rows spooled one per line: messages name the item (0-based), not the line.
     source.rows_from_lines = label is not None

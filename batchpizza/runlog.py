@@ -1,0 +1,267 @@
+"""What a run writes to its log (stderr), for an operator reading a cron mail hours later: a start
+line (what the run is about to send, and why), progress lines, the summary line, and the -v retry
+lines; each as timestamped text or, with --log-format json, one JSON object a line.
+
+The counts of rows (done, answered, failed, misuse, invalid, to send) are over the whole output,
+in every line alike; requests and retries are this run's, and said so ("this run: ...").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, TextIO
+
+from batchpizza.redact import RedactingFilter, inert, redact
+
+log = logging.getLogger("batchpizza")
+_TEXT_TIME = "%Y-%m-%d %H:%M:%S"  # local time, as cron's own mail and syslog show it
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What a run is about to do: the start line's fields."""
+
+    version: str
+    input: str | None
+    output: str | None
+    rows: int  # in the output
+    to_send: int
+    new: int
+    changed: int
+    retry: int  # failed or refused before
+    answered: int  # kept from earlier runs, not sent again
+    invalid: int
+    rate: str  # as asked: "2/s", "0", "auto:20/s"
+    rate_per_s: float | None  # the rate it starts at (the learned one under auto); None: unlimited
+    deadline: str | None  # when no new request starts any more (UTC, ISO 8601)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Where a run stands: the rows over the whole output, the requests of this run."""
+
+    rows: int
+    done: int  # answered + failed + misuse + invalid
+    answered: int
+    failed: int
+    misuse: int
+    invalid: int
+    finished_this_run: int  # rows this run sent and finished
+    requests: int  # this run
+    retries: int  # this run
+    in_flight: int
+    elapsed_s: float  # this run
+    rate: float | None  # requests/s allowed now; None: unlimited
+    waiting: str | None  # what the whole run waits for (a Retry-After, the breaker)
+
+    @property
+    def to_send(self) -> int:
+        return self.rows - self.done
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / max(self.elapsed_s, 1e-9)
+
+
+def run_start(
+    config: Any,
+    plan: Mapping[str, int],
+    rows: int,
+    invalid: int,
+    rate_per_s: float | None,
+    deadline_in_s: float | None,
+) -> RunStart:
+    """The start line's fields, from the run's config and plan (counts by why a row is sent)."""
+    import batchpizza
+
+    to_send = sum(plan.values())
+    deadline = None if deadline_in_s is None else iso(time.time() + max(0.0, deadline_in_s))
+    return RunStart(
+        version=str(batchpizza.__version__),
+        input=config.input_label or config.input,
+        output=config.output,
+        rows=rows,
+        to_send=to_send,
+        new=plan["new"],
+        changed=plan["changed"],
+        retry=plan["retry"],
+        answered=rows - to_send - invalid,
+        invalid=invalid,
+        rate=str(config.rate),
+        rate_per_s=rate_per_s,
+        deadline=deadline,
+    )
+
+
+def iso(unix: float) -> str:
+    """A unix time as UTC ISO 8601, to the millisecond: `2026-05-01T02:00:00.123Z`."""
+    moment = dt.datetime.fromtimestamp(unix, dt.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _local(unix: float) -> str:
+    return time.strftime(_TEXT_TIME, time.localtime(unix))
+
+
+def _unix(iso_time: str) -> float:
+    return dt.datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
+
+
+def clock(seconds: float) -> str:
+    """`72.4` -> `1:12`, `3723` -> `1:02:03`."""
+    minutes, secs = divmod(int(max(seconds, 0)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+# -- the lines ---------------------------------------------------------------------------------
+
+
+def start_text(s: RunStart) -> str:
+    rate = f"rate {s.rate}" if s.rate_per_s or s.rate.startswith("auto") else "rate unlimited"
+    if s.rate.startswith("auto") and s.rate_per_s:
+        rate += f", starting at {s.rate_per_s:.3g}/s"
+    deadline = "no deadline"
+    if s.deadline is not None:
+        left = _unix(s.deadline) - time.time()
+        deadline = f"deadline {_local(_unix(s.deadline))} (in {clock(left)})"
+    where = f"{s.input} -> {s.output}" if s.output else f"{s.input}"
+    return (
+        f"start: batchpizza {s.version}: {where}: {s.rows} rows: {s.to_send} to send "
+        f"({s.new} new, {s.changed} changed, {s.retry} failed or refused before), "
+        f"{s.answered} answered before, {s.invalid} invalid; {rate}; {deadline}"
+    )
+
+
+def progress_text(s: Snapshot) -> str:
+    text = (
+        f"progress: {s.done}/{s.rows} rows done (answered {s.answered}, failed {s.failed}, "
+        f"misuse {s.misuse}, invalid {s.invalid}), {s.to_send} to send; this run: "
+        f"{s.requests} requests, {s.retries} retries, {s.requests_per_s:.2f} req/s, "
+        f"{s.in_flight} in flight"
+    )
+    text += f"; rate {s.rate:.3g}/s" if s.rate else "; rate unlimited"
+    if s.waiting:
+        text += f"; WAIT {s.waiting}"
+    return text
+
+
+def progress_fields(s: Snapshot) -> dict[str, Any]:
+    fields = asdict(s)
+    fields["to_send"] = s.to_send
+    fields["requests_per_s"] = round(s.requests_per_s, 3)
+    fields["elapsed_s"] = round(s.elapsed_s, 3)
+    return fields
+
+
+def summary_line(s: Mapping[str, Any], log_format: str = "text") -> str:
+    """The last line of a run: timestamped like the log lines above it (at the summary's
+    `ended`), or its JSON object."""
+    ended = s.get("ended")
+    unix = _unix(ended) if ended else time.time()
+    if log_format == "json":
+        return json.dumps({"time": iso(unix), "event": "summary", **dict(s)})
+    head = (
+        "interrupted"
+        if s.get("interrupted")
+        else f"stopped ({s['stopped']})"
+        if s.get("stopped")
+        else "done"
+    )
+    parts = [
+        f"{s['answered']} answered",
+        f"{s['failed']} failed",
+        f"{s['misuse']} misuse",
+        f"{s['invalid']} invalid",
+    ]
+    if s.get("pending"):
+        parts.append(f"{s['pending']} pending")
+    where = f" -> {s['output']}" if s.get("output") and not s.get("interrupted") else ""
+    rate = f" at {s['rate']:.3g}/s" if s.get("rate") else ""
+    return (
+        f"{_local(unix)} batchpizza: {head}: {s['rows']} rows: {', '.join(parts)}; this run: "
+        f"{s['requests']} requests, {s['retries']} retries in {s['elapsed_s']:.1f}s{rate}{where} "
+        f"(exit {s['exit_code']})"
+    )
+
+
+def log_start(start: RunStart) -> None:
+    log.warning(start_text(start), extra={"event": "start", "fields": asdict(start)})
+
+
+def log_progress(snapshot: Snapshot) -> None:
+    fields = progress_fields(snapshot)
+    log.warning(progress_text(snapshot), extra={"event": "progress", "fields": fields})
+
+
+# -- the handler -------------------------------------------------------------------------------
+
+
+class _StderrHandler(logging.StreamHandler[TextIO]):
+    """Writes to whatever sys.stderr is at the time, not the one of the first run in this process
+    (test runners and notebooks swap and close it between runs); a closed stderr loses the line
+    rather than failing the run."""
+
+    def __init__(self) -> None:
+        import sys
+
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
+class _TextFormatter(logging.Formatter):
+    """Log lines carry what servers said (a retry's error): shown, never obeyed by the terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s batchpizza: %(message)s", _TEXT_TIME)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return inert(super().format(record), lines=True)
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object a line: `time` (UTC), `event` (start, progress, or log for any other
+    line, with its `level` and `message`), and the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {"time": iso(record.created)}
+        event = getattr(record, "event", None)
+        if event is None:
+            obj |= {"event": "log", "level": record.levelname.lower()}
+            obj["message"] = redact(record.getMessage())
+        else:
+            obj["event"] = event
+            for key, value in getattr(record, "fields", {}).items():
+                obj[key] = redact(value) if isinstance(value, str) else value
+        return json.dumps(obj)  # ASCII: no byte of a server's text can act on a terminal
+
+
+def setup_logging(quiet: bool, verbose: bool, log_format: str = "text") -> None:
+    """One stderr handler for the package's logger, every record passing the redacting filter,
+    each line with a timestamp (cron logs are read hours later) or a JSON object."""
+    logger = logging.getLogger("batchpizza")
+    handler = next((h for h in logger.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
+        handler = _StderrHandler()
+        handler.addFilter(RedactingFilter())
+        logger.addHandler(handler)
+        logger.propagate = False
+    handler.setFormatter(_JsonFormatter() if log_format == "json" else _TextFormatter())
+    logger.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)

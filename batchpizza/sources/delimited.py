@@ -1,0 +1,203 @@
+"""CSV and TSV input (optionally gzipped), typed by pyarrow's CSV reader: a header line names the
+columns, every other column gets the type its values share (int64, double, bool, timestamp,
+string), and the prompt and id columns are read as strings (a prompt `42` is text, an id `007`
+keeps its zeros).
+
+The file is read once, whole, into an Arrow table that the three passes (scan, prompts, carried)
+share: pyarrow's streaming reader fixes each column's type from the first block and fails on a
+later value that does not fit it, while the whole-file reader widens the type instead. Bad rows
+are named by their physical line (1-based, the header is line 1), counted by Python's csv module
+during the scan, since pyarrow counts records, not lines (a quoted value may span lines).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import json
+from collections.abc import Generator, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from batchpizza.errors import InputError
+from batchpizza.records import Prompt
+from batchpizza.rows import Fields, ScanBatch
+from batchpizza.sources.base import BATCH_ROWS, prompt_of, read_errors, scan_batches
+from batchpizza.sources.parquet import NOT_UTF8, ArrowBatch, ArrowColumns, pylist, wanted_columns
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+CSV_SUFFIXES = (".csv", ".csv.gz")
+TSV_SUFFIXES = (".tsv", ".tsv.gz")
+
+
+class DelimitedSource:
+    """One CSV or TSV file: its rows, and its columns carried through with their inferred types."""
+
+    unit = "line"
+    rows_from_lines = False
+
+    def __init__(self, path: Path, name: str, fields: Fields) -> None:
+        self.paths = [path]
+        self.names = [name]
+        self.fields = fields
+        lower = path.name.lower()
+        self.delimiter = "\t" if lower.endswith(TSV_SUFFIXES) else ","
+        self.gzipped = lower.endswith(".gz")
+        # Rows whose field count differs from the header's: position -> the problem. They are
+        # bad rows, kept in their place (as null rows) so that every pass agrees on positions.
+        self.ragged: dict[int, str] = {}
+        self.table = self._read()
+        self.schema = self.table.schema
+        names = self.schema.names
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise InputError(f"{name}: the header names column {twice[0]!r} twice; rename one")
+        self.columns_read: list[str] = []
+        if names:  # an empty file is an empty input, as for JSONL
+            self.columns_read = wanted_columns(fields, self.schema, name)
+
+    def _read(self) -> pa.Table:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        name = self.names[0]
+        ragged: list[tuple[int, int, int]] = []
+
+        def bad_row(row: Any) -> str:
+            # row.number counts records from 1, the header included, blank lines not; it is
+            # known because the reader runs on one thread.
+            ragged.append((row.number, row.expected_columns, row.actual_columns))
+            return "skip"
+
+        read = pacsv.ReadOptions(use_threads=False, block_size=1 << 24)
+        parse = pacsv.ParseOptions(
+            delimiter=self.delimiter, newlines_in_values=True, invalid_row_handler=bad_row
+        )
+        as_text = {c: pa.string() for c in (self.fields.prompt, self.fields.id)}
+        # check_utf8=False: a row with invalid UTF-8 is a bad row of its own (NOT_UTF8), not a
+        # file that cannot be read at all.
+        convert = pacsv.ConvertOptions(column_types=as_text, check_utf8=False)
+        try:
+            # The compression said outright: pyarrow's guess from the name misses `.GZ`.
+            compression = "gzip" if self.gzipped else None
+            with pa.input_stream(str(self.paths[0]), compression=compression) as stream:
+                table = pacsv.read_csv(
+                    stream, read_options=read, parse_options=parse, convert_options=convert
+                )
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):
+                return pa.table({})
+            raise InputError(f"{name}: not a readable CSV file: {exc}") from None
+        except (OSError, EOFError, pa.ArrowException) as exc:
+            raise InputError(
+                f"{name}: cannot read: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
+        if not ragged:
+            return table
+        # The skipped rows back in their places, as rows of nulls.
+        rows = table.num_rows + len(ragged)
+        skipped = {number - 2: (want, got) for number, want, got in ragged}
+        for pos, (want, got) in skipped.items():
+            self.ragged[pos] = f"expected {want} fields as the header has, found {got}"
+        taken: list[int | None] = []
+        index = 0
+        for pos in range(rows):
+            if pos in skipped:
+                taken.append(None)
+            else:
+                taken.append(index)
+                index += 1
+        return table.take(pa.array(taken, pa.int64()))
+
+    def columns(self) -> ArrowColumns:
+        return ArrowColumns(self.schema, self.fields.id)
+
+    def scan_state(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        pass
+
+    def input_key(self) -> str | None:
+        path = self.paths[0]
+        st = path.stat()
+        file = [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        key = {"kind": "csv", "delimiter": self.delimiter, "fields": list(self.fields.key())}
+        return json.dumps({**key, "files": [file]})
+
+    def close(self) -> None:
+        pass
+
+    def scan(self) -> Iterator[ScanBatch]:
+        lines = self._lines()
+
+        def rows() -> Iterator[tuple[int, int, int, Any]]:
+            for pos, obj in enumerate(self._objects()):
+                line = next(lines, 0)
+                if pos in self.ragged:
+                    obj = self.ragged[pos]
+                elif obj is NOT_UTF8:
+                    obj = "invalid UTF-8 in a string column"
+                yield pos, 0, line, obj
+
+        return scan_batches(self.fields, rows())
+
+    def prompts(self, wanted: Iterable[int]) -> Generator[tuple[int, Prompt], None, None]:
+        it = iter(wanted)
+        target = next(it, None)
+        if target is None:
+            return
+        for pos, obj in enumerate(self._objects()):
+            if pos != target:
+                continue
+            prompt = prompt_of(obj, self.fields, pos)
+            if prompt is not None:
+                yield pos, prompt
+            target = next(it, None)
+            if target is None:
+                return
+
+    def carried(self) -> Iterator[ArrowBatch]:
+        for batch in self.table.to_batches(BATCH_ROWS):
+            yield ArrowBatch(batch)
+
+    def _objects(self) -> Iterator[Any]:
+        """Each row's prompt, messages and id columns as a dict (None for a ragged row)."""
+        if not self.columns_read:
+            return
+        for batch in self.table.select(self.columns_read).to_batches(BATCH_ROWS):
+            yield from pylist(batch)
+
+    def _lines(self) -> Iterator[int]:
+        """The physical line (1-based) each data row starts on, as pyarrow reads the rows:
+        blank lines skipped, the header the first record."""
+        # A prompt may be longer than the csv module's default limit of 128 KiB a field.
+        limit = csv.field_size_limit(1 << 30)
+        try:
+            with read_errors(self.names[0]), self._text() as handle:
+                reader = csv.reader(handle, delimiter=self.delimiter)
+                header_seen = False
+                ended = 0  # the line the last record ended on
+                # A record that csv cannot read ends the count: the rows after it say line 0
+                # (pyarrow, which reads the rows, has read it).
+                with contextlib.suppress(csv.Error):
+                    for record in reader:
+                        start, ended = ended + 1, reader.line_num
+                        if not record:  # a blank line
+                            continue
+                        if not header_seen:
+                            header_seen = True
+                            continue
+                        yield start
+        finally:
+            csv.field_size_limit(limit)
+
+    def _text(self) -> TextIO:
+        # Only line numbers are read here: undecodable bytes must not stop the count.
+        path = self.paths[0]
+        if self.gzipped:
+            return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+        return path.open("r", encoding="utf-8-sig", errors="replace", newline="")

@@ -1,0 +1,185 @@
+"""CSV and TSV inputs (batchpizza/sources/delimited.py), as a user runs them: typed carried
+columns, bad rows named by file and physical line, ragged rows, empty files, gzip, resume."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner, Result
+from conftest import read_jsonl
+
+from batchpizza.cli import cli
+from batchpizza.mock.replies import mock_answer
+from batchpizza.mock.server import ThreadedMockServer
+
+RESULTS = ["answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"]
+
+
+def invoke(server: ThreadedMockServer, source: Path, out: Path, *extra: str) -> Result:
+    args = ["run", str(source), "-o", str(out), "--base-url", server.base_url, "--rate", "0"]
+    return CliRunner().invoke(cli, [*args, "--no-progress", *extra])
+
+
+def test_csv_columns_are_typed_and_the_prompt_and_id_stay_text(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "id,prompt,n,score,flag,note\n"
+        "007,42,1,0.5,true,first\n"
+        '008,"Say ""hi"", please",2,1.25,false,\n'
+        "009,third question,,2,true,x\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out.parquet"
+
+    result = invoke(mock_api, source, out)
+
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.column_names == ["id", "prompt", "n", "score", "flag", "note", *RESULTS]
+    types = {f.name: f.type for f in table.schema}
+    assert types["prompt"] == pa.string() and types["id"] == pa.string()
+    assert (types["n"], types["score"], types["flag"]) == (pa.int64(), pa.float64(), pa.bool_())
+    rows = table.to_pylist()
+    assert [r["id"] for r in rows] == ["007", "008", "009"]  # the zeros kept
+    assert [r["prompt"] for r in rows] == ["42", 'Say "hi", please', "third question"]
+    assert [r["n"] for r in rows] == [1, 2, None]
+    assert all(r["answer"] == mock_answer(r["prompt"]) for r in rows)
+
+
+def test_bad_csv_rows_are_named_by_file_and_physical_line(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "id,prompt\n"  # line 1
+        'a,"a prompt\nover two lines"\n'  # lines 2-3
+        "\n"  # line 4: blank
+        "b,\n"  # line 5: empty prompt
+        "c,one,two\n"  # line 6: a field too many
+        "a,again\n",  # line 7: the id of line 2
+        encoding="utf-8",
+    )
+    out = tmp_path / "out.jsonl"
+
+    result = invoke(mock_api, source, out)
+
+    assert result.exit_code == 2, result.output
+    assert mock_api.stats.requests == 0 and not out.exists()
+    err = result.stderr
+    assert "3 bad row(s)" in err
+    assert f"{source}:5: field 'prompt': is empty" in err
+    assert f"{source}:6: expected 2 fields as the header has, found 3" in err
+    assert f"{source}:7: field 'id': duplicate id 'a' (first on line 2)" in err
+
+
+def test_skip_bad_rows_keeps_a_ragged_row_in_its_place_as_invalid(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("id,prompt,n\nr0,zero,0\nr1,one\nr2,two,2\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+
+    result = invoke(mock_api, source, out, "--skip-bad-rows")
+
+    assert result.exit_code == 3, result.output
+    rows = read_jsonl(out)
+    assert [r["finish_reason"] for r in rows] == ["stop", "invalid", "stop"]
+    assert [r["n"] for r in rows] == [0, None, 2]
+    assert rows[2]["id"] == "r2" and rows[2]["answer"] == mock_answer("two")
+    assert "expected 3 fields" in rows[1]["error"]
+
+
+@pytest.mark.parametrize("name", ["in.tsv", "in.csv.gz", "IN.TSV.GZ"])
+def test_tsv_and_gzipped_inputs_are_read_by_their_extension(
+    mock_api: ThreadedMockServer, tmp_path: Path, name: str
+) -> None:
+    tsv = ".tsv" in name.lower()
+    sep, hello = ("\t", "hello, world") if tsv else (",", '"hello, world"')
+    text = f"id{sep}prompt{sep}note\nr0{sep}{hello}{sep}x\nr1{sep}second{sep}y\n"
+    source = tmp_path / name
+    data = text.encode()
+    source.write_bytes(gzip.compress(data) if name.lower().endswith(".gz") else data)
+    out = tmp_path / "out.jsonl"
+
+    result = invoke(mock_api, source, out)
+
+    assert result.exit_code == 0, result.output
+    rows = read_jsonl(out)
+    assert [(r["id"], r["prompt"], r["note"]) for r in rows] == [
+        ("r0", "hello, world", "x"),
+        ("r1", "second", "y"),
+    ]
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "id,prompt\n"])
+def test_an_empty_csv_is_an_empty_output_with_every_column(
+    mock_api: ThreadedMockServer, tmp_path: Path, text: str
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text(text, encoding="utf-8")
+    out = tmp_path / "out.parquet"
+
+    result = invoke(mock_api, source, out)
+
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.num_rows == 0
+    assert set(RESULTS) <= set(table.column_names)
+    assert mock_api.stats.requests == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("id,question\nr0,hi\n", "no 'prompt' column"),
+        ("id,prompt,prompt\nr0,a,b\n", "names column 'prompt' twice"),
+        ("prompt,answer\nhi,there\n", "'answer' is named like an output column"),
+    ],
+)
+def test_a_csv_without_a_usable_header_is_refused_naming_the_file(
+    mock_api: ThreadedMockServer, tmp_path: Path, text: str, said: str
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text(text, encoding="utf-8")
+
+    result = invoke(mock_api, source, tmp_path / "out.jsonl")
+
+    assert result.exit_code == 2, result.output
+    assert str(source) in result.stderr and said in result.stderr
+    assert mock_api.stats.requests == 0
+
+
+def test_a_csv_rerun_sends_nothing_and_a_grown_one_only_the_new_rows(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("id,prompt\nr0,zero\nr1,one\n", encoding="utf-8")
+    out = tmp_path / "out.parquet"
+    assert invoke(mock_api, source, out).exit_code == 0
+    assert invoke(mock_api, source, out).exit_code == 0
+    assert mock_api.stats.requests == 2
+
+    with source.open("a", encoding="utf-8") as handle:
+        handle.write("r2,two\n")
+    assert invoke(mock_api, source, out).exit_code == 0
+    assert mock_api.stats.requests == 3
+    assert pq.read_table(out).column("id").to_pylist() == ["r0", "r1", "r2"]
+
+
+def test_invalid_utf8_in_a_csv_row_is_a_bad_row_of_its_own(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_bytes(b"id,prompt\nr0,fine\nr1,bad \xff byte\nr2,also fine\n")
+    out = tmp_path / "out.jsonl"
+
+    result = invoke(mock_api, source, out, "--skip-bad-rows")
+
+    assert result.exit_code == 3, result.output
+    assert [r["finish_reason"] for r in read_jsonl(out)] == ["stop", "invalid", "stop"]
