@@ -28,13 +28,7 @@ from batchpizza.mock.faults import MockConfig
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import MockServer
 from batchpizza.providers import Provider
-from batchpizza.providers.openai import (
-    OpenAIAPI,
-    batch_output_line,
-    parse_duration,
-    parse_rate_info,
-    retry_after_of,
-)
+from batchpizza.providers.openai import OpenAIAPI
 from batchpizza.records import Answer, Prompt, RateInfo
 from batchpizza.rows import format_prompt
 
@@ -749,54 +743,6 @@ async def test_openai_ratelimit_headers_are_parsed(session: aiohttp.ClientSessio
     assert answer.request_id == "req_abc"
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("1s", 1.0),
-        ("6m0s", 360.0),
-        ("1.5s", 1.5),
-        ("20ms", 0.02),
-        ("2m59.56s", 179.56),
-        ("1h2m3.5s", 3723.5),
-        ("100us", 1e-4),
-        ("100µs", 1e-4),
-        ("0s", 0.0),
-        (" 17ms ", 0.017),
-        ("0.5", 0.5),
-        ("12", 12.0),
-        ("1d", 86400.0),
-        (".5s", 0.5),
-    ],
-)
-def test_parse_duration_reads_openai_durations(text: str, seconds: float) -> None:
-    assert parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("text", [None, "", "s", "abc", "1x", "-1s", "1s-", "1 s", "nan", "inf"])
-def test_parse_duration_gives_none_for_what_it_cannot_read(text: str | None) -> None:
-    assert parse_duration(text) is None
-
-
-def test_parse_rate_info() -> None:
-    assert parse_rate_info({}) is None
-    assert parse_rate_info({"x-ratelimit-limit-tokens": "5"}) is None  # tokens are not requests
-    assert parse_rate_info({"x-ratelimit-remaining-requests": "3"}) == RateInfo(remaining=3)
-    assert parse_rate_info(
-        {
-            "x-ratelimit-limit-requests": "soon",
-            "x-ratelimit-remaining-requests": "-1",
-            "x-ratelimit-reset-requests": "20ms",
-        }
-    ) == RateInfo(reset_s=0.02)
-
-
-def test_retry_after_of() -> None:
-    assert retry_after_of({}) is None
-    assert retry_after_of({"Retry-After": "3"}) == 3.0
-    assert retry_after_of({"retry-after-ms": "250", "Retry-After": "3"}) == 0.25
-    assert retry_after_of({"retry-after-ms": "soon", "Retry-After": "3"}) == 3.0
-
-
 # --- the key ------------------------------------------------------------------------------------
 
 
@@ -834,105 +780,3 @@ def test_a_key_a_header_cannot_carry_is_refused_without_quoting_it() -> None:
         api("http://127.0.0.1:1/v1", api_key="sk-abc def\nghi")
     assert "abc" not in str(info.value)
     assert isinstance(info.value, BatchpizzaError) and info.value.exit_code == 2
-
-
-# --- batch output lines -------------------------------------------------------------------------
-
-
-def test_an_answered_row_is_a_batch_line_with_a_chat_completion() -> None:
-    line = batch_output_line(
-        "request-1",
-        answer="2 + 2 equals 4.",
-        finish_reason="stop",
-        model="gpt-4o-mini-2024-07-18",
-        prompt_tokens=24,
-        completion_tokens=8,
-        response_id="chatcmpl-A1",
-        request_id="af0bac0d",
-        created=1724858089,
-    )
-    assert line == {
-        "id": line["id"],
-        "custom_id": "request-1",
-        "response": {
-            "status_code": 200,
-            "request_id": "af0bac0d",
-            "body": {
-                "id": "chatcmpl-A1",
-                "object": "chat.completion",
-                "created": 1724858089,
-                "model": "gpt-4o-mini-2024-07-18",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": "2 + 2 equals 4.",
-                            "refusal": None,
-                        },
-                        "logprobs": None,
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": 24, "completion_tokens": 8, "total_tokens": 32},
-            },
-        },
-        "error": None,
-    }
-    assert line["id"].startswith("batch_req_")
-    json.dumps(line)  # every value is JSON
-
-
-def test_batch_line_ids_are_stable_and_distinct() -> None:
-    def ids(custom_id: str) -> tuple[str, str, str]:
-        line = batch_output_line(custom_id, answer="a", finish_reason="stop")
-        return line["id"], line["response"]["request_id"], line["response"]["body"]["id"]
-
-    assert ids("a") == ids("a")
-    assert len({*ids("a"), *ids("b")}) == 6
-    line = batch_output_line("a", answer="a", finish_reason="length", model=None)
-    assert line["response"]["body"]["usage"] is None  # unknown counts are not made up
-    assert line["response"]["body"]["choices"][0]["finish_reason"] == "length"
-
-
-def test_a_refusal_and_tool_calls_are_rebuilt_as_openai_sends_them() -> None:
-    refused = batch_output_line("r", answer="I can't.", finish_reason="refusal")
-    choice = refused["response"]["body"]["choices"][0]
-    assert choice["message"]["content"] is None
-    assert choice["message"]["refusal"] == "I can't."
-    assert choice["finish_reason"] == "stop"
-    calls = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
-    tools = batch_output_line("t", answer=json.dumps(calls), finish_reason="tool_calls")
-    message = tools["response"]["body"]["choices"][0]["message"]
-    assert (message["content"], message["tool_calls"]) == (None, calls)
-
-
-def test_a_failed_row_is_a_batch_line_with_an_error() -> None:
-    line = batch_output_line(
-        "x",
-        answer=None,
-        finish_reason="error",
-        error="HTTP 503 after 6 attempts",
-        status_code=503,
-        request_id="req_9",
-    )
-    assert line["error"] == {"code": "request_failed", "message": "HTTP 503 after 6 attempts"}
-    assert line["response"]["status_code"] == 503
-    assert line["response"]["request_id"] == "req_9"
-    assert line["response"]["body"]["error"]["message"] == "HTTP 503 after 6 attempts"
-
-
-@pytest.mark.parametrize(
-    ("finish", "code"),
-    [
-        ("error", "request_failed"),
-        ("misuse", "refused"),
-        ("invalid", "invalid_request"),
-        ("pending", "batch_expired"),
-    ],
-)
-def test_unanswered_rows_without_a_status_have_no_response(finish: str, code: str) -> None:
-    line = batch_output_line("x", answer=None, finish_reason=finish, error=None)
-    assert line["response"] is None
-    assert line["error"]["code"] == code
-    assert line["error"]["message"]

@@ -4,7 +4,6 @@ Ollama, llama.cpp, a gateway).
 `OpenAIAPI` is the runner's provider: one Prompt in, one Answer out (with the server's finish
 reason, model, token counts, ids and rate-limit headers), or a typed error from errors.py that says
 whether a retry could help, and whether any later request could succeed at all (`fatal`).
-`batch_output_line` turns a stored result back into a line of an OpenAI Batch API output file.
 
 The API key is held so that it is never put into any text: not in an error message, a repr, a
 preview or a log line; what a server echoes of it is cut out of its error messages.
@@ -12,8 +11,6 @@ preview or a log line; what a server echoes of it is cut out of its error messag
 
 from __future__ import annotations
 
-import hashlib
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -30,18 +27,12 @@ from batchpizza.errors import (
     ProviderError,
     UsageError,
 )
-from batchpizza.providers.http import parse_retry_after, post_json, reply_json
-from batchpizza.records import UNANSWERED, Answer, Prompt, RateInfo, is_answered
+from batchpizza.providers.http import post_json, reply_json
+from batchpizza.providers.limits import parse_rate_info, retry_after_of
+from batchpizza.records import UNANSWERED, Answer, Prompt, RateInfo
 from batchpizza.redact import MASK, redact, shorten
 
-__all__ = [
-    "CHAT_PATH",
-    "OpenAIAPI",
-    "batch_output_line",
-    "parse_duration",
-    "parse_rate_info",
-    "retry_after_of",
-]
+__all__ = ["CHAT_PATH", "OpenAIAPI"]
 
 CHAT_PATH = "/chat/completions"
 USER_AGENT = "batchpizza"
@@ -60,35 +51,6 @@ _UNKNOWN_MODEL = re.compile(
 )
 # Streaming is a different wire format (server-sent events); a batch reads whole replies.
 _STREAMING = ("stream", "stream_options")
-# Go's time.Duration text, as OpenAI's x-ratelimit-reset-* headers carry it: "1s", "6m0s", "20ms".
-_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h|d))+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
-_UNIT_SECONDS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,  # micro sign, as Go prints it
-    "μs": 1e-6,  # Greek mu, which some servers send instead
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-}
-# Error codes for failed rows in batch output lines, by our finish reason. "batch_expired" is
-# OpenAI's code for a request not run before its batch window closed, which is what a pending
-# row is: tools that resubmit expired requests do the right thing with ours.
-_BATCH_ERROR_CODES = {
-    "error": "request_failed",
-    "misuse": "refused",
-    "invalid": "invalid_request",
-    "pending": "batch_expired",
-}
-_BATCH_ERROR_MESSAGES = {
-    "error": "the request failed",
-    "misuse": "the service refused the request",
-    "invalid": "the input row is invalid",
-    "pending": "not sent: the run stopped before this row; rerun to continue",
-}
 
 
 class _Secret:
@@ -107,50 +69,6 @@ class _Secret:
         return f"<secret {MASK}>"
 
     __str__ = __repr__
-
-
-def _number(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return None
-    return number if math.isfinite(number) and number >= 0 else None
-
-
-def parse_duration(value: str | None) -> float | None:
-    """Seconds in OpenAI's duration text ("1s", "6m0s", "1.5s", "20ms", "1h2m3s") or a bare number
-    of seconds; None when absent or unreadable."""
-    if not value:
-        return None
-    text = value.strip().lower()
-    plain = _number(text)
-    if plain is not None:
-        return plain
-    if not _DURATION.fullmatch(text):
-        return None
-    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
-
-
-def parse_rate_info(headers: Mapping[str, str]) -> RateInfo | None:
-    """The request limit a reply announces in x-ratelimit-{limit,remaining,reset}-requests; None
-    when it announces none. (`headers` should be case-insensitive, as aiohttp's are.)"""
-    info = RateInfo(
-        limit=_number(headers.get("x-ratelimit-limit-requests")),
-        remaining=_number(headers.get("x-ratelimit-remaining-requests")),
-        reset_s=parse_duration(headers.get("x-ratelimit-reset-requests")),
-    )
-    return None if info == RateInfo() else info
-
-
-def retry_after_of(headers: Mapping[str, str]) -> float | None:
-    """How long the server asks us to wait, in seconds: `retry-after-ms` when present (OpenAI's
-    more precise header, preferred as openai-python does), else `Retry-After` (seconds or date)."""
-    millis = _number(headers.get("retry-after-ms"))
-    if millis is not None:
-        return millis / 1000
-    return parse_retry_after(headers.get("Retry-After"))
 
 
 def _error_detail(body: bytes) -> tuple[Mapping[str, Any], str]:
@@ -428,78 +346,3 @@ class OpenAIAPI:
             hint = "the API key is wrong" if self._key else "no API key was sent"
             return HTTPStatusError(status, f"{text} [{hint}]", fatal=True)
         return HTTPStatusError(status, text, retry_after_of(headers))
-
-
-def _ids(custom_id: str) -> str:
-    """A stable id per row, so rewriting the output gives the same file."""
-    return hashlib.blake2b(custom_id.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
-
-
-def batch_output_line(
-    custom_id: str,
-    *,
-    answer: str | None,
-    finish_reason: str,
-    model: str | None = None,
-    prompt_tokens: int | None = None,
-    completion_tokens: int | None = None,
-    response_id: str | None = None,
-    request_id: str | None = None,
-    status_code: int | None = None,
-    error: str | None = None,
-    created: int = 0,
-) -> dict[str, Any]:
-    """One line of an OpenAI Batch API output file for a stored result.
-
-    An answered row: `response` holds the status (200 unless given), the request id and a
-    chat.completion body rebuilt from the answer, and `error` is null. A row that was not answered:
-    `error` is {"code", "message"}, and `response` holds the HTTP status of its last failure (with
-    an OpenAI-style error body) when there was one, else null. Ids the server did not give are
-    derived from `custom_id`, so the same results always make the same file."""
-    digest = _ids(custom_id)
-    line_id = f"batch_req_{digest}"
-    req_id = request_id or f"req_{digest}"
-    if answer is not None and is_answered(finish_reason):
-        message: dict[str, Any] = {"role": "assistant", "content": answer, "refusal": None}
-        finish = finish_reason
-        if finish_reason == "refusal":
-            message.update(content=None, refusal=answer)
-            finish = "stop"  # what OpenAI sends with a refusal
-        elif finish_reason == "tool_calls":
-            try:
-                calls = jsoncodec.loads(answer)
-            except ValueError:
-                calls = None
-            if isinstance(calls, list):
-                message.update(content=None, tool_calls=calls)
-        usage = None
-        if prompt_tokens is not None and completion_tokens is not None:
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            }
-        body = {
-            "id": response_id or f"chatcmpl-{digest}",
-            "object": "chat.completion",
-            "created": created,
-            "model": model or "",
-            "choices": [
-                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-            ],
-            "usage": usage,
-        }
-        response = {"status_code": status_code or 200, "request_id": req_id, "body": body}
-        return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
-    text = error or _BATCH_ERROR_MESSAGES.get(finish_reason, "no answer")
-    code = _BATCH_ERROR_CODES.get(finish_reason, finish_reason)
-    failed: dict[str, Any] | None = None
-    if status_code is not None:
-        detail = {"message": text, "type": "error", "param": None, "code": code}
-        failed = {"status_code": status_code, "request_id": req_id, "body": {"error": detail}}
-    return {
-        "id": line_id,
-        "custom_id": custom_id,
-        "response": failed,
-        "error": {"code": code, "message": text},
-    }

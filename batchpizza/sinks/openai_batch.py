@@ -3,13 +3,104 @@ tools built for OpenAI's batch files read ours."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
-from typing import IO
+from typing import IO, Any
 
 from batchpizza import jsoncodec
-from batchpizza.providers.openai import batch_output_line
-from batchpizza.records import OutputRow
+from batchpizza.records import OutputRow, is_answered
 from batchpizza.sources.base import Carried, Columns
+
+# Error codes for failed rows in batch output lines, by our finish reason. "batch_expired" is
+# OpenAI's code for a request not run before its batch window closed, which is what a pending
+# row is: tools that resubmit expired requests do the right thing with ours.
+_BATCH_ERROR_CODES = {
+    "error": "request_failed",
+    "misuse": "refused",
+    "invalid": "invalid_request",
+    "pending": "batch_expired",
+}
+_BATCH_ERROR_MESSAGES = {
+    "error": "the request failed",
+    "misuse": "the service refused the request",
+    "invalid": "the input row is invalid",
+    "pending": "not sent: the run stopped before this row; rerun to continue",
+}
+
+
+def _ids(custom_id: str) -> str:
+    """A stable id per row, so rewriting the output gives the same file."""
+    return hashlib.blake2b(custom_id.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def batch_output_line(
+    custom_id: str,
+    *,
+    answer: str | None,
+    finish_reason: str,
+    model: str | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+    response_id: str | None = None,
+    request_id: str | None = None,
+    status_code: int | None = None,
+    error: str | None = None,
+    created: int = 0,
+) -> dict[str, Any]:
+    """One line of an OpenAI Batch API output file for a stored result.
+
+    An answered row: `response` holds the status (200 unless given), the request id and a
+    chat.completion body rebuilt from the answer, and `error` is null. A row that was not answered:
+    `error` is {"code", "message"}, and `response` holds the HTTP status of its last failure (with
+    an OpenAI-style error body) when there was one, else null. Ids the server did not give are
+    derived from `custom_id`, so the same results always make the same file."""
+    digest = _ids(custom_id)
+    line_id = f"batch_req_{digest}"
+    req_id = request_id or f"req_{digest}"
+    if answer is not None and is_answered(finish_reason):
+        message: dict[str, Any] = {"role": "assistant", "content": answer, "refusal": None}
+        finish = finish_reason
+        if finish_reason == "refusal":
+            message.update(content=None, refusal=answer)
+            finish = "stop"  # what OpenAI sends with a refusal
+        elif finish_reason == "tool_calls":
+            try:
+                calls = jsoncodec.loads(answer)
+            except ValueError:
+                calls = None
+            if isinstance(calls, list):
+                message.update(content=None, tool_calls=calls)
+        usage = None
+        if prompt_tokens is not None and completion_tokens is not None:
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+        body = {
+            "id": response_id or f"chatcmpl-{digest}",
+            "object": "chat.completion",
+            "created": created,
+            "model": model or "",
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            ],
+            "usage": usage,
+        }
+        response = {"status_code": status_code or 200, "request_id": req_id, "body": body}
+        return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
+    text = error or _BATCH_ERROR_MESSAGES.get(finish_reason, "no answer")
+    code = _BATCH_ERROR_CODES.get(finish_reason, finish_reason)
+    failed: dict[str, Any] | None = None
+    if status_code is not None:
+        detail = {"message": text, "type": "error", "param": None, "code": code}
+        failed = {"status_code": status_code, "request_id": req_id, "body": {"error": detail}}
+    return {
+        "id": line_id,
+        "custom_id": custom_id,
+        "response": failed,
+        "error": {"code": code, "message": text},
+    }
 
 
 class OpenAIBatchSink:

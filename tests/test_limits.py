@@ -1,0 +1,56 @@
+"""What an OpenAI-compatible server says of its limits in reply headers, as read."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchpizza.providers.limits import parse_duration, parse_rate_info, retry_after_of
+from batchpizza.records import RateInfo
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("1.5s", 1.5),
+        ("20ms", 0.02),
+        ("2m59.56s", 179.56),
+        ("1h2m3.5s", 3723.5),
+        ("100us", 1e-4),
+        ("100µs", 1e-4),
+        ("0s", 0.0),
+        (" 17ms ", 0.017),
+        ("0.5", 0.5),
+        ("12", 12.0),
+        ("1d", 86400.0),
+        (".5s", 0.5),
+    ],
+)
+def test_parse_duration_reads_openai_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", [None, "", "s", "abc", "1x", "-1s", "1s-", "1 s", "nan", "inf"])
+def test_parse_duration_gives_none_for_what_it_cannot_read(text: str | None) -> None:
+    assert parse_duration(text) is None
+
+
+def test_parse_rate_info() -> None:
+    assert parse_rate_info({}) is None
+    assert parse_rate_info({"x-ratelimit-limit-tokens": "5"}) is None  # tokens are not requests
+    assert parse_rate_info({"x-ratelimit-remaining-requests": "3"}) == RateInfo(remaining=3)
+    assert parse_rate_info(
+        {
+            "x-ratelimit-limit-requests": "soon",
+            "x-ratelimit-remaining-requests": "-1",
+            "x-ratelimit-reset-requests": "20ms",
+        }
+    ) == RateInfo(reset_s=0.02)
+
+
+def test_retry_after_of() -> None:
+    assert retry_after_of({}) is None
+    assert retry_after_of({"Retry-After": "3"}) == 3.0
+    assert retry_after_of({"retry-after-ms": "250", "Retry-After": "3"}) == 0.25
+    assert retry_after_of({"retry-after-ms": "soon", "Retry-After": "3"}) == 3.0
