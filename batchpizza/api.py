@@ -14,9 +14,11 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
-from collections.abc import AsyncIterator
-from typing import Any
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 from batchpizza.config import RunConfig
 from batchpizza.errors import UsageError
@@ -24,6 +26,11 @@ from batchpizza.job import Job, run_loop
 from batchpizza.records import OutputRow, Result
 from batchpizza.sinks.values import result_columns
 from batchpizza.tables import InMemory, from_data
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from batchpizza.options import Options
 
 LABEL = "<data>"
 
@@ -51,14 +58,26 @@ def _results(mem: InMemory, rows: list[OutputRow], extra: tuple[str, ...]) -> An
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-async def _answered(data: Any, options: dict[str, Any], **hooks: Any) -> tuple[Any, Job]:
-    """(the result of `data`'s run as `restore` takes it, the job that ran it)."""
+def _prompts_as_rows(data: Any, field: str) -> Any:
+    """A list of prompt strings as the rows it stands for ({field: prompt} each); else `data`."""
+    if isinstance(data, list) and data and all(isinstance(item, str) for item in data):
+        return [{field: item} for item in data]
+    return data
+
+
+async def _answered(
+    data: Any, options: dict[str, Any], started: Callable[[Job], None] | None = None
+) -> tuple[Any, Job]:
+    """(the result of `data`'s run as `restore` takes it, the job that ran it); `started` is
+    told of the job before it runs (so another thread can interrupt it)."""
     config = _config(options)
-    mem = from_data(data)
+    mem = from_data(_prompts_as_rows(data, config.fields_named[0]))
     readable = mem
     if mem.kind == "stream":  # read once: its rows are run from memory, its columns given back
         readable = InMemory("arrow", mem.data.read_all())
-    job = Job(config, data=readable, **hooks)
+    job = Job(config, data=readable)
+    if started is not None:
+        started(job)
     await job.run()
     assert job.output_rows is not None  # a run that returned has its rows
     from batchpizza.providers.factory import extra_columns
@@ -78,30 +97,66 @@ def _beside(table: Any, results: Any) -> Any:
     )
 
 
-async def aanswer(data: Any, **options: Any) -> Any:
+async def aanswer(data: Any, **options: Unpack[Options]) -> Any:
     """`data` (pandas or polars DataFrame, pyarrow Table or RecordBatchReader, datasets.Dataset,
-    list of dicts) with the result columns added, as the same type, rows in the same order; the
-    input is not changed. Options as on the command line (`prompt_field=`, `rate=`,
-    `concurrency=`, `skip_bad_rows=`, `checkpoint=PATH` to make it resumable, ...). Bad rows raise
-    InputError naming the row, unless skip_bad_rows=True. Use inside a running event loop."""
+    any table with `__arrow_c_stream__`, a list of dicts or of prompt strings) with the result
+    columns added, as the same type (a pyarrow RecordBatchReader for other Arrow streams, a list
+    of dicts for a list), rows in the same order; the input is not changed. Options as on the
+    command line (`prompt_field=`, `rate=`, `concurrency=`, `skip_bad_rows=`, `checkpoint=PATH`
+    to make it resumable, ...; see batchpizza.options.Options). Bad rows raise InputError naming
+    the row, unless skip_bad_rows=True."""
     result, _job = await _answered(data, dict(options))
     return result
 
 
-def answer(data: Any, **options: Any) -> Any:
-    """The blocking form of `aanswer` (see there). Inside a running event loop (Jupyter) use
-    `await batchpizza.aanswer(...)`."""
+def answer(data: Any, **options: Unpack[Options]) -> Any:
+    """The blocking form of `aanswer` (see there). It works anywhere: inside a running event
+    loop (a notebook cell, an async app) the job runs on a worker thread of its own and the call
+    blocks until it ends; an interrupt (Ctrl-C, the notebook's stop button) stops the job as
+    SIGINT does, with what finished saved in the checkpoint, and is raised again."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return run_loop(aanswer(data, **options))
-    raise UsageError(
-        "answer() cannot run inside a running event loop (a notebook, an async app): "
-        "use `await batchpizza.aanswer(data, ...)` there"
-    )
+    return _on_a_thread(data, dict(options))
 
 
-async def stream(data: Any, **options: Any) -> AsyncIterator[dict[str, Any]]:
+def _on_a_thread(data: Any, options: dict[str, Any]) -> Any:
+    """`answer` from inside a running event loop: on a thread with its own loop, blocking."""
+    outcome: dict[str, Any] = {}
+    running: list[tuple[Job, asyncio.AbstractEventLoop]] = []
+
+    def started(job: Job) -> None:
+        running.append((job, asyncio.get_running_loop()))
+
+    finished = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome["result"], _ = run_loop(_answered(data, options, started))
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            outcome["error"] = exc
+        finally:
+            finished.set()
+
+    threading.Thread(target=work, name="batchpizza-answer", daemon=True).start()
+    # An Event, not Thread.join: a join interrupted by KeyboardInterrupt may take the thread for
+    # ended while it still runs (CPython's lock bookkeeping), and the job would be left behind.
+    try:
+        while not finished.wait(0.1):  # short waits: this thread must hear KeyboardInterrupt
+            pass
+    except KeyboardInterrupt:
+        for job, loop in running:
+            with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
+                loop.call_soon_threadsafe(job.interrupt, signal.SIGINT)
+        finished.wait()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+async def stream(data: Any, **options: Unpack[Options]) -> AsyncIterator[dict[str, Any]]:
     """Results as rows finish: a dict per row with `id`, `position` (0-based, in the input) and
     the result columns, with the pacing, retries, breaker and checkpoint of a run. `data` as for
     `answer`, or a path as for `run`. Every row is yielded once: those finished in this run as
@@ -116,7 +171,7 @@ async def stream(data: Any, **options: Any) -> AsyncIterator[dict[str, Any]]:
         job = Job(dataclasses.replace(config, input=str(data)), on_row=on_row)
     else:
         config = _config(dict(options))
-        mem = from_data(data)
+        mem = from_data(_prompts_as_rows(data, config.fields_named[0]))
         if mem.kind == "stream":
             mem = InMemory("arrow", mem.data.read_all())
         job = Job(config, data=mem, on_row=on_row)

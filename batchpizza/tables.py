@@ -39,7 +39,8 @@ Kind = Literal["pandas", "polars", "arrow", "stream", "datasets", "rows"]
 BATCH_ROWS = 4096
 ACCEPTED = (
     "a pandas DataFrame, a polars DataFrame, a pyarrow Table or RecordBatchReader, "
-    "a Hugging Face datasets.Dataset, or a list of dicts (one per row, as JSONL lines)"
+    "a Hugging Face datasets.Dataset, any table with __arrow_c_stream__, "
+    "a list of dicts (one per row, as JSONL lines) or a list of prompt strings"
 )
 # (module, class, kind), matched in order against the modules already imported
 _CLASSES: tuple[tuple[str, str, Kind], ...] = (
@@ -74,8 +75,16 @@ def kind_of(data: object) -> Kind | None:
 
 
 def from_data(data: object) -> InMemory:
-    """`data` as an InMemory input; UsageError naming the accepted types for anything else."""
+    """`data` as an InMemory input; UsageError naming the accepted types for anything else. Any
+    other table that speaks the Arrow C stream interface (`__arrow_c_stream__`: a DuckDB relation,
+    an ibis table, a pyarrow dataset's scanner) is read as a stream, and comes back as a pyarrow
+    RecordBatchReader."""
     kind = kind_of(data)
+    # A value close to an accepted one (a Series, a RecordBatch) gets its hint, stream or not.
+    if kind is None and hasattr(data, "__arrow_c_stream__") and type(data).__name__ not in _HINTS:
+        import pyarrow as pa
+
+        return InMemory("stream", pa.RecordBatchReader.from_stream(data))
     if kind is None:
         cls = type(data)
         name = (

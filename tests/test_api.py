@@ -8,12 +8,15 @@ starts the bundled mock in-process (`mock=True`).
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
 import copy
 import decimal
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -372,14 +375,76 @@ async def test_a_cancelled_aanswer_keeps_what_finished_and_the_rerun_sends_the_r
 # -- inside a running event loop (Jupyter) ----------------------------------------------------
 
 
-async def test_inside_a_running_loop_aanswer_works_and_answer_names_it(
+async def test_inside_a_running_loop_aanswer_and_answer_both_work(
     opts: dict[str, Any],
 ) -> None:
+    # A notebook cell runs inside an event loop: answer() blocks it, on a thread of its own.
     data = pd.DataFrame({"prompt": QUESTIONS})
     out = await batchpizza.aanswer(data, **opts)
     assert list(out["answer"]) == expected_answers(QUESTIONS)
-    with pytest.raises(batchpizza.BatchpizzaError, match="aanswer"):
-        batchpizza.answer(data, **opts)
+    blocking = batchpizza.answer(data, **opts)
+    assert list(blocking["answer"]) == expected_answers(QUESTIONS)
+    assert threading.active_count() == threads_before_answer(blocking)
+
+
+def threads_before_answer(_result: object) -> int:
+    """The threads now: answer()'s worker thread has ended by the time it returns."""
+    return threading.active_count()
+
+
+async def test_answer_in_a_running_loop_raises_what_the_job_raises(opts: dict[str, Any]) -> None:
+    with pytest.raises(batchpizza.InputError, match="<data> row 1"):
+        batchpizza.answer(pd.DataFrame({"prompt": ["fine", ""]}), **opts)
+
+
+async def test_an_interrupt_of_answer_in_a_running_loop_stops_the_job_and_keeps_what_finished(
+    mock_api: ThreadedMockServer, opts: dict[str, Any], tmp_path: Path
+) -> None:
+    prompts = [f"[[slow:150]] question {i}" for i in range(40)]
+    checkpoint = str(tmp_path / "cell.checkpoint")
+    options = {**opts, "concurrency": 4, "checkpoint": checkpoint, "grace": 1.0}
+    # The notebook's stop button raises KeyboardInterrupt in the cell's thread. asyncio's runner,
+    # under which this test runs, would only cancel its task on a first SIGINT: Python's own
+    # handler stands in for the kernel's here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(0.8, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            batchpizza.answer([{"prompt": p} for p in prompts], **options)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    sent = mock_api.stats.requests
+    assert 0 < sent < len(prompts)
+    out = batchpizza.answer([{"prompt": p} for p in prompts], **options)
+    assert [row["finish_reason"] for row in out] == ["stop"] * len(prompts)
+    # The rerun sent only what the stopped job had not saved: at most its concurrency again.
+    assert len(prompts) <= mock_api.stats.requests <= len(prompts) + 4
+
+
+def test_a_list_of_prompt_strings_comes_back_as_rows_with_their_results(
+    opts: dict[str, Any],
+) -> None:
+    out = batchpizza.answer(QUESTIONS, **opts)
+    assert [row["prompt"] for row in out] == QUESTIONS
+    assert [row["answer"] for row in out] == expected_answers(QUESTIONS)
+    named = batchpizza.answer(QUESTIONS, prompt_field="question", **opts)
+    assert [row["question"] for row in named] == QUESTIONS
+
+
+def test_any_arrow_stream_producer_is_read_and_comes_back_as_a_reader(
+    opts: dict[str, Any],
+) -> None:
+    duckdb = pytest.importorskip("duckdb")
+    relation = duckdb.sql(
+        "SELECT * FROM (VALUES (1, 'What is the capital of Italy?'), (2, 'Name a pizza.')) "
+        "AS t(n, prompt)"
+    )
+    assert not isinstance(relation, (pa.Table, pa.RecordBatchReader))
+    out = batchpizza.answer(relation, **opts).read_all()
+    assert out.column("n").to_pylist() == [1, 2]
+    assert out.column("answer").to_pylist() == expected_answers(QUESTIONS[:2])
 
 
 # -- stream -----------------------------------------------------------------------------------

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from batchpizza.config import RunConfig
 from batchpizza.job.loop import run_loop
 from batchpizza.job.stages import Job
 from batchpizza.records import Summary
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from batchpizza.options import Options
+
 __all__ = ["Job", "arun", "run", "run_loop"]
 
 
 async def arun(
-    input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any
+    input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Unpack[Options]
 ) -> Summary:
     """Run a batch inside a running event loop; returns the summary. Options as on the command
     line (concurrency=, rate=, max_retries=, ...). Raises BatchpizzaError subclasses on failure."""
@@ -22,6 +27,8 @@ async def arun(
     return await Job(config).run()
 
 
-def run(input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any) -> Summary:
+def run(
+    input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Unpack[Options]
+) -> Summary:
     """Run a batch to the end and return its summary (see `arun` inside a running loop)."""
     return run_loop(arun(input, output, **options))

@@ -1,0 +1,47 @@
+"""The options of a run as the Python API's keyword arguments, each with its type, so that mypy
+checks a call: `answer(df, rate="5/s", concurrency=16)`. The names are RunConfig's fields and the
+command line's long options with `_` for `-` (a test keeps the three equal); the README's option
+table says what each does and its default."""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+
+class Options(TypedDict, total=False):
+    prompt_field: str  # the field holding the prompt ("prompt")
+    messages_field: str  # the field holding a chat message list ("messages")
+    id_field: str  # the field holding the row's id ("id"; else the row's position)
+    concurrency: int  # requests in flight at most (8)
+    rate: float | str  # "2/s" (default), "300/min", 0 for unlimited, "auto" or "auto:MAX"
+    max_retries: int  # retries after the first attempt (5)
+    timeout: float  # seconds per attempt (60)
+    proxy: str | None  # a proxy URL (else BATCHPIZZA_PROXY / HTTPS_PROXY ...)
+    base_url: str  # the server (Pizzagpt's by default; else BATCHPIZZA_BASE_URL)
+    checkpoint: str | None  # a checkpoint file: the same call again sends only what is unfinished
+    restart: bool  # forget the checkpoint's answers first
+    retry_refused: bool  # send again rows refused as misuse by an earlier run
+    skip_bad_rows: bool  # run the good rows; bad ones become `invalid` rows
+    progress: bool | None  # a progress bar (None: when stderr is a terminal or a notebook)
+    summary_json: str | None  # write the summary as JSON there
+    quiet: bool  # errors only
+    verbose: bool  # log each retry
+    misuse_retries: int  # re-asks of a misuse refusal (2)
+    misuse_backoff: float  # seconds before a misuse re-ask (30)
+    backoff_base: float  # first retry wait, seconds, doubling (0.5)
+    backoff_cap: float  # longest retry wait, seconds (30)
+    retry_after_cap: float  # longest Retry-After obeyed, seconds (300)
+    grace: float  # seconds requests in flight get after a stop (5)
+    mock: bool  # answer from the bundled mock server (offline)
+    deadline: float | str | None  # stop sending after this long ("50m"; from the process start)
+    patience: float | str  # how long the breaker may wait on a refusing service ("10m")
+    dry_run: bool  # plan and print, send nothing
+    limit: int | None  # the first N rows only
+    progress_every: float  # seconds between progress lines when not on a terminal (60)
+    provider: str  # "pizzagpt" (default) or "openai"
+    model: str | None  # the model (OpenAI-compatible servers)
+    params: dict[str, Any] | list[str]  # body parameters: a dict, or KEY=VALUE texts
+    api_key_env: str  # the variable holding the API key ("OPENAI_API_KEY")
+    format: str | None  # the output file's format (run/arun only)
+    input_label: str | None  # what messages call the input ("<data>" for rows in memory)
+    log_format: str  # "text" or "json"
