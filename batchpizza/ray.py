@@ -7,7 +7,7 @@
     out.write_parquet("s3://lake/answers/")
 
 `answer` maps the dataset's batches (as Arrow tables) over a pool of `actors` actors; each runs
-batchpizza's own Job over its batch with its share of `concurrency`. One controller actor
+the engine (batchpizza.engine.batch) over its batch with its share of `concurrency`. One controller actor
 (`ControllerActor`, on no CPU) owns the budget: the send slots, `rate="auto"`, the breaker and the
 deadline (batchpizza.distributed.budget). Failures are rows (`finish_reason`); a stop (the breaker
 out of patience, the deadline) leaves the rest "pending", never a failed Ray task.

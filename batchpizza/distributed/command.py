@@ -244,7 +244,7 @@ class ClusterRun:
         try:
             context = ray.data.DataContext.get_current()
             context.execution_options.preserve_order = True
-            # The error an actor's Job raised (a wrong API key), not Ray Data's wrapper of it,
+            # The error an actor's engine raised (a wrong API key), not Ray Data's wrapper of it,
             # which keeps only its text: see user_error.
             context.raise_original_map_exception = True
             if self.quiet:

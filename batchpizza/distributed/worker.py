@@ -87,7 +87,7 @@ class Answers:
 
 
 class PartWriter:
-    """Answered results of one batch, written to the checkpoint as parts: `add` is the Job's
+    """Answered results of one batch, written to the checkpoint as parts: `add` is the engine's
     on_row, `flush` the gate's before_send, so a worker's answer is durable before it sends
     again and a crash re-sends at most what was in flight."""
 
