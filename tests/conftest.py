@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -156,3 +157,65 @@ def other_network_namespace() -> list[str]:
         pytest.fail(f"cannot make a network namespace (unshare --net): {probe.stderr.strip()}")
     assert probe.stdout.strip() != str(here), "unshare --net did not give another namespace"
     return ["unshare", "--net"]
+
+
+# -- processes a test starts and must reap ------------------------------------------------------
+
+
+class Proc:
+    """A subprocess whose stderr is collected line by line by a thread, readable while it runs."""
+
+    def __init__(self, args: list[str], cwd: Path, stdin: int) -> None:
+        self.popen = subprocess.Popen(
+            args, cwd=cwd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            self.lines.append(line.decode("utf-8", "replace"))
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        code = self.popen.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def cleanup(self) -> None:
+        if self.popen.stdin is not None:
+            self.popen.stdin.close()
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(10)
+        self._reader.join(5)
+        if self.popen.stderr is not None:
+            self.popen.stderr.close()
+
+
+Spawn = Callable[..., Proc]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    """Start subprocesses; teardown kills and reaps every one of them."""
+    procs: list[Proc] = []
+
+    def start(args: list[str], *, stdin: int = subprocess.DEVNULL) -> Proc:
+        proc = Proc(args, tmp_path, stdin)
+        procs.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.cleanup()
