@@ -25,8 +25,8 @@ import batchpizza
 from batchpizza import redact
 from batchpizza.checkpoint import RunLock
 from batchpizza.cli import cli
+from batchpizza.engine import loop as loop_module
 from batchpizza.errors import BatchpizzaError
-from batchpizza.job import loop as loop_module
 from batchpizza.job import stages as job_module
 from batchpizza.mock.faults import MockConfig
 from batchpizza.mock.replies import mock_answer

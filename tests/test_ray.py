@@ -458,6 +458,23 @@ def test_no_task_is_left_on_the_actor_loop_after_a_batch(
     assert not left, f"left right after the batch: {left}; 0.5 s later: {later}"
 
 
+def test_an_actor_keeps_its_loop_of_the_kind_a_run_uses(
+    mock_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("uvloop")
+    kinds = []
+    for wanted in ("", "asyncio"):
+        monkeypatch.setenv("BATCHPIZZA_LOOP", wanted)
+        budget = Budget(rate=0, auto_max=None, patience=600, retry_after_cap=300, timeout=60)
+        answerer = Answerer(
+            LocalController(budget), options={"base_url": mock_api.base_url}, share=2
+        )
+        answerer(pa.table({"prompt": ["q"]}))
+        kinds.append(type(answerer._loop).__module__.split(".")[0])
+        answerer.shutdown()
+    assert kinds == ["uvloop", "asyncio"]
+
+
 def test_parts_are_idempotent_and_each_id_is_read_once(tmp_path: Path) -> None:
     store = PartStore(str(tmp_path / "ck"))
     schema = part_schema()

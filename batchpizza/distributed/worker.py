@@ -23,6 +23,7 @@ from batchpizza.controls.retrying import RetryPolicy
 from batchpizza.distributed.gate import ClusterGate, Controller
 from batchpizza.distributed.parts import DIGEST, ID, PartStore, key_of
 from batchpizza.engine.batch import Batch, answer_batch
+from batchpizza.engine.loop import new_loop
 from batchpizza.engine.runner import new_session
 from batchpizza.providers.factory import make_provider, remember_secrets
 from batchpizza.records import OutputRow, Result, is_answered
@@ -223,7 +224,7 @@ class Answerer:
 
     def _actor_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
-            loop = asyncio.new_event_loop()
+            loop = new_loop()  # uvloop's where installed, as a run's
             thread = threading.Thread(target=loop.run_forever, name="batchpizza-actor", daemon=True)
             thread.start()
             self._loop, self._thread = loop, thread

@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 from batchpizza.config import RunConfig
-from batchpizza.job.loop import run_loop
+from batchpizza.engine.loop import run_loop
 from batchpizza.job.stages import Job
 from batchpizza.records import Summary
 

@@ -15,7 +15,7 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     installed (not on Windows) unless BATCHPIZZA_LOOP=asyncio, else asyncio's own. uvloop
     implements the loop and the transports in C, where a sending run spends much of its time
     (benchmarks/RESULTS.md has the figures)."""
-    if os.environ.get("BATCHPIZZA_LOOP", "").strip().lower() != "asyncio" and _std_fds_open():
+    if _uvloop_wanted():
         try:
             import uvloop
         except ImportError:
@@ -24,6 +24,24 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
             result: T = uvloop.run(main)
             return result
     return asyncio.run(main)
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop of the kind `run_loop` would run on, for a thread that keeps one (a Ray
+    actor's)."""
+    if _uvloop_wanted():
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return loop
+    return asyncio.new_event_loop()
+
+
+def _uvloop_wanted() -> bool:
+    return os.environ.get("BATCHPIZZA_LOOP", "").strip().lower() != "asyncio" and _std_fds_open()
 
 
 def _std_fds_open() -> bool:
