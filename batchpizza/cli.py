@@ -184,9 +184,9 @@ def run(**options: Any) -> None:
     # The engine (aiohttp, the providers, the checkpoint) is imported once a run is asked for:
     # --help, --version, status and report start without it.
     from batchpizza.job import Job
-    from batchpizza.lean import keep_numpy_and_pandas_out
+    from batchpizza.lean import lean_command_line
 
-    keep_numpy_and_pandas_out()
+    lean_command_line()
 
     sys.exit(_run_job(Job(config)))
 
