@@ -5,30 +5,74 @@ summary = run("prompts.jsonl", "out.parquet", concurrency=16, rate="5/s")
 answered = batchpizza.answer(dataframe, prompt_field="question")   # the same type back
 """
 
-from batchpizza.api import aanswer, answer, stream
-from batchpizza.errors import (
-    BatchpizzaError,
-    InputChanged,
-    InputError,
-    Interrupted,
-    LockedError,
-    MisuseDetected,
-    OutputError,
-    ProviderError,
-    UsageError,
-)
-from batchpizza.job import arun, run
-from batchpizza.providers.pizzagpt import FinishReason, Pizzagpt
-from batchpizza.records import Outcome, Summary
-from batchpizza.rows import format_prompt
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what a type checker and an editor see; at run time, __getattr__ below
+    from batchpizza.api import aanswer, answer, stream
+    from batchpizza.errors import (
+        BatchpizzaError,
+        InputChanged,
+        InputError,
+        Interrupted,
+        LockedError,
+        MisuseDetected,
+        OutputError,
+        ProviderError,
+        UsageError,
+    )
+    from batchpizza.job import arun, run
+    from batchpizza.providers.pizzagpt import FinishReason, Pizzagpt
+    from batchpizza.records import Outcome, Summary
+    from batchpizza.rows import format_prompt
+
+# Each public name and the module that holds it, imported on first use: `batchpizza --version`,
+# `--help` and `status` need neither aiohttp nor the engine, and the package is imported before
+# the command line is read (the console script imports batchpizza.cli).
+_HOMES = {
+    "aanswer": "batchpizza.api",
+    "answer": "batchpizza.api",
+    "stream": "batchpizza.api",
+    "BatchpizzaError": "batchpizza.errors",
+    "InputChanged": "batchpizza.errors",
+    "InputError": "batchpizza.errors",
+    "Interrupted": "batchpizza.errors",
+    "LockedError": "batchpizza.errors",
+    "MisuseDetected": "batchpizza.errors",
+    "OutputError": "batchpizza.errors",
+    "ProviderError": "batchpizza.errors",
+    "UsageError": "batchpizza.errors",
+    "arun": "batchpizza.job",
+    "run": "batchpizza.job",
+    "FinishReason": "batchpizza.providers.pizzagpt",
+    "Pizzagpt": "batchpizza.providers.pizzagpt",
+    "Outcome": "batchpizza.records",
+    "Summary": "batchpizza.records",
+    "format_prompt": "batchpizza.rows",
+}
 
 
-def __getattr__(name: str) -> str:
-    # __version__ read from the metadata when first asked for, not at import: importing
-    # importlib.metadata was part of every run's start-up (import batchpizza.cli, 15 pairs:
-    # 0.216 -> 0.211 s; less than its 26 ms alone, as it shares modules with aiohttp).
-    if name != "__version__":
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        return _version()
+    home = _HOMES.get(name)
+    if home is None:
         raise AttributeError(f"module 'batchpizza' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    # The public names and the module's own dunders; not the helpers this module imports.
+    return sorted({*_HOMES, "__version__", *(name for name in globals() if name.startswith("__"))})
+
+
+def _version() -> str:
+    # Read from the metadata when first asked for, not at import: importing importlib.metadata
+    # was part of every run's start-up.
     from importlib import metadata
 
     try:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,8 +16,10 @@ from batchpizza.commands.mock_server import mock_server
 from batchpizza.commands.status import report, status
 from batchpizza.config import RunConfig
 from batchpizza.errors import BatchpizzaError
-from batchpizza.job import Job, run_loop
-from batchpizza.records import Summary
+
+if TYPE_CHECKING:
+    from batchpizza.job import Job
+    from batchpizza.records import Summary
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -191,6 +192,13 @@ def run(**options: Any) -> None:
         config = RunConfig.from_options(input_path, output, **options)
     except BatchpizzaError as exc:
         raise click.UsageError(exc.message) from None
+    # The engine (aiohttp, the providers, the checkpoint) is imported once a run is asked for:
+    # --help, --version, status and report start without it.
+    from batchpizza.job import Job
+    from batchpizza.lean import lean_command_line
+
+    lean_command_line()
+
     sys.exit(_run_job(Job(config)))
 
 
@@ -223,6 +231,10 @@ def _run_on_ray(input_path: str, output: str, address: str, options: dict[str, A
 
 
 def _run_job(job: Job) -> int:
+    import asyncio
+
+    from batchpizza.job import run_loop
+
     async def main() -> Summary:
         loop = asyncio.get_running_loop()
 

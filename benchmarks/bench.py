@@ -1,6 +1,7 @@
 """batchpizza's benchmark: our machinery next to a bare aiohttp loop, against the local mock server.
 
-    python benchmarks/bench.py                       # every scenario, full size (~15 min)
+    python benchmarks/bench.py                       # every scenario but scale, full size (~20 min)
+    python benchmarks/bench.py --scenario scale      # 10,000,000 rows (~10 min, ~7 GB of disk)
     python benchmarks/bench.py --quick               # every scenario shrunk, a smoke run (~1 min)
     python benchmarks/bench.py --scenario overhead latency --repeat 5
     python benchmarks/bench.py --record              # also append the table to RESULTS.md
@@ -9,15 +10,25 @@
 Every party runs in its own process, so none shares an event loop or a GIL with another: the mock
 server (`python -m batchpizza mock-server --port 0`), batchpizza (`python -m batchpizza run ...`)
 and the bare loop (this file with `--bare`: a semaphore over `session.post`, no retries, no pacing,
-no checkpoint, answers kept in memory and written once). Wall time, CPU time and peak RSS of each
-run are taken from outside, with os.wait4 on the child. Where both are run, batchpizza and the bare
-loop alternate (A B A B ...) so that drift of a shared machine falls on both; medians are reported.
+no checkpoint, answers kept in memory and written once, on the event loop batchpizza would use).
+Wall time, CPU time and peak RSS (ru_maxrss, in MiB) of each run are taken from outside, with
+os.wait4 on the child. With two cores or more, the measured child is pinned to the first and the
+mock server to the second. Where both are run, batchpizza and the bare loop alternate (A B A B
+...) so that drift of a shared machine falls on both; medians are reported.
 
 Scenarios (full size; --quick in brackets):
-- overhead: 20,000 prompts [1,000], zero latency, concurrency 64, no rate limit. batchpizza's wall
-  time over the bare loop's (process start to exit, both; target from issue 16), the same ratio of
-  CPU time (user + sys), the CPU per row of each side, peak RSS. With --profile, one more
-  batchpizza run under cProfile (not measured) and its top 10 functions by self time.
+- startup: `python -c pass`, `batchpizza --version`, `--help`, `status` and a one-row run to
+  JSONL and to Parquet, interleaved, median wall and peak RSS (targets: 0.2 s for the commands
+  that send nothing, 0.5 s for a one-row run); then a one-row Parquet run through steps.py, which
+  times its steps inside (interpreter start-up, imports, checkpoint creation, scan, sending,
+  output, interpreter exit).
+- overhead: 20,000 prompts [1,000] and one prompt, zero latency, concurrency 64, batchpizza with
+  every control on (as in controls) and the bare loop alternating, on uvloop's event loop (a
+  plain install) and then on asyncio's (BATCHPIZZA_LOOP=asyncio; the bare loop too). The target
+  is the per-row wall time after each side's one-row time, paired: (T(20,000) - T(1)) / 19,999,
+  batchpizza's over the bare loop's, at most 1.00x. Also the same in CPU time, the whole job's
+  ratio (start-up included), the one-row times and peak RSS. With --profile, one more batchpizza
+  run under cProfile (not measured) and its top 10 functions by self time.
 - controls: the overhead job with every control on, `--rate auto:100000` starting from a learned
   rate of 100,000/s, against the same job at `--rate 0`, alternating: the CPU ratio (target from
   issue 16: within 5 %), and whether the learned rate stayed at 100,000 (nothing was cut).
@@ -27,7 +38,8 @@ Scenarios (full size; --quick in brackets):
   due). For an ideal closed loop of C workers that span is N * L / C, so the ideal scores C / L.
 - pacing: --rate 50 for 30 s [5 s] (1,500 rows): the rate the server saw (arrivals - 1 over the
   span of arrivals) and the most arrivals in any one-second window.
-- memory: peak RSS of batchpizza at 100,000 and 1,000,000 rows [5,000 and 50,000], zero latency.
+- memory: peak RSS of batchpizza at 100,000 and 1,000,000 rows [5,000 and 50,000], zero latency,
+  Parquet output (target: at most 120 MiB at 1,000,000 rows, at most 1.1x the 100,000-row peak).
 - resume: a 1,000,000-row [50,000] job 99.9% done, the last 0.1% still to send (as after a kill
   near the end): seconds from process start until the server sees the first request. The
   checkpoint is written directly (not by sending a million requests) and copied for each run;
@@ -37,6 +49,10 @@ Scenarios (full size; --quick in brackets):
   resume after a kill does); the target is judged on the rerun.
 - validation: `batchpizza run` on a 1,000,000-row [50,000] JSONL whose last line is broken: it
   reads and validates every row, sends nothing and exits 2; its wall time is the validation cost.
+- scale (only when named): 10,000,000 rows [200,000] of about 80-byte prompts: validation of the
+  whole input (target 50 s), the resume scenario's two runs (target: the rerun's first request
+  within 5 s), their peak RSS against the same runs at 1,000,000 rows (within 1.1x), and the
+  checkpoint's size per row.
 - api: `batchpizza.answer(frame)` on a 100,000-row [5,000] pandas DataFrame against
   `batchpizza.run(file)` on the same rows as a Parquet file, zero latency, concurrency 64, rate 0,
   alternating. Both children (this file with `--api`) import pandas and read the Parquet file into
@@ -69,7 +85,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from mockproc import Server, child_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,13 +113,22 @@ class Sizes:
     resume: int
     validation: int
     api: int
+    scale: int
 
 
-FULL = Sizes(20_000, 5_000, 30, (100_000, 1_000_000), 1_000_000, 1_000_000, 100_000)
-QUICK = Sizes(1_000, 1_000, 5, (5_000, 50_000), 50_000, 50_000, 5_000)
+FULL = Sizes(20_000, 5_000, 30, (100_000, 1_000_000), 1_000_000, 1_000_000, 100_000, 10_000_000)
+QUICK = Sizes(1_000, 1_000, 5, (5_000, 50_000), 50_000, 50_000, 5_000, 200_000)
+# The third round's memory targets: a 1,000,000-row run (Parquet output) at most 120 MiB, flat
+# from 100,000 rows; at 10,000,000 rows within 1.1x of 1,000,000.
+MEMORY_TARGET_MIB, FLAT_TARGET = 120.0, 1.1
+SCALE_VALIDATION_TARGET, SCALE_RESUME_TARGET = 50.0, 5.0
 API_TARGET = 1.03  # answer() on a DataFrame costs no more CPU than run() on the same rows' file
 OVERHEAD_CONCURRENCY = 64
-OVERHEAD_TARGET = 1.05  # issue 16: at least as fast as a bare aiohttp loop, with everything on
+# Issue 16, third round: per row, no slower than the bare loop on the same event loop, with every
+# control on.
+PER_ROW_TARGET = 1.0
+# The third round's start-up targets: a one-row run, and the commands that send nothing.
+ONE_ROW_TARGET, COMMAND_TARGET = 0.5, 0.2
 # Issue 16: everything on costs no more than 5 % (the adaptive controller at a rate it never
 # reaches, against no rate limit at all).
 AUTO_MAX = 100_000.0
@@ -141,13 +165,19 @@ def api_main(kind: str, input_path: str, output_path: str, url: str, concurrency
 def bare_main(input_path: str, output_path: str, endpoint: str, concurrency: int) -> int:
     """What a user would write without batchpizza: read everything, gather under a semaphore,
     write once. Headers come from the parent (batchpizza's headers_for), so that this process
-    does not import batchpizza."""
+    does not import batchpizza. It runs on the event loop batchpizza would run on in the same
+    environment (BATCHPIZZA_LOOP=asyncio: asyncio's; else uvloop's where installed), so that a
+    comparison is of the machinery, not of the loops."""
     headers = json.loads(os.environ["BENCH_BARE_HEADERS"])
     with Path(input_path).open("rb") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
-    answers = asyncio.run(
-        _bare_send([row["prompt"] for row in rows], endpoint, headers, concurrency)
-    )
+    send = _bare_send([row["prompt"] for row in rows], endpoint, headers, concurrency)
+    if os.environ.get("BATCHPIZZA_LOOP") == "asyncio":
+        answers = asyncio.run(send)
+    else:
+        import uvloop
+
+        answers = uvloop.run(send)
     lines = [
         json.dumps({"id": row.get("id"), "answer": answer}) + "\n"
         for row, answer in zip(rows, answers, strict=True)
@@ -160,6 +190,8 @@ def bare_main(input_path: str, output_path: str, endpoint: str, concurrency: int
 async def _bare_send(
     prompts: list[str], endpoint: str, headers: dict[str, str], concurrency: int
 ) -> list[str | None]:
+    import aiohttp  # here: the other children of this file never import it
+
     semaphore = asyncio.Semaphore(concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -169,7 +201,7 @@ async def _bare_send(
                 semaphore,
                 session.post(endpoint, json={"question": prompt}, headers=headers) as resp,
             ):
-                reply = await resp.json()
+                reply = json.loads(await resp.read())
                 return str(reply["answer"]["content"])
 
         results = await asyncio.gather(*(one(p) for p in prompts), return_exceptions=True)
@@ -192,17 +224,50 @@ class Run:
     first_request: float | None = None  # seconds from start until the server saw a request
 
 
-def measure(args: Sequence[str], server: Server, *, watch_first: bool = False) -> Run:
-    """Run `args` to its end; rusage of the child itself via os.wait4."""
+# With two cores or more, each party has one of its own: the measured child the first, the mock
+# server the second (as a user's job and a remote server do not share a core).
+CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+CHILD_CORE, SERVER_CORE = (CORES[0], CORES[1]) if len(CORES) >= 2 else (None, None)
+
+
+def pin_child() -> None:
+    if CHILD_CORE is not None:
+        os.sched_setaffinity(0, {CHILD_CORE})
+
+
+def pin_server(server: Server) -> None:
+    if SERVER_CORE is None:
+        return
+    for task in Path(f"/proc/{server.proc.pid}/task").iterdir():  # every thread it has
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), {SERVER_CORE})
+
+
+def measure(
+    args: Sequence[str],
+    server: Server,
+    *,
+    watch_first: bool = False,
+    env: dict[str, str] | None = None,
+) -> Run:
+    """Run `args` to its end, pinned to the child's core; rusage of the child itself via
+    os.wait4. `env` is added to the child's environment."""
     err_path = WORK / "child.stderr"
-    env = child_env()
-    env["BENCH_BARE_HEADERS"] = json.dumps(headers(server.url))
+    child = child_env()
+    child["BENCH_BARE_HEADERS"] = json.dumps(headers(server.url))
+    child.update(env or {})
     first: float | None = None
     with err_path.open("wb") as err:
         server_cpu = server.cpu_seconds()
         started = time.perf_counter()
         proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, env=env
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=ROOT,
+            env=child,
+            preexec_fn=pin_child,  # safe: this process runs no threads of its own
         )
         pid = 0
         while watch_first and first is None:
@@ -400,12 +465,15 @@ class Bench:
     profile: bool = False
     profiles: list[str] = field(default_factory=list)
     servers: dict[tuple[float, float], Server] = field(default_factory=dict)
+    memory_peak: float | None = None
+    resume_peak: float | None = None
     _startup: float | None = None
 
     def server(self, latency_ms: float = 0.0, jitter_ms: float = 0.0) -> Server:
         key = (latency_ms, jitter_ms)
         if key not in self.servers:
             self.servers[key] = Server(latency_ms, jitter_ms)
+            pin_server(self.servers[key])
         return self.servers[key]
 
     def close(self) -> None:
@@ -439,9 +507,19 @@ class Bench:
         return "quick" if self.quick else met
 
     def alternate(
-        self, input_path: Path, server: Server, concurrency: int, rows: int, name: str
+        self,
+        input_path: Path,
+        server: Server,
+        concurrency: int,
+        rows: int,
+        name: str,
+        *,
+        env: dict[str, str] | None = None,
+        controls: bool = False,
     ) -> tuple[list[Run], list[Run], list[dict[str, Any]], list[dict[str, Any]]]:
-        """batchpizza and the bare loop, A B A B ..., each on a freshly reset server."""
+        """batchpizza and the bare loop, A B A B ..., each on a freshly reset server, both with
+        `env` (the event loop). With `controls`, batchpizza runs with every control on (as in
+        the controls scenario: `--rate auto:100000` from a learned rate of 100,000/s)."""
         ours: list[Run] = []
         bare: list[Run] = []
         ours_stats: list[dict[str, Any]] = []
@@ -450,11 +528,17 @@ class Bench:
             for kind in ("batchpizza", "bare"):
                 output = fresh(WORK / f"{name}-{kind}.jsonl")
                 if kind == "batchpizza":
-                    args = batchpizza_args(input_path, output, server, concurrency=concurrency)
+                    rate = "0"
+                    if controls:
+                        seed_learned_rate(output, AUTO_MAX)
+                        rate = f"auto:{AUTO_MAX:g}"
+                    args = batchpizza_args(
+                        input_path, output, server, concurrency=concurrency, rate=rate
+                    )
                 else:
                     args = bare_args(input_path, output, server, concurrency=concurrency)
                 server.reset()
-                run = measure(args, server)
+                run = measure(args, server, env=env)
                 expect(run, 0, kind)
                 stats = server.stats()
                 if stats["requests"] != rows:
@@ -478,43 +562,102 @@ def spread(values: Sequence[float], fmt: str = "{:.2f}") -> str:
     return f" (n={len(values)}: {fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
+# The two event loops batchpizza may run on: uvloop's (a plain install, where uvloop builds) and
+# asyncio's (BATCHPIZZA_LOOP=asyncio, or where uvloop does not build). The bare loop is given the
+# same one each time.
+LOOPS: dict[str, dict[str, str]] = {"uvloop": {}, "asyncio": {"BATCHPIZZA_LOOP": "asyncio"}}
+
+
+def have_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def overhead(bench: Bench) -> list[Figure]:
+    """The job of `rows` rows and a one-row job, batchpizza (every control on) and the bare loop
+    alternating, on each event loop. The per-row cost of a side is its wall (or CPU) time over
+    the rows after its own one-row time: (T(rows) - T(1)) / (rows - 1), paired by round, so
+    that start-up (interpreter, imports, the one-off set-up) is left out of the ratio."""
     rows = bench.sizes.overhead
     server = bench.server()
-    input_path = prompts_file(rows)
-    ours, bare, _, _ = bench.alternate(input_path, server, OVERHEAD_CONCURRENCY, rows, "overhead")
-    ratio = median([r.wall for r in ours]) / median([r.wall for r in bare])
-    ratios = [a.wall / b.wall for a, b in zip(ours, bare, strict=True)]
-    cpu_ratio = median([r.cpu for r in ours]) / median([r.cpu for r in bare])
-    cpu_ratios = [a.cpu / b.cpu for a, b in zip(ours, bare, strict=True)]
-    s = "overhead"
-    figures = [
-        Figure(
-            s,
-            f"wall time, batchpizza / bare loop ({rows:,} rows)",
-            f"{ratio:.2f}x" + spread(ratios),
-            f"<= {OVERHEAD_TARGET:.2f}x",
-            bench.sized(ratio <= OVERHEAD_TARGET),
-        ),
-        Figure(s, "CPU time, batchpizza / bare loop", f"{cpu_ratio:.2f}x" + spread(cpu_ratios)),
-        Figure(s, "wall time, batchpizza", _wall(ours, rows)),
-        Figure(s, "wall time, bare loop", _wall(bare, rows)),
-        Figure(s, "CPU per row (user + sys), batchpizza", _per_row(ours, rows)),
-        Figure(s, "CPU per row (user + sys), bare loop", _per_row(bare, rows)),
-        Figure(
-            s,
-            "peak RSS, batchpizza / bare loop",
-            f"{median([r.rss_mb for r in ours]):.0f} / {median([r.rss_mb for r in bare]):.0f} MB",
-        ),
-        Figure(
-            s,
-            "mock server CPU busy, batchpizza / bare loop runs",
-            f"{median([r.server_busy for r in ours]):.0%} / {median([r.server_busy for r in bare]):.0%}",
-        ),
-    ]
+    input_path, one_row = prompts_file(rows), prompts_file(1)
+    figures: list[Figure] = []
+    for loop, env in LOOPS.items():
+        if loop == "uvloop" and not have_uvloop():
+            figures.append(Figure(loop, "uvloop", "not installed: not measured"))
+            continue
+        s = f"overhead, {loop}"
+        ours, bare, _, _ = bench.alternate(
+            input_path,
+            server,
+            OVERHEAD_CONCURRENCY,
+            rows,
+            f"overhead-{loop}",
+            env=env,
+            controls=True,
+        )
+        ours1, bare1, _, _ = bench.alternate(
+            one_row, server, OVERHEAD_CONCURRENCY, 1, f"one-row-{loop}", env=env, controls=True
+        )
+        wall_ratios = [a.wall / b.wall for a, b in zip(ours, bare, strict=True)]
+        per_row = {
+            what: [
+                (_get(a, what) - _get(a1, what)) / (_get(b, what) - _get(b1, what))
+                for a, a1, b, b1 in zip(ours, ours1, bare, bare1, strict=True)
+            ]
+            for what in ("wall", "cpu")
+        }
+        wall_per_row = median(per_row["wall"])
+        figures += [
+            Figure(
+                s,
+                f"per-row wall time after the one-row time, batchpizza / bare loop ({rows:,} rows, paired)",
+                f"{wall_per_row:.3f}x" + spread(per_row["wall"], "{:.3f}"),
+                f"<= {PER_ROW_TARGET:.2f}x",
+                bench.sized(wall_per_row <= PER_ROW_TARGET),
+            ),
+            Figure(
+                s,
+                "per-row CPU time after the one-row time, batchpizza / bare loop (paired)",
+                f"{median(per_row['cpu']):.3f}x" + spread(per_row["cpu"], "{:.3f}"),
+            ),
+            Figure(
+                s,
+                "per row, batchpizza / bare loop (wall)",
+                f"{_after_one(ours, ours1, rows) * 1e6:.1f} / {_after_one(bare, bare1, rows) * 1e6:.1f} us",
+            ),
+            Figure(
+                s,
+                f"whole job wall time, batchpizza / bare loop ({rows:,} rows, paired)",
+                f"{median(wall_ratios):.2f}x" + spread(wall_ratios),
+            ),
+            Figure(s, "wall time, batchpizza", _wall(ours, rows)),
+            Figure(s, "wall time, bare loop", _wall(bare, rows)),
+            Figure(
+                s,
+                "one-row job wall time, batchpizza / bare loop",
+                f"{median([r.wall for r in ours1]):.2f} / {median([r.wall for r in bare1]):.2f} s",
+            ),
+            Figure(
+                s,
+                "peak RSS, batchpizza / bare loop",
+                f"{median([r.rss_mb for r in ours]):.0f} / {median([r.rss_mb for r in bare]):.0f} MiB",
+            ),
+        ]
     if bench.profile:
         bench.profiles.append(profile_batchpizza(input_path, server, rows))
     return figures
+
+
+def _get(run: Run, what: str) -> float:
+    return float(getattr(run, what))
+
+
+def _after_one(runs: list[Run], one_row: list[Run], rows: int) -> float:
+    return (median([r.wall for r in runs]) - median([r.wall for r in one_row])) / (rows - 1)
 
 
 def seed_learned_rate(output: Path, rate: float) -> None:
@@ -722,36 +865,39 @@ def pacing(bench: Bench) -> list[Figure]:
 
 
 def memory(bench: Bench) -> list[Figure]:
+    """Peak RSS of whole sending runs to a Parquet output (what the README's first command
+    writes, and the heavier of the two: pyarrow is in the process)."""
     server = bench.server()
     runs: list[tuple[int, Run]] = []
     for rows in bench.sizes.memory:
-        output = fresh(WORK / f"memory-{rows}.jsonl")
+        output = fresh(WORK / f"memory-{rows}.parquet")
         args = batchpizza_args(prompts_file(rows), output, server, concurrency=OVERHEAD_CONCURRENCY)
         server.reset()
         run = measure(args, server)
         expect(run, 0, "batchpizza")
         fresh(output)  # large, and not needed again
-        note(f"  memory {rows:,} rows: {run.rss_mb:.0f} MB peak, {run.wall:.1f} s")
+        note(f"  memory {rows:,} rows: {run.rss_mb:.0f} MiB peak, {run.wall:.1f} s")
         runs.append((rows, run))
     server.reset()  # let the server forget a million answers
     (small, small_run), (large, large_run) = runs
     ratio = large_run.rss_mb / small_run.rss_mb
+    bench.memory_peak = large_run.rss_mb
     s = "memory"
     return [
-        Figure(s, f"peak RSS at {small:,} rows", f"{small_run.rss_mb:.0f} MB"),
+        Figure(s, f"peak RSS at {small:,} rows (Parquet output)", f"{small_run.rss_mb:.0f} MiB"),
         Figure(
             s,
-            f"peak RSS at {large:,} rows",
-            f"{large_run.rss_mb:.0f} MB",
-            "< 200 MB",
-            bench.sized(large_run.rss_mb < 200),
+            f"peak RSS at {large:,} rows (Parquet output)",
+            f"{large_run.rss_mb:.0f} MiB",
+            f"<= {MEMORY_TARGET_MIB:.0f} MiB",
+            bench.sized(large_run.rss_mb <= MEMORY_TARGET_MIB),
         ),
         Figure(
             s,
             f"peak RSS ratio {large:,} / {small:,} rows",
             f"{ratio:.2f}x",
-            "<= 1.3x",
-            ratio <= 1.3,
+            f"<= {FLAT_TARGET}x",
+            ratio <= FLAT_TARGET,
         ),
         Figure(
             s,
@@ -762,20 +908,27 @@ def memory(bench: Bench) -> list[Figure]:
     ]
 
 
-def resume(bench: Bench) -> list[Figure]:
+def resume_runs(bench: Bench, rows: int) -> tuple[dict[str, Run], int, int]:
     """Twice from the same 99.9% checkpoint: first as if the input were new to batchpizza (no
     scan kept from an earlier run: it validates everything again), then as a rerun of the same
-    command after a kill (the scan kept by the first is reused while the input is unchanged)."""
-    rows = bench.sizes.resume
+    command after a kill (the scan kept by the first is reused while the input is unchanged).
+    Also the checkpoint's size in bytes after the first run (answers and the scan), and how
+    many rows were sent."""
     server = bench.server()
     input_path = prompts_file(rows)
     pristine, missing = resume_checkpoint(rows)
     output = fresh(WORK / "resume.jsonl")
     runs: dict[str, Run] = {}
+    size = 0
     for kind in ("cold", "rerun"):
         if kind == "cold":
             restore_checkpoint(pristine, output)
         else:
+            size = sum(
+                output.with_name(output.name + suffix).stat().st_size
+                for suffix in CHECKPOINT_FILES
+                if output.with_name(output.name + suffix).exists()
+            )
             # As a kill leaves it: the scan the cold run kept in the checkpoint, and the same rows
             # still to send (their answers taken back out of the results).
             forget_answers(output, [row_id(i) for i in range(rows - missing, rows)])
@@ -789,11 +942,18 @@ def resume(bench: Bench) -> list[Figure]:
         if run.first_request is None:
             raise RuntimeError("the resumed run ended before its first request was seen")
         note(
-            f"  resume {kind}: first request after {run.first_request:.2f} s, "
-            f"{run.wall:.2f} s in all, {run.rss_mb:.0f} MB"
+            f"  resume {rows:,} {kind}: first request after {run.first_request:.2f} s, "
+            f"{run.wall:.2f} s in all, {run.rss_mb:.0f} MiB"
         )
     fresh(output)
+    return runs, size, missing
+
+
+def resume(bench: Bench) -> list[Figure]:
+    rows = bench.sizes.resume
+    runs, _, missing = resume_runs(bench, rows)
     cold, rerun = runs["cold"], runs["rerun"]
+    bench.resume_peak = max(cold.rss_mb, rerun.rss_mb)
     assert cold.first_request is not None and rerun.first_request is not None
     s = "resume"
     return [
@@ -812,7 +972,71 @@ def resume(bench: Bench) -> list[Figure]:
         Figure(
             s,
             "whole resumed run (start to exit), peak RSS: rerun / no scan kept",
-            f"{rerun.wall:.2f} s, {rerun.rss_mb:.0f} MB / {cold.wall:.2f} s, {cold.rss_mb:.0f} MB",
+            f"{rerun.wall:.2f} s, {rerun.rss_mb:.0f} MiB / {cold.wall:.2f} s, {cold.rss_mb:.0f} MiB",
+        ),
+    ]
+
+
+def scale(bench: Bench) -> list[Figure]:
+    """10,000,000 generated rows (prompts of about 80 bytes): validation of the whole input (the
+    validation scenario's broken last line), and the resume scenario's two runs, which scan,
+    plan, send the last 0.1 % and write the whole output. Their peak RSS is set against the
+    same runs at 1,000,000 rows (the resume scenario, run first if it was not asked for)."""
+    rows = bench.sizes.scale
+    server = bench.server()
+    output = fresh(WORK / "scale-validation.jsonl")
+    server.reset()
+    checked = measure(
+        batchpizza_args(broken_last_file(rows), output, server, concurrency=OVERHEAD_CONCURRENCY),
+        server,
+    )
+    expect(checked, 2, "batchpizza on a broken input")
+    note(f"  scale validation: {checked.wall:.1f} s for {rows:,} rows, {checked.rss_mb:.0f} MiB")
+    runs, size, missing = resume_runs(bench, rows)
+    cold, rerun = runs["cold"], runs["rerun"]
+    assert rerun.first_request is not None and cold.first_request is not None
+    peak = max(cold.rss_mb, rerun.rss_mb)
+    if bench.resume_peak is None:
+        resume(bench)
+    assert bench.resume_peak is not None
+    ratio = peak / bench.resume_peak
+    s = f"scale ({rows:,} rows)"
+    return [
+        Figure(
+            s,
+            "validation of every row (exit 2 on the last): wall, peak RSS",
+            f"{checked.wall:.1f} s, {checked.rss_mb:.0f} MiB",
+            f"< {SCALE_VALIDATION_TARGET:.0f} s",
+            bench.sized(checked.wall < SCALE_VALIDATION_TARGET),
+        ),
+        Figure(
+            s,
+            f"start to first request, rerun after a kill ({missing:,} to send)",
+            f"{rerun.first_request:.2f} s",
+            f"< {SCALE_RESUME_TARGET:.0f} s",
+            bench.sized(rerun.first_request < SCALE_RESUME_TARGET),
+        ),
+        Figure(
+            s,
+            "start to first request, no scan kept (everything validated again)",
+            f"{cold.first_request:.1f} s",
+        ),
+        Figure(
+            s,
+            "whole resumed run (scan, plan, send, write every row): rerun / no scan kept",
+            f"{rerun.wall:.1f} s, {rerun.rss_mb:.0f} MiB / {cold.wall:.1f} s, {cold.rss_mb:.0f} MiB",
+        ),
+        Figure(
+            s,
+            f"peak RSS of those runs over the same runs at {bench.sizes.resume:,} rows",
+            f"{peak:.0f} / {bench.resume_peak:.0f} MiB = {ratio:.2f}x",
+            f"<= {FLAT_TARGET}x",
+            ratio <= FLAT_TARGET,
+        ),
+        Figure(
+            s,
+            "checkpoint size (answers and the kept scan)",
+            f"{size / 2**20:,.0f} MiB, {size / rows:.0f} bytes a row",
         ),
     ]
 
@@ -865,6 +1089,109 @@ def api(bench: Bench) -> list[Figure]:
     ]
 
 
+def startup(bench: Bench) -> list[Figure]:
+    """Start-up as a user meets it: `--version`, `--help` and `status` (they send nothing), a
+    one-row run to JSONL and to Parquet, against `python -c pass`; each the median of
+    max(repeat, 5) runs, interleaved. Then a one-row Parquet run with its steps timed inside."""
+    server = bench.server()
+    one_row = prompts_file(1)
+    jsonl_out, parquet_out = WORK / "startup.jsonl", WORK / "startup.parquet"
+    python = [sys.executable]
+    commands: dict[str, list[str]] = {
+        "python -c pass (the interpreter alone)": [*python, "-c", "pass"],
+        "batchpizza --version": [*python, "-m", "batchpizza", "--version"],
+        "batchpizza --help": [*python, "-m", "batchpizza", "--help"],
+        "batchpizza status OUTPUT": [*python, "-m", "batchpizza", "status", str(jsonl_out)],
+        "one-row run, JSONL output": batchpizza_args(
+            one_row, jsonl_out, server, concurrency=OVERHEAD_CONCURRENCY
+        ),
+        "one-row run, Parquet output": batchpizza_args(
+            one_row, parquet_out, server, concurrency=OVERHEAD_CONCURRENCY
+        ),
+    }
+    walls: dict[str, list[float]] = {name: [] for name in commands}
+    peaks: dict[str, list[float]] = {name: [] for name in commands}
+    fresh(jsonl_out)
+    expect(measure(commands["one-row run, JSONL output"], server), 0, "a one-row run")
+    for _ in range(max(bench.repeat, 5)):
+        for name, args in commands.items():
+            if name.startswith("one-row"):
+                fresh(jsonl_out if "JSONL" in name else parquet_out)
+            run = measure(args, server)
+            expect(run, 0, name)
+            walls[name].append(run.wall)
+            peaks[name].append(run.rss_mb)
+    s = "start-up"
+    figures = []
+    for name in commands:
+        wall = median(walls[name])
+        target, met = "", None
+        if name.startswith("batchpizza"):
+            target, met = f"< {COMMAND_TARGET} s", wall < COMMAND_TARGET
+        elif name.startswith("one-row"):
+            target, met = f"< {ONE_ROW_TARGET} s", wall < ONE_ROW_TARGET
+        figures.append(
+            Figure(
+                s,
+                f"{name}: wall, peak RSS",
+                f"{wall:.3f} s"
+                + spread(walls[name], "{:.3f}")
+                + f", {median(peaks[name]):.0f} MiB",
+                target,
+                met,
+            )
+        )
+    figures += one_row_steps(bench, server, one_row, parquet_out)
+    return figures
+
+
+def one_row_steps(bench: Bench, server: Server, one_row: Path, output: Path) -> list[Figure]:
+    """A one-row Parquet run through benchmarks/steps.py, which times each step inside; the
+    interpreter's start-up and exit are what the wall clock around the process adds to it."""
+    script = str(Path(__file__).resolve().parent / "steps.py")
+    timings_path = WORK / "steps.json"
+    argv = batchpizza_args(one_row, output, server, concurrency=OVERHEAD_CONCURRENCY)[3:]
+    steps: dict[str, list[float]] = {}
+    walls = []
+    env = child_env()
+    for _ in range(max(bench.repeat, 5)):
+        fresh(output)
+        started = time.time()
+        done = subprocess.run(
+            [sys.executable, script, str(timings_path), *argv],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            cwd=ROOT,
+            env=env,
+            preexec_fn=pin_child,  # safe: this process runs no threads of its own
+            check=False,
+        )
+        ended = time.time()
+        if done.returncode != 0:
+            raise RuntimeError(f"steps.py exited {done.returncode}: {done.stderr[-2000:]!r}")
+        timings = json.loads(timings_path.read_text(encoding="utf-8"))
+        reached, finished = timings.pop("reached"), timings.pop("finished")
+        timings = {
+            "interpreter start-up (to the first line of steps.py)": reached - started,
+            **timings,
+            "interpreter exit (after the command returned)": ended - finished,
+        }
+        walls.append(ended - started)
+        for name, seconds in timings.items():
+            steps.setdefault(name, []).append(seconds)
+    s = "start-up steps"
+    figures = [
+        Figure(
+            s,
+            f"one-row Parquet run: {name}",
+            f"{median(v) * 1000:.0f} ms" + spread([x * 1000 for x in v], "{:.0f}"),
+        )
+        for name, v in steps.items()
+    ]
+    figures.append(Figure(s, "one-row Parquet run: whole process", f"{median(walls):.3f} s"))
+    return figures
+
+
 def validation(bench: Bench) -> list[Figure]:
     rows = bench.sizes.validation
     server = bench.server()
@@ -899,6 +1226,7 @@ def validation(bench: Bench) -> list[Figure]:
 
 
 SCENARIOS: dict[str, Callable[[Bench], list[Figure]]] = {
+    "startup": startup,
     "overhead": overhead,
     "controls": controls,
     "latency": latency,
@@ -907,6 +1235,7 @@ SCENARIOS: dict[str, Callable[[Bench], list[Figure]]] = {
     "resume": resume,
     "validation": validation,
     "api": api,
+    "scale": scale,
 }
 
 
@@ -969,7 +1298,7 @@ def batchpizza_loop() -> str:
         import uvloop  # noqa: F401
     except ImportError:
         return "asyncio's event loop (uvloop not installed)"
-    return "uvloop's event loop (the fast extra)"
+    return "uvloop's event loop (a plain install's default)"
 
 
 def record(text: str) -> None:
@@ -1019,7 +1348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # machines this was measured on) every run would otherwise compile the package again, some
     # 50 ms of each batchpizza run that no installed copy pays.
     compileall.compile_dir(ROOT / "batchpizza", quiet=1)
-    names = [n for n in SCENARIOS if n in (args.scenario or SCENARIOS)]
+    # The 10,000,000-row scenario takes about ten minutes and 7 GB of disk: only when asked for.
+    names = [n for n in SCENARIOS if n in (args.scenario or [n for n in SCENARIOS if n != "scale"])]
     command = shlex.join(["python", "benchmarks/bench.py", *sys.argv[1:]])
     started = dt.datetime.now(dt.timezone.utc)
     about = machine()  # before the runs, so the load average says what else was running
@@ -1039,8 +1369,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             f"- command: `{command}`",
             *about,
-            "- each side in its own process (mock server, batchpizza, bare loop); default asyncio "
-            f"event loop in the mock server and the bare loop, {batchpizza_loop()} in batchpizza",
+            "- each side in its own process (mock server, batchpizza, bare loop); asyncio's event "
+            f"loop in the mock server; {batchpizza_loop()} in batchpizza and the bare loop unless "
+            "a figure says asyncio (BATCHPIZZA_LOOP=asyncio); child pinned to core "
+            f"{CHILD_CORE}, mock server to core {SERVER_CORE}",
             "",
             table(figures),
             *(f"\n{profile}" for profile in bench.profiles),

@@ -29,6 +29,7 @@ def test_bench_quick_validation_and_resume_run_and_print_their_table() -> None:
         "validation",
         "resume",
         "controls",
+        "startup",
         "--repeat",
         "1",
     )
@@ -36,6 +37,7 @@ def test_bench_quick_validation_and_resume_run_and_print_their_table() -> None:
     assert "| validation |" in done.stdout
     assert "| resume |" in done.stdout
     assert "| controls |" in done.stdout
+    assert "| start-up steps | one-row Parquet run: the output |" in done.stdout
 
 
 @pytest.mark.slow

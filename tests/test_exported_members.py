@@ -8,6 +8,7 @@ import importlib.metadata
 import importlib.resources
 import types
 
+import pytest
 from click.testing import CliRunner
 
 import batchpizza
@@ -28,12 +29,13 @@ SPEC_NAMES = (
 
 
 def public_names() -> set[str]:
-    """Every public name bound in batchpizza/__init__.py. Submodules are left out: importing
-    `batchpizza.job.stages` anywhere binds `job` on the package as a side effect."""
+    """Every public name batchpizza/__init__.py offers (each imported on first use, so listed by
+    dir(), not yet bound). Submodules are left out: importing `batchpizza.job.stages` anywhere
+    binds `job` on the package as a side effect."""
     return {
         name
-        for name, value in vars(batchpizza).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        for name in dir(batchpizza)
+        if not name.startswith("_") and not isinstance(getattr(batchpizza, name), types.ModuleType)
     }
 
 
@@ -54,6 +56,11 @@ def test_all_holds_the_python_api_of_the_spec() -> None:
     assert missing == []
     for name in SPEC_NAMES:
         assert callable(getattr(batchpizza, name))
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'answers'"):
+        batchpizza.answers  # noqa: B018
 
 
 def test_version_is_the_installed_distributions() -> None:
