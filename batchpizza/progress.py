@@ -14,10 +14,13 @@ import logging
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from batchpizza.records import Tally
 from batchpizza.redact import RedactingFilter, inert, redact
+
+if TYPE_CHECKING:
+    from batchpizza.checkpoint.plan import Plan
 
 log = logging.getLogger("batchpizza")
 _MASKED_HEADERS = ("authorization", "x-api-key", "proxy-authorization")
@@ -221,12 +224,12 @@ def summary_line(s: Mapping[str, Any]) -> str:
 def dry_run_report(
     config: Any,
     tally: Tally,
-    plan: Mapping[str, int],
+    plan: Plan,
     previews: Sequence[tuple[str, dict[str, str], bytes]],
     learned_rate: float | None,
 ) -> str:
     """What a run would do: the counts, how long sending should take, the first requests."""
-    todo = sum(plan.values())
+    todo = plan.to_send
     kept_refused = 0 if config.retry_refused else tally.misuse  # not planned: not sent again
     answered = tally.rows - tally.invalid - todo - kept_refused
     rate = config.rate_per_s
@@ -236,8 +239,7 @@ def dry_run_report(
         "batchpizza: dry run: nothing sent, nothing written",
         f"  rows        {tally.rows}",
         f"  answered    {answered} (kept, not sent again)",
-        f"  to send     {todo} ({plan['new']} new, {plan['changed']} changed, "
-        f"{plan['retry']} failed{' or refused' if config.retry_refused else ''} before)",
+        f"  to send     {plan.reasons(retry_refused=config.retry_refused)}",
         f"  invalid     {tally.invalid}",
         f"  time        {sending_time(todo, rate, config.concurrency, config.auto_max is not None)}",
     ]

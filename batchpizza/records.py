@@ -106,6 +106,8 @@ class OutputRow(NamedTuple):
     response_id: str | None
     request_id: str | None
     digest: bytes | None  # None for an invalid row
+    # The row whose identical request this answer was asked for, when it is another row's.
+    reused_from: str | None = None
 
 
 def answered_row(r: Result) -> OutputRow:
@@ -190,6 +192,10 @@ class Summary(Mapping[str, Any]):
     stopped: str | None = None  # None, "deadline", "refusals", "signal" or "locked"
     rate: float | None = None  # requests/s at the end (the learned rate under auto)
     interrupted: bool = False
+    # What this run planned to send, by reason (new, changed, retry, identity, unknown), with
+    # `reused` (rows answered by an identical request's answer) and `change` (what the identity
+    # change was); None before the plan.
+    plan: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, tally: Tally | None, **values: Any) -> Summary:

@@ -926,7 +926,7 @@ def scan_file(path: Path, folder: Path) -> Scanned | None:
                 # What a run would send with an empty checkpoint: every good row, interpreted.
                 planning = Checkpoint.planning(folder / "none.checkpoint", scan)
                 try:
-                    todo = sum(planning.plan().values())
+                    todo = planning.plan().to_send
                     positions = list(planning.todo_positions())
                 finally:
                     planning.close()

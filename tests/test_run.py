@@ -38,6 +38,7 @@ from batchpizza.mock.server import ThreadedMockServer
 
 RESULT_COLUMNS = ["answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"]
 SUMMARY_KEYS = {
+    "plan",
     "rows",
     "answered",
     "failed",

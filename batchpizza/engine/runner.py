@@ -36,7 +36,7 @@ from batchpizza.errors import (
 )
 from batchpizza.providers import Provider
 from batchpizza.records import Answer, Attempt, Outcome, Prompt, RateInfo, Result, is_answered
-from batchpizza.rows import prompt_digest
+from batchpizza.rows import request_key
 
 log = logging.getLogger("batchpizza")
 
@@ -146,6 +146,8 @@ class Runner:
         # Retry waits end early when sending stops, so a stopped run does not wait them out.
         self._sleep = sleep if sleep is not None else stop.sleep
         self.fatal: ProviderError | None = None  # a reply after which nothing can succeed
+        # How a result is found again: its request's key (fingerprint's, with the store's identity).
+        self._key = request_key(provider)
 
     def fatal_message(self, *, kept: bool) -> str:
         """What to tell the user after a fatal reply: what it said, and where answers are."""
@@ -227,7 +229,7 @@ class Runner:
             return self._failed(prompt, attempts, Outcome.ERROR.value, error)
         return Result(
             prompt.id,
-            prompt_digest(prompt.text),
+            self._key(prompt),
             answer.finish_reason,
             answer.text,
             None,
@@ -309,7 +311,7 @@ class Runner:
         latency = attempts[-1].duration_ms if attempts else None
         return Result(
             prompt.id,
-            prompt_digest(prompt.text),
+            self._key(prompt),
             reason,
             None,
             error,

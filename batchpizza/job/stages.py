@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from batchpizza.checkpoint import Checkpoint, RunLock
+from batchpizza.checkpoint.plan import Plan
 from batchpizza.config import RunConfig
 from batchpizza.controls.stop import Stop
 from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 # When the process started (this module is imported at start-up): --deadline counts from here,
 # as cron's clock does, so that the time spent validating counts too.
 _PROCESS_START = time.monotonic()
+log = logging.getLogger("batchpizza")
 
 
 class Job:
@@ -71,6 +74,7 @@ class Job:
         self._checkpoint: Checkpoint | None = None
         self._reporter = Reporter(config, time.monotonic())
         self._paths_checked = False
+        self.plan: Plan | None = None  # what this run sends, and why
 
     @property
     def signum(self) -> int | None:
@@ -178,6 +182,7 @@ class Job:
             assert scan is not None  # a dry run always scans
             self._checkpoint = planning = Checkpoint.planning(config.checkpoint_path, scan)
             cleanup.callback(planning.close)
+            planning.use_identity(provider.identity)
             return await self._dry_run(planning, source, provider)
         path = config.checkpoint_path
         self._checkpoint = checkpoint = (
@@ -192,8 +197,14 @@ class Job:
             checkpoint.adopt_scan(scan, key, state)
         if config.restart:
             checkpoint.forget()
-        plan = checkpoint.plan(config.limit, retry_refused=config.retry_refused)
-        todo = sum(plan.values())
+        checkpoint.use_identity(provider.identity)
+        self.plan = plan = checkpoint.plan(config.limit, retry_refused=config.retry_refused)
+        todo = plan.to_send
+        # Why requests are sent: said unless they are only new rows (what every first run is).
+        if todo or plan.reused:
+            only_new = plan.new == todo and not plan.reused
+            level = logging.INFO if only_new else logging.WARNING
+            log.log(level, "%s", plan.reasons(retry_refused=config.retry_refused))
         checkpoint.set_meta(input=config.input or config.input_label)
         run = checkpoint.begin_run(run_options(config))
         self.sending = sending = Sending(
@@ -272,7 +283,7 @@ class Job:
         config = self.config
 
         def plan() -> tuple[Any, ...]:
-            counts = planning.plan(config.limit, retry_refused=config.retry_refused)
+            counts = self.plan = planning.plan(config.limit, retry_refused=config.retry_refused)
             tally = planning.tally(config.limit)
             prompts = source.prompts(planning.todo_positions())
             with contextlib.closing(prompts):
@@ -309,4 +320,7 @@ class Job:
         rate: float | None = None,
     ) -> Summary:
         counters = self.sending.runner.counters if self.sending else None
-        return self._reporter.summary(tally, counters, exit_code, stopped=stopped, rate=rate)
+        summary = self._reporter.summary(tally, counters, exit_code, stopped=stopped, rate=rate)
+        if self.plan is None:
+            return summary
+        return dataclasses.replace(summary, plan=self.plan.to_dict())
