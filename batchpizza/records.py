@@ -66,7 +66,10 @@ class Answer(NamedTuple):
 
 
 # The result columns of every output, in order; a provider may add its own after them.
-RESULT_COLUMNS = ("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model")
+RESULT_COLUMNS = (
+    *("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"),
+    "reused_from",  # the row an identical request was sent for, when another (else null)
+)
 TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens")
 
 

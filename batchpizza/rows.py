@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchpizza.config import RunConfig
-from batchpizza.fingerprint import keyed_by_text, request_digest
+from batchpizza.fingerprint import fingerprint, identity_digest, keyed_by_text, request_digest
 from batchpizza.records import RESULT_COLUMNS, Prompt
 
 
@@ -77,6 +77,14 @@ def request_key(provider: object) -> Callable[[Prompt], bytes]:
     text for a provider that sends only text, else the request digest (as the plan joins)."""
     identity = getattr(provider, "identity", None)
     return _text_key if identity is not None and keyed_by_text(identity) else digest_of
+
+
+def fingerprint_key(provider: Any) -> Callable[[Prompt], bytes]:
+    """A request's whole fingerprint, identity and request key in one digest: what a store
+    without an identity of its own (a Ray part) keeps answers by."""
+    ident = identity_digest(provider.identity)
+    key = request_key(provider)
+    return lambda prompt: fingerprint(ident, key(prompt))
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,10 @@ from batchpizza.mock.faults import MockConfig
 from batchpizza.mock.replies import MISUSE_TEXT, mock_answer
 from batchpizza.mock.server import ThreadedMockServer
 
-RESULT_COLUMNS = ["answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"]
+RESULT_COLUMNS = [
+    *("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"),
+    "reused_from",
+]
 SUMMARY_KEYS = {
     "plan",
     "rows",

@@ -129,6 +129,7 @@ class Runner:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep | None = None,
         session: aiohttp.ClientSession | None = None,
+        key: Callable[[Prompt], bytes] | None = None,
     ) -> None:
         self.provider = provider
         # A session its caller owns (a Ray actor's, reused batch after batch); else the run
@@ -146,8 +147,9 @@ class Runner:
         # Retry waits end early when sending stops, so a stopped run does not wait them out.
         self._sleep = sleep if sleep is not None else stop.sleep
         self.fatal: ProviderError | None = None  # a reply after which nothing can succeed
-        # How a result is found again: its request's key (fingerprint's, with the store's identity).
-        self._key = request_key(provider)
+        # What a result is found again by: its request's key (with the store's identity, its
+        # fingerprint), or the whole fingerprint where the store has no identity (a Ray part).
+        self._key = key or request_key(provider)
 
     def fatal_message(self, *, kept: bool) -> str:
         """What to tell the user after a fatal reply: what it said, and where answers are."""
