@@ -474,6 +474,9 @@ class Checkpoint(PlanQueries):
                 rows = int(meta["rows"])
                 done = sum(found.values()) + int(meta.get("invalid") or 0)
                 info.update(rows=rows, pending=max(0, rows - done))
+        if has_scan and self.identity is not None:  # what a rerun of the last run would send
+            plan = self.plan()
+            info.update(to_send=plan.reasons(), plan=plan.to_dict())
         info["updated"] = float(meta["updated"]) if meta.get("updated") else None
         with self._errors():
             info["answers_kept"] = self._conn.execute(
