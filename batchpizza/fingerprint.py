@@ -86,7 +86,11 @@ def request_digest(
     body as canonical JSON."""
     if body is None and (
         messages is None
-        or (len(messages) == 1 and messages[0].get("role") == "user" and messages[0].get("content") == text)
+        or (
+            len(messages) == 1
+            and messages[0].get("role") == "user"
+            and messages[0].get("content") == text
+        )
     ):
         return text_digest(text)
     said = canonical_json({"messages": list(messages or ()), "body": body})

@@ -1,4 +1,5 @@
-"""The plan and the output: the scan joined to the results of the run's identity.
+"""The scan adopted, the plan, and the output: the scan joined to the results of the run's
+identity.
 
 A row's answer is the result kept for its request: the run's identity digest and the row's
 request key (the request digest, or the text digest for a provider that sends only text; see
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from batchpizza import fingerprint
+from batchpizza.checkpoint.scan import ScanIndex
 from batchpizza.records import OutputRow, Tally, invalid_row, pending_row
 
 PAGE = 4096
@@ -78,6 +80,12 @@ class PlanQueries:
     def _errors(self) -> contextlib.AbstractContextManager[None]:
         raise NotImplementedError  # the Checkpoint's
 
+    def meta(self) -> dict[str, str]:
+        raise NotImplementedError  # the Checkpoint's
+
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        raise NotImplementedError  # the Checkpoint's
+
     @property
     def _key(self) -> str:
         """The scan's column a result is found by (see the module's docstring)."""
@@ -89,6 +97,34 @@ class PlanQueries:
             f"FROM scan r LEFT JOIN results c ON r.bad IS NULL AND c.ident = ? "
             f"AND c.digest = {self._key}"
         )
+
+    def scan_info(self, key: str) -> dict[str, Any] | None:
+        """What the last run's scan recorded, if it was of the input `key` names."""
+        meta = self.meta()
+        if meta.get("scan_key") != key or "scan_info" not in meta:
+            return None
+        info: dict[str, Any] = json.loads(meta["scan_info"])
+        with self._errors():
+            found = self._conn.execute("SELECT count(*) FROM scan").fetchone()[0]
+        return info if found == info.get("total") else None
+
+    def adopt_scan(self, scan: ScanIndex, key: str | None, info: dict[str, Any]) -> None:
+        """Make `scan` this checkpoint's scan, for this run and for the next one to reuse."""
+        conn = self._conn
+        with self._errors():
+            # Attached outside the transaction: SQLite cannot attach or detach inside one.
+            conn.execute("ATTACH DATABASE ? AS scanned", (scan.uri,))
+        try:
+            with self._transaction():
+                conn.execute("DELETE FROM scan")
+                conn.execute("INSERT INTO scan SELECT * FROM scanned.rows")
+                conn.executemany(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    [("scan_key", key), ("scan_info", json.dumps(info))],
+                )
+        finally:
+            with self._errors():
+                conn.execute("DETACH DATABASE scanned")
 
     def plan(self, limit: int | None = None, *, retry_refused: bool = False) -> Plan:
         """Decide what to send: one row per request without an answer (among the first `limit`
@@ -129,7 +165,9 @@ class PlanQueries:
             change = self._change() if counts.get("identity") else None
         sent = sum(counts.values())
         return Plan(
-            **{k: int(counts.get(k, 0)) for k in ("new", "changed", "retry", "identity", "unknown")},
+            **{
+                k: int(counts.get(k, 0)) for k in ("new", "changed", "retry", "identity", "unknown")
+            },
             reused=int(rows) - sent,
             change=change,
         )
@@ -225,6 +263,64 @@ class PlanQueries:
                 (self.ident,),
             ).fetchall()
         return {str(reason): int(count) for reason, count in found}
+
+    def failure_statuses(self) -> dict[str, int]:
+        """Row id -> the HTTP status of the last attempt of each row that failed or was refused,
+        when that attempt got a non-2xx reply (a timeout has none; a 2xx without an answer is no
+        HTTP failure). For OpenAI batch output lines; one pass over the attempts."""
+        with self._errors():
+            found = self._conn.execute(
+                # SQLite takes a bare column from the row that holds the max().
+                "SELECT a.row_id, a.status, max(a.started) FROM attempts a "
+                f"JOIN results c ON c.id = a.row_id WHERE c.finish_reason IN {UNANSWERED} "
+                "GROUP BY a.row_id"
+            ).fetchall()
+        return {
+            str(row_id): int(status)
+            for row_id, status, _ in found
+            if isinstance(status, int) and not 200 <= status < 300
+        }
+
+    def status(self) -> dict[str, object]:
+        """Counts by outcome over the last run's rows, and what that run recorded of its input."""
+        meta = self.meta()
+        info: dict[str, object] = {"input": meta.get("input")}
+        with self._errors():
+            has_scan = self._conn.execute("SELECT count(*) FROM scan").fetchone()[0] > 0
+        if has_scan:
+            tally = self.tally()
+            info.update(
+                rows=tally.rows,
+                answered=tally.answered,
+                failed=tally.failed,
+                misuse=tally.misuse,
+                invalid=tally.invalid,
+                pending=tally.pending,
+            )
+        else:  # a checkpoint from before the scan lived here: what its results say
+            with self._errors():
+                found = dict(
+                    self._conn.execute("SELECT finish_reason, count(*) FROM results GROUP BY 1")
+                )
+            info.update(
+                answered=sum(v for k, v in found.items() if k not in UNANSWERED),
+                failed=found.get("error", 0),
+                misuse=found.get("misuse", 0),
+                invalid=int(meta.get("invalid") or 0),
+            )
+            if meta.get("rows"):
+                rows = int(meta["rows"])
+                done = sum(found.values()) + int(meta.get("invalid") or 0)
+                info.update(rows=rows, pending=max(0, rows - done))
+        if has_scan and self.identity is not None:  # what a rerun of the last run would send
+            plan = self.plan()
+            info.update(to_send=plan.reasons(), plan=plan.to_dict())
+        info["updated"] = float(meta["updated"]) if meta.get("updated") else None
+        with self._errors():
+            info["answers_kept"] = self._conn.execute(
+                f"SELECT count(*) FROM results WHERE finish_reason NOT IN {UNANSWERED}"
+            ).fetchone()[0]
+        return info
 
 
 def _output_row(row: tuple[Any, ...]) -> OutputRow:

@@ -168,7 +168,9 @@ def upgrade(conn: sqlite3.Connection, found: str) -> None:
             conn.execute(statement)
     conn.execute("CREATE TEMP TABLE run_ident (started REAL, ident BLOB)")
     ident = None
-    for started, options in conn.execute("SELECT started, options FROM runs ORDER BY id").fetchall():
+    for started, options in conn.execute(
+        "SELECT started, options FROM runs ORDER BY id"
+    ).fetchall():
         try:
             recorded = json.loads(options or "{}")
         except ValueError:
@@ -190,3 +192,60 @@ def upgrade(conn: sqlite3.Connection, found: str) -> None:
     conn.execute("DROP TABLE scan")
     conn.execute(SCAN_SCHEMA.format(table="scan"))
     conn.execute("DELETE FROM meta WHERE key IN ('scan_key', 'scan_info')")
+
+
+def has_data(path: Path) -> bool:
+    """Is there a checkpoint at `path`? An empty file is none: the run lock creates the file it
+    locks before SQLite writes its first page (see lock.py)."""
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def create_tables(conn: sqlite3.Connection, found: str | None) -> None:
+    """The tables of a new checkpoint, or those an older schema lacks and its upgrade (inside
+    the caller's transaction: executescript would commit it)."""
+    upgrade_from = found if found in ("1", "2") else None
+    for statement in TABLES_SQL.split(";"):
+        if statement.strip() and not (upgrade_from and "results_by_id" in statement):
+            conn.execute(statement)
+    if upgrade_from is not None:
+        upgrade(conn, upgrade_from)
+
+
+def new_in_memory() -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    create_tables(conn, None)
+    conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+    return conn
+
+
+def read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the checkpoint at `path`; one of an older schema is copied
+    into memory and upgraded there, so that the file stays as it is."""
+    conn = sqlite3.connect(
+        reading_uri(path), uri=True, isolation_level=None, check_same_thread=False
+    )
+    found = schema_of(conn, path)
+    if found not in ("1", "2"):
+        return conn
+    copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    conn.backup(copy)
+    conn.close()
+    copy.execute("BEGIN")
+    create_tables(copy, found)
+    copy.execute("COMMIT")
+    return copy
+
+
+def readonly_uri(path: Path) -> str:
+    return path.resolve().as_uri() + "?mode=ro"  # as_uri escapes # ? % in the path
+
+
+def reading_uri(path: Path) -> str:
+    """A read-only URI that leaves nothing beside the file. A read of a database in WAL mode
+    makes a -wal and a -shm file unless it is `immutable`; immutable is right when there is no
+    log (no run is writing, and the last one ended cleanly). With a log, the log must be read."""
+    wal = path.with_name(path.name + "-wal")
+    return readonly_uri(path) + ("" if wal.exists() else "&immutable=1")

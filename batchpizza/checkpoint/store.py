@@ -36,7 +36,6 @@ Settings, chosen for what they promise:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sqlite3
 import time
@@ -45,14 +44,18 @@ from pathlib import Path
 from typing import Any
 
 from batchpizza import fingerprint, storable
-from batchpizza.checkpoint.plan import UNANSWERED, PlanQueries
+from batchpizza.checkpoint.history import History
+from batchpizza.checkpoint.plan import PlanQueries
 from batchpizza.checkpoint.scan import ScanIndex
 from batchpizza.checkpoint.schema import (
     SCHEMA_VERSION,
-    TABLES_SQL,
+    create_tables,
+    has_data,
+    new_in_memory,
+    read_only,
+    reading_uri,
     record_identity,
     schema_of,
-    upgrade,
     version,
 )
 from batchpizza.errors import CheckpointMissing, CheckpointVersionError, OutputError
@@ -79,64 +82,7 @@ def _sqlite_error(path: Path | None, exc: sqlite3.Error) -> OutputError:
     return OutputError(f"checkpoint {path}: {exc}{hint}")
 
 
-def _has_data(path: Path) -> bool:
-    """Is there a checkpoint at `path`? An empty file is none: the run lock creates the file it
-    locks before SQLite writes its first page (see lock.py)."""
-    try:
-        return path.stat().st_size > 0
-    except OSError:
-        return False
-
-
-def _create(conn: sqlite3.Connection, found: str | None) -> None:
-    """The tables of a new checkpoint, or those an older schema lacks and its upgrade (inside
-    the caller's transaction: executescript would commit it)."""
-    upgrade_from = found if found in ("1", "2") else None
-    for statement in TABLES_SQL.split(";"):
-        if statement.strip() and not (upgrade_from and "results_by_id" in statement):
-            conn.execute(statement)
-    if upgrade_from is not None:
-        upgrade(conn, upgrade_from)
-
-
-def _new_in_memory() -> sqlite3.Connection:
-    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-    _create(conn, None)
-    conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-    return conn
-
-
-def _read(path: Path) -> sqlite3.Connection:
-    """A read-only connection to the checkpoint at `path`; one of an older schema is copied
-    into memory and upgraded there, so that the file stays as it is."""
-    conn = sqlite3.connect(
-        _reading_uri(path), uri=True, isolation_level=None, check_same_thread=False
-    )
-    found = schema_of(conn, path)
-    if found not in ("1", "2"):
-        return conn
-    copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-    conn.backup(copy)
-    conn.close()
-    copy.execute("BEGIN")
-    _create(copy, found)
-    copy.execute("COMMIT")
-    return copy
-
-
-def _readonly_uri(path: Path) -> str:
-    return path.resolve().as_uri() + "?mode=ro"  # as_uri escapes # ? % in the path
-
-
-def _reading_uri(path: Path) -> str:
-    """A read-only URI that leaves nothing beside the file. A read of a database in WAL mode
-    makes a -wal and a -shm file unless it is `immutable`; immutable is right when there is no
-    log (no run is writing, and the last one ended cleanly). With a log, the log must be read."""
-    wal = path.with_name(path.name + "-wal")
-    return _readonly_uri(path) + ("" if wal.exists() else "&immutable=1")
-
-
-class Checkpoint(PlanQueries):
+class Checkpoint(PlanQueries, History):
     """The store at `path`. Open with `Checkpoint.open`, or `Checkpoint.planning` for a dry run.
     Its answers are those of one identity (`use_identity`; by default the last run's)."""
 
@@ -173,10 +119,8 @@ class Checkpoint(PlanQueries):
             raise CheckpointMissing(f"no checkpoint at {path}")
         if readonly:
             try:
-                if _has_data(path):
-                    conn = _read(path)
-                else:  # a run that just took its lock: nothing in it yet, as in a new one
-                    conn = _new_in_memory()
+                # An empty file: a run that just took its lock, nothing in it yet, as a new one.
+                conn = read_only(path) if has_data(path) else new_in_memory()
                 conn.execute("SELECT 1 FROM results LIMIT 1")
             except sqlite3.DatabaseError as exc:
                 raise _sqlite_error(path, exc) from None
@@ -198,7 +142,7 @@ class Checkpoint(PlanQueries):
             # One transaction, so that no checkpoint has tables without a schema version, and
             # none is left half upgraded.
             conn.execute("BEGIN IMMEDIATE")
-            _create(conn, found)
+            create_tables(conn, found)
             stamp = {"schema": SCHEMA_VERSION, "version": version()}
             kept = "SELECT key, value FROM meta WHERE key IN ('schema', 'version')"
             if dict(conn.execute(kept)) != stamp:
@@ -217,7 +161,7 @@ class Checkpoint(PlanQueries):
     def in_memory(cls) -> Checkpoint:
         """A checkpoint that lives as long as this object, for rows in memory without a file:
         the same plan, results and tallies, nothing on disk."""
-        return cls(None, _new_in_memory())
+        return cls(None, new_in_memory())
 
     @classmethod
     def peek_scan(cls, path: Path, key: str) -> dict[str, Any] | None:
@@ -225,7 +169,7 @@ class Checkpoint(PlanQueries):
         read opens no log and no shared-memory file beside the checkpoint. It may miss the
         last commits (those in the log): the caller checks again once it holds the file."""
         try:
-            conn = sqlite3.connect(_reading_uri(path), uri=True)
+            conn = sqlite3.connect(reading_uri(path), uri=True)
         except sqlite3.Error:
             return None
         try:
@@ -240,11 +184,11 @@ class Checkpoint(PlanQueries):
         """A read-only view for a dry run: the checkpoint at `path` if there is one (else an empty
         one in memory) with `scan` standing in for its scan table. Nothing on disk changes."""
         try:
-            if path is not None and _has_data(path):
-                conn = _read(path)
+            if path is not None and has_data(path):
+                conn = read_only(path)
                 conn.execute("SELECT 1 FROM results LIMIT 1")
             else:
-                conn = _new_in_memory()
+                conn = new_in_memory()
             conn.execute("ATTACH DATABASE ? AS scanned", (scan.uri,))
             # A temporary view shadows the checkpoint's own scan table by name.
             conn.execute("CREATE TEMP VIEW scan AS SELECT * FROM scanned.rows")
@@ -308,9 +252,7 @@ class Checkpoint(PlanQueries):
             return
         except _UNBINDABLE as exc:
             problem = storable.text(f"{type(exc).__name__}: {exc}")
-        ident, row_id, digest, attempts, latency, updated = (
-            fixed[i] for i in (0, 1, 2, 6, 7, -1)
-        )
+        ident, row_id, digest, attempts, latency, updated = (fixed[i] for i in (0, 1, 2, 6, 7, -1))
         error = f"the result could not be stored in the checkpoint ({problem}); sent again next run"
         self._conn.execute(
             _INSERT_RESULT,
@@ -393,151 +335,6 @@ class Checkpoint(PlanQueries):
     def learned_rate(self) -> float | None:
         value = self.meta().get("learned_rate")
         return float(value) if value else None
-
-    # -- the scan -----------------------------------------------------------------------------
-
-    def scan_info(self, key: str) -> dict[str, Any] | None:
-        """What the last run's scan recorded, if it was of the input `key` names."""
-        meta = self.meta()
-        if meta.get("scan_key") != key or "scan_info" not in meta:
-            return None
-        info: dict[str, Any] = json.loads(meta["scan_info"])
-        with self._errors():
-            found = self._conn.execute("SELECT count(*) FROM scan").fetchone()[0]
-        return info if found == info.get("total") else None
-
-    def adopt_scan(self, scan: ScanIndex, key: str | None, info: dict[str, Any]) -> None:
-        """Make `scan` this checkpoint's scan, for this run and for the next one to reuse."""
-        conn = self._conn
-        with self._errors():
-            # Attached outside the transaction: SQLite cannot attach or detach inside one.
-            conn.execute("ATTACH DATABASE ? AS scanned", (scan.uri,))
-        try:
-            with self._transaction():
-                conn.execute("DELETE FROM scan")
-                conn.execute("INSERT INTO scan SELECT * FROM scanned.rows")
-                conn.executemany(
-                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                    [("scan_key", key), ("scan_info", json.dumps(info))],
-                )
-        finally:
-            with self._errors():
-                conn.execute("DETACH DATABASE scanned")
-
-    # -- the output ------------------------------------------------------------------------
-
-    def failure_statuses(self) -> dict[str, int]:
-        """Row id -> the HTTP status of the last attempt of each row that failed or was refused,
-        when that attempt got a non-2xx reply (a timeout has none; a 2xx without an answer is no
-        HTTP failure). For OpenAI batch output lines; one pass over the attempts."""
-        with self._errors():
-            found = self._conn.execute(
-                # SQLite takes a bare column from the row that holds the max().
-                "SELECT a.row_id, a.status, max(a.started) FROM attempts a "
-                f"JOIN results c ON c.id = a.row_id WHERE c.finish_reason IN {UNANSWERED} "
-                "GROUP BY a.row_id"
-            ).fetchall()
-        return {
-            str(row_id): int(status)
-            for row_id, status, _ in found
-            if isinstance(status, int) and not 200 <= status < 300
-        }
-
-    def status(self) -> dict[str, object]:
-        """Counts by outcome over the last run's rows, and what that run recorded of its input."""
-        meta = self.meta()
-        info: dict[str, object] = {"input": meta.get("input")}
-        with self._errors():
-            has_scan = self._conn.execute("SELECT count(*) FROM scan").fetchone()[0] > 0
-        if has_scan:
-            tally = self.tally()
-            info.update(
-                rows=tally.rows,
-                answered=tally.answered,
-                failed=tally.failed,
-                misuse=tally.misuse,
-                invalid=tally.invalid,
-                pending=tally.pending,
-            )
-        else:  # a checkpoint from before the scan lived here: what its results say
-            with self._errors():
-                found = dict(
-                    self._conn.execute("SELECT finish_reason, count(*) FROM results GROUP BY 1")
-                )
-            info.update(
-                answered=sum(v for k, v in found.items() if k not in UNANSWERED),
-                failed=found.get("error", 0),
-                misuse=found.get("misuse", 0),
-                invalid=int(meta.get("invalid") or 0),
-            )
-            if meta.get("rows"):
-                rows = int(meta["rows"])
-                done = sum(found.values()) + int(meta.get("invalid") or 0)
-                info.update(rows=rows, pending=max(0, rows - done))
-        if has_scan and self.identity is not None:  # what a rerun of the last run would send
-            plan = self.plan()
-            info.update(to_send=plan.reasons(), plan=plan.to_dict())
-        info["updated"] = float(meta["updated"]) if meta.get("updated") else None
-        with self._errors():
-            info["answers_kept"] = self._conn.execute(
-                f"SELECT count(*) FROM results WHERE finish_reason NOT IN {UNANSWERED}"
-            ).fetchone()[0]
-        return info
-
-    # -- runs and events ----------------------------------------------------------------------
-
-    def begin_run(self, options: dict[str, Any]) -> int:
-        with self._transaction():
-            cursor = self._conn.execute(
-                "INSERT INTO runs (started, rows_sent, options) VALUES (?, 0, ?)",
-                (time.time(), json.dumps(options, default=str)),
-            )
-        return int(cursor.lastrowid or 0)
-
-    def end_run(self, run: int, *, rows_sent: int, exit_code: int) -> None:
-        with self._transaction():
-            self._conn.execute(
-                "UPDATE runs SET ended = ?, rows_sent = ?, exit_code = ? WHERE id = ?",
-                (time.time(), rows_sent, exit_code, run),
-            )
-
-    def record_events(self, run: int, events: Sequence[tuple[float, str, float, str]]) -> None:
-        """(unix time, kind, value, detail): a rate change ("rate") or a breaker event ("breaker")."""
-        if events:
-            with self._transaction():
-                self._conn.executemany(
-                    "INSERT INTO events VALUES (?, ?, ?, ?, ?)", [(run, *e) for e in events]
-                )
-
-    def runs(self) -> list[tuple[int, float, float | None, int, int | None, str]]:
-        with self._errors():
-            return self._conn.execute(
-                "SELECT id, started, ended, rows_sent, exit_code, options FROM runs ORDER BY id"
-            ).fetchall()
-
-    def events(self) -> list[tuple[int, float, str, float, str]]:
-        with self._errors():
-            return self._conn.execute(
-                "SELECT run, t, kind, value, detail FROM events ORDER BY t"
-            ).fetchall()
-
-    def rows_attempted(self) -> dict[int, int]:
-        """Run -> how many distinct rows it sent (finished or not): what its retries are beyond."""
-        with self._errors():
-            found = self._conn.execute(
-                "SELECT run, count(DISTINCT row_id) FROM attempts GROUP BY run"
-            ).fetchall()
-        return {int(run): int(count) for run, count in found}
-
-    def attempts(self) -> Iterator[tuple[int, str, float, float, str, int | None, str | None]]:
-        """Every attempt ever recorded, oldest first, streamed."""
-        with self._errors():
-            cursor = self._conn.execute(
-                "SELECT run, row_id, started, duration_ms, outcome, status, error FROM attempts "
-                "ORDER BY started"
-            )
-        while page := cursor.fetchmany(4096):
-            yield from page
 
     # -- plumbing -----------------------------------------------------------------------------
 

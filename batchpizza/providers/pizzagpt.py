@@ -18,8 +18,8 @@ from yarl import URL
 
 from batchpizza import jsoncodec
 from batchpizza.config import DEFAULT_BASE_URL, DEFAULT_MODEL, DEFAULT_TIMEOUT
-from batchpizza.fingerprint import BY_TEXT
 from batchpizza.errors import BadReply, HTTPStatusError, MisuseDetected, UsageError
+from batchpizza.fingerprint import BY_TEXT
 from batchpizza.providers.http import Reply, parse_retry_after, post_json, reply_json, snippet
 from batchpizza.records import Answer, Prompt
 from batchpizza.redact import shorten
