@@ -209,4 +209,5 @@ def _row(pos: int, result: Result) -> dict[str, Any]:
         "attempts": result.attempts,
         "latency_ms": result.latency_ms,
         "model": result.model,
+        "reused_from": None,  # sent for this row (rows reusing it come after the run)
     }

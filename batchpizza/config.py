@@ -177,13 +177,29 @@ def _non_finite(value: object) -> float | None:
 def check_params(params: dict[str, Any]) -> None:
     """A usage error for a parameter JSON cannot carry: NaN and the infinities (`--param
     temperature=NaN`, `1e400`, or a float from Python) would be sent as null, silently."""
+    from batchpizza.fingerprint import RESERVED_PARAMS, canonical_json
+
     for key, value in params.items():
+        if key in RESERVED_PARAMS:
+            why = {
+                "model": "give the model with --model",
+                "messages": "the messages come from each row",
+                "stream": "streamed replies are not supported; drop it",
+            }[key]
+            raise UsageError(f"--param {key}: the run sets this field itself; {why}")
         found = _non_finite(value)
         if found is not None:
             raise UsageError(
                 f"--param {key}: {found} is not a finite number, and JSON cannot carry it "
                 "(it would be sent as null); give a finite number"
             )
+        try:
+            canonical_json(value)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(
+                f"--param {key}: not a JSON value ({exc}); give text, a number, a boolean, "
+                "a list or an object"
+            ) from None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,8 +17,8 @@ import contextlib
 import datetime as dt
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TextIO
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 from batchpizza.records import Tally
 from batchpizza.redact import redact
@@ -34,6 +34,9 @@ from batchpizza.runlog import (
 )
 
 __all__ = ["Bar", "Lines", "Progress", "bar_parts", "choose", "setup_logging", "summary_line"]
+
+if TYPE_CHECKING:
+    from batchpizza.checkpoint.plan import Plan
 
 _MASKED_HEADERS = ("authorization", "x-api-key", "proxy-authorization")
 REDRAW_S = 0.5  # the bar's timer: at least this often, whether rows finish or not
@@ -247,12 +250,12 @@ def choose(progress: bool | None, quiet: bool, every: float = 60.0) -> Progress:
 def dry_run_report(
     config: Any,
     tally: Tally,
-    plan: Mapping[str, int],
+    plan: Plan,
     previews: Sequence[tuple[str, dict[str, str], bytes]],
     learned_rate: float | None,
 ) -> str:
     """What a run would do: the counts, how long sending should take, the first requests."""
-    todo = sum(plan.values())
+    todo = plan.to_send
     kept_refused = 0 if config.retry_refused else tally.misuse  # not planned: not sent again
     answered = tally.rows - tally.invalid - todo - kept_refused
     rate = config.rate_per_s
@@ -262,8 +265,7 @@ def dry_run_report(
         "batchpizza: dry run: nothing sent, nothing written",
         f"  rows        {tally.rows}",
         f"  answered    {answered} (kept, not sent again)",
-        f"  to send     {todo} ({plan['new']} new, {plan['changed']} changed, "
-        f"{plan['retry']} failed{' or refused' if config.retry_refused else ''} before)",
+        f"  to send     {plan.reasons(retry_refused=config.retry_refused)}",
         f"  invalid     {tally.invalid}",
         f"  time        {sending_time(todo, rate, config.concurrency, config.auto_max is not None)}",
     ]

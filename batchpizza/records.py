@@ -66,7 +66,10 @@ class Answer(NamedTuple):
 
 
 # The result columns of every output, in order; a provider may add its own after them.
-RESULT_COLUMNS = ("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model")
+RESULT_COLUMNS = (
+    *("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"),
+    "reused_from",  # the row an identical request was sent for, when another (else null)
+)
 TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens")
 
 
@@ -106,6 +109,8 @@ class OutputRow(NamedTuple):
     response_id: str | None
     request_id: str | None
     digest: bytes | None  # None for an invalid row
+    # The row whose identical request this answer was asked for, when it is another row's.
+    reused_from: str | None = None
 
 
 def answered_row(r: Result) -> OutputRow:
@@ -201,6 +206,10 @@ class Summary(Mapping[str, Any]):
     stopped: str | None = None  # None, "deadline", "refusals", "signal" or "locked"
     rate: float | None = None  # requests/s at the end (the learned rate under auto)
     interrupted: bool = False
+    # What this run planned to send, by reason (new, changed, retry, identity, unknown), with
+    # `reused` (rows answered by an identical request's answer) and `change` (what the identity
+    # change was); None before the plan.
+    plan: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.ended is None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from batchpizza.config import RunConfig
+from batchpizza.fingerprint import fingerprint, identity_digest, keyed_by_text, request_digest
 from batchpizza.records import RESULT_COLUMNS, Prompt
 
 
@@ -33,9 +34,11 @@ class BadRecord:
     field: str | None = None
 
 
-# What the scan yields per batch: the good rows as (pos, id, prompt digest, file, at) records,
-# ready for the scan index's table, and the bad rows.
-GoodRow = tuple[int, str, bytes, int, int]
+# What the scan yields per batch: the good rows as (pos, id, request digest, text digest, file,
+# at) records, ready for the scan index's table, and the bad rows. The request digest is the
+# row's part of its fingerprint (fingerprint.request_digest); the text digest, the digest of the
+# formatted prompt that checkpoints before fingerprints keyed answers by, only where it differs.
+GoodRow = tuple[int, str, bytes, "bytes | None", int, int]
 ScanBatch = tuple[list[GoodRow], list[BadRecord]]
 # What `interpret` makes of a row: id, formatted prompt, the clean messages (None for a prompt
 # row) and an OpenAI Batch line's body without its messages (None otherwise). A tuple: the scan
@@ -46,6 +49,42 @@ CHAT_COMPLETIONS = "/v1/chat/completions"
 
 def prompt_digest(prompt: str) -> bytes:
     return hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def digests(interpreted: Interpreted) -> tuple[bytes, bytes | None]:
+    """The row's request digest, and its text digest where that differs (see GoodRow)."""
+    _id, text, messages, body = interpreted
+    digest = request_digest(text, messages, body)
+    return digest, None if messages is None and body is None else _differs(text, digest)
+
+
+def _differs(text: str, digest: bytes) -> bytes | None:
+    said = prompt_digest(text)
+    return None if said == digest else said
+
+
+def digest_of(prompt: Prompt) -> bytes:
+    """The request digest of a row as the engine holds it (the same as the scan's)."""
+    return request_digest(prompt.text, prompt.messages, prompt.body)
+
+
+def _text_key(prompt: Prompt) -> bytes:
+    return prompt_digest(prompt.text)
+
+
+def request_key(provider: object) -> Callable[[Prompt], bytes]:
+    """What a result of `provider`'s requests is keyed by, with its identity: the digest of the
+    text for a provider that sends only text, else the request digest (as the plan joins)."""
+    identity = getattr(provider, "identity", None)
+    return _text_key if identity is not None and keyed_by_text(identity) else digest_of
+
+
+def fingerprint_key(provider: Any) -> Callable[[Prompt], bytes]:
+    """A request's whole fingerprint, identity and request key in one digest: what a store
+    without an identity of its own (a Ray part) keeps answers by."""
+    ident = identity_digest(provider.identity)
+    key = request_key(provider)
+    return lambda prompt: fingerprint(ident, key(prompt))
 
 
 @dataclass(frozen=True)

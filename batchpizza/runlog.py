@@ -31,9 +31,12 @@ class RunStart:
     output: str | None
     rows: int  # in the output
     to_send: int
+    why: str  # the plan's reasons: "30 to send: 30 new model (model-A -> model-B)"
     new: int
     changed: int
     retry: int  # failed or refused before
+    renewed: int  # asked before with another provider, model or parameters, or not known
+    reused: int  # rows that take the answer of an identical request of this run
     answered: int  # kept from earlier runs, not sent again
     invalid: int
     rate: str  # as asked: "2/s", "0", "auto:20/s"
@@ -70,16 +73,17 @@ class Snapshot:
 
 def run_start(
     config: Any,
-    plan: Mapping[str, int],
+    plan: Any,
     rows: int,
     invalid: int,
     rate_per_s: float | None,
     deadline_in_s: float | None,
 ) -> RunStart:
-    """The start line's fields, from the run's config and plan (counts by why a row is sent)."""
+    """The start line's fields, from the run's config and its plan (checkpoint.plan.Plan: the
+    counts by why a request is sent)."""
     import batchpizza
 
-    to_send = sum(plan.values())
+    to_send = plan.to_send
     deadline = None if deadline_in_s is None else iso(time.time() + max(0.0, deadline_in_s))
     return RunStart(
         version=str(batchpizza.__version__),
@@ -87,10 +91,13 @@ def run_start(
         output=config.output,
         rows=rows,
         to_send=to_send,
-        new=plan["new"],
-        changed=plan["changed"],
-        retry=plan["retry"],
-        answered=rows - to_send - invalid,
+        why=plan.reasons(retry_refused=bool(getattr(config, "retry_refused", False))),
+        new=plan.new,
+        changed=plan.changed,
+        retry=plan.retry,
+        renewed=plan.identity + plan.unknown,
+        reused=plan.reused,
+        answered=rows - to_send - plan.reused - invalid,
         invalid=invalid,
         rate=str(config.rate),
         rate_per_s=rate_per_s,
@@ -132,8 +139,7 @@ def start_text(s: RunStart) -> str:
         deadline = f"deadline {_local(_unix(s.deadline))} (in {clock(left)})"
     where = f"{s.input} -> {s.output}" if s.output else f"{s.input}"
     return (
-        f"start: batchpizza {s.version}: {where}: {s.rows} rows: {s.to_send} to send "
-        f"({s.new} new, {s.changed} changed, {s.retry} failed or refused before), "
+        f"start: batchpizza {s.version}: {where}: {s.rows} rows: {s.why}; "
         f"{s.answered} answered before, {s.invalid} invalid; {rate}; {deadline}"
     )
 

@@ -39,7 +39,10 @@ from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.rows import format_prompt
 
-RESULTS = ["answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"]
+RESULTS = [
+    *("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"),
+    "reused_from",
+]
 QUESTIONS = ["What is the capital of Italy?", "Name a pizza.", "Why is dough sticky?"]
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 

@@ -28,15 +28,18 @@ from batchpizza.errors import CheckpointMissing, CheckpointVersionError, LockedE
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.records import Result
+from batchpizza.rows import prompt_digest
 
 DIGEST = b"\x01" * 16
 
 
-def result(row_id: str, reason: str = "stop", *, digest: bytes = DIGEST) -> Result:
+def result(row_id: str, reason: str = "stop", *, digest: bytes | None = None) -> Result:
+    """A result of row `row_id`; by default for a request of its own (results are kept by
+    request fingerprint, so rows asking one request share one)."""
     answered = reason == "stop"
     return Result(
         id=row_id,
-        digest=digest,
+        digest=digest if digest is not None else prompt_digest(row_id),
         finish_reason=reason,
         answer=f"answer to {row_id}" if answered else None,
         error=None if answered else f"{reason} for {row_id}",
@@ -81,7 +84,9 @@ def test_written_results_survive_closing_and_reopening(ck_path: Path) -> None:
 
     rows = stored(ck_path)
     assert set(rows) == {"a", "b", "c"}
-    assert rows["a"] == ("a", DIGEST, "stop", "answer to a", None, 2, 12.5, "gpt-4o-mini")
+    assert rows["a"] == (
+        "a", prompt_digest("a"), "stop", "answer to a", None, 2, 12.5, "gpt-4o-mini"
+    )  # fmt: skip
     assert rows["b"][2:5] == ("error", None, "error for b")
     reopened = Checkpoint.open(ck_path, create=False)
     try:
@@ -91,13 +96,25 @@ def test_written_results_survive_closing_and_reopening(ck_path: Path) -> None:
     assert (status["answered"], status["failed"], status["misuse"]) == (1, 1, 1)
 
 
-def test_write_replaces_the_earlier_result_of_the_same_id(store: Checkpoint) -> None:
+def test_an_answer_for_another_request_of_the_same_row_is_kept_beside_it(
+    store: Checkpoint,
+) -> None:
+    store.write([result("a", "stop", digest=b"\x01" * 16)])
+    store.write([result("a", "stop", digest=b"\x02" * 16)])  # the row's prompt changed
+
+    conn = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
+    kept = sorted(conn.execute("SELECT digest FROM results WHERE id = 'a'").fetchall())
+    conn.close()
+    assert kept == [(b"\x01" * 16,), (b"\x02" * 16,)]  # paid answers are never deleted
+
+
+def test_write_replaces_the_earlier_result_of_the_same_request(store: Checkpoint) -> None:
     store.write([result("a", "error")])
-    store.write([result("a", "stop", digest=b"\x02" * 16)])
+    store.write([result("a", "stop")])
 
     rows = stored(store.path)
     assert len(rows) == 1
-    assert rows["a"][1:4] == (b"\x02" * 16, "stop", "answer to a")
+    assert rows["a"][1:4] == (prompt_digest("a"), "stop", "answer to a")
     assert store.status()["failed"] == 0
 
 
@@ -175,7 +192,7 @@ def test_meta_round_trips_values_as_text_and_none(store: Checkpoint) -> None:
     assert meta["rows"] == "4"
     assert meta["invalid"] == "0"
     assert meta["note"] is None
-    assert meta["schema"] == "2"
+    assert meta["schema"] == "3"
 
 
 def test_open_without_create_raises_checkpoint_missing_and_creates_nothing(
@@ -521,7 +538,7 @@ def test_another_programs_sqlite_file_is_refused_and_left_alone(ck_path: Path) -
     assert tables == {"invoices"}
 
 
-def test_a_schema_1_checkpoint_is_upgraded_to_2_and_keeps_its_answers(ck_path: Path) -> None:
+def test_a_schema_1_checkpoint_is_upgraded_to_3_and_keeps_its_answers(ck_path: Path) -> None:
     conn = sqlite3.connect(ck_path)
     with conn:  # what the first version created
         conn.executescript(
@@ -541,7 +558,7 @@ def test_a_schema_1_checkpoint_is_upgraded_to_2_and_keeps_its_answers(ck_path: P
     store.write([result("q2")._replace(prompt_tokens=3)])
     store.close()
 
-    assert meta_of(ck_path)["schema"] == "2"
+    assert meta_of(ck_path)["schema"] == "3"
     assert stored(ck_path)["q1"][3] == "old answer"
 
 
@@ -554,7 +571,7 @@ def test_tables_created_without_their_schema_by_a_killed_first_run_are_taken_as_
     conn.close()
 
     Checkpoint.open(ck_path).close()
-    assert meta_of(ck_path)["schema"] == "2"
+    assert meta_of(ck_path)["schema"] == "3"
 
 
 def test_a_run_on_a_newer_checkpoint_exits_2_having_sent_and_changed_nothing(
@@ -563,7 +580,7 @@ def test_a_run_on_a_newer_checkpoint_exits_2_having_sent_and_changed_nothing(
     inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "q1", "prompt": "hi"}])
     out = tmp_path / "out.jsonl"
     ck = Path(f"{out}.checkpoint")
-    with_meta(ck, schema="3", version="3.0.0")
+    with_meta(ck, schema="4", version="3.0.0")
     before = ck.read_bytes()
 
     done = CliRunner().invoke(
@@ -571,6 +588,6 @@ def test_a_run_on_a_newer_checkpoint_exits_2_having_sent_and_changed_nothing(
     )
 
     assert done.exit_code == 2, done.output
-    assert "batchpizza 3.0.0" in done.output and "schema 3" in done.output
+    assert "batchpizza 3.0.0" in done.output and "schema 4" in done.output
     assert ck.read_bytes() == before
     assert not out.exists()

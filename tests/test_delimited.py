@@ -16,7 +16,16 @@ from batchpizza.cli import cli
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
 
-RESULTS = ["answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"]
+RESULTS = [
+    "answer",
+    "finish_reason",
+    "misuse",
+    "error",
+    "attempts",
+    "latency_ms",
+    "model",
+    "reused_from",
+]
 
 
 def invoke(server: ThreadedMockServer, source: Path, out: Path, *extra: str) -> Result:

@@ -496,10 +496,10 @@ def test_dry_run_prints_the_plan_and_the_first_three_requests_and_sends_nothing(
     assert "rows 13" in lines
     assert any(line.startswith("answered 7") for line in lines), err
     assert any(
-        line.startswith("to send 5")
-        and "2 new" in line
-        and "1 changed" in line
-        and "2 failed" in line
+        line.startswith("to send 5 to send:")
+        and "2 new rows" in line
+        and "1 prompt changed" in line
+        and "2 failed before" in line
         for line in lines
     ), err
     assert "invalid 1" in lines

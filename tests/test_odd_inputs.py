@@ -233,11 +233,16 @@ def scan_file(path: Path, folder: Path) -> Scanned | None:
                 # What a run would send with an empty checkpoint: every good row, interpreted.
                 planning = Checkpoint.planning(folder / "none.checkpoint", scan)
                 try:
-                    todo = sum(planning.plan().values())
-                    positions = list(planning.todo_positions())
+                    plan = planning.plan()
+                    sent = list(planning.todo_positions())
+                    positions = [
+                        pos for (pos,) in planning._conn.execute("SELECT pos FROM temp.todo")
+                    ]
                 finally:
                     planning.close()
-                assert todo == len(positions) == scan.total - scan.bad
+                # Identical requests are sent once; every good row is planned.
+                assert plan.to_send == len(sent) and set(sent) <= set(positions)
+                assert plan.to_send + plan.reused == len(positions) == scan.total - scan.bad
                 prompts = [(pos, p.id, p.text) for pos, p in source.prompts(positions)]
                 assert [p[0] for p in prompts] == positions
                 return Scanned(scan.total, scan.bad, list(scan.first_bad), prompts)

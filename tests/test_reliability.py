@@ -41,7 +41,10 @@ from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.providers import http as provider_http
 from batchpizza.providers.pizzagpt import ask
 
-RESULT_COLUMNS = ("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model")
+RESULT_COLUMNS = (
+    *("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"),
+    "reused_from",
+)
 BIG = 123456789012345678901234567890  # beyond 64 bits
 
 

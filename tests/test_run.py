@@ -30,11 +30,15 @@ from batchpizza.mock.faults import MockConfig
 from batchpizza.mock.replies import MISUSE_TEXT, mock_answer
 from batchpizza.mock.server import ThreadedMockServer
 
-RESULT_COLUMNS = ["answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"]
+RESULT_COLUMNS = [
+    *("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"),
+    "reused_from",
+]
 SUMMARY_KEYS = {
     "schema_version",
     "started",
     "ended",
+    "plan",
     "rows",
     "answered",
     "failed",

@@ -59,7 +59,7 @@ def test_summary_line_goes_to_stderr(
     assert captured.out == ""
     lines = captured.err.splitlines()
     assert len(lines) == 2  # the start line, the summary line
-    assert "start:" in lines[0] and "6 to send (6 new" in lines[0]
+    assert "start:" in lines[0] and "6 to send: 6 new rows" in lines[0]
     assert "6 rows" in lines[1]
     assert "6 answered" in lines[1]
 

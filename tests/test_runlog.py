@@ -82,8 +82,8 @@ def test_a_cron_log_has_a_start_line_timestamps_everywhere_and_cumulative_counts
     lines = result.stderr.splitlines()
     assert all(STAMP.match(line) for line in lines), lines
     start, *progress, last = lines
-    assert f"start: batchpizza {_version()}: {source} -> {out}: 8 rows: 6 to send " in start
-    assert "(4 new, 1 changed, 1 failed or refused before), 2 answered before, 0 invalid" in start
+    assert f"start: batchpizza {_version()}: {source} -> {out}: 8 rows: 6 to send: " in start
+    assert "1 prompt changed, 4 new rows, 1 failed before; 2 answered before, 0 invalid" in start
     # The deadline counts from the start of the process (here, of the test session).
     assert re.search(r"; rate unlimited; deadline [-\d]{10} [:\d]{8} \(in \d:\d\d:\d\d\)$", start)
     assert progress, "no progress line in a run of 6 rows at 150 ms each"

@@ -20,7 +20,10 @@ from batchpizza.errors import OutputError
 from batchpizza.files import atomic_file
 from batchpizza.mock.server import ThreadedMockServer
 
-RESULT_COLUMNS = ["answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"]
+RESULT_COLUMNS = [
+    *("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"),
+    "reused_from",
+]
 
 
 @pytest.fixture

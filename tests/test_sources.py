@@ -17,6 +17,7 @@ from conftest import SAMPLES, write_jsonl
 from batchpizza import jsoncodec
 from batchpizza.config import RunConfig
 from batchpizza.errors import InputError
+from batchpizza.fingerprint import request_digest
 from batchpizza.rows import Fields, RowProblem, interpret, prompt_digest
 from batchpizza.sources import Source, open_source, spool_stdin
 
@@ -43,7 +44,7 @@ def scanned(source: Source) -> tuple[dict[int, tuple[str, int, int, bytes]], dic
     good: dict[int, tuple[str, int, int, bytes]] = {}
     bad: dict[int, Any] = {}
     for good_rows, bad_rows in source.scan():
-        for pos, row_id, digest, file, at in good_rows:
+        for pos, row_id, digest, _said, file, at in good_rows:
             good[pos] = (row_id, file, at, digest)
         for row in bad_rows:
             bad[row.pos] = row
@@ -156,11 +157,14 @@ def test_scan_infers_the_arrow_types_of_carried_fields(tmp_path: Path) -> None:
     assert types["flag"] == pa.bool_()
 
 
-def test_scan_digest_is_of_the_formatted_prompt(tmp_path: Path) -> None:
+def test_scan_digest_is_of_the_messages_as_sent_and_of_a_prompt_its_text(tmp_path: Path) -> None:
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
-    path = write_jsonl(tmp_path / "in.jsonl", [{"id": "m", "messages": messages}])
+    rows = [{"id": "m", "messages": messages}, {"id": "p", "prompt": "hi"}]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
     good, _ = scanned(source_for(path, tmp_path))
-    assert good[0][3] == prompt_digest("User: hi\nAssistant: yo\nAssistant:")
+    assert good[0][3] == request_digest("User: hi\nAssistant: yo\nAssistant:", messages, None)
+    assert good[0][3] != prompt_digest("User: hi\nAssistant: yo\nAssistant:")
+    assert good[1][3] == prompt_digest("hi")  # as checkpoints before fingerprints had it
 
 
 # -- prompts and carried -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from batchpizza import storable
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.providers.pizzagpt import extract_answer
 from batchpizza.records import Attempt, Result
+from batchpizza.rows import prompt_digest
 
 Reply = Callable[[str], Awaitable[web.StreamResponse]]
 
@@ -229,7 +230,8 @@ async def test_header_bytes_that_are_not_utf8_are_stored_as_replacement_characte
 
 
 def result(row_id: str, **values: Any) -> Result:
-    return Result(row_id, bytes(16), "stop", "fine", None, 1, 1.0, "m")._replace(**values)
+    digest = prompt_digest(row_id)  # a request of its own (results are kept per request)
+    return Result(row_id, digest, "stop", "fine", None, 1, 1.0, "m")._replace(**values)
 
 
 def test_a_row_the_checkpoint_cannot_bind_never_fails_the_group(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""The validation scan's index: one small record per input row (position, id, prompt digest,
-what is wrong with it), written to a private temporary SQLite file so memory stays flat whatever
+"""The validation scan's index: one small record per input row (position, id, request digest,
+the text digest where it differs (`said`), what is wrong with it), written to a private temporary SQLite file so memory stays flat whatever
 the input's size. Duplicate ids are found by a set-based query, in C, not row by row in Python.
 
 The scan happens before the checkpoint may change (bad input changes nothing), so it is written
@@ -24,7 +24,7 @@ SHOWN = 10  # bad rows described in an error message; the rest are counted
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS {table} (pos INTEGER PRIMARY KEY, id TEXT, digest BLOB, "
-    "bad TEXT, file INTEGER, at INTEGER)"
+    "said BLOB, bad TEXT, file INTEGER, at INTEGER)"
 )
 
 
@@ -92,13 +92,14 @@ class ScanIndex:
                         db.execute("ROLLBACK")
                         raise Interrupted("interrupted while reading the input", 0)
                     db.executemany(
-                        "INSERT INTO rows (pos, id, digest, file, at) VALUES (?, ?, ?, ?, ?)", good
+                        "INSERT INTO rows (pos, id, digest, said, file, at) VALUES (?, ?, ?, ?, ?, ?)",
+                        good,
                     )
                     if bad:
                         for row in bad:
                             self._note_bad(row)
                         db.executemany(
-                            "INSERT INTO rows VALUES (?, ?, NULL, ?, ?, ?)",
+                            "INSERT INTO rows VALUES (?, ?, NULL, NULL, ?, ?, ?)",
                             [(r.pos, r.id, _reason(r), r.file, r.at) for r in bad],
                         )
                     self.total += len(good) + len(bad)

@@ -89,6 +89,11 @@ import click
     help="OpenAI route: require 'Authorization: Bearer KEY' (401 otherwise).",
 )
 @click.option(
+    "--by-request",
+    is_flag=True,
+    help="OpenAI route: answers depend on the model and the temperature too, not only the prompt.",
+)
+@click.option(
     "--models",
     default=None,
     help="OpenAI route: the models served, comma-separated; others get 404 model_not_found "

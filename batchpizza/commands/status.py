@@ -50,6 +50,8 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     click.echo(f"  input      {info.get('input') or 'unknown'} ({info.get('rows', '?')} rows)")
     for key in ("answered", "failed", "misuse", "invalid", "pending"):
         click.echo(f"  {key:<10} {info.get(key, '?')}")
+    if info.get("to_send"):
+        click.echo(f"  rerun      {info['to_send']} (with the last run's provider, model, params)")
     click.echo(f"  kept       {info.get('answers_kept', '?')} answers in all")
     click.echo(f"  written    {when}")
     click.echo(f"  running    {'yes: a run holds the lock' if info['running'] else 'no'}")

@@ -12,7 +12,8 @@
 writes the same file (idempotent), and a batch Ray runs again after an actor died finds what its
 first attempt answered. A reader takes every part, each row id once. Only answered rows are
 kept: failed and refused rows are sent again by a rerun, as with the SQLite checkpoint. Each row
-carries the digest of its prompt, so a row whose prompt changed since is asked again.
+carries its request's fingerprint (provider, model, parameters, prompt as sent), so a row whose
+prompt, model or parameters changed since is asked again.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ if TYPE_CHECKING:
 PARTS = "parts"
 META = "meta.json"  # the learned rate, for the next run to start from
 ID = "id"  # the row id column of a part, always a string
-# The digest of the prompt a row was answered for (rows.prompt_digest): a rerun takes an answer
-# only for the same id *and* the same prompt, as the SQLite checkpoint does. Parts written before
-# it existed have none; their rows are matched by id alone, as they were then.
+# The fingerprint of the request a row was answered for (rows.fingerprint_key; before fingerprints the
+# prompt's digest alone, which no fingerprint equals): a rerun takes an answer only for the same
+# id *and* the same request. Parts written before it existed have none; their rows are matched by
+# id alone, as they were then.
 DIGEST = "digest"
 
 

@@ -27,7 +27,7 @@ from batchpizza.engine.loop import new_loop
 from batchpizza.engine.runner import new_session
 from batchpizza.providers.factory import make_provider, remember_secrets
 from batchpizza.records import OutputRow, Result, is_answered
-from batchpizza.rows import Fields
+from batchpizza.rows import Fields, fingerprint_key
 from batchpizza.sinks.values import result_columns, result_fields
 from batchpizza.tables import from_data
 
@@ -136,6 +136,7 @@ def results_table(results: Sequence[Result], schema: pa.Schema) -> pa.Table:
             "model": r.model,
             "prompt_tokens": r.prompt_tokens,
             "completion_tokens": r.completion_tokens,
+            "reused_from": None,  # a Ray batch sends every row it asks
         }
         for name, values in columns.items():
             values.append(row[name])
@@ -170,6 +171,8 @@ class Answerer:
         self._id_field = config.fields_named[2]
         remember_secrets(config)  # before the provider, whose errors may quote them
         self._provider = make_provider(config)
+        # Parts keep answers by the request's fingerprint: another model or parameters re-ask.
+        self._key = fingerprint_key(self._provider)
         self._policy = RetryPolicy.from_config(config)
         self._extra = self._provider.extra_columns
         self._fields = Fields.from_config(config, self._extra)
@@ -245,7 +248,7 @@ class Answerer:
         ids = self._ids(batch)
         key = key_of(ids)
         objects = [_NOT_UTF8 if obj is NOT_UTF8 else obj for obj in pylist(batch)]
-        rows = Batch(objects, self._fields)  # each row read and its prompt hashed once
+        rows = Batch(objects, self._fields, key=self._key)  # each row read and hashed once
         known = [self._kept.of(ids)] if self._kept is not None else []
         if self._store is not None:
             known.append(await asyncio.to_thread(self._store.read_batch, key, self._schema))
@@ -301,6 +304,7 @@ class Answerer:
                 session=self._actor_session(),
                 on_result=writer.add if writer is not None else None,
                 kept=writer is not None,
+                key=self._key,
             )
         finally:
             await gate.close()

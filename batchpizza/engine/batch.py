@@ -17,7 +17,7 @@ from batchpizza.engine.runner import Runner
 from batchpizza.errors import UsageError
 from batchpizza.providers import Provider
 from batchpizza.records import OutputRow, Prompt, Result, answered_row, invalid_row, pending_row
-from batchpizza.rows import Fields, RowProblem, interpret, prompt_digest, to_prompt
+from batchpizza.rows import Fields, RowProblem, digest_of, interpret, to_prompt
 
 
 class MemoryStore:
@@ -41,9 +41,15 @@ class MemoryStore:
 class Batch:
     """The rows of one batch, read once: what each good row asks, and each bad row's output."""
 
-    def __init__(self, objects: Sequence[Any], fields: Fields, where: str = "row") -> None:
+    def __init__(
+        self,
+        objects: Sequence[Any],
+        fields: Fields,
+        where: str = "row",
+        key: Callable[[Prompt], bytes] = digest_of,
+    ) -> None:
         """`objects`: each row as a dict, or as the problem (a str) of a row that could not be
-        read as one."""
+        read as one; `key` makes what a row's answer is kept by (its request's fingerprint)."""
         self.size = len(objects)
         self.prompts: dict[int, Prompt] = {}
         self.digests: dict[int, bytes] = {}
@@ -66,7 +72,7 @@ class Batch:
                 continue
             first[prompt.id] = pos
             self.prompts[pos] = prompt
-            self.digests[pos] = prompt_digest(prompt.text)
+            self.digests[pos] = key(prompt)
 
     def id_of(self, pos: int) -> str:
         prompt = self.prompts.get(pos)
@@ -84,10 +90,12 @@ async def answer_batch(
     session: aiohttp.ClientSession | None = None,
     on_result: Callable[[int, Result], None] | None = None,
     kept: bool = False,
+    key: Callable[[Prompt], bytes] | None = None,
 ) -> dict[int, OutputRow]:
     """Send the rows of `batch` at positions `todo` (good rows, ascending); each one's output
     row by position, `pending` for those a stop left unsent. A reply after which nothing can
-    succeed (a wrong key) raises UsageError, saying whether answers so far are `kept`."""
+    succeed (a wrong key) raises UsageError, saying whether answers so far are `kept`. Each
+    result's digest is `key`'s (by default the request key, as the checkpoint keeps it)."""
     finished: dict[int, OutputRow] = {}
 
     def done(pos: int, result: Result) -> None:
@@ -104,6 +112,7 @@ async def answer_batch(
         stop=Stop(),
         on_result=done,
         session=session,
+        key=key,
     )
     await runner.run(iter([(pos, batch.prompts[pos]) for pos in todo]))
     if runner.fatal is not None:

@@ -36,7 +36,7 @@ from batchpizza.errors import (
 )
 from batchpizza.providers import Provider
 from batchpizza.records import Answer, Attempt, Outcome, Prompt, RateInfo, Result, is_answered
-from batchpizza.rows import prompt_digest
+from batchpizza.rows import request_key
 
 log = logging.getLogger("batchpizza")
 
@@ -129,6 +129,7 @@ class Runner:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep | None = None,
         session: aiohttp.ClientSession | None = None,
+        key: Callable[[Prompt], bytes] | None = None,
     ) -> None:
         self.provider = provider
         # A session its caller owns (a Ray actor's, reused batch after batch); else the run
@@ -146,6 +147,9 @@ class Runner:
         # Retry waits end early when sending stops, so a stopped run does not wait them out.
         self._sleep = sleep if sleep is not None else stop.sleep
         self.fatal: ProviderError | None = None  # a reply after which nothing can succeed
+        # What a result is found again by: its request's key (with the store's identity, its
+        # fingerprint), or the whole fingerprint where the store has no identity (a Ray part).
+        self._key = key or request_key(provider)
 
     def fatal_message(self, *, kept: bool) -> str:
         """What to tell the user after a fatal reply: what it said, and where answers are."""
@@ -227,7 +231,7 @@ class Runner:
             return self._failed(prompt, attempts, Outcome.ERROR.value, error)
         return Result(
             prompt.id,
-            prompt_digest(prompt.text),
+            self._key(prompt),
             answer.finish_reason,
             answer.text,
             None,
@@ -309,7 +313,7 @@ class Runner:
         latency = attempts[-1].duration_ms if attempts else None
         return Result(
             prompt.id,
-            prompt_digest(prompt.text),
+            self._key(prompt),
             reason,
             None,
             error,

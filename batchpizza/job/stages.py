@@ -14,12 +14,14 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from batchpizza.checkpoint import Checkpoint, RunLock
+from batchpizza.checkpoint.plan import Plan
 from batchpizza.config import RunConfig
 from batchpizza.controls.stop import Stop
 from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 # When the process started (this module is imported at start-up): --deadline counts from here,
 # as cron's clock does, so that the time spent validating counts too.
 _PROCESS_START = time.monotonic()
+log = logging.getLogger("batchpizza")
 
 
 class Job:
@@ -70,6 +73,7 @@ class Job:
         self._checkpoint: Checkpoint | None = None
         self._reporter = Reporter(config, time.monotonic())
         self._paths_checked = False
+        self.plan: Plan | None = None  # what this run sends, and why
 
     @property
     def signum(self) -> int | None:
@@ -177,6 +181,7 @@ class Job:
             assert scan is not None  # a dry run always scans
             self._checkpoint = planning = Checkpoint.planning(config.checkpoint_path, scan)
             cleanup.callback(planning.close)
+            planning.use_identity(provider.identity)
             return await self._dry_run(planning, source, provider)
         path = config.checkpoint_path
         self._checkpoint = checkpoint = (
@@ -191,8 +196,9 @@ class Job:
             checkpoint.adopt_scan(scan, key, state)
         if config.restart:
             checkpoint.forget()
-        plan = checkpoint.plan(config.limit, retry_refused=config.retry_refused)
-        todo = sum(plan.values())
+        checkpoint.use_identity(provider.identity)
+        self.plan = plan = checkpoint.plan(config.limit, retry_refused=config.retry_refused)
+        todo = plan.to_send
         checkpoint.set_meta(input=config.input or config.input_label)
         run = checkpoint.begin_run(run_options(config))
         self.sending = sending = Sending(
@@ -281,7 +287,7 @@ class Job:
         config = self.config
 
         def plan() -> tuple[Any, ...]:
-            counts = planning.plan(config.limit, retry_refused=config.retry_refused)
+            counts = self.plan = planning.plan(config.limit, retry_refused=config.retry_refused)
             tally = planning.tally(config.limit)
             prompts = source.prompts(planning.todo_positions())
             with contextlib.closing(prompts):
@@ -316,4 +322,7 @@ class Job:
         rate: float | None = None,
     ) -> Summary:
         counters = self.sending.runner.counters if self.sending else None
-        return self._reporter.summary(tally, counters, exit_code, stopped=stopped, rate=rate)
+        summary = self._reporter.summary(tally, counters, exit_code, stopped=stopped, rate=rate)
+        if self.plan is None:
+            return summary
+        return dataclasses.replace(summary, plan=self.plan.to_dict())

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from batchpizza.checkpoint import Checkpoint
+from batchpizza.checkpoint.plan import Plan
 from batchpizza.config import RunConfig
 from batchpizza.files import write_atomically
 from batchpizza.progress import summary_line
@@ -50,8 +51,9 @@ def write_rows(
 
 
 def run_options(config: RunConfig) -> dict[str, Any]:
-    """The options a run records for its report (secrets are in URLs: those are left out)."""
-    keep = ("concurrency", "rate", "max_retries", "timeout", "provider", "model", "limit")
+    """The options a run records for its report (secrets are in URLs: those are left out); the
+    provider, model and parameters also say which request its answers were asked with."""
+    keep = ("concurrency", "rate", "max_retries", "timeout", "provider", "model", "params", "limit")
     return {name: getattr(config, name) for name in keep}
 
 
@@ -73,7 +75,7 @@ class Reporter:
 
     def start_line(
         self,
-        plan: dict[str, int],
+        plan: Plan,
         total: int,
         invalid: int,
         rate: float | None,

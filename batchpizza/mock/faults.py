@@ -57,6 +57,9 @@ class MockConfig:
     # Chat route: the Bearer key required (None: none), and the models served (empty: any).
     api_key: str | None = None
     models: tuple[str, ...] = ()
+    # Chat route: answers that depend on the model and the temperature too, not only the prompt
+    # (what a real server's do): "<answer> [model M, temperature T]".
+    by_request: bool = False
 
 
 class Live:

@@ -50,6 +50,7 @@ class _Chat:
         self.model = model
         self.prompt = prompt
         self.max_tokens = max_tokens
+        self.suffix = ""  # what the request said besides the prompt (MockConfig.by_request)
 
     def _headers(self, retry_after: str | None = None) -> dict[str, str]:
         headers = {"x-request-id": self.request_id}
@@ -98,6 +99,7 @@ class _Chat:
 
     def answer(self, content: str, shape: str | None = None) -> web.Response:
         finish = "stop"
+        content += self.suffix
         words = content.split()
         if self.max_tokens is not None and len(words) > self.max_tokens:
             content, finish = " ".join(words[: self.max_tokens]), "length"
@@ -206,6 +208,8 @@ async def _chat_respond(
     ):
         return bare.error(400, "max_tokens must be a positive integer", param="max_tokens")
     chat = _Chat(request_id, model, prompt, max_tokens)
+    if cfg.by_request:
+        chat.suffix = f" [model {model}, temperature {body.get('temperature', 1)}]"
     scripts = directives(prompt)
     if scripts:
         return await scripted(request, state, prompt, scripts, chat)

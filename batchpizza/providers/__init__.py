@@ -5,7 +5,8 @@ The runner calls a provider through `Provider` and never knows which one it hold
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -21,6 +22,13 @@ class Provider(Protocol):
     fatal_statuses: frozenset[int]
     # Whether a reply's text is checked for the service's refusal phrases.
     detects_refusals: bool
+
+    @property
+    def identity(self) -> Mapping[str, Any]:
+        """What of every request this provider builds decides its answer: its name, the version
+        of how it builds requests (bumped when that changes, so answers are asked again), the
+        model and the body parameters. Never the key, the headers or the URL (see fingerprint)."""
+        ...
 
     async def ask(self, session: aiohttp.ClientSession, prompt: Prompt) -> Answer:
         """Send one prompt; raise a ProviderError subclass on any failure."""

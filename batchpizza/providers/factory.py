@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from batchpizza.config import RunConfig, check_url
 from batchpizza.errors import UsageError
@@ -31,6 +33,18 @@ def remember_secrets(config: RunConfig) -> None:
 def extra_columns(provider: str) -> tuple[str, ...]:
     """The result columns the named provider adds after the common ones."""
     return ("prompt_tokens", "completion_tokens") if provider == "openai" else ()
+
+
+def identity_of(provider: str, model: str | None, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity (fingerprint) of the named provider's requests with this model and these
+    parameters, as its `identity` says it, without building it."""
+    if provider == "openai":
+        from batchpizza.providers import openai
+
+        return openai.identity(model, params)
+    from batchpizza.providers import pizzagpt
+
+    return pizzagpt.identity()
 
 
 def make_provider(config: RunConfig) -> Provider:

@@ -123,6 +123,17 @@ def _about_model(status: int, error: Mapping[str, Any], message: str, model: str
     return status == 404 and "model" in message.lower()
 
 
+# How a request body is built from a row and the options (see OpenAIAPI.body): a change re-asks
+# every answer, through the fingerprint's identity.
+REQUEST_FORMAT = 1
+
+
+def identity(model: str | None, params: Mapping[str, Any]) -> dict[str, Any]:
+    """What every request of a run decides its answer by (see Provider.identity)."""
+    return {"provider": "openai", "format": REQUEST_FORMAT, "model": model or None,
+            "params": dict(params)}  # fmt: skip
+
+
 class OpenAIAPI:
     """The Provider for an OpenAI-compatible chat completions server.
 
@@ -194,6 +205,10 @@ class OpenAIAPI:
             f"OpenAIAPI({redact(str(self.url))!r}, model={self.model!r}, "
             f"params={self.params!r}, api_key={key!r})"
         )
+
+    @property
+    def identity(self) -> Mapping[str, Any]:
+        return identity(self.model, self.params)
 
     def body(self, prompt: Prompt) -> dict[str, Any]:
         """The JSON body `ask` sends for `prompt`."""

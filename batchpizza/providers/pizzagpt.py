@@ -19,6 +19,7 @@ from yarl import URL
 from batchpizza import jsoncodec
 from batchpizza.config import DEFAULT_BASE_URL, DEFAULT_MODEL, DEFAULT_TIMEOUT
 from batchpizza.errors import BadReply, HTTPStatusError, MisuseDetected, UsageError
+from batchpizza.fingerprint import BY_TEXT
 from batchpizza.providers.http import Reply, parse_retry_after, post_json, reply_json, snippet
 from batchpizza.records import Answer, Prompt
 from batchpizza.redact import shorten
@@ -196,6 +197,17 @@ def answer_text(reply: Reply) -> str:
     )
 
 
+# How a request is built from a row (the site's {"question": prompt} wrapping, messages formatted
+# by format_prompt): a change re-asks every answer, through the fingerprint's identity.
+REQUEST_FORMAT = 1
+
+
+def identity() -> dict[str, Any]:
+    """What every request decides its answer by (see Provider.identity): the one model, and the
+    version of the wrapping; there are no parameters, and only the formatted prompt is sent."""
+    return {"provider": "pizzagpt", "format": REQUEST_FORMAT, "model": DEFAULT_MODEL, **BY_TEXT}
+
+
 class PizzagptAPI:
     """The Provider the runner uses for Pizzagpt: the headers, URL and timeout made once per run."""
 
@@ -237,6 +249,10 @@ class PizzagptAPI:
             proxy=self.proxy,
         )
         return Answer(answer_text(reply), "stop", DEFAULT_MODEL)
+
+    @property
+    def identity(self) -> Mapping[str, Any]:
+        return identity()
 
     def preview(self, prompt: Prompt) -> tuple[str, dict[str, str], bytes]:
         return (

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from batchpizza.redact import inert
+from batchpizza.redact import inert, shorten
 from batchpizza.report.fmt import (
     TEXT_WIDTH,
     Clock,
@@ -157,4 +158,20 @@ def _text_runs(runs: Sequence[Mapping[str, Any]]) -> list[str]:
             f"  {duration(r['duration_s']):>9}  {int_text(r['rows_sent']):>10}"
             f"  {int_text(r['requests']):>10}  {int_text(r['answered']):>10}  {exit_code:>4}"
         )
+        asked = asked_with(r.get("options") or {})
+        if asked:
+            out.append(f"  {'':>5}  asked with {asked}")
     return out
+
+
+def asked_with(options: Mapping[str, Any]) -> str:
+    """A run's provider, model and parameters (what its answers' fingerprints hold)."""
+    if not options.get("provider"):
+        return ""  # a run from before batchpizza recorded it
+    params = options.get("params")
+    said = [
+        str(options["provider"]),
+        str(options.get("model") or "—"),
+        *(f"{k}={json.dumps(v)}" for k, v in (params.items() if isinstance(params, dict) else ())),
+    ]
+    return shorten(" ".join(said), 80)  # within the report's 100 columns

@@ -13,7 +13,7 @@ from batchpizza.checkpoint import Checkpoint
 from batchpizza.errors import InputChanged, Interrupted
 from batchpizza.files import atomic_file
 from batchpizza.records import OutputRow
-from batchpizza.rows import RowProblem, interpret, prompt_digest
+from batchpizza.rows import RowProblem, digests, interpret
 from batchpizza.sinks.jsonl import JsonlSink
 from batchpizza.sinks.parquet import ParquetSink
 from batchpizza.sources import Carried, Columns, Source
@@ -104,10 +104,10 @@ def _check_unchanged(
         if row.digest is None:
             continue
         try:
-            prompt = interpret(obj, source.fields, pos)[1]
+            digest: bytes | None = digests(interpret(obj, source.fields, pos))[0]
         except RowProblem:
-            prompt = None
-        if prompt is None or prompt_digest(prompt) != row.digest:
+            digest = None
+        if digest != row.digest:
             raise InputChanged(
                 f"{source.names[0]}: row {pos} changed during the run (its prompt is not the one "
                 f"sent); {_RERUN}"

@@ -27,6 +27,7 @@ def result_fields(extra: tuple[str, ...] = ()) -> tuple[pa.Field, ...]:
         "attempts": pa.int64(),
         "latency_ms": pa.float64(),
         "model": pa.string(),
+        "reused_from": pa.string(),
         "prompt_tokens": pa.int64(),
         "completion_tokens": pa.int64(),
     }

@@ -22,6 +22,7 @@ from batchpizza.rows import (
     GoodRow,
     RowProblem,
     ScanBatch,
+    digests,
     interpret,
     prompt_digest,
     to_prompt,
@@ -116,11 +117,14 @@ def scan_batches(fields: Fields, rows: Iterable[tuple[int, int, int, Any]]) -> I
             bad.append(BadRecord(pos, index, at, None, obj))
             continue
         try:
-            row_id, prompt, _messages, _body = interpret(obj, fields, pos)
+            row = interpret(obj, fields, pos)
         except RowProblem as exc:
             bad.append(BadRecord(pos, index, at, exc.id, exc.problem, exc.field))
         else:
-            good.append((pos, row_id, prompt_digest(prompt), index, at))
+            if row[2] is None and row[3] is None:  # a prompt row (most): its text is the request
+                good.append((pos, row[0], prompt_digest(row[1]), None, index, at))
+            else:
+                good.append((pos, row[0], *digests(row), index, at))
     if good or bad:
         yield good, bad
 

@@ -1,0 +1,75 @@
+"""The checkpoint's record of what runs did, for the report: each run (its options, exit code),
+every attempt, and the learned rate's and the breaker's events (a mixin of Checkpoint, which owns
+the connection)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+
+class History:
+    _conn: sqlite3.Connection
+
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        raise NotImplementedError  # the Checkpoint's
+
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        raise NotImplementedError  # the Checkpoint's
+
+    def begin_run(self, options: dict[str, Any]) -> int:
+        with self._transaction():
+            cursor = self._conn.execute(
+                "INSERT INTO runs (started, rows_sent, options) VALUES (?, 0, ?)",
+                (time.time(), json.dumps(options, default=str)),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def end_run(self, run: int, *, rows_sent: int, exit_code: int) -> None:
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE runs SET ended = ?, rows_sent = ?, exit_code = ? WHERE id = ?",
+                (time.time(), rows_sent, exit_code, run),
+            )
+
+    def record_events(self, run: int, events: Sequence[tuple[float, str, float, str]]) -> None:
+        """(unix time, kind, value, detail): a rate change ("rate") or a breaker event ("breaker")."""
+        if events:
+            with self._transaction():
+                self._conn.executemany(
+                    "INSERT INTO events VALUES (?, ?, ?, ?, ?)", [(run, *e) for e in events]
+                )
+
+    def runs(self) -> list[tuple[int, float, float | None, int, int | None, str]]:
+        with self._errors():
+            return self._conn.execute(
+                "SELECT id, started, ended, rows_sent, exit_code, options FROM runs ORDER BY id"
+            ).fetchall()
+
+    def events(self) -> list[tuple[int, float, str, float, str]]:
+        with self._errors():
+            return self._conn.execute(
+                "SELECT run, t, kind, value, detail FROM events ORDER BY t"
+            ).fetchall()
+
+    def rows_attempted(self) -> dict[int, int]:
+        """Run -> how many distinct rows it sent (finished or not): what its retries are beyond."""
+        with self._errors():
+            found = self._conn.execute(
+                "SELECT run, count(DISTINCT row_id) FROM attempts GROUP BY run"
+            ).fetchall()
+        return {int(run): int(count) for run, count in found}
+
+    def attempts(self) -> Iterator[tuple[int, str, float, float, str, int | None, str | None]]:
+        """Every attempt ever recorded, oldest first, streamed."""
+        with self._errors():
+            cursor = self._conn.execute(
+                "SELECT run, row_id, started, duration_ms, outcome, status, error FROM attempts "
+                "ORDER BY started"
+            )
+        while page := cursor.fetchmany(4096):
+            yield from page
