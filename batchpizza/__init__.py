@@ -71,16 +71,10 @@ def __dir__() -> list[str]:
 
 
 def _version() -> str:
-    # Read from the metadata when first asked for, not at import: importing importlib.metadata
-    # was part of every run's start-up.
-    from importlib import metadata
+    from batchpizza.version import version
 
-    try:
-        version = metadata.version("batchpizza")
-    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree not installed
-        version = "0.0.0"
-    globals()["__version__"] = version
-    return version
+    globals()["__version__"] = found = version()
+    return found
 
 
 __all__ = [

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from batchpizza import config as defaults
+import batchpizza.config as defaults
 from batchpizza.commands import say
 from batchpizza.commands.mock_server import mock_server
 from batchpizza.commands.status import report, status

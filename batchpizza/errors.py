@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from batchpizza import storable
+import batchpizza.storable as storable
 from batchpizza.records import RateInfo
 from batchpizza.redact import redact
 

@@ -215,8 +215,6 @@ class Summary(Mapping[str, Any]):
         if self.ended is None:
             import time
 
-            from batchpizza.runlog import iso
-
             now = time.time()
             object.__setattr__(self, "ended", iso(now))
             if self.started is None:
@@ -263,3 +261,11 @@ class Summary(Mapping[str, Any]):
 
 
 _SUMMARY_KEYS = tuple(f.name for f in fields(Summary))
+
+
+def iso(unix: float) -> str:
+    """A unix time as UTC ISO 8601, to the millisecond: `2026-05-01T02:00:00.123Z`."""
+    import datetime as dt
+
+    moment = dt.datetime.fromtimestamp(unix, dt.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

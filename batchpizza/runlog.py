@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
+from batchpizza.records import iso
 from batchpizza.redact import RedactingFilter, inert, redact
+from batchpizza.version import version
 
 log = logging.getLogger("batchpizza")
 _TEXT_TIME = "%Y-%m-%d %H:%M:%S"  # local time, as cron's own mail and syslog show it
@@ -81,12 +83,10 @@ def run_start(
 ) -> RunStart:
     """The start line's fields, from the run's config and its plan (checkpoint.plan.Plan: the
     counts by why a request is sent)."""
-    import batchpizza
-
     to_send = plan.to_send
     deadline = None if deadline_in_s is None else iso(time.time() + max(0.0, deadline_in_s))
     return RunStart(
-        version=str(batchpizza.__version__),
+        version=version(),
         input=config.input_label or config.input,
         output=config.output,
         rows=rows,
@@ -103,12 +103,6 @@ def run_start(
         rate_per_s=rate_per_s,
         deadline=deadline,
     )
-
-
-def iso(unix: float) -> str:
-    """A unix time as UTC ISO 8601, to the millisecond: `2026-05-01T02:00:00.123Z`."""
-    moment = dt.datetime.fromtimestamp(unix, dt.timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _local(unix: float) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from batchpizza import fingerprint
+import batchpizza.fingerprint as fingerprint
 from batchpizza.checkpoint.scan import ScanIndex
 from batchpizza.records import OutputRow, Tally, invalid_row, pending_row
 

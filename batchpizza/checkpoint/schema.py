@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from batchpizza import fingerprint
+import batchpizza.fingerprint as fingerprint
 from batchpizza.checkpoint.scan import SCHEMA as SCAN_SCHEMA
 from batchpizza.errors import CheckpointVersionError
 

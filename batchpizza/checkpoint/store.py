@@ -43,7 +43,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from batchpizza import fingerprint, storable
+import batchpizza.fingerprint as fingerprint
+import batchpizza.storable as storable
 from batchpizza.checkpoint.history import History
 from batchpizza.checkpoint.plan import PlanQueries
 from batchpizza.checkpoint.scan import ScanIndex

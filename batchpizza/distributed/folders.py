@@ -140,7 +140,7 @@ def write_part(block: pa.Table, folder: str, index: int, fmt: str) -> None:
     does (timestamps as ISO 8601, bytes as base64)."""
     import pyarrow.parquet as pq
 
-    from batchpizza import jsoncodec
+    import batchpizza.jsoncodec as jsoncodec
     from batchpizza.sinks.values import json_default
 
     fs, root = filesystem(folder)

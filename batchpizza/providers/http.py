@@ -16,7 +16,8 @@ from aiohttp.helpers import get_env_proxy_for_url
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from batchpizza import jsoncodec, storable
+import batchpizza.jsoncodec as jsoncodec
+import batchpizza.storable as storable
 from batchpizza.errors import BadReply, RedirectRefused, RequestTimeout, TransportError
 from batchpizza.redact import shorten
 

@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from batchpizza import jsoncodec, storable
+import batchpizza.jsoncodec as jsoncodec
+import batchpizza.storable as storable
 from batchpizza.config import DEFAULT_TIMEOUT
 from batchpizza.errors import (
     BadReply,

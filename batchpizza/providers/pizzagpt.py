@@ -16,7 +16,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from batchpizza import jsoncodec
+import batchpizza.jsoncodec as jsoncodec
 from batchpizza.config import DEFAULT_BASE_URL, DEFAULT_MODEL, DEFAULT_TIMEOUT
 from batchpizza.errors import BadReply, HTTPStatusError, MisuseDetected, UsageError
 from batchpizza.fingerprint import BY_TEXT

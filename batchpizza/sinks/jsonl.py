@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import IO, Any
 
-from batchpizza import jsoncodec
+import batchpizza.jsoncodec as jsoncodec
 from batchpizza.records import OutputRow
 from batchpizza.sinks.values import json_default
 from batchpizza.sources.base import Carried, Columns

@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import IO, Any
 
-from batchpizza import jsoncodec
+import batchpizza.jsoncodec as jsoncodec
 from batchpizza.records import OutputRow, is_answered
 from batchpizza.sources.base import Carried, Columns
 

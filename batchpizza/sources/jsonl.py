@@ -9,7 +9,7 @@ from collections.abc import Generator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from batchpizza import jsoncodec
+import batchpizza.jsoncodec as jsoncodec
 from batchpizza.errors import InputError
 from batchpizza.fieldtypes.inference import FieldTypes
 from batchpizza.records import Prompt
