@@ -69,7 +69,7 @@ def main(timings_path: str, argv: list[str]) -> int:
     with contextlib.suppress(AttributeError):
         timed_async(Runner, "run", "sending (one request)")
     with contextlib.suppress(AttributeError):
-        timed_sync(stages.Job, "_write", "the output")
+        timed_sync(stages, "write_rows", "the output")
     mark = time.perf_counter()
     try:
         batchpizza.cli.cli.main(argv, prog_name="batchpizza")

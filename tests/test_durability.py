@@ -511,6 +511,7 @@ async def test_an_interrupt_during_validation_changes_nothing(
 # -- 6. torn and corrupt checkpoints ----------------------------------------------------------
 
 WRITER = """
+import hashlib
 import sys
 from pathlib import Path
 from batchpizza.checkpoint import Checkpoint
@@ -519,9 +520,12 @@ from batchpizza.records import Result
 store = Checkpoint.open(Path(sys.argv[1]))
 group, size = int(sys.argv[2]), int(sys.argv[3])
 while True:
+    ids = [f"g{group:05d}-{j:04d}" for j in range(size)]
+    # Each row its own request (answers are kept per request digest).
     store.write([
-        Result(f"g{group:05d}-{j:04d}", bytes(16), "stop", "x" * 2000, None, 1, 1.0, "gpt-4o-mini")
-        for j in range(size)
+        Result(i, hashlib.blake2b(i.encode(), digest_size=16).digest(), "stop", "x" * 2000,
+               None, 1, 1.0, "gpt-4o-mini")
+        for i in ids
     ])
     group += 1
 """
