@@ -573,6 +573,29 @@ def test_dry_run_without_a_checkpoint_creates_nothing(
     assert "rows" in result.stdout
 
 
+def test_dry_run_with_restart_plans_what_the_restart_sends_and_changes_nothing(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", rows(20))
+    out = tmp_path / "out.jsonl"
+    assert run_cli(mock_api, source, out).exit_code == 0
+    mock_api.reset()
+    before = snapshot(tmp_path)
+
+    dry = run_cli(mock_api, source, out, "--dry-run", "--restart")
+
+    assert dry.exit_code == 0, dry.output
+    assert snapshot(tmp_path) == before
+    assert mock_api.stats.requests == 0
+    lines = [" ".join(line.split()) for line in dry.stdout.splitlines()]
+    assert any(line.startswith("answered 0") for line in lines), dry.stdout
+    assert any(line.startswith("to send 20 to send: 20 new rows") for line in lines), dry.stdout
+    # What the same command without --dry-run then does.
+    real = run_cli(mock_api, source, out, "--restart")
+    assert real.exit_code == 0, real.output
+    assert mock_api.stats.requests == 20
+
+
 @pytest.mark.parametrize("variable", ["OPENAI_API_KEY", "MY_GATEWAY_KEY"])
 def test_dry_run_for_openai_masks_the_key_everywhere(
     mock_api: ThreadedMockServer, tmp_path: Path, variable: str

@@ -179,7 +179,14 @@ class Job:
         scan = await self._scan(source, key, cleanup, reuse=not config.dry_run)
         if config.dry_run:
             assert scan is not None  # a dry run always scans
-            self._checkpoint = planning = Checkpoint.planning(config.checkpoint_path, scan)
+            planning = Checkpoint.planning(config.checkpoint_path, scan)
+            if config.restart:
+                # --restart forgets every answer and the learned rate first (`forget`): planned
+                # over none, as the run will send. The checkpoint was opened all the same, to be
+                # refused as the run would refuse it (a newer version's, a damaged one).
+                planning.close()
+                planning = Checkpoint.planning(None, scan)
+            self._checkpoint = planning
             cleanup.callback(planning.close)
             planning.use_identity(provider.identity)
             return await self._dry_run(planning, source, provider)
