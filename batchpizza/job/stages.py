@@ -103,10 +103,15 @@ class Job:
             # Every way out leaves a summary of its own, so a monitor never reads the last
             # run's "exit_code": 0 after a broken one (an interrupt and a lock write theirs);
             # unless the paths were refused: the summary may be the very file in question.
-            if not self._reporter.reported and self._paths_checked:
-                summary = self._summary(self._tally(), exc.exit_code)
-                self._reporter.report(dataclasses.replace(summary, output=None))
+            if self._paths_checked:
+                self._report_failure(exc)
             raise
+
+    def _report_failure(self, exc: BatchpizzaError) -> None:
+        """The summary of a run that ends with `exc`, unless one was said already."""
+        if not self._reporter.reported:
+            summary = self._summary(self._tally(), exc.exit_code)
+            self._reporter.report(dataclasses.replace(summary, output=None))
 
     async def _locked(self) -> Summary:
         config = self.config
@@ -160,6 +165,11 @@ class Job:
                 raise Interrupted(
                     f"{exc.message}; {saved}. Rerun the same command to resume.", signum, summary
                 ) from None
+            except BatchpizzaError as exc:
+                # Said here, while the checkpoint is still open, so that it counts the rows as
+                # the checkpoint holds them (those answered before a fatal reply), not none.
+                self._report_failure(exc)
+                raise
 
     def _tally(self) -> Tally | None:
         if self._checkpoint is None:
