@@ -26,7 +26,7 @@ from batchpizza.config import RunConfig
 from batchpizza.controls.stop import Stop
 from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError
 from batchpizza.job.paths import check_paths
-from batchpizza.job.reading import clear_leftovers, open_rows, scan_rows
+from batchpizza.job.reading import clear_leftovers, open_rows, reusable, scan_rows, scan_state
 from batchpizza.job.sending import Sending
 from batchpizza.job.writing import Reporter, run_options, write_rows
 from batchpizza.progress import Progress, choose, dry_run_report, setup_logging
@@ -205,12 +205,11 @@ class Job:
             Checkpoint.open(path) if path is not None else Checkpoint.in_memory()
         )
         cleanup.callback(checkpoint.close)
-        if scan is None and key is not None and checkpoint.scan_info(key) is None:
+        if scan is None and key is not None and not reusable(checkpoint.scan_info(key), config):
             # The peek saw an older state of the file than the one now open: scan after all.
             scan = await self._scan(source, key, cleanup, reuse=False)
         if scan is not None:
-            state = {**source.scan_state(), "total": scan.total, "bad": scan.bad}
-            checkpoint.adopt_scan(scan, key, state)
+            checkpoint.adopt_scan(scan, key, scan_state(config, source, scan))
         if config.restart:
             checkpoint.forget()
         checkpoint.use_identity(provider.identity)
