@@ -492,8 +492,8 @@ async def test_an_interrupt_during_validation_changes_nothing(
     job = Job(config)
     scan = Source.scan
 
-    def scan_then_signal(self: Source) -> Iterator[Any]:
-        yield from scan(self)
+    def scan_then_signal(self: Source, limit: int | None = None) -> Iterator[Any]:
+        yield from scan(self, limit)
         # The signal lands while the reader is finishing: still validating, nothing sent yet.
         job.interrupt(signal.SIGTERM)
 
@@ -642,9 +642,9 @@ def test_the_scan_lives_in_the_checkpoint_and_a_rerun_of_unchanged_input_reuses_
     scans: list[object] = []
     real_scan = JsonlSource.scan
 
-    def counting_scan(self: JsonlSource) -> Iterator[Any]:
+    def counting_scan(self: JsonlSource, limit: int | None = None) -> Iterator[Any]:
         scans.append(self)
-        return real_scan(self)
+        return real_scan(self, limit)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(JsonlSource, "scan", counting_scan)

@@ -573,6 +573,29 @@ def test_dry_run_without_a_checkpoint_creates_nothing(
     assert "rows" in result.stdout
 
 
+def test_dry_run_with_restart_plans_what_the_restart_sends_and_changes_nothing(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", rows(20))
+    out = tmp_path / "out.jsonl"
+    assert run_cli(mock_api, source, out).exit_code == 0
+    mock_api.reset()
+    before = snapshot(tmp_path)
+
+    dry = run_cli(mock_api, source, out, "--dry-run", "--restart")
+
+    assert dry.exit_code == 0, dry.output
+    assert snapshot(tmp_path) == before
+    assert mock_api.stats.requests == 0
+    lines = [" ".join(line.split()) for line in dry.stdout.splitlines()]
+    assert any(line.startswith("answered 0") for line in lines), dry.stdout
+    assert any(line.startswith("to send 20 to send: 20 new rows") for line in lines), dry.stdout
+    # What the same command without --dry-run then does.
+    real = run_cli(mock_api, source, out, "--restart")
+    assert real.exit_code == 0, real.output
+    assert mock_api.stats.requests == 20
+
+
 @pytest.mark.parametrize("variable", ["OPENAI_API_KEY", "MY_GATEWAY_KEY"])
 def test_dry_run_for_openai_masks_the_key_everywhere(
     mock_api: ThreadedMockServer, tmp_path: Path, variable: str
@@ -646,6 +669,69 @@ def test_a_run_after_a_limited_run_sends_only_the_rest(
     assert mock_api.stats.requests == 15
     assert set(mock_api.stats.answers) == {r["prompt"] for r in data[5:]}
     assert [r["id"] for r in read_jsonl(out)] == [r["id"] for r in data]
+
+
+def good_rows_then_a_bad_one(folder: Path, suffix: str, good: int = 20_000) -> Path:
+    """`good` good rows, then a bad one (an empty prompt; in CSV a row with too many fields)."""
+    data: list[dict[str, Any]] = [{"id": f"r{i}", "prompt": f"q {i}"} for i in range(good)]
+    path = folder / f"in{suffix}"
+    if suffix == ".jsonl":
+        write_jsonl(path, [*data, {"id": "bad", "prompt": ""}])
+    elif suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist([*data, {"id": "bad", "prompt": ""}]), path)
+    else:
+        lines = ["id,prompt", *(f"{r['id']},{r['prompt']}" for r in data), "bad,x,y"]
+        path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".csv"])
+def test_limit_checks_only_the_first_n_rows_and_a_later_full_run_checks_them_all(
+    mock_api: ThreadedMockServer, tmp_path: Path, suffix: str
+) -> None:
+    source = good_rows_then_a_bad_one(tmp_path, suffix)
+    out = tmp_path / "out.jsonl"
+
+    smoke = run_cli(mock_api, source, out, "--limit", "5")
+
+    assert smoke.exit_code == 0, smoke.output
+    assert mock_api.stats.requests == 5
+    assert len(read_jsonl(out)) == 5
+    # The checkpoint keeps the scan of 5 rows: the whole input is scanned again, and refused.
+    whole = run_cli(mock_api, source, out)
+    assert whole.exit_code == 2, whole.output
+    assert "1 bad row(s)" in whole.output
+    assert mock_api.stats.requests == 5
+
+
+def test_a_bigger_limit_checks_the_rows_a_smaller_one_did_not(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = good_rows_then_a_bad_one(tmp_path, ".jsonl", good=7)
+    out = tmp_path / "out.jsonl"
+    assert run_cli(mock_api, source, out, "--limit", "5").exit_code == 0
+    assert run_cli(mock_api, source, out, "--limit", "3").exit_code == 0  # within the scan
+
+    bigger = run_cli(mock_api, source, out, "--limit", "8")
+
+    assert bigger.exit_code == 2, bigger.output
+    assert "in.jsonl:8:" in bigger.output
+    assert mock_api.stats.requests == 5
+
+
+async def test_limit_on_rows_in_memory_checks_only_the_first_n(
+    mock_api: ThreadedMockServer,
+) -> None:
+    data: list[Any] = [{"id": f"r{i}", "prompt": f"q {i}"} for i in range(20_000)]
+    data.append("not a row")
+    options: dict[str, Any] = {**FAST, "base_url": mock_api.base_url, "quiet": True}
+
+    streamed = [row async for row in batchpizza.stream(data, **options, limit=5)]
+
+    assert sorted(row["position"] for row in streamed) == list(range(5))
+    assert mock_api.stats.requests == 5
+    with pytest.raises(BatchpizzaError, match="bad row"):
+        [row async for row in batchpizza.stream(data, **options)]
 
 
 # -- --deadline --------------------------------------------------------------------------------

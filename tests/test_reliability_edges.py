@@ -522,3 +522,59 @@ def test_escapes_in_a_fatal_error_never_reach_the_terminal(tmp_path: Path) -> No
     assert result.exit_code == 2, result.output
     assert "401" in result.output
     assert [c for c in CONTROLS if c in result.output] == []
+
+
+# -- 9. a fatal stop's summary counts the rows the checkpoint holds ------------------------------
+
+
+def three_answers_then_401() -> Reply:
+    """Answers the first 3 requests, then refuses the key (a fatal reply) for good."""
+    asked = 0
+
+    def reply(question: str, n: int, head: bytes) -> bytes:
+        nonlocal asked
+        asked += 1
+        if asked <= 3:
+            return completion(f"answer to {question}")
+        return http("401 Unauthorized", json.dumps({"error": {"message": "bad key"}}).encode())
+
+    return reply
+
+
+def test_a_fatal_stop_summary_counts_the_answers_kept_in_the_checkpoint(tmp_path: Path) -> None:
+    src = prompts(tmp_path, *(f"q{i}" for i in range(30)))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    with raw_server(three_answers_then_401()) as server:
+        result = run_openai(server, src, out, "--concurrency", "1", "--summary-json", str(summary))
+    assert result.exit_code == 2, result.output
+    no_traceback(result)
+    assert "kept in the checkpoint" in result.output
+    report = json.loads(summary.read_text())
+    assert report["exit_code"] == 2
+    # The row refused with 401 is kept as failed (a rerun sends it again); the rest wait.
+    assert (report["rows"], report["answered"], report["failed"]) == (30, 3, 1)
+    assert report["pending"] == 26
+    assert "done: 30 rows: 3 answered, 1 failed" in result.output
+
+
+def test_answer_without_a_checkpoint_says_a_fatal_stop_kept_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    questions = [f"q{i}" for i in range(30)]
+    with raw_server(three_answers_then_401()) as server, pytest.raises(UsageError) as raised:
+        batchpizza.answer(
+            questions,
+            provider="openai",
+            model="m",
+            base_url=f"{server.url}/v1",
+            rate=0,
+            concurrency=1,
+            timeout=5,
+            progress=False,
+            quiet=True,
+        )
+    message = raised.value.message
+    assert "401" in message
+    assert "not kept" in message
+    assert "kept in the checkpoint" not in message

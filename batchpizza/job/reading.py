@@ -85,6 +85,24 @@ async def open_rows(
     return source
 
 
+def scan_state(config: RunConfig, source: Rows, scan: ScanIndex) -> dict[str, Any]:
+    """What the checkpoint keeps of a scan for the next run: the source's own state, the
+    counts, and the --limit that cut it short (None: the whole input was read)."""
+    limit = config.limit if config.limit is not None and scan.total >= config.limit else None
+    return {**source.scan_state(), "total": scan.total, "bad": scan.bad, "limit": limit}
+
+
+def reusable(info: dict[str, Any] | None, config: RunConfig) -> bool:
+    """May this run use the kept scan `info` instead of reading its input again? Only if it
+    read every row this run runs (a scan cut by --limit N covers runs of N rows or fewer; one
+    kept before the limit was recorded read the whole input), and holds no bad row unless
+    this run skips them."""
+    if info is None or (info["bad"] and not config.skip_bad_rows):
+        return False
+    cut = info.get("limit")
+    return cut is None or (config.limit is not None and config.limit <= cut)
+
+
 async def scan_rows(
     config: RunConfig,
     source: Rows,
@@ -96,18 +114,21 @@ async def scan_rows(
     in_thread: InThread,
     stop: Stop,
 ) -> ScanIndex | None:
-    """Validate the input, or reuse the last run's scan when the input files are unchanged;
-    None when reused. Bad rows raise InputError, having changed nothing."""
+    """Validate the input (its first --limit rows only), or reuse the last run's scan when the
+    input files are unchanged and it covers this run's rows; None when reused. Bad rows raise
+    InputError, having changed nothing."""
     path = config.checkpoint_path
     if reuse and key is not None and path is not None and path.exists():
         info = Checkpoint.peek_scan(path, key)
-        if info is not None and (config.skip_bad_rows or not info["bad"]):
+        if reusable(info, config):
+            assert info is not None
             source.restore(info)
             return None
     scan = ScanIndex(scan_path(config, in_memory))
     cleanup.callback(scan.close)
+    batches = source.scan(config.limit)
     await in_thread(
-        functools.partial(scan.scan, source.scan(), source.unit, source.names, stop.interrupted)
+        functools.partial(scan.scan, batches, source.unit, source.names, stop.interrupted)
     )
     if scan.bad and not config.skip_bad_rows:
         rows = describe(source, scan.first_bad)

@@ -26,7 +26,7 @@ from batchpizza.config import RunConfig
 from batchpizza.controls.stop import Stop
 from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError
 from batchpizza.job.paths import check_paths
-from batchpizza.job.reading import clear_leftovers, open_rows, scan_rows
+from batchpizza.job.reading import clear_leftovers, open_rows, reusable, scan_rows, scan_state
 from batchpizza.job.sending import Sending
 from batchpizza.job.writing import Reporter, run_options, write_rows
 from batchpizza.progress import Progress, choose, dry_run_report, setup_logging
@@ -103,10 +103,15 @@ class Job:
             # Every way out leaves a summary of its own, so a monitor never reads the last
             # run's "exit_code": 0 after a broken one (an interrupt and a lock write theirs);
             # unless the paths were refused: the summary may be the very file in question.
-            if not self._reporter.reported and self._paths_checked:
-                summary = self._summary(self._tally(), exc.exit_code)
-                self._reporter.report(dataclasses.replace(summary, output=None))
+            if self._paths_checked:
+                self._report_failure(exc)
             raise
+
+    def _report_failure(self, exc: BatchpizzaError) -> None:
+        """The summary of a run that ends with `exc`, unless one was said already."""
+        if not self._reporter.reported:
+            summary = self._summary(self._tally(), exc.exit_code)
+            self._reporter.report(dataclasses.replace(summary, output=None))
 
     async def _locked(self) -> Summary:
         config = self.config
@@ -160,6 +165,11 @@ class Job:
                 raise Interrupted(
                     f"{exc.message}; {saved}. Rerun the same command to resume.", signum, summary
                 ) from None
+            except BatchpizzaError as exc:
+                # Said here, while the checkpoint is still open, so that it counts the rows as
+                # the checkpoint holds them (those answered before a fatal reply), not none.
+                self._report_failure(exc)
+                raise
 
     def _tally(self) -> Tally | None:
         if self._checkpoint is None:
@@ -179,7 +189,14 @@ class Job:
         scan = await self._scan(source, key, cleanup, reuse=not config.dry_run)
         if config.dry_run:
             assert scan is not None  # a dry run always scans
-            self._checkpoint = planning = Checkpoint.planning(config.checkpoint_path, scan)
+            planning = Checkpoint.planning(config.checkpoint_path, scan)
+            if config.restart:
+                # --restart forgets every answer and the learned rate first (`forget`): planned
+                # over none, as the run will send. The checkpoint was opened all the same, to be
+                # refused as the run would refuse it (a newer version's, a damaged one).
+                planning.close()
+                planning = Checkpoint.planning(None, scan)
+            self._checkpoint = planning
             cleanup.callback(planning.close)
             planning.use_identity(provider.identity)
             return await self._dry_run(planning, source, provider)
@@ -188,12 +205,11 @@ class Job:
             Checkpoint.open(path) if path is not None else Checkpoint.in_memory()
         )
         cleanup.callback(checkpoint.close)
-        if scan is None and key is not None and checkpoint.scan_info(key) is None:
+        if scan is None and key is not None and not reusable(checkpoint.scan_info(key), config):
             # The peek saw an older state of the file than the one now open: scan after all.
             scan = await self._scan(source, key, cleanup, reuse=False)
         if scan is not None:
-            state = {**source.scan_state(), "total": scan.total, "bad": scan.bad}
-            checkpoint.adopt_scan(scan, key, state)
+            checkpoint.adopt_scan(scan, key, scan_state(config, source, scan))
         if config.restart:
             checkpoint.forget()
         checkpoint.use_identity(provider.identity)

@@ -75,7 +75,10 @@ class Rows(Protocol):
     unit: str  # how a message places a row: "line" (JSONL, 1-based) or "row" (0-based)
     rows_from_lines: bool  # a spooled list of dicts: messages name the item, not the line
 
-    def scan(self) -> Iterator[ScanBatch]: ...
+    def scan(self, limit: int | None = None) -> Iterator[ScanBatch]:
+        """Every row, validated, in batches; only the first `limit` rows when given (--limit):
+        the rows after them are never read."""
+        ...
 
     def prompts(self, wanted: Iterable[int]) -> Generator[tuple[int, Prompt], None, None]:
         """(pos, prompt) of the rows at the given ascending positions; the others are skipped

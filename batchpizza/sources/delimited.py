@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import itertools
 import json
 from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
@@ -131,17 +132,19 @@ class DelimitedSource:
     def close(self) -> None:
         pass
 
-    def scan(self) -> Iterator[ScanBatch]:
+    def scan(self, limit: int | None = None) -> Iterator[ScanBatch]:
         lines = self._lines()
 
         def rows() -> Iterator[tuple[int, int, int, Any]]:
-            for pos, obj in enumerate(self._objects()):
-                line = next(lines, 0)
-                if pos in self.ragged:
-                    obj = self.ragged[pos]
-                elif obj is NOT_UTF8:
-                    obj = "invalid UTF-8 in a string column"
-                yield pos, 0, line, obj
+            # The line counter is closed after --limit's rows: it restores the csv module's limit.
+            with contextlib.closing(lines):
+                for pos, obj in enumerate(itertools.islice(self._objects(), limit)):
+                    line = next(lines, 0)
+                    if pos in self.ragged:
+                        obj = self.ragged[pos]
+                    elif obj is NOT_UTF8:
+                        obj = "invalid UTF-8 in a string column"
+                    yield pos, 0, line, obj
 
         return scan_batches(self.fields, rows())
 
@@ -171,7 +174,7 @@ class DelimitedSource:
         for batch in self.table.select(self.columns_read).to_batches(BATCH_ROWS):
             yield from pylist(batch)
 
-    def _lines(self) -> Iterator[int]:
+    def _lines(self) -> Generator[int, None, None]:
         """The physical line (1-based) each data row starts on, as pyarrow reads the rows:
         blank lines skipped, the header the first record."""
         # A prompt may be longer than the csv module's default limit of 128 KiB a field.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import itertools
 import json
 import logging
 from collections.abc import Generator, Iterable, Iterator, Mapping
@@ -129,9 +131,10 @@ class JsonlSource:
 
     # -- the passes ---------------------------------------------------------------------------
 
-    def scan(self) -> Iterator[ScanBatch]:
-        """Every row, validated, in batches. Infers the carried fields' types on the way."""
-        return scan_batches(self.fields, self._checked())
+    def scan(self, limit: int | None = None) -> Iterator[ScanBatch]:
+        """Every row (the first `limit`), validated, in batches. Infers the carried fields'
+        types on the way."""
+        return scan_batches(self.fields, self._checked(limit))
 
     def prompts(self, wanted: Iterable[int]) -> Generator[tuple[int, Prompt], None, None]:
         for pos, _file, _at, obj in self._objects(iter(wanted)):
@@ -151,52 +154,59 @@ class JsonlSource:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def _lines(self, scanning: bool = False) -> Iterator[tuple[int, int, bytes | None]]:
+    def _lines(
+        self, scanning: bool = False
+    ) -> Generator[tuple[int, int, bytes | None], None, None]:
         """(file index, 1-based line, bytes or None when too long), blank lines skipped. The scan
         records how many bytes of each file it read; later passes read no further, so rows
         appended during a run (a cron job's growing file) wait for the next run."""
         for index, path in enumerate(self.paths):
             limit = None if scanning or not self.scanned_bytes else self.scanned_bytes[index]
             consumed = 0
-            with read_errors(self.names[index]), _open_binary(path, self.names[index]) as handle:
-                number = 0
-                while limit is None or consumed < limit:
-                    line = handle.readline(MAX_LINE_BYTES + 1)
-                    if not line:
-                        break
-                    number += 1
-                    if number == 1:
-                        if line.startswith(_UTF16_BOMS):
-                            raise InputError(
-                                f"{self.names[index]}: a UTF-16 file; JSONL must be UTF-8"
-                            )
-                        if line.startswith(_BOM):
-                            consumed += len(_BOM)
-                            line = line[len(_BOM) :]
-                    if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-                        consumed += len(line)
-                        while (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(
-                            b"\n"
-                        ):
+            try:
+                with (
+                    read_errors(self.names[index]),
+                    _open_binary(path, self.names[index]) as handle,
+                ):
+                    number = 0
+                    while limit is None or consumed < limit:
+                        line = handle.readline(MAX_LINE_BYTES + 1)
+                        if not line:
+                            break
+                        number += 1
+                        if number == 1:
+                            if line.startswith(_UTF16_BOMS):
+                                raise InputError(
+                                    f"{self.names[index]}: a UTF-16 file; JSONL must be UTF-8"
+                                )
+                            if line.startswith(_BOM):
+                                consumed += len(_BOM)
+                                line = line[len(_BOM) :]
+                        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                            consumed += len(line)
+                            while (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(
+                                b"\n"
+                            ):
+                                consumed += len(rest)
                             consumed += len(rest)
-                        consumed += len(rest)
-                        yield index, number, None
-                        continue
-                    if scanning and not line.endswith(b"\n") and line.strip() and _torn(line):
-                        # The file's last line, without its newline and not JSON: a line still
-                        # being written by an appender. It waits for the next run.
-                        log.warning(
-                            "%s:%d: the last line has no newline and is not complete JSON; "
-                            "left for the next run (is the file still being written?)",
-                            self.names[index],
-                            number,
-                        )
-                        break
-                    consumed += len(line)
-                    if line.strip():
-                        yield index, number, line
-            if scanning:
-                self.scanned_bytes[index] = consumed
+                            yield index, number, None
+                            continue
+                        if scanning and not line.endswith(b"\n") and line.strip() and _torn(line):
+                            # The file's last line, without its newline and not JSON: a line still
+                            # being written by an appender. It waits for the next run.
+                            log.warning(
+                                "%s:%d: the last line has no newline and is not complete JSON; "
+                                "left for the next run (is the file still being written?)",
+                                self.names[index],
+                                number,
+                            )
+                            break
+                        consumed += len(line)
+                        if line.strip():
+                            yield index, number, line
+            finally:
+                if scanning:  # also when the scan is closed after --limit's rows
+                    self.scanned_bytes[index] = consumed
 
     def _objects(self, wanted: Iterator[int] | None) -> Iterator[tuple[int, int, int, Any]]:
         """(pos, file, at, parsed object or None) of every row, or of the `wanted` positions
@@ -217,26 +227,31 @@ class JsonlSource:
                 if target is None:
                     return
 
-    def _checked(self) -> Iterator[tuple[int, int, int, Any]]:
-        """(pos, file, at, object) of every row, the object a str, the problem, for a row that
-        cannot be read as an object."""
+    def _checked(self, limit: int | None = None) -> Iterator[tuple[int, int, int, Any]]:
+        """(pos, file, at, object) of every row (the first `limit`), the object a str, the
+        problem, for a row that cannot be read as an object."""
         self.scanned_bytes = [0] * len(self.paths)
         self.types = FieldTypes(exclude={self.fields.id})
         observe = self.types.observe
-        for pos, (index, number, line) in enumerate(self._lines(scanning=True)):
-            if line is None:
-                yield pos, index, number, f"line longer than {MAX_LINE_BYTES} bytes"
-                continue
-            try:
-                obj = load(line)
-            except ValueError as exc:
-                yield pos, index, number, str(exc)
-                continue
-            if not isinstance(obj, dict):
-                yield pos, index, number, f"not a JSON object but {with_article(json_type(obj))}"
-                continue
-            observe(obj, line)
-            yield pos, index, number, obj
+        lines = self._lines(scanning=True)
+        # Closed once the first `limit` rows are read, so that it records how far it read now
+        # (not whenever the collector gets to it): the later passes read that far, no further.
+        with contextlib.closing(lines):
+            for pos, (index, number, line) in enumerate(itertools.islice(lines, limit)):
+                if line is None:
+                    yield pos, index, number, f"line longer than {MAX_LINE_BYTES} bytes"
+                    continue
+                try:
+                    obj = load(line)
+                except ValueError as exc:
+                    yield pos, index, number, str(exc)
+                    continue
+                if not isinstance(obj, dict):
+                    problem = f"not a JSON object but {with_article(json_type(obj))}"
+                    yield pos, index, number, problem
+                    continue
+                observe(obj, line)
+                yield pos, index, number, obj
 
 
 def _torn(line: bytes) -> bool:

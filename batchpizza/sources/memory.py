@@ -10,6 +10,7 @@ batches are taken into memory when the source is opened.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -62,8 +63,9 @@ class MemorySource:
             return iter(self._batches)
         return (b.select(columns) for b in self._batches)
 
-    def scan(self) -> Iterator[ScanBatch]:
-        return scan_batches(self.fields, ((pos, 0, pos, obj) for pos, obj in self._objects()))
+    def scan(self, limit: int | None = None) -> Iterator[ScanBatch]:
+        rows = itertools.islice(self._objects(), limit)
+        return scan_batches(self.fields, ((pos, 0, pos, obj) for pos, obj in rows))
 
     def prompts(self, wanted: Iterable[int]) -> Generator[tuple[int, Prompt], None, None]:
         it = iter(wanted)

@@ -4,6 +4,7 @@ sink: a JSONL job never pays for it."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -112,8 +113,8 @@ class ParquetSource:
     def close(self) -> None:
         pass
 
-    def scan(self) -> Iterator[ScanBatch]:
-        rows = self._rows(check_all=True)
+    def scan(self, limit: int | None = None) -> Iterator[ScanBatch]:
+        rows = itertools.islice(self._rows(check_all=True), limit)
         return scan_batches(
             self.fields,
             (
