@@ -225,7 +225,7 @@ def _missing_undefined() -> Any:
         from jinja2.utils import missing
 
         class MissingField(UndefinedError):
-            def __init__(self, field: str | None, message: str) -> None:
+            def __init__(self, field: str | None, message: str | None) -> None:
                 super().__init__(message)
                 self.field = field
 
@@ -237,9 +237,11 @@ def _missing_undefined() -> Any:
                 hint: str | None = None,
                 obj: Any = missing,
                 name: str | None = None,
-                exc: Any = None,
+                exc: Any = UndefinedError,
             ) -> None:
-                exc = functools.partial(MissingField, name)
+                # What the sandbox refuses keeps its own error (SecurityError).
+                if exc is UndefinedError:
+                    exc = functools.partial(MissingField, name)
                 super().__init__(hint, obj, name, exc=exc)
 
         _CLASSES["undefined"], _CLASSES["error"] = Missing, MissingField
