@@ -44,18 +44,48 @@ def _config(options: dict[str, Any]) -> RunConfig:
     return RunConfig.from_options(**options)
 
 
-def _results(mem: InMemory, rows: list[OutputRow], extra: tuple[str, ...]) -> Any:
-    """The result columns of `rows` as `mem.restore` takes them: dicts for a list, else Arrow."""
+def _results(
+    mem: InMemory,
+    rows: list[OutputRow],
+    extra: tuple[str, ...],
+    built: tuple[str, list[str | None]] | None = None,
+) -> Any:
+    """The result columns of `rows` as `mem.restore` takes them: dicts for a list, else Arrow;
+    `built`, the built prompts' column (name, values), first where prompts were built."""
     names = result_columns(extra)
     if mem.kind == "rows":
-        return [{name: getattr(row, name) for name in names} for row in rows]
+        out = [{name: getattr(row, name) for name in names} for row in rows]
+        if built is not None:
+            texts = built[1][: len(out)]  # --limit
+            out = [{built[0]: text, **row} for text, row in zip(texts, out, strict=True)]
+        return out
     import pyarrow as pa
 
     from batchpizza.sinks.values import result_fields
 
-    fields = result_fields(extra)
+    fields = list(result_fields(extra))
     arrays = [pa.array([getattr(r, f.name) for r in rows], f.type) for f in fields]
+    if built is not None:
+        fields.insert(0, pa.field(built[0], pa.string()))
+        arrays.insert(0, pa.array(built[1][: len(rows)], pa.string()))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _built(mem: InMemory, config: RunConfig) -> tuple[str, list[str | None]] | None:
+    """The output's column of built prompts (--template, prompt=), or None."""
+    from batchpizza.rows import Fields
+
+    fields = Fields.from_config(config)
+    if fields.build is None:
+        return None
+    from batchpizza.sinks.built import built_prompt
+    from batchpizza.sources.memory import MemorySource
+
+    source = MemorySource(mem, fields, config.input_label or LABEL)
+    texts = [
+        None if isinstance(obj, str) else built_prompt(fields, obj) for _, obj in source.objects()
+    ]
+    return fields.prompt, texts
 
 
 def _prompts_as_rows(data: Any, field: str) -> Any:
@@ -82,7 +112,8 @@ async def _answered(
     assert job.output_rows is not None  # a run that returned has its rows
     from batchpizza.providers.factory import extra_columns
 
-    results = _results(readable, job.output_rows, extra_columns(config.provider))
+    built = _built(readable, config)
+    results = _results(readable, job.output_rows, extra_columns(config.provider), built)
     if mem.kind == "stream":
         table = readable.table
         results = _beside(table, results)

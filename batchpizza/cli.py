@@ -41,6 +41,19 @@ def cli() -> None:
 @click.option(
     "--id-field", help=f"Field holding the row id [default: {defaults.DEFAULT_ID_FIELD}]."
 )
+@click.option("--system", metavar="TEXT", help="A system message first in every request.")
+@click.option(
+    "--template",
+    metavar="TEXT",
+    help="Build each prompt from the row's fields: 'Summarise: {title}\\n\\n{body}' "
+    "({{ and }} for braces; \\n a newline, \\t a tab). Rows then need no prompt field.",
+)
+@click.option(
+    "--template-file",
+    type=click.Path(dir_okay=False),
+    help="Build each prompt with this Jinja2 template file ({{ title }}); needs "
+    "batchpizza[templates].",
+)
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
@@ -186,6 +199,10 @@ def run(**options: Any) -> None:
     input_path = options.pop("input")
     output = options.pop("output")
     address = options.pop("ray_address")
+    if options.get("template") is not None:
+        from batchpizza.prompts import unescape
+
+        options["template"] = unescape(options["template"])
     if address is not None:
         sys.exit(_run_on_ray(input_path, output, address, options))
     try:

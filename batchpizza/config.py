@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -245,11 +246,18 @@ class RunConfig:
     format: str | None = None  # None: from the output's extension
     input_label: str | None = None  # what messages call the input (in-memory data: "<data>")
     log_format: str = "text"  # of the log lines on stderr: "text", or "json" (one object a line)
+    system: str | None = None  # a system message first in every request
+    template: str | None = None  # builds each row's prompt from its fields: "Q: {title}"
+    template_file: str | None = None  # a Jinja2 template file doing the same
+    prompt: Callable[[dict[str, Any]], str] | None = None  # Python only: the row -> its prompt
     rate_per_s: float = field(init=False)
     auto_max: float | None = field(init=False)  # set under --rate auto: the learned rate's ceiling
     output_format: str | None = field(init=False)  # None: no output file
     deadline_s: float | None = field(init=False)
     patience_s: float = field(init=False)
+    # --template-file's (name, text), read once here, so that every process (a Ray actor too)
+    # builds from the same text.
+    template_source: tuple[str, str] | None = field(init=False)
 
     def __post_init__(self) -> None:
         if self.rate is None:
@@ -281,9 +289,43 @@ class RunConfig:
         if not self.timeout > 0:
             raise UsageError("--timeout must be a positive number of seconds")
         check_params(self.params or {})
+        object.__setattr__(self, "template_source", self._check_building())
         check_url(self.base_url, "--base-url")
         if self.proxy:
             check_url(self.proxy, "--proxy")
+
+    def _check_building(self) -> tuple[str, str] | None:
+        """A usage error for options that cannot build prompts; --template-file's text."""
+        chosen = [
+            n for n in ("template", "template_file", "prompt") if getattr(self, n) is not None
+        ]
+        if len(chosen) > 1:
+            shown = " and ".join("--" + n.replace("_", "-") for n in chosen)
+            raise UsageError(f"{shown}: give one way to build the prompt")
+        if self.system is not None and not self.system.strip():
+            raise UsageError("--system is empty; give the system message's text, or leave it out")
+        if self.prompt is not None and not callable(self.prompt):
+            raise UsageError("prompt= must be a function taking the row (a dict) to its prompt")
+        if chosen and self.messages_field is not None:
+            raise UsageError(
+                f"--messages-field: the prompt is built by --{chosen[0].replace('_', '-')}; "
+                "rows need no messages"
+            )
+        if self.template is not None:
+            from batchpizza.prompts import FormatTemplate
+
+            FormatTemplate(self.template)  # a usage error now, not a bad row per row
+        if self.template_file is None:
+            return None
+        try:
+            text = Path(self.template_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            raise UsageError(f"--template-file {self.template_file}: cannot read: {why}") from None
+        from batchpizza.prompts import JinjaTemplate
+
+        JinjaTemplate(text, self.template_file)  # a syntax error is a usage error
+        return self.template_file, text
 
     @classmethod
     def from_options(
@@ -317,6 +359,13 @@ class RunConfig:
         # Mock answers get a checkpoint of their own, so that a later real run on the same
         # output sends every prompt instead of taking the mock's answers as done.
         return Path(self.output + (".mock-checkpoint" if self.mock else ".checkpoint"))
+
+    def refuse_on_ray(self) -> None:
+        """Prompts built or given a system message are not run on a Ray cluster yet."""
+        named = [n for n in ("system", "template", "template_file", "prompt") if getattr(self, n)]
+        if named:
+            shown = ", ".join("--" + n.replace("_", "-") for n in named)
+            raise UsageError(f"{shown}: not with --ray yet (batchpizza.ray); run without it")
 
     @property
     def fields_named(self) -> tuple[str, str, str]:

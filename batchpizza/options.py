@@ -5,6 +5,7 @@ table says what each does and its default."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypedDict
 
 
@@ -45,3 +46,7 @@ class Options(TypedDict, total=False):
     format: str | None  # the output file's format (run/arun only)
     input_label: str | None  # what messages call the input ("<data>" for rows in memory)
     log_format: str  # "text" or "json"
+    system: str | None  # a system message first in every request
+    template: str | None  # the prompt built from the row's fields: "Summarise: {title}"
+    template_file: str | None  # a Jinja2 template file (needs batchpizza[templates])
+    prompt: Callable[[dict[str, Any]], str] | None  # the row (a dict) -> its prompt (Python only)

@@ -154,6 +154,7 @@ def answer(
         raise UsageError("answer() returns a Dataset; write it with its write_* methods")
     # Checked here, on the driver, once: a bad option fails the call, not every actor.
     config = RunConfig.from_options("<ray>.parquet", "<ray>.parquet", **options)
+    config.refuse_on_ray()
     share = max(1, math.ceil(config.concurrency / actors))
     extra = ("prompt_tokens", "completion_tokens") if config.provider == "openai" else ()
     done_ref: list[Any] = []

@@ -7,11 +7,14 @@ import functools
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchpizza.config import RunConfig
 from batchpizza.fingerprint import fingerprint, identity_digest, keyed_by_text, request_digest
 from batchpizza.records import RESULT_COLUMNS, Prompt
+
+if TYPE_CHECKING:
+    from batchpizza.prompts import Builder
 
 
 def format_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
@@ -98,9 +101,15 @@ class Fields:
     named_messages: bool
     named_id: bool
     extra_reserved: tuple[str, ...] = ()  # result columns a provider adds (token counts)
+    # Builds each row's prompt from its fields (--template, prompt=); `prompt` is then the
+    # output column that holds the built prompt, not a field read.
+    build: Builder | None = None
+    system: str | None = None  # --system: a system message first in every request
 
     @classmethod
     def from_config(cls, config: RunConfig, extra_reserved: tuple[str, ...] = ()) -> Fields:
+        from batchpizza.prompts import builder_for
+
         prompt, messages, id_ = config.fields_named
         return cls(
             prompt,
@@ -110,9 +119,13 @@ class Fields:
             config.messages_field is not None,
             config.id_field is not None,
             extra_reserved,
+            builder_for(config.template, config.template_source, config.prompt),
+            config.system,
         )
 
-    def key(self) -> tuple[str, str, str, bool, bool, bool]:
+    def key(self) -> tuple[Any, ...]:
+        """What a scan depends on besides the input's bytes (a changed template rescans)."""
+        built = () if self.build is None and self.system is None else (self.build_key,)
         return (
             self.prompt,
             self.messages,
@@ -120,13 +133,19 @@ class Fields:
             self.named_prompt,
             self.named_messages,
             self.named_id,
+            *built,
         )
+
+    @property
+    def build_key(self) -> list[str | None]:
+        return [None if self.build is None else self.build.key, self.system]
 
     @functools.cached_property
     def reserved(self) -> frozenset[str]:
-        """Input names that would collide with an output column."""
+        """Input names that would collide with an output column (the built prompt's too)."""
         own = frozenset(RESULT_COLUMNS) | frozenset(self.extra_reserved)
-        return own | ({"id"} if self.id != "id" else frozenset())
+        built = {self.prompt} if self.build is not None else set()
+        return own | built | ({"id"} if self.id != "id" else frozenset())
 
 
 class RowProblem(Exception):
@@ -179,9 +198,14 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:
         raise RowProblem(f"the id must be a non-empty string or an integer, not {kind}", id_name)
     clash = fields.reserved.intersection(obj)
     if clash and clash != {id_name}:
-        raise RowProblem(
-            "is named like an output column; rename it", min(clash - {id_name}), row_id
-        )
+        name = min(clash - {id_name})
+        raise RowProblem(collision(fields, name), name, row_id)
+    if fields.build is not None:
+        try:
+            text = fields.build(obj)
+        except RowProblem as bad:
+            raise RowProblem(bad.problem, bad.field, row_id) from None
+        return _with_system(row_id, text, None, None, fields.system)
     if body is not None:
         url = obj.get("url")
         if url is not None and url != CHAT_COMPLETIONS:
@@ -190,7 +214,10 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:
             text, clean = _messages(body.get("messages"), "body.messages")
         except RowProblem as bad:
             raise RowProblem(bad.problem, bad.field, row_id) from None
-        return row_id, text, clean, {k: v for k, v in body.items() if k != "messages"}
+        said = {k: v for k, v in body.items() if k != "messages"}
+        if fields.system is not None:
+            return _with_system(row_id, text, clean, said, fields.system)
+        return row_id, text, clean, said
     prompt, messages = obj.get(fields.prompt), obj.get(fields.messages)
     if prompt is not None and messages is not None:
         if fields.named_prompt != fields.named_messages:
@@ -210,13 +237,44 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:
                 )
             if not prompt.strip():
                 raise RowProblem("is empty", fields.prompt)
+            if fields.system is not None:
+                return _with_system(row_id, prompt, None, None, fields.system)
             return row_id, prompt, None, None
         if messages is not None:
             text, clean = _messages(messages, fields.messages)
+            if fields.system is not None:
+                return _with_system(row_id, text, clean, None, fields.system)
             return row_id, text, clean, None
     except RowProblem as bad:
         raise RowProblem(bad.problem, bad.field, row_id) from None
     raise RowProblem(f"has no {fields.prompt!r} and no {fields.messages!r}", None, row_id)
+
+
+def _with_system(
+    row_id: str,
+    text: str,
+    messages: list[dict[str, str]] | None,
+    body: dict[str, Any] | None,
+    system: str | None,
+) -> Interpreted:
+    """The row with --system's message first: in the messages an OpenAI-compatible server is
+    sent, and so in the text Pizzagpt is sent (`System: ...` and `User: ...` lines, as several
+    messages are formatted), and in the request's digest either way."""
+    if system is None:
+        return row_id, text, messages, body
+    said = [{"role": "system", "content": system}]
+    said += messages if messages is not None else [{"role": "user", "content": text}]
+    return row_id, format_prompt(said), said, body
+
+
+def collision(fields: Fields, name: str) -> str:
+    """Why an input field named `name` is refused (see Fields.reserved)."""
+    if fields.build is not None and name == fields.prompt:
+        return (
+            "is where the output puts the built prompt; rename the field, or name the built "
+            "prompt's column with --prompt-field (prompt_field= from Python)"
+        )
+    return "is named like an output column; rename it"
 
 
 def to_prompt(interpreted: Interpreted) -> Prompt:

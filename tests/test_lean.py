@@ -75,6 +75,7 @@ def test_a_command_line_run_to_parquet_imports_neither_numpy_nor_pandas(tmp_path
     assert backend == "system"
     assert "pyarrow" in modules
     assert "numpy" not in modules and "pandas" not in modules
+    assert "jinja2" not in modules  # only --template-file needs it
     import pyarrow.parquet as pq
 
     assert pq.read_table(output).column("answer").null_count == 0

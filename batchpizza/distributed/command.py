@@ -100,6 +100,7 @@ class ClusterRun:
         self.options = {k: v for k, v in given.items() if k not in _DRIVER_ONLY}
         # The checks answer() makes, made before a cluster is started for nothing.
         self.config = RunConfig.from_options("<ray>.parquet", "<ray>.parquet", **self.options)
+        self.config.refuse_on_ray()
         self.status: dict[str, object] = {}
         self._signals = Signals()
         self._reported = False

@@ -14,6 +14,7 @@ from batchpizza.errors import InputChanged, Interrupted
 from batchpizza.files import atomic_file
 from batchpizza.records import OutputRow
 from batchpizza.rows import RowProblem, digests, interpret
+from batchpizza.sinks.built import output_batch, output_columns
 from batchpizza.sinks.jsonl import JsonlSink
 from batchpizza.sinks.parquet import ParquetSink
 from batchpizza.sources import Carried, Columns, Source
@@ -68,7 +69,8 @@ def write_output(
     rows = itertools.chain.from_iterable(checkpoint.output_rows(limit))
     total = checkpoint.rows(limit)
     with atomic_file(output) as handle:
-        sink = open_sink(fmt, handle, source.columns(), results, checkpoint)
+        columns = output_columns(source.fields, source.columns())
+        sink = open_sink(fmt, handle, columns, results, checkpoint)
         try:
             written = 0
             for carried in source.carried():
@@ -85,7 +87,7 @@ def write_output(
                     carried = carried.head(len(page))
                 if changed:
                     _check_unchanged(source, carried.rows(), page, written)
-                sink.write(carried, page)
+                sink.write(output_batch(source.fields, carried), page)
                 written += len(page)
             if next(rows, None) is not None or written != total:
                 raise InputChanged(f"{source.names[0]}: the input changed during the run; {_RERUN}")

@@ -39,7 +39,7 @@ class MemorySource:
             if mem.kind == "stream":
                 self._batches = list(mem.batches())
 
-    def _objects(self) -> Iterator[tuple[int, Any]]:
+    def objects(self) -> Iterator[tuple[int, Any]]:
         """(position, object) of every row: the object the row is, or the problem (a str) of an
         item that is no object at all."""
         if self._columns is None:
@@ -64,7 +64,7 @@ class MemorySource:
         return (b.select(columns) for b in self._batches)
 
     def scan(self, limit: int | None = None) -> Iterator[ScanBatch]:
-        rows = itertools.islice(self._objects(), limit)
+        rows = itertools.islice(self.objects(), limit)
         return scan_batches(self.fields, ((pos, 0, pos, obj) for pos, obj in rows))
 
     def prompts(self, wanted: Iterable[int]) -> Generator[tuple[int, Prompt], None, None]:
@@ -72,7 +72,7 @@ class MemorySource:
         target = next(it, None)
         if target is None:
             return
-        for pos, obj in self._objects():
+        for pos, obj in self.objects():
             if pos != target:
                 continue
             prompt = prompt_of(obj, self.fields, pos)

@@ -12,10 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchpizza.errors import InputError
 from batchpizza.records import Prompt
-from batchpizza.rows import (
-    Fields,
-    ScanBatch,
-)
+from batchpizza.rows import Fields, ScanBatch, collision
 from batchpizza.schema_metadata import carry_metadata
 from batchpizza.sources.base import (
     BATCH_ROWS,
@@ -166,7 +163,9 @@ def wanted_columns(f: Fields, schema: pa.Schema, name: str) -> list[str]:
     present = set(schema.names)
     clash = sorted(present & f.reserved - {f.id})
     if clash:
-        raise InputError(f"{name}: column {clash[0]!r} is named like an output column; rename it")
+        raise InputError(f"{name}: column {clash[0]!r} {collision(f, clash[0])}")
+    if f.build is not None:
+        return built_columns(f, schema.names, name)
     if f.prompt not in present and f.messages not in present and "custom_id" not in present:
         raise InputError(f"{name}: no {f.prompt!r} column and no {f.messages!r} column")
     if f.prompt in present and not _is_string(schema.field(f.prompt).type):
@@ -175,6 +174,21 @@ def wanted_columns(f: Fields, schema: pa.Schema, name: str) -> list[str]:
         )
     wanted = [f.prompt, f.messages, f.id, "custom_id", "body", "url"]
     return [c for c in wanted if c in present]
+
+
+def built_columns(f: Fields, names: list[str], name: str) -> list[str]:
+    """The columns a built prompt reads (every one for a function's), and the id's; InputError
+    for a table without a column a --template names."""
+    assert f.build is not None
+    reads = f.build.reads
+    if reads is None:
+        return list(names)
+    if f.build.required:
+        absent = [c for c in reads if c not in names]
+        if absent:
+            raise InputError(f"{name}: no {absent[0]!r} column; the template reads it")
+    wanted = {f.id, *reads}
+    return [c for c in names if c in wanted]
 
 
 def pylist(rb: pa.RecordBatch) -> list[Any]:
