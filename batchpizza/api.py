@@ -105,6 +105,9 @@ async def _answered(
     readable = mem
     if mem.kind == "stream":  # read once: its rows are run from memory, its columns given back
         readable = InMemory("arrow", mem.data.read_all())
+    if config.limit is not None:  # a smoke run: the first rows only, and those come back
+        readable = readable.head(config.limit)
+        mem = readable if mem.kind != "stream" else mem
     job = Job(config, data=readable)
     if started is not None:
         started(job)

@@ -176,6 +176,21 @@ class InMemory:
             table = self._to_table(wanted)
         return iter(table.to_batches(max_chunksize=batch_rows))
 
+    def head(self, n: int) -> InMemory:
+        """The first `n` rows, as an input of the same kind (not for a stream: read it first)."""
+        if self.kind == "stream":
+            raise TypeError("a RecordBatchReader has no head; read it into a Table first")
+        data = self.data
+        if self.kind == "rows":
+            return InMemory("rows", data[:n])
+        if self.kind == "pandas":
+            return InMemory("pandas", data.iloc[:n])
+        if self.kind == "polars":
+            return InMemory("polars", data.head(n))
+        if self.kind == "datasets":
+            return InMemory("datasets", data.select(range(min(n, len(data)))))
+        return InMemory(self.kind, data.slice(0, n))
+
     def _to_table(self, columns: list[str] | None) -> pa.Table:
         if self.kind == "arrow":
             return self.data if columns is None else self.data.select(columns)

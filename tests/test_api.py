@@ -426,6 +426,34 @@ async def test_an_interrupt_of_answer_in_a_running_loop_stops_the_job_and_keeps_
     assert len(prompts) <= mock_api.stats.requests <= len(prompts) + 4
 
 
+@pytest.mark.parametrize("kind", ["pandas", "polars", "arrow", "stream", "datasets", "rows"])
+def test_limit_answers_and_returns_the_first_rows_only(
+    kind: str, mock_api: ThreadedMockServer, opts: dict[str, Any]
+) -> None:
+    prompts = [f"question {i}" for i in range(20)]
+    table = pa.table({"prompt": prompts})
+    data: Any = {
+        "pandas": lambda: table.to_pandas(),
+        "polars": lambda: pl.from_arrow(table),
+        "arrow": lambda: table,
+        "stream": lambda: pa.RecordBatchReader.from_batches(table.schema, table.to_batches()),
+        "datasets": lambda: datasets.Dataset(table),
+        "rows": lambda: [{"prompt": p} for p in prompts],
+    }[kind]()
+    out = batchpizza.answer(data, limit=5, **opts)
+    if kind == "stream":
+        out = out.read_all()
+    answers = (
+        [row["answer"] for row in out]
+        if kind == "rows"
+        else list(out["answer"])
+        if kind in ("pandas", "polars", "datasets")
+        else out.column("answer").to_pylist()
+    )
+    assert answers == expected_answers(prompts[:5])
+    assert mock_api.stats.requests == 5
+
+
 def test_a_list_of_prompt_strings_comes_back_as_rows_with_their_results(
     opts: dict[str, Any],
 ) -> None:
