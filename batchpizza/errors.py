@@ -23,6 +23,9 @@ headers) and `.request_id` (its x-request-id). One that is `.fatal` means no lat
 succeed either (a wrong key, a model the server does not serve, no API at that URL): the runner
 stops the run and exits with its `exit_code` (2) rather than failing every remaining row.
 
+Beside the tree, `RowProblem` is what a source raises for one bad row; it never reaches the user
+as such: the scan gathers them into an InputError's BadRows (or `invalid` rows).
+
 Messages pass through `redact` so that no credential reaches a terminal, log or file, and through
 `storable.text` so that a server's text quoted in one (a lone surrogate) can always be stored.
 """
@@ -208,3 +211,15 @@ def describe(exc: BaseException) -> str:
         return exc.message
     text = storable.text(str(exc) or type(exc).__name__)
     return redact(f"{type(exc).__name__}: {text}" if str(exc) else text)
+
+
+class RowProblem(Exception):
+    """A bad row, as the sources find it: what is wrong, in which field, and the row's id where it
+    could be read. Not a user-facing error itself: the scan turns each into a BadRow of an
+    InputError, or an `invalid` row under --skip-bad-rows."""
+
+    def __init__(self, problem: str, field: str | None = None, row_id: str | None = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.field = field
+        self.id = row_id

@@ -23,8 +23,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from batchpizza.errors import UsageError
-from batchpizza.rows import RowProblem
+from batchpizza.errors import RowProblem, UsageError
 
 PromptFunction = Callable[[dict[str, Any]], str]
 _MISSING = "is missing or null; the template reads it"

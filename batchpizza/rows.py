@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from batchpizza.config import RunConfig
+from batchpizza.errors import RowProblem
 from batchpizza.fingerprint import fingerprint, identity_digest, keyed_by_text, request_digest
 from batchpizza.records import RESULT_COLUMNS, Prompt
 
@@ -146,15 +147,6 @@ class Fields:
         own = frozenset(RESULT_COLUMNS) | frozenset(self.extra_reserved)
         built = {self.prompt} if self.build is not None else set()
         return own | built | ({"id"} if self.id != "id" else frozenset())
-
-
-class RowProblem(Exception):
-    """A bad row: what is wrong, in which field, and the row's id where it could be read."""
-
-    def __init__(self, problem: str, field: str | None = None, row_id: str | None = None) -> None:
-        self.problem = problem
-        self.field = field
-        self.id = row_id
 
 
 def _messages(value: object, name: str) -> tuple[str, list[dict[str, str]]]:

@@ -18,11 +18,11 @@ from conftest import FAST, read_jsonl, write_jsonl
 import batchpizza
 from batchpizza.cli import cli
 from batchpizza.config import RunConfig
-from batchpizza.errors import InputError, UsageError
+from batchpizza.errors import InputError, RowProblem, UsageError
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.prompts import FormatTemplate, unescape
-from batchpizza.rows import RowProblem, format_prompt
+from batchpizza.rows import format_prompt
 
 ARTICLES = [
     {"id": "a", "title": "Pizza", "body": "Dough, tomato {and} cheese.", "stars": 4.5},

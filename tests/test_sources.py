@@ -16,9 +16,9 @@ from conftest import SAMPLES, write_jsonl
 
 from batchpizza import jsoncodec
 from batchpizza.config import RunConfig
-from batchpizza.errors import InputError
+from batchpizza.errors import InputError, RowProblem
 from batchpizza.fingerprint import request_digest
-from batchpizza.rows import Fields, RowProblem, interpret, prompt_digest
+from batchpizza.rows import Fields, interpret, prompt_digest
 from batchpizza.sources import Source, open_source, spool_stdin
 
 DEFAULT_FIELDS = Fields("prompt", "messages", "id", False, False, False)

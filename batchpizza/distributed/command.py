@@ -227,7 +227,7 @@ class ClusterRun:
         require_id(input_dataset(self.input).schema.names, id_field)
         import ray
 
-        import batchpizza.ray
+        from batchpizza.distributed import dataset
 
         # auto: RAY_ADDRESS or a running local cluster if there is one, else a new local one.
         address = None if self.address == "auto" else self.address
@@ -262,7 +262,7 @@ class ClusterRun:
                 ds = ray.data.read_parquet(source)
             if self.limit is not None:
                 ds = ds.limit(self.limit)
-            lazy = batchpizza.ray.answer(ds, checkpoint=self.checkpoint, **self.options)
+            lazy = dataset.answer(ds, checkpoint=self.checkpoint, **self.options)
             try:
                 answered = lazy.materialize()
             except Exception as exc:
@@ -273,13 +273,13 @@ class ClusterRun:
             columns = answered.select_columns([id_field, "finish_reason", "attempts"])
             batches = columns.iter_batches(batch_format="pyarrow", batch_size=None)
             tally, sent = tally_of(batches, id_field, done)
-            self.status = batchpizza.ray.status(lazy)
+            self.status = dataset.status(lazy)
             self._write(ray, answered)
         finally:
             if lazy is not None and not self.status:
                 # An interrupt: what the controller counted, for the summary.
                 with contextlib.suppress(Exception):
-                    self.status = batchpizza.ray.status(lazy)
+                    self.status = dataset.status(lazy)
             ray.shutdown()
         return summarize(tally, sent, self.status, **self._where())
 

@@ -14,10 +14,10 @@ from batchpizza.controls.gate import Gatekeeper
 from batchpizza.controls.retrying import RetryPolicy
 from batchpizza.controls.stop import Stop
 from batchpizza.engine.runner import Runner
-from batchpizza.errors import UsageError
+from batchpizza.errors import RowProblem, UsageError
 from batchpizza.providers import Provider
 from batchpizza.records import OutputRow, Prompt, Result, answered_row, invalid_row, pending_row
-from batchpizza.rows import Fields, RowProblem, digest_of, interpret, to_prompt
+from batchpizza.rows import Fields, digest_of, interpret, to_prompt
 
 
 class MemoryStore:

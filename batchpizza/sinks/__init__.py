@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from batchpizza.checkpoint import Checkpoint
-from batchpizza.errors import InputChanged, Interrupted
+from batchpizza.errors import InputChanged, Interrupted, RowProblem
 from batchpizza.files import atomic_file
 from batchpizza.records import OutputRow
-from batchpizza.rows import RowProblem, digests, interpret
+from batchpizza.rows import digests, interpret
 from batchpizza.sinks.built import output_batch, output_columns
 from batchpizza.sinks.jsonl import JsonlSink
 from batchpizza.sinks.parquet import ParquetSink

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from batchpizza.rows import Fields, RowProblem
+from batchpizza.errors import RowProblem
+from batchpizza.rows import Fields
 from batchpizza.sources.base import Carried, Columns
 
 if TYPE_CHECKING:

@@ -14,13 +14,12 @@ import zlib
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from batchpizza.errors import BadRow, InputError
+from batchpizza.errors import BadRow, InputError, RowProblem
 from batchpizza.records import Prompt
 from batchpizza.rows import (
     BadRecord,
     Fields,
     GoodRow,
-    RowProblem,
     ScanBatch,
     digests,
     interpret,
