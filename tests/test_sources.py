@@ -477,3 +477,45 @@ def test_openai_batch_request_line_is_read_with_custom_id_and_its_messages() -> 
         "request-1",
         "System: You are helpful.\nUser: Hello!\nAssistant:",
     )
+
+
+def test_a_stdin_copy_that_ends_after_its_run_stopped_waiting_raises_nothing(
+    tmp_path: Path,
+) -> None:
+    """The copying thread is abandoned on a signal; if its read returns after the run's loop is
+    closed (a busy machine starts it late), it must end quietly, not print a traceback."""
+    import asyncio
+    import threading
+
+    from batchpizza.controls.stop import Stop
+    from batchpizza.errors import Interrupted
+    from batchpizza.sources.stdin import spool_stdin_aside
+
+    released = threading.Event()
+
+    class LatePipe:
+        def read(self, _n: int) -> bytes:
+            released.wait(5)
+            return b""
+
+    errors: list[BaseException | None] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+    try:
+
+        async def interrupted() -> None:
+            stop = Stop()
+            task = asyncio.ensure_future(spool_stdin_aside(LatePipe(), tmp_path / "copy", stop))
+            await asyncio.sleep(0.05)
+            stop.interrupt(15)
+            with pytest.raises(Interrupted):
+                await task
+
+        asyncio.run(interrupted())  # the loop is closed once this returns
+        released.set()
+        for thread in threading.enumerate():
+            if thread.name == "batchpizza-stdin":
+                thread.join(5)
+    finally:
+        threading.excepthook = previous
+    assert errors == []

@@ -4,6 +4,7 @@ anything is sent, and read again for the later passes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import sys
@@ -29,12 +30,15 @@ async def spool_stdin_aside(stream: IO[bytes] | None, dest: Path, stop: Stop) ->
             done.set_exception(error) if error else done.set_result(None)
 
     def copy() -> None:
+        error: BaseException | None = None
         try:
             spool_stdin(read, dest, stop.interrupted)
         except BaseException as exc:
-            loop.call_soon_threadsafe(settle, exc)
-        else:
-            loop.call_soon_threadsafe(settle, None)
+            error = exc
+        # An interrupted run does not wait for this thread: its loop may be closed by now (the
+        # thread started late on a busy machine), and then no one is left to tell.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, error)
 
     threading.Thread(target=copy, name="batchpizza-stdin", daemon=True).start()
     stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
