@@ -86,6 +86,9 @@ class PlanQueries:
     def _transaction(self) -> contextlib.AbstractContextManager[None]:
         raise NotImplementedError  # the Checkpoint's
 
+    def _fold(self) -> None:
+        raise NotImplementedError  # the Checkpoint's: staged results into `results`
+
     @property
     def _key(self) -> str:
         """The scan's column a result is found by (see the module's docstring)."""
@@ -129,6 +132,7 @@ class PlanQueries:
     def plan(self, limit: int | None = None, *, retry_refused: bool = False) -> Plan:
         """Decide what to send: one row per request without an answer (among the first `limit`
         rows), but not those refused as misuse unless `retry_refused`; and why."""
+        self._fold()
         end = (1 << 62) if limit is None else int(limit)
         again = UNANSWERED if retry_refused else _UNANSWERED_BUT_REFUSED
         key, ident = self._key, self.ident
@@ -151,16 +155,14 @@ class PlanQueries:
                 f"c.finish_reason IN {again}) ORDER BY r.pos",
                 (ident, fingerprint.UNKNOWN, end),
             )
+            # The first row of each request, and why (SQLite takes a bare column from the row
+            # that holds the min()); inserted in position order, so appended (18 ms for 20,000
+            # rows, against 27 ms for a table made by the GROUP BY, indexed, and counted by IN).
+            conn.execute("CREATE TEMP TABLE send (pos INTEGER PRIMARY KEY, why TEXT)")
             conn.execute(
-                "CREATE TEMP TABLE send AS SELECT min(pos) AS pos FROM temp.todo GROUP BY key"
+                "INSERT INTO temp.send SELECT min(pos), why FROM temp.todo GROUP BY key ORDER BY 1"
             )
-            conn.execute("CREATE UNIQUE INDEX temp.send_pos ON send (pos)")
-            counts = dict(
-                conn.execute(
-                    "SELECT why, count(*) FROM temp.todo WHERE pos IN (SELECT pos FROM temp.send) "
-                    "GROUP BY why"
-                )
-            )
+            counts = dict(conn.execute("SELECT why, count(*) FROM temp.send GROUP BY why"))
             rows = conn.execute("SELECT count(*) FROM temp.todo").fetchone()[0]
             change = self._change() if counts.get("identity") else None
         sent = sum(counts.values())
@@ -208,6 +210,7 @@ class PlanQueries:
     def output_rows(self, limit: int | None = None) -> Iterator[list[OutputRow]]:
         """Every row of the output, in input order, in pages. A row too broken to show an id gets
         its position, as rows without one do; a row not sent yet is pending."""
+        self._fold()
         last, end = -1, (limit if limit is not None else 1 << 62)
         query = (
             "SELECT r.pos, CAST(coalesce(r.id, r.pos) AS TEXT), r.bad, r.digest, c.id, "
@@ -231,6 +234,7 @@ class PlanQueries:
         return int(found[0])
 
     def tally(self, limit: int | None = None) -> Tally:
+        self._fold()
         end = limit if limit is not None else 1 << 62
         with self._errors():
             found = self._conn.execute(
@@ -244,6 +248,7 @@ class PlanQueries:
 
     def reused(self, limit: int | None = None) -> int:
         """Output rows whose answer was asked for another row (an identical request)."""
+        self._fold()
         end = limit if limit is not None else 1 << 62
         with self._errors():
             found = self._conn.execute(
@@ -255,6 +260,7 @@ class PlanQueries:
 
     def rows_by_reason(self) -> dict[str, int]:
         """The last run's output rows by finish reason (invalid and pending included)."""
+        self._fold()
         with self._errors():
             found = self._conn.execute(
                 "SELECT CASE WHEN r.bad IS NOT NULL THEN 'invalid' "
@@ -268,6 +274,7 @@ class PlanQueries:
         """Row id -> the HTTP status of the last attempt of each row that failed or was refused,
         when that attempt got a non-2xx reply (a timeout has none; a 2xx without an answer is no
         HTTP failure). For OpenAI batch output lines; one pass over the attempts."""
+        self._fold()
         with self._errors():
             found = self._conn.execute(
                 # SQLite takes a bare column from the row that holds the max().
@@ -283,6 +290,7 @@ class PlanQueries:
 
     def status(self) -> dict[str, object]:
         """Counts by outcome over the last run's rows, and what that run recorded of its input."""
+        self._fold()
         meta = self.meta()
         info: dict[str, object] = {"input": meta.get("input")}
         with self._errors():
