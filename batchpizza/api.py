@@ -44,16 +44,16 @@ def _config(options: dict[str, Any]) -> RunConfig:
     return RunConfig.from_options(**options)
 
 
-def _results(mem: InMemory, rows: list[OutputRow], extra: tuple[str, ...]) -> Any:
+def _results(mem: InMemory, rows: list[OutputRow], extra: tuple[str, ...], samples: int = 1) -> Any:
     """The result columns of `rows` as `mem.restore` takes them: dicts for a list, else Arrow."""
-    names = result_columns(extra)
+    names = result_columns(extra, samples)
     if mem.kind == "rows":
         return [{name: getattr(row, name) for name in names} for row in rows]
     import pyarrow as pa
 
-    from batchpizza.sinks.values import result_fields
+    from batchpizza.sinks.values import fields_of
 
-    fields = result_fields(extra)
+    fields = fields_of(names)
     arrays = [pa.array([getattr(r, f.name) for r in rows], f.type) for f in fields]
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
@@ -82,11 +82,14 @@ async def _answered(
     assert job.output_rows is not None  # a run that returned has its rows
     from batchpizza.providers.factory import extra_columns
 
-    results = _results(readable, job.output_rows, extra_columns(config.provider))
+    samples = config.samples
+    results = _results(readable, job.output_rows, extra_columns(config.provider), samples)
     if mem.kind == "stream":
-        table = readable.table
+        table = readable.repeated(samples).table
         results = _beside(table, results)
-    return mem.restore(results), job
+        return mem.restore(results), job
+    # With samples, each row once per sample (the caller's type, with the result columns).
+    return mem.repeated(samples).restore(results), job
 
 
 def _beside(table: Any, results: Any) -> Any:
@@ -157,8 +160,8 @@ def _on_a_thread(data: Any, options: dict[str, Any]) -> Any:
 
 
 async def stream(data: Any, **options: Unpack[Options]) -> AsyncIterator[dict[str, Any]]:
-    """Results as rows finish: a dict per row with `id`, `position` (0-based, in the input) and
-    the result columns, with the pacing, retries, breaker and checkpoint of a run. `data` as for
+    """Results as rows finish: a dict per row with `id`, `position` (0-based, in the input),
+    with `samples=N` (N > 1) one per sample with its `sample` (0..N-1), and the result columns, with the pacing, retries, breaker and checkpoint of a run. `data` as for
     `answer`, or a path as for `run`. Every row is yielded once: those finished in this run as
     they finish, then the rest (answered by an earlier run with the same checkpoint, invalid,
     or pending after an early stop). Breaking out of the loop stops the run; what finished is
@@ -178,15 +181,16 @@ async def stream(data: Any, **options: Unpack[Options]) -> AsyncIterator[dict[st
     task = asyncio.ensure_future(job.run())
     task.add_done_callback(lambda _: queue.put_nowait(None))
     try:
+        samples = config.samples
         while (item := await queue.get()) is not None:
-            pos, result = item
-            seen.add(pos)
-            yield _row(pos, result)
+            slot, result = item  # with samples, slot = position * samples + sample
+            seen.add(slot)
+            yield _row(slot, result, samples)
         await task  # raises what the run raised
         assert job.output_rows is not None  # a run that returned has its rows
-        for pos, row in enumerate(job.output_rows):
-            if pos not in seen:
-                yield {"id": row.id, "position": pos, **_results_of(row)}
+        for slot, row in enumerate(job.output_rows):
+            if slot not in seen:
+                yield {"id": row.id, **_where(slot, samples), **_results_of(row)}
     finally:
         if not task.done():
             task.cancel()
@@ -198,10 +202,18 @@ def _results_of(row: OutputRow) -> dict[str, Any]:
     return {name: getattr(row, name) for name in result_columns(())}
 
 
-def _row(pos: int, result: Result) -> dict[str, Any]:
+def _where(slot: int, samples: int) -> dict[str, int]:
+    """A row's position in the input, and with samples which sample it is."""
+    if samples == 1:
+        return {"position": slot}
+    position, sample = divmod(slot, samples)
+    return {"position": position, "sample": sample}
+
+
+def _row(slot: int, result: Result, samples: int = 1) -> dict[str, Any]:
     return {
         "id": result.id,
-        "position": pos,
+        **_where(slot, samples),
         "answer": result.answer,
         "finish_reason": result.finish_reason,
         "misuse": result.finish_reason == "misuse",

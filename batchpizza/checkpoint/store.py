@@ -109,23 +109,29 @@ class Checkpoint(PlanQueries, History):
         self._staged = 0  # results staged since the last fold
         self.ident = b""  # no identity given: results written and read under the empty one
         self.identity: dict[str, Any] | None = None
+        conn.create_function("sample_key", 2, _sample_key, deterministic=True)
         with contextlib.suppress(sqlite3.Error, OutputError, ValueError):
-            last = self.meta().get("identity")
-            if last:
-                self.ident = bytes.fromhex(last)
+            meta = self.meta()
+            if meta.get("identity"):
+                self.ident = bytes.fromhex(meta["identity"])
                 self.identity = self.identity_of(self.ident)
+            if int(meta.get("samples") or 1) > 1:  # what the last run asked: what status counts
+                self.use_samples(int(meta["samples"]))
 
-    def use_identity(self, identity: Mapping[str, Any]) -> None:
-        """Read and write the answers of requests made with `identity` (a provider's); recorded,
-        unless read-only, as the identity of the last run (what `status` counts against)."""
+    def use_identity(self, identity: Mapping[str, Any], samples: int = 1) -> None:
+        """Read and write the answers of requests made with `identity` (a provider's), each
+        asked `samples` times (--repeat); recorded, unless read-only, as the last run's (what
+        `status` counts against)."""
         self.identity = dict(identity)
+        self.use_samples(samples)
         if self._readonly:
             self.ident = fingerprint.identity_digest(identity)
             return
         with self._transaction():
             self.ident = record_identity(self._conn, self.identity)
-            self._conn.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (self.ident.hex(),)
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [("identity", self.ident.hex()), ("samples", str(samples))],
             )
 
     @classmethod
@@ -387,6 +393,11 @@ class Checkpoint(PlanQueries, History):
             self._conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:  # a full disk, a damaged file: a clear error
             raise _sqlite_error(self.path, exc) from None
+
+
+def _sample_key(digest: bytes | None, sample: int) -> bytes | None:
+    """SQL's sample_key(): a row's request key for one of its samples (None for a bad row)."""
+    return None if digest is None else fingerprint.sample_digest(digest, sample)
 
 
 def _storable(value: object) -> object:

@@ -90,6 +90,8 @@ class ClusterRun:
         self.restart = bool(given.get("restart"))
         self.mock = bool(given.get("mock"))
         self.limit: int | None = given.get("limit")
+        if given.get("samples", 1) != 1:
+            raise UsageError("--repeat is not supported with --ray yet: run without --ray")
         if self.limit is not None and self.limit < 0:
             raise UsageError("--limit must be 0 or more")
         self.summary_json: str | None = given.get("summary_json")
