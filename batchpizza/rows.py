@@ -80,7 +80,8 @@ def _text_key(prompt: Prompt) -> bytes:
 
 def request_key(provider: object) -> Callable[[Prompt], bytes]:
     """What a result of `provider`'s requests is keyed by, with its identity: the digest of the
-    text for a provider that sends only text, else the request digest (as the plan joins)."""
+    text for a provider that sends only text, else the request digest (as the plan joins); for
+    a sample after the first (--repeat), that digest with the sample's number in it."""
     identity = getattr(provider, "identity", None)
     key = _text_key if identity is not None and keyed_by_text(identity) else digest_of
 
