@@ -49,10 +49,14 @@ def _results(
     rows: list[OutputRow],
     extra: tuple[str, ...],
     built: tuple[str, list[str | None]] | None = None,
+    samples: int = 1,
 ) -> Any:
     """The result columns of `rows` as `mem.restore` takes them: dicts for a list, else Arrow;
-    `built`, the built prompts' column (name, values), first where prompts were built."""
-    names = result_columns(extra)
+    `built`, the built prompts' column (name, a value per input row), first where prompts were
+    built; with samples, `rows` holds each input row's samples one after another."""
+    names = result_columns(extra, samples)
+    if built is not None and samples > 1:
+        built = (built[0], [text for text in built[1] for _ in range(samples)])
     if mem.kind == "rows":
         out = [{name: getattr(row, name) for name in names} for row in rows]
         if built is not None:
@@ -61,9 +65,9 @@ def _results(
         return out
     import pyarrow as pa
 
-    from batchpizza.sinks.values import result_fields
+    from batchpizza.sinks.values import fields_of
 
-    fields = list(result_fields(extra))
+    fields = list(fields_of(names))
     arrays = [pa.array([getattr(r, f.name) for r in rows], f.type) for f in fields]
     if built is not None:
         fields.insert(0, pa.field(built[0], pa.string()))
@@ -115,12 +119,16 @@ async def _answered(
     assert job.output_rows is not None  # a run that returned has its rows
     from batchpizza.providers.factory import extra_columns
 
+    samples = config.samples
     built = _built(readable, config)
-    results = _results(readable, job.output_rows, extra_columns(config.provider), built)
+    extra = extra_columns(config.provider)
+    results = _results(readable, job.output_rows, extra, built, samples)
     if mem.kind == "stream":
-        table = readable.table
+        table = readable.repeated(samples).table
         results = _beside(table, results)
-    return mem.restore(results), job
+        return mem.restore(results), job
+    # With samples, each row once per sample (the caller's type, with the result columns).
+    return mem.repeated(samples).restore(results), job
 
 
 def _beside(table: Any, results: Any) -> Any:
@@ -191,8 +199,8 @@ def _on_a_thread(data: Any, options: dict[str, Any]) -> Any:
 
 
 async def stream(data: Any, **options: Unpack[Options]) -> AsyncIterator[dict[str, Any]]:
-    """Results as rows finish: a dict per row with `id`, `position` (0-based, in the input) and
-    the result columns, with the pacing, retries, breaker and checkpoint of a run. `data` as for
+    """Results as rows finish: a dict per row with `id`, `position` (0-based, in the input),
+    with `samples=N` (N > 1) one per sample with its `sample` (0..N-1), and the result columns, with the pacing, retries, breaker and checkpoint of a run. `data` as for
     `answer`, or a path as for `run`. Every row is yielded once: those finished in this run as
     they finish, then the rest (answered by an earlier run with the same checkpoint, invalid,
     or pending after an early stop). Breaking out of the loop stops the run; what finished is
@@ -212,15 +220,16 @@ async def stream(data: Any, **options: Unpack[Options]) -> AsyncIterator[dict[st
     task = asyncio.ensure_future(job.run())
     task.add_done_callback(lambda _: queue.put_nowait(None))
     try:
+        samples = config.samples
         while (item := await queue.get()) is not None:
-            pos, result = item
-            seen.add(pos)
-            yield _row(pos, result)
+            slot, result = item  # with samples, slot = position * samples + sample
+            seen.add(slot)
+            yield _row(slot, result, samples)
         await task  # raises what the run raised
         assert job.output_rows is not None  # a run that returned has its rows
-        for pos, row in enumerate(job.output_rows):
-            if pos not in seen:
-                yield {"id": row.id, "position": pos, **_results_of(row)}
+        for slot, row in enumerate(job.output_rows):
+            if slot not in seen:
+                yield {"id": row.id, **_where(slot, samples), **_results_of(row)}
     finally:
         if not task.done():
             task.cancel()
@@ -232,10 +241,18 @@ def _results_of(row: OutputRow) -> dict[str, Any]:
     return {name: getattr(row, name) for name in result_columns(())}
 
 
-def _row(pos: int, result: Result) -> dict[str, Any]:
+def _where(slot: int, samples: int) -> dict[str, int]:
+    """A row's position in the input, and with samples which sample it is."""
+    if samples == 1:
+        return {"position": slot}
+    position, sample = divmod(slot, samples)
+    return {"position": position, "sample": sample}
+
+
+def _row(slot: int, result: Result, samples: int = 1) -> dict[str, Any]:
     return {
         "id": result.id,
-        "position": pos,
+        **_where(slot, samples),
         "answer": result.answer,
         "finish_reason": result.finish_reason,
         "misuse": result.finish_reason == "misuse",

@@ -135,6 +135,15 @@ def cli() -> None:
 @click.option("--dry-run", is_flag=True, help="Validate and plan; send and change nothing.")
 @click.option("--limit", type=click.IntRange(min=0), help="Use only the first N rows.")
 @click.option(
+    "--repeat",
+    "samples",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Ask each request N times: N answers and N output rows, with a `sample` column "
+    "(0..N-1) when N > 1.",
+)
+@click.option(
     "--progress/--no-progress",
     default=None,
     help="Progress bar [default: when stderr is a terminal; else a line every minute].",

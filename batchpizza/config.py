@@ -40,6 +40,7 @@ DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 PROVIDERS = ("pizzagpt", "openai")
 LOG_FORMATS = ("text", "json")
 FORMATS = ("parquet", "jsonl", "openai-batch")
+MAX_SAMPLES = 10_000  # --repeat: samples of each request at most
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl"}
 _PERIODS = {
@@ -238,6 +239,7 @@ class RunConfig:
     patience: float | str = DEFAULT_PATIENCE
     dry_run: bool = False
     limit: int | None = None
+    samples: int = 1  # each request asked this many times (--repeat): an output row per sample
     progress_every: float = DEFAULT_PROGRESS_EVERY
     provider: str = "pizzagpt"
     model: str | None = None
@@ -274,6 +276,13 @@ class RunConfig:
         object.__setattr__(self, "patience_s", parse_duration(self.patience, "--patience"))
         if self.limit is not None and self.limit < 0:
             raise UsageError("--limit must be 0 or more")
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise UsageError(f"--repeat must be from 1 to {MAX_SAMPLES:,}")
+        if self.samples > 1 and fmt == "openai-batch":
+            raise UsageError(
+                "--repeat with --format openai-batch: a batch file has one line per custom_id; "
+                "write .jsonl or .parquet (each sample a row with its `sample`)"
+            )
         if self.provider not in PROVIDERS:
             raise UsageError(f"--provider {self.provider!r}: one of {', '.join(PROVIDERS)}")
         if self.provider == "pizzagpt" and self.model not in (None, DEFAULT_MODEL):

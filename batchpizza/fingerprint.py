@@ -97,6 +97,15 @@ def request_digest(
     return hashlib.blake2b(_MESSAGES + said, digest_size=16).digest()
 
 
+def sample_digest(digest: bytes, sample: int) -> bytes:
+    """The request key of sample `sample` of a request asked several times on purpose
+    (--repeat): sample 0 is the request itself (so a run without --repeat answered it), each
+    other one a key of its own."""
+    if sample == 0:
+        return digest
+    return hashlib.blake2b(digest, digest_size=16, key=b"sample %d" % sample).digest()
+
+
 def fingerprint(identity: bytes, digest: bytes) -> bytes:
     """Both parts as one key (a Ray part store's column)."""
     return hashlib.blake2b(digest, digest_size=16, key=identity).digest()

@@ -38,6 +38,7 @@ class Options(TypedDict, total=False):
     patience: float | str  # how long the breaker may wait on a refusing service ("10m")
     dry_run: bool  # plan and print, send nothing
     limit: int | None  # the first N rows only
+    samples: int  # ask each request N times: N answers, N output rows with `sample` (1)
     progress_every: float  # seconds between progress lines when not on a terminal (60)
     provider: str  # "pizzagpt" (default) or "openai"
     model: str | None  # the model (OpenAI-compatible servers)

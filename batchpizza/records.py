@@ -40,6 +40,7 @@ class Prompt:
     text: str  # the formatted prompt: a prompt row's text, or format_prompt(messages)
     messages: tuple[Mapping[str, str], ...]  # a prompt row is one user message
     body: Mapping[str, Any] | None = None  # an OpenAI Batch line's body, less its messages
+    sample: int = 0  # which of the request's samples (--repeat); part of its key
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,7 @@ class OutputRow(NamedTuple):
     digest: bytes | None  # None for an invalid row
     # The row whose identical request this answer was asked for, when it is another row's.
     reused_from: str | None = None
+    sample: int | None = None  # which sample of the row's request (--repeat N, N > 1)
 
 
 def answered_row(r: Result) -> OutputRow:

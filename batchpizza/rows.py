@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from batchpizza.config import RunConfig
 from batchpizza.errors import RowProblem
-from batchpizza.fingerprint import fingerprint, identity_digest, keyed_by_text, request_digest
+from batchpizza.fingerprint import (
+    fingerprint,
+    identity_digest,
+    keyed_by_text,
+    request_digest,
+    sample_digest,
+)
 from batchpizza.records import RESULT_COLUMNS, Prompt
 
 if TYPE_CHECKING:
@@ -78,9 +84,16 @@ def _text_key(prompt: Prompt) -> bytes:
 
 def request_key(provider: object) -> Callable[[Prompt], bytes]:
     """What a result of `provider`'s requests is keyed by, with its identity: the digest of the
-    text for a provider that sends only text, else the request digest (as the plan joins)."""
+    text for a provider that sends only text, else the request digest (as the plan joins); for
+    a sample after the first (--repeat), that digest with the sample's number in it."""
     identity = getattr(provider, "identity", None)
-    return _text_key if identity is not None and keyed_by_text(identity) else digest_of
+    key = _text_key if identity is not None and keyed_by_text(identity) else digest_of
+
+    def keyed(prompt: Prompt) -> bytes:
+        digest = key(prompt)
+        return sample_digest(digest, prompt.sample) if prompt.sample else digest
+
+    return keyed
 
 
 def fingerprint_key(provider: Any) -> Callable[[Prompt], bytes]:

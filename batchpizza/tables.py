@@ -206,6 +206,24 @@ class InMemory:
 
     # -- writing ------------------------------------------------------------------------------
 
+    def repeated(self, times: int) -> InMemory:
+        """The input with each row `times` times in a row, as the same type (--repeat: a row's
+        samples). Not for a stream: read it into a table first."""
+        if times == 1:
+            return self
+        order = [
+            i for i in range(len(self.data) if self.kind != "stream" else 0) for _ in range(times)
+        ]
+        if self.kind == "rows":
+            return InMemory("rows", [self.data[i] for i in order])
+        if self.kind == "pandas":
+            return InMemory("pandas", self.data.iloc[order])
+        if self.kind == "polars":
+            return InMemory("polars", self.data[order])
+        if self.kind == "datasets":
+            return InMemory("datasets", self.data.select(order))
+        return InMemory("arrow", self.table.take(order))
+
     def restore(
         self,
         result: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch] | list[dict[str, Any]],

@@ -90,7 +90,7 @@ from mockproc import Server, child_env
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "work"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-GENERATION = 4  # bump when the checkpoint schema or the scan changes
+GENERATION = 5  # bump when the checkpoint schema or the scan changes
 WORDS = ("basil", "mozzarella", "anchovies", "capers", "truffle", "nduja", "pineapple", "figs")
 LIBRARIES = (
     "batchpizza",
@@ -408,12 +408,12 @@ def resume_checkpoint(n: int) -> tuple[Path, int]:
     from batchpizza.checkpoint import Checkpoint
     from batchpizza.config import DEFAULT_MODEL
     from batchpizza.mock.replies import mock_answer
-    from batchpizza.providers.pizzagpt import identity
+    from batchpizza.providers.factory import identity_of
     from batchpizza.records import Result
     from batchpizza.rows import prompt_digest
 
     missing = n // 1000
-    path = WORK / f"resume-{GENERATION}-{n}.checkpoint.pristine"
+    path = WORK / f"resume-{GENERATION}-{n}-fp.checkpoint.pristine"
     if path.exists():
         return path, missing
     note(f"writing {path.name}")
@@ -422,7 +422,8 @@ def resume_checkpoint(n: int) -> tuple[Path, int]:
         tmp.with_name(tmp.name + suffix).unlink(missing_ok=True)
     store = Checkpoint.open(tmp)
     try:
-        store.use_identity(identity())  # the answers of the requests a Pizzagpt run makes
+        # Answers of the requests a default run makes (its fingerprints' identity).
+        store.use_identity(identity_of("pizzagpt", None, {}))
         for start in range(0, n - missing, 50_000):
             store.write(
                 [

@@ -47,6 +47,8 @@ from typing import Any
 import pyarrow.parquet as pq
 from mockproc import Server, child_env
 
+from batchpizza.checkpoint.schema import read_only
+from batchpizza.errors import BatchpizzaError
 from batchpizza.mock.replies import mock_answer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,8 +76,8 @@ def committed(ck: Path) -> set[str]:
     if not ck.exists():
         return set()
     try:
-        conn = sqlite3.connect(f"file:{ck}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error:
+        conn = read_only(ck)  # the results a run has staged and not folded yet included
+    except (sqlite3.Error, BatchpizzaError):
         return set()
     try:
         rows = conn.execute("SELECT id FROM results WHERE finish_reason = 'stop'")
@@ -90,8 +92,8 @@ def committed_count(ck: Path) -> int:
     if not ck.exists():
         return 0
     try:
-        conn = sqlite3.connect(f"file:{ck}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error:
+        conn = read_only(ck)  # the results a run has staged and not folded yet included
+    except (sqlite3.Error, BatchpizzaError):
         return 0
     try:
         query = "SELECT count(*) FROM results WHERE finish_reason = 'stop'"

@@ -7,6 +7,7 @@ RunLock against the kernel's flock (a second lock in this process, and one in an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -23,6 +24,7 @@ from conftest import FAST, write_jsonl
 
 import batchpizza
 from batchpizza.checkpoint import Checkpoint, RunLock, is_locked
+from batchpizza.checkpoint.schema import read_only
 from batchpizza.cli import cli
 from batchpizza.errors import CheckpointMissing, CheckpointVersionError, LockedError, OutputError
 from batchpizza.mock.replies import mock_answer
@@ -50,8 +52,9 @@ def result(row_id: str, reason: str = "stop", *, digest: bytes | None = None) ->
 
 
 def stored(path: Path) -> dict[str, tuple[object, ...]]:
-    """Every row of the results table, read with plain sqlite3 (the file is an SQLite database)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    """Every row of the results table, as a reader of the file sees it (a run's results staged
+    and not yet folded into it included)."""
+    conn = read_only(path)
     try:
         rows = conn.execute(
             "SELECT id, digest, finish_reason, answer, error, attempts, latency_ms, model "
@@ -102,7 +105,7 @@ def test_an_answer_for_another_request_of_the_same_row_is_kept_beside_it(
     store.write([result("a", "stop", digest=b"\x01" * 16)])
     store.write([result("a", "stop", digest=b"\x02" * 16)])  # the row's prompt changed
 
-    conn = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
+    conn = read_only(store.path)
     kept = sorted(conn.execute("SELECT digest FROM results WHERE id = 'a'").fetchall())
     conn.close()
     assert kept == [(b"\x01" * 16,), (b"\x02" * 16,)]  # paid answers are never deleted
@@ -116,6 +119,57 @@ def test_write_replaces_the_earlier_result_of_the_same_request(store: Checkpoint
     assert len(rows) == 1
     assert rows["a"][1:4] == (prompt_digest("a"), "stop", "answer to a")
     assert store.status()["failed"] == 0
+
+
+def raw_rows(path: Path, table: str) -> list[tuple[object, ...]]:
+    """The ids and finish reasons in one table of the file, read with plain sqlite3."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        return conn.execute(f"SELECT id, finish_reason FROM {table} ORDER BY id").fetchall()
+
+
+def test_a_run_killed_before_folding_its_staged_results_keeps_them_for_every_reader(
+    ck_path: Path,
+) -> None:
+    store = Checkpoint.open(ck_path)
+    store.write([result("a", "error"), result("b")])
+    store.close()  # folded: both in results
+    store = Checkpoint.open(ck_path)
+    store.write([result("a")])  # the retry that answered a
+    store.write([result("c", "misuse")])
+    store._conn.close()  # killed: nothing folded, nothing synced
+
+    assert raw_rows(ck_path, "staged") == [("a", "stop"), ("c", "misuse")]
+    # A reader (status during a run, a dry run) sees the staged results, the later one of a
+    # request replacing the earlier.
+    assert {k: v[2] for k, v in stored(ck_path).items()} == {
+        "a": "stop", "b": "stop", "c": "misuse"
+    }  # fmt: skip
+    reader = Checkpoint.open(ck_path, readonly=True)
+    try:
+        found = reader.status()
+    finally:
+        reader.close()
+    assert (found["answers_kept"], raw_rows(ck_path, "staged")) == (
+        2,
+        [("a", "stop"), ("c", "misuse")],
+    )
+
+    Checkpoint.open(ck_path).close()  # the next run folds them when it opens the file
+
+    assert raw_rows(ck_path, "staged") == []
+    assert raw_rows(ck_path, "results") == [("a", "stop"), ("b", "stop"), ("c", "misuse")]
+
+
+def test_results_are_staged_during_a_run_and_folded_before_they_are_read(
+    store: Checkpoint,
+) -> None:
+    store.write([result("a"), result("b", "error")])
+
+    assert raw_rows(store.path, "staged") == [("a", "stop"), ("b", "error")]
+    assert raw_rows(store.path, "results") == []
+    assert (store.tally().answered, store.status()["answers_kept"]) == (0, 1)  # no scan: 0 rows
+    assert raw_rows(store.path, "staged") == []
+    assert raw_rows(store.path, "results") == [("a", "stop"), ("b", "error")]
 
 
 def test_a_group_is_committed_as_a_whole_or_not_at_all(store: Checkpoint) -> None:
@@ -192,7 +246,7 @@ def test_meta_round_trips_values_as_text_and_none(store: Checkpoint) -> None:
     assert meta["rows"] == "4"
     assert meta["invalid"] == "0"
     assert meta["note"] is None
-    assert meta["schema"] == "3"
+    assert meta["schema"] == "4"
 
 
 def test_open_without_create_raises_checkpoint_missing_and_creates_nothing(
@@ -453,6 +507,8 @@ def test_status_on_a_checkpoint_with_a_corrupt_page_is_a_clear_error(tmp_path: P
     store.write([result(f"row-{i:05d}-{'x' * 80}") for i in range(2000)])
     store.close()  # the last connection folds the write-ahead log into the file
     assert not Path(f"{ck}-wal").exists()
+    with contextlib.closing(sqlite3.connect(ck)) as conn:
+        conn.execute("VACUUM")  # no free page left (the staged results'): every page is read
     data = bytearray(ck.read_bytes())
     pages = len(data) // 4096
     assert pages > 20
@@ -506,7 +562,8 @@ def test_a_checkpoint_from_a_newer_version_is_refused_naming_that_version(ck_pat
         assert "schema 99" in caught.value.message
         assert "reads checkpoint schemas 1, 2" in caught.value.message
     assert meta_of(ck_path) == before  # never rewritten as schema 2
-    assert stored(ck_path).keys() == {"q1"}
+    with contextlib.closing(sqlite3.connect(f"file:{ck_path}?mode=ro", uri=True)) as conn:
+        assert conn.execute("SELECT id FROM results").fetchall() == [("q1",)]
 
 
 @pytest.mark.parametrize(
@@ -538,7 +595,7 @@ def test_another_programs_sqlite_file_is_refused_and_left_alone(ck_path: Path) -
     assert tables == {"invoices"}
 
 
-def test_a_schema_1_checkpoint_is_upgraded_to_3_and_keeps_its_answers(ck_path: Path) -> None:
+def test_a_schema_1_checkpoint_is_upgraded_to_4_and_keeps_its_answers(ck_path: Path) -> None:
     conn = sqlite3.connect(ck_path)
     with conn:  # what the first version created
         conn.executescript(
@@ -558,7 +615,7 @@ def test_a_schema_1_checkpoint_is_upgraded_to_3_and_keeps_its_answers(ck_path: P
     store.write([result("q2")._replace(prompt_tokens=3)])
     store.close()
 
-    assert meta_of(ck_path)["schema"] == "3"
+    assert meta_of(ck_path)["schema"] == "4"
     assert stored(ck_path)["q1"][3] == "old answer"
 
 
@@ -571,7 +628,7 @@ def test_tables_created_without_their_schema_by_a_killed_first_run_are_taken_as_
     conn.close()
 
     Checkpoint.open(ck_path).close()
-    assert meta_of(ck_path)["schema"] == "3"
+    assert meta_of(ck_path)["schema"] == "4"
 
 
 def test_a_run_on_a_newer_checkpoint_exits_2_having_sent_and_changed_nothing(
@@ -580,7 +637,7 @@ def test_a_run_on_a_newer_checkpoint_exits_2_having_sent_and_changed_nothing(
     inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "q1", "prompt": "hi"}])
     out = tmp_path / "out.jsonl"
     ck = Path(f"{out}.checkpoint")
-    with_meta(ck, schema="4", version="3.0.0")
+    with_meta(ck, schema="5", version="3.0.0")
     before = ck.read_bytes()
 
     done = CliRunner().invoke(
@@ -588,6 +645,6 @@ def test_a_run_on_a_newer_checkpoint_exits_2_having_sent_and_changed_nothing(
     )
 
     assert done.exit_code == 2, done.output
-    assert "batchpizza 3.0.0" in done.output and "schema 4" in done.output
+    assert "batchpizza 3.0.0" in done.output and "schema 5" in done.output
     assert ck.read_bytes() == before
     assert not out.exists()

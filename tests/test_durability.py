@@ -25,9 +25,10 @@ from conftest import FAST, Spawn, read_jsonl, write_jsonl
 
 import batchpizza
 from batchpizza.checkpoint import Checkpoint, RunLock, is_locked
+from batchpizza.checkpoint.schema import read_only
 from batchpizza.cli import cli
 from batchpizza.config import RunConfig
-from batchpizza.errors import Interrupted
+from batchpizza.errors import BatchpizzaError, Interrupted
 from batchpizza.job.stages import Job
 from batchpizza.mock.faults import MockConfig
 from batchpizza.mock.replies import mock_answer
@@ -74,8 +75,8 @@ def committed(ck: Path) -> dict[str, str | None]:
     if not ck.exists():
         return {}
     try:
-        conn = sqlite3.connect(f"file:{ck}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error:
+        conn = read_only(ck)  # results staged by the run included
+    except (sqlite3.Error, BatchpizzaError):
         return {}
     try:
         return dict(conn.execute("SELECT id, finish_reason FROM results"))

@@ -299,3 +299,26 @@ def test_describe_change_names_what_changed() -> None:
     assert describe_change(a, {**a, "model": "b"}) == "new model (a -> b)"
     assert describe_change(a, {**a, "params": {"seed": 1}}) == "new request (seed unset -> 1)"
     assert "request not known" not in describe_change(a, a)
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints"
+
+
+def test_a_schema_3_checkpoint_of_the_previous_release_opens_and_keeps_its_answers(
+    chat: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Made by batchpizza before staged results (schema 3): rows q0-q2 answered with model-A.
+    out = tmp_path / "out.jsonl"
+    Path(f"{out}.checkpoint").write_bytes((FIXTURES / "schema3-model-A.checkpoint").read_bytes())
+    inp = prompts(tmp_path / "in.jsonl", 4)
+
+    summary, sent = run_chat(chat, inp, out, model="model-A")
+
+    assert (summary.exit_code, sent) == (0, 1)  # only the new row, q3
+    assert [row["answer"] for row in read_jsonl(out)] == [
+        mock_answer(f"question {i}") + said("model-A") for i in range(4)
+    ]
+    with sqlite3.connect(f"file:{out}.checkpoint?mode=ro", uri=True) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("4",)
+        assert conn.execute("SELECT count(*) FROM results").fetchone() == (4,)
+    assert run_chat(chat, inp, out, model="model-A")[1] == 0

@@ -26,11 +26,14 @@ from conftest import MockProcess, other_network_namespace, read_jsonl, write_jso
 
 from batchpizza.checkpoint import RunLock
 from batchpizza.distributed.command import output_format, user_error
+from batchpizza.distributed.command import run as run_on_ray
 from batchpizza.distributed.parts import PartStore, key_of
 from batchpizza.distributed.summary import summarize, tally_of
 from batchpizza.distributed.worker import part_schema
 from batchpizza.errors import UsageError
+from batchpizza.fingerprint import fingerprint, identity_digest, text_digest
 from batchpizza.mock.replies import mock_answer
+from batchpizza.providers.factory import identity_of
 from batchpizza.records import Tally
 
 # Ray's own deprecation notices are not ours.
@@ -165,6 +168,43 @@ def test_ray_dry_run_counts_the_checkpoint_and_sends_nothing(
     assert bad.returncode == 2 and "--id-field" in bad.stderr
     assert mock.stats()["requests"] == 0
     assert set(tmp_path.rglob("*")) == {*before, no_ids}
+
+
+@needs_ray
+def test_ray_dry_run_counts_answers_by_request_so_a_new_model_shows_as_rows_to_send(
+    tmp_path: Path, mock_process: Callable[..., MockProcess]
+) -> None:
+    mock = mock_process()
+    source = prompts(tmp_path / "in", 30)
+    out = tmp_path / "out"
+    store = PartStore(str(tmp_path / "out.checkpoint"))  # r0..r9 answered with model-A
+    ident = identity_digest(identity_of("openai", "model-A", {}))
+    row = {"answer": "a", "finish_reason": "stop", "misuse": False, "error": None}
+    row |= {"attempts": 1, "latency_ms": 1.0, "model": "model-A"}
+    answered = [
+        {"id": f"r{i}", "digest": fingerprint(ident, text_digest(f"question {i}")), **row}
+        for i in range(10)
+    ]
+    store.seal(key_of(["r0"]), pa.Table.from_pylist(answered, schema=part_schema()))
+    common = [str(source), "-o", str(out), "--ray", "--dry-run", "--base-url", f"{mock.url}/v1"]
+    common += ["--provider", "openai", "--rate", "0"]
+
+    same = command(*common, "--model", "model-A")
+    assert same.returncode == 0, same.stderr
+    assert "answered    10" in same.stdout and "to send     20" in same.stdout
+
+    other = command(*common, "--model", "model-B")
+    assert other.returncode == 0, other.stderr
+    assert "answered    0" in other.stdout and "to send     30" in other.stdout
+
+    warmer = command(*common, "--model", "model-A", "--param", "temperature=0.9")
+    assert "to send     30" in warmer.stdout, warmer.stderr
+    assert mock.stats()["requests"] == 0
+
+
+def test_ray_refuses_repeat() -> None:
+    with pytest.raises(UsageError, match="--repeat is not supported with --ray"):
+        run_on_ray("in.parquet", "out", samples=2)
 
 
 @needs_ray

@@ -32,9 +32,10 @@ from click.testing import CliRunner, Result
 from conftest import FAST, read_jsonl, write_jsonl
 
 import batchpizza
+from batchpizza.checkpoint.schema import read_only
 from batchpizza.checkpoint.store import Checkpoint
 from batchpizza.cli import cli
-from batchpizza.errors import BadReply, OutputError
+from batchpizza.errors import BadReply, BatchpizzaError, OutputError
 from batchpizza.mock.faults import MockConfig
 from batchpizza.mock.replies import MISUSE_TEXT, mock_answer
 from batchpizza.mock.server import ThreadedMockServer
@@ -85,8 +86,8 @@ def committed(ck: Path) -> int:
     if not ck.exists():
         return 0
     try:
-        conn = sqlite3.connect(f"file:{ck}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error:
+        conn = read_only(ck)  # results staged by the run included
+    except (sqlite3.Error, BatchpizzaError):
         return 0
     try:
         return int(conn.execute("SELECT count(*) FROM results").fetchone()[0])

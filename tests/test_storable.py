@@ -18,6 +18,7 @@ from conftest import FAST, read_jsonl, write_jsonl
 import batchpizza
 from batchpizza import storable
 from batchpizza.checkpoint import Checkpoint
+from batchpizza.checkpoint.schema import read_only
 from batchpizza.providers.pizzagpt import extract_answer
 from batchpizza.records import Attempt, Result
 from batchpizza.rows import prompt_digest
@@ -252,7 +253,7 @@ def test_a_row_the_checkpoint_cannot_bind_never_fails_the_group(tmp_path: Path) 
         )
         found = {
             row[0]: row[1:]
-            for row in store._conn.execute(
+            for row in read_only(store.path).execute(
                 "SELECT id, finish_reason, answer, error, prompt_tokens, completion_tokens, "
                 "request_id FROM results"
             )

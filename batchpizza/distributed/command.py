@@ -32,7 +32,6 @@ from batchpizza.distributed.folders import (
     delete_folder,
     filesystem,
     input_dataset,
-    input_ids,
     is_json_lines,
     is_uri,
     require_id,
@@ -90,6 +89,8 @@ class ClusterRun:
         self.restart = bool(given.get("restart"))
         self.mock = bool(given.get("mock"))
         self.limit: int | None = given.get("limit")
+        if given.get("samples", 1) != 1:
+            raise UsageError("--repeat is not supported with --ray yet: run without --ray")
         if self.limit is not None and self.limit < 0:
             raise UsageError("--limit must be 0 or more")
         self.summary_json: str | None = given.get("summary_json")
@@ -171,13 +172,13 @@ class ClusterRun:
             check_writable(summary.parent, "summary")
 
     def _dry_run(self) -> Summary:
-        import pyarrow as pa
-        import pyarrow.compute as pc
+        from batchpizza.distributed.planning import count_answered
 
-        ids = input_ids(self.input, self.config.fields_named[2], self.limit)
-        done = pa.array([], pa.string()) if self.restart else answered_ids(self.checkpoint)
-        answered = int(pc.sum(pc.is_in(ids, value_set=done)).as_py() or 0)
-        todo = len(ids) - answered
+        # By row id and request fingerprint, as the actors match answers: a new model,
+        # parameters or prompt shows as rows to send.
+        parts = None if self.restart else self.checkpoint
+        rows, answered = count_answered(self.input, parts, self.config, self.limit)
+        todo = rows - answered
         auto = self.config.auto_max is not None
         rate = self.config.rate_per_s
         if auto:  # from the rate the last run learned, as the run will, else slow start at 1/s
@@ -188,16 +189,16 @@ class ClusterRun:
             "\n".join(
                 [
                     "batchpizza: dry run on Ray: nothing sent, nothing written, no cluster started",
-                    f"  rows        {len(ids)}",
+                    f"  rows        {rows}",
                     f"  answered    {answered} ({kept})",
-                    f"  to send     {todo} (new, or failed or refused before; bad rows are "
-                    "found by the actors and written as invalid)",
+                    f"  to send     {todo} (new, changed, asked with another model or parameters, "
+                    "or failed or refused before; bad rows are written as invalid)",
                     f"  time        {sending_time(todo, rate, self.config.concurrency, auto)}",
                 ]
             ),
             flush=True,  # the plan goes to stdout, to be piped; the summary line to stderr
         )
-        return self._summary(Tally(rows=len(ids), answered=answered), 0)
+        return self._summary(Tally(rows=rows, answered=answered), 0)
 
     def _locked(self) -> Summary:
         # On the checkpoint folder's file system (by name only for a URI checkpoint).
@@ -305,16 +306,13 @@ class ClusterRun:
     def _kept_tally(self) -> Tally | None:
         """After an interrupt: the input's rows, those the checkpoint holds answers for, the
         rest pending (None if that cannot be read)."""
-        import pyarrow.compute as pc
+        from batchpizza.distributed.planning import count_answered
 
-        try:
-            ids = input_ids(self.input, self.config.fields_named[2], self.limit)
-            done = answered_ids(self.checkpoint)
+        try:  # by id and request fingerprint, as the dry run and the actors count
+            rows, answered = count_answered(self.input, self.checkpoint, self.config, self.limit)
         except (BatchpizzaError, OSError):
             return None
-        return Tally(
-            rows=len(ids), answered=int(pc.sum(pc.is_in(ids, value_set=done)).as_py() or 0)
-        )
+        return Tally(rows=rows, answered=answered)
 
     def _where(self, output: bool = True) -> dict[str, Any]:
         return {

@@ -32,6 +32,7 @@ from batchpizza.job.writing import Reporter, run_options, write_rows
 from batchpizza.progress import Progress, choose, dry_run_report, setup_logging
 from batchpizza.providers.factory import make_provider, remember_secrets
 from batchpizza.records import OutputRow, Result, Summary, Tally
+from batchpizza.sampling import sampled
 
 if TYPE_CHECKING:
     import aiohttp
@@ -198,7 +199,7 @@ class Job:
                 planning = Checkpoint.planning(None, scan)
             self._checkpoint = planning
             cleanup.callback(planning.close)
-            planning.use_identity(provider.identity)
+            planning.use_identity(provider.identity, config.samples)
             return await self._dry_run(planning, source, provider)
         path = config.checkpoint_path
         self._checkpoint = checkpoint = (
@@ -212,7 +213,7 @@ class Job:
             checkpoint.adopt_scan(scan, key, scan_state(config, source, scan))
         if config.restart:
             checkpoint.forget()
-        checkpoint.use_identity(provider.identity)
+        checkpoint.use_identity(provider.identity, config.samples)
         self.plan = plan = checkpoint.plan(config.limit, retry_refused=config.retry_refused)
         todo = plan.to_send
         checkpoint.set_meta(input=config.input or config.input_label)
@@ -249,7 +250,9 @@ class Job:
             if todo:
                 # Closed here, not by the collector at exit (where it printed a traceback).
                 prompts = cleanup.enter_context(
-                    contextlib.closing(source.prompts(checkpoint.todo_positions()))
+                    contextlib.closing(
+                        sampled(source.prompts, checkpoint.todo_positions(), config.samples)
+                    )
                 )
                 await sending.send(prompts)
         finally:
@@ -305,7 +308,7 @@ class Job:
         def plan() -> tuple[Any, ...]:
             counts = self.plan = planning.plan(config.limit, retry_refused=config.retry_refused)
             tally = planning.tally(config.limit)
-            prompts = source.prompts(planning.todo_positions())
+            prompts = sampled(source.prompts, planning.todo_positions(), config.samples)
             with contextlib.closing(prompts):
                 firsts = [p for _, (_, p) in zip(range(3), prompts, strict=False)]
             return counts, tally, firsts

@@ -42,9 +42,10 @@ def write_rows(
         checkpoint,
         Path(config.output),
         config.output_format,
-        results=result_columns(extra_columns),
+        results=result_columns(extra_columns, config.samples),
         scan_key=scan_key,
         limit=config.limit,
+        samples=config.samples,
         stop=stop,
     )
     return None

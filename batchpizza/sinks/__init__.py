@@ -57,6 +57,7 @@ def write_output(
     scan_key: str | None,
     limit: int | None = None,
     stop: threading.Event | None = None,
+    samples: int = 1,
 ) -> None:
     """Write every row of the input, in order, with its result. Runs in a worker thread.
 
@@ -78,16 +79,17 @@ def write_output(
                     break
                 if stop is not None and stop.is_set():
                     raise Interrupted("interrupted while writing the output", 0)
-                page = list(itertools.islice(rows, len(carried)))
-                if len(page) != len(carried):
+                page = list(itertools.islice(rows, len(carried) * samples))
+                if len(page) != len(carried) * samples:
                     if limit is None or len(page) == 0:
                         raise InputChanged(
                             f"{source.names[0]}: the input changed during the run; {_RERUN}"
                         )
-                    carried = carried.head(len(page))
-                if changed:
-                    _check_unchanged(source, carried.rows(), page, written)
-                sink.write(output_batch(source.fields, carried), page)
+                    carried = carried.head(len(page) // samples)
+                if changed:  # each row's samples ask one prompt: its first stands for them
+                    _check_unchanged(source, carried.rows(), page[::samples], written // samples)
+                batch = output_batch(source.fields, carried)
+                sink.write(batch if samples == 1 else Repeated(batch, samples), page)
                 written += len(page)
             if next(rows, None) is not None or written != total:
                 raise InputChanged(f"{source.names[0]}: the input changed during the run; {_RERUN}")
@@ -97,6 +99,29 @@ def write_output(
             if abandon is not None:
                 abandon()
             raise
+
+
+class Repeated:
+    """Carried rows, each `times` times in a row (--repeat: a row's samples)."""
+
+    def __init__(self, carried: Carried, times: int) -> None:
+        self.carried = carried
+        self.times = times
+
+    def __len__(self) -> int:
+        return len(self.carried) * self.times
+
+    def rows(self) -> list[Mapping[str, Any]]:
+        return [row for row in self.carried.rows() for _ in range(self.times)]
+
+    def arrays(self, columns: Columns) -> list[Any]:
+        import pyarrow as pa
+
+        order = pa.array([i for i in range(len(self.carried)) for _ in range(self.times)])
+        return [array.take(order) for array in self.carried.arrays(columns)]
+
+    def head(self, n: int) -> Carried:
+        return Repeated(self.carried.head(n // self.times), self.times)
 
 
 def _check_unchanged(

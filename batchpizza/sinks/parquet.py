@@ -6,7 +6,7 @@ import contextlib
 from typing import IO, TYPE_CHECKING
 
 from batchpizza.records import OutputRow
-from batchpizza.sinks.values import result_fields
+from batchpizza.sinks.values import fields_of
 from batchpizza.sources.base import Carried, Columns
 
 if TYPE_CHECKING:
@@ -22,8 +22,7 @@ class ParquetSink:
         self.columns = columns
         self.results = results
         fields = [pa.field("id", pa.string()), *columns.arrow_fields()]
-        extra = tuple(results[len(result_fields()) :])
-        self.schema = columns.carry(pa.schema([*fields, *result_fields(extra)]))
+        self.schema = columns.carry(pa.schema([*fields, *fields_of(results)]))
         self.writer: pq.ParquetWriter | None = None
 
     def write(self, carried: Carried, rows: list[OutputRow]) -> None:

@@ -1,0 +1,90 @@
+"""What a `--ray --dry-run` counts as answered: the rows whose request the checkpoint's parts
+hold an answer for, matched as the actors match them (worker.Answers): by row id and request
+fingerprint (provider, model, parameters, prompt as sent), so that a new model or parameters, or
+a changed prompt, shows as rows to send. Read in the driver, no cluster started."""
+
+from __future__ import annotations
+
+import types
+
+from batchpizza.config import RunConfig
+from batchpizza.distributed.folders import filesystem, input_dataset, require_id
+from batchpizza.distributed.parts import DIGEST, ID, PARTS
+from batchpizza.engine.batch import Batch
+from batchpizza.errors import InputError, OutputError
+from batchpizza.providers.factory import extra_columns, identity_of
+from batchpizza.rows import Fields, fingerprint_key
+
+_NOT_UTF8 = "invalid UTF-8 in a string column"
+
+
+def count_answered(
+    place: str, checkpoint: str | None, config: RunConfig, limit: int | None
+) -> tuple[int, int]:
+    """(rows of the input, or its first `limit`; how many of them have an answer kept for the
+    request this run would send)."""
+    import pyarrow as pa
+
+    from batchpizza.sources.parquet import NOT_UTF8, pylist
+
+    answered, undigested, digested = _kept(checkpoint)
+    provider = types.SimpleNamespace(
+        identity=identity_of(config.provider, config.model, config.params)
+    )
+    key = fingerprint_key(provider)  # as the actors key their parts
+    fields = Fields.from_config(config, extra_columns(config.provider))
+    dataset = input_dataset(place)
+    require_id(dataset.schema.names, config.fields_named[2])
+    rows = found = 0
+    try:
+        for record_batch in dataset.to_batches():
+            if limit is not None and rows + record_batch.num_rows > limit:
+                record_batch = record_batch.slice(0, limit - rows)
+            objects = [_NOT_UTF8 if o is NOT_UTF8 else o for o in pylist(record_batch)]
+            batch = Batch(objects, fields, key=key)
+            for pos, digest in batch.digests.items():
+                row_id = batch.id_of(pos)
+                if (row_id, digest) in answered or (
+                    row_id in undigested and row_id not in digested
+                ):
+                    found += 1
+            rows += record_batch.num_rows
+            if limit is not None and rows >= limit:
+                break
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"cannot read the input {place}: {exc}") from None
+    return rows, found
+
+
+def _kept(checkpoint: str | None) -> tuple[set[tuple[str, bytes]], set[str], set[str]]:
+    """The parts' answers: (id, fingerprint) pairs; ids answered in parts from before
+    fingerprints (matched by id alone, as the actors do, unless the id also has an answer with
+    a fingerprint); ids with a fingerprinted answer. Nothing is created."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+    if checkpoint is None:
+        return set(), set(), set()
+    fs, root = filesystem(checkpoint)
+    parts = f"{root}/{PARTS}"
+    if fs.get_file_info(parts).type != pafs.FileType.Directory:
+        return set(), set(), set()
+    try:
+        # Parts being written are dot-named: pyarrow skips them as it skips "_" names. A part
+        # from before fingerprints has no digest column: read as nulls.
+        schema = pa.schema([pa.field(ID, pa.string()), pa.field(DIGEST, pa.binary())])
+        dataset = pads.dataset(parts, filesystem=fs, format="parquet", schema=schema)
+        table = dataset.to_table(columns=[ID, DIGEST])
+    except (OSError, pa.ArrowException) as exc:
+        raise OutputError(f"cannot read the checkpoint {checkpoint}: {exc}") from None
+    answered: set[tuple[str, bytes]] = set()
+    undigested: set[str] = set()
+    for row_id, digest in zip(
+        table.column(ID).to_pylist(), table.column(DIGEST).to_pylist(), strict=True
+    ):
+        if digest is None:
+            undigested.add(row_id)
+        else:
+            answered.add((row_id, digest))
+    return answered, undigested, {row_id for row_id, _ in answered}
