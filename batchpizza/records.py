@@ -63,6 +63,9 @@ class Answer(NamedTuple):
     response_id: str | None = None
     request_id: str | None = None
     rate: RateInfo | None = None
+    # The server's reply body as it came (an OpenAI-compatible server's chat.completion), kept for
+    # --format openai-batch; None where a provider keeps none (Pizzagpt's reply is no such body).
+    body: bytes | None = None
 
 
 # The result columns of every output, in order; a provider may add its own after them.
@@ -91,6 +94,7 @@ class Result(NamedTuple):
     completion_tokens: int | None = None
     response_id: str | None = None
     request_id: str | None = None
+    body: bytes | None = None  # the server's reply body (Answer.body, or an error reply's)
 
 
 class OutputRow(NamedTuple):
@@ -111,6 +115,7 @@ class OutputRow(NamedTuple):
     digest: bytes | None  # None for an invalid row
     # The row whose identical request this answer was asked for, when it is another row's.
     reused_from: str | None = None
+    body: bytes | None = None  # the server's reply body, where it was kept (Result.body)
 
 
 def answered_row(r: Result) -> OutputRow:
@@ -129,6 +134,8 @@ def answered_row(r: Result) -> OutputRow:
         r.response_id,
         r.request_id,
         r.digest,
+        None,
+        r.body,
     )
 
 

@@ -205,13 +205,22 @@ class PlanQueries:
                 yield pos
             last = page[-1][0]
 
-    def output_rows(self, limit: int | None = None) -> Iterator[list[OutputRow]]:
+    def output_rows(
+        self, limit: int | None = None, *, bodies: bool = False
+    ) -> Iterator[list[OutputRow]]:
         """Every row of the output, in input order, in pages. A row too broken to show an id gets
-        its position, as rows without one do; a row not sent yet is pending."""
+        its position, as rows without one do; a row not sent yet is pending. With `bodies`, each
+        row's kept reply body too (only --format openai-batch reads them)."""
         last, end = -1, (limit if limit is not None else 1 << 62)
+        with self._errors():
+            # A read-only view of a checkpoint from before the column has none to read.
+            has_body = bodies and any(
+                row[1] == "body" for row in self._conn.execute("PRAGMA table_info(results)")
+            )
         query = (
             "SELECT r.pos, CAST(coalesce(r.id, r.pos) AS TEXT), r.bad, r.digest, c.id, "
-            f"{', '.join('c.' + n.strip() for n in _OUTPUT_COLUMNS.split(','))} "
+            f"{', '.join('c.' + n.strip() for n in _OUTPUT_COLUMNS.split(','))}, "
+            f"{'c.body' if has_body else 'NULL'} "
             f"{self._joined()} WHERE r.pos > ? AND r.pos < ? ORDER BY r.pos LIMIT ?"
         )
         while True:
@@ -330,9 +339,9 @@ def _output_row(row: tuple[Any, ...]) -> OutputRow:
         return invalid_row(row_id, bad)
     if reason is None:  # not sent yet: the run stopped early
         return pending_row(row_id, digest)
-    answer, error, attempts, latency, model, ptok, ctok, response_id, request_id = rest
+    answer, error, attempts, latency, model, ptok, ctok, response_id, request_id, body = rest
     # Built directly (answered_row would make a Result first): one of these per output row.
     return OutputRow(
         row_id, answer, reason, reason == "misuse", error, attempts, latency, model, ptok, ctok,
-        response_id, request_id, digest, None if asked_for == row_id else asked_for,
+        response_id, request_id, digest, None if asked_for == row_id else asked_for, body,
     )  # fmt: skip

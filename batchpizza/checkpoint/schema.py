@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS results (
     completion_tokens INTEGER,
     response_id TEXT,
     request_id TEXT,
+    -- The server's reply body (an OpenAI-compatible server's), for --format openai-batch:
+    -- added to schema 3 without a new version (ADDED_TO_3), null where none was kept. (No
+    -- semicolons in these comments: the statements are split at them.)
+    body BLOB,
     -- Not the primary key of a table WITHOUT ROWID: the fingerprint is random, and rows (their
     -- answers) inserted in random key order cost twice the CPU of rows appended (measured:
     -- 0.26 s against 0.23 s for 20,000 results): an index of the key alone is cheaper.
@@ -71,6 +75,9 @@ _ADDED_COLUMNS = (
     ("response_id", "TEXT"),
     ("request_id", "TEXT"),
 )
+# Columns added to schema 3 since it was first written: nullable, so a checkpoint that lacks
+# them reads as one whose rows have none; added when one is opened for writing.
+ADDED_TO_3 = (("body", "BLOB"),)
 _KEPT = (
     "id, digest, finish_reason, answer, error, attempts, latency_ms, model, updated, "
     "prompt_tokens, completion_tokens, response_id, request_id"
@@ -215,6 +222,11 @@ def create_tables(conn: sqlite3.Connection, found: str | None) -> None:
             conn.execute(statement)
     if upgrade_from is not None:
         upgrade(conn, upgrade_from)
+    elif found is not None:
+        have = {row[1] for row in conn.execute("PRAGMA table_info(results)")}
+        for name, kind in ADDED_TO_3:
+            if name not in have:
+                conn.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
 
 
 def new_in_memory() -> sqlite3.Connection:
