@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from batchpizza.distributed.folders import input_dataset, require_id, write_part
-from batchpizza.distributed.parts import PartStore
+from batchpizza.distributed.folders import input_dataset, input_ids, require_id, write_part
+from batchpizza.distributed.parts import ID, PartStore
 from batchpizza.distributed.worker import Answerer, part_schema
 from batchpizza.errors import InputError
 
@@ -45,7 +45,14 @@ class KeptOutput:
     def complete(self) -> int | None:
         """How many rows the output has, when the checkpoint answers every one; else None. A
         pass of its own, so that nothing is written (nor held) for a run that must send."""
+        import pyarrow.compute as pc
+
         if self._done.num_rows == 0:
+            return None
+        # First the ids alone, vectorised (as the dry run counts): a resume with rows left to
+        # send goes to the cluster without reading every row's prompt here.
+        ids = input_ids(self.input, self._answerer.id_field, self.limit)
+        if not pc.all(pc.is_in(ids, value_set=self._done.column(ID).combine_chunks())).as_py():
             return None
         rows = 0
         for table in self._answered():
