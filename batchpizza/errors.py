@@ -145,6 +145,8 @@ class ProviderError(BatchpizzaError):
     retry_after: float | None = None
     rate: RateInfo | None = None  # what the server announced of its limit, if anything
     request_id: str | None = None  # the server's id for the request, for its support desk
+    # The server's error reply as it came (the key masked), for --format openai-batch's lines.
+    body: bytes | None = None
     # No later request can succeed either: the run stops at once (exit_code says how).
     fatal = False
 

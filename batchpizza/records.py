@@ -64,6 +64,9 @@ class Answer(NamedTuple):
     response_id: str | None = None
     request_id: str | None = None
     rate: RateInfo | None = None
+    # The server's reply body as it came (an OpenAI-compatible server's chat.completion), kept for
+    # --format openai-batch; None where a provider keeps none (Pizzagpt's reply is no such body).
+    body: bytes | None = None
 
 
 # The result columns of every output, in order; a provider may add its own after them.
@@ -92,6 +95,7 @@ class Result(NamedTuple):
     completion_tokens: int | None = None
     response_id: str | None = None
     request_id: str | None = None
+    body: bytes | None = None  # the server's reply body (Answer.body, or an error reply's)
 
 
 class OutputRow(NamedTuple):
@@ -113,6 +117,7 @@ class OutputRow(NamedTuple):
     # The row whose identical request this answer was asked for, when it is another row's.
     reused_from: str | None = None
     sample: int | None = None  # which sample of the row's request (--repeat N, N > 1)
+    body: bytes | None = None  # the server's reply body, where it was kept (Result.body)
 
 
 def answered_row(r: Result) -> OutputRow:
@@ -131,6 +136,9 @@ def answered_row(r: Result) -> OutputRow:
         r.response_id,
         r.request_id,
         r.digest,
+        None,
+        None,
+        r.body,
     )
 
 

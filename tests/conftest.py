@@ -6,6 +6,7 @@ interface, and proxy variables are cleared so that nothing is routed elsewhere b
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -21,6 +22,61 @@ from hypothesis import settings
 
 from batchpizza.mock.faults import MockConfig
 from batchpizza.mock.server import ThreadedMockServer
+
+# -- Ray's tests: only with the ray extra -------------------------------------------------------
+
+# `ray` marks the tests that need Ray (pip install -e '.[test,ray]'). Without it they are
+# deselected, and the run says so; CI sets BATCHPIZZA_REQUIRE_RAY=1 (.ci/run), and then a run
+# without Ray, or one in which no Ray test passed, fails.
+REQUIRE_RAY = "BATCHPIZZA_REQUIRE_RAY"
+
+
+def ray_installed() -> bool:
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except ValueError:  # a module named ray without a spec: not Ray
+        return False
+
+
+_ray_tests = {"deselected": 0, "passed": 0}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get(REQUIRE_RAY) and not ray_installed():
+        raise pytest.UsageError(
+            f"{REQUIRE_RAY} is set and Ray is not installed: pip install -e '.[test,ray]'"
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if ray_installed():
+        return
+    needs_ray = [item for item in items if item.get_closest_marker("ray") is not None]
+    if needs_ray:
+        config.hook.pytest_deselected(items=needs_ray)
+        items[:] = [item for item in items if item.get_closest_marker("ray") is None]
+        _ray_tests["deselected"] = len(needs_ray)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.passed and "ray" in report.keywords:
+        _ray_tests["passed"] += 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _ray_tests["deselected"]:
+        terminalreporter.write_line(
+            f"{_ray_tests['deselected']} tests need Ray and were deselected: Ray is not "
+            "installed (pip install -e '.[test,ray]' to run them; CI does)",
+            yellow=True,
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get(REQUIRE_RAY) and _ray_tests["passed"] == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        sys.stderr.write(f"{REQUIRE_RAY} is set and no Ray test passed: Ray's tests did not run\n")
+
 
 # Hypothesis: a small profile for local runs, the full one in CI (CI=true is set there).
 settings.register_profile("dev", max_examples=30)

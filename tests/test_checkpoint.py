@@ -99,6 +99,25 @@ def test_written_results_survive_closing_and_reopening(ck_path: Path) -> None:
     assert (status["answered"], status["failed"], status["misuse"]) == (1, 1, 1)
 
 
+def test_a_schema_3_checkpoint_without_the_body_column_gets_it_when_opened(ck_path: Path) -> None:
+    store = Checkpoint.open(ck_path)
+    store.write([result("a")])
+    store.close()
+    conn = sqlite3.connect(ck_path)
+    for table in ("results", "staged"):  # as a checkpoint from before the column
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN body")
+    conn.close()
+
+    reopened = Checkpoint.open(ck_path, create=False)
+    try:
+        reopened.write([result("b")._replace(body=b'{"id": "chatcmpl-b"}')])
+        reopened._fold()  # a run's results are folded into `results` before they are read
+        bodies = {r[0]: r[1] for r in reopened._conn.execute("SELECT id, body FROM results")}
+    finally:
+        reopened.close()
+    assert bodies == {"a": None, "b": b'{"id": "chatcmpl-b"}'}
+
+
 def test_an_answer_for_another_request_of_the_same_row_is_kept_beside_it(
     store: Checkpoint,
 ) -> None:

@@ -270,8 +270,8 @@ def test_openai_provider_with_a_wrong_key_stops_at_once_with_exit_2(
 def read_openai_batch_output(path: Path) -> dict[str, str | dict[str, Any]]:
     """A reader written to OpenAI's documented Batch output format, as a user's tool would be:
     one JSON object per line, `custom_id` to match the request, then either `response`
-    (`status_code`, `body`: a chat.completion) or `error`. Returns custom_id -> the answer's
-    content, or the error object."""
+    (`status_code`, `body`: a chat.completion, or an error body when the status is not 200) or
+    `error`. Returns custom_id -> the answer's content, or the error object."""
     results: dict[str, str | dict[str, Any]] = {}
     for line in path.read_bytes().split(b"\n"):
         if not line.strip():
@@ -283,7 +283,9 @@ def read_openai_batch_output(path: Path) -> dict[str, str | dict[str, Any]]:
             results[custom_id] = item["error"]
             continue
         response = item["response"]
-        assert response["status_code"] == 200
+        if response["status_code"] != 200:  # as in OpenAI's batch error files
+            results[custom_id] = response["body"]["error"]
+            continue
         results[custom_id] = response["body"]["choices"][0]["message"]["content"]
     return results
 

@@ -86,7 +86,7 @@ def test_a_failed_row_is_a_batch_line_with_an_error() -> None:
         status_code=503,
         request_id="req_9",
     )
-    assert line["error"] == {"code": "request_failed", "message": "HTTP 503 after 6 attempts"}
+    assert line["error"] is None  # as in OpenAI's batch error files: the response says it
     assert line["response"]["status_code"] == 503
     assert line["response"]["request_id"] == "req_9"
     assert line["response"]["body"]["error"]["message"] == "HTTP 503 after 6 attempts"
@@ -106,3 +106,33 @@ def test_unanswered_rows_without_a_status_have_no_response(finish: str, code: st
     assert line["response"] is None
     assert line["error"]["code"] == code
     assert line["error"]["message"]
+
+
+def test_a_kept_body_is_the_line_body_as_the_server_sent_it() -> None:
+    body = {"id": "chatcmpl-B", "object": "chat.completion", "created": 1724858089,
+            "model": "m-2024", "system_fingerprint": "fp_1", "service_tier": "default",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}  # fmt: skip
+    line = batch_output_line("c", answer="hi", finish_reason="stop", body=json.dumps(body).encode())
+    assert line["response"]["body"] == body
+    error = {"error": {"message": "too long", "type": "invalid_request_error", "param": None,
+                       "code": "context_length_exceeded"}}  # fmt: skip
+    failed = batch_output_line(
+        "c", answer=None, finish_reason="error", error="HTTP 400", status_code=400,
+        body=json.dumps(error).encode(),
+    )  # fmt: skip
+    assert failed["response"] == {
+        "status_code": 400,
+        "request_id": failed["response"]["request_id"],
+        "body": error,
+    }
+    assert failed["error"] is None
+
+
+def test_a_kept_body_that_is_no_completion_is_rebuilt() -> None:
+    line = batch_output_line("c", answer="hi", finish_reason="stop", body=b"<html>")
+    assert line["response"]["body"]["choices"][0]["message"]["content"] == "hi"
+    odd = batch_output_line("c", answer="hi", finish_reason="stop", body=b'{"a": "\\ud800"}')
+    assert odd["response"]["body"]["object"] == "chat.completion"
+    json.dumps(odd)

@@ -492,11 +492,15 @@ def test_parts_are_idempotent_and_each_id_is_read_once(tmp_path: Path) -> None:
 
 # -- on a local Ray cluster ---------------------------------------------------------------------
 
-ray = pytest.importorskip("ray")
+try:
+    import ray
+except ImportError:  # without the ray extra: the tests below are deselected (conftest.py)
+    ray = None
 # Ray's own deprecation notices (its DataContext warns about its own defaults) are not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:::ray")
 
 
+@pytest.mark.ray
 async def test_the_controller_keeps_the_learned_rate_for_the_next_run(tmp_path: Path) -> None:
     from batchpizza.ray import ControllerActor
 
@@ -514,6 +518,7 @@ async def test_the_controller_keeps_the_learned_rate_for_the_next_run(tmp_path: 
     assert PartStore(checkpoint).meta() == {"learned_rate": cut}
 
 
+@pytest.mark.ray
 async def test_the_last_change_of_the_learned_rate_is_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -595,6 +600,7 @@ def collect(ds: Any) -> list[dict[str, Any]]:
     return rows
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_the_cluster_keeps_one_rate_for_all_actors(
     cluster: str, serve: Callable[..., MockProcess]
@@ -615,6 +621,7 @@ def test_the_cluster_keeps_one_rate_for_all_actors(
     assert stats["mean_rate"] >= 36
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_auto_rate_finds_a_limited_service_and_the_next_run_starts_from_it(
     cluster: str, serve: Callable[..., MockProcess], tmp_path: Path
@@ -647,6 +654,7 @@ def test_auto_rate_finds_a_limited_service_and_the_next_run_starts_from_it(
     assert not [r for r in rates if r[2] == "slow-start"], rates
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_refusals_stop_the_whole_cluster_and_leave_rows_pending(
     cluster: str, serve: Callable[..., MockProcess]
@@ -673,6 +681,7 @@ def test_refusals_stop_the_whole_cluster_and_leave_rows_pending(
     assert reasons.count("pending") >= 200 - sent
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_restart_forgets_the_checkpoint(
     cluster: str, serve: Callable[..., MockProcess], tmp_path: Path
@@ -715,6 +724,7 @@ def ray_workers(gcs_address: str) -> dict[int, str]:
     }
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_killing_one_actor_mid_run_loses_nothing_and_resends_at_most_what_it_had_in_flight(
     cluster: str, serve: Callable[..., MockProcess], tmp_path: Path
@@ -776,6 +786,7 @@ DRIVER = textwrap.dedent(
 )
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_a_rerun_after_killing_the_driver_resends_at_most_the_concurrency(
     cluster: str, serve: Callable[..., MockProcess], tmp_path: Path

@@ -8,7 +8,6 @@ for the actors' start, not for a cluster's.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -27,6 +26,7 @@ from conftest import MockProcess, other_network_namespace, read_jsonl, write_jso
 from batchpizza.checkpoint import RunLock
 from batchpizza.distributed.command import output_format, user_error
 from batchpizza.distributed.command import run as run_on_ray
+from batchpizza.distributed.driver import RAY_ACTOR_ARGS_LINE
 from batchpizza.distributed.parts import PartStore, key_of
 from batchpizza.distributed.summary import summarize, tally_of
 from batchpizza.distributed.worker import part_schema
@@ -38,9 +38,7 @@ from batchpizza.records import Tally
 
 # Ray's own deprecation notices are not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:::ray")
-needs_ray = pytest.mark.skipif(
-    importlib.util.find_spec("ray") is None, reason="needs batchpizza[ray]"
-)
+needs_ray = pytest.mark.ray  # deselected without the ray extra (conftest.py)
 SUMMARY_KEYS = {
     *("rows", "answered", "failed", "misuse", "invalid", "requests", "retries", "elapsed_s"),
     *("output", "exit_code", "pending", "stopped", "rate"),
@@ -170,6 +168,77 @@ def test_ray_dry_run_counts_the_checkpoint_and_sends_nothing(
     assert set(tmp_path.rglob("*")) == {*before, no_ids}
 
 
+def kept_parts(checkpoint: Path, source: Path, ids: range) -> None:
+    """Parts answering the rows `ids` of `source` (Parquet) as an earlier run kept them: each
+    under its request's fingerprint, as the actors key it."""
+    from batchpizza.config import RunConfig
+    from batchpizza.engine.batch import Batch
+    from batchpizza.providers.factory import make_provider
+    from batchpizza.rows import Fields, fingerprint_key
+
+    config = RunConfig.from_options("<ray>.parquet", "<ray>.parquet")
+    provider = make_provider(config)
+    objects = pq.read_table(source).to_pylist()
+    batch = Batch(objects, Fields.from_config(config, ()), key=fingerprint_key(provider))
+    row = {"finish_reason": "stop", "misuse": False, "error": None, "attempts": 1}
+    row |= {"latency_ms": 1.0, "model": "m"}
+    answered = [
+        {"id": objects[i]["id"], "digest": batch.digests[i], "answer": f"kept {i}", **row}
+        for i in ids
+    ]
+    store = PartStore(str(checkpoint))
+    store.seal(key_of(["r0"]), pa.Table.from_pylist(answered, schema=part_schema()))
+
+
+@needs_ray
+def test_ray_rerun_with_nothing_to_send_writes_the_output_without_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    from batchpizza.distributed import command as ray_command
+
+    def no_cluster(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ray.init called")
+
+    monkeypatch.setattr(ray, "init", no_cluster)
+    source = prompts(tmp_path / "in", 10, parts=3)
+    kept_parts(tmp_path / "out.checkpoint", source, range(10))
+    out = tmp_path / "out"
+
+    summary = ray_command.run(str(source), str(out), quiet=True, format="jsonl")
+
+    assert (summary.rows, summary.answered, summary.requests, summary.exit_code) == (10, 10, 0, 0)
+    rows = [row for part in sorted(out.glob("*.jsonl")) for row in read_jsonl(part)]
+    assert [r["id"] for r in rows] == [f"r{i}" for i in range(10)]
+    assert [r["prompt"] for r in rows] == [f"question {i}" for i in range(10)]
+    assert [r["answer"] for r in rows] == [f"kept {i}" for i in range(10)]
+    assert aside(out) == []
+    checkpoint = str(tmp_path / "out.checkpoint")
+    limited = ray_command.run(
+        str(source), str(tmp_path / "five"), checkpoint=checkpoint, quiet=True, limit=5
+    )
+    assert (limited.rows, limited.answered) == (5, 5)
+    assert [r["id"] for r in parquet_rows(tmp_path / "five")] == [f"r{i}" for i in range(5)]
+
+    # A row whose prompt changed since, or one without its answer: the cluster is needed.
+    changed = pq.read_table(source / "part-0.parquet").to_pylist()
+    changed[0]["prompt"] = "question 0, asked otherwise"
+    pq.write_table(pa.Table.from_pylist(changed), tmp_path / "changed.parquet")
+    with pytest.raises(AssertionError, match=r"ray\.init called"):
+        ray_command.run(
+            str(tmp_path / "changed.parquet"), str(tmp_path / "other"), checkpoint=checkpoint,
+            quiet=True,
+        )  # fmt: skip
+    (tmp_path / "out.checkpoint").rename(tmp_path / "nine.checkpoint")
+    kept_parts(tmp_path / "nine.checkpoint", source, range(9))
+    with pytest.raises(AssertionError, match=r"ray\.init called"):
+        ray_command.run(
+            str(source), str(tmp_path / "nine"), checkpoint=str(tmp_path / "nine.checkpoint"),
+            quiet=True,
+        )  # fmt: skip
+
+
 @needs_ray
 def test_ray_dry_run_counts_answers_by_request_so_a_new_model_shows_as_rows_to_send(
     tmp_path: Path, mock_process: Callable[..., MockProcess]
@@ -295,7 +364,8 @@ def test_ray_user_error_is_found_inside_rays_wrapper() -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-    ray = pytest.importorskip("ray")
+    import ray
+
     saved = {name: os.environ.get(name) for name in RAY_ENV}
     os.environ.update(RAY_ENV)
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
@@ -310,6 +380,7 @@ def cluster() -> Iterator[str]:
                 os.environ[name] = value
 
 
+@needs_ray
 @pytest.mark.slow
 def test_ray_run_limits_resumes_restarts_and_summarises(
     cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path
@@ -329,6 +400,8 @@ def test_ray_run_limits_resumes_restarts_and_summarises(
 
     first = command(*common, "--limit", "20")
     assert first.returncode == 0, first.stderr
+    # Quiet: not even Ray Core's error line about Ray Data's own actor arguments.
+    assert RAY_ACTOR_ARGS_LINE.decode() not in first.stderr
     rows = parquet_rows(out)
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(20)]
     assert all(r["answer"] == mock_answer(r["prompt"]) for r in rows)
@@ -350,6 +423,16 @@ def test_ray_run_limits_resumes_restarts_and_summarises(
     assert (summary["requests"], summary["retries"]) == (45, 5)
     assert mock.stats()["requests"] == 20 + 45
 
+    # Nothing left to send: the output is written from the checkpoint, and no cluster joined
+    # (at an address where none listens, joining one would fail the run).
+    written = parquet_rows(out)
+    rerun = command(*["127.0.0.1:9" if arg == cluster else arg for arg in common])
+    assert rerun.returncode == 0, rerun.stderr
+    assert parquet_rows(out) == written
+    summary = json.loads(summary_json.read_text())
+    assert (summary["rows"], summary["answered"], summary["requests"]) == (n, n, 0)
+    assert mock.stats()["requests"] == 20 + 45
+
     third = command(*common, "--restart")  # forgets every answer: all of them sent again
     assert third.returncode == 0, third.stderr
     summary = json.loads(summary_json.read_text())
@@ -359,6 +442,7 @@ def test_ray_run_limits_resumes_restarts_and_summarises(
     assert aside(out) == []
 
 
+@needs_ray
 @pytest.mark.slow
 def test_ray_mock_writes_json_lines_offline_and_stops_its_server(
     cluster: str, tmp_path: Path
@@ -395,6 +479,7 @@ def test_ray_mock_writes_json_lines_offline_and_stops_its_server(
         os.killpg(process.pid, 0)
 
 
+@needs_ray
 @pytest.mark.slow
 def test_ray_kill_while_writing_leaves_the_earlier_output_whole(
     cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path
@@ -433,6 +518,7 @@ def test_ray_kill_while_writing_leaves_the_earlier_output_whole(
     assert aside(out) == []
 
 
+@needs_ray
 @pytest.mark.slow
 def test_ray_sigterm_stops_writes_no_output_and_a_signal_summary(
     cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path
@@ -468,6 +554,7 @@ def test_ray_sigterm_stops_writes_no_output_and_a_signal_summary(
     assert not out.exists() and aside(out) == []
 
 
+@needs_ray
 @pytest.mark.slow
 def test_ray_wrong_api_key_exits_2_with_its_message(
     cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path

@@ -378,9 +378,11 @@ def test_a_non_finite_param_is_refused_by_the_python_api(
 
 
 def test_openai_batch_output_keeps_the_status_of_a_failed_row(tmp_path: Path) -> None:
+    error = {"message": "max_tokens is too large", "type": "invalid_request_error",
+             "param": "max_tokens", "code": None}  # fmt: skip
+
     def reply(question: str, n: int, head: bytes) -> bytes:
         if question == "bad":
-            error = {"message": "max_tokens is too large", "type": "invalid_request_error"}
             return http("400 Bad Request", json.dumps({"error": error}).encode())
         if question == "busy":
             return http("503 Service Unavailable", b"try later", "text/plain")
@@ -397,15 +399,56 @@ def test_openai_batch_output_keeps_the_status_of_a_failed_row(tmp_path: Path) ->
     assert result.exit_code == 3, result.output
     lines = {line["custom_id"]: line for line in read_jsonl(out)}
     assert lines["ok"]["response"]["status_code"] == 200 and lines["ok"]["error"] is None
+    # As in OpenAI's batch error files: the status and the server's error body as it came, and
+    # `error` null (it is for requests that got no HTTP reply).
     bad = lines["bad"]
     assert bad["response"]["status_code"] == 400
-    assert "max_tokens is too large" in bad["response"]["body"]["error"]["message"]
-    assert set(bad["error"]) == {"code", "message"}
-    assert "max_tokens is too large" in bad["error"]["message"]
-    assert lines["busy"]["response"]["status_code"] == 503
+    assert bad["response"]["body"] == {"error": error}
+    assert bad["error"] is None
+    busy = lines["busy"]
+    assert busy["response"]["status_code"] == 503 and busy["error"] is None
+    assert "503" in busy["response"]["body"]["error"]["message"]  # no JSON body: one rebuilt
     # A 200 without an answer is no HTTP failure: a status 200 would read as success.
     assert lines["garbled"]["response"] is None
     assert lines["garbled"]["error"]["code"] == "request_failed"
+
+
+def test_openai_batch_output_keeps_the_servers_reply_body_as_it_came(tmp_path: Path) -> None:
+    body = {
+        "id": "chatcmpl-A1Efhv97EZNQeHKSLPnTmZex20gf2",
+        "object": "chat.completion",
+        "created": 1724858089,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "2 + 2 equals 4.", "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 24, "completion_tokens": 8, "total_tokens": 32,
+                  "prompt_tokens_details": {"cached_tokens": 0}},
+        "system_fingerprint": "fp_f33667828e",
+        "service_tier": "default",
+    }  # fmt: skip
+
+    def reply(question: str, n: int, head: bytes) -> bytes:
+        return http("200 OK", json.dumps(body).encode())
+
+    src, out = prompts(tmp_path, "2+2?"), tmp_path / "out.jsonl"
+    with raw_server(reply) as server:
+        result = run_openai(server, src, out, "--format", "openai-batch")
+        assert result.exit_code == 0, result.output
+        # Written again from the checkpoint alone (nothing to send): the same body.
+        again = run_openai(server, src, tmp_path / "again.jsonl", "--format", "openai-batch",
+                           "--checkpoint", str(out) + ".checkpoint")  # fmt: skip
+    assert again.exit_code == 0, again.output
+    for path in (out, tmp_path / "again.jsonl"):
+        (line,) = read_jsonl(path)
+        assert line["response"]["status_code"] == 200
+        assert line["response"]["body"] == body
+        assert line["error"] is None
 
 
 # -- 14. a key echoed by the server is masked before any cut ----------------------------------------

@@ -27,6 +27,8 @@ from batchpizza.errors import CheckpointVersionError
 SCHEMA_VERSION = "4"
 # What this version opens: 1 and 2 are upgraded to 3, and 3 to 4 (the staged table added).
 READABLE_SCHEMAS = ("1", "2", "3", "4")
+# `body`: the server's reply body (an OpenAI-compatible server's), kept for --format openai-batch
+# only, null elsewhere; added to a schema 3 file on open (ADDED_TO_3), without a new version.
 RESULT_COLUMNS = """
     ident BLOB NOT NULL,
     digest BLOB NOT NULL,
@@ -41,7 +43,8 @@ RESULT_COLUMNS = """
     prompt_tokens INTEGER,
     completion_tokens INTEGER,
     response_id TEXT,
-    request_id TEXT"""
+    request_id TEXT,
+    body BLOB"""
 RESULTS = f"""
 CREATE TABLE IF NOT EXISTS results (
 {RESULT_COLUMNS},
@@ -86,6 +89,9 @@ _ADDED_COLUMNS = (
     ("response_id", "TEXT"),
     ("request_id", "TEXT"),
 )
+# Columns added to schema 3 since it was first written: nullable, so a checkpoint that lacks
+# them reads as one whose rows have none; added when one is opened for writing.
+ADDED_TO_3 = (("body", "BLOB"),)
 _KEPT = (
     "id, digest, finish_reason, answer, error, attempts, latency_ms, model, updated, "
     "prompt_tokens, completion_tokens, response_id, request_id"
@@ -230,6 +236,12 @@ def create_tables(conn: sqlite3.Connection, found: str | None) -> None:
             conn.execute(statement)
     if upgrade_from is not None:
         upgrade(conn, upgrade_from)
+    elif found is not None:
+        for table in ("results", "staged"):
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name, kind in ADDED_TO_3:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 def new_in_memory() -> sqlite3.Connection:

@@ -79,7 +79,7 @@ _RESULT_NAMES = ", ".join(Result._fields)
 _ATTEMPT_NAMES = ", ".join(("run", *Attempt._fields))
 _INSERT_RESULT = (
     "INSERT OR REPLACE INTO {table} (ident, " + _RESULT_NAMES + ", updated) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (" + ", ".join("?" * (len(Result._fields) + 2)) + ")"
 )
 _INSERT_ATTEMPT = f"INSERT INTO attempts ({_ATTEMPT_NAMES}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 # What binding a value SQLite cannot hold raises: a str with a lone surrogate, an int beyond 64
@@ -299,6 +299,7 @@ class Checkpoint(PlanQueries, History):
                 error,
                 attempts if isinstance(attempts, int) else 0,
                 latency if isinstance(latency, float) else None,
+                None,
                 None,
                 None,
                 None,

@@ -25,7 +25,12 @@ from typing import Any
 
 from batchpizza.checkpoint import RunLock
 from batchpizza.config import RunConfig
-from batchpizza.distributed.driver import Signals, mock_server_process
+from batchpizza.distributed.driver import (
+    RAY_ACTOR_ARGS_LINE,
+    Signals,
+    dropped_lines,
+    mock_server_process,
+)
 from batchpizza.distributed.folders import (
     OutputFolder,
     answered_ids,
@@ -37,6 +42,7 @@ from batchpizza.distributed.folders import (
     require_id,
     write_part,
 )
+from batchpizza.distributed.kept import KeptOutput
 from batchpizza.distributed.parts import PartStore
 from batchpizza.distributed.summary import count, summarize, tally_of
 from batchpizza.errors import BatchpizzaError, InputError, Interrupted, LockedError, UsageError
@@ -213,7 +219,16 @@ class ClusterRun:
             self.output.recover()
             if self.restart:
                 delete_folder(self.checkpoint, keep_folder=True)  # the lock is on the folder
+            else:
+                kept = KeptOutput(self.input, self.checkpoint, self.options, self.limit)
+                rows = kept.complete()
+                if rows is not None:  # nothing to send: no cluster (see distributed.kept)
+                    kept.write(self.output.target(), self.format)
+                    self.output.commit()
+                    return summarize(Tally(rows=rows, answered=rows), 0, {}, **self._where())
             with contextlib.ExitStack() as stack:
+                if self.quiet:
+                    stack.enter_context(dropped_lines(RAY_ACTOR_ARGS_LINE))
                 if self.mock:
                     self.options["base_url"] = stack.enter_context(mock_server_process())
                 return self._on_ray()

@@ -17,6 +17,7 @@ import ray
 from batchpizza.config import RunConfig
 from batchpizza.distributed.budget import Budget, Lease, News, Report
 from batchpizza.distributed.folders import delete_folder
+from batchpizza.distributed.kept import CLUSTER_OPTIONS
 from batchpizza.distributed.parts import PartStore
 from batchpizza.distributed.worker import Answerer, part_schema
 from batchpizza.errors import UsageError
@@ -30,8 +31,6 @@ DEFAULT_BATCH_SIZE = 256
 # The actors wait on the network, not the CPU: a quarter of a CPU each lets four share one core
 # and leaves CPUs to Ray Data's read and write tasks.
 DEFAULT_ACTOR_CPUS = 0.25
-# Options that the driver and the controller own; an actor never sees them.
-_CLUSTER_OPTIONS = ("rate", "deadline", "patience", "concurrency", "checkpoint", "restart")
 # Each answered Dataset's controller, for `status` (and so that it lives as long as the Dataset).
 _controllers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
@@ -175,7 +174,7 @@ def answer(
             checkpoint=checkpoint,
         )
     )
-    actor_options = {k: v for k, v in options.items() if k not in _CLUSTER_OPTIONS}
+    actor_options = {k: v for k, v in options.items() if k not in CLUSTER_OPTIONS}
     answered = ds.map_batches(
         _RayAnswerer,
         batch_format="pyarrow",

@@ -1,5 +1,6 @@
 """What the driver of a cluster run needs besides Ray: SIGINT and SIGTERM as an interrupt that
-unwinds the run, and the mock server (--mock) in a process of its own."""
+unwinds the run, the mock server (--mock) in a process of its own, and Ray's log lines that no
+user can act on kept from a quiet run's standard error."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ from typing import Any
 from batchpizza.errors import BatchpizzaError
 
 _MOCK_STOP_S = 5.0
+_PUMP_STOP_S = 5.0
+# Ray Core logs this error for every actor of Ray Data's actor pools: their constructor takes
+# the map function as an object in the store (ray.put by Ray Data itself, whatever the function's
+# arguments), and they restart (max_restarts=-1, Ray Data's default, which a batch run relies on
+# to go on after an actor died). Nothing a user can do about it (ray-project/ray#53727, #57733).
+RAY_ACTOR_ARGS_LINE = b"has constructor arguments in the object store and max_restarts > 0"
 
 
 class Signals:
@@ -87,3 +94,37 @@ def _die_with_parent() -> None:
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def dropped_lines(needle: bytes) -> Iterator[None]:
+    """Standard error (the file descriptor, which Ray's C++ core writes to) through a pipe for
+    the block, every line holding `needle` dropped and the rest passed on as it comes."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        pending = b""
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(65536):
+                *lines, pending = (pending + chunk).split(b"\n")
+                kept = b"".join(line + b"\n" for line in lines if needle not in line)
+                if kept:
+                    os.write(saved, kept)
+        if pending and needle not in pending:
+            os.write(saved, pending)
+
+    thread = threading.Thread(target=pump, name="batchpizza-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe ends once no process holds its write end any more
+        # A cluster started here holds it until it stops (ray.shutdown, inside the block).
+        thread.join(_PUMP_STOP_S)
+        if not thread.is_alive():
+            os.close(saved)

@@ -69,6 +69,24 @@ def input_dataset(place: str) -> pads.Dataset:
     return dataset
 
 
+def input_ids(place: str, id_field: str, limit: int | None = None) -> pa.Array:
+    """The row ids of the input (its first `limit` rows) as strings, as the actors key them."""
+    import pyarrow as pa
+
+    dataset = input_dataset(place)
+    require_id(dataset.schema.names, id_field)
+    try:
+        if limit is None:
+            column = dataset.to_table(columns=[id_field]).column(id_field)
+        else:
+            column = dataset.head(limit, columns=[id_field]).column(id_field)
+        return column.combine_chunks().cast(pa.string())
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(
+            f"cannot read the ids ({id_field!r}) of the input {place}: {exc}"
+        ) from None
+
+
 def require_id(names: list[str], id_field: str) -> None:
     # The checkpoint keys answers by id: without one a rerun could not tell rows apart.
     if id_field not in names:

@@ -168,7 +168,7 @@ class Answerer:
             "input_label": "<ray batch>",
         }
         config = RunConfig.from_options(**self._options)
-        self._id_field = config.fields_named[2]
+        self.id_field = config.fields_named[2]
         remember_secrets(config)  # before the provider, whose errors may quote them
         self._provider = make_provider(config)
         # Parts keep answers by the request's fingerprint: another model or parameters re-ask.
@@ -243,24 +243,12 @@ class Answerer:
     async def answer_batch(self, batch: pa.Table) -> pa.Table:
         import pyarrow as pa
 
-        from batchpizza.sources.parquet import NOT_UTF8, pylist
-
         ids = self._ids(batch)
         key = key_of(ids)
-        objects = [_NOT_UTF8 if obj is NOT_UTF8 else obj for obj in pylist(batch)]
-        rows = Batch(objects, self._fields, key=self._key)  # each row read and hashed once
         known = [self._kept.of(ids)] if self._kept is not None else []
         if self._store is not None:
             known.append(await asyncio.to_thread(self._store.read_batch, key, self._schema))
-        answers = Answers(known)
-        kept: dict[int, dict[str, Any]] = {}
-        todo: list[int] = []
-        for pos, digest in rows.digests.items():
-            found = answers.get(ids[pos], digest)
-            if found is None:
-                todo.append(pos)
-            else:
-                kept[pos] = found
+        rows, kept, todo = self._match(batch, ids, known)
         fresh = await self._run(rows, todo, key) if todo else {}
         names = list(result_columns(self._extra))
         out: list[dict[str, Any]] = []
@@ -283,6 +271,43 @@ class Answerer:
             await asyncio.to_thread(self._store.seal, key, sealed)
         result: pa.Table = from_data(batch).restore(table)
         return result
+
+    def kept_batch(self, batch: pa.Table) -> pa.Table | None:
+        """`batch` with its result columns when the kept answers answer every row of it (each
+        for the request the row asks now), else None: what a rerun with nothing to send writes,
+        without a cluster (batchpizza.distributed.command)."""
+        import pyarrow as pa
+
+        ids = self._ids(batch)
+        known = [self._kept.of(ids)] if self._kept is not None else []
+        rows, kept, todo = self._match(batch, ids, known)
+        if todo or rows.invalid:
+            return None
+        names = list(result_columns(self._extra))
+        out = [{name: kept[pos].get(name) for name in names} for pos in range(rows.size)]
+        table = pa.Table.from_pylist(out, schema=pa.schema(result_fields(self._extra)))
+        result: pa.Table = from_data(batch).restore(table)
+        return result
+
+    def _match(
+        self, batch: pa.Table, ids: list[str], known: list[pa.Table]
+    ) -> tuple[Batch, dict[int, dict[str, Any]], list[int]]:
+        """The batch's rows read once; the answer kept for each good row's request, by position,
+        and the positions of the good rows without one (to send)."""
+        from batchpizza.sources.parquet import NOT_UTF8, pylist
+
+        objects = [_NOT_UTF8 if obj is NOT_UTF8 else obj for obj in pylist(batch)]
+        rows = Batch(objects, self._fields, key=self._key)  # each row read and hashed once
+        answers = Answers(known)
+        kept: dict[int, dict[str, Any]] = {}
+        todo: list[int] = []
+        for pos, digest in rows.digests.items():
+            found = answers.get(ids[pos], digest)
+            if found is None:
+                todo.append(pos)
+            else:
+                kept[pos] = found
+        return rows, kept, todo
 
     async def _run(self, rows: Batch, todo: list[int], key: str) -> dict[int, OutputRow]:
         """The rows of `todo` sent by the engine where they are, paced by the cluster's
@@ -312,6 +337,6 @@ class Answerer:
                 await writer.flush()
 
     def _ids(self, batch: pa.Table) -> list[str]:
-        if self._id_field not in batch.column_names:
+        if self.id_field not in batch.column_names:
             return [str(i) for i in range(batch.num_rows)]
-        return [str(v) for v in batch.column(self._id_field).to_pylist()]
+        return [str(v) for v in batch.column(self.id_field).to_pylist()]

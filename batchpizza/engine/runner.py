@@ -228,7 +228,7 @@ class Runner:
         except ProviderError as exc:
             n = len(attempts)
             error = f"{describe(exc)} after {n} {'attempt' if n == 1 else 'attempts'}"
-            return self._failed(prompt, attempts, Outcome.ERROR.value, error)
+            return self._failed(prompt, attempts, Outcome.ERROR.value, error, exc)
         return Result(
             prompt.id,
             self._key(prompt),
@@ -242,6 +242,7 @@ class Runner:
             answer.completion_tokens,
             answer.response_id,
             answer.request_id,
+            answer.body,
         )
 
     async def _attempt(
@@ -308,8 +309,15 @@ class Runner:
             )
 
     def _failed(
-        self, prompt: Prompt, attempts: list[Attempt], reason: str, error: str | None
+        self,
+        prompt: Prompt,
+        attempts: list[Attempt],
+        reason: str,
+        error: str | None,
+        last: ProviderError | None = None,
     ) -> Result:
+        """A row that ended without an answer; `last`, its last attempt's error, gives the
+        server's request id and error reply where there was one (--format openai-batch)."""
         latency = attempts[-1].duration_ms if attempts else None
         return Result(
             prompt.id,
@@ -320,6 +328,8 @@ class Runner:
             len(attempts),
             latency,
             self.provider.model,
+            request_id=None if last is None else last.request_id,
+            body=None if last is None else last.body,
         )
 
     def _count(self, pos: int, result: Result) -> None:

@@ -77,6 +77,9 @@ def make_provider(config: RunConfig) -> Provider:
             api_key=key,
             timeout=config.timeout,
             proxy=proxy,
+            # The reply bodies, verbatim in openai-batch lines: kept only for that output, as
+            # they more than double the checkpoint (README, "OpenAI batch files").
+            keep_bodies=config.output_format == "openai-batch",
         )
     from batchpizza.providers.pizzagpt import PizzagptAPI
 

@@ -40,6 +40,9 @@ USER_AGENT = "batchpizza"
 # A server's error message is one line of the `error` column, not a page.
 _MESSAGE_CHARS = 300
 _SNIPPET_CHARS = 200  # of a body that is not JSON
+# An error reply kept for --format openai-batch's lines: a gateway's error page is not worth
+# keeping (its line gets an OpenAI-style error body instead).
+_KEPT_ERROR_BYTES = 16384
 # What a finish_reason of ours means when a server sends it: the generation failed (OpenRouter
 # says "error" for a provider that broke mid-answer). Kept from the output's finish_reason column,
 # where it would read as our own outcome.
@@ -158,6 +161,7 @@ class OpenAIAPI:
         api_key: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         proxy: str | None = None,
+        keep_bodies: bool = False,
     ) -> None:
         base = URL(base_url)
         if base.scheme not in ("http", "https") or not base.host:
@@ -193,6 +197,8 @@ class OpenAIAPI:
             )
         self.timeout = timeout
         self.proxy = proxy
+        # Answer.body and ProviderError.body, for --format openai-batch; None without it.
+        self.keep_bodies = keep_bodies
         self._client_timeout = aiohttp.ClientTimeout(total=timeout)
         self._headers = {
             "accept": "application/json",
@@ -243,9 +249,12 @@ class OpenAIAPI:
         model = body.get("model") if isinstance(body.get("model"), str) else None
         try:
             if not 200 <= reply.status < 300:
-                raise self._status_error(
+                error = self._status_error(
                     reply.status, reply.reason, reply.body, reply.headers, model
                 )
+                if self.keep_bodies and len(reply.body) <= _KEPT_ERROR_BYTES:
+                    error.body = self._masked(reply.body)
+                raise error
             return self._answer(reply.status, reply.body, model, rate, request_id)
         except ProviderError as exc:
             exc.rate, exc.request_id = rate, request_id
@@ -256,6 +265,12 @@ class OpenAIAPI:
         if self._key is not None:
             headers["authorization"] = f"Bearer {MASK}"
         return str(self.url), headers, jsoncodec.dumps(self.body(prompt))
+
+    def _masked(self, payload: bytes) -> bytes:
+        """A reply body to keep, without the key (a server may echo what it was sent)."""
+        if self._key is not None and len(self._key.reveal()) >= 3:
+            return payload.replace(self._key.reveal().encode(), MASK.encode())
+        return payload
 
     def _said(self, text: str | bytes, limit: int = _MESSAGE_CHARS) -> str:
         """What a server said, for a message: on one line, without the key (a server may echo
@@ -334,6 +349,7 @@ class OpenAIAPI:
             response_id=response_id if isinstance(response_id, str) else None,
             request_id=request_id,
             rate=rate,
+            body=self._masked(payload) if self.keep_bodies else None,
         )
 
     def _status_error(

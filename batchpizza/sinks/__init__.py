@@ -67,7 +67,8 @@ def write_output(
     changed = scan_key is not None and source.input_key() != scan_key
     if changed and source.unit == "row":
         raise InputChanged(f"{source.names[0]}: the input changed during the run; {_RERUN}")
-    rows = itertools.chain.from_iterable(checkpoint.output_rows(limit))
+    bodies = fmt == "openai-batch"  # the servers' reply bodies, kept verbatim in its lines
+    rows = itertools.chain.from_iterable(checkpoint.output_rows(limit, bodies=bodies))
     total = checkpoint.rows(limit)
     with atomic_file(output) as handle:
         columns = output_columns(source.fields, source.columns())

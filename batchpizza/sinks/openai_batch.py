@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 import batchpizza.jsoncodec as jsoncodec
+import batchpizza.storable as storable
 from batchpizza.records import OutputRow, is_answered
 from batchpizza.sources.base import Carried, Columns
 
@@ -46,60 +47,93 @@ def batch_output_line(
     status_code: int | None = None,
     error: str | None = None,
     created: int = 0,
+    body: bytes | None = None,
 ) -> dict[str, Any]:
     """One line of an OpenAI Batch API output file for a stored result.
 
-    An answered row: `response` holds the status (200 unless given), the request id and a
-    chat.completion body rebuilt from the answer, and `error` is null. A row that was not answered:
-    `error` is {"code", "message"}, and `response` holds the HTTP status of its last failure (with
-    an OpenAI-style error body) when there was one, else null. Ids the server did not give are
-    derived from `custom_id`, so the same results always make the same file."""
+    An answered row: `response` holds the status (200 unless given), the request id and the
+    server's chat.completion `body` as it came, or one rebuilt from the answer where none was kept
+    (Pizzagpt's answers, results from before bodies were kept); `error` is null. A row that got an
+    HTTP error: as in OpenAI's batch error files, `response` holds its status and the server's
+    error body (or an OpenAI-style one), and `error` is null. A row without an HTTP reply (a
+    timeout, not sent, an invalid row): `response` is null and `error` is {"code", "message"}.
+    Ids the server did not give are derived from `custom_id`, so the same results always make
+    the same file."""
     digest = _ids(custom_id)
     line_id = f"batch_req_{digest}"
     req_id = request_id or f"req_{digest}"
+    kept = _json_object(body)
     if answer is not None and is_answered(finish_reason):
-        message: dict[str, Any] = {"role": "assistant", "content": answer, "refusal": None}
-        finish = finish_reason
-        if finish_reason == "refusal":
-            message.update(content=None, refusal=answer)
-            finish = "stop"  # what OpenAI sends with a refusal
-        elif finish_reason == "tool_calls":
-            try:
-                calls = jsoncodec.loads(answer)
-            except ValueError:
-                calls = None
-            if isinstance(calls, list):
-                message.update(content=None, tool_calls=calls)
-        usage = None
-        if prompt_tokens is not None and completion_tokens is not None:
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            }
-        body = {
-            "id": response_id or f"chatcmpl-{digest}",
-            "object": "chat.completion",
-            "created": created,
-            "model": model or "",
-            "choices": [
-                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-            ],
-            "usage": usage,
-        }
-        response = {"status_code": status_code or 200, "request_id": req_id, "body": body}
+        if kept is None or not isinstance(kept.get("choices"), list):
+            kept = _rebuilt(digest, answer, finish_reason, model, prompt_tokens,
+                            completion_tokens, response_id, created)  # fmt: skip
+        response = {"status_code": status_code or 200, "request_id": req_id, "body": kept}
         return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
     text = error or _BATCH_ERROR_MESSAGES.get(finish_reason, "no answer")
     code = _BATCH_ERROR_CODES.get(finish_reason, finish_reason)
-    failed: dict[str, Any] | None = None
     if status_code is not None:
-        detail = {"message": text, "type": "error", "param": None, "code": code}
-        failed = {"status_code": status_code, "request_id": req_id, "body": {"error": detail}}
+        if kept is None:
+            kept = {"error": {"message": text, "type": "error", "param": None, "code": code}}
+        failed = {"status_code": status_code, "request_id": req_id, "body": kept}
+        return {"id": line_id, "custom_id": custom_id, "response": failed, "error": None}
     return {
         "id": line_id,
         "custom_id": custom_id,
-        "response": failed,
+        "response": None,
         "error": {"code": code, "message": text},
+    }
+
+
+def _json_object(body: bytes | None) -> dict[str, Any] | None:
+    """A kept reply body as JSON, or None where there is none or it is no JSON object."""
+    if body is None:
+        return None
+    try:
+        data = jsoncodec.loads(body)
+    except ValueError:
+        return None
+    if b"\\u" in body:  # a lone surrogate escape would not encode: U+FFFD, as the answer has it
+        data = storable.json_value(data)
+    return data if isinstance(data, dict) else None
+
+
+def _rebuilt(
+    digest: str,
+    answer: str,
+    finish_reason: str,
+    model: str | None,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    response_id: str | None,
+    created: int,
+) -> dict[str, Any]:
+    """A chat.completion body from a stored answer, as OpenAI would have sent it."""
+    message: dict[str, Any] = {"role": "assistant", "content": answer, "refusal": None}
+    finish = finish_reason
+    if finish_reason == "refusal":
+        message.update(content=None, refusal=answer)
+        finish = "stop"  # what OpenAI sends with a refusal
+    elif finish_reason == "tool_calls":
+        try:
+            calls = jsoncodec.loads(answer)
+        except ValueError:
+            calls = None
+        if isinstance(calls, list):
+            message.update(content=None, tool_calls=calls)
+    usage = None
+    if prompt_tokens is not None and completion_tokens is not None:
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+    return {
+        "id": response_id or f"chatcmpl-{digest}",
+        "object": "chat.completion",
+        "created": created,
+        "model": model or "",
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": usage,
     }
 
 
@@ -131,6 +165,7 @@ class OpenAIBatchSink:
                 request_id=row.request_id,
                 status_code=None if row.answer is not None else self.statuses.get(row.id),
                 error=row.error,
+                body=row.body,
             )
             lines.append(jsoncodec.dumps(line))
         lines.append(b"")
