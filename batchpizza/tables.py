@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from batchpizza.errors import UsageError
+from batchpizza.frames import pandas_to_arrow, restore_dataset, restore_pandas
 from batchpizza.schema_metadata import carry_metadata
 
 if TYPE_CHECKING:
@@ -201,7 +202,7 @@ class InMemory:
         if self.kind == "datasets":
             return self.data.with_format("arrow", columns=columns)[:]
         if self.kind == "pandas":
-            return _pandas_to_arrow(self.data, columns)
+            return pandas_to_arrow(self.data, columns)
         raise TypeError(f"a {self.kind} input has no .table; read .batches() or .rows")
 
     # -- writing ------------------------------------------------------------------------------
@@ -236,11 +237,11 @@ class InMemory:
             return _restore_stream(self.data.schema, result)
         new = _new_columns(_as_table(result), self.names, len(self.data))
         if self.kind == "pandas":
-            return _restore_pandas(self.data, new)
+            return restore_pandas(self.data, new)
         if self.kind == "polars":
             return self.data.hstack(sys.modules["polars"].from_arrow(new))
         if self.kind == "datasets":
-            return _restore_dataset(self.data, new)
+            return restore_dataset(self.data, new)
         return _append(self.data, new)
 
 
@@ -335,79 +336,3 @@ def _plain_strings(table: pa.Table) -> pa.Table:
 
 
 # -- pandas ------------------------------------------------------------------------------------
-
-
-def _pandas_to_arrow(frame: Any, columns: list[str] | None) -> pa.Table:
-    import pyarrow as pa
-
-    if columns is not None:  # Arrow names are the labels as text: find the labels again
-        labels = {str(label): label for label in frame.columns}
-        frame = frame[[labels[name] for name in columns]]
-    try:
-        return pa.Table.from_pandas(frame, preserve_index=False)
-    except (pa.ArrowException, ValueError, TypeError) as exc:
-        raise UsageError(f"the DataFrame cannot be read as Arrow: {exc}") from None
-
-
-def _restore_pandas(frame: Any, new: pa.Table) -> Any:
-    clash = sorted(set(new.column_names) & {str(c) for c in frame.columns})
-    if clash:
-        raise ValueError(f"the DataFrame already has columns named {clash}")
-    pd = sys.modules["pandas"]
-    # Arrays, not Series: a Series would be aligned on the frame's index, which may repeat.
-    values = {name: _pandas_array(new.column(name), pd) for name in new.column_names}
-    return frame.assign(**values)
-
-
-_NULLABLE = {
-    "int8": "Int8",
-    "int16": "Int16",
-    "int32": "Int32",
-    "int64": "Int64",
-    "uint8": "UInt8",
-    "uint16": "UInt16",
-    "uint32": "UInt32",
-    "uint64": "UInt64",
-    "bool": "boolean",
-}
-
-
-def _pandas_array(column: pa.ChunkedArray, pd: Any) -> Any:
-    """A result column as pandas would hold it: ints and bools with nulls as nullable dtypes
-    (not floats and objects), everything else as pyarrow converts it."""
-    nullable = _NULLABLE.get(str(column.type)) if column.null_count else None
-    if nullable is not None:
-        dtype = pd.api.types.pandas_dtype(nullable)
-        return column.to_pandas(types_mapper=lambda _type: dtype).array
-    return column.to_pandas().array
-
-
-# -- datasets ----------------------------------------------------------------------------------
-
-
-def _restore_dataset(dataset: Any, new: pa.Table) -> Any:
-    """A new in-memory Dataset: the input's rows (its indices applied) and Features, the new
-    columns' features from their Arrow types, the same split and format. Nothing is written to
-    disk, nothing is shown (datasets' own concatenation would flatten indices with a bar)."""
-    import pyarrow as pa
-
-    datasets = sys.modules["datasets"]
-    table = dataset.with_format("arrow")[:]
-    features = datasets.Features(
-        # without metadata: a result table made from the dataset's own carries its Features
-        {**dataset.features, **datasets.Features.from_arrow_schema(new.schema.remove_metadata())}
-    )
-    info = dataset.info.copy()
-    info.features = features
-    combined = pa.Table.from_arrays(
-        [*table.columns, *new.columns], names=[*table.column_names, *new.column_names]
-    )
-    out = datasets.Dataset(combined, info=info, split=dataset.split)
-    fmt = dataset.format
-    shown = fmt["columns"]
-    return out.with_format(
-        fmt["type"],
-        columns=None if shown is None else [*shown, *new.column_names],
-        output_all_columns=fmt["output_all_columns"],
-        **fmt["format_kwargs"],
-    )

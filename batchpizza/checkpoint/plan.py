@@ -1,7 +1,5 @@
 """The scan adopted, the plan, and the output: the scan joined to the results of the run's
-identity.
-
-A row's answer is the result kept for its request: the run's identity digest and the row's
+identity. A row's answer is the result kept for its request: the run's identity digest and the row's
 request key (the request digest, or the text digest for a provider that sends only text; see
 batchpizza.fingerprint). Rows asking the same request share one result: the plan sends the
 first of them, and the output gives every one of them its answer, naming the row it was asked
@@ -32,8 +30,8 @@ _OUTPUT_COLUMNS = (
 
 @dataclass(frozen=True)
 class Plan:
-    """Why each request of a run is sent, and how many rows take an answer sent for another row.
-    Counts of requests: a row asking what an earlier row of this run asks is `reused`, not sent."""
+    """Why each request of a run is sent (counts of requests); `reused`: rows that take the
+    answer of an identical request of this run instead of being sent."""
 
     new: int = 0  # rows never asked
     changed: int = 0  # the prompt (messages, body) changed since the row was asked

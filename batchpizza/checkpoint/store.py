@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import batchpizza.fingerprint as fingerprint
-import batchpizza.storable as storable
+from batchpizza.checkpoint.guarded import UNBINDABLE, insert_attempt, insert_result
 from batchpizza.checkpoint.history import History
 from batchpizza.checkpoint.plan import PlanQueries
 from batchpizza.checkpoint.scan import ScanIndex
@@ -82,9 +82,6 @@ _INSERT_RESULT = (
     "VALUES (" + ", ".join("?" * (len(Result._fields) + 2)) + ")"
 )
 _INSERT_ATTEMPT = f"INSERT INTO attempts ({_ATTEMPT_NAMES}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-# What binding a value SQLite cannot hold raises: a str with a lone surrogate, an int beyond 64
-# bits, a value of another type. Never a failing disk (that is an OperationalError).
-_UNBINDABLE = (UnicodeEncodeError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError)
 
 
 def _sqlite_error(path: Path | None, exc: sqlite3.Error) -> OutputError:
@@ -247,7 +244,7 @@ class Checkpoint(PlanQueries, History):
             before = conn.total_changes
             try:  # no rows: only attempts of rows a stop left unfinished
                 conn.executemany(self._insert_result_sql, rows)
-            except _UNBINDABLE:
+            except UNBINDABLE:
                 # The rows before the one that failed are in: go on from it, one at a time, so
                 # that only that row pays.
                 for row in rows[conn.total_changes - before :]:
@@ -257,7 +254,7 @@ class Checkpoint(PlanQueries, History):
                 before = conn.total_changes
                 try:
                     conn.executemany(_INSERT_ATTEMPT, attempt_rows)
-                except _UNBINDABLE:  # the ones before the failing one are in: go on from it
+                except UNBINDABLE:  # the ones before the failing one are in: go on from it
                     for attempt in attempt_rows[conn.total_changes - before :]:
                         self._insert_attempt(attempt)
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (now,))
@@ -271,54 +268,10 @@ class Checkpoint(PlanQueries, History):
             self._staged = 0
 
     def _insert_result(self, row: tuple[Any, ...]) -> None:
-        """One result row: as it is, else made storable (a lone surrogate as U+FFFD, an integer
-        beyond 64 bits as null), else as an error row saying why, so the next run sends it
-        again. A provider makes its server's values storable itself: this is the last guard."""
-        try:
-            self._conn.execute(self._insert_result_sql, row)
-            return
-        except _UNBINDABLE:
-            pass
-        fixed = tuple(_storable(v) for v in row)
-        try:
-            self._conn.execute(self._insert_result_sql, fixed)
-            log.warning("row %s: a value the checkpoint cannot hold was made storable", row[1])
-            return
-        except _UNBINDABLE as exc:
-            problem = storable.text(f"{type(exc).__name__}: {exc}")
-        ident, row_id, digest, attempts, latency, updated = (fixed[i] for i in (0, 1, 2, 6, 7, -1))
-        error = f"the result could not be stored in the checkpoint ({problem}); sent again next run"
-        self._conn.execute(
-            self._insert_result_sql,
-            (
-                ident,
-                row_id,
-                digest,
-                "error",
-                None,
-                error,
-                attempts if isinstance(attempts, int) else 0,
-                latency if isinstance(latency, float) else None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                updated,
-            ),
-        )
+        insert_result(self._conn, self._insert_result_sql, row)
 
     def _insert_attempt(self, row: tuple[Any, ...]) -> None:
-        """One attempt row (for the report): as it is, else made storable, else without its
-        status and error."""
-        for candidate in (row, tuple(_storable(v) for v in row)):
-            try:
-                self._conn.execute(_INSERT_ATTEMPT, candidate)
-                return
-            except _UNBINDABLE:
-                continue
-        self._conn.execute(_INSERT_ATTEMPT, (*candidate[:5], None, None))
+        insert_attempt(self._conn, _INSERT_ATTEMPT, row)
 
     def _check_identity(self) -> None:
         """A checkpoint deleted or replaced under a run would take every later commit with it:
@@ -400,15 +353,6 @@ class Checkpoint(PlanQueries, History):
 def _sample_key(digest: bytes | None, sample: int) -> bytes | None:
     """SQL's sample_key(): a row's request key for one of its samples (None for a bad row)."""
     return None if digest is None else fingerprint.sample_digest(digest, sample)
-
-
-def _storable(value: object) -> object:
-    """`value` as SQLite can bind it, by batchpizza.storable's rules."""
-    if isinstance(value, str):
-        return storable.text(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value if -storable.INT64_MAX - 1 <= value <= storable.INT64_MAX else None
-    return value
 
 
 def _file_id(path: Path | None) -> tuple[int, int] | None:
