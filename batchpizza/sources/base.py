@@ -12,6 +12,7 @@ import contextlib
 import sys
 import zlib
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from batchpizza.errors import BadRow, InputError, RowProblem
@@ -172,3 +173,13 @@ def read_errors(name: str) -> Iterator[None]:
         raise
     except with_arrow_errors(OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{name}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def files_key(paths: Sequence[Path]) -> list[list[object]]:
+    """What identifies the input files' exact bytes without reading them (path, size, times,
+    inode), for a source's input_key: a scan is reused only while these are unchanged."""
+    files: list[list[object]] = []
+    for path in paths:
+        st = path.stat()
+        files.append([str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+    return files

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from batchpizza.errors import InputError
 from batchpizza.records import Prompt
 from batchpizza.rows import Fields, ScanBatch
-from batchpizza.sources.base import BATCH_ROWS, prompt_of, read_errors, scan_batches
+from batchpizza.sources.base import BATCH_ROWS, files_key, prompt_of, read_errors, scan_batches
 from batchpizza.sources.parquet import NOT_UTF8, ArrowBatch, ArrowColumns, pylist, wanted_columns
 
 if TYPE_CHECKING:
@@ -123,11 +123,8 @@ class DelimitedSource:
         pass
 
     def input_key(self) -> str | None:
-        path = self.paths[0]
-        st = path.stat()
-        file = [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         key = {"kind": "csv", "delimiter": self.delimiter, "fields": list(self.fields.key())}
-        return json.dumps({**key, "files": [file]})
+        return json.dumps({**key, "files": files_key(self.paths[:1])})
 
     def close(self) -> None:
         pass

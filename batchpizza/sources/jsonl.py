@@ -21,7 +21,14 @@ from batchpizza.rows import (
     json_type,
     with_article,
 )
-from batchpizza.sources.base import BATCH_ROWS, Columns, prompt_of, read_errors, scan_batches
+from batchpizza.sources.base import (
+    BATCH_ROWS,
+    Columns,
+    files_key,
+    prompt_of,
+    read_errors,
+    scan_batches,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -116,12 +123,7 @@ class JsonlSource:
     def input_key(self) -> str | None:
         if self.spooled:
             return None
-        files = []
-        for path in self.paths:
-            st = path.stat()
-            files.append(
-                [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-            )
+        files = files_key(self.paths)
         return json.dumps({"kind": "jsonl", "fields": list(self.fields.key()), "files": files})
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from batchpizza.schema_metadata import carry_metadata
 from batchpizza.sources.base import (
     BATCH_ROWS,
     Columns,
+    files_key,
     prompt_of,
     read_errors,
     scan_batches,
@@ -99,12 +100,7 @@ class ParquetSource:
         pass
 
     def input_key(self) -> str | None:
-        files = []
-        for path in self.paths:
-            st = path.stat()
-            files.append(
-                [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-            )
+        files = files_key(self.paths)
         return json.dumps({"kind": "parquet", "fields": list(self.fields.key()), "files": files})
 
     def close(self) -> None:
