@@ -4,8 +4,9 @@ read where they are: no copy to a file. Messages name the data by `label` and a 
 
 A list's items are checked as JSONL lines are; an Arrow-backed table as a Parquet file is (its
 schema first: a missing prompt column or a result column's name is refused before any row is
-read), through the same `rows.interpret`. A RecordBatchReader can be read only once, so its
-batches are taken into memory when the source is opened.
+read), through the same `rows.interpret`. The rows are read more than once (the scan, the
+sending, the output), so a RecordBatchReader, which can be read once, is read into a table first
+by the caller (api.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from batchpizza.sources.parquet import NOT_UTF8, pylist, wanted_columns
 from batchpizza.tables import InMemory
 
 if TYPE_CHECKING:
-    import pyarrow as pa
+    pass
 
 
 class MemorySource:
@@ -33,11 +34,10 @@ class MemorySource:
         self.fields = fields
         self.mem = mem
         self._columns: list[str] | None = None
-        self._batches: list[pa.RecordBatch] | None = None
+        if mem.kind == "stream":  # read more than once here: its callers read it into a table
+            raise TypeError("a RecordBatchReader is read into a Table before it is run")
         if mem.kind != "rows":
             self._columns = wanted_columns(fields, mem.schema, label)
-            if mem.kind == "stream":
-                self._batches = list(mem.batches())
 
     def objects(self) -> Iterator[tuple[int, Any]]:
         """(position, object) of every row: the object the row is, or the problem (a str) of an
@@ -50,18 +50,10 @@ class MemorySource:
                     yield pos, f"not a JSON object but {with_article(json_type(obj))}"
             return
         pos = 0
-        for batch in self.batches(self._columns):
+        for batch in self.mem.batches(self._columns):
             for obj in pylist(batch):
                 yield pos, "invalid UTF-8 in a string column" if obj is NOT_UTF8 else obj
                 pos += 1
-
-    def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        """The table's batches, of `columns` only if given."""
-        if self._batches is None:
-            return self.mem.batches(columns)
-        if columns is None:
-            return iter(self._batches)
-        return (b.select(columns) for b in self._batches)
 
     def scan(self, limit: int | None = None) -> Iterator[ScanBatch]:
         rows = itertools.islice(self.objects(), limit)
