@@ -6,8 +6,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from batchpizza.config import RunConfig, check_url
+from batchpizza.config import RunConfig
 from batchpizza.errors import UsageError
+from batchpizza.parsing import check_url
 from batchpizza.providers import Provider
 from batchpizza.redact import remember_secret, remember_url
 
