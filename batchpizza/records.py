@@ -213,7 +213,7 @@ class Summary(Mapping[str, Any]):
     output: str | None = None
     checkpoint: str | None = None
     exit_code: int = 0
-    stopped: str | None = None  # None, "deadline", "refusals", "signal" or "locked"
+    stopped: str | None = None  # None, "deadline", "refusals", "signal", "locked", "batches"
     rate: float | None = None  # requests/s at the end (the learned rate under auto)
     interrupted: bool = False
     # What this run planned to send, by reason (new, changed, retry, identity, unknown), with

@@ -98,7 +98,10 @@ _LINE_COLUMNS = "l.seq, l.custom_id, l.id, l.pos, l.digest, l.tries, l.line"
 
 def _file(row: tuple[Any, ...]) -> BatchFile:
     counts = json.loads(row[7]) if row[7] else {}
-    return BatchFile(*row[:7], counts, *row[8:12], bool(row[12]))
+    seq, name, lines, size, file_id, batch_id, state = row[:7]
+    output_id, error_id, errors, created = row[8:12]
+    return BatchFile(seq, name, lines, size, file_id, batch_id, state, counts, output_id, error_id,
+                     errors, created, bool(row[12]))  # fmt: skip
 
 
 class BatchRecords:
@@ -168,8 +171,7 @@ class BatchRecords:
     def set_file_id(self, seq: int, file_id: str) -> None:
         with self._transaction():
             self._conn.execute(
-                "UPDATE batch_files SET file_id = ?, state = 'uploaded', updated = ? "
-                "WHERE seq = ?",
+                "UPDATE batch_files SET file_id = ?, state = 'uploaded', updated = ? WHERE seq = ?",
                 (file_id, time.time(), seq),
             )
 

@@ -218,6 +218,7 @@ class Job:
         todo = plan.to_send
         checkpoint.set_meta(input=config.input or config.input_label)
         run = checkpoint.begin_run(run_options(config))
+        deadline_at = None if config.deadline_s is None else _PROCESS_START + config.deadline_s
         self.sending = sending = Sending(
             config,
             provider,
@@ -227,6 +228,7 @@ class Job:
             on_result=self._finished_row,
             gatekeeper=self.gatekeeper,
             session=self.session,
+            deadline_at=deadline_at,
         )
         cleanup.callback(sending.save, checkpoint, run)
         runner = sending.runner
@@ -280,8 +282,9 @@ class Job:
         tally = checkpoint.tally(config.limit)
         # Stopped early only if it left rows unsent: a deadline that found the work done is a
         # finished run.
-        early = self.stop.reason in ("deadline", "refusals") and tally.pending > 0
-        stopped = self.stop.reason if early else None
+        reason = "batches" if sending.batches_out else self.stop.reason
+        early = reason in ("deadline", "refusals", "batches") and tally.pending > 0
+        stopped = reason if early else None
         exit_code = 4 if stopped else 0 if tally.answered == tally.rows else 3
         checkpoint.end_run(run, rows_sent=done, exit_code=exit_code)
         summary = self._summary(tally, exit_code, stopped=stopped, rate=sending.control.rate)

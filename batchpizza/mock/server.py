@@ -6,6 +6,7 @@ fault injector and by the benchmark. Routes, the API ones in pizzagpt.py and ope
     POST /api/chatx-completion   Pizzagpt, like the real service
     POST /v1/chat/completions    OpenAI chat completions
     GET  /v1/models              the models served
+    /v1/files, /v1/batches       the Batch API (batches.py)
     GET  /__stats                the counters; ``POST /__reset`` clears them and the
                                  per-question counters
 
@@ -24,6 +25,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from batchpizza.mock.batches import BATCH_MOCK, BatchMock
+from batchpizza.mock.batches import install as install_batches
 from batchpizza.mock.faults import Live, MockConfig
 from batchpizza.mock.openai import CHAT_PATH, MODELS_PATH, chat_route, models_route
 from batchpizza.mock.pizzagpt import API_PATH, pizzagpt_route
@@ -58,6 +61,7 @@ def make_app(config: MockConfig, stats: Stats | None = None) -> web.Application:
     app.router.add_get(MODELS_PATH, models_route)
     app.router.add_get("/__stats", _get_stats)
     app.router.add_post("/__reset", _post_reset)
+    install_batches(app)
     return app
 
 
@@ -81,6 +85,11 @@ class MockServer:
     @config.setter
     def config(self, config: MockConfig) -> None:
         self._state.live = Live(config)  # fresh RNG and rate window
+
+    @property
+    def batches(self) -> BatchMock:
+        """The Batch API's behaviour and record (mock/batches.py)."""
+        return self._app[BATCH_MOCK]
 
     def reset(self) -> None:
         """Clear stats, per-question directive counters and the rate-limit window."""
@@ -145,6 +154,10 @@ class ThreadedMockServer:
     @config.setter
     def config(self, config: MockConfig) -> None:
         self._server.config = config
+
+    @property
+    def batches(self) -> BatchMock:
+        return self._server.batches
 
     def reset(self) -> None:
         self._server.reset()

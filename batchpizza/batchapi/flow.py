@@ -1,0 +1,421 @@
+"""One run through the Batch API: launch what an earlier run left unlaunched, put the new rows in
+files, upload them and create their batches, then poll, download and commit, resubmitting what
+failed or expired; with --via auto, rows still out near the deadline go online.
+
+Never the same rows twice: a file's lines are recorded before it is uploaded, its id once the
+upload returned, the batch's id once it is created (checkpoint/batches.py). After a kill, a file
+recorded without an id is looked for on the server by its name, and a batch by its file, before
+anything is uploaded or created again; and a batch whose creation failed without a reply is
+looked for before it is created again. Rows in a batch, or waiting to be resubmitted, are never
+put in a new file. Each answer is committed through the checkpoint as an online answer is (the
+same parsing of the same reply body, the same result row), with its line marked "answered".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import aiohttp
+
+from batchpizza.batchapi.client import BatchClient, Halted
+from batchpizza.batchapi.files import Line, ResultLine, build_lines, read_results, split
+from batchpizza.batchapi.settings import AUTO_MARGIN, AUTO_MIN, Limits
+from batchpizza.checkpoint import Checkpoint
+from batchpizza.checkpoint.batches import BatchFile, BatchLine
+from batchpizza.config import RunConfig
+from batchpizza.controls.stop import Stop
+from batchpizza.engine.runner import ANSWERED, Counters, PendingRow, new_session, outcome_of
+from batchpizza.errors import BatchAPIError, ProviderError, describe
+from batchpizza.providers.openai import OpenAIAPI
+from batchpizza.records import Attempt, Outcome, Prompt, Result
+
+log = logging.getLogger("batchpizza")
+
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+# Tries of a create or an upload whose reply did not come (looked for on the server in between).
+_LAUNCH_TRIES = 5
+
+
+class BatchFlow:
+    def __init__(
+        self,
+        config: RunConfig,
+        provider: OpenAIAPI,
+        checkpoint: Checkpoint,
+        run: int,
+        stop: Stop,
+        counters: Counters,
+        *,
+        key: Callable[[Prompt], bytes],
+        on_result: Callable[[int, Result], None] | None = None,
+        session: aiohttp.ClientSession | None = None,
+        deadline_at: float | None = None,
+        online: Callable[[Iterator[PendingRow]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.config = config
+        self.provider = provider
+        self.checkpoint = checkpoint
+        self.run_id = run
+        self.stop = stop
+        self.counters = counters
+        self.key = key
+        self.on_result = on_result
+        self._session = session
+        self.deadline_at = deadline_at  # time.monotonic() of --deadline
+        self.online = online  # --via auto: sends rows online (the Runner)
+        self.limits = Limits.from_env()
+        self.client: BatchClient | None = None
+        self.fatal: BatchAPIError | None = None
+        self.out = 0  # batches still out when the run ended
+        self.sent_online = 0  # --via auto: rows sent online instead
+        self.lines_sent = 0  # lines submitted by this run (resubmissions too)
+        # --via auto: the rows of this run's batches, to send online if they are cancelled.
+        self._held: dict[bytes, PendingRow] = {}
+        self._started = time.monotonic()
+
+    async def run(self, rows: Iterator[PendingRow]) -> None:
+        async with contextlib.AsyncExitStack() as owned:
+            session = self._session
+            if session is None:
+                session = await owned.enter_async_context(new_session(4))
+            config = self.config
+            self.client = BatchClient(
+                session,
+                self.provider,
+                self.stop,
+                tries=config.max_retries + 1,
+                backoff_base=config.backoff_base,
+                backoff_cap=config.backoff_cap,
+                retry_after_cap=config.retry_after_cap,
+            )
+            try:
+                await self._launch_left()
+                await self._submit(rows)
+                await self._follow()
+            except Halted:
+                pass
+        self.out = len(self.checkpoint.open_files())
+        if self.fatal is not None:
+            raise self.fatal
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    async def _launch_left(self) -> None:
+        """Files an earlier run recorded but did not see through: uploaded and made a batch of,
+        unless the server has them already."""
+        for f in self.checkpoint.open_files():
+            if self.stop.sending_stopped:
+                return
+            if f.batch_id is None:
+                lines = self.checkpoint.file_lines(f.seq)
+                content = b"".join(line.line or b"" for line in lines)
+                await self._launch(f, content, fresh=False)
+
+    async def _submit(self, rows: Iterator[PendingRow]) -> None:
+        skip = self.checkpoint.out_keys()
+        if self.online is not None:
+            rows = self._holding(rows)
+        for chunk in split(build_lines(rows, self.provider.body, self.key, skip), self.limits):
+            if self.stop.sending_stopped:
+                return
+            await self._send_file(chunk)
+
+    def _holding(self, rows: Iterator[PendingRow]) -> Iterator[PendingRow]:
+        for row in rows:
+            self._held[self.key(row[1])] = row
+            yield row
+
+    async def _send_file(
+        self, chunk: list[Line], resubmitted: list[tuple[int, str]] | None = None
+    ) -> None:
+        f = self.checkpoint.intend_file(chunk, resubmitted or ())
+        self.lines_sent += len(chunk)
+        self.counters.requests += len(chunk)
+        if resubmitted:
+            self.counters.retries += len(chunk)
+        await self._launch(f, b"".join(line[5] for line in chunk), fresh=True)
+
+    async def _launch(self, f: BatchFile, content: bytes, *, fresh: bool) -> None:
+        """Upload file `f` and create its batch, each recorded as soon as it returns. A file
+        recorded in this run cannot be on the server yet; any other is looked for first, and so
+        is everything whose call failed without a clear answer."""
+        client = self.client
+        assert client is not None
+        file_id = f.file_id
+        look = not fresh
+        for attempt in range(_LAUNCH_TRIES):
+            if file_id is None and look:
+                file_id = await self._find_file(f.name)
+            if file_id is None:
+                try:
+                    file_id = await client.upload(f.name, content)
+                except BatchAPIError as exc:
+                    if exc.exit_code == 2 or attempt + 1 == _LAUNCH_TRIES:
+                        raise
+                    look = True
+                    continue
+            self.checkpoint.set_file_id(f.seq, file_id)
+            break
+        assert file_id is not None
+        look = not fresh or f.file_id is not None
+        for attempt in range(_LAUNCH_TRIES):
+            batch = await self._find_batch(f, file_id) if look else None
+            if batch is None:
+                try:
+                    batch = await client.create(file_id, f.name)
+                except BatchAPIError as exc:
+                    if exc.exit_code == 2 or attempt + 1 == _LAUNCH_TRIES:
+                        raise
+                    look = True  # it may have been made all the same
+                    continue
+            self.checkpoint.set_batch(f.seq, batch)
+            log.info("batch %s: %d requests (%s)", batch.get("id"), f.lines, f.name)
+            return
+
+    async def _find_file(self, name: str) -> str | None:
+        assert self.client is not None
+        for item in await self.client.files():
+            if item.get("filename") == name and isinstance(item.get("id"), str):
+                return str(item["id"])
+        return None
+
+    async def _find_batch(self, f: BatchFile, file_id: str) -> dict[str, Any] | None:
+        assert self.client is not None
+        async for batch in self.client.batches():
+            metadata = batch.get("metadata")
+            named = isinstance(metadata, dict) and metadata.get("batchpizza") == f.name
+            if named or batch.get("input_file_id") == file_id:
+                return batch
+            created = batch.get("created_at")
+            # Listed newest first: one made an hour before the file was recorded is not it.
+            if isinstance(created, (int, float)) and created < f.created - 3600:
+                return None
+        return None
+
+    # -- following ----------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        """Poll every open batch, collect those that ended, resubmit what failed or expired;
+        again after a pause while --wait (or --via auto) keeps the run waiting."""
+        delay = self.limits.poll_first
+        keep_waiting = self.config.wait or self.online is not None
+        while not self.stop.sending_stopped:
+            await self._poll_all()
+            await self._resubmit()
+            if self.fatal is not None or not self.checkpoint.open_files():
+                return
+            if not keep_waiting:
+                return
+            if self.online is not None and self._near_deadline(delay):
+                await self._go_online()
+                return
+            await self.stop.sleep(delay)
+            delay = min(self.limits.poll_cap, delay * 1.5)
+
+    async def _poll_all(self) -> None:
+        client = self.client
+        assert client is not None
+        for f in self.checkpoint.open_files():
+            if self.stop.sending_stopped:
+                return
+            if f.batch_id is None:
+                continue  # its launch failed in this run; the next run looks for it
+            try:
+                batch = await client.get(f.batch_id)
+            except BatchAPIError as exc:
+                if exc.exit_code == 2:
+                    raise
+                log.warning("%s; polled again later", exc.message)
+                continue
+            self.checkpoint.set_batch(f.seq, batch)
+            if batch.get("status") in TERMINAL:
+                await self._collect(f, batch)
+
+    async def _collect(self, f: BatchFile, batch: dict[str, Any]) -> None:
+        """The results of a batch that ended, committed; its lines marked."""
+        client = self.client
+        assert client is not None
+        status = str(batch.get("status"))
+        lines = {line.custom_id: line for line in self.checkpoint.file_lines(f.seq)}
+        if status == "failed":
+            self._failed_whole(f, batch, lines)
+            return
+        seen: dict[str, ResultLine] = {}
+        for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
+            if isinstance(file_id, str) and file_id:
+                for got in read_results(await client.content(file_id)):
+                    if got.custom_id in lines:
+                        seen.setdefault(got.custom_id, got)
+        results: list[tuple[int, Result]] = []
+        attempts: list[Attempt] = []
+        outcomes: list[tuple[str, str]] = []
+        started, took = f.created, (time.time() - f.created) * 1000.0
+        for cid, line in lines.items():
+            found = seen.get(cid)
+            if found is None:
+                outcome, result, attempt = self._unanswered(line, status)
+            else:
+                outcome, result, attempt = self._judge(line, found)
+            outcomes.append((cid, outcome))
+            if attempt is not None:
+                attempts.append(attempt._replace(started=started, duration_ms=took))
+            if result is not None:
+                results.append((line.pos, result))
+        self.checkpoint.write([r for _, r in results], attempts, self.run_id)
+        self.checkpoint.finish_file(f.seq, outcomes, status)
+        again = sum(1 for _, o in outcomes if o in ("failed", "expired"))
+        log.info(
+            "batch %s %s: %d answered, %d failed, %d to resubmit",
+            batch.get("id"),
+            status,
+            sum(1 for _, o in outcomes if o == "answered"),
+            sum(1 for _, o in outcomes if o == "error"),
+            again,
+        )
+        for pos, result in results:
+            self._count(pos, result)
+
+    def _judge(self, line: BatchLine, got: ResultLine) -> tuple[str, Result | None, Attempt]:
+        """A line's result, as the online request's reply would be judged."""
+        provider = self.provider
+        model = provider.model
+        error: ProviderError
+        if got.status is not None and 200 <= got.status < 300 and got.body is not None:
+            try:
+                answer = provider._answer(got.status, got.body, model, None, got.request_id)
+            except ProviderError as exc:
+                error = exc
+            else:
+                result = Result(
+                    line.id,
+                    line.digest,
+                    answer.finish_reason,
+                    answer.text,
+                    None,
+                    line.tries,
+                    None,
+                    answer.model,
+                    answer.prompt_tokens,
+                    answer.completion_tokens,
+                    answer.response_id,
+                    answer.request_id,
+                    answer.body,
+                )
+                return "answered", result, Attempt(line.id, 0.0, 0.0, ANSWERED)
+        elif got.status is not None:
+            error = provider._status_error(got.status, "", got.body or b"", {}, model)
+            if provider.keep_bodies and got.body is not None:
+                error.body = provider._masked(got.body)
+        else:
+            code = (got.error or {}).get("code") or "error"
+            message = (got.error or {}).get("message") or "no reply"
+            error = ProviderError(f"{code}: {provider._said(str(message))}")
+            error.retryable = True
+        error.request_id = got.request_id
+        attempt = Attempt(line.id, 0.0, 0.0, outcome_of(error), error.status, describe(error))
+        if error.retryable and line.tries <= self.config.max_retries:
+            return "failed", None, attempt
+        return "error", self._error_result(line, error), attempt
+
+    def _unanswered(self, line: BatchLine, status: str) -> tuple[str, Result | None, Attempt]:
+        """A line the batch ended without (expired, cancelled): resubmitted, within its budget."""
+        why = f"not run: the batch was {status}"
+        attempt = Attempt(line.id, 0.0, 0.0, "timeout", None, why)
+        if line.tries <= self.config.max_retries:
+            return "expired", None, attempt
+        return "error", self._error_result(line, ProviderError(why)), attempt
+
+    def _error_result(self, line: BatchLine, error: ProviderError) -> Result:
+        n = line.tries
+        text = (
+            f"{describe(error)} after {n} {'submission' if n == 1 else 'submissions'} (Batch API)"
+        )
+        return Result(
+            line.id,
+            line.digest,
+            Outcome.ERROR.value,
+            None,
+            text,
+            n,
+            None,
+            self.provider.model,
+            request_id=error.request_id,
+            body=error.body,
+        )
+
+    def _failed_whole(
+        self, f: BatchFile, batch: dict[str, Any], lines: dict[str, BatchLine]
+    ) -> None:
+        """A batch the server refused as a whole (a bad file): its rows failed, the run exits
+        with the server's errors."""
+        self.checkpoint.set_batch(f.seq, batch)
+        errors = next((b.errors for b in self.checkpoint.batch_files() if b.seq == f.seq), None)
+        said = errors or "no reason given"
+        error = ProviderError(f"the Batch API refused the file {f.name}: {said}")
+        results = [(line.pos, self._error_result(line, error)) for line in lines.values()]
+        self.checkpoint.write([r for _, r in results], (), self.run_id)
+        self.checkpoint.finish_file(f.seq, [(cid, "error") for cid in lines], "failed")
+        for pos, result in results:
+            self._count(pos, result)
+        self.fatal = BatchAPIError(
+            f"batch {batch.get('id')} ({f.name}, {f.lines} requests) failed: {said}. Its rows "
+            "are recorded as failed; fix the cause and rerun to send them again.",
+            wrong=True,
+        )
+
+    async def _resubmit(self) -> None:
+        """Lines that failed or expired, in new files: never a line already answered."""
+        if self.fatal is not None:
+            return
+        waiting = [line for line in self.checkpoint.to_resubmit() if line.line is not None]
+        if not waiting:
+            return
+        by_cid = {(line.custom_id, line.pos): line for line in waiting}
+        lines: list[Line] = [
+            (b.custom_id, b.id, b.pos, b.digest, b.tries + 1, b.line or b"") for b in waiting
+        ]
+        for chunk in split(lines, self.limits):
+            if self.stop.sending_stopped:
+                return
+            marked = [(by_cid[(c[0], c[2])].seq, c[0]) for c in chunk]
+            await self._send_file(chunk, marked)
+
+    # -- --via auto ---------------------------------------------------------------------------
+
+    def _near_deadline(self, pause: float) -> bool:
+        if self.deadline_at is None:
+            return False
+        margin = max(AUTO_MIN, AUTO_MARGIN * (self.deadline_at - self._started))
+        return time.monotonic() + pause >= self.deadline_at - margin
+
+    async def _go_online(self) -> None:
+        """Cancel the batches still out and send their rows online (full price)."""
+        client = self.client
+        assert client is not None and self.online is not None
+        rows: list[PendingRow] = []
+        for f in self.checkpoint.open_files():
+            if f.batch_id is not None:
+                with contextlib.suppress(BatchAPIError):
+                    await client.cancel(f.batch_id)
+            lines = self.checkpoint.file_lines(f.seq)
+            outcomes = [(line.custom_id, "online") for line in lines]
+            self.checkpoint.finish_file(f.seq, outcomes, "abandoned")
+            rows.extend(self._held[line.digest] for line in lines if line.digest in self._held)
+        if not rows:
+            return
+        self.sent_online = len(rows)
+        log.info("--via auto: %d rows still out near the deadline are sent online", len(rows))
+        await self.online(iter(sorted(rows, key=lambda row: row[0])))
+
+    def _count(self, pos: int, result: Result) -> None:
+        counters = self.counters
+        if result.finish_reason == Outcome.ERROR.value:
+            counters.failed += 1
+        else:
+            counters.answered += 1
+        if self.on_result is not None:
+            self.on_result(pos, result)
