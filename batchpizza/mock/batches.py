@@ -15,6 +15,7 @@ custom_id: the server's own count, for "never submitted twice".
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -38,12 +39,17 @@ class BatchMock:
     poll_error_every: int = 0  # every Nth GET of a batch answers 503
     upload_fail: int = 0  # the first N uploads fail halfway
     fail_batches: int = 0  # the first N batches fail as a whole (validation)
+    # Seconds an upload (once stored) and a download wait before they answer: a client killed
+    # meanwhile has not heard the file's id, or has not got the results.
+    upload_delay: float = 0.0
+    download_delay: float = 0.0
     submitted: dict[str, int] = field(default_factory=dict)  # custom_id -> lines submitted
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     contents: dict[str, bytes] = field(default_factory=dict)
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
     uploads: int = 0
     polls: int = 0
+    downloads: int = 0
     made: int = 0  # batches created
 
     def twice(self) -> dict[str, int]:
@@ -82,10 +88,13 @@ async def upload_file(request: web.Request) -> web.Response:
     purpose = form.get("purpose")
     if not isinstance(upload, web.FileField) or not isinstance(purpose, str):
         return _error(400, "expected a multipart form with 'purpose' and 'file'")
-    content = upload.file.read()
+    with upload.file:
+        content = upload.file.read()
     file_id = f"file-{len(mock.files) + 1:06d}"
     mock.files[file_id] = _file_object(file_id, upload.filename, len(content), purpose)
     mock.contents[file_id] = content
+    if mock.upload_delay:
+        await asyncio.sleep(mock.upload_delay)
     return web.json_response(mock.files[file_id])
 
 
@@ -116,6 +125,9 @@ async def list_files(request: web.Request) -> web.Response:
 
 async def file_content(request: web.Request) -> web.Response:
     mock = request.app[BATCH_MOCK]
+    mock.downloads += 1
+    if mock.download_delay:
+        await asyncio.sleep(mock.download_delay)
     content = mock.contents.get(request.match_info["file_id"])
     if content is None:
         return _error(404, "No such File object")

@@ -1,0 +1,298 @@
+"""--via batch against the mock's Batch API (mock/batches.py): the flow, its faults, cron runs,
+kills at every stage, and a raw server for what the mock does not do."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchpizza.mock.replies import mock_answer
+from batchpizza.mock.server import ThreadedMockServer
+from tests.conftest import Spawn, read_jsonl, write_jsonl
+
+# Small files and fast polls: LINES,BYTES,POLL,POLL_CAP.
+LIMITS = "40,,0.05,0.2"
+KEY = "sk-test-batch-key-123"
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadedMockServer]:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", LIMITS)
+    with ThreadedMockServer() as srv:
+        srv.batches.seconds = 0.2
+        yield srv
+
+
+def rows(n: int) -> list[dict[str, str]]:
+    return [{"id": f"q{i}", "prompt": f"question {i}"} for i in range(n)]
+
+
+def args(inp: Path, out: Path, base_url: str, *extra: str) -> list[str]:
+    return [
+        "run", str(inp), "-o", str(out), "--provider", "openai", "--base-url", f"{base_url}/v1",
+        "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "batchpizza", *argv], capture_output=True, text=True, timeout=120
+    )
+
+
+def answers(out: Path) -> dict[str, tuple[Any, ...]]:
+    return {
+        r["id"]: (r["answer"], r["finish_reason"], r["model"], r["prompt_tokens"],
+                  r["completion_tokens"])
+        for r in read_jsonl(out)
+    }  # fmt: skip
+
+
+def expected(n: int) -> dict[str, str]:
+    return {f"q{i}": mock_answer(f"question {i}") for i in range(n)}
+
+
+def batch_rows(checkpoint: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(f"file:{checkpoint}?mode=ro", uri=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_rows_go_through_batches_within_the_line_limit_and_answer_as_online(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(100))
+    out, online = tmp_path / "out.jsonl", tmp_path / "online.jsonl"
+
+    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait"))
+    assert done.returncode == 0, done.stderr
+    assert run(*args(inp, online, server.base_url, "--rate", "0")).returncode == 0
+
+    assert answers(out) == answers(online)
+    assert {k: v[0] for k, v in answers(out).items()} == expected(100)
+    assert sorted(server.batches.submitted.values()) == [1] * 100
+    # 100 lines, 40 a file: three files, three batches.
+    assert len(server.batches.batches) == 3
+    files = batch_rows(Path(f"{out}.checkpoint"), "SELECT lines, state, done FROM batch_files")
+    assert files == [(40, "completed", 1), (40, "completed", 1), (20, "completed", 1)]
+    # Each result is marked as answered through the Batch API.
+    marked = batch_rows(Path(f"{out}.checkpoint"), "SELECT count(*) FROM batch_lines WHERE "
+                        "outcome = 'answered' AND line IS NULL")  # fmt: skip
+    assert marked == [(100,)]
+    assert KEY not in Path(f"{out}.checkpoint").read_bytes().decode("latin-1")
+
+
+def test_the_byte_limit_splits_files_too(
+    server: ThreadedMockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", "1000,1000,0.05,0.2")
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(30))
+    out = tmp_path / "out.jsonl"
+
+    assert run(*args(inp, out, server.base_url, "--via", "batch", "--wait")).returncode == 0
+
+    sizes = [len(c) for c in server.batches.contents.values() if b'"custom_id"' in c[:20]]
+    inputs = [f for f in server.batches.files.values() if f["purpose"] == "batch"]
+    assert len(inputs) > 1 and all(f["bytes"] <= 1000 for f in inputs), sizes
+
+
+def test_from_cron_each_run_collects_what_is_ready_and_exits_4_until_done(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    server.batches.seconds = 1.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(60))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    codes = []
+    for _ in range(200):
+        done = run(*args(inp, out, server.base_url, "--via", "batch", "--deadline", "0.5s",
+                         "--summary-json", str(summary)))  # fmt: skip
+        codes.append(done.returncode)
+        if done.returncode != 4:
+            break
+        said = json.loads(summary.read_text())
+        assert said["stopped"] == "batches", said
+        assert said["pending"] > 0
+        pending = [r for r in read_jsonl(out) if r["finish_reason"] == "pending"]
+        assert pending  # the output is written each time, the rest pending
+    assert codes[-1] == 0 and codes[:-1] and set(codes[:-1]) == {4}, codes
+    assert {k: v[0] for k, v in answers(out).items()} == expected(60)
+    assert sorted(server.batches.submitted.values()) == [1] * 60
+    assert len(server.batches.batches) == 2
+
+
+def test_wait_is_bounded_by_the_deadline(server: ThreadedMockServer, tmp_path: Path) -> None:
+    server.batches.seconds = 60.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+
+    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--deadline", "1s",
+                     "--summary-json", str(summary)))  # fmt: skip
+
+    assert done.returncode == 4, done.stderr
+    assert json.loads(summary.read_text())["stopped"] == "batches"
+    assert {r["finish_reason"] for r in read_jsonl(out)} == {"pending"}
+
+
+def test_an_expired_batch_has_only_its_unanswered_half_resubmitted(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    server.batches.expire = 1
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(40))
+    out = tmp_path / "out.jsonl"
+
+    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait"))
+
+    assert done.returncode == 0, done.stderr
+    assert {k: v[0] for k, v in answers(out).items()} == expected(40)
+    counts = sorted(server.batches.submitted.values())
+    assert counts == [1] * 20 + [2] * 20
+    second = list(server.batches.batches.values())[1]
+    assert second["request_counts"]["total"] == 20
+
+
+def test_failed_lines_are_resubmitted_and_answered_lines_never(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    server.batches.fail_every = 4
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(40))
+    out = tmp_path / "out.jsonl"
+
+    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait"))
+
+    assert done.returncode == 0, done.stderr
+    assert {k: v[0] for k, v in answers(out).items()} == expected(40)
+    assert sorted(server.batches.submitted.values()) == [1] * 30 + [2] * 10
+    resubmitted = [r for r in read_jsonl(out) if r["attempts"] == 2]
+    assert len(resubmitted) == 10
+
+
+def test_failed_lines_past_their_budget_are_failed_rows(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    server.batches.fail_every = 2
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
+    out = tmp_path / "out.jsonl"
+
+    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--max-retries", "0"))
+
+    assert done.returncode == 3, done.stderr
+    failed = [r for r in read_jsonl(out) if r["finish_reason"] == "error"]
+    assert len(failed) == 5
+    assert all("HTTP 500" in r["error"] and "Batch API" in r["error"] for r in failed)
+    assert sorted(server.batches.submitted.values()) == [1] * 10
+
+
+def test_5xx_while_polling_and_an_upload_failing_halfway_are_tried_again(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    server.batches.poll_error_every = 2
+    server.batches.upload_fail = 1
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
+    out = tmp_path / "out.jsonl"
+
+    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait"))
+
+    assert done.returncode == 0, done.stderr
+    assert {k: v[0] for k, v in answers(out).items()} == expected(50)
+    assert sorted(server.batches.submitted.values()) == [1] * 50
+    assert server.batches.uploads == 3  # two files, one tried twice
+
+
+def test_a_batch_failing_as_a_whole_exits_2_with_the_servers_errors(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    server.batches.fail_batches = 1
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
+    out = tmp_path / "out.jsonl"
+
+    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait"))
+
+    assert done.returncode == 2, done.stderr
+    assert "the file is wrong" in done.stderr and "line 1" in done.stderr
+    again = run(*args(inp, out, server.base_url, "--via", "batch", "--wait"))
+    assert again.returncode == 0, again.stderr
+    assert {k: v[0] for k, v in answers(out).items()} == expected(10)
+
+
+def test_batch_requires_the_openai_provider(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(1))
+    done = run("run", str(inp), "-o", str(tmp_path / "o.jsonl"), "--via", "batch")
+    assert done.returncode == 2
+    assert "--provider openai" in done.stderr
+
+
+# -- kills ------------------------------------------------------------------------------------
+
+
+def wait_for(predicate: Callable[[], bool], proc: Any) -> None:
+    for _ in range(6000):
+        if predicate():
+            return
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"the run ended first: {proc.stderr}")
+        time.sleep(0.01)
+    raise AssertionError("the moment to kill never came")
+
+
+def kill_at(spawn: Spawn, argv: list[str], predicate: Callable[[], bool]) -> None:
+    proc = spawn([sys.executable, "-m", "batchpizza", *argv])
+    wait_for(predicate, proc)
+    proc.signal(signal.SIGKILL)
+    proc.wait(30)
+
+
+def killed_three_times(
+    server: ThreadedMockServer, spawn: Spawn, tmp_path: Path, n: int
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(n))
+    out, online = tmp_path / "out.jsonl", tmp_path / "online.jsonl"
+    argv = args(inp, out, server.base_url, "--via", "batch", "--wait")
+    mock = server.batches
+    # During an upload: the server has stored the file, the client has not heard its id.
+    mock.upload_delay = 0.5
+    kill_at(spawn, argv, lambda: mock.uploads >= 3 and len(mock.files) >= 3)
+    mock.upload_delay = 0.0
+    assert len(mock.batches) == 2
+    # During polling: every file uploaded and made a batch of, none done.
+    mock.seconds = 3600.0
+    kill_at(spawn, argv, lambda: mock.polls >= 3)
+    for batch in mock.batches.values():
+        batch["_started"] -= 3600.0  # they complete now
+    # During a download.
+    mock.download_delay = 0.5
+    kill_at(spawn, argv, lambda: mock.downloads >= 2)
+    mock.download_delay = 0.0
+
+    done = run(*argv)
+    assert done.returncode == 0, done.stderr
+    assert run(*args(inp, online, server.base_url, "--rate", "0")).returncode == 0
+    assert answers(out) == answers(online)
+    assert {k: v[0] for k, v in answers(out).items()} == expected(n)
+    # Never a line submitted twice, by the server's own count; each row answered once.
+    assert sorted(mock.submitted.values()) == [1] * n
+    assert len(read_jsonl(out)) == n
+    uploaded = [f for f in mock.files.values() if f["purpose"] == "batch"]
+    assert len(uploaded) == len({f["filename"] for f in uploaded}) == len(mock.batches)
+
+
+def test_kills_during_upload_polling_and_download_never_submit_twice(
+    server: ThreadedMockServer, spawn: Spawn, tmp_path: Path
+) -> None:
+    killed_three_times(server, spawn, tmp_path, 200)
+
+
+@pytest.mark.slow
+def test_10000_rows_killed_during_upload_polling_and_download(
+    server: ThreadedMockServer, spawn: Spawn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", "1000,,0.05,0.2")
+    killed_three_times(server, spawn, tmp_path, 10_000)
