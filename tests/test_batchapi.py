@@ -262,6 +262,10 @@ def killed_three_times(
     kill_at(spawn, argv, lambda: mock.uploads >= 3 and len(mock.files) >= 3)
     mock.upload_delay = 0.0
     assert len(mock.batches) == 2
+    # During a batch's creation: made on the server, its id not heard.
+    mock.create_delay = 0.5
+    kill_at(spawn, argv, lambda: len(mock.batches) >= 4)
+    mock.create_delay = 0.0
     # During polling: every file uploaded and made a batch of, none done.
     mock.seconds = 3600.0
     kill_at(spawn, argv, lambda: mock.polls >= 3)
@@ -284,7 +288,7 @@ def killed_three_times(
     assert len(uploaded) == len({f["filename"] for f in uploaded}) == len(mock.batches)
 
 
-def test_kills_during_upload_polling_and_download_never_submit_twice(
+def test_kills_during_upload_create_polling_and_download_never_submit_twice(
     server: ThreadedMockServer, spawn: Spawn, tmp_path: Path
 ) -> None:
     killed_three_times(server, spawn, tmp_path, 200)

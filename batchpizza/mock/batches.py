@@ -42,6 +42,7 @@ class BatchMock:
     # Seconds an upload (once stored) and a download wait before they answer: a client killed
     # meanwhile has not heard the file's id, or has not got the results.
     upload_delay: float = 0.0
+    create_delay: float = 0.0  # the same for a batch's creation (made, then the reply waits)
     download_delay: float = 0.0
     submitted: dict[str, int] = field(default_factory=dict)  # custom_id -> lines submitted
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -171,6 +172,8 @@ async def create_batch(request: web.Request) -> web.Response:
         "_lines": lines,
     }
     mock.batches[batch_id] = batch
+    if mock.create_delay:
+        await asyncio.sleep(mock.create_delay)
     return web.json_response(_shown(batch))
 
 
