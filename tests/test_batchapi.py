@@ -300,3 +300,25 @@ def test_10000_rows_killed_during_upload_polling_and_download(
 ) -> None:
     monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", "1000,,0.05,0.2")
     killed_three_times(server, spawn, tmp_path, 10_000)
+
+
+def test_status_and_dry_run_show_each_batch_its_state_and_counts(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    server.batches.seconds = 3600.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
+    out = tmp_path / "out.jsonl"
+    assert run(*args(inp, out, server.base_url, "--via", "batch")).returncode == 4
+
+    shown = run("status", str(out))
+    assert shown.returncode == 0, shown.stderr
+    assert "batches    2 out (50 requests), 0 collected" in shown.stdout
+    assert "batch_000001  validating" in shown.stdout and "0/40 done" in shown.stdout
+    info = json.loads(run("status", str(out), "--json").stdout)["batches"]
+    assert [b["batch_id"] for b in info["out"]] == ["batch_000001", "batch_000002"]
+    assert info["lines_out"] == 50
+
+    dry = run(*args(inp, out, server.base_url, "--via", "batch", "--dry-run"))
+    assert dry.returncode == 0, dry.stderr
+    assert "batches    2 out (50 requests)" in dry.stdout
+    assert "batch_000002" in dry.stdout and "0/10 done" in dry.stdout

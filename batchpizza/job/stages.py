@@ -322,7 +322,12 @@ class Job:
             raise Interrupted("interrupted while planning", 0)
         previews = [provider.preview(prompt) for prompt in firsts]
         # On stdout, to be piped or saved; the summary line stays on stderr with the logs.
-        print(dry_run_report(config, tally, counts, previews, planning.learned_rate()), flush=True)
+        said = dry_run_report(config, tally, counts, previews, planning.learned_rate())
+        if config.via != "online":
+            from batchpizza.batchapi.display import batches_text
+
+            said = "\n".join([said, *batches_text(planning.batch_files())])
+        print(said, flush=True)
         return self._summary(tally, 0)
 
     async def _in_thread(self, func: Callable[[], Any]) -> Any:
