@@ -141,9 +141,7 @@ def cli() -> None:
     "openai); a run collects what is done and exits 4 while batches are out. auto: the same, "
     "and rows still out near --deadline are sent online.",
 )
-@click.option(
-    "--wait", is_flag=True, help="--via batch: wait for the batches (up to --deadline)."
-)
+@click.option("--wait", is_flag=True, help="--via batch: wait for the batches (up to --deadline).")
 @click.option("--dry-run", is_flag=True, help="Validate and plan; send and change nothing.")
 @click.option("--limit", type=click.IntRange(min=0), help="Use only the first N rows.")
 @click.option(

@@ -3,17 +3,20 @@ kills at every stage, and a raw server for what the mock does not do."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
@@ -250,9 +253,7 @@ def kill_at(spawn: Spawn, argv: list[str], predicate: Callable[[], bool]) -> Non
     proc.wait(30)
 
 
-def killed_three_times(
-    server: ThreadedMockServer, spawn: Spawn, tmp_path: Path, n: int
-) -> None:
+def killed_three_times(server: ThreadedMockServer, spawn: Spawn, tmp_path: Path, n: int) -> None:
     inp = write_jsonl(tmp_path / "in.jsonl", rows(n))
     out, online = tmp_path / "out.jsonl", tmp_path / "online.jsonl"
     argv = args(inp, out, server.base_url, "--via", "batch", "--wait")
@@ -322,3 +323,134 @@ def test_status_and_dry_run_show_each_batch_its_state_and_counts(
     assert dry.returncode == 0, dry.stderr
     assert "batches    2 out (50 requests)" in dry.stdout
     assert "batch_000002" in dry.stdout and "0/10 done" in dry.stdout
+
+
+# -- a raw server, for what the mock does not do ----------------------------------------------
+
+
+class RawBatchServer:
+    """A bare Batch API that completes each batch at once, every line answered by `reply`
+    (custom_id -> the line's response, or None for no line at all), in reverse order."""
+
+    def __init__(self, reply: Callable[[str, dict[str, Any]], dict[str, Any] | None]) -> None:
+        self.reply = reply
+        self.contents: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.base_url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form["file"]
+        assert isinstance(upload, web.FileField)
+        with upload.file:
+            file_id = f"file-{len(self.contents)}"
+            self.contents[file_id] = upload.file.read()
+        return web.json_response({"id": file_id, "filename": upload.filename})
+
+    async def _create(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        batch_id = f"batch-{len(self.batches)}"
+        results = []
+        for raw in self.contents[body["input_file_id"]].splitlines():
+            line = json.loads(raw)
+            response = self.reply(line["custom_id"], line["body"])
+            if response is not None:
+                results.append({"custom_id": line["custom_id"], **response})
+        out_id = f"file-out-{batch_id}"
+        self.contents[out_id] = b"".join(json.dumps(r).encode() + b"\n" for r in results[::-1])
+        batch = {"id": batch_id, "status": "completed", "output_file_id": out_id,
+                 "input_file_id": body["input_file_id"], "request_counts": {}}  # fmt: skip
+        self.batches[batch_id] = batch
+        return web.json_response(batch)
+
+    async def _get(self, request: web.Request) -> web.Response:
+        return web.json_response(self.batches[request.match_info["id"]])
+
+    async def _content(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.contents[request.match_info["id"]])
+
+    async def _start(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_post("/v1/files", self._upload)
+        app.router.add_get("/v1/files/{id}/content", self._content)
+        app.router.add_post("/v1/batches", self._create)
+        app.router.add_get("/v1/batches/{id}", self._get)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        return runner
+
+    def __enter__(self) -> RawBatchServer:
+        self._thread.start()
+        self._runner = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def test_a_completed_batch_whose_lines_all_failed_is_failed_rows_never_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", LIMITS)
+    error = {"error": {"message": "max_tokens is too large", "type": "invalid_request_error"}}
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(8))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    with RawBatchServer(lambda cid, body: {"response": {"status_code": 400, "body": error}}) as raw:
+        done = run(*args(inp, out, raw.base_url, "--via", "batch", "--wait",
+                         "--summary-json", str(summary)))  # fmt: skip
+
+    assert done.returncode == 3, done.stderr
+    said = json.loads(summary.read_text())
+    assert (said["answered"], said["failed"]) == (0, 8)
+    found = read_jsonl(out)
+    assert {r["finish_reason"] for r in found} == {"error"}
+    assert all("HTTP 400" in r["error"] and "max_tokens is too large" in r["error"] for r in found)
+    assert len(raw.batches) == 1  # a 400 is not resubmitted
+
+
+def test_odd_result_lines_unordered_missing_or_unknown_are_matched_by_custom_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", LIMITS)
+    seen: dict[str, int] = {}
+
+    def reply(cid: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        seen[cid] = seen.get(cid, 0) + 1
+        if cid.startswith("3-") and seen[cid] == 1:
+            return None  # left out of the output the first time: resubmitted
+        if cid.startswith("5-"):
+            return {"response": None, "error": {"code": "batch_expired", "message": "late"}}
+        text = f"answer to {body['messages'][0]['content']}"
+        completion = {
+            "id": "c",
+            "model": "m",
+            "choices": [
+                {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+        }
+        return {"response": {"status_code": 200, "request_id": "r", "body": completion}}
+
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(6))
+    out = tmp_path / "out.jsonl"
+    with RawBatchServer(reply) as raw:
+        done = run(*args(inp, out, raw.base_url, "--via", "batch", "--wait", "--max-retries", "2"))
+
+    assert done.returncode == 3, done.stderr
+    found = {r["id"]: r for r in read_jsonl(out)}
+    assert found["q0"]["answer"] == "answer to question 0"
+    assert found["q3"]["answer"] == "answer to question 3" and found["q3"]["attempts"] == 2
+    assert found["q5"]["finish_reason"] == "error" and "batch_expired" in found["q5"]["error"]
+    assert found["q5"]["attempts"] == 3  # its first submission and two resubmissions
+    assert seen == {**{k: 1 for k in seen if not k.startswith(("3-", "5-"))},
+                    **{k: 2 for k in seen if k.startswith("3-")},
+                    **{k: 3 for k in seen if k.startswith("5-")}}  # fmt: skip
