@@ -220,6 +220,8 @@ class Summary(Mapping[str, Any]):
     # `reused` (rows answered by an identical request's answer) and `change` (what the identity
     # change was); None before the plan.
     plan: dict[str, Any] | None = None
+    # --via batch / auto: lines submitted, resubmitted, collected, batches out, rows sent online.
+    batches: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.ended is None:

@@ -454,3 +454,26 @@ def test_odd_result_lines_unordered_missing_or_unknown_are_matched_by_custom_id(
     assert seen == {**{k: 1 for k in seen if not k.startswith(("3-", "5-"))},
                     **{k: 2 for k in seen if k.startswith("3-")},
                     **{k: 3 for k in seen if k.startswith("5-")}}  # fmt: skip
+
+
+def test_auto_sends_the_rows_still_out_near_the_deadline_online_and_says_how_many(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    server.batches.seconds = 3600.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(30))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+
+    done = run(*args(inp, out, server.base_url, "--via", "auto", "--deadline", "6s",
+                     "--rate", "0", "--summary-json", str(summary)))  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert {k: v[0] for k, v in answers(out).items()} == expected(30)
+    said = json.loads(summary.read_text())
+    assert said["batches"] == {"submitted": 30, "resubmitted": 0, "collected": 0, "out": 0,
+                               "online": 30}  # fmt: skip
+    assert "30 rows still out near the deadline are sent online" in done.stderr
+    assert {b["status"] for b in server.batches.batches.values()} == {"cancelling"}
+    assert server.stats.requests == 30  # the chat route's: each row once online
+    # The next run finds nothing to do, and no batch to wait for.
+    again = run(*args(inp, out, server.base_url, "--via", "auto", "--deadline", "6s"))
+    assert again.returncode == 0 and len(server.batches.batches) == 1

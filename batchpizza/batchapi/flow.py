@@ -73,6 +73,8 @@ class BatchFlow:
         self.out = 0  # batches still out when the run ended
         self.sent_online = 0  # --via auto: rows sent online instead
         self.lines_sent = 0  # lines submitted by this run (resubmissions too)
+        self.resubmitted = 0
+        self.collected = 0  # answers and failed rows committed from batches by this run
         # --via auto: the rows of this run's batches, to send online if they are cancelled.
         self._held: dict[bytes, PendingRow] = {}
         self._started = time.monotonic()
@@ -137,6 +139,7 @@ class BatchFlow:
         self.counters.requests += len(chunk)
         if resubmitted:
             self.counters.retries += len(chunk)
+            self.resubmitted += len(chunk)
         await self._launch(f, b"".join(line[5] for line in chunk), fresh=True)
 
     async def _launch(self, f: BatchFile, content: bytes, *, fresh: bool) -> None:
@@ -408,10 +411,21 @@ class BatchFlow:
         if not rows:
             return
         self.sent_online = len(rows)
-        log.info("--via auto: %d rows still out near the deadline are sent online", len(rows))
+        log.warning("--via auto: %d rows still out near the deadline are sent online", len(rows))
         await self.online(iter(sorted(rows, key=lambda row: row[0])))
 
+    def info(self) -> dict[str, int]:
+        """The summary's `batches`."""
+        return {
+            "submitted": self.lines_sent,
+            "resubmitted": self.resubmitted,
+            "collected": self.collected,
+            "out": self.out,
+            "online": self.sent_online,
+        }
+
     def _count(self, pos: int, result: Result) -> None:
+        self.collected += 1
         counters = self.counters
         if result.finish_reason == Outcome.ERROR.value:
             counters.failed += 1

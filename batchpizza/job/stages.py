@@ -350,6 +350,8 @@ class Job:
     ) -> Summary:
         counters = self.sending.runner.counters if self.sending else None
         summary = self._reporter.summary(tally, counters, exit_code, stopped=stopped, rate=rate)
+        if self.sending is not None and self.sending.batches is not None:
+            summary = dataclasses.replace(summary, batches=self.sending.batches.info())
         if self.plan is None:
             return summary
         return dataclasses.replace(summary, plan=self.plan.to_dict())
