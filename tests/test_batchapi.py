@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from batchpizza.checkpoint import Checkpoint
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
 from tests.conftest import Spawn, read_jsonl, write_jsonl
@@ -76,8 +78,9 @@ def test_rows_go_through_batches_within_the_line_limit_and_answer_as_online(
     inp = write_jsonl(tmp_path / "in.jsonl", rows(100))
     out, online = tmp_path / "out.jsonl", tmp_path / "online.jsonl"
 
-    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait"))
+    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "-v"))
     assert done.returncode == 0, done.stderr
+    assert KEY not in done.stderr
     assert run(*args(inp, online, server.base_url, "--rate", "0")).returncode == 0
 
     assert answers(out) == answers(online)
@@ -477,3 +480,54 @@ def test_auto_sends_the_rows_still_out_near_the_deadline_online_and_says_how_man
     # The next run finds nothing to do, and no batch to wait for.
     again = run(*args(inp, out, server.base_url, "--via", "auto", "--deadline", "6s"))
     assert again.returncode == 0 and len(server.batches.batches) == 1
+
+
+def test_a_batch_the_server_no_longer_knows_has_its_lines_submitted_again(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    server.batches.seconds = 3600.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
+    out = tmp_path / "out.jsonl"
+    assert run(*args(inp, out, server.base_url, "--via", "batch")).returncode == 4
+    server.batches.batches.clear()
+    server.batches.seconds = 0.1
+
+    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait"))
+
+    assert done.returncode == 0, done.stderr
+    assert "No such Batch object; its requests are submitted again" in done.stderr
+    assert {k: v[0] for k, v in answers(out).items()} == expected(10)
+
+
+def test_the_offline_demo_runs_through_batches_too(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(5))
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "BATCHPIZZA_BATCH_LIMITS": LIMITS}
+    done = subprocess.run(
+        [sys.executable, "-m", "batchpizza", "run", str(inp), "-o", str(out), "--mock",
+         "--provider", "openai", "--via", "batch"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert {k: v[0] for k, v in answers(out).items()} == expected(5)
+
+
+def test_a_schema_4_checkpoint_gains_the_batch_tables_on_open_and_reads_without_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ck"
+    Checkpoint.open(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE batch_files")
+        conn.execute("DROP TABLE batch_lines")
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
+    conn.close()
+
+    readonly = Checkpoint.open(path, create=False, readonly=True)
+    assert (readonly.batch_files(), readonly.out_keys(), readonly.open_files()) == ([], set(), [])
+    readonly.close()
+    store = Checkpoint.open(path)
+    store.intend_file([("0-ab", "q0", 0, b"k", 1, b"{}\n")])
+    assert [f.name.endswith("-000001.jsonl") for f in store.open_files()] == [True]
+    store.close()
+    assert batch_rows(path, "SELECT value FROM meta WHERE key = 'schema'") == [("5",)]

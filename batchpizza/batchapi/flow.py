@@ -205,7 +205,8 @@ class BatchFlow:
         """Poll every open batch, collect those that ended, resubmit what failed or expired;
         again after a pause while --wait (or --via auto) keeps the run waiting."""
         delay = self.limits.poll_first
-        keep_waiting = self.config.wait or self.online is not None
+        # A --mock run's server, and its batches, end with the run: nothing to come back to.
+        keep_waiting = self.config.wait or self.config.mock or self.online is not None
         while not self.stop.sending_stopped:
             await self._poll_all()
             await self._resubmit()
@@ -230,6 +231,12 @@ class BatchFlow:
             try:
                 batch = await client.get(f.batch_id)
             except BatchAPIError as exc:
+                if exc.status == 404:
+                    # The server does not know it (deleted, another project's key): its lines
+                    # are resubmitted, as an expired batch's.
+                    log.warning("%s; its requests are submitted again", exc.message)
+                    await self._collect(f, {"id": f.batch_id, "status": "lost"})
+                    continue
                 if exc.exit_code == 2:
                     raise
                 log.warning("%s; polled again later", exc.message)

@@ -139,7 +139,9 @@ class Job:
             from batchpizza.mock.server import serving
 
             async with serving() as base_url:
-                self.config = dataclasses.replace(config, base_url=base_url)
+                # The OpenAI-compatible routes (chat, files, batches) are under /v1.
+                api = base_url + ("/v1" if config.provider == "openai" else "")
+                self.config = dataclasses.replace(config, base_url=api)
                 return await self._run_locked()
         finally:
             if lock is not None:
