@@ -531,3 +531,18 @@ def test_a_schema_4_checkpoint_gains_the_batch_tables_on_open_and_reads_without_
     assert [f.name.endswith("-000001.jsonl") for f in store.open_files()] == [True]
     store.close()
     assert batch_rows(path, "SELECT value FROM meta WHERE key = 'schema'") == [("5",)]
+
+
+def test_a_batch_made_by_a_create_that_failed_is_found_not_made_again(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    server.batches.create_error = 1
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
+    out = tmp_path / "out.jsonl"
+
+    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait"))
+
+    assert done.returncode == 0, done.stderr
+    assert {k: v[0] for k, v in answers(out).items()} == expected(50)
+    assert sorted(server.batches.submitted.values()) == [1] * 50
+    assert len(server.batches.batches) == 2

@@ -73,12 +73,14 @@ class BatchClient:
         json_body: Any = None,
         form: Callable[[], aiohttp.FormData] | None = None,
         params: dict[str, str] | None = None,
+        once: bool = False,
     ) -> bytes:
         url = self._url(path)
         if params:
             url = url.update_query(params)
         said = ""
-        for attempt in range(self.tries):
+        tries = 1 if once else self.tries
+        for attempt in range(tries):
             retry_after: float | None = None
             try:
                 headers = self.provider.api_headers()
@@ -110,9 +112,9 @@ class BatchClient:
                     hint = " [the API key is wrong]" if status == 401 else ""
                     raise BatchAPIError(f"{what}: {said}{hint}", status)
                 retry_after = retry_after_of(reply_headers)
-            if attempt + 1 == self.tries:
+            if attempt + 1 == tries:
                 break
-            wait = min(self.backoff_cap, self.backoff_base * 2**attempt)
+            wait = self.backoff(attempt)
             if retry_after is not None:
                 wait = min(max(wait, retry_after), self.retry_after_cap)
             log.info("%s: %s; trying again in %.1fs", what, said, wait)
@@ -121,7 +123,18 @@ class BatchClient:
             await self._sleep(wait)
             if self.stop.sending_stopped:
                 raise Halted
-        raise BatchAPIError(f"{what}: {said} ({self.tries} tries)")
+        raise BatchAPIError(f"{what}: {said}" + (f" ({tries} tries)" if tries > 1 else ""))
+
+    def backoff(self, attempt: int) -> float:
+        return float(min(self.backoff_cap, self.backoff_base * 2**attempt))
+
+    async def pause(self, attempt: int) -> None:
+        """The backoff before try `attempt + 2`; Halted when the run stops."""
+        if self.stop.sending_stopped:
+            raise Halted
+        await self._sleep(self.backoff(attempt))
+        if self.stop.sending_stopped:
+            raise Halted
 
     async def _json(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
         body = await self._call(method, path, what, **kwargs)
@@ -154,7 +167,8 @@ class BatchClient:
             data.add_field("file", content, filename=name, content_type="application/jsonl")
             return data
 
-        reply = await self._json("POST", "/files", f"uploading {name}", form=form)
+        # Once: what a failed upload left on the server is looked for before another (flow.py).
+        reply = await self._json("POST", "/files", f"uploading {name}", form=form, once=True)
         file_id = reply.get("id")
         if not isinstance(file_id, str):
             raise BatchAPIError(f"uploading {name}: the reply has no file id")
@@ -180,8 +194,10 @@ class BatchClient:
             "completion_window": COMPLETION_WINDOW,
             "metadata": {"batchpizza": name},
         }
+        # Once: a batch made by a call whose reply was lost would submit its rows twice if made
+        # again; the caller looks for it first (flow.py).
         reply = await self._json(
-            "POST", "/batches", f"creating the batch of {name}", json_body=body
+            "POST", "/batches", f"creating the batch of {name}", json_body=body, once=True
         )
         if not isinstance(reply.get("id"), str):
             raise BatchAPIError(f"creating the batch of {name}: the reply has no batch id")

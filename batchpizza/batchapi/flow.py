@@ -36,8 +36,6 @@ from batchpizza.records import Attempt, Outcome, Prompt, Result
 log = logging.getLogger("batchpizza")
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-# Tries of a create or an upload whose reply did not come (looked for on the server in between).
-_LAUNCH_TRIES = 5
 
 
 class BatchFlow:
@@ -150,29 +148,34 @@ class BatchFlow:
         assert client is not None
         file_id = f.file_id
         look = not fresh
-        for attempt in range(_LAUNCH_TRIES):
+        tries = self.config.max_retries + 1
+        for attempt in range(tries):
             if file_id is None and look:
                 file_id = await self._find_file(f.name)
             if file_id is None:
                 try:
                     file_id = await client.upload(f.name, content)
                 except BatchAPIError as exc:
-                    if exc.exit_code == 2 or attempt + 1 == _LAUNCH_TRIES:
+                    if exc.exit_code == 2 or attempt + 1 == tries:
                         raise
-                    look = True
+                    log.info("%s; trying again", exc.message)
+                    await client.pause(attempt)
+                    look = True  # it may have been stored all the same
                     continue
             self.checkpoint.set_file_id(f.seq, file_id)
             break
         assert file_id is not None
         look = not fresh or f.file_id is not None
-        for attempt in range(_LAUNCH_TRIES):
+        for attempt in range(tries):
             batch = await self._find_batch(f, file_id) if look else None
             if batch is None:
                 try:
                     batch = await client.create(file_id, f.name)
                 except BatchAPIError as exc:
-                    if exc.exit_code == 2 or attempt + 1 == _LAUNCH_TRIES:
+                    if exc.exit_code == 2 or attempt + 1 == tries:
                         raise
+                    log.info("%s; trying again", exc.message)
+                    await client.pause(attempt)
                     look = True  # it may have been made all the same
                     continue
             self.checkpoint.set_batch(f.seq, batch)

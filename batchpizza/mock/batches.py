@@ -43,6 +43,7 @@ class BatchMock:
     # meanwhile has not heard the file's id, or has not got the results.
     upload_delay: float = 0.0
     create_delay: float = 0.0  # the same for a batch's creation (made, then the reply waits)
+    create_error: int = 0  # the first N batches are made, then answered with a 502
     download_delay: float = 0.0
     submitted: dict[str, int] = field(default_factory=dict)  # custom_id -> lines submitted
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -174,6 +175,8 @@ async def create_batch(request: web.Request) -> web.Response:
     mock.batches[batch_id] = batch
     if mock.create_delay:
         await asyncio.sleep(mock.create_delay)
+    if mock.made <= mock.create_error:
+        return _error(502, "bad gateway")
     return web.json_response(_shown(batch))
 
 
