@@ -546,3 +546,19 @@ def test_a_batch_made_by_a_create_that_failed_is_found_not_made_again(
     assert {k: v[0] for k, v in answers(out).items()} == expected(50)
     assert sorted(server.batches.submitted.values()) == [1] * 50
     assert len(server.batches.batches) == 2
+
+
+def test_the_mock_server_commands_batch_options(
+    mock_process: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", LIMITS)
+    served = mock_process("--batch-seconds", "0.1", "--batch-expire", "1")
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(20))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+
+    done = run(*args(inp, out, served.url, "--via", "batch", "--wait",
+                     "--summary-json", str(summary)))  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    said = json.loads(summary.read_text())["batches"]
+    assert (said["submitted"], said["resubmitted"], said["collected"]) == (30, 10, 20)

@@ -53,7 +53,9 @@ async def _post_reset(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-def make_app(config: MockConfig, stats: Stats | None = None) -> web.Application:
+def make_app(
+    config: MockConfig, stats: Stats | None = None, batches: BatchMock | None = None
+) -> web.Application:
     app = web.Application()
     app[STATE] = State(config, stats if stats is not None else Stats())
     app.router.add_post(API_PATH, pizzagpt_route)
@@ -61,7 +63,7 @@ def make_app(config: MockConfig, stats: Stats | None = None) -> web.Application:
     app.router.add_get(MODELS_PATH, models_route)
     app.router.add_get("/__stats", _get_stats)
     app.router.add_post("/__reset", _post_reset)
-    install_batches(app)
+    install_batches(app, batches)
     return app
 
 
@@ -69,10 +71,15 @@ class MockServer:
     """In-process server: `async with MockServer(config) as srv:` then srv.base_url, srv.stats."""
 
     def __init__(
-        self, config: MockConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: MockConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        batches: BatchMock | None = None,
     ) -> None:
         self.stats = Stats()
-        self._app = make_app(config or MockConfig(), self.stats)
+        self._app = make_app(config or MockConfig(), self.stats, batches)
         self._state = self._app[STATE]
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
@@ -205,15 +212,20 @@ class ThreadedMockServer:
         self.stop()
 
 
-def serve(config: MockConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve(
+    config: MockConfig,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    batches: BatchMock | None = None,
+) -> None:
     """Run until SIGINT/SIGTERM. Stdout line 1 gives the URL; stderr gets stats JSON on exit."""
     # Windows has no loop signal handlers, so there Ctrl+C arrives as KeyboardInterrupt.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(config, host, port))
+        asyncio.run(_serve(config, host, port, batches))
 
 
-async def _serve(config: MockConfig, host: str, port: int) -> None:
-    server = MockServer(config, host=host, port=port)
+async def _serve(config: MockConfig, host: str, port: int, batches: BatchMock | None) -> None:
+    server = MockServer(config, host=host, port=port, batches=batches)
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
