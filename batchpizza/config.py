@@ -220,6 +220,8 @@ class RunConfig:
     def refuse_on_ray(self) -> None:
         """Prompts built or given a system message are not run on a Ray cluster yet."""
         named = [n for n in ("system", "template", "template_file", "prompt") if getattr(self, n)]
+        if self.via != "online":
+            raise UsageError(f"--via {self.via}: not with --ray; the Batch API needs no cluster")
         if named:
             shown = ", ".join("--" + n.replace("_", "-") for n in named)
             raise UsageError(f"{shown}: not with --ray yet (batchpizza.ray); run without it")

@@ -562,3 +562,11 @@ def test_the_mock_server_commands_batch_options(
     assert done.returncode == 0, done.stderr
     said = json.loads(summary.read_text())["batches"]
     assert (said["submitted"], said["resubmitted"], said["collected"]) == (30, 10, 20)
+
+
+def test_ray_refuses_the_batch_api() -> None:
+    from batchpizza.distributed.command import run as run_on_ray
+    from batchpizza.errors import UsageError
+
+    with pytest.raises(UsageError, match="--via batch: not with --ray"):
+        run_on_ray("in.parquet", "out", via="batch", provider="openai")
