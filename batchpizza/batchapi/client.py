@@ -28,6 +28,12 @@ from batchpizza.providers.openai import OpenAIAPI, _error_detail
 log = logging.getLogger("batchpizza")
 
 PAGE = 100  # batches listed a page at a time (OpenAI's most)
+_HINTS = {
+    401: " [the API key is wrong]",
+    404: " [no Batch API here; is the base URL right (often .../v1)?]",
+    413: " [the server takes smaller files: set BATCHPIZZA_BATCH_LIMITS=LINES,BYTES below its "
+    "limits]",
+}
 
 
 class Halted(Exception):
@@ -109,7 +115,7 @@ class BatchClient:
                 _, message = _error_detail(body)
                 said = f"HTTP {status} {reason}".strip() + f": {self.provider._said(message)}"
                 if status not in RETRYABLE_STATUSES:
-                    hint = " [the API key is wrong]" if status == 401 else ""
+                    hint = _HINTS.get(status, "")
                     raise BatchAPIError(f"{what}: {said}{hint}", status)
                 retry_after = retry_after_of(reply_headers)
             if attempt + 1 == tries:

@@ -56,7 +56,8 @@ async def _post_reset(request: web.Request) -> web.Response:
 def make_app(
     config: MockConfig, stats: Stats | None = None, batches: BatchMock | None = None
 ) -> web.Application:
-    app = web.Application()
+    # Batch input files up to OpenAI's 200 MB (aiohttp's default cap is 1 MB).
+    app = web.Application(client_max_size=256 * 1024 * 1024)
     app[STATE] = State(config, stats if stats is not None else Stats())
     app.router.add_post(API_PATH, pizzagpt_route)
     app.router.add_post(CHAT_PATH, chat_route)
