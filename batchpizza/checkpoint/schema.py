@@ -5,6 +5,8 @@ per (identity, request key), several per input row id when it was asked with sev
 parameters or prompts, and `identities` what each identity digest stands for. Schema 4 adds
 `staged`: a run's results land there, appended in the order they finish, and are folded into
 `results` in one sorted pass (store.py says why); a schema 3 file only gains the empty table.
+Schema 5 adds the Batch API's `batch_files` and `batch_lines` (batches.py); a schema 4 file
+gains them, empty, when it is opened for writing.
 Schema 2 keyed
 answers by row id and prompt digest; its answers are upgraded to the identity of the run that
 wrote them where the runs table says it (a Pizzagpt run, whose request key is the prompt's
