@@ -570,3 +570,15 @@ def test_ray_refuses_the_batch_api() -> None:
 
     with pytest.raises(UsageError, match="--via batch: not with --ray"):
         run_on_ray("in.parquet", "out", via="batch", provider="openai")
+
+
+def test_answer_from_python_waits_for_its_batches_without_a_checkpoint_file(
+    server: ThreadedMockServer,
+) -> None:
+    import batchpizza
+
+    found = batchpizza.answer(
+        ["question 1", "question 2"], provider="openai", base_url=f"{server.base_url}/v1",
+        via="batch", quiet=True,
+    )  # fmt: skip
+    assert [r["answer"] for r in found] == [mock_answer("question 1"), mock_answer("question 2")]

@@ -208,8 +208,14 @@ class BatchFlow:
         """Poll every open batch, collect those that ended, resubmit what failed or expired;
         again after a pause while --wait (or --via auto) keeps the run waiting."""
         delay = self.limits.poll_first
-        # A --mock run's server, and its batches, end with the run: nothing to come back to.
-        keep_waiting = self.config.wait or self.config.mock or self.online is not None
+        # A --mock run's server and its batches, or a checkpoint in memory, end with the run:
+        # nothing to come back to.
+        keep_waiting = (
+            self.config.wait
+            or self.config.mock
+            or self.checkpoint.path is None
+            or self.online is not None
+        )
         while not self.stop.sending_stopped:
             await self._poll_all()
             await self._resubmit()
