@@ -582,3 +582,18 @@ def test_answer_from_python_waits_for_its_batches_without_a_checkpoint_file(
         via="batch", quiet=True,
     )  # fmt: skip
     assert [r["answer"] for r in found] == [mock_answer("question 1"), mock_answer("question 2")]
+
+
+def test_lines_refused_for_an_unknown_model_stop_the_run_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", LIMITS)
+    error = {"error": {"message": "The model `nope` does not exist", "code": "model_not_found"}}
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(3))
+    out = tmp_path / "out.jsonl"
+    with RawBatchServer(lambda cid, body: {"response": {"status_code": 404, "body": error}}) as raw:
+        done = run(*args(inp, out, raw.base_url, "--via", "batch", "--wait", "--model", "nope"))
+
+    assert done.returncode == 2, done.stderr
+    assert "does not serve model 'nope'" in done.stderr and "rerun" in done.stderr

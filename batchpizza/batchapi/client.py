@@ -115,7 +115,9 @@ class BatchClient:
                 _, message = _error_detail(body)
                 said = f"HTTP {status} {reason}".strip() + f": {self.provider._said(message)}"
                 if status not in RETRYABLE_STATUSES:
-                    hint = _HINTS.get(status, "")
+                    # A 404 for one batch or file is about it, not about the URL.
+                    known = status != 404 or path in ("/files", "/batches")
+                    hint = _HINTS.get(status, "") if known else ""
                     raise BatchAPIError(f"{what}: {said}{hint}", status)
                 retry_after = retry_after_of(reply_headers)
             if attempt + 1 == tries:

@@ -23,13 +23,14 @@ import aiohttp
 
 from batchpizza.batchapi.client import BatchClient, Halted
 from batchpizza.batchapi.files import Line, ResultLine, build_lines, read_results, split
+from batchpizza.batchapi.results import Judge
 from batchpizza.batchapi.settings import AUTO_MARGIN, AUTO_MIN, Limits
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.checkpoint.batches import BatchFile, BatchLine
 from batchpizza.config import RunConfig
 from batchpizza.controls.stop import Stop
-from batchpizza.engine.runner import ANSWERED, Counters, PendingRow, new_session, outcome_of
-from batchpizza.errors import BatchAPIError, ProviderError, describe
+from batchpizza.engine.runner import Counters, PendingRow, new_session
+from batchpizza.errors import BatchAPIError, ProviderError
 from batchpizza.providers.openai import OpenAIAPI
 from batchpizza.records import Attempt, Outcome, Prompt, Result
 
@@ -66,6 +67,7 @@ class BatchFlow:
         self.deadline_at = deadline_at  # time.monotonic() of --deadline
         self.online = online  # --via auto: sends rows online (the Runner)
         self.limits = Limits.from_env()
+        self.judge = Judge(provider, config.max_retries)
         self.client: BatchClient | None = None
         self.fatal: BatchAPIError | None = None
         self.out = 0  # batches still out when the run ended
@@ -271,14 +273,18 @@ class BatchFlow:
                         seen.setdefault(got.custom_id, got)
         results: list[tuple[int, Result]] = []
         attempts: list[Attempt] = []
+        fatal: ProviderError | None = None
         outcomes: list[tuple[str, str]] = []
         started, took = f.created, (time.time() - f.created) * 1000.0
         for cid, line in lines.items():
             found = seen.get(cid)
-            if found is None:
-                outcome, result, attempt = self._unanswered(line, status)
-            else:
-                outcome, result, attempt = self._judge(line, found)
+            verdict = (
+                self.judge.unanswered(line, status)
+                if found is None
+                else self.judge.judge(line, found)
+            )
+            outcome, result, attempt = verdict.outcome, verdict.result, verdict.attempt
+            fatal = fatal or verdict.fatal
             outcomes.append((cid, outcome))
             if attempt is not None:
                 attempts.append(attempt._replace(started=started, duration_ms=took))
@@ -297,74 +303,13 @@ class BatchFlow:
         )
         for pos, result in results:
             self._count(pos, result)
-
-    def _judge(self, line: BatchLine, got: ResultLine) -> tuple[str, Result | None, Attempt]:
-        """A line's result, as the online request's reply would be judged."""
-        provider = self.provider
-        model = provider.model
-        error: ProviderError
-        if got.status is not None and 200 <= got.status < 300 and got.body is not None:
-            try:
-                answer = provider._answer(got.status, got.body, model, None, got.request_id)
-            except ProviderError as exc:
-                error = exc
-            else:
-                result = Result(
-                    line.id,
-                    line.digest,
-                    answer.finish_reason,
-                    answer.text,
-                    None,
-                    line.tries,
-                    None,
-                    answer.model,
-                    answer.prompt_tokens,
-                    answer.completion_tokens,
-                    answer.response_id,
-                    answer.request_id,
-                    answer.body,
-                )
-                return "answered", result, Attempt(line.id, 0.0, 0.0, ANSWERED)
-        elif got.status is not None:
-            error = provider._status_error(got.status, "", got.body or b"", {}, model)
-            if provider.keep_bodies and got.body is not None:
-                error.body = provider._masked(got.body)
-        else:
-            code = (got.error or {}).get("code") or "error"
-            message = (got.error or {}).get("message") or "no reply"
-            error = ProviderError(f"{code}: {provider._said(str(message))}")
-            error.retryable = True
-        error.request_id = got.request_id
-        attempt = Attempt(line.id, 0.0, 0.0, outcome_of(error), error.status, describe(error))
-        if error.retryable and line.tries <= self.config.max_retries:
-            return "failed", None, attempt
-        return "error", self._error_result(line, error), attempt
-
-    def _unanswered(self, line: BatchLine, status: str) -> tuple[str, Result | None, Attempt]:
-        """A line the batch ended without (expired, cancelled): resubmitted, within its budget."""
-        why = f"not run: the batch was {status}"
-        attempt = Attempt(line.id, 0.0, 0.0, "timeout", None, why)
-        if line.tries <= self.config.max_retries:
-            return "expired", None, attempt
-        return "error", self._error_result(line, ProviderError(why)), attempt
-
-    def _error_result(self, line: BatchLine, error: ProviderError) -> Result:
-        n = line.tries
-        text = (
-            f"{describe(error)} after {n} {'submission' if n == 1 else 'submissions'} (Batch API)"
-        )
-        return Result(
-            line.id,
-            line.digest,
-            Outcome.ERROR.value,
-            None,
-            text,
-            n,
-            None,
-            self.provider.model,
-            request_id=error.request_id,
-            body=error.body,
-        )
+        if fatal is not None and self.fatal is None:
+            # As online: an unknown model, a wrong URL fails every request alike.
+            self.fatal = BatchAPIError(
+                f"batch {batch.get('id')}: {fatal.message}; its rows are recorded as failed: fix "
+                "the cause and rerun to send them again.",
+                wrong=True,
+            )
 
     def _failed_whole(
         self, f: BatchFile, batch: dict[str, Any], lines: dict[str, BatchLine]
@@ -375,7 +320,7 @@ class BatchFlow:
         errors = next((b.errors for b in self.checkpoint.batch_files() if b.seq == f.seq), None)
         said = errors or "no reason given"
         error = ProviderError(f"the Batch API refused the file {f.name}: {said}")
-        results = [(line.pos, self._error_result(line, error)) for line in lines.values()]
+        results = [(line.pos, self.judge.error_result(line, error)) for line in lines.values()]
         self.checkpoint.write([r for _, r in results], (), self.run_id)
         self.checkpoint.finish_file(f.seq, [(cid, "error") for cid in lines], "failed")
         for pos, result in results:
