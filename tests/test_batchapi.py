@@ -94,6 +94,13 @@ def test_rows_go_through_batches_within_the_line_limit_and_answer_as_online(
     marked = batch_rows(Path(f"{out}.checkpoint"), "SELECT count(*) FROM batch_lines WHERE "
                         "outcome = 'answered' AND line IS NULL")  # fmt: skip
     assert marked == [(100,)]
+    store = Checkpoint.open(Path(f"{out}.checkpoint"), create=False, readonly=True)
+    try:
+        assert store.batch_answered() == 100
+        # The mock counts words: 2 a prompt, 3 an answer.
+        assert store.batch_tokens() == (200, 300)
+    finally:
+        store.close()
     assert KEY not in Path(f"{out}.checkpoint").read_bytes().decode("latin-1")
 
 

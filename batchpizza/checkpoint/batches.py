@@ -281,6 +281,21 @@ class BatchRecords:
                 ).fetchone()[0]
             )
 
+    def batch_tokens(self) -> tuple[int, int]:
+        """(prompt tokens, completion tokens) of this identity's results answered through the
+        Batch API: what is priced at the batch price."""
+        with self._errors():
+            if not self._has_batches():
+                return 0, 0
+            found = self._conn.execute(
+                "SELECT coalesce(sum(r.prompt_tokens), 0), coalesce(sum(r.completion_tokens), 0) "
+                "FROM results r WHERE r.ident = ? AND r.digest IN (SELECT l.digest FROM "
+                "batch_lines l JOIN batch_files f ON f.seq = l.seq WHERE f.ident = ? AND "
+                "l.outcome = 'answered')",
+                (self.ident, self.ident),
+            ).fetchone()
+        return int(found[0]), int(found[1])
+
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
