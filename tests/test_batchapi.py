@@ -295,6 +295,8 @@ def killed_three_times(server: ThreadedMockServer, spawn: Spawn, tmp_path: Path,
     # Never a line submitted twice, by the server's own count; each row answered once.
     assert sorted(mock.submitted.values()) == [1] * n
     assert len(read_jsonl(out)) == n
+    checkpoint = Path(f"{out}.checkpoint")
+    assert batch_rows(checkpoint, "SELECT count(*) FROM batch_files WHERE done = 0") == [(0,)]
     uploaded = [f for f in mock.files.values() if f["purpose"] == "batch"]
     assert len(uploaded) == len({f["filename"] for f in uploaded}) == len(mock.batches)
 
@@ -604,3 +606,22 @@ def test_lines_refused_for_an_unknown_model_stop_the_run_with_exit_2(
 
     assert done.returncode == 2, done.stderr
     assert "does not serve model 'nope'" in done.stderr and "rerun" in done.stderr
+
+
+def test_a_batch_collected_but_not_closed_by_a_killed_run_is_closed_by_the_next(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
+    out = tmp_path / "out.jsonl"
+    assert run(*args(inp, out, server.base_url, "--via", "batch", "--wait")).returncode == 0
+    checkpoint = Path(f"{out}.checkpoint")
+    with sqlite3.connect(checkpoint) as conn:  # as a kill between the commit and the close
+        conn.execute("UPDATE batch_files SET done = 0, state = 'in_progress'")
+        conn.execute("UPDATE batch_lines SET outcome = NULL")
+    conn.close()
+
+    done = run(*args(inp, out, server.base_url, "--via", "batch"))
+
+    assert done.returncode == 0, done.stderr
+    assert batch_rows(checkpoint, "SELECT state, done FROM batch_files") == [("completed", 1)]
+    assert sorted(server.batches.submitted.values()) == [1] * 10

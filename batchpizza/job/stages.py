@@ -251,7 +251,9 @@ class Job:
             loop = asyncio.get_running_loop()
             loop.call_later(max(0.0, remaining), sending.stop_early, "deadline")
         try:
-            if todo:
+            # Batches left open by a run killed as it collected them: closed, though no row is
+            # left to send.
+            if todo or (sending.batches is not None and checkpoint.open_files()):
                 # Closed here, not by the collector at exit (where it printed a traceback).
                 prompts = cleanup.enter_context(
                     contextlib.closing(
