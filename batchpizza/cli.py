@@ -132,6 +132,16 @@ def cli() -> None:
     show_default=True,
     help="How long to wait on a service that keeps refusing before stopping (0: stop at once).",
 )
+@click.option(
+    "--via",
+    type=click.Choice(("online", "batch", "auto")),
+    default="online",
+    show_default=True,
+    help="batch: through the provider's Batch API, at half price, within 24 h (--provider "
+    "openai); a run collects what is done and exits 4 while batches are out. auto: the same, "
+    "and rows still out near --deadline are sent online.",
+)
+@click.option("--wait", is_flag=True, help="--via batch: wait for the batches (up to --deadline).")
 @click.option("--dry-run", is_flag=True, help="Validate and plan; send and change nothing.")
 @click.option("--limit", type=click.IntRange(min=0), help="Use only the first N rows.")
 @click.option(

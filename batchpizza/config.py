@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from batchpizza.batchapi.settings import check_via
 from batchpizza.errors import UsageError
 from batchpizza.parsing import (
     check_params,
@@ -96,6 +97,8 @@ class RunConfig:
     template: str | None = None  # builds each row's prompt from its fields: "Q: {title}"
     template_file: str | None = None  # a Jinja2 template file doing the same
     prompt: Callable[[dict[str, Any]], str] | None = None  # Python only: the row -> its prompt
+    via: str = "online"  # "batch": through the Batch API at half price; "auto": that, online late
+    wait: bool = False  # --via batch: wait for the batches (up to --deadline) instead of exit 4
     rate_per_s: float = field(init=False)
     auto_max: float | None = field(init=False)  # set under --rate auto: the learned rate's ceiling
     output_format: str | None = field(init=False)  # None: no output file
@@ -144,6 +147,7 @@ class RunConfig:
         check_params(self.params or {})
         object.__setattr__(self, "template_source", self._check_building())
         check_url(self.base_url, "--base-url")
+        check_via(self.via, self.provider)
         if self.proxy:
             check_url(self.proxy, "--proxy")
 
@@ -216,6 +220,8 @@ class RunConfig:
     def refuse_on_ray(self) -> None:
         """Prompts built or given a system message are not run on a Ray cluster yet."""
         named = [n for n in ("system", "template", "template_file", "prompt") if getattr(self, n)]
+        if self.via != "online":
+            raise UsageError(f"--via {self.via}: not with --ray; the Batch API needs no cluster")
         if named:
             shown = ", ".join("--" + n.replace("_", "-") for n in named)
             raise UsageError(f"{shown}: not with --ray yet (batchpizza.ray); run without it")

@@ -215,6 +215,18 @@ def describe(exc: BaseException) -> str:
     return redact(f"{type(exc).__name__}: {text}" if str(exc) else text)
 
 
+class BatchAPIError(BatchpizzaError):
+    """A call to the Batch API (a file, a batch) failed for good, or a batch failed as a whole:
+    what the server said. Exit 2 where the request itself is wrong (a 4xx, a file the server
+    refused), else 1."""
+
+    def __init__(self, message: str, status: int | None = None, *, wrong: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        if wrong or (status is not None and 400 <= status < 500 and status not in (408, 429)):
+            self.exit_code = 2
+
+
 class RowProblem(Exception):
     """A bad row, as the sources find it: what is wrong, in which field, and the row's id where it
     could be read. Not a user-facing error itself: the scan turns each into a BadRow of an

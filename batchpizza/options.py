@@ -51,3 +51,5 @@ class Options(TypedDict, total=False):
     template: str | None  # the prompt built from the row's fields: "Summarise: {title}"
     template_file: str | None  # a Jinja2 template file (needs batchpizza[templates])
     prompt: Callable[[dict[str, Any]], str] | None  # the row (a dict) -> its prompt (Python only)
+    via: str  # "online", "batch" (the Batch API, half price) or "auto" (that, online late)
+    wait: bool  # --via batch: wait for the batches, up to the deadline, instead of exit 4

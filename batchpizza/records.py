@@ -213,13 +213,15 @@ class Summary(Mapping[str, Any]):
     output: str | None = None
     checkpoint: str | None = None
     exit_code: int = 0
-    stopped: str | None = None  # None, "deadline", "refusals", "signal" or "locked"
+    stopped: str | None = None  # None, "deadline", "refusals", "signal", "locked", "batches"
     rate: float | None = None  # requests/s at the end (the learned rate under auto)
     interrupted: bool = False
     # What this run planned to send, by reason (new, changed, retry, identity, unknown), with
     # `reused` (rows answered by an identical request's answer) and `change` (what the identity
     # change was); None before the plan.
     plan: dict[str, Any] | None = None
+    # --via batch / auto: lines submitted, resubmitted, collected, batches out, rows sent online.
+    batches: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.ended is None:

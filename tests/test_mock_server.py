@@ -743,7 +743,9 @@ def test_mock_server_options_reach_the_config(monkeypatch: pytest.MonkeyPatch) -
     from batchpizza.mock import server as mock_server
 
     seen: list[tuple[MockConfig, str, int]] = []
-    monkeypatch.setattr(mock_server, "serve", lambda c, host, port: seen.append((c, host, port)))
+    monkeypatch.setattr(
+        mock_server, "serve", lambda c, host, port, batches: seen.append((c, host, port))
+    )
     args = ["mock-server", "--port", "0", "--misuse-after", "3", "--api-key", KEY]
     result = CliRunner().invoke(cli.cli, [*args, "--models", "a, b,", "--seed", "4"])
     assert result.exit_code == 0, result.output

@@ -39,6 +39,7 @@ SUMMARY_KEYS = {
     "started",
     "ended",
     "plan",
+    "batches",
     "rows",
     "answered",
     "failed",

@@ -5,6 +5,8 @@ per (identity, request key), several per input row id when it was asked with sev
 parameters or prompts, and `identities` what each identity digest stands for. Schema 4 adds
 `staged`: a run's results land there, appended in the order they finish, and are folded into
 `results` in one sorted pass (store.py says why); a schema 3 file only gains the empty table.
+Schema 5 adds the Batch API's `batch_files` and `batch_lines` (batches.py); a schema 4 file
+gains them, empty, when it is opened for writing.
 Schema 2 keyed
 answers by row id and prompt digest; its answers are upgraded to the identity of the run that
 wrote them where the runs table says it (a Pizzagpt run, whose request key is the prompt's
@@ -21,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import batchpizza.fingerprint as fingerprint
+from batchpizza.checkpoint.batches import TABLES_SQL as BATCH_TABLES
 from batchpizza.checkpoint.scan import SCHEMA as SCAN_SCHEMA
 from batchpizza.errors import CheckpointVersionError
 
-SCHEMA_VERSION = "4"
-# What this version opens: 1 and 2 are upgraded to 3, and 3 to 4 (the staged table added).
-READABLE_SCHEMAS = ("1", "2", "3", "4")
+SCHEMA_VERSION = "5"
+# What this version opens: 1 and 2 are upgraded to 3, 3 to 4 (the staged table added), and 4 to
+# 5 (the Batch API's tables added, checkpoint/batches.py).
+READABLE_SCHEMAS = ("1", "2", "3", "4", "5")
 # `body`: the server's reply body (an OpenAI-compatible server's), kept for --format openai-batch
 # only, null elsewhere; added to a schema 3 file on open (ADDED_TO_3), without a new version.
 RESULT_COLUMNS = """
@@ -78,10 +82,12 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS events (run INTEGER, t REAL, kind TEXT, value REAL, detail TEXT);
 {SCAN_SCHEMA.format(table="scan")};
+{BATCH_TABLES}
 """
 TABLES = frozenset(
-    {"results", "staged", "identities", "meta", "attempts", "runs", "events", "scan"}
-)
+    {"results", "staged", "identities", "meta", "attempts", "runs", "events", "scan",
+     "batch_files", "batch_lines"}
+)  # fmt: skip
 # Columns a checkpoint of schema 1 lacks.
 _ADDED_COLUMNS = (
     ("prompt_tokens", "INTEGER"),

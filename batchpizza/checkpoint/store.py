@@ -8,6 +8,7 @@ every table in it:
     attempts  every request sent: row, start, duration, outcome (for the report)
     runs      each run's start, end, options and exit code
     events    the learned rate's changes and the breaker's trips, over time
+    batch_files, batch_lines  the Batch API's files, batches and lines (batches.py)
     meta      schema version (and the batchpizza that wrote it), the learned rate, what the last
               run read
 
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import batchpizza.fingerprint as fingerprint
+from batchpizza.checkpoint.batches import BatchRecords
 from batchpizza.checkpoint.guarded import UNBINDABLE, insert_attempt, insert_result
 from batchpizza.checkpoint.history import History
 from batchpizza.checkpoint.plan import PlanQueries
@@ -89,7 +91,7 @@ def _sqlite_error(path: Path | None, exc: sqlite3.Error) -> OutputError:
     return OutputError(f"checkpoint {path}: {exc}{hint}")
 
 
-class Checkpoint(PlanQueries, History):
+class Checkpoint(PlanQueries, History, BatchRecords):
     """The store at `path`. Open with `Checkpoint.open`, or `Checkpoint.planning` for a dry run.
     Its answers are those of one identity (`use_identity`; by default the last run's)."""
 
@@ -301,9 +303,11 @@ class Checkpoint(PlanQueries, History):
     def forget(self) -> None:
         """--restart: drop every result, attempt and event; the scan stays valid."""
         with self._transaction():
-            for table in ("results", "staged", "attempts", "runs", "events"):
+            for table in ("results", "staged", "attempts", "runs", "events", "batch_files",
+                          "batch_lines"):  # fmt: skip
                 self._conn.execute(f"DELETE FROM {table}")
-            self._conn.execute("DELETE FROM meta WHERE key = 'learned_rate'")
+            # A new token: the next files must not take the names of files already uploaded.
+            self._conn.execute("DELETE FROM meta WHERE key IN ('learned_rate', 'batch_token')")
         self._staged = 0
 
     # -- meta ---------------------------------------------------------------------------------

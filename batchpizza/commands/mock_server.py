@@ -99,8 +99,35 @@ import click
     help="OpenAI route: the models served, comma-separated; others get 404 model_not_found "
     "[default: any model].",
 )
+@click.option(
+    "--batch-seconds",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Batch API: how long a batch takes from creation to completed.",
+)
+@click.option(
+    "--batch-expire",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Batch API: the first N batches expire with half their lines done.",
+)
+@click.option(
+    "--batch-fail-every",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Batch API: every Nth line of a first submission fails (a 500 in the error file).",
+)
 def mock_server(
-    host: str, port: int, latency: float, jitter: float, models: str | None, **options: Any
+    host: str,
+    port: int,
+    latency: float,
+    jitter: float,
+    models: str | None,
+    batch_seconds: float,
+    batch_expire: int,
+    batch_fail_every: int,
+    **options: Any,
 ) -> None:
     """A local stand-in for the Pizzagpt API and an OpenAI-compatible server, for offline runs
     and tests. The first line on stdout says where it listens (BASE); the routes are:
@@ -109,6 +136,7 @@ def mock_server(
       POST BASE/api/chatx-completion   Pizzagpt (--base-url BASE)
       POST BASE/v1/chat/completions    OpenAI chat completions (--base-url BASE/v1)
       GET  BASE/v1/models              the models served
+      BASE/v1/files, BASE/v1/batches   the Batch API (run --via batch)
       GET  BASE/__stats                counters as JSON; POST BASE/__reset clears them
 
     \b
@@ -116,6 +144,7 @@ def mock_server(
     [[slow:200]], [[misuse]] (see batchpizza/mock/faults.py).
     """
     # Imported here: aiohttp.web is only needed for this command.
+    from batchpizza.mock.batches import BatchMock
     from batchpizza.mock.faults import MockConfig
     from batchpizza.mock.server import serve
 
@@ -123,4 +152,5 @@ def mock_server(
     if models is not None and not served:
         raise click.BadParameter("give model names separated by commas", param_hint="--models")
     config = MockConfig(latency_ms=latency, jitter_ms=jitter, models=served, **options)
-    serve(config, host=host, port=port)
+    batches = BatchMock(seconds=batch_seconds, expire=batch_expire, fail_every=batch_fail_every)
+    serve(config, host=host, port=port, batches=batches)

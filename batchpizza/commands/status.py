@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from batchpizza.batchapi.display import batches_info, batches_text
 from batchpizza.checkpoint import Checkpoint, is_locked
 from batchpizza.commands import say
 from batchpizza.errors import BatchpizzaError
@@ -30,6 +31,7 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
         store = Checkpoint.open(path, create=False, readonly=True)
         try:
             info = store.status()
+            files = store.batch_files()
         finally:
             store.close()
     except BatchpizzaError as exc:
@@ -37,6 +39,8 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
         sys.exit(exc.exit_code)
     info["checkpoint"] = str(path)
     info["running"] = is_locked(path)
+    if files:
+        info["batches"] = batches_info(files)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -55,6 +59,8 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     click.echo(f"  kept       {info.get('answers_kept', '?')} answers in all")
     click.echo(f"  written    {when}")
     click.echo(f"  running    {'yes: a run holds the lock' if info['running'] else 'no'}")
+    for line in batches_text(files):
+        click.echo(line)
 
 
 def checkpoint_path(output: str | None, checkpoint: str | None) -> Path:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -20,6 +21,10 @@ from batchpizza.controls.stop import Stop
 from batchpizza.engine.runner import PendingRow, Runner
 from batchpizza.providers import Provider
 from batchpizza.records import Result
+from batchpizza.rows import request_key
+
+if TYPE_CHECKING:
+    from batchpizza.batchapi.flow import BatchFlow
 
 
 class Sending:
@@ -36,6 +41,7 @@ class Sending:
         on_result: Callable[[int, Result], None],
         gatekeeper: Gatekeeper | None = None,
         session: aiohttp.ClientSession | None = None,
+        deadline_at: float | None = None,
     ) -> None:
         self.config = config
         self.stop = stop
@@ -62,17 +68,32 @@ class Sending:
             session=session,
         )
         self._task: asyncio.Task[None] | None = None
+        self.batches: BatchFlow | None = None  # --via batch / auto: the Batch API's flow
+        if config.via != "online":
+            from batchpizza.batchapi.flow import BatchFlow
+
+            self.batches = BatchFlow(
+                config, provider, checkpoint, run, stop, self.runner.counters,  # type: ignore[arg-type]
+                key=request_key(provider), on_result=on_result, session=session,
+                deadline_at=deadline_at, online=self.runner.run if config.via == "auto" else None,
+            )  # fmt: skip
 
     async def send(self, rows: Iterator[PendingRow]) -> None:
         """Send every row; returns after a stop once the grace period is over."""
         if self.stop.sending_stopped:
             return
-        self._task = asyncio.create_task(self.runner.run(rows))
+        sending = self.runner.run if self.batches is None else self.batches.run
+        self._task = asyncio.create_task(sending(rows))
         try:
             await self._task
         except asyncio.CancelledError:
             if not self.stop.sending_stopped:
                 raise  # cancelled by our caller, not by our own grace timer
+
+    @property
+    def batches_out(self) -> int:
+        """Batches still out when the run ended (--via batch): it stops "batches", exit 4."""
+        return 0 if self.batches is None else self.batches.out
 
     def stop_early(self, reason: str) -> None:
         """A planned stop (the deadline, the breaker out of patience): no new request, those in

@@ -139,7 +139,9 @@ class Job:
             from batchpizza.mock.server import serving
 
             async with serving() as base_url:
-                self.config = dataclasses.replace(config, base_url=base_url)
+                # The OpenAI-compatible routes (chat, files, batches) are under /v1.
+                api = base_url + ("/v1" if config.provider == "openai" else "")
+                self.config = dataclasses.replace(config, base_url=api)
                 return await self._run_locked()
         finally:
             if lock is not None:
@@ -218,6 +220,7 @@ class Job:
         todo = plan.to_send
         checkpoint.set_meta(input=config.input or config.input_label)
         run = checkpoint.begin_run(run_options(config))
+        deadline_at = None if config.deadline_s is None else _PROCESS_START + config.deadline_s
         self.sending = sending = Sending(
             config,
             provider,
@@ -227,6 +230,7 @@ class Job:
             on_result=self._finished_row,
             gatekeeper=self.gatekeeper,
             session=self.session,
+            deadline_at=deadline_at,
         )
         cleanup.callback(sending.save, checkpoint, run)
         runner = sending.runner
@@ -247,7 +251,9 @@ class Job:
             loop = asyncio.get_running_loop()
             loop.call_later(max(0.0, remaining), sending.stop_early, "deadline")
         try:
-            if todo:
+            # Batches left open by a run killed as it collected them: closed, though no row is
+            # left to send.
+            if todo or (sending.batches is not None and checkpoint.open_files()):
                 # Closed here, not by the collector at exit (where it printed a traceback).
                 prompts = cleanup.enter_context(
                     contextlib.closing(
@@ -280,8 +286,9 @@ class Job:
         tally = checkpoint.tally(config.limit)
         # Stopped early only if it left rows unsent: a deadline that found the work done is a
         # finished run.
-        early = self.stop.reason in ("deadline", "refusals") and tally.pending > 0
-        stopped = self.stop.reason if early else None
+        reason = "batches" if sending.batches_out else self.stop.reason
+        early = reason in ("deadline", "refusals", "batches") and tally.pending > 0
+        stopped = reason if early else None
         exit_code = 4 if stopped else 0 if tally.answered == tally.rows else 3
         checkpoint.end_run(run, rows_sent=done, exit_code=exit_code)
         summary = self._summary(tally, exit_code, stopped=stopped, rate=sending.control.rate)
@@ -319,7 +326,12 @@ class Job:
             raise Interrupted("interrupted while planning", 0)
         previews = [provider.preview(prompt) for prompt in firsts]
         # On stdout, to be piped or saved; the summary line stays on stderr with the logs.
-        print(dry_run_report(config, tally, counts, previews, planning.learned_rate()), flush=True)
+        said = dry_run_report(config, tally, counts, previews, planning.learned_rate())
+        if config.via != "online":
+            from batchpizza.batchapi.display import batches_text
+
+            said = "\n".join([said, *batches_text(planning.batch_files())])
+        print(said, flush=True)
         return self._summary(tally, 0)
 
     async def _in_thread(self, func: Callable[[], Any]) -> Any:
@@ -342,6 +354,8 @@ class Job:
     ) -> Summary:
         counters = self.sending.runner.counters if self.sending else None
         summary = self._reporter.summary(tally, counters, exit_code, stopped=stopped, rate=rate)
+        if self.sending is not None and self.sending.batches is not None:
+            summary = dataclasses.replace(summary, batches=self.sending.batches.info())
         if self.plan is None:
             return summary
         return dataclasses.replace(summary, plan=self.plan.to_dict())

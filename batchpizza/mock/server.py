@@ -6,6 +6,7 @@ fault injector and by the benchmark. Routes, the API ones in pizzagpt.py and ope
     POST /api/chatx-completion   Pizzagpt, like the real service
     POST /v1/chat/completions    OpenAI chat completions
     GET  /v1/models              the models served
+    /v1/files, /v1/batches       the Batch API (batches.py)
     GET  /__stats                the counters; ``POST /__reset`` clears them and the
                                  per-question counters
 
@@ -24,6 +25,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from batchpizza.mock.batches import BATCH_MOCK, BatchMock
+from batchpizza.mock.batches import install as install_batches
 from batchpizza.mock.faults import Live, MockConfig
 from batchpizza.mock.openai import CHAT_PATH, MODELS_PATH, chat_route, models_route
 from batchpizza.mock.pizzagpt import API_PATH, pizzagpt_route
@@ -50,14 +53,18 @@ async def _post_reset(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-def make_app(config: MockConfig, stats: Stats | None = None) -> web.Application:
-    app = web.Application()
+def make_app(
+    config: MockConfig, stats: Stats | None = None, batches: BatchMock | None = None
+) -> web.Application:
+    # Batch input files up to OpenAI's 200 MB (aiohttp's default cap is 1 MB).
+    app = web.Application(client_max_size=256 * 1024 * 1024)
     app[STATE] = State(config, stats if stats is not None else Stats())
     app.router.add_post(API_PATH, pizzagpt_route)
     app.router.add_post(CHAT_PATH, chat_route)
     app.router.add_get(MODELS_PATH, models_route)
     app.router.add_get("/__stats", _get_stats)
     app.router.add_post("/__reset", _post_reset)
+    install_batches(app, batches)
     return app
 
 
@@ -65,10 +72,15 @@ class MockServer:
     """In-process server: `async with MockServer(config) as srv:` then srv.base_url, srv.stats."""
 
     def __init__(
-        self, config: MockConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: MockConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        batches: BatchMock | None = None,
     ) -> None:
         self.stats = Stats()
-        self._app = make_app(config or MockConfig(), self.stats)
+        self._app = make_app(config or MockConfig(), self.stats, batches)
         self._state = self._app[STATE]
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
@@ -81,6 +93,11 @@ class MockServer:
     @config.setter
     def config(self, config: MockConfig) -> None:
         self._state.live = Live(config)  # fresh RNG and rate window
+
+    @property
+    def batches(self) -> BatchMock:
+        """The Batch API's behaviour and record (mock/batches.py)."""
+        return self._app[BATCH_MOCK]
 
     def reset(self) -> None:
         """Clear stats, per-question directive counters and the rate-limit window."""
@@ -146,6 +163,10 @@ class ThreadedMockServer:
     def config(self, config: MockConfig) -> None:
         self._server.config = config
 
+    @property
+    def batches(self) -> BatchMock:
+        return self._server.batches
+
     def reset(self) -> None:
         self._server.reset()
 
@@ -192,15 +213,20 @@ class ThreadedMockServer:
         self.stop()
 
 
-def serve(config: MockConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve(
+    config: MockConfig,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    batches: BatchMock | None = None,
+) -> None:
     """Run until SIGINT/SIGTERM. Stdout line 1 gives the URL; stderr gets stats JSON on exit."""
     # Windows has no loop signal handlers, so there Ctrl+C arrives as KeyboardInterrupt.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(config, host, port))
+        asyncio.run(_serve(config, host, port, batches))
 
 
-async def _serve(config: MockConfig, host: str, port: int) -> None:
-    server = MockServer(config, host=host, port=port)
+async def _serve(config: MockConfig, host: str, port: int, batches: BatchMock | None) -> None:
+    server = MockServer(config, host=host, port=port, batches=batches)
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

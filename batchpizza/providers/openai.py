@@ -260,6 +260,20 @@ class OpenAIAPI:
             exc.rate, exc.request_id = rate, request_id
             raise
 
+    def api_headers(self) -> dict[str, str]:
+        """The headers of a request to this server's other APIs (the Batch API's files and
+        batches): the key's, the user agent's; never logged."""
+        headers = {"accept": "application/json", "user-agent": USER_AGENT}
+        if self._key is not None:
+            headers["authorization"] = f"Bearer {self._key.reveal()}"
+        return headers
+
+    @property
+    def api_base(self) -> URL:
+        """The API's root (.../v1), where /files and /batches are."""
+        path = self.url.path[: -len(CHAT_PATH)] if self.url.path.endswith(CHAT_PATH) else ""
+        return self.url.with_path(path or "/").with_query(self.url.query)
+
     def preview(self, prompt: Prompt) -> tuple[str, dict[str, str], bytes]:
         headers = dict(self._headers)
         if self._key is not None:

@@ -1,0 +1,396 @@
+"""One run through the Batch API: launch what an earlier run left unlaunched, put the new rows in
+files, upload them and create their batches, then poll, download and commit, resubmitting what
+failed or expired; with --via auto, rows still out near the deadline go online.
+
+Never the same rows twice: a file's lines are recorded before it is uploaded, its id once the
+upload returned, the batch's id once it is created (checkpoint/batches.py). After a kill, a file
+recorded without an id is looked for on the server by its name, and a batch by its file, before
+anything is uploaded or created again; and a batch whose creation failed without a reply is
+looked for before it is created again. Rows in a batch, or waiting to be resubmitted, are never
+put in a new file. Each answer is committed through the checkpoint as an online answer is (the
+same parsing of the same reply body, the same result row), with its line marked "answered".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import aiohttp
+
+from batchpizza.batchapi.client import BatchClient, Halted
+from batchpizza.batchapi.files import Line, ResultLine, build_lines, read_results, split
+from batchpizza.batchapi.results import Judge
+from batchpizza.batchapi.settings import AUTO_MARGIN, AUTO_MIN, Limits
+from batchpizza.checkpoint import Checkpoint
+from batchpizza.checkpoint.batches import BatchFile, BatchLine
+from batchpizza.config import RunConfig
+from batchpizza.controls.stop import Stop
+from batchpizza.engine.runner import Counters, PendingRow, new_session
+from batchpizza.errors import BatchAPIError, ProviderError
+from batchpizza.providers.openai import OpenAIAPI
+from batchpizza.records import Attempt, Outcome, Prompt, Result
+
+log = logging.getLogger("batchpizza")
+
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+class BatchFlow:
+    def __init__(
+        self,
+        config: RunConfig,
+        provider: OpenAIAPI,
+        checkpoint: Checkpoint,
+        run: int,
+        stop: Stop,
+        counters: Counters,
+        *,
+        key: Callable[[Prompt], bytes],
+        on_result: Callable[[int, Result], None] | None = None,
+        session: aiohttp.ClientSession | None = None,
+        deadline_at: float | None = None,
+        online: Callable[[Iterator[PendingRow]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.config = config
+        self.provider = provider
+        self.checkpoint = checkpoint
+        self.run_id = run
+        self.stop = stop
+        self.counters = counters
+        self.key = key
+        self.on_result = on_result
+        self._session = session
+        self.deadline_at = deadline_at  # time.monotonic() of --deadline
+        self.online = online  # --via auto: sends rows online (the Runner)
+        self.limits = Limits.from_env()
+        self.judge = Judge(provider, config.max_retries)
+        self.client: BatchClient | None = None
+        self.fatal: BatchAPIError | None = None
+        self.out = 0  # batches still out when the run ended
+        self.sent_online = 0  # --via auto: rows sent online instead
+        self.lines_sent = 0  # lines submitted by this run (resubmissions too)
+        self.resubmitted = 0
+        self.collected = 0  # answers and failed rows committed from batches by this run
+        # --via auto: the rows of this run's batches, to send online if they are cancelled.
+        self._held: dict[bytes, PendingRow] = {}
+        self._started = time.monotonic()
+
+    async def run(self, rows: Iterator[PendingRow]) -> None:
+        async with contextlib.AsyncExitStack() as owned:
+            session = self._session
+            if session is None:
+                session = await owned.enter_async_context(new_session(4))
+            config = self.config
+            self.client = BatchClient(
+                session,
+                self.provider,
+                self.stop,
+                tries=config.max_retries + 1,
+                backoff_base=config.backoff_base,
+                backoff_cap=config.backoff_cap,
+                retry_after_cap=config.retry_after_cap,
+            )
+            try:
+                await self._launch_left()
+                await self._submit(rows)
+                await self._follow()
+            except Halted:
+                pass
+        self.out = len(self.checkpoint.open_files())
+        if self.fatal is not None:
+            raise self.fatal
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    async def _launch_left(self) -> None:
+        """Files an earlier run recorded but did not see through: uploaded and made a batch of,
+        unless the server has them already."""
+        for f in self.checkpoint.open_files():
+            if self.stop.sending_stopped:
+                return
+            if f.batch_id is None:
+                lines = self.checkpoint.file_lines(f.seq)
+                content = b"".join(line.line or b"" for line in lines)
+                await self._launch(f, content, fresh=False)
+
+    async def _submit(self, rows: Iterator[PendingRow]) -> None:
+        skip = self.checkpoint.out_keys()
+        if self.online is not None:
+            rows = self._holding(rows)
+        for chunk in split(build_lines(rows, self.provider.body, self.key, skip), self.limits):
+            if self.stop.sending_stopped:
+                return
+            await self._send_file(chunk)
+
+    def _holding(self, rows: Iterator[PendingRow]) -> Iterator[PendingRow]:
+        for row in rows:
+            self._held[self.key(row[1])] = row
+            yield row
+
+    async def _send_file(
+        self, chunk: list[Line], resubmitted: list[tuple[int, str]] | None = None
+    ) -> None:
+        f = self.checkpoint.intend_file(chunk, resubmitted or ())
+        self.lines_sent += len(chunk)
+        self.counters.requests += len(chunk)
+        if resubmitted:
+            self.counters.retries += len(chunk)
+            self.resubmitted += len(chunk)
+        await self._launch(f, b"".join(line[5] for line in chunk), fresh=True)
+
+    async def _launch(self, f: BatchFile, content: bytes, *, fresh: bool) -> None:
+        """Upload file `f` and create its batch, each recorded as soon as it returns. A file
+        recorded in this run cannot be on the server yet; any other is looked for first, and so
+        is everything whose call failed without a clear answer."""
+        client = self.client
+        assert client is not None
+        file_id = f.file_id
+        look = not fresh
+        tries = self.config.max_retries + 1
+        for attempt in range(tries):
+            if file_id is None and look:
+                file_id = await self._find_file(f.name)
+            if file_id is None:
+                try:
+                    file_id = await client.upload(f.name, content)
+                except BatchAPIError as exc:
+                    if exc.exit_code == 2 or attempt + 1 == tries:
+                        raise
+                    log.info("%s; trying again", exc.message)
+                    await client.pause(attempt)
+                    look = True  # it may have been stored all the same
+                    continue
+            self.checkpoint.set_file_id(f.seq, file_id)
+            break
+        assert file_id is not None
+        look = not fresh or f.file_id is not None
+        for attempt in range(tries):
+            batch = await self._find_batch(f, file_id) if look else None
+            if batch is None:
+                try:
+                    batch = await client.create(file_id, f.name)
+                except BatchAPIError as exc:
+                    if exc.exit_code == 2 or attempt + 1 == tries:
+                        raise
+                    log.info("%s; trying again", exc.message)
+                    await client.pause(attempt)
+                    look = True  # it may have been made all the same
+                    continue
+            self.checkpoint.set_batch(f.seq, batch)
+            log.info("batch %s: %d requests (%s)", batch.get("id"), f.lines, f.name)
+            return
+
+    async def _find_file(self, name: str) -> str | None:
+        assert self.client is not None
+        for item in await self.client.files():
+            if item.get("filename") == name and isinstance(item.get("id"), str):
+                return str(item["id"])
+        return None
+
+    async def _find_batch(self, f: BatchFile, file_id: str) -> dict[str, Any] | None:
+        assert self.client is not None
+        async for batch in self.client.batches():
+            metadata = batch.get("metadata")
+            named = isinstance(metadata, dict) and metadata.get("batchpizza") == f.name
+            if named or batch.get("input_file_id") == file_id:
+                return batch
+            created = batch.get("created_at")
+            # Listed newest first: one made an hour before the file was recorded is not it.
+            if isinstance(created, (int, float)) and created < f.created - 3600:
+                return None
+        return None
+
+    # -- following ----------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        """Poll every open batch, collect those that ended, resubmit what failed or expired;
+        again after a pause while --wait (or --via auto) keeps the run waiting."""
+        delay = self.limits.poll_first
+        # A --mock run's server and its batches, or a checkpoint in memory, end with the run:
+        # nothing to come back to.
+        keep_waiting = (
+            self.config.wait
+            or self.config.mock
+            or self.checkpoint.path is None
+            or self.online is not None
+        )
+        while not self.stop.sending_stopped:
+            await self._poll_all()
+            await self._resubmit()
+            if self.fatal is not None or not self.checkpoint.open_files():
+                return
+            if not keep_waiting:
+                return
+            if self.online is not None and self._near_deadline(delay):
+                await self._go_online()
+                return
+            await self.stop.sleep(delay)
+            delay = min(self.limits.poll_cap, delay * 1.5)
+
+    async def _poll_all(self) -> None:
+        client = self.client
+        assert client is not None
+        for f in self.checkpoint.open_files():
+            if self.stop.sending_stopped:
+                return
+            if f.batch_id is None:
+                continue  # its launch failed in this run; the next run looks for it
+            try:
+                batch = await client.get(f.batch_id)
+            except BatchAPIError as exc:
+                if exc.status == 404:
+                    # The server does not know it (deleted, another project's key): its lines
+                    # are resubmitted, as an expired batch's.
+                    log.warning("%s; its requests are submitted again", exc.message)
+                    await self._collect(f, {"id": f.batch_id, "status": "lost"})
+                    continue
+                if exc.exit_code == 2:
+                    raise
+                log.warning("%s; polled again later", exc.message)
+                continue
+            self.checkpoint.set_batch(f.seq, batch)
+            if batch.get("status") in TERMINAL:
+                await self._collect(f, batch)
+
+    async def _collect(self, f: BatchFile, batch: dict[str, Any]) -> None:
+        """The results of a batch that ended, committed; its lines marked."""
+        client = self.client
+        assert client is not None
+        status = str(batch.get("status"))
+        lines = {line.custom_id: line for line in self.checkpoint.file_lines(f.seq)}
+        if status == "failed":
+            self._failed_whole(f, batch, lines)
+            return
+        seen: dict[str, ResultLine] = {}
+        for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
+            if isinstance(file_id, str) and file_id:
+                for got in read_results(await client.content(file_id)):
+                    if got.custom_id in lines:
+                        seen.setdefault(got.custom_id, got)
+        results: list[tuple[int, Result]] = []
+        attempts: list[Attempt] = []
+        fatal: ProviderError | None = None
+        outcomes: list[tuple[str, str]] = []
+        started, took = f.created, (time.time() - f.created) * 1000.0
+        for cid, line in lines.items():
+            found = seen.get(cid)
+            verdict = (
+                self.judge.unanswered(line, status)
+                if found is None
+                else self.judge.judge(line, found)
+            )
+            outcome, result, attempt = verdict.outcome, verdict.result, verdict.attempt
+            fatal = fatal or verdict.fatal
+            outcomes.append((cid, outcome))
+            if attempt is not None:
+                attempts.append(attempt._replace(started=started, duration_ms=took))
+            if result is not None:
+                results.append((line.pos, result))
+        self.checkpoint.write([r for _, r in results], attempts, self.run_id)
+        self.checkpoint.finish_file(f.seq, outcomes, status)
+        again = sum(1 for _, o in outcomes if o in ("failed", "expired"))
+        log.info(
+            "batch %s %s: %d answered, %d failed, %d to resubmit",
+            batch.get("id"),
+            status,
+            sum(1 for _, o in outcomes if o == "answered"),
+            sum(1 for _, o in outcomes if o == "error"),
+            again,
+        )
+        for pos, result in results:
+            self._count(pos, result)
+        if fatal is not None and self.fatal is None:
+            # As online: an unknown model, a wrong URL fails every request alike.
+            self.fatal = BatchAPIError(
+                f"batch {batch.get('id')}: {fatal.message}; its rows are recorded as failed: fix "
+                "the cause and rerun to send them again.",
+                wrong=True,
+            )
+
+    def _failed_whole(
+        self, f: BatchFile, batch: dict[str, Any], lines: dict[str, BatchLine]
+    ) -> None:
+        """A batch the server refused as a whole (a bad file): its rows failed, the run exits
+        with the server's errors."""
+        self.checkpoint.set_batch(f.seq, batch)
+        errors = next((b.errors for b in self.checkpoint.batch_files() if b.seq == f.seq), None)
+        said = errors or "no reason given"
+        error = ProviderError(f"the Batch API refused the file {f.name}: {said}")
+        results = [(line.pos, self.judge.error_result(line, error)) for line in lines.values()]
+        self.checkpoint.write([r for _, r in results], (), self.run_id)
+        self.checkpoint.finish_file(f.seq, [(cid, "error") for cid in lines], "failed")
+        for pos, result in results:
+            self._count(pos, result)
+        self.fatal = BatchAPIError(
+            f"batch {batch.get('id')} ({f.name}, {f.lines} requests) failed: {said}. Its rows "
+            "are recorded as failed; fix the cause and rerun to send them again.",
+            wrong=True,
+        )
+
+    async def _resubmit(self) -> None:
+        """Lines that failed or expired, in new files: never a line already answered."""
+        if self.fatal is not None:
+            return
+        waiting = [line for line in self.checkpoint.to_resubmit() if line.line is not None]
+        if not waiting:
+            return
+        by_cid = {(line.custom_id, line.pos): line for line in waiting}
+        lines: list[Line] = [
+            (b.custom_id, b.id, b.pos, b.digest, b.tries + 1, b.line or b"") for b in waiting
+        ]
+        for chunk in split(lines, self.limits):
+            if self.stop.sending_stopped:
+                return
+            marked = [(by_cid[(c[0], c[2])].seq, c[0]) for c in chunk]
+            await self._send_file(chunk, marked)
+
+    # -- --via auto ---------------------------------------------------------------------------
+
+    def _near_deadline(self, pause: float) -> bool:
+        if self.deadline_at is None:
+            return False
+        margin = max(AUTO_MIN, AUTO_MARGIN * (self.deadline_at - self._started))
+        return time.monotonic() + pause >= self.deadline_at - margin
+
+    async def _go_online(self) -> None:
+        """Cancel the batches still out and send their rows online (full price)."""
+        client = self.client
+        assert client is not None and self.online is not None
+        rows: list[PendingRow] = []
+        for f in self.checkpoint.open_files():
+            if f.batch_id is not None:
+                with contextlib.suppress(BatchAPIError):
+                    await client.cancel(f.batch_id)
+            lines = self.checkpoint.file_lines(f.seq)
+            outcomes = [(line.custom_id, "online") for line in lines]
+            self.checkpoint.finish_file(f.seq, outcomes, "abandoned")
+            rows.extend(self._held[line.digest] for line in lines if line.digest in self._held)
+        if not rows:
+            return
+        self.sent_online = len(rows)
+        log.warning("--via auto: %d rows still out near the deadline are sent online", len(rows))
+        await self.online(iter(sorted(rows, key=lambda row: row[0])))
+
+    def info(self) -> dict[str, int]:
+        """The summary's `batches`."""
+        return {
+            "submitted": self.lines_sent,
+            "resubmitted": self.resubmitted,
+            "collected": self.collected,
+            "out": self.out,
+            "online": self.sent_online,
+        }
+
+    def _count(self, pos: int, result: Result) -> None:
+        self.collected += 1
+        counters = self.counters
+        if result.finish_reason == Outcome.ERROR.value:
+            counters.failed += 1
+        else:
+            counters.answered += 1
+        if self.on_result is not None:
+            self.on_result(pos, result)

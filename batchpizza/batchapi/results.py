@@ -1,0 +1,96 @@
+"""What a Batch API result line means for its row, judged as the online request's reply would
+be (the provider's own parsing of the same body): an answer, a failure to resubmit within the
+line's budget (`--max-retries`, as an online row's retries), or a failed row."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from batchpizza.batchapi.files import ResultLine
+from batchpizza.checkpoint.batches import BatchLine
+from batchpizza.engine.runner import ANSWERED, outcome_of
+from batchpizza.errors import ProviderError, describe
+from batchpizza.providers.openai import OpenAIAPI
+from batchpizza.records import Attempt, Outcome, Result
+
+
+class Verdict(NamedTuple):
+    outcome: str  # the line's: answered, failed, expired (to resubmit) or error
+    result: Result | None  # what is committed for its row; None while it is resubmitted
+    attempt: Attempt  # for the report (its times are the batch's)
+    fatal: ProviderError | None = None  # a reply after which no request can succeed
+
+
+class Judge:
+    def __init__(self, provider: OpenAIAPI, max_retries: int) -> None:
+        self.provider = provider
+        self.max_retries = max_retries
+
+    def judge(self, line: BatchLine, got: ResultLine) -> Verdict:
+        """A line's result, as the online request's reply would be judged."""
+        provider = self.provider
+        model = provider.model
+        error: ProviderError
+        if got.status is not None and 200 <= got.status < 300 and got.body is not None:
+            try:
+                answer = provider._answer(got.status, got.body, model, None, got.request_id)
+            except ProviderError as exc:
+                error = exc
+            else:
+                result = Result(
+                    line.id,
+                    line.digest,
+                    answer.finish_reason,
+                    answer.text,
+                    None,
+                    line.tries,
+                    None,
+                    answer.model,
+                    answer.prompt_tokens,
+                    answer.completion_tokens,
+                    answer.response_id,
+                    answer.request_id,
+                    answer.body,
+                )
+                return Verdict("answered", result, Attempt(line.id, 0.0, 0.0, ANSWERED))
+        elif got.status is not None:
+            error = provider._status_error(got.status, "", got.body or b"", {}, model)
+            if provider.keep_bodies and got.body is not None:
+                error.body = provider._masked(got.body)
+        else:
+            code = (got.error or {}).get("code") or "error"
+            message = (got.error or {}).get("message") or "no reply"
+            error = ProviderError(f"{code}: {provider._said(str(message))}")
+            error.retryable = True
+        error.request_id = got.request_id
+        attempt = Attempt(line.id, 0.0, 0.0, outcome_of(error), error.status, describe(error))
+        if error.retryable and line.tries <= self.max_retries:
+            return Verdict("failed", None, attempt)
+        fatal = error if error.fatal else None
+        return Verdict("error", self.error_result(line, error), attempt, fatal)
+
+    def unanswered(self, line: BatchLine, status: str) -> Verdict:
+        """A line the batch ended without (expired, cancelled): resubmitted, within its budget."""
+        why = f"not run: the batch was {status}"
+        attempt = Attempt(line.id, 0.0, 0.0, "timeout", None, why)
+        if line.tries <= self.max_retries:
+            return Verdict("expired", None, attempt)
+        return Verdict("error", self.error_result(line, ProviderError(why)), attempt)
+
+    def error_result(self, line: BatchLine, error: ProviderError) -> Result:
+        n = line.tries
+        text = (
+            f"{describe(error)} after {n} {'submission' if n == 1 else 'submissions'} (Batch API)"
+        )
+        return Result(
+            line.id,
+            line.digest,
+            Outcome.ERROR.value,
+            None,
+            text,
+            n,
+            None,
+            self.provider.model,
+            request_id=error.request_id,
+            body=error.body,
+        )

@@ -1,0 +1,60 @@
+"""--via and the Batch API's limits and timings, apart from RunConfig (which only calls
+`check_via`), read once per run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from batchpizza.errors import UsageError
+
+VIA = ("online", "batch", "auto")
+# OpenAI's limits on one batch's input file (its Batch API guide).
+MAX_LINES = 50_000
+MAX_BYTES = 200 * 1024 * 1024
+COMPLETION_WINDOW = "24h"
+# How often a batch is polled: from the first interval, 1.5 times longer each time, up to the
+# last; a batch takes minutes to hours, and every poll is a request against the key's limits.
+POLL_FIRST = 5.0
+POLL_CAP = 60.0
+# --via auto: rows still out this long before --deadline are cancelled and sent online.
+AUTO_MARGIN = 0.25  # of the time left when the batches were submitted, at least AUTO_MIN
+AUTO_MIN = 5.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_lines: int = MAX_LINES
+    max_bytes: int = MAX_BYTES
+    poll_first: float = POLL_FIRST
+    poll_cap: float = POLL_CAP
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        """The limits, smaller where BATCHPIZZA_BATCH_LIMITS says ("LINES,BYTES,POLL,POLL_CAP",
+        any left empty): for tests, and for a server with lower limits than OpenAI's."""
+        text = os.environ.get("BATCHPIZZA_BATCH_LIMITS", "")
+        parts = [p.strip() for p in text.split(",")] if text.strip() else []
+        given = [*parts, "", "", "", ""][:4]
+        try:
+            lines = int(given[0]) if given[0] else MAX_LINES
+            size = int(given[1]) if given[1] else MAX_BYTES
+            first = float(given[2]) if given[2] else POLL_FIRST
+            cap = float(given[3]) if given[3] else POLL_CAP
+        except ValueError:
+            raise UsageError(
+                f"BATCHPIZZA_BATCH_LIMITS={text!r}: expected LINES,BYTES,POLL,POLL_CAP numbers"
+            ) from None
+        if lines < 1 or size < 1 or first <= 0 or cap < first:
+            raise UsageError(f"BATCHPIZZA_BATCH_LIMITS={text!r}: each must be positive")
+        return cls(min(lines, MAX_LINES), min(size, MAX_BYTES), first, cap)
+
+
+def check_via(via: str, provider: str) -> None:
+    if via not in VIA:
+        raise UsageError(f"--via {via!r}: one of {', '.join(VIA)}")
+    if via != "online" and provider != "openai":
+        raise UsageError(
+            f"--via {via}: the Batch API is OpenAI's; use it with --provider openai, or send "
+            "online (--via online)"
+        )
