@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchpizza.errors import UsageError
 from batchpizza.parsing import (
@@ -17,6 +17,9 @@ from batchpizza.parsing import (
     parse_params,
     parse_rate_option,
 )
+
+if TYPE_CHECKING:
+    from batchpizza.structured import Structured
 
 DEFAULT_BASE_URL = "https://www.pizzagpt.it"
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -96,6 +99,9 @@ class RunConfig:
     template: str | None = None  # builds each row's prompt from its fields: "Q: {title}"
     template_file: str | None = None  # a Jinja2 template file doing the same
     prompt: Callable[[dict[str, Any]], str] | None = None  # Python only: the row -> its prompt
+    schema: Any = None  # --schema: a JSON Schema's path; in Python also a dict or pydantic class
+    schema_retries: int = 2  # re-asks of an answer that does not fit the schema
+    flatten: bool = False  # the schema's top-level properties as columns, instead of `parsed`
     rate_per_s: float = field(init=False)
     auto_max: float | None = field(init=False)  # set under --rate auto: the learned rate's ceiling
     output_format: str | None = field(init=False)  # None: no output file
@@ -104,6 +110,7 @@ class RunConfig:
     # --template-file's (name, text), read once here, so that every process (a Ray actor too)
     # builds from the same text.
     template_source: tuple[str, str] | None = field(init=False)
+    structured: Structured | None = field(init=False)  # the checked schema, None without one
 
     def __post_init__(self) -> None:
         if self.rate is None:
@@ -142,6 +149,10 @@ class RunConfig:
         if not self.timeout > 0:
             raise UsageError("--timeout must be a positive number of seconds")
         check_params(self.params or {})
+        from batchpizza.structured.options import structured_of
+
+        structured = structured_of(self.schema, self.schema_retries, self.flatten, self.params)
+        object.__setattr__(self, "structured", structured)
         object.__setattr__(self, "template_source", self._check_building())
         check_url(self.base_url, "--base-url")
         if self.proxy:

@@ -5,7 +5,7 @@ table says what each does and its default."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
 
@@ -51,3 +51,6 @@ class Options(TypedDict, total=False):
     template: str | None  # the prompt built from the row's fields: "Summarise: {title}"
     template_file: str | None  # a Jinja2 template file (needs batchpizza[templates])
     prompt: Callable[[dict[str, Any]], str] | None  # the row (a dict) -> its prompt (Python only)
+    schema: str | Mapping[str, Any] | type | None  # a JSON Schema: path, dict or pydantic class
+    schema_retries: int  # re-asks of an answer that does not fit the schema (2)
+    flatten: bool  # the schema's top-level properties as columns instead of `parsed`

@@ -19,13 +19,16 @@ class Outcome(str, enum.Enum):
     MISUSE = "misuse"
     INVALID = "invalid"
     PENDING = "pending"
+    INVALID_OUTPUT = "invalid_output"  # answers that never fit --schema, re-asks spent
 
     def __str__(self) -> str:
         return self.value
 
 
 # A finish reason outside these is an answer (stop, length, content_filter, ...).
-UNANSWERED = frozenset({Outcome.ERROR, Outcome.MISUSE, Outcome.INVALID, Outcome.PENDING})
+UNANSWERED = frozenset(
+    {Outcome.ERROR, Outcome.MISUSE, Outcome.INVALID, Outcome.PENDING, Outcome.INVALID_OUTPUT}
+)
 
 
 def is_answered(finish_reason: str) -> bool:

@@ -1,0 +1,52 @@
+"""Structured outputs: a run's JSON Schema sent with every request (OpenAI's `response_format`,
+or an instruction in a Pizzagpt prompt), every answer validated and re-asked when it does not fit,
+and the parsed values written as typed columns. The engine and providers hold a `Structured`."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from batchpizza.records import Prompt
+from batchpizza.structured import answers, schema as schemas
+
+__all__ = ["INVALID_OUTPUT", "NOT_VALIDATED", "REQUEST_FORMAT", "Structured"]
+
+INVALID_OUTPUT = "invalid_output"  # a row's finish_reason, an attempt's outcome
+# How a schema is put into a request (the instruction, the response_format): a change re-asks.
+REQUEST_FORMAT = 1
+# Answers that are not the model's try at the schema: kept as they are, not re-asked (the model
+# declined, or called tools).
+NOT_VALIDATED = frozenset({"refusal", "tool_calls"})
+DEFAULT_SCHEMA_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class Structured:
+    """A run's schema, checked, with what every stage asks of it."""
+
+    schema: Mapping[str, Any]
+    retries: int = DEFAULT_SCHEMA_RETRIES
+
+    @functools.cached_property
+    def _validate(self) -> Callable[[Any], Any]:
+        return schemas.compile_validator(dict(self.schema))
+
+    def identity(self) -> dict[str, Any]:
+        """The fingerprint's part of the schema: a changed schema asks every row again."""
+        return {"schema": dict(self.schema), "schema_format": REQUEST_FORMAT}
+
+    def response_format(self) -> dict[str, Any]:
+        return schemas.response_format(self.schema)
+
+    def instructed(self, text: str) -> str:
+        return answers.instructed(text, self.schema)
+
+    def check(self, text: str) -> tuple[Any, str | None]:
+        """(the answer's value, None) when it fits; else (None, the error)."""
+        return answers.validation_error(text, self._validate)
+
+    def follow_up(self, prompt: Prompt, answer: str, error: str) -> Prompt:
+        return answers.follow_up(prompt, answer, error)

@@ -1,0 +1,92 @@
+"""The parsed answer as output columns: `parsed` (typed from the schema: see arrow.py) or, with
+--flatten, the schema's top-level properties each a column of its own. Built at output time from
+each row's stored answer, so the checkpoint keeps only the answer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from batchpizza.errors import UsageError
+from batchpizza.records import OutputRow, is_answered
+from batchpizza.structured import Structured
+from batchpizza.structured.arrow import Typed, arrow_typing
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+log = logging.getLogger("batchpizza")
+PARSED = "parsed"
+
+
+def untyped_places(schema: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return arrow_typing(schema)[1]
+
+
+def warn_untyped(schema: Mapping[str, Any]) -> None:
+    """Say which places of the schema are written as JSON text, before anything is sent."""
+    for where, why in untyped_places(schema):
+        log.warning("--schema: %s (%s) has no one column type: written as JSON text", where, why)
+
+
+def flat_names(schema: Mapping[str, Any]) -> list[str]:
+    """--flatten's columns: the top-level properties; a usage error for a schema without any."""
+    props = schema.get("properties")
+    if schema.get("type") != "object" or not isinstance(props, Mapping) or not props:
+        raise UsageError("--flatten: the schema's root must be an object with properties")
+    return list(props)
+
+
+def check_flatten(schema: Mapping[str, Any], taken: Iterable[str]) -> None:
+    """Refuse --flatten columns named like an input or result column."""
+    clash = sorted(set(flat_names(schema)) & set(taken))
+    if clash:
+        raise UsageError(
+            f"--flatten: the schema's propert{'y' if len(clash) == 1 else 'ies'} "
+            f"{', '.join(clash)} would clash with the column(s) of the same name; rename "
+            "them in the schema or leave out --flatten"
+        )
+
+
+class ParsedColumns:
+    """The columns a structured run adds after the result columns."""
+
+    def __init__(self, structured: Structured, *, flatten: bool = False) -> None:
+        self.structured = structured
+        self.flatten = flatten
+        typed, _ = arrow_typing(structured.schema)
+        self.typed: Typed = typed
+        self.names = flat_names(structured.schema) if flatten else [PARSED]
+
+    def values(self, row: OutputRow) -> Any:
+        """The row's answer as its JSON value; None where it has none that fits."""
+        if row.answer is None or not is_answered(row.finish_reason):
+            return None
+        value, error = self.structured.check(row.answer)
+        return None if error is not None else value
+
+    def objects(self, row: OutputRow) -> dict[str, Any]:
+        """The columns of one row as JSON values (JSONL, a list of dicts)."""
+        value = self.values(row)
+        if not self.flatten:
+            return {PARSED: value}
+        value = value if isinstance(value, Mapping) else {}
+        return {name: value.get(name) for name in self.names}
+
+    def fields(self) -> list[pa.Field]:
+        import pyarrow as pa
+
+        if not self.flatten:
+            return [pa.field(PARSED, self.typed.type)]
+        return [pa.field(f.name, f.type) for f in self.typed.type]
+
+    def arrays(self, rows: Sequence[OutputRow]) -> list[pa.Array]:
+        import pyarrow as pa
+
+        convert = self.typed.convert
+        found = [self.values(row) for row in rows]
+        column = pa.array([None if v is None else convert(v) for v in found], self.typed.type)
+        if not self.flatten:
+            return [column]
+        return list(column.flatten())  # each child with the struct's nulls
