@@ -28,7 +28,7 @@ from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageEr
 from batchpizza.job.paths import check_paths
 from batchpizza.job.reading import clear_leftovers, open_rows, reusable, scan_rows, scan_state
 from batchpizza.job.sending import Sending
-from batchpizza.job.writing import Reporter, run_options, write_rows
+from batchpizza.job.writing import Reporter, check_parsed_names, run_options, write_rows
 from batchpizza.progress import Progress, choose, dry_run_report, setup_logging
 from batchpizza.providers.factory import make_provider, remember_secrets
 from batchpizza.records import OutputRow, Result, Summary, Tally
@@ -188,6 +188,7 @@ class Job:
         )
         key = source.input_key()
         scan = await self._scan(source, key, cleanup, reuse=not config.dry_run)
+        check_parsed_names(config, source, provider.extra_columns)  # before anything is sent
         if config.dry_run:
             assert scan is not None  # a dry run always scans
             planning = Checkpoint.planning(config.checkpoint_path, scan)

@@ -38,19 +38,24 @@ def flat_names(schema: Mapping[str, Any]) -> list[str]:
     return list(props)
 
 
-def check_flatten(schema: Mapping[str, Any], taken: Iterable[str]) -> None:
-    """Refuse --flatten columns named like an input or result column."""
-    clash = sorted(set(flat_names(schema)) & set(taken))
+def check_flatten(parsed: ParsedColumns, taken: Iterable[str]) -> None:
+    """Refuse parsed columns named like an input or result column."""
+    clash = sorted(set(parsed.names) & set(taken))
     if clash:
         raise UsageError(
-            f"--flatten: the schema's propert{'y' if len(clash) == 1 else 'ies'} "
-            f"{', '.join(clash)} would clash with the column(s) of the same name; rename "
-            "them in the schema or leave out --flatten"
+            f"--schema: the column(s) {', '.join(clash)} of the parsed answer"
+            f"{' (--flatten)' if parsed.flatten else ''} would clash with the input's or "
+            "result's column(s) of the same name; rename them (in the schema or the input)"
+            f"{' or leave out --flatten' if parsed.flatten else ''}"
         )
 
 
 class ParsedColumns:
     """The columns a structured run adds after the result columns."""
+
+    @classmethod
+    def of(cls, structured: Structured | None, flatten: bool) -> ParsedColumns | None:
+        return None if structured is None else cls(structured, flatten=flatten)
 
     def __init__(self, structured: Structured, *, flatten: bool = False) -> None:
         self.structured = structured
@@ -90,3 +95,36 @@ class ParsedColumns:
         if not self.flatten:
             return [column]
         return list(column.flatten())  # each child with the struct's nulls
+
+
+def parquet_dictionary(schema: pa.Schema) -> bool | list[str]:
+    """The Parquet writer's `use_dictionary`: every column, but for enums nested in a struct.
+    DuckDB (2.0.1) fails on those ("Invalid unicode ... in value construction") when pyarrow
+    writes an Arrow dictionary as a Parquet dictionary under a struct that has null rows; written
+    plain, their Arrow type (dictionary strings) is kept all the same."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    nested = {path for field in schema for path in _nested_dictionaries(field.name, field.type)}
+    if not nested:
+        return True
+    empty = io.BytesIO()
+    pq.write_table(schema.empty_table(), empty)
+    leaves = pq.ParquetFile(io.BytesIO(empty.getvalue())).schema
+    return [leaves.column(i).path for i in range(len(leaves)) if leaves.column(i).path not in nested]
+
+
+def _nested_dictionaries(path: str, kind: pa.DataType, depth: int = 0) -> list[str]:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        return [path] if depth else []
+    if pa.types.is_struct(kind):
+        found = []
+        for child in kind:
+            found += _nested_dictionaries(f"{path}.{child.name}", child.type, depth + 1)
+        return found
+    if pa.types.is_list(kind):
+        return _nested_dictionaries(f"{path}.list.element", kind.value_type, depth + 1)
+    return []

@@ -19,11 +19,10 @@ def structured_of(schema: Any, retries: int, flatten: bool, params: Any) -> Stru
         return None
     if "response_format" in (params or {}):
         raise UsageError("--param response_format with --schema: --schema sets it; give one")
-    from batchpizza.structured.columns import flat_names, warn_untyped
+    from batchpizza.structured.columns import flat_names
     from batchpizza.structured.schema import read_schema
 
     structured = Structured(read_schema(schema), retries)
     if flatten:
         flat_names(structured.schema)
-    warn_untyped(structured.schema)
     return structured
