@@ -68,9 +68,7 @@ def cli() -> None:
     metavar="N",
     help="Re-asks of an answer that does not fit --schema, the error put back to the model.",
 )
-@click.option(
-    "--flatten", is_flag=True, help="With --schema: its top-level properties as columns."
-)
+@click.option("--flatten", is_flag=True, help="With --schema: its top-level properties as columns.")
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),

@@ -129,8 +129,16 @@ def describe_change(before: Mapping[str, Any] | None, now: Mapping[str, Any]) ->
         if _canonical(a) != _canonical(b):
             parts.append(f"{key} {_shown(a, key in old)} -> {_shown(b, key in new)}")
     if _canonical(before.get("schema")) != _canonical(now.get("schema")):
-        parts.append("schema " + ("changed" if before.get("schema") and now.get("schema") else
-                                  "added" if now.get("schema") else "dropped"))
+        parts.append(
+            "schema "
+            + (
+                "changed"
+                if before.get("schema") and now.get("schema")
+                else "added"
+                if now.get("schema")
+                else "dropped"
+            )
+        )
     if not parts:
         return "new request"
     if len(parts) == 1 and parts[0].startswith("model "):

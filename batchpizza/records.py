@@ -223,6 +223,9 @@ class Summary(Mapping[str, Any]):
     # `reused` (rows answered by an identical request's answer) and `change` (what the identity
     # change was); None before the plan.
     plan: dict[str, Any] | None = None
+    # --schema: the output's answers that fit it (`valid`), of those the ones that fit after a
+    # re-ask (`reasked`), and rows that never did (`invalid`, finish_reason invalid_output).
+    structured: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.ended is None:

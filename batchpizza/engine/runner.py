@@ -247,7 +247,11 @@ class Runner:
         return answer
 
     async def _fitted(
-        self, session: aiohttp.ClientSession, prompt: Prompt, answer: Answer, attempts: list[Attempt]
+        self,
+        session: aiohttp.ClientSession,
+        prompt: Prompt,
+        answer: Answer,
+        attempts: list[Attempt],
     ) -> Answer | Result:
         """`answer`, or the answer to a re-ask, once one fits the schema; each re-ask a request
         of its own through the gate. Re-asks spent: the row ends invalid_output, the last answer
@@ -266,7 +270,9 @@ class Runner:
             attempts[-1] = attempts[-1]._replace(outcome=INVALID_OUTPUT, error=error)
             if reask == structured.retries:
                 break
-            got = await self._ask(session, structured.follow_up(prompt, answer.text, error), attempts)
+            got = await self._ask(
+                session, structured.follow_up(prompt, answer.text, error), attempts
+            )
             if isinstance(got, Result):
                 return got
             answer = got

@@ -343,6 +343,10 @@ class Job:
     ) -> Summary:
         counters = self.sending.runner.counters if self.sending else None
         summary = self._reporter.summary(tally, counters, exit_code, stopped=stopped, rate=rate)
+        if self.config.structured is not None and self._checkpoint is not None:
+            with contextlib.suppress(Exception):  # as _tally: never fail the summary
+                fit = self._checkpoint.fit_counts(self.config.limit)
+                summary = dataclasses.replace(summary, structured=fit)
         if self.plan is None:
             return summary
         return dataclasses.replace(summary, plan=self.plan.to_dict())

@@ -75,7 +75,9 @@ def example(node: Any, root: dict[str, Any], seed: int, depth: int = 0) -> Any:
         kind = kinds[seed % len(kinds)]
     if kind == "object":
         props = node.get("properties") or {}
-        return {k: example(v, root, seed // 3 + i, depth + 1) for i, (k, v) in enumerate(props.items())}
+        return {
+            k: example(v, root, seed // 3 + i, depth + 1) for i, (k, v) in enumerate(props.items())
+        }
     if kind == "array":
         count = max(int(node.get("minItems", 0)), 1 + seed % 2)
         return [example(node.get("items", {}), root, seed + i, depth + 1) for i in range(count)]
@@ -84,9 +86,9 @@ def example(node: Any, root: dict[str, Any], seed: int, depth: int = 0) -> Any:
         high = int(node.get("maximum", low + 100))
         return low + seed % (high - low + 1)
     if kind == "number":
-        low = float(node.get("minimum", 0))
-        high = float(node.get("maximum", low + 1))
-        return low + (high - low) * ((seed % 1000) / 1000)
+        bottom = float(node.get("minimum", 0))
+        top = float(node.get("maximum", bottom + 1))
+        return bottom + (top - bottom) * ((seed % 1000) / 1000)
     if kind == "boolean":
         return bool(seed % 2)
     if kind == "string":

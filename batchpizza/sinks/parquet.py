@@ -37,7 +37,6 @@ class ParquetSink:
 
     def write(self, carried: Carried, rows: list[OutputRow]) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         arrays: list[pa.Array] = [pa.array([r.id for r in rows], pa.string())]
         arrays += carried.arrays(self.columns)
@@ -58,7 +57,6 @@ class ParquetSink:
         )
 
     def close(self) -> None:
-        import pyarrow.parquet as pq
 
         if self.writer is None:  # an empty input still gets every column
             self.writer = self._writer()

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchpizza.records import Prompt
-from batchpizza.structured import answers, schema as schemas
+from batchpizza.structured import answers
+from batchpizza.structured import schema as schemas
 
 __all__ = ["INVALID_OUTPUT", "NOT_VALIDATED", "REQUEST_FORMAT", "Structured"]
 

@@ -112,7 +112,9 @@ def parquet_dictionary(schema: pa.Schema) -> bool | list[str]:
     empty = io.BytesIO()
     pq.write_table(schema.empty_table(), empty)
     leaves = pq.ParquetFile(io.BytesIO(empty.getvalue())).schema
-    return [leaves.column(i).path for i in range(len(leaves)) if leaves.column(i).path not in nested]
+    return [
+        leaves.column(i).path for i in range(len(leaves)) if leaves.column(i).path not in nested
+    ]
 
 
 def _nested_dictionaries(path: str, kind: pa.DataType, depth: int = 0) -> list[str]:

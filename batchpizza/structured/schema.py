@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from batchpizza.errors import UsageError
@@ -37,7 +38,7 @@ def _metaschema_check() -> Callable[[Any], Any]:
     import fastjsonschema
 
     text = resources.files("batchpizza").joinpath("schemas/json-schema-draft-07.json").read_text()
-    return fastjsonschema.compile(json.loads(text))  # type: ignore[no-any-return]
+    return fastjsonschema.compile(json.loads(text))
 
 
 def read_schema(value: Any) -> dict[str, Any]:
@@ -46,10 +47,10 @@ def read_schema(value: Any) -> dict[str, Any]:
     if isinstance(value, (str, os.PathLike)):
         where = f"--schema {os.fspath(value)}"
         try:
-            with open(value, encoding="utf-8") as handle:
-                text = handle.read()
+            text = Path(value).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{where}: cannot read: {getattr(exc, 'strerror', None) or exc}")
+            why = getattr(exc, "strerror", None) or exc
+            raise UsageError(f"{where}: cannot read: {why}") from None
         try:
             schema = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -64,7 +65,7 @@ def read_schema(value: Any) -> dict[str, Any]:
             raise UsageError(f"schema=: not a JSON object: {exc}") from None
     elif isinstance(value, type) and callable(getattr(value, "model_json_schema", None)):
         where = f"schema={value.__name__}"
-        schema = value.model_json_schema()
+        schema = getattr(value, "model_json_schema")()  # noqa: B009 (a pydantic class)
     else:
         raise UsageError(
             "schema= must be a JSON Schema (a dict), a path to one, or a pydantic model class"
@@ -95,7 +96,7 @@ def compile_validator(schema: dict[str, Any]) -> Callable[[Any], Any]:
     """The schema's validator: returns the value, raises JsonSchemaValueException."""
     import fastjsonschema
 
-    return fastjsonschema.compile(schema)  # type: ignore[no-any-return]
+    return fastjsonschema.compile(schema)
 
 
 def schema_name(schema: Mapping[str, Any]) -> str:
