@@ -54,6 +54,7 @@ SUMMARY_KEYS = {
     "checkpoint",
     "interrupted",
     "exit_code",
+    "structured",
 }
 
 

@@ -97,7 +97,7 @@ class Typing:
             convert = item.convert
             return Typed(
                 pa.list_(pa.field("item", item.type, nullable=True)),
-                lambda v: [convert(x) for x in v],
+                lambda v: [None if x is None else convert(x) for x in v],
             )
         if kind == "object":
             props = node.get("properties")

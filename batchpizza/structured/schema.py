@@ -38,7 +38,7 @@ def _metaschema_check() -> Callable[[Any], Any]:
     import fastjsonschema
 
     text = resources.files("batchpizza").joinpath("schemas/json-schema-draft-07.json").read_text()
-    return fastjsonschema.compile(json.loads(text))
+    return fastjsonschema.compile(json.loads(text), use_default=False)  # never fill in defaults
 
 
 def read_schema(value: Any) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def compile_validator(schema: dict[str, Any]) -> Callable[[Any], Any]:
     """The schema's validator: returns the value, raises JsonSchemaValueException."""
     import fastjsonschema
 
-    return fastjsonschema.compile(schema)
+    return fastjsonschema.compile(schema, use_default=False)  # a value as the model gave it
 
 
 def schema_name(schema: Mapping[str, Any]) -> str:
