@@ -214,7 +214,10 @@ def test_what_cannot_be_typed_is_json_text_named_by_its_place() -> None:
 def test_a_recursive_ref_is_json_text_and_a_plain_ref_is_followed() -> None:
     schema = {
         "$defs": {
-            "node": {"type": "object", "properties": {"kids": {"items": {"$ref": "#/$defs/node"}, "type": "array"}}},
+            "node": {
+                "type": "object",
+                "properties": {"kids": {"items": {"$ref": "#/$defs/node"}, "type": "array"}},
+            },
             "name": {"type": "string"},
         },
         "type": "object",
@@ -222,7 +225,9 @@ def test_a_recursive_ref_is_json_text_and_a_plain_ref_is_followed() -> None:
     }
     typed, untyped = arrow_typing(schema)
     assert typed.type.field("name").type == pa.string()
-    assert untyped == [("/properties/root/properties/kids/items", "a recursive $ref (#/$defs/node)")]
+    assert untyped == [
+        ("/properties/root/properties/kids/items", "a recursive $ref (#/$defs/node)")
+    ]
 
 
 def test_integers_stay_exact() -> None:

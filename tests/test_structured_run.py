@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
+from conftest import write_jsonl
 
 import batchpizza
 from batchpizza.cli import cli
@@ -24,8 +25,6 @@ from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.mock.structured import bound_prompt, structured_answer
 from batchpizza.structured.answers import INSTRUCTION
 from batchpizza.structured.schema import compile_validator
-
-from conftest import write_jsonl
 
 SCHEMA: dict[str, Any] = {
     "title": "Review",
@@ -52,7 +51,9 @@ def schema_file(tmp_path: Path) -> Path:
 
 
 def prompts(tmp_path: Path, n: int, **extra: Any) -> Path:
-    return write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "prompt": f"review {i}", **extra} for i in range(n)])
+    return write_jsonl(
+        tmp_path / "in.jsonl", [{"id": f"r{i}", "prompt": f"review {i}", **extra} for i in range(n)]
+    )
 
 
 # -- a raw OpenAI-compatible server that answers from a script ---------------------------------
@@ -221,7 +222,9 @@ def test_jsonl_holds_parsed_as_an_object_and_flatten_spreads_it(
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(isinstance(r["parsed"], dict) for r in rows if r["finish_reason"] == "stop")
     flat = tmp_path / "flat.parquet"
-    batchpizza.run(inp, flat, base_url=mock_api.base_url, schema=str(schema_file), flatten=True, **FAST)
+    batchpizza.run(
+        inp, flat, base_url=mock_api.base_url, schema=str(schema_file), flatten=True, **FAST
+    )
     table = pq.read_table(flat)
     assert "parsed" not in table.column_names
     assert table.schema.field("label").type == pa.dictionary(pa.int32(), pa.string())
@@ -244,9 +247,13 @@ def test_flatten_refuses_a_clash_before_sending(
 
 def test_a_bad_schema_is_exit_2_naming_the_place(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"type": "object", "properties": {"n": {"type": "integer", "minimum": "1"}}}))
+    bad.write_text(
+        json.dumps({"type": "object", "properties": {"n": {"type": "integer", "minimum": "1"}}})
+    )
     inp = prompts(tmp_path, 1)
-    result = CliRunner().invoke(cli, ["run", str(inp), "-o", str(tmp_path / "o.parquet"), "--schema", str(bad)])
+    result = CliRunner().invoke(
+        cli, ["run", str(inp), "-o", str(tmp_path / "o.parquet"), "--schema", str(bad)]
+    )
     assert result.exit_code == 2
     assert "/properties/n/minimum" in result.output
 
@@ -295,7 +302,9 @@ def test_status_and_report_count_valid_reasked_and_invalid(
     mock_api: ThreadedMockServer, tmp_path: Path, schema_file: Path
 ) -> None:
     out = tmp_path / "o.parquet"
-    batchpizza.run(prompts(tmp_path, 60), out, base_url=mock_api.base_url, schema=str(schema_file), **FAST)
+    batchpizza.run(
+        prompts(tmp_path, 60), out, base_url=mock_api.base_url, schema=str(schema_file), **FAST
+    )
     status = CliRunner().invoke(cli, ["status", str(out), "--json"])
     fit = json.loads(status.output)["structured"]
     assert fit["valid"] + fit["invalid"] == 60 and fit["reasked"] > 0
@@ -303,4 +312,89 @@ def test_status_and_report_count_valid_reasked_and_invalid(
     assert "Structured outputs (--schema)" in report.output
     assert "most common validation errors" in report.output
     numbers = json.loads(CliRunner().invoke(cli, ["report", str(out), "--json"]).output)
-    assert numbers["structured"]["errors"][0]["count"] >= numbers["structured"]["errors"][-1]["count"]
+    assert (
+        numbers["structured"]["errors"][0]["count"] >= numbers["structured"]["errors"][-1]["count"]
+    )
+
+
+# -- the runner: each re-ask passes the gate, its retries apart from the re-asks' budget ----------
+
+
+class _Counting:
+    """A gatekeeper that counts the attempts it lets through, and how they ended."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+        self.outcomes: list[str] = []
+
+    async def enter(self) -> object:
+        self.entered += 1
+        return None
+
+    def finished(
+        self,
+        token: object,
+        started: float,
+        outcome: str,
+        error: Any,
+        rate: Any = None,
+        *,
+        again: bool = False,
+    ) -> None:
+        self.outcomes.append(outcome)
+
+
+class _Reasked:
+    """A provider answering prose first, then (after one 503 on the re-ask) valid JSON."""
+
+    name = "scripted"
+    model: str | None = "m"
+    extra_columns: tuple[str, ...] = ()
+    fatal_statuses: frozenset[int] = frozenset()
+    detects_refusals = False
+
+    def __init__(self) -> None:
+        from batchpizza.structured import Structured
+
+        self.structured = Structured(SCHEMA, retries=1)
+        self.asked: list[int] = []
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"provider": "scripted"}
+
+    async def ask(self, session: Any, prompt: Any) -> Any:
+        from batchpizza.errors import HTTPStatusError
+        from batchpizza.records import Answer
+
+        self.asked.append(len(prompt.messages))
+        if len(self.asked) == 1:
+            return Answer("no JSON, sorry")
+        if len(self.asked) == 2:
+            raise HTTPStatusError(503, "HTTP 503")
+        return Answer(VALID)
+
+    def preview(self, prompt: Any) -> tuple[str, dict[str, str], bytes]:
+        return "scripted://", {}, b""
+
+
+async def test_each_reask_passes_the_gate_and_its_transport_retries_are_apart() -> None:
+    from batchpizza.controls.retrying import RetryPolicy
+    from batchpizza.controls.stop import Stop
+    from batchpizza.engine.batch import MemoryStore
+    from batchpizza.engine.runner import Runner
+    from batchpizza.records import Prompt
+
+    policy = RetryPolicy(max_retries=1, misuse_retries=0, misuse_backoff=0.0, backoff_base=0.0,
+                         backoff_cap=0.0, retry_after_cap=0.0)  # fmt: skip
+    gate, provider, results = _Counting(), _Reasked(), []
+    runner = Runner(provider, MemoryStore(), policy, gate, concurrency=1, stop=Stop(),  # type: ignore[arg-type]
+                    on_result=lambda pos, r: results.append(r))  # fmt: skip
+    prompt = Prompt("r1", "rate", ({"role": "user", "content": "rate"},))
+    await runner.run(iter([(0, prompt)]))
+    assert gate.entered == 3 and runner.counters.requests == 3
+    assert provider.asked == [1, 3, 3]  # the re-ask (3 messages) retried after its 503
+    assert gate.outcomes == ["answered", "http", "answered"]
+    (result,) = results
+    assert result.finish_reason == "stop" and result.answer == VALID and result.attempts == 3
+    assert runner.counters.reasked == 1
