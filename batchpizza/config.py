@@ -225,8 +225,12 @@ class RunConfig:
         return Path(self.output + (".mock-checkpoint" if self.mock else ".checkpoint"))
 
     def refuse_on_ray(self) -> None:
-        """Prompts built or given a system message are not run on a Ray cluster yet."""
-        named = [n for n in ("system", "template", "template_file", "prompt") if getattr(self, n)]
+        """Prompts built or given a system message, and --schema, are not run on Ray yet."""
+        named = [
+            n
+            for n in ("system", "template", "template_file", "prompt", "schema")
+            if getattr(self, n)
+        ]
         if named:
             shown = ", ".join("--" + n.replace("_", "-") for n in named)
             raise UsageError(f"{shown}: not with --ray yet (batchpizza.ray); run without it")

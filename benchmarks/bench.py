@@ -57,6 +57,11 @@ Scenarios (full size; --quick in brackets):
   `batchpizza.run(file)` on the same rows as a Parquet file, zero latency, concurrency 64, rate 0,
   alternating. Both children (this file with `--api`) import pandas and read the Parquet file into
   a DataFrame first, so the CPU ratio of the whole processes is the ratio of the two jobs.
+- schema: the overhead job (20,000 rows [1,000], Parquet output) with `--schema` (a 5-field
+  JSON Schema) against the same requests without it (prompts holding the instruction and schema
+  already, so the server's work, bodies and answers are alike), alternating, on a mock that
+  answers every schema-bound request with valid JSON (no re-asks): the CPU ratio (target from
+  issue 25: under 5 %), and the in-process time to find and validate one answer.
 
 The targets (issue 6) are for the full sizes on a 2-core machine; a --quick run says "quick" where
 a target depends on the size. Generated inputs live in benchmarks/work/ (git-ignored) and are
@@ -133,6 +138,21 @@ ONE_ROW_TARGET, COMMAND_TARGET = 0.5, 0.2
 # reaches, against no rate limit at all).
 AUTO_MAX = 100_000.0
 CONTROLS_TARGET = 1.05
+# Issue 25: validating every answer against a 5-field schema (and typing the parsed column) costs
+# under 5 % of the CPU of the same job without --schema, at zero latency.
+SCHEMA_TARGET = 1.05
+SCHEMA5 = {
+    "type": "object",
+    "properties": {
+        "label": {"type": "string", "enum": ["positive", "negative", "neutral"]},
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "reason": {"type": ["string", "null"]},
+    },
+    "required": ["label", "score", "stars", "tags", "reason"],
+    "additionalProperties": False,
+}
 LATENCY_MS, JITTER_MS, LATENCY_CONCURRENCY = 200.0, 50.0, 256
 PACING_RATE = 50
 CHECKPOINT_FILES = (".checkpoint", ".checkpoint-wal", ".checkpoint-shm")
@@ -1228,6 +1248,70 @@ def validation(bench: Bench) -> list[Figure]:
     ]
 
 
+def schema(bench: Bench) -> list[Figure]:
+    """The overhead scenario's job (Parquet output) with `--schema` (5 fields) against the same
+    requests without it, alternating, on a mock that answers every schema-bound request with
+    valid JSON (`--structured-valid 1`: no re-asks): the CPU ratio is what reading the schema,
+    validating every answer and typing the `parsed` column cost. Also the in-process cost of
+    one answer's check."""
+    import timeit
+
+    from batchpizza.structured import Structured
+
+    rows = bench.sizes.overhead
+    server = Server(0.0, 0.0, "--structured-valid", "1")
+    pin_server(server)
+    path = WORK / "schema5.json"
+    path.write_text(json.dumps(SCHEMA5))
+    input_path = prompts_file(rows)
+    # The job without --schema sends the very same requests (each prompt with the instruction
+    # and the schema already in it) and gets the very same answers, so that the server's work,
+    # the bodies and the checkpoint are alike: what differs is the client's own cost of --schema.
+    asked = WORK / f"prompts-instructed-{rows}.jsonl"
+    structured = Structured(SCHEMA5)
+    with input_path.open() as plain, asked.open("w") as out:
+        for line in plain:
+            row = json.loads(line)
+            out.write(json.dumps({**row, "prompt": structured.instructed(row["prompt"])}) + "\n")
+    runs: dict[str, list[Run]] = {"schema": [], "plain": []}
+    try:
+        for i in range(bench.repeat):
+            for kind in ("schema", "plain"):
+                output = fresh(WORK / f"schema-{kind}.parquet")
+                source = input_path if kind == "schema" else asked
+                args = batchpizza_args(source, output, server, concurrency=OVERHEAD_CONCURRENCY)
+                args += ["--schema", str(path)] if kind == "schema" else []
+                server.reset()
+                run = measure(args, server)
+                expect(run, 0, f"batchpizza ({kind})")
+                if (sent := server.stats()["requests"]) != rows:
+                    raise RuntimeError(f"{kind} sent {sent} requests for {rows} rows")
+                runs[kind].append(run)
+                note(
+                    f"  schema {i + 1}/{bench.repeat} {kind:<6} {run.wall:7.2f} s wall {run.cpu:7.2f} s cpu"
+                )
+    finally:
+        server.close()
+    ratios = [a.cpu / b.cpu for a, b in zip(runs["schema"], runs["plain"], strict=True)]
+    ratio = median(ratios)
+    answer = '{"label": "positive", "score": 0.5, "stars": 4, "tags": ["a", "b"], "reason": "ok"}'
+    n = 20_000
+    check_us = timeit.timeit(lambda: structured.check(answer), number=n) / n * 1e6
+    s = "schema"
+    return [
+        Figure(
+            s,
+            f"CPU time, --schema (5 fields) / none ({rows:,} rows, zero latency, paired)",
+            f"{ratio:.3f}x" + spread(ratios, "{:.3f}"),
+            f"<= {SCHEMA_TARGET:.2f}x",
+            bench.sized(ratio <= SCHEMA_TARGET),
+        ),
+        Figure(s, "CPU per row, --schema", _per_row(runs["schema"], rows)),
+        Figure(s, "CPU per row, no schema", _per_row(runs["plain"], rows)),
+        Figure(s, "one answer found and validated (in process)", f"{check_us:.1f} us"),
+    ]
+
+
 SCENARIOS: dict[str, Callable[[Bench], list[Figure]]] = {
     "startup": startup,
     "overhead": overhead,
@@ -1238,6 +1322,7 @@ SCENARIOS: dict[str, Callable[[Bench], list[Figure]]] = {
     "resume": resume,
     "validation": validation,
     "api": api,
+    "schema": schema,
     "scale": scale,
 }
 

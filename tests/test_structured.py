@@ -346,3 +346,17 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b) and type(a) is type(b)
+
+
+def test_a_schema_is_refused_on_ray_for_now() -> None:
+    from batchpizza.config import RunConfig
+
+    with pytest.raises(UsageError, match="--schema: not with --ray"):
+        RunConfig(schema=REVIEW).refuse_on_ray()
+
+
+def test_the_shipped_metaschema_validator_is_what_fastjsonschema_generates() -> None:
+    from batchpizza.structured import metaschema
+
+    shipped = Path(metaschema.__file__).with_name("draft07.py").read_text()
+    assert shipped == metaschema.generated()

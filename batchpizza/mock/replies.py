@@ -70,7 +70,8 @@ def fault(kind: str, question: str, state: State, dialect: Dialect) -> web.Strea
     if kind == "answer":
         answers = state.stats.answers
         answers[question] = answers.get(question, 0) + 1
-        return dialect.answer(structured_answer(question) or mock_answer(question))
+        structured = structured_answer(question, state.live.config.structured_valid)
+        return dialect.answer(structured or mock_answer(question))
     if kind == "error":
         status = state.live.rng.choice(_ERROR_STATUSES)
         return dialect.error(status, "the oven is on fire")

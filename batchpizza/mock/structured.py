@@ -12,7 +12,7 @@ from typing import Any
 
 from batchpizza.structured.answers import INSTRUCTION, instructed
 
-VALID, WRAPPED = 0.70, 0.85  # bounds of the draws: valid below, wrapped below, else invalid
+VALID = 0.70  # the share of valid JSON as it is (MockConfig.structured_valid's default)
 
 
 def bound_prompt(prompt: str, response_format: object) -> str:
@@ -25,8 +25,9 @@ def bound_prompt(prompt: str, response_format: object) -> str:
     return prompt
 
 
-def structured_answer(question: str) -> str | None:
-    """The answer to a schema-bound question; None for any other question."""
+def structured_answer(question: str, valid: float = VALID) -> str | None:
+    """The answer to a schema-bound question; None for any other question. `valid` of them
+    valid JSON as it is, half the rest wrapped, half not fitting."""
     at = question.rfind(INSTRUCTION)
     if at < 0:
         return None
@@ -41,9 +42,9 @@ def structured_answer(question: str) -> str | None:
     seed = int.from_bytes(digest[8:16], "big")
     value = example(schema, schema, seed)
     text = json.dumps(value)
-    if roll < VALID:
+    if roll < valid:
         return text
-    if roll < WRAPPED:
+    if roll < valid + (1 - valid) / 2:
         return f"```json\n{text}\n```" if seed % 2 else f"Here is the JSON you asked for:\n{text}"
     if seed % 2 or not isinstance(value, dict) or not value:
         return f"I would rather answer in words (note {seed % 100000})."

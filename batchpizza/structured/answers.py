@@ -18,6 +18,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
+
 from batchpizza.records import Prompt
 
 # Pizzagpt's prompt ends with this, then the schema as compact JSON (README, "Structured
@@ -37,9 +39,13 @@ class NoJSON(ValueError):
 
 def extract(text: str) -> Any:
     """The one JSON value of an answer (see the module's docstring); NoJSON if there is none."""
+    try:
+        return orjson.loads(text)  # most answers: JSON alone (orjson: 0.5 us, json: 3 us)
+    except ValueError:
+        pass
     stripped = text.strip()
     try:
-        return json.loads(stripped)
+        return json.loads(stripped)  # what orjson refuses and json takes: NaN, Infinity
     except ValueError:
         pass
     for block in _FENCE.finditer(text):
@@ -81,9 +87,13 @@ def _shorten(text: str) -> str:
     return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 3] + "..."
 
 
+def instruction(schema: Mapping[str, Any]) -> str:
+    """What a prompt for an API without a schema field ends with: the instruction, the schema."""
+    return INSTRUCTION + json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+
+
 def instructed(text: str, schema: Mapping[str, Any]) -> str:
-    """A prompt for an API without a schema field: the text, then the instruction and schema."""
-    return text + INSTRUCTION + json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+    return text + instruction(schema)
 
 
 def follow_up(prompt: Prompt, answer: str, error: str) -> Prompt:

@@ -4,12 +4,10 @@ compiled once, and judged against OpenAI's rules for strict structured outputs."
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +31,10 @@ def place(path: list[str] | tuple[str, ...]) -> str:
     return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in path)
 
 
-@functools.cache
 def _metaschema_check() -> Callable[[Any], Any]:
-    import fastjsonschema
+    from batchpizza.structured import draft07  # generated: see metaschema.py
 
-    text = resources.files("batchpizza").joinpath("schemas/json-schema-draft-07.json").read_text()
-    return fastjsonschema.compile(json.loads(text), use_default=False)  # never fill in defaults
+    return draft07.validate_http___json_schema_org_draft_07_schema
 
 
 def read_schema(value: Any) -> dict[str, Any]:
@@ -83,8 +79,9 @@ def check_schema(schema: dict[str, Any], where: str) -> None:
     try:
         _metaschema_check()(schema)
     except fastjsonschema.JsonSchemaValueException as exc:
-        path = list(exc.path[1:]) if exc.path else []
-        said = exc.message.split(" ", 1)[1] if " " in exc.message else exc.message
+        # "data.properties.a.type must be ...": the place, then what is wrong there.
+        name, _, said = exc.message.partition(" ")
+        path = re.sub(r"\[(\d+)\]", r".\1", name).split(".")[1:]
         raise UsageError(f"{where}: not a valid JSON Schema at {place(path)}: {said}") from None
     try:
         compile_validator(schema)
