@@ -87,8 +87,8 @@ async def proxy(tmp_path: Path, upstream: tuple[int, Any]) -> AsyncIterator[str]
     port = free_port()
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}  # no fetch from the internet
     litellm = str(Path(sys.executable).with_name("litellm"))
-    process = subprocess.Popen(
-        [litellm, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+    process = await asyncio.create_subprocess_exec(
+        *(litellm, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -97,7 +97,7 @@ async def proxy(tmp_path: Path, upstream: tuple[int, Any]) -> AsyncIterator[str]
     try:
         async with aiohttp.ClientSession() as session:
             while True:  # until it listens (the test's timeout bounds the wait)
-                assert process.poll() is None, "the LiteLLM proxy exited"
+                assert process.returncode is None, "the LiteLLM proxy exited"
                 try:
                     async with session.get(f"{url}/health/liveliness") as reply:
                         if reply.status == 200:
@@ -108,7 +108,7 @@ async def proxy(tmp_path: Path, upstream: tuple[int, Any]) -> AsyncIterator[str]
         yield url
     finally:
         process.terminate()
-        process.wait()
+        await process.wait()
 
 
 async def test_through_the_litellm_proxy_99_percent_end_valid_and_the_format_arrives(
