@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from batchpizza.config import RunConfig
 from batchpizza.errors import UsageError
 from batchpizza.job import Job, run_loop
-from batchpizza.records import OutputRow, Result
+from batchpizza.records import OutputRow, Result, answered_row
 from batchpizza.sinks.values import result_columns
 from batchpizza.structured.columns import ParsedColumns, check_flatten
 from batchpizza.tables import InMemory, from_data
@@ -236,17 +236,20 @@ async def stream(data: Any, **options: Unpack[Options]) -> AsyncIterator[dict[st
         job = Job(config, data=mem, on_row=on_row)
     task = asyncio.ensure_future(job.run())
     task.add_done_callback(lambda _: queue.put_nowait(None))
+    parsed = ParsedColumns.of(config.structured, config.flatten)  # --schema: parsed too
     try:
         samples = config.samples
         while (item := await queue.get()) is not None:
             slot, result = item  # with samples, slot = position * samples + sample
             seen.add(slot)
-            yield _row(slot, result, samples)
+            found = _row(slot, result, samples)
+            yield found if parsed is None else {**found, **parsed.objects(answered_row(result))}
         await task  # raises what the run raised
         assert job.output_rows is not None  # a run that returned has its rows
         for slot, row in enumerate(job.output_rows):
             if slot not in seen:
-                yield {"id": row.id, **_where(slot, samples), **_results_of(row)}
+                found = {"id": row.id, **_where(slot, samples), **_results_of(row)}
+                yield found if parsed is None else {**found, **parsed.objects(row)}
     finally:
         if not task.done():
             task.cancel()

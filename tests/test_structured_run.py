@@ -398,3 +398,18 @@ async def test_each_reask_passes_the_gate_and_its_transport_retries_are_apart() 
     (result,) = results
     assert result.finish_reason == "stop" and result.answer == VALID and result.attempts == 3
     assert runner.counters.reasked == 1
+
+
+async def test_stream_yields_parsed_with_each_row(mock_api: ThreadedMockServer) -> None:
+    rows = [
+        row
+        async for row in batchpizza.stream(
+            ["a", "b", "c"], base_url=mock_api.base_url, schema=SCHEMA, **FAST
+        )
+    ]
+    assert len(rows) == 3
+    assert all(
+        r["parsed"]["label"] in ("positive", "negative", "neutral")
+        for r in rows
+        if r["finish_reason"] == "stop"
+    )
