@@ -413,3 +413,17 @@ async def test_stream_yields_parsed_with_each_row(mock_api: ThreadedMockServer) 
         for r in rows
         if r["finish_reason"] == "stop"
     )
+
+
+def test_places_without_a_column_type_are_warned_of_before_sending(
+    mock_api: ThreadedMockServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    loose = {"type": "object", "properties": {"any": {}, "n": {"type": "integer"}}}
+    out = tmp_path / "o.parquet"
+    options = {**FAST, "quiet": False}
+    batchpizza.run(prompts(tmp_path, 2), out, base_url=mock_api.base_url, schema=loose, **options)
+    said = capfd.readouterr().err
+    warning = "--schema: /properties/any (any value) has no one column type: written as JSON text"
+    assert said.count(warning) == 1
+    assert said.index(warning) < said.index("start:")  # before anything is sent
+    assert pq.read_table(out).schema.field("parsed").type.field("any").type == pa.string()
