@@ -72,9 +72,11 @@ async def chat_server(script: Script) -> AsyncIterator[tuple[str, list[dict[str,
         body = await request.json()
         bodies.append(body)
         message = {"role": "assistant", "content": script(body)}
+        usage = {"prompt_tokens": 10 * len(body["messages"]), "completion_tokens": 7}
         return web.json_response(
             {"id": "c", "object": "chat.completion", "model": "m",
-             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+             "usage": usage}
         )  # fmt: skip
 
     app = web.Application()
@@ -118,6 +120,8 @@ async def test_response_format_is_sent_and_a_wrong_answer_reasked_with_its_error
     assert summary["structured"] == {"valid": 1, "reasked": 1, "invalid": 0}
     row = pq.read_table(out).to_pylist()[0]
     assert row["finish_reason"] == "stop" and row["attempts"] == 2
+    # Both requests' tokens: the first (1 message) and the re-ask (3 messages).
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (10 + 30, 7 + 7)
     assert row["parsed"] == {**json.loads(VALID), "score": 0.5}
 
 
@@ -136,6 +140,7 @@ async def test_after_the_reasks_the_row_is_invalid_output_with_answer_and_error(
     assert row["answer"] == '{"label": "great"}'
     assert row["error"] == "data must contain ['reason', 'score', 'stars', 'tags'] properties"
     assert row["parsed"] is None and row["attempts"] == 4
+    assert row["completion_tokens"] == 4 * 7  # every request's, the invalid ones too
     assert summary["exit_code"] == 3 and summary["failed"] == 1
     assert summary["structured"] == {"valid": 0, "reasked": 0, "invalid": 1}
 

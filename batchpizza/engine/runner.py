@@ -37,7 +37,7 @@ from batchpizza.errors import (
 from batchpizza.providers import Provider
 from batchpizza.records import Answer, Attempt, Outcome, Prompt, RateInfo, Result, is_answered
 from batchpizza.rows import request_key
-from batchpizza.structured import INVALID_OUTPUT, NOT_VALIDATED, Structured
+from batchpizza.structured import INVALID_OUTPUT, NOT_VALIDATED, Structured, with_tokens_of
 
 log = logging.getLogger("batchpizza")
 
@@ -270,9 +270,8 @@ class Runner:
             attempts[-1] = attempts[-1]._replace(outcome=INVALID_OUTPUT, error=error)
             if reask == structured.retries:
                 break
-            got = await self._ask(
-                session, structured.follow_up(prompt, answer.text, error), attempts
-            )
+            again = structured.follow_up(prompt, answer.text, error)
+            got = with_tokens_of(answer, await self._ask(session, again, attempts))
             if isinstance(got, Result):
                 return got
             answer = got

@@ -9,11 +9,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batchpizza.records import Prompt
+from batchpizza.records import Answer, Prompt, Result
 from batchpizza.structured import answers
 from batchpizza.structured import schema as schemas
 
-__all__ = ["INVALID_OUTPUT", "NOT_VALIDATED", "REQUEST_FORMAT", "Structured"]
+__all__ = ["INVALID_OUTPUT", "NOT_VALIDATED", "REQUEST_FORMAT", "Structured", "with_tokens_of"]
 
 INVALID_OUTPUT = "invalid_output"  # a row's finish_reason, an attempt's outcome
 # How a schema is put into a request (the instruction, the response_format): a change re-asks.
@@ -62,3 +62,16 @@ class Structured:
 
     def follow_up(self, prompt: Prompt, answer: str, error: str) -> Prompt:
         return answers.follow_up(prompt, answer, error)
+
+
+def with_tokens_of(earlier: Answer, later: Answer | Result) -> Answer | Result:
+    """`later` (a re-ask's answer, or the row's failure) with the tokens of `earlier` added: a
+    row's token columns count every request sent for it, re-asks too."""
+
+    def plus(a: int | None, b: int | None) -> int | None:
+        return None if a is None and b is None else (a or 0) + (b or 0)
+
+    return later._replace(
+        prompt_tokens=plus(earlier.prompt_tokens, later.prompt_tokens),
+        completion_tokens=plus(earlier.completion_tokens, later.completion_tokens),
+    )
