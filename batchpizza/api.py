@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 from batchpizza.config import RunConfig
 from batchpizza.errors import UsageError
 from batchpizza.job import Job, run_loop
-from batchpizza.records import OutputRow, Result
+from batchpizza.records import OutputRow, Result, answered_row
 from batchpizza.sinks.values import result_columns
+from batchpizza.structured.columns import ParsedColumns, check_flatten
 from batchpizza.tables import InMemory, from_data
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ def _results(
     extra: tuple[str, ...],
     built: tuple[str, list[str | None]] | None = None,
     samples: int = 1,
+    parsed: ParsedColumns | None = None,
 ) -> Any:
     """The result columns of `rows` as `mem.restore` takes them: dicts for a list, else Arrow;
     `built`, the built prompts' column (name, a value per input row), first where prompts were
@@ -59,6 +61,8 @@ def _results(
         built = (built[0], [text for text in built[1] for _ in range(samples)])
     if mem.kind == "rows":
         out = [{name: getattr(row, name) for name in names} for row in rows]
+        if parsed is not None:  # --schema: the answer's value (or its properties) as objects
+            out = [{**values, **parsed.objects(row)} for values, row in zip(out, rows, strict=True)]
         if built is not None:
             texts = built[1][: len(out)]  # --limit
             out = [{built[0]: text, **row} for text, row in zip(texts, out, strict=True)]
@@ -69,6 +73,9 @@ def _results(
 
     fields = list(fields_of(names))
     arrays = [pa.array([getattr(r, f.name) for r in rows], f.type) for f in fields]
+    if parsed is not None:
+        fields += parsed.fields()
+        arrays += parsed.arrays(rows)
     if built is not None:
         fields.insert(0, pa.field(built[0], pa.string()))
         arrays.insert(0, pa.array(built[1][: len(rows)], pa.string()))
@@ -112,23 +119,33 @@ async def _answered(
     if config.limit is not None:  # a smoke run: the first rows only, and those come back
         readable = readable.head(config.limit)
         mem = readable if mem.kind != "stream" else mem
+    from batchpizza.providers.factory import extra_columns
+
+    parsed = ParsedColumns.of(config.structured, config.flatten)
+    if parsed is not None:  # before anything is sent
+        check_flatten(parsed, [*_names(readable), *result_columns(extra_columns(config.provider))])
     job = Job(config, data=readable)
     if started is not None:
         started(job)
     await job.run()
     assert job.output_rows is not None  # a run that returned has its rows
-    from batchpizza.providers.factory import extra_columns
 
     samples = config.samples
     built = _built(readable, config)
     extra = extra_columns(config.provider)
-    results = _results(readable, job.output_rows, extra, built, samples)
+    results = _results(readable, job.output_rows, extra, built, samples, parsed)
     if mem.kind == "stream":
         table = readable.repeated(samples).table
         results = _beside(table, results)
         return mem.restore(results), job
     # With samples, each row once per sample (the caller's type, with the result columns).
     return mem.repeated(samples).restore(results), job
+
+
+def _names(mem: InMemory) -> list[str]:
+    if mem.kind == "rows":
+        return list({key: None for row in mem.rows if isinstance(row, dict) for key in row})
+    return mem.names
 
 
 def _beside(table: Any, results: Any) -> Any:
@@ -219,17 +236,20 @@ async def stream(data: Any, **options: Unpack[Options]) -> AsyncIterator[dict[st
         job = Job(config, data=mem, on_row=on_row)
     task = asyncio.ensure_future(job.run())
     task.add_done_callback(lambda _: queue.put_nowait(None))
+    parsed = ParsedColumns.of(config.structured, config.flatten)  # --schema: parsed too
     try:
         samples = config.samples
         while (item := await queue.get()) is not None:
             slot, result = item  # with samples, slot = position * samples + sample
             seen.add(slot)
-            yield _row(slot, result, samples)
+            found = _row(slot, result, samples)
+            yield found if parsed is None else {**found, **parsed.objects(answered_row(result))}
         await task  # raises what the run raised
         assert job.output_rows is not None  # a run that returned has its rows
         for slot, row in enumerate(job.output_rows):
             if slot not in seen:
-                yield {"id": row.id, **_where(slot, samples), **_results_of(row)}
+                found = {"id": row.id, **_where(slot, samples), **_results_of(row)}
+                yield found if parsed is None else {**found, **parsed.objects(row)}
     finally:
         if not task.done():
             task.cancel()

@@ -55,6 +55,21 @@ def cli() -> None:
     "batchpizza[templates].",
 )
 @click.option(
+    "--schema",
+    type=click.Path(dir_okay=False),
+    help="A JSON Schema file every answer must fit: sent as response_format (--provider openai) "
+    "or asked for in the prompt; answers validated, typed in a `parsed` column.",
+)
+@click.option(
+    "--schema-retries",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    metavar="N",
+    help="Re-asks of an answer that does not fit --schema, the error put back to the model.",
+)
+@click.option("--flatten", is_flag=True, help="With --schema: its top-level properties as columns.")
+@click.option(
     "--concurrency",
     type=click.IntRange(min=1),
     default=defaults.DEFAULT_CONCURRENCY,

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchpizza.batchapi.settings import check_via
 from batchpizza.errors import UsageError
@@ -18,6 +18,9 @@ from batchpizza.parsing import (
     parse_params,
     parse_rate_option,
 )
+
+if TYPE_CHECKING:
+    from batchpizza.structured import Structured
 
 DEFAULT_BASE_URL = "https://www.pizzagpt.it"
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -99,6 +102,9 @@ class RunConfig:
     prompt: Callable[[dict[str, Any]], str] | None = None  # Python only: the row -> its prompt
     via: str = "online"  # "batch": through the Batch API at half price; "auto": that, online late
     wait: bool = False  # --via batch: wait for the batches (up to --deadline) instead of exit 4
+    schema: Any = None  # --schema: a JSON Schema's path; in Python also a dict or pydantic class
+    schema_retries: int = 2  # re-asks of an answer that does not fit the schema
+    flatten: bool = False  # the schema's top-level properties as columns, instead of `parsed`
     rate_per_s: float = field(init=False)
     auto_max: float | None = field(init=False)  # set under --rate auto: the learned rate's ceiling
     output_format: str | None = field(init=False)  # None: no output file
@@ -107,6 +113,7 @@ class RunConfig:
     # --template-file's (name, text), read once here, so that every process (a Ray actor too)
     # builds from the same text.
     template_source: tuple[str, str] | None = field(init=False)
+    structured: Structured | None = field(init=False)  # the checked schema, None without one
 
     def __post_init__(self) -> None:
         if self.rate is None:
@@ -145,6 +152,10 @@ class RunConfig:
         if not self.timeout > 0:
             raise UsageError("--timeout must be a positive number of seconds")
         check_params(self.params or {})
+        from batchpizza.structured.options import structured_of
+
+        structured = structured_of(self.schema, self.schema_retries, self.flatten, self.params)
+        object.__setattr__(self, "structured", structured)
         object.__setattr__(self, "template_source", self._check_building())
         check_url(self.base_url, "--base-url")
         check_via(self.via, self.provider)
@@ -218,10 +229,14 @@ class RunConfig:
         return Path(self.output + (".mock-checkpoint" if self.mock else ".checkpoint"))
 
     def refuse_on_ray(self) -> None:
-        """Prompts built or given a system message are not run on a Ray cluster yet."""
-        named = [n for n in ("system", "template", "template_file", "prompt") if getattr(self, n)]
+        """Prompts built or given a system message, and --schema, are not run on Ray yet."""
         if self.via != "online":
             raise UsageError(f"--via {self.via}: not with --ray; the Batch API needs no cluster")
+        named = [
+            n
+            for n in ("system", "template", "template_file", "prompt", "schema")
+            if getattr(self, n)
+        ]
         if named:
             shown = ", ".join("--" + n.replace("_", "-") for n in named)
             raise UsageError(f"{shown}: not with --ray yet (batchpizza.ray); run without it")

@@ -128,6 +128,9 @@ def describe_change(before: Mapping[str, Any] | None, now: Mapping[str, Any]) ->
         a, b = old.get(key), new.get(key)
         if _canonical(a) != _canonical(b):
             parts.append(f"{key} {_shown(a, key in old)} -> {_shown(b, key in new)}")
+    had, has = before.get("schema"), now.get("schema")  # --schema's, when given
+    if _canonical(had) != _canonical(has):
+        parts.append(f"schema {'changed' if had and has else 'added' if has else 'dropped'}")
     if not parts:
         return "new request"
     if len(parts) == 1 and parts[0].startswith("model "):

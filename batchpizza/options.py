@@ -5,7 +5,7 @@ table says what each does and its default."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
 
@@ -53,3 +53,6 @@ class Options(TypedDict, total=False):
     prompt: Callable[[dict[str, Any]], str] | None  # the row (a dict) -> its prompt (Python only)
     via: str  # "online", "batch" (the Batch API, half price) or "auto" (that, online late)
     wait: bool  # --via batch: wait for the batches, up to the deadline, instead of exit 4
+    schema: str | Mapping[str, Any] | type | None  # a JSON Schema: path, dict or pydantic class
+    schema_retries: int  # re-asks of an answer that does not fit the schema (2)
+    flatten: bool  # the schema's top-level properties as columns instead of `parsed`

@@ -19,13 +19,16 @@ class Outcome(str, enum.Enum):
     MISUSE = "misuse"
     INVALID = "invalid"
     PENDING = "pending"
+    INVALID_OUTPUT = "invalid_output"  # answers that never fit --schema, re-asks spent
 
     def __str__(self) -> str:
         return self.value
 
 
 # A finish reason outside these is an answer (stop, length, content_filter, ...).
-UNANSWERED = frozenset({Outcome.ERROR, Outcome.MISUSE, Outcome.INVALID, Outcome.PENDING})
+UNANSWERED = frozenset(
+    {Outcome.ERROR, Outcome.MISUSE, Outcome.INVALID, Outcome.PENDING, Outcome.INVALID_OUTPUT}
+)
 
 
 def is_answered(finish_reason: str) -> bool:
@@ -222,6 +225,9 @@ class Summary(Mapping[str, Any]):
     plan: dict[str, Any] | None = None
     # --via batch / auto: lines submitted, resubmitted, collected, batches out, rows sent online.
     batches: dict[str, int] | None = None
+    # --schema: the output's answers that fit it (`valid`), of those the ones that fit after a
+    # re-ask (`reasked`), and rows that never did (`invalid`, finish_reason invalid_output).
+    structured: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.ended is None:

@@ -181,6 +181,9 @@ def summary_line(s: Mapping[str, Any], log_format: str = "text") -> str:
     ]
     if s.get("pending"):
         parts.append(f"{s['pending']} pending")
+    fit = s.get("structured")
+    if fit:  # --schema
+        parts.append(f"{fit['invalid']} invalid output ({fit['reasked']} fitted after a re-ask)")
     where = f" -> {s['output']}" if s.get("output") and not s.get("interrupted") else ""
     rate = f" at {s['rate']:.3g}/s" if s.get("rate") else ""
     return (

@@ -57,6 +57,11 @@ Scenarios (full size; --quick in brackets):
   `batchpizza.run(file)` on the same rows as a Parquet file, zero latency, concurrency 64, rate 0,
   alternating. Both children (this file with `--api`) import pandas and read the Parquet file into
   a DataFrame first, so the CPU ratio of the whole processes is the ratio of the two jobs.
+- schema: the overhead job (20,000 rows [1,000], Parquet output) with `--schema` (a 5-field
+  JSON Schema) against the same requests without it (prompts holding the instruction and schema
+  already, so the server's work, bodies and answers are alike), alternating, on a mock that
+  answers every schema-bound request with valid JSON (no re-asks): the CPU ratio (target from
+  issue 25: under 5 %), and the in-process time to find and validate one answer.
 
 The targets (issue 6) are for the full sizes on a 2-core machine; a --quick run says "quick" where
 a target depends on the size. Generated inputs live in benchmarks/work/ (git-ignored) and are
@@ -133,6 +138,21 @@ ONE_ROW_TARGET, COMMAND_TARGET = 0.5, 0.2
 # reaches, against no rate limit at all).
 AUTO_MAX = 100_000.0
 CONTROLS_TARGET = 1.05
+# Issue 25: validating every answer against a 5-field schema (and typing the parsed column) costs
+# under 5 % of the CPU of the same job without --schema, at zero latency.
+SCHEMA_TARGET = 1.05
+SCHEMA5 = {
+    "type": "object",
+    "properties": {
+        "label": {"type": "string", "enum": ["positive", "negative", "neutral"]},
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "reason": {"type": ["string", "null"]},
+    },
+    "required": ["label", "score", "stars", "tags", "reason"],
+    "additionalProperties": False,
+}
 LATENCY_MS, JITTER_MS, LATENCY_CONCURRENCY = 200.0, 50.0, 256
 PACING_RATE = 50
 CHECKPOINT_FILES = (".checkpoint", ".checkpoint-wal", ".checkpoint-shm")
@@ -1228,6 +1248,128 @@ def validation(bench: Bench) -> list[Figure]:
     ]
 
 
+def schema(bench: Bench) -> list[Figure]:
+    """The overhead scenario's job (Parquet output) with `--schema` (5 fields) against the same
+    requests without it, alternating, on a mock that answers every schema-bound request with
+    valid JSON (`--structured-valid 1`: no re-asks): the CPU ratio is what reading the schema,
+    validating every answer and typing the `parsed` column cost. Also the in-process cost of
+    one answer's check."""
+    import timeit
+
+    from batchpizza.structured import Structured
+
+    rows = bench.sizes.overhead
+    server = Server(0.0, 0.0, "--structured-valid", "1")
+    pin_server(server)
+    path = WORK / "schema5.json"
+    path.write_text(json.dumps(SCHEMA5))
+    input_path = prompts_file(rows)
+    # The job without --schema sends the very same requests (each prompt with the instruction
+    # and the schema already in it) and gets the very same answers, so that the server's work,
+    # the bodies and the checkpoint are alike: what differs is the client's own cost of --schema.
+    asked = WORK / f"prompts-instructed-{rows}.jsonl"
+    structured = Structured(SCHEMA5)
+    with input_path.open() as plain, asked.open("w") as out:
+        for line in plain:
+            row = json.loads(line)
+            out.write(json.dumps({**row, "prompt": structured.instructed(row["prompt"])}) + "\n")
+    runs: dict[str, list[Run]] = {"schema": [], "plain": []}
+    try:
+        for i in range(bench.repeat):
+            for kind in ("schema", "plain"):
+                output = fresh(WORK / f"schema-{kind}.parquet")
+                source = input_path if kind == "schema" else asked
+                args = batchpizza_args(source, output, server, concurrency=OVERHEAD_CONCURRENCY)
+                args += ["--schema", str(path)] if kind == "schema" else []
+                server.reset()
+                run = measure(args, server)
+                expect(run, 0, f"batchpizza ({kind})")
+                if (sent := server.stats()["requests"]) != rows:
+                    raise RuntimeError(f"{kind} sent {sent} requests for {rows} rows")
+                runs[kind].append(run)
+                note(
+                    f"  schema {i + 1}/{bench.repeat} {kind:<6} {run.wall:7.2f} s wall {run.cpu:7.2f} s cpu"
+                )
+    finally:
+        server.close()
+    ratios = [a.cpu / b.cpu for a, b in zip(runs["schema"], runs["plain"], strict=True)]
+    ratio = median(ratios)
+    answer = '{"label": "positive", "score": 0.5, "stars": 4, "tags": ["a", "b"], "reason": "ok"}'
+    n = 20_000
+    check_us = timeit.timeit(lambda: structured.check(answer), number=n) / n * 1e6
+    output_us = _parsed_column_us(structured, answer, n)
+    once_ms = _schema_start_ms(path)
+    plain_us = median([r.cpu for r in runs["plain"]]) / rows * 1e6
+    added_us = check_us + output_us + once_ms * 1000 / rows
+    s = "schema"
+    return [
+        Figure(
+            s,
+            f"CPU time, --schema (5 fields) / none ({rows:,} rows, zero latency, paired)",
+            f"{ratio:.3f}x" + spread(ratios, "{:.3f}"),
+            f"<= {SCHEMA_TARGET:.2f}x",
+            bench.sized(ratio <= SCHEMA_TARGET),
+        ),
+        Figure(s, "CPU per row, --schema", _per_row(runs["schema"], rows)),
+        Figure(s, "CPU per row, no schema", _per_row(runs["plain"], rows)),
+        Figure(s, "one answer found and validated (in process)", f"{check_us:.1f} us"),
+        Figure(s, "one row's parsed column built at output (in process)", f"{output_us:.1f} us"),
+        Figure(s, "schema read, checked and compiled, once (a fresh process)", f"{once_ms:.1f} ms"),
+        Figure(
+            s,
+            f"--schema's own CPU per row at {rows:,} rows (the three above), of the plain job's",
+            f"{added_us:.1f} us = {added_us / plain_us:.1%} of {plain_us:.0f} us",
+            "< 5 %",
+            bench.sized(added_us / plain_us < SCHEMA_TARGET - 1),
+        ),
+    ]
+
+
+def _parsed_column_us(structured: Any, answer: str, n: int) -> float:
+    """In process: the `parsed` column of `n` answered rows, per row (best of three)."""
+    from batchpizza.records import OutputRow
+    from batchpizza.structured.columns import ParsedColumns
+
+    parsed = ParsedColumns(structured)
+    rows = [
+        OutputRow(str(i), answer, "stop", False, None, 1, 1.0, "m", None, None, None, None, b"")
+        for i in range(n)
+    ]
+    best = min(timeit_once(lambda: parsed.arrays(rows)) for _ in range(3))
+    return best / n * 1e6
+
+
+def timeit_once(func: Callable[[], object]) -> float:
+    started = time.process_time()
+    func()
+    return time.process_time() - started
+
+
+def _schema_start_ms(path: Path) -> float:
+    """CPU ms a fresh process spends making a run's schema ready (imports of the validator and
+    the generated metaschema, the check, the schema's validator and its Arrow type)."""
+    code = (
+        "import time; t = time.process_time(); import pyarrow\n"
+        "from batchpizza.structured.options import structured_of\n"
+        "from batchpizza.structured.columns import ParsedColumns\n"
+        "t = time.process_time()\n"
+        f"s = structured_of({str(path)!r}, 2, False, {{}}); s.check('{{}}'); ParsedColumns(s)\n"
+        "print((time.process_time() - t) * 1000)"
+    )
+    found = []
+    for _ in range(3):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=child_env(),
+            check=True,
+        )
+        found.append(float(out.stdout.strip()))
+    return median(found)
+
+
 SCENARIOS: dict[str, Callable[[Bench], list[Figure]]] = {
     "startup": startup,
     "overhead": overhead,
@@ -1238,6 +1380,7 @@ SCENARIOS: dict[str, Callable[[Bench], list[Figure]]] = {
     "resume": resume,
     "validation": validation,
     "api": api,
+    "schema": schema,
     "scale": scale,
 }
 

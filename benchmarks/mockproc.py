@@ -41,9 +41,9 @@ def http(url: str, method: str = "GET") -> Any:
 class Server:
     """`batchpizza mock-server` in its own process."""
 
-    def __init__(self, latency_ms: float = 0.0, jitter_ms: float = 0.0) -> None:
+    def __init__(self, latency_ms: float = 0.0, jitter_ms: float = 0.0, *extra: str) -> None:
         args = [sys.executable, "-m", "batchpizza", "mock-server", "--port", "0"]
-        args += ["--latency", str(latency_ms), "--jitter", str(jitter_ms), "--seed", "1"]
+        args += ["--latency", str(latency_ms), "--jitter", str(jitter_ms), "--seed", "1", *extra]
         self.proc = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,

@@ -55,6 +55,7 @@ SUMMARY_KEYS = {
     "checkpoint",
     "interrupted",
     "exit_code",
+    "structured",
 }
 
 

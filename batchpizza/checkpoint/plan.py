@@ -20,8 +20,9 @@ from batchpizza.checkpoint.scan import ScanIndex
 from batchpizza.records import OutputRow, Tally, invalid_row, pending_row
 
 PAGE = 4096
-UNANSWERED = "('error', 'misuse', 'invalid', 'pending')"
-_UNANSWERED_BUT_REFUSED = "('error', 'invalid', 'pending')"  # what a rerun sends by default
+UNANSWERED = "('error', 'misuse', 'invalid', 'pending', 'invalid_output')"
+_UNANSWERED_BUT_REFUSED = "('error', 'invalid', 'pending', 'invalid_output')"  # a rerun's default
+_FAILED = "('error', 'invalid_output')"
 _OUTPUT_COLUMNS = (
     "finish_reason, answer, error, attempts, latency_ms, model, prompt_tokens, "
     "completion_tokens, response_id, request_id"
@@ -292,7 +293,7 @@ class PlanQueries:
             found = self._conn.execute(
                 "SELECT count(*), "
                 f"sum(c.finish_reason IS NOT NULL AND c.finish_reason NOT IN {UNANSWERED}), "
-                "sum(c.finish_reason = 'error'), sum(c.finish_reason = 'misuse'), "
+                f"sum(c.finish_reason IN {_FAILED}), sum(c.finish_reason = 'misuse'), "
                 f"sum(r.bad IS NOT NULL) {self._joined()} WHERE r.pos < ?",
                 (self.ident, end),
             ).fetchone()
@@ -364,7 +365,7 @@ class PlanQueries:
                 )
             info.update(
                 answered=sum(v for k, v in found.items() if k not in UNANSWERED),
-                failed=found.get("error", 0),
+                failed=found.get("error", 0) + found.get("invalid_output", 0),
                 misuse=found.get("misuse", 0),
                 invalid=int(meta.get("invalid") or 0),
             )

@@ -54,6 +54,7 @@ from typing import Any
 
 import batchpizza.fingerprint as fingerprint
 from batchpizza.checkpoint.batches import BatchRecords
+from batchpizza.checkpoint.fitting import Fitting
 from batchpizza.checkpoint.guarded import UNBINDABLE, insert_attempt, insert_result
 from batchpizza.checkpoint.history import History
 from batchpizza.checkpoint.plan import PlanQueries
@@ -91,7 +92,7 @@ def _sqlite_error(path: Path | None, exc: sqlite3.Error) -> OutputError:
     return OutputError(f"checkpoint {path}: {exc}{hint}")
 
 
-class Checkpoint(PlanQueries, History, BatchRecords):
+class Checkpoint(PlanQueries, History, BatchRecords, Fitting):
     """The store at `path`. Open with `Checkpoint.open`, or `Checkpoint.planning` for a dry run.
     Its answers are those of one identity (`use_identity`; by default the last run's)."""
 

@@ -94,6 +94,14 @@ import click
     help="OpenAI route: answers depend on the model and the temperature too, not only the prompt.",
 )
 @click.option(
+    "--structured-valid",
+    type=click.FloatRange(0, 1),
+    default=0.70,
+    show_default=True,
+    help="Schema-bound requests: the share answered with valid JSON; the rest half wrapped in a "
+    "fence or prose, half not fitting.",
+)
+@click.option(
     "--models",
     default=None,
     help="OpenAI route: the models served, comma-separated; others get 404 model_not_found "

@@ -32,6 +32,8 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
         try:
             info = store.status()
             files = store.batch_files()
+            # --schema: answers that fit it, at once or re-asked
+            info["structured"] = store.fit_counts()
         finally:
             store.close()
     except BatchpizzaError as exc:
@@ -54,6 +56,12 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     click.echo(f"  input      {info.get('input') or 'unknown'} ({info.get('rows', '?')} rows)")
     for key in ("answered", "failed", "misuse", "invalid", "pending"):
         click.echo(f"  {key:<10} {info.get(key, '?')}")
+    counts = info.get("structured")
+    if isinstance(counts, dict):
+        valid, reasked, invalid = counts["valid"], counts["reasked"], counts["invalid"]
+        click.echo(
+            f"  schema     {valid} valid ({reasked} after a re-ask), {invalid} invalid output"
+        )
     if info.get("to_send"):
         click.echo(f"  rerun      {info['to_send']} (with the last run's provider, model, params)")
     click.echo(f"  kept       {info.get('answers_kept', '?')} answers in all")

@@ -29,7 +29,7 @@ def count_answered(
 
     answered, undigested, digested = _kept(checkpoint)
     provider = types.SimpleNamespace(
-        identity=identity_of(config.provider, config.model, config.params)
+        identity=identity_of(config.provider, config.model, config.params, config.structured)
     )
     key = fingerprint_key(provider)  # as the actors key their parts
     fields = Fields.from_config(config, extra_columns(config.provider))

@@ -37,6 +37,7 @@ from batchpizza.errors import (
 from batchpizza.providers import Provider
 from batchpizza.records import Answer, Attempt, Outcome, Prompt, RateInfo, Result, is_answered
 from batchpizza.rows import request_key
+from batchpizza.structured import INVALID_OUTPUT, NOT_VALIDATED, Structured, with_tokens_of
 
 log = logging.getLogger("batchpizza")
 
@@ -78,6 +79,7 @@ class Counters:
     failed: int = 0
     misuse: int = 0
     in_flight: int = 0
+    reasked: int = 0  # rows whose answer fitted the schema after a re-ask
 
     @property
     def rows_done(self) -> int:
@@ -150,6 +152,8 @@ class Runner:
         # What a result is found again by: its request's key (with the store's identity, its
         # fingerprint), or the whole fingerprint where the store has no identity (a Ray part).
         self._key = key or request_key(provider)
+        # --schema: every answer validated, and re-asked when it does not fit.
+        self.structured: Structured | None = getattr(provider, "structured", None)
 
     def fatal_message(self, *, kept: bool) -> str:
         """What to tell the user after a fatal reply: what it said, and where answers are."""
@@ -207,6 +211,17 @@ class Runner:
     async def _send(
         self, session: aiohttp.ClientSession, prompt: Prompt, attempts: list[Attempt]
     ) -> Result:
+        got = await self._ask(session, prompt, attempts)
+        if isinstance(got, Answer) and self.structured is not None:
+            got = await self._fitted(session, prompt, got, attempts)
+        if isinstance(got, Result):
+            return got._replace(digest=self._key(prompt))  # a re-ask's key is its row's
+        return self._answered(prompt, got, attempts)
+
+    async def _ask(
+        self, session: aiohttp.ClientSession, prompt: Prompt, attempts: list[Attempt]
+    ) -> Answer | Result:
+        """`prompt`'s answer, retried under the policy; or the Result of a row that failed."""
         # The first attempt is made here, bare: most rows are answered at once, and only a
         # failed first attempt pays for the retry loop and the callables it needs (see
         # RetryPolicy.again).
@@ -229,6 +244,42 @@ class Runner:
             n = len(attempts)
             error = f"{describe(exc)} after {n} {'attempt' if n == 1 else 'attempts'}"
             return self._failed(prompt, attempts, Outcome.ERROR.value, error, exc)
+        return answer
+
+    async def _fitted(
+        self,
+        session: aiohttp.ClientSession,
+        prompt: Prompt,
+        answer: Answer,
+        attempts: list[Attempt],
+    ) -> Answer | Result:
+        """`answer`, or the answer to a re-ask, once one fits the schema; each re-ask a request
+        of its own through the gate. Re-asks spent: the row ends invalid_output, the last answer
+        and its error kept."""
+        structured = self.structured
+        assert structured is not None
+        for reask in range(structured.retries + 1):
+            if answer.finish_reason in NOT_VALIDATED:
+                return answer
+            _, error = structured.check(answer.text)
+            if error is None:
+                if reask:
+                    self.counters.reasked += 1
+                return answer
+            # The attempt was answered, but not as asked: the report counts its errors.
+            attempts[-1] = attempts[-1]._replace(outcome=INVALID_OUTPUT, error=error)
+            if reask == structured.retries:
+                break
+            again = structured.follow_up(prompt, answer.text, error)
+            got = with_tokens_of(answer, await self._ask(session, again, attempts))
+            if isinstance(got, Result):
+                return got
+            answer = got
+        return self._answered(prompt, answer, attempts)._replace(
+            finish_reason=INVALID_OUTPUT, error=error
+        )
+
+    def _answered(self, prompt: Prompt, answer: Answer, attempts: list[Attempt]) -> Result:
         return Result(
             prompt.id,
             self._key(prompt),

@@ -28,7 +28,7 @@ from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageEr
 from batchpizza.job.paths import check_paths
 from batchpizza.job.reading import clear_leftovers, open_rows, reusable, scan_rows, scan_state
 from batchpizza.job.sending import Sending
-from batchpizza.job.writing import Reporter, run_options, write_rows
+from batchpizza.job.writing import Reporter, check_parsed_names, run_options, write_rows
 from batchpizza.progress import Progress, choose, dry_run_report, setup_logging
 from batchpizza.providers.factory import make_provider, remember_secrets
 from batchpizza.records import OutputRow, Result, Summary, Tally
@@ -190,6 +190,7 @@ class Job:
         )
         key = source.input_key()
         scan = await self._scan(source, key, cleanup, reuse=not config.dry_run)
+        check_parsed_names(config, source, provider.extra_columns)  # before anything is sent
         if config.dry_run:
             assert scan is not None  # a dry run always scans
             planning = Checkpoint.planning(config.checkpoint_path, scan)
@@ -356,6 +357,10 @@ class Job:
         summary = self._reporter.summary(tally, counters, exit_code, stopped=stopped, rate=rate)
         if self.sending is not None and self.sending.batches is not None:
             summary = dataclasses.replace(summary, batches=self.sending.batches.info())
+        if self.config.structured is not None and self._checkpoint is not None:
+            with contextlib.suppress(Exception):  # as _tally: never fail the summary
+                fit = self._checkpoint.fit_counts(self.config.limit)
+                summary = dataclasses.replace(summary, structured=fit)
         if self.plan is None:
             return summary
         return dataclasses.replace(summary, plan=self.plan.to_dict())

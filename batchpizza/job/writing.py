@@ -35,6 +35,7 @@ def write_rows(
     from batchpizza.sinks import write_output
     from batchpizza.sinks.values import result_columns
     from batchpizza.sources import Source
+    from batchpizza.structured.columns import ParsedColumns
 
     assert config.output_format is not None  # a file job's output has a format
     write_output(
@@ -47,8 +48,29 @@ def write_rows(
         limit=config.limit,
         samples=config.samples,
         stop=stop,
+        parsed=ParsedColumns.of(config.structured, config.flatten),
     )
     return None
+
+
+def check_parsed_names(config: RunConfig, source: Rows, extra_columns: tuple[str, ...]) -> None:
+    """Refuse an output whose parsed columns (--schema, --flatten) clash with other columns (the
+    input's are known once it is scanned), and say which places of the schema have no type."""
+    if config.structured is None:
+        return
+    from batchpizza.structured.columns import ParsedColumns, check_flatten, warn_untyped
+
+    warn_untyped(config.structured.schema)
+    if config.output is None:
+        return  # rows in memory: answer() checks them
+    from batchpizza.sinks.built import output_columns
+    from batchpizza.sinks.values import result_columns
+    from batchpizza.sources import Source
+
+    parsed = ParsedColumns(config.structured, flatten=config.flatten)
+    file = cast(Source, source)
+    carried = output_columns(file.fields, file.columns()).names
+    check_flatten(parsed, ["id", *carried, *result_columns(extra_columns, config.samples)])
 
 
 def run_options(config: RunConfig) -> dict[str, Any]:

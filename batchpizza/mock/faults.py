@@ -60,6 +60,9 @@ class MockConfig:
     # Chat route: answers that depend on the model and the temperature too, not only the prompt
     # (what a real server's do): "<answer> [model M, temperature T]".
     by_request: bool = False
+    # Schema-bound requests (--schema): the share answered with valid JSON as it is; of the rest,
+    # half wrapped (fenced or after prose), half not fitting (mock/structured.py).
+    structured_valid: float = 0.70
 
 
 class Live:

@@ -25,6 +25,7 @@ from batchpizza.mock.replies import (
     handle,
     scripted,
 )
+from batchpizza.mock.structured import bound_prompt
 from batchpizza.rows import format_prompt
 
 CHAT_PATH = "/v1/chat/completions"
@@ -207,6 +208,7 @@ async def _chat_respond(
         not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
     ):
         return bare.error(400, "max_tokens must be a positive integer", param="max_tokens")
+    prompt = bound_prompt(prompt, body.get("response_format"))  # --schema
     chat = _Chat(request_id, model, prompt, max_tokens)
     if cfg.by_request:
         chat.suffix = f" [model {model}, temperature {body.get('temperature', 1)}]"

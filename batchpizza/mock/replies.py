@@ -17,6 +17,7 @@ from aiohttp import web
 
 from batchpizza.mock.faults import TERMINAL_FAULTS, Live, MockConfig
 from batchpizza.mock.stats import Stats
+from batchpizza.mock.structured import structured_answer
 
 MISUSE_TEXT = (
     "Misuse detected. Please get in touch, we can come up with a solution for your use case."
@@ -69,7 +70,8 @@ def fault(kind: str, question: str, state: State, dialect: Dialect) -> web.Strea
     if kind == "answer":
         answers = state.stats.answers
         answers[question] = answers.get(question, 0) + 1
-        return dialect.answer(mock_answer(question))
+        structured = structured_answer(question, state.live.config.structured_valid)
+        return dialect.answer(structured or mock_answer(question))
     if kind == "error":
         status = state.live.rng.choice(_ERROR_STATUSES)
         return dialect.error(status, "the oven is on fire")

@@ -11,6 +11,7 @@ from batchpizza.errors import UsageError
 from batchpizza.parsing import check_url
 from batchpizza.providers import Provider
 from batchpizza.redact import remember_secret, remember_url
+from batchpizza.structured import Structured
 
 # The proxy settings a run honours, in the order they win; each is remembered as a secret (a
 # proxy URL may carry a password).
@@ -36,16 +37,21 @@ def extra_columns(provider: str) -> tuple[str, ...]:
     return ("prompt_tokens", "completion_tokens") if provider == "openai" else ()
 
 
-def identity_of(provider: str, model: str | None, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The identity (fingerprint) of the named provider's requests with this model and these
-    parameters, as its `identity` says it, without building it."""
+def identity_of(
+    provider: str,
+    model: str | None,
+    params: Mapping[str, Any],
+    structured: Structured | None = None,
+) -> dict[str, Any]:
+    """The identity (fingerprint) of the named provider's requests with this model, these
+    parameters and this schema, as its `identity` says it, without building it."""
     if provider == "openai":
         from batchpizza.providers import openai
 
-        return openai.identity(model, params)
+        return openai.identity(model, params, structured)
     from batchpizza.providers import pizzagpt
 
-    return pizzagpt.identity()
+    return pizzagpt.identity(structured)
 
 
 def make_provider(config: RunConfig) -> Provider:
@@ -81,7 +87,10 @@ def make_provider(config: RunConfig) -> Provider:
             # The reply bodies, verbatim in openai-batch lines: kept only for that output, as
             # they more than double the checkpoint (README, "OpenAI batch files").
             keep_bodies=config.output_format == "openai-batch",
+            structured=config.structured,
         )
     from batchpizza.providers.pizzagpt import PizzagptAPI
 
-    return PizzagptAPI(config.base_url, timeout=config.timeout, proxy=proxy)
+    return PizzagptAPI(
+        config.base_url, timeout=config.timeout, proxy=proxy, structured=config.structured
+    )

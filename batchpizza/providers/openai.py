@@ -32,6 +32,7 @@ from batchpizza.providers.http import post_json, reply_json
 from batchpizza.providers.limits import parse_rate_info, retry_after_of
 from batchpizza.records import UNANSWERED, Answer, Prompt, RateInfo
 from batchpizza.redact import MASK, redact, shorten
+from batchpizza.structured import Structured
 
 __all__ = ["CHAT_PATH", "OpenAIAPI"]
 
@@ -132,10 +133,13 @@ def _about_model(status: int, error: Mapping[str, Any], message: str, model: str
 REQUEST_FORMAT = 1
 
 
-def identity(model: str | None, params: Mapping[str, Any]) -> dict[str, Any]:
+def identity(
+    model: str | None, params: Mapping[str, Any], structured: Structured | None = None
+) -> dict[str, Any]:
     """What every request of a run decides its answer by (see Provider.identity)."""
-    return {"provider": "openai", "format": REQUEST_FORMAT, "model": model or None,
-            "params": dict(params)}  # fmt: skip
+    found = {"provider": "openai", "format": REQUEST_FORMAT, "model": model or None,
+             "params": dict(params)}  # fmt: skip
+    return found if structured is None else {**found, **structured.identity()}
 
 
 class OpenAIAPI:
@@ -162,6 +166,7 @@ class OpenAIAPI:
         timeout: float = DEFAULT_TIMEOUT,
         proxy: str | None = None,
         keep_bodies: bool = False,
+        structured: Structured | None = None,
     ) -> None:
         base = URL(base_url)
         if base.scheme not in ("http", "https") or not base.host:
@@ -199,6 +204,8 @@ class OpenAIAPI:
         self.proxy = proxy
         # Answer.body and ProviderError.body, for --format openai-batch; None without it.
         self.keep_bodies = keep_bodies
+        self.structured = structured  # --schema: sent as every request's response_format
+        self._format = None if structured is None else structured.response_format()
         self._client_timeout = aiohttp.ClientTimeout(total=timeout)
         self._headers = {
             "accept": "application/json",
@@ -215,7 +222,7 @@ class OpenAIAPI:
 
     @property
     def identity(self) -> Mapping[str, Any]:
-        return identity(self.model, self.params)
+        return identity(self.model, self.params, self.structured)
 
     def body(self, prompt: Prompt) -> dict[str, Any]:
         """The JSON body `ask` sends for `prompt`."""
@@ -227,6 +234,8 @@ class OpenAIAPI:
         body["messages"] = messages
         body.update(line)
         body.update(self.params)
+        if self._format is not None:
+            body["response_format"] = self._format
         return body
 
     async def ask(self, session: aiohttp.ClientSession, prompt: Prompt) -> Answer:

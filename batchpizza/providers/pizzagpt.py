@@ -24,6 +24,7 @@ from batchpizza.providers.http import Reply, parse_retry_after, post_json, reply
 from batchpizza.records import Answer, Prompt
 from batchpizza.redact import shorten
 from batchpizza.rows import format_prompt
+from batchpizza.structured import Structured
 
 log = logging.getLogger("batchpizza")
 
@@ -202,10 +203,12 @@ def answer_text(reply: Reply) -> str:
 REQUEST_FORMAT = 1
 
 
-def identity() -> dict[str, Any]:
+def identity(structured: Structured | None = None) -> dict[str, Any]:
     """What every request decides its answer by (see Provider.identity): the one model, and the
-    version of the wrapping; there are no parameters, and only the formatted prompt is sent."""
-    return {"provider": "pizzagpt", "format": REQUEST_FORMAT, "model": DEFAULT_MODEL, **BY_TEXT}
+    version of the wrapping; there are no parameters, and only the formatted prompt is sent
+    (with --schema, the schema asked for in it)."""
+    found = {"provider": "pizzagpt", "format": REQUEST_FORMAT, "model": DEFAULT_MODEL, **BY_TEXT}
+    return found if structured is None else {**found, **structured.identity()}
 
 
 class PizzagptAPI:
@@ -217,8 +220,17 @@ class PizzagptAPI:
     fatal_statuses: frozenset[int] = frozenset()
     detects_refusals = True
 
-    def __init__(self, base_url: str, *, timeout: float, proxy: str | None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float,
+        proxy: str | None,
+        structured: Structured | None = None,
+    ) -> None:
         self.base_url = base_url
+        # --schema: Pizzagpt has no field for one, so each question ends asking for it.
+        self.structured = structured
         self.timeout = timeout
         self.proxy = proxy
         self.headers = headers_for(base_url)
@@ -243,22 +255,26 @@ class PizzagptAPI:
         reply = await post_json(
             session,
             self._url,
-            jsoncodec.dumps({"question": prompt.text}),
+            jsoncodec.dumps({"question": self.question(prompt)}),
             headers=self._headers,
             timeout=self._timeout,
             proxy=self.proxy,
         )
         return Answer(answer_text(reply), "stop", DEFAULT_MODEL)
 
+    def question(self, prompt: Prompt) -> str:
+        structured = self.structured
+        return prompt.text if structured is None else structured.instructed(prompt.text)
+
     @property
     def identity(self) -> Mapping[str, Any]:
-        return identity()
+        return identity(self.structured)
 
     def preview(self, prompt: Prompt) -> tuple[str, dict[str, str], bytes]:
         return (
             str(api_url(self.base_url)),
             dict(self.headers),
-            jsoncodec.dumps({"question": prompt.text}),
+            jsoncodec.dumps({"question": self.question(prompt)}),
         )
 
 

@@ -24,6 +24,7 @@ from batchpizza.report.fmt import (
     step_values,
 )
 from batchpizza.report.latency import PERCENTILES
+from batchpizza.report.structured import text_structured
 
 # --- the terminal ---------------------------------------------------------------------------------
 
@@ -41,6 +42,7 @@ def render_text(numbers: Mapping[str, Any]) -> str:
     sections = [
         [head],
         _text_rows(numbers["rows"]),
+        text_structured(numbers.get("structured")),
         _text_requests(numbers["requests"], numbers["series"]),
         _text_latency(numbers["latency_ms"]),
         _text_errors(numbers["errors"], numbers["requests"]["failed"], clock),

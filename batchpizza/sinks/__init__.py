@@ -18,6 +18,7 @@ from batchpizza.sinks.built import output_batch, output_columns
 from batchpizza.sinks.jsonl import JsonlSink
 from batchpizza.sinks.parquet import ParquetSink
 from batchpizza.sources import Carried, Columns, Source
+from batchpizza.structured.columns import ParsedColumns, check_flatten
 
 _RERUN = "rerun the same command (answered rows are kept)"
 
@@ -37,13 +38,16 @@ def open_sink(
     columns: Columns,
     results: tuple[str, ...],
     checkpoint: Checkpoint | None = None,
+    parsed: ParsedColumns | None = None,
 ) -> Sink:
     if fmt == "openai-batch":  # imported only when asked for
         from batchpizza.sinks.openai_batch import OpenAIBatchSink
 
         statuses = checkpoint.failure_statuses() if checkpoint is not None else None
         return OpenAIBatchSink(handle, columns, results, statuses)
-    sink: Sink = SINKS[fmt](handle, columns, results)
+    if parsed is not None:  # --schema: the parsed answer's columns after the results'
+        check_flatten(parsed, ["id", *columns.names, *results])
+    sink: Sink = SINKS[fmt](handle, columns, results, parsed)
     return sink
 
 
@@ -58,6 +62,7 @@ def write_output(
     limit: int | None = None,
     stop: threading.Event | None = None,
     samples: int = 1,
+    parsed: ParsedColumns | None = None,
 ) -> None:
     """Write every row of the input, in order, with its result. Runs in a worker thread.
 
@@ -72,7 +77,7 @@ def write_output(
     total = checkpoint.rows(limit)
     with atomic_file(output) as handle:
         columns = output_columns(source.fields, source.columns())
-        sink = open_sink(fmt, handle, columns, results, checkpoint)
+        sink = open_sink(fmt, handle, columns, results, checkpoint, parsed)
         try:
             written = 0
             for carried in source.carried():

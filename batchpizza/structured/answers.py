@@ -1,0 +1,110 @@
+"""An answer's JSON: found in the text, parsed and validated; the instruction that asks for it
+where the API has no field for a schema (Pizzagpt); the follow-up that re-asks a wrong one.
+
+What is tolerated around the one JSON value, tried in this order:
+1. the whole answer is JSON (surrounding white space aside);
+2. a fenced code block (```json ... ``` or ``` ... ```), with any text before and after it: the
+   first such block whose content is JSON;
+3. prose before and after the value: the first `{` or `[` from which a whole JSON value parses
+   (so "Here it is: {...} Hope this helps." gives the object).
+Nothing else: no comments, trailing commas, single quotes or several values merged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from batchpizza.records import Prompt
+
+# Pizzagpt's prompt ends with this, then the schema as compact JSON (README, "Structured
+# outputs"); the bundled mock finds schema-bound questions by it.
+INSTRUCTION = (
+    "\n\nAnswer with only a JSON value (no other text) that is valid against this JSON Schema:\n"
+)
+_FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\r?\n(.*?)```", re.DOTALL)
+_ERROR_CHARS = 300  # of a validation error put back to the model and kept in `error`
+_TRIES = 20  # openings a prose answer is tried at, at most
+_decoder = json.JSONDecoder()
+
+
+class NoJSON(ValueError):
+    """The text holds no JSON value where one is tolerated."""
+
+
+def extract(text: str) -> Any:
+    """The one JSON value of an answer (see the module's docstring); NoJSON if there is none."""
+    try:
+        return orjson.loads(text)  # most answers: JSON alone (orjson: 0.5 us, json: 3 us)
+    except ValueError:
+        pass
+    stripped = text.strip()
+    try:
+        return json.loads(stripped)  # what orjson refuses and json takes: NaN, Infinity
+    except ValueError:
+        pass
+    for block in _FENCE.finditer(text):
+        try:
+            return json.loads(block.group(1))
+        except ValueError:
+            continue
+    start = 0
+    for _ in range(_TRIES):
+        opens = [i for i in (text.find("{", start), text.find("[", start)) if i >= 0]
+        if not opens:
+            break
+        at = min(opens)
+        try:
+            value, _end = _decoder.raw_decode(text, at)
+            return value
+        except ValueError:
+            start = at + 1
+    raise NoJSON("the answer holds no JSON value")
+
+
+def validation_error(text: str, validate: Callable[[Any], Any]) -> tuple[Any, str | None]:
+    """(the answer's JSON value, None) when it parses and validates; else (None, why not)."""
+    import fastjsonschema
+
+    try:
+        value = extract(text)
+    except NoJSON as exc:
+        return None, str(exc)
+    try:
+        validate(value)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        return None, _shorten(exc.message)  # names the place: "data.score must be ..."
+    return value, None
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 3] + "..."
+
+
+def instruction(schema: Mapping[str, Any]) -> str:
+    """What a prompt for an API without a schema field ends with: the instruction, the schema."""
+    return INSTRUCTION + json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+
+
+def instructed(text: str, schema: Mapping[str, Any]) -> str:
+    return text + instruction(schema)
+
+
+def follow_up(prompt: Prompt, answer: str, error: str) -> Prompt:
+    """The re-ask of `prompt` after `answer` did not fit: its messages, the answer as the
+    assistant's, then a user message with the error."""
+    from batchpizza.rows import format_prompt
+
+    messages = tuple(prompt.messages) or ({"role": "user", "content": prompt.text},)
+    said = (
+        f"That answer is not valid: {error}. Answer again with only the corrected JSON value, "
+        "valid against the JSON Schema."
+    )
+    asked = (*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": said})
+    return dataclasses.replace(prompt, text=format_prompt(asked), messages=asked)
