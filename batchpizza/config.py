@@ -158,7 +158,7 @@ class RunConfig:
         object.__setattr__(self, "structured", structured)
         object.__setattr__(self, "template_source", self._check_building())
         check_url(self.base_url, "--base-url")
-        check_via(self.via, self.provider)
+        check_via(self.via, self.provider, self.schema is not None)
         if self.proxy:
             check_url(self.proxy, "--proxy")
 

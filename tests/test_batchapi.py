@@ -581,6 +581,17 @@ def test_ray_refuses_the_batch_api() -> None:
         run_on_ray("in.parquet", "out", via="batch", provider="openai")
 
 
+@pytest.mark.parametrize("via", ["batch", "auto"])
+def test_the_batch_api_refuses_a_schema_it_would_not_check(via: str) -> None:
+    from batchpizza.config import RunConfig
+    from batchpizza.errors import UsageError
+
+    schema = {"type": "object", "properties": {"label": {"type": "string"}}}
+    with pytest.raises(UsageError, match=f"--via {via} with --schema"):
+        RunConfig.from_options("in.jsonl", "out.parquet", via=via, provider="openai", schema=schema)
+    RunConfig.from_options("in.jsonl", "out.parquet", provider="openai", schema=schema)
+
+
 def test_answer_from_python_waits_for_its_batches_without_a_checkpoint_file(
     server: ThreadedMockServer,
 ) -> None:
