@@ -40,6 +40,12 @@ def ray_installed() -> bool:
 
 
 _ray_tests = {"deselected": 0, "passed": 0}
+REQUIRE_LITELLM = "BATCHPIZZA_REQUIRE_LITELLM"
+
+
+def litellm_command() -> str | None:
+    """The LiteLLM proxy's command: BATCHPIZZA_LITELLM, else `litellm` on PATH."""
+    return os.environ.get("BATCHPIZZA_LITELLM") or shutil.which("litellm")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -51,8 +57,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # `litellm` marks the tests against a LiteLLM proxy (pip install 'litellm[proxy]', which pins
-    # older polars and huggingface-hub than the test extra's, so it is no extra of ours).
-    if shutil.which("litellm") is None:
+    # older polars and huggingface-hub than the test extra's, so it is no extra of ours: .ci/run
+    # installs it in a virtual environment of its own and names its command in BATCHPIZZA_LITELLM).
+    if litellm_command() is None:
+        if os.environ.get(REQUIRE_LITELLM):
+            raise pytest.UsageError(
+                f"{REQUIRE_LITELLM} is set and no LiteLLM proxy was found: set BATCHPIZZA_LITELLM "
+                "to its `litellm` command, or pip install 'litellm[proxy]'"
+            )
         needs = [item for item in items if item.get_closest_marker("litellm") is not None]
         if needs:
             config.hook.pytest_deselected(items=needs)

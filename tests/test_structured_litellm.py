@@ -10,7 +10,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from aiohttp import web
 import batchpizza
 from batchpizza.mock.structured import bound_prompt, structured_answer
 from batchpizza.rows import format_prompt
+from tests.conftest import litellm_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.litellm, pytest.mark.timeout(300)]
 
@@ -86,7 +86,8 @@ async def proxy(tmp_path: Path, upstream: tuple[int, Any]) -> AsyncIterator[str]
     )
     port = free_port()
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}  # no fetch from the internet
-    litellm = str(Path(sys.executable).with_name("litellm"))
+    litellm = litellm_command()
+    assert litellm is not None  # conftest deselects this test without one
     process = await asyncio.create_subprocess_exec(
         *(litellm, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)),
         stdout=subprocess.DEVNULL,
