@@ -45,11 +45,15 @@ class Prompt:
 
 @dataclass(frozen=True, slots=True)
 class RateInfo:
-    """What a server announced of its request limit (OpenAI's x-ratelimit-* headers)."""
+    """What a server announced of its request and token limits (OpenAI's x-ratelimit-*
+    headers)."""
 
     limit: float | None = None  # requests per window
     remaining: float | None = None
     reset_s: float | None = None  # seconds until `remaining` is back to `limit`
+    limit_tokens: float | None = None  # tokens per window (a minute at OpenAI)
+    remaining_tokens: float | None = None
+    reset_tokens_s: float | None = None
 
 
 class Answer(NamedTuple):
@@ -67,6 +71,7 @@ class Answer(NamedTuple):
     # The server's reply body as it came (an OpenAI-compatible server's chat.completion), kept for
     # --format openai-batch; None where a provider keeps none (Pizzagpt's reply is no such body).
     body: bytes | None = None
+    tokens_estimated: bool = False  # the token counts are our estimate (the server gave none)
 
 
 # The result columns of every output, in order; a provider may add its own after them.
@@ -74,7 +79,8 @@ RESULT_COLUMNS = (
     *("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"),
     "reused_from",  # the row an identical request was sent for, when another (else null)
 )
-TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens")
+# Every output's token columns: the server's usage, or our estimate where it gave none (marked).
+TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "tokens_estimated")
 
 
 class Result(NamedTuple):
@@ -96,6 +102,7 @@ class Result(NamedTuple):
     response_id: str | None = None
     request_id: str | None = None
     body: bytes | None = None  # the server's reply body (Answer.body, or an error reply's)
+    tokens_estimated: bool | None = None  # the token counts are our estimate (Pizzagpt's)
 
 
 class OutputRow(NamedTuple):
@@ -118,6 +125,8 @@ class OutputRow(NamedTuple):
     reused_from: str | None = None
     sample: int | None = None  # which sample of the row's request (--repeat N, N > 1)
     body: bytes | None = None  # the server's reply body, where it was kept (Result.body)
+    # Whether the token counts are our estimate (the server said none); None without counts.
+    tokens_estimated: bool | None = None
 
 
 def answered_row(r: Result) -> OutputRow:
@@ -139,6 +148,9 @@ def answered_row(r: Result) -> OutputRow:
         None,
         None,
         r.body,
+        None
+        if r.prompt_tokens is None and r.completion_tokens is None
+        else bool(r.tokens_estimated),
     )
 
 

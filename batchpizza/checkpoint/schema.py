@@ -44,7 +44,8 @@ RESULT_COLUMNS = """
     completion_tokens INTEGER,
     response_id TEXT,
     request_id TEXT,
-    body BLOB"""
+    body BLOB,
+    tokens_estimated INTEGER"""
 RESULTS = f"""
 CREATE TABLE IF NOT EXISTS results (
 {RESULT_COLUMNS},
@@ -91,7 +92,7 @@ _ADDED_COLUMNS = (
 )
 # Columns added to schema 3 since it was first written: nullable, so a checkpoint that lacks
 # them reads as one whose rows have none; added when one is opened for writing.
-ADDED_TO_3 = (("body", "BLOB"),)
+ADDED_TO_3 = (("body", "BLOB"), ("tokens_estimated", "INTEGER"))
 _KEPT = (
     "id, digest, finish_reason, answer, error, attempts, latency_ms, model, updated, "
     "prompt_tokens, completion_tokens, response_id, request_id"

@@ -31,7 +31,7 @@ from batchpizza.job.sending import Sending
 from batchpizza.job.writing import Reporter, run_options, write_rows
 from batchpizza.progress import Progress, choose, dry_run_report, setup_logging
 from batchpizza.providers.factory import make_provider, remember_secrets
-from batchpizza.records import OutputRow, Result, Summary, Tally
+from batchpizza.records import TOKEN_COLUMNS, OutputRow, Result, Summary, Tally
 from batchpizza.sampling import sampled
 
 if TYPE_CHECKING:
@@ -183,9 +183,7 @@ class Job:
     async def _stages(self, cleanup: contextlib.ExitStack) -> Summary:
         config = self.config
         provider = make_provider(config)
-        source = await open_rows(
-            config, provider.extra_columns, self.data, self.stdin, self.stop, cleanup
-        )
+        source = await open_rows(config, TOKEN_COLUMNS, self.data, self.stdin, self.stop, cleanup)
         key = source.input_key()
         scan = await self._scan(source, key, cleanup, reuse=not config.dry_run)
         if config.dry_run:
@@ -270,7 +268,7 @@ class Job:
                 config,
                 source,
                 checkpoint,
-                provider.extra_columns,
+                TOKEN_COLUMNS,
                 key,
                 self.stop.interrupted,
             )

@@ -29,6 +29,7 @@ from batchpizza.mock.openai import CHAT_PATH, MODELS_PATH, chat_route, models_ro
 from batchpizza.mock.pizzagpt import API_PATH, pizzagpt_route
 from batchpizza.mock.replies import STATE, State
 from batchpizza.mock.stats import Stats
+from batchpizza.mock.tokens import TokenLedger
 
 # Connections waiting to be accepted. aiohttp's default, 128, is below what a client at
 # --concurrency 256 opens at once: on uvloop, whose connects leave together, the kernel dropped
@@ -42,7 +43,8 @@ _SHUTDOWN_TIMEOUT = 0.25
 
 
 async def _get_stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATE].stats.to_dict())
+    state = request.app[STATE]
+    return web.json_response({**state.stats.to_dict(), **state.live.tokens.to_dict()})
 
 
 async def _post_reset(request: web.Request) -> web.Response:
@@ -81,6 +83,11 @@ class MockServer:
     @config.setter
     def config(self, config: MockConfig) -> None:
         self._state.live = Live(config)  # fresh RNG and rate window
+
+    @property
+    def tokens(self) -> TokenLedger:
+        """The tokens the chat route counted (mock/tokens.py)."""
+        return self._state.live.tokens
 
     def reset(self) -> None:
         """Clear stats, per-question directive counters and the rate-limit window."""
@@ -137,6 +144,10 @@ class ThreadedMockServer:
     @property
     def stats(self) -> Stats:
         return self._server.stats
+
+    @property
+    def tokens(self) -> TokenLedger:
+        return self._server.tokens
 
     @property
     def config(self) -> MockConfig:

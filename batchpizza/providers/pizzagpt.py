@@ -24,6 +24,7 @@ from batchpizza.providers.http import Reply, parse_retry_after, post_json, reply
 from batchpizza.records import Answer, Prompt
 from batchpizza.redact import shorten
 from batchpizza.rows import format_prompt
+from batchpizza.tokencount import input_estimate, text_tokens
 
 log = logging.getLogger("batchpizza")
 
@@ -248,7 +249,16 @@ class PizzagptAPI:
             timeout=self._timeout,
             proxy=self.proxy,
         )
-        return Answer(answer_text(reply), "stop", DEFAULT_MODEL)
+        text = answer_text(reply)
+        # The service reports no usage: the estimate stands in, marked as one.
+        return Answer(
+            text,
+            "stop",
+            DEFAULT_MODEL,
+            prompt_tokens=input_estimate(prompt),
+            completion_tokens=text_tokens(text),
+            tokens_estimated=True,
+        )
 
     @property
     def identity(self) -> Mapping[str, Any]:
