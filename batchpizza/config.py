@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from batchpizza.budgeting import check_cost, parse_tpm
 from batchpizza.errors import UsageError
 from batchpizza.parsing import (
     check_params,
@@ -17,6 +18,7 @@ from batchpizza.parsing import (
     parse_params,
     parse_rate_option,
 )
+from batchpizza.pricing import Price
 
 DEFAULT_BASE_URL = "https://www.pizzagpt.it"
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -96,6 +98,9 @@ class RunConfig:
     template: str | None = None  # builds each row's prompt from its fields: "Q: {title}"
     template_file: str | None = None  # a Jinja2 template file doing the same
     prompt: Callable[[dict[str, Any]], str] | None = None  # Python only: the row -> its prompt
+    tpm: float | str | None = None  # tokens per minute: a number, or "auto" (budgeting.py)
+    max_cost: float | None = None  # US dollars, counted across runs on the checkpoint
+    price: str | None = None  # "IN,OUT" dollars per million tokens (else pricing.PRICES)
     rate_per_s: float = field(init=False)
     auto_max: float | None = field(init=False)  # set under --rate auto: the learned rate's ceiling
     output_format: str | None = field(init=False)  # None: no output file
@@ -104,6 +109,9 @@ class RunConfig:
     # --template-file's (name, text), read once here, so that every process (a Ray actor too)
     # builds from the same text.
     template_source: tuple[str, str] | None = field(init=False)
+    tpm_per_s: float | None = field(init=False)  # tokens per second under --tpm N
+    tpm_auto: bool = field(init=False)
+    price_per_m: Price | None = field(init=False)  # the price charged, where one is known
 
     def __post_init__(self) -> None:
         if self.rate is None:
@@ -143,6 +151,11 @@ class RunConfig:
             raise UsageError("--timeout must be a positive number of seconds")
         check_params(self.params or {})
         object.__setattr__(self, "template_source", self._check_building())
+        tpm_per_s, tpm_auto = parse_tpm(self.tpm)
+        object.__setattr__(self, "tpm_per_s", tpm_per_s)
+        object.__setattr__(self, "tpm_auto", tpm_auto)
+        price = check_cost(self.max_cost, self.price, self.provider, self.model)
+        object.__setattr__(self, "price_per_m", price)
         check_url(self.base_url, "--base-url")
         if self.proxy:
             check_url(self.proxy, "--proxy")
@@ -214,8 +227,10 @@ class RunConfig:
         return Path(self.output + (".mock-checkpoint" if self.mock else ".checkpoint"))
 
     def refuse_on_ray(self) -> None:
-        """Prompts built or given a system message are not run on a Ray cluster yet."""
+        """Prompts built or given a system message, token pacing and a money cap are not run on
+        a Ray cluster yet."""
         named = [n for n in ("system", "template", "template_file", "prompt") if getattr(self, n)]
+        named += [n for n in ("tpm", "max_cost") if getattr(self, n) is not None]
         if named:
             shown = ", ".join("--" + n.replace("_", "-") for n in named)
             raise UsageError(f"{shown}: not with --ray yet (batchpizza.ray); run without it")

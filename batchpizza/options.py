@@ -51,3 +51,6 @@ class Options(TypedDict, total=False):
     template: str | None  # the prompt built from the row's fields: "Summarise: {title}"
     template_file: str | None  # a Jinja2 template file (needs batchpizza[templates])
     prompt: Callable[[dict[str, Any]], str] | None  # the row (a dict) -> its prompt (Python only)
+    tpm: float | str | None  # tokens per minute (20000, "20k") or "auto" (the server's headers)
+    max_cost: float | None  # stop before the spend on this checkpoint passes this many dollars
+    price: str | None  # "IN,OUT" dollars per million input and output tokens

@@ -225,13 +225,18 @@ class Summary(Mapping[str, Any]):
     output: str | None = None
     checkpoint: str | None = None
     exit_code: int = 0
-    stopped: str | None = None  # None, "deadline", "refusals", "signal" or "locked"
+    # None, "deadline", "refusals", "budget", "quota", "failing", "signal" or "locked"
+    stopped: str | None = None
     rate: float | None = None  # requests/s at the end (the learned rate under auto)
     interrupted: bool = False
     # What this run planned to send, by reason (new, changed, retry, identity, unknown), with
     # `reused` (rows answered by an identical request's answer) and `change` (what the identity
     # change was); None before the plan.
     plan: dict[str, Any] | None = None
+    # This run's tokens {"input", "output", "estimated"}; its cost {"run", "total" (every run on
+    # the checkpoint), "cap", "price_per_million"} where a price is known; else None.
+    tokens: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.ended is None:

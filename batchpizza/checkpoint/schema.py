@@ -22,11 +22,13 @@ from typing import Any
 
 import batchpizza.fingerprint as fingerprint
 from batchpizza.checkpoint.scan import SCHEMA as SCAN_SCHEMA
+from batchpizza.checkpoint.spend import SPEND
 from batchpizza.errors import CheckpointVersionError
 
-SCHEMA_VERSION = "4"
-# What this version opens: 1 and 2 are upgraded to 3, and 3 to 4 (the staged table added).
-READABLE_SCHEMAS = ("1", "2", "3", "4")
+SCHEMA_VERSION = "5"
+# What this version opens: 1 and 2 are upgraded to 3, 3 to 4 (the staged table added) and 4 to 5
+# (the spend table added, spend.py), each inside the open's transaction.
+READABLE_SCHEMAS = ("1", "2", "3", "4", "5")
 # `body`: the server's reply body (an OpenAI-compatible server's), kept for --format openai-batch
 # only, null elsewhere; added to a schema 3 file on open (ADDED_TO_3), without a new version.
 RESULT_COLUMNS = """
@@ -78,10 +80,11 @@ CREATE TABLE IF NOT EXISTS runs (
     options TEXT
 );
 CREATE TABLE IF NOT EXISTS events (run INTEGER, t REAL, kind TEXT, value REAL, detail TEXT);
+{SPEND};
 {SCAN_SCHEMA.format(table="scan")};
 """
 TABLES = frozenset(
-    {"results", "staged", "identities", "meta", "attempts", "runs", "events", "scan"}
+    {"results", "staged", "identities", "meta", "attempts", "runs", "events", "scan", "spend"}
 )
 # Columns a checkpoint of schema 1 lacks.
 _ADDED_COLUMNS = (

@@ -25,6 +25,7 @@ from batchpizza.checkpoint.plan import Plan
 from batchpizza.config import RunConfig
 from batchpizza.controls.stop import Stop
 from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError
+from batchpizza.job.metering import token_fields
 from batchpizza.job.paths import check_paths
 from batchpizza.job.reading import clear_leftovers, open_rows, reusable, scan_rows, scan_state
 from batchpizza.job.sending import Sending
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
 # When the process started (this module is imported at start-up): --deadline counts from here,
 # as cron's clock does, so that the time spent validating counts too.
 _PROCESS_START = time.monotonic()
+# The stops that leave rows pending on purpose (exit 4): the deadline, the breaker out of
+# patience, the --max-cost cap, a quota spent, a server that nothing can succeed at.
+EARLY_STOPS = ("deadline", "refusals", "budget", "quota", "failing")
 log = logging.getLogger("batchpizza")
 
 
@@ -278,7 +282,7 @@ class Job:
         tally = checkpoint.tally(config.limit)
         # Stopped early only if it left rows unsent: a deadline that found the work done is a
         # finished run.
-        early = self.stop.reason in ("deadline", "refusals") and tally.pending > 0
+        early = self.stop.reason in EARLY_STOPS and tally.pending > 0
         stopped = self.stop.reason if early else None
         exit_code = 4 if stopped else 0 if tally.answered == tally.rows else 3
         checkpoint.end_run(run, rows_sent=done, exit_code=exit_code)
@@ -340,6 +344,9 @@ class Job:
     ) -> Summary:
         counters = self.sending.runner.counters if self.sending else None
         summary = self._reporter.summary(tally, counters, exit_code, stopped=stopped, rate=rate)
+        tokens = token_fields(self.config, counters, self._checkpoint)
+        if tokens:
+            summary = dataclasses.replace(summary, **tokens)
         if self.plan is None:
             return summary
         return dataclasses.replace(summary, plan=self.plan.to_dict())
