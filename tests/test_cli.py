@@ -234,8 +234,8 @@ def test_openai_provider_answers_every_row_with_finish_reason_and_token_counts(
     written = read_jsonl(out)
     assert [r["id"] for r in written] == [r["id"] for r in data]
     for row, obj in zip(written[:-1], data, strict=False):
-        # max_tokens=2 cuts the mock's answer to its first two tokens ("pizz", "a").
-        assert row["answer"] == mock_answer(obj["prompt"])[:5]
+        # max_tokens=2 cuts the mock's answer to its first two tokens ("pizza", "-").
+        assert row["answer"] == mock_answer(obj["prompt"])[:6]
         assert row["finish_reason"] == "length"
         assert row["prompt_tokens"] == tokens.prompt_usage([obj["prompt"]])
         assert row["completion_tokens"] == 2

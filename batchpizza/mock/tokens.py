@@ -1,9 +1,8 @@
 """The mock's tokens: what a chat request uses, its token limit per window with OpenAI's
 x-ratelimit-*-tokens headers, a quota that runs out, and what the usage costs.
 
-Usage is a deterministic stand-in for a tokenizer: a word is a token per 4 characters, each
-other non-space character one token (`count`), plus 3 per message and 3 for the reply, as
-OpenAI's chat format adds. max_tokens cuts the answer to that many tokens (finish_reason
+Usage is a deterministic stand-in for a tokenizer (`count`, see _TOKEN), plus 3 per message and
+3 for the reply, as OpenAI's chat format adds. max_tokens cuts the answer to that many tokens (finish_reason
 "length"). batchpizza's own estimate (tokencount.py) never sees this function: the test of its
 error measures one against the other.
 
@@ -24,7 +23,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-_TOKEN = re.compile(r"\w{1,4}|[^\w\s]")
+# A run of up to 7 letters, up to 3 digits, or any other character but space: about what the
+# GPT tokenizers make of English (a common word is one token; "The quick brown fox jumps over
+# the lazy dog." is 10 tokens here and at gpt-4o), without their vocabulary.
+_TOKEN = re.compile(r"\d{1,3}|[^\W\d]{1,7}|[^\w\s]")
 PER_MESSAGE = 3
 PER_REPLY = 3
 QUOTA_MESSAGE = (
