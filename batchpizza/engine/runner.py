@@ -229,6 +229,8 @@ class Runner:
                 )
         except MisuseDetected as exc:
             return self._failed(prompt, attempts, Outcome.MISUSE.value, exc.text)
+        except QuotaExhausted:
+            raise Stopped from None  # the row waits for the quota, pending, as the rest
         except ProviderError as exc:
             n = len(attempts)
             error = f"{describe(exc)} after {n} {'attempt' if n == 1 else 'attempts'}"
