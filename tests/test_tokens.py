@@ -3,6 +3,8 @@ from the start, usage settled, limits learned from the headers, odd headers tole
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from test_ratelimit import VirtualTime
 
@@ -38,7 +40,7 @@ async def test_sends_keep_the_tokens_per_minute_with_no_burst_at_start() -> None
     # Evenly spaced by size: 100 tokens every 6 s, the first at once, none bunched at start.
     times = [t for t, _ in sends]
     assert times[0] == 100.0
-    assert all(b - a == pytest.approx(6.0) for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a == pytest.approx(6.0) for a, b in itertools.pairwise(times))
     assert tokens_in_windows(sends, 60.0) <= 1000
 
 
