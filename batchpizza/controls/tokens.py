@@ -34,6 +34,9 @@ MINUTE = 60.0
 # The window a limit's header speaks of lies between these (a learned one outside is noise).
 _WINDOW_RANGE = (0.5, 86400.0)
 _ESTIMATES_KEPT = 9  # the median of the last few replies' windows
+# A request that used less than this share of what it booked makes the queued ones book again
+# (cheap enough: it happens while the output estimate is still the default, rarely after).
+REBOOK_BELOW = 0.5
 
 # The output a request is assumed to use before this run has seen any answer, when it sets no
 # max_tokens; and how many answers it takes before their high percentile replaces it.
@@ -152,6 +155,13 @@ class TokenPacer:
             # Tokens given back never make credit for a burst.
             self._tat = max(self._tat + shift, now)
             self._sent_tat = max(self._sent_tat + shift, now)
+            if used < booked * REBOOK_BELOW and self._tat > now:
+                # Much was given back (the first answers, booked at the default output): the
+                # requests queued behind slots booked at the old size book again, or the
+                # start of a run would go at a fraction of the limit.
+                self._tat = self._sent_tat
+                self._schedule += 1
+                self._wakeup.fire()
         if rate is None:
             self._wakeup.fire()
 
@@ -168,8 +178,12 @@ class TokenPacer:
                 self.set_rate(0.0)  # the server announces no token limit: none to keep
             return
         self._estimates.append(per_s)
-        self.limit_per_s = statistics.median(self._estimates)
-        self.set_rate(self.limit_per_s * AUTO_SHARE)
+        learned = statistics.median(self._estimates)
+        if self.limit_per_s is None or abs(learned - self.limit_per_s) > 0.01 * self.limit_per_s:
+            # Not for the noise of a reset rounded to the millisecond: a new rate makes every
+            # queued request book again.
+            self.limit_per_s = learned
+            self.set_rate(learned * AUTO_SHARE)
         if remaining is not None and remaining < next_cost:
             # Nearly spent at the server: wait until the next request's worth is back.
             self._hold_until = max(
