@@ -263,6 +263,7 @@ def dry_run_report(
     plan: Plan,
     previews: Sequence[tuple[str, dict[str, str], bytes]],
     learned_rate: float | None,
+    costs: Sequence[str] = (),
 ) -> str:
     """What a run would do: the counts, how long sending should take, the first requests."""
     todo = plan.to_send
@@ -278,6 +279,7 @@ def dry_run_report(
         f"  to send     {plan.reasons(retry_refused=config.retry_refused)}",
         f"  invalid     {tally.invalid}",
         f"  time        {sending_time(todo, rate, config.concurrency, config.auto_max is not None)}",
+        *costs,  # tokens, cost, the cap (job/metering.py)
     ]
     if not config.retry_refused:
         lines.insert(

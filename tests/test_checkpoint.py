@@ -265,7 +265,7 @@ def test_meta_round_trips_values_as_text_and_none(store: Checkpoint) -> None:
     assert meta["rows"] == "4"
     assert meta["invalid"] == "0"
     assert meta["note"] is None
-    assert meta["schema"] == "4"
+    assert meta["schema"] == "5"
 
 
 def test_open_without_create_raises_checkpoint_missing_and_creates_nothing(
@@ -614,7 +614,7 @@ def test_another_programs_sqlite_file_is_refused_and_left_alone(ck_path: Path) -
     assert tables == {"invoices"}
 
 
-def test_a_schema_1_checkpoint_is_upgraded_to_4_and_keeps_its_answers(ck_path: Path) -> None:
+def test_a_schema_1_checkpoint_is_upgraded_to_5_and_keeps_its_answers(ck_path: Path) -> None:
     conn = sqlite3.connect(ck_path)
     with conn:  # what the first version created
         conn.executescript(
@@ -634,7 +634,7 @@ def test_a_schema_1_checkpoint_is_upgraded_to_4_and_keeps_its_answers(ck_path: P
     store.write([result("q2")._replace(prompt_tokens=3)])
     store.close()
 
-    assert meta_of(ck_path)["schema"] == "4"
+    assert meta_of(ck_path)["schema"] == "5"
     assert stored(ck_path)["q1"][3] == "old answer"
 
 
@@ -647,7 +647,7 @@ def test_tables_created_without_their_schema_by_a_killed_first_run_are_taken_as_
     conn.close()
 
     Checkpoint.open(ck_path).close()
-    assert meta_of(ck_path)["schema"] == "4"
+    assert meta_of(ck_path)["schema"] == "5"
 
 
 def test_a_run_on_a_newer_checkpoint_exits_2_having_sent_and_changed_nothing(
@@ -656,7 +656,7 @@ def test_a_run_on_a_newer_checkpoint_exits_2_having_sent_and_changed_nothing(
     inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "q1", "prompt": "hi"}])
     out = tmp_path / "out.jsonl"
     ck = Path(f"{out}.checkpoint")
-    with_meta(ck, schema="5", version="3.0.0")
+    with_meta(ck, schema="6", version="3.0.0")
     before = ck.read_bytes()
 
     done = CliRunner().invoke(
@@ -664,6 +664,6 @@ def test_a_run_on_a_newer_checkpoint_exits_2_having_sent_and_changed_nothing(
     )
 
     assert done.exit_code == 2, done.output
-    assert "batchpizza 3.0.0" in done.output and "schema 5" in done.output
+    assert "batchpizza 3.0.0" in done.output and "schema 6" in done.output
     assert ck.read_bytes() == before
     assert not out.exists()

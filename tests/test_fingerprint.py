@@ -319,6 +319,6 @@ def test_a_schema_3_checkpoint_of_the_previous_release_opens_and_keeps_its_answe
         mock_answer(f"question {i}") + said("model-A") for i in range(4)
     ]
     with sqlite3.connect(f"file:{out}.checkpoint?mode=ro", uri=True) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("4",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("5",)
         assert conn.execute("SELECT count(*) FROM results").fetchone() == (4,)
     assert run_chat(chat, inp, out, model="model-A")[1] == 0

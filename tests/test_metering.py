@@ -279,3 +279,55 @@ def test_the_estimate_is_within_a_fifth_of_the_mocks_count_and_the_bound_above_i
         input_bound(Prompt(r["id"], r["prompt"], ())) >= tokens.prompt_usage([r["prompt"]])
         for r in rows
     )
+
+
+def test_status_and_the_summary_line_show_the_tokens_and_the_spend(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from batchpizza.cli import cli
+    from batchpizza.runlog import summary_line
+
+    source = write_jsonl(tmp_path / "in.jsonl", prompts(20))
+    out = tmp_path / "out.jsonl"
+    summary = batchpizza.run(source, out, **openai(mock_api, price="1,2"))
+    ledger = mock_api.tokens
+    line = summary_line(summary)
+    assert f"{ledger.prompt_tokens:,} tokens in + {ledger.completion_tokens:,} out" in line
+    shown = CliRunner().invoke(cli, ["status", str(out), "--json"])
+    info = json.loads(shown.output)
+    assert info["tokens"] == {
+        "input": ledger.prompt_tokens,
+        "output": ledger.completion_tokens,
+        "estimated": False,
+    }
+    assert info["spent"] == pytest.approx(ledger.cost, rel=1e-6)  # --price is the mock's own
+    text = CliRunner().invoke(cli, ["status", str(out)]).output
+    assert "tokens" in text and "spent over all runs" in text
+
+
+def test_a_dry_run_estimates_the_cost_within_a_fifth_and_says_the_cap(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    import re
+
+    from click.testing import CliRunner
+
+    from batchpizza.cli import cli
+
+    mock_api.config = MockConfig(seed=1, price_in=10, price_out=20)
+    source = write_jsonl(tmp_path / "in.jsonl", prompts(300, seed=5))
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(source), "-o", str(out), "--provider", "openai", "--rate", "0",
+            "--base-url", f"{mock_api.base_url}/v1", "--price", "10,20", "-q"]  # fmt: skip
+    assert CliRunner().invoke(cli, [*args, "--limit", "30"]).exit_code == 0  # a smoke run
+    before = mock_api.tokens.cost
+    dry = CliRunner().invoke(cli, [*args, "--dry-run", "--max-cost", "1"])
+    assert dry.exit_code == 0, dry.output
+    estimate = float(re.search(r"cost +about \$([0-9.e-]+)", dry.output)[1])  # type: ignore[index]
+    assert "spent on this checkpoint so far" in dry.output
+    assert re.search(r"cap +\$1: \$[0-9.]+ left, about [0-9,]+ of the 270 requests fit", dry.output)
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    real = mock_api.tokens.cost - before
+    assert abs(estimate - real) / real < 0.20, (estimate, real)

@@ -55,6 +55,8 @@ SUMMARY_KEYS = {
     "checkpoint",
     "interrupted",
     "exit_code",
+    "tokens",
+    "cost",
 }
 
 

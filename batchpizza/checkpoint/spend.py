@@ -77,3 +77,13 @@ def total(conn: sqlite3.Connection, row: int | None = None) -> Spend:
         args,
     ).fetchone()
     return Spend(int(found[0]), int(found[1]), float(found[2]), bool(found[3]))
+
+
+def mean_output(conn: sqlite3.Connection, ident: bytes) -> float | None:
+    """The mean output tokens of the answers kept for this identity; None without any."""
+    found = conn.execute(
+        "SELECT avg(completion_tokens) FROM results WHERE ident = ? AND completion_tokens IS "
+        "NOT NULL",
+        (ident,),
+    ).fetchone()
+    return None if found is None or found[0] is None else float(found[0])

@@ -307,7 +307,7 @@ class Checkpoint(PlanQueries, History):
         with self._transaction():
             for table in ("results", "staged", "attempts", "runs", "events"):
                 self._conn.execute(f"DELETE FROM {table}")
-            self._conn.execute("DELETE FROM meta WHERE key = 'learned_rate'")
+            self._conn.execute("DELETE FROM meta WHERE key IN ('learned_rate', 'learned_tpm')")
         self._staged = 0
 
     # -- meta ---------------------------------------------------------------------------------
@@ -336,6 +336,12 @@ class Checkpoint(PlanQueries, History):
             return spend.Spend()
         with self._errors():
             return spend.total(self._conn, self._spend_row if this_run else None)
+
+    def mean_output(self) -> float | None:
+        """The mean output tokens of this identity's answers (a dry run's estimate)."""
+        self._fold()
+        with self._errors():
+            return spend.mean_output(self._conn, self.ident)
 
     def learned_rate(self) -> float | None:
         value = self.meta().get("learned_rate")

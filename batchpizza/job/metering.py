@@ -5,14 +5,17 @@ run learned."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from typing import Any
 
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.config import RunConfig
 from batchpizza.controls.budget import Budget
 from batchpizza.controls.metering import Meter
-from batchpizza.controls.tokens import AUTO_SHARE, TokenPacer
+from batchpizza.controls.tokens import AUTO_SHARE, DEFAULT_OUTPUT_TOKENS, TokenPacer
 from batchpizza.pricing import cost
+from batchpizza.records import Prompt
+from batchpizza.tokencount import input_bound, input_estimate, max_output
 
 
 def make_meter(config: RunConfig, checkpoint: Checkpoint) -> Meter | None:
@@ -59,3 +62,45 @@ def token_fields(config: RunConfig, counters: Any, checkpoint: Checkpoint | None
             "price_per_million": [price.input, price.output],
         }
     return fields
+
+
+def estimate_lines(
+    config: RunConfig, prompts: Iterable[Prompt], checkpoint: Checkpoint
+) -> list[str]:
+    """What a dry run says of the tokens and the cost of what it would send (the estimate of
+    tokencount.py), the cap, what was spent so far and what fits."""
+    count = inputs = bound = outputs = worst = 0
+    mean_output = checkpoint.mean_output()
+    for prompt in prompts:
+        count += 1
+        inputs += input_estimate(prompt)
+        bound += input_bound(prompt)
+        cap = max_output(config.params, prompt)
+        worst += cap or DEFAULT_OUTPUT_TOKENS
+        outputs += round(mean_output) if mean_output is not None else cap or DEFAULT_OUTPUT_TOKENS
+    if mean_output is not None:
+        how = f"output as the {mean_output:.0f} tokens answers here averaged"
+    elif config.params.get("max_tokens") or config.params.get("max_completion_tokens"):
+        how = "output at max_tokens (no answer here yet to average)"
+    else:
+        how = f"output a guess of {DEFAULT_OUTPUT_TOKENS} a request (no answer here yet)"
+    lines = [f"  tokens      about {inputs:,} in + {outputs:,} out ({how})"]
+    price = config.price_per_m
+    spent = checkpoint.spend().dollars
+    if price is None:
+        return [*lines, "  cost        no price known for the model (--price IN,OUT to say it)"]
+    estimate = cost(price, inputs, outputs)
+    lines.append(
+        f"  cost        about ${estimate:.4g} at ${price.input:g}/${price.output:g} per million "
+        f"in/out; ${spent:.4g} spent on this checkpoint so far"
+    )
+    if config.max_cost is not None and count:
+        left = max(0.0, config.max_cost - spent)
+        per_row = estimate / count
+        fits = count if per_row == 0 else min(count, int(left / per_row))
+        lines.append(
+            f"  cap         ${config.max_cost:g}: ${left:.4g} left, about {fits:,} of the {count:,} "
+            f"requests fit (each reserves its worst case, about "
+            f"${cost(price, bound, worst) / count:.3g}, while in flight)"
+        )
+    return lines

@@ -25,7 +25,7 @@ from batchpizza.checkpoint.plan import Plan
 from batchpizza.config import RunConfig
 from batchpizza.controls.stop import Stop
 from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError
-from batchpizza.job.metering import token_fields
+from batchpizza.job.metering import estimate_lines, token_fields
 from batchpizza.job.paths import check_paths
 from batchpizza.job.reading import clear_leftovers, open_rows, reusable, scan_rows, scan_state
 from batchpizza.job.sending import Sending
@@ -313,15 +313,19 @@ class Job:
             prompts = sampled(source.prompts, planning.todo_positions(), config.samples)
             with contextlib.closing(prompts):
                 firsts = [p for _, (_, p) in zip(range(3), prompts, strict=False)]
-            return counts, tally, firsts
+            todo = sampled(source.prompts, planning.todo_positions(), config.samples)
+            with contextlib.closing(todo):
+                costs = estimate_lines(config, (p for _, p in todo), planning)
+            return counts, tally, firsts, costs
 
         # In a thread, so that a signal is heard while a large input is planned.
-        counts, tally, firsts = await self._in_thread(plan)
+        counts, tally, firsts, costs = await self._in_thread(plan)
         if self.stop.interrupted.is_set():
             raise Interrupted("interrupted while planning", 0)
         previews = [provider.preview(prompt) for prompt in firsts]
         # On stdout, to be piped or saved; the summary line stays on stderr with the logs.
-        print(dry_run_report(config, tally, counts, previews, planning.learned_rate()), flush=True)
+        report = dry_run_report(config, tally, counts, previews, planning.learned_rate(), costs)
+        print(report, flush=True)
         return self._summary(tally, 0)
 
     async def _in_thread(self, func: Callable[[], Any]) -> Any:
