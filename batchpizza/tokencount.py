@@ -51,6 +51,8 @@ def _content(message: Mapping[str, Any]) -> str:
 
 def input_estimate(prompt: Prompt) -> int:
     """The estimated input tokens of `prompt`'s request."""
+    if not prompt.messages:  # a prompt row, the usual case: no generator (it is per request)
+        return -(-len(prompt.text) // CHARS_PER_TOKEN) + MESSAGE_OVERHEAD + REPLY_OVERHEAD
     n = REPLY_OVERHEAD
     for text in _contents(prompt):
         n += text_tokens(text) + MESSAGE_OVERHEAD
@@ -59,9 +61,14 @@ def input_estimate(prompt: Prompt) -> int:
 
 def input_bound(prompt: Prompt) -> int:
     """At least as many tokens as any byte-level tokenizer makes of `prompt`'s request."""
+    if not prompt.messages:
+        text = prompt.text
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        return size + BOUND_MESSAGE_OVERHEAD + BOUND_REPLY_OVERHEAD
     n = BOUND_REPLY_OVERHEAD
     for text in _contents(prompt):
-        n += len(text.encode("utf-8", "surrogatepass")) + BOUND_MESSAGE_OVERHEAD
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        n += size + BOUND_MESSAGE_OVERHEAD
     return n
 
 

@@ -72,7 +72,8 @@ class Budget:
     def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> float:
         """The request ended with this usage: its reservation is freed and its cost spent.
         Returns the cost."""
-        dollars = cost(self.price, input_tokens, output_tokens)
+        price = self.price
+        dollars = (input_tokens * price.input + output_tokens * price.output) / 1_000_000
         self._free(reservation)
         self.spent += dollars
         return dollars
@@ -91,9 +92,11 @@ class Budget:
     def _free(self, reservation: Reservation) -> None:
         if reservation.dollars < 0:
             return  # freed already
-        self.reserved = max(0.0, self.reserved - reservation.dollars)
+        self.reserved -= reservation.dollars
         self.in_flight -= 1
+        if self.in_flight == 0:
+            self.reserved = 0.0  # no float dust left over when nothing is in flight
         reservation.dollars = -1.0
-        settled, self._settled = self._settled, None
-        if settled is not None:
+        if self._settled is not None:
+            settled, self._settled = self._settled, None
             settled.set()  # every waiter asks again

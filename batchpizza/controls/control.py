@@ -209,18 +209,28 @@ class Control(Gatekeeper):
         meter = self.meter
         if meter is None or self.stopped:
             return await self.enter()
-        try:
-            booked, reservation = await meter.admit(prompt)
-        except BudgetReached:
-            self._stop("budget", "the next request's worst-case cost would pass --max-cost")
-            raise Stopped from None
-        ticket = Ticket(None, booked, reservation)
+        # The fast path of `enter`, and the meter's: nothing awaited, no coroutine made.
+        ticket = meter.admit_now(prompt)
+        if ticket is not None:
+            permit = self.breaker.permit_now()
+            if permit is not None and self.gate.try_enter():
+                return Ticket(permit, ticket.booked, ticket.reservation)
+        else:
+            ticket = await self._admit(meter, prompt)
         try:
             permit = await self.enter()
         except BaseException:
             meter.cancel(ticket)
             raise
-        return ticket._replace(permit=permit)
+        return Ticket(permit, ticket.booked, ticket.reservation)
+
+    async def _admit(self, meter: Meter, prompt: Prompt) -> Ticket:
+        try:
+            booked, reservation = await meter.admit(prompt)
+        except BudgetReached:
+            self._stop("budget", "the next request's worst-case cost would pass --max-cost")
+            raise Stopped from None
+        return Ticket(None, booked, reservation)
 
     def _stop(self, reason: str, message: str) -> None:
         if not self.stopped:

@@ -46,9 +46,32 @@ class Meter:
         self.pacer = pacer
         self.output = output or OutputEstimate()
         self._last_booked = 0
+        self._cap = max_output(params)  # --param max_tokens: the same for every request
 
     def worst_output(self, prompt: Prompt) -> int:
-        return max_output(self.params, prompt) or self.output.value
+        if self._cap is not None:
+            return self._cap
+        return (max_output({}, prompt) if prompt.body else None) or self.output.value
+
+    def admit_now(self, prompt: Prompt) -> Ticket | None:
+        """`admit` when it can be done at once (the budget has room and the pacer a free
+        instant): the usual case at full speed, without a coroutine; None: call `admit`."""
+        out = self.worst_output(prompt)
+        budget, pacer = self.budget, self.pacer
+        reservation = None
+        if budget is not None:
+            reservation = budget.try_reserve(input_bound(prompt), out)
+            if reservation is None:
+                return None
+        booked = 0
+        if pacer is not None:
+            booked = input_estimate(prompt) + out
+            if not pacer.try_now(booked):
+                if reservation is not None and budget is not None:
+                    budget.release(reservation)
+                return None
+            self._last_booked = booked
+        return Ticket(None, booked, reservation)
 
     async def admit(self, prompt: Prompt) -> tuple[int, Reservation | None]:
         """Reserve and book `prompt`'s request; BudgetReached when the cap is reached."""
@@ -56,8 +79,9 @@ class Meter:
         reservation = None
         if self.budget is not None:
             reservation = await self.budget.reserve(input_bound(prompt), out)
-        booked = input_estimate(prompt) + out
+        booked = 0
         if self.pacer is not None:
+            booked = input_estimate(prompt) + out
             try:
                 await self.pacer.acquire(booked)
             except BaseException:
@@ -83,7 +107,7 @@ class Meter:
     ) -> None:
         prompt_tokens, completion_tokens = usage or (None, None)
         known = prompt_tokens is not None and completion_tokens is not None
-        if error is None and completion_tokens is not None:
+        if error is None and completion_tokens is not None and self._cap is None:
             self.output.observe(completion_tokens)
         billed = error is None or not isinstance(error, HTTPStatusError)
         budget, reservation = self.budget, ticket.reservation

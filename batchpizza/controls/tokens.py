@@ -56,15 +56,18 @@ class OutputEstimate:
         self.value = default
         self._seen: deque[int] = deque(maxlen=_OUTPUTS_KEPT)
         self._since = 0
+        self._every = OUTPUT_SAMPLES  # answers until the next recomputation
 
     def observe(self, output_tokens: int) -> None:
         self._seen.append(output_tokens)
         self._since += 1
+        if self._since < self._every:
+            return
         n = len(self._seen)
-        if n >= OUTPUT_SAMPLES and (self._since >= max(10, n // 20) or n == OUTPUT_SAMPLES):
-            self._since = 0
-            ranked = sorted(self._seen)
-            self.value = max(1, ranked[min(n - 1, math.ceil(OUTPUT_PERCENTILE * n) - 1)])
+        self._since = 0
+        self._every = max(10, n // 20)
+        ranked = sorted(self._seen)
+        self.value = max(1, ranked[min(n - 1, math.ceil(OUTPUT_PERCENTILE * n) - 1)])
 
 
 def learned_rate(limit: float | None, remaining: float | None, reset_s: float | None) -> float:
@@ -121,6 +124,24 @@ class TokenPacer:
         self.rate = rate
         self._schedule += 1
         self._wakeup.fire()
+
+    def try_now(self, tokens: int) -> bool:
+        """Book `tokens` if they may go this instant (nobody queued for later, no hold), without
+        awaiting; False leaves the pacer as it was: call `acquire`."""
+        rate = self.rate
+        if rate is None:
+            return False
+        now = self._clock()
+        if self._hold_until > now:
+            return False
+        if rate:
+            if self._tat > now:
+                return False
+            self._tat = end = now + tokens / rate
+            if end > self._sent_tat:
+                self._sent_tat = end
+        self._in_flight += 1
+        return True
 
     async def acquire(self, tokens: int) -> None:
         """Wait until `tokens` may be sent, and book them."""
