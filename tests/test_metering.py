@@ -331,3 +331,20 @@ def test_a_dry_run_estimates_the_cost_within_a_fifth_and_says_the_cap(
     assert CliRunner().invoke(cli, args).exit_code == 0
     real = mock_api.tokens.cost - before
     assert abs(estimate - real) / real < 0.20, (estimate, real)
+
+
+def test_the_report_totals_the_tokens_and_charts_them_per_second(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from batchpizza.cli import cli
+
+    source = write_jsonl(tmp_path / "in.jsonl", prompts(40))
+    out = tmp_path / "out.jsonl"
+    batchpizza.run(source, out, **openai(mock_api))
+    numbers = json.loads(CliRunner().invoke(cli, ["report", str(out), "--json"]).output)
+    assert numbers["requests"]["tokens"] == mock_api.tokens.used
+    assert sum(numbers["series"]["tokens"]) == mock_api.tokens.used
+    text = CliRunner().invoke(cli, ["report", str(out)]).output
+    assert "of the answers kept" in text
