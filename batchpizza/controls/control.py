@@ -218,11 +218,11 @@ class Control(Gatekeeper):
         else:
             ticket = await self._admit(meter, prompt)
         try:
-            permit = await self.enter()
+            entered = await self.enter()
         except BaseException:
             meter.cancel(ticket)
             raise
-        return Ticket(permit, ticket.booked, ticket.reservation)
+        return Ticket(entered, ticket.booked, ticket.reservation)
 
     async def _admit(self, meter: Meter, prompt: Prompt) -> Ticket:
         try:
