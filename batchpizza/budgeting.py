@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from batchpizza.errors import UsageError
 from batchpizza.pricing import Price, parse_price, price_for, table_price
@@ -52,8 +51,3 @@ def _model(provider: str, model: str | None) -> str | None:
 
         return model or DEFAULT_MODEL
     return model
-
-
-def cost_options(config: Any) -> dict[str, Any]:
-    """What a run records of these options for the next one (the report)."""
-    return {"tpm": config.tpm, "max_cost": config.max_cost}

@@ -246,26 +246,36 @@ def test_a_parameter_every_first_row_is_refused_for_stops_the_run(
     assert mock_api.stats.requests <= failing.FIRST_ROWS + 4
 
 
-def test_a_server_refusing_connections_stops_the_run(
+def test_a_server_that_goes_down_stops_the_run_after_the_stretch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(failing, "DOWN_FOR", 0.3)
-    import socket
+    source = write_jsonl(tmp_path / "in.jsonl", prompts(200))
+    with ThreadedMockServer(MockConfig(seed=1)) as server:
+        # The mock goes down (every connection refused) once the first rows are answered.
+        answered = 0
 
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    source = write_jsonl(tmp_path / "in.jsonl", prompts(50))
-    summary = batchpizza.run(
-        source,
-        tmp_path / "out.jsonl",
-        **{**FAST, "backoff_base": 0.05, "backoff_cap": 0.1},
-        provider="openai",
-        base_url=f"http://127.0.0.1:{port}/v1",
-        concurrency=2,
-    )
+        def on_row(_pos: int, _result: object) -> None:
+            nonlocal answered
+            answered += 1
+            if answered == 5:
+                server.go_down()
+
+        from batchpizza.job.stages import Job
+
+        monkeypatch.setattr(Job, "_finished_row", lambda self, pos, r: on_row(pos, r))
+        summary = batchpizza.run(
+            source,
+            tmp_path / "out.jsonl",
+            **{**FAST, "backoff_base": 0.05, "backoff_cap": 0.1},
+            provider="openai",
+            base_url=f"{server.base_url}/v1",
+            concurrency=2,
+        )
+        requests = server.stats.requests
     assert summary["exit_code"] == 4 and summary["stopped"] == "failing"
-    assert summary["pending"] > 0
+    assert summary["answered"] >= 5 and summary["pending"] > 100
+    assert requests < 20  # refused connections never reached it
 
 
 def test_the_estimate_is_within_a_fifth_of_the_mocks_count_and_the_bound_above_it() -> None:
@@ -348,3 +358,33 @@ def test_the_report_totals_the_tokens_and_charts_them_per_second(
     assert sum(numbers["series"]["tokens"]) == mock_api.tokens.used
     text = CliRunner().invoke(cli, ["report", str(out)]).output
     assert "of the answers kept" in text
+
+
+def test_the_mock_server_command_takes_the_token_options(mock_process: Any) -> None:
+    import urllib.error
+    import urllib.request
+
+    server = mock_process("--tpm-limit", "1000", "--token-window", "5", "--quota-tokens", "30",
+                          "--price", "3,4")  # fmt: skip
+    body = json.dumps({"messages": [{"role": "user", "content": "a rather long question"}]})
+
+    def ask() -> tuple[int, dict[str, str], dict[str, Any]]:
+        request = urllib.request.Request(
+            server.url + "/v1/chat/completions", body.encode(), {"content-type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request) as reply:
+                return reply.status, dict(reply.headers), json.load(reply)
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), json.load(exc)
+
+    status, headers, first = ask()
+    assert status == 200 and headers["x-ratelimit-limit-tokens"] == "1000"
+    used = first["usage"]["total_tokens"]
+    assert int(headers["x-ratelimit-remaining-tokens"]) == 1000 - used
+    while status == 200:
+        status, _, reply = ask()
+    assert status == 429 and reply["error"]["code"] == "insufficient_quota"
+    stats = server.stats()
+    assert stats["price_per_million"] == {"input": 3.0, "output": 4.0}
+    assert stats["prompt_tokens"] + stats["completion_tokens"] >= 30

@@ -99,8 +99,42 @@ import click
     help="OpenAI route: the models served, comma-separated; others get 404 model_not_found "
     "[default: any model].",
 )
+@click.option(
+    "--tpm-limit",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="OpenAI route: tokens per --token-window above which it answers 429, with "
+    "x-ratelimit-*-tokens headers; 0 = no limit.",
+)
+@click.option(
+    "--token-window",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="OpenAI route: the token limit's window in seconds (a minute, as OpenAI's).",
+)
+@click.option(
+    "--quota-tokens",
+    type=click.IntRange(min=0),
+    default=None,
+    help="OpenAI route: after this many tokens, every request gets 429 insufficient_quota.",
+)
+@click.option(
+    "--price",
+    "price",
+    default="1,2",
+    show_default=True,
+    metavar="IN,OUT",
+    help="OpenAI route: dollars per million input and output tokens, for the cost in __stats.",
+)
 def mock_server(
-    host: str, port: int, latency: float, jitter: float, models: str | None, **options: Any
+    host: str,
+    port: int,
+    latency: float,
+    jitter: float,
+    models: str | None,
+    price: str,
+    **options: Any,
 ) -> None:
     """A local stand-in for the Pizzagpt API and an OpenAI-compatible server, for offline runs
     and tests. The first line on stdout says where it listens (BASE); the routes are:
@@ -122,5 +156,18 @@ def mock_server(
     served = tuple(name.strip() for name in (models or "").split(",") if name.strip())
     if models is not None and not served:
         raise click.BadParameter("give model names separated by commas", param_hint="--models")
-    config = MockConfig(latency_ms=latency, jitter_ms=jitter, models=served, **options)
+    from batchpizza.pricing import parse_price
+
+    try:
+        price_in, price_out = parse_price(price)
+    except Exception as exc:  # a UsageError: said as click says a bad value
+        raise click.BadParameter(str(exc), param_hint="--price") from None
+    config = MockConfig(
+        latency_ms=latency,
+        jitter_ms=jitter,
+        models=served,
+        price_in=price_in,
+        price_out=price_out,
+        **options,
+    )
     serve(config, host=host, port=port)

@@ -74,6 +74,7 @@ class MockServer:
         self._state = self._app[STATE]
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
         self.base_url = ""
 
     @property
@@ -102,14 +103,31 @@ class MockServer:
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, self._host, self._port, backlog=BACKLOG).start()
+            site = web.TCPSite(runner, self._host, self._port, backlog=BACKLOG)
+            await site.start()
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner = runner
+        self._runner, self._site = runner, site
         port = runner.addresses[0][1]
         host = f"[{self._host}]" if ":" in self._host else self._host
         self.base_url = f"http://{host}:{port}"
+
+    async def go_down(self) -> None:
+        """The "down" mode: stop listening and drop every open connection, so that each new
+        connection is refused, as at a server that is not there; `come_up` listens again."""
+        if self._runner is None or self._site is None:
+            return
+        await self._site.stop()
+        self._site = None
+        for handler in list(self._runner.server.connections if self._runner.server else ()):
+            handler.force_close()
+
+    async def come_up(self) -> None:
+        if self._runner is not None and self._site is None:
+            host, port = self._host, int(self.base_url.rsplit(":", 1)[1])
+            self._site = web.TCPSite(self._runner, host, port, backlog=BACKLOG)
+            await self._site.start()
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
@@ -159,6 +177,15 @@ class ThreadedMockServer:
 
     def reset(self) -> None:
         self._server.reset()
+
+    def go_down(self) -> None:
+        """Every new connection refused until `come_up` (MockServer.go_down)."""
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._server.go_down(), self._loop).result(timeout=10)
+
+    def come_up(self) -> None:
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._server.come_up(), self._loop).result(timeout=10)
 
     def start(self) -> None:
         loop = asyncio.new_event_loop()
