@@ -388,3 +388,23 @@ def test_the_mock_server_command_takes_the_token_options(mock_process: Any) -> N
     stats = server.stats()
     assert stats["price_per_million"] == {"input": 3.0, "output": 4.0}
     assert stats["prompt_tokens"] + stats["completion_tokens"] >= 30
+
+
+def test_the_cli_says_why_it_stopped_once_and_exits_4(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from batchpizza.cli import cli
+
+    mock_api.config = MockConfig(seed=1, quota_tokens=2_000)
+    source = write_jsonl(tmp_path / "in.jsonl", prompts(100))
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(source), "-o", str(out), "--provider", "openai", "--rate", "0",
+            "--base-url", f"{mock_api.base_url}/v1", "--no-progress"]  # fmt: skip
+    done = CliRunner().invoke(cli, args)
+    assert done.exit_code == 4, done.output
+    assert done.output.count("stopping:") == 1
+    assert "quota or credit is spent" in done.output and "stopped (quota)" in done.output
+    rows = read_jsonl(out)
+    assert {r["finish_reason"] for r in rows} <= {"stop", "pending"}
