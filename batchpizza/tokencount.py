@@ -51,7 +51,7 @@ def _content(message: Mapping[str, Any]) -> str:
 
 def input_estimate(prompt: Prompt) -> int:
     """The estimated input tokens of `prompt`'s request."""
-    if not prompt.messages:  # a prompt row, the usual case: no generator (it is per request)
+    if len(prompt.messages) <= 1:  # a prompt row, the usual case: its text is its one message
         return -(-len(prompt.text) // CHARS_PER_TOKEN) + MESSAGE_OVERHEAD + REPLY_OVERHEAD
     n = REPLY_OVERHEAD
     for text in _contents(prompt):
@@ -61,7 +61,7 @@ def input_estimate(prompt: Prompt) -> int:
 
 def input_bound(prompt: Prompt) -> int:
     """At least as many tokens as any byte-level tokenizer makes of `prompt`'s request."""
-    if not prompt.messages:
+    if len(prompt.messages) <= 1:
         text = prompt.text
         size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
         return size + BOUND_MESSAGE_OVERHEAD + BOUND_REPLY_OVERHEAD

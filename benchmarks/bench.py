@@ -813,7 +813,8 @@ def meter_cost_us(n: int = 200_000) -> float:
                        timeout=60, on_give_up=lambda: None, meter=meter)  # fmt: skip
 
     async def per_attempt(gate: Control, metered: bool) -> float:
-        prompt = Prompt("r1", prompt_of(1), ())
+        text = prompt_of(1)
+        prompt = Prompt("r1", text, ({"role": "user", "content": text},))  # as a row makes it
         started = time.process_time()
         for _ in range(n):
             token = await (gate.enter_for(prompt) if metered else gate.enter())

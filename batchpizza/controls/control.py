@@ -210,12 +210,11 @@ class Control(Gatekeeper):
         if meter is None or self.stopped:
             return await self.enter()
         # The fast path of `enter`, and the meter's: nothing awaited, no coroutine made.
-        ticket = meter.admit_now(prompt)
-        if ticket is not None:
-            permit = self.breaker.permit_now()
-            if permit is not None and self.gate.try_enter():
-                return Ticket(permit, ticket.booked, ticket.reservation)
-        else:
+        permit = self.breaker.permit_now()
+        ticket = meter.admit_now(prompt, permit)
+        if ticket is not None and permit is not None and self.gate.try_enter():
+            return ticket
+        if ticket is None:
             ticket = await self._admit(meter, prompt)
         try:
             entered = await self.enter()

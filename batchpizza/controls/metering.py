@@ -53,7 +53,7 @@ class Meter:
             return self._cap
         return (max_output({}, prompt) if prompt.body else None) or self.output.value
 
-    def admit_now(self, prompt: Prompt) -> Ticket | None:
+    def admit_now(self, prompt: Prompt, permit: object = None) -> Ticket | None:
         """`admit` when it can be done at once (the budget has room and the pacer a free
         instant): the usual case at full speed, without a coroutine; None: call `admit`."""
         out = self.worst_output(prompt)
@@ -71,7 +71,7 @@ class Meter:
                     budget.release(reservation)
                 return None
             self._last_booked = booked
-        return Ticket(None, booked, reservation)
+        return Ticket(permit, booked, reservation)
 
     async def admit(self, prompt: Prompt) -> tuple[int, Reservation | None]:
         """Reserve and book `prompt`'s request; BudgetReached when the cap is reached."""
