@@ -53,3 +53,23 @@ def test_a_schema_4_checkpoint_gets_the_spend_table_and_keeps_its_answers(
     assert store.spend().prompt_tokens == 0
     assert store.status()["answered"] == 1
     store.close()
+
+
+def test_a_reader_of_a_file_from_before_tokens_estimated_sees_its_staged_answers(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ck"
+    store = Checkpoint.open(path)
+    store.write([result("a")._replace(prompt_tokens=3, completion_tokens=4)])
+    store._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the staged row stays staged
+    store._conn.close()  # as a run killed before its fold leaves it
+    with sqlite3.connect(path) as conn:  # written by a batchpizza without the column
+        for table in ("results", "staged"):
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN tokens_estimated")
+        conn.execute("DROP TABLE spend")
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
+    conn.close()
+    reader = Checkpoint.open(path, create=False, readonly=True)
+    assert reader.status()["answered"] == 1
+    assert reader.spend().prompt_tokens == 0  # no table: nothing recorded
+    reader.close()

@@ -285,12 +285,13 @@ def _shadow_staged(conn: sqlite3.Connection) -> None:
     if not has_staged or conn.execute("SELECT 1 FROM main.staged LIMIT 1").fetchone() is None:
         return
     conn.execute(f"CREATE TEMP TABLE tail ({RESULT_COLUMNS}, PRIMARY KEY (ident, digest))")
-    conn.execute(
-        f"INSERT OR REPLACE INTO temp.tail SELECT {RESULT_NAMES} FROM main.staged ORDER BY rowid"
-    )
+    # A file from before a column was added (ADDED_TO_3) lacks it in both tables: read as null.
+    have = {row[1] for row in conn.execute("PRAGMA main.table_info(staged)")}
+    kept = ", ".join(n if n in have else f"NULL AS {n}" for n in RESULT_NAMES.split(", "))
+    conn.execute(f"INSERT OR REPLACE INTO temp.tail SELECT {kept} FROM main.staged ORDER BY rowid")
     conn.execute("CREATE INDEX temp.tail_by_id ON tail (id)")
     conn.execute(
-        f"CREATE TEMP VIEW results AS SELECT {RESULT_NAMES} FROM main.results o WHERE NOT EXISTS "
+        f"CREATE TEMP VIEW results AS SELECT {kept} FROM main.results o WHERE NOT EXISTS "
         "(SELECT 1 FROM temp.tail t WHERE t.ident = o.ident AND t.digest = o.digest) "
         f"UNION ALL SELECT {RESULT_NAMES} FROM temp.tail"
     )
