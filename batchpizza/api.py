@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from batchpizza.config import RunConfig
 from batchpizza.errors import UsageError
 from batchpizza.job import Job, run_loop
-from batchpizza.records import OutputRow, Result, answered_row
+from batchpizza.records import TOKEN_COLUMNS, OutputRow, Result, answered_row
 from batchpizza.sinks.values import result_columns
 from batchpizza.structured.columns import ParsedColumns, check_flatten
 from batchpizza.tables import InMemory, from_data
@@ -258,7 +258,7 @@ async def stream(data: Any, **options: Unpack[Options]) -> AsyncIterator[dict[st
 
 
 def _results_of(row: OutputRow) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in result_columns(())}
+    return {name: getattr(row, name) for name in result_columns(TOKEN_COLUMNS)}
 
 
 def _where(slot: int, samples: int) -> dict[str, int]:
@@ -281,4 +281,9 @@ def _row(slot: int, result: Result, samples: int = 1) -> dict[str, Any]:
         "latency_ms": result.latency_ms,
         "model": result.model,
         "reused_from": None,  # sent for this row (rows reusing it come after the run)
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "tokens_estimated": None
+        if result.prompt_tokens is None and result.completion_tokens is None
+        else bool(result.tokens_estimated),
     }

@@ -83,6 +83,23 @@ def cli() -> None:
     f"[default: {defaults.DEFAULT_RATE}; {defaults.DEFAULT_MOCK_RATE} with --mock].",
 )
 @click.option(
+    "--tpm",
+    help="Tokens per minute (input + output), beside --rate: 20000, 20k; auto = kept below the "
+    "server's x-ratelimit-*-tokens headers.",
+)
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0),
+    help="US dollars this checkpoint may spend, over all its runs: each request reserves its "
+    "worst case first; at the cap, exit 4 with the rest pending.",
+)
+@click.option(
+    "--price",
+    metavar="IN,OUT",
+    help="Dollars per million input and output tokens [default: the shipped table's price of "
+    "the model].",
+)
+@click.option(
     "--max-retries",
     type=click.IntRange(min=0),
     default=defaults.DEFAULT_MAX_RETRIES,

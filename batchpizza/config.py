@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchpizza.batchapi.settings import check_via
+from batchpizza.budgeting import check_cost, parse_tpm
 from batchpizza.errors import UsageError
 from batchpizza.parsing import (
     check_params,
@@ -18,6 +19,7 @@ from batchpizza.parsing import (
     parse_params,
     parse_rate_option,
 )
+from batchpizza.pricing import Price
 
 if TYPE_CHECKING:
     from batchpizza.structured import Structured
@@ -105,6 +107,9 @@ class RunConfig:
     schema: Any = None  # --schema: a JSON Schema's path; in Python also a dict or pydantic class
     schema_retries: int = 2  # re-asks of an answer that does not fit the schema
     flatten: bool = False  # the schema's top-level properties as columns, instead of `parsed`
+    tpm: float | str | None = None  # tokens per minute: a number, or "auto" (budgeting.py)
+    max_cost: float | None = None  # US dollars, counted across runs on the checkpoint
+    price: str | None = None  # "IN,OUT" dollars per million tokens (else pricing.PRICES)
     rate_per_s: float = field(init=False)
     auto_max: float | None = field(init=False)  # set under --rate auto: the learned rate's ceiling
     output_format: str | None = field(init=False)  # None: no output file
@@ -114,6 +119,9 @@ class RunConfig:
     # builds from the same text.
     template_source: tuple[str, str] | None = field(init=False)
     structured: Structured | None = field(init=False)  # the checked schema, None without one
+    tpm_per_s: float | None = field(init=False)  # tokens per second under --tpm N
+    tpm_auto: bool = field(init=False)
+    price_per_m: Price | None = field(init=False)  # the price charged, where one is known
 
     def __post_init__(self) -> None:
         if self.rate is None:
@@ -157,6 +165,11 @@ class RunConfig:
         structured = structured_of(self.schema, self.schema_retries, self.flatten, self.params)
         object.__setattr__(self, "structured", structured)
         object.__setattr__(self, "template_source", self._check_building())
+        tpm_per_s, tpm_auto = parse_tpm(self.tpm)
+        object.__setattr__(self, "tpm_per_s", tpm_per_s)
+        object.__setattr__(self, "tpm_auto", tpm_auto)
+        price = check_cost(self.max_cost, self.price, self.provider, self.model)
+        object.__setattr__(self, "price_per_m", price)
         check_url(self.base_url, "--base-url")
         check_via(self.via, self.provider, self.schema is not None)
         if self.proxy:
@@ -229,7 +242,8 @@ class RunConfig:
         return Path(self.output + (".mock-checkpoint" if self.mock else ".checkpoint"))
 
     def refuse_on_ray(self) -> None:
-        """Prompts built or given a system message, and --schema, are not run on Ray yet."""
+        """Prompts built or given a system message, --schema, token pacing and a money cap are
+        not run on a Ray cluster yet."""
         if self.via != "online":
             raise UsageError(f"--via {self.via}: not with --ray; the Batch API needs no cluster")
         named = [
@@ -237,6 +251,7 @@ class RunConfig:
             for n in ("system", "template", "template_file", "prompt", "schema")
             if getattr(self, n)
         ]
+        named += [n for n in ("tpm", "max_cost") if getattr(self, n) is not None]
         if named:
             shown = ", ".join("--" + n.replace("_", "-") for n in named)
             raise UsageError(f"{shown}: not with --ray yet (batchpizza.ray); run without it")

@@ -11,9 +11,11 @@
     ├── Interrupted                 SIGINT / SIGTERM; the checkpoint is saved (exit 130 / 143)
     └── ProviderError               one request to the API failed; `.retryable` says if worth a retry
         ├── TransportError          connection refused, reset, dropped mid-body, TLS (retryable)
-        │   └── RequestTimeout      no complete reply within the timeout (retryable)
+        │   ├── RequestTimeout      no complete reply within the timeout (retryable)
+        │   └── ConnectionRefused   nothing listens at the server's address (retryable)
         ├── HTTPStatusError         a non-2xx reply; `.status`, `.retry_after`
-        │   └── ModelNotFound       the server does not serve the model asked for (fatal, exit 2)
+        │   ├── ModelNotFound       the server does not serve the model asked for (fatal, exit 2)
+        │   └── QuotaExhausted      the account's quota or credit is spent (stops the run, exit 4)
         ├── BadReply                a 2xx reply without text: not JSON, wrong shape, empty (retryable)
         ├── RedirectRefused         a redirect to another host (not retryable)
         └── MisuseDetected          the service refused (also a ValueError, as in the seed)
@@ -159,6 +161,10 @@ class RequestTimeout(TransportError):
     pass
 
 
+class ConnectionRefused(TransportError):
+    pass
+
+
 class HTTPStatusError(ProviderError):
     def __init__(
         self,
@@ -185,6 +191,16 @@ class ModelNotFound(HTTPStatusError):
     def __init__(self, status: int, message: str, model: str | None) -> None:
         super().__init__(status, message, fatal=True)
         self.model = model
+
+
+class QuotaExhausted(HTTPStatusError):
+    """A 429 (or 402) saying the account's quota, credit or billing is exhausted, not that it
+    asks too fast: no retry or later request can succeed until someone pays, so the run stops
+    at once with the rows left pending (exit 4)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.retryable = False
 
 
 class BadReply(ProviderError):

@@ -56,3 +56,6 @@ class Options(TypedDict, total=False):
     schema: str | Mapping[str, Any] | type | None  # a JSON Schema: path, dict or pydantic class
     schema_retries: int  # re-asks of an answer that does not fit the schema (2)
     flatten: bool  # the schema's top-level properties as columns instead of `parsed`
+    tpm: float | str | None  # tokens per minute (20000, "20k") or "auto" (the server's headers)
+    max_cost: float | None  # stop before the spend on this checkpoint passes this many dollars
+    price: str | None  # "IN,OUT" dollars per million input and output tokens

@@ -87,7 +87,14 @@ class Progress:
             elapsed_s=time.monotonic() - self._started,
             rate=getattr(self.control, "rate", None),
             waiting=getattr(self.control, "waiting", None),
+            tokens=getattr(c, "input_tokens", 0) + getattr(c, "output_tokens", 0),
+            spent=_spent(self.control),
         )
+
+
+def _spent(control: Any) -> float | None:
+    budget = getattr(getattr(control, "meter", None), "budget", None)
+    return None if budget is None else float(budget.spent)
 
 
 def bar_parts(s: Snapshot, width: int) -> tuple[str, int, str]:
@@ -95,7 +102,8 @@ def bar_parts(s: Snapshot, width: int) -> tuple[str, int, str]:
     the text before the bar, the bar's width, the text after it. The fields go most important
     first, and only those that fit are shown: done/total, answered/failed, what the run waits for
     and the rate come before the bar itself (which gives way, then the counts shorten to 123k),
-    then requests/s, elapsed<remaining, in flight, retries, misuse, invalid."""
+    then requests/s, tokens and dollars spent (when counted), elapsed<remaining, in flight,
+    retries, misuse, invalid."""
     for count in (str, _si):
         head, essential = _essential(s, count)
         needed = len(head) + 1 + len(essential)
@@ -105,6 +113,8 @@ def bar_parts(s: Snapshot, width: int) -> tuple[str, int, str]:
     remaining = "?" if per_row is None else clock(per_row * s.to_send)
     optional = [
         f"{s.requests_per_s:.1f}req/s",
+        *([f"tok={_si(s.tokens)}"] if s.tokens else []),
+        *([f"${s.spent:.2f}"] if s.spent is not None else []),
         f"{clock(s.elapsed_s)}<{remaining}",
         f"fly={s.in_flight}",
         f"retry={s.retries}",
@@ -253,6 +263,7 @@ def dry_run_report(
     plan: Plan,
     previews: Sequence[tuple[str, dict[str, str], bytes]],
     learned_rate: float | None,
+    costs: Sequence[str] = (),
 ) -> str:
     """What a run would do: the counts, how long sending should take, the first requests."""
     todo = plan.to_send
@@ -268,6 +279,7 @@ def dry_run_report(
         f"  to send     {plan.reasons(retry_refused=config.retry_refused)}",
         f"  invalid     {tally.invalid}",
         f"  time        {sending_time(todo, rate, config.concurrency, config.auto_max is not None)}",
+        *costs,  # tokens, cost, the cap (job/metering.py)
     ]
     if not config.retry_refused:
         lines.insert(

@@ -48,11 +48,15 @@ class Prompt:
 
 @dataclass(frozen=True, slots=True)
 class RateInfo:
-    """What a server announced of its request limit (OpenAI's x-ratelimit-* headers)."""
+    """What a server announced of its request and token limits (OpenAI's x-ratelimit-*
+    headers)."""
 
     limit: float | None = None  # requests per window
     remaining: float | None = None
     reset_s: float | None = None  # seconds until `remaining` is back to `limit`
+    limit_tokens: float | None = None  # tokens per window (a minute at OpenAI)
+    remaining_tokens: float | None = None
+    reset_tokens_s: float | None = None
 
 
 class Answer(NamedTuple):
@@ -70,6 +74,7 @@ class Answer(NamedTuple):
     # The server's reply body as it came (an OpenAI-compatible server's chat.completion), kept for
     # --format openai-batch; None where a provider keeps none (Pizzagpt's reply is no such body).
     body: bytes | None = None
+    tokens_estimated: bool = False  # the token counts are our estimate (the server gave none)
 
 
 # The result columns of every output, in order; a provider may add its own after them.
@@ -77,7 +82,8 @@ RESULT_COLUMNS = (
     *("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"),
     "reused_from",  # the row an identical request was sent for, when another (else null)
 )
-TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens")
+# Every output's token columns: the server's usage, or our estimate where it gave none (marked).
+TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "tokens_estimated")
 
 
 class Result(NamedTuple):
@@ -99,6 +105,7 @@ class Result(NamedTuple):
     response_id: str | None = None
     request_id: str | None = None
     body: bytes | None = None  # the server's reply body (Answer.body, or an error reply's)
+    tokens_estimated: bool | None = None  # the token counts are our estimate (Pizzagpt's)
 
 
 class OutputRow(NamedTuple):
@@ -121,6 +128,8 @@ class OutputRow(NamedTuple):
     reused_from: str | None = None
     sample: int | None = None  # which sample of the row's request (--repeat N, N > 1)
     body: bytes | None = None  # the server's reply body, where it was kept (Result.body)
+    # Whether the token counts are our estimate (the server said none); None without counts.
+    tokens_estimated: bool | None = None
 
 
 def answered_row(r: Result) -> OutputRow:
@@ -142,6 +151,9 @@ def answered_row(r: Result) -> OutputRow:
         None,
         None,
         r.body,
+        None
+        if r.prompt_tokens is None and r.completion_tokens is None
+        else bool(r.tokens_estimated),
     )
 
 
@@ -216,7 +228,8 @@ class Summary(Mapping[str, Any]):
     output: str | None = None
     checkpoint: str | None = None
     exit_code: int = 0
-    stopped: str | None = None  # None, "deadline", "refusals", "signal", "locked", "batches"
+    # None, "deadline", "refusals", "budget", "quota", "failing", "batches", "signal" or "locked"
+    stopped: str | None = None
     rate: float | None = None  # requests/s at the end (the learned rate under auto)
     interrupted: bool = False
     # What this run planned to send, by reason (new, changed, retry, identity, unknown), with
@@ -228,6 +241,10 @@ class Summary(Mapping[str, Any]):
     # --schema: the output's answers that fit it (`valid`), of those the ones that fit after a
     # re-ask (`reasked`), and rows that never did (`invalid`, finish_reason invalid_output).
     structured: dict[str, int] | None = None
+    # This run's tokens {"input", "output", "estimated"}; its cost {"run", "total" (every run on
+    # the checkpoint), "cap", "price_per_million"} where a price is known; else None.
+    tokens: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.ended is None:

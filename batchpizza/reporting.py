@@ -44,7 +44,9 @@ def report_data(checkpoint: Checkpoint) -> ReportData:
             rates.append(RateChange(t, value, detail))
         elif kind == "breaker":
             trips.append(BreakerEvent(t, detail))
-    return ReportData(checkpoint.rows_by_reason(), attempts(), runs, rates, trips)
+    return ReportData(
+        checkpoint.rows_by_reason(), attempts(), runs, rates, trips, checkpoint.answer_tokens()
+    )
 
 
 def build_report(path: Path, *, html: bool) -> tuple[str, dict[str, Any], str | None]:

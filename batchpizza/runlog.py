@@ -63,6 +63,8 @@ class Snapshot:
     elapsed_s: float  # this run
     rate: float | None  # requests/s allowed now; None: unlimited
     waiting: str | None  # what the whole run waits for (a Retry-After, the breaker)
+    tokens: int = 0  # this run's answers', input and output
+    spent: float | None = None  # dollars spent on the checkpoint so far, under --max-cost
 
     @property
     def to_send(self) -> int:
@@ -146,6 +148,10 @@ def progress_text(s: Snapshot) -> str:
         f"{s.in_flight} in flight"
     )
     text += f"; rate {s.rate:.3g}/s" if s.rate else "; rate unlimited"
+    if s.tokens:
+        text += f"; {s.tokens:,} tokens ({s.tokens / max(s.elapsed_s, 1e-9):.0f}/s)"
+    if s.spent is not None:
+        text += f"; ${s.spent:.4g} spent"
     if s.waiting:
         text += f"; WAIT {s.waiting}"
     return text
@@ -186,6 +192,14 @@ def summary_line(s: Mapping[str, Any], log_format: str = "text") -> str:
         parts.append(f"{fit['invalid']} invalid output ({fit['reasked']} fitted after a re-ask)")
     where = f" -> {s['output']}" if s.get("output") and not s.get("interrupted") else ""
     rate = f" at {s['rate']:.3g}/s" if s.get("rate") else ""
+    tokens = s.get("tokens")
+    if tokens and (tokens["input"] or tokens["output"]):
+        estimated = " (estimated)" if tokens["estimated"] else ""
+        rate += f", {tokens['input']:,} tokens in + {tokens['output']:,} out{estimated}"
+    cost = s.get("cost")
+    if cost:
+        cap = f" of ${cost['cap']:g}" if cost.get("cap") is not None else ""
+        rate += f", ${cost['run']:.4g} (${cost['total']:.4g} on the checkpoint{cap})"
     return (
         f"{_local(unix)} batchpizza: {head}: {s['rows']} rows: {', '.join(parts)}; this run: "
         f"{s['requests']} requests, {s['retries']} retries in {s['elapsed_s']:.1f}s{rate}{where} "

@@ -32,6 +32,9 @@ Scenarios (full size; --quick in brackets):
 - controls: the overhead job with every control on, `--rate auto:100000` starting from a learned
   rate of 100,000/s, against the same job at `--rate 0`, alternating: the CPU ratio (target from
   issue 16: within 5 %), and whether the learned rate stayed at 100,000 (nothing was cut).
+- tokens: the overhead job with `--max-cost` and `--tpm` on (too high to bind: every attempt is
+  reserved, booked and settled all the same) against it without them, alternating: the CPU
+  ratio (target from issue 23: within 3 %).
 - latency: 5,000 prompts [1,000], 200 +- 50 ms latency, concurrency 256. Requests/s of the sending
   phase as a fraction of the bound 256 / 0.2 s = 1,280/s, measured at the server: requests over the
   span from the first arrival to the last arrival plus the mean latency (when the last reply is
@@ -153,6 +156,7 @@ SCHEMA5 = {
     "required": ["label", "score", "stars", "tags", "reason"],
     "additionalProperties": False,
 }
+TOKENS_TARGET = 1.03  # issue 23: the token budget within 3 % of the CPU at zero latency
 LATENCY_MS, JITTER_MS, LATENCY_CONCURRENCY = 200.0, 50.0, 256
 PACING_RATE = 50
 CHECKPOINT_FILES = (".checkpoint", ".checkpoint-wal", ".checkpoint-shm")
@@ -759,6 +763,93 @@ def controls(bench: Bench) -> list[Figure]:
             f"{sum(r == AUTO_MAX for r in end_rates)} of {len(end_rates)}",
         ),
     ]
+
+
+def tokens(bench: Bench) -> list[Figure]:
+    """The overhead scenario's job with the token budget on (`--max-cost` and `--tpm` set so
+    high that neither binds, so that every attempt is reserved, booked and settled) against the
+    same job without them, alternating. Pizzagpt's replies carry no usage: the rows get the
+    estimate, which the budget settles with."""
+    rows = bench.sizes.overhead
+    server = bench.server()
+    input_path = prompts_file(rows)
+    runs: dict[str, list[Run]] = {"budget": [], "plain": []}
+    for i in range(bench.repeat):
+        for kind in runs:
+            output = fresh(WORK / f"tokens-{kind}.jsonl")
+            args = batchpizza_args(input_path, output, server, concurrency=OVERHEAD_CONCURRENCY)
+            if kind == "budget":
+                args += ["--max-cost", "1000000", "--tpm", "1e12"]
+            server.reset()
+            run = measure(args, server)
+            expect(run, 0, f"batchpizza ({kind})")
+            if (sent := server.stats()["requests"]) != rows:
+                raise RuntimeError(f"{kind} sent {sent} requests for {rows} rows")
+            runs[kind].append(run)
+            note(
+                f"  tokens {i + 1}/{bench.repeat} {kind:<6} {run.wall:7.2f} s wall {run.cpu:7.2f} s cpu"
+            )
+    budget, plain = runs["budget"], runs["plain"]
+    cpu_ratios = [a.cpu / b.cpu for a, b in zip(budget, plain, strict=True)]
+    cpu_ratio = median(cpu_ratios)
+    # The same cost measured apart from the noise of whole runs on a shared machine: the gate's
+    # path per attempt with the meter and without, in this process, as a share of a row's CPU.
+    extra_us = meter_cost_us()
+    row_us = median([r.cpu for r in plain]) / rows * 1e6
+    s = "tokens"
+    return [
+        Figure(
+            s,
+            f"CPU time, --max-cost and --tpm on / off ({rows:,} rows, paired)",
+            f"{cpu_ratio:.3f}x" + spread(cpu_ratios, "{:.3f}"),
+        ),
+        Figure(
+            s,
+            "the meter per attempt (reserve, book, settle; in process), share of a row's CPU",
+            f"{extra_us:.2f} us, {extra_us / row_us:.1%} of {row_us:.0f} us",
+            f"<= {TOKENS_TARGET - 1:.0%}",
+            bench.sized(extra_us / row_us <= TOKENS_TARGET - 1),
+        ),
+        Figure(s, "CPU per row, budget on", _per_row(budget, rows)),
+        Figure(s, "CPU per row, budget off", _per_row(plain, rows)),
+    ]
+
+
+def meter_cost_us(n: int = 200_000) -> float:
+    """Microseconds of CPU the meter adds to an attempt's way through the gate: Control's
+    enter and finished without a meter against enter_for and finished with a budget and a token
+    pacer that never bind (the fast path a run at full speed takes), best of three."""
+    import asyncio
+
+    from batchpizza.controls.budget import Budget
+    from batchpizza.controls.control import Control
+    from batchpizza.controls.metering import Meter
+    from batchpizza.controls.tokens import TokenPacer
+    from batchpizza.pricing import Price
+    from batchpizza.records import Prompt
+
+    def control(meter: Meter | None) -> Control:
+        return Control(rate=0, auto_max=None, learned=None, patience=600, retry_after_cap=300,
+                       timeout=60, on_give_up=lambda: None, meter=meter)  # fmt: skip
+
+    async def per_attempt(gate: Control, metered: bool) -> float:
+        text = prompt_of(1)
+        prompt = Prompt("r1", text, ({"role": "user", "content": text},))  # as a row makes it
+        started = time.process_time()
+        for _ in range(n):
+            token = await (gate.enter_for(prompt) if metered else gate.enter())
+            gate.finished(token, 0.0, "answered", None, None, usage=(20, 9))
+        return (time.process_time() - started) / n * 1e6
+
+    async def best() -> float:
+        extra = []
+        for _ in range(3):
+            plain = await per_attempt(control(None), False)
+            meter = Meter(params={}, budget=Budget(1e9, Price(0.15, 0.6)), pacer=TokenPacer(1e12))
+            extra.append(await per_attempt(control(meter), True) - plain)
+        return min(extra)
+
+    return asyncio.run(best())
 
 
 def _wall(runs: list[Run], rows: int) -> str:
@@ -1374,6 +1465,7 @@ SCENARIOS: dict[str, Callable[[Bench], list[Figure]]] = {
     "startup": startup,
     "overhead": overhead,
     "controls": controls,
+    "tokens": tokens,
     "latency": latency,
     "pacing": pacing,
     "memory": memory,

@@ -42,6 +42,7 @@ from batchpizza.rows import format_prompt
 RESULTS = [
     *("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"),
     "reused_from",
+    *("prompt_tokens", "completion_tokens", "tokens_estimated"),  # every output's
 ]
 QUESTIONS = ["What is the capital of Italy?", "Name a pizza.", "Why is dough sticky?"]
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])

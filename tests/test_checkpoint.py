@@ -614,7 +614,7 @@ def test_another_programs_sqlite_file_is_refused_and_left_alone(ck_path: Path) -
     assert tables == {"invoices"}
 
 
-def test_a_schema_1_checkpoint_is_upgraded_to_4_and_keeps_its_answers(ck_path: Path) -> None:
+def test_a_schema_1_checkpoint_is_upgraded_to_5_and_keeps_its_answers(ck_path: Path) -> None:
     conn = sqlite3.connect(ck_path)
     with conn:  # what the first version created
         conn.executescript(

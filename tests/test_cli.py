@@ -17,6 +17,7 @@ from conftest import read_jsonl, write_jsonl
 
 from batchpizza import redact
 from batchpizza.cli import cli
+from batchpizza.mock import tokens
 from batchpizza.mock.faults import MockConfig
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
@@ -233,11 +234,12 @@ def test_openai_provider_answers_every_row_with_finish_reason_and_token_counts(
     written = read_jsonl(out)
     assert [r["id"] for r in written] == [r["id"] for r in data]
     for row, obj in zip(written[:-1], data, strict=False):
-        # The mock's answers are three words: max_tokens=2 cuts them.
-        assert row["answer"] == " ".join(mock_answer(obj["prompt"]).split()[:2])
+        # max_tokens=2 cuts the mock's answer to its first two tokens ("pizza", "-").
+        assert row["answer"] == mock_answer(obj["prompt"])[:6]
         assert row["finish_reason"] == "length"
-        assert row["prompt_tokens"] == len(obj["prompt"].split())
+        assert row["prompt_tokens"] == tokens.prompt_usage([obj["prompt"]])
         assert row["completion_tokens"] == 2
+        assert row["tokens_estimated"] is False  # the server's own count
         assert row["model"] == "m"
         assert row["error"] is None
     assert written[-1]["finish_reason"] == "stop"

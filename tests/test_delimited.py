@@ -25,6 +25,7 @@ RESULTS = [
     "latency_ms",
     "model",
     "reused_from",
+    *("prompt_tokens", "completion_tokens", "tokens_estimated"),  # every output's
 ]
 
 

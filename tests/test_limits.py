@@ -38,7 +38,8 @@ def test_parse_duration_gives_none_for_what_it_cannot_read(text: str | None) -> 
 
 def test_parse_rate_info() -> None:
     assert parse_rate_info({}) is None
-    assert parse_rate_info({"x-ratelimit-limit-tokens": "5"}) is None  # tokens are not requests
+    # The token limit is read beside the request limit, never mistaken for it.
+    assert parse_rate_info({"x-ratelimit-limit-tokens": "5"}) == RateInfo(limit_tokens=5)
     assert parse_rate_info({"x-ratelimit-remaining-requests": "3"}) == RateInfo(remaining=3)
     assert parse_rate_info(
         {
@@ -47,6 +48,32 @@ def test_parse_rate_info() -> None:
             "x-ratelimit-reset-requests": "20ms",
         }
     ) == RateInfo(reset_s=0.02)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, None),  # missing
+        (
+            {"x-ratelimit-limit-tokens": "0", "x-ratelimit-remaining-tokens": "0"},
+            RateInfo(limit_tokens=0, remaining_tokens=0),
+        ),
+        (
+            {"x-ratelimit-limit-tokens": "lots", "x-ratelimit-reset-tokens": "soonish"},
+            None,  # garbage reads as nothing said
+        ),
+        (
+            {"x-ratelimit-limit-tokens": "30000", "x-ratelimit-reset-tokens": "6m0s"},
+            RateInfo(limit_tokens=30000, reset_tokens_s=360.0),
+        ),
+        (
+            {"x-ratelimit-remaining-tokens": "12", "x-ratelimit-reset-tokens": "1.5s"},
+            RateInfo(remaining_tokens=12, reset_tokens_s=1.5),
+        ),
+    ],
+)
+def test_token_headers_with_odd_values(headers: dict[str, str], expected: RateInfo | None) -> None:
+    assert parse_rate_info(headers) == expected
 
 
 def test_retry_after_of() -> None:

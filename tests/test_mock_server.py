@@ -20,6 +20,7 @@ import aiohttp
 import click
 import pytest
 
+from batchpizza.mock import tokens
 from batchpizza.mock.faults import MockConfig
 from batchpizza.mock.openai import CHAT_PATH, _go_duration
 from batchpizza.mock.pizzagpt import API_PATH
@@ -355,7 +356,8 @@ async def test_stats_under_concurrency(session: aiohttp.ClientSession) -> None:
 
         async with session.get(srv.base_url + "/__stats") as resp:
             remote = await resp.json()
-        assert remote == json.loads(json.dumps(stats.to_dict()))
+        # The counters, and the tokens the chat route counted beside them (none here).
+        assert remote == json.loads(json.dumps({**stats.to_dict(), **srv.tokens.to_dict()}))
         assert remote["by_status"] == {"200": 10, "502": 1}
         assert remote["answered"] == 10
 
@@ -527,7 +529,13 @@ async def test_chat_completion_answers_like_openai(
             "finish_reason": "stop",
         }
     ]
-    assert body["usage"] == {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
+    # "Margherita?": Margher + ita + ? = 3, and 3 a message and 3 for the reply.
+    answer_tokens = tokens.count(mock_answer("Margherita?"))
+    assert body["usage"] == {
+        "prompt_tokens": 9,
+        "completion_tokens": answer_tokens,
+        "total_tokens": 9 + answer_tokens,
+    }
     assert server.stats.answers == {"Margherita?": 1}
     assert server.stats.by_status == {200: 1}
 
@@ -543,16 +551,17 @@ async def test_chat_answers_the_formatted_prompt_of_several_messages(
     prompt = "System: Be brief.\nUser: Hi\nAssistant:"
     assert body["choices"][0]["message"]["content"] == mock_answer(prompt)
     assert body["model"] == "batchpizza-mock"  # no model asked for: the default
-    assert body["usage"]["prompt_tokens"] == len(prompt.split())
+    # Each message's own text counts, not the roles of the formatted prompt.
+    assert body["usage"]["prompt_tokens"] == tokens.count("Be brief.") + tokens.count("Hi") + 9
 
 
-async def test_chat_max_tokens_cuts_the_answer_to_words(
+async def test_chat_max_tokens_cuts_the_answer_to_tokens(
     session: aiohttp.ClientSession, server: MockServer
 ) -> None:
     for field in ("max_tokens", "max_completion_tokens"):
         _, body = await chat(session, server, "q", **{field: 1})
         assert body["choices"][0]["finish_reason"] == "length"
-        assert body["choices"][0]["message"]["content"] == mock_answer("q").split()[0]
+        assert body["choices"][0]["message"]["content"] == "pizza"  # its first token
         assert body["usage"]["completion_tokens"] == 1
     _, body = await chat(session, server, "q", max_tokens=100)
     assert body["choices"][0]["finish_reason"] == "stop"

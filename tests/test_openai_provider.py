@@ -24,6 +24,7 @@ from batchpizza.errors import (
     UsageError,
     describe,
 )
+from batchpizza.mock import tokens
 from batchpizza.mock.faults import MockConfig
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import MockServer
@@ -334,8 +335,8 @@ async def test_the_mock_answers_with_its_deterministic_answer(
     assert answer.text == mock_answer("Quanto costa una pizza?")
     assert answer.finish_reason == "stop"
     assert answer.model == "gpt-4o-mini"  # echoed
-    assert answer.prompt_tokens == 4
-    assert answer.completion_tokens == len(answer.text.split())
+    assert answer.prompt_tokens == tokens.prompt_usage(["Quanto costa una pizza?"])
+    assert answer.completion_tokens == tokens.count(answer.text)
     assert answer.response_id is not None and answer.response_id.startswith("chatcmpl-")
     assert answer.request_id == "req_mock_1"
     assert answer.rate is None  # the mock announces limits only when it has one
@@ -355,8 +356,8 @@ async def test_max_tokens_cuts_the_answer_with_finish_reason_length(
     provider = api(srv.base_url + "/v1", params={"max_tokens": 2})
     answer = await provider.ask(session, prompt("q"))
     assert answer.finish_reason == "length"
-    assert answer.text == " ".join(mock_answer("q").split()[:2])
-    assert (answer.prompt_tokens, answer.completion_tokens) == (1, 2)
+    assert answer.text == mock_answer("q")[:6]  # "pizza", "-"
+    assert (answer.prompt_tokens, answer.completion_tokens) == (7, 2)
 
 
 async def test_every_field_of_a_real_completion_is_read(session: aiohttp.ClientSession) -> None:
@@ -741,7 +742,7 @@ async def test_openai_ratelimit_headers_are_parsed(session: aiohttp.ClientSessio
     }
     async with Fake(replying(body=completion(), headers=headers)) as fake:
         answer = await api(fake.base_url).ask(session, prompt("q"))
-    assert answer.rate == RateInfo(limit=10000, remaining=9999, reset_s=360)
+    assert answer.rate == RateInfo(limit=10000, remaining=9999, reset_s=360, limit_tokens=30000000)
     assert answer.request_id == "req_abc"
 
 

@@ -41,6 +41,7 @@ from batchpizza.mock.replies import MISUSE_TEXT, mock_answer
 from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.providers import http as provider_http
 from batchpizza.providers.pizzagpt import ask
+from batchpizza.records import TOKEN_COLUMNS
 
 RESULT_COLUMNS = (
     *("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"),
@@ -201,7 +202,7 @@ def test_an_empty_input_gives_an_empty_parquet_output_with_every_result_column(
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
     assert table.num_rows == 0
-    assert ["id", *RESULT_COLUMNS] == table.schema.names
+    assert ["id", *RESULT_COLUMNS, *TOKEN_COLUMNS] == table.schema.names
 
 
 # -- 4. a checkpoint deleted under a run -------------------------------------------------------

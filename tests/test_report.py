@@ -532,7 +532,13 @@ def realistic_data() -> ReportData:
         reason = {"answered": "stop", "refusal": "misuse"}.get(outcome, "error")
         long = reason == "stop" and int(row.removeprefix("row-")) % 50 == 0
         reasons["length" if long else reason] += 1
-    return ReportData(reasons, attempts, runs, rates, events)
+    # Each answer's tokens, written when it ended (a few hundred, as short prompts take).
+    tokens = [
+        (a.started + a.duration_ms / 1000, 150 + int(a.duration_ms) % 300)
+        for a in attempts
+        if a.outcome == "answered"
+    ]
+    return ReportData(reasons, attempts, runs, rates, events, tokens)
 
 
 class Sink:
@@ -687,14 +693,15 @@ def test_page_renders_its_charts_in_chromium_without_the_network(
     ]
     body = re.search(r"<body[^>]*>", dom)
     assert body
-    assert 'data-charts="chart-requests chart-latency chart-rate"' in body.group(0)
+    assert 'data-charts="chart-requests chart-tokens chart-latency chart-rate"' in body.group(0)
     assert 'data-chart-errors=""' in body.group(0)
-    for chart in ("chart-requests", "chart-latency", "chart-rate"):
+    for chart in ("chart-requests", "chart-tokens", "chart-latency", "chart-rate"):
         holder = re.search(rf'<div class="chart" id="{chart}">(.*?)</div></section>', dom, re.S)
         assert holder and "<canvas" in holder.group(1), chart
     inked = dict(pair.split(":") for pair in re.findall(r'data-inked="([^"]*)"', dom)[0].split())
     assert {k: int(v) > 2000 for k, v in inked.items()} == {
         "chart-requests": True,
+        "chart-tokens": True,
         "chart-latency": True,
         "chart-rate": True,
     }

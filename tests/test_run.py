@@ -33,6 +33,7 @@ from batchpizza.mock.server import ThreadedMockServer
 RESULT_COLUMNS = [
     *("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"),
     "reused_from",
+    *("prompt_tokens", "completion_tokens", "tokens_estimated"),  # every output's
 ]
 SUMMARY_KEYS = {
     "schema_version",
@@ -56,6 +57,8 @@ SUMMARY_KEYS = {
     "interrupted",
     "exit_code",
     "structured",
+    "tokens",
+    "cost",
 }
 
 

@@ -24,6 +24,8 @@ RESULT_COLUMNS = [
     *("answer", "finish_reason", "misuse", "error", "attempts", "latency_ms", "model"),
     "reused_from",
 ]
+# Every output's token counts, after them (Pizzagpt's estimated, and marked so).
+TOKEN_COLUMNS = ["prompt_tokens", "completion_tokens", "tokens_estimated"]
 
 
 @pytest.fixture
@@ -139,7 +141,7 @@ def test_an_empty_jsonl_input_gives_an_empty_output_with_all_result_columns(
     summary = batchpizza.run(source, out, **FAST, base_url=mock_api.base_url)
     table = pq.read_table(out)
     assert table.num_rows == 0
-    assert table.schema.names == ["id", *RESULT_COLUMNS]
+    assert table.schema.names == ["id", *RESULT_COLUMNS, *TOKEN_COLUMNS]
     assert table.schema.field("misuse").type == pa.bool_()
     assert table.schema.field("attempts").type == pa.int64()
     assert summary["exit_code"] == 0
@@ -161,7 +163,7 @@ def test_an_empty_parquet_input_keeps_its_columns_in_the_output(
     summary = batchpizza.run(source, out, **FAST, base_url=mock_api.base_url)
     table = pq.read_table(out)
     assert table.num_rows == 0
-    assert table.schema.names == ["id", "prompt", "topic", *RESULT_COLUMNS]
+    assert table.schema.names == ["id", "prompt", "topic", *RESULT_COLUMNS, *TOKEN_COLUMNS]
     assert summary["exit_code"] == 0
 
 
@@ -188,7 +190,7 @@ def test_an_empty_input_exits_0_on_the_command_line(
         ],
     )
     assert result.exit_code == 0, result.output
-    assert pq.read_schema(out).names == ["id", *RESULT_COLUMNS]
+    assert pq.read_schema(out).names == ["id", *RESULT_COLUMNS, *TOKEN_COLUMNS]
     assert json.loads(summary_path.read_text())["rows"] == 0
 
 

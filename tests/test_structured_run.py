@@ -21,6 +21,7 @@ from conftest import write_jsonl
 
 import batchpizza
 from batchpizza.cli import cli
+from batchpizza.controls.gate import Gatekeeper
 from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.mock.structured import bound_prompt, structured_answer
 from batchpizza.structured.answers import INSTRUCTION
@@ -325,7 +326,7 @@ def test_status_and_report_count_valid_reasked_and_invalid(
 # -- the runner: each re-ask passes the gate, its retries apart from the re-asks' budget ----------
 
 
-class _Counting:
+class _Counting(Gatekeeper):
     """A gatekeeper that counts the attempts it lets through, and how they ended."""
 
     def __init__(self) -> None:
@@ -345,6 +346,7 @@ class _Counting:
         rate: Any = None,
         *,
         again: bool = False,
+        usage: Any = None,
     ) -> None:
         self.outcomes.append(outcome)
 

@@ -64,6 +64,16 @@ class History:
             ).fetchall()
         return {int(run): int(count) for run, count in found}
 
+    def answer_tokens(self) -> Iterator[tuple[float, int]]:
+        """(when written, input + output tokens) of every answer kept, streamed."""
+        with self._errors():
+            cursor = self._conn.execute(
+                "SELECT updated, coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0) "
+                "FROM results WHERE prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL"
+            )
+        while page := cursor.fetchmany(4096):
+            yield from page
+
     def attempts(self) -> Iterator[tuple[int, str, float, float, str, int | None, str | None]]:
         """Every attempt ever recorded, oldest first, streamed."""
         with self._errors():

@@ -253,13 +253,13 @@ class PlanQueries:
         last, end = -1, (limit if limit is not None else 1 << 62)
         with self._errors():
             # A read-only view of a checkpoint from before the column has none to read.
-            has_body = bodies and any(
-                row[1] == "body" for row in self._conn.execute("PRAGMA table_info(results)")
-            )
+            have = {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}
+        has_body = bodies and "body" in have
+        estimated = "c.tokens_estimated" if "tokens_estimated" in have else "NULL"
         columns = (
             "SELECT r.pos, CAST(coalesce(r.id, r.pos) AS TEXT), r.bad, r.digest, c.id, "
             f"{', '.join('c.' + n.strip() for n in _OUTPUT_COLUMNS.split(','))}, "
-            f"{'c.body' if has_body else 'NULL'}"
+            f"{'c.body' if has_body else 'NULL'}, {estimated}"
         )
         if self.samples == 1:
             query = f"{columns} {self._joined()} WHERE r.pos > ?2 AND r.pos < ?3 ORDER BY r.pos LIMIT ?4"
@@ -387,14 +387,16 @@ class PlanQueries:
 def _output_row(row: tuple[Any, ...]) -> OutputRow:
     """An output row from the joined scan and results columns (see output_rows)."""
     (_pos, row_id, bad, digest, asked_for, reason, *rest) = row
-    sample = rest[10] if len(rest) > 10 else None  # with --repeat N, N > 1
+    sample = rest[11] if len(rest) > 11 else None  # with --repeat N, N > 1
     if bad is not None:
         return invalid_row(row_id, bad)._replace(sample=sample)
     if reason is None:  # not sent yet: the run stopped early
         return pending_row(row_id, digest)._replace(sample=sample)
     answer, error, attempts, latency, model, ptok, ctok, response_id, request_id, body = rest[:10]
+    estimated = None if ptok is None and ctok is None else bool(rest[10])
     # Built directly (answered_row would make a Result first): one of these per output row.
     return OutputRow(
         row_id, answer, reason, reason == "misuse", error, attempts, latency, model, ptok, ctok,
         response_id, request_id, digest, None if asked_for == row_id else asked_for, sample, body,
+        estimated,
     )  # fmt: skip

@@ -25,11 +25,13 @@ from typing import Any
 import batchpizza.fingerprint as fingerprint
 from batchpizza.checkpoint.batches import TABLES_SQL as BATCH_TABLES
 from batchpizza.checkpoint.scan import SCHEMA as SCAN_SCHEMA
+from batchpizza.checkpoint.spend import SPEND
 from batchpizza.errors import CheckpointVersionError
 
 SCHEMA_VERSION = "5"
 # What this version opens: 1 and 2 are upgraded to 3, 3 to 4 (the staged table added), and 4 to
-# 5 (the Batch API's tables added, checkpoint/batches.py).
+# 5 (the Batch API's tables, checkpoint/batches.py, and the spend table, spend.py, added), each
+# inside the open's transaction.
 READABLE_SCHEMAS = ("1", "2", "3", "4", "5")
 # `body`: the server's reply body (an OpenAI-compatible server's), kept for --format openai-batch
 # only, null elsewhere; added to a schema 3 file on open (ADDED_TO_3), without a new version.
@@ -48,7 +50,8 @@ RESULT_COLUMNS = """
     completion_tokens INTEGER,
     response_id TEXT,
     request_id TEXT,
-    body BLOB"""
+    body BLOB,
+    tokens_estimated INTEGER"""
 RESULTS = f"""
 CREATE TABLE IF NOT EXISTS results (
 {RESULT_COLUMNS},
@@ -81,12 +84,13 @@ CREATE TABLE IF NOT EXISTS runs (
     options TEXT
 );
 CREATE TABLE IF NOT EXISTS events (run INTEGER, t REAL, kind TEXT, value REAL, detail TEXT);
+{SPEND};
 {SCAN_SCHEMA.format(table="scan")};
 {BATCH_TABLES}
 """
 TABLES = frozenset(
     {"results", "staged", "identities", "meta", "attempts", "runs", "events", "scan",
-     "batch_files", "batch_lines"}
+     "batch_files", "batch_lines", "spend"}
 )  # fmt: skip
 # Columns a checkpoint of schema 1 lacks.
 _ADDED_COLUMNS = (
@@ -97,7 +101,7 @@ _ADDED_COLUMNS = (
 )
 # Columns added to schema 3 since it was first written: nullable, so a checkpoint that lacks
 # them reads as one whose rows have none; added when one is opened for writing.
-ADDED_TO_3 = (("body", "BLOB"),)
+ADDED_TO_3 = (("body", "BLOB"), ("tokens_estimated", "INTEGER"))
 _KEPT = (
     "id, digest, finish_reason, answer, error, attempts, latency_ms, model, updated, "
     "prompt_tokens, completion_tokens, response_id, request_id"
@@ -287,12 +291,13 @@ def _shadow_staged(conn: sqlite3.Connection) -> None:
     if not has_staged or conn.execute("SELECT 1 FROM main.staged LIMIT 1").fetchone() is None:
         return
     conn.execute(f"CREATE TEMP TABLE tail ({RESULT_COLUMNS}, PRIMARY KEY (ident, digest))")
-    conn.execute(
-        f"INSERT OR REPLACE INTO temp.tail SELECT {RESULT_NAMES} FROM main.staged ORDER BY rowid"
-    )
+    # A file from before a column was added (ADDED_TO_3) lacks it in both tables: read as null.
+    have = {row[1] for row in conn.execute("PRAGMA main.table_info(staged)")}
+    kept = ", ".join(n if n in have else f"NULL AS {n}" for n in RESULT_NAMES.split(", "))
+    conn.execute(f"INSERT OR REPLACE INTO temp.tail SELECT {kept} FROM main.staged ORDER BY rowid")
     conn.execute("CREATE INDEX temp.tail_by_id ON tail (id)")
     conn.execute(
-        f"CREATE TEMP VIEW results AS SELECT {RESULT_NAMES} FROM main.results o WHERE NOT EXISTS "
+        f"CREATE TEMP VIEW results AS SELECT {kept} FROM main.results o WHERE NOT EXISTS "
         "(SELECT 1 FROM temp.tail t WHERE t.ident = o.ident AND t.digest = o.digest) "
         f"UNION ALL SELECT {RESULT_NAMES} FROM temp.tail"
     )

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import batchpizza.fingerprint as fingerprint
+from batchpizza.checkpoint import spend
 from batchpizza.checkpoint.batches import BatchRecords
 from batchpizza.checkpoint.fitting import Fitting
 from batchpizza.checkpoint.guarded import UNBINDABLE, insert_attempt, insert_result
@@ -101,6 +102,7 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting):
         self._conn = conn
         self._readonly = readonly
         self._synced = time.monotonic()
+        self._spend_row: int | None = None  # this run's row of the spend table
         self._file_id = _file_id(path) if path is not None and not readonly else None
         # A file's results are staged, then folded (see the module's docstring); in memory,
         # where no page is written to a log, straight into `results`.
@@ -260,6 +262,8 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting):
                 except UNBINDABLE:  # the ones before the failing one are in: go on from it
                     for attempt in attempt_rows[conn.total_changes - before :]:
                         self._insert_attempt(attempt)
+            if self._spend_row is not None:
+                spend.add(conn, self._spend_row, results)  # as durable as the answers
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (now,))
         self._staged += len(rows)
 
@@ -308,7 +312,9 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting):
                           "batch_lines"):  # fmt: skip
                 self._conn.execute(f"DELETE FROM {table}")
             # A new token: the next files must not take the names of files already uploaded.
-            self._conn.execute("DELETE FROM meta WHERE key IN ('learned_rate', 'batch_token')")
+            self._conn.execute(
+                "DELETE FROM meta WHERE key IN ('learned_rate', 'learned_tpm', 'batch_token')"
+            )
         self._staged = 0
 
     # -- meta ---------------------------------------------------------------------------------
@@ -325,6 +331,24 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting):
             return dict(self._conn.execute("SELECT key, value FROM meta"))
         except sqlite3.DatabaseError as exc:
             raise _sqlite_error(self.path, exc) from None
+
+    def begin_spend(self, run: int, price: tuple[float, float] | None) -> None:
+        """Count the tokens of this run's results from now on, at `price` (spend.py)."""
+        with self._transaction():
+            self._spend_row = spend.begin(self._conn, run, price)
+
+    def spend(self, *, this_run: bool = False) -> spend.Spend:
+        """What every run on this checkpoint (or this one) used and cost."""
+        if this_run and self._spend_row is None:
+            return spend.Spend()
+        with self._errors():
+            return spend.total(self._conn, self._spend_row if this_run else None)
+
+    def mean_output(self) -> float | None:
+        """The mean output tokens of this identity's answers (a dry run's estimate)."""
+        self._fold()
+        with self._errors():
+            return spend.mean_output(self._conn, self.ident)
 
     def learned_rate(self) -> float | None:
         value = self.meta().get("learned_rate")

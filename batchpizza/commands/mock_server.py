@@ -126,6 +126,34 @@ import click
     default=0,
     help="Batch API: every Nth line of a first submission fails (a 500 in the error file).",
 )
+@click.option(
+    "--tpm-limit",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="OpenAI route: tokens per --token-window above which it answers 429, with "
+    "x-ratelimit-*-tokens headers; 0 = no limit.",
+)
+@click.option(
+    "--token-window",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="OpenAI route: the token limit's window in seconds (a minute, as OpenAI's).",
+)
+@click.option(
+    "--quota-tokens",
+    type=click.IntRange(min=0),
+    default=None,
+    help="OpenAI route: after this many tokens, every request gets 429 insufficient_quota.",
+)
+@click.option(
+    "--price",
+    "price",
+    default="1,2",
+    show_default=True,
+    metavar="IN,OUT",
+    help="OpenAI route: dollars per million input and output tokens, for the cost in __stats.",
+)
 def mock_server(
     host: str,
     port: int,
@@ -135,6 +163,7 @@ def mock_server(
     batch_seconds: float,
     batch_expire: int,
     batch_fail_every: int,
+    price: str,
     **options: Any,
 ) -> None:
     """A local stand-in for the Pizzagpt API and an OpenAI-compatible server, for offline runs
@@ -159,6 +188,19 @@ def mock_server(
     served = tuple(name.strip() for name in (models or "").split(",") if name.strip())
     if models is not None and not served:
         raise click.BadParameter("give model names separated by commas", param_hint="--models")
-    config = MockConfig(latency_ms=latency, jitter_ms=jitter, models=served, **options)
+    from batchpizza.pricing import parse_price
+
+    try:
+        price_in, price_out = parse_price(price)
+    except Exception as exc:  # a UsageError: said as click says a bad value
+        raise click.BadParameter(str(exc), param_hint="--price") from None
+    config = MockConfig(
+        latency_ms=latency,
+        jitter_ms=jitter,
+        models=served,
+        price_in=price_in,
+        price_out=price_out,
+        **options,
+    )
     batches = BatchMock(seconds=batch_seconds, expire=batch_expire, fail_every=batch_fail_every)
     serve(config, host=host, port=port, batches=batches)

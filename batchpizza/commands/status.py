@@ -34,6 +34,7 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
             files = store.batch_files()
             # --schema: answers that fit it, at once or re-asked
             info["structured"] = store.fit_counts()
+            spent = store.spend()
         finally:
             store.close()
     except BatchpizzaError as exc:
@@ -43,6 +44,13 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     info["running"] = is_locked(path)
     if files:
         info["batches"] = batches_info(files)
+    # Every run's, as the spend table keeps them (the answers' tokens, at each run's price).
+    info["tokens"] = {
+        "input": spent.prompt_tokens,
+        "output": spent.completion_tokens,
+        "estimated": spent.estimated,
+    }
+    info["spent"] = round(spent.dollars, 6)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -65,6 +73,12 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     if info.get("to_send"):
         click.echo(f"  rerun      {info['to_send']} (with the last run's provider, model, params)")
     click.echo(f"  kept       {info.get('answers_kept', '?')} answers in all")
+    if spent.prompt_tokens or spent.completion_tokens:
+        estimated = " (estimated)" if spent.estimated else ""
+        click.echo(
+            f"  tokens     {spent.prompt_tokens:,} in + {spent.completion_tokens:,} out"
+            f"{estimated}, ${spent.dollars:.4g} spent over all runs"
+        )
     click.echo(f"  written    {when}")
     click.echo(f"  running    {'yes: a run holds the lock' if info['running'] else 'no'}")
     for line in batches_text(files):

@@ -21,7 +21,10 @@ from collections.abc import Awaitable, Callable
 
 from batchpizza.controls.adaptive import AdaptiveRate, Feedback
 from batchpizza.controls.breaker import Breaker, BreakerExhausted, BreakerState, Permit
+from batchpizza.controls.budget import BudgetReached
+from batchpizza.controls.failing import FailingWatch
 from batchpizza.controls.gate import Gatekeeper, Stopped
+from batchpizza.controls.metering import Meter, Ticket
 from batchpizza.controls.ratelimit import RETRY_AFTER, WINDOW, Clock, Pacer, Pause, Sleep
 from batchpizza.errors import (
     RETRYABLE_STATUSES,
@@ -31,7 +34,7 @@ from batchpizza.errors import (
     ProviderError,
     TransportError,
 )
-from batchpizza.records import RateInfo
+from batchpizza.records import Prompt, RateInfo
 
 # (unix time, kind, value, detail): what the checkpoint's events table records.
 Event = tuple[float, str, float, str]
@@ -128,10 +131,19 @@ class Control(Gatekeeper):
         timeout: float,
         on_give_up: Callable[[], None],
         stop_signal: Callable[[], Awaitable[None]] | None = None,
+        meter: Meter | None = None,
+        on_stop: Callable[[str, str], None] | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._clock = clock
+        # --max-cost / --tpm: what each request reserves and books (None: neither asked).
+        self.meter = meter
+        self.meters = meter is not None
+        # The early stops that are no breaker's: (reason, message): "budget", "failing".
+        self.on_stop = on_stop
+        self.failing = FailingWatch(clock=clock)
+        self.stop_message: str | None = None
         self.events: list[Event] = []
         self.adaptive: AdaptiveRate | None = None
         if auto_max is not None:
@@ -192,6 +204,40 @@ class Control(Gatekeeper):
                 return permit
             # The breaker tripped while this worker waited for its slot: ask it again.
 
+    async def enter_for(self, prompt: Prompt) -> object:
+        """`enter`, after the request's worst case is reserved and booked (the Meter)."""
+        meter = self.meter
+        if meter is None or self.stopped:
+            return await self.enter()
+        # The fast path of `enter`, and the meter's: nothing awaited, no coroutine made.
+        permit = self.breaker.permit_now()
+        ticket = meter.admit_now(prompt, permit)
+        if ticket is not None and permit is not None and self.gate.try_enter():
+            return ticket
+        if ticket is None:
+            ticket = await self._admit(meter, prompt)
+        try:
+            entered = await self.enter()
+        except BaseException:
+            meter.cancel(ticket)
+            raise
+        return Ticket(entered, ticket.booked, ticket.reservation)
+
+    async def _admit(self, meter: Meter, prompt: Prompt) -> Ticket:
+        try:
+            booked, reservation = await meter.admit(prompt)
+        except BudgetReached:
+            self._stop("budget", "the next request's worst-case cost would pass --max-cost")
+            raise Stopped from None
+        return Ticket(None, booked, reservation)
+
+    def _stop(self, reason: str, message: str) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.stop_message = message
+            if self.on_stop is not None:
+                self.on_stop(reason, message)
+
     async def _gate(self) -> None:
         """The pacer and the shared pause; a long wait there (a Retry-After, a slow rate) ends
         at once when sending stops (a deadline), instead of holding the run for the grace."""
@@ -222,9 +268,18 @@ class Control(Gatekeeper):
         rate: RateInfo | None = None,
         *,
         again: bool = False,
+        usage: tuple[int | None, int | None] | None = None,
     ) -> None:
+        if isinstance(token, Ticket):
+            if self.meter is not None:
+                self.meter.settle(token, error, rate, usage)
+            token = token.permit
         if rate is not None:
             self._heed(rate)
+        if error is not None or self.failing.watching:
+            why = self.failing.record(error)
+            if why is not None:
+                self._stop("failing", why)
         if error is None and self.breaker.untroubled:
             # An answer, nothing refused lately: the breaker's window would not change (0.65 us
             # an attempt when it was updated, 0.2 us this way); only a learned rate hears it.

@@ -5,7 +5,7 @@ implement it."""
 from __future__ import annotations
 
 from batchpizza.errors import ProviderError
-from batchpizza.records import RateInfo
+from batchpizza.records import Prompt, RateInfo
 
 
 class Stopped(Exception):
@@ -17,10 +17,18 @@ class Gatekeeper:
     """What every attempt passes before it is sent, and hears how it ended: pacing, pauses, the
     breaker. The runner knows nothing else of them."""
 
+    # Whether `enter_for` must be called (it reserves by the request: --max-cost, --tpm);
+    # otherwise the runner calls `enter`, which is cheaper.
+    meters = False
+
     async def enter(self) -> object:
         """Wait until an attempt may be sent; raise Stopped if none may be sent any more. The
         token returned is handed back to `finished`."""
         return None
+
+    async def enter_for(self, prompt: Prompt) -> object:
+        """`enter` for this request, when what it may cost is counted (`meters`)."""
+        return await self.enter()
 
     def finished(
         self,
@@ -31,7 +39,9 @@ class Gatekeeper:
         rate: RateInfo | None = None,
         *,
         again: bool = False,
+        usage: tuple[int | None, int | None] | None = None,
     ) -> None:
         """Told of every finished attempt: the clock time it was sent, its outcome kind, its
-        error, what the server announced of its limit, and `again` when it re-asked a row the
-        service already refused in this run (a refusal then judges the row, not the service)."""
+        error, what the server announced of its limit, `again` when it re-asked a row the
+        service already refused in this run (a refusal then judges the row, not the service),
+        and an answer's token usage (input, output)."""

@@ -117,6 +117,7 @@ class ClusterGate(Gatekeeper):
         rate: RateInfo | None = None,
         *,
         again: bool = False,
+        usage: tuple[int | None, int | None] | None = None,
     ) -> None:
         wall = self._clock() - (time.monotonic() - started)  # the runner's clock is monotonic
         epoch, probe, issued = token if isinstance(token, tuple) else (self._epoch, False, wall)

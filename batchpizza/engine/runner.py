@@ -30,6 +30,7 @@ from batchpizza.errors import (
     HTTPStatusError,
     MisuseDetected,
     ProviderError,
+    QuotaExhausted,
     RedirectRefused,
     RequestTimeout,
     describe,
@@ -80,6 +81,9 @@ class Counters:
     misuse: int = 0
     in_flight: int = 0
     reasked: int = 0  # rows whose answer fitted the schema after a re-ask
+    input_tokens: int = 0  # of the answers this run got, as the server counted them
+    output_tokens: int = 0
+    tokens_estimated: bool = False  # some counts are our estimate (the server said none)
 
     @property
     def rows_done(self) -> int:
@@ -240,6 +244,8 @@ class Runner:
                 )
         except MisuseDetected as exc:
             return self._failed(prompt, attempts, Outcome.MISUSE.value, exc.text)
+        except QuotaExhausted:
+            raise Stopped from None  # the row waits for the quota, pending, as the rest
         except ProviderError as exc:
             n = len(attempts)
             error = f"{describe(exc)} after {n} {'attempt' if n == 1 else 'attempts'}"
@@ -294,6 +300,7 @@ class Runner:
             answer.response_id,
             answer.request_id,
             answer.body,
+            answer.tokens_estimated or None,
         )
 
     async def _attempt(
@@ -302,7 +309,7 @@ class Runner:
         """One request for `prompt`, through the gate; told to the gate and recorded in
         `attempts`, however it ends."""
         gate = self.gate
-        token = await gate.enter()
+        token = await (gate.enter_for(prompt) if gate.meters else gate.enter())
         if self.stop.sending_stopped:
             raise Stopped  # after a stop nothing more is sent; the row stays to do
         counters = self.counters
@@ -322,7 +329,14 @@ class Runner:
             raise
         except ProviderError as exc:
             error, rate = exc, exc.rate
-            if exc.fatal or (exc.status is not None and exc.status in self.provider.fatal_statuses):
+            if isinstance(exc, QuotaExhausted):
+                # Never retried: the row stays pending, and nothing more is sent (exit 4).
+                if not self.stop.sending_stopped:
+                    log.warning("batchpizza: stopping: %s", describe(exc))
+                self.stop.stop_sending("quota")
+            elif exc.fatal or (
+                exc.status is not None and exc.status in self.provider.fatal_statuses
+            ):
                 # No later request can succeed (a wrong key, an unknown model): stop at once
                 # rather than fail every remaining row.
                 self.fatal = exc
@@ -335,7 +349,12 @@ class Runner:
                 # nor the breaker hears of it, since it said nothing about the service.
                 attempts.append(Attempt(prompt.id, wall, latency, STOPPED))
             elif error is None:
-                gate.finished(token, started, ANSWERED, None, rate)
+                usage = (answer.prompt_tokens, answer.completion_tokens)
+                counters.input_tokens += answer.prompt_tokens or 0
+                counters.output_tokens += answer.completion_tokens or 0
+                if answer.tokens_estimated:
+                    counters.tokens_estimated = True
+                gate.finished(token, started, ANSWERED, None, rate, usage=usage)
                 attempts.append(Attempt(prompt.id, wall, latency, ANSWERED))
             else:
                 kind = outcome_of(error)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -19,12 +20,15 @@ from batchpizza.controls.gate import Gatekeeper
 from batchpizza.controls.retrying import RetryPolicy
 from batchpizza.controls.stop import Stop
 from batchpizza.engine.runner import PendingRow, Runner
+from batchpizza.job.metering import make_meter
 from batchpizza.providers import Provider
 from batchpizza.records import Result
 from batchpizza.rows import request_key
 
 if TYPE_CHECKING:
     from batchpizza.batchapi.flow import BatchFlow
+
+log = logging.getLogger("batchpizza")
 
 
 class Sending:
@@ -54,7 +58,10 @@ class Sending:
             timeout=config.timeout,
             on_give_up=functools.partial(self.stop_early, "refusals"),
             stop_signal=stop.wait,
+            meter=make_meter(config, checkpoint),
+            on_stop=self.stop_now,
         )
+        checkpoint.begin_spend(run, config.price_per_m)
         # A Ray actor's gate to the cluster's one controller stands in for this run's Control.
         self.runner = Runner(
             provider,
@@ -102,6 +109,13 @@ class Sending:
             self.stop.stop_sending(reason)
             self.cancel_after_grace()
 
+    def stop_now(self, reason: str, message: str) -> None:
+        """A stop of the run's own (the budget, a quota, nothing can succeed): no new request,
+        those in flight finish (their cost is counted), then the output is written."""
+        if not self.stop.sending_stopped:
+            log.warning("batchpizza: stopping: %s", message)
+            self.stop.stop_sending(reason)
+
     def cancel_after_grace(self) -> None:
         task = self._task
         if task is not None and not task.done():
@@ -115,3 +129,6 @@ class Sending:
             checkpoint.record_events(run, control.take_events())
             if control.adaptive is not None:
                 checkpoint.set_meta(learned_rate=control.adaptive.rate)
+            pacer = control.meter.pacer if control.meter is not None else None
+            if pacer is not None and pacer.limit_per_s:
+                checkpoint.set_meta(learned_tpm=pacer.limit_per_s * 60.0)

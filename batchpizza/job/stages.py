@@ -25,13 +25,14 @@ from batchpizza.checkpoint.plan import Plan
 from batchpizza.config import RunConfig
 from batchpizza.controls.stop import Stop
 from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError
+from batchpizza.job.metering import estimate_lines, token_fields
 from batchpizza.job.paths import check_paths
 from batchpizza.job.reading import clear_leftovers, open_rows, reusable, scan_rows, scan_state
 from batchpizza.job.sending import Sending
 from batchpizza.job.writing import Reporter, check_parsed_names, run_options, write_rows
 from batchpizza.progress import Progress, choose, dry_run_report, setup_logging
 from batchpizza.providers.factory import make_provider, remember_secrets
-from batchpizza.records import OutputRow, Result, Summary, Tally
+from batchpizza.records import TOKEN_COLUMNS, OutputRow, Result, Summary, Tally
 from batchpizza.sampling import sampled
 
 if TYPE_CHECKING:
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
 # When the process started (this module is imported at start-up): --deadline counts from here,
 # as cron's clock does, so that the time spent validating counts too.
 _PROCESS_START = time.monotonic()
+# The stops that leave rows pending on purpose (exit 4): the deadline, the breaker out of
+# patience, the --max-cost cap, a quota spent, a server that nothing can succeed at.
+EARLY_STOPS = ("deadline", "refusals", "budget", "quota", "failing", "batches")
 log = logging.getLogger("batchpizza")
 
 
@@ -185,9 +189,7 @@ class Job:
     async def _stages(self, cleanup: contextlib.ExitStack) -> Summary:
         config = self.config
         provider = make_provider(config)
-        source = await open_rows(
-            config, provider.extra_columns, self.data, self.stdin, self.stop, cleanup
-        )
+        source = await open_rows(config, TOKEN_COLUMNS, self.data, self.stdin, self.stop, cleanup)
         key = source.input_key()
         scan = await self._scan(source, key, cleanup, reuse=not config.dry_run)
         check_parsed_names(config, source, provider.extra_columns)  # before anything is sent
@@ -277,7 +279,7 @@ class Job:
                 config,
                 source,
                 checkpoint,
-                provider.extra_columns,
+                TOKEN_COLUMNS,
                 key,
                 self.stop.interrupted,
             )
@@ -288,7 +290,7 @@ class Job:
         # Stopped early only if it left rows unsent: a deadline that found the work done is a
         # finished run.
         reason = "batches" if sending.batches_out else self.stop.reason
-        early = reason in ("deadline", "refusals", "batches") and tally.pending > 0
+        early = reason in EARLY_STOPS and tally.pending > 0
         stopped = reason if early else None
         exit_code = 4 if stopped else 0 if tally.answered == tally.rows else 3
         checkpoint.end_run(run, rows_sent=done, exit_code=exit_code)
@@ -319,15 +321,18 @@ class Job:
             prompts = sampled(source.prompts, planning.todo_positions(), config.samples)
             with contextlib.closing(prompts):
                 firsts = [p for _, (_, p) in zip(range(3), prompts, strict=False)]
-            return counts, tally, firsts
+            todo = sampled(source.prompts, planning.todo_positions(), config.samples)
+            with contextlib.closing(todo):
+                costs = estimate_lines(config, (p for _, p in todo), planning)
+            return counts, tally, firsts, costs
 
         # In a thread, so that a signal is heard while a large input is planned.
-        counts, tally, firsts = await self._in_thread(plan)
+        counts, tally, firsts, costs = await self._in_thread(plan)
         if self.stop.interrupted.is_set():
             raise Interrupted("interrupted while planning", 0)
         previews = [provider.preview(prompt) for prompt in firsts]
         # On stdout, to be piped or saved; the summary line stays on stderr with the logs.
-        said = dry_run_report(config, tally, counts, previews, planning.learned_rate())
+        said = dry_run_report(config, tally, counts, previews, planning.learned_rate(), costs)
         if config.via != "online":
             from batchpizza.batchapi.display import batches_text
 
@@ -361,6 +366,9 @@ class Job:
             with contextlib.suppress(Exception):  # as _tally: never fail the summary
                 fit = self._checkpoint.fit_counts(self.config.limit)
                 summary = dataclasses.replace(summary, structured=fit)
+        tokens = token_fields(self.config, counters, self._checkpoint)
+        if tokens:
+            summary = dataclasses.replace(summary, **tokens)
         if self.plan is None:
             return summary
         return dataclasses.replace(summary, plan=self.plan.to_dict())

@@ -76,7 +76,8 @@ def check_parsed_names(config: RunConfig, source: Rows, extra_columns: tuple[str
 def run_options(config: RunConfig) -> dict[str, Any]:
     """The options a run records for its report (secrets are in URLs: those are left out); the
     provider, model and parameters also say which request its answers were asked with."""
-    keep = ("concurrency", "rate", "max_retries", "timeout", "provider", "model", "params", "limit")
+    keep = ("concurrency", "rate", "max_retries", "timeout", "provider", "model", "params", "limit",
+            "tpm", "max_cost")  # fmt: skip
     return {name: getattr(config, name) for name in keep}
 
 

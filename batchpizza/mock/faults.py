@@ -30,6 +30,8 @@ import re
 from collections import deque
 from dataclasses import dataclass
 
+from batchpizza.mock.tokens import TokenLedger
+
 _DIRECTIVE = re.compile(r"\[\[([a-z-]+)(?::([^\]]*))?\]\]")
 TERMINAL_FAULTS = ("misuse", "botcheck", "garbage", "empty", "drop", "hang")
 _KNOWN = frozenset(
@@ -63,6 +65,14 @@ class MockConfig:
     # Schema-bound requests (--schema): the share answered with valid JSON as it is; of the rest,
     # half wrapped (fenced or after prose), half not fitting (mock/structured.py).
     structured_valid: float = 0.70
+    # Chat route (mock/tokens.py): a token limit per window (0: none), the window in seconds (a
+    # minute, as OpenAI's; shorter in tests), a quota of tokens after which every request is
+    # refused as insufficient_quota, and the price per million input and output tokens.
+    tpm_limit: float = 0.0
+    token_window: float = 60.0
+    quota_tokens: int | None = None
+    price_in: float = 1.0
+    price_out: float = 2.0
 
 
 class Live:
@@ -88,6 +98,13 @@ class Live:
             bounds.append((total, kind))
         self.bounds = tuple(bounds) if total > 0 else ()
         self.pizza_arrivals = 0  # for misuse_after
+        self.tokens = TokenLedger(
+            limit=config.tpm_limit,
+            window=config.token_window,
+            quota=config.quota_tokens,
+            price_in=config.price_in,
+            price_out=config.price_out,
+        )
 
     def arrive(self, now: float) -> bool:
         """Record an arrival; True if it exceeds the rate limit."""

@@ -1,7 +1,8 @@
 """The mock's OpenAI-compatible routes: ``POST /v1/chat/completions`` (``Authorization: Bearer
 KEY`` when ``api_key`` is set; the model echoed, or 404 model_not_found when ``models`` is set
-and lacks it; ``max_tokens`` cuts the answer to that many words, finish_reason "length"; usage
-counts words; x-request-id; x-ratelimit-*-requests with ``rate_limit``) and ``GET /v1/models``.
+and lacks it; ``max_tokens`` cuts the answer to that many tokens, finish_reason "length"; usage,
+a token limit, a quota and prices as mock/tokens.py counts them; x-request-id;
+x-ratelimit-*-requests with ``rate_limit``) and ``GET /v1/models``.
 A chat's messages are read as their formatted prompt, so the same directives and random faults
 as on the Pizzagpt route apply, worded as OpenAI words them (429s add retry-after-ms).
 """
@@ -15,6 +16,7 @@ import time
 
 from aiohttp import web
 
+from batchpizza.mock import tokens
 from batchpizza.mock.faults import Live, MockConfig, delay, directives, draw
 from batchpizza.mock.replies import (
     BOT_CHECK_TEXT,
@@ -26,6 +28,7 @@ from batchpizza.mock.replies import (
     scripted,
 )
 from batchpizza.mock.structured import bound_prompt
+from batchpizza.mock.tokens import TokenLedger
 from batchpizza.rows import format_prompt
 
 CHAT_PATH = "/v1/chat/completions"
@@ -52,6 +55,8 @@ class _Chat:
         self.prompt = prompt
         self.max_tokens = max_tokens
         self.suffix = ""  # what the request said besides the prompt (MockConfig.by_request)
+        self.contents = [prompt]  # the messages' texts, for the usage
+        self.ledger: TokenLedger | None = None  # where its tokens are counted
 
     def _headers(self, retry_after: str | None = None) -> dict[str, str]:
         headers = {"x-request-id": self.request_id}
@@ -78,10 +83,16 @@ class _Chat:
         return web.json_response({"error": error}, status=status, headers=headers)
 
     def _completion(self, content: object, finish: str, choices: bool = True) -> web.Response:
-        words = len(content.split()) if isinstance(content, str) else 0
         digest = hashlib.sha256(self.prompt.encode("utf-8", "surrogatepass")).hexdigest()
         message = {"role": "assistant", "content": content, "refusal": None}
-        prompt_tokens = len(self.prompt.split())
+        prompt_tokens = tokens.prompt_usage(self.contents)
+        words = tokens.count(content) if isinstance(content, str) else 0
+        headers = self._headers()
+        if self.ledger is not None:
+            refused = self._over(self.ledger, prompt_tokens, words)
+            if refused is not None:
+                return refused
+            headers.update(self.ledger.headers())
         body = {
             "id": f"chatcmpl-{digest[:24]}",
             "object": "chat.completion",
@@ -96,14 +107,24 @@ class _Chat:
                 "total_tokens": prompt_tokens + words,
             },
         }
-        return web.json_response(body, headers=self._headers())
+        return web.json_response(body, headers=headers)
+
+    def _over(self, ledger: TokenLedger, prompt: int, completion: int) -> web.Response | None:
+        """The 429 this answer gets instead, for a spent quota or the token limit; else None."""
+        if ledger.quota_gone():
+            return self.error(429, tokens.QUOTA_MESSAGE, code="insufficient_quota")
+        if ledger.admit(prompt, completion):
+            return None
+        message = f"Rate limit reached for tokens per min (TPM): Limit {ledger.limit:g}."
+        response = self.error(429, message, "1", code="rate_limit_exceeded")
+        response.headers.update(ledger.headers())
+        return response
 
     def answer(self, content: str, shape: str | None = None) -> web.Response:
         finish = "stop"
         content += self.suffix
-        words = content.split()
-        if self.max_tokens is not None and len(words) > self.max_tokens:
-            content, finish = " ".join(words[: self.max_tokens]), "length"
+        if self.max_tokens is not None and tokens.count(content) > self.max_tokens:
+            content, finish = tokens.cut(content, self.max_tokens), "length"
         if shape == "content":
             return self._completion([{"type": "text", "text": content}], finish)
         return self._completion(content, finish)
@@ -166,6 +187,18 @@ def _chat_prompt(messages: object) -> str | None:
     return format_prompt(clean)
 
 
+def _contents(messages: list[dict[str, object]]) -> list[dict[str, str]]:
+    """The messages' texts (already checked by _chat_prompt)."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            parts = [p.get("text") for p in content if isinstance(p, dict)]
+            content = "\n".join(p for p in parts if isinstance(p, str))
+        out.append({"content": str(content)})
+    return out
+
+
 def _authorized(request: web.Request, config: MockConfig) -> bool:
     return config.api_key is None or (
         request.headers.get("Authorization") == f"Bearer {config.api_key}"
@@ -210,6 +243,10 @@ async def _chat_respond(
         return bare.error(400, "max_tokens must be a positive integer", param="max_tokens")
     prompt = bound_prompt(prompt, body.get("response_format"))  # --schema
     chat = _Chat(request_id, model, prompt, max_tokens)
+    chat.contents = [m["content"] for m in _contents(body["messages"])]
+    chat.ledger = live.tokens
+    if live.tokens.quota_gone():
+        return chat.error(429, tokens.QUOTA_MESSAGE, code="insufficient_quota")
     if cfg.by_request:
         chat.suffix = f" [model {model}, temperature {body.get('temperature', 1)}]"
     scripts = directives(prompt)

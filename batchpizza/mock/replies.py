@@ -46,6 +46,7 @@ class State:
         self.seen.clear()
         self.live.window.clear()
         self.live.pizza_arrivals = 0
+        self.live.tokens = Live(self.live.config).tokens
 
 
 STATE = web.AppKey("batchpizza_mock_state", State)

@@ -32,6 +32,7 @@ from batchpizza.mock.openai import CHAT_PATH, MODELS_PATH, chat_route, models_ro
 from batchpizza.mock.pizzagpt import API_PATH, pizzagpt_route
 from batchpizza.mock.replies import STATE, State
 from batchpizza.mock.stats import Stats
+from batchpizza.mock.tokens import TokenLedger
 
 # Connections waiting to be accepted. aiohttp's default, 128, is below what a client at
 # --concurrency 256 opens at once: on uvloop, whose connects leave together, the kernel dropped
@@ -45,7 +46,8 @@ _SHUTDOWN_TIMEOUT = 0.25
 
 
 async def _get_stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATE].stats.to_dict())
+    state = request.app[STATE]
+    return web.json_response({**state.stats.to_dict(), **state.live.tokens.to_dict()})
 
 
 async def _post_reset(request: web.Request) -> web.Response:
@@ -84,6 +86,7 @@ class MockServer:
         self._state = self._app[STATE]
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
         self.base_url = ""
 
     @property
@@ -99,6 +102,11 @@ class MockServer:
         """The Batch API's behaviour and record (mock/batches.py)."""
         return self._app[BATCH_MOCK]
 
+    @property
+    def tokens(self) -> TokenLedger:
+        """The tokens the chat route counted (mock/tokens.py)."""
+        return self._state.live.tokens
+
     def reset(self) -> None:
         """Clear stats, per-question directive counters and the rate-limit window."""
         self._state.reset()
@@ -112,14 +120,31 @@ class MockServer:
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, self._host, self._port, backlog=BACKLOG).start()
+            site = web.TCPSite(runner, self._host, self._port, backlog=BACKLOG)
+            await site.start()
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner = runner
+        self._runner, self._site = runner, site
         port = runner.addresses[0][1]
         host = f"[{self._host}]" if ":" in self._host else self._host
         self.base_url = f"http://{host}:{port}"
+
+    async def go_down(self) -> None:
+        """The "down" mode: stop listening and drop every open connection, so that each new
+        connection is refused, as at a server that is not there; `come_up` listens again."""
+        if self._runner is None or self._site is None:
+            return
+        await self._site.stop()
+        self._site = None
+        for handler in list(self._runner.server.connections if self._runner.server else ()):
+            handler.force_close()
+
+    async def come_up(self) -> None:
+        if self._runner is not None and self._site is None:
+            host, port = self._host, int(self.base_url.rsplit(":", 1)[1])
+            self._site = web.TCPSite(self._runner, host, port, backlog=BACKLOG)
+            await self._site.start()
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
@@ -156,6 +181,10 @@ class ThreadedMockServer:
         return self._server.stats
 
     @property
+    def tokens(self) -> TokenLedger:
+        return self._server.tokens
+
+    @property
     def config(self) -> MockConfig:
         return self._server.config
 
@@ -169,6 +198,15 @@ class ThreadedMockServer:
 
     def reset(self) -> None:
         self._server.reset()
+
+    def go_down(self) -> None:
+        """Every new connection refused until `come_up` (MockServer.go_down)."""
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._server.go_down(), self._loop).result(timeout=10)
+
+    def come_up(self) -> None:
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._server.come_up(), self._loop).result(timeout=10)
 
     def start(self) -> None:
         loop = asyncio.new_event_loop()

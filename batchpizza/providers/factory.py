@@ -10,6 +10,7 @@ from batchpizza.config import RunConfig
 from batchpizza.errors import UsageError
 from batchpizza.parsing import check_url
 from batchpizza.providers import Provider
+from batchpizza.records import TOKEN_COLUMNS
 from batchpizza.redact import remember_secret, remember_url
 from batchpizza.structured import Structured
 
@@ -33,8 +34,9 @@ def remember_secrets(config: RunConfig) -> None:
 
 
 def extra_columns(provider: str) -> tuple[str, ...]:
-    """The result columns the named provider adds after the common ones."""
-    return ("prompt_tokens", "completion_tokens") if provider == "openai" else ()
+    """The result columns after the common ones: the token counts, of every provider (Pizzagpt's
+    estimated). (A Ray part still keeps the provider's own, `Provider.extra_columns`.)"""
+    return TOKEN_COLUMNS
 
 
 def identity_of(

@@ -18,7 +18,13 @@ from yarl import URL
 
 import batchpizza.jsoncodec as jsoncodec
 import batchpizza.storable as storable
-from batchpizza.errors import BadReply, RedirectRefused, RequestTimeout, TransportError
+from batchpizza.errors import (
+    BadReply,
+    ConnectionRefused,
+    RedirectRefused,
+    RequestTimeout,
+    TransportError,
+)
 from batchpizza.redact import shorten
 
 # A reply bigger than any answer is a broken server, not a reply. Counted after decompression:
@@ -153,6 +159,13 @@ async def post_json(
         error = TransportError(f"TLS error: {exc}")
         error.retryable = False  # a certificate does not fix itself between attempts
         raise error from None
+    except aiohttp.ClientConnectorError as exc:
+        kind = (
+            ConnectionRefused
+            if isinstance(exc.os_error, ConnectionRefusedError)
+            else TransportError
+        )
+        raise kind(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
     except aiohttp.ClientError as exc:
         raise TransportError(
             f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -51,12 +51,16 @@ def parse_duration(value: str | None) -> float | None:
 
 
 def parse_rate_info(headers: Mapping[str, str]) -> RateInfo | None:
-    """The request limit a reply announces in x-ratelimit-{limit,remaining,reset}-requests; None
-    when it announces none. (`headers` should be case-insensitive, as aiohttp's are.)"""
+    """The request and token limits a reply announces in x-ratelimit-{limit,remaining,reset}-
+    {requests,tokens}; None when it announces none. A value missing or unreadable is None.
+    (`headers` should be case-insensitive, as aiohttp's are.)"""
     info = RateInfo(
         limit=_number(headers.get("x-ratelimit-limit-requests")),
         remaining=_number(headers.get("x-ratelimit-remaining-requests")),
         reset_s=parse_duration(headers.get("x-ratelimit-reset-requests")),
+        limit_tokens=_number(headers.get("x-ratelimit-limit-tokens")),
+        remaining_tokens=_number(headers.get("x-ratelimit-remaining-tokens")),
+        reset_tokens_s=parse_duration(headers.get("x-ratelimit-reset-tokens")),
     )
     return None if info == RateInfo() else info
 

@@ -26,10 +26,12 @@ from batchpizza.errors import (
     HTTPStatusError,
     ModelNotFound,
     ProviderError,
+    QuotaExhausted,
     UsageError,
 )
 from batchpizza.providers.http import post_json, reply_json
 from batchpizza.providers.limits import parse_rate_info, retry_after_of
+from batchpizza.providers.quota import quota_exhausted
 from batchpizza.records import UNANSWERED, Answer, Prompt, RateInfo
 from batchpizza.redact import MASK, redact, shorten
 from batchpizza.structured import Structured
@@ -393,6 +395,8 @@ class OpenAIAPI:
                 else "no model was sent; name one the server serves"
             )
             return ModelNotFound(status, f"{text} [{hint}]", model)
+        if quota_exhausted(status, error, said):
+            return QuotaExhausted(status, f"{text} [the account's quota or credit is spent]")
         if status == 404:
             # Not the model, so the endpoint: every request would get the same 404.
             hint = f"no chat completions API at {self.url}; is the base URL right (often .../v1)?"

@@ -25,6 +25,7 @@ from batchpizza.records import Answer, Prompt
 from batchpizza.redact import shorten
 from batchpizza.rows import format_prompt
 from batchpizza.structured import Structured
+from batchpizza.tokencount import input_estimate, text_tokens
 
 log = logging.getLogger("batchpizza")
 
@@ -260,7 +261,16 @@ class PizzagptAPI:
             timeout=self._timeout,
             proxy=self.proxy,
         )
-        return Answer(answer_text(reply), "stop", DEFAULT_MODEL)
+        text = answer_text(reply)
+        # The service reports no usage: the estimate stands in, marked as one.
+        return Answer(
+            text,
+            "stop",
+            DEFAULT_MODEL,
+            prompt_tokens=input_estimate(prompt),
+            completion_tokens=text_tokens(text),
+            tokens_estimated=True,
+        )
 
     def question(self, prompt: Prompt) -> str:
         structured = self.structured

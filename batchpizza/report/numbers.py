@@ -73,6 +73,8 @@ class ReportData:
     runs: list[RunRecord]
     rate_changes: list[RateChange]
     breaker_events: list[BreakerEvent]
+    # (when written, input + output tokens) of every answer kept: the tokens-per-second chart.
+    tokens: Iterable[tuple[float, int]] = ()
 
 
 def clip(text: str, width: int) -> str:
@@ -178,6 +180,10 @@ def summarize(data: ReportData) -> dict[str, Any]:
         if attempt.error and attempt.started < kind.example_t:
             kind.example, kind.example_t = attempt.error, attempt.started
 
+    tokens = 0
+    for t, n in data.tokens:
+        tokens += n
+        buckets.add_tokens(t, n)
     runs = sorted(data.runs, key=lambda r: (r.started, r.id))
     rows_attempted = sum(r.rows_sent for r in runs)
     retries = max(0, requests - rows_attempted)
@@ -210,6 +216,8 @@ def summarize(data: ReportData) -> dict[str, Any]:
             "sending_s": round(sending_s, 3),
             "per_s": round(requests / sending_s, 3) if sending_s else None,
             "answered_per_s": round(answered / sending_s, 3) if sending_s else None,
+            "tokens": tokens,
+            "tokens_per_s": round(tokens / sending_s, 3) if sending_s else None,
         },
         "latency_ms": latency(latencies),
         "errors": [

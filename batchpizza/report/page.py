@@ -221,6 +221,13 @@ def render_html(numbers: Mapping[str, Any]) -> str:
                 wide=True,
             ),
             _panel(
+                "Tokens per second",
+                f"Input + output tokens of the answers kept, per {bucket} bucket, by when each "
+                "was written (Pizzagpt's are estimates).",
+                '<div class="chart" id="chart-tokens"></div>',
+                wide=True,
+            ),
+            _panel(
                 "Latency distribution",
                 latency_caption,
                 '<div class="chart" id="chart-latency"></div>',

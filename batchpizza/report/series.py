@@ -1,4 +1,5 @@
-"""The report's time series: requests, answers, errors and mean latency per time bucket, in one
+"""The report's time series: requests, answers, errors, mean latency and tokens (of the answers,
+by when each was written) per time bucket, in one
 pass over the attempts in any order and at most MAX_POINTS buckets, by a ladder of bucket widths
 in which each divides the next (see `Buckets`). Kept apart from the other numbers because its
 folding is the one subtle part of the pass, best read on its own.
@@ -32,7 +33,9 @@ class Buckets:
         self._spans = sorted(spans)  # (start, end) of each run, unix seconds
         self.width = _WIDTHS[0]
         self._level = 0
-        self.cells: dict[int, list[float]] = {}  # index -> [requests, answered, errors, lat sum]
+        self.cells: dict[
+            int, list[float]
+        ] = {}  # index -> [requests, answered, errors, lat sum, tokens]
         self._index_runs()
         while self._in_runs > MAX_POINTS:
             self._coarsen()
@@ -59,7 +62,7 @@ class Buckets:
         index = math.floor(t / self.width)
         cell = self.cells.get(index)
         if cell is None:
-            cell = self.cells[index] = [0.0, 0.0, 0.0, 0.0]
+            cell = self.cells[index] = [0.0, 0.0, 0.0, 0.0, 0.0]
             self._outside += not self._in_run(index)
         cell[0] += 1
         if answered:
@@ -70,14 +73,25 @@ class Buckets:
         while self._in_runs + self._outside > MAX_POINTS:
             self._coarsen()
 
+    def add_tokens(self, t: float, tokens: int) -> None:
+        """An answer's tokens, at the time its result was written."""
+        index = math.floor(t / self.width)
+        cell = self.cells.get(index)
+        if cell is None:
+            cell = self.cells[index] = [0.0, 0.0, 0.0, 0.0, 0.0]
+            self._outside += not self._in_run(index)
+        cell[4] += tokens
+        while self._in_runs + self._outside > MAX_POINTS:
+            self._coarsen()
+
     def _coarsen(self) -> None:
         self._level += 1
         wider = _WIDTHS[self._level] if self._level < len(_WIDTHS) else self.width * 2
         factor = wider // self.width
         merged: dict[int, list[float]] = {}
         for index, cell in self.cells.items():
-            into = merged.setdefault(index // factor, [0.0, 0.0, 0.0, 0.0])
-            for i in range(4):
+            into = merged.setdefault(index // factor, [0.0, 0.0, 0.0, 0.0, 0.0])
+            for i in range(5):
                 into[i] += cell[i]
         self.cells, self.width = merged, wider
         self._index_runs()
@@ -87,7 +101,7 @@ class Buckets:
         for lo, hi in self._runs:
             kept.update(range(lo, hi + 1))
         indexes = sorted(kept)
-        cells = [self.cells.get(i, [0.0, 0.0, 0.0, 0.0]) for i in indexes]
+        cells = [self.cells.get(i, [0.0, 0.0, 0.0, 0.0, 0.0]) for i in indexes]
         return {
             "bucket_s": self.width,
             "t": [i * self.width for i in indexes],  # bucket starts; a jump is idle time left out
@@ -95,4 +109,5 @@ class Buckets:
             "answered": [int(c[1]) for c in cells],
             "errors": [int(c[2]) for c in cells],
             "latency_ms_mean": [round(c[3] / c[1], 1) if c[1] else None for c in cells],
+            "tokens": [int(c[4]) for c in cells],  # of answers, by when each was written
         }

@@ -82,6 +82,15 @@ def _text_requests(req: Mapping[str, Any], series: Mapping[str, Any]) -> list[st
         peak = max(series["requests"]) / width
         spark = sparkline(series["requests"], 56)
         out.append(f"  {'over time':<14}  {spark}  {duration(width)} buckets, peak {per_s(peak)}")
+    if req.get("tokens"):
+        out.append(
+            f"  {'tokens':<14}{int_text(req['tokens']):>12}  of the answers kept · "
+            f"{per_s(req['tokens_per_s'])} while sending"
+        )
+        if series["t"] and any(series["tokens"]):
+            spark = sparkline(series["tokens"], 56)
+            peak = max(series["tokens"]) / series["bucket_s"]
+            out.append(f"  {'tokens/s':<14}  {spark}  peak {per_s(peak)}")
     return out
 
 

@@ -191,6 +191,17 @@
     ], Math.max.apply(null, req), "per second");
   });
 
+  chart("chart-tokens", 220, function () {
+    if (!n || !S.tokens || !S.tokens.some(function (v) { return v > 0; })) {
+      return "No token counts recorded.";
+    }
+    var xs = S.t.map(function (t, i) { return i; }).concat([n]);
+    var ys = S.tokens.map(function (v) { return v / w; });
+    ys.push(ys[n - 1]);
+    return timeChart([xs, ys], [line("tokens/s", C.green, "rgba(40,160,90,.12)")],
+                     Math.max.apply(null, ys), "tokens/s");
+  });
+
   chart("chart-latency", 260, function () {
     var L = R.latency_ms;
     if (!L) return "No answered attempts.";

@@ -36,6 +36,7 @@ def fields_of(names: tuple[str, ...]) -> tuple[pa.Field, ...]:
         "reused_from": pa.string(),
         "prompt_tokens": pa.int64(),
         "completion_tokens": pa.int64(),
+        "tokens_estimated": pa.bool_(),
     }
     return tuple(pa.field(name, types[name]) for name in names)
 

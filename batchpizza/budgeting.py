@@ -1,0 +1,53 @@
+"""The token and money options of a run, read apart from RunConfig: `--tpm N|auto` and
+`--max-cost USD` with `--price IN,OUT` (or the price table, pricing.py)."""
+
+from __future__ import annotations
+
+import math
+
+from batchpizza.errors import UsageError
+from batchpizza.pricing import Price, parse_price, price_for, table_price
+
+
+def parse_tpm(value: float | str | None) -> tuple[float | None, bool]:
+    """(tokens per second, auto) of `--tpm`: a number of tokens per minute (`20000`, `20k`,
+    `1.5M`), `auto` (learned from the server's headers), or None / 0 for no token limit."""
+    if value is None:
+        return None, False
+    text = str(value).strip().lower().replace("_", "").replace(",", "")
+    if text == "auto":
+        return None, True
+    scale = 1.0
+    if text[-1:] in ("k", "m"):
+        scale, text = (1e3 if text[-1] == "k" else 1e6), text[:-1]
+    try:
+        per_minute = float(text) * scale
+    except ValueError:
+        raise UsageError(
+            f"--tpm {value!r}: expected tokens per minute (20000, 20k, 1.5M) or auto"
+        ) from None
+    if not math.isfinite(per_minute) or per_minute < 0:
+        raise UsageError(f"--tpm {value!r}: must be a finite number of tokens per minute, >= 0")
+    return (per_minute / 60.0 if per_minute > 0 else None), False
+
+
+def check_cost(
+    max_cost: float | None, price: str | None, provider: str, model: str | None
+) -> Price | None:
+    """The price the run is charged at: needed by --max-cost (a usage error when none is
+    known), else used for the summary's cost where one is known; None when not."""
+    if max_cost is not None and not (math.isfinite(max_cost) and max_cost >= 0):
+        raise UsageError(f"--max-cost {max_cost!r}: a number of US dollars, 0 or more")
+    if max_cost is not None:
+        return price_for(_model(provider, model), price)
+    if price is not None:
+        return parse_price(price)
+    return table_price(_model(provider, model))
+
+
+def _model(provider: str, model: str | None) -> str | None:
+    if provider == "pizzagpt":
+        from batchpizza.config import DEFAULT_MODEL
+
+        return model or DEFAULT_MODEL
+    return model

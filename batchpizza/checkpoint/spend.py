@@ -1,0 +1,89 @@
+"""The `spend` table: what every run on this checkpoint used and what it cost, so that
+`--max-cost` counts across runs (a rerun with a higher cap continues from what was spent).
+
+One row per run: the price it was charged at (null when none is known) and the tokens of the
+answers it committed. The tokens are added in the same transaction as the results that carry
+them (Checkpoint.write), so the spend is as durable as the answers: a kill -9 loses neither
+without the other. (Requests in flight at a kill were billed but not recorded: at most
+`--concurrency` requests' worth, the same bound as the answers a kill re-sends.) `--restart`
+forgets answers, not money: the spend stays.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from batchpizza.records import Result
+
+SPEND = """
+CREATE TABLE IF NOT EXISTS spend (
+    run INTEGER, started REAL, price_in REAL, price_out REAL,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
+    estimated INTEGER NOT NULL DEFAULT 0
+)"""
+
+
+@dataclass(frozen=True)
+class Spend:
+    """Totals over runs: tokens, and dollars of the runs whose price was known."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    dollars: float = 0.0
+    estimated: bool = False  # some counts are estimates (Pizzagpt's)
+
+
+def begin(conn: sqlite3.Connection, run: int, price: tuple[float, float] | None) -> int:
+    """A run's row; its rowid, for `add`."""
+    cursor = conn.execute(
+        "INSERT INTO spend (run, started, price_in, price_out) VALUES (?, ?, ?, ?)",
+        (run, time.time(), *(price or (None, None))),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def add(conn: sqlite3.Connection, row: int, results: Sequence[Result]) -> None:
+    """The tokens of `results` to the run's row, inside the caller's transaction."""
+    prompt = completion = 0
+    estimated = False
+    for r in results:
+        if r.prompt_tokens is not None and r.completion_tokens is not None:
+            prompt += r.prompt_tokens
+            completion += r.completion_tokens
+            estimated = estimated or bool(r.tokens_estimated)
+    if prompt or completion:
+        conn.execute(
+            "UPDATE spend SET prompt_tokens = prompt_tokens + ?, completion_tokens = "
+            "completion_tokens + ?, estimated = max(estimated, ?) WHERE rowid = ?",
+            (prompt, completion, int(estimated), row),
+        )
+
+
+def total(conn: sqlite3.Connection, row: int | None = None) -> Spend:
+    """Every run's spend (or one run's, by its row)."""
+    has = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE name = 'spend' AND type = 'table'"
+    ).fetchone()
+    if not has:  # a read-only look at a checkpoint from before the table
+        return Spend()
+    where, args = ("WHERE rowid = ?", (row,)) if row is not None else ("", ())
+    found = conn.execute(
+        "SELECT coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), "
+        "coalesce(sum((prompt_tokens * coalesce(price_in, 0) + completion_tokens * "
+        f"coalesce(price_out, 0)) / 1e6), 0), coalesce(max(estimated), 0) FROM spend {where}",
+        args,
+    ).fetchone()
+    return Spend(int(found[0]), int(found[1]), float(found[2]), bool(found[3]))
+
+
+def mean_output(conn: sqlite3.Connection, ident: bytes) -> float | None:
+    """The mean output tokens of the answers kept for this identity; None without any."""
+    found = conn.execute(
+        "SELECT avg(completion_tokens) FROM results WHERE ident = ? AND completion_tokens IS "
+        "NOT NULL",
+        (ident,),
+    ).fetchone()
+    return None if found is None or found[0] is None else float(found[0])

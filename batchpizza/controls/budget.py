@@ -1,0 +1,102 @@
+"""The money cap of `--max-cost`: every request reserves its worst-case cost before it is sent and
+settles with what the server reports as used when its reply comes.
+
+The guarantee: what was spent (by earlier runs on the checkpoint, and settled in this one) plus
+what is reserved by the requests in flight never passes the cap, so the server's usage priced at
+the run's price cannot pass it either, at any concurrency, as long as no request uses more than
+it reserved (its input is bounded by tokencount.input_bound, its output by max_tokens). The
+check and the reservation are one synchronous step on the event loop: no other worker can
+reserve in between.
+
+A request that does not fit while others are in flight waits for them to settle (most use less
+than their worst case, which frees room); one that does not fit with nothing in flight means the
+cap is reached: `BudgetReached`, and the run stops sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from batchpizza.pricing import Price, cost
+
+
+class BudgetReached(Exception):
+    """The next request's worst case would pass the cap, with nothing in flight to free room."""
+
+
+@dataclass(slots=True)
+class Reservation:
+    dollars: float
+
+
+class Budget:
+    """`cap` dollars, of which `spent` were spent before this run (the checkpoint's spend)."""
+
+    def __init__(self, cap: float, price: Price, *, spent: float = 0.0) -> None:
+        self.cap = cap
+        self.price = price
+        self.spent = spent  # settled: earlier runs' and this run's
+        self.reserved = 0.0  # the worst cases of the requests in flight
+        self.in_flight = 0
+        self._settled: asyncio.Event | None = None
+
+    @property
+    def left(self) -> float:
+        """Dollars neither spent nor reserved."""
+        return self.cap - self.spent - self.reserved
+
+    def try_reserve(self, input_tokens: int, output_tokens: int) -> Reservation | None:
+        """A reservation of this worst case if it fits now; None if it does not."""
+        dollars = cost(self.price, input_tokens, output_tokens)
+        if self.spent + self.reserved + dollars > self.cap:
+            return None
+        self.reserved += dollars
+        self.in_flight += 1
+        return Reservation(dollars)
+
+    async def reserve(self, input_tokens: int, output_tokens: int) -> Reservation:
+        """Reserve this worst case, waiting for requests in flight to settle while it does not
+        fit; BudgetReached when it cannot fit even with none in flight."""
+        while True:
+            reservation = self.try_reserve(input_tokens, output_tokens)
+            if reservation is not None:
+                return reservation
+            if self.in_flight == 0:
+                raise BudgetReached
+            if self._settled is None:
+                self._settled = asyncio.Event()
+            settled = self._settled
+            await settled.wait()
+
+    def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> float:
+        """The request ended with this usage: its reservation is freed and its cost spent.
+        Returns the cost."""
+        price = self.price
+        dollars = (input_tokens * price.input + output_tokens * price.output) / 1_000_000
+        self._free(reservation)
+        self.spent += dollars
+        return dollars
+
+    def release(self, reservation: Reservation) -> None:
+        """The request ended without a reply that is billed (an error): nothing is spent."""
+        self._free(reservation)
+
+    def charge_reserved(self, reservation: Reservation) -> None:
+        """The request ended without a usage to go by (a reply without one): its worst case is
+        counted as spent, the safe side."""
+        dollars = reservation.dollars
+        self._free(reservation)
+        self.spent += max(0.0, dollars)
+
+    def _free(self, reservation: Reservation) -> None:
+        if reservation.dollars < 0:
+            return  # freed already
+        self.reserved -= reservation.dollars
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.reserved = 0.0  # no float dust left over when nothing is in flight
+        reservation.dollars = -1.0
+        if self._settled is not None:
+            settled, self._settled = self._settled, None
+            settled.set()  # every waiter asks again

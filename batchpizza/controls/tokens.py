@@ -1,0 +1,225 @@
+"""Pacing by tokens per minute (`--tpm N|auto`), beside the request pacer.
+
+`TokenPacer` is GCRA over tokens: a request of c tokens takes c / rate seconds of a virtual
+timeline, and may go when that timeline has reached now. So requests are spaced evenly by their
+size, with no burst at start (the first request opens the timeline, it has no credit stored).
+Each request reserves its estimate before it is sent (input from its text, output its
+max_tokens or the running high percentile of this run's answers, `OutputEstimate`), and
+`settle` moves the timeline by the difference once the server said what it used: an
+overestimate is given back, an underestimate is paid by the requests after it.
+
+Under `--tpm auto` the rate is learned from OpenAI's x-ratelimit-*-tokens headers
+(`observe`): the limit, what is left of it, and how long until it is full again. A server that
+refills continuously (OpenAI) is full again after (limit - remaining) / (limit per second), so
+the limit's window is reset * limit / (limit - remaining), whatever the server calls a minute;
+a reply that cannot tell (nothing used, no reset) counts the limit per minute. The run keeps
+to AUTO_SHARE of what it learned. Until a first reply has said anything, one request goes at a
+time; a server that announces no token limit leaves the run unpaced by tokens.
+
+Every class takes `clock` and `sleep`, so tests move a fake clock instead of waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import time
+from collections import deque
+
+from batchpizza.controls.ratelimit import Clock, Sleep, Wakeup
+
+AUTO_SHARE = 0.9  # of the learned limit: the headroom for estimates that fall short
+MINUTE = 60.0
+# The window a limit's header speaks of lies between these (a learned one outside is noise).
+_WINDOW_RANGE = (0.5, 86400.0)
+_ESTIMATES_KEPT = 9  # the median of the last few replies' windows
+# A slot this close ahead counts as now: at a high rate two requests in one tick of the event
+# loop are nanoseconds apart on the timeline, and a sleep of nanoseconds still costs a turn of the
+# loop (measured: 15 us a row at --tpm 1e12). It lets through at most a millisecond's worth of
+# tokens early, never more.
+_SLACK = 0.001
+# A request that used less than this share of what it booked makes the queued ones book again
+# (cheap enough: it happens while the output estimate is still the default, rarely after).
+REBOOK_BELOW = 0.5
+
+# The output a request is assumed to use before this run has seen any answer, when it sets no
+# max_tokens; and how many answers it takes before their high percentile replaces it.
+DEFAULT_OUTPUT_TOKENS = 512
+OUTPUT_SAMPLES = 20
+OUTPUT_PERCENTILE = 0.99
+_OUTPUTS_KEPT = 2000
+
+
+class OutputEstimate:
+    """A request's worst-case output when it sets no max_tokens: DEFAULT_OUTPUT_TOKENS until
+    OUTPUT_SAMPLES answers were seen, then the 99th percentile of the last answers' outputs
+    (recomputed every few answers: sorting 2,000 numbers per reply would cost more than the
+    rest of the control)."""
+
+    def __init__(self, default: int = DEFAULT_OUTPUT_TOKENS) -> None:
+        self.value = default
+        self._seen: deque[int] = deque(maxlen=_OUTPUTS_KEPT)
+        self._since = 0
+        self._every = OUTPUT_SAMPLES  # answers until the next recomputation
+
+    def observe(self, output_tokens: int) -> None:
+        self._seen.append(output_tokens)
+        self._since += 1
+        if self._since < self._every:
+            return
+        n = len(self._seen)
+        self._since = 0
+        self._every = max(10, n // 20)
+        ranked = sorted(self._seen)
+        self.value = max(1, ranked[min(n - 1, math.ceil(OUTPUT_PERCENTILE * n) - 1)])
+
+
+def learned_rate(limit: float | None, remaining: float | None, reset_s: float | None) -> float:
+    """Tokens per second a reply's x-ratelimit-*-tokens headers announce; 0 when they say
+    nothing usable (missing, zero, unreadable)."""
+    if not limit or limit <= 0:
+        return 0.0
+    window = MINUTE
+    if remaining is not None and reset_s and 0 <= remaining < limit:
+        window = reset_s * limit / (limit - remaining)
+    if not _WINDOW_RANGE[0] <= window <= _WINDOW_RANGE[1]:
+        window = MINUTE
+    return limit / window
+
+
+class TokenPacer:
+    """Hands out sends by tokens: `rate` tokens a second (None: not known yet, one request at a
+    time until a reply says; 0: unlimited)."""
+
+    def __init__(
+        self,
+        rate: float | None,
+        *,
+        auto: bool = False,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.rate = rate
+        self.auto = auto
+        self.limit_per_s: float | None = None  # what the server announced (auto)
+        self._clock = clock
+        self._wakeup = Wakeup(sleep)
+        self._tat = -math.inf  # when the virtual timeline is free again
+        self._sent_tat = -math.inf  # the same, counting only requests sent
+        self._schedule = 0
+        self._in_flight = 0
+        self._estimates: deque[float] = deque(maxlen=_ESTIMATES_KEPT)
+        self._hold_until = -math.inf
+
+    @property
+    def per_minute(self) -> float | None:
+        return None if self.rate is None else self.rate * MINUTE
+
+    def set_rate(self, rate: float) -> None:
+        if rate == self.rate:
+            return
+        now = self._clock()
+        # Bookings of requests still waiting are void (they book again); those sent stay
+        # booked, at the new rate.
+        base = self._sent_tat
+        if self.rate and rate > 0 and base > now:
+            base = now + (base - now) * self.rate / rate
+        self._tat = base
+        self.rate = rate
+        self._schedule += 1
+        self._wakeup.fire()
+
+    def try_now(self, tokens: int) -> bool:
+        """Book `tokens` if they may go this instant (nobody queued for later, no hold), without
+        awaiting; False leaves the pacer as it was: call `acquire`."""
+        rate = self.rate
+        if rate is None:
+            return False
+        now = self._clock()
+        if self._hold_until > now:
+            return False
+        if rate:
+            if self._tat > now + _SLACK:
+                return False
+            self._tat = end = now + tokens / rate
+            if end > self._sent_tat:
+                self._sent_tat = end
+        self._in_flight += 1
+        return True
+
+    async def acquire(self, tokens: int) -> None:
+        """Wait until `tokens` may be sent, and book them."""
+        while True:
+            schedule = self._schedule
+            rate = self.rate
+            if rate is None:  # auto, nothing learned yet: one at a time
+                if self._in_flight == 0:
+                    break
+                await self._wakeup.sleep(1.0)
+                continue
+            now = self._clock()
+            if self._hold_until > now:
+                await self._wakeup.sleep(self._hold_until - now)
+                continue
+            if rate == 0:
+                break
+            slot = max(now, self._tat)
+            self._tat = slot + tokens / rate
+            if await self._sleep_until(slot, schedule):
+                self._sent_tat = max(self._sent_tat, slot + tokens / rate)
+                break
+        self._in_flight += 1
+
+    def settle(self, booked: int, used: int | None) -> None:
+        """A request that booked `booked` tokens ended having used `used` (None: no usage said,
+        the booking stands)."""
+        self._in_flight = max(0, self._in_flight - 1)
+        rate = self.rate
+        if used is not None and rate:
+            shift, now = (used - booked) / rate, self._clock()
+            # Tokens given back never make credit for a burst.
+            self._tat = max(self._tat + shift, now)
+            self._sent_tat = max(self._sent_tat + shift, now)
+            if used < booked * REBOOK_BELOW and self._tat > now:
+                # Much was given back (the first answers, booked at the default output): the
+                # requests queued behind slots booked at the old size book again, or the
+                # start of a run would go at a fraction of the limit.
+                self._tat = self._sent_tat
+                self._schedule += 1
+                self._wakeup.fire()
+        if rate is None:
+            self._wakeup.fire()
+
+    def observe(
+        self, limit: float | None, remaining: float | None, reset_s: float | None, next_cost: int
+    ) -> None:
+        """What a reply announced of the token limit (auto): learn the rate, and hold every
+        request when what is left would not take the next one."""
+        if not self.auto:
+            return
+        per_s = learned_rate(limit, remaining, reset_s)
+        if per_s <= 0:
+            if self.rate is None and not limit:
+                self.set_rate(0.0)  # the server announces no token limit: none to keep
+            return
+        self._estimates.append(per_s)
+        learned = statistics.median(self._estimates)
+        if self.limit_per_s is None or abs(learned - self.limit_per_s) > 0.01 * self.limit_per_s:
+            # Not for the noise of a reset rounded to the millisecond: a new rate makes every
+            # queued request book again.
+            self.limit_per_s = learned
+            self.set_rate(learned * AUTO_SHARE)
+        if remaining is not None and remaining < next_cost:
+            # Nearly spent at the server: wait until the next request's worth is back.
+            self._hold_until = max(
+                self._hold_until, self._clock() + (next_cost - remaining) / per_s
+            )
+
+    async def _sleep_until(self, when: float, schedule: int) -> bool:
+        while self._schedule == schedule:
+            delay = when - self._clock()
+            if delay <= _SLACK:
+                return True
+            await self._wakeup.sleep(delay)
+        return False

@@ -1,0 +1,106 @@
+"""A run's Meter (controls/metering.py) from its options and its checkpoint: the money cap with
+what earlier runs spent, the token pacer at --tpm N, or under --tpm auto from the limit the last
+run learned."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+from batchpizza.checkpoint import Checkpoint
+from batchpizza.config import RunConfig
+from batchpizza.controls.budget import Budget
+from batchpizza.controls.metering import Meter
+from batchpizza.controls.tokens import AUTO_SHARE, DEFAULT_OUTPUT_TOKENS, TokenPacer
+from batchpizza.pricing import cost
+from batchpizza.records import Prompt
+from batchpizza.tokencount import input_bound, input_estimate, max_output
+
+
+def make_meter(config: RunConfig, checkpoint: Checkpoint) -> Meter | None:
+    if config.max_cost is None and config.tpm_per_s is None and not config.tpm_auto:
+        return None
+    budget = None
+    if config.max_cost is not None:
+        assert config.price_per_m is not None  # config refuses a cap without a price
+        spent = checkpoint.spend().dollars
+        budget = Budget(config.max_cost, config.price_per_m, spent=spent)
+    pacer = None
+    if config.tpm_per_s is not None:
+        pacer = TokenPacer(config.tpm_per_s)
+    elif config.tpm_auto:
+        learned = checkpoint.meta().get("learned_tpm")
+        per_s = float(learned) / 60.0 if learned else None
+        pacer = TokenPacer(None if per_s is None else per_s * AUTO_SHARE, auto=True)
+        pacer.limit_per_s = per_s
+    return Meter(params=config.params, budget=budget, pacer=pacer)
+
+
+def token_fields(config: RunConfig, counters: Any, checkpoint: Checkpoint | None) -> dict[str, Any]:
+    """The summary's `tokens` and `cost` (records.Summary)."""
+    if counters is None:
+        return {}
+    fields: dict[str, Any] = {
+        "tokens": {
+            "input": counters.input_tokens,
+            "output": counters.output_tokens,
+            "estimated": counters.tokens_estimated,
+        }
+    }
+    price = config.price_per_m
+    if price is not None:
+        run = cost(price, counters.input_tokens, counters.output_tokens)
+        total = run
+        with contextlib.suppress(Exception):  # a closed or broken checkpoint: this run's
+            if checkpoint is not None:
+                total = max(run, checkpoint.spend().dollars)
+        fields["cost"] = {
+            "run": round(run, 6),
+            "total": round(total, 6),
+            "cap": config.max_cost,
+            "price_per_million": [price.input, price.output],
+        }
+    return fields
+
+
+def estimate_lines(
+    config: RunConfig, prompts: Iterable[Prompt], checkpoint: Checkpoint
+) -> list[str]:
+    """What a dry run says of the tokens and the cost of what it would send (the estimate of
+    tokencount.py), the cap, what was spent so far and what fits."""
+    count = inputs = bound = outputs = worst = 0
+    mean_output = checkpoint.mean_output()
+    for prompt in prompts:
+        count += 1
+        inputs += input_estimate(prompt)
+        bound += input_bound(prompt)
+        cap = max_output(config.params, prompt)
+        worst += cap or DEFAULT_OUTPUT_TOKENS
+        outputs += round(mean_output) if mean_output is not None else cap or DEFAULT_OUTPUT_TOKENS
+    if mean_output is not None:
+        how = f"output as the {mean_output:.0f} tokens answers here averaged"
+    elif config.params.get("max_tokens") or config.params.get("max_completion_tokens"):
+        how = "output at max_tokens (no answer here yet to average)"
+    else:
+        how = f"output a guess of {DEFAULT_OUTPUT_TOKENS} a request (no answer here yet)"
+    lines = [f"  tokens      about {inputs:,} in + {outputs:,} out ({how})"]
+    price = config.price_per_m
+    spent = checkpoint.spend().dollars
+    if price is None:
+        return [*lines, "  cost        no price known for the model (--price IN,OUT to say it)"]
+    estimate = cost(price, inputs, outputs)
+    lines.append(
+        f"  cost        about ${estimate:.4g} at ${price.input:g}/${price.output:g} per million "
+        f"in/out; ${spent:.4g} spent on this checkpoint so far"
+    )
+    if config.max_cost is not None and count:
+        left = max(0.0, config.max_cost - spent)
+        per_row = estimate / count
+        fits = count if per_row == 0 else min(count, int(left / per_row))
+        lines.append(
+            f"  cap         ${config.max_cost:g}: ${left:.4g} left, about {fits:,} of the {count:,} "
+            f"requests fit (each reserves its worst case, about "
+            f"${cost(price, bound, worst) / count:.3g}, while in flight)"
+        )
+    return lines

@@ -1,0 +1,38 @@
+"""Is an error reply the server saying the account's money or quota is gone (stop), rather than
+asking us to slow down (retry)? Both come as 429 at OpenAI; only the body tells them apart.
+
+    OpenAI         429 {"error": {"code": "insufficient_quota", "type": "insufficient_quota",
+                   "message": "You exceeded your current quota, please check your plan and
+                   billing details..."}}
+    Azure OpenAI   429/403 "... quota ..." with code "InsufficientQuota"
+    OpenRouter     402 "Insufficient credits" / "requires more credits"
+    Anthropic      400 "Your credit balance is too low to access the Anthropic API"
+    DeepSeek       402 "Insufficient Balance"
+    Groq, Mistral, Together: 429/402 with "quota exceeded" or "billing" in the text
+
+A plain rate limit ("Rate limit reached for ... tokens per min") is not one: it names no quota,
+credit, balance or billing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+QUOTA_CODES = frozenset({"insufficient_quota", "InsufficientQuota", "billing_hard_limit_reached"})
+_QUOTA_TEXT = re.compile(
+    r"(?i)insufficient[_ ](?:quota|credits?|balance|funds)|exceeded your current quota"
+    r"|quota (?:has been )?exceeded|credit balance is too low|(?:more|out of) credits"
+    r"|billing (?:details|hard limit)|payment required"
+)
+
+
+def quota_exhausted(status: int, error: Mapping[str, Any], message: str) -> bool:
+    if status not in (400, 402, 403, 429):
+        return False
+    if error.get("code") in QUOTA_CODES or error.get("type") in QUOTA_CODES:
+        return True
+    if status == 402:
+        return True  # Payment Required: nothing else is meant by it
+    return bool(_QUOTA_TEXT.search(message))

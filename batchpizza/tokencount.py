@@ -1,0 +1,83 @@
+"""How many tokens a request takes, without a tokenizer.
+
+No tokenizer works offline here (tiktoken downloads its encodings on first use), so input tokens
+are estimated from the text, and for money the estimate is replaced by a bound that no byte-level
+tokenizer can pass:
+
+    estimate   ceil(characters / 4) per message + 4 per message + 3 (the reply's priming), the
+               rule of thumb OpenAI gives for English and its chat format's overhead
+    bound      UTF-8 bytes per message + 8 per message + 8: every token of a byte-level BPE
+               (GPT, Llama 3, Qwen) or a byte-fallback SentencePiece is at least one byte, and
+               the template adds a few special tokens per message
+
+The estimate paces --tpm and sizes --dry-run; the bound is what a request reserves of a
+--max-cost budget, so that the server's count never passes it. Pizzagpt reports no usage: its
+rows carry the estimate, marked as one (`tokens_estimated`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from batchpizza.records import Prompt
+
+CHARS_PER_TOKEN = 4
+MESSAGE_OVERHEAD = 4
+REPLY_OVERHEAD = 3
+BOUND_MESSAGE_OVERHEAD = 8
+BOUND_REPLY_OVERHEAD = 8
+
+
+def text_tokens(text: str) -> int:
+    """The estimate for a bare text (an answer): a quarter of its characters, rounded up."""
+    return -(-len(text) // CHARS_PER_TOKEN)
+
+
+def _contents(prompt: Prompt) -> Iterable[str]:
+    if not prompt.messages:
+        return (prompt.text,)
+    return (_content(m) for m in prompt.messages)
+
+
+def _content(message: Mapping[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def input_estimate(prompt: Prompt) -> int:
+    """The estimated input tokens of `prompt`'s request."""
+    if len(prompt.messages) <= 1:  # a prompt row, the usual case: its text is its one message
+        return -(-len(prompt.text) // CHARS_PER_TOKEN) + MESSAGE_OVERHEAD + REPLY_OVERHEAD
+    n = REPLY_OVERHEAD
+    for text in _contents(prompt):
+        n += text_tokens(text) + MESSAGE_OVERHEAD
+    return n
+
+
+def input_bound(prompt: Prompt) -> int:
+    """At least as many tokens as any byte-level tokenizer makes of `prompt`'s request."""
+    if len(prompt.messages) <= 1:
+        text = prompt.text
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        return size + BOUND_MESSAGE_OVERHEAD + BOUND_REPLY_OVERHEAD
+    n = BOUND_REPLY_OVERHEAD
+    for text in _contents(prompt):
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        n += size + BOUND_MESSAGE_OVERHEAD
+    return n
+
+
+def max_output(params: Mapping[str, Any], prompt: Prompt | None = None) -> int | None:
+    """The request's output cap, `max_completion_tokens` or `max_tokens`, from --param over a
+    batch line's body; None when it sets none."""
+    for source in (params, (prompt.body or {}) if prompt is not None else {}):
+        for name in ("max_completion_tokens", "max_tokens"):
+            value = source.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None

@@ -1,0 +1,88 @@
+"""The --max-cost budget (controls/budget.py) and the meter around it: the cap never passed by
+what is spent plus what is reserved, at any concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from batchpizza.controls.budget import Budget, BudgetReached
+from batchpizza.controls.metering import Meter, Ticket
+from batchpizza.errors import HTTPStatusError, RequestTimeout
+from batchpizza.pricing import Price, cost
+from batchpizza.records import Prompt
+
+PRICE = Price(1.0, 2.0)  # dollars per million
+
+
+def test_a_reservation_that_would_pass_the_cap_is_refused() -> None:
+    budget = Budget(0.003, PRICE)
+    first = budget.try_reserve(1000, 500)  # $0.002
+    assert first is not None
+    assert budget.try_reserve(1000, 500) is None  # $0.004 > $0.003
+    budget.settle(first, 100, 50)  # used $0.0002
+    assert budget.spent == pytest.approx(0.0002)
+    assert budget.try_reserve(1000, 500) is not None
+
+
+async def test_the_budget_is_reached_only_when_nothing_in_flight_could_free_room() -> None:
+    budget = Budget(0.003, PRICE, spent=0.0005)
+    first = await budget.reserve(1000, 500)
+    waiter = asyncio.ensure_future(budget.reserve(1000, 500))
+    await asyncio.sleep(0)
+    assert not waiter.done()  # waits: the first may use less than its worst case
+    budget.settle(first, 1000, 500)  # it did not: $0.0025 spent
+    with pytest.raises(BudgetReached):
+        await waiter
+
+
+async def test_spent_plus_reserved_never_passes_the_cap_at_concurrency_32() -> None:
+    rng = random.Random(7)
+    budget = Budget(0.05, PRICE)
+    spent_by_server = 0.0
+
+    async def request() -> None:
+        nonlocal spent_by_server
+        while True:
+            try:
+                reservation = await budget.reserve(400, 300)
+            except BudgetReached:
+                return
+            assert budget.spent + budget.reserved <= budget.cap + 1e-12
+            await asyncio.sleep(rng.uniform(0, 0.002))
+            used = (rng.randint(50, 400), rng.randint(1, 300))  # never above the worst case
+            spent_by_server += cost(PRICE, *used)
+            budget.settle(reservation, *used)
+
+    await asyncio.gather(*(request() for _ in range(32)))
+    assert spent_by_server <= 0.05
+    assert spent_by_server > 0.05 - 32 * cost(PRICE, 400, 300)  # and the cap was used
+
+
+def meter(**kw: object) -> Meter:
+    return Meter(params={"max_tokens": 100}, budget=Budget(1.0, PRICE), **kw)  # type: ignore[arg-type]
+
+
+async def test_an_http_error_frees_the_reservation_and_a_timeout_spends_it() -> None:
+    m = meter()
+    prompt = Prompt("r", "hello", ())
+    assert m.budget is not None
+    booked, reservation = await m.admit(prompt)
+    m.settle(Ticket(None, booked, reservation), HTTPStatusError(429, "slow down"), None, None)
+    assert m.budget.spent == 0 and m.budget.reserved == 0
+    booked, reservation = await m.admit(prompt)
+    worst = reservation.dollars if reservation else 0.0
+    m.settle(Ticket(None, booked, reservation), RequestTimeout("no reply"), None, None)
+    assert m.budget.spent == pytest.approx(worst)  # the server may have done the work
+
+
+async def test_the_worst_case_is_max_tokens_else_the_running_estimate() -> None:
+    prompt = Prompt("r", "hello", ())
+    assert Meter(params={"max_tokens": 7}).worst_output(prompt) == 7
+    assert Meter(params={}).worst_output(Prompt("r", "x", (), {"max_completion_tokens": 9})) == 9
+    m = Meter(params={})
+    for _ in range(30):
+        m.settle(Ticket(None, 10, None), None, None, (5, 40))
+    assert m.worst_output(prompt) == 40

@@ -1,0 +1,77 @@
+"""Prices (pricing.py), the token estimate and bound (tokencount.py), and their options."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchpizza.budgeting import parse_tpm
+from batchpizza.config import RunConfig
+from batchpizza.errors import UsageError
+from batchpizza.pricing import PRICES, Price, cost, parse_price, price_for, table_price
+from batchpizza.records import Prompt
+from batchpizza.tokencount import input_bound, input_estimate, max_output, text_tokens
+
+
+def test_a_usage_is_priced_per_million_and_a_batch_row_at_half() -> None:
+    assert cost(Price(0.15, 0.60), 1_000_000, 500_000) == pytest.approx(0.45)
+    assert cost(Price(0.15, 0.60), 1_000_000, 500_000, batch=True) == pytest.approx(0.225)
+
+
+def test_the_table_knows_a_model_and_its_dated_versions() -> None:
+    assert table_price("gpt-4o-mini") == PRICES["gpt-4o-mini"]
+    assert table_price("gpt-4o-mini-2024-07-18") == PRICES["gpt-4o-mini"]  # not gpt-4o's
+    assert table_price("openai/gpt-4o") == PRICES["gpt-4o"]
+    assert table_price("llama3") is None
+
+
+def test_price_beats_the_table_and_an_unknown_model_needs_one() -> None:
+    assert price_for("gpt-4o", "1,2") == Price(1.0, 2.0)
+    with pytest.raises(UsageError, match="--price IN,OUT"):
+        price_for("my-finetune", None)
+
+
+@pytest.mark.parametrize("text", ["1", "a,b", "1,2,3", "-1,2", "inf,1"])
+def test_a_bad_price_is_a_usage_error(text: str) -> None:
+    with pytest.raises(UsageError, match="--price"):
+        parse_price(text)
+
+
+def test_max_cost_for_an_unknown_model_without_a_price_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="no price known"):
+        RunConfig(provider="openai", model="my-finetune", max_cost=1.0)
+    config = RunConfig(provider="openai", model="my-finetune", max_cost=1.0, price="1,2")
+    assert config.price_per_m == Price(1.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, (None, False)), ("auto", (None, True)), ("20k", (20000 / 60, False)),
+     (600, (10.0, False)), ("0", (None, False)), ("1.5M", (25000.0, False))],
+)  # fmt: skip
+def test_tpm_values(value: object, expected: tuple[float | None, bool]) -> None:
+    per_s, auto = parse_tpm(value)  # type: ignore[arg-type]
+    assert auto == expected[1]
+    assert per_s == (pytest.approx(expected[0]) if expected[0] is not None else None)
+
+
+@pytest.mark.parametrize("value", ["fast", "-5", "nan"])
+def test_a_bad_tpm_is_a_usage_error(value: str) -> None:
+    with pytest.raises(UsageError, match="--tpm"):
+        parse_tpm(value)
+
+
+def test_the_estimate_counts_a_quarter_of_the_characters_and_the_bound_every_byte() -> None:
+    prompt = Prompt("r", "x" * 40, ())
+    assert input_estimate(prompt) == 10 + 4 + 3
+    assert input_bound(prompt) == 40 + 8 + 8
+    chat = Prompt("r", "", ({"role": "system", "content": "ab"}, {"role": "user", "content": "é"}))
+    assert input_estimate(chat) == 1 + 4 + 1 + 4 + 3
+    assert input_bound(chat) == 2 + 8 + 2 + 8 + 8  # é is two bytes
+    assert text_tokens("") == 0 and text_tokens("abcde") == 2
+
+
+def test_max_output_reads_the_params_over_the_line() -> None:
+    line = Prompt("r", "q", (), {"max_tokens": 50})
+    assert max_output({}, line) == 50
+    assert max_output({"max_completion_tokens": 20}, line) == 20
+    assert max_output({"max_tokens": True}, None) is None  # a bool is no count
