@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from batchpizza.errors import UsageError
-from batchpizza.pricing import Price, parse_price, price_for, table_price
+from batchpizza.pricing import FREE, Price, parse_price, price_for, table_price
 
 
 def parse_tpm(value: float | str | None) -> tuple[float | None, bool]:
@@ -38,16 +38,17 @@ def check_cost(
     known), else used for the summary's cost where one is known; None when not."""
     if max_cost is not None and not (math.isfinite(max_cost) and max_cost >= 0):
         raise UsageError(f"--max-cost {max_cost!r}: a number of US dollars, 0 or more")
+    if provider == "pizzagpt" and price is None:
+        # The service is free: its answers cost nothing, whatever the model behind it costs
+        # elsewhere. A cap then caps nothing, which is surely not what was meant.
+        if max_cost is not None:
+            raise UsageError(
+                "--max-cost: Pizzagpt is free, so nothing would ever reach the cap; give "
+                "--price IN,OUT to count its tokens at a price of your choosing"
+            )
+        return FREE
     if max_cost is not None:
-        return price_for(_model(provider, model), price)
+        return price_for(model, price)
     if price is not None:
         return parse_price(price)
-    return table_price(_model(provider, model))
-
-
-def _model(provider: str, model: str | None) -> str | None:
-    if provider == "pizzagpt":
-        from batchpizza.config import DEFAULT_MODEL
-
-        return model or DEFAULT_MODEL
-    return model
+    return table_price(model)

@@ -23,6 +23,9 @@ class Price(NamedTuple):
     output: float
 
 
+FREE = Price(0.0, 0.0)  # Pizzagpt's
+
+
 # Standard (not cached, not batch) prices per million tokens, as published on PRICES_AS_OF.
 PRICES: dict[str, Price] = {
     "gpt-4o-mini": Price(0.15, 0.60),

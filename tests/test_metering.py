@@ -108,7 +108,19 @@ def test_pizzagpt_rows_carry_an_estimate_marked_as_one(
     rows = read_jsonl(out)
     assert all(r["tokens_estimated"] is True and r["prompt_tokens"] > 0 for r in rows)
     assert summary["tokens"]["estimated"] is True
-    assert summary["cost"]["price_per_million"] == [0.15, 0.6]  # gpt-4o-mini, from the table
+    # The service is free: its tokens cost nothing, whatever gpt-4o-mini costs elsewhere.
+    assert summary["cost"] == {"run": 0.0, "total": 0.0, "cap": None, "price_per_million": [0, 0]}
+    priced = batchpizza.run(
+        source, tmp_path / "priced.jsonl", **FAST, base_url=mock_api.base_url, price="1,2"
+    )
+    assert priced["cost"]["price_per_million"] == [1.0, 2.0] and priced["cost"]["run"] > 0
+
+
+def test_a_cap_on_free_pizzagpt_without_a_price_is_a_usage_error(tmp_path: Path) -> None:
+    from batchpizza.errors import UsageError
+
+    with pytest.raises(UsageError, match="Pizzagpt is free"):
+        batchpizza.run(tmp_path / "in.jsonl", tmp_path / "out.jsonl", max_cost=1.0)
 
 
 def capped_run(
