@@ -36,7 +36,7 @@ from batchpizza.runlog import (
 __all__ = ["Bar", "Lines", "Progress", "bar_parts", "choose", "setup_logging", "summary_line"]
 
 if TYPE_CHECKING:
-    from batchpizza.checkpoint.plan import Plan
+    from batchpizza.records import Plan
 
 _MASKED_HEADERS = ("authorization", "x-api-key", "proxy-authorization")
 REDRAW_S = 0.5  # the bar's timer: at least this often, whether rows finish or not

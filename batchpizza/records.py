@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
 
 
@@ -304,3 +304,42 @@ def iso(unix: float) -> str:
 
     moment = dt.datetime.fromtimestamp(unix, dt.timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Why each request of a run is sent (counts of requests); `reused`: rows that take the
+    answer of an identical request of this run instead of being sent."""
+
+    new: int = 0  # rows never asked
+    changed: int = 0  # the prompt (messages, body) changed since the row was asked
+    retry: int = 0  # failed (or refused, under --retry-refused) before
+    identity: int = 0  # asked before with another provider, model or parameters
+    unknown: int = 0  # answered before fingerprints, with a request that is not known
+    reused: int = 0  # rows not sent: an identical request of this run answers them
+    change: str | None = None  # what the identity change is: "new model (a -> b)"
+
+    @property
+    def to_send(self) -> int:
+        return self.new + self.changed + self.retry + self.identity + self.unknown
+
+    def reasons(self, *, retry_refused: bool = False) -> str:
+        """`300 to send: 300 new model (model-A -> model-B), 12 prompt changed, ...`."""
+        parts = [
+            f"{n} {what}"
+            for n, what in (
+                (self.identity, self.change or "new request"),
+                (self.unknown, "asked before fingerprints (request not known)"),
+                (self.changed, "prompt changed"),
+                (self.new, "new rows"),
+                (self.retry, "failed or refused before" if retry_refused else "failed before"),
+            )
+            if n
+        ]
+        text = f"{self.to_send} to send" + (f": {', '.join(parts)}" if parts else "")
+        if self.reused:
+            text += f"; {self.reused} rows reuse the answer of an identical request"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -128,3 +128,21 @@ class RedactingFilter(logging.Filter):
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
         return True
+
+
+class Secret:
+    """A string that shows as *** in any repr or str, so that printing the provider, its vars or
+    a traceback's locals never shows the key."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"<secret {MASK}>"
+
+    __str__ = __repr__

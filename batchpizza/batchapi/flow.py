@@ -29,7 +29,8 @@ from batchpizza.checkpoint import Checkpoint
 from batchpizza.checkpoint.batches import BatchFile, BatchLine
 from batchpizza.config import RunConfig
 from batchpizza.controls.stop import Stop
-from batchpizza.engine.runner import Counters, PendingRow, new_session
+from batchpizza.engine.runner import Counters, PendingRow
+from batchpizza.engine.session import new_session
 from batchpizza.errors import BatchAPIError, ProviderError
 from batchpizza.providers.openai import OpenAIAPI
 from batchpizza.records import Attempt, Outcome, Prompt, Result

@@ -12,12 +12,11 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import batchpizza.fingerprint as fingerprint
 from batchpizza.checkpoint.scan import ScanIndex
-from batchpizza.records import OutputRow, Tally, invalid_row, pending_row
+from batchpizza.records import OutputRow, Plan, Tally, invalid_row, pending_row
 
 PAGE = 4096
 UNANSWERED = "('error', 'misuse', 'invalid', 'pending', 'invalid_output')"
@@ -27,45 +26,6 @@ _OUTPUT_COLUMNS = (
     "finish_reason, answer, error, attempts, latency_ms, model, prompt_tokens, "
     "completion_tokens, response_id, request_id"
 )
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Why each request of a run is sent (counts of requests); `reused`: rows that take the
-    answer of an identical request of this run instead of being sent."""
-
-    new: int = 0  # rows never asked
-    changed: int = 0  # the prompt (messages, body) changed since the row was asked
-    retry: int = 0  # failed (or refused, under --retry-refused) before
-    identity: int = 0  # asked before with another provider, model or parameters
-    unknown: int = 0  # answered before fingerprints, with a request that is not known
-    reused: int = 0  # rows not sent: an identical request of this run answers them
-    change: str | None = None  # what the identity change is: "new model (a -> b)"
-
-    @property
-    def to_send(self) -> int:
-        return self.new + self.changed + self.retry + self.identity + self.unknown
-
-    def reasons(self, *, retry_refused: bool = False) -> str:
-        """`300 to send: 300 new model (model-A -> model-B), 12 prompt changed, ...`."""
-        parts = [
-            f"{n} {what}"
-            for n, what in (
-                (self.identity, self.change or "new request"),
-                (self.unknown, "asked before fingerprints (request not known)"),
-                (self.changed, "prompt changed"),
-                (self.new, "new rows"),
-                (self.retry, "failed or refused before" if retry_refused else "failed before"),
-            )
-            if n
-        ]
-        text = f"{self.to_send} to send" + (f": {', '.join(parts)}" if parts else "")
-        if self.reused:
-            text += f"; {self.reused} rows reuse the answer of an identical request"
-        return text
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class PlanQueries:

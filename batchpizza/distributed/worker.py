@@ -24,7 +24,7 @@ from batchpizza.distributed.gate import ClusterGate, Controller
 from batchpizza.distributed.parts import DIGEST, ID, PartStore, key_of
 from batchpizza.engine.batch import Batch, answer_batch
 from batchpizza.engine.loop import new_loop
-from batchpizza.engine.runner import new_session
+from batchpizza.engine.session import new_session
 from batchpizza.providers.factory import make_provider, remember_secrets
 from batchpizza.records import OutputRow, Result, is_answered
 from batchpizza.rows import Fields, fingerprint_key

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,11 @@ from batchpizza.controls.ratelimit import Sleep
 from batchpizza.controls.retrying import RetryPolicy
 from batchpizza.controls.stop import Stop
 from batchpizza.engine.committer import Committer
+from batchpizza.engine.session import (
+    YOUNG_OBJECTS_PER_REQUEST,
+    collector_threshold,
+    new_session,
+)
 from batchpizza.engine.store import Store
 from batchpizza.errors import (
     BadReply,
@@ -43,31 +47,6 @@ from batchpizza.structured import INVALID_OUTPUT, NOT_VALIDATED, Structured, wit
 log = logging.getLogger("batchpizza")
 
 PendingRow = tuple[int, Prompt]  # (position in the input, what to send)
-
-
-# The cyclic garbage collector looks at the young objects every 700 net allocations of container
-# objects (gc.get_threshold()[0]). The requests in flight alone hold more than that (measured: 70
-# tracked objects each, 9,000 at concurrency 64), so at zero latency it ran 900 times in a
-# 20,000-row run, for 0.22 s of 3.3 s CPU, and freed next to nothing: the objects of a request die
-# by reference count (peak RSS the same with the collector off). During a run its threshold is
-# raised to twice what the requests in flight hold: 2 collections in that run instead of 900.
-YOUNG_OBJECTS_PER_REQUEST = 150
-
-
-@contextlib.contextmanager
-def collector_threshold(young: int) -> Iterator[None]:
-    """Raise the collector's first threshold to at least `young` for the block, then put it back
-    (unless something else changed it meanwhile, e.g. another run in this process)."""
-    before = gc.get_threshold()
-    if before[0] >= young:
-        yield
-        return
-    gc.set_threshold(young, *before[1:])
-    try:
-        yield
-    finally:
-        if gc.get_threshold()[0] == young:
-            gc.set_threshold(*before)
 
 
 @dataclass
@@ -111,13 +90,6 @@ def outcome_of(error: BaseException | None) -> str:
     if isinstance(error, RedirectRefused):
         return "redirect"
     return "transport"
-
-
-def new_session(concurrency: int) -> aiohttp.ClientSession:
-    """The session one run (or one Ray actor) sends through: at most `concurrency` connections.
-    trust_env stays off: the provider resolved the proxy once, instead of per request."""
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
-    return aiohttp.ClientSession(connector=connector)
 
 
 class Runner:

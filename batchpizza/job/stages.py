@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from batchpizza.checkpoint import Checkpoint, RunLock
-from batchpizza.checkpoint.plan import Plan
 from batchpizza.config import RunConfig
 from batchpizza.controls.stop import Stop
 from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError
@@ -32,7 +31,7 @@ from batchpizza.job.sending import Sending
 from batchpizza.job.writing import Reporter, check_parsed_names, run_options, write_rows
 from batchpizza.progress import Progress, choose, dry_run_report, setup_logging
 from batchpizza.providers.factory import make_provider, remember_secrets
-from batchpizza.records import TOKEN_COLUMNS, OutputRow, Result, Summary, Tally
+from batchpizza.records import TOKEN_COLUMNS, OutputRow, Plan, Result, Summary, Tally
 from batchpizza.sampling import sampled
 
 if TYPE_CHECKING:

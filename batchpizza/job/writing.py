@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any, cast
 
 from batchpizza.checkpoint import Checkpoint
-from batchpizza.checkpoint.plan import Plan
 from batchpizza.config import RunConfig
 from batchpizza.files import write_atomically
 from batchpizza.progress import summary_line
-from batchpizza.records import OutputRow, Summary, Tally
+from batchpizza.records import OutputRow, Plan, Summary, Tally
 from batchpizza.runlog import RunStart, run_start
 from batchpizza.sources.base import Rows
 

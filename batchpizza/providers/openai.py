@@ -33,7 +33,7 @@ from batchpizza.providers.http import post_json, reply_json
 from batchpizza.providers.limits import parse_rate_info, retry_after_of
 from batchpizza.providers.quota import quota_exhausted
 from batchpizza.records import UNANSWERED, Answer, Prompt, RateInfo
-from batchpizza.redact import MASK, redact, shorten
+from batchpizza.redact import MASK, Secret, redact, shorten
 from batchpizza.structured import Structured
 
 __all__ = ["CHAT_PATH", "OpenAIAPI"]
@@ -58,24 +58,6 @@ _UNKNOWN_MODEL = re.compile(
 )
 # Streaming is a different wire format (server-sent events); a batch reads whole replies.
 _STREAMING = ("stream", "stream_options")
-
-
-class _Secret:
-    """A string that shows as *** in any repr or str, so that printing the provider, its vars or
-    a traceback's locals never shows the key."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"<secret {MASK}>"
-
-    __str__ = __repr__
 
 
 def _error_detail(body: bytes) -> tuple[Mapping[str, Any], str]:
@@ -192,7 +174,7 @@ class OpenAIAPI:
         if any(ord(c) < 0x21 or ord(c) > 0x7E for c in key_text):
             # Never quote the key, not even in this message.
             raise UsageError("the API key holds spaces or characters a header cannot carry")
-        self._key = _Secret(key_text) if key_text else None
+        self._key = Secret(key_text) if key_text else None
         if self._key is not None and (base.user or base.password):
             # Both would be the Authorization header (aiohttp refuses to choose, mid-run): which
             # one the gateway wants is the user's to say. Never quote the URL here.
