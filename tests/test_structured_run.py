@@ -6,6 +6,7 @@ report. Against the bundled mock (which answers schema-bound requests 70 % valid
 
 from __future__ import annotations
 
+import html as htmlmod
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -321,6 +322,12 @@ def test_status_and_report_count_valid_reasked_and_invalid(
     assert (
         numbers["structured"]["errors"][0]["count"] >= numbers["structured"]["errors"][-1]["count"]
     )
+    page = tmp_path / "report.html"
+    assert CliRunner().invoke(cli, ["report", str(out), "--html", str(page)]).exit_code == 0
+    html = page.read_text()
+    assert "<h2>Structured outputs</h2>" in html
+    top = numbers["structured"]["errors"][0]["error"]
+    assert htmlmod.escape(top) in html
 
 
 # -- the runner: each re-ask passes the gate, its retries apart from the re-asks' budget ----------

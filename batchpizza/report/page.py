@@ -175,6 +175,37 @@ def _runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def _structured_panel(fit: Mapping[str, Any] | None) -> str:
+    """--schema: answers that fit at once, after a re-ask, or never; the errors heard most."""
+    if not fit:
+        return ""
+    counts = "".join(
+        f'<tr><td>{_escape(label)}</td><td class="num">{int_text(fit[key])}</td></tr>'
+        for label, key in (
+            ("valid", "valid"),
+            ("of those, fitted after a re-ask", "reasked"),
+            ("invalid_output (re-asks spent)", "invalid"),
+        )
+    )
+    errors = "".join(
+        f'<tr><td class="num">{int_text(e["count"])}</td>'
+        f'<td class="example mono">{_escape(e["error"])}</td></tr>'
+        for e in fit["errors"]
+    )
+    return _panel(
+        "Structured outputs",
+        "Answers against --schema; the validation errors heard most, by attempts.",
+        f'<table class="data"><tbody>{counts}</tbody></table>'
+        + (
+            '<table class="data"><thead><tr><th class="num">attempts</th><th>validation error'
+            f"</th></tr></thead><tbody>{errors}</tbody></table>"
+            if errors
+            else ""
+        ),
+        wide=True,
+    )
+
+
 def _options_line(options: Mapping[str, object]) -> str:
     return " ".join(f"{k}={v}" for k, v in options.items() if v is not None)
 
@@ -250,6 +281,7 @@ def render_html(numbers: Mapping[str, Any]) -> str:
                 _errors_table(numbers["errors"], clock),
                 wide=True,
             ),
+            _structured_panel(numbers.get("structured")),
             _panel(
                 "Runs",
                 "Each run of the command on this checkpoint.",
