@@ -405,6 +405,8 @@ def test_ray_run_limits_resumes_restarts_and_summarises(
     rows = parquet_rows(out)
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(20)]
     assert all(r["answer"] == mock_answer(r["prompt"]) for r in rows)
+    # The token columns of a run without Ray: Pizzagpt's counts estimated, and marked so.
+    assert all(r["tokens_estimated"] is True and r["prompt_tokens"] > 0 for r in rows)
     summary = json.loads(summary_json.read_text())
     assert set(summary) >= SUMMARY_KEYS
     expected = {"rows": 20, "answered": 20, "failed": 0, "misuse": 0, "invalid": 0, "pending": 0}

@@ -21,6 +21,7 @@ from batchpizza.distributed.kept import CLUSTER_OPTIONS
 from batchpizza.distributed.parts import PartStore
 from batchpizza.distributed.worker import Answerer, part_schema
 from batchpizza.errors import UsageError
+from batchpizza.providers.factory import extra_columns
 
 __all__ = ["ControllerActor", "answer", "status"]
 
@@ -138,7 +139,7 @@ def answer(
     config = RunConfig.from_options("<ray>.parquet", "<ray>.parquet", **options)
     config.refuse_on_ray()
     share = max(1, math.ceil(config.concurrency / actors))
-    extra = ("prompt_tokens", "completion_tokens") if config.provider == "openai" else ()
+    extra = extra_columns(config.provider)
     done_ref: list[Any] = []
     learned: float | None = None  # the rate an earlier run under rate="auto" learned
     if checkpoint is not None:

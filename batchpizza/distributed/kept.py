@@ -13,6 +13,7 @@ from batchpizza.distributed.folders import input_dataset, input_ids, require_id,
 from batchpizza.distributed.parts import ID, PartStore
 from batchpizza.distributed.worker import Answerer, part_schema
 from batchpizza.errors import InputError
+from batchpizza.providers.factory import extra_columns
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -35,9 +36,7 @@ class KeptOutput:
         actor_options = {
             k: v for k, v in options.items() if k not in (*CLUSTER_OPTIONS, *_ANSWER_OPTIONS)
         }
-        extra = (
-            ("prompt_tokens", "completion_tokens") if options.get("provider") == "openai" else ()
-        )
+        extra = extra_columns(str(options.get("provider", "pizzagpt")))
         self._done = PartStore(checkpoint, create=False).read_all(part_schema(extra))
         # The actors' own reading of rows and keys; it sends nothing, so needs no controller.
         self._answerer = Answerer(None, options=actor_options, share=1, done=self._done)  # type: ignore[arg-type]

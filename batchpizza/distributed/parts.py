@@ -146,11 +146,13 @@ class PartStore:
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """A part as `schema` has it; a part from before the digest column gets one of nulls."""
+    """A part as `schema` has it; a part from before a column (the digest, the token counts)
+    gets one of nulls."""
     import pyarrow as pa
 
-    if DIGEST in schema.names and DIGEST not in table.column_names:
-        table = table.append_column(DIGEST, pa.nulls(table.num_rows, pa.binary()))
+    for field in schema:
+        if field.name not in table.column_names:
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
     return table.select(schema.names).cast(schema)
 
 

@@ -136,6 +136,9 @@ def results_table(results: Sequence[Result], schema: pa.Schema) -> pa.Table:
             "model": r.model,
             "prompt_tokens": r.prompt_tokens,
             "completion_tokens": r.completion_tokens,
+            "tokens_estimated": None
+            if r.prompt_tokens is None and r.completion_tokens is None
+            else bool(r.tokens_estimated),
             "reused_from": None,  # a Ray batch sends every row it asks
         }
         for name, values in columns.items():

@@ -35,7 +35,7 @@ def remember_secrets(config: RunConfig) -> None:
 
 def extra_columns(provider: str) -> tuple[str, ...]:
     """The result columns after the common ones: the token counts, of every provider (Pizzagpt's
-    estimated). (A Ray part still keeps the provider's own, `Provider.extra_columns`.)"""
+    estimated), as each provider's `extra_columns` says for a Ray part."""
     return TOKEN_COLUMNS
 
 

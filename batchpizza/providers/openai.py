@@ -32,7 +32,7 @@ from batchpizza.errors import (
 from batchpizza.providers.http import post_json, reply_json
 from batchpizza.providers.limits import parse_rate_info, retry_after_of
 from batchpizza.providers.quota import quota_exhausted
-from batchpizza.records import UNANSWERED, Answer, Prompt, RateInfo
+from batchpizza.records import TOKEN_COLUMNS, UNANSWERED, Answer, Prompt, RateInfo
 from batchpizza.redact import MASK, Secret, redact, shorten
 from batchpizza.structured import Structured
 
@@ -134,7 +134,7 @@ class OpenAIAPI:
     with --param values over them and the provider's `model`, when given, over the line's."""
 
     name = "openai"
-    extra_columns: tuple[str, ...] = ("prompt_tokens", "completion_tokens")
+    extra_columns: tuple[str, ...] = TOKEN_COLUMNS
     # A wrong or missing key fails every request alike. (An unknown model or a wrong URL does too:
     # those come as errors with `fatal` set, see _status_error.)
     fatal_statuses: frozenset[int] = frozenset({401})

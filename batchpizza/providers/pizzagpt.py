@@ -21,7 +21,7 @@ from batchpizza.config import DEFAULT_BASE_URL, DEFAULT_MODEL, DEFAULT_TIMEOUT
 from batchpizza.errors import BadReply, HTTPStatusError, MisuseDetected, UsageError
 from batchpizza.fingerprint import BY_TEXT
 from batchpizza.providers.http import Reply, parse_retry_after, post_json, reply_json, snippet
-from batchpizza.records import Answer, Prompt
+from batchpizza.records import TOKEN_COLUMNS, Answer, Prompt
 from batchpizza.redact import shorten
 from batchpizza.rows import format_prompt
 from batchpizza.structured import Structured
@@ -217,7 +217,7 @@ class PizzagptAPI:
 
     name = "pizzagpt"
     model: str | None = DEFAULT_MODEL
-    extra_columns: tuple[str, ...] = ()
+    extra_columns: tuple[str, ...] = TOKEN_COLUMNS  # Pizzagpt's estimated
     fatal_statuses: frozenset[int] = frozenset()
     detects_refusals = True
 
