@@ -19,6 +19,7 @@ from test_checkpoint import result
 
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.config import RunConfig
+from batchpizza.errors import UsageError
 from batchpizza.job.metering import token_fields
 from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.pricing import Price, cost
@@ -271,3 +272,24 @@ def test_a_cap_nothing_fits_in_stops_budget_without_submitting(
     assert said["stopped"] == "budget" and said["pending"] == 5
     assert server.batches.uploads == 0 and not server.batches.batches
     assert "would pass --max-cost" in done.stderr
+
+
+# -- --tpm ------------------------------------------------------------------------------------
+
+
+def test_tpm_is_refused_with_the_batch_api_and_kept_for_autos_online_rows(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(UsageError, match="no per-minute pacing"):
+        RunConfig(provider="openai", via="batch", tpm="20k")
+    with pytest.raises(UsageError, match="no per-minute pacing"):
+        RunConfig(provider="openai", via="batch", tpm="auto")
+    assert RunConfig(provider="openai", via="batch", tpm="0").tpm_per_s is None  # no limit
+    assert RunConfig(provider="openai", via="auto", tpm="20k").tpm_per_s == pytest.approx(
+        20000 / 60
+    )
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(1))
+    done = cli("run", str(inp), "-o", str(tmp_path / "out.jsonl"), "--provider", "openai",
+               "--via", "batch", "--tpm", "20k")  # fmt: skip
+    assert done.returncode == 2
+    assert "enqueued-token quota" in done.stderr
