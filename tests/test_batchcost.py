@@ -23,6 +23,8 @@ from batchpizza.errors import UsageError
 from batchpizza.job.metering import token_fields
 from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.pricing import Price, cost
+from batchpizza.records import Prompt
+from batchpizza.tokencount import input_bound, messages_bound
 from tests.conftest import read_jsonl, write_jsonl
 
 LIMITS = "40,,0.05,0.2"  # LINES,BYTES,POLL,POLL_CAP: small files, fast polls
@@ -272,6 +274,36 @@ def test_a_cap_nothing_fits_in_stops_budget_without_submitting(
     assert said["stopped"] == "budget" and said["pending"] == 5
     assert server.batches.uploads == 0 and not server.batches.batches
     assert "would pass --max-cost" in done.stderr
+
+
+def test_auto_frees_the_batch_reservations_of_the_rows_it_sends_online_at_full_price(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    server.batches.seconds = 3600.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(20))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+
+    # $0.0007: the 20 rows' worst cases fit at half price, not at full.
+    done = run(inp, out, server.base_url, "--via", "auto", "--deadline", "6s", "--rate", "0",
+               "--max-cost", "0.0007", "--param", "max_tokens=20",
+               "--summary-json", str(summary))  # fmt: skip
+
+    assert done.returncode == 4, done.stderr
+    said = json.loads(summary.read_text())
+    assert said["batches"]["submitted"] == 20 and said["stopped"] == "budget"
+    assert 0 < server.stats.requests < 20  # online, until the cap at full price
+    assert said["pending"] == 20 - server.stats.requests
+    assert cost(PRICE, *output_tokens(out)) <= 0.0007
+    assert said["cost"]["total"] == pytest.approx(cost(PRICE, *output_tokens(out)), abs=1e-6)
+
+
+def test_a_lines_messages_are_bounded_as_its_prompt_was() -> None:
+    # What a batch out at a run's start reserves, from its line alone: the prompt's own bound.
+    one = Prompt("a", "héllo, 世界", ())
+    two = Prompt("b", "", ({"role": "system", "content": "be brief"},
+                          {"role": "user", "content": "ünïcode 🍕"}))  # fmt: skip
+    assert messages_bound([{"role": "user", "content": one.text}]) == input_bound(one)
+    assert messages_bound(two.messages) == input_bound(two)
 
 
 # -- --tpm ------------------------------------------------------------------------------------

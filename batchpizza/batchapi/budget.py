@@ -8,10 +8,10 @@ request's: tokencount.input_bound of its prompt, and its max_tokens (else the me
 estimate: the cap then holds for sure only with max_tokens set, as online).
 
 Lines a batch already has when the run starts (an earlier run's) are reserved whether they fit or
-not: they will be billed. Their prompt is not at hand, only the line: its bytes bound its input
-(every token of a byte-level tokenizer is at least a byte, and the JSON around each message is
-longer than the tokens the chat template adds). A failed or expired line keeps its reservation
-until it is resubmitted and answered; one an earlier run left waiting takes one when it fits.
+not: they will be billed. Their prompt is not at hand, only the line: the same bound of the
+messages in its body (tokencount.messages_bound), its body's max_tokens. A failed or expired line
+keeps its reservation until it is resubmitted and answered; one an earlier run left waiting takes
+one when it fits.
 
 Rows are reserved in input order: the first that does not fit is withheld with every row after
 it (they stay pending), and offered again once a collected batch settled for less than it
@@ -33,7 +33,7 @@ from batchpizza.controls.metering import Meter
 from batchpizza.controls.stop import Stop
 from batchpizza.engine.runner import Counters, PendingRow
 from batchpizza.records import Prompt, Result
-from batchpizza.tokencount import input_bound, max_output
+from batchpizza.tokencount import input_bound, max_output, messages_bound
 
 log = logging.getLogger("batchpizza")
 
@@ -64,9 +64,7 @@ class BatchBudget:
             return
         for line in lines:
             if line.digest not in self._held and line.line is not None:
-                held = budget.try_reserve(
-                    len(line.line), self._line_output(line.line), batch=True, force=True
-                )
+                held = budget.try_reserve(*self._line_worst(line.line), batch=True, force=True)
                 assert held is not None  # forced
                 self._held[line.digest] = held
 
@@ -101,8 +99,7 @@ class BatchBudget:
         kept = []
         for line in lines:
             if line.digest not in self._held:
-                text = line.line or b""
-                held = budget.try_reserve(len(text), self._line_output(text), batch=True)
+                held = budget.try_reserve(*self._line_worst(line.line or b""), batch=True)
                 if held is None:
                     self.short = True
                     continue
@@ -159,12 +156,14 @@ class BatchBudget:
         log.warning("batchpizza: stopping: the next line's worst-case cost would pass --max-cost")
         stop.stop_sending("budget")
 
-    def _line_output(self, line: bytes) -> int:
-        """A line's worst-case output: its body's max_tokens, else the meter's estimate."""
+    def _line_worst(self, line: bytes) -> tuple[int, int]:
+        """A request line's worst case, input and output tokens, as its prompt's would be; a
+        line that cannot be read (never one batchpizza wrote): its bytes bound its input."""
         assert self.meter is not None
         try:
             body: Any = jsoncodec.loads(line).get("body")
         except (ValueError, AttributeError):
             body = None
-        found = max_output(body) if isinstance(body, dict) else None
-        return found or self.meter.output.value
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return len(line), self.meter.output.value
+        return messages_bound(body["messages"]), max_output(body) or self.meter.output.value

@@ -8,6 +8,9 @@ it reserved (its input is bounded by tokencount.input_bound, its output by max_t
 check and the reservation are one synchronous step on the event loop: no other worker can
 reserve in between.
 
+A Batch API line (batchapi/budget.py) reserves and settles at the batch price; the lines a batch
+already has when a run starts are reserved whether they fit or not (they will be billed).
+
 A request that does not fit while others are in flight waits for them to settle (most use less
 than their worst case, which frees room); one that does not fit with nothing in flight means the
 cap is reached: `BudgetReached`, and the run stops sending.
