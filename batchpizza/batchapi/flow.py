@@ -8,8 +8,9 @@ recorded without an id is looked for on the server by its name, and a batch by i
 anything is uploaded or created again; and a batch whose creation failed without a reply is
 looked for before it is created again. Rows in a batch, or waiting to be resubmitted, are never
 put in a new file. Each answer is committed through the checkpoint as an online answer is (the
-same parsing of the same reply body, the same result row), with its line marked "answered".
-"""
+same parsing of the same reply body, the same result row), with its line marked "answered";
+its tokens spent at the batch price, and --max-cost reserved per line before it is submitted
+(budget.py)."""
 
 from __future__ import annotations
 
