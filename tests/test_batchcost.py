@@ -292,6 +292,7 @@ def test_auto_frees_the_batch_reservations_of_the_rows_it_sends_online_at_full_p
     said = json.loads(summary.read_text())
     assert said["batches"]["submitted"] == 20 and said["stopped"] == "budget"
     assert 0 < server.stats.requests < 20  # online, until the cap at full price
+    assert said["batches"]["online"] == server.stats.requests  # those sent, not those meant
     assert said["pending"] == 20 - server.stats.requests
     assert cost(PRICE, *output_tokens(out)) <= 0.0007
     assert said["cost"]["total"] == pytest.approx(cost(PRICE, *output_tokens(out)), abs=1e-6)

@@ -9,8 +9,7 @@ anything is uploaded or created again; and a batch whose creation failed without
 looked for before it is created again. Rows in a batch, or waiting to be resubmitted, are never
 put in a new file. Each answer is committed through the checkpoint as an online answer is (the
 same parsing of the same reply body, the same result row), with its line marked "answered";
-its tokens spent at the batch price, and --max-cost reserved per line before it is submitted
-(budget.py)."""
+spent at the batch price, --max-cost reserved per line before it is submitted (budget.py)."""
 
 from __future__ import annotations
 
@@ -76,7 +75,7 @@ class BatchFlow:
         self.client: BatchClient | None = None
         self.fatal: BatchAPIError | None = None
         self.out = 0  # batches still out when the run ended
-        self.sent_online = 0  # --via auto: rows sent online instead
+        self.sent_online = 0  # --via auto: rows sent (and finished) online instead
         self.lines_sent = 0  # lines submitted by this run (resubmissions too)
         self.resubmitted = 0
         self.collected = 0  # answers and failed rows committed from batches by this run
@@ -374,9 +373,10 @@ class BatchFlow:
             rows.extend(self._held[line.digest] for line in lines if line.digest in self._held)
         if not rows:
             return
-        self.sent_online = len(rows)
         log.warning("--via auto: %d rows still out near the deadline are sent online", len(rows))
+        done = self.counters.rows_done
         await self.online(iter(sorted(rows, key=lambda row: row[0])))
+        self.sent_online = self.counters.rows_done - done  # a stop may leave some unsent
 
     def info(self) -> dict[str, int]:
         """The summary's `batches`."""
