@@ -17,8 +17,13 @@ from typing import Any
 import pytest
 from test_checkpoint import result
 
+from batchpizza.batchapi.budget import BatchBudget
 from batchpizza.checkpoint import Checkpoint
+from batchpizza.checkpoint.batches import BatchLine
 from batchpizza.config import RunConfig
+from batchpizza.controls.budget import Budget
+from batchpizza.controls.metering import Meter
+from batchpizza.engine.runner import Counters
 from batchpizza.errors import UsageError
 from batchpizza.job.metering import token_fields
 from batchpizza.mock.server import ThreadedMockServer
@@ -296,6 +301,31 @@ def test_auto_frees_the_batch_reservations_of_the_rows_it_sends_online_at_full_p
     assert said["pending"] == 20 - server.stats.requests
     assert cost(PRICE, *output_tokens(out)) <= 0.0007
     assert said["cost"]["total"] == pytest.approx(cost(PRICE, *output_tokens(out)), abs=1e-6)
+
+
+def test_a_line_keeps_its_reservation_to_resubmit_frees_it_failing_settles_it_answered() -> None:
+    line = json.dumps({"custom_id": "0-x", "body": {"messages": [
+        {"role": "user", "content": "x" * 84}], "max_tokens": 100}}).encode()  # fmt: skip
+    worst = cost(PRICE, 84 + 16, 100, batch=True)  # $0.00015
+    budget = Budget(2.5 * worst, PRICE)
+    money = BatchBudget(Meter(params={}, budget=budget), Counters())
+
+    waiting = [BatchLine(1, f"{i}-x", f"q{i}", i, bytes([i]), 2, line) for i in range(3)]
+    # Lines an earlier run left waiting to be resubmitted: those that fit, each reserved.
+    assert [x.pos for x in money.resubmittable(waiting)] == [0, 1] and money.short
+    assert budget.reserved == pytest.approx(2 * worst)
+    answer = result("q0")._replace(digest=bytes([0]), prompt_tokens=50, completion_tokens=10)
+    money.settle([(bytes([0]), "answered"), (bytes([1]), "failed")], [answer])
+    assert budget.spent == pytest.approx(cost(PRICE, 50, 10, batch=True))
+    assert budget.reserved == pytest.approx(worst)  # the failed line's, to resubmit it
+    assert money.tokens == (50, 10)
+    assert [x.pos for x in money.resubmittable(waiting[1:])] == [1, 2]  # 1 holds its own
+    money.settle([(bytes([1]), "error"), (bytes([2]), "expired")], [])
+    assert budget.reserved == pytest.approx(worst)  # the error freed, not billed
+    # Lines a batch already has: reserved even past the cap (they will be billed).
+    money.reserve_out(BatchLine(2, f"{i}-x", f"q{i}", i, bytes([i]), 1, line) for i in (8, 9))
+    assert budget.reserved == pytest.approx(3 * worst)
+    assert budget.spent + budget.reserved > budget.cap
 
 
 def test_a_lines_messages_are_bounded_as_its_prompt_was() -> None:
