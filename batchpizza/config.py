@@ -171,7 +171,9 @@ class RunConfig:
         price = check_cost(self.max_cost, self.price, self.provider, self.model)
         object.__setattr__(self, "price_per_m", price)
         check_url(self.base_url, "--base-url")
-        check_via(self.via, self.provider, self.schema is not None)
+        check_via(
+            self.via, self.provider, self.schema is not None, tpm_per_s is not None or tpm_auto
+        )
         if self.proxy:
             check_url(self.proxy, "--proxy")
 

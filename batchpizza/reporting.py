@@ -20,6 +20,7 @@ from batchpizza.report import (
     render_text,
     summarize,
 )
+from batchpizza.report.spend import spend_numbers
 from batchpizza.report.structured import structured_numbers
 from batchpizza.sources import input_files
 
@@ -55,6 +56,7 @@ def build_report(path: Path, *, html: bool) -> tuple[str, dict[str, Any], str | 
     try:
         numbers = summarize(report_data(store))
         numbers["structured"] = structured_numbers(store)  # --schema; None without one
+        numbers["spend"] = spend_numbers(store)  # None when no answer carried tokens
     finally:
         store.close()
     return render_text(numbers), numbers, render_html(numbers) if html else None

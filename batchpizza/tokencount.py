@@ -72,6 +72,15 @@ def input_bound(prompt: Prompt) -> int:
     return n
 
 
+def messages_bound(messages: Iterable[Any]) -> int:
+    """`input_bound` of a request's messages as sent (a Batch API line's body)."""
+    n = BOUND_REPLY_OVERHEAD
+    for message in messages:
+        text = _content(message) if isinstance(message, Mapping) else ""
+        n += len(text.encode("utf-8", "surrogatepass")) + BOUND_MESSAGE_OVERHEAD
+    return n
+
+
 def max_output(params: Mapping[str, Any], prompt: Prompt | None = None) -> int | None:
     """The request's output cap, `max_completion_tokens` or `max_tokens`, from --param over a
     batch line's body; None when it sets none."""

@@ -195,6 +195,26 @@ class BatchClient:
                 return
             params = {**params, "after": items[-1]["id"]}
 
+    async def find_file(self, name: str) -> str | None:
+        """The id of the file uploaded under `name`, if the server has one."""
+        for item in await self.files():
+            if item.get("filename") == name and isinstance(item.get("id"), str):
+                return str(item["id"])
+        return None
+
+    async def find_batch(self, name: str, since: float, file_id: str) -> dict[str, Any] | None:
+        """The batch made of file `name` (`file_id`, recorded at `since`), if there is one."""
+        async for batch in self.batches():
+            metadata = batch.get("metadata")
+            named = isinstance(metadata, dict) and metadata.get("batchpizza") == name
+            if named or batch.get("input_file_id") == file_id:
+                return batch
+            created = batch.get("created_at")
+            # Listed newest first: one made an hour before the file was recorded is not it.
+            if isinstance(created, (int, float)) and created < since - 3600:
+                return None
+        return None
+
     async def create(self, file_id: str, name: str) -> dict[str, Any]:
         body = {
             "input_file_id": file_id,

@@ -8,8 +8,8 @@ recorded without an id is looked for on the server by its name, and a batch by i
 anything is uploaded or created again; and a batch whose creation failed without a reply is
 looked for before it is created again. Rows in a batch, or waiting to be resubmitted, are never
 put in a new file. Each answer is committed through the checkpoint as an online answer is (the
-same parsing of the same reply body, the same result row), with its line marked "answered".
-"""
+same parsing of the same reply body, the same result row), with its line marked "answered";
+spent at the batch price, --max-cost reserved per line before it is submitted (budget.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from batchpizza.batchapi.budget import BatchBudget
 from batchpizza.batchapi.client import BatchClient, Halted
 from batchpizza.batchapi.files import Line, ResultLine, build_lines, read_results, split
 from batchpizza.batchapi.results import Judge
@@ -28,6 +29,7 @@ from batchpizza.batchapi.settings import AUTO_MARGIN, AUTO_MIN, Limits
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.checkpoint.batches import BatchFile, BatchLine
 from batchpizza.config import RunConfig
+from batchpizza.controls.metering import Meter
 from batchpizza.controls.stop import Stop
 from batchpizza.engine.runner import Counters, PendingRow
 from batchpizza.engine.session import new_session
@@ -55,6 +57,7 @@ class BatchFlow:
         session: aiohttp.ClientSession | None = None,
         deadline_at: float | None = None,
         online: Callable[[Iterator[PendingRow]], Awaitable[None]] | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self.config = config
         self.provider = provider
@@ -69,10 +72,11 @@ class BatchFlow:
         self.online = online  # --via auto: sends rows online (the Runner)
         self.limits = Limits.from_env()
         self.judge = Judge(provider, config.max_retries)
+        self.money = BatchBudget(meter, counters)  # tokens, and --max-cost at the batch price
         self.client: BatchClient | None = None
         self.fatal: BatchAPIError | None = None
         self.out = 0  # batches still out when the run ended
-        self.sent_online = 0  # --via auto: rows sent online instead
+        self.sent_online = 0  # --via auto: rows sent (and finished) online instead
         self.lines_sent = 0  # lines submitted by this run (resubmissions too)
         self.resubmitted = 0
         self.collected = 0  # answers and failed rows committed from batches by this run
@@ -96,6 +100,8 @@ class BatchFlow:
                 retry_after_cap=config.retry_after_cap,
             )
             try:
+                opened = self.checkpoint.open_files()
+                self.money.reserve_out(x for f in opened for x in self.checkpoint.file_lines(f.seq))
                 await self._launch_left()
                 await self._submit(rows)
                 await self._follow()
@@ -122,6 +128,7 @@ class BatchFlow:
         skip = self.checkpoint.out_keys()
         if self.online is not None:
             rows = self._holding(rows)
+        rows = self.money.fitting(rows, skip, self.key)
         for chunk in split(build_lines(rows, self.provider.body, self.key, skip), self.limits):
             if self.stop.sending_stopped:
                 return
@@ -154,7 +161,7 @@ class BatchFlow:
         tries = self.config.max_retries + 1
         for attempt in range(tries):
             if file_id is None and look:
-                file_id = await self._find_file(f.name)
+                file_id = await client.find_file(f.name)
             if file_id is None:
                 try:
                     file_id = await client.upload(f.name, content)
@@ -170,7 +177,7 @@ class BatchFlow:
         assert file_id is not None
         look = not fresh or f.file_id is not None
         for attempt in range(tries):
-            batch = await self._find_batch(f, file_id) if look else None
+            batch = await client.find_batch(f.name, f.created, file_id) if look else None
             if batch is None:
                 try:
                     batch = await client.create(file_id, f.name)
@@ -184,26 +191,6 @@ class BatchFlow:
             self.checkpoint.set_batch(f.seq, batch)
             log.info("batch %s: %d requests (%s)", batch.get("id"), f.lines, f.name)
             return
-
-    async def _find_file(self, name: str) -> str | None:
-        assert self.client is not None
-        for item in await self.client.files():
-            if item.get("filename") == name and isinstance(item.get("id"), str):
-                return str(item["id"])
-        return None
-
-    async def _find_batch(self, f: BatchFile, file_id: str) -> dict[str, Any] | None:
-        assert self.client is not None
-        async for batch in self.client.batches():
-            metadata = batch.get("metadata")
-            named = isinstance(metadata, dict) and metadata.get("batchpizza") == f.name
-            if named or batch.get("input_file_id") == file_id:
-                return batch
-            created = batch.get("created_at")
-            # Listed newest first: one made an hour before the file was recorded is not it.
-            if isinstance(created, (int, float)) and created < f.created - 3600:
-                return None
-        return None
 
     # -- following ----------------------------------------------------------------------------
 
@@ -222,6 +209,7 @@ class BatchFlow:
         while not self.stop.sending_stopped:
             await self._poll_all()
             await self._resubmit()
+            await self._more()
             if self.fatal is not None or not self.checkpoint.open_files():
                 return
             if not keep_waiting:
@@ -291,8 +279,9 @@ class BatchFlow:
                 attempts.append(attempt._replace(started=started, duration_ms=took))
             if result is not None:
                 results.append((line.pos, result))
-        self.checkpoint.write([r for _, r in results], attempts, self.run_id)
+        self.checkpoint.write([r for _, r in results], attempts, self.run_id, batch=True)
         self.checkpoint.finish_file(f.seq, outcomes, status)
+        self.money.settle([(lines[c].digest, o) for c, o in outcomes], (r for _, r in results))
         again = sum(1 for _, o in outcomes if o in ("failed", "expired"))
         log.info(
             "batch %s %s: %d answered, %d failed, %d to resubmit",
@@ -322,8 +311,9 @@ class BatchFlow:
         said = errors or "no reason given"
         error = ProviderError(f"the Batch API refused the file {f.name}: {said}")
         results = [(line.pos, self.judge.error_result(line, error)) for line in lines.values()]
-        self.checkpoint.write([r for _, r in results], (), self.run_id)
+        self.checkpoint.write([r for _, r in results], (), self.run_id, batch=True)
         self.checkpoint.finish_file(f.seq, [(cid, "error") for cid in lines], "failed")
+        self.money.settle([(line.digest, "error") for line in lines.values()], ())
         for pos, result in results:
             self._count(pos, result)
         self.fatal = BatchAPIError(
@@ -337,6 +327,7 @@ class BatchFlow:
         if self.fatal is not None:
             return
         waiting = [line for line in self.checkpoint.to_resubmit() if line.line is not None]
+        waiting = self.money.resubmittable(waiting)  # --max-cost: those that fit
         if not waiting:
             return
         by_cid = {(line.custom_id, line.pos): line for line in waiting}
@@ -348,6 +339,16 @@ class BatchFlow:
                 return
             marked = [(by_cid[(c[0], c[2])].seq, c[0]) for c in chunk]
             await self._send_file(chunk, marked)
+
+    async def _more(self) -> None:
+        """--max-cost: the rows withheld offered again; the cap reached when something does not
+        fit while no batch is out."""
+        rows = self.money.take_withheld()
+        if rows is not None and self.fatal is None:
+            await self._submit(rows)
+        if self.money.short and self.fatal is None and not self.checkpoint.open_files():
+            self.money.reached(self.stop)
+        self.money.short = False
 
     # -- --via auto ---------------------------------------------------------------------------
 
@@ -369,12 +370,14 @@ class BatchFlow:
             lines = self.checkpoint.file_lines(f.seq)
             outcomes = [(line.custom_id, "online") for line in lines]
             self.checkpoint.finish_file(f.seq, outcomes, "abandoned")
+            self.money.release(line.digest for line in lines)  # reserved online, at full price
             rows.extend(self._held[line.digest] for line in lines if line.digest in self._held)
         if not rows:
             return
-        self.sent_online = len(rows)
         log.warning("--via auto: %d rows still out near the deadline are sent online", len(rows))
+        done = self.counters.rows_done
         await self.online(iter(sorted(rows, key=lambda row: row[0])))
+        self.sent_online = self.counters.rows_done - done  # a stop may leave some unsent
 
     def info(self) -> dict[str, int]:
         """The summary's `batches`."""

@@ -50,7 +50,7 @@ class Limits:
         return cls(min(lines, MAX_LINES), min(size, MAX_BYTES), first, cap)
 
 
-def check_via(via: str, provider: str, schema: bool = False) -> None:
+def check_via(via: str, provider: str, schema: bool = False, tpm: bool = False) -> None:
     if via not in VIA:
         raise UsageError(f"--via {via!r}: one of {', '.join(VIA)}")
     if via != "online" and schema:
@@ -64,4 +64,11 @@ def check_via(via: str, provider: str, schema: bool = False) -> None:
         raise UsageError(
             f"--via {via}: the Batch API is OpenAI's; use it with --provider openai, or send "
             "online (--via online)"
+        )
+    if via == "batch" and tpm:
+        # --via auto keeps it: it paces the rows sent online near the deadline, as any online run.
+        raise UsageError(
+            "--via batch with --tpm: the Batch API has no per-minute pacing to do (a batch's "
+            "requests are run by the server, within its enqueued-token quota); leave --tpm out, "
+            "or send online (--via online, or --via auto for the rows sent online late)"
         )

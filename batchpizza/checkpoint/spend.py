@@ -1,8 +1,9 @@
 """The `spend` table: what every run on this checkpoint used and what it cost, so that
 `--max-cost` counts across runs (a rerun with a higher cap continues from what was spent).
 
-One row per run: the price it was charged at (null when none is known) and the tokens of the
-answers it committed. The tokens are added in the same transaction as the results that carry
+One row per run and way of sending: the price it was charged at (null when none is known) and
+the tokens of the answers it committed; a run that collected answers through the Batch API has a
+second row (`batch` = 1) at the batch price (pricing.BATCH_DISCOUNT of its price) for them. The tokens are added in the same transaction as the results that carry
 them (Checkpoint.write), so the spend is as durable as the answers: a kill -9 loses neither
 without the other. (Requests in flight at a kill were billed but not recorded: at most
 `--concurrency` requests' worth, the same bound as the answers a kill re-sends.) `--restart`
@@ -16,13 +17,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from batchpizza.pricing import BATCH_DISCOUNT
 from batchpizza.records import Result
 
 SPEND = """
 CREATE TABLE IF NOT EXISTS spend (
     run INTEGER, started REAL, price_in REAL, price_out REAL,
     prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
-    estimated INTEGER NOT NULL DEFAULT 0
+    estimated INTEGER NOT NULL DEFAULT 0, batch INTEGER NOT NULL DEFAULT 0
 )"""
 
 
@@ -34,13 +36,21 @@ class Spend:
     completion_tokens: int = 0
     dollars: float = 0.0
     estimated: bool = False  # some counts are estimates (Pizzagpt's)
+    # Of which through the Batch API, at its price:
+    batch_prompt_tokens: int = 0
+    batch_completion_tokens: int = 0
+    batch_dollars: float = 0.0
 
 
-def begin(conn: sqlite3.Connection, run: int, price: tuple[float, float] | None) -> int:
-    """A run's row; its rowid, for `add`."""
+def begin(
+    conn: sqlite3.Connection, run: int, price: tuple[float, float] | None, batch: bool = False
+) -> int:
+    """A run's row (its Batch API row, at the batch price, with `batch`); its rowid, for `add`."""
+    if price is not None and batch:
+        price = (price[0] * BATCH_DISCOUNT, price[1] * BATCH_DISCOUNT)
     cursor = conn.execute(
-        "INSERT INTO spend (run, started, price_in, price_out) VALUES (?, ?, ?, ?)",
-        (run, time.time(), *(price or (None, None))),
+        "INSERT INTO spend (run, started, price_in, price_out, batch) VALUES (?, ?, ?, ?, ?)",
+        (run, time.time(), *(price or (None, None)), int(batch)),
     )
     return int(cursor.lastrowid or 0)
 
@@ -62,21 +72,32 @@ def add(conn: sqlite3.Connection, row: int, results: Sequence[Result]) -> None:
         )
 
 
-def total(conn: sqlite3.Connection, row: int | None = None) -> Spend:
-    """Every run's spend (or one run's, by its row)."""
+def total(conn: sqlite3.Connection, rows: Sequence[int] | None = None) -> Spend:
+    """Every run's spend (or one run's, by its rows)."""
     has = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE name = 'spend' AND type = 'table'"
     ).fetchone()
     if not has:  # a read-only look at a checkpoint from before the table
         return Spend()
-    where, args = ("WHERE rowid = ?", (row,)) if row is not None else ("", ())
+    where = f"WHERE rowid IN ({', '.join('?' * len(rows))})" if rows is not None else ""
     found = conn.execute(
-        "SELECT coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), "
+        "SELECT batch, coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), "
         "coalesce(sum((prompt_tokens * coalesce(price_in, 0) + completion_tokens * "
-        f"coalesce(price_out, 0)) / 1e6), 0), coalesce(max(estimated), 0) FROM spend {where}",
-        args,
-    ).fetchone()
-    return Spend(int(found[0]), int(found[1]), float(found[2]), bool(found[3]))
+        f"coalesce(price_out, 0)) / 1e6), 0), coalesce(max(estimated), 0) FROM spend {where} "
+        "GROUP BY batch",
+        tuple(rows or ()),
+    ).fetchall()
+    sums = {bool(batch): (int(p), int(c), float(d), bool(e)) for batch, p, c, d, e in found}
+    online, batch = sums.get(False, (0, 0, 0.0, False)), sums.get(True, (0, 0, 0.0, False))
+    return Spend(
+        online[0] + batch[0],
+        online[1] + batch[1],
+        online[2] + batch[2],
+        online[3] or batch[3],
+        batch[0],
+        batch[1],
+        batch[2],
+    )
 
 
 def mean_output(conn: sqlite3.Connection, ident: bytes) -> float | None:

@@ -102,7 +102,7 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting):
         self._conn = conn
         self._readonly = readonly
         self._synced = time.monotonic()
-        self._spend_row: int | None = None  # this run's row of the spend table
+        self._spend_rows: dict[bool, int] = {}  # this run's rows of the spend table, by batch
         self._file_id = _file_id(path) if path is not None and not readonly else None
         # A file's results are staged, then folded (see the module's docstring); in memory,
         # where no page is written to a log, straight into `results`.
@@ -232,16 +232,19 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting):
     # -- results ------------------------------------------------------------------------------
 
     def write(
-        self, results: Sequence[Result], attempts: Sequence[Attempt] = (), run: int = 0
+        self,
+        results: Sequence[Result],
+        attempts: Sequence[Attempt] = (),
+        run: int = 0,
+        batch: bool = False,
     ) -> None:
         """Commit a group of results (and the attempts behind them) at once: a write to the log,
-        no fsync (see sync). A row SQLite cannot bind fails alone, never the group (see
-        _insert_result)."""
+        no fsync (see sync); a row SQLite cannot bind fails alone (see _insert_result). `batch`:
+        collected through the Batch API, spent at its price."""
         self._check_identity()
         now = time.time()
-        # Result and Attempt are named tuples of the columns: (*r, now) is the row as it is.
-        # (dataclasses.astuple, when they were dataclasses, deep-copied every field: 12.5 us a
-        # row, 6 % of a run's CPU at zero latency.)
+        # Result and Attempt are named tuples of the columns: (*r, now) is the row as it is
+        # (dataclasses.astuple deep-copied every field: 6 % of a run's CPU at zero latency).
         ident = self.ident
         rows = [(ident, *r, now) for r in results]
         conn = self._conn
@@ -262,8 +265,9 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting):
                 except UNBINDABLE:  # the ones before the failing one are in: go on from it
                     for attempt in attempt_rows[conn.total_changes - before :]:
                         self._insert_attempt(attempt)
-            if self._spend_row is not None:
-                spend.add(conn, self._spend_row, results)  # as durable as the answers
+            spend_row = self._spend_rows.get(batch)
+            if spend_row is not None:
+                spend.add(conn, spend_row, results)  # as durable as the answers
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (now,))
         self._staged += len(rows)
 
@@ -332,17 +336,20 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting):
         except sqlite3.DatabaseError as exc:
             raise _sqlite_error(self.path, exc) from None
 
-    def begin_spend(self, run: int, price: tuple[float, float] | None) -> None:
-        """Count the tokens of this run's results from now on, at `price` (spend.py)."""
+    def begin_spend(self, run: int, price: tuple[float, float] | None, batch: bool = False) -> None:
+        """Count the tokens of this run's results from now on, at `price` (spend.py); with
+        `batch`, those collected through the Batch API apart, at the batch price."""
         with self._transaction():
-            self._spend_row = spend.begin(self._conn, run, price)
+            self._spend_rows = {False: spend.begin(self._conn, run, price)}
+            if batch:
+                self._spend_rows[True] = spend.begin(self._conn, run, price, batch=True)
 
     def spend(self, *, this_run: bool = False) -> spend.Spend:
         """What every run on this checkpoint (or this one) used and cost."""
-        if this_run and self._spend_row is None:
+        if this_run and not self._spend_rows:
             return spend.Spend()
         with self._errors():
-            return spend.total(self._conn, self._spend_row if this_run else None)
+            return spend.total(self._conn, list(self._spend_rows.values()) if this_run else None)
 
     def mean_output(self) -> float | None:
         """The mean output tokens of this identity's answers (a dry run's estimate)."""

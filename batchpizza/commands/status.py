@@ -51,6 +51,12 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
         "estimated": spent.estimated,
     }
     info["spent"] = round(spent.dollars, 6)
+    if spent.batch_prompt_tokens or spent.batch_completion_tokens:  # of which at the batch price
+        info["batch_spend"] = {
+            "input": spent.batch_prompt_tokens,
+            "output": spent.batch_completion_tokens,
+            "dollars": round(spent.batch_dollars, 6),
+        }
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -78,6 +84,12 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
         click.echo(
             f"  tokens     {spent.prompt_tokens:,} in + {spent.completion_tokens:,} out"
             f"{estimated}, ${spent.dollars:.4g} spent over all runs"
+        )
+    if spent.batch_prompt_tokens or spent.batch_completion_tokens:
+        click.echo(
+            f"  batch      of which {spent.batch_prompt_tokens:,} in + "
+            f"{spent.batch_completion_tokens:,} out through the Batch API, at half price: "
+            f"${spent.batch_dollars:.4g}"
         )
     click.echo(f"  written    {when}")
     click.echo(f"  running    {'yes: a run holds the lock' if info['running'] else 'no'}")

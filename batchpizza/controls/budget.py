@@ -8,6 +8,9 @@ it reserved (its input is bounded by tokencount.input_bound, its output by max_t
 check and the reservation are one synchronous step on the event loop: no other worker can
 reserve in between.
 
+A Batch API line (batchapi/budget.py) reserves and settles at the batch price; the lines a batch
+already has when a run starts are reserved whether they fit or not (they will be billed).
+
 A request that does not fit while others are in flight waits for them to settle (most use less
 than their worst case, which frees room); one that does not fit with nothing in flight means the
 cap is reached: `BudgetReached`, and the run stops sending.
@@ -28,6 +31,7 @@ class BudgetReached(Exception):
 @dataclass(slots=True)
 class Reservation:
     dollars: float
+    batch: bool = False  # a Batch-API line's: priced at the batch price (pricing.BATCH_DISCOUNT)
 
 
 class Budget:
@@ -46,14 +50,18 @@ class Budget:
         """Dollars neither spent nor reserved."""
         return self.cap - self.spent - self.reserved
 
-    def try_reserve(self, input_tokens: int, output_tokens: int) -> Reservation | None:
-        """A reservation of this worst case if it fits now; None if it does not."""
-        dollars = cost(self.price, input_tokens, output_tokens)
-        if self.spent + self.reserved + dollars > self.cap:
+    def try_reserve(
+        self, input_tokens: int, output_tokens: int, *, batch: bool = False, force: bool = False
+    ) -> Reservation | None:
+        """A reservation of this worst case (at the batch price for a Batch-API line) if it
+        fits now; None if it does not. `force`: reserved whether it fits or not (lines a batch
+        already has: they are out, and will be billed)."""
+        dollars = cost(self.price, input_tokens, output_tokens, batch=batch)
+        if not force and self.spent + self.reserved + dollars > self.cap:
             return None
         self.reserved += dollars
         self.in_flight += 1
-        return Reservation(dollars)
+        return Reservation(dollars, batch)
 
     async def reserve(self, input_tokens: int, output_tokens: int) -> Reservation:
         """Reserve this worst case, waiting for requests in flight to settle while it does not
@@ -72,8 +80,7 @@ class Budget:
     def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> float:
         """The request ended with this usage: its reservation is freed and its cost spent.
         Returns the cost."""
-        price = self.price
-        dollars = (input_tokens * price.input + output_tokens * price.output) / 1_000_000
+        dollars = cost(self.price, input_tokens, output_tokens, batch=reservation.batch)
         self._free(reservation)
         self.spent += dollars
         return dollars

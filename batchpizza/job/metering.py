@@ -37,8 +37,14 @@ def make_meter(config: RunConfig, checkpoint: Checkpoint) -> Meter | None:
     return Meter(params=config.params, budget=budget, pacer=pacer)
 
 
-def token_fields(config: RunConfig, counters: Any, checkpoint: Checkpoint | None) -> dict[str, Any]:
-    """The summary's `tokens` and `cost` (records.Summary)."""
+def token_fields(
+    config: RunConfig,
+    counters: Any,
+    checkpoint: Checkpoint | None,
+    batched: tuple[int, int] = (0, 0),
+) -> dict[str, Any]:
+    """The summary's `tokens` and `cost` (records.Summary); `batched`: the input and output
+    tokens of the counters' that came through the Batch API, priced at its price."""
     if counters is None:
         return {}
     fields: dict[str, Any] = {
@@ -50,7 +56,9 @@ def token_fields(config: RunConfig, counters: Any, checkpoint: Checkpoint | None
     }
     price = config.price_per_m
     if price is not None:
-        run = cost(price, counters.input_tokens, counters.output_tokens)
+        online = (counters.input_tokens - batched[0], counters.output_tokens - batched[1])
+        batch = cost(price, *batched, batch=True)
+        run = cost(price, *online) + batch
         total = run
         with contextlib.suppress(Exception):  # a closed or broken checkpoint: this run's
             if checkpoint is not None:
@@ -58,6 +66,7 @@ def token_fields(config: RunConfig, counters: Any, checkpoint: Checkpoint | None
         fields["cost"] = {
             "run": round(run, 6),
             "total": round(total, 6),
+            **({"batch": round(batch, 6)} if config.via != "online" else {}),
             "cap": config.max_cost,
             "price_per_million": [price.input, price.output],
         }
@@ -89,10 +98,12 @@ def estimate_lines(
     spent = checkpoint.spend().dollars
     if price is None:
         return [*lines, "  cost        no price known for the model (--price IN,OUT to say it)"]
-    estimate = cost(price, inputs, outputs)
+    batch = config.via != "online"  # priced at the Batch API's price (--via auto: but late rows)
+    estimate = cost(price, inputs, outputs, batch=batch)
+    at = "the Batch API's half of " if batch else ""
     lines.append(
-        f"  cost        about ${estimate:.4g} at ${price.input:g}/${price.output:g} per million "
-        f"in/out; ${spent:.4g} spent on this checkpoint so far"
+        f"  cost        about ${estimate:.4g} at {at}${price.input:g}/${price.output:g} per "
+        f"million in/out; ${spent:.4g} spent on this checkpoint so far"
     )
     if config.max_cost is not None and count:
         left = max(0.0, config.max_cost - spent)
@@ -101,6 +112,6 @@ def estimate_lines(
         lines.append(
             f"  cap         ${config.max_cost:g}: ${left:.4g} left, about {fits:,} of the {count:,} "
             f"requests fit (each reserves its worst case, about "
-            f"${cost(price, bound, worst) / count:.3g}, while in flight)"
+            f"${cost(price, bound, worst, batch=batch) / count:.3g}, while in flight)"
         )
     return lines

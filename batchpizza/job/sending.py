@@ -61,7 +61,7 @@ class Sending:
             meter=make_meter(config, checkpoint),
             on_stop=self.stop_now,
         )
-        checkpoint.begin_spend(run, config.price_per_m)
+        checkpoint.begin_spend(run, config.price_per_m, config.via != "online")
         # A Ray actor's gate to the cluster's one controller stands in for this run's Control.
         self.runner = Runner(
             provider,
@@ -83,6 +83,7 @@ class Sending:
                 config, provider, checkpoint, run, stop, self.runner.counters,  # type: ignore[arg-type]
                 key=request_key(provider), on_result=on_result, session=session,
                 deadline_at=deadline_at, online=self.runner.run if config.via == "auto" else None,
+                meter=self.control.meter,  # one budget for the batches and the rows sent online
             )  # fmt: skip
 
     async def send(self, rows: Iterator[PendingRow]) -> None:

@@ -359,13 +359,15 @@ class Job:
     ) -> Summary:
         counters = self.sending.runner.counters if self.sending else None
         summary = self._reporter.summary(tally, counters, exit_code, stopped=stopped, rate=rate)
+        batched = (0, 0)  # tokens priced at the Batch API's price
         if self.sending is not None and self.sending.batches is not None:
             summary = dataclasses.replace(summary, batches=self.sending.batches.info())
+            batched = self.sending.batches.money.tokens
         if self.config.structured is not None and self._checkpoint is not None:
             with contextlib.suppress(Exception):  # as _tally: never fail the summary
                 fit = self._checkpoint.fit_counts(self.config.limit)
                 summary = dataclasses.replace(summary, structured=fit)
-        tokens = token_fields(self.config, counters, self._checkpoint)
+        tokens = token_fields(self.config, counters, self._checkpoint, batched)
         if tokens:
             summary = dataclasses.replace(summary, **tokens)
         if self.plan is None:

@@ -24,6 +24,7 @@ from batchpizza.report.fmt import (
     step_values,
 )
 from batchpizza.report.latency import PERCENTILES
+from batchpizza.report.spend import text_spend
 from batchpizza.report.structured import text_structured
 
 # --- the terminal ---------------------------------------------------------------------------------
@@ -43,6 +44,7 @@ def render_text(numbers: Mapping[str, Any]) -> str:
         [head],
         _text_rows(numbers["rows"]),
         text_structured(numbers.get("structured")),
+        text_spend(numbers.get("spend")),
         _text_requests(numbers["requests"], numbers["series"]),
         _text_latency(numbers["latency_ms"]),
         _text_errors(numbers["errors"], numbers["requests"]["failed"], clock),

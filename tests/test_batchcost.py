@@ -1,0 +1,358 @@
+"""Money through the Batch API (batchapi/budget.py): answers collected from batches priced at the
+batch price in the spend, the summary, status, report and --dry-run; --max-cost reserved at that
+price per line before a file is submitted, never passed by the server's usage; --tpm refused."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from test_checkpoint import result
+
+from batchpizza.batchapi.budget import BatchBudget
+from batchpizza.checkpoint import Checkpoint
+from batchpizza.checkpoint.batches import BatchLine
+from batchpizza.config import RunConfig
+from batchpizza.controls.budget import Budget
+from batchpizza.controls.metering import Meter
+from batchpizza.engine.runner import Counters
+from batchpizza.errors import UsageError
+from batchpizza.job.metering import token_fields
+from batchpizza.mock.server import ThreadedMockServer
+from batchpizza.pricing import Price, cost
+from batchpizza.records import Prompt
+from batchpizza.tokencount import input_bound, messages_bound
+from tests.conftest import read_jsonl, write_jsonl
+
+LIMITS = "40,,0.05,0.2"  # LINES,BYTES,POLL,POLL_CAP: small files, fast polls
+KEY = "sk-test-batch-key-123"
+PRICE = Price(1.0, 2.0)
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadedMockServer]:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", LIMITS)
+    with ThreadedMockServer() as srv:
+        srv.batches.seconds = 0.2
+        yield srv
+
+
+def rows(n: int) -> list[dict[str, str]]:
+    return [{"id": f"q{i}", "prompt": f"question {i}"} for i in range(n)]
+
+
+def run(inp: Path, out: Path, base_url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    argv = ["run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
+            f"{base_url}/v1", "--no-progress", "--price", "1,2", *extra]  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "batchpizza", *argv], capture_output=True, text=True, timeout=120
+    )
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "batchpizza", *argv], capture_output=True, text=True, timeout=120
+    )
+
+
+def served_usage(server: ThreadedMockServer) -> tuple[int, int]:
+    """The usage the mock reported on the result lines of every batch: the server's count."""
+    prompt = completion = 0
+    for file_id, f in server.batches.files.items():
+        if f["purpose"] != "batch_output":
+            continue
+        for raw in server.batches.contents[file_id].splitlines():
+            body = (json.loads(raw).get("response") or {}).get("body") or {}
+            usage = body.get("usage") or {}
+            prompt += usage.get("prompt_tokens", 0)
+            completion += usage.get("completion_tokens", 0)
+    return prompt, completion
+
+
+def output_tokens(out: Path) -> tuple[int, int]:
+    lines = [r for r in read_jsonl(out) if r["prompt_tokens"] is not None]
+    return sum(r["prompt_tokens"] for r in lines), sum(r["completion_tokens"] for r in lines)
+
+
+def spend_rows(checkpoint: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(f"file:{checkpoint}?mode=ro", uri=True) as conn:
+        return conn.execute(
+            "SELECT run, batch, price_in, price_out, prompt_tokens, completion_tokens FROM "
+            "spend ORDER BY rowid"
+        ).fetchall()
+
+
+# -- half price -------------------------------------------------------------------------------
+
+
+def test_batch_answers_are_spent_at_half_price_in_the_summary_status_and_report(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    online, online_summary = tmp_path / "online.jsonl", tmp_path / "online.json"
+
+    done = run(inp, out, server.base_url, "--via", "batch", "--wait",
+               "--summary-json", str(summary))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    same = run(inp, online, server.base_url, "--rate", "0", "--summary-json", str(online_summary))
+    assert same.returncode == 0, same.stderr
+
+    used = output_tokens(out)
+    assert used == served_usage(server) and used == output_tokens(online)
+    half = cost(PRICE, *used) / 2
+    said = json.loads(summary.read_text())
+    assert said["tokens"]["input"] == used[0] and said["tokens"]["output"] == used[1]
+    assert said["cost"]["run"] == pytest.approx(half, abs=1e-6)
+    assert said["cost"]["batch"] == pytest.approx(half, abs=1e-6)
+    assert said["cost"]["total"] == pytest.approx(half, abs=1e-6)
+    # The same answers sent online cost twice as much.
+    full = json.loads(online_summary.read_text())["cost"]
+    assert full["run"] == pytest.approx(2 * said["cost"]["run"], abs=1e-6)
+    assert "batch" not in full
+    # The spend: the run's online row empty, its batch row at half the price.
+    checkpoint = Path(f"{out}.checkpoint")
+    assert spend_rows(checkpoint) == [(1, 0, 1.0, 2.0, 0, 0), (1, 1, 0.5, 1.0, *used)]
+
+    status = cli("status", str(out), "--json")
+    info = json.loads(status.stdout)
+    assert info["spent"] == pytest.approx(half, abs=1e-6)
+    assert info["batch_spend"] == {"input": used[0], "output": used[1],
+                                   "dollars": round(half, 6)}  # fmt: skip
+    assert "through the Batch API, at half price" in cli("status", str(out)).stdout
+    report = cli("report", str(out), "--json")
+    assert json.loads(report.stdout)["spend"]["dollars"] == pytest.approx(half, abs=1e-6)
+    text = cli("report", str(out)).stdout
+    assert "Batch API" in text and f"${half:.4g} at half price" in text
+
+
+def test_the_spend_keeps_a_runs_batch_answers_apart_at_the_batch_price(tmp_path: Path) -> None:
+    store = Checkpoint.open(tmp_path / "ck")
+    store.use_identity({"provider": "openai", "model": "m"})
+    store.begin_spend(store.begin_run({}), (1.0, 2.0), batch=True)
+    store.write([result("a")._replace(prompt_tokens=1000, completion_tokens=500)])
+    store.write([result("b")._replace(prompt_tokens=1000, completion_tokens=500)], batch=True)
+    spent = store.spend()
+    assert spent.dollars == pytest.approx(0.002 + 0.001)
+    assert (spent.batch_prompt_tokens, spent.batch_completion_tokens) == (1000, 500)
+    assert spent.batch_dollars == pytest.approx(0.001)
+    assert store.spend(this_run=True) == spent
+    store.close()
+
+
+def test_the_summarys_run_cost_prices_the_batch_tokens_at_half() -> None:
+    config = RunConfig(provider="openai", via="auto", price="1,2")
+    counters = SimpleNamespace(input_tokens=3000, output_tokens=1500, tokens_estimated=False)
+
+    said = token_fields(config, counters, None, batched=(1000, 500))["cost"]
+
+    # 2000 in + 1000 out sent online at full price, 1000 + 500 collected from batches at half.
+    assert said["run"] == pytest.approx(0.004 + 0.001)
+    assert said["batch"] == pytest.approx(0.001)
+
+
+def test_auto_prices_the_rows_it_sends_online_at_full_price(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    server.batches.seconds = 3600.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(20))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+
+    done = run(inp, out, server.base_url, "--via", "auto", "--deadline", "6s", "--rate", "0",
+               "--summary-json", str(summary))  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    said = json.loads(summary.read_text())
+    assert said["batches"]["online"] == 20
+    assert said["cost"]["run"] == pytest.approx(cost(PRICE, *output_tokens(out)), abs=1e-6)
+    assert said["cost"]["batch"] == 0
+
+
+def test_dry_run_estimates_the_batch_api_at_half_price(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(100))
+    said = {}
+    for via in ("online", "batch"):
+        done = cli("run", str(inp), "-o", str(tmp_path / f"{via}.jsonl"), "--provider", "openai",
+                   "--price", "1,2", "--max-cost", "1", "--param", "max_tokens=20",
+                   "--via", via, "--dry-run")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        said[via] = done.stdout
+    numbers = {
+        via: [float(x) for x in re.findall(r"about \$([0-9.e-]+)", text)]
+        for via, text in said.items()
+    }
+    assert "at the Batch API's half of $1/$2" in said["batch"]
+    # The estimate, and each row's worst case reserved: half.
+    assert numbers["batch"] == pytest.approx([n / 2 for n in numbers["online"]], rel=1e-2)
+
+
+# -- --max-cost ----------------------------------------------------------------------------
+
+
+def test_max_cost_through_batches_never_lets_the_servers_usage_pass_the_cap(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(120))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    # A row's worst case: about 28 bytes in + 20 out, $0.034 a thousand at half price; each
+    # uses about half of it: $0.001 reserves for 29 rows and spends for more.
+    extra = ("--via", "batch", "--wait", "--param", "max_tokens=20",
+             "--summary-json", str(summary))  # fmt: skip
+
+    done = run(inp, out, server.base_url, *extra, "--max-cost", "0.001")
+
+    assert done.returncode == 4, done.stderr
+    said = json.loads(summary.read_text())
+    assert said["stopped"] == "budget" and said["pending"] > 0
+    assert cost(PRICE, *served_usage(server)) / 2 <= 0.001
+    assert said["cost"]["total"] <= 0.001
+    answered = 120 - said["pending"]
+    # Collected batches settled for less than they reserved: more rows went than the first file.
+    first = len(next(iter(server.batches.batches.values()))["_lines"])
+    assert answered > first > 0
+    assert sorted(server.batches.submitted.values()) == [1] * answered
+    pending = {r["id"] for r in read_jsonl(out) if r["finish_reason"] == "pending"}
+    assert len(pending) == said["pending"]
+
+    # A higher cap: only the rows not answered are submitted.
+    again = run(inp, out, server.base_url, *extra, "--max-cost", "0.01")
+
+    assert again.returncode == 0, again.stderr
+    assert server.batches.twice() == {}
+    assert len(server.batches.submitted) == 120
+    assert cost(PRICE, *served_usage(server)) / 2 <= 0.01
+    assert json.loads(summary.read_text())["cost"]["total"] == pytest.approx(
+        cost(PRICE, *served_usage(server)) / 2, abs=1e-6
+    )
+
+
+def test_batches_out_when_a_run_starts_are_reserved_until_collected(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    server.batches.seconds = 4.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(120))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    extra = ("--via", "batch", "--param", "max_tokens=20", "--max-cost", "0.001",
+             "--summary-json", str(summary))  # fmt: skip
+
+    first = run(inp, out, server.base_url, *extra, "--deadline", "0.3s")
+    assert first.returncode == 4, first.stderr
+    assert json.loads(summary.read_text())["stopped"] == "batches"
+    submitted = len(server.batches.submitted)
+    assert 0 < submitted < 120
+
+    # From cron, while they are out: they hold the cap, nothing more is submitted.
+    second = run(inp, out, server.base_url, *extra, "--deadline", "0.3s")
+    assert second.returncode == 4, second.stderr
+    assert len(server.batches.submitted) == submitted
+
+    # Once collected, what they did not use goes to more rows; the cap holds throughout.
+    server.batches.seconds = 0.2
+    last = run(inp, out, server.base_url, *extra, "--wait")
+    assert last.returncode == 4, last.stderr
+    assert json.loads(summary.read_text())["stopped"] == "budget"
+    assert len(server.batches.submitted) > submitted
+    assert server.batches.twice() == {}
+    assert cost(PRICE, *served_usage(server)) / 2 <= 0.001
+
+
+def test_a_cap_nothing_fits_in_stops_budget_without_submitting(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(5))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+
+    done = run(inp, out, server.base_url, "--via", "batch", "--max-cost", "0.00001",
+               "--param", "max_tokens=20", "--summary-json", str(summary))  # fmt: skip
+
+    assert done.returncode == 4, done.stderr
+    said = json.loads(summary.read_text())
+    assert said["stopped"] == "budget" and said["pending"] == 5
+    assert server.batches.uploads == 0 and not server.batches.batches
+    assert "would pass --max-cost" in done.stderr
+
+
+def test_auto_frees_the_batch_reservations_of_the_rows_it_sends_online_at_full_price(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    server.batches.seconds = 3600.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(20))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+
+    # $0.0007: the 20 rows' worst cases fit at half price, not at full.
+    done = run(inp, out, server.base_url, "--via", "auto", "--deadline", "6s", "--rate", "0",
+               "--max-cost", "0.0007", "--param", "max_tokens=20",
+               "--summary-json", str(summary))  # fmt: skip
+
+    assert done.returncode == 4, done.stderr
+    said = json.loads(summary.read_text())
+    assert said["batches"]["submitted"] == 20 and said["stopped"] == "budget"
+    assert 0 < server.stats.requests < 20  # online, until the cap at full price
+    assert said["batches"]["online"] == server.stats.requests  # those sent, not those meant
+    assert said["pending"] == 20 - server.stats.requests
+    assert cost(PRICE, *output_tokens(out)) <= 0.0007
+    assert said["cost"]["total"] == pytest.approx(cost(PRICE, *output_tokens(out)), abs=1e-6)
+
+
+def test_a_line_keeps_its_reservation_to_resubmit_frees_it_failing_settles_it_answered() -> None:
+    line = json.dumps({"custom_id": "0-x", "body": {"messages": [
+        {"role": "user", "content": "x" * 84}], "max_tokens": 100}}).encode()  # fmt: skip
+    worst = cost(PRICE, 84 + 16, 100, batch=True)  # $0.00015
+    budget = Budget(2.5 * worst, PRICE)
+    money = BatchBudget(Meter(params={}, budget=budget), Counters())
+
+    waiting = [BatchLine(1, f"{i}-x", f"q{i}", i, bytes([i]), 2, line) for i in range(3)]
+    # Lines an earlier run left waiting to be resubmitted: those that fit, each reserved.
+    assert [x.pos for x in money.resubmittable(waiting)] == [0, 1] and money.short
+    assert budget.reserved == pytest.approx(2 * worst)
+    answer = result("q0")._replace(digest=bytes([0]), prompt_tokens=50, completion_tokens=10)
+    money.settle([(bytes([0]), "answered"), (bytes([1]), "failed")], [answer])
+    assert budget.spent == pytest.approx(cost(PRICE, 50, 10, batch=True))
+    assert budget.reserved == pytest.approx(worst)  # the failed line's, to resubmit it
+    assert money.tokens == (50, 10)
+    assert [x.pos for x in money.resubmittable(waiting[1:])] == [1, 2]  # 1 holds its own
+    money.settle([(bytes([1]), "error"), (bytes([2]), "expired")], [])
+    assert budget.reserved == pytest.approx(worst)  # the error freed, not billed
+    # Lines a batch already has: reserved even past the cap (they will be billed).
+    money.reserve_out(BatchLine(2, f"{i}-x", f"q{i}", i, bytes([i]), 1, line) for i in (8, 9))
+    assert budget.reserved == pytest.approx(3 * worst)
+    assert budget.spent + budget.reserved > budget.cap
+
+
+def test_a_lines_messages_are_bounded_as_its_prompt_was() -> None:
+    # What a batch out at a run's start reserves, from its line alone: the prompt's own bound.
+    one = Prompt("a", "héllo, 世界", ())
+    two = Prompt("b", "", ({"role": "system", "content": "be brief"},
+                          {"role": "user", "content": "ünïcode 🍕"}))  # fmt: skip
+    assert messages_bound([{"role": "user", "content": one.text}]) == input_bound(one)
+    assert messages_bound(two.messages) == input_bound(two)
+
+
+# -- --tpm ------------------------------------------------------------------------------------
+
+
+def test_tpm_is_refused_with_the_batch_api_and_kept_for_autos_online_rows(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(UsageError, match="no per-minute pacing"):
+        RunConfig(provider="openai", via="batch", tpm="20k")
+    with pytest.raises(UsageError, match="no per-minute pacing"):
+        RunConfig(provider="openai", via="batch", tpm="auto")
+    assert RunConfig(provider="openai", via="batch", tpm="0").tpm_per_s is None  # no limit
+    assert RunConfig(provider="openai", via="auto", tpm="20k").tpm_per_s == pytest.approx(
+        20000 / 60
+    )
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(1))
+    done = cli("run", str(inp), "-o", str(tmp_path / "out.jsonl"), "--provider", "openai",
+               "--via", "batch", "--tpm", "20k")  # fmt: skip
+    assert done.returncode == 2
+    assert "enqueued-token quota" in done.stderr
