@@ -165,7 +165,7 @@ async def failure(provider: OpenAIAPI, session: aiohttp.ClientSession, p: Prompt
 def test_it_is_a_provider_with_token_columns_and_401_fatal() -> None:
     provider: Provider = api("http://127.0.0.1:1/v1")
     assert provider.name == "openai"
-    assert provider.extra_columns == ("prompt_tokens", "completion_tokens")
+    assert provider.extra_columns == ("prompt_tokens", "completion_tokens", "tokens_estimated")
     assert provider.fatal_statuses == frozenset({401})
     assert provider.detects_refusals is False
 
