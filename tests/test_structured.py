@@ -360,3 +360,34 @@ def test_the_shipped_metaschema_validator_is_what_fastjsonschema_generates() -> 
 
     shipped = Path(metaschema.__file__).with_name("draft07.py").read_text()
     assert shipped == metaschema.generated()
+
+
+def test_an_integer_beyond_64_bits_is_null_where_null_may_go() -> None:
+    # A valid answer with a required integer beyond int64 made the Parquet writer fail the run
+    # ("declared non-nullable but contains nulls"): its struct is null instead.
+    schema = {
+        "type": "object",
+        "properties": {
+            "stars": {"type": "integer"},
+            "extra": {"type": "integer"},
+            "inner": {
+                "type": "object",
+                "properties": {"n": {"type": "integer"}},
+                "required": ["n"],
+            },
+            "many": {"type": "array", "items": {"type": "integer"}},
+        },
+        "required": ["stars", "inner", "many"],
+    }
+    typed, _ = arrow_typing(schema)
+    huge = 2**64
+    values = [
+        {"stars": huge, "inner": {"n": 1}, "many": []},
+        {"stars": 1, "extra": huge, "inner": {"n": 1}, "many": [2, huge]},
+        {"stars": 1, "extra": 2, "inner": {"n": float(huge)}, "many": []},
+    ]
+    column = pa.array([typed.convert(v) for v in values], typed.type)
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"parsed": column}), buffer)
+    back = pq.read_table(io.BytesIO(buffer.getvalue())).column("parsed").to_pylist()
+    assert back == [None, {"stars": 1, "extra": None, "inner": {"n": 1}, "many": [2, None]}, None]
