@@ -217,5 +217,6 @@ def arrow_typing(schema: Mapping[str, Any]) -> tuple[Typed, list[tuple[str, str]
     typing = Typing(schema)
     typed = typing.of(schema, ())
     convert = typed.convert
-    typed.convert = lambda value: _or_null(convert, value)  # the row's value: null at worst
+    # The row's value: null at worst, and null as it is (a root of type ["integer", "null"]).
+    typed.convert = lambda value: None if value is None else _or_null(convert, value)
     return typed, typing.untyped
