@@ -139,6 +139,17 @@ def test_what_is_not_tolerated_holds_no_json(text: str) -> None:
         extract(text)
 
 
+@pytest.mark.parametrize("fenced", [False, True])
+def test_json_nested_deeper_than_the_stack_is_no_json_not_a_crash(fenced: bool) -> None:
+    # A hostile answer of 100,000 nested arrays raised RecursionError out of the worker and
+    # killed the run with a traceback.
+    deep = "[" * 100_000 + "]" * 100_000
+    text = f"Here:\n```json\n{deep}\n```" if fenced else deep
+    with pytest.raises(NoJSON):
+        extract(text)
+    assert Structured({}).check(text)[1] == "the answer holds no JSON value"
+
+
 def test_check_names_the_place_that_does_not_fit() -> None:
     structured = Structured(REVIEW)
     value, error = structured.check('{"label": "maybe"}')

@@ -44,14 +44,16 @@ def extract(text: str) -> Any:
     except ValueError:
         pass
     stripped = text.strip()
+    # RecursionError: a value nested deeper than Python's stack (orjson refuses past 1024) is no
+    # JSON we can hold; the answer is re-asked like any other that holds none.
     try:
         return json.loads(stripped)  # what orjson refuses and json takes: NaN, Infinity
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     for block in _FENCE.finditer(text):
         try:
             return json.loads(block.group(1))
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
     start = 0
     for _ in range(_TRIES):
@@ -62,7 +64,7 @@ def extract(text: str) -> Any:
         try:
             value, _end = _decoder.raw_decode(text, at)
             return value
-        except ValueError:
+        except (ValueError, RecursionError):
             start = at + 1
     raise NoJSON("the answer holds no JSON value")
 
