@@ -420,3 +420,27 @@ def test_the_cli_says_why_it_stopped_once_and_exits_4(
     assert "quota or credit is spent" in done.output and "stopped (quota)" in done.output
     rows = read_jsonl(out)
     assert {r["finish_reason"] for r in rows} <= {"stop", "pending"}
+
+
+def test_a_restart_dry_run_counts_the_money_spent_as_the_run_will(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # --restart forgets answers, not money, but its dry run said "$0 spent" and the whole cap
+    # left, planning over an empty checkpoint.
+    import re
+
+    from click.testing import CliRunner
+
+    from batchpizza.cli import cli
+
+    source = write_jsonl(tmp_path / "in.jsonl", prompts(10, seed=2))
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(source), "-o", str(out), "--provider", "openai", "--rate", "0",
+            "--base-url", f"{mock_api.base_url}/v1", "--price", "1000,1000", "-q"]  # fmt: skip
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    dry = CliRunner().invoke(cli, [*args, "--dry-run", "--restart", "--max-cost", "100"])
+    assert dry.exit_code == 0, dry.output
+    said = re.search(r"\$([0-9.e-]+) spent on this checkpoint so far", dry.output)
+    assert said is not None and float(said[1]) > 0, dry.output
+    left = re.search(r"cap +\$100: \$([0-9.e-]+) left", dry.output)
+    assert left is not None and float(left[1]) < 100, dry.output

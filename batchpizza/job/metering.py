@@ -65,7 +65,7 @@ def token_fields(config: RunConfig, counters: Any, checkpoint: Checkpoint | None
 
 
 def estimate_lines(
-    config: RunConfig, prompts: Iterable[Prompt], checkpoint: Checkpoint
+    config: RunConfig, prompts: Iterable[Prompt], checkpoint: Checkpoint, spent: float | None = None
 ) -> list[str]:
     """What a dry run says of the tokens and the cost of what it would send (the estimate of
     tokencount.py), the cap, what was spent so far and what fits."""
@@ -86,7 +86,7 @@ def estimate_lines(
         how = f"output a guess of {DEFAULT_OUTPUT_TOKENS} a request (no answer here yet)"
     lines = [f"  tokens      about {inputs:,} in + {outputs:,} out ({how})"]
     price = config.price_per_m
-    spent = checkpoint.spend().dollars
+    spent = checkpoint.spend().dollars if spent is None else spent
     if price is None:
         return [*lines, "  cost        no price known for the model (--price IN,OUT to say it)"]
     estimate = cost(price, inputs, outputs)
