@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from batchpizza.records import Result
+from batchpizza.storable import INT64_MAX
 
 SPEND = """
 CREATE TABLE IF NOT EXISTS spend (
@@ -55,10 +56,14 @@ def add(conn: sqlite3.Connection, row: int, results: Sequence[Result]) -> None:
             completion += r.completion_tokens
             estimated = estimated or bool(r.tokens_estimated)
     if prompt or completion:
+        # Saturating at the 64 bits a column holds: counts a server may send (each one fits)
+        # can sum beyond them, and a failed write would take the group's answers with it. A
+        # spend that large passes any cap all the same.
         conn.execute(
-            "UPDATE spend SET prompt_tokens = prompt_tokens + ?, completion_tokens = "
-            "completion_tokens + ?, estimated = max(estimated, ?) WHERE rowid = ?",
-            (prompt, completion, int(estimated), row),
+            f"UPDATE spend SET prompt_tokens = min(prompt_tokens + ?, {INT64_MAX}), "
+            f"completion_tokens = min(completion_tokens + ?, {INT64_MAX}), "
+            "estimated = max(estimated, ?) WHERE rowid = ?",
+            (min(prompt, INT64_MAX), min(completion, INT64_MAX), int(estimated), row),
         )
 
 
@@ -71,7 +76,9 @@ def total(conn: sqlite3.Connection, row: int | None = None) -> Spend:
         return Spend()
     where, args = ("WHERE rowid = ?", (row,)) if row is not None else ("", ())
     found = conn.execute(
-        "SELECT coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), "
+        # total(), not sum(): sum() of integers fails past 64 bits ("integer overflow").
+        f"SELECT min(total(prompt_tokens), {INT64_MAX}), "
+        f"min(total(completion_tokens), {INT64_MAX}), "
         "coalesce(sum((prompt_tokens * coalesce(price_in, 0) + completion_tokens * "
         f"coalesce(price_out, 0)) / 1e6), 0), coalesce(max(estimated), 0) FROM spend {where}",
         args,
