@@ -34,7 +34,8 @@ def make_meter(config: RunConfig, checkpoint: Checkpoint) -> Meter | None:
         per_s = float(learned) / 60.0 if learned else None
         pacer = TokenPacer(None if per_s is None else per_s * AUTO_SHARE, auto=True)
         pacer.limit_per_s = per_s
-    return Meter(params=config.params, budget=budget, pacer=pacer)
+    overhead = (0, 0) if config.structured is None else config.structured.overhead
+    return Meter(params=config.params, budget=budget, pacer=pacer, overhead=overhead)
 
 
 def token_fields(config: RunConfig, counters: Any, checkpoint: Checkpoint | None) -> dict[str, Any]:
@@ -71,10 +72,11 @@ def estimate_lines(
     tokencount.py), the cap, what was spent so far and what fits."""
     count = inputs = bound = outputs = worst = 0
     mean_output = checkpoint.mean_output()
+    extra_bound, extra = (0, 0) if config.structured is None else config.structured.overhead
     for prompt in prompts:
         count += 1
-        inputs += input_estimate(prompt)
-        bound += input_bound(prompt)
+        inputs += input_estimate(prompt) + extra
+        bound += input_bound(prompt) + extra_bound
         cap = max_output(config.params, prompt)
         worst += cap or DEFAULT_OUTPUT_TOKENS
         outputs += round(mean_output) if mean_output is not None else cap or DEFAULT_OUTPUT_TOKENS
