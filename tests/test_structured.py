@@ -95,6 +95,15 @@ def test_a_pydantic_model_class_gives_its_json_schema() -> None:
     assert Structured(schema).check('{"label": "yes", "confidence": 0.5}')[1] is None
 
 
+@pytest.mark.parametrize("ref", ["http://127.0.0.1:9/x.json", "other.json", "file:///etc/hostname"])
+def test_a_ref_outside_the_schema_is_refused_not_fetched(ref: str) -> None:
+    # fastjsonschema fetched it (urlopen): a request to whatever host the schema named, and the
+    # run died of the network's error (URLError) with a traceback.
+    schema = {"type": "object", "properties": {"a": {"$ref": ref}}}
+    with pytest.raises(UsageError, match="is outside the schema, and is not fetched"):
+        read_schema(schema)
+
+
 def test_strict_only_where_openai_takes_it() -> None:
     assert is_strict(REVIEW)
     loose = {**REVIEW, "required": ["label"]}
