@@ -411,3 +411,25 @@ def test_an_integer_beyond_64_bits_is_null_where_null_may_go() -> None:
     pq.write_table(pa.table({"parsed": column}), buffer)
     back = pq.read_table(io.BytesIO(buffer.getvalue())).column("parsed").to_pylist()
     assert back == [None, {"stars": 1, "extra": None, "inner": {"n": 1}, "many": [2, None]}, None]
+
+
+def test_flatten_follows_a_ref_at_the_root_as_pydantic_makes_for_a_recursive_model() -> None:
+    # answer(schema=Node, flatten=True) was refused ("the schema's root must be an object with
+    # properties") while the same schema typed `parsed` as a struct.
+    from pydantic import BaseModel
+
+    from batchpizza.records import OutputRow
+    from batchpizza.structured.columns import ParsedColumns
+
+    class Node(BaseModel):
+        value: int
+        kids: list[Node] = []
+
+    Node.model_rebuild()
+    columns = ParsedColumns(Structured(read_schema(Node)), flatten=True)
+    assert columns.names == ["value", "kids"]
+    row = OutputRow(*(None,) * len(OutputRow._fields))._replace(
+        answer='{"value": 1, "kids": [{"value": 2, "kids": []}]}', finish_reason="stop"
+    )
+    values, kids = columns.arrays([row])
+    assert values.to_pylist() == [1] and len(kids.to_pylist()[0]) == 1
