@@ -433,3 +433,13 @@ def test_flatten_follows_a_ref_at_the_root_as_pydantic_makes_for_a_recursive_mod
     )
     values, kids = columns.arrays([row])
     assert values.to_pylist() == [1] and len(kids.to_pylist()[0]) == 1
+
+
+def test_a_lone_surrogate_escaped_in_an_answer_becomes_the_replacement_character() -> None:
+    # '{"label": "\ud83d"}' (half an emoji, escaped) parsed to a str no writer can encode:
+    # the Parquet and the JSONL output both failed the run (UnicodeEncodeError), on every rerun.
+    text = '{"label": "cut \\ud83d", "pair": "\\ud83d\\ude00", "\\udc00": 1}'
+    value = extract(text)
+    assert value == {"label": "cut \ufffd", "pair": "\U0001f600", "\ufffd": 1}
+    json.dumps(value).encode("utf-8")  # writable
+    assert extract(f"```json\n{text}\n```") == value
