@@ -104,6 +104,16 @@ def test_a_ref_outside_the_schema_is_refused_not_fetched(ref: str) -> None:
         read_schema(schema)
 
 
+def test_a_schema_with_a_lone_surrogate_is_refused(tmp_path: Path) -> None:
+    # An enum value "\ud83d" (escaped in the file) failed every request's encoding, and the
+    # run died of an UnboundLocalError in the runner that hid it.
+    path = tmp_path / "s.json"
+    path.write_text('{"type": "string", "enum": ["\\ud83d x"]}')
+    with pytest.raises(UsageError, match="lone surrogate"):
+        read_schema(path)
+    assert read_schema({"type": "string", "enum": ["\U0001f600"]})  # a whole one is fine
+
+
 def test_strict_only_where_openai_takes_it() -> None:
     assert is_strict(REVIEW)
     loose = {**REVIEW, "required": ["label"]}

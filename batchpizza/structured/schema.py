@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from batchpizza import storable
 from batchpizza.errors import UsageError
 
 # What OpenAI's strict mode accepts, per https://platform.openai.com/docs/guides/structured-outputs
@@ -68,6 +69,12 @@ def read_schema(value: Any) -> dict[str, Any]:
         )
     if not isinstance(schema, dict):
         raise UsageError(f"{where}: a JSON Schema is a JSON object, not {type(schema).__name__}")
+    if storable.has_surrogate(json.dumps(schema, ensure_ascii=False)):
+        # Sent in every request, it would fail each one's encoding (UTF-8 has no such code).
+        raise UsageError(
+            f"{where}: holds a lone surrogate (an escape such as \\ud83d without its pair), "
+            "which no request can carry: use the whole character"
+        )
     check_schema(schema, where)
     return schema
 
