@@ -507,3 +507,45 @@ async def test_the_cap_holds_when_the_server_counts_the_schema_as_input(tmp_path
             counted[:] = [0, 0]
     finally:
         await runner.cleanup()
+
+
+async def test_worst_cases_charged_without_a_usage_are_kept_and_a_rerun_counts_them(
+    tmp_path: Path,
+) -> None:
+    # A reply without usage (or a timeout, a 2xx without an answer) is charged its worst case
+    # in the run, but only results' tokens were kept: each rerun with the same cap spent it
+    # all again (three runs at $1000 each: the server's count at $1350 after the third).
+    from aiohttp import web
+
+    from batchpizza import arun
+
+    sent = [0]
+
+    async def chat(request: web.Request) -> web.Response:
+        sent[0] += 1
+        reply = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+                 "usage": None}  # fmt: skip
+        return web.json_response(reply)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(40)])
+    options: dict[str, Any] = {
+        "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "model": "m",
+        "rate": 0, "max_cost": 300.0, "price": "1000000,1000000", "params": ["max_tokens=10"],
+        "quiet": True,
+    }  # fmt: skip
+    try:
+        first = await arun(str(source), str(tmp_path / "out.jsonl"), **options)
+        assert first["stopped"] == "budget" and first["cost"]["run"] > 250
+        once = sent[0]
+        again = await arun(str(source), str(tmp_path / "out.jsonl"), **options)
+        assert again["stopped"] == "budget" and sent[0] == once  # nothing more: the cap is spent
+        assert again["cost"]["total"] == first["cost"]["total"] <= 300
+    finally:
+        await runner.cleanup()

@@ -2,8 +2,9 @@
 `--max-cost` counts across runs (a rerun with a higher cap continues from what was spent).
 
 One row per run: the price it was charged at (null when none is known) and the tokens of the
-answers it committed. The tokens are added in the same transaction as the results that carry
-them (Checkpoint.write), so the spend is as durable as the answers: a kill -9 loses neither
+answers it committed, and of the worst cases it charged without a usage to go by (a timeout, a
+reply without usage: Checkpoint.charge, at once). The tokens of results are added in the same
+transaction as the results that carry them (Checkpoint.write), so the spend is as durable as the answers: a kill -9 loses neither
 without the other. (Requests in flight at a kill were billed but not recorded: at most
 `--concurrency` requests' worth, the same bound as the answers a kill re-sends.) `--restart`
 forgets answers, not money: the spend stays.
@@ -55,6 +56,13 @@ def add(conn: sqlite3.Connection, row: int, results: Sequence[Result]) -> None:
             prompt += r.prompt_tokens
             completion += r.completion_tokens
             estimated = estimated or bool(r.tokens_estimated)
+    add_tokens(conn, row, prompt, completion, estimated)
+
+
+def add_tokens(
+    conn: sqlite3.Connection, row: int, prompt: int, completion: int, estimated: bool = False
+) -> None:
+    """Tokens to the run's row, inside the caller's transaction."""
     if prompt or completion:
         # Saturating at the 64 bits a column holds: counts a server may send (each one fits)
         # can sum beyond them, and a failed write would take the group's answers with it. A

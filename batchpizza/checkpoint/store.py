@@ -337,6 +337,13 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting):
         with self._transaction():
             self._spend_row = spend.begin(self._conn, run, price)
 
+    def charge(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """A request's worst case, counted as spent without a result to carry it (a reply
+        without usage, a timeout): kept at once, so that a rerun's cap counts it."""
+        if self._spend_row is not None:
+            with self._transaction():
+                spend.add_tokens(self._conn, self._spend_row, prompt_tokens, completion_tokens)
+
     def spend(self, *, this_run: bool = False) -> spend.Spend:
         """What every run on this checkpoint (or this one) used and cost."""
         if this_run and self._spend_row is None:

@@ -25,7 +25,9 @@ def make_meter(config: RunConfig, checkpoint: Checkpoint) -> Meter | None:
     if config.max_cost is not None:
         assert config.price_per_m is not None  # config refuses a cap without a price
         spent = checkpoint.spend().dollars
-        budget = Budget(config.max_cost, config.price_per_m, spent=spent)
+        budget = Budget(
+            config.max_cost, config.price_per_m, spent=spent, on_charge=checkpoint.charge
+        )
     pacer = None
     if config.tpm_per_s is not None:
         pacer = TokenPacer(config.tpm_per_s)
@@ -55,6 +57,8 @@ def token_fields(config: RunConfig, counters: Any, checkpoint: Checkpoint | None
         total = run
         with contextlib.suppress(Exception):  # a closed or broken checkpoint: this run's
             if checkpoint is not None:
+                # The spend kept counts worst cases charged without a usage (Budget.on_charge).
+                run = max(run, checkpoint.spend(this_run=True).dollars)
                 total = max(run, checkpoint.spend().dollars)
         fields["cost"] = {
             "run": round(run, 6),
