@@ -4,8 +4,8 @@
 One row per run: the price it was charged at (null when none is known) and the tokens of the
 answers it committed, and of the worst cases it charged without a usage to go by (a timeout, a
 reply without usage: Checkpoint.charge, at once). The tokens of results are added in the same
-transaction as the results that carry them (Checkpoint.write), so the spend is as durable as the answers: a kill -9 loses neither
-without the other. (Requests in flight at a kill were billed but not recorded: at most
+transaction as the results that carry them (Checkpoint.write), so the spend is as durable as
+the answers: a kill -9 loses neither without the other. (Requests in flight at a kill were billed but not recorded: at most
 `--concurrency` requests' worth, the same bound as the answers a kill re-sends.) `--restart`
 forgets answers, not money: the spend stays.
 """
