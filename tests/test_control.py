@@ -312,3 +312,26 @@ async def test_stop_sleep_ends_when_sending_stops() -> None:
     started = time.monotonic()
     await stop.sleep(30)
     assert time.monotonic() - started < 5
+
+
+async def test_a_wait_for_tokens_ends_at_once_when_sending_stops() -> None:
+    # Under --tpm 60 an interrupt took the whole 5 s grace: the meter's wait for a token slot
+    # did not hear the stop, where the request pacer's does.
+    from batchpizza.controls.metering import Meter
+    from batchpizza.controls.tokens import TokenPacer
+    from batchpizza.records import Prompt
+
+    stop = asyncio.Event()
+    meter = Meter(params={"max_tokens": 100}, pacer=TokenPacer(1.0))  # 1 token a second
+    control = Control(
+        rate=0, auto_max=None, learned=None, patience=10, retry_after_cap=300, timeout=1,
+        on_give_up=lambda: None, stop_signal=stop.wait, meter=meter,
+    )  # fmt: skip
+    prompt = Prompt("r", "hello", ())
+    await control.enter_for(prompt)  # the first goes at once and books 100 s of the timeline
+    waiting = asyncio.ensure_future(control.enter_for(prompt))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    stop.set()
+    with pytest.raises(Stopped):
+        await asyncio.wait_for(waiting, 2.0)

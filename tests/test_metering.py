@@ -4,6 +4,7 @@ quota stops the run, --tpm auto keeps the server's window, and the early stops."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from pathlib import Path
@@ -114,6 +115,22 @@ def test_pizzagpt_rows_carry_an_estimate_marked_as_one(
         source, tmp_path / "priced.jsonl", **FAST, base_url=mock_api.base_url, price="1,2"
     )
     assert priced["cost"]["price_per_million"] == [1.0, 2.0] and priced["cost"]["run"] > 0
+
+
+def test_a_pizzagpt_estimate_counts_the_schema_instruction_it_sent(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # The question sent ends with the instruction and the schema; the estimate counted the
+    # prompt alone (8 tokens for "q 1" under a 170-character instruction).
+    from batchpizza.structured.answers import instruction
+    from batchpizza.tokencount import text_tokens
+
+    schema = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "q 1"}])
+    out = tmp_path / "out.jsonl"
+    batchpizza.run(source, out, **FAST, base_url=mock_api.base_url, schema=schema)
+    (row,) = read_jsonl(out)
+    assert row["prompt_tokens"] > text_tokens(instruction(schema))
 
 
 def test_a_cap_on_free_pizzagpt_without_a_price_is_a_usage_error(tmp_path: Path) -> None:
@@ -420,3 +437,115 @@ def test_the_cli_says_why_it_stopped_once_and_exits_4(
     assert "quota or credit is spent" in done.output and "stopped (quota)" in done.output
     rows = read_jsonl(out)
     assert {r["finish_reason"] for r in rows} <= {"stop", "pending"}
+
+
+def test_a_restart_dry_run_counts_the_money_spent_as_the_run_will(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # --restart forgets answers, not money, but its dry run said "$0 spent" and the whole cap
+    # left, planning over an empty checkpoint.
+    import re
+
+    from click.testing import CliRunner
+
+    from batchpizza.cli import cli
+
+    source = write_jsonl(tmp_path / "in.jsonl", prompts(10, seed=2))
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(source), "-o", str(out), "--provider", "openai", "--rate", "0",
+            "--base-url", f"{mock_api.base_url}/v1", "--price", "1000,1000", "-q"]  # fmt: skip
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    dry = CliRunner().invoke(cli, [*args, "--dry-run", "--restart", "--max-cost", "100"])
+    assert dry.exit_code == 0, dry.output
+    said = re.search(r"\$([0-9.e-]+) spent on this checkpoint so far", dry.output)
+    assert said is not None and float(said[1]) > 0, dry.output
+    left = re.search(r"cap +\$100: \$([0-9.e-]+) left", dry.output)
+    assert left is not None and float(left[1]) < 100, dry.output
+
+
+async def test_the_cap_holds_when_the_server_counts_the_schema_as_input(tmp_path: Path) -> None:
+    # OpenAI counts a response_format's schema as input tokens. The reservation bounded the
+    # messages alone: with a 2 KB schema, a $100 cap was passed 65 times over by the first wave.
+    from aiohttp import web
+
+    from batchpizza import arun
+
+    counted = [0, 0]
+
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        # One token a byte of everything sent: what no tokenizer passes.
+        used = sum(len(m["content"].encode()) for m in body["messages"])
+        used += len(json.dumps(body.get("response_format"), separators=(",", ":")).encode())
+        counted[0] += used
+        counted[1] += 5
+        await asyncio.sleep(0.01)  # a few requests in flight at once
+        reply = {"choices": [{"message": {"content": '{"label": "x"}'}, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": used, "completion_tokens": 5}}  # fmt: skip
+        return web.json_response(reply)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    described = {"type": "string", "description": "a long description of the label " * 60}
+    schema = {"type": "object", "properties": {"label": described}, "required": ["label"]}
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(30)])
+    try:
+        for cap in (100.0, 20_000.0):
+            summary = await arun(
+                str(source), str(tmp_path / f"out{cap}.jsonl"), provider="openai",
+                base_url=f"http://127.0.0.1:{port}/v1", model="m", rate=0, concurrency=8,
+                schema=schema, max_cost=cap, price="1000000,1000000",
+                params=["max_tokens=10"], quiet=True,
+            )  # fmt: skip
+            assert summary["stopped"] == "budget"
+            assert counted[0] + counted[1] <= cap, (counted, cap)  # $1 a token
+            counted[:] = [0, 0]
+    finally:
+        await runner.cleanup()
+
+
+async def test_worst_cases_charged_without_a_usage_are_kept_and_a_rerun_counts_them(
+    tmp_path: Path,
+) -> None:
+    # A reply without usage (or a timeout, a 2xx without an answer) is charged its worst case
+    # in the run, but only results' tokens were kept: each rerun with the same cap spent it
+    # all again (three runs at $1000 each: the server's count at $1350 after the third).
+    from aiohttp import web
+
+    from batchpizza import arun
+
+    sent = [0]
+
+    async def chat(request: web.Request) -> web.Response:
+        sent[0] += 1
+        reply = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+                 "usage": None}  # fmt: skip
+        return web.json_response(reply)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(40)])
+    options: dict[str, Any] = {
+        "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "model": "m",
+        "rate": 0, "max_cost": 300.0, "price": "1000000,1000000", "params": ["max_tokens=10"],
+        "quiet": True,
+    }  # fmt: skip
+    try:
+        first = await arun(str(source), str(tmp_path / "out.jsonl"), **options)
+        assert first["stopped"] == "budget" and first["cost"]["run"] > 250
+        once = sent[0]
+        again = await arun(str(source), str(tmp_path / "out.jsonl"), **options)
+        assert again["stopped"] == "budget" and sent[0] == once  # nothing more: the cap is spent
+        assert again["cost"]["total"] == first["cost"]["total"] <= 300
+    finally:
+        await runner.cleanup()

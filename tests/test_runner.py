@@ -118,6 +118,18 @@ async def test_a_failing_commit_fails_every_waiting_worker_instead_of_hanging(
         await asyncio.wait_for(runner.run(rows(100)), timeout=10)
 
 
+async def test_a_bug_in_a_provider_goes_up_as_it_is(store: Checkpoint) -> None:
+    # A provider's unexpected exception (a request no codec could encode) was hidden behind an
+    # UnboundLocalError of the runner's own bookkeeping.
+    class Broken(Scripted):
+        async def ask(self, session: aiohttp.ClientSession, prompt: Prompt) -> Answer:
+            raise UnicodeEncodeError("utf-8", "\ud83d", 0, 1, "surrogates not allowed")
+
+    runner = Runner(Broken(), store, POLICY, Gatekeeper(), concurrency=1, stop=Stop())
+    with pytest.raises(UnicodeEncodeError):
+        await asyncio.wait_for(runner.run(rows(1)), timeout=10)
+
+
 class Held(Scripted):
     """Answers at once, except the prompts in `held`, which wait until `release` is set."""
 

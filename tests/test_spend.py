@@ -73,3 +73,26 @@ def test_a_reader_of_a_file_from_before_tokens_estimated_sees_its_staged_answers
     assert reader.status()["answered"] == 1
     assert reader.spend().prompt_tokens == 0  # no table: nothing recorded
     reader.close()
+
+
+def test_usage_counts_that_sum_past_64_bits_saturate_instead_of_failing_the_write(
+    tmp_path: Path,
+) -> None:
+    # Each count fits in 64 bits (a server may send it), but two in one group did not: the
+    # OverflowError failed the group's transaction and the run, the same again on every rerun.
+    big = 2**62 + 7
+    store = Checkpoint.open(tmp_path / "ck")
+    store.use_identity({"provider": "openai", "model": "m"})
+    for n in range(2):  # two runs: their sum past 64 bits as well
+        store.begin_spend(store.begin_run({}), (1.0, 2.0))
+        store.write(
+            [
+                result(f"a{n}")._replace(prompt_tokens=big, completion_tokens=big),
+                result(f"b{n}")._replace(prompt_tokens=big, completion_tokens=3),
+            ]
+        )
+    assert store.status()["answered"] == 4
+    spent = store.spend()
+    assert spent.prompt_tokens == spent.completion_tokens == 2**63 - 1
+    assert spent.dollars > 1e13
+    store.close()

@@ -95,6 +95,25 @@ def test_a_pydantic_model_class_gives_its_json_schema() -> None:
     assert Structured(schema).check('{"label": "yes", "confidence": 0.5}')[1] is None
 
 
+@pytest.mark.parametrize("ref", ["http://127.0.0.1:9/x.json", "other.json", "file:///etc/hostname"])
+def test_a_ref_outside_the_schema_is_refused_not_fetched(ref: str) -> None:
+    # fastjsonschema fetched it (urlopen): a request to whatever host the schema named, and the
+    # run died of the network's error (URLError) with a traceback.
+    schema = {"type": "object", "properties": {"a": {"$ref": ref}}}
+    with pytest.raises(UsageError, match="is outside the schema, and is not fetched"):
+        read_schema(schema)
+
+
+def test_a_schema_with_a_lone_surrogate_is_refused(tmp_path: Path) -> None:
+    # An enum value "\ud83d" (escaped in the file) failed every request's encoding, and the
+    # run died of an UnboundLocalError in the runner that hid it.
+    path = tmp_path / "s.json"
+    path.write_text('{"type": "string", "enum": ["\\ud83d x"]}')
+    with pytest.raises(UsageError, match="lone surrogate"):
+        read_schema(path)
+    assert read_schema({"type": "string", "enum": ["\U0001f600"]})  # a whole one is fine
+
+
 def test_strict_only_where_openai_takes_it() -> None:
     assert is_strict(REVIEW)
     loose = {**REVIEW, "required": ["label"]}
@@ -137,6 +156,17 @@ def test_the_one_json_value_is_found_where_models_put_it(text: str) -> None:
 def test_what_is_not_tolerated_holds_no_json(text: str) -> None:
     with pytest.raises(NoJSON):
         extract(text)
+
+
+@pytest.mark.parametrize("fenced", [False, True])
+def test_json_nested_deeper_than_the_stack_is_no_json_not_a_crash(fenced: bool) -> None:
+    # A hostile answer of 100,000 nested arrays raised RecursionError out of the worker and
+    # killed the run with a traceback.
+    deep = "[" * 100_000 + "]" * 100_000
+    text = f"Here:\n```json\n{deep}\n```" if fenced else deep
+    with pytest.raises(NoJSON):
+        extract(text)
+    assert Structured({}).check(text)[1] == "the answer holds no JSON value"
 
 
 def test_check_names_the_place_that_does_not_fit() -> None:
@@ -360,3 +390,66 @@ def test_the_shipped_metaschema_validator_is_what_fastjsonschema_generates() -> 
 
     shipped = Path(metaschema.__file__).with_name("draft07.py").read_text()
     assert shipped == metaschema.generated()
+
+
+def test_an_integer_beyond_64_bits_is_null_where_null_may_go() -> None:
+    # A valid answer with a required integer beyond int64 made the Parquet writer fail the run
+    # ("declared non-nullable but contains nulls"): its struct is null instead.
+    schema = {
+        "type": "object",
+        "properties": {
+            "stars": {"type": "integer"},
+            "extra": {"type": "integer"},
+            "inner": {
+                "type": "object",
+                "properties": {"n": {"type": "integer"}},
+                "required": ["n"],
+            },
+            "many": {"type": "array", "items": {"type": "integer"}},
+        },
+        "required": ["stars", "inner", "many"],
+    }
+    typed, _ = arrow_typing(schema)
+    huge = 2**64
+    values = [
+        {"stars": huge, "inner": {"n": 1}, "many": []},
+        {"stars": 1, "extra": huge, "inner": {"n": 1}, "many": [2, huge]},
+        {"stars": 1, "extra": 2, "inner": {"n": float(huge)}, "many": []},
+    ]
+    column = pa.array([typed.convert(v) for v in values], typed.type)
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"parsed": column}), buffer)
+    back = pq.read_table(io.BytesIO(buffer.getvalue())).column("parsed").to_pylist()
+    assert back == [None, {"stars": 1, "extra": None, "inner": {"n": 1}, "many": [2, None]}, None]
+
+
+def test_flatten_follows_a_ref_at_the_root_as_pydantic_makes_for_a_recursive_model() -> None:
+    # answer(schema=Node, flatten=True) was refused ("the schema's root must be an object with
+    # properties") while the same schema typed `parsed` as a struct.
+    from pydantic import BaseModel
+
+    from batchpizza.records import OutputRow
+    from batchpizza.structured.columns import ParsedColumns
+
+    class Node(BaseModel):
+        value: int
+        kids: list[Node] = []
+
+    Node.model_rebuild()
+    columns = ParsedColumns(Structured(read_schema(Node)), flatten=True)
+    assert columns.names == ["value", "kids"]
+    row = OutputRow(*(None,) * len(OutputRow._fields))._replace(
+        answer='{"value": 1, "kids": [{"value": 2, "kids": []}]}', finish_reason="stop"
+    )
+    values, kids = columns.arrays([row])
+    assert values.to_pylist() == [1] and len(kids.to_pylist()[0]) == 1
+
+
+def test_a_lone_surrogate_escaped_in_an_answer_becomes_the_replacement_character() -> None:
+    # '{"label": "\ud83d"}' (half an emoji, escaped) parsed to a str no writer can encode:
+    # the Parquet and the JSONL output both failed the run (UnicodeEncodeError), on every rerun.
+    text = '{"label": "cut \\ud83d", "pair": "\\ud83d\\ude00", "\\udc00": 1}'
+    value = extract(text)
+    assert value == {"label": "cut \ufffd", "pair": "\U0001f600", "\ufffd": 1}
+    json.dumps(value).encode("utf-8")  # writable
+    assert extract(f"```json\n{text}\n```") == value

@@ -144,6 +144,23 @@ async def test_auto_against_a_server_that_announces_no_token_limit_goes_unpaced(
     assert vt.now == 100.0  # nobody waited
 
 
+async def test_auto_starting_from_an_earlier_runs_limit_drops_it_when_none_is_announced() -> None:
+    # A run starting from the learned_tpm of an earlier run (60 a minute, from a server that
+    # said so) stayed paced at it against a server announcing no limit: a request a minute.
+    vt = VirtualTime()
+    pacer = TokenPacer(1.0 * AUTO_SHARE, auto=True, clock=vt.clock, sleep=vt.sleep)
+    pacer.limit_per_s = 1.0
+    await pacer.acquire(100)
+    pacer.settle(100, 100)
+    pacer.observe(None, None, None, 100)
+    assert pacer.rate == 0.0
+    await vt.run(*(pacer.acquire(10_000) for _ in range(50)))
+    assert vt.now < 200.0  # nobody waited for the old limit
+    pacer.observe(6000, 6000, 0.0, 100)  # a limit heard again is kept
+    pacer.observe(None, None, None, 100)
+    assert pacer.rate == pytest.approx(6000 / 60 * AUTO_SHARE)
+
+
 async def test_auto_holds_when_what_is_left_would_not_take_the_next_request() -> None:
     vt = VirtualTime()
     pacer = TokenPacer(None, auto=True, clock=vt.clock, sleep=vt.sleep)

@@ -2,10 +2,12 @@
 `--max-cost` counts across runs (a rerun with a higher cap continues from what was spent).
 
 One row per run and way of sending: the price it was charged at (null when none is known) and
-the tokens of the answers it committed; a run that collected answers through the Batch API has a
-second row (`batch` = 1) at the batch price (pricing.BATCH_DISCOUNT of its price) for them. The tokens are added in the same transaction as the results that carry
-them (Checkpoint.write), so the spend is as durable as the answers: a kill -9 loses neither
-without the other. (Requests in flight at a kill were billed but not recorded: at most
+the tokens of the answers it committed, and of the worst cases it charged without a usage to go
+by (a timeout, a reply without usage: Checkpoint.charge, at once); a run that collected answers
+through the Batch API has a second row (`batch` = 1) at the batch price (pricing.BATCH_DISCOUNT
+of its price) for them. The tokens of results are added in the same transaction as the results
+that carry them (Checkpoint.write), so the spend is as durable as the answers: a kill -9 loses
+neither without the other. (Requests in flight at a kill were billed but not recorded: at most
 `--concurrency` requests' worth, the same bound as the answers a kill re-sends.) `--restart`
 forgets answers, not money: the spend stays.
 """
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 from batchpizza.pricing import BATCH_DISCOUNT
 from batchpizza.records import Result
+from batchpizza.storable import INT64_MAX
 
 SPEND = """
 CREATE TABLE IF NOT EXISTS spend (
@@ -64,11 +67,22 @@ def add(conn: sqlite3.Connection, row: int, results: Sequence[Result]) -> None:
             prompt += r.prompt_tokens
             completion += r.completion_tokens
             estimated = estimated or bool(r.tokens_estimated)
+    add_tokens(conn, row, prompt, completion, estimated)
+
+
+def add_tokens(
+    conn: sqlite3.Connection, row: int, prompt: int, completion: int, estimated: bool = False
+) -> None:
+    """Tokens to the run's row, inside the caller's transaction."""
     if prompt or completion:
+        # Saturating at the 64 bits a column holds: counts a server may send (each one fits)
+        # can sum beyond them, and a failed write would take the group's answers with it. A
+        # spend that large passes any cap all the same.
         conn.execute(
-            "UPDATE spend SET prompt_tokens = prompt_tokens + ?, completion_tokens = "
-            "completion_tokens + ?, estimated = max(estimated, ?) WHERE rowid = ?",
-            (prompt, completion, int(estimated), row),
+            f"UPDATE spend SET prompt_tokens = min(prompt_tokens + ?, {INT64_MAX}), "
+            f"completion_tokens = min(completion_tokens + ?, {INT64_MAX}), "
+            "estimated = max(estimated, ?) WHERE rowid = ?",
+            (min(prompt, INT64_MAX), min(completion, INT64_MAX), int(estimated), row),
         )
 
 
@@ -81,7 +95,9 @@ def total(conn: sqlite3.Connection, rows: Sequence[int] | None = None) -> Spend:
         return Spend()
     where = f"WHERE rowid IN ({', '.join('?' * len(rows))})" if rows is not None else ""
     found = conn.execute(
-        "SELECT batch, coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), "
+        # total(), not sum(): sum() of integers fails past 64 bits ("integer overflow").
+        f"SELECT batch, min(total(prompt_tokens), {INT64_MAX}), "
+        f"min(total(completion_tokens), {INT64_MAX}), "
         "coalesce(sum((prompt_tokens * coalesce(price_in, 0) + completion_tokens * "
         f"coalesce(price_out, 0)) / 1e6), 0), coalesce(max(estimated), 0) FROM spend {where} "
         "GROUP BY batch",

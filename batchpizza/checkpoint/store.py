@@ -72,6 +72,7 @@ from batchpizza.checkpoint.schema import (
     schema_of,
     version,
 )
+from batchpizza.checkpoint.spending import Spending
 from batchpizza.errors import CheckpointMissing, CheckpointVersionError, OutputError
 from batchpizza.records import Attempt, Result
 
@@ -93,7 +94,7 @@ def _sqlite_error(path: Path | None, exc: sqlite3.Error) -> OutputError:
     return OutputError(f"checkpoint {path}: {exc}{hint}")
 
 
-class Checkpoint(PlanQueries, History, BatchRecords, Fitting):
+class Checkpoint(PlanQueries, History, BatchRecords, Fitting, Spending):
     """The store at `path`. Open with `Checkpoint.open`, or `Checkpoint.planning` for a dry run.
     Its answers are those of one identity (`use_identity`; by default the last run's)."""
 
@@ -335,27 +336,6 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting):
             return dict(self._conn.execute("SELECT key, value FROM meta"))
         except sqlite3.DatabaseError as exc:
             raise _sqlite_error(self.path, exc) from None
-
-    def begin_spend(self, run: int, price: tuple[float, float] | None, batch: bool = False) -> None:
-        """Count the tokens of this run's results from now on, at `price` (spend.py); with
-        `batch`, those collected through the Batch API apart, at the batch price."""
-        with self._transaction():
-            self._spend_rows = {False: spend.begin(self._conn, run, price)}
-            if batch:
-                self._spend_rows[True] = spend.begin(self._conn, run, price, batch=True)
-
-    def spend(self, *, this_run: bool = False) -> spend.Spend:
-        """What every run on this checkpoint (or this one) used and cost."""
-        if this_run and not self._spend_rows:
-            return spend.Spend()
-        with self._errors():
-            return spend.total(self._conn, list(self._spend_rows.values()) if this_run else None)
-
-    def mean_output(self) -> float | None:
-        """The mean output tokens of this identity's answers (a dry run's estimate)."""
-        self._fold()
-        with self._errors():
-            return spend.mean_output(self._conn, self.ident)
 
     def learned_rate(self) -> float | None:
         value = self.meta().get("learned_rate")

@@ -19,6 +19,7 @@ cap is reached: `BudgetReached`, and the run stops sending.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from batchpizza.pricing import Price, cost
@@ -31,14 +32,26 @@ class BudgetReached(Exception):
 @dataclass(slots=True)
 class Reservation:
     dollars: float
+    input_tokens: int = 0  # the worst case reserved, kept as spent if no usage comes
+    output_tokens: int = 0
     batch: bool = False  # a Batch-API line's: priced at the batch price (pricing.BATCH_DISCOUNT)
 
 
 class Budget:
     """`cap` dollars, of which `spent` were spent before this run (the checkpoint's spend)."""
 
-    def __init__(self, cap: float, price: Price, *, spent: float = 0.0) -> None:
+    def __init__(
+        self,
+        cap: float,
+        price: Price,
+        *,
+        spent: float = 0.0,
+        on_charge: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.cap = cap
+        # Told the tokens of every worst case charged (no usage to settle with), for the
+        # checkpoint to keep: no result carries them, and a rerun must count them as spent.
+        self.on_charge = on_charge
         self.price = price
         self.spent = spent  # settled: earlier runs' and this run's
         self.reserved = 0.0  # the worst cases of the requests in flight
@@ -61,7 +74,7 @@ class Budget:
             return None
         self.reserved += dollars
         self.in_flight += 1
-        return Reservation(dollars, batch)
+        return Reservation(dollars, input_tokens, output_tokens, batch)
 
     async def reserve(self, input_tokens: int, output_tokens: int) -> Reservation:
         """Reserve this worst case, waiting for requests in flight to settle while it does not
@@ -95,6 +108,8 @@ class Budget:
         dollars = reservation.dollars
         self._free(reservation)
         self.spent += max(0.0, dollars)
+        if dollars >= 0 and self.on_charge is not None:
+            self.on_charge(reservation.input_tokens, reservation.output_tokens)
 
     def _free(self, reservation: Reservation) -> None:
         if reservation.dollars < 0:

@@ -3,9 +3,10 @@
 or `--tpm`. A run with neither has no Meter, and pays nothing for it.
 
 Per request, before the breaker and the request pacer:
-  1. the budget reserves its worst-case cost: input tokencount.input_bound, output its
-     max_tokens, else OutputEstimate's running 99th percentile (so the cap holds for sure only
-     with max_tokens set; README says so);
+  1. the budget reserves its worst-case cost: input tokencount.input_bound plus the schema as
+     sent (Structured.overhead: the server counts it as input), output its max_tokens, else
+     OutputEstimate's running 99th percentile (so the cap holds for sure only with max_tokens
+     set; README says so);
   2. the token pacer books its estimate: tokencount.input_estimate plus the same output.
 When it ends: an answer settles both with the server's usage; an HTTP error frees both (a refused
 request is not billed); a timeout or a dropped connection keeps the worst case spent (the
@@ -40,8 +41,12 @@ class Meter:
         budget: Budget | None = None,
         pacer: TokenPacer | None = None,
         output: OutputEstimate | None = None,
+        overhead: tuple[int, int] = (0, 0),
     ) -> None:
         self.params = params
+        # (bound, estimate) of what every request carries beyond its messages (--schema's
+        # response_format or instruction): the server counts it as input.
+        self._extra_bound, self._extra_estimate = overhead
         self.budget = budget
         self.pacer = pacer
         self.output = output or OutputEstimate()
@@ -60,12 +65,12 @@ class Meter:
         budget, pacer = self.budget, self.pacer
         reservation = None
         if budget is not None:
-            reservation = budget.try_reserve(input_bound(prompt), out)
+            reservation = budget.try_reserve(input_bound(prompt) + self._extra_bound, out)
             if reservation is None:
                 return None
         booked = 0
         if pacer is not None:
-            booked = input_estimate(prompt) + out
+            booked = input_estimate(prompt) + self._extra_estimate + out
             if not pacer.try_now(booked):
                 if reservation is not None and budget is not None:
                     budget.release(reservation)
@@ -78,10 +83,10 @@ class Meter:
         out = self.worst_output(prompt)
         reservation = None
         if self.budget is not None:
-            reservation = await self.budget.reserve(input_bound(prompt), out)
+            reservation = await self.budget.reserve(input_bound(prompt) + self._extra_bound, out)
         booked = 0
         if self.pacer is not None:
-            booked = input_estimate(prompt) + out
+            booked = input_estimate(prompt) + self._extra_estimate + out
             try:
                 await self.pacer.acquire(booked)
             except BaseException:

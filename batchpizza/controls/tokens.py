@@ -200,8 +200,10 @@ class TokenPacer:
             return
         per_s = learned_rate(limit, remaining, reset_s)
         if per_s <= 0:
-            if self.rate is None and not limit:
-                self.set_rate(0.0)  # the server announces no token limit: none to keep
+            if not limit and not self._estimates:
+                # The server announces no token limit, and none was heard this run: none to
+                # keep (not even the one an earlier run learned, from this server or another).
+                self.set_rate(0.0)
             return
         self._estimates.append(per_s)
         learned = statistics.median(self._estimates)

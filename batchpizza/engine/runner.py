@@ -291,9 +291,10 @@ class Runner:
         started, wall = self._clock(), time.time()
         error: ProviderError | None = None
         rate: RateInfo | None = None
-        cancelled = False
+        cancelled = answered = False
         try:
             answer = await self.provider.ask(session, prompt)
+            answered = True
             rate = answer.rate
             return answer
         except asyncio.CancelledError:
@@ -320,7 +321,7 @@ class Runner:
                 # Cut off at the end of the grace period: recorded, but neither the learned rate
                 # nor the breaker hears of it, since it said nothing about the service.
                 attempts.append(Attempt(prompt.id, wall, latency, STOPPED))
-            elif error is None:
+            elif error is None and answered:
                 usage = (answer.prompt_tokens, answer.completion_tokens)
                 counters.input_tokens += answer.prompt_tokens or 0
                 counters.output_tokens += answer.completion_tokens or 0
@@ -328,7 +329,7 @@ class Runner:
                     counters.tokens_estimated = True
                 gate.finished(token, started, ANSWERED, None, rate, usage=usage)
                 attempts.append(Attempt(prompt.id, wall, latency, ANSWERED))
-            else:
+            elif error is not None:  # else a bug's exception: it goes up as it is
                 kind = outcome_of(error)
                 # A misuse re-ask: the service refused this row before; refused again, it
                 # speaks of this prompt, not of the service (Breaker.record).

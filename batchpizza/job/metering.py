@@ -25,7 +25,9 @@ def make_meter(config: RunConfig, checkpoint: Checkpoint) -> Meter | None:
     if config.max_cost is not None:
         assert config.price_per_m is not None  # config refuses a cap without a price
         spent = checkpoint.spend().dollars
-        budget = Budget(config.max_cost, config.price_per_m, spent=spent)
+        budget = Budget(
+            config.max_cost, config.price_per_m, spent=spent, on_charge=checkpoint.charge
+        )
     pacer = None
     if config.tpm_per_s is not None:
         pacer = TokenPacer(config.tpm_per_s)
@@ -34,7 +36,8 @@ def make_meter(config: RunConfig, checkpoint: Checkpoint) -> Meter | None:
         per_s = float(learned) / 60.0 if learned else None
         pacer = TokenPacer(None if per_s is None else per_s * AUTO_SHARE, auto=True)
         pacer.limit_per_s = per_s
-    return Meter(params=config.params, budget=budget, pacer=pacer)
+    overhead = (0, 0) if config.structured is None else config.structured.overhead
+    return Meter(params=config.params, budget=budget, pacer=pacer, overhead=overhead)
 
 
 def token_fields(
@@ -62,6 +65,8 @@ def token_fields(
         total = run
         with contextlib.suppress(Exception):  # a closed or broken checkpoint: this run's
             if checkpoint is not None:
+                # The spend kept counts worst cases charged without a usage (Budget.on_charge).
+                run = max(run, checkpoint.spend(this_run=True).dollars)
                 total = max(run, checkpoint.spend().dollars)
         fields["cost"] = {
             "run": round(run, 6),
@@ -74,16 +79,17 @@ def token_fields(
 
 
 def estimate_lines(
-    config: RunConfig, prompts: Iterable[Prompt], checkpoint: Checkpoint
+    config: RunConfig, prompts: Iterable[Prompt], checkpoint: Checkpoint, spent: float | None = None
 ) -> list[str]:
     """What a dry run says of the tokens and the cost of what it would send (the estimate of
     tokencount.py), the cap, what was spent so far and what fits."""
     count = inputs = bound = outputs = worst = 0
     mean_output = checkpoint.mean_output()
+    extra_bound, extra = (0, 0) if config.structured is None else config.structured.overhead
     for prompt in prompts:
         count += 1
-        inputs += input_estimate(prompt)
-        bound += input_bound(prompt)
+        inputs += input_estimate(prompt) + extra
+        bound += input_bound(prompt) + extra_bound
         cap = max_output(config.params, prompt)
         worst += cap or DEFAULT_OUTPUT_TOKENS
         outputs += round(mean_output) if mean_output is not None else cap or DEFAULT_OUTPUT_TOKENS
@@ -95,7 +101,7 @@ def estimate_lines(
         how = f"output a guess of {DEFAULT_OUTPUT_TOKENS} a request (no answer here yet)"
     lines = [f"  tokens      about {inputs:,} in + {outputs:,} out ({how})"]
     price = config.price_per_m
-    spent = checkpoint.spend().dollars
+    spent = checkpoint.spend().dollars if spent is None else spent
     if price is None:
         return [*lines, "  cost        no price known for the model (--price IN,OUT to say it)"]
     batch = config.via != "online"  # priced at the Batch API's price (--via auto: but late rows)

@@ -75,6 +75,7 @@ class Job:
         self.stop = Stop()
         self.sending: Sending | None = None
         self._checkpoint: Checkpoint | None = None
+        self._spent: float | None = None  # a --restart dry run: the spend of the file it set aside
         self._reporter = Reporter(config, time.monotonic())
         self._paths_checked = False
         self.plan: Plan | None = None  # what this run sends, and why
@@ -198,7 +199,9 @@ class Job:
             if config.restart:
                 # --restart forgets every answer and the learned rate first (`forget`): planned
                 # over none, as the run will send. The checkpoint was opened all the same, to be
-                # refused as the run would refuse it (a newer version's, a damaged one).
+                # refused as the run would refuse it (a newer version's, a damaged one). It
+                # forgets answers, not money: the cap's line counts what was spent.
+                self._spent = planning.spend().dollars
                 planning.close()
                 planning = Checkpoint.planning(None, scan)
             self._checkpoint = planning
@@ -322,7 +325,7 @@ class Job:
                 firsts = [p for _, (_, p) in zip(range(3), prompts, strict=False)]
             todo = sampled(source.prompts, planning.todo_positions(), config.samples)
             with contextlib.closing(todo):
-                costs = estimate_lines(config, (p for _, p in todo), planning)
+                costs = estimate_lines(config, (p for _, p in todo), planning, self._spent)
             return counts, tally, firsts, costs
 
         # In a thread, so that a signal is heard while a large input is planned.

@@ -267,7 +267,8 @@ class PizzagptAPI:
             text,
             "stop",
             DEFAULT_MODEL,
-            prompt_tokens=input_estimate(prompt),
+            prompt_tokens=input_estimate(prompt)
+            + (0 if self.structured is None else self.structured.overhead[1]),
             completion_tokens=text_tokens(text),
             tokens_estimated=True,
         )

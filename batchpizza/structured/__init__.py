@@ -49,6 +49,20 @@ class Structured:
     def instructed(self, text: str) -> str:
         return text + self._instruction
 
+    @functools.cached_property
+    def overhead(self) -> tuple[int, int]:
+        """(bound, estimate) of the input tokens the schema adds to every request: the server
+        counts the `response_format` (OpenAI) or the instruction (Pizzagpt) as input. The bound
+        is the larger's UTF-8 bytes (tokencount's rule), the estimate a quarter of its
+        characters."""
+        import json
+
+        from batchpizza.tokencount import text_tokens
+
+        sent = json.dumps(self.response_format(), separators=(",", ":"), ensure_ascii=False)
+        longer = max(sent, self._instruction, key=len)
+        return len(longer.encode("utf-8", "surrogatepass")), text_tokens(self._instruction)
+
     def value(self, text: str) -> Any:
         """The JSON value of an answer that fitted when it came (see ParsedColumns.values)."""
         try:

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from batchpizza import storable
 from batchpizza.records import Prompt
 
 # Pizzagpt's prompt ends with this, then the schema as compact JSON (README, "Structured
@@ -27,6 +28,7 @@ from batchpizza.records import Prompt
 INSTRUCTION = (
     "\n\nAnswer with only a JSON value (no other text) that is valid against this JSON Schema:\n"
 )
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\r?\n(.*?)```", re.DOTALL)
 _ERROR_CHARS = 300  # of a validation error put back to the model and kept in `error`
 _TRIES = 20  # openings a prose answer is tried at, at most
@@ -38,20 +40,34 @@ class NoJSON(ValueError):
 
 
 def extract(text: str) -> Any:
-    """The one JSON value of an answer (see the module's docstring); NoJSON if there is none."""
+    """The one JSON value of an answer (see the module's docstring); NoJSON if there is none.
+    A lone surrogate escaped in it ("\\ud83d", half an emoji) becomes U+FFFD, as everywhere
+    else a server's text is stored (storable.py): no column or JSON writer takes one."""
+    value = _extract(text)
+    if _SURROGATE_ESCAPE.search(text) is None:
+        return value  # the usual case: no scan of the value
+    try:
+        return storable.json_value(value)
+    except RecursionError:  # nested nearly as deep as the stack: no value we can write
+        raise NoJSON("the answer holds no JSON value") from None
+
+
+def _extract(text: str) -> Any:
     try:
         return orjson.loads(text)  # most answers: JSON alone (orjson: 0.5 us, json: 3 us)
     except ValueError:
         pass
     stripped = text.strip()
+    # RecursionError: a value nested deeper than Python's stack (orjson refuses past 1024) is no
+    # JSON we can hold; the answer is re-asked like any other that holds none.
     try:
         return json.loads(stripped)  # what orjson refuses and json takes: NaN, Infinity
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     for block in _FENCE.finditer(text):
         try:
             return json.loads(block.group(1))
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
     start = 0
     for _ in range(_TRIES):
@@ -62,7 +78,7 @@ def extract(text: str) -> Any:
         try:
             value, _end = _decoder.raw_decode(text, at)
             return value
-        except ValueError:
+        except (ValueError, RecursionError):
             start = at + 1
     raise NoJSON("the answer holds no JSON value")
 

@@ -25,6 +25,11 @@ Convert = Callable[[Any], Any]
 _INT64 = (-(2**63), 2**63 - 1)
 
 
+class Unrepresentable(ValueError):
+    """A valid value the column's type cannot hold (an integer beyond 64 bits): the nearest
+    nullable place around it is null instead (a required property's struct, the row's value)."""
+
+
 @dataclass
 class Typed:
     """A schema's Arrow type and how a valid value becomes a value of it."""
@@ -97,7 +102,7 @@ class Typing:
             convert = item.convert
             return Typed(
                 pa.list_(pa.field("item", item.type, nullable=True)),
-                lambda v: [None if x is None else convert(x) for x in v],
+                lambda v: [None if x is None else _or_null(convert, x) for x in v],
             )
         if kind == "object":
             props = node.get("properties")
@@ -109,10 +114,13 @@ class Typing:
                 typed = self.of(sub, (*path, "properties", name))
                 optional = typed.nullable or name not in required
                 fields.append(pa.field(name, typed.type, nullable=optional))
-                converts.append((name, typed.convert))
+                converts.append((name, _or_null if optional else _call, typed.convert))
 
             def struct(value: Mapping[str, Any]) -> dict[str, Any]:
-                return {n: None if value.get(n) is None else c(value[n]) for n, c in converts}
+                return {
+                    n: None if value.get(n) is None else apply(c, value[n])
+                    for n, apply, c in converts
+                }
 
             return Typed(pa.struct(fields), struct)
         return self._json(path, f"type {kind!r}")
@@ -175,10 +183,24 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _integer(value: Any) -> int | None:
-    # Validated as an integer: 3 or 3.0 (JSON Schema counts 3.0 as one); beyond 64 bits, null.
+def _call(convert: Convert, value: Any) -> Any:
+    return convert(value)
+
+
+def _or_null(convert: Convert, value: Any) -> Any:
+    try:
+        return convert(value)
+    except Unrepresentable:
+        return None
+
+
+def _integer(value: Any) -> int:
+    # Validated as an integer: 3 or 3.0 (JSON Schema counts 3.0 as one). Beyond 64 bits, null
+    # where null may go: a required property is not nullable, so its struct is null then.
     number = int(value)
-    return number if _INT64[0] <= number <= _INT64[1] else None
+    if not _INT64[0] <= number <= _INT64[1]:
+        raise Unrepresentable(number)
+    return number
 
 
 def _number(value: Any) -> float:
@@ -194,4 +216,7 @@ def arrow_typing(schema: Mapping[str, Any]) -> tuple[Typed, list[tuple[str, str]
     """The Arrow type of values valid against `schema`, and the places written as JSON text."""
     typing = Typing(schema)
     typed = typing.of(schema, ())
+    convert = typed.convert
+    # The row's value: null at worst, and null as it is (a root of type ["integer", "null"]).
+    typed.convert = lambda value: None if value is None else _or_null(convert, value)
     return typed, typing.untyped

@@ -30,8 +30,29 @@ def warn_untyped(schema: Mapping[str, Any]) -> None:
         log.warning("--schema: %s (%s) has no one column type: written as JSON text", where, why)
 
 
+def _root(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The root's object: a `$ref` at the root followed within the schema (pydantic's schema of
+    a recursive model is `{"$defs": {...}, "$ref": "#/$defs/Model"}`)."""
+    node: Any = schema
+    seen: set[str] = set()
+    while isinstance(node, Mapping) and isinstance(ref := node.get("$ref"), str):
+        if not ref.startswith("#") or ref in seen:
+            break
+        seen.add(ref)
+        target: Any = schema
+        for part in ref[1:].split("/")[1:]:
+            target = (
+                target.get(part.replace("~1", "/").replace("~0", "~"))
+                if isinstance(target, Mapping)
+                else None
+            )
+        node = target
+    return node if isinstance(node, Mapping) else {}
+
+
 def flat_names(schema: Mapping[str, Any]) -> list[str]:
     """--flatten's columns: the top-level properties; a usage error for a schema without any."""
+    schema = _root(schema)
     props = schema.get("properties")
     if schema.get("type") != "object" or not isinstance(props, Mapping) or not props:
         raise UsageError("--flatten: the schema's root must be an object with properties")

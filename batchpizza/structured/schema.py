@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from batchpizza import storable
 from batchpizza.errors import UsageError
 
 # What OpenAI's strict mode accepts, per https://platform.openai.com/docs/guides/structured-outputs
@@ -68,6 +69,12 @@ def read_schema(value: Any) -> dict[str, Any]:
         )
     if not isinstance(schema, dict):
         raise UsageError(f"{where}: a JSON Schema is a JSON object, not {type(schema).__name__}")
+    if storable.has_surrogate(json.dumps(schema, ensure_ascii=False)):
+        # Sent in every request, it would fail each one's encoding (UTF-8 has no such code).
+        raise UsageError(
+            f"{where}: holds a lone surrogate (an escape such as \\ud83d without its pair), "
+            "which no request can carry: use the whole character"
+        )
     check_schema(schema, where)
     return schema
 
@@ -89,11 +96,38 @@ def check_schema(schema: dict[str, Any], where: str) -> None:
         raise UsageError(f"{where}: not a usable JSON Schema: {exc}") from None
 
 
+class _NoRemote(Mapping[str, Callable[[str], Any]]):
+    """fastjsonschema's handlers for a `$ref` outside the schema, whatever its scheme: refused.
+    Left to itself it fetches the URL (urlopen: a request to any host the schema names, a local
+    file by file://) and fails with the network's error."""
+
+    def __getitem__(self, scheme: str) -> Callable[[str], Any]:
+        return _refuse
+
+    def __contains__(self, scheme: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def _refuse(uri: str) -> Any:
+    import fastjsonschema
+
+    raise fastjsonschema.JsonSchemaDefinitionException(
+        f"$ref {uri} is outside the schema, and is not fetched: put it under definitions"
+    )
+
+
 def compile_validator(schema: dict[str, Any]) -> Callable[[Any], Any]:
     """The schema's validator: returns the value, raises JsonSchemaValueException."""
     import fastjsonschema
 
-    return fastjsonschema.compile(schema, use_default=False)  # a value as the model gave it
+    # use_default=False: a value as the model gave it.
+    return fastjsonschema.compile(schema, handlers=_NoRemote(), use_default=False)
 
 
 def schema_name(schema: Mapping[str, Any]) -> str:
