@@ -401,6 +401,7 @@ async def test_answer_in_a_running_loop_raises_what_the_job_raises(opts: dict[st
         batchpizza.answer(pd.DataFrame({"prompt": ["fine", ""]}), **opts)
 
 
+@pytest.mark.slow
 async def test_an_interrupt_of_answer_in_a_running_loop_stops_the_job_and_keeps_what_finished(
     mock_api: ThreadedMockServer, opts: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -486,6 +487,7 @@ async def _collect(data: Any, **options: Any) -> list[dict[str, Any]]:
     return [row async for row in batchpizza.stream(data, **options)]
 
 
+@pytest.mark.slow
 async def test_stream_yields_each_row_once_in_completion_order(opts: dict[str, Any]) -> None:
     prompts = ["[[slow:400]] slow first", "b", "c", "d"]
     data = pd.DataFrame({"id": ["r0", "r1", "r2", "r3"], "prompt": prompts})

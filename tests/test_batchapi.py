@@ -72,6 +72,7 @@ def batch_rows(checkpoint: Path, sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
 
 
+@pytest.mark.slow
 def test_rows_go_through_batches_within_the_line_limit_and_answer_as_online(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -123,6 +124,7 @@ def test_the_byte_limit_splits_files_too(
     assert len(inputs) > 1 and all(f["bytes"] <= 1000 for f in inputs), sizes
 
 
+@pytest.mark.slow
 def test_from_cron_each_run_collects_what_is_ready_and_exits_4_until_done(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -147,6 +149,7 @@ def test_from_cron_each_run_collects_what_is_ready_and_exits_4_until_done(
     assert len(server.batches.batches) == 2
 
 
+@pytest.mark.slow
 def test_wait_is_bounded_by_the_deadline(server: ThreadedMockServer, tmp_path: Path) -> None:
     server.batches.seconds = 60.0
     inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
@@ -160,6 +163,7 @@ def test_wait_is_bounded_by_the_deadline(server: ThreadedMockServer, tmp_path: P
     assert {r["finish_reason"] for r in read_jsonl(out)} == {"pending"}
 
 
+@pytest.mark.slow
 def test_an_expired_batch_has_only_its_unanswered_half_resubmitted(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -177,6 +181,7 @@ def test_an_expired_batch_has_only_its_unanswered_half_resubmitted(
     assert second["request_counts"]["total"] == 20
 
 
+@pytest.mark.slow
 def test_failed_lines_are_resubmitted_and_answered_lines_never(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -209,6 +214,7 @@ def test_failed_lines_past_their_budget_are_failed_rows(
     assert sorted(server.batches.submitted.values()) == [1] * 10
 
 
+@pytest.mark.slow
 def test_5xx_while_polling_and_an_upload_failing_halfway_are_tried_again(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -225,6 +231,7 @@ def test_5xx_while_polling_and_an_upload_failing_halfway_are_tried_again(
     assert server.batches.uploads == 3  # two files, one tried twice
 
 
+@pytest.mark.slow
 def test_a_batch_failing_as_a_whole_exits_2_with_the_servers_errors(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -306,6 +313,7 @@ def killed_three_times(server: ThreadedMockServer, spawn: Spawn, tmp_path: Path,
     assert len(uploaded) == len({f["filename"] for f in uploaded}) == len(mock.batches)
 
 
+@pytest.mark.slow
 def test_kills_during_upload_create_polling_and_download_never_submit_twice(
     server: ThreadedMockServer, spawn: Spawn, tmp_path: Path
 ) -> None:
@@ -320,6 +328,7 @@ def test_10000_rows_killed_during_upload_polling_and_download(
     killed_three_times(server, spawn, tmp_path, 10_000)
 
 
+@pytest.mark.slow
 def test_status_and_dry_run_show_each_batch_its_state_and_counts(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -473,6 +482,7 @@ def test_odd_result_lines_unordered_missing_or_unknown_are_matched_by_custom_id(
                     **{k: 3 for k in seen if k.startswith("5-")}}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_auto_sends_the_rows_still_out_near_the_deadline_online_and_says_how_many(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -496,6 +506,7 @@ def test_auto_sends_the_rows_still_out_near_the_deadline_online_and_says_how_man
     assert again.returncode == 0 and len(server.batches.batches) == 1
 
 
+@pytest.mark.slow
 def test_a_batch_the_server_no_longer_knows_has_its_lines_submitted_again(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -513,6 +524,7 @@ def test_a_batch_the_server_no_longer_knows_has_its_lines_submitted_again(
     assert {k: v[0] for k, v in answers(out).items()} == expected(10)
 
 
+@pytest.mark.slow
 def test_the_offline_demo_runs_through_batches_too(tmp_path: Path) -> None:
     inp = write_jsonl(tmp_path / "in.jsonl", rows(5))
     out = tmp_path / "out.jsonl"
@@ -547,6 +559,7 @@ def test_a_schema_4_checkpoint_gains_the_batch_tables_on_open_and_reads_without_
     assert batch_rows(path, "SELECT value FROM meta WHERE key = 'schema'") == [("5",)]
 
 
+@pytest.mark.slow
 def test_a_batch_made_by_a_create_that_failed_is_found_not_made_again(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -562,6 +575,7 @@ def test_a_batch_made_by_a_create_that_failed_is_found_not_made_again(
     assert len(server.batches.batches) == 2
 
 
+@pytest.mark.slow
 def test_the_mock_server_commands_batch_options(
     mock_process: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -624,6 +638,7 @@ def test_lines_refused_for_an_unknown_model_stop_the_run_with_exit_2(
     assert "does not serve model 'nope'" in done.stderr and "rerun" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_batch_collected_but_not_closed_by_a_killed_run_is_closed_by_the_next(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -94,6 +94,7 @@ def spend_rows(checkpoint: Path) -> list[tuple[Any, ...]]:
 # -- half price -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_batch_answers_are_spent_at_half_price_in_the_summary_status_and_report(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -160,6 +161,7 @@ def test_the_summarys_run_cost_prices_the_batch_tokens_at_half() -> None:
     assert said["batch"] == pytest.approx(0.001)
 
 
+@pytest.mark.slow
 def test_auto_prices_the_rows_it_sends_online_at_full_price(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -198,6 +200,7 @@ def test_dry_run_estimates_the_batch_api_at_half_price(tmp_path: Path) -> None:
 # -- --max-cost ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_max_cost_through_batches_never_lets_the_servers_usage_pass_the_cap(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -235,6 +238,7 @@ def test_max_cost_through_batches_never_lets_the_servers_usage_pass_the_cap(
     )
 
 
+@pytest.mark.slow
 def test_batches_out_when_a_run_starts_are_reserved_until_collected(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -281,6 +285,7 @@ def test_a_cap_nothing_fits_in_stops_budget_without_submitting(
     assert "would pass --max-cost" in done.stderr
 
 
+@pytest.mark.slow
 def test_auto_frees_the_batch_reservations_of_the_rows_it_sends_online_at_full_price(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:

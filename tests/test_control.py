@@ -196,6 +196,7 @@ def test_the_breaker_and_the_rate_history_are_in_the_report_data(
     assert {"answered", "refusal"} <= outcomes
 
 
+@pytest.mark.slow
 def test_the_learned_rate_is_saved_and_the_next_run_starts_from_it(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

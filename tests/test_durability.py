@@ -380,6 +380,7 @@ def test_restart_flag_resends_every_row(tmp_path: Path, mock_api: ThreadedMockSe
 # -- 4. signals ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signame", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
 def test_signal_saves_what_finished_and_the_rerun_completes(
     signame: str, code: int, tmp_path: Path, mock_api: ThreadedMockServer, spawn: Spawn

@@ -66,6 +66,7 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
     return tmp, cwd
 
 
+@pytest.mark.slow
 def test_answer_killed_with_a_checkpoint_loses_nothing_and_resends_at_most_the_concurrency(
     mock_process: Callable[..., MockProcess], folders: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -90,6 +91,7 @@ def test_answer_killed_with_a_checkpoint_loses_nothing_and_resends_at_most_the_c
     assert ROWS <= server.stats()["requests"] <= ROWS + CONCURRENCY
 
 
+@pytest.mark.slow
 def test_answer_killed_without_a_checkpoint_leaves_no_file_anywhere(
     mock_process: Callable[..., MockProcess], folders: tuple[Path, Path]
 ) -> None:

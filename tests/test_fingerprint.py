@@ -131,6 +131,7 @@ def test_alternating_two_prompt_fields_costs_nothing_once_both_were_asked(
     assert sent == [10, 10, 0, 0]  # paid answers are never deleted by a changed prompt
 
 
+@pytest.mark.slow
 def test_identical_requests_are_sent_once_and_every_row_gets_the_answer(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -460,6 +460,7 @@ def _cli(*args: str, limit: int | None = None) -> subprocess.CompletedProcess[st
     )
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_output_exits_1_and_keeps_checkpoint(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -782,6 +782,7 @@ def _deadline_run(
     assert extra_answers(server) <= 4  # at most the rows in flight at the deadline
 
 
+@pytest.mark.slow
 def test_deadline_stops_early_with_every_row_written_and_the_rerun_completes(
     mock_api: ThreadedMockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

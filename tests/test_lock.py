@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from conftest import FAST, Spawn, other_network_namespace, write_jsonl
 from test_durability import check_output, prompt_rows, run_args, wait_until
@@ -22,6 +23,7 @@ from batchpizza.mock.server import ThreadedMockServer
 # -- 5. the run lock ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_output_refuses_at_once_before_reading_its_input(
     tmp_path: Path, mock_api: ThreadedMockServer, spawn: Spawn
 ) -> None:
@@ -62,6 +64,7 @@ def test_a_second_run_on_the_same_output_refuses_at_once_before_reading_its_inpu
     assert mock_api.stats.requests == 200
 
 
+@pytest.mark.slow
 def test_a_run_in_another_network_namespace_cannot_run_on_the_same_files(
     tmp_path: Path, mock_api: ThreadedMockServer, spawn: Spawn
 ) -> None:

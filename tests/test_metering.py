@@ -210,6 +210,7 @@ def test_a_spent_quota_stops_the_run_at_once_and_is_never_retried(
     assert json.loads(summary_path.read_text())["stopped"] == "quota"
 
 
+@pytest.mark.slow
 def test_tpm_keeps_the_servers_window_with_a_fixed_limit(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -244,6 +245,7 @@ def run_tpm_auto(server: ThreadedMockServer, tmp_path: Path, rows: int) -> dict[
     }
 
 
+@pytest.mark.slow
 def test_tpm_auto_learns_the_limit_and_keeps_below_it(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ import pytest
 NOTEBOOK = Path(__file__).parent / "notebooks" / "answer_in_a_notebook.ipynb"
 
 
+@pytest.mark.slow
 def test_answer_runs_in_a_notebook_cell_inside_the_kernels_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -741,6 +741,7 @@ def test_redirects_are_followed_only_within_the_same_origin(
     assert _same_origin(URL(start), URL(target)) is followed
 
 
+@pytest.mark.slow
 async def test_a_redirect_loop_is_refused_without_retrying() -> None:
     async def loop_handler(request: web.Request) -> web.Response:
         raise web.HTTPTemporaryRedirect("/api/chatx-completion")

@@ -419,6 +419,7 @@ def test_shutdown_on_the_actor_loop_thread_itself_neither_hangs_nor_raises(
     loop.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [False, True])
 def test_no_task_is_left_on_the_actor_loop_after_a_batch(
     mock_api: Any, tmp_path: Path, stop: bool

@@ -93,6 +93,7 @@ def aside(out: Path) -> list[Path]:
 # -- without a cluster ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ray_refuses_openai_batch_format_and_stdin_in_a_sentence(tmp_path: Path) -> None:
     source = prompts(tmp_path / "in", 4, parts=1)
     for args, said in (
@@ -130,6 +131,7 @@ def test_ray_output_format_follows_the_option_then_the_name() -> None:
         output_format("answers.parquet", "jsonl")
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_dry_run_counts_the_checkpoint_and_sends_nothing(
     tmp_path: Path, mock_process: Callable[..., MockProcess]
@@ -239,6 +241,7 @@ def test_ray_rerun_with_nothing_to_send_writes_the_output_without_ray(
         )  # fmt: skip
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_dry_run_counts_answers_by_request_so_a_new_model_shows_as_rows_to_send(
     tmp_path: Path, mock_process: Callable[..., MockProcess]

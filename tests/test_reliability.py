@@ -600,6 +600,7 @@ async def test_a_reply_is_misuse_only_when_it_is_the_refusal_not_when_it_mention
 # -- 11. SIGINT during a long Parquet write ----------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
 )

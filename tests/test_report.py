@@ -655,6 +655,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
+@pytest.mark.slow
 def test_page_renders_its_charts_in_chromium_without_the_network(
     chromium: str, tmp_path: Path
 ) -> None:

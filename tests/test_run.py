@@ -589,6 +589,7 @@ def test_summary_counts_requests_and_retries_of_this_run(
     assert [r["attempts"] for r in read_jsonl(out)] == [1, 1, 3, 1, 2, 2]
 
 
+@pytest.mark.slow
 def test_retry_after_pauses_every_worker(mock_api: ThreadedMockServer, tmp_path: Path) -> None:
     # Row 0 gets a 429 with Retry-After: 1; rows 1-3 go out with it and take 150 ms, so without a
     # shared pause their workers would send rows 4-6 some 150 ms after the 429.
@@ -626,6 +627,7 @@ def test_concurrency_bounds_requests_in_flight(
     assert all(r["latency_ms"] >= 20 for r in rows)
 
 
+@pytest.mark.slow
 def test_rate_limits_requests_in_any_one_second_window(tmp_path: Path) -> None:
     # The server runs in its own process, as a real one would: timestamps taken in a thread of
     # this process would wait for the GIL and misplace arrivals by more than pacing's precision.

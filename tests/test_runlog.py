@@ -71,6 +71,7 @@ def earlier_run(server: ThreadedMockServer, tmp_path: Path) -> tuple[Path, Path]
 # -- the text log ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_cron_log_has_a_start_line_timestamps_everywhere_and_cumulative_counts(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -162,6 +162,7 @@ def recording(store: Checkpoint, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
+@pytest.mark.slow
 async def test_commits_are_synced_on_a_timer_while_only_slow_rows_are_left(
     store: Checkpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:

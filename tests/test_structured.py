@@ -349,6 +349,7 @@ def _expected(schema: dict[str, Any], value: Any) -> Any:
     return value
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_every_valid_value_round_trips_through_parquet(data: st.DataObject) -> None:
