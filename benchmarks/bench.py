@@ -779,7 +779,7 @@ def tokens(bench: Bench) -> list[Figure]:
             output = fresh(WORK / f"tokens-{kind}.jsonl")
             args = batchpizza_args(input_path, output, server, concurrency=OVERHEAD_CONCURRENCY)
             if kind == "budget":
-                args += ["--max-cost", "1000000", "--tpm", "1e12"]
+                args += ["--max-cost", "1000000", "--price", "1,2", "--tpm", "1e12"]
             server.reset()
             run = measure(args, server)
             expect(run, 0, f"batchpizza ({kind})")

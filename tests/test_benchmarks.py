@@ -41,6 +41,16 @@ def test_bench_quick_validation_and_resume_run_and_print_their_table() -> None:
 
 
 @pytest.mark.slow
+def test_bench_quick_tokens_and_schema_compare_their_jobs() -> None:
+    done = run_script(
+        "benchmarks/bench.py", "--quick", "--scenario", "tokens", "schema", "--repeat", "1"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| tokens |" in done.stdout
+    assert "| schema |" in done.stdout
+
+
+@pytest.mark.slow
 def test_crash_soak_small_passes_its_own_checks() -> None:
     done = run_script("benchmarks/crash.py", "--rows", "400", "--kills", "2", "--seed", "5")
     assert done.returncode == 0, done.stdout + done.stderr
