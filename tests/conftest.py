@@ -295,3 +295,15 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
     finally:
         for proc in procs:
             proc.cleanup()
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadedMockServer]:
+    """The mock for the Batch API tests: its batches done in 0.2 s, small request files."""
+    from tests.batchapi_shared import KEY, LIMITS
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", LIMITS)
+    with ThreadedMockServer() as srv:
+        srv.batches.seconds = 0.2
+        yield srv

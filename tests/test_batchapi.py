@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +22,10 @@ from aiohttp import web
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
+from tests.batchapi_shared import KEY, LIMITS, rows
 from tests.conftest import Spawn, read_jsonl, write_jsonl
 
 # Small files and fast polls: LINES,BYTES,POLL,POLL_CAP.
-LIMITS = "40,,0.05,0.2"
-KEY = "sk-test-batch-key-123"
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadedMockServer]:
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", LIMITS)
-    with ThreadedMockServer() as srv:
-        srv.batches.seconds = 0.2
-        yield srv
-
-
-def rows(n: int) -> list[dict[str, str]]:
-    return [{"id": f"q{i}", "prompt": f"question {i}"} for i in range(n)]
 
 
 def args(inp: Path, out: Path, base_url: str, *extra: str) -> list[str]:

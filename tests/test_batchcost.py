@@ -9,7 +9,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,24 +29,10 @@ from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.pricing import Price, cost
 from batchpizza.records import Prompt
 from batchpizza.tokencount import input_bound, messages_bound
+from tests.batchapi_shared import rows
 from tests.conftest import read_jsonl, write_jsonl
 
-LIMITS = "40,,0.05,0.2"  # LINES,BYTES,POLL,POLL_CAP: small files, fast polls
-KEY = "sk-test-batch-key-123"
 PRICE = Price(1.0, 2.0)
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadedMockServer]:
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", LIMITS)
-    with ThreadedMockServer() as srv:
-        srv.batches.seconds = 0.2
-        yield srv
-
-
-def rows(n: int) -> list[dict[str, str]]:
-    return [{"id": f"q{i}", "prompt": f"question {i}"} for i in range(n)]
 
 
 def run(inp: Path, out: Path, base_url: str, *extra: str) -> subprocess.CompletedProcess[str]:
