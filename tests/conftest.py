@@ -43,9 +43,13 @@ _ray_tests = {"deselected": 0, "passed": 0}
 REQUIRE_LITELLM = "BATCHPIZZA_REQUIRE_LITELLM"
 
 
+# Read once, at import: the autouse _isolated_env clears every BATCHPIZZA_ variable for a test.
+_LITELLM = os.environ.get("BATCHPIZZA_LITELLM") or shutil.which("litellm")
+
+
 def litellm_command() -> str | None:
     """The LiteLLM proxy's command: BATCHPIZZA_LITELLM, else `litellm` on PATH."""
-    return os.environ.get("BATCHPIZZA_LITELLM") or shutil.which("litellm")
+    return _LITELLM
 
 
 def pytest_configure(config: pytest.Config) -> None:
