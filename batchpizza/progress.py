@@ -276,7 +276,8 @@ def dry_run_report(
         "batchpizza: dry run: nothing sent, nothing written",
         f"  rows        {tally.rows}",
         f"  answered    {answered} (kept, not sent again)",
-        f"  to send     {plan.reasons(retry_refused=config.retry_refused)}",
+        # "30: 30 new rows", not "30 to send: 30 new rows" after the label
+        f"  to send     {plan.reasons(retry_refused=config.retry_refused).replace(' to send', '', 1)}",
         f"  invalid     {tally.invalid}",
         f"  time        {sending_time(todo, rate, config.concurrency, config.auto_max is not None)}",
         *costs,  # tokens, cost, the cap (job/metering.py)

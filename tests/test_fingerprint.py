@@ -71,8 +71,9 @@ def test_a_rerun_with_another_model_and_temperature_sends_every_row_and_says_why
 
     dry = cli_chat(chat, inp, out, "--model", "model-B", "--param", "temperature=0.9", "--dry-run")
     assert dry.exit_code == 0, dry.output
-    reason = "30 to send: 30 new request (model model-A -> model-B, temperature unset -> 0.9)"
-    assert reason in dry.stdout  # the plan is printed on stdout
+    why = "30 new request (model model-A -> model-B, temperature unset -> 0.9)"
+    reason = f"30 to send: {why}"
+    assert f"  to send     30: {why}" in dry.stdout  # the plan is printed on stdout
     assert chat.stats.requests == sent
 
     rerun = cli_chat(chat, inp, out, "--model", "model-B", "--param", "temperature=0.9")
@@ -284,7 +285,7 @@ def test_status_says_what_a_rerun_would_send_and_why(
     rows = [{"id": "q0", "prompt": "changed"}, *read_jsonl(inp)[1:], {"id": "n", "prompt": "new"}]
     write_jsonl(inp, rows)
     dry = cli_chat(chat, inp, out, "--model", "model-A", "--dry-run")
-    assert "2 to send: 1 prompt changed, 1 new rows" in dry.stdout
+    assert "  to send     2: 1 prompt changed, 1 new rows" in dry.stdout
 
     done = cli_chat(chat, inp, out, "--model", "model-A", "--param", "temperature=0")
     status = CliRunner().invoke(cli, ["status", str(out), "--json"])

@@ -496,7 +496,7 @@ def test_dry_run_prints_the_plan_and_the_first_three_requests_and_sends_nothing(
     assert "rows 13" in lines
     assert any(line.startswith("answered 7") for line in lines), err
     assert any(
-        line.startswith("to send 5 to send:")
+        line.startswith("to send 5:")
         and "2 new rows" in line
         and "1 prompt changed" in line
         and "2 failed before" in line
@@ -589,7 +589,7 @@ def test_dry_run_with_restart_plans_what_the_restart_sends_and_changes_nothing(
     assert mock_api.stats.requests == 0
     lines = [" ".join(line.split()) for line in dry.stdout.splitlines()]
     assert any(line.startswith("answered 0") for line in lines), dry.stdout
-    assert any(line.startswith("to send 20 to send: 20 new rows") for line in lines), dry.stdout
+    assert any(line.startswith("to send 20: 20 new rows") for line in lines), dry.stdout
     # What the same command without --dry-run then does.
     real = run_cli(mock_api, source, out, "--restart")
     assert real.exit_code == 0, real.output

@@ -133,6 +133,20 @@ def test_a_pizzagpt_estimate_counts_the_schema_instruction_it_sent(
     assert row["prompt_tokens"] > text_tokens(instruction(schema))
 
 
+def test_a_dry_run_on_free_pizzagpt_says_it_costs_nothing(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from batchpizza.cli import cli
+
+    source = write_jsonl(tmp_path / "in.jsonl", prompts(3))
+    dry = CliRunner().invoke(
+        cli, ["run", str(source), "-o", str(tmp_path / "o.jsonl"), "--dry-run"]
+    )
+    assert dry.exit_code == 0, dry.output
+    assert "  cost        none: Pizzagpt is free" in dry.output
+    assert "  to send     3: 3 new rows" in dry.output  # the count once, then why
+
+
 def test_a_cap_on_free_pizzagpt_without_a_price_is_a_usage_error(tmp_path: Path) -> None:
     from batchpizza.errors import UsageError
 

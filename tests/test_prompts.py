@@ -215,7 +215,7 @@ def test_another_system_message_resends_every_row_and_says_why(
     assert same.exit_code == 0 and mock_api.stats.requests == sent
 
     dry = run(mock_api, inp, out, "--system", "Be thorough.", "--dry-run")
-    assert "6 to send: 6 prompt changed" in dry.stdout
+    assert "  to send     6: 6 prompt changed" in dry.stdout
 
     other = run(mock_api, inp, out, "--system", "Be thorough.")
 

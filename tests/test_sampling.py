@@ -66,7 +66,7 @@ def test_without_repeat_the_output_has_no_sample_column_and_its_answers_are_samp
     assert "sample" not in pq.read_table(out).column_names
 
     more = cli_run(mock_api, inp, out, "--repeat", "3", "--dry-run")
-    assert "20 to send: 20 new rows" in more.stdout, more.output
+    assert "  to send     20: 20 new rows" in more.stdout, more.output
 
     assert cli_run(mock_api, inp, out, "--repeat", "3").exit_code == 0
     assert mock_api.stats.requests == 10 + 20  # samples 1 and 2 of each row

@@ -13,7 +13,7 @@ from batchpizza.config import RunConfig
 from batchpizza.controls.budget import Budget
 from batchpizza.controls.metering import Meter
 from batchpizza.controls.tokens import AUTO_SHARE, DEFAULT_OUTPUT_TOKENS, TokenPacer
-from batchpizza.pricing import cost
+from batchpizza.pricing import FREE, cost
 from batchpizza.records import Prompt
 from batchpizza.tokencount import input_bound, input_estimate, max_output
 
@@ -96,14 +96,19 @@ def estimate_lines(
     if mean_output is not None:
         how = f"output as the {mean_output:.0f} tokens answers here averaged"
     elif config.params.get("max_tokens") or config.params.get("max_completion_tokens"):
-        how = "output at max_tokens (no answer here yet to average)"
+        how = "output at max_tokens: no answer here yet to average"
     else:
-        how = f"output a guess of {DEFAULT_OUTPUT_TOKENS} a request (no answer here yet)"
+        how = f"output a guess of {DEFAULT_OUTPUT_TOKENS} a request: no answer here yet"
     lines = [f"  tokens      about {inputs:,} in + {outputs:,} out ({how})"]
     price = config.price_per_m
     spent = checkpoint.spend().dollars if spent is None else spent
     if price is None:
         return [*lines, "  cost        no price known for the model (--price IN,OUT to say it)"]
+    if config.provider == "pizzagpt" and price == FREE:
+        return [
+            *lines,
+            "  cost        none: Pizzagpt is free (--price IN,OUT to count it at a price)",
+        ]
     batch = config.via != "online"  # priced at the Batch API's price (--via auto: but late rows)
     estimate = cost(price, inputs, outputs, batch=batch)
     at = "the Batch API's half of " if batch else ""
