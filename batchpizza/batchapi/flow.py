@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -38,6 +38,7 @@ from batchpizza.providers.openai import OpenAIAPI
 from batchpizza.records import Attempt, Outcome, Prompt, Result
 
 log = logging.getLogger("batchpizza")
+_T = TypeVar("_T")
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
@@ -114,8 +115,7 @@ class BatchFlow:
     # -- submitting ---------------------------------------------------------------------------
 
     async def _launch_left(self) -> None:
-        """Files an earlier run recorded but did not see through: uploaded and made a batch of,
-        unless the server has them already."""
+        """Files an earlier run recorded but did not see through, launched (or found) now."""
         for f in self.checkpoint.open_files():
             if self.stop.sending_stopped:
                 return
@@ -151,46 +151,46 @@ class BatchFlow:
         await self._launch(f, b"".join(line[5] for line in chunk), fresh=True)
 
     async def _launch(self, f: BatchFile, content: bytes, *, fresh: bool) -> None:
-        """Upload file `f` and create its batch, each recorded as soon as it returns. A file
-        recorded in this run cannot be on the server yet; any other is looked for first, and so
-        is everything whose call failed without a clear answer."""
+        """Upload file `f` and create its batch, each recorded as soon as it returns; looked for
+        first unless `f` was recorded in this run (it cannot be on the server yet)."""
         client = self.client
         assert client is not None
         file_id = f.file_id
-        look = not fresh
-        tries = self.config.max_retries + 1
+        if file_id is None:
+            file_id = await self._find_or_make(
+                lambda: client.find_file(f.name), lambda: client.upload(f.name, content), not fresh
+            )
+        self.checkpoint.set_file_id(f.seq, file_id)
+        batch = await self._find_or_make(
+            lambda: client.find_batch(f.name, f.created, file_id),
+            lambda: client.create(file_id, f.name),
+            not fresh or f.file_id is not None,
+        )
+        self.checkpoint.set_batch(f.seq, batch)
+        log.info("batch %s: %d requests (%s)", batch.get("id"), f.lines, f.name)
+
+    async def _find_or_make(
+        self,
+        find: Callable[[], Awaitable[_T | None]],
+        make: Callable[[], Awaitable[_T]],
+        look: bool,
+    ) -> _T:
+        """What `make` makes on the server (an upload, a batch), --max-retries times more; found
+        with `find` first when `look`, and after a failed call (it may have made it all the same)."""
+        client, tries = self.client, self.config.max_retries + 1
+        assert client is not None
         for attempt in range(tries):
-            if file_id is None and look:
-                file_id = await client.find_file(f.name)
-            if file_id is None:
-                try:
-                    file_id = await client.upload(f.name, content)
-                except BatchAPIError as exc:
-                    if exc.exit_code == 2 or attempt + 1 == tries:
-                        raise
-                    log.info("%s; trying again", exc.message)
-                    await client.pause(attempt)
-                    look = True  # it may have been stored all the same
-                    continue
-            self.checkpoint.set_file_id(f.seq, file_id)
-            break
-        assert file_id is not None
-        look = not fresh or f.file_id is not None
-        for attempt in range(tries):
-            batch = await client.find_batch(f.name, f.created, file_id) if look else None
-            if batch is None:
-                try:
-                    batch = await client.create(file_id, f.name)
-                except BatchAPIError as exc:
-                    if exc.exit_code == 2 or attempt + 1 == tries:
-                        raise
-                    log.info("%s; trying again", exc.message)
-                    await client.pause(attempt)
-                    look = True  # it may have been made all the same
-                    continue
-            self.checkpoint.set_batch(f.seq, batch)
-            log.info("batch %s: %d requests (%s)", batch.get("id"), f.lines, f.name)
-            return
+            if look and (found := await find()) is not None:
+                return found
+            try:
+                return await make()
+            except BatchAPIError as exc:
+                if exc.exit_code == 2 or attempt + 1 == tries:
+                    raise
+                log.info("%s; trying again", exc.message)
+                await client.pause(attempt)
+                look = True
+        raise AssertionError("unreachable: the last try returns or raises")
 
     # -- following ----------------------------------------------------------------------------
 
