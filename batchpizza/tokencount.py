@@ -53,23 +53,31 @@ def input_estimate(prompt: Prompt) -> int:
     """The estimated input tokens of `prompt`'s request."""
     if len(prompt.messages) <= 1:  # a prompt row, the usual case: its text is its one message
         return -(-len(prompt.text) // CHARS_PER_TOKEN) + MESSAGE_OVERHEAD + REPLY_OVERHEAD
-    n = REPLY_OVERHEAD
-    for text in _contents(prompt):
-        n += text_tokens(text) + MESSAGE_OVERHEAD
-    return n
+    return input_sizes(prompt)[1]
 
 
 def input_bound(prompt: Prompt) -> int:
     """At least as many tokens as any byte-level tokenizer makes of `prompt`'s request."""
-    if len(prompt.messages) <= 1:
+    return input_sizes(prompt)[0]
+
+
+def input_sizes(prompt: Prompt) -> tuple[int, int]:
+    """(`input_bound`, `input_estimate`) of `prompt`'s request, in one walk of its text: a
+    metered request needs both, once per attempt."""
+    if len(prompt.messages) <= 1:  # a prompt row, the usual case: its text is its one message
         text = prompt.text
-        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-        return size + BOUND_MESSAGE_OVERHEAD + BOUND_REPLY_OVERHEAD
-    n = BOUND_REPLY_OVERHEAD
+        chars = len(text)
+        size = chars if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        return (
+            size + BOUND_MESSAGE_OVERHEAD + BOUND_REPLY_OVERHEAD,
+            -(-chars // CHARS_PER_TOKEN) + MESSAGE_OVERHEAD + REPLY_OVERHEAD,
+        )
+    bound, estimate = BOUND_REPLY_OVERHEAD, REPLY_OVERHEAD
     for text in _contents(prompt):
         size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-        n += size + BOUND_MESSAGE_OVERHEAD
-    return n
+        bound += size + BOUND_MESSAGE_OVERHEAD
+        estimate += text_tokens(text) + MESSAGE_OVERHEAD
+    return bound, estimate
 
 
 def messages_bound(messages: Iterable[Any]) -> int:

@@ -69,12 +69,13 @@ async def test_an_http_error_frees_the_reservation_and_a_timeout_spends_it() -> 
     m = meter()
     prompt = Prompt("r", "hello", ())
     assert m.budget is not None
-    booked, reservation = await m.admit(prompt)
-    m.settle(Ticket(None, booked, reservation), HTTPStatusError(429, "slow down"), None, None)
+    ticket = await m.admit(prompt)
+    assert m.budget.reserved > 0
+    m.settle(ticket, HTTPStatusError(429, "slow down"), None, None)
     assert m.budget.spent == 0 and m.budget.reserved == 0
-    booked, reservation = await m.admit(prompt)
-    worst = reservation.dollars if reservation else 0.0
-    m.settle(Ticket(None, booked, reservation), RequestTimeout("no reply"), None, None)
+    ticket = await m.admit(prompt)
+    worst = ticket.dollars
+    m.settle(ticket, RequestTimeout("no reply"), None, None)
     assert m.budget.spent == pytest.approx(worst)  # the server may have done the work
 
 
@@ -84,5 +85,5 @@ async def test_the_worst_case_is_max_tokens_else_the_running_estimate() -> None:
     assert Meter(params={}).worst_output(Prompt("r", "x", (), {"max_completion_tokens": 9})) == 9
     m = Meter(params={})
     for _ in range(30):
-        m.settle(Ticket(None, 10, None), None, None, (5, 40))
+        m.settle(Ticket(0.0, booked=10), None, None, (5, 40))
     assert m.worst_output(prompt) == 40

@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from batchpizza.pricing import Price, cost
+from batchpizza.pricing import BATCH_DISCOUNT, Price
 
 
 class BudgetReached(Exception):
@@ -53,6 +53,9 @@ class Budget:
         # checkpoint to keep: no result carries them, and a rerun must count them as spent.
         self.on_charge = on_charge
         self.price = price
+        # The price's two figures as attributes: pricing.cost's sum, without a call or a
+        # NamedTuple's lookups, on every attempt's path.
+        self._input_price, self._output_price = price
         self.spent = spent  # settled: earlier runs' and this run's
         self.reserved = 0.0  # the worst cases of the requests in flight
         self.in_flight = 0
@@ -69,20 +72,35 @@ class Budget:
         """A reservation of this worst case (at the batch price for a Batch-API line) if it
         fits now; None if it does not. `force`: reserved whether it fits or not (lines a batch
         already has: they are out, and will be billed)."""
-        dollars = cost(self.price, input_tokens, output_tokens, batch=batch)
+        reservation = Reservation(0.0, input_tokens, output_tokens, batch)
+        return reservation if self.try_hold(reservation, force=force) else None
+
+    def try_hold(self, reservation: Reservation, *, force: bool = False) -> bool:
+        """`try_reserve` into a reservation made by the caller (a request's Ticket, which is
+        one: one object per attempt, not two): its `dollars` are set if it fits now."""
+        dollars = (
+            reservation.input_tokens * self._input_price
+            + reservation.output_tokens * self._output_price
+        ) / 1e6
+        if reservation.batch:
+            dollars *= BATCH_DISCOUNT
         if not force and self.spent + self.reserved + dollars > self.cap:
-            return None
+            return False
         self.reserved += dollars
         self.in_flight += 1
-        return Reservation(dollars, input_tokens, output_tokens, batch)
+        reservation.dollars = dollars
+        return True
 
     async def reserve(self, input_tokens: int, output_tokens: int) -> Reservation:
         """Reserve this worst case, waiting for requests in flight to settle while it does not
         fit; BudgetReached when it cannot fit even with none in flight."""
-        while True:
-            reservation = self.try_reserve(input_tokens, output_tokens)
-            if reservation is not None:
-                return reservation
+        reservation = Reservation(0.0, input_tokens, output_tokens)
+        await self.hold(reservation)
+        return reservation
+
+    async def hold(self, reservation: Reservation) -> None:
+        """`reserve` into a reservation made by the caller (see `try_hold`)."""
+        while not self.try_hold(reservation):
             if self.in_flight == 0:
                 raise BudgetReached
             if self._settled is None:
@@ -93,7 +111,9 @@ class Budget:
     def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> float:
         """The request ended with this usage: its reservation is freed and its cost spent.
         Returns the cost."""
-        dollars = cost(self.price, input_tokens, output_tokens, batch=reservation.batch)
+        dollars = (input_tokens * self._input_price + output_tokens * self._output_price) / 1e6
+        if reservation.batch:
+            dollars *= BATCH_DISCOUNT
         self._free(reservation)
         self.spent += dollars
         return dollars
@@ -112,13 +132,13 @@ class Budget:
             self.on_charge(reservation.input_tokens, reservation.output_tokens)
 
     def _free(self, reservation: Reservation) -> None:
-        if reservation.dollars < 0:
+        dollars = reservation.dollars
+        if dollars < 0:
             return  # freed already
-        self.reserved -= reservation.dollars
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            self.reserved = 0.0  # no float dust left over when nothing is in flight
         reservation.dollars = -1.0
+        self.in_flight -= 1
+        # No float dust left over when nothing is in flight.
+        self.reserved = self.reserved - dollars if self.in_flight else 0.0
         if self._settled is not None:
             settled, self._settled = self._settled, None
             settled.set()  # every waiter asks again

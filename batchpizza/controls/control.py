@@ -217,35 +217,33 @@ class Control(Gatekeeper):
         if ticket is None:
             ticket = await self._admit(meter, prompt)
         try:
-            entered = await self.enter()
+            ticket.permit = await self.enter()
         except BaseException:
             meter.cancel(ticket)
             raise
-        return Ticket(entered, ticket.booked, ticket.reservation)
+        return ticket
 
     async def _admit(self, meter: Meter, prompt: Prompt) -> Ticket:
         """The meter's wait (a --tpm slot, room under --max-cost), which ends at once when
         sending stops, as the pacer's does (an interrupt waited for the grace otherwise)."""
         try:
             if self.stop_signal is None:
-                booked, reservation = await meter.admit(prompt)
-            else:
-                admitting = asyncio.ensure_future(meter.admit(prompt))
-                stopping = asyncio.ensure_future(self.stop_signal())
-                try:
-                    await asyncio.wait({admitting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stopping.cancel()
-                    if not admitting.done():
-                        admitting.cancel()  # meter.admit gives back what it reserved
-                        await asyncio.wait({admitting})
-                if admitting.cancelled():
-                    raise Stopped
-                booked, reservation = admitting.result()
+                return await meter.admit(prompt)
+            admitting = asyncio.ensure_future(meter.admit(prompt))
+            stopping = asyncio.ensure_future(self.stop_signal())
+            try:
+                await asyncio.wait({admitting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                if not admitting.done():
+                    admitting.cancel()  # meter.admit gives back what it reserved
+                    await asyncio.wait({admitting})
+            if admitting.cancelled():
+                raise Stopped
+            return admitting.result()
         except BudgetReached:
             self._stop("budget", "the next request's worst-case cost would pass --max-cost")
             raise Stopped from None
-        return Ticket(None, booked, reservation)
 
     def _stop(self, reason: str, message: str) -> None:
         if not self.stopped:

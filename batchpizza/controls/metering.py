@@ -16,21 +16,24 @@ server may have done the work) and the booking standing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 from batchpizza.controls.budget import Budget, Reservation
 from batchpizza.controls.tokens import OutputEstimate, TokenPacer
 from batchpizza.errors import HTTPStatusError, ProviderError
 from batchpizza.records import Prompt, RateInfo
-from batchpizza.tokencount import input_bound, input_estimate, max_output
+from batchpizza.tokencount import input_sizes, max_output
 
 
-class Ticket(NamedTuple):
-    """What a request holds while in flight: the gate's token, and what it booked."""
+@dataclass(slots=True)
+class Ticket(Reservation):
+    """What a request holds while in flight: its reservation of the budget (a Ticket is one, so
+    that an attempt makes one object, not two), the tokens it booked on the token pacer, and
+    the gate's token."""
 
-    permit: object
-    booked: int  # tokens booked on the token pacer
-    reservation: Reservation | None
+    booked: int = 0
+    permit: object = None
 
 
 class Meter:
@@ -61,45 +64,48 @@ class Meter:
     def admit_now(self, prompt: Prompt, permit: object = None) -> Ticket | None:
         """`admit` when it can be done at once (the budget has room and the pacer a free
         instant): the usual case at full speed, without a coroutine; None: call `admit`."""
-        out = self.worst_output(prompt)
+        ticket = self._ticket(prompt)
+        ticket.permit = permit
         budget, pacer = self.budget, self.pacer
-        reservation = None
-        if budget is not None:
-            reservation = budget.try_reserve(input_bound(prompt) + self._extra_bound, out)
-            if reservation is None:
-                return None
-        booked = 0
+        if budget is not None and not budget.try_hold(ticket):
+            return None
         if pacer is not None:
-            booked = input_estimate(prompt) + self._extra_estimate + out
-            if not pacer.try_now(booked):
-                if reservation is not None and budget is not None:
-                    budget.release(reservation)
+            if not pacer.try_now(ticket.booked):
+                if budget is not None:
+                    budget.release(ticket)
                 return None
-            self._last_booked = booked
-        return Ticket(permit, booked, reservation)
+            self._last_booked = ticket.booked
+        return ticket
 
-    async def admit(self, prompt: Prompt) -> tuple[int, Reservation | None]:
+    async def admit(self, prompt: Prompt) -> Ticket:
         """Reserve and book `prompt`'s request; BudgetReached when the cap is reached."""
-        out = self.worst_output(prompt)
-        reservation = None
+        ticket = self._ticket(prompt)
         if self.budget is not None:
-            reservation = await self.budget.reserve(input_bound(prompt) + self._extra_bound, out)
-        booked = 0
+            await self.budget.hold(ticket)
         if self.pacer is not None:
-            booked = input_estimate(prompt) + self._extra_estimate + out
             try:
-                await self.pacer.acquire(booked)
+                await self.pacer.acquire(ticket.booked)
             except BaseException:
-                if reservation is not None and self.budget is not None:
-                    self.budget.release(reservation)
+                if self.budget is not None:
+                    self.budget.release(ticket)
                 raise
-        self._last_booked = booked
-        return booked, reservation
+            self._last_booked = ticket.booked
+        return ticket
+
+    def _ticket(self, prompt: Prompt) -> Ticket:
+        """`prompt`'s worst case for the budget (input bound, output cap), and the estimate it
+        books on the pacer, not yet reserved nor booked."""
+        out = self._cap
+        if out is None:
+            out = self.worst_output(prompt) if prompt.body else self.output.value
+        bound, estimate = input_sizes(prompt)
+        booked = estimate + self._extra_estimate + out if self.pacer is not None else 0
+        return Ticket(0.0, bound + self._extra_bound, out, False, booked)
 
     def cancel(self, ticket: Ticket) -> None:
         """The request was never sent (the run stopped while it waited)."""
-        if ticket.reservation is not None and self.budget is not None:
-            self.budget.release(ticket.reservation)
+        if self.budget is not None:
+            self.budget.release(ticket)
         if self.pacer is not None:
             self.pacer.settle(ticket.booked, 0)
 
@@ -111,21 +117,28 @@ class Meter:
         usage: tuple[int | None, int | None] | None,
     ) -> None:
         prompt_tokens, completion_tokens = usage or (None, None)
-        known = prompt_tokens is not None and completion_tokens is not None
-        if error is None and completion_tokens is not None and self._cap is None:
-            self.output.observe(completion_tokens)
-        billed = error is None or not isinstance(error, HTTPStatusError)
-        budget, reservation = self.budget, ticket.reservation
-        if budget is not None and reservation is not None:
-            if error is None and known:
-                budget.settle(reservation, prompt_tokens or 0, completion_tokens or 0)
+        used = None  # tokens, when the server said both
+        if prompt_tokens is not None and completion_tokens is not None:
+            used = prompt_tokens + completion_tokens
+        if error is None:
+            billed = True
+            if completion_tokens is not None and self._cap is None:
+                output = self.output  # its `observe`, without the call
+                output.keep(completion_tokens)
+                if len(output.kept) >= output.due_at:
+                    output.update()
+        else:
+            billed = not isinstance(error, HTTPStatusError)
+        budget = self.budget
+        if budget is not None:
+            if error is None and used is not None:
+                budget.settle(ticket, prompt_tokens or 0, completion_tokens or 0)
             elif billed:
-                budget.charge_reserved(reservation)
+                budget.charge_reserved(ticket)
             else:
-                budget.release(reservation)
+                budget.release(ticket)
         pacer = self.pacer
         if pacer is not None:
-            used = (prompt_tokens or 0) + (completion_tokens or 0) if known else None
             pacer.settle(ticket.booked, used if billed else 0)
             if rate is not None:
                 pacer.observe(
