@@ -35,6 +35,12 @@ Scenarios (full size; --quick in brackets):
 - tokens: the overhead job with `--max-cost` and `--tpm` on (too high to bind: every attempt is
   reserved, booked and settled all the same) against it without them, alternating: the CPU
   ratio (target from issue 23: within 3 %).
+- identity: the overhead job (`--rate 0`) as it runs, against the same job with the request
+  fingerprint taken out (every digest a row gets, the scan's and the runner's request key,
+  replaced by Python's own hash of its text, in the child before it runs), both started by the
+  same small wrapper, alternating: the CPU ratio is what fingerprinting costs a row, hashing
+  included (target from issue 21: within 2 %). Also in process: the digests a row costs (the
+  scan's and the runner's key), as a share of a row's CPU.
 - latency: 5,000 prompts [1,000], 200 +- 50 ms latency, concurrency 256. Requests/s of the sending
   phase as a fraction of the bound 256 / 0.2 s = 1,280/s, measured at the server: requests over the
   span from the first arrival to the last arrival plus the mean latency (when the last reply is
@@ -80,6 +86,7 @@ import contextlib
 import datetime as dt
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import shlex
@@ -157,6 +164,36 @@ SCHEMA5 = {
     "additionalProperties": False,
 }
 TOKENS_TARGET = 1.03  # issue 23: the token budget within 3 % of the CPU at zero latency
+IDENTITY_TARGET = 1.02  # issue 21: request fingerprints within 2 % of the CPU at zero latency
+# Starts `batchpizza ARGS` as `python -m batchpizza` does, after taking the request fingerprint
+# out when told "unkeyed": every digest a row gets (the scan's, the runner's request key) is then
+# Python's own hash of its text, 8 bytes (unique among the benchmark's rows; no hashing library, no
+# identity in it). Both sides of the identity scenario start through it, so that their start-up
+# is the same.
+UNKEYED_WRAPPER = """
+import sys
+if sys.argv[1] == "unkeyed":
+    import batchpizza.engine.runner, batchpizza.job.sending, batchpizza.rows
+    import batchpizza.sinks, batchpizza.sources.base
+    def cheap(text):
+        return hash(text).to_bytes(8, "little", signed=True)
+    def request_key(provider):
+        return lambda prompt: cheap(prompt.text)
+    def digests(interpreted):
+        return cheap(interpreted[1]), None
+    for module in (batchpizza.rows, batchpizza.engine.runner, batchpizza.job.sending):
+        assert module.request_key
+        module.request_key = request_key
+    for module in (batchpizza.rows, batchpizza.sources.base, batchpizza.sinks):
+        assert module.digests
+        module.digests = digests
+    for module in (batchpizza.rows, batchpizza.sources.base):
+        assert module.prompt_digest
+        module.prompt_digest = cheap
+from batchpizza.cli import main
+sys.argv = ["batchpizza", *sys.argv[2:]]
+main()
+"""
 LATENCY_MS, JITTER_MS, LATENCY_CONCURRENCY = 200.0, 50.0, 256
 PACING_RATE = 50
 CHECKPOINT_FILES = (".checkpoint", ".checkpoint-wal", ".checkpoint-shm")
@@ -815,6 +852,79 @@ def tokens(bench: Bench) -> list[Figure]:
     ]
 
 
+def identity(bench: Bench) -> list[Figure]:
+    """The overhead job at `--rate 0` with its request fingerprints and without them (see
+    UNKEYED_WRAPPER), alternating, CPU paired; and the digests of a row in process."""
+    rows = bench.sizes.overhead
+    server = bench.server()
+    input_path = prompts_file(rows)
+    runs: dict[str, list[Run]] = {"keyed": [], "unkeyed": []}
+    for i in range(bench.repeat):
+        for kind in runs:
+            output = fresh(WORK / f"identity-{kind}.jsonl")
+            args = batchpizza_args(input_path, output, server, concurrency=OVERHEAD_CONCURRENCY)
+            args[1:3] = ["-c", UNKEYED_WRAPPER, kind]  # python -c WRAPPER KIND run ...
+            server.reset()
+            run = measure(args, server)
+            expect(run, 0, f"batchpizza ({kind})")
+            if (sent := server.stats()["requests"]) != rows:
+                raise RuntimeError(f"{kind} sent {sent} requests for {rows} rows")
+            if sum(1 for _ in output.open("rb")) != rows:
+                raise RuntimeError(f"{kind} wrote other than {rows} rows")
+            runs[kind].append(run)
+            note(
+                f"  identity {i + 1}/{bench.repeat} {kind:<7} {run.wall:7.2f} s wall "
+                f"{run.cpu:7.2f} s cpu"
+            )
+    keyed, unkeyed = runs["keyed"], runs["unkeyed"]
+    cpu_ratios = [a.cpu / b.cpu for a, b in zip(keyed, unkeyed, strict=True)]
+    cpu_ratio = median(cpu_ratios)
+    digest_us = digests_cost_us()
+    row_us = median([r.cpu for r in keyed]) / rows * 1e6
+    s = "identity"
+    return [
+        Figure(
+            s,
+            f"CPU time, with request fingerprints / without ({rows:,} rows, paired)",
+            f"{cpu_ratio:.3f}x" + spread(cpu_ratios, "{:.3f}"),
+            f"<= {IDENTITY_TARGET:.2f}x",
+            bench.sized(cpu_ratio <= IDENTITY_TARGET),
+        ),
+        Figure(
+            s,
+            "a row's digests (the scan's and the runner's key; in process), share of its CPU",
+            f"{digest_us:.2f} us, {digest_us / row_us:.1%} of {row_us:.0f} us",
+        ),
+        Figure(s, "CPU per row, with fingerprints", _per_row(keyed, rows)),
+        Figure(s, "CPU per row, without", _per_row(unkeyed, rows)),
+    ]
+
+
+def digests_cost_us(n: int = 200_000) -> float:
+    """Microseconds of CPU a row's digests take: the scan's (rows.digests of the row as read)
+    and the runner's key of its answer (rows.request_key, for Pizzagpt), best of three."""
+    from batchpizza.fingerprint import BY_TEXT
+    from batchpizza.records import Prompt
+    from batchpizza.rows import digests, request_key
+
+    class Pizzagpt:
+        def __init__(self) -> None:
+            self.identity = {"provider": "pizzagpt", **BY_TEXT}
+
+    text = prompt_of(1)
+    prompt = Prompt("r1", text, ({"role": "user", "content": text},))  # as a row makes it
+    read = ("r1", text, None, None)
+    key = request_key(Pizzagpt())
+    best = math.inf
+    for _ in range(3):
+        started = time.process_time()
+        for _ in range(n):
+            digests(read)
+            key(prompt)
+        best = min(best, (time.process_time() - started) / n * 1e6)
+    return best
+
+
 def meter_cost_us(n: int = 200_000) -> float:
     """Microseconds of CPU the meter adds to an attempt's way through the gate: Control's
     enter and finished without a meter against enter_for and finished with a budget and a token
@@ -1466,6 +1576,7 @@ SCENARIOS: dict[str, Callable[[Bench], list[Figure]]] = {
     "overhead": overhead,
     "controls": controls,
     "tokens": tokens,
+    "identity": identity,
     "latency": latency,
     "pacing": pacing,
     "memory": memory,
