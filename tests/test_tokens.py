@@ -180,3 +180,34 @@ def test_the_output_estimate_starts_at_the_default_then_follows_the_99th_percent
         estimate.observe(n)
     # Recomputed every few answers, so it may lag the last ones a little.
     assert 180 <= estimate.value <= 200
+
+
+async def test_a_rate_below_one_request_a_minute_is_said_once_not_waited_in_silence(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A server announcing (or a --tpm of) fewer tokens a minute than one request books: every
+    # request waits minutes, which without a word looks like a hang.
+    vt = VirtualTime()
+    pacer = TokenPacer(50 / 60, clock=vt.clock, sleep=vt.sleep)  # 50 tokens a minute
+
+    async def send() -> None:
+        await pacer.acquire(100)
+        pacer.settle(100, 100)
+
+    with caplog.at_level("WARNING", logger="batchpizza"):
+        await vt.run(send(), send(), send())
+    said = [r.getMessage() for r in caplog.records if "--tpm" in r.getMessage()]
+    assert len(said) == 1
+    assert "books 100 tokens" in said[0] and "about 120 s" in said[0]
+    assert vt.now == pytest.approx(100.0 + 2 * 120.0)  # and the pace kept all the same
+
+
+def test_a_limit_announced_below_one_request_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    vt = VirtualTime()
+    pacer = TokenPacer(None, auto=True, clock=vt.clock, sleep=vt.sleep)
+    with caplog.at_level("WARNING", logger="batchpizza"):
+        for _ in range(3):  # 30 tokens a minute announced; the last request booked 530
+            pacer.observe(30, 0, 60.0, 530)
+    said = [r.getMessage() for r in caplog.records if "--tpm" in r.getMessage()]
+    assert len(said) == 1
+    assert "the limit the server announces" in said[0] and "books 530 tokens" in said[0]

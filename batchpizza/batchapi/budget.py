@@ -153,7 +153,7 @@ class BatchBudget:
 
     def reached(self, stop: Stop) -> None:
         """Nothing more fits and no batch is out to free room: the run stops "budget"."""
-        log.warning("batchpizza: stopping: the next line's worst-case cost would pass --max-cost")
+        log.warning("stopping: the next line's worst-case cost would pass --max-cost")
         stop.stop_sending("budget")
 
     def _line_worst(self, line: bytes) -> tuple[int, int]:

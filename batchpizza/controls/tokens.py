@@ -22,12 +22,15 @@ Every class takes `clock` and `sleep`, so tests move a fake clock instead of wai
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import statistics
 import time
 from collections import deque
 
 from batchpizza.controls.ratelimit import Clock, Sleep, Wakeup
+
+log = logging.getLogger("batchpizza")
 
 AUTO_SHARE = 0.9  # of the learned limit: the headroom for estimates that fall short
 MINUTE = 60.0
@@ -119,6 +122,7 @@ class TokenPacer:
         self._in_flight = 0
         self._estimates: deque[float] = deque(maxlen=_ESTIMATES_KEPT)
         self._hold_until = -math.inf
+        self._warned = False  # of a rate at which one request takes over a minute
 
     @property
     def per_minute(self) -> float | None:
@@ -172,12 +176,28 @@ class TokenPacer:
                 continue
             if rate == 0:
                 break
+            if tokens > rate * MINUTE and not self._warned:
+                self._warn_slow(tokens, rate)
             slot = max(now, self._tat)
             self._tat = slot + tokens / rate
             if await self._sleep_until(slot, schedule):
                 self._sent_tat = max(self._sent_tat, slot + tokens / rate)
                 break
         self._in_flight += 1
+
+    def _warn_slow(self, tokens: int, rate: float) -> None:
+        """Said once: a rate this low holds the run for minutes a request, which would look
+        like a hang (a server announcing a limit of a few tokens, a --tpm below one request)."""
+        self._warned = True
+        source = "the limit the server announces" if self.auto else "--tpm"
+        log.warning(
+            "--tpm: a request here books %d tokens, more than a minute's worth at "
+            "%s (%.0f tokens a minute kept): each waits about %.0f s",
+            tokens,
+            source,
+            rate * MINUTE,
+            tokens / rate,
+        )
 
     def settle(self, booked: int, used: int | None) -> None:
         """A request that booked `booked` tokens ended having used `used` (None: no usage said,
@@ -222,6 +242,9 @@ class TokenPacer:
             # queued request book again.
             self.limit_per_s = learned
             self.set_rate(learned * AUTO_SHARE)
+        rate = self.rate or 0.0
+        if next_cost > rate * MINUTE and not self._warned:
+            self._warn_slow(next_cost, rate)
         if remaining is not None and remaining < next_cost:
             # Nearly spent at the server: wait until the next request's worth is back.
             self._hold_until = max(

@@ -305,7 +305,7 @@ class Runner:
             if isinstance(exc, QuotaExhausted):
                 # Never retried: the row stays pending, and nothing more is sent (exit 4).
                 if not self.stop.sending_stopped:
-                    log.warning("batchpizza: stopping: %s", describe(exc))
+                    log.warning("stopping: %s", describe(exc))
                 self.stop.stop_sending("quota")
             elif exc.fatal or (
                 exc.status is not None and exc.status in self.provider.fatal_statuses

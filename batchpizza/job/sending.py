@@ -114,7 +114,7 @@ class Sending:
         """A stop of the run's own (the budget, a quota, nothing can succeed): no new request,
         those in flight finish (their cost is counted), then the output is written."""
         if not self.stop.sending_stopped:
-            log.warning("batchpizza: stopping: %s", message)
+            log.warning("stopping: %s", message)
             self.stop.stop_sending(reason)
 
     def cancel_after_grace(self) -> None:
