@@ -339,13 +339,15 @@ def restore_checkpoint(pristine: Path, output: Path) -> None:
     shutil.copyfile(pristine, output.with_name(output.name + ".checkpoint"))
 
 
-def forget_answers(output: Path, ids: list[str]) -> None:
-    """Take these rows' answers out of `output`'s checkpoint (a benchmark's set-up, not a run)."""
+def forget_answers(output: Path, rows: range) -> None:
+    """Take these rows' answers out of `output`'s checkpoint, and put them back in its kept to-do
+    set, as a run killed before it sent them leaves it (a benchmark's set-up, not a run)."""
     import sqlite3
 
     conn = sqlite3.connect(output.with_name(output.name + ".checkpoint"))
     try:
-        conn.executemany("DELETE FROM results WHERE id = ?", [(i,) for i in ids])
+        conn.executemany("DELETE FROM results WHERE id = ?", [(row_id(i),) for i in rows])
+        conn.executemany("INSERT OR IGNORE INTO todo VALUES (?)", [(i,) for i in rows])
         conn.commit()
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -1045,7 +1047,7 @@ def resume_runs(bench: Bench, rows: int) -> tuple[dict[str, Run], int, int]:
             )
             # As a kill leaves it: the scan the cold run kept in the checkpoint, and the same rows
             # still to send (their answers taken back out of the results).
-            forget_answers(output, [row_id(i) for i in range(rows - missing, rows)])
+            forget_answers(output, range(rows - missing, rows))
         server.reset()
         args = batchpizza_args(input_path, output, server, concurrency=OVERHEAD_CONCURRENCY)
         run = runs[kind] = measure(args, server, watch_first=True)
