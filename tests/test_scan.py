@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from conftest import write_jsonl
 
+import batchpizza.rows as rows_
 import batchpizza.sources.base as base
 from batchpizza.checkpoint import ScanIndex
 from batchpizza.checkpoint.scan import _Ascending
@@ -38,13 +39,28 @@ def good(*ids: str) -> list[GoodRow]:
     return [(i, row_id, b"d" * 16, None, 0, i + 1) for i, row_id in enumerate(ids)]
 
 
+@pytest.mark.parametrize("messages", [False, True])
 @pytest.mark.parametrize("n", [1, 63, 64, 65, 130, 200])
-def test_every_row_is_kept_whatever_the_count_of_rows_per_statement(tmp_path: Path, n: int) -> None:
-    rows = [{"id": f"id-{i}", "prompt": f"question {i}"} for i in range(n)]
+def test_every_row_is_kept_whatever_the_count_of_rows_per_statement(
+    tmp_path: Path, n: int, messages: bool
+) -> None:
+    # Message rows keep a text digest apart from the request's (`said`), prompt rows none.
+    system = {"role": "system", "content": "be brief"}
+    said = [{"messages": [system, {"role": "user", "content": f"q {i}"}]} for i in range(n)]
+    asked = said if messages else [{"prompt": f"question {i}"} for i in range(n)]
+    rows = [{"id": f"id-{i}"} | row for i, row in enumerate(asked)]
     scan = scan_of(write_jsonl(tmp_path / "in.jsonl", rows))
     try:
         assert kept(scan) == [(i, f"id-{i}", 1, i + 1) for i in range(n)]
         assert scan.total == n and scan.bad == 0
+        conn = sqlite3.connect(scan.uri, uri=True)
+        digests = conn.execute("SELECT digest, said FROM rows ORDER BY pos").fetchall()
+        conn.close()
+        fields = Fields.from_config(RunConfig(input="in.jsonl", output="out.jsonl"))
+        expected = [rows_.digests(rows_.interpret(row, fields, i)) for i, row in enumerate(rows)]
+        assert digests == expected
+        assert [s is None for _, s in digests] == [not messages] * n
+        assert all(type(d) is bytes and len(d) == 16 for d, _ in digests)
     finally:
         scan.close()
 
