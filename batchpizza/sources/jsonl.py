@@ -42,6 +42,12 @@ MAX_DEPTH = 100
 _BOM = b"\xef\xbb\xbf"
 _SLOW = object()  # not parsed by the scan's fast path: load() reads it
 _DIGIT_RUN = b"0" * 19  # see jsoncodec.may_hold_big_int
+# A line's shape, for the scan's tests of it in one pass: digits as "0" (a run of 19 may be an
+# integer beyond 64 bits), "{" as "[" (brackets count the nesting), backslash and "u" as they are
+# (an escape to look into), anything else as "x".
+_SHAPE = bytes(
+    48 if 48 <= b <= 57 else b if b in b"[\\u" else 91 if b == 123 else 120 for b in range(256)
+)
 # The scan marks where every this-many-th row starts (position, file, byte, line), so that a
 # rerun's first row to send is read after a seek, not after every row before it (10,000,000
 # lines read to the last ten thousand: seconds before the first request).
@@ -262,28 +268,28 @@ class JsonlSource:
         self.types = FieldTypes(exclude={self.fields.id})
         observe = self.types.observe
         # load()'s common case inline (a row costs some 6 us; three calls were 0.5 of them):
-        # orjson on a line that cannot hold a big integer; anything else goes through load().
-        fast, table, digits = jsoncodec.orjson_loads(), jsoncodec.DIGITS_AS_ZERO, _DIGIT_RUN
+        # orjson on a line that cannot hold a big integer, without an escape to look into or
+        # deep nesting; anything else goes through load().
+        fast, table, digits = jsoncodec.orjson_loads(), _SHAPE, _DIGIT_RUN
         lines = self._lines(scanning=True)
         # Closed once the first `limit` rows are read, so that it records how far it read now
         # (not whenever the collector gets to it): the later passes read that far, no further.
         with contextlib.closing(lines):
-            for pos, (index, number, line) in enumerate(itertools.islice(lines, limit)):
+            for pos, (index, number, line) in enumerate(
+                lines if limit is None else itertools.islice(lines, limit)
+            ):
                 if line is None:
                     yield pos, index, number, f"line longer than {MAX_LINE_BYTES} bytes"
                     continue
                 obj = _SLOW
-                if fast is not None and digits not in line.translate(table):
+                shape = line.translate(table)
+                if fast is not None and digits not in shape:
                     # Not contextlib.suppress: a context manager a row cost 0.2 us (measured).
                     try:  # noqa: SIM105
                         obj = fast(line)
                     except ValueError:
                         pass  # load() decides, and says why
-                if (
-                    obj is _SLOW
-                    or b"\\u" in line
-                    or line.count(b"[") + line.count(b"{") > MAX_DEPTH
-                ):
+                if obj is _SLOW or b"\\u" in shape or shape.count(b"[") > MAX_DEPTH:
                     try:
                         obj = load(line)
                     except ValueError as exc:
