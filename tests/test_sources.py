@@ -559,3 +559,17 @@ def test_a_later_pass_seeks_to_the_mark_before_the_first_row_wanted(
     text = first.read_bytes()
     first.write_bytes(text.replace(b'"a1", "prompt": "pa1"}', b'"a1",\n"prompt":"pa1"}', 1))
     assert prompts(rerun, iter([10, 11])) == every[10:]
+
+
+@pytest.mark.parametrize(("depth", "bad"), [(50, False), (150, True)])
+def test_objects_nested_deeper_than_the_limit_are_bad_rows_as_lists_are(
+    tmp_path: Path, depth: int, bad: bool
+) -> None:
+    deep = b'{"a": ' * depth + b"1" + b"}" * depth
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"id": "x", "prompt": "fine", "deep": ' + deep + b"}\n")
+    good_rows, bad_rows = scanned(source_for(path, tmp_path))
+    assert [row.problem for row in bad_rows.values()] == (
+        ["nested deeper than 100 levels"] if bad else []
+    )
+    assert list(good_rows) == ([] if bad else [0])
