@@ -210,26 +210,29 @@ class JsonlSource:
                         if rows == next_mark and line.strip():
                             self.marks.append([rows, index, consumed, number])
                             next_mark += MARK_EVERY
-                        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-                            consumed += len(line)
-                            while (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(
-                                b"\n"
-                            ):
+                        # No newline (one test, not two calls a line): too long, or the last.
+                        if not line or line[-1] != 10:
+                            if len(line) > MAX_LINE_BYTES:
+                                consumed += len(line)
+                                while (
+                                    rest := handle.readline(MAX_LINE_BYTES)
+                                ) and not rest.endswith(b"\n"):
+                                    consumed += len(rest)
                                 consumed += len(rest)
-                            consumed += len(rest)
-                            rows += 1
-                            yield index, number, None
-                            continue
-                        if scanning and not line.endswith(b"\n") and line.strip() and _torn(line):
-                            # The file's last line, without its newline and not JSON: a line still
-                            # being written by an appender. It waits for the next run.
-                            log.warning(
-                                "%s:%d: the last line has no newline and is not complete JSON; "
-                                "left for the next run (is the file still being written?)",
-                                self.names[index],
-                                number,
-                            )
-                            break
+                                rows += 1
+                                yield index, number, None
+                                continue
+                            if scanning and line.strip() and _torn(line):
+                                # The file's last line, without its newline and not JSON: a line
+                                # still being written by an appender. It waits for the next run.
+                                log.warning(
+                                    "%s:%d: the last line has no newline and is not complete "
+                                    "JSON; left for the next run (is the file still being "
+                                    "written?)",
+                                    self.names[index],
+                                    number,
+                                )
+                                break
                         consumed += len(line)
                         if line and not line.isspace():  # (strip() copied every line)
                             rows += 1
