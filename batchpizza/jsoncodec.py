@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - a platform without an orjson wheel
 
 # Every digit as b"0", everything else as b"x": a run of 19 digits becomes one substring search,
 # both in C (a regex for \d{19} costs several times more per line).
-DIGITS_AS_ZERO = bytes(48 if 48 <= b <= 57 else 120 for b in range(256))
+_DIGITS_AS_ZERO = bytes(48 if 48 <= b <= 57 else 120 for b in range(256))
 _DIGIT_RUN = b"0" * 19
 
 
@@ -58,7 +58,7 @@ def _finite(text: str) -> float:
 def may_hold_big_int(line: bytes) -> bool:
     """Could this JSON text hold an integer beyond 64 bits? (It has a run of 19 or more digits.)
     A cheap test, so that only such rare lines pay for a per-field check."""
-    return _DIGIT_RUN in line.translate(DIGITS_AS_ZERO)
+    return _DIGIT_RUN in line.translate(_DIGITS_AS_ZERO)
 
 
 def orjson_loads() -> Any:

@@ -21,7 +21,6 @@ from batchpizza.records import OutputRow, Plan, Tally, invalid_row, pending_row
 
 PAGE = 4096
 UNANSWERED = "('error', 'misuse', 'invalid', 'pending', 'invalid_output')"
-_UNANSWERED_BUT_REFUSED = "('error', 'invalid', 'pending', 'invalid_output')"  # a rerun's default
 _FAILED = "('error', 'invalid_output')"
 _OUTPUT_COLUMNS = (
     "finish_reason, answer, error, attempts, latency_ms, model, prompt_tokens, "
