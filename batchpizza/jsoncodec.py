@@ -61,6 +61,12 @@ def may_hold_big_int(line: bytes) -> bool:
     return _DIGIT_RUN in line.translate(_DIGITS_AS_ZERO)
 
 
+def orjson_loads() -> Any:
+    """orjson's own loads, or None: for a hot loop that tests `may_hold_big_int` inline and
+    gives `loads` whatever orjson refuses."""
+    return None if orjson is None else orjson.loads
+
+
 def dumps(value: Any, default: Any = None) -> bytes:
     """Compact UTF-8 JSON; `default` converts what JSON cannot hold (as json.dumps's default)."""
     if orjson is not None:

@@ -201,10 +201,12 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:
     else:
         kind = "an empty string" if raw_id == "" else with_article(json_type(raw_id))
         raise RowProblem(f"the id must be a non-empty string or an integer, not {kind}", id_name)
-    clash = fields.reserved.intersection(obj)
-    if clash and clash != {id_name}:
-        name = min(clash - {id_name})
-        raise RowProblem(collision(fields, name), name, row_id)
+    # isdisjoint first: most rows have no reserved field, and it makes no set to say so.
+    if not fields.reserved.isdisjoint(obj):
+        clash = fields.reserved.intersection(obj)
+        if clash != {id_name}:
+            name = min(clash - {id_name})
+            raise RowProblem(collision(fields, name), name, row_id)
     if fields.build is not None:
         try:
             text = fields.build(obj)
@@ -240,7 +242,7 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:
                 raise RowProblem(
                     f"must be a string, not {with_article(json_type(prompt))}", fields.prompt
                 )
-            if not prompt.strip():
+            if not prompt or prompt.isspace():  # as `not prompt.strip()`, without a copy
                 raise RowProblem("is empty", fields.prompt)
             if fields.system is not None:
                 return _with_system(row_id, prompt, None, None, fields.system)

@@ -87,6 +87,8 @@ def test_each_sample_is_kept_on_its_own_so_a_run_stopped_midway_resumes_the_rest
             "DELETE FROM results WHERE rowid IN (SELECT rowid FROM results WHERE id = 'q1' "
             "ORDER BY rowid LIMIT 2)"
         )
+        # As a stop leaves it: the slots of q1 (row 1) still in the kept to-do set.
+        conn.executemany("INSERT OR IGNORE INTO todo VALUES (?)", [(3,), (4,), (5,)])
     conn.close()
 
     rerun = cli_run(mock_api, inp, out, "--repeat", "3")

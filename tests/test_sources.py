@@ -519,3 +519,57 @@ def test_a_stdin_copy_that_ends_after_its_run_stopped_waiting_raises_nothing(
     finally:
         threading.excepthook = previous
     assert errors == []
+
+
+def test_a_later_pass_seeks_to_the_mark_before_the_first_row_wanted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import batchpizza.sources.jsonl as jsonl
+
+    monkeypatch.setattr(jsonl, "MARK_EVERY", 3)
+    first = tmp_path / "a.jsonl"
+    second = tmp_path / "b.jsonl"
+    first.write_bytes(
+        b"\n".join(b'{"id": "a%d", "prompt": "pa%d"}' % (i, i) for i in range(5)).replace(
+            b"\n", b"\n\n", 1
+        )
+        + b"\n"
+    )  # a blank line after the first row
+    second.write_bytes(
+        b"\xef\xbb\xbf" + b"".join(b'{"id": "b%d", "prompt": "pb%d"}\n' % (i, i) for i in range(7))
+    )
+
+    def open_both() -> jsonl.JsonlSource:  # (the CLI reads one JSONL file; the source, several)
+        return jsonl.JsonlSource([first, second], ["a.jsonl", "b.jsonl"], DEFAULT_FIELDS)
+
+    source = open_both()
+    list(source.scan())
+    state = source.scan_state()
+    assert [m[0] for m in state["marks"]] == [3, 6, 9]
+    every = prompts(source, iter(range(12)))
+    assert [p[1] for p in every] == [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(7)]
+
+    # A rerun's source, from the kept state: each row read after a seek, as every row was read.
+    rerun = open_both()
+    rerun.restore(state)
+    for start in range(12):
+        assert prompts(rerun, iter(range(start, 12))) == every[start:]
+    # Seeks, not reads from the top: a row before the mark changed in place (two lines where
+    # there was one, the same bytes) moves no later row.
+    text = first.read_bytes()
+    first.write_bytes(text.replace(b'"a1", "prompt": "pa1"}', b'"a1",\n"prompt":"pa1"}', 1))
+    assert prompts(rerun, iter([10, 11])) == every[10:]
+
+
+@pytest.mark.parametrize(("depth", "bad"), [(50, False), (150, True)])
+def test_objects_nested_deeper_than_the_limit_are_bad_rows_as_lists_are(
+    tmp_path: Path, depth: int, bad: bool
+) -> None:
+    deep = b'{"a": ' * depth + b"1" + b"}" * depth
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"id": "x", "prompt": "fine", "deep": ' + deep + b"}\n")
+    good_rows, bad_rows = scanned(source_for(path, tmp_path))
+    assert [row.problem for row in bad_rows.values()] == (
+        ["nested deeper than 100 levels"] if bad else []
+    )
+    assert list(good_rows) == ([] if bad else [0])

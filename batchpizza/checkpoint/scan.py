@@ -9,8 +9,11 @@ the next run reuses it while the input files are unchanged.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
+import itertools
+import operator
 import sqlite3
 import threading
 import uuid
@@ -18,9 +21,20 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from batchpizza.errors import Interrupted, OutputError
-from batchpizza.rows import BadRecord, ScanBatch
+from batchpizza.rows import BadRecord, GoodRow, ScanBatch
 
 SHOWN = 10  # bad rows described in an error message; the rest are counted
+_COLUMNS = "INSERT INTO rows (pos, id, digest, said, file, at) VALUES "
+_INSERT_ONE = _COLUMNS + "(?, ?, ?, ?, ?, ?)"
+# Good rows go in 64 to a statement: one step of SQLite's per 64 rows, not per row, halves the
+# insert's CPU (measured: 1.25 s against 2.47 s for 1,000,000 rows).
+_PER_INSERT = 64
+_INSERT_MANY = _COLUMNS + ", ".join(["(?, ?, ?, ?, ?, ?)"] * _PER_INSERT)
+# And where no row has a text digest apart (prompt rows), the null is in the statement and the
+# digests are bound as bytearrays: sqlite3 looks for an adapter for every bytes and None it binds
+# (not for int, str, bytearray), which was half of what was left (1.29 s against 0.72 s).
+_INSERT_PROMPTS = _COLUMNS + ", ".join(["(?, ?, ?, NULL, ?, ?)"] * _PER_INSERT)
+_POS, _ID, _DIGEST, _SAID, _FILE, _AT = map(operator.itemgetter, range(6))
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS {table} (pos INTEGER PRIMARY KEY, id TEXT, digest BLOB, "
@@ -84,6 +98,7 @@ class ScanIndex:
     ) -> None:
         """Record every row of `batches`; `stop` ends it early (Interrupted)."""
         db = self._db
+        ascending = _Ascending()
         try:
             db.execute("BEGIN")
             with _gc_paused():
@@ -91,10 +106,8 @@ class ScanIndex:
                     if stop is not None and stop.is_set():
                         db.execute("ROLLBACK")
                         raise Interrupted("interrupted while reading the input", 0)
-                    db.executemany(
-                        "INSERT INTO rows (pos, id, digest, said, file, at) VALUES (?, ?, ?, ?, ?, ?)",
-                        good,
-                    )
+                    _insert(db, good)
+                    ascending.see(good)
                     if bad:
                         for row in bad:
                             self._note_bad(row)
@@ -104,7 +117,8 @@ class ScanIndex:
                         )
                     self.total += len(good) + len(bad)
             db.execute("COMMIT")
-            self._mark_duplicates(unit, names)
+            if not ascending.holds:  # ids in order cannot repeat: no sort of every id
+                self._mark_duplicates(unit, names)
         except sqlite3.Error as exc:  # the temporary folder is full, most likely
             raise OutputError(
                 f"cannot keep the scan of the input in {self.path or 'memory'}: {exc}"
@@ -139,3 +153,51 @@ class ScanIndex:
         db.execute("COMMIT")
         self.first_bad.sort(key=lambda r: r.pos)
         del self.first_bad[SHOWN:]
+
+
+def _insert(db: sqlite3.Connection, good: list[GoodRow]) -> None:
+    whole = len(good) - len(good) % _PER_INSERT
+    flat: list[object]  # the values of 64 rows after one another, for each statement
+    if whole and any(map(_SAID, good)):
+        flat = list(itertools.chain.from_iterable(itertools.islice(good, whole)))
+        step = 6 * _PER_INSERT  # a good row is six columns
+        db.executemany(_INSERT_MANY, [flat[i : i + step] for i in range(0, len(flat), step)])
+    elif whole:  # (in C, column by column: a loop over the rows in Python cost as much)
+        rows = good[:whole]
+        digests = map(bytearray, map(_DIGEST, rows))
+        columns = zip(
+            map(_POS, rows), map(_ID, rows), digests, map(_FILE, rows), map(_AT, rows), strict=True
+        )
+        flat = list(itertools.chain.from_iterable(columns))
+        step = 5 * _PER_INSERT
+        db.executemany(_INSERT_PROMPTS, [flat[i : i + step] for i in range(0, len(flat), step)])
+    if whole < len(good):
+        db.executemany(_INSERT_ONE, good[whole:])
+
+
+class _Ascending:
+    """Are the ids of the good rows seen so far strictly ascending, shorter ones first and by
+    text within a length ("9" < "10", "r0000001" < "r0000002")? Then no two are the same, and
+    the query that finds duplicates (a sort of every id: 5 s of 70 at 10,000,000 rows) is not
+    needed. Rows without an id (their position is their id) and numbered ids are so; checked
+    a batch at a time, in C but for a loop over the batch's id lengths."""
+
+    def __init__(self) -> None:
+        self.holds = True
+        self._last: tuple[int, str] | None = None
+
+    def see(self, good: list[GoodRow]) -> None:
+        if not self.holds or not good:
+            return
+        ids: list[str] = list(map(operator.itemgetter(1), good))
+        lengths = list(map(len, ids))
+        first = (lengths[0], ids[0])
+        if lengths != sorted(lengths) or (self._last is not None and not self._last < first):
+            self.holds = False
+            return
+        for length in set(lengths):
+            same = ids[bisect.bisect_left(lengths, length) : bisect.bisect_right(lengths, length)]
+            if not all(map(operator.lt, same, itertools.islice(same, 1, None))):
+                self.holds = False
+                return
+        self._last = (lengths[-1], ids[-1])

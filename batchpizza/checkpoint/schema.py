@@ -6,7 +6,9 @@ parameters or prompts, and `identities` what each identity digest stands for. Sc
 `staged`: a run's results land there, appended in the order they finish, and are folded into
 `results` in one sorted pass (store.py says why); a schema 3 file only gains the empty table.
 Schema 5 adds the Batch API's `batch_files` and `batch_lines` (batches.py); a schema 4 file
-gains them, empty, when it is opened for writing.
+gains them, empty, when it is opened for writing. Schema 5 later gained, without a new version,
+the kept to-do set `todo` (todo.py: a file without it gets it empty, and its first plan fills it)
+and the index `scan_bad` of the scan's bad rows (made on open, one pass over the scan).
 Schema 2 keyed
 answers by row id and prompt digest; its answers are upgraded to the identity of the run that
 wrote them where the runs table says it (a Pizzagpt run, whose request key is the prompt's
@@ -26,6 +28,7 @@ import batchpizza.fingerprint as fingerprint
 from batchpizza.checkpoint.batches import TABLES_SQL as BATCH_TABLES
 from batchpizza.checkpoint.scan import SCHEMA as SCAN_SCHEMA
 from batchpizza.checkpoint.spend import SPEND
+from batchpizza.checkpoint.todo import TABLE as TODO
 from batchpizza.errors import CheckpointVersionError
 
 SCHEMA_VERSION = "5"
@@ -68,6 +71,8 @@ STAGED = f"CREATE TABLE IF NOT EXISTS staged ({RESULT_COLUMNS})"
 RESULT_NAMES = ", ".join(
     line.split()[0] for line in RESULT_COLUMNS.strip().splitlines() if line.strip()
 )
+# The scan's bad rows by position: the count a run starts with, without reading every row.
+SCAN_BAD = "CREATE INDEX IF NOT EXISTS scan_bad ON scan (pos) WHERE bad IS NOT NULL"
 TABLES_SQL = f"""
 {RESULTS}
 {STAGED};
@@ -86,11 +91,13 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS events (run INTEGER, t REAL, kind TEXT, value REAL, detail TEXT);
 {SPEND};
 {SCAN_SCHEMA.format(table="scan")};
+{SCAN_BAD};
+{TODO};
 {BATCH_TABLES}
 """
 TABLES = frozenset(
     {"results", "staged", "identities", "meta", "attempts", "runs", "events", "scan",
-     "batch_files", "batch_lines", "spend"}
+     "batch_files", "batch_lines", "spend", "todo"}
 )  # fmt: skip
 # Columns a checkpoint of schema 1 lacks.
 _ADDED_COLUMNS = (
@@ -225,6 +232,7 @@ def upgrade(conn: sqlite3.Connection, found: str) -> None:
     # The scan's rows lack the request digest: the next run scans again.
     conn.execute("DROP TABLE scan")
     conn.execute(SCAN_SCHEMA.format(table="scan"))
+    conn.execute(SCAN_BAD)
     conn.execute("DELETE FROM meta WHERE key IN ('scan_key', 'scan_info')")
 
 
@@ -242,7 +250,9 @@ def create_tables(conn: sqlite3.Connection, found: str | None) -> None:
     the caller's transaction: executescript would commit it)."""
     upgrade_from = found if found in ("1", "2") else None
     for statement in TABLES_SQL.split(";"):
-        if statement.strip() and not (upgrade_from and "results_by_id" in statement):
+        # The old tables these index are replaced by the upgrade, which indexes the new ones.
+        made_later = "results_by_id" in statement or "scan_bad" in statement
+        if statement.strip() and not (upgrade_from and made_later):
             conn.execute(statement)
     if upgrade_from is not None:
         upgrade(conn, upgrade_from)

@@ -5,6 +5,7 @@ every table in it:
               model, parameters, prompt as sent): answers are never deleted on a rerun
     identities  what each fingerprint's identity part stands for (provider, model, parameters)
     scan      the validated input of the last run, reused while the input files are unchanged
+    todo      the slots of that scan without an answer yet, for the next run's plan (todo.py)
     attempts  every request sent: row, start, duration, outcome (for the report)
     runs      each run's start, end, options and exit code
     events    the learned rate's changes and the breaker's trips, over time
@@ -111,6 +112,7 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting, Spending):
             table="staged" if path is not None and not readonly else "results"
         )
         self._staged = 0  # results staged since the last fold
+        self._answered_slots: list[int] = []  # see todo.py
         self.ident = b""  # no identity given: results written and read under the empty one
         self.identity: dict[str, Any] | None = None
         conn.create_function("sample_key", 2, _sample_key, deterministic=True)
@@ -225,6 +227,7 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting, Spending):
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error, OutputError):
             if not self._readonly:
+                self._close_todo()
                 self._fold()
                 self.sync()
         with contextlib.suppress(sqlite3.Error):
@@ -266,6 +269,7 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting, Spending):
                 except UNBINDABLE:  # the ones before the failing one are in: go on from it
                     for attempt in attempt_rows[conn.total_changes - before :]:
                         self._insert_attempt(attempt)
+            self._flush_answered()  # answers committed before this group: out of the to-do set
             spend_row = self._spend_rows.get(batch)
             if spend_row is not None:
                 spend.add(conn, spend_row, results)  # as durable as the answers
@@ -316,6 +320,7 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting, Spending):
             for table in ("results", "staged", "attempts", "runs", "events", "batch_files",
                           "batch_lines"):  # fmt: skip
                 self._conn.execute(f"DELETE FROM {table}")
+            self._drop_todo()
             # A new token: the next files must not take the names of files already uploaded.
             self._conn.execute(
                 "DELETE FROM meta WHERE key IN ('learned_rate', 'learned_tpm', 'batch_token')"

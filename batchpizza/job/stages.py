@@ -93,6 +93,8 @@ class Job:
             self.sending.cancel_after_grace()
 
     def _finished_row(self, pos: int, result: Result) -> None:
+        if self._checkpoint is not None:  # committed: an answered slot leaves the to-do set
+            self._checkpoint.answered(pos, result.finish_reason)
         self.progress.advance(result)
         if self.on_row is not None:
             self.on_row(pos, result)
@@ -246,7 +248,7 @@ class Job:
             if config.deadline_s is None
             else config.deadline_s - (time.monotonic() - _PROCESS_START)
         )
-        invalid = checkpoint.tally(config.limit).invalid
+        invalid = checkpoint.invalid(config.limit)
         self.progress.announce(
             self._reporter.start_line(plan, total, invalid, sending.control.rate, left)
         )
