@@ -49,12 +49,12 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import batchpizza.fingerprint as fingerprint
-from batchpizza.checkpoint import spend
+from batchpizza.checkpoint import binding, spend
 from batchpizza.checkpoint.batches import BatchRecords
 from batchpizza.checkpoint.fitting import Fitting
 from batchpizza.checkpoint.guarded import UNBINDABLE, insert_attempt, insert_result
@@ -80,16 +80,9 @@ from batchpizza.records import Attempt, Result
 log = logging.getLogger("batchpizza")
 
 SYNC_INTERVAL = 1.0  # seconds of answers a power loss may cost at most (see above)
+
+
 # The columns Result and Attempt fill, named after their fields, so a row is the tuple itself.
-_RESULT_NAMES = ", ".join(Result._fields)
-_ATTEMPT_NAMES = ", ".join(("run", *Attempt._fields))
-_INSERT_RESULT = (
-    "INSERT OR REPLACE INTO {table} (ident, " + _RESULT_NAMES + ", updated) "
-    "VALUES (" + ", ".join("?" * (len(Result._fields) + 2)) + ")"
-)
-_INSERT_ATTEMPT = f"INSERT INTO attempts ({_ATTEMPT_NAMES}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-
-
 def _sqlite_error(path: Path | None, exc: sqlite3.Error) -> OutputError:
     hint = ". If it is damaged, move it aside to start over." if "malformed" in str(exc) else ""
     return OutputError(f"checkpoint {path}: {exc}{hint}")
@@ -108,8 +101,8 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting, Spending):
         self._file_id = _file_id(path) if path is not None and not readonly else None
         # A file's results are staged, then folded (see the module's docstring); in memory,
         # where no page is written to a log, straight into `results`.
-        self._insert_result_sql = _INSERT_RESULT.format(
-            table="staged" if path is not None and not readonly else "results"
+        self._insert_result_sql, self._insert_lean_sql = binding.result_sql(
+            "staged" if path is not None and not readonly else "results"
         )
         self._staged = 0  # results staged since the last fold
         self._answered_slots: list[int] = []  # see todo.py
@@ -247,34 +240,49 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting, Spending):
         collected through the Batch API, spent at its price."""
         self._check_identity()
         now = time.time()
-        # Result and Attempt are named tuples of the columns: (*r, now) is the row as it is
-        # (dataclasses.astuple deep-copied every field: 6 % of a run's CPU at zero latency).
-        ident = self.ident
-        rows = [(ident, *r, now) for r in results]
+        runs = binding.result_runs(self.ident, results, now)
         conn = self._conn
         with self._transaction():
-            before = conn.total_changes
-            try:  # no rows: only attempts of rows a stop left unfinished
-                conn.executemany(self._insert_result_sql, rows)
-            except UNBINDABLE:
-                # The rows before the one that failed are in: go on from it, one at a time, so
-                # that only that row pays.
-                for row in rows[conn.total_changes - before :]:
-                    self._insert_result(row)
+            for lean, rows in runs:  # each run of rows at once (see checkpoint/binding.py)
+                if lean:
+                    sql, whole = self._insert_lean_sql, binding.full_result
+                    self._insert_many(sql, rows, self._insert_result, whole)
+                else:
+                    self._insert_many(self._insert_result_sql, rows, self._insert_result)
             if attempts:
-                attempt_rows = [(run, *a) for a in attempts]
-                before = conn.total_changes
-                try:
-                    conn.executemany(_INSERT_ATTEMPT, attempt_rows)
-                except UNBINDABLE:  # the ones before the failing one are in: go on from it
-                    for attempt in attempt_rows[conn.total_changes - before :]:
-                        self._insert_attempt(attempt)
+                lean_attempts, other = binding.split_attempts(run, attempts)
+                self._insert_many(
+                    binding.LEAN_ATTEMPT_SQL,
+                    lean_attempts,
+                    self._insert_attempt,
+                    binding.full_attempt,
+                )
+                self._insert_many(binding.ATTEMPT_SQL, other, self._insert_attempt)
             self._flush_answered()  # answers committed before this group: out of the to-do set
             spend_row = self._spend_rows.get(batch)
             if spend_row is not None:
                 spend.add(conn, spend_row, results)  # as durable as the answers
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (now,))
-        self._staged += len(rows)
+        self._staged += len(results)
+
+    def _insert_many(
+        self,
+        sql: str,
+        rows: list[tuple[Any, ...]],
+        one: Callable[[tuple[Any, ...]], None],
+        whole: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None,
+    ) -> None:
+        """`rows` in one statement; if one cannot be bound, the rows before it are in: the rest
+        go one at a time through `one` (made `whole` first), so that only that row pays."""
+        if not rows:
+            return
+        conn = self._conn
+        before = conn.total_changes
+        try:
+            conn.executemany(sql, rows)
+        except UNBINDABLE:
+            for row in rows[conn.total_changes - before :]:
+                one(row if whole is None else whole(row))
 
     def _fold(self) -> None:
         """The staged results into `results`, before anything reads them (a no-op when none)."""
@@ -287,7 +295,7 @@ class Checkpoint(PlanQueries, History, BatchRecords, Fitting, Spending):
         insert_result(self._conn, self._insert_result_sql, row)
 
     def _insert_attempt(self, row: tuple[Any, ...]) -> None:
-        insert_attempt(self._conn, _INSERT_ATTEMPT, row)
+        insert_attempt(self._conn, binding.ATTEMPT_SQL, row)
 
     def _check_identity(self) -> None:
         """A checkpoint deleted or replaced under a run would take every later commit with it:
