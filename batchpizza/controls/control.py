@@ -309,6 +309,10 @@ class Control(Gatekeeper):
             # Held for every worker, including those already waiting on the pacer.
             self.gate.pause.hold(min(error.retry_after, self.retry_after_cap))
 
+    def cut_off(self, token: object) -> None:
+        if isinstance(token, Ticket) and self.meter is not None:
+            self.meter.cut_off(token)
+
     def _heed(self, info: RateInfo) -> None:
         """OpenAI-style limits: when `remaining` is about to run out, hold every worker until it
         resets rather than collect 429s. (The announced limit is not turned into a rate: its

@@ -321,6 +321,7 @@ class Runner:
                 # Cut off at the end of the grace period: recorded, but neither the learned rate
                 # nor the breaker hears of it, since it said nothing about the service.
                 attempts.append(Attempt(prompt.id, wall, latency, STOPPED))
+                gate.cut_off(token)  # but --max-cost counts it: it may be billed
             elif error is None and answered:
                 usage = (answer.prompt_tokens, answer.completion_tokens)
                 counters.input_tokens += answer.prompt_tokens or 0
