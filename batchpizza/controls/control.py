@@ -313,6 +313,11 @@ class Control(Gatekeeper):
         if isinstance(token, Ticket) and self.meter is not None:
             self.meter.cut_off(token)
 
+    def unkept(self, usage: tuple[int | None, int | None]) -> None:
+        budget = self.meter.budget if self.meter is not None else None
+        if budget is not None:
+            budget.keep(*usage)
+
     def _heed(self, info: RateInfo) -> None:
         """OpenAI-style limits: when `remaining` is about to run out, hold every worker until it
         resets rather than collect 429s. (The announced limit is not turned into a rate: its

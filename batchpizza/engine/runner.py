@@ -249,7 +249,12 @@ class Runner:
             if reask == structured.retries:
                 break
             again = structured.follow_up(prompt, answer.text, error)
-            got = with_tokens_of(answer, await self._ask(session, again, attempts))
+            try:
+                got = with_tokens_of(answer, await self._ask(session, again, attempts))
+            except (Stopped, asyncio.CancelledError):
+                # The row stays to do, and no result will carry the answers it had: billed.
+                self.gate.unkept((answer.prompt_tokens, answer.completion_tokens))
+                raise
             if isinstance(got, Result):
                 return got
             answer = got
