@@ -233,6 +233,11 @@ class Control(Gatekeeper):
             stopping = asyncio.ensure_future(self.stop_signal())
             try:
                 await asyncio.wait({admitting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                # Cancelled in the very turn the admission came: nobody else will give it back.
+                if admitting.done() and not admitting.cancelled() and not admitting.exception():
+                    meter.cancel(admitting.result())
+                raise
             finally:
                 stopping.cancel()
                 if not admitting.done():
