@@ -87,3 +87,28 @@ async def test_the_worst_case_is_max_tokens_else_the_running_estimate() -> None:
     for _ in range(30):
         m.settle(Ticket(0.0, booked=10), None, None, (5, 40))
     assert m.worst_output(prompt) == 40
+
+
+async def test_a_wait_for_room_cancelled_as_room_comes_gives_the_room_back() -> None:
+    # A worker cancelled (the end of the grace) in the very turn its wait for room under the cap
+    # ended: the reservation made for it was kept by nobody, in flight for the rest of the run.
+    from batchpizza.controls.control import Control
+
+    stop = asyncio.Event()
+    m = Meter(params={"max_tokens": 100}, budget=Budget(0.0003, PRICE))
+    control = Control(
+        rate=0, auto_max=None, learned=None, patience=10, retry_after_cap=300, timeout=1,
+        on_give_up=lambda: None, stop_signal=stop.wait, meter=m,
+    )  # fmt: skip
+    assert m.budget is not None
+    prompt = Prompt("r", "hello", ())
+    first = await control.enter_for(prompt)  # reserves most of the cap
+    waiting = asyncio.ensure_future(control.enter_for(prompt))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiting.done()  # no room for a second
+    control.finished(first, 0.0, "answered", None, usage=(5, 5))  # room: the waiter's turn next
+    waiting.cancel()  # ...in the same turn of the loop
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert m.budget.in_flight == 0 and m.budget.reserved == 0

@@ -565,3 +565,102 @@ async def test_worst_cases_charged_without_a_usage_are_kept_and_a_rerun_counts_t
         assert again["cost"]["total"] == first["cost"]["total"] <= 300
     finally:
         await runner.cleanup()
+
+
+async def test_requests_cut_off_after_a_stop_are_charged_and_a_rerun_counts_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Requests still in flight when the grace after a stop ran out (here the deadline's) were cut
+    # off with nothing charged, where a timeout is charged its worst case (the server may have
+    # done the work): a rerun with the same cap spent the whole cap again.
+    import time
+
+    from aiohttp import web
+
+    import batchpizza.job.stages as stages
+    from batchpizza import arun
+
+    billed = [0]  # dollars by the server's count, $1 a token
+    hang = [True]
+    release = asyncio.Event()
+
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        # The most any byte-level tokenizer counts: billed whether answered or cut off.
+        used = sum(len(m["content"].encode()) + 8 for m in body["messages"]) + 8
+        billed[0] += used + 10
+        if hang[0]:
+            await release.wait()  # worked on, not answered before the run stops
+        reply = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": used, "completion_tokens": 10}}  # fmt: skip
+        return web.json_response(reply)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(40)])
+    options: dict[str, Any] = {
+        "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "model": "m",
+        "rate": 0, "concurrency": 4, "max_cost": 300.0, "price": "1000000,1000000",
+        "params": ["max_tokens=10"], "grace": 0.05, "quiet": True,
+    }  # fmt: skip
+    try:
+        monkeypatch.setattr(stages, "_PROCESS_START", time.monotonic())
+        first = await arun(str(source), str(tmp_path / "out.jsonl"), deadline="1s", **options)
+        assert first["stopped"] == "deadline" and billed[0] > 0
+        assert first["cost"]["total"] >= billed[0]  # every request cut off, at its worst case
+        hang[0] = False
+        again = await arun(str(source), str(tmp_path / "out.jsonl"), **options)
+        assert again["stopped"] == "budget"
+        assert billed[0] <= 300  # the cap, over both runs, by the server's count
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def test_answers_of_a_row_whose_re_ask_was_stopped_are_kept_in_the_spend(
+    tmp_path: Path,
+) -> None:
+    # --schema: a row answered (and billed), then stopped before its re-ask could go (the cap
+    # had no room for it) stays to do, and no result carries that answer: its tokens were kept
+    # nowhere, and every rerun with the same cap paid for it again (six runs at a $150 cap: $174
+    # by the server's count).
+    from aiohttp import web
+
+    from batchpizza import arun
+
+    billed = [0]  # dollars by the server's count, $1 a token
+
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        used = sum(len(m["content"].encode()) + 8 for m in body["messages"]) + 8
+        billed[0] += used + 10
+        reply = {"choices": [{"message": {"content": "not json"}, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": used, "completion_tokens": 10}}  # fmt: skip
+        return web.json_response(reply)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(5)])
+    options: dict[str, Any] = {
+        "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "model": "m",
+        "rate": 0, "concurrency": 1, "max_cost": 150.0, "price": "1000000,1000000",
+        "params": ["max_tokens=10"], "schema": {"type": "object"}, "quiet": True,
+    }  # fmt: skip
+    try:
+        for _ in range(6):
+            summary = await arun(str(source), str(tmp_path / "out.jsonl"), **options)
+            assert summary["stopped"] == "budget" and summary["pending"] == 5
+            assert summary["cost"]["total"] == billed[0]  # what the server billed, all of it
+        assert billed[0] <= 150  # the cap, over every run, by the server's count
+    finally:
+        await runner.cleanup()

@@ -211,3 +211,23 @@ def test_a_limit_announced_below_one_request_is_said_once(caplog: pytest.LogCapt
     said = [r.getMessage() for r in caplog.records if "--tpm" in r.getMessage()]
     assert len(said) == 1
     assert "the limit the server announces" in said[0] and "books 530 tokens" in said[0]
+
+
+async def test_a_limit_announced_again_after_a_reply_without_one_paces_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A run resumed from an earlier run's limit (6,000 a minute), whose first reply announced
+    # none (request limits only): unpaced, rightly. Later replies announced the same 6,000: the
+    # run stayed unpaced (the limit had not changed from what it knew), and the warning of a
+    # rate too low for one request divided by that zero rate and ended the run.
+    vt = VirtualTime()
+    pacer = TokenPacer(100.0 * AUTO_SHARE, auto=True, clock=vt.clock, sleep=vt.sleep)
+    pacer.limit_per_s = 100.0
+    pacer.observe(None, None, None, 100)
+    assert pacer.rate == 0.0
+    with caplog.at_level("WARNING", logger="batchpizza"):
+        pacer.observe(6000, 6000, 0.0, 100)
+    assert pacer.rate == pytest.approx(100.0 * AUTO_SHARE)
+    assert not caplog.records  # 100 tokens a request is far from a minute's worth
+    await vt.run(*(pacer.acquire(90) for _ in range(3)))
+    assert vt.now == pytest.approx(100.0 + 2.0)  # paced: 90 tokens a second

@@ -49,8 +49,8 @@ class Budget:
         on_charge: Callable[[int, int], None] | None = None,
     ) -> None:
         self.cap = cap
-        # Told the tokens of every worst case charged (no usage to settle with), for the
-        # checkpoint to keep: no result carries them, and a rerun must count them as spent.
+        # Told the tokens of every worst case charged (no usage to settle with), and of answers
+        # no result will carry (`keep`), for the checkpoint to keep: a rerun must count them.
         self.on_charge = on_charge
         self.price = price
         # The price's two figures as attributes: pricing.cost's sum, without a call or a
@@ -130,6 +130,12 @@ class Budget:
         self.spent += max(0.0, dollars)
         if dollars >= 0 and self.on_charge is not None:
             self.on_charge(reservation.input_tokens, reservation.output_tokens)
+
+    def keep(self, input_tokens: int | None, output_tokens: int | None) -> None:
+        """Tokens settled (spent) that no result will carry (the answers of a row stopped while
+        re-asked): told `on_charge`, for the checkpoint to keep, as a worst case charged is."""
+        if self.on_charge is not None:
+            self.on_charge(input_tokens or 0, output_tokens or 0)
 
     def _free(self, reservation: Reservation) -> None:
         dollars = reservation.dollars

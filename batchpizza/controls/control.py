@@ -233,6 +233,11 @@ class Control(Gatekeeper):
             stopping = asyncio.ensure_future(self.stop_signal())
             try:
                 await asyncio.wait({admitting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                # Cancelled in the very turn the admission came: nobody else will give it back.
+                if admitting.done() and not admitting.cancelled() and not admitting.exception():
+                    meter.cancel(admitting.result())
+                raise
             finally:
                 stopping.cancel()
                 if not admitting.done():
@@ -308,6 +313,15 @@ class Control(Gatekeeper):
         if error is not None and error.retry_after is not None:
             # Held for every worker, including those already waiting on the pacer.
             self.gate.pause.hold(min(error.retry_after, self.retry_after_cap))
+
+    def cut_off(self, token: object) -> None:
+        if isinstance(token, Ticket) and self.meter is not None:
+            self.meter.cut_off(token)
+
+    def unkept(self, usage: tuple[int | None, int | None]) -> None:
+        budget = self.meter.budget if self.meter is not None else None
+        if budget is not None:
+            budget.keep(*usage)
 
     def _heed(self, info: RateInfo) -> None:
         """OpenAI-style limits: when `remaining` is about to run out, hold every worker until it

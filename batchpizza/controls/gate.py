@@ -45,3 +45,11 @@ class Gatekeeper:
         error, what the server announced of its limit, `again` when it re-asked a row the
         service already refused in this run (a refusal then judges the row, not the service),
         and an answer's token usage (input, output)."""
+
+    def cut_off(self, token: object) -> None:
+        """Told of an attempt sent and then cut off (the grace after a stop ran out): it says
+        nothing of the service, but the server may have done the work."""
+
+    def unkept(self, usage: tuple[int | None, int | None]) -> None:
+        """Told of the tokens (input, output) of answers that no result will carry (a row
+        stopped while re-asked): spent all the same."""

@@ -9,8 +9,8 @@ Per request, before the breaker and the request pacer:
      set; README says so);
   2. the token pacer books its estimate: tokencount.input_estimate plus the same output.
 When it ends: an answer settles both with the server's usage; an HTTP error frees both (a refused
-request is not billed); a timeout or a dropped connection keeps the worst case spent (the
-server may have done the work) and the booking standing.
+request is not billed); a timeout, a dropped connection or a request cut off after a stop
+keeps the worst case spent (the server may have done the work) and the booking standing.
 """
 
 from __future__ import annotations
@@ -108,6 +108,15 @@ class Meter:
             self.budget.release(ticket)
         if self.pacer is not None:
             self.pacer.settle(ticket.booked, 0)
+
+    def cut_off(self, ticket: Ticket) -> None:
+        """The request was sent, then cut off (the grace after a stop ran out): as for a
+        timeout, the server may have done the work: its worst case is spent (and kept for a
+        rerun to count), its booking stands."""
+        if self.budget is not None:
+            self.budget.charge_reserved(ticket)
+        if self.pacer is not None:
+            self.pacer.settle(ticket.booked, None)
 
     def settle(
         self,

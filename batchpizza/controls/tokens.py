@@ -237,9 +237,11 @@ class TokenPacer:
             return
         self._estimates.append(per_s)
         learned = statistics.median(self._estimates)
-        if self.limit_per_s is None or abs(learned - self.limit_per_s) > 0.01 * self.limit_per_s:
+        known = self.limit_per_s
+        if not self.rate or known is None or abs(learned - known) > 0.01 * known:
             # Not for the noise of a reset rounded to the millisecond: a new rate makes every
-            # queued request book again.
+            # queued request book again. Unpaced (a reply announced no limit), a limit heard
+            # again is kept even when it is the one known before.
             self.limit_per_s = learned
             self.set_rate(learned * AUTO_SHARE)
         rate = self.rate or 0.0

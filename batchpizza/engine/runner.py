@@ -249,7 +249,12 @@ class Runner:
             if reask == structured.retries:
                 break
             again = structured.follow_up(prompt, answer.text, error)
-            got = with_tokens_of(answer, await self._ask(session, again, attempts))
+            try:
+                got = with_tokens_of(answer, await self._ask(session, again, attempts))
+            except (Stopped, asyncio.CancelledError):
+                # The row stays to do, and no result will carry the answers it had: billed.
+                self.gate.unkept((answer.prompt_tokens, answer.completion_tokens))
+                raise
             if isinstance(got, Result):
                 return got
             answer = got
@@ -321,6 +326,7 @@ class Runner:
                 # Cut off at the end of the grace period: recorded, but neither the learned rate
                 # nor the breaker hears of it, since it said nothing about the service.
                 attempts.append(Attempt(prompt.id, wall, latency, STOPPED))
+                gate.cut_off(token)  # but --max-cost counts it: it may be billed
             elif error is None and answered:
                 usage = (answer.prompt_tokens, answer.completion_tokens)
                 counters.input_tokens += answer.prompt_tokens or 0
