@@ -59,7 +59,6 @@ from batchpizza.checkpoint.batches import BatchRecords
 from batchpizza.checkpoint.fitting import Fitting
 from batchpizza.checkpoint.guarded import UNBINDABLE, insert_attempt, insert_result
 from batchpizza.checkpoint.history import History
-from batchpizza.checkpoint.plan import PlanQueries
 from batchpizza.checkpoint.scan import ScanIndex
 from batchpizza.checkpoint.schema import (
     SCHEMA_VERSION,
@@ -74,6 +73,7 @@ from batchpizza.checkpoint.schema import (
     version,
 )
 from batchpizza.checkpoint.spending import Spending
+from batchpizza.checkpoint.status import StatusQueries
 from batchpizza.errors import CheckpointMissing, CheckpointVersionError, OutputError
 from batchpizza.records import Attempt, Result
 
@@ -88,7 +88,7 @@ def _sqlite_error(path: Path | None, exc: sqlite3.Error) -> OutputError:
     return OutputError(f"checkpoint {path}: {exc}{hint}")
 
 
-class Checkpoint(PlanQueries, History, BatchRecords, Fitting, Spending):
+class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
     """The store at `path`. Open with `Checkpoint.open`, or `Checkpoint.planning` for a dry run.
     Its answers are those of one identity (`use_identity`; by default the last run's)."""
 

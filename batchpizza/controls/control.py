@@ -318,7 +318,7 @@ class Control(Gatekeeper):
         if isinstance(token, Ticket) and self.meter is not None:
             self.meter.cut_off(token)
 
-    def unkept(self, usage: tuple[int | None, int | None]) -> None:
+    def spent_unrecorded(self, usage: tuple[int | None, int | None]) -> None:
         budget = self.meter.budget if self.meter is not None else None
         if budget is not None:
             budget.keep(*usage)

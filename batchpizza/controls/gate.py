@@ -50,6 +50,6 @@ class Gatekeeper:
         """Told of an attempt sent and then cut off (the grace after a stop ran out): it says
         nothing of the service, but the server may have done the work."""
 
-    def unkept(self, usage: tuple[int | None, int | None]) -> None:
+    def spent_unrecorded(self, usage: tuple[int | None, int | None]) -> None:
         """Told of the tokens (input, output) of answers that no result will carry (a row
         stopped while re-asked): spent all the same."""

@@ -253,7 +253,7 @@ class Runner:
                 got = with_tokens_of(answer, await self._ask(session, again, attempts))
             except (Stopped, asyncio.CancelledError):
                 # The row stays to do, and no result will carry the answers it had: billed.
-                self.gate.unkept((answer.prompt_tokens, answer.completion_tokens))
+                self.gate.spent_unrecorded((answer.prompt_tokens, answer.completion_tokens))
                 raise
             if isinstance(got, Result):
                 return got
