@@ -13,8 +13,9 @@ and the bare loop (this file with `--bare`: a semaphore over `session.post`, no 
 no checkpoint, answers kept in memory and written once, on the event loop batchpizza would use).
 Wall time, CPU time and peak RSS (ru_maxrss, in MiB) of each run are taken from outside, with
 os.wait4 on the child. With two cores or more, the measured child is pinned to the first and the
-mock server to the second. Where both are run, batchpizza and the bare loop alternate (A B A B
-...) so that drift of a shared machine falls on both; medians are reported.
+mock server to the second. Where both are run, batchpizza and the bare loop alternate (A B B A A B
+...: each side first in half the rounds) so that drift of a shared machine, and whatever favours
+the first run of a round, falls on both; medians are reported.
 
 Scenarios (full size; --quick in brackets):
 - startup: `python -c pass`, `batchpizza --version`, `--help`, `status` and a one-row run to
@@ -98,9 +99,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mockproc import Server, child_env
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "work"
@@ -407,6 +410,12 @@ def bare_args(input_path: Path, output: Path, server: Server, *, concurrency: in
     ]
 
 
+def turns(i: int, pair: tuple[T, ...]) -> tuple[T, ...]:
+    """The two sides of a paired comparison in round i: A B, then B A, and so on, so that
+    whatever favours the first (or second) run of a round falls on both sides alike."""
+    return pair if i % 2 == 0 else pair[::-1]
+
+
 def expect(run: Run, rc: int, what: str) -> None:
     if run.rc != rc:
         tail = "\n".join(run.stderr.strip().splitlines()[-15:])
@@ -573,7 +582,7 @@ class Bench:
         env: dict[str, str] | None = None,
         controls: bool = False,
     ) -> tuple[list[Run], list[Run], list[dict[str, Any]], list[dict[str, Any]]]:
-        """batchpizza and the bare loop, A B A B ..., each on a freshly reset server, both with
+        """batchpizza and the bare loop, A B, B A, A B ..., each on a freshly reset server, both with
         `env` (the event loop). With `controls`, batchpizza runs with every control on (as in
         the controls scenario: `--rate auto:100000` from a learned rate of 100,000/s)."""
         ours: list[Run] = []
@@ -581,7 +590,7 @@ class Bench:
         ours_stats: list[dict[str, Any]] = []
         bare_stats: list[dict[str, Any]] = []
         for i in range(self.repeat):
-            for kind in ("batchpizza", "bare"):
+            for kind in turns(i, ("batchpizza", "bare")):
                 output = fresh(WORK / f"{name}-{kind}.jsonl")
                 if kind == "batchpizza":
                     rate = "0"
@@ -748,7 +757,7 @@ def controls(bench: Bench) -> list[Figure]:
     runs: dict[str, list[Run]] = {"auto": [], "fixed": []}
     end_rates: list[float | None] = []
     for i in range(bench.repeat):
-        for kind, rate in (("auto", f"auto:{AUTO_MAX:g}"), ("fixed", "0")):
+        for kind, rate in turns(i, (("auto", f"auto:{AUTO_MAX:g}"), ("fixed", "0"))):
             output = fresh(WORK / f"controls-{kind}.jsonl")
             if kind == "auto":
                 seed_learned_rate(output, AUTO_MAX)
@@ -804,7 +813,7 @@ def tokens(bench: Bench) -> list[Figure]:
     input_path = prompts_file(rows)
     runs: dict[str, list[Run]] = {"budget": [], "plain": []}
     for i in range(bench.repeat):
-        for kind in runs:
+        for kind in turns(i, tuple(runs)):
             output = fresh(WORK / f"tokens-{kind}.jsonl")
             args = batchpizza_args(input_path, output, server, concurrency=OVERHEAD_CONCURRENCY)
             if kind == "budget":
@@ -852,7 +861,7 @@ def identity(bench: Bench) -> list[Figure]:
     input_path = prompts_file(rows)
     runs: dict[str, list[Run]] = {"keyed": [], "unkeyed": []}
     for i in range(bench.repeat):
-        for kind in runs:
+        for kind in turns(i, tuple(runs)):
             output = fresh(WORK / f"identity-{kind}.jsonl")
             args = batchpizza_args(input_path, output, server, concurrency=OVERHEAD_CONCURRENCY)
             args[1:3] = ["-c", UNKEYED_WRAPPER, kind]  # python -c WRAPPER KIND run ...
@@ -1273,7 +1282,7 @@ def api(bench: Bench) -> list[Figure]:
     script = str(Path(__file__).resolve())
     runs: dict[str, list[Run]] = {"answer": [], "run": []}
     for i in range(bench.repeat):
-        for kind in ("answer", "run"):
+        for kind in turns(i, ("answer", "run")):
             output = fresh(WORK / f"api-{kind}.parquet")
             args = [sys.executable, script, "--api", kind, str(input_path), str(output)]
             args += [server.url, str(OVERHEAD_CONCURRENCY)]
@@ -1475,7 +1484,7 @@ def schema(bench: Bench) -> list[Figure]:
     runs: dict[str, list[Run]] = {"schema": [], "plain": []}
     try:
         for i in range(bench.repeat):
-            for kind in ("schema", "plain"):
+            for kind in turns(i, ("schema", "plain")):
                 output = fresh(WORK / f"schema-{kind}.parquet")
                 source = input_path if kind == "schema" else asked
                 args = batchpizza_args(source, output, server, concurrency=OVERHEAD_CONCURRENCY)
