@@ -803,30 +803,44 @@ def controls(bench: Bench) -> list[Figure]:
     ]
 
 
+def overhead_pairs(
+    bench: Bench, name: str, sides: dict[str, Callable[[list[str]], list[str]] | None]
+) -> dict[str, list[Run]]:
+    """The overhead job (`--rate 0`, JSONL) run by each side in turn, `bench.repeat` rounds,
+    each side's command line made from the plain one by its function (None: as it is); every
+    run checked to have sent and written every row."""
+    rows = bench.sizes.overhead
+    server = bench.server()
+    input_path = prompts_file(rows)
+    runs: dict[str, list[Run]] = {kind: [] for kind in sides}
+    for i in range(bench.repeat):
+        for kind in turns(i, tuple(sides)):
+            output = fresh(WORK / f"{name}-{kind}.jsonl")
+            args = batchpizza_args(input_path, output, server, concurrency=OVERHEAD_CONCURRENCY)
+            made = sides[kind]
+            server.reset()
+            run = measure(args if made is None else made(args), server)
+            expect(run, 0, f"batchpizza ({kind})")
+            if (sent := server.stats()["requests"]) != rows:
+                raise RuntimeError(f"{kind} sent {sent} requests for {rows} rows")
+            if sum(1 for _ in output.open("rb")) != rows:
+                raise RuntimeError(f"{kind} wrote other than {rows} rows")
+            runs[kind].append(run)
+            note(
+                f"  {name} {i + 1}/{bench.repeat} {kind:<8} {run.wall:7.2f} s wall "
+                f"{run.cpu:7.2f} s cpu"
+            )
+    return runs
+
+
 def tokens(bench: Bench) -> list[Figure]:
     """The overhead scenario's job with the token budget on (`--max-cost` and `--tpm` set so
     high that neither binds, so that every attempt is reserved, booked and settled) against the
     same job without them, alternating. Pizzagpt's replies carry no usage: the rows get the
     estimate, which the budget settles with."""
     rows = bench.sizes.overhead
-    server = bench.server()
-    input_path = prompts_file(rows)
-    runs: dict[str, list[Run]] = {"budget": [], "plain": []}
-    for i in range(bench.repeat):
-        for kind in turns(i, tuple(runs)):
-            output = fresh(WORK / f"tokens-{kind}.jsonl")
-            args = batchpizza_args(input_path, output, server, concurrency=OVERHEAD_CONCURRENCY)
-            if kind == "budget":
-                args += ["--max-cost", "1000000", "--price", "1,2", "--tpm", "1e12"]
-            server.reset()
-            run = measure(args, server)
-            expect(run, 0, f"batchpizza ({kind})")
-            if (sent := server.stats()["requests"]) != rows:
-                raise RuntimeError(f"{kind} sent {sent} requests for {rows} rows")
-            runs[kind].append(run)
-            note(
-                f"  tokens {i + 1}/{bench.repeat} {kind:<6} {run.wall:7.2f} s wall {run.cpu:7.2f} s cpu"
-            )
+    budget_args = ["--max-cost", "1000000", "--price", "1,2", "--tpm", "1e12"]
+    runs = overhead_pairs(bench, "tokens", {"budget": lambda a: a + budget_args, "plain": None})
     budget, plain = runs["budget"], runs["plain"]
     cpu_ratios = [a.cpu / b.cpu for a, b in zip(budget, plain, strict=True)]
     cpu_ratio = median(cpu_ratios)
@@ -857,26 +871,11 @@ def identity(bench: Bench) -> list[Figure]:
     """The overhead job at `--rate 0` with its request fingerprints and without them (see
     UNKEYED_WRAPPER), alternating, CPU paired; and the digests of a row in process."""
     rows = bench.sizes.overhead
-    server = bench.server()
-    input_path = prompts_file(rows)
-    runs: dict[str, list[Run]] = {"keyed": [], "unkeyed": []}
-    for i in range(bench.repeat):
-        for kind in turns(i, tuple(runs)):
-            output = fresh(WORK / f"identity-{kind}.jsonl")
-            args = batchpizza_args(input_path, output, server, concurrency=OVERHEAD_CONCURRENCY)
-            args[1:3] = ["-c", UNKEYED_WRAPPER, kind]  # python -c WRAPPER KIND run ...
-            server.reset()
-            run = measure(args, server)
-            expect(run, 0, f"batchpizza ({kind})")
-            if (sent := server.stats()["requests"]) != rows:
-                raise RuntimeError(f"{kind} sent {sent} requests for {rows} rows")
-            if sum(1 for _ in output.open("rb")) != rows:
-                raise RuntimeError(f"{kind} wrote other than {rows} rows")
-            runs[kind].append(run)
-            note(
-                f"  identity {i + 1}/{bench.repeat} {kind:<7} {run.wall:7.2f} s wall "
-                f"{run.cpu:7.2f} s cpu"
-            )
+
+    def wrapped(kind: str) -> Callable[[list[str]], list[str]]:
+        return lambda args: [args[0], "-c", UNKEYED_WRAPPER, kind, *args[3:]]  # not -m batchpizza
+
+    runs = overhead_pairs(bench, "identity", {k: wrapped(k) for k in ("keyed", "unkeyed")})
     keyed, unkeyed = runs["keyed"], runs["unkeyed"]
     cpu_ratios = [a.cpu / b.cpu for a, b in zip(keyed, unkeyed, strict=True)]
     cpu_ratio = median(cpu_ratios)
