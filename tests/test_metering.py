@@ -21,6 +21,20 @@ from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.records import Prompt
 from batchpizza.tokencount import input_bound, input_estimate
 
+
+async def chat_server(chat: Any) -> tuple[Any, int]:
+    """A raw server on 127.0.0.1 whose /v1/chat/completions is `chat`: its runner (for
+    cleanup) and its port."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, runner.addresses[0][1]
+
+
 WORDS = [
     "pizza",
     "oven",
@@ -500,13 +514,7 @@ async def test_the_cap_holds_when_the_server_counts_the_schema_as_input(tmp_path
                  "usage": {"prompt_tokens": used, "completion_tokens": 5}}  # fmt: skip
         return web.json_response(reply)
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await chat_server(chat)
     described = {"type": "string", "description": "a long description of the label " * 60}
     schema = {"type": "object", "properties": {"label": described}, "required": ["label"]}
     source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(30)])
@@ -543,13 +551,7 @@ async def test_worst_cases_charged_without_a_usage_are_kept_and_a_rerun_counts_t
                  "usage": None}  # fmt: skip
         return web.json_response(reply)
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await chat_server(chat)
     source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(40)])
     options: dict[str, Any] = {
         "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "model": "m",
@@ -595,13 +597,7 @@ async def test_requests_cut_off_after_a_stop_are_charged_and_a_rerun_counts_them
                  "usage": {"prompt_tokens": used, "completion_tokens": 10}}  # fmt: skip
         return web.json_response(reply)
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await chat_server(chat)
     source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(40)])
     options: dict[str, Any] = {
         "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "model": "m",
@@ -643,13 +639,7 @@ async def test_answers_of_a_row_whose_re_ask_was_stopped_are_kept_in_the_spend(
                  "usage": {"prompt_tokens": used, "completion_tokens": 10}}  # fmt: skip
         return web.json_response(reply)
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await chat_server(chat)
     source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(5)])
     options: dict[str, Any] = {
         "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "model": "m",

@@ -244,8 +244,8 @@ class TokenPacer:
             # again is kept even when it is the one known before.
             self.limit_per_s = learned
             self.set_rate(learned * AUTO_SHARE)
-        rate = self.rate or 0.0
-        if next_cost > rate * MINUTE and not self._warned:
+        rate = self.rate
+        if rate and next_cost > rate * MINUTE and not self._warned:
             self._warn_slow(next_cost, rate)
         if remaining is not None and remaining < next_cost:
             # Nearly spent at the server: wait until the next request's worth is back.
