@@ -20,6 +20,7 @@ from batchpizza.errors import InputError, RowProblem
 from batchpizza.fingerprint import request_digest
 from batchpizza.rows import Fields, interpret, prompt_digest
 from batchpizza.sources import Source, open_source, spool_stdin
+from batchpizza.sources import jsonl as jsonl_source
 
 DEFAULT_FIELDS = Fields("prompt", "messages", "id", False, False, False)
 
@@ -177,14 +178,14 @@ def test_prompts_parses_only_the_wanted_positions(
         tmp_path / "in.jsonl", [{"id": f"r{i}", "prompt": f"p{i}"} for i in range(8)]
     )
     source = source_for(path, tmp_path)
-    parsed: list[bytes | str] = []
-    real_loads = jsoncodec.loads
+    parsed: list[bytes] = []
+    real_read = jsonl_source.read_line
 
-    def counting_loads(data: bytes | str) -> Any:
+    def counting_read(data: bytes) -> Any:
         parsed.append(data)
-        return real_loads(data)
+        return real_read(data)
 
-    monkeypatch.setattr(jsoncodec, "loads", counting_loads)
+    monkeypatch.setattr(jsonl_source, "read_line", counting_read)
     assert prompts(source, [1, 4, 7]) == [(1, "r1", "p1"), (4, "r4", "p4"), (7, "r7", "p7")]
     assert len(parsed) == 3
     parsed.clear()
