@@ -114,7 +114,15 @@ class Budget:
         dollars = (input_tokens * self._input_price + output_tokens * self._output_price) / 1e6
         if reservation.batch:
             dollars *= BATCH_DISCOUNT
-        self._free(reservation)
+        # `_free`, written out: every answer of a metered run comes here.
+        held = reservation.dollars
+        if held >= 0:
+            reservation.dollars = -1.0
+            self.in_flight -= 1
+            self.reserved = self.reserved - held if self.in_flight else 0.0
+            if self._settled is not None:
+                settled, self._settled = self._settled, None
+                settled.set()
         self.spent += dollars
         return dollars
 
