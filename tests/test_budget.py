@@ -7,6 +7,7 @@ import asyncio
 import random
 
 import pytest
+from test_ratelimit import VirtualTime
 
 from batchpizza.controls.budget import Budget, BudgetReached
 from batchpizza.controls.metering import Meter, Ticket
@@ -167,7 +168,7 @@ async def test_an_answer_settles_with_its_usage_or_else_spends_its_worst_case(
     worst = ticket.dollars
     m.settle(ticket, None, None, usage)
     assert m.budget.in_flight == 0 and m.budget.reserved == 0
-    assert m.pacer._in_flight == 0
+    assert m.pacer.in_flight == 0
     if usage == (120, 30):
         assert m.budget.spent == pytest.approx(cost(PRICE, 120, 30))
     else:  # the server's count is not whole: the worst case is kept as spent, the safe side
@@ -182,3 +183,40 @@ def test_a_reservation_freed_already_is_not_freed_again_when_settled() -> None:
     budget.settle(first, 10, 10)  # freed already: the other's reservation stays whole
     assert budget.in_flight == 1
     assert budget.reserved == pytest.approx(second.dollars)
+
+
+def test_a_ticket_given_back_is_not_freed_again_by_a_late_settle() -> None:
+    m = Meter(params={"max_tokens": 100}, budget=Budget(1.0, PRICE))
+    assert m.budget is not None
+    first, second = m.admit_now(Prompt("a", "hello", ())), m.admit_now(Prompt("b", "hi", ()))
+    assert first is not None and second is not None
+    m.cancel(first)
+    m.settle(first, None, None, (10, 10))  # freed already: the other's reservation stays whole
+    assert m.budget.in_flight == 1
+    assert m.budget.reserved == pytest.approx(second.dollars)
+
+
+async def test_a_request_at_once_waits_behind_a_hold_or_queued_requests_and_books_nothing() -> None:
+    vt = VirtualTime()
+    pacer = TokenPacer(10.0, clock=vt.clock, sleep=vt.sleep)
+    m = Meter(params={"max_tokens": 100}, budget=Budget(1.0, PRICE), pacer=pacer)
+    assert m.budget is not None
+    first = m.admit_now(Prompt("a", "hello", ()))
+    assert first is not None and pacer.in_flight == 1
+    assert pacer.tat == pytest.approx(vt.now + first.booked / 10.0)
+    assert m.admit_now(Prompt("b", "hello", ())) is None  # the timeline is booked ahead
+    assert m.budget.in_flight == 1 and pacer.in_flight == 1  # nothing taken for it
+    vt.now = pacer.tat
+    pacer.hold_until = vt.now + 5.0  # what the server said was left would not take it
+    assert m.admit_now(Prompt("c", "hello", ())) is None
+    vt.now += 5.0
+    assert m.admit_now(Prompt("c", "hello", ())) is not None
+
+
+def test_a_request_that_does_not_fit_the_cap_reserves_and_books_nothing() -> None:
+    pacer = TokenPacer(1e9)
+    m = Meter(params={"max_tokens": 100}, budget=Budget(0.0003, PRICE), pacer=pacer)
+    assert m.budget is not None
+    assert m.admit_now(Prompt("a", "hello", ())) is not None
+    assert m.admit_now(Prompt("b", "hello", ())) is None  # no room under the cap
+    assert m.budget.in_flight == 1 and pacer.in_flight == 1

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchpizza.controls.budget import Budget, Reservation
-from batchpizza.controls.tokens import OutputEstimate, TokenPacer
+from batchpizza.controls.tokens import SLACK, OutputEstimate, TokenPacer
 from batchpizza.errors import HTTPStatusError, ProviderError
 from batchpizza.records import Prompt, RateInfo
 from batchpizza.tokencount import (
@@ -76,11 +76,15 @@ class Meter:
 
     def admit_now(self, prompt: Prompt, permit: object = None) -> Ticket | None:
         """`admit` when it can be done at once (the budget has room and the pacer a free
-        instant): the usual case at full speed, without a coroutine; None: call `admit`.
+        instant): the usual case at full speed, without a coroutine; None: call `admit`, and
+        nothing was reserved nor booked.
 
-        Every attempt of a metered run comes here, so it is `_ticket` written out (a prompt
-        row's sizes as tokencount.input_sizes counts them, without its call) and one call each
-        into the budget and the pacer, which own their state."""
+        Every attempt of a metered run comes here, so this is the fast path of all three,
+        written out without a call: `_ticket` (a prompt row's sizes counted as
+        tokencount.input_sizes counts them), Budget.try_hold, and the pacer's booking of a
+        free instant (as TokenPacer.acquire books one that waited). The state stays theirs:
+        the budget's `reserved` and `in_flight`, the pacer's timeline. Both are asked before
+        either is changed: nothing is awaited here, so no other request comes in between."""
         out = self._cap
         if out is None:
             out = self.worst_output(prompt) if prompt.body else self.output.value
@@ -91,25 +95,40 @@ class Meter:
             estimate = -(-chars // CHARS_PER_TOKEN) + _ROW_ESTIMATE
         else:
             bound, estimate = input_sizes(prompt)
+        bound += self._extra_bound
         pacer = self.pacer
-        booked = estimate + self._extra_estimate + out if pacer is not None else 0
+        booked = 0
+        if pacer is not None:
+            booked = estimate + self._extra_estimate + out
+            rate = pacer.rate
+            if rate is None:  # --tpm auto, nothing learned yet: one at a time
+                return None
+            now = pacer.clock()
+            if pacer.hold_until > now or (rate and pacer.tat > now + SLACK):
+                return None  # a Retry-After of the token limit, or requests queued before
+        dollars = 0.0
+        budget = self.budget
+        if budget is not None:
+            dollars = (bound * budget.input_price + out * budget.output_price) / 1e6
+            if budget.spent + budget.reserved + dollars > budget.cap:
+                return None
+            budget.reserved += dollars
+            budget.in_flight += 1
+        if pacer is not None:
+            if rate:
+                pacer.tat = end = now + booked / rate
+                if end > pacer.sent_tat:
+                    pacer.sent_tat = end
+            pacer.in_flight += 1
+            self._last_booked = booked
         # Filled in here: a dataclass's __init__ (a call, and a frame) cost a tenth of the meter.
         ticket = _new(Ticket)
-        ticket.dollars = 0.0
-        ticket.input_tokens = bound + self._extra_bound
+        ticket.dollars = dollars
+        ticket.input_tokens = bound
         ticket.output_tokens = out
         ticket.batch = False
         ticket.booked = booked
         ticket.permit = permit
-        budget = self.budget
-        if budget is not None and not budget.try_hold(ticket):
-            return None
-        if pacer is not None:
-            if not pacer.try_now(booked):
-                if budget is not None:
-                    budget.release(ticket)
-                return None
-            self._last_booked = booked
         return ticket
 
     async def admit(self, prompt: Prompt) -> Ticket:
@@ -171,7 +190,19 @@ class Meter:
                         output.update()
                 budget = self.budget
                 if budget is not None:
-                    budget.settle(ticket, prompt_tokens, completion_tokens)
+                    # Budget.settle written out (a Ticket is an online request's: never at the
+                    # Batch API's price): its reservation freed, its cost spent.
+                    held = ticket.dollars
+                    if held >= 0:
+                        ticket.dollars = -1.0
+                        budget.in_flight = in_flight = budget.in_flight - 1
+                        # No float dust left over when nothing is in flight.
+                        budget.reserved = budget.reserved - held if in_flight else 0.0
+                        if budget.waiting is not None:
+                            budget.wake()
+                    budget.spent += (
+                        prompt_tokens * budget.input_price + completion_tokens * budget.output_price
+                    ) / 1e6
                 pacer = self.pacer
                 if pacer is not None:
                     pacer.settle(ticket.booked, prompt_tokens + completion_tokens)
