@@ -103,7 +103,8 @@ class Meter:
             rate = pacer.rate
             if rate is None:  # --tpm auto, nothing learned yet: one at a time
                 return None
-            now = pacer.clock()
+            clock = pacer.clock  # called from a local: a slow lookup as a method call
+            now = clock()
             if pacer.hold_until > now or (rate and pacer.tat > now + SLACK):
                 return None  # a Retry-After of the token limit, or requests queued before
         dollars = 0.0
@@ -185,8 +186,9 @@ class Meter:
                 # An answer with its usage: every attempt of a run that goes well.
                 if self._cap is None:
                     output = self.output  # its `observe`, without the call
-                    output.keep(completion_tokens)
-                    if len(output.kept) >= output.due_at:
+                    kept = output.kept
+                    kept.append(completion_tokens)
+                    if len(kept) >= output.due_at:
                         output.update()
                 budget = self.budget
                 if budget is not None:

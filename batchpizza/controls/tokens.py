@@ -62,14 +62,13 @@ class OutputEstimate:
 
     def __init__(self, default: int = DEFAULT_OUTPUT_TOKENS) -> None:
         self.value = default
+        # The meter does `observe` for every answer, without the call: appends to `kept`
+        # (the one list, trimmed in place), then `update` when it has reached `due_at`.
         self.kept: list[int] = []
-        # The meter calls these for every answer, without a call of Python: `keep` (the list's
-        # own append), then `update` when `kept` has reached `due_at`.
-        self.keep = self.kept.append
         self.due_at = OUTPUT_SAMPLES
 
     def observe(self, output_tokens: int) -> None:
-        self.keep(output_tokens)
+        self.kept.append(output_tokens)
         if len(self.kept) >= self.due_at:
             self.update()
 
@@ -192,7 +191,8 @@ class TokenPacer:
             self.in_flight -= 1
         rate = self.rate
         if used is not None and used != booked and rate:
-            shift, now = (used - booked) / rate, self.clock()
+            clock = self.clock  # from a local: as a method call, a slow lookup (per answer)
+            shift, now = (used - booked) / rate, clock()
             # Tokens given back never make credit for a burst.
             tat, sent = self.tat + shift, self.sent_tat + shift
             self.tat = tat if tat > now else now
