@@ -7,12 +7,15 @@ import asyncio
 import random
 
 import pytest
+from test_ratelimit import VirtualTime
 
 from batchpizza.controls.budget import Budget, BudgetReached
 from batchpizza.controls.metering import Meter, Ticket
+from batchpizza.controls.tokens import TokenPacer
 from batchpizza.errors import HTTPStatusError, RequestTimeout
 from batchpizza.pricing import Price, cost
 from batchpizza.records import Prompt
+from batchpizza.tokencount import input_bound, input_estimate
 
 PRICE = Price(1.0, 2.0)  # dollars per million
 
@@ -112,3 +115,108 @@ async def test_a_wait_for_room_cancelled_as_room_comes_gives_the_room_back() -> 
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert m.budget.in_flight == 0 and m.budget.reserved == 0
+
+
+PROMPTS = [
+    Prompt("ascii", "a prompt row of plain text, " * 3, ({"role": "user", "content": "x"},)),
+    Prompt("utf8", "Pizza mit Käse und Öl, bitte 🍕", ()),
+    Prompt("chat", "system: be brief\nuser: hi", ({"content": "be brief"}, {"content": "hi"})),
+    Prompt("batch", "a batch line's", (), {"max_completion_tokens": 33}),
+]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS, ids=lambda p: p.id)
+@pytest.mark.parametrize("params", [{}, {"max_tokens": 50}])
+async def test_a_request_admitted_at_once_reserves_and_books_as_one_that_waited(
+    prompt: Prompt, params: dict[str, int]
+) -> None:
+    # admit_now counts a prompt row's sizes itself (without tokencount's call): it must come to
+    # what `admit` reserves and books, for every kind of prompt.
+    def twin() -> Meter:
+        return Meter(
+            params=params, budget=Budget(1.0, PRICE), pacer=TokenPacer(1e9), overhead=(40, 30)
+        )
+
+    at_once, waited = twin(), twin()
+    fast = at_once.admit_now(prompt, "permit")
+    slow = await waited.admit(prompt)
+    assert fast is not None
+    assert (fast.dollars, fast.input_tokens, fast.output_tokens, fast.booked, fast.batch) == (
+        slow.dollars,
+        slow.input_tokens,
+        slow.output_tokens,
+        slow.booked,
+        slow.batch,
+    )
+    assert fast.permit == "permit"
+    assert fast.input_tokens == input_bound(prompt) + 40
+    assert fast.booked == input_estimate(prompt) + 30 + fast.output_tokens
+    for m in (at_once, waited):
+        assert m.budget is not None and m.budget.in_flight == 1
+        assert m.budget.reserved == pytest.approx(fast.dollars)
+
+
+@pytest.mark.parametrize(
+    "usage", [(120, 30), (None, 30), (120, None), None], ids=["both", "no-in", "no-out", "none"]
+)
+async def test_an_answer_settles_with_its_usage_or_else_spends_its_worst_case(
+    usage: tuple[int | None, int | None] | None,
+) -> None:
+    m = Meter(params={"max_tokens": 100}, budget=Budget(1.0, PRICE), pacer=TokenPacer(1e9))
+    assert m.budget is not None and m.pacer is not None
+    ticket = await m.admit(Prompt("r", "hello", ()))
+    worst = ticket.dollars
+    m.settle(ticket, None, None, usage)
+    assert m.budget.in_flight == 0 and m.budget.reserved == 0
+    assert m.pacer.in_flight == 0
+    if usage == (120, 30):
+        assert m.budget.spent == pytest.approx(cost(PRICE, 120, 30))
+    else:  # the server's count is not whole: the worst case is kept as spent, the safe side
+        assert m.budget.spent == pytest.approx(worst)
+
+
+def test_a_reservation_freed_already_is_not_freed_again_when_settled() -> None:
+    budget = Budget(1.0, PRICE)
+    first, second = budget.try_reserve(100, 100), budget.try_reserve(100, 100)
+    assert first is not None and second is not None
+    budget.release(first)
+    budget.settle(first, 10, 10)  # freed already: the other's reservation stays whole
+    assert budget.in_flight == 1
+    assert budget.reserved == pytest.approx(second.dollars)
+
+
+def test_a_ticket_given_back_is_not_freed_again_by_a_late_settle() -> None:
+    m = Meter(params={"max_tokens": 100}, budget=Budget(1.0, PRICE))
+    assert m.budget is not None
+    first, second = m.admit_now(Prompt("a", "hello", ())), m.admit_now(Prompt("b", "hi", ()))
+    assert first is not None and second is not None
+    m.cancel(first)
+    m.settle(first, None, None, (10, 10))  # freed already: the other's reservation stays whole
+    assert m.budget.in_flight == 1
+    assert m.budget.reserved == pytest.approx(second.dollars)
+
+
+async def test_a_request_at_once_waits_behind_a_hold_or_queued_requests_and_books_nothing() -> None:
+    vt = VirtualTime()
+    pacer = TokenPacer(10.0, clock=vt.clock, sleep=vt.sleep)
+    m = Meter(params={"max_tokens": 100}, budget=Budget(1.0, PRICE), pacer=pacer)
+    assert m.budget is not None
+    first = m.admit_now(Prompt("a", "hello", ()))
+    assert first is not None and pacer.in_flight == 1
+    assert pacer.tat == pytest.approx(vt.now + first.booked / 10.0)
+    assert m.admit_now(Prompt("b", "hello", ())) is None  # the timeline is booked ahead
+    assert m.budget.in_flight == 1 and pacer.in_flight == 1  # nothing taken for it
+    vt.now = pacer.tat
+    pacer.hold_until = vt.now + 5.0  # what the server said was left would not take it
+    assert m.admit_now(Prompt("c", "hello", ())) is None
+    vt.now += 5.0
+    assert m.admit_now(Prompt("c", "hello", ())) is not None
+
+
+def test_a_request_that_does_not_fit_the_cap_reserves_and_books_nothing() -> None:
+    pacer = TokenPacer(1e9)
+    m = Meter(params={"max_tokens": 100}, budget=Budget(0.0003, PRICE), pacer=pacer)
+    assert m.budget is not None
+    assert m.admit_now(Prompt("a", "hello", ())) is not None
+    assert m.admit_now(Prompt("b", "hello", ())) is None  # no room under the cap
+    assert m.budget.in_flight == 1 and pacer.in_flight == 1

@@ -38,7 +38,12 @@ class Reservation:
 
 
 class Budget:
-    """`cap` dollars, of which `spent` were spent before this run (the checkpoint's spend)."""
+    """`cap` dollars, of which `spent` were spent before this run (the checkpoint's spend).
+
+    Its state is this object's alone, but a request sent online is reserved and settled by
+    Meter.admit_now and Meter.settle, which do `try_hold` and `settle` written out (every
+    attempt of a metered run passes them, and a call each was a tenth of the meter's cost):
+    a change to either here is made there too (tests/test_budget.py compares them)."""
 
     def __init__(
         self,
@@ -55,11 +60,11 @@ class Budget:
         self.price = price
         # The price's two figures as attributes: pricing.cost's sum, without a call or a
         # NamedTuple's lookups, on every attempt's path.
-        self._input_price, self._output_price = price
+        self.input_price, self.output_price = price
         self.spent = spent  # settled: earlier runs' and this run's
         self.reserved = 0.0  # the worst cases of the requests in flight
         self.in_flight = 0
-        self._settled: asyncio.Event | None = None
+        self.waiting: asyncio.Event | None = None  # set (`wake`) when room is freed
 
     @property
     def left(self) -> float:
@@ -79,8 +84,8 @@ class Budget:
         """`try_reserve` into a reservation made by the caller (a request's Ticket, which is
         one: one object per attempt, not two): its `dollars` are set if it fits now."""
         dollars = (
-            reservation.input_tokens * self._input_price
-            + reservation.output_tokens * self._output_price
+            reservation.input_tokens * self.input_price
+            + reservation.output_tokens * self.output_price
         ) / 1e6
         if reservation.batch:
             dollars *= BATCH_DISCOUNT
@@ -103,15 +108,15 @@ class Budget:
         while not self.try_hold(reservation):
             if self.in_flight == 0:
                 raise BudgetReached
-            if self._settled is None:
-                self._settled = asyncio.Event()
-            settled = self._settled
+            if self.waiting is None:
+                self.waiting = asyncio.Event()
+            settled = self.waiting
             await settled.wait()
 
     def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> float:
         """The request ended with this usage: its reservation is freed and its cost spent.
         Returns the cost."""
-        dollars = (input_tokens * self._input_price + output_tokens * self._output_price) / 1e6
+        dollars = (input_tokens * self.input_price + output_tokens * self.output_price) / 1e6
         if reservation.batch:
             dollars *= BATCH_DISCOUNT
         self._free(reservation)
@@ -145,6 +150,11 @@ class Budget:
         self.in_flight -= 1
         # No float dust left over when nothing is in flight.
         self.reserved = self.reserved - dollars if self.in_flight else 0.0
-        if self._settled is not None:
-            settled, self._settled = self._settled, None
-            settled.set()  # every waiter asks again
+        if self.waiting is not None:
+            self.wake()
+
+    def wake(self) -> None:
+        """Room was freed: every request waiting for some asks again."""
+        if self.waiting is not None:
+            settled, self.waiting = self.waiting, None
+            settled.set()

@@ -20,10 +20,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchpizza.controls.budget import Budget, Reservation
-from batchpizza.controls.tokens import OutputEstimate, TokenPacer
+from batchpizza.controls.tokens import SLACK, OutputEstimate, TokenPacer
 from batchpizza.errors import HTTPStatusError, ProviderError
 from batchpizza.records import Prompt, RateInfo
-from batchpizza.tokencount import input_sizes, max_output
+from batchpizza.tokencount import (
+    BOUND_MESSAGE_OVERHEAD,
+    BOUND_REPLY_OVERHEAD,
+    CHARS_PER_TOKEN,
+    MESSAGE_OVERHEAD,
+    REPLY_OVERHEAD,
+    input_sizes,
+    max_output,
+)
+
+# What tokencount.input_sizes adds to a prompt row's one message, for the bound and the estimate.
+_ROW_BOUND = BOUND_MESSAGE_OVERHEAD + BOUND_REPLY_OVERHEAD
+_ROW_ESTIMATE = MESSAGE_OVERHEAD + REPLY_OVERHEAD
+_new = object.__new__
 
 
 @dataclass(slots=True)
@@ -63,18 +76,60 @@ class Meter:
 
     def admit_now(self, prompt: Prompt, permit: object = None) -> Ticket | None:
         """`admit` when it can be done at once (the budget has room and the pacer a free
-        instant): the usual case at full speed, without a coroutine; None: call `admit`."""
-        ticket = self._ticket(prompt)
-        ticket.permit = permit
-        budget, pacer = self.budget, self.pacer
-        if budget is not None and not budget.try_hold(ticket):
-            return None
+        instant): the usual case at full speed, without a coroutine; None: call `admit`, and
+        nothing was reserved nor booked.
+
+        Every attempt of a metered run comes here, so this is the fast path of all three,
+        written out without a call: `_ticket` (a prompt row's sizes counted as
+        tokencount.input_sizes counts them), Budget.try_hold, and the pacer's booking of a
+        free instant (as TokenPacer.acquire books one that waited). The state stays theirs:
+        the budget's `reserved` and `in_flight`, the pacer's timeline. Both are asked before
+        either is changed: nothing is awaited here, so no other request comes in between."""
+        out = self._cap
+        if out is None:
+            out = self.worst_output(prompt) if prompt.body else self.output.value
+        text = prompt.text
+        if len(prompt.messages) <= 1 and text.isascii():
+            chars = len(text)
+            bound = chars + _ROW_BOUND
+            estimate = -(-chars // CHARS_PER_TOKEN) + _ROW_ESTIMATE
+        else:
+            bound, estimate = input_sizes(prompt)
+        bound += self._extra_bound
+        pacer = self.pacer
+        booked = 0
         if pacer is not None:
-            if not pacer.try_now(ticket.booked):
-                if budget is not None:
-                    budget.release(ticket)
+            booked = estimate + self._extra_estimate + out
+            rate = pacer.rate
+            if rate is None:  # --tpm auto, nothing learned yet: one at a time
                 return None
-            self._last_booked = ticket.booked
+            clock = pacer.clock  # called from a local: a slow lookup as a method call
+            now = clock()
+            if pacer.hold_until > now or (rate and pacer.tat > now + SLACK):
+                return None  # a Retry-After of the token limit, or requests queued before
+        dollars = 0.0
+        budget = self.budget
+        if budget is not None:
+            dollars = (bound * budget.input_price + out * budget.output_price) / 1e6
+            if budget.spent + budget.reserved + dollars > budget.cap:
+                return None
+            budget.reserved += dollars
+            budget.in_flight += 1
+        if pacer is not None:
+            if rate:
+                pacer.tat = end = now + booked / rate
+                if end > pacer.sent_tat:
+                    pacer.sent_tat = end
+            pacer.in_flight += 1
+            self._last_booked = booked
+        # Filled in here: a dataclass's __init__ (a call, and a frame) cost a tenth of the meter.
+        ticket = _new(Ticket)
+        ticket.dollars = dollars
+        ticket.input_tokens = bound
+        ticket.output_tokens = out
+        ticket.batch = False
+        ticket.booked = booked
+        ticket.permit = permit
         return ticket
 
     async def admit(self, prompt: Prompt) -> Ticket:
@@ -125,6 +180,47 @@ class Meter:
         rate: RateInfo | None,
         usage: tuple[int | None, int | None] | None,
     ) -> None:
+        if error is None and usage is not None:
+            prompt_tokens, completion_tokens = usage
+            if prompt_tokens is not None and completion_tokens is not None:
+                # An answer with its usage: every attempt of a run that goes well.
+                if self._cap is None:
+                    output = self.output  # its `observe`, without the call
+                    kept = output.kept
+                    kept.append(completion_tokens)
+                    if len(kept) >= output.due_at:
+                        output.update()
+                budget = self.budget
+                if budget is not None:
+                    # Budget.settle written out (a Ticket is an online request's: never at the
+                    # Batch API's price): its reservation freed, its cost spent.
+                    held = ticket.dollars
+                    if held >= 0:
+                        ticket.dollars = -1.0
+                        budget.in_flight = in_flight = budget.in_flight - 1
+                        # No float dust left over when nothing is in flight.
+                        budget.reserved = budget.reserved - held if in_flight else 0.0
+                        if budget.waiting is not None:
+                            budget.wake()
+                    budget.spent += (
+                        prompt_tokens * budget.input_price + completion_tokens * budget.output_price
+                    ) / 1e6
+                pacer = self.pacer
+                if pacer is not None:
+                    pacer.settle(ticket.booked, prompt_tokens + completion_tokens)
+                    if rate is not None or (pacer.auto and pacer.rate is None):
+                        self._observe(pacer, rate)
+                return
+        self._settle_other(ticket, error, rate, usage)
+
+    def _settle_other(
+        self,
+        ticket: Ticket,
+        error: ProviderError | None,
+        rate: RateInfo | None,
+        usage: tuple[int | None, int | None] | None,
+    ) -> None:
+        """`settle` for an error, or an answer without a whole usage."""
         prompt_tokens, completion_tokens = usage or (None, None)
         used = None  # tokens, when the server said both
         if prompt_tokens is not None and completion_tokens is not None:
@@ -132,10 +228,7 @@ class Meter:
         if error is None:
             billed = True
             if completion_tokens is not None and self._cap is None:
-                output = self.output  # its `observe`, without the call
-                output.keep(completion_tokens)
-                if len(output.kept) >= output.due_at:
-                    output.update()
+                self.output.observe(completion_tokens)
         else:
             billed = not isinstance(error, HTTPStatusError)
         budget = self.budget
@@ -149,12 +242,15 @@ class Meter:
         pacer = self.pacer
         if pacer is not None:
             pacer.settle(ticket.booked, used if billed else 0)
-            if rate is not None:
-                pacer.observe(
-                    rate.limit_tokens,
-                    rate.remaining_tokens,
-                    rate.reset_tokens_s,
-                    self._last_booked,
-                )
-            elif error is None and pacer.auto and pacer.rate is None:
-                pacer.observe(None, None, None, 0)  # an answer with no limit announced
+            if rate is not None or (error is None and pacer.auto and pacer.rate is None):
+                self._observe(pacer, rate)
+
+    def _observe(self, pacer: TokenPacer, rate: RateInfo | None) -> None:
+        """What a reply said of the token limit, for --tpm auto; None: an answer with no limit
+        announced."""
+        if rate is None:
+            pacer.observe(None, None, None, 0)
+        else:
+            pacer.observe(
+                rate.limit_tokens, rate.remaining_tokens, rate.reset_tokens_s, self._last_booked
+            )

@@ -41,7 +41,7 @@ _ESTIMATES_KEPT = 9  # the median of the last few replies' windows
 # loop are nanoseconds apart on the timeline, and a sleep of nanoseconds still costs a turn of the
 # loop (measured: 15 us a row at --tpm 1e12). It lets through at most a millisecond's worth of
 # tokens early, never more.
-_SLACK = 0.001
+SLACK = 0.001
 # A request that used less than this share of what it booked makes the queued ones book again
 # (cheap enough: it happens while the output estimate is still the default, rarely after).
 REBOOK_BELOW = 0.5
@@ -62,14 +62,13 @@ class OutputEstimate:
 
     def __init__(self, default: int = DEFAULT_OUTPUT_TOKENS) -> None:
         self.value = default
+        # The meter does `observe` for every answer, without the call: appends to `kept`
+        # (the one list, trimmed in place), then `update` when it has reached `due_at`.
         self.kept: list[int] = []
-        # The meter calls these for every answer, without a call of Python: `keep` (the list's
-        # own append), then `update` when `kept` has reached `due_at`.
-        self.keep = self.kept.append
         self.due_at = OUTPUT_SAMPLES
 
     def observe(self, output_tokens: int) -> None:
-        self.keep(output_tokens)
+        self.kept.append(output_tokens)
         if len(self.kept) >= self.due_at:
             self.update()
 
@@ -101,7 +100,11 @@ def learned_rate(limit: float | None, remaining: float | None, reset_s: float | 
 
 class TokenPacer:
     """Hands out sends by tokens: `rate` tokens a second (None: not known yet, one request at a
-    time until a reply says; 0: unlimited)."""
+    time until a reply says; 0: unlimited).
+
+    A request that may go at once (nobody queued for later, no hold) is booked by
+    Meter.admit_now, on this pacer's timeline (`tat`, `sent_tat`, `in_flight`, `hold_until`),
+    without a call: every attempt of a metered run passes there. `acquire` is the wait."""
 
     def __init__(
         self,
@@ -114,14 +117,14 @@ class TokenPacer:
         self.rate = rate
         self.auto = auto
         self.limit_per_s: float | None = None  # what the server announced (auto)
-        self._clock = clock
+        self.clock = clock
         self._wakeup = Wakeup(sleep)
-        self._tat = -math.inf  # when the virtual timeline is free again
-        self._sent_tat = -math.inf  # the same, counting only requests sent
+        self.tat = -math.inf  # when the virtual timeline is free again
+        self.sent_tat = -math.inf  # the same, counting only requests sent
         self._schedule = 0
-        self._in_flight = 0
+        self.in_flight = 0
         self._estimates: deque[float] = deque(maxlen=_ESTIMATES_KEPT)
-        self._hold_until = -math.inf
+        self.hold_until = -math.inf
         self._warned = False  # of a rate at which one request takes over a minute
 
     @property
@@ -131,34 +134,16 @@ class TokenPacer:
     def set_rate(self, rate: float) -> None:
         if rate == self.rate:
             return
-        now = self._clock()
+        now = self.clock()
         # Bookings of requests still waiting are void (they book again); those sent stay
         # booked, at the new rate.
-        base = self._sent_tat
+        base = self.sent_tat
         if self.rate and rate > 0 and base > now:
             base = now + (base - now) * self.rate / rate
-        self._tat = base
+        self.tat = base
         self.rate = rate
         self._schedule += 1
         self._wakeup.fire()
-
-    def try_now(self, tokens: int) -> bool:
-        """Book `tokens` if they may go this instant (nobody queued for later, no hold), without
-        awaiting; False leaves the pacer as it was: call `acquire`."""
-        rate = self.rate
-        if rate is None:
-            return False
-        now = self._clock()
-        if self._hold_until > now:
-            return False
-        if rate:
-            if self._tat > now + _SLACK:
-                return False
-            self._tat = end = now + tokens / rate
-            if end > self._sent_tat:
-                self._sent_tat = end
-        self._in_flight += 1
-        return True
 
     async def acquire(self, tokens: int) -> None:
         """Wait until `tokens` may be sent, and book them."""
@@ -166,24 +151,24 @@ class TokenPacer:
             schedule = self._schedule
             rate = self.rate
             if rate is None:  # auto, nothing learned yet: one at a time
-                if self._in_flight == 0:
+                if self.in_flight == 0:
                     break
                 await self._wakeup.sleep(1.0)
                 continue
-            now = self._clock()
-            if self._hold_until > now:
-                await self._wakeup.sleep(self._hold_until - now)
+            now = self.clock()
+            if self.hold_until > now:
+                await self._wakeup.sleep(self.hold_until - now)
                 continue
             if rate == 0:
                 break
             if tokens > rate * MINUTE and not self._warned:
                 self._warn_slow(tokens, rate)
-            slot = max(now, self._tat)
-            self._tat = slot + tokens / rate
+            slot = max(now, self.tat)
+            self.tat = slot + tokens / rate
             if await self._sleep_until(slot, schedule):
-                self._sent_tat = max(self._sent_tat, slot + tokens / rate)
+                self.sent_tat = max(self.sent_tat, slot + tokens / rate)
                 break
-        self._in_flight += 1
+        self.in_flight += 1
 
     def _warn_slow(self, tokens: int, rate: float) -> None:
         """Said once: a rate this low holds the run for minutes a request, which would look
@@ -202,20 +187,21 @@ class TokenPacer:
     def settle(self, booked: int, used: int | None) -> None:
         """A request that booked `booked` tokens ended having used `used` (None: no usage said,
         the booking stands)."""
-        if self._in_flight:
-            self._in_flight -= 1
+        if self.in_flight:
+            self.in_flight -= 1
         rate = self.rate
         if used is not None and used != booked and rate:
-            shift, now = (used - booked) / rate, self._clock()
+            clock = self.clock  # from a local: as a method call, a slow lookup (per answer)
+            shift, now = (used - booked) / rate, clock()
             # Tokens given back never make credit for a burst.
-            tat, sent = self._tat + shift, self._sent_tat + shift
-            self._tat = tat if tat > now else now
-            self._sent_tat = sent if sent > now else now
-            if used < booked * REBOOK_BELOW and self._tat > now:
+            tat, sent = self.tat + shift, self.sent_tat + shift
+            self.tat = tat if tat > now else now
+            self.sent_tat = sent if sent > now else now
+            if used < booked * REBOOK_BELOW and self.tat > now:
                 # Much was given back (the first answers, booked at the default output): the
                 # requests queued behind slots booked at the old size book again, or the
                 # start of a run would go at a fraction of the limit.
-                self._tat = self._sent_tat
+                self.tat = self.sent_tat
                 self._schedule += 1
                 self._wakeup.fire()
         if rate is None:
@@ -249,14 +235,12 @@ class TokenPacer:
             self._warn_slow(next_cost, rate)
         if remaining is not None and remaining < next_cost:
             # Nearly spent at the server: wait until the next request's worth is back.
-            self._hold_until = max(
-                self._hold_until, self._clock() + (next_cost - remaining) / per_s
-            )
+            self.hold_until = max(self.hold_until, self.clock() + (next_cost - remaining) / per_s)
 
     async def _sleep_until(self, when: float, schedule: int) -> bool:
         while self._schedule == schedule:
-            delay = when - self._clock()
-            if delay <= _SLACK:
+            delay = when - self.clock()
+            if delay <= SLACK:
                 return True
             await self._wakeup.sleep(delay)
         return False
