@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from batchpizza.batchapi.files import ResultLine
 from batchpizza.checkpoint.batches import BatchLine
-from batchpizza.engine.runner import ANSWERED, outcome_of
+from batchpizza.engine.outcomes import ANSWERED, outcome_of
 from batchpizza.errors import ProviderError, describe
 from batchpizza.providers.openai import OpenAIAPI
 from batchpizza.records import Attempt, Outcome, Result

@@ -1,9 +1,9 @@
 """The send stage: one session, a fixed pool of workers, pacing, retries, group commits.
 
-`concurrency` workers each pull the next row from the source only when they are free, so rows are
-read as slots open (backpressure) and no task is created per row. A worker holds its row, and so
-its slot, until the row's result is committed: at any moment at most `concurrency` rows are sent
-but not yet saved, which bounds what a kill -9 can make us send twice.
+`concurrency` workers each take the next row when they are free, from rows read `concurrency` at
+a time (backpressure: at most that many read ahead, and no task is created per row). A worker
+holds its row, and so its slot, until the row's result is committed: at any moment at most
+`concurrency` rows are sent but not yet saved, which bounds what a kill -9 can make us send twice.
 """
 
 from __future__ import annotations
@@ -24,22 +24,14 @@ from batchpizza.controls.ratelimit import Sleep
 from batchpizza.controls.retrying import RetryPolicy
 from batchpizza.controls.stop import Stop
 from batchpizza.engine.committer import Committer
+from batchpizza.engine.outcomes import ANSWERED, REFUSAL, STOPPED, outcome_of
 from batchpizza.engine.session import (
     YOUNG_OBJECTS_PER_REQUEST,
     collector_threshold,
     new_session,
 )
 from batchpizza.engine.store import Store
-from batchpizza.errors import (
-    BadReply,
-    HTTPStatusError,
-    MisuseDetected,
-    ProviderError,
-    QuotaExhausted,
-    RedirectRefused,
-    RequestTimeout,
-    describe,
-)
+from batchpizza.errors import MisuseDetected, ProviderError, QuotaExhausted, describe
 from batchpizza.providers import Provider
 from batchpizza.records import Answer, Attempt, Outcome, Prompt, RateInfo, Result, is_answered
 from batchpizza.rows import request_key
@@ -69,28 +61,6 @@ class Counters:
     def rows_done(self) -> int:
         """Rows this run finished (and committed): each was sent at least once."""
         return self.answered + self.failed + self.misuse
-
-
-ANSWERED = "answered"
-REFUSAL = "refusal"
-STOPPED = "stopped"  # an attempt cut off by a stop
-
-
-def outcome_of(error: BaseException | None) -> str:
-    """An attempt's outcome kind, as the report groups them."""
-    if error is None:
-        return ANSWERED
-    if isinstance(error, MisuseDetected):
-        return REFUSAL
-    if isinstance(error, HTTPStatusError):
-        return "http"
-    if isinstance(error, RequestTimeout):
-        return "timeout"
-    if isinstance(error, BadReply):
-        return "bad_reply"
-    if isinstance(error, RedirectRefused):
-        return "redirect"
-    return "transport"
 
 
 class Runner:
