@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
+from typing import Any
 
 import pytest
 from test_ratelimit import VirtualTime
@@ -14,7 +16,7 @@ from batchpizza.controls.metering import Meter, Ticket
 from batchpizza.controls.tokens import TokenPacer
 from batchpizza.errors import HTTPStatusError, RequestTimeout
 from batchpizza.pricing import Price, cost
-from batchpizza.records import Prompt
+from batchpizza.records import Answer, Prompt
 from batchpizza.tokencount import input_bound, input_estimate
 
 PRICE = Price(1.0, 2.0)  # dollars per million
@@ -220,3 +222,45 @@ def test_a_request_that_does_not_fit_the_cap_reserves_and_books_nothing() -> Non
     assert m.admit_now(Prompt("a", "hello", ())) is not None
     assert m.admit_now(Prompt("b", "hello", ())) is None  # no room under the cap
     assert m.budget.in_flight == 1 and pacer.in_flight == 1
+
+
+async def test_a_retry_let_through_after_a_stop_gives_back_what_it_reserved(
+    tmp_path: Path,
+) -> None:
+    # A row in its retry's backoff when the run stops (the deadline) tries again at once: the
+    # meter reserved and booked it, then the runner saw the stop and left the row unsent, with
+    # its reservation and booking held for good (the budget's `in_flight` never back to 0).
+    from test_runner import Scripted, rows
+
+    from batchpizza.checkpoint import Checkpoint
+    from batchpizza.controls.control import Control
+    from batchpizza.controls.retrying import RetryPolicy
+    from batchpizza.controls.stop import Stop
+    from batchpizza.engine.runner import Runner
+
+    stop = Stop()
+
+    class StoppedMidRetry(Scripted):
+        async def ask(self, session: Any, prompt: Prompt) -> Answer:
+            stop.stop_sending("deadline")  # while this attempt is out: its retry finds it
+            raise HTTPStatusError(500, "HTTP 500")
+
+    budget, pacer = Budget(100.0, PRICE), TokenPacer(1e9)
+    control = Control(
+        rate=0, auto_max=None, learned=None, patience=60.0, retry_after_cap=60.0, timeout=5.0,
+        on_give_up=lambda: None, stop_signal=stop.wait,
+        meter=Meter(params={"max_tokens": 10}, budget=budget, pacer=pacer),
+    )  # fmt: skip
+    policy = RetryPolicy(
+        max_retries=2, misuse_retries=0, misuse_backoff=0.0, backoff_base=0.0, backoff_cap=0.0,
+        retry_after_cap=0.0,
+    )  # fmt: skip
+    store = Checkpoint.open(tmp_path / "out.checkpoint")
+    try:
+        runner = Runner(StoppedMidRetry(), store, policy, control, concurrency=1, stop=stop)
+        await runner.run(rows(3))
+    finally:
+        store.close()
+    assert runner.counters.requests == 1  # the retry was not sent
+    assert (budget.in_flight, budget.reserved, budget.spent) == (0, 0.0, 0.0)
+    assert pacer.in_flight == 0

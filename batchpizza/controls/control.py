@@ -314,6 +314,10 @@ class Control(Gatekeeper):
             # Held for every worker, including those already waiting on the pacer.
             self.gate.pause.hold(min(error.retry_after, self.retry_after_cap))
 
+    def unsent(self, token: object) -> None:
+        if isinstance(token, Ticket) and self.meter is not None:
+            self.meter.cancel(token)
+
     def cut_off(self, token: object) -> None:
         if isinstance(token, Ticket) and self.meter is not None:
             self.meter.cut_off(token)

@@ -46,6 +46,10 @@ class Gatekeeper:
         service already refused in this run (a refusal then judges the row, not the service),
         and an answer's token usage (input, output)."""
 
+    def unsent(self, token: object) -> None:
+        """Told of an attempt let through and then not sent (the run stopped meanwhile): what
+        `enter` or `enter_for` took for it is given back."""
+
     def cut_off(self, token: object) -> None:
         """Told of an attempt sent and then cut off (the grace after a stop ran out): it says
         nothing of the service, but the server may have done the work."""

@@ -260,7 +260,10 @@ class Runner:
         gate = self.gate
         token = await (gate.enter_for(prompt) if gate.meters else gate.enter())
         if self.stop.sending_stopped:
-            raise Stopped  # after a stop nothing more is sent; the row stays to do
+            # After a stop nothing more is sent; the row stays to do. A retry or re-ask let
+            # through at once after the stop was reserved and booked: nothing else gives it back.
+            gate.unsent(token)
+            raise Stopped
         counters = self.counters
         counters.requests += 1
         if attempts:
