@@ -370,7 +370,13 @@ class BatchFlow:
             lines = self.checkpoint.file_lines(f.seq)
             outcomes = [(line.custom_id, "online") for line in lines]
             self.checkpoint.finish_file(f.seq, outcomes, "abandoned")
-            self.money.release(line.digest for line in lines)  # reserved online, at full price
+            digests = (line.digest for line in lines)
+            # Reserved again online, at full price. A batch that was created may have done
+            # some of its lines before the cancel (they are billed): their worst case stays spent.
+            if f.batch_id is not None:
+                self.money.charge(digests)
+            else:
+                self.money.release(digests)
             rows.extend(self._held[line.digest] for line in lines if line.digest in self._held)
         if not rows:
             return

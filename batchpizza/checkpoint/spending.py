@@ -33,10 +33,11 @@ class Spending:
             if batch:
                 self._spend_rows[True] = spend.begin(self._conn, run, price, batch=True)
 
-    def charge(self, prompt_tokens: int, completion_tokens: int) -> None:
+    def charge(self, prompt_tokens: int, completion_tokens: int, batch: bool = False) -> None:
         """A request's worst case, counted as spent without a result to carry it (a reply
-        without usage, a timeout): kept at once, so that a rerun's cap counts it."""
-        row = self._spend_rows.get(False)
+        without usage, a timeout, a Batch API line whose batch was cancelled): kept at once, so
+        that a rerun's cap counts it, at the Batch API's price for a batch line."""
+        row = self._spend_rows.get(batch)
         if row is not None:
             with self._transaction():
                 spend.add_tokens(self._conn, row, prompt_tokens, completion_tokens)

@@ -51,7 +51,7 @@ class Budget:
         price: Price,
         *,
         spent: float = 0.0,
-        on_charge: Callable[[int, int], None] | None = None,
+        on_charge: Callable[[int, int, bool], None] | None = None,
     ) -> None:
         self.cap = cap
         # Told the tokens of every worst case charged (no usage to settle with), and of answers
@@ -134,13 +134,13 @@ class Budget:
         self._free(reservation)
         self.spent += max(0.0, dollars)
         if dollars >= 0 and self.on_charge is not None:
-            self.on_charge(reservation.input_tokens, reservation.output_tokens)
+            self.on_charge(reservation.input_tokens, reservation.output_tokens, reservation.batch)
 
     def keep(self, input_tokens: int | None, output_tokens: int | None) -> None:
         """Tokens settled (spent) that no result will carry (the answers of a row stopped while
         re-asked): told `on_charge`, for the checkpoint to keep, as a worst case charged is."""
         if self.on_charge is not None:
-            self.on_charge(input_tokens or 0, output_tokens or 0)
+            self.on_charge(input_tokens or 0, output_tokens or 0, False)
 
     def _free(self, reservation: Reservation) -> None:
         dollars = reservation.dollars
