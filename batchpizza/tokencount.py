@@ -91,9 +91,18 @@ def messages_bound(messages: Iterable[Any]) -> int:
 
 def max_output(params: Mapping[str, Any], prompt: Prompt | None = None) -> int | None:
     """The request's output cap, `max_completion_tokens` or `max_tokens`, from --param over a
-    batch line's body; None when it sets none."""
-    for source in (params, (prompt.body or {}) if prompt is not None else {}):
-        for name in ("max_completion_tokens", "max_tokens"):
+    batch line's body, times its choices (`n`: each may use the cap, and all are billed); None
+    when it sets none."""
+    sources = (params, (prompt.body or {}) if prompt is not None else {})
+    cap = _first_count(sources, ("max_completion_tokens", "max_tokens"))
+    if cap is None:
+        return None
+    return cap * (_first_count(sources, ("n",)) or 1)
+
+
+def _first_count(sources: tuple[Mapping[str, Any], ...], names: tuple[str, ...]) -> int | None:
+    for source in sources:
+        for name in names:
             value = source.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value

@@ -75,3 +75,13 @@ def test_max_output_reads_the_params_over_the_line() -> None:
     assert max_output({}, line) == 50
     assert max_output({"max_completion_tokens": 20}, line) == 20
     assert max_output({"max_tokens": True}, None) is None  # a bool is no count
+
+
+def test_max_output_counts_every_choice_a_request_asks_for() -> None:
+    # --param n=3: three answers, each up to the cap, all billed: the worst case is three caps.
+    assert max_output({"max_tokens": 20, "n": 3}) == 60
+    line = Prompt("r", "q", (), {"max_tokens": 50, "n": 2})
+    assert max_output({}, line) == 100
+    assert max_output({"n": 4}, line) == 200  # --param's n over the line's
+    assert max_output({"n": 3}) is None  # no cap: the running estimate (of whole usages) stands
+    assert max_output({"max_tokens": 20, "n": True}) == 20  # a bool is no count
