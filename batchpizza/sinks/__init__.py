@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from batchpizza.checkpoint import Checkpoint
+from batchpizza.collector import collector_paused
 from batchpizza.errors import InputChanged, Interrupted, RowProblem
 from batchpizza.files import atomic_file
 from batchpizza.records import OutputRow
@@ -75,7 +76,7 @@ def write_output(
     bodies = fmt == "openai-batch"  # the servers' reply bodies, kept verbatim in its lines
     rows = itertools.chain.from_iterable(checkpoint.output_rows(limit, bodies=bodies))
     total = checkpoint.rows(limit)
-    with atomic_file(output) as handle:
+    with collector_paused(), atomic_file(output) as handle:
         columns = output_columns(source.fields, source.columns())
         sink = open_sink(fmt, handle, columns, results, checkpoint, parsed)
         try:
