@@ -138,7 +138,8 @@ def scan_batches(fields: Fields, rows: Iterable[tuple[int, int, int, Any]]) -> I
 def prompt_of(obj: object, fields: Fields, pos: int) -> Prompt | None:
     """What to send for a row read again after the scan; None if it no longer reads (the file
     changed since the scan, which the output notices and says)."""
-    if not isinstance(obj, Mapping):
+    # A dict (a parsed line, every row of a JSONL file) spares the Mapping ABC's check.
+    if type(obj) is not dict and not isinstance(obj, Mapping):
         return None
     try:
         return to_prompt(interpret(obj, fields, pos))

@@ -160,7 +160,7 @@ class JsonlSource:
     def carried(self) -> Iterator[DictBatch]:
         batch: list[Mapping[str, Any]] = []
         for _pos, _file, _at, obj in self._objects(None):
-            batch.append(obj if isinstance(obj, Mapping) else {})
+            batch.append(obj if type(obj) is dict else {})  # parsed JSON: a dict or not an object
             if len(batch) >= BATCH_ROWS:
                 yield DictBatch(batch)
                 batch = []
