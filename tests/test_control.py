@@ -336,3 +336,31 @@ async def test_a_wait_for_tokens_ends_at_once_when_sending_stops() -> None:
     stop.set()
     with pytest.raises(Stopped):
         await asyncio.wait_for(waiting, 2.0)
+
+
+async def test_requests_that_wait_out_a_retry_after_book_their_tokens_after_it() -> None:
+    # Under --tpm, requests booked their tokens first, then waited out a Retry-After pause on
+    # the bookings made during it: all left together when it ended. Booked after the pause,
+    # they leave spaced by the token rate.
+    from batchpizza.controls.metering import Meter
+    from batchpizza.controls.tokens import TokenPacer
+    from batchpizza.records import Prompt
+
+    meter = Meter(params={"max_tokens": 100}, pacer=TokenPacer(1000.0))  # ~0.11 s a request
+    control = Control(
+        rate=0, auto_max=None, learned=None, patience=10, retry_after_cap=300, timeout=1,
+        on_give_up=lambda: None, meter=meter,
+    )  # fmt: skip
+    prompt = Prompt("r", "hello", ())
+    control.gate.pause.hold(0.3)
+    loop = asyncio.get_running_loop()
+
+    async def one() -> float:
+        await control.enter_for(prompt)
+        return loop.time()
+
+    started = loop.time()
+    left = sorted(await asyncio.gather(*(one() for _ in range(4))))
+    assert left[0] - started >= 0.29  # none before the pause ends
+    booked = meter.pacer.rate and 110 / meter.pacer.rate  # what one request books, in seconds
+    assert left[-1] - left[0] >= 2.5 * booked  # spaced after it, not a burst

@@ -205,23 +205,32 @@ class Control(Gatekeeper):
             # The breaker tripped while this worker waited for its slot: ask it again.
 
     async def enter_for(self, prompt: Prompt) -> object:
-        """`enter`, after the request's worst case is reserved and booked (the Meter)."""
+        """`enter`, with the request's worst case reserved and its tokens booked (the Meter)."""
         meter = self.meter
         if meter is None or self.stopped:
             return await self.enter()
         # The fast path of `enter`, and the meter's: nothing awaited, no coroutine made.
         permit = self.breaker.permit_now()
-        ticket = meter.admit_now(prompt, permit)
-        if ticket is not None and permit is not None and self.gate.try_enter():
-            return ticket
-        if ticket is None:
-            ticket = await self._admit(meter, prompt)
-        try:
-            ticket.permit = await self.enter()
-        except BaseException:
+        if permit is not None:
+            ticket = meter.admit_now(prompt, permit)
+            if ticket is not None:
+                if self.gate.try_enter():
+                    return ticket
+                meter.cancel(ticket)  # the gate makes it wait: booked after the wait
+        # The gate's wait first (a request slot, a Retry-After pause, the breaker), then the
+        # meter's: tokens booked before a pause were spent on a timeline nobody used, and the
+        # requests that waited it out left together when it ended.
+        while True:
+            entered = await self.enter()
+            ticket = meter.admit_now(prompt, entered)
+            if ticket is None:
+                ticket = await self._admit(meter, prompt)
+                ticket.permit = entered
+            admits = not isinstance(entered, Permit) or self.breaker.still_admits(entered)
+            if admits and not self.gate.pause.holding:
+                return ticket
+            # A Retry-After or a trip came while it waited for its tokens: the gate again.
             meter.cancel(ticket)
-            raise
-        return ticket
 
     async def _admit(self, meter: Meter, prompt: Prompt) -> Ticket:
         """The meter's wait (a --tpm slot, room under --max-cost), which ends at once when

@@ -2,7 +2,8 @@
 (budget.py) and the token pacer (tokens.py) that Control consults when a run has `--max-cost`
 or `--tpm`. A run with neither has no Meter, and pays nothing for it.
 
-Per request, before the breaker and the request pacer:
+Per request, once the breaker and the request pacer let it go (Control.enter_for; a booking
+made before a Retry-After pause would be spent on a timeline nobody used):
   1. the budget reserves its worst-case cost: input tokencount.input_bound plus the schema as
      sent (Structured.overhead: the server counts it as input), output its max_tokens, else
      OutputEstimate's running 99th percentile (so the cap holds for sure only with max_tokens
