@@ -138,22 +138,17 @@ class BatchBudget:
             else:
                 budget.charge_reserved(held)
 
-    def charge(self, digests: Iterable[bytes]) -> None:
-        """Lines of a batch cancelled before it was collected (--via auto sends them online):
-        the Batch API bills the lines it completed before the cancel took effect, and which
-        those are cannot be known in time, so each line's worst case is spent."""
+    def cancelled(self, digests: Iterable[bytes], *, created: bool) -> None:
+        """Lines whose file --via auto abandons to send them online (reserved again there, at
+        full price). A batch `created` bills the lines it completed before the cancel took
+        effect, and which those are cannot be known in time: each line's worst case is spent.
+        The lines of a file never made a batch are freed."""
         if self.budget is not None:
             for digest in digests:
                 held = self._held.pop(digest, None)
-                if held is not None:
+                if held is not None and created:
                     self.budget.charge_reserved(held)
-
-    def release(self, digests: Iterable[bytes]) -> None:
-        """Lines that will not be billed as batch lines (--via auto sends them online)."""
-        if self.budget is not None:
-            for digest in digests:
-                held = self._held.pop(digest, None)
-                if held is not None:
+                elif held is not None:
                     self.budget.release(held)
 
     def take_withheld(self) -> Iterator[PendingRow] | None:

@@ -370,13 +370,7 @@ class BatchFlow:
             lines = self.checkpoint.file_lines(f.seq)
             outcomes = [(line.custom_id, "online") for line in lines]
             self.checkpoint.finish_file(f.seq, outcomes, "abandoned")
-            digests = (line.digest for line in lines)
-            # Reserved again online, at full price. A batch that was created may have done
-            # some of its lines before the cancel (they are billed): their worst case stays spent.
-            if f.batch_id is not None:
-                self.money.charge(digests)
-            else:
-                self.money.release(digests)
+            self.money.cancelled((line.digest for line in lines), created=f.batch_id is not None)
             rows.extend(self._held[line.digest] for line in lines if line.digest in self._held)
         if not rows:
             return
