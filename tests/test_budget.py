@@ -94,6 +94,17 @@ async def test_the_worst_case_is_max_tokens_else_the_running_estimate() -> None:
     assert m.worst_output(prompt) == 40
 
 
+async def test_a_batch_lines_own_answers_count_beside_the_params_cap() -> None:
+    # --param max_tokens=20 and a line asking n=3 answers: three caps, all billed.
+    line = Prompt("r", "hello", ({"role": "user", "content": "hello"},), {"n": 3})
+    meter = Meter(params={"max_tokens": 20}, budget=Budget(1.0, Price(1.0, 1.0)))
+    assert meter.worst_output(line) == 60
+    assert meter.worst_output(Prompt("r", "hello", ())) == 20  # a prompt row: the param's cap
+    ticket = meter.admit_now(line)
+    assert ticket is not None and ticket.output_tokens == 60
+    assert Meter(params={}).worst_output(Prompt("r", "x", (), {"max_tokens": 5, "n": 2})) == 10
+
+
 async def test_a_wait_for_room_cancelled_as_room_comes_gives_the_room_back() -> None:
     # A worker cancelled (the end of the grace) in the very turn its wait for room under the cap
     # ended: the reservation made for it was kept by nobody, in flight for the rest of the run.

@@ -71,9 +71,12 @@ class Meter:
         self._cap = max_output(params)  # --param max_tokens: the same for every request
 
     def worst_output(self, prompt: Prompt) -> int:
-        if self._cap is not None:
-            return self._cap
-        return (max_output({}, prompt) if prompt.body else None) or self.output.value
+        """The output `prompt`'s request may be billed for: its cap (--param over a batch
+        line's body, times the answers either asks for: tokencount.max_output), else the
+        running estimate."""
+        if prompt.body:
+            return max_output(self.params, prompt) or self.output.value
+        return self.output.value if self._cap is None else self._cap
 
     def admit_now(self, prompt: Prompt, permit: object = None) -> Ticket | None:
         """`admit` when it can be done at once (the budget has room and the pacer a free
@@ -87,8 +90,10 @@ class Meter:
         the budget's `reserved` and `in_flight`, the pacer's timeline. Both are asked before
         either is changed: nothing is awaited here, so no other request comes in between."""
         out = self._cap
-        if out is None:
-            out = self.worst_output(prompt) if prompt.body else self.output.value
+        if prompt.body:  # a batch line's: its own max_tokens and n count too
+            out = self.worst_output(prompt)
+        elif out is None:
+            out = self.output.value
         text = prompt.text
         if len(prompt.messages) <= 1 and text.isascii():
             chars = len(text)
@@ -152,8 +157,10 @@ class Meter:
         """`prompt`'s worst case for the budget (input bound, output cap), and the estimate it
         books on the pacer, not yet reserved nor booked."""
         out = self._cap
-        if out is None:
-            out = self.worst_output(prompt) if prompt.body else self.output.value
+        if prompt.body:  # a batch line's: its own max_tokens and n count too
+            out = self.worst_output(prompt)
+        elif out is None:
+            out = self.output.value
         bound, estimate = input_sizes(prompt)
         booked = estimate + self._extra_estimate + out if self.pacer is not None else 0
         return Ticket(0.0, bound + self._extra_bound, out, False, booked)
