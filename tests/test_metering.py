@@ -35,6 +35,16 @@ async def chat_server(chat: Any) -> tuple[Any, int]:
     return runner, runner.addresses[0][1]
 
 
+def billed_reply(body: dict[str, Any], billed: list[int], content: str) -> dict[str, Any]:
+    """A chat reply whose usage is the most a byte-level tokenizer counts for `body`'s messages
+    (the worst case the budget reserves) and 10 completion tokens; added to `billed[0]`, the
+    server's count at $1 a token, whether or not the client ever reads the reply."""
+    used = sum(len(m["content"].encode()) + 8 for m in body["messages"]) + 8
+    billed[0] += used + 10
+    return {"choices": [{"message": {"content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": used, "completion_tokens": 10}}  # fmt: skip
+
+
 WORDS = [
     "pizza",
     "oven",
@@ -587,14 +597,9 @@ async def test_requests_cut_off_after_a_stop_are_charged_and_a_rerun_counts_them
     release = asyncio.Event()
 
     async def chat(request: web.Request) -> web.Response:
-        body = await request.json()
-        # The most any byte-level tokenizer counts: billed whether answered or cut off.
-        used = sum(len(m["content"].encode()) + 8 for m in body["messages"]) + 8
-        billed[0] += used + 10
+        reply = billed_reply(await request.json(), billed, "hi")  # billed if cut off too
         if hang[0]:
             await release.wait()  # worked on, not answered before the run stops
-        reply = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
-                 "usage": {"prompt_tokens": used, "completion_tokens": 10}}  # fmt: skip
         return web.json_response(reply)
 
     runner, port = await chat_server(chat)
@@ -632,12 +637,7 @@ async def test_answers_of_a_row_whose_re_ask_was_stopped_are_kept_in_the_spend(
     billed = [0]  # dollars by the server's count, $1 a token
 
     async def chat(request: web.Request) -> web.Response:
-        body = await request.json()
-        used = sum(len(m["content"].encode()) + 8 for m in body["messages"]) + 8
-        billed[0] += used + 10
-        reply = {"choices": [{"message": {"content": "not json"}, "finish_reason": "stop"}],
-                 "usage": {"prompt_tokens": used, "completion_tokens": 10}}  # fmt: skip
-        return web.json_response(reply)
+        return web.json_response(billed_reply(await request.json(), billed, "not json"))
 
     runner, port = await chat_server(chat)
     source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(5)])
