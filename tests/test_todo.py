@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 from conftest import read_jsonl, write_jsonl
 
@@ -114,29 +115,49 @@ def test_a_rerun_plans_over_the_rows_left_not_over_every_row(
 
 
 def test_a_kill_after_answers_were_committed_but_before_their_slots_left_the_set(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inp, ck = prompts(tmp_path / "in.jsonl", 30), tmp_path / "out.jsonl.checkpoint"
+    monkeypatch.setattr(Checkpoint, "FLUSH_SLOTS", 8)
     # A first run's start, by hand: scan, plan (which writes the set), then answers committed in
-    # two groups: the first group's slots leave with the second commit, the second's would
-    # leave with the next one, which the kill prevents.
+    # three groups. Answered slots leave the set with a later commit once 8 wait: the first
+    # group's 10 with the second commit, the second's with the third; the third's 5 would leave
+    # with a later one, which the kill prevents.
     store = scanned(inp, ck)
     store.use_identity(PIZZAGPT)
     assert store.plan() == Plan(new=30)
     assert kept(ck) == list(range(30))
     store.begin_run({})
-    store.write([answer(i) for i in range(10)])
-    for i in range(10):
-        store.answered(i, "stop")
-    store.write([answer(i) for i in range(10, 20)])
-    for i in range(10, 20):
-        store.answered(i, "stop")
+    for group in (range(0, 10), range(10, 20), range(20, 25)):
+        store.write([answer(i) for i in group])
+        for i in group:
+            store.answered(i, "stop")
+    assert kept(ck) == list(range(20, 30))
     store._conn.close()  # kill -9: no close, nothing more flushed
 
-    assert kept(ck) == list(range(10, 30))  # more than the rows left: never fewer
+    assert kept(ck) == list(range(20, 30))  # more than the rows left: never fewer
     plan, _ = plan_steps(ck)
-    assert plan == Plan(new=10)
-    assert kept(ck) == list(range(20, 30))  # the plan dropped the slots answered meanwhile
+    assert plan == Plan(new=5)
+    assert kept(ck) == list(range(25, 30))  # the plan dropped the slots answered meanwhile
+
+
+def test_answered_slots_leave_the_set_in_runs_and_all_at_the_close(tmp_path: Path) -> None:
+    inp, ck = prompts(tmp_path / "in.jsonl", 2000), tmp_path / "out.jsonl.checkpoint"
+    store = scanned(inp, ck)
+    store.use_identity(PIZZAGPT)
+    assert store.plan() == Plan(new=2000)
+    store.begin_run({})
+    for start in range(0, 1500, 30):  # group commits of 30 answers, as a run makes them
+        group = range(start, start + 30)
+        store.write([answer(i) for i in group])
+        for i in group:
+            store.answered(i, "stop")
+    # Deleted once, by the first commit to find FLUSH_SLOTS waiting (not a few with every
+    # commit); the rest wait in memory.
+    flushed = -(-Checkpoint.FLUSH_SLOTS // 30) * 30
+    assert kept(ck) == list(range(flushed, 2000))
+    store.close()
+    assert kept(ck) == list(range(1500, 2000))
 
 
 def test_restart_and_changed_input_plan_every_row_again(

@@ -105,6 +105,7 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
             "staged" if path is not None and not readonly else "results"
         )
         self._staged = 0  # results staged since the last fold
+        self._updated = 0.0  # when a commit last wrote meta.updated
         self._answered_slots: list[int] = []  # see todo.py
         self.ident = b""  # no identity given: results written and read under the empty one
         self.identity: dict[str, Any] | None = None
@@ -258,11 +259,13 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
                     binding.full_attempt,
                 )
                 self._insert_many(binding.ATTEMPT_SQL, other, self._insert_attempt)
-            self._flush_answered()  # answers committed before this group: out of the to-do set
+            self._flush_answered()  # answers committed before: out of the to-do set
             spend_row = self._spend_rows.get(batch)
             if spend_row is not None:
                 spend.add(conn, spend_row, results)  # as durable as the answers
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (now,))
+            if now - self._updated >= 1.0:  # status's "updated": a page of every commit else
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (now,))
+                self._updated = now
         self._staged += len(results)
 
     def _insert_many(
