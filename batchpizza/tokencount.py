@@ -92,9 +92,11 @@ def messages_bound(messages: Iterable[Any]) -> int:
 def max_output(params: Mapping[str, Any], prompt: Prompt | None = None) -> int | None:
     """The request's output cap, `max_completion_tokens` or `max_tokens`, from --param over a
     batch line's body, times its choices (`n`: each may use the cap, and all are billed); None
-    when it sets none."""
+    when it sets none. A cap --param names under either name replaces the line's (the request
+    carries only --param's: see OpenAIAPI.body), even a null one."""
     sources = (params, (prompt.body or {}) if prompt is not None else {})
-    cap = _first_count(sources, ("max_completion_tokens", "max_tokens"))
+    caps = ("max_completion_tokens", "max_tokens")
+    cap = _first_count(sources[:1] if any(k in params for k in caps) else sources, caps)
     if cap is None:
         return None
     return cap * (_first_count(sources, ("n",)) or 1)

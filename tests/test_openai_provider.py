@@ -199,6 +199,19 @@ async def test_message_rows_are_sent_as_they_are(session: aiohttp.ClientSession)
     assert fake.json()["messages"] == messages
 
 
+def test_a_token_cap_given_as_a_param_replaces_a_lines_cap_under_either_name() -> None:
+    # OpenAI refuses a request that sets both max_tokens and max_completion_tokens: a line's
+    # max_completion_tokens under --param max_tokens must not reach the request beside it.
+    line = chat([{"role": "user", "content": "q"}], {"max_completion_tokens": 500, "seed": 1})
+    body = api("http://127.0.0.1:9", params={"max_tokens": 7}).body(line)
+    assert (body["max_tokens"], "max_completion_tokens" in body, body["seed"]) == (7, False, 1)
+    line = chat([{"role": "user", "content": "q"}], {"max_tokens": 500})
+    body = api("http://127.0.0.1:9", params={"max_completion_tokens": 7}).body(line)
+    assert (body["max_completion_tokens"], "max_tokens" in body) == (7, False)
+    # Without a cap in --param, the line's own stands.
+    assert api("http://127.0.0.1:9").body(line)["max_tokens"] == 500
+
+
 async def test_params_reach_the_body_exactly(session: aiohttp.ClientSession) -> None:
     params = {
         "temperature": 0.2,

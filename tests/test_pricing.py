@@ -77,6 +77,14 @@ def test_max_output_reads_the_params_over_the_line() -> None:
     assert max_output({"max_tokens": True}, None) is None  # a bool is no count
 
 
+def test_a_cap_the_params_name_replaces_the_lines_under_either_name() -> None:
+    # The request carries --param's cap only (OpenAIAPI.body), so the worst case is its cap:
+    # a null one sends no cap at all, and the line's is not what the server will hold to.
+    line = Prompt("r", "q", (), {"max_completion_tokens": 500})
+    assert max_output({"max_tokens": 20}, line) == 20
+    assert max_output({"max_tokens": None}, line) is None
+
+
 def test_max_output_counts_every_choice_a_request_asks_for() -> None:
     # --param n=3: three answers, each up to the cap, all billed: the worst case is three caps.
     assert max_output({"max_tokens": 20, "n": 3}) == 60

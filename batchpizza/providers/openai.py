@@ -58,6 +58,8 @@ _UNKNOWN_MODEL = re.compile(
 )
 # Streaming is a different wire format (server-sent events); a batch reads whole replies.
 _STREAMING = ("stream", "stream_options")
+# Two names of the answer's token cap: OpenAI refuses a request that sets both.
+_OUTPUT_CAPS = ("max_tokens", "max_completion_tokens")
 
 
 def _error_detail(body: bytes) -> tuple[Mapping[str, Any], str]:
@@ -162,6 +164,11 @@ class OpenAIAPI:
         self.url = base.with_path(path).with_query(base.query)
         self.model = model or None
         self.params = dict(params or {})
+        # A line's own fields that never reach its request: the messages (sent from the row),
+        # streaming, and, when --param sets the answer's token cap under either name, the line's
+        # cap under both (the one cap asked for; a line setting the other would get both sent).
+        caps = _OUTPUT_CAPS if any(k in self.params for k in _OUTPUT_CAPS) else ()
+        self._not_from_line = frozenset(("messages", *_STREAMING, *caps))
         for key, why in (
             ("model", "give the model with --model"),
             ("messages", "the messages come from each row"),
@@ -211,7 +218,7 @@ class OpenAIAPI:
     def body(self, prompt: Prompt) -> dict[str, Any]:
         """The JSON body `ask` sends for `prompt`."""
         messages = [dict(m) for m in prompt.messages] or [{"role": "user", "content": prompt.text}]
-        line = {k: v for k, v in (prompt.body or {}).items() if k not in ("messages", *_STREAMING)}
+        line = {k: v for k, v in (prompt.body or {}).items() if k not in self._not_from_line}
         line_model = line.pop("model", None)
         model = self.model or line_model  # the user's --model wins over the line's
         body: dict[str, Any] = {} if model is None else {"model": model}
