@@ -45,6 +45,12 @@ class Prompt:
     body: Mapping[str, Any] | None = None  # an OpenAI Batch line's body, less its messages
     sample: int = 0  # which of the request's samples (--repeat); part of its key
 
+    @property
+    def attempt_id(self) -> str:
+        """What its attempts are recorded under: a sample after the first is a row of its own to
+        the report, which counts attempts beyond a row's first in a run as retries."""
+        return f"{self.id}\x1f{self.sample}" if self.sample else self.id
+
 
 @dataclass(frozen=True, slots=True)
 class RateInfo:

@@ -71,3 +71,20 @@ def test_report_without_a_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["report", str(tmp_path / "none.parquet")])
     assert result.exit_code == 2
     assert "no checkpoint" in result.stderr
+
+
+def test_the_samples_of_a_repeat_run_are_requests_not_retries(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # --repeat 3: each of the 10 rows asked 3 times on purpose, none of them retried.
+    inp = write_jsonl(
+        tmp_path / "in.jsonl", [{"id": f"r{i}", "prompt": f"q {i}"} for i in range(10)]
+    )
+    out = tmp_path / "out.jsonl"
+    summary = batchpizza.run(inp, out, **{**FAST, "base_url": mock_api.base_url, "samples": 3})
+    assert (summary["exit_code"], summary["retries"]) == (0, 0)
+
+    result = CliRunner().invoke(cli, ["report", str(out), "--json"])
+
+    requests = json.loads(result.stdout)["requests"]
+    assert (requests["total"], requests["rows_attempted"], requests["retries"]) == (30, 30, 0)

@@ -300,7 +300,7 @@ class Runner:
             if cancelled:
                 # Cut off at the end of the grace period: recorded, but neither the learned rate
                 # nor the breaker hears of it, since it said nothing about the service.
-                attempts.append(Attempt(prompt.id, wall, latency, STOPPED))
+                attempts.append(Attempt(prompt.attempt_id, wall, latency, STOPPED))
                 gate.cut_off(token)  # but --max-cost counts it: it may be billed
             elif error is None and answered:
                 usage = (answer.prompt_tokens, answer.completion_tokens)
@@ -309,7 +309,7 @@ class Runner:
                 if answer.tokens_estimated:
                     counters.tokens_estimated = True
                 gate.finished(token, started, ANSWERED, None, rate, usage=usage)
-                attempts.append(Attempt(prompt.id, wall, latency, ANSWERED))
+                attempts.append(Attempt(prompt.attempt_id, wall, latency, ANSWERED))
             elif error is not None:  # else a bug's exception: it goes up as it is
                 kind = outcome_of(error)
                 # A misuse re-ask: the service refused this row before; refused again, it
@@ -317,7 +317,7 @@ class Runner:
                 again = kind == REFUSAL and any(a.outcome == REFUSAL for a in attempts)
                 gate.finished(token, started, kind, error, rate, again=again)
                 attempts.append(
-                    Attempt(prompt.id, wall, latency, kind, error.status, describe(error))
+                    Attempt(prompt.attempt_id, wall, latency, kind, error.status, describe(error))
                 )
 
     def _on_retry(

@@ -7,7 +7,8 @@ and the page always show the same numbers.
 Definitions (also written into the dict, under "definitions"):
 - requests: every attempt recorded, whatever its outcome ("stopped" ones included: they were sent).
 - retries: requests minus the rows attempted, where the rows attempted are the sum over runs of
-  `RunRecord.rows_sent` (the distinct rows that got at least one attempt in that run). So a retry is
+  `RunRecord.rows_sent` (the distinct rows that got at least one attempt in that run; each sample
+  of `--repeat` a row of its own, as its attempts are recorded apart). So a retry is
   an attempt beyond a row's first in its run, as in each run's `--summary-json`; a row sent again by
   a later run starts afresh there. Taking the count from the runs keeps the pass over the attempts
   in bounded memory: counting distinct rows ourselves would need a set as large as the input.

@@ -251,7 +251,7 @@ def summarize(data: ReportData) -> dict[str, Any]:
         "runs": [_run(r, per_run.get(r.id)) for r in runs],
         "definitions": {
             "retries": "requests - rows attempted (each run's rows sent, summed): attempts "
-            "beyond a row's first in its run",
+            "beyond a row's first in its run (each sample of --repeat a row of its own)",
             "throughput": "per second of sending: each run's first attempt start to last end",
             "latency": "answered attempts; nearest-rank percentiles (an observed value)",
             "times": "unix seconds and ISO 8601 UTC; series buckets by attempt start",
