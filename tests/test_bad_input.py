@@ -94,6 +94,14 @@ BAD_ROWS: list[tuple[str, bytes, str | None, str]] = [
     ("invalid_json_trailing_comma", b'{"prompt": "x",}', None, "invalid JSON"),
     ("invalid_json_unclosed", b'{"prompt": "x"', None, "invalid JSON"),
     ("invalid_json_bare_word", b"prompt", None, "invalid JSON"),
+    # The line's own end is no part of the string it cuts short, and json's "... at" says "at"
+    # once.
+    (
+        "invalid_json_unterminated_string",
+        b'{"prompt": "tw',
+        None,
+        "invalid JSON: Unterminated string starting at column 12\n",
+    ),
     ("not_object_list", b'["a", "b"]', None, "not a JSON object but a list"),
     ("not_object_number", b"42", None, "not a JSON object but a number"),
     ("not_object_string", b'"just text"', None, "not a JSON object but a string"),

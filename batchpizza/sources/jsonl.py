@@ -363,7 +363,9 @@ def _lone_surrogate(obj: object) -> bool:
 
 def _why_not_json(line: bytes, error: ValueError) -> str:
     try:
-        text = line.decode("utf-8")
+        # The line's end is no part of its JSON: a string cut short there is unterminated, not a
+        # string holding a control character.
+        text = line.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as exc:
         return f"invalid UTF-8 at byte {exc.start + 1}"
     if "out of range" in str(error) or "is not JSON" in str(error) or "nested" in str(error):
@@ -371,7 +373,9 @@ def _why_not_json(line: bytes, error: ValueError) -> str:
     try:
         json.loads(text)
     except json.JSONDecodeError as exc:
-        return f"invalid JSON: {exc.msg} at column {exc.colno}"
+        # Some of json's messages end in "at" ("Unterminated string starting at").
+        at = "" if exc.msg.endswith(" at") else " at"
+        return f"invalid JSON: {exc.msg}{at} column {exc.colno}"
     except (ValueError, RecursionError) as exc:
         return f"invalid JSON: {exc}"
     return f"invalid JSON: {error}"
