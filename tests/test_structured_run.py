@@ -441,3 +441,16 @@ def test_places_without_a_column_type_are_warned_of_before_sending(
     assert said.count(warning) == 1
     assert said.index(warning) < said.index("start:")  # before anything is sent
     assert pq.read_table(out).schema.field("parsed").type.field("any").type == pa.string()
+
+
+async def test_a_parquet_output_where_no_answer_fits_is_written(tmp_path: Path) -> None:
+    # Every row invalid_output: the parsed column all null, an enum's dictionary included.
+    async with chat_server(lambda body: "nope") as (url, _bodies):
+        out = tmp_path / "out.parquet"
+        summary = await batchpizza.arun(
+            prompts(tmp_path, 3), out, provider="openai", base_url=url, schema=SCHEMA,
+            schema_retries=0, **FAST,
+        )  # fmt: skip
+    assert summary["exit_code"] == 3
+    rows = pq.read_table(out).to_pylist()
+    assert [(r["finish_reason"], r["parsed"]) for r in rows] == [("invalid_output", None)] * 3

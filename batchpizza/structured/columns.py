@@ -115,7 +115,14 @@ class ParsedColumns:
 
         convert = self.typed.convert
         found = [self.values(row) for row in rows]
-        column = pa.array([None if v is None else convert(v) for v in found], self.typed.type)
+        kind = self.typed.type
+        # Built with plain strings for the enums, then encoded: pyarrow builds an enum under a
+        # null struct as index 0 of the dictionary, which is out of bounds while the dictionary
+        # is empty (no row's answer fitted), and the Parquet writer then fails on it.
+        plain = _undictionaried(kind)
+        column = pa.array([None if v is None else convert(v) for v in found], plain)
+        if plain != kind:
+            column = column.cast(kind)
         if not self.flatten:
             return [column]
         return list(column.flatten())  # each child with the struct's nulls
@@ -154,3 +161,16 @@ def _nested_dictionaries(path: str, kind: pa.DataType, depth: int = 0) -> list[s
     if pa.types.is_list(kind):
         return _nested_dictionaries(f"{path}.list.element", kind.value_type, depth + 1)
     return []
+
+
+def _undictionaried(kind: pa.DataType) -> pa.DataType:
+    """`kind` with each dictionary (an enum) replaced by its values' type."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        return kind.value_type
+    if pa.types.is_struct(kind):
+        return pa.struct([f.with_type(_undictionaried(f.type)) for f in kind])
+    if pa.types.is_list(kind):
+        return pa.list_(kind.value_field.with_type(_undictionaried(kind.value_type)))
+    return kind
