@@ -105,6 +105,36 @@ def test_skip_bad_rows_keeps_a_ragged_row_in_its_place_as_invalid(
     assert "expected 3 fields" in rows[1]["error"]
 
 
+def test_a_quote_never_closed_is_a_bad_row_not_the_rest_of_the_file_as_one_prompt(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text('id,prompt\nr0,zero\nr1,"one\nr2,two\nr3,three\n', encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+
+    refused = invoke(mock_api, source, out)
+
+    assert refused.exit_code == 2, refused.output
+    assert mock_api.stats.requests == 0 and not out.exists()
+    assert f"{source}:3: a quoted value opened on this line is never closed" in refused.stderr
+    skipped = invoke(mock_api, source, out, "--skip-bad-rows")
+    assert skipped.exit_code == 3, skipped.output
+    assert [r["finish_reason"] for r in read_jsonl(out)] == ["stop", "invalid"]
+
+
+def test_a_quoted_value_over_lines_at_the_end_of_the_file_is_a_good_row(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text('id,prompt\nr0,zero\nr1,"one\nand two"\n', encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+
+    result = invoke(mock_api, source, out)
+
+    assert result.exit_code == 0, result.output
+    assert [r["prompt"] for r in read_jsonl(out)] == ["zero", "one\nand two"]
+
+
 @pytest.mark.parametrize("name", ["in.tsv", "in.csv.gz", "IN.TSV.GZ"])
 def test_tsv_and_gzipped_inputs_are_read_by_their_extension(
     mock_api: ThreadedMockServer, tmp_path: Path, name: str

@@ -181,6 +181,9 @@ class DelimitedSource:
                 reader = csv.reader(handle, delimiter=self.delimiter)
                 header_seen = False
                 ended = 0  # the line the last record ended on
+                # Each row's line is handed on once the next is read, so that the last one is
+                # known as the last.
+                rows, last, last_start = 0, None, 0
                 # A record that csv cannot read ends the count: the rows after it say line 0
                 # (pyarrow, which reads the rows, has read it).
                 with contextlib.suppress(csv.Error):
@@ -191,9 +194,33 @@ class DelimitedSource:
                         if not header_seen:
                             header_seen = True
                             continue
-                        yield start
+                        if last is not None:
+                            yield last_start
+                        rows, last, last_start = rows + 1, record, start
+                if last is not None:
+                    if self._never_closed(last):
+                        self.ragged[rows - 1] = (
+                            "a quoted value opened on this line is never closed: it runs to the "
+                            "end of the file"
+                        )
+                    yield last_start
         finally:
             csv.field_size_limit(limit)
+
+    def _never_closed(self, last: list[str]) -> bool:
+        """Did the file end inside a quoted value? Both readers then take the rest of the file
+        as that value. Only a last value over several lines can be one, so the file is read
+        again, strictly, only for such a value."""
+        if not last or not ("\n" in last[-1] or "\r" in last[-1]):
+            return False
+        with read_errors(self.names[0]), self._text() as handle:
+            try:
+                for _record in csv.reader(handle, delimiter=self.delimiter, strict=True):
+                    pass
+            except csv.Error as exc:
+                # Another strictness (a quote inside a value) says nothing of the end.
+                return "unexpected end of data" in str(exc)
+        return False
 
     def _text(self) -> TextIO:
         # Only line numbers are read here: undecodable bytes must not stop the count.
