@@ -4,6 +4,7 @@ written as a row of its own (with its `sample`), on the command line and from Py
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Generator, Iterable
 from pathlib import Path
@@ -56,6 +57,20 @@ def test_repeat_3_on_100_rows_sends_300_writes_300_rows_and_a_rerun_sends_none(
     assert mock_api.stats.requests == 300
     assert read_jsonl(out) == rows
     assert "300 rows: 0 to send" in rerun.stderr
+
+
+def test_status_says_the_input_rows_and_their_samples_apart(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp, out = prompts(tmp_path / "in.jsonl", 40), tmp_path / "out.jsonl"
+    assert cli_run(mock_api, inp, out, "--repeat", "3").exit_code == 0
+
+    said = CliRunner().invoke(cli, ["status", str(out)])
+    as_json = CliRunner().invoke(cli, ["status", str(out), "--json"])
+
+    assert "(40 rows, 3 samples each: 120 output rows)" in said.output, said.output
+    info = json.loads(as_json.output)
+    assert (info["rows"], info["samples"], info["answered"]) == (120, 3, 120)
 
 
 def test_without_repeat_the_output_has_no_sample_column_and_its_answers_are_sample_0(

@@ -34,6 +34,8 @@ class StatusQueries(PlanQueries):
             has_scan = self._conn.execute("SELECT count(*) FROM scan").fetchone()[0] > 0
         if has_scan:
             tally = self.tally()
+            if self.samples > 1:  # --repeat: `rows` are output rows, `samples` to an input row
+                info["samples"] = self.samples
             info.update(
                 rows=tally.rows,
                 answered=tally.answered,

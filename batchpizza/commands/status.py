@@ -67,7 +67,13 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
         else "never"
     )
     click.echo(f"checkpoint {path}")
-    click.echo(f"  input      {info.get('input') or 'unknown'} ({info.get('rows', '?')} rows)")
+    rows = info.get("rows", "?")
+    samples = info.get("samples")
+    if isinstance(rows, int) and isinstance(samples, int):  # --repeat N: N output rows a row
+        rows = f"{rows // samples} rows, {samples} samples each: {rows} output rows"
+    else:
+        rows = f"{rows} rows"
+    click.echo(f"  input      {info.get('input') or 'unknown'} ({rows})")
     for key in ("answered", "failed", "misuse", "invalid", "pending"):
         click.echo(f"  {key:<10} {info.get(key, '?')}")
     counts = info.get("structured")
