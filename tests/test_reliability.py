@@ -32,6 +32,7 @@ from click.testing import CliRunner, Result
 from conftest import FAST, read_jsonl, write_jsonl
 
 import batchpizza
+import batchpizza.checkpoint.store as checkpoint_store
 from batchpizza.checkpoint.schema import read_only
 from batchpizza.checkpoint.store import Checkpoint
 from batchpizza.cli import cli
@@ -481,6 +482,35 @@ def test_a_failing_sync_exits_1_with_a_clear_message(
     assert result.exit_code == 1, result.output
     no_traceback(result)
     assert "disk is full" in result.stderr
+
+
+def test_a_disk_full_at_the_fold_still_says_what_the_run_answered(
+    monkeypatch: pytest.MonkeyPatch, mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # The answers are committed (staged); folding them before the output finds the disk full.
+    # The summary must count them where they are, not say 0 answered.
+    real_fold = checkpoint_store.fold
+
+    def fold(conn: sqlite3.Connection) -> None:
+        if conn.execute("SELECT 1 FROM staged LIMIT 1").fetchone() is not None:
+            raise sqlite3.OperationalError("database or disk is full")
+        real_fold(conn)
+
+    monkeypatch.setattr(checkpoint_store, "fold", fold)
+    source, out = write_jsonl(tmp_path / "in.jsonl", rows(30)), tmp_path / "out.jsonl"
+
+    result = run_cli(mock_api.base_url, source, out, "--summary-json", str(tmp_path / "s.json"))
+
+    assert result.exit_code == 1, result.output
+    no_traceback(result)
+    assert "disk is full" in result.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert (summary["rows"], summary["answered"], summary["pending"]) == (30, 30, 0)
+    monkeypatch.undo()  # the disk has room again: the rerun writes the output, sending nothing
+    rerun = run_cli(mock_api.base_url, source, out)
+    assert rerun.exit_code == 0, rerun.output
+    assert mock_api.stats.requests == 30
+    assert [r["answer"] for r in read_jsonl(out)] == [mock_answer(r["prompt"]) for r in rows(30)]
 
 
 # -- 7. a reply that inflates beyond the cap ---------------------------------------------------

@@ -4,9 +4,33 @@ the plan's (a mixin of Checkpoint, as PlanQueries is)."""
 from __future__ import annotations
 
 from batchpizza.checkpoint.plan import UNANSWERED, PlanQueries
+from batchpizza.errors import OutputError
+from batchpizza.records import Tally
 
 
 class StatusQueries(PlanQueries):
+    _staged: int  # (the Checkpoint's) results staged since the last fold
+    _readonly: bool
+
+    def tally(self, limit: int | None = None) -> Tally:
+        """PlanQueries.tally; when the staged answers cannot be folded first (a full disk), they
+        are counted where they are, through a read-only view of the file (as `status` reads a
+        live run's), so that the summary of the run that failed still says what it answered."""
+        try:
+            return super().tally(limit)
+        except OutputError:
+            if self.path is None or self._readonly or not self._staged:
+                raise
+            from batchpizza.checkpoint.store import Checkpoint  # (the class this is a mixin of)
+
+            view = Checkpoint.open(self.path, create=False, readonly=True)
+            try:
+                view.ident = self.ident
+                view.use_samples(self.samples)
+                return view.tally(limit)
+            finally:
+                view.close()
+
     def failure_statuses(self) -> dict[str, int]:
         """Row id -> the HTTP status of the last attempt of each row that failed or was refused,
         when that attempt got a non-2xx reply (a timeout has none; a 2xx without an answer is no
