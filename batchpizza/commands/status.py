@@ -83,7 +83,13 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
             f"  schema     {valid} valid ({reasked} after a re-ask), {invalid} invalid output"
         )
     if info.get("to_send"):
-        click.echo(f"  rerun      {info['to_send']} (with the last run's provider, model, params)")
+        out = sum(f.lines for f in files if not f.done)
+        held = (  # a rerun with --via batch collects these instead of sending them
+            f"; {out} requests are in batches still out, which --via batch collects" if out else ""
+        )
+        click.echo(
+            f"  rerun      {info['to_send']} (with the last run's provider, model, params){held}"
+        )
     click.echo(f"  kept       {info.get('answers_kept', '?')} answers in all")
     if spent.prompt_tokens or spent.completion_tokens:
         estimated = " (estimated)" if spent.estimated else ""
