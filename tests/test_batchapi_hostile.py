@@ -1,0 +1,335 @@
+"""--via batch against Batch APIs that misbehave the ways real ones do (tests/batchapi_raw.py, not
+the bundled mock): whatever the server does, no answered line is lost, none is answered twice or
+given to the wrong row, the error names what the server did, and a rerun picks up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.batchapi_raw import KEY, RawServer, answer_of, batch_run
+from tests.batchapi_shared import LIMITS, rows
+from tests.conftest import read_jsonl, write_jsonl
+
+N = 6
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", LIMITS)
+
+
+def answered_right(out: Path, n: int = N) -> None:
+    """Every row answered, each with its own prompt's answer."""
+    found = {r["id"]: r for r in read_jsonl(out)}
+    assert {k: (r["finish_reason"], r["answer"]) for k, r in found.items()} == {
+        f"q{i}": ("stop", answer_of(f"question {i}")) for i in range(n)
+    }
+
+
+def go(tmp_path: Path, raw: RawServer, *extra: str, n: int = N) -> tuple[Any, Path]:
+    inp = tmp_path / "in.jsonl"
+    if not inp.exists():
+        write_jsonl(inp, rows(n))
+    out = tmp_path / "out.jsonl"
+    return batch_run(inp, out, raw.base_url, *extra), out
+
+
+# -- the output file ------------------------------------------------------------------------
+
+
+def _dup(lines: list[bytes]) -> bytes:
+    return b"".join(lines + lines[:2])
+
+
+def _foreign(lines: list[bytes]) -> bytes:
+    # A line of another batch (a custom_id of ours, another request key), and one not ours.
+    first = json.loads(lines[0])
+    pos = first["custom_id"].split("-")[0]
+    other = {**first, "custom_id": f"{pos}-{'0' * 32}"}
+    other["response"]["body"]["choices"][0]["message"]["content"] = "not this row's"
+    stranger = {**first, "custom_id": "someone-else"}
+    extra = [json.dumps(other).encode() + b"\n", json.dumps(stranger).encode() + b"\n"]
+    return b"".join(extra + lines)
+
+
+BENDS: dict[str, Callable[[list[bytes]], bytes]] = {
+    "reversed": lambda lines: b"".join(lines[::-1]),
+    "duplicated": _dup,
+    "foreign": _foreign,
+    "crlf": lambda lines: b"".join(line.rstrip(b"\n") + b"\r\n" for line in lines),
+    "no final newline": lambda lines: b"".join(lines).rstrip(b"\n"),
+    "blank lines": lambda lines: b"\n\n".join(lines),
+}
+
+
+@pytest.mark.parametrize("bend", list(BENDS))
+def test_an_odd_output_file_answers_every_row_once_and_right(tmp_path: Path, bend: str) -> None:
+    with RawServer() as raw:
+        raw.output = BENDS[bend]
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N  # nothing submitted twice
+
+
+def test_a_truncated_last_line_has_only_its_row_submitted_again(tmp_path: Path) -> None:
+    with RawServer() as raw:
+        cut: list[str] = []
+
+        def truncated(lines: list[bytes]) -> bytes:
+            if cut:
+                return b"".join(lines)
+            cut.append(json.loads(lines[-1])["custom_id"])
+            return b"".join(lines)[:-40]
+
+        raw.output = truncated
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert {c: n for c, n in raw.submitted.items() if n != 1} == {cut[0]: 2}
+
+
+def test_a_completed_batch_missing_lines_without_error_lines_resubmits_just_those(
+    tmp_path: Path,
+) -> None:
+    with RawServer() as raw:
+        raw.output = lambda lines: b"" if len(raw.batches) == 1 else b"".join(lines)
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [2] * N and len(raw.batches) == 2
+
+
+@pytest.mark.parametrize(
+    ("response", "said"),
+    [
+        ({"status_code": 200, "body": None}, "reply"),
+        ({"status_code": 200, "body": "upstream timed out"}, "upstream timed out"),
+        ({"status_code": 200, "body": {"error": {"message": "backend overloaded"}}},
+         "backend overloaded"),
+        ({"status_code": 503, "body": {"error": {"message": "no capacity"}}}, "no capacity"),
+    ],
+)  # fmt: skip
+def test_a_line_without_an_answer_is_resubmitted_then_a_failed_row_naming_it(
+    tmp_path: Path, response: dict[str, Any], said: str
+) -> None:
+    with RawServer(lambda cid, body: {"response": response}) as raw:
+        done, out = go(tmp_path, raw, "--max-retries", "1")
+
+    assert done.returncode == 3, done.stderr
+    found = read_jsonl(out)
+    assert {r["finish_reason"] for r in found} == {"error"}
+    assert all(said in r["error"] and r["attempts"] == 2 for r in found), found[0]["error"]
+    assert sorted(raw.submitted.values()) == [2] * N
+
+
+# -- the download ---------------------------------------------------------------------------
+
+
+async def _once_500(request: web.Request, n: int) -> web.StreamResponse | None:
+    return web.json_response({"error": {"message": "oops"}}, status=500) if n == 0 else None
+
+
+async def _once_cut(request: web.Request, n: int) -> web.StreamResponse | None:
+    if n:
+        return None
+    # A body announced longer than what is sent, then the connection closed.
+    resp = web.StreamResponse(headers={"Content-Length": "100000"})
+    await resp.prepare(request)
+    await resp.write(b'{"id": "resp-0", "custom_id": "0-')
+    assert request.transport is not None
+    request.transport.close()
+    return resp
+
+
+@pytest.mark.parametrize("hook", [_once_500, _once_cut], ids=["500", "cut"])
+def test_a_download_failing_once_is_tried_again_and_nothing_resubmitted(
+    tmp_path: Path, hook: Any
+) -> None:
+    with RawServer() as raw:
+        raw.hooks["content"] = hook
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N and raw.calls["content"] == 2
+
+
+def test_a_download_shorter_than_its_content_length_is_tried_again(tmp_path: Path) -> None:
+    async def short(request: web.Request, n: int) -> web.StreamResponse | None:
+        if n:
+            return None
+        body = raw.contents[request.match_info["id"]]
+        resp = web.StreamResponse(headers={"Content-Length": str(len(body) + 50)})
+        await resp.prepare(request)
+        await resp.write(body)
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    with RawServer() as raw:
+        raw.hooks["content"] = short
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N
+
+
+# -- the batch object -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "statuses",
+    [
+        ["in_progress", "finalizing", "finalizing"],
+        ["cancelling", "cancelling"],
+        ["queued", "weird"],
+    ],
+)
+def test_statuses_on_the_way_to_completed_are_waited_through(
+    tmp_path: Path, statuses: list[str]
+) -> None:
+    with RawServer() as raw:
+        raw.statuses = statuses
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N
+
+
+VIEWS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "no request_counts": lambda b: {k: v for k, v in b.items() if k != "request_counts"},
+    "odd request_counts": lambda b: {**b, "request_counts": {"total": "6", "completed": None}},
+    "request_counts a list": lambda b: {**b, "request_counts": [1, 2]},
+    "errors a list": lambda b: {**b, "errors": [{"code": "x", "message": "y"}]},
+    "errors a string": lambda b: {**b, "errors": "something"},
+    "created_at text": lambda b: {**b, "created_at": "yesterday"},
+}
+
+
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_odd_batch_objects_still_complete_and_status_reads_them(tmp_path: Path, view: str) -> None:
+    with RawServer() as raw:
+        raw.view = VIEWS[view]
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    shown = subprocess.run([sys.executable, "-m", "batchpizza", "status", str(out)],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+
+
+def test_completed_without_an_output_file_resubmits_its_lines(tmp_path: Path) -> None:
+    with RawServer() as raw:
+
+        def view(b: dict[str, Any]) -> dict[str, Any]:
+            if b["id"] == "batch-0" and b["status"] == "completed":
+                return {**b, "output_file_id": None}
+            return b
+
+        raw.view = view
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [2] * N
+
+
+def test_an_expired_batch_with_a_partial_output_resubmits_only_the_rest(tmp_path: Path) -> None:
+    with RawServer() as raw:
+
+        def view(b: dict[str, Any]) -> dict[str, Any]:
+            return {**b, "status": "expired"} if b["id"] == "batch-0" else b
+
+        raw.view = view
+        raw.output = lambda lines: b"".join(lines[:2]) if len(raw.batches) == 1 else b"".join(lines)
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1, 1, 2, 2, 2, 2]
+
+
+# -- the upload -----------------------------------------------------------------------------
+
+
+def test_a_413_for_a_file_within_our_limits_names_the_setting(tmp_path: Path) -> None:
+    async def too_large(request: web.Request, n: int) -> web.StreamResponse | None:
+        return web.json_response({"error": {"message": "File too large"}}, status=413)
+
+    with RawServer() as raw:
+        raw.hooks["upload"] = too_large
+        done, _ = go(tmp_path, raw)
+
+    assert done.returncode == 2, done.stderr
+    assert "BATCHPIZZA_BATCH_LIMITS" in done.stderr and "File too large" in done.stderr
+    assert raw.calls["upload"] == 1 and not raw.batches
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["lost", "stored"])
+def test_an_upload_that_5xxs_is_found_or_made_again_never_twice(
+    tmp_path: Path, stored: bool
+) -> None:
+    async def fails_once(request: web.Request, n: int) -> web.StreamResponse | None:
+        if n:
+            return None
+        if stored:  # the server kept the file all the same
+            raw.store()
+        return web.json_response({"error": {"message": "gateway"}}, status=502)
+
+    with RawServer() as raw:
+        raw.hooks["upload"] = fails_once
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N
+    assert len(raw.files) == 1 and len(raw.batches) == 1
+
+
+def test_an_upload_reply_without_an_id_is_found_by_its_name(tmp_path: Path) -> None:
+    async def no_id(request: web.Request, n: int) -> web.StreamResponse | None:
+        item = raw.store()
+        return web.json_response({k: v for k, v in item.items() if k != "id"} if n == 0 else item)
+
+    with RawServer() as raw:
+        raw.hooks["upload"] = no_id
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert len(raw.files) == 1 and sorted(raw.submitted.values()) == [1] * N
+
+
+def test_a_create_whose_reply_was_lost_is_found_not_made_twice(tmp_path: Path) -> None:
+    async def lost_reply(request: web.Request, n: int) -> web.StreamResponse | None:
+        if n:
+            return None
+        raw.hooks.pop("create")
+        made = await raw._create(request)
+        raw.hooks["create"] = lost_reply
+        del made
+        return web.json_response({"error": {"message": "upstream reset"}}, status=502)
+
+    with RawServer() as raw:
+        raw.hooks["create"] = lost_reply
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
