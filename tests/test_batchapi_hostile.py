@@ -66,6 +66,7 @@ BENDS: dict[str, Callable[[list[bytes]], bytes]] = {
     "duplicated": _dup,
     "foreign": _foreign,
     "crlf": lambda lines: b"".join(line.rstrip(b"\n") + b"\r\n" for line in lines),
+    "bom": lambda lines: b"\xef\xbb\xbf" + b"".join(lines),
     "no final newline": lambda lines: b"".join(lines).rstrip(b"\n"),
     "blank lines": lambda lines: b"\n\n".join(lines),
 }

@@ -5,6 +5,7 @@ result lines read back (`{"id", "custom_id", "response": {"status_code", "reques
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -78,7 +79,9 @@ class ResultLine:
 def read_results(content: bytes) -> Iterator[ResultLine]:
     """The result lines of an output or error file; a line that is not one is skipped (its
     request then counts as unanswered, and is resubmitted)."""
-    for raw in content.splitlines():
+    # A UTF-8 byte order mark, as some servers (and Windows tools) write: not part of the first
+    # line, whose answer would otherwise be unread, and its request submitted again.
+    for raw in content.removeprefix(codecs.BOM_UTF8).splitlines():
         if not raw.strip():
             continue
         try:
