@@ -189,6 +189,44 @@ def test_a_download_shorter_than_its_content_length_is_tried_again(tmp_path: Pat
     assert sorted(raw.submitted.values()) == [1] * N
 
 
+def test_an_announced_output_file_the_server_does_not_have_resubmits_its_lines(
+    tmp_path: Path,
+) -> None:
+    # Was: exit 2 on every run, for good, its rows never answered.
+    async def missing(request: web.Request, n: int) -> web.StreamResponse | None:
+        if request.match_info["id"] != "file-out-batch-0":
+            return None
+        return web.json_response({"error": {"message": "No such File object"}}, status=404)
+
+    with RawServer() as raw:
+        raw.hooks["content"] = missing
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    assert "file-out-batch-0" in done.stderr and "404" in done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [2] * N and len(raw.batches) == 2
+
+
+def test_a_download_failing_past_its_tries_is_collected_later_not_the_run_ended(
+    tmp_path: Path,
+) -> None:
+    # Was: exit 1 at once, the other batches left uncollected.
+    async def down(request: web.Request, n: int) -> web.StreamResponse | None:
+        return (
+            web.json_response({"error": {"message": "storage down"}}, status=503) if n < 3 else None
+        )
+
+    with RawServer() as raw:
+        raw.hooks["content"] = down
+        done, out = go(tmp_path, raw, "--max-retries", "1")
+
+    assert done.returncode == 0, done.stderr
+    assert "storage down" in done.stderr and "collected later" in done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N
+
+
 # -- the batch object -----------------------------------------------------------------------
 
 

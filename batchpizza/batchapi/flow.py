@@ -23,7 +23,8 @@ import aiohttp
 
 from batchpizza.batchapi.budget import BatchBudget
 from batchpizza.batchapi.client import BatchClient, Halted
-from batchpizza.batchapi.files import Line, ResultLine, build_lines, read_results, split
+from batchpizza.batchapi.download import results_of
+from batchpizza.batchapi.files import Line, build_lines, split
 from batchpizza.batchapi.results import Judge
 from batchpizza.batchapi.settings import AUTO_MARGIN, AUTO_MIN, Limits
 from batchpizza.checkpoint import Checkpoint
@@ -254,12 +255,9 @@ class BatchFlow:
         if status == "failed":
             self._failed_whole(f, batch, lines)
             return
-        seen: dict[str, ResultLine] = {}
-        for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
-            if isinstance(file_id, str) and file_id:
-                for got in read_results(await client.content(file_id)):
-                    if got.custom_id in lines:
-                        seen.setdefault(got.custom_id, got)
+        seen = await results_of(client, batch, lines)
+        if seen is None:
+            return
         results: list[tuple[int, Result]] = []
         attempts: list[Attempt] = []
         fatal: ProviderError | None = None

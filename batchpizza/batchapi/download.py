@@ -1,0 +1,49 @@
+"""A finished batch's output and error files, read back for its lines: what a server that lost a
+file, or fails for a while, leaves of them.
+
+A file the batch announced but the server answers 404 for (deleted, or never kept) has nothing
+to give: its lines count as unanswered (resubmitted, as a lost batch's are) rather than stop
+every run for good. A download that keeps failing otherwise (5xx, a dropped connection, past the
+client's own tries) leaves the batch to be collected at the next poll, or by the next run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Container
+from typing import Any
+
+from batchpizza.batchapi.client import BatchClient
+from batchpizza.batchapi.files import ResultLine, read_results
+from batchpizza.errors import BatchAPIError
+
+log = logging.getLogger("batchpizza")
+
+
+async def results_of(
+    client: BatchClient, batch: dict[str, Any], ours: Container[str]
+) -> dict[str, ResultLine] | None:
+    """The result line of each of `ours` (custom_ids) the batch's files hold, the first where a
+    server repeats one; None when they cannot be read now (collected later)."""
+    seen: dict[str, ResultLine] = {}
+    for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
+        if not isinstance(file_id, str) or not file_id:
+            continue
+        try:
+            content = await client.content(file_id)
+        except BatchAPIError as exc:
+            if exc.status == 404:
+                log.warning(
+                    "%s: batch %s announced it, the server does not have it; the requests it "
+                    "held are submitted again",
+                    exc.message,
+                    batch.get("id"),
+                )
+                continue
+            if exc.exit_code == 2:
+                raise
+            log.warning("%s; batch %s is collected later", exc.message, batch.get("id"))
+            return None
+        for got in read_results(content):
+            if got.custom_id in ours:
+                seen.setdefault(got.custom_id, got)
+    return seen
