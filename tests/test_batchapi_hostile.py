@@ -355,6 +355,26 @@ def test_an_upload_reply_without_an_id_is_found_by_its_name(tmp_path: Path) -> N
     assert len(raw.files) == 1 and sorted(raw.submitted.values()) == [1] * N
 
 
+async def _no_listing(request: web.Request, n: int) -> web.StreamResponse | None:
+    return web.json_response({"detail": "Method Not Allowed"}, status=405)
+
+
+def test_a_server_that_cannot_list_files_has_a_failed_upload_made_again(tmp_path: Path) -> None:
+    # Some gateways take uploads at /v1/files but list none: an upload that failed
+    # is uploaded again (an upload bills nothing; only a batch does).
+    async def fails_once(request: web.Request, n: int) -> web.StreamResponse | None:
+        return web.json_response({"error": {"message": "gateway"}}, status=502) if n == 0 else None
+
+    with RawServer() as raw:
+        raw.hooks["upload"] = fails_once
+        raw.hooks["files"] = _no_listing
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+
+
 def test_a_create_whose_reply_was_lost_is_found_not_made_twice(tmp_path: Path) -> None:
     async def lost_reply(request: web.Request, n: int) -> web.StreamResponse | None:
         if n:

@@ -196,8 +196,17 @@ class BatchClient:
             params = {**params, "after": items[-1]["id"]}
 
     async def find_file(self, name: str) -> str | None:
-        """The id of the file uploaded under `name`, if the server has one."""
-        for item in await self.files():
+        """The id of the file uploaded under `name`, if the server has one; None too where the
+        server lists no files (some gateways only take uploads): uploading again bills nothing,
+        only a batch made of it would."""
+        try:
+            listed = await self.files()
+        except BatchAPIError as exc:
+            if exc.status not in (404, 405):
+                raise
+            log.info("%s: uploading %s again", exc.message, name)
+            return None
+        for item in listed:
             if item.get("filename") == name and isinstance(item.get("id"), str):
                 return str(item["id"])
         return None
