@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.batchapi_raw import KEY, RawServer, answer_of, batch_run
+from tests.batchapi_raw import KEY, RawServer, answer_of, answering, batch_run
 from tests.batchapi_shared import LIMITS, rows
 from tests.conftest import read_jsonl, write_jsonl
 
@@ -392,3 +392,41 @@ def test_a_create_whose_reply_was_lost_is_found_not_made_twice(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     answered_right(out)
     assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+
+
+# -- secrets --------------------------------------------------------------------------------
+
+
+def test_the_key_echoed_by_the_server_never_reaches_logs_checkpoint_or_output(
+    tmp_path: Path,
+) -> None:
+    said = f"Bearer {KEY} is not allowed here"
+
+    def echo(cid: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        if cid.startswith("0-"):
+            return {"response": {"status_code": 400, "body": {"error": {"message": said}}}}
+        if cid.startswith("1-"):
+            return {"response": None, "error": {"code": "x", "message": said}}
+        return answering(cid, body)
+
+    def view(b: dict[str, Any]) -> dict[str, Any]:
+        if b["id"] == "batch-1":  # the second batch fails as a whole, naming the key
+            errors = {"object": "list", "data": [{"code": "bad", "message": said, "line": 1}]}
+            return {**b, "status": "failed", "errors": errors}
+        return b
+
+    with RawServer(echo) as raw:
+        raw.view = view
+        done, out = go(tmp_path, raw, "-vv", "--max-retries", "1")
+
+        failed = Path(f"{out}.checkpoint").read_bytes().decode("latin-1")
+        raw.view = lambda b: b
+        again, _ = go(tmp_path, raw, "-vv", "--max-retries", "1")
+
+    assert raw.auth_seen == {f"Bearer {KEY}"}
+    assert done.returncode == 2, done.stderr
+    assert again.returncode == 3, again.stderr
+    assert "is not allowed here" in done.stderr and "is not allowed here" in out.read_text()
+    for text in (done.stderr, again.stderr, done.stdout, out.read_text(), failed,
+                 Path(f"{out}.checkpoint").read_bytes().decode("latin-1")):  # fmt: skip
+        assert KEY not in text

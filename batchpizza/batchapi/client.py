@@ -145,7 +145,8 @@ class BatchClient:
             raise Halted
 
     async def _json(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
-        body = await self._call(method, path, what, **kwargs)
+        # Masked: a batch object is kept in the checkpoint, and a server may echo the key in it.
+        body = self.provider._masked(await self._call(method, path, what, **kwargs))
         try:
             data = reply_json(body)
         except ValueError:
@@ -249,4 +250,5 @@ class BatchClient:
         )
 
     async def content(self, file_id: str) -> bytes:
-        return await self._call("GET", f"/files/{file_id}/content", f"downloading {file_id}")
+        content = await self._call("GET", f"/files/{file_id}/content", f"downloading {file_id}")
+        return self.provider._masked(content)  # a server may echo the key in a reply body
