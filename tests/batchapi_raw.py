@@ -68,6 +68,7 @@ class RawServer:
         self.calls: dict[str, int] = {}
         self.auth_seen: set[str] = set()
         self.uploaded: tuple[str, bytes] = ("", b"")
+        self.creating: dict[str, Any] = {}
         self.base_url = ""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -108,8 +109,14 @@ class RawServer:
 
     async def _create(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        self.creating = body
         if (hooked := await self._hooked("create", request)) is not None:
             return hooked
+        return web.json_response(self.make())
+
+    def make(self) -> dict[str, Any]:
+        """The batch last asked for, made: its batch object."""
+        body = self.creating
         batch_id = f"batch-{len(self.batches)}"
         for raw in self.contents[body["input_file_id"]].splitlines():
             cid = json.loads(raw)["custom_id"]
@@ -120,7 +127,25 @@ class RawServer:
                  "request_counts": {"total": 0, "completed": 0, "failed": 0}}  # fmt: skip
         self.batches[batch_id] = batch
         self.polls[batch_id] = 0
-        return web.json_response(self.view(dict(batch)))
+        return self.view(dict(batch))
+
+    def stall(self, name: str) -> threading.Event:
+        """Call `name` (upload, create, content) does its work on the server (a file kept, a
+        batch made), then never answers, until the server stops; the event is set when one
+        came (the moment to kill the client)."""
+        reached = threading.Event()
+
+        async def hook(request: web.Request, n: int) -> web.StreamResponse | None:
+            if name == "upload":
+                self.store()
+            elif name == "create":
+                self.make()
+            reached.set()
+            await self._released.wait()
+            return web.Response(status=503)
+
+        self.hooks[name] = hook
+        return reached
 
     def _complete(self, batch: dict[str, Any]) -> None:
         lines = []
@@ -170,6 +195,7 @@ class RawServer:
     # -- running ----------------------------------------------------------------------------
 
     async def _start(self) -> web.AppRunner:
+        self._released = asyncio.Event()
         app = web.Application()
         app.router.add_post("/v1/files", self._upload)
         app.router.add_get("/v1/files", self._list_files)
@@ -190,6 +216,7 @@ class RawServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._released.set)
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

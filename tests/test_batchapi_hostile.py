@@ -5,8 +5,10 @@ given to the wrong row, the error names what the server did, and a rerun picks u
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from aiohttp import web
 
 from tests.batchapi_raw import KEY, RawServer, answer_of, answering, batch_run
 from tests.batchapi_shared import LIMITS, rows
-from tests.conftest import read_jsonl, write_jsonl
+from tests.conftest import Spawn, read_jsonl, write_jsonl
 
 N = 6
 
@@ -379,10 +381,7 @@ def test_a_create_whose_reply_was_lost_is_found_not_made_twice(tmp_path: Path) -
     async def lost_reply(request: web.Request, n: int) -> web.StreamResponse | None:
         if n:
             return None
-        raw.hooks.pop("create")
-        made = await raw._create(request)
-        raw.hooks["create"] = lost_reply
-        del made
+        raw.make()
         return web.json_response({"error": {"message": "upstream reset"}}, status=502)
 
     with RawServer() as raw:
@@ -430,3 +429,52 @@ def test_the_key_echoed_by_the_server_never_reaches_logs_checkpoint_or_output(
     for text in (done.stderr, again.stderr, done.stdout, out.read_text(), failed,
                  Path(f"{out}.checkpoint").read_bytes().decode("latin-1")):  # fmt: skip
         assert KEY not in text
+
+
+# -- kills ----------------------------------------------------------------------------------
+
+
+def killed_when(spawn: Spawn, argv: list[str], reached: Callable[[], bool]) -> None:
+    proc = spawn([sys.executable, "-m", "batchpizza", *argv])
+    for _ in range(3000):
+        if reached():
+            break
+        assert proc.popen.poll() is None, f"the run ended first: {proc.stderr}"
+        threading.Event().wait(0.01)
+    else:
+        raise AssertionError("the moment to kill never came")
+    proc.signal(signal.SIGKILL)
+    proc.wait(30)
+
+
+def test_killed_at_each_step_on_a_server_that_lists_no_files_submits_each_line_once(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    n = 50  # two files of the 40 lines a file
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(n))
+    out = tmp_path / "out.jsonl"
+    with RawServer() as raw:
+        raw.hooks["files"] = _no_listing
+        argv = ["run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
+                f"{raw.base_url}/v1", "--no-progress", "--via", "batch", "--wait"]  # fmt: skip
+        # During the upload: the server kept the file, the run never heard its id.
+        killed_when(spawn, argv, raw.stall("upload").is_set)
+        del raw.hooks["upload"]
+        # During the creation of a batch: made on the server, its id never heard.
+        killed_when(spawn, argv, raw.stall("create").is_set)
+        del raw.hooks["create"]
+        # While polling: the batches are out.
+        raw.statuses = ["in_progress"] * 10_000
+        killed_when(spawn, argv, lambda: sum(raw.polls.values()) >= 3)
+        raw.statuses = []
+        # During a download.
+        killed_when(spawn, argv, raw.stall("content").is_set)
+        del raw.hooks["content"]
+        done = batch_run(inp, out, raw.base_url)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out, n)
+    # Never a line in two batches, by the server's count; a file kept by a killed upload was
+    # uploaded again (the server lists none), never made a batch of twice.
+    assert sorted(raw.submitted.values()) == [1] * n
+    assert len(raw.batches) == 2 and len(raw.files) == 3
