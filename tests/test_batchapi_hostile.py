@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.batchapi_raw import KEY, RawServer, answer_of, answering, batch_run
+from tests.batchapi_raw import KEY, RawServer, answer_of, answering, batch_run, completion
 from tests.batchapi_shared import LIMITS, rows
 from tests.conftest import Spawn, read_jsonl, write_jsonl
 
@@ -478,3 +478,41 @@ def test_killed_at_each_step_on_a_server_that_lists_no_files_submits_each_line_o
     # uploaded again (the server lists none), never made a batch of twice.
     assert sorted(raw.submitted.values()) == [1] * n
     assert len(raw.batches) == 2 and len(raw.files) == 3
+
+
+# -- money ----------------------------------------------------------------------------------
+
+
+def test_max_cost_holds_by_the_servers_own_bill_through_resubmissions(tmp_path: Path) -> None:
+    price = (10.0, 20.0)  # --price, per million; the Batch API bills half
+    billed: list[float] = []
+    tries: dict[str, int] = {}
+
+    def reply(cid: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        tries[cid] = tries.get(cid, 0) + 1
+        if int(cid.split("-")[0]) % 3 == 0 and tries[cid] == 1:
+            return None  # not run the first time: resubmitted, billed nothing
+        cap = body.get("max_tokens") or body.get("max_completion_tokens")
+        assert cap == 50, body
+        billed.append((12 * price[0] + cap * price[1]) / 1e6 / 2)  # the worst case, used whole
+        text = answer_of(body["messages"][-1]["content"])
+        return {"response": {"status_code": 200, "body": completion(text, 12, cap)}}
+
+    summary = tmp_path / "s.json"
+    with RawServer(reply) as raw:
+        done, out = go(tmp_path, raw, "--param", "max_tokens=50", "--price", "10,20",
+                       "--max-cost", "0.01", "--summary-json", str(summary), n=60)  # fmt: skip
+        said = json.loads(summary.read_text())
+        first = sum(billed)
+        # A larger cap: the rest, and nothing answered again.
+        again, _ = go(tmp_path, raw, "--param", "max_tokens=50", "--price", "10,20",
+                      "--max-cost", "1", "--summary-json", str(summary))  # fmt: skip
+
+    assert done.returncode == 4, done.stderr
+    assert said["stopped"] == "budget" and 0 < said["answered"] < 60
+    assert first <= 0.01 and said["cost"]["run"] == pytest.approx(first)
+    assert again.returncode == 0, again.stderr
+    answered_right(out, 60)
+    assert len(billed) == 60 and json.loads(summary.read_text())["cost"]["total"] == pytest.approx(
+        sum(billed)
+    )
