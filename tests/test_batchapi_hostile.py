@@ -306,6 +306,47 @@ def test_an_expired_batch_with_a_partial_output_resubmits_only_the_rest(tmp_path
     assert sorted(raw.submitted.values()) == [1, 1, 2, 2, 2, 2]
 
 
+QUOTA = {
+    "object": "list",
+    "data": [{"code": "token_limit_exceeded", "line": None, "param": None,
+              "message": "Enqueued token limit reached for gpt-4o-mini in organization org-x. "
+              "Please try again once some in_progress batches have been completed."}],
+}  # fmt: skip
+
+
+def test_a_batch_failed_for_the_enqueued_token_limit_is_resubmitted_once_room_is_made(
+    tmp_path: Path,
+) -> None:
+    # OpenAI fails a batch whose tokens would pass the organization's enqueued limit while
+    # others run. Was: its rows failed and the run ended with exit 2, as for a file it refused.
+    over: set[str] = set()
+
+    async def create(request: web.Request, n: int) -> web.StreamResponse | None:
+        made = raw.make()
+        others = [b for b in raw.batches.values() if b["id"] != made["id"] and b["id"] not in over]
+        if any(b["status"] != "completed" for b in others):
+            over.add(made["id"])
+        return web.json_response(made)
+
+    def view(b: dict[str, Any]) -> dict[str, Any]:
+        if b["id"] in over and b["status"] != "validating":
+            return {**b, "status": "failed", "errors": QUOTA, "output_file_id": None}
+        return b
+
+    with RawServer() as raw:
+        raw.hooks["create"] = create
+        raw.view = view
+        raw.statuses = ["in_progress"] * 4  # the first batch holds the quota a while
+        done, out = go(tmp_path, raw, "--max-retries", "1", n=50)  # files of 40 and 10 lines
+
+    assert done.returncode == 0, done.stderr
+    assert "batch batch-1 failed for the enqueued-token limit (token_limit_exceeded)" in done.stderr
+    answered_right(out, 50)
+    assert over == {"batch-1"} and len(raw.batches) == 3
+    # The second file's lines, in the failed batch (never run) and once more.
+    assert sorted(raw.submitted.values()) == [1] * 40 + [2] * 10
+
+
 # -- the upload -----------------------------------------------------------------------------
 
 

@@ -47,3 +47,15 @@ async def results_of(
             if got.custom_id in ours:
                 seen.setdefault(got.custom_id, got)
     return seen
+
+
+def said_collected(batch: dict[str, Any], status: str, outcomes: list[str]) -> None:
+    """The log's line for a batch collected: its lines' outcomes, counted."""
+    log.info(
+        "batch %s %s: %d answered, %d failed, %d to resubmit",
+        batch.get("id"),
+        status,
+        outcomes.count("answered"),
+        outcomes.count("error"),
+        outcomes.count("failed") + outcomes.count("expired"),
+    )

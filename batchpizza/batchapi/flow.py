@@ -23,8 +23,9 @@ import aiohttp
 
 from batchpizza.batchapi.budget import BatchBudget
 from batchpizza.batchapi.client import BatchClient, Halted
-from batchpizza.batchapi.download import results_of
+from batchpizza.batchapi.download import results_of, said_collected
 from batchpizza.batchapi.files import Line, build_lines, split
+from batchpizza.batchapi.quota import held_back, over_enqueued_limit
 from batchpizza.batchapi.results import Judge
 from batchpizza.batchapi.settings import AUTO_MARGIN, AUTO_MIN, Limits
 from batchpizza.checkpoint import Checkpoint
@@ -84,6 +85,7 @@ class BatchFlow:
         self.collected = 0  # answers and failed rows committed from batches by this run
         # --via auto: the rows of this run's batches, to send online if they are cancelled.
         self._held: dict[bytes, PendingRow] = {}
+        self._room = True  # False while lines over the enqueued-token limit wait (quota.py)
         self._started = time.monotonic()
 
     async def run(self, rows: Iterator[PendingRow]) -> None:
@@ -250,11 +252,13 @@ class BatchFlow:
         """The results of a batch that ended, committed; its lines marked."""
         client = self.client
         assert client is not None
-        status = str(batch.get("status"))
+        status = why = str(batch.get("status"))
         lines = {line.custom_id: line for line in self.checkpoint.file_lines(f.seq)}
         if status == "failed":
-            self._failed_whole(f, batch, lines)
-            return
+            if not over_enqueued_limit(batch):
+                self._failed_whole(f, batch, lines)
+                return
+            why, self._room = held_back(batch, len(lines)), False
         seen = await results_of(client, batch, lines)
         if seen is None:
             return
@@ -266,9 +270,7 @@ class BatchFlow:
         for cid, line in lines.items():
             found = seen.get(cid)
             verdict = (
-                self.judge.unanswered(line, status)
-                if found is None
-                else self.judge.judge(line, found)
+                self.judge.unanswered(line, why) if found is None else self.judge.judge(line, found)
             )
             outcome, result, attempt = verdict.outcome, verdict.result, verdict.attempt
             fatal = fatal or verdict.fatal
@@ -280,15 +282,7 @@ class BatchFlow:
         self.checkpoint.write([r for _, r in results], attempts, self.run_id, batch=True)
         self.checkpoint.finish_file(f.seq, outcomes, status)
         self.money.settle([(lines[c].digest, o) for c, o in outcomes], (r for _, r in results))
-        again = sum(1 for _, o in outcomes if o in ("failed", "expired"))
-        log.info(
-            "batch %s %s: %d answered, %d failed, %d to resubmit",
-            batch.get("id"),
-            status,
-            sum(1 for _, o in outcomes if o == "answered"),
-            sum(1 for _, o in outcomes if o == "error"),
-            again,
-        )
+        said_collected(batch, status, [o for _, o in outcomes])
         for pos, result in results:
             self._count(pos, result)
         if fatal is not None and self.fatal is None:
@@ -306,7 +300,7 @@ class BatchFlow:
         with the server's errors."""
         self.checkpoint.set_batch(f.seq, batch)
         errors = next((b.errors for b in self.checkpoint.batch_files() if b.seq == f.seq), None)
-        said = errors or "no reason given"
+        said = (errors or "no reason given").rstrip(". ")  # followed by ". Its rows"
         error = ProviderError(f"the Batch API refused the file {f.name}: {said}")
         results = [(line.pos, self.judge.error_result(line, error)) for line in lines.values()]
         self.checkpoint.write([r for _, r in results], (), self.run_id, batch=True)
@@ -322,8 +316,9 @@ class BatchFlow:
 
     async def _resubmit(self) -> None:
         """Lines that failed or expired, in new files: never a line already answered."""
-        if self.fatal is not None:
+        if self.fatal is not None or not (self._room or not self.checkpoint.open_files()):
             return
+        self._room = True  # the enqueued-token limit: the lines it held back wait no more
         waiting = [line for line in self.checkpoint.to_resubmit() if line.line is not None]
         waiting = self.money.resubmittable(waiting)  # --max-cost: those that fit
         if not waiting:
