@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -557,3 +558,31 @@ def test_max_cost_holds_by_the_servers_own_bill_through_resubmissions(tmp_path: 
     assert len(billed) == 60 and json.loads(summary.read_text())["cost"]["total"] == pytest.approx(
         sum(billed)
     )
+
+
+def test_a_lost_create_is_found_on_a_server_listing_its_batches_oldest_first(
+    tmp_path: Path,
+) -> None:
+    # Was: the listing's first batch, two hours old, ended the search: the batch made again,
+    # every line submitted twice.
+    async def lost_reply(request: web.Request, n: int) -> web.StreamResponse | None:
+        if n:
+            return None
+        raw.make()
+        return web.json_response({"error": {"message": "upstream reset"}}, status=502)
+
+    async def oldest_first(request: web.Request, n: int) -> web.StreamResponse | None:
+        data = [raw.view(dict(b)) for b in raw.batches.values()]
+        return web.json_response({"object": "list", "data": data, "has_more": False})
+
+    with RawServer() as raw:
+        old = {"id": "batch-old", "status": "completed", "input_file_id": "file-x",
+               "created_at": int(time.time()) - 7200, "metadata": None}  # fmt: skip
+        raw.batches["batch-old"] = old
+        raw.hooks["create"] = lost_reply
+        raw.hooks["batches"] = oldest_first
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 2

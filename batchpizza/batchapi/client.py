@@ -183,15 +183,14 @@ class BatchClient:
             raise BatchAPIError(f"uploading {name}: the reply has no file id")
         return file_id
 
-    async def batches(self) -> AsyncIterator[dict[str, Any]]:
-        """Every batch the server lists, newest first."""
+    async def _batch_pages(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """The batches the server lists, a page at a time (newest first at OpenAI)."""
         params = {"limit": str(PAGE)}
         while True:
             page = await self._json("GET", "/batches", "listing the batches", params=params)
             data = page.get("data")
             items = [b for b in data if isinstance(b, dict)] if isinstance(data, list) else []
-            for item in items:
-                yield item
+            yield items
             if not page.get("has_more") or not items or not isinstance(items[-1].get("id"), str):
                 return
             params = {**params, "after": items[-1]["id"]}
@@ -214,14 +213,19 @@ class BatchClient:
 
     async def find_batch(self, name: str, since: float, file_id: str) -> dict[str, Any] | None:
         """The batch made of file `name` (`file_id`, recorded at `since`), if there is one."""
-        async for batch in self.batches():
-            metadata = batch.get("metadata")
-            named = isinstance(metadata, dict) and metadata.get("batchpizza") == name
-            if named or batch.get("input_file_id") == file_id:
-                return batch
-            created = batch.get("created_at")
-            # Listed newest first: one made an hour before the file was recorded is not it.
-            if isinstance(created, (int, float)) and created < since - 3600:
+        async for page in self._batch_pages():
+            for batch in page:
+                metadata = batch.get("metadata")
+                named = isinstance(metadata, dict) and metadata.get("batchpizza") == name
+                if named or batch.get("input_file_id") == file_id:
+                    return batch
+            # A page listed newest first (OpenAI's order) that ends with a batch made an hour
+            # before the file was recorded: the pages after it hold none made of it. A server
+            # listing oldest first is read to its end.
+            times = [b.get("created_at") for b in page]
+            stamps = [t for t in times if isinstance(t, (int, float)) and not isinstance(t, bool)]
+            newest_first = len(stamps) == len(times) and stamps == sorted(stamps, reverse=True)
+            if newest_first and stamps and stamps[-1] < since - 3600:
                 return None
         return None
 
