@@ -586,3 +586,25 @@ def test_a_lost_create_is_found_on_a_server_listing_its_batches_oldest_first(
     assert done.returncode == 0, done.stderr
     answered_right(out)
     assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 2
+
+
+def test_a_file_listing_that_ignores_after_and_always_has_more_ends(tmp_path: Path) -> None:
+    # Was: the same page asked for again and again, for ever.
+    async def same_page(request: web.Request, n: int) -> web.StreamResponse | None:
+        data = [*raw.files.values(), {"id": "file-other", "filename": "x.jsonl"}]
+        return web.json_response({"object": "list", "data": data, "has_more": True})
+
+    async def lost(request: web.Request, n: int) -> web.StreamResponse | None:
+        if n:
+            return None
+        raw.store()
+        return web.json_response({"error": {"message": "upstream reset"}}, status=502)
+
+    with RawServer() as raw:
+        raw.hooks["files"] = same_page
+        raw.hooks["upload"] = lost
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert raw.calls["files"] == 2 and len(raw.files) == 1 and len(raw.batches) == 1

@@ -165,9 +165,8 @@ class BatchClient:
             data = page.get("data")
             items = [f for f in data if isinstance(f, dict)] if isinstance(data, list) else []
             found.extend(items)
-            if not page.get("has_more") or not items or not isinstance(items[-1].get("id"), str):
+            if not _next_page(page, items, params):
                 return found
-            params = {**params, "after": items[-1]["id"]}
 
     async def upload(self, name: str, content: bytes) -> str:
         def form() -> aiohttp.FormData:
@@ -191,9 +190,8 @@ class BatchClient:
             data = page.get("data")
             items = [b for b in data if isinstance(b, dict)] if isinstance(data, list) else []
             yield items
-            if not page.get("has_more") or not items or not isinstance(items[-1].get("id"), str):
+            if not _next_page(page, items, params):
                 return
-            params = {**params, "after": items[-1]["id"]}
 
     async def find_file(self, name: str) -> str | None:
         """The id of the file uploaded under `name`, if the server has one; None too where the
@@ -256,3 +254,14 @@ class BatchClient:
     async def content(self, file_id: str) -> bytes:
         content = await self._call("GET", f"/files/{file_id}/content", f"downloading {file_id}")
         return self.provider._masked(content)  # a server may echo the key in a reply body
+
+
+def _next_page(page: dict[str, Any], items: list[dict[str, Any]], params: dict[str, str]) -> bool:
+    """Whether a listing goes on after `page`, `params` set to ask for the next one: not when
+    the server says it has no more, nor when it ignored `after` and gave the same page again
+    (a server that always says has_more would be asked for ever)."""
+    last = items[-1].get("id") if items else None
+    if not page.get("has_more") or not isinstance(last, str) or last == params.get("after"):
+        return False
+    params["after"] = last
+    return True
