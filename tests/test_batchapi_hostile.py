@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from batchpizza.batchapi.lost import Lost
+from batchpizza.checkpoint.batches import BatchFile
 from tests.batchapi_raw import KEY, RawServer, answer_of, answering, batch_run, completion
 from tests.batchapi_shared import LIMITS, rows
 from tests.conftest import Spawn, read_jsonl, write_jsonl
@@ -608,3 +610,33 @@ def test_a_file_listing_that_ignores_after_and_always_has_more_ends(tmp_path: Pa
     assert done.returncode == 0, done.stderr
     answered_right(out)
     assert raw.calls["files"] == 2 and len(raw.files) == 1 and len(raw.batches) == 1
+
+
+def test_a_batch_unknown_for_a_moment_after_its_creation_is_not_submitted_again(
+    tmp_path: Path,
+) -> None:
+    # A server whose replicas learn of a new batch a little late: its first polls answer 404.
+    async def not_yet(request: web.Request, n: int) -> web.StreamResponse | None:
+        if n < 2:
+            return web.json_response({"error": {"message": "No such batch"}}, status=404)
+        return None
+
+    with RawServer() as raw:
+        raw.hooks["get"] = not_yet
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+
+
+def test_a_404_is_lost_for_good_after_three_polls_in_a_row_or_at_once_for_an_old_batch() -> None:
+    def file(seq: int, age: float) -> BatchFile:
+        return BatchFile(seq, f"f{seq}", 1, 1, "file", "batch", "in_progress", {}, None, None,
+                         None, time.time() - age, False)  # fmt: skip
+
+    lost, new, old = Lost(), file(1, 5.0), file(2, 3600.0)
+    assert [lost.gone(new), lost.gone(new)] == [False, False]
+    lost.known(new)  # polled fine in between: counted from zero again
+    assert [lost.gone(new), lost.gone(new), lost.gone(new)] == [False, False, True]
+    assert lost.gone(old)  # a cron run polls it once: recorded long ago, lost now

@@ -25,6 +25,7 @@ from batchpizza.batchapi.budget import BatchBudget
 from batchpizza.batchapi.client import BatchClient, Halted
 from batchpizza.batchapi.download import results_of, said_collected
 from batchpizza.batchapi.files import Line, build_lines, split
+from batchpizza.batchapi.lost import Lost
 from batchpizza.batchapi.quota import held_back, over_enqueued_limit
 from batchpizza.batchapi.results import Judge
 from batchpizza.batchapi.settings import AUTO_MARGIN, AUTO_MIN, Limits
@@ -78,6 +79,7 @@ class BatchFlow:
         self.money = BatchBudget(meter, counters)  # tokens, and --max-cost at the batch price
         self.client: BatchClient | None = None
         self.fatal: BatchAPIError | None = None
+        self.lost = Lost()  # batches the server answered 404 for (lost.py)
         self.out = 0  # batches still out when the run ended
         self.sent_online = 0  # --via auto: rows sent (and finished) online instead
         self.lines_sent = 0  # lines submitted by this run (resubmissions too)
@@ -234,16 +236,17 @@ class BatchFlow:
             try:
                 batch = await client.get(f.batch_id)
             except BatchAPIError as exc:
-                if exc.status == 404:
+                if exc.status == 404 and self.lost.gone(f):
                     # The server does not know it (deleted, another project's key): its lines
                     # are resubmitted, as an expired batch's.
                     log.warning("%s; its requests are submitted again", exc.message)
                     await self._collect(f, {"id": f.batch_id, "status": "lost"})
                     continue
-                if exc.exit_code == 2:
+                if exc.exit_code == 2 and exc.status != 404:  # a 404 not yet lost for good
                     raise
                 log.warning("%s; polled again later", exc.message)
                 continue
+            self.lost.known(f)
             self.checkpoint.set_batch(f.seq, batch)
             if batch.get("status") in TERMINAL:
                 await self._collect(f, batch)
