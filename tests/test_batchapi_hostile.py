@@ -640,3 +640,23 @@ def test_a_404_is_lost_for_good_after_three_polls_in_a_row_or_at_once_for_an_old
     lost.known(new)  # polled fine in between: counted from zero again
     assert [lost.gone(new), lost.gone(new), lost.gone(new)] == [False, False, True]
     assert lost.gone(old)  # a cron run polls it once: recorded long ago, lost now
+
+
+def test_a_line_repeated_failed_then_answered_counts_as_answered(tmp_path: Path) -> None:
+    # A gateway that writes each of its own tries: the failure first, then the answer. Was: the
+    # first counted, every line resubmitted and billed until --max-retries, then failed rows.
+    def tried_twice(lines: list[bytes]) -> bytes:
+        failed = []
+        for line in lines:
+            data = json.loads(line)
+            data["response"] = {"status_code": 500, "body": {"error": {"message": "transient"}}}
+            failed.append(json.dumps(data).encode() + b"\n")
+        return b"".join(failed + lines)
+
+    with RawServer() as raw:
+        raw.output = tried_twice
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N

@@ -22,8 +22,8 @@ log = logging.getLogger("batchpizza")
 async def results_of(
     client: BatchClient, batch: dict[str, Any], ours: Container[str]
 ) -> dict[str, ResultLine] | None:
-    """The result line of each of `ours` (custom_ids) the batch's files hold, the first where a
-    server repeats one; None when they cannot be read now (collected later)."""
+    """The result line of each of `ours` (custom_ids) the batch's files hold (`_better` where a
+    server repeats one); None when they cannot be read now (collected later)."""
     seen: dict[str, ResultLine] = {}
     for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
         if not isinstance(file_id, str) or not file_id:
@@ -44,9 +44,20 @@ async def results_of(
             log.warning("%s; batch %s is collected later", exc.message, batch.get("id"))
             return None
         for got in read_results(content):
-            if got.custom_id in ours:
-                seen.setdefault(got.custom_id, got)
+            if got.custom_id in ours and _better(got, seen.get(got.custom_id)):
+                seen[got.custom_id] = got
     return seen
+
+
+def _better(got: ResultLine, before: ResultLine | None) -> bool:
+    """Whether `got` counts over the line of the same custom_id read before: the first, unless
+    only `got` holds an answer (a server writing each of its own tries, the failure first: an
+    answer billed is never dropped for it)."""
+    return before is None or (not _answered(before) and _answered(got))
+
+
+def _answered(line: ResultLine) -> bool:
+    return line.status is not None and 200 <= line.status < 300 and line.body is not None
 
 
 def said_collected(batch: dict[str, Any], status: str, outcomes: list[str]) -> None:
