@@ -660,3 +660,18 @@ def test_a_line_repeated_failed_then_answered_counts_as_answered(tmp_path: Path)
     assert done.returncode == 0, done.stderr
     answered_right(out)
     assert sorted(raw.submitted.values()) == [1] * N
+
+
+def test_a_status_code_given_as_text_is_read_as_the_number(tmp_path: Path) -> None:
+    # Was: "no reply", every line resubmitted and billed until --max-retries, then failed rows.
+    def text_status(cid: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        line = answering(cid, body)
+        assert line is not None
+        return {"response": {**line["response"], "status_code": "200"}}
+
+    with RawServer(text_status) as raw:
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N

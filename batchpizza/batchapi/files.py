@@ -94,6 +94,8 @@ def read_results(content: bytes) -> Iterator[ResultLine]:
         status = body = request_id = None
         if isinstance(response, dict):
             code = response.get("status_code")
+            if isinstance(code, str) and code.strip().isdigit():
+                code = int(code)  # "200", as a server written by hand may send it
             status = code if isinstance(code, int) and not isinstance(code, bool) else None
             if "body" in response:
                 body = jsoncodec.dumps(response["body"])
