@@ -675,3 +675,22 @@ def test_a_status_code_given_as_text_is_read_as_the_number(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     answered_right(out)
     assert sorted(raw.submitted.values()) == [1] * N
+
+
+def test_a_body_without_a_status_code_is_judged_as_the_reply_it_is(tmp_path: Path) -> None:
+    # Was: "no reply", every line resubmitted and billed until --max-retries, then failed rows.
+    def no_status(cid: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        line = answering(cid, body)
+        assert line is not None
+        if cid.startswith("0-"):
+            return {"response": {"body": {"error": {"message": "context too long"}}}}
+        return {"response": {k: v for k, v in line["response"].items() if k != "status_code"}}
+
+    with RawServer(no_status) as raw:
+        done, out = go(tmp_path, raw, "--max-retries", "1")
+
+    assert done.returncode == 3, done.stderr
+    found = {r["id"]: r for r in read_jsonl(out)}
+    assert found["q0"]["finish_reason"] == "error" and "context too long" in found["q0"]["error"]
+    assert all(found[f"q{i}"]["answer"] == answer_of(f"question {i}") for i in range(1, N))
+    assert sorted(raw.submitted.values()) == [1] * (N - 1) + [2]

@@ -96,6 +96,8 @@ def read_results(content: bytes) -> Iterator[ResultLine]:
             code = response.get("status_code")
             if isinstance(code, str) and code.strip().isdigit():
                 code = int(code)  # "200", as a server written by hand may send it
+            elif code is None and isinstance(response.get("body"), dict):
+                code = 200  # a body without a status: judged as the reply it is (an answer?)
             status = code if isinstance(code, int) and not isinstance(code, bool) else None
             if "body" in response:
                 body = jsoncodec.dumps(response["body"])
