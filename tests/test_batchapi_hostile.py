@@ -694,3 +694,36 @@ def test_a_body_without_a_status_code_is_judged_as_the_reply_it_is(tmp_path: Pat
     assert found["q0"]["finish_reason"] == "error" and "context too long" in found["q0"]["error"]
     assert all(found[f"q{i}"]["answer"] == answer_of(f"question {i}") for i in range(1, N))
     assert sorted(raw.submitted.values()) == [1] * (N - 1) + [2]
+
+
+def test_a_create_reply_without_an_id_is_found_by_its_metadata(tmp_path: Path) -> None:
+    async def no_id(request: web.Request, n: int) -> web.StreamResponse | None:
+        made = raw.make()
+        return web.json_response({k: v for k, v in made.items() if k != "id"} if n == 0 else made)
+
+    with RawServer() as raw:
+        raw.hooks["create"] = no_id
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert len(raw.batches) == 1 and sorted(raw.submitted.values()) == [1] * N
+
+
+def test_a_key_refused_while_polling_exits_2_and_the_rerun_collects(tmp_path: Path) -> None:
+    async def refused(request: web.Request, n: int) -> web.StreamResponse | None:
+        message = {"error": {"message": f"Incorrect API key provided: {KEY}"}}
+        return web.json_response(message, status=401)
+
+    with RawServer() as raw:
+        raw.hooks["get"] = refused
+        done, out = go(tmp_path, raw)
+        del raw.hooks["get"]
+        again, _ = go(tmp_path, raw)
+
+    assert done.returncode == 2, done.stderr
+    assert "HTTP 401" in done.stderr and "the API key is wrong" in done.stderr
+    assert KEY not in done.stderr
+    assert again.returncode == 0, again.stderr
+    answered_right(out)
+    assert len(raw.batches) == 1 and sorted(raw.submitted.values()) == [1] * N
