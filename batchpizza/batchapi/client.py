@@ -145,7 +145,8 @@ class BatchClient:
             raise Halted
 
     async def _json(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
-        body = await self._call(method, path, what, **kwargs)
+        # Masked: a batch object is kept in the checkpoint, and a server may echo the key in it.
+        body = self.provider._masked(await self._call(method, path, what, **kwargs))
         try:
             data = reply_json(body)
         except ValueError:
@@ -164,9 +165,8 @@ class BatchClient:
             data = page.get("data")
             items = [f for f in data if isinstance(f, dict)] if isinstance(data, list) else []
             found.extend(items)
-            if not page.get("has_more") or not items or not isinstance(items[-1].get("id"), str):
+            if not _next_page(page, items, params):
                 return found
-            params = {**params, "after": items[-1]["id"]}
 
     async def upload(self, name: str, content: bytes) -> str:
         def form() -> aiohttp.FormData:
@@ -182,36 +182,48 @@ class BatchClient:
             raise BatchAPIError(f"uploading {name}: the reply has no file id")
         return file_id
 
-    async def batches(self) -> AsyncIterator[dict[str, Any]]:
-        """Every batch the server lists, newest first."""
+    async def _batch_pages(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """The batches the server lists, a page at a time (newest first at OpenAI)."""
         params = {"limit": str(PAGE)}
         while True:
             page = await self._json("GET", "/batches", "listing the batches", params=params)
             data = page.get("data")
             items = [b for b in data if isinstance(b, dict)] if isinstance(data, list) else []
-            for item in items:
-                yield item
-            if not page.get("has_more") or not items or not isinstance(items[-1].get("id"), str):
+            yield items
+            if not _next_page(page, items, params):
                 return
-            params = {**params, "after": items[-1]["id"]}
 
     async def find_file(self, name: str) -> str | None:
-        """The id of the file uploaded under `name`, if the server has one."""
-        for item in await self.files():
+        """The id of the file uploaded under `name`, if the server has one; None too where the
+        server lists no files (some gateways only take uploads): uploading again bills nothing,
+        only a batch made of it would."""
+        try:
+            listed = await self.files()
+        except BatchAPIError as exc:
+            if exc.status not in (404, 405):
+                raise
+            log.info("%s: uploading %s again", exc.message, name)
+            return None
+        for item in listed:
             if item.get("filename") == name and isinstance(item.get("id"), str):
                 return str(item["id"])
         return None
 
     async def find_batch(self, name: str, since: float, file_id: str) -> dict[str, Any] | None:
         """The batch made of file `name` (`file_id`, recorded at `since`), if there is one."""
-        async for batch in self.batches():
-            metadata = batch.get("metadata")
-            named = isinstance(metadata, dict) and metadata.get("batchpizza") == name
-            if named or batch.get("input_file_id") == file_id:
-                return batch
-            created = batch.get("created_at")
-            # Listed newest first: one made an hour before the file was recorded is not it.
-            if isinstance(created, (int, float)) and created < since - 3600:
+        async for page in self._batch_pages():
+            for batch in page:
+                metadata = batch.get("metadata")
+                named = isinstance(metadata, dict) and metadata.get("batchpizza") == name
+                if named or batch.get("input_file_id") == file_id:
+                    return batch
+            # A page listed newest first (OpenAI's order) that ends with a batch made an hour
+            # before the file was recorded: the pages after it hold none made of it. A server
+            # listing oldest first is read to its end.
+            times = [b.get("created_at") for b in page]
+            stamps = [t for t in times if isinstance(t, (int, float)) and not isinstance(t, bool)]
+            newest_first = len(stamps) == len(times) and stamps == sorted(stamps, reverse=True)
+            if newest_first and stamps and stamps[-1] < since - 3600:
                 return None
         return None
 
@@ -240,4 +252,16 @@ class BatchClient:
         )
 
     async def content(self, file_id: str) -> bytes:
-        return await self._call("GET", f"/files/{file_id}/content", f"downloading {file_id}")
+        content = await self._call("GET", f"/files/{file_id}/content", f"downloading {file_id}")
+        return self.provider._masked(content)  # a server may echo the key in a reply body
+
+
+def _next_page(page: dict[str, Any], items: list[dict[str, Any]], params: dict[str, str]) -> bool:
+    """Whether a listing goes on after `page`, `params` set to ask for the next one: not when
+    the server says it has no more, nor when it ignored `after` and gave the same page again
+    (a server that always says has_more would be asked for ever)."""
+    last = items[-1].get("id") if items else None
+    if not page.get("has_more") or not isinstance(last, str) or last == params.get("after"):
+        return False
+    params["after"] = last
+    return True

@@ -5,6 +5,7 @@ result lines read back (`{"id", "custom_id", "response": {"status_code", "reques
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -78,7 +79,9 @@ class ResultLine:
 def read_results(content: bytes) -> Iterator[ResultLine]:
     """The result lines of an output or error file; a line that is not one is skipped (its
     request then counts as unanswered, and is resubmitted)."""
-    for raw in content.splitlines():
+    # A UTF-8 byte order mark, as some servers (and Windows tools) write: not part of the first
+    # line, whose answer would otherwise be unread, and its request submitted again.
+    for raw in content.removeprefix(codecs.BOM_UTF8).splitlines():
         if not raw.strip():
             continue
         try:
@@ -91,6 +94,10 @@ def read_results(content: bytes) -> Iterator[ResultLine]:
         status = body = request_id = None
         if isinstance(response, dict):
             code = response.get("status_code")
+            if isinstance(code, str) and code.strip().isdigit():
+                code = int(code)  # "200", as a server written by hand may send it
+            elif code is None and isinstance(response.get("body"), dict):
+                code = 200  # a body without a status: judged as the reply it is (an answer?)
             status = code if isinstance(code, int) and not isinstance(code, bool) else None
             if "body" in response:
                 body = jsoncodec.dumps(response["body"])

@@ -23,7 +23,10 @@ import aiohttp
 
 from batchpizza.batchapi.budget import BatchBudget
 from batchpizza.batchapi.client import BatchClient, Halted
-from batchpizza.batchapi.files import Line, ResultLine, build_lines, read_results, split
+from batchpizza.batchapi.download import results_of, said_collected
+from batchpizza.batchapi.files import Line, build_lines, split
+from batchpizza.batchapi.lost import Lost
+from batchpizza.batchapi.quota import held_back, over_enqueued_limit
 from batchpizza.batchapi.results import Judge
 from batchpizza.batchapi.settings import AUTO_MARGIN, AUTO_MIN, Limits
 from batchpizza.checkpoint import Checkpoint
@@ -76,6 +79,7 @@ class BatchFlow:
         self.money = BatchBudget(meter, counters)  # tokens, and --max-cost at the batch price
         self.client: BatchClient | None = None
         self.fatal: BatchAPIError | None = None
+        self.lost = Lost()  # batches the server answered 404 for (lost.py)
         self.out = 0  # batches still out when the run ended
         self.sent_online = 0  # --via auto: rows sent (and finished) online instead
         self.lines_sent = 0  # lines submitted by this run (resubmissions too)
@@ -83,6 +87,7 @@ class BatchFlow:
         self.collected = 0  # answers and failed rows committed from batches by this run
         # --via auto: the rows of this run's batches, to send online if they are cancelled.
         self._held: dict[bytes, PendingRow] = {}
+        self._room = True  # False while lines over the enqueued-token limit wait (quota.py)
         self._started = time.monotonic()
 
     async def run(self, rows: Iterator[PendingRow]) -> None:
@@ -231,16 +236,17 @@ class BatchFlow:
             try:
                 batch = await client.get(f.batch_id)
             except BatchAPIError as exc:
-                if exc.status == 404:
+                if exc.status == 404 and self.lost.gone(f):
                     # The server does not know it (deleted, another project's key): its lines
                     # are resubmitted, as an expired batch's.
                     log.warning("%s; its requests are submitted again", exc.message)
                     await self._collect(f, {"id": f.batch_id, "status": "lost"})
                     continue
-                if exc.exit_code == 2:
+                if exc.exit_code == 2 and exc.status != 404:  # a 404 not yet lost for good
                     raise
                 log.warning("%s; polled again later", exc.message)
                 continue
+            self.lost.known(f)
             self.checkpoint.set_batch(f.seq, batch)
             if batch.get("status") in TERMINAL:
                 await self._collect(f, batch)
@@ -249,17 +255,16 @@ class BatchFlow:
         """The results of a batch that ended, committed; its lines marked."""
         client = self.client
         assert client is not None
-        status = str(batch.get("status"))
+        status = why = str(batch.get("status"))
         lines = {line.custom_id: line for line in self.checkpoint.file_lines(f.seq)}
         if status == "failed":
-            self._failed_whole(f, batch, lines)
+            if not over_enqueued_limit(batch):
+                self._failed_whole(f, batch, lines)
+                return
+            why, self._room = held_back(batch, len(lines)), False
+        seen = await results_of(client, batch, lines)
+        if seen is None:
             return
-        seen: dict[str, ResultLine] = {}
-        for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
-            if isinstance(file_id, str) and file_id:
-                for got in read_results(await client.content(file_id)):
-                    if got.custom_id in lines:
-                        seen.setdefault(got.custom_id, got)
         results: list[tuple[int, Result]] = []
         attempts: list[Attempt] = []
         fatal: ProviderError | None = None
@@ -268,9 +273,7 @@ class BatchFlow:
         for cid, line in lines.items():
             found = seen.get(cid)
             verdict = (
-                self.judge.unanswered(line, status)
-                if found is None
-                else self.judge.judge(line, found)
+                self.judge.unanswered(line, why) if found is None else self.judge.judge(line, found)
             )
             outcome, result, attempt = verdict.outcome, verdict.result, verdict.attempt
             fatal = fatal or verdict.fatal
@@ -282,15 +285,7 @@ class BatchFlow:
         self.checkpoint.write([r for _, r in results], attempts, self.run_id, batch=True)
         self.checkpoint.finish_file(f.seq, outcomes, status)
         self.money.settle([(lines[c].digest, o) for c, o in outcomes], (r for _, r in results))
-        again = sum(1 for _, o in outcomes if o in ("failed", "expired"))
-        log.info(
-            "batch %s %s: %d answered, %d failed, %d to resubmit",
-            batch.get("id"),
-            status,
-            sum(1 for _, o in outcomes if o == "answered"),
-            sum(1 for _, o in outcomes if o == "error"),
-            again,
-        )
+        said_collected(batch, status, [o for _, o in outcomes])
         for pos, result in results:
             self._count(pos, result)
         if fatal is not None and self.fatal is None:
@@ -308,7 +303,7 @@ class BatchFlow:
         with the server's errors."""
         self.checkpoint.set_batch(f.seq, batch)
         errors = next((b.errors for b in self.checkpoint.batch_files() if b.seq == f.seq), None)
-        said = errors or "no reason given"
+        said = (errors or "no reason given").rstrip(". ")  # followed by ". Its rows"
         error = ProviderError(f"the Batch API refused the file {f.name}: {said}")
         results = [(line.pos, self.judge.error_result(line, error)) for line in lines.values()]
         self.checkpoint.write([r for _, r in results], (), self.run_id, batch=True)
@@ -324,8 +319,9 @@ class BatchFlow:
 
     async def _resubmit(self) -> None:
         """Lines that failed or expired, in new files: never a line already answered."""
-        if self.fatal is not None:
+        if self.fatal is not None or not (self._room or not self.checkpoint.open_files()):
             return
+        self._room = True  # the enqueued-token limit: the lines it held back wait no more
         waiting = [line for line in self.checkpoint.to_resubmit() if line.line is not None]
         waiting = self.money.resubmittable(waiting)  # --max-cost: those that fit
         if not waiting:
