@@ -23,6 +23,10 @@ from tests.batchapi_raw import KEY, RawServer, answer_of, answering, batch_run, 
 from tests.batchapi_shared import LIMITS, rows
 from tests.conftest import Spawn, read_jsonl, write_jsonl
 
+# Each test runs batchpizza as a process of its own against the raw server (about 0.5-1 s): with
+# CI's slow tests, so that the quick suite stays under a minute.
+pytestmark = pytest.mark.slow
+
 N = 6
 
 
