@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from batchpizza.batchapi import creating
 from batchpizza.batchapi.budget import BatchBudget
 from batchpizza.batchapi.client import BatchClient, Halted
 from batchpizza.batchapi.download import results_of, said_collected
@@ -165,10 +166,10 @@ class BatchFlow:
             file_id = await self._find_or_make(
                 lambda: client.find_file(f.name), lambda: client.upload(f.name, content), not fresh
             )
-        self.checkpoint.set_file_id(f.seq, file_id)
+            self.checkpoint.set_file_id(f.seq, file_id)  # (a recorded one: its state stands)
         batch = await self._find_or_make(
-            lambda: client.find_batch(f.name, f.created, file_id),
-            lambda: client.create(file_id, f.name),
+            lambda: creating.find(client, self.checkpoint, f, file_id),
+            lambda: creating.create(client, self.checkpoint, f, file_id),
             not fresh or f.file_id is not None,
         )
         self.checkpoint.set_batch(f.seq, batch)

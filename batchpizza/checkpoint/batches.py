@@ -57,7 +57,7 @@ class BatchFile:
     bytes: int
     file_id: str | None
     batch_id: str | None
-    state: str  # "intended", "uploaded", then the batch's status on the server
+    state: str  # "intended", "uploaded", "creating", then the batch's status on the server
     counts: dict[str, int]
     output_file_id: str | None
     error_file_id: str | None
@@ -174,6 +174,21 @@ class BatchRecords:
                 "UPDATE batch_files SET file_id = ?, state = 'uploaded', updated = ? WHERE seq = ?",
                 (file_id, time.time(), seq),
             )
+
+    def mark_file(self, seq: int, state: str) -> None:
+        """File `seq` reached `state` on its way to a batch (batchapi/creating.py)."""
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE batch_files SET state = ?, updated = ? WHERE seq = ?",
+                (state, time.time(), seq),
+            )
+
+    def file_state(self, seq: int) -> str | None:
+        with self._errors():
+            found = self._conn.execute(
+                "SELECT state FROM batch_files WHERE seq = ?", (seq,)
+            ).fetchone()
+        return None if found is None else str(found[0])
 
     def set_batch(self, seq: int, batch: dict[str, Any]) -> None:
         """What the server said of the batch made from file `seq` (its id on creation, then its

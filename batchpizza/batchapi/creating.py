@@ -1,0 +1,43 @@
+"""A batch made of an uploaded file, at most once. The checkpoint marks the file `creating` before
+the create is sent, so a run stopped before that mark makes the batch without looking for it,
+and only one stopped after it needs the server's listing of batches to find out whether the
+server made it. A server that lists no batches (some gateways) cannot say: the run then stops
+rather than risk submitting the file's requests twice, and says what the user can do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from batchpizza.batchapi.client import BatchClient
+from batchpizza.checkpoint import Checkpoint
+from batchpizza.checkpoint.batches import BatchFile
+from batchpizza.errors import BatchAPIError
+
+CREATING = "creating"
+
+
+async def create(
+    client: BatchClient, checkpoint: Checkpoint, f: BatchFile, file_id: str
+) -> dict[str, Any]:
+    checkpoint.mark_file(f.seq, CREATING)
+    return await client.create(file_id, f.name)
+
+
+async def find(
+    client: BatchClient, checkpoint: Checkpoint, f: BatchFile, file_id: str
+) -> dict[str, Any] | None:
+    """The batch made of file `f`, if the server made one; None when no create was sent."""
+    try:
+        return await client.find_batch(f.name, f.created, file_id)
+    except BatchAPIError as exc:
+        if exc.status not in (404, 405):
+            raise
+        if checkpoint.file_state(f.seq) != CREATING:
+            return None  # the create was never sent: there is nothing to find
+        raise BatchAPIError(
+            f"{f.name}: a run stopped while its batch was being created, and this server lists "
+            f"no batches to tell whether it made one ({exc.message}); its {f.lines} requests "
+            "are not submitted again, which could run them twice. Rerun without --via to send "
+            "them online (billed again if that batch was made)",
+            wrong=True,
+        ) from None
