@@ -259,6 +259,20 @@ def test_statuses_on_the_way_to_completed_are_waited_through(
     assert sorted(raw.submitted.values()) == [1] * N
 
 
+def test_a_status_the_batch_api_does_not_give_is_said_once_and_waited_through(
+    tmp_path: Path,
+) -> None:
+    with RawServer() as raw:
+        raw.statuses = ["in_progress", "queued", "queued", "queued"]
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    said = [line for line in done.stderr.splitlines() if "not one the Batch API gives" in line]
+    assert len(said) == 1 and "'queued'" in said[0], done.stderr
+    assert "in_progress" not in done.stderr
+
+
 VIEWS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "no request_counts": lambda b: {k: v for k, v in b.items() if k != "request_counts"},
     "odd request_counts": lambda b: {**b, "request_counts": {"total": "6", "completed": None}},

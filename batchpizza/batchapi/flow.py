@@ -30,6 +30,7 @@ from batchpizza.batchapi.lost import Lost
 from batchpizza.batchapi.quota import held_back, over_enqueued_limit
 from batchpizza.batchapi.results import Judge
 from batchpizza.batchapi.settings import AUTO_MARGIN, AUTO_MIN, Limits
+from batchpizza.batchapi.statuses import Statuses
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.checkpoint.batches import BatchFile, BatchLine
 from batchpizza.config import RunConfig
@@ -43,8 +44,6 @@ from batchpizza.records import Attempt, Outcome, Prompt, Result
 
 log = logging.getLogger("batchpizza")
 _T = TypeVar("_T")
-
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
 class BatchFlow:
@@ -81,6 +80,7 @@ class BatchFlow:
         self.client: BatchClient | None = None
         self.fatal: BatchAPIError | None = None
         self.lost = Lost()  # batches the server answered 404 for (lost.py)
+        self.statuses = Statuses()  # (statuses.py)
         self.out = 0  # batches still out when the run ended
         self.sent_online = 0  # --via auto: rows sent (and finished) online instead
         self.lines_sent = 0  # lines submitted by this run (resubmissions too)
@@ -249,7 +249,7 @@ class BatchFlow:
                 continue
             self.lost.known(f)
             self.checkpoint.set_batch(f.seq, batch)
-            if batch.get("status") in TERMINAL:
+            if self.statuses.ended(f, batch):
                 await self._collect(f, batch)
 
     async def _collect(self, f: BatchFile, batch: dict[str, Any]) -> None:
