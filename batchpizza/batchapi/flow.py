@@ -27,7 +27,7 @@ from batchpizza.batchapi.client import BatchClient, Halted
 from batchpizza.batchapi.download import results_of, said_collected
 from batchpizza.batchapi.files import Line, build_lines, split
 from batchpizza.batchapi.lost import Lost
-from batchpizza.batchapi.quota import held_back, over_enqueued_limit
+from batchpizza.batchapi.quota import held_back, over_enqueued_limit, waits_for_room
 from batchpizza.batchapi.results import Judge
 from batchpizza.batchapi.settings import AUTO_MARGIN, AUTO_MIN, Limits
 from batchpizza.batchapi.statuses import Statuses
@@ -88,7 +88,6 @@ class BatchFlow:
         self.collected = 0  # answers and failed rows committed from batches by this run
         # --via auto: the rows of this run's batches, to send online if they are cancelled.
         self._held: dict[bytes, PendingRow] = {}
-        self._room = True  # False while lines over the enqueued-token limit wait (quota.py)
         self._started = time.monotonic()
 
     async def run(self, rows: Iterator[PendingRow]) -> None:
@@ -262,7 +261,7 @@ class BatchFlow:
             if not over_enqueued_limit(batch):
                 self._failed_whole(f, batch, lines)
                 return
-            why, self._room = held_back(batch, len(lines)), False
+            why = held_back(batch, len(lines))
         seen = await results_of(client, batch, lines)
         if seen is None:
             return
@@ -320,10 +319,12 @@ class BatchFlow:
 
     async def _resubmit(self) -> None:
         """Lines that failed or expired, in new files: never a line already answered."""
-        if self.fatal is not None or not (self._room or not self.checkpoint.open_files()):
+        if self.fatal is not None:
             return
-        self._room = True  # the enqueued-token limit: the lines it held back wait no more
         waiting = [line for line in self.checkpoint.to_resubmit() if line.line is not None]
+        if self.checkpoint.open_files():  # the enqueued-token limit's lines wait for room
+            held = {f.seq for f in self.checkpoint.batch_files() if waits_for_room(f)}
+            waiting = [line for line in waiting if line.seq not in held]
         waiting = self.money.resubmittable(waiting)  # --max-cost: those that fit
         if not waiting:
             return

@@ -1,13 +1,16 @@
 """A batch failed for OpenAI's enqueued-token limit ("token_limit_exceeded": the tokens of the
 batches an organization has in progress, per model, may not pass a limit): nothing is wrong
 with its file, there was no room for it yet. Its lines are resubmitted, as an expired batch's
-are, once no other batch of the run is out (each submission before that would fail alike and
-spend one of the line's --max-retries); never a reason to stop the run as a refused file is."""
+are, once no other batch is out, this run's or an earlier one's (each submission before that
+would fail alike and spend one of the line's --max-retries); never a reason to stop the run
+as a refused file is."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+from batchpizza.checkpoint.batches import BatchFile
 
 log = logging.getLogger("batchpizza")
 
@@ -27,8 +30,15 @@ def held_back(batch: dict[str, Any], lines: int) -> str:
     """Why a batch over the limit ran none of its lines, said once in the log."""
     log.warning(
         "batch %s failed for the enqueued-token limit (token_limit_exceeded): its %d requests "
-        "are submitted again once the run's other batches are done",
+        "are submitted again once no other batch is out",
         batch.get("id"),
         lines,
     )
     return "failed: token_limit_exceeded (the enqueued-token limit)"
+
+
+def waits_for_room(f: BatchFile) -> bool:
+    """Whether the lines of file `f` wait for the run's, or an earlier run's, other batches to
+    be done: its batch failed for the enqueued-token limit. Read from the checkpoint, so that a
+    cron run after the one that collected it holds them too."""
+    return f.done and f.state == "failed" and any(code in (f.errors or "") for code in CODES)
