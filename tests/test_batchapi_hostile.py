@@ -217,6 +217,26 @@ def test_an_announced_output_file_the_server_does_not_have_resubmits_its_lines(
     assert sorted(raw.submitted.values()) == [2] * N and len(raw.batches) == 2
 
 
+def test_an_announced_output_file_the_server_knows_late_is_collected_not_resubmitted(
+    tmp_path: Path,
+) -> None:
+    # A 404 for the output file at the first try only (a replica that learns of it late): the
+    # batch is collected at the next poll; resubmitting at once would run and bill it twice.
+    async def late(request: web.Request, n: int) -> web.StreamResponse | None:
+        if n == 0:
+            return web.json_response({"error": {"message": "No such File object"}}, status=404)
+        return None
+
+    with RawServer() as raw:
+        raw.hooks["content"] = late
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    assert "collected later" in done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+
+
 def test_a_download_failing_past_its_tries_is_collected_later_not_the_run_ended(
     tmp_path: Path,
 ) -> None:

@@ -3,13 +3,14 @@ file, or fails for a while, leaves of them.
 
 A file the batch announced but the server answers 404 for (deleted, or never kept) has nothing
 to give: its lines count as unanswered (resubmitted, as a lost batch's are) rather than stop
-every run for good. A download that keeps failing otherwise (5xx, a dropped connection, past the
+every run for good; but only once it is gone for good by lost.py's rule (a server that keeps a
+new file a little late would otherwise have its lines run, and billed, twice). A download that keeps failing otherwise (5xx, a dropped connection, past the
 client's own tries) leaves the batch to be collected at the next poll, or by the next run."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Container
+from collections.abc import Callable, Container
 from typing import Any
 
 from batchpizza.batchapi.client import BatchClient
@@ -20,10 +21,11 @@ log = logging.getLogger("batchpizza")
 
 
 async def results_of(
-    client: BatchClient, batch: dict[str, Any], ours: Container[str]
+    client: BatchClient, batch: dict[str, Any], ours: Container[str], gone: Callable[[], bool]
 ) -> dict[str, ResultLine] | None:
     """The result line of each of `ours` (custom_ids) the batch's files hold (`_better` where a
-    server repeats one); None when they cannot be read now (collected later)."""
+    server repeats one); None when they cannot be read now (collected later). `gone`: one more
+    404 for a file of this batch, and whether it is gone for good now."""
     seen: dict[str, ResultLine] = {}
     for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
         if not isinstance(file_id, str) or not file_id:
@@ -31,6 +33,9 @@ async def results_of(
         try:
             content = await client.content(file_id)
         except BatchAPIError as exc:
+            if exc.status == 404 and not gone():
+                log.warning("%s; batch %s is collected later", exc.message, batch.get("id"))
+                return None
             if exc.status == 404:
                 log.warning(
                     "%s: batch %s announced it, the server does not have it; the requests it "

@@ -80,6 +80,7 @@ class BatchFlow:
         self.client: BatchClient | None = None
         self.fatal: BatchAPIError | None = None
         self.lost = Lost()  # batches the server answered 404 for (lost.py)
+        self.missing = Lost()  # and their output or error files, likewise
         self.statuses = Statuses()  # (statuses.py)
         self.out = 0  # batches still out when the run ended
         self.sent_online = 0  # --via auto: rows sent (and finished) online instead
@@ -262,7 +263,7 @@ class BatchFlow:
                 self._failed_whole(f, batch, lines)
                 return
             why = held_back(batch, len(lines))
-        seen = await results_of(client, batch, lines)
+        seen = await results_of(client, batch, lines, lambda: self.missing.gone(f))
         if seen is None:
             return
         results: list[tuple[int, Result]] = []

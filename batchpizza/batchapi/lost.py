@@ -1,7 +1,8 @@
 """When a batch the server answers 404 for is lost for good (its lines then resubmitted), and
 when it is only not known yet: a server whose replicas learn of a new batch a little late
 answers 404 to its first polls, and resubmitting then would run every line twice (the first
-batch runs all the same, and is never collected)."""
+batch runs all the same, and is never collected). The same rule holds for the output and error
+files a finished batch announces (download.py)."""
 
 from __future__ import annotations
 
