@@ -3,25 +3,23 @@ kills at every stage, and a raw server for what the mock does not do."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
+from tests.batchapi_raw import RawServer
 from tests.batchapi_shared import KEY, LIMITS, rows
 from tests.conftest import Spawn, read_jsonl, write_jsonl
 
@@ -339,75 +337,12 @@ def test_status_and_dry_run_show_each_batch_its_state_and_counts(
     assert "batch_000002" in dry.stdout and "0/10 done" in dry.stdout
 
 
-# -- a raw server, for what the mock does not do ----------------------------------------------
+# -- a raw server (tests/batchapi_raw.py), for what the mock does not do ----------------------
 
 
-class RawBatchServer:
-    """A bare Batch API that completes each batch at once, every line answered by `reply`
-    (custom_id -> the line's response, or None for no line at all), in reverse order."""
-
-    def __init__(self, reply: Callable[[str, dict[str, Any]], dict[str, Any] | None]) -> None:
-        self.reply = reply
-        self.contents: dict[str, bytes] = {}
-        self.batches: dict[str, dict[str, Any]] = {}
-        self.base_url = ""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    async def _upload(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        upload = form["file"]
-        assert isinstance(upload, web.FileField)
-        with upload.file:
-            file_id = f"file-{len(self.contents)}"
-            self.contents[file_id] = upload.file.read()
-        return web.json_response({"id": file_id, "filename": upload.filename})
-
-    async def _create(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        batch_id = f"batch-{len(self.batches)}"
-        results = []
-        for raw in self.contents[body["input_file_id"]].splitlines():
-            line = json.loads(raw)
-            response = self.reply(line["custom_id"], line["body"])
-            if response is not None:
-                results.append({"custom_id": line["custom_id"], **response})
-        out_id = f"file-out-{batch_id}"
-        self.contents[out_id] = b"".join(json.dumps(r).encode() + b"\n" for r in results[::-1])
-        batch = {"id": batch_id, "status": "completed", "output_file_id": out_id,
-                 "input_file_id": body["input_file_id"], "request_counts": {}}  # fmt: skip
-        self.batches[batch_id] = batch
-        return web.json_response(batch)
-
-    async def _get(self, request: web.Request) -> web.Response:
-        return web.json_response(self.batches[request.match_info["id"]])
-
-    async def _content(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.contents[request.match_info["id"]])
-
-    async def _start(self) -> web.AppRunner:
-        app = web.Application()
-        app.router.add_post("/v1/files", self._upload)
-        app.router.add_get("/v1/files/{id}/content", self._content)
-        app.router.add_post("/v1/batches", self._create)
-        app.router.add_get("/v1/batches/{id}", self._get)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        return runner
-
-    def __enter__(self) -> RawBatchServer:
-        self._thread.start()
-        self._runner = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+def reversed_output(lines: list[bytes]) -> bytes:
+    """A raw server's output file in reverse order: lines are matched by custom_id."""
+    return b"".join(lines[::-1])
 
 
 def test_a_completed_batch_whose_lines_all_failed_is_failed_rows_never_success(
@@ -418,7 +353,8 @@ def test_a_completed_batch_whose_lines_all_failed_is_failed_rows_never_success(
     error = {"error": {"message": "max_tokens is too large", "type": "invalid_request_error"}}
     inp = write_jsonl(tmp_path / "in.jsonl", rows(8))
     out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
-    with RawBatchServer(lambda cid, body: {"response": {"status_code": 400, "body": error}}) as raw:
+    with RawServer(lambda cid, body: {"response": {"status_code": 400, "body": error}}) as raw:
+        raw.output = reversed_output
         done = run(*args(inp, out, raw.base_url, "--via", "batch", "--wait",
                          "--summary-json", str(summary)))  # fmt: skip
 
@@ -456,7 +392,8 @@ def test_odd_result_lines_unordered_missing_or_unknown_are_matched_by_custom_id(
 
     inp = write_jsonl(tmp_path / "in.jsonl", rows(6))
     out = tmp_path / "out.jsonl"
-    with RawBatchServer(reply) as raw:
+    with RawServer(reply) as raw:
+        raw.output = reversed_output
         done = run(*args(inp, out, raw.base_url, "--via", "batch", "--wait", "--max-retries", "2"))
 
     assert done.returncode == 3, done.stderr
@@ -619,7 +556,8 @@ def test_lines_refused_for_an_unknown_model_stop_the_run_with_exit_2(
     error = {"error": {"message": "The model `nope` does not exist", "code": "model_not_found"}}
     inp = write_jsonl(tmp_path / "in.jsonl", rows(3))
     out = tmp_path / "out.jsonl"
-    with RawBatchServer(lambda cid, body: {"response": {"status_code": 404, "body": error}}) as raw:
+    with RawServer(lambda cid, body: {"response": {"status_code": 404, "body": error}}) as raw:
+        raw.output = reversed_output
         done = run(*args(inp, out, raw.base_url, "--via", "batch", "--wait", "--model", "nope"))
 
     assert done.returncode == 2, done.stderr

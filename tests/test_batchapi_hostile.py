@@ -601,25 +601,33 @@ def test_killed_at_each_step_on_a_server_that_lists_no_files_submits_each_line_o
     assert len(raw.batches) == 2 and len(raw.files) == 3
 
 
-def test_a_server_that_lists_no_batches_makes_a_batch_a_killed_run_never_asked_for(
-    spawn: Spawn, tmp_path: Path
-) -> None:
-    # Killed during an upload the server kept: the rerun cannot look for a batch (none are
-    # listed), but it never sent a create for that file, so it makes the batch at once.
-    n = 30
+def killed_during_then_rerun(
+    spawn: Spawn, tmp_path: Path, step: str, n: int
+) -> tuple[RawServer, subprocess.CompletedProcess[str], Path]:
+    """A run killed during `step` (upload, create) against a server that lists neither files
+    nor batches, then rerun: the server, the rerun and the output."""
     inp = write_jsonl(tmp_path / "in.jsonl", rows(n))
     out = tmp_path / "out.jsonl"
     with RawServer() as raw:
         raw.hooks["files"] = raw.hooks["batches"] = _no_listing
         argv = ["run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
                 f"{raw.base_url}/v1", "--no-progress", "--via", "batch", "--wait"]  # fmt: skip
-        killed_when(spawn, argv, raw.stall("upload").is_set)
-        del raw.hooks["upload"]
-        done = batch_run(inp, out, raw.base_url)
+        killed_when(spawn, argv, raw.stall(step).is_set)
+        del raw.hooks[step]
+        rerun = batch_run(inp, out, raw.base_url)
+    return raw, rerun, out
+
+
+def test_a_server_that_lists_no_batches_makes_a_batch_a_killed_run_never_asked_for(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    # Killed during an upload the server kept: the rerun cannot look for a batch (none are
+    # listed), but it never sent a create for that file, so it makes the batch at once.
+    raw, done, out = killed_during_then_rerun(spawn, tmp_path, "upload", 30)
 
     assert done.returncode == 0, done.stderr
-    answered_right(out, n)
-    assert sorted(raw.submitted.values()) == [1] * n and len(raw.batches) == 1
+    answered_right(out, 30)
+    assert sorted(raw.submitted.values()) == [1] * 30 and len(raw.batches) == 1
 
 
 def test_a_server_that_lists_no_batches_stops_a_rerun_that_could_submit_twice(
@@ -627,21 +635,12 @@ def test_a_server_that_lists_no_batches_stops_a_rerun_that_could_submit_twice(
 ) -> None:
     # Killed while the create was on its way: only the server knows whether it made the batch,
     # and it lists none. Exit 2 saying so and what to do, and nothing submitted again.
-    n = 30
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(n))
-    out = tmp_path / "out.jsonl"
-    with RawServer() as raw:
-        raw.hooks["files"] = raw.hooks["batches"] = _no_listing
-        argv = ["run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
-                f"{raw.base_url}/v1", "--no-progress", "--via", "batch", "--wait"]  # fmt: skip
-        killed_when(spawn, argv, raw.stall("create").is_set)
-        del raw.hooks["create"]
-        again = batch_run(inp, out, raw.base_url)
+    raw, again, _ = killed_during_then_rerun(spawn, tmp_path, "create", 30)
 
     assert again.returncode == 2, again.stderr
     assert "lists no batches to tell whether it made one" in again.stderr
     assert "Rerun without --via to send them online" in again.stderr
-    assert sorted(raw.submitted.values()) == [1] * n and len(raw.batches) == 1
+    assert sorted(raw.submitted.values()) == [1] * 30 and len(raw.batches) == 1
 
 
 # -- money ----------------------------------------------------------------------------------
