@@ -159,7 +159,7 @@ class RawServer:
         out_id = f"file-out-{batch['id']}"
         self.contents[out_id] = self.output(lines)
         n = len(lines)
-        batch.update(status="completed", output_file_id=out_id,
+        batch.update(status="completed", output_file_id=out_id, completed_at=int(time.time()),
                      request_counts={"total": n, "completed": n, "failed": 0})  # fmt: skip
 
     async def _get(self, request: web.Request) -> web.StreamResponse:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -229,6 +230,38 @@ def test_an_announced_output_file_the_server_knows_late_is_collected_not_resubmi
 
     with RawServer() as raw:
         raw.hooks["content"] = late
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    assert "collected later" in done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+
+
+def test_an_output_file_known_late_is_not_resubmitted_for_its_batch_s_age(
+    tmp_path: Path,
+) -> None:
+    # A batch submitted by an earlier (cron) run more than 10 minutes ago, its output file
+    # answering 404 only to the first download after it completed: the file is new, only not
+    # known yet; its age counts from the batch's end, not from the submission (every real batch
+    # runs longer than 10 minutes, so that rule resubmitted, and billed, all its lines at once).
+    async def late(request: web.Request, n: int) -> web.StreamResponse | None:
+        if n == 0:
+            return web.json_response({"error": {"message": "No such File object"}}, status=404)
+        return None
+
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(N))
+    out = tmp_path / "out.jsonl"
+    argv = [sys.executable, "-m", "batchpizza", "run", str(inp), "-o", str(out), "--provider",
+            "openai", "--no-progress", "--via", "batch"]  # fmt: skip
+    with RawServer() as raw:
+        raw.hooks["content"] = late
+        raw.statuses = ["in_progress"]
+        cron = subprocess.run([*argv, "--base-url", f"{raw.base_url}/v1"],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert cron.returncode == 4, cron.stderr
+        with sqlite3.connect(f"{out}.checkpoint") as conn:  # submitted 11 minutes ago
+            conn.execute("UPDATE batch_files SET created = created - 660")
         done, out = go(tmp_path, raw)
 
     assert done.returncode == 0, done.stderr

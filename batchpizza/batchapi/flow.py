@@ -263,7 +263,9 @@ class BatchFlow:
                 self._failed_whole(f, batch, lines)
                 return
             why = held_back(batch, len(lines))
-        seen = await results_of(client, batch, lines, lambda: self.missing.gone(f))
+        seen = await results_of(
+            client, batch, lines, lambda: self.missing.gone(f, Lost.ended(batch))
+        )
         if seen is None:
             return
         results: list[tuple[int, Result]] = []

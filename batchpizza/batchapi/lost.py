@@ -7,6 +7,7 @@ files a finished batch announces (download.py)."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from batchpizza.checkpoint.batches import BatchFile
 
@@ -18,10 +19,21 @@ class Lost:
     def __init__(self) -> None:
         self._unknown: dict[int, int] = {}  # file seq -> polls in a row that answered 404
 
-    def gone(self, f: BatchFile) -> bool:
-        """One more 404 for the batch of file `f`: whether it is lost for good now."""
+    def gone(self, f: BatchFile, since: float | None = None) -> bool:
+        """One more 404 for the batch of file `f`: whether it is lost for good now. `since`:
+        when what is missing came to be, if not with the file (a batch's output file: its end;
+        a batch runs for hours, so its file's age says nothing of a file made a second ago)."""
         n = self._unknown[f.seq] = self._unknown.get(f.seq, 0) + 1
-        return n >= POLLS or time.time() - f.created >= AGE
+        return n >= POLLS or time.time() - (f.created if since is None else since) >= AGE
+
+    @staticmethod
+    def ended(batch: dict[str, Any]) -> float | None:
+        """When the batch ended, as it says (None: it does not, and its file's age counts)."""
+        for key in ("completed_at", "failed_at", "expired_at", "cancelled_at", "finalizing_at"):
+            at = batch.get(key)
+            if isinstance(at, int | float) and not isinstance(at, bool) and at > 0:
+                return float(at)
+        return None
 
     def known(self, f: BatchFile) -> None:
         self._unknown.pop(f.seq, None)
