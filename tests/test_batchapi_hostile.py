@@ -677,6 +677,30 @@ def test_a_server_that_lists_no_batches_stops_a_rerun_that_could_submit_twice(
     assert sorted(raw.submitted.values()) == [1] * n and len(raw.batches) == 1
 
 
+def test_a_file_an_earlier_version_left_uploaded_is_not_created_again_unseen(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    # A batchpizza from before the `creating` mark left a file `uploaded` whether or not its
+    # create was sent (killed during it, here): on a server that lists no batches, the rerun
+    # cannot tell either, so it must not make the batch again (every line submitted twice).
+    n = 30
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(n))
+    out = tmp_path / "out.jsonl"
+    with RawServer() as raw:
+        raw.hooks["files"] = raw.hooks["batches"] = _no_listing
+        argv = ["run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
+                f"{raw.base_url}/v1", "--no-progress", "--via", "batch", "--wait"]  # fmt: skip
+        killed_when(spawn, argv, raw.stall("create").is_set)
+        del raw.hooks["create"]
+        with sqlite3.connect(f"{out}.checkpoint") as conn:  # as the earlier version left it
+            conn.execute("UPDATE batch_files SET state = 'uploaded'")
+        again = batch_run(inp, out, raw.base_url)
+
+    assert again.returncode == 2, again.stderr
+    assert "lists no batches to tell whether it made one" in again.stderr
+    assert sorted(raw.submitted.values()) == [1] * n and len(raw.batches) == 1
+
+
 # -- money ----------------------------------------------------------------------------------
 
 

@@ -57,7 +57,7 @@ class BatchFile:
     bytes: int
     file_id: str | None
     batch_id: str | None
-    state: str  # "intended", "uploaded", "creating", then the batch's status on the server
+    state: str  # "intended", "stored" (uploaded), "creating", then the batch's status on the server
     counts: dict[str, int]
     output_file_id: str | None
     error_file_id: str | None
@@ -169,9 +169,11 @@ class BatchRecords:
                          None, now, False)  # fmt: skip
 
     def set_file_id(self, seq: int, file_id: str) -> None:
+        """Not `uploaded`: that is what a batchpizza from before the `creating` mark left, create
+        sent or not (batchapi/creating.py tells them apart by it)."""
         with self._transaction():
             self._conn.execute(
-                "UPDATE batch_files SET file_id = ?, state = 'uploaded', updated = ? WHERE seq = ?",
+                "UPDATE batch_files SET file_id = ?, state = 'stored', updated = ? WHERE seq = ?",
                 (file_id, time.time(), seq),
             )
 
