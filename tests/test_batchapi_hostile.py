@@ -701,6 +701,27 @@ def test_a_file_an_earlier_version_left_uploaded_is_not_created_again_unseen(
     assert sorted(raw.submitted.values()) == [1] * n and len(raw.batches) == 1
 
 
+def test_a_create_refused_with_429_on_a_server_that_lists_no_batches_is_sent_again(
+    tmp_path: Path,
+) -> None:
+    # A 429 (or another 4xx) is the server saying it made nothing: the file's `creating` mark is
+    # taken back, so the retry sends the create again instead of ending the run (and every
+    # rerun) with exit 2 for a batch that cannot exist.
+    async def busy(request: web.Request, n: int) -> web.StreamResponse | None:
+        if n == 0:
+            return web.json_response({"error": {"message": "Too many requests"}}, status=429)
+        return None
+
+    with RawServer() as raw:
+        raw.hooks["files"] = raw.hooks["batches"] = _no_listing
+        raw.hooks["create"] = busy
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+
+
 # -- money ----------------------------------------------------------------------------------
 
 

@@ -22,7 +22,14 @@ async def create(
     client: BatchClient, checkpoint: Checkpoint, f: BatchFile, file_id: str
 ) -> dict[str, Any]:
     checkpoint.mark_file(f.seq, CREATING)
-    return await client.create(file_id, f.name)
+    try:
+        return await client.create(file_id, f.name)
+    except BatchAPIError as exc:
+        if exc.status is not None and 400 <= exc.status < 500 and exc.status != 409:
+            # Refused (a 429, a 400): nothing made, so a retry or a rerun need not look for it;
+            # a 5xx or no reply may have made it, and a 409 may say it exists.
+            checkpoint.mark_file(f.seq, STORED)
+        raise
 
 
 async def find(
