@@ -828,6 +828,34 @@ def test_a_batch_unknown_for_a_moment_after_its_creation_is_not_submitted_again(
     assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
 
 
+def test_a_batch_made_late_of_a_file_recorded_long_ago_is_not_lost_at_its_first_404(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    # Killed during the upload, rerun from cron a quarter of an hour later: the batch is made
+    # now, of a file recorded then; a server that knows it late answers 404 to the first poll.
+    # Its age counts from its making, not the file's record: lost at once, it ran twice.
+    async def not_yet(request: web.Request, n: int) -> web.StreamResponse | None:
+        if n == 0:
+            return web.json_response({"error": {"message": "No such batch"}}, status=404)
+        return None
+
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(N))
+    out = tmp_path / "out.jsonl"
+    with RawServer() as raw:
+        argv = ["run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
+                f"{raw.base_url}/v1", "--no-progress", "--via", "batch", "--wait"]  # fmt: skip
+        killed_when(spawn, argv, raw.stall("upload").is_set)
+        del raw.hooks["upload"]
+        with sqlite3.connect(f"{out}.checkpoint") as conn:  # recorded 15 minutes ago
+            conn.execute("UPDATE batch_files SET created = created - 900, updated = updated - 900")
+        raw.hooks["get"] = not_yet
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+
+
 def test_a_404_is_lost_for_good_after_three_polls_in_a_row_or_at_once_for_an_old_batch() -> None:
     def file(seq: int, age: float) -> BatchFile:
         return BatchFile(seq, f"f{seq}", 1, 1, "file", "batch", "in_progress", {}, None, None,

@@ -264,7 +264,7 @@ class BatchFlow:
                 return
             why = held_back(batch, len(lines))
         seen = await results_of(
-            client, batch, lines, lambda: self.missing.gone(f, Lost.ended(batch))
+            client, batch, lines, lambda: self.missing.gone(f, Lost.ended(batch) or f.created)
         )
         if seen is None:
             return

@@ -20,11 +20,14 @@ class Lost:
         self._unknown: dict[int, int] = {}  # file seq -> polls in a row that answered 404
 
     def gone(self, f: BatchFile, since: float | None = None) -> bool:
-        """One more 404 for the batch of file `f`: whether it is lost for good now. `since`:
-        when what is missing came to be, if not with the file (a batch's output file: its end;
-        a batch runs for hours, so its file's age says nothing of a file made a second ago)."""
+        """One more 404 for the batch of file `f`: whether it is lost for good now. Its age
+        counts from when the server last told of it (made, or polled), not from the file's
+        record: a rerun long after a kill makes the batch of an old file. `since`: when what
+        is missing came to be instead (a batch's output file: the batch's end)."""
         n = self._unknown[f.seq] = self._unknown.get(f.seq, 0) + 1
-        return n >= POLLS or time.time() - (f.created if since is None else since) >= AGE
+        if since is None:
+            since = max(f.created, f.updated)
+        return n >= POLLS or time.time() - since >= AGE
 
     @staticmethod
     def ended(batch: dict[str, Any]) -> float | None:

@@ -64,6 +64,8 @@ class BatchFile:
     errors: str | None
     created: float
     done: bool
+    # Last told of by the server (the batch made, a poll answered; set_batch), else as created.
+    updated: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,7 +93,7 @@ class BatchLine:
 
 _FILE_COLUMNS = (
     "seq, name, lines, bytes, file_id, batch_id, state, counts, output_file_id, error_file_id, "
-    "errors, created, done"
+    "errors, created, done, updated"
 )
 _LINE_COLUMNS = "l.seq, l.custom_id, l.id, l.pos, l.digest, l.tries, l.line"
 
@@ -101,7 +103,7 @@ def _file(row: tuple[Any, ...]) -> BatchFile:
     seq, name, lines, size, file_id, batch_id, state = row[:7]
     output_id, error_id, errors, created = row[8:12]
     return BatchFile(seq, name, lines, size, file_id, batch_id, state, counts, output_id, error_id,
-                     errors, created, bool(row[12]))  # fmt: skip
+                     errors, created, bool(row[12]), row[13])  # fmt: skip
 
 
 class BatchRecords:
