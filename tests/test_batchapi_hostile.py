@@ -460,6 +460,42 @@ def test_lines_over_the_enqueued_token_limit_wait_for_room_across_cron_runs(
     assert sorted(raw.submitted.values()) == [1] * 40 + [2] * 10
 
 
+def test_via_auto_sends_lines_held_for_the_enqueued_token_limit_online_at_the_deadline(
+    tmp_path: Path,
+) -> None:
+    # --via auto: near the deadline the rows still out go online; so must the lines of a batch
+    # failed for the enqueued-token limit, held for room while the other batch is out (they
+    # were left unanswered, the run ending as if done).
+    over: set[str] = set()
+
+    async def create(request: web.Request, n: int) -> web.StreamResponse | None:
+        made = raw.make()
+        if made["id"] == "batch-1":
+            over.add(made["id"])
+        return web.json_response(made)
+
+    def view(b: dict[str, Any]) -> dict[str, Any]:
+        if b["id"] in over and b["status"] != "validating":
+            return {**b, "status": "failed", "errors": QUOTA, "output_file_id": None}
+        return b
+
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))  # files of 40 and 10 lines
+    out = tmp_path / "out.jsonl"
+    with RawServer() as raw:
+        raw.hooks["create"] = create
+        raw.view = view
+        raw.statuses = ["in_progress"] * 10_000  # batch-0 never ends
+        argv = [sys.executable, "-m", "batchpizza", "run", str(inp), "-o", str(out),
+                "--provider", "openai", "--base-url", f"{raw.base_url}/v1", "--no-progress",
+                "--via", "auto", "--deadline", "6s", "--rate", "0"]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out, 50)
+    assert sorted(raw.online.values()) == [1] * 50
+    assert sorted(raw.submitted.values()) == [1] * 50
+
+
 # -- the upload -----------------------------------------------------------------------------
 
 

@@ -29,6 +29,11 @@ class Lost:
             since = max(f.created, f.updated)
         return n >= POLLS or time.time() - since >= AGE
 
+    def file_gone(self, f: BatchFile, batch: dict[str, Any]) -> bool:
+        """One more 404 for an output or error file of `batch`: counted from the batch's end
+        (from its file's record where the batch gives no time)."""
+        return self.gone(f, self.ended(batch) or f.created)
+
     @staticmethod
     def ended(batch: dict[str, Any]) -> float | None:
         """When the batch ended, as it says (None: it does not, and its file's age counts)."""
