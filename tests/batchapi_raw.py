@@ -69,6 +69,7 @@ class RawServer:
         self.auth_seen: set[str] = set()
         self.uploaded: tuple[str, bytes] = ("", b"")
         self.creating: dict[str, Any] = {}
+        self.online: dict[str, int] = {}  # prompt -> times asked at /chat/completions (--via auto)
         self.base_url = ""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -159,7 +160,7 @@ class RawServer:
         out_id = f"file-out-{batch['id']}"
         self.contents[out_id] = self.output(lines)
         n = len(lines)
-        batch.update(status="completed", output_file_id=out_id,
+        batch.update(status="completed", output_file_id=out_id, completed_at=int(time.time()),
                      request_counts={"total": n, "completed": n, "failed": 0})  # fmt: skip
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
@@ -192,6 +193,11 @@ class RawServer:
             return web.json_response({"error": {"message": "No such file"}}, status=404)
         return web.Response(body=content, content_type="application/octet-stream")
 
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        prompt = (await request.json())["messages"][-1]["content"]
+        self.online[prompt] = self.online.get(prompt, 0) + 1
+        return web.json_response(completion(answer_of(prompt)))
+
     # -- running ----------------------------------------------------------------------------
 
     async def _start(self) -> web.AppRunner:
@@ -203,6 +209,7 @@ class RawServer:
         app.router.add_post("/v1/batches", self._create)
         app.router.add_get("/v1/batches", self._list_batches)
         app.router.add_get("/v1/batches/{id}", self._get)
+        app.router.add_post("/v1/chat/completions", self._chat)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -237,6 +238,38 @@ def test_an_announced_output_file_the_server_knows_late_is_collected_not_resubmi
     assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
 
 
+def test_an_output_file_known_late_is_not_resubmitted_for_its_batch_s_age(
+    tmp_path: Path,
+) -> None:
+    # A batch submitted by an earlier (cron) run more than 10 minutes ago, its output file
+    # answering 404 only to the first download after it completed: the file is new, only not
+    # known yet; its age counts from the batch's end, not from the submission (every real batch
+    # runs longer than 10 minutes, so that rule resubmitted, and billed, all its lines at once).
+    async def late(request: web.Request, n: int) -> web.StreamResponse | None:
+        if n == 0:
+            return web.json_response({"error": {"message": "No such File object"}}, status=404)
+        return None
+
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(N))
+    out = tmp_path / "out.jsonl"
+    argv = [sys.executable, "-m", "batchpizza", "run", str(inp), "-o", str(out), "--provider",
+            "openai", "--no-progress", "--via", "batch"]  # fmt: skip
+    with RawServer() as raw:
+        raw.hooks["content"] = late
+        raw.statuses = ["in_progress"]
+        cron = subprocess.run([*argv, "--base-url", f"{raw.base_url}/v1"],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert cron.returncode == 4, cron.stderr
+        with sqlite3.connect(f"{out}.checkpoint") as conn:  # submitted 11 minutes ago
+            conn.execute("UPDATE batch_files SET created = created - 660")
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    assert "collected later" in done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+
+
 def test_a_download_failing_past_its_tries_is_collected_later_not_the_run_ended(
     tmp_path: Path,
 ) -> None:
@@ -425,6 +458,42 @@ def test_lines_over_the_enqueued_token_limit_wait_for_room_across_cron_runs(
     assert done.returncode == 0, done.stderr
     answered_right(out, 50)
     assert sorted(raw.submitted.values()) == [1] * 40 + [2] * 10
+
+
+def test_via_auto_sends_lines_held_for_the_enqueued_token_limit_online_at_the_deadline(
+    tmp_path: Path,
+) -> None:
+    # --via auto: near the deadline the rows still out go online; so must the lines of a batch
+    # failed for the enqueued-token limit, held for room while the other batch is out (they
+    # were left unanswered, the run ending as if done).
+    over: set[str] = set()
+
+    async def create(request: web.Request, n: int) -> web.StreamResponse | None:
+        made = raw.make()
+        if made["id"] == "batch-1":
+            over.add(made["id"])
+        return web.json_response(made)
+
+    def view(b: dict[str, Any]) -> dict[str, Any]:
+        if b["id"] in over and b["status"] != "validating":
+            return {**b, "status": "failed", "errors": QUOTA, "output_file_id": None}
+        return b
+
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))  # files of 40 and 10 lines
+    out = tmp_path / "out.jsonl"
+    with RawServer() as raw:
+        raw.hooks["create"] = create
+        raw.view = view
+        raw.statuses = ["in_progress"] * 10_000  # batch-0 never ends
+        argv = [sys.executable, "-m", "batchpizza", "run", str(inp), "-o", str(out),
+                "--provider", "openai", "--base-url", f"{raw.base_url}/v1", "--no-progress",
+                "--via", "auto", "--deadline", "6s", "--rate", "0"]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out, 50)
+    assert sorted(raw.online.values()) == [1] * 50
+    assert sorted(raw.submitted.values()) == [1] * 50
 
 
 # -- the upload -----------------------------------------------------------------------------
@@ -643,6 +712,51 @@ def test_a_server_that_lists_no_batches_stops_a_rerun_that_could_submit_twice(
     assert sorted(raw.submitted.values()) == [1] * 30 and len(raw.batches) == 1
 
 
+def test_a_file_an_earlier_version_left_uploaded_is_not_created_again_unseen(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    # A batchpizza from before the `creating` mark left a file `uploaded` whether or not its
+    # create was sent (killed during it, here): on a server that lists no batches, the rerun
+    # cannot tell either, so it must not make the batch again (every line submitted twice).
+    n = 30
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(n))
+    out = tmp_path / "out.jsonl"
+    with RawServer() as raw:
+        raw.hooks["files"] = raw.hooks["batches"] = _no_listing
+        argv = ["run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
+                f"{raw.base_url}/v1", "--no-progress", "--via", "batch", "--wait"]  # fmt: skip
+        killed_when(spawn, argv, raw.stall("create").is_set)
+        del raw.hooks["create"]
+        with sqlite3.connect(f"{out}.checkpoint") as conn:  # as the earlier version left it
+            conn.execute("UPDATE batch_files SET state = 'uploaded'")
+        again = batch_run(inp, out, raw.base_url)
+
+    assert again.returncode == 2, again.stderr
+    assert "lists no batches to tell whether it made one" in again.stderr
+    assert sorted(raw.submitted.values()) == [1] * n and len(raw.batches) == 1
+
+
+def test_a_create_refused_with_429_on_a_server_that_lists_no_batches_is_sent_again(
+    tmp_path: Path,
+) -> None:
+    # A 429 (or another 4xx) is the server saying it made nothing: the file's `creating` mark is
+    # taken back, so the retry sends the create again instead of ending the run (and every
+    # rerun) with exit 2 for a batch that cannot exist.
+    async def busy(request: web.Request, n: int) -> web.StreamResponse | None:
+        if n == 0:
+            return web.json_response({"error": {"message": "Too many requests"}}, status=429)
+        return None
+
+    with RawServer() as raw:
+        raw.hooks["files"] = raw.hooks["batches"] = _no_listing
+        raw.hooks["create"] = busy
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+
+
 # -- money ----------------------------------------------------------------------------------
 
 
@@ -741,6 +855,34 @@ def test_a_batch_unknown_for_a_moment_after_its_creation_is_not_submitted_again(
         return None
 
     with RawServer() as raw:
+        raw.hooks["get"] = not_yet
+        done, out = go(tmp_path, raw)
+
+    assert done.returncode == 0, done.stderr
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+
+
+def test_a_batch_made_late_of_a_file_recorded_long_ago_is_not_lost_at_its_first_404(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    # Killed during the upload, rerun from cron a quarter of an hour later: the batch is made
+    # now, of a file recorded then; a server that knows it late answers 404 to the first poll.
+    # Its age counts from its making, not the file's record: lost at once, it ran twice.
+    async def not_yet(request: web.Request, n: int) -> web.StreamResponse | None:
+        if n == 0:
+            return web.json_response({"error": {"message": "No such batch"}}, status=404)
+        return None
+
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(N))
+    out = tmp_path / "out.jsonl"
+    with RawServer() as raw:
+        argv = ["run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
+                f"{raw.base_url}/v1", "--no-progress", "--via", "batch", "--wait"]  # fmt: skip
+        killed_when(spawn, argv, raw.stall("upload").is_set)
+        del raw.hooks["upload"]
+        with sqlite3.connect(f"{out}.checkpoint") as conn:  # recorded 15 minutes ago
+            conn.execute("UPDATE batch_files SET created = created - 900, updated = updated - 900")
         raw.hooks["get"] = not_yet
         done, out = go(tmp_path, raw)
 

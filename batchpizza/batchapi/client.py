@@ -88,6 +88,7 @@ class BatchClient:
         tries = 1 if once else self.tries
         for attempt in range(tries):
             retry_after: float | None = None
+            status = None  # of the last reply; None when there was none (a dropped connection)
             try:
                 headers = self.provider.api_headers()
                 data: Any = None
@@ -131,7 +132,9 @@ class BatchClient:
             await self._sleep(wait)
             if self.stop.sending_stopped:
                 raise Halted
-        raise BatchAPIError(f"{what}: {said}" + (f" ({tries} tries)" if tries > 1 else ""))
+        error = BatchAPIError(f"{what}: {said}" + (f" ({tries} tries)" if tries > 1 else ""))
+        error.status = status  # whether the server answered (creating.py); the exit code stands
+        raise error
 
     def backoff(self, attempt: int) -> float:
         return float(min(self.backoff_cap, self.backoff_base * 2**attempt))

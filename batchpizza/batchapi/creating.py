@@ -2,7 +2,8 @@
 the create is sent, so a run stopped before that mark makes the batch without looking for it,
 and only one stopped after it needs the server's listing of batches to find out whether the
 server made it. A server that lists no batches (some gateways) cannot say: the run then stops
-rather than risk submitting the file's requests twice, and says what the user can do."""
+rather than risk submitting the file's requests twice, and says what the user can do. So does a
+file an earlier batchpizza (without the mark) left `uploaded`: its create may have been sent."""
 
 from __future__ import annotations
 
@@ -14,13 +15,21 @@ from batchpizza.checkpoint.batches import BatchFile
 from batchpizza.errors import BatchAPIError
 
 CREATING = "creating"
+STORED = "stored"  # uploaded, no create sent (checkpoint/batches.py set_file_id)
 
 
 async def create(
     client: BatchClient, checkpoint: Checkpoint, f: BatchFile, file_id: str
 ) -> dict[str, Any]:
     checkpoint.mark_file(f.seq, CREATING)
-    return await client.create(file_id, f.name)
+    try:
+        return await client.create(file_id, f.name)
+    except BatchAPIError as exc:
+        if exc.status is not None and 400 <= exc.status < 500 and exc.status != 409:
+            # Refused (a 429, a 400): nothing made, so a retry or a rerun need not look for it;
+            # a 5xx or no reply may have made it, and a 409 may say it exists.
+            checkpoint.mark_file(f.seq, STORED)
+        raise
 
 
 async def find(
@@ -32,7 +41,7 @@ async def find(
     except BatchAPIError as exc:
         if exc.status not in (404, 405):
             raise
-        if checkpoint.file_state(f.seq) != CREATING:
+        if checkpoint.file_state(f.seq) == STORED:
             return None  # the create was never sent: there is nothing to find
         raise BatchAPIError(
             f"{f.name}: a run stopped while its batch was being created, and this server lists "

@@ -27,7 +27,7 @@ from batchpizza.batchapi.client import BatchClient, Halted
 from batchpizza.batchapi.download import results_of, said_collected
 from batchpizza.batchapi.files import Line, build_lines, split
 from batchpizza.batchapi.lost import Lost
-from batchpizza.batchapi.quota import held_back, over_enqueued_limit, waits_for_room
+from batchpizza.batchapi.quota import held_back, online_instead, over_enqueued_limit, waits_for_room
 from batchpizza.batchapi.results import Judge
 from batchpizza.batchapi.settings import AUTO_MARGIN, AUTO_MIN, Limits
 from batchpizza.batchapi.statuses import Statuses
@@ -263,7 +263,7 @@ class BatchFlow:
                 self._failed_whole(f, batch, lines)
                 return
             why = held_back(batch, len(lines))
-        seen = await results_of(client, batch, lines, lambda: self.missing.gone(f))
+        seen = await results_of(client, batch, lines, lambda: self.missing.file_gone(f, batch))
         if seen is None:
             return
         results: list[tuple[int, Result]] = []
@@ -371,6 +371,7 @@ class BatchFlow:
             self.checkpoint.finish_file(f.seq, outcomes, "abandoned")
             self.money.cancelled((line.digest for line in lines), created=f.batch_id is not None)
             rows.extend(self._held[line.digest] for line in lines if line.digest in self._held)
+        rows.extend(online_instead(self.checkpoint, self._held))  # (quota.py)
         if not rows:
             return
         log.warning("--via auto: %d rows still out near the deadline are sent online", len(rows))

@@ -8,11 +8,15 @@ as a refused file is."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
-from batchpizza.checkpoint.batches import BatchFile
+from batchpizza.checkpoint import Checkpoint
+from batchpizza.checkpoint.batches import BatchFile, BatchLine
 
 log = logging.getLogger("batchpizza")
+
+_R = TypeVar("_R")  # a row as the caller holds it
 
 CODES = frozenset({"token_limit_exceeded"})
 
@@ -42,3 +46,18 @@ def waits_for_room(f: BatchFile) -> bool:
     be done: its batch failed for the enqueued-token limit. Read from the checkpoint, so that a
     cron run after the one that collected it holds them too."""
     return f.done and f.state == "failed" and any(code in (f.errors or "") for code in CODES)
+
+
+def online_instead(checkpoint: Checkpoint, mine: Mapping[bytes, _R]) -> list[_R]:
+    """--via auto near the deadline: the rows (`mine`, by request key) of the lines waiting for
+    room, which never came; their lines marked sent online, as those of a batch cancelled."""
+    files = {f.seq: f for f in checkpoint.batch_files() if waits_for_room(f)}
+    held: dict[int, list[BatchLine]] = {}
+    for line in checkpoint.to_resubmit():
+        if line.seq in files and line.digest in mine:
+            held.setdefault(line.seq, []).append(line)
+    for seq, lines in held.items():
+        checkpoint.finish_file(
+            seq, [(line.custom_id, "online") for line in lines], files[seq].state
+        )
+    return [mine[line.digest] for lines in held.values() for line in lines]

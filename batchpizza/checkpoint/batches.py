@@ -57,13 +57,15 @@ class BatchFile:
     bytes: int
     file_id: str | None
     batch_id: str | None
-    state: str  # "intended", "uploaded", "creating", then the batch's status on the server
+    state: str  # "intended", "stored" (uploaded), "creating", then the batch's status on the server
     counts: dict[str, int]
     output_file_id: str | None
     error_file_id: str | None
     errors: str | None
     created: float
     done: bool
+    # Last told of by the server (the batch made, a poll answered; set_batch), else as created.
+    updated: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,7 +93,7 @@ class BatchLine:
 
 _FILE_COLUMNS = (
     "seq, name, lines, bytes, file_id, batch_id, state, counts, output_file_id, error_file_id, "
-    "errors, created, done"
+    "errors, created, done, updated"
 )
 _LINE_COLUMNS = "l.seq, l.custom_id, l.id, l.pos, l.digest, l.tries, l.line"
 
@@ -101,7 +103,7 @@ def _file(row: tuple[Any, ...]) -> BatchFile:
     seq, name, lines, size, file_id, batch_id, state = row[:7]
     output_id, error_id, errors, created = row[8:12]
     return BatchFile(seq, name, lines, size, file_id, batch_id, state, counts, output_id, error_id,
-                     errors, created, bool(row[12]))  # fmt: skip
+                     errors, created, bool(row[12]), row[13])  # fmt: skip
 
 
 class BatchRecords:
@@ -169,9 +171,11 @@ class BatchRecords:
                          None, now, False)  # fmt: skip
 
     def set_file_id(self, seq: int, file_id: str) -> None:
+        """Not `uploaded`: that is what a batchpizza from before the `creating` mark left, create
+        sent or not (batchapi/creating.py tells them apart by it)."""
         with self._transaction():
             self._conn.execute(
-                "UPDATE batch_files SET file_id = ?, state = 'uploaded', updated = ? WHERE seq = ?",
+                "UPDATE batch_files SET file_id = ?, state = 'stored', updated = ? WHERE seq = ?",
                 (file_id, time.time(), seq),
             )
 
