@@ -421,32 +421,29 @@ def test_a_batch_failed_for_the_enqueued_token_limit_is_resubmitted_once_room_is
     assert sorted(raw.submitted.values()) == [1] * 40 + [2] * 10
 
 
+def failing_for_the_quota(batch_id: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A raw server's view: batch `batch_id` fails for the enqueued-token limit once validated."""
+
+    def view(b: dict[str, Any]) -> dict[str, Any]:
+        if b["id"] == batch_id and b["status"] != "validating":
+            return {**b, "status": "failed", "errors": QUOTA, "output_file_id": None}
+        return b
+
+    return view
+
+
 def test_lines_over_the_enqueued_token_limit_wait_for_room_across_cron_runs(
     tmp_path: Path,
 ) -> None:
     # From cron (no --wait): the run after the one that collected the failed batch must hold its
     # lines too while the first batch is out; resubmitting them would fail alike and spend their
     # one retry, and the rows would end failed.
-    over: set[str] = set()
-
-    async def create(request: web.Request, n: int) -> web.StreamResponse | None:
-        made = raw.make()
-        if made["id"] == "batch-1":
-            over.add(made["id"])
-        return web.json_response(made)
-
-    def view(b: dict[str, Any]) -> dict[str, Any]:
-        if b["id"] in over and b["status"] != "validating":
-            return {**b, "status": "failed", "errors": QUOTA, "output_file_id": None}
-        return b
-
     inp = write_jsonl(tmp_path / "in.jsonl", rows(50))  # files of 40 and 10 lines
     out = tmp_path / "out.jsonl"
     argv = [sys.executable, "-m", "batchpizza", "run", str(inp), "-o", str(out), "--provider",
             "openai", "--no-progress", "--via", "batch", "--max-retries", "1"]  # fmt: skip
     with RawServer() as raw:
-        raw.hooks["create"] = create
-        raw.view = view
+        raw.view = failing_for_the_quota("batch-1")
         raw.statuses = ["in_progress"] * 8  # batch-0 holds the quota through several cron runs
         base = ["--base-url", f"{raw.base_url}/v1"]
         cron = [subprocess.run([*argv, *base], capture_output=True, text=True, timeout=60)
@@ -466,24 +463,10 @@ def test_via_auto_sends_lines_held_for_the_enqueued_token_limit_online_at_the_de
     # --via auto: near the deadline the rows still out go online; so must the lines of a batch
     # failed for the enqueued-token limit, held for room while the other batch is out (they
     # were left unanswered, the run ending as if done).
-    over: set[str] = set()
-
-    async def create(request: web.Request, n: int) -> web.StreamResponse | None:
-        made = raw.make()
-        if made["id"] == "batch-1":
-            over.add(made["id"])
-        return web.json_response(made)
-
-    def view(b: dict[str, Any]) -> dict[str, Any]:
-        if b["id"] in over and b["status"] != "validating":
-            return {**b, "status": "failed", "errors": QUOTA, "output_file_id": None}
-        return b
-
     inp = write_jsonl(tmp_path / "in.jsonl", rows(50))  # files of 40 and 10 lines
     out = tmp_path / "out.jsonl"
     with RawServer() as raw:
-        raw.hooks["create"] = create
-        raw.view = view
+        raw.view = failing_for_the_quota("batch-1")
         raw.statuses = ["in_progress"] * 10_000  # batch-0 never ends
         argv = [sys.executable, "-m", "batchpizza", "run", str(inp), "-o", str(out),
                 "--provider", "openai", "--base-url", f"{raw.base_url}/v1", "--no-progress",
