@@ -218,18 +218,20 @@ def test_an_announced_output_file_the_server_does_not_have_resubmits_its_lines(
     assert sorted(raw.submitted.values()) == [2] * N and len(raw.batches) == 2
 
 
+async def _late_file(request: web.Request, n: int) -> web.StreamResponse | None:
+    """The first download answers 404: a file the server knows a moment late."""
+    if n == 0:
+        return web.json_response({"error": {"message": "No such File object"}}, status=404)
+    return None
+
+
 def test_an_announced_output_file_the_server_knows_late_is_collected_not_resubmitted(
     tmp_path: Path,
 ) -> None:
     # A 404 for the output file at the first try only (a replica that learns of it late): the
     # batch is collected at the next poll; resubmitting at once would run and bill it twice.
-    async def late(request: web.Request, n: int) -> web.StreamResponse | None:
-        if n == 0:
-            return web.json_response({"error": {"message": "No such File object"}}, status=404)
-        return None
-
     with RawServer() as raw:
-        raw.hooks["content"] = late
+        raw.hooks["content"] = _late_file
         done, out = go(tmp_path, raw)
 
     assert done.returncode == 0, done.stderr
@@ -245,17 +247,12 @@ def test_an_output_file_known_late_is_not_resubmitted_for_its_batch_s_age(
     # answering 404 only to the first download after it completed: the file is new, only not
     # known yet; its age counts from the batch's end, not from the submission (every real batch
     # runs longer than 10 minutes, so that rule resubmitted, and billed, all its lines at once).
-    async def late(request: web.Request, n: int) -> web.StreamResponse | None:
-        if n == 0:
-            return web.json_response({"error": {"message": "No such File object"}}, status=404)
-        return None
-
     inp = write_jsonl(tmp_path / "in.jsonl", rows(N))
     out = tmp_path / "out.jsonl"
     argv = [sys.executable, "-m", "batchpizza", "run", str(inp), "-o", str(out), "--provider",
             "openai", "--no-progress", "--via", "batch"]  # fmt: skip
     with RawServer() as raw:
-        raw.hooks["content"] = late
+        raw.hooks["content"] = _late_file
         raw.statuses = ["in_progress"]
         cron = subprocess.run([*argv, "--base-url", f"{raw.base_url}/v1"],
                               capture_output=True, text=True, timeout=60)  # fmt: skip
