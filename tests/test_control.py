@@ -315,6 +315,47 @@ async def test_stop_sleep_ends_when_sending_stops() -> None:
     assert time.monotonic() - started < 5
 
 
+async def test_workers_queued_for_pacer_slots_stop_at_once_at_the_default_rate() -> None:
+    # At the default 2/s, eight workers queue for slots up to 3.5 s off; a SIGTERM waited for
+    # every one of them (the race with the stop was kept for rates under 2/s).
+    stop = asyncio.Event()
+    control = Control(
+        rate=2, auto_max=None, learned=None, patience=10, retry_after_cap=300, timeout=1,
+        on_give_up=lambda: None, stop_signal=stop.wait,
+    )  # fmt: skip
+    await control.enter()  # the first slot is free at once
+    queued = [asyncio.ensure_future(control.enter()) for _ in range(7)]
+    await asyncio.sleep(0.05)
+    assert not any(task.done() for task in queued)
+    stop.set()
+    done, pending = await asyncio.wait(queued, timeout=1.0)
+    assert not pending
+    for task in done:
+        with pytest.raises(Stopped):
+            task.result()
+
+
+async def test_a_slot_a_moment_away_is_waited_for_without_a_race() -> None:
+    # The race with the stop costs two tasks a wait: a slot under FAR_SLOT away goes without.
+    from batchpizza.controls.control import FAR_SLOT
+
+    stop = asyncio.Event()
+    control = Control(
+        rate=1 / (FAR_SLOT / 2), auto_max=None, learned=None, patience=10,
+        retry_after_cap=300, timeout=1, on_give_up=lambda: None, stop_signal=stop.wait,
+    )  # fmt: skip
+    await control.enter()
+    assert control.gate.pacer is not None
+    assert 0 < control.gate.pacer.wait_ahead() <= FAR_SLOT
+    assert not control._far
+    # Two more queued: the next free slot is then 1.5 x FAR_SLOT away, and raced.
+    queued = [asyncio.ensure_future(control.enter()) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert control.gate.pacer.wait_ahead() > FAR_SLOT
+    assert control._far
+    await asyncio.gather(*queued)
+
+
 async def test_a_wait_for_tokens_ends_at_once_when_sending_stops() -> None:
     # Under --tpm 60 an interrupt took the whole 5 s grace: the meter's wait for a token slot
     # did not hear the stop, where the request pacer's does.

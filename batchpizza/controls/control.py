@@ -39,6 +39,8 @@ from batchpizza.records import Prompt, RateInfo
 # (unix time, kind, value, detail): what the checkpoint's events table records.
 Event = tuple[float, str, float, str]
 REFUSAL_STATUSES = frozenset({401, 403})
+# A pacer slot further off than this (seconds) is waited for in a race with the stop signal.
+FAR_SLOT = 0.25
 
 
 def feedback_of(error: ProviderError | None, again: bool = False) -> tuple[Feedback, bool, bool]:
@@ -269,7 +271,7 @@ class Control(Gatekeeper):
     async def _gate(self) -> None:
         """The pacer and the shared pause; a long wait there (a Retry-After, a slow rate) ends
         at once when sending stops (a deadline), instead of holding the run for the grace."""
-        if self.stop_signal is None or (self.gate.pause.remaining <= 0 and not self._slow):
+        if self.stop_signal is None or (self.gate.pause.remaining <= 0 and not self._far):
             await self.gate.enter()
         else:
             entering = asyncio.ensure_future(self.gate.enter())
@@ -283,9 +285,13 @@ class Control(Gatekeeper):
                 raise Stopped
 
     @property
-    def _slow(self) -> bool:
-        """A pacer slot may be seconds away (a rate under 2/s)."""
-        return 0 < self.gate.rate < 2.0
+    def _far(self) -> bool:
+        """The next pacer slot is more than a moment away. Workers queue for slots: at the
+        default 2/s, eight waiting workers hold slots up to 4 s off, and a SIGTERM waited for
+        them all (it once checked the rate alone, under 2/s). A wait this short is not worth
+        the two tasks of the race with the stop."""
+        pacer = self.gate.pacer
+        return pacer is not None and pacer.wait_ahead() > FAR_SLOT
 
     def finished(
         self,

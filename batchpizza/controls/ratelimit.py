@@ -153,6 +153,11 @@ class Pacer:
         recent.append(now)
         return True
 
+    def wait_ahead(self) -> float:
+        """Seconds until the next free slot: how long a caller arriving now would wait (the
+        window rule may add to it)."""
+        return max(0.0, self._next_slot - self._clock())
+
     async def acquire(self) -> None:
         while True:
             schedule = self._schedule
