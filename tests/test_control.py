@@ -335,6 +335,30 @@ async def test_workers_queued_for_pacer_slots_stop_at_once_at_the_default_rate()
             task.result()
 
 
+async def test_workers_waiting_on_an_open_breaker_stop_at_once() -> None:
+    # The service refusing: the breaker opens for about a minute. A SIGTERM then waited out
+    # the whole grace (5 s), the workers asleep in the breaker's wait.
+    from batchpizza.controls.breaker import BreakerState
+
+    stop = asyncio.Event()
+    control = Control(
+        rate=0, auto_max=None, learned=None, patience=3600, retry_after_cap=300, timeout=1,
+        on_give_up=lambda: None, stop_signal=stop.wait,
+    )  # fmt: skip
+    for _ in range(10):
+        control.breaker.record(True)
+    assert control.breaker.state is BreakerState.OPEN
+    waiting = [asyncio.ensure_future(control.enter()) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    assert not any(task.done() for task in waiting)
+    stop.set()
+    done, pending = await asyncio.wait(waiting, timeout=1.0)
+    assert not pending
+    for task in done:
+        with pytest.raises(Stopped):
+            task.result()
+
+
 async def test_a_slot_a_moment_away_is_waited_for_without_a_race() -> None:
     # The race with the stop costs two tasks a wait: a slot under FAR_SLOT away goes without.
     from batchpizza.controls.control import FAR_SLOT

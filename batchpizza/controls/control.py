@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from batchpizza.controls.adaptive import AdaptiveRate, Feedback
 from batchpizza.controls.breaker import Breaker, BreakerExhausted, BreakerState, Permit
@@ -39,6 +40,7 @@ from batchpizza.records import Prompt, RateInfo
 # (unix time, kind, value, detail): what the checkpoint's events table records.
 Event = tuple[float, str, float, str]
 REFUSAL_STATUSES = frozenset({401, 403})
+T = TypeVar("T")
 # A pacer slot further off than this (seconds) is waited for in a race with the stop signal.
 FAR_SLOT = 0.25
 
@@ -196,7 +198,9 @@ class Control(Gatekeeper):
             if self.stopped:
                 raise Stopped
             try:
-                permit = await self.breaker.admit()
+                permit = self.breaker.permit_now()
+                if permit is None:  # open, or a probe out: its wait ends when sending stops
+                    permit = await self._unless_stopped(self.breaker.admit())
             except BreakerExhausted:
                 self.stopped = True
                 self.on_give_up()
@@ -271,18 +275,26 @@ class Control(Gatekeeper):
     async def _gate(self) -> None:
         """The pacer and the shared pause; a long wait there (a Retry-After, a slow rate) ends
         at once when sending stops (a deadline), instead of holding the run for the grace."""
-        if self.stop_signal is None or (self.gate.pause.remaining <= 0 and not self._far):
+        if self.gate.pause.remaining <= 0 and not self._far:
             await self.gate.enter()
         else:
-            entering = asyncio.ensure_future(self.gate.enter())
-            stopping = asyncio.ensure_future(self.stop_signal())
-            try:
-                await asyncio.wait({entering, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (entering, stopping):
-                    task.cancel()
-            if not entering.done() or entering.cancelled():
-                raise Stopped
+            await self._unless_stopped(self.gate.enter())
+
+    async def _unless_stopped(self, waited: Awaitable[T]) -> T:
+        """What `waited` gives, or Stopped as soon as sending stops (then `waited` is
+        cancelled): a long wait must not hold a stopped run for the whole grace."""
+        if self.stop_signal is None:
+            return await waited
+        waiting = asyncio.ensure_future(waited)
+        stopping = asyncio.ensure_future(self.stop_signal())
+        try:
+            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiting, stopping):
+                task.cancel()
+        if not waiting.done() or waiting.cancelled():
+            raise Stopped
+        return waiting.result()
 
     @property
     def _far(self) -> bool:
