@@ -21,7 +21,7 @@ from batchpizza.batchapi.files import ENDPOINT
 from batchpizza.batchapi.settings import COMPLETION_WINDOW
 from batchpizza.controls.stop import Stop
 from batchpizza.errors import RETRYABLE_STATUSES, BatchAPIError, describe
-from batchpizza.providers.http import reply_json
+from batchpizza.providers.http import never_sent, reply_json
 from batchpizza.providers.limits import retry_after_of
 from batchpizza.providers.openai import OpenAIAPI, _error_detail
 
@@ -89,6 +89,7 @@ class BatchClient:
         for attempt in range(tries):
             retry_after: float | None = None
             status = None  # of the last reply; None when there was none (a dropped connection)
+            sent = True  # whether this try may have reached the server
             try:
                 headers = self.provider.api_headers()
                 data: Any = None
@@ -110,6 +111,7 @@ class BatchClient:
                     status, reason, reply_headers = resp.status, resp.reason or "", resp.headers
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 said = describe(exc) if str(exc) else type(exc).__name__
+                sent = not never_sent(exc)
             else:
                 if 200 <= status < 300:
                     return body
@@ -134,6 +136,7 @@ class BatchClient:
                 raise Halted
         error = BatchAPIError(f"{what}: {said}" + (f" ({tries} tries)" if tries > 1 else ""))
         error.status = status  # whether the server answered (creating.py); the exit code stands
+        error.sent = sent
         raise error
 
     def backoff(self, attempt: int) -> float:

@@ -97,6 +97,14 @@ async def read_capped(resp: aiohttp.ClientResponse) -> bytes:
     return bytes(body)
 
 
+def never_sent(exc: BaseException) -> bool:
+    """Whether a request that failed with `exc` certainly never reached the server: no
+    connection was made (refused, no route, a name that did not resolve, a proxy or a TLS
+    handshake that failed). A reset or a timeout once connected may come after the server read
+    the whole request."""
+    return isinstance(exc, aiohttp.ClientConnectorError)
+
+
 def same_origin(url: URL, target: URL) -> bool:
     """Where the prompt and credentials may follow a redirect: the same scheme, host and port, or
     the same host moving from http to https on the default ports (a safe upgrade)."""

@@ -1,0 +1,120 @@
+"""A batch made of an uploaded file at most once (batchapi/creating.py): the file's `creating` mark,
+when it is taken back, and what a rerun on a server that lists no batches then does. Against
+real sockets on 127.0.0.1: a port with nothing listening, a server that reads the create and
+closes without a word, and the raw Batch API (tests/batchapi_raw.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from batchpizza.batchapi import creating
+from batchpizza.batchapi.client import BatchClient
+from batchpizza.checkpoint import Checkpoint
+from batchpizza.checkpoint.batches import BatchFile
+from batchpizza.controls.stop import Stop
+from batchpizza.errors import BatchAPIError
+from batchpizza.providers.openai import OpenAIAPI
+from tests.batchapi_raw import KEY, RawServer
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Checkpoint]:
+    store = Checkpoint.open(tmp_path / "c.checkpoint")
+    store.use_identity({"provider": "openai", "model": "m"})
+    yield store
+    store.close()
+
+
+def uploaded(store: Checkpoint) -> BatchFile:
+    """A file recorded and uploaded (`stored`), its batch not asked for yet."""
+    f = store.intend_file([("0-ab", "q0", 0, b"k", 1, b"{}\n")])
+    store.set_file_id(f.seq, "file-1")
+    return f
+
+
+def client_of(session: aiohttp.ClientSession, base_url: str) -> BatchClient:
+    return BatchClient(session, OpenAIAPI(f"{base_url}/v1", api_key=KEY), Stop(), tries=1)
+
+
+@pytest.fixture
+def nothing_listening() -> Iterator[str]:
+    """The URL of a port bound but not listening: every connection to it is refused (and no
+    other test or process can take the port meanwhile)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture
+async def closing_server() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A server that reads a whole request, then closes the connection without replying (a
+    gateway that dies after passing it on): its URL, and the requests it read."""
+    got: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        got.append(head + await reader.readexactly(length))
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", got
+
+
+async def _no_listing(request: web.Request, n: int) -> web.StreamResponse | None:
+    return web.json_response({"detail": "Method Not Allowed"}, status=405)
+
+
+async def found_on_a_server_listing_no_batches(store: Checkpoint, f: BatchFile) -> object:
+    """What a rerun finds of file `f`'s batch on a server that lists no batches."""
+    with RawServer() as raw:
+        raw.hooks["batches"] = _no_listing
+        async with aiohttp.ClientSession() as session:
+            return await creating.find(client_of(session, raw.base_url), store, f, "file-1")
+
+
+async def test_a_create_whose_connection_was_refused_is_made_by_the_rerun(
+    store: Checkpoint, nothing_listening: str
+) -> None:
+    # Nothing was sent, so no batch can exist: the mark goes back to `stored`, and a server
+    # that lists no batches does not stop every rerun with exit 2 for a batch never asked for.
+    f = uploaded(store)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(BatchAPIError) as caught:
+            await creating.create(client_of(session, nothing_listening), store, f, "file-1")
+
+    assert caught.value.status is None and not caught.value.sent
+    assert store.file_state(f.seq) == creating.STORED
+    assert await found_on_a_server_listing_no_batches(store, f) is None
+
+
+async def test_a_create_closed_without_a_reply_stays_creating_and_the_rerun_stops(
+    store: Checkpoint, closing_server: tuple[str, list[bytes]]
+) -> None:
+    # The server read the whole create: it may have made the batch. The mark stays, and where
+    # the server cannot list batches the rerun stops (exit 2) rather than submit twice.
+    url, got = closing_server
+    f = uploaded(store)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(BatchAPIError) as caught:
+            await creating.create(client_of(session, url), store, f, "file-1")
+
+    assert len(got) == 1 and got[0].startswith(b"POST /v1/batches ")
+    assert caught.value.status is None and caught.value.sent
+    assert store.file_state(f.seq) == creating.CREATING
+    with pytest.raises(BatchAPIError) as stopped:
+        await found_on_a_server_listing_no_batches(store, f)
+    assert stopped.value.exit_code == 2
+    assert "lists no batches to tell whether it made one" in stopped.value.message
