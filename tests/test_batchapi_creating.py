@@ -118,3 +118,37 @@ async def test_a_create_closed_without_a_reply_stays_creating_and_the_rerun_stop
         await found_on_a_server_listing_no_batches(store, f)
     assert stopped.value.exit_code == 2
     assert "lists no batches to tell whether it made one" in stopped.value.message
+
+
+async def test_the_creating_mark_is_made_durable_before_the_create_is_sent(
+    store: Checkpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Committed is not durable (synchronous=NORMAL): without a sync between the two, a power
+    # loss could keep the create's batch on the server and lose the mark, and the rerun would
+    # make a second batch of the same lines.
+    f = uploaded(store)
+    calls: list[str] = []
+    mark, sync = store.mark_file, store.sync
+
+    def marking(seq: int, state: str) -> None:
+        calls.append(f"mark {state}")
+        mark(seq, state)
+
+    def syncing() -> None:
+        calls.append("sync")
+        sync()
+
+    monkeypatch.setattr(store, "mark_file", marking)
+    monkeypatch.setattr(store, "sync", syncing)
+    with RawServer() as raw:
+
+        async def created(request: web.Request, n: int) -> web.StreamResponse | None:
+            calls.append("create")
+            return None
+
+        raw.hooks["create"] = created
+        raw.store()  # the uploaded file the batch is made of
+        async with aiohttp.ClientSession() as session:
+            await creating.create(client_of(session, raw.base_url), store, f, "file-0")
+
+    assert calls == ["mark creating", "sync", "create"]

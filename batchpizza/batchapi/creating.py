@@ -24,6 +24,9 @@ async def create(
     client: BatchClient, checkpoint: Checkpoint, f: BatchFile, file_id: str
 ) -> dict[str, Any]:
     checkpoint.mark_file(f.seq, CREATING)
+    # Durable before the create goes out: a mark lost to a power loss after it went out would
+    # have the rerun make a second batch of the file, every line billed twice.
+    checkpoint.sync()
     try:
         return await client.create(file_id, f.name)
     except BatchAPIError as exc:
