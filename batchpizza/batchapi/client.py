@@ -19,6 +19,7 @@ from yarl import URL
 import batchpizza.jsoncodec as jsoncodec
 from batchpizza.batchapi.files import ENDPOINT
 from batchpizza.batchapi.settings import COMPLETION_WINDOW
+from batchpizza.batchapi.statuses import normalised
 from batchpizza.controls.stop import Stop
 from batchpizza.errors import RETRYABLE_STATUSES, BatchAPIError, describe
 from batchpizza.providers.http import never_sent, reply_json
@@ -222,7 +223,7 @@ class BatchClient:
                 metadata = batch.get("metadata")
                 named = isinstance(metadata, dict) and metadata.get("batchpizza") == name
                 if named or batch.get("input_file_id") == file_id:
-                    return batch
+                    return normalised(batch)
             # A page listed newest first (OpenAI's order) that ends with a batch made an hour
             # before the file was recorded: the pages after it hold none made of it. A server
             # listing oldest first is read to its end.
@@ -247,15 +248,17 @@ class BatchClient:
         )
         if not isinstance(reply.get("id"), str):
             raise BatchAPIError(f"creating the batch of {name}: the reply has no batch id")
-        return reply
+        return normalised(reply)
 
     async def get(self, batch_id: str) -> dict[str, Any]:
-        return await self._json("GET", f"/batches/{batch_id}", f"polling batch {batch_id}")
+        batch = await self._json("GET", f"/batches/{batch_id}", f"polling batch {batch_id}")
+        return normalised(batch)
 
     async def cancel(self, batch_id: str) -> dict[str, Any]:
-        return await self._json(
+        batch = await self._json(
             "POST", f"/batches/{batch_id}/cancel", f"cancelling batch {batch_id}"
         )
+        return normalised(batch)
 
     async def content(self, file_id: str) -> bytes:
         content = await self._call("GET", f"/files/{file_id}/content", f"downloading {file_id}")
