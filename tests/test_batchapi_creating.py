@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -52,25 +52,38 @@ def nothing_listening() -> Iterator[str]:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-@pytest.fixture
-async def closing_server() -> AsyncIterator[tuple[str, list[bytes]]]:
+class Closing:
     """A server that reads a whole request, then closes the connection without replying (a
-    gateway that dies after passing it on): its URL, and the requests it read."""
-    got: list[bytes] = []
+    gateway that dies after passing it on); `then_gone`: and stops listening (every later
+    connection refused)."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, then_gone: bool = False) -> None:
+        self.then_gone = then_gone
+        self.got: list[bytes] = []  # the requests it read
+        self.url = ""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         length = next(
-            int(line.split(b":", 1)[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
+            (
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,
         )
-        got.append(head + await reader.readexactly(length))
+        self.got.append(head + await reader.readexactly(length))
+        if self.then_gone:
+            self.server.close()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    async with server:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", got
+    async def __aenter__(self) -> Closing:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
 
 
 async def _no_listing(request: web.Request, n: int) -> web.StreamResponse | None:
@@ -101,17 +114,16 @@ async def test_a_create_whose_connection_was_refused_is_made_by_the_rerun(
 
 
 async def test_a_create_closed_without_a_reply_stays_creating_and_the_rerun_stops(
-    store: Checkpoint, closing_server: tuple[str, list[bytes]]
+    store: Checkpoint,
 ) -> None:
     # The server read the whole create: it may have made the batch. The mark stays, and where
     # the server cannot list batches the rerun stops (exit 2) rather than submit twice.
-    url, got = closing_server
     f = uploaded(store)
-    async with aiohttp.ClientSession() as session:
+    async with Closing() as closing, aiohttp.ClientSession() as session:
         with pytest.raises(BatchAPIError) as caught:
-            await creating.create(client_of(session, url), store, f, "file-1")
+            await creating.create(client_of(session, closing.url), store, f, "file-1")
 
-    assert len(got) == 1 and got[0].startswith(b"POST /v1/batches ")
+    assert len(closing.got) == 1 and closing.got[0].startswith(b"POST /v1/batches ")
     assert caught.value.status is None and caught.value.sent
     assert store.file_state(f.seq) == creating.CREATING
     with pytest.raises(BatchAPIError) as stopped:
@@ -152,3 +164,24 @@ async def test_the_creating_mark_is_made_durable_before_the_create_is_sent(
             await creating.create(client_of(session, raw.base_url), store, f, "file-0")
 
     assert calls == ["mark creating", "sync", "create"]
+
+
+@pytest.mark.parametrize("call", ["cancel", "get"])
+async def test_a_call_refused_after_a_try_that_reached_the_server_may_have_been_sent(
+    call: str,
+) -> None:
+    # The first try is read and dropped, the next one refused: by ours (a cancel, POST, tried
+    # twice here), or by aiohttp's own (it sends a GET again at once after a dropped
+    # connection). Only the last failure is said, but the first may have done the work.
+    async def no_wait(delay: float) -> None:
+        pass
+
+    async with Closing(then_gone=True) as closing, aiohttp.ClientSession() as session:
+        provider = OpenAIAPI(f"{closing.url}/v1", api_key=KEY)
+        client = BatchClient(session, provider, Stop(), tries=2, sleep=no_wait)
+        with pytest.raises(BatchAPIError) as caught:
+            await getattr(client, call)("batch-1")
+
+    assert len(closing.got) == 1
+    assert "Connect call failed" in caught.value.message  # the last try was refused
+    assert caught.value.sent

@@ -87,10 +87,10 @@ class BatchClient:
             url = url.update_query(params)
         said = ""
         tries = 1 if once else self.tries
+        sent = False  # whether any try may have reached the server
         for attempt in range(tries):
             retry_after: float | None = None
             status = None  # of the last reply; None when there was none (a dropped connection)
-            sent = True  # whether this try may have reached the server
             try:
                 headers = self.provider.api_headers()
                 data: Any = None
@@ -112,8 +112,9 @@ class BatchClient:
                     status, reason, reply_headers = resp.status, resp.reason or "", resp.headers
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 said = describe(exc) if str(exc) else type(exc).__name__
-                sent = not never_sent(exc)
+                sent = sent or not never_sent(exc, method)
             else:
+                sent = True
                 if 200 <= status < 300:
                     return body
                 _, message = _error_detail(body)
