@@ -236,6 +236,10 @@ class BatchAPIError(BatchpizzaError):
     what the server said. Exit 2 where the request itself is wrong (a 4xx, a file the server
     refused), else 1."""
 
+    # False when the request certainly never reached the server (no connection was made), so
+    # that a create is known to have made nothing (batchapi/creating.py).
+    sent = True
+
     def __init__(self, message: str, status: int | None = None, *, wrong: bool = False) -> None:
         super().__init__(message)
         self.status = status

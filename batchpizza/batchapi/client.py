@@ -19,9 +19,10 @@ from yarl import URL
 import batchpizza.jsoncodec as jsoncodec
 from batchpizza.batchapi.files import ENDPOINT
 from batchpizza.batchapi.settings import COMPLETION_WINDOW
+from batchpizza.batchapi.statuses import normalised
 from batchpizza.controls.stop import Stop
 from batchpizza.errors import RETRYABLE_STATUSES, BatchAPIError, describe
-from batchpizza.providers.http import reply_json
+from batchpizza.providers.http import never_sent, reply_json
 from batchpizza.providers.limits import retry_after_of
 from batchpizza.providers.openai import OpenAIAPI, _error_detail
 
@@ -86,6 +87,7 @@ class BatchClient:
             url = url.update_query(params)
         said = ""
         tries = 1 if once else self.tries
+        sent = False  # whether any try may have reached the server
         for attempt in range(tries):
             retry_after: float | None = None
             status = None  # of the last reply; None when there was none (a dropped connection)
@@ -110,7 +112,9 @@ class BatchClient:
                     status, reason, reply_headers = resp.status, resp.reason or "", resp.headers
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 said = describe(exc) if str(exc) else type(exc).__name__
+                sent = sent or not never_sent(exc, method)
             else:
+                sent = True
                 if 200 <= status < 300:
                     return body
                 _, message = _error_detail(body)
@@ -134,6 +138,7 @@ class BatchClient:
                 raise Halted
         error = BatchAPIError(f"{what}: {said}" + (f" ({tries} tries)" if tries > 1 else ""))
         error.status = status  # whether the server answered (creating.py); the exit code stands
+        error.sent = sent
         raise error
 
     def backoff(self, attempt: int) -> float:
@@ -219,7 +224,7 @@ class BatchClient:
                 metadata = batch.get("metadata")
                 named = isinstance(metadata, dict) and metadata.get("batchpizza") == name
                 if named or batch.get("input_file_id") == file_id:
-                    return batch
+                    return normalised(batch)
             # A page listed newest first (OpenAI's order) that ends with a batch made an hour
             # before the file was recorded: the pages after it hold none made of it. A server
             # listing oldest first is read to its end.
@@ -244,15 +249,17 @@ class BatchClient:
         )
         if not isinstance(reply.get("id"), str):
             raise BatchAPIError(f"creating the batch of {name}: the reply has no batch id")
-        return reply
+        return normalised(reply)
 
     async def get(self, batch_id: str) -> dict[str, Any]:
-        return await self._json("GET", f"/batches/{batch_id}", f"polling batch {batch_id}")
+        batch = await self._json("GET", f"/batches/{batch_id}", f"polling batch {batch_id}")
+        return normalised(batch)
 
     async def cancel(self, batch_id: str) -> dict[str, Any]:
-        return await self._json(
+        batch = await self._json(
             "POST", f"/batches/{batch_id}/cancel", f"cancelling batch {batch_id}"
         )
+        return normalised(batch)
 
     async def content(self, file_id: str) -> bytes:
         content = await self._call("GET", f"/files/{file_id}/content", f"downloading {file_id}")

@@ -3,7 +3,9 @@ the create is sent, so a run stopped before that mark makes the batch without lo
 and only one stopped after it needs the server's listing of batches to find out whether the
 server made it. A server that lists no batches (some gateways) cannot say: the run then stops
 rather than risk submitting the file's requests twice, and says what the user can do. So does a
-file an earlier batchpizza (without the mark) left `uploaded`: its create may have been sent."""
+file an earlier batchpizza (without the mark) left `uploaded`: its create may have been sent.
+A create the server refused, or one that never reached it (no connection could be made), made
+nothing: its mark is taken back, so that the retry or the rerun simply sends it again."""
 
 from __future__ import annotations
 
@@ -22,12 +24,17 @@ async def create(
     client: BatchClient, checkpoint: Checkpoint, f: BatchFile, file_id: str
 ) -> dict[str, Any]:
     checkpoint.mark_file(f.seq, CREATING)
+    # Durable before the create goes out: a mark lost to a power loss after it went out would
+    # have the rerun make a second batch of the file, every line billed twice.
+    checkpoint.sync()
     try:
         return await client.create(file_id, f.name)
     except BatchAPIError as exc:
-        if exc.status is not None and 400 <= exc.status < 500 and exc.status != 409:
-            # Refused (a 429, a 400): nothing made, so a retry or a rerun need not look for it;
-            # a 5xx or no reply may have made it, and a 409 may say it exists.
+        refused = exc.status is not None and 400 <= exc.status < 500 and exc.status != 409
+        if refused or not exc.sent:
+            # Refused (a 429, a 400), or never sent (no connection could be made): nothing
+            # made, so a retry or a rerun need not look for it. A 5xx, or no reply once
+            # connected (a reset, a timeout), may have made it, and a 409 may say it exists.
             checkpoint.mark_file(f.seq, STORED)
         raise
 

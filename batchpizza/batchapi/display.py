@@ -1,5 +1,7 @@
 """How `status` and --dry-run show a checkpoint's batches: each one still out, its state and
-request counts, and how many were collected."""
+request counts, and how many were collected. A file recorded but not uploaded, or uploaded
+with no create sent, has no batch on the server yet: it waits to be submitted (the next
+--via batch run launches it), and is not counted among the batches out."""
 
 from __future__ import annotations
 
@@ -9,28 +11,48 @@ from typing import Any
 from batchpizza.checkpoint.batches import BatchFile
 
 SHOWN = 20  # batches listed one a line at most; the rest counted
+# Recorded, and uploaded (checkpoint/batches.py intend_file, set_file_id): no create was sent,
+# so no batch of the file can exist.
+UNSUBMITTED = frozenset({"intended", "stored"})
+
+
+def out_and_waiting(files: Sequence[BatchFile]) -> tuple[list[BatchFile], list[BatchFile]]:
+    """The files not collected yet: those whose batch may exist on the server, and those
+    waiting to be submitted."""
+    left = [f for f in files if not f.done]
+    waiting = [f for f in left if f.state in UNSUBMITTED]
+    return [f for f in left if f.state not in UNSUBMITTED], waiting
 
 
 def batches_info(files: Sequence[BatchFile]) -> dict[str, Any]:
-    """For `status --json`: the batches still out, and how many were collected."""
-    out = [f for f in files if not f.done]
+    """For `status --json`: the batches still out, the files waiting to be submitted, and how
+    many were collected."""
+    out, waiting = out_and_waiting(files)
     return {
         "out": [f.to_dict() for f in out],
-        "collected": len(files) - len(out),
+        "waiting": [f.to_dict() for f in waiting],
+        "collected": len(files) - len(out) - len(waiting),
         "lines_out": sum(f.lines for f in out),
+        "lines_waiting": sum(f.lines for f in waiting),
     }
 
 
 def batches_text(files: Sequence[BatchFile], indent: str = "  ") -> list[str]:
-    """One line a batch still out, then a line of totals; nothing when there were none."""
+    """One line a batch still out (or file waiting), then a line of totals; nothing when there
+    were none."""
     if not files:
         return []
-    out = [f for f in files if not f.done]
+    out, waiting = out_and_waiting(files)
+    said = (
+        f"{len(waiting)} {'file' if len(waiting) == 1 else 'files'} waiting to be submitted "
+        f"({sum(f.lines for f in waiting)} requests), "
+    )
     lines = [
         f"{indent}batches    {len(out)} out ({sum(f.lines for f in out)} requests), "
-        f"{len(files) - len(out)} collected"
+        f"{said if waiting else ''}{len(files) - len(out) - len(waiting)} collected"
     ]
-    for f in out[:SHOWN]:
+    left = [f for f in files if not f.done]
+    for f in left[:SHOWN]:
         counts = f.counts
         done = counts.get("completed", 0) if counts else 0
         failed = counts.get("failed", 0) if counts else 0
@@ -38,6 +60,6 @@ def batches_text(files: Sequence[BatchFile], indent: str = "  ") -> list[str]:
             f"{indent}  {f.batch_id or '(not created yet)'}  {f.state:<11} "
             f"{done}/{f.lines} done, {failed} failed  {f.name}"
         )
-    if len(out) > SHOWN:
-        lines.append(f"{indent}  ... and {len(out) - SHOWN} more")
+    if len(left) > SHOWN:
+        lines.append(f"{indent}  ... and {len(left) - SHOWN} more")
     return lines

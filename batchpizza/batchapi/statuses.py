@@ -1,6 +1,8 @@
 """The statuses a batch goes through at OpenAI, and a word, once a batch, for one that is not
 among them: it is waited on as in progress (it may end yet), which without a word in the log
-would look like a batch that never ends until --deadline."""
+would look like a batch that never ends until --deadline. A status is read in any case (a
+gateway's `Completed`, `IN_PROGRESS`): normalised once, as the batch object is read
+(client.py), so that everything after compares it as OpenAI spells it."""
 
 from __future__ import annotations
 
@@ -13,6 +15,14 @@ log = logging.getLogger("batchpizza")
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 WAITING = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
+
+
+def normalised(batch: dict[str, Any]) -> dict[str, Any]:
+    """`batch` with its status in lower case, as the Batch API gives it."""
+    status = batch.get("status")
+    if isinstance(status, str) and status != (low := status.strip().lower()):
+        batch["status"] = low
+    return batch
 
 
 class Statuses:

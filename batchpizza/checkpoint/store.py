@@ -74,6 +74,7 @@ from batchpizza.checkpoint.schema import (
 )
 from batchpizza.checkpoint.spending import Spending
 from batchpizza.checkpoint.status import StatusQueries
+from batchpizza.checkpoint.syncing import sync_log
 from batchpizza.errors import CheckpointMissing, CheckpointVersionError, OutputError
 from batchpizza.records import Attempt, Result
 
@@ -318,11 +319,13 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
 
     def sync(self) -> None:
         """Make every commit so far durable against power loss: a WAL checkpoint fsyncs the log
-        (and then the database)."""
+        (and then the database); the log fsynced where a reader held it back (syncing.py)."""
         try:
-            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            sync_log(self._conn, self.path)
         except sqlite3.DatabaseError as exc:
             raise _sqlite_error(self.path, exc) from None
+        except OSError as exc:
+            raise OutputError(f"checkpoint {self.path}: {exc.strerror or exc}") from None
         self._synced = time.monotonic()
 
     def forget(self) -> None:

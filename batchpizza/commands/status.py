@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from batchpizza.batchapi.display import batches_info, batches_text
+from batchpizza.batchapi.display import batches_info, batches_text, out_and_waiting
 from batchpizza.checkpoint import Checkpoint, is_locked
 from batchpizza.commands import say
 from batchpizza.errors import BatchpizzaError
@@ -83,10 +83,12 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
             f"  schema     {valid} valid ({reasked} after a re-ask), {invalid} invalid output"
         )
     if info.get("to_send"):
-        out = sum(f.lines for f in files if not f.done)
+        out, waiting = (sum(f.lines for f in some) for some in out_and_waiting(files))
         held = (  # a rerun with --via batch collects these instead of sending them
             f"; {out} requests are in batches still out, which --via batch collects" if out else ""
         )
+        if waiting:  # and submits these, in the files already recorded
+            held += f"; {waiting} are in files waiting to be submitted, which --via batch submits"
         click.echo(
             f"  rerun      {info['to_send']} (with the last run's provider, model, params){held}"
         )

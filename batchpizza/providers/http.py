@@ -33,6 +33,7 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_REDIRECTS = 5
 _ERROR_SNIPPET = 200
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_NEVER_REPEATED = frozenset({"POST", "PATCH"})  # by aiohttp on its own (never_sent)
 # The escape of a surrogate code point (\ud800 to \udfff), the only way a JSON text that is valid
 # UTF-8 can put one in a string (a paired one is decoded to its character, a lone one is not).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -95,6 +96,15 @@ async def read_capped(resp: aiohttp.ClientResponse) -> bytes:
         if len(body) > MAX_BODY_BYTES:
             raise BadReply(f"reply larger than {MAX_BODY_BYTES} bytes", status=resp.status)
     return bytes(body)
+
+
+def never_sent(exc: BaseException, method: str) -> bool:
+    """Whether a `method` request that failed with `exc` certainly never reached the server: no
+    connection was made (refused, no route, a name that did not resolve, a proxy or a TLS
+    handshake that failed). A reset or a timeout once connected may come after the server read
+    the whole request; and aiohttp itself sends an idempotent method (GET, PUT, DELETE) again
+    after a dropped connection, so a connect failure of one may follow a try that reached it."""
+    return method in _NEVER_REPEATED and isinstance(exc, aiohttp.ClientConnectorError)
 
 
 def same_origin(url: URL, target: URL) -> bool:
