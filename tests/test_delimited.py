@@ -135,6 +135,64 @@ def test_a_quoted_value_over_lines_at_the_end_of_the_file_is_a_good_row(
     assert [r["prompt"] for r in read_jsonl(out)] == ["zero", "one\nand two"]
 
 
+@pytest.mark.parametrize(
+    ("name", "data", "line"),
+    [
+        ("in.csv", b'id,prompt\nr0,zero\nr1,"one', 3),
+        ("in.csv", b'id,prompt\nr0,zero\nr1,"one\n', 3),  # with a line end, as before
+        ("in.csv", b'id,prompt,n\nr0,"zero\nover two",0\nr1,"a\nb","one', 4),
+        ("in.tsv", b'id\tprompt\nr0\tzero\nr1\t"one', 3),
+        ("in.csv", b'\xef\xbb\xbfid,prompt\nr0,zero\nr1,"one', 3),  # a BOM
+        ("in.csv", b'id,prompt\r\nr0,zero\r\nr1,"one', 3),
+        ("in.csv.gz", b'id,prompt\nr0,zero\nr1,"one', 3),
+        ("one.csv", b'id,prompt\nr1,"one', 2),  # the only row
+    ],
+)
+def test_a_quote_never_closed_at_the_very_end_of_the_file_is_a_bad_row(
+    mock_api: ThreadedMockServer, tmp_path: Path, name: str, data: bytes, line: int
+) -> None:
+    source = tmp_path / name
+    source.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    out = tmp_path / "out.jsonl"
+
+    refused = invoke(mock_api, source, out)
+
+    assert refused.exit_code == 2, refused.output
+    assert mock_api.stats.requests == 0 and not out.exists()
+    assert f"{source}:{line}: a quoted value opened on this line is never closed" in refused.stderr
+    skipped = invoke(mock_api, source, out, "--skip-bad-rows")
+    assert skipped.exit_code == 3, skipped.output
+    rows = read_jsonl(out)
+    assert [r["finish_reason"] for r in rows] == ["stop"] * (len(rows) - 1) + ["invalid"]
+    assert "never closed" in rows[-1]["error"]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "prompts"),
+    [
+        ("in.csv", b'id,prompt\nr0,zero\nr1,"one"', ["zero", "one"]),
+        ("in.csv", b'id,prompt\nr0,zero\nr1,"say ""one"""', ["zero", 'say "one"']),
+        ("in.csv", b'id,prompt\nr0,zero\nr1,"one\nand two"', ["zero", "one\nand two"]),
+        ("in.tsv", b'id\tprompt\nr0\tzero\nr1\t"one"', ["zero", "one"]),
+        ("in.csv", b'\xef\xbb\xbfid,prompt\nr1,"one"', ["one"]),
+        ("in.csv", b"id,prompt\nr1,one", ["one"]),
+        ("in.csv.gz", b'id,prompt\nr0,zero\nr1,"one"', ["zero", "one"]),
+        ("in.csv", b"id,prompt", []),  # one line, the header: an empty input
+    ],
+)
+def test_a_file_ending_without_a_line_end_after_a_closed_value_is_read_whole(
+    mock_api: ThreadedMockServer, tmp_path: Path, name: str, data: bytes, prompts: list[str]
+) -> None:
+    source = tmp_path / name
+    source.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    out = tmp_path / "out.jsonl"
+
+    result = invoke(mock_api, source, out)
+
+    assert result.exit_code == 0, result.output
+    assert [r["prompt"] for r in read_jsonl(out)] == prompts
+
+
 @pytest.mark.parametrize("name", ["in.tsv", "in.csv.gz", "IN.TSV.GZ"])
 def test_tsv_and_gzipped_inputs_are_read_by_their_extension(
     mock_api: ThreadedMockServer, tmp_path: Path, name: str

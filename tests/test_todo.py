@@ -231,3 +231,100 @@ def test_invalid_counts_the_bad_rows_as_the_tally_does(
         assert store.rows(None) == 8 and store.rows(3) == 3 and store.rows(100) == 8
     finally:
         store.close()
+
+
+def status_steps(ck: Path) -> tuple[dict[str, object], int]:
+    """What `status` counts and plans (read-only, as it opens the file), and the SQLite steps
+    that took, in thousands (the count of answers kept, which reads every result, left out)."""
+    store = Checkpoint.open(ck, create=False, readonly=True)
+    try:
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        store._conn.set_progress_handler(count, 1000)
+        said = {"tally": store.tally(), "plan": store.plan()}
+        store._conn.set_progress_handler(None, 0)
+    finally:
+        store.close()
+    return said, steps
+
+
+def test_status_counts_and_plans_over_the_rows_left_not_over_every_row(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    work = {}
+    for n in (200, 4000):
+        (tmp_path / str(n)).mkdir()
+        inp, out = prompts(tmp_path / str(n) / "in.jsonl", n), tmp_path / str(n) / "out.jsonl"
+        cli_run(mock_api, inp, out)
+        lose(Path(f"{out}.checkpoint"), range(n - 10, n))  # a kill before the last ten
+        work[n] = status_steps(Path(f"{out}.checkpoint"))
+
+    assert work[200][0]["plan"] == work[4000][0]["plan"] == Plan(new=10)
+    assert work[4000][0]["tally"].answered == 3990 and work[4000][0]["tally"].pending == 10
+    # Twenty times the rows, the same rows left: about the same work.
+    assert work[4000][1] < 2 * work[200][1] + 20
+
+
+def mixed(tmp_path: Path, server: ThreadedMockServer, samples: int) -> Path:
+    """A checkpoint holding every kind of row: answered, failed, refused, pending, invalid, and
+    rows that share one request, each asked `samples` times; returns the checkpoint."""
+    rows: list[Any] = [{"id": f"q{i}", "prompt": f"q question {i}"} for i in range(40)]
+    rows[3]["prompt"] = rows[4]["prompt"] = "the same question"
+    rows[5]["prompt"] = rows[6]["prompt"] = "[[status:404]] the same failing question"
+    rows[7]["prompt"] = "[[status:400]] failing"
+    rows[8] = {"id": "q8", "prompt": ""}  # invalid
+    inp, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    cli_run(server, inp, out, "--skip-bad-rows", "--repeat", str(samples), code=3)
+    ck = Path(f"{out}.checkpoint")
+    with sqlite3.connect(ck) as conn:
+        # Pending, as a kill leaves them (their slots still in the set), and refused as misuse
+        # (a slot without an answer stays in it).
+        conn.executemany("DELETE FROM results WHERE id = ?", [(f"q{i}",) for i in range(30, 35)])
+        conn.execute("UPDATE results SET finish_reason = 'misuse' WHERE id IN ('q10', 'q11')")
+        slots = [(pos * samples + s,) for pos in (10, 11, *range(30, 35)) for s in range(samples)]
+        conn.executemany("INSERT OR IGNORE INTO todo VALUES (?)", slots)
+    conn.close()
+    return ck
+
+
+@pytest.mark.parametrize("samples", [1, 2])
+def test_status_over_the_kept_set_says_what_a_join_of_every_row_says(
+    mock_api: ThreadedMockServer, tmp_path: Path, samples: int
+) -> None:
+    ck = mixed(tmp_path, mock_api, samples)
+
+    def said(joined: bool) -> tuple[Any, ...]:
+        store = Checkpoint.open(ck, create=False, readonly=True)
+        try:
+            assert store._todo_kept()
+            store._own_scan = not joined  # the kept set left aside: every row joined
+            tallies = [store.tally(limit) for limit in (None, 0, 7, 31, 100)]
+            return store.status(), tallies
+        finally:
+            store.close()
+
+    fast, joined = said(joined=False), said(joined=True)
+    assert fast == joined
+    status, _ = fast
+    counts = ("answered", "failed", "misuse", "invalid", "pending")
+    assert [status[k] for k in counts] == [n * samples for n in (29, 3, 2, 1, 5)]
+
+
+def test_a_dry_run_over_a_changed_input_plans_its_own_scan_not_the_kept_set(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp, out = prompts(tmp_path / "in.jsonl", 20), tmp_path / "out.jsonl"
+    cli_run(mock_api, inp, out)
+    rows = [*read_jsonl(inp), {"id": "q20", "prompt": "q question 20"}]
+    rows[3]["prompt"] = "an edited question"
+    write_jsonl(inp, rows)  # the file's set (empty: all answered) is of the old scan
+
+    result = cli_run(mock_api, inp, out, "--dry-run")
+
+    assert "to send     2: 1 prompt changed, 1 new rows" in result.output
+    assert mock_api.stats.requests == 20

@@ -203,27 +203,33 @@ class _OnDisk:
         self._named = _Named(self.kind, self.path)
         return self._named.try_acquire()
 
-    def _forget(self, created: bool) -> None:
-        """Remove what only the lock made, if nothing was put in it (while still holding it, so
-        that no other run is using it)."""
+    def _forget(self, created: bool, discard: bool = False) -> None:
+        """Remove what only the lock made, if nothing was put in it, or (`discard`) whatever
+        this run put in it (while still holding it, so that no other run is using it)."""
         try:
             if self.folder:
                 if created:
                     self.path.rmdir()  # only if empty: a folder with parts is a checkpoint
                 return
             wal = self.path.with_name(self.path.name + "-wal")
-            if self.path.stat().st_size == 0 and not wal.exists():
+            if created and discard:
+                # The log and its index first: a log left beside no database would be read
+                # into the next one made under this name.
+                wal.unlink(missing_ok=True)
+                self.path.with_name(self.path.name + "-shm").unlink(missing_ok=True)
+                self.path.unlink()
+            elif self.path.stat().st_size == 0 and not wal.exists():
                 self.path.unlink()  # an empty file holds nothing: no checkpoint at rest
         except OSError:
             pass
 
-    def release(self) -> None:
+    def release(self, discard: bool = False) -> None:
         if self._named is not None:
             self._named.release()
             self._named = None
         if self._fd is not None:
             if _same_file(self._fd, self.path):
-                self._forget(self._created)
+                self._forget(self._created, discard)
             _HELD_HERE.discard(_key(self.path))
             os.close(self._fd)  # frees the lock
             self._fd = None
@@ -263,9 +269,15 @@ class RunLock:
             self.release()
             raise
 
-    def release(self) -> None:
+    def release(self, *, discard: bool = False) -> None:
+        """`discard`: the run kept nothing in the checkpoint (it failed before its run began):
+        if it made the file, remove it with its log, rather than leave a database with no
+        tables or no answers (a disk that filled while it was being made)."""
         for held in reversed(self._held):
-            held.release()
+            if isinstance(held, _OnDisk):
+                held.release(discard)
+            else:
+                held.release()
 
     def __enter__(self) -> RunLock:
         self.acquire()

@@ -161,6 +161,8 @@ class PlanQueries(KeptTodo):
             # Every slot without an answer, refused ones marked: the kept set is all of them.
             conn.execute(
                 f"INSERT INTO temp.todo SELECT {slot}, CASE WHEN c.id IS NOT NULL THEN 'retry' "
+                # A row never asked (the usual one to send) is told by one look-up, not three.
+                "WHEN NOT EXISTS (SELECT 1 FROM results o WHERE o.id = r.id) THEN 'new' "
                 f"{self._new_sample(kept)}WHEN EXISTS (SELECT 1 FROM results o WHERE o.id = r.id "
                 "AND o.ident = ?1) THEN 'changed' "
                 "WHEN EXISTS (SELECT 1 FROM results o WHERE o.id = r.id AND o.ident = ?2) "
@@ -171,7 +173,7 @@ class PlanQueries(KeptTodo):
                 f"(c.id IS NULL OR c.finish_reason IN {UNANSWERED}) ORDER BY 1",
                 (ident, fingerprint.UNKNOWN, end),
             )
-            if kept or (limit is None and self._may_keep_todo()):
+            if self._may_keep_todo() and (kept or limit is None):
                 self._keep_todo(kept, end)
             if not retry_refused:
                 conn.execute("DELETE FROM temp.todo WHERE refused")
@@ -297,6 +299,8 @@ class PlanQueries(KeptTodo):
 
     def tally(self, limit: int | None = None) -> Tally:
         self._fold()
+        if self._todo_kept():
+            return self._tally_kept(limit)
         end = limit if limit is not None else 1 << 62
         with self._errors():
             found = self._conn.execute(
@@ -307,6 +311,26 @@ class PlanQueries(KeptTodo):
                 (self.ident, end),
             ).fetchone()
         return Tally(*(int(x or 0) for x in found))
+
+    def _tally_kept(self, limit: int | None) -> Tally:
+        """tally() while the kept to-do set is valid: it holds every slot without an answer, so
+        only its slots are joined to their results, and the other good rows are answered (at
+        1,000,000 rows, `status` joined every row: 2.7 s)."""
+        rows, slot, key = self._rows(kept=True)
+        # The set leads the join: SQLite would otherwise walk the whole scan for `slot < ?`.
+        rows = rows.replace("t JOIN scan", "t CROSS JOIN scan")
+        end = min((limit if limit is not None else 1 << 62) * self.samples, 1 << 62)
+        with self._errors():
+            found = self._conn.execute(
+                f"SELECT count(*), sum(c.finish_reason IN {_FAILED}), "
+                f"sum(c.finish_reason = 'misuse') FROM {rows} LEFT JOIN results c ON "
+                f"c.ident = ? AND c.digest = {key} WHERE {slot} < ? AND r.bad IS NULL AND "
+                f"(c.id IS NULL OR c.finish_reason IN {UNANSWERED})",
+                (self.ident, end),
+            ).fetchone()
+        unanswered, failed, misuse = (int(x or 0) for x in found)
+        total, invalid = self.rows(limit), self.invalid(limit)
+        return Tally(total, total - invalid - unanswered, failed, misuse, invalid)
 
     def reused(self, limit: int | None = None) -> int:
         """Output rows whose answer was asked for another row (an identical request)."""

@@ -54,8 +54,7 @@ class StatusQueries(PlanQueries):
         self._fold()
         meta = self.meta()
         info: dict[str, object] = {"input": meta.get("input")}
-        with self._errors():
-            has_scan = self._conn.execute("SELECT count(*) FROM scan").fetchone()[0] > 0
+        has_scan = self._scanned() > 0
         if has_scan:
             tally = self.tally()
             if self.samples > 1:  # --repeat: `rows` are output rows, `samples` to an input row

@@ -217,7 +217,9 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
             conn.execute("CREATE TEMP VIEW scan AS SELECT * FROM scanned.rows")
         except sqlite3.DatabaseError as exc:
             raise _sqlite_error(path, exc) from None
-        return cls(path, conn, readonly=True)
+        view = cls(path, conn, readonly=True)
+        view._own_scan = False  # the file's kept to-do set is not of this scan
+        return view
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error, OutputError):

@@ -20,8 +20,10 @@ written); the plan drops those as it goes. How the promise is kept, crash by cra
 
 A run sends only the slots of the plan, each once, and an answer is never replaced by a failure
 of the same request within a run, so the answered slots it deletes stay answered.
-Only a writable checkpoint file keeps the set: in memory (rows in memory) and read-only (status,
-a dry run's view of another scan) the plan joins every row, as before.
+Only a writable checkpoint file keeps the set. A reader of the file (status) plans and counts
+over it while its stamp holds, writing nothing; in memory (rows in memory) and in a dry run's
+view (its own scan in place of the file's, for which the set was not made) the plan joins
+every row, as before.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class KeptTodo(History):
     # Answered slots whose answers are committed, to delete from the set with the next commit.
     _answered_slots: list[int]  # (made by the Checkpoint)
     _todo_live = False  # this run planned over a valid set: it keeps it up to date
+    _own_scan = True  # False in a dry run's view: its scan is not the one the set was made for
 
     def meta(self) -> dict[str, str]:
         raise NotImplementedError  # the Checkpoint's
@@ -77,8 +80,8 @@ class KeptTodo(History):
         )
 
     def _todo_kept(self) -> bool:
-        """Is the kept set valid for this run's plan?"""
-        if not self._may_keep_todo():
+        """Is the kept set valid for this run's plan (or a reader's counts)?"""
+        if self.path is None or not self._own_scan:
             return False
         return self.meta().get("todo") == self._todo_stamp()
 

@@ -78,6 +78,7 @@ class Job:
         self._spent: float | None = None  # a --restart dry run: the spend of the file it set aside
         self._reporter = Reporter(config, time.monotonic())
         self._paths_checked = False
+        self._begun = False  # the run is recorded in the checkpoint: it may keep answers
         self.plan: Plan | None = None  # what this run sends, and why
 
     @property
@@ -151,7 +152,9 @@ class Job:
                 return await self._run_locked()
         finally:
             if lock is not None:
-                lock.release()
+                # A checkpoint this run made and failed before using (a full disk while the
+                # first scan was kept) goes, leaving the folder as it was.
+                lock.release(discard=not self._begun)
 
     async def _run_locked(self) -> Summary:
         """The stages, and what an interrupt at any of them leaves: a saved checkpoint, the
@@ -227,6 +230,7 @@ class Job:
         todo = plan.to_send
         checkpoint.set_meta(input=config.input or config.input_label)
         run = checkpoint.begin_run(run_options(config))
+        self._begun = True
         deadline_at = None if config.deadline_s is None else _PROCESS_START + config.deadline_s
         self.sending = sending = Sending(
             config,

@@ -198,7 +198,7 @@ class DelimitedSource:
                             yield last_start
                         rows, last, last_start = rows + 1, record, start
                 if last is not None:
-                    if self._never_closed(last):
+                    if self._never_closed(last, last_start):
                         self.ragged[rows - 1] = (
                             "a quoted value opened on this line is never closed: it runs to the "
                             "end of the file"
@@ -207,20 +207,35 @@ class DelimitedSource:
         finally:
             csv.field_size_limit(limit)
 
-    def _never_closed(self, last: list[str]) -> bool:
+    def _never_closed(self, last: list[str], start: int) -> bool:
         """Did the file end inside a quoted value? Both readers then take the rest of the file
-        as that value. Only a last value over several lines can be one, so the file is read
-        again, strictly, only for such a value."""
-        if not last or not ("\n" in last[-1] or "\r" in last[-1]):
+        as that value. Only a last value over several lines, or one the file ends on without a
+        line end, can be one, so only then is the last record (from its line, `start`) read
+        again, strictly."""
+        if not last:
+            return False
+        if "\n" not in last[-1] and "\r" not in last[-1] and self._ends_with_line_end():
             return False
         with read_errors(self.names[0]), self._text() as handle:
+            record = itertools.islice(handle, start - 1, None)
             try:
-                for _record in csv.reader(handle, delimiter=self.delimiter, strict=True):
+                for _record in csv.reader(record, delimiter=self.delimiter, strict=True):
                     pass
             except csv.Error as exc:
                 # Another strictness (a quote inside a value) says nothing of the end.
                 return "unexpected end of data" in str(exc)
         return False
+
+    def _ends_with_line_end(self) -> bool:
+        """Does the file end with a line end? Said cheaply only of a plain file (its last
+        byte); a gzipped one would be decompressed whole to tell, as reading its last record
+        again does anyway, so it is taken as not."""
+        if self.gzipped:
+            return False
+        with read_errors(self.names[0]), self.paths[0].open("rb") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(max(size - 1, 0))
+            return handle.read(1) in (b"\n", b"\r")
 
     def _text(self) -> TextIO:
         # Only line numbers are read here: undecodable bytes must not stop the count.
