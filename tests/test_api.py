@@ -154,6 +154,16 @@ def test_an_arrow_table_keeps_its_schema_metadata(opts: dict[str, Any]) -> None:
     assert table.schema.equals(before[1], check_metadata=True)
 
 
+def test_a_polars_frame_made_arrow_keeps_its_string_view_prompts(opts: dict[str, Any]) -> None:
+    frame = pl.DataFrame({"prompt": QUESTIONS, "id": ["a", "b", "c"]})
+    table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
+    assert table.schema.field("prompt").type == pa.string_view()  # polars' newest export
+    out = batchpizza.answer(table, **opts)
+    assert out.column("answer").to_pylist() == expected_answers(QUESTIONS)
+    assert out.column("id").to_pylist() == ["a", "b", "c"]
+    assert out.schema.field("prompt").type == pa.string_view()
+
+
 def test_a_record_batch_reader_comes_back_streamable_with_every_row(
     opts: dict[str, Any],
 ) -> None:
