@@ -125,6 +125,8 @@ class Fields:
         from batchpizza.prompts import builder_for
 
         prompt, messages, id_ = config.fields_named
+        if config.samples > 1:  # --repeat: the output's `sample` column
+            extra_reserved = (*extra_reserved, "sample")
         return cls(
             prompt,
             messages,
@@ -140,6 +142,8 @@ class Fields:
     def key(self) -> tuple[Any, ...]:
         """What a scan depends on besides the input's bytes (a changed template rescans)."""
         built = () if self.build is None and self.system is None else (self.build_key,)
+        # A scan that let a `sample` field through must not serve a --repeat run, which refuses it.
+        sample = ("sample",) if "sample" in self.extra_reserved else ()
         return (
             self.prompt,
             self.messages,
@@ -148,6 +152,7 @@ class Fields:
             self.named_messages,
             self.named_id,
             *built,
+            *sample,
         )
 
     @property
@@ -281,6 +286,8 @@ def collision(fields: Fields, name: str) -> str:
             "is where the output puts the built prompt; rename the field, or name the built "
             "prompt's column with --prompt-field (prompt_field= from Python)"
         )
+    if name == "sample" and name in fields.extra_reserved:
+        return "is named like the output's `sample` column (--repeat, samples=); rename it"
     return "is named like an output column; rename it"
 
 
