@@ -21,8 +21,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from batchpizza.config import RunConfig
-from batchpizza.errors import UsageError
+from batchpizza.errors import Interrupted, UsageError
 from batchpizza.job import Job, run_loop
+from batchpizza.job.ctrlc import CtrlC
 from batchpizza.records import TOKEN_COLUMNS, OutputRow, Result, answered_row
 from batchpizza.sinks.values import result_columns
 from batchpizza.structured.columns import ParsedColumns, check_flatten
@@ -176,8 +177,17 @@ def answer(data: Any, **options: Unpack[Options]) -> Any:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return run_loop(aanswer(data, **options))
-    return _on_a_thread(data, dict(options))
+        pass
+    else:
+        return _on_a_thread(data, dict(options))
+    ctrl_c = CtrlC()  # a script's Ctrl-C stops the job as the notebook's does
+    try:
+        result, _job = run_loop(ctrl_c.guarding(_answered(data, dict(options), ctrl_c.started)))
+    except Interrupted as exc:
+        if ctrl_c.stopped:
+            raise KeyboardInterrupt(exc.message) from exc
+        raise
+    return result
 
 
 def _on_a_thread(data: Any, options: dict[str, Any]) -> Any:
