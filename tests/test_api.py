@@ -164,6 +164,17 @@ def test_a_polars_frame_made_arrow_keeps_its_string_view_prompts(opts: dict[str,
     assert out.schema.field("prompt").type == pa.string_view()
 
 
+def test_a_prompt_column_of_none_only_is_rows_without_a_prompt_and_an_empty_one_no_rows(
+    opts: dict[str, Any],
+) -> None:
+    with pytest.raises(batchpizza.InputError, match="<data> row 1: has no 'prompt'"):
+        batchpizza.answer(pd.DataFrame({"prompt": [None, None]}), **opts)
+    out = batchpizza.answer(pd.DataFrame({"prompt": [None, None]}), skip_bad_rows=True, **opts)
+    assert list(out["finish_reason"]) == ["invalid", "invalid"]
+    empty = batchpizza.answer(pl.DataFrame({"prompt": []}), **opts)  # polars types it Null
+    assert empty.height == 0 and "answer" in empty.columns
+
+
 def test_a_record_batch_reader_comes_back_streamable_with_every_row(
     opts: dict[str, Any],
 ) -> None:

@@ -95,6 +95,23 @@ def test_parquet_prompt_and_id_columns_of_any_string_type_are_read(
     assert table.schema.field("prompt").type == pq.read_schema(src).field("prompt").type
 
 
+def test_a_parquet_prompt_column_with_no_value_at_all_leaves_each_row_to_its_messages(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # A column of None only (pandas and polars write it so) is typed null, not string.
+    src = tmp_path / "chats.parquet"
+    chat = [{"role": "user", "content": "Name a pizza."}]
+    pq.write_table(pa.table({"prompt": pa.nulls(2), "messages": [chat, chat]}), src)
+    out = tmp_path / "out.parquet"
+
+    result = invoke(mock_api, src, out)
+
+    assert_clean_exit(result, 0)
+    table = pq.read_table(out)
+    assert table.column("answer").to_pylist() == [mock_answer("Name a pizza.")] * 2
+    assert table.column("prompt").to_pylist() == [None, None]
+
+
 @pytest.mark.parametrize(
     ("content", "prompts"),
     [
