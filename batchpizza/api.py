@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from batchpizza.config import RunConfig
@@ -101,8 +101,14 @@ def _built(mem: InMemory, config: RunConfig) -> tuple[str, list[str | None]] | N
 
 
 def _prompts_as_rows(data: Any, field: str) -> Any:
-    """A list of prompt strings as the rows it stands for ({field: prompt} each); else `data`."""
-    if isinstance(data, list) and data and all(isinstance(item, str) for item in data):
+    """A list of prompt strings as the rows it stands for ({field: prompt} each); else `data`.
+    A list with strings and no dict is one of prompts, some of them not strings (None, a
+    number): each such row is then bad for its prompt, not every string one for being no dict."""
+    if (
+        isinstance(data, list)
+        and any(isinstance(item, str) for item in data)
+        and not any(isinstance(item, Mapping) for item in data)
+    ):
         return [{field: item} for item in data]
     return data
 

@@ -487,6 +487,20 @@ def test_a_list_of_prompt_strings_comes_back_as_rows_with_their_results(
     assert [row["question"] for row in named] == QUESTIONS
 
 
+def test_a_list_of_prompts_with_a_none_or_a_number_names_those_rows_only(
+    opts: dict[str, Any],
+) -> None:
+    with pytest.raises(batchpizza.InputError) as raised:
+        batchpizza.answer([QUESTIONS[0], None, 42], **opts)
+    said = str(raised.value)
+    assert "2 bad row(s)" in said and "row 0" not in said  # the string is a fine prompt
+    assert "<data> row 1: has no 'prompt'" in said
+    assert "<data> row 2: field 'prompt': must be a string, not a number" in said
+    out = batchpizza.answer([QUESTIONS[0], None], skip_bad_rows=True, **opts)
+    assert [row["finish_reason"] for row in out] == ["stop", "invalid"]
+    assert [row["prompt"] for row in out] == [QUESTIONS[0], None]
+
+
 def test_any_arrow_stream_producer_is_read_and_comes_back_as_a_reader(
     opts: dict[str, Any],
 ) -> None:
