@@ -134,7 +134,9 @@ async def _answered(
     job = Job(config, data=readable)
     if started is not None:
         started(job)
-    await job.run()
+    summary = await job.run()
+    if config.dry_run:  # the plan was said; no row ran, so there are no results to give
+        return summary, job
     assert job.output_rows is not None  # a run that returned has its rows
 
     samples = config.samples
@@ -170,7 +172,8 @@ async def aanswer(data: Any, **options: Unpack[Options]) -> Any:
     of dicts for a list), rows in the same order; the input is not changed. Options as on the
     command line (`prompt_field=`, `rate=`, `concurrency=`, `skip_bad_rows=`, `checkpoint=PATH`
     to make it resumable, ...; see batchpizza.options.Options). Bad rows raise InputError naming
-    the row, unless skip_bad_rows=True."""
+    the row, unless skip_bad_rows=True. With dry_run=True, nothing is sent: the plan is printed
+    and the run's Summary returned (its `plan`: what would be sent, and why)."""
     result, _job = await _answered(data, dict(options))
     return result
 
@@ -261,6 +264,8 @@ async def stream(data: Any, **options: Unpack[Options]) -> AsyncIterator[dict[st
             found = _row(slot, result, samples)
             yield found if parsed is None else {**found, **parsed.objects(answered_row(result))}
         await task  # raises what the run raised
+        if config.dry_run:  # the plan was said, and no row ran
+            return
         assert job.output_rows is not None  # a run that returned has its rows
         for slot, row in enumerate(job.output_rows):
             if slot not in seen:

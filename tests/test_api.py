@@ -501,6 +501,18 @@ def test_a_list_of_prompts_with_a_none_or_a_number_names_those_rows_only(
     assert [row["prompt"] for row in out] == [QUESTIONS[0], None]
 
 
+async def test_a_dry_run_sends_nothing_prints_the_plan_and_returns_the_summary(
+    mock_api: ThreadedMockServer, opts: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = pd.DataFrame({"prompt": QUESTIONS})
+    summary = await batchpizza.aanswer(data, dry_run=True, **opts)
+    assert isinstance(summary, batchpizza.Summary)  # was an AssertionError, once planned
+    assert summary["plan"]["new"] == 3 and summary["pending"] == 3
+    assert "to send     3: 3 new rows" in capsys.readouterr().out
+    assert [row async for row in batchpizza.stream(data, dry_run=True, **opts)] == []
+    assert mock_api.stats.requests == 0
+
+
 def test_any_arrow_stream_producer_is_read_and_comes_back_as_a_reader(
     opts: dict[str, Any],
 ) -> None:
