@@ -274,6 +274,24 @@ def test_a_bad_row_in_a_frame_raises_input_error_naming_row_and_field(
     assert not listing(private_tmp)
 
 
+@pytest.mark.parametrize(
+    ("index", "named"),
+    [
+        (pd.Index([2, 0, 1]), "<data> row 1 (index 0): field 'prompt'"),  # df.loc[1] is another
+        (pd.Index(["a", "b", "c"]), "<data> row 1 (index 'b'): field 'prompt'"),
+        (pd.MultiIndex.from_tuples([("x", 1), ("x", 2), ("y", 1)]), "row 1 (index ('x', 2))"),
+        (pd.RangeIndex(3), "<data> row 1: field 'prompt'"),  # the position is the label
+    ],
+)
+def test_a_bad_row_of_a_frame_is_named_by_its_index_label_too(
+    opts: dict[str, Any], index: pd.Index, named: str
+) -> None:
+    data = pd.DataFrame({"prompt": ["fine", "", "also fine"]}, index=index)
+    with pytest.raises(batchpizza.InputError) as caught:
+        batchpizza.answer(data, **opts)
+    assert named in caught.value.message
+
+
 def test_a_bad_item_in_a_list_raises_input_error_naming_field_not_the_spool(
     mock_api: ThreadedMockServer, opts: dict[str, Any], private_tmp: Path
 ) -> None:
