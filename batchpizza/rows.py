@@ -119,6 +119,9 @@ class Fields:
     # output column that holds the built prompt, not a field read.
     build: Builder | None = None
     system: str | None = None  # --system: a system message first in every request
+    # An output file starts with an `id` column; rows in memory come back as they were, with
+    # no `id` of ours, so an input's `id` beside another id field collides with nothing there.
+    writes_id: bool = True
 
     @classmethod
     def from_config(cls, config: RunConfig, extra_reserved: tuple[str, ...] = ()) -> Fields:
@@ -137,6 +140,7 @@ class Fields:
             extra_reserved,
             builder_for(config.template, config.template_source, config.prompt),
             config.system,
+            writes_id=config.output is not None,
         )
 
     def key(self) -> tuple[Any, ...]:
@@ -164,7 +168,7 @@ class Fields:
         """Input names that would collide with an output column (the built prompt's too)."""
         own = frozenset(RESULT_COLUMNS) | frozenset(self.extra_reserved)
         built = {self.prompt} if self.build is not None else set()
-        return own | built | ({"id"} if self.id != "id" else frozenset())
+        return own | built | ({"id"} if self.id != "id" and self.writes_id else frozenset())
 
 
 def _messages(value: object, name: str) -> tuple[str, list[dict[str, str]]]:

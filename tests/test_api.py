@@ -292,6 +292,18 @@ def test_a_bad_row_of_a_frame_is_named_by_its_index_label_too(
     assert named in caught.value.message
 
 
+def test_an_id_column_beside_another_id_field_is_carried_as_data(opts: dict[str, Any]) -> None:
+    # Its user ids repeat, so the rows are keyed by `key`; answer() adds no `id` column of its
+    # own for it to collide with (an output file does, and still refuses it).
+    data = pd.DataFrame({"key": ["k1", "k2"], "id": [7, 7], "prompt": QUESTIONS[:2]})
+    out = batchpizza.answer(data, id_field="key", **opts)
+    assert list(out.columns) == ["key", "id", "prompt", *RESULTS]
+    assert list(out["id"]) == [7, 7]
+    assert list(out["answer"]) == expected_answers(QUESTIONS[:2])
+    rows = batchpizza.answer([{"key": "k", "id": 1, "prompt": "x"}], id_field="key", **opts)
+    assert rows[0]["id"] == 1 and rows[0]["finish_reason"] == "stop"
+
+
 def test_a_bad_item_in_a_list_raises_input_error_naming_field_not_the_spool(
     mock_api: ThreadedMockServer, opts: dict[str, Any], private_tmp: Path
 ) -> None:
