@@ -3,8 +3,8 @@
 Left to asyncio's runner, the first Ctrl-C cancels the job: the requests in flight are dropped
 with their answers (paid for, and sent again by the next call) and `run()` writes no summary.
 Here it stops the job as SIGINT stops the command line's run instead: no new rows, those in
-flight given their grace, what finished committed and said. A second Ctrl-C is Python's own
-again (out at once; the checkpoint is consistent anyway).
+flight given their grace, what finished committed and said. A second Ctrl-C is out at once,
+as KeyboardInterrupt (the checkpoint is consistent anyway).
 """
 
 from __future__ import annotations

@@ -66,10 +66,9 @@ def reply_json(payload: bytes) -> Any:
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Retry-After as seconds from now: delta-seconds or an HTTP date; None if absent or unreadable,
-    and for a date already past or a negative number: they say nothing of how long to wait (a
-    server whose clock is behind ours sends such dates with every 429), and read as "now" every
-    retry went out at once, each row spending its retries in a moment. Without one, the retry
-    backs off as it would without the header."""
+    and for a date already past or a negative number. Those say nothing of how long to wait (a
+    server whose clock is behind ours dates every 429 so); read as "now", they sent each retry at
+    once and a row spent its retries in a moment. With None the retry backs off as usual."""
     if not value:
         return None
     value = value.strip()
