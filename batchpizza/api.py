@@ -17,12 +17,13 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from batchpizza.config import RunConfig
-from batchpizza.errors import UsageError
+from batchpizza.errors import Interrupted, UsageError
 from batchpizza.job import Job, run_loop
+from batchpizza.job.ctrlc import CtrlC
 from batchpizza.records import TOKEN_COLUMNS, OutputRow, Result, answered_row
 from batchpizza.sinks.values import result_columns
 from batchpizza.structured.columns import ParsedColumns, check_flatten
@@ -100,8 +101,14 @@ def _built(mem: InMemory, config: RunConfig) -> tuple[str, list[str | None]] | N
 
 
 def _prompts_as_rows(data: Any, field: str) -> Any:
-    """A list of prompt strings as the rows it stands for ({field: prompt} each); else `data`."""
-    if isinstance(data, list) and data and all(isinstance(item, str) for item in data):
+    """A list of prompt strings as the rows it stands for ({field: prompt} each); else `data`.
+    A list with strings and no dict is one of prompts, some of them not strings (None, a
+    number): each such row is then bad for its prompt, not every string one for being no dict."""
+    if (
+        isinstance(data, list)
+        and any(isinstance(item, str) for item in data)
+        and not any(isinstance(item, Mapping) for item in data)
+    ):
         return [{field: item} for item in data]
     return data
 
@@ -127,7 +134,9 @@ async def _answered(
     job = Job(config, data=readable)
     if started is not None:
         started(job)
-    await job.run()
+    summary = await job.run()
+    if config.dry_run:  # the plan was said; no row ran, so there are no results to give
+        return summary, job
     assert job.output_rows is not None  # a run that returned has its rows
 
     samples = config.samples
@@ -163,7 +172,8 @@ async def aanswer(data: Any, **options: Unpack[Options]) -> Any:
     of dicts for a list), rows in the same order; the input is not changed. Options as on the
     command line (`prompt_field=`, `rate=`, `concurrency=`, `skip_bad_rows=`, `checkpoint=PATH`
     to make it resumable, ...; see batchpizza.options.Options). Bad rows raise InputError naming
-    the row, unless skip_bad_rows=True."""
+    the row, unless skip_bad_rows=True. With dry_run=True, nothing is sent: the plan is printed
+    and the run's Summary returned (its `plan`: what would be sent, and why)."""
     result, _job = await _answered(data, dict(options))
     return result
 
@@ -176,8 +186,17 @@ def answer(data: Any, **options: Unpack[Options]) -> Any:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return run_loop(aanswer(data, **options))
-    return _on_a_thread(data, dict(options))
+        pass
+    else:
+        return _on_a_thread(data, dict(options))
+    ctrl_c = CtrlC()  # a script's Ctrl-C stops the job as the notebook's does
+    try:
+        result, _job = run_loop(ctrl_c.guarding(_answered(data, dict(options), ctrl_c.started)))
+    except Interrupted as exc:
+        if ctrl_c.stopped:
+            raise KeyboardInterrupt(exc.message) from exc
+        raise
+    return result
 
 
 def _on_a_thread(data: Any, options: dict[str, Any]) -> Any:
@@ -245,6 +264,8 @@ async def stream(data: Any, **options: Unpack[Options]) -> AsyncIterator[dict[st
             found = _row(slot, result, samples)
             yield found if parsed is None else {**found, **parsed.objects(answered_row(result))}
         await task  # raises what the run raised
+        if config.dry_run:  # the plan was said, and no row ran
+            return
         assert job.output_rows is not None  # a run that returned has its rows
         for slot, row in enumerate(job.output_rows):
             if slot not in seen:

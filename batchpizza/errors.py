@@ -63,13 +63,15 @@ class UsageError(BatchpizzaError):
 
 @dataclass(frozen=True)
 class BadRow:
-    """One row that cannot be sent. `line` is 1-based for JSONL, `row` 0-based for Parquet."""
+    """One row that cannot be sent. `line` is 1-based for JSONL, `row` 0-based for Parquet;
+    `label`, a DataFrame's index label of the row where the index is not its position."""
 
     path: str
     problem: str
     line: int | None = None
     row: int | None = None
     field: str | None = None
+    label: str | None = None
 
     def where(self) -> str:
         place = self.path
@@ -77,6 +79,8 @@ class BadRow:
             place += f":{self.line}"
         elif self.row is not None:
             place += f" row {self.row}"
+            if self.label is not None:
+                place += f" (index {self.label})"
         return place
 
     def __str__(self) -> str:

@@ -119,12 +119,17 @@ class Fields:
     # output column that holds the built prompt, not a field read.
     build: Builder | None = None
     system: str | None = None  # --system: a system message first in every request
+    # An output file starts with an `id` column; rows in memory come back as they were, with
+    # no `id` of ours, so an input's `id` beside another id field collides with nothing there.
+    writes_id: bool = True
 
     @classmethod
     def from_config(cls, config: RunConfig, extra_reserved: tuple[str, ...] = ()) -> Fields:
         from batchpizza.prompts import builder_for
 
         prompt, messages, id_ = config.fields_named
+        if config.samples > 1:  # --repeat: the output's `sample` column
+            extra_reserved = (*extra_reserved, "sample")
         return cls(
             prompt,
             messages,
@@ -135,11 +140,14 @@ class Fields:
             extra_reserved,
             builder_for(config.template, config.template_source, config.prompt),
             config.system,
+            writes_id=config.output is not None,
         )
 
     def key(self) -> tuple[Any, ...]:
         """What a scan depends on besides the input's bytes (a changed template rescans)."""
         built = () if self.build is None and self.system is None else (self.build_key,)
+        # A scan that let a `sample` field through must not serve a --repeat run, which refuses it.
+        sample = ("sample",) if "sample" in self.extra_reserved else ()
         return (
             self.prompt,
             self.messages,
@@ -148,6 +156,7 @@ class Fields:
             self.named_messages,
             self.named_id,
             *built,
+            *sample,
         )
 
     @property
@@ -159,7 +168,7 @@ class Fields:
         """Input names that would collide with an output column (the built prompt's too)."""
         own = frozenset(RESULT_COLUMNS) | frozenset(self.extra_reserved)
         built = {self.prompt} if self.build is not None else set()
-        return own | built | ({"id"} if self.id != "id" else frozenset())
+        return own | built | ({"id"} if self.id != "id" and self.writes_id else frozenset())
 
 
 def _messages(value: object, name: str) -> tuple[str, list[dict[str, str]]]:
@@ -281,6 +290,8 @@ def collision(fields: Fields, name: str) -> str:
             "is where the output puts the built prompt; rename the field, or name the built "
             "prompt's column with --prompt-field (prompt_field= from Python)"
         )
+    if name == "sample" and name in fields.extra_reserved:
+        return "is named like the output's `sample` column (--repeat, samples=); rename it"
     return "is named like an output column; rename it"
 
 

@@ -154,6 +154,27 @@ def test_an_arrow_table_keeps_its_schema_metadata(opts: dict[str, Any]) -> None:
     assert table.schema.equals(before[1], check_metadata=True)
 
 
+def test_a_polars_frame_made_arrow_keeps_its_string_view_prompts(opts: dict[str, Any]) -> None:
+    frame = pl.DataFrame({"prompt": QUESTIONS, "id": ["a", "b", "c"]})
+    table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
+    assert table.schema.field("prompt").type == pa.string_view()  # polars' newest export
+    out = batchpizza.answer(table, **opts)
+    assert out.column("answer").to_pylist() == expected_answers(QUESTIONS)
+    assert out.column("id").to_pylist() == ["a", "b", "c"]
+    assert out.schema.field("prompt").type == pa.string_view()
+
+
+def test_a_prompt_column_of_none_only_is_rows_without_a_prompt_and_an_empty_one_no_rows(
+    opts: dict[str, Any],
+) -> None:
+    with pytest.raises(batchpizza.InputError, match="<data> row 1: has no 'prompt'"):
+        batchpizza.answer(pd.DataFrame({"prompt": [None, None]}), **opts)
+    out = batchpizza.answer(pd.DataFrame({"prompt": [None, None]}), skip_bad_rows=True, **opts)
+    assert list(out["finish_reason"]) == ["invalid", "invalid"]
+    empty = batchpizza.answer(pl.DataFrame({"prompt": []}), **opts)  # polars types it Null
+    assert empty.height == 0 and "answer" in empty.columns
+
+
 def test_a_record_batch_reader_comes_back_streamable_with_every_row(
     opts: dict[str, Any],
 ) -> None:
@@ -251,6 +272,36 @@ def test_a_bad_row_in_a_frame_raises_input_error_naming_row_and_field(
     assert "input.parquet" not in message
     assert mock_api.stats.requests == 0
     assert not listing(private_tmp)
+
+
+@pytest.mark.parametrize(
+    ("index", "named"),
+    [
+        (pd.Index([2, 0, 1]), "<data> row 1 (index 0): field 'prompt'"),  # df.loc[1] is another
+        (pd.Index(["a", "b", "c"]), "<data> row 1 (index 'b'): field 'prompt'"),
+        (pd.MultiIndex.from_tuples([("x", 1), ("x", 2), ("y", 1)]), "row 1 (index ('x', 2))"),
+        (pd.RangeIndex(3), "<data> row 1: field 'prompt'"),  # the position is the label
+    ],
+)
+def test_a_bad_row_of_a_frame_is_named_by_its_index_label_too(
+    opts: dict[str, Any], index: pd.Index, named: str
+) -> None:
+    data = pd.DataFrame({"prompt": ["fine", "", "also fine"]}, index=index)
+    with pytest.raises(batchpizza.InputError) as caught:
+        batchpizza.answer(data, **opts)
+    assert named in caught.value.message
+
+
+def test_an_id_column_beside_another_id_field_is_carried_as_data(opts: dict[str, Any]) -> None:
+    # Its user ids repeat, so the rows are keyed by `key`; answer() adds no `id` column of its
+    # own for it to collide with (an output file does, and still refuses it).
+    data = pd.DataFrame({"key": ["k1", "k2"], "id": [7, 7], "prompt": QUESTIONS[:2]})
+    out = batchpizza.answer(data, id_field="key", **opts)
+    assert list(out.columns) == ["key", "id", "prompt", *RESULTS]
+    assert list(out["id"]) == [7, 7]
+    assert list(out["answer"]) == expected_answers(QUESTIONS[:2])
+    rows = batchpizza.answer([{"key": "k", "id": 1, "prompt": "x"}], id_field="key", **opts)
+    assert rows[0]["id"] == 1 and rows[0]["finish_reason"] == "stop"
 
 
 def test_a_bad_item_in_a_list_raises_input_error_naming_field_not_the_spool(
@@ -464,6 +515,32 @@ def test_a_list_of_prompt_strings_comes_back_as_rows_with_their_results(
     assert [row["answer"] for row in out] == expected_answers(QUESTIONS)
     named = batchpizza.answer(QUESTIONS, prompt_field="question", **opts)
     assert [row["question"] for row in named] == QUESTIONS
+
+
+def test_a_list_of_prompts_with_a_none_or_a_number_names_those_rows_only(
+    opts: dict[str, Any],
+) -> None:
+    with pytest.raises(batchpizza.InputError) as raised:
+        batchpizza.answer([QUESTIONS[0], None, 42], **opts)
+    said = str(raised.value)
+    assert "2 bad row(s)" in said and "row 0" not in said  # the string is a fine prompt
+    assert "<data> row 1: has no 'prompt'" in said
+    assert "<data> row 2: field 'prompt': must be a string, not a number" in said
+    out = batchpizza.answer([QUESTIONS[0], None], skip_bad_rows=True, **opts)
+    assert [row["finish_reason"] for row in out] == ["stop", "invalid"]
+    assert [row["prompt"] for row in out] == [QUESTIONS[0], None]
+
+
+async def test_a_dry_run_sends_nothing_prints_the_plan_and_returns_the_summary(
+    mock_api: ThreadedMockServer, opts: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = pd.DataFrame({"prompt": QUESTIONS})
+    summary = await batchpizza.aanswer(data, dry_run=True, **opts)
+    assert isinstance(summary, batchpizza.Summary)  # was an AssertionError, once planned
+    assert summary["plan"]["new"] == 3 and summary["pending"] == 3
+    assert "to send     3: 3 new rows" in capsys.readouterr().out
+    assert [row async for row in batchpizza.stream(data, dry_run=True, **opts)] == []
+    assert mock_api.stats.requests == 0
 
 
 def test_any_arrow_stream_producer_is_read_and_comes_back_as_a_reader(

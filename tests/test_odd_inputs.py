@@ -71,6 +71,48 @@ def test_empty_parquet_gives_empty_output(mock_api: ThreadedMockServer, tmp_path
 
 
 @pytest.mark.parametrize(
+    "text",
+    [pa.large_string(), pa.string_view(), pa.dictionary(pa.int32(), pa.string())],
+    ids=["large_string", "string_view", "dictionary"],
+)
+def test_parquet_prompt_and_id_columns_of_any_string_type_are_read(
+    mock_api: ThreadedMockServer, tmp_path: Path, text: pa.DataType
+) -> None:
+    # string_view is what pyarrow writes back for a table polars made (to_arrow()), and reads
+    # back from such a file: a column of text, as the others.
+    src = tmp_path / "prompts.parquet"
+    prompts = ["first", "second", "first"]
+    ids = pa.array(["a", "b", "c"]).cast(text)
+    pq.write_table(pa.table({"id": ids, "prompt": pa.array(prompts).cast(text)}), src)
+    out = tmp_path / "out.parquet"
+
+    result = invoke(mock_api, src, out)
+
+    assert_clean_exit(result, 0)
+    table = pq.read_table(out)
+    assert table.column("answer").to_pylist() == [mock_answer(p) for p in prompts]
+    assert table.column("id").to_pylist() == ["a", "b", "c"]
+    assert table.schema.field("prompt").type == pq.read_schema(src).field("prompt").type
+
+
+def test_a_parquet_prompt_column_with_no_value_at_all_leaves_each_row_to_its_messages(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # A column of None only (pandas and polars write it so) is typed null, not string.
+    src = tmp_path / "chats.parquet"
+    chat = [{"role": "user", "content": "Name a pizza."}]
+    pq.write_table(pa.table({"prompt": pa.nulls(2), "messages": [chat, chat]}), src)
+    out = tmp_path / "out.parquet"
+
+    result = invoke(mock_api, src, out)
+
+    assert_clean_exit(result, 0)
+    table = pq.read_table(out)
+    assert table.column("answer").to_pylist() == [mock_answer("Name a pizza.")] * 2
+    assert table.column("prompt").to_pylist() == [None, None]
+
+
+@pytest.mark.parametrize(
     ("content", "prompts"),
     [
         (b'\xef\xbb\xbf{"prompt": "x"}\n{"prompt": "y"}\n', ["x", "y"]),

@@ -232,9 +232,12 @@ def test_parse_retry_after_forms() -> None:
     now = 1_700_000_000.0
     assert parse_retry_after("30", now) == 30.0
     assert parse_retry_after(" 2.5 ", now) == 2.5
-    assert parse_retry_after("-5", now) == 0.0
+    assert parse_retry_after("0", now) == 0.0  # the server's own "now"
     assert parse_retry_after(email.utils.formatdate(now + 90, usegmt=True), now) == 90.0
-    assert parse_retry_after(email.utils.formatdate(now - 90, usegmt=True), now) == 0.0
+    # A date already past (a server's clock behind ours) or a negative number tells no wait:
+    # the retry backs off as without the header, rather than go out at once.
+    assert parse_retry_after("-5", now) is None
+    assert parse_retry_after(email.utils.formatdate(now - 90, usegmt=True), now) is None
     assert parse_retry_after(None, now) is None
     assert parse_retry_after("", now) is None
     assert parse_retry_after("soon", now) is None

@@ -10,6 +10,7 @@ from collections.abc import Generator, Iterable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -90,6 +91,28 @@ def test_without_repeat_the_output_has_no_sample_column_and_its_answers_are_samp
     assert table.column("sample").to_pylist() == [0, 1, 2] * 10
     back = cli_run(mock_api, inp, out)  # and back: sample 0 is the request itself
     assert back.exit_code == 0 and mock_api.stats.requests == 30
+
+
+def test_an_input_field_named_sample_is_refused_under_repeat_before_anything_is_sent(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # It held the input's own value: Parquet got two `sample` columns (which pyarrow then
+    # refuses to read), JSONL the sample number in its place, answer() a ValueError once paid.
+    rows = [{"id": "q0", "prompt": "question 0", "sample": 7}]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    assert cli_run(mock_api, inp, tmp_path / "plain.jsonl").exit_code == 0  # sample 7 carried
+    assert read_jsonl(tmp_path / "plain.jsonl")[0]["sample"] == 7
+    for name in ("in.jsonl", "in.parquet"):  # the plain run's scan does not let it through
+        refused = cli_run(mock_api, tmp_path / name, tmp_path / "plain.jsonl", "--repeat", "2")
+        assert refused.exit_code == 2, refused.output
+        assert (
+            "'sample'" in refused.output and "like the output's `sample` column" in refused.output
+        )
+    assert mock_api.stats.requests == 1
+    with pytest.raises(batchpizza.InputError, match="'sample'"):
+        batchpizza.answer(rows, **FAST, base_url=mock_api.base_url, samples=2)
+    assert mock_api.stats.requests == 1
 
 
 def test_each_sample_is_kept_on_its_own_so_a_run_stopped_midway_resumes_the_rest(

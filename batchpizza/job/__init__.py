@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from batchpizza.config import RunConfig
 from batchpizza.engine.loop import run_loop
+from batchpizza.job.ctrlc import CtrlC
 from batchpizza.job.stages import Job
 from batchpizza.records import Summary
 
@@ -30,5 +31,13 @@ async def arun(
 def run(
     input: str | os.PathLike[str], output: str | os.PathLike[str], **options: Unpack[Options]
 ) -> Summary:
-    """Run a batch to the end and return its summary (see `arun` inside a running loop)."""
-    return run_loop(arun(input, output, **options))
+    """Run a batch to the end and return its summary (see `arun` inside a running loop). Ctrl-C
+    stops it as SIGINT stops the command line's run, and raises Interrupted."""
+    ctrl_c = CtrlC()  # here, before the loop's runner puts a handler of its own in place
+
+    async def main() -> Summary:
+        job = Job(RunConfig.from_options(str(input), str(output), **options))
+        ctrl_c.started(job)
+        return await ctrl_c.guarding(job.run())
+
+    return run_loop(main())

@@ -66,21 +66,27 @@ def reply_json(payload: bytes) -> Any:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds from now: delta-seconds or an HTTP date; None if absent or unreadable."""
+    """Retry-After as seconds from now: delta-seconds or an HTTP date; None if absent or unreadable,
+    and for a date already past or a negative number. Those say nothing of how long to wait (a
+    server whose clock is behind ours dates every 429 so); read as "now", they sent each retry at
+    once and a row spent its retries in a moment. With None the retry backs off as usual."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return seconds if seconds >= 0 else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    ahead = when.timestamp() - (time.time() if now is None else now)
+    return ahead if ahead > 0 else None
 
 
 async def read_capped(resp: aiohttp.ClientResponse) -> bytes:

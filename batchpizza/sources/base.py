@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import sys
 import zlib
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -150,6 +150,8 @@ def prompt_of(obj: object, fields: Fields, pos: int) -> Prompt | None:
 def describe(source: Rows, rows: Sequence[BadRecord]) -> tuple[BadRow, ...]:
     """Bad rows as the user reads them: file, line (JSONL) or row (Parquet), field, problem."""
     out = []
+    # Rows in memory: a DataFrame's index label beside the position, where they differ.
+    label_of: Callable[[int], str | None] | None = getattr(source, "index_label", None)
     for row in rows:
         name = source.names[row.file]
         if source.rows_from_lines:
@@ -157,7 +159,8 @@ def describe(source: Rows, rows: Sequence[BadRecord]) -> tuple[BadRow, ...]:
         elif source.unit == "line":
             out.append(BadRow(name, row.problem, line=row.at, field=row.field))
         else:
-            out.append(BadRow(name, row.problem, row=row.at, field=row.field))
+            label = None if label_of is None else label_of(row.at)
+            out.append(BadRow(name, row.problem, row=row.at, field=row.field, label=label))
     return tuple(out)
 
 

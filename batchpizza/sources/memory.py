@@ -74,6 +74,16 @@ class MemorySource:
             if target is None:
                 return
 
+    def index_label(self, pos: int) -> str | None:
+        """A pandas frame's index label of the row at `pos`, where the index is not the rows'
+        positions: "row 1" of a frame indexed 10, 5, 7 is found as its label, 5."""
+        if self.mem.kind != "pandas":
+            return None
+        index = self.mem.data.index
+        if type(index).__name__ == "RangeIndex" and index.start == 0 and index.step == 1:
+            return None
+        return _shown(index[pos])
+
     def input_key(self) -> str | None:
         return None  # data in memory may change between calls: never reuse a scan
 
@@ -85,3 +95,10 @@ class MemorySource:
 
     def close(self) -> None:
         pass
+
+
+def _shown(label: object) -> str:
+    """An index label as one would write it in `df.loc[...]` (a level's numpy int as a plain 2)."""
+    if isinstance(label, tuple):  # a MultiIndex
+        return "(" + ", ".join(_shown(part) for part in label) + ")"
+    return repr(label) if isinstance(label, str) else str(label)

@@ -224,6 +224,8 @@ def _is_string(dtype: pa.DataType) -> bool:
     return bool(
         pa.types.is_string(dtype)
         or pa.types.is_large_string(dtype)
+        or pa.types.is_string_view(dtype)  # what polars and pyarrow's own writers may keep
+        or pa.types.is_null(dtype)  # no value in any row (None each): rows without a prompt
         or (pa.types.is_dictionary(dtype) and _is_string(dtype.value_type))
     )
 

@@ -1,0 +1,76 @@
+"""Ctrl-C in a script that called the blocking doors (`run()`, `answer()` outside a running loop).
+
+Left to asyncio's runner, the first Ctrl-C cancels the job: the requests in flight are dropped
+with their answers (paid for, and sent again by the next call) and `run()` writes no summary.
+Here it stops the job as SIGINT stops the command line's run instead: no new rows, those in
+flight given their grace, what finished committed and said. A second Ctrl-C is out at once,
+as KeyboardInterrupt (the checkpoint is consistent anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from batchpizza.job.stages import Job
+
+T = TypeVar("T")
+
+
+class CtrlC:
+    """Made before the loop starts (so that it sees the handler a script left in place), told of
+    the job as it starts (`started`), and around the job's run (`guarding`)."""
+
+    def __init__(self) -> None:
+        # Only where Python's own handler is in place, in the main thread: a script's own
+        # SIGINT handler (or SIG_IGN) is the script's to keep.
+        self.active = (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        )
+        self.job: Job | None = None
+        self.stopped = False  # a Ctrl-C stopped the job (its Interrupted is this one's)
+
+    def started(self, job: Job) -> None:
+        self.job = job
+
+    async def guarding(self, work: Awaitable[T]) -> T:
+        if not self.active:
+            return await work
+        loop = asyncio.get_running_loop()
+        previous = signal.getsignal(signal.SIGINT)  # the runner's, which cancels its task
+        try:
+            loop.add_signal_handler(signal.SIGINT, self._on_sigint, previous)
+        except (NotImplementedError, RuntimeError, ValueError):  # no such handlers here
+            return await work
+        try:
+            return await work
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            signal.signal(signal.SIGINT, previous)
+
+    def _on_sigint(self, previous: Callable[[int, Any], Any] | int | None) -> None:
+        job = self.job
+        if job is not None and (self.stopped or job.stop.signum is not None):
+            # A second Ctrl-C: out of the loop at once, as Python's own handler would be (the
+            # runner then cancels what is left; the checkpoint is consistent anyway).
+            raise KeyboardInterrupt
+        if job is None:  # nothing to stop yet: what the runner does with a Ctrl-C
+            if callable(previous):
+                previous(signal.SIGINT, None)
+                return
+            raise KeyboardInterrupt
+        self.stopped = True
+        if not job.config.quiet:
+            print(
+                "\nbatchpizza: Ctrl-C: finishing requests in flight, then saving "
+                "(Ctrl-C again to stop at once)...",
+                file=sys.stderr,
+                flush=True,
+            )
+        job.interrupt(signal.SIGINT)

@@ -1,0 +1,102 @@
+"""Ctrl-C in a script calling the blocking doors, `run()` and `answer()`: the job stops as the
+command line's run does on SIGINT (the requests in flight finish and are kept), not cancelled
+with their answers dropped; a second Ctrl-C is out at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FAST, write_jsonl
+
+import batchpizza
+from batchpizza.mock.server import ThreadedMockServer
+
+PROMPTS = [f"[[slow:150]] question {i}" for i in range(40)]
+
+
+@pytest.fixture
+def ctrl_c_at(mock_api: ThreadedMockServer) -> Iterator[Callable[..., None]]:
+    """ctrl_c_at(n, times=1): SIGINT to this process (the main thread, as a script's Ctrl-C)
+    once the server has seen n requests, `times` times; Python's own SIGINT handler in place,
+    as in a script."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    done = threading.Event()
+    watchers: list[threading.Thread] = []
+
+    def arm(n: int, times: int = 1) -> None:
+        def watch() -> None:
+            while not done.wait(0.005):
+                if mock_api.stats.requests >= n:
+                    for _ in range(times):  # apart, or the kernel may merge them into one
+                        os.kill(os.getpid(), signal.SIGINT)
+                        done.wait(0.3)
+                    return
+
+        watchers.append(threading.Thread(target=watch, daemon=True))
+        watchers[-1].start()
+
+    try:
+        yield arm
+    finally:
+        done.set()
+        for watcher in watchers:
+            watcher.join()
+        signal.signal(signal.SIGINT, previous)
+
+
+def options(mock_api: ThreadedMockServer, **more: Any) -> dict[str, Any]:
+    return {**FAST, "base_url": mock_api.base_url, "concurrency": 4, **more}
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_run_keeps_the_answers_in_flight_writes_the_summary_and_raises_interrupted(
+    mock_api: ThreadedMockServer, ctrl_c_at: Callable[..., None], tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": p} for p in PROMPTS])
+    out, summary = tmp_path / "out.parquet", tmp_path / "summary.json"
+    ctrl_c_at(6)  # the sixth request is in flight (150 ms) when the Ctrl-C comes
+    with pytest.raises(batchpizza.Interrupted) as raised:
+        batchpizza.run(inp, out, **options(mock_api), summary_json=str(summary))
+    assert raised.value.exit_code == 130
+    said = json.loads(summary.read_text())
+    assert (said["stopped"], said["exit_code"], said["interrupted"]) == ("signal", 130, True)
+    first = mock_api.stats.requests
+    assert 6 <= first < len(PROMPTS)
+    assert said["answered"] == first  # every request sent was answered and kept
+
+    batchpizza.run(inp, out, **options(mock_api))
+    assert mock_api.stats.requests == len(PROMPTS)  # so the rerun sends only the rest
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_answer_keeps_the_answers_in_flight_and_raises_keyboard_interrupt(
+    mock_api: ThreadedMockServer, ctrl_c_at: Callable[..., None], tmp_path: Path
+) -> None:
+    rows = [{"prompt": p} for p in PROMPTS]
+    opts = options(mock_api, checkpoint=str(tmp_path / "cell.checkpoint"))
+    ctrl_c_at(6)
+    with pytest.raises(KeyboardInterrupt, match=r"cell\.checkpoint"):
+        batchpizza.answer(rows, **opts)
+    assert 6 <= mock_api.stats.requests < len(PROMPTS)
+
+    out = batchpizza.answer(rows, **opts)
+    assert [row["finish_reason"] for row in out] == ["stop"] * len(PROMPTS)
+    assert mock_api.stats.requests == len(PROMPTS)  # none sent twice
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_in_run_is_out_at_once(
+    mock_api: ThreadedMockServer, ctrl_c_at: Callable[..., None], tmp_path: Path
+) -> None:
+    # Replies that would hold the first Ctrl-C's grace for a minute; the second does not wait.
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"[[slow:60000]] {i}"} for i in range(4)])
+    ctrl_c_at(4, times=2)
+    with pytest.raises(KeyboardInterrupt):
+        batchpizza.run(inp, tmp_path / "out.jsonl", **options(mock_api, grace=120.0, timeout=120.0))
