@@ -172,11 +172,18 @@ def summary_line(s: Mapping[str, Any], log_format: str = "text") -> str:
     unix = _unix(ended) if ended else time.time()
     if log_format == "json":
         return json.dumps({"time": iso(unix), "event": "summary", **dict(s)})
+    # Exit 1 and 2 are errors (I/O, bad input, usage), said before this line: not "done".
+    failed = s.get("exit_code") in (1, 2) and not s.get("interrupted") and not s.get("stopped")
+    if failed and not s["rows"] and not s["requests"]:
+        # Nothing was read or sent (its input refused): no counts to give, rather than zeros.
+        return f"{_local(unix)} batchpizza: failed: nothing sent (exit {s['exit_code']})"
     head = (
         "interrupted"
         if s.get("interrupted")
         else f"stopped ({s['stopped']})"
         if s.get("stopped")
+        else "failed"
+        if failed
         else "done"
     )
     parts = [

@@ -244,3 +244,32 @@ def _version() -> str:
     import batchpizza
 
     return str(batchpizza.__version__)
+
+
+def test_a_run_refused_for_bad_input_says_it_failed_and_sent_nothing(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # It said "done: 0 rows: 0 answered, ..." after naming the bad rows, even over a checkpoint
+    # holding answers: neither done nor zero rows.
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": "p"}, {"id": "b"}])
+    result = run_cli(mock_api, source, tmp_path / "out.jsonl")
+    assert result.exit_code == 2
+    last = [
+        line for line in result.stderr.splitlines() if "batchpizza: " in line and "(exit" in line
+    ]
+    assert len(last) == 1 and last[0].endswith("batchpizza: failed: nothing sent (exit 2)"), last
+
+
+def test_a_run_that_failed_midway_says_failed_with_its_counts() -> None:
+    from batchpizza.runlog import summary_line
+
+    summary = {
+        "rows": 10, "answered": 4, "failed": 0, "misuse": 0, "invalid": 0, "pending": 6,
+        "requests": 4, "retries": 0, "elapsed_s": 1.0, "exit_code": 1, "output": None,
+    }  # fmt: skip
+    line = summary_line(summary)
+    assert (
+        "batchpizza: failed: 10 rows: 4 answered, 0 failed, 0 misuse, 0 invalid, 6 pending" in line
+    )
+    assert line.endswith("(exit 1)")
+    assert "batchpizza: done: 10 rows" in summary_line({**summary, "exit_code": 3})
