@@ -210,9 +210,12 @@ class QuotaExhausted(HTTPStatusError):
 class BadReply(ProviderError):
     retryable = True
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, *, page: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        # A web page (HTML) where the API's JSON was due: a --base-url that is not the API, or
+        # a login or challenge page answering for it (controls/failing.py stops such a run).
+        self.page = page
 
 
 class RedirectRefused(ProviderError):

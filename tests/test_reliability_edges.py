@@ -597,7 +597,7 @@ def test_a_fatal_stop_summary_counts_the_answers_kept_in_the_checkpoint(tmp_path
     # The row refused with 401 is kept as failed (a rerun sends it again); the rest wait.
     assert (report["rows"], report["answered"], report["failed"]) == (30, 3, 1)
     assert report["pending"] == 26
-    assert "done: 30 rows: 3 answered, 1 failed" in result.output
+    assert "failed: 30 rows: 3 answered, 1 failed" in result.output
 
 
 def test_answer_without_a_checkpoint_says_a_fatal_stop_kept_nothing(

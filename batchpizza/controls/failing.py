@@ -6,9 +6,13 @@ instead of a failed row per prompt:
                does not take); every row would get the same
     down       every attempt for DOWN_FOR seconds (at least DOWN_ATTEMPTS of them) had its
                connection refused: the server is not there
+    elsewhere  the first FIRST_ROWS attempts of the run all got a web page (HTML) where the
+               API's JSON was due, or HTTP 404 or 405, with no answer among them: --base-url
+               is not the API (or a login or challenge page answers for it); a page is retried,
+               so without this every row spent all its attempts on it
 
 A 400 or 422 is not retried, so FIRST_ROWS of them are as many distinct rows; other failures
-(retried) neither count nor reset the count. An answer ends the first watch for the rest of the
+(retried) neither count nor reset the counts. An answer ends the first watch for the rest of the
 run and resets the second's stretch, as does any attempt that reached the server.
 """
 
@@ -17,10 +21,11 @@ from __future__ import annotations
 import time
 
 from batchpizza.controls.ratelimit import Clock
-from batchpizza.errors import ConnectionRefused, HTTPStatusError, ProviderError
+from batchpizza.errors import BadReply, ConnectionRefused, HTTPStatusError, ProviderError
 
 FIRST_ROWS = 10
 INVALID_STATUSES = frozenset({400, 422})
+ELSEWHERE_STATUSES = frozenset({404, 405})
 DOWN_FOR = 30.0
 DOWN_ATTEMPTS = 3
 
@@ -30,6 +35,7 @@ class FailingWatch:
         self._clock = clock
         self.answered = False
         self._invalid = 0
+        self._elsewhere = 0
         self._refused_since: float | None = None
         self._refused = 0
         self.down_for = DOWN_FOR  # read at construction, so a test may shorten it
@@ -69,4 +75,18 @@ class FailingWatch:
                     f"answered: the server rejects these requests ({error.message}); fix the "
                     "parameters or prompts and rerun"
                 )
+            return None
+        if isinstance(error, BadReply) and error.page:
+            got = "a web page (HTML) where the API's JSON was due"
+        elif isinstance(error, HTTPStatusError) and error.status in ELSEWHERE_STATUSES:
+            got = f"HTTP {error.status}"
+        else:
+            return None
+        self._elsewhere += 1
+        if self._elsewhere >= self.first_rows:
+            return (
+                f"the first {self._elsewhere} attempts all got {got}, and none was answered: "
+                "--base-url is not the API's address (or a login or challenge page answers for "
+                "it); check it and rerun"
+            )
         return None

@@ -65,6 +65,11 @@ def reply_json(payload: bytes) -> Any:
     return data
 
 
+def looks_like_page(body: bytes) -> bool:
+    """Whether a body that is not JSON is a web page (HTML): it opens with a tag."""
+    return body[:256].lstrip()[:1] == b"<"
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Retry-After as seconds from now: delta-seconds or an HTTP date; None if absent or unreadable,
     and for a date already past or a negative number. Those say nothing of how long to wait (a

@@ -29,7 +29,7 @@ from batchpizza.errors import (
     QuotaExhausted,
     UsageError,
 )
-from batchpizza.providers.http import post_json, reply_json
+from batchpizza.providers.http import looks_like_page, post_json, reply_json
 from batchpizza.providers.limits import parse_rate_info, retry_after_of
 from batchpizza.providers.quota import quota_exhausted
 from batchpizza.records import TOKEN_COLUMNS, UNANSWERED, Answer, Prompt, RateInfo
@@ -308,7 +308,9 @@ class OpenAIAPI:
             data = reply_json(payload)  # every text in it storable (lone surrogates: U+FFFD)
         except ValueError:
             raise BadReply(
-                f"reply is not JSON: {self._said(payload, _SNIPPET_CHARS)!r}", status=status
+                f"reply is not JSON: {self._said(payload, _SNIPPET_CHARS)!r}",
+                status=status,
+                page=looks_like_page(payload),
             ) from None
         choice = None
         if isinstance(data, dict):

@@ -20,7 +20,14 @@ import batchpizza.jsoncodec as jsoncodec
 from batchpizza.config import DEFAULT_BASE_URL, DEFAULT_MODEL, DEFAULT_TIMEOUT
 from batchpizza.errors import BadReply, HTTPStatusError, MisuseDetected, UsageError
 from batchpizza.fingerprint import BY_TEXT
-from batchpizza.providers.http import Reply, parse_retry_after, post_json, reply_json, snippet
+from batchpizza.providers.http import (
+    Reply,
+    looks_like_page,
+    parse_retry_after,
+    post_json,
+    reply_json,
+    snippet,
+)
 from batchpizza.records import TOKEN_COLUMNS, Answer, Prompt
 from batchpizza.redact import shorten
 from batchpizza.rows import format_prompt
@@ -135,7 +142,9 @@ def extract_answer(body: bytes, status: int = 200) -> str:
         raw = body.decode("utf-8", "replace")
         if refusal_in(raw):
             raise MisuseDetected(" ".join(raw.split())) from None
-        raise BadReply(f"reply is not JSON: {snippet(body)!r}", status=status) from None
+        raise BadReply(
+            f"reply is not JSON: {snippet(body)!r}", status=status, page=looks_like_page(body)
+        ) from None
     text: object = None
     if isinstance(reply, dict):
         answer = reply.get("answer")
