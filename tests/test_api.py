@@ -175,6 +175,17 @@ def test_a_prompt_column_of_none_only_is_rows_without_a_prompt_and_an_empty_one_
     assert empty.height == 0 and "answer" in empty.columns
 
 
+def test_an_empty_frame_of_any_prompt_type_is_no_rows_and_a_filled_one_is_checked(
+    opts: dict[str, Any],
+) -> None:
+    # pandas makes an empty column float64: a frame filtered down to nothing was refused
+    # ("must hold strings, not double") though it has no row to hold a number.
+    empty = batchpizza.answer(pd.DataFrame({"prompt": []}), **opts)
+    assert len(empty) == 0 and "answer" in empty.columns
+    with pytest.raises(batchpizza.InputError, match="must hold strings, not double"):
+        batchpizza.answer(pd.DataFrame({"prompt": [1.5]}), **opts)
+
+
 def test_a_record_batch_reader_comes_back_streamable_with_every_row(
     opts: dict[str, Any],
 ) -> None:

@@ -37,7 +37,7 @@ class MemorySource:
         if mem.kind == "stream":  # read more than once here: its callers read it into a table
             raise TypeError("a RecordBatchReader is read into a Table before it is run")
         if mem.kind != "rows":
-            self._columns = wanted_columns(fields, mem.schema, label)
+            self._columns = wanted_columns(fields, mem.schema, label, empty=mem.num_rows == 0)
 
     def objects(self) -> Iterator[tuple[int, Any]]:
         """(position, object) of every row: the object the row is, or the problem (a str) of an

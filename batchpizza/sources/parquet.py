@@ -153,9 +153,10 @@ class ParquetSource:
                         at += 1
 
 
-def wanted_columns(f: Fields, schema: pa.Schema, name: str) -> list[str]:
+def wanted_columns(f: Fields, schema: pa.Schema, name: str, *, empty: bool = False) -> list[str]:
     """The columns a row's prompt, messages and id are read from; InputError naming `name` for
-    a table that can hold no prompt rows."""
+    a table that can hold no prompt rows. An `empty` table's prompt column may be of any type:
+    it has no row to hold a wrong one (pandas makes an empty column float64)."""
     present = set(schema.names)
     clash = sorted(present & f.reserved - {f.id})
     if clash:
@@ -164,7 +165,7 @@ def wanted_columns(f: Fields, schema: pa.Schema, name: str) -> list[str]:
         return built_columns(f, schema.names, name)
     if f.prompt not in present and f.messages not in present and "custom_id" not in present:
         raise InputError(f"{name}: no {f.prompt!r} column and no {f.messages!r} column")
-    if f.prompt in present and not _is_string(schema.field(f.prompt).type):
+    if f.prompt in present and not empty and not _is_string(schema.field(f.prompt).type):
         raise InputError(
             f"{name}: column {f.prompt!r} must hold strings, not {schema.field(f.prompt).type}"
         )
