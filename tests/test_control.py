@@ -324,7 +324,13 @@ async def test_workers_queued_for_pacer_slots_stop_at_once_at_the_default_rate()
         on_give_up=lambda: None, stop_signal=stop.wait,
     )  # fmt: skip
     await control.enter()  # the first slot is free at once
-    queued = [asyncio.ensure_future(control.enter()) for _ in range(7)]
+    await all_stopped_at_once(control, stop, waiting=7)
+
+
+async def all_stopped_at_once(control: Control, stop: asyncio.Event, *, waiting: int) -> None:
+    """`waiting` workers entering `control` wait; the stop then ends every wait with Stopped
+    within a second."""
+    queued = [asyncio.ensure_future(control.enter()) for _ in range(waiting)]
     await asyncio.sleep(0.05)
     assert not any(task.done() for task in queued)
     stop.set()
@@ -348,15 +354,7 @@ async def test_workers_waiting_on_an_open_breaker_stop_at_once() -> None:
     for _ in range(10):
         control.breaker.record(True)
     assert control.breaker.state is BreakerState.OPEN
-    waiting = [asyncio.ensure_future(control.enter()) for _ in range(4)]
-    await asyncio.sleep(0.05)
-    assert not any(task.done() for task in waiting)
-    stop.set()
-    done, pending = await asyncio.wait(waiting, timeout=1.0)
-    assert not pending
-    for task in done:
-        with pytest.raises(Stopped):
-            task.result()
+    await all_stopped_at_once(control, stop, waiting=4)
 
 
 async def test_a_slot_a_moment_away_is_waited_for_without_a_race() -> None:
