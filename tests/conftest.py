@@ -221,6 +221,18 @@ FAST = {
 }
 
 
+# Runs the CLI as `python -m batchpizza` would, with a file size limit the child sets itself (no
+# preexec_fn in a threaded parent): `python -c LIMITED_CLI BYTES run ...`. Python ignores SIGXFSZ,
+# so a write past the limit fails with EFBIG ("File too large"), as a full disk fails with ENOSPC.
+LIMITED_CLI = (
+    "import resource, runpy, sys\n"
+    "limit = int(sys.argv.pop(1))\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
+    "sys.argv[0] = 'batchpizza'\n"
+    "runpy.run_module('batchpizza', run_name='__main__', alter_sys=True)\n"
+)
+
+
 def other_network_namespace() -> list[str]:
     """The command prefix that runs a process in a network namespace of its own, as a second
     container or pod sharing the volume does. Checked, never skipped: a test that cannot make one

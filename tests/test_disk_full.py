@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import read_jsonl, write_jsonl
+from conftest import LIMITED_CLI, read_jsonl, write_jsonl
 
 import batchpizza.checkpoint.store as checkpoint_store
 from batchpizza.checkpoint.store import Checkpoint
@@ -119,17 +119,6 @@ def test_a_disk_full_at_a_later_scan_keeps_the_checkpoint_that_was_there(
     assert mock_api.stats.requests == 300  # the first 30 were not paid for twice
 
 
-# Sets the file size limit in the child itself, then runs the CLI (as tests/test_hostile.py does):
-# a write past the limit fails with EFBIG, as a full disk fails with ENOSPC.
-_LIMITED = (
-    "import resource, runpy, sys\n"
-    "limit = int(sys.argv.pop(1))\n"
-    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
-    "sys.argv[0] = 'batchpizza'\n"
-    "runpy.run_module('batchpizza', run_name='__main__', alter_sys=True)\n"
-)
-
-
 def test_a_file_size_limit_hit_making_the_checkpoint_leaves_nothing_and_the_rerun_works(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -142,7 +131,7 @@ def test_a_file_size_limit_hit_making_the_checkpoint_leaves_nothing_and_the_reru
         return subprocess.run(run, capture_output=True, text=True, timeout=60, env=env)
 
     # 16 KiB: the scan of 20 rows fits, a checkpoint's tables do not.
-    full = cli_run("-c", _LIMITED, "16384")
+    full = cli_run("-c", LIMITED_CLI, "16384")
 
     assert full.returncode == 1, full.stderr
     assert "Traceback" not in full.stderr

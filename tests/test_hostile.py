@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import FAST, read_jsonl, write_jsonl
+from conftest import FAST, LIMITED_CLI, read_jsonl, write_jsonl
 
 from batchpizza import arun
 from batchpizza.mock.replies import mock_answer
@@ -435,22 +435,10 @@ async def test_untrusted_certificate_is_a_row_error_not_a_crash(
 # -- a hostile disk ----------------------------------------------------------------------------
 
 
-# Sets the file size limit in the child itself (no preexec_fn in a threaded parent), then runs
-# the CLI as `python -m batchpizza` would. Python ignores SIGXFSZ, so a write past the limit fails
-# with EFBIG ("File too large"), as a full disk fails with ENOSPC.
-_LIMITED = (
-    "import resource, runpy, sys\n"
-    "limit = int(sys.argv.pop(1))\n"
-    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
-    "sys.argv[0] = 'batchpizza'\n"
-    "runpy.run_module('batchpizza', run_name='__main__', alter_sys=True)\n"
-)
-
-
 def _cli(*args: str, limit: int | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "batchpizza", "run", *args]
     if limit is not None:
-        command = [sys.executable, "-c", _LIMITED, str(limit), "run", *args]
+        command = [sys.executable, "-c", LIMITED_CLI, str(limit), "run", *args]
     return subprocess.run(
         command,
         capture_output=True,

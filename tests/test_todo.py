@@ -5,8 +5,9 @@ plan it makes is the plan a join of every row would make."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from click.testing import CliRunner
@@ -23,6 +24,8 @@ from batchpizza.rows import Fields, prompt_digest
 from batchpizza.sources import open_source
 
 PIZZAGPT = identity_of("pizzagpt", None, {})  # what a default run asks with
+
+T = TypeVar("T")
 
 
 def prompts(path: Path, n: int, label: str = "q") -> Path:
@@ -80,19 +83,25 @@ def plan_steps(ck: Path) -> tuple[Plan, int]:
     store = Checkpoint.open(ck)
     try:
         store.use_identity(PIZZAGPT)
-        steps = 0
-
-        def count() -> int:
-            nonlocal steps
-            steps += 1
-            return 0
-
-        store._conn.set_progress_handler(count, 1000)
-        plan = store.plan()
-        store._conn.set_progress_handler(None, 0)
+        return counting_steps(store, store.plan)
     finally:
         store.close()
-    return plan, steps
+
+
+def counting_steps(store: Checkpoint, work: Callable[[], T]) -> tuple[T, int]:
+    """What `work` returns, and the SQLite steps it took on `store`, in thousands."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    store._conn.set_progress_handler(count, 1000)
+    try:
+        return work(), steps
+    finally:
+        store._conn.set_progress_handler(None, 0)
 
 
 def test_a_rerun_plans_over_the_rows_left_not_over_every_row(
@@ -238,19 +247,9 @@ def status_steps(ck: Path) -> tuple[dict[str, object], int]:
     that took, in thousands (the count of answers kept, which reads every result, left out)."""
     store = Checkpoint.open(ck, create=False, readonly=True)
     try:
-        steps = 0
-
-        def count() -> int:
-            nonlocal steps
-            steps += 1
-            return 0
-
-        store._conn.set_progress_handler(count, 1000)
-        said = {"tally": store.tally(), "plan": store.plan()}
-        store._conn.set_progress_handler(None, 0)
+        return counting_steps(store, lambda: {"tally": store.tally(), "plan": store.plan()})
     finally:
         store.close()
-    return said, steps
 
 
 def test_status_counts_and_plans_over_the_rows_left_not_over_every_row(
