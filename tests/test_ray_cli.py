@@ -449,6 +449,31 @@ def test_ray_run_limits_resumes_restarts_and_summarises(
 
 @needs_ray
 @pytest.mark.slow
+def test_ray_splits_a_single_input_file_so_that_every_actor_sends(
+    cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path
+) -> None:
+    # One file was read as one block, run by one actor at its quarter of --concurrency: at 8,
+    # never more than 2 requests in flight (2,000 rows: 74 s; 36 s split).
+    mock = mock_process("--latency", "50")
+    n = 1200
+    source = tmp_path / "in.parquet"
+    pq.write_table(
+        pa.table({"id": [f"r{i}" for i in range(n)], "prompt": [f"q {i}" for i in range(n)]}),
+        source,
+    )
+    out = tmp_path / "out"
+    args = [str(source), "-o", str(out), "--ray", cluster, "--base-url", mock.url]
+    done = command(*args, "--rate", "0", "--concurrency", "8", "-q")
+    assert done.returncode == 0, done.stderr
+    rows = parquet_rows(out)
+    assert [r["id"] for r in rows] == [f"r{i}" for i in range(n)]  # still in input order
+    assert all(r["answer"] == mock_answer(r["prompt"]) for r in rows)
+    assert mock.stats()["requests"] == n
+    assert mock.stats()["peak_in_flight"] > 2  # more than one actor sent at once
+
+
+@needs_ray
+@pytest.mark.slow
 def test_ray_mock_writes_json_lines_offline_and_stops_its_server(
     cluster: str, tmp_path: Path
 ) -> None:
