@@ -99,6 +99,28 @@ def test_a_disk_full_while_the_first_scan_is_kept_leaves_no_checkpoint(
     assert left_beside(out) == ["out.jsonl.checkpoint"]
 
 
+def test_an_empty_checkpoint_file_left_by_a_killed_run_goes_too(
+    mock_api: ThreadedMockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run killed during its first scan leaves the file its lock made, empty (no checkpoint:
+    # SQLite had written nothing). The rerun found it there, so kept what the full disk left
+    # of it: a database with no scan and no run, which status took for a checkpoint.
+    source, out = write_jsonl(tmp_path / "in.jsonl", rows(300)), tmp_path / "out.jsonl"
+    checkpoint = Path(f"{out}.checkpoint")
+    checkpoint.touch()
+    full_at_adopt(monkeypatch, checkpoint)
+
+    full = run_cli(mock_api, source, out)
+
+    assert full.exit_code == 1, full.output
+    assert "database or disk is full" in full.stderr
+    assert left_beside(out) == []
+    monkeypatch.undo()
+    status = CliRunner().invoke(cli, ["status", str(out)])
+    assert status.exit_code == 2 and "no checkpoint" in status.stderr
+    assert run_cli(mock_api, source, out).exit_code == 0
+
+
 def test_a_disk_full_at_a_later_scan_keeps_the_checkpoint_that_was_there(
     mock_api: ThreadedMockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
