@@ -121,6 +121,29 @@ def test_an_empty_checkpoint_file_left_by_a_killed_run_goes_too(
     assert run_cli(mock_api, source, out).exit_code == 0
 
 
+def test_a_database_without_tables_reads_as_a_new_checkpoint(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # What a kill -9 leaves between the log's unlink and the database's as a failed first run
+    # removes its checkpoint (or as a first run makes its tables): the database's first page
+    # alone, its tables only ever in the log. `status` and a dry run said "no such table:
+    # results" (exit 1) where an empty file reads as a checkpoint with nothing in it yet.
+    source, out = write_jsonl(tmp_path / "in.jsonl", rows(3)), tmp_path / "out.jsonl"
+    checkpoint = Path(f"{out}.checkpoint")
+    conn = sqlite3.connect(checkpoint)
+    conn.execute("PRAGMA journal_mode = WAL")  # writes the first page, and no table
+    conn.close()
+    assert checkpoint.stat().st_size > 0
+
+    status = CliRunner().invoke(cli, ["status", str(out)])
+    assert status.exit_code == 0, status.output
+    assert "answered   0" in status.output
+    dry = run_cli(mock_api, source, out, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert run_cli(mock_api, source, out).exit_code == 0
+    assert mock_api.stats.requests == 3
+
+
 def test_a_disk_full_at_a_later_scan_keeps_the_checkpoint_that_was_there(
     mock_api: ThreadedMockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
