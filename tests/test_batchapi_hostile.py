@@ -968,3 +968,39 @@ def test_a_key_refused_while_polling_exits_2_and_the_rerun_collects(tmp_path: Pa
     assert again.returncode == 0, again.stderr
     answered_right(out)
     assert len(raw.batches) == 1 and sorted(raw.submitted.values()) == [1] * N
+
+
+def test_rows_sent_online_as_advised_end_the_stop_over_their_batch_that_may_exist(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    # Killed while the create was on its way, on a server that lists no batches: the rerun
+    # stops (exit 2) and says to rerun without --via, which answers every row online. A later
+    # --via batch run then stopped again, and every one after it, for a file whose every row
+    # is answered (its batch, if the server made it, can only answer them again).
+    n = 30
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(n))
+    out = tmp_path / "out.jsonl"
+    with RawServer() as raw:
+        raw.hooks["files"] = raw.hooks["batches"] = _no_listing
+        argv = ["run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
+                f"{raw.base_url}/v1", "--no-progress"]  # fmt: skip
+        killed_when(spawn, [*argv, "--via", "batch", "--wait"], raw.stall("create").is_set)
+        del raw.hooks["create"]
+        stopped = batch_run(inp, out, raw.base_url)
+        assert stopped.returncode == 2, stopped.stderr
+        online = subprocess.run(
+            [sys.executable, "-m", "batchpizza", *argv, "--rate", "0"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert online.returncode == 0, online.stderr
+        later = batch_run(inp, out, raw.base_url)
+        status = subprocess.run(
+            [sys.executable, "-m", "batchpizza", "status", str(out), "--json"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    assert later.returncode == 0, later.stderr
+    answered_right(out, n)
+    assert sorted(raw.submitted.values()) == [1] * n and len(raw.batches) == 1
+    assert sorted(raw.online.values()) == [1] * n
+    assert json.loads(status.stdout)["batches"]["out"] == []

@@ -378,6 +378,44 @@ async def test_a_slot_a_moment_away_is_waited_for_without_a_race() -> None:
     await asyncio.gather(*queued)
 
 
+@pytest.mark.parametrize("grows", ["retry-after", "rate cut"])
+async def test_a_near_slot_whose_wait_grows_meanwhile_still_stops_at_once(grows: str) -> None:
+    # A worker queued for a slot a tenth of a second off waits without the race with the stop.
+    # A Retry-After from another worker's reply (or a learned rate cut, which voids the slot)
+    # then made that wait 300 s long, and a SIGTERM waited out the grace for it.
+    stop = asyncio.Event()
+    control = Control(
+        rate=10, auto_max=None, learned=None, patience=10, retry_after_cap=300, timeout=1,
+        on_give_up=lambda: None, stop_signal=stop.wait,
+    )  # fmt: skip
+    await control.enter()
+    assert not control._far  # the next slot is 0.1 s off: waited for without the race
+    waiting = asyncio.ensure_future(control.enter())
+    await asyncio.sleep(0.01)
+    assert control.gate.pacer is not None
+    if grows == "retry-after":
+        control.finished(None, 0.0, "error", HTTPStatusError(429, "HTTP 429", retry_after=300))
+    else:
+        control.gate.pacer.set_rate(1 / 300)
+    await asyncio.sleep(0.3)  # past the slot it queued for
+    assert not waiting.done()
+    stop.set()
+    with pytest.raises(Stopped):
+        await asyncio.wait_for(waiting, 5.0)
+
+
+async def test_a_near_slot_is_taken_as_before_when_nothing_grows() -> None:
+    control = Control(
+        rate=10, auto_max=None, learned=None, patience=10, retry_after_cap=300, timeout=1,
+        on_give_up=lambda: None, stop_signal=asyncio.Event().wait,
+    )  # fmt: skip
+    await control.enter()
+    assert not control._far
+    await asyncio.wait_for(control.enter(), 5.0)
+    assert control.gate.pacer is not None
+    assert len(control.gate.pacer._recent) == 2  # one slot each, none forfeited
+
+
 async def test_a_wait_for_tokens_ends_at_once_when_sending_stops() -> None:
     # Under --tpm 60 an interrupt took the whole 5 s grace: the meter's wait for a token slot
     # did not hear the stop, where the request pacer's does.

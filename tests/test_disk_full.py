@@ -99,6 +99,51 @@ def test_a_disk_full_while_the_first_scan_is_kept_leaves_no_checkpoint(
     assert left_beside(out) == ["out.jsonl.checkpoint"]
 
 
+def test_an_empty_checkpoint_file_left_by_a_killed_run_goes_too(
+    mock_api: ThreadedMockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run killed during its first scan leaves the file its lock made, empty (no checkpoint:
+    # SQLite had written nothing). The rerun found it there, so kept what the full disk left
+    # of it: a database with no scan and no run, which status took for a checkpoint.
+    source, out = write_jsonl(tmp_path / "in.jsonl", rows(300)), tmp_path / "out.jsonl"
+    checkpoint = Path(f"{out}.checkpoint")
+    checkpoint.touch()
+    full_at_adopt(monkeypatch, checkpoint)
+
+    full = run_cli(mock_api, source, out)
+
+    assert full.exit_code == 1, full.output
+    assert "database or disk is full" in full.stderr
+    assert left_beside(out) == []
+    monkeypatch.undo()
+    status = CliRunner().invoke(cli, ["status", str(out)])
+    assert status.exit_code == 2 and "no checkpoint" in status.stderr
+    assert run_cli(mock_api, source, out).exit_code == 0
+
+
+def test_a_database_without_tables_reads_as_a_new_checkpoint(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # What a kill -9 leaves between the log's unlink and the database's as a failed first run
+    # removes its checkpoint (or as a first run makes its tables): the database's first page
+    # alone, its tables only ever in the log. `status` and a dry run said "no such table:
+    # results" (exit 1) where an empty file reads as a checkpoint with nothing in it yet.
+    source, out = write_jsonl(tmp_path / "in.jsonl", rows(3)), tmp_path / "out.jsonl"
+    checkpoint = Path(f"{out}.checkpoint")
+    conn = sqlite3.connect(checkpoint)
+    conn.execute("PRAGMA journal_mode = WAL")  # writes the first page, and no table
+    conn.close()
+    assert checkpoint.stat().st_size > 0
+
+    status = CliRunner().invoke(cli, ["status", str(out)])
+    assert status.exit_code == 0, status.output
+    assert "answered   0" in status.output
+    dry = run_cli(mock_api, source, out, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert run_cli(mock_api, source, out).exit_code == 0
+    assert mock_api.stats.requests == 3
+
+
 def test_a_disk_full_at_a_later_scan_keeps_the_checkpoint_that_was_there(
     mock_api: ThreadedMockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

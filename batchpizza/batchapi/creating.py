@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from batchpizza.batchapi.budget import BatchBudget
 from batchpizza.batchapi.client import BatchClient
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.checkpoint.batches import BatchFile
@@ -57,3 +58,17 @@ async def find(
             "them online (billed again if that batch was made)",
             wrong=True,
         ) from None
+
+
+def answered_since(checkpoint: Checkpoint, money: BatchBudget, f: BatchFile) -> bool:
+    """Is every row of file `f` (an earlier run's, not made a batch of as far as we know)
+    answered since it was recorded? Online, as the stop for a create that may have made a batch
+    on a server that lists none advises: the file is then closed, not launched nor looked for
+    (a batch of it, if the server made one, could only answer those rows again), and its lines'
+    reservation freed (spent, where its create may have made a batch)."""
+    if not checkpoint.lines_answered(f.seq):
+        return False
+    lines = checkpoint.file_lines(f.seq)
+    checkpoint.finish_file(f.seq, [(line.custom_id, "online") for line in lines], "abandoned")
+    money.cancelled((line.digest for line in lines), created=f.state == CREATING)
+    return True

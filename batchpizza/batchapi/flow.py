@@ -125,7 +125,7 @@ class BatchFlow:
         for f in self.checkpoint.open_files():
             if self.stop.sending_stopped:
                 return
-            if f.batch_id is None:
+            if f.batch_id is None and not creating.answered_since(self.checkpoint, self.money, f):
                 lines = self.checkpoint.file_lines(f.seq)
                 content = b"".join(line.line or b"" for line in lines)
                 await self._launch(f, content, fresh=False)

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from batchpizza.records import UNANSWERED
+
 TABLES_SQL = """
 CREATE TABLE IF NOT EXISTS batch_files (
     seq INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, ident BLOB NOT NULL,
@@ -115,6 +117,23 @@ class BatchRecords:
 
     def _transaction(self) -> contextlib.AbstractContextManager[None]:
         raise NotImplementedError  # the Checkpoint's
+
+    def _fold(self) -> None:
+        raise NotImplementedError  # the Checkpoint's
+
+    def lines_answered(self, seq: int) -> bool:
+        """Does every line of file `seq` have an answer under this identity (however it came:
+        online, since the file was recorded)?"""
+        self._fold()
+        unanswered = ", ".join(f"'{reason}'" for reason in sorted(UNANSWERED))
+        with self._errors():
+            left = self._conn.execute(
+                "SELECT 1 FROM batch_lines l WHERE l.seq = ? AND NOT EXISTS (SELECT 1 FROM "
+                "results c WHERE c.ident = ? AND c.digest = l.digest AND c.finish_reason NOT IN "
+                f"({unanswered})) LIMIT 1",
+                (seq, self.ident),
+            ).fetchone()
+        return left is None
 
     def _has_batches(self) -> bool:
         """A read-only view of a schema 4 file has no batch tables (they are made on open)."""

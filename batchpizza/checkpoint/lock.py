@@ -166,7 +166,10 @@ class _OnDisk:
             # A run that found the file unused may have removed it between our open and our
             # lock (see release): then ours is a lock on nothing, so take the file anew.
             if _same_file(fd, self.path):
-                self._fd, self._created = fd, created
+                # A file found empty is no checkpoint (a run killed before SQLite wrote to the
+                # one its lock made): as good as made here, for a run that fails to keep it.
+                empty = not self.folder and os.fstat(fd).st_size == 0
+                self._fd, self._created = fd, created or empty
                 _HELD_HERE.add(key)
                 return True
             os.close(fd)

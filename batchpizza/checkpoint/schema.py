@@ -278,6 +278,11 @@ def read_only(path: Path) -> sqlite3.Connection:
         reading_uri(path), uri=True, isolation_level=None, check_same_thread=False
     )
     found = schema_of(conn, path)
+    if found is None:
+        # No tables (a run killed as it made them, or as it removed a checkpoint it had just
+        # made): nothing in it yet, as an empty file.
+        conn.close()
+        return new_in_memory()
     if found not in ("1", "2"):
         _shadow_staged(conn)
         return conn

@@ -122,6 +122,14 @@ class Gate:
             if self.pause.remaining <= 0:
                 return
 
+    async def enter_near(self) -> bool:
+        """`enter()` for a slot a moment away, with no Retry-After pause holding: False, as soon
+        as the wait grows (a pause begins, the rate changes and voids the slot), with no slot
+        taken: then call `enter()`, whose wait may be long."""
+        if self.pacer is None:
+            return not self.pause.holding
+        return await self.pacer.acquire(once=True) and self.pause.remaining <= 0
+
 
 class Control(Gatekeeper):
     def __init__(
@@ -275,10 +283,12 @@ class Control(Gatekeeper):
     async def _gate(self) -> None:
         """The pacer and the shared pause; a long wait there (a Retry-After, a slow rate) ends
         at once when sending stops (a deadline), instead of holding the run for the grace."""
-        if self.gate.pause.remaining <= 0 and not self._far:
-            await self.gate.enter()
-        else:
-            await self._unless_stopped(self.gate.enter())
+        # A near slot is waited for without the race, but a wait that grows meanwhile (a
+        # Retry-After from another worker's reply, a learned rate cut) is raced from then on: a
+        # SIGTERM waited out the grace for a worker that had queued a tenth of a second off.
+        if self.gate.pause.remaining <= 0 and not self._far and await self.gate.enter_near():
+            return
+        await self._unless_stopped(self.gate.enter())
 
     async def _unless_stopped(self, waited: Awaitable[T]) -> T:
         """What `waited` gives, or Stopped as soon as sending stops (then `waited` is

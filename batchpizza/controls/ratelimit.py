@@ -158,7 +158,9 @@ class Pacer:
         window rule may add to it)."""
         return max(0.0, self._next_slot - self._clock())
 
-    async def acquire(self) -> None:
+    async def acquire(self, *, once: bool = False) -> bool:
+        """Wait for a slot and take it. `once`: False as soon as the rate changes, no slot
+        taken (the slot reserved became void, and a fresh one may be far off)."""
         while True:
             schedule = self._schedule
             # The slot is reserved before sleeping, so concurrent callers queue on distinct slots.
@@ -166,8 +168,11 @@ class Pacer:
             self._next_slot = slot + self._interval
             if await self._sleep_until(slot, schedule) and await self._window_clear(schedule):
                 break
+            if once:
+                return False
         self._last_send = self._clock()
         self._recent.append(self._last_send)
+        return True
 
     async def _window_clear(self, schedule: int) -> bool:
         # A waiter woken late must not let the next ones crowd one window above the rate. Checked
