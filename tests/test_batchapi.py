@@ -94,6 +94,7 @@ def test_rows_go_through_batches_within_the_line_limit_and_answer_as_online(
     assert KEY not in Path(f"{out}.checkpoint").read_bytes().decode("latin-1")
 
 
+@pytest.mark.slow
 def test_the_byte_limit_splits_files_too(
     server: ThreadedMockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -182,6 +183,7 @@ def test_failed_lines_are_resubmitted_and_answered_lines_never(
     assert len(resubmitted) == 10
 
 
+@pytest.mark.slow
 def test_failed_lines_past_their_budget_are_failed_rows(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -165,6 +165,7 @@ def test_auto_prices_the_rows_it_sends_online_at_full_price(
     assert said["cost"]["batch"] == 0
 
 
+@pytest.mark.slow
 def test_dry_run_estimates_the_batch_api_at_half_price(tmp_path: Path) -> None:
     inp = write_jsonl(tmp_path / "in.jsonl", rows(100))
     said = {}

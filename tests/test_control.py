@@ -439,6 +439,7 @@ async def test_a_wait_for_tokens_ends_at_once_when_sending_stops() -> None:
         await asyncio.wait_for(waiting, 2.0)
 
 
+@pytest.mark.slow
 async def test_requests_that_wait_out_a_retry_after_book_their_tokens_after_it() -> None:
     # Under --tpm, requests booked their tokens first, then waited out a Retry-After pause on
     # the bookings made during it: all left together when it ended. Booked after the pause,

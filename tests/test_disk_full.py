@@ -164,6 +164,7 @@ def test_a_disk_full_at_a_later_scan_keeps_the_checkpoint_that_was_there(
     assert mock_api.stats.requests == 300  # the first 30 were not paid for twice
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_hit_making_the_checkpoint_leaves_nothing_and_the_rerun_works(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from conftest import read_jsonl, write_jsonl
 from test_reliability_edges import http, raw_server
@@ -85,6 +86,7 @@ def test_a_page_is_told_from_json_by_its_first_character() -> None:
     assert not looks_like_page(b"")
 
 
+@pytest.mark.slow
 def test_a_server_answering_a_web_page_to_every_request_stops_the_run_early(
     tmp_path: Path,
 ) -> None:

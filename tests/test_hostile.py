@@ -334,6 +334,7 @@ async def test_transport_error_is_told_in_one_line(tmp_path: Path) -> None:
     assert "\n" not in rows["q"]["error"]
 
 
+@pytest.mark.slow
 async def test_server_that_never_answers_ends_each_attempt_at_the_timeout(tmp_path: Path) -> None:
     async def handler(request: web.Request, question: str, n: int) -> web.StreamResponse:
         if question == "silent":

@@ -579,6 +579,7 @@ async def test_worst_cases_charged_without_a_usage_are_kept_and_a_rerun_counts_t
         await runner.cleanup()
 
 
+@pytest.mark.slow
 async def test_requests_cut_off_after_a_stop_are_charged_and_a_rerun_counts_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from conftest import REPO
 
 from batchpizza import format_prompt, runlog
@@ -89,6 +90,7 @@ def run_lines(folder: Path, rows: list[dict[str, str]], *options: str) -> list[s
     return done.stderr.splitlines()
 
 
+@pytest.mark.slow
 def test_the_log_lines_the_readme_shows_are_the_ones_a_run_writes(tmp_path: Path) -> None:
     first = [{"id": "a", "prompt": "one"}, {"id": "b", "prompt": "two"}]
     first += [{"id": "c", "prompt": "[[status:404]] three"}]

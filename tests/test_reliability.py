@@ -443,6 +443,7 @@ def failing_sync(monkeypatch: pytest.MonkeyPatch, mock_api: ThreadedMockServer) 
     mock_api.config = MockConfig(seed=1, latency_ms=5)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_a_failing_sync_ends_the_run_instead_of_hanging(
     failing_sync: None, mock_api: ThreadedMockServer, tmp_path: Path
@@ -460,6 +461,7 @@ SYNC_UNWRAPPED = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_a_failing_sync_raises_an_output_error(
     failing_sync: None, mock_api: ThreadedMockServer, tmp_path: Path
@@ -471,6 +473,7 @@ async def test_a_failing_sync_raises_an_output_error(
         await asyncio.wait_for(batchpizza.arun(source, tmp_path / "out.jsonl", **options), 30)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_a_failing_sync_exits_1_with_a_clear_message(
     failing_sync: None, mock_api: ThreadedMockServer, tmp_path: Path

@@ -463,6 +463,7 @@ def test_openai_batch_request_lines_use_custom_id_and_formatted_messages(
 # -- faults, retries and what the output says about them ---------------------------------------
 
 
+@pytest.mark.slow
 def test_every_row_is_answered_through_a_quarter_of_faults(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -104,6 +104,7 @@ def counting_steps(store: Checkpoint, work: Callable[[], T]) -> tuple[T, int]:
         store._conn.set_progress_handler(None, 0)
 
 
+@pytest.mark.slow
 def test_a_rerun_plans_over_the_rows_left_not_over_every_row(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -252,6 +253,7 @@ def status_steps(ck: Path) -> tuple[dict[str, object], int]:
         store.close()
 
 
+@pytest.mark.slow
 def test_status_counts_and_plans_over_the_rows_left_not_over_every_row(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
