@@ -324,6 +324,7 @@ class Plan:
     unknown: int = 0  # answered before fingerprints, with a request that is not known
     reused: int = 0  # rows not sent: an identical request of this run answers them
     change: str | None = None  # what the identity change is: "new model (a -> b)"
+    refused: int = 0  # rows refused as misuse before, not sent again (no --retry-refused)
 
     @property
     def to_send(self) -> int:

@@ -40,6 +40,7 @@ class RunStart:
     renewed: int  # asked before with another provider, model or parameters, or not known
     reused: int  # rows that take the answer of an identical request of this run
     answered: int  # kept from earlier runs, not sent again
+    refused: int  # refused as misuse by an earlier run, not sent again (no --retry-refused)
     invalid: int
     rate: str  # as asked: "2/s", "0", "auto:20/s"
     rate_per_s: float | None  # the rate it starts at (the learned one under auto); None: unlimited
@@ -99,7 +100,8 @@ def run_start(
         retry=plan.retry,
         renewed=plan.identity + plan.unknown,
         reused=plan.reused,
-        answered=rows - to_send - plan.reused - invalid,
+        answered=rows - to_send - plan.reused - invalid - plan.refused,
+        refused=plan.refused,
         invalid=invalid,
         rate=str(config.rate),
         rate_per_s=rate_per_s,
@@ -134,9 +136,10 @@ def start_text(s: RunStart) -> str:
         left = _unix(s.deadline) - time.time()
         deadline = f"deadline {_local(_unix(s.deadline))} (in {clock(left)})"
     where = f"{s.input} -> {s.output}" if s.output else f"{s.input}"
+    refused = f"{s.refused} refused before (not sent again), " if s.refused else ""
     return (
         f"start: batchpizza {s.version}: {where}: {s.rows} rows: {s.why}; "
-        f"{s.answered} answered before, {s.invalid} invalid; {rate}; {deadline}"
+        f"{s.answered} answered before, {refused}{s.invalid} invalid; {rate}; {deadline}"
     )
 
 

@@ -187,6 +187,7 @@ def start(invalid: int) -> RunStart:
         renewed=0,
         reused=0,
         answered=10 - 5 - invalid,
+        refused=0,
         invalid=invalid,
         rate="2/s",
         rate_per_s=2.0,

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import FAST, write_jsonl
 
+import batchpizza
 from batchpizza import redact
 from batchpizza.checkpoint import RunLock
 from batchpizza.cli import cli
@@ -273,3 +274,27 @@ def test_a_run_that_failed_midway_says_failed_with_its_counts() -> None:
     )
     assert line.endswith("(exit 1)")
     assert "batchpizza: done: 10 rows" in summary_line({**summary, "exit_code": 3})
+
+
+def test_rows_refused_before_are_not_counted_as_answered_on_the_start_line(
+    mock_api: ThreadedMockServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Rows refused as misuse by an earlier run, and not sent again without --retry-refused,
+    # were counted among the rows "answered before".
+    data = [{"id": f"r{i}", "prompt": f"p{i}" + (" [[misuse]]" if i < 2 else "")} for i in range(5)]
+    source, out = write_jsonl(tmp_path / "in.jsonl", data), tmp_path / "out.jsonl"
+    summary = tmp_path / "summary.json"
+    opts = {**FAST, "base_url": mock_api.base_url, "quiet": False, "summary_json": str(summary)}
+
+    def start_line(**more: Any) -> str:
+        capsys.readouterr()
+        batchpizza.run(source, out, **opts, **more)
+        said = capsys.readouterr().err.splitlines()
+        return next(line for line in said if "batchpizza: start:" in line)
+
+    start_line()
+    start = start_line()
+    assert "0 to send; 3 answered before, 2 refused before (not sent again), 0 invalid" in start
+    assert json.loads(summary.read_text())["plan"]["refused"] == 2
+    start = start_line(retry_refused=True)
+    assert "2 to send: 2 failed or refused before; 3 answered before, 0 invalid" in start

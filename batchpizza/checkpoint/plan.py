@@ -175,8 +175,9 @@ class PlanQueries(KeptTodo):
             )
             if self._may_keep_todo() and (kept or limit is None):
                 self._keep_todo(kept, end)
+            refused = 0
             if not retry_refused:
-                conn.execute("DELETE FROM temp.todo WHERE refused")
+                refused = conn.execute("DELETE FROM temp.todo WHERE refused").rowcount
             # The first row of each request, and why (SQLite takes a bare column from the row
             # that holds the min()); inserted in position order, so appended (18 ms for 20,000
             # rows, against 27 ms for a table made by the GROUP BY, indexed, and counted by IN).
@@ -194,6 +195,7 @@ class PlanQueries(KeptTodo):
             },
             reused=int(rows) - sent,
             change=change,
+            refused=max(0, refused),
         )
 
     def _keep_todo(self, kept: bool, end: int) -> None:
