@@ -45,6 +45,12 @@ def answered_right(out: Path, n: int = N) -> None:
     }
 
 
+def answered_once(out: Path, raw: RawServer) -> None:
+    """Every row answered right, its line submitted once, in the one batch the server made."""
+    answered_right(out)
+    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+
+
 def go(tmp_path: Path, raw: RawServer, *extra: str, n: int = N) -> tuple[Any, Path]:
     inp = tmp_path / "in.jsonl"
     if not inp.exists():
@@ -236,8 +242,7 @@ def test_an_announced_output_file_the_server_knows_late_is_collected_not_resubmi
 
     assert done.returncode == 0, done.stderr
     assert "collected later" in done.stderr
-    answered_right(out)
-    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+    answered_once(out, raw)
 
 
 def test_an_output_file_known_late_is_not_resubmitted_for_its_batch_s_age(
@@ -263,8 +268,7 @@ def test_an_output_file_known_late_is_not_resubmitted_for_its_batch_s_age(
 
     assert done.returncode == 0, done.stderr
     assert "collected later" in done.stderr
-    answered_right(out)
-    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+    answered_once(out, raw)
 
 
 def test_a_download_failing_past_its_tries_is_collected_later_not_the_run_ended(
@@ -543,8 +547,7 @@ def test_a_server_that_cannot_list_files_has_a_failed_upload_made_again(tmp_path
         done, out = go(tmp_path, raw)
 
     assert done.returncode == 0, done.stderr
-    answered_right(out)
-    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+    answered_once(out, raw)
 
 
 def test_a_create_whose_reply_was_lost_is_found_not_made_twice(tmp_path: Path) -> None:
@@ -559,8 +562,7 @@ def test_a_create_whose_reply_was_lost_is_found_not_made_twice(tmp_path: Path) -
         done, out = go(tmp_path, raw)
 
     assert done.returncode == 0, done.stderr
-    answered_right(out)
-    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+    answered_once(out, raw)
 
 
 # -- secrets --------------------------------------------------------------------------------
@@ -733,8 +735,7 @@ def test_a_create_refused_with_429_on_a_server_that_lists_no_batches_is_sent_aga
         done, out = go(tmp_path, raw)
 
     assert done.returncode == 0, done.stderr
-    answered_right(out)
-    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+    answered_once(out, raw)
 
 
 # -- money ----------------------------------------------------------------------------------
@@ -839,8 +840,7 @@ def test_a_batch_unknown_for_a_moment_after_its_creation_is_not_submitted_again(
         done, out = go(tmp_path, raw)
 
     assert done.returncode == 0, done.stderr
-    answered_right(out)
-    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+    answered_once(out, raw)
 
 
 def test_a_batch_made_late_of_a_file_recorded_long_ago_is_not_lost_at_its_first_404(
@@ -867,8 +867,7 @@ def test_a_batch_made_late_of_a_file_recorded_long_ago_is_not_lost_at_its_first_
         done, out = go(tmp_path, raw)
 
     assert done.returncode == 0, done.stderr
-    answered_right(out)
-    assert sorted(raw.submitted.values()) == [1] * N and len(raw.batches) == 1
+    answered_once(out, raw)
 
 
 def test_a_404_is_lost_for_good_after_three_polls_in_a_row_or_at_once_for_an_old_batch() -> None:
