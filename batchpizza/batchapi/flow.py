@@ -29,7 +29,7 @@ from batchpizza.batchapi.files import Line, build_lines, split
 from batchpizza.batchapi.lost import Lost
 from batchpizza.batchapi.quota import held_back, online_instead, over_enqueued_limit, waits_for_room
 from batchpizza.batchapi.results import Judge
-from batchpizza.batchapi.settings import AUTO_MARGIN, AUTO_MIN, Limits
+from batchpizza.batchapi.settings import Limits, near_deadline
 from batchpizza.batchapi.statuses import Statuses
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.checkpoint.batches import BatchFile, BatchLine
@@ -220,7 +220,7 @@ class BatchFlow:
                 return
             if not keep_waiting:
                 return
-            if self.online is not None and self._near_deadline(delay):
+            if self.online is not None and near_deadline(self.deadline_at, self._started, delay):
                 await self._go_online()
                 return
             await self.stop.sleep(delay)
@@ -350,12 +350,6 @@ class BatchFlow:
         self.money.short = False
 
     # -- --via auto ---------------------------------------------------------------------------
-
-    def _near_deadline(self, pause: float) -> bool:
-        if self.deadline_at is None:
-            return False
-        margin = max(AUTO_MIN, AUTO_MARGIN * (self.deadline_at - self._started))
-        return time.monotonic() + pause >= self.deadline_at - margin
 
     async def _go_online(self) -> None:
         """Cancel the batches still out and send their rows online (full price)."""

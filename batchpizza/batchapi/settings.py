@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 from batchpizza.errors import UsageError
@@ -48,6 +49,15 @@ class Limits:
         if lines < 1 or size < 1 or first <= 0 or cap < first:
             raise UsageError(f"BATCHPIZZA_BATCH_LIMITS={text!r}: each must be positive")
         return cls(min(lines, MAX_LINES), min(size, MAX_BYTES), first, cap)
+
+
+def near_deadline(deadline_at: float | None, started: float, pause: float) -> bool:
+    """--via auto: would a pause of `pause` s end within the margin before the deadline (both
+    times of time.monotonic())?"""
+    if deadline_at is None:
+        return False
+    margin = max(AUTO_MIN, AUTO_MARGIN * (deadline_at - started))
+    return time.monotonic() + pause >= deadline_at - margin
 
 
 def check_via(via: str, provider: str, schema: bool = False, tpm: bool = False) -> None:
