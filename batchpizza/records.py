@@ -242,7 +242,8 @@ class Summary(Mapping[str, Any]):
     # `reused` (rows answered by an identical request's answer) and `change` (what the identity
     # change was); None before the plan.
     plan: dict[str, Any] | None = None
-    # --via batch / auto: lines submitted, resubmitted, collected, batches out, rows sent online.
+    # --via batch / auto: lines submitted, resubmitted, collected, batches out, files waiting to
+    # be submitted, rows sent online.
     batches: dict[str, int] | None = None
     # --schema: the output's answers that fit it (`valid`), of those the ones that fit after a
     # re-ask (`reasked`), and rows that never did (`invalid`, finish_reason invalid_output).

@@ -12,9 +12,11 @@ from aiohttp import web
 from click.testing import CliRunner
 
 from batchpizza.cli import cli
+from batchpizza.mock.server import ThreadedMockServer
 from tests.batchapi_raw import KEY, RawServer
 from tests.batchapi_shared import LIMITS, rows
 from tests.conftest import write_jsonl
+from tests.test_runlog import schema_validator
 
 
 @pytest.fixture(autouse=True)
@@ -36,15 +38,18 @@ def test_status_counts_a_file_never_uploaded_as_waiting_not_as_a_batch_out(
     # it stays recorded (`intended`) with no batch on the server. Was: all 50 requests said to
     # be "in batches still out".
     inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
-    out = tmp_path / "out.jsonl"
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
     with RawServer() as raw:
         raw.hooks["upload"] = _second_upload_refused
         done = CliRunner().invoke(cli, [
             "run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
-            f"{raw.base_url}/v1", "--no-progress", "--via", "batch",
+            f"{raw.base_url}/v1", "--no-progress", "--via", "batch", "--summary-json", str(summary),
         ])  # fmt: skip
     assert done.exit_code == 2, done.output
     assert len(raw.batches) == 1
+    # The run's summary says it as status does (was: 2 out).
+    said = json.loads(summary.read_text())["batches"]
+    assert (said["out"], said["waiting"]) == (1, 1)
 
     shown = CliRunner().invoke(cli, ["status", str(out)])
     assert shown.exit_code == 0, shown.output
@@ -59,3 +64,45 @@ def test_status_counts_a_file_never_uploaded_as_waiting_not_as_a_batch_out(
     assert (info["lines_out"], info["lines_waiting"], info["collected"]) == (40, 10, 0)
     assert [f["state"] for f in info["out"]] == ["validating"]
     assert [f["state"] for f in info["waiting"]] == ["intended"]
+
+
+def _run(server: ThreadedMockServer, inp: Path, out: Path, summary: Path) -> int:
+    done = CliRunner().invoke(cli, [
+        "run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
+        f"{server.base_url}/v1", "--no-progress", "--via", "batch", "--max-retries", "0",
+        "--summary-json", str(summary),
+    ])  # fmt: skip
+    return done.exit_code
+
+
+def _status(out: Path) -> str:
+    shown = CliRunner().invoke(cli, ["status", str(out)])
+    assert shown.exit_code == 0, shown.output
+    return shown.output
+
+
+def test_the_summary_counts_files_waiting_to_be_submitted_apart_from_batches_out(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # The bundled mock's Batch API: 50 rows, 40 a file. The first run's upload fails for good
+    # (exit 1), its file recorded and never submitted: waiting, none out (was: 0 out and no
+    # word of it, or 1 out when the run stopped otherwise). The second run submits it and the
+    # rest, and exits 4 with both batches out, as status says.
+    server.batches.seconds = 3600.0
+    server.batches.upload_fail = 1
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    validator = schema_validator()
+
+    assert _run(server, inp, out, summary) == 1
+    said = json.loads(summary.read_text())
+    validator.validate(said)
+    assert (said["batches"]["out"], said["batches"]["waiting"]) == (0, 1)
+    assert "0 out (0 requests), 1 file waiting to be submitted (40 requests)" in _status(out)
+
+    assert _run(server, inp, out, summary) == 4
+    said = json.loads(summary.read_text())
+    validator.validate(said)
+    assert said["stopped"] == "batches"
+    assert (said["batches"]["out"], said["batches"]["waiting"]) == (2, 0)
+    assert "batches    2 out (50 requests), 0 collected" in _status(out)

@@ -5,10 +5,12 @@ with no create sent, has no batch on the server yet: it waits to be submitted (t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from batchpizza.checkpoint.batches import BatchFile
+from batchpizza.checkpoint.batches import BatchFile, BatchRecords
+from batchpizza.errors import BatchpizzaError
 
 SHOWN = 20  # batches listed one a line at most; the rest counted
 # Recorded, and uploaded (checkpoint/batches.py intend_file, set_file_id): no create was sent,
@@ -22,6 +24,15 @@ def out_and_waiting(files: Sequence[BatchFile]) -> tuple[list[BatchFile], list[B
     left = [f for f in files if not f.done]
     waiting = [f for f in left if f.state in UNSUBMITTED]
     return [f for f in left if f.state not in UNSUBMITTED], waiting
+
+
+def files_left(checkpoint: BatchRecords) -> tuple[int, int]:
+    """The run summary's batches out and files waiting to be submitted, counted as `status`
+    counts them; none if the checkpoint fails (never fail the summary)."""
+    with contextlib.suppress(BatchpizzaError):
+        out, waiting = out_and_waiting(checkpoint.open_files())
+        return len(out), len(waiting)
+    return 0, 0
 
 
 def batches_info(files: Sequence[BatchFile]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import aiohttp
 from batchpizza.batchapi import creating
 from batchpizza.batchapi.budget import BatchBudget
 from batchpizza.batchapi.client import BatchClient, Halted
+from batchpizza.batchapi.display import files_left
 from batchpizza.batchapi.download import results_of, said_collected
 from batchpizza.batchapi.files import Line, build_lines, split
 from batchpizza.batchapi.lost import Lost
@@ -82,7 +83,7 @@ class BatchFlow:
         self.lost = Lost()  # batches the server answered 404 for (lost.py)
         self.missing = Lost()  # and their output or error files, likewise
         self.statuses = Statuses()  # (statuses.py)
-        self.out = 0  # batches still out when the run ended
+        self.out = self.waiting = 0  # batches out, files waiting to be submitted, at the end
         self.sent_online = 0  # --via auto: rows sent (and finished) online instead
         self.lines_sent = 0  # lines submitted by this run (resubmissions too)
         self.resubmitted = 0
@@ -114,7 +115,8 @@ class BatchFlow:
                 await self._follow()
             except Halted:
                 pass
-        self.out = len(self.checkpoint.open_files())
+            finally:  # every way out: an upload that failed for good leaves its file waiting
+                self.out, self.waiting = files_left(self.checkpoint)
         if self.fatal is not None:
             raise self.fatal
 
@@ -380,6 +382,7 @@ class BatchFlow:
             "resubmitted": self.resubmitted,
             "collected": self.collected,
             "out": self.out,
+            "waiting": self.waiting,
             "online": self.sent_online,
         }
 

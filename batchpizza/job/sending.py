@@ -100,8 +100,9 @@ class Sending:
 
     @property
     def batches_out(self) -> int:
-        """Batches still out when the run ended (--via batch): it stops "batches", exit 4."""
-        return 0 if self.batches is None else self.batches.out
+        """Batches still out, or files waiting to be submitted, when the run ended (--via
+        batch): it stops "batches", exit 4."""
+        return 0 if self.batches is None else self.batches.out + self.batches.waiting
 
     def stop_early(self, reason: str) -> None:
         """A planned stop (the deadline, the breaker out of patience): no new request, those in
