@@ -202,6 +202,14 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:
         id_name, body = "custom_id", obj["body"]  # an OpenAI Batch API request line
     raw_id = obj.get(id_name)
     if raw_id is None:
+        if id_name in obj:
+            # A null in an id column (a DataFrame's <NA>, an empty Parquet cell, JSON null):
+            # numbered by its position, it could take another row's id.
+            raise RowProblem(
+                "the id must be a non-empty string or an integer, not null (only a row "
+                "without the id field is numbered by its position)",
+                id_name,
+            )
         row_id = str(pos)
     elif isinstance(raw_id, str) and raw_id:
         row_id = raw_id

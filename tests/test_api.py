@@ -303,6 +303,43 @@ def test_a_bad_row_of_a_frame_is_named_by_its_index_label_too(
     assert named in caught.value.message
 
 
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        (
+            pd.DataFrame(
+                {"key": pd.array([1, None, 3], dtype="Int64"), "prompt": QUESTIONS[:3]},
+                index=["x", "y", "z"],
+            ),
+            "<data> row 1 (index 'y'): field 'key'",
+        ),
+        (  # its position is 1, row 0's id: was refused as a duplicate of row 0
+            pd.DataFrame({"key": pd.array([1, None, 3], dtype="Int64"), "prompt": QUESTIONS[:3]}),
+            "<data> row 1: field 'key'",
+        ),
+        (pl.DataFrame({"key": [1, None, 3], "prompt": QUESTIONS[:3]}), "<data> row 1: field 'key'"),
+        ([{"key": "a", "prompt": "x"}, {"key": None, "prompt": "y"}], "<data> row 1: field 'key'"),
+    ],
+    ids=["pandas-labels", "pandas", "polars", "list"],
+)
+def test_a_null_id_is_refused_naming_the_row_not_numbered_by_its_position(
+    opts: dict[str, Any], mock_api: ThreadedMockServer, data: Any, named: str
+) -> None:
+    with pytest.raises(batchpizza.InputError) as caught:
+        batchpizza.answer(data, id_field="key", **opts)
+    message = caught.value.message
+    assert f"{named}: the id must be a non-empty string or an integer, not null" in message
+    assert "duplicate" not in message
+    assert mock_api.stats.requests == 0
+
+
+def test_a_null_id_comes_back_invalid_with_skip_bad_rows(opts: dict[str, Any]) -> None:
+    data = pd.DataFrame({"key": pd.array([1, None], dtype="Int64"), "prompt": QUESTIONS[:2]})
+    out = batchpizza.answer(data, id_field="key", skip_bad_rows=True, **opts)
+    assert list(out["finish_reason"]) == ["stop", "invalid"]
+    assert "not null" in out["error"][1]
+
+
 def test_an_id_column_beside_another_id_field_is_carried_as_data(opts: dict[str, Any]) -> None:
     # Its user ids repeat, so the rows are keyed by `key`; answer() adds no `id` column of its
     # own for it to collide with (an output file does, and still refuses it).

@@ -158,6 +158,9 @@ BAD_ROWS: list[tuple[str, bytes, str | None, str]] = [
     ("id_float", j({"id": 1.5, "prompt": "x"}), "id", "not a number"),
     ("id_bool", j({"id": True, "prompt": "x"}), "id", "not a boolean"),
     ("id_empty_string", j({"id": "", "prompt": "x"}), "id", "not an empty string"),
+    # Not numbered by its position (which could be another row's id): only a row without the
+    # id field is.
+    ("id_null", j({"id": None, "prompt": "x"}), "id", "not null"),
     ("id_list", j({"id": ["a"], "prompt": "x"}), "id", "not a list"),
     ("id_object", j({"id": {"a": 1}}), "id", "not an object"),
     ("invalid_utf8", b'{"prompt": "caf\xe9"}', None, "invalid UTF-8"),
@@ -473,6 +476,40 @@ def test_parquet_bad_row_is_named_by_zero_based_row(
     assert_refused(result, mock_api, out)
     assert f"{src} row 3: field 'prompt': is empty" in result.stderr
     assert "1 bad row" in result.stderr
+
+
+def test_a_null_id_is_a_bad_row_not_a_duplicate_of_the_id_its_position_would_be(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Row 1's null id numbered by its position was '1', row 0's id: it was refused as a
+    # duplicate of row 0. Rows without an id column at all are still numbered by position.
+    src = tmp_path / "prompts.parquet"
+    pq.write_table(pa.table({"id": [1, None, 3], "prompt": ["a", "b", "c"]}), src)
+    out = tmp_path / "out.jsonl"
+
+    result = invoke(mock_api, src, out)
+
+    assert_refused(result, mock_api, out)
+    assert (
+        f"{src} row 1: field 'id': the id must be a non-empty string or an integer, not null"
+        in (result.stderr)
+    )
+    assert "duplicate" not in result.stderr
+
+
+def test_an_empty_id_cell_of_a_csv_is_a_bad_row(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    src = tmp_path / "prompts.csv"
+    src.write_text("id,prompt\n1,a\n,b\n3,c\n")
+    out = tmp_path / "out.jsonl"
+
+    result = invoke(mock_api, src, out)
+
+    assert_refused(result, mock_api, out)
+    assert f"{src}:3: field 'id': the id must be a non-empty string or an integer, not an " in (
+        result.stderr
+    )
 
 
 def test_parquet_column_named_like_result_column_is_refused(

@@ -413,7 +413,14 @@ def test_a_null_field_counts_as_absent() -> None:
         == "m"
     )
     assert interpret({"prompt": "p", "messages": None}, DEFAULT_FIELDS, 0)[1] == "p"
-    assert interpret({"id": None, "prompt": "p"}, DEFAULT_FIELDS, 4)[0] == "4"
+
+
+def test_a_row_without_an_id_takes_its_position_and_a_null_id_is_a_bad_row() -> None:
+    # A null in an id column numbered by its position could be another row's id.
+    assert interpret({"prompt": "p"}, DEFAULT_FIELDS, 4)[0] == "4"
+    with pytest.raises(RowProblem, match="not null") as caught:
+        interpret({"id": None, "prompt": "p"}, DEFAULT_FIELDS, 4)
+    assert caught.value.field == "id"
 
 
 def test_messages_are_formatted_as_the_seed_does() -> None:
