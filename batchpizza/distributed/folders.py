@@ -142,6 +142,7 @@ def write_part(block: pa.Table, folder: str, index: int, fmt: str) -> None:
 
     import batchpizza.jsoncodec as jsoncodec
     from batchpizza.sinks.values import json_default
+    from batchpizza.sources.maps import with_maps_as_objects
 
     fs, root = filesystem(folder)
     path = f"{root}/part-{index:06d}.{fmt}"
@@ -150,7 +151,8 @@ def write_part(block: pa.Table, folder: str, index: int, fmt: str) -> None:
         return
     with fs.open_output_stream(path) as out:
         for batch in block.to_batches():
-            lines = [jsoncodec.dumps(row, json_default) for row in batch.to_pylist()]
+            rows = with_maps_as_objects(batch.schema, batch.to_pylist())
+            lines = [jsoncodec.dumps(row, json_default) for row in rows]
             out.write(b"\n".join(lines) + b"\n")
 
 

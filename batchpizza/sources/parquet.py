@@ -23,6 +23,7 @@ from batchpizza.sources.base import (
     scan_batches,
     with_arrow_errors,
 )
+from batchpizza.sources.maps import map_converters, with_maps_as_objects
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -101,7 +102,10 @@ class ParquetSource:
 
     def input_key(self) -> str | None:
         files = files_key(self.paths)
-        return json.dumps({"kind": "parquet", "fields": list(self.fields.key()), "files": files})
+        key = {"kind": "parquet", "fields": list(self.fields.key()), "files": files}
+        if map_converters(self.schema):  # a scan that read maps as pairs is not reused
+            key["maps"] = "objects"
+        return json.dumps(key)
 
     def close(self) -> None:
         pass
@@ -189,18 +193,18 @@ def built_columns(f: Fields, names: list[str], name: str) -> list[str]:
 
 
 def pylist(rb: pa.RecordBatch) -> list[Any]:
-    """The batch as Python objects; where a string is not valid UTF-8, row by row, NOT_UTF8 for
-    each row that cannot be decoded."""
+    """The batch as Python objects, maps with string keys as dicts (maps.py); where a string is
+    not valid UTF-8, row by row, NOT_UTF8 for each row that cannot be decoded."""
     try:
-        return rb.to_pylist()  # type: ignore[no-any-return]
+        rows: list[Any] = rb.to_pylist()
     except UnicodeDecodeError:
-        rows: list[Any] = []
+        rows = []
         for i in range(rb.num_rows):
             try:
                 rows.extend(rb.slice(i, 1).to_pylist())
             except UnicodeDecodeError:
                 rows.append(NOT_UTF8)
-        return rows
+    return with_maps_as_objects(rb.schema, rows)
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
