@@ -302,6 +302,7 @@ def _run_job(job: Job) -> int:
     import asyncio
 
     from batchpizza.job import run_loop
+    from batchpizza.job.ctrlc import first_stop
 
     async def main() -> Summary:
         loop = asyncio.get_running_loop()
@@ -312,14 +313,7 @@ def _run_job(job: Job) -> int:
                     print("batchpizza: interrupted again; exiting now", file=sys.stderr, flush=True)
                     os._exit(130)
                 return
-            if not job.config.quiet:
-                name = signal.Signals(signum).name
-                print(
-                    f"\nbatchpizza: {name}: finishing requests in flight, then saving...",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            job.interrupt(signum)
+            first_stop(job, signum, signal.Signals(signum).name)
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal, signum)

@@ -10,13 +10,18 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from conftest import FAST, write_jsonl
 
 import batchpizza
+from batchpizza.job.ctrlc import first_stop
 from batchpizza.mock.server import ThreadedMockServer
+
+if TYPE_CHECKING:
+    from batchpizza.job.stages import Job
 
 PROMPTS = [f"[[slow:150]] question {i}" for i in range(40)]
 
@@ -57,14 +62,21 @@ def options(mock_api: ThreadedMockServer, **more: Any) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_ctrl_c_in_run_keeps_the_answers_in_flight_writes_the_summary_and_raises_interrupted(
-    mock_api: ThreadedMockServer, ctrl_c_at: Callable[..., None], tmp_path: Path
+    mock_api: ThreadedMockServer,
+    ctrl_c_at: Callable[..., None],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": p} for p in PROMPTS])
     out, summary = tmp_path / "out.parquet", tmp_path / "summary.json"
     ctrl_c_at(6)  # the sixth request is in flight (150 ms) when the Ctrl-C comes
     with pytest.raises(batchpizza.Interrupted) as raised:
-        batchpizza.run(inp, out, **options(mock_api), summary_json=str(summary))
+        batchpizza.run(inp, out, **options(mock_api, quiet=False), summary_json=str(summary))
     assert raised.value.exit_code == 130
+    assert (
+        "\nbatchpizza: Ctrl-C: finishing requests in flight, then saving (Ctrl-C again to stop "
+        "at once)...\n" in capsys.readouterr().err
+    )
     said = json.loads(summary.read_text())
     assert (said["stopped"], said["exit_code"], said["interrupted"]) == ("signal", 130, True)
     first = mock_api.stats.requests
@@ -100,3 +112,18 @@ def test_a_second_ctrl_c_in_run_is_out_at_once(
     ctrl_c_at(4, times=2)
     with pytest.raises(KeyboardInterrupt):
         batchpizza.run(inp, tmp_path / "out.jsonl", **options(mock_api, grace=120.0, timeout=120.0))
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_the_first_stop_is_said_unless_quiet_then_stops_the_job(
+    capsys: pytest.CaptureFixture[str], quiet: bool
+) -> None:
+    # What the command line (for SIGINT and SIGTERM) and a script (for Ctrl-C) both do first.
+    stops: list[int] = []
+    job = SimpleNamespace(config=SimpleNamespace(quiet=quiet), interrupt=stops.append)
+
+    first_stop(cast("Job", job), signal.SIGTERM, "SIGTERM")
+
+    assert stops == [signal.SIGTERM]
+    said = "\nbatchpizza: SIGTERM: finishing requests in flight, then saving...\n"
+    assert capsys.readouterr().err == ("" if quiet else said)

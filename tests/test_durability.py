@@ -402,6 +402,7 @@ def test_signal_saves_what_finished_and_the_rerun_completes(
 
     stderr = proc.stderr
     assert "Traceback" not in stderr
+    assert f"batchpizza: {signame}: finishing requests in flight, then saving...\n" in stderr
     assert "rerun" in stderr.lower() and "resume" in stderr.lower(), stderr
     assert not out.exists()
     summary = json.loads(summary_path.read_text())
@@ -450,6 +451,8 @@ def test_a_second_sigint_exits_at_once_and_leaves_a_usable_checkpoint(
 
     assert took < 2.5, f"the second SIGINT took {took:.1f}s, as long as the 5 s grace"
     assert "Traceback" not in proc.stderr
+    said = "\nbatchpizza: SIGINT: finishing requests in flight, then saving...\n"
+    assert said in proc.stderr and "batchpizza: interrupted again; exiting now" in proc.stderr
     assert not out.exists()
     saved = saved_answers(ck)
     assert set(saved) <= {r["id"] for r in quick}

@@ -66,11 +66,18 @@ class CtrlC:
                 return
             raise KeyboardInterrupt
         self.stopped = True
-        if not job.config.quiet:
-            print(
-                "\nbatchpizza: Ctrl-C: finishing requests in flight, then saving "
-                "(Ctrl-C again to stop at once)...",
-                file=sys.stderr,
-                flush=True,
-            )
-        job.interrupt(signal.SIGINT)
+        first_stop(job, signal.SIGINT, "Ctrl-C", " (Ctrl-C again to stop at once)")
+
+
+def first_stop(job: Job, signum: int, said: str, hint: str = "") -> None:
+    """The first SIGINT or SIGTERM, in a script (above) and on the command line alike: said on
+    stderr (`said`: what came; `hint`: what a second one does) unless --quiet, then the job is
+    stopped: no new rows, those in flight given their grace, what finished committed and said.
+    A second one is its caller's: KeyboardInterrupt in a script, exit 130 for the command."""
+    if not job.config.quiet:
+        print(
+            f"\nbatchpizza: {said}: finishing requests in flight, then saving{hint}...",
+            file=sys.stderr,
+            flush=True,
+        )
+    job.interrupt(signum)
