@@ -25,6 +25,7 @@ from batchpizza.errors import (
     RequestTimeout,
     TransportError,
 )
+from batchpizza.providers.deadline import Deadlines
 from batchpizza.redact import shorten
 
 # A reply bigger than any answer is a broken server, not a reply. Counted after decompression:
@@ -34,6 +35,9 @@ MAX_REDIRECTS = 5
 _ERROR_SNIPPET = 200
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _NEVER_REPEATED = frozenset({"POST", "PATCH"})  # by aiohttp on its own (never_sent)
+# aiohttp's own limits off (its session's default is five minutes): the request's Deadlines
+# bounds it whole, redirects included.
+_UNBOUNDED = aiohttp.ClientTimeout()
 # The escape of a surrogate code point (\ud800 to \udfff), the only way a JSON text that is valid
 # UTF-8 can put one in a string (a paired one is decoded to its character, a lone one is not).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -148,34 +152,16 @@ async def post_json(
     body: bytes,
     *,
     headers: Mapping[str, str],
-    timeout: aiohttp.ClientTimeout,
+    timeout: Deadlines,
     proxy: str | None = None,
 ) -> Reply:
-    """POST `body`; the final reply of any status, or a ProviderError for what is not a reply."""
+    """POST `body`; the final reply of any status, or a ProviderError for what is not a reply
+    (RequestTimeout when none came whole within `timeout`, redirects included)."""
     try:
-        for _ in range(MAX_REDIRECTS + 1):
-            async with session.post(
-                url,
-                data=body,
-                headers=headers,
-                proxy=proxy,
-                allow_redirects=False,  # followed below, and only within the origin
-                timeout=timeout,
-            ) as resp:
-                if resp.status in _REDIRECTS and "Location" in resp.headers:
-                    target = url.join(URL(resp.headers["Location"]))
-                    if not same_origin(url, target):
-                        raise RedirectRefused(
-                            f"HTTP {resp.status} redirect to another origin refused: "
-                            f"{target.with_query(None)}"
-                        )
-                    url = target
-                    continue
-                payload = await read_capped(resp)
-                return Reply(resp.status, storable.text(resp.reason or ""), resp.headers, payload)
-        raise RedirectRefused(f"more than {MAX_REDIRECTS} redirects")  # a loop: retrying won't help
+        with timeout.limit():
+            return await _post(session, url, body, headers, proxy)
     except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-        raise RequestTimeout(f"no complete reply within {timeout.total:g}s") from None
+        raise RequestTimeout(f"no complete reply within {timeout.seconds:g}s") from None
     except aiohttp.ClientSSLError as exc:
         error = TransportError(f"TLS error: {exc}")
         error.retryable = False  # a certificate does not fix itself between attempts
@@ -191,3 +177,33 @@ async def post_json(
         raise TransportError(
             f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         ) from None
+
+
+async def _post(
+    session: aiohttp.ClientSession,
+    url: URL,
+    body: bytes,
+    headers: Mapping[str, str],
+    proxy: str | None,
+) -> Reply:
+    for _ in range(MAX_REDIRECTS + 1):
+        async with session.post(
+            url,
+            data=body,
+            headers=headers,
+            proxy=proxy,
+            allow_redirects=False,  # followed below, and only within the origin
+            timeout=_UNBOUNDED,
+        ) as resp:
+            if resp.status in _REDIRECTS and "Location" in resp.headers:
+                target = url.join(URL(resp.headers["Location"]))
+                if not same_origin(url, target):
+                    raise RedirectRefused(
+                        f"HTTP {resp.status} redirect to another origin refused: "
+                        f"{target.with_query(None)}"
+                    )
+                url = target
+                continue
+            payload = await read_capped(resp)
+            return Reply(resp.status, storable.text(resp.reason or ""), resp.headers, payload)
+    raise RedirectRefused(f"more than {MAX_REDIRECTS} redirects")  # a loop: retrying won't help

@@ -29,6 +29,7 @@ from batchpizza.errors import (
     QuotaExhausted,
     UsageError,
 )
+from batchpizza.providers.deadline import Deadlines
 from batchpizza.providers.http import looks_like_page, post_json, reply_json
 from batchpizza.providers.limits import parse_rate_info, retry_after_of
 from batchpizza.providers.quota import quota_exhausted
@@ -197,7 +198,7 @@ class OpenAIAPI:
         self.keep_bodies = keep_bodies
         self.structured = structured  # --schema: sent as every request's response_format
         self._format = None if structured is None else structured.response_format()
-        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
+        self._deadlines = Deadlines(timeout)
         self._headers = {
             "accept": "application/json",
             "content-type": "application/json",
@@ -239,7 +240,7 @@ class OpenAIAPI:
             self.url,
             jsoncodec.dumps(body),
             headers=headers,
-            timeout=self._client_timeout,
+            timeout=self._deadlines,
             proxy=self.proxy,
         )
         rate = parse_rate_info(reply.headers)

@@ -20,6 +20,7 @@ import batchpizza.jsoncodec as jsoncodec
 from batchpizza.config import DEFAULT_BASE_URL, DEFAULT_MODEL, DEFAULT_TIMEOUT
 from batchpizza.errors import BadReply, HTTPStatusError, MisuseDetected, UsageError
 from batchpizza.fingerprint import BY_TEXT
+from batchpizza.providers.deadline import Deadlines
 from batchpizza.providers.http import (
     Reply,
     looks_like_page,
@@ -169,8 +170,8 @@ def api_url(base_url: str) -> URL:
 
 
 @functools.lru_cache(maxsize=16)
-def _client_timeout(seconds: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=seconds)
+def _deadlines(seconds: float) -> Deadlines:
+    return Deadlines(seconds)
 
 
 async def ask(
@@ -188,7 +189,7 @@ async def ask(
         api_url(base_url),
         jsoncodec.dumps({"question": prompt}),
         headers=headers or headers_for(base_url),
-        timeout=_client_timeout(timeout),
+        timeout=_deadlines(timeout),
         proxy=proxy,
     )
     return answer_text(reply)
@@ -248,7 +249,7 @@ class PizzagptAPI:
         # case-insensitive dict aiohttp would otherwise build from a plain one each time (1.1 ->
         # 0.7 us a request in ClientSession._prepare_headers).
         self._url = api_url(base_url)
-        self._timeout = _client_timeout(timeout)
+        self._timeout = _deadlines(timeout)
         self._headers = CIMultiDict(self.headers)
         self._warned = False
 
