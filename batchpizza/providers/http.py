@@ -159,7 +159,28 @@ async def post_json(
     (RequestTimeout when none came whole within `timeout`, redirects included)."""
     try:
         with timeout.limit():
-            return await _post(session, url, body, headers, proxy)
+            for _ in range(MAX_REDIRECTS + 1):
+                async with session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    proxy=proxy,
+                    allow_redirects=False,  # followed below, and only within the origin
+                    timeout=_UNBOUNDED,
+                ) as resp:
+                    if resp.status in _REDIRECTS and "Location" in resp.headers:
+                        target = url.join(URL(resp.headers["Location"]))
+                        if not same_origin(url, target):
+                            raise RedirectRefused(
+                                f"HTTP {resp.status} redirect to another origin refused: "
+                                f"{target.with_query(None)}"
+                            )
+                        url = target
+                        continue
+                    payload = await read_capped(resp)
+                    reason = storable.text(resp.reason or "")
+                    return Reply(resp.status, reason, resp.headers, payload)
+            raise RedirectRefused(f"more than {MAX_REDIRECTS} redirects")  # retrying won't help
     except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
         raise RequestTimeout(f"no complete reply within {timeout.seconds:g}s") from None
     except aiohttp.ClientSSLError as exc:
@@ -177,33 +198,3 @@ async def post_json(
         raise TransportError(
             f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         ) from None
-
-
-async def _post(
-    session: aiohttp.ClientSession,
-    url: URL,
-    body: bytes,
-    headers: Mapping[str, str],
-    proxy: str | None,
-) -> Reply:
-    for _ in range(MAX_REDIRECTS + 1):
-        async with session.post(
-            url,
-            data=body,
-            headers=headers,
-            proxy=proxy,
-            allow_redirects=False,  # followed below, and only within the origin
-            timeout=_UNBOUNDED,
-        ) as resp:
-            if resp.status in _REDIRECTS and "Location" in resp.headers:
-                target = url.join(URL(resp.headers["Location"]))
-                if not same_origin(url, target):
-                    raise RedirectRefused(
-                        f"HTTP {resp.status} redirect to another origin refused: "
-                        f"{target.with_query(None)}"
-                    )
-                url = target
-                continue
-            payload = await read_capped(resp)
-            return Reply(resp.status, storable.text(resp.reason or ""), resp.headers, payload)
-    raise RedirectRefused(f"more than {MAX_REDIRECTS} redirects")  # a loop: retrying won't help
