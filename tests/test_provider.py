@@ -469,6 +469,29 @@ async def test_the_timeout_bounds_the_request_with_its_redirects(
             await ask(session, "hi", base_url=rec.base_url, timeout=0.4)
 
 
+async def test_ask_from_threads_each_with_its_loop_keeps_each_timeout() -> None:
+    # ask() may be called from several threads, each running its own event loop at once: every
+    # call's --timeout must hold on its own loop (a limit shared across loops lost track).
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(1.5)
+        return web.json_response({"answer": {"content": "too late"}})
+
+    async with Recorder(slow) as rec:
+
+        def in_own_loop() -> str:
+            async def go() -> str:
+                async with aiohttp.ClientSession() as own:
+                    try:
+                        return await ask(own, "hi", base_url=rec.base_url, timeout=0.3)
+                    except RequestTimeout:
+                        return "timed out"
+
+            return asyncio.run(go())
+
+        got = await asyncio.gather(*(asyncio.to_thread(in_own_loop) for _ in range(3)))
+    assert got == ["timed out"] * 3
+
+
 # --- the seed's interface ---------------------------------------------------------------------
 
 

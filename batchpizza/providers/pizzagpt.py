@@ -169,11 +169,6 @@ def api_url(base_url: str) -> URL:
     return base.with_path(base.path.rstrip("/") + API_ENDPOINT).with_query(base.query)
 
 
-@functools.lru_cache(maxsize=16)
-def _deadlines(seconds: float) -> Deadlines:
-    return Deadlines(seconds)
-
-
 async def ask(
     session: aiohttp.ClientSession,
     prompt: str,
@@ -189,7 +184,8 @@ async def ask(
         api_url(base_url),
         jsoncodec.dumps({"question": prompt}),
         headers=headers or headers_for(base_url),
-        timeout=_deadlines(timeout),
+        # Its own, not shared: calls may come from threads each running its own event loop.
+        timeout=Deadlines(timeout),
         proxy=proxy,
     )
     return answer_text(reply)
@@ -249,7 +245,7 @@ class PizzagptAPI:
         # case-insensitive dict aiohttp would otherwise build from a plain one each time (1.1 ->
         # 0.7 us a request in ClientSession._prepare_headers).
         self._url = api_url(base_url)
-        self._timeout = _deadlines(timeout)
+        self._timeout = Deadlines(timeout)  # a run's provider serves one event loop at a time
         self._headers = CIMultiDict(self.headers)
         self._warned = False
 
