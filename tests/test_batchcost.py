@@ -256,6 +256,30 @@ def test_batches_out_when_a_run_starts_are_reserved_until_collected(
     assert cost(PRICE, *served_usage(server)) / 2 <= 0.001
 
 
+@pytest.mark.slow
+def test_batches_out_for_another_model_hold_the_cap_of_a_run_of_a_new_one(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Model a's batches were out (they will be billed) when a run of model b began: b's run
+    # reserved only its own model's, submitted as if a's cost nothing, and the two passed the
+    # cap together.
+    server.batches.seconds = 4.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(120))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    extra = ("--via", "batch", "--param", "max_tokens=20", "--max-cost", "0.001",
+             "--summary-json", str(summary), "--deadline", "0.3s")  # fmt: skip
+
+    first = run(inp, out, server.base_url, *extra, "--model", "a")
+    assert first.returncode == 4, first.stderr
+    submitted = sum(server.batches.submitted.values())
+    assert 0 < submitted < 120
+
+    second = run(inp, out, server.base_url, *extra, "--model", "b")
+
+    assert second.returncode == 4, second.stderr
+    assert sum(server.batches.submitted.values()) == submitted, "b's lines went beside a's"
+
+
 def test_a_cap_nothing_fits_in_stops_budget_without_submitting(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -7,8 +7,8 @@ on too; a collected line settles with the usage its result reports. The worst ca
 request's: tokencount.input_bound of its prompt, and its max_tokens (else the meter's output
 estimate: the cap then holds for sure only with max_tokens set, as online).
 
-Lines a batch already has when the run starts (an earlier run's) are reserved whether they fit or
-not: they will be billed. Their prompt is not at hand, only the line: the same bound of the
+Lines a batch already has when the run starts (an earlier run's, of another model or parameters
+too) are reserved whether they fit or not: they will be billed. Their prompt is not at hand, only the line: the same bound of the
 messages in its body (tokencount.messages_bound), its body's max_tokens. A failed or expired line
 keeps its reservation until it is resubmitted and answered; one an earlier run left waiting takes
 one when it fits.
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import batchpizza.jsoncodec as jsoncodec
-from batchpizza.checkpoint.batches import BatchLine
+from batchpizza.checkpoint.batches import BatchLine, BatchRecords
 from batchpizza.controls.budget import Reservation
 from batchpizza.controls.metering import Meter
 from batchpizza.controls.stop import Stop
@@ -67,6 +67,23 @@ class BatchBudget:
                 held = budget.try_reserve(*self._line_worst(line.line), batch=True, force=True)
                 assert held is not None  # forced
                 self._held[line.digest] = held
+
+    def reserve_every_out(self, checkpoint: BatchRecords) -> None:
+        """The lines every batch still out has, this identity's and every other's."""
+        lines = (x for f in checkpoint.open_files() for x in checkpoint.file_lines(f.seq))
+        self.reserve_out(lines)
+        others = (x for f in checkpoint.open_files(True) for x in checkpoint.file_lines(f.seq))
+        self.reserve_foreign(others)
+
+    def reserve_foreign(self, lines: Iterable[BatchLine]) -> None:
+        """Lines another identity's batches have (a run of another model or parameters): they
+        will be billed too, so they hold the cap, fit or not, for the whole run (a run of their
+        own identity collects them and settles them)."""
+        if self.budget is not None:
+            for line in lines:
+                if line.line is not None:
+                    worst = self._line_worst(line.line)
+                    self.budget.try_reserve(*worst, batch=True, force=True)
 
     def fitting(
         self, rows: Iterator[PendingRow], skip: set[bytes], key: Callable[[Prompt], bytes]

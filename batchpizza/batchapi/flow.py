@@ -107,8 +107,7 @@ class BatchFlow:
                 retry_after_cap=config.retry_after_cap,
             )
             try:
-                opened = self.checkpoint.open_files()
-                self.money.reserve_out(x for f in opened for x in self.checkpoint.file_lines(f.seq))
+                self.money.reserve_every_out(self.checkpoint)
                 await self._launch_left()
                 await self._submit(rows)
                 await self._follow()
