@@ -267,9 +267,9 @@ def test_batches_out_for_another_model_hold_the_cap_of_a_run_of_a_new_one(
     inp = write_jsonl(tmp_path / "in.jsonl", rows(120))
     out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
     extra = ("--via", "batch", "--param", "max_tokens=20", "--max-cost", "0.001",
-             "--summary-json", str(summary), "--deadline", "0.3s")  # fmt: skip
+             "--summary-json", str(summary))  # fmt: skip
 
-    first = run(inp, out, server.base_url, *extra, "--model", "a")
+    first = run(inp, out, server.base_url, *extra, "--model", "a")  # exits 4, batches out
     assert first.returncode == 4, first.stderr
     submitted = sum(server.batches.submitted.values())
     assert 0 < submitted < 120
@@ -278,6 +278,7 @@ def test_batches_out_for_another_model_hold_the_cap_of_a_run_of_a_new_one(
 
     assert second.returncode == 4, second.stderr
     assert sum(server.batches.submitted.values()) == submitted, "b's lines went beside a's"
+    assert json.loads(summary.read_text())["stopped"] == "budget"
 
 
 def test_a_cap_nothing_fits_in_stops_budget_without_submitting(

@@ -32,6 +32,7 @@ from batchpizza.controls.budget import Reservation
 from batchpizza.controls.metering import Meter
 from batchpizza.controls.stop import Stop
 from batchpizza.engine.runner import Counters, PendingRow
+from batchpizza.pricing import cost
 from batchpizza.records import Prompt, Result
 from batchpizza.tokencount import input_bound, max_output, messages_bound
 
@@ -77,13 +78,14 @@ class BatchBudget:
 
     def reserve_foreign(self, lines: Iterable[BatchLine]) -> None:
         """Lines another identity's batches have (a run of another model or parameters): they
-        will be billed too, so they hold the cap, fit or not, for the whole run (a run of their
-        own identity collects them and settles them)."""
-        if self.budget is not None:
+        will be billed too, so the cap this run has is smaller by their worst cases. Taken off
+        the cap, not held: no request of this run settles them, and one that does not fit must
+        not wait for them as for requests in flight."""
+        budget = self.budget
+        if budget is not None:
             for line in lines:
                 if line.line is not None:
-                    worst = self._line_worst(line.line)
-                    self.budget.try_reserve(*worst, batch=True, force=True)
+                    budget.cap -= cost(budget.price, *self._line_worst(line.line), batch=True)
 
     def fitting(
         self, rows: Iterator[PendingRow], skip: set[bytes], key: Callable[[Prompt], bytes]
