@@ -281,6 +281,29 @@ def test_batches_out_for_another_model_hold_the_cap_of_a_run_of_a_new_one(
     assert json.loads(summary.read_text())["stopped"] == "budget"
 
 
+@pytest.mark.slow
+def test_an_online_run_keeps_the_cap_with_the_batches_still_out(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # The same command without --via while its batches were out sent rows online up to the
+    # whole cap, as if the batches (billed when they end) cost nothing.
+    server.batches.seconds = 4.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(120))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    extra = ("--param", "max_tokens=20", "--max-cost", "0.001", "--summary-json", str(summary))
+
+    first = run(inp, out, server.base_url, *extra, "--via", "batch")  # exits 4, batches out
+    assert first.returncode == 4, first.stderr
+    assert 0 < sum(server.batches.submitted.values()) < 120
+    before = server.stats.requests
+
+    online = run(inp, out, server.base_url, *extra, "--rate", "0")
+
+    assert online.returncode == 4, online.stderr
+    assert json.loads(summary.read_text())["stopped"] == "budget"
+    assert server.stats.requests == before, "rows went online beside the batches"
+
+
 def test_a_cap_nothing_fits_in_stops_budget_without_submitting(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -71,10 +71,8 @@ class BatchBudget:
 
     def reserve_every_out(self, checkpoint: BatchRecords) -> None:
         """The lines every batch still out has, this identity's and every other's."""
-        lines = (x for f in checkpoint.open_files() for x in checkpoint.file_lines(f.seq))
-        self.reserve_out(lines)
-        others = (x for f in checkpoint.open_files(True) for x in checkpoint.file_lines(f.seq))
-        self.reserve_foreign(others)
+        self.reserve_out(_lines_out(checkpoint, others=False))
+        self.reserve_foreign(_lines_out(checkpoint, others=True))
 
     def reserve_foreign(self, lines: Iterable[BatchLine]) -> None:
         """Lines another identity's batches have (a run of another model or parameters): they
@@ -191,3 +189,16 @@ class BatchBudget:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return len(line), self.meter.output.value
         return messages_bound(body["messages"]), max_output(body) or self.meter.output.value
+
+
+def _lines_out(checkpoint: BatchRecords, *, others: bool) -> Iterator[BatchLine]:
+    return (x for f in checkpoint.open_files(others) for x in checkpoint.file_lines(f.seq))
+
+
+def off_the_cap(meter: Meter, checkpoint: BatchRecords) -> None:
+    """An online run's cap less the worst cases of every batch still out (this model's and
+    others'): they will be billed whatever this run does, and rows in them sent online are
+    billed twice."""
+    money = BatchBudget(meter, Counters())
+    money.reserve_foreign(_lines_out(checkpoint, others=False))
+    money.reserve_foreign(_lines_out(checkpoint, others=True))
