@@ -278,6 +278,7 @@ def test_batches_out_for_another_model_hold_the_cap_of_a_run_of_a_new_one(
 
     assert second.returncode == 4, second.stderr
     assert sum(server.batches.submitted.values()) == submitted, "b's lines went beside a's"
+    assert "of their model and parameters collects them" in second.stderr
     assert json.loads(summary.read_text())["stopped"] == "budget"
 
 
@@ -302,6 +303,7 @@ def test_an_online_run_keeps_the_cap_with_the_batches_still_out(
     assert online.returncode == 4, online.stderr
     assert json.loads(summary.read_text())["stopped"] == "budget"
     assert server.stats.requests == before, "rows went online beside the batches"
+    assert "in Batch API batches still out hold $" in online.stderr
 
 
 def test_a_cap_nothing_fits_in_stops_budget_without_submitting(

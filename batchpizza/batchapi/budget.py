@@ -37,6 +37,7 @@ from batchpizza.records import Prompt, Result
 from batchpizza.tokencount import input_bound, max_output, messages_bound
 
 log = logging.getLogger("batchpizza")
+_OTHERS = "a --via batch run of their model and parameters"
 
 
 class BatchBudget:
@@ -72,18 +73,30 @@ class BatchBudget:
     def reserve_every_out(self, checkpoint: BatchRecords) -> None:
         """The lines every batch still out has, this identity's and every other's."""
         self.reserve_out(_lines_out(checkpoint, others=False))
-        self.reserve_foreign(_lines_out(checkpoint, others=True))
+        self.reserve_foreign(_lines_out(checkpoint, others=True), _OTHERS)
 
-    def reserve_foreign(self, lines: Iterable[BatchLine]) -> None:
+    def reserve_foreign(self, lines: Iterable[BatchLine], whose: str) -> None:
         """Lines another identity's batches have (a run of another model or parameters): they
         will be billed too, so the cap this run has is smaller by their worst cases. Taken off
         the cap, not held: no request of this run settles them, and one that does not fit must
         not wait for them as for requests in flight."""
         budget = self.budget
-        if budget is not None:
-            for line in lines:
-                if line.line is not None:
-                    budget.cap -= cost(budget.price, *self._line_worst(line.line), batch=True)
+        if budget is None:
+            return
+        count, dollars = 0, 0.0
+        for line in lines:
+            if line.line is not None:
+                count += 1
+                dollars += cost(budget.price, *self._line_worst(line.line), batch=True)
+        if count:
+            budget.cap -= dollars
+            log.warning(
+                "--max-cost: %d requests in Batch API batches still out hold $%.4g of the cap "
+                "(they will be billed; %s collects them)",
+                count,
+                dollars,
+                whose,
+            )
 
     def fitting(
         self, rows: Iterator[PendingRow], skip: set[bytes], key: Callable[[Prompt], bytes]
@@ -200,5 +213,5 @@ def off_the_cap(meter: Meter, checkpoint: BatchRecords) -> None:
     others'): they will be billed whatever this run does, and rows in them sent online are
     billed twice."""
     money = BatchBudget(meter, Counters())
-    money.reserve_foreign(_lines_out(checkpoint, others=False))
-    money.reserve_foreign(_lines_out(checkpoint, others=True))
+    money.reserve_foreign(_lines_out(checkpoint, others=False), "a run with --via batch")
+    money.reserve_foreign(_lines_out(checkpoint, others=True), _OTHERS)
