@@ -304,6 +304,7 @@ def test_an_online_run_keeps_the_cap_with_the_batches_still_out(
     assert json.loads(summary.read_text())["stopped"] == "budget"
     assert server.stats.requests == before, "rows went online beside the batches"
     assert "in Batch API batches still out hold $" in online.stderr
+    assert "still out, which --via batch collects (billed when they end" in online.stderr
 
 
 def test_a_cap_nothing_fits_in_stops_budget_without_submitting(
