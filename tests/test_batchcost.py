@@ -279,6 +279,10 @@ def test_batches_out_for_another_model_hold_the_cap_of_a_run_of_a_new_one(
     assert second.returncode == 4, second.stderr
     assert sum(server.batches.submitted.values()) == submitted, "b's lines went beside a's"
     assert "of their model and parameters collects them" in second.stderr
+    said = cli("status", str(out))
+    assert f"still out ({submitted} requests, billed when they end)" in said.stdout, said.stdout
+    as_json = json.loads(cli("status", str(out), "--json").stdout)
+    assert as_json["other_batches"]["lines_out"] == submitted
     assert json.loads(summary.read_text())["stopped"] == "budget"
 
 
