@@ -496,6 +496,25 @@ def test_a_413_for_a_file_within_our_limits_names_the_setting(tmp_path: Path) ->
     assert raw.calls["upload"] == 1 and not raw.batches
 
 
+def test_lines_whose_upload_never_succeeded_are_not_counted_as_requests(tmp_path: Path) -> None:
+    # A gateway without its files set up (LiteLLM's "files_settings is not set") answered
+    # every upload 500: the run ended saying "this run: 6 requests", none of which went out.
+    async def unset(request: web.Request, n: int) -> web.StreamResponse | None:
+        return web.json_response({"error": {"message": "files_settings is not set"}}, status=500)
+
+    summary = tmp_path / "summary.json"
+    with RawServer() as raw:
+        raw.hooks["upload"] = unset
+        done, _ = go(tmp_path, raw, "--max-retries", "1", "--summary-json", str(summary))
+
+    assert done.returncode == 1, done.stderr
+    assert "files_settings is not set" in done.stderr and not raw.batches
+    said = json.loads(summary.read_text())
+    assert (said["requests"], said["retries"], said["pending"]) == (0, 0, N)
+    assert said["batches"]["submitted"] == 0
+    assert "this run: 0 requests" in done.stderr
+
+
 @pytest.mark.parametrize("stored", [False, True], ids=["lost", "stored"])
 def test_an_upload_that_5xxs_is_found_or_made_again_never_twice(
     tmp_path: Path, stored: bool

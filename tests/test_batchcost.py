@@ -256,6 +256,61 @@ def test_batches_out_when_a_run_starts_are_reserved_until_collected(
     assert cost(PRICE, *served_usage(server)) / 2 <= 0.001
 
 
+@pytest.mark.slow
+def test_batches_out_for_another_model_hold_the_cap_of_a_run_of_a_new_one(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Model a's batches were out (they will be billed) when a run of model b began: b's run
+    # reserved only its own model's, submitted as if a's cost nothing, and the two passed the
+    # cap together.
+    server.batches.seconds = 4.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(120))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    extra = ("--via", "batch", "--param", "max_tokens=20", "--max-cost", "0.001",
+             "--summary-json", str(summary))  # fmt: skip
+
+    first = run(inp, out, server.base_url, *extra, "--model", "a")  # exits 4, batches out
+    assert first.returncode == 4, first.stderr
+    submitted = sum(server.batches.submitted.values())
+    assert 0 < submitted < 120
+
+    second = run(inp, out, server.base_url, *extra, "--model", "b")
+
+    assert second.returncode == 4, second.stderr
+    assert sum(server.batches.submitted.values()) == submitted, "b's lines went beside a's"
+    assert "of their model and parameters collects them" in second.stderr
+    said = cli("status", str(out))
+    assert f"still out ({submitted} requests, billed when they end)" in said.stdout, said.stdout
+    as_json = json.loads(cli("status", str(out), "--json").stdout)
+    assert as_json["other_batches"]["lines_out"] == submitted
+    assert json.loads(summary.read_text())["stopped"] == "budget"
+
+
+@pytest.mark.slow
+def test_an_online_run_keeps_the_cap_with_the_batches_still_out(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # The same command without --via while its batches were out sent rows online up to the
+    # whole cap, as if the batches (billed when they end) cost nothing.
+    server.batches.seconds = 4.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(120))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    extra = ("--param", "max_tokens=20", "--max-cost", "0.001", "--summary-json", str(summary))
+
+    first = run(inp, out, server.base_url, *extra, "--via", "batch")  # exits 4, batches out
+    assert first.returncode == 4, first.stderr
+    assert 0 < sum(server.batches.submitted.values()) < 120
+    before = server.stats.requests
+
+    online = run(inp, out, server.base_url, *extra, "--rate", "0")
+
+    assert online.returncode == 4, online.stderr
+    assert json.loads(summary.read_text())["stopped"] == "budget"
+    assert server.stats.requests == before, "rows went online beside the batches"
+    assert "in Batch API batches still out hold $" in online.stderr
+    assert "still out, which --via batch collects (billed when they end" in online.stderr
+
+
 def test_a_cap_nothing_fits_in_stops_budget_without_submitting(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -324,6 +324,24 @@ async def test_garbage_on_the_wire_is_a_row_error(tmp_path: Path, reply: bytes) 
     assert summary["exit_code"] == 3
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n190\r\n{"answer": {"content": "hel',
+        b'HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n{"answer": {"content": "hel',
+    ],
+    ids=["chunked", "content-length"],
+)
+async def test_a_reply_cut_off_mid_body_says_so_not_a_status(tmp_path: Path, reply: bytes) -> None:
+    # aiohttp's own words carry its parser's code 400 ("<TransferEncodingError: 400, ...>"),
+    # which reads as an HTTP 400 the server never sent.
+    async with raw_server(reply) as base_url:
+        _summary, rows = await run_rows(tmp_path, base_url, ["q"])
+
+    assert_failed(rows["q"], ATTEMPTS, "reply was cut off", "not enough data")
+    assert "400" not in rows["q"]["error"]
+
+
 async def test_transport_error_is_told_in_one_line(tmp_path: Path) -> None:
     # errors.describe promises "a one-line account": the error column and the -v retry log
     # must not carry a parser's multi-line caret diagram of the server's bytes.

@@ -76,6 +76,26 @@ def test_token_headers_with_odd_values(headers: dict[str, str], expected: RateIn
     assert parse_rate_info(headers) == expected
 
 
+def test_the_headers_litellm_passes_on_fill_in_those_it_drops() -> None:
+    # LiteLLM's proxy (1.108) sends the upstream's x-ratelimit-limit/remaining-tokens, but its
+    # reset only as llm_provider-x-ratelimit-reset-tokens: --tpm auto took the window for a
+    # minute, 45 tokens/s against an upstream allowing 600 (3,000 a 5 s window).
+    litellm = {
+        "x-ratelimit-limit-tokens": "3000",
+        "x-ratelimit-remaining-tokens": "2952",
+        "llm_provider-x-ratelimit-limit-tokens": "3000",
+        "llm_provider-x-ratelimit-remaining-tokens": "2952",
+        "llm_provider-x-ratelimit-reset-tokens": "0.080s",
+        "llm_provider-x-ratelimit-reset-requests": "1s",
+    }
+    assert parse_rate_info(litellm) == RateInfo(
+        reset_s=1.0, limit_tokens=3000, remaining_tokens=2952, reset_tokens_s=0.08
+    )
+    # The proxy's own headers win where it sends both.
+    both = {"x-ratelimit-limit-tokens": "10", "llm_provider-x-ratelimit-limit-tokens": "99"}
+    assert parse_rate_info(both) == RateInfo(limit_tokens=10)
+
+
 def test_retry_after_of() -> None:
     assert retry_after_of({}) is None
     assert retry_after_of({"Retry-After": "3"}) == 3.0

@@ -138,6 +138,35 @@ def test_each_sample_is_kept_on_its_own_so_a_run_stopped_midway_resumes_the_rest
     ]
 
 
+def test_a_sample_left_by_a_run_stopped_after_a_model_change_is_sent_for_the_change(
+    mock_api: ThreadedMockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Model a answered both samples of every row; a run of model b was killed after answering
+    # sample 0 of q1 but not its sample 1. The rerun told that sample "1 new rows" beside
+    # "3 new model (a -> b)": the rows and the samples were the same, only the model changed.
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    inp, out = prompts(tmp_path / "in.jsonl", 2), tmp_path / "out.jsonl"
+    summary = tmp_path / "summary.json"
+    openai = ["--provider", "openai", "--repeat", "2", "--summary-json", str(summary)]
+    openai += ["--base-url", f"{mock_api.base_url}/v1"]  # the last --base-url wins
+    assert cli_run(mock_api, inp, out, *openai, "--model", "a").exit_code == 0
+    assert cli_run(mock_api, inp, out, *openai, "--model", "b").exit_code == 0
+    with sqlite3.connect(f"{out}.checkpoint") as conn:  # as the kill left it
+        conn.execute(
+            "DELETE FROM results WHERE id = 'q1' AND ident = (SELECT ident FROM results "
+            "ORDER BY updated DESC LIMIT 1) AND digest != (SELECT digest FROM scan WHERE id = "
+            "'q1')"
+        )
+        conn.execute("INSERT OR IGNORE INTO todo VALUES (3)")  # q1's sample 1, still to do
+    conn.close()
+
+    rerun = cli_run(mock_api, inp, out, *openai, "--model", "b")
+
+    assert rerun.exit_code == 0, rerun.output
+    plan = json.loads(summary.read_text())["plan"]
+    assert (plan["new"], plan["identity"], plan["change"]) == (0, 1, "new model (a -> b)")
+
+
 def test_samples_from_python_answer_and_stream(mock_api: ThreadedMockServer) -> None:
     options: dict[str, Any] = {**FAST, "base_url": mock_api.base_url, "samples": 2}
 

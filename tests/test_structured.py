@@ -104,6 +104,41 @@ def test_a_ref_outside_the_schema_is_refused_not_fetched(ref: str) -> None:
         read_schema(schema)
 
 
+@pytest.mark.parametrize(
+    ("ref", "said"),
+    [
+        ("#/$defs/nothere", "$ref #/$defs/nothere at /properties/a/$ref points at nothing in the "
+         "schema: /$defs has no 'nothere'"),
+        ("#/definitions/x", "$ref #/definitions/x at /properties/a/$ref points at nothing in the "
+         "schema: / has no 'definitions'"),
+        ("missing.json", "$ref missing.json at /properties/a/$ref is outside the schema"),
+    ],
+)  # fmt: skip
+def test_a_ref_that_leads_nowhere_is_refused_naming_itself_and_its_place(
+    ref: str, said: str
+) -> None:
+    # fastjsonschema said "Unresolvable ref: $defs" for the first: neither the ref nor where.
+    schema = {"type": "object", "$defs": {"b": {}}, "properties": {"a": {"$ref": ref}}}
+    with pytest.raises(UsageError) as caught:
+        read_schema(_path_of(schema))
+    assert said in str(caught.value)
+    assert str(caught.value).startswith("--schema ")
+
+
+def test_refs_that_lead_somewhere_are_taken() -> None:
+    schema = {
+        "type": "object",
+        "definitions": {"a/b": {"type": "string"}},
+        "properties": {
+            "x": {"$ref": "#/definitions/a~1b"},
+            "v": {"allOf": [{"type": "integer"}]},
+            "y": {"$ref": "#/properties/v/allOf/0"},
+            "w": {"$ref": "#"},
+        },
+    }
+    assert read_schema(schema) == schema
+
+
 def test_a_schema_with_a_lone_surrogate_is_refused(tmp_path: Path) -> None:
     # An enum value "\ud83d" (escaped in the file) failed every request's encoding, and the
     # run died of an UnboundLocalError in the runner that hid it.

@@ -7,8 +7,8 @@ on too; a collected line settles with the usage its result reports. The worst ca
 request's: tokencount.input_bound of its prompt, and its max_tokens (else the meter's output
 estimate: the cap then holds for sure only with max_tokens set, as online).
 
-Lines a batch already has when the run starts (an earlier run's) are reserved whether they fit or
-not: they will be billed. Their prompt is not at hand, only the line: the same bound of the
+Lines a batch already has when the run starts (an earlier run's, of another model or parameters
+too) are reserved whether they fit or not: they will be billed. Their prompt is not at hand, only the line: the same bound of the
 messages in its body (tokencount.messages_bound), its body's max_tokens. A failed or expired line
 keeps its reservation until it is resubmitted and answered; one an earlier run left waiting takes
 one when it fits.
@@ -27,15 +27,17 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import batchpizza.jsoncodec as jsoncodec
-from batchpizza.checkpoint.batches import BatchLine
+from batchpizza.checkpoint.batches import BatchLine, BatchRecords
 from batchpizza.controls.budget import Reservation
 from batchpizza.controls.metering import Meter
 from batchpizza.controls.stop import Stop
 from batchpizza.engine.runner import Counters, PendingRow
+from batchpizza.pricing import cost
 from batchpizza.records import Prompt, Result
 from batchpizza.tokencount import input_bound, max_output, messages_bound
 
 log = logging.getLogger("batchpizza")
+_OTHERS = "a --via batch run of their model and parameters"
 
 
 class BatchBudget:
@@ -67,6 +69,34 @@ class BatchBudget:
                 held = budget.try_reserve(*self._line_worst(line.line), batch=True, force=True)
                 assert held is not None  # forced
                 self._held[line.digest] = held
+
+    def reserve_every_out(self, checkpoint: BatchRecords) -> None:
+        """The lines every batch still out has, this identity's and every other's."""
+        self.reserve_out(_lines_out(checkpoint, others=False))
+        self.reserve_foreign(_lines_out(checkpoint, others=True), _OTHERS)
+
+    def reserve_foreign(self, lines: Iterable[BatchLine], whose: str) -> None:
+        """Lines another identity's batches have (a run of another model or parameters): they
+        will be billed too, so the cap this run has is smaller by their worst cases. Taken off
+        the cap, not held: no request of this run settles them, and one that does not fit must
+        not wait for them as for requests in flight."""
+        budget = self.budget
+        if budget is None:
+            return
+        count, dollars = 0, 0.0
+        for line in lines:
+            if line.line is not None:
+                count += 1
+                dollars += cost(budget.price, *self._line_worst(line.line), batch=True)
+        if count:
+            budget.cap -= dollars
+            log.warning(
+                "--max-cost: %d requests in Batch API batches still out hold $%.4g of the cap "
+                "(they will be billed; %s collects them)",
+                count,
+                dollars,
+                whose,
+            )
 
     def fitting(
         self, rows: Iterator[PendingRow], skip: set[bytes], key: Callable[[Prompt], bytes]
@@ -172,3 +202,16 @@ class BatchBudget:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return len(line), self.meter.output.value
         return messages_bound(body["messages"]), max_output(body) or self.meter.output.value
+
+
+def _lines_out(checkpoint: BatchRecords, *, others: bool) -> Iterator[BatchLine]:
+    return (x for f in checkpoint.open_files(others) for x in checkpoint.file_lines(f.seq))
+
+
+def off_the_cap(meter: Meter, checkpoint: BatchRecords) -> None:
+    """An online run's cap less the worst cases of every batch still out (this model's and
+    others'): they will be billed whatever this run does, and rows in them sent online are
+    billed twice."""
+    money = BatchBudget(meter, Counters())
+    money.reserve_foreign(_lines_out(checkpoint, others=False), "a run with --via batch")
+    money.reserve_foreign(_lines_out(checkpoint, others=True), _OTHERS)

@@ -108,8 +108,7 @@ class BatchFlow:
                 retry_after_cap=config.retry_after_cap,
             )
             try:
-                opened = self.checkpoint.open_files()
-                self.money.reserve_out(x for f in opened for x in self.checkpoint.file_lines(f.seq))
+                self.money.reserve_every_out(self.checkpoint)
                 await self._launch_left()
                 await self._submit(rows)
                 await self._follow()
@@ -151,12 +150,13 @@ class BatchFlow:
         self, chunk: list[Line], resubmitted: list[tuple[int, str]] | None = None
     ) -> None:
         f = self.checkpoint.intend_file(chunk, resubmitted or ())
+        await self._launch(f, b"".join(line[5] for line in chunk), fresh=True)
+        # Counted once submitted: lines whose upload or create never succeeded went nowhere.
         self.lines_sent += len(chunk)
         self.counters.requests += len(chunk)
         if resubmitted:
             self.counters.retries += len(chunk)
             self.resubmitted += len(chunk)
-        await self._launch(f, b"".join(line[5] for line in chunk), fresh=True)
 
     async def _launch(self, f: BatchFile, content: bytes, *, fresh: bool) -> None:
         """Upload file `f` and create its batch, each recorded as soon as it returns; looked for

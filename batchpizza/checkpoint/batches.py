@@ -251,14 +251,15 @@ class BatchRecords:
                 (state, time.time(), seq),
             )
 
-    def open_files(self) -> list[BatchFile]:
-        """This identity's files not collected yet, oldest first."""
+    def open_files(self, others: bool = False) -> list[BatchFile]:
+        """This identity's files not collected yet (with `others`, those of every other
+        identity: another model's, which a run of that model collects), oldest first."""
         with self._errors():
             if not self._has_batches():
                 return []
             rows = self._conn.execute(
-                f"SELECT {_FILE_COLUMNS} FROM batch_files WHERE done = 0 AND ident = ? "
-                "ORDER BY seq",
+                f"SELECT {_FILE_COLUMNS} FROM batch_files WHERE done = 0 AND "
+                f"ident {'!=' if others else '='} ? ORDER BY seq",
                 (self.ident,),
             ).fetchall()
         return [_file(r) for r in rows]

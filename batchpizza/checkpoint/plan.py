@@ -91,14 +91,18 @@ class PlanQueries(KeptTodo):
     def _sample(self, kept: bool) -> str:
         return f"t.slot % {self.samples}" if kept else "k.s"
 
-    def _new_sample(self, kept: bool = False) -> str:
+    def _new_sample(self, kept: bool, key: str) -> str:
         """A plan's reason: a sample never asked of a request whose first sample was (with more
-        samples than before) is a new row, not a changed prompt."""
+        samples than before) is a new row, not a changed prompt; but one asked of the row
+        with another identity (a run of a new model stopped between a row's samples) is sent
+        for that change. `key`: the sample's own request key."""
         if self.samples == 1:
             return ""
+        asked = f"SELECT 1 FROM results o WHERE o.id = r.id AND o.digest = {key}"
         return (
             f"WHEN {self._sample(kept)} > 0 AND EXISTS (SELECT 1 FROM results o WHERE "
-            f"o.ident = ?1 AND o.digest = {self._key}) THEN 'new' "
+            f"o.ident = ?1 AND o.digest = {self._key}) THEN CASE WHEN EXISTS ({asked} AND "
+            f"o.ident = ?2) THEN 'unknown' WHEN EXISTS ({asked}) THEN 'identity' ELSE 'new' END "
         )
 
     def _joined(self) -> str:
@@ -163,7 +167,7 @@ class PlanQueries(KeptTodo):
                 f"INSERT INTO temp.todo SELECT {slot}, CASE WHEN c.id IS NOT NULL THEN 'retry' "
                 # A row never asked (the usual one to send) is told by one look-up, not three.
                 "WHEN NOT EXISTS (SELECT 1 FROM results o WHERE o.id = r.id) THEN 'new' "
-                f"{self._new_sample(kept)}WHEN EXISTS (SELECT 1 FROM results o WHERE o.id = r.id "
+                f"{self._new_sample(kept, key)}WHEN EXISTS (SELECT 1 FROM results o WHERE o.id = r.id "
                 "AND o.ident = ?1) THEN 'changed' "
                 "WHEN EXISTS (SELECT 1 FROM results o WHERE o.id = r.id AND o.ident = ?2) "
                 "THEN 'unknown' WHEN EXISTS (SELECT 1 FROM results o WHERE o.id = r.id) "

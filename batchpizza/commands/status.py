@@ -32,6 +32,7 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
         try:
             info = store.status()
             files = store.batch_files()
+            others = store.open_files(True)  # another model's or parameters' batches still out
             # --schema: answers that fit it, at once or re-asked
             info["structured"] = store.fit_counts()
             spent = store.spend()
@@ -44,6 +45,8 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     info["running"] = is_locked(path)
     if files:
         info["batches"] = batches_info(files)
+    if others:
+        info["other_batches"] = batches_info(others)
     # Every run's, as the spend table keeps them (the answers' tokens, at each run's price).
     info["tokens"] = {
         "input": spent.prompt_tokens,
@@ -109,6 +112,12 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     click.echo(f"  running    {'yes: a run holds the lock' if info['running'] else 'no'}")
     for line in batches_text(files):
         click.echo(line)
+    if others:
+        click.echo(
+            f"  others     {len(others)} {'batch' if len(others) == 1 else 'batches'} of other "
+            f"models or parameters still out ({sum(f.lines for f in others)} requests, billed "
+            "when they end): a --via batch run of theirs collects them"
+        )
 
 
 def checkpoint_path(output: str | None, checkpoint: str | None) -> Path:

@@ -37,7 +37,12 @@ def make_meter(config: RunConfig, checkpoint: Checkpoint) -> Meter | None:
         pacer = TokenPacer(None if per_s is None else per_s * AUTO_SHARE, auto=True)
         pacer.limit_per_s = per_s
     overhead = (0, 0) if config.structured is None else config.structured.overhead
-    return Meter(params=config.params, budget=budget, pacer=pacer, overhead=overhead)
+    meter = Meter(params=config.params, budget=budget, pacer=pacer, overhead=overhead)
+    if budget is not None and config.via == "online":
+        from batchpizza.batchapi.budget import off_the_cap
+
+        off_the_cap(meter, checkpoint)  # batches out of an earlier --via batch will be billed
+    return meter
 
 
 def token_fields(

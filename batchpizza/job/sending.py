@@ -85,6 +85,11 @@ class Sending:
                 deadline_at=deadline_at, online=self.runner.run if config.via == "auto" else None,
                 meter=self.control.meter,  # one budget for the batches and the rows sent online
             )  # fmt: skip
+        elif out := len(checkpoint.out_keys()):
+            log.warning(
+                "%d of these requests are in Batch API batches still out, which --via batch "
+                "collects (billed when they end: those sent online are paid twice)", out
+            )  # fmt: skip
 
     async def send(self, rows: Iterator[PendingRow]) -> None:
         """Send every row; returns after a stop once the grace period is over."""

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
+from aiohttp.http_exceptions import ContentLengthError, TransferEncodingError
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -195,6 +196,11 @@ async def post_json(
         )
         raise kind(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
     except aiohttp.ClientError as exc:
+        cut = exc.__cause__ if isinstance(exc, aiohttp.ClientPayloadError) else None
+        if isinstance(cut, (ContentLengthError, TransferEncodingError)):
+            # aiohttp's own words carry its parser's code 400, which reads as an HTTP status
+            # the server never sent.
+            raise TransportError(f"the reply was cut off before its end: {cut.message}") from None
         raise TransportError(
             f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         ) from None

@@ -55,14 +55,21 @@ def parse_rate_info(headers: Mapping[str, str]) -> RateInfo | None:
     {requests,tokens}; None when it announces none. A value missing or unreadable is None.
     (`headers` should be case-insensitive, as aiohttp's are.)"""
     info = RateInfo(
-        limit=_number(headers.get("x-ratelimit-limit-requests")),
-        remaining=_number(headers.get("x-ratelimit-remaining-requests")),
-        reset_s=parse_duration(headers.get("x-ratelimit-reset-requests")),
-        limit_tokens=_number(headers.get("x-ratelimit-limit-tokens")),
-        remaining_tokens=_number(headers.get("x-ratelimit-remaining-tokens")),
-        reset_tokens_s=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+        limit=_number(_header(headers, "limit-requests")),
+        remaining=_number(_header(headers, "remaining-requests")),
+        reset_s=parse_duration(_header(headers, "reset-requests")),
+        limit_tokens=_number(_header(headers, "limit-tokens")),
+        remaining_tokens=_number(_header(headers, "remaining-tokens")),
+        reset_tokens_s=parse_duration(_header(headers, "reset-tokens")),
     )
     return None if info == RateInfo() else info
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """x-ratelimit-`name`, else the upstream's as LiteLLM's proxy passes it on (it forwards
+    some of them under their own name, the resets only as llm_provider-x-ratelimit-...)."""
+    value = headers.get(f"x-ratelimit-{name}")
+    return value if value is not None else headers.get(f"llm_provider-x-ratelimit-{name}")
 
 
 def retry_after_of(headers: Mapping[str, str]) -> float | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from batchpizza import storable
 from batchpizza.errors import UsageError
+from batchpizza.structured.refs import check_refs
 
 # What OpenAI's strict mode accepts, per https://platform.openai.com/docs/guides/structured-outputs
 # ("Supported schemas"): a keyword outside these makes the schema non-strict, not refused.
@@ -90,6 +91,7 @@ def check_schema(schema: dict[str, Any], where: str) -> None:
         name, _, said = exc.message.partition(" ")
         path = re.sub(r"\[(\d+)\]", r".\1", name).split(".")[1:]
         raise UsageError(f"{where}: not a valid JSON Schema at {place(path)}: {said}") from None
+    check_refs(schema, where, place)
     try:
         compile_validator(schema)
     except fastjsonschema.JsonSchemaDefinitionException as exc:
