@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from batchpizza.batchapi.settings import check_via
 from batchpizza.budgeting import check_cost, parse_tpm
 from batchpizza.errors import UsageError
+from batchpizza.options import check_types
 from batchpizza.parsing import (
     check_params,
     check_url,
@@ -214,12 +215,15 @@ class RunConfig:
     def from_options(
         cls, input: str | None = None, output: str | None = None, **options: Any
     ) -> RunConfig:
-        if isinstance(options.get("params"), (list, tuple)):
-            options["params"] = parse_params(options["params"])
         known = {f.name for f in fields(cls) if f.init}
         unknown = sorted(set(options) - known)
         if unknown:
             raise UsageError(f"unknown option(s): {', '.join(unknown)}")
+        if isinstance(options.get("params"), tuple):  # the command line's repeated --param
+            options["params"] = list(options["params"])
+        check_types(options)
+        if isinstance(options.get("params"), list):
+            options["params"] = parse_params(options["params"])
         # The same environment defaults as the command line's, so a pipeline behaves alike.
         for name, variable in (("base_url", "BATCHPIZZA_BASE_URL"), ("proxy", "BATCHPIZZA_PROXY")):
             if options.get(name) is None and os.environ.get(variable):

@@ -5,16 +5,20 @@ table says what each does and its default."""
 
 from __future__ import annotations
 
+import numbers
+import types
 from collections.abc import Callable, Mapping
-from typing import Any, TypedDict
+from typing import Any, TypedDict, Union, get_args, get_origin, get_type_hints
+
+from batchpizza.errors import UsageError
 
 
 class Options(TypedDict, total=False):
-    prompt_field: str  # the field holding the prompt ("prompt")
-    messages_field: str  # the field holding a chat message list ("messages")
-    id_field: str  # the field holding the row's id ("id"; else the row's position)
+    prompt_field: str | None  # the field holding the prompt (None: "prompt")
+    messages_field: str | None  # the field holding a chat message list (None: "messages")
+    id_field: str | None  # the field holding the row's id (None: "id"; else the row's position)
     concurrency: int  # requests in flight at most (8)
-    rate: float | str  # "2/s" (default), "300/min", 0 for unlimited, "auto" or "auto:MAX"
+    rate: float | str | None  # "2/s" (None), "300/min", 0 for unlimited, "auto" or "auto:MAX"
     max_retries: int  # retries after the first attempt (5)
     timeout: float  # seconds per attempt (60)
     proxy: str | None  # a proxy URL (else BATCHPIZZA_PROXY / HTTPS_PROXY ...)
@@ -59,3 +63,53 @@ class Options(TypedDict, total=False):
     tpm: float | str | None  # tokens per minute (20000, "20k") or "auto" (the server's headers)
     max_cost: float | None  # stop before the spend on this checkpoint passes this many dollars
     price: str | None  # "IN,OUT" dollars per million input and output tokens
+
+
+def check_types(options: Mapping[str, Any]) -> None:
+    """Refuse an option of the wrong type (`concurrency="x"`, `max_cost="lots"`) with its name and
+    what it takes, before anything compares or computes with it (a TypeError from deep inside
+    said neither). Names that are not options are left to the caller."""
+    hints = get_type_hints(Options)
+    for name, value in options.items():
+        hint = hints.get(name)
+        if hint is not None and not _fits(value, hint):
+            raise UsageError(
+                f"{name}={value!r}: expected {_said(hint)}, not {type(value).__name__}"
+            )
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin = get_origin(hint)
+    if origin is Union or origin is types.UnionType:
+        return any(_fits(value, arm) for arm in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    # True is an int to Python, not a count to a user; numpy's numbers are numbers (Integral).
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is type:
+        return isinstance(value, type)
+    if origin is Callable or hint is Callable:
+        return callable(value)
+    if origin is list:  # KEY=VALUE texts
+        return isinstance(value, list) and all(_fits(v, get_args(hint)[0]) for v in value)
+    if origin is not None:  # dict[...], Mapping[...]: the container's kind
+        return isinstance(value, origin)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _said(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin is Union or origin is types.UnionType:
+        return " or ".join(_said(arm) for arm in get_args(hint))
+    if hint is type(None):
+        return "None"
+    if origin is Callable or hint is Callable:
+        return "a function"
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return getattr(hint, "__name__", str(hint))

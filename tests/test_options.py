@@ -6,11 +6,14 @@ import dataclasses
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from batchpizza import answer
 from batchpizza.cli import run as run_command
 from batchpizza.config import RunConfig
+from batchpizza.errors import UsageError
 from batchpizza.options import Options
 
 
@@ -42,3 +45,37 @@ def test_mypy_refuses_an_option_of_the_wrong_type_or_name(tmp_path: Path) -> Non
     )
     errors = [line for line in found.stdout.splitlines() if ": error:" in line]
     assert [line.split(":")[1] for line in errors] == ["3", "4", "5"], found.stdout
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        ({"max_cost": "lots"}, "max_cost='lots': expected float or None, not str"),
+        ({"concurrency": "x"}, "concurrency='x': expected int, not str"),
+        ({"concurrency": 2.5}, "concurrency=2.5: expected int, not float"),
+        ({"concurrency": True}, "concurrency=True: expected int, not bool"),
+        ({"timeout": None}, "timeout=None: expected float, not NoneType"),
+        ({"params": [1]}, "params=[1]: expected dict or list, not list"),
+        ({"prompt": "Summarise"}, "prompt='Summarise': expected a function or None, not str"),
+        ({"restart": "yes"}, "restart='yes': expected bool, not str"),
+    ],
+)
+def test_a_python_option_of_the_wrong_type_is_a_usage_error_naming_it(
+    option: dict[str, Any], said: str
+) -> None:
+    # From Python nothing checks the types before use: a TypeError from deep inside the
+    # config ("'<' not supported between instances of 'str' and 'int'") named no option.
+    with pytest.raises(UsageError) as caught:
+        answer(["hi"], mock=True, quiet=True, **option)
+    assert str(caught.value) == said
+
+
+def test_numbers_of_any_kind_and_texts_are_accepted_where_the_option_takes_them() -> None:
+    numpy = pytest.importorskip("numpy")
+    config = RunConfig.from_options(
+        concurrency=numpy.int64(3),
+        timeout=numpy.float32(5),
+        rate="5/s",
+        params=("temperature=0",),  # the command line's repeated --param
+    )
+    assert (config.concurrency, config.timeout, config.params) == (3, 5.0, {"temperature": 0})
