@@ -134,3 +134,16 @@ async def test_the_deadline_ends_an_actors_retry_wait_and_leaves_the_row_pending
     assert out.column("finish_reason").to_pylist() == ["pending"]
     assert mock_api.stats.requests == 1  # refused once, then the wait ended at the stop
     assert budget.status()["stopped"] == "deadline"
+
+
+async def test_a_stop_told_to_the_controller_reaches_a_waiting_actor_and_every_lease() -> None:
+    budget = Budget(rate=0, auto_max=None, patience=600, retry_after_cap=300, timeout=60)
+    waiting = asyncio.ensure_future(budget.news(0, wait=GUARD_S))
+    await asyncio.sleep(0)
+    budget.stop("signal")  # the driver's, on SIGTERM: the actors finish what is in flight
+    news = await asyncio.wait_for(waiting, GUARD_S)
+    assert news.stop == "signal"
+    lease = await budget.lease(4)
+    assert lease.empty and lease.stop == "signal"
+    budget.stop("deadline")
+    assert budget.status()["stopped"] == "signal"  # the first reason stays

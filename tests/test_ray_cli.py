@@ -604,3 +604,43 @@ def test_ray_wrong_api_key_exits_2_with_its_message(
     assert json.loads(summary_json.read_text())["exit_code"] == 2
     assert not (tmp_path / "out").exists() and aside(tmp_path / "out") == []
     assert mock.stats()["requests"] < 20  # stopped at the first refusal, not one per row
+
+
+@needs_ray
+@pytest.mark.slow
+def test_ray_sigterm_keeps_the_answers_in_flight_and_a_rerun_sends_only_the_rest(
+    cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path
+) -> None:
+    # The requests in flight at a signal were cut off by the cluster's shutdown: the server
+    # counted (and a real one billed) 60 requests, the checkpoint kept 56 answers. Now they
+    # finish within the grace, as a single process's do, and their answers are kept.
+    mock = mock_process("--latency", "1500")
+    n = 40
+    source = prompts(tmp_path / "in", n)
+    out, summary_json = tmp_path / "out", tmp_path / "summary.json"
+    common = [str(source), "-o", str(out), "--ray", cluster, "--base-url", mock.url]
+    common += ["--rate", "0", "--concurrency", "8", "--summary-json", str(summary_json)]
+    process = start(*common)
+    try:
+        deadline = time.monotonic() + 240
+        while mock.stats()["in_flight"] < 2:
+            assert process.poll() is None, "it finished before it was interrupted"
+            assert time.monotonic() < deadline, "it never started sending"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 143, stderr
+    sent = mock.stats()["requests"]
+    kept = len(PartStore(str(tmp_path / "out.checkpoint")).read_all(part_schema()))
+    assert 0 < kept == sent < n  # every request sent came back and was kept
+    summary = json.loads(summary_json.read_text())
+    assert (summary["answered"], summary["requests"]) == (kept, sent)
+
+    rerun = command(*common, "-q")
+    assert rerun.returncode == 0, rerun.stderr
+    assert mock.stats()["requests"] == n  # the rest, and no row answered twice
+    assert [r["id"] for r in parquet_rows(out)] == [f"r{i}" for i in range(n)]

@@ -286,6 +286,8 @@ class ClusterRun:
             if self.limit is not None:
                 ds = ds.limit(self.limit)
             lazy = dataset.answer(ds, checkpoint=self.checkpoint, **self.options)
+            stopping = lazy  # typed for the closure: the Dataset the grace's stop is for
+            self._signals.grace(lambda: dataset.stop(stopping, "signal"), self.config.grace)
             try:
                 answered = lazy.materialize()
             except Exception as exc:
@@ -293,6 +295,7 @@ class ClusterRun:
                 if found is None:
                     raise
                 raise found from None
+            self._signals.check()  # a signal in the grace: the run stopped, no output
             columns = answered.select_columns([id_field, "finish_reason", "attempts"])
             batches = columns.iter_batches(batch_format="pyarrow", batch_size=None)
             tally, sent = tally_of(batches, id_field, done)

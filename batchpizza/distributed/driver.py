@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -29,19 +29,47 @@ class Signals:
     """SIGINT and SIGTERM raised in the main thread as KeyboardInterrupt (which Ray's own code
     lets through, where an `except Exception` might not), so the run ends through its `finally`s:
     the cluster shut down, the folder written aside removed, the lock released, the summary
-    written. A second SIGINT exits at once, as without --ray."""
+    written. A second SIGINT exits at once, as without --ray.
+
+    Once the cluster runs, `grace(stop, seconds)`: the first signal then calls `stop` (the
+    controller tells every actor to send nothing more) and the interrupt waits until the run
+    calls `check()` (every batch came back, the answers in flight kept) or `seconds` pass, as
+    a single process gives its requests in flight a grace. Without it they were cut off by the
+    cluster's shutdown: paid for, their answers never kept."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._stop: Callable[[], object] | None = None
+        self._grace_s = 0.0
+        self._over = threading.Event()  # the run has raised the interrupt, or left the block
+        self._release = False  # set by the grace's thread when its time is up
+        self._raised = False
+        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Signals:
         self.trap()
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        self._over.set()
+        if self._thread is not None:
+            self._thread.join(_PUMP_STOP_S)  # so that it interrupts nothing after this block
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+    def grace(self, stop: Callable[[], object], seconds: float) -> None:
+        """From now on a first signal calls `stop` and leaves the run `seconds` to end."""
+        self._stop, self._grace_s = stop, seconds
+
+    def check(self) -> None:
+        """Raise the interrupt of a signal the run outlived in its grace (before its output);
+        a signal after this interrupts at once again (writing the output, nothing is in flight)."""
+        self._stop = None
+        if self.signum is not None and not self._raised:
+            self._raised = True
+            self._over.set()
+            raise KeyboardInterrupt
 
     def trap(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -51,13 +79,38 @@ class Signals:
             self._previous.setdefault(signum, previous)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self._release:  # the grace is over: the interrupt, unless the run raised it already
+            self._release = False
+            if not self._raised:
+                self._raised = True
+                raise KeyboardInterrupt
+            return
         if self.signum is not None:
             if signum == signal.SIGINT:  # a second Ctrl-C: the user wants out now
                 print("batchpizza: interrupted again; exiting now", file=sys.stderr, flush=True)
                 os._exit(130)
             return
         self.signum = signum
+        if self._stop is not None:
+            self._thread = threading.Thread(
+                target=self._give_grace, name="batchpizza-grace", daemon=True
+            )
+            self._thread.start()
+            return
+        self._raised = True
         raise KeyboardInterrupt
+
+    def _give_grace(self) -> None:
+        assert self._stop is not None and self.signum is not None
+        with contextlib.suppress(Exception):  # a lost controller: the time runs out, that is all
+            self._stop()
+        if not self._over.wait(self._grace_s):
+            self._release = True
+            # A signal to the main thread, which runs _on_signal there (interrupt_main would
+            # not wake a main thread blocked in a wait).
+            main = threading.main_thread().ident
+            if main is not None:
+                signal.pthread_kill(main, self.signum)
 
 
 @contextlib.contextmanager
