@@ -26,10 +26,10 @@ from typing import Any
 from batchpizza.checkpoint import RunLock
 from batchpizza.config import RunConfig
 from batchpizza.distributed.driver import (
-    RAY_ACTOR_ARGS_LINE,
     Signals,
-    dropped_lines,
     mock_server_process,
+    quiet_ray,
+    without_ray_notes,
 )
 from batchpizza.distributed.folders import (
     OutputFolder,
@@ -231,7 +231,7 @@ class ClusterRun:
                     return summarize(Tally(rows=rows, answered=rows), 0, {}, **self._where())
             with contextlib.ExitStack() as stack:
                 if self.quiet:
-                    stack.enter_context(dropped_lines(RAY_ACTOR_ARGS_LINE))
+                    stack.enter_context(quiet_ray())
                 if self.mock:
                     self.options["base_url"] = stack.enter_context(mock_server_process())
                 return self._on_ray()
@@ -269,7 +269,8 @@ class ClusterRun:
             context.raise_original_map_exception = True
             if self.quiet:
                 context.enable_progress_bars = False
-                logging.getLogger("ray.data").setLevel(logging.ERROR)
+                # Not even errors: a user's (a wrong key) is said in a line, a bug's shows anyway.
+                logging.getLogger("ray.data").setLevel(logging.CRITICAL)
             source = _absolute(self.input)
             if is_json_lines(self.input):
                 # Named by the user: read whatever its extension (Ray's list lacks .ndjson).
@@ -387,7 +388,7 @@ def user_error(exc: BaseException) -> BatchpizzaError | None:
         if isinstance(inner, BaseException):
             current = inner
         elif isinstance(current, BatchpizzaError):
-            return current
+            return without_ray_notes(current)
         else:
             current = current.__cause__ or current.__context__
     return None

@@ -1,15 +1,17 @@
 """What the driver of a cluster run needs besides Ray: SIGINT and SIGTERM as an interrupt that
-unwinds the run, the mock server (--mock) in a process of its own, and Ray's log lines that no
+unwinds the run, the mock server (--mock) in a process of its own, and what Ray says that no
 user can act on kept from a quiet run's standard error."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
@@ -23,6 +25,10 @@ _PUMP_STOP_S = 5.0
 # arguments), and they restart (max_restarts=-1, Ray Data's default, which a batch run relies on
 # to go on after an actor died). Nothing a user can do about it (ray-project/ray#53727, #57733).
 RAY_ACTOR_ARGS_LINE = b"has constructor arguments in the object store and max_restarts > 0"
+# Ray Data appends this to the message of an exception its task raised (ray.data._internal.util:
+# _annotate_exception_with_retry_context), a user's wrong API key too: advice about Ray Data's
+# retries, which no batchpizza user can follow.
+_RAY_RETRY_NOTE = re.compile(r"\nFailed to .*? after \d+/\d+ attempts \(total backoff ")
 
 
 class Signals:
@@ -147,6 +153,24 @@ def _die_with_parent() -> None:
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def quiet_ray() -> Iterator[None]:
+    """A quiet run's standard error without what Ray says that no user can act on: Ray Core's
+    line about actor arguments, and Ray's Python warnings (Ray Data warns of an operator with
+    fewer blocks than actors: an input under about 1,000 rows, as the README says)."""
+    with dropped_lines(RAY_ACTOR_ARGS_LINE), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"ray(\.|$)")
+        yield
+
+
+def without_ray_notes(error: BatchpizzaError) -> BatchpizzaError:
+    """`error` with its message as batchpizza wrote it, without the advice Ray Data appended."""
+    found = _RAY_RETRY_NOTE.search(error.message)
+    if found is not None:
+        error.args = (error.message[: found.start()], *error.args[1:])
+    return error
 
 
 @contextlib.contextmanager
