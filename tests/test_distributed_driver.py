@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import pytest
 
-from batchpizza.distributed.driver import Signals
+from batchpizza.distributed.driver import Signals, deadline_left
 
 
 def test_a_signal_before_the_cluster_runs_interrupts_at_once() -> None:
@@ -50,3 +51,15 @@ def test_without_a_signal_check_lets_the_run_go_on_and_a_later_signal_interrupts
         with pytest.raises(KeyboardInterrupt):  # writing the output: no grace, none in flight
             os.kill(os.getpid(), signal.SIGTERM)
             threading.Event().wait(60)
+
+
+def test_the_deadline_counts_from_the_commands_start_not_the_clusters() -> None:
+    # Found measuring --ray auto --deadline 45: the controller stopped 6 s after the deadline,
+    # the time Ray took to start (2 to 30 s here), so a cron run overran by as much.
+    ten_seconds_ago = time.monotonic() - 10
+    options = {"deadline": "30s", "rate": 2}
+    left = deadline_left(options, 30.0, ten_seconds_ago)
+    assert left["rate"] == 2 and 0 < left["deadline"] <= 20
+    assert deadline_left(options, 5.0, ten_seconds_ago)["deadline"] == 0  # passed already
+    assert deadline_left({"rate": 2}, None, ten_seconds_ago) == {"rate": 2}
+    assert options == {"deadline": "30s", "rate": 2}  # the caller's, unchanged

@@ -27,9 +27,10 @@ from batchpizza.checkpoint import RunLock
 from batchpizza.config import RunConfig
 from batchpizza.distributed.driver import (
     Signals,
+    deadline_left,
     mock_server_process,
     quiet_ray,
-    without_ray_notes,
+    user_error,
 )
 from batchpizza.distributed.folders import (
     OutputFolder,
@@ -286,7 +287,8 @@ class ClusterRun:
                 ds = ds.repartition(SPLIT_ONE_FILE)
             if self.limit is not None:
                 ds = ds.limit(self.limit)
-            lazy = dataset.answer(ds, checkpoint=self.checkpoint, **self.options)
+            options = deadline_left(self.options, self.config.deadline_s, self.started)
+            lazy = dataset.answer(ds, checkpoint=self.checkpoint, **options)
             stopping = lazy  # typed for the closure: the Dataset the grace's stop is for
             self._signals.grace(lambda: dataset.stop(stopping, "signal"), self.config.grace)
             try:
@@ -375,23 +377,6 @@ class ClusterRun:
                 print(line, file=sys.stderr, flush=True)
         if self.summary_json and not self.dry_run:
             write_atomically(Path(self.summary_json), summary.to_json())
-
-
-def user_error(exc: BaseException) -> BatchpizzaError | None:
-    """The batchpizza error a Ray task failed with (a wrong API key stops the run so), if that
-    is what `exc` wraps: Ray keeps it as a RayTaskError's `cause`, Ray Data chains it."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        inner = getattr(current, "cause", None)
-        if isinstance(inner, BaseException):
-            current = inner
-        elif isinstance(current, BatchpizzaError):
-            return without_ray_notes(current)
-        else:
-            current = current.__cause__ or current.__context__
-    return None
 
 
 def _absolute(place: str) -> str:

@@ -11,8 +11,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
 from typing import Any
 
@@ -171,6 +172,34 @@ def without_ray_notes(error: BatchpizzaError) -> BatchpizzaError:
     if found is not None:
         error.args = (error.message[: found.start()], *error.args[1:])
     return error
+
+
+def user_error(exc: BaseException) -> BatchpizzaError | None:
+    """The batchpizza error a Ray task failed with (a wrong API key stops the run so), if that
+    is what `exc` wraps: Ray keeps it as a RayTaskError's `cause`, Ray Data chains it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        inner = getattr(current, "cause", None)
+        if isinstance(inner, BaseException):
+            current = inner
+        elif isinstance(current, BatchpizzaError):
+            return without_ray_notes(current)
+        else:
+            current = current.__cause__ or current.__context__
+    return None
+
+
+def deadline_left(
+    options: Mapping[str, Any], deadline_s: float | None, started: float
+) -> dict[str, Any]:
+    """`options` with --deadline as what is left of it now (monotonic `started`): it counts from
+    the command's start, as without --ray, not from the cluster's (which took 2 to 30 s to
+    start here, so that a cron run overran its deadline by as much)."""
+    if deadline_s is None:
+        return dict(options)
+    return {**options, "deadline": max(0.0, deadline_s - (time.monotonic() - started))}
 
 
 @contextlib.contextmanager
