@@ -45,6 +45,7 @@ from batchpizza.distributed.folders import (
 )
 from batchpizza.distributed.kept import KeptOutput
 from batchpizza.distributed.parts import PartStore
+from batchpizza.distributed.reaper import Watchdog, raylet_started_here
 from batchpizza.distributed.summary import count, summarize, tally_of
 from batchpizza.errors import BatchpizzaError, InputError, Interrupted, LockedError, UsageError
 from batchpizza.files import check_writable, inside, same_file, write_atomically
@@ -261,6 +262,7 @@ class ClusterRun:
                 "its token here (~/.ray/auth_token or RAY_AUTH_TOKEN)"
             ) from None
         self._signals.trap()  # ray.init put a SIGTERM handler of its own in place
+        watchdog = Watchdog.start(raylet_started_here())  # a cluster started here: its leftovers
         lazy = None
         try:
             context = ray.data.DataContext.get_current()
@@ -310,6 +312,8 @@ class ClusterRun:
                 with contextlib.suppress(Exception):
                     self.status = dataset.status(lazy)
             ray.shutdown()
+            if watchdog is not None:
+                watchdog.close()
         return summarize(tally, sent, self.status, **self._where())
 
     def _write(self, ray: Any, answered: Any) -> None:
