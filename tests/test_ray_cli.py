@@ -362,6 +362,27 @@ def test_ray_user_error_is_found_inside_rays_wrapper() -> None:
     assert user_error(TaskError(ValueError("a bug"))) is None
 
 
+@needs_ray
+def test_ray_user_error_comes_without_the_advice_ray_data_appended() -> None:
+    # Seen under -q: "batchpizza: HTTP 401 ... rerun." then Ray Data's lines on its retries
+    # ("Failed to apply UDF transform after 1/1 attempts ... configure `ray.data.DataContext`").
+    from ray.data._internal.util import _annotate_exception_with_retry_context
+
+    wrong_key = UsageError("HTTP 401: the key is wrong; fix the cause and rerun.")
+    annotated = _annotate_exception_with_retry_context(
+        wrong_key,
+        description="apply UDF transform",
+        attempts=1,
+        max_attempts=1,
+        total_backoff_s=0.0,
+        exception_str=str(wrong_key),
+    )
+    assert "ray.data" in str(annotated)  # as Ray Data leaves it
+    found = user_error(annotated)
+    assert found is not None
+    assert found.message == "HTTP 401: the key is wrong; fix the cause and rerun."
+
+
 # -- on a local Ray cluster ----------------------------------------------------------------------
 
 
@@ -403,8 +424,10 @@ def test_ray_run_limits_resumes_restarts_and_summarises(
 
     first = command(*common, "--limit", "20")
     assert first.returncode == 0, first.stderr
-    # Quiet: not even Ray Core's error line about Ray Data's own actor arguments.
+    # Quiet: not even Ray Core's error line about Ray Data's own actor arguments, nor Ray Data's
+    # warning that 20 rows make fewer blocks than actors: nothing at all on success (cron).
     assert RAY_ACTOR_ARGS_LINE.decode() not in first.stderr
+    assert first.stderr == ""
     rows = parquet_rows(out)
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(20)]
     assert all(r["answer"] == mock_answer(r["prompt"]) for r in rows)
@@ -598,9 +621,52 @@ def test_ray_wrong_api_key_exits_2_with_its_message(
         *["--summary-json", str(summary_json)],
     )
     assert done.returncode == 2, done.stderr[-3000:]
-    # Ray Data logs the failed task's traceback itself; the command says the cause in a line.
+    # The command says the cause in a line, and under -q nothing else (no Ray Data traceback).
     said = [line for line in done.stderr.splitlines() if line.startswith("batchpizza: ")]
     assert said and said[0].startswith("batchpizza: HTTP 401") and "rerun" in said[0]
+    # Quiet: that line alone, without Ray Data's tracebacks (184 lines) or its advice.
+    assert done.stderr.splitlines() == [said[0]]
+    assert said[0].endswith("fix the cause and rerun.")
     assert json.loads(summary_json.read_text())["exit_code"] == 2
     assert not (tmp_path / "out").exists() and aside(tmp_path / "out") == []
     assert mock.stats()["requests"] < 20  # stopped at the first refusal, not one per row
+
+
+@needs_ray
+@pytest.mark.slow
+def test_ray_sigterm_keeps_the_answers_in_flight_and_a_rerun_sends_only_the_rest(
+    cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path
+) -> None:
+    # The requests in flight at a signal were cut off by the cluster's shutdown: the server
+    # counted (and a real one billed) 60 requests, the checkpoint kept 56 answers. Now they
+    # finish within the grace, as a single process's do, and their answers are kept.
+    mock = mock_process("--latency", "1500")
+    n = 40
+    source = prompts(tmp_path / "in", n)
+    out, summary_json = tmp_path / "out", tmp_path / "summary.json"
+    common = [str(source), "-o", str(out), "--ray", cluster, "--base-url", mock.url]
+    common += ["--rate", "0", "--concurrency", "8", "--summary-json", str(summary_json)]
+    process = start(*common)
+    try:
+        deadline = time.monotonic() + 240
+        while mock.stats()["in_flight"] < 2:
+            assert process.poll() is None, "it finished before it was interrupted"
+            assert time.monotonic() < deadline, "it never started sending"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 143, stderr
+    sent = mock.stats()["requests"]
+    kept = len(PartStore(str(tmp_path / "out.checkpoint")).read_all(part_schema()))
+    assert 0 < kept == sent < n  # every request sent came back and was kept
+    summary = json.loads(summary_json.read_text())
+    assert (summary["answered"], summary["requests"]) == (kept, sent)
+
+    rerun = command(*common, "-q")
+    assert rerun.returncode == 0, rerun.stderr
+    assert mock.stats()["requests"] == n  # the rest, and no row answered twice
+    assert [r["id"] for r in parquet_rows(out)] == [f"r{i}" for i in range(n)]

@@ -323,6 +323,13 @@ class Budget:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def stop(self, reason: str) -> None:
+        """Send nothing more (a signal to the driver): every actor hears it in the news at once,
+        and its requests in flight finish."""
+        if self.stopped is None:
+            self.stopped = reason
+            self._tell()
+
     def status(self) -> dict[str, object]:
         return {
             "rate": self.rate,

@@ -26,10 +26,11 @@ from typing import Any
 from batchpizza.checkpoint import RunLock
 from batchpizza.config import RunConfig
 from batchpizza.distributed.driver import (
-    RAY_ACTOR_ARGS_LINE,
     Signals,
-    dropped_lines,
+    deadline_left,
     mock_server_process,
+    quiet_ray,
+    user_error,
 )
 from batchpizza.distributed.folders import (
     OutputFolder,
@@ -44,6 +45,7 @@ from batchpizza.distributed.folders import (
 )
 from batchpizza.distributed.kept import KeptOutput
 from batchpizza.distributed.parts import PartStore
+from batchpizza.distributed.reaper import Watchdog, raylet_started_here
 from batchpizza.distributed.summary import count, summarize, tally_of
 from batchpizza.errors import BatchpizzaError, InputError, Interrupted, LockedError, UsageError
 from batchpizza.files import check_writable, inside, same_file, write_atomically
@@ -231,7 +233,7 @@ class ClusterRun:
                     return summarize(Tally(rows=rows, answered=rows), 0, {}, **self._where())
             with contextlib.ExitStack() as stack:
                 if self.quiet:
-                    stack.enter_context(dropped_lines(RAY_ACTOR_ARGS_LINE))
+                    stack.enter_context(quiet_ray())
                 if self.mock:
                     self.options["base_url"] = stack.enter_context(mock_server_process())
                 return self._on_ray()
@@ -260,6 +262,7 @@ class ClusterRun:
                 "its token here (~/.ray/auth_token or RAY_AUTH_TOKEN)"
             ) from None
         self._signals.trap()  # ray.init put a SIGTERM handler of its own in place
+        watchdog = Watchdog.start(raylet_started_here())  # a cluster started here: its leftovers
         lazy = None
         try:
             context = ray.data.DataContext.get_current()
@@ -269,7 +272,8 @@ class ClusterRun:
             context.raise_original_map_exception = True
             if self.quiet:
                 context.enable_progress_bars = False
-                logging.getLogger("ray.data").setLevel(logging.ERROR)
+                # Not even errors: a user's (a wrong key) is said in a line, a bug's shows anyway.
+                logging.getLogger("ray.data").setLevel(logging.CRITICAL)
             source = _absolute(self.input)
             if is_json_lines(self.input):
                 # Named by the user: read whatever its extension (Ray's list lacks .ndjson).
@@ -285,7 +289,10 @@ class ClusterRun:
                 ds = ds.repartition(SPLIT_ONE_FILE)
             if self.limit is not None:
                 ds = ds.limit(self.limit)
-            lazy = dataset.answer(ds, checkpoint=self.checkpoint, **self.options)
+            options = deadline_left(self.options, self.config.deadline_s, self.started)
+            lazy = dataset.answer(ds, checkpoint=self.checkpoint, **options)
+            stopping = lazy  # typed for the closure: the Dataset the grace's stop is for
+            self._signals.grace(lambda: dataset.stop(stopping, "signal"), self.config.grace)
             try:
                 answered = lazy.materialize()
             except Exception as exc:
@@ -293,6 +300,7 @@ class ClusterRun:
                 if found is None:
                     raise
                 raise found from None
+            self._signals.check()  # a signal in the grace: the run stopped, no output
             columns = answered.select_columns([id_field, "finish_reason", "attempts"])
             batches = columns.iter_batches(batch_format="pyarrow", batch_size=None)
             tally, sent = tally_of(batches, id_field, done)
@@ -304,6 +312,8 @@ class ClusterRun:
                 with contextlib.suppress(Exception):
                     self.status = dataset.status(lazy)
             ray.shutdown()
+            if watchdog is not None:
+                watchdog.close()
         return summarize(tally, sent, self.status, **self._where())
 
     def _write(self, ray: Any, answered: Any) -> None:
@@ -371,23 +381,6 @@ class ClusterRun:
                 print(line, file=sys.stderr, flush=True)
         if self.summary_json and not self.dry_run:
             write_atomically(Path(self.summary_json), summary.to_json())
-
-
-def user_error(exc: BaseException) -> BatchpizzaError | None:
-    """The batchpizza error a Ray task failed with (a wrong API key stops the run so), if that
-    is what `exc` wraps: Ray keeps it as a RayTaskError's `cause`, Ray Data chains it."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        inner = getattr(current, "cause", None)
-        if isinstance(inner, BaseException):
-            current = inner
-        elif isinstance(current, BatchpizzaError):
-            return current
-        else:
-            current = current.__cause__ or current.__context__
-    return None
 
 
 def _absolute(place: str) -> str:

@@ -84,6 +84,9 @@ class ControllerActor:
     async def status(self) -> dict[str, object]:
         return self.budget.status()
 
+    async def stop(self, reason: str) -> None:
+        self.budget.stop(reason)
+
 
 class _Remote:
     """The controller's actor handle as batchpizza.distributed.worker.Controller."""
@@ -192,6 +195,13 @@ def answer(
     )
     _controllers[answered] = controller
     return answered
+
+
+def stop(ds: ray.data.Dataset, reason: str = "signal") -> None:
+    """Tell the controller of a Dataset from `answer` to send nothing more: its actors finish the
+    requests they have in flight (keeping their answers in the checkpoint) and leave the rest
+    of each batch `pending`. Returns at once; safe from any thread."""
+    _controllers[ds].stop.remote(reason)
 
 
 def status(ds: ray.data.Dataset) -> dict[str, object]:

@@ -5,6 +5,11 @@
 the attempts did back to the controller in batches (at once after a failure, else every
 REPORT_EVERY_S); and keeps one `news` call waiting at the controller, whose answer voids the leased
 slots that a Retry-After, a cut of the rate, a trip of the breaker or a stop made void.
+
+A stop the gate hears (the deadline, the breaker out of patience, a lost controller) is also
+its `stop`'s, which the actor's runner shares: the gate's own waits (a slot ahead, a probe's
+hold, a lease call) and the runner's retry waits (a Retry-After, a misuse refusal's backoff)
+end at once, as a single process's do, instead of being waited out.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Protocol
 
 from batchpizza.controls.gate import Gatekeeper, Stopped
 from batchpizza.controls.ratelimit import Sleep
+from batchpizza.controls.stop import Stop
 from batchpizza.distributed.budget import SLOT_TOLERANCE, Lease, News, Report
 from batchpizza.errors import ProviderError
 from batchpizza.records import RateInfo
@@ -54,12 +60,14 @@ class ClusterGate(Gatekeeper):
         before_send: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
+        stop: Stop | None = None,
     ) -> None:
         self._controller = controller
         self._share = share
         self._before_send = before_send
         self._clock = clock
         self._sleep = sleep
+        self.stop = stop if stop is not None else Stop()
         # (slot, epoch, probe, when it was received, when the controller issued it)
         self._queue: deque[tuple[float, int, bool, float, float]] = deque()
         self._leasing: asyncio.Future[None] | None = None
@@ -147,14 +155,36 @@ class ClusterGate(Gatekeeper):
     async def _sleep_until(self, when: float) -> None:
         delay = when - self._clock()
         if delay > 0:
-            await self._sleep(delay)
+            await self._unless_stopped(self._sleep(delay))
+
+    async def _unless_stopped(self, wait: Awaitable[None]) -> None:
+        """`wait`, ended early by a stop: a worker must not sleep out a hold of minutes (a
+        Retry-After) after the deadline or the breaker stopped the cluster."""
+        if self.stop.sending_stopped:
+            if asyncio.iscoroutine(wait):
+                wait.close()  # never started: closed, so that it is not reported unawaited
+            return
+        waiting = asyncio.ensure_future(wait)
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiting, stopping):
+                task.cancel()
+            await asyncio.gather(waiting, stopping, return_exceptions=True)
+
+    def _halt(self, reason: str) -> None:
+        self.stopped = reason
+        self._queue.clear()
+        self.stop.stop_sending(reason)
 
     async def _refill(self) -> None:
         # One lease call at a time; the other waiting workers share it. Shielded: one worker
-        # cancelled must not cancel the lease the others wait for.
+        # cancelled must not cancel the lease the others wait for (nor a stop: the lease call
+        # ends by itself, within LEASE_WAIT_S).
         if self._leasing is None or self._leasing.done():
             self._leasing = asyncio.ensure_future(self._fetch())
-        await asyncio.shield(self._leasing)
+        await self._unless_stopped(asyncio.shield(self._leasing))
 
     async def _fetch(self) -> None:
         reports, self._reports = self._reports, []
@@ -162,7 +192,7 @@ class ClusterGate(Gatekeeper):
             lease = await self._controller.lease(self._share, reports)
         except Exception as exc:  # the controller is gone: nothing may be sent any more
             log.error("the rate controller is unreachable (%s); sending stops", exc)
-            self.stopped = "controller lost"
+            self._halt("controller lost")
             return
         self._hear(lease)
         got = self._clock()
@@ -173,8 +203,7 @@ class ClusterGate(Gatekeeper):
     def _hear(self, lease: Lease) -> None:
         self.rate = lease.rate
         if lease.stop is not None:
-            self.stopped = lease.stop
-            self._queue.clear()
+            self._halt(lease.stop)
         if lease.epoch > self._epoch:
             self._epoch = lease.epoch
 
@@ -200,7 +229,7 @@ class ClusterGate(Gatekeeper):
                 news = await self._controller.news(self._news)
             except Exception as exc:
                 log.error("the rate controller is unreachable (%s); sending stops", exc)
-                self.stopped = "controller lost"
+                self._halt("controller lost")
                 return
             self._hear_news(news)
 
@@ -210,8 +239,7 @@ class ClusterGate(Gatekeeper):
         self._cut_at = max(self._cut_at, news.cut_at)
         self._epoch = max(self._epoch, news.epoch)
         if news.stop is not None:
-            self.stopped = news.stop
-            self._queue.clear()
+            self._halt(news.stop)
             return
         kept = [e for e in self._queue if not self._void(e[0], e[1], e[4], e[2])]
         self.voided += len(self._queue) - len(kept)
@@ -228,4 +256,4 @@ class ClusterGate(Gatekeeper):
                     self._hear(await self._controller.record(reports))
                 except Exception as exc:
                     log.error("the rate controller is unreachable (%s); sending stops", exc)
-                    self.stopped = "controller lost"
+                    self._halt("controller lost")

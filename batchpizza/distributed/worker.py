@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchpizza.config import RunConfig
 from batchpizza.controls.retrying import RetryPolicy
+from batchpizza.controls.stop import Stop
 from batchpizza.distributed.gate import ClusterGate, Controller
 from batchpizza.distributed.parts import DIGEST, ID, PartStore, key_of
 from batchpizza.engine.batch import Batch, answer_batch
@@ -316,10 +317,13 @@ class Answerer:
         """The rows of `todo` sent by the engine where they are, paced by the cluster's
         slots; each answer written to the checkpoint's parts before the worker sends again."""
         writer = PartWriter(self._store, key, self._schema) if self._store is not None else None
+        # One stop for the gate and the runner: a stop the gate hears ends the retry waits too.
+        stop = Stop()
         gate = ClusterGate(
             self._controller,
             share=self._share,
             before_send=writer.flush if writer is not None else None,
+            stop=stop,
         )
         try:
             return await answer_batch(
@@ -333,6 +337,7 @@ class Answerer:
                 on_result=writer.add if writer is not None else None,
                 kept=writer is not None,
                 key=self._key,
+                stop=stop,
             )
         finally:
             await gate.close()

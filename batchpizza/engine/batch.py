@@ -91,6 +91,7 @@ async def answer_batch(
     on_result: Callable[[int, Result], None] | None = None,
     kept: bool = False,
     key: Callable[[Prompt], bytes] | None = None,
+    stop: Stop | None = None,
 ) -> dict[int, OutputRow]:
     """Send the rows of `batch` at positions `todo` (good rows, ascending); each one's output
     row by position, `pending` for those a stop left unsent. A reply after which nothing can
@@ -109,7 +110,7 @@ async def answer_batch(
         policy,
         gate,
         concurrency=concurrency,
-        stop=Stop(),
+        stop=stop if stop is not None else Stop(),  # a gate's, which it stops when told to
         on_result=done,
         session=session,
         key=key,

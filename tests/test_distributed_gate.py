@@ -1,0 +1,149 @@
+"""An actor's ClusterGate (batchpizza.distributed.gate) when the cluster stops: its own waits
+and the runner's retry waits end at once, as a single process's do, in this process (no Ray).
+
+Found measuring `--ray auto --deadline 30` against a mock refusing everything as misuse: the
+run exited 34 s after its deadline, each actor's worker sleeping out the refusal's 30 s backoff
+before it heard of the stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from batchpizza.controls.gate import Stopped
+from batchpizza.distributed.budget import Budget, Report
+from batchpizza.distributed.gate import ClusterGate
+from batchpizza.distributed.worker import Answerer
+
+# Far longer than any test may take: reached, the test fails by its guard rather than hangs.
+GUARD_S = 20.0
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class LocalController:
+    """The controller in this process, as an actor sees it (no Ray)."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+
+    async def lease(self, want: int, reports: Any) -> Any:
+        return await self.budget.lease(want, reports)
+
+    async def record(self, reports: Any) -> Any:
+        return self.budget.record(reports)
+
+    async def admits(self, epoch: int, probe: bool) -> bool:
+        return self.budget.admits(epoch, probe)
+
+    async def news(self, known: int) -> Any:
+        return await self.budget.news(known)
+
+
+async def forever(_delay: float) -> None:
+    """A sleep that never ends by itself: a hold of minutes, as far as the test can tell."""
+    await asyncio.Event().wait()
+
+
+async def test_a_stop_ends_a_probes_wait_for_a_hold_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import batchpizza.distributed.budget as budget_module
+
+    monkeypatch.setattr(budget_module, "LEASE_WAIT_S", 0.05)
+    clock = FakeClock()
+    budget = Budget(
+        rate=10, auto_max=None, patience=600, retry_after_cap=300, timeout=60, clock=clock
+    )
+    refusal = Report(clock(), clock(), "refused", True, True, None, 0, False)
+    budget.record([refusal] * 10)  # the breaker trips
+    clock.t += 61  # half-open: the next lease is the probe's
+    probe = await budget.lease(4)
+    assert probe.probe
+    gate = ClusterGate(LocalController(budget), share=4, clock=clock, sleep=forever)
+    gate._queue.append((probe.slots[0], probe.epoch, True, clock(), probe.issued))
+    # A 429 with a Retry-After of minutes: the probe waits it out, as it should ...
+    budget.record([Report(clock(), clock(), "throttled", False, True, 300.0, 0, False)])
+    gate._hear_news(await budget.news(0, wait=0.01))
+    entering = asyncio.ensure_future(gate.enter())
+    try:
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not entering.done()
+        # ... until the deadline passes: the news of the stop ends the wait.
+        budget.deadline_at = clock()
+        gate._hear_news(await budget.news(gate._news, wait=0.01))
+        with pytest.raises(Stopped):
+            await asyncio.wait_for(entering, GUARD_S)
+        assert gate.stop.reason == "deadline"
+    finally:
+        entering.cancel()
+        await gate.close()
+
+
+async def test_a_stop_ends_a_slot_wait_and_a_lease_call_at_once() -> None:
+    clock = FakeClock()
+    budget = Budget(rate=1, auto_max=None, patience=600, retry_after_cap=300, timeout=60)
+    gate = ClusterGate(LocalController(budget), share=4, clock=clock, sleep=forever)
+    gate._queue.append((clock() + 0.2, 0, False, clock(), clock()))  # a slot a moment away
+    entering = asyncio.ensure_future(gate.enter())
+    try:
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not entering.done()
+        gate._halt("deadline")
+        with pytest.raises(Stopped):
+            await asyncio.wait_for(entering, GUARD_S)
+    finally:
+        entering.cancel()
+        await gate.close()
+
+
+async def test_the_deadline_ends_an_actors_retry_wait_and_leaves_the_row_pending(
+    mock_api: Any, tmp_path: Path
+) -> None:
+    """A misuse refusal's 30 s backoff was slept out after the deadline: the runner's stop was
+    its own, which nothing stopped."""
+    budget = Budget(rate=0, auto_max=None, patience=600, retry_after_cap=300, timeout=60)
+
+    class DeadlineAtTheFirstReport(LocalController):
+        async def record(self, reports: Any) -> Any:
+            if reports:  # the refusal, reported at once: its backoff has begun
+                self.budget.deadline_at = time.time()
+            return await super().record(reports)
+
+    answerer = Answerer(
+        DeadlineAtTheFirstReport(budget), options={"base_url": mock_api.base_url}, share=4
+    )
+    batch = pa.table({"id": ["a"], "prompt": ["[[misuse]] one"]})
+    try:
+        out = await asyncio.wait_for(answerer.answer_batch(batch), GUARD_S)
+    finally:
+        await answerer.close()
+    assert out.column("finish_reason").to_pylist() == ["pending"]
+    assert mock_api.stats.requests == 1  # refused once, then the wait ended at the stop
+    assert budget.status()["stopped"] == "deadline"
+
+
+async def test_a_stop_told_to_the_controller_reaches_a_waiting_actor_and_every_lease() -> None:
+    budget = Budget(rate=0, auto_max=None, patience=600, retry_after_cap=300, timeout=60)
+    waiting = asyncio.ensure_future(budget.news(0, wait=GUARD_S))
+    await asyncio.sleep(0)
+    budget.stop("signal")  # the driver's, on SIGTERM: the actors finish what is in flight
+    news = await asyncio.wait_for(waiting, GUARD_S)
+    assert news.stop == "signal"
+    lease = await budget.lease(4)
+    assert lease.empty and lease.stop == "signal"
+    budget.stop("deadline")
+    assert budget.status()["stopped"] == "signal"  # the first reason stays
