@@ -6,9 +6,13 @@ import asyncio
 import contextlib
 import sys
 
+import aiohttp
 import pytest
+from yarl import URL
 
+from batchpizza.errors import RequestTimeout
 from batchpizza.providers.deadline import Deadlines
+from batchpizza.providers.http import post_json
 
 needs_uncancel = pytest.mark.skipif(
     sys.version_info < (3, 11), reason="Task.uncancel() tells a stop from a limit (3.11+)"
@@ -23,7 +27,7 @@ async def limited(deadlines: Deadlines, seconds: float) -> str:
 
 async def test_a_request_past_its_limit_is_a_timeout_error_and_the_task_goes_on() -> None:
     deadlines = Deadlines(0.05)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):
         await limited(deadlines, 10)
     # The limit's cancel was taken back: the task is not left cancelling, and its next request
     # (and an await outside any limit) runs as usual.
@@ -41,7 +45,7 @@ async def test_only_the_requests_past_their_limit_time_out() -> None:
     slow = [asyncio.create_task(limited(deadlines, 5)) for _ in range(3)]
     outcomes = await asyncio.gather(*quick, *slow, return_exceptions=True)
     assert outcomes[:5] == ["done"] * 5
-    assert all(isinstance(o, TimeoutError) for o in outcomes[5:])
+    assert all(isinstance(o, asyncio.TimeoutError) for o in outcomes[5:])
 
 
 async def test_a_request_begun_after_the_others_ended_still_has_its_limit() -> None:
@@ -49,7 +53,7 @@ async def test_a_request_begun_after_the_others_ended_still_has_its_limit() -> N
     deadlines = Deadlines(0.1)
     assert await limited(deadlines, 0) == "done"
     await asyncio.sleep(0.05)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):
         await limited(deadlines, 10)
 
 
@@ -105,7 +109,7 @@ async def test_a_limit_in_a_task_that_swallowed_a_cancel_still_times_out() -> No
             await asyncio.sleep(10)
         try:
             return await limited(deadlines, 10)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             return "timed out"
 
     task = asyncio.create_task(finishing())
@@ -118,7 +122,7 @@ def test_one_deadlines_serves_one_loop_after_another() -> None:
     # A provider outlives an answer() call's loop; the next call's loop arms its own timer.
     deadlines = Deadlines(0.05)
     for _ in range(2):
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):
             asyncio.run(limited(deadlines, 10))
         assert asyncio.run(limited(deadlines, 0)) == "done"
 
@@ -126,3 +130,36 @@ def test_one_deadlines_serves_one_loop_after_another() -> None:
 def test_a_limit_is_more_than_nothing() -> None:
     with pytest.raises(ValueError):
         Deadlines(0)
+
+
+async def test_a_limit_past_is_the_timeout_error_asyncio_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before Python 3.11 asyncio.TimeoutError is a class apart from the builtin TimeoutError (an
+    # OSError there), and post_json catches asyncio's: a builtin one went up as a bug's exception
+    # and ended the run at its first timeout. 3.10 simulated: asyncio given a class of its own.
+    class TimeoutErrorBefore311(Exception):
+        pass
+
+    monkeypatch.setattr(asyncio, "TimeoutError", TimeoutErrorBefore311)
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the client gives up and closes
+        writer.close()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(RequestTimeout):
+                await post_json(
+                    session,
+                    URL(f"http://127.0.0.1:{port}/"),
+                    b"{}",
+                    headers={},
+                    timeout=Deadlines(0.05),
+                )
+    finally:
+        server.close()
+        await server.wait_closed()

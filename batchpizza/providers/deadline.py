@@ -105,4 +105,5 @@ class Limit:
         if sys.version_info >= (3, 11) and self.task.uncancel() > self._cancelling:
             return
         if exc_type is asyncio.CancelledError:
-            raise TimeoutError from exc
+            # asyncio's, which callers catch: before 3.11 the builtin one is another class.
+            raise asyncio.TimeoutError from exc
