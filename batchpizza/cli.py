@@ -310,7 +310,12 @@ def _run_job(job: Job) -> int:
         def on_signal(signum: int) -> None:
             if job.stop.signum is not None:
                 if signum == signal.SIGINT:  # a second Ctrl-C: the user wants out now
-                    print("batchpizza: interrupted again; exiting now", file=sys.stderr, flush=True)
+                    with contextlib.suppress(OSError, ValueError):  # out even if stderr is not
+                        print(
+                            "batchpizza: interrupted again; exiting now",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     os._exit(130)
                 return
             first_stop(job, signum, signal.Signals(signum).name)

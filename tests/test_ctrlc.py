@@ -4,9 +4,12 @@ with their answers dropped; a second Ctrl-C is out at once."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -127,3 +130,73 @@ def test_the_first_stop_is_said_unless_quiet_then_stops_the_job(
     assert stops == [signal.SIGTERM]
     said = "\nbatchpizza: SIGTERM: finishing requests in flight, then saving...\n"
     assert capsys.readouterr().err == ("" if quiet else said)
+
+
+def test_the_first_stop_stops_the_job_when_stderr_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The reader of a stderr pipe gone, a hung-up terminal: the message cannot be said, and the
+    # stop must happen anyway (else SIGTERM is lost and only SIGKILL ends the run).
+    class Gone(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stderr", Gone())
+    stops: list[int] = []
+    job = SimpleNamespace(config=SimpleNamespace(quiet=False), interrupt=stops.append)
+
+    first_stop(cast("Job", job), signal.SIGTERM, "SIGTERM")
+
+    assert stops == [signal.SIGTERM]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signals", "code"),
+    [((signal.SIGTERM,), 143), ((signal.SIGTERM, signal.SIGINT), 130)],
+    ids=["sigterm", "then-ctrl-c"],
+)
+def test_the_command_stops_on_its_signals_with_stderr_gone(
+    mock_api: ThreadedMockServer, tmp_path: Path, signals: tuple[int, ...], code: int
+) -> None:
+    # Every write to stderr fails (its reader closed it): SIGTERM still stops the run (143, not
+    # the 0 of a run left to finish), and a Ctrl-C after it is still out at once (130).
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"[[slow:4000]] {i}"} for i in range(4)])
+    args = [sys.executable, "-m", "batchpizza", "run", str(inp), "-o", str(tmp_path / "o.jsonl")]
+    args += ["--base-url", mock_api.base_url, "--rate", "0", "--concurrency", "4"]
+    proc = subprocess.Popen(
+        [*args, "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    proc.stderr.close()
+    try:
+        gone = threading.Event()
+        while mock_api.stats.requests < 4 and not gone.wait(0.01):  # all four in flight
+            assert proc.poll() is None
+        for signum in signals:
+            proc.send_signal(signum)
+            gone.wait(1.0)  # handled one by one: signals pending together come in number order
+        assert proc.wait(60) == code
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def test_a_second_ctrl_c_of_a_ray_run_is_out_at_once_when_stderr_is_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The --ray driver's handler: its "interrupted again" failing to be said must not turn the
+    # exit at once into a BrokenPipeError raised wherever the driver was.
+    from batchpizza.distributed.driver import Signals
+
+    class Gone(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    exits: list[int] = []
+    monkeypatch.setattr(sys, "stderr", Gone())
+    monkeypatch.setattr(os, "_exit", exits.append)
+    signals = Signals()
+    with pytest.raises(KeyboardInterrupt):  # the first: the run unwinds
+        signals._on_signal(signal.SIGTERM, None)
+    signals._on_signal(signal.SIGINT, None)
+    assert exits == [130]

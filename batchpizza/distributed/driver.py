@@ -94,7 +94,8 @@ class Signals:
             return
         if self.signum is not None:
             if signum == signal.SIGINT:  # a second Ctrl-C: the user wants out now
-                print("batchpizza: interrupted again; exiting now", file=sys.stderr, flush=True)
+                with contextlib.suppress(OSError, ValueError):  # out even if stderr is not
+                    print("batchpizza: interrupted again; exiting now", file=sys.stderr, flush=True)
                 os._exit(130)
             return
         self.signum = signum

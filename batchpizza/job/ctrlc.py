@@ -10,6 +10,7 @@ as KeyboardInterrupt (the checkpoint is consistent anyway).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import threading
@@ -75,9 +76,11 @@ def first_stop(job: Job, signum: int, said: str, hint: str = "") -> None:
     stopped: no new rows, those in flight given their grace, what finished committed and said.
     A second one is its caller's: KeyboardInterrupt in a script, exit 130 for the command."""
     if not job.config.quiet:
-        print(
-            f"\nbatchpizza: {said}: finishing requests in flight, then saving{hint}...",
-            file=sys.stderr,
-            flush=True,
-        )
+        # A closed stderr (its reader gone, a hung-up terminal) must not lose the stop.
+        with contextlib.suppress(OSError, ValueError):
+            print(
+                f"\nbatchpizza: {said}: finishing requests in flight, then saving{hint}...",
+                file=sys.stderr,
+                flush=True,
+            )
     job.interrupt(signum)
