@@ -143,10 +143,10 @@ async def test_a_limit_past_is_the_timeout_error_asyncio_names(
 
     monkeypatch.setattr(asyncio, "TimeoutError", TimeoutErrorBefore311)
 
+    held: list[asyncio.StreamWriter] = []
+
     async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            await reader.read()  # until the client gives up and closes
-        writer.close()
+        held.append(writer)  # never answered; closed at the end
 
     server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -161,5 +161,39 @@ async def test_a_limit_past_is_the_timeout_error_asyncio_names(
                     timeout=Deadlines(0.05),
                 )
     finally:
+        for writer in held:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
         server.close()
         await server.wait_closed()
+
+
+def test_expired_limits_are_taken_in_one_turn_on_uvloop_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # uvloop (the default loop) keeps time in whole milliseconds: its timer fires at the
+    # millisecond, when loop.time() may still be a hair short of the deadline. Re-armed for that
+    # same instant, the timer ran again every turn of the loop until the next millisecond came
+    # (hundreds of turns: a busy core) instead of expiring the limits at once.
+    import uvloop
+
+    calls = 0
+    expire = Deadlines._expire
+
+    def counted(self: Deadlines) -> None:
+        nonlocal calls
+        calls += 1
+        expire(self)
+
+    monkeypatch.setattr(Deadlines, "_expire", counted)
+
+    async def past_its_limit(seconds: float) -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await limited(Deadlines(seconds), 10)
+
+    # One request, one deadline: one expiry, whatever fraction of a millisecond it falls on.
+    for seconds in [0.0001, 0.0013, 0.0507] * 10:
+        calls = 0
+        uvloop.run(past_its_limit(seconds))
+        assert calls == 1, seconds

@@ -16,6 +16,12 @@ from collections import deque
 from types import TracebackType
 from typing import Any
 
+# How early a deadline may be taken as come. uvloop (the default loop) counts time in whole
+# milliseconds and fires its timers on them, up to half of one before the deadline asked: taken
+# strictly, the timer was re-armed for that same moment every turn of the loop (hundreds) until
+# its clock reached the next millisecond.
+_EARLY = 0.001
+
 
 class Deadlines:
     """`with deadlines.limit():` bounds what runs inside it to `seconds` from its start; one
@@ -50,7 +56,7 @@ class Deadlines:
         assert loop is not None
         self._timer = None
         queue = self._queue
-        now = loop.time()
+        now = loop.time() + _EARLY
         while queue and (queue[0].state != LIVE or queue[0].when <= now):
             entry = queue.popleft()
             if entry.state == LIVE:
