@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from batchpizza.records import iso
 from batchpizza.redact import RedactingFilter, inert, redact
@@ -229,7 +229,13 @@ def log_progress(snapshot: Snapshot) -> None:
 # -- the handler -------------------------------------------------------------------------------
 
 
-class _StderrHandler(logging.StreamHandler[TextIO]):
+if TYPE_CHECKING:
+    _StreamHandler = logging.StreamHandler[TextIO]
+else:  # not subscriptable at run time before Python 3.11
+    _StreamHandler = logging.StreamHandler
+
+
+class _StderrHandler(_StreamHandler):
     """Writes to whatever sys.stderr is at the time, not the one of the first run in this process
     (test runners and notebooks swap and close it between runs); a closed stderr loses the line
     rather than failing the run."""

@@ -9,6 +9,8 @@ import datetime as dt
 import json
 import re
 import signal
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -298,3 +300,16 @@ def test_rows_refused_before_are_not_counted_as_answered_on_the_start_line(
     assert json.loads(summary.read_text())["plan"]["refused"] == 2
     start = start_line(retry_refused=True)
     assert "2 to send: 2 failed or refused before; 3 answered before, 0 invalid" in start
+
+
+def test_the_log_imports_where_logging_handlers_are_not_generic() -> None:
+    # Python 3.10's logging.StreamHandler cannot be subscripted (3.11 made it generic): a base
+    # class written StreamHandler[TextIO] failed every `batchpizza run` there at import.
+    code = (
+        "import logging\n"
+        "if '__class_getitem__' in vars(logging.StreamHandler):\n"
+        "    del logging.StreamHandler.__class_getitem__\n"
+        "import batchpizza.runlog\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
