@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 
 import aiohttp
@@ -197,3 +198,33 @@ def test_expired_limits_are_taken_in_one_turn_on_uvloop_too(
         calls = 0
         uvloop.run(past_its_limit(seconds))
         assert calls == 1, seconds
+
+
+async def test_a_server_that_never_accepts_is_a_timeout_at_the_limit() -> None:
+    # A listening socket whose backlog is full: the connection is never made, or never taken
+    # up. aiohttp's own connect timeout is off, so only the request's limit ends the wait.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(RequestTimeout):
+                await post_json(
+                    session,
+                    URL(f"http://127.0.0.1:{port}/"),
+                    b"{}",
+                    headers={},
+                    timeout=Deadlines(0.1),
+                )
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
