@@ -562,8 +562,21 @@ VALUES: dict[str, Any] = {
 }
 
 
+# pyarrow before 26 (the last for Python 3.10 is 25) cannot read back from Parquet a null
+# fixed-size list it wrote ("Expected all lists to be of size=2"): there that column's second
+# value is a list too.
+NULL_FIXED_LIST_READS = int(pa.__version__.split(".")[0]) >= 26
+
+
+def second_value(name: str) -> Any:
+    return VALUES[name] if name == "fixed_list" and not NULL_FIXED_LIST_READS else None
+
+
 def test_every_arrow_type_survives_a_parquet_to_parquet_run(tmp_path: Path) -> None:
-    columns = {name: pa.array([VALUES[name], None], type) for name, type in EVERY_TYPE.items()}
+    columns = {
+        name: pa.array([VALUES[name], second_value(name)], type)
+        for name, type in EVERY_TYPE.items()
+    }
     original = pa.table(columns, schema=pa.schema(EVERY_TYPE.items(), metadata={"k": "v"}))
     pq.write_table(original, tmp_path / "in.parquet")
     input_schema = pq.read_schema(tmp_path / "in.parquet")
