@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from batchpizza.batchapi.settings import check_via
 from batchpizza.budgeting import check_cost, parse_tpm
 from batchpizza.errors import UsageError
-from batchpizza.options import check_types
+from batchpizza.options import PATHS, check_types
 from batchpizza.parsing import (
     check_params,
     check_url,
@@ -222,6 +222,9 @@ class RunConfig:
         if isinstance(options.get("params"), tuple):  # the command line's repeated --param
             options["params"] = list(options["params"])
         check_types(options)
+        for name in PATHS:
+            if isinstance(options.get(name), os.PathLike):
+                options[name] = os.fspath(options[name])
         if isinstance(options.get("params"), list):
             options["params"] = parse_params(options["params"])
         # The same environment defaults as the command line's, so a pipeline behaves alike.

@@ -6,6 +6,7 @@ table says what each does and its default."""
 from __future__ import annotations
 
 import numbers
+import os
 import types
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict, Union, get_args, get_origin, get_type_hints
@@ -23,12 +24,14 @@ class Options(TypedDict, total=False):
     timeout: float  # seconds per attempt (60)
     proxy: str | None  # a proxy URL (else BATCHPIZZA_PROXY / HTTPS_PROXY ...)
     base_url: str  # the server (Pizzagpt's by default; else BATCHPIZZA_BASE_URL)
-    checkpoint: str | None  # a checkpoint file: the same call again sends only what is unfinished
+    checkpoint: (
+        str | os.PathLike[str] | None
+    )  # a checkpoint file: the same call again sends only what is unfinished
     restart: bool  # forget the checkpoint's answers first
     retry_refused: bool  # send again rows refused as misuse by an earlier run
     skip_bad_rows: bool  # run the good rows; bad ones become `invalid` rows
     progress: bool | None  # a progress bar (None: when stderr is a terminal or a notebook)
-    summary_json: str | None  # write the summary as JSON there
+    summary_json: str | os.PathLike[str] | None  # write the summary as JSON there
     quiet: bool  # errors only
     verbose: bool  # log each retry
     misuse_retries: int  # re-asks of a misuse refusal (2)
@@ -53,16 +56,22 @@ class Options(TypedDict, total=False):
     log_format: str  # "text" or "json"
     system: str | None  # a system message first in every request
     template: str | None  # the prompt built from the row's fields: "Summarise: {title}"
-    template_file: str | None  # a Jinja2 template file (needs batchpizza[templates])
+    template_file: (
+        str | os.PathLike[str] | None
+    )  # a Jinja2 template file (needs batchpizza[templates])
     prompt: Callable[[dict[str, Any]], str] | None  # the row (a dict) -> its prompt (Python only)
     via: str  # "online", "batch" (the Batch API, half price) or "auto" (that, online late)
     wait: bool  # --via batch: wait for the batches, up to the deadline, instead of exit 4
-    schema: str | Mapping[str, Any] | type | None  # a JSON Schema: path, dict or pydantic class
+    schema: str | os.PathLike[str] | Mapping[str, Any] | type | None  # path, dict, pydantic class
     schema_retries: int  # re-asks of an answer that does not fit the schema (2)
     flatten: bool  # the schema's top-level properties as columns instead of `parsed`
     tpm: float | str | None  # tokens per minute (20000, "20k") or "auto" (the server's headers)
     max_cost: float | None  # stop before the spend on this checkpoint passes this many dollars
     price: str | None  # "IN,OUT" dollars per million input and output tokens
+
+
+# Options that name a file: a path object is taken as its text.
+PATHS = ("checkpoint", "summary_json", "template_file", "schema")
 
 
 def check_types(options: Mapping[str, Any]) -> None:

@@ -79,3 +79,17 @@ def test_numbers_of_any_kind_and_texts_are_accepted_where_the_option_takes_them(
         params=("temperature=0",),  # the command line's repeated --param
     )
     assert (config.concurrency, config.timeout, config.params) == (3, 5.0, {"temperature": 0})
+
+
+def test_a_path_object_is_taken_where_an_option_names_a_file(tmp_path: Path) -> None:
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"type": "object", "properties": {"a": {"type": "string"}}}')
+    config = RunConfig.from_options(
+        checkpoint=tmp_path / "ck", summary_json=tmp_path / "s.json", schema=schema
+    )
+    assert (config.checkpoint, config.summary_json) == (
+        str(tmp_path / "ck"),
+        str(tmp_path / "s.json"),
+    )
+    answer(["hi"], mock=True, quiet=True, checkpoint=tmp_path / "ck2", summary_json=tmp_path / "s")
+    assert (tmp_path / "ck2").exists() and (tmp_path / "s").exists()
