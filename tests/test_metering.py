@@ -655,3 +655,23 @@ async def test_answers_of_a_row_whose_re_ask_was_stopped_are_kept_in_the_spend(
         assert billed[0] <= 150  # the cap, over every run, by the server's count
     finally:
         await runner.cleanup()
+
+
+def test_a_dry_run_averages_only_this_models_answers_and_says_so(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from batchpizza.cli import cli
+
+    source = write_jsonl(tmp_path / "in.jsonl", prompts(20))
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(source), "-o", str(out), "--provider", "openai", "--rate", "0",
+            "--base-url", f"{mock_api.base_url}/v1", "-q"]  # fmt: skip
+    assert CliRunner().invoke(cli, [*args, "--model", "a", "--limit", "10"]).exit_code == 0
+    same = CliRunner().invoke(cli, [*args, "--model", "a", "--dry-run"]).output
+    assert "tokens answers here averaged" in same
+    # Another model's answers are no guide to this one's length: the guess, said as such (it
+    # said "no answer here yet" beside ten answers).
+    other = CliRunner().invoke(cli, [*args, "--model", "b", "--dry-run"]).output
+    assert "no answer of this model and parameters here yet" in other

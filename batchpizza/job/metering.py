@@ -101,9 +101,12 @@ def estimate_lines(
     if mean_output is not None:
         how = f"output as the {mean_output:.0f} tokens answers here averaged"
     elif config.params.get("max_tokens") or config.params.get("max_completion_tokens"):
-        how = "output at max_tokens: no answer here yet to average"
+        how = "output at max_tokens: no answer of this model and parameters here to average"
     else:
-        how = f"output a guess of {DEFAULT_OUTPUT_TOKENS} a request: no answer here yet"
+        how = (
+            f"output a guess of {DEFAULT_OUTPUT_TOKENS} a request: no answer of this model and "
+            "parameters here yet"
+        )
     lines = [f"  tokens      about {inputs:,} in + {outputs:,} out ({how})"]
     price = config.price_per_m
     spent = checkpoint.spend().dollars if spent is None else spent
