@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from batchpizza.batchapi.settings import check_via
 from batchpizza.budgeting import check_cost, parse_tpm
 from batchpizza.errors import UsageError
-from batchpizza.options import PATHS, check_types
+from batchpizza.options import PATHS, check_types, plain
 from batchpizza.parsing import (
     check_params,
     check_url,
@@ -221,7 +221,10 @@ class RunConfig:
             raise UsageError(f"unknown option(s): {', '.join(unknown)}")
         if isinstance(options.get("params"), tuple):  # the command line's repeated --param
             options["params"] = list(options["params"])
+        plain(options)
         check_types(options)
+        if "params" in options and options["params"] is None:
+            del options["params"]  # no parameters, as before the type check
         for name in PATHS:
             if isinstance(options.get(name), os.PathLike):
                 options[name] = os.fspath(options[name])

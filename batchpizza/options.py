@@ -5,6 +5,7 @@ table says what each does and its default."""
 
 from __future__ import annotations
 
+import decimal
 import numbers
 import os
 import types
@@ -23,7 +24,7 @@ class Options(TypedDict, total=False):
     max_retries: int  # retries after the first attempt (5)
     timeout: float  # seconds per attempt (60)
     proxy: str | None  # a proxy URL (else BATCHPIZZA_PROXY / HTTPS_PROXY ...)
-    base_url: str  # the server (Pizzagpt's by default; else BATCHPIZZA_BASE_URL)
+    base_url: str | None  # the server (None: Pizzagpt's; else BATCHPIZZA_BASE_URL)
     checkpoint: (
         str | os.PathLike[str] | None
     )  # a checkpoint file: the same call again sends only what is unfinished
@@ -49,7 +50,7 @@ class Options(TypedDict, total=False):
     progress_every: float  # seconds between progress lines when not on a terminal (60)
     provider: str  # "pizzagpt" (default) or "openai"
     model: str | None  # the model (OpenAI-compatible servers)
-    params: dict[str, Any] | list[str]  # body parameters: a dict, or KEY=VALUE texts
+    params: dict[str, Any] | list[str] | None  # body parameters: a dict, or KEY=VALUE texts
     api_key_env: str  # the variable holding the API key ("OPENAI_API_KEY")
     format: str | None  # the output file's format (run/arun only)
     input_label: str | None  # what messages call the input ("<data>" for rows in memory)
@@ -72,6 +73,18 @@ class Options(TypedDict, total=False):
 
 # Options that name a file: a path object is taken as its text.
 PATHS = ("checkpoint", "summary_json", "template_file", "schema")
+
+
+def plain(options: dict[str, Any]) -> None:
+    """numpy's bools as bool and Decimals as float, in place: both ran whole calls before the
+    type check (`restart=df.done.any()`, a cap kept as a Decimal), and the run computes with
+    Python's own."""
+    for name, value in options.items():
+        kind = type(value)
+        if kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"):
+            options[name] = bool(value)
+        elif isinstance(value, decimal.Decimal):
+            options[name] = float(value)
 
 
 def check_types(options: Mapping[str, Any]) -> None:

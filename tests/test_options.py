@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def test_mypy_refuses_an_option_of_the_wrong_type_or_name(tmp_path: Path) -> Non
         ({"concurrency": 2.5}, "concurrency=2.5: expected int, not float"),
         ({"concurrency": True}, "concurrency=True: expected int, not bool"),
         ({"timeout": None}, "timeout=None: expected float, not NoneType"),
-        ({"params": [1]}, "params=[1]: expected dict or list, not list"),
+        ({"params": [1]}, "params=[1]: expected dict or list or None, not list"),
         ({"prompt": "Summarise"}, "prompt='Summarise': expected a function or None, not str"),
         ({"restart": "yes"}, "restart='yes': expected bool, not str"),
     ],
@@ -93,3 +94,22 @@ def test_a_path_object_is_taken_where_an_option_names_a_file(tmp_path: Path) -> 
     )
     answer(["hi"], mock=True, quiet=True, checkpoint=tmp_path / "ck2", summary_json=tmp_path / "s")
     assert (tmp_path / "ck2").exists() and (tmp_path / "s").exists()
+
+
+def test_values_taken_before_the_type_check_are_taken_still() -> None:
+    # Each ran a whole call before the check came (numpy's bool from a frame's .any(), a
+    # Decimal cap, None for the default server or no parameters); the check refused them.
+    numpy = pytest.importorskip("numpy")
+    config = RunConfig.from_options(
+        restart=numpy.True_,
+        dry_run=numpy.bool_(False),
+        max_cost=Decimal("1.5"),
+        price="1,2",
+        params=None,
+        base_url=None,
+    )
+    assert config.restart is True and config.dry_run is False
+    assert config.max_cost == 1.5 and isinstance(config.max_cost, float)
+    assert config.params == {} and config.base_url == RunConfig().base_url
+    out = answer(["hi"], mock=True, quiet=True, max_cost=Decimal("1"), price="1,2", params=None)
+    assert [row["finish_reason"] for row in out] == ["stop"]
