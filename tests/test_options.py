@@ -111,5 +111,6 @@ def test_values_taken_before_the_type_check_are_taken_still() -> None:
     assert config.restart is True and config.dry_run is False
     assert config.max_cost == 1.5 and isinstance(config.max_cost, float)
     assert config.params == {} and config.base_url == RunConfig().base_url
-    out = answer(["hi"], mock=True, quiet=True, max_cost=Decimal("1"), price="1,2", params=None)
+    kept_as: dict[str, Any] = {"max_cost": Decimal("1")}  # untyped, as a script's config is
+    out = answer(["hi"], mock=True, quiet=True, price="1,2", params=None, **kept_as)
     assert [row["finish_reason"] for row in out] == ["stop"]
