@@ -8,11 +8,19 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from batchpizza.distributed.reaper import Watchdog, raylet_started_here, reap
+from batchpizza.distributed.reaper import (
+    Watchdog,
+    raylet_started_here,
+    raylets_here,
+    reap,
+    started_at,
+)
 
 # A process whose name (comm) is "raylet", as Ray's is, until it is killed.
 FAKE_RAYLET = (
@@ -86,3 +94,68 @@ def test_the_watchdog_reaps_when_the_driver_is_killed(
     assert driver.stdout is not None and driver.stdout.readline() == "up\n"
     driver.kill()  # kill -9: nothing of the driver runs any more
     assert worker.wait(30) == -signal.SIGKILL
+
+
+def fake_raylet(processes: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
+    raylet = sleeper(code=FAKE_RAYLET)
+    processes.append(raylet)
+    assert raylet.stdout is not None and raylet.stdout.readline() == "up\n"
+    return raylet
+
+
+def test_a_standing_clusters_raylet_that_is_a_child_here_is_not_the_runs(
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    # A driver that is PID 1 of a container (`ray start --head && exec batchpizza run --ray
+    # auto`) is the parent of the standing cluster's raylet: it was taken for the run's own,
+    # and the cluster the user had started was killed at the run's end.
+    standing = fake_raylet(processes)
+    before = raylets_here()
+    assert before == {standing.pid}
+    assert raylet_started_here(before) is None  # ray.init joined it: not ours
+    ours = fake_raylet(processes)
+    assert raylet_started_here(before) == ours.pid
+
+
+def test_nothing_started_before_the_raylet_is_reaped_nor_a_raylet_that_reused_its_pid(
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    # A process that carries this pid as RAY_RAYLET_PID but started before the raylet (left by
+    # an earlier raylet of the same pid, or a shell opened from one) is not this cluster's.
+    earlier = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; pid = sys.stdin.readline().strip(); "
+            "os.execve(sys.executable, [sys.executable, '-c', 'import time; time.sleep(600)'], "
+            "{**os.environ, 'RAY_RAYLET_PID': pid})",
+        ],
+        stdin=subprocess.PIPE,
+        text=True,
+    )
+    processes.append(earlier)
+    raylet = fake_raylet(processes)
+    while started_at(raylet.pid) == started_at(earlier.pid):  # the same clock tick: not after
+        raylet.kill()
+        raylet = fake_raylet(processes)
+    assert earlier.stdin is not None
+    earlier.stdin.write(f"{raylet.pid}\n")
+    earlier.stdin.close()
+    needle = f"RAY_RAYLET_PID={raylet.pid}\0".encode()
+    while needle not in Path(f"/proc/{earlier.pid}/environ").read_bytes():
+        assert earlier.poll() is None
+        time.sleep(0.01)
+    worker = sleeper(raylet.pid)
+    processes.append(worker)
+    since = started_at(raylet.pid)
+    assert since is not None
+
+    assert reap(raylet.pid, since) == 1
+    assert worker.wait(30) == raylet.wait(30) == -signal.SIGKILL
+    assert earlier.poll() is None
+
+    another = fake_raylet(processes)  # at a pid the watchdog's raylet had, started since
+    another_since = started_at(another.pid)
+    assert another_since is not None
+    reap(another.pid, another_since - 1)
+    assert another.poll() is None

@@ -45,7 +45,7 @@ from batchpizza.distributed.folders import (
 )
 from batchpizza.distributed.kept import KeptOutput
 from batchpizza.distributed.parts import PartStore
-from batchpizza.distributed.reaper import Watchdog, raylet_started_here
+from batchpizza.distributed.reaper import Watchdog, raylet_started_here, raylets_here
 from batchpizza.distributed.summary import count, summarize, tally_of
 from batchpizza.errors import BatchpizzaError, InputError, Interrupted, LockedError, UsageError
 from batchpizza.files import check_writable, inside, same_file, write_atomically
@@ -253,6 +253,7 @@ class ClusterRun:
         # auto: RAY_ADDRESS or a running local cluster if there is one, else a new local one.
         address = None if self.address == "auto" else self.address
         level = logging.ERROR if self.quiet else logging.INFO
+        standing = raylets_here()  # a standing cluster's, if this process is their parent
         try:
             ray.init(address=address, log_to_driver=False, logging_level=level)
         except ConnectionError as exc:
@@ -262,7 +263,8 @@ class ClusterRun:
                 "its token here (~/.ray/auth_token or RAY_AUTH_TOKEN)"
             ) from None
         self._signals.trap()  # ray.init put a SIGTERM handler of its own in place
-        watchdog = Watchdog.start(raylet_started_here())  # a cluster started here: its leftovers
+        # A cluster started here, not the standing one: its leftovers.
+        watchdog = Watchdog.start(raylet_started_here(standing))
         lazy = None
         try:
             context = ray.data.DataContext.get_current()
