@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from batchpizza.controls.tokens import learned_rate
 from batchpizza.providers.limits import parse_duration, parse_rate_info, retry_after_of
 from batchpizza.records import RateInfo
 
@@ -94,6 +95,29 @@ def test_the_headers_litellm_passes_on_fill_in_those_it_drops() -> None:
     # The proxy's own headers win where it sends both.
     both = {"x-ratelimit-limit-tokens": "10", "llm_provider-x-ratelimit-limit-tokens": "99"}
     assert parse_rate_info(both) == RateInfo(limit_tokens=10)
+
+
+def test_a_proxy_limit_of_its_own_is_not_read_with_the_upstreams_reset() -> None:
+    # LiteLLM with limits on the key sends the key's (a minute's) as x-ratelimit-*, the
+    # upstream's as llm_provider-x-ratelimit-*: its reset (of a 5 s window) beside the key's
+    # limit made a 10 s window, 60,000 tokens a minute learned for a key allowed 10,000.
+    keyed = {
+        "x-ratelimit-limit-tokens": "10000",
+        "x-ratelimit-remaining-tokens": "9000",
+        "llm_provider-x-ratelimit-limit-tokens": "3000",
+        "llm_provider-x-ratelimit-remaining-tokens": "2952",
+        "llm_provider-x-ratelimit-reset-tokens": "1s",
+    }
+    info = parse_rate_info(keyed)
+    assert info == RateInfo(limit_tokens=10000, remaining_tokens=9000)
+    assert learned_rate(info.limit_tokens, info.remaining_tokens, info.reset_tokens_s) == (
+        10000 / 60
+    )
+    # Only the upstream's: all of them.
+    upstream = {k: v for k, v in keyed.items() if k.startswith("llm_provider")}
+    assert parse_rate_info(upstream) == RateInfo(
+        limit_tokens=3000, remaining_tokens=2952, reset_tokens_s=1.0
+    )
 
 
 def test_retry_after_of() -> None:

@@ -54,22 +54,36 @@ def parse_rate_info(headers: Mapping[str, str]) -> RateInfo | None:
     """The request and token limits a reply announces in x-ratelimit-{limit,remaining,reset}-
     {requests,tokens}; None when it announces none. A value missing or unreadable is None.
     (`headers` should be case-insensitive, as aiohttp's are.)"""
+    limit, remaining, reset = _announced(headers, "requests")
+    limit_tokens, remaining_tokens, reset_tokens = _announced(headers, "tokens")
     info = RateInfo(
-        limit=_number(_header(headers, "limit-requests")),
-        remaining=_number(_header(headers, "remaining-requests")),
-        reset_s=parse_duration(_header(headers, "reset-requests")),
-        limit_tokens=_number(_header(headers, "limit-tokens")),
-        remaining_tokens=_number(_header(headers, "remaining-tokens")),
-        reset_tokens_s=parse_duration(_header(headers, "reset-tokens")),
+        limit=_number(limit),
+        remaining=_number(remaining),
+        reset_s=parse_duration(reset),
+        limit_tokens=_number(limit_tokens),
+        remaining_tokens=_number(remaining_tokens),
+        reset_tokens_s=parse_duration(reset_tokens),
     )
     return None if info == RateInfo() else info
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """x-ratelimit-`name`, else the upstream's as LiteLLM's proxy passes it on (it forwards
-    some of them under their own name, the resets only as llm_provider-x-ratelimit-...)."""
-    value = headers.get(f"x-ratelimit-{name}")
-    return value if value is not None else headers.get(f"llm_provider-x-ratelimit-{name}")
+def _announced(headers: Mapping[str, str], kind: str) -> tuple[str | None, ...]:
+    """x-ratelimit-{limit,remaining,reset}-`kind`, else the upstream's as LiteLLM's proxy passes
+    them on (llm_provider-x-ratelimit-...). Never a mix of two limits: the proxy sends its own
+    limit for a key with limits (a minute's), and the upstream's reset (of a window of its own)
+    beside it made a window of neither; the upstream's reset fills in only when the proxy's
+    limit and remaining are the upstream's passed on (it drops the resets)."""
+    own = [headers.get(f"x-ratelimit-{what}-{kind}") for what in ("limit", "remaining", "reset")]
+    upstream = [
+        headers.get(f"llm_provider-x-ratelimit-{what}-{kind}")
+        for what in ("limit", "remaining", "reset")
+    ]
+    if all(value is None for value in own):
+        return tuple(upstream)
+    passed_on = all(o is None or o == u for o, u in zip(own[:2], upstream[:2], strict=True))
+    if own[2] is None and passed_on:
+        return own[0], own[1], upstream[2]
+    return tuple(own)
 
 
 def retry_after_of(headers: Mapping[str, str]) -> float | None:
