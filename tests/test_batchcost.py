@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from test_checkpoint import result
 
-from batchpizza.batchapi.budget import BatchBudget
+from batchpizza.batchapi.budget import BatchBudget, off_the_cap
+from batchpizza.batchapi.display import requests_out
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.checkpoint.batches import BatchLine
 from batchpizza.config import RunConfig
@@ -413,3 +414,52 @@ def test_tpm_is_refused_with_the_batch_api_and_kept_for_autos_online_rows(
                "--via", "batch", "--tpm", "20k")  # fmt: skip
     assert done.returncode == 2
     assert "enqueued-token quota" in done.stderr
+
+
+def test_files_never_submitted_are_not_taken_off_an_online_cap(tmp_path: Path) -> None:
+    # A gateway refused every upload (LiteLLM without files_settings): the --via batch run left
+    # its files waiting, no batch made of them. The online run after it took their worst cases
+    # off its cap ("they will be billed") and said its rows were in batches still out ("paid
+    # twice"), though nobody bills them: their rows answered online close the files.
+    store = Checkpoint.open(tmp_path / "ck")
+    store.use_identity({"provider": "openai", "model": "a"})
+    line = json.dumps({"custom_id": "0-x", "body": {"messages": [
+        {"role": "user", "content": "x" * 84}], "max_tokens": 100}}).encode()  # fmt: skip
+    store.intend_file([("0-x", "q0", 0, b"k0", 1, line)])  # recorded, its upload refused
+    stored = store.intend_file([("1-x", "q1", 1, b"k1", 1, line)])
+    store.set_file_id(stored.seq, "file-1")  # uploaded, no create sent
+    budget = Budget(1.0, PRICE)
+
+    off_the_cap(Meter(params={}, budget=budget), store)
+    assert budget.cap == 1.0 and requests_out(store) == 0
+
+    submitted = store.intend_file([("2-x", "q2", 2, b"k2", 1, line)])
+    store.set_file_id(submitted.seq, "file-2")
+    store.set_batch(submitted.seq, {"id": "batch-2", "status": "in_progress"})
+    off_the_cap(Meter(params={}, budget=budget), store)
+    assert budget.cap == pytest.approx(1.0 - cost(PRICE, 84 + 16, 100, batch=True))
+    assert requests_out(store) == 1
+    store.close()
+
+
+@pytest.mark.slow
+def test_an_online_run_after_refused_uploads_keeps_its_cap_and_says_no_batch_is_out(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    server.batches.upload_fail = 10**6  # every upload refused: files recorded, never a batch
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(20))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    extra = ("--param", "max_tokens=20", "--max-cost", "0.002", "--summary-json", str(summary))
+    first = run(inp, out, server.base_url, *extra, "--via", "batch", "--max-retries", "0",
+                "--model", "a")  # fmt: skip
+    assert first.returncode != 0 and not server.batches.batches, first.stderr
+
+    for model in ("b", "a"):  # another model's files waiting, then this model's
+        online = run(inp, out, server.base_url, *extra, "--rate", "0", "--model", model)
+        assert online.returncode == 0, online.stderr
+        assert "still out" not in online.stderr, online.stderr
+        assert json.loads(summary.read_text())["answered"] == 20
+        if model == "b":
+            said = cli("status", str(out)).stdout
+            assert "still out" not in said, said
+            assert "1 file of other models or parameters waiting to be submitted" in said, said

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import batchpizza.jsoncodec as jsoncodec
+from batchpizza.batchapi.display import UNSUBMITTED
 from batchpizza.checkpoint.batches import BatchLine, BatchRecords
 from batchpizza.controls.budget import Reservation
 from batchpizza.controls.metering import Meter
@@ -72,7 +73,7 @@ class BatchBudget:
 
     def reserve_every_out(self, checkpoint: BatchRecords) -> None:
         """The lines every batch still out has, this identity's and every other's."""
-        self.reserve_out(_lines_out(checkpoint, others=False))
+        self.reserve_out(_lines_out(checkpoint, others=False, waiting=True))
         self.reserve_foreign(_lines_out(checkpoint, others=True), _OTHERS)
 
     def reserve_foreign(self, lines: Iterable[BatchLine], whose: str) -> None:
@@ -204,8 +205,14 @@ class BatchBudget:
         return messages_bound(body["messages"]), max_output(body) or self.meter.output.value
 
 
-def _lines_out(checkpoint: BatchRecords, *, others: bool) -> Iterator[BatchLine]:
-    return (x for f in checkpoint.open_files(others) for x in checkpoint.file_lines(f.seq))
+def _lines_out(
+    checkpoint: BatchRecords, *, others: bool, waiting: bool = False
+) -> Iterator[BatchLine]:
+    """The lines of the batches still out; with `waiting`, of the files waiting to be submitted
+    too, which only this identity's --via batch run submits: none is made of them otherwise
+    (an upload a gateway refused), and their rows answered online close them, billed once."""
+    files = [f for f in checkpoint.open_files(others) if waiting or f.state not in UNSUBMITTED]
+    return (x for f in files for x in checkpoint.file_lines(f.seq))
 
 
 def off_the_cap(meter: Meter, checkpoint: BatchRecords) -> None:

@@ -26,6 +26,12 @@ def out_and_waiting(files: Sequence[BatchFile]) -> tuple[list[BatchFile], list[B
     return [f for f in left if f.state not in UNSUBMITTED], waiting
 
 
+def requests_out(checkpoint: BatchRecords) -> int:
+    """The requests in this identity's batches still out, which will be billed: not those of a
+    file waiting to be submitted (no batch was made of it), nor lines to resubmit."""
+    return sum(f.lines for f in out_and_waiting(checkpoint.open_files())[0])
+
+
 def files_left(checkpoint: BatchRecords) -> tuple[int, int]:
     """The run summary's batches out and files waiting to be submitted, counted as `status`
     counts them; none if the checkpoint fails (never fail the summary)."""

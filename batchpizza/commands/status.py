@@ -112,11 +112,18 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     click.echo(f"  running    {'yes: a run holds the lock' if info['running'] else 'no'}")
     for line in batches_text(files):
         click.echo(line)
-    if others:
+    out, waiting = out_and_waiting(others)
+    if out:
         click.echo(
-            f"  others     {len(others)} {'batch' if len(others) == 1 else 'batches'} of other "
-            f"models or parameters still out ({sum(f.lines for f in others)} requests, billed "
+            f"  others     {len(out)} {'batch' if len(out) == 1 else 'batches'} of other "
+            f"models or parameters still out ({sum(f.lines for f in out)} requests, billed "
             "when they end): a --via batch run of theirs collects them"
+        )
+    if waiting:  # never submitted (an upload refused): billed by nobody until a run submits it
+        click.echo(
+            f"  others     {len(waiting)} {'file' if len(waiting) == 1 else 'files'} of other "
+            f"models or parameters waiting to be submitted ({sum(f.lines for f in waiting)} "
+            "requests): a --via batch run of theirs submits them"
         )
 
 

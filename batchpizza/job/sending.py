@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from batchpizza.batchapi.display import requests_out
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.config import RunConfig
 from batchpizza.controls.control import Control
@@ -85,7 +86,7 @@ class Sending:
                 deadline_at=deadline_at, online=self.runner.run if config.via == "auto" else None,
                 meter=self.control.meter,  # one budget for the batches and the rows sent online
             )  # fmt: skip
-        elif out := len(checkpoint.out_keys()):
+        elif out := requests_out(checkpoint):
             log.warning(
                 "%d of these requests are in Batch API batches still out, which --via batch "
                 "collects (billed when they end: those sent online are paid twice)", out
