@@ -147,3 +147,42 @@ async def test_a_stop_told_to_the_controller_reaches_a_waiting_actor_and_every_l
     assert lease.empty and lease.stop == "signal"
     budget.stop("deadline")
     assert budget.status()["stopped"] == "signal"  # the first reason stays
+
+
+async def test_a_stop_of_the_actors_own_runner_ends_a_wait_for_a_lease_without_spinning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The runner stops the Stop it shares with the gate by itself: a wrong key (fatal), a quota
+    # spent. A worker waiting in the gate for a lease then went round its loop for good, the
+    # stopped wait returning at once and nothing awaited: the actor's event loop spun at 100 %
+    # CPU and its batch never came back.
+    class NeverLeases(LocalController):
+        async def lease(self, want: int, reports: Any) -> Any:
+            await asyncio.Event().wait()
+
+    budget = Budget(rate=1, auto_max=None, patience=600, retry_after_cap=300, timeout=60)
+    gate = ClusterGate(NeverLeases(budget), share=4, clock=FakeClock(), sleep=forever)
+    waits = 0
+    wait_once = gate._unless_stopped
+
+    async def counted(wait: Any) -> None:
+        nonlocal waits
+        waits += 1
+        if waits > 100:  # the loop, not a wait: fail here rather than hang the test
+            raise AssertionError("the gate spins")
+        await wait_once(wait)
+
+    monkeypatch.setattr(gate, "_unless_stopped", counted)
+    entering = asyncio.ensure_future(gate.enter())
+    try:
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not entering.done()
+        gate.stop.stop_sending("fatal")  # as the runner does
+        with pytest.raises(Stopped):
+            await asyncio.wait_for(entering, GUARD_S)
+    finally:
+        entering.cancel()
+        if gate._leasing is not None:
+            gate._leasing.cancel()
+        await gate.close()

@@ -89,7 +89,7 @@ class ClusterGate(Gatekeeper):
             await self._before_send()  # this worker's last answer is durable before it sends
         self._start_tasks()
         while True:
-            if self.stopped is not None:
+            if self._halted:
                 raise Stopped
             if not self._queue:
                 await self._refill()
@@ -102,9 +102,9 @@ class ClusterGate(Gatekeeper):
                 if not await self._controller.admits(epoch, probe):
                     continue
             await self._sleep_until(slot)
-            while probe and self.stopped is None and self._hold_until > self._clock():
+            while probe and not self._halted and self._hold_until > self._clock():
                 await self._sleep_until(self._hold_until)  # a probe waits out a hold
-            if self.stopped is not None:
+            if self._halted:
                 raise Stopped
             if self._void(slot, epoch, issued, probe):
                 self.voided += 1  # the news came while this worker slept for its slot
@@ -115,6 +115,13 @@ class ClusterGate(Gatekeeper):
                 self.forfeited += 1
                 continue
             return (epoch, probe, issued)
+
+    @property
+    def _halted(self) -> bool:
+        """The cluster stopped, or the runner this gate shares its stop with (a wrong key, a
+        quota spent): every wait ends at once then, so a loop that waits must end too, or it
+        goes round without ever awaiting and the actor's event loop spins for good."""
+        return self.stopped is not None or self.stop.sending_stopped
 
     def finished(
         self,
