@@ -186,3 +186,22 @@ async def test_a_stop_of_the_actors_own_runner_ends_a_wait_for_a_lease_without_s
         if gate._leasing is not None:
             gate._leasing.cancel()
         await gate.close()
+
+
+async def test_a_wrong_key_in_one_batch_ends_it_with_its_other_rows_pending(
+    mock_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Eight rows on four workers at 1 a second: the first request's 401 stops the runner
+    # while the other workers wait in the gate for their slots.
+    budget = Budget(rate=1, auto_max=None, patience=600, retry_after_cap=300, timeout=60)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
+    options = {"base_url": f"{mock_api.base_url}/v1", "provider": "openai", "model": "m"}
+    answerer = Answerer(LocalController(budget), options=options, share=4)
+    batch = pa.table({"id": [f"r{i}" for i in range(8)], "prompt": ["[[status:401]] hi"] * 8})
+    try:
+        with pytest.raises(Exception) as caught:
+            await asyncio.wait_for(answerer.answer_batch(batch), GUARD_S)
+    finally:
+        await answerer.close()
+    assert "401" in str(caught.value)
+    assert mock_api.stats.requests == 1
