@@ -112,18 +112,20 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     click.echo(f"  running    {'yes: a run holds the lock' if info['running'] else 'no'}")
     for line in batches_text(files):
         click.echo(line)
-    out, waiting = out_and_waiting(others)
-    if out:
+    theirs_out, theirs_waiting = out_and_waiting(others)
+    if theirs_out:
+        n = len(theirs_out)
         click.echo(
-            f"  others     {len(out)} {'batch' if len(out) == 1 else 'batches'} of other "
-            f"models or parameters still out ({sum(f.lines for f in out)} requests, billed "
-            "when they end): a --via batch run of theirs collects them"
+            f"  others     {n} {'batch' if n == 1 else 'batches'} of other models or parameters "
+            f"still out ({sum(f.lines for f in theirs_out)} requests, billed when they end): a "
+            "--via batch run of theirs collects them"
         )
-    if waiting:  # never submitted (an upload refused): billed by nobody until a run submits it
+    if theirs_waiting:  # never submitted (an upload refused): billed by nobody yet
+        n = len(theirs_waiting)
         click.echo(
-            f"  others     {len(waiting)} {'file' if len(waiting) == 1 else 'files'} of other "
-            f"models or parameters waiting to be submitted ({sum(f.lines for f in waiting)} "
-            "requests): a --via batch run of theirs submits them"
+            f"  others     {n} {'file' if n == 1 else 'files'} of other models or parameters "
+            f"waiting to be submitted ({sum(f.lines for f in theirs_waiting)} requests): a "
+            "--via batch run of theirs submits them"
         )
 
 
