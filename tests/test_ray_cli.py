@@ -609,15 +609,18 @@ def test_ray_sigterm_stops_writes_no_output_and_a_signal_summary(
 
 @needs_ray
 @pytest.mark.slow
+# Paced too: the actors' other workers then wait in the gate for a slot when the 401 stops
+# their runner; they went round the gate's loop for good and the run never ended.
+@pytest.mark.parametrize("rate", ["0", "2/s"], ids=["unpaced", "paced"])
 def test_ray_wrong_api_key_exits_2_with_its_message(
-    cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path
+    cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path, rate: str
 ) -> None:
     mock = mock_process("--api-key", "sk-right")
     source = prompts(tmp_path / "in", 20)
     summary_json = tmp_path / "summary.json"
     done = command(
         *[str(source), "-o", str(tmp_path / "out"), "--ray", cluster, "--provider", "openai"],
-        *["--base-url", mock.url + "/v1", "--api-key-env", "NO_SUCH_KEY", "--rate", "0", "-q"],
+        *["--base-url", mock.url + "/v1", "--api-key-env", "NO_SUCH_KEY", "--rate", rate, "-q"],
         *["--summary-json", str(summary_json)],
     )
     assert done.returncode == 2, done.stderr[-3000:]
