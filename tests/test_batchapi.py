@@ -347,6 +347,7 @@ def reversed_output(lines: list[bytes]) -> bytes:
     return b"".join(lines[::-1])
 
 
+@pytest.mark.slow
 def test_a_completed_batch_whose_lines_all_failed_is_failed_rows_never_success(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -369,6 +370,7 @@ def test_a_completed_batch_whose_lines_all_failed_is_failed_rows_never_success(
     assert len(raw.batches) == 1  # a 400 is not resubmitted
 
 
+@pytest.mark.slow
 def test_odd_result_lines_unordered_missing_or_unknown_are_matched_by_custom_id(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -550,6 +552,7 @@ def test_answer_from_python_waits_for_its_batches_without_a_checkpoint_file(
     assert [r["answer"] for r in found] == [mock_answer("question 1"), mock_answer("question 2")]
 
 
+@pytest.mark.slow
 def test_lines_refused_for_an_unknown_model_stop_the_run_with_exit_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,6 +49,7 @@ def batch_run(tmp_path: Path, raw: RawServer) -> tuple[Result, Path]:
     return done, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", [str.upper, str.capitalize, lambda s: f" {s.title()} "])
 def test_statuses_in_capitals_are_read_as_the_batch_api_s_and_the_batch_collected(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, how: Callable[[str], str]

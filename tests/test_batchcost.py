@@ -312,6 +312,7 @@ def test_an_online_run_keeps_the_cap_with_the_batches_still_out(
     assert "still out, which --via batch collects (billed when they end" in online.stderr
 
 
+@pytest.mark.slow
 def test_a_cap_nothing_fits_in_stops_budget_without_submitting(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -378,6 +378,7 @@ async def test_a_slot_a_moment_away_is_waited_for_without_a_race() -> None:
     await asyncio.gather(*queued)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grows", ["retry-after", "rate cut"])
 async def test_a_near_slot_whose_wait_grows_meanwhile_still_stops_at_once(grows: str) -> None:
     # A worker queued for a slot a tenth of a second off waits without the race with the stop.

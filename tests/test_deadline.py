@@ -170,6 +170,7 @@ async def test_a_limit_past_is_the_timeout_error_asyncio_names(
         await server.wait_closed()
 
 
+@pytest.mark.slow
 def test_expired_limits_are_taken_in_one_turn_on_uvloop_too(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -426,6 +426,7 @@ def test_signal_saves_what_finished_and_the_rerun_completes(
     assert sorted(mock_api.stats.answers.values()) == [1] * 200
 
 
+@pytest.mark.slow
 def test_a_second_sigint_exits_at_once_and_leaves_a_usable_checkpoint(
     tmp_path: Path, mock_api: ThreadedMockServer, spawn: Spawn
 ) -> None:
@@ -464,6 +465,7 @@ def test_a_second_sigint_exits_at_once_and_leaves_a_usable_checkpoint(
         pass
 
 
+@pytest.mark.slow
 def test_sigterm_while_reading_standard_input_exits_143_promptly(
     tmp_path: Path, mock_api: ThreadedMockServer, spawn: Spawn
 ) -> None:
@@ -628,6 +630,7 @@ def test_a_checkpoint_with_a_corrupt_page_is_a_clear_error(
     assert mock_api.stats.requests == requests
 
 
+@pytest.mark.slow
 def test_the_scan_lives_in_the_checkpoint_and_a_rerun_of_unchanged_input_reuses_it(
     tmp_path: Path, mock_api: ThreadedMockServer
 ) -> None:

@@ -194,6 +194,7 @@ def test_status_finds_the_checkpoint_of_an_offline_mock_run(tmp_path: Path) -> N
     assert info["checkpoint"].endswith(".mock-checkpoint")
 
 
+@pytest.mark.slow
 def test_a_jsonl_job_never_loads_pyarrow(tmp_path: Path) -> None:
     # Start-up cost: pyarrow takes about a tenth of a second to import; only Parquet needs it.
     import subprocess

@@ -129,6 +129,7 @@ def _output_in_a_subfolder_of_the_parquet_folder(tmp: Path) -> list[str]:
     return ["parts", "-o", "parts/sub/out.jsonl"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make_args",
     [
@@ -685,6 +686,7 @@ def good_rows_then_a_bad_one(folder: Path, suffix: str, good: int = 20_000) -> P
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".csv"])
 def test_limit_checks_only_the_first_n_rows_and_a_later_full_run_checks_them_all(
     mock_api: ThreadedMockServer, tmp_path: Path, suffix: str

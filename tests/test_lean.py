@@ -48,6 +48,7 @@ def test_a_public_name_imports_its_module_on_first_use() -> None:
     assert "batchpizza.job.stages" in modules and "pyarrow" not in modules
 
 
+@pytest.mark.slow
 def test_a_command_line_run_to_parquet_imports_neither_numpy_nor_pandas(tmp_path: Path) -> None:
     # pyarrow imports pandas (where installed) on its first pa.array(): 45 MiB for a run that
     # never holds a DataFrame. Its allocator is the system's, which gives freed memory back.

@@ -212,6 +212,7 @@ def check_cap_then_rerun(server: ThreadedMockServer, tmp_path: Path, seed: int) 
     assert second["cost"]["total"] == pytest.approx(server.tokens.cost, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_max_cost_is_never_passed_and_a_higher_cap_continues(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

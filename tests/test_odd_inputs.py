@@ -333,6 +333,7 @@ def check_rows(scanned: Scanned | None, content: bytes) -> None:
         assert isinstance(prompt, str) and prompt.strip()
 
 
+@pytest.mark.slow
 @settings(
     max_examples=examples(1000),
     deadline=None,
@@ -345,6 +346,7 @@ def test_fuzz_jsonl_lines_are_rows_or_bad_rows(fuzz_dir: Path, content: bytes) -
     check_rows(scan_file(path, fuzz_dir), content)
 
 
+@pytest.mark.slow
 @settings(
     max_examples=examples(1500),
     deadline=None,

@@ -451,6 +451,7 @@ async def test_endless_same_host_redirects_end_in_an_error(session: aiohttp.Clie
     assert 1 < len(rec.requests) <= 20
 
 
+@pytest.mark.slow
 async def test_the_timeout_bounds_the_request_with_its_redirects(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -574,6 +575,7 @@ def test_class_attributes_of_the_seed() -> None:
 # --- sessions ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_given_session_is_reused_and_its_connection_limit_holds(srv: MockServer):
     questions = [f"question {i} [[slow:100]]" for i in range(10)]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2)) as shared:
@@ -764,6 +766,7 @@ async def test_cancelling_ask_against_a_hanging_mock_raises_cancelled_error(srv:
         assert task.cancelled()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("start", "target", "followed"),
     [

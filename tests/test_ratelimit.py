@@ -198,6 +198,7 @@ async def test_pacer_integer_rate_loses_at_most_one_overshoot_per_second(
     assert achieved == pytest.approx(rate, rel=0.002)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("rate", "overshoot", "workers"),
     [

@@ -187,6 +187,7 @@ class LocalController:
         return await self.budget.news(known)
 
 
+@pytest.mark.slow
 async def test_a_retry_after_seen_by_one_actor_holds_the_slots_another_already_leased() -> None:
     budget = Budget(rate=40, auto_max=None, patience=600, retry_after_cap=300, timeout=60)
     controller = LocalController(budget)
@@ -519,6 +520,7 @@ async def test_the_controller_keeps_the_learned_rate_for_the_next_run(tmp_path: 
     assert PartStore(checkpoint).meta() == {"learned_rate": cut}
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 async def test_the_last_change_of_the_learned_rate_is_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -116,6 +116,7 @@ def test_ray_refuses_openai_batch_format_and_stdin_in_a_sentence(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
+@pytest.mark.slow
 def test_the_command_line_imports_ray_only_when_a_run_needs_the_cluster() -> None:
     # A plain install has no Ray, and importing it costs seconds a run without --ray never pays.
     code = "import sys, batchpizza.cli, batchpizza.distributed.command; print('ray' in sys.modules)"
@@ -362,6 +363,7 @@ def test_ray_user_error_is_found_inside_rays_wrapper() -> None:
     assert user_error(TaskError(ValueError("a bug"))) is None
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_user_error_comes_without_the_advice_ray_data_appended() -> None:
     # Seen under -q: "batchpizza: HTTP 401 ... rerun." then Ray Data's lines on its retries

@@ -156,6 +156,7 @@ def _every_row_invalid(path: Path, data: list[dict[str, Any]]) -> tuple[list[str
     return ["--skip-bad-rows"], [r["id"] for r in data]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
 @pytest.mark.parametrize("damage", [_empty, _truncated, _every_row_invalid])
 def test_a_truncated_empty_or_all_invalid_input_never_deletes_paid_answers(

@@ -533,6 +533,7 @@ def test_an_echoed_key_is_nowhere_in_output_checkpoint_or_log(tmp_path: Path) ->
 # -- 15. terminal escapes from a server never reach the terminal or the page ------------------------
 
 
+@pytest.mark.slow
 def test_escapes_in_server_texts_reach_neither_terminal_nor_page(tmp_path: Path) -> None:
     def reply(question: str, n: int, head: bytes) -> bytes:
         said = f"overloaded {ESCAPES}"

@@ -312,6 +312,7 @@ def test_attempts_are_read_in_one_pass() -> None:
     assert reads == 1
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_whatever_the_number_of_attempts() -> None:
     # 20,000 failed attempts on distinct rows: no latency samples to keep, so what the pass holds
     # is counters per run, per error kind and per bucket. A set of the row ids alone would take

@@ -103,6 +103,7 @@ def test_a_cron_log_has_a_start_line_timestamps_everywhere_and_cumulative_counts
     assert "this run: 6 requests, 0 retries" in last
 
 
+@pytest.mark.slow
 def test_the_start_line_says_the_rate_asked_and_the_one_it_starts_at(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -233,6 +233,7 @@ def assert_ran(result: Result, out: Path) -> None:
 # -- end to end ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("param", ["token", "key"])
 def test_credentials_in_base_url_never_printed_or_written(
     tmp_path: Path, leaky: LeakyServer, param: str
@@ -280,6 +281,7 @@ def test_refusing_proxy_with_password_never_printed_or_written(
     assert_no_secret(everything(result, out))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variable", ["BATCHPIZZA_PROXY", "HTTP_PROXY", "http_proxy"])
 def test_credentials_of_proxy_in_environment_never_printed_or_written(
     tmp_path: Path, leaky: LeakyServer, variable: str
@@ -294,6 +296,7 @@ def test_credentials_of_proxy_in_environment_never_printed_or_written(
     assert_no_secret(everything(result, out))
 
 
+@pytest.mark.slow
 def test_base_url_from_environment_never_printed_or_written(
     tmp_path: Path, leaky: LeakyServer
 ) -> None:

@@ -193,6 +193,7 @@ def _check_done(out: Path, summary: Any, rows: int) -> None:
     assert fit["reasked"] > 0.1 * rows  # about 1 in 6 answers needs a re-ask
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", ["pizzagpt", "openai"])
 def test_with_default_reasks_99_percent_of_rows_end_valid(
     mock_api: ThreadedMockServer, tmp_path: Path, schema_file: Path, provider: str
