@@ -26,6 +26,19 @@ async def limited(deadlines: Deadlines, seconds: float) -> str:
     return "done"
 
 
+async def times_out(port: int, seconds: float) -> None:
+    """A POST to 127.0.0.1:`port` ends in RequestTimeout within `seconds`."""
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(RequestTimeout):
+            await post_json(
+                session,
+                URL(f"http://127.0.0.1:{port}/"),
+                b"{}",
+                headers={},
+                timeout=Deadlines(seconds),
+            )
+
+
 async def test_a_request_past_its_limit_is_a_timeout_error_and_the_task_goes_on() -> None:
     deadlines = Deadlines(0.05)
     with pytest.raises(asyncio.TimeoutError):
@@ -152,15 +165,7 @@ async def test_a_limit_past_is_the_timeout_error_asyncio_names(
     server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        async with aiohttp.ClientSession() as session:
-            with pytest.raises(RequestTimeout):
-                await post_json(
-                    session,
-                    URL(f"http://127.0.0.1:{port}/"),
-                    b"{}",
-                    headers={},
-                    timeout=Deadlines(0.05),
-                )
+        await times_out(port, 0.05)
     finally:
         for writer in held:
             writer.close()
@@ -216,15 +221,7 @@ async def test_a_server_that_never_accepts_is_a_timeout_at_the_limit() -> None:
             filler.connect(("127.0.0.1", port))
         fillers.append(filler)
     try:
-        async with aiohttp.ClientSession() as session:
-            with pytest.raises(RequestTimeout):
-                await post_json(
-                    session,
-                    URL(f"http://127.0.0.1:{port}/"),
-                    b"{}",
-                    headers={},
-                    timeout=Deadlines(0.1),
-                )
+        await times_out(port, 0.1)
     finally:
         for filler in fillers:
             filler.close()
