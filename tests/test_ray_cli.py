@@ -82,6 +82,24 @@ def start(*args: str) -> subprocess.Popen[str]:
     )
 
 
+def sigterm_once(process: subprocess.Popen[str], mock: Any, stat: str, at_least: int) -> str:
+    """SIGTERM `process` once the mock's `stat` reaches `at_least`; its standard error. A run
+    that ends first, or never gets there, fails the test (and is killed)."""
+    try:
+        deadline = time.monotonic() + 240
+        while mock.stats()[stat] < at_least:
+            assert process.poll() is None, "it finished before it was interrupted"
+            assert time.monotonic() < deadline, "it never started sending"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    return stderr
+
+
 def parquet_rows(folder: Path) -> list[dict[str, Any]]:
     return pq.read_table(folder).to_pylist()
 
@@ -585,18 +603,7 @@ def test_ray_sigterm_stops_writes_no_output_and_a_signal_summary(
         *[str(source), "-o", str(out), "--ray", cluster, "--base-url", mock.url],
         *["--rate", "5", "--summary-json", str(summary_json)],
     )
-    try:
-        deadline = time.monotonic() + 240
-        while mock.stats()["requests"] < 5:
-            assert process.poll() is None, "it finished before it was interrupted"
-            assert time.monotonic() < deadline, "it never started sending"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+    stderr = sigterm_once(process, mock, "requests", 5)
     assert process.returncode == 143, stderr
     assert "Rerun the same command to resume" in stderr and "Traceback" not in stderr
     summary = json.loads(summary_json.read_text())
@@ -652,18 +659,7 @@ def test_ray_sigterm_keeps_the_answers_in_flight_and_a_rerun_sends_only_the_rest
     common = [str(source), "-o", str(out), "--ray", cluster, "--base-url", mock.url]
     common += ["--rate", "0", "--concurrency", "8", "--summary-json", str(summary_json)]
     process = start(*common)
-    try:
-        deadline = time.monotonic() + 240
-        while mock.stats()["in_flight"] < 2:
-            assert process.poll() is None, "it finished before it was interrupted"
-            assert time.monotonic() < deadline, "it never started sending"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+    stderr = sigterm_once(process, mock, "in_flight", 2)
     assert process.returncode == 143, stderr
     sent = mock.stats()["requests"]
     kept = len(PartStore(str(tmp_path / "out.checkpoint")).read_all(part_schema()))
