@@ -19,6 +19,7 @@ from batchpizza.controls.gate import Stopped
 from batchpizza.distributed.budget import Budget, Report
 from batchpizza.distributed.gate import ClusterGate
 from batchpizza.distributed.worker import Answerer
+from tests.local_controller import LocalController
 
 # Far longer than any test may take: reached, the test fails by its guard rather than hangs.
 GUARD_S = 20.0
@@ -30,25 +31,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.t
-
-
-class LocalController:
-    """The controller in this process, as an actor sees it (no Ray)."""
-
-    def __init__(self, budget: Budget) -> None:
-        self.budget = budget
-
-    async def lease(self, want: int, reports: Any) -> Any:
-        return await self.budget.lease(want, reports)
-
-    async def record(self, reports: Any) -> Any:
-        return self.budget.record(reports)
-
-    async def admits(self, epoch: int, probe: bool) -> bool:
-        return self.budget.admits(epoch, probe)
-
-    async def news(self, known: int) -> Any:
-        return await self.budget.news(known)
 
 
 async def forever(_delay: float) -> None:

@@ -30,6 +30,7 @@ from batchpizza.distributed.parts import PartStore, key_of
 from batchpizza.distributed.worker import Answerer, Kept, part_schema
 from batchpizza.errors import HTTPStatusError
 from batchpizza.mock.replies import mock_answer
+from tests.local_controller import LocalController
 
 
 class FakeClock:
@@ -166,25 +167,6 @@ async def test_news_of_a_cut_voids_the_slots_leased_before_it() -> None:
     news = await budget.news(0, wait=0.01)
     assert budget.rate < 10
     assert news.version == 1 and news.cut_at == clock() > lease.issued
-
-
-class LocalController:
-    """The controller in this process, as an actor sees it (no Ray): the worker's protocol."""
-
-    def __init__(self, budget: Budget) -> None:
-        self.budget = budget
-
-    async def lease(self, want: int, reports: Any) -> Any:
-        return await self.budget.lease(want, reports)
-
-    async def record(self, reports: Any) -> Any:
-        return self.budget.record(reports)
-
-    async def admits(self, epoch: int, probe: bool) -> bool:
-        return self.budget.admits(epoch, probe)
-
-    async def news(self, known: int) -> Any:
-        return await self.budget.news(known)
 
 
 @pytest.mark.slow
