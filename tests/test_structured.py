@@ -112,13 +112,20 @@ def test_a_ref_outside_the_schema_is_refused_not_fetched(ref: str) -> None:
         ("#/definitions/x", "$ref #/definitions/x at /properties/a/$ref points at nothing in the "
          "schema: / has no 'definitions'"),
         ("missing.json", "$ref missing.json at /properties/a/$ref is outside the schema"),
+        # A digit to str.isdigit() that is no index (int() refused it: a traceback).
+        ("#/$defs/b/allOf/\u00b2", "$ref #/$defs/b/allOf/\u00b2 at /properties/a/$ref points at "
+         "nothing in the schema: /$defs/b/allOf has no '\u00b2'"),
     ],
 )  # fmt: skip
 def test_a_ref_that_leads_nowhere_is_refused_naming_itself_and_its_place(
     ref: str, said: str
 ) -> None:
     # fastjsonschema said "Unresolvable ref: $defs" for the first: neither the ref nor where.
-    schema = {"type": "object", "$defs": {"b": {}}, "properties": {"a": {"$ref": ref}}}
+    schema = {
+        "type": "object",
+        "$defs": {"b": {"allOf": [{}]}},
+        "properties": {"a": {"$ref": ref}},
+    }
     with pytest.raises(UsageError) as caught:
         read_schema(_path_of(schema))
     assert said in str(caught.value)

@@ -57,7 +57,7 @@ def _missing(schema: dict[str, Any], ref: str) -> tuple[str, tuple[str, ...]] | 
         step = unquote(raw).replace("~1", "/").replace("~0", "~")
         if isinstance(node, dict) and step in node:
             node = node[step]
-        elif isinstance(node, list) and step.isdigit() and int(step) < len(node):
+        elif isinstance(node, list) and step.isascii() and step.isdigit() and int(step) < len(node):
             node = node[int(step)]
         else:
             return step, path
