@@ -226,15 +226,25 @@ def test_max_cost_through_batches_never_lets_the_servers_usage_pass_the_cap(
     )
 
 
+def capped_batches_out(
+    server: ThreadedMockServer, tmp_path: Path
+) -> tuple[Path, Path, Path, tuple[str, ...]]:
+    """120 rows, batches that take 4 s to end (still out when a run's deadline comes), and the
+    options of a run capped at $0.001 with max_tokens=20 and its summary written: input,
+    output, summary, options."""
+    server.batches.seconds = 4.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(120))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    capped = ("--param", "max_tokens=20", "--max-cost", "0.001", "--summary-json", str(summary))
+    return inp, out, summary, capped
+
+
 @pytest.mark.slow
 def test_batches_out_when_a_run_starts_are_reserved_until_collected(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
-    server.batches.seconds = 4.0
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(120))
-    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
-    extra = ("--via", "batch", "--param", "max_tokens=20", "--max-cost", "0.001",
-             "--summary-json", str(summary))  # fmt: skip
+    inp, out, summary, capped = capped_batches_out(server, tmp_path)
+    extra = ("--via", "batch", *capped)
 
     first = run(inp, out, server.base_url, *extra, "--deadline", "0.3s")
     assert first.returncode == 4, first.stderr
@@ -264,11 +274,8 @@ def test_batches_out_for_another_model_hold_the_cap_of_a_run_of_a_new_one(
     # Model a's batches were out (they will be billed) when a run of model b began: b's run
     # reserved only its own model's, submitted as if a's cost nothing, and the two passed the
     # cap together.
-    server.batches.seconds = 4.0
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(120))
-    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
-    extra = ("--via", "batch", "--param", "max_tokens=20", "--max-cost", "0.001",
-             "--summary-json", str(summary))  # fmt: skip
+    inp, out, summary, capped = capped_batches_out(server, tmp_path)
+    extra = ("--via", "batch", *capped)
 
     first = run(inp, out, server.base_url, *extra, "--model", "a")  # exits 4, batches out
     assert first.returncode == 4, first.stderr
@@ -293,10 +300,7 @@ def test_an_online_run_keeps_the_cap_with_the_batches_still_out(
 ) -> None:
     # The same command without --via while its batches were out sent rows online up to the
     # whole cap, as if the batches (billed when they end) cost nothing.
-    server.batches.seconds = 4.0
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(120))
-    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
-    extra = ("--param", "max_tokens=20", "--max-cost", "0.001", "--summary-json", str(summary))
+    inp, out, summary, extra = capped_batches_out(server, tmp_path)
 
     first = run(inp, out, server.base_url, *extra, "--via", "batch")  # exits 4, batches out
     assert first.returncode == 4, first.stderr
