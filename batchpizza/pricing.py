@@ -8,6 +8,7 @@ A Batch-API row costs half (`batch=True`), as OpenAI and Anthropic bill batches.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from batchpizza.errors import UsageError
@@ -95,3 +96,15 @@ def cost(price: Price, input_tokens: int, output_tokens: int, *, batch: bool = F
     """US dollars for a usage at `price`; half for a Batch-API row."""
     dollars = (input_tokens * price.input + output_tokens * price.output) / 1_000_000
     return dollars * BATCH_DISCOUNT if batch else dollars
+
+
+def dollars(amount: float, digits: int = 4) -> str:
+    """`amount` as "$" and `digits` significant digits, never in exponent form: a small run's
+    cost read "$5.7e-05" in a log, where "$0.000057" is what a user reads as money."""
+    if amount == 0 or not math.isfinite(amount):
+        return f"${amount:g}"
+    places = max(0, digits - 1 - math.floor(math.log10(abs(amount))))
+    text = f"{amount:.{places}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"${text}"

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
+from batchpizza.pricing import dollars
 from batchpizza.records import iso
 from batchpizza.redact import RedactingFilter, inert, redact
 from batchpizza.version import version
@@ -154,7 +155,7 @@ def progress_text(s: Snapshot) -> str:
     if s.tokens:
         text += f"; {s.tokens:,} tokens ({s.tokens / max(s.elapsed_s, 1e-9):.0f}/s)"
     if s.spent is not None:
-        text += f"; ${s.spent:.4g} spent"
+        text += f"; {dollars(s.spent)} spent"
     if s.waiting:
         text += f"; WAIT {s.waiting}"
     return text
@@ -208,8 +209,8 @@ def summary_line(s: Mapping[str, Any], log_format: str = "text") -> str:
         rate += f", {tokens['input']:,} tokens in + {tokens['output']:,} out{estimated}"
     cost = s.get("cost")
     if cost:
-        cap = f" of ${cost['cap']:g}" if cost.get("cap") is not None else ""
-        rate += f", ${cost['run']:.4g} (${cost['total']:.4g} on the checkpoint{cap})"
+        cap = f" of {dollars(cost['cap'], 6)}" if cost.get("cap") is not None else ""
+        rate += f", {dollars(cost['run'])} ({dollars(cost['total'])} on the checkpoint{cap})"
     return (
         f"{_local(unix)} batchpizza: {head}: {s['rows']} rows: {', '.join(parts)}; this run: "
         f"{s['requests']} requests, {s['retries']} retries in {s['elapsed_s']:.1f}s{rate}{where} "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -385,6 +386,55 @@ def test_status_and_the_summary_line_show_the_tokens_and_the_spend(
     assert info["spent"] == pytest.approx(ledger.cost, rel=1e-6)  # --price is the mock's own
     text = CliRunner().invoke(cli, ["status", str(out)]).output
     assert "tokens" in text and "spent over all runs" in text
+
+
+def test_a_small_spend_reads_as_dollars_in_every_text(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from batchpizza.cli import cli
+    from batchpizza.runlog import summary_line
+
+    # 20 short prompts at a hundredth of a cent a million tokens: about $0.00001, which the
+    # summary line, status and report wrote "$1.2e-05".
+    source = write_jsonl(tmp_path / "in.jsonl", prompts(20))
+    out = tmp_path / "out.jsonl"
+    summary = batchpizza.run(source, out, **openai(mock_api, price="0.01,0.02", max_cost=1))
+    spent = summary["cost"]["total"]
+    assert 0 < spent < 1e-4
+    more = write_jsonl(tmp_path / "more.jsonl", prompts(40))
+    texts = {
+        "summary": summary_line(summary),
+        "status": CliRunner().invoke(cli, ["status", str(out)]).output,
+        "report": CliRunner().invoke(cli, ["report", str(out)]).output,
+        # The dry run of 20 rows more: its estimate, the spend so far, the cap left.
+        "dry run": CliRunner()
+        .invoke(
+            cli,
+            [
+                "run",
+                str(more),
+                "-o",
+                str(out),
+                "--dry-run",
+                "--provider",
+                "openai",
+                "--base-url",
+                f"{mock_api.base_url}/v1",
+                "--rate",
+                "0",
+                "--price",
+                "0.01,0.02",
+                "--max-cost",
+                "1",
+            ],
+        )
+        .output,
+    }
+    for where, text in texts.items():
+        assert re.search(r"\$0\.0000\d", text), (where, text)
+        assert not re.search(r"\d\.?\d*e[-+]\d", text), (where, text)
 
 
 def test_a_dry_run_estimates_the_cost_within_a_fifth_and_says_the_cap(

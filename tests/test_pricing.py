@@ -7,7 +7,15 @@ import pytest
 from batchpizza.budgeting import parse_tpm
 from batchpizza.config import RunConfig
 from batchpizza.errors import UsageError
-from batchpizza.pricing import PRICES, Price, cost, parse_price, price_for, table_price
+from batchpizza.pricing import (
+    PRICES,
+    Price,
+    cost,
+    dollars,
+    parse_price,
+    price_for,
+    table_price,
+)
 from batchpizza.records import Prompt
 from batchpizza.tokencount import input_bound, input_estimate, max_output, text_tokens
 
@@ -93,3 +101,20 @@ def test_max_output_counts_every_choice_a_request_asks_for() -> None:
     assert max_output({"n": 4}, line) == 200  # --param's n over the line's
     assert max_output({"n": 3}) is None  # no cap: the running estimate (of whole usages) stands
     assert max_output({"max_tokens": 20, "n": True}) == 20  # a bool is no count
+
+
+@pytest.mark.parametrize(
+    ("amount", "text"),
+    [
+        (5.7e-05, "$0.000057"),  # a small run's cost: "$5.7e-05" before
+        (2e-05, "$0.00002"),
+        (0.1429, "$0.1429"),
+        (0.98, "$0.98"),
+        (1.0, "$1"),
+        (1234.5678, "$1235"),
+        (12345.6, "$12346"),  # "$1.235e+04" before
+        (0.0, "$0"),
+    ],
+)
+def test_dollars_are_never_written_in_exponent_form(amount: float, text: str) -> None:
+    assert dollars(amount) == text

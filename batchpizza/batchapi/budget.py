@@ -33,7 +33,7 @@ from batchpizza.controls.budget import Reservation
 from batchpizza.controls.metering import Meter
 from batchpizza.controls.stop import Stop
 from batchpizza.engine.runner import Counters, PendingRow
-from batchpizza.pricing import cost
+from batchpizza.pricing import cost, dollars
 from batchpizza.records import Prompt, Result
 from batchpizza.tokencount import input_bound, max_output, messages_bound
 
@@ -84,18 +84,18 @@ class BatchBudget:
         budget = self.budget
         if budget is None:
             return
-        count, dollars = 0, 0.0
+        count, held = 0, 0.0
         for line in lines:
             if line.line is not None:
                 count += 1
-                dollars += cost(budget.price, *self._line_worst(line.line), batch=True)
+                held += cost(budget.price, *self._line_worst(line.line), batch=True)
         if count:
-            budget.cap -= dollars
+            budget.cap -= held
             log.warning(
-                "--max-cost: %d requests in Batch API batches still out hold $%.4g of the cap "
+                "--max-cost: %d requests in Batch API batches still out hold %s of the cap "
                 "(they will be billed; %s collects them)",
                 count,
-                dollars,
+                dollars(held),
                 whose,
             )
 

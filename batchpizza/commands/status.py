@@ -18,6 +18,7 @@ from batchpizza.checkpoint import Checkpoint, is_locked
 from batchpizza.commands import say
 from batchpizza.errors import BatchpizzaError
 from batchpizza.files import refuse_own_files, write_atomically
+from batchpizza.pricing import dollars
 
 
 @click.command()
@@ -100,13 +101,13 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
         estimated = " (estimated)" if spent.estimated else ""
         click.echo(
             f"  tokens     {spent.prompt_tokens:,} in + {spent.completion_tokens:,} out"
-            f"{estimated}, ${spent.dollars:.4g} spent over all runs"
+            f"{estimated}, {dollars(spent.dollars)} spent over all runs"
         )
     if spent.batch_prompt_tokens or spent.batch_completion_tokens:
         click.echo(
             f"  batch      of which {spent.batch_prompt_tokens:,} in + "
             f"{spent.batch_completion_tokens:,} out through the Batch API, at half price: "
-            f"${spent.batch_dollars:.4g}"
+            f"{dollars(spent.batch_dollars)}"
         )
     click.echo(f"  written    {when}")
     click.echo(f"  running    {'yes: a run holds the lock' if info['running'] else 'no'}")

@@ -13,7 +13,7 @@ from batchpizza.config import RunConfig
 from batchpizza.controls.budget import Budget
 from batchpizza.controls.metering import Meter
 from batchpizza.controls.tokens import AUTO_SHARE, DEFAULT_OUTPUT_TOKENS, TokenPacer
-from batchpizza.pricing import FREE, cost
+from batchpizza.pricing import FREE, cost, dollars
 from batchpizza.records import Prompt
 from batchpizza.tokencount import input_bound, input_estimate, max_output
 
@@ -121,16 +121,16 @@ def estimate_lines(
     estimate = cost(price, inputs, outputs, batch=batch)
     at = "the Batch API's half of " if batch else ""
     lines.append(
-        f"  cost        about ${estimate:.4g} at {at}${price.input:g}/${price.output:g} per "
-        f"million in/out; ${spent:.4g} spent on this checkpoint so far"
+        f"  cost        about {dollars(estimate)} at {at}${price.input:g}/${price.output:g} per "
+        f"million in/out; {dollars(spent)} spent on this checkpoint so far"
     )
     if config.max_cost is not None and count:
         left = max(0.0, config.max_cost - spent)
         per_row = estimate / count
         fits = count if per_row == 0 else min(count, int(left / per_row))
         lines.append(
-            f"  cap         ${config.max_cost:g}: ${left:.4g} left, about {fits:,} of the {count:,} "
+            f"  cap         {dollars(config.max_cost, 6)}: {dollars(left)} left, about {fits:,} of the {count:,} "
             f"requests fit (each reserves its worst case, about "
-            f"${cost(price, bound, worst, batch=batch) / count:.3g}, while in flight)"
+            f"{dollars(cost(price, bound, worst, batch=batch) / count, 3)}, while in flight)"
         )
     return lines

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from batchpizza.checkpoint import Checkpoint
+from batchpizza.pricing import dollars
 from batchpizza.report.fmt import int_text
 
 
@@ -36,12 +37,12 @@ def text_spend(spend: Mapping[str, Any] | None) -> list[str]:
         "Spend (every run, at its price)",
         f"  {'tokens':<14}{int_text(spend['input']):>12} in  {int_text(spend['output']):>12} out"
         f"{estimated}",
-        f"  {'dollars':<14}{spend['dollars']:>12.4g}",
+        f"  {'dollars':<14}{dollars(spend['dollars']):>12}",
     ]
     batch = spend["batch"]
     if batch["input"] or batch["output"]:
         out.append(
             f"  {'  Batch API':<14}{int_text(batch['input']):>12} in  "
-            f"{int_text(batch['output']):>12} out  ${batch['dollars']:.4g} at half price"
+            f"{int_text(batch['output']):>12} out  {dollars(batch['dollars'])} at half price"
         )
     return out
