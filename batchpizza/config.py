@@ -12,7 +12,7 @@ from batchpizza.batchapi.settings import check_via
 from batchpizza.budgeting import check_cost, parse_tpm
 from batchpizza.errors import UsageError
 from batchpizza.numbers import check_seconds
-from batchpizza.options import PATHS, check_types, plain
+from batchpizza.options import PATHS, check_types, durations_in_seconds, plain
 from batchpizza.parsing import (
     check_params,
     check_url,
@@ -237,6 +237,7 @@ class RunConfig:
             options["params"] = list(options["params"])
         plain(options)
         check_types(options)
+        durations_in_seconds(options)
         if "params" in options and options["params"] is None:
             del options["params"]  # no parameters, as before the type check
         for name in PATHS:
