@@ -19,6 +19,9 @@ from batchpizza.errors import UsageError
 _WHOLE = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
+# IN,OUT in dollars (--price): each may carry a dollar sign, the comma spaces beside it.
+_DOLLAR_PAIR = re.compile(r"\$?(?P<first>[^\s,$]+) *, *\$?(?P<second>[^\s,$]+)")
+
 WHOLE = "a whole number in digits 0-9"
 DECIMAL = "a finite number in digits 0-9 (such as 2, 1.5 or 1e-6)"
 
@@ -35,6 +38,14 @@ def decimal(text: str) -> float | None:
         return None
     number = float(text)
     return number if math.isfinite(number) else None
+
+
+def dollar_pair(text: str) -> tuple[float, float] | None:
+    """`0.15,0.60` or `$0.15, $0.60` as two numbers read by `decimal`; else None."""
+    match = _DOLLAR_PAIR.fullmatch(text)
+    first = decimal(match["first"]) if match else None
+    second = decimal(match["second"]) if match else None
+    return None if first is None or second is None else (first, second)
 
 
 def check_seconds(value: float, option: str) -> None:

@@ -8,17 +8,13 @@ A Batch-API row costs half (`batch=True`), as OpenAI and Anthropic bill batches.
 
 from __future__ import annotations
 
-import re
 from typing import NamedTuple
 
 from batchpizza.errors import UsageError
-from batchpizza.numbers import decimal
+from batchpizza.numbers import dollar_pair
 
 PRICES_AS_OF = "2025-08-01"
 BATCH_DISCOUNT = 0.5
-# IN,OUT: each may carry a dollar sign, the comma spaces around it ("$0.15, $0.60"); the
-# numbers are read by numbers.decimal.
-_PRICE = re.compile(r"\$?(?P<input>[^\s,$]+) *, *\$?(?P<output>[^\s,$]+)")
 
 
 class Price(NamedTuple):
@@ -52,15 +48,13 @@ PRICES: dict[str, Price] = {
 
 def parse_price(text: str) -> Price:
     """`IN,OUT` in dollars per million tokens: `0.15,0.60`."""
-    match = _PRICE.fullmatch(str(text))
-    input_price = decimal(match["input"]) if match else None
-    output_price = decimal(match["output"]) if match else None
-    if input_price is None or output_price is None:
+    prices = dollar_pair(str(text))
+    if prices is None:
         raise UsageError(
             f"--price {text!r}: expected IN,OUT in dollars per million input and output "
             "tokens in digits 0-9, e.g. 0.15,0.60"
         )
-    price = Price(input_price, output_price)
+    price = Price(*prices)
     if not all(0 <= p < float("inf") for p in price):
         raise UsageError(f"--price {text!r}: prices must be finite and not negative")
     return price
