@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from batchpizza.errors import UsageError
+from batchpizza.numbers import decimal
 from batchpizza.pricing import FREE, Price, parse_price, price_for, table_price
 
 
@@ -14,18 +15,22 @@ def parse_tpm(value: float | str | None) -> tuple[float | None, bool]:
     `1.5M`), `auto` (learned from the server's headers), or None / 0 for no token limit."""
     if value is None:
         return None, False
-    text = str(value).strip().lower().replace("_", "").replace(",", "")
-    if text == "auto":
-        return None, True
-    scale = 1.0
-    if text[-1:] in ("k", "m"):
-        scale, text = (1e3 if text[-1] == "k" else 1e6), text[:-1]
-    try:
-        per_minute = float(text) * scale
-    except ValueError:
-        raise UsageError(
-            f"--tpm {value!r}: expected tokens per minute (20000, 20k, 1.5M) or auto"
-        ) from None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        per_minute = float(value)
+    else:
+        text = str(value).lower()
+        if text == "auto":
+            return None, True
+        scale = 1.0
+        if text[-1:] in ("k", "m"):
+            scale, text = (1e3 if text[-1] == "k" else 1e6), text[:-1]
+        number = decimal(text)
+        if number is None:
+            raise UsageError(
+                f"--tpm {value!r}: expected tokens per minute in digits 0-9 (20000, 20k, 1.5M) "
+                "or auto"
+            )
+        per_minute = number * scale
     if not math.isfinite(per_minute) or per_minute < 0:
         raise UsageError(f"--tpm {value!r}: must be a finite number of tokens per minute, >= 0")
     return (per_minute / 60.0 if per_minute > 0 else None), False

@@ -13,6 +13,7 @@ import click
 import batchpizza.config as defaults
 from batchpizza.commands import say
 from batchpizza.commands.mock_server import mock_server
+from batchpizza.commands.numbers import PlainFloat, PlainInt
 from batchpizza.commands.status import report, status
 from batchpizza.config import RunConfig
 from batchpizza.errors import BatchpizzaError
@@ -62,7 +63,7 @@ def cli() -> None:
 )
 @click.option(
     "--schema-retries",
-    type=click.IntRange(min=0),
+    type=PlainInt(min=0),
     default=2,
     show_default=True,
     metavar="N",
@@ -71,7 +72,7 @@ def cli() -> None:
 @click.option("--flatten", is_flag=True, help="With --schema: its top-level properties as columns.")
 @click.option(
     "--concurrency",
-    type=click.IntRange(min=1),
+    type=PlainInt(min=1),
     default=defaults.DEFAULT_CONCURRENCY,
     show_default=True,
     help="Requests in flight at most.",
@@ -89,7 +90,7 @@ def cli() -> None:
 )
 @click.option(
     "--max-cost",
-    type=click.FloatRange(min=0),
+    type=PlainFloat(min=0),
     help="US dollars this checkpoint may spend, over all its runs: each request reserves its "
     "worst case first; at the cap, exit 4 with the rest pending.",
 )
@@ -101,14 +102,14 @@ def cli() -> None:
 )
 @click.option(
     "--max-retries",
-    type=click.IntRange(min=0),
+    type=PlainInt(min=0),
     default=defaults.DEFAULT_MAX_RETRIES,
     show_default=True,
     help="Retries after the first attempt.",
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=PlainFloat(min=0, min_open=True),
     default=defaults.DEFAULT_TIMEOUT,
     show_default=True,
     help="Seconds per attempt.",
@@ -175,11 +176,11 @@ def cli() -> None:
 )
 @click.option("--wait", is_flag=True, help="--via batch: wait for the batches (up to --deadline).")
 @click.option("--dry-run", is_flag=True, help="Validate and plan; send and change nothing.")
-@click.option("--limit", type=click.IntRange(min=0), help="Use only the first N rows.")
+@click.option("--limit", type=PlainInt(min=0), help="Use only the first N rows.")
 @click.option(
     "--repeat",
     "samples",
-    type=click.IntRange(min=1),
+    type=PlainInt(min=1),
     default=1,
     show_default=True,
     help="Ask each request N times: N answers and N output rows, with a `sample` column "
@@ -192,7 +193,7 @@ def cli() -> None:
 )
 @click.option(
     "--progress-every",
-    type=click.FloatRange(min=0, min_open=True),
+    type=PlainFloat(min=0, min_open=True),
     default=defaults.DEFAULT_PROGRESS_EVERY,
     show_default=True,
     help="Seconds between progress lines when stderr is not a terminal.",

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from batchpizza.batchapi.settings import check_via
 from batchpizza.budgeting import check_cost, parse_tpm
 from batchpizza.errors import UsageError
-from batchpizza.options import PATHS, check_types, plain
+from batchpizza.numbers import check_seconds
+from batchpizza.options import PATHS, check_types, durations_in_seconds, plain
 from batchpizza.parsing import (
     check_params,
     check_url,
@@ -53,6 +54,17 @@ PROVIDERS = ("pizzagpt", "openai")
 LOG_FORMATS = ("text", "json")
 FORMATS = ("parquet", "jsonl", "openai-batch")
 MAX_SAMPLES = 10_000  # --repeat: samples of each request at most
+# The options that are a number of seconds (besides --deadline and --patience, read as text too).
+# Each as an error names it: the Python-only ones by their keyword.
+SECONDS = {
+    "timeout": "--timeout",
+    "progress_every": "--progress-every",
+    "misuse_backoff": "misuse_backoff",
+    "backoff_base": "backoff_base",
+    "backoff_cap": "backoff_cap",
+    "retry_after_cap": "retry_after_cap",
+    "grace": "grace",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,6 +164,8 @@ class RunConfig:
             raise UsageError(f"--model {self.model!r}: Pizzagpt serves only {DEFAULT_MODEL}")
         if self.log_format not in LOG_FORMATS:
             raise UsageError(f"--log-format {self.log_format!r}: one of {', '.join(LOG_FORMATS)}")
+        for name in SECONDS:
+            check_seconds(getattr(self, name), SECONDS[name])
         if self.progress_every <= 0:
             raise UsageError("--progress-every must be a positive number of seconds")
         if self.concurrency < 1:
@@ -223,6 +237,7 @@ class RunConfig:
             options["params"] = list(options["params"])
         plain(options)
         check_types(options)
+        durations_in_seconds(options)
         if "params" in options and options["params"] is None:
             del options["params"]  # no parameters, as before the type check
         for name in PATHS:

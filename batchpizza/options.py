@@ -10,6 +10,7 @@ import numbers
 import os
 import types
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any, TypedDict, Union, get_args, get_origin, get_type_hints
 
 from batchpizza.errors import UsageError
@@ -22,7 +23,7 @@ class Options(TypedDict, total=False):
     concurrency: int  # requests in flight at most (8)
     rate: float | str | None  # "2/s" (None), "300/min", 0 for unlimited, "auto" or "auto:MAX"
     max_retries: int  # retries after the first attempt (5)
-    timeout: float  # seconds per attempt (60)
+    timeout: float | timedelta  # seconds per attempt (60)
     proxy: str | None  # a proxy URL (else BATCHPIZZA_PROXY / HTTPS_PROXY ...)
     base_url: str | None  # the server (None: Pizzagpt's; else BATCHPIZZA_BASE_URL)
     checkpoint: (
@@ -36,18 +37,18 @@ class Options(TypedDict, total=False):
     quiet: bool  # errors only
     verbose: bool  # log each retry
     misuse_retries: int  # re-asks of a misuse refusal (2)
-    misuse_backoff: float  # seconds before a misuse re-ask (30)
-    backoff_base: float  # first retry wait, seconds, doubling (0.5)
-    backoff_cap: float  # longest retry wait, seconds (30)
-    retry_after_cap: float  # longest Retry-After obeyed, seconds (300)
-    grace: float  # seconds requests in flight get after a stop (5)
+    misuse_backoff: float | timedelta  # seconds before a misuse re-ask (30)
+    backoff_base: float | timedelta  # first retry wait, seconds, doubling (0.5)
+    backoff_cap: float | timedelta  # longest retry wait, seconds (30)
+    retry_after_cap: float | timedelta  # longest Retry-After obeyed, seconds (300)
+    grace: float | timedelta  # seconds requests in flight get after a stop (5)
     mock: bool  # answer from the bundled mock server (offline)
-    deadline: float | str | None  # stop sending after this long ("50m"; from the process start)
-    patience: float | str  # how long the breaker may wait on a refusing service ("10m")
+    deadline: float | str | timedelta | None  # stop sending after this long ("50m"; from start)
+    patience: float | str | timedelta  # how long the breaker may wait on a refusing service
     dry_run: bool  # plan and print, send nothing
     limit: int | None  # the first N rows only
     samples: int  # ask each request N times: N answers, N output rows with `sample` (1)
-    progress_every: float  # seconds between progress lines when not on a terminal (60)
+    progress_every: float | timedelta  # seconds between progress lines off a terminal (60)
     provider: str  # "pizzagpt" (default) or "openai"
     model: str | None  # the model (OpenAI-compatible servers)
     params: dict[str, Any] | list[str] | None  # body parameters: a dict, or KEY=VALUE texts
@@ -85,6 +86,14 @@ def plain(options: dict[str, Any]) -> None:
             options[name] = bool(value)
         elif isinstance(value, decimal.Decimal):
             options[name] = float(value)
+
+
+def durations_in_seconds(options: dict[str, Any]) -> None:
+    """A duration given as a timedelta (`deadline=timedelta(minutes=50)`), in place, as its
+    seconds: then checked as that number would be (negative refused; zero where it is)."""
+    for name, value in options.items():
+        if isinstance(value, timedelta):
+            options[name] = value.total_seconds()
 
 
 def check_types(options: Mapping[str, Any]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from batchpizza.errors import UsageError
+from batchpizza.numbers import decimal
 
 DEFAULT_AUTO_MAX = 20.0  # --rate auto without a MAX: a ceiling polite to a free service
 
@@ -23,7 +24,8 @@ _PERIODS = {
     "h": 3600.0,
     "hour": 3600.0,
 }
-_RATE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?:/\s*(?P<per>[a-z]+))?\s*$", re.IGNORECASE)
+# The number is read by numbers.decimal: ASCII digits only, no spaces around the whole.
+_RATE = re.compile(r"(?P<n>[^\s/]+)(?:\s*/\s*(?P<per>[a-z]+))?", re.IGNORECASE | re.ASCII)
 
 
 def parse_rate(value: str | float | int) -> float:
@@ -31,13 +33,15 @@ def parse_rate(value: str | float | int) -> float:
     if isinstance(value, (int, float)):
         rate = float(value)
     else:
-        match = _RATE.match(value)
+        match = _RATE.fullmatch(value)
         per = (match["per"] or "s").lower() if match else ""
-        if not match or per not in _PERIODS:
+        number = decimal(match["n"]) if match else None
+        if number is None or per not in _PERIODS:
             raise UsageError(
-                f"--rate {value!r}: expected a number per s, min or h, e.g. 5/s or 300/min"
+                f"--rate {value!r}: expected a number (digits 0-9) per s, min or h, e.g. 5/s "
+                "or 300/min"
             )
-        rate = float(match["n"]) / _PERIODS[per]
+        rate = number / _PERIODS[per]
     if not math.isfinite(rate) or rate < 0:
         raise UsageError(f"--rate {value!r}: must be 0 (unlimited) or a positive rate")
     return rate
@@ -56,7 +60,7 @@ def output_format(path: str, chosen: str | None = None) -> str:
     return OUTPUT_FORMATS[suffix]
 
 
-_DURATION = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"(?P<n>\S+?)(?:\s*(?P<unit>ms|s|m|h|d))?", re.IGNORECASE | re.ASCII)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -65,10 +69,13 @@ def parse_duration(value: str | float | int, option: str) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise UsageError(f"{option} {value!r}: expected a duration such as 90, 90s, 50m or 2h")
-        seconds = float(match["n"]) * _UNITS[(match["unit"] or "s").lower()]
+        match = _DURATION.fullmatch(str(value))
+        number = decimal(match["n"]) if match else None
+        if match is None or number is None:
+            raise UsageError(
+                f"{option} {value!r}: expected a duration in digits 0-9 such as 90, 90s, 50m or 2h"
+            )
+        seconds = number * _UNITS[(match["unit"] or "s").lower()]
     if not math.isfinite(seconds) or seconds < 0:
         raise UsageError(f"{option} {value!r}: must be 0 or more")
     return seconds
@@ -76,8 +83,8 @@ def parse_duration(value: str | float | int, option: str) -> float:
 
 def parse_rate_option(value: str | float | int) -> tuple[float, float | None]:
     """--rate: (fixed requests/s, None) or (0, MAX) for `auto[:MAX]`."""
-    if isinstance(value, str) and value.strip().lower().startswith("auto"):
-        rest = value.strip()[4:]
+    if isinstance(value, str) and value.lower().startswith("auto"):
+        rest = value[4:]
         if not rest:
             return 0.0, DEFAULT_AUTO_MAX
         if not rest.startswith(":"):

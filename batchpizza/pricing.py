@@ -12,6 +12,7 @@ import math
 from typing import NamedTuple
 
 from batchpizza.errors import UsageError
+from batchpizza.numbers import dollar_pair
 
 PRICES_AS_OF = "2025-08-01"
 BATCH_DISCOUNT = 0.5
@@ -48,16 +49,13 @@ PRICES: dict[str, Price] = {
 
 def parse_price(text: str) -> Price:
     """`IN,OUT` in dollars per million tokens: `0.15,0.60`."""
-    parts = [p.strip().lstrip("$") for p in str(text).split(",")]
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        price = Price(float(parts[0]), float(parts[1]))
-    except ValueError:
+    prices = dollar_pair(str(text))
+    if prices is None:
         raise UsageError(
             f"--price {text!r}: expected IN,OUT in dollars per million input and output "
-            "tokens, e.g. 0.15,0.60"
-        ) from None
+            "tokens in digits 0-9, e.g. 0.15,0.60"
+        )
+    price = Price(*prices)
     if not all(0 <= p < float("inf") for p in price):
         raise UsageError(f"--price {text!r}: prices must be finite and not negative")
     return price

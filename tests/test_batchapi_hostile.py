@@ -4,6 +4,7 @@ given to the wrong row, the error names what the server did, and a rerun picks u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sqlite3
@@ -11,9 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from aiohttp import web
@@ -671,21 +672,35 @@ def test_killed_at_each_step_on_a_server_that_lists_no_files_submits_each_line_o
     assert len(raw.batches) == 2 and len(raw.files) == 3
 
 
-def killed_during_then_rerun(
-    spawn: Spawn, tmp_path: Path, step: str, n: int
-) -> tuple[RawServer, subprocess.CompletedProcess[str], Path]:
-    """A run killed during `step` (upload, create) against a server that lists neither files
-    nor batches, then rerun: the server, the rerun and the output."""
+class Killed(NamedTuple):
+    raw: RawServer
+    inp: Path
+    out: Path
+    argv: list[str]  # the command without --via batch --wait
+
+
+@contextlib.contextmanager
+def killed_during(spawn: Spawn, tmp_path: Path, step: str, n: int) -> Iterator[Killed]:
+    """A `--via batch --wait` run of `n` rows killed during `step` (upload, create) against a
+    server that lists neither files nor batches; the server serves on inside the block."""
     inp = write_jsonl(tmp_path / "in.jsonl", rows(n))
     out = tmp_path / "out.jsonl"
     with RawServer() as raw:
         raw.hooks["files"] = raw.hooks["batches"] = _no_listing
         argv = ["run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
-                f"{raw.base_url}/v1", "--no-progress", "--via", "batch", "--wait"]  # fmt: skip
-        killed_when(spawn, argv, raw.stall(step).is_set)
+                f"{raw.base_url}/v1", "--no-progress"]  # fmt: skip
+        killed_when(spawn, [*argv, "--via", "batch", "--wait"], raw.stall(step).is_set)
         del raw.hooks[step]
-        rerun = batch_run(inp, out, raw.base_url)
-    return raw, rerun, out
+        yield Killed(raw, inp, out, argv)
+
+
+def killed_during_then_rerun(
+    spawn: Spawn, tmp_path: Path, step: str, n: int
+) -> tuple[RawServer, subprocess.CompletedProcess[str], Path]:
+    """killed_during, then rerun: the server, the rerun and the output."""
+    with killed_during(spawn, tmp_path, step, n) as killed:
+        rerun = batch_run(killed.inp, killed.out, killed.raw.base_url)
+    return killed.raw, rerun, killed.out
 
 
 def test_a_server_that_lists_no_batches_makes_a_batch_a_killed_run_never_asked_for(
@@ -720,14 +735,7 @@ def test_a_file_an_earlier_version_left_uploaded_is_not_created_again_unseen(
     # create was sent (killed during it, here): on a server that lists no batches, the rerun
     # cannot tell either, so it must not make the batch again (every line submitted twice).
     n = 30
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(n))
-    out = tmp_path / "out.jsonl"
-    with RawServer() as raw:
-        raw.hooks["files"] = raw.hooks["batches"] = _no_listing
-        argv = ["run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
-                f"{raw.base_url}/v1", "--no-progress", "--via", "batch", "--wait"]  # fmt: skip
-        killed_when(spawn, argv, raw.stall("create").is_set)
-        del raw.hooks["create"]
+    with killed_during(spawn, tmp_path, "create", n) as (raw, inp, out, _):
         with sqlite3.connect(f"{out}.checkpoint") as conn:  # as the earlier version left it
             conn.execute("UPDATE batch_files SET state = 'uploaded'")
         again = batch_run(inp, out, raw.base_url)
@@ -996,14 +1004,7 @@ def test_rows_sent_online_as_advised_end_the_stop_over_their_batch_that_may_exis
     # --via batch run then stopped again, and every one after it, for a file whose every row
     # is answered (its batch, if the server made it, can only answer them again).
     n = 30
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(n))
-    out = tmp_path / "out.jsonl"
-    with RawServer() as raw:
-        raw.hooks["files"] = raw.hooks["batches"] = _no_listing
-        argv = ["run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
-                f"{raw.base_url}/v1", "--no-progress"]  # fmt: skip
-        killed_when(spawn, [*argv, "--via", "batch", "--wait"], raw.stall("create").is_set)
-        del raw.hooks["create"]
+    with killed_during(spawn, tmp_path, "create", n) as (raw, inp, out, argv):
         stopped = batch_run(inp, out, raw.base_url)
         assert stopped.returncode == 2, stopped.stderr
         online = subprocess.run(

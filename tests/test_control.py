@@ -28,6 +28,7 @@ from batchpizza.errors import (
 from batchpizza.mock.faults import MockConfig
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
+from batchpizza.records import RateInfo
 
 
 @pytest.mark.parametrize(
@@ -116,6 +117,20 @@ def test_a_few_always_refused_rows_at_the_tail_neither_trip_the_breaker_nor_come
     assert mock_api.stats.requests == 20 + 5 * 3
     assert (retried["exit_code"], retried["answered"], retried["misuse"]) == (3, 55, 5)
     assert breaker_events(out) == []
+
+
+@pytest.mark.parametrize(("limit", "held"), [(10, True), (None, True), (0, False)])
+async def test_a_request_limit_about_to_run_out_holds_every_worker_unless_it_is_zero(
+    limit: int | None, held: bool
+) -> None:
+    # An answer announcing a limit of 0 with 0 remaining: placeholders (a real zero is a 429,
+    # a spent quota); holding on them paused every worker after each answer.
+    control = Control(rate=0, auto_max=None, learned=None, patience=60, retry_after_cap=300,
+                      timeout=1, on_give_up=lambda: None)  # fmt: skip
+    token = await control.enter()
+    rate = RateInfo(limit=limit, remaining=0, reset_s=5.0)
+    control.finished(token, time.monotonic(), "answered", None, rate)
+    assert (control.gate.pause.remaining > 4) == held
 
 
 async def test_a_retry_after_holds_every_worker_and_refusals_trip_the_breaker() -> None:

@@ -77,46 +77,69 @@ def test_token_headers_with_odd_values(headers: dict[str, str], expected: RateIn
     assert parse_rate_info(headers) == expected
 
 
-def test_the_headers_litellm_passes_on_fill_in_those_it_drops() -> None:
-    # LiteLLM's proxy (1.108) sends the upstream's x-ratelimit-limit/remaining-tokens, but its
-    # reset only as llm_provider-x-ratelimit-reset-tokens: --tpm auto took the window for a
-    # minute, 45 tokens/s against an upstream allowing 600 (3,000 a 5 s window).
-    litellm = {
-        "x-ratelimit-limit-tokens": "3000",
-        "x-ratelimit-remaining-tokens": "2952",
-        "llm_provider-x-ratelimit-limit-tokens": "3000",
-        "llm_provider-x-ratelimit-remaining-tokens": "2952",
-        "llm_provider-x-ratelimit-reset-tokens": "0.080s",
-        "llm_provider-x-ratelimit-reset-requests": "1s",
-    }
-    assert parse_rate_info(litellm) == RateInfo(
-        reset_s=1.0, limit_tokens=3000, remaining_tokens=2952, reset_tokens_s=0.08
-    )
-    # The proxy's own headers win where it sends both.
-    both = {"x-ratelimit-limit-tokens": "10", "llm_provider-x-ratelimit-limit-tokens": "99"}
-    assert parse_rate_info(both) == RateInfo(limit_tokens=10)
+# LiteLLM's proxy passes the upstream's headers on as llm_provider-x-ratelimit-*; its own
+# x-ratelimit-* are the upstream's passed on, or its own limits for a key that has some.
+KEYED = {
+    "x-ratelimit-limit-tokens": "10000",
+    "x-ratelimit-remaining-tokens": "9000",
+    "llm_provider-x-ratelimit-limit-tokens": "3000",
+    "llm_provider-x-ratelimit-remaining-tokens": "2952",
+    "llm_provider-x-ratelimit-reset-tokens": "1s",
+}
 
 
-def test_a_proxy_limit_of_its_own_is_not_read_with_the_upstreams_reset() -> None:
-    # LiteLLM with limits on the key sends the key's (a minute's) as x-ratelimit-*, the
-    # upstream's as llm_provider-x-ratelimit-*: its reset (of a 5 s window) beside the key's
-    # limit made a 10 s window, 60,000 tokens a minute learned for a key allowed 10,000.
-    keyed = {
-        "x-ratelimit-limit-tokens": "10000",
-        "x-ratelimit-remaining-tokens": "9000",
-        "llm_provider-x-ratelimit-limit-tokens": "3000",
-        "llm_provider-x-ratelimit-remaining-tokens": "2952",
-        "llm_provider-x-ratelimit-reset-tokens": "1s",
-    }
-    info = parse_rate_info(keyed)
-    assert info == RateInfo(limit_tokens=10000, remaining_tokens=9000)
+@pytest.mark.parametrize(
+    ("headers", "expected", "learned"),
+    [
+        pytest.param(
+            # LiteLLM (1.108) sends the upstream's x-ratelimit-limit/remaining-tokens, but its
+            # reset only as llm_provider-x-ratelimit-reset-tokens: --tpm auto took the window
+            # for a minute, 45 tokens/s against an upstream allowing 600 (3,000 a 5 s window).
+            {
+                "x-ratelimit-limit-tokens": "3000",
+                "x-ratelimit-remaining-tokens": "2952",
+                "llm_provider-x-ratelimit-limit-tokens": "3000",
+                "llm_provider-x-ratelimit-remaining-tokens": "2952",
+                "llm_provider-x-ratelimit-reset-tokens": "0.080s",
+                "llm_provider-x-ratelimit-reset-requests": "1s",
+            },
+            RateInfo(reset_s=1.0, limit_tokens=3000, remaining_tokens=2952, reset_tokens_s=0.08),
+            600.0,
+            id="passed-on-resets-fill-in",
+        ),
+        pytest.param(
+            # The proxy's own headers win where it sends both.
+            {"x-ratelimit-limit-tokens": "10", "llm_provider-x-ratelimit-limit-tokens": "99"},
+            RateInfo(limit_tokens=10),
+            10 / 60,
+            id="proxys-own-win",
+        ),
+        pytest.param(
+            # With limits on the key LiteLLM sends the key's (a minute's) as x-ratelimit-*, the
+            # upstream's as llm_provider-x-ratelimit-*: its reset (of a 5 s window) beside the
+            # key's limit made a 10 s window, 60,000 tokens a minute learned for a key allowed
+            # 10,000.
+            KEYED,
+            RateInfo(limit_tokens=10000, remaining_tokens=9000),
+            10000 / 60,
+            id="key-limit-not-with-upstream-reset",
+        ),
+        pytest.param(
+            # Only the upstream's: all of them.
+            {k: v for k, v in KEYED.items() if k.startswith("llm_provider")},
+            RateInfo(limit_tokens=3000, remaining_tokens=2952, reset_tokens_s=1.0),
+            48.0,
+            id="upstreams-only",
+        ),
+    ],
+)
+def test_the_headers_litellm_sends(
+    headers: dict[str, str], expected: RateInfo, learned: float
+) -> None:
+    info = parse_rate_info(headers)
+    assert info == expected
     assert learned_rate(info.limit_tokens, info.remaining_tokens, info.reset_tokens_s) == (
-        10000 / 60
-    )
-    # Only the upstream's: all of them.
-    upstream = {k: v for k, v in keyed.items() if k.startswith("llm_provider")}
-    assert parse_rate_info(upstream) == RateInfo(
-        limit_tokens=3000, remaining_tokens=2952, reset_tokens_s=1.0
+        pytest.approx(learned)
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ def test_mypy_refuses_an_option_of_the_wrong_type_or_name(tmp_path: Path) -> Non
         "batchpizza.answer(['q'], concurrency='8')\n"
         "batchpizza.answer(['q'], concurency=8)\n"
         "batchpizza.run('in.jsonl', 'out.jsonl', retries=3)\n"
+        "import datetime\n"
+        "batchpizza.answer(['q'], deadline=datetime.timedelta(minutes=50), timeout=1.5)\n"
     )
     found = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(snippet)],
@@ -55,7 +58,11 @@ def test_mypy_refuses_an_option_of_the_wrong_type_or_name(tmp_path: Path) -> Non
         ({"concurrency": "x"}, "concurrency='x': expected int, not str"),
         ({"concurrency": 2.5}, "concurrency=2.5: expected int, not float"),
         ({"concurrency": True}, "concurrency=True: expected int, not bool"),
-        ({"timeout": None}, "timeout=None: expected float, not NoneType"),
+        ({"timeout": None}, "timeout=None: expected float or timedelta, not NoneType"),
+        (
+            {"concurrency": timedelta(1)},
+            "concurrency=datetime.timedelta(days=1): expected int, not timedelta",
+        ),
         ({"params": [1]}, "params=[1]: expected dict or list or None, not list"),
         ({"prompt": "Summarise"}, "prompt='Summarise': expected a function or None, not str"),
         ({"restart": "yes"}, "restart='yes': expected bool, not str"),
@@ -113,4 +120,52 @@ def test_values_taken_before_the_type_check_are_taken_still() -> None:
     assert config.params == {} and config.base_url == RunConfig().base_url
     kept_as: dict[str, Any] = {"max_cost": Decimal("1")}  # untyped, as a script's config is
     out = answer(["hi"], mock=True, quiet=True, price="1,2", params=None, **kept_as)
+    assert [row["finish_reason"] for row in out] == ["stop"]
+
+
+DURATIONS = {
+    "timeout": "timeout",
+    "deadline": "deadline_s",
+    "patience": "patience_s",
+    "misuse_backoff": "misuse_backoff",
+    "backoff_base": "backoff_base",
+    "backoff_cap": "backoff_cap",
+    "retry_after_cap": "retry_after_cap",
+    "grace": "grace",
+    "progress_every": "progress_every",
+}
+
+
+@pytest.mark.parametrize(("name", "kept_as"), DURATIONS.items())
+def test_a_duration_may_be_a_timedelta(name: str, kept_as: str) -> None:
+    # The natural Python type for a duration; the type check refused it.
+    config = RunConfig.from_options(**{name: timedelta(minutes=1, milliseconds=500)})
+    assert getattr(config, kept_as) == 60.5
+
+
+@pytest.mark.parametrize("name", DURATIONS)
+def test_a_negative_timedelta_is_refused_as_the_number_would_be(name: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        RunConfig.from_options(**{name: timedelta(seconds=-5)})
+    with pytest.raises(UsageError) as as_number:
+        RunConfig.from_options(**{name: -5.0})
+    assert str(caught.value) == str(as_number.value)
+
+
+@pytest.mark.parametrize("name", ["timeout", "progress_every"])
+def test_a_zero_timedelta_is_refused_where_zero_is(name: str) -> None:
+    with pytest.raises(UsageError):
+        RunConfig.from_options(**{name: timedelta(0)})
+    assert RunConfig.from_options(patience=timedelta(0)).patience_s == 0.0  # 0: stop at once
+
+
+def test_answer_runs_with_timedeltas() -> None:
+    out = answer(
+        ["hi"],
+        mock=True,
+        quiet=True,
+        timeout=timedelta(seconds=30),
+        deadline=timedelta(minutes=50),
+        patience=timedelta(minutes=10),
+    )
     assert [row["finish_reason"] for row in out] == ["stop"]

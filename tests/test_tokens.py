@@ -4,6 +4,7 @@ from the start, usage settled, limits learned from the headers, odd headers tole
 from __future__ import annotations
 
 import itertools
+import logging
 
 import pytest
 from test_ratelimit import VirtualTime
@@ -159,6 +160,27 @@ async def test_auto_starting_from_an_earlier_runs_limit_drops_it_when_none_is_an
     pacer.observe(6000, 6000, 0.0, 100)  # a limit heard again is kept
     pacer.observe(None, None, None, 100)
     assert pacer.rate == pytest.approx(6000 / 60 * AUTO_SHARE)
+
+
+async def test_auto_reads_a_zero_limit_in_answers_as_none_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A zero limit in an answer cannot be one (the request passed; a real zero is a 429):
+    # a limit learned before is kept, and without one the run is unpaced, as for none said.
+    vt = VirtualTime()
+    pacer = TokenPacer(None, auto=True, clock=vt.clock, sleep=vt.sleep)
+    pacer.observe(6000, 6000, 0.0, 100)
+    with caplog.at_level(logging.WARNING, logger="batchpizza"):
+        for _ in range(3):
+            pacer.observe(0, 0, 1.0, 100)
+    assert pacer.rate == pytest.approx(6000 / 60 * AUTO_SHARE)
+    assert pacer.hold_until < vt.now  # nothing "left" to wait for
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "limit learned before is kept" in said[0]
+    unlearned = TokenPacer(None, auto=True, clock=vt.clock, sleep=vt.sleep)
+    unlearned.observe(0, 0, 1.0, 100, answered=False)  # a refusal's: not said
+    unlearned.observe(0, None, None, 100)
+    assert unlearned.rate == 0.0
 
 
 async def test_auto_holds_when_what_is_left_would_not_take_the_next_request() -> None:

@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from batchpizza.commands.numbers import PlainFloat, PlainInt
+
 
 @click.command("mock-server")
 @click.option(
@@ -16,23 +18,19 @@ import click
 )
 @click.option(
     "--port",
-    type=click.IntRange(0, 65535),
+    type=PlainInt(0, 65535),
     default=8080,
     show_default=True,
     help="Port to listen on; 0 picks a free one.",
 )
 @click.option(
-    "--latency", type=click.FloatRange(min=0), default=0.0, help="Added latency per request, ms."
+    "--latency", type=PlainFloat(min=0), default=0.0, help="Added latency per request, ms."
 )
-@click.option(
-    "--jitter", type=click.FloatRange(min=0), default=0.0, help="+- jitter on latency, ms."
-)
-@click.option(
-    "--error-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction of 5xx replies."
-)
+@click.option("--jitter", type=PlainFloat(min=0), default=0.0, help="+- jitter on latency, ms.")
+@click.option("--error-rate", type=PlainFloat(0, 1), default=0.0, help="Fraction of 5xx replies.")
 @click.option(
     "--rate-limit",
-    type=click.FloatRange(min=0),
+    type=PlainFloat(min=0),
     default=0.0,
     help="Requests/s above which it answers 429 with Retry-After (and, on the OpenAI route, "
     "retry-after-ms and x-ratelimit-* headers); 0 = no limit.",
@@ -45,40 +43,43 @@ import click
 )
 @click.option(
     "--misuse-rate",
-    type=click.FloatRange(0, 1),
+    type=PlainFloat(0, 1),
     default=0.0,
     help="Fraction of replies that are the misuse refusal.",
 )
 @click.option(
     "--garbage-rate",
-    type=click.FloatRange(0, 1),
+    type=PlainFloat(0, 1),
     default=0.0,
     help="Fraction of 200 replies whose body is truncated JSON.",
 )
 @click.option(
     "--drop-rate",
-    type=click.FloatRange(0, 1),
+    type=PlainFloat(0, 1),
     default=0.0,
     help="Fraction of requests whose connection is closed without a reply.",
 )
 @click.option(
     "--hang-rate",
-    type=click.FloatRange(0, 1),
+    type=PlainFloat(0, 1),
     default=0.0,
     help="Fraction of requests never answered (until the client gives up).",
 )
 @click.option(
     "--empty-rate",
-    type=click.FloatRange(0, 1),
+    type=PlainFloat(0, 1),
     default=0.0,
     help="Fraction of 200 replies with an empty answer (null content on the OpenAI route).",
 )
 @click.option(
-    "--seed", type=int, default=None, help="Seed for the random faults, to replay a run exactly."
+    "--seed",
+    type=PlainInt(),
+    default=None,
+    help="Seed for the random faults, to replay a run exactly.",
 )
 @click.option(
     "--misuse-after",
-    type=click.IntRange(min=0),
+    type=PlainInt(min=0),
     default=None,
     help="Pizzagpt route: refuse every request after this many as misuse (a service that "
     "turns to refusing).",
@@ -95,7 +96,7 @@ import click
 )
 @click.option(
     "--structured-valid",
-    type=click.FloatRange(0, 1),
+    type=PlainFloat(0, 1),
     default=0.70,
     show_default=True,
     help="Schema-bound requests: the share answered with valid JSON; the rest half wrapped in a "
@@ -109,40 +110,40 @@ import click
 )
 @click.option(
     "--batch-seconds",
-    type=click.FloatRange(min=0),
+    type=PlainFloat(min=0),
     default=1.0,
     show_default=True,
     help="Batch API: how long a batch takes from creation to completed.",
 )
 @click.option(
     "--batch-expire",
-    type=click.IntRange(min=0),
+    type=PlainInt(min=0),
     default=0,
     help="Batch API: the first N batches expire with half their lines done.",
 )
 @click.option(
     "--batch-fail-every",
-    type=click.IntRange(min=0),
+    type=PlainInt(min=0),
     default=0,
     help="Batch API: every Nth line of a first submission fails (a 500 in the error file).",
 )
 @click.option(
     "--tpm-limit",
-    type=click.FloatRange(min=0),
+    type=PlainFloat(min=0),
     default=0.0,
     help="OpenAI route: tokens per --token-window above which it answers 429, with "
     "x-ratelimit-*-tokens headers; 0 = no limit.",
 )
 @click.option(
     "--token-window",
-    type=click.FloatRange(min=0, min_open=True),
+    type=PlainFloat(min=0, min_open=True),
     default=60.0,
     show_default=True,
     help="OpenAI route: the token limit's window in seconds (a minute, as OpenAI's).",
 )
 @click.option(
     "--quota-tokens",
-    type=click.IntRange(min=0),
+    type=PlainInt(min=0),
     default=None,
     help="OpenAI route: after this many tokens, every request gets 429 insufficient_quota.",
 )

@@ -368,7 +368,9 @@ class Control(Gatekeeper):
         """OpenAI-style limits: when `remaining` is about to run out, hold every worker until it
         resets rather than collect 429s. (The announced limit is not turned into a rate: its
         window differs between servers, a minute for OpenAI, a second for others.)"""
-        if info.remaining is not None and info.remaining <= 1 and info.reset_s:
+        # A limit of 0 with it: a placeholder, not a count (a real zero refuses with a 429 and
+        # stops the run, providers/quota.py); holding on it paused every worker each reply.
+        if info.remaining is not None and info.remaining <= 1 and info.reset_s and info.limit != 0:
             self.gate.pause.hold(min(info.reset_s, self.retry_after_cap))
 
     def _wall(self, t: float) -> float:

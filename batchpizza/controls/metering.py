@@ -251,14 +251,18 @@ class Meter:
         if pacer is not None:
             pacer.settle(ticket.booked, used if billed else 0)
             if rate is not None or (error is None and pacer.auto and pacer.rate is None):
-                self._observe(pacer, rate)
+                self._observe(pacer, rate, answered=error is None)
 
-    def _observe(self, pacer: TokenPacer, rate: RateInfo | None) -> None:
+    def _observe(self, pacer: TokenPacer, rate: RateInfo | None, answered: bool = True) -> None:
         """What a reply said of the token limit, for --tpm auto; None: an answer with no limit
         announced."""
         if rate is None:
             pacer.observe(None, None, None, 0)
         else:
             pacer.observe(
-                rate.limit_tokens, rate.remaining_tokens, rate.reset_tokens_s, self._last_booked
+                rate.limit_tokens,
+                rate.remaining_tokens,
+                rate.reset_tokens_s,
+                self._last_booked,
+                answered=answered,
             )

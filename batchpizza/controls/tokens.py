@@ -14,7 +14,8 @@ refills continuously (OpenAI) is full again after (limit - remaining) / (limit p
 the limit's window is reset * limit / (limit - remaining), whatever the server calls a minute;
 a reply that cannot tell (nothing used, no reset) counts the limit per minute. The run keeps
 to AUTO_SHARE of what it learned. Until a first reply has said anything, one request goes at a
-time; a server that announces no token limit leaves the run unpaced by tokens.
+time; a server that announces no token limit (or a limit of 0 while it answers: a placeholder,
+said once) leaves the run unpaced by tokens.
 
 Every class takes `clock` and `sleep`, so tests move a fake clock instead of waiting.
 """
@@ -126,6 +127,7 @@ class TokenPacer:
         self._estimates: deque[float] = deque(maxlen=_ESTIMATES_KEPT)
         self.hold_until = -math.inf
         self._warned = False  # of a rate at which one request takes over a minute
+        self._zero_said = False  # of a limit of 0 announced in answers
 
     @property
     def per_minute(self) -> float | None:
@@ -208,12 +210,32 @@ class TokenPacer:
             self._wakeup.fire()
 
     def observe(
-        self, limit: float | None, remaining: float | None, reset_s: float | None, next_cost: int
+        self,
+        limit: float | None,
+        remaining: float | None,
+        reset_s: float | None,
+        next_cost: int,
+        *,
+        answered: bool = True,
     ) -> None:
         """What a reply announced of the token limit (auto): learn the rate, and hold every
         request when what is left would not take the next one."""
         if not self.auto:
             return
+        if limit == 0:
+            # In a reply that passed, a zero limit cannot be one (a real zero is a 429, and
+            # stops the run: providers/quota.py): nothing announced, then.
+            if answered and not self._zero_said:
+                self._zero_said = True
+                log.warning(
+                    "--tpm auto: the server answers but announces a token limit of 0 "
+                    "(x-ratelimit-limit-tokens: 0), read as no limit: %s; give --tpm N to pace "
+                    "by tokens",
+                    "the limit learned before is kept"
+                    if self._estimates
+                    else "the run is not paced by tokens",
+                )
+            limit = remaining = None
         per_s = learned_rate(limit, remaining, reset_s)
         if per_s <= 0:
             if not limit and not self._estimates:

@@ -32,7 +32,7 @@ from batchpizza.errors import (
 from batchpizza.providers.deadline import Deadlines
 from batchpizza.providers.http import looks_like_page, post_json, reply_json
 from batchpizza.providers.limits import parse_rate_info, retry_after_of
-from batchpizza.providers.quota import quota_exhausted
+from batchpizza.providers.quota import quota_spent
 from batchpizza.records import TOKEN_COLUMNS, UNANSWERED, Answer, Prompt, RateInfo
 from batchpizza.redact import MASK, Secret, redact, shorten
 from batchpizza.structured import Structured
@@ -387,8 +387,9 @@ class OpenAIAPI:
                 else "no model was sent; name one the server serves"
             )
             return ModelNotFound(status, f"{text} [{hint}]", model)
-        if quota_exhausted(status, error, said):
-            return QuotaExhausted(status, f"{text} [the account's quota or credit is spent]")
+        spent = quota_spent(status, error, said, headers)
+        if spent is not None:
+            return QuotaExhausted(status, f"{text} [{spent}]")
         if status == 404:
             # Not the model, so the endpoint: every request would get the same 404.
             hint = f"no chat completions API at {self.url}; is the base URL right (often .../v1)?"

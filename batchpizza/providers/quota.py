@@ -12,6 +12,12 @@ asking us to slow down (retry)? Both come as 429 at OpenAI; only the body tells 
 
 A plain rate limit ("Rate limit reached for ... tokens per min") is not one: it names no quota,
 credit, balance or billing.
+
+Nor does a limit of zero come back: a 429 announcing `x-ratelimit-limit-tokens: 0` (or
+`-requests: 0`) says this key may send nothing at all. LiteLLM's proxy refuses every request of
+a key, team or model whose tpm_limit or rpm_limit is 0 (a limit not set is not sent at all), so
+a zero there is a quota of zero, never "unknown". In an answer, where it cannot be that (the
+request passed), controls/tokens.py reads it as no limit announced.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from batchpizza.providers.limits import parse_rate_info
 
 QUOTA_CODES = frozenset({"insufficient_quota", "InsufficientQuota", "billing_hard_limit_reached"})
 _QUOTA_TEXT = re.compile(
@@ -36,3 +44,19 @@ def quota_exhausted(status: int, error: Mapping[str, Any], message: str) -> bool
     if status == 402:
         return True  # Payment Required: nothing else is meant by it
     return bool(_QUOTA_TEXT.search(message))
+
+
+def quota_spent(
+    status: int, error: Mapping[str, Any], message: str, headers: Mapping[str, str]
+) -> str | None:
+    """Why no later request can pass, when an error reply says so; else None."""
+    if quota_exhausted(status, error, message):
+        return "the account's quota or credit is spent"
+    rate = parse_rate_info(headers) if status == 429 else None
+    if rate is not None and (rate.limit_tokens == 0 or rate.limit == 0):
+        kind = "tokens" if rate.limit_tokens == 0 else "requests"
+        return (
+            f"the server allows this key nothing (x-ratelimit-limit-{kind}: 0); ask for a "
+            "limit, or use another key"
+        )
+    return None

@@ -1,0 +1,29 @@
+"""click's number types, refusing what batchpizza.numbers refuses: click's own INT, FLOAT,
+IntRange and FloatRange convert with int() and float(), which take "1_0", "١٠", " 5 ", "nan",
+"inf" and "1e400", and a range lets NaN through (it compares false with every bound)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from batchpizza.numbers import DECIMAL, WHOLE, decimal, whole
+
+
+class PlainInt(click.IntRange):
+    """A whole number in ASCII digits, within the range given (none: any)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and whole(value) is None:
+            self.fail(f"{value!r}: expected {WHOLE}", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class PlainFloat(click.FloatRange):
+    """A finite decimal number in ASCII, within the range given (none: any)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and decimal(value) is None:
+            self.fail(f"{value!r}: expected {DECIMAL}", param, ctx)
+        return super().convert(value, param, ctx)

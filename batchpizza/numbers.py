@@ -1,0 +1,55 @@
+"""Numbers as a user writes them in an option: plain ASCII decimals, nothing else.
+
+Python's int() and float() take more than a user ever means as a number in an option: "1_0"
+(10: `--price 1_0,2` read as ten dollars), other scripts' digits ("١٠", full-width "１０"),
+spaces around it, "nan", "inf", and "1e400" (infinity). Every numeric option, from the command
+line (commands/numbers.py) or as text from Python, is read through these, so what is refused is
+refused alike.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from batchpizza.errors import UsageError
+
+# [0-9], not \d: \d is any script's digits. A sign is read here and refused (or not) by each
+# option's own range, with the message it always gave.
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+# IN,OUT in dollars (--price): each may carry a dollar sign, the comma spaces beside it.
+_DOLLAR_PAIR = re.compile(r"\$?(?P<first>[^\s,$]+) *, *\$?(?P<second>[^\s,$]+)")
+
+WHOLE = "a whole number in digits 0-9"
+DECIMAL = "a finite number in digits 0-9 (such as 2, 1.5 or 1e-6)"
+
+
+def whole(text: str) -> int | None:
+    """`text` as an integer when it is one written plainly in ASCII digits; else None."""
+    return int(text) if _WHOLE.fullmatch(text) else None
+
+
+def decimal(text: str) -> float | None:
+    """`text` as a float when it is a finite number written plainly in ASCII (digits, a point,
+    an exponent); else None ("1e400" too: it reads as infinity)."""
+    if not _DECIMAL.fullmatch(text):
+        return None
+    number = float(text)
+    return number if math.isfinite(number) else None
+
+
+def dollar_pair(text: str) -> tuple[float, float] | None:
+    """`0.15,0.60` or `$0.15, $0.60` as two numbers read by `decimal`; else None."""
+    match = _DOLLAR_PAIR.fullmatch(text)
+    first = decimal(match["first"]) if match else None
+    second = decimal(match["second"]) if match else None
+    return None if first is None or second is None else (first, second)
+
+
+def check_seconds(value: float, option: str) -> None:
+    """A usage error for a number of seconds that is not finite or is negative (given from
+    Python: `grace=float("nan")` compared false with every bound and went through)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"{option}: {value!r} is not a finite number of seconds, 0 or more")

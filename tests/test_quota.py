@@ -1,0 +1,141 @@
+"""A quota that is gone stops the run (providers/quota.py): here a limit of zero in the
+x-ratelimit headers. LiteLLM's proxy refuses every request of a key, team or model whose
+tpm_limit or rpm_limit is 0 and sends no header for a limit not set, so a 429 announcing a zero
+limit is a quota of zero: retrying every row against it only collected 429s. In an answer a
+zero cannot be a limit (the request passed): it is read as none announced, and said once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from click.testing import CliRunner
+from conftest import FAST, write_jsonl
+from test_metering import chat_server
+
+import batchpizza
+from batchpizza.cli import cli
+from batchpizza.providers.quota import quota_spent
+
+ROWS = [{"id": f"r{i}", "prompt": f"question {i}"} for i in range(20)]
+ANSWER = {"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+          "usage": {"prompt_tokens": 10, "completion_tokens": 2}}  # fmt: skip
+
+
+def zero(kind: str) -> dict[str, str]:
+    return {f"x-ratelimit-limit-{kind}": "0", f"x-ratelimit-remaining-{kind}": "0"}
+
+
+def test_a_429_announcing_a_zero_limit_is_a_spent_quota() -> None:
+    said = quota_spent(429, {}, "Rate limit reached", zero("tokens"))
+    assert said is not None and "x-ratelimit-limit-tokens: 0" in said
+    said = quota_spent(429, {}, "Rate limit reached", zero("requests"))
+    assert said is not None and "x-ratelimit-limit-requests: 0" in said
+    # A limit of its own, used up for now: a rate limit, retried after its reset.
+    spent = {"x-ratelimit-limit-tokens": "1000", "x-ratelimit-remaining-tokens": "0"}
+    assert quota_spent(429, {}, "Rate limit reached", spent) is None
+    assert quota_spent(503, {}, "busy", zero("tokens")) is None
+
+
+class Refusing:
+    """A raw server refusing every request with a 429 that announces a zero limit."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = {**headers, "retry-after": "1"}
+        self.requests = 0
+
+    async def chat(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        body = {"error": {"message": "Rate limit reached", "type": "requests"}}
+        return web.json_response(body, status=429, headers=self.headers)
+
+
+@pytest.mark.parametrize(
+    ("kind", "pacing"),
+    [
+        ("tokens", {"tpm": "auto"}),
+        ("tokens", {}),
+        ("requests", {"rate": "auto"}),
+        ("requests", {}),
+    ],
+)
+async def test_a_429_announcing_a_zero_limit_stops_the_run_at_once(
+    kind: str, pacing: dict[str, Any], tmp_path: Path
+) -> None:
+    server = Refusing(zero(kind))
+    runner, port = await chat_server(server.chat)
+    concurrency = 4
+    options = {**FAST, "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
+               "concurrency": concurrency, "max_retries": 5, **pacing}  # fmt: skip
+    try:
+        summary = await batchpizza.arun(
+            write_jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl", **options
+        )
+    finally:
+        await runner.cleanup()
+    assert (summary["exit_code"], summary["stopped"]) == (4, "quota")
+    assert summary["pending"] == len(ROWS) and summary["failed"] == 0
+    assert 1 <= server.requests <= concurrency  # those in flight at the first refusal
+
+
+@contextlib.contextmanager
+def served_in_a_thread(chat: Any) -> Iterator[int]:
+    """`chat` served on 127.0.0.1 from a loop of its own (the command line wants the main
+    thread's); its port."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner, port = asyncio.run_coroutine_threadsafe(chat_server(chat), loop).result()
+    try:
+        yield port
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+def test_the_command_line_says_why_it_stopped(tmp_path: Path) -> None:
+    server = Refusing(zero("tokens"))
+    with served_in_a_thread(server.chat) as port:
+        args = ["run", str(write_jsonl(tmp_path / "in.jsonl", ROWS[:3])), "-o",
+                str(tmp_path / "out.jsonl"), "--provider", "openai", "--model", "m",
+                "--base-url", f"http://127.0.0.1:{port}/v1", "--rate", "0", "--tpm", "auto",
+                "--no-progress"]  # fmt: skip
+        result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 4, result.output
+    assert "x-ratelimit-limit-tokens: 0" in result.output
+    assert "read as no limit" not in result.output  # said of answers, and there were none
+
+
+async def test_answers_announcing_a_zero_limit_are_read_as_none_and_it_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    answered = 0
+
+    async def chat(request: web.Request) -> web.Response:
+        nonlocal answered
+        answered += 1
+        headers = {**zero("tokens"), **zero("requests"), "x-ratelimit-reset-requests": "1s"}
+        return web.json_response(ANSWER, headers=headers)
+
+    runner, port = await chat_server(chat)
+    options = {**FAST, "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
+               "tpm": "auto", "quiet": False}  # fmt: skip
+    try:
+        with caplog.at_level(logging.WARNING, logger="batchpizza"):
+            summary = await batchpizza.arun(
+                write_jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl", **options
+            )
+    finally:
+        await runner.cleanup()
+    assert (summary["exit_code"], summary["answered"], answered) == (0, len(ROWS), len(ROWS))
+    said = [r.getMessage() for r in caplog.records if "limit of 0" in r.getMessage()]
+    assert len(said) == 1 and "not paced by tokens" in said[0]
