@@ -22,9 +22,10 @@ from batchpizza.batchapi.settings import COMPLETION_WINDOW
 from batchpizza.batchapi.statuses import normalised
 from batchpizza.controls.stop import Stop
 from batchpizza.errors import RETRYABLE_STATUSES, BatchAPIError, describe
+from batchpizza.providers.errorreply import error_detail
 from batchpizza.providers.http import never_sent, reply_json
 from batchpizza.providers.limits import retry_after_of
-from batchpizza.providers.openai import OpenAIAPI, _error_detail
+from batchpizza.providers.openai import OpenAIAPI
 
 log = logging.getLogger("batchpizza")
 
@@ -117,7 +118,7 @@ class BatchClient:
                 sent = True
                 if 200 <= status < 300:
                     return body
-                _, message = _error_detail(body)
+                _, message = error_detail(body)
                 said = f"HTTP {status} {reason}".strip() + f": {self.provider._said(message)}"
                 if status not in RETRYABLE_STATUSES:
                     # A 404 for one batch or file is about it, not about the URL.
