@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from batchpizza.errors import UsageError
-from batchpizza.numbers import decimal
+from batchpizza.numbers import decimal, strip
 from batchpizza.pricing import FREE, Price, parse_price, price_for, table_price
 
 
@@ -18,7 +18,7 @@ def parse_tpm(value: float | str | None) -> tuple[float | None, bool]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         per_minute = float(value)
     else:
-        text = str(value).lower()
+        text = strip(str(value)).lower()
         if text == "auto":
             return None, True
         scale = 1.0

@@ -2,7 +2,8 @@
 
 Python's int() and float() take more than a user ever means as a number in an option: "1_0"
 (10: `--price 1_0,2` read as ten dollars), other scripts' digits ("١٠", full-width "１０"),
-spaces around it, "nan", "inf", and "1e400" (infinity). Every numeric option, from the command
+"nan", "inf", and "1e400" (infinity). ASCII spaces around a number are taken (an environment
+file's trailing space): they change nothing of what it says. Every numeric option, from the command
 line (commands/numbers.py) or as text from Python, is read through these, so what is refused is
 refused alike.
 """
@@ -19,6 +20,8 @@ from batchpizza.errors import UsageError
 _WHOLE = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
+_SPACE = " \t\r\n"
+
 # IN,OUT in dollars (--price): each may carry a dollar sign, the comma spaces beside it.
 _DOLLAR_PAIR = re.compile(r"\$?(?P<first>[^\s,$]+) *, *\$?(?P<second>[^\s,$]+)")
 
@@ -26,14 +29,21 @@ WHOLE = "a whole number in digits 0-9"
 DECIMAL = "a finite number in digits 0-9 (such as 2, 1.5 or 1e-6)"
 
 
+def strip(text: str) -> str:
+    """`text` without the ASCII spaces around it."""
+    return text.strip(_SPACE)
+
+
 def whole(text: str) -> int | None:
     """`text` as an integer when it is one written plainly in ASCII digits; else None."""
+    text = strip(text)
     return int(text) if _WHOLE.fullmatch(text) else None
 
 
 def decimal(text: str) -> float | None:
     """`text` as a float when it is a finite number written plainly in ASCII (digits, a point,
     an exponent); else None ("1e400" too: it reads as infinity)."""
+    text = strip(text)
     if not _DECIMAL.fullmatch(text):
         return None
     number = float(text)
@@ -42,7 +52,7 @@ def decimal(text: str) -> float | None:
 
 def dollar_pair(text: str) -> tuple[float, float] | None:
     """`0.15,0.60` or `$0.15, $0.60` as two numbers read by `decimal`; else None."""
-    match = _DOLLAR_PAIR.fullmatch(text)
+    match = _DOLLAR_PAIR.fullmatch(strip(text))
     first = decimal(match["first"]) if match else None
     second = decimal(match["second"]) if match else None
     return None if first is None or second is None else (first, second)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from batchpizza.errors import UsageError
-from batchpizza.numbers import decimal
+from batchpizza.numbers import decimal, strip
 
 DEFAULT_AUTO_MAX = 20.0  # --rate auto without a MAX: a ceiling polite to a free service
 
@@ -24,7 +24,7 @@ _PERIODS = {
     "h": 3600.0,
     "hour": 3600.0,
 }
-# The number is read by numbers.decimal: ASCII digits only, no spaces around the whole.
+# The number is read by numbers.decimal: ASCII digits only.
 _RATE = re.compile(r"(?P<n>[^\s/]+)(?:\s*/\s*(?P<per>[a-z]+))?", re.IGNORECASE | re.ASCII)
 
 
@@ -33,7 +33,7 @@ def parse_rate(value: str | float | int) -> float:
     if isinstance(value, (int, float)):
         rate = float(value)
     else:
-        match = _RATE.fullmatch(value)
+        match = _RATE.fullmatch(strip(value))
         per = (match["per"] or "s").lower() if match else ""
         number = decimal(match["n"]) if match else None
         if number is None or per not in _PERIODS:
@@ -69,7 +69,7 @@ def parse_duration(value: str | float | int, option: str) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        match = _DURATION.fullmatch(str(value))
+        match = _DURATION.fullmatch(strip(str(value)))
         number = decimal(match["n"]) if match else None
         if match is None or number is None:
             raise UsageError(
@@ -83,6 +83,8 @@ def parse_duration(value: str | float | int, option: str) -> float:
 
 def parse_rate_option(value: str | float | int) -> tuple[float, float | None]:
     """--rate: (fixed requests/s, None) or (0, MAX) for `auto[:MAX]`."""
+    if isinstance(value, str):
+        value = strip(value)
     if isinstance(value, str) and value.lower().startswith("auto"):
         rest = value[4:]
         if not rest:
