@@ -242,7 +242,8 @@ def run(**options: Any) -> None:
     Exit codes:
       0   every row answered
       3   finished, but some rows failed, were refused or were invalid
-      4   stopped early (deadline, or the service kept refusing): rerun to continue
+      4   stopped early (deadline, refusals, --max-cost, quota, batches still out):
+          rerun to continue
       75  another run holds this output: nothing done, try again later
       2   usage or input error: nothing sent
       130/143  interrupted: the checkpoint is saved
