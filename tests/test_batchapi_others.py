@@ -68,7 +68,6 @@ def spend(checkpoint: Path) -> list[tuple[Any, ...]]:
     )
 
 
-@pytest.mark.slow
 def test_a_run_of_model_b_collects_model_a_batches_under_a_and_a_then_sends_nothing(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -169,8 +168,8 @@ def test_batches_made_at_another_base_url_are_left_there_and_status_says_where(
     assert server.batches.polls == polls  # a's batches were not asked for anywhere
     origin = f"{server.base_url}/v1"
     assert (
-        f"1 Batch API batch of other models or parameters were made at {origin}, not at this "
-        "run's base URL: left there" in b.stderr
+        f"1 Batch API batch of other models or parameters was made at {origin}, not at this "
+        "run's base URL: left there; a --via batch run with that --base-url collects it" in b.stderr
     )
     assert "collected" not in b.stderr
     assert not kept(checkpoint, "a")
@@ -183,7 +182,7 @@ def test_batches_made_at_another_base_url_are_left_there_and_status_says_where(
         conn.execute("UPDATE batch_files SET origin = NULL WHERE done = 0")
     b = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "b"))
     assert b.returncode == 0, b.stderr
-    assert "were made by a batchpizza that did not record where" in b.stderr
+    assert "was made by a batchpizza that did not record where: left to a --via batch" in b.stderr
     assert server.batches.polls == polls and not kept(checkpoint, "a")
 
     # Model a's own run collects it, as before.
@@ -223,3 +222,38 @@ def test_batches_of_another_model_still_running_stay_out_and_a_later_run_collect
     assert "collected 10 results (10 answers) from 1 finished Batch API batch" in b.stderr
     assert kept(checkpoint, "a") == {k: ("stop", v) for k, v in expected(10).items()}
     assert models(out) == {f"q{i}": ("b", "stop") for i in range(10)}
+
+
+@pytest.mark.slow
+def test_expired_and_refused_batches_of_another_model_are_left_to_its_runs_to_send_again(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
+    out = tmp_path / "out.jsonl"
+    checkpoint = Path(f"{out}.checkpoint")
+    first, second = sorted(out_for_model_a(server, inp, out))  # 40 lines, then 10
+    server.batches.batches[first]["_expire"] = True  # ends with half its lines run
+    server.batches.batches[second]["_fail"] = True  # the file refused as a whole
+
+    b = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "b"))
+
+    # Not b's batches: b's run goes on, and says what became of them.
+    assert b.returncode == 0, b.stderr
+    assert models(out) == {f"q{i}": ("b", "stop") for i in range(50)}
+    assert "collected 30 results (20 answers) from 2 finished Batch API batches" in b.stderr
+    assert f"batch {second} of model a: line 1: invalid_request: the file is wrong" in b.stderr
+    theirs = kept(checkpoint, "a")
+    assert sum(finish == "stop" for finish, _ in theirs.values()) == 20
+    assert sum(finish == "error" for finish, _ in theirs.values()) == 10
+    assert len(theirs) == 30  # the 20 lines the expired batch did not run wait to be resubmitted
+    batches = len(server.batches.batches)
+
+    a = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "a"))
+
+    assert a.returncode == 0, a.stderr
+    assert models(out) == {f"q{i}": ("a", "stop") for i in range(50)}
+    assert {r["id"]: r["answer"] for r in read_jsonl(out)} == expected(50)
+    # a's run sent the 20 expired (resubmitted) and the 10 failed (rows to retry) again, not
+    # the 20 answered.
+    new = list(server.batches.batches.values())[batches:]
+    assert sorted(len(batch["_lines"]) for batch in new) == [10, 20]

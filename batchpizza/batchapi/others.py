@@ -114,6 +114,10 @@ class Others:
         status = why = str(batch.get("status"))
         lines = {line.custom_id: line for line in checkpoint.file_lines(f.seq)}
         refused = status == "failed" and not over_enqueued_limit(batch)
+        errors = ""
+        if refused:  # the server's errors, as set_batch kept them
+            kept = [b.errors for b in checkpoint.open_files(others=True) if b.seq == f.seq]
+            errors = (kept[0] if kept else None) or "no reason given"
         seen: dict[str, ResultLine] = {}
         if not refused:
             if status == "failed":
@@ -131,7 +135,7 @@ class Others:
         took = ((Lost.ended(batch) or f.created) - f.created) * 1000.0
         for cid, line in lines.items():
             if refused:
-                error = ProviderError(f"the Batch API refused the file {f.name}: {f.errors}")
+                error = ProviderError(f"the Batch API refused the file {f.name}: {errors}")
                 result: Result | None = judge.error_result(line, error)
                 outcome, attempt = "error", Attempt(line.id, 0.0, 0.0, "error", None, error.message)
             else:
@@ -163,7 +167,7 @@ class Others:
         self.collected += len(results)
         self.answered += sum(1 for _, o in outcomes if o == "answered")
         if refused or fatal is not None:
-            said = f.errors if refused else fatal.message if fatal is not None else ""
+            said = errors if refused else fatal.message if fatal is not None else ""
             log.warning(
                 "batch %s of model %s: %s; its rows are recorded as failed under that model, "
                 "sent again by a run of it",
@@ -194,15 +198,17 @@ class Others:
             )
         for origin, n in sorted(elsewhere.items(), key=lambda kv: str(kv[0])):
             where = (
-                f"were made at {origin}, not at this run's base URL: left there; a --via batch "
-                "run with that --base-url collects them"
+                f"made at {origin}, not at this run's base URL: left there; a --via batch run "
+                "with that --base-url collects"
                 if origin is not None
-                else "were made by a batchpizza that did not record where: left to a --via "
-                "batch run of their model and parameters"
+                else "made by a batchpizza that did not record where: left to a --via batch "
+                "run of their model and parameters, which collects"
             )
             log.warning(
-                "%d Batch API %s of other models or parameters %s",
+                "%d Batch API %s of other models or parameters %s %s %s",
                 n,
                 "batch" if n == 1 else "batches",
+                "was" if n == 1 else "were",
                 where,
+                "it" if n == 1 else "them",
             )
