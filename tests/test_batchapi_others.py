@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from batchpizza.mock.server import ThreadedMockServer
+from batchpizza.pricing import Price, cost
 from tests.batchapi_shared import rows
 from tests.conftest import Spawn, read_jsonl, write_jsonl
 from tests.test_batchapi import args, batch_rows, expected, kill_at, run
@@ -257,3 +259,28 @@ def test_expired_and_refused_batches_of_another_model_are_left_to_its_runs_to_se
     # the 20 answered.
     new = list(server.batches.batches.values())[batches:]
     assert sorted(len(batch["_lines"]) for batch in new) == [10, 20]
+
+
+@pytest.mark.slow
+def test_what_another_models_batches_cost_counts_against_max_cost_once_collected(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    priced = ("--price", "1,2", "--param", "max_tokens=20")
+    theirs = out_for_model_a(server, inp, out, *priced)
+    for batch_id in theirs:  # ended, their output made: what they cost is known
+        urllib.request.urlopen(f"{server.base_url}/v1/batches/{batch_id}", timeout=10).read()
+    spent = cost(Price(1.0, 2.0), *usage_of(server, theirs), batch=True)
+
+    # A cap a's batches all but fill: b's first row would pass it.
+    b = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "b", *priced,
+                  "--max-cost", f"{spent * 1.01:.9f}", "--summary-json", str(summary)))  # fmt: skip
+
+    assert b.returncode == 4, b.stderr
+    said = json.loads(summary.read_text())
+    assert said["stopped"] == "budget" and said["batches"]["others"] == 50
+    assert said["batches"]["submitted"] == 0
+    assert sorted(server.batches.submitted.values()) == [1] * 50  # a's lines only
+    assert said["cost"]["total"] == pytest.approx(spent)
+    assert said["cost"]["run"] == 0  # a's batches are a's run's spend, not b's
