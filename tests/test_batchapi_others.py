@@ -131,6 +131,7 @@ def test_a_kill_during_the_collection_of_another_model_loses_nothing_and_counts_
     server.batches.download_delay = 0.0
     assert len(kept(checkpoint, "a")) == 40
     assert not kept(checkpoint, "b")
+    assert server.batches.downloads == 2
 
     done = run(*argv)
 
@@ -143,6 +144,9 @@ def test_a_kill_during_the_collection_of_another_model_loses_nothing_and_counts_
     foreign = [row for row in spend(checkpoint) if row[0] == 1 and row[1] == 1]
     assert sum(r[4] for r in foreign) == prompt and sum(r[5] for r in foreign) == completion
     assert sorted(server.batches.submitted.values()) == [2] * 100  # a's once, b's once
+    # Fetched again: the output of a's batch whose download was cut, not of the one kept;
+    # then a's third and b's three.
+    assert server.batches.downloads == 2 + 1 + 1 + 3
     batches = len(server.batches.batches)
 
     a = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "a"))
