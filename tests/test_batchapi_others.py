@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from batchpizza.batchapi.others import origin_of
 from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.pricing import Price, cost
+from batchpizza.providers.openai import OpenAIAPI
 from tests.batchapi_shared import rows
 from tests.conftest import Spawn, read_jsonl, write_jsonl
 from tests.test_batchapi import args, batch_rows, expected, kill_at, run
@@ -181,7 +183,10 @@ def test_batches_made_at_another_base_url_are_left_there_and_status_says_where(
     assert not kept(checkpoint, "a")
     assert batch_rows(checkpoint, "SELECT count(*) FROM batch_files WHERE done = 0") == [(1,)]
     shown = run("status", str(out))
-    assert f"made at {origin}" in shown.stdout, shown.stdout
+    assert f"made at {origin}, not at the last --via batch run's base URL" in shown.stdout
+    assert json.loads(run("status", str(out), "--json").stdout)["other_batches"]["servers"] == {
+        origin: 1
+    }
 
     # A file recorded by a batchpizza that did not say where it went: left alone too.
     with sqlite3.connect(checkpoint) as conn:
@@ -288,3 +293,13 @@ def test_what_another_models_batches_cost_counts_against_max_cost_once_collected
     assert sorted(server.batches.submitted.values()) == [1] * 50  # a's lines only
     assert said["cost"]["total"] == pytest.approx(spent)
     assert said["cost"]["run"] == 0  # a's batches are a's run's spend, not b's
+
+
+def test_the_server_a_batch_went_to_is_kept_without_credentials() -> None:
+    # What the checkpoint records of where a file's batch went: no user, password or query
+    # (a gateway's ?token=); the endpoint given whole names the same server as its root.
+    secret = OpenAIAPI("https://user:pw@Gateway.example:443/v1/?token=sekrit#frag")
+    assert origin_of(secret) == "https://gateway.example/v1"
+    root, endpoint = "http://127.0.0.1:8080/v1", "http://127.0.0.1:8080/v1/chat/completions"
+    assert origin_of(OpenAIAPI(root)) == origin_of(OpenAIAPI(endpoint)) == root
+    assert origin_of(OpenAIAPI("http://127.0.0.1:8081/v1")) != root
