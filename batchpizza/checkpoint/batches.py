@@ -9,7 +9,8 @@ a batch without an id by the file id it was made from.
 
     batch_files  one row per request file: its name, lines and bytes, the server's file id, the
                  batch made from it (id, state, request counts, output and error files, errors),
-                 `done` once its results are collected (or it was abandoned)
+                 `done` once its results are collected (or it was abandoned), and the API root
+                 it went to (`origin`, foreign.py: null in a file recorded before it was kept)
     batch_lines  one row per line of a file: the row and request it asks (row id, position,
                  request key), how many times this request was submitted (`tries`), the line as
                  sent (kept until it is answered, to upload again or resubmit), and its outcome:
