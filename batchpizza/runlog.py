@@ -202,6 +202,8 @@ def summary_line(s: Mapping[str, Any], log_format: str = "text") -> str:
     if fit:  # --schema
         parts.append(f"{fit['invalid']} invalid output ({fit['reasked']} fitted after a re-ask)")
     where = f" -> {s['output']}" if s.get("output") and not s.get("interrupted") else ""
+    if others := (s.get("batches") or {}).get("others"):  # kept under their model, not output
+        where = f", {others} results of other models collected from batches{where}"
     rate = f" at {s['rate']:.3g}/s" if s.get("rate") else ""
     tokens = s.get("tokens")
     if tokens and (tokens["input"] or tokens["output"]):

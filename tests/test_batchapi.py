@@ -426,7 +426,7 @@ def test_auto_sends_the_rows_still_out_near_the_deadline_online_and_says_how_man
     assert {k: v[0] for k, v in answers(out).items()} == expected(30)
     said = json.loads(summary.read_text())
     assert said["batches"] == {"submitted": 30, "resubmitted": 0, "collected": 0, "out": 0,
-                               "waiting": 0, "online": 30}  # fmt: skip
+                               "waiting": 0, "online": 30, "others": 0}  # fmt: skip
     assert "30 rows still out near the deadline are sent online" in done.stderr
     assert {b["status"] for b in server.batches.batches.values()} == {"cancelling"}
     assert server.stats.requests == 30  # the chat route's: each row once online

@@ -286,7 +286,7 @@ def test_batches_out_for_another_model_hold_the_cap_of_a_run_of_a_new_one(
 
     assert second.returncode == 4, second.stderr
     assert sum(server.batches.submitted.values()) == submitted, "b's lines went beside a's"
-    assert "of their model and parameters collects them" in second.stderr
+    assert "a --via batch run at the server they were made at collects them" in second.stderr
     said = cli("status", str(out))
     assert f"still out ({submitted} requests, billed when they end)" in said.stdout, said.stdout
     as_json = json.loads(cli("status", str(out), "--json").stdout)

@@ -38,7 +38,7 @@ from batchpizza.records import Prompt, Result
 from batchpizza.tokencount import input_bound, max_output, messages_bound
 
 log = logging.getLogger("batchpizza")
-_OTHERS = "a --via batch run of their model and parameters"
+_OTHERS = "a --via batch run at the server they were made at"
 
 
 class BatchBudget:

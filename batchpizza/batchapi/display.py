@@ -6,7 +6,7 @@ with no create sent, has no batch on the server yet: it waits to be submitted (t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from batchpizza.checkpoint.batches import BatchFile, BatchRecords
@@ -80,3 +80,43 @@ def batches_text(files: Sequence[BatchFile], indent: str = "  ") -> list[str]:
     if len(left) > SHOWN:
         lines.append(f"{indent}  ... and {len(left) - SHOWN} more")
     return lines
+
+
+def others_text(
+    out: Sequence[BatchFile], origins: Mapping[int, str | None], last: str | None
+) -> list[str]:
+    """`status`'s lines for other identities' batches still out, by where they were made: at
+    the server of the last --via batch run (which collects them once they end), at another
+    (left there: a run with that --base-url collects them), or where no record says."""
+    by_origin: dict[str | None, list[BatchFile]] = {}
+    for f in out:
+        by_origin.setdefault(origins.get(f.seq), []).append(f)
+    lines = []
+    for origin, files in sorted(by_origin.items(), key=lambda kv: (kv[0] != last, str(kv[0]))):
+        n, requests = len(files), sum(f.lines for f in files)
+        what = f"{n} {'batch' if n == 1 else 'batches'} of other models or parameters"
+        billed = f"({requests} requests, billed when they end)"
+        if origin is None:
+            said = (
+                f"{what} still out {billed}, made by a batchpizza that did not record where: "
+                "a --via batch run of their model and parameters collects them"
+            )
+        elif origin == last or last is None:
+            said = f"{what} still out {billed}: a --via batch run collects them once they end"
+        else:
+            said = (
+                f"{what} made at {origin}, not at the last --via batch run's base URL, still out "
+                f"{billed}: left there; a --via batch run with that --base-url collects them"
+            )
+        lines.append(f"  others     {said}")
+    return lines
+
+
+def origins_info(out: Sequence[BatchFile], origins: Mapping[int, str | None]) -> dict[str, int]:
+    """For `status --json`: other identities' batches still out, by the API root they were made
+    at ("unknown" where no record says)."""
+    counts: dict[str, int] = {}
+    for f in out:
+        where = origins.get(f.seq) or "unknown"
+        counts[where] = counts.get(where, 0) + 1
+    return counts

@@ -28,6 +28,7 @@ from batchpizza.batchapi.display import files_left
 from batchpizza.batchapi.download import results_of, said_collected
 from batchpizza.batchapi.files import Line, build_lines, split
 from batchpizza.batchapi.lost import Lost
+from batchpizza.batchapi.others import Others
 from batchpizza.batchapi.quota import held_back, online_instead, over_enqueued_limit, waits_for_room
 from batchpizza.batchapi.results import Judge
 from batchpizza.batchapi.settings import Limits, near_deadline
@@ -78,6 +79,7 @@ class BatchFlow:
         self.limits = Limits.from_env()
         self.judge = Judge(provider, config.max_retries)
         self.money = BatchBudget(meter, counters)  # tokens, and --max-cost at the batch price
+        self.others = Others(provider, checkpoint, run, stop, config.max_retries, self.money.budget)
         self.client: BatchClient | None = None
         self.fatal: BatchAPIError | None = None
         self.lost = Lost()  # batches the server answered 404 for (lost.py)
@@ -108,6 +110,7 @@ class BatchFlow:
                 retry_after_cap=config.retry_after_cap,
             )
             try:
+                await self.others.collect(self.client)  # before their batches are held
                 self.money.reserve_every_out(self.checkpoint)
                 await self._launch_left()
                 await self._submit(rows)
@@ -218,9 +221,7 @@ class BatchFlow:
             await self._poll_all()
             await self._resubmit()
             await self._more()
-            if self.fatal is not None or not self.checkpoint.open_files():
-                return
-            if not keep_waiting:
+            if self.fatal is not None or not keep_waiting or not self.checkpoint.open_files():
                 return
             if self.online is not None and near_deadline(self.deadline_at, self._started, delay):
                 await self._go_online()
@@ -384,6 +385,7 @@ class BatchFlow:
             "out": self.out,
             "waiting": self.waiting,
             "online": self.sent_online,
+            "others": self.others.collected,
         }
 
     def _count(self, pos: int, result: Result) -> None:

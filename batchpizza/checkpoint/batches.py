@@ -9,7 +9,8 @@ a batch without an id by the file id it was made from.
 
     batch_files  one row per request file: its name, lines and bytes, the server's file id, the
                  batch made from it (id, state, request counts, output and error files, errors),
-                 `done` once its results are collected (or it was abandoned)
+                 `done` once its results are collected (or it was abandoned), and the API root
+                 it went to (`origin`, foreign.py: null in a file recorded before it was kept)
     batch_lines  one row per line of a file: the row and request it asks (row id, position,
                  request key), how many times this request was submitted (`tries`), the line as
                  sent (kept until it is answered, to upload again or resubmit), and its outcome:
@@ -29,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from batchpizza.checkpoint.foreign import ForeignBatches
 from batchpizza.records import UNANSWERED
 
 TABLES_SQL = """
@@ -36,7 +38,7 @@ CREATE TABLE IF NOT EXISTS batch_files (
     seq INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, ident BLOB NOT NULL,
     lines INTEGER NOT NULL, bytes INTEGER NOT NULL, file_id TEXT, batch_id TEXT,
     state TEXT NOT NULL, counts TEXT, output_file_id TEXT, error_file_id TEXT, errors TEXT,
-    created REAL NOT NULL, updated REAL NOT NULL, done INTEGER NOT NULL DEFAULT 0
+    created REAL NOT NULL, updated REAL NOT NULL, done INTEGER NOT NULL DEFAULT 0, origin TEXT
 );
 CREATE TABLE IF NOT EXISTS batch_lines (
     seq INTEGER NOT NULL, custom_id TEXT NOT NULL, id TEXT NOT NULL, pos INTEGER NOT NULL,
@@ -108,7 +110,7 @@ def _file(row: tuple[Any, ...]) -> BatchFile:
                      errors, created, bool(row[12]), row[13])  # fmt: skip
 
 
-class BatchRecords:
+class BatchRecords(ForeignBatches):
     _conn: sqlite3.Connection
     ident: bytes
 
@@ -173,8 +175,8 @@ class BatchRecords:
             name = f"batchpizza-{token}-{seq:06d}.jsonl"
             self._conn.execute(
                 "INSERT INTO batch_files (seq, name, ident, lines, bytes, state, created, "
-                "updated) VALUES (?, ?, ?, ?, ?, 'intended', ?, ?)",
-                (seq, name, self.ident, len(lines), size, now, now),
+                "updated, origin) VALUES (?, ?, ?, ?, ?, 'intended', ?, ?, ?)",
+                (seq, name, self.ident, len(lines), size, now, now, self.batch_origin),
             )
             self._conn.executemany(
                 "INSERT INTO batch_lines (seq, custom_id, id, pos, digest, tries, line) "
@@ -241,15 +243,19 @@ class BatchRecords:
         """File `seq` collected: each line's (custom_id, outcome); answered lines no longer need
         their text."""
         with self._transaction():
-            self._conn.executemany(
-                "UPDATE batch_lines SET outcome = ?, line = CASE WHEN ? IN ('answered', 'error') "
-                "THEN NULL ELSE line END WHERE seq = ? AND custom_id = ?",
-                [(outcome, outcome, seq, cid) for cid, outcome in outcomes],
-            )
-            self._conn.execute(
-                "UPDATE batch_files SET done = 1, state = ?, updated = ? WHERE seq = ?",
-                (state, time.time(), seq),
-            )
+            self._finish_lines(seq, outcomes, state)
+
+    def _finish_lines(self, seq: int, outcomes: Sequence[tuple[str, str]], state: str) -> None:
+        """`finish_file` inside the caller's transaction."""
+        self._conn.executemany(
+            "UPDATE batch_lines SET outcome = ?, line = CASE WHEN ? IN ('answered', 'error') "
+            "THEN NULL ELSE line END WHERE seq = ? AND custom_id = ?",
+            [(outcome, outcome, seq, cid) for cid, outcome in outcomes],
+        )
+        self._conn.execute(
+            "UPDATE batch_files SET done = 1, state = ?, updated = ? WHERE seq = ?",
+            (state, time.time(), seq),
+        )
 
     def open_files(self, others: bool = False) -> list[BatchFile]:
         """This identity's files not collected yet (with `others`, those of every other

@@ -26,6 +26,7 @@ from typing import Any
 
 import batchpizza.fingerprint as fingerprint
 from batchpizza.checkpoint.batches import TABLES_SQL as BATCH_TABLES
+from batchpizza.checkpoint.foreign import ORIGIN
 from batchpizza.checkpoint.scan import SCHEMA as SCAN_SCHEMA
 from batchpizza.checkpoint.spend import SPEND
 from batchpizza.checkpoint.todo import TABLE as TODO
@@ -262,6 +263,9 @@ def create_tables(conn: sqlite3.Connection, found: str | None) -> None:
             for name, kind in ADDED_TO_3:
                 if name not in have:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        have = {row[1] for row in conn.execute("PRAGMA table_info(batch_files)")}
+        if ORIGIN[0] not in have:  # where a file's batch went (foreign.py), since schema 5
+            conn.execute(f"ALTER TABLE batch_files ADD COLUMN {' '.join(ORIGIN)}")
 
 
 def new_in_memory() -> sqlite3.Connection:

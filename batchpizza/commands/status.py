@@ -13,7 +13,13 @@ from pathlib import Path
 
 import click
 
-from batchpizza.batchapi.display import batches_info, batches_text, out_and_waiting
+from batchpizza.batchapi.display import (
+    batches_info,
+    batches_text,
+    origins_info,
+    others_text,
+    out_and_waiting,
+)
 from batchpizza.checkpoint import Checkpoint, is_locked
 from batchpizza.commands import say
 from batchpizza.errors import BatchpizzaError
@@ -34,6 +40,8 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
             info = store.status()
             files = store.batch_files()
             others = store.open_files(True)  # another model's or parameters' batches still out
+            origins = store.file_origins()  # where each went (batchapi/others.py)
+            last_origin = store.meta().get("batch_origin")  # the last --via batch run's
             # --schema: answers that fit it, at once or re-asked
             info["structured"] = store.fit_counts()
             spent = store.spend()
@@ -47,7 +55,9 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     if files:
         info["batches"] = batches_info(files)
     if others:
-        info["other_batches"] = batches_info(others)
+        theirs = batches_info(others)
+        theirs["servers"] = origins_info(out_and_waiting(others)[0], origins)
+        info["other_batches"] = theirs
     # Every run's, as the spend table keeps them (the answers' tokens, at each run's price).
     info["tokens"] = {
         "input": spent.prompt_tokens,
@@ -114,13 +124,8 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     for line in batches_text(files):
         click.echo(line)
     theirs_out, theirs_waiting = out_and_waiting(others)
-    if theirs_out:
-        n = len(theirs_out)
-        click.echo(
-            f"  others     {n} {'batch' if n == 1 else 'batches'} of other models or parameters "
-            f"still out ({sum(f.lines for f in theirs_out)} requests, billed when they end): a "
-            "--via batch run of theirs collects them"
-        )
+    for line in others_text(theirs_out, origins, last_origin):
+        click.echo(line)
     if theirs_waiting:  # never submitted (an upload refused): billed by nobody yet
         n = len(theirs_waiting)
         click.echo(

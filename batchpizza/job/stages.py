@@ -263,8 +263,9 @@ class Job:
             loop.call_later(max(0.0, remaining), sending.stop_early, "deadline")
         try:
             # Batches left open by a run killed as it collected them: closed, though no row is
-            # left to send.
-            if todo or (sending.batches is not None and checkpoint.open_files()):
+            # left to send; so are other models' batches that ended (batchapi/others.py).
+            batches = sending.batches is not None
+            if todo or (batches and (checkpoint.open_files() or checkpoint.open_files(True))):
                 # Closed here, not by the collector at exit (where it printed a traceback).
                 prompts = cleanup.enter_context(
                     contextlib.closing(

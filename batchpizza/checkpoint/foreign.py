@@ -1,0 +1,134 @@
+"""The checkpoint's side of collecting another identity's batches (batchapi/others.py): where each
+file's batch went, who submitted it and at what price, and the one commit that keeps what one
+of them answered under the identity that asked it (a mixin of Checkpoint through BatchRecords).
+
+`batch_files.origin` is the API root a file was submitted to, without credentials (no user,
+password or query; a remembered secret masked): a batch can only be fetched from the server
+that made it, with a key of that server. A file an earlier batchpizza recorded has none: where
+it went is not known, and only a run of its own identity collects it, as before.
+
+A collected file is kept in one transaction: its results under its identity, their attempts
+under the run that submitted it, their tokens in a spend row of that run at its price (the
+Batch API's half of it), its lines' outcomes and the file done. A kill leaves the file either
+collected whole or still out (downloaded again by the next run), never its tokens counted twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from batchpizza.checkpoint import binding, spend
+from batchpizza.records import Attempt, Result
+
+ORIGIN = ("origin", "TEXT")  # the column, added to a file from before it when opened to write
+
+Row = tuple[Any, ...]
+
+
+class ForeignBatches:
+    _conn: sqlite3.Connection
+    ident: bytes
+    _staged: int
+    _insert_result_sql: str
+    _insert_lean_sql: str
+    # Where this run's files go (batchapi/others.py sets it): recorded with each new file.
+    batch_origin: str | None = None
+
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        raise NotImplementedError  # the Checkpoint's
+
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        raise NotImplementedError  # the Checkpoint's
+
+    def _insert_many(
+        self,
+        sql: str,
+        rows: list[Row],
+        one: Callable[[Row], None],
+        whole: Callable[[Row], Row] | None = None,
+    ) -> None:
+        raise NotImplementedError  # the Checkpoint's
+
+    def _insert_result(self, row: Row) -> None:
+        raise NotImplementedError  # the Checkpoint's
+
+    def _insert_attempt(self, row: Row) -> None:
+        raise NotImplementedError  # the Checkpoint's
+
+    def _finish_lines(self, seq: int, outcomes: Sequence[tuple[str, str]], state: str) -> None:
+        raise NotImplementedError  # BatchRecords'
+
+    def _has_origins(self) -> bool:
+        """A read-only view of a file from before the column has none."""
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(batch_files)")}
+        return ORIGIN[0] in have
+
+    def file_origins(self) -> dict[int, str | None]:
+        """Where the batch of each file not collected yet went (None: not recorded)."""
+        with self._errors():
+            if not self._has_origins():
+                return {}
+            rows = self._conn.execute(
+                "SELECT seq, origin FROM batch_files WHERE done = 0"
+            ).fetchall()
+        return {int(seq): origin for seq, origin in rows}
+
+    def file_ident(self, seq: int) -> bytes:
+        with self._errors():
+            (ident,) = self._conn.execute(
+                "SELECT ident FROM batch_files WHERE seq = ?", (seq,)
+            ).fetchone()
+        return bytes(ident)
+
+    def submitter(self, created: float) -> tuple[int | None, tuple[float, float] | None]:
+        """The run that recorded a file at `created` (runs hold the lock one at a time: the last
+        one started before it) and the price it ran at, before the Batch API's half; (None,
+        None) where the checkpoint does not say."""
+        with self._errors():
+            found = self._conn.execute(
+                "SELECT id FROM runs WHERE started <= ? ORDER BY started DESC LIMIT 1", (created,)
+            ).fetchone()
+            if found is None:
+                return None, None
+            price = self._conn.execute(
+                "SELECT price_in, price_out FROM spend WHERE run = ? AND batch = 0 AND "
+                "price_in IS NOT NULL AND price_out IS NOT NULL ORDER BY rowid LIMIT 1",
+                (found[0],),
+            ).fetchone()
+        return int(found[0]), None if price is None else (float(price[0]), float(price[1]))
+
+    def keep_foreign(
+        self,
+        seq: int,
+        results: Sequence[Result],
+        attempts: Sequence[Attempt],
+        outcomes: Sequence[tuple[str, str]],
+        state: str,
+        *,
+        run: int,
+        price: tuple[float, float] | None,
+    ) -> None:
+        """File `seq`, of another identity, collected: see the module's docstring."""
+        ident = self.file_ident(seq)
+        now = time.time()
+        with self._transaction():
+            for lean, rows in binding.result_runs(ident, results, now):
+                if lean:
+                    sql, whole = self._insert_lean_sql, binding.full_result
+                    self._insert_many(sql, rows, self._insert_result, whole)
+                else:
+                    self._insert_many(self._insert_result_sql, rows, self._insert_result)
+            lean_attempts, other = binding.split_attempts(run, attempts)
+            self._insert_many(
+                binding.LEAN_ATTEMPT_SQL, lean_attempts, self._insert_attempt, binding.full_attempt
+            )
+            self._insert_many(binding.ATTEMPT_SQL, other, self._insert_attempt)
+            if any(r.prompt_tokens or r.completion_tokens for r in results):
+                row = spend.begin(self._conn, run, price, batch=True)
+                spend.add(self._conn, row, results)
+            self._finish_lines(seq, outcomes, state)
+        self._staged += len(results)

@@ -1,0 +1,305 @@
+"""A --via batch run collects the finished batches another model (or other parameters) left in the
+checkpoint (batchapi/others.py): kept under the model that asked them, never in this run's
+output; a run of that model then finds them answered. Batches made at another server are left."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchpizza.batchapi.others import origin_of
+from batchpizza.mock.server import ThreadedMockServer
+from batchpizza.pricing import Price, cost
+from batchpizza.providers.openai import OpenAIAPI
+from tests.batchapi_shared import rows
+from tests.conftest import Spawn, read_jsonl, write_jsonl
+from tests.test_batchapi import args, batch_rows, expected, kill_at, run
+
+
+def models(out: Path) -> dict[str, tuple[str | None, str]]:
+    """Each output row's (model, finish_reason)."""
+    return {r["id"]: (r["model"], r["finish_reason"]) for r in read_jsonl(out)}
+
+
+def kept(checkpoint: Path, model: str) -> dict[str, tuple[str, str | None]]:
+    """The results the checkpoint keeps under `model`'s identity: row id -> (finish, answer)."""
+    with sqlite3.connect(f"file:{checkpoint}?mode=ro", uri=True) as conn:
+        found = conn.execute(
+            "SELECT r.id, r.finish_reason, r.answer FROM results r JOIN identities i ON "
+            "i.ident = r.ident WHERE json_extract(i.identity, '$.model') = ? UNION ALL "
+            "SELECT s.id, s.finish_reason, s.answer FROM staged s JOIN identities i ON "
+            "i.ident = s.ident WHERE json_extract(i.identity, '$.model') = ?",
+            (model, model),
+        ).fetchall()
+    return {row_id: (finish, answer) for row_id, finish, answer in found}
+
+
+def out_for_model_a(server: ThreadedMockServer, inp: Path, out: Path, *extra: str) -> set[str]:
+    """Model a's run submits every row and exits 4 with its batches out; then they finish at
+    the server. Returns their ids."""
+    server.batches.seconds = 3600.0
+    first = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "a", *extra))
+    assert first.returncode == 4, first.stderr
+    ids = set(server.batches.batches)
+    for batch in server.batches.batches.values():
+        batch["_started"] -= 3600.0  # they complete at the next poll
+    server.batches.seconds = 0.2
+    return ids
+
+
+def usage_of(server: ThreadedMockServer, ids: set[str]) -> tuple[int, int]:
+    """The usage the mock reported on the result lines of these batches."""
+    prompt = completion = 0
+    for batch_id in ids:
+        file_id = server.batches.batches[batch_id].get("output_file_id")
+        for raw in server.batches.contents.get(file_id or "", b"").splitlines():
+            usage = json.loads(raw)["response"]["body"]["usage"]
+            prompt += usage["prompt_tokens"]
+            completion += usage["completion_tokens"]
+    return prompt, completion
+
+
+def spend(checkpoint: Path) -> list[tuple[Any, ...]]:
+    return batch_rows(
+        checkpoint,
+        "SELECT run, batch, price_in, price_out, prompt_tokens, completion_tokens FROM spend "
+        "ORDER BY rowid",
+    )
+
+
+def test_a_run_of_model_b_collects_model_a_batches_under_a_and_a_then_sends_nothing(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    checkpoint = Path(f"{out}.checkpoint")
+    theirs = out_for_model_a(server, inp, out, "--price", "1,2")
+    assert len(theirs) == 2  # 40 + 10 lines
+
+    b = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "b",
+                  "--price", "3,4", "--summary-json", str(summary)))  # fmt: skip
+
+    assert b.returncode == 0, b.stderr
+    # b's output holds b's answers only: none of a's, though a's were collected first.
+    assert models(out) == {f"q{i}": ("b", "stop") for i in range(50)}
+    assert "collected 50 results (50 answers) from 2 finished Batch API batches" in b.stderr
+    said = json.loads(summary.read_text())
+    assert said["batches"]["others"] == 50 and said["batches"]["submitted"] == 50
+    assert "50 results of other models collected from batches" in b.stderr.splitlines()[-1]
+    # a's answers are in the checkpoint, under a.
+    assert kept(checkpoint, "a") == {k: ("stop", v) for k, v in expected(50).items()}
+    assert batch_rows(checkpoint, "SELECT count(*) FROM batch_files WHERE done = 0") == [(0,)]
+    # Their tokens were spent at a's run's price (its Batch API half), on a's run (1).
+    prompt, completion = usage_of(server, theirs)
+    assert prompt > 0
+    foreign = [row[2:] for row in spend(checkpoint) if row[:2] == (1, 1) and row[4]]
+    assert {row[:2] for row in foreign} == {(0.5, 1.0)}
+    assert (sum(row[2] for row in foreign), sum(row[3] for row in foreign)) == (prompt, completion)
+    # Each row went once as a's request and once as b's (their custom_ids are the same).
+    assert sorted(server.batches.submitted.values()) == [2] * 50
+    batches, chats = len(server.batches.batches), server.stats.requests
+
+    a = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "a", "--price", "1,2",
+                  "--summary-json", str(summary)))  # fmt: skip
+
+    assert a.returncode == 0, a.stderr
+    assert models(out) == {f"q{i}": ("a", "stop") for i in range(50)}
+    assert {r["id"]: r["answer"] for r in read_jsonl(out)} == expected(50)
+    assert (len(server.batches.batches), server.stats.requests) == (batches, chats)
+    said = json.loads(summary.read_text())
+    assert said["requests"] == 0 and said["batches"]["submitted"] == 0
+    assert said["batches"]["others"] == 0  # b's batches were its own run's, collected by it
+
+
+@pytest.mark.slow
+def test_a_kill_during_the_collection_of_another_model_loses_nothing_and_counts_nothing_twice(
+    server: ThreadedMockServer, spawn: Spawn, tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(100))
+    out = tmp_path / "out.jsonl"
+    checkpoint = Path(f"{out}.checkpoint")
+    theirs = out_for_model_a(server, inp, out, "--price", "1,2")
+    assert len(theirs) == 3  # 40 + 40 + 20 lines
+    argv = args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "b")
+
+    # Killed while downloading the second of a's batches: the first is kept, the second not.
+    server.batches.download_delay = 0.5
+    kill_at(spawn, argv, lambda: server.batches.downloads >= 2)
+    server.batches.download_delay = 0.0
+    assert len(kept(checkpoint, "a")) == 40
+    assert not kept(checkpoint, "b")
+    assert server.batches.downloads == 2
+
+    done = run(*argv)
+
+    assert done.returncode == 0, done.stderr
+    assert "collected 60 results" in done.stderr
+    assert models(out) == {f"q{i}": ("b", "stop") for i in range(100)}
+    assert kept(checkpoint, "a") == {k: ("stop", v) for k, v in expected(100).items()}
+    # a's tokens counted once, by the server's own count.
+    prompt, completion = usage_of(server, theirs)
+    foreign = [row for row in spend(checkpoint) if row[0] == 1 and row[1] == 1]
+    assert sum(r[4] for r in foreign) == prompt and sum(r[5] for r in foreign) == completion
+    assert sorted(server.batches.submitted.values()) == [2] * 100  # a's once, b's once
+    # Fetched again: the output of a's batch whose download was cut, not of the one kept;
+    # then a's third and b's three.
+    assert server.batches.downloads == 2 + 1 + 1 + 3
+    batches = len(server.batches.batches)
+
+    a = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "a"))
+    assert a.returncode == 0, a.stderr
+    assert models(out) == {f"q{i}": ("a", "stop") for i in range(100)}
+    assert len(server.batches.batches) == batches
+
+
+@pytest.mark.slow
+def test_batches_made_at_another_base_url_are_left_there_and_status_says_where(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
+    out = tmp_path / "out.jsonl"
+    checkpoint = Path(f"{out}.checkpoint")
+    out_for_model_a(server, inp, out)
+    polls = server.batches.polls
+
+    with ThreadedMockServer() as elsewhere:
+        elsewhere.batches.seconds = 0.2
+        b = run(*args(inp, out, elsewhere.base_url, "--via", "batch", "--wait", "--model", "b"))
+        assert b.returncode == 0, b.stderr
+        assert sorted(elsewhere.batches.submitted.values()) == [1] * 10  # b's own only
+
+    assert server.batches.polls == polls  # a's batches were not asked for anywhere
+    origin = f"{server.base_url}/v1"
+    assert (
+        f"1 Batch API batch of other models or parameters was made at {origin}, not at this "
+        "run's base URL: left there; a --via batch run with that --base-url collects it" in b.stderr
+    )
+    assert "collected" not in b.stderr
+    assert not kept(checkpoint, "a")
+    assert batch_rows(checkpoint, "SELECT count(*) FROM batch_files WHERE done = 0") == [(1,)]
+    shown = run("status", str(out))
+    assert f"made at {origin}, not at the last --via batch run's base URL" in shown.stdout
+    assert json.loads(run("status", str(out), "--json").stdout)["other_batches"]["servers"] == {
+        origin: 1
+    }
+
+    # A file recorded by a batchpizza that did not say where it went: left alone too.
+    with sqlite3.connect(checkpoint) as conn:
+        conn.execute("UPDATE batch_files SET origin = NULL WHERE done = 0")
+    b = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "b"))
+    assert b.returncode == 0, b.stderr
+    assert "was made by a batchpizza that did not record where: left to a --via batch" in b.stderr
+    assert server.batches.polls == polls and not kept(checkpoint, "a")
+
+    # Model a's own run collects it, as before.
+    a = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "a"))
+    assert a.returncode == 0, a.stderr
+    assert models(out) == {f"q{i}": ("a", "stop") for i in range(10)}
+
+
+@pytest.mark.slow
+def test_batches_of_another_model_still_running_stay_out_and_a_later_run_collects_them(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
+    out = tmp_path / "out.jsonl"
+    checkpoint = Path(f"{out}.checkpoint")
+    theirs = out_for_model_a(server, inp, out)
+    for batch_id in theirs:
+        server.batches.batches[batch_id]["_started"] += 7200.0  # running for an hour yet
+    argv = args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "b")
+
+    b = run(*argv)
+
+    assert b.returncode == 0, b.stderr
+    assert "collected" not in b.stderr and not kept(checkpoint, "a")
+    assert {b["status"] for b in (server.batches.batches[i] for i in theirs)} == {"validating"}
+    shown = run("status", str(out)).stdout
+    assert (
+        "1 batch of other models or parameters still out (10 requests, billed when they end): "
+        "a --via batch run collects them once they end" in shown
+    ), shown
+
+    for batch_id in theirs:
+        server.batches.batches[batch_id]["_started"] -= 7200.0  # now they end
+    # Nothing of b's is left to send: the run collects a's all the same.
+    b = run(*argv)
+    assert b.returncode == 0, b.stderr
+    assert "collected 10 results (10 answers) from 1 finished Batch API batch" in b.stderr
+    assert kept(checkpoint, "a") == {k: ("stop", v) for k, v in expected(10).items()}
+    assert models(out) == {f"q{i}": ("b", "stop") for i in range(10)}
+
+
+@pytest.mark.slow
+def test_expired_and_refused_batches_of_another_model_are_left_to_its_runs_to_send_again(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
+    out = tmp_path / "out.jsonl"
+    checkpoint = Path(f"{out}.checkpoint")
+    first, second = sorted(out_for_model_a(server, inp, out))  # 40 lines, then 10
+    server.batches.batches[first]["_expire"] = True  # ends with half its lines run
+    server.batches.batches[second]["_fail"] = True  # the file refused as a whole
+
+    b = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "b"))
+
+    # Not b's batches: b's run goes on, and says what became of them.
+    assert b.returncode == 0, b.stderr
+    assert models(out) == {f"q{i}": ("b", "stop") for i in range(50)}
+    assert "collected 30 results (20 answers) from 2 finished Batch API batches" in b.stderr
+    assert f"batch {second} of model a: line 1: invalid_request: the file is wrong" in b.stderr
+    theirs = kept(checkpoint, "a")
+    assert sum(finish == "stop" for finish, _ in theirs.values()) == 20
+    assert sum(finish == "error" for finish, _ in theirs.values()) == 10
+    assert len(theirs) == 30  # the 20 lines the expired batch did not run wait to be resubmitted
+    batches = len(server.batches.batches)
+
+    a = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "a"))
+
+    assert a.returncode == 0, a.stderr
+    assert models(out) == {f"q{i}": ("a", "stop") for i in range(50)}
+    assert {r["id"]: r["answer"] for r in read_jsonl(out)} == expected(50)
+    # a's run sent the 20 expired (resubmitted) and the 10 failed (rows to retry) again, not
+    # the 20 answered.
+    new = list(server.batches.batches.values())[batches:]
+    assert sorted(len(batch["_lines"]) for batch in new) == [10, 20]
+
+
+@pytest.mark.slow
+def test_what_another_models_batches_cost_counts_against_max_cost_once_collected(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    priced = ("--price", "1,2", "--param", "max_tokens=20")
+    theirs = out_for_model_a(server, inp, out, *priced)
+    for batch_id in theirs:  # ended, their output made: what they cost is known
+        urllib.request.urlopen(f"{server.base_url}/v1/batches/{batch_id}", timeout=10).read()
+    spent = cost(Price(1.0, 2.0), *usage_of(server, theirs), batch=True)
+
+    # A cap a's batches all but fill: b's first row would pass it.
+    b = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "b", *priced,
+                  "--max-cost", f"{spent * 1.01:.9f}", "--summary-json", str(summary)))  # fmt: skip
+
+    assert b.returncode == 4, b.stderr
+    said = json.loads(summary.read_text())
+    assert said["stopped"] == "budget" and said["batches"]["others"] == 50
+    assert said["batches"]["submitted"] == 0
+    assert sorted(server.batches.submitted.values()) == [1] * 50  # a's lines only
+    assert said["cost"]["total"] == pytest.approx(spent)
+    assert said["cost"]["run"] == 0  # a's batches are a's run's spend, not b's
+
+
+def test_the_server_a_batch_went_to_is_kept_without_credentials() -> None:
+    # What the checkpoint records of where a file's batch went: no user, password or query
+    # (a gateway's ?token=); the endpoint given whole names the same server as its root.
+    secret = OpenAIAPI("https://user:pw@Gateway.example:443/v1/?token=sekrit#frag")
+    assert origin_of(secret) == "https://gateway.example/v1"
+    root, endpoint = "http://127.0.0.1:8080/v1", "http://127.0.0.1:8080/v1/chat/completions"
+    assert origin_of(OpenAIAPI(root)) == origin_of(OpenAIAPI(endpoint)) == root
+    assert origin_of(OpenAIAPI("http://127.0.0.1:8081/v1")) != root
