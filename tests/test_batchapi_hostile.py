@@ -21,6 +21,7 @@ from aiohttp import web
 
 from batchpizza.batchapi.lost import Lost
 from batchpizza.checkpoint.batches import BatchFile
+from batchpizza.mock.server import ThreadedMockServer
 from tests.batchapi_raw import KEY, RawServer, answer_of, answering, batch_run, completion
 from tests.batchapi_shared import LIMITS, rows
 from tests.conftest import Spawn, read_jsonl, write_jsonl
@@ -1023,3 +1024,56 @@ def test_rows_sent_online_as_advised_end_the_stop_over_their_batch_that_may_exis
     assert sorted(raw.submitted.values()) == [1] * n and len(raw.batches) == 1
     assert sorted(raw.online.values()) == [1] * n
     assert json.loads(status.stdout)["batches"]["out"] == []
+
+
+# The run's own process, killed (SIGKILL) as it marks a collected batch file done: after its
+# results were handed to the checkpoint, before the file was known collected.
+_KILLED_MARKING_DONE = """
+import os, runpy, signal, sys
+from batchpizza.checkpoint.batches import BatchRecords
+
+mark = BatchRecords._finish_lines
+
+def killed(self, seq, outcomes, state):
+    if state == "completed":
+        os.kill(os.getpid(), signal.SIGKILL)
+    mark(self, seq, outcomes, state)
+
+BatchRecords._finish_lines = killed
+sys.argv = ["batchpizza", *sys.argv[1:]]
+runpy.run_module("batchpizza", run_name="__main__")
+"""
+
+
+def test_a_kill_as_a_collected_file_is_marked_done_counts_its_tokens_once(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # The results and the file's done mark were two commits: a kill between them had the next
+    # run collect the file again, and its tokens were spent twice on the checkpoint (what
+    # --max-cost reads). Now one commit keeps both or neither.
+    from tests.test_batchapi import args, batch_rows, expected, run
+    from tests.test_batchapi_others import usage_of
+
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(30))
+    out = tmp_path / "out.jsonl"
+    argv = args(inp, out, server.base_url, "--via", "batch", "--price", "1,2")
+    server.batches.seconds = 3600.0
+    assert run(*argv).returncode == 4  # submitted, out
+    for batch in server.batches.batches.values():
+        batch["_started"] -= 3600.0  # done at the next poll
+    server.batches.seconds = 0.2
+
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_MARKING_DONE, *argv, "--wait"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    done = run(*argv, "--wait")
+
+    assert done.returncode == 0, done.stderr
+    assert {r["id"]: r["answer"] for r in read_jsonl(out)} == expected(30)
+    spent = batch_rows(
+        Path(f"{out}.checkpoint"),
+        "SELECT sum(prompt_tokens), sum(completion_tokens) FROM spend WHERE batch = 1",
+    )
+    assert spent == [usage_of(server, set(server.batches.batches))]

@@ -286,8 +286,8 @@ class BatchFlow:
                 attempts.append(attempt._replace(started=started, duration_ms=took))
             if result is not None:
                 results.append((line.pos, result))
-        self.checkpoint.write([r for _, r in results], attempts, self.run_id, batch=True)
-        self.checkpoint.finish_file(f.seq, outcomes, status)
+        done = (f.seq, outcomes, status)  # in the results' commit: a kill keeps both or neither
+        self.checkpoint.write([r for _, r in results], attempts, self.run_id, True, done)
         self.money.settle([(lines[c].digest, o) for c, o in outcomes], (r for _, r in results))
         said_collected(batch, status, [o for _, o in outcomes])
         for pos, result in results:
@@ -310,8 +310,8 @@ class BatchFlow:
         said = (errors or "no reason given").rstrip(". ")  # followed by ". Its rows"
         error = ProviderError(f"the Batch API refused the file {f.name}: {said}")
         results = [(line.pos, self.judge.error_result(line, error)) for line in lines.values()]
-        self.checkpoint.write([r for _, r in results], (), self.run_id, batch=True)
-        self.checkpoint.finish_file(f.seq, [(cid, "error") for cid in lines], "failed")
+        done = (f.seq, [(cid, "error") for cid in lines], "failed")
+        self.checkpoint.write([r for _, r in results], (), self.run_id, True, done)
         self.money.settle([(line.digest, "error") for line in lines.values()], ())
         for pos, result in results:
             self._count(pos, result)

@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS batch_lines (
 # Outcomes of lines still to be answered by a batch: out, or waiting to be resubmitted.
 _OUT = "(l.outcome IS NULL OR l.outcome IN ('failed', 'expired'))"
 TO_RESUBMIT = ("failed", "expired")
+# A file collected: its seq, each line's (custom_id, outcome), the batch's final state.
+FileDone = tuple[int, Sequence[tuple[str, str]], str]
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from batchpizza.checkpoint import binding, spend
+from batchpizza.checkpoint import spend
+from batchpizza.checkpoint.guarded import insert_group
 from batchpizza.records import Attempt, Result
 
 ORIGIN = ("origin", "TEXT")  # the column, added to a file from before it when opened to write
@@ -33,8 +34,7 @@ class ForeignBatches:
     _conn: sqlite3.Connection
     ident: bytes
     _staged: int
-    _insert_result_sql: str
-    _insert_lean_sql: str
+    _result_sqls: tuple[str, str]
     # Where this run's files go (batchapi/others.py sets it): recorded with each new file.
     batch_origin: str | None = None
 
@@ -42,21 +42,6 @@ class ForeignBatches:
         raise NotImplementedError  # the Checkpoint's
 
     def _transaction(self) -> contextlib.AbstractContextManager[None]:
-        raise NotImplementedError  # the Checkpoint's
-
-    def _insert_many(
-        self,
-        sql: str,
-        rows: list[Row],
-        one: Callable[[Row], None],
-        whole: Callable[[Row], Row] | None = None,
-    ) -> None:
-        raise NotImplementedError  # the Checkpoint's
-
-    def _insert_result(self, row: Row) -> None:
-        raise NotImplementedError  # the Checkpoint's
-
-    def _insert_attempt(self, row: Row) -> None:
         raise NotImplementedError  # the Checkpoint's
 
     def _finish_lines(self, seq: int, outcomes: Sequence[tuple[str, str]], state: str) -> None:
@@ -116,17 +101,7 @@ class ForeignBatches:
         ident = self.file_ident(seq)
         now = time.time()
         with self._transaction():
-            for lean, rows in binding.result_runs(ident, results, now):
-                if lean:
-                    sql, whole = self._insert_lean_sql, binding.full_result
-                    self._insert_many(sql, rows, self._insert_result, whole)
-                else:
-                    self._insert_many(self._insert_result_sql, rows, self._insert_result)
-            lean_attempts, other = binding.split_attempts(run, attempts)
-            self._insert_many(
-                binding.LEAN_ATTEMPT_SQL, lean_attempts, self._insert_attempt, binding.full_attempt
-            )
-            self._insert_many(binding.ATTEMPT_SQL, other, self._insert_attempt)
+            insert_group(self._conn, self._result_sqls, ident, results, attempts, run, now)
             if any(r.prompt_tokens or r.completion_tokens for r in results):
                 row = spend.begin(self._conn, run, price, batch=True)
                 spend.add(self._conn, row, results)

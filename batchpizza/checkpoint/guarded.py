@@ -6,15 +6,67 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import batchpizza.storable as storable
+from batchpizza.checkpoint import binding
+from batchpizza.records import Attempt, Result
 
 log = logging.getLogger("batchpizza")
 
 # What binding a value SQLite cannot hold raises: a str with a lone surrogate, an int beyond 64
 # bits, a value of another type. Never a failing disk (that is an OperationalError).
 UNBINDABLE = (UnicodeEncodeError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError)
+
+
+def insert_group(
+    conn: sqlite3.Connection,
+    sqls: tuple[str, str],
+    ident: bytes,
+    results: Sequence[Result],
+    attempts: Sequence[Attempt],
+    run: int,
+    now: float,
+) -> None:
+    """Results under `ident` and the attempts behind them, inside the caller's transaction: each
+    kind in as few statements as binding.py makes runs of; `sqls` the result inserts, (whole,
+    lean). A row that cannot be bound goes alone through insert_result / insert_attempt."""
+    whole_sql, lean_sql = sqls
+    for lean, rows in binding.result_runs(ident, results, now):
+        if lean:
+            _many(
+                conn,
+                lean_sql,
+                rows,
+                lambda r: insert_result(conn, whole_sql, binding.full_result(r)),
+            )
+        else:
+            _many(conn, whole_sql, rows, lambda r: insert_result(conn, whole_sql, r))
+    if attempts:
+        lean_attempts, other = binding.split_attempts(run, attempts)
+        full = binding.ATTEMPT_SQL
+        _many(conn, binding.LEAN_ATTEMPT_SQL, lean_attempts,
+              lambda r: insert_attempt(conn, full, binding.full_attempt(r)))  # fmt: skip
+        _many(conn, full, other, lambda r: insert_attempt(conn, full, r))
+
+
+def _many(
+    conn: sqlite3.Connection,
+    sql: str,
+    rows: list[tuple[Any, ...]],
+    one: Callable[[tuple[Any, ...]], None],
+) -> None:
+    """`rows` in one statement; if one cannot be bound, the rows before it are in: the rest go
+    one at a time through `one`, so that only that row pays."""
+    if not rows:
+        return
+    before = conn.total_changes
+    try:
+        conn.executemany(sql, rows)
+    except UNBINDABLE:
+        for row in rows[conn.total_changes - before :]:
+            one(row)
 
 
 def insert_result(conn: sqlite3.Connection, sql: str, row: tuple[Any, ...]) -> None:

@@ -49,15 +49,15 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import batchpizza.fingerprint as fingerprint
 from batchpizza.checkpoint import binding, spend
-from batchpizza.checkpoint.batches import BatchRecords
+from batchpizza.checkpoint.batches import BatchRecords, FileDone
 from batchpizza.checkpoint.fitting import Fitting
-from batchpizza.checkpoint.guarded import UNBINDABLE, insert_attempt, insert_result
+from batchpizza.checkpoint.guarded import insert_group
 from batchpizza.checkpoint.history import History
 from batchpizza.checkpoint.scan import ScanIndex
 from batchpizza.checkpoint.schema import (
@@ -102,7 +102,7 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
         self._file_id = _file_id(path) if path is not None and not readonly else None
         # A file's results are staged, then folded (see the module's docstring); in memory,
         # where no page is written to a log, straight into `results`.
-        self._insert_result_sql, self._insert_lean_sql = binding.result_sql(
+        self._result_sqls = binding.result_sql(
             "staged" if path is not None and not readonly else "results"
         )
         self._staged = 0  # results staged since the last fold
@@ -238,57 +238,28 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
         attempts: Sequence[Attempt] = (),
         run: int = 0,
         batch: bool = False,
+        finished: FileDone | None = None,
     ) -> None:
         """Commit a group of results (and the attempts behind them) at once: a write to the log,
-        no fsync (see sync); a row SQLite cannot bind fails alone (see _insert_result). `batch`:
-        collected through the Batch API, spent at its price."""
+        no fsync (see sync); a row SQLite cannot bind fails alone (see guarded.py). `batch`:
+        collected through the Batch API, spent at its price; `finished`, the batch file they came
+        from marked done in the same commit (else a kill between the two would have the next run
+        collect it again, its tokens spent twice)."""
         self._check_identity()
         now = time.time()
-        runs = binding.result_runs(self.ident, results, now)
         conn = self._conn
         with self._transaction():
-            for lean, rows in runs:  # each run of rows at once (see checkpoint/binding.py)
-                if lean:
-                    sql, whole = self._insert_lean_sql, binding.full_result
-                    self._insert_many(sql, rows, self._insert_result, whole)
-                else:
-                    self._insert_many(self._insert_result_sql, rows, self._insert_result)
-            if attempts:
-                lean_attempts, other = binding.split_attempts(run, attempts)
-                self._insert_many(
-                    binding.LEAN_ATTEMPT_SQL,
-                    lean_attempts,
-                    self._insert_attempt,
-                    binding.full_attempt,
-                )
-                self._insert_many(binding.ATTEMPT_SQL, other, self._insert_attempt)
+            insert_group(conn, self._result_sqls, self.ident, results, attempts, run, now)
             self._flush_answered()  # answers committed before: out of the to-do set
             spend_row = self._spend_rows.get(batch)
             if spend_row is not None:
                 spend.add(conn, spend_row, results)  # as durable as the answers
+            if finished is not None:
+                self._finish_lines(*finished)
             if now - self._updated >= 1.0:  # status's "updated": a page of every commit else
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('updated', ?)", (now,))
                 self._updated = now
         self._staged += len(results)
-
-    def _insert_many(
-        self,
-        sql: str,
-        rows: list[tuple[Any, ...]],
-        one: Callable[[tuple[Any, ...]], None],
-        whole: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None,
-    ) -> None:
-        """`rows` in one statement; if one cannot be bound, the rows before it are in: the rest
-        go one at a time through `one` (made `whole` first), so that only that row pays."""
-        if not rows:
-            return
-        conn = self._conn
-        before = conn.total_changes
-        try:
-            conn.executemany(sql, rows)
-        except UNBINDABLE:
-            for row in rows[conn.total_changes - before :]:
-                one(row if whole is None else whole(row))
 
     def _fold(self) -> None:
         """The staged results into `results`, before anything reads them (a no-op when none)."""
@@ -296,12 +267,6 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
             with self._transaction():
                 fold(self._conn)
             self._staged = 0
-
-    def _insert_result(self, row: tuple[Any, ...]) -> None:
-        insert_result(self._conn, self._insert_result_sql, row)
-
-    def _insert_attempt(self, row: tuple[Any, ...]) -> None:
-        insert_attempt(self._conn, binding.ATTEMPT_SQL, row)
 
     def _check_identity(self) -> None:
         """A checkpoint deleted or replaced under a run would take every later commit with it:
