@@ -183,3 +183,11 @@ def test_a_variables_trailing_space_is_no_error(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert whole(" 8\t") == 8 and decimal(" 1.5 ") == 1.5
+
+
+def test_help_shows_no_range_for_an_unbounded_number() -> None:
+    # click's range text for a type with no bounds read "[x<=None]" (mock-server --seed).
+    shown = CliRunner().invoke(mock_server, ["--help"], terminal_width=100).output
+    seed = shown[shown.index("--seed") :].split("\n  --")[0]
+    assert seed.startswith("--seed INTEGER") and "None" not in seed and "x<=" not in seed
+    assert "0<=x<=65535" in shown  # a bounded one keeps its range

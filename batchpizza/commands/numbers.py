@@ -11,7 +11,24 @@ import click
 from batchpizza.numbers import DECIMAL, WHOLE, decimal, whole
 
 
-class PlainInt(click.IntRange):
+class _Plain:
+    """What an unbounded one shows in --help: INTEGER or FLOAT, as click's own, and no range
+    (click's range text for no bounds reads "x<=None")."""
+
+    name: str
+    min: Any
+    max: Any
+
+    def _describe_range(self) -> str:
+        if self.min is None and self.max is None:
+            return ""
+        return str(super()._describe_range())  # type: ignore[misc]
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return self.name.split()[0].upper()
+
+
+class PlainInt(_Plain, click.IntRange):
     """A whole number in ASCII digits, within the range given (none: any)."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
@@ -20,7 +37,7 @@ class PlainInt(click.IntRange):
         return super().convert(value, param, ctx)
 
 
-class PlainFloat(click.FloatRange):
+class PlainFloat(_Plain, click.FloatRange):
     """A finite decimal number in ASCII, within the range given (none: any)."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
