@@ -293,6 +293,17 @@ def test_ray_dry_run_counts_answers_by_request_so_a_new_model_shows_as_rows_to_s
     assert mock.stats()["requests"] == 0
 
 
+def test_ray_mock_goes_at_the_mock_rate_unless_rate_is_given(tmp_path: Path) -> None:
+    # As without --ray: 20/s for the bundled mock, not the real service's polite 2/s.
+    source = prompts(tmp_path / "in", 60)
+    common = [str(source), "-o", str(tmp_path / "out"), "--ray", "--mock", "--dry-run"]
+    mock_rate = command(*common)
+    assert mock_rate.returncode == 0, mock_rate.stderr
+    assert "at 20/s" in mock_rate.stdout
+    given = command(*common, "--rate", "5")
+    assert "at 5/s" in given.stdout, given.stderr
+
+
 def test_ray_refuses_repeat() -> None:
     with pytest.raises(UsageError, match="--repeat is not supported with --ray"):
         run_on_ray("in.parquet", "out", samples=2)

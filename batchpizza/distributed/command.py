@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from batchpizza.checkpoint import RunLock
-from batchpizza.config import RunConfig
+from batchpizza.config import DEFAULT_MOCK_RATE, RunConfig
 from batchpizza.distributed.driver import (
     Signals,
     deadline_left,
@@ -110,6 +110,8 @@ class ClusterRun:
         checkpoint = given.get("checkpoint") or output.rstrip("/") + suffix
         self.checkpoint = checkpoint if is_uri(checkpoint) else str(Path(checkpoint).resolve())
         self.options = {k: v for k, v in given.items() if k not in _DRIVER_ONLY}
+        if self.mock:  # the mock's own default rate, as without --ray (the mock is ours to start)
+            self.options.setdefault("rate", DEFAULT_MOCK_RATE)
         # The checks answer() makes, made before a cluster is started for nothing.
         self.config = RunConfig.from_options("<ray>.parquet", "<ray>.parquet", **self.options)
         self.config.refuse_on_ray()
