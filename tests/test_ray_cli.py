@@ -304,6 +304,25 @@ def test_ray_mock_goes_at_the_mock_rate_unless_rate_is_given(tmp_path: Path) -> 
     assert "at 5/s" in given.stdout, given.stderr
 
 
+def test_ray_refuses_an_id_the_input_repeats_before_starting_a_cluster(
+    tmp_path: Path, mock_process: Callable[..., MockProcess]
+) -> None:
+    # Rows 0 and 299 fall in other batches: each was answered as a row of its own, under one id,
+    # and the rerun counted one of them pending (exit 0), though the output had both answered.
+    mock = mock_process()
+    rows = [{"id": f"q{i}", "prompt": f"question {i}"} for i in range(300)]
+    rows[299]["id"] = "q0"
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    common = [str(source), "-o", str(tmp_path / "out"), "--ray", "--base-url", mock.url]
+    for extra in (["--dry-run"], ["-q"]):
+        done = command(*common, *extra)
+        assert done.returncode == 2, done.stderr
+        assert "repeats the id 'q0' (rows 0 and 299, counted from 0)" in done.stderr
+    assert mock.stats()["requests"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+    assert command(*common, "--dry-run", "--limit", "299").returncode == 0  # not in the rows run
+
+
 def test_ray_refuses_repeat() -> None:
     with pytest.raises(UsageError, match="--repeat is not supported with --ray"):
         run_on_ray("in.parquet", "out", samples=2)

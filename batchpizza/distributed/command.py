@@ -40,6 +40,7 @@ from batchpizza.distributed.folders import (
     input_dataset,
     is_json_lines,
     is_uri,
+    refuse_repeated_ids,
     require_id,
     write_part,
 )
@@ -189,6 +190,7 @@ class ClusterRun:
 
         # By row id and request fingerprint, as the actors match answers: a new model,
         # parameters or prompt shows as rows to send.
+        refuse_repeated_ids(self.input, self.config.fields_named[2], self.limit)
         parts = None if self.restart else self.checkpoint
         rows, answered = count_answered(self.input, parts, self.config, self.limit)
         todo = rows - answered
@@ -224,6 +226,7 @@ class ClusterRun:
             raise
         try:
             self.output.recover()
+            refuse_repeated_ids(self.input, self.config.fields_named[2], self.limit)
             if self.restart:
                 delete_folder(self.checkpoint, keep_folder=True)  # the lock is on the folder
             else:

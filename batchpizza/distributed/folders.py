@@ -87,6 +87,28 @@ def input_ids(place: str, id_field: str, limit: int | None = None) -> pa.Array:
         ) from None
 
 
+def refuse_repeated_ids(place: str, id_field: str, limit: int | None = None) -> None:
+    """InputError naming the first id the input repeats. Each actor sees only its batches, so a
+    repeat in another batch was answered as a row of its own, under an id whose answers the
+    checkpoint could no longer tell apart (a rerun counted one of them pending)."""
+    import pyarrow.compute as pc
+
+    ids = input_ids(place, id_field, limit).drop_null()  # a null id is a bad row of its own
+    if len(pc.unique(ids)) == len(ids):
+        return
+    first: dict[str, int] = {}
+    for pos, value in enumerate(input_ids(place, id_field, limit).to_pylist()):
+        if value is None:
+            continue
+        if value in first:
+            raise InputError(
+                f"the input {place} repeats the id {value!r} (rows {first[value]} and {pos}, "
+                "counted from 0): --ray keeps answers by id, and no actor sees the whole input "
+                "to write the repeat as a bad row; make the ids unique (or run without --ray)"
+            )
+        first[value] = pos
+
+
 def require_id(names: list[str], id_field: str) -> None:
     # The checkpoint keys answers by id: without one a rerun could not tell rows apart.
     if id_field not in names:
