@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from batchpizza.distributed.driver import RAY_ACTOR_ARGS_LINE
 from batchpizza.distributed.parts import PartStore, key_of
 from batchpizza.distributed.summary import summarize, tally_of
 from batchpizza.distributed.worker import part_schema
-from batchpizza.errors import UsageError
+from batchpizza.errors import InputError, UsageError
 from batchpizza.fingerprint import fingerprint, identity_digest, text_digest
 from batchpizza.mock.replies import mock_answer
 from batchpizza.providers.factory import identity_of
@@ -304,23 +305,38 @@ def test_ray_mock_goes_at_the_mock_rate_unless_rate_is_given(tmp_path: Path) -> 
     assert "at 5/s" in given.stdout, given.stderr
 
 
-def test_ray_refuses_an_id_the_input_repeats_before_starting_a_cluster(
-    tmp_path: Path, mock_process: Callable[..., MockProcess]
-) -> None:
+def test_ray_refuses_an_id_the_input_repeats_before_starting_a_cluster(tmp_path: Path) -> None:
     # Rows 0 and 299 fall in other batches: each was answered as a row of its own, under one id,
     # and the rerun counted one of them pending (exit 0), though the output had both answered.
-    mock = mock_process()
     rows = [{"id": f"q{i}", "prompt": f"question {i}"} for i in range(300)]
     rows[299]["id"] = "q0"
     source = write_jsonl(tmp_path / "in.jsonl", rows)
-    common = [str(source), "-o", str(tmp_path / "out"), "--ray", "--base-url", mock.url]
-    for extra in (["--dry-run"], ["-q"]):
-        done = command(*common, *extra)
-        assert done.returncode == 2, done.stderr
-        assert "repeats the id 'q0' (rows 0 and 299, counted from 0)" in done.stderr
-    assert mock.stats()["requests"] == 0
+    out = str(tmp_path / "out")
+    for dry in (True, False):
+        with pytest.raises(InputError, match=re.escape("repeats the id 'q0' (rows 0 and 299,")):
+            run_on_ray(str(source), out, dry_run=dry, quiet=True, base_url="http://127.0.0.1:9")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
-    assert command(*common, "--dry-run", "--limit", "299").returncode == 0  # not in the rows run
+    assert run_on_ray(str(source), out, dry_run=True, limit=299).exit_code == 0  # not run
+
+
+@pytest.mark.parametrize(
+    ("row", "option", "said"),
+    [
+        ({"prompt": "x"}, {"prompt_field": "question"}, "no 'question' column and no 'messages'"),
+        ({"prompt": 42}, {}, "column 'prompt' must hold strings, not int64"),
+        ({"prompt": "x", "answer": "y"}, {}, "column 'answer' is named like an output column"),
+    ],
+    ids=["prompt-field-typo", "numbers", "result-column"],
+)
+def test_ray_refuses_an_input_no_row_of_which_could_be_sent_before_starting_a_cluster(
+    tmp_path: Path, row: dict[str, Any], option: dict[str, Any], said: str
+) -> None:
+    # As a Parquet input is refused without --ray; the actors wrote every row invalid, exit 3.
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", **row} for i in range(3)])
+    for dry in (True, False):
+        with pytest.raises(InputError, match=re.escape(said)):
+            run_on_ray(str(source), str(tmp_path / "out"), dry_run=dry, quiet=True, **option)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
 def test_ray_refuses_repeat() -> None:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     import pyarrow.dataset as pads
     import pyarrow.fs as pafs
 
+    from batchpizza.config import RunConfig
+
 PARTIAL = ".partial-"
 OLD = ".old-"  # the output being replaced, for the moment between two renames
 JSON_LINES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
@@ -85,6 +87,20 @@ def input_ids(place: str, id_field: str, limit: int | None = None) -> pa.Array:
         raise InputError(
             f"cannot read the ids ({id_field!r}) of the input {place}: {exc}"
         ) from None
+
+
+def refuse_columns(place: str, config: RunConfig) -> None:
+    """InputError for an input no row of which could be sent, as a Parquet file is refused
+    without --ray: no prompt column (a --prompt-field typo), a prompt column of numbers, a column
+    named like a result column. The actors found it row by row, once the cluster had started:
+    every row `invalid`, exit 3."""
+    from batchpizza.providers.factory import extra_columns
+    from batchpizza.rows import Fields
+    from batchpizza.sources.parquet import wanted_columns
+
+    schema = input_dataset(place).schema
+    if schema.names:  # an empty JSON lines file has no columns, and no row to refuse
+        wanted_columns(Fields.from_config(config, extra_columns(config.provider)), schema, place)
 
 
 def refuse_repeated_ids(place: str, id_field: str, limit: int | None = None) -> None:
