@@ -75,12 +75,7 @@ from batchpizza.checkpoint.schema import (
 from batchpizza.checkpoint.spending import Spending
 from batchpizza.checkpoint.status import StatusQueries
 from batchpizza.checkpoint.syncing import sync_log
-from batchpizza.errors import (
-    CheckpointIsFolder,
-    CheckpointMissing,
-    CheckpointVersionError,
-    OutputError,
-)
+from batchpizza.errors import CheckpointMissing, CheckpointVersionError, OutputError
 from batchpizza.records import Attempt, Result
 
 log = logging.getLogger("batchpizza")
@@ -144,8 +139,6 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
     def open(cls, path: Path, *, create: bool = True, readonly: bool = False) -> Checkpoint:
         if not create and not path.exists():
             raise CheckpointMissing(f"no checkpoint at {path}")
-        if path.is_dir():
-            raise CheckpointIsFolder(path)
         if readonly:
             try:
                 # An empty file: a run that just took its lock, nothing in it yet, as a new one.

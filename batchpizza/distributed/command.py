@@ -40,8 +40,7 @@ from batchpizza.distributed.folders import (
     input_dataset,
     is_json_lines,
     is_uri,
-    refuse_columns,
-    refuse_repeated_ids,
+    refuse_input,
     require_id,
     write_part,
 )
@@ -186,18 +185,12 @@ class ClusterRun:
                 raise UsageError(f"--summary-json {summary} is a directory")
             check_writable(summary.parent, "summary")
 
-    def _check_input(self) -> None:
-        """What the actors would find row by row once a cluster had started (every row invalid),
-        or not at all (an id repeated in another batch), refused before one starts."""
-        refuse_columns(self.input, self.config)
-        refuse_repeated_ids(self.input, self.config.fields_named[2], self.limit)
-
     def _dry_run(self) -> Summary:
         from batchpizza.distributed.planning import count_answered
 
         # By row id and request fingerprint, as the actors match answers: a new model,
         # parameters or prompt shows as rows to send.
-        self._check_input()
+        refuse_input(self.input, self.config, self.limit)
         parts = None if self.restart else self.checkpoint
         rows, answered = count_answered(self.input, parts, self.config, self.limit)
         todo = rows - answered
@@ -233,7 +226,7 @@ class ClusterRun:
             raise
         try:
             self.output.recover()
-            self._check_input()
+            refuse_input(self.input, self.config, self.limit)
             if self.restart:
                 delete_folder(self.checkpoint, keep_folder=True)  # the lock is on the folder
             else:

@@ -89,6 +89,13 @@ def input_ids(place: str, id_field: str, limit: int | None = None) -> pa.Array:
         ) from None
 
 
+def refuse_input(place: str, config: RunConfig, limit: int | None) -> None:
+    """What the actors would find row by row once a cluster had started (every row invalid),
+    or not at all (an id repeated in another batch), refused before one starts."""
+    refuse_columns(place, config)
+    refuse_repeated_ids(place, config.fields_named[2], limit)
+
+
 def refuse_columns(place: str, config: RunConfig) -> None:
     """InputError for an input no row of which could be sent, as a Parquet file is refused
     without --ray: no prompt column (a --prompt-field typo), a prompt column of numbers, a column
