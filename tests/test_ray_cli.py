@@ -339,6 +339,23 @@ def test_ray_refuses_an_input_no_row_of_which_could_be_sent_before_starting_a_cl
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
+@pytest.mark.parametrize("text", ["", "\n\n"], ids=["empty", "blank-lines"])
+def test_ray_an_empty_json_lines_input_is_an_empty_output_without_a_cluster(
+    tmp_path: Path, text: str
+) -> None:
+    # As without --ray; Arrow's JSON reader refused it: "Empty JSON stream", exit 2.
+    source = tmp_path / "in.jsonl"
+    source.write_text(text)
+    out = tmp_path / "out"
+    assert run_on_ray(str(source), str(out), dry_run=True).rows == 0
+    summary = run_on_ray(str(source), str(out), quiet=True, base_url="http://127.0.0.1:9")
+    assert (summary.exit_code, summary.rows) == (0, 0)
+    [part] = out.iterdir()
+    table = pq.read_table(part)
+    assert table.num_rows == 0
+    assert table.column_names[:3] == ["id", "answer", "finish_reason"]
+
+
 def test_ray_refuses_repeat() -> None:
     with pytest.raises(UsageError, match="--repeat is not supported with --ray"):
         run_on_ray("in.parquet", "out", samples=2)

@@ -35,16 +35,16 @@ from batchpizza.distributed.driver import (
 from batchpizza.distributed.folders import (
     OutputFolder,
     answered_ids,
+    check_input,
     delete_folder,
     filesystem,
     input_dataset,
     is_json_lines,
     is_uri,
-    refuse_input,
     require_id,
     write_part,
 )
-from batchpizza.distributed.kept import KeptOutput
+from batchpizza.distributed.kept import KeptOutput, write_empty
 from batchpizza.distributed.parts import PartStore
 from batchpizza.distributed.reaper import Watchdog, raylet_started_here, raylets_here
 from batchpizza.distributed.summary import count, summarize, tally_of
@@ -190,8 +190,8 @@ class ClusterRun:
 
         # By row id and request fingerprint, as the actors match answers: a new model,
         # parameters or prompt shows as rows to send.
-        refuse_input(self.input, self.config, self.limit)
         parts = None if self.restart else self.checkpoint
+        check_input(self.input, self.config, self.limit)
         rows, answered = count_answered(self.input, parts, self.config, self.limit)
         todo = rows - answered
         auto = self.config.auto_max is not None
@@ -226,7 +226,10 @@ class ClusterRun:
             raise
         try:
             self.output.recover()
-            refuse_input(self.input, self.config, self.limit)
+            if not check_input(self.input, self.config, self.limit):  # no row: no cluster
+                write_empty(self.output.target(), self.format, self.config)
+                self.output.commit()
+                return summarize(Tally(), 0, {}, **self._where())
             if self.restart:
                 delete_folder(self.checkpoint, keep_folder=True)  # the lock is on the folder
             else:

@@ -51,6 +51,18 @@ def is_json_lines(place: str) -> bool:
     return place.rstrip("/").lower().endswith(JSON_LINES)
 
 
+def is_empty_json_lines(place: str) -> bool:
+    """A local JSON lines file without a row (empty, or blank lines only), which Arrow's JSON
+    reader refuses ("Empty JSON stream"): an empty input, an empty output, as without --ray."""
+    path = Path(place)
+    if is_uri(place) or not is_json_lines(place) or not path.is_file():
+        return False
+    import gzip
+
+    with gzip.open(path) if place.lower().endswith(".gz") else path.open("rb") as lines:
+        return not any(line.strip() for line in lines)
+
+
 def input_dataset(place: str) -> pads.Dataset:
     """The input as pyarrow.dataset reads it: JSON lines by the name, else Parquet (a file or a
     folder of parts); an input that cannot be opened is an input error."""
@@ -89,11 +101,15 @@ def input_ids(place: str, id_field: str, limit: int | None = None) -> pa.Array:
         ) from None
 
 
-def refuse_input(place: str, config: RunConfig, limit: int | None) -> None:
-    """What the actors would find row by row once a cluster had started (every row invalid),
-    or not at all (an id repeated in another batch), refused before one starts."""
+def check_input(place: str, config: RunConfig, limit: int | None) -> bool:
+    """Refuses what the actors would find row by row once a cluster had started (every row
+    invalid), or not at all (an id repeated in another batch). False for an input without a
+    row, which has nothing to refuse and needs no cluster."""
+    if is_empty_json_lines(place):
+        return False
     refuse_columns(place, config)
     refuse_repeated_ids(place, config.fields_named[2], limit)
+    return True
 
 
 def refuse_columns(place: str, config: RunConfig) -> None:
