@@ -5,6 +5,7 @@
     ├── InputError                  the input cannot be run as it is (exit 2); carries BadRow list
     ├── LockedError                 another run holds this output or checkpoint (exit 75)
     ├── CheckpointMissing           `status` found no checkpoint (exit 2)
+    ├── CheckpointIsFolder          a --ray run's checkpoint (a folder) given without --ray (exit 2)
     ├── CheckpointVersionError      a checkpoint this version does not know (a newer one's) (exit 2)
     ├── OutputError                 the output or checkpoint could not be written (exit 1)
     ├── InputChanged                the input files changed during the run (exit 1)
@@ -114,6 +115,20 @@ class LockedError(BatchpizzaError):
 
 class CheckpointMissing(BatchpizzaError):
     exit_code = 2
+
+
+class CheckpointIsFolder(BatchpizzaError):
+    """A checkpoint path that is a folder, as --ray keeps its answers (Parquet parts): SQLite
+    cannot open it, which said only "disk I/O error" or "Is a directory"."""
+
+    exit_code = 2
+
+    def __init__(self, path: object) -> None:
+        super().__init__(
+            f"checkpoint {path} is a folder, as a --ray run keeps its answers (Parquet parts): "
+            "only --ray reads it (batchpizza run INPUT -o OUTPUT --ray; --ray --dry-run says "
+            "what it holds), or give another --checkpoint"
+        )
 
 
 class CheckpointVersionError(BatchpizzaError):

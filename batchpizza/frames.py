@@ -7,10 +7,13 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from batchpizza.errors import UsageError
+from batchpizza.errors import BadRow, InputError, UsageError
+from batchpizza.rows import json_type, with_article
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+LABEL = "<data>"  # what messages call rows in memory, as batchpizza.api does
 
 
 def pandas_to_arrow(frame: Any, columns: list[str] | None) -> pa.Table:
@@ -22,7 +25,48 @@ def pandas_to_arrow(frame: Any, columns: list[str] | None) -> pa.Table:
     try:
         return pa.Table.from_pandas(frame, preserve_index=False)
     except (pa.ArrowException, ValueError, TypeError) as exc:
+        mixed = mixed_row(frame)
+        if mixed is not None:
+            # skip_bad_rows cannot help: no row of the frame can be read while one column can't
+            raise InputError(f"{mixed}; nothing was sent") from None
         raise UsageError(f"the DataFrame cannot be read as Arrow: {exc}") from None
+
+
+def mixed_row(frame: Any) -> BadRow | None:
+    """The first value of an object column whose type is not that of the column's first value
+    (a number among prompts): Arrow takes no column of mixed types, so the frame cannot be read
+    at all; the row is named, as a bad row of a file is, rather than the column alone."""
+    import pyarrow as pa
+
+    from batchpizza.sources.memory import shown_label
+
+    index = frame.index
+    plain = type(index).__name__ == "RangeIndex" and index.start == 0 and index.step == 1
+    for at, name in enumerate(frame.columns):
+        column = frame.iloc[:, at]
+        if column.dtype != object:
+            continue
+        try:
+            pa.array(column, from_pandas=True)
+            continue
+        except (pa.ArrowException, ValueError, TypeError):
+            pass
+        first: tuple[int, str] | None = None
+        for pos, value in enumerate(column):
+            if value is None or (isinstance(value, float) and value != value):
+                continue  # None and NaN are pandas' missing values, not a type of their own
+            kind = json_type(value)
+            if first is None:
+                first = (pos, kind)
+            elif kind != first[1]:
+                problem = (
+                    f"{with_article(kind)} where row {first[0]} holds {with_article(first[1])}: "
+                    "a pandas column of mixed types cannot be read as Arrow, skip_bad_rows or "
+                    "not (make the column one type)"
+                )
+                label = None if plain else shown_label(index[pos])
+                return BadRow(LABEL, problem, row=pos, field=str(name), label=label)
+    return None
 
 
 def restore_pandas(frame: Any, new: pa.Table) -> Any:

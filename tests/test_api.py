@@ -303,6 +303,21 @@ def test_a_bad_row_of_a_frame_is_named_by_its_index_label_too(
     assert named in caught.value.message
 
 
+@pytest.mark.parametrize("skip_bad_rows", [False, True])
+def test_a_number_among_a_frames_prompts_is_named_by_row_not_a_failed_conversion(
+    mock_api: ThreadedMockServer, opts: dict[str, Any], skip_bad_rows: bool
+) -> None:
+    # An object column of mixed types, which pandas cannot give to Arrow: the row is named
+    # (the list of dicts names it too), not only "cannot be read as Arrow" for the whole frame.
+    data = pd.DataFrame({"prompt": ["fine", None, 42, "also fine"]}, index=[10, 11, 12, 13])
+    with pytest.raises(batchpizza.InputError) as caught:
+        batchpizza.answer(data, skip_bad_rows=skip_bad_rows, **opts)
+    assert "<data> row 2 (index 12): field 'prompt': a number where row 0 holds a string" in (
+        caught.value.message
+    )
+    assert mock_api.stats.requests == 0
+
+
 @pytest.mark.parametrize(
     ("data", "named"),
     [

@@ -110,6 +110,25 @@ def test_status_without_a_checkpoint_exits_2(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_ray_checkpoint_folder_without_ray_exits_2_saying_so(tmp_path: Path) -> None:
+    # `batchpizza status out` after `run ... -o out --ray`: out.checkpoint is a folder of
+    # parts, which SQLite called "disk I/O error" (exit 1), and run "Is a directory" (exit 1).
+    source = write_jsonl(tmp_path / "in.jsonl", rows(2))
+    (tmp_path / "out.checkpoint").mkdir()
+    for args in (
+        ["status", str(tmp_path / "out")],
+        ["report", str(tmp_path / "out")],
+        ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--checkpoint",
+         str(tmp_path / "out.checkpoint"), "--base-url", "http://127.0.0.1:9"],
+    ):  # fmt: skip
+        result = invoke(args)
+        assert result.exit_code == 2, (args, result.output)
+        no_traceback(result)
+        assert "is a folder, as a --ray run keeps its answers" in result.stderr, args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.checkpoint"]
+    assert list((tmp_path / "out.checkpoint").iterdir()) == []
+
+
 BAD_URLS = [
     pytest.param(["--base-url", f"alice:{PASSWORD}@127.0.0.1:8080"], id="scheme-forgotten"),
     pytest.param(["--base-url", f"http://alice:{PASSWORD}@127.0.0.1:99999"], id="port-99999"),

@@ -485,6 +485,18 @@ pytestmark = pytest.mark.filterwarnings("ignore:::ray")
 
 
 @pytest.mark.ray
+def test_answer_refuses_mock_rather_than_sending_to_the_real_service() -> None:
+    # mock=True is an option of batchpizza.answer; here nothing would start the mock, and the
+    # rows went to the real service (www.pizzagpt.it), each an error offline.
+    from batchpizza.errors import UsageError
+    from batchpizza.ray import answer
+
+    with pytest.raises(UsageError, match=r"mock=True: batchpizza\.ray\.answer starts no mock"):
+        # Refused before the dataset is read: no cluster is started.
+        answer(None, mock=True)  # type: ignore[arg-type]
+
+
+@pytest.mark.ray
 async def test_the_controller_keeps_the_learned_rate_for_the_next_run(tmp_path: Path) -> None:
     from batchpizza.ray import ControllerActor
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from batchpizza.distributed.driver import RAY_ACTOR_ARGS_LINE
 from batchpizza.distributed.parts import PartStore, key_of
 from batchpizza.distributed.summary import summarize, tally_of
 from batchpizza.distributed.worker import part_schema
-from batchpizza.errors import UsageError
+from batchpizza.errors import InputError, UsageError
 from batchpizza.fingerprint import fingerprint, identity_digest, text_digest
 from batchpizza.mock.replies import mock_answer
 from batchpizza.providers.factory import identity_of
@@ -291,6 +292,68 @@ def test_ray_dry_run_counts_answers_by_request_so_a_new_model_shows_as_rows_to_s
     warmer = command(*common, "--model", "model-A", "--param", "temperature=0.9")
     assert "to send     30" in warmer.stdout, warmer.stderr
     assert mock.stats()["requests"] == 0
+
+
+def test_ray_mock_goes_at_the_mock_rate_unless_rate_is_given(tmp_path: Path) -> None:
+    # As without --ray: 20/s for the bundled mock, not the real service's polite 2/s.
+    source = prompts(tmp_path / "in", 60)
+    common = [str(source), "-o", str(tmp_path / "out"), "--ray", "--mock", "--dry-run"]
+    mock_rate = command(*common)
+    assert mock_rate.returncode == 0, mock_rate.stderr
+    assert "at 20/s" in mock_rate.stdout
+    given = command(*common, "--rate", "5")
+    assert "at 5/s" in given.stdout, given.stderr
+
+
+def test_ray_refuses_an_id_the_input_repeats_before_starting_a_cluster(tmp_path: Path) -> None:
+    # Rows 0 and 299 fall in other batches: each was answered as a row of its own, under one id,
+    # and the rerun counted one of them pending (exit 0), though the output had both answered.
+    rows = [{"id": f"q{i}", "prompt": f"question {i}"} for i in range(300)]
+    rows[299]["id"] = "q0"
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = str(tmp_path / "out")
+    for dry in (True, False):
+        with pytest.raises(InputError, match=re.escape("repeats the id 'q0' (rows 0 and 299,")):
+            run_on_ray(str(source), out, dry_run=dry, quiet=True, base_url="http://127.0.0.1:9")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+    assert run_on_ray(str(source), out, dry_run=True, limit=299).exit_code == 0  # not run
+
+
+@pytest.mark.parametrize(
+    ("row", "option", "said"),
+    [
+        ({"prompt": "x"}, {"prompt_field": "question"}, "no 'question' column and no 'messages'"),
+        ({"prompt": 42}, {}, "column 'prompt' must hold strings, not int64"),
+        ({"prompt": "x", "answer": "y"}, {}, "column 'answer' is named like an output column"),
+    ],
+    ids=["prompt-field-typo", "numbers", "result-column"],
+)
+def test_ray_refuses_an_input_no_row_of_which_could_be_sent_before_starting_a_cluster(
+    tmp_path: Path, row: dict[str, Any], option: dict[str, Any], said: str
+) -> None:
+    # As a Parquet input is refused without --ray; the actors wrote every row invalid, exit 3.
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", **row} for i in range(3)])
+    for dry in (True, False):
+        with pytest.raises(InputError, match=re.escape(said)):
+            run_on_ray(str(source), str(tmp_path / "out"), dry_run=dry, quiet=True, **option)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+@pytest.mark.parametrize("text", ["", "\n\n"], ids=["empty", "blank-lines"])
+def test_ray_an_empty_json_lines_input_is_an_empty_output_without_a_cluster(
+    tmp_path: Path, text: str
+) -> None:
+    # As without --ray; Arrow's JSON reader refused it: "Empty JSON stream", exit 2.
+    source = tmp_path / "in.jsonl"
+    source.write_text(text)
+    out = tmp_path / "out"
+    assert run_on_ray(str(source), str(out), dry_run=True).rows == 0
+    summary = run_on_ray(str(source), str(out), quiet=True, base_url="http://127.0.0.1:9")
+    assert (summary.exit_code, summary.rows) == (0, 0)
+    [part] = out.iterdir()
+    table = pq.read_table(part)
+    assert table.num_rows == 0
+    assert table.column_names[:3] == ["id", "answer", "finish_reason"]
 
 
 def test_ray_refuses_repeat() -> None:

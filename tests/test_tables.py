@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchpizza.errors import UsageError
+from batchpizza.errors import InputError, UsageError
 from batchpizza.schema_metadata import carry_metadata
 from batchpizza.tables import InMemory, from_data, kind_of
 
@@ -186,7 +186,7 @@ def test_a_pandas_column_arrow_cannot_hold_matters_only_if_read() -> None:
     data = from_data(frame)
     [batch] = data.batches(["prompt"])
     assert batch.column("prompt").to_pylist() == ["a", "b"]
-    with pytest.raises(UsageError, match="odd"):
+    with pytest.raises(InputError, match="row 1: field 'odd': a string where row 0 holds a number"):
         _ = data.table
     out = data.restore(results(2))
     assert out["odd"].tolist() == [1, "mixed"]

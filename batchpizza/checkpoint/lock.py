@@ -34,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from batchpizza.errors import LockedError, OutputError
+from batchpizza.errors import CheckpointIsFolder, LockedError, OutputError
 
 log = logging.getLogger("batchpizza")
 
@@ -197,6 +197,8 @@ class _OnDisk:
                     return os.open(path, flags, 0o644), True
                 except FileExistsError:
                     return os.open(path, os.O_RDWR | os.O_CLOEXEC), False
+        except IsADirectoryError:
+            raise CheckpointIsFolder(path) from None
         except OSError as exc:
             raise OutputError(
                 f"cannot open the checkpoint {path} to lock it: {exc.strerror}"

@@ -30,7 +30,7 @@ from batchpizza.checkpoint.foreign import ORIGIN
 from batchpizza.checkpoint.scan import SCHEMA as SCAN_SCHEMA
 from batchpizza.checkpoint.spend import SPEND
 from batchpizza.checkpoint.todo import TABLE as TODO
-from batchpizza.errors import CheckpointVersionError
+from batchpizza.errors import CheckpointIsFolder, CheckpointVersionError
 
 SCHEMA_VERSION = "5"
 # What this version opens: 1 and 2 are upgraded to 3, 3 to 4 (the staged table added), and 4 to
@@ -239,7 +239,9 @@ def upgrade(conn: sqlite3.Connection, found: str) -> None:
 
 def has_data(path: Path) -> bool:
     """Is there a checkpoint at `path`? An empty file is none: the run lock creates the file it
-    locks before SQLite writes its first page (see lock.py)."""
+    locks before SQLite writes its first page (see lock.py). A folder is a --ray run's."""
+    if path.is_dir():  # SQLite said only "disk I/O error"
+        raise CheckpointIsFolder(path)
     try:
         return path.stat().st_size > 0
     except OSError:

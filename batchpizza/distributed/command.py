@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from batchpizza.checkpoint import RunLock
-from batchpizza.config import RunConfig
+from batchpizza.config import DEFAULT_MOCK_RATE, RunConfig
 from batchpizza.distributed.driver import (
     Signals,
     deadline_left,
@@ -35,6 +35,7 @@ from batchpizza.distributed.driver import (
 from batchpizza.distributed.folders import (
     OutputFolder,
     answered_ids,
+    check_input,
     delete_folder,
     filesystem,
     input_dataset,
@@ -43,7 +44,7 @@ from batchpizza.distributed.folders import (
     require_id,
     write_part,
 )
-from batchpizza.distributed.kept import KeptOutput
+from batchpizza.distributed.kept import KeptOutput, write_empty
 from batchpizza.distributed.parts import PartStore
 from batchpizza.distributed.reaper import Watchdog, raylet_started_here, raylets_here
 from batchpizza.distributed.summary import count, summarize, tally_of
@@ -110,6 +111,8 @@ class ClusterRun:
         checkpoint = given.get("checkpoint") or output.rstrip("/") + suffix
         self.checkpoint = checkpoint if is_uri(checkpoint) else str(Path(checkpoint).resolve())
         self.options = {k: v for k, v in given.items() if k not in _DRIVER_ONLY}
+        if self.mock:  # the mock's own default rate, as without --ray (the mock is ours to start)
+            self.options.setdefault("rate", DEFAULT_MOCK_RATE)
         # The checks answer() makes, made before a cluster is started for nothing.
         self.config = RunConfig.from_options("<ray>.parquet", "<ray>.parquet", **self.options)
         self.config.refuse_on_ray()
@@ -188,6 +191,7 @@ class ClusterRun:
         # By row id and request fingerprint, as the actors match answers: a new model,
         # parameters or prompt shows as rows to send.
         parts = None if self.restart else self.checkpoint
+        check_input(self.input, self.config, self.limit)
         rows, answered = count_answered(self.input, parts, self.config, self.limit)
         todo = rows - answered
         auto = self.config.auto_max is not None
@@ -222,6 +226,10 @@ class ClusterRun:
             raise
         try:
             self.output.recover()
+            if not check_input(self.input, self.config, self.limit):  # no row: no cluster
+                write_empty(self.output.target(), self.format, self.config)
+                self.output.commit()
+                return summarize(Tally(), 0, {}, **self._where())
             if self.restart:
                 delete_folder(self.checkpoint, keep_folder=True)  # the lock is on the folder
             else:

@@ -138,6 +138,12 @@ def answer(
         raise UsageError("actors must be at least 1")
     if "output" in options:
         raise UsageError("answer() returns a Dataset; write it with its write_* methods")
+    if options.get("mock"):  # taken by RunConfig, but nothing here starts the mock server
+        raise UsageError(
+            "mock=True: batchpizza.ray.answer starts no mock server, so the requests would go to "
+            "the real service; start one (batchpizza mock-server --port 0) and give its address "
+            "as base_url=, or run: batchpizza run INPUT -o OUTPUT --ray --mock"
+        )
     # Checked here, on the driver, once: a bad option fails the call, not every actor.
     config = RunConfig.from_options("<ray>.parquet", "<ray>.parquet", **options)
     config.refuse_on_ray()

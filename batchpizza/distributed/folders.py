@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     import pyarrow.dataset as pads
     import pyarrow.fs as pafs
 
+    from batchpizza.config import RunConfig
+
 PARTIAL = ".partial-"
 OLD = ".old-"  # the output being replaced, for the moment between two renames
 JSON_LINES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
@@ -47,6 +49,18 @@ def filesystem(place: str) -> tuple[pafs.FileSystem, str]:
 
 def is_json_lines(place: str) -> bool:
     return place.rstrip("/").lower().endswith(JSON_LINES)
+
+
+def is_empty_json_lines(place: str) -> bool:
+    """A local JSON lines file without a row (empty, or blank lines only), which Arrow's JSON
+    reader refuses ("Empty JSON stream"): an empty input, an empty output, as without --ray."""
+    path = Path(place)
+    if is_uri(place) or not is_json_lines(place) or not path.is_file():
+        return False
+    import gzip
+
+    with gzip.open(path) if place.lower().endswith(".gz") else path.open("rb") as lines:
+        return not any(line.strip() for line in lines)
 
 
 def input_dataset(place: str) -> pads.Dataset:
@@ -85,6 +99,53 @@ def input_ids(place: str, id_field: str, limit: int | None = None) -> pa.Array:
         raise InputError(
             f"cannot read the ids ({id_field!r}) of the input {place}: {exc}"
         ) from None
+
+
+def check_input(place: str, config: RunConfig, limit: int | None) -> bool:
+    """Refuses what the actors would find row by row once a cluster had started (every row
+    invalid), or not at all (an id repeated in another batch). False for an input without a
+    row, which has nothing to refuse and needs no cluster."""
+    if is_empty_json_lines(place):
+        return False
+    refuse_columns(place, config)
+    refuse_repeated_ids(place, config.fields_named[2], limit)
+    return True
+
+
+def refuse_columns(place: str, config: RunConfig) -> None:
+    """InputError for an input no row of which could be sent, as a Parquet file is refused
+    without --ray: no prompt column (a --prompt-field typo), a prompt column of numbers, a column
+    named like a result column. The actors found it row by row, once the cluster had started:
+    every row `invalid`, exit 3."""
+    from batchpizza.providers.factory import extra_columns
+    from batchpizza.rows import Fields
+    from batchpizza.sources.parquet import wanted_columns
+
+    schema = input_dataset(place).schema
+    if schema.names:  # an empty JSON lines file has no columns, and no row to refuse
+        wanted_columns(Fields.from_config(config, extra_columns(config.provider)), schema, place)
+
+
+def refuse_repeated_ids(place: str, id_field: str, limit: int | None = None) -> None:
+    """InputError naming the first id the input repeats. Each actor sees only its batches, so a
+    repeat in another batch was answered as a row of its own, under an id whose answers the
+    checkpoint could no longer tell apart (a rerun counted one of them pending)."""
+    import pyarrow.compute as pc
+
+    ids = input_ids(place, id_field, limit).drop_null()  # a null id is a bad row of its own
+    if len(pc.unique(ids)) == len(ids):
+        return
+    first: dict[str, int] = {}
+    for pos, value in enumerate(input_ids(place, id_field, limit).to_pylist()):
+        if value is None:
+            continue
+        if value in first:
+            raise InputError(
+                f"the input {place} repeats the id {value!r} (rows {first[value]} and {pos}, "
+                "counted from 0): --ray keeps answers by id, and no actor sees the whole input "
+                "to write the repeat as a bad row; make the ids unique (or run without --ray)"
+            )
+        first[value] = pos
 
 
 def require_id(names: list[str], id_field: str) -> None:

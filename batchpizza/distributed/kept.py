@@ -18,6 +18,8 @@ from batchpizza.providers.factory import extra_columns
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from batchpizza.config import RunConfig
+
 # Options that the driver and the controller own; an actor never sees them.
 CLUSTER_OPTIONS = ("rate", "deadline", "patience", "concurrency", "checkpoint", "restart")
 _ANSWER_OPTIONS = ("actors", "batch_size", "num_cpus")  # batchpizza.ray.answer's own
@@ -100,3 +102,14 @@ class KeptOutput:
         return (
             self._answerer.kept_batch(dataset.schema.empty_table()) or dataset.schema.empty_table()
         )
+
+
+def write_empty(target: str, fmt: str, config: RunConfig) -> None:
+    """An empty input's output: one part of no rows, with the id and the result columns."""
+    import pyarrow as pa
+
+    from batchpizza.sinks.values import result_fields
+
+    id_field = pa.field(config.fields_named[2], pa.string())
+    fields = [id_field, *result_fields(extra_columns(config.provider))]
+    write_part(pa.schema(fields).empty_table(), target, 0, fmt)

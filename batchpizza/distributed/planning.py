@@ -8,7 +8,12 @@ from __future__ import annotations
 import types
 
 from batchpizza.config import RunConfig
-from batchpizza.distributed.folders import filesystem, input_dataset, require_id
+from batchpizza.distributed.folders import (
+    filesystem,
+    input_dataset,
+    is_empty_json_lines,
+    require_id,
+)
 from batchpizza.distributed.parts import DIGEST, ID, PARTS
 from batchpizza.engine.batch import Batch
 from batchpizza.errors import InputError, OutputError
@@ -27,6 +32,8 @@ def count_answered(
 
     from batchpizza.sources.parquet import NOT_UTF8, pylist
 
+    if is_empty_json_lines(place):  # Arrow's reader refuses it
+        return 0, 0
     answered, undigested, digested = _kept(checkpoint)
     provider = types.SimpleNamespace(
         identity=identity_of(config.provider, config.model, config.params, config.structured)

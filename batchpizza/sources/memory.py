@@ -82,7 +82,7 @@ class MemorySource:
         index = self.mem.data.index
         if type(index).__name__ == "RangeIndex" and index.start == 0 and index.step == 1:
             return None
-        return _shown(index[pos])
+        return shown_label(index[pos])
 
     def input_key(self) -> str | None:
         return None  # data in memory may change between calls: never reuse a scan
@@ -97,8 +97,8 @@ class MemorySource:
         pass
 
 
-def _shown(label: object) -> str:
+def shown_label(label: object) -> str:
     """An index label as one would write it in `df.loc[...]` (a level's numpy int as a plain 2)."""
     if isinstance(label, tuple):  # a MultiIndex
-        return "(" + ", ".join(_shown(part) for part in label) + ")"
+        return "(" + ", ".join(shown_label(part) for part in label) + ")"
     return repr(label) if isinstance(label, str) else str(label)
