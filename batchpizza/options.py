@@ -85,7 +85,8 @@ def plain(options: dict[str, Any]) -> None:
         if kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"):
             options[name] = bool(value)
         elif isinstance(value, decimal.Decimal):
-            options[name] = float(value)
+            # A signalling NaN raises in float(): a NaN, then, refused by its option's check.
+            options[name] = float("nan") if value.is_snan() else float(value)
 
 
 def durations_in_seconds(options: dict[str, Any]) -> None:
