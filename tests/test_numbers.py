@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from batchpizza.batchapi.settings import Limits
 from batchpizza.cli import cli
 from batchpizza.commands.mock_server import mock_server
 from batchpizza.commands.numbers import PlainFloat, PlainInt
@@ -227,3 +228,17 @@ def test_a_price_with_any_ascii_space_beside_its_parts_is_taken(price: str) -> N
     # The parts were stripped of any space before; a tab beside the comma was refused since.
     assert RunConfig(provider="openai", price=price).price_per_m == (1.0, 2.0)
 
+
+@pytest.mark.parametrize("text", [",,nan", ",,1,inf", "1_0", "\uff11\uff10", ",1e400", ",,nan,nan"])
+def test_the_batch_limits_variable_reads_its_numbers_plainly(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A poll interval of NaN passed `first <= 0` and `cap < first` (NaN compares false).
+    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", text)
+    with pytest.raises(UsageError, match="BATCHPIZZA_BATCH_LIMITS"):
+        Limits.from_env()
+
+
+def test_the_batch_limits_variable_takes_what_it_took(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", " 10 , 2000 , 0.5 ")
+    assert Limits.from_env() == Limits(10, 2000, 0.5, Limits().poll_cap)
