@@ -26,9 +26,7 @@ _SPACE = " \t\r\n"
 
 # IN,OUT in dollars (--price): each may carry a dollar sign, ASCII spaces beside the comma and
 # the sign (as the parts were stripped before numbers were read plainly).
-_DOLLAR_PAIR = re.compile(
-    r"\$?[ \t]*(?P<first>[^\s,$]+)[ \t]*,[ \t]*\$?[ \t]*(?P<second>[^\s,$]+)"
-)
+_DOLLAR_PAIR = re.compile(r"\$?[ \t]*(?P<first>[^\s,$]+)[ \t]*,[ \t]*\$?[ \t]*(?P<second>[^\s,$]+)")
 
 WHOLE = "a whole number in digits 0-9"
 DECIMAL = "a finite number in digits 0-9 (such as 2, 1.5 or 1e-6)"
