@@ -77,9 +77,19 @@ class Others:
         self.answered = 0
         self.batches = 0
 
+    def here(self) -> list[BatchFile]:
+        """This identity's files not collected yet, but those made at another server: left there
+        as other identities' are (polled here, a batch answered 404 until it was taken for lost
+        and its lines were submitted again, while that server ran and billed it all the same).
+        A file recorded before origins were is taken as made here, as before."""
+        origins = self.checkpoint.file_origins()
+        mine = self.checkpoint.open_files()
+        return [f for f in mine if origins.get(f.seq) in (None, self.origin)]
+
     async def collect(self, client: BatchClient) -> None:
         checkpoint = self.checkpoint
         checkpoint.set_meta(batch_origin=self.origin)  # what `status` tells other servers from
+        self._say_mine_elsewhere()
         others = checkpoint.open_files(others=True)
         if not others:
             return
@@ -183,6 +193,25 @@ class Others:
         used_in = sum(r.prompt_tokens or 0 for r in results)
         used_out = sum(r.completion_tokens or 0 for r in results)
         self.budget.spent += cost(Price(*price), used_in, used_out, batch=True)
+
+    def _say_mine_elsewhere(self) -> None:
+        here = {f.seq for f in self.here()}
+        origins = self.checkpoint.file_origins()
+        left = [f for f in self.checkpoint.open_files() if f.seq not in here]
+        for origin in sorted({origins[f.seq] for f in left}, key=str):
+            n = sum(1 for f in left if origins[f.seq] == origin)
+            log.warning(
+                "%d Batch API %s of this model and parameters %s made at %s, not at this run's "
+                "base URL: left there (billed when %s); a --via batch run with that --base-url "
+                "collects %s, and %s rows wait for it",
+                n,
+                "batch" if n == 1 else "batches",
+                "was" if n == 1 else "were",
+                origin,
+                "it ends" if n == 1 else "they end",
+                "it" if n == 1 else "them",
+                "its" if n == 1 else "their",
+            )
 
     def _say(self, elsewhere: Counter[str | None]) -> None:
         if self.collected:
