@@ -333,3 +333,32 @@ def test_its_own_batches_made_at_another_base_url_are_left_there_not_taken_for_l
     assert models(out) == {f"q{i}": ("a", "stop") for i in range(10)}
     assert sorted(server.batches.submitted.values()) == [1] * 10  # each line once, anywhere
     assert set(server.batches.batches) == theirs
+
+
+@pytest.mark.slow
+def test_a_refused_batch_of_another_model_never_replaces_answers_that_model_already_has(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Model a's batch out, then model a's rows answered online (its run sends the rows in
+    # batches still out: paid twice, said); the batch is then refused as a whole. Collected by
+    # model b's run, its error rows replaced a's answers: a's output showed errors, and a's
+    # next run sent (and paid for) every row a third time.
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
+    out = tmp_path / "out.jsonl"
+    checkpoint = Path(f"{out}.checkpoint")
+    (theirs,) = out_for_model_a(server, inp, out)
+    server.batches.batches[theirs]["_fail"] = True
+    online = run(*args(inp, out, server.base_url, "--model", "a"))
+    assert online.returncode == 0, online.stderr
+    answered = {k: ("stop", v) for k, v in expected(10).items()}
+    assert kept(checkpoint, "a") == answered
+
+    b = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "b"))
+
+    assert b.returncode == 0, b.stderr
+    assert kept(checkpoint, "a") == answered
+    chats = server.stats.requests
+    a = run(*args(inp, out, server.base_url, "--model", "a"))
+    assert a.returncode == 0, a.stderr
+    assert server.stats.requests == chats  # nothing sent again
+    assert models(out) == {f"q{i}": ("a", "stop") for i in range(10)}

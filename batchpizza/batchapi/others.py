@@ -40,7 +40,7 @@ from batchpizza.controls.stop import Stop
 from batchpizza.errors import BatchAPIError, ProviderError
 from batchpizza.pricing import Price, cost
 from batchpizza.providers.openai import OpenAIAPI
-from batchpizza.records import Attempt, Result
+from batchpizza.records import Attempt, Result, is_answered
 from batchpizza.redact import redact
 
 log = logging.getLogger("batchpizza")
@@ -161,6 +161,10 @@ class Others:
             attempts.append(attempt._replace(started=f.created, duration_ms=took))
             if result is not None:
                 results.append(result)
+        # A row their run has answered online meanwhile keeps its answer (paid for): no failure
+        # of this batch replaces it.
+        had = checkpoint.answered_lines(f.seq)
+        results = [r for r in results if is_answered(r.finish_reason) or r.digest not in had]
         submitter, price = checkpoint.submitter(f.created)
         checkpoint.keep_foreign(
             f.seq,
@@ -176,11 +180,12 @@ class Others:
         self.batches += 1
         self.collected += len(results)
         self.answered += sum(1 for _, o in outcomes if o == "answered")
-        if refused or fatal is not None:
+        failed = any(not is_answered(r.finish_reason) for r in results)
+        if (refused or fatal is not None) and failed:  # (else answered before: kept)
             said = errors if refused else fatal.message if fatal is not None else ""
             log.warning(
-                "batch %s of model %s: %s; its rows are recorded as failed under that model, "
-                "sent again by a run of it",
+                "batch %s of model %s: %s; its rows not answered otherwise are recorded as "
+                "failed under that model, sent again by a run of it",
                 batch.get("id"),
                 model,
                 said,
