@@ -161,10 +161,7 @@ class Others:
             attempts.append(attempt._replace(started=f.created, duration_ms=took))
             if result is not None:
                 results.append(result)
-        # A row their run has answered online meanwhile keeps its answer (paid for): no failure
-        # of this batch replaces it.
-        had = checkpoint.answered_lines(f.seq)
-        results = [r for r in results if is_answered(r.finish_reason) or r.digest not in had]
+        results = checkpoint.not_over_answers(f.seq, results)  # answered online meanwhile
         submitter, price = checkpoint.submitter(f.created)
         checkpoint.keep_foreign(
             f.seq,

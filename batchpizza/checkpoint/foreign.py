@@ -23,7 +23,7 @@ from typing import Any
 
 from batchpizza.checkpoint import spend
 from batchpizza.checkpoint.guarded import insert_group
-from batchpizza.records import UNANSWERED, Attempt, Result
+from batchpizza.records import UNANSWERED, Attempt, Result, is_answered
 
 ORIGIN = ("origin", "TEXT")  # the column, added to a file from before it when opened to write
 
@@ -65,9 +65,15 @@ class ForeignBatches:
             ).fetchall()
         return {int(seq): origin for seq, origin in rows}
 
+    def not_over_answers(self, seq: int, results: Sequence[Result]) -> list[Result]:
+        """`results` collected from file `seq`, less the failures of requests its identity has
+        an answer to already (got online while the batch was out, and paid for): an error row
+        replaced the answer, and the next run sent the request again."""
+        had = self.answered_lines(seq)
+        return [r for r in results if is_answered(r.finish_reason) or r.digest not in had]
+
     def answered_lines(self, seq: int) -> set[bytes]:
-        """The requests of file `seq` its identity has an answer to already (online, while the
-        batch was out): a failure of the batch must not replace it."""
+        """The requests of file `seq` its identity has an answer to already."""
         self._fold()
         unanswered = ", ".join(f"'{reason}'" for reason in sorted(UNANSWERED))
         with self._errors():
