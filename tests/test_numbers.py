@@ -175,19 +175,6 @@ def test_the_mock_servers_numbers_are_read_plainly(option: str, text: str) -> No
     assert f"'{option}'" in result.output and "digits 0-9" in result.output
 
 
-def test_a_variables_trailing_space_is_no_error(tmp_path: Path) -> None:
-    # An environment file's `BATCHPIZZA_CONCURRENCY=8 ` (int() took it before numbers were
-    # read plainly): the run goes, at concurrency 8.
-    out = tmp_path / "out.jsonl"
-    result = CliRunner().invoke(
-        cli,
-        ["run", "samples/prompts.jsonl", "-o", str(out), "--mock", "-q", "--dry-run"],
-        env={"BATCHPIZZA_CONCURRENCY": "8 ", "BATCHPIZZA_RATE": " 5/s"},
-    )
-    assert result.exit_code == 0, result.output
-    assert whole(" 8\t") == 8 and decimal(" 1.5 ") == 1.5
-
-
 @pytest.mark.parametrize(
     ("given", "said"),
     [
@@ -242,3 +229,16 @@ def test_the_batch_limits_variable_reads_its_numbers_plainly(
 def test_the_batch_limits_variable_takes_what_it_took(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", " 10 , 2000 , 0.5 ")
     assert Limits.from_env() == Limits(10, 2000, 0.5, Limits().poll_cap)
+
+
+def test_a_variables_trailing_space_is_no_error(tmp_path: Path) -> None:
+    # An environment file's `BATCHPIZZA_CONCURRENCY=8 ` (int() took it before numbers were
+    # read plainly): the run goes, at concurrency 8.
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(
+        cli,
+        ["run", "samples/prompts.jsonl", "-o", str(out), "--mock", "-q", "--dry-run"],
+        env={"BATCHPIZZA_CONCURRENCY": "8 ", "BATCHPIZZA_RATE": " 5/s"},
+    )
+    assert result.exit_code == 0, result.output
+    assert whole(" 8\t") == 8 and decimal(" 1.5 ") == 1.5
