@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from batchpizza.errors import UsageError
-from batchpizza.numbers import decimal, strip
+from batchpizza.numbers import decimal, is_number, strip
 from batchpizza.pricing import FREE, Price, parse_price, price_for, table_price
 
 
@@ -15,7 +15,7 @@ def parse_tpm(value: float | str | None) -> tuple[float | None, bool]:
     `1.5M`), `auto` (learned from the server's headers), or None / 0 for no token limit."""
     if value is None:
         return None, False
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_number(value):
         per_minute = float(value)
     else:
         text = strip(str(value)).lower()

@@ -11,7 +11,9 @@ refused alike.
 from __future__ import annotations
 
 import math
+import numbers
 import re
+from typing import Any
 
 from batchpizza.errors import UsageError
 
@@ -22,11 +24,18 @@ _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)
 
 _SPACE = " \t\r\n"
 
-# IN,OUT in dollars (--price): each may carry a dollar sign, the comma spaces beside it.
-_DOLLAR_PAIR = re.compile(r"\$?(?P<first>[^\s,$]+) *, *\$?(?P<second>[^\s,$]+)")
+# IN,OUT in dollars (--price): each may carry a dollar sign, ASCII spaces beside the comma and
+# the sign (as the parts were stripped before numbers were read plainly).
+_DOLLAR_PAIR = re.compile(r"\$?[ \t]*(?P<first>[^\s,$]+)[ \t]*,[ \t]*\$?[ \t]*(?P<second>[^\s,$]+)")
 
 WHOLE = "a whole number in digits 0-9"
 DECIMAL = "a finite number in digits 0-9 (such as 2, 1.5 or 1e-6)"
+
+
+def is_number(value: Any) -> bool:
+    """Whether `value` is a number given from Python, numpy's too (np.int64 is no int), not a bool:
+    taken as its float, where text is read by `decimal`."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def strip(text: str) -> str:

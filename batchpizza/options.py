@@ -77,15 +77,21 @@ PATHS = ("checkpoint", "summary_json", "template_file", "schema")
 
 
 def plain(options: dict[str, Any]) -> None:
-    """numpy's bools as bool and Decimals as float, in place: both ran whole calls before the
-    type check (`restart=df.done.any()`, a cap kept as a Decimal), and the run computes with
-    Python's own."""
+    """numpy's bools as bool, Decimals as float and numpy's numbers as Python's, in place: they
+    ran whole calls before the type check (`restart=df.done.any()`, a cap kept as a Decimal),
+    and the run computes with, and records (JSON), Python's own (`limit=np.int64(3)` could not
+    be recorded)."""
     for name, value in options.items():
         kind = type(value)
         if kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"):
             options[name] = bool(value)
-        elif isinstance(value, decimal.Decimal):
+        elif kind.__module__ == "numpy" and isinstance(value, numbers.Integral):
+            options[name] = int(value)
+        elif kind.__module__ == "numpy" and isinstance(value, numbers.Real):
             options[name] = float(value)
+        elif isinstance(value, decimal.Decimal):
+            # A signalling NaN raises in float(): a NaN, then, refused by its option's check.
+            options[name] = float("nan") if value.is_snan() else float(value)
 
 
 def durations_in_seconds(options: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from batchpizza.errors import UsageError
-from batchpizza.numbers import decimal, strip
+from batchpizza.numbers import decimal, is_number, strip
 
 DEFAULT_AUTO_MAX = 20.0  # --rate auto without a MAX: a ceiling polite to a free service
 
@@ -30,10 +30,10 @@ _RATE = re.compile(r"(?P<n>[^\s/]+)(?:\s*/\s*(?P<per>[a-z]+))?", re.IGNORECASE |
 
 def parse_rate(value: str | float | int) -> float:
     """`5`, `5/s`, `300/min`, `1000/h` -> requests per second; 0 means unlimited."""
-    if isinstance(value, (int, float)):
+    if is_number(value):
         rate = float(value)
     else:
-        match = _RATE.fullmatch(strip(value))
+        match = _RATE.fullmatch(strip(str(value)))
         per = (match["per"] or "s").lower() if match else ""
         number = decimal(match["n"]) if match else None
         if number is None or per not in _PERIODS:
@@ -66,7 +66,7 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 def parse_duration(value: str | float | int, option: str) -> float:
     """`90`, `90s`, `50m`, `2h` -> seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_number(value):
         seconds = float(value)
     else:
         match = _DURATION.fullmatch(strip(str(value)))

@@ -99,7 +99,9 @@ def cost(price: Price, input_tokens: int, output_tokens: int, *, batch: bool = F
 def dollars(amount: float, digits: int = 4) -> str:
     """`amount` as "$" and `digits` significant digits, never in exponent form: a small run's
     cost read "$5.7e-05" in a log, where "$0.000057" is what a user reads as money."""
-    if amount == 0 or not math.isfinite(amount):
+    if amount == 0:
+        return "$0"  # -0.0 too (--max-cost -0): "$-0"
+    if not math.isfinite(amount):
         return f"${amount:g}"
     places = max(0, digits - 1 - math.floor(math.log10(abs(amount))))
     text = f"{amount:.{places}f}"

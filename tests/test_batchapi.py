@@ -587,3 +587,30 @@ def test_a_batch_collected_but_not_closed_by_a_killed_run_is_closed_by_the_next(
     assert done.returncode == 0, done.stderr
     assert batch_rows(checkpoint, "SELECT state, done FROM batch_files") == [("completed", 1)]
     assert sorted(server.batches.submitted.values()) == [1] * 10
+
+
+@pytest.mark.slow
+def test_a_refused_batch_never_replaces_the_answers_its_rows_got_online_meanwhile(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # The rows of a batch still out answered online (paid twice, said); the batch is then
+    # refused as a whole: its error rows replaced those answers in the checkpoint, and the
+    # next run sent every row again.
+    from tests.test_batchapi_others import kept, out_for_model_a
+
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
+    out = tmp_path / "out.jsonl"
+    checkpoint = Path(f"{out}.checkpoint")
+    (batch,) = out_for_model_a(server, inp, out)
+    server.batches.batches[batch]["_fail"] = True
+    assert run(*args(inp, out, server.base_url, "--model", "a")).returncode == 0
+    answered = {k: ("stop", v) for k, v in expected(10).items()}
+
+    refused = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "a"))
+
+    assert "the file is wrong" in refused.stderr  # the server's refusal is still said
+    assert kept(checkpoint, "a") == answered
+    chats = server.stats.requests
+    again = run(*args(inp, out, server.base_url, "--model", "a"))
+    assert again.returncode == 0, again.stderr
+    assert server.stats.requests == chats

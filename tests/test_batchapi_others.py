@@ -303,3 +303,62 @@ def test_the_server_a_batch_went_to_is_kept_without_credentials() -> None:
     root, endpoint = "http://127.0.0.1:8080/v1", "http://127.0.0.1:8080/v1/chat/completions"
     assert origin_of(OpenAIAPI(root)) == origin_of(OpenAIAPI(endpoint)) == root
     assert origin_of(OpenAIAPI("http://127.0.0.1:8081/v1")) != root
+
+
+@pytest.mark.slow
+def test_its_own_batches_made_at_another_base_url_are_left_there_not_taken_for_lost(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Model a's batches out at one server, then model a's run at another --base-url: polled
+    # there, they answered 404 until taken for lost and their lines were submitted again
+    # there, while the first server ran (and billed) them all the same, never collected.
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
+    out = tmp_path / "out.jsonl"
+    theirs = out_for_model_a(server, inp, out)
+    polls = server.batches.polls
+
+    with ThreadedMockServer() as elsewhere:
+        elsewhere.batches.seconds = 0.2
+        moved = run(*args(inp, out, elsewhere.base_url, "--via", "batch", "--wait",
+                          "--model", "a", "--deadline", "30"))  # fmt: skip
+        assert moved.returncode == 4, moved.stderr  # its batches are still out, at the first
+        assert not elsewhere.batches.batches and elsewhere.batches.polls == 0
+    assert server.batches.polls == polls
+    origin = f"{server.base_url}/v1"
+    assert f"1 Batch API batch of this model and parameters was made at {origin}" in moved.stderr
+    assert "submitted again" not in moved.stderr
+
+    a = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "a"))
+    assert a.returncode == 0, a.stderr
+    assert models(out) == {f"q{i}": ("a", "stop") for i in range(10)}
+    assert sorted(server.batches.submitted.values()) == [1] * 10  # each line once, anywhere
+    assert set(server.batches.batches) == theirs
+
+
+@pytest.mark.slow
+def test_a_refused_batch_of_another_model_never_replaces_answers_that_model_already_has(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Model a's batch out, then model a's rows answered online (its run sends the rows in
+    # batches still out: paid twice, said); the batch is then refused as a whole. Collected by
+    # model b's run, its error rows replaced a's answers: a's output showed errors, and a's
+    # next run sent (and paid for) every row a third time.
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
+    out = tmp_path / "out.jsonl"
+    checkpoint = Path(f"{out}.checkpoint")
+    (theirs,) = out_for_model_a(server, inp, out)
+    server.batches.batches[theirs]["_fail"] = True
+    online = run(*args(inp, out, server.base_url, "--model", "a"))
+    assert online.returncode == 0, online.stderr
+    answered = {k: ("stop", v) for k, v in expected(10).items()}
+    assert kept(checkpoint, "a") == answered
+
+    b = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "b"))
+
+    assert b.returncode == 0, b.stderr
+    assert kept(checkpoint, "a") == answered
+    chats = server.stats.requests
+    a = run(*args(inp, out, server.base_url, "--model", "a"))
+    assert a.returncode == 0, a.stderr
+    assert server.stats.requests == chats  # nothing sent again
+    assert models(out) == {f"q{i}": ("a", "stop") for i in range(10)}

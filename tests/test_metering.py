@@ -437,6 +437,22 @@ def test_a_small_spend_reads_as_dollars_in_every_text(
         assert not re.search(r"\d\.?\d*e[-+]\d", text), (where, text)
 
 
+def test_a_dry_runs_price_per_million_is_never_in_exponent_form(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from batchpizza.cli import cli
+
+    # A price of a thousandth of a cent a million tokens read "at $1e-05/$2e-05 per million".
+    source = write_jsonl(tmp_path / "in.jsonl", prompts(5))
+    argv = ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--dry-run", "--provider",
+            "openai", "--base-url", f"{mock_api.base_url}/v1", "--price", "0.00001,2000000"]  # fmt: skip
+    text = CliRunner().invoke(cli, argv).output
+    assert "at $0.00001/$2000000 per million" in text, text
+    assert not re.search(r"\d\.?\d*e[-+]\d", text), text
+
+
 def test_a_dry_run_estimates_the_cost_within_a_fifth_and_says_the_cap(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -5,13 +5,16 @@ number are taken, as int() took them (an environment file's trailing space)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from batchpizza.batchapi.settings import Limits
 from batchpizza.cli import cli
 from batchpizza.commands.mock_server import mock_server
 from batchpizza.commands.numbers import PlainFloat, PlainInt
@@ -170,6 +173,62 @@ def test_the_mock_servers_numbers_are_read_plainly(option: str, text: str) -> No
     result = CliRunner().invoke(mock_server, [option, text])
     assert result.exit_code == 2, result.output
     assert f"'{option}'" in result.output and "digits 0-9" in result.output
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ({"rate": np.int64(5)}, ("rate_per_s", 5.0)),
+        ({"rate": np.float32(0.5)}, ("rate_per_s", 0.5)),
+        ({"deadline": np.float32(90)}, ("deadline_s", 90.0)),
+        ({"patience": np.int64(60)}, ("patience_s", 60.0)),
+        ({"tpm": np.float32(600)}, ("tpm_per_s", 10.0)),
+    ],
+)
+def test_a_numpy_number_in_a_text_option_is_its_number(
+    given: dict[str, Any], said: tuple[str, float]
+) -> None:
+    # A count straight from a DataFrame (`rate=df.rate.max()`): check_types takes numpy's
+    # numbers as numbers; --rate read one as text (AttributeError: no `strip`).
+    config = RunConfig.from_options(provider="openai", model="gpt-4o-mini", **given)
+    assert getattr(config, said[0]) == pytest.approx(said[1])
+
+
+@pytest.mark.parametrize(
+    "given",
+    [{"rate": np.float64("nan")}, {"deadline": np.float32("inf")}, {"tpm": np.float32("nan")}],
+)
+def test_a_numpy_number_that_is_no_number_is_refused_as_such(given: dict[str, Any]) -> None:
+    with pytest.raises(UsageError, match="must be"):
+        RunConfig.from_options(provider="openai", **given)
+
+
+@pytest.mark.parametrize("name", ["grace", "max_cost", "timeout"])
+def test_a_signalling_decimal_nan_is_a_usage_error(name: str) -> None:
+    # float(Decimal("sNaN")) raises ValueError: a traceback, where a quiet NaN is refused.
+    with pytest.raises(UsageError, match=name.replace("_", "-")):
+        RunConfig.from_options(provider="openai", price="1,2", **{name: Decimal("sNaN")})
+
+
+@pytest.mark.parametrize("price", ["1,\t2", "1\t,2", "$ 1,2", "1, $ 2"])
+def test_a_price_with_any_ascii_space_beside_its_parts_is_taken(price: str) -> None:
+    # The parts were stripped of any space before; a tab beside the comma was refused since.
+    assert RunConfig(provider="openai", price=price).price_per_m == (1.0, 2.0)
+
+
+@pytest.mark.parametrize("text", [",,nan", ",,1,inf", "1_0", "\uff11\uff10", ",1e400", ",,nan,nan"])
+def test_the_batch_limits_variable_reads_its_numbers_plainly(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A poll interval of NaN passed `first <= 0` and `cap < first` (NaN compares false).
+    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", text)
+    with pytest.raises(UsageError, match="BATCHPIZZA_BATCH_LIMITS"):
+        Limits.from_env()
+
+
+def test_the_batch_limits_variable_takes_what_it_took(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", " 10 , 2000 , 0.5 ")
+    assert Limits.from_env() == Limits(10, 2000, 0.5, Limits().poll_cap)
 
 
 def test_a_variables_trailing_space_is_no_error(tmp_path: Path) -> None:

@@ -169,3 +169,24 @@ def test_answer_runs_with_timedeltas() -> None:
         patience=timedelta(minutes=10),
     )
     assert [row["finish_reason"] for row in out] == ["stop"]
+
+
+def test_numpy_numbers_run_a_whole_call_as_pythons_own() -> None:
+    # Counts straight from a DataFrame: check_types took them, then the run's records (JSON)
+    # could not hold them ("Object of type int64 is not JSON serializable", limit=).
+    numpy = pytest.importorskip("numpy")
+    given: dict[str, Any] = {
+        "limit": numpy.int64(2),
+        "concurrency": numpy.int32(2),
+        "samples": numpy.uint8(1),
+        "max_retries": numpy.int64(1),
+        "timeout": numpy.float32(30),
+        "max_cost": numpy.float64(5),
+        "rate": numpy.int64(0),
+        "deadline": numpy.int64(600),
+    }
+    config = RunConfig.from_options(price="1,2", **given)
+    for name in given:
+        assert type(getattr(config, name)) in (int, float), name
+    out = answer(["a", "b", "c"], mock=True, quiet=True, price="1,2", **given)
+    assert [row["finish_reason"] for row in out] == ["stop", "stop"]

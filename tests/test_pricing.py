@@ -114,6 +114,8 @@ def test_max_output_counts_every_choice_a_request_asks_for() -> None:
         (1234.5678, "$1235"),
         (12345.6, "$12346"),  # "$1.235e+04" before
         (0.0, "$0"),
+        (-0.0, "$0"),  # --max-cost -0 (a cap of zero) read "$-0"
+        (9.99996, "$10"),
     ],
 )
 def test_dollars_are_never_written_in_exponent_form(amount: float, text: str) -> None:

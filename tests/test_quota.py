@@ -139,3 +139,34 @@ async def test_answers_announcing_a_zero_limit_are_read_as_none_and_it_is_said_o
     assert (summary["exit_code"], summary["answered"], answered) == (0, len(ROWS), len(ROWS))
     said = [r.getMessage() for r in caplog.records if "limit of 0" in r.getMessage()]
     assert len(said) == 1 and "not paced by tokens" in said[0]
+
+
+async def test_a_zero_limit_a_server_announced_in_answers_is_no_quota_in_its_429s(
+    tmp_path: Path,
+) -> None:
+    # A server whose every reply carries x-ratelimit-limit-tokens: 0 (a placeholder: it answers)
+    # and which now and then asks to slow down with a 429 carrying the same headers: a rate
+    # limit, retried; the run stopped "quota" at its first 429 with every row left pending.
+    seen = 0
+
+    async def chat(request: web.Request) -> web.Response:
+        nonlocal seen
+        seen += 1
+        headers = {**zero("tokens"), "x-ratelimit-limit-requests": "100",
+                   "x-ratelimit-remaining-requests": "50", "retry-after-ms": "1"}  # fmt: skip
+        if seen % 3 == 0:
+            body = {"error": {"message": "Rate limit reached", "type": "requests"}}
+            return web.json_response(body, status=429, headers=headers)
+        return web.json_response(ANSWER, headers=headers)
+
+    runner, port = await chat_server(chat)
+    options = {**FAST, "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
+               "concurrency": 1, "max_retries": 3}  # fmt: skip
+    try:
+        summary = await batchpizza.arun(
+            write_jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl", **options
+        )
+    finally:
+        await runner.cleanup()
+    assert (summary["exit_code"], summary["stopped"]) == (0, None)
+    assert summary["answered"] == len(ROWS) and seen > len(ROWS)

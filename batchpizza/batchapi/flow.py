@@ -126,7 +126,7 @@ class BatchFlow:
 
     async def _launch_left(self) -> None:
         """Files an earlier run recorded but did not see through, launched (or found) now."""
-        for f in self.checkpoint.open_files():
+        for f in self.others.here():
             if self.stop.sending_stopped:
                 return
             if f.batch_id is None and not creating.answered_since(self.checkpoint, self.money, f):
@@ -221,7 +221,7 @@ class BatchFlow:
             await self._poll_all()
             await self._resubmit()
             await self._more()
-            if self.fatal is not None or not keep_waiting or not self.checkpoint.open_files():
+            if self.fatal is not None or not keep_waiting or not self.others.here():
                 return
             if self.online is not None and near_deadline(self.deadline_at, self._started, delay):
                 await self._go_online()
@@ -232,7 +232,7 @@ class BatchFlow:
     async def _poll_all(self) -> None:
         client = self.client
         assert client is not None
-        for f in self.checkpoint.open_files():
+        for f in self.others.here():
             if self.stop.sending_stopped:
                 return
             if f.batch_id is None:
@@ -326,7 +326,7 @@ class BatchFlow:
         if self.fatal is not None:
             return
         waiting = [line for line in self.checkpoint.to_resubmit() if line.line is not None]
-        if self.checkpoint.open_files():  # the enqueued-token limit's lines wait for room
+        if self.others.here():  # the enqueued-token limit's lines wait for room
             held = {f.seq for f in self.checkpoint.batch_files() if waits_for_room(f)}
             waiting = [line for line in waiting if line.seq not in held]
         waiting = self.money.resubmittable(waiting)  # --max-cost: those that fit
@@ -348,7 +348,7 @@ class BatchFlow:
         rows = self.money.take_withheld()
         if rows is not None and self.fatal is None:
             await self._submit(rows)
-        if self.money.short and self.fatal is None and not self.checkpoint.open_files():
+        if self.money.short and self.fatal is None and not self.others.here():
             self.money.reached(self.stop)
         self.money.short = False
 
@@ -359,7 +359,7 @@ class BatchFlow:
         client = self.client
         assert client is not None and self.online is not None
         rows: list[PendingRow] = []
-        for f in self.checkpoint.open_files():
+        for f in self.others.here():
             if f.batch_id is not None:
                 with contextlib.suppress(BatchAPIError):
                     await client.cancel(f.batch_id)

@@ -40,7 +40,7 @@ from batchpizza.controls.stop import Stop
 from batchpizza.errors import BatchAPIError, ProviderError
 from batchpizza.pricing import Price, cost
 from batchpizza.providers.openai import OpenAIAPI
-from batchpizza.records import Attempt, Result
+from batchpizza.records import Attempt, Result, is_answered
 from batchpizza.redact import redact
 
 log = logging.getLogger("batchpizza")
@@ -77,9 +77,19 @@ class Others:
         self.answered = 0
         self.batches = 0
 
+    def here(self) -> list[BatchFile]:
+        """This identity's files not collected yet, but those made at another server: left there
+        as other identities' are (polled here, a batch answered 404 until it was taken for lost
+        and its lines were submitted again, while that server ran and billed it all the same).
+        A file recorded before origins were is taken as made here, as before."""
+        origins = self.checkpoint.file_origins()
+        mine = self.checkpoint.open_files()
+        return [f for f in mine if origins.get(f.seq) in (None, self.origin)]
+
     async def collect(self, client: BatchClient) -> None:
         checkpoint = self.checkpoint
         checkpoint.set_meta(batch_origin=self.origin)  # what `status` tells other servers from
+        self._say_mine_elsewhere()
         others = checkpoint.open_files(others=True)
         if not others:
             return
@@ -151,6 +161,7 @@ class Others:
             attempts.append(attempt._replace(started=f.created, duration_ms=took))
             if result is not None:
                 results.append(result)
+        results = checkpoint.not_over_answers(f.seq, results)  # answered online meanwhile
         submitter, price = checkpoint.submitter(f.created)
         checkpoint.keep_foreign(
             f.seq,
@@ -166,11 +177,12 @@ class Others:
         self.batches += 1
         self.collected += len(results)
         self.answered += sum(1 for _, o in outcomes if o == "answered")
-        if refused or fatal is not None:
+        failed = any(not is_answered(r.finish_reason) for r in results)
+        if (refused or fatal is not None) and failed:  # (else answered before: kept)
             said = errors if refused else fatal.message if fatal is not None else ""
             log.warning(
-                "batch %s of model %s: %s; its rows are recorded as failed under that model, "
-                "sent again by a run of it",
+                "batch %s of model %s: %s; its rows not answered otherwise are recorded as "
+                "failed under that model, sent again by a run of it",
                 batch.get("id"),
                 model,
                 said,
@@ -183,6 +195,25 @@ class Others:
         used_in = sum(r.prompt_tokens or 0 for r in results)
         used_out = sum(r.completion_tokens or 0 for r in results)
         self.budget.spent += cost(Price(*price), used_in, used_out, batch=True)
+
+    def _say_mine_elsewhere(self) -> None:
+        here = {f.seq for f in self.here()}
+        origins = self.checkpoint.file_origins()
+        left = [f for f in self.checkpoint.open_files() if f.seq not in here]
+        for origin in sorted({origins[f.seq] for f in left}, key=str):
+            n = sum(1 for f in left if origins[f.seq] == origin)
+            log.warning(
+                "%d Batch API %s of this model and parameters %s made at %s, not at this run's "
+                "base URL: left there (billed when %s); a --via batch run with that --base-url "
+                "collects %s, and %s rows wait for it",
+                n,
+                "batch" if n == 1 else "batches",
+                "was" if n == 1 else "were",
+                origin,
+                "it ends" if n == 1 else "they end",
+                "it" if n == 1 else "them",
+                "its" if n == 1 else "their",
+            )
 
     def _say(self, elsewhere: Counter[str | None]) -> None:
         if self.collected:

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from batchpizza.errors import UsageError
+from batchpizza.numbers import decimal, strip, whole
 
 VIA = ("online", "batch", "auto")
 # OpenAI's limits on one batch's input file (its Batch API guide).
@@ -35,17 +36,19 @@ class Limits:
         """The limits, smaller where BATCHPIZZA_BATCH_LIMITS says ("LINES,BYTES,POLL,POLL_CAP",
         any left empty): for tests, and for a server with lower limits than OpenAI's."""
         text = os.environ.get("BATCHPIZZA_BATCH_LIMITS", "")
-        parts = [p.strip() for p in text.split(",")] if text.strip() else []
+        parts = [strip(p) for p in text.split(",")] if strip(text) else []
         given = [*parts, "", "", "", ""][:4]
-        try:
-            lines = int(given[0]) if given[0] else MAX_LINES
-            size = int(given[1]) if given[1] else MAX_BYTES
-            first = float(given[2]) if given[2] else POLL_FIRST
-            cap = float(given[3]) if given[3] else POLL_CAP
-        except ValueError:
+        # Read as the options' numbers are (numbers.py): "1_0", other scripts' digits, nan
+        # and inf refused (a poll of NaN passed every check below: it compares false).
+        lines = whole(given[0]) if given[0] else MAX_LINES
+        size = whole(given[1]) if given[1] else MAX_BYTES
+        first = decimal(given[2]) if given[2] else POLL_FIRST
+        cap = decimal(given[3]) if given[3] else POLL_CAP
+        if lines is None or size is None or first is None or cap is None:
             raise UsageError(
-                f"BATCHPIZZA_BATCH_LIMITS={text!r}: expected LINES,BYTES,POLL,POLL_CAP numbers"
-            ) from None
+                f"BATCHPIZZA_BATCH_LIMITS={text!r}: expected LINES,BYTES,POLL,POLL_CAP numbers "
+                "in digits 0-9"
+            )
         if lines < 1 or size < 1 or first <= 0 or cap < first:
             raise UsageError(f"BATCHPIZZA_BATCH_LIMITS={text!r}: each must be positive")
         return cls(min(lines, MAX_LINES), min(size, MAX_BYTES), first, cap)

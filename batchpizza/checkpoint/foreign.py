@@ -23,7 +23,7 @@ from typing import Any
 
 from batchpizza.checkpoint import spend
 from batchpizza.checkpoint.guarded import insert_group
-from batchpizza.records import Attempt, Result
+from batchpizza.records import UNANSWERED, Attempt, Result, is_answered
 
 ORIGIN = ("origin", "TEXT")  # the column, added to a file from before it when opened to write
 
@@ -47,6 +47,9 @@ class ForeignBatches:
     def _finish_lines(self, seq: int, outcomes: Sequence[tuple[str, str]], state: str) -> None:
         raise NotImplementedError  # BatchRecords'
 
+    def _fold(self) -> None:
+        raise NotImplementedError  # the Checkpoint's
+
     def _has_origins(self) -> bool:
         """A read-only view of a file from before the column has none."""
         have = {row[1] for row in self._conn.execute("PRAGMA table_info(batch_files)")}
@@ -61,6 +64,26 @@ class ForeignBatches:
                 "SELECT seq, origin FROM batch_files WHERE done = 0"
             ).fetchall()
         return {int(seq): origin for seq, origin in rows}
+
+    def not_over_answers(self, seq: int, results: Sequence[Result]) -> list[Result]:
+        """`results` collected from file `seq`, less the failures of requests its identity has
+        an answer to already (got online while the batch was out, and paid for): an error row
+        replaced the answer, and the next run sent the request again."""
+        had = self.answered_lines(seq)
+        return [r for r in results if is_answered(r.finish_reason) or r.digest not in had]
+
+    def answered_lines(self, seq: int) -> set[bytes]:
+        """The requests of file `seq` its identity has an answer to already."""
+        self._fold()
+        unanswered = ", ".join(f"'{reason}'" for reason in sorted(UNANSWERED))
+        with self._errors():
+            rows = self._conn.execute(
+                "SELECT l.digest FROM batch_lines l JOIN batch_files f ON f.seq = l.seq "
+                "JOIN results r ON r.ident = f.ident AND r.digest = l.digest WHERE l.seq = ? "
+                f"AND r.finish_reason NOT IN ({unanswered})",
+                (seq,),
+            ).fetchall()
+        return {bytes(digest) for (digest,) in rows}
 
     def file_ident(self, seq: int) -> bytes:
         with self._errors():

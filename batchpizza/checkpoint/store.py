@@ -244,8 +244,11 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
         no fsync (see sync); a row SQLite cannot bind fails alone (see guarded.py). `batch`:
         collected through the Batch API, spent at its price; `finished`, the batch file they came
         from marked done in the same commit (else a kill between the two would have the next run
-        collect it again, its tokens spent twice)."""
+        collect it again, its tokens spent twice), its failures of requests answered meanwhile
+        left out (foreign.py)."""
         self._check_identity()
+        if finished is not None:
+            results = self.not_over_answers(finished[0], results)
         now = time.time()
         conn = self._conn
         with self._transaction():

@@ -121,7 +121,8 @@ def estimate_lines(
     estimate = cost(price, inputs, outputs, batch=batch)
     at = "the Batch API's half of " if batch else ""
     lines.append(
-        f"  cost        about {dollars(estimate)} at {at}${price.input:g}/${price.output:g} per "
+        f"  cost        about {dollars(estimate)} at {at}{dollars(price.input, 6)}/"
+        f"{dollars(price.output, 6)} per "
         f"million in/out; {dollars(spent)} spent on this checkpoint so far"
     )
     if config.max_cost is not None and count:

@@ -32,7 +32,7 @@ from batchpizza.providers.deadline import Deadlines
 from batchpizza.providers.errorreply import about_model, error_detail
 from batchpizza.providers.http import looks_like_page, post_json, reply_json
 from batchpizza.providers.limits import parse_rate_info, retry_after_of
-from batchpizza.providers.quota import quota_spent
+from batchpizza.providers.quota import quota_spent, zero_limits
 from batchpizza.records import TOKEN_COLUMNS, UNANSWERED, Answer, Prompt, RateInfo
 from batchpizza.redact import MASK, Secret, redact, shorten
 from batchpizza.structured import Structured
@@ -141,6 +141,8 @@ class OpenAIAPI:
         self.structured = structured  # --schema: sent as every request's response_format
         self._format = None if structured is None else structured.response_format()
         self._deadlines = Deadlines(timeout)
+        # Limits this server announced as 0 in an answer: placeholders, not quotas (quota.py).
+        self._zero_in_answers: set[str] = set()
         self._headers = {
             "accept": "application/json",
             "content-type": "application/json",
@@ -190,6 +192,8 @@ class OpenAIAPI:
         if request_id is not None:  # aiohttp decodes a header's non-UTF-8 bytes as surrogates
             request_id = storable.text(request_id)
         model = body.get("model") if isinstance(body.get("model"), str) else None
+        if rate is not None and 200 <= reply.status < 300:
+            self._zero_in_answers.update(zero_limits(rate))
         try:
             if not 200 <= reply.status < 300:
                 error = self._status_error(
@@ -329,7 +333,7 @@ class OpenAIAPI:
                 else "no model was sent; name one the server serves"
             )
             return ModelNotFound(status, f"{text} [{hint}]", model)
-        spent = quota_spent(status, error, said, headers)
+        spent = quota_spent(status, error, said, headers, self._zero_in_answers)
         if spent is not None:
             return QuotaExhausted(status, f"{text} [{spent}]")
         if status == 404:

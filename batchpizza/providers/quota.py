@@ -17,16 +17,18 @@ Nor does a limit of zero come back: a 429 announcing `x-ratelimit-limit-tokens: 
 `-requests: 0`) says this key may send nothing at all. LiteLLM's proxy refuses every request of
 a key, team or model whose tpm_limit or rpm_limit is 0 (a limit not set is not sent at all), so
 a zero there is a quota of zero, never "unknown". In an answer, where it cannot be that (the
-request passed), controls/tokens.py reads it as no limit announced.
+request passed), controls/tokens.py reads it as no limit announced; and a server that announced
+it in an answer sends a placeholder, so its 429s saying the same are rate limits, retried.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from typing import Any
 
 from batchpizza.providers.limits import parse_rate_info
+from batchpizza.records import RateInfo
 
 QUOTA_CODES = frozenset({"insufficient_quota", "InsufficientQuota", "billing_hard_limit_reached"})
 _QUOTA_TEXT = re.compile(
@@ -47,16 +49,30 @@ def quota_exhausted(status: int, error: Mapping[str, Any], message: str) -> bool
 
 
 def quota_spent(
-    status: int, error: Mapping[str, Any], message: str, headers: Mapping[str, str]
+    status: int,
+    error: Mapping[str, Any],
+    message: str,
+    headers: Mapping[str, str],
+    placeholders: Container[str] = (),
 ) -> str | None:
-    """Why no later request can pass, when an error reply says so; else None."""
+    """Why no later request can pass, when an error reply says so; else None. `placeholders`:
+    the kinds ("tokens", "requests") whose limit of 0 this server announced in an answer: its
+    0 is no limit there, so its 429s saying the same are rate limits (retried)."""
     if quota_exhausted(status, error, message):
         return "the account's quota or credit is spent"
     rate = parse_rate_info(headers) if status == 429 else None
-    if rate is not None and (rate.limit_tokens == 0 or rate.limit == 0):
-        kind = "tokens" if rate.limit_tokens == 0 else "requests"
+    zeros = [] if rate is None else zero_limits(rate)
+    zeros = [kind for kind in zeros if kind not in placeholders]
+    if zeros:
+        kind = zeros[0]
         return (
             f"the server allows this key nothing (x-ratelimit-limit-{kind}: 0); ask for a "
             "limit, or use another key"
         )
     return None
+
+
+def zero_limits(rate: RateInfo) -> list[str]:
+    """The kinds of limit ("tokens", "requests") `rate` announces as 0."""
+    return [kind for kind, limit in (("tokens", rate.limit_tokens), ("requests", rate.limit))
+            if limit == 0]  # fmt: skip
