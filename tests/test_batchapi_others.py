@@ -72,6 +72,7 @@ def spend(checkpoint: Path) -> list[tuple[Any, ...]]:
     )
 
 
+@pytest.mark.slow
 def test_a_run_of_model_b_collects_model_a_batches_under_a_and_a_then_sends_nothing(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:

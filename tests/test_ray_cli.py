@@ -294,6 +294,7 @@ def test_ray_dry_run_counts_answers_by_request_so_a_new_model_shows_as_rows_to_s
     assert mock.stats()["requests"] == 0
 
 
+@pytest.mark.slow
 def test_ray_mock_goes_at_the_mock_rate_unless_rate_is_given(tmp_path: Path) -> None:
     # As without --ray: 20/s for the bundled mock, not the real service's polite 2/s.
     source = prompts(tmp_path / "in", 60)
