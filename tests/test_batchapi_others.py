@@ -296,6 +296,31 @@ def test_what_another_models_batches_cost_counts_against_max_cost_once_collected
     assert said["cost"]["run"] == 0  # a's batches are a's run's spend, not b's
 
 
+@pytest.mark.slow
+def test_another_models_batches_without_a_price_count_at_this_runs_against_max_cost(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # a's run knew no price (a model the table does not know, no --price: allowed without a
+    # cap). b's cap held a's lines at b's price while they were out; collected, they counted as
+    # free, and b spent their share again.
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    theirs = out_for_model_a(server, inp, out, "--param", "max_tokens=20")
+    for batch_id in theirs:  # ended, their output made: what they cost is known
+        urllib.request.urlopen(f"{server.base_url}/v1/batches/{batch_id}", timeout=10).read()
+    at_bs_price = cost(Price(1.0, 2.0), *usage_of(server, theirs), batch=True)
+
+    b = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "b", "--price", "1,2",
+                  "--param", "max_tokens=20", "--max-cost", f"{at_bs_price * 1.01:.9f}",
+                  "--summary-json", str(summary)))  # fmt: skip
+
+    assert b.returncode == 4, b.stderr
+    said = json.loads(summary.read_text())
+    assert said["stopped"] == "budget" and said["batches"]["others"] == 50
+    assert said["batches"]["submitted"] == 0
+    assert sorted(server.batches.submitted.values()) == [1] * 50  # a's lines only
+
+
 def test_the_server_a_batch_went_to_is_kept_without_credentials() -> None:
     # What the checkpoint records of where a file's batch went: no user, password or query
     # (a gateway's ?token=); the endpoint given whole names the same server as its root.
@@ -363,3 +388,25 @@ def test_a_refused_batch_of_another_model_never_replaces_answers_that_model_alre
     assert a.returncode == 0, a.stderr
     assert server.stats.requests == chats  # nothing sent again
     assert models(out) == {f"q{i}": ("a", "stop") for i in range(10)}
+
+
+def test_another_models_batch_is_never_kept_into_a_checkpoint_replaced_meanwhile(
+    tmp_path: Path,
+) -> None:
+    # Every write checks the file is still the run's (a checkpoint deleted or replaced under a
+    # run would take every later commit with it); the collection of another model's batch too.
+    import os
+
+    from batchpizza.checkpoint import Checkpoint
+    from batchpizza.errors import OutputError
+
+    path = tmp_path / "out.jsonl.checkpoint"
+    store = Checkpoint.open(path)
+    try:
+        other = tmp_path / "other.checkpoint"
+        other.write_bytes(path.read_bytes())
+        os.replace(other, path)
+        with pytest.raises(OutputError, match="deleted or replaced"):
+            store.keep_foreign(1, [], [], [], "completed", run=1, price=None)
+    finally:
+        store.close()

@@ -189,12 +189,15 @@ class Others:
             )
 
     def _spent(self, results: list[Result], price: tuple[float, float] | None) -> None:
-        """--max-cost: what the collected answers cost is spent (at their run's price)."""
-        if self.budget is None or price is None:
+        """--max-cost: what the collected answers cost is spent, at their run's price; where that
+        run knew none, at this run's (at which the cap held their lines until now): they were
+        billed, and counting them as free let this run spend their share again."""
+        if self.budget is None:
             return
         used_in = sum(r.prompt_tokens or 0 for r in results)
         used_out = sum(r.completion_tokens or 0 for r in results)
-        self.budget.spent += cost(Price(*price), used_in, used_out, batch=True)
+        at = self.budget.price if price is None else Price(*price)
+        self.budget.spent += cost(at, used_in, used_out, batch=True)
 
     def _say_mine_elsewhere(self) -> None:
         here = {f.seq for f in self.here()}

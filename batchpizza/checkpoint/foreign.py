@@ -44,6 +44,9 @@ class ForeignBatches:
     def _transaction(self) -> contextlib.AbstractContextManager[None]:
         raise NotImplementedError  # the Checkpoint's
 
+    def _check_identity(self) -> None:
+        raise NotImplementedError  # the Checkpoint's
+
     def _finish_lines(self, seq: int, outcomes: Sequence[tuple[str, str]], state: str) -> None:
         raise NotImplementedError  # BatchRecords'
 
@@ -121,6 +124,7 @@ class ForeignBatches:
         price: tuple[float, float] | None,
     ) -> None:
         """File `seq`, of another identity, collected: see the module's docstring."""
+        self._check_identity()  # as every write: not into a checkpoint replaced meanwhile
         ident = self.file_ident(seq)
         now = time.time()
         with self._transaction():
