@@ -279,20 +279,33 @@ def dry_run_report(
         # "30: 30 new rows", not "30 to send: 30 new rows" after the label
         f"  to send     {plan.reasons(retry_refused=config.retry_refused).replace(' to send', '', 1)}",
         f"  invalid     {tally.invalid}",
-        f"  time        {sending_time(todo, rate, config.concurrency, config.auto_max is not None)}",
+        f"  time        {_time_line(config, todo, rate)}",
         *costs,  # tokens, cost, the cap (job/metering.py)
     ]
     if not config.retry_refused:
         lines.insert(
             4, f"  refused     {kept_refused} (misuse before, kept; --retry-refused sends them)"
         )
+    # Through the Batch API, each request is a line of a file, its body as shown.
+    as_line = " (a line of a Batch API file)" if config.via != "online" else ""
     for i, (url, headers, body) in enumerate(previews, 1):
-        lines.append(f"  request {i}: POST {redact(url)}")
+        lines.append(f"  request {i}{as_line}: POST {redact(url)}")
         for name, value in headers.items():
             shown = "***" if name.lower() in _MASKED_HEADERS else value
             lines.append(f"    {name}: {redact(shown)}")
         lines.append(f"    {redact(body.decode('utf-8', 'replace'))}")
     return "\n".join(lines)
+
+
+def _time_line(config: Any, todo: int, rate: float) -> str:
+    """The dry run's `time`: sending at the rate, or the Batch API's window (--via)."""
+    online = sending_time(todo, rate, config.concurrency, config.auto_max is not None)
+    if todo == 0 or config.via == "online":
+        return online
+    window = "through the Batch API, within its 24 h window (--wait waits, up to --deadline)"
+    if config.via == "batch":
+        return window
+    return f"{window}; what is still out near --deadline goes online: {online}"
 
 
 def sending_time(todo: int, rate: float, concurrency: int, auto: bool) -> str:

@@ -339,6 +339,28 @@ def test_status_and_dry_run_show_each_batch_its_state_and_counts(
     assert "batch_000002" in dry.stdout and "0/10 done" in dry.stdout
 
 
+def test_a_dry_run_through_the_batch_api_says_its_window_not_a_rate(tmp_path: Path) -> None:
+    # It said "about 0:00:00 at 20/s (the rate)" and showed online requests: through the Batch
+    # API the rows wait up to the provider's 24 h window, each request a line of a file.
+    from click.testing import CliRunner
+
+    from batchpizza.cli import cli
+
+    out = tmp_path / "out.jsonl"
+    base = ["run", "samples/prompts.jsonl", "-o", str(out), "--mock", "--provider", "openai",
+            "--model", "batchpizza-mock", "--dry-run"]  # fmt: skip
+    said = {via: CliRunner().invoke(cli, [*base, "--via", via]) for via in ("batch", "auto")}
+    for via, result in said.items():
+        assert result.exit_code == 0, result.output
+        assert "through the Batch API, within its 24 h window" in result.output, via
+        assert "request 1 (a line of a Batch API file): POST" in result.output, via
+    assert "at 20/s (the rate)" not in said["batch"].output
+    assert "goes online: about 0:00:00 at 20/s (the rate)" in said["auto"].output
+    online = CliRunner().invoke(cli, base).output
+    assert "time        about 0:00:00 at 20/s (the rate)" in online
+    assert "request 1: POST" in online
+
+
 # -- a raw server (tests/batchapi_raw.py), for what the mock does not do ----------------------
 
 
