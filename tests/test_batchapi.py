@@ -631,6 +631,9 @@ def test_a_refused_batch_never_replaces_the_answers_its_rows_got_online_meanwhil
     refused = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "a"))
 
     assert "the file is wrong" in refused.stderr  # the server's refusal is still said
+    # and true of what was recorded: nothing failed (it said "Its rows are recorded as failed").
+    assert "Its rows all have an answer already (got online meanwhile)" in refused.stderr
+    assert "recorded as failed" not in refused.stderr
     assert kept(checkpoint, "a") == answered
     chats = server.stats.requests
     again = run(*args(inp, out, server.base_url, "--model", "a"))

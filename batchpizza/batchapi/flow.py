@@ -303,23 +303,18 @@ class BatchFlow:
     def _failed_whole(
         self, f: BatchFile, batch: dict[str, Any], lines: dict[str, BatchLine]
     ) -> None:
-        """A batch the server refused as a whole (a bad file): its rows failed, the run exits
-        with the server's errors."""
-        self.checkpoint.set_batch(f.seq, batch)
-        errors = next((b.errors for b in self.checkpoint.batch_files() if b.seq == f.seq), None)
-        said = (errors or "no reason given").rstrip(". ")  # followed by ". Its rows"
-        error = ProviderError(f"the Batch API refused the file {f.name}: {said}")
-        results = [(line.pos, self.judge.error_result(line, error)) for line in lines.values()]
+        """A batch the server refused as a whole (a bad file): its rows without an answer failed,
+        the run exits with the server's errors."""
+        checkpoint = self.checkpoint
+        checkpoint.set_batch(f.seq, batch)
+        errors = next((b.errors for b in checkpoint.batch_files() if b.seq == f.seq), None)
+        had = checkpoint.answered_lines(f.seq)
+        results, self.fatal = self.judge.refused(f, batch, lines, errors, had)
         done = (f.seq, [(cid, "error") for cid in lines], "failed")
-        self.checkpoint.write([r for _, r in results], (), self.run_id, True, done)
+        checkpoint.write([r for _, r in results], (), self.run_id, True, done)
         self.money.settle([(line.digest, "error") for line in lines.values()], ())
         for pos, result in results:
             self._count(pos, result)
-        self.fatal = BatchAPIError(
-            f"batch {batch.get('id')} ({f.name}, {f.lines} requests) failed: {said}. Its rows "
-            "are recorded as failed; fix the cause and rerun to send them again.",
-            wrong=True,
-        )
 
     async def _resubmit(self) -> None:
         """Lines that failed or expired, in new files: never a line already answered."""

@@ -4,12 +4,13 @@ line's budget (`--max-retries`, as an online row's retries), or a failed row."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from batchpizza.batchapi.files import ResultLine
-from batchpizza.checkpoint.batches import BatchLine
+from batchpizza.checkpoint.batches import BatchFile, BatchLine
 from batchpizza.engine.outcomes import ANSWERED, outcome_of
-from batchpizza.errors import ProviderError, describe
+from batchpizza.errors import BatchAPIError, ProviderError, describe
 from batchpizza.providers.openai import OpenAIAPI
 from batchpizza.records import Attempt, Outcome, Result
 
@@ -76,6 +77,34 @@ class Judge:
         if line.tries <= self.max_retries:
             return Verdict("expired", None, attempt)
         return Verdict("error", self.error_result(line, ProviderError(why)), attempt)
+
+    def refused(
+        self,
+        f: BatchFile,
+        batch: Mapping[str, Any],
+        lines: Mapping[str, BatchLine],
+        errors: str | None,
+        answered: set[bytes],
+    ) -> tuple[list[tuple[int, Result]], BatchAPIError]:
+        """A file the server refused as a whole (a bad file): a failed row for each line whose
+        request has no answer (one got online meanwhile is kept: `answered`), and the error the
+        run exits with, its sentence true of what was recorded."""
+        said = (errors or "no reason given").rstrip(". ")
+        error = ProviderError(f"the Batch API refused the file {f.name}: {said}")
+        results = [
+            (line.pos, self.error_result(line, error))
+            for line in lines.values()
+            if line.digest not in answered
+        ]
+        kept = (
+            f"Its {len(results)} rows without an answer are recorded as failed; fix the cause "
+            "and rerun to send them again."
+            if results
+            else "Its rows all have an answer already (got online meanwhile); fix the cause "
+            "before the next --via batch run."
+        )
+        failed = f"batch {batch.get('id')} ({f.name}, {f.lines} requests) failed: {said}."
+        return results, BatchAPIError(f"{failed} {kept}", wrong=True)
 
     def error_result(self, line: BatchLine, error: ProviderError) -> Result:
         n = line.tries
