@@ -353,6 +353,8 @@ def test_its_own_batches_made_at_another_base_url_are_left_there_not_taken_for_l
     origin = f"{server.base_url}/v1"
     assert f"1 Batch API batch of this model and parameters was made at {origin}" in moved.stderr
     assert "submitted again" not in moved.stderr
+    shown = run("status", str(out))  # says where, as the run did
+    assert f"made at {origin}, not the last run's server" in shown.stdout, shown.stdout
 
     a = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "a"))
     assert a.returncode == 0, a.stderr

@@ -54,9 +54,15 @@ def batches_info(files: Sequence[BatchFile]) -> dict[str, Any]:
     }
 
 
-def batches_text(files: Sequence[BatchFile], indent: str = "  ") -> list[str]:
+def batches_text(
+    files: Sequence[BatchFile],
+    indent: str = "  ",
+    origins: Mapping[int, str | None] | None = None,
+    last: str | None = None,
+) -> list[str]:
     """One line a batch still out (or file waiting), then a line of totals; nothing when there
-    were none."""
+    were none. A batch made at another server than the last --via batch run's (`origins`,
+    `last`) says where: only a run with that --base-url collects it."""
     if not files:
         return []
     out, waiting = out_and_waiting(files)
@@ -73,9 +79,13 @@ def batches_text(files: Sequence[BatchFile], indent: str = "  ") -> list[str]:
         counts = f.counts
         done = counts.get("completed", 0) if counts else 0
         failed = counts.get("failed", 0) if counts else 0
+        origin = (origins or {}).get(f.seq)
+        where = (
+            f"  made at {origin}, not the last run's server" if origin not in (None, last) else ""
+        )
         lines.append(
             f"{indent}  {f.batch_id or '(not created yet)'}  {f.state:<11} "
-            f"{done}/{f.lines} done, {failed} failed  {f.name}"
+            f"{done}/{f.lines} done, {failed} failed  {f.name}{where}"
         )
     if len(left) > SHOWN:
         lines.append(f"{indent}  ... and {len(left) - SHOWN} more")

@@ -121,7 +121,7 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
         )
     click.echo(f"  written    {when}")
     click.echo(f"  running    {'yes: a run holds the lock' if info['running'] else 'no'}")
-    for line in batches_text(files):
+    for line in batches_text(files, origins=origins, last=last_origin):
         click.echo(line)
     theirs_out, theirs_waiting = out_and_waiting(others)
     for line in others_text(theirs_out, origins, last_origin):
