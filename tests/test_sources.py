@@ -355,6 +355,19 @@ def test_stdin_is_spooled_beside_the_checkpoint_and_removed_on_close(tmp_path: P
     assert not source.paths[0].exists()
 
 
+def test_stdin_that_ends_mid_line_makes_that_line_a_bad_row_not_a_row_for_the_next_run(
+    tmp_path: Path,
+) -> None:
+    # A file's torn last line may still be being written; standard input has ended for good, and
+    # the next run reads another one: the cut line is a bad row, never dropped in silence.
+    source = source_for("-", tmp_path, stdin=b'{"prompt": "whole"}\n{"prompt": "cut sh')
+    good, bad = scanned(source)
+    assert list(good) == [0]
+    assert list(bad) == [1]
+    assert bad[1].problem.startswith("the last line is cut short")
+    source.close()
+
+
 # -- interpret: one row's id and prompt ------------------------------------------------------------
 
 

@@ -221,9 +221,10 @@ class JsonlSource:
                                 rows += 1
                                 yield index, number, None
                                 continue
-                            if scanning and line.strip() and _torn(line):
+                            if scanning and not self.spooled and line.strip() and _torn(line):
                                 # The file's last line, without its newline and not JSON: a line
                                 # still being written by an appender. It waits for the next run.
+                                # Standard input has ended for good: its cut line is a bad row.
                                 log.warning(
                                     "%s:%d: the last line has no newline and is not complete "
                                     "JSON; left for the next run (is the file still being "
@@ -282,7 +283,10 @@ class JsonlSource:
                 try:
                     obj = read_line(line)
                 except ValueError as exc:
-                    yield pos, index, number, str(exc)
+                    problem = str(exc)
+                    if self.spooled and not line.endswith(b"\n"):
+                        problem = f"the last line is cut short (standard input ended in it): {exc}"
+                    yield pos, index, number, problem
                     continue
                 if not isinstance(obj, dict):
                     problem = f"not a JSON object but {with_article(json_type(obj))}"
