@@ -305,6 +305,28 @@ def test_a_directory_is_its_parquet_files_recursively_in_sorted_path_order(tmp_p
     ]
 
 
+def test_a_directory_leaves_out_hidden_and_underscore_names_as_pyarrow_and_spark_do(
+    tmp_path: Path,
+) -> None:
+    # macOS leaves `._x.parquet` beside each file copied to another disk (not Parquet at all);
+    # a tool still writing puts its file under a hidden or `_temporary` name. pandas, pyarrow's
+    # datasets and Spark all skip such names: a folder they read is the same rows here.
+    folder = tmp_path / "in"
+    (folder / "_temporary" / "0").mkdir(parents=True)
+    (folder / ".ipynb_checkpoints").mkdir()
+    pq.write_table(pa.table({"prompt": ["kept"]}), folder / "part-0.parquet")
+    (folder / "._part-0.parquet").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    for hidden in ("_temporary/0/part-1.parquet", ".ipynb_checkpoints/x.parquet", ".w.parquet"):
+        pq.write_table(pa.table({"prompt": ["half written"]}), folder / hidden)
+
+    source = source_for(folder, tmp_path)
+
+    assert [p.name for p in source.paths] == ["part-0.parquet"]
+    good, bad = scanned(source)
+    assert bad == {} and list(good) == [0]
+    assert prompts(source, [0]) == [(0, "0", "kept")]
+
+
 def test_a_directory_without_parquet_files_is_an_input_error(tmp_path: Path) -> None:
     folder = tmp_path / "empty"
     folder.mkdir()
