@@ -377,6 +377,15 @@ def test_stdin_is_spooled_beside_the_checkpoint_and_removed_on_close(tmp_path: P
     assert not source.paths[0].exists()
 
 
+def test_lines_ended_by_a_lone_cr_are_a_bad_row_that_says_so(tmp_path: Path) -> None:
+    # Classic Mac line ends: to a reader of \n-ended lines the rows are one line of JSON values.
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"prompt": "a"}\r{"prompt": "b"}\r{"prompt": "c"}\n{"prompt": "d"}\n')
+    good, bad = scanned(source_for(path, tmp_path))
+    assert list(good) == [1]
+    assert "lone CR" in bad[0].problem and "\\n" in bad[0].problem, bad[0].problem
+
+
 def test_stdin_that_ends_mid_line_makes_that_line_a_bad_row_not_a_row_for_the_next_run(
     tmp_path: Path,
 ) -> None:

@@ -379,6 +379,8 @@ def _why_not_json(line: bytes, error: ValueError) -> str:
     except json.JSONDecodeError as exc:
         # Some of json's messages end in "at" ("Unterminated string starting at").
         at = "" if exc.msg.endswith(" at") else " at"
+        if exc.msg == "Extra data" and "\r" in text:
+            return "lines end with a lone CR (\\r): JSONL lines end with \\n (or \\r\\n)"
         return f"invalid JSON: {exc.msg}{at} column {exc.colno}"
     except (ValueError, RecursionError) as exc:
         return f"invalid JSON: {exc}"
