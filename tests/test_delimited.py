@@ -376,3 +376,18 @@ def test_integers_too_big_even_for_a_decimal_keep_their_text(
     rows = read_jsonl(out)
     assert [r["n"] for r in rows] == [big, "7"]
     assert [r["m"] for r in rows] == [1.0, 1.5e300]
+
+
+def test_a_csv_row_over_16_mib_is_refused_in_words_a_user_can_act_on(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    # pyarrow reads in blocks of 16 MiB: a row over two boundaries (so over 32 MiB) fails.
+    source.write_bytes(b'id,prompt\nr0,"' + b"x" * (40 << 20) + b'"\nr1,b\n')
+
+    result = invoke(mock_api, source, tmp_path / "out.jsonl")
+
+    assert result.exit_code == 2, result.output
+    assert f"{source}: a row longer than 16 MiB" in result.stderr
+    assert "block size" not in result.stderr  # pyarrow's words, about an option no one can set
+    assert mock_api.stats.requests == 0

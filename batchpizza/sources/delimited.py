@@ -118,6 +118,11 @@ class DelimitedSource:
         except pa.ArrowInvalid as exc:
             if "Empty CSV file" in str(exc):
                 return pa.table({})
+            if "straddles two block boundaries" in str(exc):
+                raise InputError(
+                    f"{name}: a row longer than 16 MiB (or a quote opened and never closed "
+                    "before then); split its value, or give the input as JSONL or Parquet"
+                ) from None
             raise InputError(f"{name}: not a readable CSV file: {exc}") from None
         except (OSError, EOFError, pa.ArrowException) as exc:
             raise InputError(
