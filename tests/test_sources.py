@@ -327,6 +327,20 @@ def test_a_directory_leaves_out_hidden_and_underscore_names_as_pyarrow_and_spark
     assert prompts(source, [0]) == [(0, "0", "kept")]
 
 
+def test_a_folder_whose_files_disagree_on_a_type_names_the_file_that_disagrees(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, x in (("a", [1]), ("b", [2]), ("c", ["three"]), ("d", [4])):
+        pq.write_table(pa.table({"prompt": [name], "x": x}), folder / f"{name}.parquet")
+    with pytest.raises(InputError) as caught:
+        source_for(folder, tmp_path)
+    said = str(caught.value)
+    assert said.startswith(f"{folder / 'c.parquet'}: column 'x' is string here"), said
+    assert f"int64 in {folder / 'a.parquet'}" in said, said
+
+
 def test_a_directory_without_parquet_files_is_an_input_error(tmp_path: Path) -> None:
     folder = tmp_path / "empty"
     folder.mkdir()
