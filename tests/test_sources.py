@@ -400,6 +400,19 @@ def test_lines_ended_by_a_lone_cr_are_a_bad_row_that_says_so(tmp_path: Path) -> 
     assert "lone CR" in bad[0].problem and "\\n" in bad[0].problem, bad[0].problem
 
 
+def test_a_bom_starting_a_later_line_is_read_past_as_the_first_line_s_is(tmp_path: Path) -> None:
+    # `cat a.jsonl b.jsonl` of two files saved with a BOM: the second BOM starts a line mid-file.
+    path = tmp_path / "in.jsonl"
+    bom = b"\xef\xbb\xbf"
+    path.write_bytes(
+        bom + b'{"prompt": "a"}\n' + bom + b'{"prompt": "b", "n": 12345678901234567890123}\n'
+    )
+    source = source_for(path, tmp_path)
+    good, bad = scanned(source)
+    assert bad == {} and list(good) == [0, 1]
+    assert prompts(source, [0, 1]) == [(0, "0", "a"), (1, "1", "b")]
+
+
 def test_stdin_that_ends_mid_line_makes_that_line_a_bad_row_not_a_row_for_the_next_run(
     tmp_path: Path,
 ) -> None:

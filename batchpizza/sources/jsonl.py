@@ -328,6 +328,8 @@ def read_line(line: bytes) -> Any:
 
 def load(line: bytes) -> Any:
     """A line's JSON value; ValueError saying why when no row can be made of it."""
+    if line.startswith(_BOM):  # a file saved with a BOM, concatenated after another
+        line = line[len(_BOM) :]
     try:
         obj = jsoncodec.loads(line)
     except ValueError as exc:
