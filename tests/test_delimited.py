@@ -237,6 +237,7 @@ def test_an_empty_csv_is_an_empty_output_with_every_column(
     [
         ("id,question\nr0,hi\n", "no 'prompt' column"),
         ("id,prompt,prompt\nr0,a,b\n", "names column 'prompt' twice"),
+        ("prompt,,\na,1,2\n", "the header leaves columns 2 and 3 without a name"),
         ("prompt,answer\nhi,there\n", "'answer' is named like an output column"),
     ],
 )

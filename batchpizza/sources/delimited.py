@@ -56,6 +56,10 @@ class DelimitedSource:
         self.schema = self.table.schema
         names = self.schema.names
         if len(set(names)) != len(names):
+            unnamed = [str(i + 1) for i, n in enumerate(names) if not n]
+            if len(unnamed) > 1:  # one is pandas' index, written without a name: read as ''
+                columns = f"{', '.join(unnamed[:-1])} and {unnamed[-1]}"
+                raise InputError(f"{name}: the header leaves columns {columns} without a name")
             twice = sorted({n for n in names if names.count(n) > 1})
             raise InputError(f"{name}: the header names column {twice[0]!r} twice; rename one")
         self.columns_read: list[str] = []
