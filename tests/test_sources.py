@@ -341,6 +341,15 @@ def test_a_folder_whose_files_disagree_on_a_type_names_the_file_that_disagrees(
     assert f"int64 in {folder / 'a.parquet'}" in said, said
 
 
+def test_a_parquet_file_naming_a_column_twice_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "in.parquet"
+    columns = [pa.array(["a"]), pa.array([1]), pa.array([2])]
+    pq.write_table(pa.Table.from_arrays(columns, names=["prompt", "x", "x"]), path)
+    with pytest.raises(InputError) as caught:
+        source_for(path, tmp_path)
+    assert str(caught.value) == f"{path}: the file names column 'x' twice; rename one"
+
+
 def test_a_directory_without_parquet_files_is_an_input_error(tmp_path: Path) -> None:
     folder = tmp_path / "empty"
     folder.mkdir()

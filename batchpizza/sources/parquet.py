@@ -82,10 +82,15 @@ class ParquetSource:
         # Columns must agree across files, checked now: a clash found only when the output is
         # written would come after every row was sent.
         schemas = [_parquet_file(p, n).schema_arrow for p, n in zip(paths, names, strict=True)]
+        for schema, name in zip(schemas, names, strict=True):
+            twice = sorted({n for n in schema.names if schema.names.count(n) > 1})
+            if twice:  # Parquet allows it; no row could say which one it means
+                raise InputError(f"{name}: the file names column {twice[0]!r} twice; rename one")
         try:
             self.schema = pa.unify_schemas(schemas, promote_options="permissive")
         except (pa.ArrowException, TypeError) as exc:
-            raise InputError(_clash(schemas, names) or f"{names[0]}: {exc}") from None
+            said = f"{names[0]}: the Parquet files have clashing columns: {exc}"
+            raise InputError(_clash(schemas, names) or said) from None
         for schema, name in zip(schemas, names, strict=True):
             wanted_columns(self.fields, schema, name)
 
@@ -271,6 +276,6 @@ def _clash(schemas: list[pa.Schema], names: list[str]) -> str | None:
                 except (pa.ArrowException, TypeError):
                     return (
                         f"{name}: column {field.name!r} is {field.type} here, {other.type} in "
-                        f"{first}: the Parquet files have clashing columns"
+                        f"{first}; the Parquet files have clashing columns"
                     )
     return None
