@@ -517,14 +517,30 @@ def test_messages_are_formatted_as_the_seed_does() -> None:
     )
 
 
-def test_openai_content_parts_keep_their_text() -> None:
-    parts = [
-        {"type": "text", "text": "first"},
-        {"type": "image_url", "image_url": {}},
-        {"type": "text", "text": "second"},
-    ]
+def test_openai_text_content_parts_are_joined() -> None:
+    parts = [{"type": "text", "text": "first"}, {"type": "text", "text": "second"}]
     messages = [{"role": "user", "content": parts}]
     assert interpret({"messages": messages}, DEFAULT_FIELDS, 0)[1] == "first\nsecond"
+
+
+@pytest.mark.parametrize(
+    ("part", "said"),
+    [
+        ({"type": "image_url", "image_url": {"url": "https://x/y.png"}}, "is 'image_url'"),
+        ({"type": "input_audio", "input_audio": {}}, "is 'input_audio'"),
+        ({"type": "text"}, "has no text"),
+        ("just a string", "is not an object"),
+    ],
+)
+def test_a_content_part_that_is_not_text_is_a_bad_row_not_dropped_from_the_request(
+    part: object, said: str
+) -> None:
+    # Dropping an image sent the question without it: a paid answer to another request.
+    parts = [{"type": "text", "text": "What is in this picture?"}, part]
+    with pytest.raises(RowProblem) as info:
+        interpret({"id": "m", "messages": [{"role": "user", "content": parts}]}, DEFAULT_FIELDS, 0)
+    assert info.value.field == "messages"
+    assert f"item 0: content part 1 {said}" in str(info.value), str(info.value)
 
 
 @pytest.mark.parametrize(
