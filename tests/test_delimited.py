@@ -392,3 +392,22 @@ def test_a_csv_row_over_16_mib_is_refused_in_words_a_user_can_act_on(
     assert f"{source}: a row longer than 16 MiB" in result.stderr
     assert "block size" not in result.stderr  # pyarrow's words, about an option no one can set
     assert mock_api.stats.requests == 0
+
+
+def test_a_column_of_integers_with_leading_zeros_keeps_them_as_text(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Zip codes, phone numbers, SKUs: as int64 02134 was 2134, in the output and in the prompt
+    # a template built from it.
+    source = tmp_path / "in.csv"
+    source.write_text("name,zip,n\nann,02134,1\nbob,10001,-2\ncy,,3\n", encoding="utf-8")
+    out = tmp_path / "out.parquet"
+
+    result = invoke(mock_api, source, out, "--template", "{name} lives at {zip}", "--skip-bad-rows")
+
+    assert result.exit_code == 3, result.output  # cy has no zip: a bad row
+    table = pq.read_table(out)
+    assert table.schema.field("zip").type == pa.string()
+    assert table.schema.field("n").type == pa.int64()  # integers without zeros stay integers
+    assert table.column("zip").to_pylist() == ["02134", "10001", None]
+    assert table.column("prompt").to_pylist() == ["ann lives at 02134", "bob lives at 10001", None]

@@ -1,7 +1,8 @@
 """What a CSV or TSV file's bytes and header say beside what pyarrow reads: a UTF-16 file
 refused in a sentence (pyarrow's header of undecodable names was a traceback), a header that
-only looks wrong hinted at, and integers beyond 64 bits kept exact (pyarrow types such a column
-double, so 12345678901234567890123 became 1.2345678901234568e22 and a 1 beside it 1.0)."""
+only looks wrong hinted at, and integer columns kept as written: beyond 64 bits exact (pyarrow
+types such a column double, so 12345678901234567890123 became 1.2345678901234568e22 and a 1
+beside it 1.0), with leading zeros as text (02134 is a zip code, not 2134)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 # A column of integers as text: what JSONL's integers beyond 64 bits become too.
 _INTEGER = r"^[+-]?[0-9]+$"
 _DECIMAL_DIGITS = 38
+# An integer written with a leading zero: 0 alone is a number, 007 an identifier.
+_ZERO_LED = r"^[+-]?0[0-9]"
 
 
 def check_encoding(path: Path, gzipped: bool, name: str) -> None:
@@ -55,29 +58,43 @@ def header_hint(names: list[str], delimiter: str, wanted: str) -> str:
 def exact_integers(
     table: pa.Table, read_text: Callable[[list[str]], pa.Table], keep: set[str]
 ) -> pa.Table:
-    """`table` with each double column whose every value is an integer as text (one beyond 64
-    bits made pyarrow type it double) as decimal128(38, 0), or as its text when a value has more
-    than 38 digits. `read_text(columns)` reads those columns again as text (null where pyarrow
-    read null). Only double columns holding whole numbers alone are read again."""
+    """`table` with its integer columns as the file wrote them. A double column whose every
+    value is an integer as text (one beyond 64 bits made pyarrow type it double) becomes
+    decimal128(38, 0), or its text when a value has more than 38 digits. An integer column
+    where a value has a leading zero (a zip code, a phone number: 02134 read as 2134) becomes
+    its text. `read_text(columns)` reads those columns again as text (null where pyarrow read
+    null); only integer columns and double columns of whole numbers alone are read again."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     candidates = [
         f.name
         for f in table.schema
-        if f.name not in keep and pa.types.is_float64(f.type) and _whole(table.column(f.name))
+        if f.name not in keep
+        and table.schema.names.count(f.name) == 1  # a header naming one twice is refused
+        and (
+            pa.types.is_integer(f.type)
+            or (pa.types.is_float64(f.type) and _whole(table.column(f.name)))
+        )
     ]
     if not candidates:
         return table
     text = read_text(candidates)
     for column in candidates:
         values = text.column(column)
-        if not pc.all(pc.match_substring_regex(values, _INTEGER)).as_py():
-            continue  # some value is written as a real number: a double column indeed
-        digits = pc.max(pc.utf8_length(pc.utf8_ltrim(values, characters="+-"))).as_py() or 0
         exact: Any = values
-        if digits <= _DECIMAL_DIGITS:
-            exact = pc.cast(values, pa.decimal128(_DECIMAL_DIGITS, 0))
+        if pa.types.is_integer(table.schema.field(column).type):
+            if not pc.any(pc.match_substring_regex(values, _ZERO_LED)).as_py():
+                continue
+        else:
+            if not pc.all(pc.match_substring_regex(values, _INTEGER)).as_py():
+                continue  # some value is written as a real number: a double column indeed
+            if pc.any(pc.match_substring_regex(values, _ZERO_LED)).as_py():
+                pass  # zeros to keep: its text
+            elif (pc.max(pc.utf8_length(pc.utf8_ltrim(values, characters="+-"))).as_py() or 0) <= (
+                _DECIMAL_DIGITS
+            ):
+                exact = pc.cast(values, pa.decimal128(_DECIMAL_DIGITS, 0))
         index = table.schema.get_field_index(column)
         table = table.set_column(index, pa.field(column, exact.type), exact)
     return table
