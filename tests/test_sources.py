@@ -422,6 +422,23 @@ def test_a_bom_starting_a_later_line_is_read_past_as_the_first_line_s_is(tmp_pat
     assert prompts(source, [0, 1]) == [(0, "0", "a"), (1, "1", "b")]
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (b'[{"prompt": "a"}, {"prompt": "b"}]\n', "a list of objects: JSONL has one object a line"),
+        (b'[\n  {"prompt": "a"}\n]\n', "a lone '[': a JSON array over several lines?"),
+        (b'{\n  "prompt": "a"\n}\n', "a lone '{': an object over several lines?"),
+    ],
+)
+def test_a_json_document_given_as_jsonl_says_what_it_looks_like(
+    tmp_path: Path, text: bytes, said: str
+) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(text)
+    _good, bad = scanned(source_for(path, tmp_path))
+    assert said in bad[0].problem, bad[0].problem
+
+
 def test_stdin_that_ends_mid_line_makes_that_line_a_bad_row_not_a_row_for_the_next_run(
     tmp_path: Path,
 ) -> None:

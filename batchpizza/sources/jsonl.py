@@ -29,6 +29,7 @@ from batchpizza.sources.base import (
     read_errors,
     scan_batches,
 )
+from batchpizza.sources.jsonl_hints import invalid_json_hint, not_an_object_hint
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -290,6 +291,7 @@ class JsonlSource:
                     continue
                 if not isinstance(obj, dict):
                     problem = f"not a JSON object but {with_article(json_type(obj))}"
+                    problem += not_an_object_hint(obj)
                     yield pos, index, number, problem
                     continue
                 observe(obj, line)
@@ -381,9 +383,8 @@ def _why_not_json(line: bytes, error: ValueError) -> str:
     except json.JSONDecodeError as exc:
         # Some of json's messages end in "at" ("Unterminated string starting at").
         at = "" if exc.msg.endswith(" at") else " at"
-        if exc.msg == "Extra data" and "\r" in text:
-            return "lines end with a lone CR (\\r): JSONL lines end with \\n (or \\r\\n)"
-        return f"invalid JSON: {exc.msg}{at} column {exc.colno}"
+        hint = invalid_json_hint(text, exc.msg)
+        return hint or f"invalid JSON: {exc.msg}{at} column {exc.colno}"
     except (ValueError, RecursionError) as exc:
         return f"invalid JSON: {exc}"
     return f"invalid JSON: {error}"
