@@ -181,9 +181,8 @@ def _messages(value: object, name: str) -> tuple[str, list[dict[str, str]]]:
         role, content = item.get("role"), item.get("content")
         if not isinstance(role, str) or not role:
             raise RowProblem(f"item {i} has no role string", name)
-        if isinstance(content, list):  # OpenAI content parts: keep the text parts
-            parts = [p.get("text") for p in content if isinstance(p, Mapping)]
-            content = "\n".join(p for p in parts if isinstance(p, str)) if parts else None
+        if isinstance(content, list):  # OpenAI content parts: text ones only, joined
+            content = _text_parts(content, i, name) if content else None
         if not isinstance(content, str):
             raise RowProblem(f"item {i} has no content string", name)
         clean.append({"role": role, "content": content})
@@ -191,6 +190,23 @@ def _messages(value: object, name: str) -> tuple[str, list[dict[str, str]]]:
     if not prompt.strip():
         raise RowProblem("the messages hold no text", name)
     return prompt, clean
+
+
+def _text_parts(parts: list[Any], item: int, name: str) -> str:
+    """The text of OpenAI content parts; a part of another kind (an image, audio) is a bad row:
+    dropped, the request sent would be another one than the row's."""
+    texts: list[str] = []
+    for j, part in enumerate(parts):
+        where = f"item {item}: content part {j}"
+        if not isinstance(part, Mapping):
+            raise RowProblem(f"{where} is not an object", name)
+        if part.get("type", "text") != "text":
+            raise RowProblem(f"{where} is {part.get('type')!r}; only text parts are sent", name)
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise RowProblem(f"{where} has no text string", name)
+        texts.append(text)
+    return "\n".join(texts)
 
 
 def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:

@@ -237,6 +237,7 @@ def test_an_empty_csv_is_an_empty_output_with_every_column(
     [
         ("id,question\nr0,hi\n", "no 'prompt' column"),
         ("id,prompt,prompt\nr0,a,b\n", "names column 'prompt' twice"),
+        ("prompt,,\na,1,2\n", "the header leaves columns 2 and 3 without a name"),
         ("prompt,answer\nhi,there\n", "'answer' is named like an output column"),
     ],
 )
@@ -281,3 +282,132 @@ def test_invalid_utf8_in_a_csv_row_is_a_bad_row_of_its_own(
 
     assert result.exit_code == 3, result.output
     assert [r["finish_reason"] for r in read_jsonl(out)] == ["stop", "invalid", "stop"]
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        # Excel's "Unicode Text" export: UTF-16 with a BOM, tab-separated.
+        ("in.tsv", "id\tprompt\r\nr0\tfine\r\n".encode("utf-16")),
+        ("in.csv", "id,prompt\r\nr0,fine\r\n".encode("utf-16")),
+        ("in.csv", "id,prompt\r\nr0,fine\r\n".encode("utf-16-be")),
+        ("in.csv", "id,prompt\r\nr0,fine\r\n".encode("utf-16-le")),  # no BOM
+    ],
+    ids=["excel-unicode-text", "utf-16", "utf-16-be", "utf-16-le-without-bom"],
+)
+def test_a_utf16_csv_is_refused_with_a_sentence_not_a_traceback(
+    mock_api: ThreadedMockServer, tmp_path: Path, name: str, data: bytes
+) -> None:
+    source = tmp_path / name
+    source.write_bytes(data)
+    out = tmp_path / "out.jsonl"
+
+    result = invoke(mock_api, source, out)
+
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert f"{source}: a UTF-16 file" in result.stderr and "UTF-8" in result.stderr
+    assert mock_api.stats.requests == 0 and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "said"),
+    [
+        ("in.csv", "id;prompt\nr0;a\n", "separated by ';'"),
+        ("in.csv", "id\tprompt\nr0\ta\n", "separated by tabs"),
+        ("in.tsv", "id,prompt\nr0,a\n", "separated by ','"),
+        ("in.csv", "id, prompt\nr0, a\n", "column ' prompt'"),
+    ],
+)
+def test_a_header_that_is_almost_right_says_what_it_looks_like(
+    mock_api: ThreadedMockServer, tmp_path: Path, name: str, text: str, said: str
+) -> None:
+    source = tmp_path / name
+    source.write_text(text, encoding="utf-8")
+
+    result = invoke(mock_api, source, tmp_path / "out.jsonl")
+
+    assert result.exit_code == 2, result.output
+    assert str(source) in result.stderr and "no 'prompt' column" in result.stderr
+    assert said in result.stderr
+    assert mock_api.stats.requests == 0
+
+
+def test_integers_beyond_64_bits_in_a_csv_column_are_carried_exactly(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # pyarrow types such a column double: 12345678901234567890123 would come out 1.2345678901234568e22
+    # and the 1 beside it 1.0, a carried value changed without a word.
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "id,prompt,account,ratio\n"
+        "r0,a,12345678901234567890123,0.5\n"
+        "r1,b,1,2\n"
+        "r2,c,,3\n"
+        "r3,d,-99999999999999999999999999999999999999,4\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out.parquet"
+
+    result = invoke(mock_api, source, out)
+
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.schema.field("account").type == pa.decimal128(38, 0)
+    assert table.schema.field("ratio").type == pa.float64()  # a real double column stays one
+    assert [None if v is None else int(v) for v in table.column("account").to_pylist()] == [
+        12345678901234567890123,
+        1,
+        None,
+        -99999999999999999999999999999999999999,
+    ]
+
+
+def test_integers_too_big_even_for_a_decimal_keep_their_text(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    big = "1" * 45
+    source.write_text(f"prompt,n,m\na,{big},1\nb,7,1.5e300\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+
+    result = invoke(mock_api, source, out)
+
+    assert result.exit_code == 0, result.output
+    rows = read_jsonl(out)
+    assert [r["n"] for r in rows] == [big, "7"]
+    assert [r["m"] for r in rows] == [1.0, 1.5e300]
+
+
+def test_a_csv_row_over_16_mib_is_refused_in_words_a_user_can_act_on(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    # pyarrow reads in blocks of 16 MiB: a row over two boundaries (so over 32 MiB) fails.
+    source.write_bytes(b'id,prompt\nr0,"' + b"x" * (40 << 20) + b'"\nr1,b\n')
+
+    result = invoke(mock_api, source, tmp_path / "out.jsonl")
+
+    assert result.exit_code == 2, result.output
+    assert f"{source}: a row longer than 16 MiB" in result.stderr
+    assert "block size" not in result.stderr  # pyarrow's words, about an option no one can set
+    assert mock_api.stats.requests == 0
+
+
+def test_a_column_of_integers_with_leading_zeros_keeps_them_as_text(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Zip codes, phone numbers, SKUs: as int64 02134 was 2134, in the output and in the prompt
+    # a template built from it.
+    source = tmp_path / "in.csv"
+    source.write_text("name,zip,n\nann,02134,1\nbob,10001,-2\ncy,,3\n", encoding="utf-8")
+    out = tmp_path / "out.parquet"
+
+    result = invoke(mock_api, source, out, "--template", "{name} lives at {zip}", "--skip-bad-rows")
+
+    assert result.exit_code == 3, result.output  # cy has no zip: a bad row
+    table = pq.read_table(out)
+    assert table.schema.field("zip").type == pa.string()
+    assert table.schema.field("n").type == pa.int64()  # integers without zeros stay integers
+    assert table.column("zip").to_pylist() == ["02134", "10001", None]
+    assert table.column("prompt").to_pylist() == ["ann lives at 02134", "bob lives at 10001", None]

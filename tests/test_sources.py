@@ -305,6 +305,51 @@ def test_a_directory_is_its_parquet_files_recursively_in_sorted_path_order(tmp_p
     ]
 
 
+def test_a_directory_leaves_out_hidden_and_underscore_names_as_pyarrow_and_spark_do(
+    tmp_path: Path,
+) -> None:
+    # macOS leaves `._x.parquet` beside each file copied to another disk (not Parquet at all);
+    # a tool still writing puts its file under a hidden or `_temporary` name. pandas, pyarrow's
+    # datasets and Spark all skip such names: a folder they read is the same rows here.
+    folder = tmp_path / "in"
+    (folder / "_temporary" / "0").mkdir(parents=True)
+    (folder / ".ipynb_checkpoints").mkdir()
+    pq.write_table(pa.table({"prompt": ["kept"]}), folder / "part-0.parquet")
+    (folder / "._part-0.parquet").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    for hidden in ("_temporary/0/part-1.parquet", ".ipynb_checkpoints/x.parquet", ".w.parquet"):
+        pq.write_table(pa.table({"prompt": ["half written"]}), folder / hidden)
+
+    source = source_for(folder, tmp_path)
+
+    assert [p.name for p in source.paths] == ["part-0.parquet"]
+    good, bad = scanned(source)
+    assert bad == {} and list(good) == [0]
+    assert prompts(source, [0]) == [(0, "0", "kept")]
+
+
+def test_a_folder_whose_files_disagree_on_a_type_names_the_file_that_disagrees(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, x in (("a", [1]), ("b", [2]), ("c", ["three"]), ("d", [4])):
+        pq.write_table(pa.table({"prompt": [name], "x": x}), folder / f"{name}.parquet")
+    with pytest.raises(InputError) as caught:
+        source_for(folder, tmp_path)
+    said = str(caught.value)
+    assert said.startswith(f"{folder / 'c.parquet'}: column 'x' is string here"), said
+    assert f"int64 in {folder / 'a.parquet'}" in said, said
+
+
+def test_a_parquet_file_naming_a_column_twice_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "in.parquet"
+    columns = [pa.array(["a"]), pa.array([1]), pa.array([2])]
+    pq.write_table(pa.Table.from_arrays(columns, names=["prompt", "x", "x"]), path)
+    with pytest.raises(InputError) as caught:
+        source_for(path, tmp_path)
+    assert str(caught.value) == f"{path}: the file names column 'x' twice; rename one"
+
+
 def test_a_directory_without_parquet_files_is_an_input_error(tmp_path: Path) -> None:
     folder = tmp_path / "empty"
     folder.mkdir()
@@ -353,6 +398,58 @@ def test_stdin_is_spooled_beside_the_checkpoint_and_removed_on_close(tmp_path: P
     assert prompts(source, [0, 1]) == [(0, "s1", "from stdin"), (1, "1", "second")]
     source.close()
     assert not source.paths[0].exists()
+
+
+def test_lines_ended_by_a_lone_cr_are_a_bad_row_that_says_so(tmp_path: Path) -> None:
+    # Classic Mac line ends: to a reader of \n-ended lines the rows are one line of JSON values.
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"prompt": "a"}\r{"prompt": "b"}\r{"prompt": "c"}\n{"prompt": "d"}\n')
+    good, bad = scanned(source_for(path, tmp_path))
+    assert list(good) == [1]
+    assert "lone CR" in bad[0].problem and "\\n" in bad[0].problem, bad[0].problem
+
+
+def test_a_bom_starting_a_later_line_is_read_past_as_the_first_line_s_is(tmp_path: Path) -> None:
+    # `cat a.jsonl b.jsonl` of two files saved with a BOM: the second BOM starts a line mid-file.
+    path = tmp_path / "in.jsonl"
+    bom = b"\xef\xbb\xbf"
+    path.write_bytes(
+        bom + b'{"prompt": "a"}\n' + bom + b'{"prompt": "b", "n": 12345678901234567890123}\n'
+    )
+    source = source_for(path, tmp_path)
+    good, bad = scanned(source)
+    assert bad == {} and list(good) == [0, 1]
+    assert prompts(source, [0, 1]) == [(0, "0", "a"), (1, "1", "b")]
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (b'[{"prompt": "a"}, {"prompt": "b"}]\n', "a list of objects: JSONL has one object a line"),
+        (b'[\n  {"prompt": "a"}\n]\n', "a lone '[': a JSON array over several lines?"),
+        (b'{\n  "prompt": "a"\n}\n', "a lone '{': an object over several lines?"),
+    ],
+)
+def test_a_json_document_given_as_jsonl_says_what_it_looks_like(
+    tmp_path: Path, text: bytes, said: str
+) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(text)
+    _good, bad = scanned(source_for(path, tmp_path))
+    assert said in bad[0].problem, bad[0].problem
+
+
+def test_stdin_that_ends_mid_line_makes_that_line_a_bad_row_not_a_row_for_the_next_run(
+    tmp_path: Path,
+) -> None:
+    # A file's torn last line may still be being written; standard input has ended for good, and
+    # the next run reads another one: the cut line is a bad row, never dropped in silence.
+    source = source_for("-", tmp_path, stdin=b'{"prompt": "whole"}\n{"prompt": "cut sh')
+    good, bad = scanned(source)
+    assert list(good) == [0]
+    assert list(bad) == [1]
+    assert bad[1].problem.startswith("the last line is cut short")
+    source.close()
 
 
 # -- interpret: one row's id and prompt ------------------------------------------------------------
@@ -437,14 +534,30 @@ def test_messages_are_formatted_as_the_seed_does() -> None:
     )
 
 
-def test_openai_content_parts_keep_their_text() -> None:
-    parts = [
-        {"type": "text", "text": "first"},
-        {"type": "image_url", "image_url": {}},
-        {"type": "text", "text": "second"},
-    ]
+def test_openai_text_content_parts_are_joined() -> None:
+    parts = [{"type": "text", "text": "first"}, {"type": "text", "text": "second"}]
     messages = [{"role": "user", "content": parts}]
     assert interpret({"messages": messages}, DEFAULT_FIELDS, 0)[1] == "first\nsecond"
+
+
+@pytest.mark.parametrize(
+    ("part", "said"),
+    [
+        ({"type": "image_url", "image_url": {"url": "https://x/y.png"}}, "is 'image_url'"),
+        ({"type": "input_audio", "input_audio": {}}, "is 'input_audio'"),
+        ({"type": "text"}, "has no text"),
+        ("just a string", "is not an object"),
+    ],
+)
+def test_a_content_part_that_is_not_text_is_a_bad_row_not_dropped_from_the_request(
+    part: object, said: str
+) -> None:
+    # Dropping an image sent the question without it: a paid answer to another request.
+    parts = [{"type": "text", "text": "What is in this picture?"}, part]
+    with pytest.raises(RowProblem) as info:
+        interpret({"id": "m", "messages": [{"role": "user", "content": parts}]}, DEFAULT_FIELDS, 0)
+    assert info.value.field == "messages"
+    assert f"item 0: content part 1 {said}" in str(info.value), str(info.value)
 
 
 @pytest.mark.parametrize(

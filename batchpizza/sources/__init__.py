@@ -38,7 +38,15 @@ def input_files(name: str) -> list[Path]:
     if name == "-":
         return []
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() == ".parquet")
+        # Hidden and `_` names left out, as pyarrow's datasets and Spark do: macOS's `._x`
+        # companions, files a writer has not finished (`_temporary/`), notebook checkpoints.
+        return sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() == ".parquet"
+            and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+        )
     return [path]
 
 

@@ -25,6 +25,7 @@ from batchpizza.errors import InputError
 from batchpizza.records import Prompt
 from batchpizza.rows import Fields, ScanBatch
 from batchpizza.sources.base import BATCH_ROWS, files_key, prompt_of, read_errors, scan_batches
+from batchpizza.sources.delimited_checks import check_encoding, exact_integers, header_hint
 from batchpizza.sources.parquet import NOT_UTF8, ArrowBatch, ArrowColumns, pylist, wanted_columns
 
 if TYPE_CHECKING:
@@ -50,15 +51,24 @@ class DelimitedSource:
         # Rows whose field count differs from the header's: position -> the problem. They are
         # bad rows, kept in their place (as null rows) so that every pass agrees on positions.
         self.ragged: dict[int, str] = {}
+        check_encoding(path, self.gzipped, name)
         self.table = self._read()
         self.schema = self.table.schema
         names = self.schema.names
         if len(set(names)) != len(names):
+            unnamed = [str(i + 1) for i, n in enumerate(names) if not n]
+            if len(unnamed) > 1:  # one is pandas' index, written without a name: read as ''
+                columns = f"{', '.join(unnamed[:-1])} and {unnamed[-1]}"
+                raise InputError(f"{name}: the header leaves columns {columns} without a name")
             twice = sorted({n for n in names if names.count(n) > 1})
             raise InputError(f"{name}: the header names column {twice[0]!r} twice; rename one")
         self.columns_read: list[str] = []
         if names:  # an empty file is an empty input, as for JSONL
-            self.columns_read = wanted_columns(fields, self.schema, name)
+            try:
+                self.columns_read = wanted_columns(fields, self.schema, name)
+            except InputError as exc:
+                hint = header_hint(names, self.delimiter, fields.prompt)
+                raise InputError(f"{exc}{hint}") from None
 
     def _read(self) -> pa.Table:
         import pyarrow as pa
@@ -66,6 +76,9 @@ class DelimitedSource:
 
         name = self.names[0]
         ragged: list[tuple[int, int, int]] = []
+
+        def skip(row: Any) -> str:
+            return "skip"
 
         def bad_row(row: Any) -> str:
             # row.number counts records from 1, the header included, blank lines not; it is
@@ -81,16 +94,39 @@ class DelimitedSource:
         # check_utf8=False: a row with invalid UTF-8 is a bad row of its own (NOT_UTF8), not a
         # file that cannot be read at all.
         convert = pacsv.ConvertOptions(column_types=as_text, check_utf8=False)
-        try:
+
+        def read_csv(convert: pacsv.ConvertOptions, parse: pacsv.ParseOptions) -> pa.Table:
             # The compression said outright: pyarrow's guess from the name misses `.GZ`.
             compression = "gzip" if self.gzipped else None
             with pa.input_stream(str(self.paths[0]), compression=compression) as stream:
-                table = pacsv.read_csv(
+                return pacsv.read_csv(
                     stream, read_options=read, parse_options=parse, convert_options=convert
                 )
+
+        def read_text(columns: list[str]) -> pa.Table:
+            # The same rows skipped, the ragged ones already counted by the first read.
+            again = pacsv.ParseOptions(
+                delimiter=self.delimiter, newlines_in_values=True, invalid_row_handler=skip
+            )
+            text = pacsv.ConvertOptions(
+                column_types=dict.fromkeys(columns, pa.string()),
+                include_columns=columns,
+                strings_can_be_null=True,
+                check_utf8=False,
+            )
+            return read_csv(text, again)
+
+        try:
+            table = read_csv(convert, parse)
+            table = exact_integers(table, read_text, set(as_text))
         except pa.ArrowInvalid as exc:
             if "Empty CSV file" in str(exc):
                 return pa.table({})
+            if "straddles two block boundaries" in str(exc):
+                raise InputError(
+                    f"{name}: a row longer than 16 MiB (or a quote opened and never closed "
+                    "before then); split its value, or give the input as JSONL or Parquet"
+                ) from None
             raise InputError(f"{name}: not a readable CSV file: {exc}") from None
         except (OSError, EOFError, pa.ArrowException) as exc:
             raise InputError(

@@ -29,6 +29,7 @@ from batchpizza.sources.base import (
     read_errors,
     scan_batches,
 )
+from batchpizza.sources.jsonl_hints import invalid_json_hint, not_an_object_hint
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -221,9 +222,10 @@ class JsonlSource:
                                 rows += 1
                                 yield index, number, None
                                 continue
-                            if scanning and line.strip() and _torn(line):
+                            if scanning and not self.spooled and line.strip() and _torn(line):
                                 # The file's last line, without its newline and not JSON: a line
                                 # still being written by an appender. It waits for the next run.
+                                # Standard input has ended for good: its cut line is a bad row.
                                 log.warning(
                                     "%s:%d: the last line has no newline and is not complete "
                                     "JSON; left for the next run (is the file still being "
@@ -282,10 +284,14 @@ class JsonlSource:
                 try:
                     obj = read_line(line)
                 except ValueError as exc:
-                    yield pos, index, number, str(exc)
+                    problem = str(exc)
+                    if self.spooled and not line.endswith(b"\n"):
+                        problem = f"the last line is cut short (standard input ended in it): {exc}"
+                    yield pos, index, number, problem
                     continue
                 if not isinstance(obj, dict):
                     problem = f"not a JSON object but {with_article(json_type(obj))}"
+                    problem += not_an_object_hint(obj)
                     yield pos, index, number, problem
                     continue
                 observe(obj, line)
@@ -324,6 +330,8 @@ def read_line(line: bytes) -> Any:
 
 def load(line: bytes) -> Any:
     """A line's JSON value; ValueError saying why when no row can be made of it."""
+    if line.startswith(_BOM):  # a file saved with a BOM, concatenated after another
+        line = line[len(_BOM) :]
     try:
         obj = jsoncodec.loads(line)
     except ValueError as exc:
@@ -375,7 +383,8 @@ def _why_not_json(line: bytes, error: ValueError) -> str:
     except json.JSONDecodeError as exc:
         # Some of json's messages end in "at" ("Unterminated string starting at").
         at = "" if exc.msg.endswith(" at") else " at"
-        return f"invalid JSON: {exc.msg}{at} column {exc.colno}"
+        hint = invalid_json_hint(text, exc.msg)
+        return hint or f"invalid JSON: {exc.msg}{at} column {exc.colno}"
     except (ValueError, RecursionError) as exc:
         return f"invalid JSON: {exc}"
     return f"invalid JSON: {error}"

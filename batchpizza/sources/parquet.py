@@ -82,12 +82,15 @@ class ParquetSource:
         # Columns must agree across files, checked now: a clash found only when the output is
         # written would come after every row was sent.
         schemas = [_parquet_file(p, n).schema_arrow for p, n in zip(paths, names, strict=True)]
+        for schema, name in zip(schemas, names, strict=True):
+            twice = sorted({n for n in schema.names if schema.names.count(n) > 1})
+            if twice:  # Parquet allows it; no row could say which one it means
+                raise InputError(f"{name}: the file names column {twice[0]!r} twice; rename one")
         try:
             self.schema = pa.unify_schemas(schemas, promote_options="permissive")
         except (pa.ArrowException, TypeError) as exc:
-            raise InputError(
-                f"{names[0]}: the Parquet files have clashing columns: {exc}"
-            ) from None
+            said = f"{names[0]}: the Parquet files have clashing columns: {exc}"
+            raise InputError(_clash(schemas, names) or said) from None
         for schema, name in zip(schemas, names, strict=True):
             wanted_columns(self.fields, schema, name)
 
@@ -244,3 +247,35 @@ def _parquet_file(path: Path, name: str) -> pq.ParquetFile:
         raise InputError(f"{name}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     except with_arrow_errors(ValueError) as exc:
         raise InputError(f"{name}: not a readable Parquet file: {exc}") from None
+
+
+def _clash(schemas: list[pa.Schema], names: list[str]) -> str | None:
+    """Which file first disagrees with the files before it, on which column: merged one file at
+    a time (only once the whole merge failed), so the message names that file, not the first."""
+    import pyarrow as pa
+
+    def merge(a: pa.Schema, b: pa.Schema) -> pa.Schema:
+        return pa.unify_schemas([a, b], promote_options="permissive")
+
+    merged = schemas[0]
+    for index, (schema, name) in enumerate(zip(schemas, names, strict=True)):
+        if index == 0:
+            continue
+        try:
+            merged = merge(merged, schema)
+            continue
+        except (pa.ArrowException, TypeError):
+            pass
+        for field in schema:
+            for before, first in zip(schemas[:index], names[:index], strict=True):
+                if field.name not in before.names:
+                    continue
+                other = before.field(field.name)
+                try:
+                    merge(pa.schema([other]), pa.schema([field]))
+                except (pa.ArrowException, TypeError):
+                    return (
+                        f"{name}: column {field.name!r} is {field.type} here, {other.type} in "
+                        f"{first}; the Parquet files have clashing columns"
+                    )
+    return None
