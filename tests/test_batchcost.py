@@ -229,10 +229,11 @@ def test_max_cost_through_batches_never_lets_the_servers_usage_pass_the_cap(
 def capped_batches_out(
     server: ThreadedMockServer, tmp_path: Path
 ) -> tuple[Path, Path, Path, tuple[str, ...]]:
-    """120 rows, batches that take 4 s to end (still out when a run's deadline comes), and the
-    options of a run capped at $0.001 with max_tokens=20 and its summary written: input,
-    output, summary, options."""
-    server.batches.seconds = 4.0
+    """120 rows, batches that take a minute to end (still out through every run of a test, on a
+    loaded machine too: at 4 s, a run's 0.3 s deadline from its process start came before it
+    submitted), and the options of a run capped at $0.001 with max_tokens=20 and its summary
+    written: input, output, summary, options."""
+    server.batches.seconds = 60.0
     inp = write_jsonl(tmp_path / "in.jsonl", rows(120))
     out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
     capped = ("--param", "max_tokens=20", "--max-cost", "0.001", "--summary-json", str(summary))
@@ -246,14 +247,14 @@ def test_batches_out_when_a_run_starts_are_reserved_until_collected(
     inp, out, summary, capped = capped_batches_out(server, tmp_path)
     extra = ("--via", "batch", *capped)
 
-    first = run(inp, out, server.base_url, *extra, "--deadline", "0.3s")
+    first = run(inp, out, server.base_url, *extra, "--deadline", "30s")
     assert first.returncode == 4, first.stderr
     assert json.loads(summary.read_text())["stopped"] == "batches"
     submitted = len(server.batches.submitted)
     assert 0 < submitted < 120
 
     # From cron, while they are out: they hold the cap, nothing more is submitted.
-    second = run(inp, out, server.base_url, *extra, "--deadline", "0.3s")
+    second = run(inp, out, server.base_url, *extra, "--deadline", "30s")
     assert second.returncode == 4, second.stderr
     assert len(server.batches.submitted) == submitted
 
