@@ -377,6 +377,7 @@ def test_a_lock_file_of_the_old_kind_left_beside_the_checkpoint_does_not_block(
         assert is_locked(ck_path)
 
 
+@pytest.mark.slow
 def test_a_lock_held_here_blocks_another_process(ck_path: Path) -> None:
     script = (
         "import sys\n"

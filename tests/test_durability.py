@@ -200,6 +200,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_resends_at_most_concurrency_
 # -- 2. incremental reruns -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rerun_sends_only_added_and_edited_rows_and_drops_removed_ones(
     tmp_path: Path, mock_api: ThreadedMockServer
 ) -> None:

@@ -508,6 +508,7 @@ def test_disk_full_while_writing_output_exits_1_and_keeps_checkpoint(
     assert all(len(r["pad"]) == len(pad) for r in written)
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder_exits_1_before_sending(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -215,6 +215,7 @@ def test_an_output_naming_an_existing_folder_is_a_usage_error_before_the_first_r
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
 
 
+@pytest.mark.slow
 def test_a_run_with_stderr_closed_succeeds_and_writes_its_summary(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -256,6 +257,7 @@ def test_a_run_with_stderr_closed_succeeds_and_writes_its_summary(
     assert [r["answer"] for r in written] == [mock_answer(r["prompt"]) for r in data]
 
 
+@pytest.mark.slow
 def test_bad_input_with_stderr_closed_exits_2_and_sends_nothing(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

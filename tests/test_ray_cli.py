@@ -362,6 +362,7 @@ def test_ray_refuses_repeat() -> None:
         run_on_ray("in.parquet", "out", samples=2)
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_refuses_an_output_another_run_holds_with_exit_75(tmp_path: Path) -> None:
     source = prompts(tmp_path / "in", 4, parts=1)
@@ -375,6 +376,7 @@ def test_ray_refuses_an_output_another_run_holds_with_exit_75(tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "summary.json"]
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_refuses_a_checkpoint_held_from_another_network_namespace_with_exit_75(
     tmp_path: Path,

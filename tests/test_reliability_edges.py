@@ -320,6 +320,7 @@ async def test_tool_calls_with_empty_content_are_still_the_answer() -> None:
     assert answer.finish_reason == "tool_calls" and json.loads(answer.text) == calls
 
 
+@pytest.mark.slow
 def test_an_empty_answer_is_retried_then_answered(tmp_path: Path) -> None:
     def reply(question: str, n: int, head: bytes) -> bytes:
         return completion("" if n == 1 else "ciao")
