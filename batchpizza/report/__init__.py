@@ -44,6 +44,7 @@ To upgrade uPlot: `npm pack uplot`, copy dist/uPlot.iife.min.js, dist/uPlot.min.
 """
 
 from batchpizza.report.numbers import (
+    AttemptCounts,
     AttemptRecord,
     BreakerEvent,
     RateChange,
@@ -57,6 +58,7 @@ from batchpizza.report.text import render_text
 
 __all__ = [
     "MAX_POINTS",
+    "AttemptCounts",
     "AttemptRecord",
     "BreakerEvent",
     "RateChange",

@@ -1,0 +1,137 @@
+"""The report's pass over the attempts, fed one attempt at a time (a list, a stream) or already
+counted by the checkpoint (`AttemptCounts`): both fold into the same counters, so the numbers do
+not depend on which form came.
+
+Why the counted form: a million attempts cost some ten seconds as Python objects, one by one,
+while SQLite counts them in a second or two. It counts them per run and whole second of start,
+which the time series folds exactly (every bucket width is a whole number of seconds, and
+floor(floor(t) / w) == floor(t / w) for t >= 0); only the answered latencies come as one column,
+8 bytes each, for the exact percentiles; and the attempts not answered (few, but each with its
+own message) come one by one, for the errors table.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from batchpizza.report.series import Buckets
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One request as the checkpoint recorded it."""
+
+    run: int
+    row_id: str
+    started: float  # unix seconds
+    duration_ms: float
+    # "answered", "http" (non-2xx, status set), "timeout", "transport", "bad_reply",
+    # "refusal" (misuse or the bot check), "redirect", "stopped"
+    outcome: str
+    status: int | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptCounts:
+    """The attempts, counted: what `summarize` takes in place of a stream of AttemptRecords."""
+
+    # (run, whole second of start, first start, last end (start + duration), requests, answered,
+    # sum of the answered latencies in ms), one per run and second that saw an attempt; streamed.
+    cells: Iterable[tuple[int, int, float, float, int, int, float]]
+    latencies: array[float]  # of every answered attempt, in ms, in any order
+    failures: Iterable[AttemptRecord]  # every attempt not answered, by start; streamed
+
+
+@dataclass(slots=True)
+class Kind:
+    count: int
+    first: float
+    last: float
+    example: str | None = None
+    example_t: float = math.inf
+
+
+@dataclass(slots=True)
+class RunTally:
+    first: float
+    last_end: float
+    requests: int = 0
+    answered: int = 0
+
+
+def kind_of(attempt: AttemptRecord) -> str:
+    """The row of the errors table an unanswered attempt counts in."""
+    if attempt.outcome == "http":
+        return f"HTTP {attempt.status}" if attempt.status is not None else "HTTP error"
+    if attempt.outcome == "refusal" and attempt.status is not None:
+        return f"refusal (HTTP {attempt.status})"  # a 401/403 refusal, told from a text refusal
+    return {"bad_reply": "bad reply", "transport": "connection error"}.get(
+        attempt.outcome, attempt.outcome
+    )
+
+
+class Tally:
+    """Requests, answers, latencies, errors by kind, runs and time buckets of the attempts seen."""
+
+    def __init__(self, buckets: Buckets) -> None:
+        self.buckets = buckets
+        self.requests = self.answered = 0
+        self.latencies: array[float] = array("d")
+        self.kinds: dict[str, Kind] = {}
+        self.per_run: dict[int, RunTally] = {}
+
+    def take(self, attempts: Iterable[AttemptRecord] | AttemptCounts) -> None:
+        if isinstance(attempts, AttemptCounts):
+            self._take_counts(attempts)
+            return
+        for attempt in attempts:
+            self._add(attempt)
+
+    def _run(self, run: int, first: float, last_end: float) -> RunTally:
+        tally = self.per_run.get(run)
+        if tally is None:
+            tally = self.per_run[run] = RunTally(first, last_end)
+        tally.first, tally.last_end = min(tally.first, first), max(tally.last_end, last_end)
+        return tally
+
+    def _add(self, attempt: AttemptRecord) -> None:
+        self.requests += 1
+        tally = self._run(
+            attempt.run, attempt.started, attempt.started + attempt.duration_ms / 1000
+        )
+        tally.requests += 1
+        ok = attempt.outcome == "answered"
+        self.buckets.add(attempt.started, ok, attempt.duration_ms)
+        if ok:
+            self.answered += 1
+            tally.answered += 1
+            self.latencies.append(attempt.duration_ms)
+        else:
+            self._failed(attempt)
+
+    def _take_counts(self, counts: AttemptCounts) -> None:
+        for run, second, first, last_end, requests, answered, latency_ms in counts.cells:
+            tally = self._run(run, first, last_end)
+            tally.requests += requests
+            tally.answered += answered
+            self.requests += requests
+            self.answered += answered
+            self.buckets.add_cell(second, requests, answered, latency_ms)
+        self.latencies = counts.latencies
+        for attempt in counts.failures:
+            self._failed(attempt)
+
+    def _failed(self, attempt: AttemptRecord) -> None:
+        name = kind_of(attempt)
+        kind = self.kinds.get(name)
+        if kind is None:
+            kind = self.kinds[name] = Kind(0, attempt.started, attempt.started)
+        kind.count += 1
+        kind.first, kind.last = min(kind.first, attempt.started), max(kind.last, attempt.started)
+        # The earliest message: the same example whatever order the checkpoint streams in.
+        if attempt.error and attempt.started < kind.example_t:
+            kind.example, kind.example_t = attempt.error, attempt.started
