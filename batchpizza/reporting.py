@@ -11,7 +11,6 @@ from batchpizza.checkpoint import Checkpoint
 from batchpizza.errors import BatchpizzaError
 from batchpizza.report import (
     AttemptCounts,
-    AttemptRecord,
     BreakerEvent,
     RateChange,
     ReportData,
@@ -26,11 +25,9 @@ from batchpizza.sources import input_files
 
 
 def report_data(checkpoint: Checkpoint) -> ReportData:
-    # Counted by SQLite, but for the attempts not answered, each with its own message.
+    # Counted by SQLite: no Python object per attempt (report/tally.py).
     attempts = AttemptCounts(
-        checkpoint.attempt_cells(),
-        checkpoint.answered_latencies(),
-        (AttemptRecord(*row) for row in checkpoint.failed_attempts()),
+        checkpoint.attempt_cells(), checkpoint.answered_latencies(), checkpoint.failure_groups()
     )
 
     # Rows sent per run, from the attempts themselves: a killed or running run never wrote its

@@ -10,6 +10,8 @@ import pytest
 from report_checkpoints import varied_checkpoint
 
 from batchpizza.checkpoint import Checkpoint
+from batchpizza.providers.factory import identity_of
+from batchpizza.records import Attempt
 from batchpizza.report import AttemptRecord, ReportData, render_html, render_text, summarize
 from batchpizza.report.spend import spend_numbers
 from batchpizza.report.structured import structured_numbers
@@ -63,28 +65,47 @@ def test_counted_attempts_report_what_streamed_ones_do(
         assert "hunter2" not in text + page
 
 
-def test_the_report_does_not_read_the_answered_attempts_one_by_one(
+def test_the_report_reads_no_attempt_one_by_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "out.jsonl.checkpoint"
     varied_checkpoint(path, 600, spacing=0.15, gap=48.0)
-    failed = {"every": 0, "failed": 0}
 
-    def every_attempt(self: Checkpoint) -> Any:
-        failed["every"] += 1
-        return iter(())
+    def one_by_one(self: Checkpoint) -> Any:
+        raise AssertionError("every attempt read as a Python object")
 
-    def failed_attempts(self: Checkpoint) -> Any:
-        for row in original(self):
-            failed["failed"] += 1
-            assert row[4] != "answered"
-            yield row
-
-    original = Checkpoint.failed_attempts
-    monkeypatch.setattr(Checkpoint, "attempts", every_attempt)
-    monkeypatch.setattr(Checkpoint, "failed_attempts", failed_attempts)
+    monkeypatch.setattr(Checkpoint, "attempts", one_by_one)
 
     numbers = build_report(path, html=False)[1]
 
-    assert failed == {"every": 0, "failed": numbers["requests"]["failed"]}
     assert numbers["requests"]["answered"] > 0
+    assert sum(e["count"] for e in numbers["errors"]) == numbers["requests"]["failed"] > 0
+
+
+def test_of_failures_started_at_once_the_first_recorded_gives_the_example(
+    tmp_path: Path,
+) -> None:
+    # A batch's failed lines are recorded with the batch's creation time, all at once.
+    path = tmp_path / "out.jsonl.checkpoint"
+    store = Checkpoint.open(path)
+    store.use_identity(identity_of("pizzagpt", None, {}))
+    run = store.begin_run({"provider": "pizzagpt"})
+    store.write(
+        [],
+        [
+            Attempt("a", 1000.0, 5.0, "http", 500, ""),
+            Attempt("b", 1000.0, 5.0, "http", 500, "first recorded"),
+            Attempt("c", 1000.0, 5.0, "http", 500, "second recorded"),
+            Attempt("d", 999.0, 5.0, "timeout", None, None),
+        ],
+        run,
+    )
+    store.close()
+
+    text, numbers, page = build_report(path, html=True)
+
+    assert (text, numbers, page) == streamed_report(path)
+    assert [(e["kind"], e["count"], e["example"]) for e in numbers["errors"]] == [
+        ("HTTP 500", 3, "first recorded"),
+        ("timeout", 1, None),
+    ]

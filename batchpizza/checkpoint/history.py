@@ -113,17 +113,27 @@ class History:
             found.extend([ms for (ms,) in page])
         return found
 
-    def failed_attempts(
+    def failure_groups(
         self,
-    ) -> Iterator[tuple[int, str, float, float, str, int | None, str | None]]:
-        """Every attempt not answered, oldest first, streamed (as `attempts()` gives them)."""
+    ) -> list[tuple[str, int | None, int, float, float, str | None, float]]:
+        """The attempts not answered by (outcome, status): (outcome, status, count, first start,
+        last start, the earliest non-empty error, its start). Of attempts started at once (a
+        batch's lines), the first recorded gives the error: SQLite takes min()'s row so."""
+        failed = "FROM attempts WHERE outcome IS NOT 'answered'"
         with self._errors():
-            cursor = self._conn.execute(
-                "SELECT run, row_id, started, duration_ms, outcome, status, error FROM attempts "
-                "WHERE outcome IS NOT 'answered' ORDER BY started"
-            )
-        while page := cursor.fetchmany(4096):
-            yield from page
+            groups = self._conn.execute(
+                f"SELECT outcome, status, count(*), min(started), max(started) {failed} "
+                "GROUP BY outcome, status"
+            ).fetchall()
+            examples = self._conn.execute(
+                f"SELECT outcome, status, min(started), error {failed} AND error <> '' "
+                "GROUP BY outcome, status"
+            ).fetchall()
+        first_error = {(outcome, status): (error, t) for outcome, status, t, error in examples}
+        return [
+            (outcome, status, count, first, last, *first_error.get((outcome, status), (None, 0.0)))
+            for outcome, status, count, first, last in groups
+        ]
 
     def tokens_by_second(self) -> list[tuple[int, int]]:
         """(whole second, input + output tokens) of the answers kept written in that second."""

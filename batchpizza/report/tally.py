@@ -6,8 +6,9 @@ Why the counted form: a million attempts cost some ten seconds as Python objects
 while SQLite counts them in a second or two. It counts them per run and whole second of start,
 which the time series folds exactly (every bucket width is a whole number of seconds, and
 floor(floor(t) / w) == floor(t / w) for t >= 0); only the answered latencies come as one column,
-8 bytes each, for the exact percentiles; and the attempts not answered (few, but each with its
-own message) come one by one, for the errors table.
+8 bytes each, for the exact percentiles; and the attempts not answered come by outcome and
+status, each group with its count, first and last start and earliest message, for the errors
+table.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ class AttemptCounts:
     # sum of the answered latencies in ms), one per run and second that saw an attempt; streamed.
     cells: Iterable[tuple[int, int, float, float, int, int, float]]
     latencies: array[float]  # of every answered attempt, in ms, in any order
-    failures: Iterable[AttemptRecord]  # every attempt not answered, by start; streamed
+    # The attempts not answered by (outcome, status): (outcome, status, count, first start, last
+    # start, the earliest non-empty error message or None, its start).
+    failures: Iterable[tuple[str, int | None, int, float, float, str | None, float]]
 
 
 @dataclass(slots=True)
@@ -63,15 +66,13 @@ class RunTally:
     answered: int = 0
 
 
-def kind_of(attempt: AttemptRecord) -> str:
+def kind_of(outcome: str, status: int | None) -> str:
     """The row of the errors table an unanswered attempt counts in."""
-    if attempt.outcome == "http":
-        return f"HTTP {attempt.status}" if attempt.status is not None else "HTTP error"
-    if attempt.outcome == "refusal" and attempt.status is not None:
-        return f"refusal (HTTP {attempt.status})"  # a 401/403 refusal, told from a text refusal
-    return {"bad_reply": "bad reply", "transport": "connection error"}.get(
-        attempt.outcome, attempt.outcome
-    )
+    if outcome == "http":
+        return f"HTTP {status}" if status is not None else "HTTP error"
+    if outcome == "refusal" and status is not None:
+        return f"refusal (HTTP {status})"  # a 401/403 refusal, told from a text refusal
+    return {"bad_reply": "bad reply", "transport": "connection error"}.get(outcome, outcome)
 
 
 class Tally:
@@ -111,7 +112,8 @@ class Tally:
             tally.answered += 1
             self.latencies.append(attempt.duration_ms)
         else:
-            self._failed(attempt)
+            name, t = kind_of(attempt.outcome, attempt.status), attempt.started
+            self._failed(name, 1, t, t, attempt.error, t)
 
     def _take_counts(self, counts: AttemptCounts) -> None:
         for run, second, first, last_end, requests, answered, latency_ms in counts.cells:
@@ -122,16 +124,17 @@ class Tally:
             self.answered += answered
             self.buckets.add_cell(second, requests, answered, latency_ms)
         self.latencies = counts.latencies
-        for attempt in counts.failures:
-            self._failed(attempt)
+        for outcome, status, count, first, last, example, example_t in counts.failures:
+            self._failed(kind_of(outcome, status), count, first, last, example, example_t)
 
-    def _failed(self, attempt: AttemptRecord) -> None:
-        name = kind_of(attempt)
+    def _failed(
+        self, name: str, count: int, first: float, last: float, example: str | None, t: float
+    ) -> None:
         kind = self.kinds.get(name)
         if kind is None:
-            kind = self.kinds[name] = Kind(0, attempt.started, attempt.started)
-        kind.count += 1
-        kind.first, kind.last = min(kind.first, attempt.started), max(kind.last, attempt.started)
+            kind = self.kinds[name] = Kind(0, first, last)
+        kind.count += count
+        kind.first, kind.last = min(kind.first, first), max(kind.last, last)
         # The earliest message: the same example whatever order the checkpoint streams in.
-        if attempt.error and attempt.started < kind.example_t:
-            kind.example, kind.example_t = attempt.error, attempt.started
+        if example and t < kind.example_t:
+            kind.example, kind.example_t = example, t
