@@ -3,6 +3,7 @@ page the same as from the attempts streamed one by one, on checkpoints of every 
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,23 @@ def test_of_failures_started_at_once_the_first_recorded_gives_the_example(
         ("HTTP 500", 3, "first recorded"),
         ("timeout", 1, None),
     ]
+
+
+def test_a_time_before_1970_falls_in_the_second_it_is_in(tmp_path: Path) -> None:
+    # A clock set wrong: -0.5 is in the second from -1 to 0, where rounding toward 0 would not
+    # put it.
+    path = tmp_path / "out.jsonl.checkpoint"
+    store = Checkpoint.open(path)
+    store.use_identity(identity_of("pizzagpt", None, {}))
+    run = store.begin_run({"provider": "pizzagpt"})
+    store.write([], [Attempt("a", -0.5, 5.0, "answered"), Attempt("b", 0.5, 7.0, "answered")], run)
+    store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE runs SET started = -1.0, ended = 1.0")
+    conn.close()
+
+    text, numbers, page = build_report(path, html=True)
+
+    assert (text, numbers, page) == streamed_report(path)
+    assert numbers["series"]["t"] == [-1, 0, 1]
+    assert numbers["series"]["latency_ms_mean"] == [5.0, 7.0, None]

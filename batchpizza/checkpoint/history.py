@@ -1,6 +1,6 @@
 """The checkpoint's record of what runs did, for the report: each run (its options, exit code),
-every attempt, and the learned rate's and the breaker's events (a mixin of Checkpoint, which owns
-the connection)."""
+every attempt (counted in SQL for the report), and the learned rate's and the breaker's events (a
+mixin of Checkpoint, which owns the connection)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ import time
 from array import array
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+
+def _floor(column: str) -> str:
+    """The whole second a time falls in, also before 1970 (where CAST rounds up)."""
+    return f"(CAST({column} AS INTEGER) - ({column} < CAST({column} AS INTEGER)))"
 
 
 class History:
@@ -85,16 +90,16 @@ class History:
         while page := cursor.fetchmany(4096):
             yield from page
 
-    # The report's attempts, counted in SQL: a million of them in a second or two, against ten
-    # as one Python object each. Every number the report derives from these is the one it would
-    # derive from `attempts()` (report/tally.py).
+    # The report's attempts, counted in SQL: a Python object each made a report of a million
+    # attempts take seconds more than SQLite takes to count them. Every number the report derives
+    # from these is the one it derives from `attempts()` (report/tally.py).
 
     def attempt_cells(self) -> Iterator[tuple[int, int, float, float, int, int, float]]:
         """(run, whole second of start, first start, last end, attempts, answered, answered
         latency sum in ms) per run and second that saw an attempt, streamed."""
         with self._errors():
             cursor = self._conn.execute(
-                "SELECT run, CAST(started AS INTEGER) AS second, min(started), "
+                f"SELECT run, {_floor('started')} AS second, min(started), "
                 "max(started + duration_ms / 1000.0), count(*), sum(outcome IS 'answered'), "
                 "total(CASE WHEN outcome IS 'answered' THEN duration_ms END) "
                 "FROM attempts GROUP BY run, second"
@@ -139,7 +144,7 @@ class History:
         """(whole second, input + output tokens) of the answers kept written in that second."""
         with self._errors():
             found = self._conn.execute(
-                "SELECT CAST(updated AS INTEGER) AS second, "
+                f"SELECT {_floor('updated')} AS second, "
                 "sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)) FROM results "
                 "WHERE prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL GROUP BY second"
             ).fetchall()
