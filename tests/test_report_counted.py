@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import FAST, write_jsonl
 from report_checkpoints import varied_checkpoint
 
+import batchpizza
 from batchpizza.checkpoint import Checkpoint
+from batchpizza.mock.faults import MockConfig
+from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.providers.factory import identity_of
 from batchpizza.records import Attempt
 from batchpizza.report import AttemptRecord, ReportData, render_html, render_text, summarize
@@ -130,3 +134,29 @@ def test_a_time_before_1970_falls_in_the_second_it_is_in(tmp_path: Path) -> None
     assert (text, numbers, page) == streamed_report(path)
     assert numbers["series"]["t"] == [-1, 0, 1]
     assert numbers["series"]["latency_ms_mean"] == [5.0, 7.0, None]
+
+
+def test_counted_attempts_of_real_runs_report_what_streamed_ones_do(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Two runs against a server that fails and garbles: the attempts and tokens as runs record
+    # them, not as a test writes them. (The learned rate's events are in varied_checkpoint: a
+    # --rate auto run paces itself for seconds.)
+    mock_api.config = MockConfig(error_rate=0.2, garbage_rate=0.05, seed=3)
+    rows = [
+        {"id": f"r{i}", "prompt": f"[[fail-first:1]] q {i}" if i % 7 == 0 else f"q {i}"}
+        for i in range(150)
+    ]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    options = {**FAST, "base_url": mock_api.base_url, "max_retries": 1}
+    batchpizza.run(inp, out, **options)
+    mock_api.config = MockConfig(seed=4)
+    batchpizza.run(inp, out, **options)
+    path = tmp_path / "out.jsonl.checkpoint"
+
+    text, numbers, page = build_report(path, html=True)
+
+    assert (text, numbers, page) == streamed_report(path)
+    assert len(numbers["runs"]) == 2 and numbers["requests"]["failed"] > 0
+    assert numbers["requests"]["tokens"] > 0
