@@ -4,14 +4,13 @@ checkpoint (which owns the tables) and report.py (which only computes and draws)
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.errors import BatchpizzaError
 from batchpizza.report import (
-    AttemptRecord,
+    AttemptCounts,
     BreakerEvent,
     RateChange,
     ReportData,
@@ -26,9 +25,10 @@ from batchpizza.sources import input_files
 
 
 def report_data(checkpoint: Checkpoint) -> ReportData:
-    def attempts() -> Iterator[AttemptRecord]:
-        for row in checkpoint.attempts():
-            yield AttemptRecord(*row)
+    # Counted by SQLite: no Python object per attempt (report/tally.py).
+    attempts = AttemptCounts(
+        checkpoint.attempt_cells(), checkpoint.answered_latencies(), checkpoint.failure_groups()
+    )
 
     # Rows sent per run, from the attempts themselves: a killed or running run never wrote its
     # count, and a stopped one counts only the rows it finished.
@@ -46,7 +46,7 @@ def report_data(checkpoint: Checkpoint) -> ReportData:
         elif kind == "breaker":
             trips.append(BreakerEvent(t, detail))
     return ReportData(
-        checkpoint.rows_by_reason(), attempts(), runs, rates, trips, checkpoint.answer_tokens()
+        checkpoint.rows_by_reason(), attempts, runs, rates, trips, checkpoint.tokens_by_second()
     )
 
 

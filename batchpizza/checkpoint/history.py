@@ -1,6 +1,6 @@
 """The checkpoint's record of what runs did, for the report: each run (its options, exit code),
-every attempt, and the learned rate's and the breaker's events (a mixin of Checkpoint, which owns
-the connection)."""
+every attempt (counted in SQL for the report), and the learned rate's and the breaker's events (a
+mixin of Checkpoint, which owns the connection)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ import contextlib
 import json
 import sqlite3
 import time
+from array import array
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+
+def _floor(column: str) -> str:
+    """The whole second a time falls in, also before 1970 (where CAST rounds up)."""
+    return f"(CAST({column} AS INTEGER) - ({column} < CAST({column} AS INTEGER)))"
 
 
 class History:
@@ -83,3 +89,63 @@ class History:
             )
         while page := cursor.fetchmany(4096):
             yield from page
+
+    # The report's attempts, counted in SQL: a Python object each made a report of a million
+    # attempts take seconds more than SQLite takes to count them. Every number the report derives
+    # from these is the one it derives from `attempts()` (report/tally.py).
+
+    def attempt_cells(self) -> Iterator[tuple[int, int, float, float, int, int, float]]:
+        """(run, whole second of start, first start, last end, attempts, answered, answered
+        latency sum in ms) per run and second that saw an attempt, streamed."""
+        with self._errors():
+            cursor = self._conn.execute(
+                f"SELECT run, {_floor('started')} AS second, min(started), "
+                "max(started + duration_ms / 1000.0), count(*), sum(outcome IS 'answered'), "
+                "total(CASE WHEN outcome IS 'answered' THEN duration_ms END) "
+                "FROM attempts GROUP BY run, second"
+            )
+        while page := cursor.fetchmany(4096):
+            yield from page
+
+    def answered_latencies(self) -> array[float]:
+        """The duration in ms of every answered attempt, 8 bytes each, in no order."""
+        found: array[float] = array("d")
+        with self._errors():
+            cursor = self._conn.execute(
+                "SELECT duration_ms FROM attempts WHERE outcome IS 'answered'"
+            )
+        while page := cursor.fetchmany(8192):
+            found.extend([ms for (ms,) in page])
+        return found
+
+    def failure_groups(
+        self,
+    ) -> list[tuple[str, int | None, int, float, float, str | None, float]]:
+        """The attempts not answered by (outcome, status): (outcome, status, count, first start,
+        last start, the earliest non-empty error, its start). Of attempts started at once (a
+        batch's lines), the first recorded gives the error: SQLite takes min()'s row so."""
+        failed = "FROM attempts WHERE outcome IS NOT 'answered'"
+        with self._errors():
+            groups = self._conn.execute(
+                f"SELECT outcome, status, count(*), min(started), max(started) {failed} "
+                "GROUP BY outcome, status"
+            ).fetchall()
+            examples = self._conn.execute(
+                f"SELECT outcome, status, min(started), error {failed} AND error <> '' "
+                "GROUP BY outcome, status"
+            ).fetchall()
+        first_error = {(outcome, status): (error, t) for outcome, status, t, error in examples}
+        return [
+            (outcome, status, count, first, last, *first_error.get((outcome, status), (None, 0.0)))
+            for outcome, status, count, first, last in groups
+        ]
+
+    def tokens_by_second(self) -> list[tuple[int, int]]:
+        """(whole second, input + output tokens) of the answers kept written in that second."""
+        with self._errors():
+            found = self._conn.execute(
+                f"SELECT {_floor('updated')} AS second, "
+                "sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)) FROM results "
+                "WHERE prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL GROUP BY second"
+            ).fetchall()
+        return [(int(second), int(tokens)) for second, tokens in found]

@@ -1,8 +1,9 @@
 """Numbers and pictures of what a run did: the rendering half of `batchpizza report`.
 
-The checkpoint hands over a `ReportData` (its attempts streamed); `summarize` turns it into one
-JSON-ready dict, and `render_text` / `render_html` only draw that dict, so the terminal, `--json`
-and the page always show the same numbers.
+The checkpoint hands over a `ReportData` (its attempts counted in SQL, see report/tally.py; a
+list or stream of attempts gives the same numbers); `summarize` turns it into one JSON-ready dict,
+and `render_text` / `render_html` only draw that dict, so the terminal, `--json` and the page
+always show the same numbers.
 
 Definitions (also written into the dict, under "definitions"):
 - requests: every attempt recorded, whatever its outcome ("stopped" ones included: they were sent).
@@ -23,9 +24,10 @@ Definitions (also written into the dict, under "definitions"):
   the attempts. Kept are the buckets inside a run or holding attempts: idle time between runs is
   left out (a jump in `t`). Times are unix seconds and ISO 8601 in UTC.
 
-Memory: one pass over the attempts keeps a few counters per run, per error kind and per bucket (at
-most MAX_POINTS of them), plus one 8-byte float per answered attempt for the exact percentiles; the
-samples are sorted by pyarrow (already a dependency) without a Python float object per sample.
+Memory: one pass over the attempts (or over the checkpoint's counts of them per run and second)
+keeps a few counters per run, per error kind and per bucket (at most MAX_POINTS of them), plus one
+8-byte float per answered attempt for the exact percentiles; the samples are sorted by pyarrow
+(already a dependency) without a Python float object per sample.
 
 Charts: uPlot 1.6.32 (MIT, Leon Sorokin; vendored in report_assets/ with its licence, from the
 npm package `uplot`: dist/uPlot.iife.min.js 51 KB + uPlot.min.css 2 KB), inlined into the page,
@@ -44,6 +46,7 @@ To upgrade uPlot: `npm pack uplot`, copy dist/uPlot.iife.min.js, dist/uPlot.min.
 """
 
 from batchpizza.report.numbers import (
+    AttemptCounts,
     AttemptRecord,
     BreakerEvent,
     RateChange,
@@ -57,6 +60,7 @@ from batchpizza.report.text import render_text
 
 __all__ = [
     "MAX_POINTS",
+    "AttemptCounts",
     "AttemptRecord",
     "BreakerEvent",
     "RateChange",

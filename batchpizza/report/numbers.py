@@ -4,7 +4,6 @@ docstring)."""
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -14,8 +13,10 @@ from batchpizza.records import is_answered
 from batchpizza.redact import redact, shorten
 from batchpizza.report.latency import latency
 from batchpizza.report.series import Buckets
+from batchpizza.report.tally import AttemptCounts, AttemptRecord, RunTally, Tally
 
 __all__ = [
+    "AttemptCounts",
     "AttemptRecord",
     "BreakerEvent",
     "RateChange",
@@ -26,21 +27,6 @@ __all__ = [
 
 TEXT_WIDTH = 100
 EXAMPLE_CHARS = 300  # an error example is a hint, not a log: the checkpoint keeps the whole text
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptRecord:
-    """One request as the checkpoint recorded it."""
-
-    run: int
-    row_id: str
-    started: float  # unix seconds
-    duration_ms: float
-    # "answered", "http" (non-2xx, status set), "timeout", "transport", "bad_reply",
-    # "refusal" (misuse or the bot check), "redirect", "stopped"
-    outcome: str
-    status: int | None
-    error: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +55,8 @@ class BreakerEvent:
 @dataclass(frozen=True, slots=True)
 class ReportData:
     rows_by_reason: dict[str, int]  # finish reasons of the current output rows
-    attempts: Iterable[AttemptRecord]  # streamed: read once
+    # Streamed (read once), or counted by the checkpoint (a million attempts in a second or two).
+    attempts: Iterable[AttemptRecord] | AttemptCounts
     runs: list[RunRecord]
     rate_changes: list[RateChange]
     breaker_events: list[BreakerEvent]
@@ -94,37 +81,9 @@ def share(part: float, whole: float) -> float | None:
 # --- summarize ------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Kind:
-    count: int
-    first: float
-    last: float
-    example: str | None = None
-    example_t: float = math.inf
-
-
-@dataclass(slots=True)
-class _RunTally:
-    first: float
-    last_end: float
-    requests: int = 0
-    answered: int = 0
-
-
 def _run_span(run: RunRecord) -> tuple[float, float]:
     end = run.started if run.ended is None else run.ended
     return min(run.started, end), max(run.started, end)
-
-
-def _kind(attempt: AttemptRecord) -> str:
-    """The row of the errors table an unanswered attempt counts in."""
-    if attempt.outcome == "http":
-        return f"HTTP {attempt.status}" if attempt.status is not None else "HTTP error"
-    if attempt.outcome == "refusal" and attempt.status is not None:
-        return f"refusal (HTTP {attempt.status})"  # a 401/403 refusal, told from a text refusal
-    return {"bad_reply": "bad reply", "transport": "connection error"}.get(
-        attempt.outcome, attempt.outcome
-    )
 
 
 def _options(options: Mapping[str, object]) -> dict[str, object]:
@@ -150,35 +109,10 @@ def _reasons(rows_by_reason: Mapping[str, int]) -> dict[str, int]:
 
 def summarize(data: ReportData) -> dict[str, Any]:
     """Every number of the report, JSON-ready, in one pass over `data.attempts`."""
-    requests = answered = 0
-    latencies: array[float] = array("d")
-    kinds: dict[str, _Kind] = {}
-    per_run: dict[int, _RunTally] = {}
     buckets = Buckets(span for span in map(_run_span, data.runs) if all(map(math.isfinite, span)))
-    for attempt in data.attempts:
-        requests += 1
-        end = attempt.started + attempt.duration_ms / 1000
-        tally = per_run.get(attempt.run)
-        if tally is None:
-            tally = per_run[attempt.run] = _RunTally(attempt.started, end)
-        tally.first, tally.last_end = min(tally.first, attempt.started), max(tally.last_end, end)
-        tally.requests += 1
-        ok = attempt.outcome == "answered"
-        buckets.add(attempt.started, ok, attempt.duration_ms)
-        if ok:
-            answered += 1
-            tally.answered += 1
-            latencies.append(attempt.duration_ms)
-            continue
-        name = _kind(attempt)
-        kind = kinds.get(name)
-        if kind is None:
-            kind = kinds[name] = _Kind(0, attempt.started, attempt.started)
-        kind.count += 1
-        kind.first, kind.last = min(kind.first, attempt.started), max(kind.last, attempt.started)
-        # The earliest message: the same example whatever order the checkpoint streams in.
-        if attempt.error and attempt.started < kind.example_t:
-            kind.example, kind.example_t = attempt.error, attempt.started
+    tally = Tally(buckets)
+    tally.take(data.attempts)
+    requests, answered, kinds, per_run = tally.requests, tally.answered, tally.kinds, tally.per_run
 
     tokens = 0
     for t, n in data.tokens:
@@ -219,7 +153,7 @@ def summarize(data: ReportData) -> dict[str, Any]:
             "tokens": tokens,
             "tokens_per_s": round(tokens / sending_s, 3) if sending_s else None,
         },
-        "latency_ms": latency(latencies),
+        "latency_ms": latency(tally.latencies),
         "errors": [
             {
                 "kind": name,
@@ -259,7 +193,7 @@ def summarize(data: ReportData) -> dict[str, Any]:
     }
 
 
-def _run(run: RunRecord, tally: _RunTally | None) -> dict[str, Any]:
+def _run(run: RunRecord, tally: RunTally | None) -> dict[str, Any]:
     return {
         "id": run.id,
         "started": iso(run.started),
