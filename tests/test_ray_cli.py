@@ -306,6 +306,7 @@ def test_ray_mock_goes_at_the_mock_rate_unless_rate_is_given(tmp_path: Path) -> 
     assert "at 5/s" in given.stdout, given.stderr
 
 
+@needs_ray  # the driver's checks read the input with Ray Data
 def test_ray_refuses_an_id_the_input_repeats_before_starting_a_cluster(tmp_path: Path) -> None:
     # Rows 0 and 299 fall in other batches: each was answered as a row of its own, under one id,
     # and the rerun counted one of them pending (exit 0), though the output had both answered.
@@ -329,6 +330,7 @@ def test_ray_refuses_an_id_the_input_repeats_before_starting_a_cluster(tmp_path:
     ],
     ids=["prompt-field-typo", "numbers", "result-column"],
 )
+@needs_ray  # the driver's checks read the input with Ray Data
 def test_ray_refuses_an_input_no_row_of_which_could_be_sent_before_starting_a_cluster(
     tmp_path: Path, row: dict[str, Any], option: dict[str, Any], said: str
 ) -> None:
@@ -340,6 +342,7 @@ def test_ray_refuses_an_input_no_row_of_which_could_be_sent_before_starting_a_cl
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
+@needs_ray  # the driver's checks read the input with Ray Data
 @pytest.mark.parametrize("text", ["", "\n\n"], ids=["empty", "blank-lines"])
 def test_ray_an_empty_json_lines_input_is_an_empty_output_without_a_cluster(
     tmp_path: Path, text: str
