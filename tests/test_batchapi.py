@@ -618,15 +618,9 @@ def test_a_refused_batch_never_replaces_the_answers_its_rows_got_online_meanwhil
     # The rows of a batch still out answered online (paid twice, said); the batch is then
     # refused as a whole: its error rows replaced those answers in the checkpoint, and the
     # next run sent every row again.
-    from tests.test_batchapi_others import kept, out_for_model_a
+    from tests.test_batchapi_others import kept, refused_after_answered_online
 
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
-    out = tmp_path / "out.jsonl"
-    checkpoint = Path(f"{out}.checkpoint")
-    (batch,) = out_for_model_a(server, inp, out)
-    server.batches.batches[batch]["_fail"] = True
-    assert run(*args(inp, out, server.base_url, "--model", "a")).returncode == 0
-    answered = {k: ("stop", v) for k, v in expected(10).items()}
+    inp, out, checkpoint, answered = refused_after_answered_online(server, tmp_path)
 
     refused = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "a"))
 

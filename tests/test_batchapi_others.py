@@ -52,6 +52,24 @@ def out_for_model_a(server: ThreadedMockServer, inp: Path, out: Path, *extra: st
     return ids
 
 
+def refused_after_answered_online(
+    server: ThreadedMockServer, tmp_path: Path
+) -> tuple[Path, Path, Path, dict[str, tuple[str, str | None]]]:
+    """Model a's batch out, its 10 rows then answered online by a run of a (paid twice, said),
+    and the batch to be refused as a whole at the next poll: input, output, checkpoint, and
+    a's answers as the checkpoint keeps them."""
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
+    out = tmp_path / "out.jsonl"
+    checkpoint = Path(f"{out}.checkpoint")
+    (theirs,) = out_for_model_a(server, inp, out)
+    server.batches.batches[theirs]["_fail"] = True
+    online = run(*args(inp, out, server.base_url, "--model", "a"))
+    assert online.returncode == 0, online.stderr
+    answered: dict[str, tuple[str, str | None]] = {k: ("stop", v) for k, v in expected(10).items()}
+    assert kept(checkpoint, "a") == answered
+    return inp, out, checkpoint, answered
+
+
 def usage_of(server: ThreadedMockServer, ids: set[str]) -> tuple[int, int]:
     """The usage the mock reported on the result lines of these batches."""
     prompt = completion = 0
@@ -371,15 +389,7 @@ def test_a_refused_batch_of_another_model_never_replaces_answers_that_model_alre
     # batches still out: paid twice, said); the batch is then refused as a whole. Collected by
     # model b's run, its error rows replaced a's answers: a's output showed errors, and a's
     # next run sent (and paid for) every row a third time.
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
-    out = tmp_path / "out.jsonl"
-    checkpoint = Path(f"{out}.checkpoint")
-    (theirs,) = out_for_model_a(server, inp, out)
-    server.batches.batches[theirs]["_fail"] = True
-    online = run(*args(inp, out, server.base_url, "--model", "a"))
-    assert online.returncode == 0, online.stderr
-    answered = {k: ("stop", v) for k, v in expected(10).items()}
-    assert kept(checkpoint, "a") == answered
+    inp, out, checkpoint, answered = refused_after_answered_online(server, tmp_path)
 
     b = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "b"))
 
