@@ -167,6 +167,58 @@ def test_a_quote_never_closed_at_the_very_end_of_the_file_is_a_bad_row(
     assert "never closed" in rows[-1]["error"]
 
 
+def test_rfc_4180_quoting_gives_each_value_as_written(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "id,prompt,note\n"
+        'r0,"he said ""hi""","a ""q"""\n'  # doubled quotes
+        'r1,"two\nlines","x,y"\n'  # a quoted line end, a quoted delimiter
+        'r2,she said "no",""""\n'  # a quote inside an unquoted value is kept as it is
+        'r3,"",\n',  # an empty quoted value is an empty one
+        encoding="utf-8",
+    )
+    out = tmp_path / "out.jsonl"
+
+    result = invoke(mock_api, source, out, "--skip-bad-rows")
+
+    assert result.exit_code == 3, result.output  # r3: an empty prompt
+    rows = read_jsonl(out)
+    assert [r["prompt"] for r in rows] == ['he said "hi"', "two\nlines", 'she said "no"', ""]
+    assert [r["note"] for r in rows] == ['a "q"', "x,y", '"', ""]  # text: empty, not null
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "line"),
+    [
+        ("in.csv", 'id,prompt\nr0,zero\nr1,"he said "hi""\nr2,two\n', 3),
+        ("in.csv", 'id,prompt\nr0,zero\nr1,"one"two\nr2,two\n', 3),
+        ("in.csv", 'id,prompt,n\nr0,"zero\nover two",0\nr1,"a "b" c",1\nr2,two,2\n', 4),
+        ("in.tsv", 'id\tprompt\nr0\tzero\nr1\t"he said "hi""\nr2\ttwo\n', 3),
+    ],
+)
+def test_a_quote_inside_a_quoted_value_not_doubled_is_a_bad_row_not_lost_quotes(
+    mock_api: ThreadedMockServer, tmp_path: Path, name: str, data: str, line: int
+) -> None:
+    # Both pyarrow and Python's csv module read `"he said "hi""` as `he said hi""`, silently.
+    source = tmp_path / name
+    source.write_text(data, encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+
+    refused = invoke(mock_api, source, out)
+
+    assert refused.exit_code == 2, refused.output
+    assert mock_api.stats.requests == 0 and not out.exists()
+    said = f"{source}:{line}: a quoted value has text after its closing quote"
+    assert said in refused.stderr and "written twice" in refused.stderr
+    skipped = invoke(mock_api, source, out, "--skip-bad-rows")
+    assert skipped.exit_code == 3, skipped.output
+    rows = read_jsonl(out)
+    assert [r["finish_reason"] for r in rows] == ["stop", "invalid", "stop"]
+    assert rows[1]["id"] == "r1"  # its id still read
+
+
 @pytest.mark.parametrize(
     ("name", "data", "prompts"),
     [

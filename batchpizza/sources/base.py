@@ -108,7 +108,8 @@ class Source(Rows, Protocol):
 
 def scan_batches(fields: Fields, rows: Iterable[tuple[int, int, int, Any]]) -> Iterator[ScanBatch]:
     """Batches of good and bad rows from (pos, file, at, object) items, where the object is a str,
-    the problem, for a row that could not even be read as an object. Every kind of source scans
+    the problem, for a row that could not even be read as an object (a RowProblem for one read
+    but bad as a whole). Every kind of source scans
     through this, so all agree on what a row is."""
     good: list[GoodRow] = []
     bad: list[BadRecord] = []
@@ -120,6 +121,9 @@ def scan_batches(fields: Fields, rows: Iterable[tuple[int, int, int, Any]]) -> I
         left -= 1
         if isinstance(obj, str):
             bad.append(BadRecord(pos, index, at, None, obj))
+            continue
+        if isinstance(obj, RowProblem):  # read, but bad whatever it holds; its id kept
+            bad.append(BadRecord(pos, index, at, obj.id, obj.problem, obj.field))
             continue
         try:
             row = interpret(obj, fields, pos)

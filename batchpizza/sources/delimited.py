@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import gzip
 import itertools
 import json
+import re
 from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from batchpizza.errors import InputError
+from batchpizza.errors import InputError, RowProblem
 from batchpizza.records import Prompt
 from batchpizza.rows import Fields, ScanBatch
 from batchpizza.sources.base import BATCH_ROWS, files_key, prompt_of, read_errors, scan_batches
@@ -51,6 +53,8 @@ class DelimitedSource:
         # Rows whose field count differs from the header's: position -> the problem. They are
         # bad rows, kept in their place (as null rows) so that every pass agrees on positions.
         self.ragged: dict[int, str] = {}
+        # Rows with a quote inside a quoted value (_quote_inside): bad rows, their id still read.
+        self.misquoted: set[int] = set()
         check_encoding(path, self.gzipped, name)
         self.table = self._read()
         self.schema = self.table.schema
@@ -175,6 +179,9 @@ class DelimitedSource:
                     line = next(lines, 0)
                     if pos in self.ragged:
                         obj = self.ragged[pos]
+                    elif pos in self.misquoted:
+                        row_id = obj.get(self.fields.id) if isinstance(obj, dict) else None
+                        obj = RowProblem(_QUOTE_INSIDE, None, row_id or None)
                     elif obj is NOT_UTF8:
                         obj = "invalid UTF-8 in a string column"
                     yield pos, 0, line, obj
@@ -214,7 +221,9 @@ class DelimitedSource:
         limit = csv.field_size_limit(1 << 30)
         try:
             with read_errors(self.names[0]), self._text() as handle:
-                reader = csv.reader(handle, delimiter=self.delimiter)
+                raw: list[str] = []  # the lines of the record being read, as the file has them
+                reader = csv.reader(_kept(handle, raw), delimiter=self.delimiter)
+                well_quoted = _well_quoted(self.delimiter).fullmatch
                 header_seen = False
                 ended = 0  # the line the last record ended on
                 # Each row's line is handed on once the next is read, so that the last one is
@@ -225,11 +234,17 @@ class DelimitedSource:
                 with contextlib.suppress(csv.Error):
                     for record in reader:
                         start, ended = ended + 1, reader.line_num
+                        text = raw[0] if len(raw) == 1 else "".join(raw)
+                        raw.clear()
                         if not record:  # a blank line
                             continue
                         if not header_seen:
                             header_seen = True
                             continue
+                        # A regular expression passes nearly every record with quotes (1 us
+                        # each); csv.reader's strict reading decides the others.
+                        if '"' in text and not well_quoted(text) and self._misquoted(text):
+                            self.misquoted.add(rows)
                         if last is not None:
                             yield last_start
                         rows, last, last_start = rows + 1, record, start
@@ -262,6 +277,17 @@ class DelimitedSource:
                 return "unexpected end of data" in str(exc)
         return False
 
+    def _misquoted(self, record: str) -> bool:
+        """Does `record` have text after a quoted value's closing quote? Both lenient readers
+        take `"he said "hi""` as `he said hi""` and `"a"b` as `ab`, quotes lost without a word;
+        read strictly, such a record is an error."""
+        try:
+            for _record in csv.reader([record], delimiter=self.delimiter, strict=True):
+                pass
+        except csv.Error as exc:
+            return "expected after" in str(exc)  # not "unexpected end of data": _never_closed
+        return False
+
     def _ends_with_line_end(self) -> bool:
         """Does the file end with a line end? Said cheaply only of a plain file (its last
         byte); a gzipped one would be decompressed whole to tell, as reading its last record
@@ -279,3 +305,25 @@ class DelimitedSource:
         if self.gzipped:
             return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
         return path.open("r", encoding="utf-8-sig", errors="replace", newline="")
+
+
+_QUOTE_INSIDE = (
+    "a quoted value has text after its closing quote: a quote inside a quoted value is written "
+    'twice ("he said ""hi""")'
+)
+
+
+@functools.cache
+def _well_quoted(delimiter: str) -> re.Pattern[str]:
+    """A record whose every value is quoted as RFC 4180 says, or unquoted (a quote inside an
+    unquoted value, `say "hi"`, is kept as it is by every reader)."""
+    d = re.escape(delimiter)
+    value = f'(?:"[^"]*(?:""[^"]*)*"|(?:[^"{d}\\r\\n][^{d}\\r\\n]*)?)'
+    return re.compile(f"{value}(?:{d}{value})*(?:\\r?\\n|\\r)?")
+
+
+def _kept(lines: Iterable[str], kept: list[str]) -> Iterator[str]:
+    """`lines`, each also added to `kept` (the caller empties it after each record)."""
+    for line in lines:
+        kept.append(line)
+        yield line
