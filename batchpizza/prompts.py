@@ -49,13 +49,32 @@ def unescape(template: str) -> str:
 
 def _text(value: Any) -> str:
     """A field's value as the prompt shows it: text as it is, other values as JSON (`true`,
-    `[1, 2]`), what JSON cannot hold (a timestamp, a decimal) as Python prints it."""
+    `[1, 2]`), what JSON cannot hold (a timestamp, a decimal) as Python prints it, a string
+    inside a list or an object."""
     if isinstance(value, str):
         return value
+    if isinstance(value, _CONTAINERS):
+        return _json(value)
     try:
         return json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):
         return str(value)
+
+
+_CONTAINERS = (list, tuple, dict)
+
+
+def _json(value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):  # a key JSON cannot hold, a circular value from Python
+        return str(value)
+
+
+def _finalize(value: Any) -> Any:
+    """What Jinja2 prints for a `{{ ... }}`: a whole list or object as JSON, as `{field}` does,
+    not Python's repr (`{'a': 1}`); filters, loops and indexing before it see the real value."""
+    return _json(value) if isinstance(value, _CONTAINERS) else value
 
 
 class FormatTemplate:
@@ -195,7 +214,11 @@ def _compile(source: str, name: str) -> tuple[Any, tuple[str, ...] | None]:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(
-        undefined=_missing_undefined(), autoescape=False, trim_blocks=True, lstrip_blocks=True
+        undefined=_missing_undefined(),
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        finalize=_finalize,
     )
     try:
         parsed = env.parse(source)

@@ -5,6 +5,7 @@ be built for is a bad row naming the field."""
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from batchpizza.config import RunConfig
 from batchpizza.errors import InputError, RowProblem, UsageError
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
-from batchpizza.prompts import FormatTemplate, unescape
+from batchpizza.prompts import FormatTemplate, JinjaTemplate, unescape
 from batchpizza.rows import format_prompt
 
 ARTICLES = [
@@ -274,6 +275,35 @@ def test_a_jinja_template_file_has_conditions_and_loops(
     assert got[1]["prompt"] == "Summarise Pasta\n!"
     assert got[0]["answer"] == mock_answer(got[0]["prompt"])
     assert got[2]["error"] == "field 'title': is missing or null; the template reads it"
+
+
+def test_a_jinja_template_writes_a_whole_list_or_object_as_json_as_a_field_template_does() -> None:
+    row = {
+        "id": "a",
+        "tags": ["hot", "é"],
+        "meta": {"k": 1, "when": datetime.date(2024, 1, 2)},
+    }
+    jinja = JinjaTemplate("{{ tags }} {{ meta }} {{ row.tags }} {{ tags | list }}", "t.j2")
+    field = FormatTemplate("{tags} {meta}")
+
+    # JSON, not Python's repr (['hot', 'é'] {'k': 1, 'when': datetime.date(2024, 1, 2)}); what
+    # JSON cannot hold inside one, as Python prints it.
+    whole = '["hot", "é"] {"k": 1, "when": "2024-01-02"}'
+    assert field(row) == whole
+    assert jinja(row) == f'{whole} ["hot", "é"] ["hot", "é"]'
+
+
+def test_jinja_filters_loops_and_indexing_still_see_the_real_values() -> None:
+    source = (
+        "{{ tags[0] }} {{ tags | join('+') }} {{ tags | length }} {{ meta.k + 1 }} "
+        "{% for t in tags %}<{{ t }}>{% endfor %} {{ meta | dictsort | first | first }} "
+        "{{ meta.k is number }} {{ tags | map('upper') | list }}"
+    )
+    row = {"tags": ["hot", "round"], "meta": {"k": 1}}
+
+    assert JinjaTemplate(source, "t.j2")(row) == (
+        'hot hot+round 2 2 <hot><round> k True ["HOT", "ROUND"]'
+    )
 
 
 def test_the_jinja_sandbox_refuses_python_internals(
