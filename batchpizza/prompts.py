@@ -28,6 +28,23 @@ from batchpizza.errors import RowProblem, UsageError
 PromptFunction = Callable[[dict[str, Any]], str]
 _MISSING = "is missing or null; the template reads it"
 _EMPTY = "the template made an empty prompt"
+# The longest prompt a row may ask, built or read: 16 Mi characters, as a JSONL line's 16 MiB.
+# No served model reads a fraction of it (1M tokens is about 4,000,000 characters), so a longer
+# one is a template or a field gone wrong, which would be sent, refused by the server and
+# written into the checkpoint and the output.
+MAX_PROMPT_CHARS = 16 * 1024 * 1024
+
+
+def too_long(size: int, what: str = "prompt") -> str | None:
+    """Why a prompt of `size` characters is refused, or None when it is not."""
+    if size <= MAX_PROMPT_CHARS:
+        return None
+    return (
+        f"the {what} is {size:,} characters, over the {MAX_PROMPT_CHARS:,} a prompt may have "
+        "(no model reads that much: a million tokens is about 4,000,000 characters)"
+    )
+
+
 _CONVERSIONS: dict[str, Callable[[object], str]] = {"s": str, "r": repr, "a": ascii}
 
 
@@ -134,6 +151,9 @@ class FormatTemplate:
 def _not_empty(text: str) -> str:
     if not text.strip():
         raise RowProblem(_EMPTY)
+    problem = too_long(len(text), "built prompt")
+    if problem is not None:
+        raise RowProblem(problem)
     return text
 
 
@@ -164,7 +184,7 @@ class FunctionPrompt:
             raise RowProblem(f"prompt= returned {type(text).__name__}, not a string")
         if not text.strip():
             raise RowProblem("prompt= returned an empty prompt")
-        return text
+        return _not_empty(text)
 
 
 class JinjaTemplate:

@@ -18,6 +18,7 @@ from batchpizza.fingerprint import (
     request_digest,
     sample_digest,
 )
+from batchpizza.prompts import MAX_PROMPT_CHARS, too_long
 from batchpizza.records import RESULT_COLUMNS, Prompt
 
 if TYPE_CHECKING:
@@ -189,6 +190,8 @@ def _messages(value: object, name: str) -> tuple[str, list[dict[str, str]]]:
     prompt = format_prompt(clean)
     if not prompt.strip():
         raise RowProblem("the messages hold no text", name)
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise RowProblem(str(too_long(len(prompt), "messages' text")), name)
     return prompt, clean
 
 
@@ -277,6 +280,8 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:
                 )
             if not prompt or prompt.isspace():  # as `not prompt.strip()`, without a copy
                 raise RowProblem("is empty", fields.prompt)
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise RowProblem(str(too_long(len(prompt))), fields.prompt)
             if fields.system is not None:
                 return _with_system(row_id, prompt, None, None, fields.system)
             return row_id, prompt, None, None

@@ -247,6 +247,45 @@ def test_a_changed_template_resends_and_the_same_one_sends_nothing(
     ]
 
 
+def test_a_built_prompt_over_16_mi_characters_is_a_row_problem_saying_its_size() -> None:
+    template = FormatTemplate("{a}{b}")
+    limit = 16 * 1024 * 1024
+
+    assert len(template({"a": "x" * (limit - 1), "b": "y"})) == limit  # at the limit: sent
+    with pytest.raises(RowProblem) as bad:
+        template({"a": "x" * limit, "b": "y"})
+    assert bad.value.problem.startswith(
+        "the built prompt is 16,777,217 characters, over the 16,777,216 a prompt may have"
+    )
+
+
+@pytest.mark.slow  # 0.5 s: a 24 MiB Parquet file written and read
+def test_a_row_whose_prompt_is_too_long_is_a_bad_row_named_by_its_place(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # 40 MB built from a field: it was sent whole (and kept in the checkpoint and the output).
+    big = "word " * (2 << 20)  # 10 Mi characters: under the limit alone, over it twice
+    inp, out = tmp_path / "in.parquet", tmp_path / "out.jsonl"
+    pq.write_table(pa.table({"id": ["a", "b"], "body": ["short", big]}), inp)
+
+    refused = cli_run(mock_api, inp, out, "--template", "{body}\n\n{body}")
+
+    assert refused.exit_code == 2, refused.output
+    assert mock_api.stats.requests == 0
+    assert f"{inp} row 1: the built prompt is 20,971,522 characters, over" in refused.stderr
+    skipped = cli_run(mock_api, inp, out, "--template", "{body}\n\n{body}", "--skip-bad-rows")
+    assert skipped.exit_code == 3, skipped.output
+    rows = read_jsonl(out)
+    assert [r["finish_reason"] for r in rows] == ["stop", "invalid"]
+    assert rows[1]["prompt"] is None and rows[1]["body"] == big
+
+    # A prompt column's value is held to the same limit (a JSONL line or CSV row cannot pass it).
+    pq.write_table(pa.table({"id": ["a"], "prompt": [big * 2]}), inp)
+    long_prompt = cli_run(mock_api, inp, tmp_path / "o2.jsonl")
+    assert long_prompt.exit_code == 2, long_prompt.output
+    assert "field 'prompt': the prompt is 20,971,520 characters, over" in long_prompt.stderr
+
+
 # --template-file: Jinja2 in its sandbox
 
 
