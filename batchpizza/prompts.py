@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from batchpizza.errors import RowProblem, UsageError
+from batchpizza.written import Written, WrittenFloat
 
 PromptFunction = Callable[[dict[str, Any]], str]
 _MISSING = "is missing or null; the template reads it"
@@ -72,6 +73,8 @@ def _text(value: Any) -> str:
         return value
     if isinstance(value, _CONTAINERS):
         return _json(value)
+    if isinstance(value, Written):  # a CSV cell: as the file wrote it
+        return str(value)
     try:
         return json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):
@@ -82,10 +85,28 @@ _CONTAINERS = (list, tuple, dict)
 
 
 def _json(value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> str:
+    items = value.values() if isinstance(value, dict) else value
+    if any(isinstance(item, WrittenFloat) for item in items):
+        return _json_as_written(value)
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):  # a key JSON cannot hold, a circular value from Python
         return str(value)
+
+
+def _json_as_written(value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> str:
+    """A CSV row (Jinja2's `row`) as JSON, its numbers as the file wrote them: json writes a
+    float subclass as the float (`1.0`). A row is flat, so its own items are the only ones."""
+
+    def item(v: Any) -> str:
+        if isinstance(v, WrittenFloat):
+            return str(v)
+        return json.dumps(v, ensure_ascii=False, default=str)
+
+    if isinstance(value, dict):
+        pairs = (f"{json.dumps(str(k), ensure_ascii=False)}: {item(v)}" for k, v in value.items())
+        return "{" + ", ".join(pairs) + "}"
+    return "[" + ", ".join(item(v) for v in value) + "]"
 
 
 def _finalize(value: Any) -> Any:

@@ -167,6 +167,53 @@ def test_a_quote_never_closed_at_the_very_end_of_the_file_is_a_bad_row(
     assert "never closed" in rows[-1]["error"]
 
 
+def test_a_template_says_a_csv_number_or_time_as_the_file_wrote_it(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # A column of 1 and 1.5 is typed double: its 1 printed as 1.0, 1.50 as 1.5, 1e3 as 1000.0.
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "id,n,at,clock\n"
+        "a,1,2024-01-01T10:00:00,10:00\n"
+        "b,1.50,2024-01-02T11:30:00,11:00:01\n"
+        "c,1e3,2024-01-03T12:00:00,12:00\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out.parquet"
+
+    result = invoke(mock_api, source, out, "--template", "{n} ({n:.2f}) at {at}, {clock}")
+
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.column("prompt").to_pylist() == [
+        "1 (1.00) at 2024-01-01T10:00:00, 10:00",
+        "1.50 (1.50) at 2024-01-02T11:30:00, 11:00:01",
+        "1e3 (1000.00) at 2024-01-03T12:00:00, 12:00",
+    ]
+    assert all(r["answer"] == mock_answer(r["prompt"]) for r in table.to_pylist())  # as sent
+    assert table.schema.field("n").type == pa.float64()  # the output keeps the column's type
+    assert pa.types.is_timestamp(table.schema.field("at").type)
+    assert table.column("n").to_pylist() == [1.0, 1.5, 1000.0]
+
+
+def test_a_jinja_template_computes_with_a_csv_number_and_prints_it_as_written(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("id,n\na,1\nb,2.5\n", encoding="utf-8")
+    template = tmp_path / "t.j2"
+    template.write_text("{{ n }} {{ n + 1 }} {{ n > 2 }} {{ '%.1f' | format(n) }} {{ row }}")
+    out = tmp_path / "out.jsonl"
+
+    result = invoke(mock_api, source, out, "--template-file", str(template))
+
+    assert result.exit_code == 0, result.output
+    assert [r["prompt"] for r in read_jsonl(out)] == [
+        '1 2.0 False 1.0 {"id": "a", "n": 1}',
+        '2.5 3.5 True 2.5 {"id": "b", "n": 2.5}',
+    ]
+
+
 def test_rfc_4180_quoting_gives_each_value_as_written(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -286,6 +286,35 @@ def test_a_row_whose_prompt_is_too_long_is_a_bad_row_named_by_its_place(
     assert "field 'prompt': the prompt is 20,971,520 characters, over" in long_prompt.stderr
 
 
+def test_a_jsonl_number_is_said_as_the_line_wrote_it_whatever_its_column_type(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # The output column of 1 and 1.5 is double; each prompt is built from its own line's value.
+    rows = [{"id": "a", "n": 1}, {"id": "b", "n": 1.5}, {"id": "c", "n": 2.0}]
+    inp, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.parquet"
+
+    result = cli_run(mock_api, inp, out, "--template", "n={n}")
+
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.schema.field("n").type == pa.float64()
+    assert table.column("prompt").to_pylist() == ["n=1", "n=1.5", "n=2.0"]
+
+
+def test_a_parquet_double_is_said_as_the_double_it_is(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # The type is the file's: a double 1.0 (pandas' integers beside a NaN) says 1.0; a format
+    # spec or a filter says it otherwise.
+    inp, out = tmp_path / "in.parquet", tmp_path / "out.jsonl"
+    pq.write_table(pa.table({"id": ["a", "b"], "n": [1.0, 1.5]}), inp)
+
+    result = cli_run(mock_api, inp, out, "--template", "n={n} ({n:g})")
+
+    assert result.exit_code == 0, result.output
+    assert [r["prompt"] for r in read_jsonl(out)] == ["n=1.0 (1)", "n=1.5 (1.5)"]
+
+
 # --template-file: Jinja2 in its sandbox
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from batchpizza.errors import RowProblem
 from batchpizza.rows import Fields
 from batchpizza.sources.base import Carried, Columns
+from batchpizza.written import builder_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -48,7 +49,7 @@ class BuiltCarried:
         self.base = base
         self.fields = fields
         self._rows = base.rows()
-        self.prompts = [built_prompt(fields, row) for row in self._rows]
+        self.prompts = [built_prompt(fields, row) for row in builder_rows(base)]
 
     def __len__(self) -> int:
         return len(self.base)

@@ -29,12 +29,33 @@ from batchpizza.rows import Fields, ScanBatch
 from batchpizza.sources.base import BATCH_ROWS, files_key, prompt_of, read_errors, scan_batches
 from batchpizza.sources.delimited_checks import check_encoding, exact_integers, header_hint
 from batchpizza.sources.parquet import NOT_UTF8, ArrowBatch, ArrowColumns, pylist, wanted_columns
+from batchpizza.written import with_text
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.csv as pacsv
 
 CSV_SUFFIXES = (".csv", ".csv.gz")
 TSV_SUFFIXES = (".tsv", ".tsv.gz")
+
+
+class WrittenBatch(ArrowBatch):
+    """Carried rows of a CSV file, and for a prompt builder the text of the columns whose
+    values print otherwise than the file wrote them (DelimitedSource._texts)."""
+
+    def __init__(self, batch: pa.RecordBatch, texts: pa.Table | None) -> None:
+        super().__init__(batch)
+        self.texts = texts
+
+    def head(self, n: int) -> WrittenBatch:
+        texts = None if self.texts is None else self.texts.slice(0, n)
+        return WrittenBatch(self.batch.slice(0, n), texts)
+
+    def builder_rows(self, columns: list[str] | None = None) -> list[Any]:
+        """The rows as a builder reads them (of `columns` alone, a row that cannot be read as
+        pylist gives it; else as `rows` does)."""
+        rows = self.rows() if columns is None else pylist(self.batch.select(columns))
+        return rows if self.texts is None else with_text(rows, self.texts.to_pylist())
 
 
 class DelimitedSource:
@@ -53,8 +74,9 @@ class DelimitedSource:
         # Rows whose field count differs from the header's: position -> the problem. They are
         # bad rows, kept in their place (as null rows) so that every pass agrees on positions.
         self.ragged: dict[int, str] = {}
-        # Rows with a quote inside a quoted value (_quote_inside): bad rows, their id still read.
+        # Rows with a quote inside a quoted value (_misquoted): bad rows, their id still read.
         self.misquoted: set[int] = set()
+        self._taken: pa.Array | None = None  # where _read put the ragged rows back
         check_encoding(path, self.gzipped, name)
         self.table = self._read()
         self.schema = self.table.schema
@@ -73,6 +95,8 @@ class DelimitedSource:
             except InputError as exc:
                 hint = header_hint(names, self.delimiter, fields.prompt)
                 raise InputError(f"{exc}{hint}") from None
+        with read_errors(name):
+            self.texts = self._texts()
 
     def _read(self) -> pa.Table:
         import pyarrow as pa
@@ -81,16 +105,12 @@ class DelimitedSource:
         name = self.names[0]
         ragged: list[tuple[int, int, int]] = []
 
-        def skip(row: Any) -> str:
-            return "skip"
-
         def bad_row(row: Any) -> str:
             # row.number counts records from 1, the header included, blank lines not; it is
             # known because the reader runs on one thread.
             ragged.append((row.number, row.expected_columns, row.actual_columns))
             return "skip"
 
-        read = pacsv.ReadOptions(use_threads=False, block_size=1 << 24)
         parse = pacsv.ParseOptions(
             delimiter=self.delimiter, newlines_in_values=True, invalid_row_handler=bad_row
         )
@@ -98,31 +118,9 @@ class DelimitedSource:
         # check_utf8=False: a row with invalid UTF-8 is a bad row of its own (NOT_UTF8), not a
         # file that cannot be read at all.
         convert = pacsv.ConvertOptions(column_types=as_text, check_utf8=False)
-
-        def read_csv(convert: pacsv.ConvertOptions, parse: pacsv.ParseOptions) -> pa.Table:
-            # The compression said outright: pyarrow's guess from the name misses `.GZ`.
-            compression = "gzip" if self.gzipped else None
-            with pa.input_stream(str(self.paths[0]), compression=compression) as stream:
-                return pacsv.read_csv(
-                    stream, read_options=read, parse_options=parse, convert_options=convert
-                )
-
-        def read_text(columns: list[str]) -> pa.Table:
-            # The same rows skipped, the ragged ones already counted by the first read.
-            again = pacsv.ParseOptions(
-                delimiter=self.delimiter, newlines_in_values=True, invalid_row_handler=skip
-            )
-            text = pacsv.ConvertOptions(
-                column_types=dict.fromkeys(columns, pa.string()),
-                include_columns=columns,
-                strings_can_be_null=True,
-                check_utf8=False,
-            )
-            return read_csv(text, again)
-
         try:
-            table = read_csv(convert, parse)
-            table = exact_integers(table, read_text, set(as_text))
+            table = self._read_csv(convert, parse)
+            table = exact_integers(table, self._read_text, set(as_text))
         except pa.ArrowInvalid as exc:
             if "Empty CSV file" in str(exc):
                 return pa.table({})
@@ -151,7 +149,60 @@ class DelimitedSource:
             else:
                 taken.append(index)
                 index += 1
-        return table.take(pa.array(taken, pa.int64()))
+        self._taken = pa.array(taken, pa.int64())
+        return table.take(self._taken)
+
+    def _read_csv(self, convert: pacsv.ConvertOptions, parse: pacsv.ParseOptions) -> pa.Table:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        read = pacsv.ReadOptions(use_threads=False, block_size=1 << 24)
+        # The compression said outright: pyarrow's guess from the name misses `.GZ`.
+        compression = "gzip" if self.gzipped else None
+        with pa.input_stream(str(self.paths[0]), compression=compression) as stream:
+            return pacsv.read_csv(
+                stream, read_options=read, parse_options=parse, convert_options=convert
+            )
+
+    def _read_text(self, columns: list[str]) -> pa.Table:
+        """`columns` as the file's text (null where the typed read has null), the rows the
+        typed read skipped skipped too (they were counted then)."""
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        again = pacsv.ParseOptions(
+            delimiter=self.delimiter, newlines_in_values=True, invalid_row_handler=_skip
+        )
+        text = pacsv.ConvertOptions(
+            column_types=dict.fromkeys(columns, pa.string()),
+            include_columns=columns,
+            strings_can_be_null=True,
+            check_utf8=False,
+        )
+        return self._read_csv(text, again)
+
+    def _texts(self) -> pa.Table | None:
+        """For a prompt builder, the text of each column it reads whose type prints otherwise
+        than the file wrote it (a double's `1` as `1.0`: written.py), row for row as the table
+        (the ragged rows null)."""
+        import pyarrow as pa
+
+        if self.fields.build is None:
+            return None
+        columns = [
+            c
+            for c in self.columns_read
+            if c not in (self.fields.id, self.fields.prompt)
+            and (
+                pa.types.is_floating(t := self.schema.field(c).type)
+                or pa.types.is_timestamp(t)
+                or pa.types.is_time(t)
+            )
+        ]
+        if not columns:
+            return None
+        text = self._read_text(columns)
+        return text if self._taken is None else text.take(self._taken)
 
     def columns(self) -> ArrowColumns:
         return ArrowColumns(self.schema, self.fields.id)
@@ -203,16 +254,19 @@ class DelimitedSource:
             if target is None:
                 return
 
-    def carried(self) -> Iterator[ArrowBatch]:
+    def carried(self) -> Iterator[WrittenBatch]:
+        at = 0
         for batch in self.table.to_batches(BATCH_ROWS):
-            yield ArrowBatch(batch)
+            texts = None if self.texts is None else self.texts.slice(at, batch.num_rows)
+            at += batch.num_rows
+            yield WrittenBatch(batch, texts)
 
     def _objects(self) -> Iterator[Any]:
         """Each row's prompt, messages and id columns as a dict (None for a ragged row)."""
         if not self.columns_read:
             return
-        for batch in self.table.select(self.columns_read).to_batches(BATCH_ROWS):
-            yield from pylist(batch)
+        for batch in self.carried():
+            yield from batch.builder_rows(self.columns_read)
 
     def _lines(self) -> Generator[int, None, None]:
         """The physical line (1-based) each data row starts on, as pyarrow reads the rows:
@@ -305,6 +359,10 @@ class DelimitedSource:
         if self.gzipped:
             return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
         return path.open("r", encoding="utf-8-sig", errors="replace", newline="")
+
+
+def _skip(row: Any) -> str:
+    return "skip"
 
 
 _QUOTE_INSIDE = (
