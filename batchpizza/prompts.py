@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from batchpizza.errors import RowProblem, UsageError
-from batchpizza.written import Written, WrittenFloat
+from batchpizza.written import Written, WrittenFloat, plain
 
 PromptFunction = Callable[[dict[str, Any]], str]
 _MISSING = "is missing or null; the template reads it"
@@ -193,7 +193,8 @@ class FunctionPrompt:
 
     def __call__(self, row: Mapping[str, Any]) -> str:
         try:
-            text = self.function(dict(row))
+            # Python values, a CSV file's too (written.py): the function says how it prints them.
+            text = self.function({k: plain(v) for k, v in row.items()})
         except KeyError as exc:
             name = exc.args[0] if exc.args and isinstance(exc.args[0], str) else None
             if name is not None:

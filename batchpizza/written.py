@@ -22,6 +22,7 @@ class Written:
 
     __slots__ = ()
     text: str
+    value: Any  # the value itself, of its own type
 
     def __str__(self) -> str:
         # A value computed from this one (a timestamp plus a day) has the type but no text.
@@ -33,15 +34,15 @@ class Written:
 
 
 class WrittenFloat(Written, float):
-    __slots__ = ("text",)
+    __slots__ = ("text", "value")
 
 
 class WrittenDatetime(Written, datetime.datetime):
-    __slots__ = ("text",)
+    __slots__ = ("text", "value")
 
 
 class WrittenTime(Written, datetime.time):
-    __slots__ = ("text",)
+    __slots__ = ("text", "value")
 
 
 def written(value: Any, text: str) -> Any:
@@ -57,8 +58,13 @@ def written(value: Any, text: str) -> Any:
         made = WrittenTime(value.hour, value.minute, value.second, value.microsecond, value.tzinfo)
     else:
         return value
-    made.text = text
+    made.text, made.value = text, value
     return made
+
+
+def plain(value: Any) -> Any:
+    """The value itself, where `value` is one printing as written."""
+    return value.value if isinstance(value, Written) else value
 
 
 def with_text(rows: list[Any], texts: list[dict[str, str | None]]) -> list[Any]:

@@ -3,15 +3,19 @@ columns, bad rows named by file and physical line, ragged rows, empty files, gzi
 
 from __future__ import annotations
 
+import datetime
 import gzip
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
-from conftest import read_jsonl
+from conftest import FAST, read_jsonl
 
+import batchpizza
 from batchpizza.cli import cli
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
@@ -212,6 +216,25 @@ def test_a_jinja_template_computes_with_a_csv_number_and_prints_it_as_written(
         '1 2.0 False 1.0 {"id": "a", "n": 1}',
         '2.5 3.5 True 2.5 {"id": "b", "n": 2.5}',
     ]
+
+
+def test_a_prompt_function_gets_a_csv_row_s_values_of_their_own_types(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # The values a template says as written are Python's own to a function, which says how it
+    # prints them (orjson refuses a float subclass).
+    source = tmp_path / "in.csv"
+    source.write_text("id,n,at\na,1,2024-01-01T10:00:00\nb,1.5,2024-01-02T10:00:00\n")
+
+    def prompt(row: dict[str, Any]) -> str:
+        assert type(row["n"]) is float and type(row["at"]) is datetime.datetime
+        return orjson.dumps(row).decode()
+
+    out = tmp_path / "out.jsonl"
+    summary = batchpizza.run(source, out, prompt=prompt, base_url=mock_api.base_url, **FAST)
+
+    assert summary["exit_code"] == 0
+    assert read_jsonl(out)[0]["prompt"] == '{"id":"a","n":1.0,"at":"2024-01-01T10:00:00"}'
 
 
 def test_rfc_4180_quoting_gives_each_value_as_written(
