@@ -355,24 +355,30 @@ def test_an_empty_csv_is_an_empty_output_with_every_column(
 
 
 @pytest.mark.parametrize(
-    ("text", "said"),
+    ("name", "text", "said"),
     [
-        ("id,question\nr0,hi\n", "no 'prompt' column"),
-        ("id,prompt,prompt\nr0,a,b\n", "names column 'prompt' twice"),
-        ("prompt,,\na,1,2\n", "the header leaves columns 2 and 3 without a name"),
-        ("prompt,answer\nhi,there\n", "'answer' is named like an output column"),
+        ("in.csv", "id,question\nr0,hi\n", ["no 'prompt' column"]),
+        ("in.csv", "id,prompt,prompt\nr0,a,b\n", ["names column 'prompt' twice"]),
+        ("in.csv", "prompt,,\na,1,2\n", ["leaves columns 2 and 3 without a name"]),
+        ("in.csv", "prompt,answer\nhi,there\n", ["'answer' is named like an output column"]),
+        # A header that is almost right says what it looks like.
+        ("in.csv", "id;prompt\nr0;a\n", ["no 'prompt' column", "separated by ';'"]),
+        ("in.csv", "id\tprompt\nr0\ta\n", ["no 'prompt' column", "separated by tabs"]),
+        ("in.tsv", "id,prompt\nr0,a\n", ["no 'prompt' column", "separated by ','"]),
+        ("in.csv", "id, prompt\nr0, a\n", ["no 'prompt' column", "column ' prompt'"]),
     ],
 )
 def test_a_csv_without_a_usable_header_is_refused_naming_the_file(
-    mock_api: ThreadedMockServer, tmp_path: Path, text: str, said: str
+    mock_api: ThreadedMockServer, tmp_path: Path, name: str, text: str, said: list[str]
 ) -> None:
-    source = tmp_path / "in.csv"
+    source = tmp_path / name
     source.write_text(text, encoding="utf-8")
 
     result = invoke(mock_api, source, tmp_path / "out.jsonl")
 
     assert result.exit_code == 2, result.output
-    assert str(source) in result.stderr and said in result.stderr
+    assert f"{source}: " in result.stderr
+    assert all(words in result.stderr for words in said), result.stderr
     assert mock_api.stats.requests == 0
 
 
@@ -430,29 +436,6 @@ def test_a_utf16_csv_is_refused_with_a_sentence_not_a_traceback(
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert f"{source}: a UTF-16 file" in result.stderr and "UTF-8" in result.stderr
     assert mock_api.stats.requests == 0 and not out.exists()
-
-
-@pytest.mark.parametrize(
-    ("name", "text", "said"),
-    [
-        ("in.csv", "id;prompt\nr0;a\n", "separated by ';'"),
-        ("in.csv", "id\tprompt\nr0\ta\n", "separated by tabs"),
-        ("in.tsv", "id,prompt\nr0,a\n", "separated by ','"),
-        ("in.csv", "id, prompt\nr0, a\n", "column ' prompt'"),
-    ],
-)
-def test_a_header_that_is_almost_right_says_what_it_looks_like(
-    mock_api: ThreadedMockServer, tmp_path: Path, name: str, text: str, said: str
-) -> None:
-    source = tmp_path / name
-    source.write_text(text, encoding="utf-8")
-
-    result = invoke(mock_api, source, tmp_path / "out.jsonl")
-
-    assert result.exit_code == 2, result.output
-    assert str(source) in result.stderr and "no 'prompt' column" in result.stderr
-    assert said in result.stderr
-    assert mock_api.stats.requests == 0
 
 
 def test_integers_beyond_64_bits_in_a_csv_column_are_carried_exactly(
