@@ -259,6 +259,20 @@ def test_a_built_prompt_over_16_mi_characters_is_a_row_problem_saying_its_size()
     )
 
 
+@pytest.mark.slow  # 0.45 s: 16 MiB of messages checked, digested, written
+def test_messages_over_16_mi_characters_are_a_bad_row_saying_their_size(
+    mock_api: ThreadedMockServer,
+) -> None:
+    long = [{"role": "user", "content": "x" * (16 * 1024 * 1024)}, {"role": "user", "content": "y"}]
+
+    rows = batchpizza.answer(
+        [{"messages": long}], skip_bad_rows=True, base_url=mock_api.base_url, **FAST
+    )
+
+    assert rows[0]["finish_reason"] == "invalid" and mock_api.stats.requests == 0
+    assert rows[0]["error"].startswith("field 'messages': the messages' text is 16,777,241 ")
+
+
 @pytest.mark.slow  # 0.5 s: a 24 MiB Parquet file written and read
 def test_a_row_whose_prompt_is_too_long_is_a_bad_row_named_by_its_place(
     mock_api: ThreadedMockServer, tmp_path: Path
