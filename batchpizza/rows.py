@@ -56,6 +56,10 @@ ScanBatch = tuple[list[GoodRow], list[BadRecord]]
 # makes one per row.
 Interpreted = tuple[str, str, "list[dict[str, str]] | None", "dict[str, Any] | None"]
 CHAT_COMPLETIONS = "/v1/chat/completions"
+# How rows are read and prompts built, in a kept scan's key (Fields.key): raised with a change
+# to it (a CSV quoting rule, how a value prints, a limit on a prompt), so that a scan an earlier
+# version kept, of its rows and prompts, is made again rather than reused for the same file.
+READING = 2
 
 
 def prompt_digest(prompt: str) -> bytes:
@@ -158,6 +162,7 @@ class Fields:
             self.named_id,
             *built,
             *sample,
+            f"reading {READING}",
         )
 
     @property

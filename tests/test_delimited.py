@@ -16,9 +16,11 @@ from click.testing import CliRunner, Result
 from conftest import FAST, read_jsonl
 
 import batchpizza
+from batchpizza import rows
 from batchpizza.cli import cli
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
+from batchpizza.sources.delimited import DelimitedSource
 
 RESULTS = [
     "answer",
@@ -397,6 +399,28 @@ def test_a_csv_rerun_sends_nothing_and_a_grown_one_only_the_new_rows(
     assert invoke(mock_api, source, out).exit_code == 0
     assert mock_api.stats.requests == 3
     assert pq.read_table(out).column("id").to_pylist() == ["r0", "r1", "r2"]
+
+
+@pytest.mark.slow  # 1 s: two runs
+def test_a_scan_kept_by_an_earlier_way_of_reading_rows_is_made_again_not_reused(
+    mock_api: ThreadedMockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run of an earlier version, which read `"he said "hi""` as `he said hi""`, kept its scan:
+    # the same file, unchanged, must be read as this version reads it, not as that one did.
+    source = tmp_path / "in.csv"
+    source.write_text('id,prompt\nr0,zero\nr1,"he said "hi""\n', encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    with monkeypatch.context() as earlier:
+        earlier.setattr(rows, "READING", rows.READING - 1)
+        earlier.setattr(DelimitedSource, "_misquoted", lambda self, record: False)
+        assert invoke(mock_api, source, out).exit_code == 0
+    assert mock_api.stats.requests == 2
+
+    again = invoke(mock_api, source, out)
+
+    assert again.exit_code == 2, again.output
+    assert f"{source}:3: a quoted value has text after its closing quote" in again.stderr
+    assert mock_api.stats.requests == 2
 
 
 def test_invalid_utf8_in_a_csv_row_is_a_bad_row_of_its_own(
