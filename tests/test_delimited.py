@@ -128,6 +128,30 @@ def test_a_quote_never_closed_is_a_bad_row_not_the_rest_of_the_file_as_one_promp
     assert [r["finish_reason"] for r in read_jsonl(out)] == ["stop", "invalid"]
 
 
+def test_a_quote_left_open_in_the_middle_of_a_file_is_a_bad_row_saying_so(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Read leniently, r1's value ran to r3's opening quote: `one\nr2,two\nr3,three"`.
+    source = tmp_path / "in.csv"
+    source.write_text('id,prompt\nr0,zero\nr1,"one\nr2,two\nr3,"three"\nr4,four\n')
+    out = tmp_path / "out.jsonl"
+
+    refused = invoke(mock_api, source, out)
+
+    assert refused.exit_code == 2, refused.output
+    assert (
+        f"{source}:3: a quoted value has text after its closing quote on line 5, the row "
+        "running over lines 3-5: is a quote opened on this line never closed?"
+    ) in refused.stderr
+    skipped = invoke(mock_api, source, out, "--skip-bad-rows")
+    assert skipped.exit_code == 3, skipped.output
+    assert [(r["id"], r["finish_reason"]) for r in read_jsonl(out)] == [
+        ("r0", "stop"),
+        ("r1", "invalid"),
+        ("r4", "stop"),
+    ]
+
+
 def test_a_quoted_value_over_lines_at_the_end_of_the_file_is_a_good_row(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -74,8 +74,9 @@ class DelimitedSource:
         # Rows whose field count differs from the header's: position -> the problem. They are
         # bad rows, kept in their place (as null rows) so that every pass agrees on positions.
         self.ragged: dict[int, str] = {}
-        # Rows with a quote inside a quoted value (_misquoted): bad rows, their id still read.
-        self.misquoted: set[int] = set()
+        # Rows with a quote inside a quoted value (_misquoted): position -> the problem. Bad
+        # rows, their id still read.
+        self.misquoted: dict[int, str] = {}
         self._taken: pa.Array | None = None  # where _read put the ragged rows back
         check_encoding(path, self.gzipped, name)
         self.table = self._read()
@@ -232,7 +233,7 @@ class DelimitedSource:
                         obj = self.ragged[pos]
                     elif pos in self.misquoted:
                         row_id = obj.get(self.fields.id) if isinstance(obj, dict) else None
-                        obj = RowProblem(_QUOTE_INSIDE, None, row_id or None)
+                        obj = RowProblem(self.misquoted[pos], None, row_id or None)
                     elif obj is NOT_UTF8:
                         obj = "invalid UTF-8 in a string column"
                     yield pos, 0, line, obj
@@ -298,7 +299,7 @@ class DelimitedSource:
                         # A regular expression passes nearly every record with quotes (1 us
                         # each); csv.reader's strict reading decides the others.
                         if '"' in text and not well_quoted(text) and self._misquoted(text):
-                            self.misquoted.add(rows)
+                            self.misquoted[rows] = _quote_inside(start, ended)
                         if last is not None:
                             yield last_start
                         rows, last, last_start = rows + 1, record, start
@@ -365,10 +366,18 @@ def _skip(row: Any) -> str:
     return "skip"
 
 
-_QUOTE_INSIDE = (
-    "a quoted value has text after its closing quote: a quote inside a quoted value is written "
-    'twice ("he said ""hi""")'
-)
+def _quote_inside(start: int, end: int) -> str:
+    """The problem of a row (lines `start` to `end`) where a quoted value has text after its
+    closing quote. Over several lines, the likelier cause is a quote left open on the first,
+    the lines after it read into its value up to the next quote."""
+    said = "a quoted value has text after its closing quote"
+    doubled = 'a quote inside a quoted value is written twice ("he said ""hi""")'
+    if end == start:
+        return f"{said}: {doubled}"
+    return (
+        f"{said} on line {end}, the row running over lines {start}-{end}: is a quote opened "
+        f"on this line never closed? ({doubled})"
+    )
 
 
 @functools.cache
