@@ -140,8 +140,8 @@ def test_a_quote_left_open_in_the_middle_of_a_file_is_a_bad_row_saying_so(
 
     assert refused.exit_code == 2, refused.output
     assert (
-        f"{source}:3: a quoted value has text after its closing quote on line 5, the row "
-        "running over lines 3-5: is a quote opened on this line never closed?"
+        f"{source}:3: a quoted value has text after its closing quote, in a row running over "
+        "lines 3-5: is a quote opened on this line never closed?"
     ) in refused.stderr
     skipped = invoke(mock_api, source, out, "--skip-bad-rows")
     assert skipped.exit_code == 3, skipped.output

@@ -109,8 +109,8 @@ class Source(Rows, Protocol):
 def scan_batches(fields: Fields, rows: Iterable[tuple[int, int, int, Any]]) -> Iterator[ScanBatch]:
     """Batches of good and bad rows from (pos, file, at, object) items, where the object is a str,
     the problem, for a row that could not even be read as an object (a RowProblem for one read
-    but bad as a whole). Every kind of source scans
-    through this, so all agree on what a row is."""
+    but bad as a whole). Every kind of source scans through this, so all agree on what a row
+    is."""
     good: list[GoodRow] = []
     bad: list[BadRecord] = []
     blake2b, left = hashlib.blake2b, BATCH_ROWS  # (prompt_digest inline: a call a row saved)

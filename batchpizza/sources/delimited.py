@@ -52,8 +52,9 @@ class WrittenBatch(ArrowBatch):
         return WrittenBatch(self.batch.slice(0, n), texts)
 
     def builder_rows(self, columns: list[str] | None = None) -> list[Any]:
-        """The rows as a builder reads them (of `columns` alone, a row that cannot be read as
-        pylist gives it; else as `rows` does)."""
+        """The rows as a prompt builder reads them, each value whose text the batch holds
+        printing as that text: of `columns` alone as pylist gives them (NOT_UTF8 for a row
+        that cannot be decoded), or all of them as `rows` does."""
         rows = self.rows() if columns is None else pylist(self.batch.select(columns))
         return rows if self.texts is None else with_text(rows, self.texts.to_pylist())
 
@@ -375,8 +376,8 @@ def _quote_inside(start: int, end: int) -> str:
     if end == start:
         return f"{said}: {doubled}"
     return (
-        f"{said} on line {end}, the row running over lines {start}-{end}: is a quote opened "
-        f"on this line never closed? ({doubled})"
+        f"{said}, in a row running over lines {start}-{end}: is a quote opened on this line "
+        f"never closed? ({doubled})"
     )
 
 
