@@ -48,9 +48,11 @@ def refused_after_answered_online(
     checkpoint keeps them."""
     job = model_a_out(10)
     (theirs,) = job.theirs
-    job.server.batches.batches[theirs]["_fail"] = True
+    batch = job.server.batches.batches[theirs]
+    batch["_started"] += 7200.0  # still running while the rows are answered online
     online = job.run("--model", "a")
     assert online.returncode == 0, online.stderr
+    batch["_fail"] = True
     answered: dict[str, tuple[str, str | None]] = {k: ("stop", v) for k, v in expected(10).items()}
     assert kept(job.checkpoint, "a") == answered
     return job, answered
@@ -176,13 +178,13 @@ def test_batches_made_at_another_base_url_are_left_there_and_status_says_where(
     origin = f"{server.base_url}/v1"
     assert (
         f"1 Batch API batch of other models or parameters was made at {origin}, not at this "
-        "run's base URL: left there; a --via batch run with that --base-url collects it" in b.stderr
+        "run's base URL: left there; a run with that --base-url collects it" in b.stderr
     )
     assert "collected" not in b.stderr
     assert not kept(checkpoint, "a")
     assert batch_rows(checkpoint, "SELECT count(*) FROM batch_files WHERE done = 0") == [(1,)]
     shown = run("status", str(out))
-    assert f"made at {origin}, not at the last --via batch run's base URL" in shown.stdout
+    assert f"made at {origin}, not at the last run's base URL" in shown.stdout
     assert json.loads(run("status", str(out), "--json").stdout)["other_batches"]["servers"] == {
         origin: 1
     }
@@ -219,7 +221,7 @@ def test_batches_of_another_model_still_running_stay_out_and_a_later_run_collect
     shown = run("status", str(out)).stdout
     assert (
         "1 batch of other models or parameters still out (10 requests, billed when they end): "
-        "a --via batch run collects them once they end" in shown
+        "a run at their server (--provider openai) collects them once they end" in shown
     ), shown
 
     for batch_id in theirs:

@@ -16,7 +16,8 @@ a batch without an id by the file id it was made from.
                  sent (kept until it is answered, to upload again or resubmit), and its outcome:
                  null while out, "answered" (also the mark of a result that came through the
                  Batch API, priced at the batch price), "error" (failed for good), "failed" or
-                 "expired" (to resubmit), "resubmitted", "online" (sent online by --via auto)
+                 "expired" (to resubmit), "resubmitted", "online" (sent online by --via auto,
+                 or by an online run that collected its file: batchapi/collecting.py)
 """
 
 from __future__ import annotations
@@ -258,6 +259,16 @@ class BatchRecords(ForeignBatches):
             "UPDATE batch_files SET done = 1, state = ?, updated = ? WHERE seq = ?",
             (state, time.time(), seq),
         )
+
+    def lines_online(self, seq: int) -> None:
+        """The lines of collected file `seq` that failed or expired are sent online instead of
+        resubmitted (an online run's collection: batchapi/collecting.py)."""
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE batch_lines SET outcome = 'online' WHERE seq = ? AND outcome IN "
+                "('failed', 'expired')",
+                (seq,),
+            )
 
     def open_files(self, others: bool = False) -> list[BatchFile]:
         """This identity's files not collected yet (with `others`, those of every other
