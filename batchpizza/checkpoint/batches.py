@@ -316,12 +316,17 @@ class BatchRecords(ForeignBatches):
         return {bytes(r[0]) for r in rows}
 
     def to_resubmit(self) -> list[BatchLine]:
-        """Lines of collected files that failed or expired and were not resubmitted yet."""
+        """Lines of collected files that failed or expired and were not resubmitted yet; not
+        those whose request has an answer since (an online run's: resubmitted, they were
+        paid for twice)."""
+        self._fold()
+        unanswered = ", ".join(f"'{reason}'" for reason in sorted(UNANSWERED))
         with self._errors():
             rows = self._conn.execute(
                 f"SELECT {_LINE_COLUMNS} FROM batch_lines l JOIN batch_files f ON f.seq = l.seq "
-                "WHERE f.ident = ? AND f.done = 1 AND l.outcome IN ('failed', 'expired') "
-                "ORDER BY l.seq, l.pos",
+                "WHERE f.ident = ?1 AND f.done = 1 AND l.outcome IN ('failed', 'expired') "
+                "AND NOT EXISTS (SELECT 1 FROM results c WHERE c.ident = ?1 AND c.digest = "
+                f"l.digest AND c.finish_reason NOT IN ({unanswered})) ORDER BY l.seq, l.pos",
                 (self.ident,),
             ).fetchall()
         return [BatchLine(*r) for r in rows]
