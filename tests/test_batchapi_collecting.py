@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import sys
+import urllib.request
 from collections.abc import Callable
 
 import pytest
 
 from batchpizza.mock.server import ThreadedMockServer
+from batchpizza.pricing import Price, cost
 from tests.batchapi_shared import ModelAOut, run
 from tests.conftest import Spawn, read_jsonl
 from tests.test_batchapi import batch_rows, expected, kill_at, wait_for
@@ -136,3 +138,26 @@ def test_a_waiting_run_collects_another_models_batch_that_ends_while_it_waits(
     assert "collected 10 results (10 answers) from 1 finished Batch API batch" in proc.stderr
     assert kept(job.checkpoint, "a") == {k: ("stop", v) for k, v in expected(10).items()}
     assert models(job.out) == {f"q{i}": ("b", "stop") for i in range(10)}
+
+
+@pytest.mark.slow
+def test_what_an_online_run_collects_of_its_own_counts_against_max_cost(
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
+) -> None:
+    priced = ("--price", "1,2", "--param", "max_tokens=20")
+    job = model_a_out(50, *priced)
+    first, _ = sorted(job.theirs)  # 40 lines, then 10
+    server.batches.batches[first]["_expire"] = True  # 20 of its lines left to send online
+    for batch_id in job.theirs:  # ended, their output made: what they cost is known
+        urllib.request.urlopen(f"{server.base_url}/v1/batches/{batch_id}", timeout=10).read()
+    spent = cost(Price(1.0, 2.0), *usage_of(server, job.theirs), batch=True)
+
+    # A cap the 30 answers collected all but fill: no row sent online fits beside them.
+    a = job.run("--model", "a", "--rate", "0", *priced, "--max-cost", f"{spent + 1e-5:.9f}",
+                "--summary-json", str(job.summary))  # fmt: skip
+
+    assert a.returncode == 4, a.stderr
+    said = json.loads(job.summary.read_text())
+    assert said["stopped"] == "budget" and said["batches"]["collected"] == 30
+    assert server.stats.requests == 0
+    assert said["cost"]["total"] == pytest.approx(spent)
