@@ -170,6 +170,9 @@ class ProviderError(BatchpizzaError):
     body: bytes | None = None
     # No later request can succeed either: the run stops at once (exit_code says how).
     fatal = False
+    # A 429 announcing this kind's limit as 0, which may be a placeholder ("tokens",
+    # "requests"): retried, until a row gets a few in a row (providers/quota.py).
+    zero_limit: str | None = None
 
 
 class TransportError(ProviderError):

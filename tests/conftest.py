@@ -16,13 +16,16 @@ import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import settings
 
 from batchpizza.mock.faults import MockConfig
 from batchpizza.mock.server import ThreadedMockServer
+
+if TYPE_CHECKING:
+    from tests.batchapi_shared import ModelAOut
 
 # -- Ray's tests: only with the ray extra -------------------------------------------------------
 
@@ -323,3 +326,24 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadedMockServer]:
     with ThreadedMockServer() as srv:
         srv.batches.seconds = 0.2
         yield srv
+
+
+@pytest.fixture
+def model_a_out(server: ThreadedMockServer, tmp_path: Path) -> Callable[..., ModelAOut]:
+    """`model_a_out(n, *extra)`: n rows, and model a's --via batch run over them (with `extra`
+    options) having submitted every row and exited 4 with its batches out, which then finished
+    at the server (they complete at the next poll)."""
+    from tests.batchapi_shared import Job, ModelAOut, rows
+
+    def make(n: int, *extra: str) -> ModelAOut:
+        job = Job(server, write_jsonl(tmp_path / "in.jsonl", rows(n)), tmp_path / "out.jsonl")
+        server.batches.seconds = 3600.0
+        first = job.run("--via", "batch", "--model", "a", *extra)
+        assert first.returncode == 4, first.stderr
+        theirs = frozenset(server.batches.batches)
+        for batch in server.batches.batches.values():
+            batch["_started"] -= 3600.0  # they complete at the next poll
+        server.batches.seconds = 0.2
+        return ModelAOut(server, job.inp, job.out, theirs)
+
+    return make

@@ -20,23 +20,10 @@ from batchpizza.checkpoint import Checkpoint
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
 from tests.batchapi_raw import RawServer
-from tests.batchapi_shared import KEY, LIMITS, rows
+from tests.batchapi_shared import KEY, LIMITS, ModelAOut, args, rows, run
 from tests.conftest import Spawn, read_jsonl, write_jsonl
 
 # Small files and fast polls: LINES,BYTES,POLL,POLL_CAP.
-
-
-def args(inp: Path, out: Path, base_url: str, *extra: str) -> list[str]:
-    return [
-        "run", str(inp), "-o", str(out), "--provider", "openai", "--base-url", f"{base_url}/v1",
-        "--no-progress", *extra,
-    ]  # fmt: skip
-
-
-def run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "batchpizza", *argv], capture_output=True, text=True, timeout=120
-    )
 
 
 def answers(out: Path) -> dict[str, tuple[Any, ...]]:
@@ -613,16 +600,17 @@ def test_a_batch_collected_but_not_closed_by_a_killed_run_is_closed_by_the_next(
 
 @pytest.mark.slow
 def test_a_refused_batch_never_replaces_the_answers_its_rows_got_online_meanwhile(
-    server: ThreadedMockServer, tmp_path: Path
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
 ) -> None:
     # The rows of a batch still out answered online (paid twice, said); the batch is then
     # refused as a whole: its error rows replaced those answers in the checkpoint, and the
     # next run sent every row again.
     from tests.test_batchapi_others import kept, refused_after_answered_online
 
-    inp, out, checkpoint, answered = refused_after_answered_online(server, tmp_path)
+    job, answered = refused_after_answered_online(model_a_out)
+    checkpoint = job.checkpoint
 
-    refused = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "a"))
+    refused = job.run("--via", "batch", "--wait", "--model", "a")
 
     assert "the file is wrong" in refused.stderr  # the server's refusal is still said
     # and true of what was recorded: nothing failed (it said "Its rows are recorded as failed").
@@ -630,6 +618,6 @@ def test_a_refused_batch_never_replaces_the_answers_its_rows_got_online_meanwhil
     assert "recorded as failed" not in refused.stderr
     assert kept(checkpoint, "a") == answered
     chats = server.stats.requests
-    again = run(*args(inp, out, server.base_url, "--model", "a"))
+    again = job.run("--model", "a")
     assert again.returncode == 0, again.stderr
     assert server.stats.requests == chats

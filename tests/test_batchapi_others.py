@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,9 @@ from batchpizza.batchapi.others import origin_of
 from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.pricing import Price, cost
 from batchpizza.providers.openai import OpenAIAPI
-from tests.batchapi_shared import rows
-from tests.conftest import Spawn, read_jsonl, write_jsonl
-from tests.test_batchapi import args, batch_rows, expected, kill_at, run
+from tests.batchapi_shared import ModelAOut, run
+from tests.conftest import Spawn, read_jsonl
+from tests.test_batchapi import batch_rows, expected, kill_at
 
 
 def models(out: Path) -> dict[str, tuple[str | None, str]]:
@@ -39,38 +40,25 @@ def kept(checkpoint: Path, model: str) -> dict[str, tuple[str, str | None]]:
     return {row_id: (finish, answer) for row_id, finish, answer in found}
 
 
-def out_for_model_a(server: ThreadedMockServer, inp: Path, out: Path, *extra: str) -> set[str]:
-    """Model a's run submits every row and exits 4 with its batches out; then they finish at
-    the server. Returns their ids."""
-    server.batches.seconds = 3600.0
-    first = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "a", *extra))
-    assert first.returncode == 4, first.stderr
-    ids = set(server.batches.batches)
-    for batch in server.batches.batches.values():
-        batch["_started"] -= 3600.0  # they complete at the next poll
-    server.batches.seconds = 0.2
-    return ids
-
-
 def refused_after_answered_online(
-    server: ThreadedMockServer, tmp_path: Path
-) -> tuple[Path, Path, Path, dict[str, tuple[str, str | None]]]:
+    model_a_out: Callable[..., ModelAOut],
+) -> tuple[ModelAOut, dict[str, tuple[str, str | None]]]:
     """Model a's batch out, its 10 rows then answered online by a run of a (paid twice, said),
-    and the batch to be refused as a whole at the next poll: input, output, checkpoint, and
-    a's answers as the checkpoint keeps them."""
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
-    out = tmp_path / "out.jsonl"
-    checkpoint = Path(f"{out}.checkpoint")
-    (theirs,) = out_for_model_a(server, inp, out)
-    server.batches.batches[theirs]["_fail"] = True
-    online = run(*args(inp, out, server.base_url, "--model", "a"))
+    and the batch to be refused as a whole at the next poll: the job, and a's answers as the
+    checkpoint keeps them."""
+    job = model_a_out(10)
+    (theirs,) = job.theirs
+    batch = job.server.batches.batches[theirs]
+    batch["_started"] += 7200.0  # still running while the rows are answered online
+    online = job.run("--model", "a")
     assert online.returncode == 0, online.stderr
+    batch["_fail"] = True
     answered: dict[str, tuple[str, str | None]] = {k: ("stop", v) for k, v in expected(10).items()}
-    assert kept(checkpoint, "a") == answered
-    return inp, out, checkpoint, answered
+    assert kept(job.checkpoint, "a") == answered
+    return job, answered
 
 
-def usage_of(server: ThreadedMockServer, ids: set[str]) -> tuple[int, int]:
+def usage_of(server: ThreadedMockServer, ids: frozenset[str]) -> tuple[int, int]:
     """The usage the mock reported on the result lines of these batches."""
     prompt = completion = 0
     for batch_id in ids:
@@ -92,16 +80,14 @@ def spend(checkpoint: Path) -> list[tuple[Any, ...]]:
 
 @pytest.mark.slow
 def test_a_run_of_model_b_collects_model_a_batches_under_a_and_a_then_sends_nothing(
-    server: ThreadedMockServer, tmp_path: Path
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
 ) -> None:
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
-    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
-    checkpoint = Path(f"{out}.checkpoint")
-    theirs = out_for_model_a(server, inp, out, "--price", "1,2")
+    job = model_a_out(50, "--price", "1,2")
+    out, summary, checkpoint, theirs = job.out, job.summary, job.checkpoint, job.theirs
     assert len(theirs) == 2  # 40 + 10 lines
 
-    b = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "b",
-                  "--price", "3,4", "--summary-json", str(summary)))  # fmt: skip
+    b = job.run("--via", "batch", "--wait", "--model", "b",
+                "--price", "3,4", "--summary-json", str(summary))  # fmt: skip
 
     assert b.returncode == 0, b.stderr
     # b's output holds b's answers only: none of a's, though a's were collected first.
@@ -123,8 +109,8 @@ def test_a_run_of_model_b_collects_model_a_batches_under_a_and_a_then_sends_noth
     assert sorted(server.batches.submitted.values()) == [2] * 50
     batches, chats = len(server.batches.batches), server.stats.requests
 
-    a = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "a", "--price", "1,2",
-                  "--summary-json", str(summary)))  # fmt: skip
+    a = job.run("--via", "batch", "--model", "a", "--price", "1,2",
+                "--summary-json", str(summary))  # fmt: skip
 
     assert a.returncode == 0, a.stderr
     assert models(out) == {f"q{i}": ("a", "stop") for i in range(50)}
@@ -137,14 +123,12 @@ def test_a_run_of_model_b_collects_model_a_batches_under_a_and_a_then_sends_noth
 
 @pytest.mark.slow
 def test_a_kill_during_the_collection_of_another_model_loses_nothing_and_counts_nothing_twice(
-    server: ThreadedMockServer, spawn: Spawn, tmp_path: Path
+    server: ThreadedMockServer, spawn: Spawn, model_a_out: Callable[..., ModelAOut]
 ) -> None:
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(100))
-    out = tmp_path / "out.jsonl"
-    checkpoint = Path(f"{out}.checkpoint")
-    theirs = out_for_model_a(server, inp, out, "--price", "1,2")
+    job = model_a_out(100, "--price", "1,2")
+    out, checkpoint, theirs = job.out, job.checkpoint, job.theirs
     assert len(theirs) == 3  # 40 + 40 + 20 lines
-    argv = args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "b")
+    argv = job.argv("--via", "batch", "--wait", "--model", "b")
 
     # Killed while downloading the second of a's batches: the first is kept, the second not.
     server.batches.download_delay = 0.5
@@ -170,7 +154,7 @@ def test_a_kill_during_the_collection_of_another_model_loses_nothing_and_counts_
     assert server.batches.downloads == 2 + 1 + 1 + 3
     batches = len(server.batches.batches)
 
-    a = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "a"))
+    a = job.run("--via", "batch", "--model", "a")
     assert a.returncode == 0, a.stderr
     assert models(out) == {f"q{i}": ("a", "stop") for i in range(100)}
     assert len(server.batches.batches) == batches
@@ -178,17 +162,15 @@ def test_a_kill_during_the_collection_of_another_model_loses_nothing_and_counts_
 
 @pytest.mark.slow
 def test_batches_made_at_another_base_url_are_left_there_and_status_says_where(
-    server: ThreadedMockServer, tmp_path: Path
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
 ) -> None:
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
-    out = tmp_path / "out.jsonl"
-    checkpoint = Path(f"{out}.checkpoint")
-    out_for_model_a(server, inp, out)
+    job = model_a_out(10)
+    out, checkpoint = job.out, job.checkpoint
     polls = server.batches.polls
 
     with ThreadedMockServer() as elsewhere:
         elsewhere.batches.seconds = 0.2
-        b = run(*args(inp, out, elsewhere.base_url, "--via", "batch", "--wait", "--model", "b"))
+        b = job.run("--via", "batch", "--wait", "--model", "b", on=elsewhere.base_url)
         assert b.returncode == 0, b.stderr
         assert sorted(elsewhere.batches.submitted.values()) == [1] * 10  # b's own only
 
@@ -196,13 +178,13 @@ def test_batches_made_at_another_base_url_are_left_there_and_status_says_where(
     origin = f"{server.base_url}/v1"
     assert (
         f"1 Batch API batch of other models or parameters was made at {origin}, not at this "
-        "run's base URL: left there; a --via batch run with that --base-url collects it" in b.stderr
+        "run's base URL: left there; a run with that --base-url collects it" in b.stderr
     )
     assert "collected" not in b.stderr
     assert not kept(checkpoint, "a")
     assert batch_rows(checkpoint, "SELECT count(*) FROM batch_files WHERE done = 0") == [(1,)]
     shown = run("status", str(out))
-    assert f"made at {origin}, not at the last --via batch run's base URL" in shown.stdout
+    assert f"made at {origin}, not at the last run's base URL" in shown.stdout
     assert json.loads(run("status", str(out), "--json").stdout)["other_batches"]["servers"] == {
         origin: 1
     }
@@ -210,28 +192,26 @@ def test_batches_made_at_another_base_url_are_left_there_and_status_says_where(
     # A file recorded by a batchpizza that did not say where it went: left alone too.
     with sqlite3.connect(checkpoint) as conn:
         conn.execute("UPDATE batch_files SET origin = NULL WHERE done = 0")
-    b = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "b"))
+    b = job.run("--via", "batch", "--model", "b")
     assert b.returncode == 0, b.stderr
     assert "was made by a batchpizza that did not record where: left to a --via batch" in b.stderr
     assert server.batches.polls == polls and not kept(checkpoint, "a")
 
     # Model a's own run collects it, as before.
-    a = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "a"))
+    a = job.run("--via", "batch", "--model", "a")
     assert a.returncode == 0, a.stderr
     assert models(out) == {f"q{i}": ("a", "stop") for i in range(10)}
 
 
 @pytest.mark.slow
 def test_batches_of_another_model_still_running_stay_out_and_a_later_run_collects_them(
-    server: ThreadedMockServer, tmp_path: Path
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
 ) -> None:
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
-    out = tmp_path / "out.jsonl"
-    checkpoint = Path(f"{out}.checkpoint")
-    theirs = out_for_model_a(server, inp, out)
+    job = model_a_out(10)
+    out, checkpoint, theirs = job.out, job.checkpoint, job.theirs
     for batch_id in theirs:
         server.batches.batches[batch_id]["_started"] += 7200.0  # running for an hour yet
-    argv = args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "b")
+    argv = job.argv("--via", "batch", "--wait", "--model", "b")
 
     b = run(*argv)
 
@@ -241,7 +221,7 @@ def test_batches_of_another_model_still_running_stay_out_and_a_later_run_collect
     shown = run("status", str(out)).stdout
     assert (
         "1 batch of other models or parameters still out (10 requests, billed when they end): "
-        "a --via batch run collects them once they end" in shown
+        "a run at their server (--provider openai) collects them once they end" in shown
     ), shown
 
     for batch_id in theirs:
@@ -256,16 +236,15 @@ def test_batches_of_another_model_still_running_stay_out_and_a_later_run_collect
 
 @pytest.mark.slow
 def test_expired_and_refused_batches_of_another_model_are_left_to_its_runs_to_send_again(
-    server: ThreadedMockServer, tmp_path: Path
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
 ) -> None:
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
-    out = tmp_path / "out.jsonl"
-    checkpoint = Path(f"{out}.checkpoint")
-    first, second = sorted(out_for_model_a(server, inp, out))  # 40 lines, then 10
+    job = model_a_out(50)
+    out, checkpoint = job.out, job.checkpoint
+    first, second = sorted(job.theirs)  # 40 lines, then 10
     server.batches.batches[first]["_expire"] = True  # ends with half its lines run
     server.batches.batches[second]["_fail"] = True  # the file refused as a whole
 
-    b = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "b"))
+    b = job.run("--via", "batch", "--wait", "--model", "b")
 
     # Not b's batches: b's run goes on, and says what became of them.
     assert b.returncode == 0, b.stderr
@@ -278,7 +257,7 @@ def test_expired_and_refused_batches_of_another_model_are_left_to_its_runs_to_se
     assert len(theirs) == 30  # the 20 lines the expired batch did not run wait to be resubmitted
     batches = len(server.batches.batches)
 
-    a = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "a"))
+    a = job.run("--via", "batch", "--wait", "--model", "a")
 
     assert a.returncode == 0, a.stderr
     assert models(out) == {f"q{i}": ("a", "stop") for i in range(50)}
@@ -291,19 +270,18 @@ def test_expired_and_refused_batches_of_another_model_are_left_to_its_runs_to_se
 
 @pytest.mark.slow
 def test_what_another_models_batches_cost_counts_against_max_cost_once_collected(
-    server: ThreadedMockServer, tmp_path: Path
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
 ) -> None:
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
-    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
     priced = ("--price", "1,2", "--param", "max_tokens=20")
-    theirs = out_for_model_a(server, inp, out, *priced)
+    job = model_a_out(50, *priced)
+    summary, theirs = job.summary, job.theirs
     for batch_id in theirs:  # ended, their output made: what they cost is known
         urllib.request.urlopen(f"{server.base_url}/v1/batches/{batch_id}", timeout=10).read()
     spent = cost(Price(1.0, 2.0), *usage_of(server, theirs), batch=True)
 
     # A cap a's batches all but fill: b's first row would pass it.
-    b = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "b", *priced,
-                  "--max-cost", f"{spent * 1.01:.9f}", "--summary-json", str(summary)))  # fmt: skip
+    b = job.run("--via", "batch", "--model", "b", *priced,
+                "--max-cost", f"{spent * 1.01:.9f}", "--summary-json", str(summary))  # fmt: skip
 
     assert b.returncode == 4, b.stderr
     said = json.loads(summary.read_text())
@@ -316,21 +294,20 @@ def test_what_another_models_batches_cost_counts_against_max_cost_once_collected
 
 @pytest.mark.slow
 def test_another_models_batches_without_a_price_count_at_this_runs_against_max_cost(
-    server: ThreadedMockServer, tmp_path: Path
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
 ) -> None:
     # a's run knew no price (a model the table does not know, no --price: allowed without a
     # cap). b's cap held a's lines at b's price while they were out; collected, they counted as
     # free, and b spent their share again.
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
-    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
-    theirs = out_for_model_a(server, inp, out, "--param", "max_tokens=20")
+    job = model_a_out(50, "--param", "max_tokens=20")
+    summary, theirs = job.summary, job.theirs
     for batch_id in theirs:  # ended, their output made: what they cost is known
         urllib.request.urlopen(f"{server.base_url}/v1/batches/{batch_id}", timeout=10).read()
     at_bs_price = cost(Price(1.0, 2.0), *usage_of(server, theirs), batch=True)
 
-    b = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "b", "--price", "1,2",
-                  "--param", "max_tokens=20", "--max-cost", f"{at_bs_price * 1.01:.9f}",
-                  "--summary-json", str(summary)))  # fmt: skip
+    b = job.run("--via", "batch", "--model", "b", "--price", "1,2",
+                "--param", "max_tokens=20", "--max-cost", f"{at_bs_price * 1.01:.9f}",
+                "--summary-json", str(summary))  # fmt: skip
 
     assert b.returncode == 4, b.stderr
     said = json.loads(summary.read_text())
@@ -351,20 +328,19 @@ def test_the_server_a_batch_went_to_is_kept_without_credentials() -> None:
 
 @pytest.mark.slow
 def test_its_own_batches_made_at_another_base_url_are_left_there_not_taken_for_lost(
-    server: ThreadedMockServer, tmp_path: Path
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
 ) -> None:
     # Model a's batches out at one server, then model a's run at another --base-url: polled
     # there, they answered 404 until taken for lost and their lines were submitted again
     # there, while the first server ran (and billed) them all the same, never collected.
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
-    out = tmp_path / "out.jsonl"
-    theirs = out_for_model_a(server, inp, out)
+    job = model_a_out(10)
+    out, theirs = job.out, job.theirs
     polls = server.batches.polls
 
     with ThreadedMockServer() as elsewhere:
         elsewhere.batches.seconds = 0.2
-        moved = run(*args(inp, out, elsewhere.base_url, "--via", "batch", "--wait",
-                          "--model", "a", "--deadline", "30"))  # fmt: skip
+        moved = job.run("--via", "batch", "--wait", "--model", "a", "--deadline", "30",
+                        on=elsewhere.base_url)  # fmt: skip
         assert moved.returncode == 4, moved.stderr  # its batches are still out, at the first
         assert not elsewhere.batches.batches and elsewhere.batches.polls == 0
     assert server.batches.polls == polls
@@ -374,7 +350,7 @@ def test_its_own_batches_made_at_another_base_url_are_left_there_not_taken_for_l
     shown = run("status", str(out))  # says where, as the run did
     assert f"made at {origin}, not the last run's server" in shown.stdout, shown.stdout
 
-    a = run(*args(inp, out, server.base_url, "--via", "batch", "--model", "a"))
+    a = job.run("--via", "batch", "--model", "a")
     assert a.returncode == 0, a.stderr
     assert models(out) == {f"q{i}": ("a", "stop") for i in range(10)}
     assert sorted(server.batches.submitted.values()) == [1] * 10  # each line once, anywhere
@@ -383,20 +359,21 @@ def test_its_own_batches_made_at_another_base_url_are_left_there_not_taken_for_l
 
 @pytest.mark.slow
 def test_a_refused_batch_of_another_model_never_replaces_answers_that_model_already_has(
-    server: ThreadedMockServer, tmp_path: Path
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
 ) -> None:
     # Model a's batch out, then model a's rows answered online (its run sends the rows in
     # batches still out: paid twice, said); the batch is then refused as a whole. Collected by
     # model b's run, its error rows replaced a's answers: a's output showed errors, and a's
     # next run sent (and paid for) every row a third time.
-    inp, out, checkpoint, answered = refused_after_answered_online(server, tmp_path)
+    job, answered = refused_after_answered_online(model_a_out)
+    out, checkpoint = job.out, job.checkpoint
 
-    b = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--model", "b"))
+    b = job.run("--via", "batch", "--wait", "--model", "b")
 
     assert b.returncode == 0, b.stderr
     assert kept(checkpoint, "a") == answered
     chats = server.stats.requests
-    a = run(*args(inp, out, server.base_url, "--model", "a"))
+    a = job.run("--model", "a")
     assert a.returncode == 0, a.stderr
     assert server.stats.requests == chats  # nothing sent again
     assert models(out) == {f"q{i}": ("a", "stop") for i in range(10)}

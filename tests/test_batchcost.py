@@ -392,6 +392,23 @@ def test_a_line_keeps_its_reservation_to_resubmit_frees_it_failing_settles_it_an
     assert budget.spent + budget.reserved > budget.cap
 
 
+def test_another_models_lines_give_their_share_of_the_cap_back_once_collected() -> None:
+    # Collected while a --via batch run waits, their worst case stayed off the cap beside what
+    # they cost (spent): the run's cap counted them twice.
+    line = json.dumps({"custom_id": "0-x", "body": {"messages": [
+        {"role": "user", "content": "x" * 84}], "max_tokens": 100}}).encode()  # fmt: skip
+    worst = cost(PRICE, 84 + 16, 100, batch=True)
+    budget = Budget(10 * worst, PRICE)
+    money = BatchBudget(Meter(params={}, budget=budget), Counters())
+    lines = [BatchLine(seq, f"{seq}-x", f"q{seq}", seq, bytes([seq]), 1, line) for seq in (7, 8)]
+
+    money.reserve_foreign(lines, "a run of theirs")
+    assert budget.cap == pytest.approx(8 * worst)
+    money.foreign_collected(7)
+    money.foreign_collected(7)  # given back once
+    assert budget.cap == pytest.approx(9 * worst)
+
+
 def test_a_lines_messages_are_bounded_as_its_prompt_was() -> None:
     # What a batch out at a run's start reserves, from its line alone: the prompt's own bound.
     one = Prompt("a", "héllo, 世界", ())

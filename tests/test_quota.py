@@ -22,7 +22,7 @@ from test_metering import chat_server
 
 import batchpizza
 from batchpizza.cli import cli
-from batchpizza.providers.quota import quota_spent
+from batchpizza.providers.quota import ZERO_LIMIT_TRIES, quota_spent, zero_unsure
 
 ROWS = [{"id": f"r{i}", "prompt": f"question {i}"} for i in range(20)]
 ANSWER = {"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
@@ -42,6 +42,23 @@ def test_a_429_announcing_a_zero_limit_is_a_spent_quota() -> None:
     spent = {"x-ratelimit-limit-tokens": "1000", "x-ratelimit-remaining-tokens": "0"}
     assert quota_spent(429, {}, "Rate limit reached", spent) is None
     assert quota_spent(503, {}, "busy", zero("tokens")) is None
+
+
+def test_a_zero_limit_beside_a_reset_or_without_a_remaining_of_0_is_not_sure_to_be_a_quota() -> (
+    None
+):
+    # Some servers send 0 for "no limit configured": only a zero with nothing remaining and no
+    # window to refill says for sure that the key may send nothing.
+    with_reset = {**zero("tokens"), "x-ratelimit-reset-tokens": "1s"}
+    bare = {"x-ratelimit-limit-requests": "0"}
+    for headers, kind in ((with_reset, "tokens"), (bare, "requests")):
+        assert quota_spent(429, {}, "Rate limit reached", headers) is None
+        assert zero_unsure(429, headers) == kind
+    assert zero_unsure(429, zero("tokens"), placeholders={"tokens"}) is None
+    assert zero_unsure(200, bare) is None
+    # The body's code decides whatever the headers say.
+    code = {"code": "insufficient_quota"}
+    assert quota_spent(429, code, "You exceeded your current quota", with_reset) is not None
 
 
 class Refusing:
@@ -170,3 +187,57 @@ async def test_a_zero_limit_a_server_announced_in_answers_is_no_quota_in_its_429
         await runner.cleanup()
     assert (summary["exit_code"], summary["stopped"]) == (0, None)
     assert summary["answered"] == len(ROWS) and seen > len(ROWS)
+
+
+async def test_a_placeholder_zero_limit_in_the_first_reply_a_429_is_retried_not_a_spent_quota(
+    tmp_path: Path,
+) -> None:
+    # A server that sends x-ratelimit-limit-tokens: 0 for "no limit configured", beside a reset,
+    # and whose very first reply is a 429: before any answer taught that the 0 is a placeholder,
+    # that 429 stopped the run as a spent quota, every row pending.
+    seen = 0
+
+    async def chat(request: web.Request) -> web.Response:
+        nonlocal seen
+        seen += 1
+        headers = {**zero("tokens"), "x-ratelimit-reset-tokens": "1s", "retry-after-ms": "1"}
+        if seen == 1:
+            body = {"error": {"message": "Rate limit reached", "type": "requests"}}
+            return web.json_response(body, status=429, headers=headers)
+        return web.json_response(ANSWER, headers=headers)
+
+    runner, port = await chat_server(chat)
+    options = {**FAST, "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
+               "concurrency": 1, "max_retries": 3}  # fmt: skip
+    try:
+        summary = await batchpizza.arun(
+            write_jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl", **options
+        )
+    finally:
+        await runner.cleanup()
+    assert (summary["exit_code"], summary["stopped"]) == (0, None)
+    assert summary["answered"] == len(ROWS) and seen == len(ROWS) + 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_a_zero_limit_that_may_be_a_placeholder_stops_the_run_after_a_few_429s_in_a_row(
+    concurrency: int, tmp_path: Path
+) -> None:
+    # Never an answer, every reply a 429 announcing a zero limit beside a reset: retried a
+    # bounded number of times, then a spent quota (exit 4, rows pending), not --max-retries
+    # 429s for every row.
+    server = Refusing({**zero("tokens"), "x-ratelimit-reset-tokens": "1s"})
+    server.headers.pop("retry-after")
+    runner, port = await chat_server(server.chat)
+    options = {**FAST, "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
+               "concurrency": concurrency, "max_retries": 8}  # fmt: skip
+    try:
+        summary = await batchpizza.arun(
+            write_jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl", **options
+        )
+    finally:
+        await runner.cleanup()
+    assert (summary["exit_code"], summary["stopped"]) == (4, "quota")
+    assert summary["pending"] == len(ROWS) and summary["failed"] == 0
+    # Each row in flight tried at most ZERO_LIMIT_TRIES times.
+    assert ZERO_LIMIT_TRIES <= server.requests <= concurrency * ZERO_LIMIT_TRIES

@@ -53,6 +53,7 @@ class BatchBudget:
         self.withheld: Iterator[PendingRow] | None = None  # rows that did not fit yet
         self.short = False  # something did not fit since the last `take_withheld`
         self._held: dict[bytes, Reservation] = {}  # by request key
+        self._foreign: dict[int, float] = {}  # taken off the cap, by file (`reserve_foreign`)
         self._learn = meter is not None and max_output(meter.params) is None
 
     @property
@@ -88,7 +89,9 @@ class BatchBudget:
         for line in lines:
             if line.line is not None:
                 count += 1
-                held += cost(budget.price, *self._line_worst(line.line), batch=True)
+                worst = cost(budget.price, *self._line_worst(line.line), batch=True)
+                self._foreign[line.seq] = self._foreign.get(line.seq, 0.0) + worst
+                held += worst
         if count:
             budget.cap -= held
             log.warning(
@@ -98,6 +101,20 @@ class BatchBudget:
                 dollars(held),
                 whose,
             )
+
+    def foreign_collected(self, seq: int) -> None:
+        """Another identity's file `seq` collected: what it held of the cap is given back (its
+        cost is spent instead, at its run's price: others.py)."""
+        if self.budget is not None:
+            self.budget.cap += self._foreign.pop(seq, 0.0)
+
+    def release_all(self) -> None:
+        """Every line's reservation freed (an online run's collection, collecting.py: the lines
+        left to resubmit are sent online instead, reserved there)."""
+        if self.budget is not None:
+            for held in self._held.values():
+                self.budget.release(held)
+        self._held.clear()
 
     def fitting(
         self, rows: Iterator[PendingRow], skip: set[bytes], key: Callable[[Prompt], bytes]

@@ -9,13 +9,18 @@ nothing: its mark is taken back, so that the retry or the rerun simply sends it 
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from batchpizza.batchapi.budget import BatchBudget
 from batchpizza.batchapi.client import BatchClient
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.checkpoint.batches import BatchFile
 from batchpizza.errors import BatchAPIError
+
+log = logging.getLogger("batchpizza")
+_T = TypeVar("_T")
 
 CREATING = "creating"
 STORED = "stored"  # uploaded, no create sent (checkpoint/batches.py set_file_id)
@@ -72,3 +77,26 @@ def answered_since(checkpoint: Checkpoint, money: BatchBudget, f: BatchFile) -> 
     checkpoint.finish_file(f.seq, [(line.custom_id, "online") for line in lines], "abandoned")
     money.cancelled((line.digest for line in lines), created=f.state == CREATING)
     return True
+
+
+async def find_or_make(
+    client: BatchClient,
+    tries: int,
+    find: Callable[[], Awaitable[_T | None]],
+    make: Callable[[], Awaitable[_T]],
+    look: bool,
+) -> _T:
+    """What `make` makes on the server (an upload, a batch), in `tries` tries; found with
+    `find` first when `look`, and after a failed call (it may have made it all the same)."""
+    for attempt in range(tries):
+        if look and (found := await find()) is not None:
+            return found
+        try:
+            return await make()
+        except BatchAPIError as exc:
+            if exc.exit_code == 2 or attempt + 1 == tries:
+                raise
+            log.info("%s; trying again", exc.message)
+            await client.pause(attempt)
+            look = True
+    raise AssertionError("unreachable: the last try returns or raises")

@@ -61,8 +61,8 @@ def batches_text(
     last: str | None = None,
 ) -> list[str]:
     """One line a batch still out (or file waiting), then a line of totals; nothing when there
-    were none. A batch made at another server than the last --via batch run's (`origins`,
-    `last`) says where: only a run with that --base-url collects it."""
+    were none. A batch made at another server than the last run's that looked for them
+    (`origins`, `last`) says where: only a run with that --base-url collects it."""
     if not files:
         return []
     out, waiting = out_and_waiting(files)
@@ -96,8 +96,8 @@ def others_text(
     out: Sequence[BatchFile], origins: Mapping[int, str | None], last: str | None
 ) -> list[str]:
     """`status`'s lines for other identities' batches still out, by where they were made: at
-    the server of the last --via batch run (which collects them once they end), at another
-    (left there: a run with that --base-url collects them), or where no record says."""
+    the server of the last run that looked for them (a run there collects them once they end),
+    at another (left there: a run with that --base-url collects them), or where no record says."""
     by_origin: dict[str | None, list[BatchFile]] = {}
     for f in out:
         by_origin.setdefault(origins.get(f.seq), []).append(f)
@@ -112,13 +112,53 @@ def others_text(
                 "a --via batch run of their model and parameters collects them"
             )
         elif origin == last or last is None:
-            said = f"{what} still out {billed}: a --via batch run collects them once they end"
+            said = (
+                f"{what} still out {billed}: a run at their server (--provider openai) collects "
+                "them once they end"
+            )
         else:
             said = (
-                f"{what} made at {origin}, not at the last --via batch run's base URL, still out "
-                f"{billed}: left there; a --via batch run with that --base-url collects them"
+                f"{what} made at {origin}, not at the last run's base URL, still out {billed}: "
+                "left there; a run with that --base-url collects them"
             )
         lines.append(f"  others     {said}")
+    return lines
+
+
+def collection_text(checkpoint: BatchRecords, origin: str, *, online: bool) -> list[str]:
+    """--dry-run's: the batches still out at this server (`origin`) that the run looks for at
+    its start, collecting those that ended: other models' and parameters' (others.py); an
+    online run's, its own model's too (collecting.py). Counted from the checkpoint: a dry run
+    asks the server nothing, so which have ended is not known yet."""
+    origins = checkpoint.file_origins()
+
+    def here(files: Sequence[BatchFile], own: bool) -> list[BatchFile]:
+        return [
+            f
+            for f in out_and_waiting(files)[0]
+            if f.batch_id is not None
+            and (origins.get(f.seq) == origin or (own and origins.get(f.seq) is None))
+        ]
+
+    groups = [
+        (
+            "other models or parameters",
+            here(checkpoint.open_files(others=True), False),
+            "kept under their model and parameters",
+        )
+    ]
+    if online:
+        own = here(checkpoint.open_files(), True)
+        groups.insert(0, ("this model and parameters", own, "their answers not sent online"))
+    lines = []
+    for whose, files, then in groups:
+        if files:
+            n, requests = len(files), sum(f.lines for f in files)
+            lines.append(
+                f"collect     {n} Batch API {'batch' if n == 1 else 'batches'} of {whose} out "
+                f"at this server ({requests} requests): those that have ended are collected at "
+                f"the start, {then}"
+            )
     return lines
 
 

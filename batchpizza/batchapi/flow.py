@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import aiohttp
 
@@ -45,7 +45,6 @@ from batchpizza.providers.openai import OpenAIAPI
 from batchpizza.records import Attempt, Outcome, Prompt, Result
 
 log = logging.getLogger("batchpizza")
-_T = TypeVar("_T")
 
 
 class BatchFlow:
@@ -79,7 +78,7 @@ class BatchFlow:
         self.limits = Limits.from_env()
         self.judge = Judge(provider, config.max_retries)
         self.money = BatchBudget(meter, counters)  # tokens, and --max-cost at the batch price
-        self.others = Others(provider, checkpoint, run, stop, config.max_retries, self.money.budget)
+        self.others = Others(provider, checkpoint, run, stop, config.max_retries, self.money)
         self.client: BatchClient | None = None
         self.fatal: BatchAPIError | None = None
         self.lost = Lost()  # batches the server answered 404 for (lost.py)
@@ -93,8 +92,12 @@ class BatchFlow:
         # --via auto: the rows of this run's batches, to send online if they are cancelled.
         self._held: dict[bytes, PendingRow] = {}
         self._started = time.monotonic()
+        # An online run's collection at its start (collecting.py): the requests it answered.
+        self.answered_keys: set[bytes] | None = None
 
-    async def run(self, rows: Iterator[PendingRow]) -> None:
+    @contextlib.asynccontextmanager
+    async def opened(self) -> AsyncIterator[BatchClient]:
+        """The run's client of the Batch API, over the caller's session or one of its own."""
         async with contextlib.AsyncExitStack() as owned:
             session = self._session
             if session is None:
@@ -109,8 +112,12 @@ class BatchFlow:
                 backoff_cap=config.backoff_cap,
                 retry_after_cap=config.retry_after_cap,
             )
+            yield self.client
+
+    async def run(self, rows: Iterator[PendingRow]) -> None:
+        async with self.opened() as client:
             try:
-                await self.others.collect(self.client)  # before their batches are held
+                await self.others.collect(client)  # before their batches are held
                 self.money.reserve_every_out(self.checkpoint)
                 await self._launch_left()
                 await self._submit(rows)
@@ -168,40 +175,23 @@ class BatchFlow:
         assert client is not None
         file_id = f.file_id
         if file_id is None:
-            file_id = await self._find_or_make(
-                lambda: client.find_file(f.name), lambda: client.upload(f.name, content), not fresh
+            file_id = await creating.find_or_make(
+                client,
+                self.config.max_retries + 1,
+                lambda: client.find_file(f.name),
+                lambda: client.upload(f.name, content),
+                not fresh,
             )
             self.checkpoint.set_file_id(f.seq, file_id)  # (a recorded one: its state stands)
-        batch = await self._find_or_make(
+        batch = await creating.find_or_make(
+            client,
+            self.config.max_retries + 1,
             lambda: creating.find(client, self.checkpoint, f, file_id),
             lambda: creating.create(client, self.checkpoint, f, file_id),
             not fresh or f.file_id is not None,
         )
         self.checkpoint.set_batch(f.seq, batch)
         log.info("batch %s: %d requests (%s)", batch.get("id"), f.lines, f.name)
-
-    async def _find_or_make(
-        self,
-        find: Callable[[], Awaitable[_T | None]],
-        make: Callable[[], Awaitable[_T]],
-        look: bool,
-    ) -> _T:
-        """What `make` makes on the server (an upload, a batch), --max-retries times more; found
-        with `find` first when `look`, and after a failed call (it may have made it all the same)."""
-        client, tries = self.client, self.config.max_retries + 1
-        assert client is not None
-        for attempt in range(tries):
-            if look and (found := await find()) is not None:
-                return found
-            try:
-                return await make()
-            except BatchAPIError as exc:
-                if exc.exit_code == 2 or attempt + 1 == tries:
-                    raise
-                log.info("%s; trying again", exc.message)
-                await client.pause(attempt)
-                look = True
-        raise AssertionError("unreachable: the last try returns or raises")
 
     # -- following ----------------------------------------------------------------------------
 
@@ -217,7 +207,13 @@ class BatchFlow:
             or self.checkpoint.path is None
             or self.online is not None
         )
+        client = self.client
+        assert client is not None
+        first = True
         while not self.stop.sending_stopped:
+            if not first:  # (the run's start collected them once already)
+                await self.others.collect(client)  # those that ended while it waited
+            first = False
             await self._poll_all()
             await self._resubmit()
             await self._more()
@@ -244,7 +240,7 @@ class BatchFlow:
                     # The server does not know it (deleted, another project's key): its lines
                     # are resubmitted, as an expired batch's.
                     log.warning("%s; its requests are submitted again", exc.message)
-                    await self._collect(f, {"id": f.batch_id, "status": "lost"})
+                    await self.collect_file(f, {"id": f.batch_id, "status": "lost"})
                     continue
                 if exc.exit_code == 2 and exc.status != 404:  # a 404 not yet lost for good
                     raise
@@ -253,9 +249,9 @@ class BatchFlow:
             self.lost.known(f)
             self.checkpoint.set_batch(f.seq, batch)
             if self.statuses.ended(f, batch):
-                await self._collect(f, batch)
+                await self.collect_file(f, batch)
 
-    async def _collect(self, f: BatchFile, batch: dict[str, Any]) -> None:
+    async def collect_file(self, f: BatchFile, batch: dict[str, Any]) -> None:
         """The results of a batch that ended, committed; its lines marked."""
         client = self.client
         assert client is not None
@@ -390,5 +386,7 @@ class BatchFlow:
             counters.failed += 1
         else:
             counters.answered += 1
+            if self.answered_keys is not None:
+                self.answered_keys.add(result.digest)
         if self.on_result is not None:
             self.on_result(pos, result)

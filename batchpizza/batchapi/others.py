@@ -1,8 +1,10 @@
 """The finished batches of other identities (an earlier run's model or parameters), collected by a
---via batch run of this one, so that a cron job whose --model or --param changed does not leave
-the answers it paid for to expire at the provider.
+run of this one at their server (--via batch or auto, or online: collecting.py), so that a cron
+job whose --model or --param changed, or which went back to sending online, does not leave the
+answers it paid for to expire at the provider.
 
-At the start of the run, each batch of another identity still out is polled, if it was made at
+At the start of the run (and at each poll while a --via batch run waits for its own), each
+batch of another identity still out is polled, if it was made at
 this run's server (the checkpoint records the API root each file went to: a batch cannot be
 fetched from another server, nor with another server's key); one made elsewhere, or by a
 batchpizza that did not record where, is left as it is, and said once. A batch that ended is
@@ -26,6 +28,7 @@ import logging
 from collections import Counter
 from typing import Any
 
+from batchpizza.batchapi.budget import BatchBudget
 from batchpizza.batchapi.client import BatchClient
 from batchpizza.batchapi.download import results_of, said_collected
 from batchpizza.batchapi.files import ResultLine
@@ -35,7 +38,6 @@ from batchpizza.batchapi.results import Judge
 from batchpizza.batchapi.statuses import Statuses
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.checkpoint.batches import BatchFile
-from batchpizza.controls.budget import Budget
 from batchpizza.controls.stop import Stop
 from batchpizza.errors import BatchAPIError, ProviderError
 from batchpizza.pricing import Price, cost
@@ -62,20 +64,21 @@ class Others:
         run: int,
         stop: Stop,
         max_retries: int,
-        budget: Budget | None,
+        money: BatchBudget,
     ) -> None:
         self.provider = provider
         self.checkpoint = checkpoint
         self.run_id = run
         self.stop = stop
         self.max_retries = max_retries
-        self.budget = budget  # --max-cost's: what is collected is spent
+        self.money = money  # --max-cost's: what is collected is spent
         self.origin = origin_of(provider)
         checkpoint.batch_origin = self.origin  # recorded with each file this run makes
         self.statuses = Statuses()
         self.collected = 0  # results kept under other identities (answers and failed rows)
         self.answered = 0
         self.batches = 0
+        self._looked = False  # the first `collect` says what it leaves, once
 
     def here(self) -> list[BatchFile]:
         """This identity's files not collected yet, but those made at another server: left there
@@ -87,12 +90,16 @@ class Others:
         return [f for f in mine if origins.get(f.seq) in (None, self.origin)]
 
     async def collect(self, client: BatchClient) -> None:
+        """Those that ended, collected: at the run's start, and at each poll while it waits."""
         checkpoint = self.checkpoint
-        checkpoint.set_meta(batch_origin=self.origin)  # what `status` tells other servers from
-        self._say_mine_elsewhere()
+        first, self._looked = not self._looked, True
+        if first:
+            checkpoint.set_meta(batch_origin=self.origin)  # what `status` tells servers from
+            self._say_mine_elsewhere()
         others = checkpoint.open_files(others=True)
         if not others:
             return
+        before = (self.collected, self.answered, self.batches)
         origins = checkpoint.file_origins()
         elsewhere: Counter[str | None] = Counter()
         for f in others:
@@ -112,7 +119,9 @@ class Others:
             checkpoint.set_batch(f.seq, batch)
             if self.statuses.ended(f, batch):
                 await self._collect(client, f, batch)
-        self._say(elsewhere)
+        self._say_collected(*before)
+        if first:
+            self._say(elsewhere)
 
     async def _collect(self, client: BatchClient, f: BatchFile, batch: dict[str, Any]) -> None:
         checkpoint = self.checkpoint
@@ -173,7 +182,7 @@ class Others:
             price=price,
         )
         said_collected(batch, status, [o for _, o in outcomes])
-        self._spent(results, price)
+        self._spent(f.seq, results, price)
         self.batches += 1
         self.collected += len(results)
         self.answered += sum(1 for _, o in outcomes if o == "answered")
@@ -188,16 +197,19 @@ class Others:
                 said,
             )
 
-    def _spent(self, results: list[Result], price: tuple[float, float] | None) -> None:
+    def _spent(self, seq: int, results: list[Result], price: tuple[float, float] | None) -> None:
         """--max-cost: what the collected answers cost is spent, at their run's price; where that
         run knew none, at this run's (at which the cap held their lines until now): they were
-        billed, and counting them as free let this run spend their share again."""
-        if self.budget is None:
+        billed, and counting them as free let this run spend their share again. The worst case
+        their file held of the cap while it was out (collected as the run waited) is given back."""
+        budget = self.money.budget
+        if budget is None:
             return
+        self.money.foreign_collected(seq)
         used_in = sum(r.prompt_tokens or 0 for r in results)
         used_out = sum(r.completion_tokens or 0 for r in results)
-        at = self.budget.price if price is None else Price(*price)
-        self.budget.spent += cost(at, used_in, used_out, batch=True)
+        at = budget.price if price is None else Price(*price)
+        budget.spent += cost(at, used_in, used_out, batch=True)
 
     def _say_mine_elsewhere(self) -> None:
         here = {f.seq for f in self.here()}
@@ -207,8 +219,8 @@ class Others:
             n = sum(1 for f in left if origins[f.seq] == origin)
             log.warning(
                 "%d Batch API %s of this model and parameters %s made at %s, not at this run's "
-                "base URL: left there (billed when %s); a --via batch run with that --base-url "
-                "collects %s, and %s rows wait for it",
+                "base URL: left there (billed when %s); a run with that --base-url collects %s, "
+                "and %s rows wait for it",
                 n,
                 "batch" if n == 1 else "batches",
                 "was" if n == 1 else "were",
@@ -218,22 +230,27 @@ class Others:
                 "its" if n == 1 else "their",
             )
 
-    def _say(self, elsewhere: Counter[str | None]) -> None:
-        if self.collected:
+    def _say_collected(self, collected: int, answered: int, batches: int) -> None:
+        """What this look collected (the counts before it given)."""
+        collected, answered = self.collected - collected, self.answered - answered
+        batches = self.batches - batches
+        if collected:
             log.warning(
                 "collected %d results (%d answers) from %d finished Batch API %s of other "
                 "models or parameters: kept in the checkpoint under the model and parameters "
                 "that asked them, not in this output (a run of those outputs them, sending "
                 "nothing)",
-                self.collected,
-                self.answered,
-                self.batches,
-                "batch" if self.batches == 1 else "batches",
+                collected,
+                answered,
+                batches,
+                "batch" if batches == 1 else "batches",
             )
+
+    def _say(self, elsewhere: Counter[str | None]) -> None:
         for origin, n in sorted(elsewhere.items(), key=lambda kv: str(kv[0])):
             where = (
-                f"made at {origin}, not at this run's base URL: left there; a --via batch run "
-                "with that --base-url collects"
+                f"made at {origin}, not at this run's base URL: left there; a run with that "
+                "--base-url collects"
                 if origin is not None
                 else "made by a batchpizza that did not record where: left to a --via batch "
                 "run of their model and parameters, which collects"

@@ -16,7 +16,8 @@ a batch without an id by the file id it was made from.
                  sent (kept until it is answered, to upload again or resubmit), and its outcome:
                  null while out, "answered" (also the mark of a result that came through the
                  Batch API, priced at the batch price), "error" (failed for good), "failed" or
-                 "expired" (to resubmit), "resubmitted", "online" (sent online by --via auto)
+                 "expired" (to resubmit), "resubmitted", "online" (sent online by --via auto,
+                 or by an online run that collected its file: batchapi/collecting.py)
 """
 
 from __future__ import annotations
@@ -259,6 +260,16 @@ class BatchRecords(ForeignBatches):
             (state, time.time(), seq),
         )
 
+    def lines_online(self, seq: int) -> None:
+        """The lines of collected file `seq` that failed or expired are sent online instead of
+        resubmitted (an online run's collection: batchapi/collecting.py)."""
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE batch_lines SET outcome = 'online' WHERE seq = ? AND outcome IN "
+                "('failed', 'expired')",
+                (seq,),
+            )
+
     def open_files(self, others: bool = False) -> list[BatchFile]:
         """This identity's files not collected yet (with `others`, those of every other
         identity: another model's, which a run of that model collects), oldest first."""
@@ -305,12 +316,17 @@ class BatchRecords(ForeignBatches):
         return {bytes(r[0]) for r in rows}
 
     def to_resubmit(self) -> list[BatchLine]:
-        """Lines of collected files that failed or expired and were not resubmitted yet."""
+        """Lines of collected files that failed or expired and were not resubmitted yet; not
+        those whose request has an answer since (an online run's: resubmitted, they were
+        paid for twice)."""
+        self._fold()
+        unanswered = ", ".join(f"'{reason}'" for reason in sorted(UNANSWERED))
         with self._errors():
             rows = self._conn.execute(
                 f"SELECT {_LINE_COLUMNS} FROM batch_lines l JOIN batch_files f ON f.seq = l.seq "
-                "WHERE f.ident = ? AND f.done = 1 AND l.outcome IN ('failed', 'expired') "
-                "ORDER BY l.seq, l.pos",
+                "WHERE f.ident = ?1 AND f.done = 1 AND l.outcome IN ('failed', 'expired') "
+                "AND NOT EXISTS (SELECT 1 FROM results c WHERE c.ident = ?1 AND c.digest = "
+                f"l.digest AND c.finish_reason NOT IN ({unanswered})) ORDER BY l.seq, l.pos",
                 (self.ident,),
             ).fetchall()
         return [BatchLine(*r) for r in rows]

@@ -41,7 +41,7 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
             files = store.batch_files()
             others = store.open_files(True)  # another model's or parameters' batches still out
             origins = store.file_origins()  # where each went (batchapi/others.py)
-            last_origin = store.meta().get("batch_origin")  # the last --via batch run's
+            last_origin = store.meta().get("batch_origin")  # the last run's that looked for them
             # --schema: answers that fit it, at once or re-asked
             info["structured"] = store.fit_counts()
             spent = store.spend()

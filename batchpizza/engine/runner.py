@@ -33,6 +33,7 @@ from batchpizza.engine.session import (
 from batchpizza.engine.store import Store
 from batchpizza.errors import MisuseDetected, ProviderError, QuotaExhausted, describe
 from batchpizza.providers import Provider
+from batchpizza.providers.quota import concluded
 from batchpizza.records import Answer, Attempt, Outcome, Prompt, RateInfo, Result, is_answered
 from batchpizza.rows import request_key
 from batchpizza.structured import INVALID_OUTPUT, NOT_VALIDATED, Structured, with_tokens_of
@@ -280,7 +281,10 @@ class Runner:
         except asyncio.CancelledError:
             cancelled = True
             raise
-        except ProviderError as exc:
+        except ProviderError as failed:
+            exc = failed
+            if exc.zero_limit is not None and (quota := concluded(exc, attempts)) is not None:
+                quota.rate, quota.request_id, exc = exc.rate, exc.request_id, quota
             error, rate = exc, exc.rate
             if isinstance(exc, QuotaExhausted):
                 # Never retried: the row stays pending, and nothing more is sent (exit 4).
@@ -294,6 +298,8 @@ class Runner:
                 # rather than fail every remaining row.
                 self.fatal = exc
                 self.stop.stop_sending("fatal")
+            if exc is not failed:
+                raise exc from None
             raise
         finally:
             latency = (self._clock() - started) * 1000.0

@@ -18,7 +18,11 @@ from batchpizza.records import Prompt
 from batchpizza.tokencount import input_bound, input_estimate, max_output
 
 
-def make_meter(config: RunConfig, checkpoint: Checkpoint) -> Meter | None:
+def make_meter(
+    config: RunConfig, checkpoint: Checkpoint, *, collects: bool = False
+) -> Meter | None:
+    """`collects`: an online run that collects finished batches first (batchapi/collecting.py)
+    takes the batches still out off its cap after that (Sending), not here."""
     if config.max_cost is None and config.tpm_per_s is None and not config.tpm_auto:
         return None
     budget = None
@@ -38,7 +42,7 @@ def make_meter(config: RunConfig, checkpoint: Checkpoint) -> Meter | None:
         pacer.limit_per_s = per_s
     overhead = (0, 0) if config.structured is None else config.structured.overhead
     meter = Meter(params=config.params, budget=budget, pacer=pacer, overhead=overhead)
-    if budget is not None and config.via == "online":
+    if budget is not None and config.via == "online" and not collects:
         from batchpizza.batchapi.budget import off_the_cap
 
         off_the_cap(meter, checkpoint)  # batches out of an earlier --via batch will be billed

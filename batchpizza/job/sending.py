@@ -50,6 +50,9 @@ class Sending:
     ) -> None:
         self.config = config
         self.stop = stop
+        self.checkpoint = checkpoint
+        # An online run at an OpenAI-compatible server collects the batches that ended first.
+        collects = collects_at_start(config, checkpoint)
         self.control = Control(
             rate=config.rate_per_s,
             auto_max=config.auto_max,
@@ -59,10 +62,10 @@ class Sending:
             timeout=config.timeout,
             on_give_up=functools.partial(self.stop_early, "refusals"),
             stop_signal=stop.wait,
-            meter=make_meter(config, checkpoint),
+            meter=make_meter(config, checkpoint, collects=collects),
             on_stop=self.stop_now,
         )
-        checkpoint.begin_spend(run, config.price_per_m, config.via != "online")
+        checkpoint.begin_spend(run, config.price_per_m, config.via != "online" or collects)
         # A Ray actor's gate to the cluster's one controller stands in for this run's Control.
         self.runner = Runner(
             provider,
@@ -76,33 +79,61 @@ class Sending:
             session=session,
         )
         self._task: asyncio.Task[None] | None = None
+        self.key = request_key(provider)
         self.batches: BatchFlow | None = None  # --via batch / auto: the Batch API's flow
-        if config.via != "online":
+        self.collecting: BatchFlow | None = None  # an online run's collection at its start
+        if config.via != "online" or collects:
             from batchpizza.batchapi.flow import BatchFlow
 
-            self.batches = BatchFlow(
+            flow = BatchFlow(
                 config, provider, checkpoint, run, stop, self.runner.counters,  # type: ignore[arg-type]
-                key=request_key(provider), on_result=on_result, session=session,
+                key=self.key, on_result=on_result, session=session,
                 deadline_at=deadline_at, online=self.runner.run if config.via == "auto" else None,
                 meter=self.control.meter,  # one budget for the batches and the rows sent online
             )  # fmt: skip
+            if collects:
+                self.collecting = flow
+            else:
+                self.batches = flow
         elif out := requests_out(checkpoint):
-            log.warning(
-                "%d of these requests are in Batch API batches still out, which --via batch "
-                "collects (billed when they end: those sent online are paid twice)", out
-            )  # fmt: skip
+            _say_out(out)
+
+    @property
+    def flow(self) -> BatchFlow | None:
+        """The run's Batch API flow: --via batch / auto's, or an online run's collection."""
+        return self.batches or self.collecting
 
     async def send(self, rows: Iterator[PendingRow]) -> None:
         """Send every row; returns after a stop once the grace period is over."""
         if self.stop.sending_stopped:
             return
         sending = self.runner.run if self.batches is None else self.batches.run
+        if self.collecting is not None:
+            sending = self._collect_then_send
         self._task = asyncio.create_task(sending(rows))
         try:
             await self._task
         except asyncio.CancelledError:
             if not self.stop.sending_stopped:
                 raise  # cancelled by our caller, not by our own grace timer
+
+    async def _collect_then_send(self, rows: Iterator[PendingRow]) -> None:
+        """An online run's: the batches that ended collected, then the rows they did not answer
+        sent online."""
+        from batchpizza.batchapi.budget import off_the_cap
+        from batchpizza.batchapi.collecting import collect_at_start
+
+        assert self.collecting is not None
+        answered = await collect_at_start(self.collecting)
+        meter = self.control.meter
+        if meter is not None and meter.budget is not None:
+            off_the_cap(meter, self.checkpoint)  # what is still out will be billed
+        if out := requests_out(self.checkpoint):
+            _say_out(out)
+        if answered:
+            rows = (row for row in rows if self.key(row[1]) not in answered)
+        if not self.stop.sending_stopped:
+            await self.runner.run(rows)
 
     @property
     def batches_out(self) -> int:
@@ -140,3 +171,18 @@ class Sending:
             pacer = control.meter.pacer if control.meter is not None else None
             if pacer is not None and pacer.limit_per_s:
                 checkpoint.set_meta(learned_tpm=pacer.limit_per_s * 60.0)
+
+
+def collects_at_start(config: RunConfig, checkpoint: Checkpoint) -> bool:
+    """Does this online run look for finished Batch API batches first: the OpenAI provider and
+    a checkpoint recording batches still out (its own model's or another's)."""
+    if config.via != "online" or config.provider != "openai" or checkpoint.path is None:
+        return False
+    return bool(checkpoint.open_files() or checkpoint.open_files(others=True))
+
+
+def _say_out(out: int) -> None:
+    log.warning(
+        "%d of these requests are in Batch API batches still out, which --via batch "
+        "collects (billed when they end: those sent online are paid twice)", out
+    )  # fmt: skip

@@ -264,7 +264,7 @@ class Job:
         try:
             # Batches left open by a run killed as it collected them: closed, though no row is
             # left to send; so are other models' batches that ended (batchapi/others.py).
-            batches = sending.batches is not None
+            batches = sending.flow is not None
             if todo or (batches and (checkpoint.open_files() or checkpoint.open_files(True))):
                 # Closed here, not by the collector at exit (where it printed a traceback).
                 prompts = cleanup.enter_context(
@@ -346,6 +346,13 @@ class Job:
             from batchpizza.batchapi.display import batches_text
 
             said = "\n".join([said, *batches_text(planning.batch_files())])
+        if config.provider == "openai" and config.checkpoint_path is not None:
+            from batchpizza.batchapi.display import collection_text
+            from batchpizza.batchapi.others import origin_of
+
+            origin = origin_of(provider)  # type: ignore[arg-type]
+            online = config.via == "online"
+            said = "\n".join([said, *collection_text(planning, origin, online=online)])
         print(said, flush=True)
         return self._summary(tally, 0)
 
@@ -370,9 +377,10 @@ class Job:
         counters = self.sending.runner.counters if self.sending else None
         summary = self._reporter.summary(tally, counters, exit_code, stopped=stopped, rate=rate)
         batched = (0, 0)  # tokens priced at the Batch API's price
-        if self.sending is not None and self.sending.batches is not None:
-            summary = dataclasses.replace(summary, batches=self.sending.batches.info())
-            batched = self.sending.batches.money.tokens
+        flow = self.sending.flow if self.sending is not None else None
+        if flow is not None:
+            summary = dataclasses.replace(summary, batches=flow.info())
+            batched = flow.money.tokens
         if self.config.structured is not None and self._checkpoint is not None:
             with contextlib.suppress(Exception):  # as _tally: never fail the summary
                 fit = self._checkpoint.fit_counts(self.config.limit)

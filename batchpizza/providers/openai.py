@@ -32,7 +32,7 @@ from batchpizza.providers.deadline import Deadlines
 from batchpizza.providers.errorreply import about_model, error_detail
 from batchpizza.providers.http import looks_like_page, post_json, reply_json
 from batchpizza.providers.limits import parse_rate_info, retry_after_of
-from batchpizza.providers.quota import quota_spent, zero_limits
+from batchpizza.providers.quota import quota_spent, zero_limits, zero_unsure
 from batchpizza.records import TOKEN_COLUMNS, UNANSWERED, Answer, Prompt, RateInfo
 from batchpizza.redact import MASK, Secret, redact, shorten
 from batchpizza.structured import Structured
@@ -343,4 +343,6 @@ class OpenAIAPI:
         if status in self.fatal_statuses:
             hint = "the API key is wrong" if self._key else "no API key was sent"
             return HTTPStatusError(status, f"{text} [{hint}]", fatal=True)
-        return HTTPStatusError(status, text, retry_after_of(headers))
+        refused = HTTPStatusError(status, text, retry_after_of(headers))
+        refused.zero_limit = zero_unsure(status, headers, self._zero_in_answers)
+        return refused

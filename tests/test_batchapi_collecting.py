@@ -1,0 +1,163 @@
+"""An online run (no --via) collects the finished Batch API batches its checkpoint has out at its
+server, at its start (batchapi/collecting.py): another model's under that model, as a --via batch
+run does; its own model's as its answers, their rows not sent online. A dry run says what it
+would collect and changes nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+
+from batchpizza.mock.server import ThreadedMockServer
+from batchpizza.pricing import Price, cost
+from tests.batchapi_shared import ModelAOut, run
+from tests.conftest import Spawn, read_jsonl
+from tests.test_batchapi import batch_rows, expected, kill_at, wait_for
+from tests.test_batchapi_others import kept, models, spend, usage_of
+
+
+@pytest.mark.slow
+def test_an_online_run_collects_another_models_finished_batches_under_that_model(
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
+) -> None:
+    job = model_a_out(50)
+
+    b = job.run("--model", "b", "--rate", "0", "--summary-json", str(job.summary))
+
+    assert b.returncode == 0, b.stderr
+    assert models(job.out) == {f"q{i}": ("b", "stop") for i in range(50)}
+    assert "collected 50 results (50 answers) from 2 finished Batch API batches" in b.stderr
+    assert json.loads(job.summary.read_text())["batches"]["others"] == 50
+    assert kept(job.checkpoint, "a") == {k: ("stop", v) for k, v in expected(50).items()}
+    assert batch_rows(job.checkpoint, "SELECT count(*) FROM batch_files WHERE done = 0") == [(0,)]
+    chats = server.stats.requests
+
+    a = job.run("--model", "a", "--rate", "0")
+
+    assert a.returncode == 0, a.stderr
+    assert server.stats.requests == chats  # a's answers were there already
+    assert models(job.out) == {f"q{i}": ("a", "stop") for i in range(50)}
+
+
+@pytest.mark.slow
+def test_an_online_run_collects_its_own_finished_batches_and_sends_only_what_they_left(
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
+) -> None:
+    # Its rows were all sent online again (paid twice), the batches left to expire unread.
+    job = model_a_out(50)
+    first, _ = sorted(job.theirs)  # 40 lines, then 10
+    server.batches.batches[first]["_expire"] = True  # ends with half its lines run
+
+    a = job.run("--model", "a", "--rate", "0", "--summary-json", str(job.summary))
+
+    assert a.returncode == 0, a.stderr
+    assert {r["id"]: r["answer"] for r in read_jsonl(job.out)} == expected(50)
+    assert server.stats.requests == 20  # online: only the 20 lines the expired batch did not run
+    assert "collected 30 results of this model and parameters from 2 finished" in a.stderr
+    said = json.loads(job.summary.read_text())
+    assert said["requests"] == 20 and said["batches"]["collected"] == 30
+    batches = len(server.batches.batches)
+
+    # Those 20 were sent online, not left to be resubmitted: a --via batch run sends nothing.
+    again = job.run("--via", "batch", "--wait", "--model", "a")
+
+    assert again.returncode == 0, again.stderr
+    assert len(server.batches.batches) == batches
+    assert sorted(server.batches.submitted.values()) == [1] * 50
+
+
+@pytest.mark.slow
+def test_a_dry_run_says_which_batches_its_run_would_collect_and_changes_nothing(
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
+) -> None:
+    job = model_a_out(50)
+    before, polls = job.checkpoint.read_bytes(), server.batches.polls
+
+    other = job.run("--model", "b", "--dry-run")
+    own = job.run("--model", "a", "--dry-run")
+    batch = job.run("--model", "b", "--via", "batch", "--dry-run")
+
+    for dry in (other, own, batch):
+        assert dry.returncode == 0, dry.stderr
+    said = "collect     2 Batch API batches of {} out at this server (50 requests): those that "
+    assert said.format("other models or parameters") in other.stdout
+    assert said.format("other models or parameters") in batch.stdout
+    assert said.format("this model and parameters") in own.stdout
+    assert "their answers not sent online" in own.stdout
+    assert job.checkpoint.read_bytes() == before and server.batches.polls == polls
+
+
+@pytest.mark.slow
+def test_a_kill_during_an_online_runs_collection_loses_nothing_and_counts_nothing_twice(
+    server: ThreadedMockServer, spawn: Spawn, model_a_out: Callable[..., ModelAOut]
+) -> None:
+    job = model_a_out(100, "--price", "1,2")
+    assert len(job.theirs) == 3  # 40 + 40 + 20 lines
+    argv = job.argv("--model", "b", "--rate", "0")
+
+    # Killed while downloading the second of a's batches: the first is kept, nothing sent.
+    server.batches.download_delay = 0.5
+    kill_at(spawn, argv, lambda: server.batches.downloads >= 2)
+    server.batches.download_delay = 0.0
+    assert len(kept(job.checkpoint, "a")) == 40 and not kept(job.checkpoint, "b")
+    assert server.stats.requests == 0
+
+    done = run(*argv)
+
+    assert done.returncode == 0, done.stderr
+    assert "collected 60 results" in done.stderr
+    assert models(job.out) == {f"q{i}": ("b", "stop") for i in range(100)}
+    assert kept(job.checkpoint, "a") == {k: ("stop", v) for k, v in expected(100).items()}
+    # a's tokens counted once, by the server's own count; the cut output fetched again.
+    prompt, completion = usage_of(server, job.theirs)
+    foreign = [row for row in spend(job.checkpoint) if row[0] == 1 and row[1] == 1]
+    assert sum(r[4] for r in foreign) == prompt and sum(r[5] for r in foreign) == completion
+    assert server.batches.downloads == 2 + 1 + 1
+    assert server.stats.requests == 100  # b's rows, once each
+
+
+@pytest.mark.slow
+def test_a_waiting_run_collects_another_models_batch_that_ends_while_it_waits(
+    server: ThreadedMockServer, spawn: Spawn, model_a_out: Callable[..., ModelAOut]
+) -> None:
+    # Collected only at the run's start, it waited for the next run.
+    job = model_a_out(10)
+    (theirs,) = job.theirs
+    server.batches.batches[theirs]["_started"] += 7200.0  # running at the run's start
+    server.batches.seconds = 2.0  # b's own batch keeps the run waiting a while
+    proc = spawn([sys.executable, "-m", "batchpizza",
+                  *job.argv("--via", "batch", "--wait", "--model", "b")])  # fmt: skip
+    wait_for(lambda: len(server.batches.batches) > 1, proc)  # b's batch made: a's still out
+    server.batches.batches[theirs]["_started"] -= 7200.0  # now it ends
+
+    assert proc.wait(60) == 0, proc.stderr
+    assert "collected 10 results (10 answers) from 1 finished Batch API batch" in proc.stderr
+    assert kept(job.checkpoint, "a") == {k: ("stop", v) for k, v in expected(10).items()}
+    assert models(job.out) == {f"q{i}": ("b", "stop") for i in range(10)}
+
+
+@pytest.mark.slow
+def test_what_an_online_run_collects_of_its_own_counts_against_max_cost(
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
+) -> None:
+    priced = ("--price", "1,2", "--param", "max_tokens=20")
+    job = model_a_out(50, *priced)
+    first, _ = sorted(job.theirs)  # 40 lines, then 10
+    server.batches.batches[first]["_expire"] = True  # 20 of its lines left to send online
+    for batch_id in job.theirs:  # ended, their output made: what they cost is known
+        urllib.request.urlopen(f"{server.base_url}/v1/batches/{batch_id}", timeout=10).read()
+    spent = cost(Price(1.0, 2.0), *usage_of(server, job.theirs), batch=True)
+
+    # A cap the 30 answers collected all but fill: no row sent online fits beside them.
+    a = job.run("--model", "a", "--rate", "0", *priced, "--max-cost", f"{spent + 1e-5:.9f}",
+                "--summary-json", str(job.summary))  # fmt: skip
+
+    assert a.returncode == 4, a.stderr
+    said = json.loads(job.summary.read_text())
+    assert said["stopped"] == "budget" and said["batches"]["collected"] == 30
+    assert server.stats.requests == 0
+    assert said["cost"]["total"] == pytest.approx(spent)
