@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import write_jsonl
 from old_checkpoints import RUNS, old_checkpoint
 
 import batchpizza.checkpoint.store as store_module
@@ -66,12 +67,14 @@ def test_status_and_report_of_an_old_checkpoint_say_what_its_upgrade_in_memory_s
 
 
 def test_status_and_report_leave_an_old_checkpoint_as_it_was(tmp_path: Path) -> None:
-    path = tmp_path / "out.jsonl.checkpoint"
+    (tmp_path / "runs").mkdir()
+    path = tmp_path / "runs" / "out.jsonl.checkpoint"
     old_checkpoint(path, "2", ANSWERS)
     os.utime(path, ns=(1_000_000_000, 1_000_000_000))
     before = as_it_is(path)
 
-    for args in (["status"], ["report", "--json"]):
+    page = ["report", "--html", str(tmp_path / "page.html")]
+    for args in (["status"], ["status", "--json"], ["report"], ["report", "--json"], page):
         done = CliRunner().invoke(cli, [*args, "--checkpoint", str(path)])
         assert done.exit_code == 0, done.output
 
@@ -171,3 +174,26 @@ def test_status_reads_what_a_live_run_of_an_older_batchpizza_has_in_its_log(
 
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["answers_kept"] == kept + 1
+
+
+def test_a_dry_run_on_an_old_checkpoint_plans_with_its_upgrade_and_leaves_it_as_it_was(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out.jsonl"
+    path = Path(f"{out}.checkpoint")
+    old_checkpoint(path, "2", 10)  # r0-r4 written under the Pizzagpt run, r5-r9 under the other
+    inp = write_jsonl(
+        tmp_path / "in.jsonl", [{"id": f"r{i}", "prompt": f"question {i}"} for i in range(12)]
+    )
+    before = as_it_is(path)
+
+    done = CliRunner().invoke(cli, ["run", str(inp), "-o", str(out), "--dry-run"])
+
+    assert done.exit_code == 0, done.output
+    said = (
+        "to send     8: 5 asked before fingerprints (request not known), 2 new rows, "
+        "1 failed before"
+    )
+    assert "answered    3 (kept, not sent again)" in done.output
+    assert said in done.output
+    assert as_it_is(path) == before
