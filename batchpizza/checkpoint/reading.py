@@ -67,23 +67,27 @@ def _older_in_place(path: Path) -> sqlite3.Connection:
     """A schema 1 or 2 file attached read-only as `older` to an empty in-memory checkpoint, its
     tables in today's shape by temporary views, whose names come first."""
     conn = new_in_memory()
-    conn.execute("ATTACH DATABASE ? AS older", (reading_uri(path),))
-    has = {n for (n,) in conn.execute("SELECT name FROM older.sqlite_master WHERE type = 'table'")}
-    for table in _KEPT_AS_THEY_ARE:
-        if table in has:
-            conn.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM older.{table}")
-    # Its meta, as the upgrade leaves it (the scan it describes is dropped: main.scan is empty).
-    conn.execute("DELETE FROM meta")
-    conn.execute(
-        f"INSERT INTO meta SELECT key, value FROM older.meta WHERE key NOT IN {NOT_KEPT_META}"
-    )
-    ident = run_idents(conn)  # (its runs' identities go into the in-memory `identities`)
-    if ident is not None:
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (ident.hex(),))
-    shaped = {row[1]: row[1] for row in conn.execute("PRAGMA older.table_info(results)")}
-    shaped["ident"] = f"{IDENT_OF_OLD} AS ident"
-    columns = ", ".join(shaped.get(n, f"NULL AS {n}") for n in RESULT_NAMES.split(", "))
-    conn.execute(f"CREATE TEMP VIEW results AS SELECT {columns} FROM older.results o")
+    try:
+        conn.execute("ATTACH DATABASE ? AS older", (reading_uri(path),))
+        tables = "SELECT name FROM older.sqlite_master WHERE type = 'table'"
+        has = {name for (name,) in conn.execute(tables)}
+        for table in _KEPT_AS_THEY_ARE:
+            if table in has:
+                conn.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM older.{table}")
+        # Its meta as the upgrade leaves it (the scan it describes dropped: main.scan is empty),
+        # with the identity of its last run (its runs' identities in the in-memory identities).
+        conn.execute("DELETE FROM meta")
+        conn.execute(
+            f"INSERT INTO meta SELECT key, value FROM older.meta WHERE key NOT IN {NOT_KEPT_META}"
+        )
+        run_idents(conn)
+        shaped = {row[1]: row[1] for row in conn.execute("PRAGMA older.table_info(results)")}
+        shaped["ident"] = f"{IDENT_OF_OLD} AS ident"
+        columns = ", ".join(shaped.get(n, f"NULL AS {n}") for n in RESULT_NAMES.split(", "))
+        conn.execute(f"CREATE TEMP VIEW results AS SELECT {columns} FROM older.results o")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

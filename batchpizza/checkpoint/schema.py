@@ -202,10 +202,10 @@ IDENT_OF_OLD = (
 )
 
 
-def run_idents(conn: sqlite3.Connection) -> bytes | None:
+def run_idents(conn: sqlite3.Connection) -> None:
     """temp.run_ident: when each run of a schema 1 or 2 file started and the identity it asked
-    with (recorded in `identities`), for IDENT_OF_OLD; the last run's identity, None without
-    runs."""
+    with (recorded in `identities`), for IDENT_OF_OLD; the last run's recorded in meta as what
+    `status` counts against."""
     conn.execute("CREATE TEMP TABLE run_ident (started REAL, ident BLOB)")
     ident = None
     for started, options in conn.execute(
@@ -218,7 +218,8 @@ def run_idents(conn: sqlite3.Connection) -> bytes | None:
         identity = run_identity(recorded) if isinstance(recorded, dict) else None
         ident = fingerprint.UNKNOWN if identity is None else record_identity(conn, identity)
         conn.execute("INSERT INTO temp.run_ident VALUES (?, ?)", (started, ident))
-    return ident
+    if ident is not None:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (ident.hex(),))
 
 
 def upgrade(conn: sqlite3.Connection, found: str) -> None:
@@ -237,13 +238,11 @@ def upgrade(conn: sqlite3.Connection, found: str) -> None:
     for statement in RESULTS.split(";"):  # not executescript: it would commit the transaction
         if statement.strip():
             conn.execute(statement)
-    ident = run_idents(conn)
+    run_idents(conn)
     conn.execute(
         f"INSERT OR IGNORE INTO results (ident, {_KEPT}) SELECT {IDENT_OF_OLD}, {_KEPT} "
         "FROM results_v2 o"
     )
-    if ident is not None:  # what the last run asked with: what `status` counts against
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (ident.hex(),))
     conn.execute("DROP TABLE results_v2")
     conn.execute("DROP TABLE temp.run_ident")
     # The scan's rows lack the request digest: the next run scans again.
