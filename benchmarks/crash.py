@@ -47,7 +47,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from mockproc import Server, child_env
 
-from batchpizza.checkpoint.schema import read_only
+from batchpizza.checkpoint.reading import read_only
 from batchpizza.errors import BatchpizzaError
 from batchpizza.mock.replies import mock_answer
 

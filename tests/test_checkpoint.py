@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import FAST, write_jsonl
+from old_checkpoints import SCHEMA_1
 
 import batchpizza
 from batchpizza.checkpoint import Checkpoint, RunLock, is_locked
-from batchpizza.checkpoint.schema import read_only
+from batchpizza.checkpoint.reading import read_only
 from batchpizza.cli import cli
 from batchpizza.errors import CheckpointMissing, CheckpointVersionError, LockedError, OutputError
 from batchpizza.mock.replies import mock_answer
@@ -618,13 +619,7 @@ def test_another_programs_sqlite_file_is_refused_and_left_alone(ck_path: Path) -
 def test_a_schema_1_checkpoint_is_upgraded_to_5_and_keeps_its_answers(ck_path: Path) -> None:
     conn = sqlite3.connect(ck_path)
     with conn:  # what the first version created
-        conn.executescript(
-            "CREATE TABLE results (id TEXT PRIMARY KEY, digest BLOB NOT NULL, "
-            "finish_reason TEXT NOT NULL, answer TEXT, error TEXT, attempts INTEGER NOT NULL, "
-            "latency_ms REAL, model TEXT, updated REAL NOT NULL) WITHOUT ROWID;"
-            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;"
-            "INSERT INTO meta VALUES ('schema', '1');"
-        )
+        conn.executescript(SCHEMA_1)
         conn.execute(
             "INSERT INTO results VALUES ('q1', ?, 'stop', 'old answer', NULL, 1, 2.0, 'm', 0)",
             (DIGEST,),

@@ -25,7 +25,7 @@ from conftest import FAST, Spawn, read_jsonl, write_jsonl
 
 import batchpizza
 from batchpizza.checkpoint import Checkpoint, RunLock, is_locked
-from batchpizza.checkpoint.schema import read_only
+from batchpizza.checkpoint.reading import read_only
 from batchpizza.cli import cli
 from batchpizza.config import RunConfig
 from batchpizza.errors import BatchpizzaError, Interrupted

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from conftest import FAST, read_jsonl, write_jsonl
+from old_checkpoints import SCHEMA_2
 
 import batchpizza
 from batchpizza.checkpoint import Checkpoint
@@ -200,18 +201,7 @@ def _schema_2(path: Path, options: dict[str, Any], answers: dict[str, str]) -> N
     conn = sqlite3.connect(path)
     started = time.time() - 60
     with conn:
-        conn.executescript(
-            "CREATE TABLE results (id TEXT PRIMARY KEY, digest BLOB NOT NULL, finish_reason TEXT "
-            "NOT NULL, answer TEXT, error TEXT, attempts INTEGER NOT NULL, latency_ms REAL, model "
-            "TEXT, updated REAL NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER, "
-            "response_id TEXT, request_id TEXT) WITHOUT ROWID;"
-            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;"
-            "CREATE TABLE runs (id INTEGER PRIMARY KEY, started REAL, ended REAL, rows_sent "
-            "INTEGER, exit_code INTEGER, options TEXT);"
-            "CREATE TABLE scan (pos INTEGER PRIMARY KEY, id TEXT, digest BLOB, bad TEXT, "
-            "file INTEGER, at INTEGER);"
-            "INSERT INTO meta VALUES ('schema', '2');"
-        )
+        conn.executescript(SCHEMA_2)
         conn.execute(
             "INSERT INTO runs VALUES (1, ?, ?, 1, 0, ?)",
             (started, started + 1, json.dumps(options)),

@@ -33,7 +33,7 @@ from conftest import FAST, read_jsonl, write_jsonl
 
 import batchpizza
 import batchpizza.checkpoint.store as checkpoint_store
-from batchpizza.checkpoint.schema import read_only
+from batchpizza.checkpoint.reading import read_only
 from batchpizza.checkpoint.store import Checkpoint
 from batchpizza.cli import cli
 from batchpizza.errors import BadReply, BatchpizzaError, OutputError

@@ -18,7 +18,7 @@ from conftest import FAST, read_jsonl, write_jsonl
 import batchpizza
 from batchpizza import storable
 from batchpizza.checkpoint import Checkpoint
-from batchpizza.checkpoint.schema import read_only
+from batchpizza.checkpoint.reading import read_only
 from batchpizza.providers.pizzagpt import extract_answer
 from batchpizza.records import Attempt, Result
 from batchpizza.rows import prompt_digest

@@ -110,6 +110,8 @@ _ADDED_COLUMNS = (
 # Columns added to schema 3 since it was first written: nullable, so a checkpoint that lacks
 # them reads as one whose rows have none; added when one is opened for writing.
 ADDED_TO_3 = (("body", "BLOB"), ("tokens_estimated", "INTEGER"))
+# What an upgrade from schema 1 or 2 drops of the meta table (with the scan it described).
+NOT_KEPT_META = "('scan_key', 'scan_info')"
 _KEPT = (
     "id, digest, finish_reason, answer, error, attempts, latency_ms, model, updated, "
     "prompt_tokens, completion_tokens, response_id, request_id"
@@ -192,6 +194,34 @@ def record_identity(conn: sqlite3.Connection, identity: dict[str, Any]) -> bytes
     return ident
 
 
+# The identity a schema 1 or 2 answer (`o`) is upgraded to: that of the last run started before
+# it was written (temp.run_ident, see run_idents), else fingerprint.UNKNOWN.
+IDENT_OF_OLD = (
+    "coalesce((SELECT i.ident FROM temp.run_ident i WHERE i.started <= o.updated "
+    f"ORDER BY i.started DESC LIMIT 1), x'{fingerprint.UNKNOWN.hex()}')"
+)
+
+
+def run_idents(conn: sqlite3.Connection) -> None:
+    """temp.run_ident: when each run of a schema 1 or 2 file started and the identity it asked
+    with (recorded in `identities`), for IDENT_OF_OLD; the last run's recorded in meta as what
+    `status` counts against."""
+    conn.execute("CREATE TEMP TABLE run_ident (started REAL, ident BLOB)")
+    ident = None
+    for started, options in conn.execute(
+        "SELECT started, options FROM runs ORDER BY id"
+    ).fetchall():
+        try:
+            recorded = json.loads(options or "{}")
+        except ValueError:
+            recorded = {}
+        identity = run_identity(recorded) if isinstance(recorded, dict) else None
+        ident = fingerprint.UNKNOWN if identity is None else record_identity(conn, identity)
+        conn.execute("INSERT INTO temp.run_ident VALUES (?, ?)", (started, ident))
+    if ident is not None:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (ident.hex(),))
+
+
 def upgrade(conn: sqlite3.Connection, found: str) -> None:
     """Schema 1 or 2 -> 3, inside the caller's transaction (after TABLES_SQL made what is new).
     Every answer is kept: under the identity of the run that wrote it where the runs table says
@@ -208,33 +238,18 @@ def upgrade(conn: sqlite3.Connection, found: str) -> None:
     for statement in RESULTS.split(";"):  # not executescript: it would commit the transaction
         if statement.strip():
             conn.execute(statement)
-    conn.execute("CREATE TEMP TABLE run_ident (started REAL, ident BLOB)")
-    ident = None
-    for started, options in conn.execute(
-        "SELECT started, options FROM runs ORDER BY id"
-    ).fetchall():
-        try:
-            recorded = json.loads(options or "{}")
-        except ValueError:
-            recorded = {}
-        identity = run_identity(recorded) if isinstance(recorded, dict) else None
-        ident = fingerprint.UNKNOWN if identity is None else record_identity(conn, identity)
-        conn.execute("INSERT INTO temp.run_ident VALUES (?, ?)", (started, ident))
+    run_idents(conn)
     conn.execute(
-        f"INSERT OR IGNORE INTO results (ident, {_KEPT}) SELECT coalesce((SELECT i.ident "
-        "FROM temp.run_ident i WHERE i.started <= o.updated ORDER BY i.started DESC LIMIT 1), "
-        f"?), {_KEPT} FROM results_v2 o",
-        (fingerprint.UNKNOWN,),
+        f"INSERT OR IGNORE INTO results (ident, {_KEPT}) SELECT {IDENT_OF_OLD}, {_KEPT} "
+        "FROM results_v2 o"
     )
-    if ident is not None:  # what the last run asked with: what `status` counts against
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (ident.hex(),))
     conn.execute("DROP TABLE results_v2")
     conn.execute("DROP TABLE temp.run_ident")
     # The scan's rows lack the request digest: the next run scans again.
     conn.execute("DROP TABLE scan")
     conn.execute(SCAN_SCHEMA.format(table="scan"))
     conn.execute(SCAN_BAD)
-    conn.execute("DELETE FROM meta WHERE key IN ('scan_key', 'scan_info')")
+    conn.execute(f"DELETE FROM meta WHERE key IN {NOT_KEPT_META}")
 
 
 def has_data(path: Path) -> bool:
@@ -271,57 +286,11 @@ def create_tables(conn: sqlite3.Connection, found: str | None) -> None:
 
 
 def new_in_memory() -> sqlite3.Connection:
-    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    # uri: a read-only view of an older schema's file attaches it by a read-only URI (reading.py).
+    conn = sqlite3.connect(":memory:", uri=True, isolation_level=None, check_same_thread=False)
     create_tables(conn, None)
     conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
     return conn
-
-
-def read_only(path: Path) -> sqlite3.Connection:
-    """A read-only connection to the checkpoint at `path`; one of an older schema is copied
-    into memory and upgraded there, so that the file stays as it is."""
-    conn = sqlite3.connect(
-        reading_uri(path), uri=True, isolation_level=None, check_same_thread=False
-    )
-    found = schema_of(conn, path)
-    if found is None:
-        # No tables (a run killed as it made them, or as it removed a checkpoint it had just
-        # made): nothing in it yet, as an empty file.
-        conn.close()
-        return new_in_memory()
-    if found not in ("1", "2"):
-        _shadow_staged(conn)
-        return conn
-    copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-    conn.backup(copy)
-    conn.close()
-    copy.execute("BEGIN")
-    create_tables(copy, found)
-    copy.execute("COMMIT")
-    return copy
-
-
-def _shadow_staged(conn: sqlite3.Connection) -> None:
-    """On a read-only connection to a file whose last results are still staged (a run going
-    on, or one killed before it folded them): `results` as a temporary view of both, the staged
-    result the later where a request has two, so that every query reads what a fold would make.
-    A temporary name shadows the file's table of that name."""
-    has_staged = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'staged'"
-    ).fetchone()
-    if not has_staged or conn.execute("SELECT 1 FROM main.staged LIMIT 1").fetchone() is None:
-        return
-    conn.execute(f"CREATE TEMP TABLE tail ({RESULT_COLUMNS}, PRIMARY KEY (ident, digest))")
-    # A file from before a column was added (ADDED_TO_3) lacks it in both tables: read as null.
-    have = {row[1] for row in conn.execute("PRAGMA main.table_info(staged)")}
-    kept = ", ".join(n if n in have else f"NULL AS {n}" for n in RESULT_NAMES.split(", "))
-    conn.execute(f"INSERT OR REPLACE INTO temp.tail SELECT {kept} FROM main.staged ORDER BY rowid")
-    conn.execute("CREATE INDEX temp.tail_by_id ON tail (id)")
-    conn.execute(
-        f"CREATE TEMP VIEW results AS SELECT {kept} FROM main.results o WHERE NOT EXISTS "
-        "(SELECT 1 FROM temp.tail t WHERE t.ident = o.ident AND t.digest = o.digest) "
-        f"UNION ALL SELECT {RESULT_NAMES} FROM temp.tail"
-    )
 
 
 def fold(conn: sqlite3.Connection) -> None:
@@ -333,15 +302,3 @@ def fold(conn: sqlite3.Connection) -> None:
         "ORDER BY rowid"
     )
     conn.execute("DELETE FROM staged")
-
-
-def readonly_uri(path: Path) -> str:
-    return path.resolve().as_uri() + "?mode=ro"  # as_uri escapes # ? % in the path
-
-
-def reading_uri(path: Path) -> str:
-    """A read-only URI that leaves nothing beside the file. A read of a database in WAL mode
-    makes a -wal and a -shm file unless it is `immutable`; immutable is right when there is no
-    log (no run is writing, and the last one ended cleanly). With a log, the log must be read."""
-    wal = path.with_name(path.name + "-wal")
-    return readonly_uri(path) + ("" if wal.exists() else "&immutable=1")

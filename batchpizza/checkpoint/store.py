@@ -22,14 +22,15 @@ run opens a checkpoint a killed run left results staged in. A group commit strai
 key's index touches a page of it per row (a random key), and each touched page is written to the
 log: 0.24 s of CPU for 20,000 results, against 0.09 s staged plus 0.06 s for the fold (paired,
 benchmarks/RESULTS.md, 2026-12-06). A reader of a file with staged results (status during a run)
-sees them through a temporary view (schema.py). No
+sees them through a temporary view (reading.py). No
 row can fail a group for the others: a value SQLite cannot bind (a lone surrogate, an integer
 beyond 64 bits) is made storable by batchpizza.storable's rules, and a row that still cannot be
 stored becomes an error row saying so (sent again by the next run).
 
 A checkpoint says which schema it has; one this version does not know (a newer batchpizza's, or
 no schema at all in a file with tables) is refused, never rewritten. Schemas 1 and 2 are upgraded
-to 3 (schema.py); the plan and the output's joins are in plan.py.
+to 3 (schema.py), and read where they lie by `status` and `report` (reading.py); the plan and
+the output's joins are in plan.py.
 
 Settings, chosen for what they promise:
 - journal_mode=WAL: a commit appends to the write-ahead log; a kill -9 mid-commit leaves the last
@@ -59,6 +60,7 @@ from batchpizza.checkpoint.batches import BatchRecords, FileDone
 from batchpizza.checkpoint.fitting import Fitting
 from batchpizza.checkpoint.guarded import insert_group
 from batchpizza.checkpoint.history import History
+from batchpizza.checkpoint.reading import read_only, reading_uri
 from batchpizza.checkpoint.scan import ScanIndex
 from batchpizza.checkpoint.schema import (
     SCHEMA_VERSION,
@@ -66,8 +68,6 @@ from batchpizza.checkpoint.schema import (
     fold,
     has_data,
     new_in_memory,
-    read_only,
-    reading_uri,
     record_identity,
     schema_of,
     version,
@@ -208,7 +208,7 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
         one in memory) with `scan` standing in for its scan table. Nothing on disk changes."""
         try:
             if path is not None and has_data(path):
-                conn = read_only(path)
+                conn = read_only(path, upgraded=True)  # the plan's joins need one per request
                 conn.execute("SELECT 1 FROM results LIMIT 1")
             else:
                 conn = new_in_memory()
