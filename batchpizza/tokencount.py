@@ -8,7 +8,8 @@ tokenizer can pass:
                rule of thumb OpenAI gives for English and its chat format's overhead
     bound      UTF-8 bytes per message + 8 per message + 8: every token of a byte-level BPE
                (GPT, Llama 3, Qwen) or a byte-fallback SentencePiece is at least one byte, and
-               the template adds a few special tokens per message
+               the template adds a few special tokens per message; plus the bytes of the body
+               parameters the model reads (tools, a schema: params_sizes)
 
 The estimate paces --tpm and sizes --dry-run; the bound is what a request reserves of a
 --max-cost budget, so that the server's count never passes it. Pizzagpt reports no usage: its
@@ -20,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import batchpizza.jsoncodec as jsoncodec
 from batchpizza.records import Prompt
 
 CHARS_PER_TOKEN = 4
@@ -87,6 +89,19 @@ def messages_bound(messages: Iterable[Any]) -> int:
         text = _content(message) if isinstance(message, Mapping) else ""
         n += len(text.encode("utf-8", "surrogatepass")) + BOUND_MESSAGE_OVERHEAD
     return n
+
+
+def params_sizes(params: Mapping[str, Any]) -> tuple[int, int]:
+    """(bound, estimate) of the input tokens a request's body parameters add beyond its
+    messages: the UTF-8 bytes, as JSON, of each one that is a list or an object (`tools`,
+    `functions`, a `response_format` given as --param: the server counts what they say as
+    input), and a quarter of those. A scalar (`temperature`, `max_tokens`, `seed`) is no text
+    the model reads."""
+    size = 0
+    for name, value in params.items():
+        if name != "messages" and isinstance(value, (dict, list)) and value:
+            size += len(jsoncodec.dumps(value))
+    return size, -(-size // CHARS_PER_TOKEN)
 
 
 def max_output(params: Mapping[str, Any], prompt: Prompt | None = None) -> int | None:
