@@ -191,6 +191,20 @@ async def test_auto_holds_when_what_is_left_would_not_take_the_next_request() ->
     assert vt.now >= 100.0 + 2.0  # 200 tokens more to come back: 2 s
 
 
+@pytest.mark.parametrize("reset_s", [0.0, 0.001, 0.3])
+async def test_auto_holds_no_longer_than_the_server_says_the_limit_takes_to_reset(
+    reset_s: float,
+) -> None:
+    # "1,000 tokens, 0 left, full again in 0s" (a fixed window at its edge): the window could not
+    # be read from so short a reset, so the hold was counted at a minute's rate: 31 s for each
+    # request of 520 tokens, two requests a minute against a server that had them all back.
+    vt = VirtualTime()
+    pacer = TokenPacer(None, auto=True, clock=vt.clock, sleep=vt.sleep)
+    pacer.observe(1000, 0, reset_s, 520)
+    await vt.run(pacer.acquire(520))
+    assert vt.now <= 100.0 + reset_s + 0.01
+
+
 def test_the_output_estimate_starts_at_the_default_then_follows_the_99th_percentile() -> None:
     estimate = OutputEstimate()
     for _ in range(OUTPUT_SAMPLES - 1):

@@ -256,8 +256,13 @@ class TokenPacer:
         if rate and next_cost > rate * MINUTE and not self._warned:
             self._warn_slow(next_cost, rate)
         if remaining is not None and remaining < next_cost:
-            # Nearly spent at the server: wait until the next request's worth is back.
-            self.hold_until = max(self.hold_until, self.clock() + (next_cost - remaining) / per_s)
+            # Nearly spent at the server: wait until the next request's worth is back, and never
+            # past the reset, when all of it is (a fixed window at its edge says "0 left, full
+            # in 0s": at the rate, a request of 520 tokens of a 1,000 limit waited 31 s).
+            wait = (next_cost - remaining) / per_s
+            if reset_s is not None:
+                wait = min(wait, reset_s)
+            self.hold_until = max(self.hold_until, self.clock() + wait)
 
     async def _sleep_until(self, when: float, schedule: int) -> bool:
         while self._schedule == schedule:
