@@ -147,6 +147,8 @@ def test_a_restart_while_batches_are_out_collects_them_and_submits_no_request_tw
     assert answered.returncode == 0, answered.stderr
     out_now = run(*args(inp, out, server.base_url, "--via", "batch"))
     assert out_now.returncode == 4, out_now.stderr  # 20 rows in batches still out
+    dry = run(*args(inp, out, server.base_url, "--via", "batch", "--restart", "--dry-run"))
+    assert "batches    1 out (20 requests)" in dry.stdout, dry.stdout
 
     again = run(*args(inp, out, server.base_url, "--via", "batch", "--restart", "--wait"))
 
