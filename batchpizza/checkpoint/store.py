@@ -125,6 +125,8 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
         `status` counts against)."""
         self.identity = dict(identity)
         self.use_samples(samples)
+        last = self.meta().get("identity")  # the last run's, whose answers its output holds
+        self.last_ident = bytes.fromhex(last) if last else None
         if self._readonly:
             self.ident = fingerprint.identity_digest(identity)
             return
