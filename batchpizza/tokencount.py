@@ -43,7 +43,11 @@ def _contents(prompt: Prompt) -> Iterable[str]:
 
 
 def _content(message: Mapping[str, Any]) -> str:
+    """The text of a message the model reads: its content, and its name where it has one."""
     content = message.get("content")
+    speaker = message.get("name")
+    if isinstance(speaker, str) and speaker:
+        return speaker + _content({"content": content})
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts
@@ -51,9 +55,15 @@ def _content(message: Mapping[str, Any]) -> str:
     return ""
 
 
+def _text_alone(prompt: Prompt) -> bool:
+    """Whether `prompt`'s request is its text alone: no messages, or one without a name."""
+    messages = prompt.messages
+    return not messages or (len(messages) == 1 and "name" not in messages[0])
+
+
 def input_estimate(prompt: Prompt) -> int:
     """The estimated input tokens of `prompt`'s request."""
-    if len(prompt.messages) <= 1:  # a prompt row, the usual case: its text is its one message
+    if _text_alone(prompt):  # a prompt row, the usual case: its text is its one message
         return -(-len(prompt.text) // CHARS_PER_TOKEN) + MESSAGE_OVERHEAD + REPLY_OVERHEAD
     return input_sizes(prompt)[1]
 
@@ -66,7 +76,7 @@ def input_bound(prompt: Prompt) -> int:
 def input_sizes(prompt: Prompt) -> tuple[int, int]:
     """(`input_bound`, `input_estimate`) of `prompt`'s request, in one walk of its text: a
     metered request needs both, once per attempt."""
-    if len(prompt.messages) <= 1:  # a prompt row, the usual case: its text is its one message
+    if _text_alone(prompt):  # a prompt row, the usual case: its text is its one message
         text = prompt.text
         chars = len(text)
         size = chars if text.isascii() else len(text.encode("utf-8", "surrogatepass"))

@@ -96,6 +96,12 @@ def test_the_estimate_counts_a_quarter_of_the_characters_and_the_bound_every_byt
     assert text_tokens("") == 0 and text_tokens("abcde") == 2
 
 
+def test_the_bound_counts_a_messages_name_which_is_sent() -> None:
+    named = Prompt("r", "hi", ({"role": "user", "content": "hi", "name": "n" * 40},))
+    assert input_bound(named) == 40 + 2 + 8 + 8
+    assert input_estimate(named) == 11 + 4 + 3
+
+
 def test_max_output_reads_the_params_over_the_line() -> None:
     line = Prompt("r", "q", (), {"max_tokens": 50})
     assert max_output({}, line) == 50

@@ -100,7 +100,12 @@ class Meter:
         elif out is None:
             out = self.output.value
         text = prompt.text
-        if len(prompt.messages) <= 1 and text.isascii() and not prompt.body:
+        messages = prompt.messages
+        if (
+            (not messages or (len(messages) == 1 and "name" not in messages[0]))
+            and text.isascii()
+            and not prompt.body
+        ):
             chars = len(text)
             bound = chars + _ROW_BOUND + self._extra_bound
             estimate = -(-chars // CHARS_PER_TOKEN) + _ROW_ESTIMATE + self._extra_estimate
