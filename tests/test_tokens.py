@@ -238,6 +238,23 @@ async def test_a_rate_below_one_request_a_minute_is_said_once_not_waited_in_sile
     assert vt.now == pytest.approx(100.0 + 2 * 120.0)  # and the pace kept all the same
 
 
+async def test_a_reply_using_more_than_a_minutes_worth_says_how_long_the_next_waits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A server reporting 2,000,000,000,000 tokens for one request (a gateway's broken usage)
+    # at --tpm 100k: the next request waited 38 years, in silence: a run that looked hung.
+    vt = VirtualTime()
+    pacer = TokenPacer(100_000 / 60, clock=vt.clock, sleep=vt.sleep)
+    with caplog.at_level("WARNING", logger="batchpizza"):
+        await pacer.acquire(100)
+        pacer.settle(100, 2 * 10**12)
+        pacer.settle(0, 2 * 10**12)  # said once
+    said = [r.getMessage() for r in caplog.records if "--tpm" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "2,000,000,000,000 tokens" in said[0] and "100 booked" in said[0], said[0]
+    assert "the next request waits about" in said[0], said[0]
+
+
 def test_a_limit_announced_below_one_request_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
     vt = VirtualTime()
     pacer = TokenPacer(None, auto=True, clock=vt.clock, sleep=vt.sleep)
