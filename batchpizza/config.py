@@ -162,6 +162,13 @@ class RunConfig:
             raise UsageError(f"--provider {self.provider!r}: one of {', '.join(PROVIDERS)}")
         if self.provider == "pizzagpt" and self.model not in (None, DEFAULT_MODEL):
             raise UsageError(f"--model {self.model!r}: Pizzagpt serves only {DEFAULT_MODEL}")
+        if self.provider == "pizzagpt" and self.params:
+            # Its request is the question alone: a parameter would be dropped, and the answers
+            # reused as if it had been sent.
+            raise UsageError(
+                f"--param {', '.join(sorted(self.params))}: Pizzagpt's requests carry the question "
+                "alone, so no parameter would be sent; drop --param, or use --provider openai"
+            )
         if self.log_format not in LOG_FORMATS:
             raise UsageError(f"--log-format {self.log_format!r}: one of {', '.join(LOG_FORMATS)}")
         for name in SECONDS:

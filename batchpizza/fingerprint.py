@@ -88,6 +88,7 @@ def request_digest(
         messages is None
         or (
             len(messages) == 1
+            and len(messages[0]) == 2  # a role and a content, no name
             and messages[0].get("role") == "user"
             and messages[0].get("content") == text
         )

@@ -47,6 +47,18 @@ PRICES: dict[str, Price] = {
 }
 
 
+# Snapshots billed apart from their family, which the family rule below would price lower (and a
+# cap would reserve too little for): gpt-4o's first snapshot costs twice gpt-4o's price.
+SNAPSHOTS: dict[str, Price] = {
+    "gpt-4o-2024-05-13": Price(5.00, 15.00),
+    "gpt-3.5-turbo-0301": Price(1.50, 2.00),
+    "gpt-3.5-turbo-0613": Price(1.50, 2.00),
+    "gpt-3.5-turbo-1106": Price(1.00, 2.00),
+    "gpt-3.5-turbo-16k": Price(3.00, 4.00),  # and its dated gpt-3.5-turbo-16k-0613
+}
+_PRICED = {**PRICES, **SNAPSHOTS}
+
+
 def parse_price(text: str) -> Price:
     """`IN,OUT` in dollars per million tokens: `0.15,0.60`."""
     prices = dollar_pair(str(text))
@@ -63,14 +75,15 @@ def parse_price(text: str) -> Price:
 
 def table_price(model: str | None) -> Price | None:
     """The table's price of `model`, or of the family a dated name belongs to
-    (`gpt-4o-mini-2024-07-18` is `gpt-4o-mini`); None when it knows neither."""
+    (`gpt-4o-mini-2024-07-18` is `gpt-4o-mini`) unless it is a snapshot billed apart (SNAPSHOTS);
+    None when it knows neither."""
     if not model:
         return None
     name = model.strip().lower().rsplit("/", 1)[-1]  # "openai/gpt-4o" as gateways name it
-    if name in PRICES:
-        return PRICES[name]
-    family = [key for key in PRICES if name.startswith(key + "-")]
-    return PRICES[max(family, key=len)] if family else None
+    if name in _PRICED:
+        return _PRICED[name]
+    family = [key for key in _PRICED if name.startswith(key + "-")]
+    return _PRICED[max(family, key=len)] if family else None
 
 
 def price_for(model: str | None, price: str | Price | None) -> Price:

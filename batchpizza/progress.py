@@ -268,7 +268,8 @@ def dry_run_report(
     """What a run would do: the counts, how long sending should take, the first requests."""
     todo = plan.to_send
     kept_refused = 0 if config.retry_refused else tally.misuse  # not planned: not sent again
-    answered = tally.rows - tally.invalid - todo - kept_refused
+    # Rows that wait on an identical request (plan.reused) are no more answered than it is.
+    answered = tally.rows - tally.invalid - todo - plan.reused - kept_refused
     rate = config.rate_per_s
     if config.auto_max is not None:
         rate = learned_rate or 1.0

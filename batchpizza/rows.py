@@ -177,6 +177,11 @@ class Fields:
         return own | built | ({"id"} if self.id != "id" and self.writes_id else frozenset())
 
 
+# A message's fields of a tool conversation: sent without them, a tool message answers no call
+# and an assistant's call is lost (the request would not be the row's): such a row is bad.
+_TOOL_FIELDS = ("tool_calls", "tool_call_id", "function_call")
+
+
 def _messages(value: object, name: str) -> tuple[str, list[dict[str, str]]]:
     if not isinstance(value, list) or not value:
         raise RowProblem("must be a non-empty list of {role, content} objects", name)
@@ -187,11 +192,24 @@ def _messages(value: object, name: str) -> tuple[str, list[dict[str, str]]]:
         role, content = item.get("role"), item.get("content")
         if not isinstance(role, str) or not role:
             raise RowProblem(f"item {i} has no role string", name)
+        for field in _TOOL_FIELDS:
+            if item.get(field) is not None:
+                raise RowProblem(
+                    f"item {i} has {field!r}: tool calls are not sent (a message's role, "
+                    "content and name are), so the request would not be the row's",
+                    name,
+                )
         if isinstance(content, list):  # OpenAI content parts: text ones only, joined
             content = _text_parts(content, i, name) if content else None
         if not isinstance(content, str):
             raise RowProblem(f"item {i} has no content string", name)
-        clean.append({"role": role, "content": content})
+        message = {"role": role, "content": content}
+        speaker = item.get("name")  # a participant's name: part of the request, sent
+        if speaker is not None:
+            if not isinstance(speaker, str) or not speaker:
+                raise RowProblem(f"item {i}: name must be a non-empty string", name)
+            message["name"] = speaker
+        clean.append(message)
     prompt = format_prompt(clean)
     if not prompt.strip():
         raise RowProblem("the messages hold no text", name)

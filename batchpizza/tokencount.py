@@ -8,7 +8,8 @@ tokenizer can pass:
                rule of thumb OpenAI gives for English and its chat format's overhead
     bound      UTF-8 bytes per message + 8 per message + 8: every token of a byte-level BPE
                (GPT, Llama 3, Qwen) or a byte-fallback SentencePiece is at least one byte, and
-               the template adds a few special tokens per message
+               the template adds a few special tokens per message; plus the bytes of the body
+               parameters the model reads (tools, a schema: params_sizes)
 
 The estimate paces --tpm and sizes --dry-run; the bound is what a request reserves of a
 --max-cost budget, so that the server's count never passes it. Pizzagpt reports no usage: its
@@ -20,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import batchpizza.jsoncodec as jsoncodec
 from batchpizza.records import Prompt
 
 CHARS_PER_TOKEN = 4
@@ -41,7 +43,11 @@ def _contents(prompt: Prompt) -> Iterable[str]:
 
 
 def _content(message: Mapping[str, Any]) -> str:
+    """The text of a message the model reads: its content, and its name where it has one."""
     content = message.get("content")
+    speaker = message.get("name")
+    if isinstance(speaker, str) and speaker:
+        return speaker + _content({"content": content})
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts
@@ -49,9 +55,15 @@ def _content(message: Mapping[str, Any]) -> str:
     return ""
 
 
+def _text_alone(prompt: Prompt) -> bool:
+    """Whether `prompt`'s request is its text alone: no messages, or one without a name."""
+    messages = prompt.messages
+    return not messages or (len(messages) == 1 and "name" not in messages[0])
+
+
 def input_estimate(prompt: Prompt) -> int:
     """The estimated input tokens of `prompt`'s request."""
-    if len(prompt.messages) <= 1:  # a prompt row, the usual case: its text is its one message
+    if _text_alone(prompt):  # a prompt row, the usual case: its text is its one message
         return -(-len(prompt.text) // CHARS_PER_TOKEN) + MESSAGE_OVERHEAD + REPLY_OVERHEAD
     return input_sizes(prompt)[1]
 
@@ -64,7 +76,7 @@ def input_bound(prompt: Prompt) -> int:
 def input_sizes(prompt: Prompt) -> tuple[int, int]:
     """(`input_bound`, `input_estimate`) of `prompt`'s request, in one walk of its text: a
     metered request needs both, once per attempt."""
-    if len(prompt.messages) <= 1:  # a prompt row, the usual case: its text is its one message
+    if _text_alone(prompt):  # a prompt row, the usual case: its text is its one message
         text = prompt.text
         chars = len(text)
         size = chars if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
@@ -87,6 +99,19 @@ def messages_bound(messages: Iterable[Any]) -> int:
         text = _content(message) if isinstance(message, Mapping) else ""
         n += len(text.encode("utf-8", "surrogatepass")) + BOUND_MESSAGE_OVERHEAD
     return n
+
+
+def params_sizes(params: Mapping[str, Any]) -> tuple[int, int]:
+    """(bound, estimate) of the input tokens a request's body parameters add beyond its
+    messages: the UTF-8 bytes, as JSON, of each one that is a list or an object (`tools`,
+    `functions`, a `response_format` given as --param: the server counts what they say as
+    input), and a quarter of those. A scalar (`temperature`, `max_tokens`, `seed`) is no text
+    the model reads."""
+    size = 0
+    for name, value in params.items():
+        if name != "messages" and isinstance(value, (dict, list)) and value:
+            size += len(jsoncodec.dumps(value))
+    return size, -(-size // CHARS_PER_TOKEN)
 
 
 def max_output(params: Mapping[str, Any], prompt: Prompt | None = None) -> int | None:

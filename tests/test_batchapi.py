@@ -122,6 +122,30 @@ def test_from_cron_each_run_collects_what_is_ready_and_exits_4_until_done(
 
 
 @pytest.mark.slow
+def test_a_restart_while_batches_are_out_collects_them_and_submits_no_request_twice(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # --restart dropped the record of the batches still out: every row in them was submitted
+    # again (paid twice), and the first batches, billed all the same, were never collected.
+    server.batches.seconds = 1.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(30))
+    out = tmp_path / "out.jsonl"
+    answered = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--limit", "10"))
+    assert answered.returncode == 0, answered.stderr
+    out_now = run(*args(inp, out, server.base_url, "--via", "batch"))
+    assert out_now.returncode == 4, out_now.stderr  # 20 rows in batches still out
+    dry = run(*args(inp, out, server.base_url, "--via", "batch", "--restart", "--dry-run"))
+    assert "batches    1 out (20 requests)" in dry.stdout, dry.stdout
+
+    again = run(*args(inp, out, server.base_url, "--via", "batch", "--restart", "--wait"))
+
+    assert again.returncode == 0, again.stderr
+    assert {k: v[0] for k, v in answers(out).items()} == expected(30)
+    # The 10 answered before the restart are asked again (forgotten); the 20 out, never.
+    assert sorted(server.batches.submitted.values()) == [1] * 20 + [2] * 10
+
+
+@pytest.mark.slow
 def test_wait_is_bounded_by_the_deadline(server: ThreadedMockServer, tmp_path: Path) -> None:
     server.batches.seconds = 60.0
     inp = write_jsonl(tmp_path / "in.jsonl", rows(10))

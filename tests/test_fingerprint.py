@@ -103,6 +103,22 @@ def test_model_a_then_b_then_a_sends_all_all_nothing_with_each_models_answers(
     assert summary["plan"]["identity"] == 0 and summary["answered"] == 40
 
 
+def test_a_change_is_told_from_the_request_the_output_holds_not_the_last_one_sent(
+    chat: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Model A, then B, then A again (nothing sent: the output holds A's answers), then A at
+    # temperature 0.9: the plan said "model model-B -> model-A, temperature unset -> 0.9", B
+    # being the last request sent for each row, though A's answers were the output's.
+    inp, out = prompts(tmp_path / "in.jsonl", 5), tmp_path / "out.jsonl"
+    for model in ("model-A", "model-B", "model-A"):
+        assert run_chat(chat, inp, out, model=model)[0]["exit_code"] == 0
+
+    dry = cli_chat(chat, inp, out, "--model", "model-A", "--param", "temperature=0.9", "--dry-run")
+
+    assert dry.exit_code == 0, dry.output
+    assert "  to send     5: 5 new request (temperature unset -> 0.9)" in dry.stdout, dry.stdout
+
+
 def test_parameters_are_canonical_so_key_order_and_1_or_1_0_resend_nothing(
     chat: ThreadedMockServer, tmp_path: Path
 ) -> None:

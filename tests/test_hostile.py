@@ -174,6 +174,20 @@ async def test_content_type_does_not_decide_what_is_an_answer(tmp_path: Path) ->
     assert summary["retries"] == 2 * MAX_RETRIES
 
 
+async def test_a_reply_opening_with_a_byte_order_mark_is_read_as_its_json(tmp_path: Path) -> None:
+    # A gateway that writes UTF-8 with a BOM (as .NET's encoders do): every row failed "reply is
+    # not JSON" after all its attempts, each a reply the server had answered (and billed).
+    async def handler(request: web.Request, question: str, n: int) -> web.StreamResponse:
+        body = json.dumps({"answer": {"content": mock_answer(question)}}).encode()
+        return web.Response(body=b"\xef\xbb\xbf" + body, content_type="application/json")
+
+    async with Hostile(handler).running() as server:
+        summary, rows = await run_rows(tmp_path, server.base_url, ["with-bom"])
+
+    assert_answered(rows["with-bom"])
+    assert summary["exit_code"] == 0
+
+
 WRONG_SHAPES: dict[str, Any] = {
     "answer-is-list": {"answer": ["not", "an", "object"]},
     "answer-is-string": {"answer": "a bare string"},
@@ -340,6 +354,19 @@ async def test_a_reply_cut_off_mid_body_says_so_not_a_status(tmp_path: Path, rep
 
     assert_failed(rows["q"], ATTEMPTS, "reply was cut off", "not enough data")
     assert "400" not in rows["q"]["error"]
+
+
+async def test_a_reply_whose_encoding_cannot_be_decoded_says_so_not_a_status(
+    tmp_path: Path,
+) -> None:
+    # Said "ClientPayloadError: 400, message:\n  Can not decode content-encoding: gzip": on two
+    # lines, with aiohttp's parser code read as an HTTP 400 the server never sent.
+    reply = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot gzip!"
+    async with raw_server(reply) as base_url:
+        _summary, rows = await run_rows(tmp_path, base_url, ["q"])
+
+    assert_failed(rows["q"], ATTEMPTS, "could not be decoded", "gzip")
+    assert "400" not in rows["q"]["error"] and "\n" not in rows["q"]["error"]
 
 
 async def test_transport_error_is_told_in_one_line(tmp_path: Path) -> None:

@@ -546,6 +546,22 @@ def test_dry_run_counts_rows_refused_before_as_kept_unless_retry_refused(
     assert mock_api.stats.requests == 0
 
 
+def test_a_dry_run_counts_rows_waiting_on_an_identical_request_as_to_answer_not_answered(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # 6 rows asking 2 distinct questions, nothing asked yet: 2 requests answer all 6.
+    data = [{"id": f"r{i}", "prompt": f"question {i % 2}"} for i in range(6)]
+    source = write_jsonl(tmp_path / "in.jsonl", data)
+
+    result = run_cli(mock_api, source, tmp_path / "out.jsonl", "--dry-run")
+
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert "answered 0 (kept, not sent again)" in lines, lines
+    assert any(line.startswith("to send 2:") and "4 rows reuse" in line for line in lines), lines
+    assert mock_api.stats.requests == 0
+
+
 def test_dry_run_over_an_existing_checkpoint_changes_no_byte(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:

@@ -610,6 +610,60 @@ async def test_the_cap_holds_when_the_server_counts_the_schema_as_input(tmp_path
         await runner.cleanup()
 
 
+@pytest.mark.parametrize("via", ["online", "batch lines"])
+async def test_the_cap_holds_when_the_server_counts_tools_in_the_body_as_input(
+    tmp_path: Path, via: str
+) -> None:
+    # OpenAI counts the tool definitions sent with a request (--param tools=[...], or a batch
+    # input line's own `tools`) as input tokens. The reservation bounded the messages alone:
+    # with 2 KB of tools and prompts of a few bytes, a $100 cap was passed several times over.
+    from aiohttp import web
+
+    from batchpizza import arun
+
+    counted = [0, 0]
+
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        # One token a byte of everything the model reads: what no tokenizer passes.
+        used = sum(len(m["content"].encode()) for m in body["messages"])
+        used += len(json.dumps(body.get("tools"), separators=(",", ":")).encode())
+        counted[0] += used
+        counted[1] += 5
+        await asyncio.sleep(0.01)  # a few requests in flight at once
+        reply = {"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": used, "completion_tokens": 5}}  # fmt: skip
+        return web.json_response(reply)
+
+    runner, port = await chat_server(chat)
+    tool = {"type": "function", "function": {"name": "label", "parameters": {
+        "type": "object", "properties": {"label": {"type": "string", "description": "a label " * 250}},
+    }}}  # fmt: skip
+    params = ["max_tokens=10"]
+    if via == "online":
+        rows: list[dict[str, Any]] = [{"prompt": f"q {i}"} for i in range(30)]
+        params.append(f"tools={json.dumps([tool])}")
+    else:  # OpenAI Batch API request lines, each with its own tools
+        rows = [
+            {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"messages": [{"role": "user", "content": f"q {i}"}], "tools": [tool]}}
+            for i in range(30)
+        ]  # fmt: skip
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    try:
+        for cap in (100.0, 20_000.0):
+            summary = await arun(
+                str(source), str(tmp_path / f"out{cap}.jsonl"), provider="openai",
+                base_url=f"http://127.0.0.1:{port}/v1", model="m", rate=0, concurrency=8,
+                max_cost=cap, price="1000000,1000000", params=params, quiet=True,
+            )  # fmt: skip
+            assert summary["stopped"] == "budget"
+            assert counted[0] + counted[1] <= cap, (counted, cap)  # $1 a token
+            counted[:] = [0, 0]
+    finally:
+        await runner.cleanup()
+
+
 async def test_worst_cases_charged_without_a_usage_are_kept_and_a_rerun_counts_them(
     tmp_path: Path,
 ) -> None:

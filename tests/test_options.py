@@ -84,9 +84,18 @@ def test_numbers_of_any_kind_and_texts_are_accepted_where_the_option_takes_them(
         concurrency=numpy.int64(3),
         timeout=numpy.float32(5),
         rate="5/s",
+        provider="openai",
         params=("temperature=0",),  # the command line's repeated --param
     )
     assert (config.concurrency, config.timeout, config.params) == (3, 5.0, {"temperature": 0})
+
+
+def test_a_param_under_pizzagpt_is_a_usage_error_not_dropped() -> None:
+    # Pizzagpt's request is {"question": ...}: `--param temperature=0.2` was dropped without a
+    # word, and the answers of the run without it reused as if it had been sent.
+    with pytest.raises(UsageError, match=r"--param temperature: Pizzagpt's requests carry"):
+        RunConfig.from_options(params=("temperature=0.2",))
+    RunConfig.from_options(params=())  # none is fine
 
 
 def test_a_path_object_is_taken_where_an_option_names_a_file(tmp_path: Path) -> None:

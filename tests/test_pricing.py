@@ -32,6 +32,24 @@ def test_the_table_knows_a_model_and_its_dated_versions() -> None:
     assert table_price("llama3") is None
 
 
+@pytest.mark.parametrize(
+    ("model", "price"),
+    [
+        ("gpt-4o-2024-05-13", Price(5.00, 15.00)),
+        ("gpt-3.5-turbo-1106", Price(1.00, 2.00)),
+        ("gpt-3.5-turbo-0613", Price(1.50, 2.00)),
+        ("gpt-3.5-turbo-16k-0613", Price(3.00, 4.00)),
+    ],
+)
+def test_a_snapshot_billed_apart_from_its_family_is_priced_as_billed(
+    model: str, price: Price
+) -> None:
+    # gpt-4o's first snapshot still costs $5/$15 where gpt-4o costs $2.50/$10: priced as its
+    # family, `--max-cost 10` reserved half of what the server bills, and let it bill ~$20.
+    assert table_price(model) == price
+    assert table_price(model.upper()) == price
+
+
 def test_price_beats_the_table_and_an_unknown_model_needs_one() -> None:
     assert price_for("gpt-4o", "1,2") == Price(1.0, 2.0)
     with pytest.raises(UsageError, match="--price IN,OUT"):
@@ -76,6 +94,12 @@ def test_the_estimate_counts_a_quarter_of_the_characters_and_the_bound_every_byt
     assert input_estimate(chat) == 1 + 4 + 1 + 4 + 3
     assert input_bound(chat) == 2 + 8 + 2 + 8 + 8  # é is two bytes
     assert text_tokens("") == 0 and text_tokens("abcde") == 2
+
+
+def test_the_bound_counts_a_messages_name_which_is_sent() -> None:
+    named = Prompt("r", "hi", ({"role": "user", "content": "hi", "name": "n" * 40},))
+    assert input_bound(named) == 40 + 2 + 8 + 8
+    assert input_estimate(named) == 11 + 4 + 3
 
 
 def test_max_output_reads_the_params_over_the_line() -> None:

@@ -561,6 +561,42 @@ def test_a_content_part_that_is_not_text_is_a_bad_row_not_dropped_from_the_reque
 
 
 @pytest.mark.parametrize(
+    ("message", "said"),
+    [
+        ({"role": "tool", "tool_call_id": "call_1", "content": "42"}, "item 1 has 'tool_call_id'"),
+        ({"role": "assistant", "content": "", "tool_calls": [{"id": "c"}]}, "has 'tool_calls'"),
+        ({"role": "assistant", "content": "x", "function_call": {"name": "f"}}, "'function_call'"),
+        ({"role": "user", "name": 5, "content": "hi"}, "item 1: name must be a non-empty string"),
+    ],
+)
+def test_a_message_of_a_tool_conversation_is_a_bad_row_not_sent_without_its_call(
+    message: dict[str, Any], said: str
+) -> None:
+    # The tool message's call id was dropped, and the request sent was not the row's (and one
+    # no server takes: a tool message answers no call).
+    messages = [{"role": "user", "content": "What is 6*7?"}, message]
+    with pytest.raises(RowProblem) as info:
+        interpret({"id": "m", "messages": messages}, DEFAULT_FIELDS, 0)
+    assert info.value.field == "messages"
+    assert said in str(info.value), str(info.value)
+
+
+def test_a_messages_name_is_sent_and_part_of_its_request() -> None:
+    # `name` (a speaker in a chat of several, few-shot examples) was dropped: rows told apart
+    # only by it were one request, and each got the other's answer.
+    def read(name: str | None) -> Any:
+        message = {"role": "user", "content": "hi", **({"name": name} if name else {})}
+        return interpret({"id": "m", "messages": [message]}, DEFAULT_FIELDS, 0)
+
+    alice, bob, nobody = read("alice"), read("bob"), read(None)
+    assert alice[2] == [{"role": "user", "content": "hi", "name": "alice"}]
+    digests = {request_digest(*row[1:]) for row in (alice, bob, nobody)}
+    assert len(digests) == 3
+    assert nobody[2] == [{"role": "user", "content": "hi"}]
+    assert request_digest(*nobody[1:]) == request_digest("hi", None, None)  # as a prompt row
+
+
+@pytest.mark.parametrize(
     "messages",
     [
         [],

@@ -200,6 +200,42 @@ def test_what_is_not_tolerated_holds_no_json(text: str) -> None:
         extract(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('{"score": NaN}', "NaN is not JSON"),
+        ('Here:\n```json\n{"score": Infinity}\n```', "Infinity is not JSON"),
+        ('The score: {"score": -Infinity} as asked.', "-Infinity is not JSON"),
+        ('{"score": 1e400}', "the number 1e400 is beyond a double's range"),
+    ],
+)
+def test_nan_and_infinity_are_not_json_and_the_reask_says_why(text: str, said: str) -> None:
+    # They were taken: `{"score": NaN}` fitted a schema of a required number, was written as
+    # null in JSONL (against its own schema), and Infinity as NaN in Parquet; never re-asked.
+    schema = {"type": "object", "properties": {"score": {"type": "number"}}, "required": ["score"]}
+    with pytest.raises(NoJSON):
+        extract(text)
+    value, error = Structured(schema).check(text)
+    assert value is None
+    assert error == f"the answer holds no JSON value ({said})"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"n": 123456789012345678901234567890}',
+        '```json\n{"n": 123456789012345678901234567890}\n```',
+        'Here: {"n": 123456789012345678901234567890} as asked.',
+    ],
+)
+def test_an_integer_beyond_64_bits_in_an_answer_is_kept_exactly(text: str) -> None:
+    # orjson read it as 1.2345678901234568e+29: the JSONL output's `parsed` said a float the
+    # answer never did, and its last digits were lost.
+    value = extract(text)
+    assert value == {"n": 123456789012345678901234567890}
+    assert isinstance(value["n"], int)
+
+
 @pytest.mark.parametrize("fenced", [False, True])
 def test_json_nested_deeper_than_the_stack_is_no_json_not_a_crash(fenced: bool) -> None:
     # A hostile answer of 100,000 nested arrays raised RecursionError out of the worker and

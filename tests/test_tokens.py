@@ -191,6 +191,20 @@ async def test_auto_holds_when_what_is_left_would_not_take_the_next_request() ->
     assert vt.now >= 100.0 + 2.0  # 200 tokens more to come back: 2 s
 
 
+@pytest.mark.parametrize("reset_s", [0.0, 0.001, 0.3])
+async def test_auto_holds_no_longer_than_the_server_says_the_limit_takes_to_reset(
+    reset_s: float,
+) -> None:
+    # "1,000 tokens, 0 left, full again in 0s" (a fixed window at its edge): the window could not
+    # be read from so short a reset, so the hold was counted at a minute's rate: 31 s for each
+    # request of 520 tokens, two requests a minute against a server that had them all back.
+    vt = VirtualTime()
+    pacer = TokenPacer(None, auto=True, clock=vt.clock, sleep=vt.sleep)
+    pacer.observe(1000, 0, reset_s, 520)
+    await vt.run(pacer.acquire(520))
+    assert vt.now <= 100.0 + reset_s + 0.01
+
+
 def test_the_output_estimate_starts_at_the_default_then_follows_the_99th_percentile() -> None:
     estimate = OutputEstimate()
     for _ in range(OUTPUT_SAMPLES - 1):
@@ -222,6 +236,23 @@ async def test_a_rate_below_one_request_a_minute_is_said_once_not_waited_in_sile
     assert len(said) == 1
     assert "books 100 tokens" in said[0] and "about 120 s" in said[0]
     assert vt.now == pytest.approx(100.0 + 2 * 120.0)  # and the pace kept all the same
+
+
+async def test_a_reply_using_more_than_a_minutes_worth_says_how_long_the_next_waits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A server reporting 2,000,000,000,000 tokens for one request (a gateway's broken usage)
+    # at --tpm 100k: the next request waited 38 years, in silence: a run that looked hung.
+    vt = VirtualTime()
+    pacer = TokenPacer(100_000 / 60, clock=vt.clock, sleep=vt.sleep)
+    with caplog.at_level("WARNING", logger="batchpizza"):
+        await pacer.acquire(100)
+        pacer.settle(100, 2 * 10**12)
+        pacer.settle(0, 2 * 10**12)  # said once
+    said = [r.getMessage() for r in caplog.records if "--tpm" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "2,000,000,000,000 tokens" in said[0] and "100 booked" in said[0], said[0]
+    assert "the next request waits about" in said[0], said[0]
 
 
 def test_a_limit_announced_below_one_request_is_said_once(caplog: pytest.LogCaptureFixture) -> None:

@@ -4,12 +4,13 @@ and `--max-cost` at the batch price.
 Every line reserves its worst case at the batch price (pricing.BATCH_DISCOUNT) before its file is
 submitted, on the run's one Budget (controls/budget.py), the one --via auto's online rows reserve
 on too; a collected line settles with the usage its result reports. The worst case is the online
-request's: tokencount.input_bound of its prompt, and its max_tokens (else the meter's output
-estimate: the cap then holds for sure only with max_tokens set, as online).
+request's: the meter's input bound of its prompt (Meter.input_sizes: the body parameters the
+model reads, its tools, included), and its max_tokens (else the meter's output estimate: the cap
+then holds for sure only with max_tokens set, as online).
 
 Lines a batch already has when the run starts (an earlier run's, of another model or parameters
 too) are reserved whether they fit or not: they will be billed. Their prompt is not at hand, only the line: the same bound of the
-messages in its body (tokencount.messages_bound), its body's max_tokens. A failed or expired line
+messages in its body (tokencount.messages_bound) and its parameters, its body's max_tokens. A failed or expired line
 keeps its reservation until it is resubmitted and answered; one an earlier run left waiting takes
 one when it fits.
 
@@ -35,7 +36,7 @@ from batchpizza.controls.stop import Stop
 from batchpizza.engine.runner import Counters, PendingRow
 from batchpizza.pricing import cost, dollars
 from batchpizza.records import Prompt, Result
-from batchpizza.tokencount import input_bound, max_output, messages_bound
+from batchpizza.tokencount import max_output, messages_bound, params_sizes
 
 log = logging.getLogger("batchpizza")
 _OTHERS = "a --via batch run at the server they were made at"
@@ -131,7 +132,9 @@ class BatchBudget:
             if digest in skip or digest in self._held:
                 yield row
                 continue
-            held = budget.try_reserve(input_bound(prompt), meter.worst_output(prompt), batch=True)
+            held = budget.try_reserve(
+                meter.input_sizes(prompt)[0], meter.worst_output(prompt), batch=True
+            )
             if held is None:
                 self.withheld = itertools.chain((row,), rows)
                 self.short = True
@@ -219,7 +222,8 @@ class BatchBudget:
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return len(line), self.meter.output.value
-        return messages_bound(body["messages"]), max_output(body) or self.meter.output.value
+        worst_input = messages_bound(body["messages"]) + params_sizes(body)[0]  # tools too
+        return worst_input, max_output(body) or self.meter.output.value
 
 
 def _lines_out(

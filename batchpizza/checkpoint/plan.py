@@ -34,6 +34,7 @@ class PlanQueries(KeptTodo):
 
     _conn: sqlite3.Connection
     ident: bytes  # the run's identity digest
+    last_ident: bytes | None = None  # the last run's, before this one (use_identity)
     identity: Mapping[str, Any] | None
     # Samples of each request (--repeat): each row's output rows, and its slots in the plan
     # (slot = position * samples + sample).
@@ -221,13 +222,17 @@ class PlanQueries(KeptTodo):
 
     def _change(self) -> str:
         """What changed for the rows asked before with another identity: the most common
-        change (the identity a row was last asked with -> this one)."""
+        change (the identity whose answer the last run's output gave the row, else the one it
+        was last asked with -> this one). Not only the last asked: model A, B, then A again
+        (sent nothing), then A at another temperature changed the temperature, not B's model."""
+        last = self.last_ident if self.last_ident != self.ident else None
         found = self._conn.execute(
-            "SELECT (SELECT o.ident FROM results o WHERE o.id = r.id AND o.ident != ? "
-            "ORDER BY o.updated DESC LIMIT 1) AS prev, count(*) FROM temp.todo t "
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM results o WHERE o.id = r.id AND o.ident = ?2) "
+            "THEN ?2 ELSE (SELECT o.ident FROM results o WHERE o.id = r.id AND o.ident != ?1 "
+            "ORDER BY o.updated DESC LIMIT 1) END AS prev, count(*) FROM temp.todo t "
             f"JOIN scan r ON r.pos = t.pos / {self.samples} WHERE t.why = 'identity' GROUP BY prev "
             "ORDER BY count(*) DESC LIMIT 2",
-            (self.ident,),
+            (self.ident, last),
         ).fetchall()
         before = self.identity_of(found[0][0])
         text = fingerprint.describe_change(before, self.identity or {})

@@ -125,6 +125,8 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
         `status` counts against)."""
         self.identity = dict(identity)
         self.use_samples(samples)
+        last = self.meta().get("identity")  # the last run's, whose answers its output holds
+        self.last_ident = bytes.fromhex(last) if last else None
         if self._readonly:
             self.ident = fingerprint.identity_digest(identity)
             return
@@ -299,11 +301,17 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
         self._synced = time.monotonic()
 
     def forget(self) -> None:
-        """--restart: drop every result, attempt and event; the scan stays valid."""
+        """--restart: drop every result, attempt and event; the scan stays valid. Batch API
+        files not collected yet are kept, with their lines: their batches run and are billed
+        whatever the checkpoint forgets, so their requests are collected, not submitted again
+        (and their worst cases stay on a --max-cost)."""
         with self._transaction():
-            for table in ("results", "staged", "attempts", "runs", "events", "batch_files",
-                          "batch_lines"):  # fmt: skip
+            for table in ("results", "staged", "attempts", "runs", "events"):
                 self._conn.execute(f"DELETE FROM {table}")
+            self._conn.execute(
+                "DELETE FROM batch_lines WHERE seq IN (SELECT seq FROM batch_files WHERE done)"
+            )
+            self._conn.execute("DELETE FROM batch_files WHERE done")
             self._drop_todo()
             # A new token: the next files must not take the names of files already uploaded.
             self._conn.execute(

@@ -32,6 +32,7 @@ from batchpizza.tokencount import (
     REPLY_OVERHEAD,
     input_sizes,
     max_output,
+    params_sizes,
 )
 
 # What tokencount.input_sizes adds to a prompt row's one message, for the bound and the estimate.
@@ -64,6 +65,10 @@ class Meter:
         # (bound, estimate) of what every request carries beyond its messages (--schema's
         # response_format or instruction): the server counts it as input.
         self._extra_bound, self._extra_estimate = overhead
+        # The body parameters the model reads (--param tools=...): input, as the schema is.
+        bound, estimate = params_sizes(params)
+        self._extra_bound += bound
+        self._extra_estimate += estimate
         self.budget = budget
         self.pacer = pacer
         self.output = output or OutputEstimate()
@@ -95,17 +100,21 @@ class Meter:
         elif out is None:
             out = self.output.value
         text = prompt.text
-        if len(prompt.messages) <= 1 and text.isascii():
+        messages = prompt.messages
+        if (
+            (not messages or (len(messages) == 1 and "name" not in messages[0]))
+            and text.isascii()
+            and not prompt.body
+        ):
             chars = len(text)
-            bound = chars + _ROW_BOUND
-            estimate = -(-chars // CHARS_PER_TOKEN) + _ROW_ESTIMATE
+            bound = chars + _ROW_BOUND + self._extra_bound
+            estimate = -(-chars // CHARS_PER_TOKEN) + _ROW_ESTIMATE + self._extra_estimate
         else:
-            bound, estimate = input_sizes(prompt)
-        bound += self._extra_bound
+            bound, estimate = self.input_sizes(prompt)
         pacer = self.pacer
         booked = 0
         if pacer is not None:
-            booked = estimate + self._extra_estimate + out
+            booked = estimate + out
             rate = pacer.rate
             if rate is None:  # --tpm auto, nothing learned yet: one at a time
                 return None
@@ -161,9 +170,22 @@ class Meter:
             out = self.worst_output(prompt)
         elif out is None:
             out = self.output.value
+        bound, estimate = self.input_sizes(prompt)
+        booked = estimate + out if self.pacer is not None else 0
+        return Ticket(0.0, bound, out, False, booked)
+
+    def input_sizes(self, prompt: Prompt) -> tuple[int, int]:
+        """(bound, estimate) of the input tokens of `prompt`'s request: its messages, what
+        every request of the run carries beside them (the schema, --param tools=...), and a
+        batch line's own parameters the model reads (its `tools`) where --param does not
+        replace them (OpenAIAPI.body)."""
         bound, estimate = input_sizes(prompt)
-        booked = estimate + self._extra_estimate + out if self.pacer is not None else 0
-        return Ticket(0.0, bound + self._extra_bound, out, False, booked)
+        bound, estimate = bound + self._extra_bound, estimate + self._extra_estimate
+        if prompt.body:
+            own = {k: v for k, v in prompt.body.items() if k not in self.params}
+            line_bound, line_estimate = params_sizes(own)
+            bound, estimate = bound + line_bound, estimate + line_estimate
+        return bound, estimate
 
     def cancel(self, ticket: Ticket) -> None:
         """The request was never sent (the run stopped while it waited)."""

@@ -128,6 +128,7 @@ class TokenPacer:
         self.hold_until = -math.inf
         self._warned = False  # of a rate at which one request takes over a minute
         self._zero_said = False  # of a limit of 0 announced in answers
+        self._usage_said = False  # of a reply's usage that holds the run over a minute
 
     @property
     def per_minute(self) -> float | None:
@@ -186,6 +187,19 @@ class TokenPacer:
             tokens / rate,
         )
 
+    def _say_usage(self, booked: int, used: int, rate: float, wait: float) -> None:
+        """Said once: a reply that used far more than it booked holds every request after it
+        (a server's broken usage, 10**12 tokens, held a run for years in silence)."""
+        self._usage_said = True
+        log.warning(
+            "--tpm: a reply says its request used %s tokens (%s booked), more than a minute's "
+            "worth at %.0f tokens a minute: the next request waits about %.0f s",
+            f"{used:,}",
+            f"{booked:,}",
+            rate * MINUTE,
+            wait,
+        )
+
     def settle(self, booked: int, used: int | None) -> None:
         """A request that booked `booked` tokens ended having used `used` (None: no usage said,
         the booking stands)."""
@@ -199,6 +213,8 @@ class TokenPacer:
             tat, sent = self.tat + shift, self.sent_tat + shift
             self.tat = tat if tat > now else now
             self.sent_tat = sent if sent > now else now
+            if shift > MINUTE and not self._usage_said:
+                self._say_usage(booked, used, rate, self.tat - now)
             if used < booked * REBOOK_BELOW and self.tat > now:
                 # Much was given back (the first answers, booked at the default output): the
                 # requests queued behind slots booked at the old size book again, or the
@@ -256,8 +272,13 @@ class TokenPacer:
         if rate and next_cost > rate * MINUTE and not self._warned:
             self._warn_slow(next_cost, rate)
         if remaining is not None and remaining < next_cost:
-            # Nearly spent at the server: wait until the next request's worth is back.
-            self.hold_until = max(self.hold_until, self.clock() + (next_cost - remaining) / per_s)
+            # Nearly spent at the server: wait until the next request's worth is back, and never
+            # past the reset, when all of it is (a fixed window at its edge says "0 left, full
+            # in 0s": at the rate, a request of 520 tokens of a 1,000 limit waited 31 s).
+            wait = (next_cost - remaining) / per_s
+            if reset_s is not None:
+                wait = min(wait, reset_s)
+            self.hold_until = max(self.hold_until, self.clock() + wait)
 
     async def _sleep_until(self, when: float, schedule: int) -> bool:
         while self._schedule == schedule:

@@ -15,7 +15,7 @@ from batchpizza.controls.metering import Meter
 from batchpizza.controls.tokens import AUTO_SHARE, DEFAULT_OUTPUT_TOKENS, TokenPacer
 from batchpizza.pricing import FREE, cost, dollars
 from batchpizza.records import Prompt
-from batchpizza.tokencount import input_bound, input_estimate, max_output
+from batchpizza.tokencount import max_output
 
 
 def make_meter(
@@ -94,11 +94,15 @@ def estimate_lines(
     tokencount.py), the cap, what was spent so far and what fits."""
     count = inputs = bound = outputs = worst = 0
     mean_output = checkpoint.mean_output()
-    extra_bound, extra = (0, 0) if config.structured is None else config.structured.overhead
+    sizes = Meter(
+        params=config.params,
+        overhead=(0, 0) if config.structured is None else config.structured.overhead,
+    ).input_sizes  # what the run's meter reserves and books (the schema, --param tools=...)
     for prompt in prompts:
         count += 1
-        inputs += input_estimate(prompt) + extra
-        bound += input_bound(prompt) + extra_bound
+        prompt_bound, prompt_estimate = sizes(prompt)
+        inputs += prompt_estimate
+        bound += prompt_bound
         cap = max_output(config.params, prompt)
         worst += cap or DEFAULT_OUTPUT_TOKENS
         outputs += round(mean_output) if mean_output is not None else cap or DEFAULT_OUTPUT_TOKENS

@@ -37,6 +37,7 @@ from batchpizza.sampling import sampled
 if TYPE_CHECKING:
     import aiohttp
 
+    from batchpizza.checkpoint.batches import BatchFile
     from batchpizza.controls.gate import Gatekeeper
     from batchpizza.providers import Provider
     from batchpizza.sources.base import Rows
@@ -76,6 +77,7 @@ class Job:
         self.sending: Sending | None = None
         self._checkpoint: Checkpoint | None = None
         self._spent: float | None = None  # a --restart dry run: the spend of the file it set aside
+        self._kept_files: list[BatchFile] | None = None  # and its Batch API files still out
         self._reporter = Reporter(config, time.monotonic())
         self._paths_checked = False
         self._begun = False  # the run is recorded in the checkpoint: it may keep answers
@@ -207,6 +209,9 @@ class Job:
                 # refused as the run would refuse it (a newer version's, a damaged one). It
                 # forgets answers, not money: the cap's line counts what was spent.
                 self._spent = planning.spend().dollars
+                if config.via != "online":  # batches still out are kept through a restart
+                    planning.use_identity(provider.identity, config.samples)  # read-only: no write
+                    self._kept_files = [f for f in planning.batch_files() if not f.done]
                 planning.close()
                 planning = Checkpoint.planning(None, scan)
             self._checkpoint = planning
@@ -345,7 +350,8 @@ class Job:
         if config.via != "online":
             from batchpizza.batchapi.display import batches_text
 
-            said = "\n".join([said, *batches_text(planning.batch_files())])
+            files = planning.batch_files() if self._kept_files is None else self._kept_files
+            said = "\n".join([said, *batches_text(files)])
         if config.provider == "openai" and config.checkpoint_path is not None:
             from batchpizza.batchapi.display import collection_text
             from batchpizza.batchapi.others import origin_of

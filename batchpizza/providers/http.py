@@ -5,6 +5,7 @@ counted), and every transport failure turned into a typed error that says whethe
 from __future__ import annotations
 
 import asyncio
+import codecs
 import email.utils
 import re
 import time
@@ -13,7 +14,11 @@ from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
-from aiohttp.http_exceptions import ContentLengthError, TransferEncodingError
+from aiohttp.http_exceptions import (
+    ContentEncodingError,
+    ContentLengthError,
+    TransferEncodingError,
+)
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -63,8 +68,9 @@ def snippet(body: bytes) -> str:
 def reply_json(payload: bytes) -> Any:
     """A reply body's JSON, every string in it storable (batchpizza.storable): a server's lone
     surrogate escape becomes U+FFFD here, before any text of the reply is used. ValueError when
-    the body is not JSON."""
-    data = jsoncodec.loads(payload)
+    the body is not JSON. A UTF-8 byte order mark before it is none of it (RFC 8259 lets a
+    reader ignore one; a gateway writing UTF-8 as .NET does sends one)."""
+    data = jsoncodec.loads(payload.removeprefix(codecs.BOM_UTF8))
     if b"\\u" in payload and _SURROGATE_ESCAPE.search(payload):  # rare: pay for the walk only then
         data = storable.json_value(data)
     return data
@@ -201,6 +207,12 @@ async def post_json(
             # aiohttp's own words carry its parser's code 400, which reads as an HTTP status
             # the server never sent.
             raise TransportError(f"the reply was cut off before its end: {cut.message}") from None
+        if isinstance(cut, ContentEncodingError):
+            # Its words too carry the code 400, and a line break.
+            coding = shorten(cut.message.rpartition(": ")[2], 40)  # "...content-encoding: gzip"
+            raise TransportError(
+                f"the reply's content-encoding ({coding}) could not be decoded"
+            ) from None
         raise TransportError(
             f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         ) from None

@@ -7,20 +7,22 @@ What is tolerated around the one JSON value, tried in this order:
    first such block whose content is JSON;
 3. prose before and after the value: the first `{` or `[` from which a whole JSON value parses
    (so "Here it is: {...} Hope this helps." gives the object).
-Nothing else: no comments, trailing commas, single quotes or several values merged.
+Nothing else: no comments, trailing commas, single quotes or several values merged, and no
+NaN, Infinity or a number beyond a double's range (JavaScript's and Python's, not JSON's: a
+column or a JSON output cannot hold them as the answer said). An integer of any size is kept
+exactly (orjson alone would read one beyond 64 bits as a float).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import orjson
-
-from batchpizza import storable
+from batchpizza import jsoncodec, storable
 from batchpizza.records import Prompt
 
 # Pizzagpt's prompt ends with this, then the schema as compact JSON (README, "Structured
@@ -32,11 +34,25 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\r?\n(.*?)```", re.DOTALL)
 _ERROR_CHARS = 300  # of a validation error put back to the model and kept in `error`
 _TRIES = 20  # openings a prose answer is tried at, at most
-_decoder = json.JSONDecoder()
 
 
 class NoJSON(ValueError):
     """The text holds no JSON value where one is tolerated."""
+
+
+def _not_json(name: str) -> Any:
+    raise NoJSON(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NoJSON(f"the number {text[:40]} is beyond a double's range")
+    return value
+
+
+# For a value inside prose: json's, made strict as jsoncodec.loads is (integers stay exact).
+_decoder = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 
 
 def extract(text: str) -> Any:
@@ -53,21 +69,21 @@ def extract(text: str) -> Any:
 
 
 def _extract(text: str) -> Any:
+    # Why a value that parsed but for what JSON has not (NaN) was refused: said in the re-ask,
+    # so that the model can mend it.
+    why: str | None = None
     try:
-        return orjson.loads(text)  # most answers: JSON alone (orjson: 0.5 us, json: 3 us)
+        return _loads(text)
+    except NoJSON as exc:
+        why = str(exc)
     except ValueError:
-        pass
-    stripped = text.strip()
-    # RecursionError: a value nested deeper than Python's stack (orjson refuses past 1024) is no
-    # JSON we can hold; the answer is re-asked like any other that holds none.
-    try:
-        return json.loads(stripped)  # what orjson refuses and json takes: NaN, Infinity
-    except (ValueError, RecursionError):
         pass
     for block in _FENCE.finditer(text):
         try:
-            return json.loads(block.group(1))
-        except (ValueError, RecursionError):
+            return _loads(block.group(1))
+        except NoJSON as exc:
+            why = why or str(exc)
+        except ValueError:
             continue
     start = 0
     for _ in range(_TRIES):
@@ -78,9 +94,29 @@ def _extract(text: str) -> Any:
         try:
             value, _end = _decoder.raw_decode(text, at)
             return value
-        except (ValueError, RecursionError):
+        except NoJSON as exc:
+            why = why or str(exc)
             start = at + 1
-    raise NoJSON("the answer holds no JSON value")
+        except (ValueError, RecursionError):  # RecursionError: see _loads
+            start = at + 1
+    raise NoJSON("the answer holds no JSON value" + (f" ({why})" if why else ""))
+
+
+def _loads(text: str) -> Any:
+    """`text` as strict JSON, as jsoncodec.loads reads it: orjson for most answers (0.5 us,
+    json 3 us); json where an integer may be beyond 64 bits (orjson reads one as a float) or
+    orjson refuses (a lone surrogate escape, NaN). NoJSON naming what JSON has not (NaN,
+    Infinity, 1e400), else ValueError."""
+    fast = jsoncodec.orjson_loads()
+    if fast is not None and not jsoncodec.may_hold_big_int(text.encode("utf-8", "replace")):
+        try:
+            return fast(text)
+        except ValueError:
+            pass
+    try:
+        return _decoder.decode(text)
+    except RecursionError:  # nested deeper than Python's stack: no value we can hold
+        raise ValueError("nested too deeply") from None
 
 
 def validation_error(text: str, validate: Callable[[Any], Any]) -> tuple[Any, str | None]:
