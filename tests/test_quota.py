@@ -33,6 +33,18 @@ def zero(kind: str) -> dict[str, str]:
     return {f"x-ratelimit-limit-{kind}": "0", f"x-ratelimit-remaining-{kind}": "0"}
 
 
+async def run_against(chat: Any, tmp_path: Path, **options: Any) -> dict[str, Any]:
+    """`arun` of ROWS against `chat` served on 127.0.0.1, with the OpenAI provider; the summary."""
+    runner, port = await chat_server(chat)
+    options = {**FAST, "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1", **options}
+    try:
+        return await batchpizza.arun(
+            write_jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl", **options
+        )
+    finally:
+        await runner.cleanup()
+
+
 def test_a_429_announcing_a_zero_limit_is_a_spent_quota() -> None:
     said = quota_spent(429, {}, "Rate limit reached", zero("tokens"))
     assert said is not None and "x-ratelimit-limit-tokens: 0" in said
@@ -87,16 +99,10 @@ async def test_a_429_announcing_a_zero_limit_stops_the_run_at_once(
     kind: str, pacing: dict[str, Any], tmp_path: Path
 ) -> None:
     server = Refusing(zero(kind))
-    runner, port = await chat_server(server.chat)
     concurrency = 4
-    options = {**FAST, "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
-               "concurrency": concurrency, "max_retries": 5, **pacing}  # fmt: skip
-    try:
-        summary = await batchpizza.arun(
-            write_jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl", **options
-        )
-    finally:
-        await runner.cleanup()
+    summary = await run_against(
+        server.chat, tmp_path, concurrency=concurrency, max_retries=5, **pacing
+    )
     assert (summary["exit_code"], summary["stopped"]) == (4, "quota")
     assert summary["pending"] == len(ROWS) and summary["failed"] == 0
     assert 1 <= server.requests <= concurrency  # those in flight at the first refusal
@@ -143,16 +149,8 @@ async def test_answers_announcing_a_zero_limit_are_read_as_none_and_it_is_said_o
         headers = {**zero("tokens"), **zero("requests"), "x-ratelimit-reset-requests": "1s"}
         return web.json_response(ANSWER, headers=headers)
 
-    runner, port = await chat_server(chat)
-    options = {**FAST, "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
-               "tpm": "auto", "quiet": False}  # fmt: skip
-    try:
-        with caplog.at_level(logging.WARNING, logger="batchpizza"):
-            summary = await batchpizza.arun(
-                write_jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl", **options
-            )
-    finally:
-        await runner.cleanup()
+    with caplog.at_level(logging.WARNING, logger="batchpizza"):
+        summary = await run_against(chat, tmp_path, tpm="auto", quiet=False)
     assert (summary["exit_code"], summary["answered"], answered) == (0, len(ROWS), len(ROWS))
     said = [r.getMessage() for r in caplog.records if "limit of 0" in r.getMessage()]
     assert len(said) == 1 and "not paced by tokens" in said[0]
@@ -176,15 +174,7 @@ async def test_a_zero_limit_a_server_announced_in_answers_is_no_quota_in_its_429
             return web.json_response(body, status=429, headers=headers)
         return web.json_response(ANSWER, headers=headers)
 
-    runner, port = await chat_server(chat)
-    options = {**FAST, "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
-               "concurrency": 1, "max_retries": 3}  # fmt: skip
-    try:
-        summary = await batchpizza.arun(
-            write_jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl", **options
-        )
-    finally:
-        await runner.cleanup()
+    summary = await run_against(chat, tmp_path, concurrency=1, max_retries=3)
     assert (summary["exit_code"], summary["stopped"]) == (0, None)
     assert summary["answered"] == len(ROWS) and seen > len(ROWS)
 
@@ -206,15 +196,7 @@ async def test_a_placeholder_zero_limit_in_the_first_reply_a_429_is_retried_not_
             return web.json_response(body, status=429, headers=headers)
         return web.json_response(ANSWER, headers=headers)
 
-    runner, port = await chat_server(chat)
-    options = {**FAST, "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
-               "concurrency": 1, "max_retries": 3}  # fmt: skip
-    try:
-        summary = await batchpizza.arun(
-            write_jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl", **options
-        )
-    finally:
-        await runner.cleanup()
+    summary = await run_against(chat, tmp_path, concurrency=1, max_retries=3)
     assert (summary["exit_code"], summary["stopped"]) == (0, None)
     assert summary["answered"] == len(ROWS) and seen == len(ROWS) + 1
 
@@ -228,15 +210,7 @@ async def test_a_zero_limit_that_may_be_a_placeholder_stops_the_run_after_a_few_
     # 429s for every row.
     server = Refusing({**zero("tokens"), "x-ratelimit-reset-tokens": "1s"})
     server.headers.pop("retry-after")
-    runner, port = await chat_server(server.chat)
-    options = {**FAST, "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
-               "concurrency": concurrency, "max_retries": 8}  # fmt: skip
-    try:
-        summary = await batchpizza.arun(
-            write_jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl", **options
-        )
-    finally:
-        await runner.cleanup()
+    summary = await run_against(server.chat, tmp_path, concurrency=concurrency, max_retries=8)
     assert (summary["exit_code"], summary["stopped"]) == (4, "quota")
     assert summary["pending"] == len(ROWS) and summary["failed"] == 0
     # Each row in flight tried at most ZERO_LIMIT_TRIES times.
