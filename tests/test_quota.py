@@ -225,15 +225,7 @@ async def test_a_zero_limit_that_may_be_a_placeholder_stops_the_run_under_a_max_
     # the next was sent, every row of the run tried against the quota of zero (exit 3).
     server = Refusing({**zero("tokens"), "x-ratelimit-reset-tokens": "1s"})
     server.headers.pop("retry-after")
-    runner, port = await chat_server(server.chat)
-    options = {**FAST, "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
-               "concurrency": 1, "max_retries": max_retries}  # fmt: skip
-    try:
-        summary = await batchpizza.arun(
-            write_jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl", **options
-        )
-    finally:
-        await runner.cleanup()
+    summary = await run_against(server.chat, tmp_path, concurrency=1, max_retries=max_retries)
     assert (summary["exit_code"], summary["stopped"]) == (4, "quota")
     assert summary["pending"] == len(ROWS) and summary["failed"] == 0
     assert server.requests == max_retries + 1  # the first row's tries, and nothing after
