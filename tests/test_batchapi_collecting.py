@@ -14,8 +14,8 @@ import pytest
 
 from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.pricing import Price, cost
-from tests.batchapi_shared import ModelAOut, run
-from tests.conftest import Spawn, read_jsonl
+from tests.batchapi_shared import ModelAOut, rows, run
+from tests.conftest import Spawn, read_jsonl, write_jsonl
 from tests.test_batchapi import batch_rows, expected, kill_at, wait_for
 from tests.test_batchapi_others import kept, models, spend, usage_of
 
@@ -161,3 +161,32 @@ def test_what_an_online_run_collects_of_its_own_counts_against_max_cost(
     assert said["stopped"] == "budget" and said["batches"]["collected"] == 30
     assert server.stats.requests == 0
     assert said["cost"]["total"] == pytest.approx(spent)
+
+
+@pytest.mark.slow
+def test_answers_collected_after_the_input_changed_leave_only_their_own_rows_to_do(
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
+) -> None:
+    # A line names its row's position when its file was made. Told answered there, the rows now
+    # at those positions (10 new ones, in front) left the kept to-do set unanswered: the next
+    # run said "0 to send; 60 answered before" and exited 0, the 10 pending for good.
+    priced = ("--price", "1,2", "--param", "max_tokens=20")
+    job = model_a_out(50, *priced)
+    for batch_id in job.theirs:  # ended, their output made: what they cost is known
+        urllib.request.urlopen(f"{server.base_url}/v1/batches/{batch_id}", timeout=10).read()
+    spent = cost(Price(1.0, 2.0), *usage_of(server, job.theirs), batch=True)
+    new = [{"id": f"x{i}", "prompt": f"new question {i}"} for i in range(10)]
+    write_jsonl(job.inp, new + rows(50))
+
+    # Collected, then the cap they fill stops the run before the new rows are sent.
+    a = job.run("--model", "a", "--rate", "0", *priced, "--max-cost", f"{spent + 1e-5:.9f}")
+    assert a.returncode == 4, a.stderr
+    assert server.stats.requests == 0
+
+    again = job.run("--model", "a", "--rate", "0", *priced)
+
+    assert again.returncode == 0, again.stderr
+    assert server.stats.requests == 10
+    assert {r["id"]: r["finish_reason"] for r in read_jsonl(job.out)} == {
+        r["id"]: "stop" for r in new + rows(50)
+    }

@@ -215,3 +215,17 @@ async def test_a_zero_limit_that_may_be_a_placeholder_stops_the_run_after_a_few_
     assert summary["pending"] == len(ROWS) and summary["failed"] == 0
     # Each row in flight tried at most ZERO_LIMIT_TRIES times.
     assert ZERO_LIMIT_TRIES <= server.requests <= concurrency * ZERO_LIMIT_TRIES
+
+
+@pytest.mark.parametrize("max_retries", [0, 1])
+async def test_a_zero_limit_that_may_be_a_placeholder_stops_the_run_under_a_max_retries_below_it(
+    max_retries: int, tmp_path: Path
+) -> None:
+    # Fewer tries than ZERO_LIMIT_TRIES: each row failed as rate limited after its tries, and
+    # the next was sent, every row of the run tried against the quota of zero (exit 3).
+    server = Refusing({**zero("tokens"), "x-ratelimit-reset-tokens": "1s"})
+    server.headers.pop("retry-after")
+    summary = await run_against(server.chat, tmp_path, concurrency=1, max_retries=max_retries)
+    assert (summary["exit_code"], summary["stopped"]) == (4, "quota")
+    assert summary["pending"] == len(ROWS) and summary["failed"] == 0
+    assert server.requests == max_retries + 1  # the first row's tries, and nothing after

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import aiohttp
@@ -286,8 +286,7 @@ class BatchFlow:
         self.checkpoint.write([r for _, r in results], attempts, self.run_id, True, done)
         self.money.settle([(lines[c].digest, o) for c, o in outcomes], (r for _, r in results))
         said_collected(batch, status, [o for _, o in outcomes])
-        for pos, result in results:
-            self._count(pos, result)
+        self._count_all(r for _, r in results)
         if fatal is not None and self.fatal is None:
             # As online: an unknown model, a wrong URL fails every request alike.
             self.fatal = BatchAPIError(
@@ -309,8 +308,7 @@ class BatchFlow:
         done = (f.seq, [(cid, "error") for cid in lines], "failed")
         checkpoint.write([r for _, r in results], (), self.run_id, True, done)
         self.money.settle([(line.digest, "error") for line in lines.values()], ())
-        for pos, result in results:
-            self._count(pos, result)
+        self._count_all(r for _, r in results)
 
     async def _resubmit(self) -> None:
         """Lines that failed or expired, in new files: never a line already answered."""
@@ -379,7 +377,16 @@ class BatchFlow:
             "others": self.others.collected,
         }
 
-    def _count(self, pos: int, result: Result) -> None:
+    def _count_all(self, results: Iterable[Result]) -> None:
+        """Collected `results`, each told at the slot this run's plan has for its request, not
+        at its line's position: the input may have changed since the file was made, and a
+        slot told answered leaves the kept to-do set (another row's, it was never sent)."""
+        results = list(results)
+        slots = self.checkpoint.slots_of(r.digest for r in results)
+        for result in results:
+            self._count(slots.get(result.digest), result)
+
+    def _count(self, pos: int | None, result: Result) -> None:
         self.collected += 1
         counters = self.counters
         if result.finish_reason == Outcome.ERROR.value:
@@ -388,5 +395,5 @@ class BatchFlow:
             counters.answered += 1
             if self.answered_keys is not None:
                 self.answered_keys.add(result.digest)
-        if self.on_result is not None:
+        if self.on_result is not None and pos is not None:
             self.on_result(pos, result)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import batchpizza.fingerprint as fingerprint
@@ -243,6 +243,25 @@ class PlanQueries(KeptTodo):
             "SELECT identity FROM identities WHERE ident = ?", (ident,)
         ).fetchone()
         return None if row is None else dict(json.loads(row[0]))
+
+    def slots_of(self, keys: Iterable[bytes]) -> dict[bytes, int]:
+        """The slot of this run's plan each request key answers (its first row's, as the plan
+        sends it); none for a request the plan does not want. A Batch API line names the
+        position its row had when its file was made: the input may have changed since."""
+        wanted = list(set(keys))
+        found: dict[bytes, int] = {}
+        with self._errors():
+            self._conn.execute("CREATE INDEX IF NOT EXISTS temp.todo_by_key ON todo (key)")
+            for at in range(0, len(wanted), 500):
+                chunk = wanted[at : at + 500]
+                found.update(
+                    self._conn.execute(
+                        "SELECT key, min(pos) FROM temp.todo WHERE key IN "
+                        f"({', '.join('?' * len(chunk))}) GROUP BY key",
+                        chunk,
+                    )
+                )
+        return found
 
     def todo_positions(self) -> Iterator[int]:
         last = -1

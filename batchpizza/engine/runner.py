@@ -283,7 +283,8 @@ class Runner:
             raise
         except ProviderError as failed:
             exc = failed
-            if exc.zero_limit is not None and (quota := concluded(exc, attempts)) is not None:
+            tries = self.policy.max_retries
+            if exc.zero_limit is not None and (quota := concluded(exc, attempts, tries)):
                 quota.rate, quota.request_id, exc = exc.rate, exc.request_id, quota
             error, rate = exc, exc.rate
             if isinstance(exc, QuotaExhausted):

@@ -91,9 +91,13 @@ def zero_unsure(
     return kinds[0] if kinds else None
 
 
-def concluded(error: ProviderError, attempts: Sequence[Attempt]) -> QuotaExhausted | None:
+def concluded(
+    error: ProviderError, attempts: Sequence[Attempt], max_retries: int
+) -> QuotaExhausted | None:
     """A quota of zero after all: the row's last ZERO_LIMIT_TRIES replies (`error` the last,
-    not yet in `attempts`) were 429s, the last announcing a limit of 0 (`zero_unsure`)."""
+    not yet in `attempts`) were 429s, the last announcing a limit of 0 (`zero_unsure`). Under
+    a --max-retries that allows fewer tries, all of them: else the row failed as rate limited
+    and the next was sent, every row of the run tried against a quota of zero."""
     kind = error.zero_limit
     if kind is None or error.status is None:
         return None
@@ -102,12 +106,11 @@ def concluded(error: ProviderError, attempts: Sequence[Attempt]) -> QuotaExhaust
         if attempt.status != 429:
             break
         before += 1
-    if before + 1 < ZERO_LIMIT_TRIES:
+    if before + 1 < min(ZERO_LIMIT_TRIES, max_retries + 1):
         return None
     tries = before + 1
-    return QuotaExhausted(
-        error.status, f"{error.message} [{nothing_allowed(kind)}: {tries} such replies in a row]"
-    )
+    said = f"{tries} such replies in a row" if tries > 1 else "the only try --max-retries allows"
+    return QuotaExhausted(error.status, f"{error.message} [{nothing_allowed(kind)}: {said}]")
 
 
 def nothing_allowed(kind: str) -> str:
