@@ -312,12 +312,14 @@ def test_ray_refuses_an_id_the_input_repeats_before_starting_a_cluster(tmp_path:
     # and the rerun counted one of them pending (exit 0), though the output had both answered.
     rows = [{"id": f"q{i}", "prompt": f"question {i}"} for i in range(300)]
     rows[299]["id"] = "q0"
-    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    # (A JSON lines input is read as without --ray: test_distributed_staging.py.)
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source)
     out = str(tmp_path / "out")
     for dry in (True, False):
         with pytest.raises(InputError, match=re.escape("repeats the id 'q0' (rows 0 and 299,")):
             run_on_ray(str(source), out, dry_run=dry, quiet=True, base_url="http://127.0.0.1:9")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
     assert run_on_ray(str(source), out, dry_run=True, limit=299).exit_code == 0  # not run
 
 
@@ -335,11 +337,12 @@ def test_ray_refuses_an_input_no_row_of_which_could_be_sent_before_starting_a_cl
     tmp_path: Path, row: dict[str, Any], option: dict[str, Any], said: str
 ) -> None:
     # As a Parquet input is refused without --ray; the actors wrote every row invalid, exit 3.
-    source = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", **row} for i in range(3)])
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": f"r{i}", **row} for i in range(3)]), source)
     for dry in (True, False):
         with pytest.raises(InputError, match=re.escape(said)):
             run_on_ray(str(source), str(tmp_path / "out"), dry_run=dry, quiet=True, **option)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
 
 
 @needs_ray  # the driver's checks read the input with Ray Data
@@ -611,7 +614,7 @@ def test_ray_mock_writes_json_lines_offline_and_stops_its_server(
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     rows = [row for part in sorted(out.glob("*.jsonl")) for row in read_jsonl(part)]
-    assert [row["id"] for row in rows] == list(range(40))
+    assert [row["id"] for row in rows] == [str(i) for i in range(40)]  # text, as without --ray
     assert all(row["finish_reason"] == "stop" for row in rows), rows
     assert all(row["answer"] == mock_answer(row["prompt"]) for row in rows[:38])
     assert [row["messages"] for row in rows[38:]] == [chat, chat]  # as given, not pickled
@@ -619,6 +622,49 @@ def test_ray_mock_writes_json_lines_offline_and_stops_its_server(
     assert not (tmp_path / "out.checkpoint").exists()
     with pytest.raises(ProcessLookupError):  # the mock server went with the command
         os.killpg(process.pid, 0)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_ray_output_of_json_lines_whose_fields_change_shape_is_the_output_without_ray(
+    cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path
+) -> None:
+    # Arrow's JSON reader refused x (a number, then a string: exit 2), and typed what it read
+    # otherwise: ids as numbers, a row without an id refused, nested objects with every key.
+    mock = mock_process()
+    chat = [{"role": "user", "content": [{"type": "text", "text": "Name a topping."}]}]
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        '{"id": "r0", "prompt": "a", "x": 1, "meta": {"k": 1}, "n": null}\n'
+        '{"id": 1, "prompt": "b", "x": "two", "meta": {"k": 1, "j": [1]}}\n'
+        '{"prompt": "c", "meta": {"k": "x"}, "big": 123456789012345678901234567890}\n'
+        '{"id": "r3", "messages": ' + json.dumps(chat) + ', "late": {"a": null}}\n'
+    )
+    said: dict[str, list[str]] = {}
+    for fmt in ("parquet", "jsonl"):
+        local, on_ray = tmp_path / f"local.{fmt}", tmp_path / f"ray-{fmt}"
+        common = ["--base-url", mock.url, "--rate", "0", "--format", fmt]
+        for out, ray_args in ((local, []), (on_ray, ["--ray", cluster])):
+            done = command(str(source), "-o", str(out), *ray_args, *common)
+            assert done.returncode == 0, done.stderr
+            lines = done.stderr.splitlines()
+            said[str(out)] = [line.split(" batchpizza: ")[1] for line in lines if "field '" in line]
+        assert said[str(on_ray)] == said[str(local)]
+        if fmt == "parquet":
+            expected, written = pq.read_table(local), pq.read_table(on_ray)
+            assert written.schema == expected.schema
+            rows, expected_rows = written.to_pylist(), expected.to_pylist()
+        else:
+            rows = [row for part in sorted(on_ray.glob("*.jsonl")) for row in read_jsonl(part)]
+            expected_rows = read_jsonl(local)
+        for row in (*rows, *expected_rows):
+            assert row.pop("latency_ms") is not None
+        assert rows == expected_rows
+        assert [row["id"] for row in rows] == ["r0", "1", "2", "r3"]
+        assert {row["finish_reason"] for row in rows} == {"stop"}
+    # Said once, as without --ray: x and meta are JSON text, big is exact.
+    assert len(said[str(tmp_path / "ray-parquet")]) == 3
+    assert said[str(tmp_path / "ray-jsonl")] == []  # JSON lines carry the values themselves
 
 
 @needs_ray

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from batchpizza.distributed.parts import ID, PARTS
 from batchpizza.errors import InputError, OutputError, UsageError
-from batchpizza.files import check_writable
+from batchpizza.files import check_writable, inside, same_file
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
     from batchpizza.config import RunConfig
+    from batchpizza.distributed.staging import CarriedColumns
 
 PARTIAL = ".partial-"
 OLD = ".old-"  # the output being replaced, for the moment between two renames
@@ -49,18 +50,6 @@ def filesystem(place: str) -> tuple[pafs.FileSystem, str]:
 
 def is_json_lines(place: str) -> bool:
     return place.rstrip("/").lower().endswith(JSON_LINES)
-
-
-def is_empty_json_lines(place: str) -> bool:
-    """A local JSON lines file without a row (empty, or blank lines only), which Arrow's JSON
-    reader refuses ("Empty JSON stream"): an empty input, an empty output, as without --ray."""
-    path = Path(place)
-    if is_uri(place) or not is_json_lines(place) or not path.is_file():
-        return False
-    import gzip
-
-    with gzip.open(path) if place.lower().endswith(".gz") else path.open("rb") as lines:
-        return not any(line.strip() for line in lines)
 
 
 def input_dataset(place: str) -> pads.Dataset:
@@ -87,7 +76,11 @@ def input_ids(place: str, id_field: str, limit: int | None = None) -> pa.Array:
     """The row ids of the input (its first `limit` rows) as strings, as the actors key them."""
     import pyarrow as pa
 
+    from batchpizza.distributed import staging
+
     dataset = input_dataset(place)
+    if staging.is_staged(dataset.schema.names):  # the ids its scan gave, as the actors read them
+        id_field = staging.ID
     require_id(dataset.schema.names, id_field)
     try:
         if limit is None:
@@ -101,15 +94,12 @@ def input_ids(place: str, id_field: str, limit: int | None = None) -> pa.Array:
         ) from None
 
 
-def check_input(place: str, config: RunConfig, limit: int | None) -> bool:
+def check_input(place: str, config: RunConfig, limit: int | None) -> None:
     """Refuses what the actors would find row by row once a cluster had started (every row
-    invalid), or not at all (an id repeated in another batch). False for an input without a
-    row, which has nothing to refuse and needs no cluster."""
-    if is_empty_json_lines(place):
-        return False
+    invalid), or not at all (an id repeated in another batch). (A local JSON lines input is
+    read and checked as without --ray: distributed.staging.)"""
     refuse_columns(place, config)
     refuse_repeated_ids(place, config.fields_named[2], limit)
-    return True
 
 
 def refuse_columns(place: str, config: RunConfig) -> None:
@@ -122,8 +112,7 @@ def refuse_columns(place: str, config: RunConfig) -> None:
     from batchpizza.sources.parquet import wanted_columns
 
     schema = input_dataset(place).schema
-    if schema.names:  # an empty JSON lines file has no columns, and no row to refuse
-        wanted_columns(Fields.from_config(config, extra_columns(config.provider)), schema, place)
+    wanted_columns(Fields.from_config(config, extra_columns(config.provider)), schema, place)
 
 
 def refuse_repeated_ids(place: str, id_field: str, limit: int | None = None) -> None:
@@ -194,11 +183,14 @@ def delete_folder(place: str, *, keep_folder: bool = False) -> None:
         raise OutputError(f"cannot delete {place}: {exc}") from None
 
 
-def write_part(block: pa.Table, folder: str, index: int, fmt: str) -> None:
+def write_part(
+    block: pa.Table, folder: str, index: int, fmt: str, carried: CarriedColumns | None = None
+) -> None:
     """Block `index` of the output as one part of `folder`, named by that index: the parts'
     sorted names are the rows' order. (Ray Data's own writers were seen to put a task's blocks
     in another order: 2 runs in 8 here.) JSON lines carry values as the single-process output
-    does (timestamps as ISO 8601, bytes as base64)."""
+    does (timestamps as ISO 8601, bytes as base64). A staged input's block (`carried`: see
+    batchpizza.distributed.staging) carries the input's fields as that output does too."""
     import pyarrow.parquet as pq
 
     import batchpizza.jsoncodec as jsoncodec
@@ -208,9 +200,14 @@ def write_part(block: pa.Table, folder: str, index: int, fmt: str) -> None:
     fs, root = filesystem(folder)
     path = f"{root}/part-{index:06d}.{fmt}"
     if fmt == "parquet":
-        pq.write_table(block, path, filesystem=fs, compression="zstd")
+        table = block if carried is None else carried.output(block)
+        pq.write_table(table, path, filesystem=fs, compression="zstd")
         return
     with fs.open_output_stream(path) as out:
+        if carried is not None:
+            lines = [jsoncodec.dumps(row, json_default) for row in carried.records(block)]
+            out.write(b"".join(line + b"\n" for line in lines))
+            return
         for batch in block.to_batches():
             rows = with_maps_as_objects(batch.schema, batch.to_pylist())
             lines = [jsoncodec.dumps(row, json_default) for row in rows]
@@ -283,3 +280,40 @@ class OutputFolder:
         if self.aside is not None:
             shutil.rmtree(self.aside, ignore_errors=True)
             self.aside = None
+
+
+def check_places(input: str, output: OutputFolder, checkpoint: str, summary: str | None) -> None:
+    """What can be refused before anything is read or sent: two of input, output, checkpoint
+    and summary in one place or one inside another (the output replaced by a rename would take
+    a checkpoint inside it along), and missing or unwritable folders."""
+    if not is_uri(input) and not Path(input).exists():
+        raise InputError(f"the input {input} does not exist")
+    places = [("input", input), ("output", output.place)]
+    places += [("checkpoint", checkpoint), ("summary", summary or "")]
+    local = [(what, Path(p).resolve()) for what, p in places if p and not is_uri(p)]
+    for i, (what, path) in enumerate(local):
+        for other, other_path in local[i + 1 :]:
+            if same_file(path, other_path):
+                raise UsageError(f"the {what} and the {other} are the same place ({path})")
+            for (a, a_path), (b, b_path) in (
+                ((what, path), (other, other_path)),
+                ((other, other_path), (what, path)),
+            ):
+                if inside(a_path, b_path):
+                    raise UsageError(
+                        f"the {a} {a_path} is inside the {b} {b_path}; give each its own place"
+                    )
+    output.check()
+    if not is_uri(checkpoint):
+        folder = Path(checkpoint)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(
+                f"the checkpoint {folder} is a file (a run's without --ray?); --ray keeps "
+                "its checkpoint in a folder: give --checkpoint a folder name"
+            )
+        check_writable(folder.parent, "checkpoint")
+    if summary:
+        path = Path(summary)
+        if path.is_dir():
+            raise UsageError(f"--summary-json {path} is a directory")
+        check_writable(path.parent, "summary")
