@@ -183,7 +183,9 @@ def test_ray_dry_run_counts_the_checkpoint_and_sends_nothing(
     assert limited.returncode == 0, limited.stderr
     assert "rows        10" in limited.stdout and "to send     10" in limited.stdout
 
-    no_ids = write_jsonl(tmp_path / "no-ids.jsonl", [{"prompt": "hello"}])
+    # (A JSON lines file without ids is run as without --ray: a row's position is its id.)
+    no_ids = tmp_path / "no-ids.parquet"
+    pq.write_table(pa.table({"prompt": ["hello"]}), no_ids)
     bad = command(str(no_ids), "-o", str(tmp_path / "other"), "--ray", "--dry-run")
     assert bad.returncode == 2 and "--id-field" in bad.stderr
     assert mock.stats()["requests"] == 0
