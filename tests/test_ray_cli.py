@@ -263,6 +263,38 @@ def test_ray_rerun_with_nothing_to_send_writes_the_output_without_ray(
         )  # fmt: skip
 
 
+@needs_ray
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_ray_output_has_the_id_as_text_first_as_without_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    # Ray Data passed the input's columns through: an int64 id, after the prompt, where the
+    # output without --ray has the id as text, first.
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init called"))
+    source = tmp_path / "in.parquet"
+    ids = pa.array([3, 1, 2], pa.int64())
+    pq.write_table(pa.table({"prompt": ["a", "b", "c"], "id": ids, "x": [1.5, None, 2.0]}), source)
+    by_text = tmp_path / "by-text.parquet"  # the same rows with their ids as text, for the parts
+    pq.write_table(pa.table({"id": ["3", "1", "2"], "prompt": ["a", "b", "c"]}), by_text)
+    kept_parts(tmp_path / "out.checkpoint", by_text, range(3))
+    out = tmp_path / "out"
+    assert run_on_ray(str(source), str(out), quiet=True, format=fmt).exit_code == 0
+    if fmt == "parquet":
+        table = pq.read_table(out)
+        assert table.schema.field("id").type == pa.string()
+        rows = table.to_pylist()
+    else:
+        rows = [row for part in sorted(out.glob("*.jsonl")) for row in read_jsonl(part)]
+    assert list(rows[0])[:4] == ["id", "prompt", "x", "answer"]
+    assert [(r["id"], r["x"], r["answer"]) for r in rows] == [
+        ("3", 1.5, "kept 0"),
+        ("1", None, "kept 1"),
+        ("2", 2.0, "kept 2"),
+    ]
+
+
 @pytest.mark.slow
 @needs_ray
 def test_ray_dry_run_counts_answers_by_request_so_a_new_model_shows_as_rows_to_send(

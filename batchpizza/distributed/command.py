@@ -35,6 +35,8 @@ from batchpizza.distributed.driver import (
     user_error,
 )
 from batchpizza.distributed.folders import (
+    IdFirst,
+    Layout,
     OutputFolder,
     answered_ids,
     check_input,
@@ -49,7 +51,7 @@ from batchpizza.distributed.folders import (
 )
 from batchpizza.distributed.kept import KeptOutput, write_empty
 from batchpizza.distributed.reaper import Watchdog, raylet_started_here, raylets_here
-from batchpizza.distributed.staging import CarriedColumns, Staged, stage
+from batchpizza.distributed.staging import Staged, stage
 from batchpizza.distributed.summary import count, summarize, tally_of
 from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError
 from batchpizza.files import write_atomically
@@ -179,8 +181,9 @@ class ClusterRun:
         return self.input if self.staged is None else self.staged.place
 
     @property
-    def carried(self) -> CarriedColumns | None:
-        return None if self.staged is None else self.staged.carried
+    def layout(self) -> Layout:
+        """The output's columns as a run without --ray writes them (folders.write_part)."""
+        return IdFirst(self.config.fields_named[2]) if self.staged is None else self.staged.carried
 
     def _dry_run(self) -> Summary:
         from batchpizza.distributed.planning import count_answered, print_plan
@@ -218,7 +221,7 @@ class ClusterRun:
                 return summarize(Tally(), 0, {}, **self._where())
             if not self.restart:
                 kept = KeptOutput(
-                    self.source, self.checkpoint, self.options, self.limit, self.carried
+                    self.source, self.checkpoint, self.options, self.limit, self.layout
                 )
                 rows = kept.complete()
                 if rows is not None:  # nothing to send: no cluster (see distributed.kept)
@@ -334,9 +337,9 @@ class ClusterRun:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(here, soft=False)
         task = ray.remote(write_part).options(**options)
         blocks = answered.to_arrow_refs()
-        carried = self.carried
+        layout = self.layout
         ray.get(
-            [task.remote(block, target, i, self.format, carried) for i, block in enumerate(blocks)]
+            [task.remote(block, target, i, self.format, layout) for i, block in enumerate(blocks)]
         )
         self.output.commit()
 

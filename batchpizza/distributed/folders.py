@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from batchpizza.distributed.parts import ID, PARTS
 from batchpizza.errors import InputError, OutputError, UsageError
@@ -26,9 +28,9 @@ if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
     from batchpizza.config import RunConfig
-    from batchpizza.distributed.staging import CarriedColumns
 
 PARTIAL = ".partial-"
+_FLUSH_BYTES = 1 << 20  # of JSON lines, written a chunk at a time
 OLD = ".old-"  # the output being replaced, for the moment between two renames
 JSON_LINES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 
@@ -183,14 +185,49 @@ def delete_folder(place: str, *, keep_folder: bool = False) -> None:
         raise OutputError(f"cannot delete {place}: {exc}") from None
 
 
+class Layout(Protocol):
+    """An output block's columns as a run without --ray writes them: `output` for Parquet,
+    `records` for JSON lines."""
+
+    def output(self, block: pa.Table) -> pa.Table: ...
+
+    def records(self, block: pa.Table) -> Iterator[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class IdFirst:
+    """A Parquet input's output block as a run without --ray writes its rows: the id as text in
+    an `id` column first, then the input's other columns, then the results (Ray Data passes the
+    input's columns through as they are: an int64 id, wherever it stood)."""
+
+    id_field: str
+
+    def output(self, block: pa.Table) -> pa.Table:
+        import pyarrow as pa
+
+        from batchpizza.schema_metadata import carry_metadata
+
+        rest = [name for name in block.column_names if name != self.id_field]
+        ids = block.column(self.id_field).cast(pa.string())
+        schema = pa.schema([pa.field(ID, pa.string()), *(block.schema.field(n) for n in rest)])
+        columns = [ids, *(block.column(n) for n in rest)]
+        return pa.Table.from_arrays(columns, schema=carry_metadata(block.schema, schema))
+
+    def records(self, block: pa.Table) -> Iterator[dict[str, Any]]:
+        from batchpizza.sources.maps import with_maps_as_objects
+
+        for batch in self.output(block).to_batches():
+            yield from with_maps_as_objects(batch.schema, batch.to_pylist())
+
+
 def write_part(
-    block: pa.Table, folder: str, index: int, fmt: str, carried: CarriedColumns | None = None
+    block: pa.Table, folder: str, index: int, fmt: str, layout: Layout | None = None
 ) -> None:
     """Block `index` of the output as one part of `folder`, named by that index: the parts'
     sorted names are the rows' order. (Ray Data's own writers were seen to put a task's blocks
-    in another order: 2 runs in 8 here.) JSON lines carry values as the single-process output
-    does (timestamps as ISO 8601, bytes as base64). A staged input's block (`carried`: see
-    batchpizza.distributed.staging) carries the input's fields as that output does too."""
+    in another order: 2 runs in 8 here.) `layout` makes the block's columns the output's of a
+    run without --ray (IdFirst; for a staged JSON lines input, staging.CarriedColumns); JSON
+    lines carry values as that output does (timestamps as ISO 8601, bytes as base64)."""
     import pyarrow.parquet as pq
 
     import batchpizza.jsoncodec as jsoncodec
@@ -200,18 +237,26 @@ def write_part(
     fs, root = filesystem(folder)
     path = f"{root}/part-{index:06d}.{fmt}"
     if fmt == "parquet":
-        table = block if carried is None else carried.output(block)
+        table = block if layout is None else layout.output(block)
         pq.write_table(table, path, filesystem=fs, compression="zstd")
         return
+    if layout is None:
+        records: Iterable[dict[str, Any]] = (
+            row
+            for batch in block.to_batches()
+            for row in with_maps_as_objects(batch.schema, batch.to_pylist())
+        )
+    else:
+        records = layout.records(block)
     with fs.open_output_stream(path) as out:
-        if carried is not None:
-            lines = [jsoncodec.dumps(row, json_default) for row in carried.records(block)]
-            out.write(b"".join(line + b"\n" for line in lines))
-            return
-        for batch in block.to_batches():
-            rows = with_maps_as_objects(batch.schema, batch.to_pylist())
-            lines = [jsoncodec.dumps(row, json_default) for row in rows]
-            out.write(b"\n".join(lines) + b"\n")
+        lines = bytearray()
+        for row in records:
+            lines += jsoncodec.dumps(row, json_default)
+            lines += b"\n"
+            if len(lines) > _FLUSH_BYTES:
+                out.write(lines)
+                lines = bytearray()
+        out.write(lines)
 
 
 class OutputFolder:

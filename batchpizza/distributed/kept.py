@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchpizza.distributed.folders import input_dataset, input_ids, require_id, write_part
 from batchpizza.distributed.parts import ID, PartStore
+from batchpizza.distributed.staging import CarriedColumns
 from batchpizza.distributed.worker import Answerer, part_schema
 from batchpizza.errors import InputError
 from batchpizza.providers.factory import extra_columns
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from batchpizza.config import RunConfig
-    from batchpizza.distributed.staging import CarriedColumns
+    from batchpizza.distributed.folders import Layout
 
 # Options that the driver and the controller own; an actor never sees them.
 CLUSTER_OPTIONS = ("rate", "deadline", "patience", "concurrency", "checkpoint", "restart")
@@ -37,12 +38,12 @@ class KeptOutput:
         checkpoint: str,
         options: Mapping[str, Any],
         limit: int | None,
-        carried: CarriedColumns | None = None,
+        layout: Layout | None = None,
     ) -> None:
-        """`carried`: how the output carries the fields of a staged input (distributed.staging)."""
+        """`layout`: the output's columns as a run without --ray has them (folders.write_part)."""
         self.input = input
         self.limit = limit
-        self.carried = carried
+        self.layout = layout
         actor_options = {
             k: v for k, v in options.items() if k not in (*CLUSTER_OPTIONS, *_ANSWER_OPTIONS)
         }
@@ -81,17 +82,17 @@ class KeptOutput:
                 raise InputError(f"the input {self.input} changed during the run; rerun")
             pending.append(table)
             if sum(t.num_rows for t in pending) >= _PART_ROWS:
-                write_part(pa.concat_tables(pending), target, index, fmt, self.carried)
+                write_part(pa.concat_tables(pending), target, index, fmt, self.layout)
                 pending, index = [], index + 1
         if pending or index == 0:
             block = pa.concat_tables(pending) if pending else self._empty()
-            write_part(block, target, index, fmt, self.carried)
+            write_part(block, target, index, fmt, self.layout)
 
     def _answered(self) -> Iterator[pa.Table | None]:
         import pyarrow as pa
 
         dataset = input_dataset(self.input)
-        if self.carried is None:  # a staged input has the ids its scan gave
+        if not isinstance(self.layout, CarriedColumns):  # a staged input has its scan's ids
             require_id(dataset.schema.names, self._answerer.id_field)
         left = self.limit
         try:
