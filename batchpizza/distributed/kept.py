@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchpizza.distributed.folders import input_dataset, input_ids, require_id, write_part
 from batchpizza.distributed.parts import ID, PartStore
-from batchpizza.distributed.staging import CarriedColumns
+from batchpizza.distributed.staging import is_staged
 from batchpizza.distributed.worker import Answerer, part_schema
 from batchpizza.errors import InputError
 from batchpizza.providers.factory import extra_columns
@@ -92,7 +92,7 @@ class KeptOutput:
         import pyarrow as pa
 
         dataset = input_dataset(self.input)
-        if not isinstance(self.layout, CarriedColumns):  # a staged input has its scan's ids
+        if not is_staged(dataset.schema.names):  # a staged input has the ids its scan gave
             require_id(dataset.schema.names, self._answerer.id_field)
         left = self.limit
         try:
