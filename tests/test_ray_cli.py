@@ -183,7 +183,9 @@ def test_ray_dry_run_counts_the_checkpoint_and_sends_nothing(
     assert limited.returncode == 0, limited.stderr
     assert "rows        10" in limited.stdout and "to send     10" in limited.stdout
 
-    no_ids = write_jsonl(tmp_path / "no-ids.jsonl", [{"prompt": "hello"}])
+    # (A JSON lines file without ids is run as without --ray: a row's position is its id.)
+    no_ids = tmp_path / "no-ids.parquet"
+    pq.write_table(pa.table({"prompt": ["hello"]}), no_ids)
     bad = command(str(no_ids), "-o", str(tmp_path / "other"), "--ray", "--dry-run")
     assert bad.returncode == 2 and "--id-field" in bad.stderr
     assert mock.stats()["requests"] == 0
@@ -261,6 +263,38 @@ def test_ray_rerun_with_nothing_to_send_writes_the_output_without_ray(
         )  # fmt: skip
 
 
+@needs_ray
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_ray_output_has_the_id_as_text_first_as_without_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    # Ray Data passed the input's columns through: an int64 id, after the prompt, where the
+    # output without --ray has the id as text, first.
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init called"))
+    source = tmp_path / "in.parquet"
+    ids = pa.array([3, 1, 2], pa.int64())
+    pq.write_table(pa.table({"prompt": ["a", "b", "c"], "id": ids, "x": [1.5, None, 2.0]}), source)
+    by_text = tmp_path / "by-text.parquet"  # the same rows with their ids as text, for the parts
+    pq.write_table(pa.table({"id": ["3", "1", "2"], "prompt": ["a", "b", "c"]}), by_text)
+    kept_parts(tmp_path / "out.checkpoint", by_text, range(3))
+    out = tmp_path / "out"
+    assert run_on_ray(str(source), str(out), quiet=True, format=fmt).exit_code == 0
+    if fmt == "parquet":
+        table = pq.read_table(out)
+        assert table.schema.field("id").type == pa.string()
+        rows = table.to_pylist()
+    else:
+        rows = [row for part in sorted(out.glob("*.jsonl")) for row in read_jsonl(part)]
+    assert list(rows[0])[:4] == ["id", "prompt", "x", "answer"]
+    assert [(r["id"], r["x"], r["answer"]) for r in rows] == [
+        ("3", 1.5, "kept 0"),
+        ("1", None, "kept 1"),
+        ("2", 2.0, "kept 2"),
+    ]
+
+
 @pytest.mark.slow
 @needs_ray
 def test_ray_dry_run_counts_answers_by_request_so_a_new_model_shows_as_rows_to_send(
@@ -312,12 +346,14 @@ def test_ray_refuses_an_id_the_input_repeats_before_starting_a_cluster(tmp_path:
     # and the rerun counted one of them pending (exit 0), though the output had both answered.
     rows = [{"id": f"q{i}", "prompt": f"question {i}"} for i in range(300)]
     rows[299]["id"] = "q0"
-    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    # (A JSON lines input is read as without --ray: test_distributed_staging.py.)
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source)
     out = str(tmp_path / "out")
     for dry in (True, False):
         with pytest.raises(InputError, match=re.escape("repeats the id 'q0' (rows 0 and 299,")):
             run_on_ray(str(source), out, dry_run=dry, quiet=True, base_url="http://127.0.0.1:9")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
     assert run_on_ray(str(source), out, dry_run=True, limit=299).exit_code == 0  # not run
 
 
@@ -335,11 +371,12 @@ def test_ray_refuses_an_input_no_row_of_which_could_be_sent_before_starting_a_cl
     tmp_path: Path, row: dict[str, Any], option: dict[str, Any], said: str
 ) -> None:
     # As a Parquet input is refused without --ray; the actors wrote every row invalid, exit 3.
-    source = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", **row} for i in range(3)])
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": f"r{i}", **row} for i in range(3)]), source)
     for dry in (True, False):
         with pytest.raises(InputError, match=re.escape(said)):
             run_on_ray(str(source), str(tmp_path / "out"), dry_run=dry, quiet=True, **option)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
 
 
 @needs_ray  # the driver's checks read the input with Ray Data
@@ -611,7 +648,7 @@ def test_ray_mock_writes_json_lines_offline_and_stops_its_server(
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     rows = [row for part in sorted(out.glob("*.jsonl")) for row in read_jsonl(part)]
-    assert [row["id"] for row in rows] == list(range(40))
+    assert [row["id"] for row in rows] == [str(i) for i in range(40)]  # text, as without --ray
     assert all(row["finish_reason"] == "stop" for row in rows), rows
     assert all(row["answer"] == mock_answer(row["prompt"]) for row in rows[:38])
     assert [row["messages"] for row in rows[38:]] == [chat, chat]  # as given, not pickled
@@ -619,6 +656,49 @@ def test_ray_mock_writes_json_lines_offline_and_stops_its_server(
     assert not (tmp_path / "out.checkpoint").exists()
     with pytest.raises(ProcessLookupError):  # the mock server went with the command
         os.killpg(process.pid, 0)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_ray_output_of_json_lines_whose_fields_change_shape_is_the_output_without_ray(
+    cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path
+) -> None:
+    # Arrow's JSON reader refused x (a number, then a string: exit 2), and typed what it read
+    # otherwise: ids as numbers, a row without an id refused, nested objects with every key.
+    mock = mock_process()
+    chat = [{"role": "user", "content": [{"type": "text", "text": "Name a topping."}]}]
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        '{"id": "r0", "prompt": "a", "x": 1, "meta": {"k": 1}, "n": null}\n'
+        '{"id": 1, "prompt": "b", "x": "two", "meta": {"k": 1, "j": [1]}}\n'
+        '{"prompt": "c", "meta": {"k": "x"}, "big": 123456789012345678901234567890}\n'
+        '{"id": "r3", "messages": ' + json.dumps(chat) + ', "late": {"a": null}}\n'
+    )
+    said: dict[str, list[str]] = {}
+    for fmt in ("parquet", "jsonl"):
+        local, on_ray = tmp_path / f"local.{fmt}", tmp_path / f"ray-{fmt}"
+        common = ["--base-url", mock.url, "--rate", "0", "--format", fmt]
+        for out, ray_args in ((local, []), (on_ray, ["--ray", cluster])):
+            done = command(str(source), "-o", str(out), *ray_args, *common)
+            assert done.returncode == 0, done.stderr
+            lines = done.stderr.splitlines()
+            said[str(out)] = [line.split(" batchpizza: ")[1] for line in lines if "field '" in line]
+        assert said[str(on_ray)] == said[str(local)]
+        if fmt == "parquet":
+            expected, written = pq.read_table(local), pq.read_table(on_ray)
+            assert written.schema == expected.schema
+            rows, expected_rows = written.to_pylist(), expected.to_pylist()
+        else:
+            rows = [row for part in sorted(on_ray.glob("*.jsonl")) for row in read_jsonl(part)]
+            expected_rows = read_jsonl(local)
+        for row in (*rows, *expected_rows):
+            assert row.pop("latency_ms") is not None
+        assert rows == expected_rows
+        assert [row["id"] for row in rows] == ["r0", "1", "2", "r3"]
+        assert {row["finish_reason"] for row in rows} == {"stop"}
+    # Said once, as without --ray: x and meta are JSON text, big is exact.
+    assert len(said[str(tmp_path / "ray-parquet")]) == 3
+    assert said[str(tmp_path / "ray-jsonl")] == []  # JSON lines carry the values themselves
 
 
 @needs_ray

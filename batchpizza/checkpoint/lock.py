@@ -213,7 +213,7 @@ class _OnDisk:
         this run put in it (while still holding it, so that no other run is using it)."""
         try:
             if self.folder:
-                if created:
+                if created or discard:
                     self.path.rmdir()  # only if empty: a folder with parts is a checkpoint
                 return
             wal = self.path.with_name(self.path.name + "-wal")
@@ -277,7 +277,8 @@ class RunLock:
     def release(self, *, discard: bool = False) -> None:
         """`discard`: the run kept nothing in the checkpoint (it failed before its run began):
         if it made the file, remove it with its log, rather than leave a database with no
-        tables or no answers (a disk that filled while it was being made)."""
+        tables or no answers (a disk that filled while it was being made). A --ray checkpoint's
+        folder goes if it is empty (--restart emptied it for an input without a row)."""
         for held in reversed(self._held):
             if isinstance(held, _OnDisk):
                 held.release(discard)

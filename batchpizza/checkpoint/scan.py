@@ -15,7 +15,7 @@ import operator
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from batchpizza.collector import collector_paused
@@ -69,6 +69,14 @@ class ScanIndex:
         self._db.execute("PRAGMA journal_mode = OFF")
         self._db.execute("PRAGMA synchronous = OFF")
         self._db.execute(SCHEMA.format(table="rows"))
+
+    def verdicts(self) -> Iterator[tuple[int, str, str | None]]:
+        """(position, id as the output shows it, what is wrong or None) of every scanned row,
+        in input order (a cluster run stages the rows with them)."""
+        # A row too broken to show an id gets its position, as in the output (checkpoint.plan).
+        yield from self._db.execute(
+            "SELECT pos, CAST(coalesce(id, pos) AS TEXT), bad FROM rows ORDER BY pos"
+        )
 
     def close(self) -> None:
         self._db.close()

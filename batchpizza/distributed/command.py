@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 
 from batchpizza.checkpoint import RunLock
 from batchpizza.config import DEFAULT_MOCK_RATE, RunConfig
+from batchpizza.distributed import staging
 from batchpizza.distributed.driver import (
     Signals,
     deadline_left,
@@ -33,9 +35,12 @@ from batchpizza.distributed.driver import (
     user_error,
 )
 from batchpizza.distributed.folders import (
+    IdFirst,
+    Layout,
     OutputFolder,
     answered_ids,
     check_input,
+    check_places,
     delete_folder,
     filesystem,
     input_dataset,
@@ -45,12 +50,12 @@ from batchpizza.distributed.folders import (
     write_part,
 )
 from batchpizza.distributed.kept import KeptOutput, write_empty
-from batchpizza.distributed.parts import PartStore
 from batchpizza.distributed.reaper import Watchdog, raylet_started_here, raylets_here
+from batchpizza.distributed.staging import Staged, stage
 from batchpizza.distributed.summary import count, summarize, tally_of
-from batchpizza.errors import BatchpizzaError, InputError, Interrupted, LockedError, UsageError
-from batchpizza.files import check_writable, inside, same_file, write_atomically
-from batchpizza.progress import sending_time, summary_line
+from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError
+from batchpizza.files import write_atomically
+from batchpizza.progress import setup_logging, summary_line
 from batchpizza.records import Summary, Tally
 
 # What the driver does itself; the actors never see these options.
@@ -97,6 +102,7 @@ class ClusterRun:
         self.output = OutputFolder(output)
         self.format = output_format(output, given.get("format"))
         self.quiet = bool(given.get("quiet"))
+        self.verbose = bool(given.get("verbose"))
         self.dry_run = bool(given.get("dry_run"))
         self.restart = bool(given.get("restart"))
         self.mock = bool(given.get("mock"))
@@ -119,8 +125,13 @@ class ClusterRun:
         self.status: dict[str, object] = {}
         self._signals = Signals()
         self._reported = False
+        # A local JSON lines input, read as without --ray and staged for the cluster (prepare).
+        self.staged: Staged | None = None
+        self._interrupted_tally: Tally | None = None
 
     def run(self) -> Summary:
+        # The driver's warnings as a run without --ray says them (timestamped; none under -q).
+        setup_logging(self.quiet, self.verbose, self.config.log_format)
         self.check_paths()
         if importlib.util.find_spec("ray") is None:
             raise UsageError("--ray needs Ray: pip install 'batchpizza[ray]'")
@@ -129,7 +140,7 @@ class ClusterRun:
                 summary = self._dry_run() if self.dry_run else self._locked()
         except KeyboardInterrupt:
             signum = self._signals.signum or signal.SIGINT
-            tally = None if self.dry_run else self._kept_tally()
+            tally = self._interrupted_tally
             summary = self._summary(tally, 128 + signum, stopped="signal", interrupted=True)
             self._report(summary)
             saved = (
@@ -150,69 +161,43 @@ class ClusterRun:
         return summary
 
     def check_paths(self) -> None:
-        """What can be refused before anything is read or sent: two of input, output,
-        checkpoint and summary in one place or one inside another (the output replaced by a
-        rename would take a checkpoint inside it along), and missing or unwritable folders."""
-        if not is_uri(self.input) and not Path(self.input).exists():
-            raise InputError(f"the input {self.input} does not exist")
-        places = [("input", self.input), ("output", self.output.place)]
-        places += [("checkpoint", self.checkpoint), ("summary", self.summary_json or "")]
-        local = [(what, Path(p).resolve()) for what, p in places if p and not is_uri(p)]
-        for i, (what, path) in enumerate(local):
-            for other, other_path in local[i + 1 :]:
-                if same_file(path, other_path):
-                    raise UsageError(f"the {what} and the {other} are the same place ({path})")
-                for (a, a_path), (b, b_path) in (
-                    ((what, path), (other, other_path)),
-                    ((other, other_path), (what, path)),
-                ):
-                    if inside(a_path, b_path):
-                        raise UsageError(
-                            f"the {a} {a_path} is inside the {b} {b_path}; give each its own place"
-                        )
-        self.output.check()
-        if not is_uri(self.checkpoint):
-            checkpoint = Path(self.checkpoint)
-            if checkpoint.exists() and not checkpoint.is_dir():
-                raise UsageError(
-                    f"the checkpoint {checkpoint} is a file (a run's without --ray?); --ray keeps "
-                    "its checkpoint in a folder: give --checkpoint a folder name"
-                )
-            check_writable(checkpoint.parent, "checkpoint")
-        if self.summary_json:
-            summary = Path(self.summary_json)
-            if summary.is_dir():
-                raise UsageError(f"--summary-json {summary} is a directory")
-            check_writable(summary.parent, "summary")
+        check_places(self.input, self.output, self.checkpoint, self.summary_json)
+
+    def prepare(self, folder: str) -> bool:
+        """Refuse, before a cluster starts, what the actors would find row by row (or not at
+        all); a local JSON lines input is read as a run without --ray reads it, its bad rows
+        refused as there, and staged in `folder` (distributed.staging). False for an input
+        without a row, which needs no cluster."""
+        if is_json_lines(self.input) and not is_uri(self.input):
+            typed = self.format == "parquet" and not self.dry_run
+            self.staged = stage(self.input, self.config, self.limit, folder, typed=typed)
+            return self.staged.rows > 0
+        check_input(self.input, self.config, self.limit)
+        return True
+
+    @property
+    def source(self) -> str:
+        """What the cluster and the driver's checks read: the staged input, or the input."""
+        return self.input if self.staged is None else self.staged.place
+
+    @property
+    def layout(self) -> Layout:
+        """The output's columns as a run without --ray writes them (folders.write_part)."""
+        return IdFirst(self.config.fields_named[2]) if self.staged is None else self.staged.carried
 
     def _dry_run(self) -> Summary:
-        from batchpizza.distributed.planning import count_answered
+        from batchpizza.distributed.planning import count_answered, print_plan
 
         # By row id and request fingerprint, as the actors match answers: a new model,
         # parameters or prompt shows as rows to send.
         parts = None if self.restart else self.checkpoint
-        check_input(self.input, self.config, self.limit)
-        rows, answered = count_answered(self.input, parts, self.config, self.limit)
-        todo = rows - answered
-        auto = self.config.auto_max is not None
-        rate = self.config.rate_per_s
-        if auto:  # from the rate the last run learned, as the run will, else slow start at 1/s
-            learned = None if self.restart else self._learned_rate()
-            rate = min(learned, self.config.auto_max or learned) if learned else 1.0
-        kept = "--restart forgets them" if self.restart else "in the checkpoint, not sent again"
-        print(
-            "\n".join(
-                [
-                    "batchpizza: dry run on Ray: nothing sent, nothing written, no cluster started",
-                    f"  rows        {rows}",
-                    f"  answered    {answered} ({kept})",
-                    f"  to send     {todo} (new, changed, asked with another model or parameters, "
-                    "or failed or refused before; bad rows are written as invalid)",
-                    f"  time        {sending_time(todo, rate, self.config.concurrency, auto)}",
-                ]
-            ),
-            flush=True,  # the plan goes to stdout, to be piped; the summary line to stderr
-        )
+        with tempfile.TemporaryDirectory(prefix="batchpizza-dry-run-") as scratch:
+            if self.prepare(scratch):
+                rows, answered = count_answered(self.source, parts, self.config, self.limit)
+            else:
+                rows = answered = 0
+        checkpoint = None if self.restart else self.checkpoint
+        print_plan(rows, answered, self.config, checkpoint)
         return self._summary(Tally(rows=rows, answered=answered), 0)
 
     def _locked(self) -> Summary:
@@ -224,16 +209,20 @@ class ClusterRun:
         except LockedError:
             self._report(self._summary(None, 75, stopped="locked"))
             raise
+        emptied = False
         try:
             self.output.recover()
-            if not check_input(self.input, self.config, self.limit):  # no row: no cluster
+            if self.restart:  # an input without a row too: its answers are forgotten
+                delete_folder(self.checkpoint, keep_folder=True)  # the lock is on the folder
+            if not self.prepare(self.checkpoint):  # no row: no cluster
                 write_empty(self.output.target(), self.format, self.config)
                 self.output.commit()
+                emptied = self.restart  # an emptied folder is no checkpoint: it goes
                 return summarize(Tally(), 0, {}, **self._where())
-            if self.restart:
-                delete_folder(self.checkpoint, keep_folder=True)  # the lock is on the folder
-            else:
-                kept = KeptOutput(self.input, self.checkpoint, self.options, self.limit)
+            if not self.restart:
+                kept = KeptOutput(
+                    self.source, self.checkpoint, self.options, self.limit, self.layout
+                )
                 rows = kept.complete()
                 if rows is not None:  # nothing to send: no cluster (see distributed.kept)
                     kept.write(self.output.target(), self.format)
@@ -245,15 +234,23 @@ class ClusterRun:
                 if self.mock:
                     self.options["base_url"] = stack.enter_context(mock_server_process())
                 return self._on_ray()
+        except KeyboardInterrupt:
+            self._interrupted_tally = self._kept_tally()  # before the staged input goes
+            raise
         finally:
+            if self.staged is not None:
+                self.staged.remove()
             self.output.discard()
-            lock.release()
+            lock.release(discard=emptied)
 
     def _on_ray(self) -> Summary:
         id_field = self.config.fields_named[2]
         # Read before the run: the rows this run sends are the others (for `retries`).
         done = answered_ids(self.checkpoint)
-        require_id(input_dataset(self.input).schema.names, id_field)
+        if self.staged is None:
+            require_id(input_dataset(self.input).schema.names, id_field)
+        else:
+            id_field = staging.ID  # the ids its scan gave
         import ray
 
         from batchpizza.distributed import dataset
@@ -284,8 +281,10 @@ class ClusterRun:
                 context.enable_progress_bars = False
                 # Not even errors: a user's (a wrong key) is said in a line, a bug's shows anyway.
                 logging.getLogger("ray.data").setLevel(logging.CRITICAL)
-            source = _absolute(self.input)
-            if is_json_lines(self.input):
+            source = _absolute(self.source)
+            if self.staged is not None:
+                ds = ray.data.read_parquet(source)
+            elif is_json_lines(self.input):
                 # Named by the user: read whatever its extension (Ray's list lacks .ndjson).
                 # Arrow's JSON reader, which reads JSON lines and types nested fields (messages as
                 # a list of structs); `lines=True` takes pandas', which made them pickled Python
@@ -338,12 +337,11 @@ class ClusterRun:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(here, soft=False)
         task = ray.remote(write_part).options(**options)
         blocks = answered.to_arrow_refs()
-        ray.get([task.remote(block, target, i, self.format) for i, block in enumerate(blocks)])
+        layout = self.layout
+        ray.get(
+            [task.remote(block, target, i, self.format, layout) for i, block in enumerate(blocks)]
+        )
         self.output.commit()
-
-    def _learned_rate(self) -> float | None:
-        saved = PartStore(self.checkpoint, create=False).meta().get("learned_rate")
-        return float(saved) if isinstance(saved, (int, float)) and saved > 0 else None
 
     def _kept_tally(self) -> Tally | None:
         """After an interrupt: the input's rows, those the checkpoint holds answers for, the
@@ -351,7 +349,7 @@ class ClusterRun:
         from batchpizza.distributed.planning import count_answered
 
         try:  # by id and request fingerprint, as the dry run and the actors count
-            rows, answered = count_answered(self.input, self.checkpoint, self.config, self.limit)
+            rows, answered = count_answered(self.source, self.checkpoint, self.config, self.limit)
         except (BatchpizzaError, OSError):
             return None
         return Tally(rows=rows, answered=answered)

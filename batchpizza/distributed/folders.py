@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from batchpizza.distributed.parts import ID, PARTS
 from batchpizza.errors import InputError, OutputError, UsageError
-from batchpizza.files import check_writable
+from batchpizza.files import check_writable, inside, same_file
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from batchpizza.config import RunConfig
 
 PARTIAL = ".partial-"
+_FLUSH_BYTES = 1 << 20  # of JSON lines, written a chunk at a time
 OLD = ".old-"  # the output being replaced, for the moment between two renames
 JSON_LINES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 
@@ -49,18 +52,6 @@ def filesystem(place: str) -> tuple[pafs.FileSystem, str]:
 
 def is_json_lines(place: str) -> bool:
     return place.rstrip("/").lower().endswith(JSON_LINES)
-
-
-def is_empty_json_lines(place: str) -> bool:
-    """A local JSON lines file without a row (empty, or blank lines only), which Arrow's JSON
-    reader refuses ("Empty JSON stream"): an empty input, an empty output, as without --ray."""
-    path = Path(place)
-    if is_uri(place) or not is_json_lines(place) or not path.is_file():
-        return False
-    import gzip
-
-    with gzip.open(path) if place.lower().endswith(".gz") else path.open("rb") as lines:
-        return not any(line.strip() for line in lines)
 
 
 def input_dataset(place: str) -> pads.Dataset:
@@ -87,7 +78,11 @@ def input_ids(place: str, id_field: str, limit: int | None = None) -> pa.Array:
     """The row ids of the input (its first `limit` rows) as strings, as the actors key them."""
     import pyarrow as pa
 
+    from batchpizza.distributed import staging
+
     dataset = input_dataset(place)
+    if staging.is_staged(dataset.schema.names):  # the ids its scan gave, as the actors read them
+        id_field = staging.ID
     require_id(dataset.schema.names, id_field)
     try:
         if limit is None:
@@ -101,15 +96,12 @@ def input_ids(place: str, id_field: str, limit: int | None = None) -> pa.Array:
         ) from None
 
 
-def check_input(place: str, config: RunConfig, limit: int | None) -> bool:
+def check_input(place: str, config: RunConfig, limit: int | None) -> None:
     """Refuses what the actors would find row by row once a cluster had started (every row
-    invalid), or not at all (an id repeated in another batch). False for an input without a
-    row, which has nothing to refuse and needs no cluster."""
-    if is_empty_json_lines(place):
-        return False
+    invalid), or not at all (an id repeated in another batch). (A local JSON lines input is
+    read and checked as without --ray: distributed.staging.)"""
     refuse_columns(place, config)
     refuse_repeated_ids(place, config.fields_named[2], limit)
-    return True
 
 
 def refuse_columns(place: str, config: RunConfig) -> None:
@@ -122,8 +114,7 @@ def refuse_columns(place: str, config: RunConfig) -> None:
     from batchpizza.sources.parquet import wanted_columns
 
     schema = input_dataset(place).schema
-    if schema.names:  # an empty JSON lines file has no columns, and no row to refuse
-        wanted_columns(Fields.from_config(config, extra_columns(config.provider)), schema, place)
+    wanted_columns(Fields.from_config(config, extra_columns(config.provider)), schema, place)
 
 
 def refuse_repeated_ids(place: str, id_field: str, limit: int | None = None) -> None:
@@ -194,11 +185,49 @@ def delete_folder(place: str, *, keep_folder: bool = False) -> None:
         raise OutputError(f"cannot delete {place}: {exc}") from None
 
 
-def write_part(block: pa.Table, folder: str, index: int, fmt: str) -> None:
+class Layout(Protocol):
+    """An output block's columns as a run without --ray writes them: `output` for Parquet,
+    `records` for JSON lines."""
+
+    def output(self, block: pa.Table) -> pa.Table: ...
+
+    def records(self, block: pa.Table) -> Iterator[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class IdFirst:
+    """A Parquet input's output block as a run without --ray writes its rows: the id as text in
+    an `id` column first, then the input's other columns, then the results (Ray Data passes the
+    input's columns through as they are: an int64 id, wherever it stood)."""
+
+    id_field: str
+
+    def output(self, block: pa.Table) -> pa.Table:
+        import pyarrow as pa
+
+        from batchpizza.schema_metadata import carry_metadata
+
+        rest = [name for name in block.column_names if name != self.id_field]
+        ids = block.column(self.id_field).cast(pa.string())
+        schema = pa.schema([pa.field(ID, pa.string()), *(block.schema.field(n) for n in rest)])
+        columns = [ids, *(block.column(n) for n in rest)]
+        return pa.Table.from_arrays(columns, schema=carry_metadata(block.schema, schema))
+
+    def records(self, block: pa.Table) -> Iterator[dict[str, Any]]:
+        from batchpizza.sources.maps import with_maps_as_objects
+
+        for batch in self.output(block).to_batches():
+            yield from with_maps_as_objects(batch.schema, batch.to_pylist())
+
+
+def write_part(
+    block: pa.Table, folder: str, index: int, fmt: str, layout: Layout | None = None
+) -> None:
     """Block `index` of the output as one part of `folder`, named by that index: the parts'
     sorted names are the rows' order. (Ray Data's own writers were seen to put a task's blocks
-    in another order: 2 runs in 8 here.) JSON lines carry values as the single-process output
-    does (timestamps as ISO 8601, bytes as base64)."""
+    in another order: 2 runs in 8 here.) `layout` makes the block's columns the output's of a
+    run without --ray (IdFirst; for a staged JSON lines input, staging.CarriedColumns); JSON
+    lines carry values as that output does (timestamps as ISO 8601, bytes as base64)."""
     import pyarrow.parquet as pq
 
     import batchpizza.jsoncodec as jsoncodec
@@ -208,13 +237,26 @@ def write_part(block: pa.Table, folder: str, index: int, fmt: str) -> None:
     fs, root = filesystem(folder)
     path = f"{root}/part-{index:06d}.{fmt}"
     if fmt == "parquet":
-        pq.write_table(block, path, filesystem=fs, compression="zstd")
+        table = block if layout is None else layout.output(block)
+        pq.write_table(table, path, filesystem=fs, compression="zstd")
         return
+    if layout is None:
+        records: Iterable[dict[str, Any]] = (
+            row
+            for batch in block.to_batches()
+            for row in with_maps_as_objects(batch.schema, batch.to_pylist())
+        )
+    else:
+        records = layout.records(block)
     with fs.open_output_stream(path) as out:
-        for batch in block.to_batches():
-            rows = with_maps_as_objects(batch.schema, batch.to_pylist())
-            lines = [jsoncodec.dumps(row, json_default) for row in rows]
-            out.write(b"\n".join(lines) + b"\n")
+        lines = bytearray()
+        for row in records:
+            lines += jsoncodec.dumps(row, json_default)
+            lines += b"\n"
+            if len(lines) > _FLUSH_BYTES:
+                out.write(lines)
+                lines = bytearray()
+        out.write(lines)
 
 
 class OutputFolder:
@@ -283,3 +325,40 @@ class OutputFolder:
         if self.aside is not None:
             shutil.rmtree(self.aside, ignore_errors=True)
             self.aside = None
+
+
+def check_places(input: str, output: OutputFolder, checkpoint: str, summary: str | None) -> None:
+    """What can be refused before anything is read or sent: two of input, output, checkpoint
+    and summary in one place or one inside another (the output replaced by a rename would take
+    a checkpoint inside it along), and missing or unwritable folders."""
+    if not is_uri(input) and not Path(input).exists():
+        raise InputError(f"the input {input} does not exist")
+    places = [("input", input), ("output", output.place)]
+    places += [("checkpoint", checkpoint), ("summary", summary or "")]
+    local = [(what, Path(p).resolve()) for what, p in places if p and not is_uri(p)]
+    for i, (what, path) in enumerate(local):
+        for other, other_path in local[i + 1 :]:
+            if same_file(path, other_path):
+                raise UsageError(f"the {what} and the {other} are the same place ({path})")
+            for (a, a_path), (b, b_path) in (
+                ((what, path), (other, other_path)),
+                ((other, other_path), (what, path)),
+            ):
+                if inside(a_path, b_path):
+                    raise UsageError(
+                        f"the {a} {a_path} is inside the {b} {b_path}; give each its own place"
+                    )
+    output.check()
+    if not is_uri(checkpoint):
+        folder = Path(checkpoint)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(
+                f"the checkpoint {folder} is a file (a run's without --ray?); --ray keeps "
+                "its checkpoint in a folder: give --checkpoint a folder name"
+            )
+        check_writable(folder.parent, "checkpoint")
+    if summary:
+        path = Path(summary)
+        if path.is_dir():
+            raise UsageError(f"--summary-json {path} is a directory")
+        check_writable(path.parent, "summary")

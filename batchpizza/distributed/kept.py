@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchpizza.distributed.folders import input_dataset, input_ids, require_id, write_part
 from batchpizza.distributed.parts import ID, PartStore
+from batchpizza.distributed.staging import is_staged
 from batchpizza.distributed.worker import Answerer, part_schema
 from batchpizza.errors import InputError
 from batchpizza.providers.factory import extra_columns
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from batchpizza.config import RunConfig
+    from batchpizza.distributed.folders import Layout
 
 # Options that the driver and the controller own; an actor never sees them.
 CLUSTER_OPTIONS = ("rate", "deadline", "patience", "concurrency", "checkpoint", "restart")
@@ -31,10 +33,17 @@ class KeptOutput:
     """The output of `input` (its first `limit` rows) as the checkpoint's answers make it."""
 
     def __init__(
-        self, input: str, checkpoint: str, options: Mapping[str, Any], limit: int | None
+        self,
+        input: str,
+        checkpoint: str,
+        options: Mapping[str, Any],
+        limit: int | None,
+        layout: Layout | None = None,
     ) -> None:
+        """`layout`: the output's columns as a run without --ray has them (folders.write_part)."""
         self.input = input
         self.limit = limit
+        self.layout = layout
         actor_options = {
             k: v for k, v in options.items() if k not in (*CLUSTER_OPTIONS, *_ANSWER_OPTIONS)
         }
@@ -73,17 +82,18 @@ class KeptOutput:
                 raise InputError(f"the input {self.input} changed during the run; rerun")
             pending.append(table)
             if sum(t.num_rows for t in pending) >= _PART_ROWS:
-                write_part(pa.concat_tables(pending), target, index, fmt)
+                write_part(pa.concat_tables(pending), target, index, fmt, self.layout)
                 pending, index = [], index + 1
         if pending or index == 0:
             block = pa.concat_tables(pending) if pending else self._empty()
-            write_part(block, target, index, fmt)
+            write_part(block, target, index, fmt, self.layout)
 
     def _answered(self) -> Iterator[pa.Table | None]:
         import pyarrow as pa
 
         dataset = input_dataset(self.input)
-        require_id(dataset.schema.names, self._answerer.id_field)
+        if not is_staged(dataset.schema.names):  # a staged input has the ids its scan gave
+            require_id(dataset.schema.names, self._answerer.id_field)
         left = self.limit
         try:
             for record_batch in dataset.to_batches(batch_size=_READ_ROWS):

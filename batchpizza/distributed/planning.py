@@ -1,7 +1,8 @@
 """What a `--ray --dry-run` counts as answered: the rows whose request the checkpoint's parts
 hold an answer for, matched as the actors match them (worker.Answers): by row id and request
 fingerprint (provider, model, parameters, prompt as sent), so that a new model or parameters, or
-a changed prompt, shows as rows to send. Read in the driver, no cluster started."""
+a changed prompt, shows as rows to send. Read in the driver, no cluster started; and the plan
+it prints."""
 
 from __future__ import annotations
 
@@ -11,16 +12,15 @@ from batchpizza.config import RunConfig
 from batchpizza.distributed.folders import (
     filesystem,
     input_dataset,
-    is_empty_json_lines,
     require_id,
 )
-from batchpizza.distributed.parts import DIGEST, ID, PARTS
+from batchpizza.distributed.parts import DIGEST, ID, PARTS, PartStore
+from batchpizza.distributed.staging import is_staged, row_objects
 from batchpizza.engine.batch import Batch
 from batchpizza.errors import InputError, OutputError
+from batchpizza.progress import sending_time
 from batchpizza.providers.factory import extra_columns, identity_of
 from batchpizza.rows import Fields, fingerprint_key
-
-_NOT_UTF8 = "invalid UTF-8 in a string column"
 
 
 def count_answered(
@@ -30,10 +30,6 @@ def count_answered(
     request this run would send)."""
     import pyarrow as pa
 
-    from batchpizza.sources.parquet import NOT_UTF8, pylist
-
-    if is_empty_json_lines(place):  # Arrow's reader refuses it
-        return 0, 0
     answered, undigested, digested = _kept(checkpoint)
     provider = types.SimpleNamespace(
         identity=identity_of(config.provider, config.model, config.params, config.structured)
@@ -41,14 +37,15 @@ def count_answered(
     key = fingerprint_key(provider)  # as the actors key their parts
     fields = Fields.from_config(config, extra_columns(config.provider))
     dataset = input_dataset(place)
-    require_id(dataset.schema.names, config.fields_named[2])
+    id_field = config.fields_named[2]
+    if not is_staged(dataset.schema.names):  # a staged input has the ids its scan gave
+        require_id(dataset.schema.names, id_field)
     rows = found = 0
     try:
         for record_batch in dataset.to_batches():
             if limit is not None and rows + record_batch.num_rows > limit:
                 record_batch = record_batch.slice(0, limit - rows)
-            objects = [_NOT_UTF8 if o is NOT_UTF8 else o for o in pylist(record_batch)]
-            batch = Batch(objects, fields, key=key)
+            batch = Batch(row_objects(record_batch, id_field), fields, key=key)
             for pos, digest in batch.digests.items():
                 row_id = batch.id_of(pos)
                 if (row_id, digest) in answered or (
@@ -95,3 +92,31 @@ def _kept(checkpoint: str | None) -> tuple[set[tuple[str, bytes]], set[str], set
         else:
             answered.add((row_id, digest))
     return answered, undigested, {row_id for row_id, _ in answered}
+
+
+def print_plan(rows: int, answered: int, config: RunConfig, checkpoint: str | None) -> None:
+    """The dry run's plan on standard output (to be piped; the summary line goes to stderr).
+    `checkpoint`: None under --restart, which forgets its answers and its learned rate."""
+    todo = rows - answered
+    auto = config.auto_max is not None
+    rate = config.rate_per_s
+    if auto:  # from the rate the last run learned, as the run will, else slow start at 1/s
+        learned = None if checkpoint is None else learned_rate(checkpoint)
+        rate = min(learned, config.auto_max or learned) if learned else 1.0
+
+    kept = "in the checkpoint, not sent again" if checkpoint else "--restart forgets them"
+    lines = [
+        "batchpizza: dry run on Ray: nothing sent, nothing written, no cluster started",
+        f"  rows        {rows}",
+        f"  answered    {answered} ({kept})",
+        f"  to send     {todo} (new, changed, asked with another model or parameters, or failed "
+        "or refused before; bad rows are written as invalid)",
+        f"  time        {sending_time(todo, rate, config.concurrency, auto)}",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def learned_rate(checkpoint: str) -> float | None:
+    """The rate an earlier run learned under rate="auto", kept in the checkpoint; else None."""
+    saved = PartStore(checkpoint, create=False).meta().get("learned_rate")
+    return float(saved) if isinstance(saved, (int, float)) and saved > 0 else None

@@ -23,6 +23,7 @@ from batchpizza.controls.retrying import RetryPolicy
 from batchpizza.controls.stop import Stop
 from batchpizza.distributed.gate import ClusterGate, Controller
 from batchpizza.distributed.parts import DIGEST, ID, PartStore, key_of
+from batchpizza.distributed.staging import row_ids, row_objects
 from batchpizza.engine.batch import Batch, answer_batch
 from batchpizza.engine.loop import new_loop
 from batchpizza.engine.session import new_session
@@ -40,7 +41,6 @@ log = logging.getLogger("batchpizza")
 
 
 SHUTDOWN_WAIT_S = 5.0  # for the session to close and the actor's loop thread to end
-_NOT_UTF8 = "invalid UTF-8 in a string column"  # a row's problem, as the scan of a file says it
 
 
 class Kept:
@@ -298,9 +298,7 @@ class Answerer:
     ) -> tuple[Batch, dict[int, dict[str, Any]], list[int]]:
         """The batch's rows read once; the answer kept for each good row's request, by position,
         and the positions of the good rows without one (to send)."""
-        from batchpizza.sources.parquet import NOT_UTF8, pylist
-
-        objects = [_NOT_UTF8 if obj is NOT_UTF8 else obj for obj in pylist(batch)]
+        objects = row_objects(batch, self.id_field)
         rows = Batch(objects, self._fields, key=self._key)  # each row read and hashed once
         answers = Answers(known)
         kept: dict[int, dict[str, Any]] = {}
@@ -345,6 +343,4 @@ class Answerer:
                 await writer.flush()
 
     def _ids(self, batch: pa.Table) -> list[str]:
-        if self.id_field not in batch.column_names:
-            return [str(i) for i in range(batch.num_rows)]
-        return [str(v) for v in batch.column(self.id_field).to_pylist()]
+        return row_ids(batch, self.id_field)

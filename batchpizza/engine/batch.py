@@ -49,7 +49,8 @@ class Batch:
         key: Callable[[Prompt], bytes] = digest_of,
     ) -> None:
         """`objects`: each row as a dict, or as the problem (a str) of a row that could not be
-        read as one; `key` makes what a row's answer is kept by (its request's fingerprint)."""
+        read as one, or a RowProblem (a row its reader found bad, with its id); `key` makes what
+        a row's answer is kept by (its request's fingerprint)."""
         self.size = len(objects)
         self.prompts: dict[int, Prompt] = {}
         self.digests: dict[int, bytes] = {}
@@ -57,6 +58,8 @@ class Batch:
         first: dict[str, int] = {}
         for pos, obj in enumerate(objects):
             try:
+                if isinstance(obj, RowProblem):
+                    raise obj
                 if isinstance(obj, str):
                     raise RowProblem(obj)
                 prompt = to_prompt(interpret(obj, fields, pos))
