@@ -17,7 +17,8 @@ from batchpizza.distributed.folders import (
 from batchpizza.distributed.parts import DIGEST, ID, PARTS
 from batchpizza.engine.batch import Batch
 from batchpizza.errors import InputError, OutputError
-from batchpizza.providers.factory import extra_columns, identity_of
+from batchpizza.identities import identity_of
+from batchpizza.providers.factory import extra_columns
 from batchpizza.rows import Fields, fingerprint_key
 
 _NOT_UTF8 = "invalid UTF-8 in a string column"
