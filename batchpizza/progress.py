@@ -187,7 +187,7 @@ class Bar(Progress):
 
         self.bar = StatusBar(
             total=total,
-            initial=done,
+            initial=self.snapshot().done,  # with the rows an online run collected first
             file=self.stream,
             unit="row",
             dynamic_ncols=True,

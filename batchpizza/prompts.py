@@ -110,9 +110,14 @@ def _json_as_written(value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> str
 
 
 def _finalize(value: Any) -> Any:
-    """What Jinja2 prints for a `{{ ... }}`: a whole list or object as JSON, as `{field}` does,
-    not Python's repr (`{'a': 1}`); filters, loops and indexing before it see the real value."""
-    return _json(value) if isinstance(value, _CONTAINERS) else value
+    """What Jinja2 prints for a `{{ ... }}`: a whole list or object, a boolean or a null as
+    JSON, as `{field}` does (`true`, `null`), not as Python prints them (`{'a': 1}`, `True`,
+    `None`); filters, tests, loops and indexing before it see the real value."""
+    if isinstance(value, _CONTAINERS):
+        return _json(value)
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return value
 
 
 class FormatTemplate:

@@ -117,7 +117,7 @@ class Result(NamedTuple):
 class OutputRow(NamedTuple):
     """One output row's id and result columns, in input order (a tuple: millions are made)."""
 
-    id: str
+    id: str | None  # None: a bad row whose id could not be read
     answer: str | None
     finish_reason: str
     misuse: bool
@@ -163,7 +163,7 @@ def answered_row(r: Result) -> OutputRow:
     )
 
 
-def invalid_row(row_id: str, problem: str) -> OutputRow:
+def invalid_row(row_id: str | None, problem: str) -> OutputRow:
     """The output row of a bad input row (kept under --skip-bad-rows)."""
     return OutputRow(
         row_id, None, Outcome.INVALID.value, False, problem, 0, None, None, None, None, None, None,

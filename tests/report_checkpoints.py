@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from batchpizza.checkpoint import Checkpoint
-from batchpizza.providers.factory import identity_of
+from batchpizza.identities import identity_of
 from batchpizza.records import Attempt, Result
 
 T0 = 1_714_557_600.0  # 2024-05-01T10:00:00Z

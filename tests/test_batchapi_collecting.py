@@ -5,15 +5,21 @@ would collect and changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from batchpizza.config import RunConfig
+from batchpizza.job import Job
 from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.pricing import Price, cost
+from batchpizza.progress import Progress
+from batchpizza.runlog import Snapshot
 from tests.batchapi_shared import ModelAOut, rows, run
 from tests.conftest import Spawn, read_jsonl, write_jsonl
 from tests.test_batchapi import batch_rows, expected, kill_at, wait_for
@@ -190,3 +196,42 @@ def test_answers_collected_after_the_input_changed_leave_only_their_own_rows_to_
     assert {r["id"]: r["finish_reason"] for r in read_jsonl(job.out)} == {
         r["id"]: "stop" for r in new + rows(50)
     }
+
+
+class Shown(Progress):
+    """What a run showed: its start line (`start_info`) and where the bar stood at its end."""
+
+    end: Snapshot | None = None
+
+    def start(self, total: int, done: int, counters: Any, control: Any = None) -> None:
+        self._begin(total, done, counters, control)
+
+    def close(self) -> None:
+        self.end = self.snapshot()
+
+
+@pytest.mark.slow
+def test_an_online_runs_start_line_says_what_it_sends_after_its_collection_counting_rows_once(
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
+) -> None:
+    # The start line said "50 to send" (its plan was made before the collection), and the 10
+    # rows of the refused batch were counted twice: failed as collected, then answered online.
+    job = model_a_out(50)
+    first, second = sorted(job.theirs)  # 40 lines, then 10
+    server.batches.batches[first]["_expire"] = True  # 20 of its lines left to send online
+    server.batches.batches[second]["_fail"] = True  # refused as a whole: its rows sent online
+    shown = Shown()
+    config = RunConfig.from_options(
+        str(job.inp), str(job.out), provider="openai", base_url=f"{server.base_url}/v1",
+        model="a", rate="0", quiet=True,
+    )  # fmt: skip
+
+    summary = asyncio.run(Job(config, progress=shown).run())
+
+    assert summary.exit_code == 0 and summary.answered == 50
+    assert server.stats.requests == 30
+    assert shown.start_info is not None and shown.end is not None
+    assert (shown.start_info.to_send, shown.start_info.answered) == (30, 20)
+    assert shown.start_info.why == "30 to send: 20 new rows, 10 failed before"
+    assert (shown.end.done, shown.end.answered, shown.end.failed) == (50, 50, 0)
+    assert shown.end.finished_this_run == 50

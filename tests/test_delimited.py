@@ -239,8 +239,8 @@ def test_a_jinja_template_computes_with_a_csv_number_and_prints_it_as_written(
 
     assert result.exit_code == 0, result.output
     assert [r["prompt"] for r in read_jsonl(out)] == [
-        '1 2.0 False 1.0 {"id": "a", "n": 1}',
-        '2.5 3.5 True 2.5 {"id": "b", "n": 2.5}',
+        '1 2.0 false 1.0 {"id": "a", "n": 1}',
+        '2.5 3.5 true 2.5 {"id": "b", "n": 2.5}',
     ]
 
 

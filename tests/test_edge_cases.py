@@ -49,7 +49,7 @@ def test_a_lone_surrogate_escape_is_a_bad_row_found_before_sending(
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
-def test_skipped_rows_without_a_readable_id_get_their_position_as_a_string(
+def test_skipped_rows_without_a_readable_id_have_none(
     mock_api: ThreadedMockServer, tmp_path: Path, suffix: str
 ) -> None:
     source = tmp_path / "in.jsonl"
@@ -57,8 +57,31 @@ def test_skipped_rows_without_a_readable_id_get_their_position_as_a_string(
     out = tmp_path / f"out{suffix}"
     run(mock_api, source, out, skip_bad_rows=True)
     rows = pq.read_table(out).to_pylist() if suffix == ".parquet" else read_jsonl(out)
-    assert [r["id"] for r in rows] == ["a", "1", "2", "3"]
+    assert [r["id"] for r in rows] == ["a", None, None, None]
     assert [r["finish_reason"] for r in rows] == ["stop", "invalid", "invalid", "invalid"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("in.csv", "id,prompt\n0,hello\nx,too,many\n1,world\n"),
+        ("in.jsonl", '{"id": "0", "prompt": "hello"}\n{not json\n{"id": "1", "prompt": "world"}\n'),
+    ],
+)
+def test_a_skipped_row_without_a_readable_id_never_takes_another_rows_id(
+    mock_api: ThreadedMockServer, tmp_path: Path, name: str, text: str
+) -> None:
+    # It got its position, "1": the output had two rows with id 1, one of them invalid.
+    source = tmp_path / name
+    source.write_text(text)
+    out = tmp_path / "out.jsonl"
+    run(mock_api, source, out, skip_bad_rows=True)
+    rows = read_jsonl(out)
+    assert [(r["id"], r["finish_reason"]) for r in rows] == [
+        ("0", "stop"),
+        (None, "invalid"),
+        ("1", "stop"),
+    ]
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])

@@ -82,6 +82,33 @@ def test_a_command_line_run_to_parquet_imports_neither_numpy_nor_pandas(tmp_path
     assert pq.read_table(output).column("answer").null_count == 0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_status_and_report_of_a_schema_2_checkpoint_import_no_provider(
+    tmp_path: Path, command: str
+) -> None:
+    # They named the old runs' identities through the providers, which import aiohttp.
+    from tests.old_checkpoints import old_checkpoint
+
+    checkpoint = tmp_path / "old.checkpoint"
+    old_checkpoint(checkpoint, "2", 20)
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print(' '.join(sorted(sys.modules)), file=sys.stderr))\n"
+        "from batchpizza.cli import main\n"
+        f"sys.argv = ['batchpizza', {command!r}, 'out', '--checkpoint', {str(checkpoint)!r}]\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert done.returncode == 0, done.stderr
+    modules = set(done.stderr.strip().splitlines()[-1].split())
+    assert "aiohttp" not in modules and "batchpizza.providers" not in modules
+    assert "batchpizza.identities" in modules  # the old runs' identities were named
+
+
 def test_keeping_them_out_changes_nothing_once_pyarrow_is_imported() -> None:
     # The test process holds pyarrow (and pandas): the guard must not stand in their way.
     import pyarrow  # noqa: F401

@@ -384,8 +384,47 @@ def test_jinja_filters_loops_and_indexing_still_see_the_real_values() -> None:
     row = {"tags": ["hot", "round"], "meta": {"k": 1}}
 
     assert JinjaTemplate(source, "t.j2")(row) == (
-        'hot hot+round 2 2 <hot><round> k True ["HOT", "ROUND"]'
+        'hot hot+round 2 2 <hot><round> k true ["HOT", "ROUND"]'
     )
+
+
+def test_a_jinja_template_writes_a_whole_boolean_or_null_as_json_as_a_field_template_does() -> None:
+    # Jinja2 wrote Python's True and None where {flag} wrote true.
+    row = {"flag": True, "off": False, "meta": {"score": None}}
+    jinja = JinjaTemplate("{{ flag }} {{ off }} {{ meta.score }} {{ meta }}", "t.j2")
+    field = FormatTemplate("{flag} {off} {meta}")
+
+    assert field(row) == 'true false {"score": null}'
+    assert jinja(row) == 'true false null {"score": null}'
+
+
+def test_jinja_tests_conditions_and_filters_still_see_a_boolean_as_itself() -> None:
+    source = (
+        "{% if flag %}on{% endif %}{% if not off %} off{% endif %} {{ flag is sameas true }} "
+        "{{ flag | string }} {{ off | int }} {{ meta.score is none }} {{ meta.score | default(1, true) }}"
+    )
+    row = {"flag": True, "off": False, "meta": {"score": None}}
+
+    assert JinjaTemplate(source, "t.j2")(row) == "on off true True 0 true 1"
+
+
+def test_a_csv_boolean_prints_the_same_in_both_templates(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,flag,shout\na,True,TRUE\nb,false,FALSE\n")
+    jinja = tmp_path / "t.j2"
+    jinja.write_text("{{ flag }} {{ shout }}{% if flag %} yes{% endif %}")
+
+    field = cli_run(mock_api, inp, tmp_path / "f.jsonl", "--template", "{flag} {shout}")
+    built = cli_run(mock_api, inp, tmp_path / "j.jsonl", "--template-file", str(jinja))
+
+    assert field.exit_code == 0 and built.exit_code == 0, (field.output, built.output)
+    assert [r["prompt"] for r in read_jsonl(tmp_path / "f.jsonl")] == ["true true", "false false"]
+    assert [r["prompt"] for r in read_jsonl(tmp_path / "j.jsonl")] == [
+        "true true yes",
+        "false false",
+    ]
 
 
 def test_the_jinja_sandbox_refuses_python_internals(

@@ -33,8 +33,8 @@ from batchpizza.distributed.summary import summarize, tally_of
 from batchpizza.distributed.worker import part_schema
 from batchpizza.errors import InputError, UsageError
 from batchpizza.fingerprint import fingerprint, identity_digest, text_digest
+from batchpizza.identities import identity_of
 from batchpizza.mock.replies import mock_answer
-from batchpizza.providers.factory import identity_of
 from batchpizza.records import Tally
 
 # Ray's own deprecation notices are not ours.

@@ -13,9 +13,9 @@ from report_checkpoints import varied_checkpoint
 
 import batchpizza
 from batchpizza.checkpoint import Checkpoint
+from batchpizza.identities import identity_of
 from batchpizza.mock.faults import MockConfig
 from batchpizza.mock.server import ThreadedMockServer
-from batchpizza.providers.factory import identity_of
 from batchpizza.records import Attempt
 from batchpizza.report import AttemptRecord, ReportData, render_html, render_text, summarize
 from batchpizza.report.spend import spend_numbers

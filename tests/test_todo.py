@@ -16,9 +16,9 @@ from conftest import read_jsonl, write_jsonl
 from batchpizza.checkpoint import Checkpoint, ScanIndex
 from batchpizza.cli import cli
 from batchpizza.config import RunConfig
+from batchpizza.identities import identity_of
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
-from batchpizza.providers.factory import identity_of
 from batchpizza.records import Plan, Result
 from batchpizza.rows import Fields, prompt_digest
 from batchpizza.sources import open_source

@@ -27,11 +27,10 @@ from batchpizza.errors import BatchAPIError
 log = logging.getLogger("batchpizza")
 
 
-async def collect_at_start(flow: BatchFlow) -> set[bytes]:
-    """The batches of `flow`'s checkpoint that ended, collected; the request keys this run's
-    own batches answered (not to be sent online)."""
-    answered: set[bytes] = set()
-    flow.answered_keys = answered
+async def collect_at_start(flow: BatchFlow) -> None:
+    """The batches of `flow`'s checkpoint that ended, collected: the rows they answered leave
+    the run's plan, made after this (job/stages.py)."""
+    flow.failed_go_online = True
     async with flow.opened() as client:
         try:
             await flow.others.collect(client)
@@ -44,7 +43,6 @@ async def collect_at_start(flow: BatchFlow) -> set[bytes]:
     if flow.fatal is not None:
         log.warning("%s", flow.fatal.message.replace("rerun", "they are sent online; rerun"))
         flow.fatal = None  # its rows are this run's to send, online
-    return answered
 
 
 async def _own(flow: BatchFlow, client: BatchClient) -> None:

@@ -92,8 +92,9 @@ class BatchFlow:
         # --via auto: the rows of this run's batches, to send online if they are cancelled.
         self._held: dict[bytes, PendingRow] = {}
         self._started = time.monotonic()
-        # An online run's collection at its start (collecting.py): the requests it answered.
-        self.answered_keys: set[bytes] | None = None
+        # An online run's collection at its start (collecting.py): the rows its batches failed
+        # are sent online by this run, and counted (progress, stream()) when they finish there.
+        self.failed_go_online = False
 
     @contextlib.asynccontextmanager
     async def opened(self) -> AsyncIterator[BatchClient]:
@@ -390,10 +391,10 @@ class BatchFlow:
         self.collected += 1
         counters = self.counters
         if result.finish_reason == Outcome.ERROR.value:
+            if self.failed_go_online:
+                return  # not finished: sent online next
             counters.failed += 1
         else:
             counters.answered += 1
-            if self.answered_keys is not None:
-                self.answered_keys.add(result.digest)
         if self.on_result is not None and pos is not None:
             self.on_result(pos, result)

@@ -279,8 +279,9 @@ class PlanQueries(KeptTodo):
     def output_rows(
         self, limit: int | None = None, *, bodies: bool = False
     ) -> Iterator[list[OutputRow]]:
-        """Every row of the output, in input order, in pages. A row too broken to show an id gets
-        its position, as rows without one do; a row not sent yet is pending. With `bodies`, each
+        """Every row of the output, in input order, in pages. A bad row whose id could not be
+        read has none (null), not its position, which could be another row's id; a row not sent
+        yet is pending. With `bodies`, each
         row's kept reply body too (only --format openai-batch reads them)."""
         self._fold()
         last, end = -1, (limit if limit is not None else 1 << 62)
@@ -290,7 +291,8 @@ class PlanQueries(KeptTodo):
         has_body = bodies and "body" in have
         estimated = "c.tokens_estimated" if "tokens_estimated" in have else "NULL"
         columns = (
-            "SELECT r.pos, CAST(coalesce(r.id, r.pos) AS TEXT), r.bad, r.digest, c.id, "
+            "SELECT r.pos, CASE WHEN r.bad IS NULL THEN CAST(coalesce(r.id, r.pos) AS TEXT) "
+            "ELSE r.id END, r.bad, r.digest, c.id, "
             f"{', '.join('c.' + n.strip() for n in _OUTPUT_COLUMNS.split(','))}, "
             f"{'c.body' if has_body else 'NULL'}, {estimated}"
         )

@@ -178,7 +178,7 @@ def _empty(conn: sqlite3.Connection, tables: set[str]) -> bool:
 def run_identity(options: dict[str, Any]) -> dict[str, Any] | None:
     """The identity a run of schema 2 asked with, from the options it recorded; None where they
     do not say it all (an OpenAI-compatible run did not record its parameters)."""
-    from batchpizza.providers.factory import identity_of
+    from batchpizza.identities import identity_of  # not the providers': no aiohttp for `status`
 
     if "provider" not in options or (options["provider"] == "openai" and "params" not in options):
         return None

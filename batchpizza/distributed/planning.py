@@ -18,8 +18,9 @@ from batchpizza.distributed.parts import DIGEST, ID, PARTS, PartStore
 from batchpizza.distributed.staging import is_staged, row_objects
 from batchpizza.engine.batch import Batch
 from batchpizza.errors import InputError, OutputError
+from batchpizza.identities import identity_of
 from batchpizza.progress import sending_time
-from batchpizza.providers.factory import extra_columns, identity_of
+from batchpizza.providers.factory import extra_columns
 from batchpizza.rows import Fields, fingerprint_key
 
 

@@ -65,7 +65,7 @@ class Batch:
                 prompt = to_prompt(interpret(obj, fields, pos))
             except RowProblem as exc:
                 problem = (f"field {exc.field!r}: " if exc.field else "") + exc.problem
-                self.invalid[pos] = invalid_row(exc.id or str(pos), problem)
+                self.invalid[pos] = invalid_row(exc.id, problem)  # None: no id read
                 continue
             if prompt.id in first:  # ids are unique within a batch as within a file
                 problem = (
@@ -78,8 +78,8 @@ class Batch:
             self.digests[pos] = key(prompt)
 
     def id_of(self, pos: int) -> str:
-        prompt = self.prompts.get(pos)
-        return prompt.id if prompt is not None else self.invalid[pos].id
+        """A good row's id."""
+        return self.prompts[pos].id
 
 
 async def answer_batch(

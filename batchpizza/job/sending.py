@@ -8,8 +8,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -103,37 +103,39 @@ class Sending:
         """The run's Batch API flow: --via batch / auto's, or an online run's collection."""
         return self.batches or self.collecting
 
+    async def collect(self) -> None:
+        """An online run's collection (batchapi/collecting.py), before its start line: what the
+        batches that ended answered leaves the plan that line is made from."""
+        if self.collecting is not None and not self.stop.sending_stopped:
+            await self._as_task(self._collect())
+
     async def send(self, rows: Iterator[PendingRow]) -> None:
         """Send every row; returns after a stop once the grace period is over."""
         if self.stop.sending_stopped:
             return
         sending = self.runner.run if self.batches is None else self.batches.run
-        if self.collecting is not None:
-            sending = self._collect_then_send
-        self._task = asyncio.create_task(sending(rows))
+        await self._as_task(sending(rows))
+
+    async def _as_task(self, work: Coroutine[Any, Any, None]) -> None:
+        """`work` as the task a stop cancels after the grace period."""
+        self._task = asyncio.create_task(work)
         try:
             await self._task
         except asyncio.CancelledError:
             if not self.stop.sending_stopped:
                 raise  # cancelled by our caller, not by our own grace timer
 
-    async def _collect_then_send(self, rows: Iterator[PendingRow]) -> None:
-        """An online run's: the batches that ended collected, then the rows they did not answer
-        sent online."""
+    async def _collect(self) -> None:
         from batchpizza.batchapi.budget import off_the_cap
         from batchpizza.batchapi.collecting import collect_at_start
 
         assert self.collecting is not None
-        answered = await collect_at_start(self.collecting)
+        await collect_at_start(self.collecting)
         meter = self.control.meter
         if meter is not None and meter.budget is not None:
             off_the_cap(meter, self.checkpoint)  # what is still out will be billed
         if out := requests_out(self.checkpoint):
             _say_out(out)
-        if answered:
-            rows = (row for row in rows if self.key(row[1]) not in answered)
-        if not self.stop.sending_stopped:
-            await self.runner.run(rows)
 
     @property
     def batches_out(self) -> int:

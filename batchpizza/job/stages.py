@@ -232,7 +232,7 @@ class Job:
             checkpoint.forget()
         checkpoint.use_identity(provider.identity, config.samples)
         self.plan = plan = checkpoint.plan(config.limit, retry_refused=config.retry_refused)
-        todo = plan.to_send
+        planned = plan.to_send
         checkpoint.set_meta(input=config.input or config.input_label)
         run = checkpoint.begin_run(run_options(config))
         self._begun = True
@@ -251,6 +251,15 @@ class Job:
         cleanup.callback(sending.save, checkpoint, run)
         runner = sending.runner
         total = checkpoint.rows(config.limit)
+        if config.deadline_s is not None:
+            remaining = config.deadline_s - (time.monotonic() - _PROCESS_START)
+            loop = asyncio.get_running_loop()
+            loop.call_later(max(0.0, remaining), sending.stop_early, "deadline")
+        if sending.collecting is not None:
+            # Collected before the start line, which says what the run will send: the rows the
+            # batches answered are not. The bar counts them as this run's, finished.
+            await sending.collect()
+            self.plan = plan = checkpoint.plan(config.limit, retry_refused=config.retry_refused)
         # The log's start line: what this run is about to send and why (a cron mail opens so).
         left = (
             None
@@ -261,11 +270,9 @@ class Job:
         self.progress.announce(
             self._reporter.start_line(plan, total, invalid, sending.control.rate, left)
         )
-        self.progress.start(total, total - todo, runner.counters, sending.control)
-        if config.deadline_s is not None:
-            remaining = config.deadline_s - (time.monotonic() - _PROCESS_START)
-            loop = asyncio.get_running_loop()
-            loop.call_later(max(0.0, remaining), sending.stop_early, "deadline")
+        # Counted from the plan before any collection: what it collected is this run's.
+        self.progress.start(total, total - planned, runner.counters, sending.control)
+        todo = plan.to_send
         try:
             # Batches left open by a run killed as it collected them: closed, though no row is
             # left to send; so are other models' batches that ended (batchapi/others.py).

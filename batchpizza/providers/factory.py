@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any
 
 from batchpizza.config import RunConfig
 from batchpizza.errors import UsageError
@@ -12,7 +10,6 @@ from batchpizza.parsing import check_url
 from batchpizza.providers import Provider
 from batchpizza.records import TOKEN_COLUMNS
 from batchpizza.redact import remember_secret, remember_url
-from batchpizza.structured import Structured
 
 # The proxy settings a run honours, in the order they win; each is remembered as a secret (a
 # proxy URL may carry a password).
@@ -37,23 +34,6 @@ def extra_columns(provider: str) -> tuple[str, ...]:
     """The result columns after the common ones: the token counts, of every provider (Pizzagpt's
     estimated), as each provider's `extra_columns` says for a Ray part."""
     return TOKEN_COLUMNS
-
-
-def identity_of(
-    provider: str,
-    model: str | None,
-    params: Mapping[str, Any],
-    structured: Structured | None = None,
-) -> dict[str, Any]:
-    """The identity (fingerprint) of the named provider's requests with this model, these
-    parameters and this schema, as its `identity` says it, without building it."""
-    if provider == "openai":
-        from batchpizza.providers import openai
-
-        return openai.identity(model, params, structured)
-    from batchpizza.providers import pizzagpt
-
-    return pizzagpt.identity(structured)
 
 
 def make_provider(config: RunConfig) -> Provider:

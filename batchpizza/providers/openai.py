@@ -28,6 +28,7 @@ from batchpizza.errors import (
     QuotaExhausted,
     UsageError,
 )
+from batchpizza.identities import openai_identity
 from batchpizza.providers.deadline import Deadlines
 from batchpizza.providers.errorreply import about_model, error_detail
 from batchpizza.providers.http import looks_like_page, post_json, reply_json
@@ -55,20 +56,6 @@ _OUR_OUTCOMES = frozenset(str(outcome) for outcome in UNANSWERED)
 _STREAMING = ("stream", "stream_options")
 # Two names of the answer's token cap: OpenAI refuses a request that sets both.
 _OUTPUT_CAPS = ("max_tokens", "max_completion_tokens")
-
-
-# How a request body is built from a row and the options (see OpenAIAPI.body): a change re-asks
-# every answer, through the fingerprint's identity.
-REQUEST_FORMAT = 1
-
-
-def identity(
-    model: str | None, params: Mapping[str, Any], structured: Structured | None = None
-) -> dict[str, Any]:
-    """What every request of a run decides its answer by (see Provider.identity)."""
-    found = {"provider": "openai", "format": REQUEST_FORMAT, "model": model or None,
-             "params": dict(params)}  # fmt: skip
-    return found if structured is None else {**found, **structured.identity()}
 
 
 class OpenAIAPI:
@@ -158,7 +145,7 @@ class OpenAIAPI:
 
     @property
     def identity(self) -> Mapping[str, Any]:
-        return identity(self.model, self.params, self.structured)
+        return openai_identity(self.model, self.params, self.structured)
 
     def body(self, prompt: Prompt) -> dict[str, Any]:
         """The JSON body `ask` sends for `prompt`."""

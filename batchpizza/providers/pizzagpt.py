@@ -19,7 +19,7 @@ from yarl import URL
 import batchpizza.jsoncodec as jsoncodec
 from batchpizza.config import DEFAULT_BASE_URL, DEFAULT_MODEL, DEFAULT_TIMEOUT
 from batchpizza.errors import BadReply, HTTPStatusError, MisuseDetected, UsageError
-from batchpizza.fingerprint import BY_TEXT
+from batchpizza.identities import pizzagpt_identity
 from batchpizza.providers.deadline import Deadlines
 from batchpizza.providers.http import (
     Reply,
@@ -205,19 +205,6 @@ def answer_text(reply: Reply) -> str:
     )
 
 
-# How a request is built from a row (the site's {"question": prompt} wrapping, messages formatted
-# by format_prompt): a change re-asks every answer, through the fingerprint's identity.
-REQUEST_FORMAT = 1
-
-
-def identity(structured: Structured | None = None) -> dict[str, Any]:
-    """What every request decides its answer by (see Provider.identity): the one model, and the
-    version of the wrapping; there are no parameters, and only the formatted prompt is sent
-    (with --schema, the schema asked for in it)."""
-    found = {"provider": "pizzagpt", "format": REQUEST_FORMAT, "model": DEFAULT_MODEL, **BY_TEXT}
-    return found if structured is None else {**found, **structured.identity()}
-
-
 class PizzagptAPI:
     """The Provider the runner uses for Pizzagpt: the headers, URL and timeout made once per run."""
 
@@ -285,7 +272,7 @@ class PizzagptAPI:
 
     @property
     def identity(self) -> Mapping[str, Any]:
-        return identity(self.structured)
+        return pizzagpt_identity(self.structured)
 
     def preview(self, prompt: Prompt) -> tuple[str, dict[str, str], bytes]:
         return (

@@ -35,7 +35,7 @@ def _ids(custom_id: str) -> str:
 
 
 def batch_output_line(
-    custom_id: str,
+    custom_id: str | None,
     *,
     answer: str | None,
     finish_reason: str,
@@ -59,7 +59,7 @@ def batch_output_line(
     timeout, not sent, an invalid row): `response` is null and `error` is {"code", "message"}.
     Ids the server did not give are derived from `custom_id`, so the same results always make
     the same file."""
-    digest = _ids(custom_id)
+    digest = _ids(custom_id or "")  # None: a bad line whose id could not be read
     line_id = f"batch_req_{digest}"
     req_id = request_id or f"req_{digest}"
     kept = _json_object(body)
@@ -163,7 +163,9 @@ class OpenAIBatchSink:
                 completion_tokens=row.completion_tokens,
                 response_id=row.response_id,
                 request_id=row.request_id,
-                status_code=None if row.answer is not None else self.statuses.get(row.id),
+                status_code=None
+                if row.answer is not None or row.id is None
+                else self.statuses.get(row.id),
                 error=row.error,
                 body=row.body,
             )
