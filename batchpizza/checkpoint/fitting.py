@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from batchpizza.checkpoint.plan import UNANSWERED
+from batchpizza.checkpoint.counts import UNANSWERED
 
 INVALID_OUTPUT = "invalid_output"
 

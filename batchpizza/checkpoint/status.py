@@ -3,7 +3,8 @@ the plan's (a mixin of Checkpoint, as PlanQueries is)."""
 
 from __future__ import annotations
 
-from batchpizza.checkpoint.plan import UNANSWERED, PlanQueries
+from batchpizza.checkpoint.counts import UNANSWERED
+from batchpizza.checkpoint.plan import PlanQueries
 from batchpizza.errors import OutputError
 from batchpizza.records import Tally
 
