@@ -5,6 +5,7 @@ stand-ins for Ray's processes (no Ray)."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -159,3 +160,59 @@ def test_nothing_started_before_the_raylet_is_reaped_nor_a_raylet_that_reused_it
     assert another_since is not None
     reap(another.pid, another_since - 1)
     assert another.poll() is None
+
+
+# A raylet that starts an agent with nothing of the cluster in its environment, as Ray's agents
+# look once they renamed themselves (setproctitle clears the memory /proc/PID/environ reads).
+RAYLET_WITH_AN_AGENT = (
+    "import ctypes, os, subprocess, sys, time; ctypes.CDLL(None).prctl(15, b'raylet'); "
+    "env = {k: v for k, v in os.environ.items() if k != 'RAY_RAYLET_PID'}; "
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], env=env); "
+    "print('up', flush=True); time.sleep(600)"
+)
+
+
+def test_an_agent_orphaned_by_the_raylets_end_is_reaped_after_a_kill_of_the_driver(
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    raylet = sleeper(code=RAYLET_WITH_AN_AGENT)
+    processes.append(raylet)
+    assert raylet.stdout is not None and raylet.stdout.readline() == "up\n"
+    bystander = sleeper()  # this user's, started since, under no raylet
+    driver = sleeper(
+        code=(
+            "import time; from batchpizza.distributed.reaper import Watchdog; "
+            f"w = Watchdog.start({raylet.pid}); print('up', flush=True); time.sleep(600)"
+        )
+    )
+    processes.extend([bystander, driver])
+    assert driver.stdout is not None and driver.stdout.readline() == "up\n"
+    # Ray's fate sharing ends the raylet with the driver: its agent is an orphan then.
+    raylet.kill()
+    raylet.wait()
+    driver.kill()
+    # The agent holds the raylet's standard output: its end is that output's end.
+    assert select.select([raylet.stdout], [], [], 30)[0] and raylet.stdout.read() == ""
+    assert bystander.poll() is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root starts another user's process")
+def test_another_users_process_is_spared_though_it_names_the_raylet(
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    raylet = fake_raylet(processes)
+    worker = sleeper(raylet.pid)
+    processes.append(worker)
+    another_users = subprocess.Popen(
+        ["sleep", "600"],  # not this user's Python, which that user may not be allowed to run
+        env={**os.environ, "RAY_RAYLET_PID": str(raylet.pid)},
+        user=65534,
+        group=65534,
+    )
+    try:
+        assert reap(raylet.pid) == 1
+        assert worker.wait(30) == -signal.SIGKILL
+        assert another_users.poll() is None
+    finally:
+        another_users.kill()
+        another_users.wait()
