@@ -10,13 +10,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import MockProcess
 
 from batchpizza.distributed.reaper import (
     Watchdog,
+    descendants,
     raylet_started_here,
     raylets_here,
     reap,
@@ -216,3 +218,61 @@ def test_another_users_process_is_spared_though_it_names_the_raylet(
     finally:
         another_users.kill()
         another_users.wait()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_kill_of_a_ray_auto_runs_driver_leaves_none_of_its_clusters_processes(
+    mock_process: Callable[..., MockProcess], tmp_path: Path
+) -> None:
+    # The whole chain with Ray's own processes. Whether an agent's RAY_RAYLET_PID survives its
+    # setproctitle depends on where the raylet put it in its environment: run by hand with
+    # RAY_LOG_TO_STDERR=1 it was gone and both agents stayed; in this test's environment it
+    # survived, so the stand-ins above are what shows the orphaned agents taken.
+    mock = mock_process("--latency", "2000")
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(f'{{"id": {i}, "prompt": "q{i}"}}\n' for i in range(200)))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"RAY_AUTH_MODE": "disabled", "RAY_LOG_TO_STDERR": "1"}
+    args = [str(source), "-o", str(tmp_path / "out.jsonl"), "--ray", "auto", "--base-url", mock.url]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "batchpizza", "run", *args, "-q"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    cluster: dict[int, int] = {}
+    try:
+        deadline = time.monotonic() + 240
+        while mock.stats()["requests"] < 1:
+            assert run.poll() is None, "it ended before it sent"
+            assert time.monotonic() < deadline, "it never started sending"
+            time.sleep(0.1)
+        raylets = [p for p in descendants(run.pid) if _comm(p) == "raylet"]
+        if not raylets:
+            pytest.skip("--ray auto joined a standing cluster here: no watchdog of its own")
+        cluster = {raylets[0]: started_at(raylets[0]) or 0, **descendants(raylets[0])}
+        assert any(_comm(p) == "ray::DashboardA" for p in cluster)  # comm: 15 characters
+        run.kill()  # kill -9 of the driver alone, not of its process group
+        run.wait()
+        deadline = time.monotonic() + 60
+        while (left := [p for p, start in cluster.items() if started_at(p) == start]) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        assert [_comm(p) for p in left] == []
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+        for pid, start in cluster.items():  # a failure here leaves nothing behind either
+            if started_at(pid) == start:
+                os.kill(pid, signal.SIGKILL)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
