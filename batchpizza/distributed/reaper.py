@@ -4,10 +4,18 @@ it ends (Linux; elsewhere nothing is done).
 Two leaks were seen here: a kill -9 of the driver left Ray's DashboardAgent and RuntimeEnvAgent
 running (190 MB; Ray's own fate sharing ends the rest), and after a run that ended normally an
 actor's process now and then hung at its exit (a deadlock in Ray Core's shutdown, its process
-orphaned with 215 MB; ray-project/ray#52322). Every process the cluster's raylet starts carries
-RAY_RAYLET_PID in its environment: a watchdog in a session of its own (so that a Ctrl-C or a
-kill of the driver's process group spares it) waits for the driver's end, seen as the end of
-its standard input, which the kernel closes however the driver ends; then it kills them.
+orphaned with 215 MB; ray-project/ray#52322). A watchdog in a session of its own (so that a
+Ctrl-C or a kill of the driver's process group spares it) waits for the driver's end, seen as
+the end of its standard input, which the kernel closes however the driver ends; then it kills
+them. Two marks find them, as neither does alone:
+
+- the processes under the cluster's raylet, looked at while the driver lives (first before
+  `Watchdog.start` returns, then more and more rarely), each kept with its start so that a
+  later process given its pid is not taken. The raylet dies with the driver and its children
+  are then orphans that nothing links to the cluster: the agents rename themselves (setproctitle
+  clears the memory /proc/PID/environ reads, so RAY_RAYLET_PID is gone from it, and with
+  RAY_LOG_TO_STDERR they hold no file of the session either);
+- RAY_RAYLET_PID in the environment of a worker the raylet started since the last look.
 
     python -m batchpizza.distributed.reaper RAYLET_PID RAYLET_START
 """
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -24,6 +33,11 @@ from pathlib import Path
 
 _PROC = Path("/proc")
 _REAP_WAIT_S = 10.0
+# The looks under the raylet: its agents are there from its start, and a worker started since
+# the last look carries RAY_RAYLET_PID; so soon after the start, then every 8 s (a look reads
+# /proc/PID/stat of every process: 2 ms for 90 of them).
+_LOOK_FIRST_S = 0.5
+_LOOK_MOST_S = 8.0
 
 
 def _stat(pid: int | str) -> tuple[str, list[str]]:
@@ -65,36 +79,93 @@ def raylet_started_here(before: Collection[int] = ()) -> int | None:
     return max(new, key=lambda pid: started_at(pid) or 0) if new else None
 
 
-def started_by(raylet: int, since: int | None = None) -> list[int]:
-    """This user's processes that the raylet `raylet` started (its workers and agents): none
-    started before it (`since`, its start), which a raylet of the same pid before it started."""
+def mine(pid: int | str) -> bool:
+    """Whether a process runs as this user (its real uid): run as root, the watchdog could kill
+    anyone's."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        for line in (_PROC / str(pid) / "status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1]) == os.getuid()
+    return False
+
+
+def descendants(root: int) -> dict[int, int]:
+    """The living processes under `root` (its children, theirs, ...), each with its start."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for entry in _PROC.iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = _stat(entry.name)[1]
+                children.setdefault(int(fields[1]), []).append((int(entry.name), int(fields[19])))
+    found: dict[int, int] = {}
+    todo = [root]
+    while todo:
+        for pid, start in children.get(todo.pop(), ()):
+            if pid not in found:
+                found[pid] = start
+                todo.append(pid)
+    return found
+
+
+def started_by(raylet: int, since: int | None = None) -> dict[int, int]:
+    """This user's processes whose environment names the raylet `raylet` (its workers), each
+    with its start: none started before it (`since`, its start), which a raylet of the same pid
+    before it started."""
     needle = f"\0RAY_RAYLET_PID={raylet}\0".encode()
-    found = []
+    found = {}
     for entry in _PROC.iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         with contextlib.suppress(OSError):  # gone meanwhile, or another user's
             if needle in b"\0" + (entry / "environ").read_bytes():
                 start = started_at(entry.name)
-                if since is None or (start is not None and start >= since):
-                    found.append(int(entry.name))
+                if start is not None and (since is None or start >= since):
+                    found[int(entry.name)] = start
     return found
 
 
-def reap(raylet: int, since: int | None = None) -> int:
-    """Kill what the raylet started, and the raylet if it is still there (the same process:
-    started at `since`); how many."""
-    killed = 0
-    for pid in started_by(raylet, since):
+def _is_raylet(pid: int, since: int | None) -> bool:
+    """Whether the raylet started at `since` still runs at `pid`."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        comm, fields = _stat(pid)
+        return comm == "raylet" and (since is None or int(fields[19]) == since)
+    return False
+
+
+def reap(raylet: int, since: int | None = None, seen: dict[int, int] | None = None) -> int:
+    """Kill the raylet if it is still there (the same process: started at `since`), what it
+    started, and what was `seen` under it (pid: start) and still runs; how many, the raylet
+    aside."""
+    targets = {**(seen or {}), **started_by(raylet, since)}
+    if _is_raylet(raylet, since):
+        targets.update(descendants(raylet))
         with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-            killed += 1
-    with contextlib.suppress(OSError):
-        if (_PROC / str(raylet) / "comm").read_text().strip() == "raylet" and (
-            since is None or started_at(raylet) == since
-        ):
-            os.kill(raylet, signal.SIGKILL)
+            os.kill(raylet, signal.SIGKILL)  # first: it starts no more of them
+    killed = 0
+    for pid, start in targets.items():
+        # The same process (a pid alone may have been given to another since) and this user's.
+        if pid != os.getpid() and started_at(pid) == start and mine(pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
     return killed
+
+
+def watch(raylet: int, since: int, driver: int, ready: int | None = None) -> dict[int, int]:
+    """The processes seen under the raylet until the driver's end (the end of file `driver`);
+    `ready` is told after the first look."""
+    seen: dict[int, int] = {}
+    wait = _LOOK_FIRST_S
+    while True:
+        if _is_raylet(raylet, since):
+            seen.update(descendants(raylet))
+        if ready is not None:
+            os.write(ready, b"\n")
+            ready = None
+        readable = select.select([driver], [], [], wait)[0]
+        if readable and not os.read(driver, 4096):
+            return seen
+        wait = min(wait * 2, _LOOK_MOST_S)
 
 
 class Watchdog:
@@ -114,12 +185,17 @@ class Watchdog:
             process = subprocess.Popen(
                 [sys.executable, "-m", "batchpizza.distributed.reaper", str(raylet), str(since)],
                 stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
         except OSError:  # no watchdog: Ray's own clean-up, as before
             return None
+        # Its first look under the raylet, before the driver goes on (and may be killed: the
+        # agents are orphans then); an end of file if it failed.
+        assert process.stdout is not None
+        process.stdout.readline()
+        process.stdout.close()
         return cls(process)
 
     def close(self) -> None:
@@ -132,8 +208,9 @@ class Watchdog:
 def main(argv: list[str]) -> int:
     raylet, since = int(argv[1]), int(argv[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the end of the driver ends this
-    sys.stdin.buffer.read()  # until the driver closes it, or dies
-    reap(raylet, since)
+    # Until the driver closes it, or dies.
+    seen = watch(raylet, since, sys.stdin.fileno(), sys.stdout.fileno())
+    reap(raylet, since, seen)
     return 0
 
 
