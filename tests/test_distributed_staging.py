@@ -70,6 +70,18 @@ def test_ray_dry_run_reads_a_field_that_changes_type(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # nothing written
 
 
+@needs_ray  # the command checks that Ray is installed; no cluster starts
+def test_ray_reads_a_folder_of_json_lines_parts_as_before_staging(tmp_path: Path) -> None:
+    # A --ray run's JSON lines output (a folder named *.jsonl) as the next run's input: staged
+    # as a file, it was refused ("a directory without any .parquet file", exit 2).
+    parts = tmp_path / "answers.jsonl"
+    parts.mkdir()
+    write_jsonl(parts / "part-000000.jsonl", CHANGING[:1])
+    write_jsonl(parts / "part-000001.jsonl", [{"id": 2, "prompt": "b"}])
+    summary = run_on_ray(str(parts), str(tmp_path / "out"), dry_run=True, quiet=True)
+    assert (summary.exit_code, summary.rows) == (0, 2)
+
+
 @needs_ray
 def test_ray_refuses_bad_rows_with_the_message_of_a_run_without_ray(tmp_path: Path) -> None:
     # A prompt that changes type is a bad row, named by line, as without --ray; a repeated id
