@@ -5,7 +5,12 @@ next to a run without --ray is compared on a cluster in test_ray_cli.py."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,6 +22,7 @@ from batchpizza.config import RunConfig
 from batchpizza.distributed.command import run as run_on_ray
 from batchpizza.distributed.staging import CarriedColumns, row_objects, stage
 from batchpizza.errors import InputError, RowProblem
+from batchpizza.sources import JsonlSource
 
 needs_ray = pytest.mark.ray  # deselected without the ray extra (conftest.py)
 
@@ -60,6 +66,30 @@ def test_staging_gives_the_ids_problems_and_field_types_of_a_run_without_ray(
     assert out.column("x").to_pylist() == ["1", '"two"', None, None]
     # A bad row carries what could be read of it, as JSON text here: the number it gave.
     assert out.column("prompt").to_pylist() == ['"a"', '"b"', "5", None]
+
+
+def test_staging_stopped_by_ctrl_c_leaves_no_file_and_says_no_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The scan's verdicts were left open and closed when collected, on the closed scan:
+    # "Exception ignored in: <generator object ScanIndex.verdicts ...>" after the ^C.
+    source = write_jsonl(tmp_path / "in.jsonl", CHANGING)
+
+    carried = JsonlSource.carried
+
+    def interrupted(self: JsonlSource) -> Iterator[Any]:
+        yield from carried(self)  # every row read: the verdicts had one more to give
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(JsonlSource, "carried", interrupted)
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    config = RunConfig.from_options(str(source), "out.parquet")
+    with contextlib.suppress(KeyboardInterrupt):
+        stage(str(source), config, None, str(tmp_path))
+    gc.collect()
+    assert unraisable == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
 @needs_ray  # the command checks that Ray is installed; no cluster starts

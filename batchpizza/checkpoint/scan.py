@@ -15,7 +15,7 @@ import operator
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from pathlib import Path
 
 from batchpizza.collector import collector_paused
@@ -70,7 +70,7 @@ class ScanIndex:
         self._db.execute("PRAGMA synchronous = OFF")
         self._db.execute(SCHEMA.format(table="rows"))
 
-    def verdicts(self) -> Iterator[tuple[int, str | None, str | None]]:
+    def verdicts(self) -> Generator[tuple[int, str | None, str | None], None, None]:
         """(position, id as the output shows it, what is wrong or None) of every scanned row,
         in input order (a cluster run stages the rows with them)."""
         # As the output shows ids (checkpoint.plan): a good row without one gets its position; a

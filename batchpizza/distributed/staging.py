@@ -162,6 +162,10 @@ def stage(
             except BaseException:
                 staged.remove()
                 raise
+            finally:
+                # Before the scan closes: left open, it closed its cursor when collected, on
+                # the closed database (a traceback after a ^C).
+                verdicts.close()
         finally:
             scan.close()
     return staged
