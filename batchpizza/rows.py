@@ -193,7 +193,9 @@ def _messages(value: object, name: str) -> tuple[str, list[dict[str, str]]]:
         if not isinstance(role, str) or not role:
             raise RowProblem(f"item {i} has no role string", name)
         for field in _TOOL_FIELDS:
-            if item.get(field) is not None:
+            # Empty is none: exports give every message of a chat `tool_calls: []` (Parquet's
+            # structs, DataFrames), and the server refuses an empty list anyway.
+            if item.get(field) not in (None, [], {}, ""):
                 raise RowProblem(
                     f"item {i} has {field!r}: tool calls are not sent (a message's role, "
                     "content and name are), so the request would not be the row's",

@@ -35,3 +35,27 @@ def test_a_line_whose_row_was_answered_online_meanwhile_is_never_resubmitted(
 
     # An answer takes its line out; a failed attempt online is no answer.
     assert [line.custom_id for line in store.to_resubmit()] == ["1-b"]
+
+
+def test_a_restart_keeps_the_files_a_batch_may_have_been_made_of_and_drops_the_others(
+    store: Checkpoint,
+) -> None:
+    # A file only recorded or uploaded (no create sent) was kept too, and the next run made a
+    # batch of it: paid for requests of rows that may ask others since the restart.
+    def intend(n: int) -> int:
+        return store.intend_file([(f"{n}-a", f"q{n}", n, b"k%d" % n, 1, b"{}\n")]).seq
+
+    recorded, uploaded, creating, made, collected = (intend(n) for n in range(5))
+    store.set_file_id(uploaded, "file-1")
+    store.set_file_id(creating, "file-2")
+    store.mark_file(creating, "creating")  # its create sent: a batch may exist
+    store.set_file_id(made, "file-3")
+    store.set_batch(made, {"id": "batch-3", "status": "in_progress"})
+    store.finish_file(collected, [("4-a", "answered")], "completed")
+    assert [f.kept_by_restart for f in store.batch_files()] == [False, False, True, True, False]
+
+    store.forget()
+
+    assert [f.seq for f in store.open_files()] == [creating, made]
+    assert [f.seq for f in store.batch_files()] == [creating, made]
+    assert [line.custom_id for line in store.file_lines(recorded)] == []

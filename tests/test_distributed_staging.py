@@ -5,7 +5,12 @@ next to a run without --ray is compared on a cluster in test_ray_cli.py."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,8 +20,9 @@ from conftest import write_jsonl
 import batchpizza
 from batchpizza.config import RunConfig
 from batchpizza.distributed.command import run as run_on_ray
-from batchpizza.distributed.staging import CarriedColumns, row_ids, row_objects, stage
+from batchpizza.distributed.staging import CarriedColumns, row_objects, stage
 from batchpizza.errors import InputError, RowProblem
+from batchpizza.sources import JsonlSource
 
 needs_ray = pytest.mark.ray  # deselected without the ray extra (conftest.py)
 
@@ -40,13 +46,16 @@ def test_staging_gives_the_ids_problems_and_field_types_of_a_run_without_ray(
     staged = stage(str(source), config, None, str(tmp_path))
     assert staged.rows == 4
     table = pq.read_table(staged.place)
-    assert row_ids(table, "id") == ["7", "1", "q", "3"]
+    # The line that is not JSON has no id, as without --ray: its position (3) could be another
+    # row's id.
+    assert table.column("id").to_pylist() == ["7", "1", "q", None]
     objects = row_objects(table, "id")
     assert objects[0] == {"id": 7, "prompt": "a", "x": 1, "big": 123456789012345678901234567890}
     assert objects[1] == {"id": "1", "prompt": "b", "x": "two"}
     assert isinstance(objects[2], RowProblem) and objects[2].id == "q"
     assert objects[2].problem == "field 'prompt': must be a string, not a number"
     assert isinstance(objects[3], RowProblem) and objects[3].problem.startswith("invalid JSON")
+    assert objects[3].id is None
     # The output's fields: x as JSON text (its shapes clash), big exactly, as without --ray.
     assert staged.carried == CarriedColumns(
         {"prompt": None, "x": None, "big": pa.decimal128(38, 0)}
@@ -59,12 +68,48 @@ def test_staging_gives_the_ids_problems_and_field_types_of_a_run_without_ray(
     assert out.column("prompt").to_pylist() == ['"a"', '"b"', "5", None]
 
 
+def test_staging_stopped_by_ctrl_c_leaves_no_file_and_says_no_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The scan's verdicts were left open and closed when collected, on the closed scan:
+    # "Exception ignored in: <generator object ScanIndex.verdicts ...>" after the ^C.
+    source = write_jsonl(tmp_path / "in.jsonl", CHANGING)
+
+    carried = JsonlSource.carried
+
+    def interrupted(self: JsonlSource) -> Iterator[Any]:
+        yield from carried(self)  # every row read: the verdicts had one more to give
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(JsonlSource, "carried", interrupted)
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    config = RunConfig.from_options(str(source), "out.parquet")
+    with contextlib.suppress(KeyboardInterrupt):
+        stage(str(source), config, None, str(tmp_path))
+    gc.collect()
+    assert unraisable == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
 @needs_ray  # the command checks that Ray is installed; no cluster starts
 def test_ray_dry_run_reads_a_field_that_changes_type(tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "in.jsonl", CHANGING)
     summary = run_on_ray(str(source), str(tmp_path / "out"), dry_run=True, quiet=True)
     assert (summary.exit_code, summary.rows) == (0, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # nothing written
+
+
+@needs_ray  # the command checks that Ray is installed; no cluster starts
+def test_ray_reads_a_folder_of_json_lines_parts_as_before_staging(tmp_path: Path) -> None:
+    # A --ray run's JSON lines output (a folder named *.jsonl) as the next run's input: staged
+    # as a file, it was refused ("a directory without any .parquet file", exit 2).
+    parts = tmp_path / "answers.jsonl"
+    parts.mkdir()
+    write_jsonl(parts / "part-000000.jsonl", CHANGING[:1])
+    write_jsonl(parts / "part-000001.jsonl", [{"id": 2, "prompt": "b"}])
+    summary = run_on_ray(str(parts), str(tmp_path / "out"), dry_run=True, quiet=True)
+    assert (summary.exit_code, summary.rows) == (0, 2)
 
 
 @needs_ray

@@ -84,6 +84,21 @@ def test_a_skipped_row_without_a_readable_id_never_takes_another_rows_id(
     ]
 
 
+def test_skipped_rows_without_a_readable_id_have_distinct_batch_line_ids(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Their line ids were derived from no id at all: every such line had the same one.
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": "a", "prompt": "x"}\n{not json\n{"id": null, "prompt": "y"}\n')
+    out = tmp_path / "out.jsonl"
+    run(mock_api, source, out, skip_bad_rows=True, format="openai-batch")
+    lines = read_jsonl(out)
+    assert [line["custom_id"] for line in lines] == ["a", None, None]
+    assert len({line["id"] for line in lines}) == 3
+    run(mock_api, source, out, skip_bad_rows=True, format="openai-batch")
+    assert read_jsonl(out) == lines  # the same results make the same file
+
+
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
 def test_a_skipped_row_holding_output_column_names_does_not_collide_with_them(
     mock_api: ThreadedMockServer, tmp_path: Path, suffix: str

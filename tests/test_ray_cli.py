@@ -703,6 +703,25 @@ def test_ray_output_of_json_lines_whose_fields_change_shape_is_the_output_withou
 
 @needs_ray
 @pytest.mark.slow
+def test_ray_bad_row_without_a_readable_id_has_a_null_id_as_without_ray(
+    cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path
+) -> None:
+    # The line that is not JSON was given its position (1) under --ray: row "1"'s id too.
+    mock = mock_process()
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": "1", "prompt": "a"}\n{"id": "2", "prompt": "\n')
+    common = ["--base-url", mock.url, "--rate", "0", "--format", "jsonl", "--skip-bad-rows"]
+    local, on_ray = tmp_path / "local.jsonl", tmp_path / "ray-out"
+    assert command(str(source), "-o", str(local), *common).returncode == 3
+    done = command(str(source), "-o", str(on_ray), "--ray", cluster, *common)
+    assert done.returncode == 3, done.stderr
+    rows = [row for part in sorted(on_ray.glob("*.jsonl")) for row in read_jsonl(part)]
+    assert [(row["id"], row["finish_reason"]) for row in rows] == [("1", "stop"), (None, "invalid")]
+    assert [row["id"] for row in read_jsonl(local)] == ["1", None]
+
+
+@needs_ray
+@pytest.mark.slow
 def test_ray_kill_while_writing_leaves_the_earlier_output_whole(
     cluster: str, mock_process: Callable[..., MockProcess], tmp_path: Path
 ) -> None:

@@ -581,6 +581,16 @@ def test_a_message_of_a_tool_conversation_is_a_bad_row_not_sent_without_its_call
     assert said in str(info.value), str(info.value)
 
 
+def test_a_message_with_empty_tool_fields_is_no_tool_call_and_is_sent() -> None:
+    # An export's `tool_calls: []` on every message (a Parquet struct's, a DataFrame's) made
+    # each row bad, though no call was in them.
+    message = {"role": "user", "content": "hi", "tool_calls": [], "function_call": None}
+    row = interpret(
+        {"id": "m", "messages": [message, {**message, "tool_call_id": ""}]}, DEFAULT_FIELDS, 0
+    )
+    assert row[2] == [{"role": "user", "content": "hi"}, {"role": "user", "content": "hi"}]
+
+
 def test_a_messages_name_is_sent_and_part_of_its_request() -> None:
     # `name` (a speaker in a chat of several, few-shot examples) was dropped: rows told apart
     # only by it were one request, and each got the other's answer.

@@ -9,13 +9,13 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from batchpizza.checkpoint.batches import BatchFile, BatchRecords
+from batchpizza.checkpoint.batches import UNLAUNCHED, BatchFile, BatchRecords
 from batchpizza.errors import BatchpizzaError
 
 SHOWN = 20  # batches listed one a line at most; the rest counted
 # Recorded, and uploaded (checkpoint/batches.py intend_file, set_file_id): no create was sent,
 # so no batch of the file can exist.
-UNSUBMITTED = frozenset({"intended", "stored"})
+UNSUBMITTED = frozenset(UNLAUNCHED)
 
 
 def out_and_waiting(files: Sequence[BatchFile]) -> tuple[list[BatchFile], list[BatchFile]]:

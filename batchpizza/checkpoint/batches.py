@@ -74,6 +74,12 @@ class BatchFile:
     # Last told of by the server (the batch made, a poll answered; set_batch), else as created.
     updated: float = 0.0
 
+    @property
+    def kept_by_restart(self) -> bool:
+        """Not collected, and a batch of it was or may have been made (so it runs and is billed
+        whatever a --restart forgets): one only recorded or uploaded goes (Checkpoint.forget)."""
+        return not self.done and (self.batch_id is not None or self.state not in UNLAUNCHED)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -97,6 +103,12 @@ class BatchLine:
     tries: int
     line: bytes | None
 
+
+# A file's states before its batch's create was sent (set_file_id; batchapi/creating.py marks
+# 'creating' first); 'uploaded', a version's from before that mark, may have sent it.
+UNLAUNCHED = ("intended", "stored")
+# The files a --restart drops with their lines (Checkpoint.forget; BatchFile.kept_by_restart).
+NOT_KEPT_BY_RESTART = f"done OR (batch_id IS NULL AND state IN {UNLAUNCHED!r})"
 
 _FILE_COLUMNS = (
     "seq, name, lines, bytes, file_id, batch_id, state, counts, output_file_id, error_file_id, "

@@ -15,7 +15,7 @@ import operator
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from pathlib import Path
 
 from batchpizza.collector import collector_paused
@@ -70,12 +70,14 @@ class ScanIndex:
         self._db.execute("PRAGMA synchronous = OFF")
         self._db.execute(SCHEMA.format(table="rows"))
 
-    def verdicts(self) -> Iterator[tuple[int, str, str | None]]:
+    def verdicts(self) -> Generator[tuple[int, str | None, str | None], None, None]:
         """(position, id as the output shows it, what is wrong or None) of every scanned row,
         in input order (a cluster run stages the rows with them)."""
-        # A row too broken to show an id gets its position, as in the output (checkpoint.plan).
+        # As the output shows ids (checkpoint.plan): a good row without one gets its position; a
+        # bad row whose id could not be read none, as its position could be another row's id.
         yield from self._db.execute(
-            "SELECT pos, CAST(coalesce(id, pos) AS TEXT), bad FROM rows ORDER BY pos"
+            "SELECT pos, CASE WHEN bad IS NULL THEN CAST(coalesce(id, pos) AS TEXT) ELSE id END,"
+            " bad FROM rows ORDER BY pos"
         )
 
     def close(self) -> None:

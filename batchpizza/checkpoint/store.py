@@ -56,7 +56,7 @@ from typing import Any
 
 import batchpizza.fingerprint as fingerprint
 from batchpizza.checkpoint import binding, spend
-from batchpizza.checkpoint.batches import BatchRecords, FileDone
+from batchpizza.checkpoint.batches import NOT_KEPT_BY_RESTART, BatchRecords, FileDone
 from batchpizza.checkpoint.fitting import Fitting
 from batchpizza.checkpoint.guarded import insert_group
 from batchpizza.checkpoint.history import History
@@ -304,14 +304,17 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
         """--restart: drop every result, attempt and event; the scan stays valid. Batch API
         files not collected yet are kept, with their lines: their batches run and are billed
         whatever the checkpoint forgets, so their requests are collected, not submitted again
-        (and their worst cases stay on a --max-cost)."""
+        (and their worst cases stay on a --max-cost). A file no batch was asked of (recorded or
+        uploaded only: no create sent) goes like a collected one: the next run would have
+        launched it, paying for the requests of rows that may ask others since."""
+        gone = NOT_KEPT_BY_RESTART
         with self._transaction():
             for table in ("results", "staged", "attempts", "runs", "events"):
                 self._conn.execute(f"DELETE FROM {table}")
             self._conn.execute(
-                "DELETE FROM batch_lines WHERE seq IN (SELECT seq FROM batch_files WHERE done)"
+                f"DELETE FROM batch_lines WHERE seq IN (SELECT seq FROM batch_files WHERE {gone})"
             )
-            self._conn.execute("DELETE FROM batch_files WHERE done")
+            self._conn.execute(f"DELETE FROM batch_files WHERE {gone}")
             self._drop_todo()
             # A new token: the next files must not take the names of files already uploaded.
             self._conn.execute(

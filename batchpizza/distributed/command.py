@@ -168,7 +168,9 @@ class ClusterRun:
         all); a local JSON lines input is read as a run without --ray reads it, its bad rows
         refused as there, and staged in `folder` (distributed.staging). False for an input
         without a row, which needs no cluster."""
-        if is_json_lines(self.input) and not is_uri(self.input):
+        # A file: a folder named so (a --ray run's JSON lines output) is Ray's to read, as
+        # before; a run without --ray reads no folder of JSON lines to match.
+        if is_json_lines(self.input) and not is_uri(self.input) and Path(self.input).is_file():
             typed = self.format == "parquet" and not self.dry_run
             self.staged = stage(self.input, self.config, self.limit, folder, typed=typed)
             return self.staged.rows > 0

@@ -142,12 +142,12 @@ def stage(
             try:
                 with pq.ParquetWriter(path, schema, filesystem=fs, compression="zstd") as writer:
                     for batch in source.carried():
-                        ids: list[str] = []
+                        ids: list[str | None] = []
                         rows: list[str | None] = []
                         problems: list[str | None] = []
                         for obj in batch.rows():
-                            _pos, row_id, problem = next(verdicts, (None, None, None))
-                            if row_id is None:
+                            pos, row_id, problem = next(verdicts, (None, None, None))
+                            if pos is None:  # more rows than the scan found
                                 raise changed
                             ids.append(row_id)
                             # A line that is no JSON object carries nothing, as without --ray.
@@ -162,6 +162,10 @@ def stage(
             except BaseException:
                 staged.remove()
                 raise
+            finally:
+                # Before the scan closes: left open, it closed its cursor when collected, on
+                # the closed database (a traceback after a ^C).
+                verdicts.close()
         finally:
             scan.close()
     return staged

@@ -211,7 +211,7 @@ class Job:
                 self._spent = planning.spend().dollars
                 if config.via != "online":  # batches still out are kept through a restart
                     planning.use_identity(provider.identity, config.samples)  # read-only: no write
-                    self._kept_files = [f for f in planning.batch_files() if not f.done]
+                    self._kept_files = [f for f in planning.batch_files() if f.kept_by_restart]
                 planning.close()
                 planning = Checkpoint.planning(None, scan)
             self._checkpoint = planning

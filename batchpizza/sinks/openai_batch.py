@@ -48,6 +48,7 @@ def batch_output_line(
     error: str | None = None,
     created: int = 0,
     body: bytes | None = None,
+    position: int = 0,
 ) -> dict[str, Any]:
     """One line of an OpenAI Batch API output file for a stored result.
 
@@ -58,8 +59,10 @@ def batch_output_line(
     error body (or an OpenAI-style one), and `error` is null. A row without an HTTP reply (a
     timeout, not sent, an invalid row): `response` is null and `error` is {"code", "message"}.
     Ids the server did not give are derived from `custom_id`, so the same results always make
-    the same file."""
-    digest = _ids(custom_id or "")  # None: a bad line whose id could not be read
+    the same file; for a bad row whose id could not be read (None), from its `position` in the
+    output, so that such rows' line ids differ too."""
+    # Led by a NUL, which no real custom_id is: it cannot take another line's ids.
+    digest = _ids(custom_id if custom_id is not None else f"\0{position}")
     line_id = f"batch_req_{digest}"
     req_id = request_id or f"req_{digest}"
     kept = _json_object(body)
@@ -149,10 +152,11 @@ class OpenAIBatchSink:
         # The HTTP status of each failed row's last attempt (Checkpoint.failure_statuses): its
         # line's response.status_code, as in OpenAI's batch error files.
         self.statuses = statuses or {}
+        self._written = 0  # output rows so far: a row without an id's line ids derive from it
 
     def write(self, carried: Carried, rows: list[OutputRow]) -> None:
         lines = []
-        for obj, row in zip(carried.rows(), rows, strict=True):
+        for position, (obj, row) in enumerate(zip(carried.rows(), rows, strict=True)):
             custom_id = obj.get("custom_id")
             line = batch_output_line(
                 custom_id if isinstance(custom_id, str) else row.id,
@@ -168,8 +172,10 @@ class OpenAIBatchSink:
                 else self.statuses.get(row.id),
                 error=row.error,
                 body=row.body,
+                position=self._written + position,
             )
             lines.append(jsoncodec.dumps(line))
+        self._written += len(rows)
         lines.append(b"")
         self.handle.write(b"\n".join(lines))
 
