@@ -47,6 +47,7 @@ class RunStart:
     rate: str  # as asked: "2/s", "0", "auto:20/s"
     rate_per_s: float | None  # the rate it starts at (the learned one under auto); None: unlimited
     deadline: str | None  # when no new request starts any more (UTC, ISO 8601)
+    via: str = "online"  # online, batch (the Batch API alone: no rate applies) or auto
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def run_start(
         rate=str(config.rate),
         rate_per_s=rate_per_s,
         deadline=deadline,
+        via=str(getattr(config, "via", "online")),
     )
 
 
@@ -133,6 +135,8 @@ def start_text(s: RunStart) -> str:
     rate = f"rate {s.rate}" if s.rate_per_s or s.rate.startswith("auto") else "rate unlimited"
     if s.rate.startswith("auto") and s.rate_per_s:
         rate += f", starting at {s.rate_per_s:.3g}/s"
+    if s.via == "batch":
+        rate = "through the Batch API (no rate)"
     deadline = "no deadline"
     if s.deadline is not None:
         left = _unix(s.deadline) - time.time()
