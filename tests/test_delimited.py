@@ -3,8 +3,10 @@ columns, bad rows named by file and physical line, ragged rows, empty files, gzi
 
 from __future__ import annotations
 
+import copy
 import datetime
 import gzip
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from batchpizza.cli import cli
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.sources.delimited import DelimitedSource
+from batchpizza.written import plain, written
 
 RESULTS = [
     "answer",
@@ -224,6 +227,29 @@ def test_a_template_says_a_csv_number_or_time_as_the_file_wrote_it(
     assert table.schema.field("n").type == pa.float64()  # the output keeps the column's type
     assert pa.types.is_timestamp(table.schema.field("at").type)
     assert table.column("n").to_pylist() == [1.0, 1.5, 1000.0]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1.0, "1"),
+        (datetime.datetime(2024, 1, 1, 10, 0), "2024-01-01T10:00"),
+        (datetime.datetime(2024, 1, 1, 10, 0, tzinfo=datetime.timezone.utc), "2024-01-01T10:00Z"),
+        (datetime.time(10, 0), "10:00"),
+    ],
+)
+def test_a_value_printing_as_written_keeps_its_text_through_pickle_and_copy(
+    value: Any, text: str
+) -> None:
+    # A timestamp or a time of day came back from pickle (a row sent to another process) or
+    # copy.copy printing as its type does ("2024-01-01 10:00:00"), not as the file wrote it.
+    made = written(value, text)
+    for again in (pickle.loads(pickle.dumps(made)), copy.copy(made), copy.deepcopy(made)):
+        assert (str(again), f"{again}", again, type(again)) == (text, text, value, type(made))
+        assert plain(again) == value and type(plain(again)) is type(value)
+    later = made + datetime.timedelta(days=1) if isinstance(value, datetime.datetime) else None
+    if later is not None:  # computed from it: its type, no text, and so it stays
+        assert str(pickle.loads(pickle.dumps(later))) == str(later)
 
 
 def test_a_jinja_template_computes_with_a_csv_number_and_prints_it_as_written(
