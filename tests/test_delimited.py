@@ -342,6 +342,29 @@ def test_a_quote_inside_a_quoted_value_not_doubled_is_a_bad_row_not_lost_quotes(
 
 
 @pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("in.csv", 'id,prompt\nr0,zero\n"r1" ,one\nr2,two\n'),
+        ("in.csv", 'id,prompt\nr0,zero\nr1,"one"  \nr2,two\n'),
+        ("in.csv", 'id,prompt\nr0,zero\n"r1"\t,one\nr2,two\n'),
+        ("in.tsv", 'id\tprompt\nr0\tzero\nr1\t"one" \nr2\ttwo\n'),
+    ],
+)
+def test_spaces_after_a_closing_quote_are_said_as_such_not_as_a_quote_to_double(
+    mock_api: ThreadedMockServer, tmp_path: Path, name: str, data: str
+) -> None:
+    # `"one" ,x` was told to write a quote inside a quoted value twice: there is none.
+    source = tmp_path / name
+    source.write_text(data, encoding="utf-8")
+
+    refused = invoke(mock_api, source, tmp_path / "out.jsonl")
+
+    assert refused.exit_code == 2, refused.output
+    said = f"{source}:3: a quoted value has spaces after its closing quote"
+    assert said in refused.stderr and "written twice" not in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize(
     ("name", "data", "prompts"),
     [
         ("in.csv", b'id,prompt\nr0,zero\nr1,"one"', ["zero", "one"]),
