@@ -91,7 +91,7 @@ def test_bad_csv_rows_are_named_by_file_and_physical_line(
     assert result.exit_code == 2, result.output
     assert mock_api.stats.requests == 0 and not out.exists()
     err = result.stderr
-    assert "3 bad row(s)" in err
+    assert "3 bad rows in the input" in err
     assert f"{source}:5: field 'prompt': is empty" in err
     assert f"{source}:6: expected 2 fields as the header has, found 3" in err
     assert f"{source}:7: field 'id': duplicate id 'a' (first on line 2)" in err
