@@ -34,7 +34,7 @@ STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d batchpizza: ")
 PROGRESS = re.compile(
     r"progress: (?P<done>\d+)/(?P<rows>\d+) rows done \(answered (?P<answered>\d+), "
     r"failed (?P<failed>\d+), misuse (?P<misuse>\d+), invalid (?P<invalid>\d+)\), "
-    r"(?P<to_send>\d+) to send; this run: \d+ requests, \d+ retries"
+    r"(?P<to_send>\d+) to send; this run: \d+ requests?, \d+ retr(?:y|ies)"
 )
 
 
