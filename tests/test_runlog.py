@@ -337,3 +337,14 @@ def test_a_count_of_one_takes_the_singular_on_every_line_a_user_reads(
     dry = run_cli(mock_api, source, out, "--dry-run")
     said = "  to send     1: 1 new row; 1 row reuses the answer of an identical request"
     assert said in dry.stdout, dry.stdout
+
+
+def test_a_count_meets_its_noun_one_way_everywhere() -> None:
+    from batchpizza.plurals import noun, plural
+
+    assert [plural(n, "row") for n in (0, 1, 2)] == ["0 rows", "1 row", "2 rows"]
+    assert (
+        plural(1, "retry", "retries") == "1 retry" and plural(3, "retry", "retries") == "3 retries"
+    )
+    assert plural(1234, "answer", grouped=True) == "1,234 answers"
+    assert (noun(1, "is", "are"), noun(2, "is", "are")) == ("is", "are")
