@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import batchpizza.storable as storable
+from batchpizza.plurals import plural
 from batchpizza.records import RateInfo
 from batchpizza.redact import redact
 
@@ -105,6 +106,11 @@ class InputError(BatchpizzaError):
             lines.append("Nothing was sent. Fix the rows, or rerun with --skip-bad-rows.")
             message = "\n".join(lines)
         super().__init__(message)
+
+    @classmethod
+    def of_rows(cls, bad_rows: tuple[BadRow, ...], total_bad: int) -> InputError:
+        """The error of an input with `total_bad` bad rows, `bad_rows` the first of them."""
+        return cls(f"{plural(total_bad, 'bad row')} in the input:", bad_rows, total_bad)
 
 
 class LockedError(BatchpizzaError):

@@ -9,6 +9,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
 
+from batchpizza.plurals import noun, plural
+
 
 class Outcome(str, enum.Enum):
     """How a row ended, as the `finish_reason` column says it. A provider may add its own reasons
@@ -339,14 +341,15 @@ class Plan:
                 (self.identity, self.change or "new request"),
                 (self.unknown, "asked before fingerprints (request not known)"),
                 (self.changed, "prompt changed"),
-                (self.new, "new rows"),
+                (self.new, noun(self.new, "new row")),
                 (self.retry, "failed or refused before" if retry_refused else "failed before"),
             )
             if n
         ]
         text = f"{self.to_send} to send" + (f": {', '.join(parts)}" if parts else "")
         if self.reused:
-            text += f"; {self.reused} rows reuse the answer of an identical request"
+            reuse = f"{plural(self.reused, 'row')} {noun(self.reused, 'reuses', 'reuse')}"
+            text += f"; {reuse} the answer of an identical request"
         return text
 
     def to_dict(self) -> dict[str, Any]:

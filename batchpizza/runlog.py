@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
+from batchpizza.plurals import plural
 from batchpizza.pricing import dollars
 from batchpizza.records import iso
 from batchpizza.redact import RedactingFilter, inert, redact
@@ -46,6 +47,7 @@ class RunStart:
     rate: str  # as asked: "2/s", "0", "auto:20/s"
     rate_per_s: float | None  # the rate it starts at (the learned one under auto); None: unlimited
     deadline: str | None  # when no new request starts any more (UTC, ISO 8601)
+    via: str = "online"  # online, batch (the Batch API alone: no rate applies) or auto
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ def run_start(
         rate=str(config.rate),
         rate_per_s=rate_per_s,
         deadline=deadline,
+        via=str(getattr(config, "via", "online")),
     )
 
 
@@ -132,6 +135,8 @@ def start_text(s: RunStart) -> str:
     rate = f"rate {s.rate}" if s.rate_per_s or s.rate.startswith("auto") else "rate unlimited"
     if s.rate.startswith("auto") and s.rate_per_s:
         rate += f", starting at {s.rate_per_s:.3g}/s"
+    if s.via == "batch":
+        rate = "through the Batch API (no rate)"
     deadline = "no deadline"
     if s.deadline is not None:
         left = _unix(s.deadline) - time.time()
@@ -139,7 +144,7 @@ def start_text(s: RunStart) -> str:
     where = f"{s.input} -> {s.output}" if s.output else f"{s.input}"
     refused = f"{s.refused} refused before (not sent again), " if s.refused else ""
     return (
-        f"start: batchpizza {s.version}: {where}: {s.rows} rows: {s.why}; "
+        f"start: batchpizza {s.version}: {where}: {plural(s.rows, 'row')}: {s.why}; "
         f"{s.answered} answered before, {refused}{s.invalid} invalid; {rate}; {deadline}"
     )
 
@@ -148,7 +153,8 @@ def progress_text(s: Snapshot) -> str:
     text = (
         f"progress: {s.done}/{s.rows} rows done (answered {s.answered}, failed {s.failed}, "
         f"misuse {s.misuse}, invalid {s.invalid}), {s.to_send} to send; this run: "
-        f"{s.requests} requests, {s.retries} retries, {s.requests_per_s:.2f} req/s, "
+        f"{plural(s.requests, 'request')}, {plural(s.retries, 'retry', 'retries')}, "
+        f"{s.requests_per_s:.2f} req/s, "
         f"{s.in_flight} in flight"
     )
     text += f"; rate {s.rate:.3g}/s" if s.rate else "; rate unlimited"
@@ -203,7 +209,7 @@ def summary_line(s: Mapping[str, Any], log_format: str = "text") -> str:
         parts.append(f"{fit['invalid']} invalid output ({fit['reasked']} fitted after a re-ask)")
     where = f" -> {s['output']}" if s.get("output") and not s.get("interrupted") else ""
     if others := (s.get("batches") or {}).get("others"):  # kept under their model, not output
-        where = f", {others} results of other models collected from batches{where}"
+        where = f", {plural(others, 'result')} of other models collected from batches{where}"
     rate = f" at {s['rate']:.3g}/s" if s.get("rate") else ""
     tokens = s.get("tokens")
     if tokens and (tokens["input"] or tokens["output"]):
@@ -214,8 +220,9 @@ def summary_line(s: Mapping[str, Any], log_format: str = "text") -> str:
         cap = f" of {dollars(cost['cap'], 6)}" if cost.get("cap") is not None else ""
         rate += f", {dollars(cost['run'])} ({dollars(cost['total'])} on the checkpoint{cap})"
     return (
-        f"{_local(unix)} batchpizza: {head}: {s['rows']} rows: {', '.join(parts)}; this run: "
-        f"{s['requests']} requests, {s['retries']} retries in {s['elapsed_s']:.1f}s{rate}{where} "
+        f"{_local(unix)} batchpizza: {head}: {plural(s['rows'], 'row')}: {', '.join(parts)}; "
+        f"this run: {plural(s['requests'], 'request')}, {plural(s['retries'], 'retry', 'retries')} "
+        f"in {s['elapsed_s']:.1f}s{rate}{where} "
         f"(exit {s['exit_code']})"
     )
 

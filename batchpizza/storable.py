@@ -35,7 +35,11 @@ def has_surrogate(value: str) -> bool:
 
 
 def count(value: object) -> int | None:
-    """`value` as a count a store can hold: an int (not a bool) in 0..2**63-1, else None."""
+    """`value` as a count a store can hold: an int (not a bool) in 0..2**63-1, else None. A
+    whole float (`10.0`, as a server written in JavaScript or through a float may send a count)
+    is that int; a fraction, a string, a negative number is no count."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # finite: inf and nan are not integers
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX:
         return value
     return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, SupportsIndex
 
 
 class Written:
@@ -31,6 +31,14 @@ class Written:
 
     def __format__(self, spec: str) -> str:
         return str(self) if not spec else super().__format__(spec)
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
+        # datetime's and time's own reduction keeps the value alone (a float's keeps its slots):
+        # a copy, or a row pickled to another process, printed as the type does, not the file.
+        text: str | None = getattr(self, "text", None)
+        if text is None:
+            return super().__reduce_ex__(protocol)
+        return written, (self.value, text)
 
 
 class WrittenFloat(Written, float):

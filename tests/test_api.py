@@ -586,7 +586,7 @@ def test_a_list_of_prompts_with_a_none_or_a_number_names_those_rows_only(
     with pytest.raises(batchpizza.InputError) as raised:
         batchpizza.answer([QUESTIONS[0], None, 42], **opts)
     said = str(raised.value)
-    assert "2 bad row(s)" in said and "row 0" not in said  # the string is a fine prompt
+    assert "2 bad rows in the input" in said and "row 0" not in said  # the string is a fine prompt
     assert "<data> row 1: has no 'prompt'" in said
     assert "<data> row 2: field 'prompt': must be a string, not a number" in said
     out = batchpizza.answer([QUESTIONS[0], None], skip_bad_rows=True, **opts)

@@ -195,6 +195,45 @@ def test_failed_lines_are_resubmitted_and_answered_lines_never(
 
 
 @pytest.mark.slow
+def test_a_batch_submitted_while_waiting_is_polled_at_the_first_poll_delay(
+    server: ThreadedMockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The poll backoff went on growing over a resubmitted tail batch: a 4-line batch done in
+    # 2 s was next polled after up to 60 s (past the deadline: exit 4).
+    from click.testing import CliRunner
+
+    from batchpizza.batchapi.flow import BatchFlow
+    from batchpizza.cli import cli
+    from batchpizza.controls.stop import Stop
+
+    events: list[str | float] = []  # "submit" for each file, each pause's delay
+    sleep, send_file = Stop.sleep, BatchFlow._send_file
+
+    async def pause(self: Stop, delay: float) -> None:
+        events.append(delay)
+        await sleep(self, delay)
+
+    async def submit(self: BatchFlow, *a: Any, **kw: Any) -> None:
+        events.append("submit")
+        await send_file(self, *a, **kw)
+
+    monkeypatch.setattr(Stop, "sleep", pause)
+    monkeypatch.setattr(BatchFlow, "_send_file", submit)
+    server.batches.fail_every = 4  # a tail of 4 lines, resubmitted once the first batch ends
+    server.batches.seconds = 0.5  # long enough for the backoff to grow past its first delay
+    inp, out = write_jsonl(tmp_path / "in.jsonl", rows(16)), tmp_path / "out.jsonl"
+
+    done = CliRunner().invoke(cli, args(inp, out, server.base_url, "--via", "batch", "--wait"))
+
+    assert done.exit_code == 0, done.output
+    assert sorted(server.batches.submitted.values()) == [1] * 12 + [2] * 4
+    tail = events.index("submit", 1)
+    assert events[0] == "submit", events
+    assert isinstance(events[tail - 1], float) and events[tail - 1] > 0.05, events  # it grew
+    assert events[tail + 1] == 0.05, events  # POLL of LIMITS
+
+
+@pytest.mark.slow
 def test_failed_lines_past_their_budget_are_failed_rows(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:

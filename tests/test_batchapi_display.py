@@ -106,3 +106,26 @@ def test_the_summary_counts_files_waiting_to_be_submitted_apart_from_batches_out
     assert said["stopped"] == "batches"
     assert (said["batches"]["out"], said["batches"]["waiting"]) == (2, 0)
     assert "batches    2 out (50 requests), 0 collected" in _status(out)
+
+
+@pytest.mark.slow
+def test_a_batch_run_claims_no_rate_on_its_start_and_summary_lines(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # A --via batch run sends nothing at the rate, and said "rate 2/s" when it started and
+    # "... in 1.1s at 2/s" when done.
+    inp, out = write_jsonl(tmp_path / "in.jsonl", rows(2)), tmp_path / "out.jsonl"
+    summary = tmp_path / "summary.json"
+    done = CliRunner().invoke(cli, [
+        "run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
+        f"{server.base_url}/v1", "--no-progress", "--via", "batch", "--wait",
+        "--summary-json", str(summary),
+    ])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    start, last = (
+        next(line for line in done.stderr.splitlines() if f"batchpizza: {what}:" in line)
+        for what in ("start", "done")
+    )
+    assert "; through the Batch API (no rate); no deadline" in start and "rate 2/s" not in start
+    assert "/s" not in last and ": 2 rows: 2 answered," in last, last
+    assert json.loads(summary.read_text())["rate"] is None

@@ -486,3 +486,30 @@ def test_an_online_run_after_refused_uploads_keeps_its_cap_and_says_no_batch_is_
             said = cli("status", str(out)).stdout
             assert "still out" not in said, said
             assert "1 file of other models or parameters waiting to be submitted" in said, said
+
+
+@pytest.mark.slow
+def test_dry_run_counts_the_cap_the_batches_still_out_hold_as_the_run_does(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # A dry run said the whole cap was left ("$0.001 left, about N of the 120 requests fit",
+    # N > 0) while the batches still out held it: the run itself then submitted and sent nothing.
+    inp, out, _, capped = capped_batches_out(server, tmp_path)
+    first = run(inp, out, server.base_url, "--via", "batch", *capped)  # exits 4, batches out
+    assert first.returncode == 4, first.stderr
+    submitted, before = sum(server.batches.submitted.values()), server.stats.requests
+    assert 0 < submitted < 120
+
+    for via in (("--via", "batch"), ("--via", "auto"), ()):
+        dry = run(inp, out, server.base_url, *via, *capped, "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        cap = re.search(r"cap +\$0\.001: (\S+) left \(batches still out hold (\S+)\), about "
+                        r"(\d+) of the (\d+) requests fit", dry.stdout)  # fmt: skip
+        assert cap is not None, (via, dry.stdout)
+        assert (cap[1], cap[3]) == ("$0", "0"), (via, cap[0])
+
+    again = run(inp, out, server.base_url, "--via", "batch", *capped)  # what the run does
+    assert again.returncode == 4, again.stderr
+    online = run(inp, out, server.base_url, *capped, "--rate", "0")
+    assert online.returncode == 4, online.stderr
+    assert (sum(server.batches.submitted.values()), server.stats.requests) == (submitted, before)

@@ -3,8 +3,10 @@ columns, bad rows named by file and physical line, ragged rows, empty files, gzi
 
 from __future__ import annotations
 
+import copy
 import datetime
 import gzip
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from batchpizza.cli import cli
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.sources.delimited import DelimitedSource
+from batchpizza.written import plain, written
 
 RESULTS = [
     "answer",
@@ -88,7 +91,7 @@ def test_bad_csv_rows_are_named_by_file_and_physical_line(
     assert result.exit_code == 2, result.output
     assert mock_api.stats.requests == 0 and not out.exists()
     err = result.stderr
-    assert "3 bad row(s)" in err
+    assert "3 bad rows in the input" in err
     assert f"{source}:5: field 'prompt': is empty" in err
     assert f"{source}:6: expected 2 fields as the header has, found 3" in err
     assert f"{source}:7: field 'id': duplicate id 'a' (first on line 2)" in err
@@ -226,6 +229,29 @@ def test_a_template_says_a_csv_number_or_time_as_the_file_wrote_it(
     assert table.column("n").to_pylist() == [1.0, 1.5, 1000.0]
 
 
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1.0, "1"),
+        (datetime.datetime(2024, 1, 1, 10, 0), "2024-01-01T10:00"),
+        (datetime.datetime(2024, 1, 1, 10, 0, tzinfo=datetime.timezone.utc), "2024-01-01T10:00Z"),
+        (datetime.time(10, 0), "10:00"),
+    ],
+)
+def test_a_value_printing_as_written_keeps_its_text_through_pickle_and_copy(
+    value: Any, text: str
+) -> None:
+    # A timestamp or a time of day came back from pickle (a row sent to another process) or
+    # copy.copy printing as its type does ("2024-01-01 10:00:00"), not as the file wrote it.
+    made = written(value, text)
+    for again in (pickle.loads(pickle.dumps(made)), copy.copy(made), copy.deepcopy(made)):
+        assert (str(again), f"{again}", again, type(again)) == (text, text, value, type(made))
+        assert plain(again) == value and type(plain(again)) is type(value)
+    later = made + datetime.timedelta(days=1) if isinstance(value, datetime.datetime) else None
+    if later is not None:  # computed from it: its type, no text, and so it stays
+        assert str(pickle.loads(pickle.dumps(later))) == str(later)
+
+
 def test_a_jinja_template_computes_with_a_csv_number_and_prints_it_as_written(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -313,6 +339,29 @@ def test_a_quote_inside_a_quoted_value_not_doubled_is_a_bad_row_not_lost_quotes(
     rows = read_jsonl(out)
     assert [r["finish_reason"] for r in rows] == ["stop", "invalid", "stop"]
     assert rows[1]["id"] == "r1"  # its id still read
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("in.csv", 'id,prompt\nr0,zero\n"r1" ,one\nr2,two\n'),
+        ("in.csv", 'id,prompt\nr0,zero\nr1,"one"  \nr2,two\n'),
+        ("in.csv", 'id,prompt\nr0,zero\n"r1"\t,one\nr2,two\n'),
+        ("in.tsv", 'id\tprompt\nr0\tzero\nr1\t"one" \nr2\ttwo\n'),
+    ],
+)
+def test_spaces_after_a_closing_quote_are_said_as_such_not_as_a_quote_to_double(
+    mock_api: ThreadedMockServer, tmp_path: Path, name: str, data: str
+) -> None:
+    # `"one" ,x` was told to write a quote inside a quoted value twice: there is none.
+    source = tmp_path / name
+    source.write_text(data, encoding="utf-8")
+
+    refused = invoke(mock_api, source, tmp_path / "out.jsonl")
+
+    assert refused.exit_code == 2, refused.output
+    said = f"{source}:3: a quoted value has spaces after its closing quote"
+    assert said in refused.stderr and "written twice" not in refused.stderr, refused.stderr
 
 
 @pytest.mark.parametrize(

@@ -291,7 +291,7 @@ def test_status_says_what_a_rerun_would_send_and_why(
     rows = [{"id": "q0", "prompt": "changed"}, *read_jsonl(inp)[1:], {"id": "n", "prompt": "new"}]
     write_jsonl(inp, rows)
     dry = cli_chat(chat, inp, out, "--model", "model-A", "--dry-run")
-    assert "  to send     2: 1 prompt changed, 1 new rows" in dry.stdout
+    assert "  to send     2: 1 prompt changed, 1 new row" in dry.stdout
 
     done = cli_chat(chat, inp, out, "--model", "model-A", "--param", "temperature=0")
     status = CliRunner().invoke(cli, ["status", str(out), "--json"])

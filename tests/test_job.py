@@ -720,7 +720,7 @@ def test_limit_checks_only_the_first_n_rows_and_a_later_full_run_checks_them_all
     # The checkpoint keeps the scan of 5 rows: the whole input is scanned again, and refused.
     whole = run_cli(mock_api, source, out)
     assert whole.exit_code == 2, whole.output
-    assert "1 bad row(s)" in whole.output
+    assert "1 bad row in the input" in whole.output
     assert mock_api.stats.requests == 5
 
 

@@ -264,11 +264,7 @@ def scan_file(path: Path, folder: Path) -> Scanned | None:
             try:
                 scan.scan(source.scan(), source.unit, source.names)
                 if scan.bad:
-                    error = InputError(
-                        f"{scan.bad} bad row(s) in the input:",
-                        describe(source, scan.first_bad),
-                        scan.bad,
-                    )
+                    error = InputError.of_rows(describe(source, scan.first_bad), scan.bad)
                     assert isinstance(error, InputError)
                     assert error.total_bad == scan.bad
                     assert str(scan.bad) in error.message

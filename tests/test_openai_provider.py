@@ -408,6 +408,17 @@ async def test_a_reply_without_model_usage_or_finish_reason_still_answers(
     assert answer == Answer("ok", "stop", "local")  # and no body: none asked for
 
 
+async def test_usage_counts_sent_as_whole_floats_are_read_as_those_counts(
+    session: aiohttp.ClientSession,
+) -> None:
+    # "prompt_tokens": 10.0 (a server that counts in floats) was read as null; 10.5 stays null.
+    body = completion(usage={"prompt_tokens": 10.0, "completion_tokens": 2.5})
+    async with Fake(replying(body=body)) as fake:
+        answer = await api(fake.base_url).ask(session, prompt("q"))
+    assert (answer.prompt_tokens, answer.completion_tokens) == (10, None)
+    assert type(answer.prompt_tokens) is int
+
+
 async def test_an_empty_string_is_no_answer_even_cut_by_length(
     session: aiohttp.ClientSession,
 ) -> None:

@@ -95,8 +95,10 @@ def test_the_log_lines_the_readme_shows_are_the_ones_a_run_writes(tmp_path: Path
     first = [{"id": "a", "prompt": "one"}, {"id": "b", "prompt": "two"}]
     first += [{"id": "c", "prompt": "[[status:404]] three"}]
     run_lines(tmp_path, first)
-    # Then a prompt changed, a row added, and the failed one asked again: every reason at once.
+    # Then a prompt changed, rows added, and the failed one asked again: every reason at once
+    # (two new rows, as the README's many).
     again = [first[0], {"id": "b", "prompt": "two, changed"}, first[2], {"id": "d", "prompt": "4"}]
+    again.append({"id": "e", "prompt": "5"})
     written = run_lines(tmp_path, again, "--rate", "auto", "--deadline", "50m")
     start = next(line for line in written if "batchpizza: start:" in line)
     done = next(line for line in written if "batchpizza: done:" in line)

@@ -34,7 +34,7 @@ STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d batchpizza: ")
 PROGRESS = re.compile(
     r"progress: (?P<done>\d+)/(?P<rows>\d+) rows done \(answered (?P<answered>\d+), "
     r"failed (?P<failed>\d+), misuse (?P<misuse>\d+), invalid (?P<invalid>\d+)\), "
-    r"(?P<to_send>\d+) to send; this run: \d+ requests, \d+ retries"
+    r"(?P<to_send>\d+) to send; this run: \d+ requests?, \d+ retr(?:y|ies)"
 )
 
 
@@ -314,3 +314,37 @@ def test_the_log_imports_where_logging_handlers_are_not_generic() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_count_of_one_takes_the_singular_on_every_line_a_user_reads(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # "1 rows", "1 new rows", "1 rows reuse", "1 requests", "kept 1 answers in all".
+    source, out = (
+        write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": "p"}]),
+        tmp_path / "o.jsonl",
+    )
+    first = run_cli(mock_api, source, out)
+    assert first.exit_code == 0, first.output
+    assert ": 1 row: 1 to send: 1 new row; 0 answered before" in first.stderr
+    assert "batchpizza: done: 1 row: 1 answered" in first.stderr
+    assert "this run: 1 request, 0 retries in " in first.stderr
+    status = CliRunner().invoke(cli, ["status", str(out)])
+    assert "(1 row)" in status.output and "  kept       1 answer in all" in status.output
+    # b and c ask the same: c takes b's answer instead of being sent.
+    more = [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "q"}, {"id": "c", "prompt": "q"}]
+    write_jsonl(source, more)
+    dry = run_cli(mock_api, source, out, "--dry-run")
+    said = "  to send     1: 1 new row; 1 row reuses the answer of an identical request"
+    assert said in dry.stdout, dry.stdout
+
+
+def test_a_count_meets_its_noun_one_way_everywhere() -> None:
+    from batchpizza.plurals import noun, plural
+
+    assert [plural(n, "row") for n in (0, 1, 2)] == ["0 rows", "1 row", "2 rows"]
+    assert (
+        plural(1, "retry", "retries") == "1 retry" and plural(3, "retry", "retries") == "3 retries"
+    )
+    assert plural(1234, "answer", grouped=True) == "1,234 answers"
+    assert (noun(1, "is", "are"), noun(2, "is", "are")) == ("is", "are")

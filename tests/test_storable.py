@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -99,9 +100,12 @@ def test_lone_surrogates_become_replacement_characters_and_the_rest_is_kept() ->
 
 @pytest.mark.parametrize(
     ("value", "kept"),
-    [(0, 0), (2**63 - 1, 2**63 - 1), (2**63, None), (-1, None), (True, None), (1.0, None)],
-)
-def test_a_count_is_kept_only_within_64_bits(value: object, kept: int | None) -> None:
+    [(0, 0), (2**63 - 1, 2**63 - 1), (2**63, None), (-1, None), (True, None), (10.0, 10),
+     (0.0, 0), (-0.0, 0), (10.5, None), (-1.0, None), ("10", None), (2.0**63, None),
+     (math.inf, None), (math.nan, None)],
+)  # fmt: skip
+def test_a_count_is_a_whole_number_within_64_bits(value: object, kept: int | None) -> None:
+    # A whole float (`"prompt_tokens": 10.0`) was read as no count at all.
     assert storable.count(value) == kept
 
 

@@ -185,7 +185,7 @@ def test_restart_and_changed_input_plan_every_row_again(
     write_jsonl(inp, rows)  # a new scan: the set was of the old one
     result = cli_run(mock_api, inp, out)
     assert mock_api.stats.requests == 42
-    assert "2 to send: 1 prompt changed, 1 new rows" in result.output
+    assert "2 to send: 1 prompt changed, 1 new row" in result.output
     assert len(read_jsonl(out)) == 21
 
 
@@ -327,5 +327,5 @@ def test_a_dry_run_over_a_changed_input_plans_its_own_scan_not_the_kept_set(
 
     result = cli_run(mock_api, inp, out, "--dry-run")
 
-    assert "to send     2: 1 prompt changed, 1 new rows" in result.output
+    assert "to send     2: 1 prompt changed, 1 new row" in result.output
     assert mock_api.stats.requests == 20

@@ -23,6 +23,7 @@ from batchpizza.batchapi.client import BatchClient, Halted
 from batchpizza.batchapi.display import files_left
 from batchpizza.batchapi.flow import BatchFlow
 from batchpizza.errors import BatchAPIError
+from batchpizza.plurals import plural
 
 log = logging.getLogger("batchpizza")
 
@@ -69,9 +70,8 @@ async def _own(flow: BatchFlow, client: BatchClient) -> None:
         collected += flow.collected - before
     if batches:
         log.warning(
-            "collected %d results of this model and parameters from %d finished Batch API %s: "
-            "their rows answered are not sent online",
-            collected,
-            batches,
-            "batch" if batches == 1 else "batches",
+            "collected %s of this model and parameters from %s: their rows answered are not "
+            "sent online",
+            plural(collected, "result"),
+            plural(batches, "finished Batch API batch", "finished Batch API batches"),
         )

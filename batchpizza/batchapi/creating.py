@@ -18,6 +18,7 @@ from batchpizza.batchapi.client import BatchClient
 from batchpizza.checkpoint import Checkpoint
 from batchpizza.checkpoint.batches import BatchFile
 from batchpizza.errors import BatchAPIError
+from batchpizza.plurals import noun, plural
 
 log = logging.getLogger("batchpizza")
 _T = TypeVar("_T")
@@ -58,9 +59,10 @@ async def find(
             return None  # the create was never sent: there is nothing to find
         raise BatchAPIError(
             f"{f.name}: a run stopped while its batch was being created, and this server lists "
-            f"no batches to tell whether it made one ({exc.message}); its {f.lines} requests "
-            "are not submitted again, which could run them twice. Rerun without --via to send "
-            "them online (billed again if that batch was made)",
+            f"no batches to tell whether it made one ({exc.message}); its "
+            f"{plural(f.lines, 'request')} {noun(f.lines, 'is', 'are')} not submitted again, "
+            f"which could run {noun(f.lines, 'it', 'them')} twice. Rerun without --via to send "
+            f"{noun(f.lines, 'it', 'them')} online (billed again if that batch was made)",
             wrong=True,
         ) from None
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from batchpizza.checkpoint.batches import UNLAUNCHED, BatchFile, BatchRecords
 from batchpizza.errors import BatchpizzaError
+from batchpizza.plurals import noun, plural
 
 SHOWN = 20  # batches listed one a line at most; the rest counted
 # Recorded, and uploaded (checkpoint/batches.py intend_file, set_file_id): no create was sent,
@@ -67,11 +68,11 @@ def batches_text(
         return []
     out, waiting = out_and_waiting(files)
     said = (
-        f"{len(waiting)} {'file' if len(waiting) == 1 else 'files'} waiting to be submitted "
-        f"({sum(f.lines for f in waiting)} requests), "
+        f"{plural(len(waiting), 'file')} waiting to be submitted "
+        f"({plural(sum(f.lines for f in waiting), 'request')}), "
     )
     lines = [
-        f"{indent}batches    {len(out)} out ({sum(f.lines for f in out)} requests), "
+        f"{indent}batches    {len(out)} out ({plural(sum(f.lines for f in out), 'request')}), "
         f"{said if waiting else ''}{len(files) - len(out) - len(waiting)} collected"
     ]
     left = [f for f in files if not f.done]
@@ -104,8 +105,10 @@ def others_text(
     lines = []
     for origin, files in sorted(by_origin.items(), key=lambda kv: (kv[0] != last, str(kv[0]))):
         n, requests = len(files), sum(f.lines for f in files)
-        what = f"{n} {'batch' if n == 1 else 'batches'} of other models or parameters"
-        billed = f"({requests} requests, billed when they end)"
+        what = f"{plural(n, 'batch', 'batches')} of other models or parameters"
+        billed = (
+            f"({plural(requests, 'request')}, billed when {noun(requests, 'it ends', 'they end')})"
+        )
         if origin is None:
             said = (
                 f"{what} still out {billed}, made by a batchpizza that did not record where: "
@@ -155,8 +158,9 @@ def collection_text(checkpoint: BatchRecords, origin: str, *, online: bool) -> l
         if files:
             n, requests = len(files), sum(f.lines for f in files)
             lines.append(
-                f"collect     {n} Batch API {'batch' if n == 1 else 'batches'} of {whose} out "
-                f"at this server ({requests} requests): those that have ended are collected at "
+                f"collect     {n} Batch API {noun(n, 'batch', 'batches')} of {whose} out "
+                f"at this server ({plural(requests, 'request')}): those that have ended are "
+                "collected at "
                 f"the start, {then}"
             )
     return lines

@@ -216,8 +216,13 @@ class BatchFlow:
                 await self.others.collect(client)  # those that ended while it waited
             first = False
             await self._poll_all()
+            submitted = self.lines_sent
             await self._resubmit()
             await self._more()
+            if self.lines_sent != submitted:
+                # A batch just made is polled soon (a small tail can end in seconds), not after
+                # the backoff the ones before it grew to.
+                delay = self.limits.poll_first
             if self.fatal is not None or not keep_waiting or not self.others.here():
                 return
             if self.online is not None and near_deadline(self.deadline_at, self._started, delay):

@@ -40,6 +40,7 @@ from batchpizza.checkpoint import Checkpoint
 from batchpizza.checkpoint.batches import BatchFile
 from batchpizza.controls.stop import Stop
 from batchpizza.errors import BatchAPIError, ProviderError
+from batchpizza.plurals import noun, plural
 from batchpizza.pricing import Price, cost
 from batchpizza.providers.openai import OpenAIAPI
 from batchpizza.records import Attempt, Result, is_answered
@@ -218,16 +219,15 @@ class Others:
         for origin in sorted({origins[f.seq] for f in left}, key=str):
             n = sum(1 for f in left if origins[f.seq] == origin)
             log.warning(
-                "%d Batch API %s of this model and parameters %s made at %s, not at this run's "
-                "base URL: left there (billed when %s); a run with that --base-url collects %s, "
-                "and %s rows wait for it",
-                n,
-                "batch" if n == 1 else "batches",
-                "was" if n == 1 else "were",
+                "%s of this model and parameters %s made at %s, not at this run's base URL: "
+                "left there (billed when %s); a run with that --base-url collects %s, and %s "
+                "rows wait for it",
+                plural(n, "Batch API batch", "Batch API batches"),
+                noun(n, "was", "were"),
                 origin,
-                "it ends" if n == 1 else "they end",
-                "it" if n == 1 else "them",
-                "its" if n == 1 else "their",
+                noun(n, "it ends", "they end"),
+                noun(n, "it", "them"),
+                noun(n, "its", "their"),
             )
 
     def _say_collected(self, collected: int, answered: int, batches: int) -> None:
@@ -236,14 +236,12 @@ class Others:
         batches = self.batches - batches
         if collected:
             log.warning(
-                "collected %d results (%d answers) from %d finished Batch API %s of other "
-                "models or parameters: kept in the checkpoint under the model and parameters "
-                "that asked them, not in this output (a run of those outputs them, sending "
-                "nothing)",
-                collected,
-                answered,
-                batches,
-                "batch" if batches == 1 else "batches",
+                "collected %s (%s) from %s of other models or parameters: kept in the "
+                "checkpoint under the model and parameters that asked them, not in this output "
+                "(a run of those outputs them, sending nothing)",
+                plural(collected, "result"),
+                plural(answered, "answer"),
+                plural(batches, "finished Batch API batch", "finished Batch API batches"),
             )
 
     def _say(self, elsewhere: Counter[str | None]) -> None:
@@ -256,10 +254,9 @@ class Others:
                 "run of their model and parameters, which collects"
             )
             log.warning(
-                "%d Batch API %s of other models or parameters %s %s %s",
-                n,
-                "batch" if n == 1 else "batches",
-                "was" if n == 1 else "were",
+                "%s of other models or parameters %s %s %s",
+                plural(n, "Batch API batch", "Batch API batches"),
+                noun(n, "was", "were"),
                 where,
-                "it" if n == 1 else "them",
+                noun(n, "it", "them"),
             )

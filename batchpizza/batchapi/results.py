@@ -11,6 +11,7 @@ from batchpizza.batchapi.files import ResultLine
 from batchpizza.checkpoint.batches import BatchFile, BatchLine
 from batchpizza.engine.outcomes import ANSWERED, outcome_of
 from batchpizza.errors import BatchAPIError, ProviderError, describe
+from batchpizza.plurals import noun, plural
 from batchpizza.providers.openai import OpenAIAPI
 from batchpizza.records import Attempt, Outcome, Result
 
@@ -97,20 +98,19 @@ class Judge:
             if line.digest not in answered
         ]
         kept = (
-            f"Its {len(results)} rows without an answer are recorded as failed; fix the cause "
-            "and rerun to send them again."
+            f"Its {plural(len(results), 'row')} without an answer "
+            f"{noun(len(results), 'is', 'are')} recorded as failed; fix the cause and rerun to "
+            f"send {noun(len(results), 'it', 'them')} again."
             if results
             else "Its rows all have an answer already (got online meanwhile); fix the cause "
             "before the next --via batch run."
         )
-        failed = f"batch {batch.get('id')} ({f.name}, {f.lines} requests) failed: {said}."
+        failed = f"batch {batch.get('id')} ({f.name}, {plural(f.lines, 'request')}) failed: {said}."
         return results, BatchAPIError(f"{failed} {kept}", wrong=True)
 
     def error_result(self, line: BatchLine, error: ProviderError) -> Result:
         n = line.tries
-        text = (
-            f"{describe(error)} after {n} {'submission' if n == 1 else 'submissions'} (Batch API)"
-        )
+        text = f"{describe(error)} after {plural(n, 'submission')} (Batch API)"
         return Result(
             line.id,
             line.digest,

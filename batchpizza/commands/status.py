@@ -24,6 +24,7 @@ from batchpizza.checkpoint import Checkpoint, is_locked
 from batchpizza.commands import say
 from batchpizza.errors import BatchpizzaError
 from batchpizza.files import refuse_own_files, write_atomically
+from batchpizza.plurals import noun, plural
 from batchpizza.pricing import dollars
 
 
@@ -84,7 +85,12 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     rows = info.get("rows", "?")
     samples = info.get("samples")
     if isinstance(rows, int) and isinstance(samples, int):  # --repeat N: N output rows a row
-        rows = f"{rows // samples} rows, {samples} samples each: {rows} output rows"
+        rows = (
+            f"{plural(rows // samples, 'row')}, {plural(samples, 'sample')} each: "
+            f"{plural(rows, 'output row')}"
+        )
+    elif isinstance(rows, int):
+        rows = plural(rows, "row")
     else:
         rows = f"{rows} rows"
     click.echo(f"  input      {info.get('input') or 'unknown'} ({rows})")
@@ -99,14 +105,22 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     if info.get("to_send"):
         out, waiting = (sum(f.lines for f in some) for some in out_and_waiting(files))
         held = (  # a rerun with --via batch collects these instead of sending them
-            f"; {out} requests are in batches still out, which --via batch collects" if out else ""
+            f"; {plural(out, 'request')} {noun(out, 'is', 'are')} in batches still out, which "
+            "--via batch collects"
+            if out
+            else ""
         )
         if waiting:  # and submits these, in the files already recorded
-            held += f"; {waiting} are in files waiting to be submitted, which --via batch submits"
+            held += (
+                f"; {waiting} {noun(waiting, 'is', 'are')} in files waiting to be submitted, "
+                "which --via batch submits"
+            )
         click.echo(
             f"  rerun      {info['to_send']} (with the last run's provider, model, params){held}"
         )
-    click.echo(f"  kept       {info.get('answers_kept', '?')} answers in all")
+    kept = info.get("answers_kept")
+    kept = plural(kept, "answer") if isinstance(kept, int) else f"{kept or '?'} answers"
+    click.echo(f"  kept       {kept} in all")
     if spent.prompt_tokens or spent.completion_tokens:
         estimated = " (estimated)" if spent.estimated else ""
         click.echo(
@@ -129,8 +143,8 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     if theirs_waiting:  # never submitted (an upload refused): billed by nobody yet
         n = len(theirs_waiting)
         click.echo(
-            f"  others     {n} {'file' if n == 1 else 'files'} of other models or parameters "
-            f"waiting to be submitted ({sum(f.lines for f in theirs_waiting)} requests): a "
+            f"  others     {plural(n, 'file')} of other models or parameters waiting to be "
+            f"submitted ({plural(sum(f.lines for f in theirs_waiting), 'request')}): a "
             "--via batch run of theirs submits them"
         )
 

@@ -123,7 +123,7 @@ def stage(
             scan.scan(source.scan(limit), source.unit, source.names)
             if scan.bad and not config.skip_bad_rows:
                 bad = describe(source, scan.first_bad)
-                raise InputError(f"{scan.bad} bad row(s) in the input:", bad, scan.bad)
+                raise InputError.of_rows(bad, scan.bad)
             columns = source.columns()
             # Typed for Parquet only, which says once which fields are JSON text; JSON lines
             # carry the values themselves, and a run without --ray says nothing then.

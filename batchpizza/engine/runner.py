@@ -32,6 +32,7 @@ from batchpizza.engine.session import (
 )
 from batchpizza.engine.store import Store
 from batchpizza.errors import MisuseDetected, ProviderError, QuotaExhausted, describe
+from batchpizza.plurals import plural
 from batchpizza.providers import Provider
 from batchpizza.providers.quota import concluded
 from batchpizza.records import Answer, Attempt, Outcome, Prompt, RateInfo, Result, is_answered
@@ -193,7 +194,7 @@ class Runner:
             raise Stopped from None  # the row waits for the quota, pending, as the rest
         except ProviderError as exc:
             n = len(attempts)
-            error = f"{describe(exc)} after {n} {'attempt' if n == 1 else 'attempts'}"
+            error = f"{describe(exc)} after {plural(n, 'attempt')}"
             return self._failed(prompt, attempts, Outcome.ERROR.value, error, exc)
         return answer
 

@@ -134,12 +134,30 @@ def estimate_lines(
         f"million in/out; {dollars(spent)} spent on this checkpoint so far"
     )
     if config.max_cost is not None and count:
-        left = max(0.0, config.max_cost - spent)
+        left, held = _left(config, checkpoint, spent)
         per_row = estimate / count
         fits = count if per_row == 0 else min(count, int(left / per_row))
+        holding = f" (batches still out hold {dollars(held)})" if held else ""
         lines.append(
-            f"  cap         {dollars(config.max_cost, 6)}: {dollars(left)} left, about {fits:,} of the {count:,} "
-            f"requests fit (each reserves its worst case, about "
+            f"  cap         {dollars(config.max_cost, 6)}: {dollars(left)} left{holding}, about "
+            f"{fits:,} of the {count:,} requests fit (each reserves its worst case, about "
             f"{dollars(cost(price, bound, worst, batch=batch) / count, 3)}, while in flight)"
         )
     return lines
+
+
+def _left(config: RunConfig, checkpoint: Checkpoint, spent: float) -> tuple[float, float]:
+    """What of the cap a run would have left at its start, and what of it the Batch API batches
+    still out hold (their worst cases: they will be billed), as the run's own meter counts them:
+    an online run takes them off its cap, a --via batch/auto run reserves its own."""
+    meter = make_meter(config, checkpoint)
+    assert meter is not None and meter.budget is not None  # a cap was given
+    budget = meter.budget
+    budget.spent = spent  # a --restart dry run's: the spend of the file it set aside
+    if config.via != "online":
+        from batchpizza.batchapi.budget import BatchBudget
+        from batchpizza.engine.runner import Counters
+
+        BatchBudget(meter, Counters()).reserve_every_out(checkpoint)
+    assert config.max_cost is not None
+    return max(0.0, budget.left), config.max_cost - budget.cap + budget.reserved

@@ -132,7 +132,7 @@ async def scan_rows(
     )
     if scan.bad and not config.skip_bad_rows:
         rows = describe(source, scan.first_bad)
-        raise InputError(f"{scan.bad} bad row(s) in the input:", rows, scan.bad)
+        raise InputError.of_rows(rows, scan.bad)
     if stop.interrupted.is_set():  # a signal during the last batch: change nothing
         raise Interrupted("interrupted while reading the input", 0)
     return scan

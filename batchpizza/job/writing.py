@@ -122,7 +122,8 @@ class Reporter:
             retries=counters.retries if counters else 0,
             exit_code=exit_code,
             stopped=stopped,
-            rate=rate,
+            # Through the Batch API alone no request waits on the rate: none is in force.
+            rate=None if self.config.via == "batch" else rate,
             **self.where(),
         )
 

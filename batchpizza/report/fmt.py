@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from batchpizza.plurals import plural as counted
 from batchpizza.report.numbers import TEXT_WIDTH, clip, iso, share
 
 __all__ = [  # the text and the page import these from here
@@ -119,5 +120,5 @@ class Clock:
         return f"{start} → {end} UTC"
 
 
-def plural(n: int, noun: str) -> str:
-    return f"{int_text(n)} {noun}{'s' * (n != 1)}"
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    return counted(n, noun, nouns, grouped=True)

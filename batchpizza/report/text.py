@@ -75,7 +75,7 @@ def _text_requests(req: Mapping[str, Any], series: Mapping[str, Any]) -> list[st
         f"  {'requests':<14}{int_text(req['total']):>12}  answered {int_text(req['answered'])}"
         f" ({answered}) · failed {int_text(req['failed'])}",
         f"  {'retries':<14}{int_text(req['retries']):>12}  {pct(req['retry_share'])} of requests"
-        f" · {int_text(req['rows_attempted'])} rows attempted",
+        f" · {plural(req['rows_attempted'], 'row')} attempted",
         f"  {'throughput':<14}{per_s(req['per_s']):>12}  requests · "
         f"{per_s(req['answered_per_s'])} answered · {duration(req['sending_s'])} spent sending",
     ]
@@ -101,7 +101,7 @@ def _text_latency(lat: Mapping[str, Any] | None) -> list[str]:
         return []
     cells = [f"p{p} {ms(lat[f'p{p}'])}" for p in PERCENTILES]
     cells += [f"max {ms(lat['max'])}", f"mean {ms(lat['mean'])}"]
-    head = f"Latency of answered attempts  (nearest-rank, {int_text(lat['count'])} answers)"
+    head = f"Latency of answered attempts  (nearest-rank, {plural(lat['count'], 'answer')})"
     return [head, "  " + "   ".join(cells)]
 
 

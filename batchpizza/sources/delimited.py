@@ -300,7 +300,8 @@ class DelimitedSource:
                         # A regular expression passes nearly every record with quotes (1 us
                         # each); csv.reader's strict reading decides the others.
                         if '"' in text and not well_quoted(text) and self._misquoted(text):
-                            self.misquoted[rows] = _quote_inside(start, ended)
+                            spaced = _well_quoted(self.delimiter, spaced=True).fullmatch(text)
+                            self.misquoted[rows] = _quote_inside(start, ended, bool(spaced))
                         if last is not None:
                             yield last_start
                         rows, last, last_start = rows + 1, record, start
@@ -367,10 +368,16 @@ def _skip(row: Any) -> str:
     return "skip"
 
 
-def _quote_inside(start: int, end: int) -> str:
+def _quote_inside(start: int, end: int, spaced: bool) -> str:
     """The problem of a row (lines `start` to `end`) where a quoted value has text after its
     closing quote. Over several lines, the likelier cause is a quote left open on the first,
-    the lines after it read into its value up to the next quote."""
+    the lines after it read into its value up to the next quote. `spaced`: that text is only
+    spaces before the delimiter or the line end (`"a" ,b`), no quote written once too few."""
+    if spaced:
+        return (
+            'a quoted value has spaces after its closing quote ("a" ,b): a quoted value ends '
+            "at its quote, so remove them, or put them inside the quotes"
+        )
     said = "a quoted value has text after its closing quote"
     doubled = 'a quote inside a quoted value is written twice ("he said ""hi""")'
     if end == start:
@@ -382,11 +389,14 @@ def _quote_inside(start: int, end: int) -> str:
 
 
 @functools.cache
-def _well_quoted(delimiter: str) -> re.Pattern[str]:
+def _well_quoted(delimiter: str, *, spaced: bool = False) -> re.Pattern[str]:
     """A record whose every value is quoted as RFC 4180 says, or unquoted (a quote inside an
-    unquoted value, `say "hi"`, is kept as it is by every reader)."""
+    unquoted value, `say "hi"`, is kept as it is by every reader). `spaced`: spaces (and tabs,
+    but for a tab delimiter) allowed after a closing quote."""
     d = re.escape(delimiter)
-    value = f'(?:"[^"]*(?:""[^"]*)*"|(?:[^"{d}\\r\\n][^{d}\\r\\n]*)?)'
+    blanks = re.escape(" \t".replace(delimiter, ""))
+    after = f"[{blanks}]*" if spaced else ""
+    value = f'(?:"[^"]*(?:""[^"]*)*"{after}|(?:[^"{d}\\r\\n][^{d}\\r\\n]*)?)'
     return re.compile(f"{value}(?:{d}{value})*(?:\\r?\\n|\\r)?")
 
 
