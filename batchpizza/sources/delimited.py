@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import gzip
 import itertools
 import json
-import re
 from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -27,7 +25,13 @@ from batchpizza.errors import InputError, RowProblem
 from batchpizza.records import Prompt
 from batchpizza.rows import Fields, ScanBatch
 from batchpizza.sources.base import BATCH_ROWS, files_key, prompt_of, read_errors, scan_batches
-from batchpizza.sources.delimited_checks import check_encoding, exact_integers, header_hint
+from batchpizza.sources.delimited_checks import (
+    check_encoding,
+    exact_integers,
+    header_hint,
+    quote_inside,
+    well_quoted,
+)
 from batchpizza.sources.parquet import NOT_UTF8, ArrowBatch, ArrowColumns, pylist, wanted_columns
 from batchpizza.written import with_text
 
@@ -279,7 +283,7 @@ class DelimitedSource:
             with read_errors(self.names[0]), self._text() as handle:
                 raw: list[str] = []  # the lines of the record being read, as the file has them
                 reader = csv.reader(_kept(handle, raw), delimiter=self.delimiter)
-                well_quoted = _well_quoted(self.delimiter).fullmatch
+                fits = well_quoted(self.delimiter).fullmatch
                 header_seen = False
                 ended = 0  # the line the last record ended on
                 # Each row's line is handed on once the next is read, so that the last one is
@@ -299,9 +303,9 @@ class DelimitedSource:
                             continue
                         # A regular expression passes nearly every record with quotes (1 us
                         # each); csv.reader's strict reading decides the others.
-                        if '"' in text and not well_quoted(text) and self._misquoted(text):
-                            spaced = _well_quoted(self.delimiter, spaced=True).fullmatch(text)
-                            self.misquoted[rows] = _quote_inside(start, ended, bool(spaced))
+                        if '"' in text and not fits(text) and self._misquoted(text):
+                            spaced = well_quoted(self.delimiter, spaced=True).fullmatch(text)
+                            self.misquoted[rows] = quote_inside(start, ended, bool(spaced))
                         if last is not None:
                             yield last_start
                         rows, last, last_start = rows + 1, record, start
@@ -366,38 +370,6 @@ class DelimitedSource:
 
 def _skip(row: Any) -> str:
     return "skip"
-
-
-def _quote_inside(start: int, end: int, spaced: bool) -> str:
-    """The problem of a row (lines `start` to `end`) where a quoted value has text after its
-    closing quote. Over several lines, the likelier cause is a quote left open on the first,
-    the lines after it read into its value up to the next quote. `spaced`: that text is only
-    spaces before the delimiter or the line end (`"a" ,b`), no quote written once too few."""
-    if spaced:
-        return (
-            'a quoted value has spaces after its closing quote ("a" ,b): a quoted value ends '
-            "at its quote, so remove them, or put them inside the quotes"
-        )
-    said = "a quoted value has text after its closing quote"
-    doubled = 'a quote inside a quoted value is written twice ("he said ""hi""")'
-    if end == start:
-        return f"{said}: {doubled}"
-    return (
-        f"{said}, in a row running over lines {start}-{end}: is a quote opened on this line "
-        f"never closed? ({doubled})"
-    )
-
-
-@functools.cache
-def _well_quoted(delimiter: str, *, spaced: bool = False) -> re.Pattern[str]:
-    """A record whose every value is quoted as RFC 4180 says, or unquoted (a quote inside an
-    unquoted value, `say "hi"`, is kept as it is by every reader). `spaced`: spaces (and tabs,
-    but for a tab delimiter) allowed after a closing quote."""
-    d = re.escape(delimiter)
-    blanks = re.escape(" \t".replace(delimiter, ""))
-    after = f"[{blanks}]*" if spaced else ""
-    value = f'(?:"[^"]*(?:""[^"]*)*"{after}|(?:[^"{d}\\r\\n][^{d}\\r\\n]*)?)'
-    return re.compile(f"{value}(?:{d}{value})*(?:\\r?\\n|\\r)?")
 
 
 def _kept(lines: Iterable[str], kept: list[str]) -> Iterator[str]:

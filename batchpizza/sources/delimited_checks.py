@@ -2,11 +2,14 @@
 refused in a sentence (pyarrow's header of undecodable names was a traceback), a header that
 only looks wrong hinted at, and integer columns kept as written: beyond 64 bits exact (pyarrow
 types such a column double, so 12345678901234567890123 became 1.2345678901234568e22 and a 1
-beside it 1.0), with leading zeros as text (02134 is a zip code, not 2134)."""
+beside it 1.0), with leading zeros as text (02134 is a zip code, not 2134); and records whose
+quoting breaks RFC 4180 (pyarrow and csv both read `"he said "hi""` as `he said hi""`)."""
 
 from __future__ import annotations
 
+import functools
 import gzip
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,3 +108,35 @@ def _whole(column: pa.ChunkedArray) -> bool:
 
     whole = pc.all(pc.equal(pc.floor(column), column)).as_py()
     return bool(whole)
+
+
+def quote_inside(start: int, end: int, spaced: bool) -> str:
+    """The problem of a row (lines `start` to `end`) where a quoted value has text after its
+    closing quote. Over several lines, the likelier cause is a quote left open on the first,
+    the lines after it read into its value up to the next quote. `spaced`: that text is only
+    spaces before the delimiter or the line end (`"a" ,b`), no quote written once too few."""
+    if spaced:
+        return (
+            'a quoted value has spaces after its closing quote ("a" ,b): a quoted value ends '
+            "at its quote, so remove them, or put them inside the quotes"
+        )
+    said = "a quoted value has text after its closing quote"
+    doubled = 'a quote inside a quoted value is written twice ("he said ""hi""")'
+    if end == start:
+        return f"{said}: {doubled}"
+    return (
+        f"{said}, in a row running over lines {start}-{end}: is a quote opened on this line "
+        f"never closed? ({doubled})"
+    )
+
+
+@functools.cache
+def well_quoted(delimiter: str, *, spaced: bool = False) -> re.Pattern[str]:
+    """A record whose every value is quoted as RFC 4180 says, or unquoted (a quote inside an
+    unquoted value, `say "hi"`, is kept as it is by every reader). `spaced`: spaces (and tabs,
+    but for a tab delimiter) allowed after a closing quote."""
+    d = re.escape(delimiter)
+    blanks = re.escape(" \t".replace(delimiter, ""))
+    after = f"[{blanks}]*" if spaced else ""
+    value = f'(?:"[^"]*(?:""[^"]*)*"{after}|(?:[^"{d}\\r\\n][^{d}\\r\\n]*)?)'
+    return re.compile(f"{value}(?:{d}{value})*(?:\\r?\\n|\\r)?")
