@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from yarl import URL
@@ -26,6 +26,9 @@ from batchpizza.providers.errorreply import error_detail
 from batchpizza.providers.http import never_sent, reply_json
 from batchpizza.providers.limits import retry_after_of
 from batchpizza.providers.openai import OpenAIAPI
+
+if TYPE_CHECKING:
+    from batchpizza.config import RunConfig
 
 log = logging.getLogger("batchpizza")
 
@@ -68,6 +71,21 @@ class BatchClient:
         # A file may be large: no total, only a limit on each connect and each read.
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
         self.calls = 0  # HTTP calls made (the summary's requests)
+
+    @classmethod
+    def of(
+        cls, session: aiohttp.ClientSession, provider: OpenAIAPI, stop: Stop, config: RunConfig
+    ) -> BatchClient:
+        """The client of a run with these options: its retries and backoff, as online."""
+        return cls(
+            session,
+            provider,
+            stop,
+            tries=config.max_retries + 1,
+            backoff_base=config.backoff_base,
+            backoff_cap=config.backoff_cap,
+            retry_after_cap=config.retry_after_cap,
+        )
 
     def _url(self, path: str) -> URL:
         return self.base.with_path(self.base.path.rstrip("/") + path).with_query(self.base.query)

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchpizza.checkpoint.batches import UNLAUNCHED, BatchFile, BatchRecords
 from batchpizza.errors import BatchpizzaError
 from batchpizza.plurals import noun, plural
+
+if TYPE_CHECKING:
+    from batchpizza.checkpoint import Checkpoint
+    from batchpizza.config import RunConfig
+    from batchpizza.providers import Provider
 
 SHOWN = 20  # batches listed one a line at most; the rest counted
 # Recorded, and uploaded (checkpoint/batches.py intend_file, set_file_id): no create was sent,
@@ -174,3 +179,22 @@ def origins_info(out: Sequence[BatchFile], origins: Mapping[int, str | None]) ->
         where = origins.get(f.seq) or "unknown"
         counts[where] = counts.get(where, 0) + 1
     return counts
+
+
+def dry_run_lines(
+    config: RunConfig,
+    planning: Checkpoint,
+    provider: Provider,
+    kept: Sequence[BatchFile] | None,
+) -> list[str]:
+    """What a dry run says of the Batch API: the run's own files (`kept`: those a --restart
+    keeps, else every one), and the batches it would look at to collect."""
+    said: list[str] = []
+    if config.via != "online":
+        said += batches_text(planning.batch_files() if kept is None else kept)
+    if config.checkpoint_path is not None:
+        from batchpizza.batchapi.others import origin_of
+
+        origin = origin_of(provider)  # type: ignore[arg-type]
+        said += collection_text(planning, origin, online=config.via == "online")
+    return said

@@ -103,16 +103,7 @@ class BatchFlow:
             session = self._session
             if session is None:
                 session = await owned.enter_async_context(new_session(4))
-            config = self.config
-            self.client = BatchClient(
-                session,
-                self.provider,
-                self.stop,
-                tries=config.max_retries + 1,
-                backoff_base=config.backoff_base,
-                backoff_cap=config.backoff_cap,
-                retry_after_cap=config.retry_after_cap,
-            )
+            self.client = BatchClient.of(session, self.provider, self.stop, self.config)
             yield self.client
 
     async def run(self, rows: Iterator[PendingRow]) -> None:

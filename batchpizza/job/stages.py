@@ -354,18 +354,10 @@ class Job:
         previews = [provider.preview(prompt) for prompt in firsts]
         # On stdout, to be piped or saved; the summary line stays on stderr with the logs.
         said = dry_run_report(config, tally, counts, previews, planning.learned_rate(), costs)
-        if config.via != "online":
-            from batchpizza.batchapi.display import batches_text
+        if config.provider == "openai":
+            from batchpizza.batchapi.display import dry_run_lines
 
-            files = planning.batch_files() if self._kept_files is None else self._kept_files
-            said = "\n".join([said, *batches_text(files)])
-        if config.provider == "openai" and config.checkpoint_path is not None:
-            from batchpizza.batchapi.display import collection_text
-            from batchpizza.batchapi.others import origin_of
-
-            origin = origin_of(provider)  # type: ignore[arg-type]
-            online = config.via == "online"
-            said = "\n".join([said, *collection_text(planning, origin, online=online)])
+            said = "\n".join([said, *dry_run_lines(config, planning, provider, self._kept_files)])
         print(said, flush=True)
         return self._summary(tally, 0)
 
