@@ -39,20 +39,29 @@ def loads(data: bytes | str) -> Any:
     try:
         # Decoded here, strictly: json.loads on bytes would guess UTF-16 and pass surrogates.
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+        return STRICT.decode(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
 
+class NotJSON(ValueError):
+    """Not JSON, and said why: a value Python's json would take though JSON has not (NaN,
+    Infinity, a number beyond a double's range), or no JSON value where one was looked for."""
+
+
 def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise NotJSON(f"{name} is not JSON")
 
 
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError(f"number {text[:40]} is out of range")
+        raise NotJSON(f"the number {text[:40]} is beyond a double's range")
     return value
+
+
+# The standard library's decoder made strict: integers stay exact, what is not JSON is refused.
+STRICT = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 
 
 def may_hold_big_int(line: bytes) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,23 +35,10 @@ _ERROR_CHARS = 300  # of a validation error put back to the model and kept in `e
 _TRIES = 20  # openings a prose answer is tried at, at most
 
 
-class NoJSON(ValueError):
-    """The text holds no JSON value where one is tolerated."""
-
-
-def _not_json(name: str) -> Any:
-    raise NoJSON(f"{name} is not JSON")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise NoJSON(f"the number {text[:40]} is beyond a double's range")
-    return value
-
-
+# The text holds no JSON value where one is tolerated, or a value JSON has not (NaN): said why.
+NoJSON = jsoncodec.NotJSON
 # For a value inside prose: json's, made strict as jsoncodec.loads is (integers stay exact).
-_decoder = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
+_decoder = jsoncodec.STRICT
 
 
 def extract(text: str) -> Any:
