@@ -495,7 +495,7 @@ def resume_checkpoint(n: int) -> tuple[Path, int]:
     from batchpizza.checkpoint import Checkpoint
     from batchpizza.config import DEFAULT_MODEL
     from batchpizza.mock.replies import mock_answer
-    from batchpizza.providers.factory import identity_of
+    from batchpizza.identities import identity_of
     from batchpizza.records import Result
     from batchpizza.rows import prompt_digest
 
