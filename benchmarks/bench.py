@@ -494,8 +494,8 @@ def resume_checkpoint(n: int) -> tuple[Path, int]:
     """A checkpoint in which the first 99.9% of the n rows are answered; and how many are not."""
     from batchpizza.checkpoint import Checkpoint
     from batchpizza.config import DEFAULT_MODEL
-    from batchpizza.mock.replies import mock_answer
     from batchpizza.identities import identity_of
+    from batchpizza.mock.replies import mock_answer
     from batchpizza.records import Result
     from batchpizza.rows import prompt_digest
 
