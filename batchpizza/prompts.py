@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import string
 import uuid
 from collections.abc import Callable, Mapping
@@ -85,28 +86,60 @@ _CONTAINERS = (list, tuple, dict)
 
 
 def _json(value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> str:
-    items = value.values() if isinstance(value, dict) else value
-    if any(isinstance(item, WrittenFloat) for item in items):
-        return _json_as_written(value)
+    if _holds_written(value):
+        return _json_as_written(value, sort_keys=False, ensure_ascii=False)
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):  # a key JSON cannot hold, a circular value from Python
         return str(value)
 
 
-def _json_as_written(value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> str:
-    """A CSV row (Jinja2's `row`) as JSON, its numbers as the file wrote them: json writes a
-    float subclass as the float (`1.0`). A row is flat, so its own items are the only ones."""
+def _tojson(value: Any, **kwargs: Any) -> str:
+    """Jinja2's `tojson` filter's JSON: a CSV number as the file wrote it, as `{{ row }}` prints
+    it; anything else as Jinja2 writes it (its keyword arguments: keys sorted)."""
+    if _holds_written(value):
+        return _json_as_written(
+            value,
+            sort_keys=bool(kwargs.get("sort_keys")),
+            ensure_ascii=bool(kwargs.get("ensure_ascii", True)),
+        )
+    return json.dumps(value, **kwargs)
 
-    def item(v: Any) -> str:
-        if isinstance(v, WrittenFloat):
-            return str(v)
-        return json.dumps(v, ensure_ascii=False, default=str)
 
+def _holds_written(value: Any) -> bool:
+    if isinstance(value, WrittenFloat):
+        return True
     if isinstance(value, dict):
-        pairs = (f"{json.dumps(str(k), ensure_ascii=False)}: {item(v)}" for k, v in value.items())
+        return any(_holds_written(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_written(item) for item in value)
+    return False
+
+
+# A number as JSON writes one: a CSV cell's `.5`, `+2`, `1.` or `inf` is not one, and is
+# written as the float it reads as instead (`0.5`, `2.0`, `1.0`, `-Infinity` as json writes it).
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
+def _json_as_written(value: Any, *, sort_keys: bool, ensure_ascii: bool) -> str:
+    """JSON with each number read from a CSV cell as the file wrote it: json writes a float
+    subclass as the float (`1.0` for the file's `1`, `2.5` for its `2.50`)."""
+    if isinstance(value, WrittenFloat):
+        text = str(value)
+        return text if _JSON_NUMBER.fullmatch(text) else json.dumps(float(value))
+    if isinstance(value, dict):
+        items = sorted(value.items()) if sort_keys else value.items()
+        pairs = (
+            json.dumps(str(k), ensure_ascii=ensure_ascii)
+            + ": "
+            + _json_as_written(v, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
+            for k, v in items
+        )
         return "{" + ", ".join(pairs) + "}"
-    return "[" + ", ".join(item(v) for v in value) + "]"
+    if isinstance(value, (list, tuple)):
+        parts = (_json_as_written(v, sort_keys=sort_keys, ensure_ascii=ensure_ascii) for v in value)
+        return "[" + ", ".join(parts) + "]"
+    return json.dumps(value, ensure_ascii=ensure_ascii, default=str)
 
 
 def _finalize(value: Any) -> Any:
@@ -267,6 +300,7 @@ def _compile(source: str, name: str) -> tuple[Any, tuple[str, ...] | None]:
         lstrip_blocks=True,
         finalize=_finalize,
     )
+    env.policies["json.dumps_function"] = _tojson
     try:
         parsed = env.parse(source)
         template = env.from_string(parsed)

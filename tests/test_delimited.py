@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import datetime
 import gzip
+import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,34 @@ def test_a_jinja_template_computes_with_a_csv_number_and_prints_it_as_written(
         '1 2.0 false 1.0 {"id": "a", "n": 1}',
         '2.5 3.5 true 2.5 {"id": "b", "n": 2.5}',
     ]
+
+
+def test_a_csv_row_as_json_in_a_jinja_template_is_valid_json_with_numbers_as_written(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # `tojson` wrote the double column's 1.0 for the file's 1; `{{ row }}` wrote `.5` and `+2`
+    # as they stand, which no JSON reader takes.
+    source = tmp_path / "in.csv"
+    source.write_text("id,n\na,1\nb,2.50\nc,.5\nd,+2\ne,1E3\n", encoding="utf-8")
+    template = tmp_path / "t.j2"
+    template.write_text("{{ row }}|{{ row | tojson }}|{{ [n] | tojson }}")
+    out = tmp_path / "out.jsonl"
+
+    result = invoke(mock_api, source, out, "--template-file", str(template))
+
+    assert result.exit_code == 0, result.output
+    printed = [r["prompt"].split("|") for r in read_jsonl(out)]
+    as_json = [[json.loads(part) for part in parts] for parts in printed]
+    assert [parts[0] for parts in as_json] == [parts[1] for parts in as_json]
+    assert [parts[2] for parts in as_json] == [[1.0], [2.5], [0.5], [2.0], [1000.0]]
+    assert [parts[0] for parts in printed] == [
+        '{"id": "a", "n": 1}',
+        '{"id": "b", "n": 2.50}',
+        '{"id": "c", "n": 0.5}',
+        '{"id": "d", "n": 2.0}',
+        '{"id": "e", "n": 1E3}',
+    ]
+    assert printed[0][1] == '{"id": "a", "n": 1}'  # Jinja2's tojson sorts keys
 
 
 def test_a_prompt_function_gets_a_csv_row_s_values_of_their_own_types(
