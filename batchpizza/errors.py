@@ -9,7 +9,7 @@
     ├── CheckpointVersionError      a checkpoint this version does not know (a newer one's) (exit 2)
     ├── OutputError                 the output or checkpoint could not be written (exit 1)
     ├── InputChanged                the input files changed during the run (exit 1)
-    ├── Interrupted                 SIGINT / SIGTERM; the checkpoint is saved (exit 130 / 143)
+    ├── Interrupted                 SIGINT / SIGTERM / SIGHUP; checkpoint saved (exit 130 / 143 / 129)
     └── ProviderError               one request to the API failed; `.retryable` says if worth a retry
         ├── TransportError          connection refused, reset, dropped mid-body, TLS (retryable)
         │   ├── RequestTimeout      no complete reply within the timeout (retryable)
