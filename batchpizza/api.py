@@ -239,8 +239,9 @@ async def stream(data: Any, **options: Unpack[Options]) -> AsyncIterator[dict[st
     with `samples=N` (N > 1) one per sample with its `sample` (0..N-1), and the result columns, with the pacing, retries, breaker and checkpoint of a run. `data` as for
     `answer`, or a path as for `run`. Every row is yielded once: those finished in this run as
     they finish, then the rest (answered by an earlier run with the same checkpoint, invalid,
-    or pending after an early stop). Breaking out of the loop stops the run; what finished is
-    kept in the checkpoint."""
+    or pending after an early stop). Closing the generator stops the run; what finished is kept
+    in the checkpoint. A `break` alone does not close a generator a variable still holds: iterate
+    inside `contextlib.aclosing`, or `await rows.aclose()`, or the run sends every row."""
     queue: asyncio.Queue[tuple[int, Result] | None] = asyncio.Queue()
     seen: set[int] = set()
     on_row = lambda pos, result: queue.put_nowait((pos, result))  # noqa: E731

@@ -246,7 +246,7 @@ def run(**options: Any) -> None:
           rerun to continue
       75  another run holds this output: nothing done, try again later
       2   usage or input error: nothing sent
-      130/143  interrupted: the checkpoint is saved
+      130/143/129  interrupted (SIGINT/SIGTERM/SIGHUP): the checkpoint is saved
       1   internal or I/O error; the checkpoint is still consistent
     """
     input_path = options.pop("input")
@@ -304,7 +304,7 @@ def _run_job(job: Job) -> int:
     import asyncio
 
     from batchpizza.job import run_loop
-    from batchpizza.job.ctrlc import first_stop
+    from batchpizza.job.ctrlc import first_stop, stop_signals
 
     async def main() -> Summary:
         loop = asyncio.get_running_loop()
@@ -322,7 +322,7 @@ def _run_job(job: Job) -> int:
                 return
             first_stop(job, signum, signal.Signals(signum).name)
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in stop_signals():
             loop.add_signal_handler(signum, on_signal, signum)
         return await job.run()
 

@@ -9,7 +9,7 @@
     ├── CheckpointVersionError      a checkpoint this version does not know (a newer one's) (exit 2)
     ├── OutputError                 the output or checkpoint could not be written (exit 1)
     ├── InputChanged                the input files changed during the run (exit 1)
-    ├── Interrupted                 SIGINT / SIGTERM; the checkpoint is saved (exit 130 / 143)
+    ├── Interrupted                 SIGINT / SIGTERM / SIGHUP; checkpoint saved (exit 130 / 143 / 129)
     └── ProviderError               one request to the API failed; `.retryable` says if worth a retry
         ├── TransportError          connection refused, reset, dropped mid-body, TLS (retryable)
         │   ├── RequestTimeout      no complete reply within the timeout (retryable)
@@ -35,6 +35,8 @@ Messages pass through `redact` so that no credential reaches a terminal, log or 
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from dataclasses import dataclass
 
 import batchpizza.storable as storable
@@ -146,6 +148,35 @@ class CheckpointVersionError(BatchpizzaError):
 
 class OutputError(BatchpizzaError):
     exit_code = 1
+
+    @classmethod
+    def of_checkpoint(cls, path: object, exc: sqlite3.Error | OSError) -> OutputError:
+        """The checkpoint could not be read or written: what SQLite or the system said, and
+        what the user can do about it."""
+        said = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+        hint = ""
+        if "malformed" in said:
+            hint = ". If it is damaged, move it aside to start over."
+        elif "disk I/O error" in said or (isinstance(exc, OSError) and exc.errno == errno.EFBIG):
+            # SQLite's words for a failed write (but ENOSPC's, "database or disk is full"). A
+            # file-size limit (EFBIG) is the cause a user can fix, and nothing else named it.
+            limit = _file_size_limit()
+            hint = (
+                f" (this process may write files of at most {limit:,} bytes: raise `ulimit -f`)"
+                if limit is not None
+                else " (a write failed: is the disk failing?)"
+            )
+        return cls(f"checkpoint {path or 'in memory'}: {said}{hint}")
+
+
+def _file_size_limit() -> int | None:
+    """The largest file this process may write (RLIMIT_FSIZE, `ulimit -f`); None: unlimited."""
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 class InputChanged(BatchpizzaError):

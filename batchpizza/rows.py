@@ -259,6 +259,15 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:
         row_id = raw_id
     elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
         row_id = str(raw_id)
+    elif isinstance(raw_id, float) and raw_id.is_integer():
+        # Most often pandas' doing: an integer column with one missing value is float64, and
+        # "not a number" said of 5.0 left the user looking for a NaN in this row.
+        raise RowProblem(
+            f"the id must be a non-empty string or an integer, not a float ({raw_id!r}): "
+            "pandas stores an integer column with a missing value as float64; make the column "
+            "its nullable Int64 dtype (.astype('Int64')) or text",
+            id_name,
+        )
     else:
         kind = "an empty string" if raw_id == "" else with_article(json_type(raw_id))
         raise RowProblem(f"the id must be a non-empty string or an integer, not {kind}", id_name)

@@ -348,6 +348,28 @@ def test_a_null_id_is_refused_naming_the_row_not_numbered_by_its_position(
     assert mock_api.stats.requests == 0
 
 
+def test_a_pandas_id_column_made_float_by_a_missing_value_is_said_so_with_the_fix(
+    opts: dict[str, Any], mock_api: ThreadedMockServer
+) -> None:
+    # pandas keeps [5, None, 7] as float64 [5.0, nan, 7.0]: row 0's id was "not a number".
+    frame = pd.DataFrame({"key": [5, None, 7], "prompt": QUESTIONS})
+
+    with pytest.raises(batchpizza.InputError) as caught:
+        batchpizza.answer(frame, id_field="key", **opts)
+
+    message = caught.value.message
+    assert (
+        "<data> row 0: field 'key': the id must be a non-empty string or an integer, not a "
+        "float (5.0): pandas stores an integer column with a missing value as float64" in message
+    )
+    assert ".astype('Int64')" in message
+    assert "not a number" not in message
+    out = batchpizza.answer(
+        frame.astype({"key": "Int64"}), id_field="key", skip_bad_rows=True, **opts
+    )
+    assert out["finish_reason"].tolist() == ["stop", "invalid", "stop"]
+
+
 def test_a_null_id_comes_back_invalid_with_skip_bad_rows(opts: dict[str, Any]) -> None:
     data = pd.DataFrame({"key": pd.array([1, None], dtype="Int64"), "prompt": QUESTIONS[:2]})
     out = batchpizza.answer(data, id_field="key", skip_bad_rows=True, **opts)

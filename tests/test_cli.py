@@ -63,7 +63,7 @@ def test_run_help_shows_two_examples_and_every_exit_code() -> None:
     assert len(commands) >= 2
     section = text[text.index("Exit codes:") :].splitlines()[1:]
     listed = {code for line in section if line.strip() for code in line.split()[0].split("/")}
-    assert {"0", "1", "2", "3", "4", "75", "130", "143"} <= listed
+    assert {"0", "1", "2", "3", "4", "75", "129", "130", "143"} <= listed
 
 
 @pytest.mark.parametrize("command", ["run", "status", "mock-server"])
@@ -108,6 +108,37 @@ def test_status_without_a_checkpoint_exits_2(tmp_path: Path) -> None:
         assert result.exit_code == 2, (args, result.output)
         no_traceback(result)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("change", ["grown", "edited", "gone"])
+def test_status_says_when_the_input_changed_since_the_last_run_read_it(
+    mock_api: ThreadedMockServer, tmp_path: Path, change: str
+) -> None:
+    # A cron job's input grew after a finished run: status said "rerun 0 to send", as if the
+    # job were done, while the rerun would send the new rows.
+    source, out = write_jsonl(tmp_path / "in.jsonl", rows(4)), tmp_path / "out.jsonl"
+    run = ["run", str(source), "-o", str(out), "--base-url", mock_api.base_url, "--rate", "0"]
+    assert invoke([*run, "--no-progress", "-q"]).exit_code == 0
+    before = invoke(["status", str(out)])
+    assert "(4 rows)" in before.stdout
+    assert "changed since" not in before.stdout
+    assert json.loads(invoke(["status", str(out), "--json"]).stdout)["input_changed"] is False
+    if change == "grown":
+        write_jsonl(source, rows(6))
+    elif change == "edited":
+        source.write_text(source.read_text().replace("number 1", "NUMBER 1"))
+    else:
+        source.unlink()
+
+    after = invoke(["status", str(out)])
+
+    assert after.exit_code == 0, after.output
+    assert "(4 rows when the last run read it; changed since)" in after.stdout
+    assert (
+        "rerun      0 to send (with the last run's provider, model, params); the input changed "
+        "since: the rerun reads it again (--dry-run says what it sends)" in after.stdout
+    )
+    assert json.loads(invoke(["status", str(out), "--json"]).stdout)["input_changed"] is True
 
 
 def test_a_ray_checkpoint_folder_without_ray_exits_2_saying_so(tmp_path: Path) -> None:

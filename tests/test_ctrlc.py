@@ -200,3 +200,55 @@ def test_a_second_ctrl_c_of_a_ray_run_is_out_at_once_when_stderr_is_gone(
         signals._on_signal(signal.SIGTERM, None)
     signals._on_signal(signal.SIGINT, None)
     assert exits == [130]
+
+
+def _run_with_four_in_flight(
+    mock_api: ThreadedMockServer, tmp_path: Path, signum: int, preexec: Callable[[], Any] | None
+) -> tuple[int, dict[str, Any]]:
+    """A command line run of four slow rows, sent `signum` once all four are in flight: its
+    exit code and summary JSON."""
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"[[slow:1500]] {i}"} for i in range(4)])
+    summary = tmp_path / "summary.json"
+    args = [sys.executable, "-m", "batchpizza", "run", str(inp), "-o", str(tmp_path / "o.jsonl")]
+    args += ["--base-url", mock_api.base_url, "--rate", "0", "--concurrency", "4"]
+    args += ["--no-progress", "--summary-json", str(summary)]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=preexec
+    )
+    try:
+        waiting = threading.Event()
+        while mock_api.stats.requests < 4 and not waiting.wait(0.01):
+            assert proc.poll() is None
+        proc.send_signal(signum)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+    return code, json.loads(summary.read_text())
+
+
+@pytest.mark.slow
+def test_a_closed_terminal_stops_the_run_as_sigterm_does_keeping_the_requests_in_flight(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # SIGHUP (the terminal the run was started from closed) used to kill it on the spot: the
+    # four answers in flight lost though paid for, and no summary JSON for the monitoring.
+    code, summary = _run_with_four_in_flight(mock_api, tmp_path, signal.SIGHUP, None)
+
+    assert code == 129
+    assert (summary["exit_code"], summary["stopped"]) == (129, "signal")
+    assert summary["answered"] == 4
+
+
+@pytest.mark.slow
+def test_a_run_under_nohup_ignores_sighup_and_finishes(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    def nohup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    code, summary = _run_with_four_in_flight(mock_api, tmp_path, signal.SIGHUP, nohup)
+
+    assert (code, summary["exit_code"], summary["stopped"]) == (0, 0, None)
+    assert summary["answered"] == 4

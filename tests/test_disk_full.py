@@ -8,6 +8,7 @@ full", the error a full disk gives), or for the whole process under a file size 
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -181,9 +182,45 @@ def test_a_file_size_limit_hit_making_the_checkpoint_leaves_nothing_and_the_reru
 
     assert full.returncode == 1, full.stderr
     assert "Traceback" not in full.stderr
-    assert f"batchpizza: checkpoint {out}.checkpoint: disk I/O error" in full.stderr
+    # SQLite's "disk I/O error" alone never named the cause the user could fix.
+    assert (
+        f"batchpizza: checkpoint {out}.checkpoint: disk I/O error (this process may write files "
+        "of at most 16,384 bytes: raise `ulimit -f`)" in full.stderr
+    )
     assert left_beside(out) == []
     again = cli_run("-m", "batchpizza")
     assert again.returncode == 0, again.stderr
     assert "20 new rows; 0 answered before" in again.stderr
     assert mock_api.stats.requests == 20
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_hit_mid_run_is_named_and_the_rerun_sends_only_the_rest(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    many = [{"id": f"r{i}", "prompt": f"question {i} " + "x" * 200} for i in range(3000)]
+    source, out = write_jsonl(tmp_path / "in.jsonl", many), tmp_path / "out.jsonl"
+    args = ["run", str(source), "-o", str(out), "--base-url", mock_api.base_url, "--rate", "0"]
+    args += ["--no-progress", "--summary-json", str(tmp_path / "summary.json")]
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+    # 600 KiB: the scan of 3,000 rows fits, their answers do not.
+    limit = 600 * 1024
+    command = [sys.executable, "-c", LIMITED_CLI, str(limit), *args]
+    full = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+    assert full.returncode == 1, full.stderr
+    assert "Traceback" not in full.stderr
+    assert (
+        f"batchpizza: checkpoint {out}.checkpoint: disk I/O error (this process may write files "
+        f"of at most {limit:,} bytes: raise `ulimit -f`)" in full.stderr
+    )
+    kept = json.loads((tmp_path / "summary.json").read_text())["answered"]
+    assert 0 < kept < 3000
+    sent = mock_api.stats.requests
+    again = subprocess.run(
+        [sys.executable, "-m", "batchpizza", *args], capture_output=True, text=True, timeout=120,
+        env=env,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert mock_api.stats.requests - sent == 3000 - kept

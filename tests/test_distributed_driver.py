@@ -21,6 +21,20 @@ def test_a_signal_before_the_cluster_runs_interrupts_at_once() -> None:
     assert signals.signum == signal.SIGTERM
 
 
+def test_a_closed_terminal_interrupts_a_cluster_run_as_sigterm_does() -> None:
+    # SIGHUP used to kill the driver on the spot: no cluster shutdown, no summary, the lock held
+    # until the process was gone.
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        with Signals() as signals, pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGHUP)
+            threading.Event().wait(60)
+        assert signals.signum == signal.SIGHUP
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL  # put back after the run
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def test_a_signal_in_a_run_stops_the_sending_and_the_run_ends_when_the_batches_are_back() -> None:
     stopped = threading.Event()
     with Signals() as signals:

@@ -83,12 +83,6 @@ log = logging.getLogger("batchpizza")
 SYNC_INTERVAL = 1.0  # seconds of answers a power loss may cost at most (see above)
 
 
-# The columns Result and Attempt fill, named after their fields, so a row is the tuple itself.
-def _sqlite_error(path: Path | None, exc: sqlite3.Error) -> OutputError:
-    hint = ". If it is damaged, move it aside to start over." if "malformed" in str(exc) else ""
-    return OutputError(f"checkpoint {path}: {exc}{hint}")
-
-
 class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
     """The store at `path`. Open with `Checkpoint.open`, or `Checkpoint.planning` for a dry run.
     Its answers are those of one identity (`use_identity`; by default the last run's)."""
@@ -147,14 +141,14 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
                 conn = read_only(path) if has_data(path) else new_in_memory()
                 conn.execute("SELECT 1 FROM results LIMIT 1")
             except sqlite3.DatabaseError as exc:
-                raise _sqlite_error(path, exc) from None
+                raise OutputError.of_checkpoint(path, exc) from None
             return cls(path, conn, readonly=True)
         try:
             # check_same_thread=False: the periodic sync and the output run in worker threads,
             # one at a time.
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.DatabaseError as exc:
-            raise _sqlite_error(path, exc) from None
+            raise OutputError.of_checkpoint(path, exc) from None
         try:
             conn.execute("PRAGMA busy_timeout = 10000")
             found = schema_of(conn, path)  # before anything is written: refused, it stays as is
@@ -179,7 +173,7 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
             conn.close()
             if isinstance(exc, CheckpointVersionError):
                 raise
-            raise _sqlite_error(path, exc) from None
+            raise OutputError.of_checkpoint(path, exc) from None
         return cls(path, conn)
 
     @classmethod
@@ -218,7 +212,7 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
             # A temporary view shadows the checkpoint's own scan table by name.
             conn.execute("CREATE TEMP VIEW scan AS SELECT * FROM scanned.rows")
         except sqlite3.DatabaseError as exc:
-            raise _sqlite_error(path, exc) from None
+            raise OutputError.of_checkpoint(path, exc) from None
         view = cls(path, conn, readonly=True)
         view._own_scan = False  # the file's kept to-do set is not of this scan
         return view
@@ -295,9 +289,9 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
         try:
             sync_log(self._conn, self.path)
         except sqlite3.DatabaseError as exc:
-            raise _sqlite_error(self.path, exc) from None
+            raise OutputError.of_checkpoint(self.path, exc) from None
         except OSError as exc:
-            raise OutputError(f"checkpoint {self.path}: {exc.strerror or exc}") from None
+            raise OutputError.of_checkpoint(self.path, exc) from None
         self._synced = time.monotonic()
 
     def forget(self) -> None:
@@ -335,7 +329,7 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
         try:
             return dict(self._conn.execute("SELECT key, value FROM meta"))
         except sqlite3.DatabaseError as exc:
-            raise _sqlite_error(self.path, exc) from None
+            raise OutputError.of_checkpoint(self.path, exc) from None
 
     def learned_rate(self) -> float | None:
         value = self.meta().get("learned_rate")
@@ -349,7 +343,7 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
         try:
             yield
         except sqlite3.DatabaseError as exc:
-            raise _sqlite_error(self.path, exc) from None
+            raise OutputError.of_checkpoint(self.path, exc) from None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -363,7 +357,7 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
                 raise
             self._conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:  # a full disk, a damaged file: a clear error
-            raise _sqlite_error(self.path, exc) from None
+            raise OutputError.of_checkpoint(self.path, exc) from None
 
 
 def _sample_key(digest: bytes | None, sample: int) -> bytes | None:

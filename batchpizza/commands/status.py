@@ -26,6 +26,7 @@ from batchpizza.errors import BatchpizzaError
 from batchpizza.files import refuse_own_files, write_atomically
 from batchpizza.plurals import noun, plural
 from batchpizza.pricing import dollars
+from batchpizza.sources.base import files_changed
 
 
 @click.command()
@@ -39,6 +40,8 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
         store = Checkpoint.open(path, create=False, readonly=True)
         try:
             info = store.status()
+            # The counts and the plan are of the input as the last run read it.
+            info["input_changed"] = files_changed(store.meta().get("scan_key"))
             files = store.batch_files()
             others = store.open_files(True)  # another model's or parameters' batches still out
             origins = store.file_origins()  # where each went (batchapi/others.py)
@@ -93,6 +96,8 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
         rows = plural(rows, "row")
     else:
         rows = f"{rows} rows"
+    if info["input_changed"]:
+        rows += " when the last run read it; changed since"
     click.echo(f"  input      {info.get('input') or 'unknown'} ({rows})")
     for key in ("answered", "failed", "misuse", "invalid", "pending"):
         click.echo(f"  {key:<10} {info.get(key, '?')}")
@@ -114,6 +119,10 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
             held += (
                 f"; {waiting} {noun(waiting, 'is', 'are')} in files waiting to be submitted, "
                 "which --via batch submits"
+            )
+        if info["input_changed"]:  # a rerun scans it again: new rows, changed prompts
+            held += (
+                "; the input changed since: the rerun reads it again (--dry-run says what it sends)"
             )
         click.echo(
             f"  rerun      {info['to_send']} (with the last run's provider, model, params){held}"

@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from batchpizza.errors import BatchpizzaError
+from batchpizza.job.ctrlc import stop_signals
 
 _MOCK_STOP_S = 5.0
 _PUMP_STOP_S = 5.0
@@ -33,8 +34,8 @@ _RAY_RETRY_NOTE = re.compile(r"\nFailed to .*? after \d+/\d+ attempts \(total ba
 
 
 class Signals:
-    """SIGINT and SIGTERM raised in the main thread as KeyboardInterrupt (which Ray's own code
-    lets through, where an `except Exception` might not), so the run ends through its `finally`s:
+    """SIGINT, SIGTERM and SIGHUP (`stop_signals`) raised in the main thread as KeyboardInterrupt
+    (which Ray's own code lets through, where an `except Exception` might not), so the run ends through its `finally`s:
     the cluster shut down, the folder written aside removed, the lock released, the summary
     written. A second SIGINT exits at once, as without --ray.
 
@@ -81,7 +82,7 @@ class Signals:
     def trap(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread may set handlers: a caller's thread keeps its own
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in stop_signals():
             previous = signal.signal(signum, self._on_signal)
             self._previous.setdefault(signum, previous)
 

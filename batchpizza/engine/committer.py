@@ -112,7 +112,7 @@ class Committer:
                     return
         except Exception as exc:
             if isinstance(exc, (sqlite3.Error, OSError)):  # a sync or a disk failing under us
-                exc = OutputError(f"checkpoint {self._store.path or 'in memory'}: {exc}")
+                exc = OutputError.of_checkpoint(self._store.path, exc)
             self._failed = exc
             for _, _, future in batch + self._waiting:
                 if not future.done():

@@ -70,10 +70,23 @@ class CtrlC:
         first_stop(job, signal.SIGINT, "Ctrl-C", " (Ctrl-C again to stop at once)")
 
 
+def stop_signals() -> tuple[int, ...]:
+    """The signals that stop a command line's run as Ctrl-C does: SIGINT, SIGTERM (cron's, a
+    container's stop), and SIGHUP (the terminal it ran in closed) where SIGHUP still has its
+    default action: ignored, as `nohup` leaves it, the run was asked to outlive its terminal,
+    and a handler of a script's own is the script's. Left to the default, SIGHUP killed the run
+    on the spot: the requests in flight lost (paid for, and sent again by the next run) and no
+    summary JSON written."""
+    hup = getattr(signal, "SIGHUP", None)  # none on Windows
+    if hup is None or signal.getsignal(hup) != signal.SIG_DFL:
+        return (signal.SIGINT, signal.SIGTERM)
+    return (signal.SIGINT, signal.SIGTERM, hup)
+
+
 def first_stop(job: Job, signum: int, said: str, hint: str = "") -> None:
-    """The first SIGINT or SIGTERM, in a script (above) and on the command line alike: said on
-    stderr (`said`: what came; `hint`: what a second one does) unless --quiet, then the job is
-    stopped: no new rows, those in flight given their grace, what finished committed and said.
+    """The first stopping signal (`stop_signals`), in a script (above) and on the command line
+    alike: said on stderr (`said`: what came; `hint`: what a second one does) unless --quiet,
+    then the job is stopped: no new rows, those in flight given their grace, what finished committed and said.
     A second one is its caller's: KeyboardInterrupt in a script, exit 130 for the command."""
     if not job.config.quiet:
         # A closed stderr (its reader gone, a hung-up terminal) must not lose the stop.

@@ -34,6 +34,7 @@ from batchpizza.providers.errorreply import about_model, error_detail
 from batchpizza.providers.http import looks_like_page, post_json, reply_json
 from batchpizza.providers.limits import parse_rate_info, retry_after_of
 from batchpizza.providers.quota import quota_spent, zero_limits, zero_unsure
+from batchpizza.providers.sse import looks_like_events, streamed_completion
 from batchpizza.records import TOKEN_COLUMNS, UNANSWERED, Answer, Prompt, RateInfo
 from batchpizza.redact import MASK, Secret, redact, shorten
 from batchpizza.structured import Structured
@@ -241,11 +242,18 @@ class OpenAIAPI:
         try:
             data = reply_json(payload)  # every text in it storable (lone surrogates: U+FFFD)
         except ValueError:
-            raise BadReply(
-                f"reply is not JSON: {self._said(payload, _SNIPPET_CHARS)!r}",
-                status=status,
-                page=looks_like_page(payload),
-            ) from None
+            if not looks_like_events(payload):
+                raise BadReply(
+                    f"reply is not JSON: {self._said(payload, _SNIPPET_CHARS)!r}",
+                    status=status,
+                    page=looks_like_page(payload),
+                ) from None
+            # Streamed unasked: an answer all the same, and paid for.
+            try:
+                data = streamed_completion(payload)
+            except ValueError as exc:
+                raise BadReply(f"streamed reply: {self._said(str(exc))}", status) from None
+            payload = jsoncodec.dumps(data)  # the reply as kept: one completion, not chunks
         choice = None
         if isinstance(data, dict):
             choices = data.get("choices")

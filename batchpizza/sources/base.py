@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import sys
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
@@ -194,3 +195,19 @@ def files_key(paths: Sequence[Path]) -> list[list[object]]:
         st = path.stat()
         files.append([str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
     return files
+
+
+def files_changed(input_key: str | None) -> bool | None:
+    """Whether the input files an input_key recorded (a checkpoint's scan_key) are no longer as
+    they were then: edited, grown, replaced or gone. None where it recorded no files (rows in
+    memory, standard input, no scan yet). Files added to an input folder since are not seen."""
+    try:
+        recorded = json.loads(input_key)["files"] if input_key else None
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(recorded, list) or not recorded:
+        return None
+    try:
+        return files_key([Path(str(entry[0])) for entry in recorded]) != recorded
+    except OSError:  # gone, or no longer readable
+        return True
