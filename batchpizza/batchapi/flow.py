@@ -241,15 +241,16 @@ class BatchFlow:
                     continue
                 if exc.exit_code == 2 and exc.status != 404:  # a 404 not yet lost for good
                     raise
-                log.warning("%s; polled again later", exc.message)
+                self.statuses.poll_failed(f, exc, "polled again later")
                 continue
             self.lost.known(f)
             self.checkpoint.set_batch(f.seq, batch)
             if self.statuses.ended(f, batch):
                 await self.collect_file(f, batch)
 
-    async def collect_file(self, f: BatchFile, batch: dict[str, Any]) -> None:
-        """The results of a batch that ended, committed; its lines marked."""
+    async def collect_file(self, f: BatchFile, batch: dict[str, Any]) -> list[str] | None:
+        """The results of a batch that ended, committed; its lines marked. Their outcomes
+        (answered, error, failed, expired); None when its results cannot be read now."""
         client = self.client
         assert client is not None
         status = why = str(batch.get("status"))
@@ -257,11 +258,11 @@ class BatchFlow:
         if status == "failed":
             if not over_enqueued_limit(batch):
                 self._failed_whole(f, batch, lines)
-                return
+                return ["error"] * len(lines)
             why = held_back(batch, len(lines))
         seen = await results_of(client, batch, lines, lambda: self.missing.file_gone(f, batch))
         if seen is None:
-            return
+            return None
         results: list[tuple[int, Result]] = []
         attempts: list[Attempt] = []
         fatal: ProviderError | None = None
@@ -291,6 +292,7 @@ class BatchFlow:
                 "the cause and rerun to send them again.",
                 wrong=True,
             )
+        return [o for _, o in outcomes]
 
     def _failed_whole(
         self, f: BatchFile, batch: dict[str, Any], lines: dict[str, BatchLine]
