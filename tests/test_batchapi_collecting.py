@@ -122,7 +122,8 @@ def test_an_online_run_warns_once_of_a_batch_it_cannot_poll_and_closes_one_lost_
     assert job.run("--model", "a", "--rate", "0").returncode == 0
     assert server.batches.polls == polls + 1  # the running one only: the lost one is closed
     assert batch_rows(job.checkpoint, "SELECT state, done FROM batch_files ORDER BY seq") == [
-        ("lost", 1), ("validating", 0)
+        ("lost", 1),
+        ("validating", 0),
     ]
 
 

@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from batchpizza.checkpoint.batches import UNLAUNCHED, BatchFile, BatchRecords
+from batchpizza.checkpoint.batches import DROPPED, UNLAUNCHED, BatchFile, BatchRecords
 from batchpizza.errors import BatchpizzaError
 from batchpizza.plurals import noun, plural
 
@@ -51,10 +51,12 @@ def batches_info(files: Sequence[BatchFile]) -> dict[str, Any]:
     """For `status --json`: the batches still out, the files waiting to be submitted, and how
     many were collected."""
     out, waiting = out_and_waiting(files)
+    dropped = sum(1 for f in files if f.done and f.state == DROPPED)
     return {
         "out": [f.to_dict() for f in out],
         "waiting": [f.to_dict() for f in waiting],
-        "collected": len(files) - len(out) - len(waiting),
+        "collected": len(files) - len(out) - len(waiting) - dropped,
+        "dropped": dropped,  # never submitted: the input no longer asked them (dropping.py)
         "lines_out": sum(f.lines for f in out),
         "lines_waiting": sum(f.lines for f in waiting),
     }
@@ -76,9 +78,11 @@ def batches_text(
         f"{plural(len(waiting), 'file')} waiting to be submitted "
         f"({plural(sum(f.lines for f in waiting), 'request')}), "
     )
+    dropped = sum(1 for f in files if f.done and f.state == DROPPED)
     lines = [
         f"{indent}batches    {len(out)} out ({plural(sum(f.lines for f in out), 'request')}), "
-        f"{said if waiting else ''}{len(files) - len(out) - len(waiting)} collected"
+        f"{said if waiting else ''}{len(files) - len(out) - len(waiting) - dropped} collected"
+        + (f", {dropped} dropped (the input changed before they were submitted)" if dropped else "")
     ]
     left = [f for f in files if not f.done]
     for f in left[:SHOWN]:

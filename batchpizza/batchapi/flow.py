@@ -26,6 +26,7 @@ from batchpizza.batchapi.budget import BatchBudget
 from batchpizza.batchapi.client import BatchClient, Halted
 from batchpizza.batchapi.display import files_left
 from batchpizza.batchapi.download import results_of, said_collected
+from batchpizza.batchapi.dropping import dropped
 from batchpizza.batchapi.files import Line, build_lines, split
 from batchpizza.batchapi.lost import Lost
 from batchpizza.batchapi.others import Others
@@ -111,7 +112,7 @@ class BatchFlow:
             try:
                 await self.others.collect(client)  # before their batches are held
                 self.money.reserve_every_out(self.checkpoint)
-                await self._launch_left()
+                await self._launch_left(client)
                 await self._submit(rows)
                 await self._follow()
             except Halted:
@@ -123,14 +124,17 @@ class BatchFlow:
 
     # -- submitting ---------------------------------------------------------------------------
 
-    async def _launch_left(self) -> None:
-        """Files an earlier run recorded but did not see through, launched (or found) now."""
+    async def _launch_left(self, client: BatchClient) -> None:
+        """Files an earlier run recorded but did not see through, launched (or found) now;
+        dropped where their requests are no longer the plan's (dropping.py)."""
+        checkpoint = self.checkpoint
         for f in self.others.here():
             if self.stop.sending_stopped:
                 return
-            if f.batch_id is None and not creating.answered_since(self.checkpoint, self.money, f):
-                lines = self.checkpoint.file_lines(f.seq)
-                content = b"".join(line.line or b"" for line in lines)
+            if f.batch_id is not None or creating.answered_since(checkpoint, self.money, f):
+                continue
+            if not await dropped(client, checkpoint, self.money, f):  # (the input changed)
+                content = b"".join(line.line or b"" for line in checkpoint.file_lines(f.seq))
                 await self._launch(f, content, fresh=False)
 
     async def _submit(self, rows: Iterator[PendingRow]) -> None:
@@ -206,7 +210,7 @@ class BatchFlow:
             if not first:  # (the run's start collected them once already)
                 await self.others.collect(client)  # those that ended while it waited
             first = False
-            await self._poll_all()
+            await self._poll_all(client)
             submitted = self.lines_sent
             await self._resubmit()
             await self._more()
@@ -222,9 +226,7 @@ class BatchFlow:
             await self.stop.sleep(delay)
             delay = min(self.limits.poll_cap, delay * 1.5)
 
-    async def _poll_all(self) -> None:
-        client = self.client
-        assert client is not None
+    async def _poll_all(self, client: BatchClient) -> None:
         for f in self.others.here():
             if self.stop.sending_stopped:
                 return
