@@ -397,7 +397,9 @@ def test_status_and_dry_run_show_each_batch_its_state_and_counts(
     assert shown.returncode == 0, shown.stderr
     assert "batches    2 out (50 requests), 0 collected" in shown.stdout
     # The rows a rerun would send are in those batches: said, so nobody pays for them twice.
-    assert "50 of these requests are in batches still out, which --via batch collects" in shown.stdout
+    assert (
+        "50 of these requests are in batches still out, which --via batch collects" in shown.stdout
+    )
     assert "batch_000001  validating" in shown.stdout and "0/40 done" in shown.stdout
     info = json.loads(run("status", str(out), "--json").stdout)["batches"]
     assert [b["batch_id"] for b in info["out"]] == ["batch_000001", "batch_000002"]

@@ -140,3 +140,31 @@ def test_a_file_a_run_stopped_creating_whose_batch_was_never_made_is_dropped(
     assert done.returncode == 0, done.stderr
     assert uploaded not in server.batches.files
     assert sorted(submitted_prompts(server)) == sorted(r["prompt"] for r in changed(40, 40))
+
+
+def test_lines_a_batch_left_unrun_are_not_resubmitted_once_their_prompts_changed(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # An expired batch's 20 lines not run were resubmitted as they were, though 10 of them
+    # asked prompts no row asked any more (the changed rows went in a file of their own).
+    job = Job(server, write_jsonl(tmp_path / "in.jsonl", rows(40)), tmp_path / "out.jsonl")
+    server.batches.seconds = 3600.0
+    assert job.run("--via", "batch").returncode == 4  # its batch out
+    (batch,) = server.batches.batches.values()
+    batch["_expire"], batch["_started"] = True, batch["_started"] - 3600.0  # half of it run
+    server.batches.seconds = 0.2
+    write_jsonl(job.inp, changed(40, 30))  # 10 of the 20 lines not run ask other prompts now
+
+    done = job.run("--via", "batch", "--wait")
+
+    assert done.returncode == 0, done.stderr
+    assert "10 requests a batch did not answer are no longer asked" in done.stderr
+    expected = [r["prompt"] for r in rows(40)] + [r["prompt"] for r in changed(40, 30)[:30]]
+    assert sorted(submitted_prompts(server)) == sorted(expected + rows_not_run(20, 30))
+    assert answered(job) == {r["id"]: mock_answer(r["prompt"]) for r in changed(40, 30)}
+
+
+def rows_not_run(first: int, changed_below: int) -> list[str]:
+    """The prompts of the expired batch's lines not run (its second half, from `first`) that
+    the input still asks as they were (from `changed_below` on)."""
+    return [r["prompt"] for r in rows(40)[max(first, changed_below) :]]

@@ -2,7 +2,9 @@
 failed) whose requests are no longer all ones this run's plan asks: the input changed since (a
 prompt, the template, a row removed, --limit), or some of its rows got an answer online
 meanwhile. Submitted as it was, it paid for requests no row asks any more; it is dropped
-instead, and the rows of it that the plan still asks go into new files with the rest.
+instead, and the rows of it that the plan still asks go into new files with the rest. So are
+the lines a collected batch left to resubmit (failed, or not run) whose requests the plan no
+longer asks: not submitted again.
 
 Only a file no batch was made of is dropped. One a run stopped while its batch was being
 created is looked for first: a batch the server made of it is billed whatever this run does,
@@ -19,7 +21,7 @@ from batchpizza.batchapi import creating
 from batchpizza.batchapi.budget import BatchBudget
 from batchpizza.batchapi.client import BatchClient
 from batchpizza.checkpoint import Checkpoint
-from batchpizza.checkpoint.batches import DROPPED, UNLAUNCHED, BatchFile
+from batchpizza.checkpoint.batches import DROPPED, UNLAUNCHED, BatchFile, BatchLine
 from batchpizza.errors import BatchAPIError
 from batchpizza.plurals import noun, plural
 
@@ -67,3 +69,25 @@ async def _delete(client: BatchClient, f: BatchFile) -> None:
             await client.delete_file(file_id)
     except BatchAPIError as exc:
         log.info("%s; the file stays at the server (no batch is made of it)", exc.message)
+
+
+def still_asked(
+    checkpoint: Checkpoint, money: BatchBudget, lines: list[BatchLine]
+) -> list[BatchLine]:
+    """Of `lines` (waiting to be resubmitted), those whose requests the plan asks; the others
+    dropped, their reservations freed."""
+    asked = checkpoint.slots_of(line.digest for line in lines)
+    stale = [line for line in lines if line.digest not in asked]
+    if not stale:
+        return lines
+    checkpoint.drop_lines([(line.seq, line.custom_id) for line in stale])
+    money.cancelled((line.digest for line in stale), created=False)
+    n = len(stale)
+    log.warning(
+        "%s a batch did not answer %s no longer asked as %s (the input changed since): "
+        "dropped, not submitted again",
+        plural(n, "request"),
+        noun(n, "is", "are"),
+        noun(n, "it was", "they were"),
+    )
+    return [line for line in lines if line.digest in asked]

@@ -26,7 +26,7 @@ from batchpizza.batchapi.budget import BatchBudget
 from batchpizza.batchapi.client import BatchClient, Halted
 from batchpizza.batchapi.display import files_left
 from batchpizza.batchapi.download import results_of, said_collected
-from batchpizza.batchapi.dropping import dropped
+from batchpizza.batchapi.dropping import dropped, still_asked
 from batchpizza.batchapi.files import Line, build_lines, split
 from batchpizza.batchapi.lost import Lost
 from batchpizza.batchapi.others import Others
@@ -319,6 +319,7 @@ class BatchFlow:
         if self.others.here():  # the enqueued-token limit's lines wait for room
             held = {f.seq for f in self.checkpoint.batch_files() if waits_for_room(f)}
             waiting = [line for line in waiting if line.seq not in held]
+        waiting = still_asked(self.checkpoint, self.money, waiting)  # (the input changed)
         waiting = self.money.resubmittable(waiting)  # --max-cost: those that fit
         if not waiting:
             return
@@ -389,12 +390,11 @@ class BatchFlow:
 
     def _count(self, pos: int | None, result: Result) -> None:
         self.collected += 1
-        counters = self.counters
         if result.finish_reason == Outcome.ERROR.value:
             if self.failed_go_online:
                 return  # not finished: sent online next
-            counters.failed += 1
+            self.counters.failed += 1
         else:
-            counters.answered += 1
+            self.counters.answered += 1
         if self.on_result is not None and pos is not None:
             self.on_result(pos, result)

@@ -286,6 +286,12 @@ class BatchRecords(ForeignBatches):
                 (seq,),
             )
 
+    def drop_lines(self, lines: Sequence[tuple[int, str]]) -> None:
+        """Lines (seq, custom_id) never to be submitted again (batchapi/dropping.py)."""
+        with self._transaction():
+            sql = "UPDATE batch_lines SET outcome = ?, line = NULL WHERE seq = ? AND custom_id = ?"
+            self._conn.executemany(sql, [(DROPPED, *line) for line in lines])
+
     def open_files(self, others: bool = False) -> list[BatchFile]:
         """This identity's files not collected yet (with `others`, those of every other
         identity: another model's, which a run of that model collects), oldest first."""
