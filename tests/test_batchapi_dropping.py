@@ -8,12 +8,15 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
 
 from batchpizza.cli import cli
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
-from tests.batchapi_shared import Job, rows
+from tests.batchapi_raw import KEY as RAW_KEY
+from tests.batchapi_raw import RawServer, batch_run
+from tests.batchapi_shared import Job, args, rows, run
 from tests.conftest import Spawn, read_jsonl, write_jsonl
 from tests.test_batchapi import batch_rows, kill_at
 
@@ -168,3 +171,43 @@ def rows_not_run(first: int, changed_below: int) -> list[str]:
     """The prompts of the expired batch's lines not run (its second half, from `first`) that
     the input still asks as they were (from `changed_below` on)."""
     return [r["prompt"] for r in rows(40)[max(first, changed_below) :]]
+
+
+async def _bad_gateway_once(request: web.Request, n: int) -> web.StreamResponse | None:
+    """The first create answered 502: it may have made the batch (the file stays `creating`)."""
+    return web.json_response({"error": {"message": "bad gateway"}}, status=502) if n == 0 else None
+
+
+async def _no_listing(request: web.Request, n: int) -> web.StreamResponse | None:
+    return web.json_response({"detail": "Method Not Allowed"}, status=405)
+
+
+def test_a_file_that_may_have_made_a_batch_on_a_server_listing_none_stops_until_none_is_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whether its batch was made cannot be known. While a row still asks one of its requests,
+    # the run stops (sending it again could pay twice); once none does (sent online, as the
+    # stop advises, or the input changed) it is dropped. Was: it stopped every run for good, its
+    # changed prompts never answered, so never closing it.
+    monkeypatch.setenv("OPENAI_API_KEY", RAW_KEY)
+    monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", "40,,0.05,0.2")
+    inp, out = write_jsonl(tmp_path / "in.jsonl", rows(10)), tmp_path / "out.jsonl"
+    with RawServer() as raw:
+        raw.hooks["create"] = _bad_gateway_once
+        raw.hooks["batches"] = _no_listing
+        assert batch_run(inp, out, raw.base_url).returncode == 2  # `creating`, not to be found
+        write_jsonl(inp, changed(10, 5))  # 5 of its requests still asked
+
+        still = batch_run(inp, out, raw.base_url)
+        assert still.returncode == 2 and "lists no batches to tell" in still.stderr
+        online = run(*args(inp, out, raw.base_url, "--rate", "0"))  # as the stop advises
+        assert online.returncode == 0, online.stderr
+
+        done = batch_run(inp, out, raw.base_url)
+
+    assert done.returncode == 0, done.stderr
+    assert "10 of its 10 requests are no longer asked" in done.stderr, done.stderr
+    assert raw.calls["create"] == 1  # nothing submitted: every row was answered online
+    assert batch_rows(Path(f"{out}.checkpoint"), "SELECT state, done FROM batch_files") == [
+        ("dropped", 1)
+    ]

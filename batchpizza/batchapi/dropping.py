@@ -8,7 +8,9 @@ longer asks: not submitted again.
 
 Only a file no batch was made of is dropped. One a run stopped while its batch was being
 created is looked for first: a batch the server made of it is billed whatever this run does,
-so it stands, followed and collected as any other (its answers kept under their requests).
+so it stands, followed and collected as any other (its answers kept under their requests). On
+a server that lists no batches it cannot be looked for: the run stops (creating.py), unless
+none of its requests is asked any more (then nothing can be paid for twice: it is dropped).
 The file is marked dropped in the checkpoint before the server is asked to delete its upload
 (the Files API; tidiness, best effort): a kill between leaves a stored file there, which no
 batch is made of, and a rerun neither submits nor looks for it again."""
@@ -39,13 +41,23 @@ async def dropped(
     stale = sum(1 for line in lines if line.digest not in asked)
     if not stale:
         return False
-    if f.state not in UNLAUNCHED and f.file_id is not None:  # a create may have been sent
-        batch = await creating.find(client, checkpoint, f, f.file_id)
-        if batch is not None:
-            checkpoint.set_batch(f.seq, batch)
-            return True
+    made = f.state not in UNLAUNCHED and f.file_id is not None  # a create may have been sent
+    if made:
+        try:
+            batch = await creating.find(client, checkpoint, f, f.file_id or "")
+        except BatchAPIError:
+            # Not to be known (a server that lists no batches): where no request in it is
+            # asked, no row can be paid for twice, and the file is dropped all the same; it
+            # stopped every run before (never answered, those requests never closed it).
+            if asked:
+                raise
+        else:
+            if batch is not None:
+                checkpoint.set_batch(f.seq, batch)
+                return True
+            made = False
     checkpoint.finish_file(f.seq, [(line.custom_id, DROPPED) for line in lines], DROPPED)
-    money.cancelled((line.digest for line in lines), created=False)
+    money.cancelled((line.digest for line in lines), created=made)  # (billed, if it was)
     log.warning(
         "%s, recorded by an earlier run and not submitted: %s of its %s %s no longer asked "
         "as %s (the input changed, or answered since); dropped, not submitted, and the rows "
