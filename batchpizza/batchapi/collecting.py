@@ -11,7 +11,9 @@ rows are not sent online. What such a batch did not answer (lines failed or expi
 online by this run, instead of being resubmitted by a later --via batch run (which would pay for
 those rows twice); a batch refused as a whole, or lines refused for an unknown model, are failed
 rows, said in the log and sent online again. A batch still running, or one the server answers
-404 for, is left to a --via batch run. Its tokens are spent at the Batch API's price, as that
+404 for, is left to a --via batch run; one lost for good by lost.py's rule is closed as an
+expired batch is, its rows sent online by this run (left open, every online run polled it, for
+ever). A poll that fails is a warning, once a batch and status (statuses.py). Its tokens are spent at the Batch API's price, as that
 run's would be; --max-cost reserves the worst case of what stays out after the collection.
 """
 
