@@ -269,7 +269,7 @@ def dry_run_report(
     todo = plan.to_send
     kept_refused = 0 if config.retry_refused else tally.misuse  # not planned: not sent again
     # Rows that wait on an identical request (plan.reused) are no more answered than it is.
-    answered = tally.rows - tally.invalid - todo - plan.reused - kept_refused
+    answered = tally.rows - tally.invalid - plan.unanswered - plan.reused - kept_refused
     rate = config.rate_per_s
     if config.auto_max is not None:
         rate = learned_rate or 1.0

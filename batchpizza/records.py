@@ -328,9 +328,17 @@ class Plan:
     reused: int = 0  # rows not sent: an identical request of this run answers them
     change: str | None = None  # what the identity change is: "new model (a -> b)"
     refused: int = 0  # rows refused as misuse before, not sent again (no --retry-refused)
+    # --via batch / auto: of the requests above, those in Batch API batches still out, which the
+    # run collects instead of sending (Checkpoint.in_batches_out).
+    out: int = 0
 
     @property
     def to_send(self) -> int:
+        return self.unanswered - self.out
+
+    @property
+    def unanswered(self) -> int:
+        """The requests without an answer: sent by this run, or collected from its batches."""
         return self.new + self.changed + self.retry + self.identity + self.unknown
 
     def reasons(self, *, retry_refused: bool = False) -> str:
@@ -347,6 +355,11 @@ class Plan:
             if n
         ]
         text = f"{self.to_send} to send" + (f": {', '.join(parts)}" if parts else "")
+        if self.out:
+            text = (
+                f"{self.to_send} to send ({self.unanswered} without an answer: {', '.join(parts)}"
+                f"; {self.out} of them in Batch API batches still out: collected, not sent)"
+            )
         if self.reused:
             reuse = f"{plural(self.reused, 'row')} {noun(self.reused, 'reuses', 'reuse')}"
             text += f"; {reuse} the answer of an identical request"

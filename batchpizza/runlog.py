@@ -103,7 +103,7 @@ def run_start(
         retry=plan.retry,
         renewed=plan.identity + plan.unknown,
         reused=plan.reused,
-        answered=rows - to_send - plan.reused - invalid - plan.refused,
+        answered=rows - plan.unanswered - plan.reused - invalid - plan.refused,
         refused=plan.refused,
         invalid=invalid,
         rate=str(config.rate),

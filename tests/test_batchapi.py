@@ -268,6 +268,26 @@ def test_5xx_while_polling_and_an_upload_failing_halfway_are_tried_again(
 
 
 @pytest.mark.slow
+def test_a_waiting_run_warns_once_of_a_batch_its_polls_keep_failing_on(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Said at every failed poll: every minute for a day, the same line.
+    server.batches.poll_error_every = 2  # every other poll a 503; no retry of the client's
+    server.batches.seconds = 1.5
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(30))
+    out = tmp_path / "out.jsonl"
+
+    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--max-retries", "0"))
+
+    assert done.returncode == 0, done.stderr
+    assert server.batches.polls >= 6  # three failed, at least
+    said = "polling batch batch_000001: HTTP 503 Service Unavailable: the oven is busy"
+    assert done.stderr.count(said) == 1, done.stderr
+    assert f"{said}; polled again later" in done.stderr
+    assert {k: v[0] for k, v in answers(out).items()} == expected(30)
+
+
+@pytest.mark.slow
 def test_a_batch_failing_as_a_whole_exits_2_with_the_servers_errors(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -377,7 +397,9 @@ def test_status_and_dry_run_show_each_batch_its_state_and_counts(
     assert shown.returncode == 0, shown.stderr
     assert "batches    2 out (50 requests), 0 collected" in shown.stdout
     # The rows a rerun would send are in those batches: said, so nobody pays for them twice.
-    assert "50 requests are in batches still out, which --via batch collects" in shown.stdout
+    assert (
+        "50 of these requests are in batches still out, which --via batch collects" in shown.stdout
+    )
     assert "batch_000001  validating" in shown.stdout and "0/40 done" in shown.stdout
     info = json.loads(run("status", str(out), "--json").stdout)["batches"]
     assert [b["batch_id"] for b in info["out"]] == ["batch_000001", "batch_000002"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import sys
 import urllib.request
 from collections.abc import Callable
@@ -63,7 +64,8 @@ def test_an_online_run_collects_its_own_finished_batches_and_sends_only_what_the
     assert a.returncode == 0, a.stderr
     assert {r["id"]: r["answer"] for r in read_jsonl(job.out)} == expected(50)
     assert server.stats.requests == 20  # online: only the 20 lines the expired batch did not run
-    assert "collected 30 results of this model and parameters from 2 finished" in a.stderr
+    said_collected = "collected 2 finished Batch API batches of this model and parameters: 30 "
+    assert said_collected + "answers (not sent online), 0 failed rows and 20 lines" in a.stderr
     said = json.loads(job.summary.read_text())
     assert said["requests"] == 20 and said["batches"]["collected"] == 30
     batches = len(server.batches.batches)
@@ -74,6 +76,55 @@ def test_an_online_run_collects_its_own_finished_batches_and_sends_only_what_the
     assert again.returncode == 0, again.stderr
     assert len(server.batches.batches) == batches
     assert sorted(server.batches.submitted.values()) == [1] * 50
+
+
+@pytest.mark.slow
+def test_an_online_runs_collection_says_its_failed_rows_apart_from_its_answers(
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
+) -> None:
+    # The log said "collected 50 results ...: their rows answered are not sent online", the 10
+    # failed rows among them, which this run then sent online.
+    job = model_a_out(50)
+    server.batches.fail_every = 5  # one line in 5 fails; past --max-retries 0: a failed row
+
+    a = job.run("--model", "a", "--rate", "0", "--max-retries", "0")
+
+    assert a.returncode == 0, a.stderr
+    assert (
+        "collected 2 finished Batch API batches of this model and parameters: 40 answers (not "
+        "sent online), 10 failed rows and 0 lines to run again (sent online)"
+    ) in a.stderr
+    assert server.stats.requests == 10
+    assert {r["id"]: r["answer"] for r in read_jsonl(job.out)} == expected(50)
+
+
+@pytest.mark.slow
+def test_an_online_run_warns_once_of_a_batch_it_cannot_poll_and_closes_one_lost_for_good(
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
+) -> None:
+    # Said at info only (a cron run never heard of it), and a batch the server lost was polled
+    # by every run for ever, left to a --via batch run that may never come.
+    job = model_a_out(50)
+    first, second = sorted(job.theirs)
+    server.batches.batches.pop(first)  # the server no longer knows it
+    server.batches.batches[second]["_started"] += 7200.0  # still running
+    with sqlite3.connect(job.checkpoint) as conn:  # told of last an hour ago: lost for good
+        conn.execute("UPDATE batch_files SET created = created - 3600, updated = updated - 3600")
+    conn.close()
+
+    a = job.run("--model", "a", "--rate", "0")
+
+    assert a.returncode == 0, a.stderr
+    assert a.stderr.count(f"polling batch {first}: HTTP 404") == 1
+    assert "taken for lost: its rows are sent online" in a.stderr
+    assert server.stats.requests == 50  # its 40 rows, and the 10 still out (paid twice, said)
+    polls = server.batches.polls
+    assert job.run("--model", "a", "--rate", "0").returncode == 0
+    assert server.batches.polls == polls + 1  # the running one only: the lost one is closed
+    assert batch_rows(job.checkpoint, "SELECT state, done FROM batch_files ORDER BY seq") == [
+        ("lost", 1),
+        ("validating", 0),
+    ]
 
 
 @pytest.mark.slow

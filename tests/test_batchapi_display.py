@@ -53,7 +53,9 @@ def test_status_counts_a_file_never_uploaded_as_waiting_not_as_a_batch_out(
 
     shown = CliRunner().invoke(cli, ["status", str(out)])
     assert shown.exit_code == 0, shown.output
-    assert "40 requests are in batches still out, which --via batch collects" in shown.output
+    assert (
+        "40 of these requests are in batches still out, which --via batch collects" in shown.output
+    )
     assert "10 are in files waiting to be submitted, which --via batch submits" in shown.output
     assert (
         "batches    1 out (40 requests), 1 file waiting to be submitted (10 requests), "
@@ -129,3 +131,55 @@ def test_a_batch_run_claims_no_rate_on_its_start_and_summary_lines(
     assert "; through the Batch API (no rate); no deadline" in start and "rate 2/s" not in start
     assert "/s" not in last and ": 2 rows: 2 answered," in last, last
     assert json.loads(summary.read_text())["rate"] is None
+
+
+@pytest.mark.slow
+def test_a_dry_run_and_the_start_line_count_rows_in_batches_out_as_collected_not_sent(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Both said "55 to send: 55 new rows" while the run submitted 5: the other 50 sat in
+    # batches still out, which it collects.
+    server.batches.seconds = 3600.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    assert _run(server, inp, out, summary) == 4  # 2 batches out
+    write_jsonl(inp, rows(55))
+    argv = ["run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
+            f"{server.base_url}/v1", "--no-progress", "--via", "batch"]  # fmt: skip
+
+    dry = CliRunner().invoke(cli, [*argv, "--dry-run"])
+
+    assert dry.exit_code == 0, dry.output
+    assert "  to send     5 (55 without an answer: 55 new rows; 50 of them" in dry.stdout
+    assert "  answered    0 (kept, not sent again)" in dry.stdout
+
+    assert _run(server, inp, out, summary) == 4
+    done = json.loads(summary.read_text())
+    assert done["batches"]["submitted"] == 5 and done["requests"] == 5
+    assert done["plan"]["new"] == 55 and done["plan"]["out"] == 50
+    again = CliRunner().invoke(cli, [*argv, "--dry-run"])
+    assert "  to send     0 (55 without an answer: 55 new rows; 55 of them" in again.stdout
+    # status counts the rerun's requests in batches out as the dry run does
+    assert "; 55 of these requests are in batches still out, which --via batch" in _status(out)
+
+
+@pytest.mark.slow
+def test_a_batch_runs_start_line_says_what_it_sends_beside_what_it_collects(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    server.batches.seconds = 3600.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    assert _run(server, inp, out, summary) == 4
+    write_jsonl(inp, rows(55))
+
+    done = CliRunner().invoke(cli, [
+        "run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
+        f"{server.base_url}/v1", "--no-progress", "--via", "batch",
+    ])  # fmt: skip
+
+    assert done.exit_code == 4, done.output
+    assert (
+        ": 55 rows: 5 to send (55 without an answer: 55 new rows; 50 of them in Batch API "
+        "batches still out: collected, not sent); 0 answered before" in done.stderr
+    )

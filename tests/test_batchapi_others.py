@@ -399,3 +399,23 @@ def test_another_models_batch_is_never_kept_into_a_checkpoint_replaced_meanwhile
             store.keep_foreign(1, [], [], [], "completed", run=1, price=None)
     finally:
         store.close()
+
+
+@pytest.mark.slow
+def test_a_waiting_run_warns_once_of_another_models_batch_the_server_answers_404_for(
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
+) -> None:
+    # Said at info only: a cron run at the default verbosity never heard that model a's batch
+    # was unknown to the server, polled by every run.
+    job = model_a_out(10)
+    (theirs,) = job.theirs
+    server.batches.batches.pop(theirs)
+    server.batches.seconds = 1.0  # b's own batch keeps the run polling a while
+
+    b = job.run("--via", "batch", "--wait", "--model", "b")
+
+    assert b.returncode == 0, b.stderr
+    assert server.batches.polls >= 4  # a's looked for at each of them
+    said = f"polling batch {theirs}: HTTP 404 Not Found: No such Batch object; left to a run"
+    assert b.stderr.count(said) == 1, b.stderr
+    assert batch_rows(job.checkpoint, "SELECT count(*) FROM batch_files WHERE done = 0") == [(1,)]

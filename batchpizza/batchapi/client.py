@@ -280,6 +280,9 @@ class BatchClient:
         )
         return normalised(batch)
 
+    async def delete_file(self, file_id: str) -> None:
+        await self._call("DELETE", f"/files/{file_id}", f"deleting {file_id}")
+
     async def content(self, file_id: str) -> bytes:
         content = await self._call("GET", f"/files/{file_id}/content", f"downloading {file_id}")
         return self.provider._masked(content)  # a server may echo the key in a reply body

@@ -11,13 +11,16 @@ rows are not sent online. What such a batch did not answer (lines failed or expi
 online by this run, instead of being resubmitted by a later --via batch run (which would pay for
 those rows twice); a batch refused as a whole, or lines refused for an unknown model, are failed
 rows, said in the log and sent online again. A batch still running, or one the server answers
-404 for, is left to a --via batch run. Its tokens are spent at the Batch API's price, as that
+404 for, is left to a --via batch run; one lost for good by lost.py's rule is closed as an
+expired batch is, its rows sent online by this run (left open, every online run polled it, for
+ever). A poll that fails is a warning, once a batch and status (statuses.py). Its tokens are spent at the Batch API's price, as that
 run's would be; --max-cost reserves the worst case of what stays out after the collection.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 from batchpizza.batchapi.client import BatchClient, Halted
 from batchpizza.batchapi.display import files_left
@@ -48,7 +51,8 @@ async def collect_at_start(flow: BatchFlow) -> None:
 
 async def _own(flow: BatchFlow, client: BatchClient) -> None:
     checkpoint = flow.checkpoint
-    batches = collected = 0
+    batches = 0
+    outcomes: Counter[str] = Counter()
     for f in flow.others.here():
         if flow.stop.sending_stopped:
             break
@@ -57,21 +61,32 @@ async def _own(flow: BatchFlow, client: BatchClient) -> None:
         try:
             batch = await client.get(f.batch_id)
         except BatchAPIError as exc:
-            log.info("%s; left to a --via batch run", exc.message)
-            continue
-        checkpoint.set_batch(f.seq, batch)
-        if not flow.statuses.ended(f, batch):
-            continue
+            if exc.status != 404 or not flow.lost.gone(f):
+                flow.statuses.poll_failed(f, exc, "left to a --via batch run")
+                continue
+            # Lost for good (lost.py's rule): closed as an expired batch is, its rows sent online
+            # by this run; left open, every run polled it again, for ever.
+            flow.statuses.poll_failed(f, exc, "taken for lost: its rows are sent online")
+            batch = {"id": f.batch_id, "status": "lost"}
+        else:
+            checkpoint.set_batch(f.seq, batch)
+            if not flow.statuses.ended(f, batch):
+                continue
         flow.money.reserve_out(checkpoint.file_lines(f.seq))  # settled with what it used
-        before = flow.collected
-        await flow.collect_file(f, batch)
+        said = await flow.collect_file(f, batch)
+        if said is None:
+            continue  # its results could not be read now: the next run collects it
         checkpoint.lines_online(f.seq)  # what it did not answer: sent online, not resubmitted
         batches += 1
-        collected += flow.collected - before
+        outcomes.update(said)
     if batches:
+        answered, failed = outcomes["answered"], outcomes["error"]
+        unrun = outcomes["failed"] + outcomes["expired"]
         log.warning(
-            "collected %s of this model and parameters from %s: their rows answered are not "
-            "sent online",
-            plural(collected, "result"),
+            "collected %s of this model and parameters: %s (not sent online), %s and %s to "
+            "run again (sent online)",
             plural(batches, "finished Batch API batch", "finished Batch API batches"),
+            plural(answered, "answer"),
+            plural(failed, "failed row"),
+            plural(unrun, "line"),
         )

@@ -1,15 +1,16 @@
 """How `status` and --dry-run show a checkpoint's batches: each one still out, its state and
-request counts, and how many were collected. A file recorded but not uploaded, or uploaded
+request counts, and how many were collected; and what a run's plan counts of them. A file recorded but not uploaded, or uploaded
 with no create sent, has no batch on the server yet: it waits to be submitted (the next
 --via batch run launches it), and is not counted among the batches out."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from batchpizza.checkpoint.batches import UNLAUNCHED, BatchFile, BatchRecords
+from batchpizza.checkpoint.batches import DROPPED, UNLAUNCHED, BatchFile, BatchRecords
 from batchpizza.errors import BatchpizzaError
 from batchpizza.plurals import noun, plural
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from batchpizza.checkpoint import Checkpoint
     from batchpizza.config import RunConfig
     from batchpizza.providers import Provider
+    from batchpizza.records import Plan
 
 SHOWN = 20  # batches listed one a line at most; the rest counted
 # Recorded, and uploaded (checkpoint/batches.py intend_file, set_file_id): no create was sent,
@@ -51,10 +53,12 @@ def batches_info(files: Sequence[BatchFile]) -> dict[str, Any]:
     """For `status --json`: the batches still out, the files waiting to be submitted, and how
     many were collected."""
     out, waiting = out_and_waiting(files)
+    dropped = sum(1 for f in files if f.done and f.state == DROPPED)
     return {
         "out": [f.to_dict() for f in out],
         "waiting": [f.to_dict() for f in waiting],
-        "collected": len(files) - len(out) - len(waiting),
+        "collected": len(files) - len(out) - len(waiting) - dropped,
+        "dropped": dropped,  # never submitted: the input no longer asked them (dropping.py)
         "lines_out": sum(f.lines for f in out),
         "lines_waiting": sum(f.lines for f in waiting),
     }
@@ -76,9 +80,11 @@ def batches_text(
         f"{plural(len(waiting), 'file')} waiting to be submitted "
         f"({plural(sum(f.lines for f in waiting), 'request')}), "
     )
+    dropped = sum(1 for f in files if f.done and f.state == DROPPED)
     lines = [
         f"{indent}batches    {len(out)} out ({plural(sum(f.lines for f in out), 'request')}), "
-        f"{said if waiting else ''}{len(files) - len(out) - len(waiting)} collected"
+        f"{said if waiting else ''}{len(files) - len(out) - len(waiting) - dropped} collected"
+        + (f", {dropped} dropped (the input changed before they were submitted)" if dropped else "")
     ]
     left = [f for f in files if not f.done]
     for f in left[:SHOWN]:
@@ -198,3 +204,16 @@ def dry_run_lines(
         origin = origin_of(provider)  # type: ignore[arg-type]
         said += collection_text(planning, origin, online=config.via == "online")
     return said
+
+
+def plan_of(config: RunConfig, provider: Provider, planning: Checkpoint) -> Plan:
+    """The run's plan, with the requests a --via batch or auto run collects from its batches
+    still out instead of sending them (`out`): what its start line, its dry run and its summary
+    say it sends. An online run sends them (paid twice, said in the log): none there."""
+    plan = planning.plan(config.limit, retry_refused=config.retry_refused)
+    if config.via == "online" or config.provider != "openai":
+        return plan
+    from batchpizza.batchapi.others import origin_of
+
+    out = planning.in_batches_out(origin_of(provider))  # type: ignore[arg-type]
+    return dataclasses.replace(plan, out=out) if out else plan

@@ -26,6 +26,7 @@ from batchpizza.batchapi.budget import BatchBudget
 from batchpizza.batchapi.client import BatchClient, Halted
 from batchpizza.batchapi.display import files_left
 from batchpizza.batchapi.download import results_of, said_collected
+from batchpizza.batchapi.dropping import dropped, still_asked
 from batchpizza.batchapi.files import Line, build_lines, split
 from batchpizza.batchapi.lost import Lost
 from batchpizza.batchapi.others import Others
@@ -111,7 +112,7 @@ class BatchFlow:
             try:
                 await self.others.collect(client)  # before their batches are held
                 self.money.reserve_every_out(self.checkpoint)
-                await self._launch_left()
+                await self._launch_left(client)
                 await self._submit(rows)
                 await self._follow()
             except Halted:
@@ -123,14 +124,17 @@ class BatchFlow:
 
     # -- submitting ---------------------------------------------------------------------------
 
-    async def _launch_left(self) -> None:
-        """Files an earlier run recorded but did not see through, launched (or found) now."""
+    async def _launch_left(self, client: BatchClient) -> None:
+        """Files an earlier run recorded but did not see through, launched (or found) now;
+        dropped where their requests are no longer the plan's (dropping.py)."""
+        checkpoint = self.checkpoint
         for f in self.others.here():
             if self.stop.sending_stopped:
                 return
-            if f.batch_id is None and not creating.answered_since(self.checkpoint, self.money, f):
-                lines = self.checkpoint.file_lines(f.seq)
-                content = b"".join(line.line or b"" for line in lines)
+            if f.batch_id is not None or creating.answered_since(checkpoint, self.money, f):
+                continue
+            if not await dropped(client, checkpoint, self.money, f):  # (the input changed)
+                content = b"".join(line.line or b"" for line in checkpoint.file_lines(f.seq))
                 await self._launch(f, content, fresh=False)
 
     async def _submit(self, rows: Iterator[PendingRow]) -> None:
@@ -206,7 +210,7 @@ class BatchFlow:
             if not first:  # (the run's start collected them once already)
                 await self.others.collect(client)  # those that ended while it waited
             first = False
-            await self._poll_all()
+            await self._poll_all(client)
             submitted = self.lines_sent
             await self._resubmit()
             await self._more()
@@ -222,9 +226,7 @@ class BatchFlow:
             await self.stop.sleep(delay)
             delay = min(self.limits.poll_cap, delay * 1.5)
 
-    async def _poll_all(self) -> None:
-        client = self.client
-        assert client is not None
+    async def _poll_all(self, client: BatchClient) -> None:
         for f in self.others.here():
             if self.stop.sending_stopped:
                 return
@@ -241,15 +243,16 @@ class BatchFlow:
                     continue
                 if exc.exit_code == 2 and exc.status != 404:  # a 404 not yet lost for good
                     raise
-                log.warning("%s; polled again later", exc.message)
+                self.statuses.poll_failed(f, exc, "polled again later")
                 continue
             self.lost.known(f)
             self.checkpoint.set_batch(f.seq, batch)
             if self.statuses.ended(f, batch):
                 await self.collect_file(f, batch)
 
-    async def collect_file(self, f: BatchFile, batch: dict[str, Any]) -> None:
-        """The results of a batch that ended, committed; its lines marked."""
+    async def collect_file(self, f: BatchFile, batch: dict[str, Any]) -> list[str] | None:
+        """The results of a batch that ended, committed; its lines marked. Their outcomes
+        (answered, error, failed, expired); None when its results cannot be read now."""
         client = self.client
         assert client is not None
         status = why = str(batch.get("status"))
@@ -257,11 +260,11 @@ class BatchFlow:
         if status == "failed":
             if not over_enqueued_limit(batch):
                 self._failed_whole(f, batch, lines)
-                return
+                return ["error"] * len(lines)
             why = held_back(batch, len(lines))
         seen = await results_of(client, batch, lines, lambda: self.missing.file_gone(f, batch))
         if seen is None:
-            return
+            return None
         results: list[tuple[int, Result]] = []
         attempts: list[Attempt] = []
         fatal: ProviderError | None = None
@@ -291,6 +294,7 @@ class BatchFlow:
                 "the cause and rerun to send them again.",
                 wrong=True,
             )
+        return [o for _, o in outcomes]
 
     def _failed_whole(
         self, f: BatchFile, batch: dict[str, Any], lines: dict[str, BatchLine]
@@ -315,6 +319,7 @@ class BatchFlow:
         if self.others.here():  # the enqueued-token limit's lines wait for room
             held = {f.seq for f in self.checkpoint.batch_files() if waits_for_room(f)}
             waiting = [line for line in waiting if line.seq not in held]
+        waiting = still_asked(self.checkpoint, self.money, waiting)  # (the input changed)
         waiting = self.money.resubmittable(waiting)  # --max-cost: those that fit
         if not waiting:
             return
@@ -385,12 +390,11 @@ class BatchFlow:
 
     def _count(self, pos: int | None, result: Result) -> None:
         self.collected += 1
-        counters = self.counters
         if result.finish_reason == Outcome.ERROR.value:
             if self.failed_go_online:
                 return  # not finished: sent online next
-            counters.failed += 1
+            self.counters.failed += 1
         else:
-            counters.answered += 1
+            self.counters.answered += 1
         if self.on_result is not None and pos is not None:
             self.on_result(pos, result)

@@ -115,7 +115,7 @@ class Others:
             try:
                 batch = await client.get(f.batch_id)
             except BatchAPIError as exc:
-                log.info("%s; left to a run of its own model and parameters", exc.message)
+                self.statuses.poll_failed(f, exc, "left to a run of its model and parameters")
                 continue
             checkpoint.set_batch(f.seq, batch)
             if self.statuses.ended(f, batch):

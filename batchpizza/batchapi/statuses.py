@@ -1,6 +1,9 @@
 """The statuses a batch goes through at OpenAI, and a word, once a batch, for one that is not
 among them: it is waited on as in progress (it may end yet), which without a word in the log
-would look like a batch that never ends until --deadline. A status is read in any case (a
+would look like a batch that never ends until --deadline. Likewise a poll the server answers
+with an error (a 5xx past the client's tries, a 404, no connection): a warning once a batch and
+status, so that a cron run at the default verbosity hears of it, and a --wait run polling every
+minute for a day does not say it 1,000 times. A status is read in any case (a
 gateway's `Completed`, `IN_PROGRESS`): normalised once, as the batch object is read
 (client.py), so that everything after compares it as OpenAI spells it."""
 
@@ -10,6 +13,7 @@ import logging
 from typing import Any
 
 from batchpizza.checkpoint.batches import BatchFile
+from batchpizza.errors import BatchAPIError
 
 log = logging.getLogger("batchpizza")
 
@@ -28,6 +32,7 @@ def normalised(batch: dict[str, Any]) -> dict[str, Any]:
 class Statuses:
     def __init__(self) -> None:
         self._said: set[int] = set()  # files whose batch's odd status was said
+        self._failed: set[tuple[int, int | None]] = set()  # (file, HTTP status) of polls said
 
     def ended(self, f: BatchFile, batch: dict[str, Any]) -> bool:
         """Whether the batch of file `f` ended (its results can be collected)."""
@@ -43,3 +48,11 @@ class Statuses:
                 status,
             )
         return False
+
+    def poll_failed(self, f: BatchFile, exc: BatchAPIError, then: str) -> None:
+        """A poll of the batch of file `f` failed with `exc`: said once for this batch and
+        status (None: no reply), with what comes of it (`then`)."""
+        if (f.seq, exc.status) in self._failed:
+            return
+        self._failed.add((f.seq, exc.status))
+        log.warning("%s; %s", exc.message, then)

@@ -17,7 +17,8 @@ a batch without an id by the file id it was made from.
                  null while out, "answered" (also the mark of a result that came through the
                  Batch API, priced at the batch price), "error" (failed for good), "failed" or
                  "expired" (to resubmit), "resubmitted", "online" (sent online by --via auto,
-                 or by an online run that collected its file: batchapi/collecting.py)
+                 or by an online run that collected its file: batchapi/collecting.py),
+                 "dropped" (its file never submitted: the input changed, batchapi/dropping.py)
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ class BatchLine:
 # A file's states before its batch's create was sent (set_file_id; batchapi/creating.py marks
 # 'creating' first); 'uploaded', a version's from before that mark, may have sent it.
 UNLAUNCHED = ("intended", "stored")
+# A file never submitted, its requests no longer the plan's (batchapi/dropping.py): its state,
+# and each of its lines' outcome.
+DROPPED = "dropped"
 # The files a --restart drops with their lines (Checkpoint.forget; BatchFile.kept_by_restart).
 NOT_KEPT_BY_RESTART = f"done OR (batch_id IS NULL AND state IN {UNLAUNCHED!r})"
 
@@ -263,8 +267,8 @@ class BatchRecords(ForeignBatches):
     def _finish_lines(self, seq: int, outcomes: Sequence[tuple[str, str]], state: str) -> None:
         """`finish_file` inside the caller's transaction."""
         self._conn.executemany(
-            "UPDATE batch_lines SET outcome = ?, line = CASE WHEN ? IN ('answered', 'error') "
-            "THEN NULL ELSE line END WHERE seq = ? AND custom_id = ?",
+            "UPDATE batch_lines SET outcome = ?, line = CASE WHEN ? IN ('answered', 'error', "
+            "'dropped') THEN NULL ELSE line END WHERE seq = ? AND custom_id = ?",
             [(outcome, outcome, seq, cid) for cid, outcome in outcomes],
         )
         self._conn.execute(
@@ -281,6 +285,12 @@ class BatchRecords(ForeignBatches):
                 "('failed', 'expired')",
                 (seq,),
             )
+
+    def drop_lines(self, lines: Sequence[tuple[int, str]]) -> None:
+        """Lines (seq, custom_id) never to be submitted again (batchapi/dropping.py)."""
+        with self._transaction():
+            sql = "UPDATE batch_lines SET outcome = ?, line = NULL WHERE seq = ? AND custom_id = ?"
+            self._conn.executemany(sql, [(DROPPED, *line) for line in lines])
 
     def open_files(self, others: bool = False) -> list[BatchFile]:
         """This identity's files not collected yet (with `others`, those of every other

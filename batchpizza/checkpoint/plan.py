@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import batchpizza.fingerprint as fingerprint
+from batchpizza.checkpoint.batches import UNLAUNCHED
 from batchpizza.checkpoint.counts import UNANSWERED, OutputCounts
 from batchpizza.checkpoint.scan import ScanIndex
 from batchpizza.records import OutputRow, Plan, invalid_row, pending_row
@@ -241,6 +242,25 @@ class PlanQueries(OutputCounts):
             "SELECT identity FROM identities WHERE ident = ?", (ident,)
         ).fetchone()
         return None if row is None else dict(json.loads(row[0]))
+
+    def in_batches_out(self, origin: str | None) -> int:
+        """Of the last plan's requests, those in this identity's Batch API batches still out
+        (made, or a create may have been sent; or recorded for a server other than `origin`,
+        the run's): a --via batch run collects them, or waits for them, never sends them. Not
+        those of a file waiting to be submitted here, nor lines to resubmit: it sends those."""
+        with self._errors():
+            if not self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'batch_files'"
+            ).fetchone():
+                return 0  # a read-only view of a checkpoint from before the Batch API
+            found = self._conn.execute(
+                "SELECT count(*) FROM temp.send s JOIN temp.todo t ON t.pos = s.pos WHERE t.key "
+                "IN (SELECT l.digest FROM batch_lines l JOIN batch_files f ON f.seq = l.seq "
+                "WHERE f.ident = ?1 AND f.done = 0 AND l.outcome IS NULL AND (f.batch_id IS NOT "
+                f"NULL OR f.state NOT IN {UNLAUNCHED!r} OR coalesce(f.origin, ?2) IS NOT ?2))",
+                (self.ident, origin),
+            ).fetchone()
+        return int(found[0])
 
     def slots_of(self, keys: Iterable[bytes]) -> dict[bytes, int]:
         """The slot of this run's plan each request key answers (its first row's, as the plan

@@ -49,6 +49,9 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
             # --schema: answers that fit it, at once or re-asked
             info["structured"] = store.fit_counts()
             spent = store.spend()
+            # Of what a rerun would send, the requests in batches out (the plan's, as its dry
+            # run counts them): a --via batch rerun collects them.
+            held = store.in_batches_out(last_origin) if info.get("to_send") else 0
         finally:
             store.close()
     except BatchpizzaError as exc:
@@ -108,15 +111,15 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
             f"  schema     {valid} valid ({reasked} after a re-ask), {invalid} invalid output"
         )
     if info.get("to_send"):
-        out, waiting = (sum(f.lines for f in some) for some in out_and_waiting(files))
-        held = (  # a rerun with --via batch collects these instead of sending them
-            f"; {plural(out, 'request')} {noun(out, 'is', 'are')} in batches still out, which "
-            "--via batch collects"
-            if out
+        waiting = sum(f.lines for f in out_and_waiting(files)[1])
+        said = (  # a rerun with --via batch collects these instead of sending them
+            f"; {held} of these {noun(held, 'request is', 'requests are')} in batches still "
+            "out, which --via batch collects"
+            if held
             else ""
         )
         if waiting:  # and submits these, in the files already recorded
-            held += (
+            said += (
                 f"; {waiting} {noun(waiting, 'is', 'are')} in files waiting to be submitted, "
                 "which --via batch submits"
             )
@@ -125,7 +128,7 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
                 "; the input changed since: the rerun reads it again (--dry-run says what it sends)"
             )
         click.echo(
-            f"  rerun      {info['to_send']} (with the last run's provider, model, params){held}"
+            f"  rerun      {info['to_send']} (with the last run's provider, model, params){said}"
         )
     kept = info.get("answers_kept")
     kept = plural(kept, "answer") if isinstance(kept, int) else f"{kept or '?'} answers"

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from batchpizza.batchapi.display import plan_of
 from batchpizza.checkpoint import Checkpoint, RunLock
 from batchpizza.config import RunConfig
 from batchpizza.controls.stop import Stop
@@ -231,8 +232,8 @@ class Job:
         if config.restart:
             checkpoint.forget()
         checkpoint.use_identity(provider.identity, config.samples)
-        self.plan = plan = checkpoint.plan(config.limit, retry_refused=config.retry_refused)
-        planned = plan.to_send
+        self.plan = plan = plan_of(config, provider, checkpoint)
+        planned = plan.unanswered  # (what is collected from batches is finished by this run)
         checkpoint.set_meta(input=config.input or config.input_label)
         run = checkpoint.begin_run(run_options(config))
         self._begun = True
@@ -337,7 +338,7 @@ class Job:
         config = self.config
 
         def plan() -> tuple[Any, ...]:
-            counts = self.plan = planning.plan(config.limit, retry_refused=config.retry_refused)
+            counts = self.plan = plan_of(config, provider, planning)
             tally = planning.tally(config.limit)
             prompts = sampled(source.prompts, planning.todo_positions(), config.samples)
             with contextlib.closing(prompts):

@@ -1,7 +1,7 @@
 """The mock's Batch API, as OpenAI documents it: ``POST /v1/files`` (multipart, purpose
 ``batch``), ``GET /v1/files`` (``?purpose=``, ``after``, ``limit``), ``GET /v1/files/{id}/content``,
-``POST /v1/batches``, ``GET /v1/batches`` (newest first, ``after``, ``limit``),
-``GET /v1/batches/{id}`` and ``POST /v1/batches/{id}/cancel``.
+``DELETE /v1/files/{id}``, ``POST /v1/batches``, ``GET /v1/batches`` (newest first, ``after``,
+``limit``), ``GET /v1/batches/{id}`` and ``POST /v1/batches/{id}/cancel``.
 
 A batch goes validating -> in_progress -> finalizing -> completed over `BatchMock.seconds`
 (time scaled, so tests are fast); its lines are answered as the chat route answers them (the
@@ -44,6 +44,8 @@ class BatchMock:
     upload_delay: float = 0.0
     create_delay: float = 0.0  # the same for a batch's creation (made, then the reply waits)
     create_error: int = 0  # the first N batches are made, then answered with a 502
+    create_refused: int = 0  # the first N creates are refused (a 400), nothing made
+    refused: int = 0  # creates refused so far
     download_delay: float = 0.0
     submitted: dict[str, int] = field(default_factory=dict)  # custom_id -> lines submitted
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -53,6 +55,12 @@ class BatchMock:
     polls: int = 0
     downloads: int = 0
     made: int = 0  # batches created
+    file_ids: int = 0  # files made (uploaded, or a batch's output and error files)
+
+    def new_file_id(self) -> str:
+        """Never one a deleted file had: a client holding that id would read another file."""
+        self.file_ids += 1
+        return f"file-{self.file_ids:06d}"
 
     def twice(self) -> dict[str, int]:
         """custom_ids submitted more than once."""
@@ -92,7 +100,7 @@ async def upload_file(request: web.Request) -> web.Response:
         return _error(400, "expected a multipart form with 'purpose' and 'file'")
     with upload.file:
         content = upload.file.read()
-    file_id = f"file-{len(mock.files) + 1:06d}"
+    file_id = mock.new_file_id()
     mock.files[file_id] = _file_object(file_id, upload.filename, len(content), purpose)
     mock.contents[file_id] = content
     if mock.upload_delay:
@@ -136,6 +144,15 @@ async def file_content(request: web.Request) -> web.Response:
     return web.Response(body=content, content_type="application/octet-stream")
 
 
+async def delete_file(request: web.Request) -> web.Response:
+    mock = request.app[BATCH_MOCK]
+    file_id = request.match_info["file_id"]
+    if mock.files.pop(file_id, None) is None:
+        return _error(404, "No such File object")
+    mock.contents.pop(file_id, None)
+    return web.json_response({"id": file_id, "object": "file", "deleted": True})
+
+
 async def create_batch(request: web.Request) -> web.Response:
     mock = request.app[BATCH_MOCK]
     try:
@@ -147,6 +164,9 @@ async def create_batch(request: web.Request) -> web.Response:
         return _error(400, f"no such file: {file_id}")
     if body.get("endpoint") != "/v1/chat/completions" or body.get("completion_window") != "24h":
         return _error(400, "endpoint must be /v1/chat/completions, completion_window 24h")
+    if mock.refused < mock.create_refused:
+        mock.refused += 1
+        return _error(400, "no more batches today")
     mock.made += 1
     batch_id = f"batch_{mock.made:06d}"
     lines = [json.loads(raw) for raw in mock.contents[file_id].splitlines() if raw.strip()]
@@ -226,7 +246,7 @@ def _finish(mock: BatchMock, batch: dict[str, Any], status: str, done: int) -> N
                                "failed": len(errors)}  # fmt: skip
     for kind, lines in (("output_file_id", out), ("error_file_id", errors)):
         if lines:
-            file_id = f"file-{len(mock.files) + 1:06d}"
+            file_id = mock.new_file_id()
             content = b"".join(lines)
             name = f"{batch['id']}_{kind.split('_')[0]}.jsonl"
             mock.files[file_id] = _file_object(file_id, name, len(content), "batch_output")
@@ -297,6 +317,7 @@ def install(app: web.Application, mock: BatchMock | None = None) -> None:
     app.router.add_post("/v1/files", upload_file)
     app.router.add_get("/v1/files", list_files)
     app.router.add_get("/v1/files/{file_id}/content", file_content)
+    app.router.add_delete("/v1/files/{file_id}", delete_file)
     app.router.add_post("/v1/batches", create_batch)
     app.router.add_get("/v1/batches", list_batches)
     app.router.add_get("/v1/batches/{batch_id}", get_batch)
