@@ -124,7 +124,7 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
                 "which --via batch submits"
             )
         if info["input_changed"]:  # a rerun scans it again: new rows, changed prompts
-            held += (
+            said += (
                 "; the input changed since: the rerun reads it again (--dry-run says what it sends)"
             )
         click.echo(
