@@ -112,6 +112,8 @@ _ADDED_COLUMNS = (
 ADDED_TO_3 = (("body", "BLOB"), ("tokens_estimated", "INTEGER"))
 # What an upgrade from schema 1 or 2 drops of the meta table (with the scan it described).
 NOT_KEPT_META = "('scan_key', 'scan_info')"
+# Answers an upgrade moves at once (_move_answers).
+MOVED_AT_ONCE = 10_000
 _KEPT = (
     "id, digest, finish_reason, answer, error, attempts, latency_ms, model, updated, "
     "prompt_tokens, completion_tokens, response_id, request_id"
@@ -233,23 +235,42 @@ def upgrade(conn: sqlite3.Connection, found: str) -> None:
         for name, kind in _ADDED_COLUMNS:
             if name not in have:
                 conn.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
+    # The scan's rows lack the request digest: the next run scans again. Dropped first, so that
+    # the answers moved below fill its pages, not new ones at the file's end.
+    conn.execute("DROP TABLE scan")
+    conn.execute(SCAN_SCHEMA.format(table="scan"))
+    conn.execute(SCAN_BAD)
     conn.execute("DROP INDEX IF EXISTS results_by_id")  # made on the old table by TABLES_SQL
     conn.execute("ALTER TABLE results RENAME TO results_v2")
     for statement in RESULTS.split(";"):  # not executescript: it would commit the transaction
         if statement.strip():
             conn.execute(statement)
     run_idents(conn)
-    conn.execute(
-        f"INSERT OR IGNORE INTO results (ident, {_KEPT}) SELECT {IDENT_OF_OLD}, {_KEPT} "
-        "FROM results_v2 o"
-    )
+    _move_answers(conn)
     conn.execute("DROP TABLE results_v2")
     conn.execute("DROP TABLE temp.run_ident")
-    # The scan's rows lack the request digest: the next run scans again.
-    conn.execute("DROP TABLE scan")
-    conn.execute(SCAN_SCHEMA.format(table="scan"))
-    conn.execute(SCAN_BAD)
     conn.execute(f"DELETE FROM meta WHERE key IN {NOT_KEPT_META}")
+
+
+def _move_answers(conn: sqlite3.Connection) -> None:
+    """The old results into the new table, MOVED_AT_ONCE at a time in id order (the old key), each
+    group deleted from the old table as it is copied: the pages it frees take the next groups.
+    Copied whole and then dropped, the old table's pages stayed in the file, free (an upgrade of
+    1,000,000 answers left a file of twice its data). In id order, as the copy whole was, so
+    that of two answers of one request the first id's is kept."""
+    while True:
+        bound = conn.execute(
+            "SELECT id FROM results_v2 ORDER BY id LIMIT 1 OFFSET ?", (MOVED_AT_ONCE - 1,)
+        ).fetchone()
+        until = "" if bound is None else "WHERE o.id <= ?1 "
+        conn.execute(
+            f"INSERT OR IGNORE INTO results (ident, {_KEPT}) SELECT {IDENT_OF_OLD}, {_KEPT} "
+            f"FROM results_v2 o {until}ORDER BY o.id",
+            () if bound is None else bound,
+        )
+        if bound is None:
+            return
+        conn.execute("DELETE FROM results_v2 WHERE id <= ?", bound)
 
 
 def has_data(path: Path) -> bool:
