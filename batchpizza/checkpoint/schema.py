@@ -8,7 +8,8 @@ parameters or prompts, and `identities` what each identity digest stands for. Sc
 Schema 5 adds the Batch API's `batch_files` and `batch_lines` (batches.py); a schema 4 file
 gains them, empty, when it is opened for writing. Schema 5 later gained, without a new version,
 the kept to-do set `todo` (todo.py: a file without it gets it empty, and its first plan fills it)
-and the index `scan_bad` of the scan's bad rows (made on open, one pass over the scan).
+the index `scan_bad` of the scan's bad rows (made on open, one pass over the scan), and `taken`,
+the answers rows took from others (taken.py: a file without it gets it empty).
 Schema 2 keyed
 answers by row id and prompt digest; its answers are upgraded to the identity of the run that
 wrote them where the runs table says it (a Pizzagpt run, whose request key is the prompt's
@@ -29,6 +30,7 @@ from batchpizza.checkpoint.batches import TABLES_SQL as BATCH_TABLES
 from batchpizza.checkpoint.foreign import ORIGIN
 from batchpizza.checkpoint.scan import SCHEMA as SCAN_SCHEMA
 from batchpizza.checkpoint.spend import SPEND
+from batchpizza.checkpoint.taken import TABLE as TAKEN
 from batchpizza.checkpoint.todo import TABLE as TODO
 from batchpizza.errors import CheckpointIsFolder, CheckpointVersionError
 
@@ -94,11 +96,12 @@ CREATE TABLE IF NOT EXISTS events (run INTEGER, t REAL, kind TEXT, value REAL, d
 {SCAN_SCHEMA.format(table="scan")};
 {SCAN_BAD};
 {TODO};
+{TAKEN};
 {BATCH_TABLES}
 """
 TABLES = frozenset(
     {"results", "staged", "identities", "meta", "attempts", "runs", "events", "scan",
-     "batch_files", "batch_lines", "spend", "todo"}
+     "batch_files", "batch_lines", "spend", "todo", "taken"}
 )  # fmt: skip
 # Columns a checkpoint of schema 1 lacks.
 _ADDED_COLUMNS = (
