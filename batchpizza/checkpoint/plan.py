@@ -129,6 +129,7 @@ class PlanQueries(OutputCounts):
     def adopt_scan(self, scan: ScanIndex, key: str | None, info: dict[str, Any]) -> None:
         """Make `scan` this checkpoint's scan, for this run and for the next one to reuse."""
         conn = self._conn
+        self._fold()  # the answers rows took are looked up among them (taken.record)
         with self._errors():
             # Attached outside the transaction: SQLite cannot attach or detach inside one.
             conn.execute("ATTACH DATABASE ? AS scanned", (scan.uri,))

@@ -46,16 +46,21 @@ def record(conn: sqlite3.Connection, old: str, new: str, into: str = "taken") ->
     """Into `into`, the answers each row of the scan `old` took from another row, where the scan
     `new` does not hold that row as it was at its position (see the module's docstring); how
     many. Inside the caller's transaction. A row's request key is its request digest, or its
-    text digest for a provider that sends only text (fingerprint.keyed_by_text): both looked
-    up, under every identity the checkpoint knows (a handful), by the results' key."""
-    return conn.execute(
-        f"INSERT OR IGNORE INTO {into} (id, ident, digest, updated) "
-        "SELECT r.id, c.ident, c.digest, c.updated FROM "
-        f"(SELECT r.* FROM {old} r LEFT JOIN {new} n ON n.pos = r.pos WHERE r.bad IS NULL AND "
-        "r.id IS NOT NULL AND NOT (n.id IS r.id AND n.digest IS r.digest AND n.said IS r.said)"
-        ") r CROSS JOIN identities i JOIN results c ON c.ident = i.ident AND c.digest IN "
-        "(r.digest, r.said) WHERE c.id IS NOT r.id"
-    ).rowcount
+    text digest for a provider that sends only text (fingerprint.keyed_by_text): each looked
+    up under every identity the checkpoint knows (a handful), by the results' key; CROSS JOIN
+    keeps that order (given both digests at once by IN, SQLite read every result for each row:
+    42 s for 200,000 rows)."""
+    recorded = 0
+    for key in ("digest", "said"):
+        recorded += conn.execute(
+            f"INSERT OR IGNORE INTO {into} (id, ident, digest, updated) "
+            f"SELECT r.id, c.ident, c.digest, c.updated FROM {old} r LEFT JOIN {new} n ON "
+            f"n.pos = r.pos CROSS JOIN identities i CROSS JOIN results c ON c.ident = i.ident "
+            f"AND c.digest = r.{key} WHERE r.bad IS NULL AND r.id IS NOT NULL AND r.{key} IS NOT "
+            "NULL AND NOT (n.id IS r.id AND n.digest IS r.digest AND n.said IS r.said) AND "
+            "c.id IS NOT r.id"
+        ).rowcount
+    return recorded
 
 
 def _has(conn: sqlite3.Connection, schema: str) -> bool:
