@@ -209,6 +209,20 @@ def test_a_row_added_with_an_answered_prompt_is_asked_before_when_it_changes(
     assert f"to send: {why};" in done.stderr.splitlines()[0]  # the run's first log line
 
 
+def test_a_restart_forgets_the_answers_rows_took_with_the_rest(
+    chat: ThreadedMockServer, tmp_path: Path
+) -> None:
+    rows = [{"id": "q0", "prompt": "same"}, {"id": "q1", "prompt": "same"}]
+    inp, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    assert run_chat(chat, inp, out, model="model-A")[1] == 1
+    write_jsonl(inp, [rows[0], {"id": "q1", "prompt": "q1's own"}])
+
+    done = cli_chat(chat, inp, out, "--model", "model-A", "--restart")
+
+    assert done.exit_code == 0, done.output
+    assert "to send: 2 new rows;" in done.stderr.splitlines()[0]  # the run's first log line
+
+
 def test_rows_in_memory_have_the_same_identity(chat: ThreadedMockServer, tmp_path: Path) -> None:
     data = [{"prompt": f"question {i}"} for i in range(6)] + [{"prompt": "question 0"}]
     ck = str(tmp_path / "mem.checkpoint")
