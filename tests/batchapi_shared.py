@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchpizza.mock.server import ThreadedMockServer
+from tests.conftest import write_jsonl
 
 LIMITS = "40,,0.05,0.2"  # LINES,BYTES,POLL,POLL_CAP: small files, fast polls
 KEY = "sk-test-batch-key-123"
@@ -39,6 +40,11 @@ class Job:
     server: ThreadedMockServer
     inp: Path
     out: Path
+
+    @classmethod
+    def of(cls, server: ThreadedMockServer, folder: Path, n: int) -> Job:
+        """n rows (`rows`) in `folder`/in.jsonl, to answer into `folder`/out.jsonl."""
+        return cls(server, write_jsonl(folder / "in.jsonl", rows(n)), folder / "out.jsonl")
 
     @property
     def checkpoint(self) -> Path:

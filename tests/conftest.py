@@ -333,10 +333,10 @@ def model_a_out(server: ThreadedMockServer, tmp_path: Path) -> Callable[..., Mod
     """`model_a_out(n, *extra)`: n rows, and model a's --via batch run over them (with `extra`
     options) having submitted every row and exited 4 with its batches out, which then finished
     at the server (they complete at the next poll)."""
-    from tests.batchapi_shared import Job, ModelAOut, rows
+    from tests.batchapi_shared import Job, ModelAOut
 
     def make(n: int, *extra: str) -> ModelAOut:
-        job = Job(server, write_jsonl(tmp_path / "in.jsonl", rows(n)), tmp_path / "out.jsonl")
+        job = Job.of(server, tmp_path, n)
         server.batches.seconds = 3600.0
         first = job.run("--via", "batch", "--model", "a", *extra)
         assert first.returncode == 4, first.stderr

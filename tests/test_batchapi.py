@@ -20,7 +20,7 @@ from batchpizza.checkpoint import Checkpoint
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
 from tests.batchapi_raw import RawServer
-from tests.batchapi_shared import KEY, LIMITS, ModelAOut, args, rows, run
+from tests.batchapi_shared import KEY, LIMITS, Job, ModelAOut, args, rows, run
 from tests.conftest import Spawn, read_jsonl, write_jsonl
 
 # Small files and fast polls: LINES,BYTES,POLL,POLL_CAP.
@@ -86,10 +86,9 @@ def test_the_byte_limit_splits_files_too(
     server: ThreadedMockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BATCHPIZZA_BATCH_LIMITS", "1000,1000,0.05,0.2")
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(30))
-    out = tmp_path / "out.jsonl"
+    job = Job.of(server, tmp_path, 30)
 
-    assert run(*args(inp, out, server.base_url, "--via", "batch", "--wait")).returncode == 0
+    assert job.run("--via", "batch", "--wait").returncode == 0
 
     sizes = [len(c) for c in server.batches.contents.values() if b'"custom_id"' in c[:20]]
     inputs = [f for f in server.batches.files.values() if f["purpose"] == "batch"]
@@ -128,19 +127,18 @@ def test_a_restart_while_batches_are_out_collects_them_and_submits_no_request_tw
     # --restart dropped the record of the batches still out: every row in them was submitted
     # again (paid twice), and the first batches, billed all the same, were never collected.
     server.batches.seconds = 1.0
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(30))
-    out = tmp_path / "out.jsonl"
-    answered = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--limit", "10"))
+    job = Job.of(server, tmp_path, 30)
+    answered = job.run("--via", "batch", "--wait", "--limit", "10")
     assert answered.returncode == 0, answered.stderr
-    out_now = run(*args(inp, out, server.base_url, "--via", "batch"))
+    out_now = job.run("--via", "batch")
     assert out_now.returncode == 4, out_now.stderr  # 20 rows in batches still out
-    dry = run(*args(inp, out, server.base_url, "--via", "batch", "--restart", "--dry-run"))
+    dry = job.run("--via", "batch", "--restart", "--dry-run")
     assert "batches    1 out (20 requests)" in dry.stdout, dry.stdout
 
-    again = run(*args(inp, out, server.base_url, "--via", "batch", "--restart", "--wait"))
+    again = job.run("--via", "batch", "--restart", "--wait")
 
     assert again.returncode == 0, again.stderr
-    assert {k: v[0] for k, v in answers(out).items()} == expected(30)
+    assert {k: v[0] for k, v in answers(job.out).items()} == expected(30)
     # The 10 answered before the restart are asked again (forgotten); the 20 out, never.
     assert sorted(server.batches.submitted.values()) == [1] * 20 + [2] * 10
 
@@ -164,13 +162,12 @@ def test_an_expired_batch_has_only_its_unanswered_half_resubmitted(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
     server.batches.expire = 1
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(40))
-    out = tmp_path / "out.jsonl"
+    job = Job.of(server, tmp_path, 40)
 
-    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait"))
+    done = job.run("--via", "batch", "--wait")
 
     assert done.returncode == 0, done.stderr
-    assert {k: v[0] for k, v in answers(out).items()} == expected(40)
+    assert {k: v[0] for k, v in answers(job.out).items()} == expected(40)
     counts = sorted(server.batches.submitted.values())
     assert counts == [1] * 20 + [2] * 20
     second = list(server.batches.batches.values())[1]
@@ -182,15 +179,14 @@ def test_failed_lines_are_resubmitted_and_answered_lines_never(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
     server.batches.fail_every = 4
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(40))
-    out = tmp_path / "out.jsonl"
+    job = Job.of(server, tmp_path, 40)
 
-    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait"))
+    done = job.run("--via", "batch", "--wait")
 
     assert done.returncode == 0, done.stderr
-    assert {k: v[0] for k, v in answers(out).items()} == expected(40)
+    assert {k: v[0] for k, v in answers(job.out).items()} == expected(40)
     assert sorted(server.batches.submitted.values()) == [1] * 30 + [2] * 10
-    resubmitted = [r for r in read_jsonl(out) if r["attempts"] == 2]
+    resubmitted = [r for r in read_jsonl(job.out) if r["attempts"] == 2]
     assert len(resubmitted) == 10
 
 
@@ -238,13 +234,12 @@ def test_failed_lines_past_their_budget_are_failed_rows(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
     server.batches.fail_every = 2
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
-    out = tmp_path / "out.jsonl"
+    job = Job.of(server, tmp_path, 10)
 
-    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait", "--max-retries", "0"))
+    done = job.run("--via", "batch", "--wait", "--max-retries", "0")
 
     assert done.returncode == 3, done.stderr
-    failed = [r for r in read_jsonl(out) if r["finish_reason"] == "error"]
+    failed = [r for r in read_jsonl(job.out) if r["finish_reason"] == "error"]
     assert len(failed) == 5
     assert all("HTTP 500" in r["error"] and "Batch API" in r["error"] for r in failed)
     assert sorted(server.batches.submitted.values()) == [1] * 10
@@ -256,13 +251,12 @@ def test_5xx_while_polling_and_an_upload_failing_halfway_are_tried_again(
 ) -> None:
     server.batches.poll_error_every = 2
     server.batches.upload_fail = 1
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
-    out = tmp_path / "out.jsonl"
+    job = Job.of(server, tmp_path, 50)
 
-    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait"))
+    done = job.run("--via", "batch", "--wait")
 
     assert done.returncode == 0, done.stderr
-    assert {k: v[0] for k, v in answers(out).items()} == expected(50)
+    assert {k: v[0] for k, v in answers(job.out).items()} == expected(50)
     assert sorted(server.batches.submitted.values()) == [1] * 50
     assert server.batches.uploads == 3  # two files, one tried twice
 
@@ -292,16 +286,15 @@ def test_a_batch_failing_as_a_whole_exits_2_with_the_servers_errors(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
     server.batches.fail_batches = 1
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
-    out = tmp_path / "out.jsonl"
+    job = Job.of(server, tmp_path, 10)
 
-    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait"))
+    done = job.run("--via", "batch", "--wait")
 
     assert done.returncode == 2, done.stderr
     assert "the file is wrong" in done.stderr and "line 1" in done.stderr
-    again = run(*args(inp, out, server.base_url, "--via", "batch", "--wait"))
+    again = job.run("--via", "batch", "--wait")
     assert again.returncode == 0, again.stderr
-    assert {k: v[0] for k, v in answers(out).items()} == expected(10)
+    assert {k: v[0] for k, v in answers(job.out).items()} == expected(10)
 
 
 def test_batch_requires_the_openai_provider(tmp_path: Path) -> None:
@@ -389,11 +382,10 @@ def test_status_and_dry_run_show_each_batch_its_state_and_counts(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
     server.batches.seconds = 3600.0
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
-    out = tmp_path / "out.jsonl"
-    assert run(*args(inp, out, server.base_url, "--via", "batch")).returncode == 4
+    job = Job.of(server, tmp_path, 50)
+    assert job.run("--via", "batch").returncode == 4
 
-    shown = run("status", str(out))
+    shown = run("status", str(job.out))
     assert shown.returncode == 0, shown.stderr
     assert "batches    2 out (50 requests), 0 collected" in shown.stdout
     # The rows a rerun would send are in those batches: said, so nobody pays for them twice.
@@ -401,11 +393,11 @@ def test_status_and_dry_run_show_each_batch_its_state_and_counts(
         "50 of these requests are in batches still out, which --via batch collects" in shown.stdout
     )
     assert "batch_000001  validating" in shown.stdout and "0/40 done" in shown.stdout
-    info = json.loads(run("status", str(out), "--json").stdout)["batches"]
+    info = json.loads(run("status", str(job.out), "--json").stdout)["batches"]
     assert [b["batch_id"] for b in info["out"]] == ["batch_000001", "batch_000002"]
     assert info["lines_out"] == 50
 
-    dry = run(*args(inp, out, server.base_url, "--via", "batch", "--dry-run"))
+    dry = job.run("--via", "batch", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "batches    2 out (50 requests)" in dry.stdout
     assert "batch_000002" in dry.stdout and "0/10 done" in dry.stdout
@@ -534,17 +526,16 @@ def test_a_batch_the_server_no_longer_knows_has_its_lines_submitted_again(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
     server.batches.seconds = 3600.0
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
-    out = tmp_path / "out.jsonl"
-    assert run(*args(inp, out, server.base_url, "--via", "batch")).returncode == 4
+    job = Job.of(server, tmp_path, 10)
+    assert job.run("--via", "batch").returncode == 4
     server.batches.batches.clear()
     server.batches.seconds = 0.1
 
-    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait"))
+    done = job.run("--via", "batch", "--wait")
 
     assert done.returncode == 0, done.stderr
     assert "No such Batch object; its requests are submitted again" in done.stderr
-    assert {k: v[0] for k, v in answers(out).items()} == expected(10)
+    assert {k: v[0] for k, v in answers(job.out).items()} == expected(10)
 
 
 @pytest.mark.slow
@@ -587,13 +578,12 @@ def test_a_batch_made_by_a_create_that_failed_is_found_not_made_again(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
     server.batches.create_error = 1
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
-    out = tmp_path / "out.jsonl"
+    job = Job.of(server, tmp_path, 50)
 
-    done = run(*args(inp, out, server.base_url, "--via", "batch", "--wait"))
+    done = job.run("--via", "batch", "--wait")
 
     assert done.returncode == 0, done.stderr
-    assert {k: v[0] for k, v in answers(out).items()} == expected(50)
+    assert {k: v[0] for k, v in answers(job.out).items()} == expected(50)
     assert sorted(server.batches.submitted.values()) == [1] * 50
     assert len(server.batches.batches) == 2
 
@@ -667,16 +657,15 @@ def test_lines_refused_for_an_unknown_model_stop_the_run_with_exit_2(
 def test_a_batch_collected_but_not_closed_by_a_killed_run_is_closed_by_the_next(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(10))
-    out = tmp_path / "out.jsonl"
-    assert run(*args(inp, out, server.base_url, "--via", "batch", "--wait")).returncode == 0
-    checkpoint = Path(f"{out}.checkpoint")
+    job = Job.of(server, tmp_path, 10)
+    assert job.run("--via", "batch", "--wait").returncode == 0
+    checkpoint = job.checkpoint
     with sqlite3.connect(checkpoint) as conn:  # as a kill between the commit and the close
         conn.execute("UPDATE batch_files SET done = 0, state = 'in_progress'")
         conn.execute("UPDATE batch_lines SET outcome = NULL")
     conn.close()
 
-    done = run(*args(inp, out, server.base_url, "--via", "batch"))
+    done = job.run("--via", "batch")
 
     assert done.returncode == 0, done.stderr
     assert batch_rows(checkpoint, "SELECT state, done FROM batch_files") == [("completed", 1)]

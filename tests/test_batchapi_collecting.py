@@ -26,6 +26,23 @@ from tests.conftest import Spawn, read_jsonl, write_jsonl
 from tests.test_batchapi import batch_rows, expected, kill_at, wait_for
 from tests.test_batchapi_others import kept, models, spend, usage_of
 
+PRICED = ("--price", "1,2", "--param", "max_tokens=20")  # priced, answers of 20 tokens at most
+
+
+def priced_and_ended(
+    server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut], *, expire_first: bool = False
+) -> tuple[ModelAOut, float]:
+    """Model a's 50 rows, priced (PRICED), in batches that ended with their output made (read
+    once here, as a poll would), the first of them (40 lines) expired with `expire_first`, 20
+    of its lines left to send online: the job, and what the answers in them cost."""
+    job = model_a_out(50, *PRICED)
+    if expire_first:
+        first, _ = sorted(job.theirs)  # 40 lines, then 10
+        server.batches.batches[first]["_expire"] = True
+    for batch_id in job.theirs:  # ended, their output made: what they cost is known
+        urllib.request.urlopen(f"{server.base_url}/v1/batches/{batch_id}", timeout=10).read()
+    return job, cost(Price(1.0, 2.0), *usage_of(server, job.theirs), batch=True)
+
 
 @pytest.mark.slow
 def test_an_online_run_collects_another_models_finished_batches_under_that_model(
@@ -201,16 +218,10 @@ def test_a_waiting_run_collects_another_models_batch_that_ends_while_it_waits(
 def test_what_an_online_run_collects_of_its_own_counts_against_max_cost(
     server: ThreadedMockServer, model_a_out: Callable[..., ModelAOut]
 ) -> None:
-    priced = ("--price", "1,2", "--param", "max_tokens=20")
-    job = model_a_out(50, *priced)
-    first, _ = sorted(job.theirs)  # 40 lines, then 10
-    server.batches.batches[first]["_expire"] = True  # 20 of its lines left to send online
-    for batch_id in job.theirs:  # ended, their output made: what they cost is known
-        urllib.request.urlopen(f"{server.base_url}/v1/batches/{batch_id}", timeout=10).read()
-    spent = cost(Price(1.0, 2.0), *usage_of(server, job.theirs), batch=True)
+    job, spent = priced_and_ended(server, model_a_out, expire_first=True)
 
     # A cap the 30 answers collected all but fill: no row sent online fits beside them.
-    a = job.run("--model", "a", "--rate", "0", *priced, "--max-cost", f"{spent + 1e-5:.9f}",
+    a = job.run("--model", "a", "--rate", "0", *PRICED, "--max-cost", f"{spent + 1e-5:.9f}",
                 "--summary-json", str(job.summary))  # fmt: skip
 
     assert a.returncode == 4, a.stderr
@@ -227,20 +238,16 @@ def test_answers_collected_after_the_input_changed_leave_only_their_own_rows_to_
     # A line names its row's position when its file was made. Told answered there, the rows now
     # at those positions (10 new ones, in front) left the kept to-do set unanswered: the next
     # run said "0 to send; 60 answered before" and exited 0, the 10 pending for good.
-    priced = ("--price", "1,2", "--param", "max_tokens=20")
-    job = model_a_out(50, *priced)
-    for batch_id in job.theirs:  # ended, their output made: what they cost is known
-        urllib.request.urlopen(f"{server.base_url}/v1/batches/{batch_id}", timeout=10).read()
-    spent = cost(Price(1.0, 2.0), *usage_of(server, job.theirs), batch=True)
+    job, spent = priced_and_ended(server, model_a_out)
     new = [{"id": f"x{i}", "prompt": f"new question {i}"} for i in range(10)]
     write_jsonl(job.inp, new + rows(50))
 
     # Collected, then the cap they fill stops the run before the new rows are sent.
-    a = job.run("--model", "a", "--rate", "0", *priced, "--max-cost", f"{spent + 1e-5:.9f}")
+    a = job.run("--model", "a", "--rate", "0", *PRICED, "--max-cost", f"{spent + 1e-5:.9f}")
     assert a.returncode == 4, a.stderr
     assert server.stats.requests == 0
 
-    again = job.run("--model", "a", "--rate", "0", *priced)
+    again = job.run("--model", "a", "--rate", "0", *PRICED)
 
     assert again.returncode == 0, again.stderr
     assert server.stats.requests == 10

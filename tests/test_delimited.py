@@ -39,6 +39,13 @@ RESULTS = [
 ]
 
 
+def csv_file(folder: Path, text: str, name: str = "in.csv") -> Path:
+    """`text` written to `folder`/`name` (UTF-8): the input of a run."""
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def invoke(server: ThreadedMockServer, source: Path, out: Path, *extra: str) -> Result:
     args = ["run", str(source), "-o", str(out), "--base-url", server.base_url, "--rate", "0"]
     return CliRunner().invoke(cli, [*args, "--no-progress", *extra])
@@ -47,13 +54,12 @@ def invoke(server: ThreadedMockServer, source: Path, out: Path, *extra: str) -> 
 def test_csv_columns_are_typed_and_the_prompt_and_id_stay_text(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
-    source = tmp_path / "in.csv"
-    source.write_text(
+    source = csv_file(
+        tmp_path,
         "id,prompt,n,score,flag,note\n"
         "007,42,1,0.5,true,first\n"
         '008,"Say ""hi"", please",2,1.25,false,\n'
         "009,third question,,2,true,x\n",
-        encoding="utf-8",
     )
     out = tmp_path / "out.parquet"
 
@@ -75,15 +81,14 @@ def test_csv_columns_are_typed_and_the_prompt_and_id_stay_text(
 def test_bad_csv_rows_are_named_by_file_and_physical_line(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
-    source = tmp_path / "in.csv"
-    source.write_text(
+    source = csv_file(
+        tmp_path,
         "id,prompt\n"  # line 1
         'a,"a prompt\nover two lines"\n'  # lines 2-3
         "\n"  # line 4: blank
         "b,\n"  # line 5: empty prompt
         "c,one,two\n"  # line 6: a field too many
         "a,again\n",  # line 7: the id of line 2
-        encoding="utf-8",
     )
     out = tmp_path / "out.jsonl"
 
@@ -101,8 +106,7 @@ def test_bad_csv_rows_are_named_by_file_and_physical_line(
 def test_skip_bad_rows_keeps_a_ragged_row_in_its_place_as_invalid(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
-    source = tmp_path / "in.csv"
-    source.write_text("id,prompt,n\nr0,zero,0\nr1,one\nr2,two,2\n", encoding="utf-8")
+    source = csv_file(tmp_path, "id,prompt,n\nr0,zero,0\nr1,one\nr2,two,2\n")
     out = tmp_path / "out.jsonl"
 
     result = invoke(mock_api, source, out, "--skip-bad-rows")
@@ -118,8 +122,7 @@ def test_skip_bad_rows_keeps_a_ragged_row_in_its_place_as_invalid(
 def test_a_quote_never_closed_is_a_bad_row_not_the_rest_of_the_file_as_one_prompt(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
-    source = tmp_path / "in.csv"
-    source.write_text('id,prompt\nr0,zero\nr1,"one\nr2,two\nr3,three\n', encoding="utf-8")
+    source = csv_file(tmp_path, 'id,prompt\nr0,zero\nr1,"one\nr2,two\nr3,three\n')
     out = tmp_path / "out.jsonl"
 
     refused = invoke(mock_api, source, out)
@@ -136,8 +139,7 @@ def test_a_quote_left_open_in_the_middle_of_a_file_is_a_bad_row_saying_so(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
     # Read leniently, r1's value ran to r3's opening quote: `one\nr2,two\nr3,three"`.
-    source = tmp_path / "in.csv"
-    source.write_text('id,prompt\nr0,zero\nr1,"one\nr2,two\nr3,"three"\nr4,four\n')
+    source = csv_file(tmp_path, 'id,prompt\nr0,zero\nr1,"one\nr2,two\nr3,"three"\nr4,four\n')
     out = tmp_path / "out.jsonl"
 
     refused = invoke(mock_api, source, out)
@@ -159,8 +161,7 @@ def test_a_quote_left_open_in_the_middle_of_a_file_is_a_bad_row_saying_so(
 def test_a_quoted_value_over_lines_at_the_end_of_the_file_is_a_good_row(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
-    source = tmp_path / "in.csv"
-    source.write_text('id,prompt\nr0,zero\nr1,"one\nand two"\n', encoding="utf-8")
+    source = csv_file(tmp_path, 'id,prompt\nr0,zero\nr1,"one\nand two"\n')
     out = tmp_path / "out.jsonl"
 
     result = invoke(mock_api, source, out)
@@ -205,13 +206,12 @@ def test_a_template_says_a_csv_number_or_time_as_the_file_wrote_it(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
     # A column of 1 and 1.5 is typed double: its 1 printed as 1.0, 1.50 as 1.5, 1e3 as 1000.0.
-    source = tmp_path / "in.csv"
-    source.write_text(
+    source = csv_file(
+        tmp_path,
         "id,n,at,clock\n"
         "a,1,2024-01-01T10:00:00,10:00\n"
         "b,1.50,2024-01-02T11:30:00,11:00:01\n"
         "c,1e3,2024-01-03T12:00:00,12:00\n",
-        encoding="utf-8",
     )
     out = tmp_path / "out.parquet"
 
@@ -256,8 +256,7 @@ def test_a_value_printing_as_written_keeps_its_text_through_pickle_and_copy(
 def test_a_jinja_template_computes_with_a_csv_number_and_prints_it_as_written(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
-    source = tmp_path / "in.csv"
-    source.write_text("id,n\na,1\nb,2.5\n", encoding="utf-8")
+    source = csv_file(tmp_path, "id,n\na,1\nb,2.5\n")
     template = tmp_path / "t.j2"
     template.write_text("{{ n }} {{ n + 1 }} {{ n > 2 }} {{ '%.1f' | format(n) }} {{ row }}")
     out = tmp_path / "out.jsonl"
@@ -304,8 +303,7 @@ def test_a_prompt_function_gets_a_csv_row_s_values_of_their_own_types(
 ) -> None:
     # The values a template says as written are Python's own to a function, which says how it
     # prints them (orjson refuses a float subclass).
-    source = tmp_path / "in.csv"
-    source.write_text("id,n,at\na,1,2024-01-01T10:00:00\nb,1.5,2024-01-02T10:00:00\n")
+    source = csv_file(tmp_path, "id,n,at\na,1,2024-01-01T10:00:00\nb,1.5,2024-01-02T10:00:00\n")
 
     def prompt(row: dict[str, Any]) -> str:
         assert type(row["n"]) is float and type(row["at"]) is datetime.datetime
@@ -321,14 +319,13 @@ def test_a_prompt_function_gets_a_csv_row_s_values_of_their_own_types(
 def test_rfc_4180_quoting_gives_each_value_as_written(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
-    source = tmp_path / "in.csv"
-    source.write_text(
+    source = csv_file(
+        tmp_path,
         "id,prompt,note\n"
         'r0,"he said ""hi""","a ""q"""\n'  # doubled quotes
         'r1,"two\nlines","x,y"\n'  # a quoted line end, a quoted delimiter
         'r2,she said "no",""""\n'  # a quote inside an unquoted value is kept as it is
         'r3,"",\n',  # an empty quoted value is an empty one
-        encoding="utf-8",
     )
     out = tmp_path / "out.jsonl"
 
@@ -353,8 +350,7 @@ def test_a_quote_inside_a_quoted_value_not_doubled_is_a_bad_row_not_lost_quotes(
     mock_api: ThreadedMockServer, tmp_path: Path, name: str, data: str, line: int
 ) -> None:
     # Both pyarrow and Python's csv module read `"he said "hi""` as `he said hi""`, silently.
-    source = tmp_path / name
-    source.write_text(data, encoding="utf-8")
+    source = csv_file(tmp_path, data, name)
     out = tmp_path / "out.jsonl"
 
     refused = invoke(mock_api, source, out)
@@ -383,8 +379,7 @@ def test_spaces_after_a_closing_quote_are_said_as_such_not_as_a_quote_to_double(
     mock_api: ThreadedMockServer, tmp_path: Path, name: str, data: str
 ) -> None:
     # `"one" ,x` was told to write a quote inside a quoted value twice: there is none.
-    source = tmp_path / name
-    source.write_text(data, encoding="utf-8")
+    source = csv_file(tmp_path, data, name)
 
     refused = invoke(mock_api, source, tmp_path / "out.jsonl")
 
@@ -445,8 +440,7 @@ def test_tsv_and_gzipped_inputs_are_read_by_their_extension(
 def test_an_empty_csv_is_an_empty_output_with_every_column(
     mock_api: ThreadedMockServer, tmp_path: Path, text: str
 ) -> None:
-    source = tmp_path / "in.csv"
-    source.write_text(text, encoding="utf-8")
+    source = csv_file(tmp_path, text)
     out = tmp_path / "out.parquet"
 
     result = invoke(mock_api, source, out)
@@ -475,8 +469,7 @@ def test_an_empty_csv_is_an_empty_output_with_every_column(
 def test_a_csv_without_a_usable_header_is_refused_naming_the_file(
     mock_api: ThreadedMockServer, tmp_path: Path, name: str, text: str, said: list[str]
 ) -> None:
-    source = tmp_path / name
-    source.write_text(text, encoding="utf-8")
+    source = csv_file(tmp_path, text, name)
 
     result = invoke(mock_api, source, tmp_path / "out.jsonl")
 
@@ -489,8 +482,7 @@ def test_a_csv_without_a_usable_header_is_refused_naming_the_file(
 def test_a_csv_rerun_sends_nothing_and_a_grown_one_only_the_new_rows(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
-    source = tmp_path / "in.csv"
-    source.write_text("id,prompt\nr0,zero\nr1,one\n", encoding="utf-8")
+    source = csv_file(tmp_path, "id,prompt\nr0,zero\nr1,one\n")
     out = tmp_path / "out.parquet"
     assert invoke(mock_api, source, out).exit_code == 0
     assert invoke(mock_api, source, out).exit_code == 0
@@ -509,8 +501,7 @@ def test_a_scan_kept_by_an_earlier_way_of_reading_rows_is_made_again_not_reused(
 ) -> None:
     # A run of an earlier version, which read `"he said "hi""` as `he said hi""`, kept its scan:
     # the same file, unchanged, must be read as this version reads it, not as that one did.
-    source = tmp_path / "in.csv"
-    source.write_text('id,prompt\nr0,zero\nr1,"he said "hi""\n', encoding="utf-8")
+    source = csv_file(tmp_path, 'id,prompt\nr0,zero\nr1,"he said "hi""\n')
     out = tmp_path / "out.jsonl"
     with monkeypatch.context() as earlier:
         earlier.setattr(rows, "READING", rows.READING - 1)
@@ -569,14 +560,13 @@ def test_integers_beyond_64_bits_in_a_csv_column_are_carried_exactly(
 ) -> None:
     # pyarrow types such a column double: 12345678901234567890123 would come out 1.2345678901234568e22
     # and the 1 beside it 1.0, a carried value changed without a word.
-    source = tmp_path / "in.csv"
-    source.write_text(
+    source = csv_file(
+        tmp_path,
         "id,prompt,account,ratio\n"
         "r0,a,12345678901234567890123,0.5\n"
         "r1,b,1,2\n"
         "r2,c,,3\n"
         "r3,d,-99999999999999999999999999999999999999,4\n",
-        encoding="utf-8",
     )
     out = tmp_path / "out.parquet"
 
@@ -597,9 +587,8 @@ def test_integers_beyond_64_bits_in_a_csv_column_are_carried_exactly(
 def test_integers_too_big_even_for_a_decimal_keep_their_text(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
-    source = tmp_path / "in.csv"
     big = "1" * 45
-    source.write_text(f"prompt,n,m\na,{big},1\nb,7,1.5e300\n", encoding="utf-8")
+    source = csv_file(tmp_path, f"prompt,n,m\na,{big},1\nb,7,1.5e300\n")
     out = tmp_path / "out.jsonl"
 
     result = invoke(mock_api, source, out)
@@ -630,8 +619,7 @@ def test_a_column_of_integers_with_leading_zeros_keeps_them_as_text(
 ) -> None:
     # Zip codes, phone numbers, SKUs: as int64 02134 was 2134, in the output and in the prompt
     # a template built from it.
-    source = tmp_path / "in.csv"
-    source.write_text("name,zip,n\nann,02134,1\nbob,10001,-2\ncy,,3\n", encoding="utf-8")
+    source = csv_file(tmp_path, "name,zip,n\nann,02134,1\nbob,10001,-2\ncy,,3\n")
     out = tmp_path / "out.parquet"
 
     result = invoke(mock_api, source, out, "--template", "{name} lives at {zip}", "--skip-bad-rows")

@@ -169,6 +169,60 @@ def test_identical_requests_are_sent_once_and_every_row_gets_the_answer(
     assert mock_api.stats.requests == 2000 and rerun["exit_code"] == 0
 
 
+def test_a_row_that_took_another_rows_answer_is_sent_for_its_changed_prompt_not_as_new(
+    chat: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # q1 asks what q0 asks: it takes q0's answer, and no result is kept under its id.
+    rows = [{"id": "q0", "prompt": "same"}, {"id": "q1", "prompt": "same"}]
+    inp, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    assert run_chat(chat, inp, out, model="model-A")[1] == 1
+    assert read_jsonl(out)[1]["reused_from"] == "q0"
+    write_jsonl(inp, [rows[0], {"id": "q1", "prompt": "q1's own"}])
+
+    dry = cli_chat(chat, inp, out, "--model", "model-A", "--dry-run")
+    summary, sent = run_chat(chat, inp, out, model="model-A")
+
+    assert "  to send     1: 1 prompt changed\n" in dry.stdout, dry.stdout
+    assert sent == 1 and summary["plan"]["changed"] == 1 and summary["plan"]["new"] == 0
+    assert read_jsonl(out)[1]["answer"] == mock_answer("q1's own") + said("model-A")
+
+
+@pytest.mark.parametrize(
+    ("model", "why"),
+    [("model-A", "1 prompt changed"), ("model-B", "2 new model (model-A -> model-B)")],
+)
+def test_a_row_added_with_an_answered_prompt_is_asked_before_when_it_changes(
+    chat: ThreadedMockServer, tmp_path: Path, model: str, why: str
+) -> None:
+    # q1 joins later with q0's prompt, answered by an earlier run: it takes that answer, then
+    # its prompt changes; with another model, both rows are asked again for the new model.
+    rows = [{"id": "q0", "prompt": "same"}]
+    inp, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    assert run_chat(chat, inp, out, model="model-A")[1] == 1
+    write_jsonl(inp, [*rows, {"id": "q1", "prompt": "same"}])
+    assert run_chat(chat, inp, out, model="model-A")[1] == 0
+    write_jsonl(inp, [*rows, {"id": "q1", "prompt": "q1's own"}])
+
+    done = cli_chat(chat, inp, out, "--model", model)
+
+    assert done.exit_code == 0, done.output
+    assert f"to send: {why};" in done.stderr.splitlines()[0]  # the run's first log line
+
+
+def test_a_restart_forgets_the_answers_rows_took_with_the_rest(
+    chat: ThreadedMockServer, tmp_path: Path
+) -> None:
+    rows = [{"id": "q0", "prompt": "same"}, {"id": "q1", "prompt": "same"}]
+    inp, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    assert run_chat(chat, inp, out, model="model-A")[1] == 1
+    write_jsonl(inp, [rows[0], {"id": "q1", "prompt": "q1's own"}])
+
+    done = cli_chat(chat, inp, out, "--model", "model-A", "--restart")
+
+    assert done.exit_code == 0, done.output
+    assert "to send: 2 new rows;" in done.stderr.splitlines()[0]  # the run's first log line
+
+
 def test_rows_in_memory_have_the_same_identity(chat: ThreadedMockServer, tmp_path: Path) -> None:
     data = [{"prompt": f"question {i}"} for i in range(6)] + [{"prompt": "question 0"}]
     ck = str(tmp_path / "mem.checkpoint")
@@ -330,3 +384,21 @@ def test_a_schema_3_checkpoint_of_the_previous_release_opens_and_keeps_its_answe
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("5",)
         assert conn.execute("SELECT count(*) FROM results").fetchone() == (4,)
     assert run_chat(chat, inp, out, model="model-A")[1] == 0
+
+
+def test_status_and_a_dry_run_read_a_checkpoint_of_the_previous_release_leaving_it_as_it_was(
+    chat: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # Its tables lack `taken` (the answers rows took from others), which they read as empty.
+    out, made = tmp_path / "out.jsonl", (FIXTURES / "schema3-model-A.checkpoint").read_bytes()
+    Path(f"{out}.checkpoint").write_bytes(made)
+    inp = prompts(tmp_path / "in.jsonl", 4)
+
+    status = CliRunner().invoke(cli, ["status", str(out), "--json"])
+    dry = cli_chat(chat, inp, out, "--model", "model-A", "--dry-run")
+
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.output)["answered"] == 3
+    assert dry.exit_code == 0, dry.output
+    assert "  to send     1: 1 new row\n" in dry.stdout, dry.stdout
+    assert Path(f"{out}.checkpoint").read_bytes() == made

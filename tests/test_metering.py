@@ -36,6 +36,29 @@ async def chat_server(chat: Any) -> tuple[Any, int]:
     return runner, runner.addresses[0][1]
 
 
+async def byte_counting_server(field: str, content: str) -> tuple[Any, int, list[int]]:
+    """A raw chat server (chat_server) that bills one input token a byte of everything the model
+    reads, the messages and the body's `field` (what no tokenizer passes), and 5 output tokens,
+    answering `content`: its runner, its port, and [input, output] tokens it billed so far."""
+    from aiohttp import web
+
+    counted = [0, 0]
+
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        used = sum(len(m["content"].encode()) for m in body["messages"])
+        used += len(json.dumps(body.get(field), separators=(",", ":")).encode())
+        counted[0] += used
+        counted[1] += 5
+        await asyncio.sleep(0.01)  # a few requests in flight at once
+        reply = {"choices": [{"message": {"content": content}, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": used, "completion_tokens": 5}}  # fmt: skip
+        return web.json_response(reply)
+
+    runner, port = await chat_server(chat)
+    return runner, port, counted
+
+
 def billed_reply(body: dict[str, Any], billed: list[int], content: str) -> dict[str, Any]:
     """A chat reply whose usage is the most a byte-level tokenizer counts for `body`'s messages
     (the worst case the budget reserves) and 10 completion tokens; added to `billed[0]`, the
@@ -573,25 +596,9 @@ def test_a_restart_dry_run_counts_the_money_spent_as_the_run_will(
 async def test_the_cap_holds_when_the_server_counts_the_schema_as_input(tmp_path: Path) -> None:
     # OpenAI counts a response_format's schema as input tokens. The reservation bounded the
     # messages alone: with a 2 KB schema, a $100 cap was passed 65 times over by the first wave.
-    from aiohttp import web
-
     from batchpizza import arun
 
-    counted = [0, 0]
-
-    async def chat(request: web.Request) -> web.Response:
-        body = await request.json()
-        # One token a byte of everything sent: what no tokenizer passes.
-        used = sum(len(m["content"].encode()) for m in body["messages"])
-        used += len(json.dumps(body.get("response_format"), separators=(",", ":")).encode())
-        counted[0] += used
-        counted[1] += 5
-        await asyncio.sleep(0.01)  # a few requests in flight at once
-        reply = {"choices": [{"message": {"content": '{"label": "x"}'}, "finish_reason": "stop"}],
-                 "usage": {"prompt_tokens": used, "completion_tokens": 5}}  # fmt: skip
-        return web.json_response(reply)
-
-    runner, port = await chat_server(chat)
+    runner, port, counted = await byte_counting_server("response_format", '{"label": "x"}')
     described = {"type": "string", "description": "a long description of the label " * 60}
     schema = {"type": "object", "properties": {"label": described}, "required": ["label"]}
     source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(30)])
@@ -617,25 +624,9 @@ async def test_the_cap_holds_when_the_server_counts_tools_in_the_body_as_input(
     # OpenAI counts the tool definitions sent with a request (--param tools=[...], or a batch
     # input line's own `tools`) as input tokens. The reservation bounded the messages alone:
     # with 2 KB of tools and prompts of a few bytes, a $100 cap was passed several times over.
-    from aiohttp import web
-
     from batchpizza import arun
 
-    counted = [0, 0]
-
-    async def chat(request: web.Request) -> web.Response:
-        body = await request.json()
-        # One token a byte of everything the model reads: what no tokenizer passes.
-        used = sum(len(m["content"].encode()) for m in body["messages"])
-        used += len(json.dumps(body.get("tools"), separators=(",", ":")).encode())
-        counted[0] += used
-        counted[1] += 5
-        await asyncio.sleep(0.01)  # a few requests in flight at once
-        reply = {"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
-                 "usage": {"prompt_tokens": used, "completion_tokens": 5}}  # fmt: skip
-        return web.json_response(reply)
-
-    runner, port = await chat_server(chat)
+    runner, port, counted = await byte_counting_server("tools", "x")
     tool = {"type": "function", "function": {"name": "label", "parameters": {
         "type": "object", "properties": {"label": {"type": "string", "description": "a label " * 250}},
     }}}  # fmt: skip

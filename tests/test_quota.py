@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,9 @@ def test_a_zero_limit_beside_a_reset_or_without_a_remaining_of_0_is_not_sure_to_
     assert quota_spent(429, code, "You exceeded your current quota", with_reset) is not None
 
 
+SLOW_DOWN = {"error": {"message": "Rate limit reached", "type": "requests"}}  # a 429's body
+
+
 class Refusing:
     """A raw server refusing every request with a 429 that announces a zero limit."""
 
@@ -82,8 +85,23 @@ class Refusing:
 
     async def chat(self, request: web.Request) -> web.Response:
         self.requests += 1
-        body = {"error": {"message": "Rate limit reached", "type": "requests"}}
-        return web.json_response(body, status=429, headers=self.headers)
+        return web.json_response(SLOW_DOWN, status=429, headers=self.headers)
+
+
+class Throttling:
+    """A raw server answering every request (ANSWER) but those `refused` picks by their number
+    (from 1), which get a 429 asking to slow down; every reply with `headers`."""
+
+    def __init__(self, headers: dict[str, str], refused: Callable[[int], bool]) -> None:
+        self.headers = headers
+        self.refused = refused
+        self.requests = 0
+
+    async def chat(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self.refused(self.requests):
+            return web.json_response(SLOW_DOWN, status=429, headers=self.headers)
+        return web.json_response(ANSWER, headers=self.headers)
 
 
 @pytest.mark.parametrize(
@@ -162,21 +180,13 @@ async def test_a_zero_limit_a_server_announced_in_answers_is_no_quota_in_its_429
     # A server whose every reply carries x-ratelimit-limit-tokens: 0 (a placeholder: it answers)
     # and which now and then asks to slow down with a 429 carrying the same headers: a rate
     # limit, retried; the run stopped "quota" at its first 429 with every row left pending.
-    seen = 0
+    headers = {**zero("tokens"), "x-ratelimit-limit-requests": "100",
+               "x-ratelimit-remaining-requests": "50", "retry-after-ms": "1"}  # fmt: skip
+    server = Throttling(headers, refused=lambda n: n % 3 == 0)
 
-    async def chat(request: web.Request) -> web.Response:
-        nonlocal seen
-        seen += 1
-        headers = {**zero("tokens"), "x-ratelimit-limit-requests": "100",
-                   "x-ratelimit-remaining-requests": "50", "retry-after-ms": "1"}  # fmt: skip
-        if seen % 3 == 0:
-            body = {"error": {"message": "Rate limit reached", "type": "requests"}}
-            return web.json_response(body, status=429, headers=headers)
-        return web.json_response(ANSWER, headers=headers)
-
-    summary = await run_against(chat, tmp_path, concurrency=1, max_retries=3)
+    summary = await run_against(server.chat, tmp_path, concurrency=1, max_retries=3)
     assert (summary["exit_code"], summary["stopped"]) == (0, None)
-    assert summary["answered"] == len(ROWS) and seen > len(ROWS)
+    assert summary["answered"] == len(ROWS) and server.requests > len(ROWS)
 
 
 async def test_a_placeholder_zero_limit_in_the_first_reply_a_429_is_retried_not_a_spent_quota(
@@ -185,20 +195,12 @@ async def test_a_placeholder_zero_limit_in_the_first_reply_a_429_is_retried_not_
     # A server that sends x-ratelimit-limit-tokens: 0 for "no limit configured", beside a reset,
     # and whose very first reply is a 429: before any answer taught that the 0 is a placeholder,
     # that 429 stopped the run as a spent quota, every row pending.
-    seen = 0
+    headers = {**zero("tokens"), "x-ratelimit-reset-tokens": "1s", "retry-after-ms": "1"}
+    server = Throttling(headers, refused=lambda n: n == 1)
 
-    async def chat(request: web.Request) -> web.Response:
-        nonlocal seen
-        seen += 1
-        headers = {**zero("tokens"), "x-ratelimit-reset-tokens": "1s", "retry-after-ms": "1"}
-        if seen == 1:
-            body = {"error": {"message": "Rate limit reached", "type": "requests"}}
-            return web.json_response(body, status=429, headers=headers)
-        return web.json_response(ANSWER, headers=headers)
-
-    summary = await run_against(chat, tmp_path, concurrency=1, max_retries=3)
+    summary = await run_against(server.chat, tmp_path, concurrency=1, max_retries=3)
     assert (summary["exit_code"], summary["stopped"]) == (0, None)
-    assert summary["answered"] == len(ROWS) and seen == len(ROWS) + 1
+    assert summary["answered"] == len(ROWS) and server.requests == len(ROWS) + 1
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])

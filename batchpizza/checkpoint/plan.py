@@ -18,6 +18,7 @@ import batchpizza.fingerprint as fingerprint
 from batchpizza.checkpoint.batches import UNLAUNCHED
 from batchpizza.checkpoint.counts import UNANSWERED, OutputCounts
 from batchpizza.checkpoint.scan import ScanIndex
+from batchpizza.checkpoint.taken import asked, last_asked, record
 from batchpizza.records import OutputRow, Plan, invalid_row, pending_row
 
 PAGE = 4096
@@ -98,11 +99,11 @@ class PlanQueries(OutputCounts):
         for that change. `key`: the sample's own request key."""
         if self.samples == 1:
             return ""
-        asked = f"SELECT 1 FROM results o WHERE o.id = r.id AND o.digest = {key}"
+        this = f"o.id = r.id AND o.digest = {key}"
         return (
             f"WHEN {self._sample(kept)} > 0 AND EXISTS (SELECT 1 FROM results o WHERE "
-            f"o.ident = ?1 AND o.digest = {self._key}) THEN CASE WHEN EXISTS ({asked} AND "
-            f"o.ident = ?2) THEN 'unknown' WHEN EXISTS ({asked}) THEN 'identity' ELSE 'new' END "
+            f"o.ident = ?1 AND o.digest = {self._key}) THEN CASE WHEN {asked(this + ' AND o.ident = ?2')} "
+            f"THEN 'unknown' WHEN {asked(this)} THEN 'identity' ELSE 'new' END "
         )
 
     def _joined(self) -> str:
@@ -129,11 +130,13 @@ class PlanQueries(OutputCounts):
     def adopt_scan(self, scan: ScanIndex, key: str | None, info: dict[str, Any]) -> None:
         """Make `scan` this checkpoint's scan, for this run and for the next one to reuse."""
         conn = self._conn
+        self._fold()  # the answers rows took are looked up among them (taken.record)
         with self._errors():
             # Attached outside the transaction: SQLite cannot attach or detach inside one.
             conn.execute("ATTACH DATABASE ? AS scanned", (scan.uri,))
         try:
             with self._transaction():
+                record(conn, "main.scan", "scanned.rows")  # before the scan that says it goes
                 conn.execute("DELETE FROM scan")
                 conn.execute("INSERT INTO scan SELECT * FROM scanned.rows")
                 self._drop_todo()  # the kept to-do set was of the scan replaced
@@ -165,13 +168,12 @@ class PlanQueries(OutputCounts):
             # Every slot without an answer, refused ones marked: the kept set is all of them.
             conn.execute(
                 f"INSERT INTO temp.todo SELECT {slot}, CASE WHEN c.id IS NOT NULL THEN 'retry' "
-                # A row never asked (the usual one to send) is told by one look-up, not three.
-                "WHEN NOT EXISTS (SELECT 1 FROM results o WHERE o.id = r.id) THEN 'new' "
-                f"{self._new_sample(kept, key)}WHEN EXISTS (SELECT 1 FROM results o WHERE o.id = r.id "
-                "AND o.ident = ?1) THEN 'changed' "
-                "WHEN EXISTS (SELECT 1 FROM results o WHERE o.id = r.id AND o.ident = ?2) "
-                "THEN 'unknown' WHEN EXISTS (SELECT 1 FROM results o WHERE o.id = r.id) "
-                "THEN 'identity' ELSE 'new' END, "
+                # A row never asked (the usual one to send) is told by two look-ups, not six.
+                # Asked: a result of its own, or another row's answer it took (taken.py).
+                f"WHEN NOT {asked('o.id = r.id')} THEN 'new' "
+                f"{self._new_sample(kept, key)}WHEN {asked('o.id = r.id AND o.ident = ?1')} "
+                f"THEN 'changed' WHEN {asked('o.id = r.id AND o.ident = ?2')} THEN 'unknown' "
+                "ELSE 'identity' END, "
                 f"{key}, NULL, c.finish_reason IS 'misuse' FROM {rows} LEFT JOIN results c ON "
                 f"c.ident = ?1 AND c.digest = {key} WHERE r.bad IS NULL AND r.pos < ?3 AND "
                 f"(c.id IS NULL OR c.finish_reason IN {UNANSWERED}) ORDER BY 1",
@@ -226,9 +228,8 @@ class PlanQueries(OutputCounts):
         (sent nothing), then A at another temperature changed the temperature, not B's model."""
         last = self.last_ident if self.last_ident != self.ident else None
         found = self._conn.execute(
-            "SELECT CASE WHEN EXISTS (SELECT 1 FROM results o WHERE o.id = r.id AND o.ident = ?2) "
-            "THEN ?2 ELSE (SELECT o.ident FROM results o WHERE o.id = r.id AND o.ident != ?1 "
-            "ORDER BY o.updated DESC LIMIT 1) END AS prev, count(*) FROM temp.todo t "
+            f"SELECT CASE WHEN {asked('o.id = r.id AND o.ident = ?2')} THEN ?2 ELSE "
+            f"{last_asked('o.id = r.id AND o.ident != ?1')} END AS prev, count(*) FROM temp.todo t "
             f"JOIN scan r ON r.pos = t.pos / {self.samples} WHERE t.why = 'identity' GROUP BY prev "
             "ORDER BY count(*) DESC LIMIT 2",
             (self.ident, last),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from batchpizza.checkpoint import taken
 from batchpizza.checkpoint.schema import (
     IDENT_OF_OLD,
     NOT_KEPT_META,
@@ -50,6 +51,7 @@ def read_only(path: Path, *, upgraded: bool = False) -> sqlite3.Connection:
         return new_in_memory()
     if found not in ("1", "2"):
         _shadow_staged(conn)
+        taken.readable(conn)
         return conn
     if not upgraded:
         conn.close()

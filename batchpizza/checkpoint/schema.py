@@ -8,7 +8,8 @@ parameters or prompts, and `identities` what each identity digest stands for. Sc
 Schema 5 adds the Batch API's `batch_files` and `batch_lines` (batches.py); a schema 4 file
 gains them, empty, when it is opened for writing. Schema 5 later gained, without a new version,
 the kept to-do set `todo` (todo.py: a file without it gets it empty, and its first plan fills it)
-and the index `scan_bad` of the scan's bad rows (made on open, one pass over the scan).
+the index `scan_bad` of the scan's bad rows (made on open, one pass over the scan), and `taken`,
+the answers rows took from others (taken.py: a file without it gets it empty).
 Schema 2 keyed
 answers by row id and prompt digest; its answers are upgraded to the identity of the run that
 wrote them where the runs table says it (a Pizzagpt run, whose request key is the prompt's
@@ -29,6 +30,7 @@ from batchpizza.checkpoint.batches import TABLES_SQL as BATCH_TABLES
 from batchpizza.checkpoint.foreign import ORIGIN
 from batchpizza.checkpoint.scan import SCHEMA as SCAN_SCHEMA
 from batchpizza.checkpoint.spend import SPEND
+from batchpizza.checkpoint.taken import TABLE as TAKEN
 from batchpizza.checkpoint.todo import TABLE as TODO
 from batchpizza.errors import CheckpointIsFolder, CheckpointVersionError
 
@@ -94,11 +96,12 @@ CREATE TABLE IF NOT EXISTS events (run INTEGER, t REAL, kind TEXT, value REAL, d
 {SCAN_SCHEMA.format(table="scan")};
 {SCAN_BAD};
 {TODO};
+{TAKEN};
 {BATCH_TABLES}
 """
 TABLES = frozenset(
     {"results", "staged", "identities", "meta", "attempts", "runs", "events", "scan",
-     "batch_files", "batch_lines", "spend", "todo"}
+     "batch_files", "batch_lines", "spend", "todo", "taken"}
 )  # fmt: skip
 # Columns a checkpoint of schema 1 lacks.
 _ADDED_COLUMNS = (
@@ -112,6 +115,8 @@ _ADDED_COLUMNS = (
 ADDED_TO_3 = (("body", "BLOB"), ("tokens_estimated", "INTEGER"))
 # What an upgrade from schema 1 or 2 drops of the meta table (with the scan it described).
 NOT_KEPT_META = "('scan_key', 'scan_info')"
+# Answers an upgrade moves at once (_move_answers).
+MOVED_AT_ONCE = 10_000
 _KEPT = (
     "id, digest, finish_reason, answer, error, attempts, latency_ms, model, updated, "
     "prompt_tokens, completion_tokens, response_id, request_id"
@@ -233,23 +238,42 @@ def upgrade(conn: sqlite3.Connection, found: str) -> None:
         for name, kind in _ADDED_COLUMNS:
             if name not in have:
                 conn.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
+    # The scan's rows lack the request digest: the next run scans again. Dropped first, so that
+    # the answers moved below fill its pages, not new ones at the file's end.
+    conn.execute("DROP TABLE scan")
+    conn.execute(SCAN_SCHEMA.format(table="scan"))
+    conn.execute(SCAN_BAD)
     conn.execute("DROP INDEX IF EXISTS results_by_id")  # made on the old table by TABLES_SQL
     conn.execute("ALTER TABLE results RENAME TO results_v2")
     for statement in RESULTS.split(";"):  # not executescript: it would commit the transaction
         if statement.strip():
             conn.execute(statement)
     run_idents(conn)
-    conn.execute(
-        f"INSERT OR IGNORE INTO results (ident, {_KEPT}) SELECT {IDENT_OF_OLD}, {_KEPT} "
-        "FROM results_v2 o"
-    )
+    _move_answers(conn)
     conn.execute("DROP TABLE results_v2")
     conn.execute("DROP TABLE temp.run_ident")
-    # The scan's rows lack the request digest: the next run scans again.
-    conn.execute("DROP TABLE scan")
-    conn.execute(SCAN_SCHEMA.format(table="scan"))
-    conn.execute(SCAN_BAD)
     conn.execute(f"DELETE FROM meta WHERE key IN {NOT_KEPT_META}")
+
+
+def _move_answers(conn: sqlite3.Connection) -> None:
+    """The old results into the new table, MOVED_AT_ONCE at a time in id order (the old key), each
+    group deleted from the old table as it is copied: the pages it frees take the next groups.
+    Copied whole and then dropped, the old table's pages stayed in the file, free (an upgrade of
+    1,000,000 answers left a file of twice its data). In id order, as the copy whole was, so
+    that of two answers of one request the first id's is kept."""
+    while True:
+        bound = conn.execute(
+            "SELECT id FROM results_v2 ORDER BY id LIMIT 1 OFFSET ?", (MOVED_AT_ONCE - 1,)
+        ).fetchone()
+        until = "" if bound is None else "WHERE o.id <= ?1 "
+        conn.execute(
+            f"INSERT OR IGNORE INTO results (ident, {_KEPT}) SELECT {IDENT_OF_OLD}, {_KEPT} "
+            f"FROM results_v2 o {until}ORDER BY o.id",
+            () if bound is None else bound,
+        )
+        if bound is None:
+            return
+        conn.execute("DELETE FROM results_v2 WHERE id <= ?", bound)
 
 
 def has_data(path: Path) -> bool:

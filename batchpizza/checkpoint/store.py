@@ -6,6 +6,7 @@ every table in it:
     identities  what each fingerprint's identity part stands for (provider, model, parameters)
     scan      the validated input of the last run, reused while the input files are unchanged
     todo      the slots of that scan without an answer yet, for the next run's plan (todo.py)
+    taken     the answers rows took from other rows of the same request (taken.py)
     attempts  every request sent: row, start, duration, outcome (for the report)
     runs      each run's start, end, options and exit code
     events    the learned rate's changes and the breaker's trips, over time
@@ -55,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import batchpizza.fingerprint as fingerprint
-from batchpizza.checkpoint import binding, spend
+from batchpizza.checkpoint import binding, spend, taken
 from batchpizza.checkpoint.batches import NOT_KEPT_BY_RESTART, BatchRecords, FileDone
 from batchpizza.checkpoint.fitting import Fitting
 from batchpizza.checkpoint.guarded import insert_group
@@ -209,6 +210,7 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
             else:
                 conn = new_in_memory()
             conn.execute("ATTACH DATABASE ? AS scanned", (scan.uri,))
+            taken.planned(conn, "main.scan", "scanned.rows")  # as adopting `scan` would leave it
             # A temporary view shadows the checkpoint's own scan table by name.
             conn.execute("CREATE TEMP VIEW scan AS SELECT * FROM scanned.rows")
         except sqlite3.DatabaseError as exc:
@@ -303,7 +305,7 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
         launched it, paying for the requests of rows that may ask others since."""
         gone = NOT_KEPT_BY_RESTART
         with self._transaction():
-            for table in ("results", "staged", "attempts", "runs", "events"):
+            for table in ("results", "staged", "taken", "attempts", "runs", "events"):
                 self._conn.execute(f"DELETE FROM {table}")
             self._conn.execute(
                 f"DELETE FROM batch_lines WHERE seq IN (SELECT seq FROM batch_files WHERE {gone})"
