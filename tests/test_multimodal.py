@@ -23,6 +23,7 @@ from batchpizza.controls.budget import Budget
 from batchpizza.controls.metering import Meter
 from batchpizza.errors import RowProblem
 from batchpizza.media import image_size, image_tokens, shown_url, wav_seconds
+from batchpizza.mock.faults import MockConfig
 from batchpizza.pricing import Price
 from batchpizza.rows import Fields, digest_of, interpret, to_prompt
 from batchpizza.tokencount import input_bound, input_estimate, messages_bound
@@ -386,3 +387,44 @@ def test_a_batch_api_run_carries_the_parts_in_its_request_file(tmp_path: Path, s
     sent = sorted((line["body"]["messages"] for line in lines), key=json.dumps)
     assert sent == sorted((r["messages"] for r in rows), key=json.dumps)
     assert [r["finish_reason"] for r in read_jsonl(out)] == ["stop", "stop"]
+
+
+@pytest.mark.slow
+def test_the_mock_answers_each_image_apart_and_bills_it(tmp_path: Path, mock_api: Any) -> None:
+    rows = [
+        row("low", image(CAT, "low")),
+        row("high", image(CAT, "high")),
+        row(
+            "text",
+        ),
+    ]
+    rows[2]["messages"][0]["content"] = "What is in this picture?"
+    src, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    result = run(src, out, f"{mock_api.base_url}/v1", "--model", "batchpizza-mock")
+    assert result.exit_code == 0, result.output
+    got = {r["id"]: r for r in read_jsonl(out)}
+    assert len({r["answer"] for r in got.values()}) == 3  # the image is part of what it answers
+    text = got["text"]["prompt_tokens"]
+    assert got["low"]["prompt_tokens"] == text + 85
+    assert got["high"]["prompt_tokens"] == text + 765
+    assert mock_api.tokens.prompt_tokens == sum(r["prompt_tokens"] for r in got.values())
+
+
+@pytest.mark.slow
+def test_max_cost_against_the_mock_reserves_each_image_at_the_models_worst_case(
+    tmp_path: Path, mock_api: Any
+) -> None:
+    # batchpizza-mock is no model the rules know: an image at a URL reserves the largest
+    # bound, 48,169 tokens, at the mock's $1 a million input: about $0.048 each, so a cap of
+    # $0.06 lets one go at a time (each then spends far less: the mock bills it 765).
+    mock_api.config = MockConfig(seed=1, latency_ms=30)  # without the bound: 6 in flight
+    rows = [row(f"r{i}", image(f"https://example.com/{i}.png")) for i in range(6)]
+    src, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    result = run(
+        src, out, f"{mock_api.base_url}/v1", "--model", "batchpizza-mock",
+        "--param", "max_tokens=5", "--max-cost", "0.06", "--concurrency", "6",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert mock_api.stats.peak_in_flight == 1
+    assert mock_api.stats.requests == 6
+    assert mock_api.tokens.cost <= 0.06
