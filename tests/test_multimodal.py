@@ -4,8 +4,10 @@ them, told apart by the fingerprint, bounded for --max-cost and --tpm, shown sho
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+import sqlite3
 import struct
 import threading
 import wave
@@ -376,6 +378,15 @@ def test_a_batch_api_run_carries_the_parts_in_its_request_file(tmp_path: Path, s
 
     rows = [row("a", image(CAT, "high")), row("b", image(data_url(png(8, 8))))]
     src, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    server.batches.seconds = 3600.0  # out until told otherwise
+    result = run_batch(*args(src, out, server.base_url, "--via", "batch"))
+    assert result.returncode == 4, result.stderr
+    # The checkpoint keeps each line whole, to resend it: the data URL too.
+    with contextlib.closing(sqlite3.connect(f"{out}.checkpoint")) as conn:
+        kept = b"".join(line for (line,) in conn.execute("SELECT line FROM batch_lines"))
+    assert all(json.dumps(r["messages"][0]["content"][1]["image_url"]["url"]).encode() in kept for r in rows)  # fmt: skip
+    for batch in server.batches.batches.values():
+        batch["_started"] -= 3600.0  # done at the next poll
     result = run_batch(*args(src, out, server.base_url, "--via", "batch", "--wait"))
     assert result.returncode == 0, result.stderr
     lines = [
@@ -428,3 +439,46 @@ def test_max_cost_against_the_mock_reserves_each_image_at_the_models_worst_case(
     assert mock_api.stats.peak_in_flight == 1
     assert mock_api.stats.requests == 6
     assert mock_api.tokens.cost <= 0.06
+
+
+@pytest.mark.slow
+def test_answer_from_python_sends_the_parts_of_its_rows(
+    tmp_path: Path, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchpizza import answer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    rows = [row("a", image(CAT)), row("b", image(data_url(png(16, 16)), "low"))]
+    done = answer(
+        rows, provider="openai", model="gpt-4o", base_url=recorder.url, rate=0,
+        checkpoint=str(tmp_path / "c.checkpoint"), progress=False,
+    )  # fmt: skip
+    assert [r["answer"] for r in done] == ["a cat", "a cat"]
+    sent = sorted((b["messages"] for b in recorder.bodies), key=json.dumps)
+    assert sent == sorted((r["messages"] for r in rows), key=json.dumps)
+
+
+@pytest.mark.slow
+def test_a_parquet_inputs_parts_are_sent_without_the_nulls_of_their_structs(
+    tmp_path: Path, recorder: Recorder
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [row("a", image(CAT, "low")), row("b")]  # b: a text part alone, one text sent
+    src, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), src)  # a text part gets image_url: null
+    result = run(src, out, recorder.url, "--model", "gpt-4o")
+    assert result.exit_code == 0, result.output
+    sent = sorted((b["messages"] for b in recorder.bodies), key=json.dumps)
+    text = [{"role": "user", "content": "What is in this picture?"}]  # the text part joined
+    assert sent == sorted([rows[0]["messages"], text], key=json.dumps)
+
+
+def test_a_batch_lines_own_model_bounds_its_images_when_no_model_is_given() -> None:
+    line = {"custom_id": "a", "body": {"model": "gpt-4o", **row("a", image(CAT))}}
+    del line["body"]["id"]
+    prompt = prompt_of(line)
+    bound = Meter(params={}).input_sizes(prompt)[0]
+    assert 85 + 170 * 8 <= bound < 2833  # gpt-4o's worst case, not the largest known
+    assert Meter(params={}, model="gpt-4o-mini").input_sizes(prompt)[0] > 2833 + 5667 * 8
