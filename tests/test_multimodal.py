@@ -482,3 +482,12 @@ def test_a_batch_lines_own_model_bounds_its_images_when_no_model_is_given() -> N
     bound = Meter(params={}).input_sizes(prompt)[0]
     assert 85 + 170 * 8 <= bound < 2833  # gpt-4o's worst case, not the largest known
     assert Meter(params={}, model="gpt-4o-mini").input_sizes(prompt)[0] > 2833 + 5667 * 8
+
+
+def test_tpm_books_an_images_worst_case_not_its_text_alone() -> None:
+    from batchpizza.controls.tokens import TokenPacer
+
+    meter = Meter(params={"max_tokens": 1}, pacer=TokenPacer(1000.0), model="gpt-4o")
+    ticket = meter.admit_now(prompt_of(row("a", image(CAT))))
+    assert ticket is not None
+    assert ticket.booked >= 85 + 170 * 8 + 1
