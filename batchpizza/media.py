@@ -47,9 +47,8 @@ _PATCH = 32
 _MAX_PATCHES = 1536
 # A data URL shown in a dry run or a log: its start, then how long it was.
 _SHOWN_DATA = 5
-_DATA_URL = re.compile(
-    r"data:(?P<type>[\w.+/-]*)(?P<params>(?:;[\w.+=-]+)*);base64,(?P<data>.*)", re.S
-)
+# A base64 data URL's start: its data follows (matched alone, never copied: it may be megabytes).
+_DATA_URL = re.compile(r"data:[\w.+/-]*(?:;[\w.+=-]+)*;base64,")
 
 
 @dataclass(frozen=True)
@@ -227,9 +226,9 @@ def part_tokens(part: Mapping[str, Any], model: str | None) -> int:
 # -- headers --------------------------------------------------------------------------------------
 
 
-def _decoded(data: str, n: int) -> bytes:
-    """The first `n` bytes (about) of base64 `data`, without decoding the rest."""
-    chunk = data[: -(-n // 3) * 4].strip()
+def _decoded(data: str, n: int, start: int = 0) -> bytes:
+    """The first `n` bytes (about) of the base64 in `data` from `start`, without the rest."""
+    chunk = data[start : start + -(-n // 3) * 4].strip()
     chunk = chunk[: len(chunk) // 4 * 4]
     try:
         return base64.b64decode(chunk, validate=False)
@@ -243,8 +242,8 @@ def image_size(url: str) -> tuple[int, int] | None:
     match = _DATA_URL.match(url)
     if match is None:
         return None
-    data = match["data"]
-    head = _decoded(data, 64)
+    start = match.end()
+    head = _decoded(url, 64, start)
     if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
         return _positive(*struct.unpack(">II", head[16:24]))
     if head[:6] in (b"GIF87a", b"GIF89a"):
@@ -253,9 +252,10 @@ def image_size(url: str) -> tuple[int, int] | None:
         return _webp_size(head)
     if head[:2] == b"\xff\xd8":
         # The frame header may follow large EXIF segments: read further only as needed.
-        for n in (4096, 65536 * 4, len(data)):
-            size = _jpeg_size(_decoded(data, n))
-            if size is not None or n >= len(data):
+        left = len(url) - start
+        for chars in (4096, 65536 * 4, left):
+            size = _jpeg_size(_decoded(url, chars * 3 // 4, start))
+            if size is not None or chars >= left:
                 return size
     return None
 
@@ -327,10 +327,10 @@ def shown_url(url: str) -> str:
     """A data URL as a dry run or a log shows it: `data:image/png;base64,iVBOR...(123,456
     chars)`; any other URL as it is."""
     match = _DATA_URL.match(url)
-    if match is None or len(match["data"]) <= _SHOWN_DATA:
+    start = -1 if match is None else match.end()
+    if match is None or len(url) - start <= _SHOWN_DATA:
         return url
-    data = match["data"]
-    return f"{url[: match.start('data')]}{data[:_SHOWN_DATA]}...({len(data):,} chars)"
+    return f"{url[: start + _SHOWN_DATA]}...({len(url) - start:,} chars)"
 
 
 def shown_body(body: Mapping[str, Any]) -> dict[str, Any]:
