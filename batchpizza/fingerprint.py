@@ -5,7 +5,8 @@ A request's fingerprint is two digests:
     identity  the provider's part, the same for every row of a run: the provider's name, the
               version of how it builds requests (Pizzagpt's prompt wrapping), the model and the
               body parameters (--param), as canonical JSON (key order, 1 and 1.0 do not matter)
-    digest    the row's part: the prompt or messages as sent, and an OpenAI Batch line's body
+    digest    the row's part: the prompt or messages as sent (an image's URL and detail, an
+              audio's data: every content part), and an OpenAI Batch line's body
 
 Never the API key, headers or the base URL: replicas of one server share answers, and another
 server is the user's choice (named in the run's record). The row's part does not depend on the

@@ -43,7 +43,7 @@ class Prompt:
 
     id: str
     text: str  # the formatted prompt: a prompt row's text, or format_prompt(messages)
-    messages: tuple[Mapping[str, str], ...]  # a prompt row is one user message
+    messages: tuple[Mapping[str, Any], ...]  # a prompt row is one user message
     body: Mapping[str, Any] | None = None  # an OpenAI Batch line's body, less its messages
     sample: int = 0  # which of the request's samples (--repeat); part of its key
 

@@ -18,6 +18,7 @@ from batchpizza.fingerprint import (
     request_digest,
     sample_digest,
 )
+from batchpizza.media import checked_part, marker, without_nulls
 from batchpizza.prompts import MAX_PROMPT_CHARS, too_long
 from batchpizza.records import RESULT_COLUMNS, Prompt
 
@@ -26,11 +27,19 @@ if TYPE_CHECKING:
 
 
 def format_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
-    """One message: its content. Several: `Role: content` lines, then `Assistant:` (as the seed)."""
+    """One message: its content. Several: `Role: content` lines, then `Assistant:` (as the seed).
+    A content of parts with an image or audio: its parts in order, one a line, each image or
+    audio as a short marker (media.marker)."""
     if len(messages) == 1:
-        return str(messages[0]["content"])
-    lines = [f"{str(m['role']).capitalize()}: {m['content']}" for m in messages]
+        return _content_text(messages[0]["content"])
+    lines = [f"{str(m['role']).capitalize()}: {_content_text(m['content'])}" for m in messages]
     return "\n".join([*lines, "Assistant:"])
+
+
+def _content_text(content: Any) -> str:
+    if not isinstance(content, list):
+        return str(content)
+    return "\n".join(p["text"] if p.get("type", "text") == "text" else marker(p) for p in content)
 
 
 @dataclass(slots=True)
@@ -54,12 +63,13 @@ ScanBatch = tuple[list[GoodRow], list[BadRecord]]
 # What `interpret` makes of a row: id, formatted prompt, the clean messages (None for a prompt
 # row) and an OpenAI Batch line's body without its messages (None otherwise). A tuple: the scan
 # makes one per row.
-Interpreted = tuple[str, str, "list[dict[str, str]] | None", "dict[str, Any] | None"]
+Interpreted = tuple[str, str, "list[dict[str, Any]] | None", "dict[str, Any] | None"]
 CHAT_COMPLETIONS = "/v1/chat/completions"
 # How rows are read and prompts built, in a kept scan's key (Fields.key): raised with a change
 # to it (a CSV quoting rule, how a value prints, a limit on a prompt), so that a scan an earlier
 # version kept, of its rows and prompts, is made again rather than reused for the same file.
-READING = 2
+# 3: images and audio in a message's content are sent (a row an earlier scan found bad).
+READING = 3
 
 
 def prompt_digest(prompt: str) -> bytes:
@@ -127,6 +137,8 @@ class Fields:
     # An output file starts with an `id` column; rows in memory come back as they were, with
     # no `id` of ours, so an input's `id` beside another id field collides with nothing there.
     writes_id: bool = True
+    # The provider sends text alone (Pizzagpt): a message's image or audio makes the row bad.
+    text_only: bool = False
 
     @classmethod
     def from_config(cls, config: RunConfig, extra_reserved: tuple[str, ...] = ()) -> Fields:
@@ -146,6 +158,7 @@ class Fields:
             builder_for(config.template, config.template_source, config.prompt),
             config.system,
             writes_id=config.output is not None,
+            text_only=config.provider == "pizzagpt",
         )
 
     def key(self) -> tuple[Any, ...]:
@@ -153,6 +166,7 @@ class Fields:
         built = () if self.build is None and self.system is None else (self.build_key,)
         # A scan that let a `sample` field through must not serve a --repeat run, which refuses it.
         sample = ("sample",) if "sample" in self.extra_reserved else ()
+        text_only = ("text only",) if self.text_only else ()
         return (
             self.prompt,
             self.messages,
@@ -162,6 +176,7 @@ class Fields:
             self.named_id,
             *built,
             *sample,
+            *text_only,
             f"reading {READING}",
         )
 
@@ -182,10 +197,12 @@ class Fields:
 _TOOL_FIELDS = ("tool_calls", "tool_call_id", "function_call")
 
 
-def _messages(value: object, name: str) -> tuple[str, list[dict[str, str]]]:
+def _messages(
+    value: object, name: str, text_only: bool = False
+) -> tuple[str, list[dict[str, Any]]]:
     if not isinstance(value, list) or not value:
         raise RowProblem("must be a non-empty list of {role, content} objects", name)
-    clean: list[dict[str, str]] = []
+    clean: list[dict[str, Any]] = []
     for i, item in enumerate(value):
         if not isinstance(item, Mapping):
             raise RowProblem(f"item {i} is not an object", name)
@@ -201,11 +218,11 @@ def _messages(value: object, name: str) -> tuple[str, list[dict[str, str]]]:
                     "content and name are), so the request would not be the row's",
                     name,
                 )
-        if isinstance(content, list):  # OpenAI content parts: text ones only, joined
-            content = _text_parts(content, i, name) if content else None
-        if not isinstance(content, str):
+        if isinstance(content, list):  # OpenAI content parts
+            content = _parts(content, i, name, text_only) if content else None
+        if not isinstance(content, (str, list)):
             raise RowProblem(f"item {i} has no content string", name)
-        message = {"role": role, "content": content}
+        message: dict[str, Any] = {"role": role, "content": content}
         speaker = item.get("name")  # a participant's name: part of the request, sent
         if speaker is not None:
             if not isinstance(speaker, str) or not speaker:
@@ -220,21 +237,28 @@ def _messages(value: object, name: str) -> tuple[str, list[dict[str, str]]]:
     return prompt, clean
 
 
-def _text_parts(parts: list[Any], item: int, name: str) -> str:
-    """The text of OpenAI content parts; a part of another kind (an image, audio) is a bad row:
-    dropped, the request sent would be another one than the row's."""
+def _parts(parts: list[Any], item: int, name: str, text_only: bool) -> str | list[dict[str, Any]]:
+    """OpenAI content parts as sent: text parts alone joined by newlines (one text, as before
+    images were sent), else the parts in order, each as it is (media.checked_part). A part of
+    a kind not sent is a bad row, never dropped: the request would be another one than the
+    row's."""
     texts: list[str] = []
+    sent: list[dict[str, Any]] = []
+    media = False
     for j, part in enumerate(parts):
         where = f"item {item}: content part {j}"
         if not isinstance(part, Mapping):
             raise RowProblem(f"{where} is not an object", name)
         if part.get("type", "text") != "text":
-            raise RowProblem(f"{where} is {part.get('type')!r}; only text parts are sent", name)
+            sent.append(checked_part(part, where, name, text_only))
+            media = True
+            continue
         text = part.get("text")
         if not isinstance(text, str):
             raise RowProblem(f"{where} has no text string", name)
         texts.append(text)
-    return "\n".join(texts)
+        sent.append({"type": "text", **without_nulls(part)})
+    return sent if media else "\n".join(texts)
 
 
 def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:
@@ -288,7 +312,7 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:
         if url is not None and url != CHAT_COMPLETIONS:
             raise RowProblem(f"unsupported url {url!s:.80}; only {CHAT_COMPLETIONS}", "url", row_id)
         try:
-            text, clean = _messages(body.get("messages"), "body.messages")
+            text, clean = _messages(body.get("messages"), "body.messages", fields.text_only)
         except RowProblem as bad:
             raise RowProblem(bad.problem, bad.field, row_id) from None
         said = {k: v for k, v in body.items() if k != "messages"}
@@ -320,7 +344,7 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:
                 return _with_system(row_id, prompt, None, None, fields.system)
             return row_id, prompt, None, None
         if messages is not None:
-            text, clean = _messages(messages, fields.messages)
+            text, clean = _messages(messages, fields.messages, fields.text_only)
             if fields.system is not None:
                 return _with_system(row_id, text, clean, None, fields.system)
             return row_id, text, clean, None
@@ -332,7 +356,7 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:
 def _with_system(
     row_id: str,
     text: str,
-    messages: list[dict[str, str]] | None,
+    messages: list[dict[str, Any]] | None,
     body: dict[str, Any] | None,
     system: str | None,
 ) -> Interpreted:
@@ -341,7 +365,7 @@ def _with_system(
     messages are formatted), and in the request's digest either way."""
     if system is None:
         return row_id, text, messages, body
-    said = [{"role": "system", "content": system}]
+    said: list[dict[str, Any]] = [{"role": "system", "content": system}]
     said += messages if messages is not None else [{"role": "user", "content": text}]
     return row_id, format_prompt(said), said, body
 

@@ -10,6 +10,9 @@ tokenizer can pass:
                (GPT, Llama 3, Qwen) or a byte-fallback SentencePiece is at least one byte, and
                the template adds a few special tokens per message; plus the bytes of the body
                parameters the model reads (tools, a schema: params_sizes)
+    media      an image's or audio's tokens by OpenAI's rules for the model, at their worst
+               where the size is not known (media.py): in the bound and in the estimate alike,
+               since --tpm must not over-admit either
 
 The estimate paces --tpm and sizes --dry-run; the bound is what a request reserves of a
 --max-cost budget, so that the server's count never passes it. Pizzagpt reports no usage: its
@@ -22,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import batchpizza.jsoncodec as jsoncodec
+from batchpizza.media import parts_tokens
 from batchpizza.records import Prompt
 
 CHARS_PER_TOKEN = 4
@@ -36,44 +40,50 @@ def text_tokens(text: str) -> int:
     return -(-len(text) // CHARS_PER_TOKEN)
 
 
-def _contents(prompt: Prompt) -> Iterable[str]:
+def _contents(prompt: Prompt, model: str | None) -> Iterable[tuple[str, int]]:
     if not prompt.messages:
-        return (prompt.text,)
-    return (_content(m) for m in prompt.messages)
+        return ((prompt.text, 0),)
+    return (_content(m, model) for m in prompt.messages)
 
 
-def _content(message: Mapping[str, Any]) -> str:
-    """The text of a message the model reads: its content, and its name where it has one."""
+def _content(message: Mapping[str, Any], model: str | None) -> tuple[str, int]:
+    """The text of a message the model reads, its content and its name where it has one; and
+    the bound of its images and audio (media.parts_tokens)."""
     content = message.get("content")
     speaker = message.get("name")
-    if isinstance(speaker, str) and speaker:
-        return speaker + _content({"content": content})
+    said = speaker if isinstance(speaker, str) else ""
     if isinstance(content, str):
-        return content
+        return said + content, 0
     if isinstance(content, list):  # content parts
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
+        media, text = parts_tokens(content, model)
+        return said + text, media
+    return said, 0
 
 
 def _text_alone(prompt: Prompt) -> bool:
-    """Whether `prompt`'s request is its text alone: no messages, or one without a name."""
+    """Whether `prompt`'s request is its text alone: no messages, or one text without a name."""
     messages = prompt.messages
-    return not messages or (len(messages) == 1 and "name" not in messages[0])
+    return not messages or (
+        len(messages) == 1
+        and "name" not in messages[0]
+        and isinstance(messages[0].get("content"), str)
+    )
 
 
-def input_estimate(prompt: Prompt) -> int:
-    """The estimated input tokens of `prompt`'s request."""
+def input_estimate(prompt: Prompt, model: str | None = None) -> int:
+    """The estimated input tokens of `prompt`'s request (to `model`: its images' rule)."""
     if _text_alone(prompt):  # a prompt row, the usual case: its text is its one message
         return -(-len(prompt.text) // CHARS_PER_TOKEN) + MESSAGE_OVERHEAD + REPLY_OVERHEAD
-    return input_sizes(prompt)[1]
+    return input_sizes(prompt, model)[1]
 
 
-def input_bound(prompt: Prompt) -> int:
-    """At least as many tokens as any byte-level tokenizer makes of `prompt`'s request."""
-    return input_sizes(prompt)[0]
+def input_bound(prompt: Prompt, model: str | None = None) -> int:
+    """At least as many tokens as any byte-level tokenizer makes of `prompt`'s request, its
+    images and audio at most as many as `model` bills them (None: any model known)."""
+    return input_sizes(prompt, model)[0]
 
 
-def input_sizes(prompt: Prompt) -> tuple[int, int]:
+def input_sizes(prompt: Prompt, model: str | None = None) -> tuple[int, int]:
     """(`input_bound`, `input_estimate`) of `prompt`'s request, in one walk of its text: a
     metered request needs both, once per attempt."""
     if _text_alone(prompt):  # a prompt row, the usual case: its text is its one message
@@ -85,19 +95,19 @@ def input_sizes(prompt: Prompt) -> tuple[int, int]:
             -(-chars // CHARS_PER_TOKEN) + MESSAGE_OVERHEAD + REPLY_OVERHEAD,
         )
     bound, estimate = BOUND_REPLY_OVERHEAD, REPLY_OVERHEAD
-    for text in _contents(prompt):
+    for text, media in _contents(prompt, model):
         size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-        bound += size + BOUND_MESSAGE_OVERHEAD
-        estimate += text_tokens(text) + MESSAGE_OVERHEAD
+        bound += size + BOUND_MESSAGE_OVERHEAD + media
+        estimate += text_tokens(text) + MESSAGE_OVERHEAD + media
     return bound, estimate
 
 
-def messages_bound(messages: Iterable[Any]) -> int:
-    """`input_bound` of a request's messages as sent (a Batch API line's body)."""
+def messages_bound(messages: Iterable[Any], model: str | None = None) -> int:
+    """`input_bound` of a request's messages as sent (a Batch API line's body) to `model`."""
     n = BOUND_REPLY_OVERHEAD
     for message in messages:
-        text = _content(message) if isinstance(message, Mapping) else ""
-        n += len(text.encode("utf-8", "surrogatepass")) + BOUND_MESSAGE_OVERHEAD
+        text, media = _content(message, model) if isinstance(message, Mapping) else ("", 0)
+        n += len(text.encode("utf-8", "surrogatepass")) + BOUND_MESSAGE_OVERHEAD + media
     return n
 
 

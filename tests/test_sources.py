@@ -543,21 +543,26 @@ def test_openai_text_content_parts_are_joined() -> None:
 @pytest.mark.parametrize(
     ("part", "said"),
     [
-        ({"type": "image_url", "image_url": {"url": "https://x/y.png"}}, "is 'image_url'"),
-        ({"type": "input_audio", "input_audio": {}}, "is 'input_audio'"),
+        ({"type": "file", "file": {"file_id": "f"}}, "is of type 'file', which is not sent"),
+        ({"type": "input_audio", "input_audio": {}}, "has no input_audio.data"),
+        ({"type": "input_audio", "input_audio": {"data": "AAAA", "format": "mp3"}}, "'mp3'"),
+        ({"type": "image_url", "image_url": "https://x/y.png"}, "has no 'image_url' object"),
+        ({"type": "image_url", "image_url": {"url": "u", "detail": "max"}}, "low, high or auto"),
         ({"type": "text"}, "has no text"),
         ("just a string", "is not an object"),
     ],
 )
-def test_a_content_part_that_is_not_text_is_a_bad_row_not_dropped_from_the_request(
+def test_a_content_part_that_cannot_be_sent_is_a_bad_row_not_dropped_from_the_request(
     part: object, said: str
 ) -> None:
-    # Dropping an image sent the question without it: a paid answer to another request.
+    # Dropping a part sent the question without it: a paid answer to another request; and a
+    # part whose tokens cannot be bounded could pass --max-cost.
     parts = [{"type": "text", "text": "What is in this picture?"}, part]
     with pytest.raises(RowProblem) as info:
         interpret({"id": "m", "messages": [{"role": "user", "content": parts}]}, DEFAULT_FIELDS, 0)
     assert info.value.field == "messages"
-    assert f"item 0: content part 1 {said}" in str(info.value), str(info.value)
+    assert "item 0: content part 1" in str(info.value), str(info.value)
+    assert said in str(info.value), str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -222,7 +222,9 @@ class BatchBudget:
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return len(line), self.meter.output.value
-        worst_input = messages_bound(body["messages"]) + params_sizes(body)[0]  # tools too
+        model = self.meter.model or body.get("model")
+        worst_input = messages_bound(body["messages"], model if isinstance(model, str) else None)
+        worst_input += params_sizes(body)[0]  # tools too
         return worst_input, max_output(body) or self.meter.output.value
 
 

@@ -60,8 +60,11 @@ class Meter:
         pacer: TokenPacer | None = None,
         output: OutputEstimate | None = None,
         overhead: tuple[int, int] = (0, 0),
+        model: str | None = None,
     ) -> None:
         self.params = params
+        # --model: what an image's tokens are bounded by (media.py); else a batch line's own.
+        self.model = model
         # (bound, estimate) of what every request carries beyond its messages (--schema's
         # response_format or instruction): the server counts it as input.
         self._extra_bound, self._extra_estimate = overhead
@@ -102,7 +105,14 @@ class Meter:
         text = prompt.text
         messages = prompt.messages
         if (
-            (not messages or (len(messages) == 1 and "name" not in messages[0]))
+            (
+                not messages
+                or (
+                    len(messages) == 1
+                    and "name" not in messages[0]
+                    and type(messages[0].get("content")) is str  # not an image's parts
+                )
+            )
             and text.isascii()
             and not prompt.body
         ):
@@ -179,7 +189,11 @@ class Meter:
         every request of the run carries beside them (the schema, --param tools=...), and a
         batch line's own parameters the model reads (its `tools`) where --param does not
         replace them (OpenAIAPI.body)."""
-        bound, estimate = input_sizes(prompt)
+        model = self.model
+        if model is None and prompt.body:
+            line_model = prompt.body.get("model")
+            model = line_model if isinstance(line_model, str) else None
+        bound, estimate = input_sizes(prompt, model)
         bound, estimate = bound + self._extra_bound, estimate + self._extra_estimate
         if prompt.body:
             own = {k: v for k, v in prompt.body.items() if k not in self.params}

@@ -41,7 +41,9 @@ def make_meter(
         pacer = TokenPacer(None if per_s is None else per_s * AUTO_SHARE, auto=True)
         pacer.limit_per_s = per_s
     overhead = (0, 0) if config.structured is None else config.structured.overhead
-    meter = Meter(params=config.params, budget=budget, pacer=pacer, overhead=overhead)
+    meter = Meter(
+        params=config.params, budget=budget, pacer=pacer, overhead=overhead, model=config.model
+    )
     if budget is not None and config.via == "online" and not collects:
         from batchpizza.batchapi.budget import off_the_cap
 
@@ -97,6 +99,7 @@ def estimate_lines(
     sizes = Meter(
         params=config.params,
         overhead=(0, 0) if config.structured is None else config.structured.overhead,
+        model=config.model,
     ).input_sizes  # what the run's meter reserves and books (the schema, --param tools=...)
     for prompt in prompts:
         count += 1

@@ -23,7 +23,13 @@ from typing import Any
 
 from aiohttp import web
 
-from batchpizza.mock.openai import DEFAULT_MOCK_MODEL, _authorized, _Chat, _chat_prompt
+from batchpizza.mock.openai import (
+    DEFAULT_MOCK_MODEL,
+    _authorized,
+    _Chat,
+    _chat_prompt,
+    media_usage,
+)
 from batchpizza.mock.replies import STATE, mock_answer
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -265,6 +271,9 @@ def _answer(body: dict[str, Any], request_id: str) -> dict[str, Any]:
     model = body.get("model", DEFAULT_MOCK_MODEL)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     chat = _Chat(request_id, model, prompt, max_tokens)
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        chat.media = media_usage(messages)
     reply = chat.answer(mock_answer(prompt))
     assert isinstance(reply.body, bytes)
     return {"status_code": 200, "request_id": request_id, "body": json.loads(reply.body)}

@@ -16,6 +16,7 @@ import time
 
 from aiohttp import web
 
+from batchpizza.media import shown_url
 from batchpizza.mock import tokens
 from batchpizza.mock.faults import Live, MockConfig, delay, directives, draw
 from batchpizza.mock.replies import (
@@ -56,6 +57,7 @@ class _Chat:
         self.max_tokens = max_tokens
         self.suffix = ""  # what the request said besides the prompt (MockConfig.by_request)
         self.contents = [prompt]  # the messages' texts, for the usage
+        self.media = 0  # the tokens of their images and audio
         self.ledger: TokenLedger | None = None  # where its tokens are counted
 
     def _headers(self, retry_after: str | None = None) -> dict[str, str]:
@@ -85,7 +87,7 @@ class _Chat:
     def _completion(self, content: object, finish: str, choices: bool = True) -> web.Response:
         digest = hashlib.sha256(self.prompt.encode("utf-8", "surrogatepass")).hexdigest()
         message = {"role": "assistant", "content": content, "refusal": None}
-        prompt_tokens = tokens.prompt_usage(self.contents)
+        prompt_tokens = tokens.prompt_usage(self.contents) + self.media
         words = tokens.count(content) if isinstance(content, str) else 0
         headers = self._headers()
         if self.ledger is not None:
@@ -169,8 +171,9 @@ def _go_duration(seconds: float) -> str:
 
 
 def _chat_prompt(messages: object) -> str | None:
-    """The formatted prompt of a chat's messages (text parts joined, as rows.py reads them), or
-    None when they are not a list of {role, content}."""
+    """The formatted prompt of a chat's messages (text parts joined, as rows.py reads them; an
+    image or audio as a marker, so that the answer depends on it), or None when they are not a
+    list of {role, content}."""
     if not isinstance(messages, list) or not messages:
         return None
     clean: list[dict[str, str]] = []
@@ -179,12 +182,27 @@ def _chat_prompt(messages: object) -> str | None:
             return None
         content = item.get("content")
         if isinstance(content, list):
-            parts = [p.get("text") for p in content if isinstance(p, dict)]
-            content = "\n".join(p for p in parts if isinstance(p, str))
+            content = "\n".join(_part_text(p, marked=True) for p in content)
         if not isinstance(content, str):
             return None
         clean.append({"role": item["role"], "content": content})
     return format_prompt(clean)
+
+
+def _part_text(part: object, marked: bool = False) -> str:
+    """A content part's text; an image's or audio's marker when `marked`, else nothing."""
+    if not isinstance(part, dict):
+        return ""
+    if part.get("type", "text") == "text":
+        return part["text"] if isinstance(part.get("text"), str) else ""
+    if not marked:
+        return ""
+    inner = part.get(part.get("type"))
+    url = inner.get("url") if isinstance(inner, dict) else None
+    if not isinstance(url, str):
+        return f"[{part.get('type')}]"
+    assert isinstance(inner, dict)
+    return f"[image: {shown_url(url)}, {inner.get('detail', 'auto')}]"
 
 
 def _contents(messages: list[dict[str, object]]) -> list[dict[str, str]]:
@@ -193,10 +211,19 @@ def _contents(messages: list[dict[str, object]]) -> list[dict[str, str]]:
     for m in messages:
         content = m.get("content")
         if isinstance(content, list):
-            parts = [p.get("text") for p in content if isinstance(p, dict)]
-            content = "\n".join(p for p in parts if isinstance(p, str))
+            content = "\n".join(_part_text(p) for p in content)
         out.append({"content": str(content)})
     return out
+
+
+def media_usage(messages: list[dict[str, object]]) -> int:
+    """What the mock bills for the messages' images and audio (tokens.media_tokens)."""
+    used = 0
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            used += sum(tokens.media_tokens(p) for p in content if isinstance(p, dict))
+    return used
 
 
 def _authorized(request: web.Request, config: MockConfig) -> bool:
@@ -244,6 +271,7 @@ async def _chat_respond(
     prompt = bound_prompt(prompt, body.get("response_format"))  # --schema
     chat = _Chat(request_id, model, prompt, max_tokens)
     chat.contents = [m["content"] for m in _contents(body["messages"])]
+    chat.media = media_usage(body["messages"])
     chat.ledger = live.tokens
     if live.tokens.quota_gone():
         return chat.error(429, tokens.QUOTA_MESSAGE, code="insufficient_quota")

@@ -18,10 +18,14 @@ insufficient_quota, as OpenAI says it when the credit is spent.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
+
+from batchpizza.media import wav_seconds
 
 # A run of up to 6 letters, up to 3 digits, or any other character but space: about what the
 # GPT tokenizers make of English (a common word is one token, a long one two or three; "The
@@ -38,6 +42,21 @@ QUOTA_MESSAGE = (
 
 def count(text: str) -> int:
     return len(_TOKEN.findall(text))
+
+
+def media_tokens(part: dict[str, Any]) -> int:
+    """An image part's tokens: 85 at low detail, else 765 (gpt-4o's for a 1024-px square, any
+    size here); audio's: 10 a second of a wav (0 for what is not one); another part's none."""
+    inner = part.get(str(part.get("type")))
+    if not isinstance(inner, dict):
+        return 0
+    if part.get("type") == "image_url":
+        return 85 if inner.get("detail") == "low" else 765
+    data = inner.get("data")
+    seconds = (
+        wav_seconds(data) if part.get("type") == "input_audio" and isinstance(data, str) else 0
+    )
+    return math.ceil((seconds or 0.0) * 10)
 
 
 def prompt_usage(contents: list[str]) -> int:

@@ -29,6 +29,7 @@ from batchpizza.errors import (
     UsageError,
 )
 from batchpizza.identities import openai_identity
+from batchpizza.media import shown_body
 from batchpizza.providers.deadline import Deadlines
 from batchpizza.providers.errorreply import about_model, error_detail
 from batchpizza.providers.http import looks_like_page, post_json, reply_json
@@ -213,7 +214,8 @@ class OpenAIAPI:
         headers = dict(self._headers)
         if self._key is not None:
             headers["authorization"] = f"Bearer {MASK}"
-        return str(self.url), headers, jsoncodec.dumps(self.body(prompt))
+        # An image's data URL shortened: a dry run shows the request, not megabytes of base64.
+        return str(self.url), headers, jsoncodec.dumps(shown_body(self.body(prompt)))
 
     def _masked(self, payload: bytes) -> bytes:
         """A reply body to keep, without the key (a server may echo what it was sent)."""
