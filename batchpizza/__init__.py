@@ -24,9 +24,9 @@ if TYPE_CHECKING:  # what a type checker and an editor see; at run time, __getat
         UsageError,
     )
     from batchpizza.job import arun, run
+    from batchpizza.messages import format_prompt
     from batchpizza.providers.pizzagpt import FinishReason, Pizzagpt
     from batchpizza.records import Outcome, Summary
-    from batchpizza.rows import format_prompt
 
 # Each public name and the module that holds it, imported on first use: `batchpizza --version`,
 # `--help` and `status` need neither aiohttp nor the engine, and the package is imported before
@@ -50,7 +50,7 @@ _HOMES = {
     "Pizzagpt": "batchpizza.providers.pizzagpt",
     "Outcome": "batchpizza.records",
     "Summary": "batchpizza.records",
-    "format_prompt": "batchpizza.rows",
+    "format_prompt": "batchpizza.messages",
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,28 +18,12 @@ from batchpizza.fingerprint import (
     request_digest,
     sample_digest,
 )
-from batchpizza.media import checked_part, marker, without_nulls
+from batchpizza.messages import format_prompt, messages_of
 from batchpizza.prompts import MAX_PROMPT_CHARS, too_long
 from batchpizza.records import RESULT_COLUMNS, Prompt
 
 if TYPE_CHECKING:
     from batchpizza.prompts import Builder
-
-
-def format_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
-    """One message: its content. Several: `Role: content` lines, then `Assistant:` (as the seed).
-    A content of parts with an image or audio: its parts in order, one a line, each image or
-    audio as a short marker (media.marker)."""
-    if len(messages) == 1:
-        return _content_text(messages[0]["content"])
-    lines = [f"{str(m['role']).capitalize()}: {_content_text(m['content'])}" for m in messages]
-    return "\n".join([*lines, "Assistant:"])
-
-
-def _content_text(content: Any) -> str:
-    if not isinstance(content, list):
-        return str(content)
-    return "\n".join(p["text"] if p.get("type", "text") == "text" else marker(p) for p in content)
 
 
 @dataclass(slots=True)
@@ -192,75 +176,6 @@ class Fields:
         return own | built | ({"id"} if self.id != "id" and self.writes_id else frozenset())
 
 
-# A message's fields of a tool conversation: sent without them, a tool message answers no call
-# and an assistant's call is lost (the request would not be the row's): such a row is bad.
-_TOOL_FIELDS = ("tool_calls", "tool_call_id", "function_call")
-
-
-def _messages(
-    value: object, name: str, text_only: bool = False
-) -> tuple[str, list[dict[str, Any]]]:
-    if not isinstance(value, list) or not value:
-        raise RowProblem("must be a non-empty list of {role, content} objects", name)
-    clean: list[dict[str, Any]] = []
-    for i, item in enumerate(value):
-        if not isinstance(item, Mapping):
-            raise RowProblem(f"item {i} is not an object", name)
-        role, content = item.get("role"), item.get("content")
-        if not isinstance(role, str) or not role:
-            raise RowProblem(f"item {i} has no role string", name)
-        for field in _TOOL_FIELDS:
-            # Empty is none: exports give every message of a chat `tool_calls: []` (Parquet's
-            # structs, DataFrames), and the server refuses an empty list anyway.
-            if item.get(field) not in (None, [], {}, ""):
-                raise RowProblem(
-                    f"item {i} has {field!r}: tool calls are not sent (a message's role, "
-                    "content and name are), so the request would not be the row's",
-                    name,
-                )
-        if isinstance(content, list):  # OpenAI content parts
-            content = _parts(content, i, name, text_only) if content else None
-        if not isinstance(content, (str, list)):
-            raise RowProblem(f"item {i} has no content string", name)
-        message: dict[str, Any] = {"role": role, "content": content}
-        speaker = item.get("name")  # a participant's name: part of the request, sent
-        if speaker is not None:
-            if not isinstance(speaker, str) or not speaker:
-                raise RowProblem(f"item {i}: name must be a non-empty string", name)
-            message["name"] = speaker
-        clean.append(message)
-    prompt = format_prompt(clean)
-    if not prompt.strip():
-        raise RowProblem("the messages hold no text", name)
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise RowProblem(str(too_long(len(prompt), "messages' text")), name)
-    return prompt, clean
-
-
-def _parts(parts: list[Any], item: int, name: str, text_only: bool) -> str | list[dict[str, Any]]:
-    """OpenAI content parts as sent: text parts alone joined by newlines (one text, as before
-    images were sent), else the parts in order, each as it is (media.checked_part). A part of
-    a kind not sent is a bad row, never dropped: the request would be another one than the
-    row's."""
-    texts: list[str] = []
-    sent: list[dict[str, Any]] = []
-    media = False
-    for j, part in enumerate(parts):
-        where = f"item {item}: content part {j}"
-        if not isinstance(part, Mapping):
-            raise RowProblem(f"{where} is not an object", name)
-        if part.get("type", "text") != "text":
-            sent.append(checked_part(part, where, name, text_only))
-            media = True
-            continue
-        text = part.get("text")
-        if not isinstance(text, str):
-            raise RowProblem(f"{where} has no text string", name)
-        texts.append(text)
-        sent.append({"type": "text", **without_nulls(part)})
-    return sent if media else "\n".join(texts)
-
-
 def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:
     """What one row asks (see Interpreted), or raises RowProblem, which carries the id when it
     could be read, so that --skip-bad-rows can keep it."""
@@ -312,7 +227,7 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:
         if url is not None and url != CHAT_COMPLETIONS:
             raise RowProblem(f"unsupported url {url!s:.80}; only {CHAT_COMPLETIONS}", "url", row_id)
         try:
-            text, clean = _messages(body.get("messages"), "body.messages", fields.text_only)
+            text, clean = messages_of(body.get("messages"), "body.messages", fields.text_only)
         except RowProblem as bad:
             raise RowProblem(bad.problem, bad.field, row_id) from None
         said = {k: v for k, v in body.items() if k != "messages"}
@@ -344,7 +259,7 @@ def interpret(obj: Mapping[str, Any], fields: Fields, pos: int) -> Interpreted:
                 return _with_system(row_id, prompt, None, None, fields.system)
             return row_id, prompt, None, None
         if messages is not None:
-            text, clean = _messages(messages, fields.messages, fields.text_only)
+            text, clean = messages_of(messages, fields.messages, fields.text_only)
             if fields.system is not None:
                 return _with_system(row_id, text, clean, None, fields.system)
             return row_id, text, clean, None

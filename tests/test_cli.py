@@ -17,11 +17,11 @@ from conftest import read_jsonl, write_jsonl
 
 from batchpizza import redact
 from batchpizza.cli import cli
+from batchpizza.messages import format_prompt
 from batchpizza.mock import tokens
 from batchpizza.mock.faults import MockConfig
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
-from batchpizza.rows import format_prompt
 
 PASSWORD = "Pa55w0rd"
 KEY = "sk-mock-Hq7TOPSECRETkey0123456789"

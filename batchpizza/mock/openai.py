@@ -17,6 +17,7 @@ import time
 from aiohttp import web
 
 from batchpizza.media import shown_url
+from batchpizza.messages import format_prompt
 from batchpizza.mock import tokens
 from batchpizza.mock.faults import Live, MockConfig, delay, directives, draw
 from batchpizza.mock.replies import (
@@ -30,7 +31,6 @@ from batchpizza.mock.replies import (
 )
 from batchpizza.mock.structured import bound_prompt
 from batchpizza.mock.tokens import TokenLedger
-from batchpizza.rows import format_prompt
 
 CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"

@@ -20,6 +20,7 @@ import batchpizza.jsoncodec as jsoncodec
 from batchpizza.config import DEFAULT_BASE_URL, DEFAULT_MODEL, DEFAULT_TIMEOUT
 from batchpizza.errors import BadReply, HTTPStatusError, MisuseDetected, UsageError
 from batchpizza.identities import pizzagpt_identity
+from batchpizza.messages import format_prompt
 from batchpizza.providers.deadline import Deadlines
 from batchpizza.providers.http import (
     Reply,
@@ -31,7 +32,6 @@ from batchpizza.providers.http import (
 )
 from batchpizza.records import TOKEN_COLUMNS, Answer, Prompt
 from batchpizza.redact import shorten
-from batchpizza.rows import format_prompt
 from batchpizza.structured import Structured
 from batchpizza.tokencount import input_estimate, text_tokens
 

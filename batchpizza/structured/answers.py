@@ -137,7 +137,7 @@ def instructed(text: str, schema: Mapping[str, Any]) -> str:
 def follow_up(prompt: Prompt, answer: str, error: str) -> Prompt:
     """The re-ask of `prompt` after `answer` did not fit: its messages, the answer as the
     assistant's, then a user message with the error."""
-    from batchpizza.rows import format_prompt
+    from batchpizza.messages import format_prompt
 
     messages = tuple(prompt.messages) or ({"role": "user", "content": prompt.text},)
     said = (
