@@ -298,9 +298,15 @@ def test_a_batch_failing_as_a_whole_exits_2_with_the_servers_errors(
 
 
 def test_batch_requires_the_openai_provider(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from batchpizza.cli import cli
+
     inp = write_jsonl(tmp_path / "in.jsonl", rows(1))
-    done = run("run", str(inp), "-o", str(tmp_path / "o.jsonl"), "--via", "batch")
-    assert done.returncode == 2
+    done = CliRunner().invoke(
+        cli, ["run", str(inp), "-o", str(tmp_path / "o.jsonl"), "--via", "batch"]
+    )
+    assert done.exit_code == 2
     assert "--provider openai" in done.stderr
 
 
