@@ -35,7 +35,16 @@ from batchpizza.errors import MisuseDetected, ProviderError, QuotaExhausted, des
 from batchpizza.plurals import plural
 from batchpizza.providers import Provider
 from batchpizza.providers.quota import concluded
-from batchpizza.records import Answer, Attempt, Outcome, Prompt, RateInfo, Result, is_answered
+from batchpizza.records import (
+    ENDED_EMPTY,
+    Answer,
+    Attempt,
+    Outcome,
+    Prompt,
+    RateInfo,
+    Result,
+    is_answered,
+)
 from batchpizza.rows import request_key
 from batchpizza.structured import INVALID_OUTPUT, NOT_VALIDATED, Structured, with_tokens_of
 
@@ -211,8 +220,10 @@ class Runner:
         structured = self.structured
         assert structured is not None
         for reask in range(structured.retries + 1):
-            if answer.finish_reason in NOT_VALIDATED:
-                return answer
+            if answer.finish_reason in NOT_VALIDATED or (
+                not answer.text and answer.finish_reason in ENDED_EMPTY
+            ):
+                return answer  # re-asked, it would decline or end empty the same again
             _, error = structured.check(answer.text)
             if error is None:
                 if reask:
