@@ -6,8 +6,9 @@ any reply, unread; aiohttp sends it again on its own only for idempotent methods
 failure was a failed attempt: backed off, counted against --max-retries (against a proxy closing
 after 50 ms, 200 rows took 391 requests and 12.4 s instead of 4). `sent` sends such a request
 again at once. Whether a connection came from the pool is told by the session's `Connector`;
-aiohttp's documented trace signal (on_connection_reuseconn) tells it too, but its tracing cost
-30 us of CPU a request (a third of one), this 1 us.
+aiohttp's documented trace signal (on_connection_reuseconn) tells it too, but tracing cost 7 to
+9 us of CPU a request (of about 100 us a POST takes here; 30 us on a loaded machine), this about
+1 us (tracing builds an object and awaits a signal for every step of every request).
 """
 
 from __future__ import annotations
