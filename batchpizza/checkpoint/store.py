@@ -314,8 +314,8 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
             self._conn.execute(
                 "DELETE FROM meta WHERE key IN ('learned_rate', 'learned_tpm', 'batch_token')"
             )
-            # When: the spend stays (money is not forgotten), and the report tells the runs'
-            # since from the ones before, whose runs went.
+            # Its time: the spend stays (money is not forgotten), and the report tells what the
+            # runs since it spent from what the forgotten ones did.
             self._conn.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('restarted', ?)", (repr(time.time()),)
             )
