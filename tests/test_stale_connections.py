@@ -21,6 +21,7 @@ from batchpizza.engine.session import new_session
 from batchpizza.errors import TransportError
 from batchpizza.providers.openai import OpenAIAPI
 from batchpizza.records import Prompt
+from batchpizza.reporting import build_report
 
 BODY = json.dumps(
     {
@@ -93,6 +94,7 @@ async def test_a_run_answers_every_row_with_no_retries_and_counts_the_resends(
     server = OneAnswerEach()
     rows = [{"id": f"r{n}", "prompt": f"question {n}"} for n in range(3)]
     options: dict[str, Any] = dict(FAST, max_retries=0, concurrency=1)
+    options["checkpoint"] = checkpoint = tmp_path / "ck"
     summary = tmp_path / "summary.json"
     async with serving(server) as url:
         out = await batchpizza.aanswer(
@@ -108,6 +110,9 @@ async def test_a_run_answers_every_row_with_no_retries_and_counts_the_resends(
     assert [r["attempts"] for r in out] == [1, 2, 2]  # the unread send is a request of its row
     said = json.loads(summary.read_text())
     assert (said["requests"], said["retries"]) == (5, 0)
+    _, numbers, _ = build_report(checkpoint, html=False)  # the attempts log
+    assert (numbers["requests"]["total"], numbers["requests"]["answered"]) == (5, 3)
+    assert "on a reused connection; sent again" in numbers["errors"][0]["example"]
 
 
 async def test_a_post_failing_on_a_new_connection_is_not_sent_again() -> None:
