@@ -33,6 +33,12 @@ UNANSWERED = frozenset(
 )
 
 
+# A server's finish reasons that make an empty answer final: the answer's token cap was spent
+# (by a reasoning model, on its reasoning) or the server's filter withheld the text. Asked again,
+# the server ends the same way, and bills each time: a retry (or a rerun) cannot help.
+ENDED_EMPTY = frozenset({"length", "content_filter"})
+
+
 def is_answered(finish_reason: str) -> bool:
     return finish_reason not in UNANSWERED
 

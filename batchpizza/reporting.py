@@ -19,6 +19,7 @@ from batchpizza.report import (
     render_text,
     summarize,
 )
+from batchpizza.report.numbers import iso
 from batchpizza.report.spend import spend_numbers
 from batchpizza.report.structured import structured_numbers
 from batchpizza.sources import input_files
@@ -50,13 +51,24 @@ def report_data(checkpoint: Checkpoint) -> ReportData:
     )
 
 
+def checkpoint_numbers(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The report's numbers that are not of the attempts: --schema's (None without one), the
+    spend (None when no answer carried tokens), and the last --restart's time (the runs and
+    attempts before it went with its answers: every section is of the runs since)."""
+    restarted = checkpoint.restarted()
+    return {
+        "structured": structured_numbers(checkpoint),
+        "spend": spend_numbers(checkpoint),
+        "restarted": None if restarted is None else iso(restarted),
+    }
+
+
 def build_report(path: Path, *, html: bool) -> tuple[str, dict[str, Any], str | None]:
     """(terminal text, JSON numbers, HTML page or None) for the checkpoint at `path`."""
     store = Checkpoint.open(path, create=False, readonly=True)
     try:
         numbers = summarize(report_data(store))
-        numbers["structured"] = structured_numbers(store)  # --schema; None without one
-        numbers["spend"] = spend_numbers(store)  # None when no answer carried tokens
+        numbers.update(checkpoint_numbers(store))
     finally:
         store.close()
     return render_text(numbers), numbers, render_html(numbers) if html else None

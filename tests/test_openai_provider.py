@@ -419,17 +419,6 @@ async def test_usage_counts_sent_as_whole_floats_are_read_as_those_counts(
     assert type(answer.prompt_tokens) is int
 
 
-async def test_an_empty_string_is_no_answer_even_cut_by_length(
-    session: aiohttp.ClientSession,
-) -> None:
-    body = completion("")
-    body["choices"][0]["finish_reason"] = "length"  # e.g. a reasoning model out of tokens
-    async with Fake(replying(body=body)) as fake:
-        exc = await failure(api(fake.base_url), session, prompt("q"))
-    assert isinstance(exc, BadReply) and exc.retryable
-    assert "content is empty, finish_reason 'length'" in exc.message
-
-
 async def test_content_parts_are_joined(session: aiohttp.ClientSession) -> None:
     parts = [{"type": "text", "text": "Mar"}, {"type": "text", "text": "gherita"}]
     async with Fake(replying(body=completion(parts))) as fake:

@@ -18,9 +18,7 @@ from batchpizza.mock.faults import MockConfig
 from batchpizza.mock.server import ThreadedMockServer
 from batchpizza.records import Attempt
 from batchpizza.report import AttemptRecord, ReportData, render_html, render_text, summarize
-from batchpizza.report.spend import spend_numbers
-from batchpizza.report.structured import structured_numbers
-from batchpizza.reporting import build_report, report_data
+from batchpizza.reporting import build_report, checkpoint_numbers, report_data
 
 
 def streamed_report(path: Path) -> tuple[str, dict[str, Any], str]:
@@ -37,8 +35,7 @@ def streamed_report(path: Path) -> tuple[str, dict[str, Any], str]:
             list(store.answer_tokens()),
         )
         numbers = summarize(data)
-        numbers["structured"] = structured_numbers(store)
-        numbers["spend"] = spend_numbers(store)
+        numbers.update(checkpoint_numbers(store))
     finally:
         store.close()
     return render_text(numbers), numbers, render_html(numbers)

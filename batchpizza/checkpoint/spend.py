@@ -14,6 +14,7 @@ forgets answers, not money: the spend stays.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -86,14 +87,25 @@ def add_tokens(
         )
 
 
-def total(conn: sqlite3.Connection, rows: Sequence[int] | None = None) -> Spend:
-    """Every run's spend (or one run's, by its rows)."""
+def total(
+    conn: sqlite3.Connection,
+    rows: Sequence[int] | None = None,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+) -> Spend:
+    """Every run's spend (or one run's, by its rows; or of the runs started since or before a
+    time, a --restart's)."""
     has = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE name = 'spend' AND type = 'table'"
     ).fetchone()
     if not has:  # a read-only look at a checkpoint from before the table
         return Spend()
     where = f"WHERE rowid IN ({', '.join('?' * len(rows))})" if rows is not None else ""
+    params: tuple[float, ...] = tuple(rows or ())
+    if since is not None or until is not None:
+        where = "WHERE started >= ? AND started < ?"
+        params = (-math.inf if since is None else since, math.inf if until is None else until)
     found = conn.execute(
         # total(), not sum(): sum() of integers fails past 64 bits ("integer overflow").
         f"SELECT batch, min(total(prompt_tokens), {INT64_MAX}), "
@@ -101,7 +113,7 @@ def total(conn: sqlite3.Connection, rows: Sequence[int] | None = None) -> Spend:
         "coalesce(sum((prompt_tokens * coalesce(price_in, 0) + completion_tokens * "
         f"coalesce(price_out, 0)) / 1e6), 0), coalesce(max(estimated), 0) FROM spend {where} "
         "GROUP BY batch",
-        tuple(rows or ()),
+        params,
     ).fetchall()
     sums = {bool(batch): (int(p), int(c), float(d), bool(e)) for batch, p, c, d, e in found}
     online, batch = sums.get(False, (0, 0, 0.0, False)), sums.get(True, (0, 0, 0.0, False))

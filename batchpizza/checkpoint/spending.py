@@ -25,6 +25,9 @@ class Spending:
     def _fold(self) -> None:
         raise NotImplementedError  # the Checkpoint's
 
+    def meta(self) -> dict[str, str]:
+        raise NotImplementedError  # the Checkpoint's
+
     def begin_spend(self, run: int, price: tuple[float, float] | None, batch: bool = False) -> None:
         """Count the tokens of this run's results from now on, at `price` (spend.py); with
         `batch`, those collected through the Batch API apart, at the batch price."""
@@ -42,12 +45,26 @@ class Spending:
             with self._transaction():
                 spend.add_tokens(self._conn, row, prompt_tokens, completion_tokens)
 
-    def spend(self, *, this_run: bool = False) -> spend.Spend:
-        """What every run on this checkpoint (or this one) used and cost."""
+    def spend(
+        self, *, this_run: bool = False, since: float | None = None, until: float | None = None
+    ) -> spend.Spend:
+        """What every run on this checkpoint (or this one, or those started since or before a
+        time) used and cost."""
         if this_run and not self._spend_rows:
             return spend.Spend()
         with self._errors():
-            return spend.total(self._conn, list(self._spend_rows.values()) if this_run else None)
+            if this_run:
+                return spend.total(self._conn, list(self._spend_rows.values()))
+            return spend.total(self._conn, since=since, until=until)
+
+    def restarted(self) -> float | None:
+        """When the last --restart forgot the answers and runs (not the spend); None if never,
+        or before batchpizza recorded it."""
+        value = self.meta().get("restarted")
+        try:
+            return float(value) if value else None
+        except ValueError:
+            return None
 
     def mean_output(self) -> float | None:
         """The mean output tokens of this identity's answers (a dry run's estimate)."""

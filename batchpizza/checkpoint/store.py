@@ -297,7 +297,7 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
         self._synced = time.monotonic()
 
     def forget(self) -> None:
-        """--restart: drop every result, attempt and event; the scan stays valid. Batch API
+        """--restart: drop every result, attempt, run and event; the scan stays valid. Batch API
         files not collected yet are kept, with their lines: their batches run and are billed
         whatever the checkpoint forgets, so their requests are collected, not submitted again
         (and their worst cases stay on a --max-cost). A file no batch was asked of (recorded or
@@ -315,6 +315,11 @@ class Checkpoint(StatusQueries, History, BatchRecords, Fitting, Spending):
             # A new token: the next files must not take the names of files already uploaded.
             self._conn.execute(
                 "DELETE FROM meta WHERE key IN ('learned_rate', 'learned_tpm', 'batch_token')"
+            )
+            # Its time: the spend stays (money is not forgotten), and the report tells what the
+            # runs since it spent from what the forgotten ones did.
+            self._conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('restarted', ?)", (repr(time.time()),)
             )
         self._staged = 0
 

@@ -24,18 +24,24 @@ from batchpizza.controls.ratelimit import Sleep
 from batchpizza.controls.retrying import RetryPolicy
 from batchpizza.controls.stop import Stop
 from batchpizza.engine.committer import Committer
-from batchpizza.engine.outcomes import ANSWERED, REFUSAL, STOPPED, outcome_of
-from batchpizza.engine.session import (
-    YOUNG_OBJECTS_PER_REQUEST,
-    collector_threshold,
-    new_session,
-)
+from batchpizza.engine.outcomes import ANSWERED, REFUSAL, STOPPED, outcome_of, resent_attempts
+from batchpizza.engine.session import YOUNG_OBJECTS_PER_REQUEST, collector_threshold, new_session
 from batchpizza.engine.store import Store
 from batchpizza.errors import MisuseDetected, ProviderError, QuotaExhausted, describe
 from batchpizza.plurals import plural
 from batchpizza.providers import Provider
+from batchpizza.providers.pooled import RESENDS, Resend
 from batchpizza.providers.quota import concluded
-from batchpizza.records import Answer, Attempt, Outcome, Prompt, RateInfo, Result, is_answered
+from batchpizza.records import (
+    ENDED_EMPTY,
+    Answer,
+    Attempt,
+    Outcome,
+    Prompt,
+    RateInfo,
+    Result,
+    is_answered,
+)
 from batchpizza.rows import request_key
 from batchpizza.structured import INVALID_OUTPUT, NOT_VALIDATED, Structured, with_tokens_of
 
@@ -211,8 +217,10 @@ class Runner:
         structured = self.structured
         assert structured is not None
         for reask in range(structured.retries + 1):
-            if answer.finish_reason in NOT_VALIDATED:
-                return answer
+            if answer.finish_reason in NOT_VALIDATED or (
+                not answer.text and answer.finish_reason in ENDED_EMPTY
+            ):
+                return answer  # re-asked, it would decline or end empty the same again
             _, error = structured.check(answer.text)
             if error is None:
                 if reask:
@@ -274,6 +282,8 @@ class Runner:
         error: ProviderError | None = None
         rate: RateInfo | None = None
         cancelled = answered = False
+        resent: list[Resend] = []
+        telling = RESENDS.set(resent)
         try:
             answer = await self.provider.ask(session, prompt)
             answered = True
@@ -304,6 +314,10 @@ class Runner:
                 raise exc from None
             raise
         finally:
+            RESENDS.reset(telling)
+            if resent:  # requests, each recorded, but no failed attempts: nothing was read
+                counters.requests += len(resent)
+                attempts.extend(resent_attempts(prompt.attempt_id, resent))
             latency = (self._clock() - started) * 1000.0
             if cancelled:
                 # Cut off at the end of the grace period: recorded, but neither the learned rate

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 import aiohttp
 
+from batchpizza.providers.pooled import Connector
+
 # The cyclic garbage collector looks at the young objects every 700 net allocations of container
 # objects (gc.get_threshold()[0]). The requests in flight alone hold more than that (measured: 70
 # tracked objects each, 9,000 at concurrency 64), so at zero latency it ran 900 times in a
@@ -35,7 +37,8 @@ def collector_threshold(young: int) -> Iterator[None]:
 
 
 def new_session(concurrency: int) -> aiohttp.ClientSession:
-    """The session one run (or one Ray actor) sends through: at most `concurrency` connections.
+    """The session one run (or one Ray actor) sends through: at most `concurrency` connections,
+    and a send that failed on a stale pooled one sent again at once (providers.pooled).
     trust_env stays off: the provider resolved the proxy once, instead of per request."""
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+    connector = Connector(limit=concurrency, limit_per_host=concurrency)
     return aiohttp.ClientSession(connector=connector)

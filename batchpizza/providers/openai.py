@@ -36,7 +36,14 @@ from batchpizza.providers.http import looks_like_page, post_json, reply_json
 from batchpizza.providers.limits import parse_rate_info, retry_after_of
 from batchpizza.providers.quota import quota_spent, zero_limits, zero_unsure
 from batchpizza.providers.sse import looks_like_events, streamed_completion
-from batchpizza.records import TOKEN_COLUMNS, UNANSWERED, Answer, Prompt, RateInfo
+from batchpizza.records import (
+    ENDED_EMPTY,
+    TOKEN_COLUMNS,
+    UNANSWERED,
+    Answer,
+    Prompt,
+    RateInfo,
+)
 from batchpizza.redact import MASK, Secret, redact, shorten
 from batchpizza.structured import Structured
 
@@ -274,9 +281,9 @@ class OpenAIAPI:
             parts = [p.get("text") for p in text if isinstance(p, dict)]
             text = "".join(p for p in parts if isinstance(p, str)) if parts else None
         if not isinstance(text, str) or not text.strip():
-            # Empty or blank text is no answer, whatever the finish reason: a "length" with
-            # nothing in it (a reasoning model out of tokens) still answers nothing, and a
-            # retry may. A refusal or tool calls beside it are the answer.
+            # Empty or blank text with "stop" is a passing glitch: a retry may answer. A refusal
+            # or tool calls beside it are the answer; so is nothing, when the finish reason says
+            # the server would end the same again (ENDED_EMPTY).
             refusal, calls = message.get("refusal"), message.get("tool_calls")
             if isinstance(refusal, str) and refusal:
                 # The model declined (structured outputs): an answer, marked as what it is, not
@@ -286,6 +293,11 @@ class OpenAIAPI:
                 # With tools in --param, calls are the answer; kept as JSON so the batch output
                 # can rebuild them.
                 text, finish = jsoncodec.dumps(calls).decode(), "tool_calls"
+            elif finish in ENDED_EMPTY and (text is None or isinstance(text, str)):
+                # Empty text, not null, even for a null content: null in the answer column
+                # is a row without an answer (failed, pending), and this one was answered
+                # and billed. Blank text is kept as it came.
+                text = text or ""
             else:
                 what = "empty" if isinstance(text, str) else "null" if text is None else "not text"
                 raise BadReply(

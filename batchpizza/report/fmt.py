@@ -122,3 +122,8 @@ class Clock:
 
 def plural(n: int, noun: str, nouns: str | None = None) -> str:
     return counted(n, noun, nouns, grouped=True)
+
+
+def stamp_text(stamp: str) -> str:
+    """An ISO time as the report's tables show it: to the second, a space before the time."""
+    return stamp[:19].replace("T", " ")

@@ -20,6 +20,7 @@ from batchpizza.report.fmt import (
     per_s,
     plural,
     share,
+    stamp_text,
 )
 
 # --- the page -------------------------------------------------------------------------------------
@@ -284,7 +285,13 @@ def render_html(numbers: Mapping[str, Any]) -> str:
             _structured_panel(numbers.get("structured")),
             _panel(
                 "Runs",
-                "Each run of the command on this checkpoint.",
+                "Each run of the command on this checkpoint"
+                + (
+                    f" since the --restart of {_escape(stamp_text(numbers['restarted']))} UTC (the runs "
+                    "before it were forgotten with their answers)."
+                    if numbers.get("restarted")
+                    else "."
+                ),
                 _runs_table(numbers["runs"]),
                 wide=True,
             ),

@@ -7,15 +7,27 @@ from collections.abc import Mapping
 from typing import Any
 
 from batchpizza.checkpoint import Checkpoint
+from batchpizza.checkpoint.spend import Spend
 from batchpizza.pricing import dollars
-from batchpizza.report.fmt import int_text
+from batchpizza.report.fmt import int_text, stamp_text
 
 
 def spend_numbers(store: Checkpoint) -> dict[str, Any] | None:
-    """The section's numbers (as `status` gives them); None when no answer carried tokens."""
-    spent = store.spend()
-    if not (spent.prompt_tokens or spent.completion_tokens):
+    """The section's numbers (as `status` gives them); None when no answer carried tokens.
+    After a --restart, of the runs since it, as the report's other sections (the runs before
+    it are forgotten), with what those spent apart in `before_restart`: forgotten answers, not
+    forgotten money (--max-cost counts it)."""
+    restarted = store.restarted()
+    spent = store.spend(since=restarted)
+    before = None if restarted is None else store.spend(until=restarted)
+    if not any(s and (s.prompt_tokens or s.completion_tokens) for s in (spent, before)):
         return None
+    numbers = _numbers(spent)
+    numbers["before_restart"] = None if before is None else _numbers(before)
+    return numbers
+
+
+def _numbers(spent: Spend) -> dict[str, Any]:
     return {
         "input": spent.prompt_tokens,
         "output": spent.completion_tokens,
@@ -29,12 +41,16 @@ def spend_numbers(store: Checkpoint) -> dict[str, Any] | None:
     }
 
 
-def text_spend(spend: Mapping[str, Any] | None) -> list[str]:
+def text_spend(spend: Mapping[str, Any] | None, restarted: str | None = None) -> list[str]:
+    """The section; after a --restart (`restarted`, ISO), of the runs since it, and what the
+    runs before it spent on a line of its own."""
     if not spend:
         return []
     estimated = " (estimated)" if spend["estimated"] else ""
     out = [
-        "Spend (every run, at its price)",
+        f"Spend (the runs since the --restart of {stamp_text(restarted)}, at their price)"
+        if restarted
+        else "Spend (every run, at its price)",
         f"  {'tokens':<14}{int_text(spend['input']):>12} in  {int_text(spend['output']):>12} out"
         f"{estimated}",
         f"  {'dollars':<14}{dollars(spend['dollars']):>12}",
@@ -44,5 +60,12 @@ def text_spend(spend: Mapping[str, Any] | None) -> list[str]:
         out.append(
             f"  {'  Batch API':<14}{int_text(batch['input']):>12} in  "
             f"{int_text(batch['output']):>12} out  {dollars(batch['dollars'])} at half price"
+        )
+    before = spend.get("before_restart")
+    if before and (before["input"] or before["output"]):
+        out.append(
+            f"  {'before it':<14}{int_text(before['input']):>12} in  "
+            f"{int_text(before['output']):>12} out  {dollars(before['dollars'])} "
+            "(forgotten runs; --max-cost counts it)"
         )
     return out

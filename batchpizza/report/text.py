@@ -21,6 +21,7 @@ from batchpizza.report.fmt import (
     plural,
     share,
     sparkline,
+    stamp_text,
     step_values,
 )
 from batchpizza.report.latency import PERCENTILES
@@ -44,13 +45,13 @@ def render_text(numbers: Mapping[str, Any]) -> str:
         [head],
         _text_rows(numbers["rows"]),
         text_structured(numbers.get("structured")),
-        text_spend(numbers.get("spend")),
+        text_spend(numbers.get("spend"), numbers.get("restarted")),
         _text_requests(numbers["requests"], numbers["series"]),
         _text_latency(numbers["latency_ms"]),
         _text_errors(numbers["errors"], numbers["requests"]["failed"], clock),
         _text_rate(numbers["rate"], numbers["series"], clock),
         _text_breaker(numbers["breaker"], clock),
-        _text_runs(numbers["runs"]),
+        _text_runs(numbers["runs"], numbers.get("restarted")),
     ]
     lines = [line for section in sections if section for line in [*section, ""]]
     # Error examples, finish reasons and rate reasons are the servers' words: made inert here,
@@ -156,9 +157,14 @@ def _text_breaker(breaker: Mapping[str, Any], clock: Clock) -> list[str]:
     return out
 
 
-def _text_runs(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+def _text_runs(runs: Sequence[Mapping[str, Any]], restarted: str | None = None) -> list[str]:
+    since = (
+        f" (since the --restart of {stamp_text(restarted)}; those before it are forgotten)"
+        if restarted
+        else ""
+    )
     out = [
-        "Runs",
+        f"Runs{since}",
         f"  {'run':>5}  {'started':<19}  {'duration':>9}  {'rows sent':>10}"
         f"  {'requests':>10}  {'answered':>10}  {'exit':>4}",
     ]
@@ -167,7 +173,7 @@ def _text_runs(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     for r in runs[-LAST_RUNS:]:
         exit_code = "—" if r["exit_code"] is None else str(r["exit_code"])
         out.append(
-            f"  {r['id']:>5}  {r['started'][:19].replace('T', ' '):<19}"
+            f"  {r['id']:>5}  {stamp_text(r['started']):<19}"
             f"  {duration(r['duration_s']):>9}  {int_text(r['rows_sent']):>10}"
             f"  {int_text(r['requests']):>10}  {int_text(r['answered']):>10}  {exit_code:>4}"
         )
