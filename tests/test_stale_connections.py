@@ -41,10 +41,13 @@ CUT = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500
 class OneAnswerEach:
     """Answers the first request on each connection and keeps it open; on its next request the
     connection is closed unanswered (`later`: or answered with that, a reply cut short), as a
-    server that closed it idle in the meantime. `first=None`: every request goes unanswered."""
+    server that closed it idle in the meantime (`pause`: after working on it that long).
+    `first=None`: every request goes unanswered."""
 
-    def __init__(self, later: bytes = b"", first: bytes | None = ANSWER) -> None:
-        self.later, self.first = later, first
+    def __init__(
+        self, later: bytes = b"", first: bytes | None = ANSWER, pause: float = 0.0
+    ) -> None:
+        self.later, self.first, self.pause = later, first, pause
         self.requests = self.connections = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -57,6 +60,7 @@ class OneAnswerEach:
                     if line.lower().startswith(b"content-length:"):
                         await reader.readexactly(int(line.split(b":")[1]))
                 if not reply:
+                    await asyncio.sleep(self.pause)  # worked on it, then closed unanswered
                     break
                 writer.write(reply)
                 await writer.drain()
@@ -130,6 +134,23 @@ async def test_a_reply_cut_short_on_a_pooled_connection_is_not_sent_again() -> N
         provider = OpenAIAPI(url, model="m", timeout=5.0)
         await provider.ask(session, prompt(0))
         with pytest.raises(TransportError, match="cut off"):
+            await provider.ask(session, prompt(1))
+
+    assert server.requests == 2
+
+
+async def test_a_pooled_connection_closed_after_the_server_worked_on_it_is_not_sent_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A proxy ending a long request closes the connection as an idle one does, but the request
+    # was read and worked on (and may be billed): sent again at once, it could be paid for
+    # nine times with no backoff. Past a round trip (here 50 ms), a failure is a failed attempt.
+    monkeypatch.setattr("batchpizza.providers.pooled._STALE_WITHIN", 0.05)
+    server = OneAnswerEach(pause=0.3)
+    async with serving(server) as url, new_session(1) as session:
+        provider = OpenAIAPI(url, model="m", timeout=5.0)
+        await provider.ask(session, prompt(0))
+        with pytest.raises(TransportError, match="ServerDisconnected"):
             await provider.ask(session, prompt(1))
 
     assert server.requests == 2

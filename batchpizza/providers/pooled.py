@@ -28,6 +28,10 @@ from yarl import URL
 # A pooled connection may be as stale as the last one: sent again as often as the pool may hold
 # them, up to this many times (each stale one is dropped from the pool as it fails).
 _STALE_RESENDS = 8
+# A connection closed as idle fails the send within a round trip of it. One that fails later was
+# read and worked on (a proxy ending a long request, a server dying mid-answer): possibly paid
+# for, it is a failed attempt like any other, backed off and counted, never sent again at once.
+_STALE_WITHIN = 1.0
 # aiohttp's own limits off (its session's default is five minutes): the request's Deadlines
 # bounds it whole, redirects included.
 _UNBOUNDED = aiohttp.ClientTimeout()
@@ -90,7 +94,7 @@ async def sent(
     proxy: str | None,
 ) -> aiohttp.ClientResponse:
     """The response to one POST, its headers read; sent again at once while it fails on a
-    stale pooled connection before any reply came. A session without the Connector cannot tell
+    stale pooled connection before any reply came, within _STALE_WITHIN of being sent. A session without the Connector cannot tell
     one, and sends once."""
     send = _Send()
     sending = _SENDING.set(send)
@@ -111,6 +115,8 @@ async def sent(
                 # A connect failure is a new connection's; a reply cut off once it began fails
                 # later, while it is read.
                 if not send.reused or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise
+                if time.monotonic() - started > _STALE_WITHIN:
                     raise
                 if resends == _STALE_RESENDS:
                     raise
