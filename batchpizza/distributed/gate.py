@@ -6,6 +6,11 @@ the attempts did back to the controller in batches (at once after a failure, els
 REPORT_EVERY_S); and keeps one `news` call waiting at the controller, whose answer voids the leased
 slots that a Retry-After, a cut of the rate, a trip of the breaker or a stop made void.
 
+A slot is checked twice: when the worker wakes for it (`_take`), and as the request is written
+(`slot_trace`, the actor session's trace, just before the write): a request later than its slot
+by more than SLOT_TOLERANCE there waits for a fresh slot, on its connection. Between the two an
+actor starved of CPU can be descheduled for tens of milliseconds.
+
 A stop the gate hears (the deadline, the breaker out of patience, a lost controller) is also
 its `stop`'s, which the actor's runner shares: the gate's own waits (a slot ahead, a probe's
 hold, a lease call) and the runner's retry waits (a Retry-After, a misuse refusal's backoff)
