@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import MockProcess
@@ -84,6 +85,30 @@ def test_the_raylet_started_here_is_found_and_reaped_with_what_it_started(
     assert reap(raylet.pid) == 2
     assert worker.wait(30) == agent.wait(30) == raylet.wait(30) == -signal.SIGKILL
     assert another_clusters.poll() is None  # not this cluster's
+
+
+def test_the_raylet_is_frozen_while_what_it_started_is_looked_for(
+    processes: list[subprocess.Popen[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Looked for while it ran, a worker it forked after the looks was missed, and one it was
+    # starting as they ran showed no environment yet: left running once the raylet was killed.
+    import batchpizza.distributed.reaper as reaper
+
+    raylet = fake_raylet(processes)
+    states: list[str] = []
+
+    def frozen(look: Callable[..., dict[int, int]]) -> Callable[..., dict[int, int]]:
+        def looking(*args: Any) -> dict[int, int]:
+            states.append(reaper._stat(raylet.pid)[1][0])
+            return look(*args)
+
+        return looking
+
+    monkeypatch.setattr(reaper, "descendants", frozen(reaper.descendants))
+    monkeypatch.setattr(reaper, "started_by", frozen(reaper.started_by))
+    reap(raylet.pid)
+    assert states == ["T", "T"]  # stopped, for both looks
+    assert raylet.wait(30) == -signal.SIGKILL
 
 
 def test_the_watchdog_reaps_when_the_run_ends(processes: list[subprocess.Popen[str]]) -> None:
