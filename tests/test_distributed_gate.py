@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from batchpizza.controls.gate import Stopped
-from batchpizza.distributed.budget import Budget, Report
+from batchpizza.distributed.budget import SLOT_TOLERANCE, Budget, Report
 from batchpizza.distributed.gate import ClusterGate
 from batchpizza.distributed.worker import Answerer
 from tests.local_controller import LocalController
@@ -187,3 +187,62 @@ async def test_a_wrong_key_in_one_batch_ends_it_with_its_other_rows_pending(
         await answerer.close()
     assert "401" in str(caught.value)
     assert mock_api.stats.requests == 1
+
+
+async def test_a_request_written_later_than_its_slot_waits_for_a_fresh_one() -> None:
+    # The gate let the request through on time, then the actor was descheduled before the
+    # request was written: sent late, it crowded a window with another actor's punctual slot
+    # (41 requests in one second at --rate 40, the machine under load).
+    from aiohttp import web
+
+    clock = FakeClock()
+
+    async def sleep(delay: float) -> None:
+        clock.t += max(0.0, delay)
+        await asyncio.sleep(0)
+
+    budget = Budget(
+        rate=10, auto_max=None, patience=600, retry_after_cap=300, timeout=60, clock=clock
+    )
+    controller = LocalController(budget)
+    handed: list[float] = []
+    lease = controller.lease
+
+    async def leasing(want: int, reports: Any) -> Any:
+        got = await lease(want, reports)
+        handed.extend(got.slots)
+        return got
+
+    controller.lease = leasing  # type: ignore[method-assign]
+    arrivals: list[float] = []
+
+    async def arrive(request: web.Request) -> web.Response:
+        arrivals.append(clock())  # the server's clock, as the rate limiter counts
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/", arrive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    answerer = Answerer(controller, options={"base_url": url}, share=1)
+    session = answerer._actor_session()  # the actor's own session
+    gate = ClusterGate(controller, share=1, clock=clock, sleep=sleep)
+    try:
+        for late in (0.0, 0.05):
+            await gate.enter()
+            clock.t += late  # descheduled between the gate and the write
+            async with session.post(url, json={}) as reply:
+                assert reply.status == 200
+        # Each request reached the server on time for a slot the controller handed out: the
+        # late one at a fresh slot, not 50 ms after its own.
+        assert len(arrivals) == 2
+        for arrival in arrivals:
+            assert any(0 <= arrival - slot <= SLOT_TOLERANCE for slot in handed), (arrivals, handed)
+        assert gate.late == 1
+    finally:
+        await gate.close()
+        await session.close()
+        await runner.cleanup()

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import MockProcess
@@ -41,7 +42,20 @@ def sleeper(
     process = subprocess.Popen(
         [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True
     )
+    if raylet is not None:
+        names_the_raylet(process, raylet)
     return process
+
+
+def names_the_raylet(process: subprocess.Popen[str], raylet: int) -> None:
+    """Wait until `process`'s environment shows RAY_RAYLET_PID, as a raylet's worker's does long
+    before a watchdog looks: Popen returns once the exec began, and until the new program is
+    loaded /proc/PID/environ reads empty (136 of 300 children, read at once under load; a reap
+    then missed the worker, once in ~100 runs)."""
+    needle = f"\0RAY_RAYLET_PID={raylet}\0".encode()
+    while needle not in b"\0" + Path(f"/proc/{process.pid}/environ").read_bytes():
+        assert process.poll() is None
+        time.sleep(0.001)
 
 
 @pytest.fixture
@@ -71,6 +85,30 @@ def test_the_raylet_started_here_is_found_and_reaped_with_what_it_started(
     assert reap(raylet.pid) == 2
     assert worker.wait(30) == agent.wait(30) == raylet.wait(30) == -signal.SIGKILL
     assert another_clusters.poll() is None  # not this cluster's
+
+
+def test_the_raylet_is_frozen_while_what_it_started_is_looked_for(
+    processes: list[subprocess.Popen[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Looked for while it ran, a worker it forked after the looks was missed, and one it was
+    # starting as they ran showed no environment yet: left running once the raylet was killed.
+    import batchpizza.distributed.reaper as reaper
+
+    raylet = fake_raylet(processes)
+    states: list[str] = []
+
+    def frozen(look: Callable[..., dict[int, int]]) -> Callable[..., dict[int, int]]:
+        def looking(*args: Any) -> dict[int, int]:
+            states.append(reaper._stat(raylet.pid)[1][0])
+            return look(*args)
+
+        return looking
+
+    monkeypatch.setattr(reaper, "descendants", frozen(reaper.descendants))
+    monkeypatch.setattr(reaper, "started_by", frozen(reaper.started_by))
+    reap(raylet.pid)
+    assert states == ["T", "T"]  # stopped, for both looks
+    assert raylet.wait(30) == -signal.SIGKILL
 
 
 def test_the_watchdog_reaps_when_the_run_ends(processes: list[subprocess.Popen[str]]) -> None:
@@ -144,10 +182,7 @@ def test_nothing_started_before_the_raylet_is_reaped_nor_a_raylet_that_reused_it
     assert earlier.stdin is not None
     earlier.stdin.write(f"{raylet.pid}\n")
     earlier.stdin.close()
-    needle = f"RAY_RAYLET_PID={raylet.pid}\0".encode()
-    while needle not in Path(f"/proc/{earlier.pid}/environ").read_bytes():
-        assert earlier.poll() is None
-        time.sleep(0.01)
+    names_the_raylet(earlier, raylet.pid)
     worker = sleeper(raylet.pid)
     processes.append(worker)
     since = started_at(raylet.pid)
@@ -210,8 +245,10 @@ def test_another_users_process_is_spared_though_it_names_the_raylet(
         env={**os.environ, "RAY_RAYLET_PID": str(raylet.pid)},
         user=65534,
         group=65534,
+        text=True,
     )
     try:
+        names_the_raylet(another_users, raylet.pid)  # else spared for being unreadable yet
         assert reap(raylet.pid) == 1
         assert worker.wait(30) == -signal.SIGKILL
         assert another_users.poll() is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from conftest import write_jsonl
 import batchpizza
 from batchpizza.config import RunConfig
 from batchpizza.distributed.command import run as run_on_ray
-from batchpizza.distributed.staging import CarriedColumns, row_objects, stage
+from batchpizza.distributed.staging import SCAN, STAGED, CarriedColumns, row_objects, stage
 from batchpizza.errors import InputError, RowProblem
 from batchpizza.sources import JsonlSource
 
@@ -90,6 +91,34 @@ def test_staging_stopped_by_ctrl_c_leaves_no_file_and_says_no_traceback(
     gc.collect()
     assert unraisable == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_staging_keeps_its_scan_beside_the_staged_file_not_in_the_system_temp_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 44 B a row in the system temp folder: RAM on a tmpfs /tmp, and left there by a kill.
+    system_temp = tmp_path / "tmp"
+    system_temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_temp))
+    checkpoint = tmp_path / "out.checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / SCAN).write_bytes(b"what a killed staging left")
+    scans: list[Path] = []
+    scan = JsonlSource.scan
+
+    def seen(self: JsonlSource, limit: int | None) -> Any:
+        scans.extend(system_temp.rglob("*"))
+        scans.extend(checkpoint.iterdir())
+        return scan(self, limit)
+
+    monkeypatch.setattr(JsonlSource, "scan", seen)
+    source = write_jsonl(tmp_path / "in.jsonl", CHANGING)
+    config = RunConfig.from_options(str(source), "out.parquet")
+    staged = stage(str(source), config, None, str(checkpoint))
+    assert staged.rows == 2
+    assert scans == [checkpoint / SCAN]  # the scan's database, while it is written
+    assert sorted(p.name for p in checkpoint.iterdir()) == [STAGED]  # the scan is gone after
+    assert list(system_temp.iterdir()) == []
 
 
 @needs_ray  # the command checks that Ray is installed; no cluster starts

@@ -25,7 +25,7 @@ from conftest import MockProcess
 
 from batchpizza.controls.breaker import MIN_TRIP
 from batchpizza.distributed.budget import CLUSTER_WINDOW, Budget, Report, SlotBook
-from batchpizza.distributed.gate import ClusterGate
+from batchpizza.distributed.gate import ClusterGate, Ticket
 from batchpizza.distributed.parts import PartStore, key_of
 from batchpizza.distributed.worker import Answerer, Kept, part_schema
 from batchpizza.errors import HTTPStatusError
@@ -334,7 +334,7 @@ async def test_a_probe_slot_waits_out_a_hold_instead_of_being_dropped(
     gate._hear_news(await budget.news(0, wait=0.01))
     assert gate.voided == 0 and len(gate._queue) == 1  # the probe stays
     token = await gate.enter()  # ... and goes when the hold is over
-    assert token == (probe.epoch, True, probe.issued)
+    assert token == Ticket(probe.slots[0], probe.epoch, True, probe.issued)
     assert clock() >= budget.book.hold_until
     await gate.close()
 

@@ -31,11 +31,11 @@ from batchpizza.distributed.driver import RAY_ACTOR_ARGS_LINE
 from batchpizza.distributed.parts import PartStore, key_of
 from batchpizza.distributed.summary import summarize, tally_of
 from batchpizza.distributed.worker import part_schema
-from batchpizza.errors import InputError, UsageError
+from batchpizza.errors import InputError, Interrupted, UsageError
 from batchpizza.fingerprint import fingerprint, identity_digest, text_digest
 from batchpizza.identities import identity_of
 from batchpizza.mock.replies import mock_answer
-from batchpizza.records import Tally
+from batchpizza.records import Summary, Tally
 
 # Ray's own deprecation notices are not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:::ray")
@@ -192,9 +192,9 @@ def test_ray_dry_run_counts_the_checkpoint_and_sends_nothing(
     assert set(tmp_path.rglob("*")) == {*before, no_ids}
 
 
-def kept_parts(checkpoint: Path, source: Path, ids: range) -> None:
+def kept_parts(checkpoint: Path, source: Path, ids: range, part: str = "r0") -> None:
     """Parts answering the rows `ids` of `source` (Parquet) as an earlier run kept them: each
-    under its request's fingerprint, as the actors key it."""
+    under its request's fingerprint, as the actors key it (in the part named by `part`)."""
     from batchpizza.config import RunConfig
     from batchpizza.engine.batch import Batch
     from batchpizza.providers.factory import make_provider
@@ -211,7 +211,77 @@ def kept_parts(checkpoint: Path, source: Path, ids: range) -> None:
         for i in ids
     ]
     store = PartStore(str(checkpoint))
-    store.seal(key_of(["r0"]), pa.Table.from_pylist(answered, schema=part_schema()))
+    store.seal(key_of([part]), pa.Table.from_pylist(answered, schema=part_schema()))
+
+
+def prompts_read(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The rows whose prompts the driver's counting reads (and fingerprints), as it runs."""
+    from batchpizza.distributed import planning
+
+    read: list[dict[str, Any]] = []
+    batch = planning.Batch
+
+    def reading(rows: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+        read.extend(rows)
+        return batch(rows, *args, **kwargs)
+
+    monkeypatch.setattr(planning, "Batch", reading)
+    return read
+
+
+@needs_ray  # the command checks that Ray is installed; no cluster starts
+def test_ray_interrupted_summary_counts_from_what_the_run_knows_not_every_prompt_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After Ctrl-C the driver read and fingerprinted every row of the input again to count the
+    # answered ones (9.3 s at 1.5M rows); an id the run answered was answered for its prompt.
+    from batchpizza.distributed import command as ray_command
+
+    source = prompts(tmp_path / "in", 8, parts=2)
+    checkpoint = tmp_path / "out.checkpoint"
+    before = tmp_path / "before.parquet"  # r1's prompt has changed since
+    pq.write_table(pa.table({"id": ["r0", "r1"], "prompt": ["question 0", "first 1"]}), before)
+    kept_parts(checkpoint, before, range(2), part="before")
+
+    def answered_then_interrupted(self: Any) -> None:
+        kept_parts(checkpoint, source, range(2, 5), part="during")  # the actors' answers
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray_command.ClusterRun, "_on_ray", answered_then_interrupted)
+    read = prompts_read(monkeypatch)
+    with pytest.raises(Interrupted) as stopped:
+        ray_command.run(str(source), str(tmp_path / "out"), quiet=True)
+    summary = stopped.value.summary
+    assert isinstance(summary, Summary)
+    assert (summary.rows, summary.answered, summary.pending) == (8, 4, 4)  # r0, r2..r4
+    assert sorted(row["id"] for row in read) == ["r0", "r1"]  # only those answered before
+    assert f"stopped; 4 answered rows saved in {checkpoint}. Rerun" in stopped.value.message
+
+
+@needs_ray  # the command checks that Ray is installed; no cluster starts
+def test_ray_first_run_interrupted_before_an_answer_says_none_was_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It said "answered rows are saved in out.checkpoint" when none was.
+    from batchpizza.distributed import command as ray_command
+
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "prompt": f"q {i}"} for i in range(5)])
+
+    def interrupted(self: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray_command.ClusterRun, "_on_ray", interrupted)
+    read = prompts_read(monkeypatch)
+    with pytest.raises(Interrupted) as stopped:
+        ray_command.run(str(source), str(tmp_path / "out"), quiet=True)
+    summary = stopped.value.summary
+    assert isinstance(summary, Summary)
+    assert (summary.rows, summary.answered, summary.pending) == (5, 0, 5)
+    assert read == []  # the staging counted the rows; nothing was answered before
+    assert "stopped; no row has an answer saved yet. Rerun the same command" in str(
+        stopped.value.message
+    )
+    assert "saved in" not in stopped.value.message
 
 
 @needs_ray

@@ -7,7 +7,9 @@ time at which one request may be sent. The controller plans slots on one timelin
 cluster, `interval` apart and never more than the rate in any window, whichever actor gets them.
 
 Why a slot is valid only for SLOT_TOLERANCE after its time: an actor whose event loop wakes late
-must not send late, because a late send and the next actor's punctual one crowd a window. The
+must not send late, because a late send and the next actor's punctual one crowd a window; it is
+checked when the actor wakes for its slot and again as the request is written (gate.slot_trace:
+an actor may be descheduled between the two, for longer on a loaded machine). The
 controller's window is widened by that tolerance, so sends made within it still hold no more than
 the rate in any one-second window at the server (with the 10 ms of ratelimit.WINDOW for the
 network). It is also what makes leases expire: a dead actor's slots pass unused, there is nothing

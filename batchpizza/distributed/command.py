@@ -52,7 +52,7 @@ from batchpizza.distributed.folders import (
 from batchpizza.distributed.kept import KeptOutput, write_empty
 from batchpizza.distributed.reaper import Watchdog, raylet_started_here, raylets_here
 from batchpizza.distributed.staging import Staged, stage
-from batchpizza.distributed.summary import count, summarize, tally_of
+from batchpizza.distributed.summary import count, saved_in, summarize, tally_of
 from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError
 from batchpizza.files import write_atomically
 from batchpizza.progress import setup_logging, summary_line
@@ -128,6 +128,7 @@ class ClusterRun:
         # A local JSON lines input, read as without --ray and staged for the cluster (prepare).
         self.staged: Staged | None = None
         self._interrupted_tally: Tally | None = None
+        self._before: Any = None  # the ids the checkpoint held answers for at the start
 
     def run(self) -> Summary:
         # The driver's warnings as a run without --ray says them (timestamped; none under -q).
@@ -143,11 +144,7 @@ class ClusterRun:
             tally = self._interrupted_tally
             summary = self._summary(tally, 128 + signum, stopped="signal", interrupted=True)
             self._report(summary)
-            saved = (
-                "nothing was sent or changed"
-                if self.dry_run
-                else f"answered rows are saved in {self.checkpoint}"
-            )
+            saved = saved_in(tally, self.checkpoint, dry_run=self.dry_run)
             raise Interrupted(
                 f"{signal.Signals(signum).name}: stopped; {saved}. Rerun the same command to resume.",
                 signum,
@@ -216,6 +213,7 @@ class ClusterRun:
             self.output.recover()
             if self.restart:  # an input without a row too: its answers are forgotten
                 delete_folder(self.checkpoint, keep_folder=True)  # the lock is on the folder
+            self._before = answered_ids(self.checkpoint)
             if not self.prepare(self.checkpoint):  # no row: no cluster
                 write_empty(self.output.target(), self.format, self.config)
                 self.output.commit()
@@ -247,8 +245,7 @@ class ClusterRun:
 
     def _on_ray(self) -> Summary:
         id_field = self.config.fields_named[2]
-        # Read before the run: the rows this run sends are the others (for `retries`).
-        done = answered_ids(self.checkpoint)
+        done = self._before  # the rows this run sends are the others (for `retries`)
         if self.staged is None:
             require_id(input_dataset(self.input).schema.names, id_field)
         else:
@@ -348,10 +345,14 @@ class ClusterRun:
     def _kept_tally(self) -> Tally | None:
         """After an interrupt: the input's rows, those the checkpoint holds answers for, the
         rest pending (None if that cannot be read)."""
-        from batchpizza.distributed.planning import count_answered
+        from batchpizza.distributed.planning import count_interrupted
 
+        if self._before is None:  # stopped before the checkpoint was looked at
+            return None
         try:  # by id and request fingerprint, as the dry run and the actors count
-            rows, answered = count_answered(self.source, self.checkpoint, self.config, self.limit)
+            rows, answered = count_interrupted(
+                self.source, self.checkpoint, self.config, self.limit, self._before, self.staged
+            )
         except (BatchpizzaError, OSError):
             return None
         return Tally(rows=rows, answered=answered)

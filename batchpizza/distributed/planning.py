@@ -7,15 +7,19 @@ it prints."""
 from __future__ import annotations
 
 import types
+from typing import TYPE_CHECKING
 
 from batchpizza.config import RunConfig
+from batchpizza.distributed import staging
 from batchpizza.distributed.folders import (
+    answered_ids,
     filesystem,
     input_dataset,
+    input_ids,
     require_id,
 )
 from batchpizza.distributed.parts import DIGEST, ID, PARTS, PartStore
-from batchpizza.distributed.staging import is_staged, row_objects
+from batchpizza.distributed.staging import Staged, is_staged, row_objects
 from batchpizza.engine.batch import Batch
 from batchpizza.errors import InputError, OutputError
 from batchpizza.identities import identity_of
@@ -23,13 +27,22 @@ from batchpizza.progress import sending_time
 from batchpizza.providers.factory import extra_columns
 from batchpizza.rows import Fields, fingerprint_key
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 
 def count_answered(
-    place: str, checkpoint: str | None, config: RunConfig, limit: int | None
+    place: str,
+    checkpoint: str | None,
+    config: RunConfig,
+    limit: int | None,
+    only: pa.Array | None = None,
 ) -> tuple[int, int]:
     """(rows of the input, or its first `limit`; how many of them have an answer kept for the
-    request this run would send)."""
+    request this run would send). `only`: just the rows of these ids are read and matched (the
+    others are counted, not answered)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     answered, undigested, digested = _kept(checkpoint)
     provider = types.SimpleNamespace(
@@ -41,24 +54,54 @@ def count_answered(
     id_field = config.fields_named[2]
     if not is_staged(dataset.schema.names):  # a staged input has the ids its scan gave
         require_id(dataset.schema.names, id_field)
+    ids = staging.ID if is_staged(dataset.schema.names) else id_field
     rows = found = 0
     try:
         for record_batch in dataset.to_batches():
             if limit is not None and rows + record_batch.num_rows > limit:
                 record_batch = record_batch.slice(0, limit - rows)
-            batch = Batch(row_objects(record_batch, id_field), fields, key=key)
+            rows += record_batch.num_rows
+            matched = record_batch
+            if only is not None:
+                column = record_batch.column(ids).cast(pa.string())
+                matched = record_batch.filter(pc.is_in(column, value_set=only))
+            batch = Batch(row_objects(matched, id_field), fields, key=key)
             for pos, digest in batch.digests.items():
                 row_id = batch.id_of(pos)
                 if (row_id, digest) in answered or (
                     row_id in undigested and row_id not in digested
                 ):
                     found += 1
-            rows += record_batch.num_rows
             if limit is not None and rows >= limit:
                 break
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"cannot read the input {place}: {exc}") from None
     return rows, found
+
+
+def count_interrupted(
+    place: str,
+    checkpoint: str,
+    config: RunConfig,
+    limit: int | None,
+    before: pa.Array,
+    staged: Staged | None,
+) -> tuple[int, int]:
+    """count_answered after an interrupted run, from what the run knows: `before`, the ids the
+    checkpoint held answers for when it started, and the rows the staging counted (`staged`).
+    An id answered since was answered for the request its row asks now (the actors match
+    and write answers so), so only the rows answered before are read and matched (every row was:
+    9.3 s after Ctrl-C at 1.5M rows); a first run reads no prompt at all."""
+    import pyarrow.compute as pc
+
+    now = pc.unique(answered_ids(checkpoint))
+    since = int(pc.sum(pc.invert(pc.is_in(now, value_set=before))).as_py() or 0)
+    if len(before) == 0:
+        if staged is not None:
+            return staged.rows, since
+        return len(input_ids(place, config.fields_named[2], limit)), since
+    counted, kept = count_answered(place, checkpoint, config, limit, only=pc.unique(before))
+    return counted, since + kept
 
 
 def _kept(checkpoint: str | None) -> tuple[set[tuple[str, bytes]], set[str], set[str]]:

@@ -28,11 +28,13 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Collection
 from pathlib import Path
 
 _PROC = Path("/proc")
 _REAP_WAIT_S = 10.0
+_STOP_WAIT_S = 1.0
 # The looks under the raylet: its agents are there from its start, and a worker started since
 # the last look carries RAY_RAYLET_PID; so soon after the start, then every 8 s (a look reads
 # /proc/PID/stat of every process: 2 ms for 90 of them).
@@ -132,15 +134,34 @@ def _is_raylet(pid: int, since: int | None) -> bool:
     return False
 
 
+def _until_stopped(pid: int) -> None:
+    """Wait (a second at most) until a process sent SIGSTOP has stopped: the signal is
+    delivered when it next runs, later on a loaded machine."""
+    deadline = time.monotonic() + _STOP_WAIT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, IndexError):
+            if _stat(pid)[1][0] not in "RSD":  # stopped (T), or a zombie
+                return
+        time.sleep(0.001)
+
+
 def reap(raylet: int, since: int | None = None, seen: dict[int, int] | None = None) -> int:
     """Kill the raylet if it is still there (the same process: started at `since`), what it
     started, and what was `seen` under it (pid: start) and still runs; how many, the raylet
     aside."""
+    alive = _is_raylet(raylet, since)
+    if alive:
+        # Frozen before the looks: a worker it forked after them would be missed, and one it is
+        # starting as they run shows no environment yet (/proc/PID/environ reads empty until
+        # the new program is loaded), but is still its child.
+        with contextlib.suppress(OSError):
+            os.kill(raylet, signal.SIGSTOP)
+            _until_stopped(raylet)
     targets = {**(seen or {}), **started_by(raylet, since)}
-    if _is_raylet(raylet, since):
+    if alive:
         targets.update(descendants(raylet))
         with contextlib.suppress(OSError):
-            os.kill(raylet, signal.SIGKILL)  # first: it starts no more of them
+            os.kill(raylet, signal.SIGKILL)
     killed = 0
     for pid, start in targets.items():
         # The same process (a pid alone may have been given to another since) and this user's.

@@ -38,6 +38,10 @@ ID = "id"  # the staged id column, named as the output's
 ROW = "__batchpizza_row"
 PROBLEM = "__batchpizza_problem"
 STAGED = "staged-input.parquet"  # in the folder given to `stage` (the checkpoint's)
+# The scan's index (44 B a row), beside the staged file: the system temp folder may be a tmpfs
+# (RAM), and a kill left it there for good; here the next staging replaces it, --restart empties
+# the folder with it. A dot name: no reader of the checkpoint takes it for a part.
+SCAN = ".staged-scan.sqlite"
 _NOT_UTF8 = "invalid UTF-8 in a string column"  # a row's problem, as the scan of a file says it
 
 
@@ -117,8 +121,13 @@ def stage(
     fields = Fields.from_config(config, extra_columns(config.provider))
     source = open_source(input, fields)
     assert isinstance(source, JsonlSource)  # a JSON lines file, named so
-    with tempfile.TemporaryDirectory(prefix="batchpizza-scan-") as scratch:
-        scan = ScanIndex(Path(scratch) / "scan.sqlite")
+    with contextlib.ExitStack() as scratch:
+        # SQLite needs a local file: beside the staged one, unless that is in an object store.
+        if is_uri(folder):
+            local = scratch.enter_context(tempfile.TemporaryDirectory(prefix="batchpizza-"))
+        else:
+            local = folder
+        scan = ScanIndex(Path(local) / SCAN)
         try:
             scan.scan(source.scan(limit), source.unit, source.names)
             if scan.bad and not config.skip_bad_rows:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from batchpizza.config import RunConfig
 from batchpizza.controls.retrying import RetryPolicy
 from batchpizza.controls.stop import Stop
-from batchpizza.distributed.gate import ClusterGate, Controller
+from batchpizza.distributed.gate import ClusterGate, Controller, slot_trace
 from batchpizza.distributed.parts import DIGEST, ID, PartStore, key_of
 from batchpizza.distributed.staging import row_ids, row_objects
 from batchpizza.engine.batch import Batch, answer_batch
@@ -239,9 +239,10 @@ class Answerer:
 
     def _actor_session(self) -> aiohttp.ClientSession:
         """The actor's one session, for every batch it answers: at most its share of the
-        cluster's concurrency in connections."""
+        cluster's concurrency in connections, each request on time for its slot as it is
+        written (gate.slot_trace)."""
         if self._session is None or self._session.closed:
-            self._session = new_session(self._share)
+            self._session = new_session(self._share, [slot_trace()])
         return self._session
 
     async def answer_batch(self, batch: pa.Table) -> pa.Table:

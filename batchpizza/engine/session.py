@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import aiohttp
 
@@ -36,9 +36,12 @@ def collector_threshold(young: int) -> Iterator[None]:
             gc.set_threshold(*before)
 
 
-def new_session(concurrency: int) -> aiohttp.ClientSession:
+def new_session(
+    concurrency: int, traces: Sequence[aiohttp.TraceConfig] = ()
+) -> aiohttp.ClientSession:
     """The session one run (or one Ray actor) sends through: at most `concurrency` connections,
-    and a send that failed on a stale pooled one sent again at once (providers.pooled).
+    and a send that failed on a stale pooled one sent again at once (providers.pooled); `traces`
+    for a Ray actor's check of its slot as each request is written.
     trust_env stays off: the provider resolved the proxy once, instead of per request."""
     connector = Connector(limit=concurrency, limit_per_host=concurrency)
-    return aiohttp.ClientSession(connector=connector)
+    return aiohttp.ClientSession(connector=connector, trace_configs=list(traces) or None)
