@@ -170,7 +170,11 @@ def checked_part(part: Mapping[str, Any], where: str, name: str, text_only: bool
             name,
         )
     if wav_seconds(data) is None:
-        raise RowProblem(f"{where}: input_audio data is not base64 of a wav file", name)
+        raise RowProblem(
+            f"{where}: input_audio data is not base64 of a wav file of PCM samples (a "
+            "compressed one's length cannot be read without decoding it)",
+            name,
+        )
     return clean
 
 
@@ -302,22 +306,43 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def wav_seconds(data: str) -> float | None:
-    """How long base64 wav `data` plays at most: all its bytes at the header's byte rate (a
-    data chunk's own size is not trusted: a stream's says 0 or 0xFFFFFFFF). None when it is
-    not a wav file with a byte rate."""
+    """How long base64 wav `data` plays at most: all its bytes at the slowest rate its header
+    says (a data chunk's own size is not trusted: a stream's says 0 or 0xFFFFFFFF). None when it
+    is not a wav file of PCM samples with a rate."""
     head = _decoded(data, 512)
     if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
     i = 12
     while i + 8 <= len(head):
         chunk, size = head[i : i + 4], struct.unpack("<I", head[i + 4 : i + 8])[0]
-        if chunk == b"fmt " and i + 16 <= len(head):
-            rate = struct.unpack("<I", head[i + 16 : i + 20])[0] if i + 20 <= len(head) else 0
-            if rate <= 0:
-                return None
-            return (len(data) * 3 // 4) / rate
+        if chunk == b"fmt ":
+            rate = _pcm_bytes_per_s(head[i + 8 : i + 8 + size])
+            return None if rate is None else (len(data) * 3 // 4) / rate
         i += 8 + size + (size & 1)
     return None
+
+
+# PCM, IEEE float, A-law, mu-law: a sample's bytes are fixed, so its length is its bytes' count.
+_PCM_CODES = frozenset({1, 3, 6, 7})
+_EXTENSIBLE = 0xFFFE
+
+
+def _pcm_bytes_per_s(fmt: bytes) -> float | None:
+    """The fewest bytes a second of a wav's fmt chunk says, of its byte rate, its frames at its
+    block size and at its sample bits: a decoder reads the length from the sample rate and
+    sizes, never from the byte rate, which a file may say anything in (0xFFFFFFFF: 60 s of
+    audio would be bounded at a token). None for compressed audio (ADPCM, MP3 in a wav), whose
+    length cannot be read without decoding it, or a header that says no rate."""
+    if len(fmt) < 16:
+        return None
+    code, channels, sample_rate, byte_rate, block, bits = struct.unpack("<HHIIHH", fmt[:16])
+    if code == _EXTENSIBLE:
+        code = struct.unpack("<H", fmt[24:26])[0] if len(fmt) >= 26 else 0
+    if code not in _PCM_CODES:
+        return None
+    rates = [byte_rate, sample_rate * block, sample_rate * channels * bits / 8]
+    positive = [rate for rate in rates if rate > 0]
+    return min(positive) if positive else None
 
 
 # -- showing a request ----------------------------------------------------------------------------

@@ -223,6 +223,40 @@ def test_audio_is_bounded_by_its_wav_length_and_other_formats_are_refused() -> N
         interpret(row("a", {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}), FIELDS, 0)  # fmt: skip
 
 
+def wav_saying(seconds: float, **fmt: int) -> str:
+    """An 8-bit mono 8 kHz wav of `seconds`, its fmt chunk's fields (code, byte_rate) as said."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(1)
+        w.setframerate(8000)
+        w.writeframes(b"\x80" * int(8000 * seconds))
+    data = bytearray(out.getvalue())
+    if "code" in fmt:
+        data[20:22] = struct.pack("<H", fmt["code"])
+    if "byte_rate" in fmt:
+        data[28:32] = struct.pack("<I", fmt["byte_rate"])
+    return base64.b64encode(bytes(data)).decode()
+
+
+def test_a_wavs_length_is_read_from_its_sample_rate_not_a_byte_rate_that_lies() -> None:
+    # A decoder plays 60 s of it (8,000 one-byte frames a second) whatever the byte rate says.
+    lying = wav_saying(60, byte_rate=0xFFFFFFFF)
+    with wave.open(io.BytesIO(base64.b64decode(lying))) as played:
+        assert played.getnframes() == 8000 * 60
+    assert wav_seconds(lying) == pytest.approx(60, abs=0.1)
+    sound = {"type": "input_audio", "input_audio": {"data": lying, "format": "wav"}}
+    assert input_bound(prompt_of(row("a", sound)), "gpt-4o-audio-preview") >= 60 * 40
+
+
+def test_a_wav_of_compressed_audio_is_a_bad_row_its_length_unread() -> None:
+    adpcm = wav_saying(1, code=0x11)  # IMA ADPCM: how long it plays needs it decoded
+    assert wav_seconds(adpcm) is None
+    sound = {"type": "input_audio", "input_audio": {"data": adpcm, "format": "wav"}}
+    with pytest.raises(RowProblem, match="PCM samples"):
+        interpret(row("a", sound), FIELDS, 0)
+
+
 # -- shown shortened -------------------------------------------------------------------------------
 
 
