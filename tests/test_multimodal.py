@@ -24,7 +24,8 @@ from batchpizza.cli import cli
 from batchpizza.controls.budget import Budget
 from batchpizza.controls.metering import Meter
 from batchpizza.errors import RowProblem
-from batchpizza.media import image_size, image_tokens, shown_url, wav_seconds
+from batchpizza.media import image_tokens, shown_url
+from batchpizza.mediasize import image_size, wav_seconds
 from batchpizza.mock.faults import MockConfig
 from batchpizza.pricing import Price
 from batchpizza.rows import Fields, digest_of, interpret, to_prompt
@@ -160,6 +161,26 @@ def test_an_image_size_is_read_from_a_data_urls_header() -> None:
     assert image_size(data_url(vp8x, "webp")) == (800, 600)
     assert image_size(CAT) is None
     assert image_size(data_url(b"not an image at all")) is None
+
+
+def gif(screen: tuple[int, int], *frames: tuple[int, int, int, int]) -> bytes:
+    """A GIF of a `screen` (no color table) and frames (left, top, width, height) of one pixel's
+    data each, a graphic control extension and a stray byte before each."""
+    out = b"GIF89a" + struct.pack("<HHBBB", *screen, 0, 0, 0)
+    for frame in frames:
+        out += b"\x21\xf9\x04\0\0\0\0\0" + b"\x07"  # an extension, then a byte of no block
+        out += b"\x2c" + struct.pack("<HHHHB", *frame, 0) + b"\x02\x02\x4c\x01\0"
+    return out + b"\x3b"
+
+
+def test_a_gifs_size_holds_its_frames_where_they_pass_the_screen_it_says() -> None:
+    # Pillow, as a server decodes it, makes such an image 2000 x 1000, not 1 x 1.
+    lying = data_url(gif((1, 1), (0, 0, 2000, 1000)), "gif")
+    assert image_size(lying) == (2000, 1000)
+    assert input_bound(prompt_of(row("a", image(lying))), "gpt-4o") >= 85 + 170 * 6
+    later = data_url(gif((100, 100), (0, 0, 10, 10), (50, 60, 3000, 40)), "gif")
+    assert image_size(later) == (3050, 100)  # an animation's later frame too
+    assert image_size(data_url(gif((300, 200), (0, 0, 300, 200)), "gif")) == (300, 200)
 
 
 @pytest.mark.parametrize(
