@@ -465,11 +465,13 @@ def test_the_mock_answers_each_image_apart_and_bills_it(tmp_path: Path, mock_api
         ),
     ]
     rows[2]["messages"][0]["content"] = "What is in this picture?"
+    # Two data URLs alike in their start and length: the answer depends on all of each.
+    rows += [row("red", image(data_url(png(8, 8, pad=100)))), row("blue", image(data_url(png(9, 8, pad=100))))]  # fmt: skip
     src, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
     result = run(src, out, f"{mock_api.base_url}/v1", "--model", "batchpizza-mock")
     assert result.exit_code == 0, result.output
     got = {r["id"]: r for r in read_jsonl(out)}
-    assert len({r["answer"] for r in got.values()}) == 3  # the image is part of what it answers
+    assert len({r["answer"] for r in got.values()}) == 5  # the image is part of what it answers
     text = got["text"]["prompt_tokens"]
     assert got["low"]["prompt_tokens"] == text + 85
     assert got["high"]["prompt_tokens"] == text + 765
