@@ -46,7 +46,7 @@ def image_size(url: str) -> tuple[int, int] | None:
         # The frame header may follow large EXIF segments: read further only as needed.
         left = len(url) - start
         for chars in (4096, 65536 * 4, left):
-            size = _jpeg_size(_decoded(url, chars * 3 // 4, start))
+            size = _jpeg_size(_decoded(url, chars * 3 // 4, start), whole=chars >= left)
             if size is not None or chars >= left:
                 return size
     return None
@@ -100,26 +100,36 @@ def _webp_size(head: bytes) -> tuple[int, int] | None:
     return None
 
 
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# The frame headers (SOF0-15 but DHT, JPG, DAC) and DHP, which Pillow reads as one too.
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xDE}
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+def _jpeg_size(data: bytes, whole: bool) -> tuple[int, int] | None:
+    """The largest frame header's size before the scan starts: Pillow takes the last one there
+    (a small one first would have hidden a large one). None where `data` ends before the scan
+    and is not `whole` (more of it is read), or the segments cannot be followed."""
+    found: tuple[int, int] | None = None
     i = 2
-    while i + 9 <= len(data):
+    while i + 4 <= len(data):
         if data[i] != 0xFF:
             return None
         marker_ = data[i + 1]
         if marker_ == 0xFF:  # fill byte
             i += 1
             continue
-        if marker_ in _SOF:
+        if marker_ in (0xDA, 0xD9):  # the scan, or the image's end: no frame header after
+            return found
+        if marker_ in _SOF and i + 9 <= len(data):
             height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return _positive(width, height)
+            size = _positive(width, height)
+            if size is None:  # a height said later (DNL): not known
+                return None
+            found = size if found is None else (max(found[0], width), max(found[1], height))
         if marker_ in (0xD8, 0x01) or 0xD0 <= marker_ <= 0xD7:
             i += 2
             continue
         i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
-    return None
+    return found if whole else None
 
 
 def wav_seconds(data: str) -> float | None:

@@ -154,8 +154,9 @@ def test_an_image_size_is_read_from_a_data_urls_header() -> None:
     gif = b"GIF89a" + struct.pack("<HH", 300, 200) + b"\0" * 40
     assert image_size(data_url(gif, "gif")) == (300, 200)
     exif = b"\xff\xe1" + struct.pack(">H", 30000) + b"\0" * 29998  # a large EXIF first
-    sof = b"\xff\xc0" + struct.pack(">HBHH", 17, 8, 480, 640) + b"\0" * 20
-    assert image_size(data_url(b"\xff\xd8" + exif + sof, "jpeg")) == (640, 480)
+    sof = b"\xff\xc0" + struct.pack(">HBHH", 17, 8, 480, 640) + b"\0" * 10
+    scan = b"\xff\xda" + struct.pack(">H", 8) + b"\0" * 30
+    assert image_size(data_url(b"\xff\xd8" + exif + sof + scan, "jpeg")) == (640, 480)
     vp8x = b"RIFF\0\0\0\0WEBPVP8X" + struct.pack("<I", 10) + b"\0" * 4
     vp8x += (799).to_bytes(3, "little") + (599).to_bytes(3, "little")
     assert image_size(data_url(vp8x, "webp")) == (800, 600)
@@ -181,6 +182,21 @@ def test_a_gifs_size_holds_its_frames_where_they_pass_the_screen_it_says() -> No
     later = data_url(gif((100, 100), (0, 0, 10, 10), (50, 60, 3000, 40)), "gif")
     assert image_size(later) == (3050, 100)  # an animation's later frame too
     assert image_size(data_url(gif((300, 200), (0, 0, 300, 200)), "gif")) == (300, 200)
+
+
+def test_a_jpegs_size_is_its_largest_frame_header_before_the_scan() -> None:
+    # Pillow takes the last frame header (a DHP one too): these open as 4000 x 3000, 2000 x 100.
+    def frame(marker: int, width: int, height: int) -> bytes:
+        components = b"\x03\x01\x11\x00\x02\x11\x00\x03\x11\x00"  # three, as Pillow reads them
+        return bytes([0xFF, marker]) + struct.pack(">HBHH", 17, 8, height, width) + components
+
+    scan = b"\xff\xda" + struct.pack(">H", 8) + b"\0" * 30
+    two = b"\xff\xd8" + frame(0xC0, 1, 1) + frame(0xC2, 4000, 3000) + scan
+    assert image_size(data_url(two, "jpeg")) == (4000, 3000)
+    hierarchical = b"\xff\xd8" + frame(0xC0, 8, 8) + frame(0xDE, 2000, 100) + scan
+    assert image_size(data_url(hierarchical, "jpeg")) == (2000, 100)
+    cut = b"\xff\xd8" + frame(0xC0, 8, 8)  # no scan: what follows cannot be known
+    assert image_size(data_url(cut, "jpeg")) == (8, 8)
 
 
 @pytest.mark.parametrize(
