@@ -13,7 +13,8 @@ import re
 import struct
 
 # A base64 data URL's start: its data follows (matched alone, never copied: it may be megabytes).
-DATA_URL = re.compile(r"data:[\w.+/-]*(?:;[\w.+=-]+)*;base64,")
+# Its scheme and `base64` in any case, as RFC 2397 has them (`DATA:...;BASE64,` is one too).
+DATA_URL = re.compile(r"data:[\w.+/-]*(?:;[\w.+=-]+)*;base64,", re.IGNORECASE)
 
 
 def _decoded(data: str, n: int, start: int = 0) -> bytes:

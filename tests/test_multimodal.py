@@ -302,6 +302,10 @@ def test_a_data_url_is_shown_shortened_with_its_length() -> None:
     data = url.split(",", 1)[1]
     assert shown_url(url) == f"data:image/png;base64,iVBOR...({len(data):,} chars)"
     assert shown_url(CAT) == CAT
+    # A scheme in capitals is a data URL too (RFC 2397): shown shortened, its size read.
+    shouted = "DATA:image/png;BASE64," + data
+    assert shown_url(shouted) == f"DATA:image/png;BASE64,iVBOR...({len(data):,} chars)"
+    assert image_size(shouted) == (10, 10)
 
 
 # -- end to end ---------------------------------------------------------------------------------
