@@ -53,6 +53,10 @@ def image_size(url: str) -> tuple[int, int] | None:
     return None
 
 
+# The bytes a GIF's next block starts with: an extension, an image, the trailer.
+_GIF_BLOCK = re.compile(rb"[\x21\x2c\x3b]")
+
+
 def _gif_size(data: bytes) -> tuple[int, int] | None:
     """The screen of a GIF grown to hold each of its frames (their image descriptors)."""
     if len(data) < 13:
@@ -67,8 +71,9 @@ def _gif_size(data: bytes) -> tuple[int, int] | None:
             width, height = max(width, left + w), max(height, top + h)
             # Its color table and LZW code size, then its data's sub-blocks.
             i = _after_sub_blocks(data, i + 10 + _color_table(data[i + 9]) + 1)
-        else:  # a byte of no block: skipped, as a decoder skips it
-            i += 1
+        else:  # bytes of no block: skipped, as a decoder skips them (at C speed: a megabyte)
+            found = _GIF_BLOCK.search(data, i + 1)
+            i = len(data) if found is None else found.start()
     return _positive(width, height)
 
 
