@@ -17,23 +17,20 @@ no internet here to check them, so every figure is taken at its worst where memo
              is scaled down to fit), times the model's multiplier (1.62, 2.46, 1.72).
     audio    about one token per 100 ms of input audio; reserved here as one per 25 ms.
 
-An image's size is read from a data URL's header (PNG, JPEG, GIF, WebP), never by decoding the
-image; an image at a URL, or one whose header does not say, takes the model's worst case. A model
-the table does not know takes the largest bound of those it does.
+An image's size is read from a data URL's header (PNG, JPEG, GIF, WebP: mediasize.py), never by
+decoding the image; an image at a URL, or one whose header does not say, takes the model's worst
+case. A model the table does not know takes the largest bound of those it does.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
-import re
-import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from batchpizza.errors import RowProblem
+from batchpizza.mediasize import DATA_URL, image_size, wav_seconds
 
 IMAGE, AUDIO = "image_url", "input_audio"
 DETAILS = ("low", "high", "auto")
@@ -47,8 +44,6 @@ _PATCH = 32
 _MAX_PATCHES = 1536
 # A data URL shown in a dry run or a log: its start, then how long it was.
 _SHOWN_DATA = 5
-# A base64 data URL's start: its data follows (matched alone, never copied: it may be megabytes).
-_DATA_URL = re.compile(r"data:[\w.+/-]*(?:;[\w.+=-]+)*;base64,")
 
 
 @dataclass(frozen=True)
@@ -170,7 +165,11 @@ def checked_part(part: Mapping[str, Any], where: str, name: str, text_only: bool
             name,
         )
     if wav_seconds(data) is None:
-        raise RowProblem(f"{where}: input_audio data is not base64 of a wav file", name)
+        raise RowProblem(
+            f"{where}: input_audio data is not base64 of a wav file of PCM samples (a "
+            "compressed one's length cannot be read without decoding it)",
+            name,
+        )
     return clean
 
 
@@ -223,110 +222,13 @@ def part_tokens(part: Mapping[str, Any], model: str | None) -> int:
     return len(str(part).encode("utf-8", "surrogatepass"))
 
 
-# -- headers --------------------------------------------------------------------------------------
-
-
-def _decoded(data: str, n: int, start: int = 0) -> bytes:
-    """The first `n` bytes (about) of the base64 in `data` from `start`, without the rest."""
-    chunk = data[start : start + -(-n // 3) * 4].strip()
-    chunk = chunk[: len(chunk) // 4 * 4]
-    try:
-        return base64.b64decode(chunk, validate=False)
-    except (binascii.Error, ValueError):
-        return b""
-
-
-def image_size(url: str) -> tuple[int, int] | None:
-    """(width, height) from a base64 data URL's PNG, GIF, WebP or JPEG header; None when the
-    URL is not one, or its header does not say."""
-    match = _DATA_URL.match(url)
-    if match is None:
-        return None
-    start = match.end()
-    head = _decoded(url, 64, start)
-    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
-        return _positive(*struct.unpack(">II", head[16:24]))
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return _positive(*struct.unpack("<HH", head[6:10]))
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return _webp_size(head)
-    if head[:2] == b"\xff\xd8":
-        # The frame header may follow large EXIF segments: read further only as needed.
-        left = len(url) - start
-        for chars in (4096, 65536 * 4, left):
-            size = _jpeg_size(_decoded(url, chars * 3 // 4, start))
-            if size is not None or chars >= left:
-                return size
-    return None
-
-
-def _positive(width: int, height: int) -> tuple[int, int] | None:
-    return (width, height) if width > 0 and height > 0 else None
-
-
-def _webp_size(head: bytes) -> tuple[int, int] | None:
-    chunk = head[12:16]
-    if chunk == b"VP8X" and len(head) >= 30:
-        return _positive(
-            int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
-        )
-    if chunk == b"VP8L" and len(head) >= 25 and head[20] == 0x2F:
-        bits = int.from_bytes(head[21:25], "little")
-        return _positive((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
-    if chunk == b"VP8 " and len(head) >= 30 and head[23:26] == b"\x9d\x01\x2a":
-        width, height = struct.unpack("<HH", head[26:30])
-        return _positive(width & 0x3FFF, height & 0x3FFF)
-    return None
-
-
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    i = 2
-    while i + 9 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker_ = data[i + 1]
-        if marker_ == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker_ in _SOF:
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return _positive(width, height)
-        if marker_ in (0xD8, 0x01) or 0xD0 <= marker_ <= 0xD7:
-            i += 2
-            continue
-        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
-    return None
-
-
-def wav_seconds(data: str) -> float | None:
-    """How long base64 wav `data` plays at most: all its bytes at the header's byte rate (a
-    data chunk's own size is not trusted: a stream's says 0 or 0xFFFFFFFF). None when it is
-    not a wav file with a byte rate."""
-    head = _decoded(data, 512)
-    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
-    i = 12
-    while i + 8 <= len(head):
-        chunk, size = head[i : i + 4], struct.unpack("<I", head[i + 4 : i + 8])[0]
-        if chunk == b"fmt " and i + 16 <= len(head):
-            rate = struct.unpack("<I", head[i + 16 : i + 20])[0] if i + 20 <= len(head) else 0
-            if rate <= 0:
-                return None
-            return (len(data) * 3 // 4) / rate
-        i += 8 + size + (size & 1)
-    return None
-
-
 # -- showing a request ----------------------------------------------------------------------------
 
 
 def shown_url(url: str) -> str:
     """A data URL as a dry run or a log shows it: `data:image/png;base64,iVBOR...(123,456
     chars)`; any other URL as it is."""
-    match = _DATA_URL.match(url)
+    match = DATA_URL.match(url)
     start = -1 if match is None else match.end()
     if match is None or len(url) - start <= _SHOWN_DATA:
         return url

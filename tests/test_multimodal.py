@@ -24,7 +24,8 @@ from batchpizza.cli import cli
 from batchpizza.controls.budget import Budget
 from batchpizza.controls.metering import Meter
 from batchpizza.errors import RowProblem
-from batchpizza.media import image_size, image_tokens, shown_url, wav_seconds
+from batchpizza.media import image_tokens, shown_url
+from batchpizza.mediasize import image_size, wav_seconds
 from batchpizza.mock.faults import MockConfig
 from batchpizza.pricing import Price
 from batchpizza.rows import Fields, digest_of, interpret, to_prompt
@@ -153,13 +154,49 @@ def test_an_image_size_is_read_from_a_data_urls_header() -> None:
     gif = b"GIF89a" + struct.pack("<HH", 300, 200) + b"\0" * 40
     assert image_size(data_url(gif, "gif")) == (300, 200)
     exif = b"\xff\xe1" + struct.pack(">H", 30000) + b"\0" * 29998  # a large EXIF first
-    sof = b"\xff\xc0" + struct.pack(">HBHH", 17, 8, 480, 640) + b"\0" * 20
-    assert image_size(data_url(b"\xff\xd8" + exif + sof, "jpeg")) == (640, 480)
+    sof = b"\xff\xc0" + struct.pack(">HBHH", 17, 8, 480, 640) + b"\0" * 10
+    scan = b"\xff\xda" + struct.pack(">H", 8) + b"\0" * 30
+    assert image_size(data_url(b"\xff\xd8" + exif + sof + scan, "jpeg")) == (640, 480)
     vp8x = b"RIFF\0\0\0\0WEBPVP8X" + struct.pack("<I", 10) + b"\0" * 4
     vp8x += (799).to_bytes(3, "little") + (599).to_bytes(3, "little")
     assert image_size(data_url(vp8x, "webp")) == (800, 600)
     assert image_size(CAT) is None
     assert image_size(data_url(b"not an image at all")) is None
+
+
+def gif(screen: tuple[int, int], *frames: tuple[int, int, int, int]) -> bytes:
+    """A GIF of a `screen` (no color table) and frames (left, top, width, height) of one pixel's
+    data each, a graphic control extension and a stray byte before each."""
+    out = b"GIF89a" + struct.pack("<HHBBB", *screen, 0, 0, 0)
+    for frame in frames:
+        out += b"\x21\xf9\x04\0\0\0\0\0" + b"\x07"  # an extension, then a byte of no block
+        out += b"\x2c" + struct.pack("<HHHHB", *frame, 0) + b"\x02\x02\x4c\x01\0"
+    return out + b"\x3b"
+
+
+def test_a_gifs_size_holds_its_frames_where_they_pass_the_screen_it_says() -> None:
+    # Pillow, as a server decodes it, makes such an image 2000 x 1000, not 1 x 1.
+    lying = data_url(gif((1, 1), (0, 0, 2000, 1000)), "gif")
+    assert image_size(lying) == (2000, 1000)
+    assert input_bound(prompt_of(row("a", image(lying))), "gpt-4o") >= 85 + 170 * 6
+    later = data_url(gif((100, 100), (0, 0, 10, 10), (50, 60, 3000, 40)), "gif")
+    assert image_size(later) == (3050, 100)  # an animation's later frame too
+    assert image_size(data_url(gif((300, 200), (0, 0, 300, 200)), "gif")) == (300, 200)
+
+
+def test_a_jpegs_size_is_its_largest_frame_header_before_the_scan() -> None:
+    # Pillow takes the last frame header (a DHP one too): these open as 4000 x 3000, 2000 x 100.
+    def frame(marker: int, width: int, height: int) -> bytes:
+        components = b"\x03\x01\x11\x00\x02\x11\x00\x03\x11\x00"  # three, as Pillow reads them
+        return bytes([0xFF, marker]) + struct.pack(">HBHH", 17, 8, height, width) + components
+
+    scan = b"\xff\xda" + struct.pack(">H", 8) + b"\0" * 30
+    two = b"\xff\xd8" + frame(0xC0, 1, 1) + frame(0xC2, 4000, 3000) + scan
+    assert image_size(data_url(two, "jpeg")) == (4000, 3000)
+    hierarchical = b"\xff\xd8" + frame(0xC0, 8, 8) + frame(0xDE, 2000, 100) + scan
+    assert image_size(data_url(hierarchical, "jpeg")) == (2000, 100)
+    cut = b"\xff\xd8" + frame(0xC0, 8, 8)  # no scan: what follows cannot be known
+    assert image_size(data_url(cut, "jpeg")) == (8, 8)
 
 
 @pytest.mark.parametrize(
@@ -223,6 +260,40 @@ def test_audio_is_bounded_by_its_wav_length_and_other_formats_are_refused() -> N
         interpret(row("a", {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}), FIELDS, 0)  # fmt: skip
 
 
+def wav_saying(seconds: float, **fmt: int) -> str:
+    """An 8-bit mono 8 kHz wav of `seconds`, its fmt chunk's fields (code, byte_rate) as said."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(1)
+        w.setframerate(8000)
+        w.writeframes(b"\x80" * int(8000 * seconds))
+    data = bytearray(out.getvalue())
+    if "code" in fmt:
+        data[20:22] = struct.pack("<H", fmt["code"])
+    if "byte_rate" in fmt:
+        data[28:32] = struct.pack("<I", fmt["byte_rate"])
+    return base64.b64encode(bytes(data)).decode()
+
+
+def test_a_wavs_length_is_read_from_its_sample_rate_not_a_byte_rate_that_lies() -> None:
+    # A decoder plays 60 s of it (8,000 one-byte frames a second) whatever the byte rate says.
+    lying = wav_saying(60, byte_rate=0xFFFFFFFF)
+    with wave.open(io.BytesIO(base64.b64decode(lying))) as played:
+        assert played.getnframes() == 8000 * 60
+    assert wav_seconds(lying) == pytest.approx(60, abs=0.1)
+    sound = {"type": "input_audio", "input_audio": {"data": lying, "format": "wav"}}
+    assert input_bound(prompt_of(row("a", sound)), "gpt-4o-audio-preview") >= 60 * 40
+
+
+def test_a_wav_of_compressed_audio_is_a_bad_row_its_length_unread() -> None:
+    adpcm = wav_saying(1, code=0x11)  # IMA ADPCM: how long it plays needs it decoded
+    assert wav_seconds(adpcm) is None
+    sound = {"type": "input_audio", "input_audio": {"data": adpcm, "format": "wav"}}
+    with pytest.raises(RowProblem, match="PCM samples"):
+        interpret(row("a", sound), FIELDS, 0)
+
+
 # -- shown shortened -------------------------------------------------------------------------------
 
 
@@ -231,6 +302,10 @@ def test_a_data_url_is_shown_shortened_with_its_length() -> None:
     data = url.split(",", 1)[1]
     assert shown_url(url) == f"data:image/png;base64,iVBOR...({len(data):,} chars)"
     assert shown_url(CAT) == CAT
+    # A scheme in capitals is a data URL too (RFC 2397): shown shortened, its size read.
+    shouted = "DATA:image/png;BASE64," + data
+    assert shown_url(shouted) == f"DATA:image/png;BASE64,iVBOR...({len(data):,} chars)"
+    assert image_size(shouted) == (10, 10)
 
 
 # -- end to end ---------------------------------------------------------------------------------
@@ -410,11 +485,13 @@ def test_the_mock_answers_each_image_apart_and_bills_it(tmp_path: Path, mock_api
         ),
     ]
     rows[2]["messages"][0]["content"] = "What is in this picture?"
+    # Two data URLs alike in their start and length: the answer depends on all of each.
+    rows += [row("red", image(data_url(png(8, 8, pad=100)))), row("blue", image(data_url(png(9, 8, pad=100))))]  # fmt: skip
     src, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
     result = run(src, out, f"{mock_api.base_url}/v1", "--model", "batchpizza-mock")
     assert result.exit_code == 0, result.output
     got = {r["id"]: r for r in read_jsonl(out)}
-    assert len({r["answer"] for r in got.values()}) == 3  # the image is part of what it answers
+    assert len({r["answer"] for r in got.values()}) == 5  # the image is part of what it answers
     text = got["text"]["prompt_tokens"]
     assert got["low"]["prompt_tokens"] == text + 85
     assert got["high"]["prompt_tokens"] == text + 765

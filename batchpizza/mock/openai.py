@@ -202,7 +202,10 @@ def _part_text(part: object, marked: bool = False) -> str:
     if not isinstance(url, str):
         return f"[{part.get('type')}]"
     assert isinstance(inner, dict)
-    return f"[image: {shown_url(url)}, {inner.get('detail', 'auto')}]"
+    shown = shown_url(url)
+    if shown != url:  # a data URL shortened: its digest, so that the answer depends on all of it
+        shown += f" {hashlib.sha256(url.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
+    return f"[image: {shown}, {inner.get('detail', 'auto')}]"
 
 
 def _contents(messages: list[dict[str, object]]) -> list[dict[str, str]]:

@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchpizza.media import wav_seconds
+from batchpizza.mediasize import wav_seconds
 
 # A run of up to 6 letters, up to 3 digits, or any other character but space: about what the
 # GPT tokenizers make of English (a common word is one token, a long one two or three; "The
