@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chat_servers import start_chat_server
 from conftest import FAST, read_jsonl, write_jsonl
 
 import batchpizza
@@ -26,13 +27,7 @@ from batchpizza.tokencount import input_bound, input_estimate
 async def chat_server(chat: Any) -> tuple[Any, int]:
     """A raw server on 127.0.0.1 whose /v1/chat/completions is `chat`: its runner (for
     cleanup) and its port."""
-    from aiohttp import web
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    runner, _ = await start_chat_server(chat)
     return runner, runner.addresses[0][1]
 
 

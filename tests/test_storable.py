@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from chat_servers import start_chat_server
 from conftest import FAST, read_jsonl, write_jsonl
 
 import batchpizza
@@ -64,12 +65,7 @@ class Server:
 @contextlib.asynccontextmanager
 async def serving(reply: Reply) -> AsyncIterator[Server]:
     server = Server(reply)
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", server._chat)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    server.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    runner, server.base_url = await start_chat_server(server._chat)
     try:
         yield server
     finally:

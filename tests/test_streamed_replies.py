@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from chat_servers import start_chat_server
 from conftest import FAST
 
 import batchpizza
@@ -56,13 +57,9 @@ async def streaming() -> AsyncIterator[Callable[[Callable[[str], bytes]], Any]]:
             content = reply(body["messages"][-1]["content"])
             return web.Response(body=content, content_type="text/event-stream")
 
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", chat)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runner, url = await start_chat_server(chat)
         runners.append(runner)
-        return f"http://127.0.0.1:{runner.addresses[0][1]}/v1", seen
+        return url, seen
 
     yield start
     for runner in runners:
