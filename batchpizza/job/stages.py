@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from batchpizza.batchapi.display import plan_of
+from batchpizza.batchapi.display import plan_of, positions_of
 from batchpizza.checkpoint import Checkpoint, RunLock
 from batchpizza.config import RunConfig
 from batchpizza.controls.stop import Stop
@@ -340,10 +340,11 @@ class Job:
         def plan() -> tuple[Any, ...]:
             counts = self.plan = plan_of(config, provider, planning)
             tally = planning.tally(config.limit)
-            prompts = sampled(source.prompts, planning.todo_positions(), config.samples)
+            positions = functools.partial(positions_of, config, provider, planning)  # its `to send`
+            prompts = sampled(source.prompts, positions(), config.samples)
             with contextlib.closing(prompts):
                 firsts = [p for _, (_, p) in zip(range(3), prompts, strict=False)]
-            todo = sampled(source.prompts, planning.todo_positions(), config.samples)
+            todo = sampled(source.prompts, positions(), config.samples)
             with contextlib.closing(todo):
                 costs = estimate_lines(config, (p for _, p in todo), planning, self._spent)
             return counts, tally, firsts, costs
