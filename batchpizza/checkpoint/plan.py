@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import batchpizza.fingerprint as fingerprint
@@ -46,6 +46,8 @@ class PlanQueries(OutputCounts):
     # Samples of each request (--repeat): each row's output rows, and its slots in the plan
     # (slot = position * samples + sample).
     samples: int = 1
+    # BatchRecords' (declared, not defined: this class comes first in Checkpoint's order).
+    _has_batches: Callable[[], bool]
 
     def _errors(self) -> contextlib.AbstractContextManager[None]:
         raise NotImplementedError  # the Checkpoint's
@@ -256,23 +258,15 @@ class PlanQueries(OutputCounts):
         (made, or a create may have been sent; or recorded for a server other than `origin`,
         the run's): a --via batch run collects them, or waits for them, never sends them. Not
         those of a file waiting to be submitted here, nor lines to resubmit: it sends those."""
-        if not self._has_batches():
-            return 0  # a read-only view of a checkpoint from before the Batch API
         with self._errors():
+            if not self._has_batches():
+                return 0  # a read-only view of a checkpoint from before the Batch API
             found = self._conn.execute(
                 "SELECT count(*) FROM temp.send s JOIN temp.todo t ON t.pos = s.pos WHERE t.key "
                 f"IN ({_KEYS_OUT})",
                 {"ident": self.ident, "origin": origin},
             ).fetchone()
         return int(found[0])
-
-    def _has_batches(self) -> bool:
-        with self._errors():
-            return bool(
-                self._conn.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'batch_files'"
-                ).fetchone()
-            )
 
     def slots_of(self, keys: Iterable[bytes]) -> dict[bytes, int]:
         """The slot of this run's plan each request key answers (its first row's, as the plan
@@ -299,8 +293,9 @@ class PlanQueries(OutputCounts):
     def positions_to_send(self, origin: str | None) -> Iterator[int]:
         """The last plan's positions but those whose request is in a batch still out (as
         in_batches_out counts them): what a --via batch run sends, as its dry run prices it."""
-        if not self._has_batches():
-            return self.todo_positions()
+        with self._errors():
+            if not self._has_batches():
+                return self.todo_positions()
         skip = f" AND pos NOT IN (SELECT pos FROM temp.todo WHERE key IN ({_KEYS_OUT}))"
         return self._positions(skip, {"ident": self.ident, "origin": origin})
 
