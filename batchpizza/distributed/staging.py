@@ -20,6 +20,8 @@ Arrow types in Parquet.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -123,10 +125,7 @@ def stage(
     assert isinstance(source, JsonlSource)  # a JSON lines file, named so
     with contextlib.ExitStack() as scratch:
         # SQLite needs a local file: beside the staged one, unless that is in an object store.
-        if is_uri(folder):
-            local = scratch.enter_context(tempfile.TemporaryDirectory(prefix="batchpizza-"))
-        else:
-            local = folder
+        local = scratch.enter_context(scratch_folder()) if is_uri(folder) else folder
         scan = ScanIndex(Path(local) / SCAN)
         try:
             scan.scan(source.scan(limit), source.unit, source.names)
@@ -178,6 +177,35 @@ def stage(
         finally:
             scan.close()
     return staged
+
+
+# A scratch folder in the system temp folder, named with its process's id: one whose process is
+# gone (killed: nothing of it could clean up) is removed by the next that makes one.
+_SCRATCH = "batchpizza-scratch-"
+
+
+@contextlib.contextmanager
+def scratch_folder() -> Iterator[str]:
+    """A folder of this process's in the system temp folder, removed on every way out Python
+    sees (an interrupt reaches the driver as KeyboardInterrupt); those of killed processes
+    found there are removed first."""
+    temp = Path(tempfile.gettempdir())
+    for left in temp.glob(f"{_SCRATCH}*"):
+        pid = left.name[len(_SCRATCH) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and left.stat().st_uid == os.getuid():
+            shutil.rmtree(left, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{_SCRATCH}{os.getpid()}-") as folder:
+        yield folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def row_objects(batch: pa.Table | pa.RecordBatch, id_field: str) -> list[Any]:
