@@ -50,10 +50,10 @@ from batchpizza.distributed.folders import (
 )
 from batchpizza.distributed.kept import KeptOutput, write_empty
 from batchpizza.distributed.reaper import Watchdog, raylet_started_here, raylets_here
-from batchpizza.distributed.staging import Staged, scratch_folder, stage
+from batchpizza.distributed.staging import Staged, stage
 from batchpizza.distributed.summary import count, summarize, tally_of
 from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError, saved_in
-from batchpizza.files import write_atomically
+from batchpizza.files import scratch_folder, write_atomically
 from batchpizza.progress import setup_logging, summary_line
 from batchpizza.records import Summary, Tally
 

@@ -20,9 +20,6 @@ Arrow types in Parquet.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import batchpizza.jsoncodec as jsoncodec
 from batchpizza.errors import InputError, OutputError, RowProblem
+from batchpizza.files import scratch_folder
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -177,35 +175,6 @@ def stage(
         finally:
             scan.close()
     return staged
-
-
-# A scratch folder in the system temp folder, named with its process's id: one whose process is
-# gone (killed: nothing of it could clean up) is removed by the next that makes one.
-_SCRATCH = "batchpizza-scratch-"
-
-
-@contextlib.contextmanager
-def scratch_folder() -> Iterator[str]:
-    """A folder of this process's in the system temp folder, removed on every way out Python
-    sees (an interrupt reaches the driver as KeyboardInterrupt); those of killed processes
-    found there are removed first."""
-    temp = Path(tempfile.gettempdir())
-    for left in temp.glob(f"{_SCRATCH}*"):
-        pid = left.name[len(_SCRATCH) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)) and left.stat().st_uid == os.getuid():
-            shutil.rmtree(left, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix=f"{_SCRATCH}{os.getpid()}-") as folder:
-        yield folder
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
 
 
 def row_objects(batch: pa.Table | pa.RecordBatch, id_field: str) -> list[Any]:
