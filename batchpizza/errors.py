@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import batchpizza.storable as storable
 from batchpizza.plurals import plural
-from batchpizza.records import RateInfo
+from batchpizza.records import RateInfo, Tally
 from batchpizza.redact import redact
 
 # Statuses that mean "try again later" rather than "this request is wrong".
@@ -193,6 +193,19 @@ class Interrupted(BatchpizzaError):
         self.signum = signum
         self.exit_code = 128 + signum
         self.summary = summary
+
+
+def saved_in(tally: Tally | None, checkpoint: str, *, dry_run: bool = False) -> str:
+    """What an interrupted run kept, as its message says it, with --ray or not ("finished rows
+    are saved" was said after a first run that saved none). `tally`: None when it could not be
+    counted."""
+    if dry_run:
+        return "nothing was sent or changed"
+    if tally is None:
+        return f"the answers that came back are saved in {checkpoint}"
+    if tally.answered == 0:
+        return "no row has an answer saved yet"
+    return f"{plural(tally.answered, 'answered row')} saved in {checkpoint}"
 
 
 class ProviderError(BatchpizzaError):

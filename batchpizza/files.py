@@ -1,9 +1,11 @@
-"""Files that appear whole or not at all, and the checks made before a run reads anything."""
+"""Files that appear whole or not at all, scratch folders a kill does not leave for good, and the
+checks made before a run reads anything."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -122,3 +124,32 @@ def refuse_own_files(
                 f"{option} {target} is inside the input folder {folder}, where the next run "
                 "would read it; give another file name"
             )
+
+
+# A scratch folder in the system temp folder, named with its process's id: one whose process is
+# gone (killed: nothing of it could clean up) is removed by the next that makes one.
+_SCRATCH = "batchpizza-scratch-"
+
+
+@contextlib.contextmanager
+def scratch_folder() -> Iterator[str]:
+    """A folder of this process's in the system temp folder, removed on every way out Python
+    sees (an error, an interrupt); those of killed processes found there are removed first."""
+    temp = Path(tempfile.gettempdir())
+    for left in temp.glob(f"{_SCRATCH}*"):
+        pid = left.name[len(_SCRATCH) :].split("-", 1)[0]
+        with contextlib.suppress(OSError):  # removed meanwhile by another process
+            if pid.isdigit() and not _alive(int(pid)) and left.stat().st_uid == os.getuid():
+                shutil.rmtree(left, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{_SCRATCH}{os.getpid()}-") as folder:
+        yield folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True

@@ -37,6 +37,9 @@ UNANSWERED = frozenset(
 # (by a reasoning model, on its reasoning) or the server's filter withheld the text. Asked again,
 # the server ends the same way, and bills each time: a retry (or a rerun) cannot help.
 ENDED_EMPTY = frozenset({"length", "content_filter"})
+# Under --schema, answers that are not the model's try at the schema: kept as they are, not
+# validated nor re-asked (the model declined, or called tools).
+NOT_VALIDATED = frozenset({"refusal", "tool_calls"})
 
 
 def is_answered(finish_reason: str) -> bool:

@@ -163,6 +163,45 @@ def test_a_dry_run_and_the_start_line_count_rows_in_batches_out_as_collected_not
     assert "; 55 of these requests are in batches still out, which --via batch" in _status(out)
 
 
+def _line(said: str, label: str) -> str:
+    return next(line for line in said.splitlines() if line.startswith(f"  {label} "))
+
+
+@pytest.mark.slow
+def test_a_dry_runs_tokens_cost_and_requests_are_of_the_rows_it_sends_not_of_batches_out(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # 50 rows in batches still out, 5 new: the tokens and cost lines counted all 55 (the run
+    # sends 5), and with every row out said tokens to send beside "time nothing to send".
+    server.batches.seconds = 3600.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    assert _run(server, inp, out, summary) == 4  # 2 batches out
+    write_jsonl(inp, rows(55))
+    new = write_jsonl(tmp_path / "new.jsonl", rows(55)[50:])
+
+    def dry(path: Path, output: Path) -> str:
+        done = CliRunner().invoke(cli, [
+            "run", str(path), "-o", str(output), "--provider", "openai", "--base-url",
+            f"{server.base_url}/v1", "--no-progress", "--via", "batch", "--price", "1,2",
+            "--dry-run",
+        ])  # fmt: skip
+        assert done.exit_code == 0, done.output
+        return done.stdout
+
+    said, alone = dry(inp, out), dry(new, tmp_path / "new-out.jsonl")
+
+    assert _line(said, "to send").startswith("  to send     5 (55 without an answer")
+    for label in ("tokens", "cost"):
+        assert _line(said, label).split(";")[0] == _line(alone, label).split(";")[0]
+    assert 'question 50"' in said and 'question 0"' not in said  # the first request it sends
+    assert _run(server, inp, out, summary) == 4  # the 5 submitted: all 55 out
+    nothing = dry(inp, out)
+    assert _line(nothing, "time") == "  time        nothing to send"
+    assert _line(nothing, "tokens").startswith("  tokens      about 0 in + 0 out")
+    assert "request 1" not in nothing
+
+
 @pytest.mark.slow
 def test_a_batch_runs_start_line_says_what_it_sends_beside_what_it_collects(
     server: ThreadedMockServer, tmp_path: Path

@@ -211,3 +211,35 @@ def test_a_file_that_may_have_made_a_batch_on_a_server_listing_none_stops_until_
     assert batch_rows(Path(f"{out}.checkpoint"), "SELECT state, done FROM batch_files") == [
         ("dropped", 1)
     ]
+
+
+def test_rows_of_a_dropped_resubmission_file_keep_their_try_count_in_the_new_file(
+    server: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # 4 of 40 lines fail once; their resubmission file is recorded but never uploaded; the
+    # input then changes one of them, so that file is dropped. The 3 rows still asked went in a
+    # new file as their first try again (--max-retries more submissions than the limit, and an
+    # `attempts` of 1 for a row submitted twice); they are their second try.
+    job = Job(server, write_jsonl(tmp_path / "in.jsonl", rows(40)), tmp_path / "out.jsonl")
+    server.batches.seconds, server.batches.fail_every = 3600.0, 10
+    assert job.run("--via", "batch").returncode == 4  # its batch out
+    server.batches.seconds = 0.0  # it has ended
+    server.batches.upload_fail = server.batches.uploads + 2  # the resubmission's two tries
+    assert job.run("--via", "batch", "--max-retries", "1").returncode == 1
+    assert batch_rows(job.checkpoint, "SELECT state, lines FROM batch_files ORDER BY seq") == [
+        ("completed", 40),
+        ("intended", 4),
+    ]
+    inp = rows(40)
+    inp[9]["prompt"] = "question 9, again"  # one of the 4 failed rows
+    write_jsonl(job.inp, inp)
+
+    done = job.run("--via", "batch", "--max-retries", "1", "--wait")
+
+    assert done.returncode == 0, done.stderr
+    assert "1 of its 4 requests is no longer asked as it was" in done.stderr
+    tries = batch_rows(job.checkpoint, "SELECT l.id, l.tries FROM batch_lines l WHERE l.seq = 3")
+    assert sorted(tries) == [("q19", 2), ("q29", 2), ("q39", 2), ("q9", 1)]
+    attempts = {r["id"]: r["attempts"] for r in read_jsonl(job.out)}
+    assert [attempts[i] for i in ("q9", "q19", "q29", "q39", "q0")] == [1, 2, 2, 2, 1]
+    assert answered(job) == {r["id"]: mock_answer(r["prompt"]) for r in inp}

@@ -59,3 +59,20 @@ def test_a_restart_keeps_the_files_a_batch_may_have_been_made_of_and_drops_the_o
     assert [f.seq for f in store.open_files()] == [creating, made]
     assert [f.seq for f in store.batch_files()] == [creating, made]
     assert [line.custom_id for line in store.file_lines(recorded)] == []
+
+
+def test_a_dropped_lines_request_goes_on_at_the_try_it_had_reached(store: Checkpoint) -> None:
+    # k0 failed once; its resubmission (try 2) was dropped unsent with its file: its next line
+    # is still its second try. k1 failed once and was dropped from the lines to resubmit: its
+    # next is its second too. k2's dropped line has a line since: that one counts, not it.
+    line = b"{}\n"
+    first = store.intend_file([("0-a", "q0", 0, b"k0", 1, line), ("1-b", "q1", 1, b"k1", 1, line)])
+    store.finish_file(first.seq, [("0-a", "failed"), ("1-b", "failed")], "completed")
+    again = store.intend_file([("0-a", "q0", 0, b"k0", 2, line)], [(first.seq, "0-a")])
+    store.finish_file(again.seq, [("0-a", "dropped")], "dropped")
+    store.drop_lines([(first.seq, "1-b")])
+    gone = store.intend_file([("2-c", "q2", 2, b"k2", 1, line)])
+    store.finish_file(gone.seq, [("2-c", "dropped")], "dropped")
+    store.intend_file([("2-c", "q2", 2, b"k2", 1, line)])
+
+    assert store.next_tries() == {b"k0": 2, b"k1": 2}

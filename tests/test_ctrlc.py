@@ -85,9 +85,24 @@ def test_ctrl_c_in_run_keeps_the_answers_in_flight_writes_the_summary_and_raises
     first = mock_api.stats.requests
     assert 6 <= first < len(PROMPTS)
     assert said["answered"] == first  # every request sent was answered and kept
+    # Its message says how many (it said "finished rows are saved", even when none was).
+    assert f"; {first} answered rows saved in {out}.checkpoint. Rerun" in raised.value.message
 
     batchpizza.run(inp, out, **options(mock_api))
     assert mock_api.stats.requests == len(PROMPTS)  # so the rerun sends only the rest
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_any_answer_says_no_row_has_an_answer_saved(
+    mock_api: ThreadedMockServer, ctrl_c_at: Callable[..., None], tmp_path: Path
+) -> None:
+    # No grace: the requests in flight (300 ms each) are dropped, none answered.
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"[[slow:300]] q{i}"} for i in range(8)])
+    ctrl_c_at(1)
+    with pytest.raises(batchpizza.Interrupted) as raised:
+        batchpizza.run(inp, tmp_path / "out.jsonl", **options(mock_api, grace=0.0))
+    assert "; no row has an answer saved yet. Rerun the same command" in raised.value.message
+    assert "saved in" not in raised.value.message
 
 
 @pytest.mark.slow

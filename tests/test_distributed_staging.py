@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -127,6 +129,39 @@ def test_ray_dry_run_reads_a_field_that_changes_type(tmp_path: Path) -> None:
     summary = run_on_ray(str(source), str(tmp_path / "out"), dry_run=True, quiet=True)
     assert (summary.exit_code, summary.rows) == (0, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # nothing written
+
+
+@needs_ray  # the command checks that Ray is installed; no cluster starts
+def test_ray_dry_run_stages_in_the_temp_folder_and_leaves_nothing_there_on_any_way_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not in the checkpoint folder, which a dry run does not create and a run going on stages
+    # in. A killed dry run's scratch (its process gone) was left in the temp folder for good
+    # (RAM on a tmpfs): the next removes it; a live process's stays.
+    system_temp = tmp_path / "tmp"
+    system_temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_temp))
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    killed = system_temp / f"batchpizza-scratch-{gone.pid}-abc"
+    alive = system_temp / f"batchpizza-scratch-{os.getppid()}-def"
+    for left in (killed, alive):
+        left.mkdir()
+        (left / STAGED).write_bytes(b"a staged input")
+    source = write_jsonl(tmp_path / "in.jsonl", CHANGING)
+    out = str(tmp_path / "out")
+
+    assert run_on_ray(str(source), out, dry_run=True, quiet=True).rows == 2
+    assert list(system_temp.iterdir()) == [alive]
+
+    def interrupted(*_: Any) -> Any:
+        raise KeyboardInterrupt  # a signal, as the driver's Signals raise it
+
+    monkeypatch.setattr("batchpizza.distributed.planning.count_answered", interrupted)
+    with pytest.raises(batchpizza.Interrupted, match="nothing was sent or changed"):
+        run_on_ray(str(source), out, dry_run=True, quiet=True)
+    assert list(system_temp.iterdir()) == [alive]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "tmp"]  # no checkpoint
 
 
 @needs_ray  # the command checks that Ray is installed; no cluster starts

@@ -25,9 +25,11 @@ import batchpizza
 from batchpizza import redact
 from batchpizza.checkpoint import RunLock
 from batchpizza.cli import cli
+from batchpizza.config import RunConfig
 from batchpizza.engine import loop as loop_module
 from batchpizza.errors import BatchpizzaError
 from batchpizza.job import stages as job_module
+from batchpizza.job.reading import scan_path
 from batchpizza.mock.faults import MockConfig
 from batchpizza.mock.replies import mock_answer
 from batchpizza.mock.server import ThreadedMockServer
@@ -590,6 +592,23 @@ def test_dry_run_without_a_checkpoint_creates_nothing(
     assert mock_api.stats.requests == 0
     assert "to send" in result.stdout
     assert "rows" in result.stdout
+
+
+def test_a_dry_run_leaves_the_scan_of_a_run_going_on_alone(
+    mock_api: ThreadedMockServer, tmp_path: Path, private_tmp: Path
+) -> None:
+    # A dry run takes no lock. It wrote its scan where the run going on writes its own, beside
+    # the checkpoint: replaced, then removed, that run adopted the dry run's scan or none.
+    source, out = dry_run_setup(mock_api, tmp_path)
+    going_on = scan_path(RunConfig.from_options(str(source), str(out)), in_memory=False)
+    assert going_on is not None
+    going_on.write_bytes(b"the scan of a run going on")
+
+    result = run_cli(mock_api, source, out, "--dry-run", "--skip-bad-rows")
+
+    assert result.exit_code == 0, result.output
+    assert going_on.read_bytes() == b"the scan of a run going on"
+    assert list(private_tmp.iterdir()) == []  # its own, in the temp folder, is gone
 
 
 def test_dry_run_with_restart_plans_what_the_restart_sends_and_changes_nothing(

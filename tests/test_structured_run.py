@@ -61,7 +61,8 @@ def prompts(tmp_path: Path, n: int, **extra: Any) -> Path:
 # -- a raw OpenAI-compatible server that answers from a script ---------------------------------
 
 
-Script = Callable[[dict[str, Any]], str]
+# The answer's text, or the whole choice (a refusal, tool calls, another finish reason).
+Script = Callable[[dict[str, Any]], str | dict[str, Any]]
 
 
 @asynccontextmanager
@@ -73,12 +74,14 @@ async def chat_server(script: Script) -> AsyncIterator[tuple[str, list[dict[str,
     async def chat(request: web.Request) -> web.Response:
         body = await request.json()
         bodies.append(body)
-        message = {"role": "assistant", "content": script(body)}
+        said = script(body)
+        choice = said if isinstance(said, dict) else {
+            "message": {"role": "assistant", "content": said}, "finish_reason": "stop"
+        }  # fmt: skip
         usage = {"prompt_tokens": 10 * len(body["messages"]), "completion_tokens": 7}
         return web.json_response(
             {"id": "c", "object": "chat.completion", "model": "m",
-             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-             "usage": usage}
+             "choices": [{"index": 0, **choice}], "usage": usage}
         )  # fmt: skip
 
     app = web.Application()
@@ -119,7 +122,7 @@ async def test_response_format_is_sent_and_a_wrong_answer_reasked_with_its_error
     assert "the answer holds no JSON value" in again["messages"][2]["content"]
     assert again["response_format"] == first["response_format"]
     assert summary["requests"] == 2 and summary["retries"] == 1
-    assert summary["structured"] == {"valid": 1, "reasked": 1, "invalid": 0}
+    assert summary["structured"] == {"valid": 1, "reasked": 1, "invalid": 0, "not_validated": 0}
     row = pq.read_table(out).to_pylist()[0]
     assert row["finish_reason"] == "stop" and row["attempts"] == 2
     # Both requests' tokens: the first (1 message) and the re-ask (3 messages).
@@ -144,7 +147,7 @@ async def test_after_the_reasks_the_row_is_invalid_output_with_answer_and_error(
     assert row["parsed"] is None and row["attempts"] == 4
     assert row["completion_tokens"] == 4 * 7  # every request's, the invalid ones too
     assert summary["exit_code"] == 3 and summary["failed"] == 1
-    assert summary["structured"] == {"valid": 0, "reasked": 0, "invalid": 1}
+    assert summary["structured"] == {"valid": 0, "reasked": 0, "invalid": 1, "not_validated": 0}
 
 
 async def test_no_reasks_with_schema_retries_0(tmp_path: Path) -> None:
@@ -165,7 +168,44 @@ async def test_a_rerun_asks_invalid_rows_again_and_keeps_valid_ones(tmp_path: Pa
         summary = await batchpizza.arun(inp, out, **options, **FAST)
     assert len(bodies) == 3  # the second run re-asks the one invalid row only
     # The row asked again by the rerun counts as re-asked: its first answer did not fit.
-    assert summary["structured"] == {"valid": 2, "reasked": 1, "invalid": 0}
+    assert summary["structured"] == {"valid": 2, "reasked": 1, "invalid": 0, "not_validated": 0}
+
+
+def _choice(finish: str, **message: Any) -> dict[str, Any]:
+    return {"message": {"role": "assistant", "content": None, **message}, "finish_reason": finish}
+
+
+async def test_refusals_tool_calls_and_empty_cut_off_answers_are_counted_as_not_validated(
+    tmp_path: Path,
+) -> None:
+    # They are answers kept as they came, never tried on the schema: `valid` counted them.
+    calls = [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    answers = {
+        "review 0": VALID,
+        "review 1": _choice("stop", refusal="I cannot help with that."),
+        "review 2": _choice("tool_calls", tool_calls=calls),
+        "review 3": _choice("length", content=""),
+        "review 4": _choice("content_filter"),
+    }
+    async with chat_server(lambda body: answers[body["messages"][0]["content"]]) as (url, _):
+        out = tmp_path / "o.jsonl"
+        summary = await batchpizza.arun(
+            prompts(tmp_path, 5), out, provider="openai", base_url=url, schema=SCHEMA, **FAST
+        )
+    fit = {"valid": 1, "reasked": 0, "invalid": 0, "not_validated": 4}
+    assert summary["structured"] == fit
+    assert (
+        json.loads(CliRunner().invoke(cli, ["status", str(out), "--json"]).output)["structured"]
+        == fit
+    )
+    shown = CliRunner().invoke(cli, ["status", str(out)]).output
+    assert "schema     1 valid (0 after a re-ask), 0 invalid output, 4 answered but not" in shown
+    report = CliRunner().invoke(cli, ["report", str(out), "--json"]).output
+    assert {k: v for k, v in json.loads(report)["structured"].items() if k != "errors"} == fit
+    assert (
+        "  not validated            4  answered"
+        in CliRunner().invoke(cli, ["report", str(out)]).output
+    )
 
 
 # -- the done-when run against the bundled mock --------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from batchpizza.checkpoint.batches import DROPPED, UNLAUNCHED, BatchFile, BatchRecords
@@ -217,3 +217,14 @@ def plan_of(config: RunConfig, provider: Provider, planning: Checkpoint) -> Plan
 
     out = planning.in_batches_out(origin_of(provider))  # type: ignore[arg-type]
     return dataclasses.replace(plan, out=out) if out else plan
+
+
+def positions_of(config: RunConfig, provider: Provider, planning: Checkpoint) -> Iterator[int]:
+    """The positions the run sends, as plan_of counts them: a --via batch or auto run's leave
+    out the requests in its batches still out, which it collects (its dry run prices and shows
+    what it sends, not what it waits for)."""
+    if config.via == "online" or config.provider != "openai":
+        return planning.todo_positions()
+    from batchpizza.batchapi.others import origin_of
+
+    return planning.positions_to_send(origin_of(provider))  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ result lines read back (`{"id", "custom_id", "response": {"status_code", "reques
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,16 +36,17 @@ def build_lines(
     body: Any,
     key: Any,
     skip: set[bytes],
+    tries: Mapping[bytes, int],
 ) -> Iterator[Line]:
     """The request line of each row not in `skip` (requests a batch already has), once per
-    request key."""
+    request key; its try from `tries` (a request of a dropped line), else the first."""
     for pos, prompt in rows:
         digest = key(prompt)
         if digest in skip:
             continue
         skip.add(digest)
         cid = custom_id(pos, digest)
-        yield (cid, prompt.id, pos, digest, 1, request_line(cid, body(prompt)))
+        yield (cid, prompt.id, pos, digest, tries.get(digest, 1), request_line(cid, body(prompt)))
 
 
 def split(lines: Iterable[Line], limits: Limits) -> Iterator[list[Line]]:

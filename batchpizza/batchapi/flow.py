@@ -142,7 +142,8 @@ class BatchFlow:
         if self.online is not None:
             rows = self._holding(rows)
         rows = self.money.fitting(rows, skip, self.key)
-        for chunk in split(build_lines(rows, self.provider.body, self.key, skip), self.limits):
+        lines = build_lines(rows, self.provider.body, self.key, skip, self.checkpoint.next_tries())
+        for chunk in split(lines, self.limits):
             if self.stop.sending_stopped:
                 return
             await self._send_file(chunk)

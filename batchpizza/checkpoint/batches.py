@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchpizza.checkpoint.foreign import ForeignBatches
+from batchpizza.checkpoint.tries import DROPPED as DROPPED
+from batchpizza.checkpoint.tries import LineTries
 from batchpizza.records import UNANSWERED
 
 TABLES_SQL = """
@@ -108,9 +110,6 @@ class BatchLine:
 # A file's states before its batch's create was sent (set_file_id; batchapi/creating.py marks
 # 'creating' first); 'uploaded', a version's from before that mark, may have sent it.
 UNLAUNCHED = ("intended", "stored")
-# A file never submitted, its requests no longer the plan's (batchapi/dropping.py): its state,
-# and each of its lines' outcome.
-DROPPED = "dropped"
 # The files a --restart drops with their lines (Checkpoint.forget; BatchFile.kept_by_restart).
 NOT_KEPT_BY_RESTART = f"done OR (batch_id IS NULL AND state IN {UNLAUNCHED!r})"
 
@@ -129,7 +128,7 @@ def _file(row: tuple[Any, ...]) -> BatchFile:
                      errors, created, bool(row[12]), row[13])  # fmt: skip
 
 
-class BatchRecords(ForeignBatches):
+class BatchRecords(ForeignBatches, LineTries):
     _conn: sqlite3.Connection
     ident: bytes
 

@@ -11,8 +11,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from batchpizza.checkpoint.counts import UNANSWERED
+from batchpizza.records import ENDED_EMPTY, NOT_VALIDATED
 
 INVALID_OUTPUT = "invalid_output"
+
+
+def _sql(names: frozenset[str]) -> str:
+    return "(" + ", ".join(f"'{name}'" for name in sorted(names)) + ")"
 
 
 class Fitting:
@@ -33,21 +38,33 @@ class Fitting:
 
     def fit_counts(self, limit: int | None = None) -> dict[str, int] | None:
         """Over the output's rows: `valid` answers (fitting the schema), of which `reasked` fit
-        only after a re-ask, and `invalid` (re-asks spent). None for a run without a schema."""
+        only after a re-ask; `invalid` (re-asks spent); and `not_validated`, answers the schema
+        was never tried on (a refusal, tool calls, an empty answer cut off: engine/runner.py's
+        _fitted keeps them as they came). None for a run without a schema."""
         if self.identity is None or "schema" not in self.identity:
             return None
         self._fold()
         end = limit if limit is not None else 1 << 62
+        answered = f"c.finish_reason NOT IN {UNANSWERED}"
+        unchecked = (
+            f"(c.finish_reason IN {_sql(NOT_VALIDATED)} OR (c.answer = '' AND "
+            f"c.finish_reason IN {_sql(ENDED_EMPTY)}))"
+        )
         with self._errors():
             found = self._conn.execute(
-                f"SELECT sum(c.finish_reason NOT IN {UNANSWERED}), "
-                f"sum(c.finish_reason NOT IN {UNANSWERED} AND c.id IN (SELECT row_id FROM "
-                "attempts WHERE outcome = ?2)), sum(c.finish_reason = ?2) "
+                f"SELECT sum({answered} AND NOT {unchecked}), sum({answered} AND NOT {unchecked} "
+                "AND c.id IN (SELECT row_id FROM attempts WHERE outcome = ?2)), "
+                f"sum(c.finish_reason = ?2), sum({answered} AND {unchecked}) "
                 f"{self._joined().replace('c.ident = ?', 'c.ident = ?1')} WHERE r.pos < ?3",
                 (self.ident, INVALID_OUTPUT, end),
             ).fetchone()
-        valid, reasked, invalid = (int(x or 0) for x in found)
-        return {"valid": valid, "reasked": reasked, "invalid": invalid}
+        valid, reasked, invalid, unvalidated = (int(x or 0) for x in found)
+        return {
+            "valid": valid,
+            "reasked": reasked,
+            "invalid": invalid,
+            "not_validated": unvalidated,
+        }
 
     def validation_errors(self, top: int = 5) -> list[tuple[str, int]]:
         """The validation errors of every attempt whose answer did not fit, most heard first."""

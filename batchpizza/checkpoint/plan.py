@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import batchpizza.fingerprint as fingerprint
@@ -22,6 +22,13 @@ from batchpizza.checkpoint.taken import asked, last_asked, record
 from batchpizza.records import OutputRow, Plan, invalid_row, pending_row
 
 PAGE = 4096
+# The request keys in this identity's (:ident) Batch API batches still out: made, or a create
+# may have been sent, or recorded for a server other than the run's (:origin).
+_KEYS_OUT = (
+    "SELECT l.digest FROM batch_lines l JOIN batch_files f ON f.seq = l.seq WHERE f.ident = "
+    ":ident AND f.done = 0 AND l.outcome IS NULL AND (f.batch_id IS NOT NULL OR f.state NOT IN "
+    f"{UNLAUNCHED!r} OR coalesce(f.origin, :origin) IS NOT :origin)"
+)
 _OUTPUT_COLUMNS = (
     "finish_reason, answer, error, attempts, latency_ms, model, prompt_tokens, "
     "completion_tokens, response_id, request_id"
@@ -39,6 +46,8 @@ class PlanQueries(OutputCounts):
     # Samples of each request (--repeat): each row's output rows, and its slots in the plan
     # (slot = position * samples + sample).
     samples: int = 1
+    # BatchRecords' (declared, not defined: this class comes first in Checkpoint's order).
+    _has_batches: Callable[[], bool]
 
     def _errors(self) -> contextlib.AbstractContextManager[None]:
         raise NotImplementedError  # the Checkpoint's
@@ -250,16 +259,12 @@ class PlanQueries(OutputCounts):
         the run's): a --via batch run collects them, or waits for them, never sends them. Not
         those of a file waiting to be submitted here, nor lines to resubmit: it sends those."""
         with self._errors():
-            if not self._conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'batch_files'"
-            ).fetchone():
+            if not self._has_batches():
                 return 0  # a read-only view of a checkpoint from before the Batch API
             found = self._conn.execute(
                 "SELECT count(*) FROM temp.send s JOIN temp.todo t ON t.pos = s.pos WHERE t.key "
-                "IN (SELECT l.digest FROM batch_lines l JOIN batch_files f ON f.seq = l.seq "
-                "WHERE f.ident = ?1 AND f.done = 0 AND l.outcome IS NULL AND (f.batch_id IS NOT "
-                f"NULL OR f.state NOT IN {UNLAUNCHED!r} OR coalesce(f.origin, ?2) IS NOT ?2))",
-                (self.ident, origin),
+                f"IN ({_KEYS_OUT})",
+                {"ident": self.ident, "origin": origin},
             ).fetchone()
         return int(found[0])
 
@@ -283,11 +288,24 @@ class PlanQueries(OutputCounts):
         return found
 
     def todo_positions(self) -> Iterator[int]:
+        return self._positions("", {})
+
+    def positions_to_send(self, origin: str | None) -> Iterator[int]:
+        """The last plan's positions but those whose request is in a batch still out (as
+        in_batches_out counts them): what a --via batch run sends, as its dry run prices it."""
+        with self._errors():
+            if not self._has_batches():
+                return self.todo_positions()
+        skip = f" AND pos NOT IN (SELECT pos FROM temp.todo WHERE key IN ({_KEYS_OUT}))"
+        return self._positions(skip, {"ident": self.ident, "origin": origin})
+
+    def _positions(self, skip: str, args: dict[str, Any]) -> Iterator[int]:
         last = -1
         while True:
             with self._errors():
                 page = self._conn.execute(
-                    "SELECT pos FROM temp.send WHERE pos > ? ORDER BY pos LIMIT ?", (last, PAGE)
+                    f"SELECT pos FROM temp.send WHERE pos > :last{skip} ORDER BY pos LIMIT :page",
+                    {**args, "last": last, "page": PAGE},
                 ).fetchall()
             if not page:
                 return

@@ -107,8 +107,10 @@ def status(output: str | None, checkpoint: str | None, as_json: bool) -> None:
     counts = info.get("structured")
     if isinstance(counts, dict):
         valid, reasked, invalid = counts["valid"], counts["reasked"], counts["invalid"]
+        unchecked = counts.get("not_validated", 0)
         click.echo(
             f"  schema     {valid} valid ({reasked} after a re-ask), {invalid} invalid output"
+            + (f", {unchecked} answered but not validated" if unchecked else "")
         )
     if info.get("to_send"):
         waiting = sum(f.lines for f in out_and_waiting(files)[1])

@@ -18,7 +18,6 @@ import importlib.util
 import logging
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,9 +51,9 @@ from batchpizza.distributed.folders import (
 from batchpizza.distributed.kept import KeptOutput, write_empty
 from batchpizza.distributed.reaper import Watchdog, raylet_started_here, raylets_here
 from batchpizza.distributed.staging import Staged, stage
-from batchpizza.distributed.summary import count, saved_in, summarize, tally_of
-from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError
-from batchpizza.files import write_atomically
+from batchpizza.distributed.summary import count, summarize, tally_of
+from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError, saved_in
+from batchpizza.files import scratch_folder, write_atomically
 from batchpizza.progress import setup_logging, summary_line
 from batchpizza.records import Summary, Tally
 
@@ -190,7 +189,9 @@ class ClusterRun:
         # By row id and request fingerprint, as the actors match answers: a new model,
         # parameters or prompt shows as rows to send.
         parts = None if self.restart else self.checkpoint
-        with tempfile.TemporaryDirectory(prefix="batchpizza-dry-run-") as scratch:
+        # In the temp folder: a dry run creates nothing in the checkpoint's (maybe not made yet,
+        # or a URI), nor takes its lock, and a run going on stages there under the same names.
+        with scratch_folder() as scratch:
             if self.prepare(scratch):
                 rows, answered = count_answered(self.source, parts, self.config, self.limit)
             else:

@@ -20,7 +20,6 @@ Arrow types in Parquet.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import batchpizza.jsoncodec as jsoncodec
 from batchpizza.errors import InputError, OutputError, RowProblem
+from batchpizza.files import scratch_folder
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -123,10 +123,7 @@ def stage(
     assert isinstance(source, JsonlSource)  # a JSON lines file, named so
     with contextlib.ExitStack() as scratch:
         # SQLite needs a local file: beside the staged one, unless that is in an object store.
-        if is_uri(folder):
-            local = scratch.enter_context(tempfile.TemporaryDirectory(prefix="batchpizza-"))
-        else:
-            local = folder
+        local = scratch.enter_context(scratch_folder()) if is_uri(folder) else folder
         scan = ScanIndex(Path(local) / SCAN)
         try:
             scan.scan(source.scan(limit), source.unit, source.names)

@@ -7,7 +7,6 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from batchpizza.plurals import plural
 from batchpizza.records import Outcome, Summary, Tally, is_answered
 
 if TYPE_CHECKING:
@@ -68,15 +67,3 @@ def summarize(tally: Tally, sent: int, status: Mapping[str, object], **where: An
 def count(status: Mapping[str, object], key: str) -> Any:
     value = status.get(key)
     return value if isinstance(value, (int, float)) else 0
-
-
-def saved_in(tally: Tally | None, checkpoint: str, *, dry_run: bool = False) -> str:
-    """What an interrupted run kept, as its message says it ("answered rows are saved" was said
-    after a first run that saved none). `tally`: None when it could not be counted."""
-    if dry_run:
-        return "nothing was sent or changed"
-    if tally is None:
-        return f"the answers that came back are saved in {checkpoint}"
-    if tally.answered == 0:
-        return "no row has an answer saved yet"
-    return f"{plural(tally.answered, 'answered row')} saved in {checkpoint}"

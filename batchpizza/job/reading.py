@@ -18,7 +18,7 @@ from batchpizza.checkpoint import Checkpoint, ScanIndex
 from batchpizza.config import RunConfig
 from batchpizza.controls.stop import Stop
 from batchpizza.errors import InputError, Interrupted
-from batchpizza.files import clear_partials
+from batchpizza.files import clear_partials, scratch_folder
 from batchpizza.rows import Fields
 from batchpizza.sources.base import Rows, describe
 
@@ -124,7 +124,12 @@ async def scan_rows(
             assert info is not None
             source.restore(info)
             return None
-    scan = ScanIndex(scan_path(config, in_memory))
+    where = scan_path(config, in_memory)
+    if config.dry_run and where is not None:
+        # Not beside the checkpoint: a dry run takes no lock, and a run going on writes its
+        # own scan at that path (replaced, it adopted the dry run's or none).
+        where = Path(cleanup.enter_context(scratch_folder())) / where.name
+    scan = ScanIndex(where)
     cleanup.callback(scan.close)
     batches = source.scan(config.limit)
     await in_thread(

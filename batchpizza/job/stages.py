@@ -20,11 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from batchpizza.batchapi.display import plan_of
+from batchpizza.batchapi.display import plan_of, positions_of
 from batchpizza.checkpoint import Checkpoint, RunLock
 from batchpizza.config import RunConfig
 from batchpizza.controls.stop import Stop
-from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError
+from batchpizza.errors import BatchpizzaError, Interrupted, LockedError, UsageError, saved_in
 from batchpizza.job.metering import estimate_lines, token_fields
 from batchpizza.job.paths import check_paths
 from batchpizza.job.reading import clear_leftovers, open_rows, reusable, scan_rows, scan_state
@@ -167,16 +167,16 @@ class Job:
                 return await self._stages(cleanup)
             except Interrupted as exc:
                 signum = self.stop.signum or 2
-                summary = self._summary(self._tally(), 128 + signum, stopped="signal")
+                tally, path = self._tally(), self.config.checkpoint_path
+                summary = self._summary(tally, 128 + signum, stopped="signal")
                 summary = dataclasses.replace(summary, output=None, interrupted=True)
                 self._reporter.report(summary)
-                path = self.config.checkpoint_path
                 if self._checkpoint is None or self.config.dry_run:
                     saved = "nothing was sent or changed"
                 elif path is None:
                     saved = "no checkpoint was given, so what finished is not kept"
                 else:
-                    saved = f"finished rows are saved in {path}"
+                    saved = saved_in(tally, str(path))
                 raise Interrupted(
                     f"{exc.message}; {saved}. Rerun the same command to resume.", signum, summary
                 ) from None
@@ -340,10 +340,11 @@ class Job:
         def plan() -> tuple[Any, ...]:
             counts = self.plan = plan_of(config, provider, planning)
             tally = planning.tally(config.limit)
-            prompts = sampled(source.prompts, planning.todo_positions(), config.samples)
+            positions = functools.partial(positions_of, config, provider, planning)  # its `to send`
+            prompts = sampled(source.prompts, positions(), config.samples)
             with contextlib.closing(prompts):
                 firsts = [p for _, (_, p) in zip(range(3), prompts, strict=False)]
-            todo = sampled(source.prompts, planning.todo_positions(), config.samples)
+            todo = sampled(source.prompts, positions(), config.samples)
             with contextlib.closing(todo):
                 costs = estimate_lines(config, (p for _, p in todo), planning, self._spent)
             return counts, tally, firsts, costs

@@ -186,7 +186,9 @@ def _structured_panel(fit: Mapping[str, Any] | None) -> str:
             ("valid", "valid"),
             ("of those, fitted after a re-ask", "reasked"),
             ("invalid_output (re-asks spent)", "invalid"),
+            ("answered, not validated (a refusal, tool calls, empty and cut off)", "not_validated"),
         )
+        if key in fit
     )
     errors = "".join(
         f'<tr><td class="num">{int_text(e["count"])}</td>'

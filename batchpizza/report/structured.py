@@ -30,6 +30,11 @@ def text_structured(fit: Mapping[str, Any] | None) -> list[str]:
         f"  {'  re-asked':<14}{int_text(fit['reasked']):>12}  fitted only after a re-ask",
         f"  {'invalid':<14}{int_text(fit['invalid']):>12}  invalid_output: re-asks spent",
     ]
+    if fit.get("not_validated"):  # not in the numbers of a report --json saved before them
+        out.append(
+            f"  {'not validated':<14}{int_text(fit['not_validated']):>12}  answered: a refusal, "
+            "tool calls or an empty answer cut off"
+        )
     if fit["errors"]:
         out.append("  most common validation errors (attempts)")
         for e in fit["errors"]:

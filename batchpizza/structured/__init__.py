@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batchpizza.records import Answer, Prompt, Result
+from batchpizza.records import NOT_VALIDATED, Answer, Prompt, Result
 from batchpizza.structured import answers
 from batchpizza.structured import schema as schemas
 
@@ -18,9 +18,6 @@ __all__ = ["INVALID_OUTPUT", "NOT_VALIDATED", "REQUEST_FORMAT", "Structured", "w
 INVALID_OUTPUT = "invalid_output"  # a row's finish_reason, an attempt's outcome
 # How a schema is put into a request (the instruction, the response_format): a change re-asks.
 REQUEST_FORMAT = 1
-# Answers that are not the model's try at the schema: kept as they are, not re-asked (the model
-# declined, or called tools).
-NOT_VALIDATED = frozenset({"refusal", "tool_calls"})
 DEFAULT_SCHEMA_RETRIES = 2
 
 
