@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from batchpizza.errors import (
     BadReply,
     HTTPStatusError,
@@ -11,8 +9,6 @@ from batchpizza.errors import (
     RedirectRefused,
     RequestTimeout,
 )
-from batchpizza.providers.pooled import Resend
-from batchpizza.records import Attempt
 
 ANSWERED = "answered"
 REFUSAL = "refusal"
@@ -34,11 +30,3 @@ def outcome_of(error: BaseException | None) -> str:
     if isinstance(error, RedirectRefused):
         return "redirect"
     return "transport"
-
-
-def resent_attempts(attempt_id: str, resent: Iterable[Resend]) -> list[Attempt]:
-    """The attempts log's record of the sends that failed on a stale pooled connection and were
-    sent again at once: requests, and the report counts them so, but the server read none."""
-    return [
-        Attempt(attempt_id, r.started, r.duration_ms, "transport", None, r.error) for r in resent
-    ]

@@ -24,13 +24,16 @@ from batchpizza.controls.ratelimit import Sleep
 from batchpizza.controls.retrying import RetryPolicy
 from batchpizza.controls.stop import Stop
 from batchpizza.engine.committer import Committer
-from batchpizza.engine.outcomes import ANSWERED, REFUSAL, STOPPED, outcome_of, resent_attempts
-from batchpizza.engine.session import YOUNG_OBJECTS_PER_REQUEST, collector_threshold, new_session
+from batchpizza.engine.outcomes import ANSWERED, REFUSAL, STOPPED, outcome_of
+from batchpizza.engine.session import (
+    YOUNG_OBJECTS_PER_REQUEST,
+    collector_threshold,
+    new_session,
+)
 from batchpizza.engine.store import Store
 from batchpizza.errors import MisuseDetected, ProviderError, QuotaExhausted, describe
 from batchpizza.plurals import plural
 from batchpizza.providers import Provider
-from batchpizza.providers.pooled import RESENDS, Resend
 from batchpizza.providers.quota import concluded
 from batchpizza.records import (
     ENDED_EMPTY,
@@ -282,8 +285,6 @@ class Runner:
         error: ProviderError | None = None
         rate: RateInfo | None = None
         cancelled = answered = False
-        resent: list[Resend] = []
-        telling = RESENDS.set(resent)
         try:
             answer = await self.provider.ask(session, prompt)
             answered = True
@@ -314,10 +315,6 @@ class Runner:
                 raise exc from None
             raise
         finally:
-            RESENDS.reset(telling)
-            if resent:  # requests, each recorded, but no failed attempts: nothing was read
-                counters.requests += len(resent)
-                attempts.extend(resent_attempts(prompt.attempt_id, resent))
             latency = (self._clock() - started) * 1000.0
             if cancelled:
                 # Cut off at the end of the grace period: recorded, but neither the learned rate

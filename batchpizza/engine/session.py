@@ -9,8 +9,6 @@ from collections.abc import Iterator, Sequence
 
 import aiohttp
 
-from batchpizza.providers.pooled import Connector
-
 # The cyclic garbage collector looks at the young objects every 700 net allocations of container
 # objects (gc.get_threshold()[0]). The requests in flight alone hold more than that (measured: 70
 # tracked objects each, 9,000 at concurrency 64), so at zero latency it ran 900 times in a
@@ -39,9 +37,8 @@ def collector_threshold(young: int) -> Iterator[None]:
 def new_session(
     concurrency: int, traces: Sequence[aiohttp.TraceConfig] = ()
 ) -> aiohttp.ClientSession:
-    """The session one run (or one Ray actor) sends through: at most `concurrency` connections,
-    and a send that failed on a stale pooled one sent again at once (providers.pooled); `traces`
-    for a Ray actor's check of its slot as each request is written.
+    """The session one run (or one Ray actor) sends through: at most `concurrency` connections;
+    `traces` for a Ray actor's check of its slot as each request is written.
     trust_env stays off: the provider resolved the proxy once, instead of per request."""
-    connector = Connector(limit=concurrency, limit_per_host=concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
     return aiohttp.ClientSession(connector=connector, trace_configs=list(traces) or None)

@@ -32,7 +32,6 @@ from batchpizza.errors import (
     TransportError,
 )
 from batchpizza.providers.deadline import Deadlines
-from batchpizza.providers.pooled import sent
 from batchpizza.redact import shorten
 
 # A reply bigger than any answer is a broken server, not a reply. Counted after decompression:
@@ -42,6 +41,9 @@ MAX_REDIRECTS = 5
 _ERROR_SNIPPET = 200
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _NEVER_REPEATED = frozenset({"POST", "PATCH"})  # by aiohttp on its own (never_sent)
+# aiohttp's own limits off (its session's default is five minutes): the request's Deadlines
+# bounds it whole, redirects included.
+_UNBOUNDED = aiohttp.ClientTimeout()
 # The escape of a surrogate code point (\ud800 to \udfff), the only way a JSON text that is valid
 # UTF-8 can put one in a string (a paired one is decoded to its character, a lone one is not).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -165,7 +167,14 @@ async def post_json(
     try:
         with timeout.limit():
             for _ in range(MAX_REDIRECTS + 1):
-                async with await sent(session, url, body, headers, proxy) as resp:
+                async with session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    proxy=proxy,
+                    allow_redirects=False,  # followed below, and only within the origin
+                    timeout=_UNBOUNDED,
+                ) as resp:
                     if resp.status in _REDIRECTS and "Location" in resp.headers:
                         target = url.join(URL(resp.headers["Location"]))
                         if not same_origin(url, target):
