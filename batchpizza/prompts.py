@@ -96,7 +96,8 @@ def _json(value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> str:
 
 def _tojson(value: Any, **kwargs: Any) -> str:
     """Jinja2's `tojson` filter's JSON: a CSV number as the file wrote it, as `{{ row }}` prints
-    it; anything else as Jinja2 writes it (its keyword arguments: keys sorted)."""
+    it, and a CSV time as its text; anything else as Jinja2 writes it (its keyword arguments:
+    keys sorted)."""
     if _holds_written(value):
         return _json_as_written(
             value,
@@ -107,7 +108,7 @@ def _tojson(value: Any, **kwargs: Any) -> str:
 
 
 def _holds_written(value: Any) -> bool:
-    if isinstance(value, WrittenFloat):
+    if isinstance(value, Written):  # a time too: JSON has none, its text is written
         return True
     if isinstance(value, dict):
         return any(_holds_written(item) for item in value.values())

@@ -298,6 +298,28 @@ def test_a_csv_row_as_json_in_a_jinja_template_is_valid_json_with_numbers_as_wri
     assert printed[0][1] == '{"id": "a", "n": 1}'  # Jinja2's tojson sorts keys
 
 
+def test_a_csv_row_with_a_time_through_tojson_writes_it_as_the_file_did(
+    mock_api: ThreadedMockServer, tmp_path: Path
+) -> None:
+    # A timestamp or time column made `{{ row | tojson }}` fail every row ("Object of type
+    # WrittenDatetime is not JSON serializable"), where `{{ row }}` wrote it.
+    source = tmp_path / "in.csv"
+    source.write_text("id,when,at\na,2024-01-02T03:04,10:30\n", encoding="utf-8")
+    template = tmp_path / "t.j2"
+    template.write_text("{{ row }}|{{ row | tojson }}|{{ when | tojson }}")
+    out = tmp_path / "out.jsonl"
+
+    result = invoke(mock_api, source, out, "--template-file", str(template))
+
+    assert result.exit_code == 0, result.output
+    printed = read_jsonl(out)[0]["prompt"].split("|")
+    assert [json.loads(part) for part in printed] == [
+        {"id": "a", "when": "2024-01-02T03:04", "at": "10:30"},
+        {"at": "10:30", "id": "a", "when": "2024-01-02T03:04"},
+        "2024-01-02T03:04",
+    ]
+
+
 def test_a_prompt_function_gets_a_csv_row_s_values_of_their_own_types(
     mock_api: ThreadedMockServer, tmp_path: Path
 ) -> None:
