@@ -313,3 +313,26 @@ def _comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def test_a_watchdog_terminated_while_the_raylet_is_frozen_kills_it_first(
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    # A `kill` of the watchdog between the raylet's SIGSTOP and its SIGKILL left the raylet
+    # stopped for good, with what it started.
+    raylet = fake_raylet(processes)
+    terminated_while_looking = (
+        "import os, signal, sys\n"
+        "from batchpizza.distributed import reaper\n"
+        "def looking(*_):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return {}\n"
+        "reaper.started_by = looking\n"
+        "reaper.reap(int(sys.argv[1]))\n"
+    )
+    watchdog = subprocess.run(
+        [sys.executable, "-c", terminated_while_looking, str(raylet.pid)], check=False
+    )
+
+    assert watchdog.returncode == -signal.SIGTERM  # the SIGTERM, once the raylet was killed
+    assert raylet.wait(30) == -signal.SIGKILL

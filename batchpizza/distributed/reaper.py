@@ -35,6 +35,12 @@ from pathlib import Path
 _PROC = Path("/proc")
 _REAP_WAIT_S = 10.0
 _STOP_WAIT_S = 1.0
+# Those that end it, held while the raylet is stopped (getattr: no SIGHUP on Windows, at import).
+_HELD_SIGNALS = {
+    held
+    for name in ("SIGTERM", "SIGHUP", "SIGINT", "SIGQUIT")
+    if (held := getattr(signal, name, 0))
+}
 # The looks under the raylet: its agents are there from its start, and a worker started since
 # the last look carries RAY_RAYLET_PID; so soon after the start, then every 8 s (a look reads
 # /proc/PID/stat of every process: 2 ms for 90 of them).
@@ -150,18 +156,27 @@ def reap(raylet: int, since: int | None = None, seen: dict[int, int] | None = No
     started, and what was `seen` under it (pid: start) and still runs; how many, the raylet
     aside."""
     alive = _is_raylet(raylet, since)
-    if alive:
-        # Frozen before the looks: a worker it forked after them would be missed, and one it is
-        # starting as they run shows no environment yet (/proc/PID/environ reads empty until
-        # the new program is loaded), but is still its child.
-        with contextlib.suppress(OSError):
-            os.kill(raylet, signal.SIGSTOP)
-            _until_stopped(raylet)
-    targets = {**(seen or {}), **started_by(raylet, since)}
-    if alive:
-        targets.update(descendants(raylet))
-        with contextlib.suppress(OSError):
-            os.kill(raylet, signal.SIGKILL)
+    # A SIGTERM or SIGHUP (a `kill` of the watchdog, a logout) waits until the raylet is killed,
+    # as does an error of a look: ended between the two, the watchdog left it stopped for good.
+    # (A SIGKILL of the watchdog there still does.)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS) if alive else None
+    try:
+        if alive:
+            # Frozen before the looks: a worker it forked after them would be missed, and one
+            # it is starting as they run shows no environment yet (/proc/PID/environ reads empty
+            # until the new program is loaded), but is still its child.
+            with contextlib.suppress(OSError):
+                os.kill(raylet, signal.SIGSTOP)
+                _until_stopped(raylet)
+        targets = {**(seen or {}), **started_by(raylet, since)}
+        if alive:
+            targets.update(descendants(raylet))
+    finally:
+        if alive:
+            with contextlib.suppress(OSError):
+                os.kill(raylet, signal.SIGKILL)
+        if held is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
     killed = 0
     for pid, start in targets.items():
         # The same process (a pid alone may have been given to another since) and this user's.
