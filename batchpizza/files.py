@@ -13,6 +13,13 @@ from typing import IO
 
 from batchpizza.errors import OutputError, UsageError
 
+try:
+    import fcntl
+
+    _FLOCK = True
+except ImportError:  # pragma: no cover - Windows: the process id alone tells a live folder
+    _FLOCK = False
+
 PARTIAL = ".partial"
 
 
@@ -127,7 +134,9 @@ def refuse_own_files(
 
 
 # A scratch folder in the system temp folder, named with its process's id: one whose process is
-# gone (killed: nothing of it could clean up) is removed by the next that makes one.
+# gone (killed: nothing of it could clean up) is removed by the next that makes one. Its process
+# also holds an flock on it while it lives: a process id names no process across PID namespaces
+# (containers sharing one /tmp), where a live run's folder looked like a dead one's.
 _SCRATCH = "batchpizza-scratch-"
 
 
@@ -139,10 +148,37 @@ def scratch_folder() -> Iterator[str]:
     for left in temp.glob(f"{_SCRATCH}*"):
         pid = left.name[len(_SCRATCH) :].split("-", 1)[0]
         with contextlib.suppress(OSError):  # removed meanwhile by another process
-            if pid.isdigit() and not _alive(int(pid)) and left.stat().st_uid == os.getuid():
+            if (
+                pid.isdigit()
+                and not _alive(int(pid))
+                and left.stat().st_uid == os.getuid()
+                and not _held(left)
+            ):
                 shutil.rmtree(left, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=f"{_SCRATCH}{os.getpid()}-") as folder:
-        yield folder
+        if not _FLOCK:
+            yield folder
+            return
+        held = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX)  # the kernel lets go of it when the process dies
+            yield folder
+        finally:
+            os.close(held)
+
+
+def _held(folder: Path) -> bool:
+    """Whether a live process holds `folder`'s flock (a scratch folder's owner)."""
+    if not _FLOCK:
+        return False
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _alive(pid: int) -> bool:
