@@ -119,19 +119,32 @@ async def test_a_run_sends_such_a_row_once_and_a_rerun_not_again(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("content", ["", "\n\n"], ids=["empty", "blank"])
 async def test_a_schema_run_does_not_re_ask_an_empty_answer_cut_by_length(
-    server: Start,
+    server: Start, tmp_path: Path, content: str
 ) -> None:
-    url, seen = await server(completion("", "length"))
+    # A blank one too, kept as it came: it was re-asked (each billed) and ended invalid_output.
+    url, seen = await server(completion(content, "length"))
     rows = [{"id": "r1", "prompt": "classify"}]
+    summary = tmp_path / "summary.json"
 
     out = await batchpizza.aanswer(
-        rows, provider="openai", base_url=url, model="m", schema=SCHEMA, **FAST
+        rows,
+        provider="openai",
+        base_url=url,
+        model="m",
+        schema=SCHEMA,
+        summary_json=str(summary),
+        checkpoint=str(tmp_path / "ck.sqlite"),
+        **FAST,
     )
 
-    assert (out[0]["answer"], out[0]["finish_reason"], out[0]["attempts"]) == ("", "length", 1)
+    answered = (out[0]["answer"], out[0]["finish_reason"], out[0]["attempts"])
+    assert answered == (content, "length", 1)
     assert out[0]["parsed"] is None
     assert len(seen) == 1
+    counted = json.loads(summary.read_text())["structured"]
+    assert (counted["valid"], counted["invalid"], counted["not_validated"]) == (0, 0, 1)
 
 
 @pytest.mark.slow

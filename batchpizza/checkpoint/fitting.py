@@ -14,6 +14,10 @@ from batchpizza.checkpoint.counts import UNANSWERED
 from batchpizza.records import ENDED_EMPTY, NOT_VALIDATED
 
 INVALID_OUTPUT = "invalid_output"
+# What str.strip() takes off (the code points str.isspace() holds): a blank answer cut off is
+# as empty as an empty one, as the runner tells them.
+_WHITESPACE = [c for c in range(0x3001) if chr(c).isspace()]
+_BLANK = "char(" + ", ".join(map(str, _WHITESPACE)) + ")"
 
 
 def _sql(names: frozenset[str]) -> str:
@@ -47,7 +51,7 @@ class Fitting:
         end = limit if limit is not None else 1 << 62
         answered = f"c.finish_reason NOT IN {UNANSWERED}"
         unchecked = (
-            f"(c.finish_reason IN {_sql(NOT_VALIDATED)} OR (c.answer = '' AND "
+            f"(c.finish_reason IN {_sql(NOT_VALIDATED)} OR (trim(c.answer, {_BLANK}) = '' AND "
             f"c.finish_reason IN {_sql(ENDED_EMPTY)}))"
         )
         with self._errors():

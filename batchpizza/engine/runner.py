@@ -221,9 +221,11 @@ class Runner:
         assert structured is not None
         for reask in range(structured.retries + 1):
             if answer.finish_reason in NOT_VALIDATED or (
-                not answer.text and answer.finish_reason in ENDED_EMPTY
+                not answer.text.strip() and answer.finish_reason in ENDED_EMPTY
             ):
-                return answer  # re-asked, it would decline or end empty the same again
+                # Re-asked, it would decline or end empty (or blank, as the provider keeps it)
+                # the same again.
+                return answer
             _, error = structured.check(answer.text)
             if error is None:
                 if reask:
