@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from batchpizza.batchapi import creating
+from batchpizza.batchapi.auto import rows_going_online
 from batchpizza.batchapi.budget import BatchBudget
 from batchpizza.batchapi.client import BatchClient, Halted
 from batchpizza.batchapi.display import files_left
@@ -30,7 +31,7 @@ from batchpizza.batchapi.dropping import dropped, still_asked
 from batchpizza.batchapi.files import Line, build_lines, split
 from batchpizza.batchapi.lost import Lost
 from batchpizza.batchapi.others import Others
-from batchpizza.batchapi.quota import held_back, online_instead, over_enqueued_limit, waits_for_room
+from batchpizza.batchapi.quota import held_back, over_enqueued_limit, waits_for_room
 from batchpizza.batchapi.results import Judge
 from batchpizza.batchapi.settings import Limits, near_deadline
 from batchpizza.batchapi.statuses import Statuses
@@ -350,22 +351,13 @@ class BatchFlow:
         """Cancel the batches still out and send their rows online (full price)."""
         client = self.client
         assert client is not None and self.online is not None
-        rows: list[PendingRow] = []
-        for f in self.others.here():
-            if f.batch_id is not None:
-                with contextlib.suppress(BatchAPIError):
-                    await client.cancel(f.batch_id)
-            lines = self.checkpoint.file_lines(f.seq)
-            outcomes = [(line.custom_id, "online") for line in lines]
-            self.checkpoint.finish_file(f.seq, outcomes, "abandoned")
-            self.money.cancelled((line.digest for line in lines), created=f.batch_id is not None)
-            rows.extend(self._held[line.digest] for line in lines if line.digest in self._held)
-        rows.extend(online_instead(self.checkpoint, self._held))  # (quota.py)
+        out = self.others.here()
+        rows = await rows_going_online(client, self.checkpoint, out, self.money, self._held)
         if not rows:
             return
         log.warning("--via auto: %d rows still out near the deadline are sent online", len(rows))
         done = self.counters.rows_done
-        await self.online(iter(sorted(rows, key=lambda row: row[0])))
+        await self.online(iter(rows))
         self.sent_online = self.counters.rows_done - done  # a stop may leave some unsent
 
     def info(self) -> dict[str, int]:
