@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -19,3 +20,21 @@ async def start_chat_server(chat: Chat) -> tuple[web.AppRunner, str]:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+
+
+@contextlib.asynccontextmanager
+async def chat_servers() -> AsyncIterator[Callable[[Chat], Awaitable[str]]]:
+    """`serve(chat)` starts a server (start_chat_server) and gives its base URL; every one
+    started is cleaned up at the end of the block."""
+    runners: list[web.AppRunner] = []
+
+    async def serve(chat: Chat) -> str:
+        runner, url = await start_chat_server(chat)
+        runners.append(runner)
+        return url
+
+    try:
+        yield serve
+    finally:
+        for runner in runners:
+            await runner.cleanup()

@@ -77,6 +77,17 @@ def _run(server: ThreadedMockServer, inp: Path, out: Path, summary: Path) -> int
     return done.exit_code
 
 
+def _fifty_out_five_new(server: ThreadedMockServer, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """50 rows in 2 Batch API batches still out (a run that ended waiting, exit 4), then the input
+    grown to 55 rows: its path, the output's and the summary's."""
+    server.batches.seconds = 3600.0
+    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    assert _run(server, inp, out, summary) == 4
+    write_jsonl(inp, rows(55))
+    return inp, out, summary
+
+
 def _status(out: Path) -> str:
     shown = CliRunner().invoke(cli, ["status", str(out)])
     assert shown.exit_code == 0, shown.output
@@ -139,11 +150,7 @@ def test_a_dry_run_and_the_start_line_count_rows_in_batches_out_as_collected_not
 ) -> None:
     # Both said "55 to send: 55 new rows" while the run submitted 5: the other 50 sat in
     # batches still out, which it collects.
-    server.batches.seconds = 3600.0
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
-    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
-    assert _run(server, inp, out, summary) == 4  # 2 batches out
-    write_jsonl(inp, rows(55))
+    inp, out, summary = _fifty_out_five_new(server, tmp_path)
     argv = ["run", str(inp), "-o", str(out), "--provider", "openai", "--base-url",
             f"{server.base_url}/v1", "--no-progress", "--via", "batch"]  # fmt: skip
 
@@ -173,11 +180,7 @@ def test_a_dry_runs_tokens_cost_and_requests_are_of_the_rows_it_sends_not_of_bat
 ) -> None:
     # 50 rows in batches still out, 5 new: the tokens and cost lines counted all 55 (the run
     # sends 5), and with every row out said tokens to send beside "time nothing to send".
-    server.batches.seconds = 3600.0
-    inp = write_jsonl(tmp_path / "in.jsonl", rows(50))
-    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
-    assert _run(server, inp, out, summary) == 4  # 2 batches out
-    write_jsonl(inp, rows(55))
+    inp, out, summary = _fifty_out_five_new(server, tmp_path)
     new = write_jsonl(tmp_path / "new.jsonl", rows(55)[50:])
 
     def dry(path: Path, output: Path) -> str:

@@ -44,6 +44,16 @@ def submitted_prompts(server: ThreadedMockServer) -> list[str]:
     return said
 
 
+def uploaded_not_made(server: ThreadedMockServer, tmp_path: Path) -> tuple[Job, str]:
+    """A --via batch run of 40 rows whose file was uploaded and its batch refused (exit 2): the
+    job and the uploaded file's id."""
+    job = Job(server, write_jsonl(tmp_path / "in.jsonl", rows(40)), tmp_path / "out.jsonl")
+    server.batches.create_refused = 1
+    assert job.run("--via", "batch").returncode == 2
+    (uploaded,) = server.batches.files
+    return job, uploaded
+
+
 def test_a_file_never_uploaded_whose_prompts_changed_is_dropped_not_submitted(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
@@ -74,10 +84,7 @@ def test_a_file_never_uploaded_whose_prompts_changed_is_dropped_not_submitted(
 def test_an_uploaded_file_whose_rows_were_removed_is_dropped_and_deleted_at_the_server(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
-    job = Job(server, write_jsonl(tmp_path / "in.jsonl", rows(40)), tmp_path / "out.jsonl")
-    server.batches.create_refused = 1
-    assert job.run("--via", "batch").returncode == 2  # uploaded, its batch refused
-    (uploaded,) = server.batches.files
+    job, uploaded = uploaded_not_made(server, tmp_path)
     write_jsonl(job.inp, rows(30))  # the last 10 rows removed
 
     done = job.run("--via", "batch", "--wait")
@@ -92,10 +99,7 @@ def test_an_uploaded_file_whose_rows_were_removed_is_dropped_and_deleted_at_the_
 def test_a_file_whose_rows_are_all_still_asked_is_submitted_as_it_was(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
-    job = Job(server, write_jsonl(tmp_path / "in.jsonl", rows(40)), tmp_path / "out.jsonl")
-    server.batches.create_refused = 1
-    assert job.run("--via", "batch").returncode == 2
-    (uploaded,) = server.batches.files
+    job, uploaded = uploaded_not_made(server, tmp_path)
     write_jsonl(job.inp, [{"id": "x", "prompt": "one more"}, *rows(40)])  # moved down a row
 
     done = job.run("--via", "batch", "--wait")
@@ -129,10 +133,7 @@ def test_a_file_killed_during_its_create_keeps_the_batch_made_though_its_prompts
 def test_a_file_a_run_stopped_creating_whose_batch_was_never_made_is_dropped(
     server: ThreadedMockServer, tmp_path: Path
 ) -> None:
-    job = Job(server, write_jsonl(tmp_path / "in.jsonl", rows(40)), tmp_path / "out.jsonl")
-    server.batches.create_refused = 1
-    assert job.run("--via", "batch").returncode == 2
-    (uploaded,) = server.batches.files
+    job, uploaded = uploaded_not_made(server, tmp_path)
     with sqlite3.connect(job.checkpoint) as conn:  # as a kill during the create leaves it
         conn.execute("UPDATE batch_files SET state = 'creating'")
     conn.close()

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from chat_servers import start_chat_server
+from chat_servers import chat_servers
 from conftest import FAST
 
 import batchpizza
@@ -46,7 +46,6 @@ Start = Callable[[dict[str, Any]], Any]
 async def server() -> AsyncIterator[Start]:
     """server(reply): a chat completions server answering every request with `reply`; yields
     (base URL, the requests it got)."""
-    runners: list[web.AppRunner] = []
 
     async def start(reply: dict[str, Any]) -> tuple[str, list[Any]]:
         seen: list[Any] = []
@@ -55,13 +54,10 @@ async def server() -> AsyncIterator[Start]:
             seen.append(await request.json())
             return web.json_response(reply)
 
-        runner, url = await start_chat_server(chat)
-        runners.append(runner)
-        return url, seen
+        return await serve(chat), seen
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+    async with chat_servers() as serve:
+        yield start
 
 
 async def ask(base_url: str) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from chat_servers import start_chat_server
+from chat_servers import chat_servers
 from conftest import FAST
 
 import batchpizza
@@ -47,7 +47,6 @@ def answer_stream(text: str) -> bytes:
 async def streaming() -> AsyncIterator[Callable[[Callable[[str], bytes]], Any]]:
     """streaming(reply): a server whose every reply is `reply(prompt)` as text/event-stream;
     yields (base URL, the number of requests it got) once started."""
-    runners: list[web.AppRunner] = []
     seen: list[int] = []
 
     async def start(reply: Callable[[str], bytes]) -> tuple[str, list[int]]:
@@ -57,13 +56,10 @@ async def streaming() -> AsyncIterator[Callable[[Callable[[str], bytes]], Any]]:
             content = reply(body["messages"][-1]["content"])
             return web.Response(body=content, content_type="text/event-stream")
 
-        runner, url = await start_chat_server(chat)
-        runners.append(runner)
-        return url, seen
+        return await serve(chat), seen
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+    async with chat_servers() as serve:
+        yield start
 
 
 async def ask(base_url: str, text: str = "q", **options: Any) -> Any:
